@@ -1,0 +1,114 @@
+// Command slope inspects and checks SLoPe model containers (.slope files:
+// N:M-sparse weights plus low-rank adapters, see format/SPEC.md).
+//
+// Usage:
+//
+//	slope inspect FILE [--json]   describe a container
+//	slope verify FILE [--quiet]   check every byte of a container
+//	slope version                 print the tool version
+//
+// Errors are printed to stderr as "slope: <error>". The exit status is 0
+// on success, 1 when a command fails (an unreadable or corrupt file, for
+// instance) and 2 on a usage error (missing FILE, unknown flag or command).
+//
+// The commands hold no format logic of their own: they call package
+// format, which owns the container.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// version is the tool version, set at link time with
+// -ldflags "-X main.version=1.2.3".
+var version = "0.1.0-dev"
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes the command line args (without the program name), writing
+// to stdout and stderr, and returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd(stdout, stderr)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "slope: %v\n", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		if ue.cmd != "" {
+			fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", ue.cmd)
+		}
+		return exitUsage
+	}
+	return exitError
+}
+
+// usageError marks a mistake in the command line, as opposed to a failure
+// of the command itself.
+type usageError struct {
+	cmd string // command path for the "--help" hint, e.g. "slope inspect"
+	err error
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(cmd *cobra.Command, format string, a ...any) error {
+	return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf(format, a...)}
+}
+
+// exactArgs is cobra.ExactArgs reporting a usageError that names the
+// missing operands.
+func exactArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		switch {
+		case len(args) < len(names):
+			return usagef(cmd, "%s: missing %s", cmd.Name(), names[len(args)])
+		case len(args) > len(names):
+			return usagef(cmd, "%s: unexpected argument %q", cmd.Name(), args[len(names)])
+		}
+		return nil
+	}
+}
+
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "slope",
+		Short: "Inspect and check SLoPe model containers (.slope)",
+		Long: "slope works with .slope containers: N:M-sparse LLM weights plus low-rank adapters,\n" +
+			"their graph, configuration and provenance.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef(cmd, "missing command (inspect, verify or version)")
+			}
+			return usagef(cmd, "unknown command %q", args[0])
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("%s: %w", cmd.Name(), err)}
+	})
+	root.AddCommand(newInspectCmd(), newVerifyCmd(), newVersionCmd())
+	return root
+}

@@ -1,0 +1,527 @@
+package convert
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math"
+	"math/bits"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
+)
+
+// MaxSafetensorsHeader caps the JSON header of a safetensors file.
+const MaxSafetensorsHeader = 100 << 20
+
+// ErrSafetensors is wrapped by every error about a malformed safetensors
+// file.
+var ErrSafetensors = errors.New("invalid safetensors file")
+
+// safetensorsBits is the element size in bits of every dtype the
+// safetensors format defines. Only F32, F16 and BF16 can be read as floats.
+var safetensorsBits = map[string]uint64{
+	"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+	"I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+	"I32": 32, "U32": 32, "F32": 32,
+	"I64": 64, "U64": 64, "F64": 64, "C64": 64,
+	"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+
+// SafetensorsEntry is one tensor of a safetensors file.
+type SafetensorsEntry struct {
+	Name  string
+	DType string // as in the header: "F32", "F16", "BF16", ...
+	Shape []int
+	// Begin and End are byte offsets relative to the start of the data
+	// section (the header's data_offsets).
+	Begin, End int64
+}
+
+// Numel is the element count of the entry's shape.
+func (e *SafetensorsEntry) Numel() int {
+	n := 1
+	for _, d := range e.Shape {
+		n *= d
+	}
+	return n
+}
+
+// Safetensors is an open safetensors file whose header has been strictly
+// validated. Tensors are read one at a time with ReadAt; the file is never
+// loaded whole. It is safe for concurrent use.
+type Safetensors struct {
+	name      string
+	r         io.ReaderAt
+	closer    io.Closer
+	size      int64
+	dataStart int64
+	entries   map[string]*SafetensorsEntry
+	order     []string // in data-offset order
+	metadata  map[string]string
+}
+
+// OpenSafetensors opens name in fsys. The file must support io.ReaderAt or
+// io.Seeker (os.DirFS and embed.FS files do).
+func OpenSafetensors(fsys fs.FS, name string) (*Safetensors, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: not a regular file: %w", name, ErrSafetensors)
+	}
+	var ra io.ReaderAt
+	switch v := f.(type) {
+	case io.ReaderAt:
+		ra = v
+	case io.ReadSeeker:
+		ra = &seekReaderAt{rs: v}
+	default:
+		f.Close()
+		return nil, fmt.Errorf("%s: file supports neither ReadAt nor Seek", name)
+	}
+	s, err := ParseSafetensors(name, ra, st.Size())
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	s.closer = f
+	return s, nil
+}
+
+// OpenSafetensorsFile opens a safetensors file by OS path.
+func OpenSafetensorsFile(path string) (*Safetensors, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	s, err := ParseSafetensors(path, f, st.Size())
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	s.closer = f
+	return s, nil
+}
+
+// seekReaderAt adapts an io.ReadSeeker to io.ReaderAt.
+type seekReaderAt struct {
+	mu sync.Mutex
+	rs io.ReadSeeker
+}
+
+func (s *seekReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := s.rs.Seek(off, io.SeekStart); err != nil {
+		return 0, err
+	}
+	return io.ReadFull(s.rs, p)
+}
+
+// ParseSafetensors validates the header of a safetensors file of size
+// bytes read through r. name is used in errors. Rules (the safetensors
+// format, applied strictly): an 8-byte little-endian header length N with
+// 8+N <= size and N <= MaxSafetensorsHeader; N bytes of UTF-8 JSON, one
+// object whose members are tensor entries {"dtype", "shape",
+// "data_offsets"} (exactly those keys) and an optional "__metadata__"
+// object of strings; no duplicate keys; known dtypes; non-negative integer
+// shapes and offsets; each entry's byte size equal to its element count
+// times its dtype size; and the entries, ordered by offset, covering the
+// data section exactly, without gaps or overlaps.
+func ParseSafetensors(name string, r io.ReaderAt, size int64) (*Safetensors, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%s: %s: %w", name, fmt.Sprintf(format, args...), ErrSafetensors)
+	}
+	if size < 8 {
+		return nil, bad("file of %d bytes is shorter than the 8-byte header length", size)
+	}
+	var lb [8]byte
+	if _, err := r.ReadAt(lb[:], 0); err != nil {
+		return nil, fmt.Errorf("%s: read header length: %w", name, err)
+	}
+	n := binary.LittleEndian.Uint64(lb[:])
+	if n > MaxSafetensorsHeader {
+		return nil, bad("header length %d exceeds the cap of %d bytes", n, MaxSafetensorsHeader)
+	}
+	if n > uint64(size-8) {
+		return nil, bad("header length %d runs past the end of the %d-byte file", n, size)
+	}
+	hdr := make([]byte, n)
+	if _, err := r.ReadAt(hdr, 8); err != nil {
+		return nil, fmt.Errorf("%s: read header: %w", name, err)
+	}
+	s := &Safetensors{name: name, r: r, size: size, dataStart: 8 + int64(n),
+		entries: map[string]*SafetensorsEntry{}, metadata: map[string]string{}}
+	if err := s.parseHeader(hdr); err != nil {
+		return nil, bad("header: %v", err)
+	}
+	if err := s.checkLayout(); err != nil {
+		return nil, bad("%v", err)
+	}
+	return s, nil
+}
+
+// parseHeader decodes the JSON header token by token, so that duplicate
+// keys, unknown keys and wrong types are all caught.
+func (s *Safetensors) parseHeader(hdr []byte) error {
+	if !utf8.Valid(hdr) {
+		return errors.New("not valid UTF-8")
+	}
+	if len(hdr) == 0 || hdr[0] != '{' {
+		return errors.New("does not start with '{'")
+	}
+	dec := json.NewDecoder(bytes.NewReader(hdr))
+	dec.UseNumber()
+	if err := expectDelim(dec, '{'); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		key, err := stringToken(dec)
+		if err != nil {
+			return err
+		}
+		if seen[key] {
+			return fmt.Errorf("duplicate key %q", key)
+		}
+		seen[key] = true
+		if key == "__metadata__" {
+			if err := s.parseMetadata(dec); err != nil {
+				return fmt.Errorf("__metadata__: %w", err)
+			}
+			continue
+		}
+		e, err := parseEntry(dec, key)
+		if err != nil {
+			return fmt.Errorf("tensor %q: %w", key, err)
+		}
+		s.entries[key] = e
+		s.order = append(s.order, key)
+	}
+	if err := expectDelim(dec, '}'); err != nil {
+		return err
+	}
+	if tok, err := dec.Token(); err != io.EOF {
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("trailing data after the header object (%v)", tok)
+	}
+	return nil
+}
+
+func (s *Safetensors) parseMetadata(dec *json.Decoder) error {
+	if err := expectDelim(dec, '{'); err != nil {
+		return err
+	}
+	for dec.More() {
+		k, err := stringToken(dec)
+		if err != nil {
+			return err
+		}
+		if _, dup := s.metadata[k]; dup {
+			return fmt.Errorf("duplicate key %q", k)
+		}
+		v, err := stringToken(dec)
+		if err != nil {
+			return fmt.Errorf("value of %q: %w", k, err)
+		}
+		s.metadata[k] = v
+	}
+	return expectDelim(dec, '}')
+}
+
+func parseEntry(dec *json.Decoder, name string) (*SafetensorsEntry, error) {
+	if err := expectDelim(dec, '{'); err != nil {
+		return nil, err
+	}
+	e := &SafetensorsEntry{Name: name}
+	var haveDType, haveShape, haveOffsets bool
+	var offsets []uint64
+	for dec.More() {
+		k, err := stringToken(dec)
+		if err != nil {
+			return nil, err
+		}
+		switch k {
+		case "dtype":
+			if haveDType {
+				return nil, errors.New(`duplicate key "dtype"`)
+			}
+			haveDType = true
+			if e.DType, err = stringToken(dec); err != nil {
+				return nil, fmt.Errorf("dtype: %w", err)
+			}
+			if _, ok := safetensorsBits[e.DType]; !ok {
+				return nil, fmt.Errorf("unknown dtype %q", e.DType)
+			}
+		case "shape":
+			if haveShape {
+				return nil, errors.New(`duplicate key "shape"`)
+			}
+			haveShape = true
+			dims, err := uintArray(dec)
+			if err != nil {
+				return nil, fmt.Errorf("shape: %w", err)
+			}
+			e.Shape = make([]int, len(dims))
+			for i, d := range dims {
+				if d > math.MaxInt64 {
+					return nil, fmt.Errorf("shape: dim %d too large", d)
+				}
+				e.Shape[i] = int(d)
+			}
+		case "data_offsets":
+			if haveOffsets {
+				return nil, errors.New(`duplicate key "data_offsets"`)
+			}
+			haveOffsets = true
+			if offsets, err = uintArray(dec); err != nil {
+				return nil, fmt.Errorf("data_offsets: %w", err)
+			}
+			if len(offsets) != 2 {
+				return nil, fmt.Errorf("data_offsets has %d values, want 2", len(offsets))
+			}
+		default:
+			return nil, fmt.Errorf("unknown key %q", k)
+		}
+	}
+	if err := expectDelim(dec, '}'); err != nil {
+		return nil, err
+	}
+	if !haveDType || !haveShape || !haveOffsets {
+		return nil, errors.New(`entry needs "dtype", "shape" and "data_offsets"`)
+	}
+	if offsets[0] > offsets[1] || offsets[1] > math.MaxInt64 {
+		return nil, fmt.Errorf("data_offsets [%d, %d] are not an increasing pair", offsets[0], offsets[1])
+	}
+	e.Begin, e.End = int64(offsets[0]), int64(offsets[1])
+	// Byte size = numel * bits / 8, with checked arithmetic.
+	numel := uint64(1)
+	zero := false
+	for _, d := range e.Shape {
+		if d == 0 {
+			zero = true
+		}
+	}
+	if zero {
+		numel = 0
+	} else {
+		for _, d := range e.Shape {
+			hi, lo := bits.Mul64(numel, uint64(d))
+			if hi != 0 || lo > math.MaxInt64 {
+				return nil, fmt.Errorf("shape %v: element count overflows", e.Shape)
+			}
+			numel = lo
+		}
+	}
+	hi, nbits := bits.Mul64(numel, safetensorsBits[e.DType])
+	if hi != 0 || nbits%8 != 0 {
+		return nil, fmt.Errorf("shape %v of %s is not a whole number of bytes", e.Shape, e.DType)
+	}
+	if want := nbits / 8; want != offsets[1]-offsets[0] {
+		return nil, fmt.Errorf("data_offsets [%d, %d] hold %d bytes, but %s %v needs %d",
+			offsets[0], offsets[1], offsets[1]-offsets[0], e.DType, e.Shape, want)
+	}
+	return e, nil
+}
+
+// checkLayout: entries inside the data section, contiguous, covering it.
+func (s *Safetensors) checkLayout() error {
+	dataLen := s.size - s.dataStart
+	slices.SortStableFunc(s.order, func(a, b string) int {
+		ea, eb := s.entries[a], s.entries[b]
+		if ea.Begin != eb.Begin {
+			return cmpInt64(ea.Begin, eb.Begin)
+		}
+		return cmpInt64(ea.End, eb.End)
+	})
+	var end int64
+	for _, name := range s.order {
+		e := s.entries[name]
+		if e.End > dataLen {
+			return fmt.Errorf("tensor %q: data_offsets [%d, %d] run past the %d-byte data section", name, e.Begin, e.End, dataLen)
+		}
+		if e.Begin < end {
+			return fmt.Errorf("tensor %q: data_offsets [%d, %d] overlap the previous tensor (ends at %d)", name, e.Begin, e.End, end)
+		}
+		if e.Begin > end {
+			return fmt.Errorf("tensor %q: gap of %d bytes before data_offsets [%d, %d]", name, e.Begin-end, e.Begin, e.End)
+		}
+		end = e.End
+	}
+	if end != dataLen {
+		return fmt.Errorf("tensors end at %d but the data section has %d bytes", end, dataLen)
+	}
+	return nil
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func expectDelim(dec *json.Decoder, d json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if got, ok := tok.(json.Delim); !ok || got != d {
+		return fmt.Errorf("want %q, got %v", d, tok)
+	}
+	return nil
+}
+
+func stringToken(dec *json.Decoder) (string, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return "", err
+	}
+	s, ok := tok.(string)
+	if !ok {
+		return "", fmt.Errorf("want a string, got %v", tok)
+	}
+	return s, nil
+}
+
+// uintArray reads a JSON array of non-negative integers (no fractions, no
+// exponents, no signs).
+func uintArray(dec *json.Decoder) ([]uint64, error) {
+	if err := expectDelim(dec, '['); err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		num, ok := tok.(json.Number)
+		if !ok {
+			return nil, fmt.Errorf("want an integer, got %v", tok)
+		}
+		v, err := strconv.ParseUint(string(num), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("want a non-negative integer, got %s", num)
+		}
+		out = append(out, v)
+		if len(out) > 64 {
+			return nil, errors.New("more than 64 values")
+		}
+	}
+	return out, expectDelim(dec, ']')
+}
+
+// Name is the name the file was opened under.
+func (s *Safetensors) Name() string { return s.name }
+
+// Names lists the tensors in data-offset order.
+func (s *Safetensors) Names() []string { return slices.Clone(s.order) }
+
+// Entry returns the header entry of a tensor.
+func (s *Safetensors) Entry(name string) (*SafetensorsEntry, bool) {
+	e, ok := s.entries[name]
+	if !ok {
+		return nil, false
+	}
+	c := *e
+	c.Shape = slices.Clone(e.Shape)
+	return &c, true
+}
+
+// Metadata is the header's "__metadata__" map (empty when absent).
+func (s *Safetensors) Metadata() map[string]string {
+	m := make(map[string]string, len(s.metadata))
+	for k, v := range s.metadata {
+		m[k] = v
+	}
+	return m
+}
+
+// ReadRaw reads the bytes of one tensor.
+func (s *Safetensors) ReadRaw(name string) ([]byte, error) {
+	e, ok := s.entries[name]
+	if !ok {
+		return nil, fmt.Errorf("%s: no tensor %q", s.name, name)
+	}
+	b := make([]byte, e.End-e.Begin)
+	if len(b) == 0 {
+		return b, nil
+	}
+	if _, err := s.r.ReadAt(b, s.dataStart+e.Begin); err != nil {
+		return nil, fmt.Errorf("%s: read tensor %q: %w", s.name, name, err)
+	}
+	return b, nil
+}
+
+// SafetensorsDType maps the float dtypes this package reads to slopepb.
+func SafetensorsDType(dt string) (slopepb.DType, bool) {
+	switch dt {
+	case "F32":
+		return slopepb.DType_FLOAT32, true
+	case "F16":
+		return slopepb.DType_FLOAT16, true
+	case "BF16":
+		return slopepb.DType_BFLOAT16, true
+	}
+	return slopepb.DType_DTYPE_UNSPECIFIED, false
+}
+
+// ReadFloat32 reads one F32, F16 or BF16 tensor and decodes it to float32;
+// other dtypes are an error naming the tensor.
+func (s *Safetensors) ReadFloat32(name string) ([]float32, error) {
+	e, ok := s.entries[name]
+	if !ok {
+		return nil, fmt.Errorf("%s: no tensor %q", s.name, name)
+	}
+	dt, ok := SafetensorsDType(e.DType)
+	if !ok {
+		return nil, fmt.Errorf("%s: tensor %q has dtype %s; only F32, F16 and BF16 weights are supported", s.name, name, e.DType)
+	}
+	raw, err := s.ReadRaw(name)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float32, e.Numel())
+	if err := format.DecodeFloats(dt, raw, out); err != nil {
+		return nil, fmt.Errorf("%s: tensor %q: %w", s.name, name, err)
+	}
+	return out, nil
+}
+
+// Close closes the underlying file, if Open* opened it.
+func (s *Safetensors) Close() error {
+	if s.closer == nil {
+		return nil
+	}
+	err := s.closer.Close()
+	s.closer = nil
+	return err
+}

@@ -1,0 +1,293 @@
+package format
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+
+	"github.com/slopeml/slope/format/slopepb"
+)
+
+func checkSample(t *testing.T, f *File, s *sampleModel) {
+	t.Helper()
+	eq := func(name string, got, want []float32) {
+		t.Helper()
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: values differ after round trip", name)
+		}
+	}
+	got, err := f.Float32s("embed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq("embed", got, s.embed)
+	if got, err = f.Float32s("norm"); err != nil {
+		t.Fatal(err)
+	}
+	eq("norm", got, s.norm)
+	dense, err := f.Dense("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]float32, len(s.wDense))
+	for i, k := range s.keep {
+		if k {
+			want[i] = s.wDense[i]
+		}
+	}
+	eq("w (dense)", dense, want)
+	v, err := f.NM("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Pattern != s.pattern || v.Rows != s.rows || v.Cols != s.cols {
+		t.Errorf("NM view %v [%d %d]", v.Pattern, v.Rows, v.Cols)
+	}
+	keep, err := f.TransposeMask("w.transpose_mask")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(keep, s.tkeep) {
+		t.Error("transpose mask differs")
+	}
+	// The materialized transpose is W_dpᵀ: W with the dropped entries zeroed, transposed.
+	td, err := f.Dense("w.transpose")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := s.cols * s.pattern.N / s.pattern.M
+	for r := 0; r < s.rows; r++ {
+		for j := 0; j < kept; j++ {
+			c := j/s.pattern.N*s.pattern.M + int(s.idx[r*kept+j])
+			w := float32(0)
+			if s.tkeep[r*kept+j] {
+				w = s.values[r*kept+j]
+			}
+			if td[c*s.rows+r] != w {
+				t.Fatalf("W_dpᵀ[%d,%d] = %v, want %v", c, r, td[c*s.rows+r], w)
+			}
+		}
+	}
+	if got, err = f.Float32s("w.lora_l"); err != nil {
+		t.Fatal(err)
+	}
+	eq("lora_l", got, s.l)
+	if got, err = f.Float32View("w.adam_m"); err != nil {
+		t.Fatal(err)
+	}
+	eq("adam_m (view)", got, s.m1)
+	m := f.Manifest()
+	if m.GetArchitecture().GetOpt().GetHiddenSize() != 16 || m.GetTraining().GetStep() != 7 || len(m.GetGraph().GetNode()) != 3 {
+		t.Error("manifest fields lost in the round trip")
+	}
+	if err := f.Verify(nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts *WriterOptions
+	}{
+		{"default", nil},
+		{"zstd", &WriterOptions{Compress: true}},
+		{"align64", &WriterOptions{Alignment: 64}},
+		{"tiny-reserve", &WriterOptions{ManifestReserve: 1}}, // manifest outgrows the reserve: relocation
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSample(t, 7)
+			path := filepath.Join(t.TempDir(), "m.slope")
+			writeSample(t, s, path, tc.opts)
+			f, err := Open(path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			checkSample(t, f, s)
+			align := uint64(DefaultAlignment)
+			if tc.opts != nil && tc.opts.Alignment != 0 {
+				align = uint64(tc.opts.Alignment)
+			}
+			if f.hdr.dataOffset%align != 0 || f.hdr.dataOffset-(HeaderSize+f.hdr.manifestLen) >= align {
+				t.Errorf("data offset %d not compact for manifest of %d bytes", f.hdr.dataOffset, f.hdr.manifestLen)
+			}
+			compressed := 0
+			for _, x := range f.Tensors() {
+				if x.Compression != slopepb.Compression_COMPRESSION_NONE {
+					compressed++
+				}
+			}
+			if (tc.opts != nil && tc.opts.Compress) != (compressed > 0) {
+				t.Errorf("%d tensors compressed", compressed)
+			}
+			entries, _ := os.ReadDir(filepath.Dir(path))
+			if len(entries) != 1 {
+				t.Errorf("temporary files left behind: %v", entries)
+			}
+		})
+	}
+}
+
+func TestWriterRejectsBadTensors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.slope")
+	w, err := Create(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NM{2, 4}
+	if err := w.WriteDense("a", slopepb.DType_FLOAT32, []uint64{2, 2}, []float32{1, 2, 3}); !errors.Is(err, ErrShape) {
+		t.Errorf("short data: %v", err)
+	}
+	// A rejected tensor writes nothing; the file stays usable without it.
+	if err := w.WriteDense("b", slopepb.DType_FLOAT32, []uint64{1}, []float32{1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Tensors()) != 1 || f.Verify(nil) != nil {
+		t.Errorf("after a rejected write: %d tensors, verify %v", len(f.Tensors()), f.Verify(nil))
+	}
+	f.Close()
+
+	// Abort leaves nothing behind, under the final name or as a temp file.
+	apath := filepath.Join(t.TempDir(), "aborted.slope")
+	aw, err := Create(apath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := aw.WriteDense("a", slopepb.DType_FLOAT32, []uint64{1}, []float32{1}); err != nil {
+		t.Fatal(err)
+	}
+	aw.Abort()
+	if entries, _ := os.ReadDir(filepath.Dir(apath)); len(entries) != 0 {
+		t.Errorf("left behind after Abort: %v", entries)
+	}
+	if err := aw.Close(); !errors.Is(err, ErrWriter) {
+		t.Errorf("Close after Abort: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		do   func(w *Writer) error
+		want error
+	}{
+		{"duplicate", func(w *Writer) error {
+			if err := w.WriteDense("a", slopepb.DType_FLOAT32, []uint64{1}, []float32{1}); err != nil {
+				return err
+			}
+			return w.WriteDense("a", slopepb.DType_FLOAT32, []uint64{1}, []float32{1})
+		}, ErrWriter},
+		{"mask before weight", func(w *Writer) error {
+			return w.WriteTransposeMask("m", "w", p, 4, 4, make([]bool, 8))
+		}, ErrWriter},
+		{"cols not multiple of M", func(w *Writer) error {
+			return w.WriteNM("w", slopepb.DType_FLOAT32, p, 4, 6, make([]float32, 12), make([]uint8, 12))
+		}, ErrShape},
+		{"bad indices", func(w *Writer) error {
+			return w.WriteNM("w", slopepb.DType_FLOAT32, p, 1, 4, []float32{1, 2}, []uint8{2, 1})
+		}, ErrIndex},
+		{"too many in transpose group", func(w *Writer) error {
+			if err := w.WriteNM("w", slopepb.DType_FLOAT32, p, 4, 4, make([]float32, 8), []uint8{0, 1, 0, 1, 0, 1, 0, 1}); err != nil {
+				return err
+			}
+			return w.WriteTransposeMask("m", "w", p, 4, 4, []bool{true, true, true, true, true, true, false, false})
+		}, ErrMask},
+		{"NM of int dtype", func(w *Writer) error {
+			return w.WriteTensor(&slopepb.Tensor{Name: "i", Dtype: slopepb.DType_INT32, Shape: []uint64{1, 4},
+				Encoding: slopepb.Encoding_NM, Nm: &slopepb.NMParams{N: 2, M: 4}}, make([]byte, 9))
+		}, ErrShape},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, err := Create(filepath.Join(t.TempDir(), "x.slope"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Abort()
+			if err := tc.do(w); !errors.Is(err, tc.want) {
+				t.Errorf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestWriterGraphMustReferenceTensors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "g.slope")
+	w, err := Create(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Manifest().Graph = sampleGraph() // names tensors that are never written
+	if err := w.Close(); !errors.Is(err, ErrGraph) {
+		t.Fatalf("Close: %v, want ErrGraph", err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Error("invalid file written")
+	}
+}
+
+func TestEmptyContainer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "empty.slope")
+	w, err := Create(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Manifest().Metadata = map[string]string{"k": "v"}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Manifest().Metadata["k"] != "v" || len(f.Tensors()) != 0 || f.Verify(nil) != nil {
+		t.Error("empty container did not round-trip")
+	}
+	if _, err := f.Raw("nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing tensor: %v", err)
+	}
+}
+
+func TestStreamingLargeTensorCount(t *testing.T) {
+	// Many tensors: the manifest outgrows the default reserve, and offsets
+	// stay aligned and ordered.
+	path := filepath.Join(t.TempDir(), "many.slope")
+	w, err := Create(path, &WriterOptions{Alignment: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000
+	for i := 0; i < n; i++ {
+		name := "t." + string(rune('a'+i%26)) + "." + strconv.Itoa(i)
+		if err := w.WriteDense(name, slopepb.DType_FLOAT32, []uint64{3}, []float32{float32(i), 1, 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if len(f.Tensors()) != n {
+		t.Fatalf("%d tensors", len(f.Tensors()))
+	}
+	if err := f.Verify(nil); err != nil {
+		t.Fatal(err)
+	}
+	v, err := f.Float32s(f.Tensors()[n-1].Name)
+	if err != nil || v[0] != n-1 {
+		t.Fatalf("last tensor %v %v", v, err)
+	}
+}

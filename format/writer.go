@@ -1,0 +1,378 @@
+package format
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/xxh3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/slopeml/slope/format/slopepb"
+)
+
+// WriterOptions tune a Writer. The zero value gives the defaults.
+type WriterOptions struct {
+	// Alignment of the data region and of every tensor; a power of two in
+	// [MinAlignment, MaxAlignment]. 0 means DefaultAlignment (4096).
+	Alignment int
+	// Compress stores tensors as zstd frames (byte-plane shuffled for
+	// 16-bit values). Off by default: compressed tensors cannot be used
+	// zero-copy from the mmap. A tensor that does not shrink is stored raw.
+	Compress bool
+	// ZstdLevel is the zstd encoder level when Compress is set (0: default).
+	ZstdLevel zstd.EncoderLevel
+	// ManifestReserve is the room, in bytes, left before the data region
+	// for the manifest, which is written last. When the final manifest is
+	// larger, or the file is small, Close rewrites the file compactly.
+	// 0 means 64 KiB plus 512 bytes per expected tensor (ExpectedTensors).
+	ManifestReserve int
+	// ExpectedTensors sizes the default ManifestReserve.
+	ExpectedTensors int
+	// Limits applied to what is written (0 fields: DefaultLimits).
+	Limits *Limits
+}
+
+// compactBelow: when the data region is smaller than this, Close always
+// rewrites the file so that no reserve gap is left.
+const compactBelow = 64 << 20
+
+// Writer streams a .slope file: tensor bytes go to a temporary file in the
+// target directory as they are produced, the manifest is written at Close,
+// and the file appears under its final name only after fsync and rename.
+// A Writer is not safe for concurrent use.
+type Writer struct {
+	path     string
+	tmp      *os.File
+	opts     WriterOptions
+	lim      Limits
+	align    uint64
+	dataOff  uint64 // provisional start of the data region in tmp
+	dataLen  uint64 // bytes of the data region written so far
+	manifest *slopepb.Manifest
+	names    map[string]int
+	enc      *zstd.Encoder
+	err      error // sticky: the first failure; Close then aborts
+	done     bool
+}
+
+// Create starts a new container that will be written to path.
+func Create(path string, opts *WriterOptions) (*Writer, error) {
+	var o WriterOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Alignment == 0 {
+		o.Alignment = DefaultAlignment
+	}
+	a := o.Alignment
+	if a < MinAlignment || a > MaxAlignment || a&(a-1) != 0 {
+		return nil, fmt.Errorf("create %s: alignment %d is not a power of two in [%d, %d]: %w", path, a, MinAlignment, MaxAlignment, ErrWriter)
+	}
+	if o.ManifestReserve <= 0 {
+		o.ManifestReserve = 64<<10 + 512*max(o.ExpectedTensors, 0)
+	}
+	lim := DefaultLimits()
+	if o.Limits != nil {
+		lim = *o.Limits
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	w := &Writer{
+		path: path, tmp: tmp, opts: o, lim: lim, align: uint64(a),
+		manifest: &slopepb.Manifest{},
+		names:    map[string]int{},
+	}
+	w.dataOff, _ = alignUp(HeaderSize+uint64(o.ManifestReserve), w.align)
+	if o.Compress {
+		if o.ZstdLevel == 0 {
+			o.ZstdLevel = zstd.SpeedDefault
+		}
+		w.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(o.ZstdLevel), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			w.Abort()
+			return nil, fmt.Errorf("create %s: zstd: %w", path, err)
+		}
+	}
+	return w, nil
+}
+
+// Manifest returns the manifest being built. Callers fill in the
+// architecture, graph, opset imports, provenance, training state and
+// metadata; the tensor table belongs to the Writer and must not be edited.
+func (w *Writer) Manifest() *slopepb.Manifest { return w.manifest }
+
+// WriteTensor appends one tensor. desc names it and gives dtype, shape,
+// encoding and encoding parameters; the Writer fills in offset, lengths,
+// compression and checksum. raw is the tensor's raw encoding (SPEC.md,
+// "Encodings"); it is validated (sizes, N:M indices, transpose masks whose
+// weight is already written) before anything is written.
+//
+// A tensor rejected by validation writes nothing and leaves the Writer
+// usable; an I/O failure is sticky: every later call fails and Close
+// aborts.
+func (w *Writer) WriteTensor(desc *slopepb.Tensor, raw []byte) error {
+	return w.writeTensor(desc, raw)
+}
+
+func (w *Writer) writeTensor(desc *slopepb.Tensor, raw []byte) error {
+	if w.done {
+		return fmt.Errorf("write %q: %w: writer closed", desc.GetName(), ErrWriter)
+	}
+	if w.err != nil {
+		return fmt.Errorf("write %q: earlier failure: %w", desc.GetName(), w.err)
+	}
+	t := proto.Clone(desc).(*slopepb.Tensor)
+	t.Compression = slopepb.Compression_COMPRESSION_NONE
+	t.Length, t.RawLength = uint64(len(raw)), uint64(len(raw))
+	if len(w.manifest.Tensors) >= w.lim.MaxTensors {
+		return fmt.Errorf("write %q: more than %d tensors: %w", t.Name, w.lim.MaxTensors, ErrLimit)
+	}
+	if _, dup := w.names[t.Name]; dup {
+		return fmt.Errorf("write %q: duplicate tensor name: %w", t.Name, ErrWriter)
+	}
+	info, err := checkTensorMeta(t, w.lim)
+	if err != nil {
+		return fmt.Errorf("write %q: %w", t.Name, err)
+	}
+	if err := w.checkContent(info, raw); err != nil {
+		return fmt.Errorf("write %q: %w", t.Name, err)
+	}
+	stored := raw
+	if w.enc != nil {
+		if c, kind, ok := w.compress(info, raw); ok {
+			stored, t.Compression, t.Length = c, kind, uint64(len(c))
+		}
+	}
+	t.Xxh3 = xxh3.Hash(stored)
+	off, _ := alignUp(w.dataLen, w.align)
+	if _, err := w.tmp.WriteAt(stored, int64(w.dataOff+off)); err != nil {
+		w.err = fmt.Errorf("write %q to %s: %w", t.Name, w.tmp.Name(), err)
+		return w.err
+	}
+	t.Offset = off
+	w.dataLen = off + uint64(len(stored))
+	w.names[t.Name] = len(w.manifest.Tensors)
+	w.manifest.Tensors = append(w.manifest.Tensors, t)
+	return nil
+}
+
+// checkContent validates what can be checked of raw bytes before writing.
+func (w *Writer) checkContent(info tensorInfo, raw []byte) error {
+	t := info.t
+	switch t.Encoding {
+	case slopepb.Encoding_NM, slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED:
+		vb, _, _ := NMSizes(info.nm, info.rows, info.cols, info.elemSize)
+		return ValidateNMIndices(info.nm, info.rows, info.cols, raw[vb:])
+	case slopepb.Encoding_NM_TRANSPOSE_MASK:
+		pi, ok := w.names[t.TransposeOf]
+		if !ok {
+			return fmt.Errorf("transpose_of %q must be written before its mask: %w", t.TransposeOf, ErrWriter)
+		}
+		p := w.manifest.Tensors[pi]
+		pinfo, err := checkTensorMeta(p, w.lim)
+		if err != nil {
+			return err
+		}
+		idx, err := w.rawOf(pinfo)
+		if err != nil {
+			return err
+		}
+		vb, _, _ := NMSizes(pinfo.nm, pinfo.rows, pinfo.cols, pinfo.elemSize)
+		if pinfo.nm != info.nm || pinfo.rows != info.rows || pinfo.cols != info.cols {
+			return fmt.Errorf("mask pattern/shape %s %v differs from %q: %w", info.nm, t.Shape, p.Name, ErrShape)
+		}
+		return ValidateTransposeMask(info.nm, info.rows, info.cols, idx[vb:], raw)
+	}
+	return nil
+}
+
+// rawOf reads back the raw bytes of a tensor already written.
+func (w *Writer) rawOf(info tensorInfo) ([]byte, error) {
+	t := info.t
+	stored := make([]byte, t.Length)
+	if _, err := w.tmp.ReadAt(stored, int64(w.dataOff+t.Offset)); err != nil {
+		return nil, fmt.Errorf("read back %q: %w", t.Name, err)
+	}
+	return decodeStored(t, info, stored)
+}
+
+func (w *Writer) compress(info tensorInfo, raw []byte) ([]byte, slopepb.Compression, bool) {
+	kind := slopepb.Compression_ZSTD
+	src := raw
+	if info.elemSize == 2 && info.t.Encoding != slopepb.Encoding_NM_TRANSPOSE_MASK {
+		kind = slopepb.Compression_ZSTD_SHUFFLE
+		src = shuffleValues(info, raw, false)
+	}
+	c := w.enc.EncodeAll(src, nil)
+	if len(c) >= len(raw) {
+		return nil, 0, false
+	}
+	if r, ok := mulU64(uint64(len(c)), w.lim.MaxCompressionRatio); ok && uint64(len(raw)) > r {
+		return nil, 0, false
+	}
+	return c, kind, true
+}
+
+// valuesLen is the length of the section that ZSTD_SHUFFLE shuffles.
+func valuesLen(info tensorInfo) uint64 {
+	switch info.t.Encoding {
+	case slopepb.Encoding_NM, slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED:
+		vb, _, _ := NMSizes(info.nm, info.rows, info.cols, info.elemSize)
+		return uint64(vb)
+	}
+	return info.rawBytes
+}
+
+// shuffleValues returns raw with its values section byte-plane shuffled
+// (or unshuffled), the rest (N:M indices) unchanged.
+func shuffleValues(info tensorInfo, raw []byte, inverse bool) []byte {
+	out := make([]byte, len(raw))
+	n := valuesLen(info)
+	if inverse {
+		_ = UnshuffleBytes(info.elemSize, raw[:n], out[:n])
+	} else {
+		_ = ShuffleBytes(info.elemSize, raw[:n], out[:n])
+	}
+	copy(out[n:], raw[n:])
+	return out
+}
+
+var zstdDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<40))
+
+// decodeStored turns stored bytes into the raw encoding, checking that the
+// compressed frame yields exactly raw_length bytes.
+func decodeStored(t *slopepb.Tensor, info tensorInfo, stored []byte) ([]byte, error) {
+	if t.Compression == slopepb.Compression_COMPRESSION_NONE {
+		return stored, nil
+	}
+	buf := make([]byte, 0, t.RawLength)
+	raw, err := zstdDecoder.DecodeAll(stored, buf)
+	if err != nil {
+		return nil, fmt.Errorf("tensor %q: zstd: %v: %w", t.Name, err, ErrCompression)
+	}
+	if uint64(len(raw)) != t.RawLength {
+		return nil, fmt.Errorf("tensor %q: decompressed to %d bytes, want %d: %w", t.Name, len(raw), t.RawLength, ErrCompression)
+	}
+	if t.Compression == slopepb.Compression_ZSTD_SHUFFLE {
+		raw = shuffleValues(info, raw, true)
+	}
+	return raw, nil
+}
+
+// Close validates and writes the manifest, fsyncs, and renames the file
+// into place. On any error nothing is left under the final name (and the
+// temporary file is removed).
+func (w *Writer) Close() error {
+	if w.done {
+		return fmt.Errorf("close %s: %w: already closed", w.path, ErrWriter)
+	}
+	if w.err != nil {
+		w.Abort()
+		return fmt.Errorf("close %s: earlier failure: %w", w.path, w.err)
+	}
+	if err := w.finish(); err != nil {
+		w.Abort()
+		return fmt.Errorf("close %s: %w", w.path, err)
+	}
+	w.done = true
+	return nil
+}
+
+func (w *Writer) finish() error {
+	if w.manifest.Provenance != nil && w.manifest.Provenance.Created == "" {
+		w.manifest.Provenance.Created = time.Now().UTC().Format(time.RFC3339)
+	}
+	mb, err := proto.MarshalOptions{Deterministic: true}.Marshal(w.manifest)
+	if err != nil {
+		return fmt.Errorf("marshal manifest: %w", err)
+	}
+	if uint64(len(mb)) > w.lim.MaxManifestLen {
+		return fmt.Errorf("manifest of %d bytes exceeds cap %d: %w", len(mb), w.lim.MaxManifestLen, ErrLimit)
+	}
+	final, _ := alignUp(HeaderSize+uint64(len(mb)), w.align)
+	if w.dataLen == 0 {
+		final = HeaderSize + uint64(len(mb))
+	}
+	if _, _, err := checkManifest(w.manifest, w.lim, w.align, final, final+w.dataLen, true); err != nil {
+		return err
+	}
+	h := header{alignment: uint32(w.align), manifestLen: uint64(len(mb)), manifestXXH3: xxh3.Hash(mb), dataOffset: final}
+	f := w.tmp
+	inPlace := final == w.dataOff || (final < w.dataOff && w.dataLen >= compactBelow)
+	if !inPlace {
+		f, err = w.relocate(final)
+		if err != nil {
+			return err
+		}
+	} else {
+		h.dataOffset = w.dataOff
+	}
+	head := append(h.encode(), mb...)
+	head = append(head, make([]byte, h.dataOffset-uint64(len(head)))...)
+	if _, err := f.WriteAt(head, 0); err != nil {
+		return fmt.Errorf("write header: %w", err)
+	}
+	if err := f.Truncate(int64(h.dataOffset + w.dataLen)); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", f.Name(), err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), w.path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(w.path)); err == nil {
+		_ = d.Sync() // make the rename durable; not all filesystems allow it
+		_ = d.Close()
+	}
+	return nil
+}
+
+// relocate copies the data region into a new temporary file whose data
+// region starts at off, and returns it (the old one is removed).
+func (w *Writer) relocate(off uint64) (*os.File, error) {
+	nf, err := os.CreateTemp(filepath.Dir(w.path), "."+filepath.Base(w.path)+".tmp-*")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.tmp.Seek(int64(w.dataOff), io.SeekStart); err == nil {
+		if _, err = nf.Seek(int64(off), io.SeekStart); err == nil {
+			_, err = nf.ReadFrom(&io.LimitedReader{R: w.tmp, N: int64(w.dataLen)})
+		}
+	}
+	if err != nil {
+		nf.Close()
+		os.Remove(nf.Name())
+		return nil, fmt.Errorf("relocate data region: %w", err)
+	}
+	old := w.tmp
+	w.tmp = nf
+	old.Close()
+	os.Remove(old.Name())
+	return nf, nil
+}
+
+// Abort discards everything written; the final path is not touched.
+func (w *Writer) Abort() {
+	if w.done {
+		return
+	}
+	w.done = true
+	if w.tmp != nil {
+		w.tmp.Close()
+		os.Remove(w.tmp.Name())
+	}
+	if w.enc != nil {
+		w.enc.Close()
+	}
+}
