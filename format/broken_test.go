@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/xxh3"
 
 	"github.com/slopeml/slope/format/onnxpb"
@@ -247,6 +248,19 @@ func brokenCases() []brokenCase {
 			x.Compression, x.RawLength = slopepb.Compression_ZSTD, 8192
 			return c.assemble(t)
 		}, ErrLimit},
+		{"zstd frame longer than raw_length", func(t testing.TB, good []byte) []byte {
+			c := splitContainer(t, good)
+			enc, err := zstd.NewWriter(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frame := enc.EncodeAll(make([]byte, 16<<10), nil) // 16 KiB of zeros
+			appendTensor(c, &slopepb.Tensor{Name: "long", Dtype: slopepb.DType_FLOAT32, Shape: []uint64{16},
+				Encoding: slopepb.Encoding_DENSE}, frame)
+			x := c.tensor(t, "long")
+			x.Compression, x.RawLength = slopepb.Compression_ZSTD, 64
+			return c.assemble(t)
+		}, ErrCompression},
 		{"zstd shuffle of fp32", viaContainer(func(t testing.TB, c *container) {
 			c.tensor(t, "embed").Compression = slopepb.Compression_ZSTD_SHUFFLE
 		}), ErrManifest},

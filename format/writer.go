@@ -1,6 +1,7 @@
 package format
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -244,21 +245,33 @@ func shuffleValues(info tensorInfo, raw []byte, inverse bool) []byte {
 	return out
 }
 
-var zstdDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<40))
+// maxZstdWindow bounds the window a frame may ask the decoder for (the
+// writer's levels use at most 8 MiB).
+const maxZstdWindow = 64 << 20
 
 // decodeStored turns stored bytes into the raw encoding, checking that the
-// compressed frame yields exactly raw_length bytes.
+// compressed frame yields exactly raw_length bytes. The decoder never
+// produces, or allocates for output, more than raw_length bytes.
 func decodeStored(t *slopepb.Tensor, info tensorInfo, stored []byte) ([]byte, error) {
 	if t.Compression == slopepb.Compression_COMPRESSION_NONE {
 		return stored, nil
 	}
-	buf := make([]byte, 0, t.RawLength)
-	raw, err := zstdDecoder.DecodeAll(stored, buf)
-	if err != nil {
-		return nil, fmt.Errorf("tensor %q: zstd: %v: %w", t.Name, err, ErrCompression)
+	fail := func(err error) error {
+		return fmt.Errorf("tensor %q: zstd: %v: %w", t.Name, err, ErrCompression)
 	}
-	if uint64(len(raw)) != t.RawLength {
-		return nil, fmt.Errorf("tensor %q: decompressed to %d bytes, want %d: %w", t.Name, len(raw), t.RawLength, ErrCompression)
+	dec, err := zstd.NewReader(bytes.NewReader(stored), zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderLowmem(true))
+	if err != nil {
+		return nil, fail(err)
+	}
+	defer dec.Close()
+	raw := make([]byte, t.RawLength)
+	if _, err := io.ReadFull(dec, raw); err != nil {
+		return nil, fail(fmt.Errorf("decompressed to fewer than %d bytes: %w", t.RawLength, err))
+	}
+	var one [1]byte
+	if n, err := dec.Read(one[:]); n != 0 || err != io.EOF {
+		return nil, fail(fmt.Errorf("frame holds more than %d bytes (or is corrupt: %v)", t.RawLength, err))
 	}
 	if t.Compression == slopepb.Compression_ZSTD_SHUFFLE {
 		raw = shuffleValues(info, raw, true)
