@@ -149,11 +149,20 @@ func (r *File) Tensors() []*slopepb.Tensor { return r.manifest.Tensors }
 
 // Lookup finds a tensor table entry by name.
 func (r *File) Lookup(name string) (*slopepb.Tensor, error) {
-	i, ok := r.byName[name]
-	if !ok {
-		return nil, fmt.Errorf("%s: tensor %q: %w", r.path, name, ErrNotFound)
+	i, err := r.find(name)
+	if err != nil {
+		return nil, err
 	}
 	return r.manifest.Tensors[i], nil
+}
+
+// find is the table index of a tensor.
+func (r *File) find(name string) (int, error) {
+	i, ok := r.byName[name]
+	if !ok {
+		return 0, fmt.Errorf("%s: tensor %q: %w", r.path, name, ErrNotFound)
+	}
+	return i, nil
 }
 
 // FileOffset is the absolute offset of a tensor's stored bytes.
@@ -171,9 +180,9 @@ func (r *File) stored(i int) []byte {
 // fresh decompressed buffer otherwise. On first access the tensor's
 // checksum and encoding content are verified.
 func (r *File) Raw(name string) ([]byte, error) {
-	i, ok := r.byName[name]
-	if !ok {
-		return nil, fmt.Errorf("%s: tensor %q: %w", r.path, name, ErrNotFound)
+	i, err := r.find(name)
+	if err != nil {
+		return nil, err
 	}
 	return r.raw(i)
 }
@@ -236,9 +245,9 @@ type NMView struct {
 
 // NM returns the sections of an NM or NM_TRANSPOSE_MATERIALIZED tensor.
 func (r *File) NM(name string) (*NMView, error) {
-	i, ok := r.byName[name]
-	if !ok {
-		return nil, fmt.Errorf("%s: tensor %q: %w", r.path, name, ErrNotFound)
+	i, err := r.find(name)
+	if err != nil {
+		return nil, err
 	}
 	info := r.infos[i]
 	if e := info.t.Encoding; e != slopepb.Encoding_NM && e != slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED {
@@ -255,9 +264,9 @@ func (r *File) NM(name string) (*NMView, error) {
 // Float32s decodes a DENSE or LOW_RANK float tensor to float32 (a copy).
 // For NM tensors use NM, or Dense to expand them.
 func (r *File) Float32s(name string) ([]float32, error) {
-	i, ok := r.byName[name]
-	if !ok {
-		return nil, fmt.Errorf("%s: tensor %q: %w", r.path, name, ErrNotFound)
+	i, err := r.find(name)
+	if err != nil {
+		return nil, err
 	}
 	info := r.infos[i]
 	if e := info.t.Encoding; (e != slopepb.Encoding_DENSE && e != slopepb.Encoding_LOW_RANK) || !IsFloat(info.t.Dtype) {
@@ -279,9 +288,9 @@ func (r *File) Float32s(name string) ([]float32, error) {
 // Only on little-endian hosts, which is every platform Go's mmap supports
 // here.
 func (r *File) Float32View(name string) ([]float32, error) {
-	i, ok := r.byName[name]
-	if !ok {
-		return nil, fmt.Errorf("%s: tensor %q: %w", r.path, name, ErrNotFound)
+	i, err := r.find(name)
+	if err != nil {
+		return nil, err
 	}
 	info := r.infos[i]
 	if info.t.Dtype != slopepb.DType_FLOAT32 || info.t.Compression != slopepb.Compression_COMPRESSION_NONE ||
@@ -331,9 +340,9 @@ func (r *File) Dense(name string) ([]float32, error) {
 // TransposeMask returns the keep bits (in the weight's values order) of an
 // NM_TRANSPOSE_MASK tensor, validated against its weight.
 func (r *File) TransposeMask(name string) ([]bool, error) {
-	i, ok := r.byName[name]
-	if !ok {
-		return nil, fmt.Errorf("%s: tensor %q: %w", r.path, name, ErrNotFound)
+	i, err := r.find(name)
+	if err != nil {
+		return nil, err
 	}
 	info := r.infos[i]
 	if info.t.Encoding != slopepb.Encoding_NM_TRANSPOSE_MASK {
