@@ -291,3 +291,39 @@ func TestStreamingLargeTensorCount(t *testing.T) {
 		t.Fatalf("last tensor %v %v", v, err)
 	}
 }
+
+func TestMergedAdapterLayout(t *testing.T) {
+	p := NM{2, 4}
+	const out, in, r = 8, 16, 2
+	dense := make([]float32, (out+r)*in)
+	for i := range dense {
+		dense[i] = float32(i%7) - 3
+	}
+	vals, idx, err := SplitNM(p, out+r, in, dense, magnitudeKeep(p, dense))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(rShape []uint64) error {
+		w, err := Create(filepath.Join(t.TempDir(), "merged.slope"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.WriteNM("w", slopepb.DType_FLOAT32, p, out+r, in, vals, idx); err != nil {
+			t.Fatal(err)
+		}
+		n := int(rShape[0] * rShape[1])
+		desc := &slopepb.Tensor{Name: "w.lora_r", Dtype: slopepb.DType_FLOAT32, Shape: rShape, Encoding: slopepb.Encoding_LOW_RANK,
+			Adapter: &slopepb.AdapterParams{Weight: "w", Factor: slopepb.AdapterParams_R, Scale: 2, Merged: true}}
+		raw := make([]byte, 4*n)
+		if err := w.WriteTensor(desc, raw); err != nil {
+			t.Fatal(err)
+		}
+		return w.Close()
+	}
+	if err := write([]uint64{r, out}); err != nil {
+		t.Fatalf("valid merged layout rejected: %v", err)
+	}
+	if err := write([]uint64{r + 1, out}); !errors.Is(err, ErrShape) {
+		t.Fatalf("R rows not matching the weight's extra rows: %v", err)
+	}
+}

@@ -302,6 +302,12 @@ func checkReferences(m *slopepb.Manifest, infos []tensorInfo, byName map[string]
 		}
 	}
 	for w, p := range adapters {
+		if merged := p.r != nil && p.r.t.Adapter.Merged; merged || (p.l != nil && p.l.t.Adapter.Merged) {
+			if err := checkMergedAdapter(w, p.l, p.r, infos[byName[w]].t); err != nil {
+				return err
+			}
+			continue
+		}
 		if p.l == nil || p.r == nil {
 			return fmt.Errorf("weight %q has only one adapter factor (L and R are both required): %w", w, ErrManifest)
 		}
@@ -311,6 +317,19 @@ func checkReferences(m *slopepb.Manifest, infos []tensorInfo, byName map[string]
 		if _, err := ValidateAdapterShapes(infos[byName[w]].t.Shape, p.l.t.Shape, p.r.t.Shape); err != nil {
 			return fmt.Errorf("adapter of %q: %w", w, err)
 		}
+	}
+	return nil
+}
+
+// checkMergedAdapter: a merged layout has R [r, out] alone, and the
+// weight has out + r rows.
+func checkMergedAdapter(w string, l, r *tensorInfo, wt *slopepb.Tensor) error {
+	if l != nil || r == nil {
+		return fmt.Errorf("weight %q: a merged adapter has an R factor and no L: %w", w, ErrManifest)
+	}
+	rs := r.t.Shape
+	if len(wt.Shape) != 2 || rs[0] < 1 || wt.Shape[0] != rs[0]+rs[1] {
+		return fmt.Errorf("weight %q %v: merged adapter R %v needs a weight of out + r rows: %w", w, wt.Shape, rs, ErrShape)
 	}
 	return nil
 }

@@ -670,7 +670,10 @@ type AdapterParams struct {
 	Weight string               `protobuf:"bytes,1,opt,name=weight,proto3" json:"weight,omitempty"`
 	Factor AdapterParams_Factor `protobuf:"varint,2,opt,name=factor,proto3,enum=slope.format.v1.AdapterParams_Factor" json:"factor,omitempty"`
 	// Output scale s of Y += s * (X L) R. Must be equal on L and R.
-	Scale         float32 `protobuf:"fixed32,3,opt,name=scale,proto3" json:"scale,omitempty"`
+	Scale float32 `protobuf:"fixed32,3,opt,name=scale,proto3" json:"scale,omitempty"`
+	// Merged-adapter layout (R only): L is not stored on its own; its
+	// transpose is the last r rows of the weight, which then has out + r rows.
+	Merged        bool `protobuf:"varint,4,opt,name=merged,proto3" json:"merged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -724,6 +727,13 @@ func (x *AdapterParams) GetScale() float32 {
 		return x.Scale
 	}
 	return 0
+}
+
+func (x *AdapterParams) GetMerged() bool {
+	if x != nil {
+		return x.Merged
+	}
+	return false
 }
 
 type Tensor struct {
@@ -1503,11 +1513,12 @@ const file_manifest_proto_rawDesc = "" +
 	"\x0elayer_norm_eps\x18\x11 \x01(\x02R\flayerNormEps\"&\n" +
 	"\bNMParams\x12\f\n" +
 	"\x01n\x18\x01 \x01(\rR\x01n\x12\f\n" +
-	"\x01m\x18\x02 \x01(\rR\x01m\"\xac\x01\n" +
+	"\x01m\x18\x02 \x01(\rR\x01m\"\xc4\x01\n" +
 	"\rAdapterParams\x12\x16\n" +
 	"\x06weight\x18\x01 \x01(\tR\x06weight\x12=\n" +
 	"\x06factor\x18\x02 \x01(\x0e2%.slope.format.v1.AdapterParams.FactorR\x06factor\x12\x14\n" +
-	"\x05scale\x18\x03 \x01(\x02R\x05scale\".\n" +
+	"\x05scale\x18\x03 \x01(\x02R\x05scale\x12\x16\n" +
+	"\x06merged\x18\x04 \x01(\bR\x06merged\".\n" +
 	"\x06Factor\x12\x16\n" +
 	"\x12FACTOR_UNSPECIFIED\x10\x00\x12\x05\n" +
 	"\x01L\x10\x01\x12\x05\n" +
