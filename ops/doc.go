@@ -1,41 +1,52 @@
-// Package ops defines the operator set of domain "ai.slope", the ops that
-// nodes of a .slope container's graph name, and the registry through which
-// backends provide kernels for them.
+// Package ops defines the operator set of domain "ai.slope" (the ops that
+// the nodes of a .slope container's graph name), the Backend interface
+// through which a device provides kernels for them, and the CPU backend.
 //
-// # Status
+// # Data model
 //
-// Nothing is implemented yet; this file states the contract the package
-// is built to. Everything below is planned.
+// Activations are float32 matrices [rows, dim], row-major, one row per
+// token of the current call (rows = batch*seq, batch-major). Weights come
+// from a Weights source (a *format.File) and are bound once, when a node
+// is bound to a kernel; a bound node is a Step. A Call carries what every
+// step of one forward pass shares: batch and sequence sizes, token ids,
+// the attention mask and the key/value cache.
 //
-// # Op set (planned)
+// # Op set, version 1 (normative for every backend)
 //
-// Version 1 of domain ai.slope has these ops; each op's inputs, outputs,
-// attributes, shapes and dtypes are specified here and are normative for
-// every backend:
+// Inputs in order; "?" marks an optional input (the empty name in the
+// graph); attributes with their defaults.
 //
-//   - Embedding: token and position embedding lookup.
-//   - LayerNorm: layer normalization over the last dimension, with
-//     optional elementwise affine parameters.
-//   - Linear: Y = X Wᵀ + b with a dense weight.
-//   - SlopeLinear: Y = X Wᵀ + b + s·(X L) R with an N:M-sparse weight W,
-//     its transpose (mask or materialized) for the backward pass, and an
-//     optional low-rank adapter (L, R, scale s).
-//   - CausalAttention: multi-head self-attention with a causal mask and a
-//     key/value cache for incremental decoding.
-//   - Relu, Gelu: activations.
-//   - Add: elementwise addition (residual connections).
-//   - LMHead: projection to vocabulary logits (possibly tied to the
-//     embedding).
+//	Embedding(input_ids, attention_mask, embed_tokens [V, P], embed_positions [Np, H], project_in? [H, P]) -> [rows, H]
+//	    position_offset: int = 2. Row t of sequence b reads token ids[b,t]
+//	    and position cumsum(mask[b, 0..t])*mask[b,t] - 1 + position_offset
+//	    (OPT: positions count only real tokens, padding reads row 1). With
+//	    project_in the token embedding is projected (x·project_inᵀ) first.
+//	LayerNorm(x, weight?, bias?) -> x's shape      epsilon: float = 1e-5
+//	Linear(x, weight [out, in], bias? [out]) -> [rows, out]        y = x·Wᵀ + b
+//	SlopeLinear(x, weight NM [out(+r), in], bias?, transpose_mask?, L? [in, r], R? [r, out]) -> [rows, out]
+//	    n, m: int (the weight's pattern); merged_rank: int = 0.
+//	    y = x·Wᵀ + b + s·(x·L)·R, s = the adapter scale stored with L and R.
+//	    With merged_rank r > 0 (SLoPe's inference layout) the weight has
+//	    out + r rows, its last r rows being Lᵀ pruned with W, and L is
+//	    absent: one sparse GEMM yields x·Wᵀ and x·L. The transpose mask is
+//	    used by the backward pass only.
+//	CausalAttention(q [rows, H], k [rows, H], v [rows, H], attention_mask) -> [rows, H]
+//	    num_heads: int; scale: float (applied to q·kᵀ). Query t of sequence
+//	    b sees keys j <= past+t with mask[b, j] = 1; keys and values of the
+//	    call are appended to the Call's cache when it has one. A query that
+//	    sees no key (padding at the start of a row) yields zeros.
+//	Relu, Gelu (erf), GeluTanh (tanh approximation), Silu, Tanh, Sigmoid: (x) -> x's shape
+//	Add(a, b) -> a's shape
+//	LMHead(x [rows, H], weight [V, H]) -> [rows, V]        logits = x·Wᵀ (tied: the embedding)
 //
-// # Backends (planned)
+// # Backends
 //
-// A backend (the pure-Go CPU reference here, the CUDA backend in package
-// cuda) registers kernels per op, dtype and encoding. Lookup fails with an
-// error naming what is missing; there is no silent fallback.
+// A Backend binds nodes to steps. The CPU backend (NewCPU) keeps its
+// kernels in a per-backend registry; a node whose op has no kernel is an
+// error naming the op and the node. Backward slots are part of the op
+// contract and are filled by the training work (issue 6).
 //
-// # Conformance (planned)
-//
-// A conformance suite runs every registered kernel against the reference
-// implementation on generated inputs with per-dtype tolerances, so that a
-// backend is accepted only when it matches the reference.
+// The conformance suite (package ops/opstest) runs every op of a backend
+// against float64 references on random shapes; every backend's tests call
+// it with their own backend value.
 package ops

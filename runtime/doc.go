@@ -1,42 +1,32 @@
-// Package runtime executes .slope models: it will load a container, turn
-// its graph into an executable plan, and run inference and training on it.
+// Package runtime executes .slope models. It opens a container through
+// package format (memory-mapped, validated), compiles its graph into a
+// flat plan of steps bound on an ops.Backend, and runs it.
 //
 // The package name shadows the standard library's runtime, so importers
 // alias it:
 //
 //	import slopert "github.com/slopeml/slope/runtime"
 //
-// # Status
+// # Contract
 //
-// Nothing is implemented yet; this file states the contract the package
-// is built to. The parts below are planned (issues 4 and 6).
+// Loading. Open maps the container, checks that it holds a graph with
+// inputs input_ids and attention_mask and output logits, and binds every
+// node on the backend (the CPU backend by default). Binding reads each
+// weight once; a node the backend cannot run is an error naming it.
 //
-// # Contract (planned)
+// Compilation. Nodes run in graph order; every intermediate value gets a
+// buffer from a pool keyed by width, reused once the value's last reader
+// has run, so a session's memory is a few activation buffers plus its
+// key/value cache, sized when the session is made.
 //
-// Loading. The runtime opens containers through package format only: the
-// file is memory-mapped, its manifest validated, and uncompressed tensors
-// are used in place from the mapping (zero-copy); compressed tensors are
-// decoded once at load. Tensor bytes are verified (checksums, N:M indices,
-// transpose masks) before first use, and any failure is an error naming
-// the file, the tensor and its offset, never a panic.
+// Sessions. A Session holds per-sequence state (the attention key/value
+// cache and the mask so far) for up to Batch sequences of MaxLen tokens.
+// Step appends tokens and returns their logits. On top of it: Forward
+// (logits for a batch, fresh cache), Generate (greedy or sampled decoding
+// with temperature, top-k, top-p, a seed, a token budget and EOS stop;
+// prompts of different lengths are left-padded), and Score (perplexity of
+// a token sequence). A Session is used by one goroutine at a time; many
+// sessions may share a Model.
 //
-// Compilation. The graph of ai.slope nodes (see package ops) is compiled
-// into a flat plan: nodes in topological order, each bound to a kernel of
-// the chosen backend, with every intermediate value assigned a slot in a
-// buffer arena sized up front, so that a forward pass allocates nothing.
-// Compilation rejects ops, dtypes or shapes the backend does not support,
-// naming the node.
-//
-// Sessions. A Session holds a compiled plan plus per-sequence state (the
-// attention key/value cache) and offers Forward (logits for a batch of
-// token ids), Generate (greedy or sampled decoding with a stop condition)
-// and Score (log-likelihood of given continuations). A Session is used by
-// one goroutine at a time; several Sessions may share one loaded model.
-//
-// Training (issue 6). A Trainer fine-tunes a SLoPe model: N:M weights keep
-// their sparsity pattern and update their kept values (the backward pass
-// through a weight uses its double-pruned transpose), low-rank adapters are
-// added at a configured step, and checkpoints are .slope containers with
-// a TrainingState (optimizer moments, step, data position, random state)
-// from which training resumes exactly.
+// Training (issue 6) will add a Trainer on the same plan.
 package runtime

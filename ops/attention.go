@@ -1,0 +1,123 @@
+package ops
+
+import (
+	"fmt"
+	"math"
+)
+
+type attentionStep struct {
+	id         int // node ID: the cache slot
+	dim, heads int
+	headDim    int
+	scale      float32
+}
+
+func bindAttention(b Binding) (Step, error) {
+	n := b.Node
+	var d int
+	for i := range 3 {
+		di, err := inDim(b, i)
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 && di != d {
+			return nil, n.errorf("q, k, v widths differ (%v)", b.InDims)
+		}
+		d = di
+	}
+	heads, err := n.Int("num_heads", 0)
+	if err != nil {
+		return nil, err
+	}
+	if heads <= 0 || d%int(heads) != 0 {
+		return nil, n.errorf("num_heads %d does not divide width %d", heads, d)
+	}
+	scale, err := n.Float("scale", float32(1/math.Sqrt(float64(d/int(heads)))))
+	if err != nil {
+		return nil, err
+	}
+	return &attentionStep{id: n.ID, dim: d, heads: int(heads), headDim: d / int(heads), scale: scale}, nil
+}
+
+func (s *attentionStep) OutDim() int { return s.dim }
+
+func (s *attentionStep) Forward(c *Call, in []*Value, out *Value) error {
+	rows := c.Rows()
+	for i, v := range in[:3] {
+		if err := checkValue(fmt.Sprintf("attention input %d", i), v, rows, s.dim); err != nil {
+			return err
+		}
+	}
+	total := c.Past + c.Seq
+	if len(c.Mask) != c.Batch*total {
+		return fmt.Errorf("attention: mask has %d entries, want %d", len(c.Mask), c.Batch*total)
+	}
+	// keys/values of every position so far: [Batch, stride, dim].
+	keys, vals, stride := in[1].Data, in[2].Data, c.Seq
+	if c.Cache != nil {
+		if c.Batch != c.Cache.Batch || total > c.Cache.MaxLen {
+			return fmt.Errorf("attention: %d sequences of %d tokens do not fit a cache of %d x %d", c.Batch, total, c.Cache.Batch, c.Cache.MaxLen)
+		}
+		l := c.Cache.layer(s.id, s.dim)
+		for b := 0; b < c.Batch; b++ {
+			dst := (b*c.Cache.MaxLen + c.Past) * s.dim
+			copy(l.k[dst:dst+c.Seq*s.dim], in[1].Data[b*c.Seq*s.dim:(b+1)*c.Seq*s.dim])
+			copy(l.v[dst:dst+c.Seq*s.dim], in[2].Data[b*c.Seq*s.dim:(b+1)*c.Seq*s.dim])
+		}
+		keys, vals, stride = l.k, l.v, c.Cache.MaxLen
+	} else if c.Past != 0 {
+		return fmt.Errorf("attention: %d past tokens but no cache", c.Past)
+	}
+	q := in[0].Data
+	parallelRows(c.Batch*s.heads, c.Threads, func(lo, hi int) {
+		scores := make([]float32, total)
+		for bh := lo; bh < hi; bh++ {
+			b, h := bh/s.heads, bh%s.heads
+			mask := c.Mask[b*total : (b+1)*total]
+			off := h * s.headDim
+			for t := 0; t < c.Seq; t++ {
+				qi := q[(b*c.Seq+t)*s.dim+off:][:s.headDim]
+				y := out.Data[(b*c.Seq+t)*s.dim+off:][:s.headDim]
+				s.attendOne(y, qi, keys, vals, b*stride, off, mask[:c.Past+t+1], scores)
+			}
+		}
+	})
+	return nil
+}
+
+// attendOne computes one head (columns off..off+headDim of the width)
+// of one query over the key/value rows base..base+len(mask)-1 whose mask
+// is 1: softmax(scale·q·kᵀ)·v, in float32 with the maximum subtracted.
+func (s *attentionStep) attendOne(y, q, keys, vals []float32, base, off int, mask []int32, scores []float32) {
+	mx := float32(math.Inf(-1))
+	for j := range mask {
+		if mask[j] == 0 {
+			continue
+		}
+		sc := s.scale * dot(q, keys[(base+j)*s.dim+off:][:s.headDim])
+		scores[j] = sc
+		mx = max(mx, sc)
+	}
+	for e := range y {
+		y[e] = 0
+	}
+	if math.IsInf(float64(mx), -1) {
+		return // no visible key: a padded query
+	}
+	var sum float32
+	for j := range mask {
+		if mask[j] == 0 {
+			continue
+		}
+		p := float32(math.Exp(float64(scores[j] - mx)))
+		sum += p
+		v := vals[(base+j)*s.dim+off:][:s.headDim]
+		for e := range y {
+			y[e] += p * v[e]
+		}
+	}
+	inv := 1 / sum
+	for e := range y {
+		y[e] *= inv
+	}
+}

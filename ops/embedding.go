@@ -1,0 +1,107 @@
+package ops
+
+import "fmt"
+
+type embeddingStep struct {
+	tok, pos  []float32 // [V, P], [Np, H]
+	vocab     int
+	proj, hid int       // P, H
+	projIn    []float32 // [H, P] or nil (then P == H)
+	positions int       // Np
+	offset    int
+}
+
+func bindEmbedding(b Binding) (Step, error) {
+	n := b.Node
+	tok, ts, err := weight(b, 2, -1, -1)
+	if err != nil {
+		return nil, err
+	}
+	pos, ps, err := weight(b, 3, -1, -1)
+	if err != nil {
+		return nil, err
+	}
+	off, err := n.Int("position_offset", 2)
+	if err != nil {
+		return nil, err
+	}
+	s := &embeddingStep{tok: tok, pos: pos, vocab: ts[0], proj: ts[1], hid: ps[1], positions: ps[0], offset: int(off)}
+	if n.Input(4) != "" {
+		if s.projIn, _, err = weight(b, 4, s.hid, s.proj); err != nil {
+			return nil, err
+		}
+	} else if s.proj != s.hid {
+		return nil, n.errorf("token embedding width %d differs from position width %d without project_in", s.proj, s.hid)
+	}
+	if s.offset < 0 || s.offset >= s.positions {
+		return nil, n.errorf("position_offset %d outside the %d positions", s.offset, s.positions)
+	}
+	return s, nil
+}
+
+func (s *embeddingStep) OutDim() int { return s.hid }
+
+// EmbeddingPosition is OPT's position of token t of a sequence whose
+// mask up to and including t is mask: the number of real tokens before
+// and at t, minus one, zero-clamped for padding (which reads -1+offset).
+func EmbeddingPosition(mask []int32, t int) int {
+	if mask[t] == 0 {
+		return -1
+	}
+	c := 0
+	for _, m := range mask[:t+1] {
+		c += int(m)
+	}
+	return c - 1
+}
+
+func (s *embeddingStep) Forward(c *Call, _ []*Value, out *Value) error {
+	if err := checkValue("embedding output", out, c.Rows(), s.hid); err != nil {
+		return err
+	}
+	total := c.Past + c.Seq
+	if len(c.IDs) != c.Rows() || len(c.Mask) != c.Batch*total {
+		return fmt.Errorf("embedding: %d ids and %d mask entries for batch %d, %d new and %d past tokens", len(c.IDs), len(c.Mask), c.Batch, c.Seq, c.Past)
+	}
+	var tmp []float32
+	if s.projIn != nil {
+		tmp = make([]float32, s.proj)
+	}
+	for bt := 0; bt < c.Batch; bt++ {
+		mask := c.Mask[bt*total : (bt+1)*total]
+		for t := 0; t < c.Seq; t++ {
+			r := bt*c.Seq + t
+			id := int(c.IDs[r])
+			if id < 0 || id >= s.vocab {
+				return fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
+			}
+			p := EmbeddingPosition(mask, c.Past+t) + s.offset
+			if p < 0 || p >= s.positions {
+				return fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
+			}
+			y := out.Row(r)
+			e := s.tok[id*s.proj : (id+1)*s.proj]
+			if s.projIn != nil {
+				copy(tmp, e)
+				for o := range y {
+					y[o] = dot(s.projIn[o*s.proj:(o+1)*s.proj], tmp)
+				}
+			} else {
+				copy(y, e)
+			}
+			pr := s.pos[p*s.hid : (p+1)*s.hid]
+			for i := range y {
+				y[i] += pr[i]
+			}
+		}
+	}
+	return nil
+}
+
+func dot(a, b []float32) float32 {
+	var s float32
+	for i, v := range a {
+		s += v * b[i]
+	}
+	return s
+}

@@ -1,0 +1,266 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+)
+
+// Forward returns the logits [batch][seq][vocab] of a batch of token
+// sequences (all of one length; mask nil means all ones), on a fresh cache.
+func (m *Model) Forward(ids, mask [][]int32) ([][][]float32, error) {
+	if len(ids) == 0 || len(ids[0]) == 0 {
+		return nil, fmt.Errorf("forward: empty batch")
+	}
+	if mask == nil {
+		mask = ones(len(ids), len(ids[0]))
+	}
+	s, err := m.NewSession(len(ids), len(ids[0]))
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.Step(ids, mask)
+	if err != nil {
+		return nil, err
+	}
+	seq := len(ids[0])
+	out := make([][][]float32, len(ids))
+	for b := range out {
+		out[b] = make([][]float32, seq)
+		for t := range out[b] {
+			out[b][t] = append([]float32(nil), v.Row(b*seq+t)...)
+		}
+	}
+	return out, nil
+}
+
+func ones(b, n int) [][]int32 {
+	out := make([][]int32, b)
+	for i := range out {
+		out[i] = make([]int32, n)
+		for j := range out[i] {
+			out[i][j] = 1
+		}
+	}
+	return out
+}
+
+// GenerateOptions control decoding.
+type GenerateOptions struct {
+	// MaxTokens is the number of new tokens per sequence (required, >= 1).
+	MaxTokens int
+	// Temperature 0 decodes greedily; > 0 samples from softmax(logits/T).
+	Temperature float64
+	// TopK keeps the K most likely tokens before sampling (0: all).
+	TopK int
+	// TopP keeps the smallest set of most likely tokens whose probability
+	// reaches P (0 or 1: all).
+	TopP float64
+	// Seed of the sampler.
+	Seed uint64
+	// EOS stops a sequence when generated (-1: never stop early).
+	EOS int
+	// Pad is the id fed for padding and after a sequence stopped.
+	Pad int
+	// Threads bounds goroutines per step (<= 0: GOMAXPROCS).
+	Threads int
+	// OnToken, when set, is called with each new token of each sequence as
+	// it is chosen (step counts from 0); returning an error stops.
+	OnToken func(seq, step, token int) error
+}
+
+// Generate continues each prompt (lengths may differ; shorter ones are
+// left-padded) and returns the new tokens per sequence, without the
+// prompt, ending at (and including) EOS when one was generated.
+func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptions) ([][]int32, error) {
+	if len(prompts) == 0 || o.MaxTokens < 1 {
+		return nil, fmt.Errorf("generate: need at least one prompt and MaxTokens >= 1")
+	}
+	longest := 0
+	for i, p := range prompts {
+		if len(p) == 0 {
+			return nil, fmt.Errorf("generate: prompt %d is empty", i)
+		}
+		longest = max(longest, len(p))
+	}
+	total := longest + o.MaxTokens
+	if total > m.maxPos {
+		return nil, fmt.Errorf("generate: %d prompt + %d new tokens exceed the model's %d positions", longest, o.MaxTokens, m.maxPos)
+	}
+	s, err := m.NewSession(len(prompts), total)
+	if err != nil {
+		return nil, err
+	}
+	s.Threads = o.Threads
+	ids := make([][]int32, len(prompts))
+	mask := make([][]int32, len(prompts))
+	for b, p := range prompts {
+		pad := longest - len(p)
+		ids[b] = make([]int32, longest)
+		mask[b] = make([]int32, longest)
+		for t := range ids[b] {
+			if t < pad {
+				ids[b][t] = int32(o.Pad)
+			} else {
+				ids[b][t], mask[b][t] = p[t-pad], 1
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(o.Seed, 0x5eed))
+	out := make([][]int32, len(prompts))
+	done := make([]bool, len(prompts))
+	logits, err := s.Step(ids, mask)
+	if err != nil {
+		return nil, err
+	}
+	seq := longest
+	next := make([][]int32, len(prompts))
+	nextMask := ones(len(prompts), 1)
+	for step := 0; step < o.MaxTokens; step++ {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		running := false
+		for b := range prompts {
+			tok := int32(o.Pad)
+			if !done[b] {
+				tok = int32(sample(logits.Row(b*seq+seq-1), o, rng))
+				out[b] = append(out[b], tok)
+				if o.OnToken != nil {
+					if err := o.OnToken(b, step, int(tok)); err != nil {
+						return out, err
+					}
+				}
+				done[b] = o.EOS >= 0 && int(tok) == o.EOS
+			}
+			running = running || !done[b]
+			next[b] = []int32{tok}
+		}
+		if !running || step == o.MaxTokens-1 {
+			break
+		}
+		if logits, err = s.Step(next, nextMask); err != nil {
+			return out, err
+		}
+		seq = 1
+	}
+	return out, nil
+}
+
+// sample picks a token from one row of logits.
+func sample(logits []float32, o GenerateOptions, rng *rand.Rand) int {
+	if o.Temperature <= 0 {
+		best := 0
+		for i, v := range logits {
+			if v > logits[best] {
+				best = i // ties: the lowest id, as argmax does
+			}
+		}
+		return best
+	}
+	type cand struct {
+		id int
+		p  float64
+	}
+	c := make([]cand, len(logits))
+	for i, v := range logits {
+		c[i] = cand{i, float64(v) / o.Temperature}
+	}
+	sort.SliceStable(c, func(i, j int) bool { return c[i].p > c[j].p })
+	if o.TopK > 0 && o.TopK < len(c) {
+		c = c[:o.TopK]
+	}
+	mx, sum := c[0].p, 0.0
+	for i := range c {
+		c[i].p = math.Exp(c[i].p - mx)
+		sum += c[i].p
+	}
+	if o.TopP > 0 && o.TopP < 1 {
+		acc := 0.0
+		for i := range c {
+			acc += c[i].p / sum
+			if acc >= o.TopP {
+				c = c[:i+1]
+				break
+			}
+		}
+		sum = 0
+		for _, x := range c {
+			sum += x.p
+		}
+	}
+	r := rng.Float64() * sum
+	for _, x := range c {
+		r -= x.p
+		if r < 0 {
+			return x.id
+		}
+	}
+	return c[len(c)-1].id
+}
+
+// ScoreResult is the outcome of Score.
+type ScoreResult struct {
+	// Tokens scored (every token after the first of each window).
+	Tokens int
+	// NLL is the mean negative log-likelihood per scored token (nats).
+	NLL float64
+	// Perplexity is exp(NLL).
+	Perplexity float64
+}
+
+// Score computes the perplexity of a token sequence: it runs windows of
+// up to the model's positions (window <= 0) or window tokens, each token
+// predicted from the tokens before it in its window.
+func (m *Model) Score(ctx context.Context, ids []int32, window, threads int) (*ScoreResult, error) {
+	if window <= 0 || window > m.maxPos {
+		window = m.maxPos
+	}
+	if len(ids) < 2 {
+		return nil, fmt.Errorf("score: need at least 2 tokens, have %d", len(ids))
+	}
+	s, err := m.NewSession(1, window)
+	if err != nil {
+		return nil, err
+	}
+	s.Threads = threads
+	var nll float64
+	n := 0
+	for lo := 0; lo+1 < len(ids); lo += window {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		hi := min(lo+window, len(ids))
+		s.Reset()
+		chunk := ids[lo:hi]
+		logits, err := s.Step([][]int32{chunk}, ones(1, len(chunk)))
+		if err != nil {
+			return nil, err
+		}
+		for t := 0; t+1 < len(chunk); t++ {
+			nll -= logSoftmaxAt(logits.Row(t), int(chunk[t+1]))
+			n++
+		}
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("score: no token to score")
+	}
+	r := &ScoreResult{Tokens: n, NLL: nll / float64(n)}
+	r.Perplexity = math.Exp(r.NLL)
+	return r, nil
+}
+
+// logSoftmaxAt is log softmax(row)[i], in float64.
+func logSoftmaxAt(row []float32, i int) float64 {
+	mx := math.Inf(-1)
+	for _, v := range row {
+		mx = math.Max(mx, float64(v))
+	}
+	sum := 0.0
+	for _, v := range row {
+		sum += math.Exp(float64(v) - mx)
+	}
+	return float64(row[i]) - mx - math.Log(sum)
+}

@@ -1,0 +1,181 @@
+package runtime
+
+import (
+	"math"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/slopeml/slope/convert"
+	"github.com/slopeml/slope/testmodels"
+)
+
+// tiny converts the embedded reference model with the given pattern.
+func tiny(t *testing.T, nm string) *Model {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "tiny.slope")
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: out, NM: nm}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := Open(out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func i32(x [][]int64) [][]int32 {
+	out := make([][]int32, len(x))
+	for i, r := range x {
+		out[i] = make([]int32, len(r))
+		for j, v := range r {
+			out[i][j] = int32(v)
+		}
+	}
+	return out
+}
+
+// maxDiff over positions whose mask is 1 (mask nil: all).
+func maxDiff(got, want [][][]float32, mask [][]int32) float64 {
+	d := 0.0
+	for b := range want {
+		for s := range want[b] {
+			if mask != nil && mask[b][s] == 0 {
+				continue
+			}
+			for v := range want[b][s] {
+				d = math.Max(d, math.Abs(float64(got[b][s][v]-want[b][s][v])))
+			}
+		}
+	}
+	return d
+}
+
+const refTol = 1e-4 // the bound; measured values are logged
+
+func TestForwardMatchesTransformers(t *testing.T) {
+	ref, err := testmodels.LoadReference()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dense, pruned := tiny(t, "dense"), tiny(t, "2:4")
+	for _, c := range []struct {
+		name string
+		m    *Model
+		ids  [][]int64
+		mask [][]int64
+		want [][][]float32
+	}{
+		{"dense", dense, ref.InputIDs, nil, ref.Logits},
+		{"dense left-padded", dense, ref.InputIDsPadded, ref.AttentionMask, ref.LogitsPadded},
+		{"2:4 magnitude", pruned, ref.InputIDs, nil, ref.LogitsPruned24Magnitude},
+	} {
+		var mask [][]int32
+		if c.mask != nil {
+			mask = i32(c.mask)
+		}
+		got, err := c.m.Forward(i32(c.ids), mask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := maxDiff(got, c.want, mask)
+		t.Logf("%s: max |Δlogit| = %.3g", c.name, d)
+		if d > refTol {
+			t.Errorf("%s: logits differ from transformers by %g (tolerance %g)", c.name, d, refTol)
+		}
+	}
+	if d := maxDiff(ref.Logits, ref.LogitsPruned24Magnitude, nil); d < 1e-2 {
+		t.Fatalf("pruned and dense references differ by only %g: the pruned check proves nothing", d)
+	}
+}
+
+func TestGreedyMatchesTransformers(t *testing.T) {
+	ref, err := testmodels.LoadReference()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tiny(t, "dense")
+	prompt := i32(ref.GreedyPrompt)
+	want := i32(ref.GreedyOutput)[0][len(prompt[0]):]
+	got, err := m.Generate(t.Context(), prompt, GenerateOptions{MaxTokens: len(want), EOS: -1, Pad: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got[0], want) {
+		t.Fatalf("greedy tokens %v, transformers %v", got[0], want)
+	}
+}
+
+// Incremental decoding with the KV cache gives the logits of a full
+// forward pass, also with left padding.
+func TestKVCacheMatchesFullForward(t *testing.T) {
+	ref, err := testmodels.LoadReference()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tiny(t, "2:4")
+	ids, mask := i32(ref.InputIDsPadded), i32(ref.AttentionMask)
+	full, err := m.Forward(ids, mask)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := len(ids[0])
+	s, err := m.NewSession(len(ids), seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	split := 5
+	cut := func(x [][]int32, lo, hi int) [][]int32 {
+		out := make([][]int32, len(x))
+		for b := range x {
+			out[b] = x[b][lo:hi]
+		}
+		return out
+	}
+	check := func(lo, hi int) {
+		v, err := s.Step(cut(ids, lo, hi), cut(mask, lo, hi))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for b := range ids {
+			for t2 := lo; t2 < hi; t2++ {
+				if mask[b][t2] == 0 {
+					continue
+				}
+				row := v.Row(b*(hi-lo) + t2 - lo)
+				for k := range row {
+					if d := math.Abs(float64(row[k] - full[b][t2][k])); d > 1e-5 {
+						t.Fatalf("seq %d token %d: cached logits differ by %g", b, t2, d)
+					}
+				}
+			}
+		}
+	}
+	check(0, split)
+	for p := split; p < seq; p++ {
+		check(p, p+1)
+	}
+}
+
+func TestScore(t *testing.T) {
+	ref, err := testmodels.LoadReference()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tiny(t, "dense")
+	ids := i32(ref.InputIDs)[0]
+	r, err := m.Score(t.Context(), ids, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Independent: the NLL from the reference logits.
+	want := 0.0
+	for s := 0; s+1 < len(ids); s++ {
+		want -= logSoftmaxAt(ref.Logits[0][s], int(ids[s+1]))
+	}
+	want /= float64(len(ids) - 1)
+	if r.Tokens != len(ids)-1 || math.Abs(r.NLL-want) > 1e-4 {
+		t.Fatalf("score %+v, want NLL %g over %d tokens", r, want, len(ids)-1)
+	}
+}

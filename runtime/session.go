@@ -1,0 +1,130 @@
+package runtime
+
+import (
+	"fmt"
+
+	"github.com/slopeml/slope/ops"
+)
+
+// Session runs a Model on up to Batch sequences of up to MaxLen tokens,
+// keeping their attention keys and values between calls to Step.
+type Session struct {
+	m             *Model
+	batch, maxLen int
+	// Threads bounds the goroutines of each step (<= 0: GOMAXPROCS).
+	Threads int
+	cache   *ops.KVCache
+	mask    []int32 // [batch, maxLen]: the mask of every token so far
+	past    int
+	pool    map[int][]*ops.Value // free buffers by width
+	vals    []*ops.Value         // value slot -> buffer during a step
+}
+
+// NewSession makes a session for batch sequences of at most maxLen tokens
+// (0: the model's learned positions).
+func (m *Model) NewSession(batch, maxLen int) (*Session, error) {
+	if maxLen <= 0 {
+		maxLen = m.maxPos
+	}
+	if batch <= 0 || maxLen > m.maxPos {
+		return nil, fmt.Errorf("session of %d sequences of %d tokens: need batch >= 1 and at most %d tokens (the model's positions)", batch, maxLen, m.maxPos)
+	}
+	return &Session{
+		m: m, batch: batch, maxLen: maxLen,
+		cache: ops.NewKVCache(batch, maxLen),
+		mask:  make([]int32, batch*maxLen),
+		pool:  map[int][]*ops.Value{},
+		vals:  make([]*ops.Value, m.values),
+	}, nil
+}
+
+// Past is the number of tokens per sequence already in the cache.
+func (s *Session) Past() int { return s.past }
+
+// Reset forgets all tokens (the cache buffers are kept).
+func (s *Session) Reset() { s.past = 0 }
+
+// Step appends seq tokens to each sequence: ids and mask are [batch][seq]
+// (mask 1 for a token, 0 for padding). It returns their logits,
+// [batch*seq, vocab] batch-major, valid until the next Step.
+func (s *Session) Step(ids, mask [][]int32) (*ops.Value, error) {
+	if len(ids) != s.batch || len(mask) != s.batch {
+		return nil, fmt.Errorf("step: %d id rows and %d mask rows for a session of %d sequences", len(ids), len(mask), s.batch)
+	}
+	seq := len(ids[0])
+	if seq == 0 {
+		return nil, fmt.Errorf("step: no tokens")
+	}
+	if s.past+seq > s.maxLen {
+		return nil, fmt.Errorf("step: %d tokens after %d exceed the session's %d", seq, s.past, s.maxLen)
+	}
+	total := s.past + seq
+	c := &ops.Call{Batch: s.batch, Seq: seq, Past: s.past, Cache: s.cache, Threads: s.Threads,
+		IDs: make([]int32, 0, s.batch*seq), Mask: make([]int32, 0, s.batch*total)}
+	for b := range ids {
+		if len(ids[b]) != seq || len(mask[b]) != seq {
+			return nil, fmt.Errorf("step: row %d has %d ids and %d mask entries, row 0 has %d", b, len(ids[b]), len(mask[b]), seq)
+		}
+		c.IDs = append(c.IDs, ids[b]...)
+		row := s.mask[b*s.maxLen : (b+1)*s.maxLen]
+		for t, v := range mask[b] {
+			if v != 0 && v != 1 {
+				return nil, fmt.Errorf("step: mask[%d][%d] = %d, want 0 or 1", b, t, v)
+			}
+			row[s.past+t] = v
+		}
+		c.Mask = append(c.Mask, row[:total]...)
+	}
+	out, err := s.run(c)
+	if err != nil {
+		return nil, err
+	}
+	s.past = total
+	return out, nil
+}
+
+// run executes the plan once.
+func (s *Session) run(c *ops.Call) (*ops.Value, error) {
+	rows := c.Rows()
+	for _, ps := range s.m.steps {
+		out := s.get(ps.dim, rows)
+		in := make([]*ops.Value, len(ps.in))
+		for i, slot := range ps.in {
+			in[i] = s.vals[slot]
+		}
+		if err := ps.step.Forward(c, in, out); err != nil {
+			return nil, fmt.Errorf("node %q (%s): %w", ps.node.Name, ps.node.OpType, err)
+		}
+		s.vals[ps.out] = out
+		for _, slot := range ps.free {
+			s.put(s.vals[slot])
+			s.vals[slot] = nil
+		}
+	}
+	logits := s.vals[s.m.out]
+	s.put(logits) // handed to the caller until the next run
+	s.vals[s.m.out] = nil
+	return logits, nil
+}
+
+// get takes a buffer of width dim for rows rows from the pool.
+func (s *Session) get(dim, rows int) *ops.Value {
+	free := s.pool[dim]
+	var v *ops.Value
+	if n := len(free); n > 0 {
+		v, s.pool[dim] = free[n-1], free[:n-1]
+	} else {
+		v = &ops.Value{Dim: dim}
+	}
+	if cap(v.Data) < rows*dim {
+		v.Data = make([]float32, rows*dim, max(rows, s.batch)*dim)
+	}
+	v.Rows, v.Data = rows, v.Data[:rows*dim]
+	return v
+}
+
+func (s *Session) put(v *ops.Value) {
+	if v != nil {
+		s.pool[v.Dim] = append(s.pool[v.Dim], v)
+	}
+}
