@@ -3,9 +3,11 @@
 //
 // Usage:
 //
-//	slope inspect FILE [--json]   describe a container
-//	slope verify FILE [--quiet]   check every byte of a container
-//	slope version                 print the tool version
+//	slope inspect FILE [--json]             describe a container
+//	slope verify FILE [--quiet]             check every byte of a container
+//	slope forward MODEL --ids JSON [--mask JSON]   print logits as JSON
+//	slope bench MODEL [--prompt-len N --gen-len N] time prefill and decode
+//	slope version                           print the tool version
 //
 // Errors are printed to stderr as "slope: <error>". The exit status is 0
 // on success, 1 when a command fails (an unreadable or corrupt file, for
@@ -90,7 +92,7 @@ func exactArgs(names ...string) cobra.PositionalArgs {
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "slope",
-		Short: "Inspect and check SLoPe model containers (.slope)",
+		Short: "Inspect, check and run SLoPe model containers (.slope)",
 		Long: "slope works with .slope containers: N:M-sparse LLM weights plus low-rank adapters,\n" +
 			"their graph, configuration and provenance.",
 		SilenceUsage:  true,
@@ -98,7 +100,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Args:          cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
-				return usagef(cmd, "missing command (inspect, verify or version)")
+				return usagef(cmd, "missing command (inspect, verify, forward, bench or version)")
 			}
 			return usagef(cmd, "unknown command %q", args[0])
 		},
@@ -109,6 +111,6 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("%s: %w", cmd.Name(), err)}
 	})
-	root.AddCommand(newInspectCmd(), newVerifyCmd(), newVersionCmd())
+	root.AddCommand(newInspectCmd(), newVerifyCmd(), newForwardCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	slopert "github.com/slopeml/slope/runtime"
+)
+
+func newBenchCmd() *cobra.Command {
+	var promptLen, genLen, threads, batch int
+	var seed uint64
+	cmd := &cobra.Command{
+		Use:   "bench MODEL",
+		Short: "Time prefill and decode on random token ids",
+		Long: "bench runs a prompt of --prompt-len random ids through the model (prefill), then\n" +
+			"--gen-len single-token steps with the KV cache (decode), and prints tokens per\n" +
+			"second for each and the process's peak resident memory.",
+		Args: exactArgs("MODEL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if promptLen < 1 || genLen < 1 || batch < 1 {
+				return usagef(cmd, "--prompt-len, --gen-len and --batch must be >= 1")
+			}
+			start := time.Now()
+			m, err := slopert.Open(args[0], nil)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			load := time.Since(start)
+			s, err := m.NewSession(batch, promptLen+genLen)
+			if err != nil {
+				return err
+			}
+			s.Threads = threads
+			rng := rand.New(rand.NewPCG(seed, 1))
+			ids := make([][]int32, batch)
+			mask := make([][]int32, batch)
+			for b := range ids {
+				ids[b] = make([]int32, promptLen)
+				mask[b] = make([]int32, promptLen)
+				for t := range ids[b] {
+					ids[b][t], mask[b][t] = int32(rng.IntN(m.Vocab())), 1
+				}
+			}
+			t0 := time.Now()
+			if _, err := s.Step(ids, mask); err != nil {
+				return err
+			}
+			prefill := time.Since(t0)
+			one := make([][]int32, batch)
+			ones := make([][]int32, batch)
+			for b := range one {
+				ones[b] = []int32{1}
+			}
+			t1 := time.Now()
+			for range genLen {
+				for b := range one {
+					one[b] = []int32{int32(rng.IntN(m.Vocab()))}
+				}
+				if _, err := s.Step(one, ones); err != nil {
+					return err
+				}
+			}
+			decode := time.Since(t1)
+			var ru syscall.Rusage
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "model    %s (load %v)\n", args[0], load.Round(time.Millisecond))
+			fmt.Fprintf(out, "prefill  %d x %d tokens in %v: %.1f tok/s\n", batch, promptLen, prefill.Round(time.Microsecond), float64(batch*promptLen)/prefill.Seconds())
+			fmt.Fprintf(out, "decode   %d x %d tokens in %v: %.1f tok/s\n", batch, genLen, decode.Round(time.Microsecond), float64(batch*genLen)/decode.Seconds())
+			fmt.Fprintf(out, "peak RSS %.1f MiB\n", float64(ru.Maxrss)/1024)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&promptLen, "prompt-len", 128, "prompt tokens per sequence")
+	cmd.Flags().IntVar(&genLen, "gen-len", 32, "decoded tokens per sequence")
+	cmd.Flags().IntVar(&batch, "batch", 1, "sequences")
+	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
+	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the random ids")
+	return cmd
+}

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"encoding/json"
+	"math"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/slopeml/slope/convert"
+	"github.com/slopeml/slope/testmodels"
+)
+
+func convertTiny(t *testing.T, nm string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "tiny.slope")
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: out, NM: nm}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestForwardJSON(t *testing.T) {
+	ref, err := testmodels.LoadReference()
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := convertTiny(t, "2:4")
+	ids, _ := json.Marshal(ref.InputIDs)
+	code, stdout, stderr := runSlope("forward", model, "--ids", string(ids))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var got struct{ Logits [][][]float32 }
+	if err := json.Unmarshal([]byte(stdout), &got); err != nil {
+		t.Fatal(err)
+	}
+	d := 0.0
+	for b := range ref.LogitsPruned24Magnitude {
+		for s := range ref.LogitsPruned24Magnitude[b] {
+			for v, w := range ref.LogitsPruned24Magnitude[b][s] {
+				d = math.Max(d, math.Abs(float64(got.Logits[b][s][v]-w)))
+			}
+		}
+	}
+	if d > 1e-4 {
+		t.Fatalf("forward logits differ from transformers by %g", d)
+	}
+	// Errors: ragged rows, bad JSON.
+	for _, bad := range []string{"[[1,2],[3]]", "nope", "[]"} {
+		if code, _, stderr := runSlope("forward", model, "--ids", bad); code != exitUsage || !strings.Contains(stderr, "--ids") {
+			t.Errorf("--ids %s: exit %d, %s", bad, code, stderr)
+		}
+	}
+}
+
+func TestBench(t *testing.T) {
+	model := convertTiny(t, "2:4")
+	code, stdout, stderr := runSlope("bench", model, "--prompt-len", "8", "--gen-len", "4")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"prefill  1 x 8 tokens", "decode   1 x 4 tokens", "peak RSS"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("bench output lacks %q:\n%s", want, stdout)
+		}
+	}
+	if code, _, _ := runSlope("bench", model, "--prompt-len", "100"); code == 0 {
+		t.Error("a prompt longer than the model's positions succeeded")
+	}
+}
