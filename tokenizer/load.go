@@ -1,0 +1,545 @@
+package tokenizer
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// DefaultSpecialTokens are the tokens that LoadGPT2 makes special when the
+// vocabulary has them: those HF's OPT tokenizer matches verbatim in text
+// (its bos/eos/unk "</s>" and pad "<pad>"). OPT's "<s>" and "<unk>" are
+// ordinary text for HF and here. Change the set with SetSpecialTokens.
+var DefaultSpecialTokens = []string{"</s>", "<pad>"}
+
+// maxTokenID bounds ids, which index dense tables (real vocabularies stay
+// below 300k).
+const maxTokenID = 1<<22 - 1
+
+// LoadGPT2 loads a tokenizer from GPT-2 style files: vocab.json (a JSON
+// object of token -> id) and merges.txt (an optional "#version" line, then
+// one "left right" pair a line, in rank order; blank lines are ignored).
+//
+// A merge whose tokens, or whose merged token, are not in the vocabulary is
+// an error, as in HF tokenizers (MergeTokenOutOfVocabulary). So are a
+// duplicated merge (HF silently keeps the later rank), two tokens with one
+// id, a token listed twice, and a vocabulary lacking a token for one of the
+// 256 bytes (byte-level BPE needs them all).
+//
+// The tokens of DefaultSpecialTokens found in the vocabulary are special.
+func LoadGPT2(vocabJSON, merges []byte) (*BPE, error) {
+	return loadGPT2(vocabJSON, merges, "vocab.json", "merges.txt")
+}
+
+func loadGPT2(vocabJSON, merges []byte, vocabName, mergesName string) (*BPE, error) {
+	vocab, err := parseVocab(vocabJSON, vocabName)
+	if err != nil {
+		return nil, err
+	}
+	ms, err := parseMergesTxt(merges, mergesName)
+	if err != nil {
+		return nil, err
+	}
+	t, err := build(vocab, vocabName, ms, func(m mergeSpec) string {
+		return fmt.Sprintf("%s line %d", mergesName, m.pos)
+	})
+	if err != nil {
+		return nil, err
+	}
+	var specials []string
+	for _, s := range DefaultSpecialTokens {
+		if _, ok := vocab[s]; ok {
+			specials = append(specials, s)
+		}
+	}
+	if err := t.SetSpecialTokens(specials...); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// LoadDir loads the tokenizer of a model directory: tokenizer.json when it
+// exists, otherwise vocab.json and merges.txt. Errors name the file.
+func LoadDir(dir string) (*BPE, error) {
+	tj := filepath.Join(dir, "tokenizer.json")
+	if b, err := os.ReadFile(tj); err == nil {
+		return loadTokenizerJSON(b, tj)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("tokenizer: %w", err)
+	}
+	vp, mp := filepath.Join(dir, "vocab.json"), filepath.Join(dir, "merges.txt")
+	v, err := os.ReadFile(vp)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: %w (and no tokenizer.json)", err)
+	}
+	m, err := os.ReadFile(mp)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: %w", err)
+	}
+	return loadGPT2(v, m, vp, mp)
+}
+
+// mergeSpec is one merge rule and where it came from (a line number or an
+// array index).
+type mergeSpec struct {
+	a, b string
+	pos  int
+}
+
+// parseVocab parses a JSON object of token -> id, rejecting anything but
+// non-negative integer ids, repeated tokens and repeated ids.
+func parseVocab(raw []byte, name string) (map[string]int, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	fail := func(err error) error {
+		return fmt.Errorf("tokenizer: %s: %s", name, jsonErr(raw, err, dec.InputOffset()))
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, fail(err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, fmt.Errorf("tokenizer: %s: want a JSON object of token -> id, found %s", name, describeJSON(tok))
+	}
+	vocab := map[string]int{}
+	byID := map[int]string{}
+	for dec.More() {
+		kt, err := dec.Token()
+		if err != nil {
+			return nil, fail(err)
+		}
+		key := kt.(string) // object keys are always strings
+		vt, err := dec.Token()
+		if err != nil {
+			return nil, fail(err)
+		}
+		num, ok := vt.(json.Number)
+		if !ok {
+			if d, isDelim := vt.(json.Delim); isDelim && (d == '{' || d == '[') {
+				return nil, fmt.Errorf("tokenizer: %s: entry %q: id is a JSON %s, want an integer", name, key, map[json.Delim]string{'{': "object", '[': "array"}[d])
+			}
+			return nil, fmt.Errorf("tokenizer: %s: entry %q: id is %s, want an integer", name, key, describeJSON(vt))
+		}
+		id, err := strconv.ParseInt(num.String(), 10, 64)
+		if err != nil || id < 0 || id > maxTokenID {
+			return nil, fmt.Errorf("tokenizer: %s: entry %q: id %s is not an integer in [0, %d]", name, key, num, maxTokenID)
+		}
+		if _, dup := vocab[key]; dup {
+			return nil, fmt.Errorf("tokenizer: %s: token %q is listed twice", name, key)
+		}
+		if other, dup := byID[int(id)]; dup {
+			return nil, fmt.Errorf("tokenizer: %s: tokens %q and %q both have id %d", name, other, key, id)
+		}
+		vocab[key] = int(id)
+		byID[int(id)] = key
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return nil, fail(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		if err == nil {
+			err = errors.New("data after the object")
+		}
+		return nil, fail(err)
+	}
+	return vocab, nil
+}
+
+func describeJSON(tok json.Token) string {
+	switch v := tok.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return strconv.FormatBool(v)
+	case string:
+		return "the string " + strconv.Quote(v)
+	case json.Number:
+		return "the number " + v.String()
+	case json.Delim:
+		return "'" + v.String() + "'"
+	}
+	return fmt.Sprint(tok)
+}
+
+// jsonErr describes a JSON decoding error with its line and column.
+func jsonErr(data []byte, err error, fallbackOffset int64) string {
+	off := fallbackOffset
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		off = se.Offset
+	case errors.As(err, &te):
+		off = te.Offset
+		field := te.Field
+		if field == "" {
+			field = "top level"
+		}
+		err = fmt.Errorf("%s: unexpected JSON %s", field, te.Value)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		off = int64(len(data))
+		err = errors.New("unexpected end of JSON input")
+	}
+	line, col := lineCol(data, off)
+	return fmt.Sprintf("line %d, column %d: %v", line, col, err)
+}
+
+// lineCol converts a byte offset into a 1-based line and column.
+func lineCol(data []byte, off int64) (line, col int) {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	if off < 0 {
+		off = 0
+	}
+	before := data[:off]
+	line = bytes.Count(before, []byte("\n")) + 1
+	col = int(off) - (bytes.LastIndexByte(before, '\n') + 1) + 1
+	return line, col
+}
+
+func parseMergesTxt(b []byte, name string) ([]mergeSpec, error) {
+	var ms []mergeSpec
+	lines := strings.Split(string(b), "\n")
+	for i, line := range lines {
+		line = strings.TrimSuffix(line, "\r")
+		if strings.HasPrefix(line, "#version") || strings.TrimSpace(line) == "" {
+			continue
+		}
+		parts := strings.Split(line, " ")
+		if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
+			return nil, fmt.Errorf("tokenizer: %s line %d: want two tokens separated by one space, found %q", name, i+1, line)
+		}
+		ms = append(ms, mergeSpec{a: parts[0], b: parts[1], pos: i + 1})
+	}
+	return ms, nil
+}
+
+// build makes a BPE from a vocabulary and merges in rank order. where names
+// a merge in errors.
+func build(vocab map[string]int, vocabName string, merges []mergeSpec, where func(mergeSpec) string) (*BPE, error) {
+	size := 0
+	for _, id := range vocab {
+		size = max(size, id+1)
+	}
+	t := &BPE{
+		vocab:    vocab,
+		tokens:   make([]string, size),
+		bytes:    make([][]byte, size),
+		has:      make([]bool, size),
+		useRegex: true,
+	}
+	for tok, id := range vocab {
+		t.tokens[id] = tok
+		t.has[id] = true
+		b, ok := byteLevelDecode(tok)
+		if !ok {
+			// Not in the byte-level alphabet: HF's ByteLevel decoder
+			// emits such a token's own UTF-8.
+			b = []byte(tok)
+		}
+		t.bytes[id] = b
+	}
+	for b := 0; b < 256; b++ {
+		s := string(byteToRune[b])
+		id, ok := vocab[s]
+		if !ok {
+			return nil, fmt.Errorf("tokenizer: %s: no token %q for byte 0x%02X; byte-level BPE needs all 256", vocabName, s, b)
+		}
+		t.byteID[b] = int32(id)
+	}
+	if len(merges) > math.MaxInt32 {
+		return nil, fmt.Errorf("tokenizer: too many merges (%d)", len(merges))
+	}
+	t.merges = make(map[uint64]mergeTo, len(merges))
+	for rank, m := range merges {
+		a, ok := vocab[m.a]
+		if !ok {
+			return nil, fmt.Errorf("tokenizer: %s: merge token %q is not in the vocabulary", where(m), m.a)
+		}
+		b, ok := vocab[m.b]
+		if !ok {
+			return nil, fmt.Errorf("tokenizer: %s: merge token %q is not in the vocabulary", where(m), m.b)
+		}
+		ab, ok := vocab[m.a+m.b]
+		if !ok {
+			return nil, fmt.Errorf("tokenizer: %s: merged token %q is not in the vocabulary", where(m), m.a+m.b)
+		}
+		k := pairKey(int32(a), int32(b))
+		if prev, dup := t.merges[k]; dup {
+			return nil, fmt.Errorf("tokenizer: %s: merge %q %q repeats %s", where(m), m.a, m.b, where(merges[prev.rank]))
+		}
+		t.merges[k] = mergeTo{rank: int32(rank), id: int32(ab)}
+	}
+	return t, nil
+}
+
+// LoadTokenizerJSON loads an HF tokenizer.json whose model is byte-level BPE
+// (model.type "BPE" with a ByteLevel pre-tokenizer, as GPT-2, OPT, RoBERTa
+// have). The vocabulary and merges are checked as by LoadGPT2; merges may be
+// "left right" strings or [left, right] pairs. All added_tokens are matched
+// verbatim in text, honouring lstrip, rstrip and single_word; those marked
+// special are IsSpecial. Tokenizers of other kinds (WordPiece, Unigram,
+// WordLevel, a normalizer, a pre-tokenizer other than ByteLevel,
+// continuing_subword_prefix, end_of_word_suffix, dropout) are rejected with
+// an error saying which. The post_processor is ignored: use EncodeWithBOS.
+func LoadTokenizerJSON(b []byte) (*BPE, error) {
+	return loadTokenizerJSON(b, "tokenizer.json")
+}
+
+type tjFile struct {
+	AddedTokens  []tjAdded       `json:"added_tokens"`
+	Normalizer   json.RawMessage `json:"normalizer"`
+	PreTokenizer json.RawMessage `json:"pre_tokenizer"`
+	Decoder      json.RawMessage `json:"decoder"`
+	Model        *tjModel        `json:"model"`
+}
+
+type tjModel struct {
+	Type                    *string         `json:"type"`
+	Dropout                 *float64        `json:"dropout"`
+	ContinuingSubwordPrefix *string         `json:"continuing_subword_prefix"`
+	EndOfWordSuffix         *string         `json:"end_of_word_suffix"`
+	IgnoreMerges            bool            `json:"ignore_merges"`
+	Vocab                   json.RawMessage `json:"vocab"`
+	Merges                  json.RawMessage `json:"merges"`
+}
+
+type tjAdded struct {
+	ID         *int64  `json:"id"`
+	Content    *string `json:"content"`
+	SingleWord bool    `json:"single_word"`
+	LStrip     bool    `json:"lstrip"`
+	RStrip     bool    `json:"rstrip"`
+	Special    bool    `json:"special"`
+}
+
+type tjComponent struct {
+	Type           string            `json:"type"`
+	AddPrefixSpace bool              `json:"add_prefix_space"`
+	UseRegex       *bool             `json:"use_regex"`
+	Pretokenizers  []json.RawMessage `json:"pretokenizers"`
+	Normalizers    []json.RawMessage `json:"normalizers"`
+}
+
+func isNull(raw json.RawMessage) bool {
+	s := bytes.TrimSpace(raw)
+	return len(s) == 0 || string(s) == "null"
+}
+
+func loadTokenizerJSON(data []byte, name string) (*BPE, error) {
+	var f tjFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("tokenizer: %s: %s", name, jsonErr(data, err, 0))
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("tokenizer: %s: "+format, append([]any{name}, args...)...)
+	}
+	m := f.Model
+	if m == nil {
+		return nil, bad("no model")
+	}
+	if m.Type != nil && *m.Type != "BPE" {
+		return nil, bad("model.type is %q; only byte-level \"BPE\" tokenizers (GPT-2, OPT) are supported", *m.Type)
+	}
+	if m.Type == nil && isNull(m.Merges) {
+		return nil, bad("model has no type and no merges; only byte-level \"BPE\" tokenizers are supported")
+	}
+	if m.Dropout != nil && *m.Dropout != 0 {
+		return nil, bad("model.dropout %v is not supported", *m.Dropout)
+	}
+	if m.ContinuingSubwordPrefix != nil && *m.ContinuingSubwordPrefix != "" {
+		return nil, bad("model.continuing_subword_prefix %q is not supported", *m.ContinuingSubwordPrefix)
+	}
+	if m.EndOfWordSuffix != nil && *m.EndOfWordSuffix != "" {
+		return nil, bad("model.end_of_word_suffix %q is not supported", *m.EndOfWordSuffix)
+	}
+	if err := checkNormalizer(f.Normalizer); err != nil {
+		return nil, bad("%v", err)
+	}
+	addPrefix, useRegex, err := byteLevelPreTokenizer(f.PreTokenizer)
+	if err != nil {
+		return nil, bad("%v", err)
+	}
+	if !isNull(f.Decoder) {
+		var d tjComponent
+		if err := json.Unmarshal(f.Decoder, &d); err != nil || d.Type != "ByteLevel" {
+			return nil, bad("decoder %s is not supported; want ByteLevel", componentName(f.Decoder))
+		}
+	}
+	if isNull(m.Vocab) {
+		return nil, bad("model.vocab is missing")
+	}
+	vocab, err := parseVocab(m.Vocab, name+": model.vocab")
+	if err != nil {
+		return nil, err
+	}
+	merges, err := parseJSONMerges(m.Merges)
+	if err != nil {
+		return nil, bad("%v", err)
+	}
+	t, err := build(vocab, name+": model.vocab", merges, func(m mergeSpec) string {
+		return fmt.Sprintf("%s: model.merges[%d]", name, m.pos)
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.addPrefixSpace, t.useRegex, t.ignoreMerges = addPrefix, useRegex, m.IgnoreMerges
+	if t.ignoreMerges {
+		t.rawVocab = make(map[string]int32, len(vocab))
+		for tok, id := range vocab {
+			if b, ok := byteLevelDecode(tok); ok {
+				t.rawVocab[string(b)] = int32(id)
+			}
+		}
+	}
+	if err := t.addTokens(f.AddedTokens, name); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func componentName(raw json.RawMessage) string {
+	var c struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(raw, &c) == nil && c.Type != "" {
+		return strconv.Quote(c.Type)
+	}
+	s := string(bytes.TrimSpace(raw))
+	if len(s) > 40 {
+		s = s[:40] + "..."
+	}
+	return s
+}
+
+func checkNormalizer(raw json.RawMessage) error {
+	if isNull(raw) {
+		return nil
+	}
+	var c tjComponent
+	if err := json.Unmarshal(raw, &c); err == nil && c.Type == "Sequence" {
+		for i, n := range c.Normalizers {
+			if err := checkNormalizer(n); err != nil {
+				return fmt.Errorf("normalizers[%d]: %v", i, err)
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("normalizer %s is not supported (byte-level BPE without a normalizer only)", componentName(raw))
+}
+
+// byteLevelPreTokenizer accepts a ByteLevel pre-tokenizer, alone or as the
+// only member of a Sequence.
+func byteLevelPreTokenizer(raw json.RawMessage) (addPrefix, useRegex bool, err error) {
+	if isNull(raw) {
+		return false, false, errors.New("no pre_tokenizer; want ByteLevel")
+	}
+	var c tjComponent
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return false, false, fmt.Errorf("pre_tokenizer: %v", err)
+	}
+	switch {
+	case c.Type == "ByteLevel":
+		return c.AddPrefixSpace, c.UseRegex == nil || *c.UseRegex, nil
+	case c.Type == "Sequence" && len(c.Pretokenizers) == 1:
+		return byteLevelPreTokenizer(c.Pretokenizers[0])
+	}
+	return false, false, fmt.Errorf("pre_tokenizer %s is not supported; want ByteLevel", componentName(raw))
+}
+
+func parseJSONMerges(raw json.RawMessage) ([]mergeSpec, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return nil, errors.New("model.merges is not an array")
+	}
+	ms := make([]mergeSpec, len(items))
+	for i, it := range items {
+		var s string
+		var pair []string
+		switch {
+		case json.Unmarshal(it, &s) == nil:
+			parts := strings.Split(s, " ")
+			if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
+				return nil, fmt.Errorf("model.merges[%d]: want two tokens separated by one space, found %q", i, s)
+			}
+			ms[i] = mergeSpec{a: parts[0], b: parts[1], pos: i}
+		case json.Unmarshal(it, &pair) == nil:
+			if len(pair) != 2 || pair[0] == "" || pair[1] == "" {
+				return nil, fmt.Errorf("model.merges[%d]: want a pair of two non-empty tokens, found %q", i, pair)
+			}
+			ms[i] = mergeSpec{a: pair[0], b: pair[1], pos: i}
+		default:
+			return nil, fmt.Errorf("model.merges[%d]: want \"left right\" or [left, right], found %s", i, componentName(it))
+		}
+	}
+	return ms, nil
+}
+
+// addTokens adds HF added_tokens: each is matched verbatim in text. One
+// that is in the vocabulary must have its vocabulary id; one that is not
+// gets a new id, which no vocabulary token may have.
+func (t *BPE) addTokens(list []tjAdded, name string) error {
+	var added []addedToken
+	seenID := map[int]int{}
+	seenContent := map[string]int{}
+	for i, a := range list {
+		where := fmt.Sprintf("tokenizer: %s: added_tokens[%d]", name, i)
+		if a.Content == nil || *a.Content == "" {
+			return fmt.Errorf("%s: no content", where)
+		}
+		if a.ID == nil {
+			return fmt.Errorf("%s (%q): no id", where, *a.Content)
+		}
+		id64, content := *a.ID, *a.Content
+		if id64 < 0 || id64 > maxTokenID {
+			return fmt.Errorf("%s (%q): id %d is not in [0, %d]", where, content, id64, maxTokenID)
+		}
+		id := int(id64)
+		if j, dup := seenID[id]; dup {
+			return fmt.Errorf("%s (%q): id %d is also added_tokens[%d]", where, content, id, j)
+		}
+		if j, dup := seenContent[content]; dup {
+			return fmt.Errorf("%s (%q): content is also added_tokens[%d]", where, content, j)
+		}
+		seenID[id], seenContent[content] = i, i
+		if vid, ok := t.vocab[content]; ok {
+			if vid != id {
+				return fmt.Errorf("%s (%q): id %d, but the vocabulary gives it id %d", where, content, id, vid)
+			}
+		} else {
+			if id < len(t.has) && t.has[id] {
+				return fmt.Errorf("%s (%q): id %d is already the vocabulary's token %q", where, content, id, t.tokens[id])
+			}
+			for id >= len(t.tokens) {
+				t.tokens = append(t.tokens, "")
+				t.bytes = append(t.bytes, nil)
+				t.has = append(t.has, false)
+			}
+			t.vocab[content] = id
+			t.tokens[id] = content
+			t.has[id] = true
+		}
+		t.bytes[id] = []byte(content) // added tokens decode to their content
+		added = append(added, addedToken{content: content, id: id, special: a.Special,
+			singleWord: a.SingleWord, lstrip: a.LStrip, rstrip: a.RStrip})
+	}
+	t.added = added
+	t.special = make([]bool, len(t.tokens))
+	for _, a := range added {
+		if a.special {
+			t.special[a.id] = true
+		}
+	}
+	return nil
+}
