@@ -327,3 +327,50 @@ func TestMergedAdapterLayout(t *testing.T) {
 		t.Fatalf("R rows not matching the weight's extra rows: %v", err)
 	}
 }
+
+func TestTokenizerFiles(t *testing.T) {
+	write := func(tk *slopepb.Tokenizer, files map[string][]byte) error {
+		w, err := Create(filepath.Join(t.TempDir(), "tok.slope"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, b := range files {
+			if err := w.WriteBytes(name, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.Manifest().Tokenizer = tk
+		return w.Close()
+	}
+	files := map[string][]byte{"tokenizer/vocab.json": []byte(`{"a":0}`), "tokenizer/merges.txt": []byte("#version: 0.2\n")}
+	tk := &slopepb.Tokenizer{Type: TokenizerGPT2BPE, Files: map[string]string{"vocab.json": "tokenizer/vocab.json", "merges.txt": "tokenizer/merges.txt"}}
+	path := filepath.Join(t.TempDir(), "ok.slope")
+	w, err := Create(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range files {
+		if err := w.WriteBytes(name, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Manifest().Tokenizer = tk
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, err := f.TokenizerFiles()
+	if err != nil || string(got["vocab.json"]) != `{"a":0}` || string(got["merges.txt"]) != "#version: 0.2\n" {
+		t.Fatalf("tokenizer files %q, %v", got, err)
+	}
+	if err := write(&slopepb.Tokenizer{Type: "sentencepiece", Files: tk.Files}, files); !errors.Is(err, ErrManifest) {
+		t.Errorf("unknown tokenizer type: %v", err)
+	}
+	if err := write(&slopepb.Tokenizer{Type: TokenizerGPT2BPE, Files: map[string]string{"vocab.json": "nope"}}, files); !errors.Is(err, ErrManifest) {
+		t.Errorf("missing tokenizer tensor: %v", err)
+	}
+}

@@ -414,3 +414,21 @@ func IsFormatError(err error) bool {
 	}
 	return false
 }
+
+// TokenizerFiles returns the tokenizer files the container carries (file
+// name -> bytes, in place), or nil when it has no tokenizer.
+func (r *File) TokenizerFiles() (map[string][]byte, error) {
+	tk := r.manifest.GetTokenizer()
+	if tk == nil {
+		return nil, nil
+	}
+	out := make(map[string][]byte, len(tk.Files))
+	for file, tensor := range tk.Files {
+		b, err := r.Raw(tensor)
+		if err != nil {
+			return nil, fmt.Errorf("tokenizer file %q: %w", file, err)
+		}
+		out[file] = b
+	}
+	return out, nil
+}

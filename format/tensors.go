@@ -116,3 +116,13 @@ func encodeFloats(desc *slopepb.Tensor, data []float32) ([]byte, error) {
 	}
 	return raw, nil
 }
+
+// WriteBytes writes a byte string (e.g. a tokenizer file) as a 1-D DENSE
+// UINT8 tensor.
+func (w *Writer) WriteBytes(name string, data []byte) error {
+	if len(data) == 0 {
+		return fmt.Errorf("write %q: empty byte tensor: %w", name, ErrShape)
+	}
+	return w.WriteTensor(&slopepb.Tensor{Name: name, Dtype: slopepb.DType_UINT8, Shape: []uint64{uint64(len(data))},
+		Encoding: slopepb.Encoding_DENSE}, data)
+}

@@ -214,6 +214,9 @@ func checkManifest(m *slopepb.Manifest, lim Limits, align, dataOffset, fileSize 
 	if err := checkArchitecture(m.Architecture); err != nil {
 		return nil, nil, err
 	}
+	if err := checkTokenizer(m.Tokenizer, infos, byName); err != nil {
+		return nil, nil, err
+	}
 	return infos, byName, nil
 }
 
@@ -467,6 +470,32 @@ func checkArchitecture(a *slopepb.Architecture) error {
 			c.FfnDim <= 0 || c.MaxPositionEmbeddings <= 0 {
 			return fmt.Errorf("opt config needs positive sizes (vocab %d, hidden %d, layers %d, heads %d, ffn %d, positions %d): %w",
 				c.VocabSize, c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.FfnDim, c.MaxPositionEmbeddings, ErrManifest)
+		}
+	}
+	return nil
+}
+
+// TokenizerGPT2BPE is the tokenizer type of GPT-2 byte-level BPE.
+const TokenizerGPT2BPE = "gpt2-bpe"
+
+// checkTokenizer: a known type whose files are 1-D DENSE UINT8 tensors.
+func checkTokenizer(tk *slopepb.Tokenizer, infos []tensorInfo, byName map[string]int) error {
+	if tk == nil {
+		return nil
+	}
+	if tk.Type != TokenizerGPT2BPE {
+		return fmt.Errorf("tokenizer type %q, want %q: %w", tk.Type, TokenizerGPT2BPE, ErrManifest)
+	}
+	if len(tk.Files) == 0 {
+		return fmt.Errorf("tokenizer without files: %w", ErrManifest)
+	}
+	for file, tensor := range tk.Files {
+		i, ok := byName[tensor]
+		if !ok {
+			return fmt.Errorf("tokenizer file %q names missing tensor %q: %w", file, tensor, ErrManifest)
+		}
+		if t := infos[i].t; t.Encoding != slopepb.Encoding_DENSE || t.Dtype != slopepb.DType_UINT8 || len(t.Shape) != 1 {
+			return fmt.Errorf("tokenizer file %q: tensor %q must be DENSE UINT8 of one dimension: %w", file, tensor, ErrShape)
 		}
 	}
 	return nil

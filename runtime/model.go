@@ -7,6 +7,7 @@ import (
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops"
+	"github.com/slopeml/slope/tokenizer"
 )
 
 // Graph inputs and output every runnable container has.
@@ -154,4 +155,26 @@ func compile(f *format.File, backend ops.Backend) (*Model, error) {
 		m.maxPos = 1 << 30
 	}
 	return m, nil
+}
+
+// ErrNoTokenizer is returned by Tokenizer for a container without one.
+var ErrNoTokenizer = errors.New("container has no tokenizer (use token ids)")
+
+// Tokenizer loads the tokenizer the container carries.
+func (m *Model) Tokenizer() (*tokenizer.BPE, error) {
+	files, err := m.file.TokenizerFiles()
+	if err != nil {
+		return nil, err
+	}
+	if files == nil {
+		return nil, fmt.Errorf("%s: %w", m.file.Path(), ErrNoTokenizer)
+	}
+	if tj, ok := files["tokenizer.json"]; ok {
+		return tokenizer.LoadTokenizerJSON(tj)
+	}
+	vocab, merges := files["vocab.json"], files["merges.txt"]
+	if vocab == nil || merges == nil {
+		return nil, fmt.Errorf("%s: tokenizer needs tokenizer.json, or vocab.json and merges.txt: %w", m.file.Path(), ErrModel)
+	}
+	return tokenizer.LoadGPT2(vocab, merges)
 }

@@ -260,7 +260,7 @@ func (x AdapterParams_Factor) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AdapterParams_Factor.Descriptor instead.
 func (AdapterParams_Factor) EnumDescriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{4, 0}
+	return file_manifest_proto_rawDescGZIP(), []int{5, 0}
 }
 
 // Manifest is everything in a container except the tensor bytes.
@@ -279,7 +279,9 @@ type Manifest struct {
 	// Present only in training checkpoints.
 	Training *TrainingState `protobuf:"bytes,6,opt,name=training,proto3" json:"training,omitempty"`
 	// Free-form key/value metadata (license, description, ...).
-	Metadata      map[string]string `protobuf:"bytes,7,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Metadata map[string]string `protobuf:"bytes,7,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The model's tokenizer, when the source had one.
+	Tokenizer     *Tokenizer `protobuf:"bytes,8,opt,name=tokenizer,proto3" json:"tokenizer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -363,6 +365,71 @@ func (x *Manifest) GetMetadata() map[string]string {
 	return nil
 }
 
+func (x *Manifest) GetTokenizer() *Tokenizer {
+	if x != nil {
+		return x.Tokenizer
+	}
+	return nil
+}
+
+// Tokenizer names the tokenizer files a container carries. Each file is
+// stored byte for byte as a DENSE UINT8 tensor of one dimension.
+type Tokenizer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "gpt2-bpe": GPT-2 byte-level BPE (vocab.json + merges.txt, or
+	// tokenizer.json).
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// File name as the source had it ("vocab.json", "merges.txt",
+	// "tokenizer.json", ...) -> tensor name.
+	Files         map[string]string `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tokenizer) Reset() {
+	*x = Tokenizer{}
+	mi := &file_manifest_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tokenizer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tokenizer) ProtoMessage() {}
+
+func (x *Tokenizer) ProtoReflect() protoreflect.Message {
+	mi := &file_manifest_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tokenizer.ProtoReflect.Descriptor instead.
+func (*Tokenizer) Descriptor() ([]byte, []int) {
+	return file_manifest_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Tokenizer) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Tokenizer) GetFiles() map[string]string {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
 type Architecture struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Architecture name, e.g. "opt".
@@ -377,7 +444,7 @@ type Architecture struct {
 
 func (x *Architecture) Reset() {
 	*x = Architecture{}
-	mi := &file_manifest_proto_msgTypes[1]
+	mi := &file_manifest_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -389,7 +456,7 @@ func (x *Architecture) String() string {
 func (*Architecture) ProtoMessage() {}
 
 func (x *Architecture) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[1]
+	mi := &file_manifest_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -402,7 +469,7 @@ func (x *Architecture) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Architecture.ProtoReflect.Descriptor instead.
 func (*Architecture) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{1}
+	return file_manifest_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Architecture) GetName() string {
@@ -465,7 +532,7 @@ type OPTConfig struct {
 
 func (x *OPTConfig) Reset() {
 	*x = OPTConfig{}
-	mi := &file_manifest_proto_msgTypes[2]
+	mi := &file_manifest_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +544,7 @@ func (x *OPTConfig) String() string {
 func (*OPTConfig) ProtoMessage() {}
 
 func (x *OPTConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[2]
+	mi := &file_manifest_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +557,7 @@ func (x *OPTConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OPTConfig.ProtoReflect.Descriptor instead.
 func (*OPTConfig) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{2}
+	return file_manifest_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *OPTConfig) GetVocabSize() int64 {
@@ -622,7 +689,7 @@ type NMParams struct {
 
 func (x *NMParams) Reset() {
 	*x = NMParams{}
-	mi := &file_manifest_proto_msgTypes[3]
+	mi := &file_manifest_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +701,7 @@ func (x *NMParams) String() string {
 func (*NMParams) ProtoMessage() {}
 
 func (x *NMParams) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[3]
+	mi := &file_manifest_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +714,7 @@ func (x *NMParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NMParams.ProtoReflect.Descriptor instead.
 func (*NMParams) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{3}
+	return file_manifest_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NMParams) GetN() uint32 {
@@ -680,7 +747,7 @@ type AdapterParams struct {
 
 func (x *AdapterParams) Reset() {
 	*x = AdapterParams{}
-	mi := &file_manifest_proto_msgTypes[4]
+	mi := &file_manifest_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +759,7 @@ func (x *AdapterParams) String() string {
 func (*AdapterParams) ProtoMessage() {}
 
 func (x *AdapterParams) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[4]
+	mi := &file_manifest_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +772,7 @@ func (x *AdapterParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdapterParams.ProtoReflect.Descriptor instead.
 func (*AdapterParams) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{4}
+	return file_manifest_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AdapterParams) GetWeight() string {
@@ -764,7 +831,7 @@ type Tensor struct {
 
 func (x *Tensor) Reset() {
 	*x = Tensor{}
-	mi := &file_manifest_proto_msgTypes[5]
+	mi := &file_manifest_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +843,7 @@ func (x *Tensor) String() string {
 func (*Tensor) ProtoMessage() {}
 
 func (x *Tensor) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[5]
+	mi := &file_manifest_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +856,7 @@ func (x *Tensor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tensor.ProtoReflect.Descriptor instead.
 func (*Tensor) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{5}
+	return file_manifest_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Tensor) GetName() string {
@@ -893,7 +960,7 @@ type Provenance struct {
 
 func (x *Provenance) Reset() {
 	*x = Provenance{}
-	mi := &file_manifest_proto_msgTypes[6]
+	mi := &file_manifest_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +972,7 @@ func (x *Provenance) String() string {
 func (*Provenance) ProtoMessage() {}
 
 func (x *Provenance) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[6]
+	mi := &file_manifest_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +985,7 @@ func (x *Provenance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Provenance.ProtoReflect.Descriptor instead.
 func (*Provenance) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{6}
+	return file_manifest_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Provenance) GetTool() string {
@@ -984,7 +1051,7 @@ type SourceFile struct {
 
 func (x *SourceFile) Reset() {
 	*x = SourceFile{}
-	mi := &file_manifest_proto_msgTypes[7]
+	mi := &file_manifest_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1063,7 @@ func (x *SourceFile) String() string {
 func (*SourceFile) ProtoMessage() {}
 
 func (x *SourceFile) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[7]
+	mi := &file_manifest_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1076,7 @@ func (x *SourceFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceFile.ProtoReflect.Descriptor instead.
 func (*SourceFile) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{7}
+	return file_manifest_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SourceFile) GetPath() string {
@@ -1054,7 +1121,7 @@ type Calibration struct {
 
 func (x *Calibration) Reset() {
 	*x = Calibration{}
-	mi := &file_manifest_proto_msgTypes[8]
+	mi := &file_manifest_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1133,7 @@ func (x *Calibration) String() string {
 func (*Calibration) ProtoMessage() {}
 
 func (x *Calibration) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[8]
+	mi := &file_manifest_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1146,7 @@ func (x *Calibration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Calibration.ProtoReflect.Descriptor instead.
 func (*Calibration) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{8}
+	return file_manifest_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Calibration) GetDescription() string {
@@ -1142,7 +1209,7 @@ type TensorProvenance struct {
 
 func (x *TensorProvenance) Reset() {
 	*x = TensorProvenance{}
-	mi := &file_manifest_proto_msgTypes[9]
+	mi := &file_manifest_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1221,7 @@ func (x *TensorProvenance) String() string {
 func (*TensorProvenance) ProtoMessage() {}
 
 func (x *TensorProvenance) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[9]
+	mi := &file_manifest_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1234,7 @@ func (x *TensorProvenance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TensorProvenance.ProtoReflect.Descriptor instead.
 func (*TensorProvenance) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{9}
+	return file_manifest_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TensorProvenance) GetName() string {
@@ -1233,7 +1300,7 @@ type TrainingState struct {
 
 func (x *TrainingState) Reset() {
 	*x = TrainingState{}
-	mi := &file_manifest_proto_msgTypes[10]
+	mi := &file_manifest_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1312,7 @@ func (x *TrainingState) String() string {
 func (*TrainingState) ProtoMessage() {}
 
 func (x *TrainingState) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[10]
+	mi := &file_manifest_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1325,7 @@ func (x *TrainingState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainingState.ProtoReflect.Descriptor instead.
 func (*TrainingState) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{10}
+	return file_manifest_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TrainingState) GetStep() uint64 {
@@ -1338,7 +1405,7 @@ type OptimizerSlot struct {
 
 func (x *OptimizerSlot) Reset() {
 	*x = OptimizerSlot{}
-	mi := &file_manifest_proto_msgTypes[11]
+	mi := &file_manifest_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1417,7 @@ func (x *OptimizerSlot) String() string {
 func (*OptimizerSlot) ProtoMessage() {}
 
 func (x *OptimizerSlot) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[11]
+	mi := &file_manifest_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1430,7 @@ func (x *OptimizerSlot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OptimizerSlot.ProtoReflect.Descriptor instead.
 func (*OptimizerSlot) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{11}
+	return file_manifest_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *OptimizerSlot) GetParameter() string {
@@ -1400,7 +1467,7 @@ type DataPosition struct {
 
 func (x *DataPosition) Reset() {
 	*x = DataPosition{}
-	mi := &file_manifest_proto_msgTypes[12]
+	mi := &file_manifest_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1479,7 @@ func (x *DataPosition) String() string {
 func (*DataPosition) ProtoMessage() {}
 
 func (x *DataPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_manifest_proto_msgTypes[12]
+	mi := &file_manifest_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1492,7 @@ func (x *DataPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataPosition.ProtoReflect.Descriptor instead.
 func (*DataPosition) Descriptor() ([]byte, []int) {
-	return file_manifest_proto_rawDescGZIP(), []int{12}
+	return file_manifest_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DataPosition) GetSource() string {
@@ -1468,7 +1535,7 @@ var File_manifest_proto protoreflect.FileDescriptor
 const file_manifest_proto_rawDesc = "" +
 	"\n" +
 	"\x0emanifest.proto\x12\x0fslope.format.v1\x1a\n" +
-	"onnx.proto\"\xe0\x03\n" +
+	"onnx.proto\"\x9a\x04\n" +
 	"\bManifest\x12A\n" +
 	"\farchitecture\x18\x01 \x01(\v2\x1d.slope.format.v1.ArchitectureR\farchitecture\x12&\n" +
 	"\x05graph\x18\x02 \x01(\v2\x10.onnx.GraphProtoR\x05graph\x12;\n" +
@@ -1478,8 +1545,16 @@ const file_manifest_proto_rawDesc = "" +
 	"provenance\x18\x05 \x01(\v2\x1b.slope.format.v1.ProvenanceR\n" +
 	"provenance\x12:\n" +
 	"\btraining\x18\x06 \x01(\v2\x1e.slope.format.v1.TrainingStateR\btraining\x12C\n" +
-	"\bmetadata\x18\a \x03(\v2'.slope.format.v1.Manifest.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\a \x03(\v2'.slope.format.v1.Manifest.MetadataEntryR\bmetadata\x128\n" +
+	"\ttokenizer\x18\b \x01(\v2\x1a.slope.format.v1.TokenizerR\ttokenizer\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x01\n" +
+	"\tTokenizer\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12;\n" +
+	"\x05files\x18\x02 \x03(\v2%.slope.format.v1.Tokenizer.FilesEntryR\x05files\x1a8\n" +
+	"\n" +
+	"FilesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\\\n" +
 	"\fArchitecture\x12\x12\n" +
@@ -1632,58 +1707,62 @@ func file_manifest_proto_rawDescGZIP() []byte {
 }
 
 var file_manifest_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_manifest_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_manifest_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_manifest_proto_goTypes = []any{
 	(DType)(0),                        // 0: slope.format.v1.DType
 	(Encoding)(0),                     // 1: slope.format.v1.Encoding
 	(Compression)(0),                  // 2: slope.format.v1.Compression
 	(AdapterParams_Factor)(0),         // 3: slope.format.v1.AdapterParams.Factor
 	(*Manifest)(nil),                  // 4: slope.format.v1.Manifest
-	(*Architecture)(nil),              // 5: slope.format.v1.Architecture
-	(*OPTConfig)(nil),                 // 6: slope.format.v1.OPTConfig
-	(*NMParams)(nil),                  // 7: slope.format.v1.NMParams
-	(*AdapterParams)(nil),             // 8: slope.format.v1.AdapterParams
-	(*Tensor)(nil),                    // 9: slope.format.v1.Tensor
-	(*Provenance)(nil),                // 10: slope.format.v1.Provenance
-	(*SourceFile)(nil),                // 11: slope.format.v1.SourceFile
-	(*Calibration)(nil),               // 12: slope.format.v1.Calibration
-	(*TensorProvenance)(nil),          // 13: slope.format.v1.TensorProvenance
-	(*TrainingState)(nil),             // 14: slope.format.v1.TrainingState
-	(*OptimizerSlot)(nil),             // 15: slope.format.v1.OptimizerSlot
-	(*DataPosition)(nil),              // 16: slope.format.v1.DataPosition
-	nil,                               // 17: slope.format.v1.Manifest.MetadataEntry
-	nil,                               // 18: slope.format.v1.TrainingState.HyperparametersEntry
-	nil,                               // 19: slope.format.v1.TrainingState.ExtraEntry
-	(*onnxpb.GraphProto)(nil),         // 20: onnx.GraphProto
-	(*onnxpb.OperatorSetIdProto)(nil), // 21: onnx.OperatorSetIdProto
+	(*Tokenizer)(nil),                 // 5: slope.format.v1.Tokenizer
+	(*Architecture)(nil),              // 6: slope.format.v1.Architecture
+	(*OPTConfig)(nil),                 // 7: slope.format.v1.OPTConfig
+	(*NMParams)(nil),                  // 8: slope.format.v1.NMParams
+	(*AdapterParams)(nil),             // 9: slope.format.v1.AdapterParams
+	(*Tensor)(nil),                    // 10: slope.format.v1.Tensor
+	(*Provenance)(nil),                // 11: slope.format.v1.Provenance
+	(*SourceFile)(nil),                // 12: slope.format.v1.SourceFile
+	(*Calibration)(nil),               // 13: slope.format.v1.Calibration
+	(*TensorProvenance)(nil),          // 14: slope.format.v1.TensorProvenance
+	(*TrainingState)(nil),             // 15: slope.format.v1.TrainingState
+	(*OptimizerSlot)(nil),             // 16: slope.format.v1.OptimizerSlot
+	(*DataPosition)(nil),              // 17: slope.format.v1.DataPosition
+	nil,                               // 18: slope.format.v1.Manifest.MetadataEntry
+	nil,                               // 19: slope.format.v1.Tokenizer.FilesEntry
+	nil,                               // 20: slope.format.v1.TrainingState.HyperparametersEntry
+	nil,                               // 21: slope.format.v1.TrainingState.ExtraEntry
+	(*onnxpb.GraphProto)(nil),         // 22: onnx.GraphProto
+	(*onnxpb.OperatorSetIdProto)(nil), // 23: onnx.OperatorSetIdProto
 }
 var file_manifest_proto_depIdxs = []int32{
-	5,  // 0: slope.format.v1.Manifest.architecture:type_name -> slope.format.v1.Architecture
-	20, // 1: slope.format.v1.Manifest.graph:type_name -> onnx.GraphProto
-	21, // 2: slope.format.v1.Manifest.opset_import:type_name -> onnx.OperatorSetIdProto
-	9,  // 3: slope.format.v1.Manifest.tensors:type_name -> slope.format.v1.Tensor
-	10, // 4: slope.format.v1.Manifest.provenance:type_name -> slope.format.v1.Provenance
-	14, // 5: slope.format.v1.Manifest.training:type_name -> slope.format.v1.TrainingState
-	17, // 6: slope.format.v1.Manifest.metadata:type_name -> slope.format.v1.Manifest.MetadataEntry
-	6,  // 7: slope.format.v1.Architecture.opt:type_name -> slope.format.v1.OPTConfig
-	3,  // 8: slope.format.v1.AdapterParams.factor:type_name -> slope.format.v1.AdapterParams.Factor
-	0,  // 9: slope.format.v1.Tensor.dtype:type_name -> slope.format.v1.DType
-	1,  // 10: slope.format.v1.Tensor.encoding:type_name -> slope.format.v1.Encoding
-	7,  // 11: slope.format.v1.Tensor.nm:type_name -> slope.format.v1.NMParams
-	8,  // 12: slope.format.v1.Tensor.adapter:type_name -> slope.format.v1.AdapterParams
-	2,  // 13: slope.format.v1.Tensor.compression:type_name -> slope.format.v1.Compression
-	11, // 14: slope.format.v1.Provenance.sources:type_name -> slope.format.v1.SourceFile
-	12, // 15: slope.format.v1.Provenance.calibration:type_name -> slope.format.v1.Calibration
-	13, // 16: slope.format.v1.Provenance.tensors:type_name -> slope.format.v1.TensorProvenance
-	18, // 17: slope.format.v1.TrainingState.hyperparameters:type_name -> slope.format.v1.TrainingState.HyperparametersEntry
-	15, // 18: slope.format.v1.TrainingState.slots:type_name -> slope.format.v1.OptimizerSlot
-	16, // 19: slope.format.v1.TrainingState.data:type_name -> slope.format.v1.DataPosition
-	19, // 20: slope.format.v1.TrainingState.extra:type_name -> slope.format.v1.TrainingState.ExtraEntry
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	6,  // 0: slope.format.v1.Manifest.architecture:type_name -> slope.format.v1.Architecture
+	22, // 1: slope.format.v1.Manifest.graph:type_name -> onnx.GraphProto
+	23, // 2: slope.format.v1.Manifest.opset_import:type_name -> onnx.OperatorSetIdProto
+	10, // 3: slope.format.v1.Manifest.tensors:type_name -> slope.format.v1.Tensor
+	11, // 4: slope.format.v1.Manifest.provenance:type_name -> slope.format.v1.Provenance
+	15, // 5: slope.format.v1.Manifest.training:type_name -> slope.format.v1.TrainingState
+	18, // 6: slope.format.v1.Manifest.metadata:type_name -> slope.format.v1.Manifest.MetadataEntry
+	5,  // 7: slope.format.v1.Manifest.tokenizer:type_name -> slope.format.v1.Tokenizer
+	19, // 8: slope.format.v1.Tokenizer.files:type_name -> slope.format.v1.Tokenizer.FilesEntry
+	7,  // 9: slope.format.v1.Architecture.opt:type_name -> slope.format.v1.OPTConfig
+	3,  // 10: slope.format.v1.AdapterParams.factor:type_name -> slope.format.v1.AdapterParams.Factor
+	0,  // 11: slope.format.v1.Tensor.dtype:type_name -> slope.format.v1.DType
+	1,  // 12: slope.format.v1.Tensor.encoding:type_name -> slope.format.v1.Encoding
+	8,  // 13: slope.format.v1.Tensor.nm:type_name -> slope.format.v1.NMParams
+	9,  // 14: slope.format.v1.Tensor.adapter:type_name -> slope.format.v1.AdapterParams
+	2,  // 15: slope.format.v1.Tensor.compression:type_name -> slope.format.v1.Compression
+	12, // 16: slope.format.v1.Provenance.sources:type_name -> slope.format.v1.SourceFile
+	13, // 17: slope.format.v1.Provenance.calibration:type_name -> slope.format.v1.Calibration
+	14, // 18: slope.format.v1.Provenance.tensors:type_name -> slope.format.v1.TensorProvenance
+	20, // 19: slope.format.v1.TrainingState.hyperparameters:type_name -> slope.format.v1.TrainingState.HyperparametersEntry
+	16, // 20: slope.format.v1.TrainingState.slots:type_name -> slope.format.v1.OptimizerSlot
+	17, // 21: slope.format.v1.TrainingState.data:type_name -> slope.format.v1.DataPosition
+	21, // 22: slope.format.v1.TrainingState.extra:type_name -> slope.format.v1.TrainingState.ExtraEntry
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_manifest_proto_init() }
@@ -1691,7 +1770,7 @@ func file_manifest_proto_init() {
 	if File_manifest_proto != nil {
 		return
 	}
-	file_manifest_proto_msgTypes[1].OneofWrappers = []any{
+	file_manifest_proto_msgTypes[2].OneofWrappers = []any{
 		(*Architecture_Opt)(nil),
 	}
 	type x struct{}
@@ -1700,7 +1779,7 @@ func file_manifest_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_manifest_proto_rawDesc), len(file_manifest_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
