@@ -5,6 +5,8 @@
 //
 //	slope inspect FILE [--json]             describe a container
 //	slope verify FILE [--quiet]             check every byte of a container
+//	slope run MODEL --prompt TEXT|--ids JSON   generate, streaming tokens
+//	slope score MODEL --text FILE|--ids JSON   perplexity
 //	slope forward MODEL --ids JSON [--mask JSON]   print logits as JSON
 //	slope bench MODEL [--prompt-len N --gen-len N] time prefill and decode
 //	slope version                           print the tool version
@@ -100,7 +102,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Args:          cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
-				return usagef(cmd, "missing command (inspect, verify, forward, bench or version)")
+				return usagef(cmd, "missing command (inspect, verify, run, score, forward, bench or version)")
 			}
 			return usagef(cmd, "unknown command %q", args[0])
 		},
@@ -111,6 +113,6 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("%s: %w", cmd.Name(), err)}
 	})
-	root.AddCommand(newInspectCmd(), newVerifyCmd(), newForwardCmd(), newBenchCmd(), newVersionCmd())
+	root.AddCommand(newInspectCmd(), newVerifyCmd(), newRunCmd(), newScoreCmd(), newForwardCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }

@@ -69,3 +69,40 @@ func TestBench(t *testing.T) {
 		t.Error("a prompt longer than the model's positions succeeded")
 	}
 }
+
+func TestRunAndScoreIDs(t *testing.T) {
+	ref, err := testmodels.LoadReference()
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := convertTiny(t, "dense")
+	prompt, _ := json.Marshal(ref.GreedyPrompt[0])
+	want := ref.GreedyOutput[0][len(ref.GreedyPrompt[0]):]
+	code, stdout, stderr := runSlope("run", model, "--ids", string(prompt), "--max-tokens", "8")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var got []int64
+	for _, f := range strings.Fields(stdout) {
+		var v int64
+		if err := json.Unmarshal([]byte(f), &v); err != nil {
+			t.Fatalf("output %q: %v", stdout, err)
+		}
+		got = append(got, v)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("generated %v, transformers %v", got, want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("generated %v, transformers %v", got, want)
+		}
+	}
+	ids, _ := json.Marshal(ref.InputIDs[0])
+	if code, stdout, stderr := runSlope("score", model, "--ids", string(ids)); code != 0 || !strings.Contains(stdout, "perplexity") {
+		t.Fatalf("score: exit %d, %s %s", code, stdout, stderr)
+	}
+	if code, _, stderr := runSlope("run", model, "--prompt", "hello"); code != exitUsage || !strings.Contains(stderr, "tokenizer") {
+		t.Fatalf("--prompt without a tokenizer: exit %d, %s", code, stderr)
+	}
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	slopert "github.com/slopeml/slope/runtime"
+	"github.com/slopeml/slope/tokenizer"
+)
+
+// prompt resolves --prompt (through the model's tokenizer, with OPT's BOS)
+// or --ids into token ids.
+func promptIDs(m *slopert.Model, text, ids string) ([]int32, *tokenizer.BPE, error) {
+	if (text == "") == (ids == "") {
+		return nil, nil, fmt.Errorf("give exactly one of --prompt and --ids")
+	}
+	tok, err := m.Tokenizer()
+	if ids != "" {
+		rows, perr := parseRows("--ids", ids)
+		if perr != nil {
+			return nil, nil, perr
+		}
+		if len(rows) != 1 {
+			return nil, nil, fmt.Errorf("--ids: one sequence, got %d", len(rows))
+		}
+		return rows[0], tok, nil // tok may be nil: tokens are then printed as ids
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("--prompt needs a tokenizer: %w", err)
+	}
+	bos := 2
+	if c := m.Config(); c != nil {
+		bos = int(c.BosTokenId)
+	}
+	enc := tok.EncodeWithBOS(text, bos)
+	out := make([]int32, len(enc))
+	for i, v := range enc {
+		out[i] = int32(v)
+	}
+	return out, tok, nil
+}
+
+func newRunCmd() *cobra.Command {
+	var text, ids string
+	var o slopert.GenerateOptions
+	cmd := &cobra.Command{
+		Use:   "run MODEL (--prompt TEXT | --ids JSON)",
+		Short: "Generate text from a prompt, streaming tokens",
+		Long: "run continues a prompt with the model: greedy by default, sampled with\n" +
+			"--temperature > 0 (and --top-k, --top-p, --seed). Text prompts need a container\n" +
+			"with a tokenizer; --ids takes token ids (printed back as ids when there is none).",
+		Args: exactArgs("MODEL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.MaxTokens < 1 {
+				return usagef(cmd, "--max-tokens must be >= 1")
+			}
+			m, err := slopert.Open(args[0], nil)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			prompt, tok, err := promptIDs(m, text, ids)
+			if err != nil {
+				return usagef(cmd, "%v", err)
+			}
+			o.EOS, o.Pad = 2, 1
+			if c := m.Config(); c != nil {
+				o.EOS, o.Pad = int(c.EosTokenId), int(c.PadTokenId)
+			}
+			out := cmd.OutOrStdout()
+			var stream *tokenizer.StreamDecoder
+			if tok != nil {
+				stream = tok.NewStreamDecoder()
+			}
+			o.OnToken = func(_, _, token int) error {
+				if stream == nil {
+					_, err := fmt.Fprintf(out, "%d ", token)
+					return err
+				}
+				s, err := stream.Add(token)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprint(out, s)
+				return err
+			}
+			if _, err := m.Generate(cmd.Context(), [][]int32{prompt}, o); err != nil {
+				return err
+			}
+			if stream != nil {
+				fmt.Fprint(out, stream.Flush())
+			}
+			fmt.Fprintln(out)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&text, "prompt", "", "prompt text (needs a tokenizer in the container)")
+	f.StringVar(&ids, "ids", "", "prompt token ids, JSON [..]")
+	f.IntVar(&o.MaxTokens, "max-tokens", 32, "new tokens to generate")
+	f.Float64Var(&o.Temperature, "temperature", 0, "sampling temperature (0: greedy)")
+	f.IntVar(&o.TopK, "top-k", 0, "sample among the k most likely tokens (0: all)")
+	f.Float64Var(&o.TopP, "top-p", 0, "sample among the most likely tokens of total probability p (0: all)")
+	f.Uint64Var(&o.Seed, "seed", 0, "sampling seed")
+	f.IntVar(&o.Threads, "threads", 0, "goroutines per step (0: all cores)")
+	return cmd
+}
+
+func newScoreCmd() *cobra.Command {
+	var textFile, ids string
+	var window, threads int
+	cmd := &cobra.Command{
+		Use:   "score MODEL (--text FILE | --ids JSON)",
+		Short: "Perplexity of a text under the model",
+		Long: "score prints the mean negative log-likelihood and perplexity of a text (through\n" +
+			"the container's tokenizer, with OPT's BOS) or of token ids, in windows of the\n" +
+			"model's positions (or --window tokens).",
+		Args: exactArgs("MODEL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := slopert.Open(args[0], nil)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			text := ""
+			if textFile != "" {
+				b, err := os.ReadFile(textFile)
+				if err != nil {
+					return fmt.Errorf("--text: %w", err)
+				}
+				if text = string(b); strings.TrimSpace(text) == "" {
+					return fmt.Errorf("--text %s: empty", textFile)
+				}
+			}
+			seq, _, err := promptIDs(m, text, ids)
+			if err != nil {
+				return usagef(cmd, "%v", err)
+			}
+			r, err := m.Score(cmd.Context(), seq, window, threads)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "tokens %d  nll %.4f  perplexity %.3f\n", r.Tokens, r.NLL, r.Perplexity)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&textFile, "text", "", "text file to score")
+	cmd.Flags().StringVar(&ids, "ids", "", "token ids to score, JSON [..]")
+	cmd.Flags().IntVar(&window, "window", 0, "tokens per window (0: the model's positions)")
+	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
+	return cmd
+}
