@@ -1,0 +1,91 @@
+package runtime
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/slopeml/slope/testmodels"
+)
+
+func TestSampleRules(t *testing.T) {
+	logits := []float32{1, 3, 2, 3, -1}
+	rng := rand.New(rand.NewPCG(1, 2))
+	if got := sample(logits, GenerateOptions{}, rng); got != 1 {
+		t.Errorf("greedy picked %d, want 1 (the lowest id among equal maxima)", got)
+	}
+	if got := sample(logits, GenerateOptions{Temperature: 1, TopK: 1}, rng); got != 1 {
+		t.Errorf("top-k 1 picked %d", got)
+	}
+	// Top-p 0.5 keeps only the two tokens of logit 3 (together > 0.5).
+	for range 200 {
+		if got := sample(logits, GenerateOptions{Temperature: 1, TopP: 0.5}, rng); got != 1 && got != 3 {
+			t.Fatalf("top-p 0.5 picked %d", got)
+		}
+	}
+	// Temperature 1 follows softmax: frequencies within 5 standard errors.
+	const n = 20000
+	counts := make([]int, len(logits))
+	for range n {
+		counts[sample(logits, GenerateOptions{Temperature: 1}, rng)]++
+	}
+	var z float64
+	for _, v := range logits {
+		z += math.Exp(float64(v))
+	}
+	for i, v := range logits {
+		p := math.Exp(float64(v)) / z
+		se := math.Sqrt(p * (1 - p) / n)
+		if f := float64(counts[i]) / n; math.Abs(f-p) > 5*se+1e-3 {
+			t.Errorf("token %d: frequency %.4f, softmax %.4f", i, f, p)
+		}
+	}
+}
+
+func TestGenerateSeededAndBatched(t *testing.T) {
+	ref, err := testmodels.LoadReference()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tiny(t, "2:4")
+	prompts := [][]int32{i32(ref.InputIDs)[0][:5], i32(ref.InputIDs)[1][:9]}
+	o := GenerateOptions{MaxTokens: 6, Temperature: 0.8, TopK: 50, Seed: 7, EOS: -1, Pad: 1}
+	a, err := m.Generate(t.Context(), prompts, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.Generate(t.Context(), prompts, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range a {
+		if !slices.Equal(a[i], b[i]) || len(a[i]) != 6 {
+			t.Fatalf("same seed, different tokens: %v vs %v", a, b)
+		}
+	}
+	// Greedy in a left-padded batch equals each prompt decoded alone.
+	g := GenerateOptions{MaxTokens: 6, EOS: -1, Pad: 1}
+	batch, err := m.Generate(t.Context(), prompts, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range prompts {
+		alone, err := m.Generate(t.Context(), [][]int32{p}, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(alone[0], batch[i]) {
+			t.Errorf("prompt %d: alone %v, in a padded batch %v", i, alone[0], batch[i])
+		}
+	}
+	// EOS stops a sequence and is kept.
+	first := batch[0][0]
+	stop, err := m.Generate(t.Context(), prompts[:1], GenerateOptions{MaxTokens: 6, EOS: int(first), Pad: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(stop[0], []int32{first}) {
+		t.Errorf("EOS %d: got %v", first, stop[0])
+	}
+}
