@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/slopeml/slope/format/slopepb"
 )
@@ -142,10 +145,16 @@ func ParseOPTConfig(name string, data []byte) (*slopepb.OPTConfig, error) {
 		}
 	}
 	if _, ok := Activations[c.ActivationFunction]; !ok {
-		return nil, field("activation_function", fmt.Errorf("%q is not supported", c.ActivationFunction))
+		return nil, field("activation_function", fmt.Errorf("%q is not supported (supported: %s)",
+			c.ActivationFunction, strings.Join(slices.Sorted(maps.Keys(Activations)), ", ")))
 	}
 	if c.HiddenSize%c.NumAttentionHeads != 0 {
 		return nil, field("num_attention_heads", fmt.Errorf("%d does not divide hidden_size %d", c.NumAttentionHeads, c.HiddenSize))
+	}
+	// transformers builds embed_tokens with padding_idx=pad_token_id, which
+	// PyTorch requires to be a row of the table.
+	if c.PadTokenId >= c.VocabSize {
+		return nil, field("pad_token_id", fmt.Errorf("%d is not below vocab_size %d", c.PadTokenId, c.VocabSize))
 	}
 	return c, nil
 }

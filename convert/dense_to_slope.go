@@ -105,8 +105,17 @@ func ParseDTypeOption(s string) (dt slopepb.DType, keep bool, err error) {
 	return 0, false, fmt.Errorf("dtype %q: want keep, fp32, fp16 or bf16", s)
 }
 
-// OpenSource opens the checkpoint at in: "" is the embedded default model,
-// a directory is a Hugging Face model directory.
+// OpenSource opens the checkpoint at in:
+//
+//   - "" is the embedded default model (testmodels.DefaultName);
+//   - a directory holding Hugging Face weights (model.safetensors,
+//     model.safetensors.index.json, pytorch_model.bin or
+//     pytorch_model.bin.index.json) is a Hugging Face model directory
+//     (OpenHFDir);
+//   - an .onnx file, or a directory with no Hugging Face weights that holds
+//     model.onnx or a single *.onnx file, is an ONNX model (OpenONNX).
+//
+// Anything else is an error saying what is accepted.
 func OpenSource(in string) (Source, error) {
 	if in == "" {
 		return OpenHF(testmodels.DefaultFS(), DefaultLabel)
@@ -116,13 +125,56 @@ func OpenSource(in string) (Source, error) {
 		return nil, err
 	}
 	if st.IsDir() {
-		return OpenHF(os.DirFS(in), in)
+		onnx, err := onnxInDir(in)
+		if err != nil {
+			return nil, err
+		}
+		if onnx != "" {
+			return OpenONNX(onnx)
+		}
+		return OpenHFDir(in)
 	}
 	switch ext := strings.ToLower(filepath.Ext(in)); ext {
-	case ".bin", ".pt", ".pth", ".onnx":
-		return nil, fmt.Errorf("%s: reading %s files is %w", in, ext, ErrNotSupported)
+	case ".onnx":
+		return OpenONNX(in)
+	case ".safetensors", ".bin", ".pt", ".pth", ".json":
+		return nil, fmt.Errorf("%s: a %s file alone is not a model: give the Hugging Face directory that holds it with %s", in, ext, hfConfig)
 	}
-	return nil, fmt.Errorf("%s: not a directory; give a Hugging Face model directory (config.json and model.safetensors)", in)
+	return nil, fmt.Errorf("%s: not a model: give a Hugging Face model directory (%s with %s, %s, %s or %s) or an .onnx file",
+		in, hfConfig, hfSafetensors, hfSafetensorsIndex, hfPytorchBin, hfPytorchBinIndex)
+}
+
+// onnxInDir returns the ONNX model of directory dir, or "" when dir holds
+// Hugging Face weights (which take precedence) or no .onnx file. Without
+// Hugging Face weights, model.onnx is the model, else the only *.onnx file;
+// several of those are an error.
+func onnxInDir(dir string) (string, error) {
+	for _, l := range hfLayouts {
+		if _, err := os.Stat(filepath.Join(dir, l.file())); err == nil {
+			return "", nil
+		}
+	}
+	if st, err := os.Stat(filepath.Join(dir, "model.onnx")); err == nil && !st.IsDir() {
+		return filepath.Join(dir, "model.onnx"), nil
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	var found []string
+	for _, e := range ents {
+		if !e.IsDir() && strings.EqualFold(filepath.Ext(e.Name()), ".onnx") {
+			found = append(found, e.Name())
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", nil
+	case 1:
+		return filepath.Join(dir, found[0]), nil
+	}
+	return "", fmt.Errorf("%s: no Hugging Face weights and %d .onnx files (%s): give the .onnx file to convert",
+		dir, len(found), strings.Join(found, ", "))
 }
 
 // pruneDecision tells whether a weight is pruned N:M, and why (not).

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"testing/fstest"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/testmodels"
 )
 
@@ -151,12 +154,16 @@ func TestOpenHFErrors(t *testing.T) {
 		{"only pytorch bin", func(m fstest.MapFS) {
 			delete(m, "model.safetensors")
 			m["pytorch_model.bin"] = &fstest.MapFile{Data: []byte("PK")}
-		}, []string{"pytorch_model.bin", "not supported yet"}},
-		{"sharded", func(m fstest.MapFS) {
+		}, []string{"pytorch_model.bin", "zip"}},
+		{"sharded without weight_map", func(m fstest.MapFS) {
 			delete(m, "model.safetensors")
 			m["model.safetensors.index.json"] = &fstest.MapFile{Data: []byte("{}")}
-		}, []string{"model.safetensors.index.json", "not supported yet"}},
-		{"no weights", func(m fstest.MapFS) { delete(m, "model.safetensors") }, []string{"model.safetensors"}},
+		}, []string{"dir/model.safetensors.index.json", `no "weight_map"`}},
+		{"sharded shard missing", func(m fstest.MapFS) {
+			m["model.safetensors.index.json"] = &fstest.MapFile{Data: []byte(`{"weight_map":{"a":"model-00001-of-00001.safetensors"}}`)}
+			delete(m, "model.safetensors")
+		}, []string{"model-00001-of-00001.safetensors", "missing"}},
+		{"no weights", func(m fstest.MapFS) { delete(m, "model.safetensors") }, []string{"no weights", "model.safetensors"}},
 		{"bad hidden_size", func(m fstest.MapFS) {
 			m["config.json"] = &fstest.MapFile{Data: []byte(strings.Replace(string(m["config.json"].Data), `"hidden_size": 64`, `"hidden_size": "64"`, 1))}
 		}, []string{`"hidden_size"`}},
@@ -181,8 +188,8 @@ func TestOpenHFErrors(t *testing.T) {
 					t.Errorf("error %q lacks %q", err, w)
 				}
 			}
-			if c.name == "only pytorch bin" && !errors.Is(err, ErrNotSupported) {
-				t.Errorf("not ErrNotSupported: %v", err)
+			if c.name == "only pytorch bin" && !errors.Is(err, ErrPytorchBin) {
+				t.Errorf("not ErrPytorchBin: %v", err)
 			}
 		})
 	}
@@ -201,12 +208,17 @@ func TestParseOPTConfigDefaults(t *testing.T) {
 	bad := map[string]string{
 		`{}`: `"model_type"`,
 		`[]`: "JSON object",
-		`{"model_type":"opt","num_hidden_layers":0}`:        `"num_hidden_layers"`,
-		`{"model_type":"opt","ffn_dim":1.5}`:                `"ffn_dim"`,
-		`{"model_type":"opt","do_layer_norm_before":"yes"}`: `"do_layer_norm_before"`,
-		`{"model_type":"opt","activation_function":"mish"}`: `"activation_function"`,
-		`{"model_type":"opt","num_attention_heads":5}`:      `"num_attention_heads"`,
-		`{"model_type":"opt","vocab_size":99999999999}`:     `"vocab_size"`,
+		`{"model_type":"opt","num_hidden_layers":0}`:              `"num_hidden_layers"`,
+		`{"model_type":"opt","ffn_dim":1.5}`:                      `"ffn_dim"`,
+		`{"model_type":"opt","do_layer_norm_before":"yes"}`:       `"do_layer_norm_before"`,
+		`{"model_type":"opt","activation_function":"mish"}`:       `"activation_function"`,
+		`{"model_type":"opt","num_attention_heads":5}`:            `"num_attention_heads"`,
+		`{"model_type":"opt","vocab_size":99999999999}`:           `"vocab_size"`,
+		`{"model_type":"opt","vocab_size":10,"pad_token_id":10}`:  `"pad_token_id"`,
+		`{"model_type":"opt","enable_bias":null}`:                 `"enable_bias"`,
+		`{"model_type":"opt","word_embed_proj_dim":0}`:            `"word_embed_proj_dim"`,
+		`{"model_type":"opt","tie_word_embeddings":1}`:            `"tie_word_embeddings"`,
+		`{"model_type":"opt","activation_function":"quick_gelu"}`: `"activation_function"`,
 	}
 	for in, want := range bad {
 		_, err := ParseOPTConfig("c.json", []byte(in))
@@ -227,5 +239,53 @@ func TestOPTWeightsVariants(t *testing.T) {
 		"decoder.project_out.weight", "lm_head.weight"}
 	if !slices.Equal(names, want) {
 		t.Errorf("names\n%v\nwant\n%v", names, want)
+	}
+}
+
+// TestParseOPTConfigAllFields: every field that changes the math is read.
+func TestParseOPTConfigAllFields(t *testing.T) {
+	c, err := ParseOPTConfig("c.json", []byte(`{"model_type":"opt","vocab_size":100,"hidden_size":48,
+		"num_hidden_layers":3,"num_attention_heads":6,"ffn_dim":96,"max_position_embeddings":30,
+		"word_embed_proj_dim":24,"do_layer_norm_before":false,"_remove_final_layer_norm":true,
+		"enable_bias":false,"layer_norm_elementwise_affine":false,"activation_function":"gelu_new",
+		"tie_word_embeddings":false,"pad_token_id":0,"bos_token_id":null,"eos_token_id":99,
+		"dropout":0.1,"torch_dtype":"float16","unknown_field":[1,2]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &slopepb.OPTConfig{VocabSize: 100, HiddenSize: 48, NumHiddenLayers: 3, NumAttentionHeads: 6, FfnDim: 96,
+		MaxPositionEmbeddings: 30, WordEmbedProjDim: 24, DoLayerNormBefore: false, RemoveFinalLayerNorm: true,
+		EnableBias: false, LayerNormElementwiseAffine: false, ActivationFunction: "gelu_new", TieWordEmbeddings: false,
+		PadTokenId: 0, BosTokenId: -1, EosTokenId: 99, LayerNormEps: OPTLayerNormEps}
+	if !proto.Equal(c, want) {
+		t.Errorf("config\n got %v\nwant %v", c, want)
+	}
+}
+
+// TestHFPrefersSafetensors: with both safetensors and .bin weights, the
+// safetensors are read and the .bin is reported as ignored.
+func TestHFPrefersSafetensors(t *testing.T) {
+	cfg := testmodels.ConfigFamilies()["no-bias"]
+	dir := t.TempDir()
+	w := testmodels.GenWeights(cfg, 1, "F32")
+	if err := testmodels.WriteHFDir(dir, cfg, testmodels.GenWeights(cfg, 2, "F32"), testmodels.Layout{Format: "bin-sharded"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := testmodels.WriteHFDir(dir, cfg, w, testmodels.Layout{Format: "safetensors-sharded"}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := OpenSource(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	checkWeights(t, src, w, "")
+	if ws := strings.Join(src.Warnings(), "\n"); !strings.Contains(ws, "pytorch_model.bin.index.json ignored") {
+		t.Errorf("warnings %q", ws)
+	}
+	for _, f := range src.Files() {
+		if strings.HasSuffix(f.Path, ".bin") {
+			t.Errorf("ignored file %s recorded", f.Path)
+		}
 	}
 }

@@ -11,10 +11,13 @@ import (
 	"math"
 	"math/bits"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
@@ -61,8 +64,10 @@ func (e *SafetensorsEntry) Numel() int {
 // loaded whole. It is safe for concurrent use.
 type Safetensors struct {
 	name      string
-	r         io.ReaderAt
+	r         io.ReaderAt // nil when mapped
 	closer    io.Closer
+	mu        sync.RWMutex // guards mapped against Close
+	mapped    []byte       // the whole file, when OpenSafetensorsFile mapped it
 	size      int64
 	dataStart int64
 	entries   map[string]*SafetensorsEntry
@@ -105,23 +110,39 @@ func OpenSafetensors(fsys fs.FS, name string) (*Safetensors, error) {
 	return s, nil
 }
 
-// OpenSafetensorsFile opens a safetensors file by OS path.
+// OpenSafetensorsFile opens a safetensors file by OS path. The header is
+// read with pread; the file is then mapped read-only, tensors are decoded
+// straight from the mapping, and the pages of each tensor are released
+// after it is read, so that reading a whole checkpoint tensor by tensor
+// keeps at most one tensor's pages resident. A fault on the mapping (the
+// file truncated underneath, an I/O error) becomes an error, not a crash.
 func OpenSafetensorsFile(path string) (*Safetensors, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
+	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file: %w", path, ErrSafetensors)
 	}
 	s, err := ParseSafetensors(path, f, st.Size())
 	if err != nil {
-		f.Close()
 		return nil, err
 	}
-	s.closer = f
+	if uint64(s.size) > uint64(math.MaxInt) {
+		return nil, fmt.Errorf("%s: %d bytes is too large to map: %w", path, s.size, ErrSafetensors)
+	}
+	data, err := unix.Mmap(int(f.Fd()), 0, int(s.size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("%s: mmap: %w", path, err)
+	}
+	// The mapping outlives the descriptor; reads no longer go through r.
+	s.mapped = data
+	s.r = nil
 	return s, nil
 }
 
@@ -475,10 +496,62 @@ func (s *Safetensors) ReadRaw(name string) ([]byte, error) {
 	if len(b) == 0 {
 		return b, nil
 	}
+	if s.r == nil {
+		if err := s.withMapped(e, func(off int64, src []byte) error { copy(b[off:], src); return nil }); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
 	if _, err := s.r.ReadAt(b, s.dataStart+e.Begin); err != nil {
 		return nil, fmt.Errorf("%s: read tensor %q: %w", s.name, name, err)
 	}
 	return b, nil
+}
+
+// mappedChunk is how many bytes of a mapped tensor are decoded before
+// their pages are released (a multiple of every element size).
+const mappedChunk = 8 << 20
+
+// withMapped calls fn with the mapped bytes of e, chunk by chunk (off is
+// the chunk's byte offset in the tensor), turning a fault on the mapping
+// into an error. The pages read are released as it goes: they stay in
+// the page cache but no longer count against this process, so reading a
+// tensor keeps at most a chunk of the file resident.
+func (s *Safetensors) withMapped(e *SafetensorsEntry, fn func(off int64, chunk []byte) error) (err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mapped == nil {
+		return fmt.Errorf("%s: read tensor %q: file is closed", s.name, e.Name)
+	}
+	lo, hi := s.dataStart+e.Begin, s.dataStart+e.End
+	pg := int64(os.Getpagesize())
+	released := lo &^ (pg - 1) // pages below this are released
+	release := func(upTo int64) {
+		if upTo > released {
+			_ = unix.Madvise(s.mapped[released:upTo], unix.MADV_DONTNEED)
+			released = upTo
+		}
+	}
+	defer func() { release(min((hi+pg-1)&^(pg-1), int64(len(s.mapped)))) }()
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			err = fmt.Errorf("%s: read tensor %q: fault reading the mapped file (truncated while open, or an I/O error): %v", s.name, e.Name, r)
+		}
+	}()
+	for off := lo; off < hi; off += mappedChunk {
+		end := min(off+mappedChunk, hi)
+		_ = unix.Madvise(s.mapped[off&^(pg-1):min((end+pg-1)&^(pg-1), int64(len(s.mapped)))], unix.MADV_WILLNEED)
+		if err := fn(off-lo, s.mapped[off:end]); err != nil {
+			return err
+		}
+		release(end &^ (pg - 1))
+	}
+	return nil
 }
 
 // SafetensorsDType maps the float dtypes this package reads to slopepb.
@@ -505,19 +578,45 @@ func (s *Safetensors) ReadFloat32(name string) ([]float32, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s: tensor %q has dtype %s; only F32, F16 and BF16 weights are supported", s.name, name, e.DType)
 	}
+	out := make([]float32, e.Numel())
+	decode := func(raw []byte) error {
+		if err := format.DecodeFloats(dt, raw, out); err != nil {
+			return fmt.Errorf("%s: tensor %q: %w", s.name, name, err)
+		}
+		return nil
+	}
+	if s.r == nil {
+		es := int64(safetensorsBits[e.DType] / 8)
+		err := s.withMapped(e, func(off int64, src []byte) error {
+			if err := format.DecodeFloats(dt, src, out[off/es:(off+int64(len(src)))/es]); err != nil {
+				return fmt.Errorf("%s: tensor %q: %w", s.name, name, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
 	raw, err := s.ReadRaw(name)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]float32, e.Numel())
-	if err := format.DecodeFloats(dt, raw, out); err != nil {
-		return nil, fmt.Errorf("%s: tensor %q: %w", s.name, name, err)
+	if err := decode(raw); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
 
-// Close closes the underlying file, if Open* opened it.
+// Close closes the underlying file, if Open* opened it, or unmaps it.
 func (s *Safetensors) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mapped != nil {
+		err := unix.Munmap(s.mapped)
+		s.mapped = nil
+		return err
+	}
 	if s.closer == nil {
 		return nil
 	}

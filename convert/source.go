@@ -1,6 +1,15 @@
 package convert
 
-import "github.com/slopeml/slope/format/slopepb"
+import (
+	"errors"
+
+	"github.com/slopeml/slope/format/slopepb"
+)
+
+// ErrCheckpoint is wrapped by errors about a checkpoint whose files are
+// well-formed but do not make up a valid model: weights missing or of the
+// wrong shape or dtype, an inconsistent shard index.
+var ErrCheckpoint = errors.New("invalid checkpoint")
 
 // Source is a dense checkpoint seen through canonical names.
 type Source interface {
