@@ -374,3 +374,36 @@ func TestTokenizerFiles(t *testing.T) {
 		t.Errorf("missing tokenizer tensor: %v", err)
 	}
 }
+
+// A dense tensor larger than one streaming chunk round-trips, and its
+// checksum is the checksum of all its bytes.
+func TestDenseStreamingChunks(t *testing.T) {
+	n := denseChunk*2 + 123
+	data := make([]float32, n)
+	for i := range data {
+		data[i] = float32(i%256) // exact in bf16
+	}
+	path := filepath.Join(t.TempDir(), "big.slope")
+	w, err := Create(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteDense("big", slopepb.DType_BFLOAT16, []uint64{uint64(n)}, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Verify(nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.Float32s("big")
+	if err != nil || !slices.Equal(got, data) {
+		t.Fatalf("streamed tensor differs (%v)", err)
+	}
+}

@@ -10,8 +10,17 @@ import (
 // SPEC.md from float32 data and writes it with dtype dt.
 
 // WriteDense writes a DENSE float tensor of the given shape.
+// Uncompressed tensors are encoded and written in chunks (no encoded copy
+// of the whole tensor is held).
 func (w *Writer) WriteDense(name string, dt slopepb.DType, shape []uint64, data []float32) error {
 	desc := &slopepb.Tensor{Name: name, Dtype: dt, Shape: shape, Encoding: slopepb.Encoding_DENSE}
+	if w.enc == nil && IsFloat(dt) {
+		if err := checkCount(desc, len(data)); err != nil {
+			return err
+		}
+		es, _ := ElemSize(dt)
+		return w.writeDenseStreaming(desc, data, es)
+	}
 	raw, err := encodeFloats(desc, data)
 	if err != nil {
 		return err
@@ -103,12 +112,8 @@ func encodeFloats(desc *slopepb.Tensor, data []float32) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("write %q: %w", desc.Name, err)
 	}
-	n := uint64(1)
-	for _, d := range desc.Shape {
-		n *= d
-	}
-	if uint64(len(data)) != n {
-		return nil, fmt.Errorf("write %q: %d values for shape %v: %w", desc.Name, len(data), desc.Shape, ErrShape)
+	if err := checkCount(desc, len(data)); err != nil {
+		return nil, err
 	}
 	raw := make([]byte, len(data)*es)
 	if err := EncodeFloats(desc.Dtype, data, raw); err != nil {
@@ -125,4 +130,19 @@ func (w *Writer) WriteBytes(name string, data []byte) error {
 	}
 	return w.WriteTensor(&slopepb.Tensor{Name: name, Dtype: slopepb.DType_UINT8, Shape: []uint64{uint64(len(data))},
 		Encoding: slopepb.Encoding_DENSE}, data)
+}
+
+// checkCount: data holds exactly the elements of desc's shape.
+func checkCount(desc *slopepb.Tensor, n int) error {
+	want := uint64(1)
+	for _, d := range desc.Shape {
+		var ok bool
+		if want, ok = mulU64(want, d); !ok {
+			return fmt.Errorf("write %q: shape %v overflows: %w", desc.Name, desc.Shape, ErrLimit)
+		}
+	}
+	if uint64(n) != want {
+		return fmt.Errorf("write %q: %d values for shape %v: %w", desc.Name, n, desc.Shape, ErrShape)
+	}
+	return nil
 }

@@ -123,24 +123,9 @@ func (w *Writer) WriteTensor(desc *slopepb.Tensor, raw []byte) error {
 }
 
 func (w *Writer) writeTensor(desc *slopepb.Tensor, raw []byte) error {
-	if w.done {
-		return fmt.Errorf("write %q: %w: writer closed", desc.GetName(), ErrWriter)
-	}
-	if w.err != nil {
-		return fmt.Errorf("write %q: earlier failure: %w", desc.GetName(), w.err)
-	}
-	t := proto.Clone(desc).(*slopepb.Tensor)
-	t.Compression = slopepb.Compression_COMPRESSION_NONE
-	t.Length, t.RawLength = uint64(len(raw)), uint64(len(raw))
-	if len(w.manifest.Tensors) >= w.lim.MaxTensors {
-		return fmt.Errorf("write %q: more than %d tensors: %w", t.Name, w.lim.MaxTensors, ErrLimit)
-	}
-	if _, dup := w.names[t.Name]; dup {
-		return fmt.Errorf("write %q: duplicate tensor name: %w", t.Name, ErrWriter)
-	}
-	info, err := checkTensorMeta(t, w.lim)
+	t, info, err := w.admit(desc, uint64(len(raw)))
 	if err != nil {
-		return fmt.Errorf("write %q: %w", t.Name, err)
+		return err
 	}
 	if err := w.checkContent(info, raw); err != nil {
 		return fmt.Errorf("write %q: %w", t.Name, err)
@@ -157,10 +142,73 @@ func (w *Writer) writeTensor(desc *slopepb.Tensor, raw []byte) error {
 		w.err = fmt.Errorf("write %q to %s: %w", t.Name, w.tmp.Name(), err)
 		return w.err
 	}
+	w.place(t, off)
+	return nil
+}
+
+// admit validates a new table entry of rawLen raw bytes before anything
+// is written, and returns it (uncompressed, no checksum yet).
+func (w *Writer) admit(desc *slopepb.Tensor, rawLen uint64) (*slopepb.Tensor, tensorInfo, error) {
+	if w.done {
+		return nil, tensorInfo{}, fmt.Errorf("write %q: %w: writer closed", desc.GetName(), ErrWriter)
+	}
+	if w.err != nil {
+		return nil, tensorInfo{}, fmt.Errorf("write %q: earlier failure: %w", desc.GetName(), w.err)
+	}
+	t := proto.Clone(desc).(*slopepb.Tensor)
+	t.Compression = slopepb.Compression_COMPRESSION_NONE
+	t.Length, t.RawLength = rawLen, rawLen
+	if len(w.manifest.Tensors) >= w.lim.MaxTensors {
+		return nil, tensorInfo{}, fmt.Errorf("write %q: more than %d tensors: %w", t.Name, w.lim.MaxTensors, ErrLimit)
+	}
+	if _, dup := w.names[t.Name]; dup {
+		return nil, tensorInfo{}, fmt.Errorf("write %q: duplicate tensor name: %w", t.Name, ErrWriter)
+	}
+	info, err := checkTensorMeta(t, w.lim)
+	if err != nil {
+		return nil, tensorInfo{}, fmt.Errorf("write %q: %w", t.Name, err)
+	}
+	return t, info, nil
+}
+
+// place records a tensor written at data offset off.
+func (w *Writer) place(t *slopepb.Tensor, off uint64) {
 	t.Offset = off
-	w.dataLen = off + uint64(len(stored))
+	w.dataLen = off + t.Length
 	w.names[t.Name] = len(w.manifest.Tensors)
 	w.manifest.Tensors = append(w.manifest.Tensors, t)
+}
+
+// denseChunk is how many elements writeDenseStreaming encodes at a time.
+const denseChunk = 1 << 20
+
+// writeDenseStreaming writes an uncompressed DENSE float tensor from
+// float32 data chunk by chunk, so that no encoded copy of the whole
+// tensor is ever held.
+func (w *Writer) writeDenseStreaming(desc *slopepb.Tensor, data []float32, es int) error {
+	t, _, err := w.admit(desc, uint64(len(data))*uint64(es))
+	if err != nil {
+		return err
+	}
+	off, _ := alignUp(w.dataLen, w.align)
+	h := xxh3.New()
+	buf := make([]byte, min(len(data), denseChunk)*es)
+	pos := int64(w.dataOff + off)
+	for lo := 0; lo < len(data); lo += denseChunk {
+		part := data[lo:min(lo+denseChunk, len(data))]
+		b := buf[:len(part)*es]
+		if err := EncodeFloats(t.Dtype, part, b); err != nil {
+			return fmt.Errorf("write %q: %w", t.Name, err)
+		}
+		_, _ = h.Write(b)
+		if _, err := w.tmp.WriteAt(b, pos); err != nil {
+			w.err = fmt.Errorf("write %q to %s: %w", t.Name, w.tmp.Name(), err)
+			return w.err
+		}
+		pos += int64(len(b))
+	}
+	t.Xxh3 = h.Sum64()
+	w.place(t, off)
 	return nil
 }
 
