@@ -32,8 +32,9 @@ const DefaultLabel = "embedded:" + testmodels.DefaultName
 
 // Options configure DenseToSlope.
 type Options struct {
-	// In is a Hugging Face model directory; "" converts the embedded
-	// default model (testmodels.DefaultName).
+	// In is a checkpoint OpenSource accepts (a Hugging Face model
+	// directory in any layout, or an ONNX export); "" converts the
+	// embedded default model (testmodels.DefaultName).
 	In string
 	// Out is the .slope file to write (required).
 	Out string

@@ -25,7 +25,11 @@ func newDenseToSlope(args []string) *cobra.Command {
 every decoder layer (q, k, v, out_proj, fc1, fc2) N:M by magnitude, adds
 their double-pruned transposes, and writes everything to a .slope file.
 
---in is a Hugging Face model directory (config.json + model.safetensors).
+--in is a Hugging Face model directory (config.json plus model.safetensors,
+sharded safetensors with model.safetensors.index.json, pytorch_model.bin, or
+sharded .bin with pytorch_model.bin.index.json; either key naming), or an ONNX
+export of an OPT model (either PyTorch exporter; the structure is recognised
+from the graph). --nm dense writes the weights unpruned.
 Without --in the tiny OPT model embedded in the binary (` + convert.DefaultLabel + `)
 is converted, so the command works offline.`,
 		Args: cobra.NoArgs,
@@ -71,7 +75,7 @@ is converted, so the command works offline.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.In, "in", "", "Hugging Face model directory (config.json + model.safetensors); empty: the embedded tiny OPT model")
+	f.StringVar(&o.In, "in", "", "Hugging Face model directory or .onnx file; empty: the embedded tiny OPT model")
 	f.StringVar(&o.Out, "out", "model.slope", "output .slope file")
 	f.StringVar(&o.NM, "nm", "2:4", `N:M pattern for the decoder-layer linear weights, or "dense" to prune nothing`)
 	f.StringVar(&o.DType, "dtype", "keep", "stored float dtype: keep|fp32|fp16|bf16")
