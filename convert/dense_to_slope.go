@@ -14,6 +14,7 @@ import (
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/testmodels"
+	"github.com/slopeml/slope/tokenizer"
 )
 
 // Version is the converter version recorded in provenance when the binary
@@ -322,6 +323,9 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 		label = DefaultLabel
 	}
 	m.Metadata = map[string]string{"source": label}
+	if err := copyTokenizer(w, o.In); err != nil {
+		return nil, err
+	}
 	for _, t := range m.Tensors {
 		res.StoredBytes += int64(t.Length)
 	}
@@ -375,4 +379,55 @@ func toolVersion() string {
 		return bi.Main.Version
 	}
 	return Version
+}
+
+// Tokenizer files copied into the container when the source has them:
+// tokenizer.json, or else vocab.json with merges.txt (GPT-2 byte-level BPE).
+var tokenizerFileSets = [][]string{{"tokenizer.json"}, {"vocab.json", "merges.txt"}}
+
+// copyTokenizer stores the tokenizer files found beside the source (its
+// directory, or the directory of an .onnx file) in the container, so that
+// the runtime can encode and decode text. A source without them is fine:
+// the model then runs on token ids.
+func copyTokenizer(w *format.Writer, in string) error {
+	if in == "" {
+		return nil
+	}
+	dir := in
+	if st, err := os.Stat(in); err == nil && !st.IsDir() {
+		dir = filepath.Dir(in)
+	}
+	for _, set := range tokenizerFileSets {
+		files := map[string][]byte{}
+		for _, name := range set {
+			b, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				break
+			}
+			files[name] = b
+		}
+		if len(files) != len(set) {
+			continue
+		}
+		var err error
+		if len(set) == 1 {
+			_, err = tokenizer.LoadTokenizerJSON(files[set[0]])
+		} else {
+			_, err = tokenizer.LoadGPT2(files["vocab.json"], files["merges.txt"])
+		}
+		if err != nil {
+			return fmt.Errorf("tokenizer in %s: %w", dir, err)
+		}
+		tk := &slopepb.Tokenizer{Type: format.TokenizerGPT2BPE, Files: map[string]string{}}
+		for _, name := range set {
+			tensor := "tokenizer/" + name
+			if err := w.WriteBytes(tensor, files[name]); err != nil {
+				return fmt.Errorf("tokenizer %s: %w", filepath.Join(dir, name), err)
+			}
+			tk.Files[name] = tensor
+		}
+		w.Manifest().Tokenizer = tk
+		return nil
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -104,5 +105,36 @@ func TestRunAndScoreIDs(t *testing.T) {
 	}
 	if code, _, stderr := runSlope("run", model, "--prompt", "hello"); code != exitUsage || !strings.Contains(stderr, "tokenizer") {
 		t.Fatalf("--prompt without a tokenizer: exit %d, %s", code, stderr)
+	}
+}
+
+// A model with GPT-2's tokenizer beside its weights: the converter stores
+// the tokenizer, and run / score take text.
+func TestRunAndScoreText(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testmodels.ConfigFamilies()["pre-ln-tied"]
+	cfg.Vocab, cfg.MaxPos = 50272, 64
+	if err := testmodels.WriteHFDirGen(dir, cfg, 1, "F32", testmodels.Layout{Format: "safetensors"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := testmodels.WriteGPT2Tokenizer(dir); err != nil {
+		t.Fatal(err)
+	}
+	model := filepath.Join(t.TempDir(), "gpt2tok.slope")
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: dir, Out: model}); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runSlope("run", model, "--prompt", "Hello, world", "--max-tokens", "5")
+	if code != 0 || strings.TrimSpace(stdout) == "" {
+		t.Fatalf("run: exit %d, stdout %q, stderr %s", code, stdout, stderr)
+	}
+	text := filepath.Join(t.TempDir(), "text.txt")
+	if err := os.WriteFile(text, []byte("The quick brown fox jumps over the lazy dog."), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr = runSlope("score", model, "--text", text)
+	if code != 0 || !strings.Contains(stdout, "tokens 10") {
+		// BOS + 10 GPT-2 tokens: 10 scored.
+		t.Fatalf("score: exit %d, %q %s", code, stdout, stderr)
 	}
 }
