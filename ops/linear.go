@@ -5,6 +5,7 @@ import (
 
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops/cpu"
 )
 
 // matrix is a bound weight that computes y[m, out] = x[m, in]·Wᵀ + bias.
@@ -12,32 +13,46 @@ type matrix interface {
 	Linear(y, x []float32, m int, bias []float32, threads int) error
 }
 
-// denseMatrix is a weight decoded to float32 [out, in].
-type denseMatrix struct {
-	out, in int
-	w       []float32
+// denseMatrix prepares a DENSE float weight [out, in] for the CPU
+// kernels, from its bytes in place (one repack into kernel panels, at
+// bind time).
+func denseMatrix(b Binding, input, in int) (matrix, int, error) {
+	n := b.Node
+	name := n.Input(input)
+	t, err := b.W.Lookup(name)
+	if err != nil {
+		return nil, 0, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	if t.Encoding != slopepb.Encoding_DENSE || len(t.Shape) != 2 || int(t.Shape[1]) != in {
+		return nil, 0, n.errorf("weight %q is %s %v, want a DENSE [out, %d] matrix", name, t.Encoding, t.Shape, in)
+	}
+	raw, err := b.W.Raw(name)
+	if err != nil {
+		return nil, 0, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	d, err := cpu.PrepareDense(cpu.DenseWeight{DType: t.Dtype, Out: int(t.Shape[0]), In: in, Data: raw})
+	if err != nil {
+		return nil, 0, fmt.Errorf("node %q: weight %q: %w", n.Name, name, err)
+	}
+	return d, int(t.Shape[0]), nil
 }
 
-// Linear: each output element is one dot product over in, accumulated in
-// float32 in index order (deterministic for any thread count).
-func (d *denseMatrix) Linear(y, x []float32, m int, bias []float32, threads int) error {
-	if len(x) < m*d.in || len(y) < m*d.out || (bias != nil && len(bias) != d.out) {
-		return fmt.Errorf("linear: x %d, y %d, bias %d floats for m=%d, in=%d, out=%d", len(x), len(y), len(bias), m, d.in, d.out)
+// sparseMatrix prepares an NM weight for the CPU kernels.
+func sparseMatrix(b Binding, input, in int) (matrix, int, error) {
+	n := b.Node
+	name := n.Input(input)
+	v, err := b.W.NM(name)
+	if err != nil {
+		return nil, 0, fmt.Errorf("node %q: %w", n.Name, err)
 	}
-	// Split over outputs: every row of W is read once per call.
-	parallelRows(d.out, threads, func(lo, hi int) {
-		for o := lo; o < hi; o++ {
-			w := d.w[o*d.in : (o+1)*d.in]
-			var b float32
-			if bias != nil {
-				b = bias[o]
-			}
-			for r := 0; r < m; r++ {
-				y[r*d.out+o] = dot(w, x[r*d.in:(r+1)*d.in]) + b
-			}
-		}
-	})
-	return nil
+	if v.Cols != in {
+		return nil, 0, n.errorf("weight %q is [%d %d], the input has width %d", name, v.Rows, v.Cols, in)
+	}
+	sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: v.Pattern, DType: v.DType, Out: v.Rows, In: v.Cols, Values: v.Values, Indices: v.Indices})
+	if err != nil {
+		return nil, 0, fmt.Errorf("node %q: weight %q: %w", n.Name, name, err)
+	}
+	return sp, v.Rows, nil
 }
 
 // linearStep is Linear, SlopeLinear and LMHead: a bound matrix, a bias,
@@ -47,9 +62,10 @@ type linearStep struct {
 	mat     matrix
 	bias    []float32
 	// Adapter: y += scale·(x·L)·R with L [in, r], R [r, out].
-	rank  int
-	l, r  []float32
-	scale float32
+	rank    int
+	adapter *cpu.LowRank
+	r       []float32 // R, for the merged layout
+	scale   float32
 	// merged: the matrix has out+rank rows, the last rank of them Lᵀ.
 	merged bool
 	full   []float32 // scratch [rows, out+rank] for the merged layout
@@ -67,8 +83,8 @@ func (s *linearStep) Forward(c *Call, in []*Value, out *Value) error {
 		if err := s.mat.Linear(out.Data, x.Data, m, s.bias, c.Threads); err != nil {
 			return err
 		}
-		if s.rank > 0 {
-			lowRankAdd(out.Data, x.Data, m, s.in, s.out, s.rank, s.l, s.r, s.scale, c.Threads)
+		if s.adapter != nil {
+			return s.adapter.Add(out.Data, x.Data, m, s.scale, c.Threads)
 		}
 		return nil
 	}
@@ -101,43 +117,16 @@ func (s *linearStep) Forward(c *Call, in []*Value, out *Value) error {
 	return nil
 }
 
-// lowRankAdd: y[m, out] += scale·(x[m, in]·L[in, r])·R[r, out].
-func lowRankAdd(y, x []float32, m, in, out, rank int, l, r []float32, scale float32, threads int) {
-	parallelRows(m, threads, func(lo, hi int) {
-		t := make([]float32, rank)
-		for row := lo; row < hi; row++ {
-			xr := x[row*in : (row+1)*in]
-			for k := range t {
-				t[k] = 0
-			}
-			for i, v := range xr {
-				li := l[i*rank : (i+1)*rank]
-				for k := range t {
-					t[k] += v * li[k]
-				}
-			}
-			yr := y[row*out : (row+1)*out]
-			for k, v := range t {
-				f := scale * v
-				rk := r[k*out : (k+1)*out]
-				for o := range yr {
-					yr[o] += f * rk[o]
-				}
-			}
-		}
-	})
-}
-
 func bindLinear(b Binding) (Step, error) {
 	in, err := inDim(b, 0)
 	if err != nil {
 		return nil, err
 	}
-	w, shape, err := weight(b, 1, -1, in)
+	mat, out, err := denseMatrix(b, 1, in)
 	if err != nil {
 		return nil, err
 	}
-	s := &linearStep{in: in, out: shape[0], mat: &denseMatrix{out: shape[0], in: in, w: w}}
+	s := &linearStep{in: in, out: out, mat: mat}
 	if s.bias, err = optionalWeight(b, 2, s.out); err != nil {
 		return nil, err
 	}
@@ -149,11 +138,11 @@ func bindLMHead(b Binding) (Step, error) {
 	if err != nil {
 		return nil, err
 	}
-	w, shape, err := weight(b, 1, -1, in)
+	mat, out, err := denseMatrix(b, 1, in)
 	if err != nil {
 		return nil, err
 	}
-	return &linearStep{in: in, out: shape[0], mat: &denseMatrix{out: shape[0], in: in, w: w}}, nil
+	return &linearStep{in: in, out: out, mat: mat}, nil
 }
 
 func bindSlopeLinear(b Binding) (Step, error) {
@@ -179,12 +168,11 @@ func bindSlopeLinear(b Binding) (Step, error) {
 	if err != nil {
 		return nil, err
 	}
-	w, shape, err := weight(b, 1, -1, in)
+	mat, rows, err := sparseMatrix(b, 1, in)
 	if err != nil {
 		return nil, err
 	}
-	rows := shape[0]
-	s := &linearStep{in: in, out: rows - int(mergedRank), mat: &denseMatrix{out: rows, in: in, w: w}}
+	s := &linearStep{in: in, out: rows - int(mergedRank), mat: mat}
 	if mergedRank < 0 || s.out < 1 {
 		return nil, n.errorf("merged_rank %d for a weight of %d rows", mergedRank, rows)
 	}
@@ -204,16 +192,20 @@ func bindSlopeLinear(b Binding) (Step, error) {
 			return nil, err
 		}
 	case n.Input(4) != "" || n.Input(5) != "":
-		var ls []int
-		if s.l, ls, err = weight(b, 4, in, -1); err != nil {
+		l, ls, err := weight(b, 4, in, -1)
+		if err != nil {
 			return nil, err
 		}
 		s.rank = ls[1]
-		if s.r, _, err = weight(b, 5, s.rank, s.out); err != nil {
+		r, _, err := weight(b, 5, s.rank, s.out)
+		if err != nil {
 			return nil, err
 		}
 		if s.scale, err = adapterScale(b, 4); err != nil {
 			return nil, err
+		}
+		if s.adapter, err = cpu.PrepareLowRank(in, s.out, s.rank, l, r); err != nil {
+			return nil, fmt.Errorf("node %q: adapter: %w", n.Name, err)
 		}
 	}
 	return s, nil

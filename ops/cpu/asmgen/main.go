@@ -1,0 +1,847 @@
+// Command asmgen generates the AVX2+FMA(+F16C) kernels of package
+// github.com/slopeml/slope/ops/cpu with avo. It is its own module so that
+// the main module does not depend on avo. Run it through go generate in
+// ops/cpu:
+//
+//	cd asmgen && go run . -out ../kernels_amd64.s -stubs ../kernels_amd64_stubs.go -pkg cpu
+//
+// Every kernel works on fixed layouts chosen by the Go side (see the doc
+// comment of each TEXT block); none of them checks bounds: the Go wrappers
+// in package cpu do, before calling.
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// dtype is a weight storage type.
+type dtype int
+
+const (
+	f32 dtype = iota
+	bf16
+	f16
+)
+
+var allDTypes = []dtype{f32, bf16, f16}
+
+func (d dtype) name() string { return [...]string{"F32", "BF16", "F16"}[d] }
+func (d dtype) size() int    { return [...]int{4, 2, 2}[d] }
+
+// nibbleShifts is the constant vector {0, 4, ..., 28}: VPSRLVD by it moves
+// nibble l of a broadcast dword into the low bits of lane l; pairShifts
+// is {2, 6, ..., 30}, for the second 2-bit index of a 2:4 nibble; hiMask
+// is 0xffff0000 in every lane (the odd bf16 of a pair as float32).
+var nibbleShifts, pairShifts, hiMask Mem
+
+func main() {
+	ConstraintExpr("amd64,!purego")
+
+	nibbleShifts = GLOBL("nibbleShifts", RODATA|NOPTR)
+	for i := 0; i < 8; i++ {
+		DATA(4*i, U32(uint32(4*i)))
+	}
+	pairShifts = GLOBL("pairShifts", RODATA|NOPTR)
+	for i := 0; i < 8; i++ {
+		DATA(4*i, U32(uint32(4*i+2)))
+	}
+	hiMask = GLOBL("hiMask", RODATA|NOPTR)
+	for i := 0; i < 8; i++ {
+		DATA(4*i, U32(0xffff0000))
+	}
+
+	genFMAPeak()
+	for _, d := range allDTypes {
+		genGEMV(d)
+	}
+	for mr := 1; mr <= 6; mr++ {
+		genGEMM(mr)
+	}
+	genCvt(bf16)
+	genCvt(f16)
+	for _, d := range allDTypes {
+		for _, n := range []int{0, 1, 2, 4} {
+			genSPMV(d, n)
+		}
+	}
+	for _, d := range allDTypes {
+		genSPMV24(d)
+	}
+	for _, d := range allDTypes {
+		genSpPrep(d)
+		genSpPrep24(d)
+	}
+	genTranspose8(false)
+	genTranspose8(true)
+	for _, mb := range []int{16, 32, 48, 64} {
+		for r := 1; r <= 4; r++ {
+			genSPMM512(mb, r)
+		}
+	}
+
+	for _, mb := range []int{8, 16, 24, 32} {
+		for r := 1; r <= 3; r++ {
+			genSPMM(mb, r)
+		}
+	}
+	Generate()
+}
+
+// loadW returns 8 weights of dtype d at m as float32: the memory operand
+// itself for f32 (to be folded into the FMA), otherwise a register holding
+// the converted values (bf16: zero-extend to 32 bits and shift into the
+// high half; f16: VCVTPH2PS).
+func loadW(d dtype, m Mem) Op {
+	switch d {
+	case bf16:
+		v := YMM()
+		VPMOVZXWD(m, v)
+		VPSLLD(U8(16), v, v)
+		return v
+	case f16:
+		v := YMM()
+		VCVTPH2PS(m, v)
+		return v
+	}
+	return m
+}
+
+func zeroAll(rs []VecVirtual) {
+	for _, r := range rs {
+		VXORPS(r, r, r)
+	}
+}
+
+func ymms(n int) []VecVirtual {
+	rs := make([]VecVirtual, n)
+	for i := range rs {
+		rs[i] = YMM()
+	}
+	return rs
+}
+
+// genFMAPeak: a register-only loop of 12 independent VFMADD231PS chains,
+// 192 FLOPs per iteration; measures the core's FMA throughput.
+func genFMAPeak() {
+	TEXT("fmaPeakAVX2", NOSPLIT, "func(iters int)")
+	Doc("fmaPeakAVX2 runs iters (>= 1) iterations of 12 independent 8-wide FMAs.")
+	n := Load(Param("iters"), GP64())
+	acc := ymms(12)
+	zeroAll(acc)
+	a, b := YMM(), YMM()
+	VXORPS(a, a, a)
+	VXORPS(b, b, b)
+	Label("fmapeak_loop")
+	for i := range acc {
+		VFMADD231PS(a, b, acc[i])
+	}
+	DECQ(n)
+	JNZ(LabelRef("fmapeak_loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// genGEMV: dense y[p*16+j] += sum_k x[k] * W_p[k][j] for np panels of 16
+// outputs stored [k][16] contiguously. Four k steps per iteration into 8
+// accumulators, reduced in a fixed order at the end of each panel.
+func genGEMV(d dtype) {
+	name := "gemv" + d.name() + "AVX2"
+	es := d.size()
+	TEXT(name, NOSPLIT, "func(x *float32, w *byte, k int, np int, y *float32)")
+	Doc(name+" adds x·W_p to y[16p:16p+16] for np (>= 1) panels W_p of",
+		"16 outputs stored [k][16] back to back; k >= 1.")
+	x0 := Load(Param("x"), GP64())
+	w := Load(Param("w"), GP64())
+	k := Load(Param("k"), GP64())
+	np := Load(Param("np"), GP64())
+	y := Load(Param("y"), GP64())
+
+	Label(name + "_panel")
+	acc := ymms(8)
+	zeroAll(acc)
+	xp := GP64()
+	MOVQ(x0, xp)
+	kk := GP64()
+	MOVQ(k, kk)
+
+	Label(name + "_k4")
+	CMPQ(kk, U8(4))
+	JL(LabelRef(name + "_k1"))
+	for u := 0; u < 4; u++ {
+		xb := YMM()
+		VBROADCASTSS(Mem{Base: xp, Disp: 4 * u}, xb)
+		for h := 0; h < 2; h++ {
+			VFMADD231PS(loadW(d, Mem{Base: w, Disp: (u*16 + h*8) * es}), xb, acc[2*u+h])
+		}
+	}
+	for b := 0; b < 64*es; b += 64 {
+		PREFETCHT0(Mem{Base: w, Disp: spmvPrefetch + b})
+	}
+	ADDQ(U8(16), xp)
+	ADDQ(U32(64*es), w)
+	SUBQ(U8(4), kk)
+	JMP(LabelRef(name + "_k4"))
+
+	Label(name + "_k1")
+	TESTQ(kk, kk)
+	JZ(LabelRef(name + "_reduce"))
+	xb := YMM()
+	VBROADCASTSS(Mem{Base: xp}, xb)
+	for h := 0; h < 2; h++ {
+		VFMADD231PS(loadW(d, Mem{Base: w, Disp: h * 8 * es}), xb, acc[h])
+	}
+	ADDQ(U8(4), xp)
+	ADDQ(U32(16*es), w)
+	DECQ(kk)
+	JMP(LabelRef(name + "_k1"))
+
+	Label(name + "_reduce")
+	for h := 0; h < 2; h++ {
+		VADDPS(acc[2+h], acc[h], acc[h])
+		VADDPS(acc[6+h], acc[4+h], acc[4+h])
+		VADDPS(acc[4+h], acc[h], acc[h])
+		ym := Mem{Base: y, Disp: 32 * h}
+		VADDPS(ym, acc[h], acc[h])
+		VMOVUPS(acc[h], ym)
+	}
+	ADDQ(U8(64), y)
+	DECQ(np)
+	JNZ(LabelRef(name + "_panel"))
+	VZEROUPPER()
+	RET()
+}
+
+// genGEMM: the register-blocked micro-kernel C[mr][16] += A[mr][k]·B[k][16]
+// (mr <= 6, 2*mr accumulators; A rows broadcast from row-major storage, B a
+// [k][16] fp32 panel). Each accumulator is one FMA chain over k in order,
+// so every mr variant computes a given element bit-identically.
+func genGEMM(mr int) {
+	name := fmt.Sprintf("gemmF32x%dAVX2", mr)
+	TEXT(name, NOSPLIT, "func(a *float32, lda int, b *float32, k int, c *float32, ldc int)")
+	Doc(fmt.Sprintf("%s adds A·B to C for %d rows: A rows lda floats apart,", name, mr),
+		"B a [k][16] panel, C rows ldc floats apart, 16 columns; k >= 1.")
+	a0 := Load(Param("a"), GP64())
+	lda := Load(Param("lda"), GP64())
+	SHLQ(U8(2), lda)
+	b := Load(Param("b"), GP64())
+	k := Load(Param("k"), GP64())
+	var a3 GPVirtual
+	if mr > 3 {
+		a3 = GP64()
+		LEAQ(Mem{Base: a0, Index: lda, Scale: 2}, a3)
+		ADDQ(lda, a3)
+	}
+	row := func(r int) Mem {
+		switch r {
+		case 0:
+			return Mem{Base: a0}
+		case 1:
+			return Mem{Base: a0, Index: lda, Scale: 1}
+		case 2:
+			return Mem{Base: a0, Index: lda, Scale: 2}
+		case 3:
+			return Mem{Base: a3}
+		case 4:
+			return Mem{Base: a3, Index: lda, Scale: 1}
+		}
+		return Mem{Base: a3, Index: lda, Scale: 2}
+	}
+	acc := make([][2]VecVirtual, mr)
+	for r := range acc {
+		acc[r] = [2]VecVirtual{YMM(), YMM()}
+		zeroAll(acc[r][:])
+	}
+	b0, b1 := YMM(), YMM()
+	Label(name + "_loop")
+	VMOVUPS(Mem{Base: b}, b0)
+	VMOVUPS(Mem{Base: b, Disp: 32}, b1)
+	for r := 0; r < mr; r++ {
+		t := YMM()
+		VBROADCASTSS(row(r), t)
+		VFMADD231PS(b0, t, acc[r][0])
+		VFMADD231PS(b1, t, acc[r][1])
+	}
+	ADDQ(U8(4), a0)
+	if mr > 3 {
+		ADDQ(U8(4), a3)
+	}
+	ADDQ(U8(64), b)
+	DECQ(k)
+	JNZ(LabelRef(name + "_loop"))
+
+	c := Load(Param("c"), GP64())
+	ldc := Load(Param("ldc"), GP64())
+	SHLQ(U8(2), ldc)
+	for r := 0; r < mr; r++ {
+		for h := 0; h < 2; h++ {
+			cm := Mem{Base: c, Disp: 32 * h}
+			VADDPS(cm, acc[r][h], acc[r][h])
+			VMOVUPS(acc[r][h], cm)
+		}
+		if r+1 < mr {
+			ADDQ(ldc, c)
+		}
+	}
+	VZEROUPPER()
+	RET()
+}
+
+// genCvt: dst[i] = float32(src[i]) for n (a positive multiple of 8)
+// bf16 or f16 elements.
+func genCvt(d dtype) {
+	name := "cvt" + d.name() + "AVX2"
+	TEXT(name, NOSPLIT, "func(dst *float32, src *byte, n int)")
+	Doc(name + " widens n (a positive multiple of 8) elements to float32.")
+	dst := Load(Param("dst"), GP64())
+	src := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	Label(name + "_loop")
+	v := loadW(d, Mem{Base: src})
+	VMOVUPS(v, Mem{Base: dst})
+	ADDQ(U8(16), src)
+	ADDQ(U8(32), dst)
+	SUBQ(U8(8), n)
+	JNZ(LabelRef(name + "_loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// genSPMV: sparse GEMV for patterns with M <= 8 on panels of 8 outputs (one
+// per lane). Per group g and slot s the panel stores one dword of 8 index
+// nibbles (lane l's in-group index at bits 4l..4l+3) and 8 values (lane
+// order). The kernel gathers x[g*M + idx] for the 8 lanes with one
+// VPERMPS from the 8-float window at x[g*M] (x must be readable 8 floats
+// past its end), and accumulates with FMA into 4 accumulators (group mod
+// 4), reduced in a fixed order per panel. n > 0 specialises the slot count;
+// n == 0 reads it from the argument.
+func genSPMV(d dtype, n int) {
+	name := "spmv" + d.name()
+	if n > 0 {
+		name += fmt.Sprintf("N%d", n)
+	}
+	name += "AVX2"
+	es := d.size()
+	TEXT(name, NOSPLIT, "func(x *float32, vals *byte, idx *uint32, groups int, n int, m int, np int, y *float32)")
+	Doc(name+" adds the product of np (>= 1) sparse panels of 8 outputs with x",
+		"to y[8p:8p+8]; groups >= 1 groups of m <= 8 inputs, n kept per group.")
+	x0 := Load(Param("x"), GP64())
+	vals := Load(Param("vals"), GP64())
+	idx := Load(Param("idx"), GP64())
+	groups := Load(Param("groups"), GP64())
+	var nr GPVirtual
+	if n == 0 {
+		nr = GP64()
+		Load(Param("n"), nr)
+	}
+	ms := Load(Param("m"), GP64())
+	SHLQ(U8(2), ms)
+	np := Load(Param("np"), GP64())
+	y := Load(Param("y"), GP64())
+
+	lbl := 0
+	group := func(acc VecVirtual) {
+		slot := func(s int) {
+			t := YMM()
+			VPBROADCASTD(Mem{Base: idx, Disp: 4 * s}, t)
+			VPSRLVD(nibbleShifts, t, t)
+			VPERMPS(Mem{Base: xpReg}, t, t)
+			VFMADD231PS(loadW(d, Mem{Base: vals, Disp: 8 * es * s}), t, acc)
+		}
+		if n > 0 {
+			for s := 0; s < n; s++ {
+				slot(s)
+			}
+			ADDQ(U8(4*n), idx)
+			ADDQ(U32(8*es*n), vals)
+			return
+		}
+		lbl++
+		l := fmt.Sprintf("%s_slot%d", name, lbl)
+		ss := GP64()
+		MOVQ(nr, ss)
+		Label(l)
+		slot(0)
+		ADDQ(U8(4), idx)
+		ADDQ(U8(8*es), vals)
+		DECQ(ss)
+		JNZ(LabelRef(l))
+	}
+
+	Label(name + "_panel")
+	acc := ymms(4)
+	zeroAll(acc)
+	xpReg = GP64()
+	MOVQ(x0, xpReg)
+	gg := GP64()
+	MOVQ(groups, gg)
+
+	Label(name + "_g4")
+	CMPQ(gg, U8(4))
+	JL(LabelRef(name + "_g1"))
+	for u := 0; u < 4; u++ {
+		group(acc[u])
+		ADDQ(ms, xpReg)
+	}
+	if n > 0 {
+		// the values of the 4 groups just done: 4*n*8*es bytes
+		for b := 0; b < 4*n*8*es; b += 64 {
+			PREFETCHT0(Mem{Base: vals, Disp: spmvPrefetch + b})
+		}
+	} else {
+		PREFETCHT0(Mem{Base: vals, Disp: spmvPrefetch})
+	}
+	SUBQ(U8(4), gg)
+	JMP(LabelRef(name + "_g4"))
+
+	Label(name + "_g1")
+	TESTQ(gg, gg)
+	JZ(LabelRef(name + "_reduce"))
+	group(acc[0])
+	ADDQ(ms, xpReg)
+	DECQ(gg)
+	JMP(LabelRef(name + "_g1"))
+
+	Label(name + "_reduce")
+	VADDPS(acc[1], acc[0], acc[0])
+	VADDPS(acc[3], acc[2], acc[2])
+	VADDPS(acc[2], acc[0], acc[0])
+	VADDPS(Mem{Base: y}, acc[0], acc[0])
+	VMOVUPS(acc[0], Mem{Base: y})
+	ADDQ(U8(32), y)
+	DECQ(np)
+	JNZ(LabelRef(name + "_panel"))
+	VZEROUPPER()
+	RET()
+}
+
+// xpReg is the x window pointer of the SPMV kernel being generated.
+var xpReg GPVirtual
+
+// genSpPrep: expands one sparse panel (8 outputs, groups*n steps) into the
+// scratch form of the sparse GEMM kernel: per step 8 absolute byte offsets
+// (g*m + idx)<<sh into a transposed activation block with rows of 2^sh
+// bytes (128 for the AVX2 kernel, 256 for AVX-512), and 8 float32 values.
+func genSpPrep(d dtype) {
+	name := "spPrep" + d.name() + "AVX2"
+	es := d.size()
+	TEXT(name, NOSPLIT, "func(off *uint32, vals *float32, idx *uint32, src *byte, groups int, n int, gstep int, rsh int)")
+	Doc(name+" writes offsets (g*M+idx)<<sh and float32 values of one panel",
+		"(groups >= 1 groups, n >= 1 slots) into off and vals, 8 per step;",
+		"gstep = M<<sh, rsh = 28-sh.")
+	off := Load(Param("off"), GP64())
+	vals := Load(Param("vals"), GP64())
+	idx := Load(Param("idx"), GP64())
+	src := Load(Param("src"), GP64())
+	groups := Load(Param("groups"), GP64())
+	nr := Load(Param("n"), GP64())
+	m := GP64()
+	Load(Param("gstep"), m)
+	cnt := XMM()
+	MOVQ(Load(Param("rsh"), GP64()), cnt)
+	step := YMM()
+	VMOVD(m.As32(), step.AsX())
+	VPBROADCASTD(step.AsX(), step)
+	base := YMM()
+	VPXOR(base, base, base)
+
+	Label(name + "_group")
+	ss := GP64()
+	MOVQ(nr, ss)
+	Label(name + "_slot")
+	t := YMM()
+	VPBROADCASTD(Mem{Base: idx}, t)
+	VPSRLVD(nibbleShifts, t, t)
+	VPSLLD(U8(28), t, t)
+	VPSRLD(cnt, t, t)
+	VPADDD(base, t, t)
+	VMOVDQU(t, Mem{Base: off})
+	v := loadW(d, Mem{Base: src})
+	if d == f32 {
+		r := YMM()
+		VMOVUPS(v, r)
+		v = r
+	}
+	VMOVUPS(v, Mem{Base: vals})
+	ADDQ(U8(4), idx)
+	ADDQ(U8(8*es), src)
+	ADDQ(U8(32), off)
+	ADDQ(U8(32), vals)
+	DECQ(ss)
+	JNZ(LabelRef(name + "_slot"))
+	VPADDD(step, base, base)
+	DECQ(groups)
+	JNZ(LabelRef(name + "_group"))
+	VZEROUPPER()
+	RET()
+}
+
+// genSPMM: the sparse GEMM micro-kernel, vectorised over activation rows:
+// for r outputs (lanes l0..l0+r-1 of a scratch panel from spPrep: per step
+// 8 byte offsets and 8 float32 values, 32 bytes apart; off points at lane
+// l0 of step 0, vals at lane 0) and mb rows of a
+// transposed activation block XT (rows of 32 floats, 128 bytes),
+// acc[j][q] += val[t][l0+j] * XT[off[t][l0+j]/128][8q:8q+8] over all steps
+// t, one FMA chain per accumulator. Per step the 8 values are loaded once
+// and each lane's value broadcast with VPERMPS; the X rows are FMA memory
+// operands (the gather is the addressing). The accumulators start from
+// and end in yt ([r][mb]), so a K range can be split into consecutive
+// calls with bit-identical results.
+func genSPMM(mb, r int) {
+	name := fmt.Sprintf("spmmB%dR%dAVX2", mb, r)
+	TEXT(name, NOSPLIT, "func(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)")
+	Doc(fmt.Sprintf("%s accumulates %d outputs (lanes l0.. of the panel) for %d activation rows into yt ([%d][%d]); steps >= 1.", name, r, mb, r, mb))
+	xt := Load(Param("xt"), GP64())
+	off := Load(Param("off"), GP64())
+	vals := Load(Param("vals"), GP64())
+	l0 := GP64()
+	Load(Param("l0"), l0)
+	sel := make([]VecVirtual, r)
+	for j := range sel {
+		sel[j] = YMM()
+		VMOVD(l0.As32(), sel[j].AsX())
+		VPBROADCASTD(sel[j].AsX(), sel[j])
+		if j+1 < r {
+			INCL(l0.As32())
+		}
+	}
+	end := Load(Param("steps"), GP64())
+	SHLQ(U8(5), end)
+	q := mb / 8
+	yt := Load(Param("yt"), GP64())
+	acc := make([][]VecVirtual, r)
+	for j := range acc {
+		acc[j] = ymms(q)
+		for p := range acc[j] {
+			VMOVUPS(Mem{Base: yt, Disp: 4 * (j*mb + 8*p)}, acc[j][p])
+		}
+	}
+	i := GP64()
+	XORQ(i, i)
+	Label(name + "_loop")
+	vv := YMM()
+	VMOVUPS(Mem{Base: vals, Index: i, Scale: 1}, vv)
+	for j := 0; j < r; j++ {
+		o := GP64()
+		MOVL(Mem{Base: off, Index: i, Scale: 1, Disp: 4 * j}, o.As32())
+		b := YMM()
+		VPERMPS(vv, sel[j], b)
+		for p := 0; p < q; p++ {
+			VFMADD231PS(Mem{Base: xt, Index: o, Scale: 1, Disp: 32 * p}, b, acc[j][p])
+		}
+	}
+	ADDQ(U8(32), i)
+	CMPQ(i, end)
+	JNE(LabelRef(name + "_loop"))
+	for j := 0; j < r; j++ {
+		for p := 0; p < q; p++ {
+			VMOVUPS(acc[j][p], Mem{Base: yt, Disp: 4 * (j*mb + 8*p)})
+		}
+	}
+	VZEROUPPER()
+	RET()
+}
+
+// genSPMV24: the 2:4 sparse GEMV on panels of 8 outputs. Per group one
+// dword holds the lanes' two 2-bit indices (lane l: bits 4l..4l+1 and
+// 4l+2..4l+3); the 4 inputs x[4g:4g+4] are broadcast to both 128-bit
+// halves and gathered per slot with the in-lane VPERMILPS. Values are
+// [group][slot][lane] (f32, f16) or [group][lane][slot] pairs (bf16: one
+// 32-byte load, VPSLLD 16 gives slot 0, VPAND 0xffff0000 slot 1). Eight
+// accumulators (4 groups x 2 slots), reduced in a fixed order per panel.
+func genSPMV24(d dtype) {
+	name := "spmv24" + d.name() + "AVX2"
+	TEXT(name, NOSPLIT, "func(x *float32, vals *byte, idx *uint32, groups int, np int, y *float32)")
+	Doc(name+" adds the product of np (>= 1) 2:4 panels of 8 outputs with x",
+		"to y[8p:8p+8]; groups >= 1 groups of 4 inputs.")
+	x0 := Load(Param("x"), GP64())
+	vals := Load(Param("vals"), GP64())
+	idx := Load(Param("idx"), GP64())
+	groups := Load(Param("groups"), GP64())
+	np := Load(Param("np"), GP64())
+	y := Load(Param("y"), GP64())
+	gstep := 2 * 8 * d.size()
+
+	var xp GPVirtual
+	group := func(a0, a1 VecVirtual, u int) {
+		w := YMM()
+		VBROADCASTF128(Mem{Base: xp, Disp: 16 * u}, w)
+		ix := YMM()
+		VPBROADCASTD(Mem{Base: idx, Disp: 4 * u}, ix)
+		p1 := YMM()
+		VPSRLVD(pairShifts, ix, p1)
+		VPSRLVD(nibbleShifts, ix, ix)
+		VPERMILPS(ix, w, ix)
+		VPERMILPS(p1, w, p1)
+		vm := Mem{Base: vals, Disp: gstep * u}
+		switch d {
+		case f32:
+			VFMADD231PS(vm, ix, a0)
+			VFMADD231PS(vm.Offset(32), p1, a1)
+		case bf16:
+			v := YMM()
+			VMOVDQU(vm, v)
+			v1 := YMM()
+			VPAND(hiMask, v, v1)
+			VPSLLD(U8(16), v, v)
+			VFMADD231PS(v, ix, a0)
+			VFMADD231PS(v1, p1, a1)
+		case f16:
+			v := YMM()
+			VCVTPH2PS(vm, v)
+			VFMADD231PS(v, ix, a0)
+			VCVTPH2PS(vm.Offset(16), v)
+			VFMADD231PS(v, p1, a1)
+		}
+	}
+
+	Label(name + "_panel")
+	acc := ymms(8)
+	zeroAll(acc)
+	xp = GP64()
+	MOVQ(x0, xp)
+	gg := GP64()
+	MOVQ(groups, gg)
+
+	Label(name + "_g4")
+	CMPQ(gg, U8(4))
+	JL(LabelRef(name + "_g1"))
+	for u := 0; u < 4; u++ {
+		group(acc[2*u], acc[2*u+1], u)
+	}
+	for b := 0; b < 4*gstep; b += 64 {
+		PREFETCHT0(Mem{Base: vals, Disp: spmvPrefetch + b})
+	}
+	ADDQ(U8(64), xp)
+	ADDQ(U8(16), idx)
+	ADDQ(U32(4*gstep), vals)
+	SUBQ(U8(4), gg)
+	JMP(LabelRef(name + "_g4"))
+
+	Label(name + "_g1")
+	TESTQ(gg, gg)
+	JZ(LabelRef(name + "_reduce"))
+	group(acc[0], acc[1], 0)
+	ADDQ(U8(16), xp)
+	ADDQ(U8(4), idx)
+	ADDQ(U32(gstep), vals)
+	DECQ(gg)
+	JMP(LabelRef(name + "_g1"))
+
+	Label(name + "_reduce")
+	for k := 0; k < 4; k++ {
+		VADDPS(acc[2*k+1], acc[2*k], acc[2*k])
+	}
+	VADDPS(acc[2], acc[0], acc[0])
+	VADDPS(acc[6], acc[4], acc[4])
+	VADDPS(acc[4], acc[0], acc[0])
+	VADDPS(Mem{Base: y}, acc[0], acc[0])
+	VMOVUPS(acc[0], Mem{Base: y})
+	ADDQ(U8(32), y)
+	DECQ(np)
+	JNZ(LabelRef(name + "_panel"))
+	VZEROUPPER()
+	RET()
+}
+
+// spmvPrefetch is how far ahead (bytes) the GEMV kernels prefetch their
+// weights (PREFETCHT0 per 64-byte line of each unrolled iteration): it
+// keeps streams from memory at full speed.
+const spmvPrefetch = 2048
+
+// genSpPrep24: genSpPrep for the 2:4 panel layout of genSPMV24.
+func genSpPrep24(d dtype) {
+	name := "spPrep24" + d.name() + "AVX2"
+	TEXT(name, NOSPLIT, "func(off *uint32, vals *float32, idx *uint32, src *byte, groups int, gstep int, rsh int)")
+	Doc(name+" writes offsets (4g+idx)<<sh and float32 values of one 2:4 panel",
+		"(groups >= 1) into off and vals, 8 per step, 2 steps per group;",
+		"gstep = 4<<sh, rsh = 30-sh.")
+	off := Load(Param("off"), GP64())
+	vals := Load(Param("vals"), GP64())
+	idx := Load(Param("idx"), GP64())
+	src := Load(Param("src"), GP64())
+	groups := Load(Param("groups"), GP64())
+	m := GP64()
+	Load(Param("gstep"), m)
+	cnt := XMM()
+	MOVQ(Load(Param("rsh"), GP64()), cnt)
+	step := YMM()
+	VMOVD(m.As32(), step.AsX())
+	VPBROADCASTD(step.AsX(), step)
+	base := YMM()
+	VPXOR(base, base, base)
+
+	Label(name + "_group")
+	ix := YMM()
+	VPBROADCASTD(Mem{Base: idx}, ix)
+	for s, sh := range []Mem{nibbleShifts, pairShifts} {
+		t := YMM()
+		VPSRLVD(sh, ix, t)
+		VPSLLD(U8(30), t, t)
+		VPSRLD(cnt, t, t)
+		VPADDD(base, t, t)
+		VMOVDQU(t, Mem{Base: off, Disp: 32 * s})
+	}
+	switch d {
+	case f32:
+		for s := 0; s < 2; s++ {
+			v := YMM()
+			VMOVUPS(Mem{Base: src, Disp: 32 * s}, v)
+			VMOVUPS(v, Mem{Base: vals, Disp: 32 * s})
+		}
+	case bf16:
+		v, v1 := YMM(), YMM()
+		VMOVDQU(Mem{Base: src}, v)
+		VPAND(hiMask, v, v1)
+		VPSLLD(U8(16), v, v)
+		VMOVUPS(v, Mem{Base: vals})
+		VMOVUPS(v1, Mem{Base: vals, Disp: 32})
+	case f16:
+		for s := 0; s < 2; s++ {
+			v := YMM()
+			VCVTPH2PS(Mem{Base: src, Disp: 16 * s}, v)
+			VMOVUPS(v, Mem{Base: vals, Disp: 32 * s})
+		}
+	}
+	ADDQ(U8(4), idx)
+	ADDQ(U8(uint8(16*d.size())), src)
+	ADDQ(U8(64), off)
+	ADDQ(U8(64), vals)
+	VPADDD(step, base, base)
+	DECQ(groups)
+	JNZ(LabelRef(name + "_group"))
+	VZEROUPPER()
+	RET()
+}
+
+// genTranspose8: for nc8 (>= 1) chunks of 8 columns, transposes the 8x8
+// block of rows src, src+lda, ... (floats) into 8 rows of 8 floats at dst,
+// dst+ldd, ... (ldd in floats; the next chunk starts 8 rows of dst later).
+// The bias variant adds bias[0:8] to every output row.
+func genTranspose8(bias bool) {
+	name := "transpose8AVX2"
+	sig := "func(dst *float32, ldd int, src *float32, lda int, nc8 int)"
+	if bias {
+		name = "transpose8BiasAVX2"
+		sig = "func(dst *float32, ldd int, src *float32, lda int, nc8 int, bias *float32)"
+	}
+	TEXT(name, NOSPLIT, sig)
+	if bias {
+		Doc(name + " writes dst[c*ldd + r] = bias[r] + src[r*lda + c] for r < 8, c < 8*nc8.")
+	} else {
+		Doc(name + " writes dst[c*ldd + r] = src[r*lda + c] for r < 8, c < 8*nc8.")
+	}
+	var bv VecVirtual
+	if bias {
+		bv = YMM()
+		VMOVUPS(Mem{Base: Load(Param("bias"), GP64())}, bv)
+	}
+	dst := Load(Param("dst"), GP64())
+	ldd := Load(Param("ldd"), GP64())
+	SHLQ(U8(2), ldd)
+	src := Load(Param("src"), GP64())
+	lda := Load(Param("lda"), GP64())
+	SHLQ(U8(2), lda)
+	n := Load(Param("nc8"), GP64())
+	s3, s6 := GP64(), GP64()
+	LEAQ(Mem{Base: src, Index: lda, Scale: 2}, s3)
+	ADDQ(lda, s3)
+	LEAQ(Mem{Base: s3, Index: lda, Scale: 2}, s6)
+	ADDQ(lda, s6)
+	rows := []Mem{
+		{Base: src}, {Base: src, Index: lda, Scale: 1}, {Base: src, Index: lda, Scale: 2},
+		{Base: s3}, {Base: s3, Index: lda, Scale: 1}, {Base: s3, Index: lda, Scale: 2},
+		{Base: s6}, {Base: s6, Index: lda, Scale: 1},
+	}
+	Label(name + "_loop")
+	r := ymms(8)
+	for i := range r {
+		VMOVUPS(rows[i], r[i])
+	}
+	// unpack pairs of rows
+	t := ymms(8)
+	for i := 0; i < 4; i++ {
+		VUNPCKLPS(r[2*i+1], r[2*i], t[2*i])
+		VUNPCKHPS(r[2*i+1], r[2*i], t[2*i+1])
+	}
+	// t0 = a0 b0 a1 b1 | a4 b4 a5 b5 ; t1 = a2 b2 a3 b3 | ...
+	u := r
+	for i := 0; i < 2; i++ {
+		VSHUFPS(U8(0x44), t[4*i+2], t[4*i], u[4*i])
+		VSHUFPS(U8(0xee), t[4*i+2], t[4*i], u[4*i+1])
+		VSHUFPS(U8(0x44), t[4*i+3], t[4*i+1], u[4*i+2])
+		VSHUFPS(U8(0xee), t[4*i+3], t[4*i+1], u[4*i+3])
+	}
+	// u0 = col0 rows0-3 | col4 rows0-3 ... u4 = col0 rows 4-7 | col4 rows 4-7
+	d := dst
+	outs := []struct{ a, b, imm int }{{0, 4, 0x20}, {1, 5, 0x20}, {2, 6, 0x20}, {3, 7, 0x20}, {0, 4, 0x31}, {1, 5, 0x31}, {2, 6, 0x31}, {3, 7, 0x31}}
+	for c, o := range outs {
+		v := t[c]
+		VPERM2F128(U8(uint8(o.imm)), u[o.b], u[o.a], v)
+		if bias {
+			VADDPS(v, bv, v)
+		}
+		VMOVUPS(v, Mem{Base: d})
+		ADDQ(ldd, d)
+	}
+	ADDQ(U8(32), src)
+	ADDQ(U8(32), s3)
+	ADDQ(U8(32), s6)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// genSPMM512: the AVX-512F version of genSPMM: mb rows (mb/16 ZMM
+// registers per output) of a transposed block with 64-float (256-byte)
+// rows, r outputs; the value is broadcast from memory. Like genSPMM it
+// accumulates into yt.
+func genSPMM512(mb, r int) {
+	name := fmt.Sprintf("spmmZ%dR%dAVX512", mb, r)
+	TEXT(name, NOSPLIT, "func(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)")
+	Doc(fmt.Sprintf("%s accumulates %d outputs (lanes l0.. of the panel) for %d activation rows into yt ([%d][%d]); steps >= 1.", name, r, mb, r, mb))
+	xt := Load(Param("xt"), GP64())
+	off := Load(Param("off"), GP64())
+	vals := Load(Param("vals"), GP64())
+	l0 := Load(Param("l0"), GP64())
+	SHLQ(U8(2), l0)
+	ADDQ(l0, vals)
+	end := Load(Param("steps"), GP64())
+	SHLQ(U8(5), end)
+	q := mb / 16
+	yt := Load(Param("yt"), GP64())
+	acc := make([][]VecVirtual, r)
+	for j := range acc {
+		acc[j] = make([]VecVirtual, q)
+		for p := range acc[j] {
+			acc[j][p] = ZMM()
+			VMOVUPS(Mem{Base: yt, Disp: 4 * (j*mb + 16*p)}, acc[j][p])
+		}
+	}
+	i := GP64()
+	XORQ(i, i)
+	Label(name + "_loop")
+	for j := 0; j < r; j++ {
+		o := GP64()
+		MOVL(Mem{Base: off, Index: i, Scale: 1, Disp: 4 * j}, o.As32())
+		b := ZMM()
+		VBROADCASTSS(Mem{Base: vals, Index: i, Scale: 1, Disp: 4 * j}, b)
+		for p := 0; p < q; p++ {
+			VFMADD231PS(Mem{Base: xt, Index: o, Scale: 1, Disp: 64 * p}, b, acc[j][p])
+		}
+	}
+	ADDQ(U8(32), i)
+	CMPQ(i, end)
+	JNE(LabelRef(name + "_loop"))
+	for j := 0; j < r; j++ {
+		for p := 0; p < q; p++ {
+			VMOVUPS(acc[j][p], Mem{Base: yt, Disp: 4 * (j*mb + 16*p)})
+		}
+	}
+	VZEROUPPER()
+	RET()
+}

@@ -1,0 +1,30 @@
+//go:build !amd64 || purego
+
+package cpu
+
+import "unsafe"
+
+// Without the assembly kernels every dispatch takes the Go path; the
+// functions below are never called.
+const (
+	haveAVX2FMA = false
+	haveF16C    = false
+	haveAVX512  = false
+)
+
+func noAsm() { panic("cpu: assembly kernels are not built") }
+
+func fmaPeak(int)                                                                    { noAsm() }
+func gemvAsm(DType, *float32, unsafe.Pointer, int, int, *float32)                    { noAsm() }
+func gemmTileAsm(int, *float32, int, *float32, int, *float32, int)                   { noAsm() }
+func cvtAsm(DType, *float32, unsafe.Pointer, int)                                    { noAsm() }
+func spmvAsm(DType, int, *float32, unsafe.Pointer, *uint32, int, int, int, *float32) { noAsm() }
+func spmv24Asm(DType, *float32, unsafe.Pointer, *uint32, int, int, *float32)         { noAsm() }
+func spPrepAsm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int, int) {
+	noAsm()
+}
+func spPrep24Asm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int) { noAsm() }
+func spmmAsm(int, int, *float32, *uint32, *float32, int, int, *float32)            { noAsm() }
+func spmmZAsm(int, int, *float32, *uint32, *float32, int, int, *float32)           { noAsm() }
+func transposeAsm(*float32, int, *float32, int, int)                               { noAsm() }
+func transposeBiasAsm(*float32, int, *float32, int, int, *float32)                 { noAsm() }

@@ -1,0 +1,262 @@
+package cpu
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/slopeml/slope/format"
+)
+
+// Blocking parameters of the sparse kernels.
+const (
+	spLanes  = 8       // outputs per sparse panel (one YMM lane each)
+	spPanels = 4       // panels expanded together by the sparse GEMM
+	spMaxIn  = 1 << 24 // In limit of the GEMM kernels' uint32 byte offsets
+)
+
+// Sparse is an N:M weight prepared for Linear: panels of 8 outputs, values
+// [ceil(Out/8)][In/M][N][8] in the stored dtype and one uint32 per
+// (panel, group, slot) with the 8 lanes' in-group indices as nibbles
+// (lane l at bits 4l..4l+3). 2:4 has its own denser form: one uint32 per
+// (panel, group) whose nibble l holds lane l's two 2-bit indices (slot 0
+// in bits 0-1, slot 1 in bits 2-3), and bf16 values stored as lane pairs,
+// [ceil(Out/8)][In/4][8][2]. It is immutable and safe for concurrent use.
+type Sparse struct {
+	spLayout
+	out  int
+	in   int
+	kept int // In/M*N
+	np   int // panels
+	vals wbuf
+	idx  []uint32
+}
+
+// PrepareNM validates an N:M weight (sizes and every index, as
+// format.UnpackNMIndices does) and copies it into the panel layout.
+// Memory: ceil(Out/8)*8*kept values of the stored dtype plus 4 bits per
+// kept value for the indices, against kept values plus ceil(log2 M) bits
+// per kept value raw.
+func PrepareNM(w NMWeight) (*Sparse, error) {
+	const op = "prepare nm"
+	esz, err := w.check(op)
+	if err != nil {
+		return nil, err
+	}
+	p := w.Pattern
+	groups := w.In / p.M
+	kept := groups * p.N
+	raw := make([]uint8, w.Out*kept)
+	if err := format.UnpackNMIndices(p, w.Out, w.In, w.Indices, raw); err != nil {
+		return nil, fmt.Errorf("cpu: %s: %w", op, err)
+	}
+	np := (w.Out + spLanes - 1) / spLanes
+	nv, ok := mulOK(np*spLanes, kept)
+	if !ok {
+		return nil, errShape(op, "nm weight [%d, %d]: padded size overflows", w.Out, w.In)
+	}
+	s := &Sparse{
+		spLayout: spLayout{dt: w.DType, p: p, quad: p == format.NM{N: 2, M: 4}, groups: groups},
+		out:      w.Out, in: w.In, kept: kept, np: np,
+	}
+	wpp := s.wordsPerPanel()
+	s.idx = make([]uint32, np*wpp)
+	for o := 0; o < w.Out; o++ {
+		q, l := o/spLanes, o%spLanes
+		words := s.idx[q*wpp : (q+1)*wpp]
+		for t, v := range raw[o*kept : (o+1)*kept] {
+			if s.quad {
+				words[t/2] |= uint32(v) << (4*l + 2*(t%2))
+			} else {
+				words[t] |= uint32(v) << (4 * l)
+			}
+		}
+	}
+	if esz == 4 {
+		f := make([]float32, nv)
+		for o := 0; o < w.Out; o++ {
+			dst := f[(o/spLanes)*kept*spLanes+o%spLanes:]
+			src := w.Values[o*kept*4 : (o+1)*kept*4]
+			for t := 0; t < kept; t++ {
+				dst[t*spLanes] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*t:]))
+			}
+		}
+		s.vals.f32 = f
+	} else {
+		u := make([]uint16, nv)
+		pairs := s.quad && s.dt == BFloat16
+		for o := 0; o < w.Out; o++ {
+			dst := u[(o/spLanes)*kept*spLanes:]
+			l := o % spLanes
+			src := w.Values[o*kept*2 : (o+1)*kept*2]
+			for t := 0; t < kept; t++ {
+				pos := t*spLanes + l
+				if pairs {
+					pos = (t/2*spLanes+l)*2 + t%2
+				}
+				dst[pos] = binary.LittleEndian.Uint16(src[2*t:])
+			}
+		}
+		s.vals.u16 = u
+	}
+	return s, nil
+}
+
+// Out returns the output dimension.
+func (s *Sparse) Out() int { return s.out }
+
+// In returns the input dimension.
+func (s *Sparse) In() int { return s.in }
+
+// DType returns the weight storage dtype.
+func (s *Sparse) DType() DType { return s.dt }
+
+// Pattern returns the N:M pattern.
+func (s *Sparse) Pattern() format.NM { return s.p }
+
+// Bytes returns the memory held by the prepared weight.
+func (s *Sparse) Bytes() int { return s.vals.bytes() + 4*len(s.idx) }
+
+// Linear computes y = x·Wᵀ (+ bias if non-nil). x is [m, In] row-major,
+// y is [m, Out]; threads <= 0 means runtime.GOMAXPROCS(0).
+func (s *Sparse) Linear(y, x []float32, m int, bias []float32, threads int) error {
+	if s == nil {
+		return errNil
+	}
+	if err := checkIO("nm linear", y, x, m, s.in, s.out, bias); err != nil {
+		return err
+	}
+	if m == 0 {
+		return nil
+	}
+	t := resolveThreads(threads)
+	if m >= gemmMinRows && asmDT(s.dt) && s.in <= spMaxIn {
+		s.gemm(y, x, m, bias, t)
+		return nil
+	}
+	s.gemv(y, x, m, bias, t)
+	return nil
+}
+
+// gemv runs one sparse GEMV per row and panel, split over panels; panels
+// are taken 32 at a time with the rows inside so that many rows reuse a
+// panel from cache.
+func (s *Sparse) gemv(y, x []float32, m int, bias []float32, t int) {
+	xs := x
+	stride := s.in
+	if !s.quad && s.p.M <= 8 && asmDT(s.dt) {
+		// The AVX2 kernel reads up to 8 floats past a row's last group.
+		stride = s.in + 8
+		buf := getF32(m * stride)
+		defer putF32(buf)
+		xs = *buf
+		for i := 0; i < m; i++ {
+			copy(xs[i*stride:], x[i*s.in:(i+1)*s.in])
+			clear(xs[i*stride+s.in : (i+1)*stride])
+		}
+	}
+	wpp := s.wordsPerPanel()
+	parallelRange(s.np, t, func(p0, p1 int) {
+		for c0 := p0; c0 < p1; c0 += 32 {
+			c1 := min(c0+32, p1)
+			full := c1
+			if c1*spLanes > s.out {
+				full = c1 - 1
+			}
+			for i := 0; i < m; i++ {
+				yi := y[i*s.out : (i+1)*s.out]
+				xi := xs[i*stride : (i+1)*stride]
+				initRow(yi, c0*spLanes, min(c1*spLanes, s.out), bias)
+				if full > c0 {
+					spmvPanels(&s.spLayout, xi, &s.vals, c0*s.kept*spLanes, s.idx, c0*wpp, full-c0,
+						yi[c0*spLanes:full*spLanes])
+				}
+				if full < c1 {
+					var tmp [spLanes]float32
+					spmvPanels(&s.spLayout, xi, &s.vals, full*s.kept*spLanes, s.idx, full*wpp, 1, tmp[:])
+					for l := range s.out - full*spLanes {
+						yi[full*spLanes+l] += tmp[l]
+					}
+				}
+			}
+		}
+	})
+}
+
+// gemm is the assembly sparse GEMM: X is transposed into blocks of 32
+// rows (AVX2) or 64 rows (AVX-512), [In][32 or 64] each, the rows' tail
+// lanes zeroed up to the kernel granularity; then per panel the indices
+// and values are expanded once (spPrep) and every block runs the
+// micro-kernels over the panel's lanes (3+3+2 or 4+4 outputs).
+func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int) {
+	in := s.in
+	ld, sh, gran, rmax := 32, 7, 8, 3
+	if asm512On() {
+		ld, sh, gran, rmax = 64, 8, 16, 4
+	}
+	nb := (m + ld - 1) / ld
+	xtb := getF32(nb * in * ld)
+	defer putF32(xtb)
+	xt := *xtb
+	parallelRange(nb, t, func(b0, b1 int) {
+		for b := b0; b < b1; b++ {
+			transposeBlock(xt[b*in*ld:(b+1)*in*ld], x, b*ld, min(ld, m-b*ld), in, ld, gran)
+		}
+	})
+	wpp := s.wordsPerPanel()
+	// K chunks: the steps whose X rows span about 64 KiB of a block, so
+	// that a chunk stays in cache while spPanels panels use it.
+	kc := max(1, (64<<10)/(ld*4)/s.p.M) * s.p.N
+	work := func(p0, p1, b0, b1 int) {
+		np := min(spPanels, p1-p0)
+		offb := getU32(np * s.kept * spLanes)
+		valb := getF32(np * s.kept * spLanes)
+		ytb := getF32(np * spLanes * ld)
+		defer putU32(offb)
+		defer putF32(valb)
+		defer putF32(ytb)
+		for pc := p0; pc < p1; pc += spPanels {
+			pn := min(spPanels, p1-pc)
+			for k := 0; k < pn; k++ {
+				p := pc + k
+				spPrep(&s.spLayout, (*offb)[k*s.kept*spLanes:], (*valb)[k*s.kept*spLanes:],
+					s.idx[p*wpp:(p+1)*wpp], &s.vals, p*s.kept*spLanes, sh)
+			}
+			for b := b0; b < b1; b++ {
+				rows := min(ld, m-b*ld)
+				mb := (rows + gran - 1) / gran * gran
+				blk := xt[b*in*ld : (b+1)*in*ld]
+				yt := (*ytb)[:pn*spLanes*mb]
+				clear(yt)
+				for k0 := 0; k0 < s.kept; k0 += kc {
+					steps := min(kc, s.kept-k0)
+					for k := 0; k < pn; k++ {
+						off := (*offb)[(k*s.kept+k0)*spLanes : (k+1)*s.kept*spLanes]
+						vals := (*valb)[(k*s.kept+k0)*spLanes : (k+1)*s.kept*spLanes]
+						lanes := min(spLanes, s.out-(pc+k)*spLanes)
+						for l0 := 0; l0 < lanes; l0 += rmax {
+							r := min(rmax, lanes-l0)
+							spmmTile(ld, mb, r, l0, blk, in, off, vals, steps, yt[(k*spLanes+l0)*mb:(k*spLanes+l0+r)*mb])
+						}
+					}
+				}
+				for k := 0; k < pn; k++ {
+					p := pc + k
+					lanes := min(spLanes, s.out-p*spLanes)
+					var bv [spLanes]float32
+					var bp *[spLanes]float32
+					if bias != nil {
+						copy(bv[:], bias[p*spLanes:p*spLanes+lanes])
+						bp = &bv
+					}
+					storeLanes(y[b*ld*s.out+p*spLanes:], s.out, yt[k*spLanes*mb:(k+1)*spLanes*mb], mb, rows, lanes, bp)
+				}
+			}
+		}
+	}
+	if s.np >= t || nb == 1 {
+		parallelRange(s.np, t, func(p0, p1 int) { work(p0, p1, 0, nb) })
+		return
+	}
+	parallelRange(nb, t, func(b0, b1 int) { work(0, s.np, b0, b1) })
+}
