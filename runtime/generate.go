@@ -111,11 +111,10 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 	rng := rand.New(rand.NewPCG(o.Seed, 0x5eed))
 	out := make([][]int32, len(prompts))
 	done := make([]bool, len(prompts))
-	logits, err := s.Step(ids, mask)
+	logits, err := s.StepLast(ids, mask)
 	if err != nil {
 		return nil, err
 	}
-	seq := longest
 	next := make([][]int32, len(prompts))
 	nextMask := ones(len(prompts), 1)
 	for step := 0; step < o.MaxTokens; step++ {
@@ -126,7 +125,7 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 		for b := range prompts {
 			tok := int32(o.Pad)
 			if !done[b] {
-				tok = int32(sample(logits.Row(b*seq+seq-1), o, rng))
+				tok = int32(sample(logits.Row(b), o, rng))
 				out[b] = append(out[b], tok)
 				if o.OnToken != nil {
 					if err := o.OnToken(b, step, int(tok)); err != nil {
@@ -141,10 +140,9 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 		if !running || step == o.MaxTokens-1 {
 			break
 		}
-		if logits, err = s.Step(next, nextMask); err != nil {
+		if logits, err = s.StepLast(next, nextMask); err != nil {
 			return out, err
 		}
-		seq = 1
 	}
 	return out, nil
 }

@@ -48,6 +48,17 @@ func (s *Session) Reset() { s.past = 0 }
 // (mask 1 for a token, 0 for padding). It returns their logits,
 // [batch*seq, vocab] batch-major, valid until the next Step.
 func (s *Session) Step(ids, mask [][]int32) (*ops.Value, error) {
+	return s.step(ids, mask, false)
+}
+
+// StepLast is Step returning only the logits of each sequence's last new
+// token, [batch, vocab]: what generation needs. The LM head then runs on
+// batch rows instead of batch*seq.
+func (s *Session) StepLast(ids, mask [][]int32) (*ops.Value, error) {
+	return s.step(ids, mask, true)
+}
+
+func (s *Session) step(ids, mask [][]int32, lastOnly bool) (*ops.Value, error) {
 	if len(ids) != s.batch || len(mask) != s.batch {
 		return nil, fmt.Errorf("step: %d id rows and %d mask rows for a session of %d sequences", len(ids), len(mask), s.batch)
 	}
@@ -75,7 +86,7 @@ func (s *Session) Step(ids, mask [][]int32) (*ops.Value, error) {
 		}
 		c.Mask = append(c.Mask, row[:total]...)
 	}
-	out, err := s.run(c)
+	out, err := s.run(c, lastOnly)
 	if err != nil {
 		return nil, err
 	}
@@ -83,16 +94,23 @@ func (s *Session) Step(ids, mask [][]int32) (*ops.Value, error) {
 	return out, nil
 }
 
-// run executes the plan once.
-func (s *Session) run(c *ops.Call) (*ops.Value, error) {
-	rows := c.Rows()
-	for _, ps := range s.m.steps {
-		out := s.get(ps.dim, rows)
+// run executes the plan once. With lastOnly, a final LMHead (a row-wise
+// op) runs on each sequence's last row only.
+func (s *Session) run(c *ops.Call, lastOnly bool) (*ops.Value, error) {
+	for i, ps := range s.m.steps {
 		in := make([]*ops.Value, len(ps.in))
-		for i, slot := range ps.in {
-			in[i] = s.vals[slot]
+		for k, slot := range ps.in {
+			in[k] = s.vals[slot]
 		}
-		if err := ps.step.Forward(c, in, out); err != nil {
+		sc := c
+		if lastOnly && i == len(s.m.steps)-1 && ps.node.OpType == ops.OpLMHead && c.Seq > 1 {
+			in[0] = s.lastRows(in[0], c)
+			last := *c
+			last.Seq = 1
+			sc = &last
+		}
+		out := s.get(ps.dim, sc.Rows())
+		if err := ps.step.Forward(sc, in, out); err != nil {
 			return nil, fmt.Errorf("node %q (%s): %w", ps.node.Name, ps.node.OpType, err)
 		}
 		s.vals[ps.out] = out
@@ -105,6 +123,15 @@ func (s *Session) run(c *ops.Call) (*ops.Value, error) {
 	s.put(logits) // handed to the caller until the next run
 	s.vals[s.m.out] = nil
 	return logits, nil
+}
+
+// lastRows copies the last row of each sequence of v.
+func (s *Session) lastRows(v *ops.Value, c *ops.Call) *ops.Value {
+	out := &ops.Value{Rows: c.Batch, Dim: v.Dim, Data: make([]float32, c.Batch*v.Dim)}
+	for b := 0; b < c.Batch; b++ {
+		copy(out.Row(b), v.Row(b*c.Seq+c.Seq-1))
+	}
+	return out
 }
 
 // get takes a buffer of width dim for rows rows from the pool.

@@ -19,7 +19,8 @@ func newBenchCmd() *cobra.Command {
 		Short: "Time prefill and decode on random token ids",
 		Long: "bench runs a prompt of --prompt-len random ids through the model (prefill), then\n" +
 			"--gen-len single-token steps with the KV cache (decode), and prints tokens per\n" +
-			"second for each and the process's peak resident memory.",
+			"second for each and the process's peak resident memory. As in generation, only\n" +
+			"the last position's logits are computed.",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if promptLen < 1 || genLen < 1 || batch < 1 {
@@ -48,7 +49,7 @@ func newBenchCmd() *cobra.Command {
 				}
 			}
 			t0 := time.Now()
-			if _, err := s.Step(ids, mask); err != nil {
+			if _, err := s.StepLast(ids, mask); err != nil {
 				return err
 			}
 			prefill := time.Since(t0)
@@ -62,7 +63,7 @@ func newBenchCmd() *cobra.Command {
 				for b := range one {
 					one[b] = []int32{int32(rng.IntN(m.Vocab()))}
 				}
-				if _, err := s.Step(one, ones); err != nil {
+				if _, err := s.StepLast(one, ones); err != nil {
 					return err
 				}
 			}
