@@ -381,7 +381,7 @@ func TestDenseStreamingChunks(t *testing.T) {
 	n := denseChunk*2 + 123
 	data := make([]float32, n)
 	for i := range data {
-		data[i] = float32(i%256) // exact in bf16
+		data[i] = float32(i % 256) // exact in bf16
 	}
 	path := filepath.Join(t.TempDir(), "big.slope")
 	w, err := Create(path, nil)
