@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 func newBenchCmd() *cobra.Command {
 	var promptLen, genLen, threads, batch int
 	var seed uint64
+	var cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "bench MODEL",
 		Short: "Time prefill and decode on random token ids",
@@ -25,6 +28,17 @@ func newBenchCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if promptLen < 1 || genLen < 1 || batch < 1 {
 				return usagef(cmd, "--prompt-len, --gen-len and --batch must be >= 1")
+			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
 			}
 			start := time.Now()
 			m, err := slopert.Open(args[0], nil)
@@ -83,5 +97,6 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&batch, "batch", 1, "sequences")
 	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the random ids")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 	return cmd
 }
