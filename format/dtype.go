@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/slopeml/slope/format/slopepb"
 )
@@ -53,6 +54,14 @@ const (
 // the same sign and the top bits of its payload.
 func Float32ToFloat16(f float32) uint16 {
 	b := math.Float32bits(f)
+	// Fast path, normal halves: 2^-14 <= |f| < 65520 (the first value that
+	// rounds to Inf). Adding 0xfff plus the lowest kept bit rounds to
+	// nearest even; a mantissa carry correctly bumps the exponent; then
+	// rebias the exponent from 127 to 15.
+	if a := b &^ 0x80000000; a >= 0x38800000 && a < 0x477ff000 {
+		a += 0x0fff + (a>>13)&1
+		return uint16(b>>16)&0x8000 | uint16((a-0x38000000)>>13)
+	}
 	sign := uint16(b>>16) & 0x8000
 	exp := int(b>>23) & 0xff
 	mant := b & dtF32MantMask
@@ -208,8 +217,9 @@ func DecodeFloats(dt slopepb.DType, src []byte, dst []float32) error {
 			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
 		}
 	case slopepb.DType_FLOAT16:
+		tbl := f16Table()
 		for i := range dst {
-			dst[i] = Float16ToFloat32(binary.LittleEndian.Uint16(src[2*i:]))
+			dst[i] = tbl[binary.LittleEndian.Uint16(src[2*i:])]
 		}
 	case slopepb.DType_BFLOAT16:
 		for i := range dst {
@@ -218,3 +228,13 @@ func DecodeFloats(dt slopepb.DType, src []byte, dst []float32) error {
 	}
 	return nil
 }
+
+// f16Table maps every half to its float32 (256 KiB, built once): decoding
+// by lookup is several times faster than by bit manipulation.
+var f16Table = sync.OnceValue(func() *[1 << 16]float32 {
+	var t [1 << 16]float32
+	for i := range t {
+		t[i] = Float16ToFloat32(uint16(i))
+	}
+	return &t
+})
