@@ -3,6 +3,8 @@ package convert
 import (
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 
 	"github.com/slopeml/slope/format"
 )
@@ -23,31 +25,57 @@ func MagnitudeMask(p format.NM, rows, cols int, w []float32) ([]bool, error) {
 		return nil, fmt.Errorf("magnitude mask %s: %d values for shape [%d %d]: %w", p, len(w), rows, cols, format.ErrShape)
 	}
 	keep := make([]bool, len(w))
-	var abs [16]float32
+	// Rows are independent: split them over the cores. Each group is
+	// decided by ranks (how many entries beat an entry, a strictly larger
+	// |w| or an equal one at a lower index), which has no data-dependent
+	// loops; an entry is kept when fewer than N beat it.
+	workers := min(runtime.GOMAXPROCS(0), max(rows, 1))
+	chunk := (rows + workers - 1) / max(workers, 1)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for k := 0; k < workers; k++ {
+		lo, hi := k*chunk, min((k+1)*chunk, rows)
+		if lo >= hi {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[k] = magnitudeRows(p, cols, w[lo*cols:hi*cols], keep[lo*cols:hi*cols], lo)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return keep, nil
+}
+
+// magnitudeRows fills keep for whole rows of w; row0 is the first row's
+// index (for errors).
+func magnitudeRows(p format.NM, cols int, w []float32, keep []bool, row0 int) error {
+	var abs [16]uint32 // |w| as ordered bit patterns (non-NaN floats order like their bits)
 	for base := 0; base < len(w); base += p.M {
 		for j := 0; j < p.M; j++ {
 			v := w[base+j]
 			if v != v {
-				return nil, fmt.Errorf("magnitude mask: NaN at row %d, col %d", (base+j)/cols, (base+j)%cols)
+				return fmt.Errorf("magnitude mask: NaN at row %d, col %d", row0+(base+j)/cols, (base+j)%cols)
 			}
-			abs[j] = float32(math.Abs(float64(v)))
+			abs[j] = math.Float32bits(v) &^ (1 << 31)
 		}
-		// N passes of selection: the largest not yet kept, strictly
-		// greater wins, so among equals the lowest index is taken first.
-		for range p.N {
-			best := -1
-			for j := 0; j < p.M; j++ {
-				if keep[base+j] {
-					continue
-				}
-				if best < 0 || abs[j] > abs[best] {
-					best = j
+		for j := 0; j < p.M; j++ {
+			beaten := 0
+			for i := 0; i < p.M; i++ {
+				if abs[i] > abs[j] || (abs[i] == abs[j] && i < j) {
+					beaten++
 				}
 			}
-			keep[base+best] = true
+			keep[base+j] = beaten < p.N
 		}
 	}
-	return keep, nil
+	return nil
 }
 
 // ApplyMask returns a copy of w with the entries not kept set to zero.
