@@ -1,9 +1,15 @@
 package ops
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
+)
 
 type embeddingStep struct {
-	tok, pos  []float32 // [V, P], [Np, H]
+	tok       rowTable  // [V, P], rows decoded on use (no float copy of the table)
+	pos       []float32 // [Np, H]
 	vocab     int
 	proj, hid int       // P, H
 	projIn    []float32 // [H, P] or nil (then P == H)
@@ -13,7 +19,7 @@ type embeddingStep struct {
 
 func bindEmbedding(b Binding) (Step, error) {
 	n := b.Node
-	tok, ts, err := weight(b, 2, -1, -1)
+	tok, ts, err := rows(b, 2)
 	if err != nil {
 		return nil, err
 	}
@@ -80,14 +86,15 @@ func (s *embeddingStep) Forward(c *Call, _ []*Value, out *Value) error {
 				return fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
 			}
 			y := out.Row(r)
-			e := s.tok[id*s.proj : (id+1)*s.proj]
 			if s.projIn != nil {
-				copy(tmp, e)
+				if err := s.tok.row(id, tmp); err != nil {
+					return err
+				}
 				for o := range y {
 					y[o] = dot(s.projIn[o*s.proj:(o+1)*s.proj], tmp)
 				}
-			} else {
-				copy(y, e)
+			} else if err := s.tok.row(id, y); err != nil {
+				return err
 			}
 			pr := s.pos[p*s.hid : (p+1)*s.hid]
 			for i := range y {
@@ -104,4 +111,42 @@ func dot(a, b []float32) float32 {
 		s += v * b[i]
 	}
 	return s
+}
+
+// rowTable is a DENSE float matrix used in place (e.g. from the mmap), one
+// row decoded at a time.
+type rowTable struct {
+	dt    slopepb.DType
+	width int
+	es    int
+	raw   []byte
+}
+
+// rows binds weight input i as a row table; it returns its shape.
+func rows(b Binding, input int) (rowTable, []int, error) {
+	n := b.Node
+	name := n.Input(input)
+	t, err := b.W.Lookup(name)
+	if err != nil {
+		return rowTable{}, nil, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	if t.Encoding != slopepb.Encoding_DENSE || len(t.Shape) != 2 {
+		return rowTable{}, nil, n.errorf("weight %q is %s %v, want a DENSE matrix", name, t.Encoding, t.Shape)
+	}
+	es, err := format.ElemSize(t.Dtype)
+	if err != nil || !format.IsFloat(t.Dtype) {
+		return rowTable{}, nil, fmt.Errorf("node %q: weight %q has dtype %s: %w", n.Name, name, t.Dtype, ErrUnsupported)
+	}
+	raw, err := b.W.Raw(name)
+	if err != nil {
+		return rowTable{}, nil, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	shape := []int{int(t.Shape[0]), int(t.Shape[1])}
+	return rowTable{dt: t.Dtype, width: shape[1], es: es, raw: raw}, shape, nil
+}
+
+// row decodes row i into dst (len width).
+func (t rowTable) row(i int, dst []float32) error {
+	w := t.width * t.es
+	return format.DecodeFloats(t.dt, t.raw[i*w:(i+1)*w], dst)
 }
