@@ -68,6 +68,15 @@ type ONNXOptions struct {
 	// OpaqueNames names the weight initializers "onnx::Init_N", N counting
 	// down, instead of "m.model.<canonical name>".
 	OpaqueNames bool
+	// WithPast writes the decoder-with-past graph ORT users decode with
+	// (as optimum's OPT export): inputs input_ids [batch, seq] int64,
+	// attention_mask [batch, past+seq] int64 and, for each layer i,
+	// past_key_values.i.key / .value [batch, heads, past, head_dim] float;
+	// outputs logits [batch, seq, vocab] and present.i.key / .value
+	// [batch, heads, past+seq, head_dim] (the past concatenated with the
+	// new keys and values along axis 2). Positions are OPT's:
+	// cumsum(attention_mask)*attention_mask - 1 + 2, the last seq columns.
+	WithPast bool
 }
 
 // onnxLinears are the linear layers of a decoder layer, in canonical
@@ -204,7 +213,11 @@ func WriteOPTONNX(path string, cfg ONNXConfig, tensors []NamedTensor, opts ONNXO
 			return fmt.Errorf("onnx %s: ExternalName %q must be a plain file name", path, b.extName)
 		}
 	}
-	if err := b.build(); err != nil {
+	build := b.build
+	if opts.WithPast {
+		build = b.buildPast
+	}
+	if err := build(); err != nil {
 		return fmt.Errorf("onnx %s: %w", path, err)
 	}
 	data, err := proto.Marshal(b.model())
@@ -526,10 +539,18 @@ func (b *onnxBuilder) build() error {
 	if gemm {
 		s.bsh = b.node("Concat", []string{b.node("Shape", []string{ids}), b.constInts([]int64{1}, int64(c.Hidden))}, onnxAttrInt("axis", 0))
 	}
+	h = b.decoderLayers(h, s, gemm, func(x, l string, _ int) string { return b.attention(x, l, s) })
+	return b.finish(h)
+}
+
+// decoderLayers applies the decoder layers to h, attention by attn (x,
+// the layer's name prefix, the layer's index).
+func (b *onnxBuilder) decoderLayers(h string, s *onnxShared, gemm bool, attn func(x, l string, i int) string) string {
+	c := b.cfg
 	for i := 0; i < c.Layers; i++ {
 		l := "decoder.layers." + strconv.Itoa(i) + "."
 		if c.PreLN {
-			o := b.attention(b.layerNorm(h, l+"self_attn_layer_norm"), l, s)
+			o := attn(b.layerNorm(h, l+"self_attn_layer_norm"), l, i)
 			r := b.node("Add", []string{h, o})
 			if gemm {
 				r = b.node("Reshape", []string{r, s.flat})
@@ -537,7 +558,7 @@ func (b *onnxBuilder) build() error {
 			f := b.ffn(b.layerNorm(r, l+"final_layer_norm"), l, gemm)
 			h = b.node("Add", []string{r, f})
 		} else {
-			o := b.attention(h, l, s)
+			o := attn(h, l, i)
 			r := b.layerNorm(b.node("Add", []string{h, o}), l+"self_attn_layer_norm")
 			if gemm {
 				r = b.node("Reshape", []string{r, s.flat})
@@ -549,6 +570,102 @@ func (b *onnxBuilder) build() error {
 			h = b.node("Reshape", []string{h, s.bsh})
 		}
 	}
+	return h
+}
+
+// onnxPastName is the name of layer i's past key or value input (kv is
+// "key" or "value") of a WithPast graph.
+func onnxPastName(i int, kv string) string {
+	return "past_key_values." + strconv.Itoa(i) + "." + kv
+}
+
+// onnxPresentName is the name of layer i's present key or value output.
+func onnxPresentName(i int, kv string) string {
+	return "present." + strconv.Itoa(i) + "." + kv
+}
+
+// nodeOut appends a node with one output named out.
+func (b *onnxBuilder) nodeOut(op, out string, inputs []string, attrs ...*onnxpb.AttributeProto) string {
+	b.nodes = append(b.nodes, &onnxpb.NodeProto{Name: "node_" + out, OpType: op, Input: inputs, Output: []string{out}, Attribute: attrs})
+	return out
+}
+
+// buildPast builds the WithPast graph: positions from the attention
+// mask, an additive mask that is causal over past+seq keys and hides
+// padding, and each layer's keys and values concatenated to its past.
+func (b *onnxBuilder) buildPast() error {
+	c := b.cfg
+	headDim := c.Hidden / c.Heads
+	ids, am := "input_ids", "attention_mask"
+	past1 := b.node("Shape", []string{onnxPastName(0, "key")}, onnxAttrInt("start", 2), onnxAttrInt("end", 3))
+	total1 := b.node("Shape", []string{am}, onnxAttrInt("start", 1), onnxAttrInt("end", 2))
+
+	// position_ids = (cumsum(mask, 1) * mask - 1)[:, past:] + 2 (OPT's offset)
+	cs := b.node("CumSum", []string{am, b.constInts(nil, 1)})
+	pos := b.node("Sub", []string{b.node("Mul", []string{cs, am}), b.constInts(nil, 1)})
+	pos = b.node("Slice", []string{pos, past1, total1, b.constInts([]int64{1}, 1)})
+	pos = b.node("Add", []string{pos, b.constInts(nil, 2)})
+	pe := b.node("Gather", []string{b.weight("decoder.embed_positions.weight", false, ""), pos}, onnxAttrInt("axis", 0))
+	te := b.node("Gather", []string{b.weight("decoder.embed_tokens.weight", false, ""), ids}, onnxAttrInt("axis", 0))
+	if c.projDim() != c.Hidden {
+		te = b.linear(te, "decoder.project_in", false, true)
+	}
+	h := b.node("Add", []string{te, pe})
+
+	// mask [batch, 1, seq, past+seq]: 0 where query t (absolute position
+	// past+t) may see key j (j <= past+t and attention_mask[j] = 1), the
+	// lowest float elsewhere (a fully hidden row stays finite).
+	zero := b.constInts([]int64{1}, 0)
+	past := b.node("Squeeze", []string{past1, zero})
+	total := b.node("Squeeze", []string{total1, zero})
+	qpos := b.node("Range", []string{past, total, b.constInts(nil, 1)})
+	kpos := b.node("Range", []string{b.constInts(nil, 0), total, b.constInts(nil, 1)})
+	causal := b.node("LessOrEqual", []string{
+		b.node("Unsqueeze", []string{kpos, b.constInts([]int64{1}, 0)}),
+		b.node("Unsqueeze", []string{qpos, b.constInts([]int64{1}, 1)}),
+	})
+	keep := b.node("Cast", []string{am}, onnxAttrInt("to", int64(onnxpb.TensorProto_BOOL)))
+	keep = b.node("Unsqueeze", []string{keep, b.constInts([]int64{2}, 1, 2)})
+	allowed := b.node("And", []string{causal, keep})
+	s := &onnxShared{
+		headShape: b.constInts([]int64{4}, 0, 0, int64(c.Heads), int64(headDim)),
+		ctxShape:  b.constInts([]int64{3}, 0, 0, int64(c.Hidden)),
+		scale:     b.constFloats(nil, float32(1/math.Sqrt(float64(headDim)))),
+	}
+	s.mask = b.node("Where", []string{allowed, b.constFloats(nil, 0), b.constFloats(nil, -math.MaxFloat32)})
+	gemm := b.opts.CanonicalWeights
+	if gemm {
+		s.flat = b.constInts([]int64{2}, -1, int64(c.Hidden))
+		s.bsh = b.node("Concat", []string{b.node("Shape", []string{ids}), b.constInts([]int64{1}, int64(c.Hidden))}, onnxAttrInt("axis", 0))
+	}
+	h = b.decoderLayers(h, s, gemm, func(x, l string, i int) string { return b.attentionPast(x, l, i, s) })
+	return b.finish(h)
+}
+
+// attentionPast is attention over layer i's past keys and values and the
+// new ones, whose concatenations are the present outputs.
+func (b *onnxBuilder) attentionPast(x, l string, i int, s *onnxShared) string {
+	heads := func(v string) string {
+		return b.node("Transpose", []string{b.node("Reshape", []string{v, s.headShape})}, onnxAttrInts("perm", 0, 2, 1, 3))
+	}
+	q := b.linear(x, l+"self_attn.q_proj", false, false)
+	q = heads(b.node("Mul", []string{q, s.scale}))
+	k := heads(b.linear(x, l+"self_attn.k_proj", false, false))
+	k = b.nodeOut("Concat", onnxPresentName(i, "key"), []string{onnxPastName(i, "key"), k}, onnxAttrInt("axis", 2))
+	v := heads(b.linear(x, l+"self_attn.v_proj", false, false))
+	v = b.nodeOut("Concat", onnxPresentName(i, "value"), []string{onnxPastName(i, "value"), v}, onnxAttrInt("axis", 2))
+	kt := b.node("Transpose", []string{k}, onnxAttrInts("perm", 0, 1, 3, 2))
+	scores := b.node("Add", []string{b.node("MatMul", []string{q, kt}), s.mask})
+	probs := b.node("Softmax", []string{scores}, onnxAttrInt("axis", -1))
+	ctx := b.node("Transpose", []string{b.node("MatMul", []string{probs, v})}, onnxAttrInts("perm", 0, 2, 1, 3))
+	ctx = b.node("Reshape", []string{ctx, s.ctxShape})
+	return b.linear(ctx, l+"self_attn.out_proj", false, false)
+}
+
+// finish applies the final LayerNorm, project_out and the LM head to h
+// and names the result logits.
+func (b *onnxBuilder) finish(h string) error {
+	c := b.cfg
 	if c.PreLN && !c.RemoveFinalLayerNorm {
 		h = b.layerNorm(h, "decoder.final_layer_norm")
 	}
@@ -593,6 +710,18 @@ func onnxValueInfo(name string, elem onnxpb.TensorProto_DataType, dims ...any) *
 }
 
 func (b *onnxBuilder) model() *onnxpb.ModelProto {
+	inputs := []*onnxpb.ValueInfoProto{onnxValueInfo("input_ids", onnxpb.TensorProto_INT64, "batch", "seq")}
+	outputs := []*onnxpb.ValueInfoProto{onnxValueInfo("logits", onnxpb.TensorProto_FLOAT, "batch", "seq", b.cfg.Vocab)}
+	if b.opts.WithPast {
+		inputs = append(inputs, onnxValueInfo("attention_mask", onnxpb.TensorProto_INT64, "batch", "total_seq"))
+		heads, headDim := b.cfg.Heads, b.cfg.Hidden/b.cfg.Heads
+		for i := 0; i < b.cfg.Layers; i++ {
+			for _, kv := range []string{"key", "value"} {
+				inputs = append(inputs, onnxValueInfo(onnxPastName(i, kv), onnxpb.TensorProto_FLOAT, "batch", heads, "past_seq", headDim))
+				outputs = append(outputs, onnxValueInfo(onnxPresentName(i, kv), onnxpb.TensorProto_FLOAT, "batch", heads, "total_seq", headDim))
+			}
+		}
+	}
 	return &onnxpb.ModelProto{
 		IrVersion:    10,
 		OpsetImport:  []*onnxpb.OperatorSetIdProto{{Domain: "", Version: ONNXOpset}},
@@ -601,8 +730,8 @@ func (b *onnxBuilder) model() *onnxpb.ModelProto {
 			Name:        "opt",
 			Node:        b.nodes,
 			Initializer: b.inits,
-			Input:       []*onnxpb.ValueInfoProto{onnxValueInfo("input_ids", onnxpb.TensorProto_INT64, "batch", "seq")},
-			Output:      []*onnxpb.ValueInfoProto{onnxValueInfo("logits", onnxpb.TensorProto_FLOAT, "batch", "seq", b.cfg.Vocab)},
+			Input:       inputs,
+			Output:      outputs,
 		},
 	}
 }

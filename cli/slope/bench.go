@@ -17,13 +17,15 @@ func newBenchCmd() *cobra.Command {
 	var promptLen, genLen, threads, batch int
 	var seed uint64
 	var cpuProfile string
+	var allLogits bool
 	cmd := &cobra.Command{
 		Use:   "bench MODEL",
 		Short: "Time prefill and decode on random token ids",
 		Long: "bench runs a prompt of --prompt-len random ids through the model (prefill), then\n" +
 			"--gen-len single-token steps with the KV cache (decode), and prints tokens per\n" +
 			"second for each and the process's peak resident memory. As in generation, only\n" +
-			"the last position's logits are computed.",
+			"the last position's logits are computed, unless --all-logits (as a with-past ONNX\n" +
+			"export does in ONNX Runtime).",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if promptLen < 1 || genLen < 1 || batch < 1 {
@@ -63,7 +65,11 @@ func newBenchCmd() *cobra.Command {
 				}
 			}
 			t0 := time.Now()
-			if _, err := s.StepLast(ids, mask); err != nil {
+			step := s.StepLast
+			if allLogits {
+				step = s.Step
+			}
+			if _, err := step(ids, mask); err != nil {
 				return err
 			}
 			prefill := time.Since(t0)
@@ -98,5 +104,6 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the random ids")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
+	cmd.Flags().BoolVar(&allLogits, "all-logits", false, "prefill computes the logits of every position, not just the last")
 	return cmd
 }

@@ -28,6 +28,7 @@ func main() {
 	shard := flag.Int64("shard-bytes", 1_000_000_000, "tensor bytes per shard (sharded layouts)")
 	prefix := flag.String("key-prefix", "model.", `prefix of the decoder.* keys ("model." or "")`)
 	seed := flag.Uint64("seed", 1, "generator seed")
+	onnxPath := flag.String("onnx", "", "also write the same weights as a with-past ONNX model (past_key_values.* inputs, present.* outputs) to this file, weights in PATH.data")
 	flag.Parse()
 	if *out == "" {
 		fmt.Fprintln(os.Stderr, "genckpt: -out is required")
@@ -55,4 +56,34 @@ func main() {
 		}
 	}
 	fmt.Printf("genckpt: %s %s %s: %d files, %d bytes in %s\n", *preset, *dtype, *layout, len(ents), total, time.Since(start).Round(time.Millisecond))
+	if *onnxPath != "" {
+		start := time.Now()
+		if err := writeONNX(*onnxPath, cfg, *seed, *dtype); err != nil {
+			fmt.Fprintln(os.Stderr, "genckpt:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("genckpt: %s with-past ONNX %s in %s\n", *preset, *onnxPath, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// writeONNX writes the weights WriteHFDirGen wrote (regenerated from the
+// seed) as a with-past ONNX model, weights in an external data file.
+func writeONNX(path string, cfg testmodels.GenConfig, seed uint64, dtype string) error {
+	if !cfg.ElementwiseAffine {
+		return fmt.Errorf("onnx: LayerNorms without weights are not supported")
+	}
+	var ws []testmodels.NamedTensor
+	if err := testmodels.GenWeightsFunc(cfg, seed, dtype, func(t testmodels.NamedTensor) error {
+		ws = append(ws, t)
+		return nil
+	}); err != nil {
+		return err
+	}
+	oc := testmodels.ONNXConfig{
+		Vocab: cfg.Vocab, Hidden: cfg.Hidden, Heads: cfg.Heads, Layers: cfg.Layers, FFN: cfg.FFN,
+		MaxPos: cfg.MaxPos, ProjDim: cfg.WordEmbedProjDim, PreLN: cfg.PreLN,
+		RemoveFinalLayerNorm: cfg.RemoveFinalLN, Tied: cfg.Tied, NoBias: !cfg.Bias,
+		Activation: cfg.ActivationFunction(),
+	}
+	return testmodels.WriteOPTONNX(path, oc, ws, testmodels.ONNXOptions{ExternalData: true, WithPast: true})
 }
