@@ -3,6 +3,10 @@ package ops
 import (
 	"fmt"
 	"math"
+	"unsafe"
+
+	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops/cpu"
 )
 
 type attentionStep struct {
@@ -69,6 +73,9 @@ func (s *attentionStep) Forward(c *Call, in []*Value, out *Value) error {
 		return fmt.Errorf("attention: %d past tokens but no cache", c.Past)
 	}
 	q := in[0].Data
+	if c.Seq >= gemmAttentionMin {
+		return s.forwardGEMM(c, q, keys, vals, stride, out)
+	}
 	parallelRows(c.Batch*s.heads, c.Threads, func(lo, hi int) {
 		scores := make([]float32, total)
 		for bh := lo; bh < hi; bh++ {
@@ -109,7 +116,7 @@ func (s *attentionStep) attendOne(y, q, keys, vals []float32, base, off int, mas
 		if mask[j] == 0 {
 			continue
 		}
-		p := float32(math.Exp(float64(scores[j] - mx)))
+		p := expf(scores[j] - mx)
 		sum += p
 		axpy(y, p, vals[(base+j)*s.dim+off:][:s.headDim])
 	}
@@ -150,4 +157,105 @@ func axpy(y []float32, a float32, x []float32) {
 	for ; i < len(y); i++ {
 		y[i] += a * x[i]
 	}
+}
+
+// gemmAttentionMin is the number of new tokens from which attention runs
+// as two GEMMs per head (prefill) instead of one query at a time.
+const gemmAttentionMin = 8
+
+// forwardGEMM computes each (sequence, head) as S = Q·Kᵀ over all keys
+// so far, a masked softmax per row, and O = P·V, both products on the
+// CPU linear kernels. keys/vals rows of sequence b start at b*stride.
+func (s *attentionStep) forwardGEMM(c *Call, q, keys, vals []float32, stride int, out *Value) error {
+	total := c.Past + c.Seq
+	hd := s.headDim
+	errs := make([]error, c.Batch*s.heads)
+	parallelRows(c.Batch*s.heads, c.Threads, func(lo, hi int) {
+		qh := make([]float32, c.Seq*hd)
+		kh := make([]float32, total*hd)
+		vt := make([]float32, hd*total) // Vᵀ [hd, total]
+		sc := make([]float32, c.Seq*total)
+		oh := make([]float32, c.Seq*hd)
+		for bh := lo; bh < hi; bh++ {
+			errs[bh] = s.headGEMM(c, bh/s.heads, bh%s.heads, q, keys, vals, stride, out, qh, kh, vt, sc, oh)
+		}
+	})
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, stride int, out *Value, qh, kh, vt, sc, oh []float32) error {
+	total := c.Past + c.Seq
+	hd, off := s.headDim, h*s.headDim
+	for t := 0; t < c.Seq; t++ {
+		copy(qh[t*hd:(t+1)*hd], q[(b*c.Seq+t)*s.dim+off:])
+	}
+	for j := 0; j < total; j++ {
+		copy(kh[j*hd:(j+1)*hd], keys[(b*stride+j)*s.dim+off:])
+		v := vals[(b*stride+j)*s.dim+off:][:hd]
+		for e, x := range v {
+			vt[e*total+j] = x
+		}
+	}
+	kd, err := cpu.PrepareDense(cpu.DenseWeight{DType: slopepb.DType_FLOAT32, Out: total, In: hd, Data: floatBytes(kh)})
+	if err != nil {
+		return err
+	}
+	if err := kd.Linear(sc, qh, c.Seq, nil, 1); err != nil {
+		return err
+	}
+	mask := c.Mask[b*total : (b+1)*total]
+	for t := 0; t < c.Seq; t++ {
+		row := sc[t*total : (t+1)*total]
+		visible := c.Past + t + 1
+		mx := float32(math.Inf(-1))
+		for j := 0; j < visible; j++ {
+			if mask[j] != 0 {
+				row[j] *= s.scale
+				mx = max(mx, row[j])
+			}
+		}
+		if math.IsInf(float64(mx), -1) {
+			clear(row) // no visible key: a padded query yields zeros
+			continue
+		}
+		var sum float32
+		for j := 0; j < visible; j++ {
+			if mask[j] != 0 {
+				row[j] = expf(row[j] - mx)
+				sum += row[j]
+			} else {
+				row[j] = 0
+			}
+		}
+		clear(row[visible:])
+		inv := 1 / sum
+		for j := 0; j < visible; j++ {
+			row[j] *= inv
+		}
+	}
+	vd, err := cpu.PrepareDense(cpu.DenseWeight{DType: slopepb.DType_FLOAT32, Out: hd, In: total, Data: floatBytes(vt)})
+	if err != nil {
+		return err
+	}
+	if err := vd.Linear(oh, sc, c.Seq, nil, 1); err != nil {
+		return err
+	}
+	for t := 0; t < c.Seq; t++ {
+		copy(out.Data[(b*c.Seq+t)*s.dim+off:][:hd], oh[t*hd:(t+1)*hd])
+	}
+	return nil
+}
+
+// floatBytes views float32s as their little-endian bytes (the in-memory
+// layout on every platform Go supports here).
+func floatBytes(x []float32) []byte {
+	if len(x) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))
 }

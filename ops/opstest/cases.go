@@ -340,11 +340,24 @@ func testEmbedding(t *testing.T, be ops.Backend, tol Tolerance) {
 	}
 }
 
+// testAttention runs the backend's attention through a cache in parts
+// (single queries, short and long chunks: backends may switch algorithms
+// with the number of new tokens) against one float64 pass over all tokens.
 func testAttention(t *testing.T, be ops.Backend, tol Tolerance) {
+	for _, parts := range [][][2]int{
+		{{0, 5}, {5, 9}},
+		{{0, 9}},
+		{{0, 3}, {3, 12}, {12, 13}, {13, 24}},
+	} {
+		attentionCase(t, be, tol, parts)
+	}
+}
+
+func attentionCase(t *testing.T, be ops.Backend, tol Tolerance, parts [][2]int) {
 	rng := rand.New(rand.NewPCG(8, 1))
 	const batch, heads, hd = 2, 3, 5
 	const dim = heads * hd
-	const total = 9
+	total := parts[len(parts)-1][1]
 	f := newWeights(t).open()
 	mask := make([]int32, batch*total)
 	for i := range mask {
@@ -404,7 +417,7 @@ func testAttention(t *testing.T, be ops.Backend, tol Tolerance) {
 	}
 	step := bind()
 	cache := ops.NewKVCache(batch, total)
-	for _, part := range [][2]int{{0, 5}, {5, total}} {
+	for _, part := range parts {
 		lo, hi := part[0], part[1]
 		seq := hi - lo
 		slice := func(x []float32) *ops.Value {
