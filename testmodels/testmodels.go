@@ -7,6 +7,12 @@
 // Only what the converter needs offline (config.json, model.safetensors,
 // generation_config.json) is embedded in binaries; the larger reference
 // files are read from the source tree by tests (Dir, LoadReference).
+//
+// It also generates checkpoints of any OPT config deterministically from a
+// seed (GenWeights, ConfigFamilies, WriteHFDir: safetensors single or
+// sharded, PyTorch .bin single or sharded via WriteTorchBin; WriteOPTONNX
+// with or without past key/values), so tests cover configs the fixture
+// lacks, and the benchmarks get OPT-125m/1.3B-shaped models.
 package testmodels
 
 import (
