@@ -209,12 +209,21 @@ type ScoreResult struct {
 	Perplexity float64
 }
 
-// Score computes the perplexity of a token sequence: it runs windows of
-// up to the model's positions (window <= 0) or window tokens, each token
-// predicted from the tokens before it in its window.
-func (m *Model) Score(ctx context.Context, ids []int32, window, threads int) (*ScoreResult, error) {
+// Score computes the perplexity of a token sequence. Every token after
+// the first is scored exactly once. A sequence longer than window tokens
+// (window <= 0: the model's positions) is scored with a sliding window
+// that advances by stride tokens (stride <= 0: window/2), each window
+// scoring only its last stride tokens, so every scored token sees at least
+// window-stride tokens of context (the usual perplexity recipe).
+func (m *Model) Score(ctx context.Context, ids []int32, window, stride, threads int) (*ScoreResult, error) {
 	if window <= 0 || window > m.maxPos {
 		window = m.maxPos
+	}
+	if stride <= 0 {
+		stride = max(window/2, 1)
+	}
+	if window < 2 || stride >= window {
+		return nil, fmt.Errorf("score: window %d and stride %d: need 2 <= window and stride < window", window, stride)
 	}
 	if len(ids) < 2 {
 		return nil, fmt.Errorf("score: need at least 2 tokens, have %d", len(ids))
@@ -226,24 +235,24 @@ func (m *Model) Score(ctx context.Context, ids []int32, window, threads int) (*S
 	s.Threads = threads
 	var nll float64
 	n := 0
-	for lo := 0; lo+1 < len(ids); lo += window {
+	for next := 1; next < len(ids); {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		hi := min(lo+window, len(ids))
+		// Targets [next, end) with context from begin.
+		end := min(len(ids), max(next+stride, window))
+		begin := max(0, end-window)
 		s.Reset()
-		chunk := ids[lo:hi]
+		chunk := ids[begin:end]
 		logits, err := s.Step([][]int32{chunk}, ones(1, len(chunk)))
 		if err != nil {
 			return nil, err
 		}
-		for t := 0; t+1 < len(chunk); t++ {
-			nll -= logSoftmaxAt(logits.Row(t), int(chunk[t+1]))
+		for k := next; k < end; k++ {
+			nll -= logSoftmaxAt(logits.Row(k-1-begin), int(ids[k]))
 			n++
 		}
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("score: no token to score")
+		next = end
 	}
 	r := &ScoreResult{Tokens: n, NLL: nll / float64(n)}
 	r.Perplexity = math.Exp(r.NLL)

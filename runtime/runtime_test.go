@@ -165,7 +165,7 @@ func TestScore(t *testing.T) {
 	}
 	m := tiny(t, "dense")
 	ids := i32(ref.InputIDs)[0]
-	r, err := m.Score(t.Context(), ids, 0, 0)
+	r, err := m.Score(t.Context(), ids, 0, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,5 +177,45 @@ func TestScore(t *testing.T) {
 	want /= float64(len(ids) - 1)
 	if r.Tokens != len(ids)-1 || math.Abs(r.NLL-want) > 1e-4 {
 		t.Fatalf("score %+v, want NLL %g over %d tokens", r, want, len(ids)-1)
+	}
+}
+
+// A sliding window scores every token once, each from the context the
+// recipe gives it: checked against explicit forward passes.
+func TestScoreSlidingWindow(t *testing.T) {
+	ref, err := testmodels.LoadReference()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tiny(t, "dense")
+	ids := append(i32(ref.InputIDs)[0], i32(ref.InputIDs)[1]...) // 24 tokens
+	const window, stride = 7, 3
+	r, err := m.Score(t.Context(), ids, window, stride, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, n := 0.0, 0
+	for k := 1; k < len(ids); k++ {
+		// Target k is scored in the window whose targets include it: the
+		// first window covers [1, window), then blocks of stride.
+		end := window
+		for end <= k {
+			end += stride
+		}
+		end = min(end, len(ids))
+		begin := max(0, end-window)
+		logits, err := m.Forward([][]int32{ids[begin:end]}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want -= logSoftmaxAt(logits[0][k-1-begin], int(ids[k]))
+		n++
+	}
+	want /= float64(n)
+	if r.Tokens != len(ids)-1 || math.Abs(r.NLL-want) > 1e-6 {
+		t.Fatalf("score %+v, want NLL %g over %d tokens", r, want, len(ids)-1)
+	}
+	if _, err := m.Score(t.Context(), ids, 4, 4, 0); err == nil {
+		t.Error("stride >= window accepted")
 	}
 }

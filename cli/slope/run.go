@@ -111,13 +111,14 @@ func newRunCmd() *cobra.Command {
 
 func newScoreCmd() *cobra.Command {
 	var textFile, ids string
-	var window, threads int
+	var window, stride, threads int
 	cmd := &cobra.Command{
 		Use:   "score MODEL (--text FILE | --ids JSON)",
 		Short: "Perplexity of a text under the model",
 		Long: "score prints the mean negative log-likelihood and perplexity of a text (through\n" +
-			"the container's tokenizer, with OPT's BOS) or of token ids, in windows of the\n" +
-			"model's positions (or --window tokens).",
+			"the container's tokenizer, with OPT's BOS) or of token ids. Texts longer than the\n" +
+			"model's positions (or --window) are scored with a sliding window advancing by\n" +
+			"--stride tokens (default half the window); every token is scored once.",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := slopert.Open(args[0], nil)
@@ -139,7 +140,7 @@ func newScoreCmd() *cobra.Command {
 			if err != nil {
 				return usagef(cmd, "%v", err)
 			}
-			r, err := m.Score(cmd.Context(), seq, window, threads)
+			r, err := m.Score(cmd.Context(), seq, window, stride, threads)
 			if err != nil {
 				return err
 			}
@@ -150,6 +151,7 @@ func newScoreCmd() *cobra.Command {
 	cmd.Flags().StringVar(&textFile, "text", "", "text file to score")
 	cmd.Flags().StringVar(&ids, "ids", "", "token ids to score, JSON [..]")
 	cmd.Flags().IntVar(&window, "window", 0, "tokens per window (0: the model's positions)")
+	cmd.Flags().IntVar(&stride, "stride", 0, "tokens the window advances by (0: half the window)")
 	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
 	return cmd
 }
