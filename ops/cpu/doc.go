@@ -61,6 +61,16 @@
 // Work is split over output panels, or over rows when there are fewer
 // panels than goroutines.
 //
+// # Attention helpers
+//
+// Dot (Σ a[i]·b[i]) and Axpy (y += alpha·x) serve the attention decode
+// path (query·key scores, probability-weighted value rows). Both work on
+// the common prefix of their operands and never panic on lengths. With
+// AVX2+FMA they run generated assembly (Dot: 4 8-wide FMA chains over
+// blocks of 32, one over blocks of 8, a fixed horizontal sum and a scalar
+// tail; Axpy: one FMA per element), else Go loops unrolled by 4; the
+// summation order depends only on the length.
+//
 // Results are deterministic: every output element is computed by one
 // goroutine, by the same kernel and in the same order whatever the thread
 // count (the kernel depends only on m, the pattern and the CPU).

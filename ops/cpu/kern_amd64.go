@@ -144,3 +144,7 @@ var spmmZFns = [4][4]spmmFn{
 func spmmZAsm(mb, r int, xt *float32, off *uint32, vals *float32, l0, steps int, yt *float32) {
 	spmmZFns[mb/16-1][r-1](xt, off, vals, l0, steps, yt)
 }
+
+func dotAsm(a, b *float32, n int) float32 { return dotAVX2(a, b, n) }
+
+func axpyAsm(y *float32, alpha float32, x *float32, n int) { axpyAVX2(y, alpha, x, n) }

@@ -4076,3 +4076,122 @@ spmmB32R3AVX2_loop:
 	VMOVUPS     Y14, 352(SI)
 	VZEROUPPER
 	RET
+
+// func dotAVX2(a *float32, b *float32, n int) float32
+// Requires: AVX, FMA3, SSE
+TEXT ·dotAVX2(SB), NOSPLIT, $0-28
+	MOVQ   a+0(FP), AX
+	MOVQ   b+8(FP), CX
+	MOVQ   n+16(FP), DX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+
+dotAVX2_b32:
+	CMPQ        DX, $0x20
+	JL          dotAVX2_fold
+	VMOVUPS     (AX), Y4
+	VFMADD231PS (CX), Y4, Y0
+	VMOVUPS     32(AX), Y4
+	VFMADD231PS 32(CX), Y4, Y1
+	VMOVUPS     64(AX), Y4
+	VFMADD231PS 64(CX), Y4, Y2
+	VMOVUPS     96(AX), Y4
+	VFMADD231PS 96(CX), Y4, Y3
+	ADDQ        $0x80, AX
+	ADDQ        $0x80, CX
+	SUBQ        $0x20, DX
+	JMP         dotAVX2_b32
+
+dotAVX2_fold:
+	VADDPS Y1, Y0, Y0
+	VADDPS Y3, Y2, Y2
+	VADDPS Y2, Y0, Y0
+
+dotAVX2_b8:
+	CMPQ        DX, $0x08
+	JL          dotAVX2_hsum
+	VMOVUPS     (AX), Y1
+	VFMADD231PS (CX), Y1, Y0
+	ADDQ        $0x20, AX
+	ADDQ        $0x20, CX
+	SUBQ        $0x08, DX
+	JMP         dotAVX2_b8
+
+dotAVX2_hsum:
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X0, X1, X1
+	VMOVHLPS     X1, X1, X0
+	VADDPS       X0, X1, X1
+	VMOVSHDUP    X1, X0
+	VADDSS       X0, X1, X1
+
+dotAVX2_tail:
+	TESTQ       DX, DX
+	JZ          dotAVX2_done
+	VMOVSS      (AX), X0
+	VFMADD231SS (CX), X0, X1
+	ADDQ        $0x04, AX
+	ADDQ        $0x04, CX
+	DECQ        DX
+	JMP         dotAVX2_tail
+
+dotAVX2_done:
+	VZEROUPPER
+	MOVSS X1, ret+24(FP)
+	RET
+
+// func axpyAVX2(y *float32, alpha float32, x *float32, n int)
+// Requires: AVX, FMA3
+TEXT ·axpyAVX2(SB), NOSPLIT, $0-32
+	MOVQ         y+0(FP), AX
+	VBROADCASTSS alpha+8(FP), Y0
+	MOVQ         x+16(FP), CX
+	MOVQ         n+24(FP), DX
+
+axpyAVX2_b32:
+	CMPQ        DX, $0x20
+	JL          axpyAVX2_b8
+	VMOVUPS     (AX), Y1
+	VFMADD231PS (CX), Y0, Y1
+	VMOVUPS     Y1, (AX)
+	VMOVUPS     32(AX), Y1
+	VFMADD231PS 32(CX), Y0, Y1
+	VMOVUPS     Y1, 32(AX)
+	VMOVUPS     64(AX), Y1
+	VFMADD231PS 64(CX), Y0, Y1
+	VMOVUPS     Y1, 64(AX)
+	VMOVUPS     96(AX), Y1
+	VFMADD231PS 96(CX), Y0, Y1
+	VMOVUPS     Y1, 96(AX)
+	ADDQ        $0x80, AX
+	ADDQ        $0x80, CX
+	SUBQ        $0x20, DX
+	JMP         axpyAVX2_b32
+
+axpyAVX2_b8:
+	CMPQ        DX, $0x08
+	JL          axpyAVX2_tail
+	VMOVUPS     (AX), Y1
+	VFMADD231PS (CX), Y0, Y1
+	VMOVUPS     Y1, (AX)
+	ADDQ        $0x20, AX
+	ADDQ        $0x20, CX
+	SUBQ        $0x08, DX
+	JMP         axpyAVX2_b8
+
+axpyAVX2_tail:
+	TESTQ       DX, DX
+	JZ          axpyAVX2_done
+	VMOVSS      (AX), X1
+	VFMADD231SS (CX), X0, X1
+	VMOVSS      X1, (AX)
+	ADDQ        $0x04, AX
+	ADDQ        $0x04, CX
+	DECQ        DX
+	JMP         axpyAVX2_tail
+
+axpyAVX2_done:
+	VZEROUPPER
+	RET

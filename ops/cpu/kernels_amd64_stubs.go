@@ -228,3 +228,11 @@ func spmmB32R2AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, y
 
 // spmmB32R3AVX2 accumulates 3 outputs (lanes l0.. of the panel) for 32 activation rows into yt ([3][32]); steps >= 1.
 func spmmB32R3AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
+
+// dotAVX2 returns Σ a[i]·b[i] for i < n (n >= 0), in an order fixed by n:
+// 4 FMA chains over blocks of 32, one over blocks of 8, then a scalar tail.
+func dotAVX2(a *float32, b *float32, n int) float32
+
+// axpyAVX2 computes y[i] = fma(alpha, x[i], y[i]) for i < n (n >= 0);
+// x and y must not overlap unless they are equal.
+func axpyAVX2(y *float32, alpha float32, x *float32, n int)

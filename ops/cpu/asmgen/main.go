@@ -5,6 +5,9 @@
 //
 //	cd asmgen && go run . -out ../kernels_amd64.s -stubs ../kernels_amd64_stubs.go -pkg cpu
 //
+// It also generates the attention helpers dotAVX2 and axpyAVX2 (vector
+// dot product and y += alpha·x over any length).
+//
 // Every kernel works on fixed layouts chosen by the Go side (see the doc
 // comment of each TEXT block); none of them checks bounds: the Go wrappers
 // in package cpu do, before calling.
@@ -88,6 +91,8 @@ func main() {
 			genSPMM(mb, r)
 		}
 	}
+	genDot()
+	genAxpy()
 	Generate()
 }
 
@@ -844,4 +849,144 @@ func genSPMM512(mb, r int) {
 	}
 	VZEROUPPER()
 	RET()
+}
+
+// genDot: the attention dot product Σ a[i]·b[i] over n >= 0 elements. Four
+// independent 8-wide FMA chains over blocks of 32, added pairwise
+// ((0+1)+(2+3)), then one chain over blocks of 8, a horizontal sum in a
+// fixed order (high half + low half, then the two 64-bit halves, then the
+// two remaining lanes) and a scalar FMA per remaining element. The order
+// depends only on n.
+func genDot() {
+	name := "dotAVX2"
+	TEXT(name, NOSPLIT, "func(a *float32, b *float32, n int) float32")
+	Doc(name+" returns Σ a[i]·b[i] for i < n (n >= 0), in an order fixed by n:",
+		"4 FMA chains over blocks of 32, one over blocks of 8, then a scalar tail.")
+	a := Load(Param("a"), GP64())
+	b := Load(Param("b"), GP64())
+	n := Load(Param("n"), GP64())
+	acc := ymms(4)
+	zeroAll(acc)
+
+	Label(name + "_b32")
+	CMPQ(n, U8(32))
+	JL(LabelRef(name + "_fold"))
+	for u := 0; u < 4; u++ {
+		t := YMM()
+		VMOVUPS(Mem{Base: a, Disp: 32 * u}, t)
+		VFMADD231PS(Mem{Base: b, Disp: 32 * u}, t, acc[u])
+	}
+	ADDQ(U8(128), a)
+	ADDQ(U8(128), b)
+	SUBQ(U8(32), n)
+	JMP(LabelRef(name + "_b32"))
+
+	Label(name + "_fold")
+	VADDPS(acc[1], acc[0], acc[0])
+	VADDPS(acc[3], acc[2], acc[2])
+	VADDPS(acc[2], acc[0], acc[0])
+
+	Label(name + "_b8")
+	CMPQ(n, U8(8))
+	JL(LabelRef(name + "_hsum"))
+	t := YMM()
+	VMOVUPS(Mem{Base: a}, t)
+	VFMADD231PS(Mem{Base: b}, t, acc[0])
+	ADDQ(U8(32), a)
+	ADDQ(U8(32), b)
+	SUBQ(U8(8), n)
+	JMP(LabelRef(name + "_b8"))
+
+	Label(name + "_hsum")
+	s := XMM()
+	VEXTRACTF128(U8(1), acc[0], s)
+	VADDPS(acc[0].AsX(), s, s)
+	h := XMM()
+	VMOVHLPS(s, s, h)
+	VADDPS(h, s, s)
+	VMOVSHDUP(s, h)
+	VADDSS(h, s, s)
+
+	Label(name + "_tail")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_done"))
+	x := XMM()
+	VMOVSS(Mem{Base: a}, x)
+	VFMADD231SS(Mem{Base: b}, x, s)
+	ADDQ(U8(4), a)
+	ADDQ(U8(4), b)
+	DECQ(n)
+	JMP(LabelRef(name + "_tail"))
+
+	// VZEROUPPER first: the store avo emits is a legacy-SSE MOVSS.
+	Label(name + "_done")
+	VZEROUPPER()
+	Store(s, ReturnIndex(0))
+	RET()
+}
+
+// genAxpy: y[i] += alpha·x[i] for i < n (n >= 0), one FMA per element
+// (8-wide over blocks of 32 and 8, scalar for the tail), so every element
+// is fma(alpha, x[i], y[i]) whatever its position.
+func genAxpy() {
+	name := "axpyAVX2"
+	TEXT(name, NOSPLIT, "func(y *float32, alpha float32, x *float32, n int)")
+	Doc(name+" computes y[i] = fma(alpha, x[i], y[i]) for i < n (n >= 0);",
+		"x and y must not overlap unless they are equal.")
+	y := Load(Param("y"), GP64())
+	al := YMM()
+	VBROADCASTSS(paramAddr("alpha"), al)
+	x := Load(Param("x"), GP64())
+	n := Load(Param("n"), GP64())
+
+	Label(name + "_b32")
+	CMPQ(n, U8(32))
+	JL(LabelRef(name + "_b8"))
+	for u := 0; u < 4; u++ {
+		t := YMM()
+		VMOVUPS(Mem{Base: y, Disp: 32 * u}, t)
+		VFMADD231PS(Mem{Base: x, Disp: 32 * u}, al, t)
+		VMOVUPS(t, Mem{Base: y, Disp: 32 * u})
+	}
+	ADDQ(U8(128), y)
+	ADDQ(U8(128), x)
+	SUBQ(U8(32), n)
+	JMP(LabelRef(name + "_b32"))
+
+	Label(name + "_b8")
+	CMPQ(n, U8(8))
+	JL(LabelRef(name + "_tail"))
+	t := YMM()
+	VMOVUPS(Mem{Base: y}, t)
+	VFMADD231PS(Mem{Base: x}, al, t)
+	VMOVUPS(t, Mem{Base: y})
+	ADDQ(U8(32), y)
+	ADDQ(U8(32), x)
+	SUBQ(U8(8), n)
+	JMP(LabelRef(name + "_b8"))
+
+	Label(name + "_tail")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_done"))
+	s := XMM()
+	VMOVSS(Mem{Base: y}, s)
+	VFMADD231SS(Mem{Base: x}, al.AsX(), s)
+	VMOVSS(s, Mem{Base: y})
+	ADDQ(U8(4), y)
+	ADDQ(U8(4), x)
+	DECQ(n)
+	JMP(LabelRef(name + "_tail"))
+
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}
+
+// paramAddr returns the stack address of the scalar argument name.
+func paramAddr(name string) Mem {
+	b, err := Param(name).Resolve()
+	if err != nil {
+		panic(err)
+	}
+	return b.Addr
 }
