@@ -101,7 +101,7 @@ func (s *attentionStep) attendOne(y, q, keys, vals []float32, base, off int, mas
 		if mask[j] == 0 {
 			continue
 		}
-		sc := s.scale * dot4(q, keys[(base+j)*s.dim+off:][:s.headDim])
+		sc := s.scale * cpu.Dot(q, keys[(base+j)*s.dim+off:][:s.headDim])
 		scores[j] = sc
 		mx = max(mx, sc)
 	}
@@ -118,44 +118,11 @@ func (s *attentionStep) attendOne(y, q, keys, vals []float32, base, off int, mas
 		}
 		p := expf(scores[j] - mx)
 		sum += p
-		axpy(y, p, vals[(base+j)*s.dim+off:][:s.headDim])
+		cpu.Axpy(y, p, vals[(base+j)*s.dim+off:][:s.headDim])
 	}
 	inv := 1 / sum
 	for e := range y {
 		y[e] *= inv
-	}
-}
-
-// dot4 is a·b with four independent accumulators (for instruction-level
-// parallelism; the summation order is fixed, so results are deterministic).
-func dot4(a, b []float32) float32 {
-	b = b[:len(a)]
-	var s0, s1, s2, s3 float32
-	i := 0
-	for ; i+4 <= len(a); i += 4 {
-		s0 += a[i] * b[i]
-		s1 += a[i+1] * b[i+1]
-		s2 += a[i+2] * b[i+2]
-		s3 += a[i+3] * b[i+3]
-	}
-	for ; i < len(a); i++ {
-		s0 += a[i] * b[i]
-	}
-	return (s0 + s1) + (s2 + s3)
-}
-
-// axpy: y += a·x.
-func axpy(y []float32, a float32, x []float32) {
-	x = x[:len(y)]
-	i := 0
-	for ; i+4 <= len(y); i += 4 {
-		y[i] += a * x[i]
-		y[i+1] += a * x[i+1]
-		y[i+2] += a * x[i+2]
-		y[i+3] += a * x[i+3]
-	}
-	for ; i < len(y); i++ {
-		y[i] += a * x[i]
 	}
 }
 
