@@ -3,6 +3,7 @@ module github.com/slopeml/slope
 go 1.26.8
 
 require (
+	github.com/ebitengine/purego v0.11.3
 	github.com/klauspost/compress v1.20.4
 	github.com/spf13/cobra v1.10.2
 	github.com/zeebo/xxh3 v1.1.0
