@@ -1,27 +1,46 @@
-// Package cuda is the NVIDIA GPU backend of the runtime: kernels for the
-// ai.slope ops (see package ops) using the CUDA driver API, cuBLASLt for
-// dense matrix products and cuSPARSELt for 2:4 sparse ones.
+// Package cuda is the NVIDIA GPU backend of the runtime: the ai.slope ops
+// (see package ops) on one GPU through the CUDA driver API (cuda/driver),
+// this project's kernels (cuda/kernels), cuBLASLt for dense products
+// (cuda/blaslt) and cuSPARSELt for 2:4 sparse ones (cuda/sparselt).
 //
-// # Status
+// # Contract
 //
-// Nothing is implemented yet; this file states the contract the package
-// is built to. Everything below is planned.
+// No cgo, no CUDA at build time: the package builds with CGO_ENABLED=0
+// anywhere and loads the NVIDIA libraries at run time (cuda/dl). New
+// returns an error wrapping driver.ErrNoDevice when there is no usable
+// GPU; the rest of the program keeps working on the CPU backend.
 //
-// # Contract (planned)
+// One locked OS thread: every CUDA call of a Backend runs inside
+// Backend.Do, on the device's worker goroutine (cuda/driver).
 //
-// No cgo, no CUDA at build time. The package builds with CGO_ENABLED=0 on
-// any platform and needs neither the CUDA toolkit nor a GPU to compile or
-// to be linked into a binary. It loads libcuda, libcublasLt and
-// libcusparseLt at run time with purego (dlopen), and reports their
-// absence, or a missing symbol, driver or device, as an error from its
-// constructor; the rest of the program keeps working with other backends.
+// Backend implements ops.Backend and ops.DeviceBackend: the runtime keeps
+// activations on the GPU (bf16 or float32, Options.Activations) and
+// copies only ids, mask and logits. Each step also implements ops.Step
+// (copying its inputs in and its output out), so the shared conformance
+// suite ops/opstest runs on this backend unchanged.
 //
-// One locked OS thread. A CUDA context is bound to an OS thread, so every
-// CUDA call of a backend instance runs on one goroutine locked to its
-// thread (runtime.LockOSThread); other goroutines submit work to it and
-// wait for the result. Callers never see thread affinity.
+// Weights are uploaded once, at Bind. Dense weights and embedding tables
+// go to the device in the activation type. N:M weights keep the
+// container's portable layout (values + packed indices, format/SPEC.md),
+// which the N:M kernels read directly; 2:4 bf16 weights are also
+// compressed by cuSPARSELt on the device (expanded by a kernel first).
 //
-// Memory. Weights are uploaded once per loaded model; N:M weights are
-// compressed into cuSPARSELt's layout at upload. Device memory is released
-// by Close, and errors name the op, tensor and CUDA status.
+// # Kernel choice per SlopeLinear product of M rows
+//
+//   - 2:4 bf16, M <= Options.SpMVMaxRows (4): the decode kernel
+//     spmv24, which streams the portable values and indices once;
+//   - 2:4 bf16, more rows: cuSPARSELt, with a plan per weight and padded
+//     row count, created once (algorithm searched once per shape when
+//     Options.Search);
+//   - anything else (other patterns, float32 mode): the generic N:M
+//     kernel.
+//
+// Adapters: the merged layout (Lᵀ appended to W) gives [x·Wᵀ | x·L] from
+// one sparse product, then one cuBLASLt product adds scale·(x·L)·R; the
+// plain layout uses two cuBLASLt products. Attention runs the small
+// kernel for fewer than 16 new tokens and two batched cuBLASLt products
+// around a masked softmax otherwise, with the KV cache on the device.
+//
+// Not yet: OPT's project_in inside Embedding (ErrUnsupported), CUDA
+// graphs for the decode step.
 package cuda

@@ -55,6 +55,8 @@ type Call struct {
 	Mask []int32
 	// Cache holds keys and values of earlier calls; nil keeps none.
 	Cache *KVCache
+	// DeviceCache is Cache for a DeviceBackend (see DeviceStep).
+	DeviceCache DeviceCache
 	// Threads bounds the goroutines a step uses (<= 0: GOMAXPROCS).
 	Threads int
 }

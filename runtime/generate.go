@@ -21,6 +21,7 @@ func (m *Model) Forward(ids, mask [][]int32) ([][][]float32, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer s.Close()
 	v, err := s.Step(ids, mask)
 	if err != nil {
 		return nil, err
@@ -93,6 +94,7 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 	if err != nil {
 		return nil, err
 	}
+	defer s.Close()
 	s.Threads = o.Threads
 	ids := make([][]int32, len(prompts))
 	mask := make([][]int32, len(prompts))
@@ -232,6 +234,7 @@ func (m *Model) Score(ctx context.Context, ids []int32, window, stride, threads 
 	if err != nil {
 		return nil, err
 	}
+	defer s.Close()
 	s.Threads = threads
 	var nll float64
 	n := 0

@@ -38,6 +38,9 @@ type Model struct {
 	out    int // slot of the logits
 	vocab  int
 	maxPos int // learned positions (tokens per sequence)
+	// dev is set when the backend keeps activations in its own memory
+	// and every step computes there (see ops.DeviceBackend).
+	dev ops.DeviceBackend
 }
 
 // planStep is one bound node: which slots it reads and writes.
@@ -153,6 +156,14 @@ func compile(f *format.File, backend ops.Backend) (*Model, error) {
 	}
 	if m.maxPos == 0 {
 		m.maxPos = 1 << 30
+	}
+	if db, ok := backend.(ops.DeviceBackend); ok {
+		for _, ps := range m.steps {
+			if _, ok := ps.step.(ops.DeviceStep); !ok {
+				return nil, fmt.Errorf("node %q (%s): backend %s bound a step that cannot run in device memory: %w", ps.node.Name, ps.node.OpType, backend.Name(), ops.ErrUnsupported)
+			}
+		}
+		m.dev = db
 	}
 	return m, nil
 }

@@ -18,6 +18,10 @@ type Session struct {
 	past    int
 	pool    map[int][]*ops.Value // free buffers by width
 	vals    []*ops.Value         // value slot -> buffer during a step
+	// Device backends: the session's cache and value slots there.
+	devCache ops.DeviceCache
+	devVals  []ops.Tensor
+	logits   ops.Value
 }
 
 // NewSession makes a session for batch sequences of at most maxLen tokens
@@ -29,13 +33,32 @@ func (m *Model) NewSession(batch, maxLen int) (*Session, error) {
 	if batch <= 0 || maxLen > m.maxPos {
 		return nil, fmt.Errorf("session of %d sequences of %d tokens: need batch >= 1 and at most %d tokens (the model's positions)", batch, maxLen, m.maxPos)
 	}
-	return &Session{
+	s := &Session{
 		m: m, batch: batch, maxLen: maxLen,
-		cache: ops.NewKVCache(batch, maxLen),
-		mask:  make([]int32, batch*maxLen),
-		pool:  map[int][]*ops.Value{},
-		vals:  make([]*ops.Value, m.values),
-	}, nil
+		mask: make([]int32, batch*maxLen),
+		pool: map[int][]*ops.Value{},
+		vals: make([]*ops.Value, m.values),
+	}
+	if m.dev != nil {
+		c, err := m.dev.NewCache(batch, maxLen)
+		if err != nil {
+			return nil, fmt.Errorf("session: %w", err)
+		}
+		s.devCache, s.devVals = c, make([]ops.Tensor, m.values)
+	} else {
+		s.cache = ops.NewKVCache(batch, maxLen)
+	}
+	return s, nil
+}
+
+// Close releases the session's device memory (a no-op on the CPU).
+func (s *Session) Close() error {
+	if s.devCache != nil {
+		err := s.devCache.Release()
+		s.devCache = nil
+		return err
+	}
+	return nil
 }
 
 // Past is the number of tokens per sequence already in the cache.
@@ -70,7 +93,7 @@ func (s *Session) step(ids, mask [][]int32, lastOnly bool) (*ops.Value, error) {
 		return nil, fmt.Errorf("step: %d tokens after %d exceed the session's %d", seq, s.past, s.maxLen)
 	}
 	total := s.past + seq
-	c := &ops.Call{Batch: s.batch, Seq: seq, Past: s.past, Cache: s.cache, Threads: s.Threads,
+	c := &ops.Call{Batch: s.batch, Seq: seq, Past: s.past, Cache: s.cache, DeviceCache: s.devCache, Threads: s.Threads,
 		IDs: make([]int32, 0, s.batch*seq), Mask: make([]int32, 0, s.batch*total)}
 	for b := range ids {
 		if len(ids[b]) != seq || len(mask[b]) != seq {
@@ -97,6 +120,9 @@ func (s *Session) step(ids, mask [][]int32, lastOnly bool) (*ops.Value, error) {
 // run executes the plan once. With lastOnly, a final LMHead (a row-wise
 // op) runs on each sequence's last row only.
 func (s *Session) run(c *ops.Call, lastOnly bool) (*ops.Value, error) {
+	if s.m.dev != nil {
+		return s.runDevice(c, lastOnly)
+	}
 	for i, ps := range s.m.steps {
 		in := make([]*ops.Value, len(ps.in))
 		for k, slot := range ps.in {
@@ -154,4 +180,66 @@ func (s *Session) put(v *ops.Value) {
 	if v != nil {
 		s.pool[v.Dim] = append(s.pool[v.Dim], v)
 	}
+}
+
+// runDevice is run with every activation in the backend's memory: only
+// ids and mask go in and the logits come out.
+func (s *Session) runDevice(c *ops.Call, lastOnly bool) (*ops.Value, error) {
+	be := s.m.dev
+	err := be.Do(func() error {
+		defer func() {
+			for i, t := range s.devVals {
+				if t != nil {
+					be.Release(t)
+					s.devVals[i] = nil
+				}
+			}
+		}()
+		if err := be.Begin(c); err != nil {
+			return err
+		}
+		for i, ps := range s.m.steps {
+			in := make([]ops.Tensor, len(ps.in))
+			for k, slot := range ps.in {
+				in[k] = s.devVals[slot]
+			}
+			sc := c
+			if lastOnly && i == len(s.m.steps)-1 && ps.node.OpType == ops.OpLMHead && c.Seq > 1 {
+				last, err := be.Acquire(c.Batch, in[0].Dim())
+				if err != nil {
+					return err
+				}
+				rows := make([]int, c.Batch)
+				for b := range rows {
+					rows[b] = b*c.Seq + c.Seq - 1
+				}
+				if err := be.GatherRows(last, in[0], rows); err != nil {
+					be.Release(last)
+					return err
+				}
+				defer be.Release(last)
+				in[0] = last
+				lc := *c
+				lc.Seq = 1
+				sc = &lc
+			}
+			out, err := be.Acquire(sc.Rows(), ps.dim)
+			if err != nil {
+				return err
+			}
+			s.devVals[ps.out] = out
+			if err := ps.step.(ops.DeviceStep).ForwardDevice(sc, in, out); err != nil {
+				return fmt.Errorf("node %q (%s): %w", ps.node.Name, ps.node.OpType, err)
+			}
+			for _, slot := range ps.free {
+				be.Release(s.devVals[slot])
+				s.devVals[slot] = nil
+			}
+		}
+		return be.Download(s.devVals[s.m.out], &s.logits)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &s.logits, nil
 }

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-
-	slopert "github.com/slopeml/slope/runtime"
 )
 
 func newBenchCmd() *cobra.Command {
@@ -18,6 +16,7 @@ func newBenchCmd() *cobra.Command {
 	var seed uint64
 	var cpuProfile string
 	var allLogits bool
+	var device string
 	cmd := &cobra.Command{
 		Use:   "bench MODEL",
 		Short: "Time prefill and decode on random token ids",
@@ -43,7 +42,7 @@ func newBenchCmd() *cobra.Command {
 				defer pprof.StopCPUProfile()
 			}
 			start := time.Now()
-			m, err := slopert.Open(args[0], nil)
+			m, err := openModel(args[0], device)
 			if err != nil {
 				return err
 			}
@@ -102,6 +101,7 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&genLen, "gen-len", 32, "decoded tokens per sequence")
 	cmd.Flags().IntVar(&batch, "batch", 1, "sequences")
 	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
+	addDeviceFlag(cmd, &device)
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the random ids")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 	cmd.Flags().BoolVar(&allLogits, "all-logits", false, "prefill computes the logits of every position, not just the last")

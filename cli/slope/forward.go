@@ -5,13 +5,12 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-
-	slopert "github.com/slopeml/slope/runtime"
 )
 
 func newForwardCmd() *cobra.Command {
 	var idsJSON, maskJSON string
 	var threads int
+	var device string
 	cmd := &cobra.Command{
 		Use:   "forward MODEL --ids JSON [--mask JSON]",
 		Short: "Print the logits of a batch of token ids as JSON",
@@ -30,7 +29,7 @@ func newForwardCmd() *cobra.Command {
 					return usagef(cmd, "%v", err)
 				}
 			}
-			m, err := slopert.Open(args[0], nil)
+			m, err := openModel(args[0], device)
 			if err != nil {
 				return err
 			}
@@ -68,6 +67,7 @@ func newForwardCmd() *cobra.Command {
 	cmd.Flags().StringVar(&idsJSON, "ids", "", "token ids: JSON [[...], ...] or [...] (required)")
 	cmd.Flags().StringVar(&maskJSON, "mask", "", "attention mask, same shape as --ids (default all ones)")
 	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
+	addDeviceFlag(cmd, &device)
 	_ = cmd.MarkFlagRequired("ids")
 	return cmd
 }

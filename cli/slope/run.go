@@ -44,7 +44,7 @@ func promptIDs(m *slopert.Model, text, ids string) ([]int32, *tokenizer.BPE, err
 }
 
 func newRunCmd() *cobra.Command {
-	var text, ids string
+	var text, ids, device string
 	var o slopert.GenerateOptions
 	cmd := &cobra.Command{
 		Use:   "run MODEL (--prompt TEXT | --ids JSON)",
@@ -57,12 +57,12 @@ func newRunCmd() *cobra.Command {
 			if o.MaxTokens < 1 {
 				return usagef(cmd, "--max-tokens must be >= 1")
 			}
-			m, err := slopert.Open(args[0], nil)
+			m, err := openModel(args[0], device)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			prompt, tok, err := promptIDs(m, text, ids)
+			prompt, tok, err := promptIDs(m.Model, text, ids)
 			if err != nil {
 				return usagef(cmd, "%v", err)
 			}
@@ -106,12 +106,14 @@ func newRunCmd() *cobra.Command {
 	f.Float64Var(&o.TopP, "top-p", 0, "sample among the most likely tokens of total probability p (0: all)")
 	f.Uint64Var(&o.Seed, "seed", 0, "sampling seed")
 	f.IntVar(&o.Threads, "threads", 0, "goroutines per step (0: all cores)")
+	addDeviceFlag(cmd, &device)
 	return cmd
 }
 
 func newScoreCmd() *cobra.Command {
 	var textFile, ids string
 	var window, stride, threads int
+	var device string
 	cmd := &cobra.Command{
 		Use:   "score MODEL (--text FILE | --ids JSON)",
 		Short: "Perplexity of a text under the model",
@@ -121,7 +123,7 @@ func newScoreCmd() *cobra.Command {
 			"--stride tokens (default half the window); every token is scored once.",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := slopert.Open(args[0], nil)
+			m, err := openModel(args[0], device)
 			if err != nil {
 				return err
 			}
@@ -136,7 +138,7 @@ func newScoreCmd() *cobra.Command {
 					return fmt.Errorf("--text %s: empty", textFile)
 				}
 			}
-			seq, _, err := promptIDs(m, text, ids)
+			seq, _, err := promptIDs(m.Model, text, ids)
 			if err != nil {
 				return usagef(cmd, "%v", err)
 			}
@@ -153,5 +155,6 @@ func newScoreCmd() *cobra.Command {
 	cmd.Flags().IntVar(&window, "window", 0, "tokens per window (0: the model's positions)")
 	cmd.Flags().IntVar(&stride, "stride", 0, "tokens the window advances by (0: half the window)")
 	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
+	addDeviceFlag(cmd, &device)
 	return cmd
 }

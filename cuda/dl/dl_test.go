@@ -9,8 +9,8 @@ import (
 
 func TestCandidatesOrder(t *testing.T) {
 	env := map[string]string{
-		"CUDA_HOME":           "/cuda",
-		"LD_LIBRARY_PATH":     "/ld1:/ld2",
+		"CUDA_HOME":       "/cuda",
+		"LD_LIBRARY_PATH": "/ld1:/ld2",
 	}
 	c := Candidates(CuSPARSELt, func(k string) string { return env[k] })
 	iCuda := slices.Index(c, "/cuda/lib64/libcusparseLt.so.0")

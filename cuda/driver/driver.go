@@ -77,6 +77,7 @@ type api struct {
 	cuMemcpyHtoDAsync_v2         func(dst Ptr, src unsafe.Pointer, bytes uint64, s Stream) int32
 	cuMemcpyDtoDAsync_v2         func(dst, src Ptr, bytes uint64, s Stream) int32
 	cuMemsetD8_v2                func(dst Ptr, v uint8, n uint64) int32
+	cuMemcpy2DAsync_v2           func(p *memcpy2D, s Stream) int32
 	cuMemsetD32_v2               func(dst Ptr, v uint32, n uint64) int32
 	cuModuleLoadDataEx           func(m *uintptr, image unsafe.Pointer, n uint32, opts *int32, vals *uintptr) int32
 	cuModuleGetFunction          func(f *uintptr, m uintptr, name string) int32
@@ -132,7 +133,7 @@ func load() (*api, error) {
 			"cuMemGetInfo_v2": &a.cuMemGetInfo_v2, "cuMemcpyHtoD_v2": &a.cuMemcpyHtoD_v2,
 			"cuMemcpyDtoH_v2": &a.cuMemcpyDtoH_v2, "cuMemcpyDtoD_v2": &a.cuMemcpyDtoD_v2,
 			"cuMemcpyHtoDAsync_v2": &a.cuMemcpyHtoDAsync_v2, "cuMemcpyDtoDAsync_v2": &a.cuMemcpyDtoDAsync_v2,
-			"cuMemsetD8_v2": &a.cuMemsetD8_v2, "cuMemsetD32_v2": &a.cuMemsetD32_v2,
+			"cuMemsetD8_v2": &a.cuMemsetD8_v2, "cuMemcpy2DAsync_v2": &a.cuMemcpy2DAsync_v2, "cuMemsetD32_v2": &a.cuMemsetD32_v2,
 			"cuModuleLoadDataEx": &a.cuModuleLoadDataEx, "cuModuleGetFunction": &a.cuModuleGetFunction,
 			"cuModuleUnload": &a.cuModuleUnload, "cuFuncSetAttribute": &a.cuFuncSetAttribute,
 			"cuLaunchKernel": &a.cuLaunchKernel, "cuStreamCreate": &a.cuStreamCreate,
@@ -475,4 +476,39 @@ func (d *Device) SyncStream(s Stream) error {
 		return err
 	}
 	return d.check("cuStreamSynchronize", d.a.cuStreamSynchronize(s))
+}
+
+// memcpy2D is CUDA_MEMCPY2D (cuda.h): 16 eight-byte fields (the memory
+// type enums padded to 8 bytes).
+type memcpy2D struct {
+	srcXInBytes, srcY uint64
+	srcMemoryType     uint64
+	srcHost           uintptr
+	srcDevice         Ptr
+	srcArray          uintptr
+	srcPitch          uint64
+	dstXInBytes, dstY uint64
+	dstMemoryType     uint64
+	dstHost           uintptr
+	dstDevice         Ptr
+	dstArray          uintptr
+	dstPitch          uint64
+	widthInBytes      uint64
+	height            uint64
+}
+
+// Copy2D copies height rows of widthBytes from src (rows srcPitch bytes
+// apart) to dst (dstPitch apart), device to device, on s.
+func (d *Device) Copy2D(dst Ptr, dstPitch int, src Ptr, srcPitch int, widthBytes, height int, s Stream) error {
+	if widthBytes == 0 || height == 0 {
+		return nil
+	}
+	if err := d.guard("cuMemcpy2DAsync_v2"); err != nil {
+		return err
+	}
+	const memoryTypeDevice = 2 // CU_MEMORYTYPE_DEVICE
+	p := &memcpy2D{srcMemoryType: memoryTypeDevice, srcDevice: src, srcPitch: uint64(srcPitch),
+		dstMemoryType: memoryTypeDevice, dstDevice: dst, dstPitch: uint64(dstPitch),
+		widthInBytes: uint64(widthBytes), height: uint64(height)}
+	return d.check("cuMemcpy2DAsync_v2", d.a.cuMemcpy2DAsync_v2(p, s))
 }

@@ -128,3 +128,10 @@ DONE:
 		t.Fatal(err)
 	}
 }
+
+func TestMemcpy2DLayout(t *testing.T) {
+	var p memcpy2D
+	if unsafe.Sizeof(p) != 128 || unsafe.Offsetof(p.dstXInBytes) != 56 || unsafe.Offsetof(p.height) != 120 {
+		t.Fatalf("CUDA_MEMCPY2D layout: size %d, dstXInBytes at %d, height at %d", unsafe.Sizeof(p), unsafe.Offsetof(p.dstXInBytes), unsafe.Offsetof(p.height))
+	}
+}

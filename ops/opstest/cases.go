@@ -203,6 +203,12 @@ func testSlopeLinear(t *testing.T, be ops.Backend, tol Tolerance) {
 		tc{format.NM{N: 2, M: 4}, 5, 32, 24, 3, false, slopepb.DType_FLOAT32, true},
 		tc{format.NM{N: 2, M: 4}, 5, 32, 24, 4, true, slopepb.DType_FLOAT32, true},
 		tc{format.NM{N: 2, M: 4}, 1, 64, 16, 2, true, slopepb.DType_BFLOAT16, false},
+		// Sizes where GPU backends take their library paths (2:4 GEMMs
+		// of many rows, decode kernels of a few rows).
+		tc{format.NM{N: 2, M: 4}, 80, 256, 128, 0, false, slopepb.DType_BFLOAT16, true},
+		tc{format.NM{N: 2, M: 4}, 7, 256, 128, 0, false, slopepb.DType_BFLOAT16, true},
+		tc{format.NM{N: 2, M: 4}, 40, 128, 64, 16, true, slopepb.DType_BFLOAT16, true},
+		tc{format.NM{N: 2, M: 4}, 3, 128, 64, 16, true, slopepb.DType_BFLOAT16, true},
 	)
 	for _, c := range cases {
 		wb := newWeights(t)

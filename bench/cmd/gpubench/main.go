@@ -1,0 +1,351 @@
+// Command gpubench times SlopeLinear and OPT decoder layers on one
+// NVIDIA GPU against cuBLASLt dense bf16, in the same process on the same
+// card, and prints the ratios (bench/gpu.sh runs it).
+//
+//	gpubench [-tables linear,layer] [-quick]
+//
+// Timings are device time between CUDA events, averaged over repeated
+// runs after warm-up. Decode-sized products (M <= 16) rotate over weight
+// copies of at least 200 MB so that the 50-60 MB L2 cache cannot serve
+// the weights.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/slopeml/slope/cuda"
+	"github.com/slopeml/slope/cuda/blaslt"
+	"github.com/slopeml/slope/cuda/sparselt"
+	"github.com/slopeml/slope/ops"
+)
+
+type shape struct {
+	name            string
+	in, out, hidden int
+}
+
+var shapes = []shape{
+	{"6.7B attn", 4096, 4096, 4096},
+	{"6.7B fc1", 4096, 16384, 4096},
+	{"13B fc2", 20480, 5120, 5120},
+	{"66B attn", 9216, 9216, 9216},
+	{"66B fc1", 9216, 36864, 9216},
+	{"66B fc2", 36864, 9216, 9216},
+}
+
+type layerShape struct {
+	name          string
+	d, ffn, heads int
+}
+
+var layers = []layerShape{
+	{"OPT-6.7B", 4096, 16384, 32},
+	{"OPT-13B", 5120, 20480, 40},
+	{"OPT-66B", 9216, 36864, 72},
+}
+
+func main() {
+	tables := flag.String("tables", "linear,layer", "tables to run: linear, layer")
+	quick := flag.Bool("quick", false, "fewer shapes (a smoke run)")
+	search := flag.Bool("search", true, "cuSPARSELt algorithm search once per shape")
+	flag.Parse()
+	if err := run(*tables, *quick, *search); err != nil {
+		fmt.Fprintln(os.Stderr, "gpubench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(tables string, quick, search bool) error {
+	be, err := cuda.New(cuda.Options{Activations: cuda.BF16, Search: search})
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	dev := be.Device()
+	fmt.Printf("# gpubench %s\n# device: %v\n", time.Now().UTC().Format(time.RFC3339), dev.Info)
+	lv, lerr := blaslt.Version()
+	sv, serr := sparselt.Version()
+	fmt.Printf("# cuBLASLt %d (%v) %s, cuSPARSELt %d (%v) %s\n", lv, lerr, blaslt.Library(), sv, serr, sparselt.Library())
+	if quick {
+		shapes, layers = shapes[:1], layers[:1]
+	}
+	return be.Do(func() error {
+		timer, err := be.NewTimer()
+		if err != nil {
+			return err
+		}
+		if strings.Contains(tables, "linear") {
+			if err := linearTable(be, timer); err != nil {
+				return err
+			}
+		}
+		if strings.Contains(tables, "layer") {
+			if err := layerTable(be, timer); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// copies of a layer so that their weights span at least 200 MB.
+func copiesFor(bytes int64) int {
+	return int(max(1, (200<<20+bytes-1)/bytes))
+}
+
+type variant struct {
+	name string
+	kind cuda.LinearKind
+	frac float64 // adapter rank as a fraction of the hidden size
+}
+
+func linearTable(be *cuda.Backend, timer *cuda.Timer) error {
+	ms := []int{1, 16, 2048, 8192}
+	variants := []variant{
+		{"2:4 r=0", cuda.Sparse24, 0},
+		{"2:4 r=1.56%", cuda.Sparse24, 0.0156},
+		{"2:4 r=6.25%", cuda.Sparse24, 0.0625},
+		{"cuSPARSELt r=0", cuda.Sparse24Lt, 0},
+		{"decode kernel r=0", cuda.Sparse24SpMV, 0},
+	}
+	fmt.Printf("\n## SlopeLinear vs cuBLASLt dense bf16: y[M,out] = x[M,in]·Wᵀ + b (speedup = dense time / variant time)\n\n")
+	fmt.Printf("| shape | in→out | variant | mem vs dense |")
+	for _, m := range ms {
+		fmt.Printf(" M=%d ms | M=%d speedup |", m, m)
+	}
+	fmt.Printf("\n|---|---|---|---|")
+	for range ms {
+		fmt.Printf("---|---|")
+	}
+	fmt.Println()
+	for si, sh := range shapes {
+		seed := uint64(1000 * (si + 1))
+		dense, err := buildCopies(be, cuda.Dense, sh, 0, seed)
+		if err != nil {
+			return fmt.Errorf("%s dense: %w", sh.name, err)
+		}
+		denseMs := map[int]float64{}
+		fmt.Printf("| %s | %d→%d | dense (cuBLASLt) | 1 |", sh.name, sh.in, sh.out)
+		for _, m := range ms {
+			t, err := timeLinear(be, timer, dense, m)
+			if err != nil {
+				return fmt.Errorf("%s dense M=%d: %w", sh.name, m, err)
+			}
+			denseMs[m] = t
+			fmt.Printf(" %.4f | 1.00 |", t)
+		}
+		fmt.Println()
+		for _, v := range variants {
+			rank := int(math.Round(v.frac*float64(sh.hidden)/16)) * 16
+			ls, err := buildCopies(be, v.kind, sh, rank, seed+1)
+			if err != nil {
+				fmt.Printf("| %s | %d→%d | %s | error: %v |\n", sh.name, sh.in, sh.out, v.name, err)
+				continue
+			}
+			fmt.Printf("| %s | %d→%d | %s (rank %d) | %.3f |", sh.name, sh.in, sh.out, v.name, rank, float64(ls[0].Bytes)/float64(dense[0].Bytes))
+			for _, m := range ms {
+				if v.kind == cuda.Sparse24SpMV && m > 16 {
+					fmt.Printf(" - | - |")
+					continue
+				}
+				t, err := timeLinear(be, timer, ls, m)
+				if err != nil {
+					fmt.Printf(" error: %v | |", err)
+					continue
+				}
+				fmt.Printf(" %.4f | %.2f |", t, denseMs[m]/t)
+			}
+			fmt.Println()
+			if v.kind == cuda.Sparse24 && rank == 0 {
+				fmt.Printf("|  |  | (memory: portable 2:4 %.3f, cuSPARSELt %.3f of dense; both kept) | | \n",
+					float64(ls[0].PortableBytes)/float64(dense[0].Bytes), float64(ls[0].LtBytes)/float64(dense[0].Bytes))
+				if err := crossCheck(be, ls[0], sh); err != nil {
+					return err
+				}
+			}
+			if err := freeLayers(be, ls); err != nil {
+				return err
+			}
+		}
+		if err := freeLayers(be, dense); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func buildCopies(be *cuda.Backend, kind cuda.LinearKind, sh shape, rank int, seed uint64) ([]*cuda.BenchLinear, error) {
+	first, err := be.NewBenchLinear(kind, sh.out, sh.in, rank, true, seed)
+	if err != nil {
+		return nil, err
+	}
+	ls := []*cuda.BenchLinear{first}
+	for i := 1; i < copiesFor(first.Bytes); i++ {
+		l, err := be.NewBenchLinear(kind, sh.out, sh.in, rank, true, seed+uint64(i))
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+func freeLayers(be *cuda.Backend, ls []*cuda.BenchLinear) error {
+	for _, l := range ls {
+		if err := be.FreeBenchLinear(l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// timeLinear returns the mean ms of one product of m rows, rotating over
+// the copies (only decode sizes need the rotation; larger M use copy 0).
+func timeLinear(be *cuda.Backend, timer *cuda.Timer, ls []*cuda.BenchLinear, m int) (float64, error) {
+	x, err := be.RandomTensor(m, ls[0].In(), 7)
+	if err != nil {
+		return 0, err
+	}
+	defer be.Release(x)
+	y, err := be.Acquire(m, ls[0].Out())
+	if err != nil {
+		return 0, err
+	}
+	defer be.Release(y)
+	n := len(ls)
+	if m > 16 {
+		n = 1
+	}
+	i := 0
+	fn := func() error {
+		i++
+		return ls[i%n].Forward(x, y, m)
+	}
+	// Calibrate: about 100 ms of work per measurement.
+	t, err := timer.Time(2, 3, fn)
+	if err != nil {
+		return 0, err
+	}
+	reps := int(math.Max(5, math.Min(2000, 100/math.Max(t, 1e-3))))
+	return timer.Time(2, reps, fn)
+}
+
+// crossCheck compares the decode kernel, cuSPARSELt and the generic
+// kernel on the same weight (M = 16): they must agree within bf16.
+func crossCheck(be *cuda.Backend, l *cuda.BenchLinear, sh shape) error {
+	const m = 16
+	x, err := be.RandomTensor(m, l.In(), 11)
+	if err != nil {
+		return err
+	}
+	defer be.Release(x)
+	outs := map[string][]float32{}
+	for _, path := range []string{"spmv", "cusparselt", "generic"} {
+		y, err := be.Acquire(m, l.Out())
+		if err != nil {
+			return err
+		}
+		if err := l.ForwardPath(path, x, y, m); err != nil {
+			be.Release(y)
+			return fmt.Errorf("%s %s: %w", sh.name, path, err)
+		}
+		v, err := be.Fetch(y)
+		be.Release(y)
+		if err != nil {
+			return err
+		}
+		outs[path] = v
+	}
+	ref := outs["generic"]
+	for _, path := range []string{"spmv", "cusparselt"} {
+		var num, den float64
+		for i, w := range ref {
+			d := float64(outs[path][i] - w)
+			num += d * d
+			den += float64(w) * float64(w)
+		}
+		rel := math.Sqrt(num / den)
+		status := "ok"
+		if !(rel <= 1e-2) {
+			status = "FAIL"
+		}
+		fmt.Printf("|  |  | check M=16: %s vs generic kernel relative L2 %.2e %s | |\n", path, rel, status)
+	}
+	return nil
+}
+
+func layerTable(be *cuda.Backend, timer *cuda.Timer) error {
+	fmt.Printf("\n## OPT decoder layer (LayerNorm, q/k/v/out, attention, MLP; bf16): SLoPe 2:4 vs dense\n\n")
+	fmt.Printf("| layer | linears | weight MiB | mem vs dense | prefill 1x2048 ms | speedup | decode b=1 (past 512) ms | speedup | decode b=16 (past 512) ms | speedup |\n")
+	fmt.Printf("|---|---|---|---|---|---|---|---|---|---|\n")
+	for li, ls := range layers {
+		var base [3]float64
+		var baseBytes int64
+		for _, kind := range []cuda.LinearKind{cuda.Dense, cuda.Sparse24} {
+			l, err := be.NewBenchLayer(kind, ls.d, ls.ffn, ls.heads, 0, uint64(77+li))
+			if err != nil {
+				return fmt.Errorf("%s: %w", ls.name, err)
+			}
+			name := "dense (cuBLASLt)"
+			if kind == cuda.Sparse24 {
+				name = "SLoPe 2:4"
+			} else {
+				baseBytes = l.WeightBytes
+			}
+			var t [3]float64
+			for i, c := range []struct{ batch, seq, past int }{{1, 2048, 0}, {1, 1, 512}, {16, 1, 512}} {
+				if t[i], err = timeLayer(be, timer, l, ls.d, c.batch, c.seq, c.past); err != nil {
+					return fmt.Errorf("%s %s: %w", ls.name, name, err)
+				}
+			}
+			if kind == cuda.Dense {
+				base = t
+			}
+			fmt.Printf("| %s | %s | %.0f | %.3f | %.3f | %.2f | %.4f | %.2f | %.4f | %.2f |\n", ls.name, name,
+				float64(l.WeightBytes)/(1<<20), float64(l.WeightBytes)/float64(baseBytes),
+				t[0], base[0]/t[0], t[1], base[1]/t[1], t[2], base[2]/t[2])
+			if err := be.FreeBenchLayer(l); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func timeLayer(be *cuda.Backend, timer *cuda.Timer, l *cuda.BenchLayer, d, batch, seq, past int) (float64, error) {
+	cache, err := be.NewCache(batch, past+seq)
+	if err != nil {
+		return 0, err
+	}
+	defer cache.(interface{ ReleaseInside() error }).ReleaseInside()
+	if err := be.ZeroCache(cache, d); err != nil {
+		return 0, err
+	}
+	x, err := be.RandomTensor(batch*seq, d, 5)
+	if err != nil {
+		return 0, err
+	}
+	defer be.Release(x)
+	y, err := be.Acquire(batch*seq, d)
+	if err != nil {
+		return 0, err
+	}
+	defer be.Release(y)
+	if err := l.Prepare(batch, seq, past, cache); err != nil {
+		return 0, err
+	}
+	fn := func() error { return l.Forward(x, y) }
+	t, err := timer.Time(1, 2, fn)
+	if err != nil {
+		return 0, err
+	}
+	reps := int(math.Max(3, math.Min(500, 150/math.Max(t, 1e-3))))
+	return timer.Time(1, reps, fn)
+}
+
+var _ ops.Tensor

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/slopeml/slope/cuda"
+	"github.com/slopeml/slope/ops"
+	slopert "github.com/slopeml/slope/runtime"
+	"github.com/spf13/cobra"
+)
+
+const deviceHelp = "where to run: cpu, cuda (NVIDIA GPU, bf16 activations), cuda-f32 (GPU, float32 throughout)"
+
+func addDeviceFlag(cmd *cobra.Command, device *string) {
+	cmd.Flags().StringVar(device, "device", "cpu", deviceHelp)
+}
+
+// openModel opens a container on the named device. The model's Close
+// releases the device too.
+func openModel(path, device string) (*model, error) {
+	var be ops.Backend
+	var closeBE func() error
+	switch device {
+	case "", "cpu":
+	case "cuda", "cuda-f32":
+		act := cuda.BF16
+		if device == "cuda-f32" {
+			act = cuda.F32
+		}
+		b, err := cuda.New(cuda.Options{Activations: act, Search: true})
+		if err != nil {
+			return nil, fmt.Errorf("--device %s: %w", device, err)
+		}
+		be, closeBE = b, b.Close
+	default:
+		return nil, fmt.Errorf("--device %q: want cpu, cuda or cuda-f32", device)
+	}
+	m, err := slopert.Open(path, &slopert.Options{Backend: be})
+	if err != nil {
+		if closeBE != nil {
+			closeBE()
+		}
+		return nil, err
+	}
+	return &model{Model: m, closeBE: closeBE}, nil
+}
+
+// model is a runtime model with its backend.
+type model struct {
+	*slopert.Model
+	closeBE func() error
+}
+
+func (m *model) Close() error {
+	err := m.Model.Close()
+	if m.closeBE != nil {
+		if e := m.closeBE(); err == nil {
+			err = e
+		}
+	}
+	return err
+}

@@ -1,0 +1,459 @@
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"unsafe"
+
+	"github.com/slopeml/slope/cuda/blaslt"
+	"github.com/slopeml/slope/cuda/driver"
+	"github.com/slopeml/slope/cuda/kernels"
+	"github.com/slopeml/slope/cuda/sparselt"
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops"
+)
+
+// DType is the type of activations on the device.
+type DType = kernels.DType
+
+// Activation types.
+const (
+	F32  = kernels.F32
+	BF16 = kernels.BF16
+)
+
+// Options configure New.
+type Options struct {
+	// Ordinal is the GPU (0: the first).
+	Ordinal int
+	// Activations is the activation type: BF16 (the fast path: bf16
+	// weights, cuSPARSELt and the 2:4 decode kernel) or F32 (every op in
+	// float32 with float32 weights: the mode that agrees with the CPU
+	// backend to 1e-5).
+	Activations DType
+	// SpMVMaxRows: 2:4 products of at most this many rows use the custom
+	// decode kernel (0 means 4, where it beats cuSPARSELt; negative:
+	// never).
+	SpMVMaxRows int
+	// NoSparseLt keeps cuSPARSELt out (2:4 products of many rows then
+	// use the generic N:M kernel).
+	NoSparseLt bool
+	// Search runs cuSPARSELt's algorithm search once per shape.
+	Search bool
+	// Log receives one-line notices (library fallbacks); nil: stderr.
+	Log func(string)
+}
+
+// Backend runs the ai.slope ops on one NVIDIA GPU. It implements
+// ops.Backend and ops.DeviceBackend.
+type Backend struct {
+	opts Options
+	reg  *ops.Registry
+	dev  *driver.Device
+	k    *kernels.Set
+	lt   *blaslt.Handle
+	sp   *sparselt.Handle // nil without cuSPARSELt
+	act  DType
+	s    driver.Stream
+
+	// Weights uploaded once, by tensor name and device type.
+	weights     map[weightKey]driver.Ptr
+	WeightBytes int64 // bytes of weights on the device
+
+	// Per call: the mask [batch, maskLd] on the device.
+	mask     devBuf
+	maskLd   int
+	ints     devBuf // ids and positions of the embedding
+	pool     map[int][]*tensor
+	scratch  [4]devBuf
+	hostKV   map[*ops.KVCache]*kvCache
+	hostBufs []byte
+}
+
+type weightKey struct {
+	name string
+	as   string
+}
+
+// devBuf is a grow-only device buffer.
+type devBuf struct {
+	p     driver.Ptr
+	bytes int
+}
+
+func (b *Backend) grow(buf *devBuf, bytes int) (driver.Ptr, error) {
+	if buf.bytes >= bytes {
+		return buf.p, nil
+	}
+	if err := b.dev.Free(buf.p); err != nil {
+		return 0, err
+	}
+	buf.p, buf.bytes = 0, 0
+	p, err := b.dev.Alloc(bytes)
+	if err != nil {
+		return 0, err
+	}
+	buf.p, buf.bytes = p, bytes
+	return p, nil
+}
+
+// New opens GPU opts.Ordinal, loads the kernels and the libraries.
+// Errors wrap driver.ErrNoDevice when there is no usable GPU.
+func New(opts Options) (*Backend, error) {
+	if opts.Activations != F32 && opts.Activations != BF16 {
+		return nil, fmt.Errorf("cuda: activations must be f32 or bf16")
+	}
+	if opts.SpMVMaxRows == 0 {
+		opts.SpMVMaxRows = 4
+	}
+	if opts.Log == nil {
+		opts.Log = func(s string) { fmt.Fprintln(os.Stderr, s) }
+	}
+	dev, err := driver.Open(opts.Ordinal)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{opts: opts, dev: dev, act: opts.Activations,
+		weights: map[weightKey]driver.Ptr{}, pool: map[int][]*tensor{}, hostKV: map[*ops.KVCache]*kvCache{}}
+	err = dev.Do(func() error {
+		if dev.Major < 8 {
+			return fmt.Errorf("%w: %s is sm_%d%d; bf16 kernels need sm_80 or newer", driver.ErrNoDevice, dev.Name, dev.Major, dev.Minor)
+		}
+		var err error
+		if b.k, err = kernels.Load(dev); err != nil {
+			return err
+		}
+		if b.s, err = dev.NewStream(); err != nil {
+			return err
+		}
+		if b.lt, err = blaslt.New(dev); err != nil {
+			return err
+		}
+		if !opts.NoSparseLt && b.act == BF16 {
+			sp, err := sparselt.New(dev)
+			if err != nil {
+				opts.Log(fmt.Sprintf("cuda: cuSPARSELt unavailable, 2:4 products of many rows use the generic kernel: %v", err))
+			} else {
+				sp.Search = opts.Search
+				b.sp = sp
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	b.reg = ops.NewRegistry("cuda")
+	b.reg.Register(ops.OpEmbedding, b.bindEmbedding)
+	b.reg.Register(ops.OpLayerNorm, b.bindLayerNorm)
+	b.reg.Register(ops.OpLinear, b.bindLinear)
+	b.reg.Register(ops.OpLMHead, b.bindLinear)
+	b.reg.Register(ops.OpSlopeLinear, b.bindSlopeLinear)
+	b.reg.Register(ops.OpCausalAttention, b.bindAttention)
+	b.reg.Register(ops.OpAdd, b.bindAdd)
+	for _, op := range []string{ops.OpRelu, ops.OpGelu, ops.OpGeluTanh, ops.OpSilu, ops.OpTanh, ops.OpSigmoid} {
+		b.reg.Register(op, b.bindActivation)
+	}
+	return b, nil
+}
+
+// Device returns the GPU.
+func (b *Backend) Device() *driver.Device { return b.dev }
+
+// Stream is the stream all work is queued on.
+func (b *Backend) Stream() driver.Stream { return b.s }
+
+// Kernels returns the loaded kernels (for benchmarks).
+func (b *Backend) Kernels() *kernels.Set { return b.k }
+
+// BLAS returns the cuBLASLt handle.
+func (b *Backend) BLAS() *blaslt.Handle { return b.lt }
+
+// SparseLt returns the cuSPARSELt handle, nil when unavailable.
+func (b *Backend) SparseLt() *sparselt.Handle { return b.sp }
+
+// Name implements ops.Backend.
+func (b *Backend) Name() string {
+	if b.act == F32 {
+		return "cuda-f32"
+	}
+	return "cuda"
+}
+
+// Bind implements ops.Backend; weights are uploaded here, once.
+func (b *Backend) Bind(bd ops.Binding) (ops.Step, error) {
+	var st ops.Step
+	err := b.dev.Do(func() error {
+		var err error
+		st, err = b.reg.Bind(bd)
+		return err
+	})
+	return st, err
+}
+
+// Do implements ops.DeviceBackend.
+func (b *Backend) Do(fn func() error) error { return b.dev.Do(fn) }
+
+// Close releases the device (all memory goes with the context).
+func (b *Backend) Close() error {
+	err := b.dev.Do(func() error {
+		var errs []error
+		if b.sp != nil {
+			errs = append(errs, b.sp.Destroy())
+		}
+		if b.lt != nil {
+			errs = append(errs, b.lt.Destroy())
+		}
+		return errors.Join(errs...)
+	})
+	return errors.Join(err, b.dev.Close())
+}
+
+// tensor is an activation on the device.
+type tensor struct {
+	rows, dim, capRows int
+	p                  driver.Ptr
+}
+
+func (t *tensor) Rows() int { return t.rows }
+func (t *tensor) Dim() int  { return t.dim }
+
+// padRows rounds a tensor's row capacity so that cuSPARSELt's padded
+// row counts (sparselt.Weight.PadM) always fit.
+func padRows(rows int) int {
+	q := 64
+	if rows > 2048 {
+		q = 256
+	}
+	return (rows + q - 1) / q * q
+}
+
+// Acquire implements ops.DeviceBackend.
+func (b *Backend) Acquire(rows, dim int) (ops.Tensor, error) {
+	free := b.pool[dim]
+	for i := len(free) - 1; i >= 0; i-- {
+		if free[i].capRows >= rows {
+			t := free[i]
+			b.pool[dim] = append(free[:i], free[i+1:]...)
+			t.rows = rows
+			return t, nil
+		}
+	}
+	capRows := padRows(rows)
+	p, err := b.dev.Alloc(capRows * dim * b.act.Size())
+	if err != nil {
+		return nil, fmt.Errorf("activation of %d x %d: %w", rows, dim, err)
+	}
+	return &tensor{rows: rows, dim: dim, capRows: capRows, p: p}, nil
+}
+
+// Release implements ops.DeviceBackend.
+func (b *Backend) Release(t ops.Tensor) {
+	if dt, ok := t.(*tensor); ok && dt != nil {
+		b.pool[dt.dim] = append(b.pool[dt.dim], dt)
+	}
+}
+
+// Begin implements ops.DeviceBackend: it uploads the mask.
+func (b *Backend) Begin(c *ops.Call) error {
+	total := c.Past + c.Seq
+	if len(c.Mask) != c.Batch*total {
+		return fmt.Errorf("cuda: mask has %d entries, want %d", len(c.Mask), c.Batch*total)
+	}
+	// The previous call's kernels may still read the mask.
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	p, err := b.grow(&b.mask, 4*max(len(c.Mask), 1))
+	if err != nil {
+		return err
+	}
+	b.maskLd = total
+	if len(c.Mask) > 0 {
+		if err := b.dev.CopyIn(p, unsafe.Pointer(&c.Mask[0]), 4*len(c.Mask)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GatherRows implements ops.DeviceBackend.
+func (b *Backend) GatherRows(dst, src ops.Tensor, rows []int) error {
+	d, s := dst.(*tensor), src.(*tensor)
+	if d.dim != s.dim || d.rows != len(rows) {
+		return fmt.Errorf("cuda: gather %d rows of width %d into %d x %d", len(rows), s.dim, d.rows, d.dim)
+	}
+	w := s.dim * b.act.Size()
+	for i, r := range rows {
+		if r < 0 || r >= s.rows {
+			return fmt.Errorf("cuda: gather row %d of %d", r, s.rows)
+		}
+		if err := b.dev.CopyDevice(d.p.Add(i*w), s.p.Add(r*w), w, b.s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Download implements ops.DeviceBackend.
+func (b *Backend) Download(t ops.Tensor, out *ops.Value) error {
+	dt := t.(*tensor)
+	n := dt.rows * dt.dim
+	out.Rows, out.Dim = dt.rows, dt.dim
+	if cap(out.Data) < n {
+		out.Data = make([]float32, n)
+	}
+	out.Data = out.Data[:n]
+	return b.download(dt.p, out.Data)
+}
+
+// download copies n = len(dst) activations at p into dst.
+func (b *Backend) download(p driver.Ptr, dst []float32) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	if b.act == F32 {
+		return b.dev.CopyOut(unsafe.Pointer(&dst[0]), p, 4*len(dst))
+	}
+	raw := b.hostBytes(2 * len(dst))
+	if err := b.dev.CopyOut(unsafe.Pointer(&raw[0]), p, len(raw)); err != nil {
+		return err
+	}
+	return format.DecodeFloats(slopepb.DType_BFLOAT16, raw, dst)
+}
+
+// upload copies float32 host values to p as activations.
+func (b *Backend) upload(p driver.Ptr, src []float32) error {
+	if len(src) == 0 {
+		return nil
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	if b.act == F32 {
+		return b.dev.CopyIn(p, unsafe.Pointer(&src[0]), 4*len(src))
+	}
+	raw := b.hostBytes(2 * len(src))
+	if err := format.EncodeFloats(slopepb.DType_BFLOAT16, src, raw); err != nil {
+		return err
+	}
+	return b.dev.CopyIn(p, unsafe.Pointer(&raw[0]), len(raw))
+}
+
+func (b *Backend) hostBytes(n int) []byte {
+	if cap(b.hostBufs) < n {
+		b.hostBufs = make([]byte, n)
+	}
+	return b.hostBufs[:n]
+}
+
+// uploadFloats puts float32 values on the device as type dt (F32 or
+// BF16), cached under key.
+func (b *Backend) uploadFloats(key weightKey, vals []float32, dt DType) (driver.Ptr, error) {
+	if p, ok := b.weights[key]; ok {
+		return p, nil
+	}
+	var raw []byte
+	if dt == F32 {
+		raw = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(vals))), 4*len(vals))
+	} else {
+		raw = make([]byte, 2*len(vals))
+		if err := format.EncodeFloats(slopepb.DType_BFLOAT16, vals, raw); err != nil {
+			return 0, err
+		}
+	}
+	p, err := b.uploadBytes(raw)
+	if err != nil {
+		return 0, fmt.Errorf("weight %q: %w", key.name, err)
+	}
+	b.weights[key] = p
+	return p, nil
+}
+
+// uploadBytes copies raw bytes to new device memory (counted as weights).
+func (b *Backend) uploadBytes(raw []byte) (driver.Ptr, error) {
+	p, err := b.dev.Alloc(len(raw))
+	if err != nil {
+		return 0, err
+	}
+	if len(raw) > 0 {
+		if err := b.dev.CopyIn(p, unsafe.Pointer(&raw[0]), len(raw)); err != nil {
+			return 0, err
+		}
+	}
+	b.WeightBytes += int64(len(raw))
+	return p, nil
+}
+
+// hostStep adapts a device step to ops.Step: inputs are uploaded, the
+// output downloaded (for the conformance suite and host callers).
+type hostStep struct {
+	b *Backend
+	deviceStep
+}
+
+type deviceStep interface {
+	OutDim() int
+	ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error
+}
+
+func (h hostStep) Forward(c *ops.Call, in []*ops.Value, out *ops.Value) error {
+	b := h.b
+	return b.dev.Do(func() error {
+		if err := b.Begin(c); err != nil {
+			return err
+		}
+		var held []ops.Tensor
+		defer func() {
+			for _, t := range held {
+				b.Release(t)
+			}
+		}()
+		tin := make([]ops.Tensor, len(in))
+		for i, v := range in {
+			if v.Rows != c.Rows() || len(v.Data) < v.Rows*v.Dim {
+				return fmt.Errorf("cuda: input %d is %d x %d (%d values) for %d rows", i, v.Rows, v.Dim, len(v.Data), c.Rows())
+			}
+			t, err := b.Acquire(v.Rows, v.Dim)
+			if err != nil {
+				return err
+			}
+			held = append(held, t)
+			if err := b.upload(t.(*tensor).p, v.Data[:v.Rows*v.Dim]); err != nil {
+				return err
+			}
+			tin[i] = t
+		}
+		t, err := b.Acquire(c.Rows(), h.OutDim())
+		if err != nil {
+			return err
+		}
+		held = append(held, t)
+		cc := *c
+		if c.Cache != nil && c.DeviceCache == nil {
+			kv := b.hostKV[c.Cache]
+			if kv == nil {
+				kv = &kvCache{b: b, batch: c.Cache.Batch, maxLen: c.Cache.MaxLen, layers: map[int]*kvLayer{}}
+				b.hostKV[c.Cache] = kv
+			}
+			cc.DeviceCache = kv
+		}
+		if err := h.ForwardDevice(&cc, tin, t); err != nil {
+			return err
+		}
+		if out.Rows != c.Rows() || out.Dim != h.OutDim() || len(out.Data) < c.Rows()*h.OutDim() {
+			return fmt.Errorf("cuda: output is %d x %d, want %d x %d", out.Rows, out.Dim, c.Rows(), h.OutDim())
+		}
+		return b.download(t.(*tensor).p, out.Data[:c.Rows()*h.OutDim()])
+	})
+}
+
+func (b *Backend) wrap(s deviceStep) ops.Step { return hostStep{b: b, deviceStep: s} }
+
+func asTensor(t ops.Tensor) *tensor { return t.(*tensor) }

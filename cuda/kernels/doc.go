@@ -1,0 +1,60 @@
+// Package kernels holds the CUDA kernels of the GPU backend as PTX
+// (embedded; generated from kernels.cu by `go generate ./cuda/kernels`,
+// which runs gen.sh and needs nvcc but no GPU) and typed launchers for
+// them. No cgo: the module is JIT-loaded through package driver.
+//
+// # Types and layouts
+//
+// Activations have element type T, F32 (float32) or BF16 (bfloat16,
+// conversions round to nearest even); every kernel accumulates in fp32.
+// Matrices are row-major; a leading dimension (ld) is the row stride in
+// elements. Biases, LayerNorm gamma/beta are fp32. Token ids, positions
+// and masks are int32. Launchers validate their arguments (positive
+// sizes, ld >= width, known dtype, non-null required pointers, int32
+// range) and return errors naming the kernel; they never panic. All of
+// them must run inside Device.Do, like every driver call; they enqueue on
+// the given stream and do not synchronize.
+//
+// N:M weights [rows, cols] use the container's portable layout (SPEC.md,
+// "NM"): values rows*k (k = cols*n/m) row-major, indices per row a
+// little-endian bit stream of b = ceil(log2 m) bits per kept value (its
+// position in its group of m), padded to whole bytes per row:
+// ceil(k*b/8) bytes. Indices are assumed valid (the format reader checks
+// them).
+//
+// # Kernels
+//
+//   - Convert: f32 <-> bf16, n elements.
+//   - Embedding: out[r] = tok[ids[r]] + pos[positions[r]] (positions
+//     already include any offset).
+//   - LayerNorm: per row (x-mean)/sqrt(var+eps)*gamma+beta, biased
+//     variance, fp32 statistics; gamma/beta optional.
+//   - Add: out = a + b. Act: out = act(in). BiasAct: in place
+//     y = act(y + bias) on a strided [rows, cols] matrix; Act codes match
+//     package ops (gelu is the erf form, gelu_tanh the tanh one; precise
+//     math, no fast-math).
+//   - NMExpand: N:M (any 1 <= n < m <= 16) to a dense [rows, cols]
+//     matrix with zeros at the pruned positions.
+//   - SpMMNM: y[i][r] = bias[r] + sum_c W[r][c] x[i][c], x [M, cols],
+//     y [M, rows], any N:M pattern, values f32 or bf16 (generic path).
+//   - SpMV24: the same for 2:4 with bf16 values and M <= 16, the
+//     memory-bound decode path: each row's values and index bytes are
+//     streamed once with 16-byte (values) and 8-byte (indices) coalesced
+//     loads, x through the read-only cache, one warp per row (two rows per
+//     warp for M > 1), fp32 accumulation and a warp-shuffle reduction.
+//     Needs cols % 64 == 0 and aligned buffers (see SpMV24); otherwise it
+//     returns an error and the caller uses SpMMNM. M is served by one of
+//     the compile-time tiles 1, 2, 4, 8, 16 (entry points
+//     spmv24_bf16_<T>_m<tile>).
+//   - KVAppend: cache [batch, maxLen, d] rows past..past+seq-1 of each
+//     sequence from src [batch*seq, d].
+//   - AttnSmall: causal attention of new queries (q, out [batch*seq, d],
+//     d = heads*headDim, head h at columns h*headDim..) over the cache:
+//     keys j <= past+i with mask[b][j] != 0, softmax(scale*q.k) with the
+//     maximum subtracted, in fp32; a query with no visible key gets zeros
+//     (as package ops does). One block per (head, sequence).
+//   - SoftmaxCausal: the masked causal softmax of prefill between two
+//     batched GEMMs: fp32 scores [heads, seq, total] to probs of type T,
+//     zeros where masked or in the future, all-zero rows when nothing is
+//     visible.
+package kernels

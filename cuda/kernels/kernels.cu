@@ -1,0 +1,569 @@
+// Kernels of the slope CUDA backend. Compiled to PTX by gen.sh (run
+// `go generate ./cuda/kernels`); the PTX is embedded by kernels.go and
+// JIT-compiled by the driver. See doc.go for the contract.
+//
+// Element type T of activations is float or __nv_bfloat16; every
+// templated kernel has two entry points, suffix _f32 and _bf16. All
+// arithmetic accumulates in fp32. Indices into buffers that may exceed
+// 2^31 elements are computed in 64 bits.
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+#define FULL_MASK 0xffffffffu
+
+// ---------------------------------------------------------------- helpers
+
+__device__ __forceinline__ float ldf(const float* p) { return *p; }
+__device__ __forceinline__ float ldf(const bf16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void stf(float* p, float v) { *p = v; }
+__device__ __forceinline__ void stf(bf16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// bf16 halves of a 32-bit word (low half is the element at the lower address).
+__device__ __forceinline__ float bf_lo(unsigned w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Block-wide sum/max; every thread gets the result. sh holds >= 32 floats.
+// blockDim.x must be a multiple of 32.
+__device__ float block_sum(float v, float* sh) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    v = (threadIdx.x < nw) ? sh[threadIdx.x] : 0.f;
+    if (wid == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ float block_max(float v, float* sh) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    v = (threadIdx.x < nw) ? sh[threadIdx.x] : -INFINITY;
+    if (wid == 0) v = warp_max(v);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ __forceinline__ int64_t gtid() { return (int64_t)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t gstride() { return (int64_t)gridDim.x * blockDim.x; }
+
+// Activation codes (kernels.Act): 0 none, 1 relu, 2 gelu (erf), 3 gelu_tanh,
+// 4 silu, 5 tanh, 6 sigmoid. Precise math (no fast-math).
+__device__ __forceinline__ float activate(float x, int act) {
+    switch (act) {
+    case 1: return fmaxf(x, 0.f);
+    case 2: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    case 3: return 0.5f * x * (1.f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    case 4: return x / (1.f + expf(-x));
+    case 5: return tanhf(x);
+    case 6: return 1.f / (1.f + expf(-x));
+    default: return x;
+    }
+}
+
+// ---------------------------------------------------------------- convert
+
+extern "C" __global__ void convert_f32_to_bf16(bf16* dst, const float* src, int64_t n) {
+    for (int64_t i = gtid(); i < n; i += gstride()) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+extern "C" __global__ void convert_bf16_to_f32(float* dst, const bf16* src, int64_t n) {
+    for (int64_t i = gtid(); i < n; i += gstride()) dst[i] = __bfloat162float(src[i]);
+}
+
+// ---------------------------------------------------------------- embedding
+// grid.x = rows (row r), threads over dim.
+template <typename T>
+__device__ void embedding_body(T* out, const int* ids, const int* positions, const T* tok, const T* pos, int rows, int dim) {
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const T* tr = tok + (int64_t)ids[r] * dim;
+    const T* pr = pos + (int64_t)positions[r] * dim;
+    T* o = out + (int64_t)r * dim;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) stf(o + c, ldf(tr + c) + ldf(pr + c));
+}
+
+// ---------------------------------------------------------------- layernorm
+// One block per row; gamma/beta may be null (1 and 0).
+template <typename T>
+__device__ void layernorm_body(T* out, const T* in, const float* gamma, const float* beta, int rows, int dim, float eps) {
+    __shared__ float sh[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const T* x = in + (int64_t)r * dim;
+    T* y = out + (int64_t)r * dim;
+    float s = 0.f;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) s += ldf(x + c);
+    const float mean = block_sum(s, sh) / (float)dim;
+    float v = 0.f;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        float d = ldf(x + c) - mean;
+        v += d * d;
+    }
+    const float var = block_sum(v, sh) / (float)dim;
+    const float inv = 1.f / sqrtf(var + eps);
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        float z = (ldf(x + c) - mean) * inv;
+        if (gamma) z *= gamma[c];
+        if (beta) z += beta[c];
+        stf(y + c, z);
+    }
+}
+
+// ---------------------------------------------------------------- elementwise
+
+template <typename T>
+__device__ void add_body(T* out, const T* a, const T* b, int64_t n) {
+    for (int64_t i = gtid(); i < n; i += gstride()) stf(out + i, ldf(a + i) + ldf(b + i));
+}
+
+// grid.y over rows (strided), x over cols.
+template <typename T>
+__device__ void bias_act_body(T* y, int ldy, const float* bias, int rows, int cols, int act) {
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        T* yr = y + (int64_t)r * ldy;
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
+            float v = ldf(yr + c);
+            if (bias) v += bias[c];
+            stf(yr + c, activate(v, act));
+        }
+    }
+}
+
+template <typename T>
+__device__ void act_body(T* out, const T* in, int64_t n, int act) {
+    for (int64_t i = gtid(); i < n; i += gstride()) stf(out + i, activate(ldf(in + i), act));
+}
+
+// ---------------------------------------------------------------- N:M portable layout
+
+// Index bits per kept value: m = 2: 1; 3-4: 2; 5-8: 3; 9-16: 4.
+__device__ __forceinline__ int nm_bits(int m) { return m <= 2 ? 1 : m <= 4 ? 2 : m <= 8 ? 3 : 4; }
+
+// In-group index of kept value j of a row whose index bytes are ir[0..rowBytes).
+__device__ __forceinline__ int nm_index(const unsigned char* ir, int rowBytes, int j, int b) {
+    const int p = j * b;                 // first stream bit
+    const int byte = p >> 3;
+    unsigned w = ir[byte];
+    if (byte + 1 < rowBytes) w |= (unsigned)ir[byte + 1] << 8;  // a 3-bit index may straddle bytes
+    return (int)((w >> (p & 7)) & ((1u << b) - 1u));
+}
+
+// One block per row: zero the dense row, then scatter the kept values.
+template <typename V>
+__device__ void nm_expand_body(V* dense, const V* vals, const unsigned char* idx, int rows, int cols, int n, int m) {
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const int k = cols / m * n;
+    const int b = nm_bits(m);
+    const int rowBytes = (k * b + 7) >> 3;
+    V* dr = dense + (int64_t)r * cols;
+    const V* vr = vals + (int64_t)r * k;
+    const unsigned char* ir = idx + (int64_t)r * rowBytes;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) stf(dr + c, 0.f);
+    __syncthreads();
+    for (int j = threadIdx.x; j < k; j += blockDim.x) {
+        const int c = (j / n) * m + nm_index(ir, rowBytes, j, b);
+        dr[c] = vr[j];
+    }
+}
+
+// Generic N:M sparse times dense: y[i][r] = bias[r] + sum_j vals[r][j] * x[i][col(j)].
+// One warp per weight row r (blockIdx.x*warps+warp), each warp handles
+// SPMM_MB consecutive x rows per step (blockIdx.y strided).
+#define SPMM_MB 8
+template <typename V, typename T>
+__device__ void spmm_nm_body(T* y, int ldy, const T* x, int ldx, const V* vals, const unsigned char* idx, const float* bias,
+                             int M, int rows, int cols, int n, int m) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int k = cols / m * n;
+    const int b = nm_bits(m);
+    const int rowBytes = (k * b + 7) >> 3;
+    const V* vr = vals + (int64_t)r * k;
+    const unsigned char* ir = idx + (int64_t)r * rowBytes;
+    const float bv = bias ? bias[r] : 0.f;
+    for (int i0 = blockIdx.y * SPMM_MB; i0 < M; i0 += gridDim.y * SPMM_MB) {
+        float acc[SPMM_MB];
+#pragma unroll
+        for (int ii = 0; ii < SPMM_MB; ii++) acc[ii] = 0.f;
+        for (int j = lane; j < k; j += 32) {
+            const int c = (j / n) * m + nm_index(ir, rowBytes, j, b);
+            const float v = ldf(vr + j);
+#pragma unroll
+            for (int ii = 0; ii < SPMM_MB; ii++)
+                if (i0 + ii < M) acc[ii] += v * ldf(x + (int64_t)(i0 + ii) * ldx + c);
+        }
+#pragma unroll
+        for (int ii = 0; ii < SPMM_MB; ii++) {
+            const float s = warp_sum(acc[ii]);
+            if (lane == 0 && i0 + ii < M) stf(y + (int64_t)(i0 + ii) * ldy + r, s + bv);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- spmv24
+//
+// 2:4, bf16 values, M <= MT x rows. Row r's values are cols/2 bf16
+// (cols bytes), its index bytes cols/8; cols % 64 == 0. A "chunk" is 16
+// bytes of values = 8 kept values = 16 input columns = 4 groups, and its
+// indices are the 2 index bytes at 2*chunk (a little-endian uint16, value
+// q of the chunk at bits [2q, 2q+2), group q/2).
+//
+// Each warp owns RW consecutive rows. One warp step covers 128 chunks
+// (2048 columns) starting at chunk cb: lane l loads value chunks
+// cb + 32*j + l (j = 0..3; each load instruction reads 512 contiguous
+// bytes) and the 8 index bytes of chunks cb + 4l .. cb + 4l + 3 (256
+// contiguous bytes per instruction); the uint16 of chunk cb + 32*j + l is
+// then fetched with shuffles from lane 8*j + l/4, word (l&2)/2, half l&1.
+// x is read as 16-column vectors through the read-only cache.
+#define SPMV_WARPS 4
+#define SPMV_STEP 128  // chunks per warp step
+
+// 16 consecutive x values as floats (p 16-byte aligned).
+__device__ __forceinline__ void load_x16(const float* p, float* f) {
+    const float4* q = reinterpret_cast<const float4*>(p);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float4 a = __ldg(q + i);
+        f[4 * i] = a.x; f[4 * i + 1] = a.y; f[4 * i + 2] = a.z; f[4 * i + 3] = a.w;
+    }
+}
+__device__ __forceinline__ void load_x16(const bf16* p, float* f) {
+    const uint4* q = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        uint4 a = __ldg(q + i);
+        f[8 * i + 0] = bf_lo(a.x); f[8 * i + 1] = bf_hi(a.x);
+        f[8 * i + 2] = bf_lo(a.y); f[8 * i + 3] = bf_hi(a.y);
+        f[8 * i + 4] = bf_lo(a.z); f[8 * i + 5] = bf_hi(a.z);
+        f[8 * i + 6] = bf_lo(a.w); f[8 * i + 7] = bf_hi(a.w);
+    }
+}
+
+// Kept value q (0..7) of a 16-byte value chunk.
+__device__ __forceinline__ float chunk_val(const uint4& v, int q) {
+    const unsigned w = q < 2 ? v.x : q < 4 ? v.y : q < 6 ? v.z : v.w;
+    return (q & 1) ? bf_hi(w) : bf_lo(w);
+}
+
+template <typename T, int MT, int RW>
+__device__ __forceinline__ void spmv24_body(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx,
+                                            const float* bias, int M, int rows, int cols) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int r0 = (blockIdx.x * SPMV_WARPS + warp) * RW;
+    if (r0 >= rows) return;  // uniform per warp
+    const int nch = cols >> 4;  // chunks per row (a multiple of 4)
+    const uint4* vrow[RW];
+    const uint2* irow[RW];
+    bool ok[RW];
+#pragma unroll
+    for (int rr = 0; rr < RW; rr++) {
+        const int r = r0 + rr;
+        ok[rr] = r < rows;
+        const int rc = ok[rr] ? r : r0;
+        vrow[rr] = reinterpret_cast<const uint4*>(vals + (int64_t)rc * (cols >> 1));
+        irow[rr] = reinterpret_cast<const uint2*>(idx + (int64_t)rc * (cols >> 3));
+    }
+    float acc[RW][MT];
+#pragma unroll
+    for (int rr = 0; rr < RW; rr++)
+#pragma unroll
+        for (int mm = 0; mm < MT; mm++) acc[rr][mm] = 0.f;
+
+    for (int cb = 0; cb < nch; cb += SPMV_STEP) {
+        // Issue every load of the step first (RW * 5 in flight per lane).
+        uint2 iw[RW];
+        uint4 vv[RW][4];
+#pragma unroll
+        for (int rr = 0; rr < RW; rr++) {
+            iw[rr] = (ok[rr] && cb + 4 * lane < nch) ? __ldcs(irow[rr] + (cb >> 2) + lane) : make_uint2(0u, 0u);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int c = cb + 32 * j + lane;
+                vv[rr][j] = (ok[rr] && c < nch) ? __ldcs(vrow[rr] + c) : make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int c = cb + 32 * j + lane;
+            const int src = 8 * j + (lane >> 2);
+            unsigned sel[RW];
+#pragma unroll
+            for (int rr = 0; rr < RW; rr++) {
+                const unsigned w0 = __shfl_sync(FULL_MASK, iw[rr].x, src);
+                const unsigned w1 = __shfl_sync(FULL_MASK, iw[rr].y, src);
+                const unsigned w = (lane & 2) ? w1 : w0;
+                sel[rr] = (lane & 1) ? (w >> 16) : (w & 0xffffu);
+            }
+            if (c >= nch) continue;
+            const int col0 = c << 4;
+            if (MT == 1) {
+                // Select x of each kept value from the 16-column vector.
+                float xf[16];
+                load_x16(x + col0, xf);
+#pragma unroll
+                for (int rr = 0; rr < RW; rr++)
+#pragma unroll
+                    for (int q = 0; q < 8; q++) {
+                        const int ii = (sel[rr] >> (2 * q)) & 3;
+                        const int g = q >> 1;
+                        const float a = (ii & 1) ? xf[4 * g + 1] : xf[4 * g];
+                        const float bb = (ii & 1) ? xf[4 * g + 3] : xf[4 * g + 2];
+                        acc[rr][0] += chunk_val(vv[rr][j], q) * ((ii & 2) ? bb : a);
+                    }
+            } else {
+                // Expand each row's chunk to 16 dense weights once, then
+                // one 16-wide dot product per x row.
+                float wd[RW][16];
+#pragma unroll
+                for (int rr = 0; rr < RW; rr++)
+#pragma unroll
+                    for (int g = 0; g < 4; g++) {
+                        const int ia = (sel[rr] >> (4 * g)) & 3;
+                        const int ib = (sel[rr] >> (4 * g + 2)) & 3;
+                        const float va = chunk_val(vv[rr][j], 2 * g);
+                        const float vb = chunk_val(vv[rr][j], 2 * g + 1);
+#pragma unroll
+                        for (int t = 0; t < 4; t++) wd[rr][4 * g + t] = (ia == t ? va : 0.f) + (ib == t ? vb : 0.f);
+                    }
+#pragma unroll
+                for (int mm = 0; mm < MT; mm++) {
+                    if (mm < M) {
+                        float xf[16];
+                        load_x16(x + (int64_t)mm * ldx + col0, xf);
+#pragma unroll
+                        for (int rr = 0; rr < RW; rr++)
+#pragma unroll
+                            for (int t = 0; t < 16; t++) acc[rr][mm] += wd[rr][t] * xf[t];
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < RW; rr++) {
+        const int r = r0 + rr;
+        const float bv = (bias && ok[rr]) ? bias[r] : 0.f;
+#pragma unroll
+        for (int mm = 0; mm < MT; mm++) {
+            const float s = warp_sum(acc[rr][mm]);
+            if (lane == 0 && ok[rr] && mm < M) stf(y + (int64_t)mm * ldy + r, s + bv);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+// cache[b][past+i] = src[b*seq+i], rows of d elements.
+template <typename T>
+__device__ void kv_append_body(T* cache, const T* src, int batch, int seq, int past, int maxLen, int d) {
+    const int64_t n = (int64_t)batch * seq * d;
+    for (int64_t e = gtid(); e < n; e += gstride()) {
+        const int64_t row = e / d;
+        const int c = (int)(e - row * d);
+        const int b = (int)(row / seq), i = (int)(row - (int64_t)b * seq);
+        cache[((int64_t)b * maxLen + past + i) * d + c] = src[e];
+    }
+}
+
+// One block (ATTN_WARPS warps) per (head, batch); queries one after the
+// other; keys split across warps (key j to warp j % ATTN_WARPS), lanes
+// over head dims; online softmax per warp, merged in shared memory.
+#define ATTN_WARPS 4
+#define ATTN_MAX_HD 256
+template <typename T>
+__device__ void attn_small_body(T* out, const T* q, const T* kc, const T* vc, const int* mask, int maskLd, int batch, int seq,
+                                int past, int maxLen, int heads, int headDim, float scale) {
+    __shared__ float qs[ATTN_MAX_HD];
+    __shared__ float accs[ATTN_WARPS][ATTN_MAX_HD];
+    __shared__ float ms[ATTN_WARPS], ls[ATTN_WARPS];
+    const int h = blockIdx.x, b = blockIdx.y;
+    if (h >= heads || b >= batch) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int d = heads * headDim;
+    const int off = h * headDim;
+    const int* mk = mask + (int64_t)b * maskLd;
+    for (int i = 0; i < seq; i++) {
+        const int64_t qrow = (int64_t)b * seq + i;
+        __syncthreads();  // previous query's merge is done with the shared buffers
+        for (int e = threadIdx.x; e < headDim; e += blockDim.x) qs[e] = ldf(q + qrow * d + off + e);
+        __syncthreads();
+        float mx = -INFINITY, l = 0.f;
+        float acc[ATTN_MAX_HD / 32];
+#pragma unroll
+        for (int t = 0; t < ATTN_MAX_HD / 32; t++) acc[t] = 0.f;
+        const int visible = past + i + 1;
+        for (int j = warp; j < visible; j += ATTN_WARPS) {
+            if (mk[j] == 0) continue;  // uniform per warp
+            const T* kr = kc + ((int64_t)b * maxLen + j) * d + off;
+            float s = 0.f;
+#pragma unroll
+            for (int t = 0; t < ATTN_MAX_HD / 32; t++) {
+                const int e = lane + 32 * t;
+                if (e < headDim) s += qs[e] * ldf(kr + e);
+            }
+            s = scale * warp_sum(s);
+            const float mn = fmaxf(mx, s);
+            const float corr = expf(mx - mn);  // 0 while mx is -inf
+            const float p = expf(s - mn);
+            l = l * corr + p;
+            const T* vr = vc + ((int64_t)b * maxLen + j) * d + off;
+#pragma unroll
+            for (int t = 0; t < ATTN_MAX_HD / 32; t++) {
+                const int e = lane + 32 * t;
+                if (e < headDim) acc[t] = acc[t] * corr + p * ldf(vr + e);
+            }
+            mx = mn;
+        }
+        if (lane == 0) { ms[warp] = mx; ls[warp] = l; }
+#pragma unroll
+        for (int t = 0; t < ATTN_MAX_HD / 32; t++) {
+            const int e = lane + 32 * t;
+            if (e < headDim) accs[warp][e] = acc[t];
+        }
+        __syncthreads();
+        float gm = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < ATTN_WARPS; w++) gm = fmaxf(gm, ms[w]);
+        T* o = out + qrow * d + off;
+        if (gm == -INFINITY) {  // no visible key: a padded query
+            for (int e = threadIdx.x; e < headDim; e += blockDim.x) stf(o + e, 0.f);
+            continue;
+        }
+        float f[ATTN_WARPS];
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < ATTN_WARPS; w++) {
+            f[w] = ms[w] == -INFINITY ? 0.f : expf(ms[w] - gm);
+            sum += ls[w] * f[w];
+        }
+        const float inv = 1.f / sum;
+        for (int e = threadIdx.x; e < headDim; e += blockDim.x) {
+            float v = 0.f;
+#pragma unroll
+            for (int w = 0; w < ATTN_WARPS; w++) v += accs[w][e] * f[w];
+            stf(o + e, v * inv);
+        }
+    }
+}
+
+// One block per (query i = blockIdx.x, head = blockIdx.y) of batch entry b.
+template <typename T>
+__device__ void softmax_causal_body(T* probs, const float* scores, const int* mask, int maskLd, int b, int heads, int seq, int past,
+                                    int total, float scale) {
+    __shared__ float sh[32];
+    const int i = blockIdx.x, h = blockIdx.y;
+    if (i >= seq || h >= heads) return;
+    const int64_t row = ((int64_t)h * seq + i) * total;
+    const float* s = scores + row;
+    T* p = probs + row;
+    const int* mk = mask + (int64_t)b * maskLd;
+    const int visible = past + i + 1;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x)
+        if (mk[j] != 0) mx = fmaxf(mx, scale * s[j]);
+    mx = block_max(mx, sh);
+    if (mx == -INFINITY) {  // no visible key: zeros
+        for (int j = threadIdx.x; j < total; j += blockDim.x) stf(p + j, 0.f);
+        return;
+    }
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x)
+        if (mk[j] != 0) sum += expf(scale * s[j] - mx);
+    const float inv = 1.f / block_sum(sum, sh);
+    for (int j = threadIdx.x; j < total; j += blockDim.x) {
+        const float v = (j < visible && mk[j] != 0) ? expf(scale * s[j] - mx) * inv : 0.f;
+        stf(p + j, v);
+    }
+}
+
+// ---------------------------------------------------------------- entry points
+
+#define FOR_T(T, S)                                                                                                              \
+    extern "C" __global__ void embedding_##S(T* out, const int* ids, const int* positions, const T* tok, const T* pos, int rows, \
+                                             int dim) {                                                                          \
+        embedding_body<T>(out, ids, positions, tok, pos, rows, dim);                                                             \
+    }                                                                                                                            \
+    extern "C" __global__ void layernorm_##S(T* out, const T* in, const float* gamma, const float* beta, int rows, int dim,     \
+                                             float eps) {                                                                        \
+        layernorm_body<T>(out, in, gamma, beta, rows, dim, eps);                                                                 \
+    }                                                                                                                            \
+    extern "C" __global__ void add_##S(T* out, const T* a, const T* b, int64_t n) { add_body<T>(out, a, b, n); }                \
+    extern "C" __global__ void bias_act_##S(T* y, int ldy, const float* bias, int rows, int cols, int act) {                    \
+        bias_act_body<T>(y, ldy, bias, rows, cols, act);                                                                         \
+    }                                                                                                                            \
+    extern "C" __global__ void act_##S(T* out, const T* in, int64_t n, int act) { act_body<T>(out, in, n, act); }               \
+    extern "C" __global__ void nm_expand_##S(T* dense, const T* vals, const unsigned char* idx, int rows, int cols, int n,      \
+                                             int m) {                                                                            \
+        nm_expand_body<T>(dense, vals, idx, rows, cols, n, m);                                                                   \
+    }                                                                                                                            \
+    extern "C" __global__ void kv_append_##S(T* cache, const T* src, int batch, int seq, int past, int maxLen, int d) {         \
+        kv_append_body<T>(cache, src, batch, seq, past, maxLen, d);                                                              \
+    }                                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)                                                                \
+        attn_small_##S(T* out, const T* q, const T* kc, const T* vc, const int* mask, int maskLd, int batch, int seq, int past,  \
+                       int maxLen, int heads, int headDim, float scale) {                                                        \
+        attn_small_body<T>(out, q, kc, vc, mask, maskLd, batch, seq, past, maxLen, heads, headDim, scale);                       \
+    }                                                                                                                            \
+    extern "C" __global__ void softmax_causal_##S(T* probs, const float* scores, const int* mask, int maskLd, int b, int heads, \
+                                                  int seq, int past, int total, float scale) {                                   \
+        softmax_causal_body<T>(probs, scores, mask, maskLd, b, heads, seq, past, total, scale);                                  \
+    }
+
+FOR_T(float, f32)
+FOR_T(bf16, bf16)
+
+#define SPMM(V, SV, T, ST)                                                                                                       \
+    extern "C" __global__ void spmm_nm_##SV##_##ST(T* y, int ldy, const T* x, int ldx, const V* vals, const unsigned char* idx, \
+                                                   const float* bias, int M, int rows, int cols, int n, int m) {                 \
+        spmm_nm_body<V, T>(y, ldy, x, ldx, vals, idx, bias, M, rows, cols, n, m);                                                \
+    }
+
+SPMM(float, f32, float, f32)
+SPMM(float, f32, bf16, bf16)
+SPMM(bf16, bf16, float, f32)
+SPMM(bf16, bf16, bf16, bf16)
+
+#define SPMV(T, ST, MT, RW)                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(SPMV_WARPS * 32)                                                                \
+        spmv24_bf16_##ST##_m##MT(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx,                 \
+                                 const float* bias, int M, int rows, int cols) {                                                 \
+        spmv24_body<T, MT, RW>(y, ldy, x, ldx, vals, idx, bias, M, rows, cols);                                                  \
+    }
+
+SPMV(float, f32, 1, 1)
+SPMV(float, f32, 2, 2)
+SPMV(float, f32, 4, 2)
+SPMV(float, f32, 8, 2)
+SPMV(float, f32, 16, 2)
+SPMV(bf16, bf16, 1, 1)
+SPMV(bf16, bf16, 2, 2)
+SPMV(bf16, bf16, 4, 2)
+SPMV(bf16, bf16, 8, 2)
+SPMV(bf16, bf16, 16, 2)

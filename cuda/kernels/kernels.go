@@ -1,0 +1,568 @@
+package kernels
+
+import (
+	_ "embed"
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/slopeml/slope/cuda/driver"
+)
+
+//go:embed kernels_sm80.ptx
+var ptxSM80 []byte
+
+//go:embed kernels_sm90.ptx
+var ptxSM90 []byte
+
+// PTX returns the embedded PTX for a device of compute capability
+// major.minor: sm_90 code for 9.x and newer, sm_80 code for 8.x, and an
+// error below 8.0 (bf16 needs sm_80).
+func PTX(major, minor int) ([]byte, error) {
+	switch {
+	case major >= 9:
+		return ptxSM90, nil
+	case major == 8:
+		return ptxSM80, nil
+	}
+	return nil, fmt.Errorf("kernels: compute capability %d.%d is below 8.0 (bf16 kernels need sm_80)", major, minor)
+}
+
+// DType is the element type of activations (T) or of N:M values (V).
+type DType int
+
+// Element types.
+const (
+	F32 DType = iota
+	BF16
+)
+
+// Size is the element size in bytes (0 for an unknown type).
+func (t DType) Size() int {
+	switch t {
+	case F32:
+		return 4
+	case BF16:
+		return 2
+	}
+	return 0
+}
+
+func (t DType) String() string {
+	switch t {
+	case F32:
+		return "f32"
+	case BF16:
+		return "bf16"
+	}
+	return fmt.Sprintf("DType(%d)", int(t))
+}
+
+// Act is an activation code, as the kernels take it.
+type Act int
+
+// Activations (same formulas as package ops).
+const (
+	ActNone     Act = 0
+	ActRelu     Act = 1
+	ActGelu     Act = 2 // erf form
+	ActGeluTanh Act = 3
+	ActSilu     Act = 4
+	ActTanh     Act = 5
+	ActSigmoid  Act = 6
+)
+
+// spmvBuckets are the compile-time M tiles of spmv24 (entry points
+// spmv24_bf16_<T>_m<bucket>); M is served by the smallest bucket >= M.
+var spmvBuckets = []int{1, 2, 4, 8, 16}
+
+// SpMV24MaxM is the largest M SpMV24 accepts.
+const SpMV24MaxM = 16
+
+// Names lists every kernel entry point of the PTX.
+func Names() []string {
+	names := []string{"convert_f32_to_bf16", "convert_bf16_to_f32"}
+	for _, t := range []string{"f32", "bf16"} {
+		for _, k := range []string{"embedding", "layernorm", "add", "bias_act", "act", "nm_expand", "kv_append", "attn_small", "softmax_causal"} {
+			names = append(names, k+"_"+t)
+		}
+	}
+	for _, v := range []string{"f32", "bf16"} {
+		for _, t := range []string{"f32", "bf16"} {
+			names = append(names, "spmm_nm_"+v+"_"+t)
+		}
+	}
+	for _, t := range []string{"f32", "bf16"} {
+		for _, b := range spmvBuckets {
+			names = append(names, fmt.Sprintf("spmv24_bf16_%s_m%d", t, b))
+		}
+	}
+	return names
+}
+
+// Set is the loaded kernel module of one device.
+type Set struct {
+	d   *driver.Device
+	mod *driver.Module
+	fns map[string]*driver.Function
+}
+
+// Load JIT-loads the PTX for d and looks up every kernel. Call it inside
+// d.Do. The error names every missing kernel.
+func Load(d *driver.Device) (*Set, error) {
+	ptx, err := PTX(d.Major, d.Minor)
+	if err != nil {
+		return nil, err
+	}
+	mod, err := d.LoadModule(ptx)
+	if err != nil {
+		return nil, fmt.Errorf("kernels: %w", err)
+	}
+	k := &Set{d: d, mod: mod, fns: map[string]*driver.Function{}}
+	var missing []string
+	var first error
+	for _, n := range Names() {
+		f, err := mod.Function(n)
+		if err != nil {
+			missing = append(missing, n)
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		k.fns[n] = f
+	}
+	if len(missing) > 0 {
+		mod.Unload()
+		return nil, fmt.Errorf("kernels: %d kernels missing from the PTX (%s): %w", len(missing), strings.Join(missing, ", "), first)
+	}
+	return k, nil
+}
+
+// Unload releases the module (inside Do).
+func (k *Set) Unload() error {
+	if k.mod == nil {
+		return nil
+	}
+	err := k.mod.Unload()
+	k.mod, k.fns = nil, nil
+	return err
+}
+
+// ---------------------------------------------------------------- validation
+
+// args collects the first argument error of a launcher.
+type args struct {
+	kernel string
+	err    error
+}
+
+func (a *args) fail(format string, v ...any) {
+	if a.err == nil {
+		a.err = fmt.Errorf("kernel %s: %s", a.kernel, fmt.Sprintf(format, v...))
+	}
+}
+
+func (a *args) pos(name string, v int) {
+	if v <= 0 {
+		a.fail("%s = %d, want > 0", name, v)
+	}
+}
+
+func (a *args) nonneg(name string, v int) {
+	if v < 0 {
+		a.fail("%s = %d, want >= 0", name, v)
+	}
+}
+
+func (a *args) ptr(name string, p driver.Ptr) {
+	if p == 0 {
+		a.fail("%s is a null pointer", name)
+	}
+}
+
+func (a *args) align(name string, p driver.Ptr, n int) {
+	if p%driver.Ptr(n) != 0 {
+		a.fail("%s (%#x) is not %d-byte aligned", name, uintptr(p), n)
+	}
+}
+
+func (a *args) dtype(name string, t DType) {
+	if t.Size() == 0 {
+		a.fail("unknown %s %v", name, t)
+	}
+}
+
+func (a *args) ld(name string, ld, width int) {
+	if ld < width {
+		a.fail("%s = %d is below the width %d", name, ld, width)
+	}
+}
+
+// i32 converts v for a kernel int argument.
+func (a *args) i32(name string, v int) int32 {
+	if v < math.MinInt32 || v > math.MaxInt32 {
+		a.fail("%s = %d overflows int32", name, v)
+		return 0
+	}
+	return int32(v)
+}
+
+// fits checks that a product of sizes (elements of one buffer) stays
+// below 2^62, so 64-bit offsets on the device cannot overflow.
+func (a *args) fits(name string, dims ...int) int64 {
+	p := int64(1)
+	for _, d := range dims {
+		if d < 0 {
+			return 0 // reported elsewhere
+		}
+		if d != 0 && p > (1<<62)/int64(d) {
+			a.fail("%s: %v elements overflow", name, dims)
+			return 0
+		}
+		p *= int64(d)
+	}
+	return p
+}
+
+func suffix(t DType) string { return t.String() }
+
+const threads = 256
+
+// blocks1D is the grid of a grid-stride loop over n elements.
+func blocks1D(n int64) int {
+	b := (n + threads - 1) / threads
+	return int(min(max(b, 1), 1<<20))
+}
+
+// launch runs kernel name after validation.
+func (k *Set) launch(a *args, name string, grid, block driver.Dim3, shared int, s driver.Stream, params ...any) error {
+	if a.err != nil {
+		return a.err
+	}
+	if k == nil || k.fns == nil || k.fns[name] == nil {
+		return fmt.Errorf("kernel %s: not loaded", name)
+	}
+	return k.d.Launch(k.fns[name], grid, block, shared, s, params...)
+}
+
+// ---------------------------------------------------------------- launchers
+
+// Convert converts n elements from src (type from) to dst (type to):
+// F32 -> BF16 rounds to nearest even; BF16 -> F32 is exact.
+func (k *Set) Convert(s driver.Stream, from, to DType, dst, src driver.Ptr, n int) error {
+	a := &args{kernel: "convert"}
+	var name string
+	switch {
+	case from == F32 && to == BF16:
+		name = "convert_f32_to_bf16"
+	case from == BF16 && to == F32:
+		name = "convert_bf16_to_f32"
+	default:
+		a.fail("no conversion from %v to %v", from, to)
+	}
+	if name != "" {
+		a.kernel = name
+	}
+	a.pos("n", n)
+	a.ptr("dst", dst)
+	a.ptr("src", src)
+	nn := a.fits("n", n)
+	return k.launch(a, name, driver.D1(blocks1D(nn)), driver.D1(threads), 0, s, dst, src, nn)
+}
+
+// Embedding writes out[r] = tok[ids[r]] + pos[positions[r]] for rows rows
+// of dim elements; ids and positions are int32 device arrays (positions
+// include any offset, computed on the host; neither is range-checked on
+// the device).
+func (k *Set) Embedding(s driver.Stream, t DType, out, ids, positions, tok, pos driver.Ptr, rows, dim int) error {
+	a := &args{kernel: "embedding_" + suffix(t)}
+	a.dtype("T", t)
+	a.pos("rows", rows)
+	a.pos("dim", dim)
+	for _, p := range []struct {
+		n string
+		p driver.Ptr
+	}{{"out", out}, {"ids", ids}, {"positions", positions}, {"tok", tok}, {"pos", pos}} {
+		a.ptr(p.n, p.p)
+	}
+	r, dm := a.i32("rows", rows), a.i32("dim", dim)
+	a.fits("out", rows, dim)
+	return k.launch(a, a.kernel, driver.D1(rows), driver.D1(min(threads, roundUp(dim, 32))), 0, s, out, ids, positions, tok, pos, r, dm)
+}
+
+// LayerNorm normalizes each of rows rows of dim elements with fp32 mean
+// and biased variance: (x-mean)/sqrt(var+eps)*gamma + beta. gamma and
+// beta are fp32 [dim] and may be 0 (then 1 and 0).
+func (k *Set) LayerNorm(s driver.Stream, t DType, out, in, gamma, beta driver.Ptr, rows, dim int, eps float32) error {
+	a := &args{kernel: "layernorm_" + suffix(t)}
+	a.dtype("T", t)
+	a.pos("rows", rows)
+	a.pos("dim", dim)
+	a.ptr("out", out)
+	a.ptr("in", in)
+	if !(eps >= 0) || math.IsInf(float64(eps), 0) {
+		a.fail("eps = %v, want a finite value >= 0", eps)
+	}
+	r, dm := a.i32("rows", rows), a.i32("dim", dim)
+	a.fits("in", rows, dim)
+	return k.launch(a, a.kernel, driver.D1(rows), driver.D1(threads), 0, s, out, in, gamma, beta, r, dm, eps)
+}
+
+// Add writes out[i] = a[i] + b[i] for n elements (out may alias a or b).
+func (k *Set) Add(s driver.Stream, t DType, out, x, y driver.Ptr, n int) error {
+	a := &args{kernel: "add_" + suffix(t)}
+	a.dtype("T", t)
+	a.pos("n", n)
+	a.ptr("out", out)
+	a.ptr("a", x)
+	a.ptr("b", y)
+	nn := a.fits("n", n)
+	return k.launch(a, a.kernel, driver.D1(blocks1D(nn)), driver.D1(threads), 0, s, out, x, y, nn)
+}
+
+func (a *args) act(act Act) {
+	if act < ActNone || act > ActSigmoid {
+		a.fail("unknown activation %d", int(act))
+	}
+}
+
+// BiasAct computes in place y[r][c] = act(y[r][c] + bias[c]) for a
+// [rows, cols] matrix with row stride ldy; bias is fp32 [cols] or 0.
+func (k *Set) BiasAct(s driver.Stream, t DType, y driver.Ptr, ldy int, bias driver.Ptr, rows, cols int, act Act) error {
+	a := &args{kernel: "bias_act_" + suffix(t)}
+	a.dtype("T", t)
+	a.pos("rows", rows)
+	a.pos("cols", cols)
+	a.ld("ldy", ldy, cols)
+	a.ptr("y", y)
+	a.act(act)
+	l, r, c := a.i32("ldy", ldy), a.i32("rows", rows), a.i32("cols", cols)
+	a.fits("y", rows, ldy)
+	gx := min((cols+threads-1)/threads, 64)
+	gy := min(rows, 65535)
+	return k.launch(a, a.kernel, driver.Dim3{X: uint32(max(gx, 1)), Y: uint32(max(gy, 1)), Z: 1}, driver.D1(threads), 0, s,
+		y, l, bias, r, c, int32(act))
+}
+
+// Act writes out[i] = act(in[i]) for n elements (out may alias in).
+func (k *Set) Act(s driver.Stream, t DType, out, in driver.Ptr, n int, act Act) error {
+	a := &args{kernel: "act_" + suffix(t)}
+	a.dtype("T", t)
+	a.pos("n", n)
+	a.ptr("out", out)
+	a.ptr("in", in)
+	a.act(act)
+	nn := a.fits("n", n)
+	return k.launch(a, a.kernel, driver.D1(blocks1D(nn)), driver.D1(threads), 0, s, out, in, nn, int32(act))
+}
+
+// nm validates an N:M pattern and shape.
+func (a *args) nm(rows, cols, n, m int) {
+	a.pos("rows", rows)
+	a.pos("cols", cols)
+	if n < 1 || n >= m || m > 16 {
+		a.fail("pattern %d:%d, want 1 <= n < m <= 16", n, m)
+		return
+	}
+	if cols%m != 0 {
+		a.fail("cols = %d is not a multiple of m = %d", cols, m)
+	}
+	if cols > 1<<27 {
+		a.fail("cols = %d is too large", cols)
+	}
+}
+
+// NMExpand writes the dense row-major [rows, cols] matrix (element type
+// v) of an N:M tensor in the container's portable layout: vals rows*k
+// elements (k = cols*n/m), idx rows*ceil(k*b/8) bytes.
+func (k *Set) NMExpand(s driver.Stream, v DType, dense, vals, idx driver.Ptr, rows, cols, n, m int) error {
+	a := &args{kernel: "nm_expand_" + suffix(v)}
+	a.dtype("V", v)
+	a.nm(rows, cols, n, m)
+	a.ptr("dense", dense)
+	a.ptr("vals", vals)
+	a.ptr("idx", idx)
+	a.fits("dense", rows, cols)
+	r, c, nn, mm := a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
+	return k.launch(a, a.kernel, driver.D1(rows), driver.D1(threads), 0, s, dense, vals, idx, r, c, nn, mm)
+}
+
+// SpMMNM computes y[i][r] = bias[r] + sum_c W[r][c] * x[i][c] for i < M,
+// r < rows, with W an N:M [rows, cols] weight in the portable layout
+// (values of type v) and x, y of type t: x is [M, cols] with row stride
+// ldx, y is [M, rows] with row stride ldy; bias is fp32 [rows] or 0.
+// Generic (any pattern); SpMV24 is the fast 2:4 path.
+func (k *Set) SpMMNM(s driver.Stream, v, t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx, bias driver.Ptr, M, rows, cols, n, m int) error {
+	a := &args{kernel: "spmm_nm_" + suffix(v) + "_" + suffix(t)}
+	a.dtype("V", v)
+	a.dtype("T", t)
+	a.pos("M", M)
+	a.nm(rows, cols, n, m)
+	a.ld("ldy", ldy, rows)
+	a.ld("ldx", ldx, cols)
+	a.ptr("y", y)
+	a.ptr("x", x)
+	a.ptr("vals", vals)
+	a.ptr("idx", idx)
+	a.fits("x", M, ldx)
+	a.fits("y", M, ldy)
+	a.fits("vals", rows, cols)
+	ly, lx := a.i32("ldy", ldy), a.i32("ldx", ldx)
+	mi, r, c, nn, mm := a.i32("M", M), a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
+	const warps = 4
+	gy := min((M+7)/8, 65535)
+	grid := driver.Dim3{X: uint32((rows + warps - 1) / warps), Y: uint32(max(gy, 1)), Z: 1}
+	return k.launch(a, a.kernel, grid, driver.D1(32*warps), 0, s, y, ly, x, lx, vals, idx, bias, mi, r, c, nn, mm)
+}
+
+// SpMV24Bucket is the compile-time M tile that serves M (1..16), and the
+// rows each block of that kernel covers.
+func SpMV24Bucket(M int) (bucket, rowsPerBlock int) {
+	for _, b := range spmvBuckets {
+		if M <= b {
+			rw := 2
+			if b == 1 {
+				rw = 1
+			}
+			return b, spmvWarps * rw
+		}
+	}
+	return 0, 0
+}
+
+const spmvWarps = 4 // SPMV_WARPS in kernels.cu
+
+// SpMV24 is SpMMNM for the 2:4 pattern with bf16 values and M <= 16,
+// tuned for decode. It needs cols % 64 == 0, vals and x 16-byte aligned,
+// idx 8-byte aligned and ldx*t.Size() a multiple of 16; it returns an
+// error otherwise (the caller falls back to SpMMNM).
+func (k *Set) SpMV24(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx, bias driver.Ptr, M, rows, cols int) error {
+	a := &args{kernel: "spmv24_bf16_" + suffix(t)}
+	a.dtype("T", t)
+	a.pos("M", M)
+	if M > SpMV24MaxM {
+		a.fail("M = %d exceeds %d", M, SpMV24MaxM)
+	}
+	a.pos("rows", rows)
+	a.pos("cols", cols)
+	if cols%64 != 0 {
+		a.fail("cols = %d is not a multiple of 64", cols)
+	}
+	a.ld("ldy", ldy, rows)
+	a.ld("ldx", ldx, cols)
+	a.ptr("y", y)
+	a.ptr("x", x)
+	a.ptr("vals", vals)
+	a.ptr("idx", idx)
+	a.align("vals", vals, 16)
+	a.align("x", x, 16)
+	a.align("idx", idx, 8)
+	if t.Size() != 0 && ldx*t.Size()%16 != 0 {
+		a.fail("ldx = %d elements is not a multiple of 16 bytes", ldx)
+	}
+	a.fits("x", M, ldx)
+	a.fits("y", M, ldy)
+	a.fits("vals", rows, cols)
+	ly, lx := a.i32("ldy", ldy), a.i32("ldx", ldx)
+	mi, r, c := a.i32("M", M), a.i32("rows", rows), a.i32("cols", cols)
+	if a.err != nil {
+		return a.err
+	}
+	bucket, rpb := SpMV24Bucket(M)
+	name := fmt.Sprintf("%s_m%d", a.kernel, bucket)
+	return k.launch(a, name, driver.D1((rows+rpb-1)/rpb), driver.D1(32*spmvWarps), 0, s, y, ly, x, lx, vals, idx, bias, mi, r, c)
+}
+
+// KVAppend copies src [batch*seq, d] into cache [batch, maxLen, d] at
+// positions past..past+seq-1 of each sequence.
+func (k *Set) KVAppend(s driver.Stream, t DType, cache, src driver.Ptr, batch, seq, past, maxLen, d int) error {
+	a := &args{kernel: "kv_append_" + suffix(t)}
+	a.dtype("T", t)
+	a.pos("batch", batch)
+	a.pos("seq", seq)
+	a.nonneg("past", past)
+	a.pos("d", d)
+	if past+seq > maxLen {
+		a.fail("past %d + seq %d exceed maxLen %d", past, seq, maxLen)
+	}
+	a.ptr("cache", cache)
+	a.ptr("src", src)
+	a.fits("cache", batch, maxLen, d)
+	n := a.fits("src", batch, seq, d)
+	b, sq, p, ml, dd := a.i32("batch", batch), a.i32("seq", seq), a.i32("past", past), a.i32("maxLen", maxLen), a.i32("d", d)
+	return k.launch(a, a.kernel, driver.D1(blocks1D(n)), driver.D1(threads), 0, s, cache, src, b, sq, p, ml, dd)
+}
+
+// AttnMaxHeadDim is the largest head size AttnSmall supports.
+const AttnMaxHeadDim = 256
+
+const attnWarps = 4 // ATTN_WARPS in kernels.cu
+
+// AttnSmall computes causal multi-head attention for the seq new queries
+// of each sequence (q, out [batch*seq, heads*headDim]) over the cached
+// keys/values [batch, maxLen, heads*headDim] at positions 0..past+i
+// whose int32 mask [batch, maskLd] entry is non-zero: softmax(scale *
+// q.k) v in fp32 with the maximum subtracted; a query with no visible key
+// gets zeros. Meant for decode (small seq) but correct for any seq.
+func (k *Set) AttnSmall(s driver.Stream, t DType, out, q, kcache, vcache, mask driver.Ptr, maskLd, batch, seq, past, maxLen, heads, headDim int, scale float32) error {
+	a := &args{kernel: "attn_small_" + suffix(t)}
+	a.dtype("T", t)
+	a.pos("batch", batch)
+	a.pos("seq", seq)
+	a.nonneg("past", past)
+	a.pos("heads", heads)
+	a.pos("headDim", headDim)
+	if headDim > AttnMaxHeadDim {
+		a.fail("headDim = %d exceeds %d", headDim, AttnMaxHeadDim)
+	}
+	if past+seq > maxLen {
+		a.fail("past %d + seq %d exceed maxLen %d", past, seq, maxLen)
+	}
+	a.ld("maskLd", maskLd, past+seq)
+	for _, p := range []struct {
+		n string
+		p driver.Ptr
+	}{{"out", out}, {"q", q}, {"kcache", kcache}, {"vcache", vcache}, {"mask", mask}} {
+		a.ptr(p.n, p.p)
+	}
+	a.fits("cache", batch, maxLen, heads, headDim)
+	a.fits("mask", batch, maskLd)
+	ml := a.i32("maskLd", maskLd)
+	b, sq, p, mx := a.i32("batch", batch), a.i32("seq", seq), a.i32("past", past), a.i32("maxLen", maxLen)
+	h, hd := a.i32("heads", heads), a.i32("headDim", headDim)
+	a.i32("d", heads*headDim)
+	if batch > 65535 {
+		a.fail("batch = %d exceeds 65535", batch)
+	}
+	grid := driver.Dim3{X: uint32(max(heads, 1)), Y: uint32(max(batch, 1)), Z: 1}
+	return k.launch(a, a.kernel, grid, driver.D1(32*attnWarps), 0, s, out, q, kcache, vcache, mask, ml, b, sq, p, mx, h, hd, scale)
+}
+
+// SoftmaxCausal computes, for batch entry b, probs [heads, seq, total]
+// (type t; total = past+seq) from fp32 scores of the same shape: row
+// (h, i) is the softmax of scale*scores over j <= past+i with mask[b][j]
+// != 0 and 0 elsewhere; a row with no visible key is all zeros.
+func (k *Set) SoftmaxCausal(s driver.Stream, t DType, probs, scores, mask driver.Ptr, maskLd, b, heads, seq, past int, scale float32) error {
+	a := &args{kernel: "softmax_causal_" + suffix(t)}
+	a.dtype("T", t)
+	a.nonneg("b", b)
+	a.pos("heads", heads)
+	a.pos("seq", seq)
+	a.nonneg("past", past)
+	total := past + seq
+	a.ld("maskLd", maskLd, total)
+	a.ptr("probs", probs)
+	a.ptr("scores", scores)
+	a.ptr("mask", mask)
+	a.fits("scores", heads, seq, total)
+	a.fits("mask", b+1, maskLd)
+	if heads > 65535 {
+		a.fail("heads = %d exceeds 65535", heads)
+	}
+	ml, bb, h, sq, p, tt := a.i32("maskLd", maskLd), a.i32("b", b), a.i32("heads", heads), a.i32("seq", seq), a.i32("past", past), a.i32("total", total)
+	grid := driver.Dim3{X: uint32(max(seq, 1)), Y: uint32(max(heads, 1)), Z: 1}
+	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, probs, scores, mask, ml, bb, h, sq, p, tt, scale)
+}
+
+func roundUp(v, m int) int { return (v + m - 1) / m * m }

@@ -1,0 +1,5 @@
+package cuda
+
+import "unsafe"
+
+func ptrOf(v []int32) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(v)) }

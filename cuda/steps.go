@@ -1,0 +1,727 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/slopeml/slope/cuda/blaslt"
+	"github.com/slopeml/slope/cuda/driver"
+	"github.com/slopeml/slope/cuda/kernels"
+	"github.com/slopeml/slope/cuda/sparselt"
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops"
+)
+
+// weightF32 reads weight input i of a node as float32 with its shape,
+// checking it against want (-1: any).
+func weightF32(bd ops.Binding, input int, want ...int) ([]float32, []int, error) {
+	n := bd.Node
+	name := n.Input(input)
+	if name == "" {
+		return nil, nil, fmt.Errorf("node %q: input %d (a weight) is missing: %w", n.Name, input, ops.ErrBadNode)
+	}
+	t, err := bd.W.Lookup(name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	shape := make([]int, len(t.Shape))
+	for i, d := range t.Shape {
+		shape[i] = int(d)
+	}
+	ok := len(shape) == len(want)
+	for i := 0; ok && i < len(want); i++ {
+		ok = want[i] < 0 || shape[i] == want[i]
+	}
+	if !ok {
+		return nil, nil, fmt.Errorf("node %q: weight %q has shape %v, want %v (-1: any): %w", n.Name, name, shape, want, ops.ErrBadNode)
+	}
+	if !format.IsFloat(t.Dtype) {
+		return nil, nil, fmt.Errorf("node %q: weight %q has dtype %s: %w", n.Name, name, t.Dtype, ops.ErrUnsupported)
+	}
+	data, err := bd.W.Dense(name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	return data, shape, nil
+}
+
+// deviceWeight uploads weight input i (as dt), once per tensor name.
+func (b *Backend) deviceWeight(bd ops.Binding, input int, dt DType, want ...int) (driver.Ptr, []int, error) {
+	name := bd.Node.Input(input)
+	key := weightKey{name, fmt.Sprint("dense", dt)}
+	data, shape, err := weightF32(bd, input, want...)
+	if err != nil {
+		return 0, nil, err
+	}
+	p, err := b.uploadFloats(key, data, dt)
+	return p, shape, err
+}
+
+// optionalF32 uploads an optional float32 vector of n values, or fill
+// when the input is omitted and fill is not nil.
+func (b *Backend) optionalF32(bd ops.Binding, input, n int, fill *float32) (driver.Ptr, error) {
+	if bd.Node.Input(input) == "" {
+		if fill == nil {
+			return 0, nil
+		}
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = *fill
+		}
+		return b.uploadBytesF32(v)
+	}
+	p, _, err := b.deviceWeight(bd, input, F32, n)
+	return p, err
+}
+
+func (b *Backend) uploadBytesF32(v []float32) (driver.Ptr, error) {
+	raw := make([]byte, 4*len(v))
+	if err := format.EncodeFloats(slopepb.DType_FLOAT32, v, raw); err != nil {
+		return 0, err
+	}
+	return b.uploadBytes(raw)
+}
+
+func inDim(bd ops.Binding, i int) (int, error) {
+	if i >= len(bd.InDims) {
+		return 0, fmt.Errorf("node %q: needs %d activation inputs, has %d: %w", bd.Node.Name, i+1, len(bd.InDims), ops.ErrBadNode)
+	}
+	return bd.InDims[i], nil
+}
+
+func (b *Backend) blasType(dt DType) blaslt.DType {
+	if dt == F32 {
+		return blaslt.F32
+	}
+	return blaslt.BF16
+}
+
+func checkT(what string, t ops.Tensor, rows, dim int) error {
+	if t.Rows() != rows || t.Dim() != dim {
+		return fmt.Errorf("%s is %d x %d, want %d x %d", what, t.Rows(), t.Dim(), rows, dim)
+	}
+	return nil
+}
+
+// --- Embedding ---
+
+type embeddingStep struct {
+	b                     *Backend
+	tok, pos              driver.Ptr
+	vocab, hid, positions int
+	offset                int
+	hostInts              []int32
+}
+
+func (b *Backend) bindEmbedding(bd ops.Binding) (ops.Step, error) {
+	n := bd.Node
+	if n.Input(4) != "" {
+		return nil, fmt.Errorf("node %q: embedding with project_in on the GPU: %w", n.Name, ops.ErrUnsupported)
+	}
+	tok, ts, err := b.deviceWeight(bd, 2, b.act, -1, -1)
+	if err != nil {
+		return nil, err
+	}
+	pos, ps, err := b.deviceWeight(bd, 3, b.act, -1, ts[1])
+	if err != nil {
+		return nil, err
+	}
+	off, err := n.Int("position_offset", 2)
+	if err != nil {
+		return nil, err
+	}
+	if off < 0 || int(off) >= ps[0] {
+		return nil, fmt.Errorf("node %q: position_offset %d outside the %d positions: %w", n.Name, off, ps[0], ops.ErrBadNode)
+	}
+	return b.wrap(&embeddingStep{b: b, tok: tok, pos: pos, vocab: ts[0], hid: ts[1], positions: ps[0], offset: int(off)}), nil
+}
+
+func (s *embeddingStep) OutDim() int { return s.hid }
+
+func (s *embeddingStep) ForwardDevice(c *ops.Call, _ []ops.Tensor, out ops.Tensor) error {
+	rows := c.Rows()
+	if err := checkT("embedding output", out, rows, s.hid); err != nil {
+		return err
+	}
+	total := c.Past + c.Seq
+	if len(c.IDs) != rows || len(c.Mask) != c.Batch*total {
+		return fmt.Errorf("embedding: %d ids and %d mask entries for batch %d, %d new and %d past tokens", len(c.IDs), len(c.Mask), c.Batch, c.Seq, c.Past)
+	}
+	if cap(s.hostInts) < 2*rows {
+		s.hostInts = make([]int32, 2*rows)
+	}
+	ints := s.hostInts[:2*rows]
+	for bt := 0; bt < c.Batch; bt++ {
+		mask := c.Mask[bt*total : (bt+1)*total]
+		for t := 0; t < c.Seq; t++ {
+			r := bt*c.Seq + t
+			id := int(c.IDs[r])
+			if id < 0 || id >= s.vocab {
+				return fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
+			}
+			p := ops.EmbeddingPosition(mask, c.Past+t) + s.offset
+			if p < 0 || p >= s.positions {
+				return fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
+			}
+			ints[r], ints[rows+r] = int32(id), int32(p)
+		}
+	}
+	b := s.b
+	p, err := b.grow(&b.ints, 4*len(ints))
+	if err != nil {
+		return err
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	if err := b.dev.CopyIn(p, ptrOf(ints), 4*len(ints)); err != nil {
+		return err
+	}
+	return b.k.Embedding(b.s, b.act, asTensor(out).p, p, p.Add(4*rows), s.tok, s.pos, rows, s.hid)
+}
+
+// --- LayerNorm, Add, activations ---
+
+type layerNormStep struct {
+	b           *Backend
+	dim         int
+	gamma, beta driver.Ptr
+	eps         float32
+}
+
+func (b *Backend) bindLayerNorm(bd ops.Binding) (ops.Step, error) {
+	d, err := inDim(bd, 0)
+	if err != nil {
+		return nil, err
+	}
+	eps, err := bd.Node.Float("epsilon", 1e-5)
+	if err != nil {
+		return nil, err
+	}
+	one, zero := float32(1), float32(0)
+	s := &layerNormStep{b: b, dim: d, eps: eps}
+	if s.gamma, err = b.optionalF32(bd, 1, d, &one); err != nil {
+		return nil, err
+	}
+	if s.beta, err = b.optionalF32(bd, 2, d, &zero); err != nil {
+		return nil, err
+	}
+	return b.wrap(s), nil
+}
+
+func (s *layerNormStep) OutDim() int { return s.dim }
+
+func (s *layerNormStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error {
+	if err := checkT("layernorm input", in[0], c.Rows(), s.dim); err != nil {
+		return err
+	}
+	return s.b.k.LayerNorm(s.b.s, s.b.act, asTensor(out).p, asTensor(in[0]).p, s.gamma, s.beta, c.Rows(), s.dim, s.eps)
+}
+
+type addStep struct {
+	b   *Backend
+	dim int
+}
+
+func (b *Backend) bindAdd(bd ops.Binding) (ops.Step, error) {
+	d0, err := inDim(bd, 0)
+	if err != nil {
+		return nil, err
+	}
+	d1, err := inDim(bd, 1)
+	if err != nil {
+		return nil, err
+	}
+	if d0 != d1 {
+		return nil, fmt.Errorf("node %q: adds widths %d and %d: %w", bd.Node.Name, d0, d1, ops.ErrBadNode)
+	}
+	return b.wrap(&addStep{b: b, dim: d0}), nil
+}
+
+func (s *addStep) OutDim() int { return s.dim }
+
+func (s *addStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error {
+	for i := range 2 {
+		if err := checkT(fmt.Sprintf("add input %d", i), in[i], c.Rows(), s.dim); err != nil {
+			return err
+		}
+	}
+	return s.b.k.Add(s.b.s, s.b.act, asTensor(out).p, asTensor(in[0]).p, asTensor(in[1]).p, c.Rows()*s.dim)
+}
+
+type activationStep struct {
+	b   *Backend
+	dim int
+	act kernels.Act
+}
+
+var activations = map[string]kernels.Act{
+	ops.OpRelu: kernels.ActRelu, ops.OpGelu: kernels.ActGelu, ops.OpGeluTanh: kernels.ActGeluTanh,
+	ops.OpSilu: kernels.ActSilu, ops.OpTanh: kernels.ActTanh, ops.OpSigmoid: kernels.ActSigmoid,
+}
+
+func (b *Backend) bindActivation(bd ops.Binding) (ops.Step, error) {
+	d, err := inDim(bd, 0)
+	if err != nil {
+		return nil, err
+	}
+	a, ok := activations[bd.Node.OpType]
+	if !ok {
+		return nil, fmt.Errorf("node %q: activation %s: %w", bd.Node.Name, bd.Node.OpType, ops.ErrUnsupported)
+	}
+	return b.wrap(&activationStep{b: b, dim: d, act: a}), nil
+}
+
+func (s *activationStep) OutDim() int { return s.dim }
+
+func (s *activationStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error {
+	if err := checkT("activation input", in[0], c.Rows(), s.dim); err != nil {
+		return err
+	}
+	return s.b.k.Act(s.b.s, s.b.act, asTensor(out).p, asTensor(in[0]).p, c.Rows()*s.dim, s.act)
+}
+
+// --- Linear, LMHead, SlopeLinear ---
+
+// linearStep computes y[M, out] = x[M, in]·Wᵀ + bias (+ scale·(x·L)·R).
+type linearStep struct {
+	b       *Backend
+	name    string
+	in, out int
+	bias    driver.Ptr // float32 [out] or 0
+
+	// Dense weight [out, in] in the activation type.
+	w driver.Ptr
+
+	// N:M weight [rows, in] (rows = out + merged rank).
+	nm        bool
+	rows      int
+	pat       format.NM
+	vals, idx driver.Ptr
+	valType   DType
+	sp        *sparselt.Weight // 2:4 bf16 via cuSPARSELt, or nil
+	spmv      bool             // the custom 2:4 kernel applies
+	spmvMax   int
+	rank      int
+	merged    bool
+	l, r      driver.Ptr // L [in, rank] (unmerged), R [rank, out]
+	scale     float32
+	// force pins the N:M path ("spmv", "cusparselt", "generic"; "" is
+	// the automatic choice), for cross-checks and benchmarks.
+	force string
+}
+
+func (s *linearStep) OutDim() int { return s.out }
+
+func (b *Backend) bindLinear(bd ops.Binding) (ops.Step, error) {
+	in, err := inDim(bd, 0)
+	if err != nil {
+		return nil, err
+	}
+	w, shape, err := b.deviceWeight(bd, 1, b.act, -1, in)
+	if err != nil {
+		return nil, err
+	}
+	s := &linearStep{b: b, name: bd.Node.Name, in: in, out: shape[0], w: w}
+	if bd.Node.OpType == ops.OpLinear {
+		if s.bias, err = b.optionalF32(bd, 2, s.out, nil); err != nil {
+			return nil, err
+		}
+	}
+	return b.wrap(s), nil
+}
+
+func (b *Backend) bindSlopeLinear(bd ops.Binding) (ops.Step, error) {
+	n := bd.Node
+	in, err := inDim(bd, 0)
+	if err != nil {
+		return nil, err
+	}
+	name := n.Input(1)
+	t, err := bd.W.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	if t.Encoding != slopepb.Encoding_NM {
+		return nil, fmt.Errorf("node %q: weight %q is %s, SlopeLinear needs an NM weight: %w", n.Name, name, t.Encoding, ops.ErrBadNode)
+	}
+	v, err := bd.W.NM(name)
+	if err != nil {
+		return nil, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	if v.Cols != in {
+		return nil, fmt.Errorf("node %q: weight %q is [%d %d], the input has width %d: %w", n.Name, name, v.Rows, v.Cols, in, ops.ErrBadNode)
+	}
+	an, _ := n.Int("n", 0)
+	am, _ := n.Int("m", 0)
+	if int(an) != v.Pattern.N || int(am) != v.Pattern.M {
+		return nil, fmt.Errorf("node %q: attributes n:m = %d:%d, weight %q is %s: %w", n.Name, an, am, name, v.Pattern, ops.ErrBadNode)
+	}
+	mergedRank, err := n.Int("merged_rank", 0)
+	if err != nil {
+		return nil, err
+	}
+	s := &linearStep{b: b, name: n.Name, in: in, nm: true, rows: v.Rows, pat: v.Pattern, out: v.Rows - int(mergedRank)}
+	if mergedRank < 0 || s.out < 1 {
+		return nil, fmt.Errorf("node %q: merged_rank %d for a weight of %d rows: %w", n.Name, mergedRank, v.Rows, ops.ErrBadNode)
+	}
+	if err := b.uploadNM(s, name, v); err != nil {
+		return nil, fmt.Errorf("node %q: weight %q: %w", n.Name, name, err)
+	}
+	if s.bias, err = b.optionalF32(bd, 2, s.out, nil); err != nil {
+		return nil, err
+	}
+	switch {
+	case mergedRank > 0:
+		if n.Input(4) != "" || n.Input(5) == "" {
+			return nil, fmt.Errorf("node %q: merged_rank %d needs R and no L input: %w", n.Name, mergedRank, ops.ErrBadNode)
+		}
+		s.merged, s.rank = true, int(mergedRank)
+		if s.r, _, err = b.deviceWeight(bd, 5, b.act, s.rank, s.out); err != nil {
+			return nil, err
+		}
+		if s.scale, err = adapterScale(bd, 5); err != nil {
+			return nil, err
+		}
+	case n.Input(4) != "" || n.Input(5) != "":
+		var ls []int
+		if s.l, ls, err = b.deviceWeight(bd, 4, b.act, in, -1); err != nil {
+			return nil, err
+		}
+		s.rank = ls[1]
+		if s.r, _, err = b.deviceWeight(bd, 5, b.act, s.rank, s.out); err != nil {
+			return nil, err
+		}
+		if s.scale, err = adapterScale(bd, 4); err != nil {
+			return nil, err
+		}
+	}
+	return b.wrap(s), nil
+}
+
+func adapterScale(bd ops.Binding, input int) (float32, error) {
+	t, err := bd.W.Lookup(bd.Node.Input(input))
+	if err != nil {
+		return 0, err
+	}
+	if t.Adapter == nil {
+		return 0, fmt.Errorf("node %q: input %d %q is not a LOW_RANK adapter factor: %w", bd.Node.Name, input, t.Name, ops.ErrBadNode)
+	}
+	return t.Adapter.Scale, nil
+}
+
+// uploadNM puts an N:M weight on the device: the portable values and
+// indices (read by the N:M kernels) and, for 2:4 bf16 with cuSPARSELt,
+// the library's compressed form (made on the device from the expanded
+// matrix).
+func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
+	// Values in the activation type's precision class: bf16 stays bf16;
+	// fp16 and fp32 become fp32 (exact) in f32 mode and bf16 otherwise.
+	vt := b.act
+	if v.DType == slopepb.DType_BFLOAT16 {
+		vt = BF16
+	}
+	var raw []byte
+	if (vt == BF16 && v.DType == slopepb.DType_BFLOAT16) || (vt == F32 && v.DType == slopepb.DType_FLOAT32) {
+		raw = v.Values
+	} else {
+		es, _ := format.ElemSize(v.DType)
+		f := make([]float32, len(v.Values)/es)
+		if err := format.DecodeFloats(v.DType, v.Values, f); err != nil {
+			return err
+		}
+		raw = make([]byte, len(f)*vt.Size())
+		dst := slopepb.DType_FLOAT32
+		if vt == BF16 {
+			dst = slopepb.DType_BFLOAT16
+		}
+		if err := format.EncodeFloats(dst, f, raw); err != nil {
+			return err
+		}
+	}
+	var err error
+	s.valType = vt
+	if s.vals, err = b.uploadBytes(raw); err != nil {
+		return err
+	}
+	if s.idx, err = b.uploadBytes(v.Indices); err != nil {
+		return err
+	}
+	is24 := v.Pattern.N == 2 && v.Pattern.M == 4 && vt == BF16
+	s.spmv = is24 && v.Cols%64 == 0 && b.opts.SpMVMaxRows > 0
+	s.spmvMax = b.opts.SpMVMaxRows
+	if is24 && b.sp != nil && sparselt.Supported(v.Rows, v.Cols) == nil {
+		dense, err := b.dev.Alloc(v.Rows * v.Cols * 2)
+		if err != nil {
+			return err
+		}
+		defer b.dev.Free(dense)
+		if err := b.k.NMExpand(b.s, BF16, dense, s.vals, s.idx, v.Rows, v.Cols, 2, 4); err != nil {
+			return err
+		}
+		w, err := b.sp.NewWeight(b.s, dense, v.Rows, v.Cols)
+		if err != nil {
+			return fmt.Errorf("cuSPARSELt: %w", err)
+		}
+		if err := b.dev.SyncStream(b.s); err != nil {
+			return err
+		}
+		s.sp = w
+		b.WeightBytes += w.Bytes()
+	}
+	return nil
+}
+
+// scratchT returns scratch slot i of at least rows x dim activations.
+func (b *Backend) scratchT(i, rows, dim int) (driver.Ptr, error) {
+	return b.grow(&b.scratch[i], max(rows, 1)*dim*b.act.Size())
+}
+
+func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error {
+	b := s.b
+	m := c.Rows()
+	if err := checkT("linear input", in[0], m, s.in); err != nil {
+		return err
+	}
+	x, y := asTensor(in[0]), asTensor(out)
+	es := b.act.Size()
+	if !s.nm {
+		if err := b.lt.Run(b.s, &blaslt.Gemm{M: m, N: s.out, K: s.in, A: x.p, LdA: s.in, B: s.w, LdB: s.in, TransB: true,
+			D: y.p, LdD: s.out, Alpha: 1, AB: b.blasType(b.act), Out: b.blasType(b.act)}); err != nil {
+			return fmt.Errorf("linear %s: %w", s.name, err)
+		}
+		return s.addBias(m, y.p)
+	}
+	// N:M product into target [m, rows] (ld rows): y itself unless merged.
+	target, ld := y.p, s.out
+	if s.merged {
+		var err error
+		if target, err = b.scratchT(0, padRows(m), s.rows); err != nil {
+			return err
+		}
+		ld = s.rows
+	}
+	var err error
+	ltFits := s.sp != nil && s.sp.PadM(m) <= x.capRows && (s.merged || s.sp.PadM(m) <= y.capRows) &&
+		s.sp.Fits(m, target, ld, x.p, s.in) == nil
+	switch {
+	case s.force == "spmv" || (s.force == "" && s.spmv && m <= s.spmvMax):
+		err = b.k.SpMV24(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, 0, m, s.rows, s.in)
+	case s.force == "cusparselt" || (s.force == "" && ltFits):
+		if !ltFits {
+			return fmt.Errorf("slope linear %s: cuSPARSELt does not apply (%d rows)", s.name, m)
+		}
+		err = s.sp.Matmul(b.s, target, ld, x.p, s.in, m, 0)
+	default:
+		err = b.k.SpMMNM(b.s, s.valType, b.act, target, ld, x.p, s.in, s.vals, s.idx, 0, m, s.rows, s.in, s.pat.N, s.pat.M)
+	}
+	if err != nil {
+		return fmt.Errorf("slope linear %s: %w", s.name, err)
+	}
+	switch {
+	case s.merged:
+		// y = target[:, :out] + scale·target[:, out:]·R
+		if err := b.dev.Copy2D(y.p, s.out*es, target, s.rows*es, s.out*es, m, b.s); err != nil {
+			return err
+		}
+		if err := b.lt.Run(b.s, &blaslt.Gemm{M: m, N: s.out, K: s.rank, A: target.Add(s.out * es), LdA: s.rows,
+			B: s.r, LdB: s.out, D: y.p, LdD: s.out, Alpha: s.scale, Beta: 1, AB: b.blasType(b.act), Out: b.blasType(b.act)}); err != nil {
+			return fmt.Errorf("slope linear %s: adapter: %w", s.name, err)
+		}
+	case s.rank > 0:
+		t, err := b.scratchT(1, m, s.rank)
+		if err != nil {
+			return err
+		}
+		if err := b.lt.Run(b.s, &blaslt.Gemm{M: m, N: s.rank, K: s.in, A: x.p, LdA: s.in, B: s.l, LdB: s.rank,
+			D: t, LdD: s.rank, Alpha: 1, AB: b.blasType(b.act), Out: b.blasType(b.act)}); err != nil {
+			return fmt.Errorf("slope linear %s: adapter x·L: %w", s.name, err)
+		}
+		if err := b.lt.Run(b.s, &blaslt.Gemm{M: m, N: s.out, K: s.rank, A: t, LdA: s.rank, B: s.r, LdB: s.out,
+			D: y.p, LdD: s.out, Alpha: s.scale, Beta: 1, AB: b.blasType(b.act), Out: b.blasType(b.act)}); err != nil {
+			return fmt.Errorf("slope linear %s: adapter ·R: %w", s.name, err)
+		}
+	}
+	return s.addBias(m, y.p)
+}
+
+func (s *linearStep) addBias(m int, y driver.Ptr) error {
+	if s.bias == 0 {
+		return nil
+	}
+	return s.b.k.BiasAct(s.b.s, s.b.act, y, s.out, s.bias, m, s.out, kernels.ActNone)
+}
+
+// --- CausalAttention ---
+
+type attentionStep struct {
+	b                   *Backend
+	id                  int
+	dim, heads, headDim int
+	scale               float32
+}
+
+func (b *Backend) bindAttention(bd ops.Binding) (ops.Step, error) {
+	n := bd.Node
+	var d int
+	for i := range 3 {
+		di, err := inDim(bd, i)
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 && di != d {
+			return nil, fmt.Errorf("node %q: q, k, v widths differ (%v): %w", n.Name, bd.InDims, ops.ErrBadNode)
+		}
+		d = di
+	}
+	heads, err := n.Int("num_heads", 0)
+	if err != nil {
+		return nil, err
+	}
+	if heads <= 0 || d%int(heads) != 0 {
+		return nil, fmt.Errorf("node %q: num_heads %d does not divide width %d: %w", n.Name, heads, d, ops.ErrBadNode)
+	}
+	scale, err := n.Float("scale", float32(1/math.Sqrt(float64(d/int(heads)))))
+	if err != nil {
+		return nil, err
+	}
+	return b.wrap(&attentionStep{b: b, id: n.ID, dim: d, heads: int(heads), headDim: d / int(heads), scale: scale}), nil
+}
+
+func (s *attentionStep) OutDim() int { return s.dim }
+
+// gemmAttentionMin: from this many new tokens on, attention runs as two
+// batched GEMMs per sequence (tensor cores) around a masked softmax.
+const gemmAttentionMin = 16
+
+func (s *attentionStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error {
+	b := s.b
+	rows := c.Rows()
+	for i := range 3 {
+		if err := checkT(fmt.Sprintf("attention input %d", i), in[i], rows, s.dim); err != nil {
+			return err
+		}
+	}
+	total := c.Past + c.Seq
+	if b.maskLd != total {
+		return fmt.Errorf("attention: the call's mask covers %d tokens, want %d (Begin not called?)", b.maskLd, total)
+	}
+	q := asTensor(in[0]).p
+	kc, vc, maxLen := asTensor(in[1]).p, asTensor(in[2]).p, c.Seq
+	if c.DeviceCache != nil {
+		kv, ok := c.DeviceCache.(*kvCache)
+		if !ok {
+			return fmt.Errorf("attention: cache of another backend (%T)", c.DeviceCache)
+		}
+		if c.Batch != kv.batch || total > kv.maxLen {
+			return fmt.Errorf("attention: %d sequences of %d tokens do not fit a cache of %d x %d", c.Batch, total, kv.batch, kv.maxLen)
+		}
+		l, err := kv.layer(s.id, s.dim)
+		if err != nil {
+			return err
+		}
+		for i, dst := range []driver.Ptr{l.k, l.v} {
+			if err := b.k.KVAppend(b.s, b.act, dst, asTensor(in[1+i]).p, c.Batch, c.Seq, c.Past, kv.maxLen, s.dim); err != nil {
+				return err
+			}
+		}
+		kc, vc, maxLen = l.k, l.v, kv.maxLen
+	} else if c.Past != 0 {
+		return fmt.Errorf("attention: %d past tokens but no cache", c.Past)
+	}
+	o := asTensor(out).p
+	if c.Seq < gemmAttentionMin {
+		return b.k.AttnSmall(b.s, b.act, o, q, kc, vc, b.mask.p, b.maskLd, c.Batch, c.Seq, c.Past, maxLen, s.heads, s.headDim, s.scale)
+	}
+	es := b.act.Size()
+	scores, err := b.grow(&b.scratch[2], 4*s.heads*c.Seq*total)
+	if err != nil {
+		return err
+	}
+	probs, err := b.grow(&b.scratch[3], es*s.heads*c.Seq*total)
+	if err != nil {
+		return err
+	}
+	at := b.blasType(b.act)
+	for bt := 0; bt < c.Batch; bt++ {
+		// scores[h] = Q_h · K_hᵀ  ([seq, total] per head)
+		if err := b.lt.Run(b.s, &blaslt.Gemm{M: c.Seq, N: total, K: s.headDim,
+			A: q.Add(bt * c.Seq * s.dim * es), LdA: s.dim, StrideA: int64(s.headDim),
+			B: kc.Add(bt * maxLen * s.dim * es), LdB: s.dim, StrideB: int64(s.headDim), TransB: true,
+			D: scores, LdD: total, StrideD: int64(c.Seq * total), Batch: s.heads,
+			Alpha: 1, AB: at, Out: blaslt.F32}); err != nil {
+			return fmt.Errorf("attention scores: %w", err)
+		}
+		if err := b.k.SoftmaxCausal(b.s, b.act, probs, scores, b.mask.p, b.maskLd, bt, s.heads, c.Seq, c.Past, s.scale); err != nil {
+			return err
+		}
+		// out_h = P_h · V_h  ([seq, headDim] per head)
+		if err := b.lt.Run(b.s, &blaslt.Gemm{M: c.Seq, N: s.headDim, K: total,
+			A: probs, LdA: total, StrideA: int64(c.Seq * total),
+			B: vc.Add(bt * maxLen * s.dim * es), LdB: s.dim, StrideB: int64(s.headDim),
+			D: o.Add(bt * c.Seq * s.dim * es), LdD: s.dim, StrideD: int64(s.headDim), Batch: s.heads,
+			Alpha: 1, AB: at, Out: at}); err != nil {
+			return fmt.Errorf("attention values: %w", err)
+		}
+	}
+	return nil
+}
+
+// kvCache is the device key/value cache of one session.
+type kvCache struct {
+	b             *Backend
+	batch, maxLen int
+	layers        map[int]*kvLayer
+}
+
+type kvLayer struct {
+	dim  int
+	k, v driver.Ptr
+}
+
+func (c *kvCache) layer(id, dim int) (*kvLayer, error) {
+	if l := c.layers[id]; l != nil {
+		return l, nil
+	}
+	n := c.batch * c.maxLen * dim * c.b.act.Size()
+	k, err := c.b.dev.Alloc(n)
+	if err != nil {
+		return nil, fmt.Errorf("key cache: %w", err)
+	}
+	v, err := c.b.dev.Alloc(n)
+	if err != nil {
+		c.b.dev.Free(k)
+		return nil, fmt.Errorf("value cache: %w", err)
+	}
+	l := &kvLayer{dim: dim, k: k, v: v}
+	c.layers[id] = l
+	return l, nil
+}
+
+// Release implements ops.DeviceCache.
+func (c *kvCache) Release() error { return c.b.dev.Do(c.ReleaseInside) }
+
+// ReleaseInside is Release for callers already inside Do.
+func (c *kvCache) ReleaseInside() error {
+	{
+		var first error
+		for id, l := range c.layers {
+			for _, p := range []driver.Ptr{l.k, l.v} {
+				if err := c.b.dev.Free(p); err != nil && first == nil {
+					first = err
+				}
+			}
+			delete(c.layers, id)
+		}
+		return first
+	}
+}
+
+// NewCache implements ops.DeviceBackend.
+func (b *Backend) NewCache(batch, maxLen int) (ops.DeviceCache, error) {
+	if batch <= 0 || maxLen <= 0 {
+		return nil, fmt.Errorf("cuda: cache of %d x %d", batch, maxLen)
+	}
+	return &kvCache{b: b, batch: batch, maxLen: maxLen, layers: map[int]*kvLayer{}}, nil
+}
