@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check: conformance of the CUDA backend, then the SlopeLinear and
+# The GPU check: conformance of the CUDA backend, the whole CLI on the
+# GPU (convert, run, bench against the CPU), then the SlopeLinear and
 # decoder-layer tables against cuBLASLt dense bf16 (bench/cmd/gpubench).
 #
-#   bench/gpu.sh build   # here, with Go: test binaries and gpubench into .gpu/
+#   bench/gpu.sh build   # here, with Go: .gpu/bins.tgz (test binaries, tools)
 #   bench/gpu.sh run     # on the GPU machine (no Go needed), from the repo root
 #
 # `run` sets SLOPE_REQUIRE_GPU=1, so a GPU test that cannot open the GPU
@@ -16,15 +17,23 @@ pkgs=(cuda/driver cuda/kernels cuda/blaslt cuda/sparselt cuda)
 case "${1:-}" in
 build)
 	set -e
-	mkdir -p "$bins"
+	stage=$(mktemp -d "${TMPDIR:-/tmp}/slope-gpu.XXXXXX")
+	trap 'rm -rf "$stage"' EXIT
 	for p in "${pkgs[@]}"; do
-		CGO_ENABLED=0 go test -c -trimpath -ldflags="-s -w" -o "$bins/$(echo "$p" | tr / _).test" "./$p"
+		CGO_ENABLED=0 go test -c -trimpath -ldflags="-s -w" -o "$stage/$(echo "$p" | tr / _).test" "./$p"
 	done
-	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$bins/gpubench" ./bench/cmd/gpubench
+	for c in bench/cmd/gpubench bench/cmd/genckpt cli/slope cli/slope-convert; do
+		CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$stage/$(basename "$c")" "./$c"
+	done
+	mkdir -p "$bins"
+	tar czf "$bins/bins.tgz" -C "$stage" .
 	ls -la "$bins"
 	;;
 run)
 	export SLOPE_REQUIRE_GPU=1
+	tools=$(mktemp -d "${TMPDIR:-/tmp}/slope-gpu.XXXXXX")
+	tar xzf "$bins/bins.tgz" -C "$tools"
+	bins=$tools
 	mkdir -p bench/out
 	log=bench/out/gpu.txt
 	{
@@ -44,6 +53,23 @@ run)
 				[[ $rc == 0 ]] || status=1
 			done
 		fi
+		echo "## CLI on the GPU (embedded tiny model; OPT-125m-shaped random model)"
+		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-cli.XXXXXX")
+		"$bins/slope-convert" dense-to-slope --out "$work/tiny.slope" --quiet >/dev/null
+		for dev in cpu cuda-f32 cuda; do
+			echo "### slope run --device $dev (greedy, 12 tokens)"
+			"$bins/slope" run "$work/tiny.slope" --ids '[[2, 100, 200, 300]]' --max-tokens 12 --device $dev 2>&1 | tail -3
+		done
+		"$bins/genckpt" -out "$work/ckpt" -preset opt-125m -dtype F32 -layout safetensors >/dev/null
+		"$bins/slope-convert" dense-to-slope --in "$work/ckpt" --out "$work/d.slope" --nm dense --dtype bf16 --quiet >/dev/null
+		"$bins/slope-convert" dense-to-slope --in "$work/ckpt" --out "$work/s.slope" --nm 2:4 --dtype bf16 --quiet >/dev/null
+		for m in d s; do
+			for dev in cpu cuda; do
+				echo "### slope bench OPT-125m-shaped $([[ $m == d ]] && echo dense || echo 2:4) bf16 --device $dev"
+				timeout 120 "$bins/slope" bench "$work/$m.slope" --prompt-len 128 --gen-len 64 --device $dev 2>&1 | tail -6
+			done
+		done
+		rm -rf "$work"
 		echo "## gpubench"
 		timeout 420 "$bins/gpubench" -tables "${TABLES:-linear,layer}" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) 2>&1
 		rc=$?

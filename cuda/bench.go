@@ -11,6 +11,7 @@ import (
 	"github.com/slopeml/slope/cuda/driver"
 	"github.com/slopeml/slope/cuda/kernels"
 	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops"
 )
 
@@ -104,6 +105,13 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 		if s.bias, err = b.uploadBytesF32(bv); err != nil {
 			return nil, err
 		}
+		raw := make([]byte, 2*len(bv))
+		if err := format.EncodeFloats(slopepb.DType_BFLOAT16, bv, raw); err != nil {
+			return nil, err
+		}
+		if s.biasAct, err = b.uploadBytes(raw); err != nil {
+			return nil, err
+		}
 	}
 	if kind == Dense {
 		if rank != 0 {
@@ -158,16 +166,29 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 		if s.sp, err = b.sp.NewWeight(b.s, dense, rows, in); err != nil {
 			return nil, err
 		}
+		if b.ltBias && s.biasAct != 0 && !s.merged {
+			if err := s.sp.SetBias(s.biasAct); err != nil {
+				return nil, err
+			}
+			s.ltBias = true
+		}
 		if err := b.dev.SyncStream(b.s); err != nil {
 			return nil, err
 		}
 		bl.LtBytes = s.sp.Bytes()
 		b.WeightBytes += bl.LtBytes
+		if kind == Sparse24Lt {
+			// Only cuSPARSELt's form stays (Options.LowMemory).
+			for _, p := range []driver.Ptr{s.vals, s.idx} {
+				if err := b.dev.Free(p); err != nil {
+					return nil, err
+				}
+			}
+			s.vals, s.idx = 0, 0
+			b.WeightBytes -= bl.PortableBytes
+		}
 	}
 	bl.Bytes = b.WeightBytes - before
-	if kind == Sparse24Lt {
-		bl.Bytes -= bl.PortableBytes
-	}
 	return bl, nil
 }
 
@@ -384,7 +405,7 @@ func (l *BenchLinear) ForwardPath(path string, x, y ops.Tensor, m int) error {
 func (b *Backend) FreeBenchLinear(l *BenchLinear) error {
 	s := l.step
 	var first error
-	for _, p := range []driver.Ptr{s.w, s.vals, s.idx, s.r, s.l, s.bias} {
+	for _, p := range []driver.Ptr{s.w, s.vals, s.idx, s.r, s.l, s.bias, s.biasAct} {
 		if err := b.dev.Free(p); err != nil && first == nil {
 			first = err
 		}
@@ -395,9 +416,6 @@ func (b *Backend) FreeBenchLinear(l *BenchLinear) error {
 		}
 	}
 	b.WeightBytes -= l.Bytes
-	if l.LtBytes > 0 && l.Bytes < l.PortableBytes+l.LtBytes {
-		b.WeightBytes -= l.PortableBytes
-	}
 	*s = linearStep{}
 	return first
 }

@@ -20,7 +20,13 @@ import (
 // as passed.
 func newOrReport(t *testing.T, act DType) *Backend {
 	t.Helper()
-	b, err := New(Options{Activations: act, Log: func(s string) { t.Log(s) }})
+	return newWith(t, Options{Activations: act})
+}
+
+func newWith(t *testing.T, o Options) *Backend {
+	t.Helper()
+	o.Log = func(s string) { t.Log(s) }
+	b, err := New(o)
 	if err != nil {
 		if os.Getenv("SLOPE_REQUIRE_GPU") == "1" {
 			t.Fatalf("SLOPE_REQUIRE_GPU=1 but: %v", err)
@@ -38,6 +44,20 @@ func TestConformanceF32(t *testing.T) {
 
 func TestConformanceBF16(t *testing.T) {
 	b := newOrReport(t, BF16)
+	t.Logf("cuSPARSELt: %v, its bias epilogue used: %v", b.sp != nil, b.ltBias)
+	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
+}
+
+// Only cuSPARSELt's form of 2:4 weights on the device: every 2:4 product
+// it can take runs there (decode sizes included).
+func TestConformanceBF16LowMemory(t *testing.T) {
+	b := newWith(t, Options{Activations: BF16, LowMemory: true})
+	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
+}
+
+// The decode kernel for every 2:4 product it can take.
+func TestConformanceBF16DecodeKernel(t *testing.T) {
+	b := newWith(t, Options{Activations: BF16, SpMVMaxRows: 1 << 20})
 	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
 }
 

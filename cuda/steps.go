@@ -49,7 +49,7 @@ func weightF32(bd ops.Binding, input int, want ...int) ([]float32, []int, error)
 // deviceWeight uploads weight input i (as dt), once per tensor name.
 func (b *Backend) deviceWeight(bd ops.Binding, input int, dt DType, want ...int) (driver.Ptr, []int, error) {
 	name := bd.Node.Input(input)
-	key := weightKey{name, fmt.Sprint("dense", dt)}
+	key := weightKey{bd.W, name, fmt.Sprint("dense", dt)}
 	data, shape, err := weightF32(bd, input, want...)
 	if err != nil {
 		return 0, nil, err
@@ -290,6 +290,8 @@ type linearStep struct {
 	name    string
 	in, out int
 	bias    driver.Ptr // float32 [out] or 0
+	biasAct driver.Ptr // the bias in the activation type (library epilogues), or 0
+	ltBias  bool       // cuSPARSELt adds the bias itself
 
 	// Dense weight [out, in] in the activation type.
 	w driver.Ptr
@@ -325,7 +327,7 @@ func (b *Backend) bindLinear(bd ops.Binding) (ops.Step, error) {
 	}
 	s := &linearStep{b: b, name: bd.Node.Name, in: in, out: shape[0], w: w}
 	if bd.Node.OpType == ops.OpLinear {
-		if s.bias, err = b.optionalF32(bd, 2, s.out, nil); err != nil {
+		if err := b.bindBias(bd, s); err != nil {
 			return nil, err
 		}
 	}
@@ -366,11 +368,12 @@ func (b *Backend) bindSlopeLinear(bd ops.Binding) (ops.Step, error) {
 	if mergedRank < 0 || s.out < 1 {
 		return nil, fmt.Errorf("node %q: merged_rank %d for a weight of %d rows: %w", n.Name, mergedRank, v.Rows, ops.ErrBadNode)
 	}
+	if err := b.bindBias(bd, s); err != nil {
+		return nil, err
+	}
+	s.merged = mergedRank > 0
 	if err := b.uploadNM(s, name, v); err != nil {
 		return nil, fmt.Errorf("node %q: weight %q: %w", n.Name, name, err)
-	}
-	if s.bias, err = b.optionalF32(bd, 2, s.out, nil); err != nil {
-		return nil, err
 	}
 	switch {
 	case mergedRank > 0:
@@ -398,6 +401,17 @@ func (b *Backend) bindSlopeLinear(bd ops.Binding) (ops.Step, error) {
 		}
 	}
 	return b.wrap(s), nil
+}
+
+// bindBias uploads a linear's optional bias (input 2): float32 for the
+// kernels, and in the activation type for the library epilogues.
+func (b *Backend) bindBias(bd ops.Binding, s *linearStep) error {
+	var err error
+	if s.bias, err = b.optionalF32(bd, 2, s.out, nil); err != nil || s.bias == 0 {
+		return err
+	}
+	s.biasAct, _, err = b.deviceWeight(bd, 2, b.act, s.out)
+	return err
 }
 
 func adapterScale(bd ops.Binding, input int) (float32, error) {
@@ -464,11 +478,27 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 		if err != nil {
 			return fmt.Errorf("cuSPARSELt: %w", err)
 		}
+		if b.ltBias && s.biasAct != 0 && !s.merged {
+			if err := w.SetBias(s.biasAct); err != nil {
+				return err
+			}
+			s.ltBias = true
+		}
 		if err := b.dev.SyncStream(b.s); err != nil {
 			return err
 		}
 		s.sp = w
 		b.WeightBytes += w.Bytes()
+		if b.opts.LowMemory {
+			// Only cuSPARSELt's form stays: every product runs there.
+			for _, p := range []driver.Ptr{s.vals, s.idx} {
+				if err := b.dev.Free(p); err != nil {
+					return err
+				}
+			}
+			b.WeightBytes -= int64(len(raw) + len(v.Indices))
+			s.vals, s.idx, s.spmv = 0, 0, false
+		}
 	}
 	return nil
 }
@@ -486,14 +516,16 @@ func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor)
 	}
 	x, y := asTensor(in[0]), asTensor(out)
 	es := b.act.Size()
+	at := b.blasType(b.act)
 	if !s.nm {
 		if err := b.lt.Run(b.s, &blaslt.Gemm{M: m, N: s.out, K: s.in, A: x.p, LdA: s.in, B: s.w, LdB: s.in, TransB: true,
-			D: y.p, LdD: s.out, Alpha: 1, AB: b.blasType(b.act), Out: b.blasType(b.act)}); err != nil {
+			D: y.p, LdD: s.out, Alpha: 1, AB: at, Out: at, Bias: s.biasAct}); err != nil {
 			return fmt.Errorf("linear %s: %w", s.name, err)
 		}
-		return s.addBias(m, y.p)
+		return nil
 	}
-	// N:M product into target [m, rows] (ld rows): y itself unless merged.
+	// The N:M product goes to target [m, rows] (ld rows): y itself unless
+	// merged, where the adapter product below reads it.
 	target, ld := y.p, s.out
 	if s.merged {
 		var err error
@@ -502,31 +534,41 @@ func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor)
 		}
 		ld = s.rows
 	}
+	// The bias is fused into the product where the path allows.
+	var kernelBias driver.Ptr
+	if !s.merged {
+		kernelBias = s.bias
+	}
+	biasDone := s.merged // the adapter product adds it
 	var err error
 	ltFits := s.sp != nil && s.sp.PadM(m) <= x.capRows && (s.merged || s.sp.PadM(m) <= y.capRows) &&
 		s.sp.Fits(m, target, ld, x.p, s.in) == nil
 	switch {
 	case s.force == "spmv" || (s.force == "" && s.spmv && m <= s.spmvMax):
-		err = b.k.SpMV24(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, 0, m, s.rows, s.in)
+		err = b.k.SpMV24(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in)
+		biasDone = true
 	case s.force == "cusparselt" || (s.force == "" && ltFits):
 		if !ltFits {
 			return fmt.Errorf("slope linear %s: cuSPARSELt does not apply (%d rows)", s.name, m)
 		}
 		err = s.sp.Matmul(b.s, target, ld, x.p, s.in, m, 0)
+		biasDone = biasDone || s.ltBias
 	default:
-		err = b.k.SpMMNM(b.s, s.valType, b.act, target, ld, x.p, s.in, s.vals, s.idx, 0, m, s.rows, s.in, s.pat.N, s.pat.M)
+		if s.vals == 0 {
+			return fmt.Errorf("slope linear %s: only cuSPARSELt's form is on the device and it does not apply (%d rows)", s.name, m)
+		}
+		err = b.k.SpMMNM(b.s, s.valType, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in, s.pat.N, s.pat.M)
+		biasDone = true
 	}
 	if err != nil {
 		return fmt.Errorf("slope linear %s: %w", s.name, err)
 	}
 	switch {
 	case s.merged:
-		// y = target[:, :out] + scale·target[:, out:]·R
-		if err := b.dev.Copy2D(y.p, s.out*es, target, s.rows*es, s.out*es, m, b.s); err != nil {
-			return err
-		}
+		// y = target[:, :out] + scale·target[:, out:]·R + bias, one product.
 		if err := b.lt.Run(b.s, &blaslt.Gemm{M: m, N: s.out, K: s.rank, A: target.Add(s.out * es), LdA: s.rows,
-			B: s.r, LdB: s.out, D: y.p, LdD: s.out, Alpha: s.scale, Beta: 1, AB: b.blasType(b.act), Out: b.blasType(b.act)}); err != nil {
+			B: s.r, LdB: s.out, C: target, LdC: s.rows, D: y.p, LdD: s.out, Alpha: s.scale, Beta: 1,
+			AB: at, Out: at, Bias: s.biasAct}); err != nil {
 			return fmt.Errorf("slope linear %s: adapter: %w", s.name, err)
 		}
 	case s.rank > 0:
@@ -535,22 +577,18 @@ func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor)
 			return err
 		}
 		if err := b.lt.Run(b.s, &blaslt.Gemm{M: m, N: s.rank, K: s.in, A: x.p, LdA: s.in, B: s.l, LdB: s.rank,
-			D: t, LdD: s.rank, Alpha: 1, AB: b.blasType(b.act), Out: b.blasType(b.act)}); err != nil {
+			D: t, LdD: s.rank, Alpha: 1, AB: at, Out: at}); err != nil {
 			return fmt.Errorf("slope linear %s: adapter x·L: %w", s.name, err)
 		}
 		if err := b.lt.Run(b.s, &blaslt.Gemm{M: m, N: s.out, K: s.rank, A: t, LdA: s.rank, B: s.r, LdB: s.out,
-			D: y.p, LdD: s.out, Alpha: s.scale, Beta: 1, AB: b.blasType(b.act), Out: b.blasType(b.act)}); err != nil {
+			D: y.p, LdD: s.out, Alpha: s.scale, Beta: 1, AB: at, Out: at}); err != nil {
 			return fmt.Errorf("slope linear %s: adapter ·R: %w", s.name, err)
 		}
 	}
-	return s.addBias(m, y.p)
-}
-
-func (s *linearStep) addBias(m int, y driver.Ptr) error {
-	if s.bias == 0 {
-		return nil
+	if !biasDone && s.bias != 0 {
+		return b.k.BiasAct(b.s, b.act, y.p, s.out, s.bias, m, s.out, kernels.ActNone)
 	}
-	return s.b.k.BiasAct(s.b.s, s.b.act, y, s.out, s.bias, m, s.out, kernels.ActNone)
+	return nil
 }
 
 // --- CausalAttention ---

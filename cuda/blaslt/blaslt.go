@@ -56,9 +56,18 @@ type Gemm struct {
 	StrideB int64
 	TransB  bool // use Bᵀ: B is stored [N,K] (the X·Wᵀ case)
 
-	D       driver.Ptr // [M,N] row-major, LdD >= N; also the C input when Beta != 0
+	D       driver.Ptr // [M,N] row-major, LdD >= N; also the C input when Beta != 0 and C is 0
 	LdD     int
 	StrideD int64
+
+	// C, when set (one product only), is the Beta input instead of D:
+	// [M,N] row-major of type Out, LdC >= N. D = Alpha·A·op(B) + Beta·C.
+	C   driver.Ptr
+	LdC int
+
+	// Bias, when set (one product only), is a vector of N values of type
+	// Out added to every row of D (cuBLASLt's bias epilogue).
+	Bias driver.Ptr
 
 	Batch int // 0 or 1: one product; more: strided batch
 
@@ -81,7 +90,8 @@ type Handle struct {
 // gemmPlan is what Run reuses for one planKey.
 type gemmPlan struct {
 	desc    uintptr // cublasLtMatmulDesc_t
-	a, b, d uintptr // cublasLtMatrixLayout_t of A' (= Gemm.B), B' (= Gemm.A), C'/D'
+	a, b, d uintptr // cublasLtMatrixLayout_t of A' (= Gemm.B), B' (= Gemm.A), D'
+	c       uintptr // C' layout: d unless Gemm.C is set
 	algo    matmulAlgo
 	ws      uint64 // workspace the algorithm needs
 }
@@ -181,9 +191,20 @@ func (h *Handle) Run(s driver.Stream, g *Gemm) error {
 		h.plans[key] = pl
 	}
 	alpha, beta := g.Alpha, g.Beta
-	// A' = g.B and B' = g.A (see colProblem); C' = D' = g.D.
+	if g.Bias != 0 {
+		bias := uint64(g.Bias)
+		if err := check("cublasLtMatmulDescSetAttribute(BIAS_POINTER)",
+			h.a.cublasLtMatmulDescSetAttribute(pl.desc, descBiasPointer, unsafe.Pointer(&bias), 8)); err != nil {
+			return fmt.Errorf("blaslt: %s: %w", g.shape(), err)
+		}
+	}
+	c := g.D
+	if g.C != 0 {
+		c = g.C
+	}
+	// A' = g.B and B' = g.A (see colProblem); C' = g.C or g.D, D' = g.D.
 	st := h.a.cublasLtMatmul(h.lt, pl.desc, unsafe.Pointer(&alpha),
-		g.B, pl.a, g.A, pl.b, unsafe.Pointer(&beta), g.D, pl.d, g.D, pl.d,
+		g.B, pl.a, g.A, pl.b, unsafe.Pointer(&beta), c, pl.c, g.D, pl.d,
 		&pl.algo, h.ws, uint64(h.wsSize), s)
 	if err := check("cublasLtMatmul", st); err != nil {
 		return fmt.Errorf("blaslt: %s: %w", g.shape(), err)
@@ -194,7 +215,7 @@ func (h *Handle) Run(s driver.Stream, g *Gemm) error {
 // newPlan creates the descriptor, layouts and algorithm of one shape.
 func (h *Handle) newPlan(key planKey, p *colProblem, g *Gemm) (_ *gemmPlan, err error) {
 	a := h.a
-	pl, err := h.describe(p, g.AB, g.Out)
+	pl, err := h.describe(p, g.AB, g.Out, g.Bias != 0)
 	if err != nil {
 		return nil, fmt.Errorf("blaslt: plan for %s: %w", g.shape(), err)
 	}
@@ -211,7 +232,7 @@ func (h *Handle) newPlan(key planKey, p *colProblem, g *Gemm) (_ *gemmPlan, err 
 	defer a.cublasLtMatmulPreferenceDestroy(pref)
 	var results [8]heuristicResult
 	var n int32
-	if err := check("cublasLtMatmulAlgoGetHeuristic", a.cublasLtMatmulAlgoGetHeuristic(h.lt, pl.desc, pl.a, pl.b, pl.d, pl.d,
+	if err := check("cublasLtMatmulAlgoGetHeuristic", a.cublasLtMatmulAlgoGetHeuristic(h.lt, pl.desc, pl.a, pl.b, pl.c, pl.d,
 		pref, int32(len(results)), &results[0], &n)); err != nil {
 		return nil, err
 	}
@@ -227,7 +248,7 @@ func (h *Handle) newPlan(key planKey, p *colProblem, g *Gemm) (_ *gemmPlan, err 
 
 // describe creates the matmul descriptor (fp32 compute and scale, the
 // transposes of p) and the layouts of A', B' and D' (C' shares D's).
-func (h *Handle) describe(p *colProblem, ab, out DType) (_ *gemmPlan, err error) {
+func (h *Handle) describe(p *colProblem, ab, out DType, bias bool) (_ *gemmPlan, err error) {
 	pl := &gemmPlan{}
 	defer func() {
 		if err != nil {
@@ -259,6 +280,20 @@ func (h *Handle) describe(p *colProblem, ab, out DType) (_ *gemmPlan, err error)
 	if pl.d, err = h.layout(out, p.D, p.Batch); err != nil {
 		return nil, err
 	}
+	pl.c = pl.d
+	if p.C != nil {
+		if pl.c, err = h.layout(out, *p.C, p.Batch); err != nil {
+			pl.c = 0
+			return nil, err
+		}
+	}
+	if bias {
+		epi := int32(epilogueBias)
+		if err := check("cublasLtMatmulDescSetAttribute(EPILOGUE)",
+			h.a.cublasLtMatmulDescSetAttribute(pl.desc, descEpilogue, unsafe.Pointer(&epi), 4)); err != nil {
+			return nil, err
+		}
+	}
 	return pl, nil
 }
 
@@ -280,7 +315,7 @@ func (h *Handle) preference(key planKey) (uintptr, error) {
 	for _, al := range []struct {
 		attr int32
 		v    uint32
-	}{{prefMinAlignA, key.AlignB}, {prefMinAlignB, key.AlignA}, {prefMinAlignC, key.AlignD}, {prefMinAlignD, key.AlignD}} {
+	}{{prefMinAlignA, key.AlignB}, {prefMinAlignB, key.AlignA}, {prefMinAlignC, min(key.AlignC, key.AlignD)}, {prefMinAlignD, key.AlignD}} {
 		v := al.v
 		if err := check(fmt.Sprintf("cublasLtMatmulPreferenceSetAttribute(%d)", al.attr),
 			a.cublasLtMatmulPreferenceSetAttribute(pref, al.attr, unsafe.Pointer(&v), 4)); err != nil {
@@ -327,7 +362,10 @@ func (h *Handle) freePlan(p *gemmPlan) error {
 			first = err
 		}
 	}
-	for _, l := range []*uintptr{&p.a, &p.b, &p.d} {
+	if p.c == p.d {
+		p.c = 0
+	}
+	for _, l := range []*uintptr{&p.a, &p.b, &p.c, &p.d} {
 		if *l != 0 {
 			keep("cublasLtMatrixLayoutDestroy", h.a.cublasLtMatrixLayoutDestroy(*l))
 			*l = 0

@@ -357,7 +357,7 @@ func TestHostDescriptors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pl, err := h.describe(&p, g.AB, g.Out)
+		pl, err := h.describe(&p, g.AB, g.Out, false)
 		if err != nil {
 			t.Fatalf("%s: %v", g.shape(), err)
 		}

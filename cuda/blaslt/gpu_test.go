@@ -265,3 +265,78 @@ func TestGPUGemmBatched(t *testing.T) {
 		}
 	}
 }
+
+// C apart from D (with its own leading dimension) and the bias epilogue:
+// D = Alpha·A·Bᵀ + Beta·C + bias, C left unchanged.
+func TestGPUGemmCAndBias(t *testing.T) {
+	d, h := openGPU(t)
+	for _, dt := range []DType{F32, BF16} {
+		const m, n, k, ldc = 37, 64, 61, 70
+		r := rand.New(rand.NewPCG(5, 5))
+		rnd := func(c int) []float64 {
+			v := make([]float64, c)
+			for i := range v {
+				v[i] = r.Float64()*2 - 1
+			}
+			return v
+		}
+		av, bv, cv, biasv := rnd(m*k), rnd(n*k), rnd(m*ldc), rnd(n)
+		g := &Gemm{M: m, N: n, K: k, LdA: k, LdB: k, TransB: true, LdD: n, LdC: ldc, Alpha: 0.5, Beta: 1, AB: dt, Out: dt}
+		var got, gotC []float64
+		err := d.Do(func() error {
+			var err error
+			ptrs := []*driver.Ptr{&g.A, &g.B, &g.C, &g.Bias}
+			for i, v := range [][]float64{av, bv, cv, biasv} {
+				if *ptrs[i], err = upload(d, v, dt); err != nil {
+					return err
+				}
+				defer d.Free(*ptrs[i])
+			}
+			if g.D, err = d.Alloc(m * n * dt.Size()); err != nil {
+				return err
+			}
+			defer d.Free(g.D)
+			if err := d.Memset8(g.D, 0xFF, m*n*dt.Size()); err != nil {
+				return err
+			}
+			if err := h.Run(0, g); err != nil {
+				return err
+			}
+			if err := d.Synchronize(); err != nil {
+				return err
+			}
+			if got, err = download(d, g.D, m*n, dt); err != nil {
+				return err
+			}
+			gotC, err = download(d, g.C, m*ldc, dt)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", g.shape(), err)
+		}
+		want := make([]float64, m*n)
+		for i := 0; i < m; i++ {
+			for j := 0; j < n; j++ {
+				var s float64
+				for l := 0; l < k; l++ {
+					s += av[i*k+l] * bv[j*k+l]
+				}
+				want[i*n+j] = 0.5*s + cv[i*ldc+j] + biasv[j]
+			}
+		}
+		e := relL2(got, want, nil)
+		tol := 1e-5
+		if dt == BF16 {
+			tol = 1e-2
+		}
+		t.Logf("%s: rel L2 %.3g", g.shape(), e)
+		if e > tol {
+			t.Errorf("%s: rel L2 %.3g > %g", g.shape(), e, tol)
+		}
+		for i := range cv {
+			if gotC[i] != cv[i] {
+				t.Fatalf("%s: C changed at %d", g.shape(), i)
+			}
+		}
+	}
+}

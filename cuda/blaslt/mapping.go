@@ -31,6 +31,10 @@ const (
 	prefMinAlignB    = 6 // ..._B_BYTES
 	prefMinAlignC    = 7 // ..._C_BYTES
 	prefMinAlignD    = 8 // ..._D_BYTES
+
+	descEpilogue    = 7 // CUBLASLT_MATMUL_DESC_EPILOGUE (uint32)
+	descBiasPointer = 8 // CUBLASLT_MATMUL_DESC_BIAS_POINTER (void*)
+	epilogueBias    = 4 // CUBLASLT_EPILOGUE_BIAS
 )
 
 // DType is an element type of a Gemm operand. Its values are the
@@ -97,6 +101,7 @@ type colProblem struct {
 	M, N, K        int64 // cuBLASLt m, n, k (= Gemm N, M, K)
 	TransA, TransB bool  // cuBLASLt transa, transb
 	A, B, D        colMatrix
+	C              *colMatrix // nil: C' is D'
 	Batch          int32
 	SwapAB         bool // always true: A' is g.B and B' is g.A
 }
@@ -133,6 +138,12 @@ func columnMajor(g *Gemm) (colProblem, error) {
 		return bad("negative Batch")
 	}
 	batch := max(g.Batch, 1)
+	if (g.C != 0 || g.Bias != 0) && batch > 1 {
+		return bad("C and Bias need a single product")
+	}
+	if g.C != 0 && g.LdC < g.N {
+		return bad("LdC %d < N %d", g.LdC, g.N)
+	}
 	if batch > 1 && (g.StrideA < 0 || g.StrideB < 0 || g.StrideD < 0) {
 		return bad("negative stride")
 	}
@@ -153,6 +164,9 @@ func columnMajor(g *Gemm) (colProblem, error) {
 		Batch:  int32(batch),
 		SwapAB: true,
 	}
+	if g.C != 0 {
+		p.C = &colMatrix{Rows: int64(g.N), Cols: int64(g.M), Ld: int64(g.LdC)}
+	}
 	if g.TransB {
 		p.A = colMatrix{Rows: int64(g.K), Cols: int64(g.N), Ld: int64(g.LdB), Stride: stride(g.StrideB)}
 	} else {
@@ -172,6 +186,10 @@ type planKey struct {
 	Batch                     int
 	AB, Out                   DType
 	AlignA, AlignB, AlignD    uint32
+	// LdC is 0 when C is D; AlignC likewise follows D then.
+	LdC    int
+	AlignC uint32
+	Bias   bool
 }
 
 // keyOf returns the plan key of g (g must be valid).
@@ -183,6 +201,11 @@ func keyOf(g *Gemm) planKey {
 		AlignA: alignment(uint64(g.A), g.StrideA, batch, g.AB.Size()),
 		AlignB: alignment(uint64(g.B), g.StrideB, batch, g.AB.Size()),
 		AlignD: alignment(uint64(g.D), g.StrideD, batch, g.Out.Size()),
+		Bias:   g.Bias != 0,
+	}
+	k.AlignC = k.AlignD
+	if g.C != 0 {
+		k.LdC, k.AlignC = g.LdC, alignment(uint64(g.C), 0, 1, g.Out.Size())
 	}
 	if batch > 1 {
 		k.StrideA, k.StrideB, k.StrideD = g.StrideA, g.StrideB, g.StrideD
@@ -212,6 +235,12 @@ func (g *Gemm) shape() string {
 	s := fmt.Sprintf("M=%d N=%d K=%d ldA=%d ldB=%d ldD=%d transB=%v %s->%s", g.M, g.N, g.K, g.LdA, g.LdB, g.LdD, g.TransB, g.AB, g.Out)
 	if g.Batch > 1 {
 		s += fmt.Sprintf(" batch=%d strides=%d/%d/%d", g.Batch, g.StrideA, g.StrideB, g.StrideD)
+	}
+	if g.C != 0 {
+		s += fmt.Sprintf(" ldC=%d", g.LdC)
+	}
+	if g.Bias != 0 {
+		s += " +bias"
 	}
 	return s
 }

@@ -48,6 +48,7 @@ type api struct {
 	cusparseLtMatmulAlgSelectionInit    func(h, alg, matmul unsafe.Pointer, algEnum int32) int32
 	cusparseLtMatmulAlgSelectionDestroy func(alg unsafe.Pointer) int32
 	cusparseLtMatmulAlgSetAttribute     func(h, alg unsafe.Pointer, attr int32, data unsafe.Pointer, size uint64) int32
+	cusparseLtMatmulDescSetAttribute    func(h, matmul unsafe.Pointer, attr int32, data unsafe.Pointer, size uint64) int32
 	cusparseLtMatmulAlgGetAttribute     func(h, alg unsafe.Pointer, attr int32, data unsafe.Pointer, size uint64) int32
 	cusparseLtMatmulGetWorkspace        func(h, plan unsafe.Pointer, size *uint64) int32
 	cusparseLtMatmulPlanInit            func(h, plan, matmul, alg unsafe.Pointer) int32
@@ -90,6 +91,7 @@ func load() (*api, error) {
 		"cusparseLtMatmulAlgSelectionInit":    &a.cusparseLtMatmulAlgSelectionInit,
 		"cusparseLtMatmulAlgSelectionDestroy": &a.cusparseLtMatmulAlgSelectionDestroy,
 		"cusparseLtMatmulAlgSetAttribute":     &a.cusparseLtMatmulAlgSetAttribute,
+		"cusparseLtMatmulDescSetAttribute":    &a.cusparseLtMatmulDescSetAttribute,
 		"cusparseLtMatmulAlgGetAttribute":     &a.cusparseLtMatmulAlgGetAttribute,
 		"cusparseLtMatmulGetWorkspace":        &a.cusparseLtMatmulGetWorkspace,
 		"cusparseLtMatmulPlanInit":            &a.cusparseLtMatmulPlanInit,

@@ -96,6 +96,22 @@ type Weight struct {
 	comp   driver.Ptr
 	bytes  int64
 	plans  map[planKey]*plan
+	bias   driver.Ptr
+}
+
+// matmulBiasPointer is CUSPARSELT_MATMUL_BIAS_POINTER (cusparseLt.h,
+// cusparseLtMatmulDescAttribute_t).
+const matmulBiasPointer = 8
+
+// SetBias makes every product add bias, a vector of N values on the
+// device (bf16, the output type), to each output row: cuSPARSELt's bias
+// epilogue. It must be called before the first Matmul.
+func (w *Weight) SetBias(bias driver.Ptr) error {
+	if len(w.plans) > 0 {
+		return fmt.Errorf("sparselt: %v: SetBias after the first product", w)
+	}
+	w.bias = bias
+	return nil
 }
 
 // planKey identifies a plan of a Weight.
@@ -361,6 +377,13 @@ func (w *Weight) plan(s driver.Stream, mpad, ldX, ldY int, x driver.Ptr) (_ *pla
 	if err := check("cusparseLtMatmulDescriptorInit", a.cusparseLtMatmulDescriptorInit(hp, p.matmul.ptr(), pr.OpA, pr.OpB,
 		w.sparse.ptr(), p.dense.ptr(), p.out.ptr(), p.out.ptr(), compute32F)); err != nil {
 		return nil, err
+	}
+	if w.bias != 0 {
+		bias := uint64(w.bias)
+		if err := check("cusparseLtMatmulDescSetAttribute(BIAS_POINTER)", a.cusparseLtMatmulDescSetAttribute(hp, p.matmul.ptr(),
+			matmulBiasPointer, unsafe.Pointer(&bias), 8)); err != nil {
+			return nil, err
+		}
 	}
 	akey := algKey{N: w.N, K: w.K, Mpad: mpad, Layout: w.layout}
 	cfg, searched := h.algs[akey]

@@ -71,6 +71,7 @@ func run(tables string, quick, search bool) error {
 	lv, lerr := blaslt.Version()
 	sv, serr := sparselt.Version()
 	fmt.Printf("# cuBLASLt %d (%v) %s, cuSPARSELt %d (%v) %s\n", lv, lerr, blaslt.Library(), sv, serr, sparselt.Library())
+	fmt.Printf("# cuSPARSELt bias epilogue in use: %v\n", be.LtBiasFused())
 	if quick {
 		shapes, layers = shapes[:1], layers[:1]
 	}
@@ -141,7 +142,9 @@ func linearTable(be *cuda.Backend, timer *cuda.Timer) error {
 		}
 		fmt.Println()
 		for _, v := range variants {
-			rank := int(math.Round(v.frac*float64(sh.hidden)/16)) * 16
+			// cuSPARSELt needs the merged weight's rows (out + rank) to be
+			// a multiple of 32.
+			rank := int(math.Round(v.frac*float64(sh.hidden)/32)) * 32
 			ls, err := buildCopies(be, v.kind, sh, rank, seed+1)
 			if err != nil {
 				fmt.Printf("| %s | %d→%d | %s | error: %v |\n", sh.name, sh.in, sh.out, v.name, err)
@@ -286,27 +289,35 @@ func layerTable(be *cuda.Backend, timer *cuda.Timer) error {
 	for li, ls := range layers {
 		var base [3]float64
 		var baseBytes int64
-		for _, kind := range []cuda.LinearKind{cuda.Dense, cuda.Sparse24} {
-			l, err := be.NewBenchLayer(kind, ls.d, ls.ffn, ls.heads, 0, uint64(77+li))
+		rank := int(math.Round(0.0156*float64(ls.d)/32)) * 32
+		for _, v := range []struct {
+			name string
+			kind cuda.LinearKind
+			rank int
+		}{
+			{"dense (cuBLASLt)", cuda.Dense, 0},
+			{"SLoPe 2:4", cuda.Sparse24, 0},
+			{"SLoPe 2:4, cuSPARSELt form only", cuda.Sparse24Lt, 0},
+			{fmt.Sprintf("SLoPe 2:4 + adapters r=%d (1.56%%)", rank), cuda.Sparse24, rank},
+		} {
+			l, err := be.NewBenchLayer(v.kind, ls.d, ls.ffn, ls.heads, v.rank, uint64(77+li))
 			if err != nil {
-				return fmt.Errorf("%s: %w", ls.name, err)
+				fmt.Printf("| %s | %s | error: %v |\n", ls.name, v.name, err)
+				continue
 			}
-			name := "dense (cuBLASLt)"
-			if kind == cuda.Sparse24 {
-				name = "SLoPe 2:4"
-			} else {
+			if v.kind == cuda.Dense {
 				baseBytes = l.WeightBytes
 			}
 			var t [3]float64
 			for i, c := range []struct{ batch, seq, past int }{{1, 2048, 0}, {1, 1, 512}, {16, 1, 512}} {
 				if t[i], err = timeLayer(be, timer, l, ls.d, c.batch, c.seq, c.past); err != nil {
-					return fmt.Errorf("%s %s: %w", ls.name, name, err)
+					return fmt.Errorf("%s %s: %w", ls.name, v.name, err)
 				}
 			}
-			if kind == cuda.Dense {
+			if v.kind == cuda.Dense {
 				base = t
 			}
-			fmt.Printf("| %s | %s | %.0f | %.3f | %.3f | %.2f | %.4f | %.2f | %.4f | %.2f |\n", ls.name, name,
+			fmt.Printf("| %s | %s | %.0f | %.3f | %.3f | %.2f | %.4f | %.2f | %.4f | %.2f |\n", ls.name, v.name,
 				float64(l.WeightBytes)/(1<<20), float64(l.WeightBytes)/float64(baseBytes),
 				t[0], base[0]/t[0], t[1], base[1]/t[1], t[2], base[2]/t[2])
 			if err := be.FreeBenchLayer(l); err != nil {
