@@ -76,8 +76,7 @@ run)
 		echo "## gpubench exit $rc"
 		[[ $rc == 0 ]] || status=1
 		echo "## status $status"
-	} 2>&1 | tee "$log"
-	[[ -n "${OUT:-}" ]] && cp "$log" "$OUT/gpu.txt"
+	} 2>&1 | tee "$log" ${OUT:+"$OUT/gpu.txt"}
 	;;
 *)
 	echo "usage: bench/gpu.sh build|run" >&2
