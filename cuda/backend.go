@@ -35,7 +35,7 @@ type Options struct {
 	Activations DType
 	// SpMVMaxRows: 2:4 products of at most this many rows use the custom
 	// decode kernel (0 means 4, where it beats cuSPARSELt; negative:
-	// never).
+	// never; the kernel takes at most 16 rows, larger values act as 16).
 	SpMVMaxRows int
 	// NoSparseLt keeps cuSPARSELt out (2:4 products of many rows then
 	// use the generic N:M kernel).

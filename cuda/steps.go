@@ -108,22 +108,22 @@ func checkT(what string, t ops.Tensor, rows, dim int) error {
 
 type embeddingStep struct {
 	b                     *Backend
-	tok, pos              driver.Ptr
+	tok, pos              driver.Ptr // [V, P] and [Np, H], activation type
 	vocab, hid, positions int
+	proj                  int        // P (== H without project_in)
+	projIn                driver.Ptr // [H, P] or 0
+	zeroRow               driver.Ptr // max(P, H) zeros (project_in only)
 	offset                int
 	hostInts              []int32
 }
 
 func (b *Backend) bindEmbedding(bd ops.Binding) (ops.Step, error) {
 	n := bd.Node
-	if n.Input(4) != "" {
-		return nil, fmt.Errorf("node %q: embedding with project_in on the GPU: %w", n.Name, ops.ErrUnsupported)
-	}
 	tok, ts, err := b.deviceWeight(bd, 2, b.act, -1, -1)
 	if err != nil {
 		return nil, err
 	}
-	pos, ps, err := b.deviceWeight(bd, 3, b.act, -1, ts[1])
+	pos, ps, err := b.deviceWeight(bd, 3, b.act, -1, -1)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +134,24 @@ func (b *Backend) bindEmbedding(bd ops.Binding) (ops.Step, error) {
 	if off < 0 || int(off) >= ps[0] {
 		return nil, fmt.Errorf("node %q: position_offset %d outside the %d positions: %w", n.Name, off, ps[0], ops.ErrBadNode)
 	}
-	return b.wrap(&embeddingStep{b: b, tok: tok, pos: pos, vocab: ts[0], hid: ts[1], positions: ps[0], offset: int(off)}), nil
+	s := &embeddingStep{b: b, tok: tok, pos: pos, vocab: ts[0], proj: ts[1], hid: ps[1], positions: ps[0], offset: int(off)}
+	if n.Input(4) != "" {
+		// project_in [H, P]: y = tok[id]·projInᵀ + pos[p].
+		if s.projIn, _, err = b.deviceWeight(bd, 4, b.act, s.hid, s.proj); err != nil {
+			return nil, err
+		}
+		zero, err := b.dev.Alloc(max(s.proj, s.hid) * b.act.Size())
+		if err != nil {
+			return nil, err
+		}
+		if err := b.dev.Memset8(zero, 0, max(s.proj, s.hid)*b.act.Size()); err != nil {
+			return nil, err
+		}
+		s.zeroRow = zero
+	} else if s.proj != s.hid {
+		return nil, fmt.Errorf("node %q: token embedding width %d differs from position width %d without project_in: %w", n.Name, s.proj, s.hid, ops.ErrBadNode)
+	}
+	return b.wrap(s), nil
 }
 
 func (s *embeddingStep) OutDim() int { return s.hid }
@@ -148,10 +165,12 @@ func (s *embeddingStep) ForwardDevice(c *ops.Call, _ []ops.Tensor, out ops.Tenso
 	if len(c.IDs) != rows || len(c.Mask) != c.Batch*total {
 		return fmt.Errorf("embedding: %d ids and %d mask entries for batch %d, %d new and %d past tokens", len(c.IDs), len(c.Mask), c.Batch, c.Seq, c.Past)
 	}
-	if cap(s.hostInts) < 2*rows {
-		s.hostInts = make([]int32, 2*rows)
+	// ids, positions, then rows zeros (row 0 of a zero table).
+	if cap(s.hostInts) < 3*rows {
+		s.hostInts = make([]int32, 3*rows)
 	}
-	ints := s.hostInts[:2*rows]
+	ints := s.hostInts[:3*rows]
+	clear(ints[2*rows:])
 	for bt := 0; bt < c.Batch; bt++ {
 		mask := c.Mask[bt*total : (bt+1)*total]
 		for t := 0; t < c.Seq; t++ {
@@ -178,7 +197,32 @@ func (s *embeddingStep) ForwardDevice(c *ops.Call, _ []ops.Tensor, out ops.Tenso
 	if err := b.dev.CopyIn(p, ptrOf(ints), 4*len(ints)); err != nil {
 		return err
 	}
-	return b.k.Embedding(b.s, b.act, asTensor(out).p, p, p.Add(4*rows), s.tok, s.pos, rows, s.hid)
+	ids, positions, zeros := p, p.Add(4*rows), p.Add(8*rows)
+	y := asTensor(out).p
+	if s.projIn == 0 {
+		return b.k.Embedding(b.s, b.act, y, ids, positions, s.tok, s.pos, rows, s.hid)
+	}
+	tmp, err := b.scratchT(0, rows, s.proj)
+	if err != nil {
+		return err
+	}
+	// tmp = tok[ids] (+ the zero row), y = tmp·projInᵀ, y += pos[positions].
+	if err := b.k.Embedding(b.s, b.act, tmp, ids, zeros, s.tok, s.zeroRow, rows, s.proj); err != nil {
+		return err
+	}
+	at := b.blasType(b.act)
+	if err := b.lt.Run(b.s, &blaslt.Gemm{M: rows, N: s.hid, K: s.proj, A: tmp, LdA: s.proj, B: s.projIn, LdB: s.proj, TransB: true,
+		D: y, LdD: s.hid, Alpha: 1, AB: at, Out: at}); err != nil {
+		return fmt.Errorf("embedding project_in: %w", err)
+	}
+	pr, err := b.scratchT(1, rows, s.hid)
+	if err != nil {
+		return err
+	}
+	if err := b.k.Embedding(b.s, b.act, pr, positions, zeros, s.pos, s.zeroRow, rows, s.hid); err != nil {
+		return err
+	}
+	return b.k.Add(b.s, b.act, y, y, pr, rows*s.hid)
 }
 
 // --- LayerNorm, Add, activations ---
@@ -544,7 +588,7 @@ func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor)
 	ltFits := s.sp != nil && s.sp.PadM(m) <= x.capRows && (s.merged || s.sp.PadM(m) <= y.capRows) &&
 		s.sp.Fits(m, target, ld, x.p, s.in) == nil
 	switch {
-	case s.force == "spmv" || (s.force == "" && s.spmv && m <= s.spmvMax):
+	case s.force == "spmv" || (s.force == "" && s.spmv && m <= min(s.spmvMax, kernels.SpMV24MaxM)):
 		err = b.k.SpMV24(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in)
 		biasDone = true
 	case s.force == "cusparselt" || (s.force == "" && ltFits):
