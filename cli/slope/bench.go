@@ -12,7 +12,7 @@ import (
 )
 
 func newBenchCmd() *cobra.Command {
-	var promptLen, genLen, threads, batch int
+	var promptLen, genLen, threads, batch, warmup int
 	var seed uint64
 	var cpuProfile string
 	var allLogits bool
@@ -24,11 +24,12 @@ func newBenchCmd() *cobra.Command {
 			"--gen-len single-token steps with the KV cache (decode), and prints tokens per\n" +
 			"second for each and the process's peak resident memory. As in generation, only\n" +
 			"the last position's logits are computed, unless --all-logits (as a with-past ONNX\n" +
-			"export does in ONNX Runtime).",
+			"export does in ONNX Runtime). The timed run follows --warmup untimed ones, which\n" +
+			"take first-use costs (page faults, GPU plans) out of the figures.",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if promptLen < 1 || genLen < 1 || batch < 1 {
-				return usagef(cmd, "--prompt-len, --gen-len and --batch must be >= 1")
+			if promptLen < 1 || genLen < 1 || batch < 1 || warmup < 0 {
+				return usagef(cmd, "--prompt-len, --gen-len and --batch must be >= 1, --warmup >= 0")
 			}
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)
@@ -63,30 +64,46 @@ func newBenchCmd() *cobra.Command {
 					ids[b][t], mask[b][t] = int32(rng.IntN(m.Vocab())), 1
 				}
 			}
-			t0 := time.Now()
 			step := s.StepLast
 			if allLogits {
 				step = s.Step
 			}
-			if _, err := step(ids, mask); err != nil {
-				return err
-			}
-			prefill := time.Since(t0)
 			one := make([][]int32, batch)
 			ones := make([][]int32, batch)
 			for b := range one {
 				ones[b] = []int32{1}
 			}
-			t1 := time.Now()
-			for range genLen {
-				for b := range one {
-					one[b] = []int32{int32(rng.IntN(m.Vocab()))}
+			// run times one prefill of the prompt and genLen decode steps.
+			run := func() (prefill, decode time.Duration, err error) {
+				s.Reset()
+				t0 := time.Now()
+				if _, err := step(ids, mask); err != nil {
+					return 0, 0, err
 				}
-				if _, err := s.StepLast(one, ones); err != nil {
+				prefill = time.Since(t0)
+				t1 := time.Now()
+				for range genLen {
+					for b := range one {
+						one[b] = []int32{int32(rng.IntN(m.Vocab()))}
+					}
+					if _, err := s.StepLast(one, ones); err != nil {
+						return 0, 0, err
+					}
+				}
+				return prefill, time.Since(t1), nil
+			}
+			// Warm-up runs take first-use costs (page faults of the
+			// mapped weights; GPU plans and algorithm searches) out of
+			// the timed run.
+			for range warmup {
+				if _, _, err := run(); err != nil {
 					return err
 				}
 			}
-			decode := time.Since(t1)
+			prefill, decode, err := run()
+			if err != nil {
+				return err
+			}
 			var ru syscall.Rusage
 			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 			out := cmd.OutOrStdout()
@@ -100,6 +117,7 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().IntVar(&promptLen, "prompt-len", 128, "prompt tokens per sequence")
 	cmd.Flags().IntVar(&genLen, "gen-len", 32, "decoded tokens per sequence")
 	cmd.Flags().IntVar(&batch, "batch", 1, "sequences")
+	cmd.Flags().IntVar(&warmup, "warmup", 1, "untimed runs (prefill and decode) before the timed one")
 	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
 	addDeviceFlag(cmd, &device)
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the random ids")
