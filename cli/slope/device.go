@@ -19,6 +19,7 @@ func addDeviceFlag(cmd *cobra.Command, device *string) {
 // releases the device too.
 func openModel(path, device string) (*model, error) {
 	var be ops.Backend
+	var gpu *cuda.Backend
 	var closeBE func() error
 	switch device {
 	case "", "cpu":
@@ -31,7 +32,7 @@ func openModel(path, device string) (*model, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--device %s: %w", device, err)
 		}
-		be, closeBE = b, b.Close
+		be, gpu, closeBE = b, b, b.Close
 	default:
 		return nil, fmt.Errorf("--device %q: want cpu, cuda or cuda-f32", device)
 	}
@@ -42,13 +43,22 @@ func openModel(path, device string) (*model, error) {
 		}
 		return nil, err
 	}
-	return &model{Model: m, closeBE: closeBE}, nil
+	return &model{Model: m, gpu: gpu, closeBE: closeBE}, nil
 }
 
 // model is a runtime model with its backend.
 type model struct {
 	*slopert.Model
+	gpu     *cuda.Backend // nil on the CPU
 	closeBE func() error
+}
+
+// deviceLine describes where the model runs, for bench output.
+func (m *model) deviceLine() string {
+	if m.gpu == nil {
+		return ""
+	}
+	return fmt.Sprintf("device   %s (%s activations), weights %.1f MiB on the GPU", m.gpu.Device().Info, m.gpu.Name(), float64(m.gpu.WeightBytes)/(1<<20))
 }
 
 func (m *model) Close() error {
