@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -25,13 +28,14 @@ var Version = "0.1.0-dev"
 const ToolName = "slope-convert"
 
 // MaxAspectRatio: linear weights whose max(rows, cols)/min(rows, cols)
-// exceeds it are left dense.
+// exceeds it are left dense unless Options.PruneWide is set.
 const MaxAspectRatio = 5
 
 // DefaultLabel names the embedded default model in errors and provenance.
 const DefaultLabel = "embedded:" + testmodels.DefaultName
 
-// Options configure DenseToSlope.
+// Options configure DenseToSlope. Validation errors name the
+// slope-convert flag of the option ("--nm-layers: ...").
 type Options struct {
 	// In is a checkpoint OpenSource accepts (a Hugging Face model
 	// directory in any layout, or an ONNX export); "" converts the
@@ -42,11 +46,45 @@ type Options struct {
 	// NM is the pattern for the decoder-layer linear weights, "N:M"
 	// ("" means "2:4"), or "dense" to prune nothing.
 	NM string
+	// NMLayers overrides NM for ranges of decoder layers (ParseNMLayers),
+	// e.g. "0-11=2:4,12-23=2:8" or "0=dense"; the ranges must lie inside
+	// the model's layers.
+	NMLayers string
+	// PruneWide prunes linear weights whose aspect ratio exceeds
+	// MaxAspectRatio too (they are left dense by default, as in SLoPe).
+	PruneWide bool
 	// DType of the stored float tensors: "keep" (or "") keeps each
 	// tensor's source dtype; "fp32", "fp16", "bf16" convert.
 	DType string
 	// Compress stores tensors as zstd frames.
 	Compress bool
+
+	// Rank gives every pruned weight a low-rank adapter of that rank;
+	// RankFrac (exclusive with Rank) gives rank round(RankFrac *
+	// hidden_size) instead. 0 for both: no adapters. The rank must be at
+	// least 1 and at most min(in, out) of every pruned weight.
+	Rank     int
+	RankFrac float64
+	// AdapterInit is AdapterInitSlope ("" too), AdapterInitSVD or
+	// AdapterInitZero.
+	AdapterInit string
+	// MergeAdapters stores adapters in SLoPe's inference layout: Lᵀ is
+	// appended to W as Rank extra rows and pruned N:M with it, and R is
+	// stored alone (adapter.merged); the graph node gets merged_rank.
+	// out + rank must then be a multiple of M. With svd, pruning L loses
+	// part of the approximation; R is refit by least squares to the
+	// pruned L.
+	MergeAdapters bool
+	// AdapterScale is the adapters' output scale (0 means 1).
+	AdapterScale float32
+	// Seed makes every random choice (slope init, svd sketches)
+	// deterministic: the same options and source give the same file, bar
+	// the creation time (see Created).
+	Seed uint64
+	// Created is the provenance creation time (RFC 3339); "" is the time
+	// given by $SOURCE_DATE_EPOCH (seconds since 1970) when set, else now.
+	Created string
+
 	// Progress, when set, is called after each source weight is written.
 	Progress func(done, total int, name string)
 	// Command is recorded in provenance; "" records a description of the
@@ -57,22 +95,57 @@ type Options struct {
 // Result summarises a conversion.
 type Result struct {
 	Out string `json:"out"`
-	// Tensors in the file (weights and transpose masks).
+	// Tensors in the file (weights, transpose masks, adapter factors).
 	Tensors int `json:"tensors"`
 	// Pruned is the number of weights stored N:M.
 	Pruned int `json:"pruned"`
+	// Adapted is the number of weights with an adapter, of rank Rank.
+	Adapted     int     `json:"adapted,omitempty"`
+	Rank        int     `json:"rank,omitempty"`
+	AdapterInit string  `json:"adapter_init,omitempty"`
+	Merged      bool    `json:"merged_adapters,omitempty"`
+	Scale       float32 `json:"adapter_scale,omitempty"`
+	Seed        uint64  `json:"seed"`
+	// SourceBytes is the size of the source files (bytes in).
+	SourceBytes int64 `json:"source_bytes"`
 	// DenseBytes is what the weights take stored dense in the output
 	// dtypes; StoredBytes the bytes the file's tensors take (values,
-	// indices, masks, after compression); FileBytes the file size.
+	// indices, masks, adapters, after compression); FileBytes the file
+	// size (bytes out).
 	DenseBytes  int64 `json:"dense_bytes"`
 	StoredBytes int64 `json:"stored_bytes"`
 	FileBytes   int64 `json:"file_bytes"`
+	// Ratio is FileBytes / SourceBytes.
+	Ratio float64 `json:"ratio"`
+	// Seconds the conversion took.
+	Seconds float64 `json:"seconds"`
 	// TransposeExtraZeros is the fraction of the pruned weights' entries
 	// (rows*cols, over all of them) that the double pruning of the
 	// transposes removes on top of the N:M pruning.
 	TransposeExtraZeros float64 `json:"transpose_extra_zeros"`
+	// Weights has one entry per source tensor, in file order: what was
+	// done to it and, for pruned weights, the errors.
+	Weights []WeightReport `json:"weights"`
 	// Warnings from reading the source (e.g. ignored tensors).
 	Warnings []string `json:"warnings,omitempty"`
+}
+
+// WeightReport is the choice made for one source tensor.
+type WeightReport struct {
+	Name  string `json:"name"`
+	Shape []int  `json:"shape"`
+	// Linear: a decoder-layer linear weight (a pruning candidate).
+	Linear bool `json:"linear,omitempty"`
+	// Choice is the pattern ("2:4") or "dense: <reason>".
+	Choice string `json:"choice"`
+	// Rank of its adapter (0: none).
+	Rank int `json:"rank,omitempty"`
+	// RelErrPruned is ‖W − W_s‖_F/‖W‖_F and RelErrAdapted
+	// ‖W − (W_s + scale·(L·R)ᵀ)‖_F/‖W‖_F, with the values as stored
+	// (in the output dtype; for merged adapters L as pruned); set for
+	// pruned weights (RelErrAdapted with an adapter).
+	RelErrPruned  float64 `json:"rel_err_pruned,omitempty"`
+	RelErrAdapted float64 `json:"rel_err_adapted,omitempty"`
 }
 
 // ParseNMOption parses an N:M option value: "" is 2:4, "dense" means no
@@ -179,48 +252,148 @@ func onnxInDir(dir string) (string, error) {
 		dir, len(found), strings.Join(found, ", "))
 }
 
+// pruneRule is what DenseToSlope asks of one weight.
+type pruneRule struct {
+	p         format.NM
+	dense     bool
+	override  *LayerNM // the --nm-layers item that chose p, if any
+	pruneWide bool
+}
+
 // pruneDecision tells whether a weight is pruned N:M, and why (not).
-func pruneDecision(spec WeightSpec, known bool, t *Tensor, p format.NM, dense bool) (bool, string) {
+func pruneDecision(spec WeightSpec, known bool, t *Tensor, r pruneRule) (bool, string) {
+	by := ""
+	if r.override != nil {
+		by = fmt.Sprintf(" (--nm-layers %d-%d=%s)", r.override.First, r.override.Last, r.override.Pattern())
+	}
 	switch {
 	case !known || !spec.Linear:
 		return false, "not a decoder-layer linear weight"
-	case dense:
-		return false, "pruning disabled (dense)"
+	case r.dense:
+		return false, "pruning disabled (dense)" + by
 	case len(t.Shape) != 2 || t.Shape[0] <= 0 || t.Shape[1] <= 0:
 		return false, fmt.Sprintf("shape %v is not a matrix", t.Shape)
 	}
 	rows, cols := t.Shape[0], t.Shape[1]
-	if lo, hi := min(rows, cols), max(rows, cols); hi > MaxAspectRatio*lo {
-		return false, fmt.Sprintf("aspect ratio %d:%d exceeds %d", hi, lo, MaxAspectRatio)
+	if lo, hi := min(rows, cols), max(rows, cols); hi > MaxAspectRatio*lo && !r.pruneWide {
+		return false, fmt.Sprintf("aspect ratio %.3g (%d/%d) exceeds %d (--prune-wide prunes it)", float64(hi)/float64(lo), hi, lo, MaxAspectRatio)
 	}
+	p := r.p
 	if cols%p.M != 0 {
 		return false, fmt.Sprintf("in_features %d is not a multiple of %d", cols, p.M)
 	}
 	if rows%p.M != 0 {
 		return false, fmt.Sprintf("out_features %d is not a multiple of %d (double-pruned transpose)", rows, p.M)
 	}
-	return true, fmt.Sprintf("decoder-layer linear weight, %s by magnitude; transpose double-pruned by magnitude", p)
+	return true, fmt.Sprintf("decoder-layer linear weight, %s by magnitude%s; transpose double-pruned by magnitude", p, by)
+}
+
+// adapterPlan is the validated adapter part of Options.
+type adapterPlan struct {
+	rank   int
+	init   string
+	merged bool
+	scale  float32
+	seed   uint64
+}
+
+func planAdapters(o Options, hidden int64) (adapterPlan, error) {
+	a := adapterPlan{merged: o.MergeAdapters, scale: o.AdapterScale, seed: o.Seed}
+	switch {
+	case o.Rank != 0 && o.RankFrac != 0:
+		return a, errors.New("--rank and --rank-frac are mutually exclusive")
+	case o.Rank < 0:
+		return a, fmt.Errorf("--rank %d: the rank must be at least 1", o.Rank)
+	case o.Rank > 0:
+		a.rank = o.Rank
+	case o.RankFrac != 0:
+		if !(o.RankFrac > 0 && o.RankFrac <= 1) {
+			return a, fmt.Errorf("--rank-frac %g: want a fraction of the hidden size in (0, 1]", o.RankFrac)
+		}
+		a.rank = int(math.Round(o.RankFrac * float64(hidden)))
+		if a.rank < 1 {
+			return a, fmt.Errorf("--rank-frac %g of hidden size %d gives rank %d: the rank must be at least 1", o.RankFrac, hidden, a.rank)
+		}
+	}
+	if a.rank == 0 {
+		if o.AdapterInit != "" || o.MergeAdapters {
+			return a, errors.New("--adapter-init and --merge-adapters need --rank or --rank-frac")
+		}
+		return a, nil
+	}
+	var err error
+	if a.init, err = ParseAdapterInit(o.AdapterInit); err != nil {
+		return a, err
+	}
+	if a.scale == 0 {
+		a.scale = 1
+	}
+	if math.IsNaN(float64(a.scale)) || math.IsInf(float64(a.scale), 0) {
+		return a, fmt.Errorf("--adapter-scale %g: want a finite non-zero number", a.scale)
+	}
+	return a, nil
+}
+
+// rankFlag names the option that chose the rank, for errors.
+func rankFlag(o Options, rank int) string {
+	if o.RankFrac != 0 {
+		return fmt.Sprintf("--rank-frac %g (rank %d)", o.RankFrac, rank)
+	}
+	return fmt.Sprintf("--rank %d", rank)
+}
+
+// createdTime is the provenance time: o.Created, else $SOURCE_DATE_EPOCH,
+// else "" (the writer's now).
+func createdTime(o Options) (string, error) {
+	if o.Created != "" {
+		if _, err := time.Parse(time.RFC3339, o.Created); err != nil {
+			return "", fmt.Errorf("created time %q: %w", o.Created, err)
+		}
+		return o.Created, nil
+	}
+	if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
+		sec, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return "", fmt.Errorf("SOURCE_DATE_EPOCH %q: not a number of seconds", s)
+		}
+		return time.Unix(sec, 0).UTC().Format(time.RFC3339), nil
+	}
+	return "", nil
 }
 
 // DenseToSlope converts a dense checkpoint into a .slope file: the
 // decoder layers' q, k, v, out_proj, fc1 and fc2 weights are pruned N:M by
-// magnitude (MagnitudeMask) and stored NM with their double-pruned
-// transpose masks (format.DoublePruneMagnitude), unless their shape rules
-// it out (aspect ratio above MaxAspectRatio, rows or cols not a multiple
-// of M; the reason is recorded); every other tensor is stored dense. One
-// source tensor is held in memory at a time. On error or cancellation
-// nothing is left at o.Out.
+// magnitude (MagnitudeMask; per layer with NMLayers) and stored NM with
+// their double-pruned transpose masks (format.DoublePruneMagnitude),
+// unless their shape rules it out (aspect ratio above MaxAspectRatio
+// without PruneWide, rows or cols not a multiple of M; the reason is
+// recorded in provenance and in the Result); every other tensor is stored
+// dense. With a rank, every pruned weight gets a low-rank adapter
+// (AdapterInit, MergeAdapters). One source tensor is held in memory at a
+// time. On error or cancellation nothing is left at o.Out.
 func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
+	start := time.Now()
 	if o.Out == "" {
 		return nil, errors.New("no output path (Options.Out)")
 	}
 	p, dense, err := ParseNMOption(o.NM)
 	if err != nil {
-		return nil, fmt.Errorf("N:M pattern: %w", err)
+		return nil, fmt.Errorf("--nm %q: %w", o.NM, err)
+	}
+	overrides, err := ParseNMLayers(o.NMLayers)
+	if err != nil {
+		return nil, err
 	}
 	outDT, keepDT, err := ParseDTypeOption(o.DType)
 	if err != nil {
 		return nil, err
+	}
+	created, err := createdTime(o)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := planAdapters(o, 1); err != nil && o.RankFrac == 0 {
+		return nil, err // fail before opening the source when we can
 	}
 	src, err := OpenSource(o.In)
 	if err != nil {
@@ -228,12 +401,19 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	}
 	defer src.Close()
 	cfg := src.Config()
+	if err := CheckNMLayers(overrides, int(cfg.NumHiddenLayers)); err != nil {
+		return nil, err
+	}
+	ad, err := planAdapters(o, cfg.HiddenSize)
+	if err != nil {
+		return nil, err
+	}
 	specs := map[string]WeightSpec{}
 	for _, s := range OPTWeights(cfg) {
 		specs[s.Name] = s
 	}
 	names := src.Names()
-	w, err := format.Create(o.Out, &format.WriterOptions{Compress: o.Compress, ZstdLevel: zstd.SpeedDefault, ExpectedTensors: 2 * len(names)})
+	w, err := format.Create(o.Out, &format.WriterOptions{Compress: o.Compress, ZstdLevel: zstd.SpeedDefault, ExpectedTensors: 4 * len(names)})
 	if err != nil {
 		return nil, err
 	}
@@ -244,16 +424,20 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 		}
 	}()
 
-	res := &Result{Out: o.Out, Warnings: src.Warnings()}
-	prov := &slopepb.Provenance{Tool: ToolName, ToolVersion: toolVersion(), Sources: src.Files(), Command: o.Command}
-	if prov.Command == "" {
-		prov.Command = fmt.Sprintf("convert.DenseToSlope(in=%q, nm=%q, dtype=%q, compress=%v)", o.In, o.NM, o.DType, o.Compress)
+	res := &Result{Out: o.Out, Warnings: src.Warnings(), Seed: o.Seed}
+	if ad.rank > 0 {
+		res.Rank, res.AdapterInit, res.Merged, res.Scale = ad.rank, ad.init, ad.merged, ad.scale
 	}
-	pattern := "dense"
-	if !dense {
-		pattern = p.String()
+	prov := &slopepb.Provenance{Tool: ToolName, ToolVersion: toolVersion(), Sources: src.Files(), Command: o.Command, Created: created}
+	for _, f := range prov.Sources {
+		res.SourceBytes += int64(f.Size)
+	}
+	if prov.Command == "" {
+		prov.Command = fmt.Sprintf("convert.DenseToSlope(in=%q, nm=%q, nm_layers=%q, prune_wide=%v, dtype=%q, compress=%v, rank=%d, adapter_init=%q, merge_adapters=%v, adapter_scale=%g, seed=%d)",
+			o.In, o.NM, o.NMLayers, o.PruneWide, o.DType, o.Compress, ad.rank, ad.init, ad.merged, ad.scale, o.Seed)
 	}
 	sparse := map[string]format.NM{}
+	adapters := map[string]GraphAdapter{}
 	var removed, prunedEntries int64
 	for i, name := range names {
 		if err := ctx.Err(); err != nil {
@@ -276,23 +460,68 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 		}
 		res.DenseBytes += int64(len(t.Data)) * int64(es)
 		spec, known := specs[name]
-		prune, reason := pruneDecision(spec, known, t, p, dense)
+		rule := pruneRule{p: p, dense: dense, pruneWide: o.PruneWide}
+		if li, ok := layerOf(name); ok && known && spec.Linear {
+			rule.p, rule.dense, rule.override = layerPattern(overrides, li, p, dense)
+		}
+		prune, reason := pruneDecision(spec, known, t, rule)
+		rep := WeightReport{Name: name, Shape: t.Shape, Linear: known && spec.Linear}
 		tp := &slopepb.TensorProvenance{Name: name, SourceName: t.SourceName, Method: "none", Pattern: "dense",
 			Reason: reason, SourceDtype: t.DType.String()}
 		if prune {
-			rm, err := writePruned(w, t, dt, p)
+			wp := rule.p
+			pattern := wp.String()
+			rank := 0
+			if ad.rank > 0 {
+				rank = ad.rank
+				out, in := t.Shape[0], t.Shape[1]
+				if rank > min(in, out) {
+					return nil, fmt.Errorf("%s: weight %s %v: the rank must be at most min(in, out) = %d", rankFlag(o, rank), name, t.Shape, min(in, out))
+				}
+				if ad.merged && (out+rank)%wp.M != 0 {
+					return nil, fmt.Errorf("--merge-adapters with %s: weight %s has out + rank = %d rows, not a multiple of %d (its transpose mask needs whole groups of rows): choose a rank that makes it one", rankFlag(o, rank), name, out+rank, wp.M)
+				}
+			}
+			pw, err := writePruned(w, t, dt, wp, ad, rank)
 			if err != nil {
 				return nil, err
 			}
-			removed += rm
+			removed += pw.dropped
 			prunedEntries += int64(len(t.Data))
-			sparse[name] = p
+			sparse[name] = wp
 			res.Pruned++
+			rep.Choice, rep.RelErrPruned, rep.RelErrAdapted, rep.Rank = pattern, pw.errPruned, pw.errAdapted, rank
 			tp.Method, tp.Pattern = "magnitude", pattern
+			maskReason := "double-pruned transpose of " + name + ": " + pattern + " by magnitude along the output dim"
+			if rank > 0 {
+				res.Adapted++
+				ga := GraphAdapter{R: AdapterRName(name)}
+				desc := fmt.Sprintf("rank %d adapter, %s init, scale %g", rank, ad.init, ad.scale)
+				if ad.merged {
+					ga.MergedRank = rank
+					tp.Reason += fmt.Sprintf("; merged %s: rows %d-%d are Lᵀ, pruned %s with W", desc, t.Shape[0], t.Shape[0]+rank-1, pattern)
+					maskReason += " (the Lᵀ rows included)"
+				} else {
+					ga.L = AdapterLName(name)
+					tp.Reason += "; " + desc
+				}
+				adapters[name] = ga
+			}
 			prov.Tensors = append(prov.Tensors, tp, &slopepb.TensorProvenance{
 				Name: TransposeMaskName(name), SourceName: t.SourceName, Method: "magnitude", Pattern: pattern,
-				Reason: "double-pruned transpose of " + name + ": " + pattern + " by magnitude along the output dim", SourceDtype: t.DType.String()})
+				Reason: maskReason, SourceDtype: t.DType.String()})
+			if rank > 0 {
+				factors := []string{AdapterLName(name), AdapterRName(name)}
+				if ad.merged {
+					factors = factors[1:]
+				}
+				for _, f := range factors {
+					prov.Tensors = append(prov.Tensors, &slopepb.TensorProvenance{Name: f, SourceName: t.SourceName, Method: ad.init, Pattern: "dense",
+						Reason: fmt.Sprintf("rank %d adapter of %s: %s", rank, name, initDescription(ad.init, ad.merged)), SourceDtype: t.DType.String()})
+				}
+			}
 		} else {
+			rep.Choice = "dense: " + reason
 			shape := make([]uint64, len(t.Shape))
 			for j, d := range t.Shape {
 				shape[j] = uint64(d)
@@ -302,6 +531,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 			}
 			prov.Tensors = append(prov.Tensors, tp)
 		}
+		res.Weights = append(res.Weights, rep)
 		if o.Progress != nil {
 			o.Progress(i+1, len(names), name)
 		}
@@ -309,7 +539,10 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("convert to %s: %w", o.Out, err)
 	}
-	graph, err := BuildOPTGraph(cfg, sparse)
+	if ad.rank > 0 && res.Adapted == 0 {
+		res.Warnings = append(res.Warnings, "adapters requested but no weight was pruned: none written")
+	}
+	graph, err := BuildOPTGraphAdapters(cfg, sparse, adapters)
 	if err != nil {
 		return nil, err
 	}
@@ -337,41 +570,146 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	if st, err := os.Stat(o.Out); err == nil {
 		res.FileBytes = st.Size()
 	}
+	if res.SourceBytes > 0 {
+		res.Ratio = float64(res.FileBytes) / float64(res.SourceBytes)
+	}
 	if prunedEntries > 0 {
 		res.TransposeExtraZeros = float64(removed) / float64(prunedEntries)
 	}
+	res.Seconds = time.Since(start).Seconds()
 	return res, nil
 }
 
-// writePruned writes t pruned N:M by magnitude and its double-pruned
-// transpose mask; it returns how many kept values the mask drops.
-func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM) (int64, error) {
-	rows, cols := t.Shape[0], t.Shape[1]
-	keep, err := MagnitudeMask(p, rows, cols, t.Data)
-	if err != nil {
-		return 0, fmt.Errorf("tensor %q (%s): %w", t.Name, t.SourceName, err)
-	}
-	values, idx, err := format.SplitNM(p, rows, cols, t.Data, keep)
-	if err != nil {
-		return 0, fmt.Errorf("tensor %q: %w", t.Name, err)
-	}
-	if err := w.WriteNM(t.Name, dt, p, rows, cols, values, idx); err != nil {
-		return 0, fmt.Errorf("tensor %q: %w", t.Name, err)
-	}
-	tkeep, err := format.DoublePruneMagnitude(p, rows, cols, values, idx)
-	if err != nil {
-		return 0, fmt.Errorf("tensor %q: double pruning: %w", t.Name, err)
-	}
-	if err := w.WriteTransposeMask(TransposeMaskName(t.Name), t.Name, p, rows, cols, tkeep); err != nil {
-		return 0, fmt.Errorf("tensor %q: %w", t.Name, err)
-	}
-	var dropped int64
-	for _, k := range tkeep {
-		if !k {
-			dropped++
+// initDescription says how an adapter was initialised, for provenance.
+func initDescription(init string, merged bool) string {
+	var s string
+	switch init {
+	case AdapterInitSlope:
+		s = fmt.Sprintf("slope init (L ~ N(0, 1/in)·%g, R = 0)", SlopeInitGain)
+	case AdapterInitZero:
+		s = "zero init (L = 0, R = 0)"
+	case AdapterInitSVD:
+		s = "svd init (scale·L·R = best rank-r approximation of (W − W_s)ᵀ, randomized SVD)"
+		if merged {
+			s += "; L pruned with W, R refit by least squares"
 		}
 	}
-	return dropped, nil
+	if merged {
+		s += "; merged layout (Lᵀ stored as the weight's last rows)"
+	}
+	return s
+}
+
+// prunedWeight is what writePruned reports.
+type prunedWeight struct {
+	dropped               int64 // kept values the transpose mask drops
+	errPruned, errAdapted float64
+}
+
+// writePruned writes t pruned N:M by magnitude and its double-pruned
+// transpose mask, and, with rank > 0, its adapter (plain, or merged: Lᵀ
+// appended to W as rank rows pruned with it).
+func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad adapterPlan, rank int) (prunedWeight, error) {
+	var res prunedWeight
+	out, in := t.Shape[0], t.Shape[1]
+	fail := func(err error) (prunedWeight, error) {
+		return res, fmt.Errorf("tensor %q (%s): %w", t.Name, t.SourceName, err)
+	}
+	keep, err := MagnitudeMask(p, out, in, t.Data)
+	if err != nil {
+		return fail(err)
+	}
+	ws := ApplyMask(t.Data, keep)
+	roundToDType(dt, ws)
+	var l, r []float32
+	if rank > 0 {
+		if l, r, err = adapterFactors(ad.init, t.Data, ws, out, in, rank, ad.scale, weightRNG(ad.seed, t.Name)); err != nil {
+			return res, err
+		}
+		roundToDType(dt, l)
+		roundToDType(dt, r)
+	}
+	rows, data := out, t.Data
+	if rank > 0 && ad.merged {
+		// [W; Lᵀ] pruned as one matrix: W's rows keep their mask, Lᵀ's
+		// rows lose M-N of every M values.
+		rows = out + rank
+		data = make([]float32, rows*in)
+		copy(data, t.Data)
+		for k := 0; k < rank; k++ {
+			for i := 0; i < in; i++ {
+				data[(out+k)*in+i] = l[i*rank+k]
+			}
+		}
+		if keep, err = MagnitudeMask(p, rows, in, data); err != nil {
+			return fail(err)
+		}
+		for k := 0; k < rank; k++ {
+			for i := 0; i < in; i++ {
+				if !keep[(out+k)*in+i] {
+					l[i*rank+k] = 0
+				}
+			}
+		}
+		if ad.init == AdapterInitSVD {
+			if r2, ok := refitR(t.Data, ws, out, in, rank, l, ad.scale); ok {
+				r = r2
+				roundToDType(dt, r)
+			}
+		}
+	}
+	values, idx, err := format.SplitNM(p, rows, in, data, keep)
+	if err != nil {
+		return fail(err)
+	}
+	if err := w.WriteNM(t.Name, dt, p, rows, in, values, idx); err != nil {
+		return fail(err)
+	}
+	tkeep, err := format.DoublePruneMagnitude(p, rows, in, values, idx)
+	if err != nil {
+		return fail(fmt.Errorf("double pruning: %w", err))
+	}
+	if err := w.WriteTransposeMask(TransposeMaskName(t.Name), t.Name, p, rows, in, tkeep); err != nil {
+		return fail(err)
+	}
+	for _, k := range tkeep {
+		if !k {
+			res.dropped++
+		}
+	}
+	switch {
+	case rank > 0 && ad.merged:
+		desc := &slopepb.Tensor{Name: AdapterRName(t.Name), Dtype: dt, Shape: []uint64{uint64(rank), uint64(out)}, Encoding: slopepb.Encoding_LOW_RANK,
+			Adapter: &slopepb.AdapterParams{Weight: t.Name, Factor: slopepb.AdapterParams_R, Scale: ad.scale, Merged: true}}
+		es, _ := format.ElemSize(dt)
+		raw := make([]byte, len(r)*es)
+		if err := format.EncodeFloats(dt, r, raw); err != nil {
+			return fail(err)
+		}
+		if err := w.WriteTensor(desc, raw); err != nil {
+			return fail(err)
+		}
+	case rank > 0:
+		if err := w.WriteAdapter(t.Name, AdapterLName(t.Name), AdapterRName(t.Name), dt, in, out, rank, ad.scale, l, r); err != nil {
+			return fail(err)
+		}
+	}
+	res.errPruned, res.errAdapted = relErrors(t.Data, ws, out, in, rank, l, r, ad.scale)
+	return res, nil
+}
+
+// roundToDType rounds x in place to the values dtype dt stores.
+func roundToDType(dt slopepb.DType, x []float32) {
+	switch dt {
+	case slopepb.DType_FLOAT16:
+		for i, v := range x {
+			x[i] = format.Float16ToFloat32(format.Float32ToFloat16(v))
+		}
+	case slopepb.DType_BFLOAT16:
+		for i, v := range x {
+			x[i] = format.BFloat16ToFloat32(format.Float32ToBFloat16(v))
+		}
+	}
 }
 
 func toolVersion() string {

@@ -254,12 +254,12 @@ func TestPruneDecision(t *testing.T) {
 		{[]int{66, 64}, false, "out_features"},
 	}
 	for _, c := range cases {
-		ok, reason := pruneDecision(lin, true, &Tensor{Shape: c.shape}, p, false)
+		ok, reason := pruneDecision(lin, true, &Tensor{Shape: c.shape}, pruneRule{p: p})
 		if ok != c.ok || !strings.Contains(reason, c.want) {
 			t.Errorf("%v: %v %q", c.shape, ok, reason)
 		}
 	}
-	if ok, _ := pruneDecision(WeightSpec{}, true, &Tensor{Shape: []int{64, 64}}, p, false); ok {
+	if ok, _ := pruneDecision(WeightSpec{}, true, &Tensor{Shape: []int{64, 64}}, pruneRule{p: p}); ok {
 		t.Error("non-linear pruned")
 	}
 }

@@ -19,11 +19,34 @@
 // data confined to the model's directory.
 //
 // DenseToSlope is the end-to-end converter: it holds one tensor in memory
-// at a time, prunes the decoder-layer linear weights N:M by magnitude
-// (MagnitudeMask), stores them as NM tensors with their double-pruned
-// transpose masks, writes everything else dense, and records provenance and
-// the model graph (BuildOPTGraph) in the manifest, plus the source's
-// tokenizer files when it has them.
+// at a time, prunes the decoder-layer linear weights (q, k, v, out_proj,
+// fc1, fc2) N:M by magnitude (MagnitudeMask), with per-layer patterns from
+// Options.NMLayers (ParseNMLayers), stores them as NM tensors with their
+// double-pruned transpose masks, writes everything else dense, and
+// records provenance (the choice for every tensor: its pattern, or dense
+// and why) and the model graph (BuildOPTGraph, BuildOPTGraphAdapters) in
+// the manifest, plus the source's tokenizer files when it has them.
+// Embeddings, positions, the LM head, project_in/out and norms are never
+// pruned, nor (without Options.PruneWide) a weight whose aspect ratio
+// exceeds MaxAspectRatio.
+//
+// With a rank (Options.Rank or RankFrac) every pruned weight gets a
+// low-rank adapter in the runtime's convention y = x·W_sᵀ + b +
+// scale·(x·L)·R, L [in, r], R [r, out]: AdapterInitSlope (L ~
+// N(0, 1/in)·SlopeInitGain, R = 0: the output is unchanged until
+// trained), AdapterInitZero, or AdapterInitSVD (scale·L·R is the best
+// rank-r approximation of the pruning residual (W − W_s)ᵀ, computed by
+// RandomizedSVD, seeded by Options.Seed and the weight's name).
+// Options.MergeAdapters writes SLoPe's inference layout instead: Lᵀ is
+// appended to W as r rows and pruned N:M with it (so L is pruned too; with
+// svd, R is refit by least squares to the pruned L), and R is stored alone
+// with adapter.merged; the graph node gets merged_rank. The Result reports
+// per weight ‖W − W_s‖/‖W‖ and ‖W − (W_s + scale·(L·R)ᵀ)‖/‖W‖ with the
+// values as stored.
+//
+// A conversion is deterministic for a seed: two runs give the same file,
+// bar the provenance's creation time, which Options.Created or
+// $SOURCE_DATE_EPOCH fix.
 //
 // With no input path the embedded tiny OPT model of package testmodels is
 // converted, so the tool works offline.

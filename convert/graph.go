@@ -45,7 +45,9 @@ func OpsetImports() []*onnxpb.OperatorSetIdProto {
 //	per layer i, with x its input (prefix layers.i.):
 //	  pre-LayerNorm (do_layer_norm_before):
 //	    LayerNorm(x, self_attn_layer_norm.{weight,bias}) -> attn_norm   (epsilon)
-//	    SlopeLinear(attn_norm, q_proj.weight, q_proj.bias, q_proj.weight.transpose_mask, "", "") -> q   (n, m)
+//	    SlopeLinear(attn_norm, q_proj.weight, q_proj.bias, q_proj.weight.transpose_mask, L, R) -> q   (n, m)
+//	        L, R are "" without an adapter; in the merged layout L is ""
+//	        and the node has merged_rank too (see GraphAdapter)
 //	    ... k, v likewise (Linear(x, weight, bias) when the weight is dense)
 //	    CausalAttention(q, k, v, attention_mask) -> attn   (num_heads, scale = head_dim^-0.5)
 //	    SlopeLinear(attn, out_proj...) -> attn_out
@@ -62,6 +64,26 @@ func OpsetImports() []*onnxpb.OperatorSetIdProto {
 //	Linear(h, project_out.weight, "") -> project_out   when word_embed_proj_dim != hidden_size
 //	LMHead(h, embed_tokens when tied, else lm_head.weight) -> logits
 func BuildOPTGraph(c *slopepb.OPTConfig, sparse map[string]format.NM) (*onnxpb.GraphProto, error) {
+	return BuildOPTGraphAdapters(c, sparse, nil)
+}
+
+// GraphAdapter names the adapter factors of an NM weight in the graph: L
+// and R (inputs 4 and 5 of its SlopeLinear node), or, in the merged layout
+// (MergedRank > 0: the weight's last MergedRank rows are Lᵀ), R alone with
+// the node attribute merged_rank.
+type GraphAdapter struct {
+	L, R       string
+	MergedRank int
+}
+
+// BuildOPTGraphAdapters is BuildOPTGraph with low-rank adapters on some
+// NM weights (keys of adapters, which must be keys of sparse too).
+func BuildOPTGraphAdapters(c *slopepb.OPTConfig, sparse map[string]format.NM, adapters map[string]GraphAdapter) (*onnxpb.GraphProto, error) {
+	for w := range adapters {
+		if _, ok := sparse[w]; !ok {
+			return nil, fmt.Errorf("graph: adapter on %q, which is not an NM weight", w)
+		}
+	}
 	act, ok := Activations[c.ActivationFunction]
 	if !ok {
 		return nil, fmt.Errorf("graph: activation_function %q is not supported", c.ActivationFunction)
@@ -69,7 +91,7 @@ func BuildOPTGraph(c *slopepb.OPTConfig, sparse map[string]format.NM) (*onnxpb.G
 	if c.NumAttentionHeads <= 0 || c.HiddenSize%c.NumAttentionHeads != 0 {
 		return nil, fmt.Errorf("graph: num_attention_heads %d does not divide hidden_size %d", c.NumAttentionHeads, c.HiddenSize)
 	}
-	b := &graphBuilder{c: c, sparse: sparse, used: map[string]bool{}}
+	b := &graphBuilder{c: c, sparse: sparse, adapters: adapters, used: map[string]bool{}}
 	g := &onnxpb.GraphProto{
 		Name: "opt",
 		Input: []*onnxpb.ValueInfoProto{
@@ -146,9 +168,11 @@ func BuildOPTGraph(c *slopepb.OPTConfig, sparse map[string]format.NM) (*onnxpb.G
 type graphBuilder struct {
 	c      *slopepb.OPTConfig
 	sparse map[string]format.NM
-	g      *onnxpb.GraphProto
-	used   map[string]bool
-	err    error
+	// adapters of NM weights, by weight name.
+	adapters map[string]GraphAdapter
+	g        *onnxpb.GraphProto
+	used     map[string]bool
+	err      error
 }
 
 // node appends a node whose single output (and node name) is out.
@@ -183,8 +207,17 @@ func (b *graphBuilder) linear(out, x, prefix string) string {
 		bias = prefix + ".bias"
 	}
 	if p, ok := b.sparse[weight]; ok {
-		return b.node("SlopeLinear", out, []string{x, weight, bias, TransposeMaskName(weight), "", ""},
-			intAttr("n", int64(p.N)), intAttr("m", int64(p.M)))
+		in := []string{x, weight, bias, TransposeMaskName(weight), "", ""}
+		attrs := []*onnxpb.AttributeProto{intAttr("n", int64(p.N)), intAttr("m", int64(p.M))}
+		if a, ok := b.adapters[weight]; ok {
+			in[5] = a.R
+			if a.MergedRank > 0 {
+				attrs = append(attrs, intAttr("merged_rank", int64(a.MergedRank)))
+			} else {
+				in[4] = a.L
+			}
+		}
+		return b.node("SlopeLinear", out, in, attrs...)
 	}
 	return b.node("Linear", out, []string{x, weight, bias})
 }

@@ -92,12 +92,13 @@ func (s *linearStep) Forward(c *Call, in []*Value, out *Value) error {
 	if len(s.full) < m*w {
 		s.full = make([]float32, m*w)
 	}
-	if err := s.mat.Linear(s.full, x.Data, m, nil, c.Threads); err != nil {
+	full := s.full[:m*w]
+	if err := s.mat.Linear(full, x.Data, m, nil, c.Threads); err != nil {
 		return err
 	}
 	// full = [x·Wᵀ | x·L]; y = x·Wᵀ + b + scale·(x·L)·R.
 	for r := 0; r < m; r++ {
-		row := s.full[r*w : (r+1)*w]
+		row := full[r*w : (r+1)*w]
 		y := out.Data[r*s.out : (r+1)*s.out]
 		copy(y, row[:s.out])
 		if s.bias != nil {

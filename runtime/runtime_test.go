@@ -13,8 +13,15 @@ import (
 // tiny converts the embedded reference model with the given pattern.
 func tiny(t *testing.T, nm string) *Model {
 	t.Helper()
+	return tinyWith(t, convert.Options{NM: nm})
+}
+
+// tinyWith converts the embedded reference model with o (Out is set).
+func tinyWith(t *testing.T, o convert.Options) *Model {
+	t.Helper()
 	out := filepath.Join(t.TempDir(), "tiny.slope")
-	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: out, NM: nm}); err != nil {
+	o.Out = out
+	if _, err := convert.DenseToSlope(t.Context(), o); err != nil {
 		t.Fatal(err)
 	}
 	m, err := Open(out, nil)
@@ -114,7 +121,14 @@ func TestKVCacheMatchesFullForward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := tiny(t, "2:4")
+	// Plain 2:4, and 2:4 with merged svd adapters (whose scratch of
+	// width out+rank is reused across calls of different row counts).
+	for _, o := range []convert.Options{{NM: "2:4"}, {NM: "2:4", Rank: 4, AdapterInit: "svd", MergeAdapters: true}} {
+		kvMatchesFull(t, tinyWith(t, o), ref)
+	}
+}
+
+func kvMatchesFull(t *testing.T, m *Model, ref *testmodels.Reference) {
 	ids, mask := i32(ref.InputIDsPadded), i32(ref.AttentionMask)
 	full, err := m.Forward(ids, mask)
 	if err != nil {
