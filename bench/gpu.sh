@@ -9,7 +9,9 @@
 # `run` sets SLOPE_REQUIRE_GPU=1, so a GPU test that cannot open the GPU
 # fails instead of skipping. Output: bench/out/gpu.txt (and $OUT/gpu.txt
 # when OUT is set). Environment: QUICK=1 (one shape per table),
-# TABLES=linear,layer, SKIP_TESTS=1.
+# TABLES=linear,layer, SKIP_TESTS=1, PKGS="cuda/kernels cuda" (test only
+# these), SKIP_CLI=1, BENCH_FLAGS (extra gpubench flags, e.g.
+# -adapters=false).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bins=.gpu
@@ -41,7 +43,7 @@ run)
 		nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1
 		status=0
 		if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
-			for p in "${pkgs[@]}"; do
+			for p in ${PKGS:-${pkgs[@]}}; do
 				b="$bins/$(echo "$p" | tr / _).test"
 				echo "## go test ./$p (GPU)"
 				full="bench/out/gpu-$(echo "$p" | tr / _).log"
@@ -53,6 +55,7 @@ run)
 				[[ $rc == 0 ]] || status=1
 			done
 		fi
+		if [[ "${SKIP_CLI:-0}" != 1 ]]; then
 		echo "## CLI on the GPU (embedded tiny model; OPT-125m-shaped random model)"
 		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-cli.XXXXXX")
 		"$bins/slope-convert" dense-to-slope --out "$work/tiny.slope" --quiet >/dev/null
@@ -70,8 +73,9 @@ run)
 			done
 		done
 		rm -rf "$work"
+		fi
 		echo "## gpubench"
-		timeout 420 "$bins/gpubench" -tables "${TABLES:-linear,layer}" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) 2>&1
+		timeout 420 "$bins/gpubench" -tables "${TABLES:-linear,layer}" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
 		rc=$?
 		echo "## gpubench exit $rc"
 		[[ $rc == 0 ]] || status=1

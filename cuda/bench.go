@@ -34,6 +34,8 @@ const (
 	Sparse24Generic
 	// Sparse24SpMV forces the 2:4 decode kernel (any row count).
 	Sparse24SpMV
+	// Sparse24TC forces the sparse-tensor-core kernel (M <= 16).
+	Sparse24TC
 )
 
 // BenchLinear is a linear layer y = x·Wᵀ + b (+ adapters) on the device.
@@ -143,9 +145,13 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 	}
 	s.spmv = kind == Sparse24 && in%64 == 0
 	s.spmvMax = b.opts.SpMVMaxRows
+	s.tc = kind == Sparse24 && in%64 == 0 && rows%16 == 0 && b.opts.TCMaxRows > 0
+	s.tcMax = b.opts.TCMaxRows
 	switch kind {
 	case Sparse24SpMV:
 		s.force = "spmv"
+	case Sparse24TC:
+		s.force = "tc"
 	case Sparse24Generic:
 		s.force = "generic"
 	case Sparse24Lt:

@@ -55,9 +55,15 @@ func TestConformanceBF16LowMemory(t *testing.T) {
 	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
 }
 
+// The sparse-tensor-core kernel for every 2:4 product it can take.
+func TestConformanceBF16TensorCore(t *testing.T) {
+	b := newWith(t, Options{Activations: BF16, SpMVMaxRows: -1, TCMaxRows: 16})
+	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
+}
+
 // The decode kernel for every 2:4 product it can take.
 func TestConformanceBF16DecodeKernel(t *testing.T) {
-	b := newWith(t, Options{Activations: BF16, SpMVMaxRows: 1 << 20})
+	b := newWith(t, Options{Activations: BF16, SpMVMaxRows: 1 << 20, TCMaxRows: -1})
 	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
 }
 

@@ -349,6 +349,8 @@ type linearStep struct {
 	sp        *sparselt.Weight // 2:4 bf16 via cuSPARSELt, or nil
 	spmv      bool             // the custom 2:4 kernel applies
 	spmvMax   int
+	tc        bool // the sparse-tensor-core kernel applies
+	tcMax     int
 	rank      int
 	merged    bool
 	l, r      driver.Ptr // L [in, rank] (unmerged), R [rank, out]
@@ -509,6 +511,8 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 	is24 := v.Pattern.N == 2 && v.Pattern.M == 4 && vt == BF16
 	s.spmv = is24 && v.Cols%64 == 0 && b.opts.SpMVMaxRows > 0
 	s.spmvMax = b.opts.SpMVMaxRows
+	s.tc = is24 && v.Cols%64 == 0 && v.Rows%16 == 0 && b.opts.TCMaxRows > 0
+	s.tcMax = b.opts.TCMaxRows
 	if is24 && b.sp != nil && sparselt.Supported(v.Rows, v.Cols) == nil {
 		dense, err := b.dev.Alloc(v.Rows * v.Cols * 2)
 		if err != nil {
@@ -541,7 +545,7 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 				}
 			}
 			b.WeightBytes -= int64(len(raw) + len(v.Indices))
-			s.vals, s.idx, s.spmv = 0, 0, false
+			s.vals, s.idx, s.spmv, s.tc = 0, 0, false, false
 		}
 	}
 	return nil
@@ -590,6 +594,9 @@ func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor)
 	switch {
 	case s.force == "spmv" || (s.force == "" && s.spmv && m <= min(s.spmvMax, kernels.SpMV24MaxM)):
 		err = b.k.SpMV24(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in)
+		biasDone = true
+	case s.force == "tc" || (s.force == "" && s.tc && m <= min(s.tcMax, kernels.SpMM24TCMaxM)):
+		err = b.k.SpMM24TC(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in)
 		biasDone = true
 	case s.force == "cusparselt" || (s.force == "" && ltFits):
 		if !ltFits {

@@ -523,6 +523,49 @@ func TestGPUSpMV24(t *testing.T) {
 	}
 }
 
+// TestGPUSpMM24TC checks the sparse tensor-core path against float64.
+// x is rounded to bf16 for the tensor cores, so the f32 path gets the
+// bf16 tolerance (1e-2) as well.
+func TestGPUSpMM24TC(t *testing.T) {
+	g := openGPU(t)
+	rng := rand.New(rand.NewPCG(8, 1))
+	for _, dt := range dtypes {
+		for _, sh := range [][2]int{{16, 64}, {48, 320}, {256, 1024}, {1024, 4160}, {4096, 4096}, {9216, 576}, {36864, 192}} {
+			rows, cols := sh[0], sh[1]
+			c := makeNM(t, rng, rows, cols, 2, 4, true)
+			for _, M := range []int{1, 2, 5, 8, 9, 16} {
+				ldx, ldy := cols+8*(M%3), rows+M%2
+				x := rnd(rng, dt, M*ldx)
+				var bias []float32
+				if M%2 == 1 {
+					bias = randVec(rng, rows, false)
+				}
+				want := refSpMM(c.dense, rows, cols, x, ldx, M, bias)
+				var y []float32
+				g.run(t, func() error {
+					var bp driver.Ptr
+					if bias != nil {
+						bp = g.putF32(bias)
+					}
+					yp := g.poison(M * ldy * dt.Size())
+					if err := g.k.SpMM24TC(0, dt, yp, ldy, g.putT(dt, x), ldx, g.putU16(toBF16(c.vals)), g.putU8(c.idx), bp, M, rows, cols); err != nil {
+						return err
+					}
+					y = g.getT(dt, yp, M*ldy)
+					return nil
+				})
+				got := make([]float32, M*rows)
+				for i := 0; i < M; i++ {
+					copy(got[i*rows:(i+1)*rows], y[i*ldy:])
+				}
+				if e := relL2(got, want); !(e <= 1e-2) {
+					t.Errorf("spmm24tc %v M %d %dx%d: relative L2 error %.3g > 1e-2", dt, M, rows, cols, e)
+				}
+			}
+		}
+	}
+}
+
 // attnRef is causal attention in float64: q, out [batch*seq, d], caches
 // [batch, maxLen, d], mask [batch, maskLd].
 func attnRef(q, kc, vc []float32, mask []int32, maskLd, batch, seq, past, maxLen, heads, hd int, scale float64) []float64 {

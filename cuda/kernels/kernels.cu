@@ -378,6 +378,256 @@ __device__ __forceinline__ void spmv24_body(T* y, int ldy, const T* x, int ldx, 
     }
 }
 
+// ---------------------------------------------------------------- spmm24tc
+//
+// 2:4 sparse weight times M <= 16 activations on the sparse tensor cores
+// (PTX mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32), reading
+// the portable layout directly: A = 16 weight rows x 32 input columns
+// (2:4 along K = our cols, exactly the row-wise 2:4 of the format),
+// B = x^T (32 columns x 8 tokens), D = y^T tile (16 rows x 8 tokens);
+// two mmas along N when M > 8. x is rounded to bf16 for the tensor cores
+// (exact when T = bf16); accumulation is fp32.
+//
+// Fragment facts used (PTX ISA, 9.7.14.6 "Matrix multiply-accumulate
+// operation using mma.sp instruction with sparse matrix A"; groupID =
+// lane >> 2, threadID_in_group = lane & 3):
+//  * 9.7.14.6.2.2 "Matrix Fragments for sparse mma.m16n8k32 with .f16 and
+//    .bf16 types", multiplicand A: four .b32 registers, each holding the
+//    two non-zeros of one 4-wide chunk; a0,a1 (reg 0) and a4,a5 (reg 2):
+//    row groupID, a2,a3 (reg 1) and a6,a7 (reg 3): row groupID+8;
+//    firstcol = threadID_in_group*4 for regs 0-1, +16 for regs 2-3. The
+//    low half of a register is the non-zero with the lower index.
+//  * multiplicand B (Figure 121; CuTe SM80_SPARSE_16x8x32 BLayout): reg r
+//    holds rows k = threadID_in_group*2 + 8r + {0 (low), 1 (high)},
+//    column n = groupID.
+//  * C/D as "Matrix Fragments for mma.m16n8k16 with floating point type":
+//    c0,c1: row groupID, cols 2*threadID_in_group + {0,1}; c2,c3: row +8.
+//  * metadata (Figure 122; CuTe ELayout; 9.7.14.6.1 "Sparse matrix
+//    storage"): with sparsity selector 0 the thread pair T0,T1 of each
+//    quad contributes; thread T(j), j = lane & 1, covers K columns
+//    16j..16j+15 (chunks 4j..4j+3): bits [15:0] for row groupID, bits
+//    [31:16] for row groupID+8, chunk 4j+t at bits [4t+3:4t] of the half,
+//    its low 2 bits the index of the first non-zero, the high 2 bits the
+//    second (the meaningful values 0b0100, 0b1000, 0b1001, 0b1100,
+//    0b1101, 0b1110: first < second, which the format guarantees). Lanes
+//    T2,T3 get the same value, so the selector could also be 1.
+//
+// The portable index stream of a row (2 bits per kept value, LSB first,
+// a group's two indices increasing) is that metadata format already: the
+// nibble of 4-column chunk w of a row is at stream bits [4w, 4w+4).
+//
+// K permutation. A warp step covers 128 columns = 32 chunks = 4 mmas
+// (s = 0..3). The sum over K is order-free, so mma s, chunk q = t + 4a
+// (t = q & 3, a = q >> 2) is mapped to real chunk
+//     rho(s, q) = 16*(s >> 1) + 4*t + 2*(s & 1) + a
+// (a bijection onto 0..31). Then lane (g, t) needs the 16-byte value
+// words 16h + 4t .. 16h + 4t + 3 of rows g and g+8 for h = s >> 1: one
+// coalesced 16-byte load per row and half (8 rows x 64 contiguous bytes
+// per instruction), and reg (a, row half rh) = word 2*(s&1) + a. The
+// metadata half of a thread needs the nibbles 16h + 2(s&1) + a + 4t,
+// t = 0..3, gathered from the row's 2 index words of half h. B uses the
+// same rho: x is staged in shared memory already in B-fragment order
+// (xs[slice][s][nb][lane] = the 4 registers of that lane), so each mma
+// reads one conflict-free 16-byte word per lane.
+//
+// Work split: a block of TC_WARPS warps covers RW = TC_WARPS/KS row
+// groups of 16 rows and KS K-slices; block step b covers columns
+// [b*KS*128, (b+1)*KS*128), warp (rw, ks) the 128 columns at +ks*128
+// (64 or none at the ragged end, cols % 64 == 0). All threads stage the
+// block step's x tile (tokens < M; the rest stays zero), then each warp
+// runs its mmas while the next step's values and indices are in flight.
+// Slices are summed through shared memory at the end; slice 0 writes y.
+#define TC_WARPS 8
+#define TC_KSMAX 8
+#define TC_STEP 128                              // columns per warp step
+#define TC_XB 4                                  // x units loaded per batch when staging
+#define TC_XS_WORDS (TC_KSMAX * 4 * 2 * 32 * 4)  // 32-bit words of the x tile
+
+__device__ __forceinline__ unsigned pack_bf2(float lo, float hi) {
+    return (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+
+// 8 consecutive activations (16-byte aligned) as 4 bf16x2 words.
+__device__ __forceinline__ uint4 ld_x8(const bf16* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ uint4 ld_x8(const float* p) {
+    const float4* q = reinterpret_cast<const float4*>(p);
+    const float4 a = __ldg(q), b = __ldg(q + 1);
+    return make_uint4(pack_bf2(a.x, a.y), pack_bf2(a.z, a.w), pack_bf2(b.x, b.y), pack_bf2(b.z, b.w));
+}
+
+__device__ __forceinline__ unsigned u4w(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+
+// Metadata half (16 bits) from a row's two index words of half h: the
+// nibbles at positions sh/4 + 4t (t = 0..3) of the 64-bit pair.
+__device__ __forceinline__ unsigned tc_meta16(uint2 w, int sh) {
+    return ((w.x >> sh) & 0xFu) | (((w.x >> (sh + 16)) & 0xFu) << 4) | (((w.y >> sh) & 0xFu) << 8) |
+           (((w.y >> (sh + 16)) & 0xFu) << 12);
+}
+
+__device__ __forceinline__ void mma_sp_16832(float (&d)[4], const unsigned (&a)[4], const uint4& b, unsigned e) {
+    asm("mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y), "r"(b.z), "r"(b.w), "r"(e));
+}
+
+// Values and index words of one warp step (nh halves of 64 columns).
+__device__ __forceinline__ void tc_load(uint4 (&va)[2][2], uint2 (&ia)[2][2], const uint4* v0, const uint4* v1,
+                                        const uint2* i0, const uint2* i1, int c0, int nh, int t) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        if (h < nh) {
+            va[h][0] = __ldcs(v0 + (c0 >> 4) + 4 * h + t);
+            va[h][1] = __ldcs(v1 + (c0 >> 4) + 4 * h + t);
+            ia[h][0] = __ldg(i0 + (c0 >> 6) + h);
+            ia[h][1] = __ldg(i1 + (c0 >> 6) + h);
+        } else {
+            va[h][0] = va[h][1] = make_uint4(0u, 0u, 0u, 0u);
+            ia[h][0] = ia[h][1] = make_uint2(0u, 0u);
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx,
+                                              const float* bias, int M, int rows, int cols, int KS) {
+    __shared__ __align__(16) unsigned xs[TC_XS_WORDS];  // [slice][s][nb][lane][reg]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int RW = TC_WARPS / KS;
+    const int rw = warp % RW, ks = warp / RW;
+    const int rg = blockIdx.x * RW + rw;
+    const bool active = rg < (rows >> 4);  // uniform per warp
+    const int NB = M > 8 ? 2 : 1;
+    for (int i = tid; i < TC_XS_WORDS; i += TC_WARPS * 32) xs[i] = 0u;
+
+    const int r0 = (active ? rg : 0) * 16 + g;  // this lane's rows r0 and r0 + 8
+    const uint4* v0 = reinterpret_cast<const uint4*>(vals + (int64_t)r0 * (cols >> 1));
+    const uint4* v1 = reinterpret_cast<const uint4*>(vals + (int64_t)(r0 + 8) * (cols >> 1));
+    const uint2* i0 = reinterpret_cast<const uint2*>(idx + (int64_t)r0 * (cols >> 3));
+    const uint2* i1 = reinterpret_cast<const uint2*>(idx + (int64_t)(r0 + 8) * (cols >> 3));
+
+    // Staging: thread tid always handles the 8-column unit cu of the tile
+    // (tokens n = tid / (KS*16) + i * (16/KS)); the destination words of
+    // its 4 bf16 pairs (p) are fixed: inverse of rho.
+    const int upr = KS * 16;  // units per token row of the tile
+    const int cu = tid % upr, n0 = tid / upr, nstep = (TC_WARPS * 32) / upr;
+    int dst[4];
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+        const int j = cu & 15;                 // unit within the slice
+        const int w = 2 * j + (p >> 1);        // real chunk within the warp step
+        const int h = w >> 4, tt = (w >> 2) & 3, c = (w >> 1) & 1, a = w & 1;
+        const int s = 2 * h + c, q = tt + 4 * a;
+        const int k = 4 * q + 2 * (p & 1);     // mma row of B (even: the pair is k, k+1)
+        const int r = k >> 3, tb = (k & 7) >> 1;
+        dst[p] = (((((cu >> 4) * 4 + s) * 2) * 32) + tb) * 4 + r;  // + token part below
+    }
+
+    const int bstep = KS * TC_STEP;
+    const int nbs = (cols + bstep - 1) / bstep;
+    float acc[2][4];
+#pragma unroll
+    for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nb][i] = 0.f;
+
+    auto halves = [&](int b) {  // 64-column halves of this warp's slice in block step b
+        const int w = cols - (b * bstep + ks * TC_STEP);
+        return !active ? 0 : w >= 128 ? 2 : w >= 64 ? 1 : 0;
+    };
+    uint4 va[2][2];
+    uint2 ia[2][2];
+    tc_load(va, ia, v0, v1, i0, i1, ks * TC_STEP, halves(0), t);
+
+    for (int b = 0; b < nbs; b++) {
+        __syncthreads();  // the previous step's mmas are done with xs (and xs is zeroed)
+        {
+            const int col = b * bstep + 8 * cu;
+            if (col < cols) {
+                const T* xc = x + col;
+#pragma unroll 1
+                for (int nn = n0; nn < M; nn += TC_XB * nstep) {
+                    uint4 u[TC_XB];
+#pragma unroll
+                    for (int i = 0; i < TC_XB; i++) {
+                        const int n = nn + i * nstep;
+                        if (n < M) u[i] = ld_x8(xc + (int64_t)n * ldx);
+                    }
+#pragma unroll
+                    for (int i = 0; i < TC_XB; i++) {
+                        const int n = nn + i * nstep;
+                        if (n < M) {
+                            const int tok = (n >> 3) * 32 * 4 + (n & 7) * 4 * 4;  // lane 32*nb + 4*(n&7), in words
+                            xs[dst[0] + tok] = u[i].x;
+                            xs[dst[1] + tok] = u[i].y;
+                            xs[dst[2] + tok] = u[i].z;
+                            xs[dst[3] + tok] = u[i].w;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        const int nh = halves(b);
+        uint4 vn[2][2];
+        uint2 in[2][2];
+        const bool more = b + 1 < nbs;
+        if (more) tc_load(vn, in, v0, v1, i0, i1, (b + 1) * bstep + ks * TC_STEP, halves(b + 1), t);
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            const int h = s >> 1, c = s & 1;
+            if (h < nh) {
+                unsigned a[4];
+                a[0] = u4w(va[h][0], 2 * c);      // row g,   chunk t     (a = 0)
+                a[1] = u4w(va[h][1], 2 * c);      // row g+8, chunk t
+                a[2] = u4w(va[h][0], 2 * c + 1);  // row g,   chunk t + 4 (a = 1)
+                a[3] = u4w(va[h][1], 2 * c + 1);  // row g+8, chunk t + 4
+                const int sh = 4 * (2 * c + (lane & 1));
+                const unsigned e = tc_meta16(ia[h][0], sh) | (tc_meta16(ia[h][1], sh) << 16);
+                const uint4* xb = reinterpret_cast<const uint4*>(xs) + ((ks * 4 + s) * 2) * 32 + lane;
+                mma_sp_16832(acc[0], a, xb[0], e);
+                if (NB > 1) mma_sp_16832(acc[1], a, xb[32], e);
+            }
+        }
+        if (more) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                va[h][0] = vn[h][0]; va[h][1] = vn[h][1];
+                ia[h][0] = in[h][0]; ia[h][1] = in[h][1];
+            }
+        }
+    }
+
+    // Sum the K slices: slices 1.. park their fragments in xs, slice 0 adds.
+    __syncthreads();
+    float* red = reinterpret_cast<float*>(xs);
+    if (ks > 0) {
+#pragma unroll
+        for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) red[((warp - RW) * 32 + lane) * 8 + nb * 4 + i] = acc[nb][i];
+    }
+    __syncthreads();
+    if (ks != 0 || !active) return;
+    for (int k2 = 1; k2 < KS; k2++) {
+#pragma unroll
+        for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[nb][i] += red[(((k2 - 1) * RW + rw) * 32 + lane) * 8 + nb * 4 + i];
+    }
+    const float b0 = bias ? bias[r0] : 0.f, b8 = bias ? bias[r0 + 8] : 0.f;
+#pragma unroll
+    for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int tok = 8 * nb + 2 * t + (i & 1);
+            const int r = r0 + 8 * (i >> 1);
+            if (tok < M) stf(y + (int64_t)tok * ldy + r, acc[nb][i] + ((i >> 1) ? b8 : b0));
+        }
+}
+
 // ---------------------------------------------------------------- attention
 
 // cache[b][past+i] = src[b*seq+i], rows of d elements.
@@ -567,3 +817,13 @@ SPMV(bf16, bf16, 2, 2)
 SPMV(bf16, bf16, 4, 2)
 SPMV(bf16, bf16, 8, 2)
 SPMV(bf16, bf16, 16, 2)
+
+#define SPMM24TC(T, ST)                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32, 2)                                                               \
+        spmm24tc_bf16_##ST(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx, const float* bias,   \
+                           int M, int rows, int cols, int ks) {                                                                  \
+        spmm24tc_body<T>(y, ldy, x, ldx, vals, idx, bias, M, rows, cols, ks);                                                    \
+    }
+
+SPMM24TC(float, f32)
+SPMM24TC(bf16, bf16)

@@ -97,6 +97,9 @@ func Names() []string {
 			names = append(names, fmt.Sprintf("spmv24_bf16_%s_m%d", t, b))
 		}
 	}
+	for _, t := range []string{"f32", "bf16"} {
+		names = append(names, "spmm24tc_bf16_"+t)
+	}
 	return names
 }
 
@@ -472,6 +475,81 @@ func (k *Set) SpMV24(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.P
 	bucket, rpb := SpMV24Bucket(M)
 	name := fmt.Sprintf("%s_m%d", a.kernel, bucket)
 	return k.launch(a, name, driver.D1((rows+rpb-1)/rpb), driver.D1(32*spmvWarps), 0, s, y, ly, x, lx, vals, idx, bias, mi, r, c)
+}
+
+const (
+	tcWarps = 8 // TC_WARPS in kernels.cu
+	tcStep  = 128
+)
+
+// SpMM24TCMaxM is the largest M SpMM24TC accepts.
+const SpMM24TCMaxM = 16
+
+// SpMM24TCSplit is the number of K slices (1, 2, 4 or 8) the warps of a
+// SpMM24TC block split the columns into, and the rows each block covers
+// (16 * 8/slices). Few row groups get more slices, so that a launch has
+// at least about 256 blocks; slices never exceed the 128-column steps.
+func SpMM24TCSplit(rows, cols int) (slices, rowsPerBlock int) {
+	rg := rows / 16
+	slices = 1
+	switch {
+	case rg < 512:
+		slices = 8
+	case rg < 1024:
+		slices = 4
+	case rg < 2048:
+		slices = 2
+	}
+	for slices > 1 && (slices/2)*tcStep >= cols {
+		slices /= 2
+	}
+	return slices, 16 * tcWarps / slices
+}
+
+// SpMM24TC computes what SpMV24 computes (y[i][r] = bias[r] + sum_c
+// W[r][c] x[i][c], i < M <= 16, 2:4 bf16 weights in the portable layout)
+// on the sparse tensor cores (mma.sp m16n8k32, fp32 accumulation). x is
+// rounded to bf16 on the fly when t is F32 (exact for BF16). It needs
+// rows % 16 == 0, cols % 64 == 0, vals and x 16-byte aligned, idx 8-byte
+// aligned and ldx*t.Size() a multiple of 16; it returns an error
+// otherwise (the caller falls back to SpMV24 or SpMMNM).
+func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx, bias driver.Ptr, M, rows, cols int) error {
+	a := &args{kernel: "spmm24tc_bf16_" + suffix(t)}
+	a.dtype("T", t)
+	a.pos("M", M)
+	if M > SpMM24TCMaxM {
+		a.fail("M = %d exceeds %d", M, SpMM24TCMaxM)
+	}
+	a.pos("rows", rows)
+	a.pos("cols", cols)
+	if rows%16 != 0 {
+		a.fail("rows = %d is not a multiple of 16", rows)
+	}
+	if cols%64 != 0 {
+		a.fail("cols = %d is not a multiple of 64", cols)
+	}
+	a.ld("ldy", ldy, rows)
+	a.ld("ldx", ldx, cols)
+	a.ptr("y", y)
+	a.ptr("x", x)
+	a.ptr("vals", vals)
+	a.ptr("idx", idx)
+	a.align("vals", vals, 16)
+	a.align("x", x, 16)
+	a.align("idx", idx, 8)
+	if t.Size() != 0 && ldx*t.Size()%16 != 0 {
+		a.fail("ldx = %d elements is not a multiple of 16 bytes", ldx)
+	}
+	a.fits("x", M, ldx)
+	a.fits("y", M, ldy)
+	a.fits("vals", rows, cols)
+	ly, lx := a.i32("ldy", ldy), a.i32("ldx", ldx)
+	mi, r, c := a.i32("M", M), a.i32("rows", rows), a.i32("cols", cols)
+	if a.err != nil {
+		return a.err
+	}
+	slices, rpb := SpMM24TCSplit(rows, cols)
+	return k.launch(a, a.kernel, driver.D1((rows+rpb-1)/rpb), driver.D1(32*tcWarps), 0, s, y, ly, x, lx, vals, idx, bias, mi, r, c, int32(slices))
 }
 
 // KVAppend copies src [batch*seq, d] into cache [batch, maxLen, d] at

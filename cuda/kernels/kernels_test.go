@@ -60,8 +60,8 @@ func TestNamesUnique(t *testing.T) {
 		}
 		seen[n] = true
 	}
-	if len(Names()) != 34 {
-		t.Errorf("%d names, want 34", len(Names()))
+	if len(Names()) != 36 {
+		t.Errorf("%d names, want 36", len(Names()))
 	}
 }
 
@@ -121,6 +121,14 @@ func TestValidation(t *testing.T) {
 		{"spmv idx align", "spmv24_bf16_f32", k.SpMV24(s, F32, p, 64, p, 64, p, p+4, 0, 1, 64, 64)},
 		{"spmv ldx bytes", "spmv24_bf16_bf16", k.SpMV24(s, BF16, p, 64, p, 68, p, p, 0, 2, 64, 64)},
 		{"spmv ldx", "spmv24_bf16_f32", k.SpMV24(s, F32, p, 64, p, 32, p, p, 0, 1, 64, 64)},
+		{"tc M", "spmm24tc_bf16_f32", k.SpMM24TC(s, F32, p, 64, p, 64, p, p, 0, 17, 64, 64)},
+		{"tc rows", "spmm24tc_bf16_bf16", k.SpMM24TC(s, BF16, p, 72, p, 64, p, p, 0, 1, 72, 64)},
+		{"tc cols", "spmm24tc_bf16_f32", k.SpMM24TC(s, F32, p, 64, p, 96, p, p, 0, 1, 64, 96)},
+		{"tc x align", "spmm24tc_bf16_f32", k.SpMM24TC(s, F32, p, 64, p+8, 64, p, p, 0, 1, 64, 64)},
+		{"tc vals align", "spmm24tc_bf16_bf16", k.SpMM24TC(s, BF16, p, 64, p, 64, p+8, p, 0, 1, 64, 64)},
+		{"tc idx align", "spmm24tc_bf16_f32", k.SpMM24TC(s, F32, p, 64, p, 64, p, p+4, 0, 1, 64, 64)},
+		{"tc ldx bytes", "spmm24tc_bf16_bf16", k.SpMM24TC(s, BF16, p, 64, p, 68, p, p, 0, 2, 64, 64)},
+		{"tc null", "spmm24tc_bf16_bf16", k.SpMM24TC(s, BF16, p, 64, p, 64, 0, p, 0, 2, 64, 64)},
 		{"kv past", "kv_append_f32", k.KVAppend(s, F32, p, p, 1, 4, 10, 12, 8)},
 		{"kv neg past", "kv_append_bf16", k.KVAppend(s, BF16, p, p, 1, 4, -1, 12, 8)},
 		{"attn headDim", "attn_small_f32", k.AttnSmall(s, F32, p, p, p, p, p, 8, 1, 1, 0, 8, 2, 512, 1)},
@@ -131,6 +139,7 @@ func TestValidation(t *testing.T) {
 		{"softmax b", "softmax_causal_bf16", k.SoftmaxCausal(s, BF16, p, p, p, 8, -1, 2, 3, 3, 1)},
 		{"unloaded", "attn_small_f32", k.AttnSmall(s, F32, p, p, p, p, p, 8, 1, 1, 0, 8, 2, 64, 1)},
 		{"unloaded spmv", "spmv24_bf16_bf16_m4", k.SpMV24(s, BF16, p, 64, p, 64, p, p, 0, 3, 64, 64)},
+		{"unloaded tc", "spmm24tc_bf16_f32", k.SpMM24TC(s, F32, p, 64, p, 64, p, p, 0, 16, 64, 64)},
 	}
 	for _, c := range cases {
 		if c.err == nil {
@@ -537,5 +546,5 @@ func TestEmulateSpMMNM(t *testing.T) {
 
 func ExampleNames() {
 	fmt.Println(Names()[0], len(Names()))
-	// Output: convert_f32_to_bf16 34
+	// Output: convert_f32_to_bf16 36
 }

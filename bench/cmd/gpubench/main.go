@@ -24,6 +24,9 @@ import (
 	"github.com/slopeml/slope/ops"
 )
 
+// withAdapters includes the adapter variants in both tables.
+var withAdapters = true
+
 type shape struct {
 	name            string
 	in, out, hidden int
@@ -53,6 +56,7 @@ func main() {
 	tables := flag.String("tables", "linear,layer", "tables to run: linear, layer")
 	quick := flag.Bool("quick", false, "fewer shapes (a smoke run)")
 	search := flag.Bool("search", true, "cuSPARSELt algorithm search once per shape")
+	flag.BoolVar(&withAdapters, "adapters", true, "include the adapter variants (r = 1.56%, 6.25%)")
 	flag.Parse()
 	if err := run(*tables, *quick, *search); err != nil {
 		fmt.Fprintln(os.Stderr, "gpubench:", err)
@@ -113,6 +117,7 @@ func linearTable(be *cuda.Backend, timer *cuda.Timer) error {
 		{"2:4 r=6.25%", cuda.Sparse24, 0.0625},
 		{"cuSPARSELt r=0", cuda.Sparse24Lt, 0},
 		{"decode kernel r=0", cuda.Sparse24SpMV, 0},
+		{"tensor-core kernel r=0", cuda.Sparse24TC, 0},
 	}
 	fmt.Printf("\n## SlopeLinear vs cuBLASLt dense bf16: y[M,out] = x[M,in]·Wᵀ + b (speedup = dense time / variant time)\n\n")
 	fmt.Printf("| shape | in→out | variant | mem vs dense |")
@@ -142,6 +147,9 @@ func linearTable(be *cuda.Backend, timer *cuda.Timer) error {
 		}
 		fmt.Println()
 		for _, v := range variants {
+			if v.frac > 0 && !withAdapters {
+				continue
+			}
 			// cuSPARSELt needs the merged weight's rows (out + rank) to be
 			// a multiple of 32.
 			rank := int(math.Round(v.frac*float64(sh.hidden)/32)) * 32
@@ -152,7 +160,7 @@ func linearTable(be *cuda.Backend, timer *cuda.Timer) error {
 			}
 			fmt.Printf("| %s | %d→%d | %s (rank %d) | %.3f |", sh.name, sh.in, sh.out, v.name, rank, float64(ls[0].Bytes)/float64(dense[0].Bytes))
 			for _, m := range ms {
-				if v.kind == cuda.Sparse24SpMV && m > 16 {
+				if (v.kind == cuda.Sparse24SpMV || v.kind == cuda.Sparse24TC) && m > 16 {
 					fmt.Printf(" - | - |")
 					continue
 				}
@@ -248,7 +256,7 @@ func crossCheck(be *cuda.Backend, l *cuda.BenchLinear, sh shape) error {
 	}
 	defer be.Release(x)
 	outs := map[string][]float32{}
-	for _, path := range []string{"spmv", "cusparselt", "generic"} {
+	for _, path := range []string{"spmv", "tc", "cusparselt", "generic"} {
 		y, err := be.Acquire(m, l.Out())
 		if err != nil {
 			return err
@@ -265,7 +273,7 @@ func crossCheck(be *cuda.Backend, l *cuda.BenchLinear, sh shape) error {
 		outs[path] = v
 	}
 	ref := outs["generic"]
-	for _, path := range []string{"spmv", "cusparselt"} {
+	for _, path := range []string{"spmv", "tc", "cusparselt"} {
 		var num, den float64
 		for i, w := range ref {
 			d := float64(outs[path][i] - w)
@@ -300,6 +308,9 @@ func layerTable(be *cuda.Backend, timer *cuda.Timer) error {
 			{"SLoPe 2:4, cuSPARSELt form only", cuda.Sparse24Lt, 0},
 			{fmt.Sprintf("SLoPe 2:4 + adapters r=%d (1.56%%)", rank), cuda.Sparse24, rank},
 		} {
+			if v.rank > 0 && !withAdapters {
+				continue
+			}
 			l, err := be.NewBenchLayer(v.kind, ls.d, ls.ffn, ls.heads, v.rank, uint64(77+li))
 			if err != nil {
 				fmt.Printf("| %s | %s | error: %v |\n", ls.name, v.name, err)

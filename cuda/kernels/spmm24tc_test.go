@@ -1,0 +1,508 @@
+package kernels
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/slopeml/slope/format"
+)
+
+// ---------------------------------------------------------------- mma.sp
+//
+// emuMmaSp16832 is mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32
+// with sparsity selector sel, written from the PTX ISA (9.7.14.6 "Matrix
+// multiply-accumulate operation using mma.sp instruction with sparse
+// matrix A") independently of the kernel's index arithmetic:
+//
+//   - A (9.7.14.6.2.2): lane l (groupID g = l>>2, threadID_in_group t =
+//     l&3) holds a0..a7 in 4 registers; a0,a1,a4,a5 are in row g, the
+//     others in row g+8; a0..a3 are the two non-zeros of the 4-wide chunk
+//     starting at column 4t, a4..a7 of the chunk at 4t+16. A register's
+//     low half is the non-zero with the lower index.
+//   - metadata (9.7.14.6.1 "Sparse matrix storage", Figure 122): for
+//     m16n8k32 .bf16 the thread pair T(2sel), T(2sel+1) of each quad g
+//     contributes; T(2sel+j) covers columns 16j..16j+15, bits [15:0] for
+//     row g and [31:16] for row g+8, chunk 4j+c in bits [4c+3:4c], whose
+//     low 2 bits index the first non-zero and high 2 bits the second;
+//     only first < second is meaningful (mma.sp::ordered_metadata).
+//   - B (Figure 121): register r of lane l holds B[2t+8r][g] (low half)
+//     and B[2t+8r+1][g] (high half).
+//   - C/D (as mma.m16n8k16 floating point): d0,d1 = D[g][2t], D[g][2t+1];
+//     d2,d3 = D[g+8][2t], D[g+8][2t+1].
+//
+// It reports an error for a meaningless metadata nibble. The products are
+// summed in float64 and added to C in float32.
+func emuMmaSp16832(d *[32][4]float32, a *[32][4]uint32, b *[32][4]uint32, e *[32]uint32, sel int) error {
+	var A [16][32]float64
+	for l := 0; l < 32; l++ {
+		g, t := l>>2, l&3
+		for reg := 0; reg < 4; reg++ {
+			row := g + 8*(reg&1)
+			chunk := t + 4*(reg>>1)
+			meta := e[4*(row&7)+2*sel+(chunk>>2)]
+			nib := (meta >> (16*(row>>3) + 4*(chunk&3))) & 0xF
+			i0, i1 := int(nib&3), int(nib>>2)
+			if i0 >= i1 {
+				return fmt.Errorf("mma.sp: row %d chunk %d: metadata nibble %04b is not meaningful", row, chunk, nib)
+			}
+			w := a[l][reg]
+			A[row][4*chunk+i0] = float64(bfLo(w))
+			A[row][4*chunk+i1] = float64(bfHi(w))
+		}
+	}
+	var B [32][8]float64
+	for l := 0; l < 32; l++ {
+		g, t := l>>2, l&3
+		for r := 0; r < 4; r++ {
+			B[2*t+8*r][g] = float64(bfLo(b[l][r]))
+			B[2*t+8*r+1][g] = float64(bfHi(b[l][r]))
+		}
+	}
+	for l := 0; l < 32; l++ {
+		g, t := l>>2, l&3
+		for i := 0; i < 4; i++ {
+			row, col := g+8*(i>>1), 2*t+(i&1)
+			var s float64
+			for k := 0; k < 32; k++ {
+				s += A[row][k] * B[k][col]
+			}
+			d[l][i] += float32(s)
+		}
+	}
+	return nil
+}
+
+// TestEmuMmaSpDense checks the ISA model against a direct dense product
+// for fragments built element by element from the ISA formulas.
+func TestEmuMmaSpDense(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	var A [16][32]float32
+	var meta [16][8]uint32 // nibble per (row, chunk)
+	for r := 0; r < 16; r++ {
+		for c := 0; c < 8; c++ {
+			p := rng.Perm(4)[:2]
+			if p[0] > p[1] {
+				p[0], p[1] = p[1], p[0]
+			}
+			for _, i := range p {
+				A[r][4*c+i] = bfRound(float32(rng.NormFloat64()))
+			}
+			meta[r][c] = uint32(p[0] | p[1]<<2)
+		}
+	}
+	var Bm [32][8]float32
+	for k := range Bm {
+		for n := range Bm[k] {
+			Bm[k][n] = bfRound(float32(rng.NormFloat64()))
+		}
+	}
+	var a, b [32][4]uint32
+	var e [32]uint32
+	var d [32][4]float32
+	for l := 0; l < 32; l++ {
+		g, t := l>>2, l&3
+		for reg := 0; reg < 4; reg++ {
+			row, chunk := g+8*(reg&1), t+4*(reg>>1)
+			nib := meta[row][chunk]
+			a[l][reg] = bfPair(A[row][4*chunk+int(nib&3)], A[row][4*chunk+int(nib>>2)])
+		}
+		for r := 0; r < 4; r++ {
+			b[l][r] = bfPair(Bm[2*t+8*r][g], Bm[2*t+8*r+1][g])
+		}
+		j := (l & 3) & 1 // selector 0: lanes 0,1 of the quad (2,3 copy them)
+		for c := 0; c < 4; c++ {
+			e[l] |= meta[g][4*j+c]<<(4*c) | meta[g+8][4*j+c]<<(16+4*c)
+		}
+	}
+	if err := emuMmaSp16832(&d, &a, &b, &e, 0); err != nil {
+		t.Fatal(err)
+	}
+	for l := 0; l < 32; l++ {
+		g, tt := l>>2, l&3
+		for i := 0; i < 4; i++ {
+			row, col := g+8*(i>>1), 2*tt+(i&1)
+			var s float64
+			for k := 0; k < 32; k++ {
+				s += float64(A[row][k]) * float64(Bm[k][col])
+			}
+			if math.Abs(float64(d[l][i])-s) > 1e-4*(1+math.Abs(s)) {
+				t.Fatalf("lane %d d%d = %v, want %v", l, i, d[l][i], s)
+			}
+		}
+	}
+}
+
+func bfRound(v float32) float32 { return format.BFloat16ToFloat32(format.Float32ToBFloat16(v)) }
+
+func bfPair(lo, hi float32) uint32 {
+	return uint32(format.Float32ToBFloat16(lo)) | uint32(format.Float32ToBFloat16(hi))<<16
+}
+
+// ---------------------------------------------------------------- kernel mirror
+
+const (
+	emuTcWarps   = 8   // TC_WARPS
+	emuTcKSMax   = 8   // TC_KSMAX
+	emuTcStep    = 128 // TC_STEP
+	emuTcXB      = 4   // TC_XB
+	emuTcXSWords = emuTcKSMax * 4 * 2 * 32 * 4
+)
+
+// Mutations of the mirror (mutNone is the kernel); each models a plausible
+// fragment-mapping bug and must make the emulation fail.
+const (
+	mutNone       = iota
+	mutMetaRows   // metadata halves for rows g and g+8 swapped
+	mutMetaPair   // metadata K half taken from lane bit 1 instead of bit 0
+	mutMetaNibble // nibbles gathered with stride 1 instead of 4
+	mutARegs      // A registers 1 and 2 swapped
+	mutBPerm      // staging ignores rho (natural K order for B)
+	mutCount
+)
+
+// emuSpmm24tc mirrors spmm24tc_body<T> over the launch SpMM24TC makes:
+// blocks, warps and lanes are loops, registers are per-lane arrays, xs is
+// the shared tile. x holds the activations as floats (ld_x8 rounds them
+// to bf16). It returns how often each value element and index byte was
+// read (an index word read by several lanes of one load counts once).
+func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx []byte, bias []float32, M, rows, cols, mut int) (valReads, idxReads []int, err error) {
+	KS, rpb := SpMM24TCSplit(rows, cols)
+	grid := (rows + rpb - 1) / rpb
+	valReads = make([]int, len(vals))
+	idxReads = make([]int, len(idx))
+	ldcs := func(row, u4 int) (v [4]uint32) { // uint4 u4 of value row `row`
+		e := row*(cols>>1) + 8*u4
+		for i := 0; i < 8; i++ {
+			valReads[e+i]++
+		}
+		for i := range v {
+			v[i] = uint32(vals[e+2*i]) | uint32(vals[e+2*i+1])<<16
+		}
+		return
+	}
+	ldIdx := func(row, u2 int, seen map[int]bool) (w [2]uint32) { // uint2 u2 of index row `row`
+		b := row*(cols>>3) + 8*u2
+		if b%8 != 0 {
+			panic("idx load not 8-byte aligned")
+		}
+		if !seen[b] {
+			seen[b] = true
+			for i := 0; i < 8; i++ {
+				idxReads[b+i]++
+			}
+		}
+		return [2]uint32{binary.LittleEndian.Uint32(idx[b:]), binary.LittleEndian.Uint32(idx[b+4:])}
+	}
+	ldX8 := func(off int) (u [4]uint32) {
+		if (off*4)%16 != 0 && (off*2)%16 != 0 {
+			panic("x load not aligned")
+		}
+		for i := 0; i < 4; i++ {
+			u[i] = bfPair(x[off+2*i], x[off+2*i+1])
+		}
+		return
+	}
+	meta16 := func(w [2]uint32, sh int) uint32 {
+		if mut == mutMetaNibble {
+			return (w[0] >> sh) & 0xFFFF
+		}
+		return (w[0]>>sh)&0xF | ((w[0]>>(sh+16))&0xF)<<4 | ((w[1]>>sh)&0xF)<<8 | ((w[1]>>(sh+16))&0xF)<<12
+	}
+	type warpState struct {
+		rw, ks, rg int
+		active     bool
+		va         [32][2][2][4]uint32 // [lane][h][rh]
+		ia         [32][2][2][2]uint32
+		acc        [32][2][4]float32
+	}
+	xs := make([]uint32, emuTcXSWords)
+	RW := emuTcWarps / KS
+	NB := 1
+	if M > 8 {
+		NB = 2
+	}
+	upr := KS * 16
+	nstep := emuTcWarps * 32 / upr
+	bstep := KS * emuTcStep
+	nbs := (cols + bstep - 1) / bstep
+	for blockIdx := 0; blockIdx < grid; blockIdx++ {
+		for i := range xs {
+			xs[i] = 0
+		}
+		ws := make([]*warpState, emuTcWarps)
+		for w := range ws {
+			s := &warpState{rw: w % RW, ks: w / RW}
+			s.rg = blockIdx*RW + s.rw
+			s.active = s.rg < rows>>4
+			ws[w] = s
+		}
+		r0 := func(s *warpState, lane int) int {
+			rg := 0
+			if s.active {
+				rg = s.rg
+			}
+			return rg*16 + lane>>2
+		}
+		halves := func(s *warpState, b int) int {
+			w := cols - (b*bstep + s.ks*emuTcStep)
+			switch {
+			case !s.active:
+				return 0
+			case w >= 128:
+				return 2
+			case w >= 64:
+				return 1
+			}
+			return 0
+		}
+		// tc_load for every lane of warp s (one warp-wide instruction per load).
+		load := func(s *warpState, c0, nh int) (va [32][2][2][4]uint32, ia [32][2][2][2]uint32) {
+			for h := 0; h < 2; h++ {
+				if h >= nh {
+					continue
+				}
+				for rh := 0; rh < 2; rh++ {
+					seen := map[int]bool{}
+					for lane := 0; lane < 32; lane++ {
+						row := r0(s, lane) + 8*rh
+						va[lane][h][rh] = ldcs(row, (c0>>4)+4*h+(lane&3))
+						ia[lane][h][rh] = ldIdx(row, (c0>>6)+h, seen)
+					}
+				}
+			}
+			return
+		}
+		for _, s := range ws {
+			s.va, s.ia = load(s, s.ks*emuTcStep, halves(s, 0))
+		}
+		for b := 0; b < nbs; b++ {
+			// __syncthreads(); staging by all threads
+			for tid := 0; tid < emuTcWarps*32; tid++ {
+				cu, n0 := tid%upr, tid/upr
+				var dst [4]int
+				for p := 0; p < 4; p++ {
+					j := cu & 15
+					w := 2*j + p>>1
+					h, tt, c, a := w>>4, (w>>2)&3, (w>>1)&1, w&1
+					s, q := 2*h+c, tt+4*a
+					k := 4*q + 2*(p&1)
+					if mut == mutBPerm {
+						s, k = j>>2, 8*(j&3)+2*p // natural order: columns 32s + k
+					}
+					r, tb := k>>3, (k&7)>>1
+					dst[p] = ((((cu>>4)*4+s)*2)*32+tb)*4 + r
+				}
+				col := b*bstep + 8*cu
+				if col >= cols {
+					continue
+				}
+				for nn := n0; nn < M; nn += emuTcXB * nstep {
+					var u [emuTcXB][4]uint32
+					for i := 0; i < emuTcXB; i++ {
+						if n := nn + i*nstep; n < M {
+							u[i] = ldX8(n*ldx + col)
+						}
+					}
+					for i := 0; i < emuTcXB; i++ {
+						if n := nn + i*nstep; n < M {
+							tok := (n>>3)*32*4 + (n&7)*4*4
+							for p := 0; p < 4; p++ {
+								xs[dst[p]+tok] = u[i][p]
+							}
+						}
+					}
+				}
+			}
+			// __syncthreads(); per warp: prefetch, mmas
+			for _, ws := range ws {
+				nh := halves(ws, b)
+				more := b+1 < nbs
+				var vn [32][2][2][4]uint32
+				var in [32][2][2][2]uint32
+				if more {
+					vn, in = load(ws, (b+1)*bstep+ws.ks*emuTcStep, halves(ws, b+1))
+				}
+				for s := 0; s < 4; s++ {
+					h, c := s>>1, s&1
+					if h >= nh {
+						continue
+					}
+					var a, bf [32][4]uint32
+					var e [32]uint32
+					for lane := 0; lane < 32; lane++ {
+						va := ws.va[lane][h]
+						a[lane] = [4]uint32{va[0][2*c], va[1][2*c], va[0][2*c+1], va[1][2*c+1]}
+						if mut == mutARegs {
+							a[lane][1], a[lane][2] = a[lane][2], a[lane][1]
+						}
+						sel := lane & 1
+						if mut == mutMetaPair {
+							sel = (lane >> 1) & 1
+						}
+						sh := 4 * (2*c + sel)
+						lo, hi := meta16(ws.ia[lane][h][0], sh), meta16(ws.ia[lane][h][1], sh)
+						if mut == mutMetaRows {
+							lo, hi = hi, lo
+						}
+						e[lane] = lo | hi<<16
+					}
+					for nb := 0; nb < NB; nb++ {
+						for lane := 0; lane < 32; lane++ {
+							base := (((ws.ks*4+s)*2+nb)*32 + lane) * 4
+							copy(bf[lane][:], xs[base:base+4])
+						}
+						var d [32][4]float32
+						for lane := 0; lane < 32; lane++ {
+							d[lane] = ws.acc[lane][nb]
+						}
+						if err := emuMmaSp16832(&d, &a, &bf, &e, 0); err != nil {
+							return nil, nil, err
+						}
+						for lane := 0; lane < 32; lane++ {
+							ws.acc[lane][nb] = d[lane]
+						}
+					}
+				}
+				if more {
+					ws.va, ws.ia = vn, in
+				}
+			}
+		}
+		// reduction through xs (as float bits)
+		for w, s := range ws {
+			if s.ks > 0 {
+				for lane := 0; lane < 32; lane++ {
+					for nb := 0; nb < 2; nb++ {
+						for i := 0; i < 4; i++ {
+							xs[((w-RW)*32+lane)*8+nb*4+i] = math.Float32bits(s.acc[lane][nb][i])
+						}
+					}
+				}
+			}
+		}
+		for _, s := range ws {
+			if s.ks != 0 || !s.active {
+				continue
+			}
+			for lane := 0; lane < 32; lane++ {
+				acc := s.acc[lane]
+				for k2 := 1; k2 < KS; k2++ {
+					for nb := 0; nb < 2; nb++ {
+						for i := 0; i < 4; i++ {
+							acc[nb][i] += math.Float32frombits(xs[(((k2-1)*RW+s.rw)*32+lane)*8+nb*4+i])
+						}
+					}
+				}
+				rr := r0(s, lane)
+				var b0, b8 float32
+				if bias != nil {
+					b0, b8 = bias[rr], bias[rr+8]
+				}
+				for nb := 0; nb < 2; nb++ {
+					for i := 0; i < 4; i++ {
+						tok := 8*nb + 2*(lane&3) + i&1
+						r := rr + 8*(i>>1)
+						bv := b0
+						if i>>1 != 0 {
+							bv = b8
+						}
+						if tok < M {
+							y[tok*ldy+r] = acc[nb][i] + bv
+						}
+					}
+				}
+			}
+		}
+	}
+	return valReads, idxReads, nil
+}
+
+func TestSpMM24TCSplit(t *testing.T) {
+	for _, c := range []struct{ rows, cols, ks int }{
+		{4096, 4096, 8}, {5120, 20480, 8}, {9216, 9216, 4}, {16384, 4096, 2}, {20480, 5120, 2}, {36864, 9216, 1},
+		{48, 320, 4}, {16, 64, 1}, {256, 1024, 8}, {128, 192, 2},
+	} {
+		ks, rpb := SpMM24TCSplit(c.rows, c.cols)
+		if ks != c.ks || rpb != 16*8/ks {
+			t.Errorf("%dx%d: %d slices, %d rows/block; want %d", c.rows, c.cols, ks, rpb, c.ks)
+		}
+	}
+}
+
+func runEmuTC(t *testing.T, rng *rand.Rand, rows, cols, M int, roundX bool, mut int) (float64, error) {
+	c := makeNM(t, rng, rows, cols, 2, 4, true)
+	ldx := cols + 8*(M%3)
+	x := randVec(rng, M*ldx, roundX)
+	var bias []float32
+	if M%2 == 1 {
+		bias = randVec(rng, rows, false)
+	}
+	ldy := rows + M%2
+	y := make([]float32, M*ldy)
+	for i := range y {
+		y[i] = float32(math.NaN())
+	}
+	valReads, idxReads, err := emuSpmm24tc(y, ldy, x, ldx, toBF16(c.vals), c.idx, bias, M, rows, cols, mut)
+	if err != nil {
+		return math.Inf(1), err
+	}
+	if mut == mutNone {
+		for i, n := range valReads {
+			if n != 1 {
+				t.Fatalf("%dx%d M %d: value %d read %d times", rows, cols, M, i, n)
+			}
+		}
+		for i, n := range idxReads {
+			if n != 1 {
+				t.Fatalf("%dx%d M %d: index byte %d read %d times", rows, cols, M, i, n)
+			}
+		}
+	}
+	want := refSpMM(c.dense, rows, cols, x, ldx, M, bias)
+	got := make([]float32, M*rows)
+	for i := 0; i < M; i++ {
+		copy(got[i*rows:(i+1)*rows], y[i*ldy:])
+	}
+	return relL2(got, want), nil
+}
+
+func TestEmulateSpMM24TC(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	shapes := [][2]int{{16, 64}, {16, 128}, {32, 192}, {48, 320}, {64, 1024}, {128, 576}, {256, 1024}, {8192, 128}, {16384, 64}}
+	for _, sh := range shapes {
+		rows, cols := sh[0], sh[1]
+		for _, M := range []int{1, 3, 8, 9, 16} {
+			if rows >= 8192 && M != 9 {
+				continue // the 2- and 1-slice paths; one M is enough
+			}
+			e, err := runEmuTC(t, rng, rows, cols, M, true, mutNone)
+			if err != nil {
+				t.Fatalf("%dx%d M %d: %v", rows, cols, M, err)
+			}
+			if e > 1e-5 {
+				t.Errorf("%dx%d M %d: relative L2 error %.3g", rows, cols, M, e)
+			}
+		}
+	}
+	// f32 activations are rounded to bf16 on the fly.
+	e, err := runEmuTC(t, rng, 64, 512, 16, false, mutNone)
+	if err != nil || e > 1e-2 || e < 1e-6 {
+		t.Errorf("f32 x rounding: relative L2 error %.3g (want 1e-6..1e-2), %v", e, err)
+	}
+}
+
+// TestEmulateSpMM24TCMutations shows that the emulated mma.sp catches
+// mapping bugs: every mutation of the mirror must fail.
+func TestEmulateSpMM24TCMutations(t *testing.T) {
+	for mut := mutNone + 1; mut < mutCount; mut++ {
+		rng := rand.New(rand.NewPCG(31, uint64(mut)))
+		e, err := runEmuTC(t, rng, 32, 256, 16, true, mut)
+		if err == nil && e < 0.1 {
+			t.Errorf("mutation %d went unnoticed: relative L2 error %.3g", mut, e)
+		}
+		t.Logf("mutation %d: error %.3g, %v", mut, e, err)
+	}
+}
