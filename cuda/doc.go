@@ -29,6 +29,8 @@
 //
 //   - 2:4 bf16, M <= Options.SpMVMaxRows (4): the decode kernel
 //     spmv24, which streams the portable values and indices once;
+//   - with Options.TCMaxRows (off by default), bf16 mode, up to 16
+//     rows: spmm24tc on the sparse tensor cores (mma.sp);
 //   - 2:4 bf16, more rows: cuSPARSELt, with a plan per weight and padded
 //     row count, created once (algorithm searched once per shape when
 //     Options.Search);

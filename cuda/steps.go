@@ -511,7 +511,8 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 	is24 := v.Pattern.N == 2 && v.Pattern.M == 4 && vt == BF16
 	s.spmv = is24 && v.Cols%64 == 0 && b.opts.SpMVMaxRows > 0
 	s.spmvMax = b.opts.SpMVMaxRows
-	s.tc = is24 && v.Cols%64 == 0 && v.Rows%16 == 0 && b.opts.TCMaxRows > 0
+	// The tensor-core kernel rounds x to bf16: bf16 mode only.
+	s.tc = is24 && b.act == BF16 && v.Cols%64 == 0 && v.Rows%16 == 0 && b.opts.TCMaxRows > 0
 	s.tcMax = b.opts.TCMaxRows
 	if is24 && b.sp != nil && sparselt.Supported(v.Rows, v.Cols) == nil {
 		dense, err := b.dev.Alloc(v.Rows * v.Cols * 2)
