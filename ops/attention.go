@@ -76,53 +76,76 @@ func (s *attentionStep) Forward(c *Call, in []*Value, out *Value) error {
 	if c.Seq >= gemmAttentionMin {
 		return s.forwardGEMM(c, q, keys, vals, stride, out)
 	}
+	// Each goroutine takes a contiguous range of (sequence, head) pairs;
+	// per query it walks the key and value rows once, reading its heads'
+	// columns of each row together (contiguous), rather than one head's
+	// 64 values per row at a time.
 	parallelRows(c.Batch*s.heads, c.Threads, func(lo, hi int) {
-		scores := make([]float32, total)
-		for bh := lo; bh < hi; bh++ {
-			b, h := bh/s.heads, bh%s.heads
+		nh := min(hi-lo, s.heads)
+		scores := make([]float32, nh*total)
+		stats := make([]float32, 2*nh)
+		for b := lo / s.heads; b*s.heads < hi; b++ {
+			hlo, hhi := max(lo-b*s.heads, 0), min(hi-b*s.heads, s.heads)
 			mask := c.Mask[b*total : (b+1)*total]
-			off := h * s.headDim
 			for t := 0; t < c.Seq; t++ {
-				qi := q[(b*c.Seq+t)*s.dim+off:][:s.headDim]
-				y := out.Data[(b*c.Seq+t)*s.dim+off:][:s.headDim]
-				s.attendOne(y, qi, keys, vals, b*stride, off, mask[:c.Past+t+1], scores)
+				row := (b*c.Seq + t) * s.dim
+				s.attendHeads(out.Data[row:row+s.dim], q[row:row+s.dim], keys, vals, b*stride, hlo, hhi, mask[:c.Past+t+1], scores, stats)
 			}
 		}
 	})
 	return nil
 }
 
-// attendOne computes one head (columns off..off+headDim of the width)
-// of one query over the key/value rows base..base+len(mask)-1 whose mask
-// is 1: softmax(scale·q·kᵀ)·v, in float32 with the maximum subtracted.
-func (s *attentionStep) attendOne(y, q, keys, vals []float32, base, off int, mask []int32, scores []float32) {
-	mx := float32(math.Inf(-1))
+// attendHeads computes heads hlo..hhi-1 of one query (q and y are the
+// query's full rows) over the key/value rows base..base+len(mask)-1 whose
+// mask is 1: per head softmax(scale·q·kᵀ)·v in float32 with the maximum
+// subtracted. scores holds (hhi-hlo)·len(mask) values, stats 2·(hhi-hlo).
+// Per head the arithmetic (and its order) is that of one head at a time.
+func (s *attentionStep) attendHeads(y, q, keys, vals []float32, base, hlo, hhi int, mask []int32, scores, stats []float32) {
+	n, hd := len(mask), s.headDim
+	nh := hhi - hlo
+	mx, sum := stats[:nh], stats[nh:2*nh]
+	for h := range nh {
+		mx[h], sum[h] = float32(math.Inf(-1)), 0
+	}
 	for j := range mask {
 		if mask[j] == 0 {
 			continue
 		}
-		sc := s.scale * cpu.Dot(q, keys[(base+j)*s.dim+off:][:s.headDim])
-		scores[j] = sc
-		mx = max(mx, sc)
+		krow := keys[(base+j)*s.dim : (base+j+1)*s.dim]
+		for h := hlo; h < hhi; h++ {
+			off := h * hd
+			sc := s.scale * cpu.Dot(q[off:off+hd], krow[off:off+hd])
+			scores[(h-hlo)*n+j] = sc
+			mx[h-hlo] = max(mx[h-hlo], sc)
+		}
 	}
-	for e := range y {
-		y[e] = 0
+	yh := y[hlo*hd : hhi*hd]
+	for e := range yh {
+		yh[e] = 0
 	}
-	if math.IsInf(float64(mx), -1) {
-		return // no visible key: a padded query
+	if math.IsInf(float64(mx[0]), -1) {
+		return // no visible key (the mask is shared by all heads): a padded query
 	}
-	var sum float32
 	for j := range mask {
 		if mask[j] == 0 {
 			continue
 		}
-		p := expf(scores[j] - mx)
-		sum += p
-		cpu.Axpy(y, p, vals[(base+j)*s.dim+off:][:s.headDim])
+		vrow := vals[(base+j)*s.dim : (base+j+1)*s.dim]
+		for h := hlo; h < hhi; h++ {
+			i := (h - hlo) * n
+			p := expf(scores[i+j] - mx[h-hlo])
+			sum[h-hlo] += p
+			off := h * hd
+			cpu.Axpy(y[off:off+hd], p, vrow[off:off+hd])
+		}
 	}
-	inv := 1 / sum
-	for e := range y {
-		y[e] *= inv
+	for h := hlo; h < hhi; h++ {
+		inv := 1 / sum[h-hlo]
+		yy := y[h*hd : (h+1)*hd]
+		for e := range yy {
+			yy[e] *= inv
+		}
 	}
 }
 
