@@ -2,8 +2,8 @@ package ops
 
 import (
 	"fmt"
+	"github.com/slopeml/slope/ops/cpu"
 	"runtime"
-	"sync"
 )
 
 // BindFunc binds one node on a backend.
@@ -74,24 +74,7 @@ func threads(n int) int {
 // Each index is handled by exactly one goroutine, so results do not
 // depend on t.
 func parallelRows(n, t int, f func(lo, hi int)) {
-	t = min(threads(t), n)
-	if t <= 1 {
-		if n > 0 {
-			f(0, n)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	chunk := (n + t - 1) / t
-	for lo := 0; lo < n; lo += chunk {
-		hi := min(lo+chunk, n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f(lo, hi)
-		}()
-	}
-	wg.Wait()
+	cpu.ParallelFor(n, min(threads(t), n), f)
 }
 
 // checkValue verifies an activation's shape against a call.

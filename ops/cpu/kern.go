@@ -116,30 +116,8 @@ func getU32(n int) *[]uint32 {
 
 func putU32(s *[]uint32) { u32Pool.Put(s) }
 
-// parallelRange splits [0, n) into min(t, n) contiguous chunks of nearly
-// equal size and runs fn on each, the last on the calling goroutine.
-func parallelRange(n, t int, fn func(lo, hi int)) {
-	if t > n {
-		t = n
-	}
-	if t <= 1 {
-		if n > 0 {
-			fn(0, n)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	wg.Add(t - 1)
-	for w := 0; w < t-1; w++ {
-		lo, hi := n*w/t, n*(w+1)/t
-		go func() {
-			defer wg.Done()
-			fn(lo, hi)
-		}()
-	}
-	fn(n*(t-1)/t, n)
-	wg.Wait()
-}
+// parallelRange is ParallelFor (the kernels' name for it).
+func parallelRange(n, t int, fn func(lo, hi int)) { ParallelFor(n, t, fn) }
 
 // initRow sets c[j0:j1] to bias[j0:j1], or to zero without bias.
 func initRow(c []float32, j0, j1 int, bias []float32) {
