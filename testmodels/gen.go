@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/slopeml/slope/export"
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
 )
@@ -260,77 +261,29 @@ type Layout struct {
 // Layouts are the four Formats WriteHFDir supports.
 var Layouts = []string{"safetensors", "safetensors-sharded", "bin", "bin-sharded"}
 
-// hfConfigJSON is config.json as transformers writes it for OPT.
-type hfConfigJSON struct {
-	NameOrPath                 string   `json:"_name_or_path"`
-	RemoveFinalLayerNorm       bool     `json:"_remove_final_layer_norm"`
-	ActivationDropout          float64  `json:"activation_dropout"`
-	ActivationFunction         string   `json:"activation_function"`
-	Architectures              []string `json:"architectures"`
-	AttentionDropout           float64  `json:"attention_dropout"`
-	BOSTokenID                 *int     `json:"bos_token_id"`
-	DoLayerNormBefore          bool     `json:"do_layer_norm_before"`
-	Dropout                    float64  `json:"dropout"`
-	EnableBias                 bool     `json:"enable_bias"`
-	EOSTokenID                 *int     `json:"eos_token_id"`
-	FFNDim                     int      `json:"ffn_dim"`
-	HiddenSize                 int      `json:"hidden_size"`
-	InitStd                    float64  `json:"init_std"`
-	LayerNormElementwiseAffine bool     `json:"layer_norm_elementwise_affine"`
-	Layerdrop                  float64  `json:"layerdrop"`
-	MaxPositionEmbeddings      int      `json:"max_position_embeddings"`
-	ModelType                  string   `json:"model_type"`
-	NumAttentionHeads          int      `json:"num_attention_heads"`
-	NumHiddenLayers            int      `json:"num_hidden_layers"`
-	PadTokenID                 *int     `json:"pad_token_id"`
-	TieWordEmbeddings          bool     `json:"tie_word_embeddings"`
-	TorchDType                 string   `json:"torch_dtype,omitempty"`
-	TransformersVersion        string   `json:"transformers_version"`
-	UseCache                   bool     `json:"use_cache"`
-	VocabSize                  int      `json:"vocab_size"`
-	WordEmbedProjDim           int      `json:"word_embed_proj_dim"`
-}
-
 // ConfigJSON is the config.json of a model with config c, with
 // transformers' field names. torchDType ("float32", "float16",
-// "bfloat16" or "") is recorded as torch_dtype.
+// "bfloat16" or "") is recorded as torch_dtype (export.ConfigJSON).
 func ConfigJSON(c GenConfig, torchDType string) ([]byte, error) {
 	if err := c.Check(); err != nil {
 		return nil, err
 	}
-	id := func(v int) *int {
+	id := func(v int) int64 {
 		if v < 0 {
-			return nil
+			return -1
 		}
-		return &v
+		return int64(v)
 	}
-	j := hfConfigJSON{
-		NameOrPath: "slope/testmodels/gen", RemoveFinalLayerNorm: c.RemoveFinalLN,
-		ActivationFunction: c.ActivationFunction(), Architectures: []string{"OPTForCausalLM"},
-		BOSTokenID: id(c.BOSID), DoLayerNormBefore: c.PreLN, EnableBias: c.Bias, EOSTokenID: id(c.EOSID),
-		FFNDim: c.FFN, HiddenSize: c.Hidden, InitStd: 0.02, LayerNormElementwiseAffine: c.ElementwiseAffine,
-		MaxPositionEmbeddings: c.MaxPos, ModelType: "opt", NumAttentionHeads: c.Heads, NumHiddenLayers: c.Layers,
-		PadTokenID: id(c.PadID), TieWordEmbeddings: c.Tied, TorchDType: torchDType,
-		TransformersVersion: "4.46.0", UseCache: true, VocabSize: c.Vocab, WordEmbedProjDim: c.ProjDim(),
-	}
-	b, err := json.MarshalIndent(j, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	return append(b, '\n'), nil
+	return export.ConfigJSON(&slopepb.OPTConfig{
+		VocabSize: int64(c.Vocab), HiddenSize: int64(c.Hidden), NumHiddenLayers: int64(c.Layers),
+		NumAttentionHeads: int64(c.Heads), FfnDim: int64(c.FFN), MaxPositionEmbeddings: int64(c.MaxPos),
+		WordEmbedProjDim: int64(c.ProjDim()), DoLayerNormBefore: c.PreLN, RemoveFinalLayerNorm: c.RemoveFinalLN,
+		EnableBias: c.Bias, LayerNormElementwiseAffine: c.ElementwiseAffine, ActivationFunction: c.ActivationFunction(),
+		TieWordEmbeddings: c.Tied, PadTokenId: id(c.PadID), BosTokenId: id(c.BOSID), EosTokenId: id(c.EOSID),
+	}, torchDType, "slope/testmodels/gen")
 }
 
-func torchDTypeName(dtype string) string {
-	switch dtype {
-	case "F32":
-		return "float32"
-	case "F16":
-		return "float16"
-	case "BF16":
-		return "bfloat16"
-	}
-	return ""
-}
+func torchDTypeName(dtype string) string { return export.TorchDTypeName(dtype) }
 
 // WriteHFDir writes a Hugging Face OPT model directory at dir (created if
 // needed): config.json for cfg and the weights w (canonical decoder.* /
