@@ -85,8 +85,28 @@ type Options struct {
 	// given by $SOURCE_DATE_EPOCH (seconds since 1970) when set, else now.
 	Created string
 
+	// Method prunes the weights: MethodMagnitude ("" too), MethodWanda or
+	// MethodSparseGPT. The calibrated methods need Calib and prune the
+	// decoder layers sequentially (see DenseToSlope).
+	Method string
+	// Calib is the calibration file of the calibrated methods: text,
+	// encoded by the model's tokenizer (tokenizer.json, or vocab.json and
+	// merges.txt, beside the source), or token ids (see CalibFormat).
+	Calib string
+	// CalibFormat is "auto" ("" too: by extension, .bin and .u16 are
+	// little-endian uint16 ids, .u32 uint32 ids, anything else text),
+	// "text", "u16" or "u32".
+	CalibFormat string
+	// CalibSamples (0: DefaultCalibSamples) windows of CalibSeqLen (0:
+	// DefaultCalibSeqLen, at most the model's positions) tokens are drawn
+	// from the calibration stream with Seed (LoadCalibration).
+	CalibSamples, CalibSeqLen int
+
 	// Progress, when set, is called after each source weight is written.
 	Progress func(done, total int, name string)
+	// LayerProgress, when set, is called after each decoder layer is
+	// pruned by a calibrated method (before its tensors are written).
+	LayerProgress func(LayerReport)
 	// Command is recorded in provenance; "" records a description of the
 	// options.
 	Command string
@@ -106,6 +126,14 @@ type Result struct {
 	Merged      bool    `json:"merged_adapters,omitempty"`
 	Scale       float32 `json:"adapter_scale,omitempty"`
 	Seed        uint64  `json:"seed"`
+	// Method is the pruning method; with a calibrated one, Calib,
+	// CalibSamples and CalibSeqLen describe the calibration data and
+	// Layers the time spent on each decoder layer.
+	Method       string        `json:"method"`
+	Calib        string        `json:"calib,omitempty"`
+	CalibSamples int           `json:"calib_samples,omitempty"`
+	CalibSeqLen  int           `json:"calib_seqlen,omitempty"`
+	Layers       []LayerReport `json:"layers,omitempty"`
 	// SourceBytes is the size of the source files (bytes in).
 	SourceBytes int64 `json:"source_bytes"`
 	// DenseBytes is what the weights take stored dense in the output
@@ -146,6 +174,11 @@ type WeightReport struct {
 	// pruned weights (RelErrAdapted with an adapter).
 	RelErrPruned  float64 `json:"rel_err_pruned,omitempty"`
 	RelErrAdapted float64 `json:"rel_err_adapted,omitempty"`
+	// CalibRelErr is ‖X(W − W_s)ᵀ‖_F/‖XWᵀ‖_F on the weight's calibration
+	// inputs X (calibrated methods; W_s as stored, without adapters), and
+	// PruneSeconds the time its statistics and pruning took.
+	CalibRelErr  float64 `json:"calib_rel_err,omitempty"`
+	PruneSeconds float64 `json:"prune_seconds,omitempty"`
 }
 
 // ParseNMOption parses an N:M option value: "" is 2:4, "dense" means no
@@ -258,6 +291,7 @@ type pruneRule struct {
 	dense     bool
 	override  *LayerNM // the --nm-layers item that chose p, if any
 	pruneWide bool
+	method    string // "" is magnitude
 }
 
 // pruneDecision tells whether a weight is pruned N:M, and why (not).
@@ -285,7 +319,11 @@ func pruneDecision(spec WeightSpec, known bool, t *Tensor, r pruneRule) (bool, s
 	if rows%p.M != 0 {
 		return false, fmt.Sprintf("out_features %d is not a multiple of %d (double-pruned transpose)", rows, p.M)
 	}
-	return true, fmt.Sprintf("decoder-layer linear weight, %s by magnitude%s; transpose double-pruned by magnitude", p, by)
+	method := r.method
+	if method == "" {
+		method = MethodMagnitude
+	}
+	return true, fmt.Sprintf("decoder-layer linear weight, %s by %s%s; transpose double-pruned by magnitude", p, method, by)
 }
 
 // adapterPlan is the validated adapter part of Options.
@@ -363,7 +401,9 @@ func createdTime(o Options) (string, error) {
 
 // DenseToSlope converts a dense checkpoint into a .slope file: the
 // decoder layers' q, k, v, out_proj, fc1 and fc2 weights are pruned N:M by
-// magnitude (MagnitudeMask; per layer with NMLayers) and stored NM with
+// Method (magnitude: MagnitudeMask; wanda and sparsegpt layer by layer on
+// calibration data, see the package doc; per layer with NMLayers) and
+// stored NM with
 // their double-pruned transpose masks (format.DoublePruneMagnitude),
 // unless their shape rules it out (aspect ratio above MaxAspectRatio
 // without PruneWide, rows or cols not a multiple of M; the reason is
@@ -395,6 +435,14 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	if _, err := planAdapters(o, 1); err != nil && o.RankFrac == 0 {
 		return nil, err // fail before opening the source when we can
 	}
+	method, err := ParseMethod(o.Method)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := planCalib(o, method)
+	if err != nil {
+		return nil, err
+	}
 	src, err := OpenSource(o.In)
 	if err != nil {
 		return nil, err
@@ -412,6 +460,21 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	for _, s := range OPTWeights(cfg) {
 		specs[s.Name] = s
 	}
+	ruleFor := func(name string) (pruneRule, WeightSpec, bool) {
+		spec, known := specs[name]
+		rule := pruneRule{p: p, dense: dense, pruneWide: o.PruneWide, method: method}
+		if li, ok := layerOf(name); ok && known && spec.Linear {
+			rule.p, rule.dense, rule.override = layerPattern(overrides, li, p, dense)
+		}
+		return rule, spec, known
+	}
+	var calib *calibrator
+	var calibProv *slopepb.Calibration
+	if cs != nil {
+		if calib, calibProv, err = startCalibration(src, o, cs, method, ruleFor, outDT, keepDT); err != nil {
+			return nil, err
+		}
+	}
 	names := src.Names()
 	w, err := format.Create(o.Out, &format.WriterOptions{Compress: o.Compress, ZstdLevel: zstd.SpeedDefault, ExpectedTensors: 4 * len(names)})
 	if err != nil {
@@ -424,17 +487,24 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 		}
 	}()
 
-	res := &Result{Out: o.Out, Warnings: src.Warnings(), Seed: o.Seed}
+	res := &Result{Out: o.Out, Warnings: src.Warnings(), Seed: o.Seed, Method: method}
+	if cs != nil {
+		res.Calib, res.CalibSamples, res.CalibSeqLen = cs.Path, cs.Samples, cs.SeqLen
+	}
 	if ad.rank > 0 {
 		res.Rank, res.AdapterInit, res.Merged, res.Scale = ad.rank, ad.init, ad.merged, ad.scale
 	}
-	prov := &slopepb.Provenance{Tool: ToolName, ToolVersion: toolVersion(), Sources: src.Files(), Command: o.Command, Created: created}
+	prov := &slopepb.Provenance{Tool: ToolName, ToolVersion: toolVersion(), Sources: src.Files(), Command: o.Command, Created: created, Calibration: calibProv}
 	for _, f := range prov.Sources {
 		res.SourceBytes += int64(f.Size)
 	}
 	if prov.Command == "" {
-		prov.Command = fmt.Sprintf("convert.DenseToSlope(in=%q, nm=%q, nm_layers=%q, prune_wide=%v, dtype=%q, compress=%v, rank=%d, adapter_init=%q, merge_adapters=%v, adapter_scale=%g, seed=%d)",
-			o.In, o.NM, o.NMLayers, o.PruneWide, o.DType, o.Compress, ad.rank, ad.init, ad.merged, ad.scale, o.Seed)
+		prov.Command = fmt.Sprintf("convert.DenseToSlope(in=%q, nm=%q, nm_layers=%q, prune_wide=%v, dtype=%q, compress=%v, rank=%d, adapter_init=%q, merge_adapters=%v, adapter_scale=%g, seed=%d, method=%q",
+			o.In, o.NM, o.NMLayers, o.PruneWide, o.DType, o.Compress, ad.rank, ad.init, ad.merged, ad.scale, o.Seed, method)
+		if cs != nil {
+			prov.Command += fmt.Sprintf(", calib=%q, calib_format=%q, calib_samples=%d, calib_seqlen=%d", cs.Path, cs.Format, cs.Samples, cs.SeqLen)
+		}
+		prov.Command += ")"
 	}
 	sparse := map[string]format.NM{}
 	adapters := map[string]GraphAdapter{}
@@ -459,11 +529,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 			return nil, fmt.Errorf("tensor %q: %w", name, err)
 		}
 		res.DenseBytes += int64(len(t.Data)) * int64(es)
-		spec, known := specs[name]
-		rule := pruneRule{p: p, dense: dense, pruneWide: o.PruneWide}
-		if li, ok := layerOf(name); ok && known && spec.Linear {
-			rule.p, rule.dense, rule.override = layerPattern(overrides, li, p, dense)
-		}
+		rule, spec, known := ruleFor(name)
 		prune, reason := pruneDecision(spec, known, t, rule)
 		rep := WeightReport{Name: name, Shape: t.Shape, Linear: known && spec.Linear}
 		tp := &slopepb.TensorProvenance{Name: name, SourceName: t.SourceName, Method: "none", Pattern: "dense",
@@ -482,7 +548,20 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 					return nil, fmt.Errorf("--merge-adapters with %s: weight %s has out + rank = %d rows, not a multiple of %d (its transpose mask needs whole groups of rows): choose a rank that makes it one", rankFlag(o, rank), name, out+rank, wp.M)
 				}
 			}
-			pw, err := writePruned(w, t, dt, wp, ad, rank)
+			var pre *calibResult
+			if calib != nil {
+				li, _ := layerOf(name)
+				if err := calib.ensure(li); err != nil {
+					return nil, err
+				}
+				if pre = calib.take(name); pre == nil || pre.p != wp {
+					return nil, fmt.Errorf("tensor %q: not pruned %s by the calibration pass", name, wp)
+				}
+				rep.CalibRelErr, rep.PruneSeconds = pre.relErr, pre.seconds
+				tp.Reason += fmt.Sprintf("; calibrated on %s (%s, %d samples of %d tokens, seed %d): ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ = %.4g on the calibration inputs",
+					cs.Path, cs.Format, cs.Samples, cs.SeqLen, cs.Seed, pre.relErr)
+			}
+			pw, err := writePruned(w, t, dt, wp, ad, rank, pre)
 			if err != nil {
 				return nil, err
 			}
@@ -491,7 +570,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 			sparse[name] = wp
 			res.Pruned++
 			rep.Choice, rep.RelErrPruned, rep.RelErrAdapted, rep.Rank = pattern, pw.errPruned, pw.errAdapted, rank
-			tp.Method, tp.Pattern = "magnitude", pattern
+			tp.Method, tp.Pattern = method, pattern
 			maskReason := "double-pruned transpose of " + name + ": " + pattern + " by magnitude along the output dim"
 			if rank > 0 {
 				res.Adapted++
@@ -538,6 +617,9 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("convert to %s: %w", o.Out, err)
+	}
+	if calib != nil {
+		res.Layers = calib.Reports
 	}
 	if ad.rank > 0 && res.Adapted == 0 {
 		res.Warnings = append(res.Warnings, "adapters requested but no weight was pruned: none written")
@@ -606,21 +688,32 @@ type prunedWeight struct {
 	errPruned, errAdapted float64
 }
 
-// writePruned writes t pruned N:M by magnitude and its double-pruned
-// transpose mask, and, with rank > 0, its adapter (plain, or merged: Lᵀ
-// appended to W as rank rows pruned with it).
-func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad adapterPlan, rank int) (prunedWeight, error) {
+// writePruned writes t pruned N:M — by magnitude, or as pre (a
+// calibrated method's W_s and mask) when it is not nil — and its
+// double-pruned transpose mask, and, with rank > 0, its adapter (plain, or
+// merged: Lᵀ appended to W as rank rows pruned with it by magnitude).
+func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad adapterPlan, rank int, pre *calibResult) (prunedWeight, error) {
 	var res prunedWeight
 	out, in := t.Shape[0], t.Shape[1]
 	fail := func(err error) (prunedWeight, error) {
 		return res, fmt.Errorf("tensor %q (%s): %w", t.Name, t.SourceName, err)
 	}
-	keep, err := MagnitudeMask(p, out, in, t.Data)
-	if err != nil {
-		return fail(err)
+	var keep []bool
+	var ws []float32
+	if pre != nil {
+		if len(pre.ws) != len(t.Data) || len(pre.keep) != len(t.Data) {
+			return fail(fmt.Errorf("calibrated pruning has %d values for %d", len(pre.ws), len(t.Data)))
+		}
+		keep, ws = pre.keep, pre.ws
+	} else {
+		var err error
+		if keep, err = MagnitudeMask(p, out, in, t.Data); err != nil {
+			return fail(err)
+		}
+		ws = ApplyMask(t.Data, keep)
 	}
-	ws := ApplyMask(t.Data, keep)
 	roundToDType(dt, ws)
+	var err error
 	var l, r []float32
 	if rank > 0 {
 		if l, r, err = adapterFactors(ad.init, t.Data, ws, out, in, rank, ad.scale, weightRNG(ad.seed, t.Name)); err != nil {
@@ -629,21 +722,24 @@ func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad 
 		roundToDType(dt, l)
 		roundToDType(dt, r)
 	}
-	rows, data := out, t.Data
+	// The stored values are W_s's (SparseGPT updates the kept ones).
+	rows, data := out, ws
 	if rank > 0 && ad.merged {
-		// [W; Lᵀ] pruned as one matrix: W's rows keep their mask, Lᵀ's
-		// rows lose M-N of every M values.
+		// [W_s; Lᵀ] as one matrix: W's rows keep their mask, Lᵀ's rows
+		// lose M-N of every M values by magnitude.
 		rows = out + rank
 		data = make([]float32, rows*in)
-		copy(data, t.Data)
+		copy(data, ws)
 		for k := 0; k < rank; k++ {
 			for i := 0; i < in; i++ {
 				data[(out+k)*in+i] = l[i*rank+k]
 			}
 		}
-		if keep, err = MagnitudeMask(p, rows, in, data); err != nil {
+		lkeep, err := MagnitudeMask(p, rank, in, data[out*in:])
+		if err != nil {
 			return fail(err)
 		}
+		keep = append(append(make([]bool, 0, rows*in), keep...), lkeep...)
 		for k := 0; k < rank; k++ {
 			for i := 0; i < in; i++ {
 				if !keep[(out+k)*in+i] {

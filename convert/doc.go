@@ -20,7 +20,7 @@
 //
 // DenseToSlope is the end-to-end converter: it holds one tensor in memory
 // at a time, prunes the decoder-layer linear weights (q, k, v, out_proj,
-// fc1, fc2) N:M by magnitude (MagnitudeMask), with per-layer patterns from
+// fc1, fc2) N:M (by magnitude: MagnitudeMask; or see Method below), with per-layer patterns from
 // Options.NMLayers (ParseNMLayers), stores them as NM tensors with their
 // double-pruned transpose masks, writes everything else dense, and
 // records provenance (the choice for every tensor: its pattern, or dense
@@ -29,6 +29,25 @@
 // Embeddings, positions, the LM head, project_in/out and norms are never
 // pruned, nor (without Options.PruneWide) a weight whose aspect ratio
 // exceeds MaxAspectRatio.
+//
+// Options.Method chooses the pruning: MethodMagnitude (the default),
+// MethodWanda (WandaMask: the N largest |w_ij|·‖X_j‖₂ of every group) or
+// MethodSparseGPT (SparseGPT: OBS pruning with updates of the kept values
+// from the Hessian (2/n)·XᵀX, accumulated in float64 by Hessian). The
+// calibrated methods read Options.Calib (LoadCalibration: text through
+// the model's tokenizer with BOS per sample, or uint16/uint32 token ids)
+// and prune the decoder layers in order: each layer's inputs come from
+// the layers before it, already pruned, computed node by node by the CPU
+// backend of package ops (the runtime's kernels) over all samples at once;
+// within a layer each linear is pruned just before its node runs, so its
+// inputs reflect the layer's earlier linears already pruned (q, k, v share
+// the LayerNorm output). One layer's weights and one Hessian are held at a
+// time. The Result reports the time per layer (Layers, also through
+// Options.LayerProgress) and per weight ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ on the
+// calibration inputs; the provenance records the method and calibration
+// (file, SHA-256, samples, sequence length, seed) for the file and for
+// every pruned tensor. Transpose masks and adapters work on the method's
+// W_s (SparseGPT's updated values included).
 //
 // With a rank (Options.Rank or RankFrac) every pruned weight gets a
 // low-rank adapter in the runtime's convention y = x·W_sᵀ + b +

@@ -86,9 +86,12 @@ func TestProgressBar(t *testing.T) {
 	var buf bytes.Buffer
 	p := newProgress(&buf)
 	for i := 1; i <= 3; i++ {
-		p(i, 3, "w")
+		p.tensor(i, 3, "w")
+		if i == 1 {
+			p.layer(convert.LayerReport{Layer: 0, Layers: 2, Seconds: 0.5, Weights: []string{"a"}})
+		}
 	}
-	if s := buf.String(); strings.Contains(s, "converted") || !strings.Contains(s, "\r") {
+	if s := buf.String(); strings.Contains(s, "converted") || !strings.Contains(s, "\r") || !strings.Contains(s, "pruned layer 1/2 in 0.50s (1 weights)\n") {
 		t.Errorf("terminal progress %q", s)
 	}
 }

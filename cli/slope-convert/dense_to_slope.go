@@ -31,9 +31,9 @@ func newDenseToSlope(args []string) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "dense-to-slope",
-		Short: "Prune a dense OPT checkpoint N:M by magnitude, add adapters, and write a .slope file",
+		Short: "Prune a dense OPT checkpoint N:M (magnitude, Wanda or SparseGPT), add adapters, and write a .slope file",
 		Long: `dense-to-slope reads a dense OPT checkpoint, prunes the linear weights of
-every decoder layer (q, k, v, out_proj, fc1, fc2) N:M by magnitude, adds
+every decoder layer (q, k, v, out_proj, fc1, fc2) N:M, adds
 their double-pruned transposes, and writes everything to a .slope file.
 Embeddings, positions, the LM head, project_in/out, norms and biases are
 never pruned, nor is a weight whose aspect ratio max(out,in)/min(out,in)
@@ -48,6 +48,24 @@ from the graph). --nm dense writes the weights unpruned; --nm-layers
 overrides --nm for ranges of decoder layers, e.g. '0-11=2:4,12-23=2:8' or
 '0=dense'.
 
+--method chooses how: magnitude (default: the N largest |w| of every M
+consecutive inputs of a row, ties to the lower index), wanda (the N largest
+|w_ij|·‖X_j‖₂, X the layer's calibration inputs) or sparsegpt (OBS pruning
+with updates of the kept weights from H = (2/n)·XᵀX, 1% damping, blocks of
+128 columns). The calibrated methods need --calib FILE and prune the decoder
+layers one after the other: each layer's inputs come from the layers before
+it, already pruned, computed by the CPU runtime's kernels; within a layer
+q, k, v are pruned first on the LayerNorm output, then out_proj on the
+attention output of the pruned q, k, v, then fc1 and fc2 likewise.
+--calib is text, encoded by the model's tokenizer (tokenizer.json, or
+vocab.json and merges.txt, beside --in; every sample starts with the BOS
+token), or token ids: .bin and .u16 files hold little-endian uint16 ids,
+.u32 files uint32 ids (--calib-format text|u16|u32 overrides the
+extension). --calib-samples windows (default ` + fmt.Sprint(convert.DefaultCalibSamples) + `) of --calib-seqlen tokens
+(default ` + fmt.Sprint(convert.DefaultCalibSeqLen) + `, capped at the model's positions) are drawn from the
+token stream with --seed. The time per layer is reported, and per weight
+the output error ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ on the calibration inputs.
+
 --rank R (or --rank-frac F, rank round(F * hidden size)) gives every pruned
 weight a low-rank adapter, y = x·W_sᵀ + scale·(x·L)·R with L [in, R] and
 R [R, out]. --adapter-init: slope (default; L ~ N(0, 1/in)·0.01, R = 0: the
@@ -59,12 +77,12 @@ too; with svd, R is then refit to the pruned L), R stored alone; out + R
 must be a multiple of M. The summary reports per weight the relative
 Frobenius errors ‖W − W_s‖/‖W‖ and ‖W − (W_s + scale·(L·R)ᵀ)‖/‖W‖.
 
---seed makes the random choices deterministic: the same command gives the
+--seed makes the random choices (calibration samples too) deterministic: the same command gives the
 same file, bar the creation time in the provenance (set SOURCE_DATE_EPOCH
 to fix that too).
 
 Progress goes to stderr: a bar when it is a terminal, else one line per
-tensor; --quiet silences it (and the per-weight table). --json prints the
+tensor (and one per decoder layer with a calibrated method); --quiet silences it (and the per-weight table). --json prints the
 summary as JSON on stdout.
 Without --in the tiny OPT model embedded in the binary (` + convert.DefaultLabel + `)
 is converted, so the command works offline.`,
@@ -115,9 +133,25 @@ is converted, so the command works offline.`,
 				return fmt.Errorf("--adapter-scale %g: want a finite non-zero number", scale)
 			}
 			o.AdapterScale = scale
+			if _, err := convert.ParseMethod(o.Method); err != nil {
+				return err
+			}
+			// Unset calibration sizes are 0 for the converter (its
+			// defaults; the sequence length then capped by the model).
+			if !f.Changed("calib-samples") {
+				o.CalibSamples = 0
+			} else if o.CalibSamples < 1 {
+				return fmt.Errorf("--calib-samples %d: want at least 1", o.CalibSamples)
+			}
+			if !f.Changed("calib-seqlen") {
+				o.CalibSeqLen = 0
+			} else if o.CalibSeqLen < 2 {
+				return fmt.Errorf("--calib-seqlen %d: want at least 2", o.CalibSeqLen)
+			}
 			stderr := cmd.ErrOrStderr()
 			if !quiet {
-				o.Progress = newProgress(stderr)
+				pr := newProgress(stderr)
+				o.Progress, o.LayerProgress = pr.tensor, pr.layer
 			}
 			o.Command = "slope-convert " + strings.Join(args, " ")
 			res, err := convert.DenseToSlope(cmd.Context(), o)
@@ -150,31 +184,52 @@ is converted, so the command works offline.`,
 	f.StringVar(&o.AdapterInit, "adapter-init", "", "adapter initialisation: slope|svd|zero (default slope)")
 	f.BoolVar(&o.MergeAdapters, "merge-adapters", false, "store adapters in SLoPe's merged inference layout (Lᵀ as extra rows of W, pruned with it)")
 	f.Float32Var(&scale, "adapter-scale", 1, "adapter output scale")
-	f.Uint64Var(&o.Seed, "seed", 0, "seed of every random choice (adapter init, randomized SVD)")
+	f.StringVar(&o.Method, "method", "magnitude", "pruning method: magnitude|wanda|sparsegpt (wanda and sparsegpt need --calib)")
+	f.StringVar(&o.Calib, "calib", "", "calibration data: a text file, or token ids (.bin/.u16: uint16, .u32: uint32, little-endian)")
+	f.StringVar(&o.CalibFormat, "calib-format", "", "calibration file format: auto|text|u16|u32 (default auto: by extension)")
+	f.IntVar(&o.CalibSamples, "calib-samples", convert.DefaultCalibSamples, "number of calibration samples")
+	f.IntVar(&o.CalibSeqLen, "calib-seqlen", convert.DefaultCalibSeqLen, "tokens per calibration sample (at most the model's positions)")
+	f.Uint64Var(&o.Seed, "seed", 0, "seed of every random choice (calibration samples, adapter init, randomized SVD)")
 	f.BoolVar(&asJSON, "json", false, "print the summary as JSON on stdout")
 	f.BoolVar(&quiet, "quiet", false, "no progress, warnings or per-weight table")
 	return cmd
 }
 
-// newProgress reports each converted tensor on w: a progress bar when w is
-// a terminal, else a line "converted 12/98 NAME".
-func newProgress(w io.Writer) func(done, total int, name string) {
-	if !isTerminal(w) {
-		return func(done, total int, name string) {
-			fmt.Fprintf(w, "converted %*d/%d %s\n", len(fmt.Sprint(total)), done, total, name)
-		}
+// progress reports on w each converted tensor (a progress bar when w is
+// a terminal, else a line "converted 12/98 NAME") and each decoder layer
+// pruned by a calibrated method (a line "pruned layer 3/12 in 1.25s
+// (6 weights)", printed above the bar on a terminal).
+type progress struct {
+	w    io.Writer
+	term bool
+	bar  *progressbar.ProgressBar
+}
+
+func newProgress(w io.Writer) *progress { return &progress{w: w, term: isTerminal(w)} }
+
+func (p *progress) tensor(done, total int, name string) {
+	if !p.term {
+		fmt.Fprintf(p.w, "converted %*d/%d %s\n", len(fmt.Sprint(total)), done, total, name)
+		return
 	}
-	var bar *progressbar.ProgressBar
-	return func(done, total int, name string) {
-		if bar == nil {
-			bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(w), progressbar.OptionShowCount(),
-				progressbar.OptionSetWidth(30), progressbar.OptionClearOnFinish(), progressbar.OptionSetDescription("converting"))
-		}
-		bar.Describe(name)
-		_ = bar.Set(done)
-		if done == total {
-			_ = bar.Finish()
-		}
+	if p.bar == nil {
+		p.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(p.w), progressbar.OptionShowCount(),
+			progressbar.OptionSetWidth(30), progressbar.OptionClearOnFinish(), progressbar.OptionSetDescription("converting"))
+	}
+	p.bar.Describe(name)
+	_ = p.bar.Set(done)
+	if done == total {
+		_ = p.bar.Finish()
+	}
+}
+
+func (p *progress) layer(r convert.LayerReport) {
+	if p.bar != nil {
+		_ = p.bar.Clear()
+	}
+	fmt.Fprintf(p.w, "pruned layer %*d/%d in %.2fs (%d weights)\n", len(fmt.Sprint(r.Layers)), r.Layer+1, r.Layers, r.Seconds, len(r.Weights))
+	if p.bar != nil {
+		_ = p.bar.RenderBlank()
 	}
 }
 
@@ -194,6 +249,18 @@ func printSummary(w io.Writer, res *convert.Result, o convert.Options, perWeight
   stored bytes:          %d of %d dense (%.3f)
   transpose extra zeros: %.2f%% of the pruned weights' entries
 `, res.Out, res.Seconds, res.Tensors, pruned, res.SourceBytes, res.FileBytes, res.Ratio, res.StoredBytes, res.DenseBytes, ratio, 100*res.TransposeExtraZeros)
+	method := res.Method
+	if res.Calib != "" {
+		method += fmt.Sprintf(", calibrated on %s (%d samples of %d tokens, seed %d)", res.Calib, res.CalibSamples, res.CalibSeqLen, res.Seed)
+	}
+	fmt.Fprintf(&b, "  method:                %s\n", method)
+	if len(res.Layers) > 0 {
+		var total float64
+		for _, l := range res.Layers {
+			total += l.Seconds
+		}
+		fmt.Fprintf(&b, "  calibrated pruning:    %d layers in %.2fs (%.2fs per layer)\n", len(res.Layers), total, total/float64(len(res.Layers)))
+	}
 	if res.Adapted > 0 {
 		layout := "plain"
 		if res.Merged {
@@ -204,7 +271,12 @@ func printSummary(w io.Writer, res *convert.Result, o convert.Options, perWeight
 	}
 	if perWeight {
 		others := 0
-		fmt.Fprintf(&b, "  %-44s %-8s %12s %12s\n", "weight", "choice", "err pruned", "err adapted")
+		calib := len(res.Layers) > 0
+		fmt.Fprintf(&b, "  %-44s %-8s %12s %12s", "weight", "choice", "err pruned", "err adapted")
+		if calib {
+			fmt.Fprintf(&b, " %12s", "err calib")
+		}
+		b.WriteString("\n")
 		for _, r := range res.Weights {
 			if !r.Linear {
 				others++
@@ -217,7 +289,11 @@ func printSummary(w io.Writer, res *convert.Result, o convert.Options, perWeight
 					errA = fmt.Sprintf("%.4f", r.RelErrAdapted)
 				}
 			}
-			fmt.Fprintf(&b, "  %-44s %-8s %12s %12s\n", r.Name, choice, errP, errA)
+			fmt.Fprintf(&b, "  %-44s %-8s %12s %12s", r.Name, choice, errP, errA)
+			if calib && r.CalibRelErr > 0 {
+				fmt.Fprintf(&b, " %12.4f", r.CalibRelErr)
+			}
+			b.WriteString("\n")
 		}
 		fmt.Fprintf(&b, "  (%d other tensors stored dense: embeddings, positions, norms, biases, head)\n", others)
 	}

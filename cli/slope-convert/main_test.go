@@ -89,3 +89,80 @@ func TestErrors(t *testing.T) {
 		t.Error("failed run left a file")
 	}
 }
+
+func TestDenseToSlopeCalibrated(t *testing.T) {
+	dir := t.TempDir()
+	ids := make([]byte, 4*400)
+	for i := 0; i < 400; i++ {
+		ids[4*i] = byte(i*7 + 3) // uint32 ids below 256
+	}
+	calib := filepath.Join(dir, "calib.u32")
+	if err := os.WriteFile(calib, ids, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "sgpt.slope")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"dense-to-slope", "--out", out, "--method", "sparsegpt", "--calib", calib, "--calib-samples", "4", "--calib-seqlen", "16", "--seed", "5"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	for _, want := range []string{"pruned layer 1/2 in", "pruned layer 2/2 in", "converted 36/36"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+	for _, want := range []string{"method:                sparsegpt, calibrated on " + calib + " (4 samples of 16 tokens, seed 5)", "calibrated pruning:    2 layers", "err calib"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	stdout.Reset()
+	stderr.Reset()
+	code = run([]string{"dense-to-slope", "--out", out, "--method", "wanda", "--calib", calib, "--calib-samples", "4", "--json", "--quiet"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var res convert.Result
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Method != "wanda" || len(res.Layers) != 2 || res.Layers[0].Seconds <= 0 || res.CalibSeqLen != 64 || res.Pruned != 12 {
+		t.Errorf("result %+v", res)
+	}
+	if !strings.Contains(stdout.String(), `"layers": [`) || !strings.Contains(stdout.String(), `"calib_rel_err"`) {
+		t.Errorf("JSON lacks the layer times or calibration errors:\n%s", stdout.String())
+	}
+}
+
+func TestCalibFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "a.slope")
+	calib := filepath.Join(dir, "c.bin")
+	if err := os.WriteFile(calib, make([]byte, 200), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--method", "obs"}, "--method"},
+		{[]string{"--method", "wanda"}, "--calib FILE"},
+		{[]string{"--method", "sparsegpt", "--calib", filepath.Join(dir, "missing.txt")}, "missing.txt"},
+		{[]string{"--calib", calib}, "--calib"},
+		{[]string{"--calib-samples", "4"}, "--calib-samples"},
+		{[]string{"--method", "wanda", "--calib", calib, "--calib-samples", "0"}, "--calib-samples"},
+		{[]string{"--method", "wanda", "--calib", calib, "--calib-seqlen", "1000"}, "--calib-seqlen"},
+		{[]string{"--method", "wanda", "--calib", calib, "--calib-format", "csv"}, "--calib-format"},
+		{[]string{"--method", "wanda", "--calib", calib, "--calib-seqlen", "64", "--calib-format", "u32"}, calib},
+	}
+	for _, c := range cases {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"dense-to-slope", "--out", out}, c.args...)
+		if code := run(args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("%v: exit %d, stderr %q, want one naming %q", c.args, code, stderr.String(), c.want)
+		}
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Error("failed run left a file")
+	}
+}

@@ -1,0 +1,525 @@
+package convert
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/slopeml/slope/format"
+)
+
+// Pruning methods (Options.Method).
+const (
+	// MethodMagnitude keeps the N largest |w| of every group of M.
+	MethodMagnitude = "magnitude"
+	// MethodWanda keeps the N largest |w_ij|·‖X_j‖₂ (Sun et al., 2023,
+	// "A Simple and Effective Pruning Approach for Large Language Models").
+	MethodWanda = "wanda"
+	// MethodSparseGPT is the OBS-based one-shot pruning with weight
+	// updates of Frantar & Alistarh, 2023, "SparseGPT: Massive Language
+	// Models Can Be Accurately Pruned in One-Shot".
+	MethodSparseGPT = "sparsegpt"
+)
+
+// ParseMethod checks a pruning method name ("" is magnitude).
+func ParseMethod(s string) (string, error) {
+	switch s {
+	case "", MethodMagnitude:
+		return MethodMagnitude, nil
+	case MethodWanda, MethodSparseGPT:
+		return s, nil
+	}
+	return "", fmt.Errorf("--method %q: want magnitude, wanda or sparsegpt", s)
+}
+
+// ColumnNorms returns ‖X_j‖₂ for every column j of the row-major
+// [rows, cols] calibration inputs x (one row per token), in float64.
+func ColumnNorms(x []float32, rows, cols int) []float64 {
+	sq := make([]float64, cols)
+	parallel(cols, func(lo, hi int) {
+		for t := 0; t < rows; t++ {
+			r := x[t*cols : (t+1)*cols]
+			for j := lo; j < hi; j++ {
+				v := float64(r[j])
+				sq[j] += v * v
+			}
+		}
+	})
+	for j, v := range sq {
+		sq[j] = math.Sqrt(v)
+	}
+	return sq
+}
+
+// WandaMask returns the N:M keep mask of the row-major [rows, cols] weight
+// w by Wanda's score |w_ij|·norms[j] (norms: ColumnNorms of the layer's
+// calibration inputs): in every group of M consecutive elements of a row
+// the N of largest score are kept, ties going to the lower index (as
+// MagnitudeMask). A NaN score is an error.
+func WandaMask(p format.NM, rows, cols int, w []float32, norms []float64) ([]bool, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if rows < 0 || cols < 0 || cols%p.M != 0 || len(w) != rows*cols || len(norms) != cols {
+		return nil, fmt.Errorf("wanda mask %s: %d values, %d norms for shape [%d %d] (cols a multiple of %d): %w", p, len(w), len(norms), rows, cols, p.M, format.ErrShape)
+	}
+	keep := make([]bool, len(w))
+	var bad atomic.Int64
+	bad.Store(-1)
+	parallel(rows, func(lo, hi int) {
+		var s [16]float64
+		for r := lo; r < hi; r++ {
+			for base := 0; base < cols; base += p.M {
+				for j := 0; j < p.M; j++ {
+					v := math.Abs(float64(w[r*cols+base+j])) * norms[base+j]
+					if v != v {
+						bad.CompareAndSwap(-1, int64(r*cols+base+j))
+					}
+					s[j] = v
+				}
+				keepTop(p, s[:p.M], keep[r*cols+base:r*cols+base+p.M])
+			}
+		}
+	})
+	if i := bad.Load(); i >= 0 {
+		return nil, fmt.Errorf("wanda mask: NaN score at row %d, col %d", int(i)/cols, int(i)%cols)
+	}
+	return keep, nil
+}
+
+// keepTop sets keep[j] for the N largest scores of a group, ties going
+// to the lower index.
+func keepTop(p format.NM, s []float64, keep []bool) {
+	for j := range s {
+		beaten := 0
+		for i := range s {
+			if s[i] > s[j] || (s[i] == s[j] && i < j) {
+				beaten++
+			}
+		}
+		keep[j] = beaten < p.N
+	}
+}
+
+// Hessian accumulates XᵀX over calibration inputs with D columns, in
+// float64: the layer Hessian of SparseGPT is (2/N)·XᵀX.
+type Hessian struct {
+	D int
+	// N is the number of rows (tokens) added.
+	N int
+	// Sum is XᵀX, row-major [D, D] (both triangles).
+	Sum []float64
+}
+
+// NewHessian makes an empty accumulator for inputs of width d.
+func NewHessian(d int) *Hessian { return &Hessian{D: d, Sum: make([]float64, d*d)} }
+
+// Add adds the rows of the row-major [rows, D] x. The result does not
+// depend on the number of cores.
+func (h *Hessian) Add(x []float32, rows int) {
+	d := h.D
+	if rows == 0 || d == 0 {
+		return
+	}
+	// Xᵀ as float64 columns, so that each entry is a contiguous dot
+	// product; 4×4 blocks of entries share their loads.
+	xt := make([]float64, d*rows)
+	parallel(d, func(lo, hi int) {
+		for t := 0; t < rows; t++ {
+			r := x[t*d : (t+1)*d]
+			for j := lo; j < hi; j++ {
+				xt[j*rows+t] = float64(r[j])
+			}
+		}
+	})
+	nb := (d + 3) / 4
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), nb) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				bi := int(next.Add(1)) - 1
+				if bi >= nb {
+					return
+				}
+				for bj := 0; bj <= bi; bj++ {
+					h.addBlock(xt, rows, 4*bi, 4*bj)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	h.N += rows
+}
+
+// addBlock adds the 4×4 block of XᵀX at (a0, b0) (and its mirror).
+func (h *Hessian) addBlock(xt []float64, n, a0, b0 int) {
+	d := h.D
+	if a0+4 > d || b0+4 > d {
+		for a := a0; a < min(a0+4, d); a++ {
+			for b := b0; b < min(b0+4, d); b++ {
+				if b > a {
+					continue
+				}
+				s := dot64(xt[a*n:(a+1)*n], xt[b*n:(b+1)*n])
+				h.Sum[a*d+b] += s
+				if a != b {
+					h.Sum[b*d+a] += s
+				}
+			}
+		}
+		return
+	}
+	a0r, a1r, a2r, a3r := xt[a0*n:(a0+1)*n], xt[(a0+1)*n:(a0+2)*n], xt[(a0+2)*n:(a0+3)*n], xt[(a0+3)*n:(a0+4)*n]
+	b0r, b1r, b2r, b3r := xt[b0*n:(b0+1)*n], xt[(b0+1)*n:(b0+2)*n], xt[(b0+2)*n:(b0+3)*n], xt[(b0+3)*n:(b0+4)*n]
+	var s [16]float64
+	for t := 0; t < n; t++ {
+		x0, x1, x2, x3 := a0r[t], a1r[t], a2r[t], a3r[t]
+		y0, y1, y2, y3 := b0r[t], b1r[t], b2r[t], b3r[t]
+		s[0] += x0 * y0
+		s[1] += x0 * y1
+		s[2] += x0 * y2
+		s[3] += x0 * y3
+		s[4] += x1 * y0
+		s[5] += x1 * y1
+		s[6] += x1 * y2
+		s[7] += x1 * y3
+		s[8] += x2 * y0
+		s[9] += x2 * y1
+		s[10] += x2 * y2
+		s[11] += x2 * y3
+		s[12] += x3 * y0
+		s[13] += x3 * y1
+		s[14] += x3 * y2
+		s[15] += x3 * y3
+	}
+	for i := 0; i < 4; i++ {
+		for j := 0; j < 4; j++ {
+			a, b := a0+i, b0+j
+			if b > a {
+				continue // the mirror of an entry set from (b, a)
+			}
+			h.Sum[a*d+b] += s[i*4+j]
+			if a != b {
+				h.Sum[b*d+a] += s[i*4+j]
+			}
+		}
+	}
+}
+
+func dot64(a, b []float64) float64 {
+	var s float64
+	for i, v := range a {
+		s += v * b[i]
+	}
+	return s
+}
+
+// SparseGPTOptions tune SparseGPT; zero values are the paper's defaults.
+type SparseGPTOptions struct {
+	// BlockSize is the number of columns processed together before the
+	// lazy update of the later columns (0: 128, rounded down to a multiple
+	// of M).
+	BlockSize int
+	// Damp is the fraction of mean(diag H) added to H's diagonal (0:
+	// 0.01).
+	Damp float64
+}
+
+// ErrNotPositiveDefinite is wrapped when a damped Hessian has no Cholesky
+// factorisation.
+var ErrNotPositiveDefinite = errors.New("Hessian is not positive definite")
+
+// SparseGPT prunes the row-major [rows, cols] weight w N:M along cols
+// given the calibration Hessian h of its inputs (a Hessian accumulator,
+// H = (2/N)·XᵀX), and returns the pruned weight with its remaining
+// values updated, and its keep mask. w is not modified.
+//
+// As in the paper: columns whose inputs were always zero get H_jj = 1; a
+// damping of Damp·mean(diag H) is added to the diagonal; U is the upper
+// Cholesky factor of H⁻¹ (H⁻¹ = UᵀU), computed in float64 as the inverse
+// of the "reversed" Cholesky factor of H (H = V·Vᵀ with V upper, so
+// U = V⁻¹). Columns are processed in blocks of BlockSize; at the start
+// of every group of M columns the mask of the group is chosen, per row,
+// keeping the N largest w_c²/U_cc² (ties to the lower index); then each
+// column c is quantised to its masked value q and the error
+// (w_c − q)/U_cc is propagated to the block's later columns through row c
+// of U (the OBS update); the block's errors update the later blocks in
+// one batch. Rows are independent and are processed in parallel, in
+// float64.
+func SparseGPT(p format.NM, rows, cols int, w []float32, h *Hessian, o SparseGPTOptions) ([]float32, []bool, error) {
+	if err := p.Validate(); err != nil {
+		return nil, nil, err
+	}
+	if rows < 0 || cols < 0 || cols%p.M != 0 || len(w) != rows*cols || h == nil || h.D != cols {
+		d := -1
+		if h != nil {
+			d = h.D
+		}
+		return nil, nil, fmt.Errorf("sparsegpt %s: %d values for shape [%d %d] (cols a multiple of %d), Hessian of width %d: %w", p, len(w), rows, cols, p.M, d, format.ErrShape)
+	}
+	if h.N == 0 {
+		return nil, nil, errors.New("sparsegpt: the Hessian has no calibration rows")
+	}
+	for i, v := range w {
+		if v != v || math.IsInf(float64(v), 0) {
+			return nil, nil, fmt.Errorf("sparsegpt: non-finite weight at row %d, col %d", i/cols, i%cols)
+		}
+	}
+	bs := o.BlockSize
+	if bs <= 0 {
+		bs = 128
+	}
+	bs = max(bs/p.M, 1) * p.M
+	damp := o.Damp
+	if damp == 0 {
+		damp = 0.01
+	}
+	u, err := sparseGPTFactor(h, damp)
+	if err != nil {
+		return nil, nil, err
+	}
+	ws := make([]float32, len(w))
+	keep := make([]bool, len(w))
+	const chunk = 8 // rows sharing each pass over U
+	nchunks := (rows + chunk - 1) / chunk
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), max(nchunks, 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]float64, chunk*cols)
+			errs := make([]float64, chunk*bs)
+			for {
+				ci := int(next.Add(1)) - 1
+				if ci >= nchunks {
+					return
+				}
+				r0, r1 := ci*chunk, min((ci+1)*chunk, rows)
+				sparseGPTRows(p, w[r0*cols:r1*cols], ws[r0*cols:r1*cols], keep[r0*cols:r1*cols], r1-r0, cols, u, bs, buf, errs)
+			}
+		}()
+	}
+	wg.Wait()
+	return ws, keep, nil
+}
+
+// sparseGPTFactor returns U, the upper Cholesky factor of the inverse of
+// the damped H = (2/N)·XᵀX, row-major [D, D] (zero below the diagonal).
+func sparseGPTFactor(h *Hessian, damp float64) ([]float64, error) {
+	d := h.D
+	a := make([]float64, d*d)
+	scale := 2 / float64(h.N)
+	for i, v := range h.Sum {
+		a[i] = scale * v
+	}
+	var mean float64
+	for j := 0; j < d; j++ {
+		if a[j*d+j] == 0 {
+			a[j*d+j] = 1 // a dead input: no information about its column
+		}
+		mean += a[j*d+j]
+	}
+	mean /= float64(d)
+	for j := 0; j < d; j++ {
+		a[j*d+j] += damp * mean
+	}
+	if err := reverseCholesky(a, d); err != nil {
+		return nil, err
+	}
+	invertUpper(a, d)
+	return a, nil
+}
+
+// reverseCholesky overwrites the symmetric positive definite a [d, d]
+// with the upper triangular V of a = V·Vᵀ (the Cholesky factor of a with
+// its index order reversed); the strict lower triangle is zeroed.
+func reverseCholesky(a []float64, d int) error {
+	for j := d - 1; j >= 0; j-- {
+		rj := a[j*d+j+1 : (j+1)*d]
+		s := a[j*d+j] - dot64(rj, rj)
+		if !(s > 0) || math.IsInf(s, 0) {
+			return fmt.Errorf("%w (pivot %d is %g)", ErrNotPositiveDefinite, j, s)
+		}
+		vjj := math.Sqrt(s)
+		a[j*d+j] = vjj
+		// V[i][j] = (a[i][j] − Σ_{k>j} V[i][k]·V[j][k]) / V[j][j], i < j.
+		rowsRange(j, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				ri := a[i*d+j+1 : (i+1)*d]
+				a[i*d+j] = (a[i*d+j] - dot64(ri, rj)) / vjj
+			}
+		})
+	}
+	for i := 1; i < d; i++ {
+		clear(a[i*d : i*d+i])
+	}
+	return nil
+}
+
+// invertUpper overwrites the upper triangular, invertible v [d, d] with
+// its inverse (upper triangular too): row i of V⁻¹ is
+// (e_i − Σ_{k>i} V[i][k]·(V⁻¹)[k][:]) / V[i][i], computed from the last
+// row up.
+func invertUpper(v []float64, d int) {
+	row := make([]float64, d)
+	for i := d - 1; i >= 0; i-- {
+		vii := v[i*d+i]
+		vi := v[i*d : (i+1)*d]
+		rowsRange(d-i, func(lo, hi int) {
+			lo, hi = lo+i, hi+i
+			seg := row[lo:hi]
+			clear(seg)
+			if i >= lo && i < hi {
+				row[i] = 1
+			}
+			for k := i + 1; k < d; k++ {
+				c := vi[k]
+				if c == 0 {
+					continue
+				}
+				// Row k of V⁻¹ is zero before column k.
+				from := max(lo, k)
+				if from >= hi {
+					break
+				}
+				uk := v[k*d+from : k*d+hi]
+				dst := row[from:hi]
+				for t, x := range uk {
+					dst[t] -= c * x
+				}
+			}
+			for t := lo; t < hi; t++ {
+				row[t] /= vii
+			}
+		})
+		copy(vi[i:], row[i:])
+	}
+}
+
+// rowsRange runs f over [0, n) in parallel chunks when n is large enough
+// to pay for the goroutines; each index is handled by one call.
+func rowsRange(n int, f func(lo, hi int)) {
+	workers := min(runtime.GOMAXPROCS(0), n/64)
+	if workers <= 1 {
+		if n > 0 {
+			f(0, n)
+		}
+		return
+	}
+	chunk := (n + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(lo, hi)
+		}()
+	}
+	wg.Wait()
+}
+
+// sparseGPTRows runs SparseGPT on nr rows of w (row-major, cols wide),
+// writing the pruned rows to ws and their masks to keep. buf holds the
+// rows in float64 and errs the current block's scaled errors.
+func sparseGPTRows(p format.NM, w, ws []float32, keep []bool, nr, cols int, u []float64, bs int, buf, errs []float64) {
+	for i, v := range w[:nr*cols] {
+		buf[i] = float64(v)
+	}
+	var score [16]float64
+	for i1 := 0; i1 < cols; i1 += bs {
+		i2 := min(i1+bs, cols)
+		nb := i2 - i1
+		for c := i1; c < i2; c++ {
+			uc := u[c*cols : (c+1)*cols]
+			if (c-i1)%p.M == 0 {
+				// Choose the group's mask from the current values.
+				for r := 0; r < nr; r++ {
+					row := buf[r*cols:]
+					for j := 0; j < p.M; j++ {
+						dj := u[(c+j)*cols+c+j]
+						score[j] = row[c+j] * row[c+j] / (dj * dj)
+					}
+					keepTop(p, score[:p.M], keep[r*cols+c:r*cols+c+p.M])
+				}
+			}
+			dc := uc[c]
+			for r := 0; r < nr; r++ {
+				row := buf[r*cols : (r+1)*cols]
+				e := 0.0
+				if !keep[r*cols+c] {
+					e = row[c] / dc
+					row[c] = 0
+				}
+				errs[r*bs+c-i1] = e
+				if e == 0 {
+					continue
+				}
+				// OBS update of the block's later columns.
+				rest := row[c+1 : i2]
+				for t, x := range uc[c+1 : i2] {
+					rest[t] -= e * x
+				}
+			}
+		}
+		if i2 == cols {
+			break
+		}
+		// Lazy batch update of the later blocks: W[:, i2:] −= E·U[i1:i2, i2:].
+		for k := 0; k < nb; k++ {
+			uk := u[(i1+k)*cols+i2 : (i1+k+1)*cols]
+			for r := 0; r < nr; r++ {
+				e := errs[r*bs+k]
+				if e == 0 {
+					continue
+				}
+				dst := buf[r*cols+i2 : (r+1)*cols]
+				for t, x := range uk {
+					dst[t] -= e * x
+				}
+			}
+		}
+	}
+	for i := range ws[:nr*cols] {
+		if keep[i] {
+			ws[i] = float32(buf[i])
+		}
+	}
+}
+
+// LayerError returns ‖X·Wᵀ − X·W_sᵀ‖_F for the row-major calibration
+// inputs x [n, cols] and weights w, ws [rows, cols], in float64 (for
+// tests and reports; O(n·rows·cols)).
+func LayerError(x []float32, n int, w, ws []float32, rows, cols int) float64 {
+	sums := make([]float64, rows)
+	parallel(rows, func(lo, hi int) {
+		diff := make([]float64, cols)
+		for o := lo; o < hi; o++ {
+			for j := range diff {
+				diff[j] = float64(w[o*cols+j]) - float64(ws[o*cols+j])
+			}
+			var s float64
+			for t := 0; t < n; t++ {
+				var y float64
+				xr := x[t*cols : (t+1)*cols]
+				for j, v := range xr {
+					y += float64(v) * diff[j]
+				}
+				s += y * y
+			}
+			sums[o] = s
+		}
+	})
+	var s float64
+	for _, v := range sums {
+		s += v
+	}
+	return math.Sqrt(s)
+}

@@ -1,0 +1,242 @@
+package convert
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/slopeml/slope/format"
+)
+
+// synthCalib returns n calibration rows of width d with correlated
+// columns (a rank-k mixture plus noise) and column norms that vary over
+// two orders of magnitude, as LLM activations have (a few outlier
+// features).
+func synthCalib(n, d, k int, seed uint64) []float32 {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	mix := make([]float64, k*d)
+	for i := range mix {
+		mix[i] = rng.NormFloat64()
+	}
+	scale := make([]float64, d)
+	for j := range scale {
+		scale[j] = math.Exp(rng.NormFloat64())
+		if j%17 == 3 {
+			scale[j] *= 10 // outlier features
+		}
+	}
+	x := make([]float32, n*d)
+	z := make([]float64, k)
+	for t := 0; t < n; t++ {
+		for i := range z {
+			z[i] = rng.NormFloat64()
+		}
+		for j := 0; j < d; j++ {
+			var v float64
+			for i := range z {
+				v += z[i] * mix[i*d+j]
+			}
+			v = v/math.Sqrt(float64(k)) + 0.3*rng.NormFloat64()
+			x[t*d+j] = float32(v * scale[j])
+		}
+	}
+	return x
+}
+
+func randWeights(rows, cols int, seed uint64) []float32 {
+	rng := rand.New(rand.NewPCG(seed, 11))
+	w := make([]float32, rows*cols)
+	for i := range w {
+		w[i] = float32(rng.NormFloat64() * 0.05)
+	}
+	return w
+}
+
+// checkNM checks that keep has exactly N kept of every M along rows and
+// that ws is zero exactly where keep is false.
+func checkNM(t *testing.T, p format.NM, rows, cols int, ws []float32, keep []bool) {
+	t.Helper()
+	for r := 0; r < rows; r++ {
+		for g := 0; g < cols; g += p.M {
+			n := 0
+			for j := g; j < g+p.M; j++ {
+				if keep[r*cols+j] {
+					n++
+				} else if ws[r*cols+j] != 0 {
+					t.Fatalf("row %d col %d pruned but %g", r, j, ws[r*cols+j])
+				}
+			}
+			if n != p.N {
+				t.Fatalf("row %d group %d keeps %d, want %d", r, g/p.M, n, p.N)
+			}
+		}
+	}
+}
+
+func TestOneShotLayerError(t *testing.T) {
+	const n, rows, cols = 768, 48, 256
+	x := synthCalib(n, cols, 24, 1)
+	w := randWeights(rows, cols, 2)
+	norms := ColumnNorms(x, n, cols)
+	h := NewHessian(cols)
+	h.Add(x[:n/3*cols], n/3) // in two parts: accumulation is additive
+	h.Add(x[n/3*cols:], n-n/3)
+	var ref float64
+	for _, v := range w {
+		ref += float64(v) * float64(v)
+	}
+	dense := LayerError(x, n, w, make([]float32, len(w)), rows, cols) // ‖XWᵀ‖
+	for _, p := range []format.NM{{N: 2, M: 4}, {N: 4, M: 8}} {
+		mk, err := MagnitudeMask(p, rows, cols, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mag := ApplyMask(w, mk)
+		wk, err := WandaMask(p, rows, cols, w, norms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wan := ApplyMask(w, wk)
+		sg, sk, err := SparseGPT(p, rows, cols, w, h, SparseGPTOptions{BlockSize: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkNM(t, p, rows, cols, mag, mk)
+		checkNM(t, p, rows, cols, wan, wk)
+		checkNM(t, p, rows, cols, sg, sk)
+		eMag := LayerError(x, n, w, mag, rows, cols) / dense
+		eWan := LayerError(x, n, w, wan, rows, cols) / dense
+		eSG := LayerError(x, n, w, sg, rows, cols) / dense
+		t.Logf("%s: relative layer error ‖XWᵀ − XW_sᵀ‖/‖XWᵀ‖: magnitude %.4f, wanda %.4f, sparsegpt %.4f", p, eMag, eWan, eSG)
+		if !(eSG < eWan && eWan < eMag) {
+			t.Errorf("%s: want sparsegpt < wanda < magnitude, got %.4f, %.4f, %.4f", p, eSG, eWan, eMag)
+		}
+		// Deterministic: the same inputs give the same output.
+		sg2, sk2, err := SparseGPT(p, rows, cols, w, h, SparseGPTOptions{BlockSize: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(sg, sg2) || !slices.Equal(sk, sk2) {
+			t.Errorf("%s: sparsegpt is not deterministic", p)
+		}
+		wk2, _ := WandaMask(p, rows, cols, w, norms)
+		if !slices.Equal(wk, wk2) {
+			t.Errorf("%s: wanda is not deterministic", p)
+		}
+	}
+}
+
+// TestSparseGPTBlocks: the lazy batch updates are exact, so the block
+// size changes only rounding.
+func TestSparseGPTBlocks(t *testing.T) {
+	const n, rows, cols = 256, 12, 96
+	x := synthCalib(n, cols, 8, 3)
+	w := randWeights(rows, cols, 4)
+	h := NewHessian(cols)
+	h.Add(x, n)
+	p := format.NM{N: 2, M: 4}
+	a, ka, err := SparseGPT(p, rows, cols, w, h, SparseGPTOptions{BlockSize: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, kb, err := SparseGPT(p, rows, cols, w, h, SparseGPTOptions{BlockSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ka, kb) {
+		t.Fatal("masks differ with the block size")
+	}
+	for i := range a {
+		if math.Abs(float64(a[i]-b[i])) > 1e-5*(1+math.Abs(float64(a[i]))) {
+			t.Fatalf("value %d: %g vs %g", i, a[i], b[i])
+		}
+	}
+}
+
+// TestSparseGPTFactor: U is upper triangular and UᵀU is the inverse of
+// the damped Hessian.
+func TestSparseGPTFactor(t *testing.T) {
+	const n, d = 200, 70
+	x := synthCalib(n, d, 10, 5)
+	h := NewHessian(d)
+	h.Add(x, n)
+	u, err := sparseGPTFactor(h, 0.01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := make([]float64, d*d)
+	var mean float64
+	for i, v := range h.Sum {
+		a[i] = 2 * v / n
+	}
+	for j := 0; j < d; j++ {
+		mean += a[j*d+j] / d
+	}
+	for j := 0; j < d; j++ {
+		a[j*d+j] += 0.01 * mean
+	}
+	for i := 0; i < d; i++ {
+		for j := 0; j < i; j++ {
+			if u[i*d+j] != 0 {
+				t.Fatalf("U[%d][%d] = %g below the diagonal", i, j, u[i*d+j])
+			}
+		}
+		if u[i*d+i] <= 0 {
+			t.Fatalf("U[%d][%d] = %g", i, i, u[i*d+i])
+		}
+	}
+	// (UᵀU)·A = I.
+	for i := 0; i < d; i++ {
+		for j := 0; j < d; j++ {
+			var s float64
+			for k := 0; k < d; k++ {
+				var inv float64 // (UᵀU)[i][k]
+				for m := 0; m <= min(i, k); m++ {
+					inv += u[m*d+i] * u[m*d+k]
+				}
+				s += inv * a[k*d+j]
+			}
+			want := 0.0
+			if i == j {
+				want = 1
+			}
+			if math.Abs(s-want) > 1e-8 {
+				t.Fatalf("(UᵀU·H)[%d][%d] = %g, want %g", i, j, s, want)
+			}
+		}
+	}
+	// The Hessian's sum matches a naive XᵀX.
+	for a0 := 0; a0 < d; a0 += 13 {
+		for b0 := 0; b0 < d; b0 += 7 {
+			var s float64
+			for t0 := 0; t0 < n; t0++ {
+				s += float64(x[t0*d+a0]) * float64(x[t0*d+b0])
+			}
+			if math.Abs(s-h.Sum[a0*d+b0]) > 1e-9*math.Abs(s)+1e-9 {
+				t.Fatalf("XᵀX[%d][%d] = %g, want %g", a0, b0, h.Sum[a0*d+b0], s)
+			}
+		}
+	}
+}
+
+func TestWandaMaskTies(t *testing.T) {
+	p := format.NM{N: 2, M: 4}
+	w := []float32{1, -1, 1, 1, 0.5, 2, 0.5, 3}
+	keep, err := WandaMask(p, 1, 8, w, []float64{1, 1, 1, 1, 4, 1, 4, 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Group 1: all scores equal, the lower indices win; group 2: scores
+	// 2, 2, 2, 3.
+	want := []bool{true, true, false, false, true, false, false, true}
+	if !slices.Equal(keep, want) {
+		t.Errorf("keep %v, want %v", keep, want)
+	}
+	if _, err := WandaMask(p, 1, 8, w, []float64{1}); err == nil {
+		t.Error("wrong norms length accepted")
+	}
+	if _, _, err := SparseGPT(p, 1, 8, w, NewHessian(8), SparseGPTOptions{}); err == nil {
+		t.Error("empty Hessian accepted")
+	}
+}
