@@ -712,7 +712,11 @@ func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad 
 		}
 		ws = ApplyMask(t.Data, keep)
 	}
-	roundToDType(dt, ws)
+	// Values read from a checkpoint of the stored dtype are already exact
+	// in it; only converted or updated (SparseGPT) values need rounding.
+	if pre != nil || t.DType != dt {
+		roundToDType(dt, ws)
+	}
 	var err error
 	var l, r []float32
 	if rank > 0 {

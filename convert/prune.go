@@ -56,6 +56,9 @@ func MagnitudeMask(p format.NM, rows, cols int, w []float32) ([]bool, error) {
 // magnitudeRows fills keep for whole rows of w; row0 is the first row's
 // index (for errors).
 func magnitudeRows(p format.NM, cols int, w []float32, keep []bool, row0 int) error {
+	if p.N == 2 && p.M == 4 {
+		return magnitudeRows24(cols, w, keep, row0)
+	}
 	var abs [16]uint32 // |w| as ordered bit patterns (non-NaN floats order like their bits)
 	for base := 0; base < len(w); base += p.M {
 		for j := 0; j < p.M; j++ {
@@ -81,10 +84,73 @@ func magnitudeRows(p format.NM, cols int, w []float32, keep []bool, row0 int) er
 // ApplyMask returns a copy of w with the entries not kept set to zero.
 func ApplyMask(w []float32, keep []bool) []float32 {
 	out := make([]float32, len(w))
-	for i, k := range keep {
-		if k && i < len(w) {
-			out[i] = w[i]
+	keep = keep[:min(len(keep), len(w))]
+	parallelChunks(len(keep), func(lo, hi int) {
+		for i, k := range keep[lo:hi] {
+			// Branch-free (the mask is random): the bits AND an all-ones
+			// or all-zeros word; a dropped entry becomes +0.
+			out[lo+i] = math.Float32frombits(math.Float32bits(w[lo+i]) & -uint32(b2i(k)))
 		}
-	}
+	})
 	return out
+}
+
+// magnitudeRows24 is magnitudeRows for 2:4, unrolled: the same ranks (an
+// entry is kept when fewer than 2 entries beat it: a strictly larger |w|,
+// or an equal one at a lower index).
+func magnitudeRows24(cols int, w []float32, keep []bool, row0 int) error {
+	keep = keep[:len(w)]
+	for base := 0; base+4 <= len(w); base += 4 {
+		g := w[base : base+4 : base+4]
+		k0, k1, k2, k3 := absKey(g[0]), absKey(g[1]), absKey(g[2]), absKey(g[3])
+		if k0 > 0x7f800000 || k1 > 0x7f800000 || k2 > 0x7f800000 || k3 > 0x7f800000 {
+			for j, v := range g {
+				if v != v {
+					return fmt.Errorf("magnitude mask: NaN at row %d, col %d", row0+(base+j)/cols, (base+j)%cols)
+				}
+			}
+		}
+		// beaten_j counts i != j with k_i > k_j, or k_i == k_j and i < j.
+		b01, b02, b03 := b2i(k0 >= k1), b2i(k0 >= k2), b2i(k0 >= k3) // 0 beats (or ties ahead of) 1, 2, 3
+		b12, b13, b23 := b2i(k1 >= k2), b2i(k1 >= k3), b2i(k2 >= k3)
+		beaten0 := (1 - b01) + (1 - b02) + (1 - b03)
+		beaten1 := b01 + (1 - b12) + (1 - b13)
+		beaten2 := b02 + b12 + (1 - b23)
+		beaten3 := b03 + b13 + b23
+		kk := keep[base : base+4 : base+4]
+		kk[0], kk[1], kk[2], kk[3] = beaten0 < 2, beaten1 < 2, beaten2 < 2, beaten3 < 2
+	}
+	return nil
+}
+
+func absKey(v float32) uint32 { return math.Float32bits(v) &^ (1 << 31) }
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// parallelChunks runs fn over contiguous chunks of [0, n) on all cores
+// when n is large (element-wise work whose result depends only on the
+// element).
+func parallelChunks(n int, fn func(lo, hi int)) {
+	t := runtime.GOMAXPROCS(0)
+	if n < 1<<19 || t <= 1 {
+		if n > 0 {
+			fn(0, n)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < t; w++ {
+		lo, hi := n*w/t, n*(w+1)/t
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
 }

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/slopeml/slope/format"
@@ -107,5 +108,53 @@ func TestMagnitudeMaskErrors(t *testing.T) {
 	}
 	if _, err := MagnitudeMask(p, -1, 4, nil); err == nil {
 		t.Error("negative rows accepted")
+	}
+}
+
+// The unrolled 2:4 path picks exactly what the general rank loop picks,
+// ties (including +0 and -0) and all.
+func TestMagnitudeRows24MatchesGeneral(t *testing.T) {
+	rng := rand.New(rand.NewPCG(24, 4))
+	const rows, cols = 37, 64
+	w := make([]float32, rows*cols)
+	for i := range w {
+		switch rng.IntN(4) {
+		case 0:
+			w[i] = float32(rng.IntN(3) - 1) // many exact ties, +0
+		case 1:
+			w[i] = float32(math.Copysign(0, -1))
+		default:
+			w[i] = float32(rng.NormFloat64())
+		}
+	}
+	fast := make([]bool, len(w))
+	if err := magnitudeRows24(cols, w, fast, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The general loop, forced by a pattern value that is not 2:4 in type.
+	general := make([]bool, len(w))
+	var abs [16]uint32
+	for base := 0; base < len(w); base += 4 {
+		for j := 0; j < 4; j++ {
+			abs[j] = math.Float32bits(w[base+j]) &^ (1 << 31)
+		}
+		for j := 0; j < 4; j++ {
+			beaten := 0
+			for i := 0; i < 4; i++ {
+				if abs[i] > abs[j] || (abs[i] == abs[j] && i < j) {
+					beaten++
+				}
+			}
+			general[base+j] = beaten < 2
+		}
+	}
+	for i := range w {
+		if fast[i] != general[i] {
+			t.Fatalf("element %d (group %v): fast %v, general %v", i, w[i/4*4:i/4*4+4], fast[i], general[i])
+		}
+	}
+	w[5] = float32(math.NaN())
+	if err := magnitudeRows24(cols, w, fast, 0); err == nil || !strings.Contains(err.Error(), "row 0, col 5") {
+		t.Fatalf("NaN: %v", err)
 	}
 }

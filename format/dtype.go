@@ -187,6 +187,11 @@ func EncodeFloats(dt slopepb.DType, src []float32, dst []byte) error {
 	if err := floatCodecLen("encode floats", dt, len(src), len(dst)); err != nil {
 		return err
 	}
+	parallelFor(len(src), 1, func(lo, hi int) { encodeFloatsChunk(dt, src[lo:hi], dst[lo*len(dst)/max(len(src), 1):]) })
+	return nil
+}
+
+func encodeFloatsChunk(dt slopepb.DType, src []float32, dst []byte) {
 	switch dt {
 	case slopepb.DType_FLOAT32:
 		for i, v := range src {
@@ -201,7 +206,6 @@ func EncodeFloats(dt slopepb.DType, src []float32, dst []byte) error {
 			binary.LittleEndian.PutUint16(dst[2*i:], Float32ToBFloat16(v))
 		}
 	}
-	return nil
 }
 
 // DecodeFloats reads little-endian elements of the float dtype dt from src
@@ -211,6 +215,11 @@ func DecodeFloats(dt slopepb.DType, src []byte, dst []float32) error {
 	if err := floatCodecLen("decode floats", dt, len(dst), len(src)); err != nil {
 		return err
 	}
+	parallelFor(len(dst), 1, func(lo, hi int) { decodeFloatsChunk(dt, src[lo*len(src)/max(len(dst), 1):], dst[lo:hi]) })
+	return nil
+}
+
+func decodeFloatsChunk(dt slopepb.DType, src []byte, dst []float32) {
 	switch dt {
 	case slopepb.DType_FLOAT32:
 		for i := range dst {
@@ -226,7 +235,6 @@ func DecodeFloats(dt slopepb.DType, src []byte, dst []float32) error {
 			dst[i] = BFloat16ToFloat32(binary.LittleEndian.Uint16(src[2*i:]))
 		}
 	}
-	return nil
 }
 
 // f16Table maps every half to its float32 (256 KiB, built once): decoding

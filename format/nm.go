@@ -236,29 +236,33 @@ func SplitNM(p NM, rows, cols int, dense []float32, keep []bool) (values []float
 		return nil, nil, err
 	}
 	// Check the mask before allocating the outputs.
-	for r := 0; r < rows; r++ {
-		for gi := 0; gi < g.groups; gi++ {
-			base := r*cols + gi*p.M
-			c := 0
-			for _, k := range keep[base : base+p.M] {
-				if k {
-					c++
-				}
+	keep = keep[:rows*cols]
+	for base := 0; base < len(keep); base += p.M {
+		c := 0
+		for _, k := range keep[base : base+p.M] {
+			if k {
+				c++
 			}
-			if c != p.N {
-				return nil, nil, fmt.Errorf("pattern %s: row %d, group %d: keep mask keeps %d of %d, want %d: %w",
-					p, r, gi, c, p.M, p.N, ErrIndex)
-			}
+		}
+		if c != p.N {
+			return nil, nil, fmt.Errorf("pattern %s: row %d, group %d: keep mask keeps %d of %d, want %d: %w",
+				p, base/cols, base%cols/p.M, c, p.M, p.N, ErrIndex)
 		}
 	}
 	values = make([]float32, g.total)
 	idx = make([]uint8, g.total)
+	if p.N == 2 && p.M == 4 {
+		parallelFor(len(keep), 4, func(lo, hi int) { split24(dense[lo:hi], keep[lo:hi], values[lo/2:hi/2], idx[lo/2:hi/2]) })
+		return values, idx, nil
+	}
 	j := 0
-	for i, k := range keep {
-		if k {
-			values[j] = dense[i]
-			idx[j] = uint8(i % p.M)
-			j++
+	for base := 0; base < len(keep); base += p.M {
+		for o, k := range keep[base : base+p.M] {
+			if k {
+				values[j] = dense[base+o]
+				idx[j] = uint8(o)
+				j++
+			}
 		}
 	}
 	return values, idx, nil
@@ -687,4 +691,38 @@ func nmTablesFor(p NM) *nmPatternTables {
 		e.t.byteOK = byteOK
 	})
 	return &e.t
+}
+
+// pairs24[mask] are the two set positions of a 4-bit mask with exactly
+// two bits set (other entries are unused).
+var pairs24 = func() (t [16][2]uint8) {
+	for m := 0; m < 16; m++ {
+		k := 0
+		for b := 0; b < 4 && k < 2; b++ {
+			if m>>b&1 == 1 {
+				t[m][k] = uint8(b)
+				k++
+			}
+		}
+	}
+	return t
+}()
+
+// split24 is SplitNM's loop for 2:4 masks already checked to keep two of
+// every four: branch-free on the mask.
+func split24(dense []float32, keep []bool, values []float32, idx []uint8) {
+	for g := 0; g < len(keep)/4; g++ {
+		k := keep[4*g : 4*g+4 : 4*g+4]
+		m := b2u(k[0]) | b2u(k[1])<<1 | b2u(k[2])<<2 | b2u(k[3])<<3
+		pr := pairs24[m]
+		values[2*g], values[2*g+1] = dense[4*g+int(pr[0])], dense[4*g+int(pr[1])]
+		idx[2*g], idx[2*g+1] = pr[0], pr[1]
+	}
+}
+
+func b2u(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
 }

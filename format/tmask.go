@@ -431,8 +431,23 @@ func DoublePruneMagnitude(p NM, rows, cols int, values []float32, idx []uint8) (
 	if err := g.checkInputs(values, idx); err != nil {
 		return nil, err
 	}
-	n, m := p.N, p.M
 	keep = make([]bool, g.total)
+	if p.N == 2 && p.M == 4 {
+		// Row groups are independent: split them over the cores.
+		kept := cols / 2
+		parallelFor(len(values), 4*kept, func(lo, hi int) {
+			doublePrune24((hi-lo)/kept, cols, values[lo:hi], idx[lo:hi], keep[lo:hi])
+		})
+	} else {
+		doublePruneGeneral(g, p, cols, values, idx, keep)
+	}
+	return keep, nil
+}
+
+// doublePruneGeneral is DoublePruneMagnitude for any pattern: per group
+// of M rows, the kept values of each column ranked by magnitude.
+func doublePruneGeneral(g tmGeom, p NM, cols int, values []float32, idx []uint8, keep []bool) {
+	n, m := p.N, p.M
 	cnt := make([]uint8, cols)
 	cand := make([]int, cols*m) // per column: positions in values, in row order
 	for rg := 0; rg < g.rowGroups; rg++ {
@@ -455,12 +470,15 @@ func DoublePruneMagnitude(p NM, rows, cols int, values []float32, idx []uint8) (
 			}
 			// Rank each candidate: how many beat it (larger magnitude, or
 			// equal magnitude and an earlier row). At most M candidates.
+			var keys [16]uint32
 			for i, pi := range list {
-				ki := tmMagnitudeKey(values[pi])
+				keys[i] = tmMagnitudeKey(values[pi])
+			}
+			for i, pi := range list {
+				ki := keys[i]
 				beaten := 0
-				for k, pk := range list {
-					kk := tmMagnitudeKey(values[pk])
-					if kk > ki || (kk == ki && k < i) {
+				for k := range list {
+					if keys[k] > ki || (keys[k] == ki && k < i) {
 						beaten++
 					}
 				}
@@ -468,11 +486,63 @@ func DoublePruneMagnitude(p NM, rows, cols int, values []float32, idx []uint8) (
 			}
 		}
 	}
-	return keep, nil
 }
 
 // tmMagnitudeKey orders float32 values by magnitude: the bits without the
 // sign compare like |v| for numbers, and put NaNs above +Inf.
 func tmMagnitudeKey(v float32) uint32 {
 	return math.Float32bits(v) &^ (1 << 31)
+}
+
+// doublePrune24 is DoublePruneMagnitude for 2:4 (inputs already checked):
+// per group of 4 rows, the kept values are laid out by column with key
+// |v|+1 (0 for an absent entry, which then never beats a present one),
+// and each present entry is kept when fewer than 2 present entries beat
+// it (a larger key, or an equal one in an earlier row) — the same ranks
+// as the general path, without branches on the data: results are computed
+// for every (row, column) of the group, then gathered in values order.
+func doublePrune24(rows, cols int, values []float32, idx []uint8, keep []bool) {
+	kept := cols / 2
+	keys := make([]uint32, 4*cols)
+	res := make([]bool, 4*cols)
+	for rg := 0; rg < rows/4; rg++ {
+		clear(keys)
+		for r := 0; r < 4; r++ {
+			row := rg*4 + r
+			vs := values[row*kept : (row+1)*kept]
+			is := idx[row*kept : (row+1)*kept]
+			kr := keys[r*cols : (r+1)*cols]
+			for j := range vs {
+				kr[j/2*4+int(is[j]&3)] = tmMagnitudeKey(vs[j]) + 1
+			}
+		}
+		k0s, k1s, k2s, k3s := keys[:cols], keys[cols:2*cols], keys[2*cols:3*cols], keys[3*cols:4*cols]
+		r0s, r1s, r2s, r3s := res[:cols], res[cols:2*cols], res[2*cols:3*cols], res[3*cols:4*cols]
+		for c := 0; c < cols; c++ {
+			k0, k1, k2, k3 := k0s[c], k1s[c], k2s[c], k3s[c]
+			b01, b02, b03 := b2i(k0 >= k1), b2i(k0 >= k2), b2i(k0 >= k3)
+			b12, b13, b23 := b2i(k1 >= k2), b2i(k1 >= k3), b2i(k2 >= k3)
+			// Absent entries get a value too; it is never read.
+			r0s[c] = (1-b01)+(1-b02)+(1-b03) < 2
+			r1s[c] = b01+(1-b12)+(1-b13) < 2
+			r2s[c] = b02+b12+(1-b23) < 2
+			r3s[c] = b03+b13+b23 < 2
+		}
+		for r := 0; r < 4; r++ {
+			row := rg*4 + r
+			is := idx[row*kept : (row+1)*kept]
+			ks := keep[row*kept : (row+1)*kept]
+			rr := res[r*cols : (r+1)*cols]
+			for j := range ks {
+				ks[j] = rr[j/2*4+int(is[j]&3)]
+			}
+		}
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -548,3 +548,44 @@ func TestTransposeMaskValidateMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+// The branch-free 2:4 double pruning picks what the general ranking
+// picks, ties between rows (and zeros) included.
+func TestDoublePrune24MatchesGeneral(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 24))
+	p := NM{N: 2, M: 4}
+	for _, shape := range [][2]int{{4, 8}, {8, 64}, {36, 256}} {
+		rows, cols := shape[0], shape[1]
+		dense := make([]float32, rows*cols)
+		for i := range dense {
+			if rng.IntN(3) == 0 {
+				dense[i] = float32(rng.IntN(3) - 1)
+			} else {
+				dense[i] = float32(rng.NormFloat64())
+			}
+		}
+		keep := make([]bool, len(dense))
+		for gi := 0; gi < len(dense)/4; gi++ {
+			a := rng.IntN(4)
+			b := (a + 1 + rng.IntN(3)) % 4
+			keep[4*gi+a], keep[4*gi+b] = true, true
+		}
+		values, idx, err := SplitNM(p, rows, cols, dense, keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := tmGeometry(p, rows, cols)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fast := make([]bool, len(values))
+		general := make([]bool, len(values))
+		doublePrune24(rows, cols, values, idx, fast)
+		doublePruneGeneral(g, p, cols, values, idx, general)
+		for i := range fast {
+			if fast[i] != general[i] {
+				t.Fatalf("%dx%d: value %d: fast %v, general %v", rows, cols, i, fast[i], general[i])
+			}
+		}
+	}
+}
