@@ -77,9 +77,9 @@ func (s *attentionStep) Forward(c *Call, in []*Value, out *Value) error {
 		return s.forwardGEMM(c, q, keys, vals, stride, out)
 	}
 	// Each goroutine takes a contiguous range of (sequence, head) pairs;
-	// per query it walks the key and value rows once, reading its heads'
-	// columns of each row together (contiguous), rather than one head's
-	// 64 values per row at a time.
+	// per query it walks the key and value rows in blocks of attendBlock
+	// rows, all of its heads per block (cpu.DotRows / cpu.AxpyRows), so
+	// each cached row is read whole while it is in cache.
 	parallelRows(c.Batch*s.heads, c.Threads, func(lo, hi int) {
 		nh := min(hi-lo, s.heads)
 		scores := make([]float32, nh*total)
@@ -96,55 +96,89 @@ func (s *attentionStep) Forward(c *Call, in []*Value, out *Value) error {
 	return nil
 }
 
+// attendBlock is the number of key rows attendHeads takes through all
+// its heads before moving on: the rows' heads are adjacent in memory, so
+// a block of rows (16·dim floats) comes from memory once and then serves
+// the other heads from cache. Walking all rows one head at a time instead
+// was slower once the cache outgrows L2 (about 25% at 256 tokens of
+// OPT-125m's 12 layers).
+const attendBlock = 16
+
 // attendHeads computes heads hlo..hhi-1 of one query (q and y are the
 // query's full rows) over the key/value rows base..base+len(mask)-1 whose
 // mask is 1: per head softmax(scale·q·kᵀ)·v in float32 with the maximum
 // subtracted. scores holds (hhi-hlo)·len(mask) values, stats 2·(hhi-hlo).
-// Per head the arithmetic (and its order) is that of one head at a time.
+//
+// The visible keys are taken in runs (masked keys, left padding in
+// practice, are never read), each run in blocks of attendBlock rows; per
+// block and head one DotRows call computes the scores and, after the
+// softmax, one AxpyRows call accumulates the value rows. Per head the
+// softmax sum and every output element accumulate over the keys in order.
 func (s *attentionStep) attendHeads(y, q, keys, vals []float32, base, hlo, hhi int, mask []int32, scores, stats []float32) {
-	n, hd := len(mask), s.headDim
+	n, hd, dim := len(mask), s.headDim, s.dim
 	nh := hhi - hlo
 	mx, sum := stats[:nh], stats[nh:2*nh]
-	for h := range nh {
-		mx[h], sum[h] = float32(math.Inf(-1)), 0
-	}
-	for j := range mask {
-		if mask[j] == 0 {
-			continue
+	clear(y[hlo*hd : hhi*hd])
+	// nextRun returns the run [a, b) of visible keys that starts first at
+	// or after j (a = n when there is none).
+	nextRun := func(j int) (a, b int) {
+		for j < n && mask[j] == 0 {
+			j++
 		}
-		krow := keys[(base+j)*s.dim : (base+j+1)*s.dim]
-		for h := hlo; h < hhi; h++ {
-			off := h * hd
-			sc := s.scale * cpu.Dot(q[off:off+hd], krow[off:off+hd])
-			scores[(h-hlo)*n+j] = sc
-			mx[h-hlo] = max(mx[h-hlo], sc)
+		a = j
+		for j < n && mask[j] != 0 {
+			j++
+		}
+		return a, j
+	}
+	// rows returns exactly head h's columns of rows a..b-1 of keys or vals.
+	rows := func(kv []float32, a, b, h int) []float32 {
+		return kv[(base+a)*dim+h*hd : (base+b-1)*dim+(h+1)*hd]
+	}
+	for a, b := nextRun(0); a < n; a, b = nextRun(b) {
+		for j0 := a; j0 < b; j0 += attendBlock {
+			j1 := min(j0+attendBlock, b)
+			for h := hlo; h < hhi; h++ {
+				sc := scores[(h-hlo)*n:]
+				cpu.DotRows(sc[j0:j1], q[h*hd:(h+1)*hd], rows(keys, j0, j1, h), dim, j1-j0)
+			}
 		}
 	}
-	yh := y[hlo*hd : hhi*hd]
-	for e := range yh {
-		yh[e] = 0
-	}
-	if math.IsInf(float64(mx[0]), -1) {
-		return // no visible key (the mask is shared by all heads): a padded query
-	}
-	for j := range mask {
-		if mask[j] == 0 {
-			continue
+	for i := range nh {
+		sc := scores[i*n : (i+1)*n]
+		m := float32(math.Inf(-1))
+		for a, b := nextRun(0); a < n; a, b = nextRun(b) {
+			for j := a; j < b; j++ {
+				sc[j] *= s.scale
+				m = max(m, sc[j])
+			}
 		}
-		vrow := vals[(base+j)*s.dim : (base+j+1)*s.dim]
-		for h := hlo; h < hhi; h++ {
-			i := (h - hlo) * n
-			p := expf(scores[i+j] - mx[h-hlo])
-			sum[h-hlo] += p
-			off := h * hd
-			cpu.Axpy(y[off:off+hd], p, vrow[off:off+hd])
+		if math.IsInf(float64(m), -1) {
+			return // no visible key (the mask is shared by all heads): a padded query
+		}
+		var t float32
+		for a, b := nextRun(0); a < n; a, b = nextRun(b) {
+			for j := a; j < b; j++ {
+				sc[j] = expf(sc[j] - m)
+				t += sc[j]
+			}
+		}
+		mx[i], sum[i] = m, t
+	}
+	for a, b := nextRun(0); a < n; a, b = nextRun(b) {
+		for j0 := a; j0 < b; j0 += attendBlock {
+			j1 := min(j0+attendBlock, b)
+			for h := hlo; h < hhi; h++ {
+				sc := scores[(h-hlo)*n:]
+				cpu.AxpyRows(y[h*hd:(h+1)*hd], sc[j0:j1], rows(vals, j0, j1, h), dim, j1-j0)
+			}
 		}
 	}
 	for h := hlo; h < hhi; h++ {
 		inv := 1 / sum[h-hlo]
-		yy := y[h*hd : (h+1)*hd]
-		for e := range yy {
-			yy[e] *= inv
+		yh := y[h*hd : (h+1)*hd]
+		for e := range yh {
+			yh[e] *= inv
 		}
 	}
 }

@@ -87,3 +87,93 @@ func axpyGo(y []float32, alpha float32, x []float32) {
 		y[i] += float32(alpha * x[i])
 	}
 }
+
+// fitRows returns how many of rows rows of width n, ld floats apart, lie
+// within a slice of length size: row j occupies [j*ld, j*ld+n).
+func fitRows(rows, ld, n, size int) int {
+	if rows <= 0 || ld < 0 || size < n {
+		return 0
+	}
+	if ld == 0 {
+		return rows
+	}
+	return min(rows, (size-n)/ld+1)
+}
+
+// DotRows sets out[j] = Σ_i q[i]·k[j*ld+i] over i < len(q) for j < rows:
+// the dot products of one query with rows key rows stored ld floats apart
+// (ld >= len(q) for disjoint rows; any ld >= 0 works). The contract is
+// len(out) >= rows and len(k) >= (rows-1)*ld+len(q). Rows beyond it, those
+// j with j >= len(out) or j*ld+len(q) > len(k), are not computed and
+// out[j] stays as it was; rows <= 0 or ld < 0 compute nothing; an empty q
+// gives 0 for each computed row. Nothing panics and nothing outside the
+// rows' first len(q) elements of k is read.
+//
+// Each out[j] is computed in float32 in an order fixed by len(q) alone
+// (the same bits whatever j, rows and ld, on a given CPU kind and build).
+// The AVX2+FMA kernel does 4 rows per step: per row one 8-wide FMA chain
+// over the even and one over the odd 8-blocks of each 16-block, a
+// remaining full 8-block on the first chain and the zero-padded last
+// len(q)%8 elements on the second, the chains added and the 8 lanes
+// summed as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)), the 4 rows' sums
+// sharing one horizontal reduction. The Go kernel computes each row as
+// Dot's Go kernel does (4 scalar chains over blocks of 4, combined
+// (0+1)+(2+3), then a scalar tail, every product rounded).
+func DotRows(out, q, k []float32, ld, rows int) {
+	n := len(q)
+	rows = fitRows(min(rows, len(out)), ld, n, len(k))
+	if rows == 0 {
+		return
+	}
+	if n == 0 {
+		clear(out[:rows])
+		return
+	}
+	if asmOn() {
+		dotRowsAsm(&out[0], &q[0], &k[0], ld, rows, n)
+		return
+	}
+	dotRowsGo(out[:rows], q, k, ld)
+}
+
+// AxpyRows computes y[i] += Σ_j p[j]·v[j*ld+i] for i < len(y), j < rows:
+// the p-weighted sum of rows value rows stored ld floats apart (any
+// ld >= 0), added to y. The contract is len(p) >= rows and
+// len(v) >= (rows-1)*ld+len(y); rows beyond it (j >= len(p) or
+// j*ld+len(y) > len(v)) are left out, rows <= 0 or ld < 0 add nothing, an
+// empty y is a no-op. Nothing panics and nothing outside y and the rows'
+// first len(y) elements of v is read or written. Neither p nor v may
+// overlap y.
+//
+// Every element accumulates over j ascending, one row at a time, exactly
+// as rows calls Axpy(y, p[j], v[j*ld:]) would: with AVX2+FMA each step is
+// y[i] = fma(p[j], v[j*ld+i], y[i]) (the kernel keeps blocks of up to 64
+// elements of y in registers across the rows); the Go kernel rounds the
+// product and then the sum. A row with p[j] = 0 still adds 0·v, so the
+// caller must leave out rows whose values may be Inf or NaN.
+func AxpyRows(y, p, v []float32, ld, rows int) {
+	n := len(y)
+	rows = fitRows(min(rows, len(p)), ld, n, len(v))
+	if rows == 0 || n == 0 {
+		return
+	}
+	if asmOn() {
+		axpyRowsAsm(&y[0], &p[0], &v[0], ld, rows, n)
+		return
+	}
+	axpyRowsGo(y, p[:rows], v, ld)
+}
+
+// dotRowsGo is the portable DotRows over len(out) rows that all fit.
+func dotRowsGo(out, q, k []float32, ld int) {
+	for j := range out {
+		out[j] = dotGo(q, k[j*ld:j*ld+len(q)])
+	}
+}
+
+// axpyRowsGo is the portable AxpyRows over len(p) rows that all fit.
+func axpyRowsGo(y, p, v []float32, ld int) {
+	for j, pj := range p {
+		axpyGo(y, pj, v[j*ld:j*ld+len(y)])
+	}
+}

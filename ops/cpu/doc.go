@@ -69,7 +69,13 @@
 // AVX2+FMA they run generated assembly (Dot: 4 8-wide FMA chains over
 // blocks of 32, one over blocks of 8, a fixed horizontal sum and a scalar
 // tail; Axpy: one FMA per element), else Go loops unrolled by 4; the
-// summation order depends only on the length.
+// summation order depends only on the length. DotRows (one query against
+// many key rows, ld floats apart) and AxpyRows (many p-weighted value
+// rows into one y) do a whole run of keys per call: DotRows 4 rows per
+// step with two FMA chains per row and one shared VHADDPS reduction for
+// the 4 rows, AxpyRows with blocks of up to 64 elements of y held in
+// registers across the rows (per element the same FMA chain as one Axpy
+// per row); the tails use masked loads.
 //
 // Results are deterministic: every output element is computed by one
 // goroutine, by the same kernel and in the same order whatever the thread

@@ -148,3 +148,7 @@ func spmmZAsm(mb, r int, xt *float32, off *uint32, vals *float32, l0, steps int,
 func dotAsm(a, b *float32, n int) float32 { return dotAVX2(a, b, n) }
 
 func axpyAsm(y *float32, alpha float32, x *float32, n int) { axpyAVX2(y, alpha, x, n) }
+
+func dotRowsAsm(out, q, k *float32, ld, rows, n int) { dotRowsAVX2(out, q, k, ld, rows, n) }
+
+func axpyRowsAsm(y, p, v *float32, ld, rows, n int) { axpyRowsAVX2(y, p, v, ld, rows, n) }

@@ -30,3 +30,5 @@ func transposeAsm(*float32, int, *float32, int, int)                            
 func transposeBiasAsm(*float32, int, *float32, int, int, *float32)                 { noAsm() }
 func dotAsm(*float32, *float32, int) float32                                       { noAsm(); return 0 }
 func axpyAsm(*float32, float32, *float32, int)                                     { noAsm() }
+func dotRowsAsm(*float32, *float32, *float32, int, int, int)                       { noAsm() }
+func axpyRowsAsm(*float32, *float32, *float32, int, int, int)                      { noAsm() }

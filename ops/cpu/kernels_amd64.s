@@ -34,6 +34,24 @@ DATA hiMask<>+24(SB)/4, $0xffff0000
 DATA hiMask<>+28(SB)/4, $0xffff0000
 GLOBL hiMask<>(SB), RODATA|NOPTR, $32
 
+DATA tailMask<>+0(SB)/4, $0xffffffff
+DATA tailMask<>+4(SB)/4, $0xffffffff
+DATA tailMask<>+8(SB)/4, $0xffffffff
+DATA tailMask<>+12(SB)/4, $0xffffffff
+DATA tailMask<>+16(SB)/4, $0xffffffff
+DATA tailMask<>+20(SB)/4, $0xffffffff
+DATA tailMask<>+24(SB)/4, $0xffffffff
+DATA tailMask<>+28(SB)/4, $0xffffffff
+DATA tailMask<>+32(SB)/4, $0x00000000
+DATA tailMask<>+36(SB)/4, $0x00000000
+DATA tailMask<>+40(SB)/4, $0x00000000
+DATA tailMask<>+44(SB)/4, $0x00000000
+DATA tailMask<>+48(SB)/4, $0x00000000
+DATA tailMask<>+52(SB)/4, $0x00000000
+DATA tailMask<>+56(SB)/4, $0x00000000
+DATA tailMask<>+60(SB)/4, $0x00000000
+GLOBL tailMask<>(SB), RODATA|NOPTR, $64
+
 // func fmaPeakAVX2(iters int)
 // Requires: AVX, FMA3
 TEXT ·fmaPeakAVX2(SB), NOSPLIT, $0-8
@@ -4193,5 +4211,301 @@ axpyAVX2_tail:
 	JMP         axpyAVX2_tail
 
 axpyAVX2_done:
+	VZEROUPPER
+	RET
+
+// func dotRowsAVX2(out *float32, q *float32, k *float32, ld int, rows int, n int)
+// Requires: AVX, FMA3
+TEXT ·dotRowsAVX2(SB), NOSPLIT, $0-48
+	MOVQ    out+0(FP), AX
+	MOVQ    q+8(FP), CX
+	MOVQ    k+16(FP), DX
+	MOVQ    ld+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    rows+32(FP), SI
+	MOVQ    n+40(FP), DI
+	LEAQ    (BX)(BX*2), R8
+	MOVQ    DI, R9
+	ANDQ    $0x07, R9
+	NEGQ    R9
+	ADDQ    $0x08, R9
+	LEAQ    tailMask<>+0(SB), R10
+	VMOVDQU (R10)(R9*4), Y0
+
+dotRowsAVX2_r4:
+	CMPQ   SI, $0x04
+	JL     dotRowsAVX2_r1
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	MOVQ   CX, R9
+	MOVQ   DX, R10
+	MOVQ   DI, R11
+
+dotRowsAVX2_4_b16:
+	CMPQ        R11, $0x10
+	JL          dotRowsAVX2_4_b8
+	VMOVUPS     (R9), Y9
+	VMOVUPS     32(R9), Y10
+	VFMADD231PS (R10), Y9, Y1
+	VFMADD231PS 32(R10), Y10, Y5
+	VFMADD231PS (R10)(BX*1), Y9, Y2
+	VFMADD231PS 32(R10)(BX*1), Y10, Y6
+	VFMADD231PS (R10)(BX*2), Y9, Y3
+	VFMADD231PS 32(R10)(BX*2), Y10, Y7
+	VFMADD231PS (R10)(R8*1), Y9, Y4
+	VFMADD231PS 32(R10)(R8*1), Y10, Y8
+	ADDQ        $0x40, R9
+	ADDQ        $0x40, R10
+	SUBQ        $0x10, R11
+	JMP         dotRowsAVX2_4_b16
+
+dotRowsAVX2_4_b8:
+	CMPQ        R11, $0x08
+	JL          dotRowsAVX2_4_tail
+	VMOVUPS     (R9), Y9
+	VFMADD231PS (R10), Y9, Y1
+	VFMADD231PS (R10)(BX*1), Y9, Y2
+	VFMADD231PS (R10)(BX*2), Y9, Y3
+	VFMADD231PS (R10)(R8*1), Y9, Y4
+	ADDQ        $0x20, R9
+	ADDQ        $0x20, R10
+	SUBQ        $0x08, R11
+
+dotRowsAVX2_4_tail:
+	TESTQ       R11, R11
+	JZ          dotRowsAVX2_4_fold
+	VMASKMOVPS  (R9), Y0, Y9
+	VMASKMOVPS  (R10), Y0, Y10
+	VFMADD231PS Y10, Y9, Y5
+	VMASKMOVPS  (R10)(BX*1), Y0, Y10
+	VFMADD231PS Y10, Y9, Y6
+	VMASKMOVPS  (R10)(BX*2), Y0, Y10
+	VFMADD231PS Y10, Y9, Y7
+	VMASKMOVPS  (R10)(R8*1), Y0, Y10
+	VFMADD231PS Y10, Y9, Y8
+
+dotRowsAVX2_4_fold:
+	VADDPS       Y5, Y1, Y1
+	VADDPS       Y6, Y2, Y2
+	VADDPS       Y7, Y3, Y3
+	VADDPS       Y8, Y4, Y4
+	VHADDPS      Y2, Y1, Y1
+	VHADDPS      Y4, Y3, Y2
+	VHADDPS      Y2, Y1, Y1
+	VEXTRACTF128 $0x01, Y1, X2
+	VADDPS       X2, X1, X2
+	VMOVUPS      X2, (AX)
+	ADDQ         $0x10, AX
+	LEAQ         (DX)(BX*4), DX
+	SUBQ         $0x04, SI
+	JMP          dotRowsAVX2_r4
+
+dotRowsAVX2_r1:
+	TESTQ  SI, SI
+	JZ     dotRowsAVX2_done
+	VXORPS Y1, Y1, Y1
+	VXORPS Y5, Y5, Y5
+	MOVQ   CX, R8
+	MOVQ   DX, R9
+	MOVQ   DI, R10
+
+dotRowsAVX2_1_b16:
+	CMPQ        R10, $0x10
+	JL          dotRowsAVX2_1_b8
+	VMOVUPS     (R8), Y2
+	VMOVUPS     32(R8), Y3
+	VFMADD231PS (R9), Y2, Y1
+	VFMADD231PS 32(R9), Y3, Y5
+	ADDQ        $0x40, R8
+	ADDQ        $0x40, R9
+	SUBQ        $0x10, R10
+	JMP         dotRowsAVX2_1_b16
+
+dotRowsAVX2_1_b8:
+	CMPQ        R10, $0x08
+	JL          dotRowsAVX2_1_tail
+	VMOVUPS     (R8), Y2
+	VFMADD231PS (R9), Y2, Y1
+	ADDQ        $0x20, R8
+	ADDQ        $0x20, R9
+	SUBQ        $0x08, R10
+
+dotRowsAVX2_1_tail:
+	TESTQ       R10, R10
+	JZ          dotRowsAVX2_1_fold
+	VMASKMOVPS  (R8), Y0, Y2
+	VMASKMOVPS  (R9), Y0, Y3
+	VFMADD231PS Y3, Y2, Y5
+
+dotRowsAVX2_1_fold:
+	VADDPS       Y5, Y1, Y1
+	VHADDPS      Y1, Y1, Y1
+	VHADDPS      Y1, Y1, Y1
+	VEXTRACTF128 $0x01, Y1, X2
+	VADDPS       X2, X1, X2
+	VMOVSS       X2, (AX)
+	ADDQ         $0x04, AX
+	ADDQ         BX, DX
+	DECQ         SI
+	JMP          dotRowsAVX2_r1
+
+dotRowsAVX2_done:
+	VZEROUPPER
+	RET
+
+// func axpyRowsAVX2(y *float32, p *float32, v *float32, ld int, rows int, n int)
+// Requires: AVX, FMA3
+TEXT ·axpyRowsAVX2(SB), NOSPLIT, $0-48
+	MOVQ    y+0(FP), AX
+	MOVQ    p+8(FP), CX
+	MOVQ    v+16(FP), DX
+	MOVQ    ld+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    rows+32(FP), SI
+	MOVQ    n+40(FP), DI
+	MOVQ    DI, R8
+	ANDQ    $0x07, R8
+	NEGQ    R8
+	ADDQ    $0x08, R8
+	LEAQ    tailMask<>+0(SB), R9
+	VMOVDQU (R9)(R8*4), Y0
+
+axpyRowsAVX2_w8:
+	CMPQ    DI, $0x40
+	JL      axpyRowsAVX2_w8_next
+	VMOVUPS (AX), Y1
+	VMOVUPS 32(AX), Y2
+	VMOVUPS 64(AX), Y3
+	VMOVUPS 96(AX), Y4
+	VMOVUPS 128(AX), Y5
+	VMOVUPS 160(AX), Y6
+	VMOVUPS 192(AX), Y7
+	VMOVUPS 224(AX), Y8
+	MOVQ    CX, R8
+	MOVQ    DX, R9
+	MOVQ    SI, R10
+
+axpyRowsAVX2_w8_row:
+	VBROADCASTSS (R8), Y9
+	VFMADD231PS  (R9), Y9, Y1
+	VFMADD231PS  32(R9), Y9, Y2
+	VFMADD231PS  64(R9), Y9, Y3
+	VFMADD231PS  96(R9), Y9, Y4
+	VFMADD231PS  128(R9), Y9, Y5
+	VFMADD231PS  160(R9), Y9, Y6
+	VFMADD231PS  192(R9), Y9, Y7
+	VFMADD231PS  224(R9), Y9, Y8
+	ADDQ         $0x04, R8
+	ADDQ         BX, R9
+	DECQ         R10
+	JNZ          axpyRowsAVX2_w8_row
+	VMOVUPS      Y1, (AX)
+	VMOVUPS      Y2, 32(AX)
+	VMOVUPS      Y3, 64(AX)
+	VMOVUPS      Y4, 96(AX)
+	VMOVUPS      Y5, 128(AX)
+	VMOVUPS      Y6, 160(AX)
+	VMOVUPS      Y7, 192(AX)
+	VMOVUPS      Y8, 224(AX)
+	ADDQ         $0x00000100, AX
+	ADDQ         $0x00000100, DX
+	SUBQ         $0x40, DI
+	JMP          axpyRowsAVX2_w8
+
+axpyRowsAVX2_w8_next:
+	CMPQ    DI, $0x20
+	JL      axpyRowsAVX2_w4_next
+	VMOVUPS (AX), Y1
+	VMOVUPS 32(AX), Y2
+	VMOVUPS 64(AX), Y3
+	VMOVUPS 96(AX), Y4
+	MOVQ    CX, R8
+	MOVQ    DX, R9
+	MOVQ    SI, R10
+
+axpyRowsAVX2_w4_row:
+	VBROADCASTSS (R8), Y5
+	VFMADD231PS  (R9), Y5, Y1
+	VFMADD231PS  32(R9), Y5, Y2
+	VFMADD231PS  64(R9), Y5, Y3
+	VFMADD231PS  96(R9), Y5, Y4
+	ADDQ         $0x04, R8
+	ADDQ         BX, R9
+	DECQ         R10
+	JNZ          axpyRowsAVX2_w4_row
+	VMOVUPS      Y1, (AX)
+	VMOVUPS      Y2, 32(AX)
+	VMOVUPS      Y3, 64(AX)
+	VMOVUPS      Y4, 96(AX)
+	ADDQ         $0x00000080, AX
+	ADDQ         $0x00000080, DX
+	SUBQ         $0x20, DI
+
+axpyRowsAVX2_w4_next:
+	CMPQ    DI, $0x10
+	JL      axpyRowsAVX2_w2_next
+	VMOVUPS (AX), Y1
+	VMOVUPS 32(AX), Y2
+	MOVQ    CX, R8
+	MOVQ    DX, R9
+	MOVQ    SI, R10
+
+axpyRowsAVX2_w2_row:
+	VBROADCASTSS (R8), Y3
+	VFMADD231PS  (R9), Y3, Y1
+	VFMADD231PS  32(R9), Y3, Y2
+	ADDQ         $0x04, R8
+	ADDQ         BX, R9
+	DECQ         R10
+	JNZ          axpyRowsAVX2_w2_row
+	VMOVUPS      Y1, (AX)
+	VMOVUPS      Y2, 32(AX)
+	ADDQ         $0x00000040, AX
+	ADDQ         $0x00000040, DX
+	SUBQ         $0x10, DI
+
+axpyRowsAVX2_w2_next:
+	CMPQ    DI, $0x08
+	JL      axpyRowsAVX2_w1_next
+	VMOVUPS (AX), Y1
+	MOVQ    CX, R8
+	MOVQ    DX, R9
+	MOVQ    SI, R10
+
+axpyRowsAVX2_w1_row:
+	VBROADCASTSS (R8), Y2
+	VFMADD231PS  (R9), Y2, Y1
+	ADDQ         $0x04, R8
+	ADDQ         BX, R9
+	DECQ         R10
+	JNZ          axpyRowsAVX2_w1_row
+	VMOVUPS      Y1, (AX)
+	ADDQ         $0x00000020, AX
+	ADDQ         $0x00000020, DX
+	SUBQ         $0x08, DI
+
+axpyRowsAVX2_w1_next:
+	TESTQ      DI, DI
+	JZ         axpyRowsAVX2_tail_next
+	VMASKMOVPS (AX), Y0, Y1
+	MOVQ       DX, DX
+
+axpyRowsAVX2_tail_row:
+	VBROADCASTSS (CX), Y2
+	VMASKMOVPS   (DX), Y0, Y3
+	VFMADD231PS  Y3, Y2, Y1
+	ADDQ         $0x04, CX
+	ADDQ         BX, DX
+	DECQ         SI
+	JNZ          axpyRowsAVX2_tail_row
+	VMASKMOVPS   Y1, Y0, (AX)
+
+axpyRowsAVX2_tail_next:
 	VZEROUPPER
 	RET

@@ -236,3 +236,11 @@ func dotAVX2(a *float32, b *float32, n int) float32
 // axpyAVX2 computes y[i] = fma(alpha, x[i], y[i]) for i < n (n >= 0);
 // x and y must not overlap unless they are equal.
 func axpyAVX2(y *float32, alpha float32, x *float32, n int)
+
+// dotRowsAVX2 sets out[j] = Σ q[i]·k[j*ld+i] over i < n for j < rows
+// (rows >= 1, n >= 1, ld >= 0 floats), in an order fixed by n.
+func dotRowsAVX2(out *float32, q *float32, k *float32, ld int, rows int, n int)
+
+// axpyRowsAVX2 computes y[i] = fma(p[j], v[j*ld+i], y[i]) for j = 0..rows-1 in
+// turn, for i < n (rows >= 1, n >= 1, ld >= 0 floats); v must not overlap y.
+func axpyRowsAVX2(y *float32, p *float32, v *float32, ld int, rows int, n int)

@@ -6,7 +6,9 @@
 //	cd asmgen && go run . -out ../kernels_amd64.s -stubs ../kernels_amd64_stubs.go -pkg cpu
 //
 // It also generates the attention helpers dotAVX2 and axpyAVX2 (vector
-// dot product and y += alpha·x over any length).
+// dot product and y += alpha·x over any length) and their many-row forms
+// dotRowsAVX2 and axpyRowsAVX2 (one query against many key rows, many
+// weighted value rows into one output).
 //
 // Every kernel works on fixed layouts chosen by the Go side (see the doc
 // comment of each TEXT block); none of them checks bounds: the Go wrappers
@@ -41,6 +43,10 @@ func (d dtype) size() int    { return [...]int{4, 2, 2}[d] }
 // is 0xffff0000 in every lane (the odd bf16 of a pair as float32).
 var nibbleShifts, pairShifts, hiMask Mem
 
+// tailMask is 8 dwords of all ones followed by 8 zero dwords: the 8
+// dwords at tailMask+4*(8-m) are a VMASKMOVPS mask of the first m lanes.
+var tailMask Mem
+
 func main() {
 	ConstraintExpr("amd64,!purego")
 
@@ -55,6 +61,15 @@ func main() {
 	hiMask = GLOBL("hiMask", RODATA|NOPTR)
 	for i := 0; i < 8; i++ {
 		DATA(4*i, U32(0xffff0000))
+	}
+
+	tailMask = GLOBL("tailMask", RODATA|NOPTR)
+	for i := 0; i < 16; i++ {
+		v := uint32(0)
+		if i < 8 {
+			v = 0xffffffff
+		}
+		DATA(4*i, U32(v))
 	}
 
 	genFMAPeak()
@@ -93,6 +108,8 @@ func main() {
 	}
 	genDot()
 	genAxpy()
+	genDotRows()
+	genAxpyRows()
 	Generate()
 }
 
@@ -989,4 +1006,232 @@ func paramAddr(name string) Mem {
 		panic(err)
 	}
 	return b.Addr
+}
+
+// loadTailMask sets mask to the VMASKMOVPS mask of the first n%8 lanes
+// (all zero when 8 divides n); n is left as is.
+func loadTailMask(n Register, mask VecVirtual) {
+	t := GP64()
+	MOVQ(n, t)
+	ANDQ(U8(7), t)
+	NEGQ(t)
+	ADDQ(U8(8), t)
+	tbl := GP64()
+	LEAQ(tailMask, tbl)
+	VMOVDQU(Mem{Base: tbl, Index: t, Scale: 4}, mask)
+}
+
+// genDotRows: out[j] = Σ_i q[i]·k[j*ld+i] for j < rows, i < n (rows >= 1,
+// n >= 1, ld >= 0 in floats). Rows go 4 at a time, then one at a time;
+// every row is computed the same way whatever its position: two 8-wide
+// FMA chains per row, c0 over even and c1 over odd blocks of 8 within
+// blocks of 16, then c0 takes a remaining full block of 8 and c1 the
+// zero-padded last n%8 elements (masked loads: nothing past them is
+// read); c = c0+c1, reduced by VHADDPS as ((c0+c1)+(c2+c3)) +
+// ((c4+c5)+(c6+c7)) over its lanes. In the 4-row step the four
+// reductions share three VHADDPS, a lane extract and one add, and the
+// four sums are stored with one 16-byte store. The order depends only on
+// n. q is reloaded from memory (L1) for every block: 16 YMM registers do
+// not hold 8 accumulators and a 64-float q.
+func genDotRows() {
+	name := "dotRowsAVX2"
+	TEXT(name, NOSPLIT, "func(out *float32, q *float32, k *float32, ld int, rows int, n int)")
+	Doc(name+" sets out[j] = Σ q[i]·k[j*ld+i] over i < n for j < rows",
+		"(rows >= 1, n >= 1, ld >= 0 floats), in an order fixed by n.")
+	out := Load(Param("out"), GP64())
+	q := Load(Param("q"), GP64())
+	k := Load(Param("k"), GP64())
+	ld := Load(Param("ld"), GP64())
+	SHLQ(U8(2), ld)
+	rows := Load(Param("rows"), GP64())
+	n := Load(Param("n"), GP64())
+	ld3 := GP64()
+	LEAQ(Mem{Base: ld, Index: ld, Scale: 2}, ld3)
+	mask := YMM()
+	loadTailMask(n, mask)
+
+	// body emits the loop over the columns of nr (1 or 4) rows starting
+	// at k into c0[:nr], c1[:nr], leaving c0[r] = c0[r]+c1[r].
+	c0, c1 := ymms(4), ymms(4)
+	body := func(tag string, nr int) {
+		row := func(kp GPVirtual, r, disp int) Mem {
+			switch r {
+			case 0:
+				return Mem{Base: kp, Disp: disp}
+			case 3:
+				return Mem{Base: kp, Index: ld3, Scale: 1, Disp: disp}
+			}
+			return Mem{Base: kp, Index: ld, Scale: uint8(r), Disp: disp}
+		}
+		zeroAll(c0[:nr])
+		zeroAll(c1[:nr])
+		qp, kp, cnt := GP64(), GP64(), GP64()
+		MOVQ(q, qp)
+		MOVQ(k, kp)
+		MOVQ(n, cnt)
+		Label(tag + "_b16")
+		CMPQ(cnt, U8(16))
+		JL(LabelRef(tag + "_b8"))
+		t0, t1 := YMM(), YMM()
+		VMOVUPS(Mem{Base: qp}, t0)
+		VMOVUPS(Mem{Base: qp, Disp: 32}, t1)
+		for r := 0; r < nr; r++ {
+			VFMADD231PS(row(kp, r, 0), t0, c0[r])
+			VFMADD231PS(row(kp, r, 32), t1, c1[r])
+		}
+		ADDQ(U8(64), qp)
+		ADDQ(U8(64), kp)
+		SUBQ(U8(16), cnt)
+		JMP(LabelRef(tag + "_b16"))
+
+		Label(tag + "_b8")
+		CMPQ(cnt, U8(8))
+		JL(LabelRef(tag + "_tail"))
+		t := YMM()
+		VMOVUPS(Mem{Base: qp}, t)
+		for r := 0; r < nr; r++ {
+			VFMADD231PS(row(kp, r, 0), t, c0[r])
+		}
+		ADDQ(U8(32), qp)
+		ADDQ(U8(32), kp)
+		SUBQ(U8(8), cnt)
+
+		Label(tag + "_tail")
+		TESTQ(cnt, cnt)
+		JZ(LabelRef(tag + "_fold"))
+		tq := YMM()
+		VMASKMOVPS(Mem{Base: qp}, mask, tq)
+		for r := 0; r < nr; r++ {
+			tk := YMM()
+			VMASKMOVPS(row(kp, r, 0), mask, tk)
+			VFMADD231PS(tk, tq, c1[r])
+		}
+
+		Label(tag + "_fold")
+		for r := 0; r < nr; r++ {
+			VADDPS(c1[r], c0[r], c0[r])
+		}
+	}
+
+	Label(name + "_r4")
+	CMPQ(rows, U8(4))
+	JL(LabelRef(name + "_r1"))
+	body(name+"_4", 4)
+	h01, h23 := YMM(), YMM()
+	VHADDPS(c0[1], c0[0], h01) // c0:01 23, c1:01 23 | c0:45 67, c1:45 67
+	VHADDPS(c0[3], c0[2], h23)
+	VHADDPS(h23, h01, h01) // c0:0123 .. c3:0123 | c0:4567 .. c3:4567
+	s := XMM()
+	VEXTRACTF128(U8(1), h01, s)
+	VADDPS(s, h01.AsX(), s)
+	VMOVUPS(s, Mem{Base: out})
+	ADDQ(U8(16), out)
+	LEAQ(Mem{Base: k, Index: ld, Scale: 4}, k)
+	SUBQ(U8(4), rows)
+	JMP(LabelRef(name + "_r4"))
+
+	Label(name + "_r1")
+	TESTQ(rows, rows)
+	JZ(LabelRef(name + "_done"))
+	body(name+"_1", 1)
+	h := YMM()
+	VHADDPS(c0[0], c0[0], h)
+	VHADDPS(h, h, h)
+	s1 := XMM()
+	VEXTRACTF128(U8(1), h, s1)
+	VADDPS(s1, h.AsX(), s1)
+	VMOVSS(s1, Mem{Base: out})
+	ADDQ(U8(4), out)
+	ADDQ(ld, k)
+	DECQ(rows)
+	JMP(LabelRef(name + "_r1"))
+
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}
+
+// genAxpyRows: y[i] += Σ_j p[j]·v[j*ld+i] for i < n, j < rows (rows >= 1,
+// n >= 1, ld >= 0 in floats), each y element one FMA chain over j
+// ascending: y = fma(p[j], v[j*ld+i], y), as rows calls of axpyAVX2 would
+// compute it. y is held in registers a block at a time: blocks of 64
+// (8 YMM), then at most one of 32, 16 and 8, then the last n%8 elements
+// with masked loads and stores; each block streams the rows once.
+func genAxpyRows() {
+	name := "axpyRowsAVX2"
+	TEXT(name, NOSPLIT, "func(y *float32, p *float32, v *float32, ld int, rows int, n int)")
+	Doc(name+" computes y[i] = fma(p[j], v[j*ld+i], y[i]) for j = 0..rows-1 in",
+		"turn, for i < n (rows >= 1, n >= 1, ld >= 0 floats); v must not overlap y.")
+	y := Load(Param("y"), GP64())
+	p := Load(Param("p"), GP64())
+	v := Load(Param("v"), GP64())
+	ld := Load(Param("ld"), GP64())
+	SHLQ(U8(2), ld)
+	rows := Load(Param("rows"), GP64())
+	n := Load(Param("n"), GP64())
+	mask := YMM()
+	loadTailMask(n, mask)
+	acc := ymms(8)
+
+	// block emits one pass over the rows for w vectors of y at y (w = 0:
+	// the masked tail), then advances y and v past them and n by 8w.
+	block := func(tag string, w int, repeat bool) {
+		next := tag + "_next"
+		Label(tag)
+		if w == 0 {
+			TESTQ(n, n)
+			JZ(LabelRef(next))
+		} else {
+			CMPQ(n, U8(8*w))
+			JL(LabelRef(next))
+		}
+		nv := max(w, 1)
+		for u := 0; u < w; u++ {
+			VMOVUPS(Mem{Base: y, Disp: 32 * u}, acc[u])
+		}
+		if w == 0 {
+			VMASKMOVPS(Mem{Base: y}, mask, acc[0])
+		}
+		pp, vp, j := GP64(), GP64(), GP64()
+		MOVQ(p, pp)
+		MOVQ(v, vp)
+		MOVQ(rows, j)
+		Label(tag + "_row")
+		b := YMM()
+		VBROADCASTSS(Mem{Base: pp}, b)
+		if w == 0 {
+			t := YMM()
+			VMASKMOVPS(Mem{Base: vp}, mask, t)
+			VFMADD231PS(t, b, acc[0])
+		}
+		for u := 0; u < w; u++ {
+			VFMADD231PS(Mem{Base: vp, Disp: 32 * u}, b, acc[u])
+		}
+		ADDQ(U8(4), pp)
+		ADDQ(ld, vp)
+		DECQ(j)
+		JNZ(LabelRef(tag + "_row"))
+		for u := 0; u < w; u++ {
+			VMOVUPS(acc[u], Mem{Base: y, Disp: 32 * u})
+		}
+		if w == 0 {
+			VMASKMOVPS(acc[0], mask, Mem{Base: y})
+			JMP(LabelRef(next))
+		} else {
+			ADDQ(U32(32*nv), y)
+			ADDQ(U32(32*nv), v)
+			SUBQ(U8(8*w), n)
+			if repeat {
+				JMP(LabelRef(tag))
+			}
+		}
+		Label(next)
+	}
+	block(name+"_w8", 8, true)
+	block(name+"_w4", 4, false)
+	block(name+"_w2", 2, false)
+	block(name+"_w1", 1, false)
+	block(name+"_tail", 0, false)
+	VZEROUPPER()
+	RET()
 }
