@@ -160,11 +160,24 @@ func refitR(w, ws []float32, out, in, rank int, l []float32, scale float32) ([]f
 // relErrors returns ‖w − ws‖/‖w‖ and, when l is not nil,
 // ‖w − (ws + scale·(L·R)ᵀ)‖/‖w‖, in float64 (0 for a zero w).
 func relErrors(w, ws []float32, out, in, rank int, l, r []float32, scale float32) (pruned, adapted float64) {
+	// Per-row sums in parallel, added in row order: the same bits on any
+	// number of cores.
+	rowW, rowP := make([]float64, out), make([]float64, out)
+	parallel(out, func(lo, hi int) {
+		for o := lo; o < hi; o++ {
+			var a, b float64
+			for i, v := range w[o*in : (o+1)*in] {
+				a += float64(v) * float64(v)
+				d := float64(v) - float64(ws[o*in+i])
+				b += d * d
+			}
+			rowW[o], rowP[o] = a, b
+		}
+	})
 	var nw, np float64
-	for i, v := range w {
-		nw += float64(v) * float64(v)
-		d := float64(v) - float64(ws[i])
-		np += d * d
+	for o := range rowW {
+		nw += rowW[o]
+		np += rowP[o]
 	}
 	if nw == 0 {
 		return 0, 0

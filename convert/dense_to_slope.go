@@ -494,10 +494,9 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	if ad.rank > 0 {
 		res.Rank, res.AdapterInit, res.Merged, res.Scale = ad.rank, ad.init, ad.merged, ad.scale
 	}
-	prov := &slopepb.Provenance{Tool: ToolName, ToolVersion: toolVersion(), Sources: src.Files(), Command: o.Command, Created: created, Calibration: calibProv}
-	for _, f := range prov.Sources {
-		res.SourceBytes += int64(f.Size)
-	}
+	// prov.Sources is filled at the end: sources may still be hashing
+	// their files in the background.
+	prov := &slopepb.Provenance{Tool: ToolName, ToolVersion: toolVersion(), Command: o.Command, Created: created, Calibration: calibProv}
 	if prov.Command == "" {
 		prov.Command = fmt.Sprintf("convert.DenseToSlope(in=%q, nm=%q, nm_layers=%q, prune_wide=%v, dtype=%q, compress=%v, rank=%d, adapter_init=%q, merge_adapters=%v, adapter_scale=%g, seed=%d, method=%q",
 			o.In, o.NM, o.NMLayers, o.PruneWide, o.DType, o.Compress, ad.rank, ad.init, ad.merged, ad.scale, o.Seed, method)
@@ -632,6 +631,10 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	m.Architecture = &slopepb.Architecture{Name: "opt", Config: &slopepb.Architecture_Opt{Opt: cfg}}
 	m.Graph = graph
 	m.OpsetImport = OpsetImports()
+	prov.Sources = src.Files()
+	for _, f := range prov.Sources {
+		res.SourceBytes += int64(f.Size)
+	}
 	m.Provenance = prov
 	label := o.In
 	if label == "" {
@@ -697,6 +700,9 @@ func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad 
 	out, in := t.Shape[0], t.Shape[1]
 	fail := func(err error) (prunedWeight, error) {
 		return res, fmt.Errorf("tensor %q (%s): %w", t.Name, t.SourceName, err)
+	}
+	if pre == nil && rank == 0 && fastMagnitude {
+		return writeMagnitude(w, t, dt, p)
 	}
 	var keep []bool
 	var ws []float32
@@ -795,6 +801,78 @@ func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad 
 		}
 	}
 	res.errPruned, res.errAdapted = relErrors(t.Data, ws, out, in, rank, l, r, ad.scale)
+	return res, nil
+}
+
+// fastMagnitude routes magnitude pruning without adapters through
+// writeMagnitude (tests turn it off to compare with the general path).
+var fastMagnitude = true
+
+// writeMagnitude is writePruned for magnitude pruning without adapters,
+// the common case, without materialising W_s: the kept values go from W
+// straight to the N:M encoding. Files and reported errors are the same as
+// the general path's.
+func writeMagnitude(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM) (prunedWeight, error) {
+	var res prunedWeight
+	out, in := t.Shape[0], t.Shape[1]
+	fail := func(err error) (prunedWeight, error) {
+		return res, fmt.Errorf("tensor %q (%s): %w", t.Name, t.SourceName, err)
+	}
+	keep, err := MagnitudeMask(p, out, in, t.Data)
+	if err != nil {
+		return fail(err)
+	}
+	values, idx, err := format.SplitNM(p, out, in, t.Data, keep)
+	if err != nil {
+		return fail(err)
+	}
+	if t.DType != dt {
+		roundToDType(dt, values) // as stored: the transpose mask ranks these
+	}
+	if err := w.WriteNM(t.Name, dt, p, out, in, values, idx); err != nil {
+		return fail(err)
+	}
+	tkeep, err := format.DoublePruneMagnitude(p, out, in, values, idx)
+	if err != nil {
+		return fail(fmt.Errorf("double pruning: %w", err))
+	}
+	if err := w.WriteTransposeMask(TransposeMaskName(t.Name), t.Name, p, out, in, tkeep); err != nil {
+		return fail(err)
+	}
+	for _, k := range tkeep {
+		if !k {
+			res.dropped++
+		}
+	}
+	// ‖W − W_s‖/‖W‖ with W_s's kept entries as stored, summed per row in
+	// the order relErrors uses.
+	kept := in * p.N / p.M
+	rowW, rowP := make([]float64, out), make([]float64, out)
+	parallel(out, func(lo, hi int) {
+		for o := lo; o < hi; o++ {
+			var a, b float64
+			vs, j := values[o*kept:(o+1)*kept], 0
+			for i, v := range t.Data[o*in : (o+1)*in] {
+				a += float64(v) * float64(v)
+				var s float32
+				if keep[o*in+i] {
+					s = vs[j]
+					j++
+				}
+				d := float64(v) - float64(s)
+				b += d * d
+			}
+			rowW[o], rowP[o] = a, b
+		}
+	})
+	var nw, np float64
+	for o := range rowW {
+		nw += rowW[o]
+		np += rowP[o]
+	}
+	if nw > 0 {
+		res.errPruned = math.Sqrt(np / nw)
+	}
 	return res, nil
 }
 

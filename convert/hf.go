@@ -99,6 +99,9 @@ type hfSource struct {
 	route    map[string]hfRef // canonical name -> where it is stored
 	files    []*slopepb.SourceFile
 	warnings []string
+	// hashed is closed when the background hashing of the weight files
+	// (appended to files) is done; Files and Close wait for it.
+	hashed chan struct{}
 	// prevLarge: the last tensor returned was large (see Tensor).
 	prevLarge atomic.Bool
 }
@@ -242,13 +245,21 @@ func openHF(fsys fs.FS, label, osDir string) (_ Source, err error) {
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("%s: %s: %w", label, strings.Join(problems, "; "), ErrCheckpoint)
 	}
-	for _, sh := range s.shards {
-		sf, err := describeFile(fsys, sh.file, at(sh.file), layout.format)
-		if err != nil {
-			return nil, err
+	// The weight files are hashed (for the provenance) in the background,
+	// overlapping the conversion that reads them; Files waits.
+	s.hashed = make(chan struct{})
+	go func() {
+		defer close(s.hashed)
+		for _, sh := range s.shards {
+			sf, err := describeFile(fsys, sh.file, at(sh.file), layout.format)
+			if err != nil {
+				// Reading the file failed: the provenance records it without
+				// a digest (reading its tensors fails the same way).
+				sf = &slopepb.SourceFile{Path: at(sh.file), Format: layout.format}
+			}
+			s.files = append(s.files, sf)
 		}
-		s.files = append(s.files, sf)
-	}
+	}()
 	return s, nil
 }
 
@@ -482,12 +493,20 @@ func describeFile(fsys fs.FS, name, label, format string) (*slopepb.SourceFile, 
 	return &slopepb.SourceFile{Path: label, Size: uint64(n), Sha256: hex.EncodeToString(h.Sum(nil)), Format: format}, nil
 }
 
-func (s *hfSource) Config() *slopepb.OPTConfig   { return s.cfg }
-func (s *hfSource) Names() []string              { return slices.Clone(s.names) }
-func (s *hfSource) Files() []*slopepb.SourceFile { return s.files }
-func (s *hfSource) Warnings() []string           { return slices.Clone(s.warnings) }
+func (s *hfSource) Config() *slopepb.OPTConfig { return s.cfg }
+func (s *hfSource) Names() []string            { return slices.Clone(s.names) }
+func (s *hfSource) Files() []*slopepb.SourceFile {
+	if s.hashed != nil {
+		<-s.hashed
+	}
+	return s.files
+}
+func (s *hfSource) Warnings() []string { return slices.Clone(s.warnings) }
 
 func (s *hfSource) Close() error {
+	if s.hashed != nil {
+		<-s.hashed
+	}
 	var errs []error
 	for _, sh := range s.shards {
 		errs = append(errs, sh.st.Close())

@@ -1,8 +1,11 @@
 package convert
 
 import (
+	"bytes"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -156,5 +159,36 @@ func TestMagnitudeRows24MatchesGeneral(t *testing.T) {
 	w[5] = float32(math.NaN())
 	if err := magnitudeRows24(cols, w, fast, 0); err == nil || !strings.Contains(err.Error(), "row 0, col 5") {
 		t.Fatalf("NaN: %v", err)
+	}
+}
+
+// The magnitude fast path writes the same file, and reports the same
+// errors, as the general path, with and without a dtype conversion.
+func TestWriteMagnitudeMatchesGeneral(t *testing.T) {
+	const created = "2026-01-02T03:04:05Z"
+	for _, dt := range []string{"keep", "fp16", "bf16"} {
+		var files [2][]byte
+		var errs [2][]WeightReport
+		for k, fast := range []bool{true, false} {
+			fastMagnitude = fast
+			out := filepath.Join(t.TempDir(), "m.slope")
+			res, err := DenseToSlope(t.Context(), Options{Out: out, NM: "2:4", DType: dt, Created: created})
+			fastMagnitude = true
+			if err != nil {
+				t.Fatal(err)
+			}
+			if files[k], err = os.ReadFile(out); err != nil {
+				t.Fatal(err)
+			}
+			errs[k] = res.Weights
+		}
+		if !bytes.Equal(files[0], files[1]) {
+			t.Fatalf("dtype %s: the fast path wrote a different file", dt)
+		}
+		for i := range errs[0] {
+			if errs[0][i].RelErrPruned != errs[1][i].RelErrPruned {
+				t.Fatalf("dtype %s: %s: error %v (fast) vs %v (general)", dt, errs[0][i].Name, errs[0][i].RelErrPruned, errs[1][i].RelErrPruned)
+			}
+		}
 	}
 }

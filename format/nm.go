@@ -193,21 +193,40 @@ func (g *nmGeom) checkLen(what string, have, want int) error {
 // checkIdx validates unpacked indices: each < M and strictly increasing
 // inside its group.
 func (g *nmGeom) checkIdx(idx []uint8) error {
+	// Rows in parallel; the error reported is the first row's, whatever
+	// the core count.
+	var mu sync.Mutex
+	firstRow, firstErr := g.rows, error(nil)
+	parallelFor(g.rows*g.kept, max(g.kept, 1), func(lo, hi int) {
+		k := max(g.kept, 1)
+		if r, err := g.checkIdxRows(idx, lo/k, hi/k); err != nil {
+			mu.Lock()
+			if r < firstRow {
+				firstRow, firstErr = r, err
+			}
+			mu.Unlock()
+		}
+	})
+	return firstErr
+}
+
+// checkIdxRows checks rows [r0, r1), returning the first bad row.
+func (g *nmGeom) checkIdxRows(idx []uint8, r0, r1 int) (int, error) {
 	n, m := g.p.N, uint8(g.p.M)
-	for r := 0; r < g.rows; r++ {
+	for r := r0; r < r1; r++ {
 		row := idx[r*g.kept : (r+1)*g.kept]
 		for gi := 0; gi < g.groups; gi++ {
 			grp := row[gi*n : (gi+1)*n]
 			prev := -1
 			for k, v := range grp {
 				if v >= m || int(v) <= prev {
-					return g.idxError(r, gi, k, grp)
+					return r, g.idxError(r, gi, k, grp)
 				}
 				prev = int(v)
 			}
 		}
 	}
-	return nil
+	return r1, nil
 }
 
 // idxError describes a bad group (found at its k-th index).
@@ -315,7 +334,14 @@ func PackNMIndices(p NM, rows, cols int, idx []uint8, dst []byte) error {
 		return err
 	}
 	b := uint(g.bits)
-	for r := 0; r < rows; r++ {
+	k := max(g.kept, 1)
+	parallelFor(rows*g.kept, k, func(lo, hi int) { packNMRows(&g, b, idx, dst, lo/k, hi/k) })
+	return nil
+}
+
+// packNMRows packs the index rows [r0, r1).
+func packNMRows(g *nmGeom, b uint, idx []uint8, dst []byte, r0, r1 int) {
+	for r := r0; r < r1; r++ {
 		out := dst[r*g.rowBytes : (r+1)*g.rowBytes]
 		var acc uint64
 		var nacc uint
@@ -336,7 +362,6 @@ func PackNMIndices(p NM, rows, cols int, idx []uint8, dst []byte) error {
 		}
 		clear(out[o:])
 	}
-	return nil
 }
 
 // UnpackNMIndices unpacks and validates an index section: its length must

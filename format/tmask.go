@@ -86,15 +86,16 @@ func PackTransposeMask(p NM, rows, cols int, keep []bool, dst []byte) error {
 	if err := g.checkLen("transpose mask bytes", len(dst), rows*g.maskRowBytes); err != nil {
 		return err
 	}
-	clear(dst)
-	for r := 0; r < rows; r++ {
-		out := dst[r*g.maskRowBytes : (r+1)*g.maskRowBytes]
-		for j, k := range keep[r*g.kept : (r+1)*g.kept] {
-			if k {
-				out[j>>3] |= 1 << uint(j&7)
+	kept := max(g.kept, 1)
+	parallelFor(rows*g.kept, kept, func(lo, hi int) {
+		for r := lo / kept; r < hi/kept; r++ {
+			out := dst[r*g.maskRowBytes : (r+1)*g.maskRowBytes]
+			clear(out)
+			for j, k := range keep[r*g.kept : (r+1)*g.kept] {
+				out[j>>3] |= b2u(k) << uint(j&7) // branch-free: the bits are random
 			}
 		}
-	}
+	})
 	return nil
 }
 
