@@ -46,6 +46,12 @@
 // error naming the op and the node. Backward slots are part of the op
 // contract and are filled by the training work (issue 6).
 //
+// A backend with its own memory (the CUDA backend, package cuda) also
+// implements DeviceBackend, and its steps DeviceStep: the runtime then
+// passes Tensors in that memory from step to step and copies only ids,
+// mask and logits (device.go). Such steps still implement Step by copying
+// in and out, so the conformance suite runs them unchanged.
+//
 // The conformance suite (package ops/opstest) runs every op of a backend
 // against float64 references on random shapes; every backend's tests call
 // it with their own backend value.
