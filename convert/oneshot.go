@@ -3,6 +3,8 @@ package convert
 import (
 	"errors"
 	"fmt"
+	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops/cpu"
 	"math"
 	"runtime"
 	"sync"
@@ -119,98 +121,65 @@ func NewHessian(d int) *Hessian { return &Hessian{D: d, Sum: make([]float64, d*d
 
 // Add adds the rows of the row-major [rows, D] x. The result does not
 // depend on the number of cores.
-func (h *Hessian) Add(x []float32, rows int) {
+//
+// The product XᵀX of one call runs on the CPU backend's float32 GEMM
+// (SIMD, all cores; each entry a float32 dot product over the call's rows,
+// as PyTorch's reference implementation computes H), in blocks of
+// hessianBlock output rows to bound memory, and is accumulated into Sum
+// in float64, symmetrised from the lower triangle.
+func (h *Hessian) Add(x []float32, rows int) error {
 	d := h.D
 	if rows == 0 || d == 0 {
-		return
+		return nil
 	}
-	// Xᵀ as float64 columns, so that each entry is a contiguous dot
-	// product; 4×4 blocks of entries share their loads.
-	xt := make([]float64, d*rows)
+	if len(x) < rows*d {
+		return fmt.Errorf("hessian: %d values for %d rows of %d", len(x), rows, d)
+	}
+	// Xᵀ [d, rows]: the "weight" (d outputs over rows inputs) and the
+	// input rows of y = Xᵀ·(Xᵀ)ᵀ.
+	xt := make([]float32, d*rows)
 	parallel(d, func(lo, hi int) {
 		for t := 0; t < rows; t++ {
 			r := x[t*d : (t+1)*d]
 			for j := lo; j < hi; j++ {
-				xt[j*rows+t] = float64(r[j])
+				xt[j*rows+t] = r[j]
 			}
 		}
 	})
-	nb := (d + 3) / 4
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), nb) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				bi := int(next.Add(1)) - 1
-				if bi >= nb {
-					return
-				}
-				for bj := 0; bj <= bi; bj++ {
-					h.addBlock(xt, rows, 4*bi, 4*bj)
+	raw := make([]byte, 4*len(xt))
+	if err := format.EncodeFloats(slopepb.DType_FLOAT32, xt, raw); err != nil {
+		return fmt.Errorf("hessian: %w", err)
+	}
+	gemm, err := cpu.PrepareDense(cpu.DenseWeight{DType: cpu.Float32, Out: d, In: rows, Data: raw})
+	if err != nil {
+		return fmt.Errorf("hessian: %w", err)
+	}
+	raw = nil
+	blk := min(d, hessianBlock)
+	y := make([]float32, blk*d)
+	for a0 := 0; a0 < d; a0 += blk {
+		a1 := min(a0+blk, d)
+		yy := y[:(a1-a0)*d]
+		if err := gemm.Linear(yy, xt[a0*rows:a1*rows], a1-a0, nil, 0); err != nil {
+			return fmt.Errorf("hessian: %w", err)
+		}
+		for a := a0; a < a1; a++ {
+			row := yy[(a-a0)*d : (a-a0+1)*d]
+			for b := 0; b <= a; b++ {
+				v := float64(row[b])
+				h.Sum[a*d+b] += v
+				if a != b {
+					h.Sum[b*d+a] += v
 				}
 			}
-		}()
+		}
 	}
-	wg.Wait()
 	h.N += rows
+	return nil
 }
 
-// addBlock adds the 4×4 block of XᵀX at (a0, b0) (and its mirror).
-func (h *Hessian) addBlock(xt []float64, n, a0, b0 int) {
-	d := h.D
-	if a0+4 > d || b0+4 > d {
-		for a := a0; a < min(a0+4, d); a++ {
-			for b := b0; b < min(b0+4, d); b++ {
-				if b > a {
-					continue
-				}
-				s := dot64(xt[a*n:(a+1)*n], xt[b*n:(b+1)*n])
-				h.Sum[a*d+b] += s
-				if a != b {
-					h.Sum[b*d+a] += s
-				}
-			}
-		}
-		return
-	}
-	a0r, a1r, a2r, a3r := xt[a0*n:(a0+1)*n], xt[(a0+1)*n:(a0+2)*n], xt[(a0+2)*n:(a0+3)*n], xt[(a0+3)*n:(a0+4)*n]
-	b0r, b1r, b2r, b3r := xt[b0*n:(b0+1)*n], xt[(b0+1)*n:(b0+2)*n], xt[(b0+2)*n:(b0+3)*n], xt[(b0+3)*n:(b0+4)*n]
-	var s [16]float64
-	for t := 0; t < n; t++ {
-		x0, x1, x2, x3 := a0r[t], a1r[t], a2r[t], a3r[t]
-		y0, y1, y2, y3 := b0r[t], b1r[t], b2r[t], b3r[t]
-		s[0] += x0 * y0
-		s[1] += x0 * y1
-		s[2] += x0 * y2
-		s[3] += x0 * y3
-		s[4] += x1 * y0
-		s[5] += x1 * y1
-		s[6] += x1 * y2
-		s[7] += x1 * y3
-		s[8] += x2 * y0
-		s[9] += x2 * y1
-		s[10] += x2 * y2
-		s[11] += x2 * y3
-		s[12] += x3 * y0
-		s[13] += x3 * y1
-		s[14] += x3 * y2
-		s[15] += x3 * y3
-	}
-	for i := 0; i < 4; i++ {
-		for j := 0; j < 4; j++ {
-			a, b := a0+i, b0+j
-			if b > a {
-				continue // the mirror of an entry set from (b, a)
-			}
-			h.Sum[a*d+b] += s[i*4+j]
-			if a != b {
-				h.Sum[b*d+a] += s[i*4+j]
-			}
-		}
-	}
-}
+// hessianBlock is the number of rows of XᵀX one GEMM call produces.
+const hessianBlock = 512
 
 func dot64(a, b []float64) float64 {
 	var s float64

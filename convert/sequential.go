@@ -320,7 +320,9 @@ func (c *calibrator) prune(name string, t *Tensor, p format.NM, x *ops.Value, st
 	case MethodSparseGPT:
 		if st.h == nil {
 			st.h = NewHessian(in)
-			st.h.Add(x.Data, x.Rows)
+			if err := st.h.Add(x.Data, x.Rows); err != nil {
+				return nil, fmt.Errorf("weight %s: %w", name, err)
+			}
 		}
 		if r.ws, r.keep, err = SparseGPT(p, out, in, t.Data, st.h, c.sgpt); err != nil {
 			return nil, fmt.Errorf("weight %s: %w", name, err)
