@@ -354,6 +354,10 @@ func testAttention(t *testing.T, be ops.Backend, tol Tolerance) {
 		{{0, 5}, {5, 9}},
 		{{0, 9}},
 		{{0, 3}, {3, 12}, {12, 13}, {13, 24}},
+		// 16 or more new tokens: the GPU backend's prefill path (two
+		// batched GEMMs around a masked softmax), fresh and after a past.
+		{{0, 20}},
+		{{0, 4}, {4, 22}, {22, 23}},
 	} {
 		attentionCase(t, be, tol, parts)
 	}
