@@ -213,6 +213,28 @@ func (g *nmGeom) checkIdx(idx []uint8) error {
 // checkIdxRows checks rows [r0, r1), returning the first bad row.
 func (g *nmGeom) checkIdxRows(idx []uint8, r0, r1 int) (int, error) {
 	n, m := g.p.N, uint8(g.p.M)
+	if n == 2 {
+		// Pairs: a group is valid when its first index is below its
+		// second, and the second below M. The slow loop names the fault.
+		for r := r0; r < r1; r++ {
+			row := idx[r*g.kept : (r+1)*g.kept]
+			for i := 0; i+1 < len(row); i += 2 {
+				if row[i] >= row[i+1] || row[i+1] >= m {
+					if bad, err := g.checkIdxRowsSlow(idx, r, r+1); err != nil {
+						return bad, err
+					}
+					break
+				}
+			}
+		}
+		return r1, nil
+	}
+	return g.checkIdxRowsSlow(idx, r0, r1)
+}
+
+// checkIdxRowsSlow is checkIdxRows for any N, naming the bad slot.
+func (g *nmGeom) checkIdxRowsSlow(idx []uint8, r0, r1 int) (int, error) {
+	n, m := g.p.N, uint8(g.p.M)
 	for r := r0; r < r1; r++ {
 		row := idx[r*g.kept : (r+1)*g.kept]
 		for gi := 0; gi < g.groups; gi++ {
