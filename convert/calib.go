@@ -146,7 +146,7 @@ func LoadCalibration(c CalibSpec) ([][]int32, error) {
 // planCalib checks the calibration options against the method: nil for
 // magnitude (which takes none of them).
 func planCalib(o Options, method string) (*CalibSpec, error) {
-	if method == MethodMagnitude {
+	if method == MethodMagnitude || method == MethodRandom {
 		switch {
 		case o.Calib != "":
 			return nil, fmt.Errorf("--calib %s: only --method wanda or sparsegpt use calibration data", o.Calib)

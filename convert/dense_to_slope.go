@@ -43,6 +43,9 @@ type Options struct {
 	In string
 	// Out is the .slope file to write (required).
 	Out string
+	// Source, when set, is read instead of opening In (In then only
+	// labels it, e.g. RandomSource for Init).
+	Source Source
 	// NM is the pattern for the decoder-layer linear weights, "N:M"
 	// ("" means "2:4"), or "dense" to prune nothing.
 	NM string
@@ -443,9 +446,11 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	src, err := OpenSource(o.In)
-	if err != nil {
-		return nil, err
+	src := o.Source
+	if src == nil {
+		if src, err = OpenSource(o.In); err != nil {
+			return nil, err
+		}
 	}
 	defer src.Close()
 	cfg := src.Config()
@@ -560,7 +565,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 				tp.Reason += fmt.Sprintf("; calibrated on %s (%s, %d samples of %d tokens, seed %d): ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ = %.4g on the calibration inputs",
 					cs.Path, cs.Format, cs.Samples, cs.SeqLen, cs.Seed, pre.relErr)
 			}
-			pw, err := writePruned(w, t, dt, wp, ad, rank, pre)
+			pw, err := writePruned(w, t, dt, wp, ad, rank, pre, method, o.Seed)
 			if err != nil {
 				return nil, err
 			}
@@ -695,14 +700,24 @@ type prunedWeight struct {
 // calibrated method's W_s and mask) when it is not nil — and its
 // double-pruned transpose mask, and, with rank > 0, its adapter (plain, or
 // merged: Lᵀ appended to W as rank rows pruned with it by magnitude).
-func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad adapterPlan, rank int, pre *calibResult) (prunedWeight, error) {
+func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad adapterPlan, rank int, pre *calibResult, method string, seed uint64) (prunedWeight, error) {
 	var res prunedWeight
 	out, in := t.Shape[0], t.Shape[1]
 	fail := func(err error) (prunedWeight, error) {
 		return res, fmt.Errorf("tensor %q (%s): %w", t.Name, t.SourceName, err)
 	}
+	maskOf := func() ([]bool, error) {
+		if method == MethodRandom {
+			return RandomMask(p, out, in, weightRNG(seed, "mask:"+t.Name))
+		}
+		return MagnitudeMask(p, out, in, t.Data)
+	}
 	if pre == nil && rank == 0 && fastMagnitude {
-		return writeMagnitude(w, t, dt, p)
+		keep, err := maskOf()
+		if err != nil {
+			return fail(err)
+		}
+		return writeMagnitude(w, t, dt, p, keep)
 	}
 	var keep []bool
 	var ws []float32
@@ -713,7 +728,7 @@ func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad 
 		keep, ws = pre.keep, pre.ws
 	} else {
 		var err error
-		if keep, err = MagnitudeMask(p, out, in, t.Data); err != nil {
+		if keep, err = maskOf(); err != nil {
 			return fail(err)
 		}
 		ws = ApplyMask(t.Data, keep)
@@ -808,19 +823,15 @@ func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad 
 // writeMagnitude (tests turn it off to compare with the general path).
 var fastMagnitude = true
 
-// writeMagnitude is writePruned for magnitude pruning without adapters,
-// the common case, without materialising W_s: the kept values go from W
-// straight to the N:M encoding. Files and reported errors are the same as
+// writeMagnitude is writePruned for a mask computed from W alone (magnitude
+// or random) without adapters, the common case, without materialising
+// W_s: the kept values go from W straight to the N:M encoding. Files and reported errors are the same as
 // the general path's.
-func writeMagnitude(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM) (prunedWeight, error) {
+func writeMagnitude(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, keep []bool) (prunedWeight, error) {
 	var res prunedWeight
 	out, in := t.Shape[0], t.Shape[1]
 	fail := func(err error) (prunedWeight, error) {
 		return res, fmt.Errorf("tensor %q (%s): %w", t.Name, t.SourceName, err)
-	}
-	keep, err := MagnitudeMask(p, out, in, t.Data)
-	if err != nil {
-		return fail(err)
 	}
 	values, idx, err := format.SplitNM(p, out, in, t.Data, keep)
 	if err != nil {

@@ -31,10 +31,10 @@ func ParseMethod(s string) (string, error) {
 	switch s {
 	case "", MethodMagnitude:
 		return MethodMagnitude, nil
-	case MethodWanda, MethodSparseGPT:
+	case MethodWanda, MethodSparseGPT, MethodRandom:
 		return s, nil
 	}
-	return "", fmt.Errorf("--method %q: want magnitude, wanda or sparsegpt", s)
+	return "", fmt.Errorf("--method %q: want magnitude, wanda, sparsegpt or random", s)
 }
 
 // ColumnNorms returns ‖X_j‖₂ for every column j of the row-major

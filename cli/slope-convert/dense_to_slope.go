@@ -50,9 +50,10 @@ overrides --nm for ranges of decoder layers, e.g. '0-11=2:4,12-23=2:8' or
 
 --method chooses how: magnitude (default: the N largest |w| of every M
 consecutive inputs of a row, ties to the lower index), wanda (the N largest
-|w_ij|·‖X_j‖₂, X the layer's calibration inputs) or sparsegpt (OBS pruning
+|w_ij|·‖X_j‖₂, X the layer's calibration inputs), sparsegpt (OBS pruning
 with updates of the kept weights from H = (2/n)·XᵀX, 1% damping, blocks of
-128 columns). The calibrated methods need --calib FILE and prune the decoder
+128 columns) or random (N of every M chosen at random, seeded by --seed:
+SLoPe's recipe for continued pretraining). The calibrated methods need --calib FILE and prune the decoder
 layers one after the other: each layer's inputs come from the layers before
 it, already pruned, computed by the CPU runtime's kernels; within a layer
 q, k, v are pruned first on the LayerNorm output, then out_proj on the
@@ -184,7 +185,7 @@ is converted, so the command works offline.`,
 	f.StringVar(&o.AdapterInit, "adapter-init", "", "adapter initialisation: slope|svd|zero (default slope)")
 	f.BoolVar(&o.MergeAdapters, "merge-adapters", false, "store adapters in SLoPe's merged inference layout (Lᵀ as extra rows of W, pruned with it)")
 	f.Float32Var(&scale, "adapter-scale", 1, "adapter output scale")
-	f.StringVar(&o.Method, "method", "magnitude", "pruning method: magnitude|wanda|sparsegpt (wanda and sparsegpt need --calib)")
+	f.StringVar(&o.Method, "method", "magnitude", "pruning method: magnitude|wanda|sparsegpt|random (wanda and sparsegpt need --calib; random: seeded random masks, SLoPe's initialisation)")
 	f.StringVar(&o.Calib, "calib", "", "calibration data: a text file, or token ids (.bin/.u16: uint16, .u32: uint32, little-endian)")
 	f.StringVar(&o.CalibFormat, "calib-format", "", "calibration file format: auto|text|u16|u32 (default auto: by extension)")
 	f.IntVar(&o.CalibSamples, "calib-samples", convert.DefaultCalibSamples, "number of calibration samples")

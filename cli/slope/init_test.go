@@ -1,0 +1,45 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestInitCommand(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(cfg, []byte(`{"model_type": "opt", "vocab_size": 64, "hidden_size": 16,
+ "ffn_dim": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
+ "word_embed_proj_dim": 16, "do_layer_norm_before": true, "activation_function": "relu",
+ "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "m.slope")
+	code, stdout, stderr := runSlope("init", "--config", cfg, "--out", out, "--seed", "3")
+	if code != 0 || !strings.Contains(stdout, "6 weights pruned 2:4 with random masks") {
+		t.Fatalf("init: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if code, stdout, stderr = runSlope("verify", out); code != 0 {
+		t.Fatalf("verify: exit %d %q %q", code, stdout, stderr)
+	}
+	if code, _, stderr = runSlope("run", out, "--ids", "[[2, 5, 7]]", "--max-tokens", "3"); code != 0 {
+		t.Fatalf("run: exit %d %q", code, stderr)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"init", "--out", out}, 2, "--config is required"},
+		{[]string{"init", "--config", cfg}, 2, "--out is required"},
+		{[]string{"init", "--config", filepath.Join(dir, "none.json"), "--out", out}, 1, "none.json"},
+		{[]string{"init", "--config", cfg, "--out", out, "--nm", "5:4"}, 1, "--nm"},
+	} {
+		code, _, stderr := runSlope(c.args...)
+		if code != c.code || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d mentioning %q", c.args, code, stderr, c.code, c.want)
+		}
+	}
+}
