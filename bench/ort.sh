@@ -11,8 +11,9 @@
 # against `slope forward` on the dense fp32 model (max |Δ|).
 # Environment: PROMPT (128), GEN (64), THREADS (0 = all cores), REPS (1
 # timed run after a warm-up, best kept, for each), KEEP=1.
-# onnxruntime-node is installed into .cache/ort (once) with its install
-# script's download skipped (the CPU binaries are in the package).
+# onnxruntime-node is installed by scripts/testdata.sh (once, into
+# .cache/npm/ort, with its install script's CUDA download skipped; the CPU
+# binaries are in the package), the copy the export tests use too.
 # Output: bench/out/ort.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,11 +22,8 @@ GEN=${GEN:-64}
 THREADS=${THREADS:-0}
 REPS=${REPS:-1}
 ORT_VERSION=1.30.0
-ortdir=.cache/ort/node_modules/onnxruntime-node
-if [[ "$(node -p "try{require('./$ortdir/package.json').version}catch(e){''}" 2>/dev/null)" != "$ORT_VERSION" ]]; then
-	ONNXRUNTIME_NODE_INSTALL=skip npm install --no-save --no-audit --no-fund --prefix .cache/ort \
-		"onnxruntime-node@$ORT_VERSION" --onnxruntime-node-install=skip >&2
-fi
+scripts/testdata.sh >&2
+export ORT_PATH="$PWD/.cache/npm/ort/node_modules/onnxruntime-node"
 work=$(mktemp -d "${TMPDIR:-/tmp}/slope-ort.XXXXXX")
 [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$work"' EXIT
 go build -o "$work/slope" ./cli/slope

@@ -20,7 +20,8 @@
 //   [--reps 1] [--check --slope BIN --slope-model M.slope [--check-len 16]
 //   [--tol 1e-3]]
 // onnxruntime-node is loaded from ORT_PATH, by default
-// <repo>/.cache/ort/node_modules/onnxruntime-node.
+// <repo>/.cache/npm/ort/node_modules/onnxruntime-node (scripts/testdata.sh
+// installs it there).
 import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -84,7 +85,7 @@ function rng(seed) {
 
 async function main() {
   const a = parseArgs(process.argv.slice(2));
-  const ortPath = process.env.ORT_PATH || path.join(here, '..', '..', '.cache', 'ort', 'node_modules', 'onnxruntime-node');
+  const ortPath = process.env.ORT_PATH || path.join(here, '..', '..', '.cache', 'npm', 'ort', 'node_modules', 'onnxruntime-node');
   let ort;
   try {
     ort = require(ortPath);
