@@ -1,0 +1,870 @@
+package ops
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
+)
+
+// CPU training: GradSteps for every op of version 1 (issue 6). Forward
+// passes of steps with parameters compute from Param.Value with plain
+// float32 loops (float64 where a reduction is short); steps without
+// parameters reuse the inference kernels for their forward pass.
+
+// transposeMaskSuffix names a weight's transpose mask (as
+// convert.TransposeMaskName does; convert imports ops, so it is repeated
+// here).
+const transposeMaskSuffix = ".transpose_mask"
+
+// MemParamStore is an in-memory ParamStore: dense tensors are decoded to
+// float32, N:M weights to their kept values with Idx and TKeep.
+type MemParamStore struct {
+	w      Weights
+	mu     sync.Mutex
+	params map[string]*Param
+	order  []*Param
+}
+
+// NewParamStore makes a ParamStore over the tensors of w.
+func NewParamStore(w Weights) *MemParamStore {
+	return &MemParamStore{w: w, params: map[string]*Param{}}
+}
+
+// All lists the Params created so far, in creation order.
+func (s *MemParamStore) All() []*Param {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*Param(nil), s.order...)
+}
+
+// Param implements ParamStore.
+func (s *MemParamStore) Param(name string) (*Param, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.params[name]; p != nil {
+		return p, nil
+	}
+	p, err := loadParam(s.w, name)
+	if err != nil {
+		return nil, err
+	}
+	s.params[name] = p
+	s.order = append(s.order, p)
+	return p, nil
+}
+
+func loadParam(w Weights, name string) (*Param, error) {
+	t, err := w.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if !format.IsFloat(t.Dtype) {
+		return nil, fmt.Errorf("tensor %q has dtype %s: %w", name, t.Dtype, ErrUnsupported)
+	}
+	shape := make([]int, len(t.Shape))
+	for i, d := range t.Shape {
+		shape[i] = int(d)
+	}
+	if t.Encoding != slopepb.Encoding_NM {
+		v, err := w.Dense(name)
+		if err != nil {
+			return nil, err
+		}
+		return &Param{Name: name, Value: v, Grad: make([]float32, len(v)), Shape: shape}, nil
+	}
+	v, err := w.NM(name)
+	if err != nil {
+		return nil, err
+	}
+	kept, err := v.Pattern.KeptPerRow(v.Cols)
+	if err != nil {
+		return nil, err
+	}
+	n := v.Rows * kept
+	vals := make([]float32, n)
+	if err := format.DecodeFloats(v.DType, v.Values, vals); err != nil {
+		return nil, err
+	}
+	idx := make([]uint8, n)
+	if err := format.UnpackNMIndices(v.Pattern, v.Rows, v.Cols, v.Indices, idx); err != nil {
+		return nil, err
+	}
+	nm := &NMParam{Pattern: v.Pattern, Rows: v.Rows, Cols: v.Cols, Idx: idx, TKeep: make([]bool, n)}
+	mname := name + transposeMaskSuffix
+	if _, err := w.Lookup(mname); err == nil {
+		raw, err := w.Raw(mname)
+		if err != nil {
+			return nil, err
+		}
+		if err := format.UnpackTransposeMask(v.Pattern, v.Rows, v.Cols, raw, nm.TKeep); err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", mname, err)
+		}
+	} else if !errors.Is(err, format.ErrNotFound) {
+		return nil, err
+	} else if v.Rows%v.Pattern.M == 0 {
+		// No stored mask: double-prune by magnitude (the reference rule).
+		if nm.TKeep, err = format.DoublePruneMagnitude(v.Pattern, v.Rows, v.Cols, vals, idx); err != nil {
+			return nil, err
+		}
+	} else {
+		for i := range nm.TKeep {
+			nm.TKeep[i] = true
+		}
+	}
+	return &Param{Name: name, Value: vals, Grad: make([]float32, n), Shape: shape, NM: nm}, nil
+}
+
+// CPUGrad is the CPU backend with training support.
+type CPUGrad struct{ *Registry }
+
+// NewCPUGrad returns the CPU backend that also binds GradSteps.
+func NewCPUGrad() *CPUGrad { return &CPUGrad{NewCPU()} }
+
+// BindGrad implements GradBackend.
+func (g *CPUGrad) BindGrad(b Binding, ps ParamStore) (GradStep, error) {
+	n := b.Node
+	switch n.OpType {
+	case OpEmbedding:
+		return bindEmbeddingGrad(b, ps)
+	case OpLayerNorm:
+		return bindLayerNormGrad(b, ps)
+	case OpLinear:
+		return bindLinearGrad(b, ps, false)
+	case OpLMHead:
+		return bindLinearGrad(b, ps, true)
+	case OpSlopeLinear:
+		return bindSlopeLinearGrad(b, ps)
+	case OpCausalAttention:
+		s, err := bindAttention(b)
+		if err != nil {
+			return nil, err
+		}
+		return &attentionGrad{attentionStep: s.(*attentionStep)}, nil
+	case OpAdd:
+		s, err := bindAdd(b)
+		if err != nil {
+			return nil, err
+		}
+		return &addGrad{addStep: s.(*addStep)}, nil
+	case OpRelu, OpGelu, OpGeluTanh, OpSilu, OpTanh, OpSigmoid:
+		s, err := bindActivation(b)
+		if err != nil {
+			return nil, err
+		}
+		return &activationGrad{activationStep: s.(*activationStep), df: activationDeriv(n.OpType)}, nil
+	}
+	return nil, fmt.Errorf("node %q: backend %s has no gradient kernel for op %s: %w", n.Name, g.Name(), n.OpType, ErrUnsupported)
+}
+
+// param fetches weight input i as a Param and checks its shape (-1: any).
+func param(b Binding, ps ParamStore, input int, want ...int) (*Param, error) {
+	n := b.Node
+	name := n.Input(input)
+	if name == "" {
+		return nil, n.errorf("input %d (a weight) is missing", input)
+	}
+	p, err := ps.Param(name)
+	if err != nil {
+		return nil, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	if len(p.Shape) != len(want) {
+		return nil, n.errorf("weight %q has shape %v, want %d dims", name, p.Shape, len(want))
+	}
+	for i, w := range want {
+		if w >= 0 && p.Shape[i] != w {
+			return nil, n.errorf("weight %q has shape %v, want %v (-1: any)", name, p.Shape, want)
+		}
+	}
+	return p, nil
+}
+
+func optionalParam(b Binding, ps ParamStore, input int, want ...int) (*Param, error) {
+	if b.Node.Input(input) == "" {
+		return nil, nil
+	}
+	return param(b, ps, input, want...)
+}
+
+func nonNil(ps ...*Param) []*Param {
+	var out []*Param
+	for _, p := range ps {
+		if p != nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Elementwise ops: forward from the inference kernels.
+
+type activationGrad struct {
+	*activationStep
+	df func(x float64) float64
+}
+
+func (s *activationGrad) Params() []*Param { return nil }
+
+// Backward: gx[i] += gy[i]·f'(x[i]), all [rows, dim].
+func (s *activationGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
+	if gin[0] == nil {
+		return nil
+	}
+	n := c.Rows() * s.dim
+	x, gy, gx := in[0].Data[:n], gout.Data[:n], gin[0].Data[:n]
+	parallelRows(n, c.Threads, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			gx[i] += float32(float64(gy[i]) * s.df(float64(x[i])))
+		}
+	})
+	return nil
+}
+
+func activationDeriv(op string) func(float64) float64 {
+	sigmoid := func(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
+	switch op {
+	case OpRelu:
+		return func(x float64) float64 {
+			if x > 0 {
+				return 1
+			}
+			return 0
+		}
+	case OpGelu:
+		return func(x float64) float64 {
+			return 0.5*(1+math.Erf(x/math.Sqrt2)) + x*math.Exp(-x*x/2)/math.Sqrt(2*math.Pi)
+		}
+	case OpGeluTanh:
+		return func(x float64) float64 {
+			c := math.Sqrt(2 / math.Pi)
+			t := math.Tanh(c * (x + 0.044715*x*x*x))
+			return 0.5*(1+t) + 0.5*x*(1-t*t)*c*(1+3*0.044715*x*x)
+		}
+	case OpSilu:
+		return func(x float64) float64 {
+			s := sigmoid(x)
+			return s * (1 + x*(1-s))
+		}
+	case OpTanh:
+		return func(x float64) float64 {
+			t := math.Tanh(x)
+			return 1 - t*t
+		}
+	case OpSigmoid:
+		return func(x float64) float64 {
+			s := sigmoid(x)
+			return s * (1 - s)
+		}
+	}
+	return nil
+}
+
+type addGrad struct{ *addStep }
+
+func (s *addGrad) Params() []*Param { return nil }
+
+// Backward: ga += gy, gb += gy, all [rows, dim].
+func (s *addGrad) Backward(c *Call, _ []*Value, _ *Value, gout *Value, gin []*Value) error {
+	n := c.Rows() * s.dim
+	for _, g := range gin[:2] {
+		if g == nil {
+			continue
+		}
+		d := g.Data[:n]
+		for i, v := range gout.Data[:n] {
+			d[i] += v
+		}
+	}
+	return nil
+}
+
+// LayerNorm: y = (x-μ)/σ·w + b, σ = sqrt(var+eps), per row of [rows, dim].
+
+type layerNormGrad struct {
+	dim  int
+	eps  float64
+	w, b *Param // [dim] or nil
+}
+
+func bindLayerNormGrad(b Binding, ps ParamStore) (GradStep, error) {
+	d, err := inDim(b, 0)
+	if err != nil {
+		return nil, err
+	}
+	eps, err := b.Node.Float("epsilon", 1e-5)
+	if err != nil {
+		return nil, err
+	}
+	s := &layerNormGrad{dim: d, eps: float64(eps)}
+	if s.w, err = optionalParam(b, ps, 1, d); err != nil {
+		return nil, err
+	}
+	if s.b, err = optionalParam(b, ps, 2, d); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *layerNormGrad) OutDim() int      { return s.dim }
+func (s *layerNormGrad) Params() []*Param { return nonNil(s.w, s.b) }
+
+func (s *layerNormGrad) wb() (w, b []float32) {
+	if s.w != nil {
+		w = s.w.Value
+	}
+	if s.b != nil {
+		b = s.b.Value
+	}
+	return w, b
+}
+
+// Forward: x [rows, dim] -> y [rows, dim].
+func (s *layerNormGrad) Forward(c *Call, in []*Value, out *Value) error {
+	x := in[0]
+	if err := checkValue("layernorm input", x, c.Rows(), s.dim); err != nil {
+		return err
+	}
+	w, b := s.wb()
+	parallelRows(x.Rows, c.Threads, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			layerNormRow(out.Row(r), x.Row(r), w, b, s.eps)
+		}
+	})
+	return nil
+}
+
+// Backward: with x̂ = (x-μ)/σ and g = gy·w,
+// gx = (g - mean(g) - x̂·mean(g·x̂))/σ; gw += Σ_rows gy·x̂; gb += Σ_rows gy.
+func (s *layerNormGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
+	x := in[0]
+	d := s.dim
+	w, _ := s.wb()
+	xh := make([]float64, d)
+	g := make([]float64, d)
+	for r := 0; r < c.Rows(); r++ {
+		xr, gy := x.Row(r), gout.Row(r)
+		var mean, vr float64
+		for _, v := range xr {
+			mean += float64(v)
+		}
+		mean /= float64(d)
+		for _, v := range xr {
+			vr += (float64(v) - mean) * (float64(v) - mean)
+		}
+		inv := 1 / math.Sqrt(vr/float64(d)+s.eps)
+		var mg, mgx float64
+		for i, v := range xr {
+			xh[i] = (float64(v) - mean) * inv
+			g[i] = float64(gy[i])
+			if w != nil {
+				g[i] *= float64(w[i])
+			}
+			mg += g[i]
+			mgx += g[i] * xh[i]
+		}
+		mg /= float64(d)
+		mgx /= float64(d)
+		if s.w != nil {
+			for i := range xh {
+				s.w.Grad[i] += float32(float64(gy[i]) * xh[i])
+			}
+		}
+		if s.b != nil {
+			for i := range xh {
+				s.b.Grad[i] += gy[i]
+			}
+		}
+		if gin[0] != nil {
+			gx := gin[0].Row(r)
+			for i := range xh {
+				gx[i] += float32((g[i] - mg - xh[i]*mgx) * inv)
+			}
+		}
+	}
+	return nil
+}
+
+// Linear and LMHead: y [rows, out] = x [rows, in]·Wᵀ + b, W [out, in].
+
+type linearGrad struct {
+	in, out int
+	w, b    *Param
+}
+
+func bindLinearGrad(b Binding, ps ParamStore, head bool) (GradStep, error) {
+	in, err := inDim(b, 0)
+	if err != nil {
+		return nil, err
+	}
+	s := &linearGrad{in: in}
+	if s.w, err = param(b, ps, 1, -1, in); err != nil {
+		return nil, err
+	}
+	if s.w.NM != nil {
+		return nil, b.Node.errorf("weight %q is N:M, want a dense matrix", s.w.Name)
+	}
+	s.out = s.w.Shape[0]
+	if !head {
+		if s.b, err = optionalParam(b, ps, 2, s.out); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *linearGrad) OutDim() int      { return s.out }
+func (s *linearGrad) Params() []*Param { return nonNil(s.w, s.b) }
+
+func (s *linearGrad) Forward(c *Call, in []*Value, out *Value) error {
+	x := in[0]
+	if err := checkValue("linear input", x, c.Rows(), s.in); err != nil {
+		return err
+	}
+	w := s.w.Value
+	parallelRows(c.Rows(), c.Threads, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			xr, y := x.Row(r), out.Row(r)
+			for o := range y {
+				v := dot(w[o*s.in:(o+1)*s.in], xr)
+				if s.b != nil {
+					v += s.b.Value[o]
+				}
+				y[o] = v
+			}
+		}
+	})
+	return nil
+}
+
+// Backward: gx [rows, in] += gy·W; gW [out, in] += gyᵀ·x; gb [out] += Σ_rows gy.
+func (s *linearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
+	x, m := in[0], c.Rows()
+	w, gw := s.w.Value, s.w.Grad
+	if gin[0] != nil {
+		gx := gin[0]
+		parallelRows(m, c.Threads, func(lo, hi int) {
+			for r := lo; r < hi; r++ {
+				gxr := gx.Row(r)
+				for o, g := range gout.Row(r) {
+					if g != 0 {
+						axpy(gxr, g, w[o*s.in:(o+1)*s.in])
+					}
+				}
+			}
+		})
+	}
+	parallelRows(s.out, c.Threads, func(lo, hi int) {
+		for o := lo; o < hi; o++ {
+			row := gw[o*s.in : (o+1)*s.in]
+			var gb float32
+			for r := 0; r < m; r++ {
+				g := gout.Data[r*s.out+o]
+				gb += g
+				if g != 0 {
+					axpy(row, g, x.Row(r))
+				}
+			}
+			if s.b != nil {
+				s.b.Grad[o] += gb
+			}
+		}
+	})
+	return nil
+}
+
+// axpy: y += a·x.
+func axpy(y []float32, a float32, x []float32) {
+	for i, v := range x[:len(y)] {
+		y[i] += a * v
+	}
+}
+
+// SlopeLinear: y [rows, out] = x [rows, in]·W_sᵀ + b + s·(x·L)·R with W_s
+// N:M [out, in] (its kept values a Param), L [in, r], R [r, out].
+
+type slopeLinearGrad struct {
+	in, out, kept int
+	w, b          *Param
+	l, r          *Param // the adapter, or nil
+	rank          int
+	scale         float32
+}
+
+func bindSlopeLinearGrad(b Binding, ps ParamStore) (GradStep, error) {
+	n := b.Node
+	in, err := inDim(b, 0)
+	if err != nil {
+		return nil, err
+	}
+	if mr, err := n.Int("merged_rank", 0); err != nil {
+		return nil, err
+	} else if mr != 0 {
+		return nil, fmt.Errorf("node %q: training a merged adapter layout (merged_rank %d): %w", n.Name, mr, ErrUnsupported)
+	}
+	s := &slopeLinearGrad{in: in}
+	if s.w, err = param(b, ps, 1, -1, in); err != nil {
+		return nil, err
+	}
+	nm := s.w.NM
+	if nm == nil {
+		return nil, n.errorf("weight %q is not N:M", s.w.Name)
+	}
+	an, _ := n.Int("n", 0)
+	am, _ := n.Int("m", 0)
+	if int(an) != nm.Pattern.N || int(am) != nm.Pattern.M {
+		return nil, n.errorf("attributes n:m = %d:%d, weight %q is %s", an, am, s.w.Name, nm.Pattern)
+	}
+	s.out = nm.Rows
+	s.kept = len(s.w.Value) / nm.Rows
+	if s.b, err = optionalParam(b, ps, 2, s.out); err != nil {
+		return nil, err
+	}
+	if n.Input(4) != "" || n.Input(5) != "" {
+		if s.l, err = param(b, ps, 4, in, -1); err != nil {
+			return nil, err
+		}
+		s.rank = s.l.Shape[1]
+		if s.r, err = param(b, ps, 5, s.rank, s.out); err != nil {
+			return nil, err
+		}
+		if s.scale, err = adapterScale(b, 4); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *slopeLinearGrad) OutDim() int      { return s.out }
+func (s *slopeLinearGrad) Params() []*Param { return nonNil(s.w, s.b, s.l, s.r) }
+
+// col is the input column of kept value k of a row.
+func (s *slopeLinearGrad) col(row, k int) int {
+	p := s.w.NM.Pattern
+	return k/p.N*p.M + int(s.w.NM.Idx[row*s.kept+k])
+}
+
+// xl computes x·L [rows, r] for row r into dst.
+func (s *slopeLinearGrad) xl(dst, xr []float32) {
+	clear(dst)
+	for i, v := range xr {
+		axpy(dst, v, s.l.Value[i*s.rank:(i+1)*s.rank])
+	}
+}
+
+func (s *slopeLinearGrad) Forward(c *Call, in []*Value, out *Value) error {
+	x := in[0]
+	if err := checkValue("slopelinear input", x, c.Rows(), s.in); err != nil {
+		return err
+	}
+	parallelRows(c.Rows(), c.Threads, func(lo, hi int) {
+		xl := make([]float32, s.rank)
+		for r := lo; r < hi; r++ {
+			xr, y := x.Row(r), out.Row(r)
+			for o := range y {
+				vals := s.w.Value[o*s.kept : (o+1)*s.kept]
+				var v float32
+				for k, w := range vals {
+					v += w * xr[s.col(o, k)]
+				}
+				if s.b != nil {
+					v += s.b.Value[o]
+				}
+				y[o] = v
+			}
+			if s.l != nil {
+				s.xl(xl, xr)
+				for k, v := range xl {
+					axpy(y, s.scale*v, s.r.Value[k*s.out:(k+1)*s.out])
+				}
+			}
+		}
+	})
+	return nil
+}
+
+// Backward (SLoPe): gx [rows, in] += gy·W_dp + s·(gy·Rᵀ)·Lᵀ, W_dp holding
+// the kept values with TKeep set; gW (kept values) += (gyᵀ·x) at W's
+// positions; gb += Σ_rows gy; gR [r, out] += s·(x·L)ᵀ·gy;
+// gL [in, r] += xᵀ·(s·gy·Rᵀ).
+func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
+	x, m := in[0], c.Rows()
+	tkeep := s.w.NM.TKeep
+	if gin[0] != nil {
+		gx := gin[0]
+		parallelRows(m, c.Threads, func(lo, hi int) {
+			for r := lo; r < hi; r++ {
+				gxr := gx.Row(r)
+				for o, g := range gout.Row(r) {
+					base := o * s.kept
+					for k, w := range s.w.Value[base : base+s.kept] {
+						if tkeep[base+k] {
+							gxr[s.col(o, k)] += g * w
+						}
+					}
+				}
+			}
+		})
+	}
+	parallelRows(s.out, c.Threads, func(lo, hi int) {
+		for o := lo; o < hi; o++ {
+			gw := s.w.Grad[o*s.kept : (o+1)*s.kept]
+			var gb float32
+			for r := 0; r < m; r++ {
+				g := gout.Data[r*s.out+o]
+				gb += g
+				xr := x.Row(r)
+				for k := range gw {
+					gw[k] += g * xr[s.col(o, k)]
+				}
+			}
+			if s.b != nil {
+				s.b.Grad[o] += gb
+			}
+		}
+	})
+	if s.l == nil {
+		return nil
+	}
+	// Adapter, one row at a time (the rank is small).
+	xl := make([]float32, s.rank)
+	gxl := make([]float32, s.rank)
+	for r := 0; r < m; r++ {
+		xr, gy := x.Row(r), gout.Row(r)
+		s.xl(xl, xr)
+		for k := range gxl {
+			rk := s.r.Value[k*s.out : (k+1)*s.out]
+			gxl[k] = s.scale * dot(rk, gy)
+			axpy(s.r.Grad[k*s.out:(k+1)*s.out], s.scale*xl[k], gy)
+		}
+		for i, v := range xr {
+			li := i * s.rank
+			axpy(s.l.Grad[li:li+s.rank], v, gxl)
+			if gin[0] != nil {
+				gin[0].Data[r*s.in+i] += dot(s.l.Value[li:li+s.rank], gxl)
+			}
+		}
+	}
+	return nil
+}
+
+// Embedding: y [rows, H] = tok[id]·project_inᵀ (or tok[id]) + pos[p],
+// tok [V, P], pos [Np, H], project_in [H, P].
+
+type embeddingGrad struct {
+	tok, pos, proj *Param
+	vocab, p, h    int
+	positions      int
+	offset         int
+}
+
+func bindEmbeddingGrad(b Binding, ps ParamStore) (GradStep, error) {
+	n := b.Node
+	s := &embeddingGrad{}
+	var err error
+	if s.tok, err = param(b, ps, 2, -1, -1); err != nil {
+		return nil, err
+	}
+	if s.pos, err = param(b, ps, 3, -1, -1); err != nil {
+		return nil, err
+	}
+	if s.tok.NM != nil || s.pos.NM != nil {
+		return nil, n.errorf("embedding tables must be dense")
+	}
+	s.vocab, s.p = s.tok.Shape[0], s.tok.Shape[1]
+	s.positions, s.h = s.pos.Shape[0], s.pos.Shape[1]
+	off, err := n.Int("position_offset", 2)
+	if err != nil {
+		return nil, err
+	}
+	s.offset = int(off)
+	if n.Input(4) != "" {
+		if s.proj, err = param(b, ps, 4, s.h, s.p); err != nil {
+			return nil, err
+		}
+	} else if s.p != s.h {
+		return nil, n.errorf("token embedding width %d differs from position width %d without project_in", s.p, s.h)
+	}
+	if s.offset < 0 || s.offset >= s.positions {
+		return nil, n.errorf("position_offset %d outside the %d positions", s.offset, s.positions)
+	}
+	return s, nil
+}
+
+func (s *embeddingGrad) OutDim() int      { return s.h }
+func (s *embeddingGrad) Params() []*Param { return nonNil(s.tok, s.pos, s.proj) }
+
+// rowsOf resolves each row's token id and position row.
+func (s *embeddingGrad) rowsOf(c *Call) (ids, pos []int, err error) {
+	total := c.Past + c.Seq
+	if len(c.IDs) != c.Rows() || len(c.Mask) != c.Batch*total {
+		return nil, nil, fmt.Errorf("embedding: %d ids and %d mask entries for batch %d, %d new and %d past tokens", len(c.IDs), len(c.Mask), c.Batch, c.Seq, c.Past)
+	}
+	ids, pos = make([]int, c.Rows()), make([]int, c.Rows())
+	for bt := 0; bt < c.Batch; bt++ {
+		mask := c.Mask[bt*total : (bt+1)*total]
+		for t := 0; t < c.Seq; t++ {
+			r := bt*c.Seq + t
+			id := int(c.IDs[r])
+			if id < 0 || id >= s.vocab {
+				return nil, nil, fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
+			}
+			p := EmbeddingPosition(mask, c.Past+t) + s.offset
+			if p < 0 || p >= s.positions {
+				return nil, nil, fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
+			}
+			ids[r], pos[r] = id, p
+		}
+	}
+	return ids, pos, nil
+}
+
+func (s *embeddingGrad) Forward(c *Call, _ []*Value, out *Value) error {
+	if err := checkValue("embedding output", out, c.Rows(), s.h); err != nil {
+		return err
+	}
+	ids, pos, err := s.rowsOf(c)
+	if err != nil {
+		return err
+	}
+	for r, id := range ids {
+		y := out.Row(r)
+		e := s.tok.Value[id*s.p : (id+1)*s.p]
+		if s.proj != nil {
+			for o := range y {
+				y[o] = dot(s.proj.Value[o*s.p:(o+1)*s.p], e)
+			}
+		} else {
+			copy(y, e)
+		}
+		axpy(y, 1, s.pos.Value[pos[r]*s.h:(pos[r]+1)*s.h])
+	}
+	return nil
+}
+
+// Backward: gpos[p] += gy; gtok[id] += gy·project_in (or gy);
+// gproject_in [H, P] += gyᵀ·tok[id]. No activation inputs.
+func (s *embeddingGrad) Backward(c *Call, _ []*Value, _ *Value, gout *Value, _ []*Value) error {
+	ids, pos, err := s.rowsOf(c)
+	if err != nil {
+		return err
+	}
+	for r, id := range ids {
+		gy := gout.Row(r)
+		axpy(s.pos.Grad[pos[r]*s.h:(pos[r]+1)*s.h], 1, gy)
+		gt := s.tok.Grad[id*s.p : (id+1)*s.p]
+		if s.proj == nil {
+			axpy(gt, 1, gy)
+			continue
+		}
+		e := s.tok.Value[id*s.p : (id+1)*s.p]
+		for o, g := range gy {
+			axpy(gt, g, s.proj.Value[o*s.p:(o+1)*s.p])
+			axpy(s.proj.Grad[o*s.p:(o+1)*s.p], g, e)
+		}
+	}
+	return nil
+}
+
+// CausalAttention: q, k, v [rows, H] -> [rows, H]; per sequence and head
+// P = softmax(scale·q·kᵀ) over the visible keys, O = P·V. The forward
+// pass is the inference kernel's.
+
+type attentionGrad struct{ *attentionStep }
+
+func (s *attentionGrad) Params() []*Param { return nil }
+
+// Backward recomputes P in float64 per query i: with dO = gy's head
+// slice, dP_j = dO·v_j, dS_j = P_j·(dP_j - Σ_l P_l·dP_l);
+// gq_i += scale·Σ_j dS_j·k_j, gk_j += scale·dS_j·q_i, gv_j += P_j·dO.
+func (s *attentionGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
+	if c.Past != 0 || c.Cache != nil {
+		return fmt.Errorf("attention backward: needs whole sequences (past %d, cache %v)", c.Past, c.Cache != nil)
+	}
+	seq, hd, dim := c.Seq, s.headDim, s.dim
+	if len(c.Mask) != c.Batch*seq {
+		return fmt.Errorf("attention: mask has %d entries, want %d", len(c.Mask), c.Batch*seq)
+	}
+	q, k, v := in[0].Data, in[1].Data, in[2].Data
+	sc := float64(s.scale)
+	parallelRows(c.Batch*s.heads, c.Threads, func(lo, hi int) {
+		p := make([]float64, seq)
+		dp := make([]float64, seq)
+		for bh := lo; bh < hi; bh++ {
+			b, h := bh/s.heads, bh%s.heads
+			mask := c.Mask[b*seq : (b+1)*seq]
+			at := func(x []float32, j int) []float32 { return x[(b*seq+j)*dim+h*hd:][:hd] }
+			for i := 0; i < seq; i++ {
+				qi := at(q, i)
+				mx := math.Inf(-1)
+				for j := 0; j <= i; j++ {
+					if mask[j] == 0 {
+						continue
+					}
+					var d float64
+					for e, kv := range at(k, j) {
+						d += float64(qi[e]) * float64(kv)
+					}
+					p[j] = d * sc
+					mx = math.Max(mx, p[j])
+				}
+				if math.IsInf(mx, -1) {
+					continue // no visible key: zero output, zero gradient
+				}
+				var sum float64
+				for j := 0; j <= i; j++ {
+					if mask[j] != 0 {
+						p[j] = math.Exp(p[j] - mx)
+						sum += p[j]
+					}
+				}
+				gy := gout.Data[(b*seq+i)*dim+h*hd:][:hd]
+				var pdp float64
+				for j := 0; j <= i; j++ {
+					if mask[j] == 0 {
+						continue
+					}
+					p[j] /= sum
+					var d float64
+					for e, vv := range at(v, j) {
+						d += float64(gy[e]) * float64(vv)
+					}
+					dp[j] = d
+					pdp += p[j] * d
+				}
+				for j := 0; j <= i; j++ {
+					if mask[j] == 0 {
+						continue
+					}
+					ds := p[j] * (dp[j] - pdp) * sc
+					if gin[0] != nil {
+						gq := at(gin[0].Data, i)
+						for e, kv := range at(k, j) {
+							gq[e] += float32(ds * float64(kv))
+						}
+					}
+					if gin[1] != nil {
+						gk := at(gin[1].Data, j)
+						for e, qv := range qi {
+							gk[e] += float32(ds * float64(qv))
+						}
+					}
+					if gin[2] != nil {
+						gv := at(gin[2].Data, j)
+						for e, g := range gy {
+							gv[e] += float32(p[j] * float64(g))
+						}
+					}
+				}
+			}
+		}
+	})
+	return nil
+}
+
+var (
+	_ GradBackend = (*CPUGrad)(nil)
+	_ ParamStore  = (*MemParamStore)(nil)
+)
