@@ -124,23 +124,23 @@ func (s *Session) run(c *ops.Call, lastOnly bool) (*ops.Value, error) {
 		return s.runDevice(c, lastOnly)
 	}
 	for i, ps := range s.m.steps {
-		in := make([]*ops.Value, len(ps.in))
-		for k, slot := range ps.in {
+		in := make([]*ops.Value, len(ps.In))
+		for k, slot := range ps.In {
 			in[k] = s.vals[slot]
 		}
 		sc := c
-		if lastOnly && i == len(s.m.steps)-1 && ps.node.OpType == ops.OpLMHead && c.Seq > 1 {
+		if lastOnly && i == len(s.m.steps)-1 && ps.Node.OpType == ops.OpLMHead && c.Seq > 1 {
 			in[0] = s.lastRows(in[0], c)
 			last := *c
 			last.Seq = 1
 			sc = &last
 		}
-		out := s.get(ps.dim, sc.Rows())
-		if err := ps.step.Forward(sc, in, out); err != nil {
-			return nil, fmt.Errorf("node %q (%s): %w", ps.node.Name, ps.node.OpType, err)
+		out := s.get(ps.Dim, sc.Rows())
+		if err := ps.Step.Forward(sc, in, out); err != nil {
+			return nil, fmt.Errorf("node %q (%s): %w", ps.Node.Name, ps.Node.OpType, err)
 		}
-		s.vals[ps.out] = out
-		for _, slot := range ps.free {
+		s.vals[ps.Out] = out
+		for _, slot := range ps.Free {
 			s.put(s.vals[slot])
 			s.vals[slot] = nil
 		}
@@ -199,12 +199,12 @@ func (s *Session) runDevice(c *ops.Call, lastOnly bool) (*ops.Value, error) {
 			return err
 		}
 		for i, ps := range s.m.steps {
-			in := make([]ops.Tensor, len(ps.in))
-			for k, slot := range ps.in {
+			in := make([]ops.Tensor, len(ps.In))
+			for k, slot := range ps.In {
 				in[k] = s.devVals[slot]
 			}
 			sc := c
-			if lastOnly && i == len(s.m.steps)-1 && ps.node.OpType == ops.OpLMHead && c.Seq > 1 {
+			if lastOnly && i == len(s.m.steps)-1 && ps.Node.OpType == ops.OpLMHead && c.Seq > 1 {
 				last, err := be.Acquire(c.Batch, in[0].Dim())
 				if err != nil {
 					return err
@@ -223,15 +223,15 @@ func (s *Session) runDevice(c *ops.Call, lastOnly bool) (*ops.Value, error) {
 				lc.Seq = 1
 				sc = &lc
 			}
-			out, err := be.Acquire(sc.Rows(), ps.dim)
+			out, err := be.Acquire(sc.Rows(), ps.Dim)
 			if err != nil {
 				return err
 			}
-			s.devVals[ps.out] = out
-			if err := ps.step.(ops.DeviceStep).ForwardDevice(sc, in, out); err != nil {
-				return fmt.Errorf("node %q (%s): %w", ps.node.Name, ps.node.OpType, err)
+			s.devVals[ps.Out] = out
+			if err := ps.Step.(ops.DeviceStep).ForwardDevice(sc, in, out); err != nil {
+				return fmt.Errorf("node %q (%s): %w", ps.Node.Name, ps.Node.OpType, err)
 			}
-			for _, slot := range ps.free {
+			for _, slot := range ps.Free {
 				be.Release(s.devVals[slot])
 				s.devVals[slot] = nil
 			}

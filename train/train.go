@@ -1,0 +1,495 @@
+// Package train is the core of the SLoPe trainer on the CPU backend
+// (issue 6): it binds a .slope container's graph as ops.GradSteps over
+// float32 master Params, runs forward and backward for next-token
+// cross-entropy, and updates the Params with AdamW whose moments exist
+// only for the kept values of N:M weights. Every MaskRefresh steps the
+// transpose masks (the double-pruned backward's masks) are recomputed by
+// magnitude from the updated values; W's own masks never change.
+//
+// Not here yet: checkpoints, lazy adapters, data loading and the CLI.
+package train
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/ops"
+)
+
+// Schedules of the learning rate after warmup.
+const (
+	ScheduleCosine   = "cosine"
+	ScheduleLinear   = "linear"
+	ScheduleConstant = "constant"
+)
+
+// Options tune a Trainer. A zero field takes its default.
+type Options struct {
+	// LR is the peak learning rate (default 1e-4).
+	LR float64
+	// WarmupSteps ramps the rate linearly from LR/WarmupSteps at the
+	// first step to LR at step WarmupSteps (default 0: no warmup).
+	WarmupSteps int
+	// TotalSteps is the length of the run: after warmup the rate decays
+	// over the remaining TotalSteps-WarmupSteps steps to 10% of LR
+	// (cosine or linear) and stays there. 0: no decay.
+	TotalSteps int
+	// Schedule is "cosine" (default), "linear" or "constant".
+	Schedule string
+	// WeightDecay is AdamW's decoupled decay (default 0.1; < 0: none).
+	// It applies to the 2-D Params only (linear and N:M weights, token
+	// and position embeddings, the LM head); biases and LayerNorm
+	// parameters are not decayed.
+	WeightDecay float64
+	// Beta1, Beta2, Eps are AdamW's (defaults 0.9, 0.95, 1e-8).
+	Beta1, Beta2, Eps float64
+	// Clip is the global gradient-norm bound over all Params (<= 0: no
+	// clipping, the default).
+	Clip float64
+	// MaskRefresh recomputes the transpose masks every MaskRefresh steps
+	// (default 100; < 0: never).
+	MaskRefresh int
+	// Threads bounds the goroutines of each op (<= 0: GOMAXPROCS).
+	// Results are bit-identical for the same Threads.
+	Threads int
+	// Seed is kept for the random parts of training still to come (lazy
+	// adapters' initialisation, data shuffling); the step itself is
+	// deterministic.
+	Seed uint64
+}
+
+// Defaults of Options.
+const (
+	DefaultLR          = 1e-4
+	DefaultWeightDecay = 0.1
+	DefaultBeta1       = 0.9
+	DefaultBeta2       = 0.95
+	DefaultEps         = 1e-8
+	DefaultMaskRefresh = 100
+	// MinLRFraction is where the cosine and linear schedules end.
+	MinLRFraction = 0.1
+)
+
+func (o Options) withDefaults() (Options, error) {
+	if o.LR == 0 {
+		o.LR = DefaultLR
+	}
+	if o.Schedule == "" {
+		o.Schedule = ScheduleCosine
+	}
+	switch o.Schedule {
+	case ScheduleCosine, ScheduleLinear, ScheduleConstant:
+	default:
+		return o, fmt.Errorf("train: schedule %q: want cosine, linear or constant", o.Schedule)
+	}
+	switch {
+	case o.WeightDecay == 0:
+		o.WeightDecay = DefaultWeightDecay
+	case o.WeightDecay < 0:
+		o.WeightDecay = 0
+	}
+	if o.Beta1 == 0 {
+		o.Beta1 = DefaultBeta1
+	}
+	if o.Beta2 == 0 {
+		o.Beta2 = DefaultBeta2
+	}
+	if o.Eps == 0 {
+		o.Eps = DefaultEps
+	}
+	if o.MaskRefresh == 0 {
+		o.MaskRefresh = DefaultMaskRefresh
+	}
+	if o.LR < 0 || o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 || o.Eps < 0 || o.WarmupSteps < 0 || o.TotalSteps < 0 {
+		return o, fmt.Errorf("train: invalid options %+v", o)
+	}
+	return o, nil
+}
+
+// ErrModel is wrapped when a container's graph cannot be trained
+// (ops.ErrGraph).
+var ErrModel = ops.ErrGraph
+
+// Trainer trains one container's Params in memory.
+type Trainer struct {
+	file   *format.File
+	o      Options
+	store  *ops.MemParamStore
+	plan   []ops.Planned[ops.GradStep]
+	dims   []int // per value slot
+	logits int   // slot of the logits
+	vocab  int
+
+	params []*ops.Param
+	m, v   [][]float32 // AdamW moments, len(Value) each
+	decay  []bool
+	step   int
+	// gradNorm is the global gradient norm of the last Step, before
+	// clipping.
+	gradNorm float64
+}
+
+// New opens the container at path and binds its graph for training.
+func New(path string, o Options) (*Trainer, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	f, err := format.Open(path, nil)
+	if err != nil {
+		return nil, err
+	}
+	t, err := newTrainer(f, o)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
+}
+
+func newTrainer(f *format.File, o Options) (*Trainer, error) {
+	t := &Trainer{file: f, o: o, store: ops.NewParamStore(f)}
+	be := ops.NewCPUGrad()
+	plan, err := ops.Compile(f.Manifest().GetGraph(), f, func(b ops.Binding) (ops.GradStep, error) {
+		return be.BindGrad(b, t.store)
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.plan, t.dims, t.logits = plan.Steps, plan.Dims, plan.Logits
+	t.vocab = t.dims[t.logits]
+	t.params = t.store.All()
+	for _, p := range t.params {
+		t.m = append(t.m, make([]float32, len(p.Value)))
+		t.v = append(t.v, make([]float32, len(p.Value)))
+		t.decay = append(t.decay, len(p.Shape) == 2)
+	}
+	return t, nil
+}
+
+// Close releases the container.
+func (t *Trainer) Close() error { return t.file.Close() }
+
+// Options are the options in effect (defaults filled in).
+func (t *Trainer) Options() Options { return t.o }
+
+// StepCount is the number of optimizer steps taken.
+func (t *Trainer) StepCount() int { return t.step }
+
+// Params lists the trainable Params in binding order (shared Params,
+// such as a tied LM head, once).
+func (t *Trainer) Params() []*ops.Param { return t.params }
+
+// Vocab is the number of logits per token.
+func (t *Trainer) Vocab() int { return t.vocab }
+
+// GradNorm is the global gradient norm of the last Step before clipping.
+func (t *Trainer) GradNorm() float64 { return t.gradNorm }
+
+// OptimizerBytes is the memory of the AdamW moments: two float32 per
+// stored value (kept values only for N:M weights).
+func (t *Trainer) OptimizerBytes() int64 {
+	var n int64
+	for _, m := range t.m {
+		n += 2 * 4 * int64(len(m))
+	}
+	return n
+}
+
+// DenseOptimizerBytes is what the moments would take were every N:M
+// weight dense (two float32 per dense element).
+func (t *Trainer) DenseOptimizerBytes() int64 {
+	var n int64
+	for _, p := range t.params {
+		n += 2 * 4 * int64(denseLen(p))
+	}
+	return n
+}
+
+// NMOptimizerBytes is OptimizerBytes and DenseOptimizerBytes restricted
+// to the N:M weights (kept = N/M of dense).
+func (t *Trainer) NMOptimizerBytes() (kept, dense int64) {
+	for _, p := range t.params {
+		if p.NM != nil {
+			kept += 2 * 4 * int64(len(p.Value))
+			dense += 2 * 4 * int64(denseLen(p))
+		}
+	}
+	return kept, dense
+}
+
+func denseLen(p *ops.Param) int {
+	if p.NM != nil {
+		return p.NM.Rows * p.NM.Cols
+	}
+	return len(p.Value)
+}
+
+// LR is the learning rate of 0-based step s.
+func (t *Trainer) LR(s int) float64 {
+	o := t.o
+	if o.WarmupSteps > 0 && s < o.WarmupSteps {
+		return o.LR * float64(s+1) / float64(o.WarmupSteps)
+	}
+	if o.Schedule == ScheduleConstant || o.TotalSteps <= o.WarmupSteps {
+		return o.LR
+	}
+	p := math.Min(1, float64(s-o.WarmupSteps)/float64(o.TotalSteps-o.WarmupSteps))
+	lo := MinLRFraction * o.LR
+	if o.Schedule == ScheduleLinear {
+		return o.LR - (o.LR-lo)*p
+	}
+	return lo + (o.LR-lo)*0.5*(1+math.Cos(math.Pi*p))
+}
+
+// call checks a batch and makes its Call.
+func (t *Trainer) call(ids [][]int32) (*ops.Call, error) {
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("train: empty batch")
+	}
+	seq := len(ids[0])
+	if seq < 2 {
+		return nil, fmt.Errorf("train: sequences of %d tokens, want at least 2", seq)
+	}
+	c := &ops.Call{Batch: len(ids), Seq: seq, Threads: t.o.Threads}
+	c.IDs = make([]int32, 0, c.Rows())
+	for b, s := range ids {
+		if len(s) != seq {
+			return nil, fmt.Errorf("train: sequence %d has %d tokens, sequence 0 %d", b, len(s), seq)
+		}
+		for _, id := range s {
+			if id < 0 || int(id) >= t.vocab {
+				return nil, fmt.Errorf("train: token id %d outside the vocabulary of %d", id, t.vocab)
+			}
+		}
+		c.IDs = append(c.IDs, s...)
+	}
+	c.Mask = make([]int32, c.Rows())
+	for i := range c.Mask {
+		c.Mask[i] = 1
+	}
+	return c, nil
+}
+
+// forward runs the plan, keeping every value.
+func (t *Trainer) forward(c *ops.Call) ([]*ops.Value, error) {
+	vals := make([]*ops.Value, len(t.dims))
+	rows := c.Rows()
+	for _, ps := range t.plan {
+		in := make([]*ops.Value, len(ps.In))
+		for i, s := range ps.In {
+			in[i] = vals[s]
+		}
+		out := &ops.Value{Rows: rows, Dim: ps.Dim, Data: make([]float32, rows*ps.Dim)}
+		if err := ps.Step.Forward(c, in, out); err != nil {
+			return nil, fmt.Errorf("node %q: %w", ps.Node.Name, err)
+		}
+		vals[ps.Out] = out
+	}
+	return vals, nil
+}
+
+// crossEntropy is the mean next-token loss of positions 0..Seq-2 of each
+// sequence; with grad it also returns ∂loss/∂logits (zero at the last
+// position of each sequence).
+func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool) (float64, *ops.Value) {
+	var g *ops.Value
+	if grad {
+		g = &ops.Value{Rows: logits.Rows, Dim: logits.Dim, Data: make([]float32, len(logits.Data))}
+	}
+	count := c.Batch * (c.Seq - 1)
+	inv := 1 / float64(count)
+	var loss float64
+	for b := 0; b < c.Batch; b++ {
+		for p := 0; p < c.Seq-1; p++ {
+			r := b*c.Seq + p
+			target := int(c.IDs[r+1])
+			y := logits.Row(r)
+			mx := math.Inf(-1)
+			for _, v := range y {
+				mx = math.Max(mx, float64(v))
+			}
+			var sum float64
+			for _, v := range y {
+				sum += math.Exp(float64(v) - mx)
+			}
+			lse := mx + math.Log(sum)
+			loss += lse - float64(y[target])
+			if grad {
+				gr := g.Row(r)
+				for j, v := range y {
+					gr[j] = float32(math.Exp(float64(v)-lse) * inv)
+				}
+				gr[target] -= float32(inv)
+			}
+		}
+	}
+	return loss * inv, g
+}
+
+// backward runs the plan in reverse from the logits' gradient, adding
+// into every Param's Grad.
+func (t *Trainer) backward(c *ops.Call, vals []*ops.Value, glogits *ops.Value) error {
+	rows := c.Rows()
+	grads := make([]*ops.Value, len(t.dims))
+	grads[t.logits] = glogits
+	for i := len(t.plan) - 1; i >= 0; i-- {
+		ps := t.plan[i]
+		gout := grads[ps.Out]
+		if gout == nil {
+			continue // the output does not reach the loss
+		}
+		in := make([]*ops.Value, len(ps.In))
+		gin := make([]*ops.Value, len(ps.In))
+		for j, s := range ps.In {
+			in[j] = vals[s]
+			if grads[s] == nil {
+				grads[s] = &ops.Value{Rows: rows, Dim: t.dims[s], Data: make([]float32, rows*t.dims[s])}
+			}
+			gin[j] = grads[s]
+		}
+		if err := ps.Step.Backward(c, in, vals[ps.Out], gout, gin); err != nil {
+			return fmt.Errorf("node %q backward: %w", ps.Node.Name, err)
+		}
+		grads[ps.Out] = nil // no longer needed
+	}
+	return nil
+}
+
+// lossAndGrad computes the batch loss and adds its gradient into the
+// Params' Grads.
+func (t *Trainer) lossAndGrad(ids [][]int32) (float64, error) {
+	return t.loss(ids, true)
+}
+
+// Eval is the mean next-token cross-entropy of a batch of equal-length
+// sequences, without updating anything.
+func (t *Trainer) Eval(ids [][]int32) (float64, error) {
+	return t.loss(ids, false)
+}
+
+// loss runs the forward pass of a batch and returns its mean next-token
+// cross-entropy; with grad, it also runs the backward pass, adding into
+// the Params' Grads.
+func (t *Trainer) loss(ids [][]int32, grad bool) (float64, error) {
+	c, err := t.call(ids)
+	if err != nil {
+		return 0, err
+	}
+	vals, err := t.forward(c)
+	if err != nil {
+		return 0, err
+	}
+	loss, g := t.crossEntropy(c, vals[t.logits], grad)
+	if grad {
+		if err := t.backward(c, vals, g); err != nil {
+			return 0, err
+		}
+	}
+	return loss, nil
+}
+
+// Step takes one optimizer step on a batch of equal-length sequences
+// (every token real) and returns the batch loss before the update.
+func (t *Trainer) Step(ids [][]int32) (float64, error) {
+	t.zeroGrad()
+	loss, err := t.lossAndGrad(ids)
+	if err != nil {
+		t.zeroGrad()
+		return 0, err
+	}
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		t.zeroGrad()
+		return loss, fmt.Errorf("train: step %d: loss is %g", t.step, loss)
+	}
+	return loss, t.apply()
+}
+
+// apply clips the accumulated gradients, updates the Params, zeroes the
+// gradients, counts the step and refreshes the transpose masks when due.
+func (t *Trainer) apply() error {
+	t.clip()
+	t.adamW(t.LR(t.step))
+	t.zeroGrad()
+	t.step++
+	if t.o.MaskRefresh > 0 && t.step%t.o.MaskRefresh == 0 {
+		return t.RefreshMasks()
+	}
+	return nil
+}
+
+func (t *Trainer) zeroGrad() {
+	for _, p := range t.params {
+		clear(p.Grad)
+	}
+}
+
+// clip measures the global gradient norm and scales the gradients down
+// to Clip when it is larger.
+func (t *Trainer) clip() {
+	var ss float64
+	for _, p := range t.params {
+		for _, g := range p.Grad {
+			ss += float64(g) * float64(g)
+		}
+	}
+	t.gradNorm = math.Sqrt(ss)
+	if t.o.Clip <= 0 || t.gradNorm <= t.o.Clip {
+		return
+	}
+	s := float32(t.o.Clip / t.gradNorm)
+	for _, p := range t.params {
+		for i := range p.Grad {
+			p.Grad[i] *= s
+		}
+	}
+}
+
+// adamW updates every Param (step t.step+1 for the bias corrections):
+//
+//	m = β1·m + (1-β1)·g,  v = β2·v + (1-β2)·g²
+//	w = w·(1 - lr·wd) - lr·(m/(1-β1ᵗ)) / (sqrt(v/(1-β2ᵗ)) + ε)
+//
+// with wd = 0 for Params that are not 2-D. Moments are float32, the
+// arithmetic float64.
+func (t *Trainer) adamW(lr float64) {
+	o := t.o
+	n := float64(t.step + 1)
+	bc1 := 1 - math.Pow(o.Beta1, n)
+	bc2 := 1 - math.Pow(o.Beta2, n)
+	for k, p := range t.params {
+		wd := 0.0
+		if t.decay[k] {
+			wd = o.WeightDecay
+		}
+		shrink := 1 - lr*wd
+		m, v := t.m[k], t.v[k]
+		for i, g32 := range p.Grad {
+			g := float64(g32)
+			mi := o.Beta1*float64(m[i]) + (1-o.Beta1)*g
+			vi := o.Beta2*float64(v[i]) + (1-o.Beta2)*g*g
+			m[i], v[i] = float32(mi), float32(vi)
+			w := float64(p.Value[i])*shrink - lr*(mi/bc1)/(math.Sqrt(vi/bc2)+o.Eps)
+			p.Value[i] = float32(w)
+		}
+	}
+}
+
+// RefreshMasks recomputes every N:M weight's transpose mask (TKeep) by
+// magnitude from its current kept values (format.DoublePruneMagnitude).
+// Weights whose rows are not a multiple of M keep everything.
+func (t *Trainer) RefreshMasks() error {
+	for _, p := range t.params {
+		nm := p.NM
+		if nm == nil || nm.Rows%nm.Pattern.M != 0 {
+			continue
+		}
+		keep, err := format.DoublePruneMagnitude(nm.Pattern, nm.Rows, nm.Cols, p.Value, nm.Idx)
+		if err != nil {
+			return fmt.Errorf("train: transpose mask of %q: %w", p.Name, err)
+		}
+		copy(nm.TKeep, keep)
+	}
+	return nil
+}
