@@ -6,7 +6,10 @@
 // transpose masks (the double-pruned backward's masks) are recomputed by
 // magnitude from the updated values; W's own masks never change.
 //
-// Not here yet: checkpoints, lazy adapters, data loading and the CLI.
+// Save and Resume write and continue from checkpoints (checkpoint.go);
+// Data feeds token windows in a resumable order (data.go).
+//
+// Not here yet: lazy adapters.
 package train
 
 import (
@@ -14,6 +17,7 @@ import (
 	"math"
 
 	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops"
 )
 
@@ -128,6 +132,10 @@ type Trainer struct {
 	// gradNorm is the global gradient norm of the last Step, before
 	// clipping.
 	gradNorm float64
+
+	dataPos *slopepb.DataPosition // recorded by Save, restored by Resume
+	note    string                // provenance command of Save
+	srcFile *slopepb.SourceFile   // the opened container, for Save
 }
 
 // New opens the container at path and binds its graph for training.

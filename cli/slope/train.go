@@ -1,0 +1,288 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/slopeml/slope/train"
+)
+
+// trainFlags are the command line of slope train.
+type trainFlags struct {
+	data, val, out, resume, log, schedule    string
+	steps, batch, seq, warmup, maskRefresh   int
+	evalEvery, evalBatches, saveEvery, every int
+	threads                                  int
+	lr, clip, weightDecay                    float64
+	seed                                     uint64
+}
+
+func newTrainCmd() *cobra.Command {
+	var fl trainFlags
+	cmd := &cobra.Command{
+		Use:   "train MODEL.slope --data FILE --steps N --batch B --seq T --out CKPT.slope",
+		Short: "Train a SLoPe model (AdamW on the CPU) and write checkpoints",
+		Long: "train runs next-token training of a .slope model on a token file (.u16/.bin:\n" +
+			"uint16 little-endian, .u32: uint32) or on text encoded with the model's tokenizer\n" +
+			"(BOS before every line). Windows of --seq+1 tokens are visited in a seeded order,\n" +
+			"reshuffled every epoch. --steps is the run's total step count: with --resume the\n" +
+			"run continues from the checkpoint's step, weights, optimizer moments and data\n" +
+			"position up to --steps, and ends bit-identical to an uninterrupted run with the\n" +
+			"same --threads (hyper-parameters not given come from the checkpoint; MODEL is then\n" +
+			"not read). A line per\n" +
+			"--print-every steps goes to stderr; --log writes a JSON line per step and eval.\n" +
+			"Checkpoints (complete .slope containers, written atomically) go to --out every\n" +
+			"--save-every steps and at the end.",
+		Args: exactArgs("MODEL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runTrain(cmd, args[0], fl)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&fl.data, "data", "", "training data: a .u16/.bin/.u32 token file or text")
+	f.StringVar(&fl.val, "val", "", "validation data (same kinds), evaluated every --eval-every steps")
+	f.IntVar(&fl.steps, "steps", 0, "total optimizer steps of the run")
+	f.IntVar(&fl.batch, "batch", 8, "sequences per step")
+	f.IntVar(&fl.seq, "seq", 128, "tokens per sequence")
+	f.Float64Var(&fl.lr, "lr", train.DefaultLR, "peak learning rate")
+	f.IntVar(&fl.warmup, "warmup", 0, "linear warmup steps")
+	f.StringVar(&fl.schedule, "schedule", train.ScheduleCosine, "learning-rate schedule after warmup: cosine, linear or constant")
+	f.Float64Var(&fl.clip, "clip", 1, "global gradient-norm clip (0: none)")
+	f.Float64Var(&fl.weightDecay, "weight-decay", train.DefaultWeightDecay, "AdamW decoupled weight decay of 2-D weights (0: none)")
+	f.IntVar(&fl.maskRefresh, "mask-refresh", train.DefaultMaskRefresh, "recompute the transpose masks every N steps (0: never)")
+	f.IntVar(&fl.evalEvery, "eval-every", 0, "evaluate --val every N steps and at the end (0: only at the end)")
+	f.IntVar(&fl.evalBatches, "eval-batches", 8, "batches of --val per evaluation (0: all)")
+	f.IntVar(&fl.saveEvery, "save-every", 0, "write --out every N steps (0: only at the end)")
+	f.StringVar(&fl.out, "out", "", "checkpoint to write (.slope)")
+	f.StringVar(&fl.resume, "resume", "", "checkpoint to continue from (instead of MODEL's weights)")
+	f.Uint64Var(&fl.seed, "seed", 0, "seed of the data order")
+	f.StringVar(&fl.log, "log", "", "JSONL log of every step and eval")
+	f.IntVar(&fl.every, "print-every", 1, "print a progress line every N steps (0: none)")
+	f.IntVar(&fl.threads, "threads", 0, "goroutines per op (0: GOMAXPROCS; results depend on it)")
+	return cmd
+}
+
+func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
+	switch {
+	case fl.data == "":
+		return usagef(cmd, "--data is required")
+	case fl.out == "":
+		return usagef(cmd, "--out is required")
+	case fl.steps <= 0:
+		return usagef(cmd, "--steps must be positive, got %d", fl.steps)
+	case fl.batch <= 0:
+		return usagef(cmd, "--batch must be positive, got %d", fl.batch)
+	case fl.seq < 2:
+		return usagef(cmd, "--seq must be at least 2, got %d", fl.seq)
+	case fl.lr <= 0 || math.IsNaN(fl.lr) || math.IsInf(fl.lr, 0):
+		return usagef(cmd, "--lr must be positive, got %g", fl.lr)
+	case fl.warmup < 0:
+		return usagef(cmd, "--warmup must not be negative, got %d", fl.warmup)
+	case fl.schedule != train.ScheduleCosine && fl.schedule != train.ScheduleLinear && fl.schedule != train.ScheduleConstant:
+		return usagef(cmd, "--schedule %q: want cosine, linear or constant", fl.schedule)
+	case fl.clip < 0:
+		return usagef(cmd, "--clip must not be negative, got %g", fl.clip)
+	case fl.weightDecay < 0:
+		return usagef(cmd, "--weight-decay must not be negative, got %g", fl.weightDecay)
+	case fl.maskRefresh < 0:
+		return usagef(cmd, "--mask-refresh must not be negative, got %d", fl.maskRefresh)
+	case fl.evalEvery < 0:
+		return usagef(cmd, "--eval-every must not be negative, got %d", fl.evalEvery)
+	case fl.evalBatches < 0:
+		return usagef(cmd, "--eval-batches must not be negative, got %d", fl.evalBatches)
+	case fl.saveEvery < 0:
+		return usagef(cmd, "--save-every must not be negative, got %d", fl.saveEvery)
+	case fl.every < 0:
+		return usagef(cmd, "--print-every must not be negative, got %d", fl.every)
+	}
+	return nil
+}
+
+// trainOptions maps the flags to train.Options. When resuming, only the
+// flags given are set: the rest come from the checkpoint.
+func trainOptions(changed func(name string) bool, fl trainFlags, resume bool) train.Options {
+	set := func(name string) bool { return !resume || changed(name) }
+	o := train.Options{TotalSteps: fl.steps, Threads: fl.threads}
+	if set("lr") {
+		o.LR = fl.lr
+	}
+	if set("warmup") {
+		o.WarmupSteps = fl.warmup
+	}
+	if set("schedule") {
+		o.Schedule = fl.schedule
+	}
+	if set("clip") {
+		o.Clip = fl.clip
+	}
+	if set("weight-decay") {
+		o.WeightDecay = fl.weightDecay
+		if o.WeightDecay == 0 {
+			o.WeightDecay = -1
+		}
+	}
+	if set("mask-refresh") {
+		o.MaskRefresh = fl.maskRefresh
+		if o.MaskRefresh == 0 {
+			o.MaskRefresh = -1
+		}
+	}
+	if set("seed") {
+		o.Seed = fl.seed
+	}
+	return o
+}
+
+// trainRecord is one line of the JSONL log.
+type trainRecord struct {
+	Type       string  `json:"type"` // "step" or "eval"
+	Step       int     `json:"step"`
+	Loss       float64 `json:"loss"`
+	PPL        float64 `json:"ppl,omitempty"`
+	LR         float64 `json:"lr,omitempty"`
+	GradNorm   float64 `json:"grad_norm,omitempty"`
+	Tokens     int64   `json:"tokens,omitempty"`
+	TokensPerS float64 `json:"tokens_per_s,omitempty"`
+	Epoch      uint64  `json:"epoch,omitempty"`
+	ElapsedS   float64 `json:"elapsed_s"`
+}
+
+func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
+	if err := checkTrainFlags(cmd, fl); err != nil {
+		return err
+	}
+	stderr := cmd.ErrOrStderr()
+	o := trainOptions(cmd.Flags().Changed, fl, fl.resume != "")
+	var tr *train.Trainer
+	if fl.resume != "" {
+		tr, err = train.Resume(fl.resume, o)
+	} else {
+		tr, err = train.New(model, o)
+	}
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	tr.SetNote("slope train " + strings.Join(os.Args[1:], " "))
+	tk, err := tr.Tokenizer()
+	if err != nil {
+		return err
+	}
+	seed := tr.Options().Seed
+	data, err := train.LoadData(fl.data, train.DataOptions{Seq: fl.seq, Seed: seed, Tokenizer: tk, Vocab: tr.Vocab()})
+	if err != nil {
+		return err
+	}
+	if p := tr.DataPosition(); fl.resume != "" && p != nil && p.GetSha256() != "" {
+		if err := data.Seek(p); err != nil {
+			return err
+		}
+	}
+	var val *train.Data
+	if fl.val != "" {
+		if val, err = train.LoadData(fl.val, train.DataOptions{Seq: fl.seq, Tokenizer: tk, Vocab: tr.Vocab(), Sequential: true}); err != nil {
+			return err
+		}
+	}
+	var logw io.Writer = io.Discard
+	if fl.log != "" {
+		mode := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+		if fl.resume != "" {
+			mode = os.O_CREATE | os.O_WRONLY | os.O_APPEND
+		}
+		lf, err := os.OpenFile(fl.log, mode, 0o644)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := lf.Close(); err == nil {
+				err = cerr
+			}
+		}()
+		logw = lf
+	}
+	enc := json.NewEncoder(logw)
+	start := time.Now()
+	var tokens int64
+	save := func() error {
+		tr.SetDataPosition(data.Position())
+		return tr.Save(fl.out)
+	}
+	evaluate := func() error {
+		if val == nil {
+			return nil
+		}
+		n := val.Windows() / fl.batch
+		if n == 0 {
+			return fmt.Errorf("%s: %d windows of %d tokens, fewer than one batch of %d", fl.val, val.Windows(), fl.seq+1, fl.batch)
+		}
+		if fl.evalBatches > 0 {
+			n = min(n, fl.evalBatches)
+		}
+		var sum float64
+		for b := range n {
+			ids := make([][]int32, fl.batch)
+			for i := range ids {
+				ids[i] = val.Window(b*fl.batch + i)
+			}
+			l, err := tr.Eval(ids)
+			if err != nil {
+				return err
+			}
+			sum += l
+		}
+		loss := sum / float64(n)
+		fmt.Fprintf(stderr, "eval step %d: loss %.4f ppl %.2f (%d batches)\n", tr.StepCount(), loss, math.Exp(loss), n)
+		return enc.Encode(trainRecord{Type: "eval", Step: tr.StepCount(), Loss: loss, PPL: math.Exp(loss), ElapsedS: time.Since(start).Seconds()})
+	}
+	if tr.StepCount() >= fl.steps {
+		return fmt.Errorf("checkpoint is at step %d, --steps %d leaves nothing to do", tr.StepCount(), fl.steps)
+	}
+	for tr.StepCount() < fl.steps {
+		s := tr.StepCount()
+		lr := tr.LR(s)
+		ids := data.Next(fl.batch)
+		t0 := time.Now()
+		loss, err := tr.Step(ids)
+		if err != nil {
+			return err
+		}
+		dt := time.Since(t0).Seconds()
+		n := int64(fl.batch * fl.seq)
+		tokens += n
+		rate := float64(n) / max(dt, 1e-9)
+		rec := trainRecord{Type: "step", Step: s + 1, Loss: loss, LR: lr, GradNorm: tr.GradNorm(), Tokens: tokens,
+			TokensPerS: rate, Epoch: data.Epoch(), ElapsedS: time.Since(start).Seconds()}
+		if err := enc.Encode(rec); err != nil {
+			return err
+		}
+		if fl.every > 0 && (s+1)%fl.every == 0 {
+			fmt.Fprintf(stderr, "step %d/%d loss %.4f lr %.3g tokens/s %.0f\n", s+1, fl.steps, loss, lr, rate)
+		}
+		if fl.evalEvery > 0 && (s+1)%fl.evalEvery == 0 && s+1 < fl.steps {
+			if err := evaluate(); err != nil {
+				return err
+			}
+		}
+		if fl.saveEvery > 0 && (s+1)%fl.saveEvery == 0 && s+1 < fl.steps {
+			if err := save(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := evaluate(); err != nil {
+		return err
+	}
+	if err := save(); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "trained to step %d (%d tokens in %.1fs); wrote %s\n", tr.StepCount(), tokens, time.Since(start).Seconds(), fl.out)
+	return nil
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/slopeml/slope/format"
+)
+
+// writeTokenFile writes n pseudo-random uint16 tokens below vocab.
+func writeTokenFile(t *testing.T, path string, n, vocab int) {
+	t.Helper()
+	b := make([]byte, 2*n)
+	x := uint32(12345)
+	for i := range n {
+		x = x*1664525 + 1013904223
+		binary.LittleEndian.PutUint16(b[2*i:], uint16(x>>8)%uint16(vocab))
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readLog(t *testing.T, path string) []trainRecord {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []trainRecord
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r trainRecord
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("log line %q: %v", sc.Text(), err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// TestTrainCommand: 4 steps write a log and a checkpoint that verify
+// accepts; 2 steps plus --resume to 4 end with the same losses and the
+// same checkpoint tensors.
+func TestTrainCommand(t *testing.T) {
+	model := convertTiny(t, "2:4")
+	dir := t.TempDir()
+	data, val := filepath.Join(dir, "train.u16"), filepath.Join(dir, "val.u16")
+	writeTokenFile(t, data, 2000, 50)
+	writeTokenFile(t, val, 300, 50)
+	common := []string{"--data", data, "--val", val, "--batch", "2", "--seq", "16", "--lr", "1e-3", "--warmup", "1",
+		"--threads", "2", "--seed", "5", "--mask-refresh", "2", "--eval-every", "2"}
+	full, fullLog := filepath.Join(dir, "full.slope"), filepath.Join(dir, "full.jsonl")
+	code, stdout, stderr := runSlope(append([]string{"train", model, "--steps", "4", "--out", full, "--log", fullLog, "--save-every", "2"}, common...)...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	lines := 0
+	for _, l := range strings.Split(stderr, "\n") {
+		if strings.HasPrefix(l, "step ") && strings.Contains(l, "loss") && strings.Contains(l, "tokens/s") {
+			lines++
+		}
+	}
+	if !strings.Contains(stdout, "trained to step 4") || lines != 4 {
+		t.Fatalf("stdout %q\nstderr %q", stdout, stderr)
+	}
+	recs := readLog(t, fullLog)
+	var steps, evals []trainRecord
+	for _, r := range recs {
+		switch r.Type {
+		case "step":
+			steps = append(steps, r)
+		case "eval":
+			evals = append(evals, r)
+		}
+	}
+	if len(steps) != 4 || len(evals) != 2 || steps[3].Step != 4 || steps[0].LR != 1e-3 || evals[1].Step != 4 || evals[1].PPL <= 1 {
+		t.Fatalf("log %+v", recs)
+	}
+	if code, out, errs := runSlope("verify", full); code != 0 || !strings.HasPrefix(out, "OK") {
+		t.Fatalf("verify: exit %d %s %s", code, out, errs)
+	}
+
+	half, halfLog := filepath.Join(dir, "half.slope"), filepath.Join(dir, "half.jsonl")
+	if code, _, stderr := runSlope(append([]string{"train", model, "--steps", "2", "--out", half, "--log", halfLog}, common...)...); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	// --steps 4 continues the first run's schedule: give the same total.
+	resumed := filepath.Join(dir, "resumed.slope")
+	code, _, stderr = runSlope("train", model, "--resume", half, "--data", data, "--val", val, "--batch", "2", "--seq", "16",
+		"--threads", "2", "--eval-every", "2", "--steps", "4", "--out", resumed, "--log", halfLog)
+	if code != 0 {
+		t.Fatalf("resume: exit %d: %s", code, stderr)
+	}
+	var rsteps []trainRecord
+	for _, r := range readLog(t, halfLog) {
+		if r.Type == "step" {
+			rsteps = append(rsteps, r)
+		}
+	}
+	if len(rsteps) != 4 {
+		t.Fatalf("resumed log has %d steps", len(rsteps))
+	}
+	for i := range steps {
+		if steps[i].Loss != rsteps[i].Loss || steps[i].LR != rsteps[i].LR {
+			t.Fatalf("step %d: loss %v lr %v uninterrupted, %v %v resumed", i+1, steps[i].Loss, steps[i].LR, rsteps[i].Loss, rsteps[i].LR)
+		}
+	}
+	a, err := format.Open(full, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := format.Open(resumed, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if a.Manifest().GetTraining().GetStep() != 4 || b.Manifest().GetTraining().GetStep() != 4 {
+		t.Fatal("checkpoints not at step 4")
+	}
+	for _, d := range a.Tensors() {
+		x, err := a.Raw(d.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		y, err := b.Raw(d.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(x) != string(y) {
+			t.Fatalf("tensor %s differs between the uninterrupted and the resumed run", d.Name)
+		}
+	}
+	if p, q := a.Manifest().GetTraining().GetData(), b.Manifest().GetTraining().GetData(); p.GetOffset() != q.GetOffset() || p.GetEpoch() != q.GetEpoch() || p.GetSha256() == "" {
+		t.Fatalf("data positions %v and %v", p, q)
+	}
+}
+
+// TestTrainUsage: bad command lines exit 2 naming the flag.
+func TestTrainUsage(t *testing.T) {
+	model := convertTiny(t, "2:4")
+	data := filepath.Join(t.TempDir(), "d.u16")
+	writeTokenFile(t, data, 100, 50)
+	ok := []string{"train", model, "--data", data, "--steps", "1", "--out", filepath.Join(t.TempDir(), "o.slope")}
+	for _, c := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"train", model, "--steps", "1", "--out", "x.slope"}, "--data"},
+		{[]string{"train", model, "--data", data, "--steps", "1"}, "--out"},
+		{append(ok[:len(ok):len(ok)], "--steps", "0"), "--steps"},
+		{append(ok[:len(ok):len(ok)], "--batch", "0"), "--batch"},
+		{append(ok[:len(ok):len(ok)], "--seq", "1"), "--seq"},
+		{append(ok[:len(ok):len(ok)], "--schedule", "step"), "--schedule"},
+		{append(ok[:len(ok):len(ok)], "--lr", "-1"), "--lr"},
+		{append(ok[:len(ok):len(ok)], "--save-every", "-1"), "--save-every"},
+		{append(ok[:len(ok):len(ok)], "--bogus"), "bogus"},
+		{[]string{"train"}, "MODEL"},
+	} {
+		code, _, stderr := runSlope(c.args...)
+		if code != exitUsage || !strings.Contains(stderr, c.flag) {
+			t.Errorf("%v: exit %d, %q", c.args[1:], code, stderr)
+		}
+	}
+}

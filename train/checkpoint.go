@@ -1,0 +1,375 @@
+package train
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"strconv"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops"
+)
+
+// Checkpoints (issue 6, deliverable 3). A checkpoint is a complete .slope
+// container: the opened container's architecture, graph, opset imports,
+// tokenizer and metadata; every Param as float32 master values (N:M
+// weights with their current transpose masks); the AdamW moments as
+// DENSE FLOAT32 tensors named in TrainingState.slots; and the step,
+// hyper-parameters, RNG state and data position. It runs in the runtime
+// like any container, and Resume continues training from it exactly.
+
+// Moment tensor name suffixes.
+const (
+	Moment1Suffix = ".adam_m"
+	Moment2Suffix = ".adam_v"
+)
+
+// OptimizerAdamW is TrainingState.optimizer of this trainer.
+const OptimizerAdamW = "adamw"
+
+// Hyper-parameter keys of TrainingState.hyperparameters.
+const (
+	hpLR          = "lr"
+	hpBeta1       = "beta1"
+	hpBeta2       = "beta2"
+	hpEps         = "eps"
+	hpWeightDecay = "weight_decay"
+	hpClip        = "clip"
+	hpWarmup      = "warmup_steps"
+	hpMaskRefresh = "mask_refresh"
+	extraSchedule = "schedule"
+	extraSeed     = "seed"
+)
+
+// SetDataPosition sets the data position the next Save records (nil:
+// none).
+func (t *Trainer) SetDataPosition(p *slopepb.DataPosition) { t.dataPos = p }
+
+// DataPosition is the data position restored by Resume or last set.
+func (t *Trainer) DataPosition() *slopepb.DataPosition { return t.dataPos }
+
+// SetNote sets the provenance command that Save records (for instance
+// the command line of a training run).
+func (t *Trainer) SetNote(note string) { t.note = note }
+
+// transposeMaskSuffix is the name under which ops' ParamStore looks for
+// an N:M weight's transpose mask.
+const transposeMaskSuffix = ".transpose_mask"
+
+// Save writes a checkpoint to path. The write is atomic: on any error
+// nothing is left under path (an earlier file there is untouched), and
+// the error names path.
+func (t *Trainer) Save(path string) (err error) {
+	src := t.file.Manifest()
+	w, err := format.Create(path, &format.WriterOptions{ExpectedTensors: len(src.Tensors) + 2*len(t.params)})
+	if err != nil {
+		return fmt.Errorf("train: save: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			w.Abort()
+			err = fmt.Errorf("train: save %s: %w", path, err)
+		}
+	}()
+	written := map[string]bool{}
+	skip := map[string]bool{} // stale tensors of the source: old moments
+	for _, s := range src.GetTraining().GetSlots() {
+		skip[s.Moment1], skip[s.Moment2] = true, true
+	}
+	// Transposes of each N:M weight in the source.
+	transposes := map[string][]*slopepb.Tensor{}
+	for _, d := range src.Tensors {
+		if d.TransposeOf != "" {
+			transposes[d.TransposeOf] = append(transposes[d.TransposeOf], d)
+		}
+	}
+	for _, p := range t.params {
+		if err := t.writeParam(w, p, transposes[p.Name], written); err != nil {
+			return err
+		}
+	}
+	// Everything else the source holds (tokenizer files, tensors that are
+	// not trained) is copied as it is.
+	for _, d := range src.Tensors {
+		if written[d.Name] || skip[d.Name] {
+			continue
+		}
+		raw, err := t.file.Raw(d.Name)
+		if err != nil {
+			return err
+		}
+		c := proto.Clone(d).(*slopepb.Tensor)
+		c.Offset, c.Length, c.RawLength, c.Xxh3 = 0, 0, 0, 0
+		c.Compression = slopepb.Compression_COMPRESSION_NONE
+		if err := w.WriteTensor(c, raw); err != nil {
+			return err
+		}
+		written[d.Name] = true
+	}
+	ts := &slopepb.TrainingState{
+		Step:       uint64(t.step),
+		TotalSteps: uint64(t.o.TotalSteps),
+		Optimizer:  OptimizerAdamW,
+		Hyperparameters: map[string]float64{
+			hpLR: t.o.LR, hpBeta1: t.o.Beta1, hpBeta2: t.o.Beta2, hpEps: t.o.Eps,
+			hpWeightDecay: t.o.WeightDecay, hpClip: t.o.Clip,
+			hpWarmup: float64(t.o.WarmupSteps), hpMaskRefresh: float64(t.o.MaskRefresh),
+		},
+		RngState: binary.LittleEndian.AppendUint64(nil, t.o.Seed),
+		Extra:    map[string]string{extraSchedule: t.o.Schedule, extraSeed: strconv.FormatUint(t.o.Seed, 10)},
+	}
+	if t.dataPos != nil {
+		ts.Data = proto.Clone(t.dataPos).(*slopepb.DataPosition)
+	}
+	for k, p := range t.params {
+		m1, m2 := p.Name+Moment1Suffix, p.Name+Moment2Suffix
+		for _, mm := range []struct {
+			name string
+			data []float32
+		}{{m1, t.m[k]}, {m2, t.v[k]}} {
+			if err := w.WriteDense(mm.name, slopepb.DType_FLOAT32, []uint64{uint64(len(mm.data))}, mm.data); err != nil {
+				return err
+			}
+		}
+		ts.Slots = append(ts.Slots, &slopepb.OptimizerSlot{Parameter: p.Name, Moment1: m1, Moment2: m2})
+	}
+	m := w.Manifest()
+	m.Architecture = cloneOf(src.Architecture)
+	m.Graph = cloneOf(src.Graph)
+	for _, o := range src.OpsetImport {
+		m.OpsetImport = append(m.OpsetImport, cloneOf(o))
+	}
+	m.Metadata = maps.Clone(src.Metadata)
+	m.Tokenizer = cloneOf(src.Tokenizer)
+	m.Training = ts
+	prov := cloneOf(src.Provenance)
+	if prov == nil {
+		prov = &slopepb.Provenance{}
+	}
+	prov.Created = ""
+	note := t.note
+	if note == "" {
+		note = "slope train"
+	}
+	prov.Command = fmt.Sprintf("%s (checkpoint at step %d of %s)", note, t.step, t.file.Path())
+	if sf, err := t.sourceFile(); err == nil {
+		prov.Sources = append(prov.Sources, sf)
+	}
+	m.Provenance = prov
+	return w.Close()
+}
+
+func cloneOf[T proto.Message](m T) T {
+	var zero T
+	if any(m) == any(zero) {
+		return m
+	}
+	return proto.Clone(m).(T)
+}
+
+// writeParam writes one Param as float32 (N:M with its transpose mask,
+// adapter factors as LOW_RANK, others DENSE).
+func (t *Trainer) writeParam(w *format.Writer, p *ops.Param, trans []*slopepb.Tensor, written map[string]bool) error {
+	if written[p.Name] {
+		return nil
+	}
+	written[p.Name] = true
+	shape := make([]uint64, len(p.Shape))
+	for i, d := range p.Shape {
+		shape[i] = uint64(d)
+	}
+	if nm := p.NM; nm != nil {
+		if err := w.WriteNM(p.Name, slopepb.DType_FLOAT32, nm.Pattern, nm.Rows, nm.Cols, p.Value, nm.Idx); err != nil {
+			return err
+		}
+		wroteMask := false
+		for _, d := range trans {
+			written[d.Name] = true
+			switch d.Encoding {
+			case slopepb.Encoding_NM_TRANSPOSE_MASK:
+				if err := w.WriteTransposeMask(d.Name, p.Name, nm.Pattern, nm.Rows, nm.Cols, nm.TKeep); err != nil {
+					return err
+				}
+				wroteMask = wroteMask || d.Name == p.Name+transposeMaskSuffix
+			case slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED:
+				tv, ti, err := format.MaterializeTranspose(nm.Pattern, nm.Rows, nm.Cols, p.Value, nm.Idx, nm.TKeep)
+				if err != nil {
+					return fmt.Errorf("transpose of %q: %w", p.Name, err)
+				}
+				if err := w.WriteTransposeMaterialized(d.Name, p.Name, slopepb.DType_FLOAT32, nm.Pattern, nm.Rows, nm.Cols, tv, ti); err != nil {
+					return err
+				}
+			}
+		}
+		if !wroteMask && nm.Rows%nm.Pattern.M == 0 {
+			// The mask the trainer uses now (it may lag the magnitude
+			// rule until the next refresh), so that resuming is exact.
+			name := p.Name + transposeMaskSuffix
+			if err := w.WriteTransposeMask(name, p.Name, nm.Pattern, nm.Rows, nm.Cols, nm.TKeep); err != nil {
+				return err
+			}
+			written[name] = true
+		}
+		return nil
+	}
+	desc := &slopepb.Tensor{Name: p.Name, Dtype: slopepb.DType_FLOAT32, Shape: shape, Encoding: slopepb.Encoding_DENSE}
+	if sd, err := t.file.Lookup(p.Name); err == nil && sd.Encoding == slopepb.Encoding_LOW_RANK {
+		desc.Encoding = slopepb.Encoding_LOW_RANK
+		desc.Adapter = cloneOf(sd.Adapter)
+	}
+	if desc.Encoding == slopepb.Encoding_DENSE {
+		return w.WriteDense(p.Name, slopepb.DType_FLOAT32, shape, p.Value)
+	}
+	raw := make([]byte, 4*len(p.Value))
+	if err := format.EncodeFloats(slopepb.DType_FLOAT32, p.Value, raw); err != nil {
+		return err
+	}
+	return w.WriteTensor(desc, raw)
+}
+
+// sourceFile describes the opened container for the provenance (its
+// SHA-256 computed once).
+func (t *Trainer) sourceFile() (*slopepb.SourceFile, error) {
+	if t.srcFile == nil {
+		path := t.file.Path()
+		sum, size, err := fileSHA256(path)
+		if err != nil {
+			return nil, err
+		}
+		t.srcFile = &slopepb.SourceFile{Path: path, Size: uint64(size), Sha256: sum, Format: "slope"}
+	}
+	return cloneOf(t.srcFile), nil
+}
+
+func fileSHA256(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// ErrNoTrainingState is returned by Resume for a container that is not a
+// checkpoint.
+var ErrNoTrainingState = errors.New("train: container has no training state (not a checkpoint)")
+
+// Resume opens a checkpoint written by Save and restores the Params (the
+// stored values), the AdamW moments, the step count, the data position
+// and, for every zero field of o, the checkpoint's hyper-parameters,
+// schedule, total steps and seed. Threads is never restored: pass the
+// same Threads for a bit-identical continuation.
+func Resume(path string, o Options) (*Trainer, error) {
+	f, err := format.Open(path, nil)
+	if err != nil {
+		return nil, err
+	}
+	t, err := resume(f, o)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
+}
+
+func resume(f *format.File, o Options) (*Trainer, error) {
+	ts := f.Manifest().GetTraining()
+	if ts == nil {
+		return nil, ErrNoTrainingState
+	}
+	if ts.Optimizer != OptimizerAdamW {
+		return nil, fmt.Errorf("train: optimizer %q, want %q", ts.Optimizer, OptimizerAdamW)
+	}
+	o = mergeOptions(ts, o)
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	t, err := newTrainer(f, o)
+	if err != nil {
+		return nil, err
+	}
+	idx := map[string]int{}
+	for k, p := range t.params {
+		idx[p.Name] = k
+	}
+	restored := 0
+	for _, s := range ts.Slots {
+		k, ok := idx[s.Parameter]
+		if !ok {
+			return nil, fmt.Errorf("train: optimizer slot of %q, which is not a trained Param", s.Parameter)
+		}
+		for _, mm := range []struct {
+			name string
+			dst  []float32
+		}{{s.Moment1, t.m[k]}, {s.Moment2, t.v[k]}} {
+			v, err := f.Float32s(mm.name)
+			if err != nil {
+				return nil, err
+			}
+			if len(v) != len(mm.dst) {
+				return nil, fmt.Errorf("train: moment %q has %d values, %q stores %d", mm.name, len(v), s.Parameter, len(mm.dst))
+			}
+			copy(mm.dst, v)
+		}
+		restored++
+	}
+	if restored != len(t.params) {
+		return nil, fmt.Errorf("train: %d optimizer slots for %d Params", restored, len(t.params))
+	}
+	t.step = int(ts.Step)
+	if ts.Data != nil {
+		t.dataPos = proto.Clone(ts.Data).(*slopepb.DataPosition)
+	}
+	return t, nil
+}
+
+// mergeOptions fills o's zero fields from the training state.
+func mergeOptions(ts *slopepb.TrainingState, o Options) Options {
+	hp := ts.Hyperparameters
+	f := func(dst *float64, key string) {
+		if v, ok := hp[key]; ok && *dst == 0 {
+			*dst = v
+		}
+	}
+	f(&o.LR, hpLR)
+	f(&o.Beta1, hpBeta1)
+	f(&o.Beta2, hpBeta2)
+	f(&o.Eps, hpEps)
+	f(&o.Clip, hpClip)
+	if v, ok := hp[hpWeightDecay]; ok && o.WeightDecay == 0 {
+		o.WeightDecay = v
+		if v == 0 {
+			o.WeightDecay = -1 // none
+		}
+	}
+	if v, ok := hp[hpWarmup]; ok && o.WarmupSteps == 0 {
+		o.WarmupSteps = int(v)
+	}
+	if v, ok := hp[hpMaskRefresh]; ok && o.MaskRefresh == 0 {
+		o.MaskRefresh = int(v)
+	}
+	if o.TotalSteps == 0 {
+		o.TotalSteps = int(ts.TotalSteps)
+	}
+	if o.Schedule == "" {
+		o.Schedule = ts.Extra[extraSchedule]
+	}
+	if o.Seed == 0 && len(ts.RngState) == 8 {
+		o.Seed = binary.LittleEndian.Uint64(ts.RngState)
+	}
+	return o
+}
