@@ -37,16 +37,20 @@ const OptimizerAdamW = "adamw"
 
 // Hyper-parameter keys of TrainingState.hyperparameters.
 const (
-	hpLR          = "lr"
-	hpBeta1       = "beta1"
-	hpBeta2       = "beta2"
-	hpEps         = "eps"
-	hpWeightDecay = "weight_decay"
-	hpClip        = "clip"
-	hpWarmup      = "warmup_steps"
-	hpMaskRefresh = "mask_refresh"
-	extraSchedule = "schedule"
-	extraSeed     = "seed"
+	hpLR              = "lr"
+	hpBeta1           = "beta1"
+	hpBeta2           = "beta2"
+	hpEps             = "eps"
+	hpWeightDecay     = "weight_decay"
+	hpClip            = "clip"
+	hpWarmup          = "warmup_steps"
+	hpMaskRefresh     = "mask_refresh"
+	hpAdapterRank     = "adapter_rank"
+	hpAdapterRankFrac = "adapter_rank_frac"
+	hpAdapterScale    = "adapter_scale"
+	hpAccum           = "accum"
+	extraSchedule     = "schedule"
+	extraSeed         = "seed"
 )
 
 // SetDataPosition sets the data position the next Save records (nil:
@@ -122,9 +126,14 @@ func (t *Trainer) Save(path string) (err error) {
 			hpLR: t.o.LR, hpBeta1: t.o.Beta1, hpBeta2: t.o.Beta2, hpEps: t.o.Eps,
 			hpWeightDecay: t.o.WeightDecay, hpClip: t.o.Clip,
 			hpWarmup: float64(t.o.WarmupSteps), hpMaskRefresh: float64(t.o.MaskRefresh),
+			hpAdapterRank: float64(t.o.Rank), hpAdapterRankFrac: t.o.RankFrac, hpAdapterScale: t.o.AdapterScale,
+			hpAccum: float64(t.o.Accum),
 		},
 		RngState: binary.LittleEndian.AppendUint64(nil, t.o.Seed),
 		Extra:    map[string]string{extraSchedule: t.o.Schedule, extraSeed: strconv.FormatUint(t.o.Seed, 10)},
+	}
+	if s, ok := t.AdapterStartStep(); ok {
+		ts.AdapterStartStep = uint64(s)
 	}
 	if t.dataPos != nil {
 		ts.Data = proto.Clone(t.dataPos).(*slopepb.DataPosition)
@@ -143,7 +152,7 @@ func (t *Trainer) Save(path string) (err error) {
 	}
 	m := w.Manifest()
 	m.Architecture = cloneOf(src.Architecture)
-	m.Graph = cloneOf(src.Graph)
+	m.Graph = cloneOf(t.graph)
 	for _, o := range src.OpsetImport {
 		m.OpsetImport = append(m.OpsetImport, cloneOf(o))
 	}
@@ -221,7 +230,7 @@ func (t *Trainer) writeParam(w *format.Writer, p *ops.Param, trans []*slopepb.Te
 		return nil
 	}
 	desc := &slopepb.Tensor{Name: p.Name, Dtype: slopepb.DType_FLOAT32, Shape: shape, Encoding: slopepb.Encoding_DENSE}
-	if sd, err := t.file.Lookup(p.Name); err == nil && sd.Encoding == slopepb.Encoding_LOW_RANK {
+	if sd, err := t.weights.Lookup(p.Name); err == nil && sd.Encoding == slopepb.Encoding_LOW_RANK {
 		desc.Encoding = slopepb.Encoding_LOW_RANK
 		desc.Adapter = cloneOf(sd.Adapter)
 	}
@@ -334,6 +343,18 @@ func resume(f *format.File, o Options) (*Trainer, error) {
 	if ts.Data != nil {
 		t.dataPos = proto.Clone(ts.Data).(*slopepb.DataPosition)
 	}
+	if t.AdaptersActive() && ts.AdapterStartStep > 0 && int(ts.AdapterStartStep) <= t.step {
+		// Added by the run that wrote the checkpoint.
+		t.adapterAt = int(ts.AdapterStartStep)
+		for k, p := range t.params {
+			if t.adapterNames[p.Name] {
+				t.born[k] = t.adapterAt
+			}
+		}
+	}
+	if err := t.maybeAddAdapters(); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
@@ -364,6 +385,20 @@ func mergeOptions(ts *slopepb.TrainingState, o Options) Options {
 	}
 	if o.TotalSteps == 0 {
 		o.TotalSteps = int(ts.TotalSteps)
+	}
+	if v, ok := hp[hpAdapterRank]; ok && o.Rank == 0 && o.RankFrac == 0 {
+		o.Rank = int(v)
+		o.RankFrac = hp[hpAdapterRankFrac]
+	}
+	f(&o.AdapterScale, hpAdapterScale)
+	if v, ok := hp[hpAccum]; ok && o.Accum == 0 {
+		o.Accum = int(v)
+	}
+	if o.AdapterStart == 0 && o.AdapterStartFrac == 0 && (o.Rank > 0 || o.RankFrac > 0) {
+		o.AdapterStart = int(ts.AdapterStartStep)
+		if ts.AdapterStartStep == 0 {
+			o.AdapterStart = -1 // none was planned (or they came with the model)
+		}
 	}
 	if o.Schedule == "" {
 		o.Schedule = ts.Extra[extraSchedule]

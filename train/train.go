@@ -9,14 +9,19 @@
 // Save and Resume write and continue from checkpoints (checkpoint.go);
 // Data feeds token windows in a resumable order (data.go).
 //
-// Not here yet: lazy adapters.
+// Lazy adapters (adapters.go) are added when the step count reaches
+// Options' adapter start; Options.Accum accumulates gradients over
+// micro-batches.
 package train
 
 import (
 	"fmt"
 	"math"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/onnxpb"
 	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops"
 )
@@ -57,10 +62,28 @@ type Options struct {
 	// Threads bounds the goroutines of each op (<= 0: GOMAXPROCS).
 	// Results are bit-identical for the same Threads.
 	Threads int
-	// Seed is kept for the random parts of training still to come (lazy
-	// adapters' initialisation, data shuffling); the step itself is
-	// deterministic.
+	// Seed draws the lazy adapters' L (with each weight's name) and is
+	// recorded for the data order; the step itself is deterministic.
 	Seed uint64
+
+	// AdapterStart is the step at which plain low-rank adapters are added
+	// to every SlopeLinear (< 0: never; 0: AdapterStartFrac of
+	// TotalSteps). Adapters are added only when Rank or RankFrac is set.
+	AdapterStart int
+	// AdapterStartFrac is the adapter start as a fraction of TotalSteps
+	// when AdapterStart is 0 (default DefaultAdapterStartFrac, SLoPe's
+	// 0.99: the final 1%).
+	AdapterStartFrac float64
+	// Rank is the adapters' rank; RankFrac, used when Rank is 0, is the
+	// rank as a fraction of the hidden size (rounded, at least 1).
+	Rank     int
+	RankFrac float64
+	// AdapterScale is the adapters' output scale s (default 1).
+	AdapterScale float64
+
+	// Accum splits every Step's batch into Accum micro-batches whose
+	// gradients are accumulated before one optimizer step (default 1).
+	Accum int
 }
 
 // Defaults of Options.
@@ -105,6 +128,16 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaskRefresh == 0 {
 		o.MaskRefresh = DefaultMaskRefresh
 	}
+	if o.AdapterScale == 0 {
+		o.AdapterScale = DefaultAdapterScale
+	}
+	if o.Accum == 0 {
+		o.Accum = 1
+	}
+	if o.Accum < 0 || o.Rank < 0 || o.RankFrac < 0 || o.RankFrac > 1 || o.AdapterStartFrac < 0 || o.AdapterStartFrac > 1 ||
+		math.IsNaN(o.RankFrac) || math.IsNaN(o.AdapterStartFrac) || math.IsNaN(o.AdapterScale) || math.IsInf(o.AdapterScale, 0) {
+		return o, fmt.Errorf("train: invalid options %+v", o)
+	}
 	if o.LR < 0 || o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 || o.Eps < 0 || o.WarmupSteps < 0 || o.TotalSteps < 0 {
 		return o, fmt.Errorf("train: invalid options %+v", o)
 	}
@@ -120,14 +153,25 @@ type Trainer struct {
 	file   *format.File
 	o      Options
 	store  *ops.MemParamStore
-	plan   []ops.Planned[ops.GradStep]
-	dims   []int // per value slot
-	logits int   // slot of the logits
-	vocab  int
+	pstore *paramStore
+	// weights are the container's tensors and the adapters added in
+	// memory; graph is the graph bound (the container's, plus adapters).
+	weights *overlay
+	graph   *onnxpb.GraphProto
+	// adapterNames are the adapter factors the graph references;
+	// adapterAt is the step at which this trainer (or the run it resumed)
+	// added them (-1: not added by the trainer).
+	adapterNames map[string]bool
+	adapterAt    int
+	plan         []ops.Planned[ops.GradStep]
+	dims         []int // per value slot
+	logits       int   // slot of the logits
+	vocab        int
 
 	params []*ops.Param
 	m, v   [][]float32 // AdamW moments, len(Value) each
 	decay  []bool
+	born   []int // step at which each Param joined (bias corrections)
 	step   int
 	// gradNorm is the global gradient norm of the last Step, before
 	// clipping.
@@ -149,6 +193,9 @@ func New(path string, o Options) (*Trainer, error) {
 		return nil, err
 	}
 	t, err := newTrainer(f, o)
+	if err == nil {
+		err = t.maybeAddAdapters()
+	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -157,21 +204,14 @@ func New(path string, o Options) (*Trainer, error) {
 }
 
 func newTrainer(f *format.File, o Options) (*Trainer, error) {
-	t := &Trainer{file: f, o: o, store: ops.NewParamStore(f)}
-	be := ops.NewCPUGrad()
-	plan, err := ops.Compile(f.Manifest().GetGraph(), f, func(b ops.Binding) (ops.GradStep, error) {
-		return be.BindGrad(b, t.store)
-	})
-	if err != nil {
-		return nil, err
+	t := &Trainer{file: f, o: o, store: ops.NewParamStore(f), adapterAt: -1}
+	t.weights = &overlay{File: f, desc: map[string]*slopepb.Tensor{}, vals: map[string]*ops.Param{}}
+	t.pstore = &paramStore{mem: t.store, extra: t.weights.vals}
+	if g := f.Manifest().GetGraph(); g != nil {
+		t.graph = proto.Clone(g).(*onnxpb.GraphProto)
 	}
-	t.plan, t.dims, t.logits = plan.Steps, plan.Dims, plan.Logits
-	t.vocab = t.dims[t.logits]
-	t.params = t.store.All()
-	for _, p := range t.params {
-		t.m = append(t.m, make([]float32, len(p.Value)))
-		t.v = append(t.v, make([]float32, len(p.Value)))
-		t.decay = append(t.decay, len(p.Shape) == 2)
+	if err := t.bind(); err != nil {
+		return nil, err
 	}
 	return t, nil
 }
@@ -298,16 +338,16 @@ func (t *Trainer) forward(c *ops.Call) ([]*ops.Value, error) {
 	return vals, nil
 }
 
-// crossEntropy is the mean next-token loss of positions 0..Seq-2 of each
-// sequence; with grad it also returns ∂loss/∂logits (zero at the last
-// position of each sequence).
-func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool) (float64, *ops.Value) {
+// crossEntropy is the summed next-token loss of positions 0..Seq-2 of
+// each sequence; with grad it also returns ∂(sum/total)/∂logits (zero at
+// the last position of each sequence), total being the number of
+// predicted positions of the whole (accumulated) batch.
+func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total int) (float64, *ops.Value) {
 	var g *ops.Value
 	if grad {
 		g = &ops.Value{Rows: logits.Rows, Dim: logits.Dim, Data: make([]float32, len(logits.Data))}
 	}
-	count := c.Batch * (c.Seq - 1)
-	inv := 1 / float64(count)
+	inv := 1 / float64(total)
 	var loss float64
 	for b := 0; b < c.Batch; b++ {
 		for p := 0; p < c.Seq-1; p++ {
@@ -333,7 +373,7 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool) (float
 			}
 		}
 	}
-	return loss * inv, g
+	return loss, g
 }
 
 // backward runs the plan in reverse from the logits' gradient, adding
@@ -365,10 +405,34 @@ func (t *Trainer) backward(c *ops.Call, vals []*ops.Value, glogits *ops.Value) e
 	return nil
 }
 
-// lossAndGrad computes the batch loss and adds its gradient into the
-// Params' Grads.
+// lossAndGrad computes the batch's mean loss and adds its gradient into
+// the Params' Grads, over Accum micro-batches (sizes differing by at most
+// one sequence; each micro-batch's gradient is weighted by its share of
+// the predicted tokens, so the sum is the whole batch's gradient).
 func (t *Trainer) lossAndGrad(ids [][]int32) (float64, error) {
-	return t.loss(ids, true)
+	k := min(t.o.Accum, len(ids))
+	if k <= 1 {
+		return t.loss(ids, true)
+	}
+	if _, err := t.call(ids); err != nil {
+		return 0, err
+	}
+	total := len(ids) * (len(ids[0]) - 1)
+	var sum float64
+	lo := 0
+	for i := range k {
+		hi := lo + len(ids)/k
+		if i < len(ids)%k {
+			hi++
+		}
+		s, err := t.lossSum(ids[lo:hi], true, total)
+		if err != nil {
+			return 0, err
+		}
+		sum += s
+		lo = hi
+	}
+	return sum / float64(total), nil
 }
 
 // Eval is the mean next-token cross-entropy of a batch of equal-length
@@ -381,6 +445,16 @@ func (t *Trainer) Eval(ids [][]int32) (float64, error) {
 // cross-entropy; with grad, it also runs the backward pass, adding into
 // the Params' Grads.
 func (t *Trainer) loss(ids [][]int32, grad bool) (float64, error) {
+	if len(ids) == 0 {
+		return t.lossSum(ids, grad, 1)
+	}
+	total := len(ids) * (len(ids[0]) - 1)
+	s, err := t.lossSum(ids, grad, total)
+	return s / float64(total), err
+}
+
+// lossSum is loss's summed cross-entropy, the gradient scaled by 1/total.
+func (t *Trainer) lossSum(ids [][]int32, grad bool, total int) (float64, error) {
 	c, err := t.call(ids)
 	if err != nil {
 		return 0, err
@@ -389,7 +463,7 @@ func (t *Trainer) loss(ids [][]int32, grad bool) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	loss, g := t.crossEntropy(c, vals[t.logits], grad)
+	loss, g := t.crossEntropy(c, vals[t.logits], grad, total)
 	if grad {
 		if err := t.backward(c, vals, g); err != nil {
 			return 0, err
@@ -422,9 +496,11 @@ func (t *Trainer) apply() error {
 	t.zeroGrad()
 	t.step++
 	if t.o.MaskRefresh > 0 && t.step%t.o.MaskRefresh == 0 {
-		return t.RefreshMasks()
+		if err := t.RefreshMasks(); err != nil {
+			return err
+		}
 	}
-	return nil
+	return t.maybeAddAdapters()
 }
 
 func (t *Trainer) zeroGrad() {
@@ -454,7 +530,8 @@ func (t *Trainer) clip() {
 	}
 }
 
-// adamW updates every Param (step t.step+1 for the bias corrections):
+// adamW updates every Param (step t.step+1 for the bias corrections,
+// counted from the step at which the Param joined, for adapters):
 //
 //	m = β1·m + (1-β1)·g,  v = β2·v + (1-β2)·g²
 //	w = w·(1 - lr·wd) - lr·(m/(1-β1ᵗ)) / (sqrt(v/(1-β2ᵗ)) + ε)
@@ -463,10 +540,13 @@ func (t *Trainer) clip() {
 // arithmetic float64.
 func (t *Trainer) adamW(lr float64) {
 	o := t.o
-	n := float64(t.step + 1)
-	bc1 := 1 - math.Pow(o.Beta1, n)
-	bc2 := 1 - math.Pow(o.Beta2, n)
 	for k, p := range t.params {
+		n := float64(t.step + 1)
+		if k < len(t.born) {
+			n -= float64(t.born[k])
+		}
+		bc1 := 1 - math.Pow(o.Beta1, n)
+		bc2 := 1 - math.Pow(o.Beta2, n)
 		wd := 0.0
 		if t.decay[k] {
 			wd = o.WeightDecay

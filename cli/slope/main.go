@@ -12,6 +12,7 @@
 //	slope export FILE --to hf|onnx --out PATH   write a dense HF directory or ONNX model
 //	slope init --config CONFIG.json --out FILE   an untrained model (random N:M masks) for pretraining
 //	slope train MODEL --data FILE --steps N --out CKPT   train (AdamW), write checkpoints; --resume CKPT continues
+//	slope plot LOG.jsonl [LOG2.jsonl ...] --out loss.png   train and validation loss of train logs
 //	slope version                           print the tool version
 //
 // Errors are printed to stderr as "slope: <error>". The exit status is 0
@@ -105,7 +106,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Args:          cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
-				return usagef(cmd, "missing command (inspect, verify, run, score, forward, bench, export, init, train or version)")
+				return usagef(cmd, "missing command (inspect, verify, run, score, forward, bench, export, init, train, plot or version)")
 			}
 			return usagef(cmd, "unknown command %q", args[0])
 		},
@@ -116,6 +117,6 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("%s: %w", cmd.Name(), err)}
 	})
-	root.AddCommand(newInspectCmd(), newVerifyCmd(), newRunCmd(), newScoreCmd(), newForwardCmd(), newBenchCmd(), newExportCmd(), newInitCmd(), newTrainCmd(), newVersionCmd())
+	root.AddCommand(newInspectCmd(), newVerifyCmd(), newRunCmd(), newScoreCmd(), newForwardCmd(), newBenchCmd(), newExportCmd(), newInitCmd(), newTrainCmd(), newPlotCmd(), newVersionCmd())
 	return root
 }

@@ -6,9 +6,11 @@ import (
 	"io"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/slopeml/slope/train"
@@ -19,8 +21,10 @@ type trainFlags struct {
 	data, val, out, resume, log, schedule    string
 	steps, batch, seq, warmup, maskRefresh   int
 	evalEvery, evalBatches, saveEvery, every int
-	threads                                  int
+	threads, rank, accum                     int
 	lr, clip, weightDecay                    float64
+	rankFrac, adapterScale                   float64
+	adapterStart                             string
 	seed                                     uint64
 }
 
@@ -39,7 +43,11 @@ func newTrainCmd() *cobra.Command {
 			"not read). A line per\n" +
 			"--print-every steps goes to stderr; --log writes a JSON line per step and eval.\n" +
 			"Checkpoints (complete .slope containers, written atomically) go to --out every\n" +
-			"--save-every steps and at the end.",
+			"--save-every steps and at the end.\n\n" +
+			"With --rank or --rank-frac, plain low-rank adapters (L small random, R zero, so the\n" +
+			"loss is continuous) join every N:M layer at --adapter-start: a fraction of --steps\n" +
+			"(default 0.99, SLoPe's final 1%) or a step number. --accum K splits every batch into\n" +
+			"K micro-batches whose gradients are accumulated before one optimizer step.",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runTrain(cmd, args[0], fl)
@@ -66,6 +74,11 @@ func newTrainCmd() *cobra.Command {
 	f.StringVar(&fl.log, "log", "", "JSONL log of every step and eval")
 	f.IntVar(&fl.every, "print-every", 1, "print a progress line every N steps (0: none)")
 	f.IntVar(&fl.threads, "threads", 0, "goroutines per op (0: GOMAXPROCS; results depend on it)")
+	f.StringVar(&fl.adapterStart, "adapter-start", "", "when adapters join: a fraction of --steps (e.g. 0.99, the default) or a step (e.g. 990; 0: never)")
+	f.IntVar(&fl.rank, "rank", 0, "adapter rank (adapters are added only with --rank or --rank-frac)")
+	f.Float64Var(&fl.rankFrac, "rank-frac", 0, "adapter rank as a fraction of the hidden size (e.g. 0.0625)")
+	f.Float64Var(&fl.adapterScale, "adapter-scale", 1, "adapter output scale")
+	f.IntVar(&fl.accum, "accum", 1, "micro-batches per step (gradient accumulation; divides --batch into near-equal parts)")
 	return cmd
 }
 
@@ -101,8 +114,41 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 		return usagef(cmd, "--save-every must not be negative, got %d", fl.saveEvery)
 	case fl.every < 0:
 		return usagef(cmd, "--print-every must not be negative, got %d", fl.every)
+	case fl.rank < 0:
+		return usagef(cmd, "--rank must not be negative, got %d", fl.rank)
+	case fl.rankFrac < 0 || fl.rankFrac > 1 || math.IsNaN(fl.rankFrac):
+		return usagef(cmd, "--rank-frac must be in [0, 1], got %g", fl.rankFrac)
+	case fl.adapterScale == 0 || math.IsNaN(fl.adapterScale) || math.IsInf(fl.adapterScale, 0):
+		return usagef(cmd, "--adapter-scale must be finite and non-zero, got %g", fl.adapterScale)
+	case fl.accum < 1 || fl.accum > fl.batch:
+		return usagef(cmd, "--accum must be in [1, --batch], got %d", fl.accum)
+	}
+	if _, _, err := parseAdapterStart(fl.adapterStart); err != nil {
+		return usagef(cmd, "%v", err)
 	}
 	return nil
+}
+
+// parseAdapterStart reads --adapter-start: an integer is a step (0:
+// never, returned as -1), anything else a fraction of the run in (0, 1].
+func parseAdapterStart(s string) (step int, frac float64, err error) {
+	if s == "" {
+		return 0, 0, nil
+	}
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 0 {
+			return 0, 0, fmt.Errorf("--adapter-start %q: a step must not be negative", s)
+		}
+		if n == 0 {
+			return -1, 0, nil
+		}
+		return n, 0, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(f > 0 && f <= 1) {
+		return 0, 0, fmt.Errorf("--adapter-start %q: want a fraction in (0, 1] of --steps or a step number", s)
+	}
+	return 0, f, nil
 }
 
 // trainOptions maps the flags to train.Options. When resuming, only the
@@ -136,6 +182,18 @@ func trainOptions(changed func(name string) bool, fl trainFlags, resume bool) tr
 	}
 	if set("seed") {
 		o.Seed = fl.seed
+	}
+	if set("rank") || set("rank-frac") {
+		o.Rank, o.RankFrac = fl.rank, fl.rankFrac
+	}
+	if set("adapter-scale") {
+		o.AdapterScale = fl.adapterScale
+	}
+	if set("adapter-start") {
+		o.AdapterStart, o.AdapterStartFrac, _ = parseAdapterStart(fl.adapterStart)
+	}
+	if set("accum") {
+		o.Accum = fl.accum
 	}
 	return o
 }
@@ -209,6 +267,8 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		logw = lf
 	}
 	enc := json.NewEncoder(logw)
+	prog := newTrainProgress(stderr, tr.StepCount(), fl.steps)
+	defer prog.finish()
 	start := time.Now()
 	var tokens int64
 	save := func() error {
@@ -239,7 +299,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			sum += l
 		}
 		loss := sum / float64(n)
-		fmt.Fprintf(stderr, "eval step %d: loss %.4f ppl %.2f (%d batches)\n", tr.StepCount(), loss, math.Exp(loss), n)
+		prog.line(fmt.Sprintf("eval step %d: loss %.4f ppl %.2f (%d batches)", tr.StepCount(), loss, math.Exp(loss), n))
 		return enc.Encode(trainRecord{Type: "eval", Step: tr.StepCount(), Loss: loss, PPL: math.Exp(loss), ElapsedS: time.Since(start).Seconds()})
 	}
 	if tr.StepCount() >= fl.steps {
@@ -264,7 +324,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			return err
 		}
 		if fl.every > 0 && (s+1)%fl.every == 0 {
-			fmt.Fprintf(stderr, "step %d/%d loss %.4f lr %.3g tokens/s %.0f\n", s+1, fl.steps, loss, lr, rate)
+			prog.step(s+1, loss, lr, rate)
 		}
 		if fl.evalEvery > 0 && (s+1)%fl.evalEvery == 0 && s+1 < fl.steps {
 			if err := evaluate(); err != nil {
@@ -285,4 +345,49 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "trained to step %d (%d tokens in %.1fs); wrote %s\n", tr.StepCount(), tokens, time.Since(start).Seconds(), fl.out)
 	return nil
+}
+
+// trainProgress shows training progress on stderr: a bar with the loss,
+// tokens/s and ETA on a terminal, else a line per printed step.
+type trainProgress struct {
+	w     io.Writer
+	total int
+	bar   *progressbar.ProgressBar
+}
+
+func newTrainProgress(w io.Writer, done, total int) *trainProgress {
+	p := &trainProgress{w: w, total: total}
+	if isTerminal(w) {
+		p.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(w), progressbar.OptionShowCount(),
+			progressbar.OptionSetWidth(30), progressbar.OptionSetPredictTime(true), progressbar.OptionClearOnFinish(),
+			progressbar.OptionSetDescription("training"))
+		_ = p.bar.Set(done)
+	}
+	return p
+}
+
+func (p *trainProgress) step(step int, loss, lr, rate float64) {
+	if p.bar == nil {
+		fmt.Fprintf(p.w, "step %d/%d loss %.4f lr %.3g tokens/s %.0f\n", step, p.total, loss, lr, rate)
+		return
+	}
+	p.bar.Describe(fmt.Sprintf("loss %.4f lr %.3g %.0f tok/s", loss, lr, rate))
+	_ = p.bar.Set(step)
+}
+
+// line prints a line (above the bar on a terminal).
+func (p *trainProgress) line(s string) {
+	if p.bar != nil {
+		_ = p.bar.Clear()
+	}
+	fmt.Fprintln(p.w, s)
+	if p.bar != nil {
+		_ = p.bar.RenderBlank()
+	}
+}
+
+func (p *trainProgress) finish() {
+	if p.bar != nil {
+		_ = p.bar.Finish()
+	}
 }

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+func newPlotCmd() *cobra.Command {
+	var (
+		out           string
+		width, height float64
+	)
+	cmd := &cobra.Command{
+		Use:   "plot LOG.jsonl [LOG2.jsonl ...] --out loss.png",
+		Short: "Plot training and validation loss of slope train logs",
+		Long: "plot draws the train loss (step records) and validation loss (eval records) of\n" +
+			"one or more JSONL logs written by 'slope train --log' on one chart, one colour per\n" +
+			"run (named after its file): train loss solid, validation loss dashed with points.\n" +
+			"The format follows --out's extension (.png, .svg, .pdf, .jpg, ...).",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef(cmd, "%s: missing LOG.jsonl", cmd.Name())
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return usagef(cmd, "--out is required")
+			}
+			if width <= 0 || height <= 0 {
+				return usagef(cmd, "--width and --height must be positive")
+			}
+			if err := plotLogs(args, out, vg.Length(width)*vg.Inch, vg.Length(height)*vg.Inch); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d runs)\n", out, len(args))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "image to write (.png, .svg, .pdf, ...)")
+	cmd.Flags().Float64Var(&width, "width", 8, "width in inches")
+	cmd.Flags().Float64Var(&height, "height", 5, "height in inches")
+	return cmd
+}
+
+// runLoss is one log's losses by step.
+type runLoss struct {
+	name        string
+	train, eval plotter.XYs
+}
+
+// readRunLoss reads a JSONL log of slope train; errors name the file
+// (and line).
+func readRunLoss(path string) (*runLoss, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	r := &runLoss{name: strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	line := 0
+	for sc.Scan() {
+		line++
+		b := sc.Bytes()
+		if len(strings.TrimSpace(string(b))) == 0 {
+			continue
+		}
+		var rec trainRecord
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return nil, fmt.Errorf("%s:%d: not a slope train log record: %w", path, line, err)
+		}
+		if math.IsNaN(rec.Loss) || math.IsInf(rec.Loss, 0) {
+			continue // a diverged step cannot be drawn
+		}
+		pt := plotter.XY{X: float64(rec.Step), Y: rec.Loss}
+		switch rec.Type {
+		case "step":
+			r.train = append(r.train, pt)
+		case "eval":
+			r.eval = append(r.eval, pt)
+		default:
+			return nil, fmt.Errorf("%s:%d: record type %q, want step or eval", path, line, rec.Type)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(r.train)+len(r.eval) == 0 {
+		return nil, fmt.Errorf("%s: no step or eval records", path)
+	}
+	return r, nil
+}
+
+// plotLogs draws the logs' losses into out.
+func plotLogs(paths []string, out string, w, h vg.Length) error {
+	p := plot.New()
+	p.Title.Text = "Loss"
+	p.X.Label.Text = "step"
+	p.Y.Label.Text = "cross-entropy (nats/token)"
+	p.Legend.Top = true
+	p.Add(plotter.NewGrid())
+	for i, path := range paths {
+		r, err := readRunLoss(path)
+		if err != nil {
+			return err
+		}
+		c := plotutil.Color(i)
+		if len(r.train) > 0 {
+			l, err := plotter.NewLine(r.train)
+			if err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+			l.Color, l.Width = c, vg.Points(1)
+			p.Add(l)
+			p.Legend.Add(r.name+" train", l)
+		}
+		if len(r.eval) > 0 {
+			l, pts, err := plotter.NewLinePoints(r.eval)
+			if err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+			l.Color, l.Width, l.Dashes = c, vg.Points(1.5), []vg.Length{vg.Points(5), vg.Points(3)}
+			pts.Color, pts.Shape = darker(c), plotutil.Shape(i)
+			p.Add(l, pts)
+			p.Legend.Add(r.name+" val", l, pts)
+		}
+	}
+	if err := p.Save(w, h, out); err != nil {
+		return fmt.Errorf("%s: %w", out, err)
+	}
+	return nil
+}
+
+func darker(c color.Color) color.Color {
+	r, g, b, a := c.RGBA()
+	return color.RGBA64{uint16(r * 3 / 4), uint16(g * 3 / 4), uint16(b * 3 / 4), uint16(a)}
+}

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestPlotCommand: two small logs give one PNG; a bad log names its file.
+func TestPlotCommand(t *testing.T) {
+	dir := t.TempDir()
+	for k, name := range []string{"dense.jsonl", "slope.jsonl"} {
+		var b strings.Builder
+		for s := 1; s <= 20; s++ {
+			fmt.Fprintf(&b, `{"type":"step","step":%d,"loss":%g,"lr":0.001,"elapsed_s":0}`+"\n", s, 5-0.1*float64(s)+0.2*float64(k))
+			if s%5 == 0 {
+				fmt.Fprintf(&b, `{"type":"eval","step":%d,"loss":%g,"ppl":1,"elapsed_s":0}`+"\n", s, 5.1-0.1*float64(s)+0.2*float64(k))
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(dir, "loss.png")
+	code, stdout, stderr := runSlope("plot", filepath.Join(dir, "dense.jsonl"), filepath.Join(dir, "slope.jsonl"), "--out", out, "--width", "4", "--height", "3")
+	if code != 0 || !strings.Contains(stdout, "2 runs") {
+		t.Fatalf("exit %d: %s %s", code, stdout, stderr)
+	}
+	png, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) || len(png) < 5000 {
+		t.Fatalf("%d bytes, prefix %q: not a plot PNG", len(png), png[:min(8, len(png))])
+	}
+
+	bad := filepath.Join(dir, "bad.jsonl")
+	if err := os.WriteFile(bad, []byte(`{"type":"step","step":1,"loss":2}`+"\nnot json\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty.jsonl")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{bad, empty, filepath.Join(dir, "missing.jsonl")} {
+		code, _, stderr = runSlope("plot", filepath.Join(dir, "dense.jsonl"), f, "--out", filepath.Join(dir, "x.png"))
+		if code == 0 || !strings.Contains(stderr, filepath.Base(f)) {
+			t.Fatalf("%s: exit %d, stderr %q", f, code, stderr)
+		}
+	}
+	if code, _, _ := runSlope("plot", filepath.Join(dir, "dense.jsonl")); code != exitUsage {
+		t.Fatalf("no --out: exit %d", code)
+	}
+}
