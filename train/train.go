@@ -232,6 +232,12 @@ func (t *Trainer) Params() []*ops.Param { return t.params }
 // Vocab is the number of logits per token.
 func (t *Trainer) Vocab() int { return t.vocab }
 
+// MaxPositions is the number of learned positions (the longest sequence
+// the model takes; 0 when the container records no OPT config).
+func (t *Trainer) MaxPositions() int {
+	return int(t.file.Manifest().GetArchitecture().GetOpt().GetMaxPositionEmbeddings())
+}
+
 // GradNorm is the global gradient norm of the last Step before clipping.
 func (t *Trainer) GradNorm() float64 { return t.gradNorm }
 

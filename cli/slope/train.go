@@ -234,6 +234,9 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		return err
 	}
 	seed := tr.Options().Seed
+	if mp := tr.MaxPositions(); mp > 0 && fl.seq+1 > mp {
+		return usagef(cmd, "--seq %d: each window is --seq + 1 = %d tokens (inputs and the next-token targets), more than the model's %d positions; use --seq %d or less", fl.seq, fl.seq+1, mp, mp-1)
+	}
 	data, err := train.LoadData(fl.data, train.DataOptions{Seq: fl.seq, Seed: seed, Tokenizer: tk, Vocab: tr.Vocab()})
 	if err != nil {
 		return err
