@@ -8,6 +8,7 @@ import (
 
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops/cpu"
 )
 
 // CPU training: GradSteps for every op of version 1 (issue 6). Forward
@@ -423,55 +424,38 @@ func (s *linearGrad) Forward(c *Call, in []*Value, out *Value) error {
 	if err := checkValue("linear input", x, c.Rows(), s.in); err != nil {
 		return err
 	}
-	w := s.w.Value
-	parallelRows(c.Rows(), c.Threads, func(lo, hi int) {
-		for r := lo; r < hi; r++ {
-			xr, y := x.Row(r), out.Row(r)
-			for o := range y {
-				v := dot(w[o*s.in:(o+1)*s.in], xr)
-				if s.b != nil {
-					v += s.b.Value[o]
-				}
-				y[o] = v
-			}
-		}
-	})
-	return nil
+	var bias []float32
+	if s.b != nil {
+		bias = s.b.Value
+	}
+	return denseMul(out.Data, x.Data, c.Rows(), s.in, s.out, s.w.Value, bias, c.Threads)
 }
 
 // Backward: gx [rows, in] += gy·W; gW [out, in] += gyᵀ·x; gb [out] += Σ_rows gy.
+// The products run on the dense kernels: gy·W as gy·(Wᵀ)ᵀ with Wᵀ
+// [in, out] prepared as a weight, gyᵀ·x as a GEMM of gyᵀ [out, rows]
+// against xᵀ [in, rows].
 func (s *linearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
 	x, m := in[0], c.Rows()
-	w, gw := s.w.Value, s.w.Grad
-	if gin[0] != nil {
-		gx := gin[0]
-		parallelRows(m, c.Threads, func(lo, hi int) {
-			for r := lo; r < hi; r++ {
-				gxr := gx.Row(r)
-				for o, g := range gout.Row(r) {
-					if g != 0 {
-						axpy(gxr, g, w[o*s.in:(o+1)*s.in])
-					}
-				}
-			}
-		})
+	if m == 0 {
+		return nil
 	}
-	parallelRows(s.out, c.Threads, func(lo, hi int) {
-		for o := lo; o < hi; o++ {
-			row := gw[o*s.in : (o+1)*s.in]
-			var gb float32
-			for r := 0; r < m; r++ {
-				g := gout.Data[r*s.out+o]
-				gb += g
-				if g != 0 {
-					axpy(row, g, x.Row(r))
-				}
-			}
-			if s.b != nil {
-				s.b.Grad[o] += gb
-			}
+	if gin[0] != nil {
+		wt := transposed(s.w.Value, s.out, s.in, c.Threads)
+		tmp := make([]float32, m*s.in)
+		if err := denseMul(tmp, gout.Data, m, s.out, s.in, wt, nil, c.Threads); err != nil {
+			return err
 		}
-	})
+		addInto(gin[0].Data[:m*s.in], tmp, c.Threads)
+	}
+	gw, err := weightGrad(gout.Data, x.Data, m, s.in, s.out, c.Threads)
+	if err != nil {
+		return err
+	}
+	addInto(s.w.Grad, gw, c.Threads)
+	if s.b != nil {
+		biasGrad(s.b.Grad, gout.Data, m, s.out)
+	}
 	return nil
 }
 
@@ -491,6 +475,7 @@ type slopeLinearGrad struct {
 	l, r          *Param // the adapter, or nil
 	rank          int
 	scale         float32
+	cache         nmCache
 }
 
 func bindSlopeLinearGrad(b Binding, ps ParamStore) (GradStep, error) {
@@ -554,35 +539,69 @@ func (s *slopeLinearGrad) xl(dst, xr []float32) {
 	}
 }
 
+// sparse prepares W (its current kept values) for the N:M kernels.
+func (s *slopeLinearGrad) sparse() (*cpu.Sparse, error) {
+	nm := s.w.NM
+	packed, err := s.cache.packedIdx(nm)
+	if err != nil {
+		return nil, err
+	}
+	return cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: s.out, In: s.in,
+		Values: f32Bytes(s.w.Value), Indices: packed})
+}
+
 func (s *slopeLinearGrad) Forward(c *Call, in []*Value, out *Value) error {
-	x := in[0]
-	if err := checkValue("slopelinear input", x, c.Rows(), s.in); err != nil {
+	x, m := in[0], c.Rows()
+	if err := checkValue("slopelinear input", x, m, s.in); err != nil {
 		return err
 	}
-	parallelRows(c.Rows(), c.Threads, func(lo, hi int) {
-		xl := make([]float32, s.rank)
-		for r := lo; r < hi; r++ {
-			xr, y := x.Row(r), out.Row(r)
-			for o := range y {
-				vals := s.w.Value[o*s.kept : (o+1)*s.kept]
-				var v float32
-				for k, w := range vals {
-					v += w * xr[s.col(o, k)]
-				}
-				if s.b != nil {
-					v += s.b.Value[o]
-				}
-				y[o] = v
-			}
-			if s.l != nil {
-				s.xl(xl, xr)
-				for k, v := range xl {
-					axpy(y, s.scale*v, s.r.Value[k*s.out:(k+1)*s.out])
-				}
-			}
-		}
-	})
+	if m == 0 {
+		return nil
+	}
+	sp, err := s.sparse()
+	if err != nil {
+		return err
+	}
+	var bias []float32
+	if s.b != nil {
+		bias = s.b.Value
+	}
+	y := out.Data[:m*s.out]
+	if err := sp.Linear(y, x.Data[:m*s.in], m, bias, c.Threads); err != nil {
+		return err
+	}
+	if s.l != nil {
+		return cpu.LowRankAdd(y, x.Data[:m*s.in], m, s.in, s.out, s.rank, s.l.Value, s.r.Value, s.scale, c.Threads)
+	}
 	return nil
+}
+
+// inputGradNM adds gy·W_dp into gx through the N:M kernels: W_dpᵀ [in, out]
+// is N:M along out (NM_TRANSPOSE_MATERIALIZED), built from the kept values
+// and TKeep. It returns false when W_dpᵀ is not N:M (rows % M != 0).
+func (s *slopeLinearGrad) inputGradNM(c *Call, gx, gy []float32, m int) (bool, error) {
+	nm := s.w.NM
+	packed, src, ok, err := s.cache.transpose(nm)
+	if err != nil || !ok {
+		return false, err
+	}
+	tv := make([]float32, len(src))
+	for i, j := range src {
+		if j >= 0 {
+			tv[i] = s.w.Value[j]
+		}
+	}
+	sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: s.in, In: s.out,
+		Values: f32Bytes(tv), Indices: packed})
+	if err != nil {
+		return false, err
+	}
+	tmp := make([]float32, m*s.in)
+	if err := sp.Linear(tmp, gy[:m*s.out], m, nil, c.Threads); err != nil {
+		return false, err
+	}
+	addInto(gx[:m*s.in], tmp, c.Threads)
+	return true, nil
 }
 
 // Backward (SLoPe): gx [rows, in] += gy·W_dp + s·(gy·Rᵀ)·Lᵀ, W_dp holding
@@ -591,40 +610,49 @@ func (s *slopeLinearGrad) Forward(c *Call, in []*Value, out *Value) error {
 // gL [in, r] += xᵀ·(s·gy·Rᵀ).
 func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
 	x, m := in[0], c.Rows()
+	if m == 0 {
+		return nil
+	}
 	tkeep := s.w.NM.TKeep
 	if gin[0] != nil {
-		gx := gin[0]
-		parallelRows(m, c.Threads, func(lo, hi int) {
-			for r := lo; r < hi; r++ {
-				gxr := gx.Row(r)
-				for o, g := range gout.Row(r) {
-					base := o * s.kept
-					for k, w := range s.w.Value[base : base+s.kept] {
-						if tkeep[base+k] {
-							gxr[s.col(o, k)] += g * w
+		done, err := s.inputGradNM(c, gin[0].Data, gout.Data, m)
+		if err != nil {
+			return err
+		}
+		if !done {
+			gx := gin[0]
+			parallelRows(m, c.Threads, func(lo, hi int) {
+				for r := lo; r < hi; r++ {
+					gxr := gx.Row(r)
+					for o, g := range gout.Row(r) {
+						base := o * s.kept
+						for k, w := range s.w.Value[base : base+s.kept] {
+							if tkeep[base+k] {
+								gxr[s.col(o, k)] += g * w
+							}
 						}
 					}
 				}
-			}
-		})
+			})
+		}
+	}
+	// gW: the dense gyᵀ·x, gathered at W's kept positions.
+	gd, err := weightGrad(gout.Data, x.Data, m, s.in, s.out, c.Threads)
+	if err != nil {
+		return err
 	}
 	parallelRows(s.out, c.Threads, func(lo, hi int) {
 		for o := lo; o < hi; o++ {
 			gw := s.w.Grad[o*s.kept : (o+1)*s.kept]
-			var gb float32
-			for r := 0; r < m; r++ {
-				g := gout.Data[r*s.out+o]
-				gb += g
-				xr := x.Row(r)
-				for k := range gw {
-					gw[k] += g * xr[s.col(o, k)]
-				}
-			}
-			if s.b != nil {
-				s.b.Grad[o] += gb
+			row := gd[o*s.in : (o+1)*s.in]
+			for k := range gw {
+				gw[k] += row[s.col(o, k)]
 			}
 		}
 	})
+	if s.b != nil {
+		biasGrad(s.b.Grad, gout.Data, m, s.out)
+	}
 	if s.l == nil {
 		return nil
 	}
