@@ -1,0 +1,263 @@
+package ops
+
+import (
+	"fmt"
+	"math"
+)
+
+// attnBufs holds one worker's per-(sequence, head) buffers of the
+// attention backward: q, k, v, dO [T, hd] gathered contiguously, their
+// transposes, the [T, T] score matrices and a [T, hd] product.
+type attnBufs struct {
+	q, k, v, do   []float32
+	qT, kT, doT   []float32
+	p, dp, ds, tT []float32
+	prod          []float32
+	row           []float64
+}
+
+func newAttnBufs(seq, hd int) *attnBufs {
+	n, tt := seq*hd, seq*seq
+	f := make([]float32, 8*n+4*tt)
+	cut := func(k int) []float32 { s := f[:k:k]; f = f[k:]; return s }
+	return &attnBufs{
+		q: cut(n), k: cut(n), v: cut(n), do: cut(n),
+		qT: cut(n), kT: cut(n), doT: cut(n), prod: cut(n),
+		p: cut(tt), dp: cut(tt), ds: cut(tt), tT: cut(tt),
+		row: make([]float64, seq),
+	}
+}
+
+// transposeSmall writes dst [cols, rows] = srcᵀ for src [rows, cols] on
+// the calling goroutine.
+func transposeSmall(dst, src []float32, rows, cols int) {
+	for r := 0; r < rows; r++ {
+		s := src[r*cols : (r+1)*cols]
+		for c, v := range s {
+			dst[c*rows+r] = v
+		}
+	}
+}
+
+// Backward recomputes P = softmax(scale·Q·Kᵀ) over the visible keys per
+// sequence and head (the score product on the GEMM kernels, the softmax in
+// float64), then with dO = gy's head slice:
+// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)),
+// dQ = scale·dS·K, dK = scale·dSᵀ·Q, each a GEMM on the ops/cpu kernels
+// run on the worker's goroutine (so results depend on nothing but the
+// inputs). A query with no visible key gets zero gradient.
+func (s *attentionGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
+	if c.Past != 0 || c.Cache != nil {
+		return fmt.Errorf("attention backward: needs whole sequences (past %d, cache %v)", c.Past, c.Cache != nil)
+	}
+	seq, hd, dim := c.Seq, s.headDim, s.dim
+	if len(c.Mask) != c.Batch*seq {
+		return fmt.Errorf("attention: mask has %d entries, want %d", len(c.Mask), c.Batch*seq)
+	}
+	if seq == 0 || hd == 0 || (gin[0] == nil && gin[1] == nil && gin[2] == nil) {
+		return nil
+	}
+	q, k, v := in[0].Data, in[1].Data, in[2].Data
+	sc := float64(s.scale)
+	errs := make([]error, c.Batch*s.heads)
+	parallelRows(c.Batch*s.heads, c.Threads, func(lo, hi int) {
+		bf := newAttnBufs(seq, hd)
+		for bh := lo; bh < hi; bh++ {
+			errs[bh] = s.backwardHead(bf, c, bh, q, k, v, gout.Data, gin, sc, seq, hd, dim)
+		}
+	})
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy []float32, gin []*Value, sc float64, seq, hd, dim int) error {
+	b, h := bh/s.heads, bh%s.heads
+	mask := c.Mask[b*seq : (b+1)*seq]
+	gather := func(dst, src []float32) {
+		for j := 0; j < seq; j++ {
+			copy(dst[j*hd:(j+1)*hd], src[(b*seq+j)*dim+h*hd:][:hd])
+		}
+	}
+	scatterAdd := func(dst []float32, src []float32) {
+		for j := 0; j < seq; j++ {
+			d := dst[(b*seq+j)*dim+h*hd:][:hd]
+			for e, x := range src[j*hd : (j+1)*hd] {
+				d[e] += x
+			}
+		}
+	}
+	gather(bf.q, q)
+	gather(bf.k, k)
+	gather(bf.v, v)
+	gather(bf.do, gy)
+	// S = Q·Kᵀ (K as the weight [T, hd]); dP = dO·Vᵀ.
+	if err := denseMul(bf.p, bf.q, seq, hd, seq, bf.k, nil, 1); err != nil {
+		return err
+	}
+	if err := denseMul(bf.dp, bf.do, seq, hd, seq, bf.v, nil, 1); err != nil {
+		return err
+	}
+	// Softmax per row over the visible keys, then dS (scaled).
+	for i := 0; i < seq; i++ {
+		p := bf.p[i*seq : (i+1)*seq]
+		dp := bf.dp[i*seq : (i+1)*seq]
+		ds := bf.ds[i*seq : (i+1)*seq]
+		mx := math.Inf(-1)
+		for j := 0; j <= i; j++ {
+			if mask[j] != 0 {
+				mx = math.Max(mx, float64(p[j])*sc)
+			}
+		}
+		if math.IsInf(mx, -1) {
+			clear(p)
+			clear(ds)
+			continue
+		}
+		e := bf.row[:i+1]
+		var sum float64
+		for j := range e {
+			if mask[j] != 0 {
+				e[j] = math.Exp(float64(p[j])*sc - mx)
+				sum += e[j]
+			} else {
+				e[j] = 0
+			}
+		}
+		inv := 1 / sum
+		var pdp float64
+		for j, ej := range e {
+			pj := ej * inv
+			p[j] = float32(pj)
+			pdp += pj * float64(dp[j])
+		}
+		clear(p[i+1:])
+		for j := 0; j <= i; j++ {
+			if mask[j] != 0 {
+				ds[j] = float32(float64(p[j]) * (float64(dp[j]) - pdp) * sc)
+			} else {
+				ds[j] = 0
+			}
+		}
+		clear(ds[i+1:])
+	}
+	if gin[0] != nil { // dQ = dS·K: weight Kᵀ [hd, T]
+		transposeSmall(bf.kT, bf.k, seq, hd)
+		if err := denseMul(bf.prod, bf.ds, seq, seq, hd, bf.kT, nil, 1); err != nil {
+			return err
+		}
+		scatterAdd(gin[0].Data, bf.prod)
+	}
+	if gin[1] != nil { // dK = dSᵀ·Q: weight Qᵀ [hd, T]
+		transposeSmall(bf.tT, bf.ds, seq, seq)
+		transposeSmall(bf.qT, bf.q, seq, hd)
+		if err := denseMul(bf.prod, bf.tT, seq, seq, hd, bf.qT, nil, 1); err != nil {
+			return err
+		}
+		scatterAdd(gin[1].Data, bf.prod)
+	}
+	if gin[2] != nil { // dV = Pᵀ·dO: weight dOᵀ [hd, T]
+		transposeSmall(bf.tT, bf.p, seq, seq)
+		transposeSmall(bf.doT, bf.do, seq, hd)
+		if err := denseMul(bf.prod, bf.tT, seq, seq, hd, bf.doT, nil, 1); err != nil {
+			return err
+		}
+		scatterAdd(gin[2].Data, bf.prod)
+	}
+	return nil
+}
+
+// Backward: with x̂ = (x-μ)/σ and g = gy·w,
+// gx = (g - mean(g) - x̂·mean(g·x̂))/σ; gw += Σ_rows gy·x̂; gb += Σ_rows gy.
+// Rows are spread over threads for gx (per-row float64 statistics); the
+// parameter gradients are then summed per column over the rows in row
+// order, columns spread over threads, so no result depends on the thread
+// count.
+func (s *layerNormGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
+	x := in[0]
+	d := s.dim
+	rows := c.Rows()
+	if rows == 0 || d == 0 {
+		return nil
+	}
+	w, _ := s.wb()
+	mean := make([]float64, rows)
+	inv := make([]float64, rows)
+	parallelRows(rows, c.Threads, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			xr, gy := x.Row(r)[:d], gout.Row(r)[:d]
+			var mu, vr float64
+			for _, v := range xr {
+				mu += float64(v)
+			}
+			mu /= float64(d)
+			for _, v := range xr {
+				t := float64(v) - mu
+				vr += t * t
+			}
+			iv := 1 / math.Sqrt(vr/float64(d)+s.eps)
+			mean[r], inv[r] = mu, iv
+			if gin[0] == nil {
+				continue
+			}
+			var mg, mgx float64
+			if w != nil {
+				w := w[:d]
+				for i, v := range xr {
+					g := float64(gy[i]) * float64(w[i])
+					mg += g
+					mgx += g * ((float64(v) - mu) * iv)
+				}
+			} else {
+				for i, v := range xr {
+					g := float64(gy[i])
+					mg += g
+					mgx += g * ((float64(v) - mu) * iv)
+				}
+			}
+			mg /= float64(d)
+			mgx /= float64(d)
+			gx := gin[0].Row(r)[:d]
+			if w != nil {
+				w := w[:d]
+				for i, v := range xr {
+					xh := (float64(v) - mu) * iv
+					gx[i] += float32((float64(gy[i])*float64(w[i]) - mg - xh*mgx) * iv)
+				}
+			} else {
+				for i, v := range xr {
+					xh := (float64(v) - mu) * iv
+					gx[i] += float32((float64(gy[i]) - mg - xh*mgx) * iv)
+				}
+			}
+		}
+	})
+	if s.w == nil && s.b == nil {
+		return nil
+	}
+	const cb = 64
+	parallelRows((d+cb-1)/cb, c.Threads, func(lo, hi int) {
+		c0, c1 := lo*cb, min(hi*cb, d)
+		for r := 0; r < rows; r++ {
+			gy := gout.Row(r)[c0:c1]
+			if s.w != nil {
+				gw := s.w.Grad[c0:c1]
+				xr := x.Row(r)[c0:c1]
+				mu, iv := mean[r], inv[r]
+				for i, g := range gy {
+					gw[i] += float32(float64(g) * ((float64(xr[i]) - mu) * iv))
+				}
+			}
+			if s.b != nil {
+				gb := s.b.Grad[c0:c1]
+				for i, g := range gy {
+					gb[i] += g
+				}
+			}
+		}
+	})
+	return nil
+}
