@@ -151,21 +151,26 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 		}
 		scatterAdd(gin[0].Data, bf.prod)
 	}
-	if gin[1] != nil { // dK = dSᵀ·Q: weight Qᵀ [hd, T]
-		transposeSmall(bf.tT, bf.ds, seq, seq)
-		transposeSmall(bf.qT, bf.q, seq, hd)
-		if err := denseMul(bf.prod, bf.tT, seq, seq, hd, bf.qT, nil, 1); err != nil {
+	// addATB adds aᵀ·b ([T, hd]; a [T, T], b [T, hd], bT scratch for bᵀ)
+	// into dst.
+	addATB := func(dst []float32, a, b, bT []float32) error {
+		transposeSmall(bf.tT, a, seq, seq)
+		transposeSmall(bT, b, seq, hd)
+		if err := denseMul(bf.prod, bf.tT, seq, seq, hd, bT, nil, 1); err != nil {
 			return err
 		}
-		scatterAdd(gin[1].Data, bf.prod)
+		scatterAdd(dst, bf.prod)
+		return nil
 	}
-	if gin[2] != nil { // dV = Pᵀ·dO: weight dOᵀ [hd, T]
-		transposeSmall(bf.tT, bf.p, seq, seq)
-		transposeSmall(bf.doT, bf.do, seq, hd)
-		if err := denseMul(bf.prod, bf.tT, seq, seq, hd, bf.doT, nil, 1); err != nil {
+	if gin[1] != nil { // dK = dSᵀ·Q
+		if err := addATB(gin[1].Data, bf.ds, bf.q, bf.qT); err != nil {
 			return err
 		}
-		scatterAdd(gin[2].Data, bf.prod)
+	}
+	if gin[2] != nil { // dV = Pᵀ·dO
+		if err := addATB(gin[2].Data, bf.p, bf.do, bf.doT); err != nil {
+			return err
+		}
 	}
 	return nil
 }
