@@ -2,7 +2,6 @@ package blaslt
 
 import (
 	"fmt"
-	"sync"
 	"unsafe"
 
 	"github.com/slopeml/slope/cuda/dl"
@@ -32,26 +31,9 @@ type api struct {
 		workspace driver.Ptr, workspaceSize uint64, stream driver.Stream) int32
 }
 
-var (
-	loadMu  sync.Mutex
-	theAPI  *api
-	libPath string
-)
-
-// load opens and binds cuBLASLt once per process. A failure is not
-// remembered: a later call (after the environment changed) tries again.
-func load() (*api, error) {
-	loadMu.Lock()
-	defer loadMu.Unlock()
-	if theAPI != nil {
-		return theAPI, nil
-	}
-	lib, err := dl.Open(dl.CuBLASLt)
-	if err != nil {
-		return nil, err
-	}
-	a := &api{}
-	err = lib.BindAll(map[string]any{
+// libAPI is cuBLASLt, bound once per process.
+var libAPI = dl.API[api]{Spec: dl.CuBLASLt, Table: func(a *api) map[string]any {
+	return map[string]any{
 		"cublasLtCreate":                       &a.cublasLtCreate,
 		"cublasLtDestroy":                      &a.cublasLtDestroy,
 		"cublasLtGetVersion":                   &a.cublasLtGetVersion,
@@ -66,13 +48,11 @@ func load() (*api, error) {
 		"cublasLtMatmulPreferenceSetAttribute": &a.cublasLtMatmulPreferenceSetAttribute,
 		"cublasLtMatmulAlgoGetHeuristic":       &a.cublasLtMatmulAlgoGetHeuristic,
 		"cublasLtMatmul":                       &a.cublasLtMatmul,
-	})
-	if err != nil {
-		return nil, err
 	}
-	theAPI, libPath = a, lib.Path
-	return theAPI, nil
-}
+}}
+
+// load opens and binds cuBLASLt (see dl.API).
+func load() (*api, error) { return libAPI.Load() }
 
 // Version loads cuBLASLt (if needed) and returns cublasLtGetVersion(),
 // e.g. 130100 for 13.1.0. It needs no GPU.
@@ -86,11 +66,7 @@ func Version() (int, error) {
 
 // Library returns the path cuBLASLt was loaded from ("" before a
 // successful load).
-func Library() string {
-	loadMu.Lock()
-	defer loadMu.Unlock()
-	return libPath
-}
+func Library() string { return libAPI.Path() }
 
 // statusNames maps cublasStatus_t values (cublas_api.h) to their names.
 var statusNames = map[int32]string{

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/ebitengine/purego"
 )
@@ -200,3 +201,44 @@ var (
 		Files:     []string{"libcusparseLt.so.0", "libcusparseLt.so"},
 		WheelDirs: []string{"nvidia/cusparselt/lib", "nvidia/cu13/lib", "cusparselt/lib"}}
 )
+
+// API loads a library and binds a table of its functions the first time
+// Load succeeds, once per process. A failure is not remembered: a later
+// Load (after the environment changed) tries again.
+type API[T any] struct {
+	Spec Spec
+	// Table lists, for a fresh *T, each symbol and the func field to bind
+	// it to.
+	Table func(*T) map[string]any
+
+	mu   sync.Mutex
+	api  *T
+	path string
+}
+
+// Load returns the bound functions, loading and binding them if needed.
+func (a *API[T]) Load() (*T, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.api != nil {
+		return a.api, nil
+	}
+	lib, err := Open(a.Spec)
+	if err != nil {
+		return nil, err
+	}
+	t := new(T)
+	if err := lib.BindAll(a.Table(t)); err != nil {
+		return nil, err
+	}
+	a.api, a.path = t, lib.Path
+	return t, nil
+}
+
+// Path is the file the library was loaded from ("" before a successful
+// Load).
+func (a *API[T]) Path() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.path
+}

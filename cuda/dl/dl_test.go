@@ -70,3 +70,23 @@ func TestOpenMissingSearchListsPaths(t *testing.T) {
 		t.Errorf("error lacks the standard location:\n%v", err)
 	}
 }
+
+// API binds once on success and retries after a failure.
+func TestAPILoad(t *testing.T) {
+	type libc struct{ getpid func() int32 }
+	calls := 0
+	a := API[libc]{Spec: Spec{Name: "libc", Env: "SLOPE_TEST_LIBC", Files: []string{"libc.so.6"}},
+		Table: func(l *libc) map[string]any { calls++; return map[string]any{"getpid": &l.getpid} }}
+	t.Setenv("SLOPE_TEST_LIBC", "/nonexistent/libc.so.6")
+	if _, err := a.Load(); !errors.Is(err, ErrNotFound) || a.Path() != "" {
+		t.Fatalf("Load with a wrong override: %v, path %q", err, a.Path())
+	}
+	t.Setenv("SLOPE_TEST_LIBC", "")
+	l1, err := a.Load()
+	if err != nil || l1.getpid() <= 0 || !strings.HasSuffix(a.Path(), "libc.so.6") {
+		t.Fatalf("retry: %v, path %q", err, a.Path())
+	}
+	if l2, err := a.Load(); err != nil || l2 != l1 || calls != 1 {
+		t.Fatalf("second Load: %v, same %v, %d bindings", err, l2 == l1, calls)
+	}
+}

@@ -101,57 +101,39 @@ type api struct {
 	cuGraphDestroy               func(g uintptr) int32
 }
 
-var (
-	loadMu  sync.Mutex
-	theAPI  *api
-	libPath string
-)
-
-// load binds the driver once; a failure is not remembered, so a later
-// call (after the environment changed) tries again.
-func load() (*api, error) {
-	loadMu.Lock()
-	defer loadMu.Unlock()
-	if theAPI != nil {
-		return theAPI, nil
+// cudaAPI is the driver library, bound once per process.
+var cudaAPI = dl.API[api]{Spec: dl.CUDA, Table: func(a *api) map[string]any {
+	return map[string]any{
+		"cuInit": &a.cuInit, "cuDriverGetVersion": &a.cuDriverGetVersion,
+		"cuDeviceGetCount": &a.cuDeviceGetCount, "cuDeviceGet": &a.cuDeviceGet,
+		"cuDeviceGetName": &a.cuDeviceGetName, "cuDeviceGetAttribute": &a.cuDeviceGetAttribute,
+		"cuDeviceTotalMem_v2": &a.cuDeviceTotalMem_v2, "cuDevicePrimaryCtxRetain": &a.cuDevicePrimaryCtxRetain,
+		"cuDevicePrimaryCtxRelease_v2": &a.cuDevicePrimaryCtxRelease_v2, "cuCtxSetCurrent": &a.cuCtxSetCurrent,
+		"cuCtxSynchronize": &a.cuCtxSynchronize, "cuMemAlloc_v2": &a.cuMemAlloc_v2, "cuMemFree_v2": &a.cuMemFree_v2,
+		"cuMemGetInfo_v2": &a.cuMemGetInfo_v2, "cuMemcpyHtoD_v2": &a.cuMemcpyHtoD_v2,
+		"cuMemcpyDtoH_v2": &a.cuMemcpyDtoH_v2, "cuMemcpyDtoD_v2": &a.cuMemcpyDtoD_v2,
+		"cuMemcpyHtoDAsync_v2": &a.cuMemcpyHtoDAsync_v2, "cuMemcpyDtoDAsync_v2": &a.cuMemcpyDtoDAsync_v2,
+		"cuMemsetD8_v2": &a.cuMemsetD8_v2, "cuMemcpy2DAsync_v2": &a.cuMemcpy2DAsync_v2, "cuMemsetD32_v2": &a.cuMemsetD32_v2,
+		"cuModuleLoadDataEx": &a.cuModuleLoadDataEx, "cuModuleGetFunction": &a.cuModuleGetFunction,
+		"cuModuleUnload": &a.cuModuleUnload, "cuFuncSetAttribute": &a.cuFuncSetAttribute,
+		"cuLaunchKernel": &a.cuLaunchKernel, "cuStreamCreate": &a.cuStreamCreate,
+		"cuStreamDestroy_v2": &a.cuStreamDestroy_v2, "cuStreamSynchronize": &a.cuStreamSynchronize,
+		"cuEventCreate": &a.cuEventCreate, "cuEventDestroy_v2": &a.cuEventDestroy_v2,
+		"cuEventRecord": &a.cuEventRecord, "cuEventSynchronize": &a.cuEventSynchronize,
+		"cuEventElapsedTime": &a.cuEventElapsedTime, "cuGetErrorName": &a.cuGetErrorName,
+		"cuStreamBeginCapture_v2": &a.cuStreamBeginCapture_v2, "cuStreamEndCapture": &a.cuStreamEndCapture,
+		"cuGraphInstantiateWithFlags": &a.cuGraphInstantiateWithFlags, "cuGraphLaunch": &a.cuGraphLaunch,
+		"cuGraphExecDestroy": &a.cuGraphExecDestroy, "cuGraphDestroy": &a.cuGraphDestroy,
 	}
-	var loadErr error
-	func() {
-		lib, err := dl.Open(dl.CUDA)
-		if err != nil {
-			loadErr = fmt.Errorf("%w: %w", ErrNoDevice, err)
-			return
-		}
-		a := &api{}
-		err = lib.BindAll(map[string]any{
-			"cuInit": &a.cuInit, "cuDriverGetVersion": &a.cuDriverGetVersion,
-			"cuDeviceGetCount": &a.cuDeviceGetCount, "cuDeviceGet": &a.cuDeviceGet,
-			"cuDeviceGetName": &a.cuDeviceGetName, "cuDeviceGetAttribute": &a.cuDeviceGetAttribute,
-			"cuDeviceTotalMem_v2": &a.cuDeviceTotalMem_v2, "cuDevicePrimaryCtxRetain": &a.cuDevicePrimaryCtxRetain,
-			"cuDevicePrimaryCtxRelease_v2": &a.cuDevicePrimaryCtxRelease_v2, "cuCtxSetCurrent": &a.cuCtxSetCurrent,
-			"cuCtxSynchronize": &a.cuCtxSynchronize, "cuMemAlloc_v2": &a.cuMemAlloc_v2, "cuMemFree_v2": &a.cuMemFree_v2,
-			"cuMemGetInfo_v2": &a.cuMemGetInfo_v2, "cuMemcpyHtoD_v2": &a.cuMemcpyHtoD_v2,
-			"cuMemcpyDtoH_v2": &a.cuMemcpyDtoH_v2, "cuMemcpyDtoD_v2": &a.cuMemcpyDtoD_v2,
-			"cuMemcpyHtoDAsync_v2": &a.cuMemcpyHtoDAsync_v2, "cuMemcpyDtoDAsync_v2": &a.cuMemcpyDtoDAsync_v2,
-			"cuMemsetD8_v2": &a.cuMemsetD8_v2, "cuMemcpy2DAsync_v2": &a.cuMemcpy2DAsync_v2, "cuMemsetD32_v2": &a.cuMemsetD32_v2,
-			"cuModuleLoadDataEx": &a.cuModuleLoadDataEx, "cuModuleGetFunction": &a.cuModuleGetFunction,
-			"cuModuleUnload": &a.cuModuleUnload, "cuFuncSetAttribute": &a.cuFuncSetAttribute,
-			"cuLaunchKernel": &a.cuLaunchKernel, "cuStreamCreate": &a.cuStreamCreate,
-			"cuStreamDestroy_v2": &a.cuStreamDestroy_v2, "cuStreamSynchronize": &a.cuStreamSynchronize,
-			"cuEventCreate": &a.cuEventCreate, "cuEventDestroy_v2": &a.cuEventDestroy_v2,
-			"cuEventRecord": &a.cuEventRecord, "cuEventSynchronize": &a.cuEventSynchronize,
-			"cuEventElapsedTime": &a.cuEventElapsedTime, "cuGetErrorName": &a.cuGetErrorName,
-			"cuStreamBeginCapture_v2": &a.cuStreamBeginCapture_v2, "cuStreamEndCapture": &a.cuStreamEndCapture,
-			"cuGraphInstantiateWithFlags": &a.cuGraphInstantiateWithFlags, "cuGraphLaunch": &a.cuGraphLaunch,
-			"cuGraphExecDestroy": &a.cuGraphExecDestroy, "cuGraphDestroy": &a.cuGraphDestroy,
-		})
-		if err != nil {
-			loadErr = fmt.Errorf("%w: %w", ErrNoDevice, err)
-			return
-		}
-		theAPI, libPath = a, lib.Path
-	}()
-	return theAPI, loadErr
+}}
+
+// load binds the driver; errors wrap ErrNoDevice.
+func load() (*api, error) {
+	a, err := cudaAPI.Load()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoDevice, err)
+	}
+	return a, nil
 }
 
 // check turns a status into an *Error naming call.
@@ -236,7 +218,7 @@ func Open(ordinal int) (*Device, error) {
 		return nil, err
 	}
 	d := &Device{a: a, jobs: make(chan func()), done: make(chan struct{})}
-	d.Library = libPath
+	d.Library = cudaAPI.Path()
 	started := make(chan error, 1)
 	go d.loop(ordinal, started)
 	if err := <-started; err != nil {

@@ -2,7 +2,6 @@ package sparselt
 
 import (
 	"fmt"
-	"sync"
 	"unsafe"
 
 	"github.com/slopeml/slope/cuda/dl"
@@ -60,26 +59,9 @@ type api struct {
 	cusparseLtSpMMACompress2            func(h, sparse unsafe.Pointer, isSparseA, op int32, dense, compressed, buf driver.Ptr, s driver.Stream) int32
 }
 
-var (
-	loadMu  sync.Mutex
-	theAPI  *api
-	libPath string
-)
-
-// load opens and binds cuSPARSELt once per process. A failure is not
-// remembered: a later call (after the environment changed) tries again.
-func load() (*api, error) {
-	loadMu.Lock()
-	defer loadMu.Unlock()
-	if theAPI != nil {
-		return theAPI, nil
-	}
-	lib, err := dl.Open(dl.CuSPARSELt)
-	if err != nil {
-		return nil, err
-	}
-	a := &api{}
-	err = lib.BindAll(map[string]any{
+// libAPI is cuSPARSELt, bound once per process.
+var libAPI = dl.API[api]{Spec: dl.CuSPARSELt, Table: func(a *api) map[string]any {
+	return map[string]any{
 		"cusparseLtInit":                      &a.cusparseLtInit,
 		"cusparseLtDestroy":                   &a.cusparseLtDestroy,
 		"cusparseLtGetVersion":                &a.cusparseLtGetVersion,
@@ -101,13 +83,11 @@ func load() (*api, error) {
 		"cusparseLtSpMMAPruneCheck2":          &a.cusparseLtSpMMAPruneCheck2,
 		"cusparseLtSpMMACompressedSize2":      &a.cusparseLtSpMMACompressedSize2,
 		"cusparseLtSpMMACompress2":            &a.cusparseLtSpMMACompress2,
-	})
-	if err != nil {
-		return nil, err
 	}
-	theAPI, libPath = a, lib.Path
-	return theAPI, nil
-}
+}}
+
+// load opens and binds cuSPARSELt (see dl.API).
+func load() (*api, error) { return libAPI.Load() }
 
 // Version loads cuSPARSELt (if needed) and returns its version as
 // major·1000 + minor·100 + patch (CUSPARSELT_VERSION; 800 for 0.8.0),
@@ -128,11 +108,7 @@ func Version() (int, error) {
 
 // Library returns the path cuSPARSELt was loaded from ("" before a
 // successful load).
-func Library() string {
-	loadMu.Lock()
-	defer loadMu.Unlock()
-	return libPath
-}
+func Library() string { return libAPI.Path() }
 
 // statusNames maps cusparseStatus_t values (cusparse.h) to their names.
 var statusNames = map[int32]string{
