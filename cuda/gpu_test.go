@@ -1,8 +1,8 @@
 package cuda
 
 import (
+	"github.com/slopeml/slope/cuda/gputest"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -28,10 +28,7 @@ func newWith(t *testing.T, o Options) *Backend {
 	o.Log = func(s string) { t.Log(s) }
 	b, err := New(o)
 	if err != nil {
-		if os.Getenv("SLOPE_REQUIRE_GPU") == "1" {
-			t.Fatalf("SLOPE_REQUIRE_GPU=1 but: %v", err)
-		}
-		t.Skipf("NOT RUN (no GPU): %v", err)
+		gputest.Unavailable(t, err)
 	}
 	t.Cleanup(func() { b.Close() })
 	return b

@@ -2,9 +2,9 @@ package blaslt
 
 import (
 	"fmt"
+	"github.com/slopeml/slope/cuda/gputest"
 	"math"
 	"math/rand/v2"
-	"os"
 	"testing"
 	"unsafe"
 
@@ -37,10 +37,7 @@ func openGPU(t *testing.T) (*driver.Device, *Handle) {
 		}
 		d.Close()
 	}
-	if os.Getenv("SLOPE_REQUIRE_GPU") == "1" {
-		t.Fatalf("SLOPE_REQUIRE_GPU=1 but: %v", err)
-	}
-	t.Skipf("NOT RUN (no GPU): %v", err)
+	gputest.Unavailable(t, err)
 	return nil, nil
 }
 

@@ -2,7 +2,7 @@ package driver
 
 import (
 	"errors"
-	"os"
+	"github.com/slopeml/slope/cuda/gputest"
 	"testing"
 	"unsafe"
 )
@@ -15,10 +15,7 @@ func openOrReport(t *testing.T) *Device {
 	t.Helper()
 	d, err := Open(0)
 	if err != nil {
-		if os.Getenv("SLOPE_REQUIRE_GPU") == "1" {
-			t.Fatalf("SLOPE_REQUIRE_GPU=1 but: %v", err)
-		}
-		t.Skipf("NOT RUN (no GPU): %v", err)
+		gputest.Unavailable(t, err)
 	}
 	t.Cleanup(func() { d.Close() })
 	return d

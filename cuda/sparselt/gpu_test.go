@@ -3,9 +3,9 @@ package sparselt
 import (
 	"errors"
 	"fmt"
+	"github.com/slopeml/slope/cuda/gputest"
 	"math"
 	"math/rand/v2"
-	"os"
 	"testing"
 	"unsafe"
 
@@ -41,10 +41,7 @@ func openGPU(t *testing.T) (*driver.Device, *Handle) {
 		}
 		d.Close()
 	}
-	if os.Getenv("SLOPE_REQUIRE_GPU") == "1" {
-		t.Fatalf("SLOPE_REQUIRE_GPU=1 but: %v", err)
-	}
-	t.Skipf("NOT RUN (no GPU): %v", err)
+	gputest.Unavailable(t, err)
 	return nil, nil
 }
 
