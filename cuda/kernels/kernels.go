@@ -442,10 +442,24 @@ const spmvWarps = 4 // SPMV_WARPS in kernels.cu
 // error otherwise (the caller falls back to SpMMNM).
 func (k *Set) SpMV24(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx, bias driver.Ptr, M, rows, cols int) error {
 	a := &args{kernel: "spmv24_bf16_" + suffix(t)}
+	ly, lx, mi, r, c := a.check24(t, y, ldy, x, ldx, vals, idx, M, SpMV24MaxM, rows, cols)
+	if a.err != nil {
+		return a.err
+	}
+	bucket, rpb := SpMV24Bucket(M)
+	name := fmt.Sprintf("%s_m%d", a.kernel, bucket)
+	return k.launch(a, name, driver.D1((rows+rpb-1)/rpb), driver.D1(32*spmvWarps), 0, s, y, ly, x, lx, vals, idx, bias, mi, r, c)
+}
+
+// check24 validates the arguments the 2:4 kernels (SpMV24, SpMM24TC)
+// share: M <= maxM, cols % 64 == 0, 16-byte aligned vals and x rows,
+// 8-byte aligned idx, buffers that fit; it returns the int32 kernel
+// arguments (a.err holds the first fault).
+func (a *args) check24(t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx driver.Ptr, M, maxM, rows, cols int) (ly, lx, mi, r, c int32) {
 	a.dtype("T", t)
 	a.pos("M", M)
-	if M > SpMV24MaxM {
-		a.fail("M = %d exceeds %d", M, SpMV24MaxM)
+	if M > maxM {
+		a.fail("M = %d exceeds %d", M, maxM)
 	}
 	a.pos("rows", rows)
 	a.pos("cols", cols)
@@ -467,14 +481,7 @@ func (k *Set) SpMV24(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.P
 	a.fits("x", M, ldx)
 	a.fits("y", M, ldy)
 	a.fits("vals", rows, cols)
-	ly, lx := a.i32("ldy", ldy), a.i32("ldx", ldx)
-	mi, r, c := a.i32("M", M), a.i32("rows", rows), a.i32("cols", cols)
-	if a.err != nil {
-		return a.err
-	}
-	bucket, rpb := SpMV24Bucket(M)
-	name := fmt.Sprintf("%s_m%d", a.kernel, bucket)
-	return k.launch(a, name, driver.D1((rows+rpb-1)/rpb), driver.D1(32*spmvWarps), 0, s, y, ly, x, lx, vals, idx, bias, mi, r, c)
+	return a.i32("ldy", ldy), a.i32("ldx", ldx), a.i32("M", M), a.i32("rows", rows), a.i32("cols", cols)
 }
 
 const (
@@ -515,36 +522,10 @@ func SpMM24TCSplit(rows, cols int) (slices, rowsPerBlock int) {
 // otherwise (the caller falls back to SpMV24 or SpMMNM).
 func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx, bias driver.Ptr, M, rows, cols int) error {
 	a := &args{kernel: "spmm24tc_bf16_" + suffix(t)}
-	a.dtype("T", t)
-	a.pos("M", M)
-	if M > SpMM24TCMaxM {
-		a.fail("M = %d exceeds %d", M, SpMM24TCMaxM)
-	}
-	a.pos("rows", rows)
-	a.pos("cols", cols)
 	if rows%16 != 0 {
 		a.fail("rows = %d is not a multiple of 16", rows)
 	}
-	if cols%64 != 0 {
-		a.fail("cols = %d is not a multiple of 64", cols)
-	}
-	a.ld("ldy", ldy, rows)
-	a.ld("ldx", ldx, cols)
-	a.ptr("y", y)
-	a.ptr("x", x)
-	a.ptr("vals", vals)
-	a.ptr("idx", idx)
-	a.align("vals", vals, 16)
-	a.align("x", x, 16)
-	a.align("idx", idx, 8)
-	if t.Size() != 0 && ldx*t.Size()%16 != 0 {
-		a.fail("ldx = %d elements is not a multiple of 16 bytes", ldx)
-	}
-	a.fits("x", M, ldx)
-	a.fits("y", M, ldy)
-	a.fits("vals", rows, cols)
-	ly, lx := a.i32("ldy", ldy), a.i32("ldx", ldx)
-	mi, r, c := a.i32("M", M), a.i32("rows", rows), a.i32("cols", cols)
+	ly, lx, mi, r, c := a.check24(t, y, ldy, x, ldx, vals, idx, M, SpMM24TCMaxM, rows, cols)
 	if a.err != nil {
 		return a.err
 	}
