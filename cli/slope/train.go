@@ -83,6 +83,15 @@ func newTrainCmd() *cobra.Command {
 }
 
 func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"--warmup", fl.warmup}, {"--mask-refresh", fl.maskRefresh}, {"--eval-every", fl.evalEvery}, {"--eval-batches", fl.evalBatches},
+		{"--save-every", fl.saveEvery}, {"--print-every", fl.every}, {"--rank", fl.rank}} {
+		if f.v < 0 {
+			return usagef(cmd, "%s must not be negative, got %d", f.name, f.v)
+		}
+	}
 	switch {
 	case fl.data == "":
 		return usagef(cmd, "--data is required")
@@ -96,26 +105,12 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 		return usagef(cmd, "--seq must be at least 2, got %d", fl.seq)
 	case fl.lr <= 0 || math.IsNaN(fl.lr) || math.IsInf(fl.lr, 0):
 		return usagef(cmd, "--lr must be positive, got %g", fl.lr)
-	case fl.warmup < 0:
-		return usagef(cmd, "--warmup must not be negative, got %d", fl.warmup)
 	case fl.schedule != train.ScheduleCosine && fl.schedule != train.ScheduleLinear && fl.schedule != train.ScheduleConstant:
 		return usagef(cmd, "--schedule %q: want cosine, linear or constant", fl.schedule)
 	case fl.clip < 0:
 		return usagef(cmd, "--clip must not be negative, got %g", fl.clip)
 	case fl.weightDecay < 0:
 		return usagef(cmd, "--weight-decay must not be negative, got %g", fl.weightDecay)
-	case fl.maskRefresh < 0:
-		return usagef(cmd, "--mask-refresh must not be negative, got %d", fl.maskRefresh)
-	case fl.evalEvery < 0:
-		return usagef(cmd, "--eval-every must not be negative, got %d", fl.evalEvery)
-	case fl.evalBatches < 0:
-		return usagef(cmd, "--eval-batches must not be negative, got %d", fl.evalBatches)
-	case fl.saveEvery < 0:
-		return usagef(cmd, "--save-every must not be negative, got %d", fl.saveEvery)
-	case fl.every < 0:
-		return usagef(cmd, "--print-every must not be negative, got %d", fl.every)
-	case fl.rank < 0:
-		return usagef(cmd, "--rank must not be negative, got %d", fl.rank)
 	case fl.rankFrac < 0 || fl.rankFrac > 1 || math.IsNaN(fl.rankFrac):
 		return usagef(cmd, "--rank-frac must be in [0, 1], got %g", fl.rankFrac)
 	case fl.adapterScale == 0 || math.IsNaN(fl.adapterScale) || math.IsInf(fl.adapterScale, 0):
