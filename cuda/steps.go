@@ -2,7 +2,6 @@ package cuda
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/slopeml/slope/cuda/blaslt"
 	"github.com/slopeml/slope/cuda/driver"
@@ -13,44 +12,11 @@ import (
 	"github.com/slopeml/slope/ops"
 )
 
-// weightF32 reads weight input i of a node as float32 with its shape,
-// checking it against want (-1: any).
-func weightF32(bd ops.Binding, input int, want ...int) ([]float32, []int, error) {
-	n := bd.Node
-	name := n.Input(input)
-	if name == "" {
-		return nil, nil, fmt.Errorf("node %q: input %d (a weight) is missing: %w", n.Name, input, ops.ErrBadNode)
-	}
-	t, err := bd.W.Lookup(name)
-	if err != nil {
-		return nil, nil, fmt.Errorf("node %q: %w", n.Name, err)
-	}
-	shape := make([]int, len(t.Shape))
-	for i, d := range t.Shape {
-		shape[i] = int(d)
-	}
-	ok := len(shape) == len(want)
-	for i := 0; ok && i < len(want); i++ {
-		ok = want[i] < 0 || shape[i] == want[i]
-	}
-	if !ok {
-		return nil, nil, fmt.Errorf("node %q: weight %q has shape %v, want %v (-1: any): %w", n.Name, name, shape, want, ops.ErrBadNode)
-	}
-	if !format.IsFloat(t.Dtype) {
-		return nil, nil, fmt.Errorf("node %q: weight %q has dtype %s: %w", n.Name, name, t.Dtype, ops.ErrUnsupported)
-	}
-	data, err := bd.W.Dense(name)
-	if err != nil {
-		return nil, nil, fmt.Errorf("node %q: %w", n.Name, err)
-	}
-	return data, shape, nil
-}
-
 // deviceWeight uploads weight input i (as dt), once per tensor name.
 func (b *Backend) deviceWeight(bd ops.Binding, input int, dt DType, want ...int) (driver.Ptr, []int, error) {
 	name := bd.Node.Input(input)
 	key := weightKey{bd.W, name, fmt.Sprint("dense", dt)}
-	data, shape, err := weightF32(bd, input, want...)
+	data, shape, err := ops.WeightF32(bd, input, want...)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -81,13 +47,6 @@ func (b *Backend) uploadBytesF32(v []float32) (driver.Ptr, error) {
 		return 0, err
 	}
 	return b.uploadBytes(raw)
-}
-
-func inDim(bd ops.Binding, i int) (int, error) {
-	if i >= len(bd.InDims) {
-		return 0, fmt.Errorf("node %q: needs %d activation inputs, has %d: %w", bd.Node.Name, i+1, len(bd.InDims), ops.ErrBadNode)
-	}
-	return bd.InDims[i], nil
 }
 
 func (b *Backend) blasType(dt DType) blaslt.DType {
@@ -235,7 +194,7 @@ type layerNormStep struct {
 }
 
 func (b *Backend) bindLayerNorm(bd ops.Binding) (ops.Step, error) {
-	d, err := inDim(bd, 0)
+	d, err := ops.InDim(bd, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -269,11 +228,11 @@ type addStep struct {
 }
 
 func (b *Backend) bindAdd(bd ops.Binding) (ops.Step, error) {
-	d0, err := inDim(bd, 0)
+	d0, err := ops.InDim(bd, 0)
 	if err != nil {
 		return nil, err
 	}
-	d1, err := inDim(bd, 1)
+	d1, err := ops.InDim(bd, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +265,7 @@ var activations = map[string]kernels.Act{
 }
 
 func (b *Backend) bindActivation(bd ops.Binding) (ops.Step, error) {
-	d, err := inDim(bd, 0)
+	d, err := ops.InDim(bd, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -363,7 +322,7 @@ type linearStep struct {
 func (s *linearStep) OutDim() int { return s.out }
 
 func (b *Backend) bindLinear(bd ops.Binding) (ops.Step, error) {
-	in, err := inDim(bd, 0)
+	in, err := ops.InDim(bd, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -382,7 +341,7 @@ func (b *Backend) bindLinear(bd ops.Binding) (ops.Step, error) {
 
 func (b *Backend) bindSlopeLinear(bd ops.Binding) (ops.Step, error) {
 	n := bd.Node
-	in, err := inDim(bd, 0)
+	in, err := ops.InDim(bd, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -430,7 +389,7 @@ func (b *Backend) bindSlopeLinear(bd ops.Binding) (ops.Step, error) {
 		if s.r, _, err = b.deviceWeight(bd, 5, b.act, s.rank, s.out); err != nil {
 			return nil, err
 		}
-		if s.scale, err = adapterScale(bd, 5); err != nil {
+		if s.scale, err = ops.AdapterScale(bd, 5); err != nil {
 			return nil, err
 		}
 	case n.Input(4) != "" || n.Input(5) != "":
@@ -442,7 +401,7 @@ func (b *Backend) bindSlopeLinear(bd ops.Binding) (ops.Step, error) {
 		if s.r, _, err = b.deviceWeight(bd, 5, b.act, s.rank, s.out); err != nil {
 			return nil, err
 		}
-		if s.scale, err = adapterScale(bd, 4); err != nil {
+		if s.scale, err = ops.AdapterScale(bd, 4); err != nil {
 			return nil, err
 		}
 	}
@@ -458,17 +417,6 @@ func (b *Backend) bindBias(bd ops.Binding, s *linearStep) error {
 	}
 	s.biasAct, _, err = b.deviceWeight(bd, 2, b.act, s.out)
 	return err
-}
-
-func adapterScale(bd ops.Binding, input int) (float32, error) {
-	t, err := bd.W.Lookup(bd.Node.Input(input))
-	if err != nil {
-		return 0, err
-	}
-	if t.Adapter == nil {
-		return 0, fmt.Errorf("node %q: input %d %q is not a LOW_RANK adapter factor: %w", bd.Node.Name, input, t.Name, ops.ErrBadNode)
-	}
-	return t.Adapter.Scale, nil
 }
 
 // uploadNM puts an N:M weight on the device: the portable values and
@@ -653,30 +601,11 @@ type attentionStep struct {
 }
 
 func (b *Backend) bindAttention(bd ops.Binding) (ops.Step, error) {
-	n := bd.Node
-	var d int
-	for i := range 3 {
-		di, err := inDim(bd, i)
-		if err != nil {
-			return nil, err
-		}
-		if i > 0 && di != d {
-			return nil, fmt.Errorf("node %q: q, k, v widths differ (%v): %w", n.Name, bd.InDims, ops.ErrBadNode)
-		}
-		d = di
-	}
-	heads, err := n.Int("num_heads", 0)
+	d, heads, scale, err := ops.AttentionShape(bd)
 	if err != nil {
 		return nil, err
 	}
-	if heads <= 0 || d%int(heads) != 0 {
-		return nil, fmt.Errorf("node %q: num_heads %d does not divide width %d: %w", n.Name, heads, d, ops.ErrBadNode)
-	}
-	scale, err := n.Float("scale", float32(1/math.Sqrt(float64(d/int(heads)))))
-	if err != nil {
-		return nil, err
-	}
-	return b.wrap(&attentionStep{b: b, id: n.ID, dim: d, heads: int(heads), headDim: d / int(heads), scale: scale}), nil
+	return b.wrap(&attentionStep{b: b, id: bd.Node.ID, dim: d, heads: heads, headDim: d / heads, scale: scale}), nil
 }
 
 func (s *attentionStep) OutDim() int { return s.dim }

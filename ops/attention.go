@@ -17,30 +17,37 @@ type attentionStep struct {
 }
 
 func bindAttention(b Binding) (Step, error) {
+	d, heads, scale, err := AttentionShape(b)
+	if err != nil {
+		return nil, err
+	}
+	return &attentionStep{id: b.Node.ID, dim: d, heads: heads, headDim: d / heads, scale: scale}, nil
+}
+
+// AttentionShape checks a CausalAttention binding (q, k, v of one width d,
+// num_heads dividing it) and returns d, the head count and the score
+// scale (attribute scale, default 1/sqrt(d/heads)).
+func AttentionShape(b Binding) (d, heads int, scale float32, err error) {
 	n := b.Node
-	var d int
 	for i := range 3 {
 		di, err := inDim(b, i)
 		if err != nil {
-			return nil, err
+			return 0, 0, 0, err
 		}
 		if i > 0 && di != d {
-			return nil, n.errorf("q, k, v widths differ (%v)", b.InDims)
+			return 0, 0, 0, n.errorf("q, k, v widths differ (%v)", b.InDims)
 		}
 		d = di
 	}
-	heads, err := n.Int("num_heads", 0)
+	h, err := n.Int("num_heads", 0)
 	if err != nil {
-		return nil, err
+		return 0, 0, 0, err
 	}
-	if heads <= 0 || d%int(heads) != 0 {
-		return nil, n.errorf("num_heads %d does not divide width %d", heads, d)
+	if h <= 0 || d%int(h) != 0 {
+		return 0, 0, 0, n.errorf("num_heads %d does not divide width %d", h, d)
 	}
-	scale, err := n.Float("scale", float32(1/math.Sqrt(float64(d/int(heads)))))
-	if err != nil {
-		return nil, err
-	}
-	return &attentionStep{id: n.ID, dim: d, heads: int(heads), headDim: d / int(heads), scale: scale}, nil
+	scale, err = n.Float("scale", float32(1/math.Sqrt(float64(d/int(h)))))
+	return d, int(h), scale, err
 }
 
 func (s *attentionStep) OutDim() int { return s.dim }

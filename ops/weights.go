@@ -62,3 +62,18 @@ func inDim(b Binding, i int) (int, error) {
 
 // sameShape reports whether two shapes are equal.
 func sameShape(a, b []int) bool { return slices.Equal(a, b) }
+
+// Helpers for backends outside this package (package cuda binds the same
+// nodes): the same checks and errors as the CPU backend's.
+
+// WeightF32 loads weight input i of a node as dense float32 with its
+// shape, checked against want (-1 matches any size).
+func WeightF32(b Binding, input int, want ...int) ([]float32, []int, error) {
+	return weight(b, input, want...)
+}
+
+// InDim is the width of activation input i of a binding.
+func InDim(b Binding, i int) (int, error) { return inDim(b, i) }
+
+// AdapterScale is the scale stored with the adapter factor at input i.
+func AdapterScale(b Binding, input int) (float32, error) { return adapterScale(b, input) }
