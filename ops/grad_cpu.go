@@ -408,13 +408,6 @@ func (s *linearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin [
 	return nil
 }
 
-// axpy: y += a·x.
-func axpy(y []float32, a float32, x []float32) {
-	for i, v := range x[:len(y)] {
-		y[i] += a * v
-	}
-}
-
 // SlopeLinear: y [rows, out] = x [rows, in]·W_sᵀ + b + s·(x·L)·R with W_s
 // N:M [out, in] (its kept values a Param), L [in, r], R [r, out].
 
@@ -484,7 +477,7 @@ func (s *slopeLinearGrad) col(row, k int) int {
 func (s *slopeLinearGrad) xl(dst, xr []float32) {
 	clear(dst)
 	for i, v := range xr {
-		axpy(dst, v, s.l.Value[i*s.rank:(i+1)*s.rank])
+		cpu.Axpy(dst, v, s.l.Value[i*s.rank:(i+1)*s.rank])
 	}
 }
 
@@ -614,11 +607,11 @@ func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, 
 		for k := range gxl {
 			rk := s.r.Value[k*s.out : (k+1)*s.out]
 			gxl[k] = s.scale * dot(rk, gy)
-			axpy(s.r.Grad[k*s.out:(k+1)*s.out], s.scale*xl[k], gy)
+			cpu.Axpy(s.r.Grad[k*s.out:(k+1)*s.out], s.scale*xl[k], gy)
 		}
 		for i, v := range xr {
 			li := i * s.rank
-			axpy(s.l.Grad[li:li+s.rank], v, gxl)
+			cpu.Axpy(s.l.Grad[li:li+s.rank], v, gxl)
 			if gin[0] != nil {
 				gin[0].Data[r*s.in+i] += dot(s.l.Value[li:li+s.rank], gxl)
 			}
@@ -716,7 +709,7 @@ func (s *embeddingGrad) Forward(c *Call, _ []*Value, out *Value) error {
 		} else {
 			copy(y, e)
 		}
-		axpy(y, 1, s.pos.Value[pos[r]*s.h:(pos[r]+1)*s.h])
+		cpu.Axpy(y, 1, s.pos.Value[pos[r]*s.h:(pos[r]+1)*s.h])
 	}
 	return nil
 }
@@ -730,16 +723,16 @@ func (s *embeddingGrad) Backward(c *Call, _ []*Value, _ *Value, gout *Value, _ [
 	}
 	for r, id := range ids {
 		gy := gout.Row(r)
-		axpy(s.pos.Grad[pos[r]*s.h:(pos[r]+1)*s.h], 1, gy)
+		cpu.Axpy(s.pos.Grad[pos[r]*s.h:(pos[r]+1)*s.h], 1, gy)
 		gt := s.tok.Grad[id*s.p : (id+1)*s.p]
 		if s.proj == nil {
-			axpy(gt, 1, gy)
+			cpu.Axpy(gt, 1, gy)
 			continue
 		}
 		e := s.tok.Value[id*s.p : (id+1)*s.p]
 		for o, g := range gy {
-			axpy(gt, g, s.proj.Value[o*s.p:(o+1)*s.p])
-			axpy(s.proj.Grad[o*s.p:(o+1)*s.p], g, e)
+			cpu.Axpy(gt, g, s.proj.Value[o*s.p:(o+1)*s.p])
+			cpu.Axpy(s.proj.Grad[o*s.p:(o+1)*s.p], g, e)
 		}
 	}
 	return nil
