@@ -144,9 +144,7 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 		}
 	}
 	s.spmv = kind == Sparse24 && in%64 == 0
-	s.spmvMax = b.opts.SpMVMaxRows
 	s.tc = kind == Sparse24 && in%64 == 0 && rows%16 == 0 && b.opts.TCMaxRows > 0
-	s.tcMax = b.opts.TCMaxRows
 	switch kind {
 	case Sparse24SpMV:
 		s.force = "spmv"

@@ -307,9 +307,7 @@ type linearStep struct {
 	valType   DType
 	sp        *sparselt.Weight // 2:4 bf16 via cuSPARSELt, or nil
 	spmv      bool             // the custom 2:4 kernel applies
-	spmvMax   int
-	tc        bool // the sparse-tensor-core kernel applies
-	tcMax     int
+	tc        bool             // the sparse-tensor-core kernel applies
 	rank      int
 	merged    bool
 	l, r      driver.Ptr // L [in, rank] (unmerged), R [rank, out]
@@ -458,10 +456,8 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 	}
 	is24 := v.Pattern.N == 2 && v.Pattern.M == 4 && vt == BF16
 	s.spmv = is24 && v.Cols%64 == 0 && b.opts.SpMVMaxRows > 0
-	s.spmvMax = b.opts.SpMVMaxRows
 	// The tensor-core kernel rounds x to bf16: bf16 mode only.
 	s.tc = is24 && b.act == BF16 && v.Cols%64 == 0 && v.Rows%16 == 0 && b.opts.TCMaxRows > 0
-	s.tcMax = b.opts.TCMaxRows
 	if is24 && b.sp != nil && sparselt.Supported(v.Rows, v.Cols) == nil {
 		dense, err := b.dev.Alloc(v.Rows * v.Cols * 2)
 		if err != nil {
@@ -541,10 +537,10 @@ func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor)
 	ltFits := s.sp != nil && s.sp.PadM(m) <= x.capRows && (s.merged || s.sp.PadM(m) <= y.capRows) &&
 		s.sp.Fits(m, target, ld, x.p, s.in) == nil
 	switch {
-	case s.force == "spmv" || (s.force == "" && s.spmv && m <= min(s.spmvMax, kernels.SpMV24MaxM)):
+	case s.force == "spmv" || (s.force == "" && s.spmv && m <= min(b.opts.SpMVMaxRows, kernels.SpMV24MaxM)):
 		err = b.k.SpMV24(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in)
 		biasDone = true
-	case s.force == "tc" || (s.force == "" && s.tc && m <= min(s.tcMax, kernels.SpMM24TCMaxM)):
+	case s.force == "tc" || (s.force == "" && s.tc && m <= min(b.opts.TCMaxRows, kernels.SpMM24TCMaxM)):
 		err = b.k.SpMM24TC(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in)
 		biasDone = true
 	case s.force == "cusparselt" || (s.force == "" && ltFits):
