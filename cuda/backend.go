@@ -43,6 +43,9 @@ type Options struct {
 	// measured 0.36-0.89x of dense at 16 rows, below cuSPARSELt on most
 	// OPT shapes (docs/CUDA.md).
 	TCMaxRows int
+	// TCBlocks is the number of blocks spmm24tc's launch aims at (0:
+	// kernels.SpMM24TCBlocks); see kernels.SpMM24TCPlan.
+	TCBlocks int
 	// NoSparseLt keeps cuSPARSELt out (2:4 products of many rows then
 	// use the generic N:M kernel).
 	NoSparseLt bool
@@ -76,13 +79,16 @@ type Backend struct {
 	WeightBytes int64 // bytes of weights on the device
 
 	// Per call: the mask [batch, maskLd] on the device.
-	mask     devBuf
-	maskLd   int
-	ints     devBuf // ids and positions of the embedding
-	pool     map[int][]*tensor
-	scratch  [4]devBuf
-	hostKV   map[*ops.KVCache]*kvCache
-	hostBufs []byte
+	mask    devBuf
+	maskLd  int
+	ints    devBuf // ids and positions of the embedding
+	pool    map[int][]*tensor
+	scratch [4]devBuf
+	// spmm24tc's partial sums and counters (the counters are zeroed when
+	// allocated; every launch leaves them zero).
+	tcWS, tcCnt devBuf
+	hostKV      map[*ops.KVCache]*kvCache
+	hostBufs    []byte
 }
 
 // weightKey names an uploaded weight: its container, tensor and the
@@ -114,6 +120,43 @@ func (b *Backend) grow(buf *devBuf, bytes int) (driver.Ptr, error) {
 	buf.p, buf.bytes = p, bytes
 	return p, nil
 }
+
+// tcWorkspace returns spmm24tc's workspace for rows x cols (0, 0 when
+// its launch needs none).
+func (b *Backend) tcWorkspace(rows, cols int) (ws, cnt driver.Ptr, err error) {
+	wb, cb := kernels.SpMM24TCWorkspace(rows, cols, b.opts.TCBlocks)
+	if wb == 0 {
+		return 0, 0, nil
+	}
+	if ws, err = b.grow(&b.tcWS, wb); err != nil {
+		return 0, 0, err
+	}
+	if b.tcCnt.bytes < cb {
+		// Rare (a larger weight): wait for launches using the old
+		// counters, and make the zeroing land before the next launch.
+		if err := b.dev.Synchronize(); err != nil {
+			return 0, 0, err
+		}
+		if cnt, err = b.grow(&b.tcCnt, cb); err != nil {
+			return 0, 0, err
+		}
+		if err := b.dev.Memset32(cnt, 0, cb/4); err != nil {
+			return 0, 0, err
+		}
+		if err := b.dev.Synchronize(); err != nil {
+			return 0, 0, err
+		}
+	}
+	return ws, b.tcCnt.p, nil
+}
+
+// SetTCBlocks changes Options.TCBlocks (benchmarks sweep it). Call
+// inside Do.
+func (b *Backend) SetTCBlocks(n int) { b.opts.TCBlocks = n }
+
+// SetTCMaxRows changes Options.TCMaxRows for weights bound from now on
+// (benchmarks compare both settings). Call inside Do.
+func (b *Backend) SetTCMaxRows(n int) { b.opts.TCMaxRows = n }
 
 // New opens GPU opts.Ordinal, loads the kernels and the libraries.
 // Errors wrap driver.ErrNoDevice when there is no usable GPU.

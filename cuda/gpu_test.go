@@ -58,6 +58,12 @@ func TestConformanceBF16TensorCore(t *testing.T) {
 	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
 }
 
+// The tensor-core kernel with one K slice per launch (no split-K).
+func TestConformanceBF16TensorCoreOneSlice(t *testing.T) {
+	b := newWith(t, Options{Activations: BF16, SpMVMaxRows: -1, TCMaxRows: 16, TCBlocks: 1})
+	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
+}
+
 // The decode kernel for every 2:4 product it can take.
 func TestConformanceBF16DecodeKernel(t *testing.T) {
 	b := newWith(t, Options{Activations: BF16, SpMVMaxRows: 1 << 20, TCMaxRows: -1})

@@ -541,7 +541,10 @@ func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor)
 		err = b.k.SpMV24(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in)
 		biasDone = true
 	case s.force == "tc" || (s.force == "" && s.tc && m <= min(b.opts.TCMaxRows, kernels.SpMM24TCMaxM)):
-		err = b.k.SpMM24TC(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in)
+		var ws, cnt driver.Ptr
+		if ws, cnt, err = b.tcWorkspace(s.rows, s.in); err == nil {
+			err = b.k.SpMM24TC(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, ws, cnt, m, s.rows, s.in, b.opts.TCBlocks)
+		}
 		biasDone = true
 	case s.force == "cusparselt" || (s.force == "" && ltFits):
 		if !ltFits {

@@ -541,25 +541,41 @@ func TestGPUSpMM24TC(t *testing.T) {
 					bias = randVec(rng, rows, false)
 				}
 				want := refSpMM(c.dense, rows, cols, x, ldx, M, bias)
-				var y []float32
-				g.run(t, func() error {
-					var bp driver.Ptr
-					if bias != nil {
-						bp = g.putF32(bias)
+				// Targets: the default, one slice, and the most slices; each
+				// launched twice on one workspace (the counters must come
+				// back to zero), y poisoned before each launch.
+				for _, target := range []int{0, 1, 24, 1 << 20} {
+					_, slices, _ := SpMM24TCPlan(rows, cols, target)
+					var ys [2][]float32
+					g.run(t, func() error {
+						var bp driver.Ptr
+						if bias != nil {
+							bp = g.putF32(bias)
+						}
+						var ws, cnt driver.Ptr
+						if wb, cb := SpMM24TCWorkspace(rows, cols, target); wb > 0 {
+							ws, cnt = g.poison(wb), g.putU8(make([]byte, cb))
+						}
+						xp, vp, ip := g.putT(dt, x), g.putU16(toBF16(c.vals)), g.putU8(c.idx)
+						for rep := range ys {
+							yp := g.poison(M * ldy * dt.Size())
+							if err := g.k.SpMM24TC(0, dt, yp, ldy, xp, ldx, vp, ip, bp, ws, cnt, M, rows, cols, target); err != nil {
+								return err
+							}
+							ys[rep] = g.getT(dt, yp, M*ldy)
+						}
+						return nil
+					})
+					for rep, y := range ys {
+						got := make([]float32, M*rows)
+						for i := 0; i < M; i++ {
+							copy(got[i*rows:(i+1)*rows], y[i*ldy:])
+						}
+						if e := relL2(got, want); !(e <= 1e-2) {
+							t.Errorf("spmm24tc %v M %d %dx%d target %d (%d slices) launch %d: relative L2 error %.3g > 1e-2",
+								dt, M, rows, cols, target, slices, rep, e)
+						}
 					}
-					yp := g.poison(M * ldy * dt.Size())
-					if err := g.k.SpMM24TC(0, dt, yp, ldy, g.putT(dt, x), ldx, g.putU16(toBF16(c.vals)), g.putU8(c.idx), bp, M, rows, cols); err != nil {
-						return err
-					}
-					y = g.getT(dt, yp, M*ldy)
-					return nil
-				})
-				got := make([]float32, M*rows)
-				for i := 0; i < M; i++ {
-					copy(got[i*rows:(i+1)*rows], y[i*ldy:])
-				}
-				if e := relL2(got, want); !(e <= 1e-2) {
-					t.Errorf("spmm24tc %v M %d %dx%d: relative L2 error %.3g > 1e-2", dt, M, rows, cols, e)
 				}
 			}
 		}

@@ -430,15 +430,21 @@ __device__ __forceinline__ void spmv24_body(T* y, int ldy, const T* x, int ldx, 
 // (xs[slice][s][nb][lane] = the 4 registers of that lane), so each mma
 // reads one conflict-free 16-byte word per lane.
 //
-// Work split: a block of TC_WARPS warps covers RW = TC_WARPS/KS row
-// groups of 16 rows and KS K-slices; block step b covers columns
-// [b*KS*128, (b+1)*KS*128), warp (rw, ks) the 128 columns at +ks*128
-// (64 or none at the ragged end, cols % 64 == 0). All threads stage the
-// block step's x tile (tokens < M; the rest stays zero), then each warp
-// runs its mmas while the next step's values and indices are in flight.
-// Slices are summed through shared memory at the end; slice 0 writes y.
+// Work split (SpMM24TCPlan): a block of TC_WARPS warps covers TC_RB =
+// 16*TC_WARPS rows (warp w: row group blockIdx.x*TC_WARPS + w) and a
+// K range of spb 128-column steps starting at step blockIdx.y*spb; every
+// warp of a block walks the same steps, so x is shared: the block stages
+// up to TC_KSMAX steps of x (a chunk) in shared memory in B-fragment
+// order, then each warp runs its mmas with the values and indices of the
+// next two steps in flight (three register buffers in rotation; a chunk
+// boundary costs one barrier while those loads are outstanding).
+// With gridDim.y = S > 1 K slices, each block writes its fp32 partial
+// tile to ws[S][16][gridDim.x*TC_RB] and the last block of a row block
+// to arrive (counted in cnt[blockIdx.x], which it resets to 0) sums the
+// S partials in slice order (deterministic), adds the bias and writes y.
 #define TC_WARPS 8
-#define TC_KSMAX 8
+#define TC_RB (TC_WARPS * 16)                    // rows per block
+#define TC_KSMAX 8                               // steps per staged x chunk
 #define TC_STEP 128                              // columns per warp step
 #define TC_XB 4                                  // x units loaded per batch when staging
 #define TC_XS_WORDS (TC_KSMAX * 4 * 2 * 32 * 4)  // 32-bit words of the x tile
@@ -489,17 +495,42 @@ __device__ __forceinline__ void tc_load(uint4 (&va)[2][2], uint2 (&ia)[2][2], co
     }
 }
 
+// One warp step: the mmas of step buffer (va, ia) against x slice sl.
+__device__ __forceinline__ void tc_mma_step(float (&acc)[2][4], const uint4 (&va)[2][2], const uint2 (&ia)[2][2],
+                                            const unsigned* xs, int sl, int nh, int NB, int lane) {
+#pragma unroll
+    for (int s = 0; s < 4; s++) {
+        const int h = s >> 1, c = s & 1;
+        if (h < nh) {
+            unsigned a[4];
+            a[0] = u4w(va[h][0], 2 * c);      // row g,   chunk t     (a = 0)
+            a[1] = u4w(va[h][1], 2 * c);      // row g+8, chunk t
+            a[2] = u4w(va[h][0], 2 * c + 1);  // row g,   chunk t + 4 (a = 1)
+            a[3] = u4w(va[h][1], 2 * c + 1);  // row g+8, chunk t + 4
+            const int sh = 4 * (2 * c + (lane & 1));
+            const unsigned e = tc_meta16(ia[h][0], sh) | (tc_meta16(ia[h][1], sh) << 16);
+            const uint4* xb = reinterpret_cast<const uint4*>(xs) + ((sl * 4 + s) * 2) * 32 + lane;
+            mma_sp_16832(acc[0], a, xb[0], e);
+            if (NB > 1) mma_sp_16832(acc[1], a, xb[32], e);
+        }
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx,
-                                              const float* bias, int M, int rows, int cols, int KS) {
+                                              const float* bias, float* ws, int* cnt, int M, int rows, int cols, int spb) {
     __shared__ __align__(16) unsigned xs[TC_XS_WORDS];  // [slice][s][nb][lane][reg]
+    __shared__ int lastBlock;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int RW = TC_WARPS / KS;
-    const int rw = warp % RW, ks = warp / RW;
-    const int rg = blockIdx.x * RW + rw;
+    const int rg = blockIdx.x * TC_WARPS + warp;
     const bool active = rg < (rows >> 4);  // uniform per warp
     const int NB = M > 8 ? 2 : 1;
+    const int S = gridDim.y;
+    const int steps = (cols + TC_STEP - 1) / TC_STEP;
+    const int st0 = blockIdx.y * spb;
+    const int nst = min(spb, steps - st0);  // >= 1 (SpMM24TCPlan)
+    const int kend = min(cols, (st0 + nst) * TC_STEP);
     for (int i = tid; i < TC_XS_WORDS; i += TC_WARPS * 32) xs[i] = 0u;
 
     const int r0 = (active ? rg : 0) * 16 + g;  // this lane's rows r0 and r0 + 8
@@ -508,10 +539,10 @@ __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx
     const uint2* i0 = reinterpret_cast<const uint2*>(idx + (int64_t)r0 * (cols >> 3));
     const uint2* i1 = reinterpret_cast<const uint2*>(idx + (int64_t)(r0 + 8) * (cols >> 3));
 
-    // Staging: thread tid always handles the 8-column unit cu of the tile
-    // (tokens n = tid / (KS*16) + i * (16/KS)); the destination words of
-    // its 4 bf16 pairs (p) are fixed: inverse of rho.
-    const int upr = KS * 16;  // units per token row of the tile
+    // Staging: thread tid always handles the 8-column unit cu of the chunk
+    // (slice cu >> 4; tokens n = n0 + i * nstep); the destination words
+    // of its 4 bf16 pairs (p) are fixed: inverse of rho.
+    const int upr = TC_KSMAX * 16;  // units per token row of a chunk
     const int cu = tid % upr, n0 = tid / upr, nstep = (TC_WARPS * 32) / upr;
     int dst[4];
 #pragma unroll
@@ -524,99 +555,101 @@ __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx
         const int r = k >> 3, tb = (k & 7) >> 1;
         dst[p] = (((((cu >> 4) * 4 + s) * 2) * 32) + tb) * 4 + r;  // + token part below
     }
+    auto stage = [&](int st) {  // x columns of the chunk starting at block step st
+        const int col = (st0 + st) * TC_STEP + 8 * cu;
+        if (col >= kend) return;
+        const T* xc = x + col;
+#pragma unroll 1
+        for (int nn = n0; nn < M; nn += TC_XB * nstep) {
+            uint4 u[TC_XB];
+#pragma unroll
+            for (int i = 0; i < TC_XB; i++) {
+                const int n = nn + i * nstep;
+                if (n < M) u[i] = ld_x8(xc + (int64_t)n * ldx);
+            }
+#pragma unroll
+            for (int i = 0; i < TC_XB; i++) {
+                const int n = nn + i * nstep;
+                if (n < M) {
+                    const int tok = (n >> 3) * 32 * 4 + (n & 7) * 4 * 4;  // lane 32*nb + 4*(n&7), in words
+                    xs[dst[0] + tok] = u[i].x;
+                    xs[dst[1] + tok] = u[i].y;
+                    xs[dst[2] + tok] = u[i].z;
+                    xs[dst[3] + tok] = u[i].w;
+                }
+            }
+        }
+    };
+    auto halves = [&](int st) {  // 64-column halves of block step st (0 past the end or inactive)
+        if (!active || st >= nst) return 0;
+        const int w = cols - (st0 + st) * TC_STEP;
+        return w >= 128 ? 2 : w >= 64 ? 1 : 0;
+    };
 
-    const int bstep = KS * TC_STEP;
-    const int nbs = (cols + bstep - 1) / bstep;
     float acc[2][4];
 #pragma unroll
     for (int nb = 0; nb < 2; nb++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[nb][i] = 0.f;
 
-    auto halves = [&](int b) {  // 64-column halves of this warp's slice in block step b
-        const int w = cols - (b * bstep + ks * TC_STEP);
-        return !active ? 0 : w >= 128 ? 2 : w >= 64 ? 1 : 0;
-    };
-    uint4 va[2][2];
-    uint2 ia[2][2];
-    tc_load(va, ia, v0, v1, i0, i1, ks * TC_STEP, halves(0), t);
+    uint4 va0[2][2], va1[2][2], va2[2][2];
+    uint2 ia0[2][2], ia1[2][2], ia2[2][2];
+    tc_load(va0, ia0, v0, v1, i0, i1, (st0 + 0) * TC_STEP, halves(0), t);
+    tc_load(va1, ia1, v0, v1, i0, i1, (st0 + 1) * TC_STEP, halves(1), t);
+    // Step st computes buffer cur while step st + 2 is loaded into nxt
+    // (the buffer step st - 1 used). st < nst is uniform per block, so
+    // the barriers are too.
+#define TC_ITER(ST, CV, CI, NV, NI)                                                     \
+    if ((ST) < nst) {                                                                   \
+        if ((ST) % TC_KSMAX == 0) {                                                     \
+            __syncthreads(); /* the previous chunk's mmas are done with xs */           \
+            stage(ST);                                                                  \
+            __syncthreads();                                                            \
+        }                                                                               \
+        tc_load(NV, NI, v0, v1, i0, i1, (st0 + (ST) + 2) * TC_STEP, halves((ST) + 2), t); \
+        tc_mma_step(acc, CV, CI, xs, (ST) % TC_KSMAX, halves(ST), NB, lane);            \
+    }
+    for (int st = 0; st < nst; st += 3) {
+        TC_ITER(st, va0, ia0, va2, ia2)
+        TC_ITER(st + 1, va1, ia1, va0, ia0)
+        TC_ITER(st + 2, va2, ia2, va1, ia1)
+    }
+#undef TC_ITER
 
-    for (int b = 0; b < nbs; b++) {
-        __syncthreads();  // the previous step's mmas are done with xs (and xs is zeroed)
-        {
-            const int col = b * bstep + 8 * cu;
-            if (col < cols) {
-                const T* xc = x + col;
-#pragma unroll 1
-                for (int nn = n0; nn < M; nn += TC_XB * nstep) {
-                    uint4 u[TC_XB];
+    // Fragment (nb, i) of lane (g, t): token 8nb + 2t + (i & 1), row r0 + 8(i >> 1).
+    if (S > 1) {
+        const int64_t rp = (int64_t)gridDim.x * TC_RB;
+        if (active) {
+            float* p = ws + (int64_t)blockIdx.y * 16 * rp;
 #pragma unroll
-                    for (int i = 0; i < TC_XB; i++) {
-                        const int n = nn + i * nstep;
-                        if (n < M) u[i] = ld_x8(xc + (int64_t)n * ldx);
-                    }
+            for (int nb = 0; nb < 2; nb++)
 #pragma unroll
-                    for (int i = 0; i < TC_XB; i++) {
-                        const int n = nn + i * nstep;
-                        if (n < M) {
-                            const int tok = (n >> 3) * 32 * 4 + (n & 7) * 4 * 4;  // lane 32*nb + 4*(n&7), in words
-                            xs[dst[0] + tok] = u[i].x;
-                            xs[dst[1] + tok] = u[i].y;
-                            xs[dst[2] + tok] = u[i].z;
-                            xs[dst[3] + tok] = u[i].w;
-                        }
-                    }
+                for (int i = 0; i < 4; i++) {
+                    const int tok = 8 * nb + 2 * t + (i & 1);
+                    if (tok < M) __stcg(p + tok * rp + r0 + 8 * (i >> 1), acc[nb][i]);
                 }
-            }
         }
+        __threadfence();
         __syncthreads();
-        const int nh = halves(b);
-        uint4 vn[2][2];
-        uint2 in[2][2];
-        const bool more = b + 1 < nbs;
-        if (more) tc_load(vn, in, v0, v1, i0, i1, (b + 1) * bstep + ks * TC_STEP, halves(b + 1), t);
+        if (tid == 0) lastBlock = atomicAdd(cnt + blockIdx.x, 1) == S - 1;
+        __syncthreads();
+        if (!lastBlock) return;
+        __threadfence();
+        if (active) {
 #pragma unroll
-        for (int s = 0; s < 4; s++) {
-            const int h = s >> 1, c = s & 1;
-            if (h < nh) {
-                unsigned a[4];
-                a[0] = u4w(va[h][0], 2 * c);      // row g,   chunk t     (a = 0)
-                a[1] = u4w(va[h][1], 2 * c);      // row g+8, chunk t
-                a[2] = u4w(va[h][0], 2 * c + 1);  // row g,   chunk t + 4 (a = 1)
-                a[3] = u4w(va[h][1], 2 * c + 1);  // row g+8, chunk t + 4
-                const int sh = 4 * (2 * c + (lane & 1));
-                const unsigned e = tc_meta16(ia[h][0], sh) | (tc_meta16(ia[h][1], sh) << 16);
-                const uint4* xb = reinterpret_cast<const uint4*>(xs) + ((ks * 4 + s) * 2) * 32 + lane;
-                mma_sp_16832(acc[0], a, xb[0], e);
-                if (NB > 1) mma_sp_16832(acc[1], a, xb[32], e);
-            }
+            for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int tok = 8 * nb + 2 * t + (i & 1);
+                    float sum = 0.f;
+                    if (tok < M)
+                        for (int k = 0; k < S; k++) sum += __ldcg(ws + ((int64_t)k * 16 + tok) * rp + r0 + 8 * (i >> 1));
+                    acc[nb][i] = sum;
+                }
         }
-        if (more) {
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                va[h][0] = vn[h][0]; va[h][1] = vn[h][1];
-                ia[h][0] = in[h][0]; ia[h][1] = in[h][1];
-            }
-        }
+        if (tid == 0) cnt[blockIdx.x] = 0;
     }
-
-    // Sum the K slices: slices 1.. park their fragments in xs, slice 0 adds.
-    __syncthreads();
-    float* red = reinterpret_cast<float*>(xs);
-    if (ks > 0) {
-#pragma unroll
-        for (int nb = 0; nb < 2; nb++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) red[((warp - RW) * 32 + lane) * 8 + nb * 4 + i] = acc[nb][i];
-    }
-    __syncthreads();
-    if (ks != 0 || !active) return;
-    for (int k2 = 1; k2 < KS; k2++) {
-#pragma unroll
-        for (int nb = 0; nb < 2; nb++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) acc[nb][i] += red[(((k2 - 1) * RW + rw) * 32 + lane) * 8 + nb * 4 + i];
-    }
+    if (!active) return;
     const float b0 = bias ? bias[r0] : 0.f, b8 = bias ? bias[r0 + 8] : 0.f;
 #pragma unroll
     for (int nb = 0; nb < 2; nb++)
@@ -821,8 +854,8 @@ SPMV(bf16, bf16, 16, 2)
 #define SPMM24TC(T, ST)                                                                                                          \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32, 2)                                                               \
         spmm24tc_bf16_##ST(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx, const float* bias,   \
-                           int M, int rows, int cols, int ks) {                                                                  \
-        spmm24tc_body<T>(y, ldy, x, ldx, vals, idx, bias, M, rows, cols, ks);                                                    \
+                           float* ws, int* cnt, int M, int rows, int cols, int spb) {                                            \
+        spmm24tc_body<T>(y, ldy, x, ldx, vals, idx, bias, ws, cnt, M, rows, cols, spb);                                          \
     }
 
 SPMM24TC(float, f32)

@@ -486,41 +486,56 @@ func (a *args) check24(t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, va
 
 const (
 	tcWarps = 8 // TC_WARPS in kernels.cu
+	tcRows  = 16 * tcWarps
 	tcStep  = 128
 )
 
 // SpMM24TCMaxM is the largest M SpMM24TC accepts.
 const SpMM24TCMaxM = 16
 
-// SpMM24TCSplit is the number of K slices (1, 2, 4 or 8) the warps of a
-// SpMM24TC block split the columns into, and the rows each block covers
-// (16 * 8/slices). Few row groups get more slices, so that a launch has
-// at least about 256 blocks; slices never exceed the 128-column steps.
-func SpMM24TCSplit(rows, cols int) (slices, rowsPerBlock int) {
-	rg := rows / 16
-	slices = 1
-	switch {
-	case rg < 512:
-		slices = 8
-	case rg < 1024:
-		slices = 4
-	case rg < 2048:
-		slices = 2
+// SpMM24TCBlocks is the default number of blocks SpMM24TCPlan aims at.
+const SpMM24TCBlocks = 528
+
+// SpMM24TCPlan is SpMM24TC's launch for rows x cols: blocks of 128 rows
+// (rowBlocks of them) times slices K ranges of stepsPerBlock 128-column
+// steps each. Slices grow until the launch has about target blocks
+// (SpMM24TCBlocks when target <= 0), at most one per step; no slice is
+// empty.
+func SpMM24TCPlan(rows, cols, target int) (rowBlocks, slices, stepsPerBlock int) {
+	if target <= 0 {
+		target = SpMM24TCBlocks
 	}
-	for slices > 1 && (slices/2)*tcStep >= cols {
-		slices /= 2
+	rowBlocks = (rows + tcRows - 1) / tcRows
+	steps := (cols + tcStep - 1) / tcStep
+	slices = min(max(1, (target+rowBlocks-1)/rowBlocks), steps)
+	stepsPerBlock = (steps + slices - 1) / slices
+	slices = (steps + stepsPerBlock - 1) / stepsPerBlock
+	return rowBlocks, slices, stepsPerBlock
+}
+
+// SpMM24TCWorkspace returns the bytes of the fp32 partial sums and of the
+// int32 counters SpMM24TC needs for rows x cols at target blocks (0, 0
+// when the plan has one slice). The counters must be zero before the
+// first launch; every launch leaves them zero.
+func SpMM24TCWorkspace(rows, cols, target int) (wsBytes, cntBytes int) {
+	rb, slices, _ := SpMM24TCPlan(rows, cols, target)
+	if slices == 1 {
+		return 0, 0
 	}
-	return slices, 16 * tcWarps / slices
+	return slices * 16 * rb * tcRows * 4, rb * 4
 }
 
 // SpMM24TC computes what SpMV24 computes (y[i][r] = bias[r] + sum_c
 // W[r][c] x[i][c], i < M <= 16, 2:4 bf16 weights in the portable layout)
-// on the sparse tensor cores (mma.sp m16n8k32, fp32 accumulation). x is
+// on the sparse tensor cores (mma.sp m16n8k32, fp32 accumulation) with
+// the launch SpMM24TCPlan(rows, cols, target) gives; ws and cnt are its
+// workspace (SpMM24TCWorkspace; may be 0 when that is empty). x is
 // rounded to bf16 on the fly when t is F32 (exact for BF16). It needs
 // rows % 16 == 0, cols % 64 == 0, vals and x 16-byte aligned, idx 8-byte
 // aligned and ldx*t.Size() a multiple of 16; it returns an error
-// otherwise (the caller falls back to SpMV24 or SpMMNM).
-func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx, bias driver.Ptr, M, rows, cols int) error {
+// otherwise (the caller falls back to SpMV24 or SpMMNM). Launches that
+// share ws and cnt must be ordered (one stream).
+func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx, bias, ws, cnt driver.Ptr, M, rows, cols, target int) error {
 	a := &args{kernel: "spmm24tc_bf16_" + suffix(t)}
 	if rows%16 != 0 {
 		a.fail("rows = %d is not a multiple of 16", rows)
@@ -529,8 +544,17 @@ func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver
 	if a.err != nil {
 		return a.err
 	}
-	slices, rpb := SpMM24TCSplit(rows, cols)
-	return k.launch(a, a.kernel, driver.D1((rows+rpb-1)/rpb), driver.D1(32*tcWarps), 0, s, y, ly, x, lx, vals, idx, bias, mi, r, c, int32(slices))
+	rb, slices, spb := SpMM24TCPlan(rows, cols, target)
+	if slices > 1 {
+		a.ptr("ws", ws)
+		a.ptr("cnt", cnt)
+		a.align("cnt", cnt, 4)
+		if a.err != nil {
+			return a.err
+		}
+	}
+	return k.launch(a, a.kernel, driver.Dim3{X: uint32(rb), Y: uint32(slices), Z: 1}, driver.D1(32*tcWarps), 0, s,
+		y, ly, x, lx, vals, idx, bias, ws, cnt, mi, r, c, int32(spb))
 }
 
 // KVAppend copies src [batch*seq, d] into cache [batch, maxLen, d] at

@@ -145,6 +145,7 @@ func bfPair(lo, hi float32) uint32 {
 
 const (
 	emuTcWarps   = 8   // TC_WARPS
+	emuTcRB      = 128 // TC_RB
 	emuTcKSMax   = 8   // TC_KSMAX
 	emuTcStep    = 128 // TC_STEP
 	emuTcXB      = 4   // TC_XB
@@ -163,14 +164,15 @@ const (
 	mutCount
 )
 
-// emuSpmm24tc mirrors spmm24tc_body<T> over the launch SpMM24TC makes:
-// blocks, warps and lanes are loops, registers are per-lane arrays, xs is
-// the shared tile. x holds the activations as floats (ld_x8 rounds them
-// to bf16). It returns how often each value element and index byte was
-// read (an index word read by several lanes of one load counts once).
-func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx []byte, bias []float32, M, rows, cols, mut int) (valReads, idxReads []int, err error) {
-	KS, rpb := SpMM24TCSplit(rows, cols)
-	grid := (rows + rpb - 1) / rpb
+// emuSpmm24tc mirrors spmm24tc_body<T> over the launch SpMM24TC makes
+// with target: blocks (both grid dimensions, in an order given by perm,
+// since any block may be the last of its row block), warps and lanes are
+// loops, registers are per-lane arrays, xs is the shared tile, ws and cnt
+// the workspace. x holds the activations as floats (ld_x8 rounds them to
+// bf16). It returns how often each value element and index byte was read
+// (an index word read by several lanes of one load counts once).
+func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx []byte, bias []float32, M, rows, cols, target, mut int, perm func(int) []int) (valReads, idxReads []int, err error) {
+	gridX, S, spb := SpMM24TCPlan(rows, cols, target)
 	valReads = make([]int, len(vals))
 	idxReads = make([]int, len(idx))
 	ldcs := func(row, u4 int) (v [4]uint32) { // uint4 u4 of value row `row`
@@ -211,33 +213,47 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 		}
 		return (w[0]>>sh)&0xF | ((w[0]>>(sh+16))&0xF)<<4 | ((w[1]>>sh)&0xF)<<8 | ((w[1]>>(sh+16))&0xF)<<12
 	}
-	type warpState struct {
-		rw, ks, rg int
-		active     bool
-		va         [32][2][2][4]uint32 // [lane][h][rh]
-		ia         [32][2][2][2]uint32
-		acc        [32][2][4]float32
+	type stepBuf struct {
+		va [32][2][2][4]uint32 // [lane][h][rh]
+		ia [32][2][2][2]uint32
 	}
-	xs := make([]uint32, emuTcXSWords)
-	RW := emuTcWarps / KS
+	type warpState struct {
+		rg     int
+		active bool
+		buf    [3]stepBuf
+		acc    [32][2][4]float32
+	}
 	NB := 1
 	if M > 8 {
 		NB = 2
 	}
-	upr := KS * 16
+	steps := (cols + emuTcStep - 1) / emuTcStep
+	rp := gridX * emuTcRB
+	ws := make([]float32, S*16*rp)
+	for i := range ws {
+		ws[i] = float32(math.NaN())
+	}
+	cnt := make([]int, gridX)
+	xs := make([]uint32, emuTcXSWords)
+	upr := emuTcKSMax * 16
 	nstep := emuTcWarps * 32 / upr
-	bstep := KS * emuTcStep
-	nbs := (cols + bstep - 1) / bstep
-	for blockIdx := 0; blockIdx < grid; blockIdx++ {
+	blocks := perm(gridX * S)
+	for _, bi := range blocks {
+		bx, by := bi%gridX, bi/gridX
+		st0 := by * spb
+		nst := min(spb, steps-st0)
+		if nst < 1 {
+			return nil, nil, fmt.Errorf("block (%d, %d) has no steps", bx, by)
+		}
+		kend := min(cols, (st0+nst)*emuTcStep)
 		for i := range xs {
 			xs[i] = 0
 		}
-		ws := make([]*warpState, emuTcWarps)
-		for w := range ws {
-			s := &warpState{rw: w % RW, ks: w / RW}
-			s.rg = blockIdx*RW + s.rw
+		wss := make([]*warpState, emuTcWarps)
+		for w := range wss {
+			s := &warpState{rg: bx*emuTcWarps + w}
 			s.active = s.rg < rows>>4
-			ws[w] = s
+			wss[w] = s
 		}
 		r0 := func(s *warpState, lane int) int {
 			rg := 0
@@ -246,11 +262,12 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 			}
 			return rg*16 + lane>>2
 		}
-		halves := func(s *warpState, b int) int {
-			w := cols - (b*bstep + s.ks*emuTcStep)
-			switch {
-			case !s.active:
+		halves := func(s *warpState, st int) int {
+			if !s.active || st >= nst {
 				return 0
+			}
+			w := cols - (st0+st)*emuTcStep
+			switch {
 			case w >= 128:
 				return 2
 			case w >= 64:
@@ -259,27 +276,20 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 			return 0
 		}
 		// tc_load for every lane of warp s (one warp-wide instruction per load).
-		load := func(s *warpState, c0, nh int) (va [32][2][2][4]uint32, ia [32][2][2][2]uint32) {
-			for h := 0; h < 2; h++ {
-				if h >= nh {
-					continue
-				}
+		load := func(s *warpState, c0, nh int) (sb stepBuf) {
+			for h := 0; h < nh; h++ {
 				for rh := 0; rh < 2; rh++ {
 					seen := map[int]bool{}
 					for lane := 0; lane < 32; lane++ {
 						row := r0(s, lane) + 8*rh
-						va[lane][h][rh] = ldcs(row, (c0>>4)+4*h+(lane&3))
-						ia[lane][h][rh] = ldIdx(row, (c0>>6)+h, seen)
+						sb.va[lane][h][rh] = ldcs(row, (c0>>4)+4*h+(lane&3))
+						sb.ia[lane][h][rh] = ldIdx(row, (c0>>6)+h, seen)
 					}
 				}
 			}
 			return
 		}
-		for _, s := range ws {
-			s.va, s.ia = load(s, s.ks*emuTcStep, halves(s, 0))
-		}
-		for b := 0; b < nbs; b++ {
-			// __syncthreads(); staging by all threads
+		stage := func(st int) {
 			for tid := 0; tid < emuTcWarps*32; tid++ {
 				cu, n0 := tid%upr, tid/upr
 				var dst [4]int
@@ -295,8 +305,8 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 					r, tb := k>>3, (k&7)>>1
 					dst[p] = ((((cu>>4)*4+s)*2)*32+tb)*4 + r
 				}
-				col := b*bstep + 8*cu
-				if col >= cols {
+				col := (st0+st)*emuTcStep + 8*cu
+				if col >= kend {
 					continue
 				}
 				for nn := n0; nn < M; nn += emuTcXB * nstep {
@@ -316,123 +326,170 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 					}
 				}
 			}
-			// __syncthreads(); per warp: prefetch, mmas
-			for _, ws := range ws {
-				nh := halves(ws, b)
-				more := b+1 < nbs
-				var vn [32][2][2][4]uint32
-				var in [32][2][2][2]uint32
-				if more {
-					vn, in = load(ws, (b+1)*bstep+ws.ks*emuTcStep, halves(ws, b+1))
+		}
+		mmaStep := func(ws *warpState, sb *stepBuf, sl, nh int) error {
+			for s := 0; s < 4; s++ {
+				h, c := s>>1, s&1
+				if h >= nh {
+					continue
 				}
-				for s := 0; s < 4; s++ {
-					h, c := s>>1, s&1
-					if h >= nh {
-						continue
+				var a, bf [32][4]uint32
+				var e [32]uint32
+				for lane := 0; lane < 32; lane++ {
+					va := sb.va[lane][h]
+					a[lane] = [4]uint32{va[0][2*c], va[1][2*c], va[0][2*c+1], va[1][2*c+1]}
+					if mut == mutARegs {
+						a[lane][1], a[lane][2] = a[lane][2], a[lane][1]
 					}
-					var a, bf [32][4]uint32
-					var e [32]uint32
+					sel := lane & 1
+					if mut == mutMetaPair {
+						sel = (lane >> 1) & 1
+					}
+					sh := 4 * (2*c + sel)
+					lo, hi := meta16(sb.ia[lane][h][0], sh), meta16(sb.ia[lane][h][1], sh)
+					if mut == mutMetaRows {
+						lo, hi = hi, lo
+					}
+					e[lane] = lo | hi<<16
+				}
+				for nb := 0; nb < NB; nb++ {
 					for lane := 0; lane < 32; lane++ {
-						va := ws.va[lane][h]
-						a[lane] = [4]uint32{va[0][2*c], va[1][2*c], va[0][2*c+1], va[1][2*c+1]}
-						if mut == mutARegs {
-							a[lane][1], a[lane][2] = a[lane][2], a[lane][1]
-						}
-						sel := lane & 1
-						if mut == mutMetaPair {
-							sel = (lane >> 1) & 1
-						}
-						sh := 4 * (2*c + sel)
-						lo, hi := meta16(ws.ia[lane][h][0], sh), meta16(ws.ia[lane][h][1], sh)
-						if mut == mutMetaRows {
-							lo, hi = hi, lo
-						}
-						e[lane] = lo | hi<<16
+						base := (((sl*4+s)*2+nb)*32 + lane) * 4
+						copy(bf[lane][:], xs[base:base+4])
 					}
-					for nb := 0; nb < NB; nb++ {
-						for lane := 0; lane < 32; lane++ {
-							base := (((ws.ks*4+s)*2+nb)*32 + lane) * 4
-							copy(bf[lane][:], xs[base:base+4])
-						}
-						var d [32][4]float32
-						for lane := 0; lane < 32; lane++ {
-							d[lane] = ws.acc[lane][nb]
-						}
-						if err := emuMmaSp16832(&d, &a, &bf, &e, 0); err != nil {
-							return nil, nil, err
-						}
-						for lane := 0; lane < 32; lane++ {
-							ws.acc[lane][nb] = d[lane]
-						}
+					var d [32][4]float32
+					for lane := 0; lane < 32; lane++ {
+						d[lane] = ws.acc[lane][nb]
 					}
-				}
-				if more {
-					ws.va, ws.ia = vn, in
+					if err := emuMmaSp16832(&d, &a, &bf, &e, 0); err != nil {
+						return err
+					}
+					for lane := 0; lane < 32; lane++ {
+						ws.acc[lane][nb] = d[lane]
+					}
 				}
 			}
+			return nil
 		}
-		// reduction through xs (as float bits)
-		for w, s := range ws {
-			if s.ks > 0 {
+		for _, s := range wss {
+			s.buf[0] = load(s, st0*emuTcStep, halves(s, 0))
+			s.buf[1] = load(s, (st0+1)*emuTcStep, halves(s, 1))
+		}
+		// The kernel's unrolled rotation: step st computes buffer st % 3
+		// and loads step st + 2 into buffer (st + 2) % 3.
+		for st := 0; st < nst; st++ {
+			if st%emuTcKSMax == 0 {
+				stage(st)
+			}
+			for _, s := range wss {
+				nxt := load(s, (st0+st+2)*emuTcStep, halves(s, st+2))
+				if err := mmaStep(s, &s.buf[st%3], st%emuTcKSMax, halves(s, st)); err != nil {
+					return nil, nil, err
+				}
+				s.buf[(st+2)%3] = nxt
+			}
+		}
+		// Epilogue: fragment (nb, i) of lane (g, t) is token 8nb+2t+(i&1), row r0+8(i>>1).
+		frag := func(s *warpState, lane, nb, i int) (tok, r int) {
+			return 8*nb + 2*(lane&3) + i&1, r0(s, lane) + 8*(i>>1)
+		}
+		if S > 1 {
+			for _, s := range wss {
+				if !s.active {
+					continue
+				}
 				for lane := 0; lane < 32; lane++ {
 					for nb := 0; nb < 2; nb++ {
 						for i := 0; i < 4; i++ {
-							xs[((w-RW)*32+lane)*8+nb*4+i] = math.Float32bits(s.acc[lane][nb][i])
+							if tok, r := frag(s, lane, nb, i); tok < M {
+								ws[(by*16+tok)*rp+r] = s.acc[lane][nb][i]
+							}
+						}
+					}
+				}
+			}
+			cnt[bx]++
+			if cnt[bx] != S {
+				continue
+			}
+			for _, s := range wss {
+				if !s.active {
+					continue
+				}
+				for lane := 0; lane < 32; lane++ {
+					for nb := 0; nb < 2; nb++ {
+						for i := 0; i < 4; i++ {
+							var sum float32
+							if tok, r := frag(s, lane, nb, i); tok < M {
+								for k := 0; k < S; k++ {
+									sum += ws[(k*16+tok)*rp+r]
+								}
+							}
+							s.acc[lane][nb][i] = sum
+						}
+					}
+				}
+			}
+			cnt[bx] = 0
+		}
+		for _, s := range wss {
+			if !s.active {
+				continue
+			}
+			for lane := 0; lane < 32; lane++ {
+				for nb := 0; nb < 2; nb++ {
+					for i := 0; i < 4; i++ {
+						tok, r := frag(s, lane, nb, i)
+						var bv float32
+						if bias != nil {
+							bv = bias[r]
+						}
+						if tok < M {
+							y[tok*ldy+r] = s.acc[lane][nb][i] + bv
 						}
 					}
 				}
 			}
 		}
-		for _, s := range ws {
-			if s.ks != 0 || !s.active {
-				continue
-			}
-			for lane := 0; lane < 32; lane++ {
-				acc := s.acc[lane]
-				for k2 := 1; k2 < KS; k2++ {
-					for nb := 0; nb < 2; nb++ {
-						for i := 0; i < 4; i++ {
-							acc[nb][i] += math.Float32frombits(xs[(((k2-1)*RW+s.rw)*32+lane)*8+nb*4+i])
-						}
-					}
-				}
-				rr := r0(s, lane)
-				var b0, b8 float32
-				if bias != nil {
-					b0, b8 = bias[rr], bias[rr+8]
-				}
-				for nb := 0; nb < 2; nb++ {
-					for i := 0; i < 4; i++ {
-						tok := 8*nb + 2*(lane&3) + i&1
-						r := rr + 8*(i>>1)
-						bv := b0
-						if i>>1 != 0 {
-							bv = b8
-						}
-						if tok < M {
-							y[tok*ldy+r] = acc[nb][i] + bv
-						}
-					}
-				}
-			}
+	}
+	for bx, c := range cnt {
+		if c != 0 {
+			return nil, nil, fmt.Errorf("counter of row block %d left at %d", bx, c)
 		}
 	}
 	return valReads, idxReads, nil
 }
 
-func TestSpMM24TCSplit(t *testing.T) {
-	for _, c := range []struct{ rows, cols, ks int }{
-		{4096, 4096, 8}, {5120, 20480, 8}, {9216, 9216, 4}, {16384, 4096, 2}, {20480, 5120, 2}, {36864, 9216, 1},
-		{48, 320, 4}, {16, 64, 1}, {256, 1024, 8}, {128, 192, 2},
+func TestSpMM24TCPlan(t *testing.T) {
+	for _, c := range []struct{ rows, cols, target, rb, slices, spb int }{
+		{4096, 4096, 0, 32, 16, 2}, // 528/32 -> 17 slices -> 2 steps each -> 16 slices
+		{4096, 4096, 64, 32, 2, 16},
+		{5120, 20480, 0, 40, 14, 12},
+		{36864, 9216, 0, 288, 2, 36},
+		{36864, 9216, 1, 288, 1, 72},
+		{9216, 36864, 0, 72, 8, 36},
+		{1024, 4160, 24, 8, 3, 11}, // 33 steps, the last one half
+		{1024, 4160, 1 << 20, 8, 33, 1},
+		{16, 64, 0, 1, 1, 1},
+		{48, 320, 0, 1, 3, 1},
 	} {
-		ks, rpb := SpMM24TCSplit(c.rows, c.cols)
-		if ks != c.ks || rpb != 16*8/ks {
-			t.Errorf("%dx%d: %d slices, %d rows/block; want %d", c.rows, c.cols, ks, rpb, c.ks)
+		rb, slices, spb := SpMM24TCPlan(c.rows, c.cols, c.target)
+		if rb != c.rb || slices != c.slices || spb != c.spb {
+			t.Errorf("%dx%d target %d: %d row blocks, %d slices of %d steps; want %d, %d, %d",
+				c.rows, c.cols, c.target, rb, slices, spb, c.rb, c.slices, c.spb)
+		}
+		steps := (c.cols + 127) / 128
+		if (slices-1)*spb >= steps || slices*spb < steps {
+			t.Errorf("%dx%d target %d: %d slices of %d steps do not tile %d steps", c.rows, c.cols, c.target, slices, spb, steps)
+		}
+		wb, cb := SpMM24TCWorkspace(c.rows, c.cols, c.target)
+		if slices == 1 && (wb != 0 || cb != 0) || slices > 1 && (wb != slices*16*rb*128*4 || cb != 4*rb) {
+			t.Errorf("%dx%d target %d: workspace %d + %d bytes", c.rows, c.cols, c.target, wb, cb)
 		}
 	}
 }
 
-func runEmuTC(t *testing.T, rng *rand.Rand, rows, cols, M int, roundX bool, mut int) (float64, error) {
+func runEmuTC(t *testing.T, rng *rand.Rand, rows, cols, M, target int, roundX bool, mut int) (float64, error) {
 	c := makeNM(t, rng, rows, cols, 2, 4, true)
 	ldx := cols + 8*(M%3)
 	x := randVec(rng, M*ldx, roundX)
@@ -445,19 +502,20 @@ func runEmuTC(t *testing.T, rng *rand.Rand, rows, cols, M int, roundX bool, mut 
 	for i := range y {
 		y[i] = float32(math.NaN())
 	}
-	valReads, idxReads, err := emuSpmm24tc(y, ldy, x, ldx, toBF16(c.vals), c.idx, bias, M, rows, cols, mut)
+	perm := func(n int) []int { return rng.Perm(n) } // blocks finish in any order
+	valReads, idxReads, err := emuSpmm24tc(y, ldy, x, ldx, toBF16(c.vals), c.idx, bias, M, rows, cols, target, mut, perm)
 	if err != nil {
 		return math.Inf(1), err
 	}
 	if mut == mutNone {
 		for i, n := range valReads {
 			if n != 1 {
-				t.Fatalf("%dx%d M %d: value %d read %d times", rows, cols, M, i, n)
+				t.Fatalf("%dx%d M %d target %d: value %d read %d times", rows, cols, M, target, i, n)
 			}
 		}
 		for i, n := range idxReads {
 			if n != 1 {
-				t.Fatalf("%dx%d M %d: index byte %d read %d times", rows, cols, M, i, n)
+				t.Fatalf("%dx%d M %d target %d: index byte %d read %d times", rows, cols, M, target, i, n)
 			}
 		}
 	}
@@ -471,24 +529,28 @@ func runEmuTC(t *testing.T, rng *rand.Rand, rows, cols, M int, roundX bool, mut 
 
 func TestEmulateSpMM24TC(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
-	shapes := [][2]int{{16, 64}, {16, 128}, {32, 192}, {48, 320}, {64, 1024}, {128, 576}, {256, 1024}, {8192, 128}, {16384, 64}}
+	shapes := [][2]int{{16, 64}, {16, 128}, {32, 192}, {48, 320}, {64, 1024}, {128, 576}, {256, 1024}, {144, 4160}, {8192, 128}}
 	for _, sh := range shapes {
 		rows, cols := sh[0], sh[1]
 		for _, M := range []int{1, 3, 8, 9, 16} {
-			if rows >= 8192 && M != 9 {
-				continue // the 2- and 1-slice paths; one M is enough
-			}
-			e, err := runEmuTC(t, rng, rows, cols, M, true, mutNone)
-			if err != nil {
-				t.Fatalf("%dx%d M %d: %v", rows, cols, M, err)
-			}
-			if e > 1e-5 {
-				t.Errorf("%dx%d M %d: relative L2 error %.3g", rows, cols, M, e)
+			// The default plan, one slice, a few slices of several chunks,
+			// and one step per slice.
+			for _, target := range []int{0, 1, 3, 1 << 20} {
+				if (rows >= 8192 || cols >= 4096) && (M != 9 || target == 1<<20) {
+					continue // large shapes: one M
+				}
+				e, err := runEmuTC(t, rng, rows, cols, M, target, true, mutNone)
+				if err != nil {
+					t.Fatalf("%dx%d M %d target %d: %v", rows, cols, M, target, err)
+				}
+				if e > 1e-5 {
+					t.Errorf("%dx%d M %d target %d: relative L2 error %.3g", rows, cols, M, target, e)
+				}
 			}
 		}
 	}
 	// f32 activations are rounded to bf16 on the fly.
-	e, err := runEmuTC(t, rng, 64, 512, 16, false, mutNone)
+	e, err := runEmuTC(t, rng, 64, 512, 16, 0, false, mutNone)
 	if err != nil || e > 1e-2 || e < 1e-6 {
 		t.Errorf("f32 x rounding: relative L2 error %.3g (want 1e-6..1e-2), %v", e, err)
 	}
@@ -499,7 +561,7 @@ func TestEmulateSpMM24TC(t *testing.T) {
 func TestEmulateSpMM24TCMutations(t *testing.T) {
 	for mut := mutNone + 1; mut < mutCount; mut++ {
 		rng := rand.New(rand.NewPCG(31, uint64(mut)))
-		e, err := runEmuTC(t, rng, 32, 256, 16, true, mut)
+		e, err := runEmuTC(t, rng, 32, 256, 16, 1, true, mut)
 		if err == nil && e < 0.1 {
 			t.Errorf("mutation %d went unnoticed: relative L2 error %.3g", mut, e)
 		}

@@ -53,7 +53,7 @@ var layers = []layerShape{
 }
 
 func main() {
-	tables := flag.String("tables", "linear,layer", "tables to run: linear, layer")
+	tables := flag.String("tables", "linear,layer", "tables to run: tc, linear, layer")
 	quick := flag.Bool("quick", false, "fewer shapes (a smoke run)")
 	search := flag.Bool("search", true, "cuSPARSELt algorithm search once per shape")
 	flag.BoolVar(&withAdapters, "adapters", true, "include the adapter variants (r = 1.56%, 6.25%)")
@@ -83,6 +83,11 @@ func run(tables string, quick, search bool) error {
 		timer, err := be.NewTimer()
 		if err != nil {
 			return err
+		}
+		if strings.Contains(tables, "tc") {
+			if err := tcTable(be, timer); err != nil {
+				return err
+			}
 		}
 		if strings.Contains(tables, "linear") {
 			if err := linearTable(be, timer); err != nil {
@@ -138,7 +143,7 @@ func linearTable(be *cuda.Backend, timer *cuda.Timer) error {
 		denseMs := map[int]float64{}
 		fmt.Printf("| %s | %d→%d | dense (cuBLASLt) | 1 |", sh.name, sh.in, sh.out)
 		for _, m := range ms {
-			t, err := timeLinear(be, timer, dense, m)
+			t, err := timeLinear(be, timer, dense, m, "")
 			if err != nil {
 				return fmt.Errorf("%s dense M=%d: %w", sh.name, m, err)
 			}
@@ -164,7 +169,7 @@ func linearTable(be *cuda.Backend, timer *cuda.Timer) error {
 					fmt.Printf(" - | - |")
 					continue
 				}
-				t, err := timeLinear(be, timer, ls, m)
+				t, err := timeLinear(be, timer, ls, m, "")
 				if err != nil {
 					fmt.Printf(" error: %v | |", err)
 					continue
@@ -184,6 +189,71 @@ func linearTable(be *cuda.Backend, timer *cuda.Timer) error {
 			}
 		}
 		if err := freeLayers(be, dense); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tcTable: decode-sized 2:4 products (M = 1..16) on the decode kernel,
+// cuSPARSELt and the tensor-core kernel at several launch sizes
+// (Options.TCBlocks), against cuBLASLt dense, on one set of weights.
+func tcTable(be *cuda.Backend, timer *cuda.Timer) error {
+	ms := []int{1, 4, 8, 16}
+	targets := []int{132, 264, 528, 1056, 2112}
+	fmt.Printf("\n## Decode-sized 2:4 products: speedup over cuBLASLt dense bf16 (weights rotated over >= 200 MB)\n\n")
+	fmt.Printf("| shape | path |")
+	for _, m := range ms {
+		fmt.Printf(" M=%d |", m)
+	}
+	fmt.Printf("\n|---|---|")
+	for range ms {
+		fmt.Printf("---|")
+	}
+	fmt.Println()
+	defer be.SetTCBlocks(0)
+	for si, sh := range shapes {
+		seed := uint64(1000 * (si + 1))
+		dense, err := buildCopies(be, cuda.Dense, sh, 0, seed)
+		if err != nil {
+			return fmt.Errorf("%s dense: %w", sh.name, err)
+		}
+		base := map[int]float64{}
+		fmt.Printf("| %s | dense ms |", sh.name)
+		for _, m := range ms {
+			if base[m], err = timeLinear(be, timer, dense, m, ""); err != nil {
+				return err
+			}
+			fmt.Printf(" %.4f |", base[m])
+		}
+		fmt.Println()
+		if err := freeLayers(be, dense); err != nil {
+			return err
+		}
+		ls, err := buildCopies(be, cuda.Sparse24, sh, 0, seed+1)
+		if err != nil {
+			return fmt.Errorf("%s 2:4: %w", sh.name, err)
+		}
+		row := func(name, path string) {
+			fmt.Printf("| %s | %s |", sh.name, name)
+			for _, m := range ms {
+				t, err := timeLinear(be, timer, ls, m, path)
+				if err != nil {
+					fmt.Printf(" error: %v |", err)
+					continue
+				}
+				fmt.Printf(" %.2f |", base[m]/t)
+			}
+			fmt.Println()
+		}
+		row("decode kernel", "spmv")
+		row("cuSPARSELt", "cusparselt")
+		for _, tb := range targets {
+			be.SetTCBlocks(tb)
+			row(fmt.Sprintf("tensor-core kernel, %d blocks", tb), "tc")
+		}
+		be.SetTCBlocks(0)
+		if err := freeLayers(be, ls); err != nil {
 			return err
 		}
 	}
@@ -217,7 +287,8 @@ func freeLayers(be *cuda.Backend, ls []*cuda.BenchLinear) error {
 
 // timeLinear returns the mean ms of one product of m rows, rotating over
 // the copies (only decode sizes need the rotation; larger M use copy 0).
-func timeLinear(be *cuda.Backend, timer *cuda.Timer, ls []*cuda.BenchLinear, m int) (float64, error) {
+// path forces a kernel ("" for the layer's own choice).
+func timeLinear(be *cuda.Backend, timer *cuda.Timer, ls []*cuda.BenchLinear, m int, path string) (float64, error) {
 	x, err := be.RandomTensor(m, ls[0].In(), 7)
 	if err != nil {
 		return 0, err
@@ -235,6 +306,9 @@ func timeLinear(be *cuda.Backend, timer *cuda.Timer, ls []*cuda.BenchLinear, m i
 	i := 0
 	fn := func() error {
 		i++
+		if path != "" {
+			return ls[i%n].ForwardPath(path, x, y, m)
+		}
 		return ls[i%n].Forward(x, y, m)
 	}
 	// Calibrate: about 100 ms of work per measurement.
@@ -299,18 +373,21 @@ func layerTable(be *cuda.Backend, timer *cuda.Timer) error {
 		var baseBytes int64
 		rank := int(math.Round(0.0156*float64(ls.d)/32)) * 32
 		for _, v := range []struct {
-			name string
-			kind cuda.LinearKind
-			rank int
+			name  string
+			kind  cuda.LinearKind
+			rank  int
+			tcMax int // Options.TCMaxRows for this variant
 		}{
-			{"dense (cuBLASLt)", cuda.Dense, 0},
-			{"SLoPe 2:4", cuda.Sparse24, 0},
-			{"SLoPe 2:4, cuSPARSELt form only", cuda.Sparse24Lt, 0},
-			{fmt.Sprintf("SLoPe 2:4 + adapters r=%d (1.56%%)", rank), cuda.Sparse24, rank},
+			{"dense (cuBLASLt)", cuda.Dense, 0, 0},
+			{"SLoPe 2:4", cuda.Sparse24, 0, 0},
+			{"SLoPe 2:4, tensor-core kernel for 5-16 rows", cuda.Sparse24, 0, 16},
+			{"SLoPe 2:4, cuSPARSELt form only", cuda.Sparse24Lt, 0, 0},
+			{fmt.Sprintf("SLoPe 2:4 + adapters r=%d (1.56%%)", rank), cuda.Sparse24, rank, 0},
 		} {
 			if v.rank > 0 && !withAdapters {
 				continue
 			}
+			be.SetTCMaxRows(v.tcMax)
 			l, err := be.NewBenchLayer(v.kind, ls.d, ls.ffn, ls.heads, v.rank, uint64(77+li))
 			if err != nil {
 				fmt.Printf("| %s | %s | error: %v |\n", ls.name, v.name, err)
@@ -335,6 +412,7 @@ func layerTable(be *cuda.Backend, timer *cuda.Timer) error {
 				return err
 			}
 		}
+		be.SetTCMaxRows(0)
 	}
 	return nil
 }
