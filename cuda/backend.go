@@ -154,9 +154,21 @@ func (b *Backend) tcWorkspace(rows, cols int) (ws, cnt driver.Ptr, err error) {
 // inside Do.
 func (b *Backend) SetTCBlocks(n int) { b.opts.TCBlocks = n }
 
-// SetTCMaxRows changes Options.TCMaxRows for weights bound from now on
-// (benchmarks compare both settings). Call inside Do.
-func (b *Backend) SetTCMaxRows(n int) { b.opts.TCMaxRows = n }
+// DecodeRows returns Options.SpMVMaxRows and TCMaxRows as in effect.
+func (b *Backend) DecodeRows() (spmvMax, tcMax int) { return b.opts.SpMVMaxRows, b.opts.TCMaxRows }
+
+// SetDecodeRows changes Options.SpMVMaxRows and TCMaxRows (0 keeps
+// SpMVMaxRows' default) for weights bound from now on; benchmarks compare
+// settings. Call inside Do.
+func (b *Backend) SetDecodeRows(spmvMax, tcMax int) {
+	if spmvMax == 0 {
+		spmvMax = defaultSpMVMaxRows
+	}
+	b.opts.SpMVMaxRows, b.opts.TCMaxRows = spmvMax, tcMax
+}
+
+// defaultSpMVMaxRows is Options.SpMVMaxRows' default.
+const defaultSpMVMaxRows = 4
 
 // New opens GPU opts.Ordinal, loads the kernels and the libraries.
 // Errors wrap driver.ErrNoDevice when there is no usable GPU.
@@ -165,7 +177,7 @@ func New(opts Options) (*Backend, error) {
 		return nil, fmt.Errorf("cuda: activations must be f32 or bf16")
 	}
 	if opts.SpMVMaxRows == 0 {
-		opts.SpMVMaxRows = 4
+		opts.SpMVMaxRows = defaultSpMVMaxRows
 	}
 	if opts.Log == nil {
 		opts.Log = func(s string) { fmt.Fprintln(os.Stderr, s) }

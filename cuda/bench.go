@@ -36,6 +36,9 @@ const (
 	Sparse24SpMV
 	// Sparse24TC forces the sparse-tensor-core kernel (M <= 16).
 	Sparse24TC
+	// Sparse24All keeps every form (portable, streaming, cuSPARSELt) so
+	// that ForwardPath can compare all paths on one weight.
+	Sparse24All
 )
 
 // BenchLinear is a linear layer y = x·Wᵀ + b (+ adapters) on the device.
@@ -45,8 +48,9 @@ type BenchLinear struct {
 	// reads (dense matrix; portable 2:4 values and indices; cuSPARSELt's
 	// compressed matrix), adapters included.
 	Bytes int64
-	// PortableBytes and LtBytes split a Sparse24 weight's memory.
-	PortableBytes, LtBytes int64
+	// PortableBytes, TCBytes and LtBytes split a 2:4 weight's memory by
+	// form (0: not kept).
+	PortableBytes, TCBytes, LtBytes int64
 }
 
 // randomBF16 fills n bf16 values N(0, scale²) in parallel.
@@ -130,21 +134,28 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 	}
 	rows := out + rank
 	s.nm, s.rows, s.pat, s.valType = true, rows, format.NM{N: 2, M: 4}, BF16
-	if s.vals, err = b.uploadBytes(randomBF16(rows*in/2, scale*1.4, seed)); err != nil {
+	vals, idx := randomBF16(rows*in/2, scale*1.4, seed), random24Indices(rows, in, seed)
+	if s.vals, err = b.uploadBytes(vals); err != nil {
 		return nil, err
 	}
-	if s.idx, err = b.uploadBytes(random24Indices(rows, in, seed)); err != nil {
+	if s.idx, err = b.uploadBytes(idx); err != nil {
 		return nil, err
 	}
 	bl.PortableBytes = b.WeightBytes - before
+	if (kind == Sparse24TC || kind == Sparse24All || kind == Sparse24 && b.opts.TCMaxRows > 0) && in%64 == 0 && rows%16 == 0 {
+		at := b.WeightBytes
+		if err := b.uploadTC(s, vals, idx, rows, in); err != nil {
+			return nil, err
+		}
+		bl.TCBytes = b.WeightBytes - at
+	}
 	if rank > 0 {
 		s.merged, s.rank, s.scale = true, rank, 1
 		if s.r, err = b.uploadBytes(randomBF16(rank*out, 0.01, seed+1)); err != nil {
 			return nil, err
 		}
 	}
-	s.spmv = kind == Sparse24 && in%64 == 0
-	s.tc = kind == Sparse24 && in%64 == 0 && rows%16 == 0 && b.opts.TCMaxRows > 0
+	s.spmv = (kind == Sparse24 && b.opts.SpMVMaxRows > 0 || kind == Sparse24All) && in%64 == 0
 	switch kind {
 	case Sparse24SpMV:
 		s.force = "spmv"
@@ -155,7 +166,7 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 	case Sparse24Lt:
 		s.force = "cusparselt"
 	}
-	if kind == Sparse24 || kind == Sparse24Lt {
+	if kind == Sparse24 || kind == Sparse24Lt || kind == Sparse24All {
 		if b.sp == nil {
 			return nil, fmt.Errorf("cuSPARSELt is not available")
 		}
@@ -190,6 +201,15 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 			}
 			s.vals, s.idx = 0, 0
 			b.WeightBytes -= bl.PortableBytes
+			bl.PortableBytes = 0
+		}
+	}
+	if kind == Sparse24 {
+		if err := b.dropUnusedPortable(s, bl.PortableBytes); err != nil {
+			return nil, err
+		}
+		if s.vals == 0 {
+			bl.PortableBytes = 0
 		}
 	}
 	bl.Bytes = b.WeightBytes - before
@@ -409,7 +429,7 @@ func (l *BenchLinear) ForwardPath(path string, x, y ops.Tensor, m int) error {
 func (b *Backend) FreeBenchLinear(l *BenchLinear) error {
 	s := l.step
 	var first error
-	for _, p := range []driver.Ptr{s.w, s.vals, s.idx, s.r, s.l, s.bias, s.biasAct} {
+	for _, p := range []driver.Ptr{s.w, s.vals, s.idx, s.tcv, s.tci, s.r, s.l, s.bias, s.biasAct} {
 		if err := b.dev.Free(p); err != nil && first == nil {
 			first = err
 		}

@@ -307,7 +307,8 @@ type linearStep struct {
 	valType   DType
 	sp        *sparselt.Weight // 2:4 bf16 via cuSPARSELt, or nil
 	spmv      bool             // the custom 2:4 kernel applies
-	tc        bool             // the sparse-tensor-core kernel applies
+	tc        bool             // the sparse-tensor-core kernel applies (tcv, tci on the device)
+	tcv, tci  driver.Ptr       // the 2:4 weight in spmm24tc's streaming layout
 	rank      int
 	merged    bool
 	l, r      driver.Ptr // L [in, rank] (unmerged), R [rank, out]
@@ -457,7 +458,11 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 	is24 := v.Pattern.N == 2 && v.Pattern.M == 4 && vt == BF16
 	s.spmv = is24 && v.Cols%64 == 0 && b.opts.SpMVMaxRows > 0
 	// The tensor-core kernel rounds x to bf16: bf16 mode only.
-	s.tc = is24 && b.act == BF16 && v.Cols%64 == 0 && v.Rows%16 == 0 && b.opts.TCMaxRows > 0
+	if is24 && b.act == BF16 && v.Cols%64 == 0 && v.Rows%16 == 0 && b.opts.TCMaxRows > 0 {
+		if err := b.uploadTC(s, raw, v.Indices, v.Rows, v.Cols); err != nil {
+			return err
+		}
+	}
 	if is24 && b.sp != nil && sparselt.Supported(v.Rows, v.Cols) == nil {
 		dense, err := b.dev.Alloc(v.Rows * v.Cols * 2)
 		if err != nil {
@@ -490,9 +495,60 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 				}
 			}
 			b.WeightBytes -= int64(len(raw) + len(v.Indices))
-			s.vals, s.idx, s.spmv, s.tc = 0, 0, false, false
+			s.vals, s.idx, s.spmv = 0, 0, false
+			return b.freeTC(s)
 		}
 	}
+	return b.dropUnusedPortable(s, int64(len(raw)+len(v.Indices)))
+}
+
+// uploadTC adds a 2:4 bf16 weight's streaming layout (spmm24tc's form),
+// made on the host from the portable values and indices.
+func (b *Backend) uploadTC(s *linearStep, vals, idx []byte, rows, cols int) error {
+	tv, ti, err := kernels.SpMM24TCLayout(vals, idx, rows, cols)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.name, err)
+	}
+	if s.tcv, err = b.uploadBytes(tv); err != nil {
+		return err
+	}
+	if s.tci, err = b.uploadBytes(ti); err != nil {
+		return err
+	}
+	s.tc = true
+	return nil
+}
+
+// freeTC drops the streaming layout.
+func (b *Backend) freeTC(s *linearStep) error {
+	if !s.tc {
+		return nil
+	}
+	for _, p := range []driver.Ptr{s.tcv, s.tci} {
+		if err := b.dev.Free(p); err != nil {
+			return err
+		}
+	}
+	vb, ib := kernels.SpMM24TCLayoutBytes(s.rows, s.in)
+	b.WeightBytes -= int64(vb + ib)
+	s.tcv, s.tci, s.tc = 0, 0, false
+	return nil
+}
+
+// dropUnusedPortable frees the portable form (bytes) of a 2:4 weight that
+// no path reads: the tensor-core kernel takes the decode sizes (the decode
+// kernel is off) and cuSPARSELt the rest.
+func (b *Backend) dropUnusedPortable(s *linearStep, bytes int64) error {
+	if s.vals == 0 || !s.tc || s.sp == nil || b.opts.SpMVMaxRows > 0 || s.force != "" {
+		return nil
+	}
+	for _, p := range []driver.Ptr{s.vals, s.idx} {
+		if err := b.dev.Free(p); err != nil {
+			return err
+		}
+	}
+	b.WeightBytes -= bytes
+	s.vals, s.idx, s.spmv = 0, 0, false
 	return nil
 }
 
@@ -538,12 +594,18 @@ func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor)
 		s.sp.Fits(m, target, ld, x.p, s.in) == nil
 	switch {
 	case s.force == "spmv" || (s.force == "" && s.spmv && m <= min(b.opts.SpMVMaxRows, kernels.SpMV24MaxM)):
+		if s.vals == 0 {
+			return fmt.Errorf("slope linear %s: the decode kernel's form is not on the device", s.name)
+		}
 		err = b.k.SpMV24(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, m, s.rows, s.in)
 		biasDone = true
 	case s.force == "tc" || (s.force == "" && s.tc && m <= min(b.opts.TCMaxRows, kernels.SpMM24TCMaxM)):
+		if !s.tc {
+			return fmt.Errorf("slope linear %s: the tensor-core kernel's form is not on the device", s.name)
+		}
 		var ws, cnt driver.Ptr
 		if ws, cnt, err = b.tcWorkspace(s.rows, s.in); err == nil {
-			err = b.k.SpMM24TC(b.s, b.act, target, ld, x.p, s.in, s.vals, s.idx, kernelBias, ws, cnt, m, s.rows, s.in, b.opts.TCBlocks)
+			err = b.k.SpMM24TC(b.s, b.act, target, ld, x.p, s.in, s.tcv, s.tci, kernelBias, ws, cnt, m, s.rows, s.in, b.opts.TCBlocks)
 		}
 		biasDone = true
 	case s.force == "cusparselt" || (s.force == "" && ltFits):

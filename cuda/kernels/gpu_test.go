@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"fmt"
 	"github.com/slopeml/slope/cuda/gputest"
 	"math"
@@ -533,6 +534,14 @@ func TestGPUSpMM24TC(t *testing.T) {
 		for _, sh := range [][2]int{{16, 64}, {48, 320}, {256, 1024}, {1024, 4160}, {4096, 4096}, {9216, 576}, {36864, 192}} {
 			rows, cols := sh[0], sh[1]
 			c := makeNM(t, rng, rows, cols, 2, 4, true)
+			vb := make([]byte, 2*len(c.vals))
+			for i, v := range toBF16(c.vals) {
+				binary.LittleEndian.PutUint16(vb[2*i:], v)
+			}
+			tv, ti, err := SpMM24TCLayout(vb, c.idx, rows, cols)
+			if err != nil {
+				t.Fatal(err)
+			}
 			for _, M := range []int{1, 2, 5, 8, 9, 16} {
 				ldx, ldy := cols+8*(M%3), rows+M%2
 				x := rnd(rng, dt, M*ldx)
@@ -556,7 +565,7 @@ func TestGPUSpMM24TC(t *testing.T) {
 						if wb, cb := SpMM24TCWorkspace(rows, cols, target); wb > 0 {
 							ws, cnt = g.poison(wb), g.putU8(make([]byte, cb))
 						}
-						xp, vp, ip := g.putT(dt, x), g.putU16(toBF16(c.vals)), g.putU8(c.idx)
+						xp, vp, ip := g.putT(dt, x), g.putU8(tv), g.putU8(ti)
 						for rep := range ys {
 							yp := g.poison(M * ldy * dt.Size())
 							if err := g.k.SpMM24TC(0, dt, yp, ldy, xp, ldx, vp, ip, bp, ws, cnt, M, rows, cols, target); err != nil {

@@ -381,8 +381,8 @@ __device__ __forceinline__ void spmv24_body(T* y, int ldy, const T* x, int ldx, 
 // ---------------------------------------------------------------- spmm24tc
 //
 // 2:4 sparse weight times M <= 16 activations on the sparse tensor cores
-// (PTX mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32), reading
-// the portable layout directly: A = 16 weight rows x 32 input columns
+// (PTX mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32): A = 16
+// weight rows x 32 input columns
 // (2:4 along K = our cols, exactly the row-wise 2:4 of the format),
 // B = x^T (32 columns x 8 tokens), D = y^T tile (16 rows x 8 tokens);
 // two mmas along N when M > 8. x is rounded to bf16 for the tensor cores
@@ -422,13 +422,25 @@ __device__ __forceinline__ void spmv24_body(T* y, int ldy, const T* x, int ldx, 
 //     rho(s, q) = 16*(s >> 1) + 4*t + 2*(s & 1) + a
 // (a bijection onto 0..31). Then lane (g, t) needs the 16-byte value
 // words 16h + 4t .. 16h + 4t + 3 of rows g and g+8 for h = s >> 1: one
-// coalesced 16-byte load per row and half (8 rows x 64 contiguous bytes
-// per instruction), and reg (a, row half rh) = word 2*(s&1) + a. The
+// 16-byte load per row and half, and reg (a, row half rh) = word
+// 2*(s&1) + a. The
 // metadata half of a thread needs the nibbles 16h + 2(s&1) + a + 4t,
 // t = 0..3, gathered from the row's 2 index words of half h. B uses the
 // same rho: x is staged in shared memory already in B-fragment order
 // (xs[slice][s][nb][lane] = the 4 registers of that lane), so each mma
 // reads one conflict-free 16-byte word per lane.
+//
+// Streaming layout (SpMM24TCLayout, made from the portable layout when a
+// weight is bound): those loads read whole contiguous blocks. Per row
+// group rg (16 rows) and step st, the values are 128 uint4 [h][rh][lane]
+// (lane (g, t) of (h, rh): the portable row 16rg + g + 8rh, uint4
+// 8st + 4h + t) and the index words 32 uint2 [h][rh][g] (row 16rg + g +
+// 8rh, uint2 2st + h); a missing half (cols % 128 == 64) is zeros. So a
+// warp streams one contiguous range (2 KiB + 256 B per step) and each
+// load instruction reads 512 (values) or 64 (indices) contiguous bytes;
+// read in place, the portable layout scattered each instruction over 8
+// rows, which measured at most 1.26x of dense at M = 1 against 1.5-1.7x for
+// the row-streaming decode kernel on the same weights.
 //
 // Work split (SpMM24TCPlan): a block of TC_WARPS warps covers TC_RB =
 // 16*TC_WARPS rows (warp w: row group blockIdx.x*TC_WARPS + w) and a
@@ -478,16 +490,18 @@ __device__ __forceinline__ void mma_sp_16832(float (&d)[4], const unsigned (&a)[
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y), "r"(b.z), "r"(b.w), "r"(e));
 }
 
-// Values and index words of one warp step (nh halves of 64 columns).
-__device__ __forceinline__ void tc_load(uint4 (&va)[2][2], uint2 (&ia)[2][2], const uint4* v0, const uint4* v1,
-                                        const uint2* i0, const uint2* i1, int c0, int nh, int t) {
+// Values and index words of absolute step st (nh halves of 64 columns)
+// from the row group's streaming-layout blocks V (128 uint4 per step:
+// [h][rh][lane]) and I (32 uint2 per step: [h][rh][g]).
+__device__ __forceinline__ void tc_load(uint4 (&va)[2][2], uint2 (&ia)[2][2], const uint4* V, const uint2* I, int st,
+                                        int nh, int lane) {
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         if (h < nh) {
-            va[h][0] = __ldcs(v0 + (c0 >> 4) + 4 * h + t);
-            va[h][1] = __ldcs(v1 + (c0 >> 4) + 4 * h + t);
-            ia[h][0] = __ldg(i0 + (c0 >> 6) + h);
-            ia[h][1] = __ldg(i1 + (c0 >> 6) + h);
+            va[h][0] = __ldcs(V + (st * 4 + 2 * h) * 32 + lane);
+            va[h][1] = __ldcs(V + (st * 4 + 2 * h + 1) * 32 + lane);
+            ia[h][0] = __ldg(I + (st * 4 + 2 * h) * 8 + (lane >> 2));
+            ia[h][1] = __ldg(I + (st * 4 + 2 * h + 1) * 8 + (lane >> 2));
         } else {
             va[h][0] = va[h][1] = make_uint4(0u, 0u, 0u, 0u);
             ia[h][0] = ia[h][1] = make_uint2(0u, 0u);
@@ -534,10 +548,8 @@ __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx
     for (int i = tid; i < TC_XS_WORDS; i += TC_WARPS * 32) xs[i] = 0u;
 
     const int r0 = (active ? rg : 0) * 16 + g;  // this lane's rows r0 and r0 + 8
-    const uint4* v0 = reinterpret_cast<const uint4*>(vals + (int64_t)r0 * (cols >> 1));
-    const uint4* v1 = reinterpret_cast<const uint4*>(vals + (int64_t)(r0 + 8) * (cols >> 1));
-    const uint2* i0 = reinterpret_cast<const uint2*>(idx + (int64_t)r0 * (cols >> 3));
-    const uint2* i1 = reinterpret_cast<const uint2*>(idx + (int64_t)(r0 + 8) * (cols >> 3));
+    const uint4* V = reinterpret_cast<const uint4*>(vals) + (int64_t)(active ? rg : 0) * steps * 128;
+    const uint2* I = reinterpret_cast<const uint2*>(idx) + (int64_t)(active ? rg : 0) * steps * 32;
 
     // Staging: thread tid always handles the 8-column unit cu of the chunk
     // (slice cu >> 4; tokens n = n0 + i * nstep); the destination words
@@ -594,8 +606,8 @@ __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx
 
     uint4 va0[2][2], va1[2][2], va2[2][2];
     uint2 ia0[2][2], ia1[2][2], ia2[2][2];
-    tc_load(va0, ia0, v0, v1, i0, i1, (st0 + 0) * TC_STEP, halves(0), t);
-    tc_load(va1, ia1, v0, v1, i0, i1, (st0 + 1) * TC_STEP, halves(1), t);
+    tc_load(va0, ia0, V, I, st0, halves(0), lane);
+    tc_load(va1, ia1, V, I, st0 + 1, halves(1), lane);
     // Step st computes buffer cur while step st + 2 is loaded into nxt
     // (the buffer step st - 1 used). st < nst is uniform per block, so
     // the barriers are too.
@@ -606,7 +618,7 @@ __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx
             stage(ST);                                                                  \
             __syncthreads();                                                            \
         }                                                                               \
-        tc_load(NV, NI, v0, v1, i0, i1, (st0 + (ST) + 2) * TC_STEP, halves((ST) + 2), t); \
+        tc_load(NV, NI, V, I, st0 + (ST) + 2, halves((ST) + 2), lane);                  \
         tc_mma_step(acc, CV, CI, xs, (ST) % TC_KSMAX, halves(ST), NB, lane);            \
     }
     for (int st = 0; st < nst; st += 3) {

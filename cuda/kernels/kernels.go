@@ -525,9 +525,65 @@ func SpMM24TCWorkspace(rows, cols, target int) (wsBytes, cntBytes int) {
 	return slices * 16 * rb * tcRows * 4, rb * 4
 }
 
+// SpMM24TCLayoutBytes returns the bytes of the streaming layout of a
+// rows x cols 2:4 weight (values, index words); rows % 16 == 0 and
+// cols % 64 == 0.
+func SpMM24TCLayoutBytes(rows, cols int) (valBytes, idxBytes int) {
+	blocks := rows / 16 * ((cols + tcStep - 1) / tcStep)
+	return blocks * 2048, blocks * 256
+}
+
+// SpMM24TCLayout reorders a 2:4 weight from the portable layout (vals:
+// rows x cols/2 bf16, little-endian bytes; idx: rows x cols/8 bytes) to
+// the streaming layout SpMM24TC reads, so that each warp streams one
+// contiguous range: values [group][step][h][rh][lane] (16 bytes each:
+// lane (g, t) of 64-column half h and row half rh holds the 8 kept
+// values 64*step + 32h + 8t.. of row 16*group + g + 8rh) and index words
+// [group][step][h][rh][g] (8 bytes: the index bytes 16*step + 8h.. of
+// that row), for groups of 16 rows and steps of 128 columns. A missing
+// last half (cols % 128 == 64) is zeros. The bytes are those of the
+// portable layout, moved (and padded).
+func SpMM24TCLayout(vals, idx []byte, rows, cols int) (tv, ti []byte, err error) {
+	if rows%16 != 0 || cols%64 != 0 {
+		return nil, nil, fmt.Errorf("spmm24tc layout: %dx%d is not a multiple of 16x64", rows, cols)
+	}
+	if len(vals) != rows*cols || len(idx) != rows*cols/8 {
+		return nil, nil, fmt.Errorf("spmm24tc layout: %d value and %d index bytes for %dx%d 2:4 (want %d, %d)",
+			len(vals), len(idx), rows, cols, rows*cols, rows*cols/8)
+	}
+	vb, ib := SpMM24TCLayoutBytes(rows, cols)
+	tv, ti = make([]byte, vb), make([]byte, ib)
+	steps := (cols + tcStep - 1) / tcStep
+	vrow, irow := cols, cols/8 // bytes per portable row
+	for rg := 0; rg < rows/16; rg++ {
+		for st := 0; st < steps; st++ {
+			blk := rg*steps + st
+			for h := 0; h < 2; h++ {
+				if st*tcStep+64*h >= cols {
+					continue
+				}
+				for rh := 0; rh < 2; rh++ {
+					for lane := 0; lane < 32; lane++ {
+						g, t := lane>>2, lane&3
+						row := 16*rg + g + 8*rh
+						src := row*vrow + 16*(8*st+4*h+t)
+						copy(tv[((blk*4+2*h+rh)*32+lane)*16:][:16], vals[src:src+16])
+					}
+					for g := 0; g < 8; g++ {
+						row := 16*rg + g + 8*rh
+						src := row*irow + 8*(2*st+h)
+						copy(ti[((blk*4+2*h+rh)*8+g)*8:][:8], idx[src:src+8])
+					}
+				}
+			}
+		}
+	}
+	return tv, ti, nil
+}
+
 // SpMM24TC computes what SpMV24 computes (y[i][r] = bias[r] + sum_c
-// W[r][c] x[i][c], i < M <= 16, 2:4 bf16 weights in the portable layout)
-// on the sparse tensor cores (mma.sp m16n8k32, fp32 accumulation) with
+// W[r][c] x[i][c], i < M <= 16, 2:4 bf16 weights in the streaming
+// layout of SpMM24TCLayout: vals and idx) on the sparse tensor cores (mma.sp m16n8k32, fp32 accumulation) with
 // the launch SpMM24TCPlan(rows, cols, target) gives; ws and cnt are its
 // workspace (SpMM24TCWorkspace; may be 0 when that is empty). x is
 // rounded to bf16 on the fly when t is F32 (exact for BF16). It needs

@@ -173,30 +173,35 @@ const (
 // (an index word read by several lanes of one load counts once).
 func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx []byte, bias []float32, M, rows, cols, target, mut int, perm func(int) []int) (valReads, idxReads []int, err error) {
 	gridX, S, spb := SpMM24TCPlan(rows, cols, target)
-	valReads = make([]int, len(vals))
-	idxReads = make([]int, len(idx))
-	ldcs := func(row, u4 int) (v [4]uint32) { // uint4 u4 of value row `row`
-		e := row*(cols>>1) + 8*u4
+	steps := (cols + emuTcStep - 1) / emuTcStep
+	vb := make([]byte, 2*len(vals))
+	for i, v := range vals {
+		binary.LittleEndian.PutUint16(vb[2*i:], v)
+	}
+	tv, ti, err := SpMM24TCLayout(vb, idx, rows, cols)
+	if err != nil {
+		return nil, nil, err
+	}
+	valReads = make([]int, len(tv)/2)
+	idxReads = make([]int, len(ti))
+	ldcs := func(u4 int) (v [4]uint32) { // uint4 u4 of tv
 		for i := 0; i < 8; i++ {
-			valReads[e+i]++
+			valReads[8*u4+i]++
 		}
 		for i := range v {
-			v[i] = uint32(vals[e+2*i]) | uint32(vals[e+2*i+1])<<16
+			v[i] = binary.LittleEndian.Uint32(tv[16*u4+4*i:])
 		}
 		return
 	}
-	ldIdx := func(row, u2 int, seen map[int]bool) (w [2]uint32) { // uint2 u2 of index row `row`
-		b := row*(cols>>3) + 8*u2
-		if b%8 != 0 {
-			panic("idx load not 8-byte aligned")
-		}
+	ldIdx := func(u2 int, seen map[int]bool) (w [2]uint32) { // uint2 u2 of ti
+		b := 8 * u2
 		if !seen[b] {
 			seen[b] = true
 			for i := 0; i < 8; i++ {
 				idxReads[b+i]++
 			}
 		}
-		return [2]uint32{binary.LittleEndian.Uint32(idx[b:]), binary.LittleEndian.Uint32(idx[b+4:])}
+		return [2]uint32{binary.LittleEndian.Uint32(ti[b:]), binary.LittleEndian.Uint32(ti[b+4:])}
 	}
 	ldX8 := func(off int) (u [4]uint32) {
 		if (off*4)%16 != 0 && (off*2)%16 != 0 {
@@ -227,7 +232,6 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 	if M > 8 {
 		NB = 2
 	}
-	steps := (cols + emuTcStep - 1) / emuTcStep
 	rp := gridX * emuTcRB
 	ws := make([]float32, S*16*rp)
 	for i := range ws {
@@ -275,15 +279,19 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 			}
 			return 0
 		}
-		// tc_load for every lane of warp s (one warp-wide instruction per load).
-		load := func(s *warpState, c0, nh int) (sb stepBuf) {
+		// tc_load of absolute step st for every lane of warp s (one
+		// warp-wide instruction per load).
+		load := func(s *warpState, st, nh int) (sb stepBuf) {
+			rg := 0
+			if s.active {
+				rg = s.rg
+			}
 			for h := 0; h < nh; h++ {
 				for rh := 0; rh < 2; rh++ {
 					seen := map[int]bool{}
 					for lane := 0; lane < 32; lane++ {
-						row := r0(s, lane) + 8*rh
-						sb.va[lane][h][rh] = ldcs(row, (c0>>4)+4*h+(lane&3))
-						sb.ia[lane][h][rh] = ldIdx(row, (c0>>6)+h, seen)
+						sb.va[lane][h][rh] = ldcs(rg*steps*128 + (st*4+2*h+rh)*32 + lane)
+						sb.ia[lane][h][rh] = ldIdx(rg*steps*32+(st*4+2*h+rh)*8+lane>>2, seen)
 					}
 				}
 			}
@@ -372,8 +380,8 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 			return nil
 		}
 		for _, s := range wss {
-			s.buf[0] = load(s, st0*emuTcStep, halves(s, 0))
-			s.buf[1] = load(s, (st0+1)*emuTcStep, halves(s, 1))
+			s.buf[0] = load(s, st0, halves(s, 0))
+			s.buf[1] = load(s, st0+1, halves(s, 1))
 		}
 		// The kernel's unrolled rotation: step st computes buffer st % 3
 		// and loads step st + 2 into buffer (st + 2) % 3.
@@ -382,7 +390,7 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 				stage(st)
 			}
 			for _, s := range wss {
-				nxt := load(s, (st0+st+2)*emuTcStep, halves(s, st+2))
+				nxt := load(s, st0+st+2, halves(s, st+2))
 				if err := mmaStep(s, &s.buf[st%3], st%emuTcKSMax, halves(s, st)); err != nil {
 					return nil, nil, err
 				}
@@ -508,14 +516,23 @@ func runEmuTC(t *testing.T, rng *rand.Rand, rows, cols, M, target int, roundX bo
 		return math.Inf(1), err
 	}
 	if mut == mutNone {
-		for i, n := range valReads {
-			if n != 1 {
-				t.Fatalf("%dx%d M %d target %d: value %d read %d times", rows, cols, M, target, i, n)
+		// The layout is the portable bytes moved (TestSpMM24TCLayout) plus
+		// zero padding: every element read at most once, as many reads as
+		// the portable layout has elements.
+		for _, rc := range []struct {
+			what  string
+			reads []int
+			want  int
+		}{{"value", valReads, len(c.vals)}, {"index byte", idxReads, len(c.idx)}} {
+			total := 0
+			for i, n := range rc.reads {
+				if n > 1 {
+					t.Fatalf("%dx%d M %d target %d: %s %d of the layout read %d times", rows, cols, M, target, rc.what, i, n)
+				}
+				total += n
 			}
-		}
-		for i, n := range idxReads {
-			if n != 1 {
-				t.Fatalf("%dx%d M %d target %d: index byte %d read %d times", rows, cols, M, target, i, n)
+			if total != rc.want {
+				t.Fatalf("%dx%d M %d target %d: %d %s reads, want %d", rows, cols, M, target, total, rc.what, rc.want)
 			}
 		}
 	}
@@ -566,5 +583,80 @@ func TestEmulateSpMM24TCMutations(t *testing.T) {
 			t.Errorf("mutation %d went unnoticed: relative L2 error %.3g", mut, e)
 		}
 		t.Logf("mutation %d: error %.3g, %v", mut, e, err)
+	}
+}
+
+// TestSpMM24TCLayout: the streaming layout holds every portable byte
+// exactly once, where the kernel's loads expect it, and zeros elsewhere.
+func TestSpMM24TCLayout(t *testing.T) {
+	for _, sh := range [][2]int{{16, 64}, {32, 128}, {48, 320}, {16, 448}} {
+		rows, cols := sh[0], sh[1]
+		// Distinct 16-bit tags: value (row, k) = row*cols/2 + k + 1.
+		vals := make([]byte, rows*cols)
+		for i := 0; i < rows*cols/2; i++ {
+			binary.LittleEndian.PutUint16(vals[2*i:], uint16(i+1))
+		}
+		idx := make([]byte, rows*cols/8)
+		for i := range idx {
+			idx[i] = byte(i%251 + 1)
+		}
+		tv, ti, err := SpMM24TCLayout(vals, idx, rows, cols)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vb, ib := SpMM24TCLayoutBytes(rows, cols)
+		if len(tv) != vb || len(ti) != ib {
+			t.Fatalf("%dx%d: %d, %d bytes; SpMM24TCLayoutBytes says %d, %d", rows, cols, len(tv), len(ti), vb, ib)
+		}
+		steps := (cols + 127) / 128
+		seen := make([]int, rows*cols/2+1)
+		for rg := 0; rg < rows/16; rg++ {
+			for st := 0; st < steps; st++ {
+				for h := 0; h < 2; h++ {
+					for rh := 0; rh < 2; rh++ {
+						for lane := 0; lane < 32; lane++ {
+							g, tt := lane>>2, lane&3
+							row := 16*rg + g + 8*rh
+							for e := 0; e < 8; e++ {
+								got := int(binary.LittleEndian.Uint16(tv[(((rg*steps+st)*4+2*h+rh)*32+lane)*16+2*e:]))
+								seen[got]++
+								k := 64*st + 32*h + 8*tt + e
+								want := 0
+								if 128*st+64*h < cols {
+									want = row*cols/2 + k + 1
+								}
+								if got != want {
+									t.Fatalf("%dx%d: value (row %d, k %d) is %d, want %d", rows, cols, row, k, got, want)
+								}
+							}
+						}
+						for g := 0; g < 8; g++ {
+							row := 16*rg + g + 8*rh
+							for e := 0; e < 8; e++ {
+								got := ti[(((rg*steps+st)*4+2*h+rh)*8+g)*8+e]
+								var want byte
+								if 128*st+64*h < cols {
+									want = idx[row*cols/8+16*st+8*h+e]
+								}
+								if got != want {
+									t.Fatalf("%dx%d: index byte (row %d, %d) is %d, want %d", rows, cols, row, 16*st+8*h+e, got, want)
+								}
+							}
+						}
+					}
+				}
+			}
+		}
+		for v, n := range seen[1:] {
+			if n != 1 {
+				t.Fatalf("%dx%d: portable value %d appears %d times", rows, cols, v, n)
+			}
+		}
+	}
+	if _, _, err := SpMM24TCLayout(make([]byte, 24*64), make([]byte, 24*8), 24, 64); err == nil {
+		t.Error("24 rows: no error")
+	}
+	if _, _, err := SpMM24TCLayout(make([]byte, 10), make([]byte, 16*8), 16, 64); err == nil {
+		t.Error("short values: no error")
 	}
 }
