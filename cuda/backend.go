@@ -39,12 +39,13 @@ type Options struct {
 	SpMVMaxRows int
 	// TCMaxRows: in bf16 mode, 2:4 products of more than SpMVMaxRows and
 	// at most this many rows (<= 16) use the sparse-tensor-core kernel
-	// spmm24tc. 0 (the default) and negative mean never: on an H200 it
-	// measured 0.36-0.89x of dense at 16 rows, below cuSPARSELt on most
-	// OPT shapes (docs/CUDA.md).
+	// spmm24tc, whose weight form is then uploaded too (and the portable
+	// form dropped when SpMVMaxRows < 1 and cuSPARSELt takes the rest).
+	// 0 (the default) and negative mean never. See SetForms and
+	// docs/CUDA.md for what each choice costs and measured.
 	TCMaxRows int
-	// TCBlocks is the number of blocks spmm24tc's launch aims at (0:
-	// kernels.SpMM24TCBlocks); see kernels.SpMM24TCPlan.
+	// TCBlocks is spmm24tc's grid (0: two blocks per SM, the kernel's
+	// occupancy); see kernels.SpMM24TCPlan.
 	TCBlocks int
 	// NoSparseLt keeps cuSPARSELt out (2:4 products of many rows then
 	// use the generic N:M kernel).
@@ -58,6 +59,42 @@ type Options struct {
 	LowMemory bool
 	// Log receives one-line notices (library fallbacks); nil: stderr.
 	Log func(string)
+}
+
+// Forms names a choice of the device forms of 2:4 bf16 weights, and so
+// of the kernels decode-sized products run on (Options.SetForms).
+type Forms string
+
+const (
+	// FormsDecode: the portable form (decode kernel, 1-4 rows) and
+	// cuSPARSELt's (more rows): 1.13x the bytes of dense bf16. The default.
+	FormsDecode Forms = "decode"
+	// FormsBatch: the streaming form (tensor-core kernel, 1-16 rows) and
+	// cuSPARSELt's: 1.13x; faster than FormsDecode from 2 rows, slower
+	// at 1.
+	FormsBatch Forms = "batch"
+	// FormsAll: all three (decode kernel for 1 row, tensor-core kernel
+	// for 2-16): 1.69x.
+	FormsAll Forms = "all"
+	// FormsLowMemory: cuSPARSELt's form only (LowMemory): 0.56x.
+	FormsLowMemory Forms = "low-memory"
+)
+
+// SetForms sets SpMVMaxRows, TCMaxRows and LowMemory for f.
+func (o *Options) SetForms(f Forms) error {
+	switch f {
+	case FormsDecode, "":
+		o.SpMVMaxRows, o.TCMaxRows, o.LowMemory = 0, 0, false
+	case FormsBatch:
+		o.SpMVMaxRows, o.TCMaxRows, o.LowMemory = -1, kernels.SpMM24TCMaxM, false
+	case FormsAll:
+		o.SpMVMaxRows, o.TCMaxRows, o.LowMemory = 1, kernels.SpMM24TCMaxM, false
+	case FormsLowMemory:
+		o.SpMVMaxRows, o.TCMaxRows, o.LowMemory = 0, 0, true
+	default:
+		return fmt.Errorf("unknown forms %q (want %s, %s, %s or %s)", f, FormsDecode, FormsBatch, FormsAll, FormsLowMemory)
+	}
+	return nil
 }
 
 // Backend runs the ai.slope ops on one NVIDIA GPU. It implements
@@ -124,7 +161,7 @@ func (b *Backend) grow(buf *devBuf, bytes int) (driver.Ptr, error) {
 // tcWorkspace returns spmm24tc's workspace for rows x cols (0, 0 when
 // its launch needs none).
 func (b *Backend) tcWorkspace(rows, cols int) (ws, cnt driver.Ptr, err error) {
-	wb, cb := kernels.SpMM24TCWorkspace(rows, cols, b.opts.TCBlocks)
+	wb, cb := kernels.SpMM24TCWorkspace(rows, cols, b.tcGrid())
 	if wb == 0 {
 		return 0, 0, nil
 	}
@@ -148,6 +185,14 @@ func (b *Backend) tcWorkspace(rows, cols int) (ws, cnt driver.Ptr, err error) {
 		}
 	}
 	return ws, b.tcCnt.p, nil
+}
+
+// tcGrid is spmm24tc's grid: Options.TCBlocks, or two blocks per SM.
+func (b *Backend) tcGrid() int {
+	if b.opts.TCBlocks > 0 {
+		return b.opts.TCBlocks
+	}
+	return 2 * max(b.dev.Info.SMs, 1)
 }
 
 // SetTCBlocks changes Options.TCBlocks (benchmarks sweep it). Call

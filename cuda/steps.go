@@ -605,7 +605,7 @@ func (s *linearStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor)
 		}
 		var ws, cnt driver.Ptr
 		if ws, cnt, err = b.tcWorkspace(s.rows, s.in); err == nil {
-			err = b.k.SpMM24TC(b.s, b.act, target, ld, x.p, s.in, s.tcv, s.tci, kernelBias, ws, cnt, m, s.rows, s.in, b.opts.TCBlocks)
+			err = b.k.SpMM24TC(b.s, b.act, target, ld, x.p, s.in, s.tcv, s.tci, kernelBias, ws, cnt, m, s.rows, s.in, b.tcGrid())
 		}
 		biasDone = true
 	case s.force == "cusparselt" || (s.force == "" && ltFits):

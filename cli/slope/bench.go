@@ -16,7 +16,7 @@ func newBenchCmd() *cobra.Command {
 	var seed uint64
 	var cpuProfile string
 	var allLogits bool
-	var device string
+	var device deviceFlags
 	cmd := &cobra.Command{
 		Use:   "bench MODEL",
 		Short: "Time prefill and decode on random token ids",

@@ -11,13 +11,22 @@ import (
 
 const deviceHelp = "where to run: cpu, cuda (NVIDIA GPU, bf16 activations), cuda-f32 (GPU, float32 throughout)"
 
-func addDeviceFlag(cmd *cobra.Command, device *string) {
-	cmd.Flags().StringVar(device, "device", "cpu", deviceHelp)
+const formsHelp = "with --device cuda, the GPU forms of 2:4 weights (memory vs dense bf16): " +
+	"decode (decode kernel for 1-4 rows + cuSPARSELt, 1.13x), batch (tensor-core kernel for 1-16 rows + cuSPARSELt, 1.13x), " +
+	"all (decode kernel for 1 row, tensor-core kernel for 2-16, cuSPARSELt, 1.69x), low-memory (cuSPARSELt only, 0.56x)"
+
+// deviceFlags are --device and --sparse-forms.
+type deviceFlags struct{ device, forms string }
+
+func addDeviceFlag(cmd *cobra.Command, f *deviceFlags) {
+	cmd.Flags().StringVar(&f.device, "device", "cpu", deviceHelp)
+	cmd.Flags().StringVar(&f.forms, "sparse-forms", string(cuda.FormsDecode), formsHelp)
 }
 
-// openModel opens a container on the named device. The model's Close
+// openModel opens a container on the device f names. The model's Close
 // releases the device too.
-func openModel(path, device string) (*model, error) {
+func openModel(path string, f deviceFlags) (*model, error) {
+	device := f.device
 	var be ops.Backend
 	var gpu *cuda.Backend
 	var closeBE func() error
@@ -28,7 +37,11 @@ func openModel(path, device string) (*model, error) {
 		if device == "cuda-f32" {
 			act = cuda.F32
 		}
-		b, err := cuda.New(cuda.Options{Activations: act, Search: true})
+		opts := cuda.Options{Activations: act, Search: true}
+		if err := opts.SetForms(cuda.Forms(f.forms)); err != nil {
+			return nil, fmt.Errorf("--sparse-forms: %w", err)
+		}
+		b, err := cuda.New(opts)
 		if err != nil {
 			return nil, fmt.Errorf("--device %s: %w", device, err)
 		}

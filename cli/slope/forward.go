@@ -10,7 +10,7 @@ import (
 func newForwardCmd() *cobra.Command {
 	var idsJSON, maskJSON string
 	var threads int
-	var device string
+	var device deviceFlags
 	cmd := &cobra.Command{
 		Use:   "forward MODEL --ids JSON [--mask JSON]",
 		Short: "Print the logits of a batch of token ids as JSON",

@@ -44,7 +44,8 @@ func promptIDs(m *slopert.Model, text, ids string) ([]int32, *tokenizer.BPE, err
 }
 
 func newRunCmd() *cobra.Command {
-	var text, ids, device string
+	var text, ids string
+	var device deviceFlags
 	var o slopert.GenerateOptions
 	cmd := &cobra.Command{
 		Use:   "run MODEL (--prompt TEXT | --ids JSON)",
@@ -113,7 +114,7 @@ func newRunCmd() *cobra.Command {
 func newScoreCmd() *cobra.Command {
 	var textFile, ids string
 	var window, stride, threads int
-	var device string
+	var device deviceFlags
 	cmd := &cobra.Command{
 		Use:   "score MODEL (--text FILE | --ids JSON)",
 		Short: "Perplexity of a text under the model",

@@ -550,11 +550,12 @@ func TestGPUSpMM24TC(t *testing.T) {
 					bias = randVec(rng, rows, false)
 				}
 				want := refSpMM(c.dense, rows, cols, x, ldx, M, bias)
-				// Targets: the default, one slice, and the most slices; each
-				// launched twice on one workspace (the counters must come
-				// back to zero), y poisoned before each launch.
+				// Grids: the default, one block, 24 blocks and one block per
+				// unit (the most splitting); each launched twice on one
+				// workspace (the counters must come back to zero), y
+				// poisoned before each launch.
 				for _, target := range []int{0, 1, 24, 1 << 20} {
-					_, slices, _ := SpMM24TCPlan(rows, cols, target)
+					blocks, maxC := SpMM24TCPlan(rows, cols, target)
 					var ys [2][]float32
 					g.run(t, func() error {
 						var bp driver.Ptr
@@ -581,8 +582,8 @@ func TestGPUSpMM24TC(t *testing.T) {
 							copy(got[i*rows:(i+1)*rows], y[i*ldy:])
 						}
 						if e := relL2(got, want); !(e <= 1e-2) {
-							t.Errorf("spmm24tc %v M %d %dx%d target %d (%d slices) launch %d: relative L2 error %.3g > 1e-2",
-								dt, M, rows, cols, target, slices, rep, e)
+							t.Errorf("spmm24tc %v M %d %dx%d grid %d (%d blocks, up to %d per row block) launch %d: relative L2 error %.3g > 1e-2",
+								dt, M, rows, cols, target, blocks, maxC, rep, e)
 						}
 					}
 				}

@@ -442,23 +442,28 @@ __device__ __forceinline__ void spmv24_body(T* y, int ldy, const T* x, int ldx, 
 // rows, which measured at most 1.26x of dense at M = 1 against 1.5-1.7x for
 // the row-streaming decode kernel on the same weights.
 //
-// Work split (SpMM24TCPlan): a block of TC_WARPS warps covers TC_RB =
-// 16*TC_WARPS rows (warp w: row group blockIdx.x*TC_WARPS + w) and a
-// K range of spb 128-column steps starting at step blockIdx.y*spb; every
-// warp of a block walks the same steps, so x is shared: the block stages
-// up to TC_KSMAX steps of x (a chunk) in shared memory in B-fragment
-// order, then each warp runs its mmas with the values and indices of the
-// next two steps in flight (three register buffers in rotation; a chunk
-// boundary costs one barrier while those loads are outstanding).
-// With gridDim.y = S > 1 K slices, each block writes its fp32 partial
-// tile to ws[S][16][gridDim.x*TC_RB] and the last block of a row block
-// to arrive (counted in cnt[blockIdx.x], which it resets to 0) sums the
-// S partials in slice order (deterministic), adds the bias and writes y.
+// Work split (SpMM24TCPlan), stream-K style: the work is U = rowBlocks x
+// steps units (a row block is TC_RB = 16*TC_WARPS rows, warp w of it the
+// row group 8*rb + w; a step is 128 columns), and block b of the G in
+// the grid takes units [b*U/G, (b+1)*U/G): equal shares, so a grid of
+// (blocks resident per SM) x SMs has no tail. A share is walked in
+// segments, one per row block it touches; every warp of a block walks
+// the same steps, so x is shared: the block stages up to TC_KSMAX steps
+// of x (a chunk) in shared memory in B-fragment order, then each warp
+// runs its mmas with the values and indices of the next two steps in
+// flight (three register buffers in rotation; a chunk boundary costs one
+// barrier while those loads are outstanding).
+// A segment that covers its row block's whole K writes y. Otherwise it
+// is one of the row block's c contributors (blocks tc_block_of(first
+// unit) .. tc_block_of(last unit)): it writes its fp32 partial tile to
+// slot (b - first) of ws[rowBlocks][maxC][16][TC_RB], and the last one
+// to arrive (counted in cnt[rb], which it resets to 0) sums the c slots
+// in slot order (deterministic), adds the bias and writes y.
 #define TC_WARPS 8
 #define TC_RB (TC_WARPS * 16)                    // rows per block
 #define TC_KSMAX 8                               // steps per staged x chunk
 #define TC_STEP 128                              // columns per warp step
-#define TC_XB 4                                  // x units loaded per batch when staging
+#define TC_XB 2                                  // x units loaded per batch when staging
 #define TC_XS_WORDS (TC_KSMAX * 4 * 2 * 32 * 4)  // 32-bit words of the x tile
 
 __device__ __forceinline__ unsigned pack_bf2(float lo, float hi) {
@@ -530,87 +535,99 @@ __device__ __forceinline__ void tc_mma_step(float (&acc)[2][4], const uint4 (&va
     }
 }
 
+// The block whose share holds unit u (shares as in the work split).
+__device__ __forceinline__ int tc_block_of(int64_t u, int64_t U, int G) { return (int)(((u + 1) * G + U - 1) / U) - 1; }
+
 template <typename T>
 __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx,
-                                              const float* bias, float* ws, int* cnt, int M, int rows, int cols, int spb) {
+                                              const float* bias, float* ws, int* cnt, int M, int rows, int cols, int maxC) {
     __shared__ __align__(16) unsigned xs[TC_XS_WORDS];  // [slice][s][nb][lane][reg]
     __shared__ int lastBlock;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int rg = blockIdx.x * TC_WARPS + warp;
-    const bool active = rg < (rows >> 4);  // uniform per warp
     const int NB = M > 8 ? 2 : 1;
-    const int S = gridDim.y;
+    const int G = gridDim.x, b = blockIdx.x;
     const int steps = (cols + TC_STEP - 1) / TC_STEP;
-    const int st0 = blockIdx.y * spb;
-    const int nst = min(spb, steps - st0);  // >= 1 (SpMM24TCPlan)
-    const int kend = min(cols, (st0 + nst) * TC_STEP);
+    const int rowBlocks = (rows + TC_RB - 1) / TC_RB;
+    const int64_t U = (int64_t)rowBlocks * steps;
+    const int64_t lo = (int64_t)b * U / G, hi = (int64_t)(b + 1) * U / G;
     for (int i = tid; i < TC_XS_WORDS; i += TC_WARPS * 32) xs[i] = 0u;
-
-    const int r0 = (active ? rg : 0) * 16 + g;  // this lane's rows r0 and r0 + 8
-    const uint4* V = reinterpret_cast<const uint4*>(vals) + (int64_t)(active ? rg : 0) * steps * 128;
-    const uint2* I = reinterpret_cast<const uint2*>(idx) + (int64_t)(active ? rg : 0) * steps * 32;
 
     // Staging: thread tid always handles the 8-column unit cu of the chunk
     // (slice cu >> 4; tokens n = n0 + i * nstep); the destination words
-    // of its 4 bf16 pairs (p) are fixed: inverse of rho.
+    // of its 4 bf16 pairs (p) are fixed (inverse of rho; recomputed per
+    // chunk rather than held in registers).
     const int upr = TC_KSMAX * 16;  // units per token row of a chunk
     const int cu = tid % upr, n0 = tid / upr, nstep = (TC_WARPS * 32) / upr;
-    int dst[4];
+
+    for (int64_t u = lo; u < hi;) {
+        // Segment: row block rb, steps [st0, st0 + nst).
+        const int rb = (int)(u / steps);
+        const int st0 = (int)(u - (int64_t)rb * steps);
+        const int nst = (int)min((int64_t)(steps - st0), hi - u);
+        u += nst;
+        const int rg = rb * TC_WARPS + warp;
+        const bool active = rg < (rows >> 4);  // uniform per warp
+        const int kend = min(cols, (st0 + nst) * TC_STEP);
+        const int r0 = (active ? rg : 0) * 16 + g;  // this lane's rows r0 and r0 + 8
+        const uint4* V = reinterpret_cast<const uint4*>(vals) + (int64_t)(active ? rg : 0) * steps * 128;
+        const uint2* I = reinterpret_cast<const uint2*>(idx) + (int64_t)(active ? rg : 0) * steps * 32;
+        auto stage = [&](int st) {  // x columns of the chunk starting at segment step st
+            const int col = (st0 + st) * TC_STEP + 8 * cu;
+            if (col >= kend) return;
+            int dst[4];
 #pragma unroll
-    for (int p = 0; p < 4; p++) {
-        const int j = cu & 15;                 // unit within the slice
-        const int w = 2 * j + (p >> 1);        // real chunk within the warp step
-        const int h = w >> 4, tt = (w >> 2) & 3, c = (w >> 1) & 1, a = w & 1;
-        const int s = 2 * h + c, q = tt + 4 * a;
-        const int k = 4 * q + 2 * (p & 1);     // mma row of B (even: the pair is k, k+1)
-        const int r = k >> 3, tb = (k & 7) >> 1;
-        dst[p] = (((((cu >> 4) * 4 + s) * 2) * 32) + tb) * 4 + r;  // + token part below
-    }
-    auto stage = [&](int st) {  // x columns of the chunk starting at block step st
-        const int col = (st0 + st) * TC_STEP + 8 * cu;
-        if (col >= kend) return;
-        const T* xc = x + col;
-#pragma unroll 1
-        for (int nn = n0; nn < M; nn += TC_XB * nstep) {
-            uint4 u[TC_XB];
-#pragma unroll
-            for (int i = 0; i < TC_XB; i++) {
-                const int n = nn + i * nstep;
-                if (n < M) u[i] = ld_x8(xc + (int64_t)n * ldx);
+            for (int p = 0; p < 4; p++) {
+                const int j = cu & 15;           // unit within the slice
+                const int w = 2 * j + (p >> 1);  // real chunk within the warp step
+                const int h = w >> 4, tt = (w >> 2) & 3, c = (w >> 1) & 1, a = w & 1;
+                const int s = 2 * h + c, q = tt + 4 * a;
+                const int k = 4 * q + 2 * (p & 1);  // mma row of B (even: the pair is k, k+1)
+                const int r = k >> 3, tb = (k & 7) >> 1;
+                dst[p] = (((((cu >> 4) * 4 + s) * 2) * 32) + tb) * 4 + r;  // + token part below
             }
+            const T* xc = x + col;
+#pragma unroll 1
+            for (int nn = n0; nn < M; nn += TC_XB * nstep) {
+                uint4 uu[TC_XB];
 #pragma unroll
-            for (int i = 0; i < TC_XB; i++) {
-                const int n = nn + i * nstep;
-                if (n < M) {
-                    const int tok = (n >> 3) * 32 * 4 + (n & 7) * 4 * 4;  // lane 32*nb + 4*(n&7), in words
-                    xs[dst[0] + tok] = u[i].x;
-                    xs[dst[1] + tok] = u[i].y;
-                    xs[dst[2] + tok] = u[i].z;
-                    xs[dst[3] + tok] = u[i].w;
+                for (int i = 0; i < TC_XB; i++) {
+                    const int n = nn + i * nstep;
+                    if (n < M) uu[i] = ld_x8(xc + (int64_t)n * ldx);
+                }
+#pragma unroll
+                for (int i = 0; i < TC_XB; i++) {
+                    const int n = nn + i * nstep;
+                    if (n < M) {
+                        const int tok = (n >> 3) * 32 * 4 + (n & 7) * 4 * 4;  // lane 32*nb + 4*(n&7), in words
+                        xs[dst[0] + tok] = uu[i].x;
+                        xs[dst[1] + tok] = uu[i].y;
+                        xs[dst[2] + tok] = uu[i].z;
+                        xs[dst[3] + tok] = uu[i].w;
+                    }
                 }
             }
-        }
-    };
-    auto halves = [&](int st) {  // 64-column halves of block step st (0 past the end or inactive)
-        if (!active || st >= nst) return 0;
-        const int w = cols - (st0 + st) * TC_STEP;
-        return w >= 128 ? 2 : w >= 64 ? 1 : 0;
-    };
+        };
+        auto halves = [&](int st) {  // 64-column halves of segment step st (0 past the end or inactive)
+            if (!active || st >= nst) return 0;
+            const int w = cols - (st0 + st) * TC_STEP;
+            return w >= 128 ? 2 : w >= 64 ? 1 : 0;
+        };
 
-    float acc[2][4];
+        float acc[2][4];
 #pragma unroll
-    for (int nb = 0; nb < 2; nb++)
+        for (int nb = 0; nb < 2; nb++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc[nb][i] = 0.f;
+            for (int i = 0; i < 4; i++) acc[nb][i] = 0.f;
 
-    uint4 va0[2][2], va1[2][2], va2[2][2];
-    uint2 ia0[2][2], ia1[2][2], ia2[2][2];
-    tc_load(va0, ia0, V, I, st0, halves(0), lane);
-    tc_load(va1, ia1, V, I, st0 + 1, halves(1), lane);
-    // Step st computes buffer cur while step st + 2 is loaded into nxt
-    // (the buffer step st - 1 used). st < nst is uniform per block, so
-    // the barriers are too.
+        uint4 va0[2][2], va1[2][2], va2[2][2];
+        uint2 ia0[2][2], ia1[2][2], ia2[2][2];
+        tc_load(va0, ia0, V, I, st0, halves(0), lane);
+        tc_load(va1, ia1, V, I, st0 + 1, halves(1), lane);
+        // Step st computes buffer cur while step st + 2 is loaded into nxt
+        // (the buffer step st - 1 used). st < nst is uniform per block, so
+        // the barriers are too; the first one also keeps the previous
+        // segment's mmas and reduction away from xs.
 #define TC_ITER(ST, CV, CI, NV, NI)                                                     \
     if ((ST) < nst) {                                                                   \
         if ((ST) % TC_KSMAX == 0) {                                                     \
@@ -621,56 +638,61 @@ __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx
         tc_load(NV, NI, V, I, st0 + (ST) + 2, halves((ST) + 2), lane);                  \
         tc_mma_step(acc, CV, CI, xs, (ST) % TC_KSMAX, halves(ST), NB, lane);            \
     }
-    for (int st = 0; st < nst; st += 3) {
-        TC_ITER(st, va0, ia0, va2, ia2)
-        TC_ITER(st + 1, va1, ia1, va0, ia0)
-        TC_ITER(st + 2, va2, ia2, va1, ia1)
-    }
+        for (int st = 0; st < nst; st += 3) {
+            TC_ITER(st, va0, ia0, va2, ia2)
+            TC_ITER(st + 1, va1, ia1, va0, ia0)
+            TC_ITER(st + 2, va2, ia2, va1, ia1)
+        }
 #undef TC_ITER
 
-    // Fragment (nb, i) of lane (g, t): token 8nb + 2t + (i & 1), row r0 + 8(i >> 1).
-    if (S > 1) {
-        const int64_t rp = (int64_t)gridDim.x * TC_RB;
+        // Fragment (nb, i) of lane (g, t): token 8nb + 2t + (i & 1), row r0 + 8(i >> 1).
+        if (nst < steps) {
+            const int first = tc_block_of((int64_t)rb * steps, U, G);
+            const int c = tc_block_of((int64_t)rb * steps + steps - 1, U, G) - first + 1;
+            float* slots = ws + (int64_t)rb * maxC * 16 * TC_RB;
+            const int rl = warp * 16 + g;  // r0 within the row block
+            if (active) {
+                float* p = slots + (int64_t)(b - first) * 16 * TC_RB;
+#pragma unroll
+                for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int tok = 8 * nb + 2 * t + (i & 1);
+                        if (tok < M) __stcg(p + tok * TC_RB + rl + 8 * (i >> 1), acc[nb][i]);
+                    }
+            }
+            __threadfence();
+            __syncthreads();
+            if (tid == 0) lastBlock = atomicAdd(cnt + rb, 1) == c - 1;
+            __syncthreads();
+            if (!lastBlock) continue;  // uniform per block
+            __threadfence();
+            if (active) {
+#pragma unroll
+                for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int tok = 8 * nb + 2 * t + (i & 1);
+                        float sum = 0.f;
+                        if (tok < M)
+                            for (int k = 0; k < c; k++) sum += __ldcg(slots + ((int64_t)k * 16 + tok) * TC_RB + rl + 8 * (i >> 1));
+                        acc[nb][i] = sum;
+                    }
+            }
+            if (tid == 0) cnt[rb] = 0;
+        }
         if (active) {
-            float* p = ws + (int64_t)blockIdx.y * 16 * rp;
+            const float b0 = bias ? bias[r0] : 0.f, b8 = bias ? bias[r0 + 8] : 0.f;
 #pragma unroll
             for (int nb = 0; nb < 2; nb++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
                     const int tok = 8 * nb + 2 * t + (i & 1);
-                    if (tok < M) __stcg(p + tok * rp + r0 + 8 * (i >> 1), acc[nb][i]);
+                    const int r = r0 + 8 * (i >> 1);
+                    if (tok < M) stf(y + (int64_t)tok * ldy + r, acc[nb][i] + ((i >> 1) ? b8 : b0));
                 }
         }
-        __threadfence();
-        __syncthreads();
-        if (tid == 0) lastBlock = atomicAdd(cnt + blockIdx.x, 1) == S - 1;
-        __syncthreads();
-        if (!lastBlock) return;
-        __threadfence();
-        if (active) {
-#pragma unroll
-            for (int nb = 0; nb < 2; nb++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int tok = 8 * nb + 2 * t + (i & 1);
-                    float sum = 0.f;
-                    if (tok < M)
-                        for (int k = 0; k < S; k++) sum += __ldcg(ws + ((int64_t)k * 16 + tok) * rp + r0 + 8 * (i >> 1));
-                    acc[nb][i] = sum;
-                }
-        }
-        if (tid == 0) cnt[blockIdx.x] = 0;
     }
-    if (!active) return;
-    const float b0 = bias ? bias[r0] : 0.f, b8 = bias ? bias[r0 + 8] : 0.f;
-#pragma unroll
-    for (int nb = 0; nb < 2; nb++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int tok = 8 * nb + 2 * t + (i & 1);
-            const int r = r0 + 8 * (i >> 1);
-            if (tok < M) stf(y + (int64_t)tok * ldy + r, acc[nb][i] + ((i >> 1) ? b8 : b0));
-        }
 }
 
 // ---------------------------------------------------------------- attention
@@ -866,8 +888,8 @@ SPMV(bf16, bf16, 16, 2)
 #define SPMM24TC(T, ST)                                                                                                          \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32, 2)                                                               \
         spmm24tc_bf16_##ST(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx, const float* bias,   \
-                           float* ws, int* cnt, int M, int rows, int cols, int spb) {                                            \
-        spmm24tc_body<T>(y, ldy, x, ldx, vals, idx, bias, ws, cnt, M, rows, cols, spb);                                          \
+                           float* ws, int* cnt, int M, int rows, int cols, int maxC) {                                           \
+        spmm24tc_body<T>(y, ldy, x, ldx, vals, idx, bias, ws, cnt, M, rows, cols, maxC);                                         \
     }
 
 SPMM24TC(float, f32)

@@ -493,36 +493,49 @@ const (
 // SpMM24TCMaxM is the largest M SpMM24TC accepts.
 const SpMM24TCMaxM = 16
 
-// SpMM24TCBlocks is the default number of blocks SpMM24TCPlan aims at.
-const SpMM24TCBlocks = 528
+// SpMM24TCBlocks is the default grid of SpMM24TCPlan: two resident
+// blocks per SM on a 132-SM H100/H200 (callers that know the SM count
+// pass 2*SMs).
+const SpMM24TCBlocks = 264
 
-// SpMM24TCPlan is SpMM24TC's launch for rows x cols: blocks of 128 rows
-// (rowBlocks of them) times slices K ranges of stepsPerBlock 128-column
-// steps each. Slices grow until the launch has about target blocks
-// (SpMM24TCBlocks when target <= 0), at most one per step; no slice is
-// empty.
-func SpMM24TCPlan(rows, cols, target int) (rowBlocks, slices, stepsPerBlock int) {
-	if target <= 0 {
-		target = SpMM24TCBlocks
+// SpMM24TCPlan is SpMM24TC's launch for rows x cols: a grid of blocks
+// (at most grid, SpMM24TCBlocks when grid <= 0) sharing the work of
+// ceil(rows/128) row blocks x ceil(cols/128) steps equally (stream-K; see
+// kernels.cu), and maxC, the most blocks that contribute to one row
+// block (1: no row block is split, no workspace).
+func SpMM24TCPlan(rows, cols, grid int) (blocks, maxC int) {
+	if grid <= 0 {
+		grid = SpMM24TCBlocks
 	}
-	rowBlocks = (rows + tcRows - 1) / tcRows
+	rowBlocks := (rows + tcRows - 1) / tcRows
 	steps := (cols + tcStep - 1) / tcStep
-	slices = min(max(1, (target+rowBlocks-1)/rowBlocks), steps)
-	stepsPerBlock = (steps + slices - 1) / slices
-	slices = (steps + stepsPerBlock - 1) / stepsPerBlock
-	return rowBlocks, slices, stepsPerBlock
+	U := int64(rowBlocks) * int64(steps)
+	blocks = int(min(int64(grid), max(U, 1)))
+	for rb := 0; rb < rowBlocks; rb++ {
+		first := tcBlockOf(int64(rb)*int64(steps), U, blocks)
+		last := tcBlockOf(int64(rb)*int64(steps)+int64(steps)-1, U, blocks)
+		maxC = max(maxC, last-first+1)
+	}
+	return blocks, max(maxC, 1)
+}
+
+// tcBlockOf is tc_block_of: the block of G whose share [b*U/G,
+// (b+1)*U/G) holds unit u.
+func tcBlockOf(u, U int64, G int) int {
+	return int(((u+1)*int64(G)+U-1)/U) - 1
 }
 
 // SpMM24TCWorkspace returns the bytes of the fp32 partial sums and of the
-// int32 counters SpMM24TC needs for rows x cols at target blocks (0, 0
-// when the plan has one slice). The counters must be zero before the
-// first launch; every launch leaves them zero.
-func SpMM24TCWorkspace(rows, cols, target int) (wsBytes, cntBytes int) {
-	rb, slices, _ := SpMM24TCPlan(rows, cols, target)
-	if slices == 1 {
+// int32 counters SpMM24TC needs for rows x cols on grid (0, 0 when no row
+// block is split). The counters must be zero before the first launch;
+// every launch leaves them zero.
+func SpMM24TCWorkspace(rows, cols, grid int) (wsBytes, cntBytes int) {
+	_, maxC := SpMM24TCPlan(rows, cols, grid)
+	if maxC == 1 {
 		return 0, 0
 	}
-	return slices * 16 * rb * tcRows * 4, rb * 4
+	rb := (rows + tcRows - 1) / tcRows
+	return rb * maxC * 16 * tcRows * 4, rb * 4
 }
 
 // SpMM24TCLayoutBytes returns the bytes of the streaming layout of a
@@ -584,14 +597,14 @@ func SpMM24TCLayout(vals, idx []byte, rows, cols int) (tv, ti []byte, err error)
 // SpMM24TC computes what SpMV24 computes (y[i][r] = bias[r] + sum_c
 // W[r][c] x[i][c], i < M <= 16, 2:4 bf16 weights in the streaming
 // layout of SpMM24TCLayout: vals and idx) on the sparse tensor cores (mma.sp m16n8k32, fp32 accumulation) with
-// the launch SpMM24TCPlan(rows, cols, target) gives; ws and cnt are its
+// the launch SpMM24TCPlan(rows, cols, grid) gives; ws and cnt are its
 // workspace (SpMM24TCWorkspace; may be 0 when that is empty). x is
 // rounded to bf16 on the fly when t is F32 (exact for BF16). It needs
 // rows % 16 == 0, cols % 64 == 0, vals and x 16-byte aligned, idx 8-byte
 // aligned and ldx*t.Size() a multiple of 16; it returns an error
 // otherwise (the caller falls back to SpMV24 or SpMMNM). Launches that
 // share ws and cnt must be ordered (one stream).
-func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx, bias, ws, cnt driver.Ptr, M, rows, cols, target int) error {
+func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver.Ptr, ldx int, vals, idx, bias, ws, cnt driver.Ptr, M, rows, cols, grid int) error {
 	a := &args{kernel: "spmm24tc_bf16_" + suffix(t)}
 	if rows%16 != 0 {
 		a.fail("rows = %d is not a multiple of 16", rows)
@@ -600,8 +613,8 @@ func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver
 	if a.err != nil {
 		return a.err
 	}
-	rb, slices, spb := SpMM24TCPlan(rows, cols, target)
-	if slices > 1 {
+	blocks, maxC := SpMM24TCPlan(rows, cols, grid)
+	if maxC > 1 {
 		a.ptr("ws", ws)
 		a.ptr("cnt", cnt)
 		a.align("cnt", cnt, 4)
@@ -609,8 +622,8 @@ func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver
 			return a.err
 		}
 	}
-	return k.launch(a, a.kernel, driver.Dim3{X: uint32(rb), Y: uint32(slices), Z: 1}, driver.D1(32*tcWarps), 0, s,
-		y, ly, x, lx, vals, idx, bias, ws, cnt, mi, r, c, int32(spb))
+	return k.launch(a, a.kernel, driver.D1(blocks), driver.D1(32*tcWarps), 0, s,
+		y, ly, x, lx, vals, idx, bias, ws, cnt, mi, r, c, int32(maxC))
 }
 
 // KVAppend copies src [batch*seq, d] into cache [batch, maxLen, d] at

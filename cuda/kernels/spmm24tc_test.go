@@ -148,7 +148,7 @@ const (
 	emuTcRB      = 128 // TC_RB
 	emuTcKSMax   = 8   // TC_KSMAX
 	emuTcStep    = 128 // TC_STEP
-	emuTcXB      = 4   // TC_XB
+	emuTcXB      = 2   // TC_XB
 	emuTcXSWords = emuTcKSMax * 4 * 2 * 32 * 4
 )
 
@@ -172,8 +172,9 @@ const (
 // bf16). It returns how often each value element and index byte was read
 // (an index word read by several lanes of one load counts once).
 func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx []byte, bias []float32, M, rows, cols, target, mut int, perm func(int) []int) (valReads, idxReads []int, err error) {
-	gridX, S, spb := SpMM24TCPlan(rows, cols, target)
+	G, maxC := SpMM24TCPlan(rows, cols, target)
 	steps := (cols + emuTcStep - 1) / emuTcStep
+	gridX := (rows + emuTcRB - 1) / emuTcRB // row blocks
 	vb := make([]byte, 2*len(vals))
 	for i, v := range vals {
 		binary.LittleEndian.PutUint16(vb[2*i:], v)
@@ -232,8 +233,7 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 	if M > 8 {
 		NB = 2
 	}
-	rp := gridX * emuTcRB
-	ws := make([]float32, S*16*rp)
+	ws := make([]float32, gridX*maxC*16*emuTcRB)
 	for i := range ws {
 		ws[i] = float32(math.NaN())
 	}
@@ -241,18 +241,9 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 	xs := make([]uint32, emuTcXSWords)
 	upr := emuTcKSMax * 16
 	nstep := emuTcWarps * 32 / upr
-	blocks := perm(gridX * S)
-	for _, bi := range blocks {
-		bx, by := bi%gridX, bi/gridX
-		st0 := by * spb
-		nst := min(spb, steps-st0)
-		if nst < 1 {
-			return nil, nil, fmt.Errorf("block (%d, %d) has no steps", bx, by)
-		}
+	// segment runs block b's part of row block bx: steps [st0, st0+nst).
+	segment := func(b, bx, st0, nst int) error {
 		kend := min(cols, (st0+nst)*emuTcStep)
-		for i := range xs {
-			xs[i] = 0
-		}
 		wss := make([]*warpState, emuTcWarps)
 		for w := range wss {
 			s := &warpState{rg: bx*emuTcWarps + w}
@@ -392,7 +383,7 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 			for _, s := range wss {
 				nxt := load(s, st0+st+2, halves(s, st+2))
 				if err := mmaStep(s, &s.buf[st%3], st%emuTcKSMax, halves(s, st)); err != nil {
-					return nil, nil, err
+					return err
 				}
 				s.buf[(st+2)%3] = nxt
 			}
@@ -401,7 +392,13 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 		frag := func(s *warpState, lane, nb, i int) (tok, r int) {
 			return 8*nb + 2*(lane&3) + i&1, r0(s, lane) + 8*(i>>1)
 		}
-		if S > 1 {
+		if nst < steps {
+			first := tcBlockOf(int64(bx*steps), int64(gridX*steps), G)
+			c := tcBlockOf(int64(bx*steps+steps-1), int64(gridX*steps), G) - first + 1
+			if c > maxC || b-first < 0 || b-first >= c {
+				return fmt.Errorf("block %d: slot %d of %d contributors (maxC %d)", b, b-first, c, maxC)
+			}
+			slot := func(k, tok, r int) int { return ((bx*maxC+k)*16+tok)*emuTcRB + r - bx*emuTcRB }
 			for _, s := range wss {
 				if !s.active {
 					continue
@@ -410,15 +407,15 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 					for nb := 0; nb < 2; nb++ {
 						for i := 0; i < 4; i++ {
 							if tok, r := frag(s, lane, nb, i); tok < M {
-								ws[(by*16+tok)*rp+r] = s.acc[lane][nb][i]
+								ws[slot(b-first, tok, r)] = s.acc[lane][nb][i]
 							}
 						}
 					}
 				}
 			}
 			cnt[bx]++
-			if cnt[bx] != S {
-				continue
+			if cnt[bx] != c {
+				return nil
 			}
 			for _, s := range wss {
 				if !s.active {
@@ -429,8 +426,8 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 						for i := 0; i < 4; i++ {
 							var sum float32
 							if tok, r := frag(s, lane, nb, i); tok < M {
-								for k := 0; k < S; k++ {
-									sum += ws[(k*16+tok)*rp+r]
+								for k := 0; k < c; k++ {
+									sum += ws[slot(k, tok, r)]
 								}
 							}
 							s.acc[lane][nb][i] = sum
@@ -459,6 +456,26 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 				}
 			}
 		}
+		return nil
+	}
+	U := gridX * steps
+	for _, b := range perm(G) {
+		for i := range xs { // once per block, as the kernel does
+			xs[i] = 0
+		}
+		lo, hi := b*U/G, (b+1)*U/G
+		if lo >= hi {
+			return nil, nil, fmt.Errorf("block %d of %d has no work", b, G)
+		}
+		for u := lo; u < hi; {
+			bx := u / steps
+			st0 := u - bx*steps
+			nst := min(steps-st0, hi-u)
+			u += nst
+			if err := segment(b, bx, st0, nst); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
 	for bx, c := range cnt {
 		if c != 0 {
@@ -469,30 +486,40 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 }
 
 func TestSpMM24TCPlan(t *testing.T) {
-	for _, c := range []struct{ rows, cols, target, rb, slices, spb int }{
-		{4096, 4096, 0, 32, 16, 2}, // 528/32 -> 17 slices -> 2 steps each -> 16 slices
-		{4096, 4096, 64, 32, 2, 16},
-		{5120, 20480, 0, 40, 14, 12},
-		{36864, 9216, 0, 288, 2, 36},
-		{36864, 9216, 1, 288, 1, 72},
-		{9216, 36864, 0, 72, 8, 36},
-		{1024, 4160, 24, 8, 3, 11}, // 33 steps, the last one half
-		{1024, 4160, 1 << 20, 8, 33, 1},
-		{16, 64, 0, 1, 1, 1},
-		{48, 320, 0, 1, 3, 1},
+	for _, c := range []struct{ rows, cols, grid, blocks, maxC int }{
+		{4096, 4096, 0, 264, 9},        // 1024 units, 3.88 per block, 32 steps per row block
+		{36864, 9216, 0, 264, 2},       // 78.5 units per block, 72 steps per row block
+		{36864, 9216, 288, 288, 1},     // one block per row block
+		{1024, 4160, 1 << 20, 264, 33}, // grid > units: one block per unit
+		{16, 64, 0, 1, 1},
+		{48, 320, 2, 2, 2},
 	} {
-		rb, slices, spb := SpMM24TCPlan(c.rows, c.cols, c.target)
-		if rb != c.rb || slices != c.slices || spb != c.spb {
-			t.Errorf("%dx%d target %d: %d row blocks, %d slices of %d steps; want %d, %d, %d",
-				c.rows, c.cols, c.target, rb, slices, spb, c.rb, c.slices, c.spb)
+		if c.grid == 1<<20 {
+			c.blocks = 8 * 33
 		}
-		steps := (c.cols + 127) / 128
-		if (slices-1)*spb >= steps || slices*spb < steps {
-			t.Errorf("%dx%d target %d: %d slices of %d steps do not tile %d steps", c.rows, c.cols, c.target, slices, spb, steps)
+		blocks, maxC := SpMM24TCPlan(c.rows, c.cols, c.grid)
+		if blocks != c.blocks || maxC != c.maxC {
+			t.Errorf("%dx%d grid %d: %d blocks, up to %d per row block; want %d, %d", c.rows, c.cols, c.grid, blocks, maxC, c.blocks, c.maxC)
 		}
-		wb, cb := SpMM24TCWorkspace(c.rows, c.cols, c.target)
-		if slices == 1 && (wb != 0 || cb != 0) || slices > 1 && (wb != slices*16*rb*128*4 || cb != 4*rb) {
-			t.Errorf("%dx%d target %d: workspace %d + %d bytes", c.rows, c.cols, c.target, wb, cb)
+		wb, cb := SpMM24TCWorkspace(c.rows, c.cols, c.grid)
+		rb := (c.rows + 127) / 128
+		if maxC == 1 && (wb != 0 || cb != 0) || maxC > 1 && (wb != rb*maxC*16*128*4 || cb != 4*rb) {
+			t.Errorf("%dx%d grid %d: workspace %d + %d bytes", c.rows, c.cols, c.grid, wb, cb)
+		}
+	}
+	// tcBlockOf agrees with the shares [b*U/G, (b+1)*U/G), none empty.
+	for _, uG := range [][2]int{{1024, 264}, {7, 7}, {100, 3}, {20736, 264}, {5, 1}} {
+		U, G := uG[0], uG[1]
+		for b := 0; b < G; b++ {
+			lo, hi := b*U/G, (b+1)*U/G
+			if lo >= hi {
+				t.Fatalf("U %d G %d: block %d has no units", U, G, b)
+			}
+			for u := lo; u < hi; u++ {
+				if got := tcBlockOf(int64(u), int64(U), G); got != b {
+					t.Fatalf("U %d G %d: unit %d in block %d, tcBlockOf says %d", U, G, u, b, got)
+				}
+			}
 		}
 	}
 }
