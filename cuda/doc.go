@@ -23,14 +23,19 @@
 // go to the device in the activation type. N:M weights keep the
 // container's portable layout (values + packed indices, format/SPEC.md),
 // which the N:M kernels read directly; 2:4 bf16 weights are also
-// compressed by cuSPARSELt on the device (expanded by a kernel first).
+// compressed by cuSPARSELt on the device (expanded by a kernel first),
+// and with Options.TCMaxRows reordered into spmm24tc's streaming layout.
+// Options.SetForms names the useful combinations (Forms: decode, batch,
+// all, low-memory; `slope --sparse-forms`); a form no path reads is
+// dropped.
 //
 // # Kernel choice per SlopeLinear product of M rows
 //
 //   - 2:4 bf16, M <= Options.SpMVMaxRows (4): the decode kernel
 //     spmv24, which streams the portable values and indices once;
 //   - with Options.TCMaxRows (off by default), bf16 mode, up to 16
-//     rows: spmm24tc on the sparse tensor cores (mma.sp);
+//     rows: spmm24tc on the sparse tensor cores (mma.sp), stream-K over
+//     two blocks per SM (Options.TCBlocks);
 //   - 2:4 bf16, more rows: cuSPARSELt, with a plan per weight and padded
 //     row count, created once (algorithm searched once per shape when
 //     Options.Search);

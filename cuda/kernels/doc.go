@@ -46,19 +46,21 @@
 //     returns an error and the caller uses SpMMNM. M is served by one of
 //     the compile-time tiles 1, 2, 4, 8, 16 (entry points
 //     spmv24_bf16_<T>_m<tile>).
-//   - SpMM24TC: the same contract as SpMV24 (M <= 16, 2:4 bf16 values in
-//     the portable layout) on the sparse tensor cores: inline PTX
-//     mma.sp m16n8k32 bf16 with fp32 accumulation, one mma per 8 tokens
-//     (two for M > 8, padded tokens read as zeros). Each warp owns 16 rows
-//     and walks its K slice in 128-column steps (one 16-byte load per row
-//     half and 8-byte index loads, the next step in flight); the block's
-//     x tile is staged once in shared memory in B-fragment order and
-//     shared by its 8 warps; K slices (SpMM24TCSplit) are summed in
-//     shared memory. The index stream is the mma.sp metadata format, so
-//     no repacking is needed (a fixed permutation of 4-column chunks
-//     inside each step makes the value loads contiguous). x is rounded to
-//     bf16 when T is F32. Needs rows % 16 == 0, cols % 64 == 0 and the
-//     alignments of SpMV24; otherwise it returns an error.
+//   - SpMM24TC: the same product (M <= 16, 2:4 bf16 weights) on the
+//     sparse tensor cores: inline PTX mma.sp m16n8k32 bf16 with fp32
+//     accumulation, one mma per 8 tokens (two for M > 8). It reads the
+//     weight in its streaming layout (SpMM24TCLayout, made from the
+//     portable layout at bind): per 16 rows and 128 columns one
+//     contiguous 2 KiB of values and 256 bytes of index words, whose
+//     index stream is already the mma.sp metadata format. Stream-K work
+//     split (SpMM24TCPlan): the grid (2 blocks per SM) shares rows/128 x
+//     cols/128 units equally; each block stages its x range in shared
+//     memory in B-fragment order for its 8 warps (16 rows each, two steps
+//     of loads in flight); a row block split across blocks is summed in
+//     a workspace by its last contributor (SpMM24TCWorkspace, counters
+//     that every launch leaves zero). x is rounded to bf16 when T is F32.
+//     Needs rows % 16 == 0, cols % 64 == 0 and the alignments of SpMV24;
+//     otherwise it returns an error.
 //   - KVAppend: cache [batch, maxLen, d] rows past..past+seq-1 of each
 //     sequence from src [batch*seq, d].
 //   - AttnSmall: causal attention of new queries (q, out [batch*seq, d],
