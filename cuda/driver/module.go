@@ -105,8 +105,10 @@ func (d *Device) Launch(f *Function, grid, block Dim3, sharedBytes int, s Stream
 			d.argv[i] = uint64(v)
 		case float32:
 			d.argv[i] = uint64(math.Float32bits(v))
+		case float64:
+			d.argv[i] = math.Float64bits(v)
 		default:
-			return fmt.Errorf("kernel %s: argument %d has Go type %T; use Ptr, int32, uint32, int64, uint64 or float32", f.Name, i, a)
+			return fmt.Errorf("kernel %s: argument %d has Go type %T; use Ptr, int32, uint32, int64, uint64, float32 or float64", f.Name, i, a)
 		}
 		// Little-endian: a 4-byte argument is the low half of its slot.
 		d.argp[i] = uintptr(unsafe.Pointer(&d.argv[i]))

@@ -555,7 +555,7 @@ func TestGPUSpMM24TC(t *testing.T) {
 				// workspace (the counters must come back to zero), y
 				// poisoned before each launch.
 				for _, target := range []int{0, 1, 24, 1 << 20} {
-					blocks, maxC := SpMM24TCPlan(rows, cols, target)
+					blocks, maxC, _ := SpMM24TCPlan(rows, cols, target)
 					var ys [2][]float32
 					g.run(t, func() error {
 						var bp driver.Ptr

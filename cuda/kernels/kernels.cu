@@ -453,6 +453,11 @@ __device__ __forceinline__ void spmv24_body(T* y, int ldy, const T* x, int ldx, 
 // runs its mmas with the values and indices of the next two steps in
 // flight (three register buffers in rotation; a chunk boundary costs one
 // barrier while those loads are outstanding).
+// Few units per block (small weights; SpMM24TCPlan decides) leave
+// stream-K with short segments and many split row blocks; there the
+// launch is a K split instead (spb > 0): rowBlocks x S blocks, block b
+// takes row block b % rowBlocks and the spb steps from (b / rowBlocks) *
+// spb, one wave of S = grid / rowBlocks slices.
 // A segment that covers its row block's whole K writes y. Otherwise it
 // is one of the row block's c contributors (blocks tc_block_of(first
 // unit) .. tc_block_of(last unit)): it writes its fp32 partial tile to
@@ -540,7 +545,8 @@ __device__ __forceinline__ int tc_block_of(int64_t u, int64_t U, int G) { return
 
 template <typename T>
 __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx,
-                                              const float* bias, float* ws, int* cnt, int M, int rows, int cols, int maxC) {
+                                              const float* bias, float* ws, int* cnt, int M, int rows, int cols, int maxC,
+                                              int spb) {
     __shared__ __align__(16) unsigned xs[TC_XS_WORDS];  // [slice][s][nb][lane][reg]
     __shared__ int lastBlock;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -550,7 +556,9 @@ __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx
     const int steps = (cols + TC_STEP - 1) / TC_STEP;
     const int rowBlocks = (rows + TC_RB - 1) / TC_RB;
     const int64_t U = (int64_t)rowBlocks * steps;
-    const int64_t lo = (int64_t)b * U / G, hi = (int64_t)(b + 1) * U / G;
+    // K-split mode (spb > 0): one segment, row block b % rowBlocks, steps
+    // from (b / rowBlocks) * spb; stream-K otherwise.
+    const int64_t lo = spb > 0 ? 0 : (int64_t)b * U / G, hi = spb > 0 ? 1 : (int64_t)(b + 1) * U / G;
     for (int i = tid; i < TC_XS_WORDS; i += TC_WARPS * 32) xs[i] = 0u;
 
     // Staging: thread tid always handles the 8-column unit cu of the chunk
@@ -561,11 +569,25 @@ __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx
     const int cu = tid % upr, n0 = tid / upr, nstep = (TC_WARPS * 32) / upr;
 
     for (int64_t u = lo; u < hi;) {
-        // Segment: row block rb, steps [st0, st0 + nst).
-        const int rb = (int)(u / steps);
-        const int st0 = (int)(u - (int64_t)rb * steps);
-        const int nst = (int)min((int64_t)(steps - st0), hi - u);
-        u += nst;
+        // Segment: row block rb, steps [st0, st0 + nst); it is contributor
+        // slot of c to its row block (c == 1: the whole row block).
+        int rb, st0, nst, slot, c;
+        if (spb > 0) {
+            rb = b % rowBlocks;
+            st0 = (b / rowBlocks) * spb;
+            nst = min(spb, steps - st0);
+            slot = b / rowBlocks;
+            c = (steps + spb - 1) / spb;
+            u = hi;
+        } else {
+            rb = (int)(u / steps);
+            st0 = (int)(u - (int64_t)rb * steps);
+            nst = (int)min((int64_t)(steps - st0), hi - u);
+            u += nst;
+            const int first = tc_block_of((int64_t)rb * steps, U, G);
+            slot = b - first;
+            c = tc_block_of((int64_t)rb * steps + steps - 1, U, G) - first + 1;
+        }
         const int rg = rb * TC_WARPS + warp;
         const bool active = rg < (rows >> 4);  // uniform per warp
         const int kend = min(cols, (st0 + nst) * TC_STEP);
@@ -646,13 +668,11 @@ __device__ __forceinline__ void spmm24tc_body(T* y, int ldy, const T* x, int ldx
 #undef TC_ITER
 
         // Fragment (nb, i) of lane (g, t): token 8nb + 2t + (i & 1), row r0 + 8(i >> 1).
-        if (nst < steps) {
-            const int first = tc_block_of((int64_t)rb * steps, U, G);
-            const int c = tc_block_of((int64_t)rb * steps + steps - 1, U, G) - first + 1;
+        if (c > 1) {
             float* slots = ws + (int64_t)rb * maxC * 16 * TC_RB;
             const int rl = warp * 16 + g;  // r0 within the row block
             if (active) {
-                float* p = slots + (int64_t)(b - first) * 16 * TC_RB;
+                float* p = slots + (int64_t)slot * 16 * TC_RB;
 #pragma unroll
                 for (int nb = 0; nb < 2; nb++)
 #pragma unroll
@@ -820,6 +840,103 @@ __device__ void softmax_causal_body(T* probs, const float* scores, const int* ma
     }
 }
 
+// ---------------------------------------------------------------- training
+//
+// The optimizer side of SLoPe training (package train is the reference):
+// the weight gradient of an N:M weight is a dense product dW = dYᵀ·X
+// whose kept positions nm_gather compresses into the kept-value layout;
+// adamw updates kept values (or dense parameters) and their moments;
+// sumsq measures the global gradient norm for clipping.
+
+// out[r][j] (+)= dense[r][col(j)] for the kept value j of row r (portable
+// N:M indices); out is fp32 [rows, k], dense [rows, ldd] of type T.
+template <typename T>
+__device__ void nm_gather_body(float* out, const T* dense, int ldd, const unsigned char* idx, int rows, int cols, int n, int m,
+                               int accumulate) {
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const int k = cols / m * n;
+    const int b = nm_bits(m);
+    const int rowBytes = (k * b + 7) >> 3;
+    const T* dr = dense + (int64_t)r * ldd;
+    float* orow = out + (int64_t)r * k;
+    const unsigned char* ir = idx + (int64_t)r * rowBytes;
+    for (int j = threadIdx.x; j < k; j += blockDim.x) {
+        const int c = (j / n) * m + nm_index(ir, rowBytes, j, b);
+        const float g = ldf(dr + c);
+        orow[j] = accumulate ? __fadd_rn(orow[j], g) : g;
+    }
+}
+
+// The double-pruned transpose, dense: dt[c][r] (dt is [cols, rows]) is
+// the kept value j of row r at column c when keep[r*k + j] != 0, else 0
+// (portable N:M indices; keep one byte per kept value, package ops'
+// NMParam.TKeep). Every element is written. cuSPARSELt compresses the
+// result as the sparse operand of the input-gradient product.
+template <typename T>
+__device__ void nm_expand_t_body(T* dt, const T* vals, const unsigned char* idx, const unsigned char* keep, int rows, int cols,
+                                 int n, int m) {
+    const int k = cols / m * n;
+    const int b = nm_bits(m);
+    const int rowBytes = (k * b + 7) >> 3;
+    const int64_t total = (int64_t)rows * cols;
+    for (int64_t e = gtid(); e < total; e += gstride()) {
+        const int c = (int)(e / rows), r = (int)(e - (int64_t)c * rows);
+        const int g = c / m, pos = c - g * m;
+        const unsigned char* ir = idx + (int64_t)r * rowBytes;
+        float v = 0.f;
+        for (int q = 0; q < n; q++) {
+            const int j = g * n + q;
+            if (nm_index(ir, rowBytes, j, b) == pos && keep[(int64_t)r * k + j]) v = ldf(vals + (int64_t)r * k + j);
+        }
+        stf(dt + e, v);
+    }
+}
+
+// AdamW with decoupled weight decay, in the CPU trainer's arithmetic
+// (train.Trainer.adamW): g = grad·gscale in fp32, then in fp64
+//   m = β1·m + (1-β1)·g,  v = β2·v + ((1-β2)·g)·g
+//   w = w·shrink - (lr·(m/bc1)) / (sqrt(v/bc2) + ε)
+// with every product and sum rounded separately (no contraction), so the
+// result is bit-identical to the CPU's; m, v, w stored as fp32, and w
+// also as bf16 in wbf when wbf is not null.
+extern "C" __global__ void adamw_f32(float* w, const float* grad, float* mom1, float* mom2, bf16* wbf, int64_t n, float gscale, double b1,
+                          double omb1, double b2, double omb2, double lr, double eps, double shrink, double bc1, double bc2) {
+    for (int64_t i = gtid(); i < n; i += gstride()) {
+        const double g = (double)__fmul_rn(grad[i], gscale);
+        const double mi = __dadd_rn(__dmul_rn(b1, (double)mom1[i]), __dmul_rn(omb1, g));
+        const double vi = __dadd_rn(__dmul_rn(b2, (double)mom2[i]), __dmul_rn(__dmul_rn(omb2, g), g));
+        mom1[i] = (float)mi;
+        mom2[i] = (float)vi;
+        const double step = __ddiv_rn(__dmul_rn(lr, __ddiv_rn(mi, bc1)), __dadd_rn(__dsqrt_rn(__ddiv_rn(vi, bc2)), eps));
+        const float wn = (float)__dsub_rn(__dmul_rn((double)w[i], shrink), step);
+        w[i] = wn;
+        if (wbf) wbf[i] = __float2bfloat16_rn(wn);
+    }
+}
+
+// *out += sum of g[i]^2 (fp64; block partial sums, then one atomic add
+// per block: the order of the blocks' adds is not fixed).
+extern "C" __global__ void sumsq_f32(double* out, const float* g, int64_t n) {
+    __shared__ double part[32];
+    double s = 0.0;
+    for (int64_t i = gtid(); i < n; i += gstride()) {
+        const double v = (double)g[i];
+        s = __dadd_rn(s, __dmul_rn(v, v));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+        s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) atomicAdd(out, s);
+    }
+}
+
 // ---------------------------------------------------------------- entry points
 
 #define FOR_T(T, S)                                                                                                              \
@@ -856,6 +973,22 @@ __device__ void softmax_causal_body(T* probs, const float* scores, const int* ma
 FOR_T(float, f32)
 FOR_T(bf16, bf16)
 
+#define NM_GATHER(T, S)                                                                                                          \
+    extern "C" __global__ void nm_gather_##S(float* out, const T* dense, int ldd, const unsigned char* idx, int rows, int cols,  \
+                                             int n, int m, int accumulate) {                                                     \
+        nm_gather_body<T>(out, dense, ldd, idx, rows, cols, n, m, accumulate);                                                   \
+    }
+NM_GATHER(float, f32)
+NM_GATHER(bf16, bf16)
+
+#define NM_EXPAND_T(T, S)                                                                                                        \
+    extern "C" __global__ void nm_expand_t_##S(T* dt, const T* vals, const unsigned char* idx, const unsigned char* keep,       \
+                                               int rows, int cols, int n, int m) {                                               \
+        nm_expand_t_body<T>(dt, vals, idx, keep, rows, cols, n, m);                                                              \
+    }
+NM_EXPAND_T(float, f32)
+NM_EXPAND_T(bf16, bf16)
+
 #define SPMM(V, SV, T, ST)                                                                                                       \
     extern "C" __global__ void spmm_nm_##SV##_##ST(T* y, int ldy, const T* x, int ldx, const V* vals, const unsigned char* idx, \
                                                    const float* bias, int M, int rows, int cols, int n, int m) {                 \
@@ -888,8 +1021,8 @@ SPMV(bf16, bf16, 16, 2)
 #define SPMM24TC(T, ST)                                                                                                          \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32, 2)                                                               \
         spmm24tc_bf16_##ST(T* y, int ldy, const T* x, int ldx, const bf16* vals, const unsigned char* idx, const float* bias,   \
-                           float* ws, int* cnt, int M, int rows, int cols, int maxC) {                                           \
-        spmm24tc_body<T>(y, ldy, x, ldx, vals, idx, bias, ws, cnt, M, rows, cols, maxC);                                         \
+                           float* ws, int* cnt, int M, int rows, int cols, int maxC, int spb) {                                  \
+        spmm24tc_body<T>(y, ldy, x, ldx, vals, idx, bias, ws, cnt, M, rows, cols, maxC, spb);                                    \
     }
 
 SPMM24TC(float, f32)

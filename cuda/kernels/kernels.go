@@ -98,8 +98,9 @@ func Names() []string {
 		}
 	}
 	for _, t := range []string{"f32", "bf16"} {
-		names = append(names, "spmm24tc_bf16_"+t)
+		names = append(names, "spmm24tc_bf16_"+t, "nm_gather_"+t, "nm_expand_t_"+t)
 	}
+	names = append(names, "adamw_f32", "sumsq_f32")
 	return names
 }
 
@@ -498,25 +499,42 @@ const SpMM24TCMaxM = 16
 // pass 2*SMs).
 const SpMM24TCBlocks = 264
 
-// SpMM24TCPlan is SpMM24TC's launch for rows x cols: a grid of blocks
-// (at most grid, SpMM24TCBlocks when grid <= 0) sharing the work of
-// ceil(rows/128) row blocks x ceil(cols/128) steps equally (stream-K; see
-// kernels.cu), and maxC, the most blocks that contribute to one row
-// block (1: no row block is split, no workspace).
-func SpMM24TCPlan(rows, cols, grid int) (blocks, maxC int) {
+// spmm24tcMinUnits is the fewest 128-row x 128-column units per block
+// for which SpMM24TCPlan uses stream-K: with fewer, segments are short
+// and most row blocks split (measured on an H200: stream-K 0.67-1.01x of
+// dense at M = 16 on 6.7B shapes, 3.9 and 15.5 units per block, against
+// 0.86-1.09x for a one-wave K split; 1.20-1.32x from 13B shapes, 19-79
+// units per block, against at most 1.08x).
+const spmm24tcMinUnits = 16
+
+// SpMM24TCPlan is SpMM24TC's launch for rows x cols on a grid of at most
+// grid blocks (SpMM24TCBlocks when grid <= 0): blocks, maxC (the most
+// blocks that contribute to one row block of 128 rows; 1: none is
+// split, no workspace) and stepsPerBlock. With at least spmm24tcMinUnits
+// units (128 rows x 128 columns) per block it is stream-K
+// (stepsPerBlock 0: the blocks share the ceil(rows/128) x ceil(cols/128)
+// units equally); otherwise a K split of one wave: S = grid/rowBlocks
+// slices of stepsPerBlock steps per row block.
+func SpMM24TCPlan(rows, cols, grid int) (blocks, maxC, stepsPerBlock int) {
 	if grid <= 0 {
 		grid = SpMM24TCBlocks
 	}
 	rowBlocks := (rows + tcRows - 1) / tcRows
 	steps := (cols + tcStep - 1) / tcStep
 	U := int64(rowBlocks) * int64(steps)
-	blocks = int(min(int64(grid), max(U, 1)))
+	if U < int64(grid)*spmm24tcMinUnits {
+		slices := min(max(1, grid/rowBlocks), steps)
+		stepsPerBlock = (steps + slices - 1) / slices
+		slices = (steps + stepsPerBlock - 1) / stepsPerBlock
+		return rowBlocks * slices, slices, stepsPerBlock
+	}
+	blocks = grid
 	for rb := 0; rb < rowBlocks; rb++ {
 		first := tcBlockOf(int64(rb)*int64(steps), U, blocks)
 		last := tcBlockOf(int64(rb)*int64(steps)+int64(steps)-1, U, blocks)
 		maxC = max(maxC, last-first+1)
 	}
-	return blocks, max(maxC, 1)
+	return blocks, max(maxC, 1), 0
 }
 
 // tcBlockOf is tc_block_of: the block of G whose share [b*U/G,
@@ -530,7 +548,7 @@ func tcBlockOf(u, U int64, G int) int {
 // block is split). The counters must be zero before the first launch;
 // every launch leaves them zero.
 func SpMM24TCWorkspace(rows, cols, grid int) (wsBytes, cntBytes int) {
-	_, maxC := SpMM24TCPlan(rows, cols, grid)
+	_, maxC, _ := SpMM24TCPlan(rows, cols, grid)
 	if maxC == 1 {
 		return 0, 0
 	}
@@ -613,7 +631,7 @@ func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver
 	if a.err != nil {
 		return a.err
 	}
-	blocks, maxC := SpMM24TCPlan(rows, cols, grid)
+	blocks, maxC, spb := SpMM24TCPlan(rows, cols, grid)
 	if maxC > 1 {
 		a.ptr("ws", ws)
 		a.ptr("cnt", cnt)
@@ -623,7 +641,89 @@ func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver
 		}
 	}
 	return k.launch(a, a.kernel, driver.D1(blocks), driver.D1(32*tcWarps), 0, s,
-		y, ly, x, lx, vals, idx, bias, ws, cnt, mi, r, c, int32(maxC))
+		y, ly, x, lx, vals, idx, bias, ws, cnt, mi, r, c, int32(maxC), int32(spb))
+}
+
+// NMGather writes (accumulate: adds) the kept positions of a dense
+// [rows, cols] matrix (type t, row stride ldd) into out, fp32 [rows, k]
+// in the kept-value layout of the N:M mask idx (portable indices, k =
+// cols*n/m): the weight gradient of an N:M weight from the dense dW.
+func (k *Set) NMGather(s driver.Stream, t DType, out, dense driver.Ptr, ldd int, idx driver.Ptr, rows, cols, n, m int, accumulate bool) error {
+	a := &args{kernel: "nm_gather_" + suffix(t)}
+	a.dtype("T", t)
+	a.nm(rows, cols, n, m)
+	a.ld("ldd", ldd, cols)
+	a.ptr("out", out)
+	a.ptr("dense", dense)
+	a.ptr("idx", idx)
+	a.fits("dense", rows, ldd)
+	acc := int32(0)
+	if accumulate {
+		acc = 1
+	}
+	r, c, nn, mm := a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
+	return k.launch(a, a.kernel, driver.D1(rows), driver.D1(threads), 0, s, out, dense, a.i32("ldd", ldd), idx, r, c, nn, mm, acc)
+}
+
+// NMExpandT writes the dense transposed double-pruned weight dt
+// [cols, rows] (type v) of an N:M weight in the portable layout (vals,
+// idx) whose kept values survive where keep (one byte per kept value,
+// rows*k) is not 0: the input-gradient operand W_dpᵀ. Every element of
+// dt is written.
+func (k *Set) NMExpandT(s driver.Stream, v DType, dt, vals, idx, keep driver.Ptr, rows, cols, n, m int) error {
+	a := &args{kernel: "nm_expand_t_" + suffix(v)}
+	a.dtype("V", v)
+	a.nm(rows, cols, n, m)
+	a.ptr("dt", dt)
+	a.ptr("vals", vals)
+	a.ptr("idx", idx)
+	a.ptr("keep", keep)
+	total := a.fits("dt", rows, cols)
+	r, c, nn, mm := a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
+	return k.launch(a, a.kernel, driver.D1(blocks1D(total)), driver.D1(threads), 0, s, dt, vals, idx, keep, r, c, nn, mm)
+}
+
+// AdamWStep holds one AdamW update's hyperparameters, as package train
+// uses them: Step is the 1-based count for the bias corrections,
+// GradScale the clipping factor applied to the gradient first (1: none).
+type AdamWStep struct {
+	LR, Beta1, Beta2, Eps, WeightDecay float64
+	Step                               float64
+	GradScale                          float32
+}
+
+// AdamW updates n parameters w (fp32) from grad with moments m1, m2
+// (fp32, updated), bit-identically to package train's CPU AdamW; wbf,
+// when not 0, receives the updated values as bf16 (the copy the forward
+// kernels read).
+func (k *Set) AdamW(s driver.Stream, w, grad, m1, m2, wbf driver.Ptr, n int, h AdamWStep) error {
+	a := &args{kernel: "adamw_f32"}
+	a.pos("n", n)
+	for _, p := range []struct {
+		name string
+		p    driver.Ptr
+	}{{"w", w}, {"grad", grad}, {"m1", m1}, {"m2", m2}} {
+		a.ptr(p.name, p.p)
+	}
+	if !(h.Step >= 1) || !(h.Beta1 >= 0 && h.Beta1 < 1) || !(h.Beta2 >= 0 && h.Beta2 < 1) {
+		a.fail("step %g, beta1 %g, beta2 %g out of range", h.Step, h.Beta1, h.Beta2)
+	}
+	bc1 := 1 - math.Pow(h.Beta1, h.Step)
+	bc2 := 1 - math.Pow(h.Beta2, h.Step)
+	shrink := 1 - h.LR*h.WeightDecay
+	return k.launch(a, a.kernel, driver.D1(blocks1D(int64(n))), driver.D1(threads), 0, s, w, grad, m1, m2, wbf, int64(n),
+		h.GradScale, h.Beta1, 1-h.Beta1, h.Beta2, 1-h.Beta2, h.LR, h.Eps, shrink, bc1, bc2)
+}
+
+// SumSquares adds the sum of squares of n fp32 values g to the fp64 at
+// out (sum in fp64; the order of the blocks' additions is not fixed).
+func (k *Set) SumSquares(s driver.Stream, out, g driver.Ptr, n int) error {
+	a := &args{kernel: "sumsq_f32"}
+	a.pos("n", n)
+	a.ptr("out", out)
+	a.ptr("g", g)
+	a.align("out", out, 8)
+	return k.launch(a, a.kernel, driver.D1(min(blocks1D(int64(n)), 1024)), driver.D1(threads), 0, s, out, g, int64(n))
 }
 
 // KVAppend copies src [batch*seq, d] into cache [batch, maxLen, d] at

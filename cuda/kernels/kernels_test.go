@@ -60,8 +60,8 @@ func TestNamesUnique(t *testing.T) {
 		}
 		seen[n] = true
 	}
-	if len(Names()) != 36 {
-		t.Errorf("%d names, want 36", len(Names()))
+	if len(Names()) != 42 {
+		t.Errorf("%d names, want 42", len(Names()))
 	}
 }
 
@@ -140,6 +140,15 @@ func TestValidation(t *testing.T) {
 		{"unloaded", "attn_small_f32", k.AttnSmall(s, F32, p, p, p, p, p, 8, 1, 1, 0, 8, 2, 64, 1)},
 		{"unloaded spmv", "spmv24_bf16_bf16_m4", k.SpMV24(s, BF16, p, 64, p, 64, p, p, 0, 3, 64, 64)},
 		{"unloaded tc", "spmm24tc_bf16_f32", k.SpMM24TC(s, F32, p, 64, p, 64, p, p, 0, p, p, 16, 64, 64, 0)},
+		{"gather ldd", "nm_gather_f32", k.NMGather(s, F32, p, p, 8, p, 2, 16, 2, 4, false)},
+		{"gather pattern", "nm_gather_bf16", k.NMGather(s, BF16, p, p, 16, p, 2, 16, 5, 4, true)},
+		{"gather null", "nm_gather_f32", k.NMGather(s, F32, 0, p, 16, p, 2, 16, 2, 4, false)},
+		{"adamw step", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, AdamWStep{Beta1: 0.9, Beta2: 0.95, Step: 0})},
+		{"adamw beta", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, AdamWStep{Beta1: 1, Beta2: 0.95, Step: 1})},
+		{"adamw null", "adamw_f32", k.AdamW(s, p, 0, p, p, 0, 10, AdamWStep{Beta1: 0.9, Beta2: 0.95, Step: 1})},
+		{"sumsq n", "sumsq_f32", k.SumSquares(s, p, p, 0)},
+		{"sumsq align", "sumsq_f32", k.SumSquares(s, p+4, p, 10)},
+		{"unloaded adamw", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, AdamWStep{Beta1: 0.9, Beta2: 0.95, Step: 1, GradScale: 1})},
 	}
 	for _, c := range cases {
 		if c.err == nil {
@@ -546,5 +555,5 @@ func TestEmulateSpMMNM(t *testing.T) {
 
 func ExampleNames() {
 	fmt.Println(Names()[0], len(Names()))
-	// Output: convert_f32_to_bf16 36
+	// Output: convert_f32_to_bf16 42
 }

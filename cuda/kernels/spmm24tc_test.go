@@ -172,7 +172,7 @@ const (
 // bf16). It returns how often each value element and index byte was read
 // (an index word read by several lanes of one load counts once).
 func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx []byte, bias []float32, M, rows, cols, target, mut int, perm func(int) []int) (valReads, idxReads []int, err error) {
-	G, maxC := SpMM24TCPlan(rows, cols, target)
+	G, maxC, spb := SpMM24TCPlan(rows, cols, target)
 	steps := (cols + emuTcStep - 1) / emuTcStep
 	gridX := (rows + emuTcRB - 1) / emuTcRB // row blocks
 	vb := make([]byte, 2*len(vals))
@@ -242,7 +242,9 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 	upr := emuTcKSMax * 16
 	nstep := emuTcWarps * 32 / upr
 	// segment runs block b's part of row block bx: steps [st0, st0+nst).
-	segment := func(b, bx, st0, nst int) error {
+	// segment runs block b's part of row block bx: steps [st0, st0+nst),
+	// as contributor slot of c (c == 1: the whole row block).
+	segment := func(b, bx, st0, nst, slot, c int) error {
 		kend := min(cols, (st0+nst)*emuTcStep)
 		wss := make([]*warpState, emuTcWarps)
 		for w := range wss {
@@ -392,13 +394,11 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 		frag := func(s *warpState, lane, nb, i int) (tok, r int) {
 			return 8*nb + 2*(lane&3) + i&1, r0(s, lane) + 8*(i>>1)
 		}
-		if nst < steps {
-			first := tcBlockOf(int64(bx*steps), int64(gridX*steps), G)
-			c := tcBlockOf(int64(bx*steps+steps-1), int64(gridX*steps), G) - first + 1
-			if c > maxC || b-first < 0 || b-first >= c {
-				return fmt.Errorf("block %d: slot %d of %d contributors (maxC %d)", b, b-first, c, maxC)
+		if c > 1 {
+			if c > maxC || slot < 0 || slot >= c || (nst == steps) {
+				return fmt.Errorf("block %d: slot %d of %d contributors (maxC %d), %d of %d steps", b, slot, c, maxC, nst, steps)
 			}
-			slot := func(k, tok, r int) int { return ((bx*maxC+k)*16+tok)*emuTcRB + r - bx*emuTcRB }
+			at := func(k, tok, r int) int { return ((bx*maxC+k)*16+tok)*emuTcRB + r - bx*emuTcRB }
 			for _, s := range wss {
 				if !s.active {
 					continue
@@ -407,7 +407,7 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 					for nb := 0; nb < 2; nb++ {
 						for i := 0; i < 4; i++ {
 							if tok, r := frag(s, lane, nb, i); tok < M {
-								ws[slot(b-first, tok, r)] = s.acc[lane][nb][i]
+								ws[at(slot, tok, r)] = s.acc[lane][nb][i]
 							}
 						}
 					}
@@ -427,7 +427,7 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 							var sum float32
 							if tok, r := frag(s, lane, nb, i); tok < M {
 								for k := 0; k < c; k++ {
-									sum += ws[slot(k, tok, r)]
+									sum += ws[at(k, tok, r)]
 								}
 							}
 							s.acc[lane][nb][i] = sum
@@ -463,6 +463,17 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 		for i := range xs { // once per block, as the kernel does
 			xs[i] = 0
 		}
+		if spb > 0 { // K split
+			bx, sl := b%gridX, b/gridX
+			st0 := sl * spb
+			if st0 >= steps {
+				return nil, nil, fmt.Errorf("block %d of %d has no work", b, G)
+			}
+			if err := segment(b, bx, st0, min(spb, steps-st0), sl, (steps+spb-1)/spb); err != nil {
+				return nil, nil, err
+			}
+			continue
+		}
 		lo, hi := b*U/G, (b+1)*U/G
 		if lo >= hi {
 			return nil, nil, fmt.Errorf("block %d of %d has no work", b, G)
@@ -472,7 +483,9 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 			st0 := u - bx*steps
 			nst := min(steps-st0, hi-u)
 			u += nst
-			if err := segment(b, bx, st0, nst); err != nil {
+			first := tcBlockOf(int64(bx*steps), int64(U), G)
+			c := tcBlockOf(int64(bx*steps+steps-1), int64(U), G) - first + 1
+			if err := segment(b, bx, st0, nst, b-first, c); err != nil {
 				return nil, nil, err
 			}
 		}
@@ -486,20 +499,22 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 }
 
 func TestSpMM24TCPlan(t *testing.T) {
-	for _, c := range []struct{ rows, cols, grid, blocks, maxC int }{
-		{4096, 4096, 0, 264, 9},        // 1024 units, 3.88 per block, 32 steps per row block
-		{36864, 9216, 0, 264, 2},       // 78.5 units per block, 72 steps per row block
-		{36864, 9216, 288, 288, 1},     // one block per row block
-		{1024, 4160, 1 << 20, 264, 33}, // grid > units: one block per unit
-		{16, 64, 0, 1, 1},
-		{48, 320, 2, 2, 2},
+	for _, c := range []struct{ rows, cols, grid, blocks, maxC, spb int }{
+		{4096, 4096, 0, 256, 8, 4},        // 6.7B attn: 1024 units < 16 per block: K split, 8 slices
+		{16384, 4096, 0, 256, 2, 16},      // 6.7B fc1: 4096 units: K split, 2 slices
+		{5120, 20480, 0, 264, 8, 0},       // 13B fc2: 6400 units, stream-K
+		{36864, 9216, 0, 264, 2, 0},       // 66B fc1: 78.5 units per block
+		{36864, 9216, 288, 288, 1, 0},     // one block per row block
+		{1024, 4160, 1 << 20, 264, 33, 1}, // one block per unit
+		{1024, 4160, 24, 24, 3, 11},       // K split with a ragged last slice
+		{384, 1536, 2, 2, 2, 0},           // stream-K, the middle row block split
+		{16, 64, 0, 1, 1, 1},
+		{48, 320, 2, 2, 2, 2},
 	} {
-		if c.grid == 1<<20 {
-			c.blocks = 8 * 33
-		}
-		blocks, maxC := SpMM24TCPlan(c.rows, c.cols, c.grid)
-		if blocks != c.blocks || maxC != c.maxC {
-			t.Errorf("%dx%d grid %d: %d blocks, up to %d per row block; want %d, %d", c.rows, c.cols, c.grid, blocks, maxC, c.blocks, c.maxC)
+		blocks, maxC, spb := SpMM24TCPlan(c.rows, c.cols, c.grid)
+		if blocks != c.blocks || maxC != c.maxC || spb != c.spb {
+			t.Errorf("%dx%d grid %d: %d blocks, up to %d per row block, %d steps per block; want %d, %d, %d",
+				c.rows, c.cols, c.grid, blocks, maxC, spb, c.blocks, c.maxC, c.spb)
 		}
 		wb, cb := SpMM24TCWorkspace(c.rows, c.cols, c.grid)
 		rb := (c.rows + 127) / 128
@@ -573,13 +588,13 @@ func runEmuTC(t *testing.T, rng *rand.Rand, rows, cols, M, target int, roundX bo
 
 func TestEmulateSpMM24TC(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
-	shapes := [][2]int{{16, 64}, {16, 128}, {32, 192}, {48, 320}, {64, 1024}, {128, 576}, {256, 1024}, {144, 4160}, {8192, 128}}
+	shapes := [][2]int{{16, 64}, {16, 128}, {32, 192}, {48, 320}, {64, 1024}, {128, 576}, {256, 1024}, {384, 1536}, {144, 4160}, {8192, 128}}
 	for _, sh := range shapes {
 		rows, cols := sh[0], sh[1]
 		for _, M := range []int{1, 3, 8, 9, 16} {
 			// The default plan, one slice, a few slices of several chunks,
 			// and one step per slice.
-			for _, target := range []int{0, 1, 3, 1 << 20} {
+			for _, target := range []int{0, 1, 2, 3, 1 << 20} {
 				if (rows >= 8192 || cols >= 4096) && (M != 9 || target == 1<<20) {
 					continue // large shapes: one M
 				}

@@ -1,0 +1,196 @@
+package kernels
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"unsafe"
+
+	"github.com/slopeml/slope/cuda/driver"
+	"github.com/slopeml/slope/format"
+)
+
+// TestGPUNMGather: the kept positions of a dense matrix, in the kept-value
+// order of the mask, written or added.
+func TestGPUNMGather(t *testing.T) {
+	g := openGPU(t)
+	rng := rand.New(rand.NewPCG(41, 2))
+	for _, dt := range dtypes {
+		for _, c := range []struct{ rows, cols, n, m int }{{16, 64, 2, 4}, {33, 96, 4, 8}, {8, 48, 1, 4}, {5, 40, 3, 8}} {
+			nm := makeNM(t, rng, c.rows, c.cols, c.n, c.m, false)
+			ldd := c.cols + 3
+			dense := rnd(rng, dt, c.rows*ldd)
+			prev := randVec(rng, c.rows*nm.k, false)
+			for _, accumulate := range []bool{false, true} {
+				want := make([]float32, 0, c.rows*nm.k)
+				for r := 0; r < c.rows; r++ {
+					for col := 0; col < c.cols; col++ {
+						if nm.dense[r*c.cols+col] != 0 {
+							want = append(want, dense[r*ldd+col])
+						}
+					}
+				}
+				if accumulate {
+					for i := range want {
+						want[i] += prev[i]
+					}
+				}
+				var got []float32
+				g.run(t, func() error {
+					out := g.putF32(prev)
+					if err := g.k.NMGather(0, dt, out, g.putT(dt, dense), ldd, g.putU8(nm.idx), c.rows, c.cols, c.n, c.m, accumulate); err != nil {
+						return err
+					}
+					got = g.getT(F32, out, len(want))
+					return nil
+				})
+				for i := range want {
+					if got[i] != want[i] {
+						t.Fatalf("nm_gather %v %d:%d %dx%d accumulate %v: element %d = %g, want %g", dt, c.n, c.m, c.rows, c.cols, accumulate, i, got[i], want[i])
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestGPUNMExpandT: the transposed double-pruned weight, against
+// format.DoublePruneMagnitude's mask applied on the host.
+func TestGPUNMExpandT(t *testing.T) {
+	g := openGPU(t)
+	rng := rand.New(rand.NewPCG(47, 8))
+	for _, dt := range dtypes {
+		for _, c := range []struct{ rows, cols, n, m int }{{16, 64, 2, 4}, {32, 96, 4, 8}, {12, 40, 2, 4}} {
+			nm := makeNM(t, rng, c.rows, c.cols, c.n, c.m, dt == BF16)
+			p := format.NM{N: c.n, M: c.m}
+			idx := make([]uint8, len(nm.vals))
+			if err := format.UnpackNMIndices(p, c.rows, c.cols, nm.idx, idx); err != nil {
+				t.Fatal(err)
+			}
+			keep, err := format.DoublePruneMagnitude(p, c.rows, c.cols, nm.vals, idx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keepB := make([]byte, len(keep))
+			kept := 0
+			for i, k := range keep {
+				if k {
+					keepB[i], kept = 1, kept+1
+				}
+			}
+			if kept == len(keep) || kept == 0 {
+				t.Fatalf("%d:%d: the double pruning kept %d of %d: no test", c.n, c.m, kept, len(keep))
+			}
+			want := make([]float32, c.rows*c.cols)
+			for r := 0; r < c.rows; r++ {
+				for j := 0; j < nm.k; j++ {
+					if keep[r*nm.k+j] {
+						col := (j/c.n)*c.m + int(idx[r*nm.k+j])
+						want[col*c.rows+r] = nm.vals[r*nm.k+j]
+					}
+				}
+			}
+			var got []float32
+			g.run(t, func() error {
+				out := g.poison(c.rows * c.cols * dt.Size())
+				if err := g.k.NMExpandT(0, dt, out, g.putT(dt, nm.vals), g.putU8(nm.idx), g.putU8(keepB), c.rows, c.cols, c.n, c.m); err != nil {
+					return err
+				}
+				got = g.getT(dt, out, len(want))
+				return nil
+			})
+			for i := range want {
+				if got[i] != want[i] {
+					t.Fatalf("nm_expand_t %v %d:%d %dx%d: element %d = %g, want %g", dt, c.n, c.m, c.rows, c.cols, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}
+
+// adamWRef is package train's AdamW (train.Trainer.adamW) for one
+// parameter, with the clipping scale applied to the gradient first as
+// train.Trainer.clip does.
+func adamWRef(w, grad, m, v []float32, h AdamWStep) {
+	bc1 := 1 - math.Pow(h.Beta1, h.Step)
+	bc2 := 1 - math.Pow(h.Beta2, h.Step)
+	shrink := 1 - h.LR*h.WeightDecay
+	for i := range w {
+		g := float64(grad[i] * h.GradScale)
+		mi := h.Beta1*float64(m[i]) + (1-h.Beta1)*g
+		vi := h.Beta2*float64(v[i]) + (1-h.Beta2)*g*g
+		m[i], v[i] = float32(mi), float32(vi)
+		w[i] = float32(float64(w[i])*shrink - h.LR*(mi/bc1)/(math.Sqrt(vi/bc2)+h.Eps))
+	}
+}
+
+// TestGPUAdamW: bit-identical to the CPU trainer's update (values,
+// moments) and the bf16 copy.
+func TestGPUAdamW(t *testing.T) {
+	g := openGPU(t)
+	rng := rand.New(rand.NewPCG(43, 4))
+	const n = 100003
+	for _, h := range []AdamWStep{
+		{LR: 1e-3, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1, Step: 1, GradScale: 1},
+		{LR: 3e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0, Step: 7, GradScale: 0.37},
+	} {
+		w, grad, m, v := randVec(rng, n, false), randVec(rng, n, false), randVec(rng, n, false), randVec(rng, n, false)
+		for i := range v {
+			v[i] = v[i] * v[i] * 0.01
+			m[i] *= 0.1
+		}
+		ww, wm, wv := append([]float32(nil), w...), append([]float32(nil), m...), append([]float32(nil), v...)
+		adamWRef(ww, grad, wm, wv, h)
+		var gw, gm, gv, gbf []float32
+		g.run(t, func() error {
+			pw, pm, pv := g.putF32(w), g.putF32(m), g.putF32(v)
+			pbf := g.poison(2 * n)
+			if err := g.k.AdamW(0, pw, g.putF32(grad), pm, pv, pbf, n, h); err != nil {
+				return err
+			}
+			gw, gm, gv, gbf = g.getT(F32, pw, n), g.getT(F32, pm, n), g.getT(F32, pv, n), g.getT(BF16, pbf, n)
+			return nil
+		})
+		for i := 0; i < n; i++ {
+			if gw[i] != ww[i] || gm[i] != wm[i] || gv[i] != wv[i] {
+				t.Fatalf("adamw step %g: element %d: w %g m %g v %g; CPU %g %g %g", h.Step, i, gw[i], gm[i], gv[i], ww[i], wm[i], wv[i])
+			}
+			if want := format.BFloat16ToFloat32(format.Float32ToBFloat16(ww[i])); gbf[i] != want {
+				t.Fatalf("adamw step %g: bf16 copy %d = %g, want %g", h.Step, i, gbf[i], want)
+			}
+		}
+	}
+}
+
+// TestGPUSumSquares: two accumulating calls against a float64 sum.
+func TestGPUSumSquares(t *testing.T) {
+	g := openGPU(t)
+	rng := rand.New(rand.NewPCG(45, 6))
+	a, b := randVec(rng, 1<<20+3, false), randVec(rng, 1000, false)
+	var want float64
+	for _, x := range append(append([]float32(nil), a...), b...) {
+		want += float64(x) * float64(x)
+	}
+	var got float64
+	g.run(t, func() error {
+		out := g.alloc(8)
+		if err := g.d.Memset32(out, 0, 2); err != nil {
+			return err
+		}
+		if err := g.k.SumSquares(0, out, g.putF32(a), len(a)); err != nil {
+			return err
+		}
+		if err := g.k.SumSquares(0, out, g.putF32(b), len(b)); err != nil {
+			return err
+		}
+		if err := g.d.Synchronize(); err != nil {
+			return err
+		}
+		return g.d.CopyOut(unsafe.Pointer(&got), out, 8)
+	})
+	if rel := math.Abs(got-want) / want; !(rel <= 1e-12) {
+		t.Errorf("sum of squares %g, want %g (relative error %.2g)", got, want, rel)
+	}
+}
+
+var _ driver.Ptr
