@@ -47,9 +47,10 @@ const WorkspaceBytes = 32 << 20
 type Gemm struct {
 	M, N, K int
 
-	A       driver.Ptr // [M,K] row-major, LdA >= K
+	A       driver.Ptr // [M,K] row-major (LdA >= K), or [K,M] (LdA >= M) when TransA
 	LdA     int
 	StrideA int64
+	TransA  bool // use Aᵀ: A is stored [K,M] (the dYᵀ·X weight-gradient case)
 
 	B       driver.Ptr // [K,N] row-major (LdB >= N), or [N,K] (LdB >= K) when TransB
 	LdB     int

@@ -73,7 +73,9 @@ func TestStatusNames(t *testing.T) {
 func colGemm(t *testing.T, p colProblem, alpha, beta float64, am, bm, dm []float64) {
 	t.Helper()
 	if p.TransB {
-		t.Fatal("emulator: B' is never transposed by columnMajor")
+		if p.B.Rows != p.N || p.B.Cols != p.K {
+			t.Fatalf("B' layout %dx%d, want %dx%d (transb T)", p.B.Rows, p.B.Cols, p.N, p.K)
+		}
 	}
 	if p.TransA {
 		if p.A.Rows != p.K || p.A.Cols != p.M {
@@ -82,7 +84,7 @@ func colGemm(t *testing.T, p colProblem, alpha, beta float64, am, bm, dm []float
 	} else if p.A.Rows != p.M || p.A.Cols != p.K {
 		t.Fatalf("A' layout %dx%d, want %dx%d", p.A.Rows, p.A.Cols, p.M, p.K)
 	}
-	if p.B.Rows != p.K || p.B.Cols != p.N || p.D.Rows != p.M || p.D.Cols != p.N {
+	if !p.TransB && (p.B.Rows != p.K || p.B.Cols != p.N) || p.D.Rows != p.M || p.D.Cols != p.N {
 		t.Fatalf("B' %dx%d / D' %dx%d do not match m=%d n=%d k=%d", p.B.Rows, p.B.Cols, p.D.Rows, p.D.Cols, p.M, p.N, p.K)
 	}
 	for _, l := range []colMatrix{p.A, p.B, p.D} {
@@ -102,7 +104,13 @@ func colGemm(t *testing.T, p colProblem, alpha, beta float64, am, bm, dm []float
 					} else {
 						av = am[oa+i+l*p.A.Ld]
 					}
-					s += av * bm[ob+l+j*p.B.Ld]
+					var bv float64
+					if p.TransB {
+						bv = bm[ob+j+l*p.B.Ld]
+					} else {
+						bv = bm[ob+l+j*p.B.Ld]
+					}
+					s += av * bv
 				}
 				at := od + i + j*p.D.Ld
 				if beta == 0 {
@@ -129,7 +137,13 @@ func rowGemm(g *Gemm, a, b, d []float64) {
 					} else {
 						bv = b[ob+int64(l*g.LdB+j)]
 					}
-					s += a[oa+int64(i*g.LdA+l)] * bv
+					var av float64
+					if g.TransA {
+						av = a[oa+int64(l*g.LdA+i)]
+					} else {
+						av = a[oa+int64(i*g.LdA+l)]
+					}
+					s += av * bv
 				}
 				at := od + int64(i*g.LdD+j)
 				d[at] = float64(g.Alpha)*s + float64(g.Beta)*d[at]
@@ -150,6 +164,16 @@ func randomGemm(r *rand.Rand, transB bool) *Gemm {
 		g.Beta = 0.75
 	}
 	g.LdA = g.K + r.IntN(3)
+	if r.IntN(3) == 0 {
+		// Aᵀ: stored [K,M], one product
+		g.TransA, g.LdA = true, g.M+r.IntN(3)
+		g.LdB = g.N + r.IntN(3)
+		if transB {
+			g.LdB = g.K + r.IntN(3)
+		}
+		g.LdD = g.N + r.IntN(3)
+		return g
+	}
 	if transB {
 		g.LdB = g.K + r.IntN(3)
 	} else {
@@ -199,6 +223,9 @@ func TestColumnMajorMapping(t *testing.T) {
 		}
 		b := max(g.Batch, 1)
 		na := extent(g.M, g.LdA, g.K, g.StrideA, b)
+		if g.TransA {
+			na = extent(g.K, g.LdA, g.M, g.StrideA, b)
+		}
 		nb := extent(bRows, g.LdB, map[bool]int{false: g.N, true: g.K}[g.TransB], g.StrideB, b)
 		nd := extent(g.M, g.LdD, g.N, g.StrideD, b)
 		a, bb := make([]float64, na), make([]float64, nb)

@@ -130,6 +130,9 @@ func runGemm(t *testing.T, d *driver.Device, h *Handle, g *Gemm, seed uint64) fl
 		bRows, bCols = g.N, g.K
 	}
 	na := extent(g.M, g.LdA, g.K, g.StrideA, b)
+	if g.TransA {
+		na = extent(g.K, g.LdA, g.M, g.StrideA, b)
+	}
 	nb := extent(bRows, g.LdB, bCols, g.StrideB, b)
 	nd := extent(g.M, g.LdD, g.N, g.StrideD, b)
 	rnd := func(n int) []float64 {
@@ -226,6 +229,26 @@ func TestGPUGemmBF16(t *testing.T) {
 				g.LdB = 448
 			}
 			e := runGemm(t, d, h, g, 3)
+			t.Logf("%s: rel L2 %.3g", g.shape(), e)
+			if e > 1e-2 {
+				t.Errorf("%s: rel L2 %.3g > 1e-2", g.shape(), e)
+			}
+		}
+	}
+}
+
+// TestGPUGemmTransA: the weight-gradient form dW[out,in] = dYᵀ·X (A
+// stored [K,M]), bf16 inputs, f32 and bf16 outputs, with and without Bᵀ.
+func TestGPUGemmTransA(t *testing.T) {
+	d, h := openGPU(t)
+	for _, out := range []DType{F32, BF16} {
+		for _, tb := range []bool{false, true} {
+			g := &Gemm{M: 160, N: 96, K: 2048, LdA: 160, LdD: 96, TransA: true, TransB: tb, Alpha: 1, AB: BF16, Out: out}
+			g.LdB = 96
+			if tb {
+				g.LdB = 2048
+			}
+			e := runGemm(t, d, h, g, 5)
 			t.Logf("%s: rel L2 %.3g", g.shape(), e)
 			if e > 1e-2 {
 				t.Errorf("%s: rel L2 %.3g > 1e-2", g.shape(), e)

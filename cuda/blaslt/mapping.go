@@ -92,6 +92,8 @@ type colMatrix struct {
 //
 //   - our A [M,K] row-major is column-major Aᵀ [K,M]: B' as stored,
 //     transb = N.
+//   - TransA: our A [K,M] row-major is column-major Aᵀ... stored [M,K];
+//     B' = (stored)ᵀ [K,M], transb = T.
 //   - TransB false: our B [K,N] row-major is column-major Bᵀ [N,K] = op(B)ᵀ:
 //     A' stored [N,K], transa = N.
 //   - TransB true: our B [N,K] row-major is column-major Bᵀ [K,N]; op(B)ᵀ
@@ -99,7 +101,7 @@ type colMatrix struct {
 //   - D [M,N] row-major is column-major Dᵀ [N,M]: D' (and C') [N,M].
 type colProblem struct {
 	M, N, K        int64 // cuBLASLt m, n, k (= Gemm N, M, K)
-	TransA, TransB bool  // cuBLASLt transa, transb
+	TransA, TransB bool  // cuBLASLt transa (our TransB), transb (our TransA)
 	A, B, D        colMatrix
 	C              *colMatrix // nil: C' is D'
 	Batch          int32
@@ -121,8 +123,12 @@ func columnMajor(g *Gemm) (colProblem, error) {
 	if g.AB == F32 && g.Out != F32 {
 		return bad("f32 inputs need an f32 output")
 	}
-	if g.LdA < g.K {
-		return bad("LdA %d < K %d", g.LdA, g.K)
+	aCols := g.K // row length of A as stored
+	if g.TransA {
+		aCols = g.M
+	}
+	if g.LdA < aCols {
+		return bad("LdA %d < %d", g.LdA, aCols)
 	}
 	bCols := g.N // row length of B as stored
 	if g.TransB {
@@ -158,7 +164,7 @@ func columnMajor(g *Gemm) (colProblem, error) {
 	}
 	p = colProblem{
 		M: int64(g.N), N: int64(g.M), K: int64(g.K),
-		TransA: g.TransB, TransB: false,
+		TransA: g.TransB, TransB: g.TransA,
 		B:      colMatrix{Rows: int64(g.K), Cols: int64(g.M), Ld: int64(g.LdA), Stride: stride(g.StrideA)},
 		D:      colMatrix{Rows: int64(g.N), Cols: int64(g.M), Ld: int64(g.LdD), Stride: stride(g.StrideD)},
 		Batch:  int32(batch),
@@ -166,6 +172,9 @@ func columnMajor(g *Gemm) (colProblem, error) {
 	}
 	if g.C != 0 {
 		p.C = &colMatrix{Rows: int64(g.N), Cols: int64(g.M), Ld: int64(g.LdC)}
+	}
+	if g.TransA {
+		p.B = colMatrix{Rows: int64(g.M), Cols: int64(g.K), Ld: int64(g.LdA), Stride: stride(g.StrideA)}
 	}
 	if g.TransB {
 		p.A = colMatrix{Rows: int64(g.K), Cols: int64(g.N), Ld: int64(g.LdB), Stride: stride(g.StrideB)}
@@ -182,7 +191,7 @@ type planKey struct {
 	M, N, K                   int
 	LdA, LdB, LdD             int
 	StrideA, StrideB, StrideD int64
-	TransB                    bool
+	TransA, TransB            bool
 	Batch                     int
 	AB, Out                   DType
 	AlignA, AlignB, AlignD    uint32
@@ -197,7 +206,7 @@ func keyOf(g *Gemm) planKey {
 	batch := max(g.Batch, 1)
 	k := planKey{
 		M: g.M, N: g.N, K: g.K, LdA: g.LdA, LdB: g.LdB, LdD: g.LdD,
-		TransB: g.TransB, Batch: batch, AB: g.AB, Out: g.Out,
+		TransA: g.TransA, TransB: g.TransB, Batch: batch, AB: g.AB, Out: g.Out,
 		AlignA: alignment(uint64(g.A), g.StrideA, batch, g.AB.Size()),
 		AlignB: alignment(uint64(g.B), g.StrideB, batch, g.AB.Size()),
 		AlignD: alignment(uint64(g.D), g.StrideD, batch, g.Out.Size()),
@@ -232,7 +241,7 @@ func alignment(addr uint64, stride int64, batch, elemSize int) uint32 {
 }
 
 func (g *Gemm) shape() string {
-	s := fmt.Sprintf("M=%d N=%d K=%d ldA=%d ldB=%d ldD=%d transB=%v %s->%s", g.M, g.N, g.K, g.LdA, g.LdB, g.LdD, g.TransB, g.AB, g.Out)
+	s := fmt.Sprintf("M=%d N=%d K=%d ldA=%d ldB=%d ldD=%d transA=%v transB=%v %s->%s", g.M, g.N, g.K, g.LdA, g.LdB, g.LdD, g.TransA, g.TransB, g.AB, g.Out)
 	if g.Batch > 1 {
 		s += fmt.Sprintf(" batch=%d strides=%d/%d/%d", g.Batch, g.StrideA, g.StrideB, g.StrideD)
 	}

@@ -284,3 +284,43 @@ func TestGPUSparseRejectsDense(t *testing.T) {
 		t.Errorf("N=48: %v, want ErrUnsupported", err)
 	}
 }
+
+// TestGPURecompress: a weight recompressed from another pruned matrix
+// (other positions) multiplies as that matrix, in both layouts, twice.
+func TestGPURecompress(t *testing.T) {
+	d, h := openGPU(t)
+	r := rand.New(rand.NewPCG(11, 12))
+	const N, K, M = 256, 512, 64
+	X := randomBF16(r, padM(M)*K)
+	for _, layout := range []Layout{LayoutCol, LayoutRow} {
+		h.Layout = layout
+		w, err := newWeight(d, h, pruned24(r, N, K), N, K)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			W2 := pruned24(r, N, K)
+			if err := d.Do(func() error {
+				dense, err := toDevice(d, W2.bits)
+				if err != nil {
+					return err
+				}
+				defer d.Free(dense)
+				if err := w.Recompress(0, dense); err != nil {
+					return err
+				}
+				return d.Synchronize()
+			}); err != nil {
+				t.Fatal(err)
+			}
+			e, err := product(t, d, w, W2, X, M, 0, r)
+			if err != nil || e > 1e-2 {
+				t.Errorf("%v recompressed (%d): rel L2 %.3g, %v", w, i, e, err)
+			}
+		}
+		if err := d.Do(w.Destroy); err != nil {
+			t.Error(err)
+		}
+	}
+	h.Layout = LayoutCol
+}

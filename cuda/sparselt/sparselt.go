@@ -97,6 +97,8 @@ type Weight struct {
 	bytes  int64
 	plans  map[planKey]*plan
 	bias   driver.Ptr
+	opA    int32      // the compress/prune operation of W (describe)
+	buf    driver.Ptr // Recompress's buffer, allocated on first use
 }
 
 // matmulBiasPointer is CUSPARSELT_MATMUL_BIAS_POINTER (cusparseLt.h,
@@ -276,8 +278,46 @@ func (h *Handle) NewWeight(s driver.Stream, dense driver.Ptr, N, K int) (_ *Weig
 		return nil, wrap(err)
 	}
 	w.bytes = int64(size)
+	w.opA = p.OpA
 	h.weights[w] = struct{}{}
 	return w, nil
+}
+
+// Recompress replaces w's compressed values with those of dense, another
+// 2:4-pruned bf16 [N,K] matrix (the positions may differ), on stream s,
+// without waiting and without checking the pattern: the training path,
+// where the kernels that wrote dense keep it 2:4 (NewWeight checks). Its
+// buffer is allocated on first use and kept until Destroy.
+func (w *Weight) Recompress(s driver.Stream, dense driver.Ptr) error {
+	if w == nil || w.h == nil {
+		return fmt.Errorf("sparselt: Recompress on a destroyed weight")
+	}
+	if dense == 0 || uintptr(dense)%elemAlign != 0 {
+		return fmt.Errorf("%w: dense weight at %#x must be non-nil and %d-byte aligned", ErrUnsupported, uintptr(dense), elemAlign)
+	}
+	h := w.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	a, hp := h.a, h.h.ptr()
+	wrap := func(err error) error { return fmt.Errorf("sparselt: recompress %v: %w", w, err) }
+	if w.buf == 0 {
+		var size, bufSize uint64
+		if err := check("cusparseLtSpMMACompressedSize2", a.cusparseLtSpMMACompressedSize2(hp, w.sparse.ptr(), &size, &bufSize)); err != nil {
+			return wrap(err)
+		}
+		if int64(size) != w.bytes {
+			return wrap(fmt.Errorf("compressed size %d, was %d", size, w.bytes))
+		}
+		buf, err := h.d.Alloc(int(max(bufSize, 1)))
+		if err != nil {
+			return wrap(err)
+		}
+		w.buf = buf
+	}
+	if err := check("cusparseLtSpMMACompress2", a.cusparseLtSpMMACompress2(hp, w.sparse.ptr(), 1, w.opA, dense, w.comp, w.buf, s)); err != nil {
+		return wrap(err)
+	}
+	return nil
 }
 
 // Destroy releases the plans and the compressed weight (inside Do). It
@@ -302,8 +342,11 @@ func (w *Weight) Destroy() error {
 	}
 	keep(check("cusparseLtMatDescriptorDestroy", h.a.cusparseLtMatDescriptorDestroy(w.sparse.ptr())))
 	keep(h.d.Free(w.comp))
+	if w.buf != 0 {
+		keep(h.d.Free(w.buf))
+	}
 	delete(h.weights, w)
-	w.h, w.comp = nil, 0
+	w.h, w.comp, w.buf = nil, 0, 0
 	if first != nil {
 		return fmt.Errorf("sparselt: destroy %v: %w", w, first)
 	}

@@ -53,7 +53,7 @@ var layers = []layerShape{
 }
 
 func main() {
-	tables := flag.String("tables", "linear,layer", "tables to run: tc, linear, layer")
+	tables := flag.String("tables", "linear,layer", "tables to run: tc, linear, layer, train")
 	quick := flag.Bool("quick", false, "fewer shapes (a smoke run)")
 	search := flag.Bool("search", true, "cuSPARSELt algorithm search once per shape")
 	flag.BoolVar(&withAdapters, "adapters", true, "include the adapter variants (r = 1.56%, 6.25%)")
@@ -87,6 +87,11 @@ func run(tables string, quick, search bool) error {
 		timer, err := be.NewTimer()
 		if err != nil {
 			return err
+		}
+		if strings.Contains(tables, "train") {
+			if err := trainTable(be, timer); err != nil {
+				return err
+			}
 		}
 		if strings.Contains(tables, "tc") {
 			if err := tcTable(be, timer); err != nil {
@@ -262,6 +267,144 @@ func tcTable(be *cuda.Backend, timer *cuda.Timer) error {
 		}
 	}
 	return nil
+}
+
+// trainTable times one training step of a decoder layer's six linears
+// (q, k, v, out: d x d; fc1: ffn x d; fc2: d x ffn), dense against SLoPe
+// 2:4, per linear shape, and sums them per layer; memory is what
+// training keeps (weights in every form, fp32 master values, gradients,
+// AdamW moments). Attention, LayerNorm and the rest of the layer are not
+// in it (their GPU backward passes are not built yet).
+func trainTable(be *cuda.Backend, timer *cuda.Timer) error {
+	fmt.Printf("\n## Training step of a decoder layer's six linears (forward, input and weight gradients, AdamW, 2:4 refresh): SLoPe 2:4 vs dense bf16\n\n")
+	fmt.Printf("| layer | tokens | dense ms | SLoPe ms | speedup | dense state MiB | SLoPe state MiB | memory ratio | SLoPe workspace MiB |\n|---|---|---|---|---|---|---|---|---|\n")
+	for li, ls := range layers {
+		type part struct {
+			out, in, count int
+		}
+		parts := []part{{ls.d, ls.d, 4}, {ls.ffn, ls.d, 1}, {ls.d, ls.ffn, 1}}
+		tokensList := []int{2048, 8192}
+		ms := make([][2]float64, len(tokensList))
+		var state [2]float64
+		var work float64
+		for pi, p := range parts {
+			for k, sparse := range []bool{false, true} {
+				l, err := be.NewBenchTrain(sparse, p.out, p.in, uint64(100*li+pi))
+				if err != nil {
+					return fmt.Errorf("%s %dx%d: %w", ls.name, p.out, p.in, err)
+				}
+				for ti, tokens := range tokensList {
+					t, err := timeTrain(be, timer, l, p.out, p.in, tokens)
+					if err != nil {
+						be.FreeBenchTrain(l)
+						return fmt.Errorf("%s %dx%d tokens %d: %w", ls.name, p.out, p.in, tokens, err)
+					}
+					ms[ti][k] += float64(p.count) * t
+				}
+				state[k] += float64(p.count) * float64(l.StateBytes)
+				if sparse {
+					work = max(work, float64(l.TempBytes))
+				}
+				if err := be.FreeBenchTrain(l); err != nil {
+					return err
+				}
+			}
+		}
+		for ti, tokens := range tokensList {
+			fmt.Printf("| %s | %d | %.3f | %.3f | %.2f | %.0f | %.0f | %.3f | %.0f |\n", ls.name, tokens, ms[ti][0], ms[ti][1], ms[ti][0]/ms[ti][1],
+				state[0]/(1<<20), state[1]/(1<<20), state[1]/state[0], work/(1<<20))
+		}
+	}
+	return trainStages(be, timer)
+}
+
+// trainStages times each stage of the training step of one linear (OPT-13B
+// fc1, 20480 x 5120, 2048 tokens), dense and 2:4.
+func trainStages(be *cuda.Backend, timer *cuda.Timer) error {
+	const out, in, tokens = 20480, 5120, 2048
+	fmt.Printf("\n### Where a training step's time goes: OPT-13B fc1 (%d x %d), %d tokens\n\n| weights | stage | ms |\n|---|---|---|\n", out, in, tokens)
+	for _, sparse := range []bool{false, true} {
+		l, err := be.NewBenchTrain(sparse, out, in, 5)
+		if err != nil {
+			return err
+		}
+		err = func() error {
+			x, err := be.RandomTensor(tokens, in, 3)
+			if err != nil {
+				return err
+			}
+			defer be.Release(x)
+			dy, err := be.RandomTensor(tokens, out, 4)
+			if err != nil {
+				return err
+			}
+			defer be.Release(dy)
+			y, err := be.Acquire(tokens, out)
+			if err != nil {
+				return err
+			}
+			defer be.Release(y)
+			dx, err := be.Acquire(tokens, in)
+			if err != nil {
+				return err
+			}
+			defer be.Release(dx)
+			step := 1
+			name := map[bool]string{false: "dense", true: "SLoPe 2:4"}[sparse]
+			var total float64
+			for _, st := range l.Stages(cuda.DevicePtr(x), cuda.DevicePtr(dy), cuda.DevicePtr(y), cuda.DevicePtr(dx), tokens, &step) {
+				t, err := timer.Time(2, 10, func() error { step++; return st.Run() })
+				if err != nil {
+					return fmt.Errorf("%s: %w", st.Name, err)
+				}
+				total += t
+				fmt.Printf("| %s | %s | %.3f |\n", name, st.Name, t)
+			}
+			fmt.Printf("| %s | total | %.3f |\n", name, total)
+			return nil
+		}()
+		if ferr := be.FreeBenchTrain(l); err == nil {
+			err = ferr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func timeTrain(be *cuda.Backend, timer *cuda.Timer, l *cuda.BenchTrain, out, in, tokens int) (float64, error) {
+	x, err := be.RandomTensor(tokens, in, 3)
+	if err != nil {
+		return 0, err
+	}
+	defer be.Release(x)
+	dy, err := be.RandomTensor(tokens, out, 4)
+	if err != nil {
+		return 0, err
+	}
+	defer be.Release(dy)
+	y, err := be.Acquire(tokens, out)
+	if err != nil {
+		return 0, err
+	}
+	defer be.Release(y)
+	dx, err := be.Acquire(tokens, in)
+	if err != nil {
+		return 0, err
+	}
+	defer be.Release(dx)
+	step := 0
+	fn := func() error {
+		step++
+		return l.Step(cuda.DevicePtr(x), cuda.DevicePtr(dy), cuda.DevicePtr(y), cuda.DevicePtr(dx), tokens, step)
+	}
+	t, err := timer.Time(1, 2, fn)
+	if err != nil {
+		return 0, err
+	}
+	reps := int(math.Max(3, math.Min(50, 150/math.Max(t, 1e-3))))
+	return timer.Time(1, reps, fn)
 }
 
 func buildCopies(be *cuda.Backend, kind cuda.LinearKind, sh shape, rank int, seed uint64) ([]*cuda.BenchLinear, error) {

@@ -1,0 +1,173 @@
+package cuda
+
+import (
+	"math"
+	"testing"
+	"unsafe"
+
+	"github.com/slopeml/slope/cuda/driver"
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops"
+)
+
+// TestBenchTrainStep checks the SLoPe 2:4 training step of the benchmark
+// against float64 on the host: the forward product, the input gradient
+// through the double-pruned transpose, the AdamW update of the kept
+// values from the kept positions of dyᵀ·x, and the refreshed forward
+// weight (a second forward with the updated values).
+func TestBenchTrainStep(t *testing.T) {
+	b := newWith(t, Options{Activations: BF16})
+	if b.sp == nil {
+		t.Fatal("cuSPARSELt is not available: the 2:4 training step cannot run")
+	}
+	const out, in, tokens = 64, 128, 64
+	err := b.Do(func() error {
+		l, err := b.NewBenchTrain(true, out, in, 9)
+		if err != nil {
+			return err
+		}
+		defer b.FreeBenchTrain(l)
+		bf16s := func(p driver.Ptr, n int) []float32 {
+			raw := make([]byte, 2*n)
+			if err := b.dev.SyncStream(b.s); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.dev.CopyOut(unsafe.Pointer(&raw[0]), p, len(raw)); err != nil {
+				t.Fatal(err)
+			}
+			v := make([]float32, n)
+			if err := format.DecodeFloats(slopepb.DType_BFLOAT16, raw, v); err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		f32s := func(p driver.Ptr, n int) []float32 {
+			v := make([]float32, n)
+			if err := b.dev.SyncStream(b.s); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.dev.CopyOut(unsafe.Pointer(&v[0]), p, 4*n); err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		// Dense W and W_dp on the host from the device's portable form.
+		k := in / 2
+		vals := bf16s(l.vals, out*k)
+		rawIdx := make([]byte, out*in/8)
+		if err := b.dev.CopyOut(unsafe.Pointer(&rawIdx[0]), l.idx, len(rawIdx)); err != nil {
+			return err
+		}
+		idx := make([]uint8, out*k)
+		p := format.NM{N: 2, M: 4}
+		if err := format.UnpackNMIndices(p, out, in, rawIdx, idx); err != nil {
+			return err
+		}
+		dense := func(v []float32, dp bool) []float64 {
+			w := make([]float64, out*in)
+			for r := 0; r < out; r++ {
+				if dp && r%4 >= 2 {
+					continue // the benchmark's transpose mask
+				}
+				for j := 0; j < k; j++ {
+					w[r*in+(j/2)*4+int(idx[r*k+j])] = float64(v[r*k+j])
+				}
+			}
+			return w
+		}
+		W, Wdp := dense(vals, false), dense(vals, true)
+		xT, err := b.RandomTensor(tokens, in, 1)
+		if err != nil {
+			return err
+		}
+		dyT, err := b.RandomTensor(tokens, out, 2)
+		if err != nil {
+			return err
+		}
+		yT, _ := b.Acquire(tokens, out)
+		dxT, _ := b.Acquire(tokens, in)
+		x, dy := bf16s(DevicePtr(xT), tokens*in), bf16s(DevicePtr(dyT), tokens*out)
+		if err := l.Step(DevicePtr(xT), DevicePtr(dyT), DevicePtr(yT), DevicePtr(dxT), tokens, 1); err != nil {
+			return err
+		}
+		rel := func(got []float32, want []float64) float64 {
+			var num, den float64
+			for i, w := range want {
+				num += (float64(got[i]) - w) * (float64(got[i]) - w)
+				den += w * w
+			}
+			return math.Sqrt(num / den)
+		}
+		y, dx := bf16s(DevicePtr(yT), tokens*out), bf16s(DevicePtr(dxT), tokens*in)
+		wantY, wantDX := make([]float64, tokens*out), make([]float64, tokens*in)
+		gradW := make([]float64, out*in)
+		for i := 0; i < tokens; i++ {
+			for r := 0; r < out; r++ {
+				for c := 0; c < in; c++ {
+					wantY[i*out+r] += float64(x[i*in+c]) * W[r*in+c]
+					wantDX[i*in+c] += float64(dy[i*out+r]) * Wdp[r*in+c]
+					gradW[r*in+c] += float64(dy[i*out+r]) * float64(x[i*in+c])
+				}
+			}
+		}
+		if e := rel(y, wantY); !(e <= 1e-2) {
+			t.Errorf("forward: relative L2 %.3g", e)
+		}
+		if e := rel(dx, wantDX); !(e <= 1e-2) {
+			t.Errorf("input gradient through W_dp: relative L2 %.3g", e)
+		}
+		// The gradient of the kept values, then AdamW step 1 (bias
+		// corrections make it lr·g/(|g|+ε) plus decay): compare the update.
+		grad := f32s(l.grad, out*k)
+		wantG := make([]float64, out*k)
+		for r := 0; r < out; r++ {
+			for j := 0; j < k; j++ {
+				wantG[r*k+j] = gradW[r*in+(j/2)*4+int(idx[r*k+j])]
+			}
+		}
+		if e := rel(grad, wantG); !(e <= 1e-5) {
+			t.Errorf("kept weight gradient: relative L2 %.3g", e)
+		}
+		master := f32s(l.master, out*k)
+		newVals := bf16s(l.vals, out*k)
+		const lr, wd = 1e-4, 0.1
+		bad := 0
+		for i := range master {
+			g := float64(grad[i])
+			want := float64(vals[i])*(1-lr*wd) - lr*g/(math.Abs(g)+1e-8)
+			if math.Abs(float64(master[i])-want) > 1e-7+1e-6*math.Abs(want) {
+				bad++
+			}
+			if newVals[i] != format.BFloat16ToFloat32(format.Float32ToBFloat16(master[i])) {
+				t.Fatalf("bf16 copy %d = %g, master %g", i, newVals[i], master[i])
+			}
+		}
+		if bad > 0 {
+			t.Errorf("AdamW: %d of %d kept values off the step-1 update", bad, len(master))
+		}
+		// The refreshed cuSPARSELt form multiplies with the new values.
+		if err := l.fwd.Matmul(b.s, DevicePtr(yT), out, DevicePtr(xT), in, tokens, 0); err != nil {
+			return err
+		}
+		W2 := dense(newVals, false)
+		want2 := make([]float64, tokens*out)
+		for i := 0; i < tokens; i++ {
+			for r := 0; r < out; r++ {
+				for c := 0; c < in; c++ {
+					want2[i*out+r] += float64(x[i*in+c]) * W2[r*in+c]
+				}
+			}
+		}
+		if e := rel(bf16s(DevicePtr(yT), tokens*out), want2); !(e <= 1e-2) {
+			t.Errorf("forward after the refresh: relative L2 %.3g", e)
+		}
+		for _, tt := range []ops.Tensor{xT, dyT, yT, dxT} {
+			b.Release(tt)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
