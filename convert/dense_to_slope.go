@@ -855,25 +855,32 @@ func writeMagnitude(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, 
 			res.dropped++
 		}
 	}
-	// ‖W − W_s‖/‖W‖ with W_s's kept entries as stored, summed per row in
-	// the order relErrors uses.
+	// ‖W − W_s‖/‖W‖ with W_s's kept entries as stored, per row with
+	// rowSquares as relErrors does (each row of W_s scattered from the
+	// kept values and their in-group indices).
 	kept := in * p.N / p.M
 	rowW, rowP := make([]float64, out), make([]float64, out)
 	parallel(out, func(lo, hi int) {
+		ws := make([]float32, in) // zero between rows: the kept positions are reset
+		cols := make([]int32, kept)
 		for o := lo; o < hi; o++ {
-			var a, b float64
-			vs, j := values[o*kept:(o+1)*kept], 0
-			for i, v := range t.Data[o*in : (o+1)*in] {
-				a += float64(v) * float64(v)
-				var s float32
-				if keep[o*in+i] {
-					s = vs[j]
-					j++
+			vs, ix := values[o*kept:(o+1)*kept], idx[o*kept:(o+1)*kept]
+			if p.N == 2 && p.M == 4 {
+				for j := range cols {
+					cols[j] = int32(j>>1<<2) + int32(ix[j]&3)
 				}
-				d := float64(v) - float64(s)
-				b += d * d
+			} else {
+				for j := range cols {
+					cols[j] = int32((j/p.N)*p.M) + int32(ix[j])
+				}
 			}
-			rowW[o], rowP[o] = a, b
+			for j, c := range cols {
+				ws[c] = vs[j]
+			}
+			rowW[o], rowP[o] = rowSquares(t.Data[o*in:(o+1)*in], ws)
+			for _, c := range cols {
+				ws[c] = 0
+			}
 		}
 	})
 	var nw, np float64
