@@ -3,8 +3,15 @@
 # `slope init` makes the same small OPT (4 layers, hidden 256, 4 heads,
 # ffn 1024, 256 positions, vocab VOCAB) dense and 2:4
 # from one seed, then `slope train` runs STEPS steps of BATCH x SEQ tokens
-# on random token ids. Prints tokens/s and peak RSS of each, in one run.
-# Environment: STEPS (8), BATCH (4), SEQ (128), VOCAB (8192), THREADS (0).
+# on random token ids, REPEAT rounds alternating dense and 2:4. Prints per
+# round the steady-state tokens/s (the steps after the first, from the
+# JSONL log) and the 2:4/dense ratio, the training state (values,
+# gradients, AdamW moments, N:M metadata: train.Memory), kernel buffers,
+# activations and peak RSS of each, and the 2:4/dense memory ratios; then
+# REPEAT rounds of train's BenchmarkStepPair (dense and 2:4 steps
+# alternating in one process: tokens/s by wall and by CPU time, ratios).
+# Environment: STEPS (8), BATCH (4), SEQ (128), VOCAB (8192), THREADS (0),
+# REPEAT (3).
 # Output: bench/out/train.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +20,7 @@ BATCH=${BATCH:-4}
 SEQ=${SEQ:-128}
 VOCAB=${VOCAB:-8192}
 THREADS=${THREADS:-0}
+REPEAT=${REPEAT:-3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/slope-train.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 go build -o "$work/slope" ./cli/slope
@@ -31,14 +39,54 @@ with open(sys.argv[1], "wb") as f:
 PY
 mkdir -p bench/out
 {
-	echo "# bench/train.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nproc) CPUs, $STEPS steps of $BATCH x $SEQ tokens, vocab $VOCAB"
+	echo "# bench/train.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nproc) CPUs, $STEPS steps of $BATCH x $SEQ tokens, vocab $VOCAB, $REPEAT rounds"
 	for nm in dense 2:4; do
-		"$work/slope" init --config "$work/config.json" --out "$work/m.slope" --nm "$nm" --seed 1 >/dev/null
-		start=$(date +%s.%N)
-		/usr/bin/time -f "%M" -o "$work/rss" "$work/slope" train "$work/m.slope" --data "$work/tokens.u16" --steps "$STEPS" \
-			--batch "$BATCH" --seq "$SEQ" --lr 1e-3 --out "$work/ck.slope" --threads "$THREADS" --print-every 1000000 >/dev/null 2>&1
-		end=$(date +%s.%N)
-		secs=$(echo "$end - $start" | bc)
-		echo "$nm: $(echo "$STEPS * $BATCH * $SEQ / $secs" | bc) tokens/s (wall $secs s incl. start-up and the final save), peak RSS $(($(cat "$work/rss") / 1024)) MiB"
+		"$work/slope" init --config "$work/config.json" --out "$work/m-${nm/:/}.slope" --nm "$nm" --seed 1 >/dev/null
+	done
+	for round in $(seq "$REPEAT"); do
+		for nm in dense 2:4; do
+			tag=${nm/:/}
+			start=$(date +%s.%N)
+			"$work/slope" train "$work/m-$tag.slope" --data "$work/tokens.u16" --steps "$STEPS" \
+				--batch "$BATCH" --seq "$SEQ" --lr 1e-3 --out "$work/ck.slope" --threads "$THREADS" --print-every 1000000 \
+				--log "$work/log-$tag-$round.jsonl" >"$work/out-$tag-$round.txt" 2>/dev/null
+			end=$(date +%s.%N)
+			echo "round $round $nm: wall $(echo "$end - $start" | bc) s incl. start-up and the final save"
+		done
+	done
+	python3 - "$work" "$REPEAT" "$BATCH" "$SEQ" <<'PY'
+import json, statistics, sys
+work, rounds, batch, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+res = {}
+for tag in ("dense", "24"):
+    rates, mems = [], []
+    for r in range(1, rounds + 1):
+        recs = [json.loads(l) for l in open(f"{work}/log-{tag}-{r}.jsonl")]
+        steps = [x for x in recs if x["type"] == "step"]
+        # Steady state: every step after the first (which grows the buffers).
+        secs = sum(batch * seq / x["tokens_per_s"] for x in steps[1:])
+        rates.append(batch * seq * len(steps[1:]) / secs)
+        mems.append(next(x for x in recs if x["type"] == "memory"))
+    res[tag] = (rates, mems)
+    m = mems[-1]
+    mib = lambda b: b / 2**20
+    name = "dense" if tag == "dense" else "2:4"
+    rss = " ".join("%.0f" % mib(x["peak_rss_bytes"]) for x in mems)
+    print(f"{name}: tokens/s per round {' '.join(f'{v:.0f}' for v in rates)} (steps after the first; median {statistics.median(rates):.0f})")
+    print(f"{name}: training state {mib(m['state_bytes']):.2f} MiB (values {mib(m['values_bytes']):.2f}, gradients {mib(m['grads_bytes']):.2f}, "
+          f"moments {mib(m['moments_bytes']):.2f}, N:M metadata {mib(m.get('nm_meta_bytes', 0)):.2f}); kernel buffers {mib(m.get('kernel_bytes', 0)):.2f} MiB, "
+          f"activations {mib(m.get('activation_bytes', 0)):.2f} MiB; peak RSS {rss} MiB")
+d, s = res["dense"], res["24"]
+ratios = [b / a for a, b in zip(d[0], s[0])]
+print(f"2:4 / dense tokens/s per round: {' '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f}; target >= 1.3)")
+print(f"2:4 / dense training state: {s[1][-1]['state_bytes'] / d[1][-1]['state_bytes']:.3f} (target <= 0.7); "
+      f"peak RSS: {statistics.median(x['peak_rss_bytes'] for x in s[1]) / statistics.median(x['peak_rss_bytes'] for x in d[1]):.3f}")
+PY
+	# Separate processes see different machine load on a shared machine:
+	# the paired benchmark alternates dense and 2:4 steps in one process
+	# (same batch, 4 x 128 tokens) and reports wall and CPU-time ratios.
+	for round in $(seq "$REPEAT"); do
+		SLOPE_BENCH_THREADS=$THREADS go test ./train -run '^$' -bench '^BenchmarkStepPair$' -benchtime "${STEPS}x" |
+			awk -v r="$round" '/^BenchmarkStepPair/ { line = ""; for (i = 5; i < NF; i += 2) line = line " " $(i + 1) "=" $i; print "paired round " r ":" line }'
 	done
 } | tee bench/out/train.txt

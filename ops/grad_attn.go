@@ -3,26 +3,46 @@ package ops
 import (
 	"fmt"
 	"math"
+
+	"github.com/slopeml/slope/ops/cpu"
 )
 
 // attnBufs holds one worker's per-(sequence, head) buffers of the
-// attention backward: q, k, v, dO [T, hd] gathered contiguously, their
-// transposes, the [T, T] score matrices and a [T, hd] product.
+// attention backward: q, k, v, dO [T, hd] gathered contiguously, the
+// [T, T] score matrices (and a transpose) and a [T, hd] product.
 type attnBufs struct {
 	q, k, v, do   []float32
-	qT, kT, doT   []float32
 	p, dp, ds, tT []float32
 	prod          []float32
 	row           []float64
+	// w holds the four products' prepared right operands, refilled per
+	// head (cpu.PrepareDenseF32 / PrepareDenseKN reuse their buffers).
+	w [4]*cpu.Dense
+}
+
+// mul computes y [m, n] = a [m, k]·B with B given as w [n, k]
+// (transposed false) or as Bᵀ row-major [k, n] (transposed true),
+// prepared into slot i's reused panels, on the calling goroutine. The
+// products equal denseMul's of the same operands.
+func (bf *attnBufs) mul(i int, y, a []float32, m, k, n int, w []float32, transposed bool) error {
+	var err error
+	if transposed {
+		bf.w[i], err = cpu.PrepareDenseKN(bf.w[i], w[:k*n], k, n, 1)
+	} else {
+		bf.w[i], err = cpu.PrepareDenseF32(bf.w[i], w[:n*k], n, k, 1)
+	}
+	if err != nil {
+		return err
+	}
+	return bf.w[i].Linear(y[:m*n], a[:m*k], m, nil, 1)
 }
 
 func newAttnBufs(seq, hd int) *attnBufs {
 	n, tt := seq*hd, seq*seq
-	f := make([]float32, 8*n+4*tt)
+	f := make([]float32, 5*n+4*tt)
 	cut := func(k int) []float32 { s := f[:k:k]; f = f[k:]; return s }
 	return &attnBufs{
-		q: cut(n), k: cut(n), v: cut(n), do: cut(n),
-		qT: cut(n), kT: cut(n), doT: cut(n), prod: cut(n),
+		q: cut(n), k: cut(n), v: cut(n), do: cut(n), prod: cut(n),
 		p: cut(tt), dp: cut(tt), ds: cut(tt), tT: cut(tt),
 		row: make([]float64, seq),
 	}
@@ -95,10 +115,10 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 	gather(bf.v, v)
 	gather(bf.do, gy)
 	// S = Q·Kᵀ (K as the weight [T, hd]); dP = dO·Vᵀ.
-	if err := denseMul(bf.p, bf.q, seq, hd, seq, bf.k, nil, 1); err != nil {
+	if err := bf.mul(0, bf.p, bf.q, seq, hd, seq, bf.k, false); err != nil {
 		return err
 	}
-	if err := denseMul(bf.dp, bf.do, seq, hd, seq, bf.v, nil, 1); err != nil {
+	if err := bf.mul(1, bf.dp, bf.do, seq, hd, seq, bf.v, false); err != nil {
 		return err
 	}
 	// Softmax per row over the visible keys, then dS (scaled).
@@ -144,31 +164,29 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 		}
 		clear(ds[i+1:])
 	}
-	if gin[0] != nil { // dQ = dS·K: weight Kᵀ [hd, T]
-		transposeSmall(bf.kT, bf.k, seq, hd)
-		if err := denseMul(bf.prod, bf.ds, seq, seq, hd, bf.kT, nil, 1); err != nil {
+	if gin[0] != nil { // dQ = dS·K: K [T, hd] row-major is the [K, N] operand
+		if err := bf.mul(2, bf.prod, bf.ds, seq, seq, hd, bf.k, true); err != nil {
 			return err
 		}
 		scatterAdd(gin[0].Data, bf.prod)
 	}
-	// addATB adds aᵀ·b ([T, hd]; a [T, T], b [T, hd], bT scratch for bᵀ)
+	// addATB adds aᵀ·b ([T, hd]; a [T, T], b [T, hd] the [K, N] operand)
 	// into dst.
-	addATB := func(dst []float32, a, b, bT []float32) error {
+	addATB := func(dst []float32, a, b []float32) error {
 		transposeSmall(bf.tT, a, seq, seq)
-		transposeSmall(bT, b, seq, hd)
-		if err := denseMul(bf.prod, bf.tT, seq, seq, hd, bT, nil, 1); err != nil {
+		if err := bf.mul(3, bf.prod, bf.tT, seq, seq, hd, b, true); err != nil {
 			return err
 		}
 		scatterAdd(dst, bf.prod)
 		return nil
 	}
 	if gin[1] != nil { // dK = dSᵀ·Q
-		if err := addATB(gin[1].Data, bf.ds, bf.q, bf.qT); err != nil {
+		if err := addATB(gin[1].Data, bf.ds, bf.q); err != nil {
 			return err
 		}
 	}
 	if gin[2] != nil { // dV = Pᵀ·dO
-		if err := addATB(gin[2].Data, bf.p, bf.do, bf.doT); err != nil {
+		if err := addATB(gin[2].Data, bf.p, bf.do); err != nil {
 			return err
 		}
 	}

@@ -156,7 +156,7 @@ func (g *CPUGrad) BindGrad(b Binding, ps ParamStore) (GradStep, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &activationGrad{activationStep: s.(*activationStep), df: activationDeriv(n.OpType)}, nil
+		return &activationGrad{activationStep: s.(*activationStep), op: n.OpType, df: activationDeriv(n.OpType)}, nil
 	}
 	return nil, fmt.Errorf("node %q: backend %s has no gradient kernel for op %s: %w", n.Name, g.Name(), n.OpType, ErrUnsupported)
 }
@@ -204,6 +204,7 @@ func nonNil(ps ...*Param) []*Param {
 
 type activationGrad struct {
 	*activationStep
+	op string
 	df func(x float64) float64
 }
 
@@ -216,6 +217,20 @@ func (s *activationGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, g
 	}
 	n := c.Rows() * s.dim
 	x, gy, gx := in[0].Data[:n], gout.Data[:n], gin[0].Data[:n]
+	if s.op == OpRelu {
+		// f' is 1 or 0: gy·1 = gy and gy·0 exactly as the float64 product
+		// rounds them.
+		parallelRows(n, c.Threads, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				if x[i] > 0 {
+					gx[i] += gy[i]
+				} else {
+					gx[i] += gy[i] * 0
+				}
+			}
+		})
+		return nil
+	}
 	parallelRows(n, c.Threads, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			gx[i] += float32(float64(gy[i]) * s.df(float64(x[i])))
@@ -377,31 +392,26 @@ func (s *linearGrad) Forward(c *Call, in []*Value, out *Value) error {
 	if s.b != nil {
 		bias = s.b.Value
 	}
-	return denseMul(out.Data, x.Data, c.Rows(), s.in, s.out, s.w.Value, bias, c.Threads)
+	return linearForward(out.Data, x.Data, c.Rows(), s.in, s.out, s.w.Value, bias, c.Threads)
 }
 
 // Backward: gx [rows, in] += gy·W; gW [out, in] += gyᵀ·x; gb [out] += Σ_rows gy.
-// The products run on the dense kernels: gy·W as gy·(Wᵀ)ᵀ with Wᵀ
-// [in, out] prepared as a weight, gyᵀ·x as a GEMM of gyᵀ [out, rows]
-// against xᵀ [in, rows].
+// The products run on the dense kernels, accumulating into gx and gW:
+// gy·W with W's rows as the K dimension, gyᵀ·x as a GEMM of gyᵀ
+// [out, rows] against x read as [K = rows, N = in].
 func (s *linearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
 	x, m := in[0], c.Rows()
 	if m == 0 {
 		return nil
 	}
 	if gin[0] != nil {
-		wt := transposed(s.w.Value, s.out, s.in, c.Threads)
-		tmp := make([]float32, m*s.in)
-		if err := denseMul(tmp, gout.Data, m, s.out, s.in, wt, nil, c.Threads); err != nil {
+		if err := addInputGrad(gin[0].Data, gout.Data, m, s.in, s.out, s.w.Value, c.Threads); err != nil {
 			return err
 		}
-		addInto(gin[0].Data[:m*s.in], tmp, c.Threads)
 	}
-	gw, err := weightGrad(gout.Data, x.Data, m, s.in, s.out, c.Threads)
-	if err != nil {
+	if err := addWeightGrad(s.w.Grad, gout.Data, x.Data, m, s.in, s.out, c.Threads); err != nil {
 		return err
 	}
-	addInto(s.w.Grad, gw, c.Threads)
 	if s.b != nil {
 		biasGrad(s.b.Grad, gout.Data, m, s.out)
 	}
@@ -481,17 +491,6 @@ func (s *slopeLinearGrad) xl(dst, xr []float32) {
 	}
 }
 
-// sparse prepares W (its current kept values) for the N:M kernels.
-func (s *slopeLinearGrad) sparse() (*cpu.Sparse, error) {
-	nm := s.w.NM
-	packed, err := s.cache.packedIdx(nm)
-	if err != nil {
-		return nil, err
-	}
-	return cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: s.out, In: s.in,
-		Values: f32Bytes(s.w.Value), Indices: packed})
-}
-
 func (s *slopeLinearGrad) Forward(c *Call, in []*Value, out *Value) error {
 	x, m := in[0], c.Rows()
 	if err := checkValue("slopelinear input", x, m, s.in); err != nil {
@@ -500,16 +499,18 @@ func (s *slopeLinearGrad) Forward(c *Call, in []*Value, out *Value) error {
 	if m == 0 {
 		return nil
 	}
-	sp, err := s.sparse()
-	if err != nil {
-		return err
-	}
 	var bias []float32
 	if s.b != nil {
 		bias = s.b.Value
 	}
 	y := out.Data[:m*s.out]
-	if err := sp.Linear(y, x.Data[:m*s.in], m, bias, c.Threads); err != nil {
+	s.cache.mu.Lock()
+	sp, err := s.cache.forward(s.w.NM, s.w.Value, c.Threads)
+	if err == nil {
+		err = sp.Linear(y, x.Data[:m*s.in], m, bias, c.Threads)
+	}
+	s.cache.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	if s.l != nil {
@@ -522,27 +523,18 @@ func (s *slopeLinearGrad) Forward(c *Call, in []*Value, out *Value) error {
 // is N:M along out (NM_TRANSPOSE_MATERIALIZED), built from the kept values
 // and TKeep. It returns false when W_dpᵀ is not N:M (rows % M != 0).
 func (s *slopeLinearGrad) inputGradNM(c *Call, gx, gy []float32, m int) (bool, error) {
-	nm := s.w.NM
-	packed, src, ok, err := s.cache.transpose(nm)
+	s.cache.mu.Lock()
+	defer s.cache.mu.Unlock()
+	sp, ok, err := s.cache.transposeWeight(s.w.NM, s.w.Value, c.Threads)
 	if err != nil || !ok {
 		return false, err
 	}
-	tv := make([]float32, len(src))
-	for i, j := range src {
-		if j >= 0 {
-			tv[i] = s.w.Value[j]
-		}
-	}
-	sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: s.in, In: s.out,
-		Values: f32Bytes(tv), Indices: packed})
-	if err != nil {
+	tmp := getF32(m * s.in)
+	defer putF32(tmp)
+	if err := sp.Linear(*tmp, gy[:m*s.out], m, nil, c.Threads); err != nil {
 		return false, err
 	}
-	tmp := make([]float32, m*s.in)
-	if err := sp.Linear(tmp, gy[:m*s.out], m, nil, c.Threads); err != nil {
-		return false, err
-	}
-	addInto(gx[:m*s.in], tmp, c.Threads)
+	addInto(gx[:m*s.in], *tmp, c.Threads)
 	return true, nil
 }
 
@@ -578,20 +570,13 @@ func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, 
 			})
 		}
 	}
-	// gW: the dense gyᵀ·x, gathered at W's kept positions.
-	gd, err := weightGrad(gout.Data, x.Data, m, s.in, s.out, c.Threads)
-	if err != nil {
+	// gW at W's kept positions only: Σ_rows gy[r][o]·x[r][col]
+	// (cpu.NMWeightGrad: the dense gyᵀ·x gathered at the mask, bit for bit
+	// on the AVX-512 path for 2:4, else up to float32 rounding).
+	nm := s.w.NM
+	if err := cpu.NMWeightGrad(s.w.Grad, gout.Data[:m*s.out], x.Data[:m*s.in], m, nm.Pattern, s.out, s.in, nm.Idx, c.Threads); err != nil {
 		return err
 	}
-	parallelRows(s.out, c.Threads, func(lo, hi int) {
-		for o := lo; o < hi; o++ {
-			gw := s.w.Grad[o*s.kept : (o+1)*s.kept]
-			row := gd[o*s.in : (o+1)*s.in]
-			for k := range gw {
-				gw[k] += row[s.col(o, k)]
-			}
-		}
-	})
 	if s.b != nil {
 		biasGrad(s.b.Grad, gout.Data, m, s.out)
 	}

@@ -3,6 +3,7 @@ package ops
 import (
 	"encoding/binary"
 	"math"
+	"math/bits"
 	"slices"
 	"sync"
 	"unsafe"
@@ -13,10 +14,12 @@ import (
 
 // GEMM helpers of the CPU training steps: the matrix products of Linear,
 // LMHead and SlopeLinear (forward, input and weight gradients) run through
-// the inference kernels of ops/cpu, whose weights are prepared from the
-// current float32 values at every call (preparing is O(weights), small
-// next to the products). The kernels compute every output element on one
-// goroutine in a fixed order, so results do not depend on the thread count.
+// the kernels of ops/cpu, whose weights are laid out from the current
+// float32 values at every call (O(weights), small next to the products)
+// into reused buffers: pooled dense panels, each SlopeLinear's prepared
+// N:M weights (indices built once per mask). The kernels compute every
+// output element on one goroutine in a fixed order, so results do not
+// depend on the thread count.
 
 // nativeLE reports whether float32 slices are little-endian in memory (and
 // can be handed to the kernels' weight views without a copy).
@@ -39,25 +42,12 @@ func f32Bytes(v []float32) []byte {
 	return b
 }
 
-// transposeInto writes dst [cols, rows] = srcᵀ for src [rows, cols], in
-// tiles of 32x32 spread over threads by row tiles of dst.
+// transposeInto writes dst [cols, rows] = srcᵀ for src [rows, cols]
+// (cpu.Transpose: 8x8 blocks in assembly, column chunks over threads).
 func transposeInto(dst, src []float32, rows, cols, threads int) {
-	const tb = 32
-	tiles := (cols + tb - 1) / tb
-	parallelRows(tiles, threads, func(lo, hi int) {
-		for ct := lo; ct < hi; ct++ {
-			c0, c1 := ct*tb, min(ct*tb+tb, cols)
-			for r0 := 0; r0 < rows; r0 += tb {
-				r1 := min(r0+tb, rows)
-				for c := c0; c < c1; c++ {
-					d := dst[c*rows : (c+1)*rows]
-					for r := r0; r < r1; r++ {
-						d[r] = src[r*cols+c]
-					}
-				}
-			}
-		}
-	})
+	if err := cpu.Transpose(dst[:rows*cols], src[:rows*cols], rows, cols, threads); err != nil {
+		panic(err) // the callers size both slices
+	}
 }
 
 // transposed returns srcᵀ [cols, rows] in a new slice.
@@ -102,7 +92,7 @@ func addInto(dst, src []float32, threads int) {
 
 // weightGrad computes the dense weight gradient g [out, in] = gyᵀ·x for
 // gy [m, out] and x [m, in] (a GEMM with K = m): a = gyᵀ [out, m], the
-// weight xᵀ [in, m]. m must be >= 1.
+// weight xᵀ [in, m]. m must be >= 1. (The reference of addWeightGrad.)
 func weightGrad(gy, x []float32, m, in, out, threads int) ([]float32, error) {
 	gyT := transposed(gy[:m*out], m, out, threads)
 	xT := transposed(x[:m*in], m, in, threads)
@@ -111,6 +101,86 @@ func weightGrad(gy, x []float32, m, in, out, threads int) ([]float32, error) {
 		return nil, err
 	}
 	return g, nil
+}
+
+// Scratch memory of the training products, shared by all steps (a step
+// holds none between calls): float32 buffers in power-of-two size
+// classes, and prepared dense weights by shape (refilled from the current
+// values at every call, so Params edited between calls are always seen).
+var (
+	f32Pools   [48]sync.Pool // *[]float32 with cap 1<<class
+	densePools sync.Map      // [2]int{k, n} -> *sync.Pool of *cpu.Dense
+)
+
+// getF32 returns a buffer of n float32s (contents undefined).
+func getF32(n int) *[]float32 {
+	class := bits.Len(uint(max(n, 1) - 1))
+	if p, ok := f32Pools[class].Get().(*[]float32); ok {
+		*p = (*p)[:n]
+		return p
+	}
+	b := make([]float32, n, 1<<class)
+	return &b
+}
+
+func putF32(p *[]float32) { f32Pools[bits.Len(uint(cap(*p))-1)].Put(p) }
+
+func densePool(k, n int) *sync.Pool {
+	p, _ := densePools.LoadOrStore([2]int{k, n}, &sync.Pool{})
+	return p.(*sync.Pool)
+}
+
+// getDense returns a pooled float32 Dense [out = n, in = k] or nil (the
+// Prepare functions then allocate one); putDense gives it back.
+func getDense(k, n int) *cpu.Dense {
+	d, _ := densePool(k, n).Get().(*cpu.Dense)
+	return d
+}
+
+func putDense(d *cpu.Dense) { densePool(d.In(), d.Out()).Put(d) }
+
+// linearForward computes y [m, out] = x [m, in]·wᵀ (+ bias) with w
+// [out, in], as denseMul does, on pooled panels.
+func linearForward(y, x []float32, m, in, out int, w, bias []float32, threads int) error {
+	if m == 0 || in == 0 || out == 0 {
+		return denseMul(y, x, m, in, out, w, bias, threads)
+	}
+	d, err := cpu.PrepareDenseF32(getDense(in, out), w[:out*in], out, in, threads)
+	if err != nil {
+		return err
+	}
+	defer putDense(d)
+	return d.Linear(y[:m*out], x[:m*in], m, bias, threads)
+}
+
+// addInputGrad adds gy [m, out]·w into gx [m, in] for w [out, in]: the
+// GEMM with B = w read row-major as [K = out, N = in] (no transpose),
+// accumulating straight into gx.
+func addInputGrad(gx, gy []float32, m, in, out int, w []float32, threads int) error {
+	if m == 0 || in == 0 || out == 0 {
+		return nil
+	}
+	d, err := cpu.PrepareDenseKN(getDense(out, in), w[:out*in], out, in, threads)
+	if err != nil {
+		return err
+	}
+	defer putDense(d)
+	return d.MulAdd(gx[:m*in], gy[:m*out], m, threads)
+}
+
+// addWeightGrad adds gyᵀ·x [out, in] into g for gy [m, out], x [m, in]
+// (m >= 1): A = gyᵀ (transposed into scratch), B = x read row-major as
+// [K = m, N = in]. (weightGrad is its reference.)
+func addWeightGrad(g, gy, x []float32, m, in, out int, threads int) error {
+	gyT := getF32(m * out)
+	defer putF32(gyT)
+	transposeInto(*gyT, gy[:m*out], m, out, threads)
+	d, err := cpu.PrepareDenseKN(getDense(m, in), x[:m*in], m, in, threads)
+	if err != nil {
+		return err
+	}
+	defer putDense(d)
+	return d.MulAdd(g[:out*in], *gyT, out, threads)
 }
 
 // biasGrad adds Σ_rows gy into gb, row by row (the order of the loops it
@@ -123,28 +193,35 @@ func biasGrad(gb, gy []float32, m, out int) {
 	}
 }
 
-// nmCache holds what a SlopeLinear's prepared weights derive from its
-// static mask: W's packed indices and, per transpose mask, the layout of
-// W_dpᵀ (NM_TRANSPOSE_MATERIALIZED: [in, out], N:M along out).
+// nmCache holds a SlopeLinear's prepared N:M weights and what they derive
+// from its masks: W (indices fixed by Idx, which is static: the cache is
+// keyed on the Idx slice itself) and, per transpose mask, W_dpᵀ
+// (NM_TRANSPOSE_MATERIALIZED: [in, out], N:M along out). The values are
+// refilled from the Param at every call, so edits between calls are
+// seen; the transpose layout is rebuilt when TKeep's content changes
+// (the trainer refreshes it in place).
 type nmCache struct {
-	mu     sync.Mutex
-	idx    []uint8 // the Idx the packed indices were built from
-	packed []byte
-	// W_dpᵀ: tKeep the TKeep it was built from, tPacked its packed
-	// indices, tSrc per kept slot of W_dpᵀ the position in W's values
-	// (-1: a zero filler).
-	tKeep   []bool
-	tPacked []byte
-	tSrc    []int32
+	mu sync.Mutex
+	// W: idxOf is the Idx it was built from (identity, not content).
+	idxOf *uint8
+	idxN  int
+	fw    *cpu.Sparse
+	// W_dpᵀ: tKeep the TKeep it was built from, tOK whether W_dpᵀ is N:M,
+	// tSrc per kept slot of W_dpᵀ the position in W's values (-1: a zero
+	// filler), bw the prepared weight.
+	tKeep       []bool
+	tBuilt, tOK bool
+	tSrc        []int32
+	bw          *cpu.Sparse
 }
 
-// packedIdx returns W's packed indices, rebuilt only when Idx changed.
-func (c *nmCache) packedIdx(nm *NMParam) ([]byte, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.packed != nil && slices.Equal(c.idx, nm.Idx) {
-		return c.packed, nil
-	}
+// sameIdx reports whether the cache was built from nm.Idx (caller holds mu).
+func (c *nmCache) sameIdx(nm *NMParam) bool {
+	return c.idxN == len(nm.Idx) && (len(nm.Idx) == 0 || c.idxOf == &nm.Idx[0])
+}
+
+// packIdx packs nm.Idx as the container does.
+func packIdx(nm *NMParam) ([]byte, error) {
 	rb, err := nm.Pattern.IndexRowBytes(nm.Cols)
 	if err != nil {
 		return nil, err
@@ -153,27 +230,90 @@ func (c *nmCache) packedIdx(nm *NMParam) ([]byte, error) {
 	if err := format.PackNMIndices(nm.Pattern, nm.Rows, nm.Cols, nm.Idx, buf); err != nil {
 		return nil, err
 	}
-	c.idx = slices.Clone(nm.Idx)
-	c.packed = buf
-	c.tKeep = nil // the transpose derives from Idx too
 	return buf, nil
 }
 
-// transpose returns the packed indices of W_dpᵀ and the source of each of
-// its kept values, rebuilt when TKeep (or Idx) changed. ok is false when
-// the transpose cannot be an N:M weight (Rows not a multiple of M, or a
+// forward returns W prepared for the N:M kernels with the current values
+// vals: prepared (and the indices checked) on first use or when Idx was
+// replaced, else refilled in place.
+func (c *nmCache) forward(nm *NMParam, vals []float32, threads int) (*cpu.Sparse, error) {
+	if c.fw != nil && c.sameIdx(nm) {
+		return c.fw, c.fw.SetValuesF32(vals, threads)
+	}
+	packed, err := packIdx(nm)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: nm.Rows, In: nm.Cols,
+		Values: f32Bytes(vals), Indices: packed})
+	if err != nil {
+		return nil, err
+	}
+	if !c.sameIdx(nm) {
+		c.tBuilt = false // the transpose derives from Idx too
+	}
+	c.fw, c.idxN = sp, len(nm.Idx)
+	if len(nm.Idx) > 0 {
+		c.idxOf = &nm.Idx[0]
+	}
+	return sp, nil
+}
+
+// transposeWeight returns W_dpᵀ prepared with the current values vals,
+// its layout rebuilt when TKeep (or Idx) changed. ok is false when the
+// transpose cannot be an N:M weight (Rows not a multiple of M, or a
 // column group keeping more than N).
-func (c *nmCache) transpose(nm *NMParam) (packed []byte, src []int32, ok bool, err error) {
-	if _, err := c.packedIdx(nm); err != nil {
-		return nil, nil, false, err
+func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (*cpu.Sparse, bool, error) {
+	if !c.tBuilt || !c.sameIdx(nm) || !slices.Equal(nm.TKeep, c.tKeep) {
+		c.tBuilt, c.tOK, c.tSrc, c.bw = false, false, nil, nil
+		if _, err := packIdx(nm); err != nil { // validates Idx
+			return nil, false, err
+		}
+		packed, src, ok, err := transposeLayout(nm)
+		if err != nil {
+			return nil, false, err
+		}
+		if ok {
+			tv := make([]float32, len(src))
+			fillTransposed(tv, src, vals)
+			sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: nm.Cols, In: nm.Rows,
+				Values: f32Bytes(tv), Indices: packed})
+			if err != nil {
+				return nil, false, err
+			}
+			c.bw, c.tSrc = sp, src
+		}
+		c.tKeep = append(c.tKeep[:0], nm.TKeep...)
+		c.tBuilt, c.tOK = true, ok
+		if len(nm.Idx) > 0 && c.fw == nil {
+			// Key the transpose on this Idx even before the first forward.
+			c.idxOf, c.idxN = &nm.Idx[0], len(nm.Idx)
+		}
+		return c.bw, ok, nil
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.tKeep != nil && slices.Equal(c.tKeep, nm.TKeep) {
-		return c.tPacked, c.tSrc, c.tSrc != nil, nil
+	if !c.tOK {
+		return nil, false, nil
 	}
-	c.tKeep = slices.Clone(nm.TKeep)
-	c.tPacked, c.tSrc = nil, nil
+	return c.bw, true, c.bw.SetValuesGatherF32(vals, c.tSrc, threads)
+}
+
+// fillTransposed gathers W_dpᵀ's values: tv[i] = vals[src[i]], 0 for a
+// filler.
+func fillTransposed(tv []float32, src []int32, vals []float32) {
+	for i, j := range src {
+		if j >= 0 {
+			tv[i] = vals[j]
+		} else {
+			tv[i] = 0
+		}
+	}
+}
+
+// transposeLayout builds W_dpᵀ's packed indices and the source of each
+// of its kept values (an index into W's values, -1 for a zero filler) from
+// Idx and TKeep. ok is false when the transpose cannot be an N:M weight
+// (Rows not a multiple of M, or a column group keeping more than N).
+func transposeLayout(nm *NMParam) (packed []byte, src []int32, ok bool, err error) {
 	p, rows, cols := nm.Pattern, nm.Rows, nm.Cols
 	if rows%p.M != 0 || cols%p.M != 0 {
 		return nil, nil, false, nil
@@ -240,6 +380,30 @@ func (c *nmCache) transpose(nm *NMParam) (packed []byte, src []int32, ok bool, e
 	if err := format.PackNMIndices(p, cols, rows, tIdx, buf); err != nil {
 		return nil, nil, false, err
 	}
-	c.tPacked, c.tSrc = buf, tSrc
 	return buf, tSrc, true, nil
 }
+
+// CacheBytes is the memory a CPU GradStep holds besides its Params
+// between calls: a SlopeLinear's prepared N:M weights (W and W_dpᵀ) and
+// what derives from its masks (0 for steps that hold none, and for other
+// backends' steps). Scratch memory shared by all steps is not included.
+func CacheBytes(s GradStep) int64 {
+	if c, ok := s.(interface{ cacheBytes() int64 }); ok {
+		return c.cacheBytes()
+	}
+	return 0
+}
+
+func (c *nmCache) bytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := int64(cap(c.tKeep)) + 4*int64(cap(c.tSrc))
+	for _, s := range []*cpu.Sparse{c.fw, c.bw} {
+		if s != nil {
+			n += int64(s.Bytes())
+		}
+	}
+	return n
+}
+
+func (s *slopeLinearGrad) cacheBytes() int64 { return s.cache.bytes() }

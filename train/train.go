@@ -17,6 +17,7 @@ package train
 import (
 	"fmt"
 	"math"
+	"runtime"
 
 	"google.golang.org/protobuf/proto"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/slopeml/slope/format/onnxpb"
 	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops"
+	"github.com/slopeml/slope/ops/cpu"
 )
 
 // Schedules of the learning rate after warmup.
@@ -177,6 +179,13 @@ type Trainer struct {
 	// clipping.
 	gradNorm float64
 
+	// acts are the per-slot buffers of the forward values, grads the
+	// buffers the backward pass recycles for the values' gradients,
+	// glogits the loss gradient's; all reused by every pass (grown when a
+	// batch needs more).
+	acts, grads [][]float32
+	glogits     []float32
+
 	dataPos *slopepb.DataPosition // recorded by Save, restored by Resume
 	note    string                // provenance command of Save
 	srcFile *slopepb.SourceFile   // the opened container, for Save
@@ -326,7 +335,33 @@ func (t *Trainer) call(ids [][]int32) (*ops.Call, error) {
 	return c, nil
 }
 
-// forward runs the plan, keeping every value.
+// threads is the goroutine count of the trainer's own loops.
+func (t *Trainer) threads() int {
+	if t.o.Threads > 0 {
+		return t.o.Threads
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+// buffer returns (*bufs)[slot][:n] zeroed, growing the slot's buffer when
+// it is too short.
+func buffer(bufs *[][]float32, slot, n int) []float32 {
+	if len(*bufs) <= slot {
+		*bufs = append(*bufs, make([][]float32, slot+1-len(*bufs))...)
+	}
+	b := (*bufs)[slot]
+	if cap(b) < n {
+		b = make([]float32, n)
+		(*bufs)[slot] = b
+		return b
+	}
+	b = b[:n]
+	clear(b)
+	return b
+}
+
+// forward runs the plan, keeping every value (in the trainer's reused
+// buffers: valid until the next forward pass).
 func (t *Trainer) forward(c *ops.Call) ([]*ops.Value, error) {
 	vals := make([]*ops.Value, len(t.dims))
 	rows := c.Rows()
@@ -335,7 +370,7 @@ func (t *Trainer) forward(c *ops.Call) ([]*ops.Value, error) {
 		for i, s := range ps.In {
 			in[i] = vals[s]
 		}
-		out := &ops.Value{Rows: rows, Dim: ps.Dim, Data: make([]float32, rows*ps.Dim)}
+		out := &ops.Value{Rows: rows, Dim: ps.Dim, Data: buffer(&t.acts, ps.Out, rows*ps.Dim)}
 		if err := ps.Step.Forward(c, in, out); err != nil {
 			return nil, fmt.Errorf("node %q: %w", ps.Node.Name, err)
 		}
@@ -347,37 +382,62 @@ func (t *Trainer) forward(c *ops.Call) ([]*ops.Value, error) {
 // crossEntropy is the summed next-token loss of positions 0..Seq-2 of
 // each sequence; with grad it also returns ∂(sum/total)/∂logits (zero at
 // the last position of each sequence), total being the number of
-// predicted positions of the whole (accumulated) batch.
+// predicted positions of the whole (accumulated) batch. Rows are spread
+// over threads; each row's loss is computed alone (float64: the max, the
+// sum of exp(v - max) in index order, lse), and the rows' losses are
+// summed in row order, so the result does not depend on the threads.
 func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total int) (float64, *ops.Value) {
 	var g *ops.Value
 	if grad {
-		g = &ops.Value{Rows: logits.Rows, Dim: logits.Dim, Data: make([]float32, len(logits.Data))}
+		if cap(t.glogits) < len(logits.Data) {
+			t.glogits = make([]float32, len(logits.Data))
+		}
+		g = &ops.Value{Rows: logits.Rows, Dim: logits.Dim, Data: t.glogits[:len(logits.Data)]}
 	}
 	inv := 1 / float64(total)
-	var loss float64
-	for b := 0; b < c.Batch; b++ {
-		for p := 0; p < c.Seq-1; p++ {
-			r := b*c.Seq + p
+	rows := c.Batch * c.Seq
+	losses := make([]float64, rows)
+	cpu.ParallelFor(rows, t.threads(), func(lo, hi int) {
+		e := make([]float64, logits.Dim)
+		for r := lo; r < hi; r++ {
+			if r%c.Seq == c.Seq-1 {
+				if grad {
+					clear(g.Row(r)) // the last position predicts nothing
+				}
+				continue
+			}
 			target := int(c.IDs[r+1])
 			y := logits.Row(r)
-			mx := math.Inf(-1)
+			mx32 := float32(math.Inf(-1))
 			for _, v := range y {
-				mx = math.Max(mx, float64(v))
+				if v > mx32 || v != v { // NaN wins, as with math.Max
+					mx32 = v
+					if v != v {
+						break
+					}
+				}
 			}
+			mx := float64(mx32)
 			var sum float64
-			for _, v := range y {
-				sum += math.Exp(float64(v) - mx)
+			for j, v := range y {
+				e[j] = math.Exp(float64(v) - mx)
+				sum += e[j]
 			}
 			lse := mx + math.Log(sum)
-			loss += lse - float64(y[target])
+			losses[r] = lse - float64(y[target])
 			if grad {
 				gr := g.Row(r)
-				for j, v := range y {
-					gr[j] = float32(math.Exp(float64(v)-lse) * inv)
+				sc := inv / sum
+				for j, ej := range e {
+					gr[j] = float32(ej * sc)
 				}
 				gr[target] -= float32(inv)
 			}
 		}
+	})
+	var loss float64
+	for _, l := range losses {
+		loss += l
 	}
 	return loss, g
 }
@@ -388,6 +448,28 @@ func (t *Trainer) backward(c *ops.Call, vals []*ops.Value, glogits *ops.Value) e
 	rows := c.Rows()
 	grads := make([]*ops.Value, len(t.dims))
 	grads[t.logits] = glogits
+	// Gradient buffers are recycled: a value's gradient is dead once its
+	// producer's backward has run, and its buffer serves the next value
+	// (zeroed: gradients accumulate). Which buffer a value gets does not
+	// change any result.
+	free := append([][]float32(nil), t.grads...)
+	take := func(n int) []float32 {
+		best := -1
+		for k, b := range free {
+			if cap(b) >= n && (best < 0 || cap(b) < cap(free[best])) {
+				best = k
+			}
+		}
+		if best < 0 {
+			b := make([]float32, n)
+			t.grads = append(t.grads, b)
+			return b
+		}
+		b := free[best][:n]
+		free = append(free[:best], free[best+1:]...)
+		clear(b)
+		return b
+	}
 	for i := len(t.plan) - 1; i >= 0; i-- {
 		ps := t.plan[i]
 		gout := grads[ps.Out]
@@ -399,12 +481,15 @@ func (t *Trainer) backward(c *ops.Call, vals []*ops.Value, glogits *ops.Value) e
 		for j, s := range ps.In {
 			in[j] = vals[s]
 			if grads[s] == nil {
-				grads[s] = &ops.Value{Rows: rows, Dim: t.dims[s], Data: make([]float32, rows*t.dims[s])}
+				grads[s] = &ops.Value{Rows: rows, Dim: t.dims[s], Data: take(rows * t.dims[s])}
 			}
 			gin[j] = grads[s]
 		}
 		if err := ps.Step.Backward(c, in, vals[ps.Out], gout, gin); err != nil {
 			return fmt.Errorf("node %q backward: %w", ps.Node.Name, err)
+		}
+		if ps.Out != t.logits {
+			free = append(free, gout.Data[:cap(gout.Data)])
 		}
 		grads[ps.Out] = nil // no longer needed
 	}
@@ -559,13 +644,21 @@ func (t *Trainer) adamW(lr float64) {
 		}
 		shrink := 1 - lr*wd
 		m, v := t.m[k], t.v[k]
-		for i, g32 := range p.Grad {
-			g := float64(g32)
-			mi := o.Beta1*float64(m[i]) + (1-o.Beta1)*g
-			vi := o.Beta2*float64(v[i]) + (1-o.Beta2)*g*g
-			m[i], v[i] = float32(mi), float32(vi)
-			w := float64(p.Value[i])*shrink - lr*(mi/bc1)/(math.Sqrt(vi/bc2)+o.Eps)
-			p.Value[i] = float32(w)
+		update := func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				g := float64(p.Grad[i])
+				mi := o.Beta1*float64(m[i]) + (1-o.Beta1)*g
+				vi := o.Beta2*float64(v[i]) + (1-o.Beta2)*g*g
+				m[i], v[i] = float32(mi), float32(vi)
+				w := float64(p.Value[i])*shrink - lr*(mi/bc1)/(math.Sqrt(vi/bc2)+o.Eps)
+				p.Value[i] = float32(w)
+			}
+		}
+		// Elementwise: any split gives the same values.
+		if n := len(p.Grad); n >= 1<<16 {
+			cpu.ParallelFor(n, t.threads(), update)
+		} else {
+			update(0, n)
 		}
 	}
 }

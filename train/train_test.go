@@ -345,3 +345,36 @@ func TestBadBatch(t *testing.T) {
 		t.Fatal("unknown schedule: no error")
 	}
 }
+
+// TestMemory: the training state of the 2:4 tiny model counts kept values
+// only for its N:M weights (values, gradients and moments at half of the
+// dense elements, plus two bytes of metadata per kept value), and the
+// kernel and activation buffers appear after a step.
+func TestMemory(t *testing.T) {
+	tr := openTrainer(t, tinySlope(t), Options{})
+	m0 := tr.Memory()
+	var vals, dense, kept int64
+	for _, p := range tr.Params() {
+		vals += int64(len(p.Value))
+		if p.NM != nil {
+			kept += int64(len(p.Value))
+			dense += int64(p.NM.Rows * p.NM.Cols)
+		}
+	}
+	if kept == 0 || 2*kept != dense {
+		t.Fatalf("kept %d of %d N:M elements, want half", kept, dense)
+	}
+	if m0.Values != 4*vals || m0.Grads != 4*vals || m0.Moments != 8*vals || m0.NMMeta != 2*kept ||
+		m0.State() != 16*vals+2*kept || m0.Moments != tr.OptimizerBytes() {
+		t.Fatalf("memory %+v for %d values (%d kept N:M)", m0, vals, kept)
+	}
+	if m0.Activations != 0 {
+		t.Fatalf("activations %d before any step", m0.Activations)
+	}
+	if _, err := tr.Step(randBatch(rand.New(rand.NewPCG(1, 1)), tr.Vocab(), 2, 8)); err != nil {
+		t.Fatal(err)
+	}
+	if m1 := tr.Memory(); m1.State() != m0.State() || m1.Kernels <= 0 || m1.Activations <= 0 {
+		t.Fatalf("after a step: %+v", m1)
+	}
+}

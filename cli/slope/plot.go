@@ -83,6 +83,9 @@ func readRunLoss(path string) (*runLoss, error) {
 		if err := json.Unmarshal(b, &rec); err != nil {
 			return nil, fmt.Errorf("%s:%d: not a slope train log record: %w", path, line, err)
 		}
+		if rec.Type == "memory" {
+			continue // the run's memory summary, no loss
+		}
 		if math.IsNaN(rec.Loss) || math.IsInf(rec.Loss, 0) {
 			continue // a diverged step cannot be drawn
 		}

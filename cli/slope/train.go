@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -41,7 +42,8 @@ func newTrainCmd() *cobra.Command {
 			"position up to --steps, and ends bit-identical to an uninterrupted run with the\n" +
 			"same --threads (hyper-parameters not given come from the checkpoint; MODEL is then\n" +
 			"not read). A line per\n" +
-			"--print-every steps goes to stderr; --log writes a JSON line per step and eval.\n" +
+			"--print-every steps goes to stderr; --log writes a JSON line per step and eval, and\n" +
+			"one with the memory use (training state, kernel buffers, peak RSS) at the end.\n" +
 			"Checkpoints (complete .slope containers, written atomically) go to --out every\n" +
 			"--save-every steps and at the end.\n\n" +
 			"With --rank or --rank-frac, plain low-rank adapters (L small random, R zero, so the\n" +
@@ -195,7 +197,7 @@ func trainOptions(changed func(name string) bool, fl trainFlags, resume bool) tr
 
 // trainRecord is one line of the JSONL log.
 type trainRecord struct {
-	Type       string  `json:"type"` // "step" or "eval"
+	Type       string  `json:"type"` // "step", "eval" or "memory"
 	Step       int     `json:"step"`
 	Loss       float64 `json:"loss"`
 	PPL        float64 `json:"ppl,omitempty"`
@@ -205,6 +207,26 @@ type trainRecord struct {
 	TokensPerS float64 `json:"tokens_per_s,omitempty"`
 	Epoch      uint64  `json:"epoch,omitempty"`
 	ElapsedS   float64 `json:"elapsed_s"`
+	// The "memory" record (one, after the last step): the trainer's
+	// memory (train.Memory) and the process's peak RSS, in bytes.
+	StateBytes      int64 `json:"state_bytes,omitempty"`
+	ValuesBytes     int64 `json:"values_bytes,omitempty"`
+	GradsBytes      int64 `json:"grads_bytes,omitempty"`
+	MomentsBytes    int64 `json:"moments_bytes,omitempty"`
+	NMMetaBytes     int64 `json:"nm_meta_bytes,omitempty"`
+	KernelBytes     int64 `json:"kernel_bytes,omitempty"`
+	ActivationBytes int64 `json:"activation_bytes,omitempty"`
+	PeakRSSBytes    int64 `json:"peak_rss_bytes,omitempty"`
+}
+
+// memoryRecord reports the trainer's memory and the peak RSS.
+func memoryRecord(tr *train.Trainer, elapsed float64) trainRecord {
+	m := tr.Memory()
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return trainRecord{Type: "memory", Step: tr.StepCount(), ElapsedS: elapsed,
+		StateBytes: m.State(), ValuesBytes: m.Values, GradsBytes: m.Grads, MomentsBytes: m.Moments, NMMetaBytes: m.NMMeta,
+		KernelBytes: m.Kernels, ActivationBytes: m.Activations, PeakRSSBytes: 1024 * int64(ru.Maxrss)}
 }
 
 func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
@@ -269,6 +291,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	defer prog.finish()
 	start := time.Now()
 	var tokens int64
+	// stepTime sums the Step calls alone; firstTime and firstTokens are
+	// the first step's (it warms the buffers up).
+	var stepTime, firstTime float64
+	var steps int
+	var firstTokens int64
 	save := func() error {
 		tr.SetDataPosition(data.Position())
 		return tr.Save(fl.out)
@@ -315,6 +342,10 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		dt := time.Since(t0).Seconds()
 		n := int64(fl.batch * fl.seq)
 		tokens += n
+		stepTime += dt
+		if steps++; steps == 1 {
+			firstTime, firstTokens = dt, n
+		}
 		rate := float64(n) / max(dt, 1e-9)
 		rec := trainRecord{Type: "step", Step: s + 1, Loss: loss, LR: lr, GradNorm: tr.GradNorm(), Tokens: tokens,
 			TokensPerS: rate, Epoch: data.Epoch(), ElapsedS: time.Since(start).Seconds()}
@@ -338,10 +369,26 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if err := evaluate(); err != nil {
 		return err
 	}
+	mem := memoryRecord(tr, time.Since(start).Seconds())
+	if err := enc.Encode(mem); err != nil {
+		return err
+	}
 	if err := save(); err != nil {
 		return err
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "trained to step %d (%d tokens in %.1fs); wrote %s\n", tr.StepCount(), tokens, time.Since(start).Seconds(), fl.out)
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "trained to step %d (%d tokens in %.1fs); wrote %s\n", tr.StepCount(), tokens, time.Since(start).Seconds(), fl.out)
+	if stepTime > 0 {
+		fmt.Fprintf(out, "steps: %.1f tokens/s", float64(tokens)/stepTime)
+		if steps > 1 {
+			fmt.Fprintf(out, ", %.1f tokens/s after the first", float64(tokens-firstTokens)/(stepTime-firstTime))
+		}
+		fmt.Fprintln(out)
+	}
+	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
+	fmt.Fprintf(out, "memory: training state %.2f MiB (values %.2f, gradients %.2f, AdamW moments %.2f, N:M metadata %.2f); kernel buffers %.2f MiB, activations %.2f MiB; peak RSS %.1f MiB\n",
+		mib(mem.StateBytes), mib(mem.ValuesBytes), mib(mem.GradsBytes), mib(mem.MomentsBytes), mib(mem.NMMetaBytes),
+		mib(mem.KernelBytes), mib(mem.ActivationBytes), mib(mem.PeakRSSBytes))
 	return nil
 }
 

@@ -16,7 +16,9 @@ const (
 
 // Dense is a dense weight prepared for Linear: panels of 16 outputs,
 // [ceil(Out/16)][In][16] elements of the stored dtype (zero-padded
-// outputs). It is immutable and safe for concurrent use.
+// outputs). It is immutable and safe for concurrent use, except that the
+// training helpers (PrepareDenseF32, PrepareDenseKN) may refill a Dense
+// their caller owns.
 type Dense struct {
 	pan panels
 }

@@ -77,6 +77,22 @@
 // registers across the rows (per element the same FMA chain as one Axpy
 // per row); the tails use masked loads.
 //
+// # Training helpers
+//
+// The CPU trainer's weights change every optimizer step, so train.go
+// refills prepared weights in place (PrepareDenseF32 reusing a Dense,
+// Sparse.SetValuesF32 and SetValuesGatherF32 keeping the N:M indices),
+// builds the backward products' operands from row-major matrices without
+// a transpose (PrepareDenseKN: B [K, N] row-major as the panels of Bᵀ;
+// Dense.MulAdd accumulates into y), transposes in 8x8 assembly blocks
+// (Transpose), and computes an N:M weight's gradient at its kept
+// positions only (NMWeightGrad: per kept value the dot product of a gyᵀ
+// row and an xᵀ row, eight kept values of a row per call of an AVX2
+// kernel sharing the gyᵀ loads, windows of eight kept positions, whose
+// xᵀ rows stay in cache, over threads). Each has a Go reference
+// (PrepareDense, PrepareNM, NMWeightGradRef, a plain transpose) checked in
+// train_test.go.
+//
 // Results are deterministic: every output element is computed by one
 // goroutine, by the same kernel and in the same order whatever the thread
 // count (the kernel depends only on m, the pattern and the CPU).

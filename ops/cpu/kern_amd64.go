@@ -152,3 +152,24 @@ func axpyAsm(y *float32, alpha float32, x *float32, n int) { axpyAVX2(y, alpha, 
 func dotRowsAsm(out, q, k *float32, ld, rows, n int) { dotRowsAVX2(out, q, k, ld, rows, n) }
 
 func axpyRowsAsm(y, p, v *float32, ld, rows, n int) { axpyRowsAVX2(y, p, v, ld, rows, n) }
+
+func sddmmAsm(a, x *float32, offs *[8]int64, n int, out *[8]float32) { sddmm8AVX2(a, x, offs, n, out) }
+
+var sddmmZFns = [...]func(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32){
+	sddmmZR1AVX512, sddmmZR2AVX512, sddmmZR3AVX512, sddmmZR4AVX512,
+}
+
+func sddmmZAsm(r int, gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32) {
+	sddmmZFns[r-1](gy, ldg, x, ldx, n, idx, masks, out)
+}
+
+var sddmm24ZFns = [...][2]func(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32){
+	{sddmm24ZR1W1AVX512, sddmm24ZR1W2AVX512},
+	{sddmm24ZR2W1AVX512, sddmm24ZR2W2AVX512},
+	{sddmm24ZR3W1AVX512, sddmm24ZR3W2AVX512},
+	{sddmm24ZR4W1AVX512, sddmm24ZR4W2AVX512},
+}
+
+func sddmm24ZAsm(r, w int, gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32) {
+	sddmm24ZFns[r-1][w-1](gy, ldg, x, ldx, n, idx, masks, out)
+}

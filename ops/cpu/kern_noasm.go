@@ -23,12 +23,15 @@ func spmv24Asm(DType, *float32, unsafe.Pointer, *uint32, int, int, *float32)    
 func spPrepAsm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int, int) {
 	noAsm()
 }
-func spPrep24Asm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int) { noAsm() }
-func spmmAsm(int, int, *float32, *uint32, *float32, int, int, *float32)            { noAsm() }
-func spmmZAsm(int, int, *float32, *uint32, *float32, int, int, *float32)           { noAsm() }
-func transposeAsm(*float32, int, *float32, int, int)                               { noAsm() }
-func transposeBiasAsm(*float32, int, *float32, int, int, *float32)                 { noAsm() }
-func dotAsm(*float32, *float32, int) float32                                       { noAsm(); return 0 }
-func axpyAsm(*float32, float32, *float32, int)                                     { noAsm() }
-func dotRowsAsm(*float32, *float32, *float32, int, int, int)                       { noAsm() }
-func axpyRowsAsm(*float32, *float32, *float32, int, int, int)                      { noAsm() }
+func spPrep24Asm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int)   { noAsm() }
+func spmmAsm(int, int, *float32, *uint32, *float32, int, int, *float32)              { noAsm() }
+func spmmZAsm(int, int, *float32, *uint32, *float32, int, int, *float32)             { noAsm() }
+func transposeAsm(*float32, int, *float32, int, int)                                 { noAsm() }
+func transposeBiasAsm(*float32, int, *float32, int, int, *float32)                   { noAsm() }
+func dotAsm(*float32, *float32, int) float32                                         { noAsm(); return 0 }
+func axpyAsm(*float32, float32, *float32, int)                                       { noAsm() }
+func dotRowsAsm(*float32, *float32, *float32, int, int, int)                         { noAsm() }
+func axpyRowsAsm(*float32, *float32, *float32, int, int, int)                        { noAsm() }
+func sddmmAsm(*float32, *float32, *[8]int64, int, *[8]float32)                       { noAsm() }
+func sddmmZAsm(int, *float32, int, *float32, int, int, *int32, int, *float32)        { noAsm() }
+func sddmm24ZAsm(int, int, *float32, int, *float32, int, int, *int32, int, *float32) { noAsm() }

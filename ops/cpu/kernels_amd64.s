@@ -4509,3 +4509,636 @@ axpyRowsAVX2_tail_row:
 axpyRowsAVX2_tail_next:
 	VZEROUPPER
 	RET
+
+// func sddmm8AVX2(a *float32, x *float32, offs *[8]int64, n int, out *[8]float32)
+// Requires: AVX, FMA3
+TEXT ·sddmm8AVX2(SB), NOSPLIT, $0-40
+	MOVQ   a+0(FP), AX
+	MOVQ   x+8(FP), CX
+	MOVQ   offs+16(FP), DX
+	MOVQ   n+24(FP), BX
+	SHLQ   $0x02, BX
+	MOVQ   (DX), SI
+	ADDQ   CX, SI
+	MOVQ   8(DX), DI
+	ADDQ   CX, DI
+	MOVQ   16(DX), R8
+	ADDQ   CX, R8
+	MOVQ   24(DX), R9
+	ADDQ   CX, R9
+	MOVQ   32(DX), R10
+	ADDQ   CX, R10
+	MOVQ   40(DX), R11
+	ADDQ   CX, R11
+	MOVQ   48(DX), R12
+	ADDQ   CX, R12
+	MOVQ   56(DX), DX
+	ADDQ   CX, DX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	XORQ   CX, CX
+
+sddmm8AVX2_loop:
+	VMOVUPS      (AX)(CX*1), Y8
+	VFMADD231PS  (SI)(CX*1), Y8, Y0
+	VFMADD231PS  (DI)(CX*1), Y8, Y1
+	VFMADD231PS  (R8)(CX*1), Y8, Y2
+	VFMADD231PS  (R9)(CX*1), Y8, Y3
+	VFMADD231PS  (R10)(CX*1), Y8, Y4
+	VFMADD231PS  (R11)(CX*1), Y8, Y5
+	VFMADD231PS  (R12)(CX*1), Y8, Y6
+	VFMADD231PS  (DX)(CX*1), Y8, Y7
+	ADDQ         $0x20, CX
+	CMPQ         CX, BX
+	JL           sddmm8AVX2_loop
+	MOVQ         out+32(FP), AX
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, (AX)
+	VHADDPS      Y5, Y4, Y0
+	VHADDPS      Y7, Y6, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, 16(AX)
+	VZEROUPPER
+	RET
+
+// func sddmmZR1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmmZR1AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	KMOVW   R8, K2
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+
+sddmmZR1AVX512_loop:
+	VMOVUPS.Z        (DX), K1, Z2
+	VMOVUPS.Z        64(DX), K2, Z3
+	VMOVAPS          Z2, Z2
+	VPERMT2PS        Z3, Z0, Z2
+	VFMADD231PS.BCST (AX), Z2, Z1
+	ADDQ             CX, AX
+	ADDQ             BX, DX
+	DECQ             SI
+	JNZ              sddmmZR1AVX512_loop
+	MOVQ             out+56(FP), AX
+	VMOVUPS          Z1, (AX)
+	VZEROUPPER
+	RET
+
+// func sddmmZR2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmmZR2AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	KMOVW   R8, K2
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+
+sddmmZR2AVX512_loop:
+	VMOVUPS.Z        (DX), K1, Z4
+	VMOVUPS.Z        64(DX), K2, Z5
+	VMOVAPS          Z4, Z6
+	VPERMT2PS        Z5, Z0, Z6
+	VFMADD231PS.BCST (AX), Z6, Z1
+	VMOVAPS          Z4, Z4
+	VPERMT2PS        Z5, Z2, Z4
+	VFMADD231PS.BCST 4(AX), Z4, Z3
+	ADDQ             CX, AX
+	ADDQ             BX, DX
+	DECQ             SI
+	JNZ              sddmmZR2AVX512_loop
+	MOVQ             out+56(FP), AX
+	VMOVUPS          Z1, (AX)
+	VMOVUPS          Z3, 64(AX)
+	VZEROUPPER
+	RET
+
+// func sddmmZR3AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmmZR3AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	KMOVW   R8, K2
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+	VMOVUPS 128(DI), Z4
+	VPXORD  Z5, Z5, Z5
+
+sddmmZR3AVX512_loop:
+	VMOVUPS.Z        (DX), K1, Z6
+	VMOVUPS.Z        64(DX), K2, Z7
+	VMOVAPS          Z6, Z8
+	VPERMT2PS        Z7, Z0, Z8
+	VFMADD231PS.BCST (AX), Z8, Z1
+	VMOVAPS          Z6, Z8
+	VPERMT2PS        Z7, Z2, Z8
+	VFMADD231PS.BCST 4(AX), Z8, Z3
+	VMOVAPS          Z6, Z6
+	VPERMT2PS        Z7, Z4, Z6
+	VFMADD231PS.BCST 8(AX), Z6, Z5
+	ADDQ             CX, AX
+	ADDQ             BX, DX
+	DECQ             SI
+	JNZ              sddmmZR3AVX512_loop
+	MOVQ             out+56(FP), AX
+	VMOVUPS          Z1, (AX)
+	VMOVUPS          Z3, 64(AX)
+	VMOVUPS          Z5, 128(AX)
+	VZEROUPPER
+	RET
+
+// func sddmmZR4AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmmZR4AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	KMOVW   R8, K2
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+	VMOVUPS 128(DI), Z4
+	VPXORD  Z5, Z5, Z5
+	VMOVUPS 192(DI), Z6
+	VPXORD  Z7, Z7, Z7
+
+sddmmZR4AVX512_loop:
+	VMOVUPS.Z        (DX), K1, Z8
+	VMOVUPS.Z        64(DX), K2, Z9
+	VMOVAPS          Z8, Z10
+	VPERMT2PS        Z9, Z0, Z10
+	VFMADD231PS.BCST (AX), Z10, Z1
+	VMOVAPS          Z8, Z10
+	VPERMT2PS        Z9, Z2, Z10
+	VFMADD231PS.BCST 4(AX), Z10, Z3
+	VMOVAPS          Z8, Z10
+	VPERMT2PS        Z9, Z4, Z10
+	VFMADD231PS.BCST 8(AX), Z10, Z5
+	VMOVAPS          Z8, Z8
+	VPERMT2PS        Z9, Z6, Z8
+	VFMADD231PS.BCST 12(AX), Z8, Z7
+	ADDQ             CX, AX
+	ADDQ             BX, DX
+	DECQ             SI
+	JNZ              sddmmZR4AVX512_loop
+	MOVQ             out+56(FP), AX
+	VMOVUPS          Z1, (AX)
+	VMOVUPS          Z3, 64(AX)
+	VMOVUPS          Z5, 128(AX)
+	VMOVUPS          Z7, 192(AX)
+	VZEROUPPER
+	RET
+
+// func sddmm24ZR1W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmm24ZR1W1AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+
+sddmm24ZR1W1AVX512_loop:
+	VMOVUPS.Z    (DX), K1, Z2
+	VBROADCASTSD (AX), Z3
+	VPERMILPS    $0x50, Z3, Z3
+	VPERMILPS    Z0, Z2, Z2
+	VFMADD231PS  Z3, Z2, Z1
+	ADDQ         CX, AX
+	ADDQ         BX, DX
+	DECQ         SI
+	JNZ          sddmm24ZR1W1AVX512_loop
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Z1, (AX)
+	VZEROUPPER
+	RET
+
+// func sddmm24ZR1W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmm24ZR1W2AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	KMOVW   R8, K2
+	SHRQ    $0x10, R8
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+
+sddmm24ZR1W2AVX512_loop:
+	VMOVUPS.Z    (DX), K1, Z4
+	VMOVUPS.Z    64(DX), K2, Z5
+	VBROADCASTSD (AX), Z6
+	VPERMILPS    $0x50, Z6, Z6
+	VPERMILPS    Z0, Z4, Z4
+	VFMADD231PS  Z6, Z4, Z1
+	VPERMILPS    Z2, Z5, Z4
+	VFMADD231PS  Z6, Z4, Z3
+	ADDQ         CX, AX
+	ADDQ         BX, DX
+	DECQ         SI
+	JNZ          sddmm24ZR1W2AVX512_loop
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Z1, (AX)
+	VMOVUPS      Z3, 64(AX)
+	VZEROUPPER
+	RET
+
+// func sddmm24ZR2W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmm24ZR2W1AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+
+sddmm24ZR2W1AVX512_loop:
+	VMOVUPS.Z    (DX), K1, Z4
+	VBROADCASTSD (AX), Z5
+	VPERMILPS    $0x50, Z5, Z5
+	VPERMILPS    Z0, Z4, Z6
+	VFMADD231PS  Z5, Z6, Z1
+	VBROADCASTSD 8(AX), Z5
+	VPERMILPS    $0x50, Z5, Z5
+	VPERMILPS    Z2, Z4, Z4
+	VFMADD231PS  Z5, Z4, Z3
+	ADDQ         CX, AX
+	ADDQ         BX, DX
+	DECQ         SI
+	JNZ          sddmm24ZR2W1AVX512_loop
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Z1, (AX)
+	VMOVUPS      Z3, 64(AX)
+	VZEROUPPER
+	RET
+
+// func sddmm24ZR2W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmm24ZR2W2AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	KMOVW   R8, K2
+	SHRQ    $0x10, R8
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+	VMOVUPS 128(DI), Z4
+	VPXORD  Z5, Z5, Z5
+	VMOVUPS 192(DI), Z6
+	VPXORD  Z7, Z7, Z7
+
+sddmm24ZR2W2AVX512_loop:
+	VMOVUPS.Z    (DX), K1, Z8
+	VMOVUPS.Z    64(DX), K2, Z9
+	VBROADCASTSD (AX), Z10
+	VPERMILPS    $0x50, Z10, Z10
+	VPERMILPS    Z0, Z8, Z11
+	VFMADD231PS  Z10, Z11, Z1
+	VPERMILPS    Z2, Z9, Z11
+	VFMADD231PS  Z10, Z11, Z3
+	VBROADCASTSD 8(AX), Z10
+	VPERMILPS    $0x50, Z10, Z10
+	VPERMILPS    Z4, Z8, Z8
+	VFMADD231PS  Z10, Z8, Z5
+	VPERMILPS    Z6, Z9, Z8
+	VFMADD231PS  Z10, Z8, Z7
+	ADDQ         CX, AX
+	ADDQ         BX, DX
+	DECQ         SI
+	JNZ          sddmm24ZR2W2AVX512_loop
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Z1, (AX)
+	VMOVUPS      Z3, 64(AX)
+	VMOVUPS      Z5, 128(AX)
+	VMOVUPS      Z7, 192(AX)
+	VZEROUPPER
+	RET
+
+// func sddmm24ZR3W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmm24ZR3W1AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+	VMOVUPS 128(DI), Z4
+	VPXORD  Z5, Z5, Z5
+
+sddmm24ZR3W1AVX512_loop:
+	VMOVUPS.Z    (DX), K1, Z6
+	VBROADCASTSD (AX), Z7
+	VPERMILPS    $0x50, Z7, Z7
+	VPERMILPS    Z0, Z6, Z8
+	VFMADD231PS  Z7, Z8, Z1
+	VBROADCASTSD 8(AX), Z7
+	VPERMILPS    $0x50, Z7, Z7
+	VPERMILPS    Z2, Z6, Z8
+	VFMADD231PS  Z7, Z8, Z3
+	VBROADCASTSD 16(AX), Z7
+	VPERMILPS    $0x50, Z7, Z7
+	VPERMILPS    Z4, Z6, Z6
+	VFMADD231PS  Z7, Z6, Z5
+	ADDQ         CX, AX
+	ADDQ         BX, DX
+	DECQ         SI
+	JNZ          sddmm24ZR3W1AVX512_loop
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Z1, (AX)
+	VMOVUPS      Z3, 64(AX)
+	VMOVUPS      Z5, 128(AX)
+	VZEROUPPER
+	RET
+
+// func sddmm24ZR3W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmm24ZR3W2AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	KMOVW   R8, K2
+	SHRQ    $0x10, R8
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+	VMOVUPS 128(DI), Z4
+	VPXORD  Z5, Z5, Z5
+	VMOVUPS 192(DI), Z6
+	VPXORD  Z7, Z7, Z7
+	VMOVUPS 256(DI), Z8
+	VPXORD  Z9, Z9, Z9
+	VMOVUPS 320(DI), Z10
+	VPXORD  Z11, Z11, Z11
+
+sddmm24ZR3W2AVX512_loop:
+	VMOVUPS.Z    (DX), K1, Z12
+	VMOVUPS.Z    64(DX), K2, Z13
+	VBROADCASTSD (AX), Z14
+	VPERMILPS    $0x50, Z14, Z14
+	VPERMILPS    Z0, Z12, Z15
+	VFMADD231PS  Z14, Z15, Z1
+	VPERMILPS    Z2, Z13, Z15
+	VFMADD231PS  Z14, Z15, Z3
+	VBROADCASTSD 8(AX), Z14
+	VPERMILPS    $0x50, Z14, Z14
+	VPERMILPS    Z4, Z12, Z15
+	VFMADD231PS  Z14, Z15, Z5
+	VPERMILPS    Z6, Z13, Z15
+	VFMADD231PS  Z14, Z15, Z7
+	VBROADCASTSD 16(AX), Z14
+	VPERMILPS    $0x50, Z14, Z14
+	VPERMILPS    Z8, Z12, Z12
+	VFMADD231PS  Z14, Z12, Z9
+	VPERMILPS    Z10, Z13, Z12
+	VFMADD231PS  Z14, Z12, Z11
+	ADDQ         CX, AX
+	ADDQ         BX, DX
+	DECQ         SI
+	JNZ          sddmm24ZR3W2AVX512_loop
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Z1, (AX)
+	VMOVUPS      Z3, 64(AX)
+	VMOVUPS      Z5, 128(AX)
+	VMOVUPS      Z7, 192(AX)
+	VMOVUPS      Z9, 256(AX)
+	VMOVUPS      Z11, 320(AX)
+	VZEROUPPER
+	RET
+
+// func sddmm24ZR4W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmm24ZR4W1AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+	VMOVUPS 128(DI), Z4
+	VPXORD  Z5, Z5, Z5
+	VMOVUPS 192(DI), Z6
+	VPXORD  Z7, Z7, Z7
+
+sddmm24ZR4W1AVX512_loop:
+	VMOVUPS.Z    (DX), K1, Z8
+	VBROADCASTSD (AX), Z9
+	VPERMILPS    $0x50, Z9, Z9
+	VPERMILPS    Z0, Z8, Z10
+	VFMADD231PS  Z9, Z10, Z1
+	VBROADCASTSD 8(AX), Z9
+	VPERMILPS    $0x50, Z9, Z9
+	VPERMILPS    Z2, Z8, Z10
+	VFMADD231PS  Z9, Z10, Z3
+	VBROADCASTSD 16(AX), Z9
+	VPERMILPS    $0x50, Z9, Z9
+	VPERMILPS    Z4, Z8, Z10
+	VFMADD231PS  Z9, Z10, Z5
+	VBROADCASTSD 24(AX), Z9
+	VPERMILPS    $0x50, Z9, Z9
+	VPERMILPS    Z6, Z8, Z8
+	VFMADD231PS  Z9, Z8, Z7
+	ADDQ         CX, AX
+	ADDQ         BX, DX
+	DECQ         SI
+	JNZ          sddmm24ZR4W1AVX512_loop
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Z1, (AX)
+	VMOVUPS      Z3, 64(AX)
+	VMOVUPS      Z5, 128(AX)
+	VMOVUPS      Z7, 192(AX)
+	VZEROUPPER
+	RET
+
+// func sddmm24ZR4W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// Requires: AVX, AVX512F
+TEXT ·sddmm24ZR4W2AVX512(SB), NOSPLIT, $0-64
+	MOVQ    gy+0(FP), AX
+	MOVQ    ldg+8(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    x+16(FP), DX
+	MOVQ    ldx+24(FP), BX
+	SHLQ    $0x02, BX
+	MOVQ    n+32(FP), SI
+	MOVQ    idx+40(FP), DI
+	MOVQ    masks+48(FP), R8
+	KMOVW   R8, K1
+	SHRQ    $0x10, R8
+	KMOVW   R8, K2
+	SHRQ    $0x10, R8
+	VMOVUPS (DI), Z0
+	VPXORD  Z1, Z1, Z1
+	VMOVUPS 64(DI), Z2
+	VPXORD  Z3, Z3, Z3
+	VMOVUPS 128(DI), Z4
+	VPXORD  Z5, Z5, Z5
+	VMOVUPS 192(DI), Z6
+	VPXORD  Z7, Z7, Z7
+	VMOVUPS 256(DI), Z8
+	VPXORD  Z9, Z9, Z9
+	VMOVUPS 320(DI), Z10
+	VPXORD  Z11, Z11, Z11
+	VMOVUPS 384(DI), Z12
+	VPXORD  Z13, Z13, Z13
+	VMOVUPS 448(DI), Z14
+	VPXORD  Z15, Z15, Z15
+
+sddmm24ZR4W2AVX512_loop:
+	VMOVUPS.Z    (DX), K1, Z16
+	VMOVUPS.Z    64(DX), K2, Z17
+	VBROADCASTSD (AX), Z18
+	VPERMILPS    $0x50, Z18, Z18
+	VPERMILPS    Z0, Z16, Z19
+	VFMADD231PS  Z18, Z19, Z1
+	VPERMILPS    Z2, Z17, Z19
+	VFMADD231PS  Z18, Z19, Z3
+	VBROADCASTSD 8(AX), Z18
+	VPERMILPS    $0x50, Z18, Z18
+	VPERMILPS    Z4, Z16, Z19
+	VFMADD231PS  Z18, Z19, Z5
+	VPERMILPS    Z6, Z17, Z19
+	VFMADD231PS  Z18, Z19, Z7
+	VBROADCASTSD 16(AX), Z18
+	VPERMILPS    $0x50, Z18, Z18
+	VPERMILPS    Z8, Z16, Z19
+	VFMADD231PS  Z18, Z19, Z9
+	VPERMILPS    Z10, Z17, Z19
+	VFMADD231PS  Z18, Z19, Z11
+	VBROADCASTSD 24(AX), Z18
+	VPERMILPS    $0x50, Z18, Z18
+	VPERMILPS    Z12, Z16, Z16
+	VFMADD231PS  Z18, Z16, Z13
+	VPERMILPS    Z14, Z17, Z16
+	VFMADD231PS  Z18, Z16, Z15
+	ADDQ         CX, AX
+	ADDQ         BX, DX
+	DECQ         SI
+	JNZ          sddmm24ZR4W2AVX512_loop
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Z1, (AX)
+	VMOVUPS      Z3, 64(AX)
+	VMOVUPS      Z5, 128(AX)
+	VMOVUPS      Z7, 192(AX)
+	VMOVUPS      Z9, 256(AX)
+	VMOVUPS      Z11, 320(AX)
+	VMOVUPS      Z13, 384(AX)
+	VMOVUPS      Z15, 448(AX)
+	VZEROUPPER
+	RET

@@ -244,3 +244,63 @@ func dotRowsAVX2(out *float32, q *float32, k *float32, ld int, rows int, n int)
 // axpyRowsAVX2 computes y[i] = fma(p[j], v[j*ld+i], y[i]) for j = 0..rows-1 in
 // turn, for i < n (rows >= 1, n >= 1, ld >= 0 floats); v must not overlap y.
 func axpyRowsAVX2(y *float32, p *float32, v *float32, ld int, rows int, n int)
+
+// sddmm8AVX2 sets out[j] = Σ_{r<n} a[r]·x[offs[j]/4+r] for j < 8 (n >= 8, a multiple
+// of 8): 8 FMA chains over blocks of 8 rows, each reduced by a fixed tree.
+func sddmm8AVX2(a *float32, x *float32, offs *[8]int64, n int, out *[8]float32)
+
+// sddmmZR1AVX512 sets out[j*16+l] = Σ_{i<n} gy[i*ldg+j]·x[i*ldx+idx[j*16+l]] for j < 1, l < 16
+// (n >= 1, idx in [0, 32); columns 0-15 of x loaded under mask bits 0-15, 16-31 under bits 16-31).
+func sddmmZR1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmmZR2AVX512 sets out[j*16+l] = Σ_{i<n} gy[i*ldg+j]·x[i*ldx+idx[j*16+l]] for j < 2, l < 16
+// (n >= 1, idx in [0, 32); columns 0-15 of x loaded under mask bits 0-15, 16-31 under bits 16-31).
+func sddmmZR2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmmZR3AVX512 sets out[j*16+l] = Σ_{i<n} gy[i*ldg+j]·x[i*ldx+idx[j*16+l]] for j < 3, l < 16
+// (n >= 1, idx in [0, 32); columns 0-15 of x loaded under mask bits 0-15, 16-31 under bits 16-31).
+func sddmmZR3AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmmZR4AVX512 sets out[j*16+l] = Σ_{i<n} gy[i*ldg+j]·x[i*ldx+idx[j*16+l]] for j < 4, l < 16
+// (n >= 1, idx in [0, 32); columns 0-15 of x loaded under mask bits 0-15, 16-31 under bits 16-31).
+func sddmmZR4AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmm24ZR1W1AVX512: for pairs p < 1 and windows v < 1, lane 4q+s of out[(p*1+v)*16:]
+// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
+// window v's columns loaded under mask bits 16v..16v+15).
+func sddmm24ZR1W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmm24ZR1W2AVX512: for pairs p < 1 and windows v < 2, lane 4q+s of out[(p*2+v)*16:]
+// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
+// window v's columns loaded under mask bits 16v..16v+15).
+func sddmm24ZR1W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmm24ZR2W1AVX512: for pairs p < 2 and windows v < 1, lane 4q+s of out[(p*1+v)*16:]
+// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
+// window v's columns loaded under mask bits 16v..16v+15).
+func sddmm24ZR2W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmm24ZR2W2AVX512: for pairs p < 2 and windows v < 2, lane 4q+s of out[(p*2+v)*16:]
+// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
+// window v's columns loaded under mask bits 16v..16v+15).
+func sddmm24ZR2W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmm24ZR3W1AVX512: for pairs p < 3 and windows v < 1, lane 4q+s of out[(p*1+v)*16:]
+// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
+// window v's columns loaded under mask bits 16v..16v+15).
+func sddmm24ZR3W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmm24ZR3W2AVX512: for pairs p < 3 and windows v < 2, lane 4q+s of out[(p*2+v)*16:]
+// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
+// window v's columns loaded under mask bits 16v..16v+15).
+func sddmm24ZR3W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmm24ZR4W1AVX512: for pairs p < 4 and windows v < 1, lane 4q+s of out[(p*1+v)*16:]
+// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
+// window v's columns loaded under mask bits 16v..16v+15).
+func sddmm24ZR4W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+
+// sddmm24ZR4W2AVX512: for pairs p < 4 and windows v < 2, lane 4q+s of out[(p*2+v)*16:]
+// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
+// window v's columns loaded under mask bits 16v..16v+15).
+func sddmm24ZR4W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)

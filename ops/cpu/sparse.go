@@ -21,7 +21,9 @@ const (
 // (lane l at bits 4l..4l+3). 2:4 has its own denser form: one uint32 per
 // (panel, group) whose nibble l holds lane l's two 2-bit indices (slot 0
 // in bits 0-1, slot 1 in bits 2-3), and bf16 values stored as lane pairs,
-// [ceil(Out/8)][In/4][8][2]. It is immutable and safe for concurrent use.
+// [ceil(Out/8)][In/4][8][2]. It is immutable and safe for concurrent use,
+// except that SetValuesF32 and SetValuesGatherF32 (training) refill the
+// values of a Sparse their caller owns.
 type Sparse struct {
 	spLayout
 	out  int

@@ -110,6 +110,15 @@ func main() {
 	genAxpy()
 	genDotRows()
 	genAxpyRows()
+	genSDDMM8()
+	for r := 1; r <= 4; r++ {
+		genSDDMMZ(r)
+	}
+	for r := 1; r <= 4; r++ {
+		for w := 1; w <= 2; w++ {
+			genSDDMM24Z(r, w)
+		}
+	}
 	Generate()
 }
 
@@ -1232,6 +1241,186 @@ func genAxpyRows() {
 	block(name+"_w2", 2, false)
 	block(name+"_w1", 1, false)
 	block(name+"_tail", 0, false)
+	VZEROUPPER()
+	RET()
+}
+
+// genSDDMM8: out[j] = Σ_{r < n} a[r]·x[offs[j]/4 + r] for the 8 rows of x
+// at byte offsets offs[0..7] (n >= 8, a multiple of 8): the kept-position
+// dot products of an N:M weight gradient. One 8-wide FMA chain per j over
+// the blocks of 8 (the a block loaded once for all eight), then per j the
+// lane sum [(l0+l1)+(l2+l3)] + [(l4+l5)+(l6+l7)] (VHADDPS twice, then the
+// two 128-bit halves added).
+func genSDDMM8() {
+	name := "sddmm8AVX2"
+	TEXT(name, NOSPLIT, "func(a *float32, x *float32, offs *[8]int64, n int, out *[8]float32)")
+	Doc(name+" sets out[j] = Σ_{r<n} a[r]·x[offs[j]/4+r] for j < 8 (n >= 8, a multiple",
+		"of 8): 8 FMA chains over blocks of 8 rows, each reduced by a fixed tree.")
+	a := Load(Param("a"), GP64())
+	x := Load(Param("x"), GP64())
+	offs := Load(Param("offs"), GP64())
+	n := Load(Param("n"), GP64())
+	SHLQ(U8(2), n)
+	p := make([]GPVirtual, 8)
+	for j := range p {
+		p[j] = GP64()
+		MOVQ(Mem{Base: offs, Disp: 8 * j}, p[j])
+		ADDQ(x, p[j])
+	}
+	acc := ymms(8)
+	zeroAll(acc)
+	r := GP64()
+	XORQ(r, r)
+	Label(name + "_loop")
+	g := YMM()
+	VMOVUPS(Mem{Base: a, Index: r, Scale: 1}, g)
+	for j := range p {
+		VFMADD231PS(Mem{Base: p[j], Index: r, Scale: 1}, g, acc[j])
+	}
+	ADDQ(U8(32), r)
+	CMPQ(r, n)
+	JL(LabelRef(name + "_loop"))
+
+	out := Load(Param("out"), GP64())
+	for h := 0; h < 2; h++ {
+		q := acc[4*h : 4*h+4]
+		t0, t1, u := YMM(), YMM(), YMM()
+		VHADDPS(q[1], q[0], t0)
+		VHADDPS(q[3], q[2], t1)
+		VHADDPS(t1, t0, u)
+		hi := XMM()
+		VEXTRACTF128(U8(1), u, hi)
+		VADDPS(hi, u.AsX(), hi)
+		VMOVUPS(hi, Mem{Base: out, Disp: 16 * h})
+	}
+	VZEROUPPER()
+	RET()
+}
+
+// genSDDMMZ(r): the kept-position weight gradient of r consecutive output
+// rows of an N:M weight over one window of 16 kept positions whose
+// columns lie in the 32 columns x[·][0:32]: per row i < n, the 32 columns
+// of x (masked loads: lanes past the matrix read nothing) are permuted
+// per output into its 16 kept columns (VPERMT2PS with the output's index
+// vector), and acc_j += gy[i][j]·permuted (an FMA with gy broadcast).
+// Each lane is one FMA chain over the rows in order from zero, the same
+// arithmetic as the dense GEMM's chain for that element.
+func genSDDMMZ(r int) {
+	name := fmt.Sprintf("sddmmZR%dAVX512", r)
+	TEXT(name, NOSPLIT, "func(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)")
+	Doc(fmt.Sprintf("%s sets out[j*16+l] = Σ_{i<n} gy[i*ldg+j]·x[i*ldx+idx[j*16+l]] for j < %d, l < 16", name, r),
+		"(n >= 1, idx in [0, 32); columns 0-15 of x loaded under mask bits 0-15, 16-31 under bits 16-31).")
+	gy := Load(Param("gy"), GP64())
+	ldg := Load(Param("ldg"), GP64())
+	SHLQ(U8(2), ldg)
+	x := Load(Param("x"), GP64())
+	ldx := Load(Param("ldx"), GP64())
+	SHLQ(U8(2), ldx)
+	n := Load(Param("n"), GP64())
+	idx := Load(Param("idx"), GP64())
+	masks := GP64()
+	Load(Param("masks"), masks)
+	klo, khi := K(), K()
+	KMOVW(masks.As32(), klo)
+	SHRQ(U8(16), masks)
+	KMOVW(masks.As32(), khi)
+	ix := make([]VecVirtual, r)
+	acc := make([]VecVirtual, r)
+	for j := 0; j < r; j++ {
+		ix[j] = ZMM()
+		VMOVUPS(Mem{Base: idx, Disp: 64 * j}, ix[j])
+		acc[j] = ZMM()
+		VPXORD(acc[j], acc[j], acc[j])
+	}
+	Label(name + "_loop")
+	lo, hi := ZMM(), ZMM()
+	VMOVUPS_Z(Mem{Base: x}, klo, lo)
+	VMOVUPS_Z(Mem{Base: x, Disp: 64}, khi, hi)
+	for j := 0; j < r; j++ {
+		t := ZMM()
+		VMOVAPS(lo, t)
+		VPERMT2PS(hi, ix[j], t)
+		VFMADD231PS_BCST(Mem{Base: gy, Disp: 4 * j}, t, acc[j])
+	}
+	ADDQ(ldg, gy)
+	ADDQ(ldx, x)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	out := Load(Param("out"), GP64())
+	for j := 0; j < r; j++ {
+		VMOVUPS(acc[j], Mem{Base: out, Disp: 64 * j})
+	}
+	VZEROUPPER()
+	RET()
+}
+
+// genSDDMM24Z(r, w): the 2:4 form of genSDDMMZ for r pairs of consecutive
+// output rows and w windows of 16 columns (4 groups) of x. Per 128-bit
+// lane (one group) an in-lane VPERMILPS puts the pair's first output's two
+// kept columns in slots 0-1 and the second's in slots 2-3, and the FMA
+// multiplies by [gy[i][2p], gy[i][2p], gy[i][2p+1], gy[i][2p+1]] (one
+// 64-bit broadcast and an in-lane shuffle per pair and row). Each lane is
+// one FMA chain over the rows in order from zero.
+func genSDDMM24Z(r, w int) {
+	name := fmt.Sprintf("sddmm24ZR%dW%dAVX512", r, w)
+	TEXT(name, NOSPLIT, "func(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)")
+	Doc(fmt.Sprintf("%s: for pairs p < %d and windows v < %d, lane 4q+s of out[(p*%d+v)*16:]", name, r, w, w),
+		"accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);",
+		"window v's columns loaded under mask bits 16v..16v+15).")
+	gy := Load(Param("gy"), GP64())
+	ldg := Load(Param("ldg"), GP64())
+	SHLQ(U8(2), ldg)
+	x := Load(Param("x"), GP64())
+	ldx := Load(Param("ldx"), GP64())
+	SHLQ(U8(2), ldx)
+	n := Load(Param("n"), GP64())
+	idx := Load(Param("idx"), GP64())
+	masks := GP64()
+	Load(Param("masks"), masks)
+	km := make([]Register, w)
+	for v := 0; v < w; v++ {
+		km[v] = K()
+		KMOVW(masks.As32(), km[v])
+		SHRQ(U8(16), masks)
+	}
+	ix := make([][]VecVirtual, r)
+	acc := make([][]VecVirtual, r)
+	for p := 0; p < r; p++ {
+		ix[p] = make([]VecVirtual, w)
+		acc[p] = make([]VecVirtual, w)
+		for v := 0; v < w; v++ {
+			ix[p][v] = ZMM()
+			VMOVUPS(Mem{Base: idx, Disp: 64 * (p*w + v)}, ix[p][v])
+			acc[p][v] = ZMM()
+			VPXORD(acc[p][v], acc[p][v], acc[p][v])
+		}
+	}
+	Label(name + "_loop")
+	xs := make([]VecVirtual, w)
+	for v := 0; v < w; v++ {
+		xs[v] = ZMM()
+		VMOVUPS_Z(Mem{Base: x, Disp: 64 * v}, km[v], xs[v])
+	}
+	for p := 0; p < r; p++ {
+		gb := ZMM()
+		VBROADCASTSD(Mem{Base: gy, Disp: 8 * p}, gb)
+		VPERMILPS(U8(0x50), gb, gb)
+		for v := 0; v < w; v++ {
+			t := ZMM()
+			VPERMILPS(ix[p][v], xs[v], t)
+			VFMADD231PS(gb, t, acc[p][v])
+		}
+	}
+	ADDQ(ldg, gy)
+	ADDQ(ldx, x)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	out := Load(Param("out"), GP64())
+	for p := 0; p < r; p++ {
+		for v := 0; v < w; v++ {
+			VMOVUPS(acc[p][v], Mem{Base: out, Disp: 64 * (p*w + v)})
+		}
+	}
 	VZEROUPPER()
 	RET()
 }

@@ -1,0 +1,443 @@
+package cpu
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/slopeml/slope/format"
+)
+
+// Training helpers: float32 weights that change every optimizer step are
+// re-laid into an existing prepared weight's buffers instead of being
+// prepared anew (which allocates, and for N:M weights unpacks the
+// indices again), and the layouts the backward products need are built
+// straight from row-major operands without an explicit transpose.
+// A prepared weight being refilled must not be in use by another
+// goroutine; the refill itself is single-threaded unless threads > 1.
+
+// PrepareDenseF32 lays out the float32 weight w [out, in] (row-major) as
+// PrepareDense does, reusing dst's buffer when dst is a float32 Dense of
+// the same shape (dst may be nil), panels split over threads. It returns
+// the prepared weight.
+func PrepareDenseF32(dst *Dense, w []float32, out, in, threads int) (*Dense, error) {
+	if out < 1 || in < 1 || len(w) != out*in {
+		return nil, errShape("prepare dense f32", "weight [%d, %d] with %d elements", out, in, len(w))
+	}
+	d := reuseDense(dst, in, out)
+	f := d.pan.w.f32
+	parallelRange(d.pan.np, resolveThreads(threads), func(p0, p1 int) {
+		for o := p0 * panelW; o < min(p1*panelW, out); o++ {
+			dst := f[(o/panelW)*in*panelW+o%panelW:]
+			for k, v := range w[o*in : (o+1)*in] {
+				dst[k*panelW] = v
+			}
+		}
+	})
+	return d, nil
+}
+
+// PrepareDenseKN prepares the weight W [n, k] whose transpose B = Wᵀ is
+// given row-major [k, n] (so y = x·Wᵀ = x·B): panel p's row kk is
+// b[kk*n+16p : kk*n+16p+16], a contiguous copy. It reuses dst's buffer
+// when dst is a float32 Dense of the same shape (dst may be nil), and
+// splits the panels over threads. The result equals
+// PrepareDense of the transposed matrix.
+func PrepareDenseKN(dst *Dense, b []float32, k, n, threads int) (*Dense, error) {
+	if k < 1 || n < 1 || len(b) != k*n {
+		return nil, errShape("prepare dense kn", "operand [%d, %d] with %d elements", k, n, len(b))
+	}
+	d := reuseDense(dst, k, n)
+	f := d.pan.w.f32
+	np := d.pan.np
+	parallelRange(np, resolveThreads(threads), func(p0, p1 int) {
+		for p := p0; p < p1; p++ {
+			c0, c1 := p*panelW, min(p*panelW+panelW, n)
+			pan := f[p*k*panelW : (p+1)*k*panelW]
+			for kk := 0; kk < k; kk++ {
+				copy(pan[kk*panelW:kk*panelW+c1-c0], b[kk*n+c0:kk*n+c1])
+			}
+		}
+	})
+	return d, nil
+}
+
+// reuseDense returns dst when it is a float32 Dense [out = n, in = k],
+// else a new zeroed one. Padding lanes are never written, so they stay
+// zero across refills.
+func reuseDense(dst *Dense, k, n int) *Dense {
+	np := (n + panelW - 1) / panelW
+	if dst != nil && dst.pan.dt == Float32 && dst.pan.k == k && dst.pan.n == n && len(dst.pan.w.f32) == np*panelW*k {
+		return dst
+	}
+	return &Dense{pan: panels{dt: Float32, k: k, n: n, np: np, w: wbuf{f32: make([]float32, np*panelW*k)}}}
+}
+
+// MulAdd adds x·Wᵀ into y: y [m, Out] += x [m, In]·Wᵀ, with the same
+// kernels, blocking and per-element order as Linear (Linear starts each
+// element from the bias or zero, MulAdd from y's value).
+func (d *Dense) MulAdd(y, x []float32, m int, threads int) error {
+	if d == nil {
+		return errNil
+	}
+	if err := checkIO("dense muladd", y, x, m, d.pan.k, d.pan.n, nil); err != nil {
+		return err
+	}
+	if m == 0 {
+		return nil
+	}
+	d.pan.mulAdd(y, d.pan.n, x, d.pan.k, m, nil, false, resolveThreads(threads))
+	return nil
+}
+
+// SetValuesF32 replaces the kept values of a float32 Sparse with vals
+// (Out*kept, in the NMWeight values order), keeping its indices: the
+// result equals PrepareNM of the same indices and vals. Panels are split
+// over threads.
+func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
+	if s == nil {
+		return errNil
+	}
+	if s.dt != Float32 || s.vals.f32 == nil {
+		return fmt.Errorf("cpu: set values: weight dtype %v, want float32", s.dt)
+	}
+	if len(vals) != s.out*s.kept {
+		return errShape("set values", "%d values, want Out*kept = %d*%d", len(vals), s.out, s.kept)
+	}
+	f := s.vals.f32
+	parallelRange(s.np, resolveThreads(threads), func(p0, p1 int) {
+		for o := p0 * spLanes; o < min(p1*spLanes, s.out); o++ {
+			dst := f[(o/spLanes)*s.kept*spLanes+o%spLanes:]
+			for t, v := range vals[o*s.kept : (o+1)*s.kept] {
+				dst[t*spLanes] = v
+			}
+		}
+	})
+	return nil
+}
+
+// NMWeightGrad adds an N:M weight's gradient at its kept positions only:
+//
+//	g[o*kept+t] += Σ_{r<m} gy[r*out+o]·x[r*in+c],  c = t/N*M + idx[o*kept+t]
+//
+// for gy [m, out] and x [m, in] row-major: the dense gyᵀ·x gathered at
+// W's mask, with half the products for 2:4. Three paths:
+//
+//   - AVX-512, 2:4, and patterns whose 16 kept positions span at most 32
+//     columns (M <= 2N): an assembly kernel loads each row of x in
+//     windows of columns, permutes them into each output's kept columns
+//     (2:4: an in-lane VPERMILPS holding two rows' kept values per group;
+//     otherwise VPERMT2PS over 32 columns, 16 kept values of one row) and
+//     runs one FMA chain per kept value over the rows in order, in K
+//     blocks of 512 rows added in order: exactly the arithmetic of the
+//     dense GEMM (PrepareDenseKN(x) with gyᵀ as A, out >= 4 rows) for
+//     those elements, so the result is bit-identical to the dense product
+//     gathered at the mask.
+//   - other assembly paths: gyᵀ and xᵀ transposed, then eight kept
+//     positions of a row per AVX2 call (8-wide FMA chains over the rows
+//     and a fixed lane-sum tree): within float32 rounding of the dense
+//     product.
+//   - without assembly: a Dot per kept position of the transposes.
+//
+// Windows of kept positions (or rows of W) are split over threads; each
+// value is computed by one goroutine in a fixed order, so results do not
+// depend on threads.
+func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, idx []uint8, threads int) error {
+	kept, err := nmGradCheck(g, gy, x, m, p, out, in, idx)
+	if err != nil || m == 0 || out == 0 {
+		return err
+	}
+	t := resolveThreads(threads)
+	if asm512On() && p == (format.NM{N: 2, M: 4}) {
+		nmGrad24Z(g, gy, x, m, out, in, kept, idx, t)
+		if out%2 != 0 {
+			nmGradZ(g, gy, x, m, p, out-1, out, in, kept, idx, 1)
+		}
+		return nil
+	}
+	if asm512On() && 16%p.N == 0 && 16/p.N*p.M <= 32 {
+		nmGradZ(g, gy, x, m, p, 0, out, in, kept, idx, t)
+		return nil
+	}
+	gyTb, xTb := getF32(m*out), getF32(m*in)
+	defer putF32(gyTb)
+	defer putF32(xTb)
+	gyT, xT := *gyTb, *xTb
+	if err := Transpose(gyT, gy, m, out, t); err != nil {
+		return err
+	}
+	if err := Transpose(xT, x, m, in, t); err != nil {
+		return err
+	}
+	m8 := m &^ 7
+	if !asmOn() || m8 < 8 {
+		parallelRange(out, t, func(o0, o1 int) {
+			for o := o0; o < o1; o++ {
+				a := gyT[o*m : (o+1)*m]
+				for k := 0; k < kept; k++ {
+					c := k/p.N*p.M + int(idx[o*kept+k])
+					g[o*kept+k] += Dot(a, xT[c*m:(c+1)*m])
+				}
+			}
+		})
+		return nil
+	}
+	// Windows of 8 kept positions per row: their columns (8/N groups) are
+	// the same for every row, so a window's rows of xᵀ stay in cache
+	// while all the rows of W pass over them.
+	windows := (kept + 7) / 8
+	parallelRange(windows, t, func(w0, w1 int) {
+		var offs [8]int64
+		var sums [8]float32
+		for win := w0; win < w1; win++ {
+			t0 := win * 8
+			w := min(8, kept-t0)
+			for o := 0; o < out; o++ {
+				ir := idx[o*kept : (o+1)*kept]
+				for j := range 8 {
+					k := t0 + min(j, w-1) // pad with the last position
+					offs[j] = int64(4 * (k/p.N*p.M + int(ir[k])) * m)
+				}
+				a := gyT[o*m : (o+1)*m]
+				sddmmAsm(&a[0], &xT[0], &offs, m8, &sums)
+				gr := g[o*kept+t0 : o*kept+t0+w]
+				for j := range gr {
+					s := sums[j]
+					if m8 < m {
+						xr := xT[offs[j]/4 : offs[j]/4+int64(m)]
+						for r := m8; r < m; r++ {
+							s += a[r] * xr[r]
+						}
+					}
+					gr[j] += s
+				}
+			}
+		}
+	})
+	return nil
+}
+
+// nmGradZ is NMWeightGrad's AVX-512 path (see there) for the rows
+// [o0, o1) of W.
+func nmGradZ(g, gy, x []float32, m int, p format.NM, o0, o1, in, kept int, idx []uint8, t int) {
+	out := len(gy) / m
+	windows := (kept + 15) / 16
+	parallelRange(windows, t, func(w0, w1 int) {
+		var ix [4 * 16]int32
+		var res, sum [4 * 16]float32
+		for win := w0; win < w1; win++ {
+			t0 := win * 16
+			w := min(16, kept-t0)
+			c0 := t0 / p.N * p.M
+			nlo := min(max(in-c0, 0), 16)
+			nhi := min(max(in-c0-16, 0), 16)
+			masks := (1<<nlo - 1) | (1<<nhi-1)<<16
+			for o := o0; o < o1; o += 4 {
+				r := min(4, o1-o)
+				for j := 0; j < r; j++ {
+					ir := idx[(o+j)*kept : (o+j+1)*kept]
+					for l := 0; l < 16; l++ {
+						v := int32(0)
+						if l < w {
+							k := t0 + l
+							v = int32(k/p.N*p.M + int(ir[k]) - c0)
+						}
+						ix[j*16+l] = v
+					}
+				}
+				clear(sum[:r*16])
+				// K blocks as the dense GEMM's: each block's chain from
+				// zero, added to the sum in block order.
+				for rb := 0; rb < m; rb += denseKC {
+					n := min(denseKC, m-rb)
+					sddmmZAsm(r, &gy[rb*out+o], out, &x[rb*in+c0], in, n, &ix[0], masks, &res[0])
+					for i := range r * 16 {
+						sum[i] += res[i]
+					}
+				}
+				for j := 0; j < r; j++ {
+					gr := g[(o+j)*kept+t0 : (o+j)*kept+t0+w]
+					for l := range gr {
+						gr[l] += sum[j*16+l]
+					}
+				}
+			}
+		}
+	})
+}
+
+// nmGrad24Z is NMWeightGrad's AVX-512 path for 2:4 and the rows
+// [0, out&^1) of W: per call 4 pairs of rows and 2 windows of 16 columns
+// (8 kept positions per row each), lanes holding the pair's two rows'
+// kept values group by group (see genSDDMM24Z).
+func nmGrad24Z(g, gy, x []float32, m, out, in, kept int, idx []uint8, t int) {
+	const wcols, pairs, wins = 16, 4, 2
+	blocks := (in + wins*wcols - 1) / (wins * wcols)
+	parallelRange(blocks, t, func(b0, b1 int) {
+		var ix [pairs * wins * 16]int32
+		var res, sum [pairs * wins * 16]float32
+		for blk := b0; blk < b1; blk++ {
+			c0 := blk * wins * wcols
+			w := min(wins, (in-c0+wcols-1)/wcols)
+			masks := 0
+			for v := 0; v < w; v++ {
+				cnt := min(max(in-c0-v*wcols, 0), wcols)
+				masks |= (1<<cnt - 1) << (16 * v)
+			}
+			for o := 0; o+1 < out; o += 2 * pairs {
+				r := min(pairs, (out-o)/2)
+				for p := 0; p < r; p++ {
+					for v := 0; v < w; v++ {
+						lanes := ix[(p*w+v)*16 : (p*w+v+1)*16]
+						for q := 0; q < 4; q++ {
+							grp := (c0+v*wcols)/4 + q
+							for s := 0; s < 4; s++ {
+								val := int32(0)
+								if grp*4 < in {
+									row := o + 2*p + s/2
+									val = int32(idx[row*kept+2*grp+s%2])
+								}
+								lanes[4*q+s] = val
+							}
+						}
+					}
+				}
+				n := r * w * 16
+				clear(sum[:n])
+				// K blocks as the dense GEMM's: each block's chain from
+				// zero, added to the sum in block order.
+				for rb := 0; rb < m; rb += denseKC {
+					sddmm24ZAsm(r, w, &gy[rb*out+o], out, &x[rb*in+c0], in, min(denseKC, m-rb), &ix[0], masks, &res[0])
+					for i := range n {
+						sum[i] += res[i]
+					}
+				}
+				for p := 0; p < r; p++ {
+					for v := 0; v < w; v++ {
+						for q := 0; q < 4; q++ {
+							grp := (c0+v*wcols)/4 + q
+							if grp*4 >= in {
+								continue
+							}
+							for s := 0; s < 4; s++ {
+								row := o + 2*p + s/2
+								g[row*kept+2*grp+s%2] += sum[(p*w+v)*16+4*q+s]
+							}
+						}
+					}
+				}
+			}
+		}
+	})
+}
+
+// NMWeightGradRef is NMWeightGrad's reference: each sum in float64,
+// rounded once and added.
+func NMWeightGradRef(g, gy, x []float32, m int, p format.NM, out, in int, idx []uint8) error {
+	kept, err := nmGradCheck(g, gy, x, m, p, out, in, idx)
+	if err != nil {
+		return err
+	}
+	for o := 0; o < out; o++ {
+		for k := 0; k < kept; k++ {
+			c := k/p.N*p.M + int(idx[o*kept+k])
+			var s float64
+			for r := 0; r < m; r++ {
+				s += float64(gy[r*out+o]) * float64(x[r*in+c])
+			}
+			g[o*kept+k] += float32(s)
+		}
+	}
+	return nil
+}
+
+func nmGradCheck(g, gy, x []float32, m int, p format.NM, out, in int, idx []uint8) (int, error) {
+	const op = "nm weight grad"
+	if p.N < 1 || p.M > 16 || p.N >= p.M || in%p.M != 0 || out < 0 || m < 0 {
+		return 0, errShape(op, "pattern %s, weight [%d, %d], m = %d", p, out, in, m)
+	}
+	kept := in / p.M * p.N
+	if len(g) != out*kept || len(idx) != out*kept || len(gy) != m*out || len(x) != m*in {
+		return 0, errShape(op, "g %d, idx %d, gy %d, x %d elements for weight [%d, %d] (%d kept per row), m = %d",
+			len(g), len(idx), len(gy), len(x), out, in, kept, m)
+	}
+	for _, v := range idx {
+		if int(v) >= p.M {
+			return 0, errShape(op, "in-group index %d >= M = %d", v, p.M)
+		}
+	}
+	return kept, nil
+}
+
+// Transpose writes dst [cols, rows] = srcᵀ for src [rows, cols]
+// (row-major both). Column chunks of 256 are split over threads; within a
+// chunk, strips of 8 rows are transposed 8x8 at a time (assembly) or
+// element by element (the rows past the last strip, the columns past the
+// last multiple of 8, and without the assembly).
+func Transpose(dst, src []float32, rows, cols, threads int) error {
+	if rows < 0 || cols < 0 || len(src) != rows*cols || len(dst) != rows*cols {
+		return errShape("transpose", "src %d, dst %d elements for [%d, %d]", len(src), len(dst), rows, cols)
+	}
+	const chunk = 256
+	chunks := (cols + chunk - 1) / chunk
+	parallelRange(chunks, resolveThreads(threads), func(k0, k1 int) {
+		for k := k0; k < k1; k++ {
+			c0, c1 := k*chunk, min(k*chunk+chunk, cols)
+			r := 0
+			if n8 := (c1 - c0) / 8; asmOn() && n8 > 0 {
+				for ; r+8 <= rows; r += 8 {
+					transposeAsm(&dst[c0*rows+r], rows, &src[r*cols+c0], cols, n8)
+				}
+				for rr := 0; rr < r; rr++ { // the columns past the 8x8 blocks
+					for c := c0 + n8*8; c < c1; c++ {
+						dst[c*rows+rr] = src[rr*cols+c]
+					}
+				}
+			}
+			for ; r < rows; r++ {
+				s := src[r*cols+c0 : r*cols+c1]
+				for j, v := range s {
+					dst[(c0+j)*rows+r] = v
+				}
+			}
+		}
+	})
+	return nil
+}
+
+// SetValuesGatherF32 is SetValuesF32 of the values v[t] = vals[src[t]]
+// (0 where src[t] < 0) without materialising v: len(src) = Out*kept, in
+// the NMWeight values order. A source past vals is an error (the values
+// are then partly replaced).
+func (s *Sparse) SetValuesGatherF32(vals []float32, src []int32, threads int) error {
+	if s == nil {
+		return errNil
+	}
+	if s.dt != Float32 || s.vals.f32 == nil {
+		return fmt.Errorf("cpu: set values: weight dtype %v, want float32", s.dt)
+	}
+	if len(src) != s.out*s.kept {
+		return errShape("set values", "%d sources, want Out*kept = %d*%d", len(src), s.out, s.kept)
+	}
+	f := s.vals.f32
+	var bad atomic.Int64 // 1 + a source past vals, or 0
+	parallelRange(s.np, resolveThreads(threads), func(p0, p1 int) {
+		for o := p0 * spLanes; o < min(p1*spLanes, s.out); o++ {
+			dst := f[(o/spLanes)*s.kept*spLanes+o%spLanes:]
+			for t, j := range src[o*s.kept : (o+1)*s.kept] {
+				v := float32(0)
+				if j >= 0 {
+					if int(j) >= len(vals) {
+						bad.Store(int64(j) + 1)
+						return
+					}
+					v = vals[j]
+				}
+				dst[t*spLanes] = v
+			}
+		}
+	})
+	if j := bad.Load(); j > 0 {
+		return errShape("set values", "source %d of %d values", j-1, len(vals))
+	}
+	return nil
+}

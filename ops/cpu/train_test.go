@@ -1,0 +1,275 @@
+package cpu
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/slopeml/slope/format"
+)
+
+// The training helpers against their references: PrepareDense and
+// PrepareNM of the same (transposed where stated) weight give the same
+// prepared buffers, and MulAdd is y + Linear's product.
+
+func transposeRef(src []float32, rows, cols int) []float32 {
+	dst := make([]float32, rows*cols)
+	for r := 0; r < rows; r++ {
+		for c := 0; c < cols; c++ {
+			dst[c*rows+r] = src[r*cols+c]
+		}
+	}
+	return dst
+}
+
+func TestPrepareDenseF32(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var d *Dense
+	for _, sh := range [][2]int{{16, 8}, {37, 21}, {37, 21}, {5, 700}, {64, 64}} {
+		out, in := sh[0], sh[1]
+		w := randF32(rng, out*in)
+		ref, err := PrepareDense(DenseWeight{DType: Float32, Out: out, In: in, Data: encode(t, Float32, w)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		prev := d
+		if d, err = PrepareDenseF32(d, w, out, in, 2); err != nil {
+			t.Fatal(err)
+		}
+		if prev != nil && prev.pan.k == in && prev.pan.n == out && d != prev {
+			t.Errorf("[%d, %d]: buffer not reused", out, in)
+		}
+		if !slices.Equal(d.pan.w.f32, ref.pan.w.f32) || d.pan.dt != ref.pan.dt || d.pan.k != ref.pan.k || d.pan.n != ref.pan.n || d.pan.np != ref.pan.np {
+			t.Fatalf("[%d, %d]: panels differ from PrepareDense", out, in)
+		}
+	}
+	if _, err := PrepareDenseF32(nil, make([]float32, 5), 2, 3, 1); err == nil {
+		t.Error("wrong length accepted")
+	}
+}
+
+func TestPrepareDenseKN(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var d *Dense
+	for _, sh := range [][2]int{{16, 8}, {21, 37}, {21, 37}, {700, 5}, {512, 1024}} {
+		k, n := sh[0], sh[1]
+		for _, threads := range []int{1, 2, 3} {
+			b := randF32(rng, k*n)
+			ref, err := PrepareDense(DenseWeight{DType: Float32, Out: n, In: k, Data: encode(t, Float32, transposeRef(b, k, n))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d, err = PrepareDenseKN(d, b, k, n, threads); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(d.pan.w.f32, ref.pan.w.f32) || d.pan.k != k || d.pan.n != n || d.pan.np != ref.pan.np {
+				t.Fatalf("[%d, %d] threads %d: panels differ from PrepareDense of the transpose", k, n, threads)
+			}
+		}
+	}
+	if _, err := PrepareDenseKN(nil, make([]float32, 5), 2, 3, 1); err == nil {
+		t.Error("wrong length accepted")
+	}
+}
+
+func TestDenseMulAdd(t *testing.T) {
+	paths(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(5, 6))
+		for _, sh := range [][3]int{{1, 7, 5}, {3, 16, 16}, {13, 40, 33}, {64, 512, 48}, {50, 300, 100}} {
+			m, in, out := sh[0], sh[1], sh[2]
+			w := randF32(rng, out*in)
+			d, err := PrepareDenseF32(nil, w, out, in, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			x := randF32(rng, m*in)
+			y0 := randF32(rng, m*out)
+			prod := make([]float32, m*out)
+			if err := d.Linear(prod, x, m, nil, 2); err != nil {
+				t.Fatal(err)
+			}
+			for _, threads := range []int{1, 2} {
+				y := slices.Clone(y0)
+				if err := d.MulAdd(y, x, m, threads); err != nil {
+					t.Fatal(err)
+				}
+				// K <= 512 is one K block: exactly y0 + the product.
+				for i := range y {
+					if want := y0[i] + prod[i]; y[i] != want {
+						t.Fatalf("m %d in %d out %d threads %d: y[%d] = %g, want %g", m, in, out, threads, i, y[i], want)
+					}
+				}
+			}
+		}
+		d, _ := PrepareDenseF32(nil, make([]float32, 6), 2, 3, 1)
+		if err := d.MulAdd(make([]float32, 3), make([]float32, 3), 1, 1); err == nil {
+			t.Error("wrong y length accepted")
+		}
+	})
+}
+
+func TestSparseSetValuesF32(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, p := range []format.NM{{N: 2, M: 4}, {N: 1, M: 4}, {N: 2, M: 8}} {
+		for _, sh := range [][2]int{{8, 16}, {13, 40}, {64, 256}} {
+			out, in := sh[0], sh[1]
+			w, _ := randNM(t, rng, p, Float32, out, in)
+			s, err := PrepareNM(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vals := randF32(rng, out*in/p.M*p.N)
+			w.Values = encode(t, Float32, vals)
+			ref, err := PrepareNM(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SetValuesF32(vals, 2); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(s.vals.f32, ref.vals.f32) || !slices.Equal(s.idx, ref.idx) {
+				t.Fatalf("%s [%d, %d]: differs from PrepareNM", p, out, in)
+			}
+			// The gathering form: values drawn from a longer slice, some zero.
+			pool := randF32(rng, 2*len(vals)+3)
+			src := make([]int32, len(vals))
+			for i := range src {
+				src[i] = int32(rng.IntN(len(pool)+1)) - 1
+				if src[i] >= 0 {
+					vals[i] = pool[src[i]]
+				} else {
+					vals[i] = 0
+				}
+			}
+			w.Values = encode(t, Float32, vals)
+			if ref, err = PrepareNM(w); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SetValuesGatherF32(pool, src, 3); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(s.vals.f32, ref.vals.f32) {
+				t.Fatalf("%s [%d, %d]: gathered values differ from PrepareNM", p, out, in)
+			}
+			if err := s.SetValuesGatherF32(pool[:1], src, 2); err == nil && len(pool) > 1 && slices.Max(src) > 0 {
+				t.Error("source past the values accepted")
+			}
+			if err := s.SetValuesF32(vals[1:], 1); err == nil {
+				t.Error("wrong length accepted")
+			}
+		}
+	}
+	w, _ := randNM(t, rng, format.NM{N: 2, M: 4}, BFloat16, 8, 16)
+	s, err := PrepareNM(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetValuesF32(make([]float32, 64), 1); err == nil {
+		t.Error("bf16 weight accepted")
+	}
+}
+
+func TestNMWeightGrad(t *testing.T) {
+	paths(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(9, 10))
+		for _, p := range []format.NM{{N: 2, M: 4}, {N: 1, M: 4}, {N: 2, M: 8}, {N: 1, M: 2}} {
+			for _, sh := range [][3]int{{1, 5, 8}, {7, 3, 24}, {8, 16, 32}, {13, 9, 40}, {64, 8, 256}, {100, 17, 64}, {600, 6, 48}, {1030, 5, 36}} {
+				m, out, in := sh[0], sh[1], sh[2]
+				if in%p.M != 0 {
+					continue
+				}
+				w, _ := randNM(t, rng, p, Float32, out, in)
+				kept := in / p.M * p.N
+				idx := make([]uint8, out*kept)
+				if err := format.UnpackNMIndices(p, out, in, w.Indices, idx); err != nil {
+					t.Fatal(err)
+				}
+				gy, x := randF32(rng, m*out), randF32(rng, m*in)
+				g0 := randF32(rng, out*kept)
+				ref := slices.Clone(g0)
+				if err := NMWeightGradRef(ref, gy, x, m, p, out, in, idx); err != nil {
+					t.Fatal(err)
+				}
+				// The dense product the trainer used to gather from.
+				d, err := PrepareDenseKN(nil, x, m, in, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				gd := make([]float32, out*in)
+				if err := d.Linear(gd, transposeRef(gy, m, out), out, nil, 1); err != nil {
+					t.Fatal(err)
+				}
+				// (The dense GEMM runs GEMVs below gemmMinRows rows of gyᵀ.)
+				exact := asm512On() && 16%p.N == 0 && 16/p.N*p.M <= 32 && out >= gemmMinRows
+				// The bound of checkClose: Σ|gy·x| per kept position, plus |g0|.
+				bound := make([]float64, out*kept)
+				masked := make([]float32, out*kept)
+				for o := 0; o < out; o++ {
+					for k := 0; k < kept; k++ {
+						c := k/p.N*p.M + int(idx[o*kept+k])
+						s := float64(abs32(g0[o*kept+k]))
+						for r := 0; r < m; r++ {
+							s += float64(abs32(gy[r*out+o] * x[r*in+c]))
+						}
+						bound[o*kept+k] = s
+						masked[o*kept+k] = g0[o*kept+k] + gd[o*in+c]
+					}
+				}
+				var first []float32
+				for _, threads := range []int{1, 2, 3} {
+					g := slices.Clone(g0)
+					if err := NMWeightGrad(g, gy, x, m, p, out, in, idx, threads); err != nil {
+						t.Fatal(err)
+					}
+					what := fmt.Sprintf("%s m %d [%d, %d] threads %d", p, m, out, in, threads)
+					checkClose(t, what, g, ref, bound, m+1)
+					if exact && !slices.Equal(g, masked) {
+						t.Fatalf("%s: not bit-identical to the dense product gathered at the mask", what)
+					}
+					if first == nil {
+						first = g
+					} else if !slices.Equal(g, first) {
+						t.Fatalf("%s: differs from threads 1", what)
+					}
+				}
+			}
+		}
+		if err := NMWeightGrad(make([]float32, 4), make([]float32, 2), make([]float32, 8), 1, format.NM{N: 2, M: 4}, 2, 8, make([]uint8, 3), 1); err == nil {
+			t.Error("wrong idx length accepted")
+		}
+		if err := NMWeightGrad(make([]float32, 2), make([]float32, 1), make([]float32, 4), 1, format.NM{N: 2, M: 4}, 1, 4, []uint8{0, 4}, 1); err == nil {
+			t.Error("index >= M accepted")
+		}
+	})
+}
+
+func abs32(v float32) float32 {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
+
+func TestTranspose(t *testing.T) {
+	paths(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(11, 12))
+		for _, sh := range [][2]int{{1, 1}, {8, 8}, {7, 13}, {16, 300}, {37, 515}, {512, 256}, {0, 5}} {
+			rows, cols := sh[0], sh[1]
+			src := randF32(rng, rows*cols)
+			ref := transposeRef(src, rows, cols)
+			for _, threads := range []int{1, 2, 3} {
+				dst := randF32(rng, rows*cols)
+				if err := Transpose(dst, src, rows, cols, threads); err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(dst, ref) {
+					t.Fatalf("[%d, %d] threads %d: differs from the reference", rows, cols, threads)
+				}
+			}
+		}
+		if err := Transpose(make([]float32, 5), make([]float32, 6), 2, 3, 1); err == nil {
+			t.Error("wrong dst length accepted")
+		}
+	})
+}

@@ -1,0 +1,150 @@
+package train
+
+import (
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/slopeml/slope/convert"
+)
+
+// benchConfig is bench/train.sh's model: 4 layers, hidden 256, 4 heads,
+// ffn 1024, 256 positions, vocab 8192, tied head.
+const benchConfig = `{"model_type": "opt", "vocab_size": 8192, "hidden_size": 256, "ffn_dim": 1024,
+ "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 256,
+ "word_embed_proj_dim": 256, "do_layer_norm_before": true, "activation_function": "relu",
+ "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`
+
+func benchModel(b *testing.B, nm string) string {
+	b.Helper()
+	dir := b.TempDir()
+	cfg := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(cfg, []byte(benchConfig), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(dir, "m.slope")
+	if _, err := convert.Init(convert.InitOptions{Config: cfg, Out: out, NM: nm, Seed: 1}); err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
+
+// BenchmarkStep times one optimizer step of 4 x 128 tokens on
+// bench/train.sh's model, dense and 2:4 (compare the two in one run; the
+// tokens/s metric is per step). SLOPE_BENCH_THREADS sets Options.Threads
+// (1 keeps all work on the benchmark's goroutine, for clean profiles).
+func BenchmarkStep(b *testing.B) {
+	for _, nm := range []string{"dense", "2:4"} {
+		b.Run(nm, func(b *testing.B) {
+			threads, _ := strconv.Atoi(os.Getenv("SLOPE_BENCH_THREADS"))
+			tr, err := New(benchModel(b, nm), Options{LR: 1e-3, Threads: threads})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tr.Close()
+			rng := rand.New(rand.NewPCG(1, 2))
+			ids := randBatch(rng, tr.Vocab(), 4, 128)
+			if _, err := tr.Step(ids); err != nil { // warm-up
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := tr.Step(ids); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(4*128)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+		})
+	}
+}
+
+// cpuSeconds is the process's user + system CPU time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// BenchmarkStepPair alternates one dense and one 2:4 step of the same
+// batch on bench/train.sh's model, so that both see the same machine load
+// (a shared machine makes separate runs incomparable), and reports each
+// one's tokens/s by wall time and by CPU time (tokens per CPU-second of
+// the process: every goroutine's work, insensitive to waiting for a
+// core), and the 2:4/dense ratios. SLOPE_BENCH_THREADS sets
+// Options.Threads.
+func BenchmarkStepPair(b *testing.B) {
+	threads, _ := strconv.Atoi(os.Getenv("SLOPE_BENCH_THREADS"))
+	var trs [2]*Trainer
+	for i, nm := range []string{"dense", "2:4"} {
+		tr, err := New(benchModel(b, nm), Options{LR: 1e-3, Threads: threads})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer tr.Close()
+		trs[i] = tr
+	}
+	ids := randBatch(rand.New(rand.NewPCG(1, 2)), trs[0].Vocab(), 4, 128)
+	for _, tr := range trs { // warm-up: buffers and prepared weights
+		if _, err := tr.Step(ids); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var wall, cpu [2]float64
+	for b.Loop() {
+		for i, tr := range trs {
+			t0, c0 := time.Now(), cpuSeconds()
+			if _, err := tr.Step(ids); err != nil {
+				b.Fatal(err)
+			}
+			wall[i] += time.Since(t0).Seconds()
+			cpu[i] += cpuSeconds() - c0
+		}
+	}
+	tok := float64(4 * 128 * b.N)
+	b.ReportMetric(tok/wall[0], "dense-tok/s")
+	b.ReportMetric(tok/wall[1], "2:4-tok/s")
+	b.ReportMetric(wall[0]/wall[1], "wall-ratio")
+	b.ReportMetric(tok/cpu[0], "dense-tok/cpu-s")
+	b.ReportMetric(tok/cpu[1], "2:4-tok/cpu-s")
+	b.ReportMetric(cpu[0]/cpu[1], "cpu-ratio")
+}
+
+// BenchmarkMaskRefresh times RefreshMasks (the transpose masks of every
+// N:M weight by magnitude) plus the next step's rebuild of the W_dpᵀ
+// layouts whose mask changed (the step moved the values), as the extra
+// time of a step that follows a refresh; it runs every
+// Options.MaskRefresh steps (default 100).
+func BenchmarkMaskRefresh(b *testing.B) {
+	threads, _ := strconv.Atoi(os.Getenv("SLOPE_BENCH_THREADS"))
+	tr, err := New(benchModel(b, "2:4"), Options{LR: 1e-3, Threads: threads, MaskRefresh: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	ids := randBatch(rand.New(rand.NewPCG(1, 2)), tr.Vocab(), 4, 128)
+	if _, err := tr.Step(ids); err != nil {
+		b.Fatal(err)
+	}
+	var plain, refreshed float64
+	for b.Loop() {
+		t0 := time.Now()
+		if _, err := tr.Step(ids); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := tr.RefreshMasks(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := tr.Step(ids); err != nil {
+			b.Fatal(err)
+		}
+		plain += t1.Sub(t0).Seconds()
+		refreshed += time.Since(t1).Seconds()
+	}
+	b.ReportMetric((refreshed-plain)/float64(b.N)*1e3, "refresh-ms")
+	b.ReportMetric(plain/float64(b.N)*1e3, "step-ms")
+}
