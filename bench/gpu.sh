@@ -9,7 +9,7 @@
 # `run` sets SLOPE_REQUIRE_GPU=1, so a GPU test that cannot open the GPU
 # fails instead of skipping. Output: bench/out/gpu.txt (and $OUT/gpu.txt
 # when OUT is set). Environment: QUICK=1 (one shape per table),
-# TABLES=linear,layer, SKIP_TESTS=1, PKGS="cuda/kernels cuda" (test only
+# TABLES (default linear,layer,tc,train), SKIP_TESTS=1, PKGS="cuda/kernels cuda" (test only
 # these), SKIP_CLI=1, BENCH_FLAGS (extra gpubench flags, e.g.
 # -adapters=false).
 set -uo pipefail
@@ -84,7 +84,7 @@ run)
 		rm -rf "$work"
 		fi
 		echo "## gpubench"
-		timeout 420 "$bins/gpubench" -tables "${TABLES:-linear,layer}" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
+		timeout 420 "$bins/gpubench" -tables "${TABLES:-linear,layer,tc,train}" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
 		rc=$?
 		echo "## gpubench exit $rc"
 		[[ $rc == 0 ]] || status=1

@@ -1,8 +1,14 @@
-// Command gpubench times SlopeLinear and OPT decoder layers on one
-// NVIDIA GPU against cuBLASLt dense bf16, in the same process on the same
-// card, and prints the ratios (bench/gpu.sh runs it).
+// Command gpubench times SlopeLinear, OPT decoder layers and training
+// steps on one NVIDIA GPU against cuBLASLt dense bf16, in the same
+// process on the same card, and prints the ratios (bench/gpu.sh runs it).
 //
-//	gpubench [-tables linear,layer] [-quick]
+//	gpubench [-tables linear,layer,tc,train] [-quick] [-adapters=false]
+//
+// linear: SlopeLinear against dense at M = 1, 16, 2048, 8192; layer: one
+// decoder layer (prefill, decode at batch 1 and 16) per weight-form
+// choice; tc: the tensor-core kernel at M = 1..16 over launch sizes;
+// train: one training step of a layer's six linears, dense against
+// SLoPe, with the time of each stage of one of them.
 //
 // Timings are device time between CUDA events, averaged over repeated
 // runs after warm-up. Decode-sized products (M <= 16) rotate over weight
@@ -53,7 +59,7 @@ var layers = []layerShape{
 }
 
 func main() {
-	tables := flag.String("tables", "linear,layer", "tables to run: tc, linear, layer, train")
+	tables := flag.String("tables", "linear,layer,tc,train", "tables to run: linear, layer, tc, train")
 	quick := flag.Bool("quick", false, "fewer shapes (a smoke run)")
 	search := flag.Bool("search", true, "cuSPARSELt algorithm search once per shape")
 	flag.BoolVar(&withAdapters, "adapters", true, "include the adapter variants (r = 1.56%, 6.25%)")
