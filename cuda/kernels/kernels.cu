@@ -873,23 +873,38 @@ __device__ void nm_gather_body(float* out, const T* dense, int ldd, const unsign
 // (portable N:M indices; keep one byte per kept value, package ops'
 // NMParam.TKeep). Every element is written. cuSPARSELt compresses the
 // result as the sparse operand of the input-gradient product.
+// Block (bx, by) covers rows [64by, 64by + 64) and the tw = (64/m)*m
+// columns from bx*tw (whole groups): it scatters the tile's kept values
+// into shared memory, reading them along the rows, then writes the tile
+// transposed, consecutive threads on consecutive rows of W.
+#define EXT_TILE 64
 template <typename T>
 __device__ void nm_expand_t_body(T* dt, const T* vals, const unsigned char* idx, const unsigned char* keep, int rows, int cols,
                                  int n, int m) {
+    __shared__ float tile[EXT_TILE][EXT_TILE + 1];  // [row - r0][col - c0]
+    const int tw = (EXT_TILE / m) * m;
+    const int r0 = blockIdx.y * EXT_TILE, c0 = blockIdx.x * tw;
     const int k = cols / m * n;
     const int b = nm_bits(m);
     const int rowBytes = (k * b + 7) >> 3;
-    const int64_t total = (int64_t)rows * cols;
-    for (int64_t e = gtid(); e < total; e += gstride()) {
-        const int c = (int)(e / rows), r = (int)(e - (int64_t)c * rows);
-        const int g = c / m, pos = c - g * m;
-        const unsigned char* ir = idx + (int64_t)r * rowBytes;
-        float v = 0.f;
-        for (int q = 0; q < n; q++) {
-            const int j = g * n + q;
-            if (nm_index(ir, rowBytes, j, b) == pos && keep[(int64_t)r * k + j]) v = ldf(vals + (int64_t)r * k + j);
-        }
-        stf(dt + e, v);
+    for (int i = threadIdx.x; i < EXT_TILE * EXT_TILE; i += blockDim.x) tile[i / EXT_TILE][i % EXT_TILE] = 0.f;
+    __syncthreads();
+    const int g0 = c0 / m, g1 = min(cols, c0 + tw) / m;
+    const int kt = (g1 - g0) * n;  // kept values per row in the tile
+    for (int i = threadIdx.x; i < EXT_TILE * kt; i += blockDim.x) {
+        const int rr = i / kt, j = g0 * n + (i - rr * kt);
+        const int r = r0 + rr;
+        if (r >= rows) continue;
+        const int64_t e = (int64_t)r * k + j;
+        if (!keep[e]) continue;
+        const int c = (j / n) * m + nm_index(idx + (int64_t)r * rowBytes, rowBytes, j, b);
+        tile[rr][c - c0] = ldf(vals + e);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < EXT_TILE * EXT_TILE; i += blockDim.x) {
+        const int cc = i / EXT_TILE, rr = i % EXT_TILE;
+        const int c = c0 + cc, r = r0 + rr;
+        if (cc < tw && c < cols && r < rows) stf(dt + (int64_t)c * rows + r, tile[rr][cc]);
     }
 }
 

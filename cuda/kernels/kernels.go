@@ -233,6 +233,10 @@ func suffix(t DType) string { return t.String() }
 
 const threads = 256
 
+// extTile is EXT_TILE in kernels.cu: nm_expand_t's tile of rows (and at
+// most of columns).
+const extTile = 64
+
 // blocks1D is the grid of a grid-stride loop over n elements.
 func blocks1D(n int64) int {
 	b := (n + threads - 1) / threads
@@ -678,9 +682,17 @@ func (k *Set) NMExpandT(s driver.Stream, v DType, dt, vals, idx, keep driver.Ptr
 	a.ptr("vals", vals)
 	a.ptr("idx", idx)
 	a.ptr("keep", keep)
-	total := a.fits("dt", rows, cols)
+	a.fits("dt", rows, cols)
+	if m > extTile {
+		a.fail("m = %d exceeds %d", m, extTile)
+	}
 	r, c, nn, mm := a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
-	return k.launch(a, a.kernel, driver.D1(blocks1D(total)), driver.D1(threads), 0, s, dt, vals, idx, keep, r, c, nn, mm)
+	if a.err != nil {
+		return a.err
+	}
+	tw := extTile / m * m
+	grid := driver.Dim3{X: uint32((cols + tw - 1) / tw), Y: uint32((rows + extTile - 1) / extTile), Z: 1}
+	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dt, vals, idx, keep, r, c, nn, mm)
 }
 
 // AdamWStep holds one AdamW update's hyperparameters, as package train
