@@ -49,6 +49,8 @@ const (
 	hpAdapterRankFrac = "adapter_rank_frac"
 	hpAdapterScale    = "adapter_scale"
 	hpAccum           = "accum"
+	hpBatch           = "batch"
+	hpSeq             = "seq"
 	extraSchedule     = "schedule"
 	extraSeed         = "seed"
 )
@@ -131,6 +133,9 @@ func (t *Trainer) Save(path string) (err error) {
 		},
 		RngState: binary.LittleEndian.AppendUint64(nil, t.o.Seed),
 		Extra:    map[string]string{extraSchedule: t.o.Schedule, extraSeed: strconv.FormatUint(t.o.Seed, 10)},
+	}
+	if t.o.Batch > 0 && t.o.Seq > 0 {
+		ts.Hyperparameters[hpBatch], ts.Hyperparameters[hpSeq] = float64(t.o.Batch), float64(t.o.Seq)
 	}
 	if s, ok := t.AdapterStartStep(); ok {
 		ts.AdapterStartStep = uint64(s)
@@ -393,6 +398,12 @@ func mergeOptions(ts *slopepb.TrainingState, o Options) Options {
 	f(&o.AdapterScale, hpAdapterScale)
 	if v, ok := hp[hpAccum]; ok && o.Accum == 0 {
 		o.Accum = int(v)
+	}
+	if v, ok := hp[hpBatch]; ok && o.Batch == 0 {
+		o.Batch = int(v)
+	}
+	if v, ok := hp[hpSeq]; ok && o.Seq == 0 {
+		o.Seq = int(v)
 	}
 	if o.AdapterStart == 0 && o.AdapterStartFrac == 0 && (o.Rank > 0 || o.RankFrac > 0) {
 		o.AdapterStart = int(ts.AdapterStartStep)

@@ -86,6 +86,12 @@ type Options struct {
 	// Accum splits every Step's batch into Accum micro-batches whose
 	// gradients are accumulated before one optimizer step (default 1).
 	Accum int
+
+	// Batch and Seq are the caller's data shape (sequences per step,
+	// tokens per sequence). The trainer does not use them; checkpoints
+	// record them so that a resume can continue with the same shape
+	// (0: not recorded; Resume fills them from the checkpoint).
+	Batch, Seq int
 }
 
 // Defaults of Options.

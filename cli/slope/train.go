@@ -59,8 +59,8 @@ func newTrainCmd() *cobra.Command {
 	f.StringVar(&fl.data, "data", "", "training data: a .u16/.bin/.u32 token file or text")
 	f.StringVar(&fl.val, "val", "", "validation data (same kinds), evaluated every --eval-every steps")
 	f.IntVar(&fl.steps, "steps", 0, "total optimizer steps of the run")
-	f.IntVar(&fl.batch, "batch", 8, "sequences per step")
-	f.IntVar(&fl.seq, "seq", 128, "tokens per sequence")
+	f.IntVar(&fl.batch, "batch", 8, "sequences per step (with --resume: the checkpoint's unless given)")
+	f.IntVar(&fl.seq, "seq", 128, "tokens per sequence (with --resume: the checkpoint's unless given)")
 	f.Float64Var(&fl.lr, "lr", train.DefaultLR, "peak learning rate")
 	f.IntVar(&fl.warmup, "warmup", 0, "linear warmup steps")
 	f.StringVar(&fl.schedule, "schedule", train.ScheduleCosine, "learning-rate schedule after warmup: cosine, linear or constant")
@@ -192,6 +192,12 @@ func trainOptions(changed func(name string) bool, fl trainFlags, resume bool) tr
 	if set("accum") {
 		o.Accum = fl.accum
 	}
+	if set("batch") {
+		o.Batch = fl.batch
+	}
+	if set("seq") {
+		o.Seq = fl.seq
+	}
 	return o
 }
 
@@ -251,6 +257,13 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		return err
 	}
 	seed := tr.Options().Seed
+	if fl.resume != "" {
+		// The data shape continues from the checkpoint unless given; a
+		// checkpoint written before it was recorded keeps the flags.
+		if ro := tr.Options(); ro.Batch > 0 && ro.Seq > 0 {
+			fl.batch, fl.seq = ro.Batch, ro.Seq
+		}
+	}
 	if mp := tr.MaxPositions(); mp > 0 && fl.seq+1 > mp {
 		return usagef(cmd, "--seq %d: each window is --seq + 1 = %d tokens (inputs and the next-token targets), more than the model's %d positions; use --seq %d or less", fl.seq, fl.seq+1, mp, mp-1)
 	}

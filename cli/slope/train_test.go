@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"os"
@@ -9,7 +10,10 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
 )
 
 // writeTokenFile writes n pseudo-random uint16 tokens below vocab.
@@ -235,5 +239,48 @@ func TestTrainAdapters(t *testing.T) {
 	}
 	if lowRank == 0 || lowRank != refs {
 		t.Fatalf("%d adapter tensors, the graph references %d", lowRank, refs)
+	}
+}
+
+// TestTrainResumeKeepsDataShape: a resume without --batch and --seq
+// continues with the checkpoint's data shape (it used to fall back to the
+// flags' defaults silently) and ends bit-identical to an uninterrupted
+// run; --seq given on the resume overrides it.
+func TestTrainResumeKeepsDataShape(t *testing.T) {
+	model := convertTiny(t, "2:4")
+	base := t.TempDir()
+	data := filepath.Join(base, "train.u16")
+	writeTokenFile(t, data, 2000, 50)
+	common := []string{"--data", data, "--lr", "1e-3", "--schedule", "constant", "--warmup", "1", "--threads", "1",
+		"--seed", "3", "--print-every", "0"}
+	shape := []string{"--batch", "3", "--seq", "12"}
+	full := filepath.Join(base, "full.slope")
+	if out, err := slopeCmd(append(append([]string{"train", model, "--out", full, "--steps", "4"}, common...), shape...)...).CombinedOutput(); err != nil {
+		t.Fatalf("uninterrupted: %v\n%s", err, out)
+	}
+	part := filepath.Join(base, "part.slope")
+	if out, err := slopeCmd(append(append([]string{"train", model, "--out", part, "--steps", "2"}, common...), shape...)...).CombinedOutput(); err != nil {
+		t.Fatalf("first half: %v\n%s", err, out)
+	}
+	if out, err := slopeCmd(append([]string{"train", model, "--resume", part, "--out", part, "--steps", "4"}, common...)...).CombinedOutput(); err != nil {
+		t.Fatalf("resume: %v\n%s", err, out)
+	}
+	want, got := readCheckpoint(t, full), readCheckpoint(t, part)
+	if got.step != 4 || !proto.Equal(got.state, want.state) {
+		t.Fatalf("resumed state (step %d)\n%v\nwant\n%v", got.step, got.state, want.state)
+	}
+	for name, w := range want.raw {
+		if g, ok := got.raw[name]; !ok || !bytes.Equal(g, w) {
+			t.Fatalf("tensor %s differs from the uninterrupted run's", name)
+		}
+	}
+	// An explicit --seq wins and is recorded.
+	other := filepath.Join(base, "other.slope")
+	if out, err := slopeCmd(append([]string{"train", model, "--resume", part, "--out", other, "--steps", "5", "--seq", "8"}, common...)...).CombinedOutput(); err != nil {
+		t.Fatalf("resume with --seq: %v\n%s", err, out)
+	}
+	hp := readCheckpoint(t, other).state.(*slopepb.TrainingState).GetHyperparameters()
+	if hp["seq"] != 8 || hp["batch"] != 3 {
+		t.Errorf("recorded data shape batch %v seq %v, want 3 and 8", hp["batch"], hp["seq"])
 	}
 }
