@@ -188,6 +188,41 @@ func rowSquares(w, ws []float32) (a, b float64) {
 	return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
 }
 
+// rowSquaresKept is rowSquares(w, ws) for ws = w where keep, 0 elsewhere
+// (the pruned row stored without rounding), without materialising ws:
+// the same values in the same order, so the same bits.
+func rowSquaresKept(w []float32, keep []bool) (a, b float64) {
+	var a0, a1, a2, a3, b0, b1, b2, b3 float64
+	n := len(w)
+	keep = keep[:n]
+	d := func(v float64, k bool) float64 {
+		if k {
+			return 0 // v - v
+		}
+		return v
+	}
+	i := 0
+	for ; i+4 <= n; i += 4 {
+		v0, v1, v2, v3 := float64(w[i]), float64(w[i+1]), float64(w[i+2]), float64(w[i+3])
+		a0 += v0 * v0
+		a1 += v1 * v1
+		a2 += v2 * v2
+		a3 += v3 * v3
+		d0, d1, d2, d3 := d(v0, keep[i]), d(v1, keep[i+1]), d(v2, keep[i+2]), d(v3, keep[i+3])
+		b0 += d0 * d0
+		b1 += d1 * d1
+		b2 += d2 * d2
+		b3 += d3 * d3
+	}
+	for ; i < n; i++ {
+		v := float64(w[i])
+		a0 += v * v
+		dv := d(v, keep[i])
+		b0 += dv * dv
+	}
+	return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
+}
+
 // relErrors returns ‖w − ws‖/‖w‖ and, when l is not nil,
 // ‖w − (ws + scale·(L·R)ᵀ)‖/‖w‖, in float64 (0 for a zero w).
 func relErrors(w, ws []float32, out, in, rank int, l, r []float32, scale float32) (pruned, adapted float64) {

@@ -860,29 +860,39 @@ func writeMagnitude(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, 
 	// kept values and their in-group indices).
 	kept := in * p.N / p.M
 	rowW, rowP := make([]float64, out), make([]float64, out)
-	parallel(out, func(lo, hi int) {
-		ws := make([]float32, in) // zero between rows: the kept positions are reset
-		cols := make([]int32, kept)
-		for o := lo; o < hi; o++ {
-			vs, ix := values[o*kept:(o+1)*kept], idx[o*kept:(o+1)*kept]
-			if p.N == 2 && p.M == 4 {
-				for j := range cols {
-					cols[j] = int32(j>>1<<2) + int32(ix[j]&3)
+	if t.DType == dt {
+		// The kept entries are stored as they are: W − W_s is W where
+		// dropped, 0 where kept.
+		parallel(out, func(lo, hi int) {
+			for o := lo; o < hi; o++ {
+				rowW[o], rowP[o] = rowSquaresKept(t.Data[o*in:(o+1)*in], keep[o*in:(o+1)*in])
+			}
+		})
+	} else {
+		parallel(out, func(lo, hi int) {
+			ws := make([]float32, in) // zero between rows: the kept positions are reset
+			cols := make([]int32, kept)
+			for o := lo; o < hi; o++ {
+				vs, ix := values[o*kept:(o+1)*kept], idx[o*kept:(o+1)*kept]
+				if p.N == 2 && p.M == 4 {
+					for j := range cols {
+						cols[j] = int32(j>>1<<2) + int32(ix[j]&3)
+					}
+				} else {
+					for j := range cols {
+						cols[j] = int32((j/p.N)*p.M) + int32(ix[j])
+					}
 				}
-			} else {
-				for j := range cols {
-					cols[j] = int32((j/p.N)*p.M) + int32(ix[j])
+				for j, c := range cols {
+					ws[c] = vs[j]
+				}
+				rowW[o], rowP[o] = rowSquares(t.Data[o*in:(o+1)*in], ws)
+				for _, c := range cols {
+					ws[c] = 0
 				}
 			}
-			for j, c := range cols {
-				ws[c] = vs[j]
-			}
-			rowW[o], rowP[o] = rowSquares(t.Data[o*in:(o+1)*in], ws)
-			for _, c := range cols {
-				ws[c] = 0
-			}
-		}
-	})
+		})
+	}
 	var nw, np float64
 	for o := range rowW {
 		nw += rowW[o]

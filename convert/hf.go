@@ -251,6 +251,18 @@ func openHF(fsys fs.FS, label, osDir string) (_ Source, err error) {
 	go func() {
 		defer close(s.hashed)
 		for _, sh := range s.shards {
+			if st, ok := sh.st.(*Safetensors); ok {
+				// Through the mapping the decoder reads too: no second
+				// copy of the file through read(2).
+				if sum, n, mapped, err := st.HashMapped(); mapped {
+					sf := &slopepb.SourceFile{Path: at(sh.file), Format: layout.format}
+					if err == nil {
+						sf.Size, sf.Sha256 = uint64(n), sum
+					}
+					s.files = append(s.files, sf)
+					continue
+				}
+			}
 			sf, err := describeFile(fsys, sh.file, at(sh.file), layout.format)
 			if err != nil {
 				// Reading the file failed: the provenance records it without

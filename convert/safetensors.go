@@ -2,7 +2,9 @@ package convert
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -552,6 +554,40 @@ func (s *Safetensors) withMapped(e *SafetensorsEntry, fn func(off int64, chunk [
 		release(end &^ (pg - 1))
 	}
 	return nil
+}
+
+// hashChunk is how much of a mapped file HashMapped reads at a time.
+const hashChunk = 16 << 20
+
+// HashMapped returns the SHA-256 (hex) and size of the whole file,
+// reading it through the memory mapping (no copy through read(2)) and
+// releasing each chunk's pages once hashed, so resident memory stays
+// bounded. ok is false when the file is not mapped (read it otherwise).
+func (s *Safetensors) HashMapped() (sum string, size int64, ok bool, err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mapped == nil {
+		return "", 0, false, nil
+	}
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			err = fmt.Errorf("%s: hash: fault reading the mapped file (truncated while open, or an I/O error): %v", s.name, r)
+		}
+	}()
+	h := sha256.New()
+	n := int64(len(s.mapped))
+	for off := int64(0); off < n; off += hashChunk {
+		chunk := s.mapped[off:min(off+hashChunk, n)]
+		_ = unix.Madvise(chunk, unix.MADV_WILLNEED)
+		h.Write(chunk)
+		_ = unix.Madvise(chunk, unix.MADV_DONTNEED)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, true, nil
 }
 
 // SafetensorsDType maps the float dtypes this package reads to slopepb.
