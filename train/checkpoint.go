@@ -50,6 +50,7 @@ const (
 	hpAdapterScale    = "adapter_scale"
 	hpAccum           = "accum"
 	hpBatch           = "batch"
+	hpAdapterLR       = "adapter_lr"
 	hpSeq             = "seq"
 	extraSchedule     = "schedule"
 	extraSeed         = "seed"
@@ -133,6 +134,9 @@ func (t *Trainer) Save(path string) (err error) {
 		},
 		RngState: binary.LittleEndian.AppendUint64(nil, t.o.Seed),
 		Extra:    map[string]string{extraSchedule: t.o.Schedule, extraSeed: strconv.FormatUint(t.o.Seed, 10)},
+	}
+	if t.o.AdapterLR > 0 {
+		ts.Hyperparameters[hpAdapterLR] = t.o.AdapterLR
 	}
 	if t.o.Batch > 0 && t.o.Seq > 0 {
 		ts.Hyperparameters[hpBatch], ts.Hyperparameters[hpSeq] = float64(t.o.Batch), float64(t.o.Seq)
@@ -396,6 +400,7 @@ func mergeOptions(ts *slopepb.TrainingState, o Options) Options {
 		o.RankFrac = hp[hpAdapterRankFrac]
 	}
 	f(&o.AdapterScale, hpAdapterScale)
+	f(&o.AdapterLR, hpAdapterLR)
 	if v, ok := hp[hpAccum]; ok && o.Accum == 0 {
 		o.Accum = int(v)
 	}

@@ -82,6 +82,11 @@ type Options struct {
 	RankFrac float64
 	// AdapterScale is the adapters' output scale s (default 1).
 	AdapterScale float64
+	// AdapterLR, when positive, is the constant learning rate of the
+	// adapter factors (lazily added or in the model) instead of the
+	// schedule's, which is near its floor in the final 1% of steps where
+	// SLoPe adds them.
+	AdapterLR float64
 
 	// Accum splits every Step's batch into Accum micro-batches whose
 	// gradients are accumulated before one optimizer step (default 1).
@@ -146,7 +151,7 @@ func (o Options) withDefaults() (Options, error) {
 		math.IsNaN(o.RankFrac) || math.IsNaN(o.AdapterStartFrac) || math.IsNaN(o.AdapterScale) || math.IsInf(o.AdapterScale, 0) {
 		return o, fmt.Errorf("train: invalid options %+v", o)
 	}
-	if o.LR < 0 || o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 || o.Eps < 0 || o.WarmupSteps < 0 || o.TotalSteps < 0 {
+	if o.LR < 0 || o.AdapterLR < 0 || o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 || o.Eps < 0 || o.WarmupSteps < 0 || o.TotalSteps < 0 {
 		return o, fmt.Errorf("train: invalid options %+v", o)
 	}
 	return o, nil
@@ -633,6 +638,7 @@ func (t *Trainer) clip() {
 //	m = β1·m + (1-β1)·g,  v = β2·v + (1-β2)·g²
 //	w = w·(1 - lr·wd) - lr·(m/(1-β1ᵗ)) / (sqrt(v/(1-β2ᵗ)) + ε)
 //
+// (lr is Options.AdapterLR instead for lazy adapters when that is set)
 // with wd = 0 for Params that are not 2-D. Moments are float32, the
 // arithmetic float64.
 func (t *Trainer) adamW(lr float64) {
@@ -647,6 +653,10 @@ func (t *Trainer) adamW(lr float64) {
 		wd := 0.0
 		if t.decay[k] {
 			wd = o.WeightDecay
+		}
+		lr := lr
+		if o.AdapterLR > 0 && t.adapterNames[p.Name] {
+			lr = o.AdapterLR
 		}
 		shrink := 1 - lr*wd
 		m, v := t.m[k], t.v[k]

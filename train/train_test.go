@@ -378,3 +378,27 @@ func TestMemory(t *testing.T) {
 		t.Fatalf("after a step: %+v", m1)
 	}
 }
+
+// TestAdapterLR: lazy adapters step with Options.AdapterLR, the other
+// parameters with the schedule's rate (the first AdamW step moves each
+// value by lr·g/(|g|+ε), plus decay for 2-D ones).
+func TestAdapterLR(t *testing.T) {
+	o, err := Options{LR: 1e-3, TotalSteps: 10, Schedule: ScheduleConstant, WeightDecay: -1, AdapterLR: 0.05}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &ops.Param{Name: "w", Value: []float32{0.5}, Grad: []float32{0.3}, Shape: []int{1}}
+	r := &ops.Param{Name: "r", Value: []float32{0}, Grad: []float32{-0.2}, Shape: []int{1}}
+	tr := &Trainer{o: o, params: []*ops.Param{w, r}, m: [][]float32{{0}, {0}}, v: [][]float32{{0}, {0}},
+		decay: []bool{false, false}, adapterNames: map[string]bool{"r": true}}
+	tr.adamW(o.LR)
+	if got, want := float64(w.Value[0]), 0.5-1e-3*0.3/(0.3+o.Eps); math.Abs(got-want) > 1e-7 {
+		t.Errorf("w = %g, want %g (scheduled rate)", got, want)
+	}
+	if got, want := float64(r.Value[0]), 0.05*0.2/(0.2+o.Eps); math.Abs(got-want) > 1e-7 {
+		t.Errorf("adapter r = %g, want %g (AdapterLR)", got, want)
+	}
+	if _, err := (Options{AdapterLR: -1}).withDefaults(); err == nil {
+		t.Error("negative AdapterLR accepted")
+	}
+}

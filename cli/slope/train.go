@@ -24,7 +24,7 @@ type trainFlags struct {
 	evalEvery, evalBatches, saveEvery, every int
 	threads, rank, accum                     int
 	lr, clip, weightDecay                    float64
-	rankFrac, adapterScale                   float64
+	rankFrac, adapterScale, adapterLR        float64
 	adapterStart                             string
 	seed                                     uint64
 }
@@ -80,6 +80,7 @@ func newTrainCmd() *cobra.Command {
 	f.IntVar(&fl.rank, "rank", 0, "adapter rank (adapters are added only with --rank or --rank-frac)")
 	f.Float64Var(&fl.rankFrac, "rank-frac", 0, "adapter rank as a fraction of the hidden size (e.g. 0.0625)")
 	f.Float64Var(&fl.adapterScale, "adapter-scale", 1, "adapter output scale")
+	f.Float64Var(&fl.adapterLR, "adapter-lr", 0, "constant learning rate of the adapters (0: the schedule's, which is near its floor when lazy adapters join)")
 	f.IntVar(&fl.accum, "accum", 1, "micro-batches per step (gradient accumulation; divides --batch into near-equal parts)")
 	return cmd
 }
@@ -117,6 +118,8 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 		return usagef(cmd, "--rank-frac must be in [0, 1], got %g", fl.rankFrac)
 	case fl.adapterScale == 0 || math.IsNaN(fl.adapterScale) || math.IsInf(fl.adapterScale, 0):
 		return usagef(cmd, "--adapter-scale must be finite and non-zero, got %g", fl.adapterScale)
+	case fl.adapterLR < 0 || math.IsNaN(fl.adapterLR) || math.IsInf(fl.adapterLR, 0):
+		return usagef(cmd, "--adapter-lr must be finite and not negative, got %g", fl.adapterLR)
 	case fl.accum < 1 || fl.accum > fl.batch:
 		return usagef(cmd, "--accum must be in [1, --batch], got %d", fl.accum)
 	}
@@ -182,6 +185,9 @@ func trainOptions(changed func(name string) bool, fl trainFlags, resume bool) tr
 	}
 	if set("rank") || set("rank-frac") {
 		o.Rank, o.RankFrac = fl.rank, fl.rankFrac
+	}
+	if set("adapter-lr") {
+		o.AdapterLR = fl.adapterLR
 	}
 	if set("adapter-scale") {
 		o.AdapterScale = fl.adapterScale
