@@ -535,16 +535,7 @@ func (s *Safetensors) withMapped(e *SafetensorsEntry, fn func(off int64, chunk [
 		}
 	}
 	defer func() { release(min((hi+pg-1)&^(pg-1), int64(len(s.mapped)))) }()
-	old := debug.SetPanicOnFault(true)
-	defer func() {
-		debug.SetPanicOnFault(old)
-		if r := recover(); r != nil {
-			if _, fault := r.(interface{ Addr() uintptr }); !fault {
-				panic(r)
-			}
-			err = fmt.Errorf("%s: read tensor %q: fault reading the mapped file (truncated while open, or an I/O error): %v", s.name, e.Name, r)
-		}
-	}()
+	defer catchFault(&err, fmt.Sprintf("%s: read tensor %q", s.name, e.Name))()
 	for off := lo; off < hi; off += mappedChunk {
 		end := min(off+mappedChunk, hi)
 		_ = unix.Madvise(s.mapped[off&^(pg-1):min((end+pg-1)&^(pg-1), int64(len(s.mapped)))], unix.MADV_WILLNEED)
@@ -554,6 +545,22 @@ func (s *Safetensors) withMapped(e *SafetensorsEntry, fn func(off int64, chunk [
 		release(end &^ (pg - 1))
 	}
 	return nil
+}
+
+// catchFault turns a fault reading the mapping into an error in *err
+// (what names the read): call as defer catchFault(&err, what)(). The
+// returned function recovers, so it must be the deferred call itself.
+func catchFault(err *error, what string) func() {
+	old := debug.SetPanicOnFault(true)
+	return func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			*err = fmt.Errorf("%s: fault reading the mapped file (truncated while open, or an I/O error): %v", what, r)
+		}
+	}
 }
 
 // hashChunk is how much of a mapped file HashMapped reads at a time.
@@ -569,16 +576,7 @@ func (s *Safetensors) HashMapped() (sum string, size int64, ok bool, err error) 
 	if s.mapped == nil {
 		return "", 0, false, nil
 	}
-	old := debug.SetPanicOnFault(true)
-	defer func() {
-		debug.SetPanicOnFault(old)
-		if r := recover(); r != nil {
-			if _, fault := r.(interface{ Addr() uintptr }); !fault {
-				panic(r)
-			}
-			err = fmt.Errorf("%s: hash: fault reading the mapped file (truncated while open, or an I/O error): %v", s.name, r)
-		}
-	}()
+	defer catchFault(&err, s.name+": hash")()
 	h := sha256.New()
 	n := int64(len(s.mapped))
 	for off := int64(0); off < n; off += hashChunk {

@@ -703,3 +703,30 @@ func FuzzParseHFIndex(f *testing.F) {
 		}
 	})
 }
+
+// TestHashMapped: the mapping's digest is the file's SHA-256, and a file
+// cut short while mapped gives an error naming it, not a crash.
+func TestHashMapped(t *testing.T) {
+	dir, _, _ := genDir(t, "pre-ln-tied", "F32", testmodels.Layout{Format: "safetensors"})
+	p := filepath.Join(dir, "model.safetensors")
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(raw)
+	st, err := OpenSafetensorsFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	sum, n, ok, err := st.HashMapped()
+	if err != nil || !ok || n != int64(len(raw)) || sum != hex.EncodeToString(want[:]) {
+		t.Fatalf("HashMapped: %s %d %v %v; want %x %d", sum, n, ok, err, want, len(raw))
+	}
+	if err := os.Truncate(p, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := st.HashMapped(); err == nil || !strings.Contains(err.Error(), "fault") || !strings.Contains(err.Error(), "model.safetensors") {
+		t.Fatalf("hash of a truncated mapping: %v", err)
+	}
+}
