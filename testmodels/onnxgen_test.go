@@ -460,7 +460,11 @@ func oxForward(cfg ONNXConfig, ws []NamedTensor, ids []int64) [][]float64 {
 		}
 		w[t.Name] = f
 	}
-	h, p, s := cfg.Hidden, cfg.projDim(), len(ids)
+	p := cfg.ProjDim
+	if p == 0 {
+		p = cfg.Hidden
+	}
+	h, s := cfg.Hidden, len(ids)
 	eps := float64(cfg.Eps)
 	if eps == 0 {
 		eps = 1e-5
