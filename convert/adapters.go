@@ -118,7 +118,7 @@ func refitR(w, ws []float32, out, in, rank int, l []float32, scale float32) ([]f
 	}
 	// B = Lᵀ·Eᵀ [r, out]: B[k, o] = Σ_i L[i, k]·E[o, i].
 	b := make([]float64, rank*out)
-	parallel(out, func(lo, hi int) {
+	parallel(out, 16, func(lo, hi int) {
 		for o := lo; o < hi; o++ {
 			wr, sr := w[o*in:(o+1)*in], ws[o*in:(o+1)*in]
 			for i := 0; i < in; i++ {
@@ -229,7 +229,7 @@ func relErrors(w, ws []float32, out, in, rank int, l, r []float32, scale float32
 	// Per-row sums in parallel, added in row order: the same bits on any
 	// number of cores.
 	rowW, rowP := make([]float64, out), make([]float64, out)
-	parallel(out, func(lo, hi int) {
+	parallel(out, 16, func(lo, hi int) {
 		for o := lo; o < hi; o++ {
 			rowW[o], rowP[o] = rowSquares(w[o*in:(o+1)*in], ws[o*in:(o+1)*in])
 		}
@@ -246,7 +246,7 @@ func relErrors(w, ws []float32, out, in, rank int, l, r []float32, scale float32
 		return math.Sqrt(np / nw), 0
 	}
 	sums := make([]float64, out)
-	parallel(out, func(lo, hi int) {
+	parallel(out, 16, func(lo, hi int) {
 		for o := lo; o < hi; o++ {
 			var s float64
 			for i := 0; i < in; i++ {

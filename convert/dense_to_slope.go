@@ -863,13 +863,13 @@ func writeMagnitude(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, 
 	if t.DType == dt {
 		// The kept entries are stored as they are: W − W_s is W where
 		// dropped, 0 where kept.
-		parallel(out, func(lo, hi int) {
+		parallel(out, 16, func(lo, hi int) {
 			for o := lo; o < hi; o++ {
 				rowW[o], rowP[o] = rowSquaresKept(t.Data[o*in:(o+1)*in], keep[o*in:(o+1)*in])
 			}
 		})
 	} else {
-		parallel(out, func(lo, hi int) {
+		parallel(out, 16, func(lo, hi int) {
 			ws := make([]float32, in) // zero between rows: the kept positions are reset
 			cols := make([]int32, kept)
 			for o := lo; o < hi; o++ {

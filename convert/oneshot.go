@@ -41,7 +41,7 @@ func ParseMethod(s string) (string, error) {
 // [rows, cols] calibration inputs x (one row per token), in float64.
 func ColumnNorms(x []float32, rows, cols int) []float64 {
 	sq := make([]float64, cols)
-	parallel(cols, func(lo, hi int) {
+	parallel(cols, 16, func(lo, hi int) {
 		for t := 0; t < rows; t++ {
 			r := x[t*cols : (t+1)*cols]
 			for j := lo; j < hi; j++ {
@@ -71,7 +71,7 @@ func WandaMask(p format.NM, rows, cols int, w []float32, norms []float64) ([]boo
 	keep := make([]bool, len(w))
 	var bad atomic.Int64
 	bad.Store(-1)
-	parallel(rows, func(lo, hi int) {
+	parallel(rows, 16, func(lo, hi int) {
 		var s [16]float64
 		for r := lo; r < hi; r++ {
 			for base := 0; base < cols; base += p.M {
@@ -138,7 +138,7 @@ func (h *Hessian) Add(x []float32, rows int) error {
 	// Xᵀ [d, rows]: the "weight" (d outputs over rows inputs) and the
 	// input rows of y = Xᵀ·(Xᵀ)ᵀ.
 	xt := make([]float32, d*rows)
-	parallel(d, func(lo, hi int) {
+	parallel(d, 16, func(lo, hi int) {
 		for t := 0; t < rows; t++ {
 			r := x[t*d : (t+1)*d]
 			for j := lo; j < hi; j++ {
@@ -319,7 +319,7 @@ func reverseCholesky(a []float64, d int) error {
 		vjj := math.Sqrt(s)
 		a[j*d+j] = vjj
 		// V[i][j] = (a[i][j] − Σ_{k>j} V[i][k]·V[j][k]) / V[j][j], i < j.
-		rowsRange(j, func(lo, hi int) {
+		parallel(j, 64, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				ri := a[i*d+j+1 : (i+1)*d]
 				a[i*d+j] = (a[i*d+j] - dot64(ri, rj)) / vjj
@@ -341,7 +341,7 @@ func invertUpper(v []float64, d int) {
 	for i := d - 1; i >= 0; i-- {
 		vii := v[i*d+i]
 		vi := v[i*d : (i+1)*d]
-		rowsRange(d-i, func(lo, hi int) {
+		parallel(d-i, 64, func(lo, hi int) {
 			lo, hi = lo+i, hi+i
 			seg := row[lo:hi]
 			clear(seg)
@@ -372,28 +372,6 @@ func invertUpper(v []float64, d int) {
 	}
 }
 
-// rowsRange runs f over [0, n) in parallel chunks when n is large enough
-// to pay for the goroutines; each index is handled by one call.
-func rowsRange(n int, f func(lo, hi int)) {
-	workers := min(runtime.GOMAXPROCS(0), n/64)
-	if workers <= 1 {
-		if n > 0 {
-			f(0, n)
-		}
-		return
-	}
-	chunk := (n + workers - 1) / workers
-	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += chunk {
-		hi := min(lo+chunk, n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f(lo, hi)
-		}()
-	}
-	wg.Wait()
-}
 
 // sparseGPTRows runs SparseGPT on nr rows of w (row-major, cols wide),
 // writing the pruned rows to ws and their masks to keep. buf holds the
@@ -468,7 +446,7 @@ func sparseGPTRows(p format.NM, w, ws []float32, keep []bool, nr, cols int, u []
 // tests and reports; O(n·rows·cols)).
 func LayerError(x []float32, n int, w, ws []float32, rows, cols int) float64 {
 	sums := make([]float64, rows)
-	parallel(rows, func(lo, hi int) {
+	parallel(rows, 16, func(lo, hi int) {
 		diff := make([]float64, cols)
 		for o := lo; o < hi; o++ {
 			for j := range diff {

@@ -85,7 +85,7 @@ func magnitudeRows(p format.NM, cols int, w []float32, keep []bool, row0 int) er
 func ApplyMask(w []float32, keep []bool) []float32 {
 	out := make([]float32, len(w))
 	keep = keep[:min(len(keep), len(w))]
-	parallelChunks(len(keep), func(lo, hi int) {
+	parallel(len(keep), 1<<18, func(lo, hi int) {
 		for i, k := range keep[lo:hi] {
 			// Branch-free (the mask is random): the bits AND an all-ones
 			// or all-zeros word; a dropped entry becomes +0.
@@ -132,25 +132,3 @@ func b2i(b bool) int {
 	return 0
 }
 
-// parallelChunks runs fn over contiguous chunks of [0, n) on all cores
-// when n is large (element-wise work whose result depends only on the
-// element).
-func parallelChunks(n int, fn func(lo, hi int)) {
-	t := runtime.GOMAXPROCS(0)
-	if n < 1<<19 || t <= 1 {
-		if n > 0 {
-			fn(0, n)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	for w := 0; w < t; w++ {
-		lo, hi := n*w/t, n*(w+1)/t
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fn(lo, hi)
-		}()
-	}
-	wg.Wait()
-}

@@ -5,7 +5,8 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"sort"
-	"sync"
+
+	"github.com/slopeml/slope/ops/cpu"
 )
 
 // Randomized SVD parameters: the sketch has rank + svdOversample(rank)
@@ -189,20 +190,19 @@ func orthonormalize(q [][]float64) {
 	}
 }
 
-// parallel runs f over [0, n) split into contiguous chunks, one per core.
-func parallel(n int, f func(lo, hi int)) {
-	workers := min(runtime.GOMAXPROCS(0), max(n/16, 1))
-	chunk := (n + workers - 1) / workers
-	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += chunk {
-		hi := min(lo+chunk, n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f(lo, hi)
-		}()
+// parallel runs f over [0, n) in contiguous chunks on up to GOMAXPROCS
+// cores (ops/cpu's worker pool), each chunk at least grain indices (one
+// call when n < 2·grain); every index is handled by exactly one call, so
+// results that depend only on the index do not depend on the core count.
+func parallel(n, grain int, f func(lo, hi int)) {
+	t := min(runtime.GOMAXPROCS(0), n/max(grain, 1))
+	if t <= 1 {
+		if n > 0 {
+			f(0, n)
+		}
+		return
 	}
-	wg.Wait()
+	cpu.ParallelFor(n, t, f)
 }
 
 // mulA returns A·X for the row-major [rows, cols] a and X given as
@@ -212,7 +212,7 @@ func mulA(a []float32, rows, cols int, x [][]float64) [][]float64 {
 	for j := range out {
 		out[j] = make([]float64, rows)
 	}
-	parallel(rows, func(lo, hi int) {
+	parallel(rows, 16, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			row := a[i*cols : (i+1)*cols]
 			for j, xj := range x {
@@ -234,7 +234,7 @@ func mulAT(a []float32, rows, cols int, y [][]float64) [][]float64 {
 	for j := range out {
 		out[j] = make([]float64, cols)
 	}
-	parallel(cols, func(lo, hi int) {
+	parallel(cols, 16, func(lo, hi int) {
 		for i := 0; i < rows; i++ {
 			row := a[i*cols+lo : i*cols+hi]
 			for j, yj := range y {
