@@ -27,22 +27,34 @@ func bindEmbedding(b Binding) (Step, error) {
 	if err != nil {
 		return nil, err
 	}
-	off, err := n.Int("position_offset", 2)
-	if err != nil {
+	s := &embeddingStep{tok: tok, pos: pos, vocab: ts[0], proj: ts[1], hid: ps[1], positions: ps[0]}
+	if s.offset, err = embeddingOffset(n, s.proj, s.hid, s.positions); err != nil {
 		return nil, err
 	}
-	s := &embeddingStep{tok: tok, pos: pos, vocab: ts[0], proj: ts[1], hid: ps[1], positions: ps[0], offset: int(off)}
 	if n.Input(4) != "" {
 		if s.projIn, _, err = weight(b, 4, s.hid, s.proj); err != nil {
 			return nil, err
 		}
-	} else if s.proj != s.hid {
-		return nil, n.errorf("token embedding width %d differs from position width %d without project_in", s.proj, s.hid)
-	}
-	if s.offset < 0 || s.offset >= s.positions {
-		return nil, n.errorf("position_offset %d outside the %d positions", s.offset, s.positions)
 	}
 	return s, nil
+}
+
+// embeddingOffset checks an Embedding node's shapes (token width p,
+// position width h, a project_in input when they differ) and returns its
+// position_offset, which must index one of the positions rows. The
+// forward and gradient bindings share it.
+func embeddingOffset(n *Node, p, h, positions int) (int, error) {
+	off, err := n.Int("position_offset", 2)
+	if err != nil {
+		return 0, err
+	}
+	if n.Input(4) == "" && p != h {
+		return 0, n.errorf("token embedding width %d differs from position width %d without project_in", p, h)
+	}
+	if off < 0 || off >= int64(positions) {
+		return 0, n.errorf("position_offset %d outside the %d positions", off, positions)
+	}
+	return int(off), nil
 }
 
 func (s *embeddingStep) OutDim() int { return s.hid }

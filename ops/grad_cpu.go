@@ -630,20 +630,13 @@ func bindEmbeddingGrad(b Binding, ps ParamStore) (GradStep, error) {
 	}
 	s.vocab, s.p = s.tok.Shape[0], s.tok.Shape[1]
 	s.positions, s.h = s.pos.Shape[0], s.pos.Shape[1]
-	off, err := n.Int("position_offset", 2)
-	if err != nil {
+	if s.offset, err = embeddingOffset(n, s.p, s.h, s.positions); err != nil {
 		return nil, err
 	}
-	s.offset = int(off)
 	if n.Input(4) != "" {
 		if s.proj, err = param(b, ps, 4, s.h, s.p); err != nil {
 			return nil, err
 		}
-	} else if s.p != s.h {
-		return nil, n.errorf("token embedding width %d differs from position width %d without project_in", s.p, s.h)
-	}
-	if s.offset < 0 || s.offset >= s.positions {
-		return nil, n.errorf("position_offset %d outside the %d positions", s.offset, s.positions)
 	}
 	return s, nil
 }
