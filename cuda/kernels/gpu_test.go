@@ -494,12 +494,7 @@ func TestGPUSpMV24(t *testing.T) {
 			rows, cols := sh[0], sh[1]
 			c := makeNM(t, rng, rows, cols, 2, 4, true)
 			for _, M := range []int{1, 2, 3, 8, 13, 16} {
-				ldx, ldy := cols+8*(M%3), rows+M%2
-				x := rnd(rng, dt, M*ldx)
-				var bias []float32
-				if M%2 == 1 {
-					bias = randVec(rng, rows, false)
-				}
+				x, ldx, bias, ldy := skinnyInputs(rng, rows, cols, M, dt == BF16)
 				want := refSpMM(c.dense, rows, cols, x, ldx, M, bias)
 				var y []float32
 				g.run(t, func() error {
@@ -514,11 +509,7 @@ func TestGPUSpMV24(t *testing.T) {
 					y = g.getT(dt, yp, M*ldy)
 					return nil
 				})
-				got := make([]float32, M*rows)
-				for i := 0; i < M; i++ {
-					copy(got[i*rows:(i+1)*rows], y[i*ldy:])
-				}
-				check(t, fmt.Sprintf("spmv24 M %d %dx%d", M, rows, cols), dt, got, want)
+				check(t, fmt.Sprintf("spmv24 M %d %dx%d", M, rows, cols), dt, unpad(y, M, rows, ldy), want)
 			}
 		}
 	}
@@ -543,12 +534,7 @@ func TestGPUSpMM24TC(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, M := range []int{1, 2, 5, 8, 9, 16} {
-				ldx, ldy := cols+8*(M%3), rows+M%2
-				x := rnd(rng, dt, M*ldx)
-				var bias []float32
-				if M%2 == 1 {
-					bias = randVec(rng, rows, false)
-				}
+				x, ldx, bias, ldy := skinnyInputs(rng, rows, cols, M, dt == BF16)
 				want := refSpMM(c.dense, rows, cols, x, ldx, M, bias)
 				// Grids: the default, one block, 24 blocks and one block per
 				// unit (the most splitting); each launched twice on one
@@ -577,11 +563,7 @@ func TestGPUSpMM24TC(t *testing.T) {
 						return nil
 					})
 					for rep, y := range ys {
-						got := make([]float32, M*rows)
-						for i := 0; i < M; i++ {
-							copy(got[i*rows:(i+1)*rows], y[i*ldy:])
-						}
-						if e := relL2(got, want); !(e <= 1e-2) {
+						if e := relL2(unpad(y, M, rows, ldy), want); !(e <= 1e-2) {
 							t.Errorf("spmm24tc %v M %d %dx%d grid %d (%d blocks, up to %d per row block) launch %d: relative L2 error %.3g > 1e-2",
 								dt, M, rows, cols, target, blocks, maxC, rep, e)
 						}

@@ -103,3 +103,34 @@ func toBF16(v []float32) []uint16 {
 	}
 	return h
 }
+
+// skinnyInputs makes the inputs of a 2:4 product test of M <= 16 rows
+// (SpMV24, SpMM24TC): x [M, ldx] with ldx = cols + 8·(M%3) (bf16-rounded
+// when roundX), a bias for odd M (nil otherwise) and the output stride
+// ldy = rows + M%2, so that strides and the bias vary with M.
+func skinnyInputs(rng *rand.Rand, rows, cols, M int, roundX bool) (x []float32, ldx int, bias []float32, ldy int) {
+	ldx, ldy = cols+8*(M%3), rows+M%2
+	x = randVec(rng, M*ldx, roundX)
+	if M%2 == 1 {
+		bias = randVec(rng, rows, false)
+	}
+	return x, ldx, bias, ldy
+}
+
+// unpad returns the first rows values of each of y's M rows (stride ldy).
+func unpad(y []float32, M, rows, ldy int) []float32 {
+	got := make([]float32, M*rows)
+	for i := 0; i < M; i++ {
+		copy(got[i*rows:(i+1)*rows], y[i*ldy:])
+	}
+	return got
+}
+
+// nanSlice is n NaNs: outputs a kernel must overwrite.
+func nanSlice(n int) []float32 {
+	y := make([]float32, n)
+	for i := range y {
+		y[i] = float32(math.NaN())
+	}
+	return y
+}

@@ -365,17 +365,8 @@ func TestEmulateSpMV24(t *testing.T) {
 		rows, cols := sh[0], sh[1]
 		for _, M := range []int{1, 2, 3, 5, 8, 11, 16} {
 			c := makeNM(t, rng, rows, cols, 2, 4, true)
-			ldx := cols + 8*(M%3)
-			x := randVec(rng, M*ldx, true)
-			var bias []float32
-			if M%2 == 1 {
-				bias = randVec(rng, rows, false)
-			}
-			ldy := rows + M%2
-			y := make([]float32, M*ldy)
-			for i := range y {
-				y[i] = float32(math.NaN())
-			}
+			x, ldx, bias, ldy := skinnyInputs(rng, rows, cols, M, true)
+			y := nanSlice(M * ldy)
 			vals := toBF16(c.vals)
 			valReads, idxReads := emuSpmv24(t, y, ldy, x, ldx, vals, c.idx, bias, M, rows, cols)
 			for i, n := range valReads {
@@ -389,11 +380,7 @@ func TestEmulateSpMV24(t *testing.T) {
 				}
 			}
 			want := refSpMM(c.dense, rows, cols, x, ldx, M, bias)
-			got := make([]float32, M*rows)
-			for i := 0; i < M; i++ {
-				copy(got[i*rows:(i+1)*rows], y[i*ldy:])
-			}
-			if e := relL2(got, want); e > 1e-5 {
+			if e := relL2(unpad(y, M, rows, ldy), want); e > 1e-5 {
 				t.Errorf("%dx%d M %d: relative L2 error %.3g", rows, cols, M, e)
 			}
 		}
@@ -542,11 +529,7 @@ func TestEmulateSpMMNM(t *testing.T) {
 			y := make([]float32, M*ldy)
 			emuSpMMNM(y, ldy, x, ldx, c.vals, c.idx, bias, M, rows, cols, n, m)
 			want := refSpMM(c.dense, rows, cols, x, ldx, M, bias)
-			got := make([]float32, M*rows)
-			for i := 0; i < M; i++ {
-				copy(got[i*rows:(i+1)*rows], y[i*ldy:])
-			}
-			if e := relL2(got, want); e > 1e-5 {
+			if e := relL2(unpad(y, M, rows, ldy), want); e > 1e-5 {
 				t.Errorf("%d:%d %dx%d M %d: relative L2 error %.3g", n, m, rows, cols, M, e)
 			}
 		}

@@ -541,17 +541,8 @@ func TestSpMM24TCPlan(t *testing.T) {
 
 func runEmuTC(t *testing.T, rng *rand.Rand, rows, cols, M, target int, roundX bool, mut int) (float64, error) {
 	c := makeNM(t, rng, rows, cols, 2, 4, true)
-	ldx := cols + 8*(M%3)
-	x := randVec(rng, M*ldx, roundX)
-	var bias []float32
-	if M%2 == 1 {
-		bias = randVec(rng, rows, false)
-	}
-	ldy := rows + M%2
-	y := make([]float32, M*ldy)
-	for i := range y {
-		y[i] = float32(math.NaN())
-	}
+	x, ldx, bias, ldy := skinnyInputs(rng, rows, cols, M, roundX)
+	y := nanSlice(M * ldy)
 	perm := func(n int) []int { return rng.Perm(n) } // blocks finish in any order
 	valReads, idxReads, err := emuSpmm24tc(y, ldy, x, ldx, toBF16(c.vals), c.idx, bias, M, rows, cols, target, mut, perm)
 	if err != nil {
@@ -579,11 +570,7 @@ func runEmuTC(t *testing.T, rng *rand.Rand, rows, cols, M, target int, roundX bo
 		}
 	}
 	want := refSpMM(c.dense, rows, cols, x, ldx, M, bias)
-	got := make([]float32, M*rows)
-	for i := 0; i < M; i++ {
-		copy(got[i*rows:(i+1)*rows], y[i*ldy:])
-	}
-	return relL2(got, want), nil
+	return relL2(unpad(y, M, rows, ldy), want), nil
 }
 
 func TestEmulateSpMM24TC(t *testing.T) {
