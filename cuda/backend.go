@@ -161,7 +161,7 @@ func (b *Backend) grow(buf *devBuf, bytes int) (driver.Ptr, error) {
 // tcWorkspace returns spmm24tc's workspace for rows x cols (0, 0 when
 // its launch needs none).
 func (b *Backend) tcWorkspace(rows, cols int) (ws, cnt driver.Ptr, err error) {
-	wb, cb := kernels.SpMM24TCWorkspace(rows, cols, b.tcGrid())
+	wb, cb := b.k.SpMM24TCWorkspace(rows, cols, b.tcGrid())
 	if wb == 0 {
 		return 0, 0, nil
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 
 	"github.com/slopeml/slope/cuda/driver"
 )
@@ -109,6 +110,37 @@ type Set struct {
 	d   *driver.Device
 	mod *driver.Module
 	fns map[string]*driver.Function
+
+	// tcPlans memoizes SpMM24TCPlan per (rows, cols, grid): the plan
+	// loops over the row blocks with 64-bit divisions, microseconds that
+	// a decode step would otherwise pay per product.
+	tcMu    sync.Mutex
+	tcPlans map[[3]int]tcPlan
+}
+
+type tcPlan struct{ blocks, maxC, stepsPerBlock int }
+
+// tcPlan is SpMM24TCPlan(rows, cols, grid), memoized.
+func (k *Set) tcPlan(rows, cols, grid int) tcPlan {
+	k.tcMu.Lock()
+	defer k.tcMu.Unlock()
+	key := [3]int{rows, cols, grid}
+	if p, ok := k.tcPlans[key]; ok {
+		return p
+	}
+	var p tcPlan
+	p.blocks, p.maxC, p.stepsPerBlock = SpMM24TCPlan(rows, cols, grid)
+	if k.tcPlans == nil {
+		k.tcPlans = map[[3]int]tcPlan{}
+	}
+	k.tcPlans[key] = p
+	return p
+}
+
+// SpMM24TCWorkspace is the package function SpMM24TCWorkspace with the
+// plan memoized (the form to call per product).
+func (k *Set) SpMM24TCWorkspace(rows, cols, grid int) (wsBytes, cntBytes int) {
+	return tcWorkspaceBytes(rows, k.tcPlan(rows, cols, grid).maxC)
 }
 
 // Load JIT-loads the PTX for d and looks up every kernel. Call it inside
@@ -553,6 +585,10 @@ func tcBlockOf(u, U int64, G int) int {
 // every launch leaves them zero.
 func SpMM24TCWorkspace(rows, cols, grid int) (wsBytes, cntBytes int) {
 	_, maxC, _ := SpMM24TCPlan(rows, cols, grid)
+	return tcWorkspaceBytes(rows, maxC)
+}
+
+func tcWorkspaceBytes(rows, maxC int) (wsBytes, cntBytes int) {
 	if maxC == 1 {
 		return 0, 0
 	}
@@ -635,7 +671,8 @@ func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver
 	if a.err != nil {
 		return a.err
 	}
-	blocks, maxC, spb := SpMM24TCPlan(rows, cols, grid)
+	p := k.tcPlan(rows, cols, grid)
+	blocks, maxC, spb := p.blocks, p.maxC, p.stepsPerBlock
 	if maxC > 1 {
 		a.ptr("ws", ws)
 		a.ptr("cnt", cnt)

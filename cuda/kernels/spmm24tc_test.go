@@ -516,7 +516,16 @@ func TestSpMM24TCPlan(t *testing.T) {
 			t.Errorf("%dx%d grid %d: %d blocks, up to %d per row block, %d steps per block; want %d, %d, %d",
 				c.rows, c.cols, c.grid, blocks, maxC, spb, c.blocks, c.maxC, c.spb)
 		}
+		var k Set
+		for rep := 0; rep < 2; rep++ { // computed, then memoized
+			if p := k.tcPlan(c.rows, c.cols, c.grid); p != (tcPlan{blocks, maxC, spb}) {
+				t.Errorf("%dx%d grid %d: memoized plan %+v (call %d)", c.rows, c.cols, c.grid, p, rep)
+			}
+		}
 		wb, cb := SpMM24TCWorkspace(c.rows, c.cols, c.grid)
+		if mwb, mcb := k.SpMM24TCWorkspace(c.rows, c.cols, c.grid); mwb != wb || mcb != cb {
+			t.Errorf("%dx%d grid %d: memoized workspace %d + %d, want %d + %d", c.rows, c.cols, c.grid, mwb, mcb, wb, cb)
+		}
 		rb := (c.rows + 127) / 128
 		if maxC == 1 && (wb != 0 || cb != 0) || maxC > 1 && (wb != rb*maxC*16*128*4 || cb != 4*rb) {
 			t.Errorf("%dx%d grid %d: workspace %d + %d bytes", c.rows, c.cols, c.grid, wb, cb)
