@@ -372,7 +372,6 @@ func invertUpper(v []float64, d int) {
 	}
 }
 
-
 // sparseGPTRows runs SparseGPT on nr rows of w (row-major, cols wide),
 // writing the pruned rows to ws and their masks to keep. buf holds the
 // rows in float64 and errs the current block's scaled errors.

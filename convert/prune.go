@@ -131,4 +131,3 @@ func b2i(b bool) int {
 	}
 	return 0
 }
-
