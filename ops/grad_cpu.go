@@ -571,8 +571,8 @@ func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, 
 		}
 	}
 	// gW at W's kept positions only: Σ_rows gy[r][o]·x[r][col]
-	// (cpu.NMWeightGrad: the dense gyᵀ·x gathered at the mask, bit for bit
-	// on the AVX-512 path for 2:4, else up to float32 rounding).
+	// (cpu.NMWeightGrad: the dense gyᵀ·x gathered at the mask, up to
+	// float32 rounding).
 	nm := s.w.NM
 	if err := cpu.NMWeightGrad(s.w.Grad, gout.Data[:m*s.out], x.Data[:m*s.in], m, nm.Pattern, s.out, s.in, nm.Idx, c.Threads); err != nil {
 		return err

@@ -88,7 +88,8 @@ func TestLinearHelpers(t *testing.T) {
 // TestNMWeightGradMasked: SlopeLinear's weight gradient (cpu.NMWeightGrad)
 // equals the dense gyᵀ·x gathered at W's kept positions (weightGrad, the
 // trainer's former path), up to float32 rounding (ops/cpu's tests check
-// the bit-identical AVX-512 case).
+// each kernel path against a float64 reference, and the bit-identical
+// AVX-512 case of patterns other than 2:4).
 func TestNMWeightGradMasked(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	for _, p := range []format.NM{{N: 2, M: 4}, {N: 1, M: 4}, {N: 2, M: 8}} {

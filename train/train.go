@@ -409,7 +409,10 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 	rows := c.Batch * c.Seq
 	losses := make([]float64, rows)
 	cpu.ParallelFor(rows, t.threads(), func(lo, hi int) {
-		e := make([]float64, logits.Dim)
+		var e []float32 // the softmax numerators without grad
+		if !grad {
+			e = make([]float32, logits.Dim)
+		}
 		for r := lo; r < hi; r++ {
 			if r%c.Seq == c.Seq-1 {
 				if grad {
@@ -419,30 +422,26 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 			}
 			target := int(c.IDs[r+1])
 			y := logits.Row(r)
-			mx32 := float32(math.Inf(-1))
+			mx := float32(math.Inf(-1))
 			for _, v := range y {
-				if v > mx32 || v != v { // NaN wins, as with math.Max
-					mx32 = v
+				if v > mx || v != v { // NaN wins, as with math.Max
+					mx = v
 					if v != v {
 						break
 					}
 				}
 			}
-			mx := float64(mx32)
-			var sum float64
-			for j, v := range y {
-				e[j] = math.Exp(float64(v) - mx)
-				sum += e[j]
-			}
-			lse := mx + math.Log(sum)
-			losses[r] = lse - float64(y[target])
 			if grad {
-				gr := g.Row(r)
-				sc := inv / sum
-				for j, ej := range e {
-					gr[j] = float32(ej * sc)
+				e = g.Row(r)
+			}
+			sum := cpu.ExpShiftSum(e, y, mx)
+			losses[r] = float64(mx) + math.Log(sum) - float64(y[target])
+			if grad {
+				sc := float32(inv / sum)
+				for j := range e {
+					e[j] *= sc
 				}
-				gr[target] -= float32(inv)
+				e[target] -= float32(inv)
 			}
 		}
 	})
@@ -640,7 +639,8 @@ func (t *Trainer) clip() {
 //
 // (lr is Options.AdapterLR instead for lazy adapters when that is set)
 // with wd = 0 for Params that are not 2-D. Moments are float32, the
-// arithmetic float64.
+// arithmetic float64 (cpu.AdamW: each operation rounded once, 8 values
+// at a time with AVX-512, the same bits as the scalar loop).
 func (t *Trainer) adamW(lr float64) {
 	o := t.o
 	for k, p := range t.params {
@@ -658,17 +658,10 @@ func (t *Trainer) adamW(lr float64) {
 		if o.AdapterLR > 0 && t.adapterNames[p.Name] {
 			lr = o.AdapterLR
 		}
-		shrink := 1 - lr*wd
+		st := cpu.AdamWStep{Beta1: o.Beta1, Beta2: o.Beta2, BC1: bc1, BC2: bc2, LR: lr, Shrink: 1 - lr*wd, Eps: o.Eps}
 		m, v := t.m[k], t.v[k]
 		update := func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				g := float64(p.Grad[i])
-				mi := o.Beta1*float64(m[i]) + (1-o.Beta1)*g
-				vi := o.Beta2*float64(v[i]) + (1-o.Beta2)*g*g
-				m[i], v[i] = float32(mi), float32(vi)
-				w := float64(p.Value[i])*shrink - lr*(mi/bc1)/(math.Sqrt(vi/bc2)+o.Eps)
-				p.Value[i] = float32(w)
-			}
+			cpu.AdamW(p.Value[lo:hi], p.Grad[lo:hi], m[lo:hi], v[lo:hi], st)
 		}
 		// Elementwise: any split gives the same values.
 		if n := len(p.Grad); n >= 1<<16 {

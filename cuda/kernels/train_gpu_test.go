@@ -8,6 +8,7 @@ import (
 
 	"github.com/slopeml/slope/cuda/driver"
 	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/ops/cpu"
 )
 
 // TestGPUNMGather: the kept positions of a dense matrix, in the kept-value
@@ -108,20 +109,19 @@ func TestGPUNMExpandT(t *testing.T) {
 	}
 }
 
-// adamWRef is package train's AdamW (train.Trainer.adamW) for one
-// parameter, with the clipping scale applied to the gradient first as
-// train.Trainer.clip does.
+// adamWRef is package train's AdamW for one parameter: the clipping
+// scale applied to the gradient first (train.Trainer.clip), then
+// cpu.AdamW, which the trainer runs.
 func adamWRef(w, grad, m, v []float32, h AdamWStep) {
-	bc1 := 1 - math.Pow(h.Beta1, h.Step)
-	bc2 := 1 - math.Pow(h.Beta2, h.Step)
-	shrink := 1 - h.LR*h.WeightDecay
-	for i := range w {
-		g := float64(grad[i] * h.GradScale)
-		mi := h.Beta1*float64(m[i]) + (1-h.Beta1)*g
-		vi := h.Beta2*float64(v[i]) + (1-h.Beta2)*g*g
-		m[i], v[i] = float32(mi), float32(vi)
-		w[i] = float32(float64(w[i])*shrink - h.LR*(mi/bc1)/(math.Sqrt(vi/bc2)+h.Eps))
+	g := make([]float32, len(grad))
+	for i, x := range grad {
+		g[i] = x * h.GradScale
 	}
+	cpu.AdamW(w, g, m, v, cpu.AdamWStep{
+		Beta1: h.Beta1, Beta2: h.Beta2,
+		BC1: 1 - math.Pow(h.Beta1, h.Step), BC2: 1 - math.Pow(h.Beta2, h.Step),
+		LR: h.LR, Shrink: 1 - h.LR*h.WeightDecay, Eps: h.Eps,
+	})
 }
 
 // TestGPUAdamW: bit-identical to the CPU trainer's update (values,

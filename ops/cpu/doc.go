@@ -86,12 +86,15 @@
 // a transpose (PrepareDenseKN: B [K, N] row-major as the panels of Bᵀ;
 // Dense.MulAdd accumulates into y), transposes in 8x8 assembly blocks
 // (Transpose), and computes an N:M weight's gradient at its kept
-// positions only (NMWeightGrad: per kept value the dot product of a gyᵀ
-// row and an xᵀ row, eight kept values of a row per call of an AVX2
-// kernel sharing the gyᵀ loads, windows of eight kept positions, whose
-// xᵀ rows stay in cache, over threads). Each has a Go reference
-// (PrepareDense, PrepareNM, NMWeightGradRef, a plain transpose) checked in
-// train_test.go.
+// positions only (NMWeightGrad: for 2:4 with AVX-512, per group of
+// columns the rows of W keeping the same two columns share one kernel
+// call over their gyᵀ rows and the two xᵀ rows; otherwise per kept value
+// the dot product of a gyᵀ row and an xᵀ row). The optimizer's update
+// (AdamW: float64 arithmetic, 8 values per AVX-512 instruction, the
+// same bits as the scalar loop) and the softmax's exponentials
+// (ExpShiftSum: a 16-lane polynomial, float64 sum) are here too. Each
+// has a Go reference (PrepareDense, PrepareNM, NMWeightGradRef, a plain
+// transpose, adamWGo, expShiftSumGo) checked in the tests.
 //
 // Results are deterministic: every output element is computed by one
 // goroutine, by the same kernel and in the same order whatever the thread

@@ -163,13 +163,11 @@ func sddmmZAsm(r int, gy *float32, ldg int, x *float32, ldx int, n int, idx *int
 	sddmmZFns[r-1](gy, ldg, x, ldx, n, idx, masks, out)
 }
 
-var sddmm24ZFns = [...][2]func(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32){
-	{sddmm24ZR1W1AVX512, sddmm24ZR1W2AVX512},
-	{sddmm24ZR2W1AVX512, sddmm24ZR2W2AVX512},
-	{sddmm24ZR3W1AVX512, sddmm24ZR3W2AVX512},
-	{sddmm24ZR4W1AVX512, sddmm24ZR4W2AVX512},
+var sddmmPairFns = [...]func(gy *float32, rows *int64, xa, xb *float32, n int, out *float32){
+	sddmmPairR1AVX512, sddmmPairR2AVX512, sddmmPairR3AVX512, sddmmPairR4AVX512,
+	sddmmPairR5AVX512, sddmmPairR6AVX512, sddmmPairR7AVX512, sddmmPairR8AVX512,
 }
 
-func sddmm24ZAsm(r, w int, gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32) {
-	sddmm24ZFns[r-1][w-1](gy, ldg, x, ldx, n, idx, masks, out)
+func sddmmPairAsm(r int, gy *float32, rows *int64, xa, xb *float32, n int, out *float32) {
+	sddmmPairFns[r-1](gy, rows, xa, xb, n, out)
 }

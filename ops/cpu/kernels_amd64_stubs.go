@@ -265,42 +265,42 @@ func sddmmZR3AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32
 // (n >= 1, idx in [0, 32); columns 0-15 of x loaded under mask bits 0-15, 16-31 under bits 16-31).
 func sddmmZR4AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
 
-// sddmm24ZR1W1AVX512: for pairs p < 1 and windows v < 1, lane 4q+s of out[(p*1+v)*16:]
-// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
-// window v's columns loaded under mask bits 16v..16v+15).
-func sddmm24ZR1W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// sddmmPairR1AVX512 sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]
+// for j < 1 (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).
+func sddmmPairR1AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
 
-// sddmm24ZR1W2AVX512: for pairs p < 1 and windows v < 2, lane 4q+s of out[(p*2+v)*16:]
-// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
-// window v's columns loaded under mask bits 16v..16v+15).
-func sddmm24ZR1W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// sddmmPairR2AVX512 sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]
+// for j < 2 (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).
+func sddmmPairR2AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
 
-// sddmm24ZR2W1AVX512: for pairs p < 2 and windows v < 1, lane 4q+s of out[(p*1+v)*16:]
-// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
-// window v's columns loaded under mask bits 16v..16v+15).
-func sddmm24ZR2W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// sddmmPairR3AVX512 sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]
+// for j < 3 (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).
+func sddmmPairR3AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
 
-// sddmm24ZR2W2AVX512: for pairs p < 2 and windows v < 2, lane 4q+s of out[(p*2+v)*16:]
-// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
-// window v's columns loaded under mask bits 16v..16v+15).
-func sddmm24ZR2W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// sddmmPairR4AVX512 sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]
+// for j < 4 (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).
+func sddmmPairR4AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
 
-// sddmm24ZR3W1AVX512: for pairs p < 3 and windows v < 1, lane 4q+s of out[(p*1+v)*16:]
-// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
-// window v's columns loaded under mask bits 16v..16v+15).
-func sddmm24ZR3W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// sddmmPairR5AVX512 sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]
+// for j < 5 (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).
+func sddmmPairR5AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
 
-// sddmm24ZR3W2AVX512: for pairs p < 3 and windows v < 2, lane 4q+s of out[(p*2+v)*16:]
-// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
-// window v's columns loaded under mask bits 16v..16v+15).
-func sddmm24ZR3W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// sddmmPairR6AVX512 sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]
+// for j < 6 (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).
+func sddmmPairR6AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
 
-// sddmm24ZR4W1AVX512: for pairs p < 4 and windows v < 1, lane 4q+s of out[(p*1+v)*16:]
-// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
-// window v's columns loaded under mask bits 16v..16v+15).
-func sddmm24ZR4W1AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// sddmmPairR7AVX512 sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]
+// for j < 7 (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).
+func sddmmPairR7AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
 
-// sddmm24ZR4W2AVX512: for pairs p < 4 and windows v < 2, lane 4q+s of out[(p*2+v)*16:]
-// accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);
-// window v's columns loaded under mask bits 16v..16v+15).
-func sddmm24ZR4W2AVX512(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)
+// sddmmPairR8AVX512 sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]
+// for j < 8 (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).
+func sddmmPairR8AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+
+// expShiftSumAVX512 sets dst[i] = exp(src[i]-shift) for i < n (float32, within 2 ulp for finite
+// src <= shift) and returns Σ dst[i] summed in float64 (fixed order).
+func expShiftSumAVX512(dst *float32, src *float32, n int, shift float32) float64
+
+// adamWAVX512 runs one AdamW step over n values with float64 arithmetic rounded as the scalar
+// Go expression is (see genAdamW); k is [b1, 1-b1, b2, 1-b2, bc1, bc2, lr, shrink, eps].
+func adamWAVX512(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64)

@@ -120,18 +120,21 @@ func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
 //	g[o*kept+t] += Σ_{r<m} gy[r*out+o]·x[r*in+c],  c = t/N*M + idx[o*kept+t]
 //
 // for gy [m, out] and x [m, in] row-major: the dense gyᵀ·x gathered at
-// W's mask, with half the products for 2:4. Three paths:
+// W's mask, with half the products for 2:4. Four paths:
 //
-//   - AVX-512, 2:4, and patterns whose 16 kept positions span at most 32
+//   - AVX-512 and 2:4 (nmGrad24Pair): gyᵀ and xᵀ transposed; per group
+//     of 4 columns the rows of W that keep the same two columns share
+//     one kernel call, which streams those two columns of xᵀ and each
+//     row's gyᵀ once (16-lane FMA chains, a fixed lane-sum tree): within
+//     float32 rounding of the dense product.
+//   - AVX-512 and other patterns whose 16 kept positions span at most 32
 //     columns (M <= 2N): an assembly kernel loads each row of x in
-//     windows of columns, permutes them into each output's kept columns
-//     (2:4: an in-lane VPERMILPS holding two rows' kept values per group;
-//     otherwise VPERMT2PS over 32 columns, 16 kept values of one row) and
-//     runs one FMA chain per kept value over the rows in order, in K
-//     blocks of 512 rows added in order: exactly the arithmetic of the
-//     dense GEMM (PrepareDenseKN(x) with gyᵀ as A, out >= 4 rows) for
-//     those elements, so the result is bit-identical to the dense product
-//     gathered at the mask.
+//     windows of 32 columns, permutes them into each output's 16 kept
+//     columns (VPERMT2PS) and runs one FMA chain per kept value over the
+//     rows in order, in K blocks of 512 rows added in order: exactly the
+//     arithmetic of the dense GEMM (PrepareDenseKN(x) with gyᵀ as A,
+//     out >= 4 rows) for those elements, so the result is bit-identical
+//     to the dense product gathered at the mask.
 //   - other assembly paths: gyᵀ and xᵀ transposed, then eight kept
 //     positions of a row per AVX2 call (8-wide FMA chains over the rows
 //     and a fixed lane-sum tree): within float32 rounding of the dense
@@ -148,11 +151,7 @@ func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, idx []uin
 	}
 	t := resolveThreads(threads)
 	if asm512On() && p == (format.NM{N: 2, M: 4}) {
-		nmGrad24Z(g, gy, x, m, out, in, kept, idx, t)
-		if out%2 != 0 {
-			nmGradZ(g, gy, x, m, p, out-1, out, in, kept, idx, 1)
-		}
-		return nil
+		return nmGrad24Pair(g, gy, x, m, out, in, kept, idx, t)
 	}
 	if asm512On() && 16%p.N == 0 && 16/p.N*p.M <= 32 {
 		nmGradZ(g, gy, x, m, p, 0, out, in, kept, idx, t)
@@ -265,70 +264,78 @@ func nmGradZ(g, gy, x []float32, m int, p format.NM, o0, o1, in, kept int, idx [
 	})
 }
 
-// nmGrad24Z is NMWeightGrad's AVX-512 path for 2:4 and the rows
-// [0, out&^1) of W: per call 4 pairs of rows and 2 windows of 16 columns
-// (8 kept positions per row each), lanes holding the pair's two rows'
-// kept values group by group (see genSDDMM24Z).
-func nmGrad24Z(g, gy, x []float32, m, out, in, kept int, idx []uint8, t int) {
-	const wcols, pairs, wins = 16, 4, 2
-	blocks := (in + wins*wcols - 1) / (wins * wcols)
-	parallelRange(blocks, t, func(b0, b1 int) {
-		var ix [pairs * wins * 16]int32
-		var res, sum [pairs * wins * 16]float32
-		for blk := b0; blk < b1; blk++ {
-			c0 := blk * wins * wcols
-			w := min(wins, (in-c0+wcols-1)/wcols)
-			masks := 0
-			for v := 0; v < w; v++ {
-				cnt := min(max(in-c0-v*wcols, 0), wcols)
-				masks |= (1<<cnt - 1) << (16 * v)
-			}
-			for o := 0; o+1 < out; o += 2 * pairs {
-				r := min(pairs, (out-o)/2)
-				for p := 0; p < r; p++ {
-					for v := 0; v < w; v++ {
-						lanes := ix[(p*w+v)*16 : (p*w+v+1)*16]
-						for q := 0; q < 4; q++ {
-							grp := (c0+v*wcols)/4 + q
-							for s := 0; s < 4; s++ {
-								val := int32(0)
-								if grp*4 < in {
-									row := o + 2*p + s/2
-									val = int32(idx[row*kept+2*grp+s%2])
-								}
-								lanes[4*q+s] = val
-							}
+// pairChunkRows is how many rows of W nmGrad24Pair sorts by pattern at a
+// time: their rows of gyᵀ (2 KB each at m = 512) stay in L2 while every
+// group passes over them, and a pattern's share (about a sixth) fills
+// whole 8-row kernel calls.
+const pairChunkRows = 128
+
+// nmGrad24Pair is NMWeightGrad's AVX-512 path for 2:4: gy and x are
+// transposed, and for each chunk of rows of W and each group of 4
+// columns the rows are sorted by the two columns they keep there; the
+// rows that keep the same two columns a, b go through one kernel call,
+// 8 at a time, which streams xᵀ[a], xᵀ[b] and each row of gyᵀ once and
+// runs two dot products per row (2 FMAs per 3 loads at 1 row, 16 per 10
+// at 8). Every kept value is one call's fixed-order dot product over the
+// m rows, whatever the chunking and thread count.
+func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, idx []uint8, t int) error {
+	// Rows of the transposes ld floats apart: a multiple of 16, off the
+	// powers of two (a 2 KB stride maps a column's cache lines into two
+	// L1 sets, and the transposes then thrash).
+	ld := (m + 15) &^ 15
+	if ld%128 == 0 {
+		ld += 16
+	}
+	gyTb, xTb := getF32(ld*out), getF32(ld*in)
+	defer putF32(gyTb)
+	defer putF32(xTb)
+	gyT, xT := *gyTb, *xTb
+	transposeLD(gyT, ld, gy, m, out, t)
+	transposeLD(xT, ld, x, m, in, t)
+	chunks := (out + pairChunkRows - 1) / pairChunkRows
+	groups := in / 4
+	parallelRange(chunks, t, func(c0, c1 int) {
+		var rows [16][pairChunkRows]int32 // by pattern a*4+b
+		var count [16]int
+		var offs [sddmmPairMax]int64
+		var res [2 * sddmmPairMax]float32
+		for c := c0; c < c1; c++ {
+			o0, o1 := c*pairChunkRows, min(out, (c+1)*pairChunkRows)
+			for grp := 0; grp < groups; grp++ {
+				count = [16]int{}
+				for o := o0; o < o1; o++ {
+					key := idx[o*kept+2*grp]*4 + idx[o*kept+2*grp+1]
+					rows[key][count[key]] = int32(o)
+					count[key]++
+				}
+				for key, n := range count {
+					if n == 0 {
+						continue
+					}
+					xa := &xT[(4*grp+key/4)*ld]
+					xb := &xT[(4*grp+key%4)*ld]
+					rs := rows[key][:n]
+					for j := 0; j < n; j += sddmmPairMax {
+						r := min(sddmmPairMax, n-j)
+						for q, o := range rs[j : j+r] {
+							offs[q] = int64(o) * int64(ld) * 4
 						}
-					}
-				}
-				n := r * w * 16
-				clear(sum[:n])
-				// K blocks as the dense GEMM's: each block's chain from
-				// zero, added to the sum in block order.
-				for rb := 0; rb < m; rb += denseKC {
-					sddmm24ZAsm(r, w, &gy[rb*out+o], out, &x[rb*in+c0], in, min(denseKC, m-rb), &ix[0], masks, &res[0])
-					for i := range n {
-						sum[i] += res[i]
-					}
-				}
-				for p := 0; p < r; p++ {
-					for v := 0; v < w; v++ {
-						for q := 0; q < 4; q++ {
-							grp := (c0+v*wcols)/4 + q
-							if grp*4 >= in {
-								continue
-							}
-							for s := 0; s < 4; s++ {
-								row := o + 2*p + s/2
-								g[row*kept+2*grp+s%2] += sum[(p*w+v)*16+4*q+s]
-							}
+						sddmmPairAsm(r, &gyT[0], &offs[0], xa, xb, m, &res[0])
+						for q, o := range rs[j : j+r] {
+							gk := g[int(o)*kept+2*grp:]
+							gk[0] += res[2*q]
+							gk[1] += res[2*q+1]
 						}
 					}
 				}
 			}
 		}
 	})
+	return nil
 }
+
+// sddmmPairMax is the most rows one sddmmPair kernel call takes.
+const sddmmPairMax = 8
 
 // NMWeightGradRef is NMWeightGrad's reference: each sum in float64,
 // rounded once and added.
@@ -377,6 +384,15 @@ func Transpose(dst, src []float32, rows, cols, threads int) error {
 	if rows < 0 || cols < 0 || len(src) != rows*cols || len(dst) != rows*cols {
 		return errShape("transpose", "src %d, dst %d elements for [%d, %d]", len(src), len(dst), rows, cols)
 	}
+	transposeLD(dst, rows, src, rows, cols, threads)
+	return nil
+}
+
+// transposeLD is Transpose into rows of ldd >= rows floats:
+// dst[c*ldd+r] = src[r*cols+c]; dst's elements past rows in each row are
+// left as they are. len(dst) >= (cols-1)*ldd+rows is the caller's to
+// ensure.
+func transposeLD(dst []float32, ldd int, src []float32, rows, cols, threads int) {
 	const chunk = 256
 	chunks := (cols + chunk - 1) / chunk
 	parallelRange(chunks, resolveThreads(threads), func(k0, k1 int) {
@@ -385,23 +401,22 @@ func Transpose(dst, src []float32, rows, cols, threads int) error {
 			r := 0
 			if n8 := (c1 - c0) / 8; asmOn() && n8 > 0 {
 				for ; r+8 <= rows; r += 8 {
-					transposeAsm(&dst[c0*rows+r], rows, &src[r*cols+c0], cols, n8)
+					transposeAsm(&dst[c0*ldd+r], ldd, &src[r*cols+c0], cols, n8)
 				}
 				for rr := 0; rr < r; rr++ { // the columns past the 8x8 blocks
 					for c := c0 + n8*8; c < c1; c++ {
-						dst[c*rows+rr] = src[rr*cols+c]
+						dst[c*ldd+rr] = src[rr*cols+c]
 					}
 				}
 			}
 			for ; r < rows; r++ {
 				s := src[r*cols+c0 : r*cols+c1]
 				for j, v := range s {
-					dst[(c0+j)*rows+r] = v
+					dst[(c0+j)*ldd+r] = v
 				}
 			}
 		}
 	})
-	return nil
 }
 
 // SetValuesGatherF32 is SetValuesF32 of the values v[t] = vals[src[t]]
@@ -420,19 +435,30 @@ func (s *Sparse) SetValuesGatherF32(vals []float32, src []int32, threads int) er
 	}
 	f := s.vals.f32
 	var bad atomic.Int64 // 1 + a source past vals, or 0
+	// Per panel, kept step by kept step across the lanes: each step's
+	// writes fill one run of the panel, and its reads (the lanes are
+	// neighbouring columns of W, one row group) fall in a few cache lines
+	// of vals; lane by lane, every access would touch a new line.
 	parallelRange(s.np, resolveThreads(threads), func(p0, p1 int) {
-		for o := p0 * spLanes; o < min(p1*spLanes, s.out); o++ {
-			dst := f[(o/spLanes)*s.kept*spLanes+o%spLanes:]
-			for t, j := range src[o*s.kept : (o+1)*s.kept] {
-				v := float32(0)
-				if j >= 0 {
-					if int(j) >= len(vals) {
-						bad.Store(int64(j) + 1)
-						return
+		for p := p0; p < p1; p++ {
+			o0 := p * spLanes
+			lanes := min(spLanes, s.out-o0)
+			pan := f[p*s.kept*spLanes : (p+1)*s.kept*spLanes]
+			srcs := src[o0*s.kept : (o0+lanes)*s.kept]
+			for t := 0; t < s.kept; t++ {
+				run := pan[t*spLanes : t*spLanes+lanes]
+				for l := range run {
+					j := srcs[l*s.kept+t]
+					v := float32(0)
+					if j >= 0 {
+						if int(j) >= len(vals) {
+							bad.Store(int64(j) + 1)
+							return
+						}
+						v = vals[j]
 					}
-					v = vals[j]
+					run[l] = v
 				}
-				dst[t*spLanes] = v
 			}
 		}
 	})

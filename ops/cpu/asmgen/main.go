@@ -17,6 +17,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
@@ -114,11 +115,11 @@ func main() {
 	for r := 1; r <= 4; r++ {
 		genSDDMMZ(r)
 	}
-	for r := 1; r <= 4; r++ {
-		for w := 1; w <= 2; w++ {
-			genSDDMM24Z(r, w)
-		}
+	for r := 1; r <= sddmmPairRows; r++ {
+		genSDDMMPair(r)
 	}
+	genExpShiftSum()
+	genAdamW()
 	Generate()
 }
 
@@ -1354,73 +1355,314 @@ func genSDDMMZ(r int) {
 	RET()
 }
 
-// genSDDMM24Z(r, w): the 2:4 form of genSDDMMZ for r pairs of consecutive
-// output rows and w windows of 16 columns (4 groups) of x. Per 128-bit
-// lane (one group) an in-lane VPERMILPS puts the pair's first output's two
-// kept columns in slots 0-1 and the second's in slots 2-3, and the FMA
-// multiplies by [gy[i][2p], gy[i][2p], gy[i][2p+1], gy[i][2p+1]] (one
-// 64-bit broadcast and an in-lane shuffle per pair and row). Each lane is
-// one FMA chain over the rows in order from zero.
-func genSDDMM24Z(r, w int) {
-	name := fmt.Sprintf("sddmm24ZR%dW%dAVX512", r, w)
-	TEXT(name, NOSPLIT, "func(gy *float32, ldg int, x *float32, ldx int, n int, idx *int32, masks int, out *float32)")
-	Doc(fmt.Sprintf("%s: for pairs p < %d and windows v < %d, lane 4q+s of out[(p*%d+v)*16:]", name, r, w, w),
-		"accumulates Σ_{i<n} gy[i*ldg+2p+s/2]·x[i*ldx+16v+4q+idx[(p*w+v)*16+4q+s]] (n >= 1; idx in [0, 4);",
-		"window v's columns loaded under mask bits 16v..16v+15).")
+// sddmmPairRows is the most rows genSDDMMPair serves per call: 2r
+// accumulators, two x vectors and a row of gy fit in 32 ZMM registers.
+const sddmmPairRows = 8
+
+// genSDDMMPair(r): the kept-position weight gradient of r output rows that
+// keep the same two columns a and b of one group, from the transposes:
+// out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i], out[2j+1] = Σ gy[rows[j]/4+i]·xb[i]
+// (rows holds byte offsets from gy; n >= 1). Each of the 2r sums runs 16
+// lane chains over blocks of 16 elements (the last n%16 under a zeroing
+// mask: nothing past n is read), the 16 lanes then summed by a fixed tree:
+// high and low 256 bits added, then VHADDPS over four sums at a time as
+// sddmm8AVX2 does. The order depends only on n. out has room for
+// 4·ceil(2r/4) floats (the padding is written as zero).
+func genSDDMMPair(r int) {
+	name := fmt.Sprintf("sddmmPairR%dAVX512", r)
+	TEXT(name, NOSPLIT, "func(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)")
+	Doc(fmt.Sprintf("%s sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]", name),
+		fmt.Sprintf("for j < %d (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).", r))
 	gy := Load(Param("gy"), GP64())
-	ldg := Load(Param("ldg"), GP64())
-	SHLQ(U8(2), ldg)
-	x := Load(Param("x"), GP64())
-	ldx := Load(Param("ldx"), GP64())
-	SHLQ(U8(2), ldx)
+	rows := Load(Param("rows"), GP64())
+	p := make([]GPVirtual, r)
+	for j := range p {
+		p[j] = GP64()
+		MOVQ(Mem{Base: rows, Disp: 8 * j}, p[j])
+		ADDQ(gy, p[j])
+	}
+	xa := Load(Param("xa"), GP64())
+	xb := Load(Param("xb"), GP64())
 	n := Load(Param("n"), GP64())
-	idx := Load(Param("idx"), GP64())
-	masks := GP64()
-	Load(Param("masks"), masks)
-	km := make([]Register, w)
-	for v := 0; v < w; v++ {
-		km[v] = K()
-		KMOVW(masks.As32(), km[v])
-		SHRQ(U8(16), masks)
+	cnt := GP64()
+	MOVQ(n, cnt)
+	SHRQ(U8(4), cnt)
+	acc := make([]VecVirtual, 2*r)
+	for j := range acc {
+		acc[j] = ZMM()
+		VPXORD(acc[j], acc[j], acc[j])
 	}
-	ix := make([][]VecVirtual, r)
-	acc := make([][]VecVirtual, r)
-	for p := 0; p < r; p++ {
-		ix[p] = make([]VecVirtual, w)
-		acc[p] = make([]VecVirtual, w)
-		for v := 0; v < w; v++ {
-			ix[p][v] = ZMM()
-			VMOVUPS(Mem{Base: idx, Disp: 64 * (p*w + v)}, ix[p][v])
-			acc[p][v] = ZMM()
-			VPXORD(acc[p][v], acc[p][v], acc[p][v])
+	i := GP64()
+	XORQ(i, i)
+	step := func(load func(m Mem, dst VecVirtual)) {
+		va, vb := ZMM(), ZMM()
+		load(Mem{Base: xa, Index: i, Scale: 1}, va)
+		load(Mem{Base: xb, Index: i, Scale: 1}, vb)
+		for j := 0; j < r; j++ {
+			g := ZMM()
+			load(Mem{Base: p[j], Index: i, Scale: 1}, g)
+			VFMADD231PS(g, va, acc[2*j])
+			VFMADD231PS(g, vb, acc[2*j+1])
 		}
 	}
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_tail"))
 	Label(name + "_loop")
-	xs := make([]VecVirtual, w)
-	for v := 0; v < w; v++ {
-		xs[v] = ZMM()
-		VMOVUPS_Z(Mem{Base: x, Disp: 64 * v}, km[v], xs[v])
-	}
-	for p := 0; p < r; p++ {
-		gb := ZMM()
-		VBROADCASTSD(Mem{Base: gy, Disp: 8 * p}, gb)
-		VPERMILPS(U8(0x50), gb, gb)
-		for v := 0; v < w; v++ {
-			t := ZMM()
-			VPERMILPS(ix[p][v], xs[v], t)
-			VFMADD231PS(gb, t, acc[p][v])
-		}
-	}
-	ADDQ(ldg, gy)
-	ADDQ(ldx, x)
-	DECQ(n)
+	step(func(m Mem, dst VecVirtual) { VMOVUPS(m, dst) })
+	ADDQ(U8(64), i)
+	DECQ(cnt)
 	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_tail")
+	ANDQ(U8(15), n)
+	JZ(LabelRef(name + "_reduce"))
+	// k = (1 << n) - 1: the first n%16 lanes.
+	one := GP64()
+	MOVQ(U32(1), one)
+	SHLXQ(n, one, one)
+	DECQ(one)
+	k := K()
+	KMOVW(one.As32(), k)
+	step(func(m Mem, dst VecVirtual) { VMOVUPS_Z(m, k, dst) })
+	Label(name + "_reduce")
 	out := Load(Param("out"), GP64())
-	for p := 0; p < r; p++ {
-		for v := 0; v < w; v++ {
-			VMOVUPS(acc[p][v], Mem{Base: out, Disp: 64 * (p*w + v)})
-		}
+	ys := make([]VecVirtual, 0, 2*r+3)
+	for _, a := range acc {
+		hi := YMM()
+		VEXTRACTF64X4(U8(1), a, hi)
+		y := YMM()
+		VADDPS(hi, a.AsY(), y)
+		ys = append(ys, y)
 	}
+	for len(ys)%4 != 0 {
+		z := YMM()
+		VXORPS(z, z, z)
+		ys = append(ys, z)
+	}
+	for h := 0; h < len(ys)/4; h++ {
+		q := ys[4*h : 4*h+4]
+		t0, t1, u := YMM(), YMM(), YMM()
+		VHADDPS(q[1], q[0], t0)
+		VHADDPS(q[3], q[2], t1)
+		VHADDPS(t1, t0, u)
+		hi := XMM()
+		VEXTRACTF128(U8(1), u, hi)
+		VADDPS(hi, u.AsX(), hi)
+		VMOVUPS(hi, Mem{Base: out, Disp: 16 * h})
+	}
+	VZEROUPPER()
+	RET()
+}
+
+// expConsts are genExpShiftSum's constants, in expConsts order: the
+// clamp (exp of anything below it rounds to zero in float32), log2(e),
+// ln 2 split into a high part exact in float32 with its low bits zero
+// and the rest (Cody-Waite), and the Taylor coefficients 1/k! for
+// k = 7 down to 0.
+var expConstVals = []float32{
+	-104,
+	1.44269504088896341,
+	0.693145751953125, 1.428606765330187045e-06,
+	1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1, 1,
+}
+
+// genExpShiftSum: dst[i] = exp(src[i] - shift) in float32 for i < n, and
+// the sum of the dst values in float64, per 16 elements: x = max(src -
+// shift, -104); k = round(x·log2 e); r = x - k·ln2hi - k·ln2lo
+// (|r| <= ln 2/2); p = Σ_{j<=7} r^j/j! by Horner; dst = p·2^k (VSCALEFPS,
+// which rounds once into the subnormals and to zero below them). The
+// sums run in two float64 chains (low and high 8 lanes), added lane by
+// lane in a fixed tree at the end. The last n%16 elements go under a
+// zeroing mask (nothing past n is read or written). For finite shift
+// and src <= shift the results are within 2 ulp of exp in float32.
+func genExpShiftSum() {
+	name := "expShiftSumAVX512"
+	TEXT(name, NOSPLIT, "func(dst *float32, src *float32, n int, shift float32) float64")
+	Doc(name+" sets dst[i] = exp(src[i]-shift) for i < n (float32, within 2 ulp for finite",
+		"src <= shift) and returns Σ dst[i] summed in float64 (fixed order).")
+	tbl := GLOBL("expConsts", RODATA|NOPTR)
+	for i, v := range expConstVals {
+		DATA(4*i, U32(math.Float32bits(v))) // bits: avo prints whole floats as integers
+	}
+	dst := Load(Param("dst"), GP64())
+	src := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	sh := ZMM()
+	VBROADCASTSS(paramAddr("shift"), sh)
+	base := GP64()
+	LEAQ(tbl, base)
+	c := make([]VecVirtual, len(expConstVals))
+	for i := range c {
+		c[i] = ZMM()
+		VBROADCASTSS(Mem{Base: base, Disp: 4 * i}, c[i])
+	}
+	lo, log2e, ln2hi, ln2lo, poly := c[0], c[1], c[2], c[3], c[4:]
+	s0, s1 := ZMM(), ZMM()
+	VPXORQ(s0, s0, s0)
+	VPXORQ(s1, s1, s1)
+	cnt := GP64()
+	MOVQ(n, cnt)
+	SHRQ(U8(4), cnt)
+	i := GP64()
+	XORQ(i, i)
+	// body computes exp into a register from x already loaded.
+	body := func(x VecVirtual) VecVirtual {
+		VSUBPS(sh, x, x)
+		VMAXPS(lo, x, x)
+		k := ZMM()
+		VMULPS(log2e, x, k)
+		VRNDSCALEPS(U8(0), k, k)
+		VFNMADD231PS(ln2hi, k, x)
+		VFNMADD231PS(ln2lo, k, x)
+		p := ZMM()
+		VMOVAPS(poly[0], p)
+		for _, cj := range poly[1:] {
+			VFMADD213PS(cj, x, p)
+		}
+		e := ZMM()
+		VSCALEFPS(k, p, e)
+		return e
+	}
+	sum := func(e VecVirtual) {
+		d0, d1 := ZMM(), ZMM()
+		VCVTPS2PD(e.AsY(), d0)
+		hi := YMM()
+		VEXTRACTF64X4(U8(1), e, hi)
+		VCVTPS2PD(hi, d1)
+		VADDPD(d0, s0, s0)
+		VADDPD(d1, s1, s1)
+	}
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_tail"))
+	Label(name + "_loop")
+	x := ZMM()
+	VMOVUPS(Mem{Base: src, Index: i, Scale: 1}, x)
+	e := body(x)
+	VMOVUPS(e, Mem{Base: dst, Index: i, Scale: 1})
+	sum(e)
+	ADDQ(U8(64), i)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_tail")
+	ANDQ(U8(15), n)
+	JZ(LabelRef(name + "_reduce"))
+	one := GP64()
+	MOVQ(U32(1), one)
+	SHLXQ(n, one, one)
+	DECQ(one)
+	k := K()
+	KMOVW(one.As32(), k)
+	xt := ZMM()
+	VMOVUPS_Z(Mem{Base: src, Index: i, Scale: 1}, k, xt)
+	et := body(xt)
+	VMOVAPS_Z(et, k, et)
+	VMOVUPS(et, k, Mem{Base: dst, Index: i, Scale: 1})
+	sum(et)
+	Label(name + "_reduce")
+	VADDPD(s1, s0, s0)
+	h := YMM()
+	VEXTRACTF64X4(U8(1), s0, h)
+	VADDPD(h, s0.AsY(), h)
+	hx := XMM()
+	VEXTRACTF128(U8(1), h, hx)
+	VADDPD(hx, h.AsX(), hx)
+	hs := XMM()
+	VPERMILPD(U8(1), hx, hs)
+	VADDSD(hs, hx, hx)
+	Store(hx, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// genAdamW: one AdamW step over n float32 values with float64 arithmetic,
+// 8 values per iteration (the last n%8 under a mask), each operation
+// rounded as Go rounds the scalar expression (no fused multiply-adds),
+// so the results are bit-identical to the scalar loop (cpu.adamWGo):
+//
+//	m' = b1·m + c1·g;  v' = b2·v + (c2·g)·g  (c1 = 1-b1, c2 = 1-b2)
+//	w' = w·shrink - (lr·(m'/bc1)) / (sqrt(v'/bc2) + eps)
+//
+// m', v' and w' stored as float32 (rounded to nearest). k points to
+// [b1, c1, b2, c2, bc1, bc2, lr, shrink, eps].
+func genAdamW() {
+	name := "adamWAVX512"
+	TEXT(name, NOSPLIT, "func(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64)")
+	Doc(name+" runs one AdamW step over n values with float64 arithmetic rounded as the scalar",
+		"Go expression is (see genAdamW); k is [b1, 1-b1, b2, 1-b2, bc1, bc2, lr, shrink, eps].")
+	w := Load(Param("w"), GP64())
+	g := Load(Param("grad"), GP64()) // ("g" names a register in Go assembly)
+	m := Load(Param("m"), GP64())
+	v := Load(Param("v"), GP64())
+	n := Load(Param("n"), GP64())
+	kp := Load(Param("k"), GP64())
+	c := make([]VecVirtual, 9)
+	for j := range c {
+		c[j] = ZMM()
+		VBROADCASTSD(Mem{Base: kp, Disp: 8 * j}, c[j])
+	}
+	b1, c1, b2, c2, bc1, bc2, lr, shrink, eps := c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+	cnt := GP64()
+	MOVQ(n, cnt)
+	SHRQ(U8(3), cnt)
+	i := GP64()
+	XORQ(i, i)
+	step := func(load func(Mem, VecVirtual), store func(VecVirtual, Mem)) {
+		at := func(base Register) Mem { return Mem{Base: base, Index: i, Scale: 1} }
+		gd, md, vd, wd := ZMM(), ZMM(), ZMM(), ZMM()
+		for _, lv := range []struct {
+			base Register
+			dst  VecVirtual
+		}{{g, gd}, {m, md}, {v, vd}, {w, wd}} {
+			f := YMM()
+			load(at(lv.base), f)
+			VCVTPS2PD(f, lv.dst)
+		}
+		// m' = b1·m + c1·g
+		t := ZMM()
+		VMULPD(b1, md, md)
+		VMULPD(c1, gd, t)
+		VADDPD(t, md, md)
+		// v' = b2·v + (c2·g)·g
+		VMULPD(b2, vd, vd)
+		VMULPD(c2, gd, t)
+		VMULPD(gd, t, t)
+		VADDPD(t, vd, vd)
+		f := YMM()
+		VCVTPD2PS(md, f)
+		store(f, at(m))
+		f2 := YMM()
+		VCVTPD2PS(vd, f2)
+		store(f2, at(v))
+		// w' = w·shrink - (lr·(m'/bc1)) / (sqrt(v'/bc2) + eps)
+		VMULPD(shrink, wd, wd)
+		VDIVPD(bc1, md, md)
+		VMULPD(md, lr, md)
+		VDIVPD(bc2, vd, vd)
+		VSQRTPD(vd, vd)
+		VADDPD(eps, vd, vd)
+		VDIVPD(vd, md, md)
+		VSUBPD(md, wd, wd)
+		f3 := YMM()
+		VCVTPD2PS(wd, f3)
+		store(f3, at(w))
+	}
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_tail"))
+	Label(name + "_loop")
+	step(func(a Mem, d VecVirtual) { VMOVUPS(a, d) }, func(s VecVirtual, a Mem) { VMOVUPS(s, a) })
+	ADDQ(U8(32), i)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_tail")
+	ANDQ(U8(7), n)
+	JZ(LabelRef(name + "_done"))
+	one := GP64()
+	MOVQ(U32(1), one)
+	SHLXQ(n, one, one)
+	DECQ(one)
+	k := K()
+	KMOVW(one.As32(), k)
+	step(func(a Mem, d VecVirtual) { VMOVUPS_Z(a, k, d) }, func(s VecVirtual, a Mem) { VMOVUPS(s, k, a) })
+	Label(name + "_done")
 	VZEROUPPER()
 	RET()
 }

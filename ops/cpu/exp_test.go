@@ -1,0 +1,115 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// ulpDiff is the distance in float32 ulps between a and b (both >= 0).
+func ulpDiff(a, b float32) int64 {
+	d := int64(math.Float32bits(a)) - int64(math.Float32bits(b))
+	if d < 0 {
+		d = -d
+	}
+	return d
+}
+
+// TestExpShiftSumVsRef: every path against float32(math.Exp) on random
+// softmax rows (exponents from 0 down past the float32 underflow, lengths
+// around the 16-lane blocks), values within 2 ulp, nothing read or written
+// past n (NaN guards), the float64 sum within 1e-6 of the reference's,
+// the same bits on a second call, and src aliasing dst.
+func TestExpShiftSumVsRef(t *testing.T) {
+	paths(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(3, 4))
+		for _, n := range vecLens() {
+			for _, spread := range []float32{1, 20, 120} {
+				nan := float32(math.NaN())
+				src := guarded(rng, n, 17, nan)
+				shift := float32(rng.NormFloat64() * 5)
+				for i := range src {
+					src[i] = shift - spread*rng.Float32()
+				}
+				if n > 0 {
+					src[rng.IntN(n)] = shift // the maximum itself: exp(0) = 1
+				}
+				dst := guard(rng, n, 17, nan)
+				sum := ExpShiftSum(dst, src, shift)
+				ref := make([]float32, n)
+				refSum := expShiftSumGo(ref, src, shift)
+				what := fmt.Sprintf("n %d spread %g", n, spread)
+				for i := range n {
+					if d := ulpDiff(dst[i], ref[i]); d > 2 {
+						t.Fatalf("%s: exp(%g - %g) = %g, want %g (%d ulp)", what, src[i], shift, dst[i], ref[i], d)
+					}
+				}
+				for i := n; i < len(dst); i++ {
+					if dst[i] == dst[i] {
+						t.Fatalf("%s: wrote dst[%d] past n", what, i)
+					}
+				}
+				if math.IsNaN(sum) || math.Abs(sum-refSum) > 1e-6*refSum {
+					t.Fatalf("%s: sum %v, want %v", what, sum, refSum)
+				}
+				if again := ExpShiftSum(dst, src, shift); again != sum {
+					t.Fatalf("%s: second call %v, first %v", what, again, sum)
+				}
+				alias := append([]float32(nil), src...)
+				if s := ExpShiftSum(alias, alias, shift); s != sum {
+					t.Fatalf("%s: in place %v, want %v", what, s, sum)
+				}
+			}
+		}
+	})
+}
+
+// TestExpShiftSumEdges: -Inf and far-below-shift inputs give zero, a
+// non-finite shift takes the reference path (NaN in, NaN out), and
+// subnormal results stay within 2 ulp.
+func TestExpShiftSumEdges(t *testing.T) {
+	paths(t, func(t *testing.T) {
+		src := []float32{float32(math.Inf(-1)), -200, -103.98, -100, -88, -87.3, 0, -1e-8}
+		dst := make([]float32, len(src))
+		ref := make([]float32, len(src))
+		ExpShiftSum(dst, src, 0)
+		expShiftSumGo(ref, src, 0)
+		for i := range src {
+			if ulpDiff(dst[i], ref[i]) > 2 {
+				t.Errorf("exp(%g) = %g, want %g", src[i], dst[i], ref[i])
+			}
+		}
+		if dst[0] != 0 || dst[1] != 0 {
+			t.Errorf("exp(-Inf), exp(-200) = %g, %g, want 0", dst[0], dst[1])
+		}
+		nan := float32(math.NaN())
+		if s := ExpShiftSum(dst[:2], []float32{1, nan}, nan); !math.IsNaN(s) {
+			t.Errorf("NaN shift: sum %v, want NaN", s)
+		}
+		inf := float32(math.Inf(1))
+		if s := ExpShiftSum(dst[:2], []float32{1, inf}, inf); !math.IsNaN(s) {
+			t.Errorf("+Inf shift with an +Inf input: sum %v, want NaN (Inf - Inf)", s)
+		}
+	})
+}
+
+// BenchmarkExpShiftSum: one softmax row of 8192 logits (a vocabulary's
+// worth), the selected path against the float64 reference.
+func BenchmarkExpShiftSum(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	src, dst := make([]float32, 8192), make([]float32, 8192)
+	for i := range src {
+		src[i] = -20 * rng.Float32()
+	}
+	b.Run("kernel", func(b *testing.B) {
+		for b.Loop() {
+			ExpShiftSum(dst, src, 0)
+		}
+	})
+	b.Run("ref", func(b *testing.B) {
+		for b.Loop() {
+			expShiftSumGo(dst, src, 0)
+		}
+	})
+}
