@@ -33,18 +33,75 @@ type Param struct {
 }
 
 // NMParam describes an N:M weight [Rows, Cols] whose kept values are a
-// Param's Value.
+// Param's Value. Its masks are held packed as the container stores them
+// (2:4: 4 bits per group of 4 and 1 bit per kept value, against 2
+// bytes per kept value unpacked), because they are part of the training
+// state the SLoPe memory figures count; code that needs them unpacked
+// asks for a copy (IdxCopy, TKeepCopy) when the masks change, not per
+// step.
 type NMParam struct {
 	Pattern    format.NM
 	Rows, Cols int
-	// Idx is the in-group index of each kept value (static: W's mask
-	// never changes).
-	Idx []uint8
-	// TKeep marks the kept values that survive the double pruning (the
-	// transpose mask, in values order): the input gradient is
-	// ∂L/∂X = ∂L/∂Y · W_dp, W_dp holding only these. The trainer
-	// recomputes it every --mask-refresh steps.
-	TKeep []bool
+	// Indices holds the in-group index of each kept value, packed as the
+	// container's index section (format.PackNMIndices: Rows rows of
+	// Pattern.IndexRowBytes(Cols) bytes). Static: W's mask never changes.
+	Indices []byte
+	// TMask marks the kept values that survive the double pruning (the
+	// transpose mask, packed as the container's NM_TRANSPOSE_MASK: one
+	// bit per kept value, rows padded to bytes): the input gradient is
+	// ∂L/∂X = ∂L/∂Y · W_dp, W_dp holding only these. Nil keeps every
+	// value (Rows not a multiple of M: no column-wise pruning). The
+	// trainer recomputes it every --mask-refresh steps (SetTKeep).
+	TMask []byte
+}
+
+// IdxCopy returns the unpacked in-group indices (one per kept value, in
+// values order).
+func (nm *NMParam) IdxCopy() ([]uint8, error) {
+	kept, err := nm.Pattern.KeptPerRow(nm.Cols)
+	if err != nil {
+		return nil, err
+	}
+	idx := make([]uint8, nm.Rows*kept)
+	if err := format.UnpackNMIndices(nm.Pattern, nm.Rows, nm.Cols, nm.Indices, idx); err != nil {
+		return nil, err
+	}
+	return idx, nil
+}
+
+// TKeepCopy returns the unpacked transpose mask (one bool per kept
+// value, in values order; all true when TMask is nil).
+func (nm *NMParam) TKeepCopy() ([]bool, error) {
+	kept, err := nm.Pattern.KeptPerRow(nm.Cols)
+	if err != nil {
+		return nil, err
+	}
+	keep := make([]bool, nm.Rows*kept)
+	if nm.TMask == nil {
+		for i := range keep {
+			keep[i] = true
+		}
+		return keep, nil
+	}
+	if err := format.UnpackTransposeMask(nm.Pattern, nm.Rows, nm.Cols, nm.TMask, keep); err != nil {
+		return nil, err
+	}
+	return keep, nil
+}
+
+// SetTKeep packs keep (one bool per kept value) into TMask, reusing its
+// buffer.
+func (nm *NMParam) SetTKeep(keep []bool) error {
+	n64, err := format.TransposeMaskSize(nm.Pattern, nm.Rows, nm.Cols)
+	if err != nil {
+		return err
+	}
+	n := int(n64)
+	if cap(nm.TMask) < n {
+		nm.TMask = make([]byte, n)
+	}
+	nm.TMask = nm.TMask[:n]
+	return format.PackTransposeMask(nm.Pattern, nm.Rows, nm.Cols, keep, nm.TMask)
 }
 
 // GradStep is a Step with a backward pass.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 
 	"github.com/slopeml/slope/format"
@@ -22,7 +23,8 @@ import (
 const transposeMaskSuffix = ".transpose_mask"
 
 // MemParamStore is an in-memory ParamStore: dense tensors are decoded to
-// float32, N:M weights to their kept values with Idx and TKeep.
+// float32, N:M weights to their kept values with their packed index
+// section and transpose mask.
 type MemParamStore struct {
 	w      Weights
 	mu     sync.Mutex
@@ -90,30 +92,36 @@ func loadParam(w Weights, name string) (*Param, error) {
 	if err := format.DecodeFloats(v.DType, v.Values, vals); err != nil {
 		return nil, err
 	}
-	idx := make([]uint8, n)
-	if err := format.UnpackNMIndices(v.Pattern, v.Rows, v.Cols, v.Indices, idx); err != nil {
+	if err := format.ValidateNMIndices(v.Pattern, v.Rows, v.Cols, v.Indices); err != nil {
 		return nil, err
 	}
-	nm := &NMParam{Pattern: v.Pattern, Rows: v.Rows, Cols: v.Cols, Idx: idx, TKeep: make([]bool, n)}
+	nm := &NMParam{Pattern: v.Pattern, Rows: v.Rows, Cols: v.Cols, Indices: slices.Clone(v.Indices)}
 	mname := name + transposeMaskSuffix
 	if _, err := w.Lookup(mname); err == nil {
 		raw, err := w.Raw(mname)
 		if err != nil {
 			return nil, err
 		}
-		if err := format.UnpackTransposeMask(v.Pattern, v.Rows, v.Cols, raw, nm.TKeep); err != nil {
+		// Unpacking validates it (size, padding bits).
+		keep := make([]bool, n)
+		if err := format.UnpackTransposeMask(v.Pattern, v.Rows, v.Cols, raw, keep); err != nil {
 			return nil, fmt.Errorf("tensor %q: %w", mname, err)
 		}
+		nm.TMask = slices.Clone(raw)
 	} else if !errors.Is(err, format.ErrNotFound) {
 		return nil, err
 	} else if v.Rows%v.Pattern.M == 0 {
 		// No stored mask: double-prune by magnitude (the reference rule).
-		if nm.TKeep, err = format.DoublePruneMagnitude(v.Pattern, v.Rows, v.Cols, vals, idx); err != nil {
+		idx, err := nm.IdxCopy()
+		if err != nil {
 			return nil, err
 		}
-	} else {
-		for i := range nm.TKeep {
-			nm.TKeep[i] = true
+		keep, err := format.DoublePruneMagnitude(v.Pattern, v.Rows, v.Cols, vals, idx)
+		if err != nil {
+			return nil, err
+		}
+		if err := nm.SetTKeep(keep); err != nil {
+			return nil, err
 		}
 	}
 	return &Param{Name: name, Value: vals, Grad: make([]float32, n), Shape: shape, NM: nm}, nil
@@ -477,11 +485,6 @@ func bindSlopeLinearGrad(b Binding, ps ParamStore) (GradStep, error) {
 func (s *slopeLinearGrad) OutDim() int      { return s.out }
 func (s *slopeLinearGrad) Params() []*Param { return nonNil(s.w, s.b, s.l, s.r) }
 
-// col is the input column of kept value k of a row.
-func (s *slopeLinearGrad) col(row, k int) int {
-	p := s.w.NM.Pattern
-	return k/p.N*p.M + int(s.w.NM.Idx[row*s.kept+k])
-}
 
 // xl computes x·L [rows, r] for row r into dst.
 func (s *slopeLinearGrad) xl(dst, xr []float32) {
@@ -547,13 +550,23 @@ func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, 
 	if m == 0 {
 		return nil
 	}
-	tkeep := s.w.NM.TKeep
 	if gin[0] != nil {
 		done, err := s.inputGradNM(c, gin[0].Data, gout.Data, m)
 		if err != nil {
 			return err
 		}
 		if !done {
+			// W_dpᵀ is not N:M: one product per kept value, with the masks
+			// unpacked for this call.
+			idx, err := s.w.NM.IdxCopy()
+			if err != nil {
+				return err
+			}
+			tkeep, err := s.w.NM.TKeepCopy()
+			if err != nil {
+				return err
+			}
+			p := s.w.NM.Pattern
 			gx := gin[0]
 			parallelRows(m, c.Threads, func(lo, hi int) {
 				for r := lo; r < hi; r++ {
@@ -562,7 +575,7 @@ func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, 
 						base := o * s.kept
 						for k, w := range s.w.Value[base : base+s.kept] {
 							if tkeep[base+k] {
-								gxr[s.col(o, k)] += g * w
+								gxr[k/p.N*p.M+int(idx[base+k])] += g * w
 							}
 						}
 					}
@@ -574,7 +587,7 @@ func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, 
 	// (cpu.NMWeightGrad: the dense gyᵀ·x gathered at the mask, up to
 	// float32 rounding).
 	nm := s.w.NM
-	if err := cpu.NMWeightGrad(s.w.Grad, gout.Data[:m*s.out], x.Data[:m*s.in], m, nm.Pattern, s.out, s.in, nm.Idx, c.Threads); err != nil {
+	if err := cpu.NMWeightGrad(s.w.Grad, gout.Data[:m*s.out], x.Data[:m*s.in], m, nm.Pattern, s.out, s.in, nm.Indices, c.Threads); err != nil {
 		return err
 	}
 	if s.b != nil {

@@ -1,10 +1,10 @@
 package ops
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math"
 	"math/bits"
-	"slices"
 	"sync"
 	"unsafe"
 
@@ -198,39 +198,27 @@ func biasGrad(gb, gy []float32, m, out int) {
 // keyed on the Idx slice itself) and, per transpose mask, W_dpᵀ
 // (NM_TRANSPOSE_MATERIALIZED: [in, out], N:M along out). The values are
 // refilled from the Param at every call, so edits between calls are
-// seen; the transpose layout is rebuilt when TKeep's content changes
+// seen; the transpose layout is rebuilt when TMask's content changes
 // (the trainer refreshes it in place).
 type nmCache struct {
 	mu sync.Mutex
-	// W: idxOf is the Idx it was built from (identity, not content).
-	idxOf *uint8
+	// W: idxOf is the Indices it was built from (identity, not content).
+	idxOf *byte
 	idxN  int
 	fw    *cpu.Sparse
-	// W_dpᵀ: tKeep the TKeep it was built from, tOK whether W_dpᵀ is N:M,
+	// W_dpᵀ: tMask the TMask it was built from, tOK whether W_dpᵀ is N:M,
 	// tSrc per kept slot of W_dpᵀ the position in W's values (-1: a zero
 	// filler), bw the prepared weight.
-	tKeep       []bool
+	tMask       []byte
 	tBuilt, tOK bool
 	tSrc        []int32
 	bw          *cpu.Sparse
 }
 
-// sameIdx reports whether the cache was built from nm.Idx (caller holds mu).
+// sameIdx reports whether the cache was built from nm.Indices (caller
+// holds mu).
 func (c *nmCache) sameIdx(nm *NMParam) bool {
-	return c.idxN == len(nm.Idx) && (len(nm.Idx) == 0 || c.idxOf == &nm.Idx[0])
-}
-
-// packIdx packs nm.Idx as the container does.
-func packIdx(nm *NMParam) ([]byte, error) {
-	rb, err := nm.Pattern.IndexRowBytes(nm.Cols)
-	if err != nil {
-		return nil, err
-	}
-	buf := make([]byte, nm.Rows*rb)
-	if err := format.PackNMIndices(nm.Pattern, nm.Rows, nm.Cols, nm.Idx, buf); err != nil {
-		return nil, err
-	}
-	return buf, nil
+	return c.idxN == len(nm.Indices) && (len(nm.Indices) == 0 || c.idxOf == &nm.Indices[0])
 }
 
 // forward returns W prepared for the N:M kernels with the current values
@@ -240,35 +228,28 @@ func (c *nmCache) forward(nm *NMParam, vals []float32, threads int) (*cpu.Sparse
 	if c.fw != nil && c.sameIdx(nm) {
 		return c.fw, c.fw.SetValuesF32(vals, threads)
 	}
-	packed, err := packIdx(nm)
-	if err != nil {
-		return nil, err
-	}
 	sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: nm.Rows, In: nm.Cols,
-		Values: f32Bytes(vals), Indices: packed})
+		Values: f32Bytes(vals), Indices: nm.Indices})
 	if err != nil {
 		return nil, err
 	}
 	if !c.sameIdx(nm) {
 		c.tBuilt = false // the transpose derives from Idx too
 	}
-	c.fw, c.idxN = sp, len(nm.Idx)
-	if len(nm.Idx) > 0 {
-		c.idxOf = &nm.Idx[0]
+	c.fw, c.idxN = sp, len(nm.Indices)
+	if len(nm.Indices) > 0 {
+		c.idxOf = &nm.Indices[0]
 	}
 	return sp, nil
 }
 
 // transposeWeight returns W_dpᵀ prepared with the current values vals,
-// its layout rebuilt when TKeep (or Idx) changed. ok is false when the
+// its layout rebuilt when TMask (or Indices) changed. ok is false when the
 // transpose cannot be an N:M weight (Rows not a multiple of M, or a
 // column group keeping more than N).
 func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (*cpu.Sparse, bool, error) {
-	if !c.tBuilt || !c.sameIdx(nm) || !slices.Equal(nm.TKeep, c.tKeep) {
+	if !c.tBuilt || !c.sameIdx(nm) || (nm.TMask == nil) != (c.tMask == nil) || !bytes.Equal(nm.TMask, c.tMask) {
 		c.tBuilt, c.tOK, c.tSrc, c.bw = false, false, nil, nil
-		if _, err := packIdx(nm); err != nil { // validates Idx
-			return nil, false, err
-		}
 		packed, src, ok, err := transposeLayout(nm)
 		if err != nil {
 			return nil, false, err
@@ -283,11 +264,15 @@ func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (*cp
 			}
 			c.bw, c.tSrc = sp, src
 		}
-		c.tKeep = append(c.tKeep[:0], nm.TKeep...)
+		c.tMask = nil
+		if nm.TMask != nil {
+			c.tMask = append([]byte{}, nm.TMask...)
+		}
 		c.tBuilt, c.tOK = true, ok
-		if len(nm.Idx) > 0 && c.fw == nil {
-			// Key the transpose on this Idx even before the first forward.
-			c.idxOf, c.idxN = &nm.Idx[0], len(nm.Idx)
+		if len(nm.Indices) > 0 && c.fw == nil {
+			// Key the transpose on these Indices even before the first
+			// forward.
+			c.idxOf, c.idxN = &nm.Indices[0], len(nm.Indices)
 		}
 		return c.bw, ok, nil
 	}
@@ -311,12 +296,20 @@ func fillTransposed(tv []float32, src []int32, vals []float32) {
 
 // transposeLayout builds W_dpᵀ's packed indices and the source of each
 // of its kept values (an index into W's values, -1 for a zero filler) from
-// Idx and TKeep. ok is false when the transpose cannot be an N:M weight
+// the indices and the transpose mask. ok is false when the transpose cannot be an N:M weight
 // (Rows not a multiple of M, or a column group keeping more than N).
 func transposeLayout(nm *NMParam) (packed []byte, src []int32, ok bool, err error) {
 	p, rows, cols := nm.Pattern, nm.Rows, nm.Cols
 	if rows%p.M != 0 || cols%p.M != 0 {
 		return nil, nil, false, nil
+	}
+	idx, err := nm.IdxCopy() // validates Indices
+	if err != nil {
+		return nil, nil, false, err
+	}
+	tkeep, err := nm.TKeepCopy()
+	if err != nil {
+		return nil, nil, false, err
 	}
 	n, m := p.N, p.M
 	kept := cols / m * n   // per row of W
@@ -330,10 +323,10 @@ func transposeLayout(nm *NMParam) (packed []byte, src []int32, ok bool, err erro
 		for o := 0; o < m; o++ {
 			base := (rg*m + o) * kept
 			for j := 0; j < kept; j++ {
-				if !nm.TKeep[base+j] {
+				if !tkeep[base+j] {
 					continue
 				}
-				col := j/n*m + int(nm.Idx[base+j])
+				col := j/n*m + int(idx[base+j])
 				present[col] |= 1 << uint(o)
 				from[col*m+o] = int32(base + j)
 			}
@@ -397,7 +390,7 @@ func CacheBytes(s GradStep) int64 {
 func (c *nmCache) bytes() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := int64(cap(c.tKeep)) + 4*int64(cap(c.tSrc))
+	n := int64(cap(c.tMask)) + 4*int64(cap(c.tSrc))
 	for _, s := range []*cpu.Sparse{c.fw, c.bw} {
 		if s != nil {
 			n += int64(s.Bytes())

@@ -106,7 +106,15 @@ func TestNMWeightGradMasked(t *testing.T) {
 			}
 			gy, x := randVec(rng, m*out), randVec(rng, m*in)
 			got := make([]float32, out*kept)
-			if err := cpu.NMWeightGrad(got, gy, x, m, p, out, in, idx, 2); err != nil {
+			rb, err := p.IndexRowBytes(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			packed := make([]byte, out*rb)
+			if err := format.PackNMIndices(p, out, in, idx, packed); err != nil {
+				t.Fatal(err)
+			}
+			if err := cpu.NMWeightGrad(got, gy, x, m, p, out, in, packed, 2); err != nil {
 				t.Fatal(err)
 			}
 			gd, err := weightGrad(gy, x, m, in, out, 2)

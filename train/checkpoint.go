@@ -205,20 +205,34 @@ func (t *Trainer) writeParam(w *format.Writer, p *ops.Param, trans []*slopepb.Te
 		shape[i] = uint64(d)
 	}
 	if nm := p.NM; nm != nil {
-		if err := w.WriteNM(p.Name, slopepb.DType_FLOAT32, nm.Pattern, nm.Rows, nm.Cols, p.Value, nm.Idx); err != nil {
+		idx, err := nm.IdxCopy()
+		if err != nil {
+			return fmt.Errorf("%q: %w", p.Name, err)
+		}
+		if err := w.WriteNM(p.Name, slopepb.DType_FLOAT32, nm.Pattern, nm.Rows, nm.Cols, p.Value, idx); err != nil {
 			return err
+		}
+		mask := func(name string) error {
+			if nm.TMask == nil {
+				return fmt.Errorf("%q: no transpose mask to write as %q (rows %d not a multiple of %d)", p.Name, name, nm.Rows, nm.Pattern.M)
+			}
+			return w.WriteTransposeMaskEncoded(name, p.Name, nm.Pattern, nm.Rows, nm.Cols, nm.TMask)
 		}
 		wroteMask := false
 		for _, d := range trans {
 			written[d.Name] = true
 			switch d.Encoding {
 			case slopepb.Encoding_NM_TRANSPOSE_MASK:
-				if err := w.WriteTransposeMask(d.Name, p.Name, nm.Pattern, nm.Rows, nm.Cols, nm.TKeep); err != nil {
+				if err := mask(d.Name); err != nil {
 					return err
 				}
 				wroteMask = wroteMask || d.Name == p.Name+transposeMaskSuffix
 			case slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED:
-				tv, ti, err := format.MaterializeTranspose(nm.Pattern, nm.Rows, nm.Cols, p.Value, nm.Idx, nm.TKeep)
+				keep, err := nm.TKeepCopy()
+				if err != nil {
+					return fmt.Errorf("transpose of %q: %w", p.Name, err)
+				}
+				tv, ti, err := format.MaterializeTranspose(nm.Pattern, nm.Rows, nm.Cols, p.Value, idx, keep)
 				if err != nil {
 					return fmt.Errorf("transpose of %q: %w", p.Name, err)
 				}
@@ -231,7 +245,7 @@ func (t *Trainer) writeParam(w *format.Writer, p *ops.Param, trans []*slopepb.Te
 			// The mask the trainer uses now (it may lag the magnitude
 			// rule until the next refresh), so that resuming is exact.
 			name := p.Name + transposeMaskSuffix
-			if err := w.WriteTransposeMask(name, p.Name, nm.Pattern, nm.Rows, nm.Cols, nm.TKeep); err != nil {
+			if err := mask(name); err != nil {
 				return err
 			}
 			written[name] = true

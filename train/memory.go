@@ -7,7 +7,8 @@ import "github.com/slopeml/slope/ops"
 // as weights, gradients and optimizer state): float32 master values (kept
 // values only for N:M weights), their gradients (the same lengths), the
 // AdamW moments (two float32 per value) and the N:M weights' metadata
-// (Idx and TKeep, one byte each per kept value). Kernels is what the
+// (their packed indices and transpose masks, as the container stores
+// them: for 2:4, 3 bits per kept value). Kernels is what the
 // bound steps hold besides: prepared kernel copies of the weights and
 // reused scratch buffers; Activations the forward values, their
 // gradients and the loss gradient kept between steps.
@@ -27,7 +28,7 @@ func (t *Trainer) Memory() Memory {
 		m.Values += 4 * int64(len(p.Value))
 		m.Grads += 4 * int64(len(p.Grad))
 		if p.NM != nil {
-			m.NMMeta += int64(len(p.NM.Idx) + len(p.NM.TKeep))
+			m.NMMeta += int64(len(p.NM.Indices) + len(p.NM.TMask))
 		}
 	}
 	for k := range t.m {

@@ -672,7 +672,7 @@ func (t *Trainer) adamW(lr float64) {
 	}
 }
 
-// RefreshMasks recomputes every N:M weight's transpose mask (TKeep) by
+// RefreshMasks recomputes every N:M weight's transpose mask (TMask) by
 // magnitude from its current kept values (format.DoublePruneMagnitude).
 // Weights whose rows are not a multiple of M keep everything.
 func (t *Trainer) RefreshMasks() error {
@@ -681,11 +681,20 @@ func (t *Trainer) RefreshMasks() error {
 		if nm == nil || nm.Rows%nm.Pattern.M != 0 {
 			continue
 		}
-		keep, err := format.DoublePruneMagnitude(nm.Pattern, nm.Rows, nm.Cols, p.Value, nm.Idx)
+		err := func() error {
+			idx, err := nm.IdxCopy()
+			if err != nil {
+				return err
+			}
+			keep, err := format.DoublePruneMagnitude(nm.Pattern, nm.Rows, nm.Cols, p.Value, idx)
+			if err != nil {
+				return err
+			}
+			return nm.SetTKeep(keep)
+		}()
 		if err != nil {
 			return fmt.Errorf("train: transpose mask of %q: %w", p.Name, err)
 		}
-		copy(nm.TKeep, keep)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"bytes"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
@@ -58,7 +59,7 @@ func TestTrainTiny(t *testing.T) {
 	for _, p := range tr.Params() {
 		if p.NM != nil {
 			nm++
-			before[p.Name] = snap{slices.Clone(p.NM.Idx), len(p.Value), slices.Clone(p.NM.TKeep)}
+			before[p.Name] = snap{slices.Clone(p.NM.Indices), len(p.Value), mustKeep(t, p.NM)}
 		}
 	}
 	if nm == 0 {
@@ -94,20 +95,21 @@ func TestTrainTiny(t *testing.T) {
 			continue
 		}
 		b := before[p.Name]
-		if !slices.Equal(b.idx, p.NM.Idx) || b.n != len(p.Value) || len(p.Grad) != b.n {
+		if !slices.Equal(b.idx, p.NM.Indices) || b.n != len(p.Value) || len(p.Grad) != b.n {
 			t.Fatalf("%s: N:M structure changed", p.Name)
 		}
-		want, err := format.DoublePruneMagnitude(p.NM.Pattern, p.NM.Rows, p.NM.Cols, p.Value, p.NM.Idx)
+		want, err := format.DoublePruneMagnitude(p.NM.Pattern, p.NM.Rows, p.NM.Cols, p.Value, mustIdx(t, p.NM))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Contains(p.NM.TKeep, false) {
+		keep := mustKeep(t, p.NM)
+		if !slices.Contains(keep, false) {
 			t.Fatalf("%s: the transpose mask drops nothing", p.Name)
 		}
 		if slices.ContainsFunc(p.Grad, func(g float32) bool { return g != 0 }) {
 			t.Fatalf("%s: gradients not zeroed", p.Name)
 		}
-		if !slices.Equal(want, p.NM.TKeep) {
+		if !slices.Equal(want, keep) {
 			t.Fatalf("%s: transpose mask after the refresh at step 30 is not the magnitude rule's", p.Name)
 		}
 		for i := range want {
@@ -131,8 +133,12 @@ func TestGradient(t *testing.T) {
 	tr := openTrainer(t, tinySlope(t), Options{Threads: 2})
 	for _, p := range tr.Params() {
 		if p.NM != nil {
-			for i := range p.NM.TKeep {
-				p.NM.TKeep[i] = true
+			keep := mustKeep(t, p.NM)
+			for i := range keep {
+				keep[i] = true
+			}
+			if err := p.NM.SetTKeep(keep); err != nil {
+				t.Fatal(err)
 			}
 		}
 	}
@@ -320,7 +326,7 @@ func TestDeterminism(t *testing.T) {
 				t.Fatalf("%s[%d]: %v and %v", pa[i].Name, j, pa[i].Value[j], pb[i].Value[j])
 			}
 		}
-		if pa[i].NM != nil && !slices.Equal(pa[i].NM.TKeep, pb[i].NM.TKeep) {
+		if pa[i].NM != nil && (!bytes.Equal(pa[i].NM.TMask, pb[i].NM.TMask) || !bytes.Equal(pa[i].NM.Indices, pb[i].NM.Indices)) {
 			t.Fatalf("%s: transpose masks differ", pa[i].Name)
 		}
 	}
@@ -348,24 +354,27 @@ func TestBadBatch(t *testing.T) {
 
 // TestMemory: the training state of the 2:4 tiny model counts kept values
 // only for its N:M weights (values, gradients and moments at half of the
-// dense elements, plus two bytes of metadata per kept value), and the
+// dense elements, plus the packed metadata: 2 bits of index and 1 of
+// transpose mask per kept value, each row padded to bytes), and the
 // kernel and activation buffers appear after a step.
 func TestMemory(t *testing.T) {
 	tr := openTrainer(t, tinySlope(t), Options{})
 	m0 := tr.Memory()
-	var vals, dense, kept int64
+	var vals, dense, kept, meta int64
 	for _, p := range tr.Params() {
 		vals += int64(len(p.Value))
 		if p.NM != nil {
 			kept += int64(len(p.Value))
 			dense += int64(p.NM.Rows * p.NM.Cols)
+			perRow := int64(len(p.Value) / p.NM.Rows)
+			meta += int64(p.NM.Rows) * ((2*perRow+7)/8 + (perRow+7)/8)
 		}
 	}
 	if kept == 0 || 2*kept != dense {
 		t.Fatalf("kept %d of %d N:M elements, want half", kept, dense)
 	}
-	if m0.Values != 4*vals || m0.Grads != 4*vals || m0.Moments != 8*vals || m0.NMMeta != 2*kept ||
-		m0.State() != 16*vals+2*kept || m0.Moments != tr.OptimizerBytes() {
+	if m0.Values != 4*vals || m0.Grads != 4*vals || m0.Moments != 8*vals || m0.NMMeta != meta ||
+		m0.State() != 16*vals+meta || m0.Moments != tr.OptimizerBytes() {
 		t.Fatalf("memory %+v for %d values (%d kept N:M)", m0, vals, kept)
 	}
 	if m0.Activations != 0 {
@@ -401,4 +410,24 @@ func TestAdapterLR(t *testing.T) {
 	if _, err := (Options{AdapterLR: -1}).withDefaults(); err == nil {
 		t.Error("negative AdapterLR accepted")
 	}
+}
+
+// mustIdx returns nm's unpacked indices.
+func mustIdx(t *testing.T, nm *ops.NMParam) []uint8 {
+	t.Helper()
+	idx, err := nm.IdxCopy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idx
+}
+
+// mustKeep returns nm's unpacked transpose mask.
+func mustKeep(t *testing.T, nm *ops.NMParam) []bool {
+	t.Helper()
+	keep, err := nm.TKeepCopy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keep
 }

@@ -119,8 +119,13 @@ func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
 //
 //	g[o*kept+t] += Σ_{r<m} gy[r*out+o]·x[r*in+c],  c = t/N*M + idx[o*kept+t]
 //
-// for gy [m, out] and x [m, in] row-major: the dense gyᵀ·x gathered at
-// W's mask, with half the products for 2:4. Four paths:
+// for gy [m, out] and x [m, in] row-major and W's in-group indices idx
+// given packed as the container stores them (indices: out rows of
+// p.IndexRowBytes(in) bytes, format.PackNMIndices): the dense gyᵀ·x
+// gathered at W's mask, with half the products for 2:4. The 2:4
+// AVX-512 path reads each group's 4-bit code as it is (any bits are
+// memory-safe; the loader validated them); the others unpack, and so
+// check, the indices for the call. Four paths:
 //
 //   - AVX-512 and 2:4 (nmGrad24Pair): gyᵀ and xᵀ transposed; per group
 //     of 4 columns the rows of W that keep the same two columns share
@@ -144,14 +149,32 @@ func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
 // Windows of kept positions (or rows of W) are split over threads; each
 // value is computed by one goroutine in a fixed order, so results do not
 // depend on threads.
-func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, idx []uint8, threads int) error {
-	kept, err := nmGradCheck(g, gy, x, m, p, out, in, idx)
-	if err != nil || m == 0 || out == 0 {
+func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, indices []byte, threads int) error {
+	if p.N < 1 || p.M > 16 || p.N >= p.M || in%p.M != 0 || out < 0 || m < 0 {
+		return errShape("nm weight grad", "pattern %s, weight [%d, %d], m = %d", p, out, in, m)
+	}
+	rb, err := p.IndexRowBytes(in)
+	if err != nil {
 		return err
+	}
+	if len(indices) != out*rb {
+		return errShape("nm weight grad", "%d index bytes for weight [%d, %d] (%d per row)", len(indices), out, in, rb)
 	}
 	t := resolveThreads(threads)
 	if asm512On() && p == (format.NM{N: 2, M: 4}) {
-		return nmGrad24Pair(g, gy, x, m, out, in, kept, idx, t)
+		kept, err := nmGradCheck(g, gy, x, m, p, out, in, nil)
+		if err != nil || m == 0 || out == 0 {
+			return err
+		}
+		return nmGrad24Pair(g, gy, x, m, out, in, kept, indices, rb, t)
+	}
+	idx := make([]uint8, out*(in/p.M*p.N))
+	if err := format.UnpackNMIndices(p, out, in, indices, idx); err != nil {
+		return err
+	}
+	kept, err := nmGradCheck(g, gy, x, m, p, out, in, idx)
+	if err != nil || m == 0 || out == 0 {
+		return err
 	}
 	if asm512On() && 16%p.N == 0 && 16/p.N*p.M <= 32 {
 		nmGradZ(g, gy, x, m, p, 0, out, in, kept, idx, t)
@@ -277,8 +300,9 @@ const pairChunkRows = 128
 // 8 at a time, which streams xᵀ[a], xᵀ[b] and each row of gyᵀ once and
 // runs two dot products per row (2 FMAs per 3 loads at 1 row, 16 per 10
 // at 8). Every kept value is one call's fixed-order dot product over the
-// m rows, whatever the chunking and thread count.
-func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, idx []uint8, t int) error {
+// m rows, whatever the chunking and thread count. The sort key is the
+// group's packed code (rb bytes per row of indices).
+func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, t int) error {
 	// Rows of the transposes ld floats apart: a multiple of 16, off the
 	// powers of two (a 2 KB stride maps a column's cache lines into two
 	// L1 sets, and the transposes then thrash).
@@ -295,7 +319,7 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, idx []uint8, t int) 
 	chunks := (out + pairChunkRows - 1) / pairChunkRows
 	groups := in / 4
 	parallelRange(chunks, t, func(c0, c1 int) {
-		var rows [16][pairChunkRows]int32 // by pattern a*4+b
+		var rows [16][pairChunkRows]int32 // by group code a + 4b
 		var count [16]int
 		var offs [sddmmPairMax]int64
 		var res [2 * sddmmPairMax]float32
@@ -303,8 +327,11 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, idx []uint8, t int) 
 			o0, o1 := c*pairChunkRows, min(out, (c+1)*pairChunkRows)
 			for grp := 0; grp < groups; grp++ {
 				count = [16]int{}
+				shift := 4 * (grp & 1)
 				for o := o0; o < o1; o++ {
-					key := idx[o*kept+2*grp]*4 + idx[o*kept+2*grp+1]
+					// The group's 4-bit code: first kept column in bits
+					// 0-1, second in bits 2-3.
+					key := indices[o*rb+grp/2] >> shift & 15
 					rows[key][count[key]] = int32(o)
 					count[key]++
 				}
@@ -312,8 +339,8 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, idx []uint8, t int) 
 					if n == 0 {
 						continue
 					}
-					xa := &xT[(4*grp+key/4)*ld]
-					xb := &xT[(4*grp+key%4)*ld]
+					xa := &xT[(4*grp+key%4)*ld]
+					xb := &xT[(4*grp+key/4)*ld]
 					rs := rows[key][:n]
 					for j := 0; j < n; j += sddmmPairMax {
 						r := min(sddmmPairMax, n-j)
@@ -363,7 +390,7 @@ func nmGradCheck(g, gy, x []float32, m int, p format.NM, out, in int, idx []uint
 		return 0, errShape(op, "pattern %s, weight [%d, %d], m = %d", p, out, in, m)
 	}
 	kept := in / p.M * p.N
-	if len(g) != out*kept || len(idx) != out*kept || len(gy) != m*out || len(x) != m*in {
+	if len(g) != out*kept || (idx != nil && len(idx) != out*kept) || len(gy) != m*out || len(x) != m*in {
 		return 0, errShape(op, "g %d, idx %d, gy %d, x %d elements for weight [%d, %d] (%d kept per row), m = %d",
 			len(g), len(idx), len(gy), len(x), out, in, kept, m)
 	}

@@ -35,13 +35,9 @@ func BenchmarkWeightGrad(b *testing.B) {
 			b.Run(fmt.Sprintf("%dx%d/nm24/threads=%d", out, in, threads), func(b *testing.B) {
 				w, _ := randNM(b, rng, p, Float32, out, in)
 				kept := in / 2
-				idx := make([]uint8, out*kept)
-				if err := format.UnpackNMIndices(p, out, in, w.Indices, idx); err != nil {
-					b.Fatal(err)
-				}
 				g := make([]float32, out*kept)
 				for b.Loop() {
-					if err := NMWeightGrad(g, gy, x, m, p, out, in, idx, threads); err != nil {
+					if err := NMWeightGrad(g, gy, x, m, p, out, in, w.Indices, threads); err != nil {
 						b.Fatal(err)
 					}
 				}

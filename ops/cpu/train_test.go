@@ -221,7 +221,7 @@ func TestNMWeightGrad(t *testing.T) {
 				var first []float32
 				for _, threads := range []int{1, 2, 3} {
 					g := slices.Clone(g0)
-					if err := NMWeightGrad(g, gy, x, m, p, out, in, idx, threads); err != nil {
+					if err := NMWeightGrad(g, gy, x, m, p, out, in, w.Indices, threads); err != nil {
 						t.Fatal(err)
 					}
 					what := fmt.Sprintf("%s m %d [%d, %d] threads %d", p, m, out, in, threads)
@@ -237,11 +237,13 @@ func TestNMWeightGrad(t *testing.T) {
 				}
 			}
 		}
-		if err := NMWeightGrad(make([]float32, 4), make([]float32, 2), make([]float32, 8), 1, format.NM{N: 2, M: 4}, 2, 8, make([]uint8, 3), 1); err == nil {
-			t.Error("wrong idx length accepted")
+		if err := NMWeightGrad(make([]float32, 4), make([]float32, 2), make([]float32, 8), 1, format.NM{N: 2, M: 4}, 2, 8, make([]byte, 3), 1); err == nil {
+			t.Error("wrong index section length accepted")
 		}
-		if err := NMWeightGrad(make([]float32, 2), make([]float32, 1), make([]float32, 4), 1, format.NM{N: 2, M: 4}, 1, 4, []uint8{0, 4}, 1); err == nil {
-			t.Error("index >= M accepted")
+		// 2:8 packs 3-bit indices, so a packed index can be >= M (and
+		// two indices can repeat or be out of order).
+		if err := NMWeightGrad(make([]float32, 2), make([]float32, 1), make([]float32, 8), 1, format.NM{N: 2, M: 8}, 1, 8, []byte{0x06}, 1); err == nil {
+			t.Error("indices out of order accepted")
 		}
 	})
 }

@@ -74,11 +74,18 @@ func gradModel(t *testing.T, be ops.GradBackend) {
 			}
 			params[p.Name] = p
 			if p.NM != nil {
-				if !slices.Contains(p.NM.TKeep, false) {
+				keep, err := p.NM.TKeepCopy()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Contains(keep, false) {
 					t.Fatalf("param %q: the converted transpose mask drops nothing", p.Name)
 				}
-				for i := range p.NM.TKeep {
-					p.NM.TKeep[i] = true
+				for i := range keep {
+					keep[i] = true
+				}
+				if err := p.NM.SetTKeep(keep); err != nil {
+					t.Fatal(err)
 				}
 			}
 		}
