@@ -485,7 +485,6 @@ func bindSlopeLinearGrad(b Binding, ps ParamStore) (GradStep, error) {
 func (s *slopeLinearGrad) OutDim() int      { return s.out }
 func (s *slopeLinearGrad) Params() []*Param { return nonNil(s.w, s.b, s.l, s.r) }
 
-
 // xl computes x·L [rows, r] for row r into dst.
 func (s *slopeLinearGrad) xl(dst, xr []float32) {
 	clear(dst)
