@@ -11,23 +11,32 @@
 # REPEAT rounds of train's BenchmarkStepPair (dense and 2:4 steps
 # alternating in one process: tokens/s by wall and by CPU time, ratios).
 # Environment: STEPS (8), BATCH (4), SEQ (128), VOCAB (8192), THREADS (0),
-# REPEAT (3).
-# Output: bench/out/train.txt.
+# REPEAT (3); the model's shape: HIDDEN (256), FFN (1024), LAYERS (4),
+# HEADS (4) (e.g. HIDDEN=768 FFN=3072 LAYERS=12 HEADS=12 VOCAB=50272 is
+# OPT-125m's; BENCH_MODEL=wide runs the paired benchmark on
+# train's wideConfig instead of its 4-layer model, PAIRED=0 skips it).
+# Output: bench/out/train.txt, or OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-8}
 BATCH=${BATCH:-4}
 SEQ=${SEQ:-128}
 VOCAB=${VOCAB:-8192}
+HIDDEN=${HIDDEN:-256}
+FFN=${FFN:-1024}
+LAYERS=${LAYERS:-4}
+HEADS=${HEADS:-4}
+OUT=${OUT:-bench/out/train.txt}
+PAIRED=${PAIRED:-1}
 THREADS=${THREADS:-0}
 REPEAT=${REPEAT:-3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/slope-train.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 go build -o "$work/slope" ./cli/slope
 cat >"$work/config.json" <<JSON
-{"model_type": "opt", "vocab_size": $VOCAB, "hidden_size": 256, "ffn_dim": 1024,
- "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 256,
- "word_embed_proj_dim": 256, "do_layer_norm_before": true, "activation_function": "relu",
+{"model_type": "opt", "vocab_size": $VOCAB, "hidden_size": $HIDDEN, "ffn_dim": $FFN,
+ "num_hidden_layers": $LAYERS, "num_attention_heads": $HEADS, "max_position_embeddings": 256,
+ "word_embed_proj_dim": $HIDDEN, "do_layer_norm_before": true, "activation_function": "relu",
  "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}
 JSON
 python3 - "$work/tokens.u16" "$VOCAB" <<'PY'
@@ -39,7 +48,7 @@ with open(sys.argv[1], "wb") as f:
 PY
 mkdir -p bench/out
 {
-	echo "# bench/train.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nproc) CPUs, $STEPS steps of $BATCH x $SEQ tokens, vocab $VOCAB, $REPEAT rounds"
+	echo "# bench/train.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nproc) CPUs, $STEPS steps of $BATCH x $SEQ tokens, hidden $HIDDEN, ffn $FFN, $LAYERS layers, $HEADS heads, vocab $VOCAB, $REPEAT rounds"
 	for nm in dense 2:4; do
 		"$work/slope" init --config "$work/config.json" --out "$work/m-${nm/:/}.slope" --nm "$nm" --seed 1 >/dev/null
 	done
@@ -85,8 +94,8 @@ PY
 	# Separate processes see different machine load on a shared machine:
 	# the paired benchmark alternates dense and 2:4 steps in one process
 	# (same batch, 4 x 128 tokens) and reports wall and CPU-time ratios.
-	for round in $(seq "$REPEAT"); do
-		SLOPE_BENCH_THREADS=$THREADS go test ./train -run '^$' -bench '^BenchmarkStepPair$' -benchtime "${STEPS}x" |
+	[[ "$PAIRED" == 0 ]] || for round in $(seq "$REPEAT"); do
+		SLOPE_BENCH_MODEL=${BENCH_MODEL:-} SLOPE_BENCH_THREADS=$THREADS go test ./train -run '^$' -bench '^BenchmarkStepPair$' -benchtime "${STEPS}x" |
 			awk -v r="$round" '/^BenchmarkStepPair/ { line = ""; for (i = 5; i < NF; i += 2) line = line " " $(i + 1) "=" $i; print "paired round " r ":" line }'
 	done
-} | tee bench/out/train.txt
+} | tee "$OUT"
