@@ -207,11 +207,12 @@ type nmCache struct {
 	idxN  int
 	fw    *cpu.Sparse
 	// W_dpᵀ: tMask the TMask it was built from, tOK whether W_dpᵀ is N:M,
-	// tSrc per kept slot of W_dpᵀ the position in W's values (-1: a zero
-	// filler), bw the prepared weight.
+	// tGather its values' refill from W's (per slot of the panel layout
+	// the position in W's values, -1: a zero filler), bw the prepared
+	// weight.
 	tMask       []byte
 	tBuilt, tOK bool
-	tSrc        []int32
+	tGather     *cpu.PanelGather
 	bw          *cpu.Sparse
 }
 
@@ -249,7 +250,7 @@ func (c *nmCache) forward(nm *NMParam, vals []float32, threads int) (*cpu.Sparse
 // column group keeping more than N).
 func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (*cpu.Sparse, bool, error) {
 	if !c.tBuilt || !c.sameIdx(nm) || (nm.TMask == nil) != (c.tMask == nil) || !bytes.Equal(nm.TMask, c.tMask) {
-		c.tBuilt, c.tOK, c.tSrc, c.bw = false, false, nil, nil
+		c.tBuilt, c.tOK, c.tGather, c.bw = false, false, nil, nil
 		packed, src, ok, err := transposeLayout(nm)
 		if err != nil {
 			return nil, false, err
@@ -262,7 +263,11 @@ func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (*cp
 			if err != nil {
 				return nil, false, err
 			}
-			c.bw, c.tSrc = sp, src
+			g, err := sp.PanelGather(src, len(vals))
+			if err != nil {
+				return nil, false, err
+			}
+			c.bw, c.tGather = sp, g
 		}
 		c.tMask = nil
 		if nm.TMask != nil {
@@ -279,7 +284,7 @@ func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (*cp
 	if !c.tOK {
 		return nil, false, nil
 	}
-	return c.bw, true, c.bw.SetValuesGatherF32(vals, c.tSrc, threads)
+	return c.bw, true, c.bw.SetValuesPanelGatherF32(vals, c.tGather, threads)
 }
 
 // fillTransposed gathers W_dpᵀ's values: tv[i] = vals[src[i]], 0 for a
@@ -390,7 +395,10 @@ func CacheBytes(s GradStep) int64 {
 func (c *nmCache) bytes() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := int64(cap(c.tMask)) + 4*int64(cap(c.tSrc))
+	n := int64(cap(c.tMask))
+	if c.tGather != nil {
+		n += int64(c.tGather.Bytes())
+	}
 	for _, s := range []*cpu.Sparse{c.fw, c.bw} {
 		if s != nil {
 			n += int64(s.Bytes())

@@ -5871,3 +5871,45 @@ adamWAVX512_tail:
 adamWAVX512_done:
 	VZEROUPPER
 	RET
+
+// func gatherF32AVX512(dst *float32, vals *float32, src *int32, n int)
+// Requires: AVX, AVX512F, BMI2
+TEXT ·gatherF32AVX512(SB), NOSPLIT, $0-32
+	MOVQ   dst+0(FP), AX
+	MOVQ   vals+8(FP), CX
+	MOVQ   src+16(FP), DX
+	MOVQ   n+24(FP), BX
+	MOVQ   BX, SI
+	SHRQ   $0x04, SI
+	VPXORD Z0, Z0, Z0
+	XORQ   DI, DI
+	TESTQ  SI, SI
+	JZ     gatherF32AVX512_tail
+
+gatherF32AVX512_loop:
+	VMOVDQU32  (DX)(DI*1), Z1
+	VPCMPD     $0x05, Z0, Z1, K1
+	VPXORD     Z2, Z2, Z2
+	VGATHERDPS (CX)(Z1*4), K1, Z2
+	VMOVUPS    Z2, (AX)(DI*1)
+	ADDQ       $0x40, DI
+	DECQ       SI
+	JNZ        gatherF32AVX512_loop
+
+gatherF32AVX512_tail:
+	ANDQ        $0x0f, BX
+	JZ          gatherF32AVX512_done
+	MOVQ        $0x00000001, SI
+	SHLXQ       BX, SI, SI
+	DECQ        SI
+	KMOVW       SI, K1
+	VMOVDQU32.Z (DX)(DI*1), K1, Z1
+	VPCMPD      $0x05, Z0, Z1, K2
+	KANDW       K1, K2, K2
+	VPXORD      Z3, Z3, Z3
+	VGATHERDPS  (CX)(Z1*4), K2, Z3
+	VMOVUPS     Z3, K1, (AX)(DI*1)
+
+gatherF32AVX512_done:
+	VZEROUPPER
+	RET

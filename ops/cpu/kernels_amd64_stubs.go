@@ -304,3 +304,7 @@ func expShiftSumAVX512(dst *float32, src *float32, n int, shift float32) float64
 // adamWAVX512 runs one AdamW step over n values with float64 arithmetic rounded as the scalar
 // Go expression is (see genAdamW); k is [b1, 1-b1, b2, 1-b2, bc1, bc2, lr, shrink, eps].
 func adamWAVX512(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64)
+
+// gatherF32AVX512 sets dst[i] = vals[src[i]] where src[i] >= 0 and 0 where src[i] < 0, for i < n
+// (every src[i] < len(vals), the caller's to ensure).
+func gatherF32AVX512(dst *float32, vals *float32, src *int32, n int)

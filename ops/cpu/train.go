@@ -446,10 +446,81 @@ func transposeLD(dst []float32, ldd int, src []float32, rows, cols, threads int)
 	})
 }
 
+// PanelGather is a Sparse's value refill from another slice, planned
+// once: for each slot of the panel layout, the position of its value in
+// that slice (-1: zero). Sparse.SetValuesPanelGatherF32 runs it.
+type PanelGather struct {
+	src   []int32 // per panel-layout slot
+	nVals int     // the length of the slice it reads
+}
+
+// Bytes returns the memory the plan holds.
+func (g *PanelGather) Bytes() int { return 4 * cap(g.src) }
+
+// PanelGather plans SetValuesGatherF32's refill (src: Out*kept sources,
+// in the NMWeight values order, -1 for zero) from a slice of nVals
+// values: the sources in the panel layout's order, checked once.
+func (s *Sparse) PanelGather(src []int32, nVals int) (*PanelGather, error) {
+	if s == nil {
+		return nil, errNil
+	}
+	if len(src) != s.out*s.kept {
+		return nil, errShape("panel gather", "%d sources, want Out*kept = %d*%d", len(src), s.out, s.kept)
+	}
+	ps := make([]int32, s.np*s.kept*spLanes)
+	for i := range ps {
+		ps[i] = -1
+	}
+	for o := 0; o < s.out; o++ {
+		dst := ps[(o/spLanes)*s.kept*spLanes+o%spLanes:]
+		for t, j := range src[o*s.kept : (o+1)*s.kept] {
+			if int(j) >= nVals || j < -1 {
+				return nil, errShape("panel gather", "source %d of %d values", j, nVals)
+			}
+			dst[t*spLanes] = j
+		}
+	}
+	return &PanelGather{src: ps, nVals: nVals}, nil
+}
+
+// SetValuesPanelGatherF32 is SetValuesGatherF32 by a plan: the panel
+// layout's values read from vals (len(vals) must be the plan's nVals),
+// 16 per AVX-512 gather, split over threads.
+func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads int) error {
+	if s == nil || g == nil {
+		return errNil
+	}
+	if s.dt != Float32 || s.vals.f32 == nil {
+		return fmt.Errorf("cpu: set values: weight dtype %v, want float32", s.dt)
+	}
+	f := s.vals.f32
+	if len(g.src) != len(f) || len(vals) != g.nVals {
+		return errShape("set values", "plan of %d slots from %d values, weight of %d slots from %d values", len(g.src), g.nVals, len(f), len(vals))
+	}
+	const chunk = 1 << 14
+	parallelRange((len(f)+chunk-1)/chunk, resolveThreads(threads), func(c0, c1 int) {
+		lo, hi := c0*chunk, min(c1*chunk, len(f))
+		if asm512On() && len(vals) > 0 {
+			gatherF32AVX512(&f[lo], &vals[0], &g.src[lo], hi-lo)
+			return
+		}
+		for i, j := range g.src[lo:hi] {
+			v := float32(0)
+			if j >= 0 {
+				v = vals[j]
+			}
+			f[lo+i] = v
+		}
+	})
+	return nil
+}
+
 // SetValuesGatherF32 is SetValuesF32 of the values v[t] = vals[src[t]]
 // (0 where src[t] < 0) without materialising v: len(src) = Out*kept, in
 // the NMWeight values order. A source past vals is an error (the values
-// are then partly replaced).
+// are then partly replaced). It checks every source on every call; a
+// refill that repeats plans it once (PanelGather) and runs
+// SetValuesPanelGatherF32, whose reference this is.
 func (s *Sparse) SetValuesGatherF32(vals []float32, src []int32, threads int) error {
 	if s == nil {
 		return errNil

@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -154,6 +155,33 @@ func TestSparseSetValuesF32(t *testing.T) {
 			}
 			if err := s.SetValuesGatherF32(pool[:1], src, 2); err == nil && len(pool) > 1 && slices.Max(src) > 0 {
 				t.Error("source past the values accepted")
+			}
+			// The planned form (AVX-512 gathers), from poisoned values.
+			plan, err := s.PanelGather(src, len(pool))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range s.vals.f32 {
+				s.vals.f32[i] = float32(math.NaN())
+			}
+			for _, z := range []bool{true, false} { // the gather kernel and the Go loop
+				useAVX512 = z
+				for _, threads := range []int{1, 3} {
+					if err := s.SetValuesPanelGatherF32(pool, plan, threads); err != nil {
+						t.Fatal(err)
+					}
+					if !slices.Equal(s.vals.f32, ref.vals.f32) {
+						t.Fatalf("%s [%d, %d] threads %d avx512 %v: planned gather differs from PrepareNM", p, out, in, threads, z && haveAVX512)
+					}
+					clear(s.vals.f32)
+				}
+			}
+			useAVX512 = true
+			if err := s.SetValuesPanelGatherF32(pool[:len(pool)-1], plan, 1); err == nil {
+				t.Error("planned gather from a shorter slice accepted")
+			}
+			if _, err := s.PanelGather(src, int(slices.Max(src))); err == nil && slices.Max(src) >= 0 {
+				t.Error("plan with a source past the values accepted")
 			}
 			if err := s.SetValuesF32(vals[1:], 1); err == nil {
 				t.Error("wrong length accepted")

@@ -120,6 +120,7 @@ func main() {
 	}
 	genExpShiftSum()
 	genAdamW()
+	genGatherF32()
 	Generate()
 }
 
@@ -1662,6 +1663,69 @@ func genAdamW() {
 	k := K()
 	KMOVW(one.As32(), k)
 	step(func(a Mem, d VecVirtual) { VMOVUPS_Z(a, k, d) }, func(s VecVirtual, a Mem) { VMOVUPS(s, k, a) })
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}
+
+// genGatherF32: dst[i] = vals[src[i]] for src[i] >= 0, 0 for src[i] < 0,
+// i < n; 16 at a time by VGATHERDPS under the mask of non-negative
+// sources (the last n%16 under a further mask: nothing past n is read or
+// written). The caller guarantees src[i] < len(vals).
+func genGatherF32() {
+	name := "gatherF32AVX512"
+	TEXT(name, NOSPLIT, "func(dst *float32, vals *float32, src *int32, n int)")
+	Doc(name+" sets dst[i] = vals[src[i]] where src[i] >= 0 and 0 where src[i] < 0, for i < n",
+		"(every src[i] < len(vals), the caller's to ensure).")
+	dst := Load(Param("dst"), GP64())
+	vals := Load(Param("vals"), GP64())
+	src := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	cnt := GP64()
+	MOVQ(n, cnt)
+	SHRQ(U8(4), cnt)
+	zero := ZMM()
+	VPXORD(zero, zero, zero)
+	i := GP64()
+	XORQ(i, i)
+	step := func(lanes Register) {
+		ix := ZMM()
+		if lanes == nil {
+			VMOVDQU32(Mem{Base: src, Index: i, Scale: 1}, ix)
+		} else {
+			VMOVDQU32_Z(Mem{Base: src, Index: i, Scale: 1}, lanes, ix)
+		}
+		k := K()
+		VPCMPD(U8(5), zero, ix, k) // ix >= 0 (not less than)
+		if lanes != nil {
+			KANDW(lanes, k, k)
+		}
+		v := ZMM()
+		VPXORD(v, v, v)
+		VGATHERDPS(Mem{Base: vals, Index: ix, Scale: 4}, k, v)
+		if lanes == nil {
+			VMOVUPS(v, Mem{Base: dst, Index: i, Scale: 1})
+		} else {
+			VMOVUPS(v, lanes, Mem{Base: dst, Index: i, Scale: 1})
+		}
+	}
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_tail"))
+	Label(name + "_loop")
+	step(nil)
+	ADDQ(U8(64), i)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_tail")
+	ANDQ(U8(15), n)
+	JZ(LabelRef(name + "_done"))
+	one := GP64()
+	MOVQ(U32(1), one)
+	SHLXQ(n, one, one)
+	DECQ(one)
+	lanes := K()
+	KMOVW(one.As32(), lanes)
+	step(lanes)
 	Label(name + "_done")
 	VZEROUPPER()
 	RET()
