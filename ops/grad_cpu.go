@@ -227,14 +227,17 @@ func (s *activationGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, g
 	x, gy, gx := in[0].Data[:n], gout.Data[:n], gin[0].Data[:n]
 	if s.op == OpRelu {
 		// f' is 1 or 0: gy·1 = gy and gy·0 exactly as the float64 product
-		// rounds them.
+		// rounds them. The factor is built from the comparison without a
+		// branch (the sign of x is a coin flip for the branch predictor).
 		parallelRows(n, c.Threads, func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				if x[i] > 0 {
-					gx[i] += gy[i]
-				} else {
-					gx[i] += gy[i] * 0
+			x, gy, gx := x[lo:hi], gy[lo:hi], gx[lo:hi]
+			gy, gx = gy[:len(x)], gx[:len(x)]
+			for i, v := range x {
+				var one uint32
+				if v > 0 {
+					one = 0x3f800000 // 1.0
 				}
+				gx[i] += gy[i] * math.Float32frombits(one)
 			}
 		})
 		return nil
