@@ -510,9 +510,10 @@ func (s *slopeLinearGrad) Forward(c *Call, in []*Value, out *Value) error {
 	}
 	y := out.Data[:m*s.out]
 	s.cache.mu.Lock()
-	sp, err := s.cache.forward(s.w.NM, s.w.Value, c.Threads)
+	sp, release, err := s.cache.forward(s.w.NM, s.w.Value, c.Threads)
 	if err == nil {
 		err = sp.Linear(y, x.Data[:m*s.in], m, bias, c.Threads)
+		release()
 	}
 	s.cache.mu.Unlock()
 	if err != nil {
@@ -526,14 +527,16 @@ func (s *slopeLinearGrad) Forward(c *Call, in []*Value, out *Value) error {
 
 // inputGradNM adds gy·W_dp into gx through the N:M kernels: W_dpᵀ [in, out]
 // is N:M along out (NM_TRANSPOSE_MATERIALIZED), built from the kept values
-// and TKeep. It returns false when W_dpᵀ is not N:M (rows % M != 0).
+// and the transpose mask. It returns false when W_dpᵀ is not N:M
+// (rows % M != 0).
 func (s *slopeLinearGrad) inputGradNM(c *Call, gx, gy []float32, m int) (bool, error) {
 	s.cache.mu.Lock()
 	defer s.cache.mu.Unlock()
-	sp, ok, err := s.cache.transposeWeight(s.w.NM, s.w.Value, c.Threads)
+	sp, release, ok, err := s.cache.transposeWeight(s.w.NM, s.w.Value, c.Threads)
 	if err != nil || !ok {
 		return false, err
 	}
+	defer release()
 	tmp := getF32(m * s.in)
 	defer putF32(tmp)
 	if err := sp.Linear(*tmp, gy[:m*s.out], m, nil, c.Threads); err != nil {

@@ -222,38 +222,67 @@ func (c *nmCache) sameIdx(nm *NMParam) bool {
 	return c.idxN == len(nm.Indices) && (len(nm.Indices) == 0 || c.idxOf == &nm.Indices[0])
 }
 
-// forward returns W prepared for the N:M kernels with the current values
-// vals: prepared (and the indices checked) on first use or when Idx was
-// replaced, else refilled in place.
-func (c *nmCache) forward(nm *NMParam, vals []float32, threads int) (*cpu.Sparse, error) {
-	if c.fw != nil && c.sameIdx(nm) {
-		return c.fw, c.fw.SetValuesF32(vals, threads)
-	}
-	sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: nm.Rows, In: nm.Cols,
-		Values: f32Bytes(vals), Indices: nm.Indices})
+// A SlopeLinear's prepared weights keep only their indices between calls
+// (cpu.Sparse.DropValues): the values are refilled at every call anyway,
+// so each call borrows a pooled buffer for them (withValues) and gives it
+// back when its product is done. Between steps a 2:4 layer then holds
+// about 4.6 bytes per kept value for W and W_dpᵀ together (their index
+// words, 0.25 bytes each, W_dpᵀ's refill plan, 4, and the mask it was
+// built from) instead of 12.6.
+
+// withValues returns a view of sp on a pooled values buffer and the
+// function that returns the buffer.
+func withValues(sp *cpu.Sparse) (*cpu.Sparse, func(), error) {
+	buf := getF32(sp.ValuesF32Len())
+	v, err := sp.WithValuesF32(*buf)
 	if err != nil {
-		return nil, err
+		putF32(buf)
+		return nil, nil, err
 	}
-	if !c.sameIdx(nm) {
-		c.tBuilt = false // the transpose derives from Idx too
-	}
-	c.fw, c.idxN = sp, len(nm.Indices)
-	if len(nm.Indices) > 0 {
-		c.idxOf = &nm.Indices[0]
-	}
-	return sp, nil
+	return v, func() { putF32(buf) }, nil
 }
 
-// transposeWeight returns W_dpᵀ prepared with the current values vals,
-// its layout rebuilt when TMask (or Indices) changed. ok is false when the
-// transpose cannot be an N:M weight (Rows not a multiple of M, or a
-// column group keeping more than N).
-func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (*cpu.Sparse, bool, error) {
+// forward returns W prepared for the N:M kernels with the current values
+// vals, on a borrowed buffer (release gives it back): the indices are
+// prepared (and checked) on first use or when Indices was replaced.
+func (c *nmCache) forward(nm *NMParam, vals []float32, threads int) (w *cpu.Sparse, release func(), err error) {
+	if c.fw == nil || !c.sameIdx(nm) {
+		sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: nm.Rows, In: nm.Cols,
+			Values: f32Bytes(vals), Indices: nm.Indices})
+		if err != nil {
+			return nil, nil, err
+		}
+		sp.DropValues()
+		if !c.sameIdx(nm) {
+			c.tBuilt = false // the transpose derives from the indices too
+		}
+		c.fw, c.idxN = sp, len(nm.Indices)
+		if len(nm.Indices) > 0 {
+			c.idxOf = &nm.Indices[0]
+		}
+	}
+	v, release, err := withValues(c.fw)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := v.SetValuesF32(vals, threads); err != nil {
+		release()
+		return nil, nil, err
+	}
+	return v, release, nil
+}
+
+// transposeWeight returns W_dpᵀ prepared with the current values vals on a
+// borrowed buffer (release gives it back), its layout rebuilt when TMask
+// (or Indices) changed. ok is false when the transpose cannot be an N:M
+// weight (Rows not a multiple of M, or a column group keeping more than
+// N).
+func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (w *cpu.Sparse, release func(), ok bool, err error) {
 	if !c.tBuilt || !c.sameIdx(nm) || (nm.TMask == nil) != (c.tMask == nil) || !bytes.Equal(nm.TMask, c.tMask) {
 		c.tBuilt, c.tOK, c.tGather, c.bw = false, false, nil, nil
 		packed, src, ok, err := transposeLayout(nm)
 		if err != nil {
-			return nil, false, err
+			return nil, nil, false, err
 		}
 		if ok {
 			tv := make([]float32, len(src))
@@ -261,12 +290,13 @@ func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (*cp
 			sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: nm.Cols, In: nm.Rows,
 				Values: f32Bytes(tv), Indices: packed})
 			if err != nil {
-				return nil, false, err
+				return nil, nil, false, err
 			}
 			g, err := sp.PanelGather(src, len(vals))
 			if err != nil {
-				return nil, false, err
+				return nil, nil, false, err
 			}
+			sp.DropValues()
 			c.bw, c.tGather = sp, g
 		}
 		c.tMask = nil
@@ -279,12 +309,19 @@ func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (*cp
 			// forward.
 			c.idxOf, c.idxN = &nm.Indices[0], len(nm.Indices)
 		}
-		return c.bw, ok, nil
 	}
 	if !c.tOK {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
-	return c.bw, true, c.bw.SetValuesPanelGatherF32(vals, c.tGather, threads)
+	v, release, err := withValues(c.bw)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if err := v.SetValuesPanelGatherF32(vals, c.tGather, threads); err != nil {
+		release()
+		return nil, nil, false, err
+	}
+	return v, release, true, nil
 }
 
 // fillTransposed gathers W_dpᵀ's values: tv[i] = vals[src[i]], 0 for a

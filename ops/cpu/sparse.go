@@ -128,6 +128,9 @@ func (s *Sparse) Linear(y, x []float32, m int, bias []float32, threads int) erro
 	if err := checkIO("nm linear", y, x, m, s.in, s.out, bias); err != nil {
 		return err
 	}
+	if s.vals.len() == 0 {
+		return fmt.Errorf("cpu: nm linear: the weight's values were dropped (use WithValuesF32)")
+	}
 	if m == 0 {
 		return nil
 	}

@@ -97,8 +97,8 @@ func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
 	if s == nil {
 		return errNil
 	}
-	if s.dt != Float32 || s.vals.f32 == nil {
-		return fmt.Errorf("cpu: set values: weight dtype %v, want float32", s.dt)
+	if err := s.f32Values(); err != nil {
+		return err
 	}
 	if len(vals) != s.out*s.kept {
 		return errShape("set values", "%d values, want Out*kept = %d*%d", len(vals), s.out, s.kept)
@@ -112,8 +112,54 @@ func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
 			}
 		}
 	})
+	if pad := s.np*spLanes - s.out; pad > 0 { // the last panel's unused lanes
+		last := f[(s.np-1)*s.kept*spLanes:]
+		for t := 0; t < s.kept; t++ {
+			clear(last[t*spLanes+spLanes-pad : (t+1)*spLanes])
+		}
+	}
 	return nil
 }
+
+// f32Values checks that s holds float32 values to refill.
+func (s *Sparse) f32Values() error {
+	if s.dt != Float32 {
+		return fmt.Errorf("cpu: set values: weight dtype %v, want float32", s.dt)
+	}
+	if s.vals.f32 == nil {
+		return fmt.Errorf("cpu: set values: the weight's values were dropped (use WithValuesF32)")
+	}
+	return nil
+}
+
+// ValuesF32Len is the length of a float32 Sparse's values buffer (the
+// panel layout, padding lanes included).
+func (s *Sparse) ValuesF32Len() int { return s.np * s.kept * spLanes }
+
+// WithValuesF32 returns a Sparse that shares s's indices and keeps its
+// float32 values in buf (ValuesF32Len long, the caller's: fill it with
+// SetValuesF32 or SetValuesPanelGatherF32 on the result before use). A
+// trainer keeps one Sparse per weight for its static indices (DropValues)
+// and borrows value buffers per call from a pool, since the values are
+// refilled at every call anyway.
+func (s *Sparse) WithValuesF32(buf []float32) (*Sparse, error) {
+	if s == nil {
+		return nil, errNil
+	}
+	if s.dt != Float32 {
+		return nil, fmt.Errorf("cpu: with values: weight dtype %v, want float32", s.dt)
+	}
+	if len(buf) != s.ValuesF32Len() {
+		return nil, errShape("with values", "buffer of %d values, want %d", len(buf), s.ValuesF32Len())
+	}
+	v := *s
+	v.vals = wbuf{f32: buf}
+	return &v, nil
+}
+
+// DropValues releases s's own values: s then holds only its indices and
+// serves WithValuesF32 (Linear on s itself is an error).
+func (s *Sparse) DropValues() { s.vals = wbuf{} }
 
 // NMWeightGrad adds an N:M weight's gradient at its kept positions only:
 //
@@ -490,8 +536,8 @@ func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads
 	if s == nil || g == nil {
 		return errNil
 	}
-	if s.dt != Float32 || s.vals.f32 == nil {
-		return fmt.Errorf("cpu: set values: weight dtype %v, want float32", s.dt)
+	if err := s.f32Values(); err != nil {
+		return err
 	}
 	f := s.vals.f32
 	if len(g.src) != len(f) || len(vals) != g.nVals {
@@ -525,8 +571,8 @@ func (s *Sparse) SetValuesGatherF32(vals []float32, src []int32, threads int) er
 	if s == nil {
 		return errNil
 	}
-	if s.dt != Float32 || s.vals.f32 == nil {
-		return fmt.Errorf("cpu: set values: weight dtype %v, want float32", s.dt)
+	if err := s.f32Values(); err != nil {
+		return err
 	}
 	if len(src) != s.out*s.kept {
 		return errShape("set values", "%d sources, want Out*kept = %d*%d", len(src), s.out, s.kept)

@@ -1,6 +1,7 @@
 package cpu
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -304,4 +305,61 @@ func TestTranspose(t *testing.T) {
 			t.Error("wrong dst length accepted")
 		}
 	})
+}
+
+// TestSparseWithValues: a view on a borrowed, poisoned buffer refilled by
+// SetValuesF32 computes what the prepared weight does, bit for bit (the
+// padding lanes of a partial last panel are cleared too); a weight whose
+// values were dropped refuses Linear and refills, and a buffer of the
+// wrong length is refused.
+func TestSparseWithValues(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	for _, p := range []format.NM{{N: 2, M: 4}, {N: 1, M: 4}} {
+		const out, in, m = 13, 40, 20
+		w, _ := randNM(t, rng, p, Float32, out, in)
+		vals := make([]float32, len(w.Values)/4) // the kept values
+		for i := range vals {
+			vals[i] = math.Float32frombits(binary.LittleEndian.Uint32(w.Values[4*i:]))
+		}
+		s, err := PrepareNM(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := randF32(rng, m*in)
+		want := make([]float32, m*out)
+		if err := s.Linear(want, x, m, nil, 1); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]float32, s.ValuesF32Len())
+		for i := range buf {
+			buf[i] = float32(math.NaN())
+		}
+		v, err := s.WithValuesF32(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.DropValues()
+		if err := v.SetValuesF32(vals, 2); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]float32, m*out)
+		if err := v.Linear(got, x, m, nil, 2); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: the view's product differs from the prepared weight's", p)
+		}
+		if slices.ContainsFunc(buf, func(f float32) bool { return f != f }) {
+			t.Fatalf("%s: padding lanes left poisoned", p)
+		}
+		if err := s.Linear(got, x, m, nil, 1); err == nil {
+			t.Errorf("%s: Linear on dropped values accepted", p)
+		}
+		if err := s.SetValuesF32(vals, 1); err == nil {
+			t.Errorf("%s: refill of dropped values accepted", p)
+		}
+		if _, err := s.WithValuesF32(buf[1:]); err == nil {
+			t.Errorf("%s: short buffer accepted", p)
+		}
+	}
 }
