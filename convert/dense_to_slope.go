@@ -513,17 +513,37 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	sparse := map[string]format.NM{}
 	adapters := map[string]GraphAdapter{}
 	var removed, prunedEntries int64
+	// Weights stored as 16-bit floats and kept in their dtype are read
+	// raw: stored dense as they are, or pruned 2:4 by magnitude by the
+	// fused kernel (half24.go). Without calibration or adapters, the next
+	// weight is read (and pruned) while the current one is written.
+	plan := func(t *Tensor) (raw, fused bool) {
+		if _, half := halfFloatOf(t.DType); !rawHalf || !half || !keepDT && outDT != t.DType {
+			return false, false
+		}
+		rule, spec, known := ruleFor(t.Name)
+		if prune, _ := pruneDecision(spec, known, t, rule); !prune {
+			return true, false
+		}
+		fused = fastMagnitude && rule.p == format.NM{N: 2, M: 4} && method == MethodMagnitude && calib == nil && ad.rank == 0
+		return fused, fused
+	}
+	loader := newWeightLoader(src, plan)
+	next := func(i int) (*loaded, error) { return loader.load(names[i]) }
+	if loader.raws != nil && calib == nil && ad.rank == 0 {
+		prefetched, stop := loader.prefetch(ctx, names)
+		defer stop()
+		next = func(int) (*loaded, error) { return prefetched() }
+	}
 	for i, name := range names {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("convert to %s: %w", o.Out, err)
 		}
-		t, err := src.Tensor(name)
+		ld, err := next(i)
 		if err != nil {
 			return nil, err
 		}
-		if n := t.Numel(); n != len(t.Data) {
-			return nil, fmt.Errorf("tensor %q (%s): %d values for shape %v", name, t.SourceName, len(t.Data), t.Shape)
-		}
+		t := ld.t
 		dt := outDT
 		if keepDT {
 			dt = t.DType
@@ -532,7 +552,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tensor %q: %w", name, err)
 		}
-		res.DenseBytes += int64(len(t.Data)) * int64(es)
+		res.DenseBytes += int64(t.Numel()) * int64(es)
 		rule, spec, known := ruleFor(name)
 		prune, reason := pruneDecision(spec, known, t, rule)
 		rep := WeightReport{Name: name, Shape: t.Shape, Linear: known && spec.Linear}
@@ -565,12 +585,17 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 				tp.Reason += fmt.Sprintf("; calibrated on %s (%s, %d samples of %d tokens, seed %d): ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ = %.4g on the calibration inputs",
 					cs.Path, cs.Format, cs.Samples, cs.SeqLen, cs.Seed, pre.relErr)
 			}
-			pw, err := writePruned(w, t, dt, wp, ad, rank, pre, method, o.Seed)
+			var pw prunedWeight
+			if ld.half != nil {
+				pw, err = writeHalf24(w, t, dt, wp, ld.half)
+			} else {
+				pw, err = writePruned(w, t, dt, wp, ad, rank, pre, method, o.Seed)
+			}
 			if err != nil {
 				return nil, err
 			}
 			removed += pw.dropped
-			prunedEntries += int64(len(t.Data))
+			prunedEntries += int64(t.Numel())
 			sparse[name] = wp
 			res.Pruned++
 			rep.Choice, rep.RelErrPruned, rep.RelErrAdapted, rep.Rank = pattern, pw.errPruned, pw.errAdapted, rank
@@ -609,11 +634,17 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 			for j, d := range t.Shape {
 				shape[j] = uint64(d)
 			}
-			if err := w.WriteDense(name, dt, shape, t.Data); err != nil {
+			if ld.raw != nil {
+				err = w.WriteDenseEncoded(name, dt, shape, ld.raw)
+			} else {
+				err = w.WriteDense(name, dt, shape, t.Data)
+			}
+			if err != nil {
 				return nil, fmt.Errorf("tensor %q: %w", name, err)
 			}
 			prov.Tensors = append(prov.Tensors, tp)
 		}
+		loader.release(ld)
 		res.Weights = append(res.Weights, rep)
 		if o.Progress != nil {
 			o.Progress(i+1, len(names), name)
@@ -822,6 +853,11 @@ func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad 
 // fastMagnitude routes magnitude pruning without adapters through
 // writeMagnitude (tests turn it off to compare with the general path).
 var fastMagnitude = true
+
+// rawHalf routes weights stored, and kept, as 16-bit floats through the
+// raw paths: stored dense as read, or pruned 2:4 by magnitude by the fused
+// kernel (tests turn it off to compare with the general path).
+var rawHalf = true
 
 // writeMagnitude is writePruned for a mask computed from W alone (magnitude
 // or random) without adapters, the common case, without materialising

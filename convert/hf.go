@@ -527,6 +527,47 @@ func (s *hfSource) Close() error {
 	return errors.Join(errs...)
 }
 
+// StoredTensor implements rawSource: weights stored in safetensors
+// files can be read raw.
+func (s *hfSource) StoredTensor(name string) (*Tensor, bool) {
+	ref, ok := s.route[name]
+	if !ok || ref.shard >= len(s.shards) {
+		return nil, false
+	}
+	sh := s.shards[ref.shard]
+	if _, ok := sh.st.(*Safetensors); !ok {
+		return nil, false
+	}
+	st, ok := sh.st.Stored(ref.key)
+	if !ok {
+		return nil, false
+	}
+	return &Tensor{Name: name, SourceName: ref.key, DType: st.DType, Shape: slices.Clone(st.Shape)}, true
+}
+
+// TensorRaw implements rawSource.
+func (s *hfSource) TensorRaw(name string, buf []byte) ([]byte, error) {
+	ref, ok := s.route[name]
+	if !ok {
+		return nil, fmt.Errorf("%s: no weight %q", s.label, name)
+	}
+	if ref.shard >= len(s.shards) {
+		return nil, fmt.Errorf("%s: weight %q: source is closed", s.label, name)
+	}
+	sh := s.shards[ref.shard]
+	st, ok := sh.st.(*Safetensors)
+	if !ok {
+		return nil, fmt.Errorf("%s: weight %q: not stored in a safetensors file", s.label, name)
+	}
+	raw, err := st.ReadRawInto(ref.key, buf)
+	if err != nil {
+		return nil, fmt.Errorf("%sweight %q: %w", sh.prefix, name, err)
+	}
+	return raw, nil
+}
+
+var _ rawSource = (*hfSource)(nil)
+
 func (s *hfSource) Tensor(name string) (*Tensor, error) {
 	ref, ok := s.route[name]
 	if !ok {

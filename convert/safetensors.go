@@ -490,11 +490,22 @@ func (s *Safetensors) Metadata() map[string]string {
 
 // ReadRaw reads the bytes of one tensor.
 func (s *Safetensors) ReadRaw(name string) ([]byte, error) {
+	return s.ReadRawInto(name, nil)
+}
+
+// ReadRawInto is ReadRaw into buf when it has the capacity (else into a
+// new slice): it returns the tensor's bytes.
+func (s *Safetensors) ReadRawInto(name string, buf []byte) ([]byte, error) {
 	e, ok := s.entries[name]
 	if !ok {
 		return nil, fmt.Errorf("%s: no tensor %q", s.name, name)
 	}
-	b := make([]byte, e.End-e.Begin)
+	n := e.End - e.Begin
+	b := buf[:0]
+	if int64(cap(b)) < n {
+		b = make([]byte, n)
+	}
+	b = b[:n]
 	if len(b) == 0 {
 		return b, nil
 	}
@@ -579,9 +590,17 @@ func (s *Safetensors) HashMapped() (sum string, size int64, ok bool, err error) 
 	defer catchFault(&err, s.name+": hash")()
 	h := sha256.New()
 	n := int64(len(s.mapped))
+	chunkAt := func(off int64) []byte { return s.mapped[off:min(off+hashChunk, n)] }
+	if n > 0 {
+		_ = unix.Madvise(chunkAt(0), unix.MADV_WILLNEED)
+	}
 	for off := int64(0); off < n; off += hashChunk {
-		chunk := s.mapped[off:min(off+hashChunk, n)]
-		_ = unix.Madvise(chunk, unix.MADV_WILLNEED)
+		// Ask for the next chunk before hashing this one, so that the
+		// disk reads it while the hash runs.
+		if next := off + hashChunk; next < n {
+			_ = unix.Madvise(chunkAt(next), unix.MADV_WILLNEED)
+		}
+		chunk := chunkAt(off)
 		h.Write(chunk)
 		_ = unix.Madvise(chunk, unix.MADV_DONTNEED)
 	}

@@ -29,6 +29,20 @@ type Source interface {
 	Close() error
 }
 
+// rawSource is a Source that can also hand out a weight's stored bytes
+// (little-endian elements of its DType, already in canonical orientation)
+// without decoding them: the converter reads those when it stores the
+// weight in the dtype it has.
+type rawSource interface {
+	Source
+	// StoredTensor describes a weight without reading it (Data nil); ok is
+	// false when its bytes cannot be read raw.
+	StoredTensor(name string) (t *Tensor, ok bool)
+	// TensorRaw reads a weight's stored bytes into buf when it has the
+	// capacity, else into a new slice, and returns them.
+	TensorRaw(name string, buf []byte) ([]byte, error)
+}
+
 // Tensor is one weight of a Source.
 type Tensor struct {
 	// Name is the canonical name; SourceName the name in the checkpoint.

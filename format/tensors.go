@@ -28,11 +28,28 @@ func (w *Writer) WriteDense(name string, dt slopepb.DType, shape []uint64, data 
 	return w.WriteTensor(desc, raw)
 }
 
+// WriteDenseEncoded writes a DENSE tensor of the given shape from its raw
+// encoding (little-endian elements of dt).
+func (w *Writer) WriteDenseEncoded(name string, dt slopepb.DType, shape []uint64, raw []byte) error {
+	return w.WriteTensor(&slopepb.Tensor{Name: name, Dtype: dt, Shape: shape, Encoding: slopepb.Encoding_DENSE}, raw)
+}
+
 // WriteNM writes an NM tensor [rows, cols]: kept values and in-group
 // indices, rows*cols*N/M of each, as SplitNM returns them.
 func (w *Writer) WriteNM(name string, dt slopepb.DType, p NM, rows, cols int, values []float32, idx []uint8) error {
-	return w.writeNM(&slopepb.Tensor{Name: name, Dtype: dt, Shape: []uint64{uint64(rows), uint64(cols)},
-		Encoding: slopepb.Encoding_NM, Nm: &slopepb.NMParams{N: uint32(p.N), M: uint32(p.M)}}, p, rows, cols, values, idx)
+	return w.writeNM(nmDesc(name, dt, p, rows, cols), p, rows, cols, values, idx)
+}
+
+// WriteNMEncoded writes an NM tensor [rows, cols] from its raw encoding:
+// the values section (little-endian elements of dt) followed by the packed
+// index section (SPEC.md), as WriteNM would encode them.
+func (w *Writer) WriteNMEncoded(name string, dt slopepb.DType, p NM, rows, cols int, raw []byte) error {
+	return w.WriteTensor(nmDesc(name, dt, p, rows, cols), raw)
+}
+
+func nmDesc(name string, dt slopepb.DType, p NM, rows, cols int) *slopepb.Tensor {
+	return &slopepb.Tensor{Name: name, Dtype: dt, Shape: []uint64{uint64(rows), uint64(cols)},
+		Encoding: slopepb.Encoding_NM, Nm: &slopepb.NMParams{N: uint32(p.N), M: uint32(p.M)}}
 }
 
 // WriteTransposeMaterialized writes W_dpᵀ [cols, rows] of the NM weight
@@ -77,9 +94,15 @@ func (w *Writer) WriteTransposeMask(name, of string, p NM, rows, cols int, keep 
 	if err := PackTransposeMask(p, rows, cols, keep, raw); err != nil {
 		return fmt.Errorf("write %q: %w", name, err)
 	}
+	return w.WriteTransposeMaskEncoded(name, of, p, rows, cols, raw)
+}
+
+// WriteTransposeMaskEncoded is WriteTransposeMask from the packed mask
+// (PackTransposeMask's bytes).
+func (w *Writer) WriteTransposeMaskEncoded(name, of string, p NM, rows, cols int, mask []byte) error {
 	return w.WriteTensor(&slopepb.Tensor{Name: name, Dtype: slopepb.DType_UINT8, Shape: []uint64{uint64(rows), uint64(cols)},
 		Encoding: slopepb.Encoding_NM_TRANSPOSE_MASK, TransposeOf: of,
-		Nm: &slopepb.NMParams{N: uint32(p.N), M: uint32(p.M)}}, raw)
+		Nm: &slopepb.NMParams{N: uint32(p.N), M: uint32(p.M)}}, mask)
 }
 
 // WriteAdapter writes the low-rank factors of weight ([out, in]):

@@ -229,17 +229,35 @@ func (w *Writer) checkContent(info tensorInfo, raw []byte) error {
 		if err != nil {
 			return err
 		}
-		idx, err := w.rawOf(pinfo)
-		if err != nil {
-			return err
-		}
-		vb, _, _ := NMSizes(pinfo.nm, pinfo.rows, pinfo.cols, pinfo.elemSize)
 		if pinfo.nm != info.nm || pinfo.rows != info.rows || pinfo.cols != info.cols {
 			return fmt.Errorf("mask pattern/shape %s %v differs from %q: %w", info.nm, t.Shape, p.Name, ErrShape)
 		}
-		return ValidateTransposeMask(info.nm, info.rows, info.cols, idx[vb:], raw)
+		idx, err := w.indexOf(pinfo)
+		if err != nil {
+			return err
+		}
+		return ValidateTransposeMask(info.nm, info.rows, info.cols, idx, raw)
 	}
 	return nil
+}
+
+// indexOf reads back the index section of an NM tensor already written:
+// only those bytes when it is stored uncompressed.
+func (w *Writer) indexOf(info tensorInfo) ([]byte, error) {
+	vb, ib, _ := NMSizes(info.nm, info.rows, info.cols, info.elemSize)
+	t := info.t
+	if t.Compression != slopepb.Compression_COMPRESSION_NONE {
+		raw, err := w.rawOf(info)
+		if err != nil {
+			return nil, err
+		}
+		return raw[vb:], nil
+	}
+	idx := make([]byte, ib)
+	if _, err := w.tmp.ReadAt(idx, int64(w.dataOff+t.Offset)+vb); err != nil {
+		return nil, fmt.Errorf("read back %q: %w", t.Name, err)
+	}
+	return idx, nil
 }
 
 // rawOf reads back the raw bytes of a tensor already written.

@@ -12,12 +12,44 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	stop, err := startCPUProfile(os.Getenv("SLOPE_CPUPROFILE"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "slope-convert: %v\n", err)
+		os.Exit(1)
+	}
+	code := run(os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// startCPUProfile writes a CPU profile to path until stop is called; ""
+// profiles nothing. It is set by the environment (SLOPE_CPUPROFILE), not a
+// flag, so that profiling a conversion leaves the command line recorded in
+// the file's provenance, and so the file, unchanged.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("SLOPE_CPUPROFILE: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("SLOPE_CPUPROFILE: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "slope-convert: SLOPE_CPUPROFILE: %v\n", err)
+		}
+	}, nil
 }
 
 // run executes the command line args and returns the exit status: 0 on
