@@ -13,8 +13,9 @@
 # Environment: STEPS (8), BATCH (4), SEQ (128), VOCAB (8192), THREADS (0),
 # REPEAT (3); the model's shape: HIDDEN (256), FFN (1024), LAYERS (4),
 # HEADS (4) (e.g. HIDDEN=768 FFN=3072 LAYERS=12 HEADS=12 VOCAB=50272 is
-# OPT-125m's; BENCH_MODEL=wide runs the paired benchmark on
-# train's wideConfig instead of its 4-layer model, PAIRED=0 skips it).
+# OPT-125m's; BENCH_MODEL=wide or opt125m runs the paired benchmark on
+# train's wideConfig or opt125mConfig instead of its 4-layer model,
+# PAIRED=0 skips it).
 # Output: bench/out/train.txt, or OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -28,11 +28,22 @@ const wideConfig = `{"model_type": "opt", "vocab_size": 8192, "hidden_size": 102
  "word_embed_proj_dim": 1024, "do_layer_norm_before": true, "activation_function": "relu",
  "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`
 
+// opt125mConfig is OPT-125m's shape (12 layers, hidden 768, ffn 3072,
+// vocabulary 50272, tied head), with 256 positions.
+const opt125mConfig = `{"model_type": "opt", "vocab_size": 50272, "hidden_size": 768, "ffn_dim": 3072,
+ "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 256,
+ "word_embed_proj_dim": 768, "do_layer_norm_before": true, "activation_function": "relu",
+ "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`
+
 // benchModelConfig is the model the step benchmarks train:
-// SLOPE_BENCH_MODEL=wide picks wideConfig, anything else benchConfig.
+// SLOPE_BENCH_MODEL=wide picks wideConfig, opt125m opt125mConfig,
+// anything else benchConfig.
 func benchModelConfig() string {
-	if os.Getenv("SLOPE_BENCH_MODEL") == "wide" {
+	switch os.Getenv("SLOPE_BENCH_MODEL") {
+	case "wide":
 		return wideConfig
+	case "opt125m":
+		return opt125mConfig
 	}
 	return benchConfig
 }
