@@ -22,8 +22,9 @@ const (
 // (panel, group) whose nibble l holds lane l's two 2-bit indices (slot 0
 // in bits 0-1, slot 1 in bits 2-3), and bf16 values stored as lane pairs,
 // [ceil(Out/8)][In/4][8][2]. It is immutable and safe for concurrent use,
-// except that SetValuesF32 and SetValuesGatherF32 (training) refill the
-// values of a Sparse their caller owns.
+// except that SetValuesF32, SetValuesGatherF32 and
+// SetValuesPanelGatherF32 (training) refill the values of a Sparse their
+// caller owns, and DropValues releases them.
 type Sparse struct {
 	spLayout
 	out  int
