@@ -929,15 +929,22 @@ func writeMagnitude(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, 
 			}
 		})
 	}
+	res.errPruned = relErrOfRows(rowW, rowP)
+	return res, nil
+}
+
+// relErrOfRows is ‖W − W_s‖/‖W‖ from per-row sums of squares of W (rowW)
+// and of its dropped entries (rowP), summed in row order (0 for W = 0).
+func relErrOfRows(rowW, rowP []float64) float64 {
 	var nw, np float64
-	for o := range rowW {
-		nw += rowW[o]
-		np += rowP[o]
+	for r := range rowW {
+		nw += rowW[r]
+		np += rowP[r]
 	}
 	if nw > 0 {
-		res.errPruned = math.Sqrt(np / nw)
+		return math.Sqrt(np / nw)
 	}
-	return res, nil
+	return 0
 }
 
 // roundToDType rounds x in place to the values dtype dt stores.

@@ -3,7 +3,6 @@ package convert
 import (
 	"encoding/binary"
 	"fmt"
-	"math"
 	"math/bits"
 	"runtime"
 	"sync"
@@ -140,15 +139,7 @@ func (h halfFloat) prune24(rows, cols int, w, nm, mask []byte) (half24Result, er
 		}
 		res.dropped += dropped[k]
 	}
-	// Summed in row order, as writeMagnitude does.
-	var nw, np float64
-	for r := range rowW {
-		nw += rowW[r]
-		np += rowP[r]
-	}
-	if nw > 0 {
-		res.errPruned = math.Sqrt(np / nw)
-	}
+	res.errPruned = relErrOfRows(rowW, rowP) // as writeMagnitude sums them
 	return res, nil
 }
 

@@ -547,14 +547,10 @@ func (s *hfSource) StoredTensor(name string) (*Tensor, bool) {
 
 // TensorRaw implements rawSource.
 func (s *hfSource) TensorRaw(name string, buf []byte) ([]byte, error) {
-	ref, ok := s.route[name]
-	if !ok {
-		return nil, fmt.Errorf("%s: no weight %q", s.label, name)
+	ref, sh, err := s.shardOf(name)
+	if err != nil {
+		return nil, err
 	}
-	if ref.shard >= len(s.shards) {
-		return nil, fmt.Errorf("%s: weight %q: source is closed", s.label, name)
-	}
-	sh := s.shards[ref.shard]
 	st, ok := sh.st.(*Safetensors)
 	if !ok {
 		return nil, fmt.Errorf("%s: weight %q: not stored in a safetensors file", s.label, name)
@@ -568,15 +564,24 @@ func (s *hfSource) TensorRaw(name string, buf []byte) ([]byte, error) {
 
 var _ rawSource = (*hfSource)(nil)
 
-func (s *hfSource) Tensor(name string) (*Tensor, error) {
+// shardOf returns where a weight is stored, or an error naming it when it
+// is unknown or the source is closed.
+func (s *hfSource) shardOf(name string) (hfRef, *hfShard, error) {
 	ref, ok := s.route[name]
 	if !ok {
-		return nil, fmt.Errorf("%s: no weight %q", s.label, name)
+		return ref, nil, fmt.Errorf("%s: no weight %q", s.label, name)
 	}
 	if ref.shard >= len(s.shards) {
-		return nil, fmt.Errorf("%s: weight %q: source is closed", s.label, name)
+		return ref, nil, fmt.Errorf("%s: weight %q: source is closed", s.label, name)
 	}
-	sh := s.shards[ref.shard]
+	return ref, &s.shards[ref.shard], nil
+}
+
+func (s *hfSource) Tensor(name string) (*Tensor, error) {
+	ref, sh, err := s.shardOf(name)
+	if err != nil {
+		return nil, err
+	}
 	st, _ := sh.st.Stored(ref.key)
 	// A converter holds one tensor at a time, but the collector paces
 	// itself on the heap it last saw live: after a large tensor (OPT-1.3B's
