@@ -189,6 +189,11 @@ type Trainer struct {
 	// gradNorm is the global gradient norm of the last Step, before
 	// clipping.
 	gradNorm float64
+	// gradScale is the clipping factor of the current update (1: none);
+	// gradsZero is true when every Param's Grad is known to be zero (AdamW
+	// zeroes them as it reads them), so that Step need not clear them.
+	gradScale float32
+	gradsZero bool
 
 	// acts are the per-slot buffers of the forward values, grads the
 	// buffers the backward pass recycles for the values' gradients,
@@ -576,7 +581,10 @@ func (t *Trainer) lossSum(ids [][]int32, grad bool, total int) (float64, error) 
 // Step takes one optimizer step on a batch of equal-length sequences
 // (every token real) and returns the batch loss before the update.
 func (t *Trainer) Step(ids [][]int32) (float64, error) {
-	t.zeroGrad()
+	if !t.gradsZero {
+		t.zeroGrad()
+	}
+	t.gradsZero = false
 	loss, err := t.lossAndGrad(ids)
 	if err != nil {
 		t.zeroGrad()
@@ -589,12 +597,13 @@ func (t *Trainer) Step(ids [][]int32) (float64, error) {
 	return loss, t.apply()
 }
 
-// apply clips the accumulated gradients, updates the Params, zeroes the
-// gradients, counts the step and refreshes the transpose masks when due.
+// apply clips the accumulated gradients, updates the Params (AdamW scales
+// the gradients by the clipping factor and zeroes them as it reads them),
+// counts the step and refreshes the transpose masks when due.
 func (t *Trainer) apply() error {
 	t.clip()
 	t.adamW(t.LR(t.step))
-	t.zeroGrad()
+	t.gradsZero = true
 	t.step++
 	if t.o.MaskRefresh > 0 && t.step%t.o.MaskRefresh == 0 {
 		if err := t.RefreshMasks(); err != nil {
@@ -608,27 +617,62 @@ func (t *Trainer) zeroGrad() {
 	for _, p := range t.params {
 		clear(p.Grad)
 	}
+	t.gradsZero = true
 }
 
-// clip measures the global gradient norm and scales the gradients down
-// to Clip when it is larger.
+// clip measures the global gradient norm and sets the factor AdamW
+// scales the gradients by: Clip/norm when the norm is larger than Clip,
+// else 1.
 func (t *Trainer) clip() {
 	var ss float64
 	for _, p := range t.params {
-		for _, g := range p.Grad {
-			ss += float64(g) * float64(g)
-		}
+		ss += sumSquares(p.Grad, t.threads())
 	}
 	t.gradNorm = math.Sqrt(ss)
-	if t.o.Clip <= 0 || t.gradNorm <= t.o.Clip {
-		return
+	t.gradScale = 1
+	if !(t.o.Clip <= 0 || t.gradNorm <= t.o.Clip) {
+		t.gradScale = float32(t.o.Clip / t.gradNorm)
 	}
-	s := float32(t.o.Clip / t.gradNorm)
-	for _, p := range t.params {
-		for i := range p.Grad {
-			p.Grad[i] *= s
+}
+
+// sumSquaresChunk is how many values sumSquares sums per chunk.
+const sumSquaresChunk = 1 << 16
+
+// sumSquares returns Σ g[i]² in float64: per chunk of sumSquaresChunk
+// values four interleaved sums, ((0+1)+(2+3)), the chunks' sums added in
+// order. The chunks are split over threads; the order does not depend on
+// their number.
+func sumSquares(g []float32, threads int) float64 {
+	chunks := (len(g) + sumSquaresChunk - 1) / sumSquaresChunk
+	part := make([]float64, chunks)
+	sum := func(lo, hi int) {
+		for c := lo; c < hi; c++ {
+			x := g[c*sumSquaresChunk : min((c+1)*sumSquaresChunk, len(g))]
+			var a0, a1, a2, a3 float64
+			i := 0
+			for ; i+4 <= len(x); i += 4 {
+				v := x[i : i+4 : i+4]
+				a0 += float64(v[0]) * float64(v[0])
+				a1 += float64(v[1]) * float64(v[1])
+				a2 += float64(v[2]) * float64(v[2])
+				a3 += float64(v[3]) * float64(v[3])
+			}
+			for ; i < len(x); i++ {
+				a0 += float64(x[i]) * float64(x[i])
+			}
+			part[c] = (a0 + a1) + (a2 + a3)
 		}
 	}
+	if chunks > 1 {
+		cpu.ParallelFor(chunks, threads, sum)
+	} else {
+		sum(0, chunks)
+	}
+	var ss float64
+	for _, p := range part {
+		ss += p
+	}
+	return ss
 }
 
 // adamW updates every Param (step t.step+1 for the bias corrections,
@@ -658,7 +702,8 @@ func (t *Trainer) adamW(lr float64) {
 		if o.AdapterLR > 0 && t.adapterNames[p.Name] {
 			lr = o.AdapterLR
 		}
-		st := cpu.AdamWStep{Beta1: o.Beta1, Beta2: o.Beta2, BC1: bc1, BC2: bc2, LR: lr, Shrink: 1 - lr*wd, Eps: o.Eps}
+		st := cpu.AdamWStep{Beta1: o.Beta1, Beta2: o.Beta2, BC1: bc1, BC2: bc2, LR: lr, Shrink: 1 - lr*wd, Eps: o.Eps,
+			GradScale: t.gradScale, ZeroGrad: true}
 		m, v := t.m[k], t.v[k]
 		update := func(lo, hi int) {
 			cpu.AdamW(p.Value[lo:hi], p.Grad[lo:hi], m[lo:hi], v[lo:hi], st)

@@ -431,3 +431,26 @@ func mustKeep(t *testing.T, nm *ops.NMParam) []bool {
 	}
 	return keep
 }
+
+// TestSumSquares: the gradient norm's sum of squares is within float64
+// rounding of a plain loop, and the same bits for every thread count.
+func TestSumSquares(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, n := range []int{0, 1, 5, sumSquaresChunk, sumSquaresChunk + 1, 3*sumSquaresChunk + 17} {
+		g := make([]float32, n)
+		var want float64
+		for i := range g {
+			g[i] = float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(5)-2)))
+			want += float64(g[i]) * float64(g[i])
+		}
+		first := sumSquares(g, 1)
+		if math.Abs(first-want) > 1e-12*want {
+			t.Fatalf("n %d: %v, want %v", n, first, want)
+		}
+		for _, threads := range []int{2, 3} {
+			if got := sumSquares(g, threads); got != first {
+				t.Fatalf("n %d threads %d: %v, threads 1 %v", n, threads, got, first)
+			}
+		}
+	}
+}

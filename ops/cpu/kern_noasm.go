@@ -23,18 +23,18 @@ func spmv24Asm(DType, *float32, unsafe.Pointer, *uint32, int, int, *float32)    
 func spPrepAsm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int, int) {
 	noAsm()
 }
-func spPrep24Asm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int) { noAsm() }
-func spmmAsm(int, int, *float32, *uint32, *float32, int, int, *float32)            { noAsm() }
-func spmmZAsm(int, int, *float32, *uint32, *float32, int, int, *float32)           { noAsm() }
-func transposeAsm(*float32, int, *float32, int, int)                               { noAsm() }
-func transposeBiasAsm(*float32, int, *float32, int, int, *float32)                 { noAsm() }
-func dotAsm(*float32, *float32, int) float32                                       { noAsm(); return 0 }
-func axpyAsm(*float32, float32, *float32, int)                                     { noAsm() }
-func dotRowsAsm(*float32, *float32, *float32, int, int, int)                       { noAsm() }
-func axpyRowsAsm(*float32, *float32, *float32, int, int, int)                      { noAsm() }
-func sddmmAsm(*float32, *float32, *[8]int64, int, *[8]float32)                     { noAsm() }
-func sddmmZAsm(int, *float32, int, *float32, int, int, *int32, int, *float32)      { noAsm() }
-func sddmmPairAsm(int, *float32, *int64, *float32, *float32, int, *float32)        { noAsm() }
-func adamWAVX512(*float32, *float32, *float32, *float32, int, *[9]float64)         { noAsm() }
-func gatherF32AVX512(*float32, *float32, *int32, int)                              { noAsm() }
-func expShiftSumAVX512(*float32, *float32, int, float32) float64                   { noAsm(); return 0 }
+func spPrep24Asm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int)       { noAsm() }
+func spmmAsm(int, int, *float32, *uint32, *float32, int, int, *float32)                  { noAsm() }
+func spmmZAsm(int, int, *float32, *uint32, *float32, int, int, *float32)                 { noAsm() }
+func transposeAsm(*float32, int, *float32, int, int)                                     { noAsm() }
+func transposeBiasAsm(*float32, int, *float32, int, int, *float32)                       { noAsm() }
+func dotAsm(*float32, *float32, int) float32                                             { noAsm(); return 0 }
+func axpyAsm(*float32, float32, *float32, int)                                           { noAsm() }
+func dotRowsAsm(*float32, *float32, *float32, int, int, int)                             { noAsm() }
+func axpyRowsAsm(*float32, *float32, *float32, int, int, int)                            { noAsm() }
+func sddmmAsm(*float32, *float32, *[8]int64, int, *[8]float32)                           { noAsm() }
+func sddmmZAsm(int, *float32, int, *float32, int, int, *int32, int, *float32)            { noAsm() }
+func sddmmPairAsm(int, *float32, *int64, *float32, *float32, int, *float32)              { noAsm() }
+func adamWAVX512(*float32, *float32, *float32, *float32, int, *[9]float64, float32, int) { noAsm() }
+func gatherF32AVX512(*float32, *float32, *int32, int)                                    { noAsm() }
+func expShiftSumAVX512(*float32, *float32, int, float32) float64                         { noAsm(); return 0 }

@@ -1356,6 +1356,9 @@ func genSDDMMZ(r int) {
 	RET()
 }
 
+// labelSeq numbers labels a generator emits more than once.
+var labelSeq int
+
 // sddmmPairRows is the most rows genSDDMMPair serves per call: 2r
 // accumulators, two x vectors and a row of gy fit in 32 ZMM registers.
 const sddmmPairRows = 8
@@ -1571,13 +1574,16 @@ func genExpShiftSum() {
 //	m' = b1·m + c1·g;  v' = b2·v + (c2·g)·g  (c1 = 1-b1, c2 = 1-b2)
 //	w' = w·shrink - (lr·(m'/bc1)) / (sqrt(v'/bc2) + eps)
 //
-// m', v' and w' stored as float32 (rounded to nearest). k points to
+// m', v' and w' stored as float32 (rounded to nearest), where g is the
+// gradient times gscale in float32 (one rounding; 1 leaves it as is).
+// With zero != 0 the gradient is set to zero once read. k points to
 // [b1, c1, b2, c2, bc1, bc2, lr, shrink, eps].
 func genAdamW() {
 	name := "adamWAVX512"
-	TEXT(name, NOSPLIT, "func(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64)")
+	TEXT(name, NOSPLIT, "func(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64, gscale float32, zero int)")
 	Doc(name+" runs one AdamW step over n values with float64 arithmetic rounded as the scalar",
-		"Go expression is (see genAdamW); k is [b1, 1-b1, b2, 1-b2, bc1, bc2, lr, shrink, eps].")
+		"Go expression is (see genAdamW); k is [b1, 1-b1, b2, 1-b2, bc1, bc2, lr, shrink, eps];",
+		"the gradient is scaled by gscale (float32) first, and zeroed when zero != 0.")
 	w := Load(Param("w"), GP64())
 	g := Load(Param("grad"), GP64()) // ("g" names a register in Go assembly)
 	m := Load(Param("m"), GP64())
@@ -1590,6 +1596,12 @@ func genAdamW() {
 		VBROADCASTSD(Mem{Base: kp, Disp: 8 * j}, c[j])
 	}
 	b1, c1, b2, c2, bc1, bc2, lr, shrink, eps := c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+	gs := YMM()
+	VBROADCASTSS(paramAddr("gscale"), gs)
+	zero := GP64()
+	Load(Param("zero"), zero)
+	zeros := YMM()
+	VXORPS(zeros, zeros, zeros)
 	cnt := GP64()
 	MOVQ(n, cnt)
 	SHRQ(U8(3), cnt)
@@ -1604,8 +1616,18 @@ func genAdamW() {
 		}{{g, gd}, {m, md}, {v, vd}, {w, wd}} {
 			f := YMM()
 			load(at(lv.base), f)
+			if lv.base == g {
+				VMULPS(gs, f, f) // float32(g·gscale)
+			}
 			VCVTPS2PD(f, lv.dst)
 		}
+		// The gradient, read: zeroed when asked (a branch on the flag).
+		skip := fmt.Sprintf("%s_keep%d", name, labelSeq)
+		labelSeq++
+		TESTQ(zero, zero)
+		JZ(LabelRef(skip))
+		store(zeros, at(g))
+		Label(skip)
 		// m' = b1·m + c1·g
 		t := ZMM()
 		VMULPD(b1, md, md)
