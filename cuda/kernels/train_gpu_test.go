@@ -109,18 +109,14 @@ func TestGPUNMExpandT(t *testing.T) {
 	}
 }
 
-// adamWRef is package train's AdamW for one parameter: the clipping
-// scale applied to the gradient first (train.Trainer.clip), then
-// cpu.AdamW, which the trainer runs.
+// adamWRef is package train's AdamW for one parameter: cpu.AdamW with
+// the clipping scale applied to the gradient (train.Trainer.clip's factor),
+// which the trainer runs.
 func adamWRef(w, grad, m, v []float32, h AdamWStep) {
-	g := make([]float32, len(grad))
-	for i, x := range grad {
-		g[i] = x * h.GradScale
-	}
-	cpu.AdamW(w, g, m, v, cpu.AdamWStep{
+	cpu.AdamW(w, grad, m, v, cpu.AdamWStep{
 		Beta1: h.Beta1, Beta2: h.Beta2,
 		BC1: 1 - math.Pow(h.Beta1, h.Step), BC2: 1 - math.Pow(h.Beta2, h.Step),
-		LR: h.LR, Shrink: 1 - h.LR*h.WeightDecay, Eps: h.Eps,
+		LR: h.LR, Shrink: 1 - h.LR*h.WeightDecay, Eps: h.Eps, GradScale: h.GradScale,
 	})
 }
 
