@@ -407,3 +407,51 @@ func TestDenseStreamingChunks(t *testing.T) {
 		t.Fatalf("streamed tensor differs (%v)", err)
 	}
 }
+
+// TestDropResident: after DropResident a mapped file still reads the same
+// tensors (the pages fault in again), and a parsed one is unaffected.
+func TestDropResident(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "d.slope")
+	w, err := Create(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []float32{1, 2, 3, 4, 5, 6}
+	if err := w.WriteDense("a", slopepb.DType_FLOAT32, []uint64{2, 3}, want); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for range 2 {
+		if err := f.DropResident(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := f.Dense("a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("after DropResident: %v, want %v", got, want)
+		}
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse(path, raw, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DropResident(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.Dense("a"); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("parsed: %v %v", got, err)
+	}
+}

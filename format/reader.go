@@ -132,6 +132,22 @@ func (r *File) Close() error {
 	return nil
 }
 
+// DropResident tells the kernel that the mapped file's pages are not
+// needed for now: they leave the process's resident memory (they stay in
+// the page cache while memory allows) and a later read faults them in
+// again. A caller that has decoded the tensors it keeps calls it so that
+// the file's bytes no longer count in its RSS. It does nothing for a
+// File parsed from the caller's bytes.
+func (r *File) DropResident() error {
+	if !r.mapped || len(r.data) == 0 {
+		return nil
+	}
+	if err := unix.Madvise(r.data, unix.MADV_DONTNEED); err != nil {
+		return fmt.Errorf("%s: madvise: %w", r.path, err)
+	}
+	return nil
+}
+
 // Path is the name the File was opened with.
 func (r *File) Path() string { return r.path }
 

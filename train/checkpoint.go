@@ -310,6 +310,9 @@ func Resume(path string, o Options) (*Trainer, error) {
 		return nil, err
 	}
 	t, err := resume(f, o)
+	if err == nil {
+		err = f.DropResident() // the Params and moments hold their own copies now
+	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)

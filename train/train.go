@@ -221,6 +221,9 @@ func New(path string, o Options) (*Trainer, error) {
 	if err == nil {
 		err = t.maybeAddAdapters()
 	}
+	if err == nil {
+		err = f.DropResident() // the Params hold their own copies now
+	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
