@@ -223,7 +223,7 @@ func (c *nmCache) sameIdx(nm *NMParam) bool {
 }
 
 // A SlopeLinear's prepared weights keep only their indices between calls
-// (cpu.Sparse.DropValues): the values are refilled at every call anyway,
+// (cpu.PrepareNMIndices): the values are refilled at every call anyway,
 // so each call borrows a pooled buffer for them (withValues) and gives it
 // back when its product is done. Between steps a 2:4 layer then holds
 // about 4.6 bytes per kept value for W and W_dpᵀ together (their index
@@ -247,12 +247,10 @@ func withValues(sp *cpu.Sparse) (*cpu.Sparse, func(), error) {
 // prepared (and checked) on first use or when Indices was replaced.
 func (c *nmCache) forward(nm *NMParam, vals []float32, threads int) (w *cpu.Sparse, release func(), err error) {
 	if c.fw == nil || !c.sameIdx(nm) {
-		sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: nm.Rows, In: nm.Cols,
-			Values: f32Bytes(vals), Indices: nm.Indices})
+		sp, err := cpu.PrepareNMIndices(nm.Pattern, nm.Rows, nm.Cols, nm.Indices)
 		if err != nil {
 			return nil, nil, err
 		}
-		sp.DropValues()
 		if !c.sameIdx(nm) {
 			c.tBuilt = false // the transpose derives from the indices too
 		}
@@ -285,10 +283,7 @@ func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (w *
 			return nil, nil, false, err
 		}
 		if ok {
-			tv := make([]float32, len(src))
-			fillTransposed(tv, src, vals)
-			sp, err := cpu.PrepareNM(cpu.NMWeight{Pattern: nm.Pattern, DType: cpu.Float32, Out: nm.Cols, In: nm.Rows,
-				Values: f32Bytes(tv), Indices: packed})
+			sp, err := cpu.PrepareNMIndices(nm.Pattern, nm.Cols, nm.Rows, packed)
 			if err != nil {
 				return nil, nil, false, err
 			}
@@ -296,7 +291,6 @@ func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (w *
 			if err != nil {
 				return nil, nil, false, err
 			}
-			sp.DropValues()
 			c.bw, c.tGather = sp, g
 		}
 		c.tMask = nil
@@ -322,18 +316,6 @@ func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (w *
 		return nil, nil, false, err
 	}
 	return v, release, true, nil
-}
-
-// fillTransposed gathers W_dpᵀ's values: tv[i] = vals[src[i]], 0 for a
-// filler.
-func fillTransposed(tv []float32, src []int32, vals []float32) {
-	for i, j := range src {
-		if j >= 0 {
-			tv[i] = vals[j]
-		} else {
-			tv[i] = 0
-		}
-	}
 }
 
 // transposeLayout builds W_dpᵀ's packed indices and the source of each

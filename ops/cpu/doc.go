@@ -82,8 +82,8 @@
 // The CPU trainer's weights change every optimizer step, so train.go
 // refills prepared weights in place (PrepareDenseF32 reusing a Dense,
 // Sparse.SetValuesF32 and SetValuesPanelGatherF32 keeping the N:M
-// indices; WithValuesF32 puts a weight's values in a borrowed buffer, so
-// that a trainer keeps only the indices between calls),
+// indices; PrepareNMIndices and WithValuesF32 let a trainer keep only
+// a weight's indices between calls and its values in a borrowed buffer),
 // builds the backward products' operands from row-major matrices without
 // a transpose (PrepareDenseKN: B [K, N] row-major as the panels of Bᵀ;
 // Dense.MulAdd accumulates into y), transposes in 8x8 assembly blocks

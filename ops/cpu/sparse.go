@@ -22,9 +22,8 @@ const (
 // (panel, group) whose nibble l holds lane l's two 2-bit indices (slot 0
 // in bits 0-1, slot 1 in bits 2-3), and bf16 values stored as lane pairs,
 // [ceil(Out/8)][In/4][8][2]. It is immutable and safe for concurrent use,
-// except that SetValuesF32, SetValuesGatherF32 and
-// SetValuesPanelGatherF32 (training) refill the values of a Sparse their
-// caller owns, and DropValues releases them.
+// except that SetValuesF32 and SetValuesPanelGatherF32 (training) refill
+// the values of a Sparse their caller owns.
 type Sparse struct {
 	spLayout
 	out  int
@@ -46,35 +45,11 @@ func PrepareNM(w NMWeight) (*Sparse, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := w.Pattern
-	groups := w.In / p.M
-	kept := groups * p.N
-	raw := make([]uint8, w.Out*kept)
-	if err := format.UnpackNMIndices(p, w.Out, w.In, w.Indices, raw); err != nil {
-		return nil, fmt.Errorf("cpu: %s: %w", op, err)
+	s, err := prepareNMIndices(op, w.Pattern, w.DType, w.Out, w.In, w.Indices)
+	if err != nil {
+		return nil, err
 	}
-	np := (w.Out + spLanes - 1) / spLanes
-	nv, ok := mulOK(np*spLanes, kept)
-	if !ok {
-		return nil, errShape(op, "nm weight [%d, %d]: padded size overflows", w.Out, w.In)
-	}
-	s := &Sparse{
-		spLayout: spLayout{dt: w.DType, p: p, quad: p == format.NM{N: 2, M: 4}, groups: groups},
-		out:      w.Out, in: w.In, kept: kept, np: np,
-	}
-	wpp := s.wordsPerPanel()
-	s.idx = make([]uint32, np*wpp)
-	for o := 0; o < w.Out; o++ {
-		q, l := o/spLanes, o%spLanes
-		words := s.idx[q*wpp : (q+1)*wpp]
-		for t, v := range raw[o*kept : (o+1)*kept] {
-			if s.quad {
-				words[t/2] |= uint32(v) << (4*l + 2*(t%2))
-			} else {
-				words[t] |= uint32(v) << (4 * l)
-			}
-		}
-	}
+	kept, nv := s.kept, s.np*spLanes*s.kept
 	if esz == 4 {
 		f := make([]float32, nv)
 		for o := 0; o < w.Out; o++ {
@@ -105,6 +80,51 @@ func PrepareNM(w NMWeight) (*Sparse, error) {
 	return s, nil
 }
 
+// PrepareNMIndices prepares the indices of a float32 N:M weight [out, in]
+// (packed as the container stores them) without values: a trainer keeps
+// this per weight and runs its products on views whose values it refills
+// at every call (WithValuesF32; Linear on the result itself is an error).
+func PrepareNMIndices(p format.NM, out, in int, indices []byte) (*Sparse, error) {
+	const op = "prepare nm indices"
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("cpu: %s: %w", op, err)
+	}
+	return prepareNMIndices(op, p, Float32, out, in, indices)
+}
+
+// prepareNMIndices validates and unpacks the indices into the panel
+// layout's index words: a Sparse without values.
+func prepareNMIndices(op string, p format.NM, dt DType, out, in int, indices []byte) (*Sparse, error) {
+	groups := in / p.M
+	kept := groups * p.N
+	raw := make([]uint8, out*kept)
+	if err := format.UnpackNMIndices(p, out, in, indices, raw); err != nil {
+		return nil, fmt.Errorf("cpu: %s: %w", op, err)
+	}
+	np := (out + spLanes - 1) / spLanes
+	if _, ok := mulOK(np*spLanes, kept); !ok {
+		return nil, errShape(op, "nm weight [%d, %d]: padded size overflows", out, in)
+	}
+	s := &Sparse{
+		spLayout: spLayout{dt: dt, p: p, quad: p == format.NM{N: 2, M: 4}, groups: groups},
+		out:      out, in: in, kept: kept, np: np,
+	}
+	wpp := s.wordsPerPanel()
+	s.idx = make([]uint32, np*wpp)
+	for o := 0; o < out; o++ {
+		q, l := o/spLanes, o%spLanes
+		words := s.idx[q*wpp : (q+1)*wpp]
+		for t, v := range raw[o*kept : (o+1)*kept] {
+			if s.quad {
+				words[t/2] |= uint32(v) << (4*l + 2*(t%2))
+			} else {
+				words[t] |= uint32(v) << (4 * l)
+			}
+		}
+	}
+	return s, nil
+}
+
 // Out returns the output dimension.
 func (s *Sparse) Out() int { return s.out }
 
@@ -130,7 +150,7 @@ func (s *Sparse) Linear(y, x []float32, m int, bias []float32, threads int) erro
 		return err
 	}
 	if s.vals.len() == 0 {
-		return fmt.Errorf("cpu: nm linear: the weight's values were dropped (use WithValuesF32)")
+		return fmt.Errorf("cpu: nm linear: the weight has indices only (PrepareNMIndices: run a WithValuesF32 view)")
 	}
 	if m == 0 {
 		return nil

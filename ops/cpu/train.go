@@ -2,7 +2,6 @@ package cpu
 
 import (
 	"fmt"
-	"sync/atomic"
 
 	"github.com/slopeml/slope/format"
 )
@@ -94,9 +93,6 @@ func (d *Dense) MulAdd(y, x []float32, m int, threads int) error {
 // result equals PrepareNM of the same indices and vals. Panels are split
 // over threads.
 func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
-	if s == nil {
-		return errNil
-	}
 	if err := s.f32Values(); err != nil {
 		return err
 	}
@@ -123,11 +119,14 @@ func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
 
 // f32Values checks that s holds float32 values to refill.
 func (s *Sparse) f32Values() error {
+	if s == nil {
+		return errNil
+	}
 	if s.dt != Float32 {
 		return fmt.Errorf("cpu: set values: weight dtype %v, want float32", s.dt)
 	}
 	if s.vals.f32 == nil {
-		return fmt.Errorf("cpu: set values: the weight's values were dropped (use WithValuesF32)")
+		return fmt.Errorf("cpu: set values: the weight has indices only (PrepareNMIndices: refill a WithValuesF32 view)")
 	}
 	return nil
 }
@@ -139,9 +138,9 @@ func (s *Sparse) ValuesF32Len() int { return s.np * s.kept * spLanes }
 // WithValuesF32 returns a Sparse that shares s's indices and keeps its
 // float32 values in buf (ValuesF32Len long, the caller's: fill it with
 // SetValuesF32 or SetValuesPanelGatherF32 on the result before use). A
-// trainer keeps one Sparse per weight for its static indices (DropValues)
-// and borrows value buffers per call from a pool, since the values are
-// refilled at every call anyway.
+// trainer keeps one Sparse per weight for its static indices
+// (PrepareNMIndices) and borrows value buffers per call from a pool,
+// since the values are refilled at every call anyway.
 func (s *Sparse) WithValuesF32(buf []float32) (*Sparse, error) {
 	if s == nil {
 		return nil, errNil
@@ -156,10 +155,6 @@ func (s *Sparse) WithValuesF32(buf []float32) (*Sparse, error) {
 	v.vals = wbuf{f32: buf}
 	return &v, nil
 }
-
-// DropValues releases s's own values: s then holds only its indices and
-// serves WithValuesF32 (Linear on s itself is an error).
-func (s *Sparse) DropValues() { s.vals = wbuf{} }
 
 // NMWeightGrad adds an N:M weight's gradient at its kept positions only:
 //
@@ -503,9 +498,10 @@ type PanelGather struct {
 // Bytes returns the memory the plan holds.
 func (g *PanelGather) Bytes() int { return 4 * cap(g.src) }
 
-// PanelGather plans SetValuesGatherF32's refill (src: Out*kept sources,
-// in the NMWeight values order, -1 for zero) from a slice of nVals
-// values: the sources in the panel layout's order, checked once.
+// PanelGather plans a refill of s's values from another slice of nVals
+// values: src holds, per kept value in the NMWeight values order
+// (Out*kept), its position in that slice (-1: zero). The plan holds them
+// in the panel layout's order, checked once.
 func (s *Sparse) PanelGather(src []int32, nVals int) (*PanelGather, error) {
 	if s == nil {
 		return nil, errNil
@@ -529,9 +525,10 @@ func (s *Sparse) PanelGather(src []int32, nVals int) (*PanelGather, error) {
 	return &PanelGather{src: ps, nVals: nVals}, nil
 }
 
-// SetValuesPanelGatherF32 is SetValuesGatherF32 by a plan: the panel
-// layout's values read from vals (len(vals) must be the plan's nVals),
-// 16 per AVX-512 gather, split over threads.
+// SetValuesPanelGatherF32 sets s's values to vals[src[t]] (0 where
+// src[t] < 0) by the plan: the result equals PrepareNM of the gathered
+// values. len(vals) must be the plan's nVals; 16 values per AVX-512
+// gather, split over threads.
 func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads int) error {
 	if s == nil || g == nil {
 		return errNil
@@ -558,56 +555,5 @@ func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads
 			f[lo+i] = v
 		}
 	})
-	return nil
-}
-
-// SetValuesGatherF32 is SetValuesF32 of the values v[t] = vals[src[t]]
-// (0 where src[t] < 0) without materialising v: len(src) = Out*kept, in
-// the NMWeight values order. A source past vals is an error (the values
-// are then partly replaced). It checks every source on every call; a
-// refill that repeats plans it once (PanelGather) and runs
-// SetValuesPanelGatherF32, whose reference this is.
-func (s *Sparse) SetValuesGatherF32(vals []float32, src []int32, threads int) error {
-	if s == nil {
-		return errNil
-	}
-	if err := s.f32Values(); err != nil {
-		return err
-	}
-	if len(src) != s.out*s.kept {
-		return errShape("set values", "%d sources, want Out*kept = %d*%d", len(src), s.out, s.kept)
-	}
-	f := s.vals.f32
-	var bad atomic.Int64 // 1 + a source past vals, or 0
-	// Per panel, kept step by kept step across the lanes: each step's
-	// writes fill one run of the panel, and its reads (the lanes are
-	// neighbouring columns of W, one row group) fall in a few cache lines
-	// of vals; lane by lane, every access would touch a new line.
-	parallelRange(s.np, resolveThreads(threads), func(p0, p1 int) {
-		for p := p0; p < p1; p++ {
-			o0 := p * spLanes
-			lanes := min(spLanes, s.out-o0)
-			pan := f[p*s.kept*spLanes : (p+1)*s.kept*spLanes]
-			srcs := src[o0*s.kept : (o0+lanes)*s.kept]
-			for t := 0; t < s.kept; t++ {
-				run := pan[t*spLanes : t*spLanes+lanes]
-				for l := range run {
-					j := srcs[l*s.kept+t]
-					v := float32(0)
-					if j >= 0 {
-						if int(j) >= len(vals) {
-							bad.Store(int64(j) + 1)
-							return
-						}
-						v = vals[j]
-					}
-					run[l] = v
-				}
-			}
-		}
-	})
-	if j := bad.Load(); j > 0 {
-		return errShape("set values", "source %d of %d values", j-1, len(vals))
-	}
 	return nil
 }

@@ -148,16 +148,8 @@ func TestSparseSetValuesF32(t *testing.T) {
 			if ref, err = PrepareNM(w); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.SetValuesGatherF32(pool, src, 3); err != nil {
-				t.Fatal(err)
-			}
-			if !slices.Equal(s.vals.f32, ref.vals.f32) {
-				t.Fatalf("%s [%d, %d]: gathered values differ from PrepareNM", p, out, in)
-			}
-			if err := s.SetValuesGatherF32(pool[:1], src, 2); err == nil && len(pool) > 1 && slices.Max(src) > 0 {
-				t.Error("source past the values accepted")
-			}
-			// The planned form (AVX-512 gathers), from poisoned values.
+			// The planned gather (AVX-512 gathers or the Go loop), from
+			// poisoned values.
 			plan, err := s.PanelGather(src, len(pool))
 			if err != nil {
 				t.Fatal(err)
@@ -307,11 +299,12 @@ func TestTranspose(t *testing.T) {
 	})
 }
 
-// TestSparseWithValues: a view on a borrowed, poisoned buffer refilled by
-// SetValuesF32 computes what the prepared weight does, bit for bit (the
-// padding lanes of a partial last panel are cleared too); a weight whose
-// values were dropped refuses Linear and refills, and a buffer of the
-// wrong length is refused.
+// TestSparseWithValues: an indices-only weight (PrepareNMIndices) has
+// PrepareNM's index words; a view of it on a borrowed, poisoned buffer
+// refilled by SetValuesF32 computes what the prepared weight does, bit
+// for bit (the padding lanes of a partial last panel are cleared too);
+// the indices-only weight refuses Linear and refills, and a buffer or an
+// index section of the wrong length is refused.
 func TestSparseWithValues(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	for _, p := range []format.NM{{N: 2, M: 4}, {N: 1, M: 4}} {
@@ -321,14 +314,21 @@ func TestSparseWithValues(t *testing.T) {
 		for i := range vals {
 			vals[i] = math.Float32frombits(binary.LittleEndian.Uint32(w.Values[4*i:]))
 		}
-		s, err := PrepareNM(w)
+		full, err := PrepareNM(w)
 		if err != nil {
 			t.Fatal(err)
 		}
 		x := randF32(rng, m*in)
 		want := make([]float32, m*out)
-		if err := s.Linear(want, x, m, nil, 1); err != nil {
+		if err := full.Linear(want, x, m, nil, 1); err != nil {
 			t.Fatal(err)
+		}
+		s, err := PrepareNMIndices(p, out, in, w.Indices)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(s.idx, full.idx) {
+			t.Fatalf("%s: PrepareNMIndices' index words differ from PrepareNM's", p)
 		}
 		buf := make([]float32, s.ValuesF32Len())
 		for i := range buf {
@@ -338,7 +338,6 @@ func TestSparseWithValues(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.DropValues()
 		if err := v.SetValuesF32(vals, 2); err != nil {
 			t.Fatal(err)
 		}
@@ -353,13 +352,16 @@ func TestSparseWithValues(t *testing.T) {
 			t.Fatalf("%s: padding lanes left poisoned", p)
 		}
 		if err := s.Linear(got, x, m, nil, 1); err == nil {
-			t.Errorf("%s: Linear on dropped values accepted", p)
+			t.Errorf("%s: Linear on an indices-only weight accepted", p)
 		}
 		if err := s.SetValuesF32(vals, 1); err == nil {
-			t.Errorf("%s: refill of dropped values accepted", p)
+			t.Errorf("%s: refill of an indices-only weight accepted", p)
 		}
 		if _, err := s.WithValuesF32(buf[1:]); err == nil {
 			t.Errorf("%s: short buffer accepted", p)
+		}
+		if _, err := PrepareNMIndices(p, out, in, w.Indices[1:]); err == nil {
+			t.Errorf("%s: short index section accepted", p)
 		}
 	}
 }
