@@ -397,20 +397,22 @@ func (k *Set) Act(s driver.Stream, t DType, out, in driver.Ptr, n int, act Act) 
 	return k.launch(a, a.kernel, driver.D1(blocks1D(nn)), driver.D1(threads), 0, s, out, in, nn, int32(act))
 }
 
-// nm validates an N:M pattern and shape.
-func (a *args) nm(rows, cols, n, m int) {
+// nm validates an N:M pattern and shape and returns rows, cols, n and m
+// as the kernels' int32 parameters.
+func (a *args) nm(rows, cols, n, m int) (r, c, nn, mm int32) {
 	a.pos("rows", rows)
 	a.pos("cols", cols)
 	if n < 1 || n >= m || m > 16 {
 		a.fail("pattern %d:%d, want 1 <= n < m <= 16", n, m)
-		return
+	} else {
+		if cols%m != 0 {
+			a.fail("cols = %d is not a multiple of m = %d", cols, m)
+		}
+		if cols > 1<<27 {
+			a.fail("cols = %d is too large", cols)
+		}
 	}
-	if cols%m != 0 {
-		a.fail("cols = %d is not a multiple of m = %d", cols, m)
-	}
-	if cols > 1<<27 {
-		a.fail("cols = %d is too large", cols)
-	}
+	return a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
 }
 
 // NMExpand writes the dense row-major [rows, cols] matrix (element type
@@ -419,12 +421,11 @@ func (a *args) nm(rows, cols, n, m int) {
 func (k *Set) NMExpand(s driver.Stream, v DType, dense, vals, idx driver.Ptr, rows, cols, n, m int) error {
 	a := &args{kernel: "nm_expand_" + suffix(v)}
 	a.dtype("V", v)
-	a.nm(rows, cols, n, m)
+	r, c, nn, mm := a.nm(rows, cols, n, m)
 	a.ptr("dense", dense)
 	a.ptr("vals", vals)
 	a.ptr("idx", idx)
 	a.fits("dense", rows, cols)
-	r, c, nn, mm := a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
 	return k.launch(a, a.kernel, driver.D1(rows), driver.D1(threads), 0, s, dense, vals, idx, r, c, nn, mm)
 }
 
@@ -438,7 +439,7 @@ func (k *Set) SpMMNM(s driver.Stream, v, t DType, y driver.Ptr, ldy int, x drive
 	a.dtype("V", v)
 	a.dtype("T", t)
 	a.pos("M", M)
-	a.nm(rows, cols, n, m)
+	r, c, nn, mm := a.nm(rows, cols, n, m)
 	a.ld("ldy", ldy, rows)
 	a.ld("ldx", ldx, cols)
 	a.ptr("y", y)
@@ -449,7 +450,7 @@ func (k *Set) SpMMNM(s driver.Stream, v, t DType, y driver.Ptr, ldy int, x drive
 	a.fits("y", M, ldy)
 	a.fits("vals", rows, cols)
 	ly, lx := a.i32("ldy", ldy), a.i32("ldx", ldx)
-	mi, r, c, nn, mm := a.i32("M", M), a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
+	mi := a.i32("M", M)
 	const warps = 4
 	gy := min((M+7)/8, 65535)
 	grid := driver.Dim3{X: uint32((rows + warps - 1) / warps), Y: uint32(max(gy, 1)), Z: 1}
@@ -692,7 +693,7 @@ func (k *Set) SpMM24TC(s driver.Stream, t DType, y driver.Ptr, ldy int, x driver
 func (k *Set) NMGather(s driver.Stream, t DType, out, dense driver.Ptr, ldd int, idx driver.Ptr, rows, cols, n, m int, accumulate bool) error {
 	a := &args{kernel: "nm_gather_" + suffix(t)}
 	a.dtype("T", t)
-	a.nm(rows, cols, n, m)
+	r, c, nn, mm := a.nm(rows, cols, n, m)
 	a.ld("ldd", ldd, cols)
 	a.ptr("out", out)
 	a.ptr("dense", dense)
@@ -702,7 +703,6 @@ func (k *Set) NMGather(s driver.Stream, t DType, out, dense driver.Ptr, ldd int,
 	if accumulate {
 		acc = 1
 	}
-	r, c, nn, mm := a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
 	return k.launch(a, a.kernel, driver.D1(rows), driver.D1(threads), 0, s, out, dense, a.i32("ldd", ldd), idx, r, c, nn, mm, acc)
 }
 
@@ -714,7 +714,7 @@ func (k *Set) NMGather(s driver.Stream, t DType, out, dense driver.Ptr, ldd int,
 func (k *Set) NMExpandT(s driver.Stream, v DType, dt, vals, idx, keep driver.Ptr, rows, cols, n, m int) error {
 	a := &args{kernel: "nm_expand_t_" + suffix(v)}
 	a.dtype("V", v)
-	a.nm(rows, cols, n, m)
+	r, c, nn, mm := a.nm(rows, cols, n, m)
 	a.ptr("dt", dt)
 	a.ptr("vals", vals)
 	a.ptr("idx", idx)
@@ -723,7 +723,6 @@ func (k *Set) NMExpandT(s driver.Stream, v DType, dt, vals, idx, keep driver.Ptr
 	if m > extTile {
 		a.fail("m = %d exceeds %d", m, extTile)
 	}
-	r, c, nn, mm := a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
 	if a.err != nil {
 		return a.err
 	}
