@@ -18,8 +18,8 @@ func ulpDiff(a, b float32) int64 {
 
 // TestExpShiftSumVsRef: every path against float32(math.Exp) on random
 // softmax rows (exponents from 0 down past the float32 underflow, lengths
-// around the 16-lane blocks), values within 2 ulp, nothing read or written
-// past n (NaN guards), the float64 sum within 1e-6 of the reference's,
+// around the 16-lane blocks), values within 2 ulp, nothing read past n
+// (NaN guards) or written past it (a sentinel), the float64 sum within 1e-6 of the reference's,
 // the same bits on a second call, and src aliasing dst.
 func TestExpShiftSumVsRef(t *testing.T) {
 	paths(t, func(t *testing.T) {
@@ -35,7 +35,10 @@ func TestExpShiftSumVsRef(t *testing.T) {
 				if n > 0 {
 					src[rng.IntN(n)] = shift // the maximum itself: exp(0) = 1
 				}
-				dst := guard(rng, n, 17, nan)
+				// dst's padding is a value exp never gives: a store past n
+				// changes it (src's NaN padding poisons a read past n).
+				const pad = -7.5
+				dst := guard(rng, n, 17, pad)
 				sum := ExpShiftSum(dst, src, shift)
 				ref := make([]float32, n)
 				refSum := expShiftSumGo(ref, src, shift)
@@ -46,7 +49,7 @@ func TestExpShiftSumVsRef(t *testing.T) {
 					}
 				}
 				for i := n; i < len(dst); i++ {
-					if dst[i] == dst[i] {
+					if dst[i] != pad {
 						t.Fatalf("%s: wrote dst[%d] past n", what, i)
 					}
 				}
