@@ -538,10 +538,10 @@ const SpMM24TCBlocks = 264
 
 // spmm24tcMinUnits is the fewest 128-row x 128-column units per block
 // for which SpMM24TCPlan uses stream-K: with fewer, segments are short
-// and most row blocks split (measured on an H200: stream-K 0.67-1.01x of
-// dense at M = 16 on 6.7B shapes, 3.9 and 15.5 units per block, against
-// 0.86-1.09x for a one-wave K split; 1.20-1.32x from 13B shapes, 19-79
-// units per block, against at most 1.08x).
+// and most row blocks split (measured on an H200, docs/gpu-logs: stream-K
+// 0.67-1.01x of dense at M = 16 on 6.7B shapes, 3.9 and 15.5 units per
+// block, against 0.86-1.09x for a one-wave K split; 1.20-1.32x from 13B
+// shapes, 19-79 units per block, against at most 1.08x).
 const spmm24tcMinUnits = 16
 
 // SpMM24TCPlan is SpMM24TC's launch for rows x cols on a grid of at most
