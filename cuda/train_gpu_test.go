@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"fmt"
 	"math"
 	"testing"
 	"unsafe"
@@ -15,7 +16,8 @@ import (
 // against float64 on the host: the forward product, the input gradient
 // through the double-pruned transpose, the AdamW update of the kept
 // values from the kept positions of dyᵀ·x, and the refreshed forward
-// weight (a second forward with the updated values).
+// and transpose weights (a second forward and input gradient with the
+// updated values).
 func TestBenchTrainStep(t *testing.T) {
 	b := newWith(t, Options{Activations: BF16})
 	if b.sp == nil {
@@ -28,33 +30,33 @@ func TestBenchTrainStep(t *testing.T) {
 			return err
 		}
 		defer b.FreeBenchTrain(l)
-		bf16s := func(p driver.Ptr, n int) []float32 {
+		// The copies report errors to Do's caller: t.Fatal on Do's worker
+		// goroutine would end that goroutine, not the test, and Do would
+		// wait for ever.
+		bf16s := func(p driver.Ptr, n int) ([]float32, error) {
 			raw := make([]byte, 2*n)
 			if err := b.dev.SyncStream(b.s); err != nil {
-				t.Fatal(err)
+				return nil, err
 			}
 			if err := b.dev.CopyOut(unsafe.Pointer(&raw[0]), p, len(raw)); err != nil {
-				t.Fatal(err)
+				return nil, err
 			}
 			v := make([]float32, n)
-			if err := format.DecodeFloats(slopepb.DType_BFLOAT16, raw, v); err != nil {
-				t.Fatal(err)
-			}
-			return v
+			return v, format.DecodeFloats(slopepb.DType_BFLOAT16, raw, v)
 		}
-		f32s := func(p driver.Ptr, n int) []float32 {
+		f32s := func(p driver.Ptr, n int) ([]float32, error) {
 			v := make([]float32, n)
 			if err := b.dev.SyncStream(b.s); err != nil {
-				t.Fatal(err)
+				return nil, err
 			}
-			if err := b.dev.CopyOut(unsafe.Pointer(&v[0]), p, 4*n); err != nil {
-				t.Fatal(err)
-			}
-			return v
+			return v, b.dev.CopyOut(unsafe.Pointer(&v[0]), p, 4*n)
 		}
 		// Dense W and W_dp on the host from the device's portable form.
 		k := in / 2
-		vals := bf16s(l.vals, out*k)
+		vals, err := bf16s(l.vals, out*k)
+		if err != nil {
+			return err
+		}
 		rawIdx := make([]byte, out*in/8)
 		if err := b.dev.CopyOut(unsafe.Pointer(&rawIdx[0]), l.idx, len(rawIdx)); err != nil {
 			return err
@@ -85,9 +87,22 @@ func TestBenchTrainStep(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		yT, _ := b.Acquire(tokens, out)
-		dxT, _ := b.Acquire(tokens, in)
-		x, dy := bf16s(DevicePtr(xT), tokens*in), bf16s(DevicePtr(dyT), tokens*out)
+		yT, err := b.Acquire(tokens, out)
+		if err != nil {
+			return err
+		}
+		dxT, err := b.Acquire(tokens, in)
+		if err != nil {
+			return err
+		}
+		x, err := bf16s(DevicePtr(xT), tokens*in)
+		if err != nil {
+			return err
+		}
+		dy, err := bf16s(DevicePtr(dyT), tokens*out)
+		if err != nil {
+			return err
+		}
 		if err := l.Step(DevicePtr(xT), DevicePtr(dyT), DevicePtr(yT), DevicePtr(dxT), tokens, 1); err != nil {
 			return err
 		}
@@ -99,7 +114,14 @@ func TestBenchTrainStep(t *testing.T) {
 			}
 			return math.Sqrt(num / den)
 		}
-		y, dx := bf16s(DevicePtr(yT), tokens*out), bf16s(DevicePtr(dxT), tokens*in)
+		y, err := bf16s(DevicePtr(yT), tokens*out)
+		if err != nil {
+			return err
+		}
+		dx, err := bf16s(DevicePtr(dxT), tokens*in)
+		if err != nil {
+			return err
+		}
 		wantY, wantDX := make([]float64, tokens*out), make([]float64, tokens*in)
 		gradW := make([]float64, out*in)
 		for i := 0; i < tokens; i++ {
@@ -119,7 +141,10 @@ func TestBenchTrainStep(t *testing.T) {
 		}
 		// The gradient of the kept values, then AdamW step 1 (bias
 		// corrections make it lr·g/(|g|+ε) plus decay): compare the update.
-		grad := f32s(l.grad, out*k)
+		grad, err := f32s(l.grad, out*k)
+		if err != nil {
+			return err
+		}
 		wantG := make([]float64, out*k)
 		for r := 0; r < out; r++ {
 			for j := 0; j < k; j++ {
@@ -129,8 +154,14 @@ func TestBenchTrainStep(t *testing.T) {
 		if e := rel(grad, wantG); !(e <= 1e-5) {
 			t.Errorf("kept weight gradient: relative L2 %.3g", e)
 		}
-		master := f32s(l.master, out*k)
-		newVals := bf16s(l.vals, out*k)
+		master, err := f32s(l.master, out*k)
+		if err != nil {
+			return err
+		}
+		newVals, err := bf16s(l.vals, out*k)
+		if err != nil {
+			return err
+		}
 		const lr, wd = 1e-4, 0.1
 		bad := 0
 		for i := range master {
@@ -140,27 +171,43 @@ func TestBenchTrainStep(t *testing.T) {
 				bad++
 			}
 			if newVals[i] != format.BFloat16ToFloat32(format.Float32ToBFloat16(master[i])) {
-				t.Fatalf("bf16 copy %d = %g, master %g", i, newVals[i], master[i])
+				return fmt.Errorf("bf16 copy %d = %g, master %g", i, newVals[i], master[i])
 			}
 		}
 		if bad > 0 {
 			t.Errorf("AdamW: %d of %d kept values off the step-1 update", bad, len(master))
 		}
-		// The refreshed cuSPARSELt form multiplies with the new values.
+		// The refreshed cuSPARSELt forms multiply with the new values: W
+		// in the forward, W_dp in the input gradient.
 		if err := l.fwd.Matmul(b.s, DevicePtr(yT), out, DevicePtr(xT), in, tokens, 0); err != nil {
 			return err
 		}
-		W2 := dense(newVals, false)
-		want2 := make([]float64, tokens*out)
+		if err := l.bwd.Matmul(b.s, DevicePtr(dxT), in, DevicePtr(dyT), out, tokens, 0); err != nil {
+			return err
+		}
+		W2, Wdp2 := dense(newVals, false), dense(newVals, true)
+		want2, wantDX2 := make([]float64, tokens*out), make([]float64, tokens*in)
 		for i := 0; i < tokens; i++ {
 			for r := 0; r < out; r++ {
 				for c := 0; c < in; c++ {
 					want2[i*out+r] += float64(x[i*in+c]) * W2[r*in+c]
+					wantDX2[i*in+c] += float64(dy[i*out+r]) * Wdp2[r*in+c]
 				}
 			}
 		}
-		if e := rel(bf16s(DevicePtr(yT), tokens*out), want2); !(e <= 1e-2) {
+		y2, err := bf16s(DevicePtr(yT), tokens*out)
+		if err != nil {
+			return err
+		}
+		dx2, err := bf16s(DevicePtr(dxT), tokens*in)
+		if err != nil {
+			return err
+		}
+		if e := rel(y2, want2); !(e <= 1e-2) {
 			t.Errorf("forward after the refresh: relative L2 %.3g", e)
+		}
+		if e := rel(dx2, wantDX2); !(e <= 1e-2) {
+			t.Errorf("input gradient through W_dp after the refresh: relative L2 %.3g", e)
 		}
 		for _, tt := range []ops.Tensor{xT, dyT, yT, dxT} {
 			b.Release(tt)
