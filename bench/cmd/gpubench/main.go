@@ -504,6 +504,10 @@ func crossCheck(be *cuda.Backend, l *cuda.BenchLinear, sh shape) error {
 	if ref == nil {
 		ref, refName = outs["cusparselt"], "cuSPARSELt"
 	}
+	if ref == nil {
+		return fmt.Errorf("check M=16 on %s: neither the generic kernel nor cuSPARSELt ran: nothing to compare with", sh.name)
+	}
+	failed := 0
 	for _, path := range []string{"spmv", "tc", "cusparselt"} {
 		if outs[path] == nil || refName == "cuSPARSELt" && path == "cusparselt" {
 			continue
@@ -518,8 +522,12 @@ func crossCheck(be *cuda.Backend, l *cuda.BenchLinear, sh shape) error {
 		status := "ok"
 		if !(rel <= 1e-2) {
 			status = "FAIL"
+			failed++
 		}
 		fmt.Printf("|  |  | check M=16: %s vs %s relative L2 %.2e %s | |\n", path, refName, rel, status)
+	}
+	if failed > 0 {
+		return fmt.Errorf("check M=16 on %s: %d paths disagree with the %s", sh.name, failed, refName)
 	}
 	return nil
 }
