@@ -48,17 +48,6 @@ func newAttnBufs(seq, hd int) *attnBufs {
 	}
 }
 
-// transposeSmall writes dst [cols, rows] = srcᵀ for src [rows, cols] on
-// the calling goroutine.
-func transposeSmall(dst, src []float32, rows, cols int) {
-	for r := 0; r < rows; r++ {
-		s := src[r*cols : (r+1)*cols]
-		for c, v := range s {
-			dst[c*rows+r] = v
-		}
-	}
-}
-
 // Backward recomputes P = softmax(scale·Q·Kᵀ) over the visible keys per
 // sequence and head (the score product on the GEMM kernels, the softmax in
 // float64), then with dO = gy's head slice:
@@ -173,7 +162,7 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 	// addATB adds aᵀ·b ([T, hd]; a [T, T], b [T, hd] the [K, N] operand)
 	// into dst.
 	addATB := func(dst []float32, a, b []float32) error {
-		transposeSmall(bf.tT, a, seq, seq)
+		transposeInto(bf.tT, a, seq, seq, 1)
 		if err := bf.mul(3, bf.prod, bf.tT, seq, seq, hd, b, true); err != nil {
 			return err
 		}

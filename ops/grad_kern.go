@@ -50,13 +50,6 @@ func transposeInto(dst, src []float32, rows, cols, threads int) {
 	}
 }
 
-// transposed returns srcᵀ [cols, rows] in a new slice.
-func transposed(src []float32, rows, cols, threads int) []float32 {
-	dst := make([]float32, rows*cols)
-	transposeInto(dst, src, rows, cols, threads)
-	return dst
-}
-
 // denseMul computes y [m, out] = x [m, in]·wᵀ (+ bias) with w [out, in]
 // float32 row-major, through cpu.PrepareDense and cpu Linear. m may be 0.
 func denseMul(y, x []float32, m, in, out int, w, bias []float32, threads int) error {
@@ -88,19 +81,6 @@ func addInto(dst, src []float32, threads int) {
 			d[i] += v
 		}
 	})
-}
-
-// weightGrad computes the dense weight gradient g [out, in] = gyᵀ·x for
-// gy [m, out] and x [m, in] (a GEMM with K = m): a = gyᵀ [out, m], the
-// weight xᵀ [in, m]. m must be >= 1. (The reference of addWeightGrad.)
-func weightGrad(gy, x []float32, m, in, out, threads int) ([]float32, error) {
-	gyT := transposed(gy[:m*out], m, out, threads)
-	xT := transposed(x[:m*in], m, in, threads)
-	g := make([]float32, out*in)
-	if err := denseMul(g, gyT, out, m, in, xT, nil, threads); err != nil {
-		return nil, err
-	}
-	return g, nil
 }
 
 // Scratch memory of the training products, shared by all steps (a step
