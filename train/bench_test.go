@@ -80,7 +80,6 @@ func BenchmarkStep(b *testing.B) {
 			if _, err := tr.Step(ids); err != nil { // warm-up
 				b.Fatal(err)
 			}
-			b.ResetTimer()
 			for b.Loop() {
 				if _, err := tr.Step(ids); err != nil {
 					b.Fatal(err)

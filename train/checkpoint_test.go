@@ -218,3 +218,18 @@ func TestSaveAtomic(t *testing.T) {
 		t.Fatal("Resume of a container without training state: no error")
 	}
 }
+
+// TestMergeAdapterLR: resuming takes the checkpoint's adapter rate when
+// none is given (0), and AdapterLROff turns it off.
+func TestMergeAdapterLR(t *testing.T) {
+	ts := &slopepb.TrainingState{Optimizer: OptimizerAdamW, Hyperparameters: map[string]float64{hpAdapterLR: 0.05}}
+	for _, c := range []struct{ given, want float64 }{{0, 0.05}, {AdapterLROff, 0}, {0.2, 0.2}} {
+		o, err := mergeOptions(ts, Options{AdapterLR: c.given}).withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.AdapterLR != c.want {
+			t.Errorf("AdapterLR %g on a checkpoint with 0.05: %g, want %g", c.given, o.AdapterLR, c.want)
+		}
+	}
+}

@@ -8,10 +8,12 @@ import "github.com/slopeml/slope/ops"
 // values only for N:M weights), their gradients (the same lengths), the
 // AdamW moments (two float32 per value) and the N:M weights' metadata
 // (their packed indices and transpose masks, as the container stores
-// them: for 2:4, 3 bits per kept value). Kernels is what the
-// bound steps hold besides: prepared kernel copies of the weights and
-// reused scratch buffers; Activations the forward values, their
-// gradients and the loss gradient kept between steps.
+// them: for 2:4, 3 bits per kept value). Kernels is what SlopeLinear
+// steps hold besides, between steps (ops.CacheBytes: the indices of the
+// prepared weights and W_dpᵀ's refill plans; the scratch that every step
+// shares, dense panels included, is not counted, so a dense model reports
+// 0); Activations the forward values, their gradients and the loss
+// gradient kept between steps.
 type Memory struct {
 	Values, Grads, Moments, NMMeta int64
 	Kernels, Activations           int64
@@ -31,9 +33,7 @@ func (t *Trainer) Memory() Memory {
 			m.NMMeta += int64(len(p.NM.Indices) + len(p.NM.TMask))
 		}
 	}
-	for k := range t.m {
-		m.Moments += 4 * int64(len(t.m[k])+len(t.v[k]))
-	}
+	m.Moments = t.OptimizerBytes()
 	for _, ps := range t.plan {
 		m.Kernels += ops.CacheBytes(ps.Step)
 	}

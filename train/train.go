@@ -17,7 +17,6 @@ package train
 import (
 	"fmt"
 	"math"
-	"runtime"
 
 	"google.golang.org/protobuf/proto"
 
@@ -85,7 +84,8 @@ type Options struct {
 	// AdapterLR, when positive, is the constant learning rate of the
 	// adapter factors (lazily added or in the model) instead of the
 	// schedule's, which is near its floor in the final 1% of steps where
-	// SLoPe adds them.
+	// SLoPe adds them. 0 takes a resumed checkpoint's; AdapterLROff means
+	// the schedule's even then.
 	AdapterLR float64
 
 	// Accum splits every Step's batch into Accum micro-batches whose
@@ -98,6 +98,10 @@ type Options struct {
 	// (0: not recorded; Resume fills them from the checkpoint).
 	Batch, Seq int
 }
+
+// AdapterLROff as Options.AdapterLR turns a resumed checkpoint's adapter
+// rate off (0 keeps it).
+const AdapterLROff = -1
 
 // Defaults of Options.
 const (
@@ -122,6 +126,9 @@ func (o Options) withDefaults() (Options, error) {
 	case ScheduleCosine, ScheduleLinear, ScheduleConstant:
 	default:
 		return o, fmt.Errorf("train: schedule %q: want cosine, linear or constant", o.Schedule)
+	}
+	if o.AdapterLR == AdapterLROff {
+		o.AdapterLR = 0
 	}
 	switch {
 	case o.WeightDecay == 0:
@@ -189,11 +196,8 @@ type Trainer struct {
 	// gradNorm is the global gradient norm of the last Step, before
 	// clipping.
 	gradNorm float64
-	// gradScale is the clipping factor of the current update (1: none);
-	// gradsZero is true when every Param's Grad is known to be zero (AdamW
-	// zeroes them as it reads them), so that Step need not clear them.
+	// gradScale is the clipping factor of the current update (1: none).
 	gradScale float32
-	gradsZero bool
 
 	// acts are the per-slot buffers of the forward values, grads the
 	// buffers the backward pass recycles for the values' gradients,
@@ -355,12 +359,7 @@ func (t *Trainer) call(ids [][]int32) (*ops.Call, error) {
 }
 
 // threads is the goroutine count of the trainer's own loops.
-func (t *Trainer) threads() int {
-	if t.o.Threads > 0 {
-		return t.o.Threads
-	}
-	return runtime.GOMAXPROCS(0)
-}
+func (t *Trainer) threads() int { return cpu.ResolveThreads(t.o.Threads) }
 
 // buffer returns (*bufs)[slot][:n] zeroed, growing the slot's buffer when
 // it is too short.
@@ -402,30 +401,23 @@ func (t *Trainer) forward(c *ops.Call) ([]*ops.Value, error) {
 // each sequence; with grad it also returns ∂(sum/total)/∂logits (zero at
 // the last position of each sequence), total being the number of
 // predicted positions of the whole (accumulated) batch. Rows are spread
-// over threads; each row's loss is computed alone (float64: the max, the
-// sum of exp(v - max) in index order, lse), and the rows' losses are
-// summed in row order, so the result does not depend on the threads.
+// over threads; each row's loss is computed alone (the float32 max, the
+// exponentials and their float64 sum by cpu.ExpShiftSum, lse in float64)
+// into the reused gradient buffer, and the rows' losses are summed in
+// row order, so the result does not depend on the threads.
 func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total int) (float64, *ops.Value) {
-	var g *ops.Value
-	if grad {
-		if cap(t.glogits) < len(logits.Data) {
-			t.glogits = make([]float32, len(logits.Data))
-		}
-		g = &ops.Value{Rows: logits.Rows, Dim: logits.Dim, Data: t.glogits[:len(logits.Data)]}
+	if cap(t.glogits) < len(logits.Data) {
+		t.glogits = make([]float32, len(logits.Data))
 	}
+	g := &ops.Value{Rows: logits.Rows, Dim: logits.Dim, Data: t.glogits[:len(logits.Data)]}
 	inv := 1 / float64(total)
 	rows := c.Batch * c.Seq
 	losses := make([]float64, rows)
 	cpu.ParallelFor(rows, t.threads(), func(lo, hi int) {
-		var e []float32 // the softmax numerators without grad
-		if !grad {
-			e = make([]float32, logits.Dim)
-		}
 		for r := lo; r < hi; r++ {
+			e := g.Row(r) // the softmax numerators, then the gradient
 			if r%c.Seq == c.Seq-1 {
-				if grad {
-					clear(g.Row(r)) // the last position predicts nothing
-				}
+				clear(e) // the last position predicts nothing
 				continue
 			}
 			target := int(c.IDs[r+1])
@@ -438,9 +430,6 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 						break
 					}
 				}
-			}
-			if grad {
-				e = g.Row(r)
 			}
 			sum := cpu.ExpShiftSum(e, y, mx)
 			losses[r] = float64(mx) + math.Log(sum) - float64(y[target])
@@ -456,6 +445,9 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 	var loss float64
 	for _, l := range losses {
 		loss += l
+	}
+	if !grad {
+		return loss, nil
 	}
 	return loss, g
 }
@@ -582,12 +574,10 @@ func (t *Trainer) lossSum(ids [][]int32, grad bool, total int) (float64, error) 
 }
 
 // Step takes one optimizer step on a batch of equal-length sequences
-// (every token real) and returns the batch loss before the update.
+// (every token real) and returns the batch loss before the update. The
+// gradients are zero between steps: Params start so, AdamW zeroes them
+// as it reads them, and a failed step clears them.
 func (t *Trainer) Step(ids [][]int32) (float64, error) {
-	if !t.gradsZero {
-		t.zeroGrad()
-	}
-	t.gradsZero = false
 	loss, err := t.lossAndGrad(ids)
 	if err != nil {
 		t.zeroGrad()
@@ -606,7 +596,6 @@ func (t *Trainer) Step(ids [][]int32) (float64, error) {
 func (t *Trainer) apply() error {
 	t.clip()
 	t.adamW(t.LR(t.step))
-	t.gradsZero = true
 	t.step++
 	if t.o.MaskRefresh > 0 && t.step%t.o.MaskRefresh == 0 {
 		if err := t.RefreshMasks(); err != nil {
@@ -620,7 +609,6 @@ func (t *Trainer) zeroGrad() {
 	for _, p := range t.params {
 		clear(p.Grad)
 	}
-	t.gradsZero = true
 }
 
 // clip measures the global gradient norm and sets the factor AdamW

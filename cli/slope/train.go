@@ -9,7 +9,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -194,6 +193,9 @@ func trainOptions(changed func(name string) bool, fl trainFlags, resume bool) tr
 	}
 	if set("adapter-lr") {
 		o.AdapterLR = fl.adapterLR
+		if o.AdapterLR == 0 {
+			o.AdapterLR = train.AdapterLROff // the schedule's, even when resuming a checkpoint that had one
+		}
 	}
 	if set("adapter-scale") {
 		o.AdapterScale = fl.adapterScale
@@ -240,11 +242,9 @@ type trainRecord struct {
 // memoryRecord reports the trainer's memory and the peak RSS.
 func memoryRecord(tr *train.Trainer, elapsed float64) trainRecord {
 	m := tr.Memory()
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return trainRecord{Type: "memory", Step: tr.StepCount(), ElapsedS: elapsed,
 		StateBytes: m.State(), ValuesBytes: m.Values, GradsBytes: m.Grads, MomentsBytes: m.Moments, NMMetaBytes: m.NMMeta,
-		KernelBytes: m.Kernels, ActivationBytes: m.Activations, PeakRSSBytes: 1024 * int64(ru.Maxrss)}
+		KernelBytes: m.Kernels, ActivationBytes: m.Activations, PeakRSSBytes: peakRSSBytes()}
 }
 
 func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
@@ -252,12 +252,13 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		return err
 	}
 	stderr := cmd.ErrOrStderr()
-	// The trainer's heap is mostly long-lived float slices and its
-	// per-step garbage is large (logits, pooled scratch), so the default
-	// GOGC=100, which lets the heap reach twice the live size, puts the
-	// peak RSS far above the training state. A quarter costs little
-	// collection work (the slices hold no pointers to scan). GOGC in the
-	// environment still wins.
+	// The trainer's heap is mostly long-lived float slices, and a step
+	// still leaves about 25 MB of garbage at the bench model's size (ops'
+	// prepared dense panels and scratch that the collector takes from the
+	// pools), so the default GOGC=100, which lets the heap reach twice the
+	// live size, puts the peak RSS far above the training state. A quarter
+	// costs little collection work (the slices hold no pointers to scan).
+	// GOGC in the environment still wins.
 	if _, set := os.LookupEnv("GOGC"); !set {
 		defer debug.SetGCPercent(debug.SetGCPercent(trainGCPercent))
 	}

@@ -99,7 +99,7 @@ func (d *Dense) Linear(y, x []float32, m int, bias []float32, threads int) error
 	if m == 0 {
 		return nil
 	}
-	d.pan.mulAdd(y, d.pan.n, x, d.pan.k, m, bias, true, resolveThreads(threads))
+	d.pan.mulAdd(y, d.pan.n, x, d.pan.k, m, bias, true, ResolveThreads(threads))
 	return nil
 }
 

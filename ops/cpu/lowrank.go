@@ -52,7 +52,7 @@ func (a *LowRank) Add(y, x []float32, m int, scale float32, threads int) error {
 	if m == 0 {
 		return nil
 	}
-	t := resolveThreads(threads)
+	t := ResolveThreads(threads)
 	rp := a.lp.n
 	tb := getF32(m * rp)
 	defer putF32(tb)

@@ -155,7 +155,7 @@ func (s *Sparse) Linear(y, x []float32, m int, bias []float32, threads int) erro
 	if m == 0 {
 		return nil
 	}
-	t := resolveThreads(threads)
+	t := ResolveThreads(threads)
 	if m >= gemmMinRows && asmDT(s.dt) && s.in <= spMaxIn {
 		s.gemm(y, x, m, bias, t)
 		return nil

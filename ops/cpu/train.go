@@ -24,7 +24,7 @@ func PrepareDenseF32(dst *Dense, w []float32, out, in, threads int) (*Dense, err
 	}
 	d := reuseDense(dst, in, out)
 	f := d.pan.w.f32
-	parallelRange(d.pan.np, resolveThreads(threads), func(p0, p1 int) {
+	parallelRange(d.pan.np, ResolveThreads(threads), func(p0, p1 int) {
 		for o := p0 * panelW; o < min(p1*panelW, out); o++ {
 			dst := f[(o/panelW)*in*panelW+o%panelW:]
 			for k, v := range w[o*in : (o+1)*in] {
@@ -48,7 +48,7 @@ func PrepareDenseKN(dst *Dense, b []float32, k, n, threads int) (*Dense, error) 
 	d := reuseDense(dst, k, n)
 	f := d.pan.w.f32
 	np := d.pan.np
-	parallelRange(np, resolveThreads(threads), func(p0, p1 int) {
+	parallelRange(np, ResolveThreads(threads), func(p0, p1 int) {
 		for p := p0; p < p1; p++ {
 			c0, c1 := p*panelW, min(p*panelW+panelW, n)
 			pan := f[p*k*panelW : (p+1)*k*panelW]
@@ -84,7 +84,7 @@ func (d *Dense) MulAdd(y, x []float32, m int, threads int) error {
 	if m == 0 {
 		return nil
 	}
-	d.pan.mulAdd(y, d.pan.n, x, d.pan.k, m, nil, false, resolveThreads(threads))
+	d.pan.mulAdd(y, d.pan.n, x, d.pan.k, m, nil, false, ResolveThreads(threads))
 	return nil
 }
 
@@ -100,7 +100,7 @@ func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
 		return errShape("set values", "%d values, want Out*kept = %d*%d", len(vals), s.out, s.kept)
 	}
 	f := s.vals.f32
-	parallelRange(s.np, resolveThreads(threads), func(p0, p1 int) {
+	parallelRange(s.np, ResolveThreads(threads), func(p0, p1 int) {
 		for o := p0 * spLanes; o < min(p1*spLanes, s.out); o++ {
 			dst := f[(o/spLanes)*s.kept*spLanes+o%spLanes:]
 			for t, v := range vals[o*s.kept : (o+1)*s.kept] {
@@ -201,7 +201,7 @@ func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, indices [
 	if len(indices) != out*rb {
 		return errShape("nm weight grad", "%d index bytes for weight [%d, %d] (%d per row)", len(indices), out, in, rb)
 	}
-	t := resolveThreads(threads)
+	t := ResolveThreads(threads)
 	if asm512On() && p == (format.NM{N: 2, M: 4}) {
 		kept, err := nmGradCheck(g, gy, x, m, p, out, in, nil)
 		if err != nil || m == 0 || out == 0 {
@@ -463,7 +463,7 @@ func Transpose(dst, src []float32, rows, cols, threads int) error {
 func transposeLD(dst []float32, ldd int, src []float32, rows, cols, threads int) {
 	const chunk = 256
 	chunks := (cols + chunk - 1) / chunk
-	parallelRange(chunks, resolveThreads(threads), func(k0, k1 int) {
+	parallelRange(chunks, ResolveThreads(threads), func(k0, k1 int) {
 		for k := k0; k < k1; k++ {
 			c0, c1 := k*chunk, min(k*chunk+chunk, cols)
 			r := 0
@@ -541,7 +541,7 @@ func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads
 		return errShape("set values", "plan of %d slots from %d values, weight of %d slots from %d values", len(g.src), g.nVals, len(f), len(vals))
 	}
 	const chunk = 1 << 14
-	parallelRange((len(f)+chunk-1)/chunk, resolveThreads(threads), func(c0, c1 int) {
+	parallelRange((len(f)+chunk-1)/chunk, ResolveThreads(threads), func(c0, c1 int) {
 		lo, hi := c0*chunk, min(c1*chunk, len(f))
 		if asm512On() && len(vals) > 0 {
 			gatherF32AVX512(&f[lo], &vals[0], &g.src[lo], hi-lo)

@@ -158,8 +158,9 @@ func checkLowRank(op string, y, x []float32, m, in, out, r int, l, rr []float32)
 	return nil
 }
 
-// resolveThreads maps threads <= 0 to GOMAXPROCS.
-func resolveThreads(t int) int {
+// ResolveThreads maps a thread count <= 0 to GOMAXPROCS (the kernels'
+// convention for "all cores").
+func ResolveThreads(t int) int {
 	if t <= 0 {
 		t = gomaxprocs()
 	}
