@@ -537,8 +537,8 @@ func (s *slopeLinearGrad) inputGradNM(c *Call, gx, gy []float32, m int) (bool, e
 		return false, err
 	}
 	defer release()
-	tmp := getF32(m * s.in)
-	defer putF32(tmp)
+	tmp := cpu.GetF32(m * s.in)
+	defer cpu.PutF32(tmp)
 	if err := sp.Linear(*tmp, gy[:m*s.out], m, nil, c.Threads); err != nil {
 		return false, err
 	}

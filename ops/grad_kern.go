@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math"
-	"math/bits"
 	"sync"
 	"unsafe"
 
@@ -84,26 +83,10 @@ func addInto(dst, src []float32, threads int) {
 }
 
 // Scratch memory of the training products, shared by all steps (a step
-// holds none between calls): float32 buffers in power-of-two size
-// classes, and prepared dense weights by shape (refilled from the current
+// holds none between calls): float32 buffers from cpu.GetF32's size-class
+// pools, and prepared dense weights by shape (refilled from the current
 // values at every call, so Params edited between calls are always seen).
-var (
-	f32Pools   [48]sync.Pool // *[]float32 with cap 1<<class
-	densePools sync.Map      // [2]int{k, n} -> *sync.Pool of *cpu.Dense
-)
-
-// getF32 returns a buffer of n float32s (contents undefined).
-func getF32(n int) *[]float32 {
-	class := bits.Len(uint(max(n, 1) - 1))
-	if p, ok := f32Pools[class].Get().(*[]float32); ok {
-		*p = (*p)[:n]
-		return p
-	}
-	b := make([]float32, n, 1<<class)
-	return &b
-}
-
-func putF32(p *[]float32) { f32Pools[bits.Len(uint(cap(*p))-1)].Put(p) }
+var densePools sync.Map // [2]int{k, n} -> *sync.Pool of *cpu.Dense
 
 func densePool(k, n int) *sync.Pool {
 	p, _ := densePools.LoadOrStore([2]int{k, n}, &sync.Pool{})
@@ -152,8 +135,8 @@ func addInputGrad(gx, gy []float32, m, in, out int, w []float32, threads int) er
 // (m >= 1): A = gyᵀ (transposed into scratch), B = x read row-major as
 // [K = m, N = in]. (weightGrad is its reference.)
 func addWeightGrad(g, gy, x []float32, m, in, out int, threads int) error {
-	gyT := getF32(m * out)
-	defer putF32(gyT)
+	gyT := cpu.GetF32(m * out)
+	defer cpu.PutF32(gyT)
 	transposeInto(*gyT, gy[:m*out], m, out, threads)
 	d, err := cpu.PrepareDenseKN(getDense(m, in), x[:m*in], m, in, threads)
 	if err != nil {
@@ -213,13 +196,13 @@ func (c *nmCache) sameIdx(nm *NMParam) bool {
 // withValues returns a view of sp on a pooled values buffer and the
 // function that returns the buffer.
 func withValues(sp *cpu.Sparse) (*cpu.Sparse, func(), error) {
-	buf := getF32(sp.ValuesF32Len())
+	buf := cpu.GetF32(sp.ValuesF32Len())
 	v, err := sp.WithValuesF32(*buf)
 	if err != nil {
-		putF32(buf)
+		cpu.PutF32(buf)
 		return nil, nil, err
 	}
-	return v, func() { putF32(buf) }, nil
+	return v, func() { cpu.PutF32(buf) }, nil
 }
 
 // forward returns W prepared for the N:M kernels with the current values

@@ -161,8 +161,8 @@ func (b *panels) gemmBlock(c []float32, ldc int, a []float32, lda, r0, r1, p0, p
 	}
 	var conv *[]float32
 	if b.dt != Float32 {
-		conv = getF32(min(denseKC, b.k) * panelW)
-		defer putF32(conv)
+		conv = GetF32(min(denseKC, b.k) * panelW)
+		defer PutF32(conv)
 	}
 	var tmp [gemmMR * panelW]float32
 	for p := p0; p < p1; p++ {

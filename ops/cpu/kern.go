@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"math"
+	"math/bits"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -90,20 +91,31 @@ func need(ok bool) {
 // ---- scratch buffers ----
 
 var (
-	f32Pool sync.Pool // *[]float32
-	u32Pool sync.Pool // *[]uint32
+	f32Pools [64]sync.Pool // *[]float32 with cap >= 1<<class
+	u32Pool  sync.Pool     // *[]uint32
 )
 
-func getF32(n int) *[]float32 {
-	if v, _ := f32Pool.Get().(*[]float32); v != nil && cap(*v) >= n {
-		*v = (*v)[:n]
-		return v
+// GetF32 returns a scratch buffer of n float32s (contents undefined) from
+// pools by power-of-two size class, so that buffers of different sizes
+// do not evict each other; PutF32 gives it back. The kernels and the
+// training steps share them.
+func GetF32(n int) *[]float32 {
+	class := bits.Len(uint(max(n, 1) - 1)) // the smallest 1<<class >= n
+	if p, ok := f32Pools[class].Get().(*[]float32); ok {
+		*p = (*p)[:n]
+		return p
 	}
-	s := make([]float32, n)
-	return &s
+	b := make([]float32, n, 1<<class)
+	return &b
 }
 
-func putF32(s *[]float32) { f32Pool.Put(s) }
+// PutF32 returns a buffer to the pool of the largest class its capacity
+// covers (any slice may be given back).
+func PutF32(p *[]float32) {
+	if c := cap(*p); c > 0 {
+		f32Pools[bits.Len(uint(c))-1].Put(p)
+	}
+}
 
 func getU32(n int) *[]uint32 {
 	if v, _ := u32Pool.Get().(*[]uint32); v != nil && cap(*v) >= n {

@@ -54,8 +54,8 @@ func (a *LowRank) Add(y, x []float32, m int, scale float32, threads int) error {
 	}
 	t := ResolveThreads(threads)
 	rp := a.lp.n
-	tb := getF32(m * rp)
-	defer putF32(tb)
+	tb := GetF32(m * rp)
+	defer PutF32(tb)
 	tm := *tb
 	clear(tm)
 	a.lp.mulAdd(tm, rp, x, a.in, m, nil, false, t)

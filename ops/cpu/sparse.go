@@ -173,8 +173,8 @@ func (s *Sparse) gemv(y, x []float32, m int, bias []float32, t int) {
 	if !s.quad && s.p.M <= 8 && asmDT(s.dt) {
 		// The AVX2 kernel reads up to 8 floats past a row's last group.
 		stride = s.in + 8
-		buf := getF32(m * stride)
-		defer putF32(buf)
+		buf := GetF32(m * stride)
+		defer PutF32(buf)
 		xs = *buf
 		for i := 0; i < m; i++ {
 			copy(xs[i*stride:], x[i*s.in:(i+1)*s.in])
@@ -221,8 +221,8 @@ func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int) {
 		ld, sh, gran, rmax = 64, 8, 16, 4
 	}
 	nb := (m + ld - 1) / ld
-	xtb := getF32(nb * in * ld)
-	defer putF32(xtb)
+	xtb := GetF32(nb * in * ld)
+	defer PutF32(xtb)
 	xt := *xtb
 	parallelRange(nb, t, func(b0, b1 int) {
 		for b := b0; b < b1; b++ {
@@ -236,11 +236,11 @@ func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int) {
 	work := func(p0, p1, b0, b1 int) {
 		np := min(spPanels, p1-p0)
 		offb := getU32(np * s.kept * spLanes)
-		valb := getF32(np * s.kept * spLanes)
-		ytb := getF32(np * spLanes * ld)
+		valb := GetF32(np * s.kept * spLanes)
+		ytb := GetF32(np * spLanes * ld)
 		defer putU32(offb)
-		defer putF32(valb)
-		defer putF32(ytb)
+		defer PutF32(valb)
+		defer PutF32(ytb)
 		for pc := p0; pc < p1; pc += spPanels {
 			pn := min(spPanels, p1-pc)
 			for k := 0; k < pn; k++ {

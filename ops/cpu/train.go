@@ -221,9 +221,9 @@ func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, indices [
 		nmGradZ(g, gy, x, m, p, 0, out, in, kept, idx, t)
 		return nil
 	}
-	gyTb, xTb := getF32(m*out), getF32(m*in)
-	defer putF32(gyTb)
-	defer putF32(xTb)
+	gyTb, xTb := GetF32(m*out), GetF32(m*in)
+	defer PutF32(gyTb)
+	defer PutF32(xTb)
 	gyT, xT := *gyTb, *xTb
 	if err := Transpose(gyT, gy, m, out, t); err != nil {
 		return err
@@ -351,9 +351,9 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 	if ld%128 == 0 {
 		ld += 16
 	}
-	gyTb, xTb := getF32(ld*out), getF32(ld*in)
-	defer putF32(gyTb)
-	defer putF32(xTb)
+	gyTb, xTb := GetF32(ld*out), GetF32(ld*in)
+	defer PutF32(gyTb)
+	defer PutF32(xTb)
 	gyT, xT := *gyTb, *xTb
 	transposeLD(gyT, ld, gy, m, out, t)
 	transposeLD(xT, ld, x, m, in, t)
