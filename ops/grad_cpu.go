@@ -164,7 +164,7 @@ func (g *CPUGrad) BindGrad(b Binding, ps ParamStore) (GradStep, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &activationGrad{activationStep: s.(*activationStep), op: n.OpType, df: activationDeriv(n.OpType)}, nil
+		return &activationGrad{activationStep: s.(*activationStep), back: activationBackward(n.OpType)}, nil
 	}
 	return nil, fmt.Errorf("node %q: backend %s has no gradient kernel for op %s: %w", n.Name, g.Name(), n.OpType, ErrUnsupported)
 }
@@ -212,8 +212,7 @@ func nonNil(ps ...*Param) []*Param {
 
 type activationGrad struct {
 	*activationStep
-	op string
-	df func(x float64) float64
+	back func(gx, gy, x []float32) // gx[i] += gy[i]·f'(x[i]) over one range
 }
 
 func (s *activationGrad) Params() []*Param { return nil }
@@ -225,12 +224,18 @@ func (s *activationGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, g
 	}
 	n := c.Rows() * s.dim
 	x, gy, gx := in[0].Data[:n], gout.Data[:n], gin[0].Data[:n]
-	if s.op == OpRelu {
-		// f' is 1 or 0: gy·1 = gy and gy·0 exactly as the float64 product
-		// rounds them. The factor is built from the comparison without a
-		// branch (the sign of x is a coin flip for the branch predictor).
-		parallelRows(n, c.Threads, func(lo, hi int) {
-			x, gy, gx := x[lo:hi], gy[lo:hi], gx[lo:hi]
+	parallelRows(n, c.Threads, func(lo, hi int) { s.back(gx[lo:hi], gy[lo:hi], x[lo:hi]) })
+	return nil
+}
+
+// activationBackward returns op's gradient loop: for ReLU, f' is 1 or 0
+// and gy·1 = gy and gy·0 exactly as the float64 product rounds them, with
+// the factor made from the comparison instead of a branch on the sign of
+// x, which the branch predictor cannot learn; the other ops multiply by
+// their derivative in float64.
+func activationBackward(op string) func(gx, gy, x []float32) {
+	if op == OpRelu {
+		return func(gx, gy, x []float32) {
 			gy, gx = gy[:len(x)], gx[:len(x)]
 			for i, v := range x {
 				var one uint32
@@ -239,27 +244,20 @@ func (s *activationGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, g
 				}
 				gx[i] += gy[i] * math.Float32frombits(one)
 			}
-		})
-		return nil
-	}
-	parallelRows(n, c.Threads, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			gx[i] += float32(float64(gy[i]) * s.df(float64(x[i])))
 		}
-	})
-	return nil
+	}
+	df := activationDeriv(op)
+	return func(gx, gy, x []float32) {
+		gy, gx = gy[:len(x)], gx[:len(x)]
+		for i, v := range x {
+			gx[i] += float32(float64(gy[i]) * df(float64(v)))
+		}
+	}
 }
 
 func activationDeriv(op string) func(float64) float64 {
 	sigmoid := func(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
-	switch op {
-	case OpRelu:
-		return func(x float64) float64 {
-			if x > 0 {
-				return 1
-			}
-			return 0
-		}
+	switch op { // (ReLU has its own loop in activationBackward)
 	case OpGelu:
 		return func(x float64) float64 {
 			return 0.5*(1+math.Erf(x/math.Sqrt2)) + x*math.Exp(-x*x/2)/math.Sqrt(2*math.Pi)
@@ -567,9 +565,11 @@ func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, 
 			if err != nil {
 				return err
 			}
-			tkeep, err := s.w.NM.TKeepCopy()
-			if err != nil {
-				return err
+			var tkeep []bool // nil: no transpose mask, every value kept
+			if s.w.NM.TMask != nil {
+				if tkeep, err = s.w.NM.TKeepCopy(); err != nil {
+					return err
+				}
 			}
 			p := s.w.NM.Pattern
 			gx := gin[0]
@@ -579,7 +579,7 @@ func (s *slopeLinearGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, 
 					for o, g := range gout.Row(r) {
 						base := o * s.kept
 						for k, w := range s.w.Value[base : base+s.kept] {
-							if tkeep[base+k] {
+							if tkeep == nil || tkeep[base+k] {
 								gxr[k/p.N*p.M+int(idx[base+k])] += g * w
 							}
 						}

@@ -169,20 +169,27 @@ type nmCache struct {
 	idxOf *byte
 	idxN  int
 	fw    *cpu.Sparse
-	// W_dpᵀ: tMask the TMask it was built from, tOK whether W_dpᵀ is N:M,
-	// tGather its values' refill from W's (per slot of the panel layout
-	// the position in W's values, -1: a zero filler), bw the prepared
-	// weight.
-	tMask       []byte
-	tBuilt, tOK bool
-	tGather     *cpu.PanelGather
-	bw          *cpu.Sparse
+	// W_dpᵀ: tBuilt whether it was built, from TMask tMask; bw the
+	// prepared weight (nil when W_dpᵀ is not N:M) and tGather its values'
+	// refill from W's (per slot of the panel layout the position in W's
+	// values, -1: a zero filler).
+	tMask   []byte
+	tBuilt  bool
+	tGather *cpu.PanelGather
+	bw      *cpu.Sparse
 }
 
-// sameIdx reports whether the cache was built from nm.Indices (caller
-// holds mu).
-func (c *nmCache) sameIdx(nm *NMParam) bool {
-	return c.idxN == len(nm.Indices) && (len(nm.Indices) == 0 || c.idxOf == &nm.Indices[0])
+// sync keys the cache on nm.Indices, dropping what was built from other
+// indices (caller holds mu).
+func (c *nmCache) sync(nm *NMParam) {
+	if c.idxN == len(nm.Indices) && (len(nm.Indices) == 0 || c.idxOf == &nm.Indices[0]) {
+		return
+	}
+	c.fw, c.bw, c.tGather, c.tBuilt = nil, nil, nil, false
+	c.idxN, c.idxOf = len(nm.Indices), nil
+	if len(nm.Indices) > 0 {
+		c.idxOf = &nm.Indices[0]
+	}
 }
 
 // A SlopeLinear's prepared weights keep only their indices between calls
@@ -209,18 +216,13 @@ func withValues(sp *cpu.Sparse) (*cpu.Sparse, func(), error) {
 // vals, on a borrowed buffer (release gives it back): the indices are
 // prepared (and checked) on first use or when Indices was replaced.
 func (c *nmCache) forward(nm *NMParam, vals []float32, threads int) (w *cpu.Sparse, release func(), err error) {
-	if c.fw == nil || !c.sameIdx(nm) {
+	c.sync(nm)
+	if c.fw == nil {
 		sp, err := cpu.PrepareNMIndices(nm.Pattern, nm.Rows, nm.Cols, nm.Indices)
 		if err != nil {
 			return nil, nil, err
 		}
-		if !c.sameIdx(nm) {
-			c.tBuilt = false // the transpose derives from the indices too
-		}
-		c.fw, c.idxN = sp, len(nm.Indices)
-		if len(nm.Indices) > 0 {
-			c.idxOf = &nm.Indices[0]
-		}
+		c.fw = sp
 	}
 	v, release, err := withValues(c.fw)
 	if err != nil {
@@ -239,8 +241,9 @@ func (c *nmCache) forward(nm *NMParam, vals []float32, threads int) (w *cpu.Spar
 // weight (Rows not a multiple of M, or a column group keeping more than
 // N).
 func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (w *cpu.Sparse, release func(), ok bool, err error) {
-	if !c.tBuilt || !c.sameIdx(nm) || (nm.TMask == nil) != (c.tMask == nil) || !bytes.Equal(nm.TMask, c.tMask) {
-		c.tBuilt, c.tOK, c.tGather, c.bw = false, false, nil, nil
+	c.sync(nm)
+	if !c.tBuilt || (nm.TMask == nil) != (c.tMask == nil) || !bytes.Equal(nm.TMask, c.tMask) {
+		c.tBuilt, c.tGather, c.bw = false, nil, nil
 		packed, src, ok, err := transposeLayout(nm)
 		if err != nil {
 			return nil, nil, false, err
@@ -260,14 +263,9 @@ func (c *nmCache) transposeWeight(nm *NMParam, vals []float32, threads int) (w *
 		if nm.TMask != nil {
 			c.tMask = append([]byte{}, nm.TMask...)
 		}
-		c.tBuilt, c.tOK = true, ok
-		if len(nm.Indices) > 0 && c.fw == nil {
-			// Key the transpose on these Indices even before the first
-			// forward.
-			c.idxOf, c.idxN = &nm.Indices[0], len(nm.Indices)
-		}
+		c.tBuilt = true
 	}
-	if !c.tOK {
+	if c.bw == nil {
 		return nil, nil, false, nil
 	}
 	v, release, err := withValues(c.bw)
