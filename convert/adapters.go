@@ -190,14 +190,15 @@ func rowSquares(w, ws []float32) (a, b float64) {
 
 // rowSquaresKept is rowSquares(w, ws) for ws = w where keep, 0 elsewhere
 // (the pruned row stored without rounding), without materialising ws:
-// the same values in the same order, so the same bits.
+// the same values in the same order, so the same bits (a kept infinity
+// gives v - v = NaN there too).
 func rowSquaresKept(w []float32, keep []bool) (a, b float64) {
 	var a0, a1, a2, a3, b0, b1, b2, b3 float64
 	n := len(w)
 	keep = keep[:n]
 	d := func(v float64, k bool) float64 {
 		if k {
-			return 0 // v - v
+			return v - v
 		}
 		return v
 	}

@@ -58,7 +58,7 @@ var (
 	bf16Squares = sync.OnceValue(func() *[1 << 15]float64 { return squaresTable(format.BFloat16ToFloat32) })
 )
 
-// quietHalfNaNs sets the quiet bit of every NaN among the little-endian
+// quietNaNs sets the quiet bit of every NaN among the little-endian
 // 16-bit floats of raw (bit 9 for fp16, bit 6 for bf16), as decoding to
 // float32 and encoding back does; every other value is left as it is.
 // It reports whether it changed anything.
@@ -90,14 +90,6 @@ func half24SizesOf(cols int) half24Sizes {
 	return half24Sizes{values: 2 * kept, index: (2*kept + 7) / 8, mask: (kept + 7) / 8}
 }
 
-// half24Result is what prune24 produces besides the encodings.
-type half24Result struct {
-	// dropped is the number of kept values the transpose mask drops.
-	dropped int64
-	// errPruned is ‖W − W_s‖_F/‖W‖_F (0 for a zero W).
-	errPruned float64
-}
-
 // prune24 prunes the row-major [rows, cols] weight w (little-endian 16-bit
 // floats of h's dtype; rows and cols multiples of 4) 2:4 by magnitude,
 // ties to the lower index, and writes the NM tensor's raw encoding (values
@@ -106,11 +98,11 @@ type half24Result struct {
 // format.Writer.WriteTransposeMask does) to mask. The rows are split over
 // the cores in whole groups of 4. A NaN is an error naming the first one
 // in row-major order, as MagnitudeMask's.
-func (h halfFloat) prune24(rows, cols int, w, nm, mask []byte) (half24Result, error) {
+func (h halfFloat) prune24(rows, cols int, w, nm, mask []byte) (prunedWeight, error) {
 	sz := half24SizesOf(cols)
 	if rows%4 != 0 || cols%4 != 0 || cols == 0 || len(w) != 2*rows*cols ||
 		len(nm) != rows*(sz.values+sz.index) || len(mask) != rows*sz.mask {
-		return half24Result{}, fmt.Errorf("2:4 kernel: shape [%d %d] with %d, %d and %d bytes: %w", rows, cols, len(w), len(nm), len(mask), format.ErrShape)
+		return prunedWeight{}, fmt.Errorf("2:4 kernel: shape [%d %d] with %d, %d and %d bytes: %w", rows, cols, len(w), len(nm), len(mask), format.ErrShape)
 	}
 	values, index := nm[:rows*sz.values], nm[rows*sz.values:]
 	rowW, rowP := make([]float64, rows), make([]float64, rows)
@@ -132,7 +124,7 @@ func (h halfFloat) prune24(rows, cols int, w, nm, mask []byte) (half24Result, er
 		}()
 	}
 	wg.Wait()
-	var res half24Result
+	var res prunedWeight
 	for k := range workers {
 		if nanAt[k] >= 0 {
 			return res, h.firstNaN(cols, w, nanAt[k])
@@ -280,13 +272,11 @@ func (s *sel24) pick(x uint64) uint64 {
 }
 
 // squares24Row returns the sums of squares of a row and of its dropped
-// entries (the selections sel), added as rowSquaresKept adds them: the
-// dropped sums add a kept entry's square times 0, which is the +0
-// rowSquaresKept adds, except for an infinite square (a group with an
-// Inf takes the table twice instead).
+// entries (the selections sel), added as rowSquares adds them for the
+// stored kept entries: a dropped entry's square times 1, a kept one's
+// times 0 (the +0 of (v - v)², and NaN for an infinite v, as there).
 func (h halfFloat) squares24Row(w []byte, sel []uint8) (sw, sp float64) {
 	sq := h.sq
-	inf := uint64(0x8000-h.inf) * lanes16 // pushes an Inf's (or NaN's) magnitude into its lane's top bit
 	w = w[:8*len(sel)]
 	var a0, a1, a2, a3, b0, b1, b2, b3 float64
 	for g, c := range sel {
@@ -296,14 +286,6 @@ func (h halfFloat) squares24Row(w []byte, sel []uint8) (sw, sp float64) {
 		a1 += s1
 		a2 += s2
 		a3 += s3
-		if (k+inf)&high16 != 0 {
-			d := k &^ sel24Table[c&63].keep // the dropped magnitudes; 0 (whose square is +0) where kept
-			b0 += sq[d&0x7fff]
-			b1 += sq[d>>16&0x7fff]
-			b2 += sq[d>>32&0x7fff]
-			b3 += sq[d>>48&0x7fff]
-			continue
-		}
 		f := &drop24[c&63]
 		b0 += s0 * f[0]
 		b1 += s1 * f[1]
@@ -381,10 +363,3 @@ var pair24Table = func() (t [64 << 4]uint8) {
 // ge16 compares the 16-bit lanes of a and b, all below 0x8000: 1 in a
 // lane where a's is >= b's, else 0.
 func ge16(a, b uint64) uint64 { return ((a | high16) - b) >> 15 & lanes16 }
-
-func b2u8(b bool) uint8 {
-	if b {
-		return 1
-	}
-	return 0
-}

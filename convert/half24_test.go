@@ -3,6 +3,7 @@ package convert
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -89,9 +90,12 @@ func ref24(dt slopepb.DType, rows, cols int, raw []byte) (nm, mask []byte, dropp
 			dropped++
 		}
 	}
+	// The general path's error: W − W_s from the materialised W_s (a kept
+	// infinity gives Inf − Inf = NaN).
+	ws := ApplyMask(w, keep)
 	var nw, np float64
 	for o := range rows {
-		a, b := rowSquaresKept(w[o*cols:(o+1)*cols], keep[o*cols:(o+1)*cols])
+		a, b := rowSquares(w[o*cols:(o+1)*cols], ws[o*cols:(o+1)*cols])
 		nw += a
 		np += b
 	}
@@ -186,9 +190,13 @@ func TestPrune24HalfNaN(t *testing.T) {
 
 func TestPrune24HalfBadShape(t *testing.T) {
 	h, _ := halfFloatOf(slopepb.DType_FLOAT16)
+	// Buffers sized for the shape, so that only the shape check can fail.
 	for _, c := range [][2]int{{3, 4}, {4, 6}, {4, 0}} {
-		if _, err := h.prune24(c[0], c[1], make([]byte, 2*c[0]*c[1]), nil, nil); err == nil {
-			t.Errorf("shape %v: no error", c)
+		rows, cols := c[0], c[1]
+		sz := half24SizesOf(cols)
+		nm, mask := make([]byte, rows*(sz.values+sz.index)), make([]byte, rows*sz.mask)
+		if _, err := h.prune24(rows, cols, make([]byte, 2*rows*cols), nm, mask); !errors.Is(err, format.ErrShape) {
+			t.Errorf("shape %v: error %v, want format.ErrShape", c, err)
 		}
 	}
 }
@@ -321,5 +329,22 @@ func TestFusedHalfMatchesGeneral(t *testing.T) {
 		if errs[0] == nil || errs[1] == nil || errs[0].Error() != errs[1].Error() || !strings.Contains(errs[0].Error(), "NaN at row 1, col 6") {
 			t.Fatalf("%s NaN: %v (fused) vs %v (general)", dtype, errs[0], errs[1])
 		}
+	}
+}
+
+// TestRowSquaresKeptInf: the kept-mask form of the error sums gives the
+// general form's bits on rows with infinities (a kept ±Inf makes the
+// pruning error NaN, as Inf − Inf does), and so does the fp16 kernel.
+func TestRowSquaresKeptInf(t *testing.T) {
+	inf := float32(math.Inf(1))
+	w := []float32{inf, 1, 0.5, -inf, 2, 3, 0, 1}
+	keep := []bool{true, false, true, false, false, true, true, false}
+	a, b := rowSquaresKept(w, keep)
+	ra, rb := rowSquares(w, ApplyMask(w, keep))
+	if math.Float64bits(a) != math.Float64bits(ra) || math.Float64bits(b) != math.Float64bits(rb) {
+		t.Fatalf("rowSquaresKept %v %v, rowSquares %v %v", a, b, ra, rb)
+	}
+	if !math.IsNaN(b) {
+		t.Fatalf("a kept infinity gives a pruning error sum %v, want NaN", b)
 	}
 }

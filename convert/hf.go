@@ -530,11 +530,10 @@ func (s *hfSource) Close() error {
 // StoredTensor implements rawSource: weights stored in safetensors
 // files can be read raw.
 func (s *hfSource) StoredTensor(name string) (*Tensor, bool) {
-	ref, ok := s.route[name]
-	if !ok || ref.shard >= len(s.shards) {
+	ref, sh, err := s.shardOf(name)
+	if err != nil {
 		return nil, false
 	}
-	sh := s.shards[ref.shard]
 	if _, ok := sh.st.(*Safetensors); !ok {
 		return nil, false
 	}

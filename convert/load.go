@@ -26,7 +26,7 @@ type loaded struct {
 // tensor's and the transpose mask's raw encodings.
 type half24Encoded struct {
 	nm, mask []byte
-	res      half24Result
+	res      prunedWeight
 }
 
 // check verifies that the weight's data fits its shape.
@@ -322,5 +322,5 @@ func writeHalf24(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, enc
 	if err := w.WriteTransposeMaskEncoded(TransposeMaskName(t.Name), t.Name, p, out, in, enc.mask); err != nil {
 		return fail(err)
 	}
-	return prunedWeight{dropped: enc.res.dropped, errPruned: enc.res.errPruned}, nil
+	return enc.res, nil
 }
