@@ -3,9 +3,10 @@ package convert
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"math/bits"
-	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
@@ -107,29 +108,23 @@ func (h halfFloat) prune24(rows, cols int, w, nm, mask []byte) (prunedWeight, er
 	values, index := nm[:rows*sz.values], nm[rows*sz.values:]
 	rowW, rowP := make([]float64, rows), make([]float64, rows)
 	groups := rows / 4
-	workers := min(runtime.GOMAXPROCS(0), max(groups*cols/(1<<16), 1), groups)
-	dropped := make([]int64, workers)
-	nanAt := make([]int, workers) // first row with a NaN, or -1
-	var wg sync.WaitGroup
-	for k := range workers {
-		lo, hi := 4*(groups*k/workers), 4*(groups*(k+1)/workers)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			dropped[k], nanAt[k] = h.prune24Rows(cols, w[2*lo*cols:2*hi*cols], values[lo*sz.values:hi*sz.values],
-				index[lo*sz.index:hi*sz.index], mask[lo*sz.mask:hi*sz.mask], rowW[lo:hi], rowP[lo:hi])
-			if nanAt[k] >= 0 {
-				nanAt[k] += lo
+	var dropped atomic.Int64
+	var nanRow atomic.Int64 // the first row with a NaN, whatever the split
+	nanRow.Store(math.MaxInt64)
+	parallel(groups, max(1, (1<<16)/cols), func(g0, g1 int) {
+		lo, hi := 4*g0, 4*g1
+		d, nan := h.prune24Rows(cols, w[2*lo*cols:2*hi*cols], values[lo*sz.values:hi*sz.values],
+			index[lo*sz.index:hi*sz.index], mask[lo*sz.mask:hi*sz.mask], rowW[lo:hi], rowP[lo:hi])
+		dropped.Add(d)
+		for r := int64(lo + nan); nan >= 0; {
+			if cur := nanRow.Load(); r >= cur || nanRow.CompareAndSwap(cur, r) {
+				break
 			}
-		}()
-	}
-	wg.Wait()
-	var res prunedWeight
-	for k := range workers {
-		if nanAt[k] >= 0 {
-			return res, h.firstNaN(cols, w, nanAt[k])
 		}
-		res.dropped += dropped[k]
+	})
+	res := prunedWeight{dropped: dropped.Load()}
+	if r := nanRow.Load(); r != math.MaxInt64 {
+		return res, h.firstNaN(cols, w, int(r))
 	}
 	res.errPruned = relErrOfRows(rowW, rowP) // as writeMagnitude sums them
 	return res, nil
