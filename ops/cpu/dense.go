@@ -90,16 +90,22 @@ var errNil = errors.New("cpu: nil prepared weight")
 // Linear computes y = x·Wᵀ (+ bias if non-nil). x is [m, In] row-major,
 // y is [m, Out]; threads <= 0 means runtime.GOMAXPROCS(0).
 func (d *Dense) Linear(y, x []float32, m int, bias []float32, threads int) error {
+	return d.product("dense linear", y, x, m, bias, true, threads)
+}
+
+// product checks the operands and runs the panels' GEMM: y = x·Wᵀ (+ bias)
+// with init, y += x·Wᵀ without.
+func (d *Dense) product(op string, y, x []float32, m int, bias []float32, init bool, threads int) error {
 	if d == nil {
 		return errNil
 	}
-	if err := checkIO("dense linear", y, x, m, d.pan.k, d.pan.n, bias); err != nil {
+	if err := checkIO(op, y, x, m, d.pan.k, d.pan.n, bias); err != nil {
 		return err
 	}
 	if m == 0 {
 		return nil
 	}
-	d.pan.mulAdd(y, d.pan.n, x, d.pan.k, m, bias, true, ResolveThreads(threads))
+	d.pan.mulAdd(y, d.pan.n, x, d.pan.k, m, bias, init, ResolveThreads(threads))
 	return nil
 }
 

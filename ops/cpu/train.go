@@ -75,17 +75,7 @@ func reuseDense(dst *Dense, k, n int) *Dense {
 // kernels, blocking and per-element order as Linear (Linear starts each
 // element from the bias or zero, MulAdd from y's value).
 func (d *Dense) MulAdd(y, x []float32, m int, threads int) error {
-	if d == nil {
-		return errNil
-	}
-	if err := checkIO("dense muladd", y, x, m, d.pan.k, d.pan.n, nil); err != nil {
-		return err
-	}
-	if m == 0 {
-		return nil
-	}
-	d.pan.mulAdd(y, d.pan.n, x, d.pan.k, m, nil, false, ResolveThreads(threads))
-	return nil
+	return d.product("dense muladd", y, x, m, nil, false, threads)
 }
 
 // SetValuesF32 replaces the kept values of a float32 Sparse with vals
@@ -191,8 +181,9 @@ func (s *Sparse) WithValuesF32(buf []float32) (*Sparse, error) {
 // value is computed by one goroutine in a fixed order, so results do not
 // depend on threads.
 func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, indices []byte, threads int) error {
-	if p.N < 1 || p.M > 16 || p.N >= p.M || in%p.M != 0 || out < 0 || m < 0 {
-		return errShape("nm weight grad", "pattern %s, weight [%d, %d], m = %d", p, out, in, m)
+	kept, err := nmGradCheck(g, gy, x, m, p, out, in)
+	if err != nil {
+		return err
 	}
 	rb, err := p.IndexRowBytes(in)
 	if err != nil {
@@ -201,24 +192,19 @@ func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, indices [
 	if len(indices) != out*rb {
 		return errShape("nm weight grad", "%d index bytes for weight [%d, %d] (%d per row)", len(indices), out, in, rb)
 	}
+	if m == 0 || out == 0 {
+		return nil
+	}
 	t := ResolveThreads(threads)
 	if asm512On() && p == (format.NM{N: 2, M: 4}) {
-		kept, err := nmGradCheck(g, gy, x, m, p, out, in, nil)
-		if err != nil || m == 0 || out == 0 {
-			return err
-		}
 		return nmGrad24Pair(g, gy, x, m, out, in, kept, indices, rb, t)
 	}
-	idx := make([]uint8, out*(in/p.M*p.N))
-	if err := format.UnpackNMIndices(p, out, in, indices, idx); err != nil {
-		return err
-	}
-	kept, err := nmGradCheck(g, gy, x, m, p, out, in, idx)
-	if err != nil || m == 0 || out == 0 {
+	idx := make([]uint8, out*kept)
+	if err := format.UnpackNMIndices(p, out, in, indices, idx); err != nil { // (checks them)
 		return err
 	}
 	if asm512On() && 16%p.N == 0 && 16/p.N*p.M <= 32 {
-		nmGradZ(g, gy, x, m, p, 0, out, in, kept, idx, t)
+		nmGradZ(g, gy, x, m, p, in, kept, idx, t)
 		return nil
 	}
 	gyTb, xTb := GetF32(m*out), GetF32(m*in)
@@ -279,9 +265,9 @@ func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, indices [
 	return nil
 }
 
-// nmGradZ is NMWeightGrad's AVX-512 path (see there) for the rows
-// [o0, o1) of W.
-func nmGradZ(g, gy, x []float32, m int, p format.NM, o0, o1, in, kept int, idx []uint8, t int) {
+// nmGradZ is NMWeightGrad's AVX-512 path for patterns other than 2:4
+// (see there).
+func nmGradZ(g, gy, x []float32, m int, p format.NM, in, kept int, idx []uint8, t int) {
 	out := len(gy) / m
 	windows := (kept + 15) / 16
 	parallelRange(windows, t, func(w0, w1 int) {
@@ -294,8 +280,8 @@ func nmGradZ(g, gy, x []float32, m int, p format.NM, o0, o1, in, kept int, idx [
 			nlo := min(max(in-c0, 0), 16)
 			nhi := min(max(in-c0-16, 0), 16)
 			masks := (1<<nlo - 1) | (1<<nhi-1)<<16
-			for o := o0; o < o1; o += 4 {
-				r := min(4, o1-o)
+			for o := 0; o < out; o += 4 {
+				r := min(4, out-o)
 				for j := 0; j < r; j++ {
 					ir := idx[(o+j)*kept : (o+j+1)*kept]
 					for l := 0; l < 16; l++ {
@@ -408,9 +394,17 @@ const sddmmPairMax = 8
 // NMWeightGradRef is NMWeightGrad's reference: each sum in float64,
 // rounded once and added.
 func NMWeightGradRef(g, gy, x []float32, m int, p format.NM, out, in int, idx []uint8) error {
-	kept, err := nmGradCheck(g, gy, x, m, p, out, in, idx)
+	kept, err := nmGradCheck(g, gy, x, m, p, out, in)
 	if err != nil {
 		return err
+	}
+	if len(idx) != out*kept {
+		return errShape("nm weight grad", "%d indices for weight [%d, %d] (%d kept per row)", len(idx), out, in, kept)
+	}
+	for _, v := range idx {
+		if int(v) >= p.M {
+			return errShape("nm weight grad", "in-group index %d >= M = %d", v, p.M)
+		}
 	}
 	for o := 0; o < out; o++ {
 		for k := 0; k < kept; k++ {
@@ -425,20 +419,17 @@ func NMWeightGradRef(g, gy, x []float32, m int, p format.NM, out, in int, idx []
 	return nil
 }
 
-func nmGradCheck(g, gy, x []float32, m int, p format.NM, out, in int, idx []uint8) (int, error) {
+// nmGradCheck checks NMWeightGrad's pattern and operand lengths and
+// returns the kept values per row.
+func nmGradCheck(g, gy, x []float32, m int, p format.NM, out, in int) (int, error) {
 	const op = "nm weight grad"
 	if p.N < 1 || p.M > 16 || p.N >= p.M || in%p.M != 0 || out < 0 || m < 0 {
 		return 0, errShape(op, "pattern %s, weight [%d, %d], m = %d", p, out, in, m)
 	}
 	kept := in / p.M * p.N
-	if len(g) != out*kept || (idx != nil && len(idx) != out*kept) || len(gy) != m*out || len(x) != m*in {
-		return 0, errShape(op, "g %d, idx %d, gy %d, x %d elements for weight [%d, %d] (%d kept per row), m = %d",
-			len(g), len(idx), len(gy), len(x), out, in, kept, m)
-	}
-	for _, v := range idx {
-		if int(v) >= p.M {
-			return 0, errShape(op, "in-group index %d >= M = %d", v, p.M)
-		}
+	if len(g) != out*kept || len(gy) != m*out || len(x) != m*in {
+		return 0, errShape(op, "g %d, gy %d, x %d elements for weight [%d, %d] (%d kept per row), m = %d",
+			len(g), len(gy), len(x), out, in, kept, m)
 	}
 	return kept, nil
 }

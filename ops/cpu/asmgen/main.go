@@ -1128,14 +1128,7 @@ func genDotRows() {
 	CMPQ(rows, U8(4))
 	JL(LabelRef(name + "_r1"))
 	body(name+"_4", 4)
-	h01, h23 := YMM(), YMM()
-	VHADDPS(c0[1], c0[0], h01) // c0:01 23, c1:01 23 | c0:45 67, c1:45 67
-	VHADDPS(c0[3], c0[2], h23)
-	VHADDPS(h23, h01, h01) // c0:0123 .. c3:0123 | c0:4567 .. c3:4567
-	s := XMM()
-	VEXTRACTF128(U8(1), h01, s)
-	VADDPS(s, h01.AsX(), s)
-	VMOVUPS(s, Mem{Base: out})
+	hsum4(c0[:4], Mem{Base: out})
 	ADDQ(U8(16), out)
 	LEAQ(Mem{Base: k, Index: ld, Scale: 4}, k)
 	SUBQ(U8(4), rows)
@@ -1263,12 +1256,7 @@ func genSDDMM8() {
 	offs := Load(Param("offs"), GP64())
 	n := Load(Param("n"), GP64())
 	SHLQ(U8(2), n)
-	p := make([]GPVirtual, 8)
-	for j := range p {
-		p[j] = GP64()
-		MOVQ(Mem{Base: offs, Disp: 8 * j}, p[j])
-		ADDQ(x, p[j])
-	}
+	p := basePlusOffsets(x, offs, 8)
 	acc := ymms(8)
 	zeroAll(acc)
 	r := GP64()
@@ -1285,15 +1273,7 @@ func genSDDMM8() {
 
 	out := Load(Param("out"), GP64())
 	for h := 0; h < 2; h++ {
-		q := acc[4*h : 4*h+4]
-		t0, t1, u := YMM(), YMM(), YMM()
-		VHADDPS(q[1], q[0], t0)
-		VHADDPS(q[3], q[2], t1)
-		VHADDPS(t1, t0, u)
-		hi := XMM()
-		VEXTRACTF128(U8(1), u, hi)
-		VADDPS(hi, u.AsX(), hi)
-		VMOVUPS(hi, Mem{Base: out, Disp: 16 * h})
+		hsum4(acc[4*h:4*h+4], Mem{Base: out, Disp: 16 * h})
 	}
 	VZEROUPPER()
 	RET()
@@ -1379,12 +1359,7 @@ func genSDDMMPair(r int) {
 		fmt.Sprintf("for j < %d (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).", r))
 	gy := Load(Param("gy"), GP64())
 	rows := Load(Param("rows"), GP64())
-	p := make([]GPVirtual, r)
-	for j := range p {
-		p[j] = GP64()
-		MOVQ(Mem{Base: rows, Disp: 8 * j}, p[j])
-		ADDQ(gy, p[j])
-	}
+	p := basePlusOffsets(gy, rows, r)
 	xa := Load(Param("xa"), GP64())
 	xb := Load(Param("xb"), GP64())
 	n := Load(Param("n"), GP64())
@@ -1437,21 +1412,13 @@ func genSDDMMPair(r int) {
 		ys = append(ys, z)
 	}
 	for h := 0; h < len(ys)/4; h++ {
-		q := ys[4*h : 4*h+4]
-		t0, t1, u := YMM(), YMM(), YMM()
-		VHADDPS(q[1], q[0], t0)
-		VHADDPS(q[3], q[2], t1)
-		VHADDPS(t1, t0, u)
-		hi := XMM()
-		VEXTRACTF128(U8(1), u, hi)
-		VADDPS(hi, u.AsX(), hi)
-		VMOVUPS(hi, Mem{Base: out, Disp: 16 * h})
+		hsum4(ys[4*h:4*h+4], Mem{Base: out, Disp: 16 * h})
 	}
 	VZEROUPPER()
 	RET()
 }
 
-// expConsts are genExpShiftSum's constants, in expConsts order: the
+// expConstVals are genExpShiftSum's constants (the expConsts table), in order: the
 // clamp (exp of anything below it rounds to zero in float32), log2(e),
 // ln 2 split into a high part exact in float32 with its low bits zero
 // and the rest (Cody-Waite), and the Taylor coefficients 1/k! for
@@ -1742,4 +1709,30 @@ func lowLanes(n Register) Register {
 	k := K()
 	KMOVW(one.As32(), k)
 	return k
+}
+
+// hsum4 stores the lane sums of the four YMM vectors q as four floats at
+// dst: ((q0 pairs + q1 pairs) ...) by VHADDPS, then the two 128-bit
+// halves added (a fixed order).
+func hsum4(q []VecVirtual, dst Mem) {
+	t0, t1, u := YMM(), YMM(), YMM()
+	VHADDPS(q[1], q[0], t0)
+	VHADDPS(q[3], q[2], t1)
+	VHADDPS(t1, t0, u)
+	hi := XMM()
+	VEXTRACTF128(U8(1), u, hi)
+	VADDPS(hi, u.AsX(), hi)
+	VMOVUPS(hi, dst)
+}
+
+// basePlusOffsets loads n int64 byte offsets from offs and returns the
+// registers base + offs[j].
+func basePlusOffsets(base, offs Register, n int) []GPVirtual {
+	p := make([]GPVirtual, n)
+	for j := range p {
+		p[j] = GP64()
+		MOVQ(Mem{Base: offs, Disp: 8 * j}, p[j])
+		ADDQ(base, p[j])
+	}
+	return p
 }
