@@ -92,8 +92,9 @@ type colMatrix struct {
 //
 //   - our A [M,K] row-major is column-major Aᵀ [K,M]: B' as stored,
 //     transb = N.
-//   - TransA: our A [K,M] row-major is column-major Aᵀ... stored [M,K];
-//     B' = (stored)ᵀ [K,M], transb = T.
+//   - TransA: our A is stored [K,M] row-major (op(A) = its transpose),
+//     which is column-major [M,K]; B' must be op(A)ᵀ [K,M] = that stored
+//     matrix transposed, so transb = T.
 //   - TransB false: our B [K,N] row-major is column-major Bᵀ [N,K] = op(B)ᵀ:
 //     A' stored [N,K], transa = N.
 //   - TransB true: our B [N,K] row-major is column-major Bᵀ [K,N]; op(B)ᵀ

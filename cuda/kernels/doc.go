@@ -52,9 +52,11 @@
 //     weight in its streaming layout (SpMM24TCLayout, made from the
 //     portable layout at bind): per 16 rows and 128 columns one
 //     contiguous 2 KiB of values and 256 bytes of index words, whose
-//     index stream is already the mma.sp metadata format. Stream-K work
-//     split (SpMM24TCPlan): the grid (2 blocks per SM) shares rows/128 x
-//     cols/128 units equally; each block stages its x range in shared
+//     index stream is already the mma.sp metadata format. Work split
+//     (SpMM24TCPlan): stream-K, the grid (2 blocks per SM) sharing
+//     rows/128 x cols/128 units equally, when that gives each block at
+//     least 16 units; otherwise (small weights) a one-wave K split, each
+//     row block's columns in equal slices. Each block stages its x range in shared
 //     memory in B-fragment order for its 8 warps (16 rows each, two steps
 //     of loads in flight); a row block split across blocks is summed in
 //     a workspace by its last contributor (SpMM24TCWorkspace, counters

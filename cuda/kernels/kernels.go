@@ -544,14 +544,15 @@ const SpMM24TCBlocks = 264
 // shapes, 19-79 units per block, against at most 1.08x).
 const spmm24tcMinUnits = 16
 
-// SpMM24TCPlan is SpMM24TC's launch for rows x cols on a grid of at most
-// grid blocks (SpMM24TCBlocks when grid <= 0): blocks, maxC (the most
-// blocks that contribute to one row block of 128 rows; 1: none is
-// split, no workspace) and stepsPerBlock. With at least spmm24tcMinUnits
-// units (128 rows x 128 columns) per block it is stream-K
-// (stepsPerBlock 0: the blocks share the ceil(rows/128) x ceil(cols/128)
-// units equally); otherwise a K split of one wave: S = grid/rowBlocks
-// slices of stepsPerBlock steps per row block.
+// SpMM24TCPlan is SpMM24TC's launch for rows x cols on a grid of grid
+// blocks (SpMM24TCBlocks when grid <= 0): blocks, maxC (the most blocks
+// that contribute to one row block of 128 rows; 1: none is split, no
+// workspace) and stepsPerBlock. With at least spmm24tcMinUnits units
+// (128 rows x 128 columns) per block it is stream-K over exactly grid
+// blocks (stepsPerBlock 0: they share the ceil(rows/128) x
+// ceil(cols/128) units equally); otherwise a K split: max(1,
+// grid/rowBlocks) slices of stepsPerBlock steps per row block, which is
+// more than grid blocks when there are more row blocks than grid.
 func SpMM24TCPlan(rows, cols, grid int) (blocks, maxC, stepsPerBlock int) {
 	if grid <= 0 {
 		grid = SpMM24TCBlocks
@@ -747,12 +748,10 @@ type AdamWStep struct {
 func (k *Set) AdamW(s driver.Stream, w, grad, m1, m2, wbf driver.Ptr, n int, h AdamWStep) error {
 	a := &args{kernel: "adamw_f32"}
 	a.pos("n", n)
-	for _, p := range []struct {
-		name string
-		p    driver.Ptr
-	}{{"w", w}, {"grad", grad}, {"m1", m1}, {"m2", m2}} {
-		a.ptr(p.name, p.p)
-	}
+	a.ptr("w", w)
+	a.ptr("grad", grad)
+	a.ptr("m1", m1)
+	a.ptr("m2", m2)
 	if !(h.Step >= 1) || !(h.Beta1 >= 0 && h.Beta1 < 1) || !(h.Beta2 >= 0 && h.Beta2 < 1) {
 		a.fail("step %g, beta1 %g, beta2 %g out of range", h.Step, h.Beta1, h.Beta2)
 	}

@@ -241,7 +241,6 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 	xs := make([]uint32, emuTcXSWords)
 	upr := emuTcKSMax * 16
 	nstep := emuTcWarps * 32 / upr
-	// segment runs block b's part of row block bx: steps [st0, st0+nst).
 	// segment runs block b's part of row block bx: steps [st0, st0+nst),
 	// as contributor slot of c (c == 1: the whole row block).
 	segment := func(b, bx, st0, nst, slot, c int) error {

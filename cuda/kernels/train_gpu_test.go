@@ -6,7 +6,6 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/slopeml/slope/cuda/driver"
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/ops/cpu"
 )
@@ -188,5 +187,3 @@ func TestGPUSumSquares(t *testing.T) {
 		t.Errorf("sum of squares %g, want %g (relative error %.2g)", got, want, rel)
 	}
 }
-
-var _ driver.Ptr
