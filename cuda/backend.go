@@ -199,12 +199,10 @@ func (b *Backend) tcGrid() int {
 // inside Do.
 func (b *Backend) SetTCBlocks(n int) { b.opts.TCBlocks = n }
 
-// DecodeRows returns Options.SpMVMaxRows and TCMaxRows as in effect.
-func (b *Backend) DecodeRows() (spmvMax, tcMax int) { return b.opts.SpMVMaxRows, b.opts.TCMaxRows }
-
-// SetDecodeRows changes Options.SpMVMaxRows and TCMaxRows (0 keeps
-// SpMVMaxRows' default) for weights bound from now on; benchmarks compare
-// settings. Call inside Do.
+// SetDecodeRows changes Options.SpMVMaxRows and TCMaxRows (0, 0: the
+// defaults); benchmarks compare settings. The forms a weight keeps are
+// chosen when it is bound, so set them before binding; the row limits
+// are read at every product. Call inside Do.
 func (b *Backend) SetDecodeRows(spmvMax, tcMax int) {
 	if spmvMax == 0 {
 		spmvMax = defaultSpMVMaxRows

@@ -70,15 +70,11 @@ func main() {
 	}
 }
 
-// The backend's defaults, restored after each variant.
-var defaultSpMV, defaultTC int
-
 func run(tables string, quick, search bool) error {
 	be, err := cuda.New(cuda.Options{Activations: cuda.BF16, Search: search})
 	if err != nil {
 		return err
 	}
-	defaultSpMV, defaultTC = be.DecodeRows()
 	defer be.Close()
 	dev := be.Device()
 	fmt.Printf("# gpubench %s\n# device: %v\n", time.Now().UTC().Format(time.RFC3339), dev.Info)
@@ -267,7 +263,6 @@ func tcTable(be *cuda.Backend, timer *cuda.Timer) error {
 			be.SetTCBlocks(tb)
 			row(fmt.Sprintf("tensor-core kernel, grid %d", tb), "tc")
 		}
-		be.SetTCBlocks(0)
 		if err := freeLayers(be, ls); err != nil {
 			return err
 		}
@@ -557,11 +552,7 @@ func layerTable(be *cuda.Backend, timer *cuda.Timer) error {
 			if v.rank > 0 && !withAdapters {
 				continue
 			}
-			if v.spmvMax == 0 && v.tcMax == 0 {
-				be.SetDecodeRows(defaultSpMV, defaultTC)
-			} else {
-				be.SetDecodeRows(v.spmvMax, v.tcMax)
-			}
+			be.SetDecodeRows(v.spmvMax, v.tcMax)
 			l, err := be.NewBenchLayer(v.kind, ls.d, ls.ffn, ls.heads, v.rank, uint64(77+li))
 			if err != nil {
 				fmt.Printf("| %s | %s | error: %v |\n", ls.name, v.name, err)
@@ -586,7 +577,7 @@ func layerTable(be *cuda.Backend, timer *cuda.Timer) error {
 				return err
 			}
 		}
-		be.SetDecodeRows(defaultSpMV, defaultTC)
+		be.SetDecodeRows(0, 0)
 	}
 	return nil
 }
