@@ -457,12 +457,6 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 	}
 	is24 := v.Pattern.N == 2 && v.Pattern.M == 4 && vt == BF16
 	s.spmv = is24 && v.Cols%64 == 0 && b.opts.SpMVMaxRows > 0
-	// The tensor-core kernel rounds x to bf16: bf16 mode only.
-	if is24 && b.act == BF16 && v.Cols%64 == 0 && v.Rows%16 == 0 && b.opts.TCMaxRows > 0 {
-		if err := b.uploadTC(s, raw, v.Indices, v.Rows, v.Cols); err != nil {
-			return err
-		}
-	}
 	if is24 && b.sp != nil && sparselt.Supported(v.Rows, v.Cols) == nil {
 		dense, err := b.dev.Alloc(v.Rows * v.Cols * 2)
 		if err != nil {
@@ -496,7 +490,13 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 			}
 			b.WeightBytes -= int64(len(raw) + len(v.Indices))
 			s.vals, s.idx, s.spmv = 0, 0, false
-			return b.freeTC(s)
+			return nil
+		}
+	}
+	// The tensor-core kernel rounds x to bf16: bf16 mode only.
+	if is24 && b.act == BF16 && v.Cols%64 == 0 && v.Rows%16 == 0 && b.opts.TCMaxRows > 0 {
+		if err := b.uploadTC(s, raw, v.Indices, v.Rows, v.Cols); err != nil {
+			return err
 		}
 	}
 	return b.dropUnusedPortable(s, int64(len(raw)+len(v.Indices)))
@@ -516,22 +516,6 @@ func (b *Backend) uploadTC(s *linearStep, vals, idx []byte, rows, cols int) erro
 		return err
 	}
 	s.tc = true
-	return nil
-}
-
-// freeTC drops the streaming layout.
-func (b *Backend) freeTC(s *linearStep) error {
-	if !s.tc {
-		return nil
-	}
-	for _, p := range []driver.Ptr{s.tcv, s.tci} {
-		if err := b.dev.Free(p); err != nil {
-			return err
-		}
-	}
-	vb, ib := kernels.SpMM24TCLayoutBytes(s.rows, s.in)
-	b.WeightBytes -= int64(vb + ib)
-	s.tcv, s.tci, s.tc = 0, 0, false
 	return nil
 }
 
