@@ -1,7 +1,6 @@
 package kernels
 
 import (
-	"encoding/binary"
 	"fmt"
 	"github.com/slopeml/slope/cuda/gputest"
 	"math"
@@ -525,11 +524,7 @@ func TestGPUSpMM24TC(t *testing.T) {
 		for _, sh := range [][2]int{{16, 64}, {48, 320}, {256, 1024}, {1024, 4160}, {4096, 4096}, {9216, 576}, {36864, 192}} {
 			rows, cols := sh[0], sh[1]
 			c := makeNM(t, rng, rows, cols, 2, 4, true)
-			vb := make([]byte, 2*len(c.vals))
-			for i, v := range toBF16(c.vals) {
-				binary.LittleEndian.PutUint16(vb[2*i:], v)
-			}
-			tv, ti, err := SpMM24TCLayout(vb, c.idx, rows, cols)
+			tv, ti, err := SpMM24TCLayout(u16Bytes(toBF16(c.vals)), c.idx, rows, cols)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -48,6 +49,31 @@ func makeNM(t testing.TB, rng *rand.Rand, rows, cols, n, m int, roundBF bool) *n
 	}
 	k, _ := p.KeptPerRow(cols)
 	return &nmCase{rows: rows, cols: cols, n: n, m: m, dense: dense, vals: vals, idx: packed, k: k, rowBytes: rb}
+}
+
+// dpTransposeRef is the dense double-pruned transpose [cols, rows] of the
+// N:M weight (vals, unpacked in-group indices ix) whose kept values
+// survive where keep is not 0 (one byte per kept value).
+func dpTransposeRef(vals []float32, ix, keep []byte, rows, cols, n, m int) []float32 {
+	k := len(vals) / rows
+	want := make([]float32, rows*cols)
+	for r := 0; r < rows; r++ {
+		for j := 0; j < k; j++ {
+			if keep[r*k+j] != 0 {
+				want[((j/n)*m+int(ix[r*k+j]))*rows+r] = vals[r*k+j]
+			}
+		}
+	}
+	return want
+}
+
+// u16Bytes is v as little-endian bytes (a bf16 tensor's raw form).
+func u16Bytes(v []uint16) []byte {
+	b := make([]byte, 2*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint16(b[2*i:], x)
+	}
+	return b
 }
 
 // refSpMM is y[i][r] = bias[r] + sum_c dense[r][c]*x[i][c] in float64.

@@ -175,11 +175,7 @@ func emuSpmm24tc(y []float32, ldy int, x []float32, ldx int, vals []uint16, idx 
 	G, maxC, spb := SpMM24TCPlan(rows, cols, target)
 	steps := (cols + emuTcStep - 1) / emuTcStep
 	gridX := (rows + emuTcRB - 1) / emuTcRB // row blocks
-	vb := make([]byte, 2*len(vals))
-	for i, v := range vals {
-		binary.LittleEndian.PutUint16(vb[2*i:], v)
-	}
-	tv, ti, err := SpMM24TCLayout(vb, idx, rows, cols)
+	tv, ti, err := SpMM24TCLayout(u16Bytes(vals), idx, rows, cols)
 	if err != nil {
 		return nil, nil, err
 	}

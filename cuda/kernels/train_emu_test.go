@@ -71,14 +71,7 @@ func TestEmulateNMExpandT(t *testing.T) {
 			if err := format.UnpackNMIndices(p, rows, cols, c.idx, ix); err != nil {
 				t.Fatal(err)
 			}
-			want := make([]float32, rows*cols)
-			for r := 0; r < rows; r++ {
-				for j := 0; j < c.k; j++ {
-					if keep[r*c.k+j] != 0 {
-						want[((j/n)*m+int(ix[r*c.k+j]))*rows+r] = c.vals[r*c.k+j]
-					}
-				}
-			}
+			want := dpTransposeRef(c.vals, ix, keep, rows, cols, n, m)
 			got := make([]float32, rows*cols)
 			for i := range got {
 				got[i] = float32(math.NaN())

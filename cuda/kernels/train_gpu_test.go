@@ -81,15 +81,7 @@ func TestGPUNMExpandT(t *testing.T) {
 			if kept == len(keep) || kept == 0 {
 				t.Fatalf("%d:%d: the double pruning kept %d of %d: no test", c.n, c.m, kept, len(keep))
 			}
-			want := make([]float32, c.rows*c.cols)
-			for r := 0; r < c.rows; r++ {
-				for j := 0; j < nm.k; j++ {
-					if keep[r*nm.k+j] {
-						col := (j/c.n)*c.m + int(idx[r*nm.k+j])
-						want[col*c.rows+r] = nm.vals[r*nm.k+j]
-					}
-				}
-			}
+			want := dpTransposeRef(nm.vals, idx, keepB, c.rows, c.cols, c.n, c.m)
 			var got []float32
 			g.run(t, func() error {
 				out := g.poison(c.rows * c.cols * dt.Size())
