@@ -90,24 +90,14 @@ func run(tables string, quick, search bool) error {
 		if err != nil {
 			return err
 		}
-		if strings.Contains(tables, "train") {
-			if err := trainTable(be, timer); err != nil {
-				return err
-			}
-		}
-		if strings.Contains(tables, "tc") {
-			if err := tcTable(be, timer); err != nil {
-				return err
-			}
-		}
-		if strings.Contains(tables, "linear") {
-			if err := linearTable(be, timer); err != nil {
-				return err
-			}
-		}
-		if strings.Contains(tables, "layer") {
-			if err := layerTable(be, timer); err != nil {
-				return err
+		for _, tb := range []struct {
+			name string
+			run  func(*cuda.Backend, *cuda.Timer) error
+		}{{"train", trainTable}, {"tc", tcTable}, {"linear", linearTable}, {"layer", layerTable}} {
+			if strings.Contains(tables, tb.name) {
+				if err := tb.run(be, timer); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
