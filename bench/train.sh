@@ -14,7 +14,7 @@
 # REPEAT (3); the model's shape: HIDDEN (256), FFN (1024), LAYERS (4),
 # HEADS (4) (e.g. HIDDEN=768 FFN=3072 LAYERS=12 HEADS=12 VOCAB=50272 is
 # OPT-125m's; BENCH_MODEL=wide or opt125m runs the paired benchmark on
-# train's wideConfig or opt125mConfig instead of its 4-layer model,
+# train's wide or OPT-125m-shaped bench model instead of its 4-layer one,
 # PAIRED=0 skips it).
 # Output: bench/out/train.txt, or OUT.
 set -euo pipefail

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -12,40 +13,32 @@ import (
 	"github.com/slopeml/slope/convert"
 )
 
-// benchConfig is bench/train.sh's model: 4 layers, hidden 256, 4 heads,
-// ffn 1024, 256 positions, vocab 8192, tied head.
-const benchConfig = `{"model_type": "opt", "vocab_size": 8192, "hidden_size": 256, "ffn_dim": 1024,
- "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 256,
- "word_embed_proj_dim": 256, "do_layer_norm_before": true, "activation_function": "relu",
- "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`
+// optConfig is the config.json of a pre-LayerNorm ReLU OPT with a tied
+// head and 256 positions.
+func optConfig(vocab, hidden, ffn, layers, heads int) string {
+	return fmt.Sprintf(`{"model_type": "opt", "vocab_size": %d, "hidden_size": %d, "ffn_dim": %d,
+ "num_hidden_layers": %d, "num_attention_heads": %d, "max_position_embeddings": 256,
+ "word_embed_proj_dim": %d, "do_layer_norm_before": true, "activation_function": "relu",
+ "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`,
+		vocab, hidden, ffn, layers, heads, hidden)
+}
 
-// wideConfig is a model whose decoder linears dominate the step, as in
-// large models (OPT-350m's width, 2 layers, the same vocabulary): the
-// six linears hold 25M values against the 8M of the tied embedding,
-// where benchConfig's hold 3.1M against 2.1M.
-const wideConfig = `{"model_type": "opt", "vocab_size": 8192, "hidden_size": 1024, "ffn_dim": 4096,
- "num_hidden_layers": 2, "num_attention_heads": 16, "max_position_embeddings": 256,
- "word_embed_proj_dim": 1024, "do_layer_norm_before": true, "activation_function": "relu",
- "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`
-
-// opt125mConfig is OPT-125m's shape (12 layers, hidden 768, ffn 3072,
-// vocabulary 50272, tied head), with 256 positions.
-const opt125mConfig = `{"model_type": "opt", "vocab_size": 50272, "hidden_size": 768, "ffn_dim": 3072,
- "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 256,
- "word_embed_proj_dim": 768, "do_layer_norm_before": true, "activation_function": "relu",
- "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`
-
-// benchModelConfig is the model the step benchmarks train:
-// SLOPE_BENCH_MODEL=wide picks wideConfig, opt125m opt125mConfig,
-// anything else benchConfig.
+// benchModelConfig is the model the step benchmarks train, by
+// SLOPE_BENCH_MODEL:
+//   - "wide": decoder linears dominate the step, as in large models
+//     (OPT-350m's width, 2 layers): the six linears hold 25M values
+//     against the 8M of the tied embedding;
+//   - "opt125m": OPT-125m's shape;
+//   - otherwise bench/train.sh's model (4 layers, hidden 256, ffn 1024,
+//     vocab 8192: 3.1M against 2.1M).
 func benchModelConfig() string {
 	switch os.Getenv("SLOPE_BENCH_MODEL") {
 	case "wide":
-		return wideConfig
+		return optConfig(8192, 1024, 4096, 2, 16)
 	case "opt125m":
-		return opt125mConfig
+		return optConfig(50272, 768, 3072, 12, 12)
 	}
-	return benchConfig
+	return optConfig(8192, 256, 1024, 4, 4)
 }
 
 func benchModel(b *testing.B, nm string) string {
