@@ -326,11 +326,10 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	defer prog.finish()
 	start := time.Now()
 	var tokens int64
-	// stepTime sums the Step calls alone; firstTime and firstTokens are
-	// the first step's (it warms the buffers up).
+	// stepTime sums the Step calls alone; firstTime is the first step's
+	// (it warms the buffers up; every step has batch x seq tokens).
 	var stepTime, firstTime float64
 	var steps int
-	var firstTokens int64
 	save := func() error {
 		tr.SetDataPosition(data.Position())
 		return tr.Save(fl.out)
@@ -379,7 +378,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		tokens += n
 		stepTime += dt
 		if steps++; steps == 1 {
-			firstTime, firstTokens = dt, n
+			firstTime = dt
 		}
 		rate := float64(n) / max(dt, 1e-9)
 		rec := trainRecord{Type: "step", Step: s + 1, Loss: loss, LR: lr, GradNorm: tr.GradNorm(), Tokens: tokens,
@@ -416,7 +415,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if stepTime > 0 {
 		fmt.Fprintf(out, "steps: %.1f tokens/s", float64(tokens)/stepTime)
 		if steps > 1 {
-			fmt.Fprintf(out, ", %.1f tokens/s after the first", float64(tokens-firstTokens)/(stepTime-firstTime))
+			fmt.Fprintf(out, ", %.1f tokens/s after the first", float64(tokens-int64(fl.batch*fl.seq))/(stepTime-firstTime))
 		}
 		fmt.Fprintln(out)
 	}
