@@ -361,8 +361,10 @@ func (t *Trainer) call(ids [][]int32) (*ops.Call, error) {
 // threads is the goroutine count of the trainer's own loops.
 func (t *Trainer) threads() int { return cpu.ResolveThreads(t.o.Threads) }
 
-// buffer returns (*bufs)[slot][:n] zeroed, growing the slot's buffer when
-// it is too short.
+// buffer returns (*bufs)[slot][:n], growing the slot's buffer when it is
+// too short; its contents are undefined: every step's Forward writes its
+// whole output, as the runtime's sessions rely on too (checked by running
+// the tests with the buffers filled with NaN).
 func buffer(bufs *[][]float32, slot, n int) []float32 {
 	if len(*bufs) <= slot {
 		*bufs = append(*bufs, make([][]float32, slot+1-len(*bufs))...)
@@ -371,11 +373,8 @@ func buffer(bufs *[][]float32, slot, n int) []float32 {
 	if cap(b) < n {
 		b = make([]float32, n)
 		(*bufs)[slot] = b
-		return b
 	}
-	b = b[:n]
-	clear(b)
-	return b
+	return b[:n]
 }
 
 // forward runs the plan, keeping every value (in the trainer's reused
