@@ -363,8 +363,8 @@ func (t *Trainer) threads() int { return cpu.ResolveThreads(t.o.Threads) }
 
 // buffer returns (*bufs)[slot][:n], growing the slot's buffer when it is
 // too short; its contents are undefined: every step's Forward writes its
-// whole output, as the runtime's sessions rely on too (checked by running
-// the tests with the buffers filled with NaN).
+// whole output, as the runtime's sessions rely on too
+// (TestForwardOverwritesBuffers).
 func buffer(bufs *[][]float32, slot, n int) []float32 {
 	if len(*bufs) <= slot {
 		*bufs = append(*bufs, make([][]float32, slot+1-len(*bufs))...)

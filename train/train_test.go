@@ -454,3 +454,23 @@ func TestSumSquares(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardOverwritesBuffers: the activation buffers are reused without
+// clearing, so every step's Forward must write its whole output: an
+// evaluation after filling them with NaN equals one before.
+func TestForwardOverwritesBuffers(t *testing.T) {
+	tr := openTrainer(t, tinySlope(t), Options{Threads: 2})
+	ids := randBatch(rand.New(rand.NewPCG(9, 9)), tr.Vocab(), 2, 8)
+	want, err := tr.Eval(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range tr.acts {
+		for i := range b[:cap(b)] {
+			b[:cap(b)][i] = float32(math.NaN())
+		}
+	}
+	if got, err := tr.Eval(ids); err != nil || got != want {
+		t.Fatalf("after poisoning the buffers: loss %v (%v), want %v", got, err, want)
+	}
+}
