@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/slopeml/slope/format/slopepb"
@@ -408,8 +409,9 @@ func TestDenseStreamingChunks(t *testing.T) {
 	}
 }
 
-// TestDropResident: after DropResident a mapped file still reads the same
-// tensors (the pages fault in again), and a parsed one is unaffected.
+// TestDropResident: DropResident takes a mapped file's pages out of the
+// process's resident memory (/proc/self/smaps), the file still reads the
+// same tensors (the pages fault in again), and a parsed one is unaffected.
 func TestDropResident(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.slope")
 	w, err := Create(path, nil)
@@ -428,6 +430,18 @@ func TestDropResident(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	if _, err := f.Dense("a"); err != nil { // touch the pages
+		t.Fatal(err)
+	}
+	if rss := mappedRSS(t, path); rss == 0 {
+		t.Fatal("no resident pages of the mapping after a read: the check below could not fail")
+	}
+	if err := f.DropResident(); err != nil {
+		t.Fatal(err)
+	}
+	if rss := mappedRSS(t, path); rss != 0 {
+		t.Fatalf("%d kB of the mapping still resident after DropResident", rss)
+	}
 	for range 2 {
 		if err := f.DropResident(); err != nil {
 			t.Fatal(err)
@@ -454,4 +468,31 @@ func TestDropResident(t *testing.T) {
 	if got, err := p.Dense("a"); err != nil || !slices.Equal(got, want) {
 		t.Fatalf("parsed: %v %v", got, err)
 	}
+}
+
+// mappedRSS is the resident size (kB) of this process's mappings of path,
+// from /proc/self/smaps (Linux: the mmap reader's platform here).
+func mappedRSS(t *testing.T, path string) int {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatalf("reading /proc/self/smaps: %v", err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rss, in := 0, false
+	for _, line := range strings.Split(string(raw), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) >= 5 && strings.Contains(fields[0], "-") {
+			in = fields[len(fields)-1] == abs // a mapping's header line
+			continue
+		}
+		if in && len(fields) == 3 && fields[0] == "Rss:" {
+			n, _ := strconv.Atoi(fields[1])
+			rss += n
+		}
+	}
+	return rss
 }
