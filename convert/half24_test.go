@@ -281,30 +281,43 @@ func convertBoth(t *testing.T, o Options) (files [2][]byte, res [2]*Result, errs
 	return files, res, errs
 }
 
-// The fused path (raw reads, the fused 2:4 kernel, the prefetching loop)
-// writes the same file, and reports the same errors, as the general path:
+// The fused path (raw reads and the fused 2:4 kernel, through the
+// prefetching loop, with budgets tiny enough to wait and to evict in some
+// cases) writes the same file, and reports the same errors, as the
+// general path (which prefetches too, except with adapters):
 // for fp16 and bf16 checkpoints with special values (a signalling NaN, ±0,
 // ±Inf, subnormals, ties) in dense and pruned weights, with per-layer
 // patterns that leave some weights to the general path, compressed or
 // not, kept or converted.
 func TestFusedHalfMatchesGeneral(t *testing.T) {
 	const created = "2026-01-02T03:04:05Z"
+	budget, pool := prefetchBytes, maxPooledBytes
+	defer func() { prefetchBytes, maxPooledBytes = budget, pool }()
 	for _, dtype := range []string{"F16", "BF16"} {
 		h, _ := halfFloatOf(map[string]slopepb.DType{"F16": slopepb.DType_FLOAT16, "BF16": slopepb.DType_BFLOAT16}[dtype])
 		dir, _, _ := genDir(t, "pre-ln-tied", dtype, testmodels.Layout{Format: "safetensors-sharded", KeyPrefix: "model.", ShardBytes: 20000})
 		pokeHalves(t, dir, "model.decoder.layers.0.self_attn_layer_norm.weight", 0, h.inf+1, 0x8000, h.inf, 0x8001, h.inf|0x8000)
 		pokeHalves(t, dir, "model.decoder.layers.0.fc1.weight", 0, 0, 0x8000, 0, 0, 1, 1, 0x8001, 1, h.inf, 0x8000|h.inf, 0x3c00, 0xbc00)
 		pokeHalves(t, dir, "model.decoder.layers.1.self_attn.q_proj.weight", 32, 0x3c00, 0xbc00, 0x3c00, 0xbc00)
-		for _, o := range []Options{
-			{NM: "2:4"},
-			{NM: "2:4", NMLayers: "1=2:8", Compress: true},
-			{NM: "2:4", NMLayers: "0=dense"},
-			{NM: "2:4", DType: "fp32"},
-			{NM: "2:4", Method: MethodRandom, Seed: 3},
-			{NM: "2:4", Rank: 2},
+		for _, c := range []struct {
+			o     Options
+			small bool // tiny prefetch budget and buffer pool: back-pressure and eviction run
+		}{
+			{Options{NM: "2:4"}, false},
+			{Options{NM: "2:4"}, true},
+			{Options{NM: "2:4", NMLayers: "1=2:8", Compress: true}, false},
+			{Options{NM: "2:4", NMLayers: "0=dense"}, true},
+			{Options{NM: "2:4", DType: "fp32"}, false},
+			{Options{NM: "2:4", Method: MethodRandom, Seed: 3}, false},
+			{Options{NM: "2:4", Rank: 2}, false},
 		} {
+			o := c.o
 			o.In, o.Created = dir, created
-			name := fmt.Sprintf("%s %+v", dtype, o)
+			name := fmt.Sprintf("%s %+v small %v", dtype, o, c.small)
+			prefetchBytes, maxPooledBytes = budget, pool
+			if c.small {
+				prefetchBytes, maxPooledBytes = 1000, 3000
+			}
 			files, res, errs := convertBoth(t, o)
 			if errs[0] != nil || errs[1] != nil {
 				t.Fatalf("%s: %v / %v", name, errs[0], errs[1])

@@ -137,7 +137,7 @@ type bufferPool struct {
 	bytes int
 }
 
-const maxPooledBytes = 128 << 20
+var maxPooledBytes = 128 << 20 // (tests shrink it)
 
 // get returns a buffer of n bytes with undefined contents: the smallest
 // pooled one large enough, else a new one.
@@ -194,7 +194,7 @@ func (p *bufferPool) pool(bufs [][]byte) (dropped int) {
 
 // prefetchBytes bounds the bytes of the weights loaded ahead of the one
 // being written (a single larger weight is loaded alone).
-const prefetchBytes = 128 << 20
+var prefetchBytes int64 = 128 << 20 // (tests shrink it)
 
 // byteBudget counts the bytes of the weights loaded and not yet released.
 type byteBudget struct {
