@@ -67,15 +67,34 @@ func newWeightLoader(src Source, plan rawPlan) *weightLoader {
 	return l
 }
 
+// weightRead is how a weight will be read: stored (its description t,
+// nil when the source does not know it without reading), raw or decoded,
+// and pruned by the fused kernel.
+type weightRead struct {
+	t          *Tensor
+	raw, fused bool
+}
+
+// describe looks a weight up once for its read and its cost.
+func (l *weightLoader) describe(name string) weightRead {
+	if l.raws == nil {
+		return weightRead{}
+	}
+	t, ok := l.raws.StoredTensor(name)
+	if !ok {
+		return weightRead{}
+	}
+	raw, fused := l.plan(t)
+	return weightRead{t: t, raw: raw, fused: fused}
+}
+
 // load reads one weight: raw (and pruned by the fused kernel) where the
 // plan allows, else decoded.
-func (l *weightLoader) load(name string) (*loaded, error) {
-	if l.raws != nil {
-		if t, ok := l.raws.StoredTensor(name); ok {
-			if raw, fused := l.plan(t); raw {
-				return l.loadRaw(t, fused)
-			}
-		}
+func (l *weightLoader) load(name string) (*loaded, error) { return l.read(name, l.describe(name)) }
+
+func (l *weightLoader) read(name string, d weightRead) (*loaded, error) {
+	if d.raw {
+		return l.loadRaw(d.t, d.fused)
 	}
 	t, err := l.src.Tensor(name)
 	if err != nil {
@@ -244,15 +263,14 @@ func (b *byteBudget) stop() {
 // its stored bytes when it is read raw, its float32 values when decoded,
 // and the whole budget when its size is not known beforehand (it is then
 // loaded alone).
-func (l *weightLoader) cost(name string) int64 {
-	t, ok := l.raws.StoredTensor(name)
-	if !ok {
+func (d weightRead) cost() int64 {
+	switch {
+	case d.t == nil:
 		return prefetchBytes
+	case d.raw:
+		return 2 * int64(d.t.Numel())
 	}
-	if raw, _ := l.plan(t); raw {
-		return 2 * int64(t.Numel())
-	}
-	return 4 * int64(t.Numel())
+	return 4 * int64(d.t.Numel())
 }
 
 // prefetch loads names in order on another goroutine, ahead of the
@@ -275,11 +293,12 @@ func (l *weightLoader) prefetch(ctx context.Context, names []string) (next func(
 		defer wg.Done()
 		defer close(ch)
 		for _, name := range names {
-			cost := l.cost(name)
+			d := l.describe(name)
+			cost := d.cost()
 			if ctx.Err() != nil || !l.budget.acquire(cost) {
 				return
 			}
-			ld, err := l.load(name)
+			ld, err := l.read(name, d)
 			if err != nil {
 				l.budget.release(cost)
 				ch <- item{nil, err}
