@@ -320,26 +320,11 @@ func trainStages(be *cuda.Backend, timer *cuda.Timer) error {
 			return err
 		}
 		err = func() error {
-			x, err := be.RandomTensor(tokens, in, 3)
+			x, dy, y, dx, release, err := trainOperands(be, out, in, tokens)
 			if err != nil {
 				return err
 			}
-			defer be.Release(x)
-			dy, err := be.RandomTensor(tokens, out, 4)
-			if err != nil {
-				return err
-			}
-			defer be.Release(dy)
-			y, err := be.Acquire(tokens, out)
-			if err != nil {
-				return err
-			}
-			defer be.Release(y)
-			dx, err := be.Acquire(tokens, in)
-			if err != nil {
-				return err
-			}
-			defer be.Release(dx)
+			defer release()
 			step := 1
 			name := map[bool]string{false: "dense", true: "SLoPe 2:4"}[sparse]
 			var total float64
@@ -364,38 +349,45 @@ func trainStages(be *cuda.Backend, timer *cuda.Timer) error {
 	return nil
 }
 
+// trainOperands acquires a training step's x and dy (random) and y, dx
+// (tokens rows) and returns them with the function that releases them.
+func trainOperands(be *cuda.Backend, out, in, tokens int) (x, dy, y, dx ops.Tensor, release func(), err error) {
+	var held []ops.Tensor
+	release = func() {
+		for _, t := range held {
+			be.Release(t)
+		}
+	}
+	for _, mk := range []func() (ops.Tensor, error){
+		func() (ops.Tensor, error) { return be.RandomTensor(tokens, in, 3) },
+		func() (ops.Tensor, error) { return be.RandomTensor(tokens, out, 4) },
+		func() (ops.Tensor, error) { return be.Acquire(tokens, out) },
+		func() (ops.Tensor, error) { return be.Acquire(tokens, in) },
+	} {
+		t, err := mk()
+		if err != nil {
+			release()
+			return nil, nil, nil, nil, nil, err
+		}
+		held = append(held, t)
+	}
+	return held[0], held[1], held[2], held[3], release, nil
+}
+
+// timeTrain is the ms of one training step of l (about 150 ms of work
+// per measurement).
 func timeTrain(be *cuda.Backend, timer *cuda.Timer, l *cuda.BenchTrain, out, in, tokens int) (float64, error) {
-	x, err := be.RandomTensor(tokens, in, 3)
+	x, dy, y, dx, release, err := trainOperands(be, out, in, tokens)
 	if err != nil {
 		return 0, err
 	}
-	defer be.Release(x)
-	dy, err := be.RandomTensor(tokens, out, 4)
-	if err != nil {
-		return 0, err
-	}
-	defer be.Release(dy)
-	y, err := be.Acquire(tokens, out)
-	if err != nil {
-		return 0, err
-	}
-	defer be.Release(y)
-	dx, err := be.Acquire(tokens, in)
-	if err != nil {
-		return 0, err
-	}
-	defer be.Release(dx)
+	defer release()
 	step := 0
 	fn := func() error {
 		step++
 		return l.Step(cuda.DevicePtr(x), cuda.DevicePtr(dy), cuda.DevicePtr(y), cuda.DevicePtr(dx), tokens, step)
 	}
-	t, err := timer.Time(1, 2, fn)
-	if err != nil {
-		return 0, err
-	}
-	reps := int(math.Max(3, math.Min(50, 150/math.Max(t, 1e-3))))
-	return timer.Time(1, reps, fn)
+	return calibrated(timer, 1, 2, 3, 50, 150, fn)
 }
 
 func buildCopies(be *cuda.Backend, kind cuda.LinearKind, sh shape, rank int, seed uint64) ([]*cuda.BenchLinear, error) {
@@ -449,13 +441,7 @@ func timeLinear(be *cuda.Backend, timer *cuda.Timer, ls []*cuda.BenchLinear, m i
 		}
 		return ls[i%n].Forward(x, y, m)
 	}
-	// Calibrate: about 100 ms of work per measurement.
-	t, err := timer.Time(2, 3, fn)
-	if err != nil {
-		return 0, err
-	}
-	reps := int(math.Max(5, math.Min(2000, 100/math.Max(t, 1e-3))))
-	return timer.Time(2, reps, fn)
+	return calibrated(timer, 2, 3, 5, 2000, 100, fn)
 }
 
 // crossCheck compares the decode kernel, cuSPARSELt and the generic
@@ -594,13 +580,19 @@ func timeLayer(be *cuda.Backend, timer *cuda.Timer, l *cuda.BenchLayer, d, batch
 	if err := l.Prepare(batch, seq, past, cache); err != nil {
 		return 0, err
 	}
-	fn := func() error { return l.Forward(x, y) }
-	t, err := timer.Time(1, 2, fn)
+	return calibrated(timer, 1, 2, 3, 500, 150, func() error { return l.Forward(x, y) })
+}
+
+// calibrated times fn (ms per call, after warm calls): a first measure
+// of probe calls sets the repetitions to about budgetMs of work, between
+// lo and hi.
+func calibrated(timer *cuda.Timer, warm, probe, lo, hi int, budgetMs float64, fn func() error) (float64, error) {
+	t, err := timer.Time(warm, probe, fn)
 	if err != nil {
 		return 0, err
 	}
-	reps := int(math.Max(3, math.Min(500, 150/math.Max(t, 1e-3))))
-	return timer.Time(1, reps, fn)
+	reps := int(math.Max(float64(lo), math.Min(float64(hi), budgetMs/math.Max(t, 1e-3))))
+	return timer.Time(warm, reps, fn)
 }
 
 var _ ops.Tensor
