@@ -206,15 +206,23 @@ for line in open(sys.argv[1]):
     if json.loads(line)["step"] <= int(sys.argv[2]):
         sys.stdout.write(line)
 PY
-		/usr/bin/time -f "%e %M" -o "$OUT/$name.time" \
-			"$SLOPE" train "$OUT/init-2of4.slope" --resume "$OUT/slope-2of4-step$astep.slope" --data "$OUT/train.txt" \
-			--val "$OUT/val.txt" --steps "$STEPS" --batch "$BATCH" --seq "$SEQ" --threads "$THREADS" --eval-every "$EVAL_EVERY" --print-every 50 \
-			--rank-frac "$frac" --adapter-start "$astep" --out "$OUT/$name.slope" --log "$OUT/$name.jsonl"
+		resume_cmd "$name" "$astep"
+		/usr/bin/time -f "%e %M" -o "$OUT/$name.time" "${cmd[@]}" --val "$OUT/val.txt" --eval-every "$EVAL_EVERY" \
+			--print-every 50 --rank-frac "$frac" --adapter-start "$astep"
 	done
 	# Control: the same resume without adapters must end where the
 	# uninterrupted 2:4 run ended.
-	"$SLOPE" train "$OUT/init-2of4.slope" --resume "$OUT/slope-2of4-step$astep.slope" --data "$OUT/train.txt" \
-		--steps "$STEPS" --batch "$BATCH" --seq "$SEQ" --threads "$THREADS" --print-every 0 --out "$OUT/resume-check.slope" --log "$OUT/resume-check.jsonl" >/dev/null
+	resume_cmd resume-check "$astep"
+	"${cmd[@]}" --print-every 0 >/dev/null
+}
+
+resume_cmd() { # name step: sets cmd to slope train resuming slope-2of4 at step, writing name.slope and name.jsonl
+	cmd=("$SLOPE" train "$OUT/init-2of4.slope" --resume "$OUT/slope-2of4-step$2.slope" --data "$OUT/train.txt"
+		--steps "$STEPS" --batch "$BATCH" --seq "$SEQ" --threads "$THREADS" --out "$OUT/$1.slope" --log "$OUT/$1.jsonl")
+}
+
+last_loss() { # log.jsonl: the last step's training loss
+	python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print([x for x in r if x["type"]=="step"][-1]["loss"])' "$1"
 }
 
 stage_score() {
@@ -237,8 +245,8 @@ PY
 		done
 	} | tee "$f"
 	local a b
-	a=$(python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print([x for x in r if x["type"]=="step"][-1]["loss"])' "$OUT/slope-2of4.jsonl")
-	b=$(python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print([x for x in r if x["type"]=="step"][-1]["loss"])' "$OUT/resume-check.jsonl")
+	a=$(last_loss "$OUT/slope-2of4.jsonl")
+	b=$(last_loss "$OUT/resume-check.jsonl")
 	echo "resume check: final step loss $a uninterrupted, $b resumed at the adapter step without adapters" | tee -a "$f"
 }
 

@@ -59,7 +59,7 @@ mkdir -p bench/out
 			start=$(date +%s.%N)
 			"$work/slope" train "$work/m-$tag.slope" --data "$work/tokens.u16" --steps "$STEPS" \
 				--batch "$BATCH" --seq "$SEQ" --lr 1e-3 --out "$work/ck.slope" --threads "$THREADS" --print-every 1000000 \
-				--log "$work/log-$tag-$round.jsonl" >"$work/out-$tag-$round.txt" 2>/dev/null
+				--log "$work/log-$tag-$round.jsonl" >/dev/null 2>&1
 			end=$(date +%s.%N)
 			echo "round $round $nm: wall $(echo "$end - $start" | bc) s incl. start-up and the final save"
 		done
