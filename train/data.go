@@ -201,22 +201,33 @@ func (d *Data) Next(batch int) [][]int32 {
 
 // Position records where the next batch comes from, for a checkpoint.
 func (d *Data) Position() *slopepb.DataPosition {
-	return &slopepb.DataPosition{Source: d.source, Sha256: d.sum, Epoch: d.epoch, Offset: d.offset, ShuffleSeed: d.seed}
+	return &slopepb.DataPosition{Source: d.source, Sha256: d.sum, Epoch: d.epoch, Offset: d.offset, ShuffleSeed: d.seed,
+		Seq: uint64(d.seq)}
 }
 
 // Seek continues from a recorded position. The data must be the same
 // (its SHA-256 is compared; the path may differ) and is then shuffled
-// with the recorded seed.
+// with the recorded seed. A position recorded with another window length
+// (SeqChanged) counts windows of another split of the tokens, so it
+// cannot be continued: the data then starts the next epoch instead.
 func (d *Data) Seek(p *slopepb.DataPosition) error {
 	if p.GetSha256() != d.sum {
 		return fmt.Errorf("%w: %s (sha256 %s) is not the data of the checkpoint (%s, sha256 %s)", ErrData, d.source, d.sum, p.GetSource(), p.GetSha256())
 	}
-	if p.GetOffset() > uint64(d.n) {
+	d.seed, d.epoch, d.offset = p.GetShuffleSeed(), p.GetEpoch(), p.GetOffset()
+	if SeqChanged(p, d.seq) {
+		d.epoch, d.offset = d.epoch+1, 0
+	} else if p.GetOffset() > uint64(d.n) {
 		return fmt.Errorf("%w: offset %d past the %d windows of %s", ErrData, p.GetOffset(), d.n, d.source)
 	}
-	d.seed, d.epoch, d.offset = p.GetShuffleSeed(), p.GetEpoch(), p.GetOffset()
 	d.shuffle()
 	return nil
+}
+
+// SeqChanged reports whether p was recorded with a window length other
+// than seq (positions from before it was recorded count as the same).
+func SeqChanged(p *slopepb.DataPosition, seq int) bool {
+	return p.GetSeq() != 0 && p.GetSeq() != uint64(seq)
 }
 
 // Tokenizer loads the tokenizer the opened container carries (nil, nil

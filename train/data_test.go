@@ -81,6 +81,18 @@ func TestDataResume(t *testing.T) {
 	if !slices.EqualFunc(want, got, slices.Equal) {
 		t.Fatalf("resumed batches differ:\n%v\n%v", want, got)
 	}
+	// Another window length cannot continue the recorded offset: the
+	// data starts the next epoch, with the recorded seed.
+	if pos.GetSeq() != 10 || SeqChanged(pos, 10) || !SeqChanged(pos, 7) {
+		t.Fatalf("position records seq %d", pos.GetSeq())
+	}
+	s7, err := LoadData(fn, DataOptions{Seq: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s7.Seek(pos); err != nil || s7.Epoch() != pos.GetEpoch()+1 || s7.Offset() != 0 {
+		t.Fatalf("seq 7 after a seq 10 position: epoch %d offset %d (%v), want epoch %d offset 0", s7.Epoch(), s7.Offset(), err, pos.GetEpoch()+1)
+	}
 	other, _ := LoadData(fn, DataOptions{Seq: 10, Seed: 4})
 	if slices.Equal(other.perm, e0) {
 		t.Fatal("seed does not change the order")

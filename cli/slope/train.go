@@ -45,7 +45,8 @@ func newTrainCmd() *cobra.Command {
 			"run continues from the checkpoint's step, weights, optimizer moments and data\n" +
 			"position up to --steps, and ends bit-identical to an uninterrupted run with the\n" +
 			"same --threads (hyper-parameters not given come from the checkpoint; MODEL is then\n" +
-			"not read). A line per\n" +
+			"not read; a --seq other than the checkpoint's starts the data's next epoch, since\n" +
+			"the recorded position counts windows of the old length). A line per\n" +
 			"--print-every steps goes to stderr; --log writes a JSON line per step and eval, and\n" +
 			"one with the memory use (training state, kernel buffers, peak RSS) at the end.\n" +
 			"Checkpoints (complete .slope containers, written atomically) go to --out every\n" +
@@ -294,6 +295,10 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		return err
 	}
 	if p := tr.DataPosition(); fl.resume != "" && p != nil && p.GetSha256() != "" {
+		if train.SeqChanged(p, fl.seq) {
+			fmt.Fprintf(stderr, "slope train: the checkpoint's data position counts windows of --seq %d; with --seq %d it starts epoch %d of the data instead\n",
+				p.GetSeq(), fl.seq, p.GetEpoch()+1)
+		}
 		if err := data.Seek(p); err != nil {
 			return err
 		}

@@ -1455,12 +1455,15 @@ func (x *OptimizerSlot) GetMoment2() string {
 }
 
 type DataPosition struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
-	Sha256        string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Offset        uint64                 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
-	ShuffleSeed   uint64                 `protobuf:"varint,5,opt,name=shuffle_seed,json=shuffleSeed,proto3" json:"shuffle_seed,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Source      string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Sha256      string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Epoch       uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Offset      uint64                 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	ShuffleSeed uint64                 `protobuf:"varint,5,opt,name=shuffle_seed,json=shuffleSeed,proto3" json:"shuffle_seed,omitempty"`
+	// The window length (tokens per window less one) that offset counts
+	// windows of; 0 when not recorded.
+	Seq           uint64 `protobuf:"varint,6,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1526,6 +1529,13 @@ func (x *DataPosition) GetOffset() uint64 {
 func (x *DataPosition) GetShuffleSeed() uint64 {
 	if x != nil {
 		return x.ShuffleSeed
+	}
+	return 0
+}
+
+func (x *DataPosition) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
 	}
 	return 0
 }
@@ -1664,13 +1674,14 @@ const file_manifest_proto_rawDesc = "" +
 	"\rOptimizerSlot\x12\x1c\n" +
 	"\tparameter\x18\x01 \x01(\tR\tparameter\x12\x18\n" +
 	"\amoment1\x18\x02 \x01(\tR\amoment1\x12\x18\n" +
-	"\amoment2\x18\x03 \x01(\tR\amoment2\"\x8f\x01\n" +
+	"\amoment2\x18\x03 \x01(\tR\amoment2\"\xa1\x01\n" +
 	"\fDataPosition\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x16\n" +
 	"\x06offset\x18\x04 \x01(\x04R\x06offset\x12!\n" +
-	"\fshuffle_seed\x18\x05 \x01(\x04R\vshuffleSeed*}\n" +
+	"\fshuffle_seed\x18\x05 \x01(\x04R\vshuffleSeed\x12\x10\n" +
+	"\x03seq\x18\x06 \x01(\x04R\x03seq*}\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aFLOAT32\x10\x01\x12\v\n" +
