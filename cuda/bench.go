@@ -142,7 +142,7 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 		return nil, err
 	}
 	bl.PortableBytes = b.WeightBytes - before
-	if (kind == Sparse24TC || kind == Sparse24All || kind == Sparse24 && b.opts.TCMaxRows > 0) && in%64 == 0 && rows%16 == 0 {
+	if (kind == Sparse24TC || kind == Sparse24All || kind == Sparse24 && b.opts.TCMaxRows > 0) && b.tcShapeOK(rows, in) {
 		at := b.WeightBytes
 		if err := b.uploadTC(s, vals, idx, rows, in); err != nil {
 			return nil, err

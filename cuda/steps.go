@@ -493,13 +493,19 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 			return nil
 		}
 	}
-	// The tensor-core kernel rounds x to bf16: bf16 mode only.
-	if is24 && b.act == BF16 && v.Cols%64 == 0 && v.Rows%16 == 0 && b.opts.TCMaxRows > 0 {
+	if is24 && b.tcShapeOK(v.Rows, v.Cols) && b.opts.TCMaxRows > 0 {
 		if err := b.uploadTC(s, raw, v.Indices, v.Rows, v.Cols); err != nil {
 			return err
 		}
 	}
 	return b.dropUnusedPortable(s, int64(len(raw)+len(v.Indices)))
+}
+
+// tcShapeOK reports whether a 2:4 weight [rows, cols] can have the
+// tensor-core kernel's form: bf16 mode (the kernel rounds x to bf16),
+// rows % 16 == 0 and cols % 64 == 0.
+func (b *Backend) tcShapeOK(rows, cols int) bool {
+	return b.act == BF16 && cols%64 == 0 && rows%16 == 0
 }
 
 // uploadTC adds a 2:4 bf16 weight's streaming layout (spmm24tc's form),
