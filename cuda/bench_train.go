@@ -180,7 +180,7 @@ func (t *BenchTrain) Stages(x, dy, y, dx driver.Ptr, tokens int, step *int) []Tr
 	bf := blaslt.BF16
 	adamw := func(out driver.Ptr) func() error {
 		return func() error {
-			h := kernels.AdamWStep{LR: 1e-4, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1, Step: float64(*step), GradScale: 1}
+			h := kernels.NewAdamWStep(1e-4, 0.9, 0.95, 1e-8, 0.1, *step, 1)
 			return b.k.AdamW(s, t.master, t.grad, t.m1, t.m2, out, t.n, h)
 		}
 	}

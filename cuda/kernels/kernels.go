@@ -732,13 +732,21 @@ func (k *Set) NMExpandT(s driver.Stream, v DType, dt, vals, idx, keep driver.Ptr
 	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dt, vals, idx, keep, r, c, nn, mm)
 }
 
-// AdamWStep holds one AdamW update's hyperparameters, as package train
-// uses them: Step is the 1-based count for the bias corrections,
-// GradScale the clipping factor applied to the gradient first (1: none).
+// AdamWStep holds one AdamW update's scalars as package train's CPU
+// update (cpu.AdamWStep) takes them: the moment decays, the bias
+// corrections BC1 = 1-Beta1^t and BC2 = 1-Beta2^t, the learning rate,
+// Shrink = 1-LR·weight decay, Eps, and GradScale, the clipping factor
+// applied to the gradient first (1: none). NewAdamWStep derives them.
 type AdamWStep struct {
-	LR, Beta1, Beta2, Eps, WeightDecay float64
-	Step                               float64
-	GradScale                          float32
+	Beta1, Beta2, BC1, BC2, LR, Shrink, Eps float64
+	GradScale                               float32
+}
+
+// NewAdamWStep is the update of 1-based step t with weight decay wd, as
+// package train derives it.
+func NewAdamWStep(lr, beta1, beta2, eps, wd float64, t int, gradScale float32) AdamWStep {
+	return AdamWStep{Beta1: beta1, Beta2: beta2, BC1: 1 - math.Pow(beta1, float64(t)), BC2: 1 - math.Pow(beta2, float64(t)),
+		LR: lr, Shrink: 1 - lr*wd, Eps: eps, GradScale: gradScale}
 }
 
 // AdamW updates n parameters w (fp32) from grad with moments m1, m2
@@ -752,14 +760,11 @@ func (k *Set) AdamW(s driver.Stream, w, grad, m1, m2, wbf driver.Ptr, n int, h A
 	a.ptr("grad", grad)
 	a.ptr("m1", m1)
 	a.ptr("m2", m2)
-	if !(h.Step >= 1) || !(h.Beta1 >= 0 && h.Beta1 < 1) || !(h.Beta2 >= 0 && h.Beta2 < 1) {
-		a.fail("step %g, beta1 %g, beta2 %g out of range", h.Step, h.Beta1, h.Beta2)
+	if !(h.Beta1 >= 0 && h.Beta1 < 1) || !(h.Beta2 >= 0 && h.Beta2 < 1) || !(h.BC1 > 0 && h.BC1 <= 1) || !(h.BC2 > 0 && h.BC2 <= 1) {
+		a.fail("beta1 %g, beta2 %g, bias corrections %g, %g out of range", h.Beta1, h.Beta2, h.BC1, h.BC2)
 	}
-	bc1 := 1 - math.Pow(h.Beta1, h.Step)
-	bc2 := 1 - math.Pow(h.Beta2, h.Step)
-	shrink := 1 - h.LR*h.WeightDecay
 	return k.launch(a, a.kernel, driver.D1(blocks1D(int64(n))), driver.D1(threads), 0, s, w, grad, m1, m2, wbf, int64(n),
-		h.GradScale, h.Beta1, 1-h.Beta1, h.Beta2, 1-h.Beta2, h.LR, h.Eps, shrink, bc1, bc2)
+		h.GradScale, h.Beta1, 1-h.Beta1, h.Beta2, 1-h.Beta2, h.LR, h.Eps, h.Shrink, h.BC1, h.BC2)
 }
 
 // SumSquares adds the sum of squares of n fp32 values g to the fp64 at

@@ -143,12 +143,12 @@ func TestValidation(t *testing.T) {
 		{"gather ldd", "nm_gather_f32", k.NMGather(s, F32, p, p, 8, p, 2, 16, 2, 4, false)},
 		{"gather pattern", "nm_gather_bf16", k.NMGather(s, BF16, p, p, 16, p, 2, 16, 5, 4, true)},
 		{"gather null", "nm_gather_f32", k.NMGather(s, F32, 0, p, 16, p, 2, 16, 2, 4, false)},
-		{"adamw step", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, AdamWStep{Beta1: 0.9, Beta2: 0.95, Step: 0})},
-		{"adamw beta", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, AdamWStep{Beta1: 1, Beta2: 0.95, Step: 1})},
-		{"adamw null", "adamw_f32", k.AdamW(s, p, 0, p, p, 0, 10, AdamWStep{Beta1: 0.9, Beta2: 0.95, Step: 1})},
+		{"adamw step", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0, 0, 1))},
+		{"adamw beta", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, NewAdamWStep(1e-3, 1, 0.95, 1e-8, 0, 1, 1))},
+		{"adamw null", "adamw_f32", k.AdamW(s, p, 0, p, p, 0, 10, NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0, 1, 1))},
 		{"sumsq n", "sumsq_f32", k.SumSquares(s, p, p, 0)},
 		{"sumsq align", "sumsq_f32", k.SumSquares(s, p+4, p, 10)},
-		{"unloaded adamw", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, AdamWStep{Beta1: 0.9, Beta2: 0.95, Step: 1, GradScale: 1})},
+		{"unloaded adamw", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0, 1, 1))},
 	}
 	for _, c := range cases {
 		if c.err == nil {
