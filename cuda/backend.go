@@ -80,7 +80,13 @@ const (
 	FormsLowMemory Forms = "low-memory"
 )
 
-// SetForms sets SpMVMaxRows, TCMaxRows and LowMemory for f.
+// SetForms sets SpMVMaxRows, TCMaxRows and LowMemory for f. FormsBatch
+// (for weights that got both the tensor-core and cuSPARSELt forms) and
+// FormsLowMemory (for weights that got cuSPARSELt's) drop the portable
+// form the generic kernel reads: a product that then falls to no other
+// kernel (more rows than the tensor-core kernel takes, and a cuSPARSELt
+// plan that does not fit that many rows) is an error. FormsDecode and
+// FormsAll keep the portable form.
 func (o *Options) SetForms(f Forms) error {
 	switch f {
 	case FormsDecode, "":
