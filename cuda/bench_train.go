@@ -24,26 +24,37 @@ import (
 //	dW = dyᵀ·x  (fp32)         cuBLASLt
 //	AdamW over out·in values, writing W's bf16 copy
 //
-// SLoPe step (W 2:4 along in, W_dp its double-pruned transpose):
+// SLoPe step (W 2:4 along in, W_dp its double-pruned transpose), with
+// the values written in place (cuSPARSELt's compressed values layout
+// verified by sparselt.Handle.CheckValues):
 //
 //	y  = x·Wᵀ                  cuSPARSELt (W compressed)
 //	dx = dy·W_dp               cuSPARSELt (W_dpᵀ [in, out] compressed)
 //	dW = dyᵀ·x  (fp32)         cuBLASLt into a workspace, then nm_gather
 //	                           keeps W's out·in/2 positions
-//	AdamW over the kept values, writing the portable bf16 values
-//	refresh: nm_expand + recompress W, nm_expand_t + recompress W_dpᵀ
+//	AdamW over the kept values, writing their bf16 copy straight into
+//	W's compressed form (the portable order is its values order)
+//	nm_pack_t24 writes W_dpᵀ's values into its compressed form
+//	every 100 steps (the transpose mask's refresh): compress the new
+//	W_dpᵀ pattern, then nm_pack_t24
+//
+// Without the verified layout (NewBenchTrainRecompress), the kept
+// values live in a portable bf16 copy, and every step expands and
+// recompresses both forms with cuSPARSELt (nm_expand + compress W,
+// nm_expand_t + compress W_dpᵀ).
 
 // BenchTrain is one linear layer's training state on the device.
 type BenchTrain struct {
 	b        *Backend
 	sparse   bool
+	inPlace  bool // 2:4: values written into the compressed forms
 	out, in  int
 	n        int // trained values: out·in (dense) or out·in/2 (kept)
 	w        driver.Ptr
 	master   driver.Ptr
 	grad     driver.Ptr
 	m1, m2   driver.Ptr
-	vals     driver.Ptr // 2:4: portable bf16 values (the AdamW copy)
+	vals     driver.Ptr // 2:4: bf16 kept values in portable order (the AdamW copy; W's compressed values when inPlace)
 	idx      driver.Ptr // 2:4: portable indices
 	keep     driver.Ptr // 2:4: one byte per kept value, the transpose mask
 	tmp      driver.Ptr // 2:4: fp32 dW / bf16 dense workspace [out, in]
@@ -57,15 +68,46 @@ type BenchTrain struct {
 }
 
 // NewBenchTrain makes a random layer of out x in for training
-// benchmarks (bf16 activations; 2:4 needs cuSPARSELt). The 2:4 layer's
-// transpose mask keeps the kept values of rows r with r % 4 < 2: a valid
-// double-pruned pattern (at most 2 of 4 along out) whose products cost
-// what any other does. Call inside Do.
-func (b *Backend) NewBenchTrain(sparse bool, out, in int, seed uint64) (_ *BenchTrain, err error) {
+// benchmarks (bf16 activations; 2:4 needs cuSPARSELt, and writes its
+// values in place when cuSPARSELt's layout checks out, else falls back
+// to recompressing). The 2:4 layer's transpose mask keeps the kept
+// values of rows r with r % 4 < 2: a valid double-pruned pattern (at
+// most 2 of 4 along out) whose products cost what any other does. Call
+// inside Do.
+func (b *Backend) NewBenchTrain(sparse bool, out, in int, seed uint64) (*BenchTrain, error) {
+	inPlace := false
+	if sparse && b.sp != nil {
+		inPlace = b.sp.CheckValues(b.s) == nil
+	}
+	return b.newBenchTrain(sparse, inPlace, out, in, seed)
+}
+
+// NewBenchTrainRecompress makes a 2:4 layer as NewBenchTrain does, but
+// one that expands and recompresses both cuSPARSELt forms every step
+// (for comparison). Call inside Do.
+func (b *Backend) NewBenchTrainRecompress(out, in int, seed uint64) (*BenchTrain, error) {
+	return b.newBenchTrain(true, false, out, in, seed)
+}
+
+// CheckSparseValues runs sparselt.Handle.CheckValues (inside Do): nil
+// when 2:4 training can write values into cuSPARSELt's compressed forms
+// in place.
+func (b *Backend) CheckSparseValues() error {
+	if b.sp == nil {
+		return fmt.Errorf("cuSPARSELt is not available")
+	}
+	return b.Do(func() error { return b.sp.CheckValues(b.s) })
+}
+
+// InPlace reports whether the 2:4 layer writes its values into the
+// compressed forms (false: it recompresses every step).
+func (t *BenchTrain) InPlace() bool { return t.inPlace }
+
+func (b *Backend) newBenchTrain(sparse, inPlace bool, out, in int, seed uint64) (_ *BenchTrain, err error) {
 	if b.act != BF16 {
 		return nil, fmt.Errorf("training benchmarks need bf16 activations")
 	}
-	t := &BenchTrain{b: b, sparse: sparse, out: out, in: in, n: out * in}
+	t := &BenchTrain{b: b, sparse: sparse, inPlace: inPlace, out: out, in: in, n: out * in}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, b.FreeBenchTrain(t))
@@ -104,7 +146,19 @@ func (b *Backend) NewBenchTrain(sparse bool, out, in int, seed uint64) (_ *Bench
 	bf := randomBF16(t.n, scale, seed)
 	var bfPtr driver.Ptr
 	if sparse {
-		if t.vals, err = upload(bf); err != nil {
+		if inPlace {
+			// The values go into W's compressed form below; this copy is
+			// only the source (freed on return, not training state).
+			p, err := b.dev.Alloc(len(bf))
+			if err != nil {
+				return nil, err
+			}
+			defer b.dev.Free(p)
+			if err := b.dev.CopyIn(p, unsafe.Pointer(unsafe.SliceData(bf)), len(bf)); err != nil {
+				return nil, err
+			}
+			t.vals = p
+		} else if t.vals, err = upload(bf); err != nil {
 			return nil, err
 		}
 		if t.idx, err = upload(random24Indices(out, in, seed)); err != nil {
@@ -146,7 +200,7 @@ func (b *Backend) NewBenchTrain(sparse bool, out, in int, seed uint64) (_ *Bench
 	if err := b.k.Convert(b.s, BF16, F32, t.master, bfPtr, t.n); err != nil {
 		return nil, err
 	}
-	if sparse {
+	if sparse && !inPlace {
 		if err := b.k.NMExpand(b.s, BF16, t.tmp, t.vals, t.idx, out, in, 2, 4); err != nil {
 			return nil, err
 		}
@@ -161,13 +215,38 @@ func (b *Backend) NewBenchTrain(sparse bool, out, in int, seed uint64) (_ *Bench
 		}
 		t.StateBytes += t.fwd.Bytes() + t.bwd.Bytes()
 	}
+	if sparse && inPlace {
+		// Both forms compressed from their patterns, then the values
+		// written in place.
+		src := t.vals
+		if err := t.compressPattern(false); err != nil {
+			return nil, err
+		}
+		if t.vals, err = t.fwd.Values(); err != nil {
+			return nil, err
+		}
+		if err := b.dev.CopyDevice(t.vals, src, 2*t.n, b.s); err != nil {
+			return nil, err
+		}
+		if err := t.compressPattern(true); err != nil {
+			return nil, err
+		}
+		if err := t.packT(); err != nil {
+			return nil, err
+		}
+		t.StateBytes += t.fwd.Bytes() + t.bwd.Bytes()
+	}
 	return t, b.dev.SyncStream(b.s)
 }
 
 // TrainStage is one timed part of a training step.
 type TrainStage struct {
 	Name string
-	Run  func() error
+	// Every is how many steps apart the stage runs (0 or 1: every step);
+	// Step leaves out the stages with Every > 1, which a caller times
+	// separately and amortizes.
+	Every int
+	Run   func() error
 }
 
 // Stages returns the parts of one training step on tokens rows, in
@@ -188,38 +267,107 @@ func (t *BenchTrain) Stages(x, dy, y, dx driver.Ptr, tokens int, step *int) []Tr
 		D: t.grad, LdD: t.in, Alpha: 1, AB: bf, Out: blaslt.F32}
 	if !t.sparse {
 		return []TrainStage{
-			{"forward (cuBLASLt)", func() error {
+			{Name: "forward (cuBLASLt)", Run: func() error {
 				return b.lt.Run(s, &blaslt.Gemm{M: tokens, N: t.out, K: t.in, A: x, LdA: t.in, B: t.w, LdB: t.in, TransB: true,
 					D: y, LdD: t.out, Alpha: 1, AB: bf, Out: bf})
 			}},
-			{"input gradient (cuBLASLt)", func() error {
+			{Name: "input gradient (cuBLASLt)", Run: func() error {
 				return b.lt.Run(s, &blaslt.Gemm{M: tokens, N: t.in, K: t.out, A: dy, LdA: t.out, B: t.w, LdB: t.in,
 					D: dx, LdD: t.in, Alpha: 1, AB: bf, Out: bf})
 			}},
-			{"weight gradient (cuBLASLt, fp32)", func() error { return b.lt.Run(s, dW) }},
-			{"AdamW", adamw(t.w)},
+			{Name: "weight gradient (cuBLASLt, fp32)", Run: func() error { return b.lt.Run(s, dW) }},
+			{Name: "AdamW", Run: adamw(t.w)},
 		}
 	}
 	dWs := *dW
 	dWs.D = t.tmp
-	return []TrainStage{
-		{"forward (cuSPARSELt)", func() error { return t.fwd.Matmul(s, y, t.out, x, t.in, tokens, 0) }},
-		{"input gradient (cuSPARSELt, W_dp)", func() error { return t.bwd.Matmul(s, dx, t.in, dy, t.out, tokens, 0) }},
-		{"weight gradient (cuBLASLt, fp32)", func() error { return b.lt.Run(s, &dWs) }},
-		{"gather kept gradient", func() error {
+	stages := []TrainStage{
+		{Name: "forward (cuSPARSELt)", Run: func() error { return t.fwd.Matmul(s, y, t.out, x, t.in, tokens, 0) }},
+		{Name: "input gradient (cuSPARSELt, W_dp)", Run: func() error { return t.bwd.Matmul(s, dx, t.in, dy, t.out, tokens, 0) }},
+		{Name: "weight gradient (cuBLASLt, fp32)", Run: func() error { return b.lt.Run(s, &dWs) }},
+		{Name: "gather kept gradient", Run: func() error {
 			return b.k.NMGather(s, F32, t.grad, t.tmp, t.in, t.idx, t.out, t.in, 2, 4, false)
 		}},
-		{"AdamW (kept values)", adamw(t.vals)},
-		{"expand W", func() error { return b.k.NMExpand(s, BF16, t.tmp, t.vals, t.idx, t.out, t.in, 2, 4) }},
-		{"recompress W (cuSPARSELt)", func() error { return t.fwd.Recompress(s, t.tmp) }},
-		{"expand W_dpᵀ", func() error { return b.k.NMExpandT(s, BF16, t.tmp, t.vals, t.idx, t.keep, t.out, t.in, 2, 4) }},
-		{"recompress W_dpᵀ (cuSPARSELt)", func() error { return t.bwd.Recompress(s, t.tmp) }},
 	}
+	if t.inPlace {
+		return append(stages,
+			TrainStage{Name: "AdamW (kept values, bf16 into W's compressed form)", Run: adamw(t.vals)},
+			TrainStage{Name: "W_dpᵀ values into its compressed form (nm_pack_t24)", Run: t.packT},
+			TrainStage{Name: "W_dpᵀ pattern compressed (cuSPARSELt), mask refresh", Every: MaskRefreshSteps, Run: func() error {
+				if err := t.compressPattern(true); err != nil {
+					return err
+				}
+				return t.packT()
+			}},
+		)
+	}
+	return append(stages,
+		TrainStage{Name: "AdamW (kept values)", Run: adamw(t.vals)},
+		TrainStage{Name: "expand W", Run: func() error { return b.k.NMExpand(s, BF16, t.tmp, t.vals, t.idx, t.out, t.in, 2, 4) }},
+		TrainStage{Name: "recompress W (cuSPARSELt)", Run: func() error { return t.fwd.Recompress(s, t.tmp) }},
+		TrainStage{Name: "expand W_dpᵀ", Run: func() error { return b.k.NMExpandT(s, BF16, t.tmp, t.vals, t.idx, t.keep, t.out, t.in, 2, 4) }},
+		TrainStage{Name: "recompress W_dpᵀ (cuSPARSELt)", Run: func() error { return t.bwd.Recompress(s, t.tmp) }},
+	)
 }
 
-// Step runs one training step (every stage of Stages). Call inside Do.
+// MaskRefreshSteps is how often the benchmark's periodic stage (the
+// transpose mask's refresh) runs: the trainer's --mask-refresh default.
+const MaskRefreshSteps = 100
+
+// packT writes W_dpᵀ's values (from W's kept values) into its
+// compressed form.
+func (t *BenchTrain) packT() error {
+	dst, err := t.bwd.Values()
+	if err != nil {
+		return err
+	}
+	return t.b.k.NMPackT24(t.b.s, dst, t.vals, t.idx, t.keep, t.out, t.in)
+}
+
+// compressPattern compresses the pattern of W (transpose false) or of
+// W_dpᵀ (true), 1.0 at every kept position, into its form, creating the
+// form on first use: the metadata then follows the mask even where a
+// kept value is exactly zero. The pattern is built in the workspace
+// from a vector of ones set with a device-wide memset, so this waits for
+// the device (once per mask refresh).
+func (t *BenchTrain) compressPattern(transpose bool) (err error) {
+	b, s := t.b, t.b.s
+	dense, ones := t.tmp, t.tmp+driver.Ptr(2*t.out*t.in)
+	if err := b.dev.SyncStream(s); err != nil {
+		return err
+	}
+	if err := b.dev.Memset32(ones, 0x3F803F80, t.n/2); err != nil {
+		return err
+	}
+	if err := b.dev.Synchronize(); err != nil {
+		return err
+	}
+	form, rows, cols := &t.fwd, t.out, t.in
+	if transpose {
+		form, rows, cols = &t.bwd, t.in, t.out
+		err = b.k.NMExpandT(s, BF16, dense, ones, t.idx, t.keep, t.out, t.in, 2, 4)
+	} else {
+		err = b.k.NMExpand(s, BF16, dense, ones, t.idx, t.out, t.in, 2, 4)
+	}
+	if err != nil {
+		return err
+	}
+	if *form != nil {
+		return (*form).Recompress(s, dense)
+	}
+	if *form, err = b.sp.NewWeight(s, dense, rows, cols); err != nil {
+		return fmt.Errorf("cuSPARSELt pattern [%d, %d]: %w", rows, cols, err)
+	}
+	return nil
+}
+
+// Step runs one training step: every stage of Stages that runs every
+// step. Call inside Do.
 func (t *BenchTrain) Step(x, dy, y, dx driver.Ptr, tokens, step int) error {
 	for _, st := range t.Stages(x, dy, y, dx, tokens, &step) {
+		if st.Every > 1 {
+			continue
+		}
 		if err := st.Run(); err != nil {
 			return fmt.Errorf("%s: %w", st.Name, err)
 		}

@@ -7,25 +7,43 @@ import (
 	"unsafe"
 
 	"github.com/slopeml/slope/cuda/driver"
+	"github.com/slopeml/slope/cuda/sparselt"
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops"
 )
 
 // TestBenchTrainStep checks the SLoPe 2:4 training step of the benchmark
-// against float64 on the host: the forward product, the input gradient
-// through the double-pruned transpose, the AdamW update of the kept
-// values from the kept positions of dyᵀ·x, and the refreshed forward
-// and transpose weights (a second forward and input gradient with the
-// updated values).
+// against float64 on the host, writing values in place and
+// recompressing: the forward product, the input gradient through the
+// double-pruned transpose, the AdamW update of the kept values from the
+// kept positions of dyᵀ·x, and the refreshed forward and transpose
+// weights (a second forward and input gradient with the updated
+// values). In place, both compressed forms must also equal, byte for
+// byte, cuSPARSELt's compression of the expanded updated W and W_dpᵀ.
 func TestBenchTrainStep(t *testing.T) {
 	b := newWith(t, Options{Activations: BF16})
 	if b.sp == nil {
 		t.Fatal("cuSPARSELt is not available: the 2:4 training step cannot run")
 	}
+	for _, inPlace := range []bool{true, false} {
+		t.Run(fmt.Sprintf("inPlace=%v", inPlace), func(t *testing.T) { benchTrainStep(t, b, inPlace) })
+	}
+}
+
+func benchTrainStep(t *testing.T, b *Backend, inPlace bool) {
 	const out, in, tokens = 64, 128, 64
 	err := b.Do(func() error {
-		l, err := b.NewBenchTrain(true, out, in, 9)
+		var l *BenchTrain
+		var err error
+		if inPlace {
+			l, err = b.NewBenchTrain(true, out, in, 9)
+			if err == nil && !l.InPlace() {
+				err = fmt.Errorf("the values layout check failed: %v", b.sp.CheckValues(b.s))
+			}
+		} else {
+			l, err = b.NewBenchTrainRecompress(out, in, 9)
+		}
 		if err != nil {
 			return err
 		}
@@ -208,6 +226,51 @@ func TestBenchTrainStep(t *testing.T) {
 		}
 		if e := rel(dx2, wantDX2); !(e <= 1e-2) {
 			t.Errorf("input gradient through W_dp after the refresh: relative L2 %.3g", e)
+		}
+		if inPlace {
+			// Byte for byte what cuSPARSELt makes of the updated weights.
+			formBytes := func(w *sparselt.Weight) ([]byte, error) {
+				p, err := w.Values()
+				if err != nil {
+					return nil, err
+				}
+				raw := make([]byte, w.Bytes())
+				if err := b.dev.SyncStream(b.s); err != nil {
+					return nil, err
+				}
+				return raw, b.dev.CopyOut(unsafe.Pointer(&raw[0]), p, len(raw))
+			}
+			for _, f := range []struct {
+				name      string
+				form      *sparselt.Weight
+				rows, col int
+				expand    func() error
+			}{
+				{"W", l.fwd, out, in, func() error { return b.k.NMExpand(b.s, BF16, l.tmp, l.vals, l.idx, out, in, 2, 4) }},
+				{"W_dpᵀ", l.bwd, in, out, func() error { return b.k.NMExpandT(b.s, BF16, l.tmp, l.vals, l.idx, l.keep, out, in, 2, 4) }},
+			} {
+				got, err := formBytes(f.form)
+				if err != nil {
+					return err
+				}
+				if err := f.expand(); err != nil {
+					return err
+				}
+				ref, err := b.sp.NewWeight(b.s, l.tmp, f.rows, f.col)
+				if err != nil {
+					return fmt.Errorf("%s: %w", f.name, err)
+				}
+				want, err := formBytes(ref)
+				if derr := ref.Destroy(); err == nil {
+					err = derr
+				}
+				if err != nil {
+					return err
+				}
+				if string(got) != string(want) {
+					t.Errorf("%s: the compressed form written in place differs from cuSPARSELt's compression of the updated weight", f.name)
+				}
+			}
 		}
 		for _, tt := range []ops.Tensor{xT, dyT, yT, dxT} {
 			b.Release(tt)

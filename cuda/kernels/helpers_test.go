@@ -160,3 +160,74 @@ func nanSlice(n int) []float32 {
 	}
 	return y
 }
+
+// randomTKeep is a random transpose mask of a 2:4 weight (portable
+// indices ix): for each group of four rows of a column, a random subset
+// of at most two of its kept values (none, one or two).
+func randomTKeep(rng *rand.Rand, ix []byte, rows, cols int) []byte {
+	k := cols / 2
+	keep := make([]byte, rows*k)
+	slot := make(map[[2]int]int, rows*k) // (row, col) -> kept value
+	for r := 0; r < rows; r++ {
+		for j := 0; j < k; j++ {
+			slot[[2]int{r, (j/2)*4 + int(ix[r*k+j])}] = r*k + j
+		}
+	}
+	for c := 0; c < cols; c++ {
+		for g := 0; g < rows/4; g++ {
+			var in []int
+			for q := 0; q < 4; q++ {
+				if e, ok := slot[[2]int{4*g + q, c}]; ok {
+					in = append(in, e)
+				}
+			}
+			rng.Shuffle(len(in), func(a, b int) { in[a], in[b] = in[b], in[a] })
+			for _, e := range in[:min(len(in), rng.IntN(3))] {
+				keep[e] = 1
+			}
+		}
+	}
+	return keep
+}
+
+// packT24Ref is the values part of cuSPARSELt's compressed W_dpᵀ as
+// NMPackT24 writes it, built from the definition: [cols, rows/2], row c
+// and group g holding the kept values of rows 4g..4g+3 of column c of W
+// that keep marks, two in increasing row order, a lone one in slot 1 when
+// it is row 4g+3 and in slot 0 otherwise, zeros elsewhere.
+func packT24Ref(vals []float32, ix, keep []byte, rows, cols int) []float32 {
+	k := cols / 2
+	type entry struct {
+		v  float32
+		ok bool
+	}
+	dp := make([]entry, rows*cols) // [col][row]
+	for r := 0; r < rows; r++ {
+		for j := 0; j < k; j++ {
+			if keep[r*k+j] != 0 {
+				dp[((j/2)*4+int(ix[r*k+j]))*rows+r] = entry{vals[r*k+j], true}
+			}
+		}
+	}
+	out := make([]float32, cols*rows/2)
+	for c := 0; c < cols; c++ {
+		for g := 0; g < rows/4; g++ {
+			var got []int
+			for q := 0; q < 4; q++ {
+				if dp[c*rows+4*g+q].ok {
+					got = append(got, q)
+				}
+			}
+			o := out[c*rows/2+2*g:]
+			switch {
+			case len(got) == 2:
+				o[0], o[1] = dp[c*rows+4*g+got[0]].v, dp[c*rows+4*g+got[1]].v
+			case len(got) == 1 && got[0] == 3:
+				o[1] = dp[c*rows+4*g+3].v
+			case len(got) == 1:
+				o[0] = dp[c*rows+4*g+got[0]].v
+			}
+		}
+	}
+	return out
+}

@@ -908,6 +908,69 @@ __device__ void nm_expand_t_body(T* dt, const T* vals, const unsigned char* idx,
     }
 }
 
+// nm_pack_t24: W_dpᵀ [cols, rows] 2:4 along its rows (groups of 4
+// consecutive rows of W) written straight into the values part of
+// cuSPARSELt's compressed form, instead of expanding it densely and
+// compressing it again (cuSPARSELt's compress runs at about a twentieth
+// of memory speed). That part is W_dpᵀ's kept values packed row by row:
+// row c of W_dpᵀ (column c of W), group g (rows 4g..4g+3 of W) fills
+// dst[c·rows/2 + 2g + {0,1}]: two kept values in increasing row order; a
+// lone kept value in the second slot when it is the group's last row,
+// else in the first; zeros elsewhere (package sparselt, CheckValues,
+// verifies this layout on the device before a caller relies on it; the
+// metadata part comes from compressing the mask's pattern). W's kept
+// values are vals/idx (portable 2:4), keep says which are in W_dp (at
+// most two per group of four rows). Tiles as nm_expand_t: 64 rows x 64
+// columns of W per block, the tile's kept values and a presence bit per
+// entry in shared memory, then one thread per (column, group) writes the
+// group's two slots as one 32-bit store.
+template <typename T>
+__device__ void nm_pack_t24_body(T* dst, const T* vals, const unsigned char* idx, const unsigned char* keep, int rows, int cols) {
+    __shared__ float tile[EXT_TILE][EXT_TILE + 1];      // [row - r0][col - c0]
+    __shared__ unsigned long long present[EXT_TILE];   // [col - c0], bit row - r0
+    const int r0 = blockIdx.y * EXT_TILE, c0 = blockIdx.x * EXT_TILE;
+    const int k = cols / 2;
+    const int rowBytes = (k * 2 + 7) >> 3;
+    for (int i = threadIdx.x; i < EXT_TILE; i += blockDim.x) present[i] = 0ull;
+    __syncthreads();
+    const int g0 = c0 / 4, g1 = min(cols, c0 + EXT_TILE) / 4;
+    const int kt = (g1 - g0) * 2;  // kept values per row in the tile
+    for (int i = threadIdx.x; i < EXT_TILE * kt; i += blockDim.x) {
+        const int rr = i / kt, j = g0 * 2 + (i - rr * kt);
+        const int r = r0 + rr;
+        if (r >= rows) continue;
+        const int64_t e = (int64_t)r * k + j;
+        if (!keep[e]) continue;
+        const int cc = (j / 2) * 4 + nm_index(idx + (int64_t)r * rowBytes, rowBytes, j, 2) - c0;
+        tile[rr][cc] = ldf(vals + e);
+        atomicOr(&present[cc], 1ull << rr);
+    }
+    __syncthreads();
+    const int half = rows / 2;
+    for (int i = threadIdx.x; i < EXT_TILE * (EXT_TILE / 4); i += blockDim.x) {
+        const int cc = i / (EXT_TILE / 4), gg = i % (EXT_TILE / 4);
+        const int c = c0 + cc, r = r0 + 4 * gg;
+        if (c >= cols || r >= rows) continue;
+        unsigned bits = (unsigned)(present[cc] >> (4 * gg)) & 0xFu;
+        float s0 = 0.f, s1 = 0.f;
+        if (bits) {
+            const int q0 = __ffs(bits) - 1;
+            bits &= bits - 1;
+            if (bits) {
+                s0 = tile[4 * gg + q0][cc];
+                s1 = tile[4 * gg + __ffs(bits) - 1][cc];
+            } else if (q0 == 3) {
+                s1 = tile[4 * gg + 3][cc];
+            } else {
+                s0 = tile[4 * gg + q0][cc];
+            }
+        }
+        T* d = dst + (int64_t)c * half + r / 2;
+        stf(d, s0);
+        stf(d + 1, s1);
+    }
+}
+
 // AdamW with decoupled weight decay, in the CPU trainer's arithmetic
 // (train.Trainer.adamW): g = grad·gscale in fp32, then in fp64
 //   m = β1·m + (1-β1)·g,  v = β2·v + ((1-β2)·g)·g
@@ -1003,6 +1066,11 @@ NM_GATHER(bf16, bf16)
     }
 NM_EXPAND_T(float, f32)
 NM_EXPAND_T(bf16, bf16)
+
+extern "C" __global__ void nm_pack_t24_bf16(bf16* dst, const bf16* vals, const unsigned char* idx, const unsigned char* keep,
+                                             int rows, int cols) {
+    nm_pack_t24_body<bf16>(dst, vals, idx, keep, rows, cols);
+}
 
 #define SPMM(V, SV, T, ST)                                                                                                       \
     extern "C" __global__ void spmm_nm_##SV##_##ST(T* y, int ldy, const T* x, int ldx, const V* vals, const unsigned char* idx, \

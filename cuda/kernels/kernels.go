@@ -101,7 +101,7 @@ func Names() []string {
 	for _, t := range []string{"f32", "bf16"} {
 		names = append(names, "spmm24tc_bf16_"+t, "nm_gather_"+t, "nm_expand_t_"+t)
 	}
-	names = append(names, "adamw_f32", "sumsq_f32")
+	names = append(names, "nm_pack_t24_bf16", "adamw_f32", "sumsq_f32")
 	return names
 }
 
@@ -730,6 +730,34 @@ func (k *Set) NMExpandT(s driver.Stream, v DType, dt, vals, idx, keep driver.Ptr
 	tw := extTile / m * m
 	grid := driver.Dim3{X: uint32((cols + tw - 1) / tw), Y: uint32((rows + extTile - 1) / extTile), Z: 1}
 	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dt, vals, idx, keep, r, c, nn, mm)
+}
+
+// NMPackT24 writes the values part of cuSPARSELt's compressed form of
+// the double-pruned transpose W_dpᵀ [cols, rows] of a 2:4 bf16 weight W
+// [rows, cols] in the portable layout (vals, idx) whose kept values
+// survive where keep (one byte per kept value) is not 0, at most two in
+// each group of four consecutive rows of a column: dst [cols, rows/2]
+// bf16, each group's two slots in increasing row order, a lone value of
+// the group's last row in the second slot, of another row in the first,
+// zeros elsewhere (the layout package sparselt's CheckValues verifies).
+// It replaces NMExpandT plus a cuSPARSELt compress while the transpose
+// mask stays the same. rows and cols must be multiples of 4.
+func (k *Set) NMPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, cols int) error {
+	a := &args{kernel: "nm_pack_t24_bf16"}
+	r, c, _, _ := a.nm(rows, cols, 2, 4)
+	if rows%4 != 0 {
+		a.fail("rows = %d is not a multiple of 4", rows)
+	}
+	a.ptr("dst", dst)
+	a.ptr("vals", vals)
+	a.ptr("idx", idx)
+	a.ptr("keep", keep)
+	a.fits("dst", rows, cols)
+	if a.err != nil {
+		return a.err
+	}
+	grid := driver.Dim3{X: uint32((cols + extTile - 1) / extTile), Y: uint32((rows + extTile - 1) / extTile), Z: 1}
+	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
 }
 
 // AdamWStep holds one AdamW update's scalars as package train's CPU

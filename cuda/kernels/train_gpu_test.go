@@ -100,6 +100,38 @@ func TestGPUNMExpandT(t *testing.T) {
 	}
 }
 
+// TestGPUNMPackT24: W_dpᵀ's values packed as cuSPARSELt holds them,
+// against the layout's definition (packT24Ref), with empty, lone and
+// full groups and partial tiles.
+func TestGPUNMPackT24(t *testing.T) {
+	g := openGPU(t)
+	rng := rand.New(rand.NewPCG(55, 56))
+	for _, sh := range [][2]int{{64, 128}, {68, 132}, {256, 512}, {1024, 320}} {
+		rows, cols := sh[0], sh[1]
+		nm := makeNM(t, rng, rows, cols, 2, 4, true)
+		ix := make([]uint8, len(nm.vals))
+		if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, nm.idx, ix); err != nil {
+			t.Fatal(err)
+		}
+		keep := randomTKeep(rng, ix, rows, cols)
+		want := packT24Ref(nm.vals, ix, keep, rows, cols)
+		var got []float32
+		g.run(t, func() error {
+			out := g.poison(len(want) * 2)
+			if err := g.k.NMPackT24(0, out, g.putT(BF16, nm.vals), g.putU8(nm.idx), g.putU8(keep), rows, cols); err != nil {
+				return err
+			}
+			got = g.getT(BF16, out, len(want))
+			return nil
+		})
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("nm_pack_t24 %dx%d: slot %d = %g, want %g", rows, cols, i, got[i], want[i])
+			}
+		}
+	}
+}
+
 // adamWRef is package train's AdamW for one parameter: cpu.AdamW, which
 // the trainer runs, with the same scalars.
 func adamWRef(w, grad, m, v []float32, h AdamWStep) {

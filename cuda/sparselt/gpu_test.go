@@ -324,3 +324,77 @@ func TestGPURecompress(t *testing.T) {
 	}
 	h.Layout = LayoutCol
 }
+
+// TestGPUValuesInPlace: the values layout check passes in both layouts;
+// a weight compressed from its pattern (1.0 at the kept positions) whose
+// values part is then overwritten with W's kept values in portable
+// order is byte for byte the weight compressed from W, and multiplies
+// as W. Weight.Values refuses before the check.
+func TestGPUValuesInPlace(t *testing.T) {
+	d, h := openGPU(t)
+	r := rand.New(rand.NewPCG(13, 14))
+	const N, K, M = 256, 512, 64
+	X := randomBF16(r, padM(M)*K)
+	for _, layout := range []Layout{LayoutCol, LayoutRow} {
+		h.Layout = layout
+		W := pruned24(r, N, K)
+		pattern := make([]uint16, N*K)
+		var packed []uint16
+		for i, b := range W.bits {
+			if b != 0 {
+				pattern[i] = 0x3F80
+				packed = append(packed, b)
+			}
+		}
+		if len(packed) != N*K/2 {
+			t.Fatalf("%d kept values, want %d", len(packed), N*K/2)
+		}
+		ref, err := newWeight(d, h, W, N, K)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := newWeight(d, h, bf16Matrix{bits: pattern}, N, K)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Values(); !errors.Is(err, ErrValuesLayout) && layout == LayoutCol {
+			t.Errorf("Values before CheckValues: %v, want ErrValuesLayout", err)
+		}
+		var same bool
+		if err := d.Do(func() error {
+			if err := h.CheckValues(0); err != nil {
+				return err
+			}
+			p, err := w.Values()
+			if err != nil {
+				return err
+			}
+			if err := d.CopyIn(p, unsafe.Pointer(&packed[0]), 2*len(packed)); err != nil {
+				return err
+			}
+			a, b := make([]byte, w.bytes), make([]byte, ref.bytes)
+			if err := d.CopyOut(unsafe.Pointer(&a[0]), w.comp, len(a)); err != nil {
+				return err
+			}
+			if err := d.CopyOut(unsafe.Pointer(&b[0]), ref.comp, len(b)); err != nil {
+				return err
+			}
+			same = string(a) == string(b)
+			return nil
+		}); err != nil {
+			t.Fatalf("%s: %v", layout, err)
+		}
+		if !same {
+			t.Errorf("%s: values written in place differ from the compressed W", layout)
+		}
+		if e, err := product(t, d, w, W, X, M, 0, r); err != nil || e > 1e-2 {
+			t.Errorf("%s: product with values written in place: rel L2 %.3g, %v", layout, e, err)
+		}
+		for _, x := range []*Weight{w, ref} {
+			if err := d.Do(x.Destroy); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	h.Layout = LayoutCol
+}

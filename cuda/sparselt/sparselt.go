@@ -30,6 +30,12 @@
 // (into scratch memory, not y) and the chosen configuration is reused by
 // every weight of that shape.
 //
+// Training rewrites a weight's values every step: once Handle.CheckValues
+// has verified the compressed form's values layout on the device,
+// Weight.Values gives the address of the values part, which the caller
+// overwrites in place while the pattern stays (values.go says what the
+// layout is and how it was established).
+//
 // Errors name the cuSPARSELt call and its status, as *driver.Error
 // ("cusparseLtMatmulPlanInit: CUSPARSE_STATUS_INVALID_VALUE (3)"), wrapped
 // with the weight's shape.
@@ -68,6 +74,8 @@ type Handle struct {
 	valid       driver.Ptr // int written by the prune check
 	algs        map[algKey]algConfig
 	weights     map[*Weight]struct{}
+	// valuesChecked is CheckValues' result per layout (values.go).
+	valuesChecked map[Layout]error
 }
 
 // algKey identifies a searched configuration.

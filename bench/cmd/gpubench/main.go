@@ -82,6 +82,7 @@ func run(tables string, quick, search bool) error {
 	sv, serr := sparselt.Version()
 	fmt.Printf("# cuBLASLt %d (%v) %s, cuSPARSELt %d (%v) %s\n", lv, lerr, blaslt.Library(), sv, serr, sparselt.Library())
 	fmt.Printf("# cuSPARSELt bias epilogue in use: %v\n", be.LtBiasFused())
+	fmt.Printf("# cuSPARSELt compressed values written in place by 2:4 training (values layout check): %v\n", errText(be.CheckSparseValues()))
 	if quick {
 		shapes, layers = shapes[:1], layers[:1]
 	}
@@ -310,14 +311,29 @@ func trainTable(be *cuda.Backend, timer *cuda.Timer) error {
 }
 
 // trainStages times each stage of the training step of one linear (OPT-13B
-// fc1, 20480 x 5120, 2048 tokens), dense and 2:4.
+// fc1, 20480 x 5120, 2048 tokens): dense, 2:4 writing its values into the
+// compressed forms in place, and 2:4 recompressing every step. A stage
+// that runs every K steps (the transpose mask's refresh) counts K-th of
+// its time in the total.
 func trainStages(be *cuda.Backend, timer *cuda.Timer) error {
 	const out, in, tokens = 20480, 5120, 2048
-	fmt.Printf("\n### Where a training step's time goes: OPT-13B fc1 (%d x %d), %d tokens\n\n| weights | stage | ms |\n|---|---|---|\n", out, in, tokens)
-	for _, sparse := range []bool{false, true} {
-		l, err := be.NewBenchTrain(sparse, out, in, 5)
+	fmt.Printf("\n### Where a training step's time goes: OPT-13B fc1 (%d x %d), %d tokens\n\n| weights | stage | ms | ms per step |\n|---|---|---|---|\n", out, in, tokens)
+	type variant struct {
+		name string
+		make func() (*cuda.BenchTrain, error)
+	}
+	variants := []variant{
+		{"dense", func() (*cuda.BenchTrain, error) { return be.NewBenchTrain(false, out, in, 5) }},
+		{"SLoPe 2:4", func() (*cuda.BenchTrain, error) { return be.NewBenchTrain(true, out, in, 5) }},
+		{"SLoPe 2:4, recompressing every step", func() (*cuda.BenchTrain, error) { return be.NewBenchTrainRecompress(out, in, 5) }},
+	}
+	for vi, v := range variants {
+		l, err := v.make()
 		if err != nil {
 			return err
+		}
+		if vi == 1 && !l.InPlace() {
+			fmt.Printf("| %s | (values layout check failed: recompresses every step) | | |\n", v.name)
 		}
 		err = func() error {
 			x, dy, y, dx, release, err := trainOperands(be, out, in, tokens)
@@ -326,17 +342,21 @@ func trainStages(be *cuda.Backend, timer *cuda.Timer) error {
 			}
 			defer release()
 			step := 1
-			name := map[bool]string{false: "dense", true: "SLoPe 2:4"}[sparse]
 			var total float64
 			for _, st := range l.Stages(cuda.DevicePtr(x), cuda.DevicePtr(dy), cuda.DevicePtr(y), cuda.DevicePtr(dx), tokens, &step) {
 				t, err := timer.Time(2, 10, func() error { step++; return st.Run() })
 				if err != nil {
 					return fmt.Errorf("%s: %w", st.Name, err)
 				}
-				total += t
-				fmt.Printf("| %s | %s | %.3f |\n", name, st.Name, t)
+				every := max(st.Every, 1)
+				total += t / float64(every)
+				name := st.Name
+				if every > 1 {
+					name += fmt.Sprintf(" (every %d steps)", every)
+				}
+				fmt.Printf("| %s | %s | %.3f | %.3f |\n", v.name, name, t, t/float64(every))
 			}
-			fmt.Printf("| %s | total | %.3f |\n", name, total)
+			fmt.Printf("| %s | total | | %.3f |\n", v.name, total)
 			return nil
 		}()
 		if ferr := be.FreeBenchTrain(l); err == nil {
@@ -387,7 +407,22 @@ func timeTrain(be *cuda.Backend, timer *cuda.Timer, l *cuda.BenchTrain, out, in,
 		step++
 		return l.Step(cuda.DevicePtr(x), cuda.DevicePtr(dy), cuda.DevicePtr(y), cuda.DevicePtr(dx), tokens, step)
 	}
-	return calibrated(timer, 1, 2, 3, 50, 150, fn)
+	t, err := calibrated(timer, 1, 2, 3, 50, 150, fn)
+	if err != nil {
+		return 0, err
+	}
+	// Stages that run every K steps (Step leaves them out) add K-th of
+	// their time.
+	for _, st := range l.Stages(cuda.DevicePtr(x), cuda.DevicePtr(dy), cuda.DevicePtr(y), cuda.DevicePtr(dx), tokens, &step) {
+		if st.Every > 1 {
+			p, err := timer.Time(1, 3, st.Run)
+			if err != nil {
+				return 0, fmt.Errorf("%s: %w", st.Name, err)
+			}
+			t += p / float64(st.Every)
+		}
+	}
+	return t, nil
 }
 
 func buildCopies(be *cuda.Backend, kind cuda.LinearKind, sh shape, rank int, seed uint64) ([]*cuda.BenchLinear, error) {
@@ -596,3 +631,11 @@ func calibrated(timer *cuda.Timer, warm, probe, lo, hi int, budgetMs float64, fn
 }
 
 var _ ops.Tensor
+
+// errText is "ok" for nil, else the error's text.
+func errText(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return err.Error()
+}
