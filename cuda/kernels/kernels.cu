@@ -920,54 +920,73 @@ __device__ void nm_expand_t_body(T* dt, const T* vals, const unsigned char* idx,
 // verifies this layout on the device before a caller relies on it; the
 // metadata part comes from compressing the mask's pattern). W's kept
 // values are vals/idx (portable 2:4), keep says which are in W_dp (at
-// most two per group of four rows). Tiles as nm_expand_t: 64 rows x 64
-// columns of W per block, the tile's kept values and a presence bit per
-// entry in shared memory, then one thread per (column, group) writes the
-// group's two slots as one 32-bit store.
+// most two per group of four rows).
+//
+// One block per tile of PACK_ROWS rows x PACK_COLS columns of W. Phase 1:
+// one thread per group of W (two kept values: one 32-bit load of vals,
+// one 16-bit load of keep, a nibble of idx) puts the values that keep
+// marks into a transposed shared tile, and a presence byte 1 << (row & 3)
+// beside each. Phase 2: one thread per (column, group of 4 rows) reads
+// the four presence bytes and values as 32-bit words and writes the
+// group's two slots with one 32-bit store. Rows of the shared arrays are
+// padded so that phase 2 reads without bank conflicts.
+#define PACK_ROWS 64
+#define PACK_COLS 128
 template <typename T>
 __device__ void nm_pack_t24_body(T* dst, const T* vals, const unsigned char* idx, const unsigned char* keep, int rows, int cols) {
-    __shared__ float tile[EXT_TILE][EXT_TILE + 1];      // [row - r0][col - c0]
-    __shared__ unsigned long long present[EXT_TILE];   // [col - c0], bit row - r0
-    const int r0 = blockIdx.y * EXT_TILE, c0 = blockIdx.x * EXT_TILE;
+    __shared__ __align__(16) unsigned short tv[PACK_COLS][PACK_ROWS + 2];    // [col - c0][row - r0] bf16 bits
+    __shared__ __align__(16) unsigned char tp[PACK_COLS][PACK_ROWS + 4];     // presence, 1 << (row & 3)
+    const int r0 = blockIdx.y * PACK_ROWS, c0 = blockIdx.x * PACK_COLS;
     const int k = cols / 2;
-    const int rowBytes = (k * 2 + 7) >> 3;
-    for (int i = threadIdx.x; i < EXT_TILE; i += blockDim.x) present[i] = 0ull;
+    const int rowBytes = (k * 2 + 7) >> 3;  // 2 bits per kept value, 4 per group
+    unsigned* tp32 = (unsigned*)&tp[0][0];
+    for (int i = threadIdx.x; i < PACK_COLS * (PACK_ROWS + 4) / 4; i += blockDim.x) tp32[i] = 0u;
     __syncthreads();
-    const int g0 = c0 / 4, g1 = min(cols, c0 + EXT_TILE) / 4;
-    const int kt = (g1 - g0) * 2;  // kept values per row in the tile
-    for (int i = threadIdx.x; i < EXT_TILE * kt; i += blockDim.x) {
-        const int rr = i / kt, j = g0 * 2 + (i - rr * kt);
-        const int r = r0 + rr;
-        if (r >= rows) continue;
-        const int64_t e = (int64_t)r * k + j;
-        if (!keep[e]) continue;
-        const int cc = (j / 2) * 4 + nm_index(idx + (int64_t)r * rowBytes, rowBytes, j, 2) - c0;
-        tile[rr][cc] = ldf(vals + e);
-        atomicOr(&present[cc], 1ull << rr);
+    const int gt = min(cols - c0, PACK_COLS) / 4;  // groups per row in the tile
+    const int rt = min(rows - r0, PACK_ROWS);
+    for (int i = threadIdx.x; i < rt * gt; i += blockDim.x) {
+        const int rr = i / gt, gl = i - rr * gt;
+        const int r = r0 + rr, gi = c0 / 4 + gl;
+        const int64_t e = (int64_t)r * k + 2 * gi;
+        const unsigned short kp = *(const unsigned short*)(keep + e);
+        if (!kp) continue;
+        const unsigned v = *(const unsigned*)(vals + e);
+        const unsigned code = (idx[(int64_t)r * rowBytes + (gi >> 1)] >> ((gi & 1) * 4)) & 0xFu;
+        const unsigned char bit = (unsigned char)(1u << (rr & 3));
+        if (kp & 0xFFu) {
+            const int cc = 4 * gl + (int)(code & 3u);
+            tv[cc][rr] = (unsigned short)(v & 0xFFFFu);
+            tp[cc][rr] = bit;
+        }
+        if (kp >> 8) {
+            const int cc = 4 * gl + (int)(code >> 2);
+            tv[cc][rr] = (unsigned short)(v >> 16);
+            tp[cc][rr] = bit;
+        }
     }
     __syncthreads();
     const int half = rows / 2;
-    for (int i = threadIdx.x; i < EXT_TILE * (EXT_TILE / 4); i += blockDim.x) {
-        const int cc = i / (EXT_TILE / 4), gg = i % (EXT_TILE / 4);
-        const int c = c0 + cc, r = r0 + 4 * gg;
-        if (c >= cols || r >= rows) continue;
-        unsigned bits = (unsigned)(present[cc] >> (4 * gg)) & 0xFu;
-        float s0 = 0.f, s1 = 0.f;
+    const int qt = rt / 4;  // groups of 4 rows in the tile
+    for (int i = threadIdx.x; i < gt * 4 * qt; i += blockDim.x) {
+        const int cc = i / qt, gg = i - cc * qt;
+        const unsigned pw = *(const unsigned*)&tp[cc][4 * gg];
+        const unsigned bits = (pw | pw >> 8 | pw >> 16 | pw >> 24) & 0xFu;
+        const unsigned lo = *(const unsigned*)&tv[cc][4 * gg], hi = *(const unsigned*)&tv[cc][4 * gg + 2];
+        // the four rows' values, row q in q16(q)
+        unsigned out = 0u;
         if (bits) {
             const int q0 = __ffs(bits) - 1;
-            bits &= bits - 1;
-            if (bits) {
-                s0 = tile[4 * gg + q0][cc];
-                s1 = tile[4 * gg + __ffs(bits) - 1][cc];
-            } else if (q0 == 3) {
-                s1 = tile[4 * gg + 3][cc];
+            const unsigned rest = bits & (bits - 1);
+            const unsigned v0 = ((q0 < 2 ? lo : hi) >> (16 * (q0 & 1))) & 0xFFFFu;
+            if (rest) {
+                const int q1 = __ffs(rest) - 1;
+                const unsigned v1 = ((q1 < 2 ? lo : hi) >> (16 * (q1 & 1))) & 0xFFFFu;
+                out = v0 | v1 << 16;
             } else {
-                s0 = tile[4 * gg + q0][cc];
+                out = q0 == 3 ? v0 << 16 : v0;
             }
         }
-        T* d = dst + (int64_t)c * half + r / 2;
-        stf(d, s0);
-        stf(d + 1, s1);
+        *(unsigned*)(dst + (int64_t)(c0 + cc) * half + r0 / 2 + 2 * gg) = out;
     }
 }
 

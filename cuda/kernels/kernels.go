@@ -269,6 +269,13 @@ const threads = 256
 // most of columns).
 const extTile = 64
 
+// packRows and packCols are PACK_ROWS and PACK_COLS in kernels.cu:
+// nm_pack_t24's tile of W.
+const (
+	packRows = 64
+	packCols = 128
+)
+
 // blocks1D is the grid of a grid-stride loop over n elements.
 func blocks1D(n int64) int {
 	b := (n + threads - 1) / threads
@@ -756,7 +763,13 @@ func (k *Set) NMPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, 
 	if a.err != nil {
 		return a.err
 	}
-	grid := driver.Dim3{X: uint32((cols + extTile - 1) / extTile), Y: uint32((rows + extTile - 1) / extTile), Z: 1}
+	if uintptr(vals)%4 != 0 || uintptr(keep)%2 != 0 || uintptr(dst)%4 != 0 {
+		a.fail("vals and dst must be 4-byte aligned, keep 2-byte aligned")
+	}
+	if a.err != nil {
+		return a.err
+	}
+	grid := driver.Dim3{X: uint32((cols + packCols - 1) / packCols), Y: uint32((rows + packRows - 1) / packRows), Z: 1}
 	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
 }
 

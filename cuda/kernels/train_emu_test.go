@@ -89,57 +89,58 @@ func TestEmulateNMExpandT(t *testing.T) {
 }
 
 // emuNMPackT24 mirrors nm_pack_t24_body over the launch NMPackT24
-// makes; every element of dst is written once (counted in writes).
-func emuNMPackT24(dst, vals []float32, idx, keep []byte, rows, cols int, writes []int) {
-	const tile = extTile
+// makes (bf16 values as their bits); every element of dst is written
+// once (counted in writes).
+func emuNMPackT24(dst, vals []uint16, idx, keep []byte, rows, cols int, writes []int) {
 	k := cols / 2
 	rowBytes := (k*2 + 7) >> 3
-	for by := 0; by < (rows+tile-1)/tile; by++ {
-		for bx := 0; bx < (cols+tile-1)/tile; bx++ {
-			var sh [tile][tile + 1]float32
-			var present [tile]uint64
-			r0, c0 := by*tile, bx*tile
-			g0, g1 := c0/4, min(cols, c0+tile)/4
-			kt := (g1 - g0) * 2
+	for by := 0; by < (rows+packRows-1)/packRows; by++ {
+		for bx := 0; bx < (cols+packCols-1)/packCols; bx++ {
+			var tv [packCols][packRows + 2]uint16
+			var tp [packCols][packRows + 4]byte
+			r0, c0 := by*packRows, bx*packCols
+			gt := min(cols-c0, packCols) / 4
+			rt := min(rows-r0, packRows)
 			for tid := 0; tid < threads; tid++ {
-				for i := tid; i < tile*kt; i += threads {
-					rr, j := i/kt, g0*2+(i-(i/kt)*kt)
-					r := r0 + rr
-					if r >= rows {
+				for i := tid; i < rt*gt; i += threads {
+					rr, gl := i/gt, i%gt
+					r, gi := r0+rr, c0/4+i%gt
+					e := r*k + 2*gi
+					if keep[e] == 0 && keep[e+1] == 0 {
 						continue
 					}
-					e := r*k + j
-					if keep[e] == 0 {
-						continue
+					code := idx[r*rowBytes+gi>>1] >> ((gi & 1) * 4) & 0xF
+					bit := byte(1) << (rr & 3)
+					if keep[e] != 0 {
+						cc := 4*gl + int(code&3)
+						tv[cc][rr], tp[cc][rr] = vals[e], bit
 					}
-					cc := (j/2)*4 + nmIndex(idx[r*rowBytes:(r+1)*rowBytes], rowBytes, j, 2) - c0
-					sh[rr][cc] = vals[e]
-					present[cc] |= 1 << rr
+					if keep[e+1] != 0 {
+						cc := 4*gl + int(code>>2)
+						tv[cc][rr], tp[cc][rr] = vals[e+1], bit
+					}
 				}
 			}
 			half := rows / 2
+			qt := rt / 4
 			for tid := 0; tid < threads; tid++ {
-				for i := tid; i < tile*(tile/4); i += threads {
-					cc, gg := i/(tile/4), i%(tile/4)
-					c, r := c0+cc, r0+4*gg
-					if c >= cols || r >= rows {
-						continue
-					}
-					b := uint32(present[cc]>>(4*gg)) & 0xF
-					var s0, s1 float32
+				for i := tid; i < gt*4*qt; i += threads {
+					cc, gg := i/qt, i%qt
+					b := uint32(tp[cc][4*gg] | tp[cc][4*gg+1] | tp[cc][4*gg+2] | tp[cc][4*gg+3])
+					var s0, s1 uint16
 					if b != 0 {
 						q0 := bits.TrailingZeros32(b)
-						b &= b - 1
+						rest := b & (b - 1)
 						switch {
-						case b != 0:
-							s0, s1 = sh[4*gg+q0][cc], sh[4*gg+bits.TrailingZeros32(b)][cc]
+						case rest != 0:
+							s0, s1 = tv[cc][4*gg+q0], tv[cc][4*gg+bits.TrailingZeros32(rest)]
 						case q0 == 3:
-							s1 = sh[4*gg+3][cc]
+							s1 = tv[cc][4*gg+3]
 						default:
-							s0 = sh[4*gg+q0][cc]
+							s0 = tv[cc][4*gg+q0]
 						}
 					}
-					d := c*half + r/2
+					d := (c0+cc)*half + r0/2 + 2*gg
 					dst[d], dst[d+1] = s0, s1
 					writes[d]++
 					writes[d+1]++
@@ -154,9 +155,9 @@ func emuNMPackT24(dst, vals []float32, idx, keep []byte, rows, cols int, writes 
 // (empty, lone and full groups) and ragged shapes (partial tiles).
 func TestEmulateNMPackT24(t *testing.T) {
 	rng := rand.New(rand.NewPCG(53, 54))
-	for _, sh := range [][2]int{{4, 4}, {12, 20}, {68, 132}, {128, 64}, {200, 72}} {
+	for _, sh := range [][2]int{{4, 4}, {12, 20}, {68, 132}, {128, 64}, {200, 72}, {64, 260}, {132, 388}} {
 		rows, cols := sh[0], sh[1]
-		c := makeNM(t, rng, rows, cols, 2, 4, false)
+		c := makeNM(t, rng, rows, cols, 2, 4, true)
 		ix := make([]uint8, len(c.vals))
 		if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
 			t.Fatal(err)
@@ -172,14 +173,14 @@ func TestEmulateNMPackT24(t *testing.T) {
 		if rows >= 64 && lone3 == 0 {
 			t.Fatalf("%dx%d: no group with a lone value in its last row: the rule is not exercised", rows, cols)
 		}
-		got := make([]float32, len(want))
+		got := make([]uint16, len(want))
 		for i := range got {
-			got[i] = float32(math.NaN())
+			got[i] = 0xFFFF
 		}
 		writes := make([]int, len(want))
-		emuNMPackT24(got, c.vals, c.idx, keep, rows, cols, writes)
+		emuNMPackT24(got, toBF16(c.vals), c.idx, keep, rows, cols, writes)
 		for i := range want {
-			if writes[i] != 1 || got[i] != want[i] {
+			if writes[i] != 1 || got[i] != format.Float32ToBFloat16(want[i]) {
 				t.Fatalf("%dx%d: slot %d written %d times, %v, want %v", rows, cols, i, writes[i], got[i], want[i])
 			}
 		}

@@ -106,7 +106,7 @@ func TestGPUNMExpandT(t *testing.T) {
 func TestGPUNMPackT24(t *testing.T) {
 	g := openGPU(t)
 	rng := rand.New(rand.NewPCG(55, 56))
-	for _, sh := range [][2]int{{64, 128}, {68, 132}, {256, 512}, {1024, 320}} {
+	for _, sh := range [][2]int{{64, 128}, {68, 132}, {132, 388}, {256, 512}, {1024, 320}} {
 		rows, cols := sh[0], sh[1]
 		nm := makeNM(t, rng, rows, cols, 2, 4, true)
 		ix := make([]uint8, len(nm.vals))
