@@ -535,12 +535,9 @@ func (s *slopeLinearGrad) inputGradNM(c *Call, gx, gy []float32, m int) (bool, e
 		return false, err
 	}
 	defer release()
-	tmp := cpu.GetF32(m * s.in)
-	defer cpu.PutF32(tmp)
-	if err := sp.Linear(*tmp, gy[:m*s.out], m, nil, c.Threads); err != nil {
+	if err := sp.LinearAdd(gx[:m*s.in], gy[:m*s.out], m, c.Threads); err != nil {
 		return false, err
 	}
-	addInto(gx[:m*s.in], *tmp, c.Threads)
 	return true, nil
 }
 

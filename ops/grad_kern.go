@@ -71,17 +71,6 @@ func denseMul(y, x []float32, m, in, out int, w, bias []float32, threads int) er
 	return d.Linear(y[:m*out], x[:m*in], m, bias, threads)
 }
 
-// addInto adds src into dst elementwise, spread over threads.
-func addInto(dst, src []float32, threads int) {
-	n := len(src)
-	parallelRows((n+4095)/4096, threads, func(lo, hi int) {
-		d, s := dst[lo*4096:min(hi*4096, n)], src[lo*4096:min(hi*4096, n)]
-		for i, v := range s {
-			d[i] += v
-		}
-	})
-}
-
 // Scratch memory of the training products, shared by all steps (a step
 // holds none between calls): float32 buffers from cpu.GetF32's size-class
 // pools, and prepared dense weights by shape (refilled from the current

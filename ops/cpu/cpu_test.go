@@ -277,6 +277,21 @@ func TestNMLinearVsRef(t *testing.T) {
 						}
 						checkClose(t, fmt.Sprintf("%s %s [%d,%d] m=%d", p, dt, out, in, m), y, ref,
 							absBound(x, m, wd, out, in, bias), in/p.M*p.N)
+						// LinearAdd: y0 + x·Wᵀ.
+						y0 := randF32(rng, m*out)
+						ya := append([]float32(nil), y0...)
+						if err := s.LinearAdd(ya, x, m, 0); err != nil {
+							t.Fatal(err)
+						}
+						if err := LinearNMRef(ref, x, m, w, nil); err != nil {
+							t.Fatal(err)
+						}
+						bound := absBound(x, m, wd, out, in, nil)
+						for i := range ref {
+							ref[i] += y0[i]
+							bound[i] += math.Abs(float64(y0[i]))
+						}
+						checkClose(t, fmt.Sprintf("LinearAdd %s %s [%d,%d] m=%d", p, dt, out, in, m), ya, ref, bound, in/p.M*p.N+1)
 					}
 				}
 			}

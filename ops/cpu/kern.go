@@ -398,30 +398,39 @@ func transposeBlock(blk, x []float32, r0, rows, in, ld, pad int) {
 }
 
 // storeLanes writes y[i*ldy + l] = bias[l] + yt[l*mb + i] (without bias:
-// yt[l*mb + i]) for i < rows, l < lanes (<= 8): the micro-kernels'
-// [lane][row] results into row-major y.
-func storeLanes(y []float32, ldy int, yt []float32, mb, rows, lanes int, bias *[8]float32) {
+// yt[l*mb + i]; with add: y[i*ldy + l] += yt[l*mb + i], bias ignored) for
+// i < rows, l < lanes (<= 8): the micro-kernels' [lane][row] results into
+// row-major y.
+func storeLanes(y []float32, ldy int, yt []float32, mb, rows, lanes int, bias *[8]float32, add bool) {
 	need(lanes <= 8 && rows <= mb && len(yt) >= lanes*mb && (rows == 0 || len(y) >= (rows-1)*ldy+lanes))
 	i := 0
 	if asmOn() && lanes == 8 {
 		for ; i+8 <= rows; i += 8 {
-			if bias != nil {
+			switch {
+			case add:
+				transposeAddAsm(&y[i*ldy], ldy, &yt[i], mb, 1)
+			case bias != nil:
 				transposeBiasAsm(&y[i*ldy], ldy, &yt[i], mb, 1, &bias[0])
-			} else {
+			default:
 				transposeAsm(&y[i*ldy], ldy, &yt[i], mb, 1)
 			}
 		}
 	}
 	for ; i < rows; i++ {
 		yr := y[i*ldy : i*ldy+lanes]
-		if bias == nil {
+		switch {
+		case add:
+			for l := range yr {
+				yr[l] += yt[l*mb+i]
+			}
+		case bias == nil:
 			for l := range yr {
 				yr[l] = yt[l*mb+i]
 			}
-			continue
-		}
-		for l := range yr {
-			yr[l] = bias[l] + yt[l*mb+i]
+		default:
+			for l := range yr {
+				yr[l] = bias[l] + yt[l*mb+i]
+			}
 		}
 	}
 }

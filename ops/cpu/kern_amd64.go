@@ -115,6 +115,10 @@ func transposeAsm(dst *float32, ldd int, src *float32, lda, nc8 int) {
 	transpose8AVX2(dst, ldd, src, lda, nc8)
 }
 
+func transposeAddAsm(dst *float32, ldd int, src *float32, lda, nc8 int) {
+	transpose8AddAVX2(dst, ldd, src, lda, nc8)
+}
+
 func transposeBiasAsm(dst *float32, ldd int, src *float32, lda, nc8 int, bias *float32) {
 	transpose8BiasAVX2(dst, ldd, src, lda, nc8, bias)
 }

@@ -27,6 +27,7 @@ func spPrep24Asm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, in
 func spmmAsm(int, int, *float32, *uint32, *float32, int, int, *float32)                  { noAsm() }
 func spmmZAsm(int, int, *float32, *uint32, *float32, int, int, *float32)                 { noAsm() }
 func transposeAsm(*float32, int, *float32, int, int)                                     { noAsm() }
+func transposeAddAsm(*float32, int, *float32, int, int)                                  { noAsm() }
 func transposeBiasAsm(*float32, int, *float32, int, int, *float32)                       { noAsm() }
 func dotAsm(*float32, *float32, int) float32                                             { noAsm(); return 0 }
 func axpyAsm(*float32, float32, *float32, int)                                           { noAsm() }

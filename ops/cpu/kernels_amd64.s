@@ -2851,6 +2851,86 @@ transpose8BiasAVX2_loop:
 	VZEROUPPER
 	RET
 
+// func transpose8AddAVX2(dst *float32, ldd int, src *float32, lda int, nc8 int)
+// Requires: AVX
+TEXT ·transpose8AddAVX2(SB), NOSPLIT, $0-40
+	MOVQ dst+0(FP), AX
+	MOVQ ldd+8(FP), CX
+	SHLQ $0x02, CX
+	MOVQ src+16(FP), DX
+	MOVQ lda+24(FP), BX
+	SHLQ $0x02, BX
+	MOVQ nc8+32(FP), SI
+	LEAQ (DX)(BX*2), DI
+	ADDQ BX, DI
+	LEAQ (DI)(BX*2), R8
+	ADDQ BX, R8
+
+transpose8AddAVX2_loop:
+	VMOVUPS    (DX), Y0
+	VMOVUPS    (DX)(BX*1), Y1
+	VMOVUPS    (DX)(BX*2), Y2
+	VMOVUPS    (DI), Y3
+	VMOVUPS    (DI)(BX*1), Y4
+	VMOVUPS    (DI)(BX*2), Y5
+	VMOVUPS    (R8), Y6
+	VMOVUPS    (R8)(BX*1), Y7
+	VUNPCKLPS  Y1, Y0, Y8
+	VUNPCKHPS  Y1, Y0, Y9
+	VUNPCKLPS  Y3, Y2, Y10
+	VUNPCKHPS  Y3, Y2, Y11
+	VUNPCKLPS  Y5, Y4, Y12
+	VUNPCKHPS  Y5, Y4, Y13
+	VUNPCKLPS  Y7, Y6, Y5
+	VUNPCKHPS  Y7, Y6, Y7
+	VSHUFPS    $0x44, Y10, Y8, Y0
+	VSHUFPS    $0xee, Y10, Y8, Y1
+	VSHUFPS    $0x44, Y11, Y9, Y2
+	VSHUFPS    $0xee, Y11, Y9, Y3
+	VSHUFPS    $0x44, Y5, Y12, Y4
+	VSHUFPS    $0xee, Y5, Y12, Y5
+	VSHUFPS    $0x44, Y7, Y13, Y6
+	VSHUFPS    $0xee, Y7, Y13, Y7
+	VPERM2F128 $0x20, Y4, Y0, Y8
+	VADDPS     (AX), Y8, Y8
+	VMOVUPS    Y8, (AX)
+	ADDQ       CX, AX
+	VPERM2F128 $0x20, Y5, Y1, Y9
+	VADDPS     (AX), Y9, Y9
+	VMOVUPS    Y9, (AX)
+	ADDQ       CX, AX
+	VPERM2F128 $0x20, Y6, Y2, Y10
+	VADDPS     (AX), Y10, Y10
+	VMOVUPS    Y10, (AX)
+	ADDQ       CX, AX
+	VPERM2F128 $0x20, Y7, Y3, Y11
+	VADDPS     (AX), Y11, Y11
+	VMOVUPS    Y11, (AX)
+	ADDQ       CX, AX
+	VPERM2F128 $0x31, Y4, Y0, Y12
+	VADDPS     (AX), Y12, Y12
+	VMOVUPS    Y12, (AX)
+	ADDQ       CX, AX
+	VPERM2F128 $0x31, Y5, Y1, Y13
+	VADDPS     (AX), Y13, Y13
+	VMOVUPS    Y13, (AX)
+	ADDQ       CX, AX
+	VPERM2F128 $0x31, Y6, Y2, Y5
+	VADDPS     (AX), Y5, Y5
+	VMOVUPS    Y5, (AX)
+	ADDQ       CX, AX
+	VPERM2F128 $0x31, Y7, Y3, Y7
+	VADDPS     (AX), Y7, Y7
+	VMOVUPS    Y7, (AX)
+	ADDQ       CX, AX
+	ADDQ       $0x20, DX
+	ADDQ       $0x20, DI
+	ADDQ       $0x20, R8
+	DECQ       SI
+	JNZ        transpose8AddAVX2_loop
+	VZEROUPPER
+	RET
+
 // func spmmZ16R1AVX512(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
 // Requires: AVX, AVX512F
 TEXT ·spmmZ16R1AVX512(SB), NOSPLIT, $0-48

@@ -145,6 +145,9 @@ func transpose8AVX2(dst *float32, ldd int, src *float32, lda int, nc8 int)
 // transpose8BiasAVX2 writes dst[c*ldd + r] = bias[r] + src[r*lda + c] for r < 8, c < 8*nc8.
 func transpose8BiasAVX2(dst *float32, ldd int, src *float32, lda int, nc8 int, bias *float32)
 
+// transpose8AddAVX2 adds src[r*lda + c] to dst[c*ldd + r] for r < 8, c < 8*nc8.
+func transpose8AddAVX2(dst *float32, ldd int, src *float32, lda int, nc8 int)
+
 // spmmZ16R1AVX512 accumulates 1 outputs (lanes l0.. of the panel) for 16 activation rows into yt ([1][16]); steps >= 1.
 func spmmZ16R1AVX512(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
 

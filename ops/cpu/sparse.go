@@ -143,31 +143,41 @@ func (s *Sparse) Bytes() int { return s.vals.bytes() + 4*len(s.idx) }
 // Linear computes y = x·Wᵀ (+ bias if non-nil). x is [m, In] row-major,
 // y is [m, Out]; threads <= 0 means runtime.GOMAXPROCS(0).
 func (s *Sparse) Linear(y, x []float32, m int, bias []float32, threads int) error {
+	return s.linear("nm linear", y, x, m, bias, threads, false)
+}
+
+// LinearAdd adds x·Wᵀ to y (the backward pass's input gradient, which
+// several products accumulate into). Shapes as Linear.
+func (s *Sparse) LinearAdd(y, x []float32, m int, threads int) error {
+	return s.linear("nm linear add", y, x, m, nil, threads, true)
+}
+
+func (s *Sparse) linear(op string, y, x []float32, m int, bias []float32, threads int, add bool) error {
 	if s == nil {
 		return errNil
 	}
-	if err := checkIO("nm linear", y, x, m, s.in, s.out, bias); err != nil {
+	if err := checkIO(op, y, x, m, s.in, s.out, bias); err != nil {
 		return err
 	}
 	if s.vals.len() == 0 {
-		return fmt.Errorf("cpu: nm linear: the weight has indices only (PrepareNMIndices: run a WithValuesF32 view)")
+		return fmt.Errorf("cpu: %s: the weight has indices only (PrepareNMIndices: run a WithValuesF32 view)", op)
 	}
 	if m == 0 {
 		return nil
 	}
 	t := ResolveThreads(threads)
 	if m >= gemmMinRows && asmDT(s.dt) && s.in <= spMaxIn {
-		s.gemm(y, x, m, bias, t)
+		s.gemm(y, x, m, bias, t, add)
 		return nil
 	}
-	s.gemv(y, x, m, bias, t)
+	s.gemv(y, x, m, bias, t, add)
 	return nil
 }
 
 // gemv runs one sparse GEMV per row and panel, split over panels; panels
 // are taken 32 at a time with the rows inside so that many rows reuse a
 // panel from cache.
-func (s *Sparse) gemv(y, x []float32, m int, bias []float32, t int) {
+func (s *Sparse) gemv(y, x []float32, m int, bias []float32, t int, add bool) {
 	xs := x
 	stride := s.in
 	if !s.quad && s.p.M <= 8 && asmDT(s.dt) {
@@ -192,7 +202,9 @@ func (s *Sparse) gemv(y, x []float32, m int, bias []float32, t int) {
 			for i := 0; i < m; i++ {
 				yi := y[i*s.out : (i+1)*s.out]
 				xi := xs[i*stride : (i+1)*stride]
-				initRow(yi, c0*spLanes, min(c1*spLanes, s.out), bias)
+				if !add {
+					initRow(yi, c0*spLanes, min(c1*spLanes, s.out), bias)
+				}
 				if full > c0 {
 					spmvPanels(&s.spLayout, xi, &s.vals, c0*s.kept*spLanes, s.idx, c0*wpp, full-c0,
 						yi[c0*spLanes:full*spLanes])
@@ -214,7 +226,7 @@ func (s *Sparse) gemv(y, x []float32, m int, bias []float32, t int) {
 // lanes zeroed up to the kernel granularity; then per panel the indices
 // and values are expanded once (spPrep) and every block runs the
 // micro-kernels over the panel's lanes (3+3+2 or 4+4 outputs).
-func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int) {
+func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int, add bool) {
 	in := s.in
 	ld, sh, gran, rmax := 32, 7, 8, 3
 	if asm512On() {
@@ -275,7 +287,7 @@ func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int) {
 						copy(bv[:], bias[p*spLanes:p*spLanes+lanes])
 						bp = &bv
 					}
-					storeLanes(y[b*ld*s.out+p*spLanes:], s.out, yt[k*spLanes*mb:(k+1)*spLanes*mb], mb, rows, lanes, bp)
+					storeLanes(y[b*ld*s.out+p*spLanes:], s.out, yt[k*spLanes*mb:(k+1)*spLanes*mb], mb, rows, lanes, bp, add)
 				}
 			}
 		}

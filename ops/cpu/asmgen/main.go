@@ -94,8 +94,9 @@ func main() {
 		genSpPrep(d)
 		genSpPrep24(d)
 	}
-	genTranspose8(false)
-	genTranspose8(true)
+	genTranspose8(transposeStore)
+	genTranspose8(transposeBias)
+	genTranspose8(transposeAdd)
 	for _, mb := range []int{16, 32, 48, 64} {
 		for r := 1; r <= 4; r++ {
 			genSPMM512(mb, r)
@@ -750,21 +751,40 @@ func genSpPrep24(d dtype) {
 	RET()
 }
 
+// transposeMode is what genTranspose8's variants do with the
+// transposed rows: store them, add a bias vector first, or add them to
+// dst.
+type transposeMode int
+
+const (
+	transposeStore transposeMode = iota
+	transposeBias
+	transposeAdd
+)
+
 // genTranspose8: for nc8 (>= 1) chunks of 8 columns, transposes the 8x8
 // block of rows src, src+lda, ... (floats) into 8 rows of 8 floats at dst,
 // dst+ldd, ... (ldd in floats; the next chunk starts 8 rows of dst later).
-// The bias variant adds bias[0:8] to every output row.
-func genTranspose8(bias bool) {
+// The bias variant adds bias[0:8] to every output row; the add variant
+// adds the transposed block to dst.
+func genTranspose8(mode transposeMode) {
+	bias := mode == transposeBias
 	name := "transpose8AVX2"
 	sig := "func(dst *float32, ldd int, src *float32, lda int, nc8 int)"
-	if bias {
+	switch mode {
+	case transposeBias:
 		name = "transpose8BiasAVX2"
 		sig = "func(dst *float32, ldd int, src *float32, lda int, nc8 int, bias *float32)"
+	case transposeAdd:
+		name = "transpose8AddAVX2"
 	}
 	TEXT(name, NOSPLIT, sig)
-	if bias {
+	switch mode {
+	case transposeBias:
 		Doc(name + " writes dst[c*ldd + r] = bias[r] + src[r*lda + c] for r < 8, c < 8*nc8.")
-	} else {
+	case transposeAdd:
+		Doc(name + " adds src[r*lda + c] to dst[c*ldd + r] for r < 8, c < 8*nc8.")
+	default:
 		Doc(name + " writes dst[c*ldd + r] = src[r*lda + c] for r < 8, c < 8*nc8.")
 	}
 	var bv VecVirtual
@@ -816,6 +836,9 @@ func genTranspose8(bias bool) {
 		VPERM2F128(U8(uint8(o.imm)), u[o.b], u[o.a], v)
 		if bias {
 			VADDPS(v, bv, v)
+		}
+		if mode == transposeAdd {
+			VADDPS(Mem{Base: d}, v, v)
 		}
 		VMOVUPS(v, Mem{Base: d})
 		ADDQ(ldd, d)
