@@ -41,8 +41,9 @@ func TestDenseToSlopeDefault(t *testing.T) {
 
 func TestDenseToSlopeJSON(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "tiny.slope")
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"dense-to-slope", "--out", out, "--json", "--quiet", "--dtype", "fp16", "--compress", "zstd"}, &stdout, &stderr)
+	code := run([]string{"dense-to-slope", "--out", out, "--json", "--quiet", "--dtype", "fp16", "--compress", "zstd", "--cpuprofile", prof}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
@@ -59,6 +60,9 @@ func TestDenseToSlopeJSON(t *testing.T) {
 	if _, err := os.Stat(out); err != nil {
 		t.Error(err)
 	}
+	if st, err := os.Stat(prof); err != nil || st.Size() == 0 {
+		t.Errorf("--cpuprofile %s: %v, %v", prof, st, err)
+	}
 }
 
 func TestErrors(t *testing.T) {
@@ -73,6 +77,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"dense-to-slope", "--out", ""}, "--out"},
 		{[]string{"dense-to-slope", "--in", filepath.Join(dir, "nope"), "--out", filepath.Join(dir, "a.slope")}, "nope"},
 		{[]string{"dense-to-slope", "--bogus"}, "bogus"},
+		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--cpuprofile", filepath.Join(dir, "no", "such", "dir", "p")}, "--cpuprofile"},
 		{[]string{"frobnicate"}, "frobnicate"},
 	}
 	for _, c := range cases {
