@@ -990,6 +990,59 @@ __device__ void nm_pack_t24_body(T* dst, const T* vals, const unsigned char* idx
     }
 }
 
+// nm_tmask24: the transpose mask's refresh by magnitude for a 2:4 weight
+// W [rows, cols] in the portable layout (fp32 values vals, indices idx):
+// in every column and group of 4 rows, of W's kept values there the 2 of
+// largest magnitude are kept (all when there are at most 2; ties to the
+// lower row; a NaN larger than any number), as format.DoublePruneMagnitude
+// decides. keep gets one byte per kept value, 1 or 0, in W's values
+// order. One block per 64 x 64 tile of W: phase 1 puts each kept value's
+// key (its bits with the sign cleared, plus one: 0 marks an absent
+// entry) and its index among the tile's values of its row into
+// transposed shared arrays; phase 2 ranks each (column, group of 4 rows) and writes the
+// four decisions.
+template <typename T>
+__device__ void nm_tmask24_body(unsigned char* keep, const T* vals, const unsigned char* idx, int rows, int cols) {
+    __shared__ unsigned tk[EXT_TILE][EXT_TILE + 1];       // [col - c0][row - r0]: key + 1, 0 absent
+    __shared__ unsigned char tj[EXT_TILE][EXT_TILE + 4];   // [col - c0][row - r0]: index in the tile's part of the row's values
+    const int r0 = blockIdx.y * EXT_TILE, c0 = blockIdx.x * EXT_TILE;
+    const int k = cols / 2;
+    const int rowBytes = (k * 2 + 7) >> 3;
+    for (int i = threadIdx.x; i < EXT_TILE * (EXT_TILE + 1); i += blockDim.x) (&tk[0][0])[i] = 0u;
+    __syncthreads();
+    const int gt = min(cols - c0, EXT_TILE) / 4;
+    const int rt = min(rows - r0, EXT_TILE);
+    for (int i = threadIdx.x; i < rt * gt * 2; i += blockDim.x) {
+        const int rr = i / (gt * 2), jl = i - rr * gt * 2;  // jl: kept value of the tile's row
+        const int r = r0 + rr, j = c0 / 2 + jl;
+        const int cc = (jl >> 1) * 4 + nm_index(idx + (int64_t)r * rowBytes, rowBytes, j, 2);
+        const float v = ldf(vals + (int64_t)r * k + j);
+        tk[cc][rr] = (__float_as_uint(v) & 0x7FFFFFFFu) + 1u;
+        tj[cc][rr] = (unsigned char)jl;
+    }
+    __syncthreads();
+    const int qt = rt / 4;
+    for (int i = threadIdx.x; i < gt * 4 * qt; i += blockDim.x) {
+        const int cc = i / qt, gg = i - cc * qt;
+        unsigned key[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) key[q] = tk[cc][4 * gg + q];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            if (!key[q]) continue;
+            int beaten = 0;
+#pragma unroll
+            for (int o = 0; o < 4; o++) beaten += (key[o] > key[q]) || (o < q && key[o] == key[q]);
+            const int r = r0 + 4 * gg + q;
+            keep[(int64_t)r * k + c0 / 2 + tj[cc][4 * gg + q]] = beaten < 2 ? 1 : 0;
+        }
+    }
+}
+
+extern "C" __global__ void nm_tmask24_f32(unsigned char* keep, const float* vals, const unsigned char* idx, int rows, int cols) {
+    nm_tmask24_body<float>(keep, vals, idx, rows, cols);
+}
+
 // AdamW with decoupled weight decay, in the CPU trainer's arithmetic
 // (train.Trainer.adamW): g = grad·gscale in fp32, then in fp64
 //   m = β1·m + (1-β1)·g,  v = β2·v + ((1-β2)·g)·g

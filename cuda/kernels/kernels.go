@@ -101,7 +101,7 @@ func Names() []string {
 	for _, t := range []string{"f32", "bf16"} {
 		names = append(names, "spmm24tc_bf16_"+t, "nm_gather_"+t, "nm_expand_t_"+t)
 	}
-	names = append(names, "nm_pack_t24_bf16", "adamw_f32", "sumsq_f32")
+	names = append(names, "nm_pack_t24_bf16", "nm_tmask24_f32", "adamw_f32", "sumsq_f32")
 	return names
 }
 
@@ -771,6 +771,31 @@ func (k *Set) NMPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, 
 	}
 	grid := driver.Dim3{X: uint32((cols + packCols - 1) / packCols), Y: uint32((rows + packRows - 1) / packRows), Z: 1}
 	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
+}
+
+// NMTMask24 recomputes the transpose mask of a 2:4 weight W [rows, cols]
+// in the portable layout (fp32 values vals, indices idx) by magnitude:
+// keep (one byte per kept value, W's values order) gets 1 for the kept
+// values that are among the 2 of largest magnitude of their column in
+// their group of 4 rows (all when there are at most 2; ties to the lower
+// row; NaN above every number), 0 for the others: the trainer's
+// --mask-refresh, as format.DoublePruneMagnitude. rows and cols must be
+// multiples of 4.
+func (k *Set) NMTMask24(s driver.Stream, keep, vals, idx driver.Ptr, rows, cols int) error {
+	a := &args{kernel: "nm_tmask24_f32"}
+	r, c, _, _ := a.nm(rows, cols, 2, 4)
+	if rows%4 != 0 {
+		a.fail("rows = %d is not a multiple of 4", rows)
+	}
+	a.ptr("keep", keep)
+	a.ptr("vals", vals)
+	a.ptr("idx", idx)
+	a.fits("vals", rows, cols)
+	if a.err != nil {
+		return a.err
+	}
+	grid := driver.Dim3{X: uint32((cols + extTile - 1) / extTile), Y: uint32((rows + extTile - 1) / extTile), Z: 1}
+	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, keep, vals, idx, r, c)
 }
 
 // AdamWStep holds one AdamW update's scalars as package train's CPU

@@ -186,3 +186,102 @@ func TestEmulateNMPackT24(t *testing.T) {
 		}
 	}
 }
+
+// emuNMTMask24 mirrors nm_tmask24_body over the launch NMTMask24 makes;
+// every kept value's keep byte is written once (counted in writes).
+func emuNMTMask24(keep []byte, vals []float32, idx []byte, rows, cols int, writes []int) {
+	const tile = extTile
+	k := cols / 2
+	rowBytes := (k*2 + 7) >> 3
+	for by := 0; by < (rows+tile-1)/tile; by++ {
+		for bx := 0; bx < (cols+tile-1)/tile; bx++ {
+			var tk [tile][tile + 1]uint32
+			var tj [tile][tile + 4]uint8
+			r0, c0 := by*tile, bx*tile
+			gt := min(cols-c0, tile) / 4
+			rt := min(rows-r0, tile)
+			for tid := 0; tid < threads; tid++ {
+				for i := tid; i < rt*gt*2; i += threads {
+					rr, jl := i/(gt*2), i%(gt*2)
+					r, j := r0+rr, c0/2+i%(gt*2)
+					cc := (jl>>1)*4 + nmIndex(idx[r*rowBytes:(r+1)*rowBytes], rowBytes, j, 2)
+					tk[cc][rr] = math.Float32bits(vals[r*k+j])&0x7FFFFFFF + 1
+					tj[cc][rr] = uint8(jl)
+				}
+			}
+			qt := rt / 4
+			for tid := 0; tid < threads; tid++ {
+				for i := tid; i < gt*4*qt; i += threads {
+					cc, gg := i/qt, i%qt
+					var key [4]uint32
+					for q := range key {
+						key[q] = tk[cc][4*gg+q]
+					}
+					for q := range key {
+						if key[q] == 0 {
+							continue
+						}
+						beaten := 0
+						for o := range key {
+							if key[o] > key[q] || (o < q && key[o] == key[q]) {
+								beaten++
+							}
+						}
+						e := (r0+4*gg+q)*k + c0/2 + int(tj[cc][4*gg+q])
+						keep[e] = 0
+						if beaten < 2 {
+							keep[e] = 1
+						}
+						writes[e]++
+					}
+				}
+			}
+		}
+	}
+}
+
+// tmask24Cases are 2:4 weights for the transpose-mask refresh: random
+// values, plus ties (values from a few magnitudes, both signs) and NaNs.
+func tmask24Cases(t *testing.T, rng *rand.Rand, rows, cols int) (plain, ties *nmCase) {
+	plain = makeNM(t, rng, rows, cols, 2, 4, false)
+	ties = makeNM(t, rng, rows, cols, 2, 4, false)
+	for i := range ties.vals {
+		ties.vals[i] = float32(rng.IntN(3)) * float32(1-2*rng.IntN(2))
+		if rng.IntN(97) == 0 {
+			ties.vals[i] = float32(math.NaN())
+		}
+	}
+	return plain, ties
+}
+
+// TestEmulateNMTMask24: the refresh writes every kept value's byte once
+// and decides as format.DoublePruneMagnitude, with ties, zeros, NaNs and
+// partial tiles.
+func TestEmulateNMTMask24(t *testing.T) {
+	rng := rand.New(rand.NewPCG(57, 58))
+	for _, sh := range [][2]int{{4, 4}, {12, 20}, {68, 132}, {128, 64}, {200, 72}} {
+		rows, cols := sh[0], sh[1]
+		plain, ties := tmask24Cases(t, rng, rows, cols)
+		for _, c := range []*nmCase{plain, ties} {
+			ix := make([]uint8, len(c.vals))
+			if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
+				t.Fatal(err)
+			}
+			want, err := format.DoublePruneMagnitude(format.NM{N: 2, M: 4}, rows, cols, c.vals, ix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(c.vals))
+			for i := range got {
+				got[i] = 7
+			}
+			writes := make([]int, len(got))
+			emuNMTMask24(got, c.vals, c.idx, rows, cols, writes)
+			for i, w := range want {
+				if writes[i] != 1 || (got[i] == 1) != w || got[i] > 1 {
+					t.Fatalf("%dx%d: kept value %d written %d times, keep %d, want %v", rows, cols, i, writes[i], got[i], w)
+				}
+			}
+		}
+	}
+}

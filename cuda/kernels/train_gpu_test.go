@@ -132,6 +132,41 @@ func TestGPUNMPackT24(t *testing.T) {
 	}
 }
 
+// TestGPUNMTMask24: the transpose mask's refresh by magnitude, against
+// format.DoublePruneMagnitude, with ties, zeros, NaNs and partial tiles.
+func TestGPUNMTMask24(t *testing.T) {
+	g := openGPU(t)
+	rng := rand.New(rand.NewPCG(59, 60))
+	for _, sh := range [][2]int{{64, 128}, {68, 132}, {256, 512}, {1024, 320}} {
+		rows, cols := sh[0], sh[1]
+		plain, ties := tmask24Cases(t, rng, rows, cols)
+		for ci, c := range []*nmCase{plain, ties} {
+			ix := make([]uint8, len(c.vals))
+			if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
+				t.Fatal(err)
+			}
+			want, err := format.DoublePruneMagnitude(format.NM{N: 2, M: 4}, rows, cols, c.vals, ix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []byte
+			g.run(t, func() error {
+				keep := g.poison(len(c.vals))
+				if err := g.k.NMTMask24(0, keep, g.putF32(c.vals), g.putU8(c.idx), rows, cols); err != nil {
+					return err
+				}
+				got = make([]byte, len(c.vals))
+				return g.d.CopyOut(unsafe.Pointer(&got[0]), keep, len(got))
+			})
+			for i, w := range want {
+				if got[i] > 1 || (got[i] == 1) != w {
+					t.Fatalf("nm_tmask24 %dx%d case %d: kept value %d: keep %d, want %v", rows, cols, ci, i, got[i], w)
+				}
+			}
+		}
+	}
+}
+
 // adamWRef is package train's AdamW for one parameter: cpu.AdamW, which
 // the trainer runs, with the same scalars.
 func adamWRef(w, grad, m, v []float32, h AdamWStep) {
