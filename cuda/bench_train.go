@@ -3,6 +3,7 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"unsafe"
 
 	"github.com/slopeml/slope/cuda/blaslt"
@@ -26,7 +27,8 @@ import (
 //
 // SLoPe step (W 2:4 along in, W_dp its double-pruned transpose), with
 // the values written in place (cuSPARSELt's compressed values layout
-// verified by sparselt.Handle.CheckValues):
+// verified by sparselt.Handle.CheckValues and, per shape,
+// sparselt.Weight.VerifyValues):
 //
 //	y  = x·Wᵀ                  cuSPARSELt (W compressed)
 //	dx = dy·W_dp               cuSPARSELt (W_dpᵀ [in, out] compressed)
@@ -60,7 +62,9 @@ type BenchTrain struct {
 	tmp      driver.Ptr // 2:4: fp32 dW / bf16 dense workspace [out, in]
 	fwd, bwd *sparselt.Weight
 	// StateBytes is what training keeps per layer: weights in every form,
-	// fp32 master values, gradients and moments. TempBytes is the 2:4
+	// fp32 master values, gradients and moments (not cuSPARSELt's
+	// compression buffer, which a form allocates at its first
+	// Recompress and keeps). TempBytes is the 2:4
 	// step's workspace (one per process in a trainer, sized for the
 	// largest layer).
 	StateBytes, TempBytes int64
@@ -69,17 +73,27 @@ type BenchTrain struct {
 
 // NewBenchTrain makes a random layer of out x in for training
 // benchmarks (bf16 activations; 2:4 needs cuSPARSELt, and writes its
-// values in place when cuSPARSELt's layout checks out, else falls back
-// to recompressing). The 2:4 layer's transpose mask keeps the kept
-// values of rows r with r % 4 < 2: a valid double-pruned pattern (at
-// most 2 of 4 along out) whose products cost what any other does. Call
-// inside Do.
+// values in place when cuSPARSELt's layout checks out, for the layout
+// and for this shape, else falls back to recompressing). The 2:4 layer's
+// transpose mask is random: in each column and group of 4 rows, the
+// first 0, 1 or 2 of W's kept values (a valid double-pruned pattern,
+// with empty, lone and full groups, whose products cost what any other
+// does). Call inside Do.
 func (b *Backend) NewBenchTrain(sparse bool, out, in int, seed uint64) (*BenchTrain, error) {
-	inPlace := false
-	if sparse && b.sp != nil {
-		inPlace = b.sp.CheckValues(b.s) == nil
+	if !sparse || b.sp == nil {
+		return b.newBenchTrain(sparse, false, out, in, seed)
 	}
-	return b.newBenchTrain(sparse, inPlace, out, in, seed)
+	err := b.sp.CheckValues(b.s)
+	if err == nil {
+		var t *BenchTrain
+		if t, err = b.newBenchTrain(true, true, out, in, seed); err == nil {
+			return t, nil
+		}
+	}
+	if !errors.Is(err, sparselt.ErrValuesLayout) {
+		return nil, err
+	}
+	return b.newBenchTrain(true, false, out, in, seed)
 }
 
 // NewBenchTrainRecompress makes a 2:4 layer as NewBenchTrain does, but
@@ -161,18 +175,11 @@ func (b *Backend) newBenchTrain(sparse, inPlace bool, out, in int, seed uint64) 
 		} else if t.vals, err = upload(bf); err != nil {
 			return nil, err
 		}
-		if t.idx, err = upload(random24Indices(out, in, seed)); err != nil {
+		idx := random24Indices(out, in, seed)
+		if t.idx, err = upload(idx); err != nil {
 			return nil, err
 		}
-		keep := make([]byte, t.n)
-		for r := 0; r < out; r++ {
-			if r%4 < 2 {
-				for j := r * in / 2; j < (r+1)*in/2; j++ {
-					keep[j] = 1
-				}
-			}
-		}
-		if t.keep, err = upload(keep); err != nil {
+		if t.keep, err = upload(randomTKeep24(idx, out, in, seed)); err != nil {
 			return nil, err
 		}
 		if t.tmp, err = alloc(4*out*in, false); err != nil {
@@ -234,9 +241,52 @@ func (b *Backend) newBenchTrain(sparse, inPlace bool, out, in int, seed uint64) 
 		if err := t.packT(); err != nil {
 			return nil, err
 		}
+		// Both forms against cuSPARSELt's compression of the expanded
+		// weights (once per shape; the workspace holds each in turn).
+		if err := b.k.NMExpand(b.s, BF16, t.tmp, t.vals, t.idx, out, in, 2, 4); err != nil {
+			return nil, err
+		}
+		if err := t.fwd.VerifyValues(b.s, t.tmp); err != nil {
+			return nil, fmt.Errorf("W: %w", err)
+		}
+		if err := b.k.NMExpandT(b.s, BF16, t.tmp, t.vals, t.idx, t.keep, out, in, 2, 4); err != nil {
+			return nil, err
+		}
+		if err := t.bwd.VerifyValues(b.s, t.tmp); err != nil {
+			return nil, fmt.Errorf("W_dpᵀ: %w", err)
+		}
 		t.StateBytes += t.fwd.Bytes() + t.bwd.Bytes()
 	}
 	return t, b.dev.SyncStream(b.s)
+}
+
+// randomTKeep24 is a random transpose mask of the 2:4 weight [out, in]
+// with packed portable indices idx: in each column and group of 4 rows,
+// W's kept values there are kept in row order up to a limit of 0, 1 or
+// 2 drawn per column and group. One byte per kept value.
+func randomTKeep24(idx []byte, out, in int, seed uint64) []byte {
+	k := in / 2
+	keep := make([]byte, out*k)
+	limit := make([]uint8, in)
+	count := make([]uint8, in)
+	rng := rand.New(rand.NewPCG(seed, 77))
+	for r := 0; r < out; r++ {
+		if r%4 == 0 {
+			for c := range limit {
+				limit[c] = uint8(rng.IntN(3))
+			}
+			clear(count)
+		}
+		for j := 0; j < k; j++ {
+			code := idx[(r*k+j)/4] >> (2 * ((r*k + j) % 4)) & 3
+			c := (j/2)*4 + int(code)
+			if count[c] < limit[c] {
+				keep[r*k+j] = 1
+				count[c]++
+			}
+		}
+	}
+	return keep
 }
 
 // TrainStage is one timed part of a training step.
@@ -312,7 +362,7 @@ func (t *BenchTrain) Stages(x, dy, y, dx driver.Ptr, tokens int, step *int) []Tr
 
 // MaskRefreshSteps is how often the benchmark's periodic stage (the
 // transpose mask's refresh) runs: the trainer's --mask-refresh default.
-const MaskRefreshSteps = 100
+const MaskRefreshSteps = 100 // train.DefaultMaskRefresh (a test checks)
 
 // packT writes W_dpᵀ's values (from W's kept values) into its
 // compressed form.
@@ -362,7 +412,9 @@ func (t *BenchTrain) compressPattern(transpose bool) (err error) {
 }
 
 // Step runs one training step: every stage of Stages that runs every
-// step. Call inside Do.
+// step, and none of the periodic ones (Every > 1), which a trainer runs
+// after the step every Every steps and a benchmark times on their own.
+// Call inside Do.
 func (t *BenchTrain) Step(x, dy, y, dx driver.Ptr, tokens, step int) error {
 	for _, st := range t.Stages(x, dy, y, dx, tokens, &step) {
 		if st.Every > 1 {

@@ -911,7 +911,7 @@ __device__ void nm_expand_t_body(T* dt, const T* vals, const unsigned char* idx,
 // nm_pack_t24: W_dpᵀ [cols, rows] 2:4 along its rows (groups of 4
 // consecutive rows of W) written straight into the values part of
 // cuSPARSELt's compressed form, instead of expanding it densely and
-// compressing it again (cuSPARSELt's compress runs at about a twentieth
+// compressing it again (cuSPARSELt's compress runs at about a thirtieth
 // of memory speed). That part is W_dpᵀ's kept values packed row by row:
 // row c of W_dpᵀ (column c of W), group g (rows 4g..4g+3 of W) fills
 // dst[c·rows/2 + 2g + {0,1}]: two kept values in increasing row order; a
@@ -929,7 +929,9 @@ __device__ void nm_expand_t_body(T* dt, const T* vals, const unsigned char* idx,
 // beside each. Phase 2: one thread per (column, group of 4 rows) reads
 // the four presence bytes and values as 32-bit words and writes the
 // group's two slots with one 32-bit store. Rows of the shared arrays are
-// padded so that phase 2 reads without bank conflicts.
+// padded to odd word strides (tv 33 words, tp 17) to spread phase 2's
+// reads over the banks (tp's still meet two-way once per warp; phase 1's
+// stores meet about four-way).
 #define PACK_ROWS 64
 #define PACK_COLS 128
 template <typename T>

@@ -96,8 +96,28 @@ func emuNMPackT24(dst, vals []uint16, idx, keep []byte, rows, cols int, writes [
 	rowBytes := (k*2 + 7) >> 3
 	for by := 0; by < (rows+packRows-1)/packRows; by++ {
 		for bx := 0; bx < (cols+packCols-1)/packCols; bx++ {
+			// Shared memory starts as garbage: only tp is cleared, as the
+			// kernel's tp32 loop does.
 			var tv [packCols][packRows + 2]uint16
 			var tp [packCols][packRows + 4]byte
+			for c := range tv {
+				for r := range tv[c] {
+					tv[c][r] = 0xFFFF
+				}
+			}
+			for c := range tp {
+				for r := range tp[c] {
+					tp[c][r] = 0xFF
+				}
+			}
+			for tid := 0; tid < threads; tid++ {
+				for i := tid; i < packCols*(packRows+4)/4; i += threads {
+					w := 4 * i // tp32[i]: four bytes of the flat array
+					for b := 0; b < 4; b++ {
+						tp[(w+b)/(packRows+4)][(w+b)%(packRows+4)] = 0
+					}
+				}
+			}
 			r0, c0 := by*packRows, bx*packCols
 			gt := min(cols-c0, packCols) / 4
 			rt := min(rows-r0, packRows)
@@ -195,8 +215,23 @@ func emuNMTMask24(keep []byte, vals []float32, idx []byte, rows, cols int, write
 	rowBytes := (k*2 + 7) >> 3
 	for by := 0; by < (rows+tile-1)/tile; by++ {
 		for bx := 0; bx < (cols+tile-1)/tile; bx++ {
+			// Shared memory starts as garbage: only tk is cleared, as the
+			// kernel does.
 			var tk [tile][tile + 1]uint32
 			var tj [tile][tile + 4]uint8
+			for c := range tk {
+				for r := range tk[c] {
+					tk[c][r] = 0xFFFFFFFF
+				}
+				for r := range tj[c] {
+					tj[c][r] = 0xFF
+				}
+			}
+			for tid := 0; tid < threads; tid++ {
+				for i := tid; i < tile*(tile+1); i += threads {
+					tk[i/(tile+1)][i%(tile+1)] = 0
+				}
+			}
 			r0, c0 := by*tile, bx*tile
 			gt := min(cols-c0, tile) / 4
 			rt := min(rows-r0, tile)

@@ -74,8 +74,10 @@ type Handle struct {
 	valid       driver.Ptr // int written by the prune check
 	algs        map[algKey]algConfig
 	weights     map[*Weight]struct{}
-	// valuesChecked is CheckValues' result per layout (values.go).
+	// valuesChecked is CheckValues' verdict per layout, valuesShapes
+	// VerifyValues' per layout and shape (values.go): nil or a mismatch.
 	valuesChecked map[Layout]error
+	valuesShapes  map[valuesKey]error
 }
 
 // algKey identifies a searched configuration.
@@ -210,7 +212,16 @@ func (w *Weight) String() string {
 // NewWeight checks and compresses the pruned dense bf16 W [N,K]
 // (row-major, on the device) with the Handle's Layout, on stream s. It
 // waits for s. The dense matrix is not kept.
-func (h *Handle) NewWeight(s driver.Stream, dense driver.Ptr, N, K int) (_ *Weight, err error) {
+func (h *Handle) NewWeight(s driver.Stream, dense driver.Ptr, N, K int) (*Weight, error) {
+	layout := LayoutCol
+	if h != nil {
+		layout = h.Layout
+	}
+	return h.newWeight(s, dense, N, K, layout)
+}
+
+// newWeight is NewWeight with the layout given.
+func (h *Handle) newWeight(s driver.Stream, dense driver.Ptr, N, K int, layout Layout) (_ *Weight, err error) {
 	if err := Supported(N, K); err != nil {
 		return nil, err
 	}
@@ -223,7 +234,7 @@ func (h *Handle) NewWeight(s driver.Stream, dense driver.Ptr, N, K int) (_ *Weig
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	a, hp := h.a, h.h.ptr()
-	w := &Weight{N: N, K: K, h: h, layout: h.Layout, sparse: newOpaque(), plans: map[planKey]*plan{}}
+	w := &Weight{N: N, K: K, h: h, layout: layout, sparse: newOpaque(), plans: map[planKey]*plan{}}
 	p, err := describe(w.layout, N, K, 16, K, N)
 	if err != nil {
 		return nil, err

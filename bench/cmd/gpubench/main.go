@@ -279,6 +279,7 @@ func trainTable(be *cuda.Backend, timer *cuda.Timer) error {
 		ms := make([][2]float64, len(tokensList))
 		var state [2]float64
 		var work float64
+		recompressing := false // a 2:4 layer fell back to recompressing every step
 		for pi, p := range parts {
 			for k, sparse := range []bool{false, true} {
 				l, err := be.NewBenchTrain(sparse, p.out, p.in, uint64(100*li+pi))
@@ -296,14 +297,19 @@ func trainTable(be *cuda.Backend, timer *cuda.Timer) error {
 				state[k] += float64(p.count) * float64(l.StateBytes)
 				if sparse {
 					work = max(work, float64(l.TempBytes))
+					recompressing = recompressing || !l.InPlace()
 				}
 				if err := be.FreeBenchTrain(l); err != nil {
 					return err
 				}
 			}
 		}
+		name := ls.name
+		if recompressing {
+			name += " (2:4 recompressing every step: values layout check failed)"
+		}
 		for ti, tokens := range tokensList {
-			fmt.Printf("| %s | %d | %.3f | %.3f | %.2f | %.0f | %.0f | %.3f | %.0f |\n", ls.name, tokens, ms[ti][0], ms[ti][1], ms[ti][0]/ms[ti][1],
+			fmt.Printf("| %s | %d | %.3f | %.3f | %.2f | %.0f | %.0f | %.3f | %.0f |\n", name, tokens, ms[ti][0], ms[ti][1], ms[ti][0]/ms[ti][1],
 				state[0]/(1<<20), state[1]/(1<<20), state[1]/state[0], work/(1<<20))
 		}
 	}
