@@ -61,6 +61,12 @@ type Options struct {
 	DType string
 	// Compress stores tensors as zstd frames.
 	Compress bool
+	// Transpose is how each pruned weight's double-pruned transpose is
+	// stored: TransposeMask ("" too), its mask only (one bit per kept
+	// value; readers build W_dpᵀ from it), or TransposeMaterialize, the
+	// mask and also W_dpᵀ itself as an NM_TRANSPOSE_MATERIALIZED tensor
+	// named TransposeName(weight), for readers that want it ready.
+	Transpose string
 
 	// Rank gives every pruned weight a low-rank adapter of that rank;
 	// RankFrac (exclusive with Rank) gives rank round(RankFrac *
@@ -431,6 +437,10 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	materialize, err := ParseTransposeOption(o.Transpose)
+	if err != nil {
+		return nil, err
+	}
 	created, err := createdTime(o)
 	if err != nil {
 		return nil, err
@@ -587,10 +597,14 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 			}
 			var pw prunedWeight
 			if ld.half != nil {
-				pw, err = writeHalf24(w, t, dt, wp, ld.half)
+				pw, err = writeHalf24(w, t, dt, wp, ld.half, materialize)
 			} else {
 				pw, err = writePruned(w, t, dt, wp, ad, rank, pre, method, o.Seed)
 			}
+			if err == nil && materialize {
+				err = writeMaterialized(w, t, dt, wp, t.Shape[1], pw)
+			}
+			pw.values, pw.idx, pw.tkeep = nil, nil, nil
 			if err != nil {
 				return nil, err
 			}
@@ -618,6 +632,11 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 			prov.Tensors = append(prov.Tensors, tp, &slopepb.TensorProvenance{
 				Name: TransposeMaskName(name), SourceName: t.SourceName, Method: "magnitude", Pattern: pattern,
 				Reason: maskReason, SourceDtype: t.DType.String()})
+			if materialize {
+				prov.Tensors = append(prov.Tensors, &slopepb.TensorProvenance{
+					Name: TransposeName(name), SourceName: t.SourceName, Method: "magnitude", Pattern: pattern,
+					Reason: "W_dpᵀ materialized (--transpose materialize): " + maskReason, SourceDtype: t.DType.String()})
+			}
 			if rank > 0 {
 				factors := []string{AdapterLName(name), AdapterRName(name)}
 				if ad.merged {
@@ -725,6 +744,49 @@ func initDescription(init string, merged bool) string {
 type prunedWeight struct {
 	dropped               int64 // kept values the transpose mask drops
 	errPruned, errAdapted float64
+	// The stored weight (rows = out, or out + rank when merged): its
+	// kept values (as stored), indices and transpose mask, set when the
+	// writer was asked to keep them (for the materialized transpose).
+	rows   int
+	values []float32
+	idx    []uint8
+	tkeep  []bool
+}
+
+// Transpose storage options (Options.Transpose).
+const (
+	TransposeMask        = "mask"
+	TransposeMaterialize = "materialize"
+)
+
+// ParseTransposeOption checks Options.Transpose ("" is TransposeMask)
+// and reports whether W_dpᵀ is materialized.
+func ParseTransposeOption(s string) (materialize bool, err error) {
+	switch s {
+	case "", TransposeMask:
+		return false, nil
+	case TransposeMaterialize:
+		return true, nil
+	}
+	return false, fmt.Errorf("--transpose %q: want %s or %s", s, TransposeMask, TransposeMaterialize)
+}
+
+// TransposeName is the name of the materialized double-pruned transpose
+// W_dpᵀ of an N:M weight.
+func TransposeName(weight string) string { return weight + ".transpose" }
+
+// writeMaterialized writes W_dpᵀ [cols, rows] of the stored N:M weight
+// (pw's values, indices and transpose mask) as an
+// NM_TRANSPOSE_MATERIALIZED tensor in W's dtype.
+func writeMaterialized(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, cols int, pw prunedWeight) error {
+	tv, ti, err := format.MaterializeTranspose(p, pw.rows, cols, pw.values, pw.idx, pw.tkeep)
+	if err != nil {
+		return fmt.Errorf("tensor %q (%s): materialized transpose: %w", t.Name, t.SourceName, err)
+	}
+	if err := w.WriteTransposeMaterialized(TransposeName(t.Name), t.Name, dt, p, pw.rows, cols, tv, ti); err != nil {
+		return fmt.Errorf("tensor %q (%s): %w", t.Name, t.SourceName, err)
+	}
+	return nil
 }
 
 // writePruned writes t pruned N:M — by magnitude, or as pre (a
@@ -824,6 +886,7 @@ func writePruned(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, ad 
 	if err := w.WriteTransposeMask(TransposeMaskName(t.Name), t.Name, p, rows, in, tkeep); err != nil {
 		return fail(err)
 	}
+	res.rows, res.values, res.idx, res.tkeep = rows, values, idx, tkeep
 	for _, k := range tkeep {
 		if !k {
 			res.dropped++
@@ -886,6 +949,7 @@ func writeMagnitude(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, 
 	if err := w.WriteTransposeMask(TransposeMaskName(t.Name), t.Name, p, out, in, tkeep); err != nil {
 		return fail(err)
 	}
+	res.rows, res.values, res.idx, res.tkeep = out, values, idx, tkeep
 	for _, k := range tkeep {
 		if !k {
 			res.dropped++

@@ -22,7 +22,9 @@
 // at a time, prunes the decoder-layer linear weights (q, k, v, out_proj,
 // fc1, fc2) N:M (by magnitude: MagnitudeMask; or see Method below), with per-layer patterns from
 // Options.NMLayers (ParseNMLayers), stores them as NM tensors with their
-// double-pruned transpose masks, writes everything else dense, and
+// double-pruned transpose masks (and, with Options.Transpose
+// TransposeMaterialize, W_dpᵀ itself as NM_TRANSPOSE_MATERIALIZED
+// tensors named TransposeName(weight)), writes everything else dense, and
 // records provenance (the choice for every tensor: its pattern, or dense
 // and why) and the model graph (BuildOPTGraph, BuildOPTGraphAdapters) in
 // the manifest, plus the source's tokenizer files when it has them.

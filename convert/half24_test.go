@@ -310,6 +310,8 @@ func TestFusedHalfMatchesGeneral(t *testing.T) {
 			{Options{NM: "2:4", DType: "fp32"}, false},
 			{Options{NM: "2:4", Method: MethodRandom, Seed: 3}, false},
 			{Options{NM: "2:4", Rank: 2}, false},
+			{Options{NM: "2:4", Transpose: TransposeMaterialize}, true},
+			{Options{NM: "2:4", NMLayers: "1=2:8", Transpose: TransposeMaterialize, Compress: true}, false},
 		} {
 			o := c.o
 			o.In, o.Created = dir, created

@@ -329,8 +329,10 @@ func (l *weightLoader) prefetch(ctx context.Context, names []string) (next func(
 }
 
 // writeHalf24 writes a weight the fused kernel pruned: the NM tensor and
-// its transpose mask, as writeMagnitude writes them.
-func writeHalf24(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, enc *half24Encoded) (prunedWeight, error) {
+// its transpose mask, as writeMagnitude writes them. With keep, the
+// result also holds the kept values, indices and transpose mask, decoded
+// from the encodings (for the materialized transpose).
+func writeHalf24(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, enc *half24Encoded, keep bool) (prunedWeight, error) {
 	out, in := t.Shape[0], t.Shape[1]
 	fail := func(err error) (prunedWeight, error) {
 		return prunedWeight{}, fmt.Errorf("tensor %q (%s): %w", t.Name, t.SourceName, err)
@@ -341,5 +343,21 @@ func writeHalf24(w *format.Writer, t *Tensor, dt slopepb.DType, p format.NM, enc
 	if err := w.WriteTransposeMaskEncoded(TransposeMaskName(t.Name), t.Name, p, out, in, enc.mask); err != nil {
 		return fail(err)
 	}
-	return enc.res, nil
+	res := enc.res
+	if keep {
+		kept := out * (in / p.M * p.N)
+		vb := 2 * kept
+		res.rows = out
+		res.values, res.idx, res.tkeep = make([]float32, kept), make([]uint8, kept), make([]bool, kept)
+		if err := format.DecodeFloats(dt, enc.nm[:vb], res.values); err != nil {
+			return fail(err)
+		}
+		if err := format.UnpackNMIndices(p, out, in, enc.nm[vb:], res.idx); err != nil {
+			return fail(err)
+		}
+		if err := format.UnpackTransposeMask(p, out, in, enc.mask, res.tkeep); err != nil {
+			return fail(err)
+		}
+	}
+	return res, nil
 }

@@ -193,6 +193,7 @@ is converted, so the command works offline.`,
 	f.BoolVar(&o.PruneWide, "prune-wide", false, fmt.Sprintf("also prune weights whose aspect ratio exceeds %d", convert.MaxAspectRatio))
 	f.StringVar(&o.DType, "dtype", "keep", "stored float dtype: keep|fp32|fp16|bf16")
 	f.StringVar(&compress, "compress", "", `compress tensors: "zstd" (default: none)`)
+	f.StringVar(&o.Transpose, "transpose", "mask", `how double-pruned transposes are stored: "mask" (one bit per kept value) or "materialize" (the mask and W_dpᵀ as its own N:M tensor, NAME.transpose)`)
 	f.IntVar(&o.Rank, "rank", 0, "rank of a low-rank adapter on every pruned weight (0: none)")
 	f.Float64Var(&o.RankFrac, "rank-frac", 0, "adapter rank as a fraction of the hidden size, e.g. 0.0156 (exclusive with --rank)")
 	f.StringVar(&o.AdapterInit, "adapter-init", "", "adapter initialisation: slope|svd|zero (default slope)")

@@ -74,6 +74,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--nm", "5:4"}, "--nm"},
 		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--dtype", "int8"}, "--dtype"},
 		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--compress", "gzip"}, "--compress"},
+		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--transpose", "both"}, "--transpose"},
 		{[]string{"dense-to-slope", "--out", ""}, "--out"},
 		{[]string{"dense-to-slope", "--in", filepath.Join(dir, "nope"), "--out", filepath.Join(dir, "a.slope")}, "nope"},
 		{[]string{"dense-to-slope", "--bogus"}, "bogus"},
