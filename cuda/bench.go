@@ -170,16 +170,13 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 		if b.sp == nil {
 			return nil, fmt.Errorf("cuSPARSELt is not available")
 		}
-		dense, err := b.dev.Alloc(rows * in * 2)
-		if err != nil {
+		if s.sp, err = b.compress24(s, rows, in, kind != Sparse24Lt); err != nil {
 			return nil, err
 		}
-		defer b.dev.Free(dense)
-		if err := b.k.NMExpand(b.s, BF16, dense, s.vals, s.idx, rows, in, 2, 4); err != nil {
-			return nil, err
-		}
-		if s.sp, err = b.sp.NewWeight(b.s, dense, rows, in); err != nil {
-			return nil, err
+		if s.valsShared {
+			// The portable values live in cuSPARSELt's form now.
+			b.WeightBytes -= int64(len(vals))
+			bl.PortableBytes -= int64(len(vals))
 		}
 		if b.ltBias && s.biasAct != 0 && !s.merged {
 			if err := s.sp.SetBias(s.biasAct); err != nil {
@@ -222,6 +219,10 @@ func (l *BenchLinear) Forward(x, y ops.Tensor, m int) error {
 	c := &ops.Call{Batch: 1, Seq: m}
 	return l.step.ForwardDevice(c, []ops.Tensor{x}, y)
 }
+
+// ValuesShared reports whether the 2:4 layer's N:M kernels read their
+// values from cuSPARSELt's compressed form (Backend.compress24).
+func (l *BenchLinear) ValuesShared() bool { return l.step.valsShared }
 
 // Out and In are the layer's widths.
 func (l *BenchLinear) Out() int { return l.step.out }
@@ -429,7 +430,11 @@ func (l *BenchLinear) ForwardPath(path string, x, y ops.Tensor, m int) error {
 func (b *Backend) FreeBenchLinear(l *BenchLinear) error {
 	s := l.step
 	var first error
-	for _, p := range []driver.Ptr{s.w, s.vals, s.idx, s.tcv, s.tci, s.r, s.l, s.bias, s.biasAct} {
+	vals := s.vals
+	if s.valsShared {
+		vals = 0 // cuSPARSELt's form holds them
+	}
+	for _, p := range []driver.Ptr{s.w, vals, s.idx, s.tcv, s.tci, s.r, s.l, s.bias, s.biasAct} {
 		if err := b.dev.Free(p); err != nil && first == nil {
 			first = err
 		}

@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/slopeml/slope/cuda/blaslt"
@@ -306,13 +307,17 @@ type linearStep struct {
 	vals, idx driver.Ptr
 	valType   DType
 	sp        *sparselt.Weight // 2:4 bf16 via cuSPARSELt, or nil
-	spmv      bool             // the custom 2:4 kernel applies
-	tc        bool             // the sparse-tensor-core kernel applies (tcv, tci on the device)
-	tcv, tci  driver.Ptr       // the 2:4 weight in spmm24tc's streaming layout
-	rank      int
-	merged    bool
-	l, r      driver.Ptr // L [in, rank] (unmerged), R [rank, out]
-	scale     float32
+	// valsShared: vals points into sp's compressed form (its values part,
+	// which is the portable values' layout; see compress24), not to a
+	// buffer of its own.
+	valsShared bool
+	spmv       bool       // the custom 2:4 kernel applies
+	tc         bool       // the sparse-tensor-core kernel applies (tcv, tci on the device)
+	tcv, tci   driver.Ptr // the 2:4 weight in spmm24tc's streaming layout
+	rank       int
+	merged     bool
+	l, r       driver.Ptr // L [in, rank] (unmerged), R [rank, out]
+	scale      float32
 	// force pins the N:M path ("spmv", "cusparselt", "generic"; "" is
 	// the automatic choice), for cross-checks and benchmarks.
 	force string
@@ -457,18 +462,15 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 	}
 	is24 := v.Pattern.N == 2 && v.Pattern.M == 4 && vt == BF16
 	s.spmv = is24 && v.Cols%64 == 0 && b.opts.SpMVMaxRows > 0
+	valsBytes := int64(len(raw))
 	if is24 && b.sp != nil && sparselt.Supported(v.Rows, v.Cols) == nil {
-		dense, err := b.dev.Alloc(v.Rows * v.Cols * 2)
-		if err != nil {
-			return err
-		}
-		defer b.dev.Free(dense)
-		if err := b.k.NMExpand(b.s, BF16, dense, s.vals, s.idx, v.Rows, v.Cols, 2, 4); err != nil {
-			return err
-		}
-		w, err := b.sp.NewWeight(b.s, dense, v.Rows, v.Cols)
+		w, err := b.compress24(s, v.Rows, v.Cols, !b.opts.LowMemory)
 		if err != nil {
 			return fmt.Errorf("cuSPARSELt: %w", err)
+		}
+		if s.valsShared {
+			b.WeightBytes -= valsBytes
+			valsBytes = 0
 		}
 		if b.ltBias && s.biasAct != 0 && !s.merged {
 			if err := w.SetBias(s.biasAct); err != nil {
@@ -498,7 +500,104 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 			return err
 		}
 	}
-	return b.dropUnusedPortable(s, int64(len(raw)+len(v.Indices)))
+	return b.dropUnusedPortable(s, valsBytes+int64(len(v.Indices)))
+}
+
+// compress24 makes the cuSPARSELt form of the 2:4 bf16 weight [rows,
+// cols] whose portable values and indices are on the device (s.vals,
+// s.idx). With share, when cuSPARSELt's values layout checks out
+// (sparselt.Handle.CheckValues, and Weight.VerifyValues for the first
+// weight of each shape), the form is compressed from the weight's
+// pattern and the portable values are copied into its values part,
+// which has their layout; s.vals then points there (s.valsShared) and
+// its own buffer is freed, so the N:M kernels and cuSPARSELt read one
+// copy of the values. Otherwise (or without share) the form is
+// compressed from the expanded weight and s.vals keeps its buffer. The
+// caller takes the freed bytes off WeightBytes.
+func (b *Backend) compress24(s *linearStep, rows, cols int, share bool) (*sparselt.Weight, error) {
+	dense, err := b.dev.Alloc(rows * cols * 2)
+	if err != nil {
+		return nil, err
+	}
+	defer b.dev.Free(dense)
+	expand := func() error { return b.k.NMExpand(b.s, BF16, dense, s.vals, s.idx, rows, cols, 2, 4) }
+	plain := func() (*sparselt.Weight, error) {
+		if err := expand(); err != nil {
+			return nil, err
+		}
+		return b.sp.NewWeight(b.s, dense, rows, cols)
+	}
+	if !share {
+		return plain()
+	}
+	if err := b.sp.CheckValues(b.s); errors.Is(err, sparselt.ErrValuesLayout) {
+		return plain()
+	} else if err != nil {
+		return nil, err
+	}
+	// The pattern: 1.0 at every kept position (a kept value that is 0
+	// must not change the metadata).
+	kept := rows * cols / 2
+	ones, err := b.dev.Alloc(2 * kept)
+	if err != nil {
+		return nil, err
+	}
+	defer b.dev.Free(ones)
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return nil, err
+	}
+	if err := b.dev.Memset32(ones, 0x3F803F80, kept/2); err != nil {
+		return nil, err
+	}
+	if err := b.dev.Synchronize(); err != nil { // the memset ran on the legacy stream
+		return nil, err
+	}
+	if err := b.k.NMExpand(b.s, BF16, dense, ones, s.idx, rows, cols, 2, 4); err != nil {
+		return nil, err
+	}
+	w, err := b.sp.NewWeight(b.s, dense, rows, cols)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*sparselt.Weight, error) {
+		return nil, errors.Join(err, w.Destroy())
+	}
+	// recompress gives w the expanded weight's own compression and keeps
+	// the portable values apart.
+	recompress := func() (*sparselt.Weight, error) {
+		if err := expand(); err != nil {
+			return fail(err)
+		}
+		if err := w.Recompress(b.s, dense); err != nil {
+			return fail(err)
+		}
+		return w, b.dev.SyncStream(b.s)
+	}
+	p, err := w.Values()
+	if errors.Is(err, sparselt.ErrValuesLayout) { // this shape failed VerifyValues before
+		return recompress()
+	} else if err != nil {
+		return fail(err)
+	}
+	if err := b.dev.CopyDevice(p, s.vals, 2*kept, b.s); err != nil {
+		return fail(err)
+	}
+	if err := expand(); err != nil {
+		return fail(err)
+	}
+	if err := w.VerifyValues(b.s, dense); errors.Is(err, sparselt.ErrValuesLayout) {
+		return recompress()
+	} else if err != nil {
+		return fail(err)
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return fail(err)
+	}
+	if err := b.dev.Free(s.vals); err != nil {
+		return fail(err)
+	}
+	s.vals, s.valsShared = p, true
+	return w, nil
 }
 
 // tcShapeOK reports whether a 2:4 weight [rows, cols] can have the
@@ -532,13 +631,17 @@ func (b *Backend) dropUnusedPortable(s *linearStep, bytes int64) error {
 	if s.vals == 0 || !s.tc || s.sp == nil || b.opts.SpMVMaxRows > 0 || s.force != "" {
 		return nil
 	}
-	for _, p := range []driver.Ptr{s.vals, s.idx} {
+	ps := []driver.Ptr{s.vals, s.idx}
+	if s.valsShared {
+		ps = ps[1:] // the values are cuSPARSELt's
+	}
+	for _, p := range ps {
 		if err := b.dev.Free(p); err != nil {
 			return err
 		}
 	}
 	b.WeightBytes -= bytes
-	s.vals, s.idx, s.spmv = 0, 0, false
+	s.vals, s.idx, s.spmv, s.valsShared = 0, 0, false, false
 	return nil
 }
 

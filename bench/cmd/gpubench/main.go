@@ -180,8 +180,8 @@ func linearTable(be *cuda.Backend, timer *cuda.Timer) error {
 			}
 			fmt.Println()
 			if v.kind == cuda.Sparse24 && rank == 0 {
-				fmt.Printf("|  |  | (memory: portable 2:4 %.3f, cuSPARSELt %.3f of dense; both kept) | | \n",
-					float64(ls[0].PortableBytes)/float64(dense[0].Bytes), float64(ls[0].LtBytes)/float64(dense[0].Bytes))
+				fmt.Printf("|  |  | (memory: portable 2:4 %.3f, cuSPARSELt %.3f of dense; both kept; values shared: %v) | | \n",
+					float64(ls[0].PortableBytes)/float64(dense[0].Bytes), float64(ls[0].LtBytes)/float64(dense[0].Bytes), ls[0].ValuesShared())
 				if err := crossCheck(be, ls[0], sh); err != nil {
 					return err
 				}
