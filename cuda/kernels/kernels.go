@@ -422,6 +422,17 @@ func (a *args) nm(rows, cols, n, m int) (r, c, nn, mm int32) {
 	return a.i32("rows", rows), a.i32("cols", cols), a.i32("n", n), a.i32("m", m)
 }
 
+// nm24 validates a 2:4 weight [rows, cols] for the kernels that work on
+// groups of 4 rows too (rows a multiple of 4) and returns rows and cols
+// as int32 parameters.
+func (a *args) nm24(rows, cols int) (r, c int32) {
+	r, c, _, _ = a.nm(rows, cols, 2, 4)
+	if rows%4 != 0 {
+		a.fail("rows = %d is not a multiple of 4", rows)
+	}
+	return r, c
+}
+
 // NMExpand writes the dense row-major [rows, cols] matrix (element type
 // v) of an N:M tensor in the container's portable layout: vals rows*k
 // elements (k = cols*n/m), idx rows*ceil(k*b/8) bytes.
@@ -751,10 +762,7 @@ func (k *Set) NMExpandT(s driver.Stream, v DType, dt, vals, idx, keep driver.Ptr
 // mask stays the same. rows and cols must be multiples of 4.
 func (k *Set) NMPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, cols int) error {
 	a := &args{kernel: "nm_pack_t24_bf16"}
-	r, c, _, _ := a.nm(rows, cols, 2, 4)
-	if rows%4 != 0 {
-		a.fail("rows = %d is not a multiple of 4", rows)
-	}
+	r, c := a.nm24(rows, cols)
 	a.ptr("dst", dst)
 	a.ptr("vals", vals)
 	a.ptr("idx", idx)
@@ -783,10 +791,7 @@ func (k *Set) NMPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, 
 // multiples of 4.
 func (k *Set) NMTMask24(s driver.Stream, keep, vals, idx driver.Ptr, rows, cols int) error {
 	a := &args{kernel: "nm_tmask24_f32"}
-	r, c, _, _ := a.nm(rows, cols, 2, 4)
-	if rows%4 != 0 {
-		a.fail("rows = %d is not a multiple of 4", rows)
-	}
+	r, c := a.nm24(rows, cols)
 	a.ptr("keep", keep)
 	a.ptr("vals", vals)
 	a.ptr("idx", idx)

@@ -275,6 +275,21 @@ func emuNMTMask24(keep []byte, vals []float32, idx []byte, rows, cols int, write
 	}
 }
 
+// tmask24Want is format.DoublePruneMagnitude's transpose mask of the 2:4
+// case c [rows, cols].
+func tmask24Want(t *testing.T, c *nmCase, rows, cols int) []bool {
+	t.Helper()
+	ix := make([]uint8, len(c.vals))
+	if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
+		t.Fatal(err)
+	}
+	want, err := format.DoublePruneMagnitude(format.NM{N: 2, M: 4}, rows, cols, c.vals, ix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return want
+}
+
 // tmask24Cases are 2:4 weights for the transpose-mask refresh: random
 // values, plus ties (values from a few magnitudes, both signs) and NaNs.
 func tmask24Cases(t *testing.T, rng *rand.Rand, rows, cols int) (plain, ties *nmCase) {
@@ -298,14 +313,7 @@ func TestEmulateNMTMask24(t *testing.T) {
 		rows, cols := sh[0], sh[1]
 		plain, ties := tmask24Cases(t, rng, rows, cols)
 		for _, c := range []*nmCase{plain, ties} {
-			ix := make([]uint8, len(c.vals))
-			if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
-				t.Fatal(err)
-			}
-			want, err := format.DoublePruneMagnitude(format.NM{N: 2, M: 4}, rows, cols, c.vals, ix)
-			if err != nil {
-				t.Fatal(err)
-			}
+			want := tmask24Want(t, c, rows, cols)
 			got := make([]byte, len(c.vals))
 			for i := range got {
 				got[i] = 7

@@ -141,14 +141,7 @@ func TestGPUNMTMask24(t *testing.T) {
 		rows, cols := sh[0], sh[1]
 		plain, ties := tmask24Cases(t, rng, rows, cols)
 		for ci, c := range []*nmCase{plain, ties} {
-			ix := make([]uint8, len(c.vals))
-			if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
-				t.Fatal(err)
-			}
-			want, err := format.DoublePruneMagnitude(format.NM{N: 2, M: 4}, rows, cols, c.vals, ix)
-			if err != nil {
-				t.Fatal(err)
-			}
+			want := tmask24Want(t, c, rows, cols)
 			var got []byte
 			g.run(t, func() error {
 				keep := g.poison(len(c.vals))
