@@ -124,8 +124,12 @@ type Options struct {
 // Result summarises a conversion.
 type Result struct {
 	Out string `json:"out"`
-	// Tensors in the file (weights, transpose masks, adapter factors).
+	// Tensors in the file (weights, transpose masks, materialized
+	// transposes, adapter factors).
 	Tensors int `json:"tensors"`
+	// Transpose is TransposeMaterialize when every pruned weight's W_dpᵀ
+	// is stored too (Options.Transpose), "" for masks only.
+	Transpose string `json:"transpose,omitempty"`
 	// Pruned is the number of weights stored N:M.
 	Pruned int `json:"pruned"`
 	// Adapted is the number of weights with an adapter, of rank Rank.
@@ -147,7 +151,8 @@ type Result struct {
 	SourceBytes int64 `json:"source_bytes"`
 	// DenseBytes is what the weights take stored dense in the output
 	// dtypes; StoredBytes the bytes the file's tensors take (values,
-	// indices, masks, adapters, after compression); FileBytes the file
+	// indices, masks, materialized transposes, adapters, after
+	// compression); FileBytes the file
 	// size (bytes out).
 	DenseBytes  int64 `json:"dense_bytes"`
 	StoredBytes int64 `json:"stored_bytes"`
@@ -503,6 +508,9 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	}()
 
 	res := &Result{Out: o.Out, Warnings: src.Warnings(), Seed: o.Seed, Method: method}
+	if materialize {
+		res.Transpose = TransposeMaterialize
+	}
 	if cs != nil {
 		res.Calib, res.CalibSamples, res.CalibSeqLen = cs.Path, cs.Samples, cs.SeqLen
 	}
@@ -517,6 +525,9 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 			o.In, o.NM, o.NMLayers, o.PruneWide, o.DType, o.Compress, ad.rank, ad.init, ad.merged, ad.scale, o.Seed, method)
 		if cs != nil {
 			prov.Command += fmt.Sprintf(", calib=%q, calib_format=%q, calib_samples=%d, calib_seqlen=%d", cs.Path, cs.Format, cs.Samples, cs.SeqLen)
+		}
+		if materialize {
+			prov.Command += fmt.Sprintf(", transpose=%q", TransposeMaterialize)
 		}
 		prov.Command += ")"
 	}
@@ -745,8 +756,9 @@ type prunedWeight struct {
 	dropped               int64 // kept values the transpose mask drops
 	errPruned, errAdapted float64
 	// The stored weight (rows = out, or out + rank when merged): its
-	// kept values (as stored), indices and transpose mask, set when the
-	// writer was asked to keep them (for the materialized transpose).
+	// kept values (as stored), indices and transpose mask, for the
+	// materialized transpose (writeHalf24 decodes them only when asked;
+	// the caller drops them once the weight is written).
 	rows   int
 	values []float32
 	idx    []uint8

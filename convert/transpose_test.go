@@ -102,6 +102,9 @@ func TestTransposeMaterialize(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
+		if res.Transpose != TransposeMaterialize {
+			t.Errorf("%s: Result.Transpose %q", c.name, res.Transpose)
+		}
 		if n := checkMaterialized(t, o.Out); n == 0 || n != res.Pruned {
 			t.Errorf("%s: %d materialized transposes for %d pruned weights", c.name, n, res.Pruned)
 		}

@@ -170,7 +170,9 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 		if b.sp == nil {
 			return nil, fmt.Errorf("cuSPARSELt is not available")
 		}
-		if s.sp, err = b.compress24(s, rows, in, kind != Sparse24Lt); err != nil {
+		share := kind != Sparse24Lt && !hasZeroBF16(vals) &&
+			!(kind == Sparse24 && s.tc && b.opts.SpMVMaxRows <= 0) // the portable form stays
+		if s.sp, err = b.compress24(s, rows, in, share); err != nil {
 			return nil, err
 		}
 		if s.valsShared {

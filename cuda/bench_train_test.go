@@ -75,3 +75,21 @@ func TestRandomTKeep24(t *testing.T) {
 		t.Errorf("column groups keeping 0/1/2: %v, lone in the last row: %d", perGroup, lone3)
 	}
 }
+
+// hasZeroBF16 finds +0 and -0 and nothing else.
+func TestHasZeroBF16(t *testing.T) {
+	for _, c := range []struct {
+		raw  []byte
+		want bool
+	}{
+		{[]byte{0x80, 0x3f, 0x01, 0x00}, false}, // 1.0, the smallest subnormal
+		{[]byte{0x80, 0x3f, 0x00, 0x00}, true},  // +0
+		{[]byte{0x00, 0x80, 0x80, 0x3f}, true},  // -0
+		{[]byte{0x00, 0x01}, false},             // a normal number with a zero low byte
+		{nil, false},
+	} {
+		if got := hasZeroBF16(c.raw); got != c.want {
+			t.Errorf("% x: %v, want %v", c.raw, got, c.want)
+		}
+	}
+}

@@ -12,8 +12,8 @@ import (
 // TestSharedValues: a 2:4 layer with the default forms keeps one copy of
 // its values, inside cuSPARSELt's compressed form, which the decode
 // kernel, the generic N:M kernel and cuSPARSELt all read; every path
-// gives x·Wᵀ against float64 on the host (two shapes: the second shape's
-// weight skips VerifyValues, which ran for the first of its shape).
+// gives x·Wᵀ against float64 on the host (two shapes; the second weight
+// of the first shape skips VerifyValues, which ran for the first).
 func TestSharedValues(t *testing.T) {
 	b := newWith(t, Options{Activations: BF16})
 	if b.sp == nil {
@@ -32,6 +32,9 @@ func TestSharedValues(t *testing.T) {
 			defer b.FreeBenchLinear(l)
 			if !l.ValuesShared() {
 				return fmt.Errorf("%dx%d: values not shared (values layout check: %v)", out, in, b.sp.CheckValues(b.s))
+			}
+			if p, err := l.step.sp.Values(); err != nil || p != l.step.vals {
+				t.Errorf("%dx%d: the N:M kernels read %#x, cuSPARSELt's values are at %#x (%v)", out, in, uintptr(l.step.vals), uintptr(p), err)
 			}
 			if want := int64(out * in / 8); l.PortableBytes != want {
 				t.Errorf("%dx%d: portable bytes %d, want %d (the indices only)", out, in, l.PortableBytes, want)

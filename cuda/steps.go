@@ -425,8 +425,8 @@ func (b *Backend) bindBias(bd ops.Binding, s *linearStep) error {
 
 // uploadNM puts an N:M weight on the device: the portable values and
 // indices (read by the N:M kernels) and, for 2:4 bf16 with cuSPARSELt,
-// the library's compressed form (made on the device from the expanded
-// matrix).
+// the library's compressed form (compress24: made on the device, sharing
+// the values with the portable form where it can).
 func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 	// Values in the activation type's precision class: bf16 stays bf16;
 	// fp16 and fp32 become fp32 (exact) in f32 mode and bf16 otherwise.
@@ -464,7 +464,12 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 	s.spmv = is24 && v.Cols%64 == 0 && b.opts.SpMVMaxRows > 0
 	valsBytes := int64(len(raw))
 	if is24 && b.sp != nil && sparselt.Supported(v.Rows, v.Cols) == nil {
-		w, err := b.compress24(s, v.Rows, v.Cols, !b.opts.LowMemory)
+		// Share the values with cuSPARSELt's form when the portable form
+		// stays (not in low-memory mode, nor when the tensor-core form
+		// replaces it: see dropUnusedPortable).
+		tcOnly := b.tcShapeOK(v.Rows, v.Cols) && b.opts.TCMaxRows > 0 && b.opts.SpMVMaxRows <= 0
+		share := !b.opts.LowMemory && !tcOnly && !hasZeroBF16(raw)
+		w, err := b.compress24(s, v.Rows, v.Cols, share)
 		if err != nil {
 			return fmt.Errorf("cuSPARSELt: %w", err)
 		}
@@ -511,9 +516,13 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 // pattern and the portable values are copied into its values part,
 // which has their layout; s.vals then points there (s.valsShared) and
 // its own buffer is freed, so the N:M kernels and cuSPARSELt read one
-// copy of the values. Otherwise (or without share) the form is
-// compressed from the expanded weight and s.vals keeps its buffer. The
-// caller takes the freed bytes off WeightBytes.
+// copy of the values. Otherwise (without share, when a check fails, or
+// when the sharing path meets a device error, which is logged) the form
+// is compressed from the expanded weight and s.vals keeps its buffer.
+// The caller passes share false for a weight with a kept value that is
+// exactly zero: cuSPARSELt's own compression of it (VerifyValues' yardstick)
+// differs from the pattern's there, which would read as a layout mismatch
+// for the whole shape. The caller takes the freed bytes off WeightBytes.
 func (b *Backend) compress24(s *linearStep, rows, cols int, share bool) (*sparselt.Weight, error) {
 	dense, err := b.dev.Alloc(rows * cols * 2)
 	if err != nil {
@@ -521,19 +530,31 @@ func (b *Backend) compress24(s *linearStep, rows, cols int, share bool) (*sparse
 	}
 	defer b.dev.Free(dense)
 	expand := func() error { return b.k.NMExpand(b.s, BF16, dense, s.vals, s.idx, rows, cols, 2, 4) }
-	plain := func() (*sparselt.Weight, error) {
-		if err := expand(); err != nil {
-			return nil, err
+	if share {
+		w, err := b.shareValues(s, dense, expand, rows, cols)
+		if err == nil && w != nil {
+			return w, nil
 		}
-		return b.sp.NewWeight(b.s, dense, rows, cols)
+		if err != nil && !errors.Is(err, sparselt.ErrValuesLayout) {
+			b.opts.Log(fmt.Sprintf("cuda: %s: 2:4 values not shared with cuSPARSELt (%v); two copies kept", s.name, err))
+		}
 	}
-	if !share {
-		return plain()
-	}
-	if err := b.sp.CheckValues(b.s); errors.Is(err, sparselt.ErrValuesLayout) {
-		return plain()
-	} else if err != nil {
+	if err := expand(); err != nil {
 		return nil, err
+	}
+	return b.sp.NewWeight(b.s, dense, rows, cols)
+}
+
+// shareValues is compress24's sharing path: the form made from the
+// pattern, with the portable values written in place and s.vals moved
+// there. It returns nil and an error (ErrValuesLayout for a layout the
+// checks refuse) when it does not share; it leaves s as it found it then.
+func (b *Backend) shareValues(s *linearStep, dense driver.Ptr, expand func() error, rows, cols int) (*sparselt.Weight, error) {
+	if err := b.sp.CheckValues(b.s); err != nil {
+		return nil, err
+	}
+	if err := b.sp.ShapeRefused(rows, cols); err != nil {
+		return nil, err // this shape failed VerifyValues before
 	}
 	// The pattern: 1.0 at every kept position (a kept value that is 0
 	// must not change the metadata).
@@ -562,21 +583,8 @@ func (b *Backend) compress24(s *linearStep, rows, cols int, share bool) (*sparse
 	fail := func(err error) (*sparselt.Weight, error) {
 		return nil, errors.Join(err, w.Destroy())
 	}
-	// recompress gives w the expanded weight's own compression and keeps
-	// the portable values apart.
-	recompress := func() (*sparselt.Weight, error) {
-		if err := expand(); err != nil {
-			return fail(err)
-		}
-		if err := w.Recompress(b.s, dense); err != nil {
-			return fail(err)
-		}
-		return w, b.dev.SyncStream(b.s)
-	}
 	p, err := w.Values()
-	if errors.Is(err, sparselt.ErrValuesLayout) { // this shape failed VerifyValues before
-		return recompress()
-	} else if err != nil {
+	if err != nil {
 		return fail(err)
 	}
 	if err := b.dev.CopyDevice(p, s.vals, 2*kept, b.s); err != nil {
@@ -585,9 +593,7 @@ func (b *Backend) compress24(s *linearStep, rows, cols int, share bool) (*sparse
 	if err := expand(); err != nil {
 		return fail(err)
 	}
-	if err := w.VerifyValues(b.s, dense); errors.Is(err, sparselt.ErrValuesLayout) {
-		return recompress()
-	} else if err != nil {
+	if err := w.VerifyValues(b.s, dense); err != nil {
 		return fail(err)
 	}
 	if err := b.dev.SyncStream(b.s); err != nil {
@@ -598,6 +604,16 @@ func (b *Backend) compress24(s *linearStep, rows, cols int, share bool) (*sparse
 	}
 	s.vals, s.valsShared = p, true
 	return w, nil
+}
+
+// hasZeroBF16 reports whether little-endian bf16 values hold ±0.
+func hasZeroBF16(raw []byte) bool {
+	for i := 0; i+1 < len(raw); i += 2 {
+		if raw[i] == 0 && raw[i+1]&0x7f == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // tcShapeOK reports whether a 2:4 weight [rows, cols] can have the

@@ -270,6 +270,9 @@ func printSummary(w io.Writer, res *convert.Result, o convert.Options, perWeight
 		method += fmt.Sprintf(", calibrated on %s (%d samples of %d tokens, seed %d)", res.Calib, res.CalibSamples, res.CalibSeqLen, res.Seed)
 	}
 	fmt.Fprintf(&b, "  method:                %s\n", method)
+	if res.Transpose != "" {
+		fmt.Fprintf(&b, "  transposes:            mask and W_dpᵀ (%s)\n", res.Transpose)
+	}
 	if len(res.Layers) > 0 {
 		var total float64
 		for _, l := range res.Layers {

@@ -203,6 +203,18 @@ func (w *Weight) Values() (driver.Ptr, error) {
 	return w.comp, nil
 }
 
+// ShapeRefused returns the error VerifyValues remembered for a weight of
+// N x K in the handle's current layout (nil when it passed or has not
+// run), so that a caller can skip the in-place path before building it.
+func (h *Handle) ShapeRefused(N, K int) error {
+	if h == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.valuesShapes[valuesKey{h.Layout, N, K}]
+}
+
 // VerifyValues checks, once per layout and shape, a form whose values
 // were written in place: it compresses dense (the same weight expanded,
 // row-major bf16 [N,K] on the device) with cuSPARSELt into a scratch
