@@ -60,7 +60,9 @@ func (o Options) adapterStep() int {
 	if o.TotalSteps <= 0 || frac >= 1 {
 		return -1
 	}
-	return int(math.Floor(frac * float64(o.TotalSteps)))
+	// The product rounded to 1e-9 first: 0.57*100 is 56.99999999999999
+	// in float64, and the run means step 57.
+	return int(math.Floor(frac*float64(o.TotalSteps) + 1e-9))
 }
 
 // AdapterStartStep is the step at which adapters are (or were) added; ok

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"os"
 	"strconv"
 
@@ -141,8 +142,16 @@ func (t *Trainer) Save(path string) (err error) {
 	if t.o.Batch > 0 && t.o.Seq > 0 {
 		ts.Hyperparameters[hpBatch], ts.Hyperparameters[hpSeq] = float64(t.o.Batch), float64(t.o.Seq)
 	}
-	if s, ok := t.AdapterStartStep(); ok {
-		ts.AdapterStartStep = uint64(s)
+	// The step at which this run (or the one it resumed) added adapters,
+	// or the planned one; nothing for adapters that came with the model
+	// (they train from step 0, and a resume must not re-date them).
+	switch {
+	case t.adapterAt >= 0:
+		ts.AdapterStartStep = uint64(t.adapterAt)
+	case !t.AdaptersActive():
+		if s := t.o.adapterStep(); s >= 0 {
+			ts.AdapterStartStep = uint64(s)
+		}
 	}
 	if t.dataPos != nil {
 		ts.Data = proto.Clone(t.dataPos).(*slopepb.DataPosition)
@@ -328,9 +337,11 @@ func resume(f *format.File, o Options) (*Trainer, error) {
 	if ts.Optimizer != OptimizerAdamW {
 		return nil, fmt.Errorf("train: optimizer %q, want %q", ts.Optimizer, OptimizerAdamW)
 	}
-	o = mergeOptions(ts, o)
-	o, err := o.withDefaults()
+	o, err := mergeOptions(ts, o)
 	if err != nil {
+		return nil, fmt.Errorf("train: %s: %w", f.Path(), err)
+	}
+	if o, err = o.withDefaults(); err != nil {
 		return nil, err
 	}
 	t, err := newTrainer(f, o)
@@ -342,11 +353,16 @@ func resume(f *format.File, o Options) (*Trainer, error) {
 		idx[p.Name] = k
 	}
 	restored := 0
+	seen := make([]bool, len(t.params))
 	for _, s := range ts.Slots {
 		k, ok := idx[s.Parameter]
 		if !ok {
 			return nil, fmt.Errorf("train: optimizer slot of %q, which is not a trained Param", s.Parameter)
 		}
+		if seen[k] {
+			return nil, fmt.Errorf("train: two optimizer slots for %q", s.Parameter)
+		}
+		seen[k] = true
 		for _, mm := range []struct {
 			name string
 			dst  []float32
@@ -384,13 +400,34 @@ func resume(f *format.File, o Options) (*Trainer, error) {
 	return t, nil
 }
 
-// mergeOptions fills o's zero fields from the training state.
-func mergeOptions(ts *slopepb.TrainingState, o Options) Options {
+// mergeOptions fills o's unset fields from the training state (zero,
+// except the sentinels the options document: Clip < 0, WarmupSteps < 0,
+// Rank < 0, WeightDecay < 0, MaskRefresh < 0, AdapterLROff and SeedGiven
+// say "set, to none or 0"). It refuses a hyper-parameter that is not a
+// finite number, or an integer one out of range.
+func mergeOptions(ts *slopepb.TrainingState, o Options) (Options, error) {
 	hp := ts.Hyperparameters
+	for k, v := range hp {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return o, fmt.Errorf("checkpoint hyper-parameter %s is %g", k, v)
+		}
+	}
 	f := func(dst *float64, key string) {
 		if v, ok := hp[key]; ok && *dst == 0 {
 			*dst = v
 		}
+	}
+	var err error
+	i := func(dst *int, key string) {
+		v, ok := hp[key]
+		if !ok || *dst != 0 || err != nil {
+			return
+		}
+		if v != math.Trunc(v) || v < math.MinInt32 || v > math.MaxInt32 {
+			err = fmt.Errorf("checkpoint hyper-parameter %s is %g: want an integer", key, v)
+			return
+		}
+		*dst = int(v)
 	}
 	f(&o.LR, hpLR)
 	f(&o.Beta1, hpBeta1)
@@ -403,41 +440,39 @@ func mergeOptions(ts *slopepb.TrainingState, o Options) Options {
 			o.WeightDecay = -1 // none
 		}
 	}
-	if v, ok := hp[hpWarmup]; ok && o.WarmupSteps == 0 {
-		o.WarmupSteps = int(v)
-	}
-	if v, ok := hp[hpMaskRefresh]; ok && o.MaskRefresh == 0 {
-		o.MaskRefresh = int(v)
-	}
+	i(&o.WarmupSteps, hpWarmup)
+	i(&o.MaskRefresh, hpMaskRefresh)
 	if o.TotalSteps == 0 {
 		o.TotalSteps = int(ts.TotalSteps)
 	}
-	if v, ok := hp[hpAdapterRank]; ok && o.Rank == 0 && o.RankFrac == 0 {
-		o.Rank = int(v)
+	rankGiven := o.Rank != 0 || o.RankFrac != 0
+	if _, ok := hp[hpAdapterRank]; ok && !rankGiven {
+		i(&o.Rank, hpAdapterRank)
 		o.RankFrac = hp[hpAdapterRankFrac]
 	}
 	f(&o.AdapterScale, hpAdapterScale)
 	f(&o.AdapterLR, hpAdapterLR)
-	if v, ok := hp[hpAccum]; ok && o.Accum == 0 {
-		o.Accum = int(v)
-	}
-	if v, ok := hp[hpBatch]; ok && o.Batch == 0 {
-		o.Batch = int(v)
-	}
-	if v, ok := hp[hpSeq]; ok && o.Seq == 0 {
-		o.Seq = int(v)
+	i(&o.Accum, hpAccum)
+	i(&o.Batch, hpBatch)
+	i(&o.Seq, hpSeq)
+	if err != nil {
+		return o, err
 	}
 	if o.AdapterStart == 0 && o.AdapterStartFrac == 0 && (o.Rank > 0 || o.RankFrac > 0) {
-		o.AdapterStart = int(ts.AdapterStartStep)
-		if ts.AdapterStartStep == 0 {
+		switch {
+		case ts.AdapterStartStep > 0:
+			o.AdapterStart = int(ts.AdapterStartStep)
+		case !rankGiven:
 			o.AdapterStart = -1 // none was planned (or they came with the model)
 		}
+		// A rank given now, on a checkpoint without planned adapters,
+		// starts at the default fraction of the run.
 	}
 	if o.Schedule == "" {
 		o.Schedule = ts.Extra[extraSchedule]
 	}
-	if o.Seed == 0 && len(ts.RngState) == 8 {
+	if o.Seed == 0 && !o.SeedGiven && len(ts.RngState) == 8 {
 		o.Seed = binary.LittleEndian.Uint64(ts.RngState)
 	}
-	return o
+	return o, nil
 }

@@ -224,7 +224,10 @@ func TestSaveAtomic(t *testing.T) {
 func TestMergeAdapterLR(t *testing.T) {
 	ts := &slopepb.TrainingState{Optimizer: OptimizerAdamW, Hyperparameters: map[string]float64{hpAdapterLR: 0.05}}
 	for _, c := range []struct{ given, want float64 }{{0, 0.05}, {AdapterLROff, 0}, {0.2, 0.2}} {
-		o, err := mergeOptions(ts, Options{AdapterLR: c.given}).withDefaults()
+		o, err := mergeOptions(ts, Options{AdapterLR: c.given})
+		if err == nil {
+			o, err = o.withDefaults()
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

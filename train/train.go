@@ -39,7 +39,8 @@ type Options struct {
 	// LR is the peak learning rate (default 1e-4).
 	LR float64
 	// WarmupSteps ramps the rate linearly from LR/WarmupSteps at the
-	// first step to LR at step WarmupSteps (default 0: no warmup).
+	// first step to LR at step WarmupSteps (default 0: no warmup, or a
+	// resumed checkpoint's; < 0: none even then).
 	WarmupSteps int
 	// TotalSteps is the length of the run: after warmup the rate decays
 	// over the remaining TotalSteps-WarmupSteps steps to 10% of LR
@@ -54,8 +55,9 @@ type Options struct {
 	WeightDecay float64
 	// Beta1, Beta2, Eps are AdamW's (defaults 0.9, 0.95, 1e-8).
 	Beta1, Beta2, Eps float64
-	// Clip is the global gradient-norm bound over all Params (<= 0: no
-	// clipping, the default).
+	// Clip is the global gradient-norm bound over all Params (0: no
+	// clipping, the default, or a resumed checkpoint's; < 0: none even
+	// then).
 	Clip float64
 	// MaskRefresh recomputes the transpose masks every MaskRefresh steps
 	// (default 100; < 0: never).
@@ -65,7 +67,10 @@ type Options struct {
 	Threads int
 	// Seed draws the lazy adapters' L (with each weight's name) and is
 	// recorded for the data order; the step itself is deterministic.
-	Seed uint64
+	// A resume keeps the checkpoint's seed unless Seed is non-zero or
+	// SeedGiven is set.
+	Seed      uint64
+	SeedGiven bool
 
 	// AdapterStart is the step at which plain low-rank adapters are added
 	// to every SlopeLinear (< 0: never; 0: AdapterStartFrac of
@@ -76,7 +81,8 @@ type Options struct {
 	// 0.99: the final 1%).
 	AdapterStartFrac float64
 	// Rank is the adapters' rank; RankFrac, used when Rank is 0, is the
-	// rank as a fraction of the hidden size (rounded, at least 1).
+	// rank as a fraction of the hidden size (rounded, at least 1). Both
+	// 0: no adapters, or a resumed checkpoint's; Rank < 0: none even then.
 	Rank     int
 	RankFrac float64
 	// AdapterScale is the adapters' output scale s (default 1).
@@ -154,8 +160,22 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Accum == 0 {
 		o.Accum = 1
 	}
-	if o.Accum < 0 || o.Rank < 0 || o.RankFrac < 0 || o.RankFrac > 1 || o.AdapterStartFrac < 0 || o.AdapterStartFrac > 1 ||
-		math.IsNaN(o.RankFrac) || math.IsNaN(o.AdapterStartFrac) || math.IsNaN(o.AdapterScale) || math.IsInf(o.AdapterScale, 0) {
+	if o.WarmupSteps < 0 {
+		o.WarmupSteps = 0 // "none", set over a resumed checkpoint's
+	}
+	if o.Rank < 0 {
+		o.Rank, o.RankFrac = 0, 0
+	}
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"LR", o.LR}, {"WeightDecay", o.WeightDecay}, {"Beta1", o.Beta1}, {"Beta2", o.Beta2}, {"Eps", o.Eps}, {"Clip", o.Clip},
+		{"AdapterStartFrac", o.AdapterStartFrac}, {"RankFrac", o.RankFrac}, {"AdapterScale", o.AdapterScale}, {"AdapterLR", o.AdapterLR}} {
+		if math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+			return o, fmt.Errorf("train: option %s is %g: want a finite number", f.name, f.v)
+		}
+	}
+	if o.Accum < 0 || o.Rank < 0 || o.RankFrac < 0 || o.RankFrac > 1 || o.AdapterStartFrac < 0 || o.AdapterStartFrac > 1 {
 		return o, fmt.Errorf("train: invalid options %+v", o)
 	}
 	if o.LR < 0 || o.AdapterLR < 0 || o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 || o.Eps < 0 || o.WarmupSteps < 0 || o.TotalSteps < 0 {
@@ -321,7 +341,9 @@ func (t *Trainer) LR(s int) float64 {
 	if o.Schedule == ScheduleConstant || o.TotalSteps <= o.WarmupSteps {
 		return o.LR
 	}
-	p := math.Min(1, float64(s-o.WarmupSteps)/float64(o.TotalSteps-o.WarmupSteps))
+	// The decay starts after the warmup's last step (which is at LR) and
+	// reaches the floor at the last step, TotalSteps-1.
+	p := math.Min(1, float64(s-o.WarmupSteps+1)/float64(o.TotalSteps-o.WarmupSteps))
 	lo := MinLRFraction * o.LR
 	if o.Schedule == ScheduleLinear {
 		return o.LR - (o.LR-lo)*p
@@ -594,6 +616,12 @@ func (t *Trainer) Step(ids [][]int32) (float64, error) {
 // counts the step and refreshes the transpose masks when due.
 func (t *Trainer) apply() error {
 	t.clip()
+	if math.IsNaN(t.gradNorm) || math.IsInf(t.gradNorm, 0) {
+		// An overflow in the backward pass with a finite loss: updating
+		// would write NaN into the weights (and clipping would scale by 0).
+		t.zeroGrad()
+		return fmt.Errorf("train: step %d: gradient norm is %g: not applied", t.step, t.gradNorm)
+	}
 	t.adamW(t.LR(t.step))
 	t.step++
 	if t.o.MaskRefresh > 0 && t.step%t.o.MaskRefresh == 0 {
@@ -621,7 +649,9 @@ func (t *Trainer) clip() {
 	t.gradNorm = math.Sqrt(ss)
 	t.gradScale = 1
 	if !(t.o.Clip <= 0 || t.gradNorm <= t.o.Clip) {
-		t.gradScale = float32(t.o.Clip / t.gradNorm)
+		// A factor that rounds to 0 in float32 would read as "no scaling"
+		// (cpu.AdamWStep's GradScale 0): keep the smallest positive one.
+		t.gradScale = max(float32(t.o.Clip/t.gradNorm), math.SmallestNonzeroFloat32)
 	}
 }
 

@@ -217,9 +217,11 @@ func TestSchedule(t *testing.T) {
 		sched string
 		want  []float64
 	}{
-		{ScheduleCosine, []float64{0.05, 0.1, 0.1, 0.055, 0.01, 0.01}},
-		{ScheduleLinear, []float64{0.05, 0.1, 0.1, 0.055, 0.01, 0.01}},
-		{ScheduleConstant, []float64{0.05, 0.1, 0.1, 0.1, 0.1, 0.1}},
+		// The peak once, at the warmup's last step; the floor at the last
+		// step (3) and after.
+		{ScheduleCosine, []float64{0.05, 0.1, 0.055, 0.01, 0.01}},
+		{ScheduleLinear, []float64{0.05, 0.1, 0.055, 0.01, 0.01}},
+		{ScheduleConstant, []float64{0.05, 0.1, 0.1, 0.1, 0.1}},
 	} {
 		o, err := Options{LR: 0.1, WarmupSteps: 2, TotalSteps: 4, Schedule: c.sched}.withDefaults()
 		if err != nil {
@@ -232,16 +234,20 @@ func TestSchedule(t *testing.T) {
 			}
 		}
 	}
-	// Cosine and linear differ between the ends: a quarter of the way.
+	// Cosine and linear differ between the ends: a quarter of the way (the
+	// first of 4 steps without warmup), and the last step at the floor.
 	o, _ := Options{LR: 1, TotalSteps: 4}.withDefaults()
 	tr := &Trainer{o: o}
-	if got, want := tr.LR(1), 0.1+0.9*0.5*(1+math.Cos(math.Pi/4)); math.Abs(got-want) > 1e-12 {
-		t.Errorf("cosine LR(1) = %g, want %g", got, want)
+	if got, want := tr.LR(0), 0.1+0.9*0.5*(1+math.Cos(math.Pi/4)); math.Abs(got-want) > 1e-12 {
+		t.Errorf("cosine LR(0) = %g, want %g", got, want)
+	}
+	if got := tr.LR(3); math.Abs(got-0.1) > 1e-12 {
+		t.Errorf("cosine LR(3), the last step = %g, want 0.1", got)
 	}
 	o.Schedule = ScheduleLinear
 	tr.o = o
-	if got, want := tr.LR(1), 1-0.9*0.25; math.Abs(got-want) > 1e-12 {
-		t.Errorf("linear LR(1) = %g, want %g", got, want)
+	if got, want := tr.LR(0), 1-0.9*0.25; math.Abs(got-want) > 1e-12 {
+		t.Errorf("linear LR(0) = %g, want %g", got, want)
 	}
 }
 

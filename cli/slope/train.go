@@ -26,7 +26,7 @@ type trainFlags struct {
 	data, val, out, resume, log, schedule    string
 	steps, batch, seq, warmup, maskRefresh   int
 	evalEvery, evalBatches, saveEvery, every int
-	threads, rank, accum                     int
+	threads, rank, accum, stopAfter          int
 	lr, clip, weightDecay                    float64
 	rankFrac, adapterScale, adapterLR        float64
 	adapterStart                             string
@@ -88,6 +88,13 @@ func newTrainCmd() *cobra.Command {
 	f.Float64Var(&fl.adapterScale, "adapter-scale", 1, "adapter output scale")
 	f.Float64Var(&fl.adapterLR, "adapter-lr", 0, "constant learning rate of the adapters (0: the schedule's, which is near its floor when lazy adapters join)")
 	f.IntVar(&fl.accum, "accum", 1, "micro-batches per step (gradient accumulation; divides --batch into near-equal parts)")
+	// --stop-after N ends the run after step N as an interruption would,
+	// with the schedule of --steps: the checkpoint is written, the final
+	// evaluation skipped (the resume tests use it).
+	f.IntVar(&fl.stopAfter, "stop-after", 0, "stop after this step, as if interrupted (0: run to --steps)")
+	if err := f.MarkHidden("stop-after"); err != nil {
+		panic(err) // the flag is defined just above
+	}
 	return cmd
 }
 
@@ -116,18 +123,20 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 		return usagef(cmd, "--lr must be positive, got %g", fl.lr)
 	case fl.schedule != train.ScheduleCosine && fl.schedule != train.ScheduleLinear && fl.schedule != train.ScheduleConstant:
 		return usagef(cmd, "--schedule %q: want cosine, linear or constant", fl.schedule)
-	case fl.clip < 0:
-		return usagef(cmd, "--clip must not be negative, got %g", fl.clip)
-	case fl.weightDecay < 0:
-		return usagef(cmd, "--weight-decay must not be negative, got %g", fl.weightDecay)
+	case !(fl.clip >= 0) || math.IsInf(fl.clip, 0):
+		return usagef(cmd, "--clip must be finite and not negative, got %g", fl.clip)
+	case !(fl.weightDecay >= 0) || math.IsInf(fl.weightDecay, 0):
+		return usagef(cmd, "--weight-decay must be finite and not negative, got %g", fl.weightDecay)
 	case fl.rankFrac < 0 || fl.rankFrac > 1 || math.IsNaN(fl.rankFrac):
 		return usagef(cmd, "--rank-frac must be in [0, 1], got %g", fl.rankFrac)
 	case fl.adapterScale == 0 || math.IsNaN(fl.adapterScale) || math.IsInf(fl.adapterScale, 0):
 		return usagef(cmd, "--adapter-scale must be finite and non-zero, got %g", fl.adapterScale)
 	case fl.adapterLR < 0 || math.IsNaN(fl.adapterLR) || math.IsInf(fl.adapterLR, 0):
 		return usagef(cmd, "--adapter-lr must be finite and not negative, got %g", fl.adapterLR)
-	case fl.accum < 1 || fl.accum > fl.batch:
-		return usagef(cmd, "--accum must be in [1, --batch], got %d", fl.accum)
+	case fl.accum < 1:
+		return usagef(cmd, "--accum must be at least 1, got %d", fl.accum)
+	case fl.stopAfter < 0:
+		return usagef(cmd, "--stop-after must not be negative, got %d", fl.stopAfter)
 	}
 	if _, _, err := parseAdapterStart(fl.adapterStart); err != nil {
 		return usagef(cmd, "%v", err)
@@ -171,8 +180,14 @@ func trainOptions(changed func(name string) bool, fl trainFlags, resume bool) tr
 	if set("schedule") {
 		o.Schedule = fl.schedule
 	}
+	if set("warmup") && resume && fl.warmup == 0 {
+		o.WarmupSteps = -1 // none, not the checkpoint's
+	}
 	if set("clip") {
 		o.Clip = fl.clip
+		if resume && o.Clip == 0 {
+			o.Clip = -1 // none, not the checkpoint's
+		}
 	}
 	if set("weight-decay") {
 		o.WeightDecay = fl.weightDecay
@@ -187,10 +202,13 @@ func trainOptions(changed func(name string) bool, fl trainFlags, resume bool) tr
 		}
 	}
 	if set("seed") {
-		o.Seed = fl.seed
+		o.Seed, o.SeedGiven = fl.seed, true
 	}
 	if set("rank") || set("rank-frac") {
 		o.Rank, o.RankFrac = fl.rank, fl.rankFrac
+		if resume && o.Rank == 0 && o.RankFrac == 0 {
+			o.Rank = -1 // no adapters, not the checkpoint's
+		}
 	}
 	if set("adapter-lr") {
 		o.AdapterLR = fl.adapterLR
@@ -274,7 +292,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		return err
 	}
 	defer tr.Close()
-	tr.SetNote("slope train " + strings.Join(os.Args[1:], " "))
+	tr.SetNote("slope " + strings.Join(os.Args[1:], " "))
 	tk, err := tr.Tokenizer()
 	if err != nil {
 		return err
@@ -286,6 +304,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		if ro := tr.Options(); ro.Batch > 0 && ro.Seq > 0 {
 			fl.batch, fl.seq = ro.Batch, ro.Seq
 		}
+	}
+	// --accum against the batch in effect (with --resume, the
+	// checkpoint's unless given).
+	if a := tr.Options().Accum; a > fl.batch {
+		return usagef(cmd, "--accum %d: at most the batch of %d sequences", a, fl.batch)
 	}
 	if mp := tr.MaxPositions(); mp > 0 && fl.seq+1 > mp {
 		return usagef(cmd, "--seq %d: each window is --seq + 1 = %d tokens (inputs and the next-token targets), more than the model's %d positions; use --seq %d or less", fl.seq, fl.seq+1, mp, mp-1)
@@ -307,6 +330,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if fl.val != "" {
 		if val, err = train.LoadData(fl.val, train.DataOptions{Seq: fl.seq, Tokenizer: tk, Vocab: tr.Vocab(), Sequential: true}); err != nil {
 			return err
+		}
+		// Before training, not at the first evaluation (the end, without
+		// --eval-every).
+		if val.Windows() < fl.batch {
+			return fmt.Errorf("--val %s: %d windows of %d tokens, fewer than one batch of %d", fl.val, val.Windows(), fl.seq+1, fl.batch)
 		}
 	}
 	var logw io.Writer = io.Discard
@@ -344,32 +372,39 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			return nil
 		}
 		n := val.Windows() / fl.batch
-		if n == 0 {
-			return fmt.Errorf("%s: %d windows of %d tokens, fewer than one batch of %d", fl.val, val.Windows(), fl.seq+1, fl.batch)
-		}
 		if fl.evalBatches > 0 {
 			n = min(n, fl.evalBatches)
 		}
+		// In the micro-batches of --accum, whose memory the run was sized
+		// for; every window has the same tokens, so the batch loss is the
+		// windows' mean.
+		mb := (fl.batch + tr.Options().Accum - 1) / tr.Options().Accum
 		var sum float64
 		for b := range n {
-			ids := make([][]int32, fl.batch)
-			for i := range ids {
-				ids[i] = val.Window(b*fl.batch + i)
+			for i0 := 0; i0 < fl.batch; i0 += mb {
+				ids := make([][]int32, min(mb, fl.batch-i0))
+				for i := range ids {
+					ids[i] = val.Window(b*fl.batch + i0 + i)
+				}
+				l, err := tr.Eval(ids)
+				if err != nil {
+					return err
+				}
+				sum += l * float64(len(ids))
 			}
-			l, err := tr.Eval(ids)
-			if err != nil {
-				return err
-			}
-			sum += l
 		}
-		loss := sum / float64(n)
+		loss := sum / float64(n*fl.batch)
 		prog.line(fmt.Sprintf("eval step %d: loss %.4f ppl %.2f (%d batches)", tr.StepCount(), loss, math.Exp(loss), n))
 		return enc.Encode(trainRecord{Type: "eval", Step: tr.StepCount(), Loss: loss, PPL: math.Exp(loss), ElapsedS: time.Since(start).Seconds()})
 	}
 	if tr.StepCount() >= fl.steps {
 		return fmt.Errorf("checkpoint is at step %d, --steps %d leaves nothing to do", tr.StepCount(), fl.steps)
 	}
-	for tr.StepCount() < fl.steps {
+	last := fl.steps
+	if fl.stopAfter > 0 {
+		last = min(last, fl.stopAfter)
+	}
+	for tr.StepCount() < last {
 		s := tr.StepCount()
 		lr := tr.LR(s)
 		ids := data.Next(fl.batch)
@@ -399,20 +434,24 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 				return err
 			}
 		}
-		if fl.saveEvery > 0 && (s+1)%fl.saveEvery == 0 && s+1 < fl.steps {
+		if fl.saveEvery > 0 && (s+1)%fl.saveEvery == 0 && s+1 < last {
 			if err := save(); err != nil {
 				return err
 			}
 		}
 	}
-	if err := evaluate(); err != nil {
+	// The checkpoint first: a failed final evaluation must not lose the
+	// run.
+	if err := save(); err != nil {
 		return err
+	}
+	if tr.StepCount() == fl.steps {
+		if err := evaluate(); err != nil {
+			return fmt.Errorf("%w (the checkpoint %s was written)", err, fl.out)
+		}
 	}
 	mem := memoryRecord(tr, time.Since(start).Seconds())
 	if err := enc.Encode(mem); err != nil {
-		return err
-	}
-	if err := save(); err != nil {
 		return err
 	}
 	out := cmd.OutOrStdout()

@@ -91,11 +91,12 @@ func TestTrainCommand(t *testing.T) {
 		t.Fatalf("verify: exit %d %s %s", code, out, errs)
 	}
 
+	// The same run, interrupted after step 2 (--stop-after keeps the
+	// schedule of --steps 4), then resumed.
 	half, halfLog := filepath.Join(dir, "half.slope"), filepath.Join(dir, "half.jsonl")
-	if code, _, stderr := runSlope(append([]string{"train", model, "--steps", "2", "--out", half, "--log", halfLog}, common...)...); code != 0 {
+	if code, _, stderr := runSlope(append([]string{"train", model, "--steps", "4", "--stop-after", "2", "--out", half, "--log", halfLog}, common...)...); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	// --steps 4 continues the first run's schedule: give the same total.
 	resumed := filepath.Join(dir, "resumed.slope")
 	code, _, stderr = runSlope("train", model, "--resume", half, "--data", data, "--val", val, "--batch", "2", "--seq", "16",
 		"--threads", "2", "--eval-every", "2", "--steps", "4", "--out", resumed, "--log", halfLog)
@@ -170,12 +171,28 @@ func TestTrainUsage(t *testing.T) {
 		{append(ok[:len(ok):len(ok)], "--adapter-start", "-3"), "--adapter-start"},
 		{append(ok[:len(ok):len(ok)], "--rank-frac", "2"), "--rank-frac"},
 		{append(ok[:len(ok):len(ok)], "--accum", "9"), "--accum"},
+		{append(ok[:len(ok):len(ok)], "--accum", "0"), "--accum"},
+		{append(ok[:len(ok):len(ok)], "--clip", "NaN"), "--clip"},
+		{append(ok[:len(ok):len(ok)], "--weight-decay", "NaN"), "--weight-decay"},
+		{append(ok[:len(ok):len(ok)], "--clip", "+Inf"), "--clip"},
 		{[]string{"train"}, "MODEL"},
 	} {
 		code, _, stderr := runSlope(c.args...)
 		if code != exitUsage || !strings.Contains(stderr, c.flag) {
 			t.Errorf("%v: exit %d, %q", c.args[1:], code, stderr)
 		}
+	}
+	// A --val too small for one batch is refused before any step, and
+	// writes nothing.
+	val := filepath.Join(t.TempDir(), "v.u16")
+	writeTokenFile(t, val, 12, 50)
+	out := filepath.Join(t.TempDir(), "o.slope")
+	code, stdout, stderr := runSlope("train", model, "--data", data, "--val", val, "--seq", "8", "--batch", "2", "--steps", "3", "--out", out)
+	if code == 0 || !strings.Contains(stderr, "--val") || strings.Contains(stderr, "step 1") || stdout != "" {
+		t.Errorf("small --val: exit %d, %q, %q", code, stdout, stderr)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Errorf("small --val: %s written", out)
 	}
 }
 
