@@ -189,6 +189,8 @@ func (t *Trainer) Save(path string) (err error) {
 	prov.Command = fmt.Sprintf("%s (checkpoint at step %d of %s)", note, t.step, t.file.Path())
 	if sf, err := t.sourceFile(); err == nil {
 		prov.Sources = append(prov.Sources, sf)
+	} else {
+		prov.Command += fmt.Sprintf(" (source not recorded: %v)", err)
 	}
 	m.Provenance = prov
 	return w.Close()
@@ -281,6 +283,17 @@ func (t *Trainer) writeParam(w *format.Writer, p *ops.Param, trans []*slopepb.Te
 func (t *Trainer) sourceFile() (*slopepb.SourceFile, error) {
 	if t.srcFile == nil {
 		path := t.file.Path()
+		// Hashed at the first Save, from the path: it must still be the
+		// file that was opened.
+		if t.srcStat != nil {
+			st, err := os.Stat(path)
+			if err != nil {
+				return nil, err
+			}
+			if !os.SameFile(st, t.srcStat) || st.Size() != t.srcStat.Size() || !st.ModTime().Equal(t.srcStat.ModTime()) {
+				return nil, fmt.Errorf("%s changed since it was opened", path)
+			}
+		}
 		sum, size, err := fileSHA256(path)
 		if err != nil {
 			return nil, err

@@ -3,6 +3,7 @@ package train
 import (
 	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -220,6 +221,39 @@ func TestAdapterStepFraction(t *testing.T) {
 		o := Options{Rank: 1, AdapterStartFrac: c.frac, TotalSteps: c.total}
 		if got := o.adapterStep(); got != c.want {
 			t.Errorf("%g of %d steps: %d, want %d", c.frac, c.total, got, c.want)
+		}
+	}
+}
+
+// The source is hashed at the first Save, from its path: a file replaced
+// in the meantime is not recorded as the source (the provenance says
+// why), one left alone is.
+func TestSaveSourceReplaced(t *testing.T) {
+	for _, replace := range []bool{false, true} {
+		fn := tinySlope(t)
+		tr := openTrainer(t, fn, Options{Threads: 1})
+		if replace {
+			other := tinySlope(t)
+			if err := os.Rename(other, fn); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ck := filepath.Join(t.TempDir(), "ck.slope")
+		if err := tr.Save(ck); err != nil {
+			t.Fatal(err)
+		}
+		f, err := format.Open(ck, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := f.Manifest().GetProvenance()
+		f.Close()
+		recorded := false
+		for _, s := range p.GetSources() {
+			recorded = recorded || (s.GetPath() == fn && s.GetSha256() != "")
+		}
+		if recorded == replace || replace != strings.Contains(p.GetCommand(), "source not recorded") {
+			t.Errorf("replaced %v: sources %v, command %q", replace, p.GetSources(), p.GetCommand())
 		}
 	}
 }

@@ -17,6 +17,7 @@ package train
 import (
 	"fmt"
 	"math"
+	"os"
 
 	"google.golang.org/protobuf/proto"
 
@@ -229,6 +230,7 @@ type Trainer struct {
 	dataPos *slopepb.DataPosition // recorded by Save, restored by Resume
 	note    string                // provenance command of Save
 	srcFile *slopepb.SourceFile   // the opened container, for Save
+	srcStat os.FileInfo           // the opened container when it was opened (nil: unknown)
 }
 
 // New opens the container at path and binds its graph for training.
@@ -257,6 +259,9 @@ func New(path string, o Options) (*Trainer, error) {
 
 func newTrainer(f *format.File, o Options) (*Trainer, error) {
 	t := &Trainer{file: f, o: o, store: ops.NewParamStore(f), adapterAt: -1}
+	if st, err := os.Stat(f.Path()); err == nil {
+		t.srcStat = st // Save hashes the file later, and checks it is this one
+	}
 	t.weights = &overlay{File: f, desc: map[string]*slopepb.Tensor{}, vals: map[string]*ops.Param{}}
 	t.pstore = &paramStore{mem: t.store, extra: t.weights.vals}
 	if g := f.Manifest().GetGraph(); g != nil {
