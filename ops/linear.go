@@ -68,7 +68,6 @@ type linearStep struct {
 	scale   float32
 	// merged: the matrix has out+rank rows, the last rank of them Lᵀ.
 	merged bool
-	full   []float32 // scratch [rows, out+rank] for the merged layout
 }
 
 func (s *linearStep) OutDim() int { return s.out }
@@ -88,11 +87,12 @@ func (s *linearStep) Forward(c *Call, in []*Value, out *Value) error {
 		}
 		return nil
 	}
+	// The scratch comes from the pool per call: a step is shared by every
+	// session of a Model, which may run concurrently.
 	w := s.out + s.rank
-	if len(s.full) < m*w {
-		s.full = make([]float32, m*w)
-	}
-	full := s.full[:m*w]
+	buf := cpu.GetF32(m * w)
+	defer cpu.PutF32(buf)
+	full := (*buf)[:m*w]
 	if err := s.mat.Linear(full, x.Data, m, nil, c.Threads); err != nil {
 		return err
 	}

@@ -43,16 +43,30 @@ func i32(x [][]int64) [][]int32 {
 	return out
 }
 
-// maxDiff over positions whose mask is 1 (mask nil: all).
+// maxDiff over positions whose mask is 1 (mask nil: all); +Inf when an
+// output is NaN or a shape differs, so that no "d > tol" check passes it.
 func maxDiff(got, want [][][]float32, mask [][]int32) float64 {
 	d := 0.0
+	if len(got) != len(want) {
+		return math.Inf(1)
+	}
 	for b := range want {
+		if len(got[b]) != len(want[b]) {
+			return math.Inf(1)
+		}
 		for s := range want[b] {
 			if mask != nil && mask[b][s] == 0 {
 				continue
 			}
+			if len(got[b][s]) != len(want[b][s]) {
+				return math.Inf(1)
+			}
 			for v := range want[b][s] {
-				d = math.Max(d, math.Abs(float64(got[b][s][v]-want[b][s][v])))
+				e := math.Abs(float64(got[b][s][v] - want[b][s][v]))
+				if math.IsNaN(e) {
+					return math.Inf(1)
+				}
+				d = math.Max(d, e)
 			}
 		}
 	}
@@ -88,7 +102,7 @@ func TestForwardMatchesTransformers(t *testing.T) {
 		}
 		d := maxDiff(got, c.want, mask)
 		t.Logf("%s: max |Δlogit| = %.3g", c.name, d)
-		if d > refTol {
+		if !(d <= refTol) {
 			t.Errorf("%s: logits differ from transformers by %g (tolerance %g)", c.name, d, refTol)
 		}
 	}
@@ -159,7 +173,7 @@ func kvMatchesFull(t *testing.T, m *Model, ref *testmodels.Reference) {
 				}
 				row := v.Row(b*(hi-lo) + t2 - lo)
 				for k := range row {
-					if d := math.Abs(float64(row[k] - full[b][t2][k])); d > 1e-5 {
+					if d := math.Abs(float64(row[k] - full[b][t2][k])); !(d <= 1e-5) {
 						t.Fatalf("seq %d token %d: cached logits differ by %g", b, t2, d)
 					}
 				}
@@ -189,7 +203,7 @@ func TestScore(t *testing.T) {
 		want -= logSoftmaxAt(ref.Logits[0][s], int(ids[s+1]))
 	}
 	want /= float64(len(ids) - 1)
-	if r.Tokens != len(ids)-1 || math.Abs(r.NLL-want) > 1e-4 {
+	if r.Tokens != len(ids)-1 || !(math.Abs(r.NLL-want) <= 1e-4) {
 		t.Fatalf("score %+v, want NLL %g over %d tokens", r, want, len(ids)-1)
 	}
 }

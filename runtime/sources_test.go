@@ -64,7 +64,7 @@ func TestEverySourceMatchesTransformers(t *testing.T) {
 			}
 			d := maxDiff(got, c.want, nil)
 			t.Logf("%s %s: max |Δlogit| = %.3g", src.name, c.nm, d)
-			if d > refTol {
+			if !(d <= refTol) {
 				t.Errorf("%s %s: logits differ from transformers by %g", src.name, c.nm, d)
 			}
 		}
@@ -96,7 +96,7 @@ func TestFP16BinMatchesTransformers(t *testing.T) {
 	}
 	d := maxDiff(bin, ref.Logits, nil)
 	t.Logf("fp16 .bin: max |Δlogit| vs fp32 transformers = %.3g", d)
-	if d > 1e-2 {
+	if !(d <= 1e-2) {
 		t.Errorf("fp16 .bin logits differ from the fp32 reference by %g (bound 1e-2)", d)
 	}
 }
