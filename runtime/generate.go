@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sort"
+	"slices"
+	"sync"
 )
 
 // Forward returns the logits [batch][seq][vocab] of a batch of token
@@ -149,56 +150,180 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 	return out, nil
 }
 
-// sample picks a token from one row of logits.
+// sample picks a token from one row of logits: greedy (the lowest id
+// among equal maxima) when Temperature is not positive; otherwise from
+// softmax(logits/Temperature), restricted to the TopK most likely
+// tokens and then to the smallest prefix of them, most likely first
+// (ties by id), whose mass reaches TopP. NaN logits are never picked. The
+// cost is one pass over the vocabulary, plus a selection of TopK (heap)
+// and a sort of the candidates when TopP applies.
 func sample(logits []float32, o GenerateOptions, rng *rand.Rand) int {
-	if o.Temperature <= 0 {
-		best := 0
-		for i, v := range logits {
-			if v > logits[best] {
-				best = i // ties: the lowest id, as argmax does
-			}
+	t := o.Temperature
+	mx := float32(math.Inf(-1))
+	best := -1
+	for i, v := range logits {
+		if v > mx || best < 0 && !math.IsNaN(float64(v)) {
+			mx, best = v, i
 		}
+	}
+	if best < 0 {
+		return 0 // every logit is NaN: nothing to prefer
+	}
+	if !(t > 0) {
 		return best
 	}
-	type cand struct {
-		id int
-		p  float64
-	}
-	c := make([]cand, len(logits))
+	// Weights exp((v - max)/T) in float64: 1 for the maximum, never NaN
+	// (a tiny T sends the others to 0; NaN logits get 0).
+	wp := weightPool.Get().(*[]float64)
+	defer weightPool.Put(wp)
+	w := slices.Grow((*wp)[:0], len(logits))[:len(logits)]
+	*wp = w
+	mxf := float64(mx)
 	for i, v := range logits {
-		c[i] = cand{i, float64(v) / o.Temperature}
+		if x := (float64(v) - mxf) / t; x == x { // not NaN
+			w[i] = math.Exp(x)
+		} else {
+			w[i] = 0
+		}
 	}
-	sort.SliceStable(c, func(i, j int) bool { return c[i].p > c[j].p })
-	if o.TopK > 0 && o.TopK < len(c) {
-		c = c[:o.TopK]
+	k := o.TopK
+	topP := o.TopP > 0 && o.TopP < 1
+	if (k <= 0 || k >= len(logits)) && !topP {
+		var sum float64
+		for _, x := range w {
+			sum += x
+		}
+		r := rng.Float64() * sum
+		last := best
+		for i, x := range w {
+			if x == 0 {
+				continue
+			}
+			if r -= x; r < 0 {
+				return i
+			}
+			last = i
+		}
+		return last // rounding left r at 0
 	}
-	mx, sum := c[0].p, 0.0
-	for i := range c {
-		c[i].p = math.Exp(c[i].p - mx)
-		sum += c[i].p
+	// The candidates, most likely first (ties: lower id first).
+	better := func(a, b int) bool { return w[a] > w[b] || w[a] == w[b] && a < b }
+	if k <= 0 || k > len(logits) {
+		k = len(logits)
 	}
-	if o.TopP > 0 && o.TopP < 1 {
+	// total: the mass of the top k, for TopP.
+	var c []int
+	var total float64
+	if topP {
+		if k == len(logits) {
+			for _, x := range w {
+				total += x
+			}
+		} else {
+			for _, id := range topKIDs(w, k, better) {
+				total += w[id]
+			}
+		}
+		// The top-p prefix is usually short: take the best 64, 256, ...
+		// until they hold the mass asked; past a quarter of k, all of it.
+		for n := min(64, k); ; n *= 4 {
+			if 4*n > k {
+				n = k
+			}
+			c = topKIDs(w, n, better)
+			var mass float64
+			for _, id := range c {
+				mass += w[id]
+			}
+			if n == k || mass >= o.TopP*total {
+				break
+			}
+		}
+	} else {
+		c = topKIDs(w, k, better)
+	}
+	slices.SortFunc(c, func(a, b int) int {
+		switch {
+		case better(a, b):
+			return -1
+		case better(b, a):
+			return 1
+		}
+		return 0
+	})
+	var sum float64
+	if topP {
 		acc := 0.0
-		for i := range c {
-			acc += c[i].p / sum
+		for i, id := range c {
+			acc += w[id] / total
 			if acc >= o.TopP {
 				c = c[:i+1]
 				break
 			}
 		}
-		sum = 0
-		for _, x := range c {
-			sum += x.p
-		}
+	}
+	for _, id := range c {
+		sum += w[id]
 	}
 	r := rng.Float64() * sum
-	for _, x := range c {
-		r -= x.p
-		if r < 0 {
-			return x.id
+	for _, id := range c {
+		if r -= w[id]; r < 0 {
+			return id
 		}
 	}
-	return c[len(c)-1].id
+	return c[0]
+}
+
+// weightPool holds sample's per-token weights (a vocabulary of float64).
+var weightPool = sync.Pool{New: func() any { return new([]float64) }}
+
+// topKIDs returns the k ids of largest weight (better orders them), in
+// no particular order: a min-heap of k over one pass.
+func topKIDs(w []float64, k int, better func(a, b int) bool) []int {
+	if k >= len(w) {
+		all := make([]int, len(w))
+		for i := range all {
+			all[i] = i
+		}
+		return all
+	}
+	h := make([]int, 0, k)
+	// worse-at-root heap: h[0] is the worst of the kept.
+	down := func(i int) {
+		for {
+			l, m := 2*i+1, i
+			if l < len(h) && better(h[m], h[l]) {
+				m = l
+			}
+			if r := l + 1; r < len(h) && better(h[m], h[r]) {
+				m = r
+			}
+			if m == i {
+				return
+			}
+			h[i], h[m] = h[m], h[i]
+			i = m
+		}
+	}
+	for id := range w {
+		if len(h) < k {
+			h = append(h, id)
+			for i := len(h) - 1; i > 0; {
+				p := (i - 1) / 2
+				if !better(h[p], h[i]) {
+					break
+				}
+				h[i], h[p] = h[p], h[i]
+				i = p
+			}
+			continue
+		}
+		if better(id, h[0]) {
+			h[0] = id
+			down(0)
+		}
+	}
+	return h
 }
 
 // ScoreResult is the outcome of Score.

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -87,5 +88,58 @@ func TestGenerateSeededAndBatched(t *testing.T) {
 	}
 	if !slices.Equal(stop[0], []int32{first}) {
 		t.Errorf("EOS %d: got %v", first, stop[0])
+	}
+}
+
+// Edge cases: a temperature too small for float64 behaves as greedy (the
+// maximum's weight is 1, the others 0); NaN logits are never picked;
+// top-k keeps exactly the k best (ties to the lower id) whatever the
+// vocabulary order.
+func TestSampleEdges(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	nan := float32(math.NaN())
+	logits := []float32{nan, 1, 3, nan, 2, 3, -1}
+	for range 200 {
+		if got := sample(logits, GenerateOptions{Temperature: 1e-320}, rng); got != 2 && got != 5 {
+			t.Fatalf("tiny temperature picked %d", got)
+		}
+		if got := sample(logits, GenerateOptions{Temperature: 1}, rng); got == 0 || got == 3 {
+			t.Fatalf("picked a NaN logit (%d)", got)
+		}
+		if got := sample(logits, GenerateOptions{Temperature: 100, TopK: 3}, rng); got != 2 && got != 5 && got != 4 {
+			t.Fatalf("top-k 3 picked %d", got)
+		}
+	}
+	if got := sample([]float32{nan, nan}, GenerateOptions{Temperature: 1}, rng); got != 0 {
+		t.Errorf("all NaN: %d", got)
+	}
+	// A large vocabulary with top-k: the heap keeps the k largest.
+	big := make([]float32, 50000)
+	for i := range big {
+		big[i] = float32(i % 1000)
+	}
+	seen := map[int]bool{}
+	for range 400 {
+		seen[sample(big, GenerateOptions{Temperature: 1e-3, TopK: 5}, rng)] = true
+	}
+	for id := range seen {
+		if big[id] != 999 {
+			t.Fatalf("top-k 5 at a tiny temperature picked id %d (logit %g)", id, big[id])
+		}
+	}
+}
+
+func BenchmarkSample(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	logits := make([]float32, 50272)
+	for i := range logits {
+		logits[i] = float32(rng.NormFloat64())
+	}
+	for _, o := range []GenerateOptions{{}, {Temperature: 0.8}, {Temperature: 0.8, TopK: 50}, {Temperature: 0.8, TopP: 0.9}} {
+		b.Run(fmt.Sprintf("T=%g,k=%d,p=%g", o.Temperature, o.TopK, o.TopP), func(b *testing.B) {
+			for b.Loop() {
+				sample(logits, o, rng)
+			}
+		})
 	}
 }
