@@ -47,6 +47,13 @@ type tensorCheck struct {
 
 // Open maps the file at path and validates its header and manifest.
 func Open(path string, opts *ReaderOptions) (*File, error) {
+	// Stat before opening: opening a FIFO would block until a writer
+	// comes.
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file: %w", path, ErrNotSlope)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err

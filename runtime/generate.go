@@ -87,11 +87,12 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 		}
 		longest = max(longest, len(p))
 	}
-	total := longest + o.MaxTokens
-	if total > m.maxPos {
-		return nil, fmt.Errorf("generate: %d prompt + %d new tokens exceed the model's %d positions", longest, o.MaxTokens, m.maxPos)
+	// The last new token is never fed back: the run holds the prompt and
+	// MaxTokens-1 more positions (checked without overflowing).
+	if o.MaxTokens-1 > m.maxPos-longest {
+		return nil, fmt.Errorf("generate: %d prompt + %d new tokens need %d positions, more than the model's %d", longest, o.MaxTokens, longest+min(o.MaxTokens, m.maxPos)-1, m.maxPos)
 	}
-	s, err := m.NewSession(len(prompts), total)
+	s, err := m.NewSession(len(prompts), longest+o.MaxTokens-1)
 	if err != nil {
 		return nil, err
 	}

@@ -37,8 +37,11 @@ type Model struct {
 	steps  []ops.Planned[ops.Step]
 	values int // number of value slots
 	out    int // slot of the logits
-	vocab  int
-	maxPos int // learned positions (tokens per sequence)
+	// headLast: the last step is an LMHead writing the logits, so a run
+	// for the last positions only can give it just those rows.
+	headLast bool
+	vocab    int
+	maxPos   int // learned positions (tokens per sequence)
 	// dev is set when the backend keeps activations in its own memory
 	// and every step computes there (see ops.DeviceBackend).
 	dev ops.DeviceBackend
@@ -91,6 +94,10 @@ func compile(f *format.File, backend ops.Backend) (*Model, error) {
 		return nil, err
 	}
 	m.steps, m.out, m.values = plan.Steps, plan.Logits, len(plan.Dims)
+	if n := len(m.steps); n > 0 {
+		last := m.steps[n-1]
+		m.headLast = last.Node.OpType == ops.OpLMHead && last.Out == m.out
+	}
 	m.vocab = plan.Dims[plan.Logits]
 	if m.maxPos == 0 {
 		m.maxPos = 1 << 30

@@ -24,14 +24,21 @@ type Session struct {
 	logits   ops.Value
 }
 
+// maxSessionTokens bounds batch x maxLen of a session (its mask and
+// caches are sized by it).
+const maxSessionTokens = 1 << 28
+
 // NewSession makes a session for batch sequences of at most maxLen tokens
 // (0: the model's learned positions).
 func (m *Model) NewSession(batch, maxLen int) (*Session, error) {
-	if maxLen <= 0 {
+	if maxLen == 0 {
 		maxLen = m.maxPos
 	}
-	if batch <= 0 || maxLen > m.maxPos {
-		return nil, fmt.Errorf("session of %d sequences of %d tokens: need batch >= 1 and at most %d tokens (the model's positions)", batch, maxLen, m.maxPos)
+	if batch <= 0 || maxLen < 0 || maxLen > m.maxPos {
+		return nil, fmt.Errorf("session of %d sequences of %d tokens: need batch >= 1 and 1 to %d tokens (the model's positions)", batch, maxLen, m.maxPos)
+	}
+	if batch > maxSessionTokens/maxLen {
+		return nil, fmt.Errorf("session of %d sequences of %d tokens: more than %d tokens in all", batch, maxLen, maxSessionTokens)
 	}
 	s := &Session{
 		m: m, batch: batch, maxLen: maxLen,
@@ -129,7 +136,7 @@ func (s *Session) run(c *ops.Call, lastOnly bool) (*ops.Value, error) {
 			in[k] = s.vals[slot]
 		}
 		sc := c
-		if lastOnly && i == len(s.m.steps)-1 && ps.Node.OpType == ops.OpLMHead && c.Seq > 1 {
+		if lastOnly && i == len(s.m.steps)-1 && s.m.headLast && c.Seq > 1 {
 			in[0] = s.lastRows(in[0], c)
 			last := *c
 			last.Seq = 1
@@ -148,6 +155,11 @@ func (s *Session) run(c *ops.Call, lastOnly bool) (*ops.Value, error) {
 	logits := s.vals[s.m.out]
 	s.put(logits) // handed to the caller until the next run
 	s.vals[s.m.out] = nil
+	if lastOnly && !s.m.headLast && c.Seq > 1 {
+		// Other nodes follow the LM head (or there is none): every row
+		// was computed; keep each sequence's last.
+		return s.lastRows(logits, c), nil
+	}
 	return logits, nil
 }
 
@@ -204,7 +216,7 @@ func (s *Session) runDevice(c *ops.Call, lastOnly bool) (*ops.Value, error) {
 				in[k] = s.devVals[slot]
 			}
 			sc := c
-			if lastOnly && i == len(s.m.steps)-1 && ps.Node.OpType == ops.OpLMHead && c.Seq > 1 {
+			if lastOnly && i == len(s.m.steps)-1 && s.m.headLast && c.Seq > 1 {
 				last, err := be.Acquire(c.Batch, in[0].Dim())
 				if err != nil {
 					return err
@@ -240,6 +252,9 @@ func (s *Session) runDevice(c *ops.Call, lastOnly bool) (*ops.Value, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if lastOnly && !s.m.headLast && c.Seq > 1 {
+		return s.lastRows(&s.logits, c), nil // as run does
 	}
 	return &s.logits, nil
 }

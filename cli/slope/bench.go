@@ -49,10 +49,14 @@ func newBenchCmd() *cobra.Command {
 			}
 			defer m.Close()
 			load := time.Since(start)
+			if mp := m.MaxPositions(); promptLen > mp || genLen > mp-promptLen {
+				return usagef(cmd, "--prompt-len %d + --gen-len %d: more than the model's %d positions", promptLen, genLen, mp)
+			}
 			s, err := m.NewSession(batch, promptLen+genLen)
 			if err != nil {
-				return err
+				return fmt.Errorf("--batch %d: %w", batch, err)
 			}
+			defer s.Close()
 			s.Threads = threads
 			rng := rand.New(rand.NewPCG(seed, 1))
 			ids := make([][]int32, batch)

@@ -38,6 +38,7 @@ func newForwardCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			defer s.Close()
 			s.Threads = threads
 			if mask == nil {
 				mask = make([][]int32, len(ids))

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 
@@ -11,6 +13,12 @@ import (
 	"github.com/slopeml/slope/tokenizer"
 )
 
+// errFailed marks an error of promptIDs that is not a usage error.
+type errFailed struct{ err error }
+
+func (e errFailed) Error() string { return e.err.Error() }
+func (e errFailed) Unwrap() error { return e.err }
+
 // prompt resolves --prompt (through the model's tokenizer, with OPT's BOS)
 // or --ids into token ids.
 func promptIDs(m *slopert.Model, text, ids string) ([]int32, *tokenizer.BPE, error) {
@@ -18,6 +26,9 @@ func promptIDs(m *slopert.Model, text, ids string) ([]int32, *tokenizer.BPE, err
 		return nil, nil, fmt.Errorf("give exactly one of --prompt and --ids")
 	}
 	tok, err := m.Tokenizer()
+	if err != nil && !errors.Is(err, slopert.ErrNoTokenizer) {
+		return nil, nil, errFailed{err} // a damaged tokenizer, not a usage error
+	}
 	if ids != "" {
 		rows, perr := parseRows("--ids", ids)
 		if perr != nil {
@@ -55,8 +66,15 @@ func newRunCmd() *cobra.Command {
 			"with a tokenizer; --ids takes token ids (printed back as ids when there is none).",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if o.MaxTokens < 1 {
+			switch {
+			case o.MaxTokens < 1:
 				return usagef(cmd, "--max-tokens must be >= 1")
+			case !(o.Temperature >= 0) || math.IsInf(o.Temperature, 0):
+				return usagef(cmd, "--temperature must be a finite number >= 0, got %g", o.Temperature)
+			case o.TopK < 0:
+				return usagef(cmd, "--top-k must be >= 0, got %d", o.TopK)
+			case !(o.TopP >= 0 && o.TopP <= 1):
+				return usagef(cmd, "--top-p must be in [0, 1], got %g", o.TopP)
 			}
 			m, err := openModel(args[0], device)
 			if err != nil {
@@ -64,6 +82,10 @@ func newRunCmd() *cobra.Command {
 			}
 			defer m.Close()
 			prompt, tok, err := promptIDs(m.Model, text, ids)
+			var failed errFailed
+			if errors.As(err, &failed) {
+				return failed.err
+			}
 			if err != nil {
 				return usagef(cmd, "%v", err)
 			}
@@ -83,19 +105,20 @@ func newRunCmd() *cobra.Command {
 				}
 				s, err := stream.Add(token)
 				if err != nil {
-					return err
+					// An id the tokenizer lacks (OPT's output layer has
+					// more rows than its vocabulary): shown as <id>, as the
+					// text around it is.
+					s = stream.Flush() + fmt.Sprintf("<%d>", token)
 				}
 				_, err = fmt.Fprint(out, s)
 				return err
 			}
-			if _, err := m.Generate(cmd.Context(), [][]int32{prompt}, o); err != nil {
-				return err
-			}
+			_, err = m.Generate(cmd.Context(), [][]int32{prompt}, o)
 			if stream != nil {
 				fmt.Fprint(out, stream.Flush())
 			}
-			fmt.Fprintln(out)
-			return nil
+			fmt.Fprintln(out) // also before an error, which goes to stderr
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -140,6 +163,10 @@ func newScoreCmd() *cobra.Command {
 				}
 			}
 			seq, _, err := promptIDs(m.Model, text, ids)
+			var failed errFailed
+			if errors.As(err, &failed) {
+				return failed.err
+			}
 			if err != nil {
 				return usagef(cmd, "%v", err)
 			}

@@ -142,3 +142,36 @@ func TestRunAndScoreText(t *testing.T) {
 		t.Fatalf("score: exit %d, %q %s", code, stdout, stderr)
 	}
 }
+
+// Sampling flags out of range are usage errors; a prompt plus new tokens
+// that fit the positions with one to spare (the last token is never fed
+// back) runs, one more does not.
+func TestRunSamplingFlagsAndLength(t *testing.T) {
+	model := convertTiny(t, "2:4")
+	for _, c := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"--temperature", "NaN"}, "--temperature"},
+		{[]string{"--temperature", "-1"}, "--temperature"},
+		{[]string{"--temperature", "+Inf"}, "--temperature"},
+		{[]string{"--top-k", "-5"}, "--top-k"},
+		{[]string{"--top-p", "1.5"}, "--top-p"},
+		{[]string{"--top-p", "NaN"}, "--top-p"},
+	} {
+		code, _, stderr := runSlope(append([]string{"run", model, "--ids", "[2, 100]"}, c.args...)...)
+		if code != exitUsage || !strings.Contains(stderr, c.flag) {
+			t.Errorf("%v: exit %d, %q", c.args, code, stderr)
+		}
+	}
+	code, stdout, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "63")
+	if code != 0 || len(strings.Fields(stdout)) != 63 {
+		t.Errorf("2 + 63 tokens on 64 positions: exit %d, %d tokens, %q", code, len(strings.Fields(stdout)), stderr)
+	}
+	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "64"); code == 0 || !strings.Contains(stderr, "positions") {
+		t.Errorf("2 + 64 tokens on 64 positions: exit %d, %q", code, stderr)
+	}
+	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "9223372036854775807"); code == 0 || !strings.Contains(stderr, "positions") {
+		t.Errorf("a huge --max-tokens: exit %d, %q", code, stderr)
+	}
+}
