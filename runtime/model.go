@@ -125,12 +125,18 @@ func (m *Model) Tokenizer() (*tokenizer.BPE, error) {
 	if files == nil {
 		return nil, fmt.Errorf("%s: %w", m.file.Path(), ErrNoTokenizer)
 	}
+	var t *tokenizer.BPE
 	if tj, ok := files["tokenizer.json"]; ok {
-		return tokenizer.LoadTokenizerJSON(tj)
+		t, err = tokenizer.LoadTokenizerJSON(tj)
+	} else {
+		vocab, merges := files["vocab.json"], files["merges.txt"]
+		if vocab == nil || merges == nil {
+			return nil, fmt.Errorf("%s: tokenizer needs tokenizer.json, or vocab.json and merges.txt: %w", m.file.Path(), ErrModel)
+		}
+		t, err = tokenizer.LoadGPT2(vocab, merges)
 	}
-	vocab, merges := files["vocab.json"], files["merges.txt"]
-	if vocab == nil || merges == nil {
-		return nil, fmt.Errorf("%s: tokenizer needs tokenizer.json, or vocab.json and merges.txt: %w", m.file.Path(), ErrModel)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", m.file.Path(), err)
 	}
-	return tokenizer.LoadGPT2(vocab, merges)
+	return t, nil
 }
