@@ -72,6 +72,20 @@ func Export(in string, o Options) (*Report, error) {
 	if o.Out == "" {
 		return nil, errors.New("--out: missing (a directory for --to hf, a .onnx file for --to onnx)")
 	}
+	// "dir/" and "dir" are the same output (the staging sibling is named
+	// after it); the file system's root and "." or ".." are no output.
+	o.Out = filepath.Clean(o.Out)
+	if b := filepath.Base(o.Out); b == "." || b == ".." || b == string(filepath.Separator) {
+		return nil, fmt.Errorf("--out %s: name a new directory or file", o.Out)
+	}
+	// --force must never remove the input.
+	if ai, err := filepath.Abs(in); err == nil {
+		if ao, err := filepath.Abs(o.Out); err == nil {
+			if rel, err := filepath.Rel(ao, ai); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+				return nil, fmt.Errorf("--out %s: it is, or holds, the input %s", o.Out, in)
+			}
+		}
+	}
 	outDT, err := parseDType(o.DType)
 	if err != nil {
 		return nil, err
@@ -472,13 +486,38 @@ func (m *Model) writeHF(o Options) (rep *Report, err error) {
 	}
 	rep.Files = append(rep.Files, "model.safetensors")
 	slices.Sort(rep.Files)
+	// Durable before the rename, as the container writer's output is.
+	for _, name := range rep.Files {
+		if err := syncPath(filepath.Join(tmp, name)); err != nil {
+			return nil, err
+		}
+	}
+	if err := syncPath(tmp); err != nil {
+		return nil, err
+	}
 	if err := os.RemoveAll(o.Out); err != nil {
 		return nil, fmt.Errorf("--out %s: %w", o.Out, err)
 	}
 	if err := os.Rename(tmp, o.Out); err != nil {
 		return nil, err
 	}
-	return rep, nil
+	return rep, syncPath(filepath.Dir(o.Out))
+}
+
+// syncPath fsyncs a file or directory.
+func syncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	return nil
 }
 
 // writeONNX writes the .onnx file (and its side file).
@@ -486,6 +525,10 @@ func (m *Model) writeONNX(o Options) (rep *Report, err error) {
 	hs, err := m.Headers()
 	if err != nil {
 		return nil, err
+	}
+	sideOut := o.Out + ".data"
+	if _, err := os.Lstat(sideOut); err == nil && !o.Force {
+		return nil, fmt.Errorf("--out %s: %s exists (--force replaces it)", o.Out, sideOut)
 	}
 	tmp, err := staging(o.Out, o.Force, false)
 	if err != nil {
@@ -509,20 +552,32 @@ func (m *Model) writeONNX(o Options) (rep *Report, err error) {
 	}, opts); err != nil {
 		return nil, err
 	}
-	sideOut := o.Out + ".data"
-	if rep.External {
-		if err := os.Rename(filepath.Join(tmp, base+".data"), sideOut); err != nil {
-			return nil, err
+	for _, f := range []string{base, base + ".data"} {
+		if f == base || rep.External {
+			if err := syncPath(filepath.Join(tmp, f)); err != nil {
+				return nil, err
+			}
 		}
-	} else if _, err := os.Lstat(sideOut); err == nil && o.Force {
-		os.Remove(sideOut) // a stale side file of the model replaced
 	}
+	// The model file first, then its side file: a failure between the two
+	// leaves the new model without weights (an error says so), never an
+	// old model with the new weights.
 	if o.Force {
 		if err := os.RemoveAll(o.Out); err != nil {
 			return nil, fmt.Errorf("--out %s: %w", o.Out, err)
 		}
 	}
 	if err := os.Rename(filepath.Join(tmp, base), o.Out); err != nil {
+		return nil, err
+	}
+	if rep.External {
+		if err := os.Rename(filepath.Join(tmp, base+".data"), sideOut); err != nil {
+			return nil, fmt.Errorf("--out %s: the model is written but its weights are not: %w", o.Out, err)
+		}
+	} else if _, err := os.Lstat(sideOut); err == nil {
+		os.Remove(sideOut) // a stale side file of the model replaced (--force)
+	}
+	if err := syncPath(filepath.Dir(o.Out)); err != nil {
 		return nil, err
 	}
 	rep.Files = []string{base}

@@ -481,6 +481,46 @@ func TestExportOutput(t *testing.T) {
 	if _, err := export.Export(filepath.Join(t.TempDir(), "none.slope"), export.Options{To: export.ToHF, Out: dir + "4"}); err == nil || !strings.Contains(err.Error(), "none.slope") {
 		t.Errorf("missing input: %v", err)
 	}
+	// A trailing slash names the same directory (it once put the staging
+	// directory inside it and removed both).
+	keep := filepath.Join(t.TempDir(), "keep")
+	if err := os.MkdirAll(keep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(keep, "a.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := export.Export(a, export.Options{To: export.ToHF, Out: keep + "/"}); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("non-empty %s/ without --force: %v", keep, err)
+	}
+	if _, err := os.Stat(filepath.Join(keep, "a.txt")); err != nil {
+		t.Errorf("the refused export touched %s: %v", keep, err)
+	}
+	if _, err := export.Export(a, export.Options{To: export.ToHF, Out: keep + "/", Force: true}); err != nil {
+		t.Errorf("%s/ with --force: %v", keep, err)
+	} else if _, err := os.Stat(filepath.Join(keep, "config.json")); err != nil {
+		t.Errorf("%s/ with --force: %v", keep, err)
+	}
+	// An existing side file is not replaced without --force; the input is
+	// never an output, even with --force.
+	side := filepath.Join(t.TempDir(), "x.onnx")
+	if err := os.WriteFile(side+".data", []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := export.Export(a, export.Options{To: export.ToONNX, Out: side, ExternalData: true}); err == nil || !strings.Contains(err.Error(), ".data") {
+		t.Errorf("existing side file: %v", err)
+	}
+	if b, _ := os.ReadFile(side + ".data"); string(b) != "precious" {
+		t.Errorf("existing side file replaced: %q", b)
+	}
+	for _, out := range []string{a, filepath.Dir(a)} {
+		if _, err := export.Export(a, export.Options{To: export.ToHF, Out: out, Force: true}); err == nil || !strings.Contains(err.Error(), "input") {
+			t.Errorf("--out %s --force over the input: %v", out, err)
+		}
+	}
+	if _, err := os.Stat(a); err != nil {
+		t.Errorf("the input is gone: %v", err)
+	}
 }
 
 // TestRoundTripTokenizer: the container's tokenizer files are written to
