@@ -187,7 +187,8 @@ func EncodeFloats(dt slopepb.DType, src []float32, dst []byte) error {
 	if err := floatCodecLen("encode floats", dt, len(src), len(dst)); err != nil {
 		return err
 	}
-	parallelFor(len(src), 1, func(lo, hi int) { encodeFloatsChunk(dt, src[lo:hi], dst[lo*len(dst)/max(len(src), 1):]) })
+	es := len(dst) / max(len(src), 1) // the element size (lo*len(dst) could overflow)
+	parallelFor(len(src), 1, func(lo, hi int) { encodeFloatsChunk(dt, src[lo:hi], dst[lo*es:]) })
 	return nil
 }
 
@@ -215,7 +216,8 @@ func DecodeFloats(dt slopepb.DType, src []byte, dst []float32) error {
 	if err := floatCodecLen("decode floats", dt, len(dst), len(src)); err != nil {
 		return err
 	}
-	parallelFor(len(dst), 1, func(lo, hi int) { decodeFloatsChunk(dt, src[lo*len(src)/max(len(dst), 1):], dst[lo:hi]) })
+	es := len(src) / max(len(dst), 1) // the element size (lo*len(src) could overflow)
+	parallelFor(len(dst), 1, func(lo, hi int) { decodeFloatsChunk(dt, src[lo*es:], dst[lo:hi]) })
 	return nil
 }
 

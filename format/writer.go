@@ -2,8 +2,10 @@ package format
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"time"
@@ -80,8 +82,7 @@ func Create(path string, opts *WriterOptions) (*Writer, error) {
 	if o.Limits != nil {
 		lim = *o.Limits
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	tmp, err := createTemp(path)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
@@ -420,7 +421,7 @@ func (w *Writer) finish() error {
 // relocate copies the data region into a new temporary file whose data
 // region starts at off, and returns it (the old one is removed).
 func (w *Writer) relocate(off uint64) (*os.File, error) {
-	nf, err := os.CreateTemp(filepath.Dir(w.path), "."+filepath.Base(w.path)+".tmp-*")
+	nf, err := createTemp(w.path)
 	if err != nil {
 		return nil, err
 	}
@@ -454,4 +455,20 @@ func (w *Writer) Abort() {
 	if w.enc != nil {
 		w.enc.Close()
 	}
+}
+
+// createTemp creates a new hidden file beside path for Close to rename
+// over it, with mode 0666 less the umask (os.CreateTemp's 0600 would make
+// every container private to its writer).
+func createTemp(path string) (*os.File, error) {
+	dir, base := filepath.Dir(path), filepath.Base(path)
+	for range 100 {
+		name := filepath.Join(dir, fmt.Sprintf(".%s.tmp-%d", base, rand.Uint64()))
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		return f, err
+	}
+	return nil, fmt.Errorf("no free temporary name beside %s", path)
 }
