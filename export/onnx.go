@@ -654,23 +654,20 @@ func (b *onnxBuilder) build() error {
 	}
 	h := b.node("Add", []string{te, pe})
 
-	mask := make([]float32, c.MaxPos*c.MaxPos)
-	for i := 0; i < c.MaxPos; i++ {
-		for j := i + 1; j < c.MaxPos; j++ {
-			mask[i*c.MaxPos+j] = float32(math.Inf(-1))
-		}
-	}
 	s := &onnxShared{
 		headShape: b.constInts([]int64{4}, 0, 0, int64(c.Heads), int64(headDim)),
 		ctxShape:  b.constInts([]int64{3}, 0, 0, int64(c.Hidden)),
 		scale:     b.constFloats(nil, float32(1/math.Sqrt(float64(headDim)))),
 		flat:      b.constInts([]int64{2}, -1, int64(c.Hidden)),
 	}
-	s.mask = b.node("Slice", []string{
-		b.constFloats([]int64{int64(c.MaxPos), int64(c.MaxPos)}, mask...),
-		b.constInts([]int64{2}, 0, 0),
-		b.node("Concat", []string{seq1, seq1}, onnxAttrInt("axis", 0)),
+	// The causal mask [seq, seq], built in the graph (a MaxPos x MaxPos
+	// constant would grow the file with the square of the positions): 0
+	// where key j <= query i, -Inf above the diagonal.
+	causal := b.node("LessOrEqual", []string{
+		b.node("Unsqueeze", []string{pos, b.constInts([]int64{1}, 0)}),
+		b.node("Unsqueeze", []string{pos, b.constInts([]int64{1}, 1)}),
 	})
+	s.mask = b.node("Where", []string{causal, b.constFloats(nil, 0), b.constFloats(nil, float32(math.Inf(-1)))})
 	gemm := b.opts.CanonicalWeights
 	if gemm {
 		s.bsh = b.node("Concat", []string{b.node("Shape", []string{ids}), b.constInts([]int64{1}, int64(c.Hidden))}, onnxAttrInt("axis", 0))
