@@ -334,6 +334,9 @@ func checkMergedAdapter(w string, l, r *tensorInfo, wt *slopepb.Tensor) error {
 	if len(wt.Shape) != 2 || rs[0] < 1 || wt.Shape[0] != rs[0]+rs[1] {
 		return fmt.Errorf("weight %q %v: merged adapter R %v needs a weight of out + r rows: %w", w, wt.Shape, rs, ErrShape)
 	}
+	if r, in, out := rs[0], wt.Shape[1], rs[1]; r > min(in, out) {
+		return fmt.Errorf("weight %q %v: merged adapter rank %d not in [1, min(in, out) = %d]: %w", w, wt.Shape, r, min(in, out), ErrShape)
+	}
 	return nil
 }
 
@@ -410,7 +413,8 @@ func checkAttributes(attrs []*onnxpb.AttributeProto, what string) error {
 			return fmt.Errorf("%s: attribute name %q empty or repeated: %w", what, a.GetName(), ErrGraph)
 		}
 		seen[a.GetName()] = true
-		if a.GetG() != nil || len(a.GetGraphs()) > 0 || a.GetT() != nil || len(a.GetTensors()) > 0 {
+		if a.GetG() != nil || len(a.GetGraphs()) > 0 || a.GetT() != nil || len(a.GetTensors()) > 0 ||
+			a.GetSparseTensor() != nil || len(a.GetSparseTensors()) > 0 {
 			return fmt.Errorf("%s: attribute %q holds a graph or tensor (not allowed in version 1): %w", what, a.GetName(), ErrGraph)
 		}
 	}
