@@ -253,6 +253,24 @@ func SparseGPT(p format.NM, rows, cols int, w []float32, h *Hessian, o SparseGPT
 	if err != nil {
 		return nil, nil, err
 	}
+	// A dead input (its column of X always zero) carries no information:
+	// its weights are zeroed before the selection, as in the reference
+	// algorithm, so they never win a group over a live input (H_jj = 1 for
+	// them would otherwise give them an arbitrary score).
+	var dead []int
+	for j := 0; j < cols; j++ {
+		if h.Sum[j*cols+j] == 0 {
+			dead = append(dead, j)
+		}
+	}
+	if len(dead) > 0 {
+		w = append([]float32(nil), w...)
+		for r := 0; r < rows; r++ {
+			for _, j := range dead {
+				w[r*cols+j] = 0
+			}
+		}
+	}
 	ws := make([]float32, len(w))
 	keep := make([]bool, len(w))
 	const chunk = 8 // rows sharing each pass over U

@@ -254,3 +254,44 @@ func TestWandaMaskTies(t *testing.T) {
 		t.Error("empty Hessian accepted")
 	}
 }
+
+// Inputs that are always zero (dead ReLU units feeding fc2) carry no
+// information: SparseGPT keeps none of their weights where a group has
+// live inputs to keep instead.
+func TestSparseGPTDeadInputs(t *testing.T) {
+	const rows, cols, n = 64, 128, 512
+	p := format.NM{N: 2, M: 4}
+	x := synthCalib(n, cols, 16, 31)
+	for i := range x {
+		x[i] *= 0.05 // small activations: a dead input's H_jj = 1 would dominate
+	}
+	for r := 0; r < n; r++ {
+		for g := 0; g < cols/4; g++ {
+			x[r*cols+4*g+g%4] = 0 // one dead input per group
+		}
+	}
+	h := NewHessian(cols)
+	if err := h.Add(x, n); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	w := make([]float32, rows*cols)
+	for i := range w {
+		w[i] = float32(rng.NormFloat64())
+	}
+	_, keep, err := SparseGPT(p, rows, cols, w, h, SparseGPTOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := 0
+	for r := 0; r < rows; r++ {
+		for g := 0; g < cols/4; g++ {
+			if keep[r*cols+4*g+g%4] {
+				kept++
+			}
+		}
+	}
+	if kept != 0 {
+		t.Errorf("kept %d of %d weights of dead inputs", kept, rows*cols/4)
+	}
+}

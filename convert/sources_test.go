@@ -2,9 +2,11 @@ package convert
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"maps"
 	"math"
@@ -728,5 +730,41 @@ func TestHashMapped(t *testing.T) {
 	}
 	if _, _, _, err := st.HashMapped(); err == nil || !strings.Contains(err.Error(), "fault") || !strings.Contains(err.Error(), "model.safetensors") {
 		t.Fatalf("hash of a truncated mapping: %v", err)
+	}
+}
+
+// A tensor large enough that its decode would run on several goroutines
+// still reports a mapping truncated after the open as an error (a fault
+// on another goroutine would kill the process).
+func TestMappedLargeTensorTruncatedAfterOpen(t *testing.T) {
+	const n = 4 << 20
+	p := filepath.Join(t.TempDir(), "big.safetensors")
+	hdr := []byte(fmt.Sprintf(`{"w":{"dtype":"F32","shape":[%d],"data_offsets":[0,%d]}}`, n, 4*n))
+	for len(hdr)%8 != 0 {
+		hdr = append(hdr, ' ')
+	}
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lenb [8]byte
+	binary.LittleEndian.PutUint64(lenb[:], uint64(len(hdr)))
+	if _, err := f.Write(append(lenb[:], hdr...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(int64(8 + len(hdr) + 4*n)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	st, err := OpenSafetensorsFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := os.Truncate(p, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ReadFloat32("w"); err == nil || !strings.Contains(err.Error(), "fault") {
+		t.Fatalf("read of a truncated mapping: %v", err)
 	}
 }

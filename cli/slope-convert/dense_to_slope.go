@@ -6,7 +6,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"runtime/pprof"
 	"strings"
 
 	"github.com/schollz/progressbar/v3"
@@ -28,7 +27,6 @@ func newDenseToSlope(args []string) *cobra.Command {
 		compress string
 		asJSON   bool
 		quiet    bool
-		cpuProf  string
 		scale    float32
 	)
 	cmd := &cobra.Command{
@@ -157,17 +155,6 @@ is converted, so the command works offline.`,
 				o.Progress, o.LayerProgress = pr.tensor, pr.layer
 			}
 			o.Command = "slope-convert " + strings.Join(args, " ")
-			if cpuProf != "" {
-				pf, err := os.Create(cpuProf)
-				if err != nil {
-					return fmt.Errorf("--cpuprofile: %w", err)
-				}
-				defer pf.Close()
-				if err := pprof.StartCPUProfile(pf); err != nil {
-					return fmt.Errorf("--cpuprofile %s: %w", cpuProf, err)
-				}
-				defer pprof.StopCPUProfile()
-			}
 			res, err := convert.DenseToSlope(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -207,7 +194,6 @@ is converted, so the command works offline.`,
 	f.Uint64Var(&o.Seed, "seed", 0, "seed of every random choice (calibration samples, adapter init, randomized SVD)")
 	f.BoolVar(&asJSON, "json", false, "print the summary as JSON on stdout")
 	f.BoolVar(&quiet, "quiet", false, "no progress, warnings or per-weight table")
-	f.StringVar(&cpuProf, "cpuprofile", "", "write a Go CPU profile of the conversion to this file (go tool pprof)")
 	return cmd
 }
 

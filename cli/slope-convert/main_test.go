@@ -41,9 +41,8 @@ func TestDenseToSlopeDefault(t *testing.T) {
 
 func TestDenseToSlopeJSON(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "tiny.slope")
-	prof := filepath.Join(t.TempDir(), "cpu.prof")
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"dense-to-slope", "--out", out, "--json", "--quiet", "--dtype", "fp16", "--compress", "zstd", "--cpuprofile", prof}, &stdout, &stderr)
+	code := run([]string{"dense-to-slope", "--out", out, "--json", "--quiet", "--dtype", "fp16", "--compress", "zstd"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
@@ -60,9 +59,6 @@ func TestDenseToSlopeJSON(t *testing.T) {
 	if _, err := os.Stat(out); err != nil {
 		t.Error(err)
 	}
-	if st, err := os.Stat(prof); err != nil || st.Size() == 0 {
-		t.Errorf("--cpuprofile %s: %v, %v", prof, st, err)
-	}
 }
 
 func TestErrors(t *testing.T) {
@@ -78,7 +74,6 @@ func TestErrors(t *testing.T) {
 		{[]string{"dense-to-slope", "--out", ""}, "--out"},
 		{[]string{"dense-to-slope", "--in", filepath.Join(dir, "nope"), "--out", filepath.Join(dir, "a.slope")}, "nope"},
 		{[]string{"dense-to-slope", "--bogus"}, "bogus"},
-		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--cpuprofile", filepath.Join(dir, "no", "such", "dir", "p")}, "--cpuprofile"},
 		{[]string{"frobnicate"}, "frobnicate"},
 	}
 	for _, c := range cases {
