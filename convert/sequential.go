@@ -172,6 +172,9 @@ func (c *calibrator) load(w memWeights, n *onnxpb.NodeProto) error {
 		if t.Numel() != len(t.Data) {
 			return fmt.Errorf("tensor %q (%s): %d values for shape %v", in, t.SourceName, len(t.Data), t.Shape)
 		}
+		// As the file will store it (--dtype): later layers are calibrated
+		// on the activations the converted model produces.
+		c.round(t.DType, t.Data)
 		w[in] = t
 	}
 	return nil
