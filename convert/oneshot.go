@@ -114,6 +114,11 @@ type Hessian struct {
 	N int
 	// Sum is XᵀX, row-major [D, D] (both triangles).
 	Sum []float64
+
+	// SparseGPT's factor of the damped inverse, kept for the weights that
+	// share these inputs (q, k and v); Add drops it.
+	factor     []float64
+	factorDamp float64
 }
 
 // NewHessian makes an empty accumulator for inputs of width d.
@@ -128,6 +133,7 @@ func NewHessian(d int) *Hessian { return &Hessian{D: d, Sum: make([]float64, d*d
 // hessianBlock output rows to bound memory, and is accumulated into Sum
 // in float64, symmetrised from the lower triangle.
 func (h *Hessian) Add(x []float32, rows int) error {
+	h.factor = nil
 	d := h.D
 	if rows == 0 || d == 0 {
 		return nil
@@ -298,8 +304,21 @@ func SparseGPT(p format.NM, rows, cols int, w []float32, h *Hessian, o SparseGPT
 }
 
 // sparseGPTFactor returns U, the upper Cholesky factor of the inverse of
-// the damped H = (2/N)·XᵀX, row-major [D, D] (zero below the diagonal).
+// the damped H = (2/N)·XᵀX, row-major [D, D] (zero below the diagonal),
+// computed once per Hessian and damping (read-only to the callers).
 func sparseGPTFactor(h *Hessian, damp float64) ([]float64, error) {
+	if h.factor != nil && h.factorDamp == damp {
+		return h.factor, nil
+	}
+	u, err := sparseGPTFactorOf(h, damp)
+	if err != nil {
+		return nil, err
+	}
+	h.factor, h.factorDamp = u, damp
+	return u, nil
+}
+
+func sparseGPTFactorOf(h *Hessian, damp float64) ([]float64, error) {
 	d := h.D
 	a := make([]float64, d*d)
 	scale := 2 / float64(h.N)
