@@ -596,7 +596,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 			var pre *calibResult
 			if calib != nil {
 				li, _ := layerOf(name)
-				if err := calib.ensure(li); err != nil {
+				if err := calib.ensure(ctx, li); err != nil {
 					return nil, err
 				}
 				if pre = calib.take(name); pre == nil || pre.p != wp {

@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"github.com/slopeml/slope/format/slopepb"
@@ -204,6 +205,9 @@ type SparseGPTOptions struct {
 	// Damp is the fraction of mean(diag H) added to H's diagonal (0:
 	// 0.01).
 	Damp float64
+	// Context, when set, stops the rows' work early when it is done (the
+	// call then returns its error).
+	Context context.Context
 }
 
 // ErrNotPositiveDefinite is wrapped when a damped Hessian has no Cholesky
@@ -291,7 +295,7 @@ func SparseGPT(p format.NM, rows, cols int, w []float32, h *Hessian, o SparseGPT
 			errs := make([]float64, chunk*bs)
 			for {
 				ci := int(next.Add(1)) - 1
-				if ci >= nchunks {
+				if ci >= nchunks || o.Context != nil && o.Context.Err() != nil {
 					return
 				}
 				r0, r1 := ci*chunk, min((ci+1)*chunk, rows)
@@ -300,6 +304,11 @@ func SparseGPT(p format.NM, rows, cols int, w []float32, h *Hessian, o SparseGPT
 		}()
 	}
 	wg.Wait()
+	if o.Context != nil {
+		if err := o.Context.Err(); err != nil {
+			return nil, nil, err
+		}
+	}
 	return ws, keep, nil
 }
 

@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strings"
@@ -54,6 +55,9 @@ type calibrator struct {
 	method string
 	decide func(name string, t *Tensor) (prune bool, reason string, p format.NM)
 	round  func(src slopepb.DType, x []float32)
+	// ctx cancels the layer in progress between its nodes and weights
+	// (set by ensure).
+	ctx    context.Context
 	sgpt   SparseGPTOptions
 	be     ops.Backend
 	call   *ops.Call
@@ -219,8 +223,9 @@ func (c *calibrator) forward(n *onnxpb.NodeProto, id int, w memWeights, vals map
 }
 
 // ensure prunes the layers up to and including layer li (in order).
-func (c *calibrator) ensure(li int) error {
+func (c *calibrator) ensure(ctx context.Context, li int) error {
 	for c.next <= li && c.next < len(c.layers) {
+		c.ctx = ctx
 		if err := c.layer(c.next); err != nil {
 			return fmt.Errorf("calibrated pruning (%s) of decoder layer %d: %w", c.method, c.next, err)
 		}
@@ -261,6 +266,11 @@ func (c *calibrator) layer(li int) error {
 	stats := map[string]*inputStats{}
 	rep := LayerReport{Layer: li, Layers: len(c.layers)}
 	for k, n := range nodes {
+		if c.ctx != nil {
+			if err := c.ctx.Err(); err != nil {
+				return err
+			}
+		}
 		if n.OpType == ops.OpLinear && len(n.Input) > 1 {
 			name := n.Input[1]
 			t := w[name]
@@ -327,7 +337,9 @@ func (c *calibrator) prune(name string, t *Tensor, p format.NM, x *ops.Value, st
 				return nil, fmt.Errorf("weight %s: %w", name, err)
 			}
 		}
-		if r.ws, r.keep, err = SparseGPT(p, out, in, t.Data, st.h, c.sgpt); err != nil {
+		o := c.sgpt
+		o.Context = c.ctx
+		if r.ws, r.keep, err = SparseGPT(p, out, in, t.Data, st.h, o); err != nil {
 			return nil, fmt.Errorf("weight %s: %w", name, err)
 		}
 	default:
