@@ -218,6 +218,15 @@ func (c *calibrator) forward(n *onnxpb.NodeProto, id int, w memWeights, vals map
 	if err := step.Forward(c.call, in, out); err != nil {
 		return fmt.Errorf("calibration: node %q (%s): %w", n.Name, n.OpType, err)
 	}
+	// Say where activations stop being finite (the pruning's own errors,
+	// a NaN score or a non-positive-definite Hessian, would not).
+	for i, v := range out.Data {
+		if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
+			r := i / out.Dim
+			return fmt.Errorf("calibration: node %q (%s) outputs %g at sample %d, token %d, column %d: the source's weights or the calibration tokens give non-finite activations",
+				n.Name, n.OpType, v, r/c.call.Seq, r%c.call.Seq, i%out.Dim)
+		}
+	}
 	vals[n.Output[0]] = out
 	return nil
 }
