@@ -128,11 +128,12 @@ func NewHessian(d int) *Hessian { return &Hessian{D: d, Sum: make([]float64, d*d
 // Add adds the rows of the row-major [rows, D] x. The result does not
 // depend on the number of cores.
 //
-// The product XᵀX of one call runs on the CPU backend's float32 GEMM
-// (SIMD, all cores; each entry a float32 dot product over the call's rows,
-// as PyTorch's reference implementation computes H), in blocks of
-// hessianBlock output rows to bound memory, and is accumulated into Sum
-// in float64, symmetrised from the lower triangle.
+// The product XᵀX runs on the CPU backend's float32 GEMM (SIMD, all
+// cores) over chunks of hessianRows rows (each entry a float32 dot product
+// over a chunk's rows, as PyTorch's reference implementation computes H
+// over a batch), in blocks of hessianBlock output rows to bound memory,
+// and is accumulated into Sum in float64, symmetrised from the lower
+// triangle.
 func (h *Hessian) Add(x []float32, rows int) error {
 	h.factor = nil
 	d := h.D
@@ -142,6 +143,22 @@ func (h *Hessian) Add(x []float32, rows int) error {
 	if len(x) < rows*d {
 		return fmt.Errorf("hessian: %d values for %d rows of %d", len(x), rows, d)
 	}
+	// In chunks of hessianRows rows: the transposes and the GEMM's panels
+	// are sized by a chunk, not by every calibration token at once.
+	for r0 := 0; r0 < rows; r0 += hessianRows {
+		r1 := min(r0+hessianRows, rows)
+		if err := h.add(x[r0*d:r1*d], r1-r0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hessianRows is the chunk of rows Hessian.Add multiplies at once.
+const hessianRows = 2048
+
+func (h *Hessian) add(x []float32, rows int) error {
+	d := h.D
 	// Xᵀ [d, rows]: the "weight" (d outputs over rows inputs) and the
 	// input rows of y = Xᵀ·(Xᵀ)ᵀ.
 	xt := make([]float32, d*rows)

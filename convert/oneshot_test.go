@@ -295,3 +295,41 @@ func TestSparseGPTDeadInputs(t *testing.T) {
 		t.Errorf("kept %d of %d weights of dead inputs", kept, rows*cols/4)
 	}
 }
+
+// Hessian.Add over more rows than one chunk matches a float64 XᵀX, and a
+// later Add drops the cached SparseGPT factor.
+func TestHessianChunks(t *testing.T) {
+	const d = 12
+	n := 2*hessianRows + 37
+	x := synthCalib(n, d, 4, 9)
+	h := NewHessian(d)
+	if err := h.Add(x, n); err != nil {
+		t.Fatal(err)
+	}
+	for a := 0; a < d; a++ {
+		for b := 0; b < d; b++ {
+			var s, scale float64
+			for r := 0; r < n; r++ {
+				p := float64(x[r*d+a]) * float64(x[r*d+b])
+				s += p
+				scale += math.Abs(p)
+			}
+			if math.Abs(s-h.Sum[a*d+b]) > 2e-6*scale {
+				t.Fatalf("XᵀX[%d][%d] = %g, want %g", a, b, h.Sum[a*d+b], s)
+			}
+		}
+	}
+	u1, err := sparseGPTFactor(h, 0.01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u2, _ := sparseGPTFactor(h, 0.01); &u2[0] != &u1[0] {
+		t.Error("the factor was not reused")
+	}
+	if err := h.Add(x[:d*100], 100); err != nil {
+		t.Fatal(err)
+	}
+	if u3, _ := sparseGPTFactor(h, 0.01); &u3[0] == &u1[0] {
+		t.Error("the factor outlived an Add")
+	}
+}
