@@ -308,7 +308,18 @@ func WriteOPTONNXFunc(path string, cfg ONNXConfig, headers []TensorHeader, data 
 	if err != nil {
 		return fmt.Errorf("onnx %s: %w", path, err)
 	}
-	return os.WriteFile(path, model, 0o644)
+	// Beside path, then renamed over it: a failed write leaves no
+	// truncated model under its name.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, model, 0o644); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("onnx %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("onnx %s: %w", path, err)
+	}
+	return nil
 }
 
 func equalInts(a, b []int) bool {
