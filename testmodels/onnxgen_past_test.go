@@ -94,26 +94,7 @@ func oxRunGraph(t *testing.T, path string, inputs map[string]*oxTensor) map[stri
 				y.i = append(y.i, int64(d))
 			}
 		case "Squeeze", "Unsqueeze":
-			axes := x[1].ints()
-			y = &oxTensor{isInt: x[0].isInt, i: x[0].i, f: x[0].f}
-			if n.OpType == "Squeeze" {
-				for k, d := range x[0].shape {
-					if !slices.Contains(axes, int64(k)) {
-						y.shape = append(y.shape, d)
-					}
-				}
-			} else {
-				r := len(x[0].shape) + len(axes)
-				src := 0
-				for k := 0; k < r; k++ {
-					if slices.Contains(axes, int64(k)) {
-						y.shape = append(y.shape, 1)
-					} else {
-						y.shape = append(y.shape, x[0].shape[src])
-						src++
-					}
-				}
-			}
+			y = oxSqueeze(n.OpType, x)
 		case "Range":
 			y = oxInts(nil, nil)
 			for v := x[0].i[0]; v < x[1].i[0]; v += x[2].i[0] {
@@ -160,21 +141,11 @@ func oxRunGraph(t *testing.T, path string, inputs map[string]*oxTensor) map[stri
 				}
 			}
 		case "LessOrEqual":
-			y = oxBinary(x[0], x[1], func(a, b float64) float64 { return map[bool]float64{true: 1}[a <= b] })
+			y = oxLessOrEqual(x)
 		case "And":
 			y = oxBinary(x[0], x[1], func(a, b float64) float64 { return map[bool]float64{true: 1}[a != 0 && b != 0] })
 		case "Where":
-			if x[1].size() != 1 || x[2].size() != 1 || !x[0].isInt {
-				t.Fatalf("node %s: Where on %v %v %v", n.Name, x[0].shape, x[1].shape, x[2].shape)
-			}
-			y = &oxTensor{shape: x[0].shape, f: make([]float64, len(x[0].i))}
-			for k, c := range x[0].i {
-				if c != 0 {
-					y.f[k] = x[1].f[0]
-				} else {
-					y.f[k] = x[2].f[0]
-				}
-			}
+			y = oxWhere(t, n.Name, x)
 		case "Cast":
 			switch onnxpb.TensorProto_DataType(attr["to"].I) {
 			case onnxpb.TensorProto_FLOAT:

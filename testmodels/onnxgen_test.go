@@ -277,13 +277,12 @@ func oxRun(t *testing.T, path string, ids [][]int64) *oxTensor {
 			for _, d := range s[start:end] {
 				y.i = append(y.i, int64(d))
 			}
-		case "Squeeze":
-			y = &oxTensor{isInt: x[0].isInt, i: x[0].i, f: x[0].f}
-			for k, d := range x[0].shape {
-				if !slices.Contains(x[1].ints(), int64(k)) {
-					y.shape = append(y.shape, d)
-				}
-			}
+		case "Squeeze", "Unsqueeze":
+			y = oxSqueeze(n.OpType, x)
+		case "LessOrEqual":
+			y = oxLessOrEqual(x)
+		case "Where":
+			y = oxWhere(t, n.Name, x)
 		case "Range":
 			y = &oxTensor{isInt: true}
 			for v := x[0].i[0]; v < x[1].i[0]; v += x[2].i[0] {
@@ -902,4 +901,52 @@ func TestWriteOPTONNXErrors(t *testing.T) {
 	if err := WriteOPTONNX(filepath.Join(t.TempDir(), "m.onnx"), tied, keep, ONNXOptions{}); err != nil {
 		t.Errorf("tied with lm_head.weight: %v", err)
 	}
+}
+
+// oxSqueeze is Squeeze or Unsqueeze (op) of x[0] at the axes x[1].
+func oxSqueeze(op string, x []*oxTensor) *oxTensor {
+	axes := x[1].ints()
+	y := &oxTensor{isInt: x[0].isInt, i: x[0].i, f: x[0].f}
+	if op == "Squeeze" {
+		for k, d := range x[0].shape {
+			if !slices.Contains(axes, int64(k)) {
+				y.shape = append(y.shape, d)
+			}
+		}
+		return y
+	}
+	r := len(x[0].shape) + len(axes)
+	src := 0
+	for k := 0; k < r; k++ {
+		if slices.Contains(axes, int64(k)) {
+			y.shape = append(y.shape, 1)
+		} else {
+			y.shape = append(y.shape, x[0].shape[src])
+			src++
+		}
+	}
+	return y
+}
+
+// oxLessOrEqual is x[0] <= x[1], broadcast, as 1 or 0.
+func oxLessOrEqual(x []*oxTensor) *oxTensor {
+	return oxBinary(x[0], x[1], func(a, b float64) float64 { return map[bool]float64{true: 1}[a <= b] })
+}
+
+// oxWhere picks the scalar x[1] where the condition x[0] is set, x[2]
+// elsewhere.
+func oxWhere(t *testing.T, node string, x []*oxTensor) *oxTensor {
+	t.Helper()
+	if x[1].size() != 1 || x[2].size() != 1 || !x[0].isInt {
+		t.Fatalf("node %s: Where on %v %v %v", node, x[0].shape, x[1].shape, x[2].shape)
+	}
+	y := &oxTensor{shape: x[0].shape, f: make([]float64, len(x[0].i))}
+	for k, c := range x[0].i {
+		if c != 0 {
+			y.f[k] = x[1].f[0]
+		} else {
+			y.f[k] = x[2].f[0]
+		}
+	}
+	return y
 }
