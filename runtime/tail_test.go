@@ -5,8 +5,6 @@ import (
 	"slices"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/slopeml/slope/convert"
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/onnxpb"
@@ -25,32 +23,11 @@ func TestGenerateNodeAfterLMHead(t *testing.T) {
 		t.Fatal(err)
 	}
 	tail := filepath.Join(dir, "tail.slope")
-	f, err := format.Open(plain, nil)
+	err := format.Rewrite(plain, tail, func(m *slopepb.Manifest) {
+		m.Graph.Node = append(m.Graph.Node, &onnxpb.NodeProto{Name: "after_head", OpType: ops.OpRelu, Domain: "ai.slope",
+			Input: []string{"logits"}, Output: []string{"unused"}})
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := format.Create(tail, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range f.Tensors() {
-		raw, err := f.Raw(d.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := proto.Clone(d).(*slopepb.Tensor)
-		c.Offset, c.Length, c.RawLength, c.Xxh3 = 0, 0, 0, 0
-		c.Compression = slopepb.Compression_COMPRESSION_NONE
-		if err := w.WriteTensor(c, raw); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m := proto.Clone(f.Manifest()).(*slopepb.Manifest)
-	f.Close()
-	m.Graph.Node = append(m.Graph.Node, &onnxpb.NodeProto{Name: "after_head", OpType: ops.OpRelu, Domain: "ai.slope", Input: []string{"logits"}, Output: []string{"unused"}})
-	wm := w.Manifest()
-	wm.Architecture, wm.Graph, wm.OpsetImport, wm.Tokenizer, wm.Metadata = m.Architecture, m.Graph, m.OpsetImport, m.Tokenizer, m.Metadata
-	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
 	prompts := [][]int32{{2, 100, 200, 300}, {2, 7, 8, 9, 10, 11}}
