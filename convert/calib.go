@@ -75,72 +75,88 @@ type CalibSpec struct {
 // seeded with Seed, so the same file and seed give the same samples.
 // Errors name the file.
 func LoadCalibration(c CalibSpec) ([][]int32, error) {
+	samples, _, err := loadCalibration(c)
+	return samples, err
+}
+
+// loadCalibration is LoadCalibration, also returning the SHA-256 of the
+// bytes it read (the file is read once; a token file is not copied into
+// a stream of ids).
+func loadCalibration(c CalibSpec) ([][]int32, [32]byte, error) {
+	var sum [32]byte
+	fail := func(err error) ([][]int32, [32]byte, error) { return nil, sum, err }
 	if c.Samples < 1 {
-		return nil, fmt.Errorf("--calib-samples %d: want at least 1", c.Samples)
+		return fail(fmt.Errorf("--calib-samples %d: want at least 1", c.Samples))
 	}
 	if c.SeqLen < 2 {
-		return nil, fmt.Errorf("--calib-seqlen %d: want at least 2", c.SeqLen)
+		return fail(fmt.Errorf("--calib-seqlen %d: want at least 2", c.SeqLen))
 	}
 	raw, err := os.ReadFile(c.Path)
 	if err != nil {
-		return nil, fmt.Errorf("--calib: %w", err)
+		return fail(fmt.Errorf("--calib: %w", err))
 	}
-	var stream []int32
+	sum = sha256.Sum256(raw)
+	// The stream of ids: n of them, the i-th by at.
+	var n int
+	var at func(i int) int32
 	var prefix []int32
 	switch c.Format {
 	case CalibText:
 		if c.Tokenizer == nil {
-			return nil, fmt.Errorf("--calib %s: a text file needs the model's tokenizer, and the model has none (give token ids: a .bin/.u16 or .u32 file)", c.Path)
+			return fail(fmt.Errorf("--calib %s: a text file needs the model's tokenizer, and the model has none (give token ids: a .bin/.u16 or .u32 file)", c.Path))
 		}
 		tok, err := c.Tokenizer()
 		if err != nil {
-			return nil, fmt.Errorf("--calib %s: a text file needs the model's tokenizer: %w", c.Path, err)
+			return fail(fmt.Errorf("--calib %s: a text file needs the model's tokenizer: %w", c.Path, err))
 		}
-		for _, id := range tok.Encode(string(raw)) {
-			stream = append(stream, int32(id))
-		}
+		enc := tok.Encode(string(raw))
+		n, at = len(enc), func(i int) int32 { return int32(enc[i]) }
 		prefix = []int32{int32(c.BOS)}
 	case CalibU16:
 		if len(raw)%2 != 0 {
-			return nil, fmt.Errorf("--calib %s: %d bytes is not a whole number of uint16 token ids", c.Path, len(raw))
+			return fail(fmt.Errorf("--calib %s: %d bytes is not a whole number of uint16 token ids", c.Path, len(raw)))
 		}
-		stream = make([]int32, len(raw)/2)
-		for i := range stream {
-			stream[i] = int32(binary.LittleEndian.Uint16(raw[2*i:]))
-		}
+		n, at = len(raw)/2, func(i int) int32 { return int32(binary.LittleEndian.Uint16(raw[2*i:])) }
 	case CalibU32:
 		if len(raw)%4 != 0 {
-			return nil, fmt.Errorf("--calib %s: %d bytes is not a whole number of uint32 token ids", c.Path, len(raw))
+			return fail(fmt.Errorf("--calib %s: %d bytes is not a whole number of uint32 token ids", c.Path, len(raw)))
 		}
-		stream = make([]int32, len(raw)/4)
-		for i := range stream {
+		n = len(raw) / 4
+		at = func(i int) int32 {
 			v := binary.LittleEndian.Uint32(raw[4*i:])
 			if v >= 1<<31 {
-				return nil, fmt.Errorf("--calib %s: token %d is id %d, not below the vocabulary size %d", c.Path, i, v, c.Vocab)
+				return -1 // out of range, refused below
 			}
-			stream[i] = int32(v)
+			return int32(v)
 		}
 	default:
-		return nil, fmt.Errorf("--calib-format %q: want text, u16 or u32", c.Format)
+		return fail(fmt.Errorf("--calib-format %q: want text, u16 or u32", c.Format))
 	}
-	for i, id := range stream {
-		if id < 0 || int(id) >= c.Vocab {
-			return nil, fmt.Errorf("--calib %s: token %d is id %d, not below the model's vocabulary size %d", c.Path, i, id, c.Vocab)
+	for i := range n {
+		if id := at(i); id < 0 || int(id) >= c.Vocab {
+			if c.Format == CalibU32 {
+				return fail(fmt.Errorf("--calib %s: token %d is id %d, not below the model's vocabulary size %d", c.Path, i, binary.LittleEndian.Uint32(raw[4*i:]), c.Vocab))
+			}
+			return fail(fmt.Errorf("--calib %s: token %d is id %d, not below the model's vocabulary size %d", c.Path, i, id, c.Vocab))
 		}
 	}
 	need := c.SeqLen - len(prefix)
-	if len(stream) < need {
-		return nil, fmt.Errorf("--calib %s: %d tokens, a sample of --calib-seqlen %d needs %d", c.Path, len(stream), c.SeqLen, need)
+	if n < need {
+		return fail(fmt.Errorf("--calib %s: %d tokens, a sample of --calib-seqlen %d needs %d", c.Path, n, c.SeqLen, need))
 	}
 	h := fnv.New64a()
 	h.Write([]byte("calibration"))
 	rng := rand.New(rand.NewPCG(c.Seed, h.Sum64()))
 	out := make([][]int32, c.Samples)
 	for s := range out {
-		off := rng.IntN(len(stream) - need + 1)
-		out[s] = append(append(make([]int32, 0, c.SeqLen), prefix...), stream[off:off+need]...)
+		off := rng.IntN(n - need + 1)
+		w := append(make([]int32, 0, c.SeqLen), prefix...)
+		for i := off; i < off+need; i++ {
+			w = append(w, at(i))
+		}
+		out[s] = w
 	}
-	return out, nil
+	return out, sum, nil
 }
 
 // planCalib checks the calibration options against the method: nil for
@@ -203,15 +219,10 @@ func startCalibration(src Source, o Options, c *CalibSpec, method string, ruleFo
 		}
 		c.Tokenizer = func() (*tokenizer.BPE, error) { return tokenizer.LoadDir(dir) }
 	}
-	samples, err := LoadCalibration(*c)
+	samples, sum, err := loadCalibration(*c)
 	if err != nil {
 		return nil, nil, err
 	}
-	raw, err := os.ReadFile(c.Path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--calib: %w", err)
-	}
-	sum := sha256.Sum256(raw)
 	prov := &slopepb.Calibration{
 		Description: fmt.Sprintf("%s pruning calibrated on %s (%s): %d samples of %d tokens drawn with seed %d", method, filepath.Base(c.Path), c.Format, c.Samples, c.SeqLen, c.Seed),
 		Source:      c.Path, Samples: uint64(c.Samples), SeqLen: uint64(c.SeqLen), Seed: c.Seed, Sha256: hex.EncodeToString(sum[:]),
