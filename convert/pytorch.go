@@ -331,7 +331,13 @@ func (p *PytorchBin) checkStorage(files map[string]*zip.File, ts *torchStorage) 
 		}
 		s.stored, s.dataAt = true, at
 	case zip.Deflate:
-		// Read as a stream.
+		// Read as a stream. Deflate expands at most about 1032:1, so a
+		// header that claims more is corrupt (or a bomb): refuse it before
+		// allocating what it claims.
+		if f.UncompressedSize64 > 1032*f.CompressedSize64+1024 {
+			return nil, fmt.Errorf("%s: deflated record of %d bytes claims %d bytes, more than deflate can expand to: %w",
+				entry, f.CompressedSize64, f.UncompressedSize64, ErrPytorchBin)
+		}
 	default:
 		return nil, fmt.Errorf("%s: compression method %d not supported: %w", entry, f.Method, ErrPytorchBin)
 	}
