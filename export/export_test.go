@@ -176,12 +176,31 @@ func forward(t *testing.T, path string, ids [][]int32) [][][]float32 {
 	return l
 }
 
-func maxDiff(a, b [][][]float32) float64 {
+// maxDiff is the largest |a - b| (over positions whose mask is 1 when
+// mask is given); +Inf for a NaN or a shape mismatch, so that no
+// "d > tol" check passes them.
+func maxDiff(a, b [][][]float32, mask ...[][]int32) float64 {
 	var d float64
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
 	for i := range a {
+		if len(a[i]) != len(b[i]) {
+			return math.Inf(1)
+		}
 		for j := range a[i] {
+			if len(mask) > 0 && mask[0][i][j] == 0 {
+				continue
+			}
+			if len(a[i][j]) != len(b[i][j]) {
+				return math.Inf(1)
+			}
 			for k := range a[i][j] {
-				d = max(d, math.Abs(float64(a[i][j][k])-float64(b[i][j][k])))
+				e := math.Abs(float64(a[i][j][k]) - float64(b[i][j][k]))
+				if math.IsNaN(e) {
+					return math.Inf(1)
+				}
+				d = max(d, e)
 			}
 		}
 	}
@@ -212,7 +231,7 @@ func TestExportAdapters(t *testing.T) {
 			want := forward(t, a, ids)
 			diff := maxDiff(want, forward(t, d, ids))
 			t.Logf("max |Δlogit| adapted container vs dense export: %.3g", diff)
-			if diff > 1e-4 {
+			if !(diff <= 1e-4) {
 				t.Errorf("max |Δlogit| %.3g > 1e-4", diff)
 			}
 			// Without adapters the export differs: the adapters were merged.
@@ -269,8 +288,19 @@ func ortPackage(t *testing.T) (node, pkg string) {
 // ortLogits runs the ONNX model in ONNX Runtime via testdata/ort_run.mjs.
 func ortLogits(t *testing.T, model string, ids [][]int32, prefill int) (logits [][][]float32, inputs, outputs []string) {
 	t.Helper()
+	return ortLogitsMasked(t, model, ids, nil, prefill)
+}
+
+// ortLogitsMasked is ortLogits with an attention mask for a with-past
+// model (nil: every token).
+func ortLogitsMasked(t *testing.T, model string, ids, mask [][]int32, prefill int) (logits [][][]float32, inputs, outputs []string) {
+	t.Helper()
 	node, pkg := ortPackage(t)
-	req, _ := json.Marshal(map[string]any{"model": model, "ids": ids, "prefill": prefill})
+	r := map[string]any{"model": model, "ids": ids, "prefill": prefill}
+	if mask != nil {
+		r["mask"] = mask
+	}
+	req, _ := json.Marshal(r)
 	rp := filepath.Join(t.TempDir(), "req.json")
 	if err := os.WriteFile(rp, req, 0o644); err != nil {
 		t.Fatal(err)
@@ -328,10 +358,44 @@ func TestExportONNXRuntime(t *testing.T) {
 			}
 			diff := maxDiff(forward(t, a, ids), got)
 			t.Logf("max |Δlogit| ONNX Runtime vs runtime: %.3g", diff)
-			if diff > 1e-4 {
+			if !(diff <= 1e-4) {
 				t.Errorf("max |Δlogit| %.3g > 1e-4", diff)
 			}
 		})
+	}
+}
+
+// TestExportONNXRuntimePadded: a with-past export in ONNX Runtime, fed a
+// left-padded batch and its attention mask (prefill, then one token at a
+// time), matches the runtime's logits on the real tokens.
+func TestExportONNXRuntimePadded(t *testing.T) {
+	a := toSlope(t, "", convert.Options{NM: "2:4"})
+	model := exportTo(t, a, export.Options{To: export.ToONNX, WithPast: true})
+	ids := testIDs(512)
+	mask := make([][]int32, len(ids))
+	for b := range ids {
+		mask[b] = make([]int32, len(ids[b]))
+		for p := range mask[b] {
+			mask[b][p] = 1
+			if b == 1 && p < 3 {
+				ids[b][p], mask[b][p] = 1, 0 // left padding
+			}
+		}
+	}
+	got, _, _ := ortLogitsMasked(t, model, ids, mask, 6)
+	m, err := runtime.Open(a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	want, err := m.Forward(ids, mask)
+	if err != nil {
+		t.Fatal(err)
+	}
+	diff := maxDiff(want, got, mask)
+	t.Logf("max |Δlogit| on real tokens, padded batch: %.3g", diff)
+	if !(diff <= 1e-4) {
+		t.Errorf("max |Δlogit| %.3g > 1e-4", diff)
 	}
 }
 
@@ -360,7 +424,7 @@ func TestExportONNXFamilies(t *testing.T) {
 			got, _, _ := ortLogits(t, model, ids, 3)
 			diff := maxDiff(forward(t, a, ids), got)
 			t.Logf("max |Δlogit|: %.3g", diff)
-			if diff > 1e-4 {
+			if !(diff <= 1e-4) {
 				t.Errorf("max |Δlogit| %.3g > 1e-4", diff)
 			}
 		})

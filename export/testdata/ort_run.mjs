@@ -3,11 +3,12 @@
 // the export package's tests.
 //
 // Usage: node ort_run.mjs REQUEST.json
-//   REQUEST: {"model": "m.onnx", "ids": [[...], ...], "prefill": K}
+//   REQUEST: {"model": "m.onnx", "ids": [[...], ...], "prefill": K, "mask": [[...], ...]}
 // A model without past inputs is run once on all ids. A with-past model
 // (attention_mask and past_key_values.* inputs) is run on the first K ids
 // of every row with empty pasts (K = 0 or absent: all of them), then one
-// token at a time, feeding present.* back as past_key_values.*.
+// token at a time, feeding present.* back as past_key_values.*; its
+// attention_mask is the request's mask (1 for every token when absent).
 // Output: {"logits": [batch][seq][vocab], "inputs": [...], "outputs": [...]}.
 // onnxruntime-node is loaded from $ORT_PATH (the package directory).
 // Exit status 2 when it cannot be loaded.
@@ -56,7 +57,7 @@ async function main() {
       const n = pos === 0 ? k : 1;
       const feeds = {
         input_ids: i64(ids.map((r) => r.slice(pos, pos + n))),
-        attention_mask: i64(ids.map(() => new Array(pos + n).fill(1))),
+        attention_mask: i64(ids.map((_, b) => (req.mask ? req.mask[b].slice(0, pos + n) : new Array(pos + n).fill(1)))),
         ...kv,
       };
       const out = await session.run(feeds);
