@@ -111,7 +111,9 @@ func loadCalibration(c CalibSpec) ([][]int32, [32]byte, error) {
 		}
 		enc := tok.Encode(string(raw))
 		n, at = len(enc), func(i int) int32 { return int32(enc[i]) }
-		prefix = []int32{int32(c.BOS)}
+		if c.BOS >= 0 { // bos_token_id null in the config: none
+			prefix = []int32{int32(c.BOS)}
+		}
 	case CalibU16:
 		if len(raw)%2 != 0 {
 			return fail(fmt.Errorf("--calib %s: %d bytes is not a whole number of uint16 token ids", c.Path, len(raw)))

@@ -58,6 +58,9 @@ func (s *randomSource) Tensor(name string) (*Tensor, error) {
 	}
 	n := 1
 	for _, d := range sp.Shape {
+		if d < 0 || d > 0 && n > maxInitElements/d {
+			return nil, fmt.Errorf("random init: weight %q of shape %v: more than %d elements (check the config's sizes)", name, sp.Shape, maxInitElements)
+		}
 		n *= d
 	}
 	data := make([]float32, n)
@@ -101,6 +104,10 @@ func RandomMask(p format.NM, rows, cols int, rng *rand.Rand) ([]bool, error) {
 	return keep, nil
 }
 
+// maxInitElements bounds one tensor of a random initialisation (the
+// format's cap on elements per tensor would not fit in memory anyway).
+const maxInitElements = 1 << 34
+
 // InitOptions configure Init.
 type InitOptions struct {
 	// Config is an OPT config.json (transformers' format).
@@ -120,6 +127,11 @@ func Init(o InitOptions) (*Result, error) {
 	if o.Config == "" {
 		return nil, fmt.Errorf("--config: an OPT config.json is required")
 	}
+	if ci, err := os.Stat(o.Config); err == nil {
+		if oi, err := os.Stat(o.Out); err == nil && os.SameFile(ci, oi) {
+			return nil, fmt.Errorf("--out %s is the --config file", o.Out)
+		}
+	}
 	b, err := os.ReadFile(o.Config)
 	if err != nil {
 		return nil, fmt.Errorf("--config: %w", err)
@@ -129,8 +141,12 @@ func Init(o InitOptions) (*Result, error) {
 		return nil, err
 	}
 	dt := o.DType
-	if dt == "" || dt == "keep" {
+	switch dt {
+	case "", "keep":
 		dt = "fp32"
+	case "fp32", "fp16", "bf16":
+	default:
+		return nil, fmt.Errorf("--dtype %q: want fp32, fp16 or bf16", o.DType)
 	}
 	return DenseToSlope(context.Background(), Options{In: "init:" + o.Config, Source: RandomSource(cfg, o.Seed),
 		Out: o.Out, NM: o.NM, NMLayers: o.NMLayers, DType: dt, Seed: o.Seed, Method: MethodRandom,

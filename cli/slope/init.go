@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -28,6 +30,7 @@ func newInitCmd() *cobra.Command {
 			if o.Out == "" {
 				return usagef(cmd, "--out is required")
 			}
+			o.Command = "slope " + strings.Join(os.Args[1:], " ")
 			res, err := convert.Init(o)
 			if err != nil {
 				return err

@@ -46,7 +46,10 @@ func promptIDs(m *slopert.Model, text, ids string) ([]int32, *tokenizer.BPE, err
 	if c := m.Config(); c != nil {
 		bos = int(c.BosTokenId)
 	}
-	enc := tok.EncodeWithBOS(text, bos)
+	enc := tok.Encode(text) // a config without a BOS (bos_token_id null: -1) adds none
+	if bos >= 0 {
+		enc = tok.EncodeWithBOS(text, bos)
+	}
 	out := make([]int32, len(enc))
 	for i, v := range enc {
 		out[i] = int32(v)

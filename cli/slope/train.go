@@ -395,7 +395,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		}
 		loss := sum / float64(n*fl.batch)
 		prog.line(fmt.Sprintf("eval step %d: loss %.4f ppl %.2f (%d batches)", tr.StepCount(), loss, math.Exp(loss), n))
-		return enc.Encode(trainRecord{Type: "eval", Step: tr.StepCount(), Loss: loss, PPL: math.Exp(loss), ElapsedS: time.Since(start).Seconds()})
+		rec := trainRecord{Type: "eval", Step: tr.StepCount(), Loss: loss, ElapsedS: time.Since(start).Seconds()}
+		if ppl := math.Exp(loss); !math.IsInf(ppl, 0) && !math.IsNaN(ppl) {
+			rec.PPL = ppl // JSON has no Inf: a loss above ~709.78 records no ppl
+		}
+		return enc.Encode(rec)
 	}
 	if tr.StepCount() >= fl.steps {
 		return fmt.Errorf("checkpoint is at step %d, --steps %d leaves nothing to do", tr.StepCount(), fl.steps)
