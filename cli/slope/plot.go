@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"image/color"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -39,8 +41,8 @@ func newPlotCmd() *cobra.Command {
 			if out == "" {
 				return usagef(cmd, "--out is required")
 			}
-			if width <= 0 || height <= 0 {
-				return usagef(cmd, "--width and --height must be positive")
+			if !(width > 0 && width <= 200) || !(height > 0 && height <= 200) {
+				return usagef(cmd, "--width and --height must be in (0, 200] inches")
 			}
 			if err := plotLogs(args, out, vg.Length(width)*vg.Inch, vg.Length(height)*vg.Inch); err != nil {
 				return err
@@ -79,17 +81,24 @@ func readRunLoss(path string) (*runLoss, error) {
 		if len(strings.TrimSpace(string(b))) == 0 {
 			continue
 		}
-		var rec trainRecord
+		var rec struct {
+			Type string   `json:"type"`
+			Step int      `json:"step"`
+			Loss *float64 `json:"loss"`
+		}
 		if err := json.Unmarshal(b, &rec); err != nil {
 			return nil, fmt.Errorf("%s:%d: not a slope train log record: %w", path, line, err)
 		}
 		if rec.Type == "memory" {
 			continue // the run's memory summary, no loss
 		}
-		if math.IsNaN(rec.Loss) || math.IsInf(rec.Loss, 0) {
-			continue // a diverged step cannot be drawn
+		if rec.Loss == nil {
+			return nil, fmt.Errorf("%s:%d: a %s record without a loss", path, line, rec.Type)
 		}
-		pt := plotter.XY{X: float64(rec.Step), Y: rec.Loss}
+		if math.Abs(*rec.Loss) > 1e30 {
+			continue // a diverged step cannot be drawn (nor an axis spanning it)
+		}
+		pt := plotter.XY{X: float64(rec.Step), Y: *rec.Loss}
 		switch rec.Type {
 		case "step":
 			r.train = append(r.train, pt)
@@ -105,7 +114,26 @@ func readRunLoss(path string) (*runLoss, error) {
 	if len(r.train)+len(r.eval) == 0 {
 		return nil, fmt.Errorf("%s: no step or eval records", path)
 	}
+	// A resumed run appends to its log and repeats the steps after its
+	// checkpoint: keep the last record of each step, in step order.
+	r.train, r.eval = lastByStep(r.train), lastByStep(r.eval)
 	return r, nil
+}
+
+// lastByStep keeps the last point of each step (X), sorted by step.
+func lastByStep(pts plotter.XYs) plotter.XYs {
+	last := map[float64]int{}
+	for i, p := range pts {
+		last[p.X] = i
+	}
+	out := make(plotter.XYs, 0, len(last))
+	for i, p := range pts {
+		if last[p.X] == i {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
+	return out
 }
 
 // plotLogs draws the logs' losses into out.
@@ -116,10 +144,17 @@ func plotLogs(paths []string, out string, w, h vg.Length) error {
 	p.Y.Label.Text = "cross-entropy (nats/token)"
 	p.Legend.Top = true
 	p.Add(plotter.NewGrid())
+	base := map[string]int{}
+	for _, path := range paths {
+		base[strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))]++
+	}
 	for i, path := range paths {
 		r, err := readRunLoss(path)
 		if err != nil {
 			return err
+		}
+		if base[r.name] > 1 {
+			r.name = strings.TrimSuffix(path, filepath.Ext(path)) // two runs' logs share a name
 		}
 		c := plotutil.Color(i)
 		if len(r.train) > 0 {

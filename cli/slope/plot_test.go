@@ -55,3 +55,47 @@ func TestPlotCommand(t *testing.T) {
 		t.Fatalf("no --out: exit %d", code)
 	}
 }
+
+// A resumed run's log repeats steps: the reader keeps each step's last
+// record, in step order; a record without a loss, a width that is not a
+// finite size and losses too large for an axis are handled.
+func TestPlotEdges(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "run.jsonl")
+	var b strings.Builder
+	for _, s := range []int{1, 2, 3, 4, 2, 3, 4, 5} { // resumed after step 1
+		fmt.Fprintf(&b, `{"type":"step","step":%d,"loss":%d,"elapsed_s":0}`+"\n", s, 10+s)
+	}
+	fmt.Fprintf(&b, `{"type":"step","step":6,"loss":1e308,"elapsed_s":0}`+"\n")
+	if err := os.WriteFile(log, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := readRunLoss(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.train) != 5 || r.train[0].X != 1 || r.train[4].X != 5 {
+		t.Fatalf("train points %v", r.train)
+	}
+	for i := 1; i < len(r.train); i++ {
+		if r.train[i].X <= r.train[i-1].X {
+			t.Fatalf("steps out of order: %v", r.train)
+		}
+	}
+	out := filepath.Join(dir, "p.png")
+	for _, w := range []string{"NaN", "+Inf", "1e9", "0"} {
+		if code, _, stderr := runSlope("plot", log, "--out", out, "--width", w); code != exitUsage || !strings.Contains(stderr, "--width") {
+			t.Errorf("--width %s: exit %d, %q", w, code, stderr)
+		}
+	}
+	noLoss := filepath.Join(dir, "noloss.jsonl")
+	if err := os.WriteFile(noLoss, []byte(`{"type":"step","step":1}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readRunLoss(noLoss); err == nil || !strings.Contains(err.Error(), "noloss.jsonl:1") {
+		t.Errorf("a record without a loss: %v", err)
+	}
+	if code, _, stderr := runSlope("plot", log, "--out", out); code != 0 {
+		t.Errorf("plot: exit %d, %s", code, stderr)
+	}
+}
