@@ -127,6 +127,29 @@ func loadParam(w Weights, name string) (*Param, error) {
 	return &Param{Name: name, Value: vals, Grad: make([]float32, n), Shape: shape, NM: nm}, nil
 }
 
+// setTransposeMask gives p (an N:M Param) the transpose mask stored as
+// tensor mname, which must be an NM_TRANSPOSE_MASK of p's weight.
+func setTransposeMask(w Weights, mname string, p *Param) error {
+	t, err := w.Lookup(mname)
+	if err != nil {
+		return err
+	}
+	if t.Encoding != slopepb.Encoding_NM_TRANSPOSE_MASK || t.TransposeOf != p.Name {
+		return fmt.Errorf("tensor %q is %s of %q, want the transpose mask of %q: %w", mname, t.Encoding, t.TransposeOf, p.Name, ErrBadNode)
+	}
+	raw, err := w.Raw(mname)
+	if err != nil {
+		return err
+	}
+	nm := p.NM
+	keep := make([]bool, len(p.Value))
+	if err := format.UnpackTransposeMask(nm.Pattern, nm.Rows, nm.Cols, raw, keep); err != nil {
+		return fmt.Errorf("tensor %q: %w", mname, err)
+	}
+	nm.TMask = slices.Clone(raw)
+	return nil
+}
+
 // CPUGrad is the CPU backend with training support.
 type CPUGrad struct{ *Registry }
 
@@ -462,6 +485,13 @@ func bindSlopeLinearGrad(b Binding, ps ParamStore) (GradStep, error) {
 	am, _ := n.Int("m", 0)
 	if int(an) != nm.Pattern.N || int(am) != nm.Pattern.M {
 		return nil, n.errorf("attributes n:m = %d:%d, weight %q is %s", an, am, s.w.Name, nm.Pattern)
+	}
+	// The transpose mask the node names (input 3). loadParam took the one
+	// of the conventional name; a node may name another.
+	if mname := n.Input(3); mname != "" && mname != s.w.Name+transposeMaskSuffix {
+		if err := setTransposeMask(b.W, mname, s.w); err != nil {
+			return nil, fmt.Errorf("node %q: %w", n.Name, err)
+		}
 	}
 	s.out = nm.Rows
 	s.kept = len(s.w.Value) / nm.Rows

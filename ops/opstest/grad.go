@@ -522,16 +522,18 @@ func gradSlopeLinear(t *testing.T, be ops.GradBackend) {
 		p              format.NM
 		rank           int
 		bias, withMask bool
-		oddRows        bool // out not a multiple of M: no transpose mask, W_dp = W_s
+		oddRows        bool   // out not a multiple of M: no transpose mask, W_dp = W_s
+		maskName       string // the stored mask's name, given as input 3 ("": the conventional one, not given)
 	}
 	var st []gradStats
 	for _, c := range []tc{
-		{format.NM{N: 2, M: 4}, 0, true, true, false},
-		{format.NM{N: 2, M: 4}, 3, true, true, false},
-		{format.NM{N: 1, M: 4}, 2, false, true, false},
-		{format.NM{N: 3, M: 8}, 0, true, true, false},
-		{format.NM{N: 2, M: 4}, 2, false, false, false}, // no stored mask: magnitude double pruning
-		{format.NM{N: 2, M: 4}, 0, true, false, true},
+		{format.NM{N: 2, M: 4}, 0, true, true, false, ""},
+		{format.NM{N: 2, M: 4}, 3, true, true, false, ""},
+		{format.NM{N: 1, M: 4}, 2, false, true, false, ""},
+		{format.NM{N: 3, M: 8}, 0, true, true, false, ""},
+		{format.NM{N: 2, M: 4}, 2, false, false, false, ""}, // no stored mask: magnitude double pruning
+		{format.NM{N: 2, M: 4}, 0, true, false, true, ""},
+		{format.NM{N: 2, M: 4}, 0, true, true, false, "fc.tmask"}, // a mask of another name, named by the node
 	} {
 		seq := 1 + rng.IntN(4)
 		m := 2 * seq
@@ -554,7 +556,11 @@ func gradSlopeLinear(t *testing.T, be ops.GradBackend) {
 			}
 		} else if c.withMask {
 			keep = randomTransposeMask(rng, c.p, out, in, idx)
-			if err := wb.w.WriteTransposeMask("fc.w.transpose_mask", "fc.w", c.p, out, in, keep); err != nil {
+			name := "fc.w.transpose_mask"
+			if c.maskName != "" {
+				name = c.maskName
+			}
+			if err := wb.w.WriteTransposeMask(name, "fc.w", c.p, out, in, keep); err != nil {
 				t.Fatal(err)
 			}
 		} else {
@@ -567,7 +573,7 @@ func gradSlopeLinear(t *testing.T, be ops.GradBackend) {
 			t.Fatalf("transpose mask drops nothing: the input-gradient check could not fail")
 		}
 		params := map[string][]float32{"fc.w": vals}
-		inputs := []string{"x", "fc.w", "", "", "", ""}
+		inputs := []string{"x", "fc.w", "", c.maskName, "", ""}
 		if c.bias {
 			params["fc.b"] = randn(rng, out, 0.5)
 			wb.dense("fc.b", slopepb.DType_FLOAT32, []uint64{uint64(out)}, params["fc.b"])
