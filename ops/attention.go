@@ -69,7 +69,10 @@ func (s *attentionStep) Forward(c *Call, in []*Value, out *Value) error {
 		if c.Batch != c.Cache.Batch || total > c.Cache.MaxLen {
 			return fmt.Errorf("attention: %d sequences of %d tokens do not fit a cache of %d x %d", c.Batch, total, c.Cache.Batch, c.Cache.MaxLen)
 		}
-		l := c.Cache.layer(s.id, s.dim)
+		l, err := c.Cache.layer(s.id, s.dim)
+		if err != nil {
+			return err
+		}
 		for b := 0; b < c.Batch; b++ {
 			dst := (b*c.Cache.MaxLen + c.Past) * s.dim
 			copy(l.k[dst:dst+c.Seq*s.dim], in[1].Data[b*c.Seq*s.dim:(b+1)*c.Seq*s.dim])

@@ -82,15 +82,19 @@ func NewKVCache(batch, maxLen int) *KVCache {
 }
 
 // layer returns the buffers of attention layer id, allocating them on
-// first use.
-func (c *KVCache) layer(id, dim int) *kvLayer {
+// first use; a later use with another width is an error (another model's
+// layer with the same id).
+func (c *KVCache) layer(id, dim int) (*kvLayer, error) {
 	l := c.layers[id]
 	if l == nil {
 		n := c.Batch * c.MaxLen * dim
 		l = &kvLayer{dim: dim, k: make([]float32, n), v: make([]float32, n)}
 		c.layers[id] = l
 	}
-	return l
+	if l.dim != dim {
+		return nil, fmt.Errorf("attention: the cache's layer %d holds width %d, not %d", id, l.dim, dim)
+	}
+	return l, nil
 }
 
 // Weights is where bound nodes get their tensors (a *format.File).
