@@ -95,3 +95,58 @@ func TestAttendHeadsMaskRuns(t *testing.T) {
 		}
 	}
 }
+
+// A masked (padding) row that is not finite does not reach the visible
+// queries through the prefill path (Seq >= 8: one GEMM over every key),
+// nor through the backward pass.
+func TestAttentionMaskedRowNotFinite(t *testing.T) {
+	const heads, hd, seq = 2, 8, 9
+	dim := heads * hd
+	s := &attentionStep{dim: dim, heads: heads, headDim: hd, scale: float32(1 / math.Sqrt(float64(hd)))}
+	rng := rand.New(rand.NewPCG(3, 4))
+	mk := func() *Value {
+		v := &Value{Rows: seq, Dim: dim, Data: make([]float32, seq*dim)}
+		for i := range v.Data {
+			v.Data[i] = 2*rng.Float32() - 1
+		}
+		for i := 0; i < dim; i++ {
+			v.Data[i] = float32(math.Inf(1)) // row 0: padding
+		}
+		return v
+	}
+	q, k, v := mk(), mk(), mk()
+	mask := make([]int32, seq)
+	for i := 1; i < seq; i++ {
+		mask[i] = 1
+	}
+	c := &Call{Batch: 1, Seq: seq, Mask: mask, Threads: 1}
+	out := &Value{Rows: seq, Dim: dim, Data: make([]float32, seq*dim)}
+	if err := s.Forward(c, []*Value{q, k, v}, out); err != nil {
+		t.Fatal(err)
+	}
+	for i, x := range out.Data[dim:] { // the visible queries
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			t.Fatalf("forward: output %d of a visible query is %g", dim+i, x)
+		}
+	}
+	g := &attentionGrad{attentionStep: s}
+	gy := &Value{Rows: seq, Dim: dim, Data: make([]float32, seq*dim)}
+	for i := range gy.Data {
+		gy.Data[i] = 2*rng.Float32() - 1
+	}
+	gin := []*Value{
+		{Rows: seq, Dim: dim, Data: make([]float32, seq*dim)},
+		{Rows: seq, Dim: dim, Data: make([]float32, seq*dim)},
+		{Rows: seq, Dim: dim, Data: make([]float32, seq*dim)},
+	}
+	if err := g.Backward(c, []*Value{q, k, v}, out, gy, gin); err != nil {
+		t.Fatal(err)
+	}
+	for n, gv := range gin {
+		for i, x := range gv.Data[dim:] {
+			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				t.Fatalf("backward: gradient %d of input %d at a visible row is %g", dim+i, n, x)
+			}
+		}
+	}
+}

@@ -228,9 +228,18 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 	for t := 0; t < c.Seq; t++ {
 		copy(qh[t*hd:(t+1)*hd], q[(b*c.Seq+t)*s.dim+off:])
 	}
+	mask := c.Mask[b*total : (b+1)*total]
 	for j := 0; j < total; j++ {
 		copy(kh[j*hd:(j+1)*hd], keys[(b*stride+j)*s.dim+off:])
 		v := vals[(b*stride+j)*s.dim+off:][:hd]
+		if mask[j] == 0 {
+			// A masked key's weight is 0, and 0·NaN would be NaN: its value
+			// row (whatever padding produced) takes no part.
+			for e := range v {
+				vt[e*total+j] = 0
+			}
+			continue
+		}
 		for e, x := range v {
 			vt[e*total+j] = x
 		}
@@ -242,7 +251,6 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 	if err := kd.Linear(sc, qh, c.Seq, nil, 1); err != nil {
 		return err
 	}
-	mask := c.Mask[b*total : (b+1)*total]
 	for t := 0; t < c.Seq; t++ {
 		row := sc[t*total : (t+1)*total]
 		visible := c.Past + t + 1

@@ -103,6 +103,16 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 	gather(bf.k, k)
 	gather(bf.v, v)
 	gather(bf.do, gy)
+	// Masked positions take no part, as keys or as queries (their weights
+	// and dS rows are 0, and 0·NaN is NaN): zero their rows, whatever
+	// padding produced.
+	for j := 0; j < seq; j++ {
+		if mask[j] == 0 {
+			for _, x := range [][]float32{bf.q, bf.k, bf.v, bf.do} {
+				clear(x[j*hd : (j+1)*hd])
+			}
+		}
+	}
 	// S = Q·Kᵀ (K as the weight [T, hd]); dP = dO·Vᵀ.
 	if err := bf.mul(0, bf.p, bf.q, seq, hd, seq, bf.k, false); err != nil {
 		return err
