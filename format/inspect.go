@@ -159,7 +159,7 @@ func Summarize(f *File) *Summary {
 
 	if p := m.GetProvenance(); p != nil {
 		s.Provenance = p
-		s.ProvenanceMap = protoMap(p.ProtoReflect(), false)
+		s.ProvenanceMap = protoMap(p.ProtoReflect(), true) // every scalar key, zero or not: a stable shape for --json readers
 	}
 	if len(m.GetMetadata()) > 0 {
 		s.Metadata = make(map[string]string, len(m.GetMetadata()))
