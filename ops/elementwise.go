@@ -39,6 +39,9 @@ func (s *layerNormStep) Forward(c *Call, in []*Value, out *Value) error {
 	if err := checkValue("layernorm input", x, c.Rows(), s.dim); err != nil {
 		return err
 	}
+	if err := checkValue("layernorm output", out, c.Rows(), s.dim); err != nil {
+		return err
+	}
 	parallelRows(x.Rows, c.Threads, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
 			layerNormRow(out.Row(r), x.Row(r), s.w, s.b, s.eps)
@@ -122,6 +125,9 @@ func (s *activationStep) Forward(c *Call, in []*Value, out *Value) error {
 	if err := checkValue("activation input", in[0], c.Rows(), s.dim); err != nil {
 		return err
 	}
+	if err := checkValue("activation output", out, c.Rows(), s.dim); err != nil {
+		return err
+	}
 	x := in[0].Data[:c.Rows()*s.dim]
 	y := out.Data[:len(x)]
 	parallelRows(len(x), c.Threads, func(lo, hi int) {
@@ -158,6 +164,9 @@ func (s *addStep) Forward(c *Call, in []*Value, out *Value) error {
 		if err := checkValue(fmt.Sprintf("add input %d", i), v, c.Rows(), s.dim); err != nil {
 			return err
 		}
+	}
+	if err := checkValue("add output", out, c.Rows(), s.dim); err != nil {
+		return err
 	}
 	n := c.Rows() * s.dim
 	a, b, y := in[0].Data[:n], in[1].Data[:n], out.Data[:n]

@@ -78,12 +78,17 @@ func (s *linearStep) Forward(c *Call, in []*Value, out *Value) error {
 	if err := checkValue("linear input", x, m, s.in); err != nil {
 		return err
 	}
+	if err := checkValue("linear output", out, m, s.out); err != nil {
+		return err
+	}
+	// Exactly m rows: the values may have spare capacity.
+	xd, yd := x.Data[:m*s.in], out.Data[:m*s.out]
 	if !s.merged {
-		if err := s.mat.Linear(out.Data, x.Data, m, s.bias, c.Threads); err != nil {
+		if err := s.mat.Linear(yd, xd, m, s.bias, c.Threads); err != nil {
 			return err
 		}
 		if s.adapter != nil {
-			return s.adapter.Add(out.Data, x.Data, m, s.scale, c.Threads)
+			return s.adapter.Add(yd, xd, m, s.scale, c.Threads)
 		}
 		return nil
 	}
@@ -93,7 +98,7 @@ func (s *linearStep) Forward(c *Call, in []*Value, out *Value) error {
 	buf := cpu.GetF32(m * w)
 	defer cpu.PutF32(buf)
 	full := (*buf)[:m*w]
-	if err := s.mat.Linear(full, x.Data, m, nil, c.Threads); err != nil {
+	if err := s.mat.Linear(full, xd, m, nil, c.Threads); err != nil {
 		return err
 	}
 	// full = [x·Wᵀ | x·L]; y = x·Wᵀ + b + scale·(x·L)·R.
