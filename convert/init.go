@@ -117,6 +117,8 @@ type InitOptions struct {
 	Out, NM, NMLayers, DType, Created, Command string
 	Seed                                       uint64
 	Progress                                   func(done, total int, name string)
+	// Context stops the writing (nil: never); nothing is left at Out then.
+	Context context.Context
 }
 
 // Init writes a SLoPe model for pretraining from scratch: the config's
@@ -148,7 +150,11 @@ func Init(o InitOptions) (*Result, error) {
 	default:
 		return nil, fmt.Errorf("--dtype %q: want fp32, fp16 or bf16", o.DType)
 	}
-	return DenseToSlope(context.Background(), Options{In: "init:" + o.Config, Source: RandomSource(cfg, o.Seed),
+	ctx := o.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return DenseToSlope(ctx, Options{In: "init:" + o.Config, Source: RandomSource(cfg, o.Seed),
 		Out: o.Out, NM: o.NM, NMLayers: o.NMLayers, DType: dt, Seed: o.Seed, Method: MethodRandom,
 		Created: o.Created, Progress: o.Progress, Command: o.Command})
 }

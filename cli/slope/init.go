@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -31,6 +33,11 @@ func newInitCmd() *cobra.Command {
 				return usagef(cmd, "--out is required")
 			}
 			o.Command = "slope " + strings.Join(os.Args[1:], " ")
+			// Ctrl-C or SIGTERM stop the writing cleanly (no temporary file
+			// left behind), for this command only.
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			o.Context = ctx
 			res, err := convert.Init(o)
 			if err != nil {
 				return err
