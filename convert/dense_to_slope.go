@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -1073,16 +1074,26 @@ func copyTokenizer(w *format.Writer, in string) error {
 			continue
 		}
 		var err error
+		names := set
 		if len(set) == 1 {
 			_, err = tokenizer.LoadTokenizerJSON(files[set[0]])
 		} else {
-			_, err = tokenizer.LoadGPT2(files["vocab.json"], files["merges.txt"])
+			var t *tokenizer.BPE
+			t, err = tokenizer.LoadGPT2(files["vocab.json"], files["merges.txt"])
+			// Its special tokens, when the source names them, travel too.
+			sp := filepath.Join(dir, tokenizer.SpecialTokensMapFile)
+			if b, rerr := os.ReadFile(sp); err == nil && rerr == nil {
+				if err = tokenizer.ApplySpecialTokensMap(t, b, sp); err == nil {
+					files[tokenizer.SpecialTokensMapFile] = b
+					names = append(slices.Clone(set), tokenizer.SpecialTokensMapFile)
+				}
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("tokenizer in %s: %w", dir, err)
 		}
 		tk := &slopepb.Tokenizer{Type: format.TokenizerGPT2BPE, Files: map[string]string{}}
-		for _, name := range set {
+		for _, name := range names {
 			tensor := "tokenizer/" + name
 			if err := w.WriteBytes(tensor, files[name]); err != nil {
 				return fmt.Errorf("tokenizer %s: %w", filepath.Join(dir, name), err)

@@ -134,6 +134,9 @@ func (m *Model) Tokenizer() (*tokenizer.BPE, error) {
 			return nil, fmt.Errorf("%s: tokenizer needs tokenizer.json, or vocab.json and merges.txt: %w", m.file.Path(), ErrModel)
 		}
 		t, err = tokenizer.LoadGPT2(vocab, merges)
+		if sp := files[tokenizer.SpecialTokensMapFile]; err == nil && sp != nil {
+			err = tokenizer.ApplySpecialTokensMap(t, sp, tokenizer.SpecialTokensMapFile)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", m.file.Path(), err)

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -83,7 +84,94 @@ func LoadDir(dir string) (*BPE, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
-	return loadGPT2(v, m, vp, mp)
+	t, err := loadGPT2(v, m, vp, mp)
+	if err != nil {
+		return nil, err
+	}
+	// The special tokens the model's files name (GPT-2's "<|endoftext|>",
+	// OPT's "</s>" and "<pad>"), as Hugging Face reads them; without the
+	// file, DefaultSpecialTokens.
+	sp := filepath.Join(dir, SpecialTokensMapFile)
+	if b, err := os.ReadFile(sp); err == nil {
+		if err := ApplySpecialTokensMap(t, b, sp); err != nil {
+			return nil, err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("tokenizer: %w", err)
+	}
+	return t, nil
+}
+
+// SpecialTokensMapFile is Hugging Face's file naming a GPT-2 style
+// tokenizer's special tokens.
+const SpecialTokensMapFile = "special_tokens_map.json"
+
+// ApplySpecialTokensMap makes special (instead of DefaultSpecialTokens)
+// the tokens of t's vocabulary that a special_tokens_map.json (b, read
+// from name) names. Errors name the file.
+func ApplySpecialTokensMap(t *BPE, b []byte, name string) error {
+	names, err := parseSpecialTokensMap(b, name)
+	if err != nil {
+		return err
+	}
+	var have []string
+	for _, n := range names {
+		if _, ok := t.TokenID(n); ok {
+			have = append(have, n)
+		}
+	}
+	if err := t.SetSpecialTokens(have...); err != nil {
+		return fmt.Errorf("tokenizer: %s: %w", name, err)
+	}
+	return nil
+}
+
+// parseSpecialTokensMap reads the token strings of a Hugging Face
+// special_tokens_map.json: each value a string, an object with a
+// "content" string, or a list of those (additional_special_tokens).
+func parseSpecialTokensMap(b []byte, name string) ([]string, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("tokenizer: %s: %w", name, err)
+	}
+	var out []string
+	var add func(key string, v json.RawMessage) error
+	add = func(key string, v json.RawMessage) error {
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			if s != "" && !slices.Contains(out, s) {
+				out = append(out, s)
+			}
+			return nil
+		}
+		var o struct {
+			Content *string `json:"content"`
+		}
+		if json.Unmarshal(v, &o) == nil && o.Content != nil {
+			return add(key, json.RawMessage(strconv.Quote(*o.Content)))
+		}
+		var l []json.RawMessage
+		if json.Unmarshal(v, &l) == nil {
+			for _, x := range l {
+				if err := add(key, x); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("tokenizer: %s: %q is not a token, an object with its content, or a list of those", name, key)
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys) // one order, whatever the file's
+	for _, k := range keys {
+		if err := add(k, m[k]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // mergeSpec is one merge rule and where it came from (a line number or an

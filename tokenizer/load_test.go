@@ -399,3 +399,35 @@ func TestLoadDir(t *testing.T) {
 	_, err = LoadDir(dir)
 	wantErr(t, "bad tokenizer.json", err, filepath.Join(dir, "tokenizer.json"))
 }
+
+// LoadDir makes special the tokens special_tokens_map.json names (strings,
+// {"content": ...} objects, lists), those of the vocabulary only; without
+// the file, DefaultSpecialTokens; a malformed file is an error naming it.
+func TestLoadDirSpecialTokensMap(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, data string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("vocab.json", string(mustJSON(t, smallVocab("<|endoftext|>", "</s>", "<x>"))))
+	write("merges.txt", "#version: 0.2\n")
+	tok, err := LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tok.Encode("</s><|endoftext|>"); len(got) < 3 || got[0] != 257 {
+		t.Errorf("defaults: %v, want </s> special and <|endoftext|> as text", got)
+	}
+	write("special_tokens_map.json", `{"bos_token": "<|endoftext|>", "eos_token": {"content": "<|endoftext|>", "lstrip": false},
+		"additional_special_tokens": ["<x>", "<missing>"]}`)
+	if tok, err = LoadDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if got := tok.Encode("<|endoftext|><x></s>"); !slices.Equal(got[:2], []int{256, 258}) || len(got) < 3 {
+		t.Errorf("with the map: %v, want <|endoftext|> and <x> special, </s> as text", got)
+	}
+	write("special_tokens_map.json", `{"bos_token": 3}`)
+	_, err = LoadDir(dir)
+	wantErr(t, "bad special_tokens_map.json", err, "special_tokens_map.json", "bos_token")
+}

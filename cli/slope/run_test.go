@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/slopeml/slope/convert"
+	slopert "github.com/slopeml/slope/runtime"
 	"github.com/slopeml/slope/testmodels"
 )
 
@@ -173,5 +174,45 @@ func TestRunSamplingFlagsAndLength(t *testing.T) {
 	}
 	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "9223372036854775807"); code == 0 || !strings.Contains(stderr, "positions") {
 		t.Errorf("a huge --max-tokens: exit %d, %q", code, stderr)
+	}
+}
+
+// A source whose special_tokens_map.json names GPT-2's <|endoftext|>: the
+// container carries the map, and the runtime's tokenizer matches the
+// token in text as Hugging Face does (one id); without the map it is text.
+func TestTokenizerSpecialTokensMap(t *testing.T) {
+	for _, withMap := range []bool{false, true} {
+		dir := t.TempDir()
+		cfg := testmodels.ConfigFamilies()["pre-ln-tied"]
+		cfg.Vocab, cfg.MaxPos = 50272, 64
+		if err := testmodels.WriteHFDirGen(dir, cfg, 1, "F32", testmodels.Layout{Format: "safetensors"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := testmodels.WriteGPT2Tokenizer(dir); err != nil {
+			t.Fatal(err)
+		}
+		if withMap {
+			m := `{"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}`
+			if err := os.WriteFile(filepath.Join(dir, "special_tokens_map.json"), []byte(m), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		model := filepath.Join(t.TempDir(), "m.slope")
+		if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: dir, Out: model}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := slopert.Open(model, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := m.Tokenizer()
+		m.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := tok.Encode("<|endoftext|>")
+		if single := len(got) == 1 && got[0] == 50256; single != withMap {
+			t.Errorf("map %v: <|endoftext|> encodes as %v", withMap, got)
+		}
 	}
 }
