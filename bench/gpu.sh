@@ -34,6 +34,7 @@ build)
 run)
 	export SLOPE_REQUIRE_GPU=1
 	tools=$(mktemp -d "${TMPDIR:-/tmp}/slope-gpu.XXXXXX")
+	trap 'rm -rf "$tools"' EXIT
 	tar xzf "$bins/bins.tgz" -C "$tools"
 	bins=$tools
 	mkdir -p bench/out
@@ -58,18 +59,20 @@ run)
 		if [[ "${SKIP_CLI:-0}" != 1 ]]; then
 		echo "## CLI on the GPU (embedded tiny model; OPT-125m-shaped random model)"
 		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-cli.XXXXXX")
-		"$bins/slope-convert" dense-to-slope --out "$work/tiny.slope" --quiet >/dev/null
+		"$bins/slope-convert" dense-to-slope --out "$work/tiny.slope" --quiet >/dev/null || status=1
 		for dev in cpu cuda-f32 cuda; do
 			echo "### slope run --device $dev (greedy, 12 tokens)"
 			"$bins/slope" run "$work/tiny.slope" --ids '[[2, 100, 200, 300]]' --max-tokens 12 --device $dev 2>&1 | tail -3
+			[[ ${PIPESTATUS[0]} == 0 ]] || status=1
 		done
-		"$bins/genckpt" -out "$work/ckpt" -preset opt-125m -dtype F32 -layout safetensors >/dev/null
-		"$bins/slope-convert" dense-to-slope --in "$work/ckpt" --out "$work/d.slope" --nm dense --dtype bf16 --quiet >/dev/null
-		"$bins/slope-convert" dense-to-slope --in "$work/ckpt" --out "$work/s.slope" --nm 2:4 --dtype bf16 --quiet >/dev/null
+		"$bins/genckpt" -out "$work/ckpt" -preset opt-125m -dtype F32 -layout safetensors >/dev/null || status=1
+		"$bins/slope-convert" dense-to-slope --in "$work/ckpt" --out "$work/d.slope" --nm dense --dtype bf16 --quiet >/dev/null || status=1
+		"$bins/slope-convert" dense-to-slope --in "$work/ckpt" --out "$work/s.slope" --nm 2:4 --dtype bf16 --quiet >/dev/null || status=1
 		for m in d s; do
 			for dev in cpu cuda; do
 				echo "### slope bench OPT-125m-shaped $([[ $m == d ]] && echo dense || echo 2:4) bf16 --device $dev"
 				timeout 120 "$bins/slope" bench "$work/$m.slope" --prompt-len 128 --gen-len 64 --device $dev 2>&1 | tail -6
+				[[ ${PIPESTATUS[0]} == 0 ]] || status=1
 			done
 		done
 		# The 2:4 weight forms: greedy tokens, compared with decode's
@@ -94,7 +97,11 @@ run)
 		echo "## gpubench exit $rc"
 		[[ $rc == 0 ]] || status=1
 		echo "## status $status"
+		exit $status
 	} 2>&1 | tee "$log" ${OUT:+"$OUT/gpu.txt"}
+	# The group's exit status (pipefail): a failed test, CLI step or
+	# gpubench fails the run.
+	exit "${PIPESTATUS[0]}"
 	;;
 *)
 	echo "usage: bench/gpu.sh build|run" >&2

@@ -369,7 +369,10 @@ func (d *Device) MemInfo() (free, total uint64, err error) {
 	return
 }
 
-// CopyIn copies host bytes to dst (synchronous).
+// CopyIn copies host bytes to dst (synchronous: the bytes are on the
+// device when it returns). From pageable memory cuMemcpyHtoD may return
+// before its DMA has landed, and kernels on a non-blocking stream do not
+// wait for the legacy stream it ran on: CopyIn waits for that stream.
 func (d *Device) CopyIn(dst Ptr, src unsafe.Pointer, bytes int) error {
 	if bytes == 0 {
 		return nil
@@ -377,7 +380,10 @@ func (d *Device) CopyIn(dst Ptr, src unsafe.Pointer, bytes int) error {
 	if err := d.guard("cuMemcpyHtoD_v2"); err != nil {
 		return err
 	}
-	return d.check("cuMemcpyHtoD_v2", d.a.cuMemcpyHtoD_v2(dst, src, uint64(bytes)))
+	if err := d.check("cuMemcpyHtoD_v2", d.a.cuMemcpyHtoD_v2(dst, src, uint64(bytes))); err != nil {
+		return err
+	}
+	return d.check("cuStreamSynchronize", d.a.cuStreamSynchronize(0))
 }
 
 // CopyOut copies device bytes to host memory (synchronous).
