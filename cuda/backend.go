@@ -645,7 +645,7 @@ func (b *Backend) checkLtBias() (ok bool, err error) {
 		return false, err
 	}
 	if err := w.Matmul(b.s, y, n, x, k, m, 0); err != nil {
-		return false, nil
+		return false, err // logged by the caller, which adds biases itself then
 	}
 	if err := d.SyncStream(b.s); err != nil {
 		return false, err

@@ -871,6 +871,9 @@ type kvLayer struct {
 
 func (c *kvCache) layer(id, dim int) (*kvLayer, error) {
 	if l := c.layers[id]; l != nil {
+		if l.dim != dim {
+			return nil, fmt.Errorf("attention: the cache's layer %d holds width %d, not %d", id, l.dim, dim)
+		}
 		return l, nil
 	}
 	n := c.batch * c.maxLen * dim * c.b.act.Size()
