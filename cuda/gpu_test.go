@@ -1,23 +1,24 @@
 package cuda
 
 import (
-	"github.com/slopeml/slope/cuda/gputest"
 	"math"
 	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/slopeml/slope/convert"
+	"github.com/slopeml/slope/cuda/driver"
+	"github.com/slopeml/slope/cuda/gputest"
 	"github.com/slopeml/slope/ops"
 	"github.com/slopeml/slope/ops/opstest"
 	"github.com/slopeml/slope/runtime"
 	"github.com/slopeml/slope/testmodels"
 )
 
-// newOrReport makes a backend on GPU 0. Without a GPU the test fails when
-// SLOPE_REQUIRE_GPU=1 (bench/gpu.sh sets it) and is otherwise skipped
-// with "NOT RUN", so a machine without a GPU never reports these checks
-// as passed.
+// newOrReport makes a backend on GPU 0, or ends the test by gputest's
+// rule: without a GPU it fails when SLOPE_REQUIRE_GPU=1 (bench/gpu.sh sets
+// it) and is otherwise skipped with "NOT RUN"; with a GPU whose set-up
+// fails it fails.
 func newOrReport(t *testing.T, act DType) *Backend {
 	t.Helper()
 	return newWith(t, Options{Activations: act})
@@ -28,7 +29,7 @@ func newWith(t *testing.T, o Options) *Backend {
 	o.Log = func(s string) { t.Log(s) }
 	b, err := New(o)
 	if err != nil {
-		gputest.Unavailable(t, err)
+		gputest.Unavailable(t, err, driver.ErrNoDevice)
 	}
 	t.Cleanup(func() { b.Close() })
 	return b

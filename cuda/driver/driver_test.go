@@ -15,7 +15,7 @@ func openOrReport(t *testing.T) *Device {
 	t.Helper()
 	d, err := Open(0)
 	if err != nil {
-		gputest.Unavailable(t, err)
+		gputest.Unavailable(t, err, ErrNoDevice)
 	}
 	t.Cleanup(func() { d.Close() })
 	return d

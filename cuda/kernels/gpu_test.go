@@ -43,7 +43,7 @@ func openGPU(t *testing.T) *gpu {
 		if gpuDev != nil { // a GPU, but the kernels do not load
 			t.Fatalf("GPU: %v", gpuErr)
 		}
-		gputest.Unavailable(t, gpuErr)
+		gputest.Unavailable(t, gpuErr, driver.ErrNoDevice)
 	}
 	return &gpu{d: gpuDev, k: gpuSet}
 }
