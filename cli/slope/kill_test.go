@@ -224,3 +224,82 @@ func readCheckpoint(t *testing.T, path string) checkpoint {
 	}
 	return c
 }
+
+// TestTrainInterrupted: Ctrl-C (SIGINT) ends slope train after the step in
+// progress with a complete checkpoint, no temporary file and exit status
+// 130, and resuming that checkpoint ends bit-identical to a run that was
+// never interrupted.
+func TestTrainInterrupted(t *testing.T) {
+	model := convertTiny(t, "2:4")
+	base := t.TempDir()
+	data := filepath.Join(base, "train.u16")
+	writeTokenFile(t, data, 2000, 50)
+	flags := []string{"--data", data, "--batch", "2", "--seq", "16", "--lr", "1e-3", "--warmup", "1", "--threads", "1",
+		"--seed", "7", "--mask-refresh", "2", "--print-every", "0", "--steps", "100000"}
+
+	ckpt := filepath.Join(base, "ckpt.slope")
+	logPath := filepath.Join(base, "log.jsonl")
+	var stderr bytes.Buffer
+	cmd := slopeCmd(append([]string{"train", model, "--out", ckpt, "--log", logPath}, flags...)...)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		b, _ := os.ReadFile(logPath)
+		if bytes.Count(b, []byte(`"type":"step"`)) >= 3 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the run ended before it was interrupted: %v\n%s", err, stderr.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no third step logged in 2 minutes\n%s", stderr.String())
+		}
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if code := cmd.ProcessState.ExitCode(); code != exitInterrupted {
+		t.Fatalf("exit status %d after SIGINT, want %d\n%s", code, exitInterrupted, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "interrupted after step") || !strings.Contains(stderr.String(), "--resume "+ckpt) {
+		t.Fatalf("stderr does not say where the run stopped and how to resume it:\n%s", stderr.String())
+	}
+	if left := tempFiles(t, ckpt); len(left) > 0 {
+		t.Fatalf("temporary files left: %q", left)
+	}
+	got := readCheckpoint(t, ckpt)
+	if got.step < 3 || got.step >= 100000 {
+		t.Fatalf("checkpoint at step %d", got.step)
+	}
+	t.Logf("interrupted at step %d", got.step)
+
+	// Resumed to two steps further, against a run that stops there by
+	// itself.
+	stop := fmt.Sprint(got.step + 2)
+	resumed := filepath.Join(base, "resumed.slope")
+	if out, err := slopeCmd(append([]string{"train", model, "--resume", ckpt, "--out", resumed, "--stop-after", stop}, flags...)...).CombinedOutput(); err != nil {
+		t.Fatalf("resume: %v\n%s", err, out)
+	}
+	straight := filepath.Join(base, "straight.slope")
+	if out, err := slopeCmd(append([]string{"train", model, "--out", straight, "--stop-after", stop}, flags...)...).CombinedOutput(); err != nil {
+		t.Fatalf("uninterrupted run: %v\n%s", err, out)
+	}
+	a, b := readCheckpoint(t, resumed), readCheckpoint(t, straight)
+	if a.step != got.step+2 || !proto.Equal(a.state, b.state) {
+		t.Fatalf("resumed state\n%v\nuninterrupted\n%v", a.state, b.state)
+	}
+	for name, w := range b.raw {
+		if g, ok := a.raw[name]; !ok || !bytes.Equal(g, w) {
+			t.Fatalf("tensor %s of the resumed run differs from the uninterrupted run's", name)
+		}
+	}
+}

@@ -38,9 +38,10 @@ var version = "0.1.0-dev"
 
 // Exit statuses.
 const (
-	exitOK    = 0
-	exitError = 1
-	exitUsage = 2
+	exitOK          = 0
+	exitError       = 1
+	exitUsage       = 2
+	exitInterrupted = 130 // 128 + SIGINT, as shells report an interrupted command
 )
 
 func main() {
@@ -57,6 +58,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	fmt.Fprintf(stderr, "slope: %v\n", err)
+	var ie *interruptedError
+	if errors.As(err, &ie) {
+		return exitInterrupted
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		if ue.cmd != "" {

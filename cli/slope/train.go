@@ -6,9 +6,11 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/signal"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -50,7 +52,9 @@ func newTrainCmd() *cobra.Command {
 			"--print-every steps goes to stderr; --log writes a JSON line per step and eval, and\n" +
 			"one with the memory use (training state, kernel buffers, peak RSS) at the end.\n" +
 			"Checkpoints (complete .slope containers, written atomically) go to --out every\n" +
-			"--save-every steps and at the end. Unless GOGC is set, the Go collector runs at\n" +
+			"--save-every steps and at the end. Ctrl-C or SIGTERM end the run after the current\n" +
+			"step: the checkpoint is written to --out (resume it with --resume) and slope exits\n" +
+			"with status 130; a second signal stops at once. Unless GOGC is set, the Go collector runs at\n" +
 			"GOGC=25 (the default 100 lets the heap, and the peak RSS, reach twice the live size).\n\n" +
 			"With --rank or --rank-frac, plain low-rank adapters (L small random, R zero, so the\n" +
 			"loss is continuous) join every N:M layer at --adapter-start: a fraction of --steps\n" +
@@ -408,7 +412,21 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if fl.stopAfter > 0 {
 		last = min(last, fl.stopAfter)
 	}
-	for tr.StepCount() < last {
+	// Ctrl-C or SIGTERM end the run after the step in progress, with a
+	// checkpoint; once one has been seen, the default handling comes back,
+	// so a second one stops the process at once (a checkpoint being
+	// written is then left incomplete under a temporary name, and --out
+	// keeps its previous contents).
+	sig, stopSignals := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+	interrupted := func() bool {
+		if sig.Err() == nil {
+			return false
+		}
+		stopSignals()
+		return true
+	}
+	for tr.StepCount() < last && !interrupted() {
 		s := tr.StepCount()
 		lr := tr.LR(s)
 		ids := data.Next(fl.batch)
@@ -446,8 +464,15 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	}
 	// The checkpoint first: a failed final evaluation must not lose the
 	// run.
+	stopped := tr.StepCount() < last // by a signal
+	if stopped {
+		prog.line(fmt.Sprintf("interrupted after step %d: writing %s", tr.StepCount(), fl.out))
+	}
 	if err := save(); err != nil {
 		return err
+	}
+	if stopped {
+		return &interruptedError{step: tr.StepCount(), out: fl.out}
 	}
 	if tr.StepCount() == fl.steps {
 		if err := evaluate(); err != nil {
@@ -472,6 +497,17 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		mib(mem.StateBytes), mib(mem.ValuesBytes), mib(mem.GradsBytes), mib(mem.MomentsBytes), mib(mem.NMMetaBytes),
 		mib(mem.KernelBytes), mib(mem.ActivationBytes), mib(mem.PeakRSSBytes))
 	return nil
+}
+
+// interruptedError ends a run stopped by a signal after its checkpoint
+// was written; slope exits with status 130 for it.
+type interruptedError struct {
+	step int
+	out  string
+}
+
+func (e *interruptedError) Error() string {
+	return fmt.Sprintf("interrupted after step %d; %s holds the run (continue it with --resume %s)", e.step, e.out, e.out)
 }
 
 // trainProgress shows training progress on stderr: a bar with the loss,
