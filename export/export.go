@@ -1,6 +1,7 @@
 package export
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -44,6 +45,9 @@ type Options struct {
 	// ExternalData (onnx): always store the weights in Out + ".data";
 	// without it they go there only past ExternalDataThreshold bytes.
 	ExternalData bool
+	// Context, when set, stops the export between tensors once it is
+	// done (Ctrl-C); the error wraps its cause and nothing is left.
+	Context context.Context
 }
 
 // Report says what Export wrote.
@@ -479,7 +483,7 @@ func (m *Model) writeHF(o Options) (rep *Report, err error) {
 		rep.Files = append(rep.Files, name)
 	}
 	err = WriteSafetensorsFunc(filepath.Join(tmp, "model.safetensors"), stored, map[string]string{"format": "pt"}, func(i int) ([]float32, error) {
-		return m.Weight(hs[i].Name)
+		return m.weightUnlessDone(o.Context, hs[i].Name)
 	})
 	if err != nil {
 		return nil, err
@@ -502,6 +506,16 @@ func (m *Model) writeHF(o Options) (rep *Report, err error) {
 		return nil, err
 	}
 	return rep, syncPath(filepath.Dir(o.Out))
+}
+
+// weightUnlessDone is m.Weight(name), or ctx's error once ctx is done.
+func (m *Model) weightUnlessDone(ctx context.Context, name string) ([]float32, error) {
+	if ctx != nil {
+		if err := context.Cause(ctx); err != nil {
+			return nil, fmt.Errorf("export stopped before %s: %w", name, err)
+		}
+	}
+	return m.Weight(name)
 }
 
 // syncPath fsyncs a file or directory.
@@ -548,7 +562,7 @@ func (m *Model) writeONNX(o Options) (rep *Report, err error) {
 	rep.External = o.ExternalData || rep.Bytes > ExternalDataThreshold
 	opts := ONNXOptions{WithPast: o.WithPast, ExternalData: rep.External, ExternalName: base + ".data"}
 	if err := WriteOPTONNXFunc(filepath.Join(tmp, base), m.oc, hs, func(i int) ([]float32, error) {
-		return m.Weight(hs[i].Name)
+		return m.weightUnlessDone(o.Context, hs[i].Name)
 	}, opts); err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package export_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -584,6 +585,29 @@ func TestExportOutput(t *testing.T) {
 	}
 	if _, err := os.Stat(a); err != nil {
 		t.Errorf("the input is gone: %v", err)
+	}
+}
+
+// TestExportCancelled: an export whose context is done (Ctrl-C in slope
+// export) fails with the context's error and leaves nothing: no output,
+// no staging OUT.tmp, no side file.
+func TestExportCancelled(t *testing.T) {
+	a := toSlope(t, "", convert.Options{NM: "2:4"})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	base := t.TempDir()
+	for _, o := range []export.Options{
+		{To: export.ToHF, Out: filepath.Join(base, "hf")},
+		{To: export.ToONNX, Out: filepath.Join(base, "m.onnx")},
+		{To: export.ToONNX, Out: filepath.Join(base, "x.onnx"), ExternalData: true},
+	} {
+		o.Context = ctx
+		if _, err := export.Export(a, o); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s (external %v): %v, want context.Canceled", o.To, o.ExternalData, err)
+		}
+	}
+	if ents, _ := os.ReadDir(base); len(ents) > 0 {
+		t.Errorf("cancelled exports left %v", ents)
 	}
 }
 

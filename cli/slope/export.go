@@ -3,7 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -29,7 +32,8 @@ func newExportCmd() *cobra.Command {
 			"                        F.onnx.data past 2 GB (or always, with --external-data).\n\n" +
 			"Weights keep the dtype they are stored in unless --dtype converts them. The output is\n" +
 			"written beside its path (PATH.tmp) and renamed into place; an existing non-empty\n" +
-			"directory or file is replaced only with --force.",
+			"directory or file is replaced only with --force. Ctrl-C or SIGTERM stop it between\n" +
+			"tensors and remove what it wrote.",
 		Example: "  slope export model.slope --to hf --out opt-dense\n" +
 			"  slope export model.slope --to hf --out opt-dense-bf16 --dtype bf16\n" +
 			"  slope export model.slope --to onnx --out model.onnx --with-past",
@@ -54,6 +58,11 @@ func newExportCmd() *cobra.Command {
 			default:
 				return usagef(cmd, "export: --dtype %q: want keep, fp32, fp16 or bf16", o.DType)
 			}
+			// Ctrl-C or SIGTERM stop between tensors and remove what was
+			// written (the staging OUT.tmp), for this command only.
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			o.Context = ctx
 			rep, err := export.Export(args[0], o)
 			if err != nil {
 				return err
