@@ -3,7 +3,6 @@ package ops
 import (
 	"fmt"
 	"math"
-	"unsafe"
 
 	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops/cpu"
@@ -244,7 +243,7 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 			vt[e*total+j] = x
 		}
 	}
-	kd, err := cpu.PrepareDense(cpu.DenseWeight{DType: slopepb.DType_FLOAT32, Out: total, In: hd, Data: floatBytes(kh)})
+	kd, err := cpu.PrepareDense(cpu.DenseWeight{DType: slopepb.DType_FLOAT32, Out: total, In: hd, Data: f32Bytes(kh)})
 	if err != nil {
 		return err
 	}
@@ -280,7 +279,7 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 			row[j] *= inv
 		}
 	}
-	vd, err := cpu.PrepareDense(cpu.DenseWeight{DType: slopepb.DType_FLOAT32, Out: hd, In: total, Data: floatBytes(vt)})
+	vd, err := cpu.PrepareDense(cpu.DenseWeight{DType: slopepb.DType_FLOAT32, Out: hd, In: total, Data: f32Bytes(vt)})
 	if err != nil {
 		return err
 	}
@@ -291,13 +290,4 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 		copy(out.Data[(b*c.Seq+t)*s.dim+off:][:hd], oh[t*hd:(t+1)*hd])
 	}
 	return nil
-}
-
-// floatBytes views float32s as their little-endian bytes (the in-memory
-// layout on every platform Go supports here).
-func floatBytes(x []float32) []byte {
-	if len(x) == 0 {
-		return nil
-	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))
 }
