@@ -188,13 +188,19 @@ func (i Info) String() string {
 // Device is one GPU with its primary context and worker thread.
 type Device struct {
 	Info
-	a       *api
-	dev     int32
-	ctx     uintptr
-	jobs    chan func()
-	done    chan struct{}
-	inside  bool // set while a Do function runs (read only on the worker)
-	closeMu sync.Mutex
+	a      *api
+	dev    int32
+	ctx    uintptr
+	jobs   chan func()
+	done   chan struct{}
+	inside bool // set while a Do function runs (read only on the worker)
+	// thread is the worker's OS thread id (0: unknown), set before the
+	// first job; the worker goroutine is locked to that thread and no
+	// other goroutine runs on it, so a Do from that thread is a nested one.
+	thread int
+	// closeMu is read-held by Do while it hands a job over, so Close
+	// never closes jobs under a send.
+	closeMu sync.RWMutex
 	closed  bool
 	// launch argument arena (used only on the worker thread)
 	argv [64]uint64
@@ -230,6 +236,7 @@ func Open(ordinal int) (*Device, error) {
 func (d *Device) loop(ordinal int, started chan<- error) {
 	runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
 	defer close(d.done)
+	d.thread = threadID()
 	a := d.a
 	err := func() error {
 		if err := a.check("cuInit", a.cuInit(0)); err != nil {
@@ -285,14 +292,17 @@ func (d *Device) readInfo(ordinal int) error {
 	return a.check("cuDeviceTotalMem_v2", a.cuDeviceTotalMem_v2(&d.TotalMem, d.dev))
 }
 
-// Do runs fn on the device's thread and returns its error. Do must not be
-// called from inside fn (it would deadlock; it returns an error instead
-// when it can tell).
+// Do runs fn on the device's thread and returns its error. A Do from
+// inside fn (on the device's thread) returns an error instead of
+// deadlocking; so does a Do on a closed device. Do and Close may be
+// called from any goroutines at once.
 func (d *Device) Do(fn func() error) error {
-	d.closeMu.Lock()
-	closed := d.closed
-	d.closeMu.Unlock()
-	if closed {
+	if t := threadID(); t != 0 && t == d.thread {
+		return errors.New("Device.Do called inside Device.Do (run the inner work directly)")
+	}
+	d.closeMu.RLock()
+	if d.closed {
+		d.closeMu.RUnlock()
 		return fmt.Errorf("device %d is closed", d.Ordinal)
 	}
 	errc := make(chan error, 1)
@@ -306,20 +316,25 @@ func (d *Device) Do(fn func() error) error {
 		}()
 		errc <- fn()
 	}
+	d.closeMu.RUnlock()
 	return <-errc
 }
 
-// Close synchronizes, releases the context and stops the worker. Device
-// memory not freed is released with the context.
+// Close waits for the jobs handed over, synchronizes, releases the
+// context and stops the worker. Device memory not freed is released with
+// the context. Closing twice is a no-op; closing inside Do is an error.
 func (d *Device) Close() error {
+	if t := threadID(); t != 0 && t == d.thread {
+		return errors.New("Device.Close called inside Device.Do")
+	}
 	d.closeMu.Lock()
 	if d.closed {
 		d.closeMu.Unlock()
 		return nil
 	}
 	d.closed = true
-	d.closeMu.Unlock()
 	close(d.jobs)
+	d.closeMu.Unlock()
 	<-d.done
 	return nil
 }

@@ -2,9 +2,15 @@ package driver
 
 import (
 	"errors"
-	"github.com/slopeml/slope/cuda/gputest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
+
+	"github.com/slopeml/slope/cuda/gputest"
 )
 
 // openOrReport opens GPU 0. Without one the test fails when
@@ -131,4 +137,71 @@ func TestMemcpy2DLayout(t *testing.T) {
 	if unsafe.Sizeof(p) != 128 || unsafe.Offsetof(p.dstXInBytes) != 56 || unsafe.Offsetof(p.height) != 120 {
 		t.Fatalf("CUDA_MEMCPY2D layout: size %d, dstXInBytes at %d, height at %d", unsafe.Sizeof(p), unsafe.Offsetof(p.dstXInBytes), unsafe.Offsetof(p.height))
 	}
+}
+
+// fakeDevice is a Device whose worker runs jobs without CUDA, as loop
+// does, so Do and Close can be tested on machines without a GPU.
+func fakeDevice() *Device {
+	d := &Device{jobs: make(chan func()), done: make(chan struct{})}
+	started := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer close(d.done)
+		d.thread = threadID()
+		close(started)
+		for job := range d.jobs {
+			job()
+		}
+	}()
+	<-started
+	return d
+}
+
+// TestDoNestedAndClose: a Do (or Close) inside Do returns an error
+// instead of deadlocking, and Do racing Close never panics: each Do runs
+// its job or reports the device closed.
+func TestDoNestedAndClose(t *testing.T) {
+	d := fakeDevice()
+	var inner, closeInside error
+	if err := d.Do(func() error {
+		inner = d.Do(func() error { return nil })
+		closeInside = d.Close()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if runtime.GOOS == "linux" && (inner == nil || closeInside == nil) {
+		t.Fatalf("nested Do: %v, Close inside Do: %v; want errors", inner, closeInside)
+	}
+
+	var wg sync.WaitGroup
+	var ran, refused atomic.Int64
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				err := d.Do(func() error { ran.Add(1); return nil })
+				if err != nil {
+					if !strings.Contains(err.Error(), "closed") {
+						t.Errorf("Do: %v", err)
+					}
+					refused.Add(1)
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(time.Millisecond)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if err := d.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := d.Do(func() error { return nil }); err == nil {
+		t.Fatal("Do after Close succeeded")
+	}
+	t.Logf("%d jobs ran, %d goroutines refused", ran.Load(), refused.Load())
 }
