@@ -154,6 +154,9 @@ func (b *Backend) grow(buf *devBuf, bytes int) (driver.Ptr, error) {
 	if buf.bytes >= bytes {
 		return buf.p, nil
 	}
+	// cuMemFree waits for the device's pending work (it synchronizes:
+	// see the CUDA driver API's notes on synchronous behavior), so kernels
+	// still reading the old buffer on b.s finish before it goes.
 	if err := b.dev.Free(buf.p); err != nil {
 		return 0, err
 	}
