@@ -168,8 +168,8 @@ func planCalib(o Options, method string) (*CalibSpec, error) {
 		switch {
 		case o.Calib != "":
 			return nil, fmt.Errorf("--calib %s: only --method wanda or sparsegpt use calibration data", o.Calib)
-		case o.CalibFormat != "", o.CalibSamples != 0, o.CalibSeqLen != 0:
-			return nil, errors.New("--calib-format, --calib-samples and --calib-seqlen need --method wanda or sparsegpt with --calib")
+		case o.CalibFormat != "", o.CalibSamples != 0, o.CalibSeqLen != 0, o.CalibChunk != 0:
+			return nil, errors.New("--calib-format, --calib-samples, --calib-seqlen and --calib-chunk need --method wanda or sparsegpt with --calib")
 		}
 		return nil, nil
 	}
@@ -186,6 +186,9 @@ func planCalib(o Options, method string) (*CalibSpec, error) {
 		c.Samples = DefaultCalibSamples
 	case c.Samples < 0:
 		return nil, fmt.Errorf("--calib-samples %d: want at least 1", c.Samples)
+	}
+	if o.CalibChunk < 0 {
+		return nil, fmt.Errorf("--calib-chunk %d: want at least 1 (0: automatic)", o.CalibChunk)
 	}
 	switch {
 	case c.SeqLen == 0:
@@ -244,6 +247,9 @@ func startCalibration(src Source, o Options, c *CalibSpec, method string, ruleFo
 	cal, err := newCalibrator(src, method, samples, decide, round, o.LayerProgress)
 	if err != nil {
 		return nil, nil, err
+	}
+	if o.CalibChunk > 0 {
+		cal.chunk = o.CalibChunk
 	}
 	return cal, prov, nil
 }

@@ -111,6 +111,10 @@ type Options struct {
 	// DefaultCalibSeqLen, at most the model's positions) tokens are drawn
 	// from the calibration stream with Seed (LoadCalibration).
 	CalibSamples, CalibSeqLen int
+	// CalibChunk is the number of samples a calibration forward takes at
+	// once (0: about 8192 tokens' worth). It bounds the activations'
+	// memory and does not change the result.
+	CalibChunk int
 
 	// Progress, when set, is called after each source weight is written.
 	Progress func(done, total int, name string)

@@ -40,11 +40,16 @@
 // the model's tokenizer with BOS per sample, or uint16/uint32 token ids)
 // and prune the decoder layers in order: each layer's inputs come from
 // the layers before it, already pruned, computed node by node by the CPU
-// backend of package ops (the runtime's kernels) over all samples at once;
-// within a layer each linear is pruned just before its node runs, so its
-// inputs reflect the layer's earlier linears already pruned (q, k, v share
-// the LayerNorm output). One layer's weights and one Hessian are held at a
-// time. The Result reports the time per layer (Layers, also through
+// backend of package ops (the runtime's kernels); within a layer each
+// linear is pruned before its node runs, so its inputs reflect the
+// layer's earlier linears already pruned (q, k, v share the LayerNorm
+// output). The samples go through a layer in chunks of
+// Options.CalibChunk samples (default about 8192 tokens), once per input
+// of its linears and once to its output, so memory holds two copies of
+// the hidden states, one chunk's activations, one layer's weights and one
+// Hessian; when all samples fit one chunk, the layer runs once. The
+// chunking never changes the result (statistics are summed in sample
+// order). The Result reports the time per layer (Layers, also through
 // Options.LayerProgress) and per weight ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ on the
 // calibration inputs; the provenance records the method and calibration
 // (file, SHA-256, samples, sequence length, seed) for the file and for

@@ -1,8 +1,10 @@
 package convert_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -233,6 +235,48 @@ func TestOneShotDeterministicTokens(t *testing.T) {
 			t.Fatal(err)
 		}
 		m.Close()
+	}
+}
+
+// TestCalibChunkInvariance: the calibration's chunking (--calib-chunk)
+// bounds its memory and never changes the output: chunks of 1 and 7
+// samples (60 tokens each, so the Hessian's 2048-row blocks straddle
+// chunks) give the bytes of one chunk of all 40 samples, for Wanda and
+// SparseGPT.
+func TestCalibChunkInvariance(t *testing.T) {
+	tmp := t.TempDir()
+	ids := make([]byte, 2*6000)
+	for i := range 6000 {
+		binary.LittleEndian.PutUint16(ids[2*i:], uint16((i*131+i*i*7)%512))
+	}
+	calib := filepath.Join(tmp, "calib.u16")
+	if err := os.WriteFile(calib, ids, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, method := range []string{"wanda", "sparsegpt"} {
+		var want []byte
+		for _, chunk := range []int{0, 1, 7} {
+			o := convert.Options{Out: filepath.Join(tmp, fmt.Sprintf("%s-%d.slope", method, chunk)), Method: method, Calib: calib,
+				CalibSamples: 40, CalibSeqLen: 60, CalibChunk: chunk, Seed: 3, Created: "2024-01-01T00:00:00Z"}
+			if _, err := convert.DenseToSlope(t.Context(), o); err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(o.Out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want == nil {
+				want = b
+			} else if !bytes.Equal(b, want) {
+				t.Errorf("%s: --calib-chunk %d gives another file than one chunk", method, chunk)
+			}
+		}
+	}
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: filepath.Join(tmp, "x.slope"), Method: "wanda", Calib: calib, CalibChunk: -1}); err == nil || !strings.Contains(err.Error(), "--calib-chunk") {
+		t.Errorf("--calib-chunk -1: %v", err)
+	}
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: filepath.Join(tmp, "y.slope"), CalibChunk: 4}); err == nil || !strings.Contains(err.Error(), "--calib-chunk") {
+		t.Errorf("--calib-chunk with magnitude: %v", err)
 	}
 }
 

@@ -65,7 +65,12 @@ token), or token ids: .bin and .u16 files hold little-endian uint16 ids,
 extension). --calib-samples windows (default ` + fmt.Sprint(convert.DefaultCalibSamples) + `) of --calib-seqlen tokens
 (default ` + fmt.Sprint(convert.DefaultCalibSeqLen) + `, capped at the model's positions) are drawn from the
 token stream with --seed. The time per layer is reported, and per weight
-the output error ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ on the calibration inputs.
+the output error ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ on the calibration inputs. The
+samples go through each layer in chunks of --calib-chunk samples (default:
+about 8192 tokens), once per input of its linears and once to its output;
+memory holds two copies of the hidden states (samples x seqlen x hidden
+float32), one chunk's activations and one Hessian, and the result does not
+depend on the chunk.
 
 --rank R (or --rank-frac F, rank round(F * hidden size)) gives every pruned
 weight a low-rank adapter, y = x·W_sᵀ + scale·(x·L)·R with L [in, R] and
@@ -191,6 +196,7 @@ is converted, so the command works offline.`,
 	f.StringVar(&o.CalibFormat, "calib-format", "", "calibration file format: auto|text|u16|u32 (default auto: by extension)")
 	f.IntVar(&o.CalibSamples, "calib-samples", convert.DefaultCalibSamples, "number of calibration samples")
 	f.IntVar(&o.CalibSeqLen, "calib-seqlen", convert.DefaultCalibSeqLen, "tokens per calibration sample (at most the model's positions)")
+	f.IntVar(&o.CalibChunk, "calib-chunk", 0, "calibration samples per forward pass (0: about 8192 tokens; bounds memory, never changes the result)")
 	f.Uint64Var(&o.Seed, "seed", 0, "seed of every random choice (calibration samples, adapter init, randomized SVD)")
 	f.BoolVar(&asJSON, "json", false, "print the summary as JSON on stdout")
 	f.BoolVar(&quiet, "quiet", false, "no progress, warnings or per-weight table")
