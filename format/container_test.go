@@ -2,6 +2,7 @@ package format
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -495,4 +496,61 @@ func mappedRSS(t *testing.T, path string) int {
 		}
 	}
 	return rss
+}
+
+// TestWriterStartsWriteback: the writer hands what it wrote to the
+// kernel's writeback in batches of writebackBatch bytes or more, in file
+// order and without gaps, from the start of the data region (Close's
+// fsync then has little left to write); the file reads back the same.
+func TestWriterStartsWriteback(t *testing.T) {
+	type span struct{ off, n int64 }
+	var got []span
+	writeback = func(f *os.File, off, n int64) { got = append(got, span{off, n}) }
+	t.Cleanup(func() { writeback = startWriteback })
+	path := filepath.Join(t.TempDir(), "wb.slope")
+	w, err := Create(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := int64(w.dataOff)
+	data := make([]float32, 3<<20) // 12 MiB per tensor
+	for i := range data {
+		data[i] = float32(i % 1000)
+	}
+	for i := range 5 { // two through WriteTensor, three streamed
+		name := fmt.Sprint("t", i)
+		if i < 2 {
+			raw := make([]byte, 4*len(data))
+			if err := EncodeFloats(slopepb.DType_FLOAT32, data, raw); err != nil {
+				t.Fatal(err)
+			}
+			err = w.WriteTensor(&slopepb.Tensor{Name: name, Dtype: slopepb.DType_FLOAT32, Shape: []uint64{uint64(len(data))}, Encoding: slopepb.Encoding_DENSE}, raw)
+		} else {
+			err = w.WriteDense(name, slopepb.DType_FLOAT32, []uint64{uint64(len(data))}, data)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) < 3 {
+		t.Fatalf("%d writeback calls for 60 MiB: %v", len(got), got)
+	}
+	next := start
+	for _, s := range got {
+		if s.off != next || s.n < writebackBatch {
+			t.Fatalf("writeback spans %v: want contiguous spans of at least %d bytes from %d", got, writebackBatch, start)
+		}
+		next = s.off + s.n
+	}
+	f, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Verify(nil); err != nil {
+		t.Fatal(err)
+	}
 }

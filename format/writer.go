@@ -60,6 +60,28 @@ type Writer struct {
 	enc      *zstd.Encoder
 	err      error // sticky: the first failure; Close then aborts
 	done     bool
+	// wbFrom is where the data not yet handed to startWriteback begins
+	// (a file offset): tensors are written in file order.
+	wbFrom int64
+}
+
+// writeback is startWriteback (a variable for the tests).
+var writeback = startWriteback
+
+// writebackBatch is how many written bytes gather before the writer asks
+// the kernel to start writing them out.
+const writebackBatch = 16 << 20
+
+// wrote notes that the data region now ends at file offset end, and hands
+// whole batches to startWriteback.
+func (w *Writer) wrote(end int64) {
+	if w.wbFrom == 0 {
+		w.wbFrom = int64(w.dataOff)
+	}
+	if end-w.wbFrom >= writebackBatch {
+		writeback(w.tmp, w.wbFrom, end-w.wbFrom)
+		w.wbFrom = end
+	}
 }
 
 // Create starts a new container that will be written to path.
@@ -143,6 +165,7 @@ func (w *Writer) writeTensor(desc *slopepb.Tensor, raw []byte) error {
 		w.err = fmt.Errorf("write %q to %s: %w", t.Name, w.tmp.Name(), err)
 		return w.err
 	}
+	w.wrote(int64(w.dataOff+off) + int64(len(stored)))
 	w.place(t, off)
 	return nil
 }
@@ -207,6 +230,7 @@ func (w *Writer) writeDenseStreaming(desc *slopepb.Tensor, data []float32, es in
 			return w.err
 		}
 		pos += int64(len(b))
+		w.wrote(pos)
 	}
 	t.Xxh3 = h.Sum64()
 	w.place(t, off)
