@@ -29,6 +29,9 @@ func optConfig(vocab, hidden, ffn, layers, heads int) string {
 //     (OPT-350m's width, 2 layers): the six linears hold 25M values
 //     against the 8M of the tied embedding;
 //   - "opt125m": OPT-125m's shape;
+//   - "opt350m": OPT-350m's shape with a pre-LayerNorm, tied, 1024-wide
+//     head (24 layers, hidden 1024, ffn 4096, vocab 50272): the decoder
+//     linears hold 302M values against the embedding's 51M;
 //   - otherwise bench/train.sh's model (4 layers, hidden 256, ffn 1024,
 //     vocab 8192: 3.1M against 2.1M).
 func benchModelConfig() string {
@@ -37,6 +40,8 @@ func benchModelConfig() string {
 		return optConfig(8192, 1024, 4096, 2, 16)
 	case "opt125m":
 		return optConfig(50272, 768, 3072, 12, 12)
+	case "opt350m":
+		return optConfig(50272, 1024, 4096, 24, 16)
 	}
 	return optConfig(8192, 256, 1024, 4, 4)
 }
