@@ -45,8 +45,9 @@
 // layer's earlier linears already pruned (q, k, v share the LayerNorm
 // output). The samples go through a layer in chunks of
 // Options.CalibChunk samples (default about 8192 tokens), once per input
-// of its linears and once to its output, so memory holds two copies of
-// the hidden states, one chunk's activations, one layer's weights and one
+// of its linears and once to its output (a pass starts where an earlier
+// one left a narrow set of values: the attention output), so memory holds
+// up to three copies of the hidden states, one chunk's activations, one layer's weights and one
 // Hessian; when all samples fit one chunk, the layer runs once. The
 // chunking never changes the result (statistics are summed in sample
 // order). The Result reports the time per layer (Layers, also through

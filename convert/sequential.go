@@ -52,10 +52,13 @@ type calibResult struct {
 // calibChunkTokens tokens each), once per distinct input of its pruned
 // linears (the layer up to that input, gathering its statistics) and once
 // more to the layer's output, as the reference implementations do for
-// true sequential pruning. Memory: two hidden states [samples·seq,
-// hidden] (the layer's input and output), one layer's weights, one
-// chunk's activations, and one input's statistics at a time (sparsegpt: a
-// D×D float64 Hessian and its factor for the widest input D). The chunking
+// true sequential pruning; a pass starts at an earlier pass's stash when
+// there is one (pass). Memory: up to three hidden states [samples·seq,
+// hidden] (the layer's input, its output and the stash), one layer's
+// weights, one chunk's activations, and one input's statistics at a time
+// (sparsegpt: a D×D float64 Hessian and its factor for the widest input
+// D). When all samples fit one chunk, the passes continue each other: one
+// forward of the layer, holding all its activations. The chunking
 // does not change the result: every statistic is summed in sample order
 // (the Hessian over the same 2048-row blocks), so any chunk size gives the
 // same bits.
@@ -379,6 +382,18 @@ type layerPlan struct {
 	// passes, so that each pass only continues the last one: one forward
 	// of the layer in all, as without chunks.
 	sweep *sweep
+	// stash, with chunks, holds for all samples the values that an
+	// earlier pass found live at its stop, so later passes start there
+	// instead of at the layer's first node (see pass).
+	stash *stash
+}
+
+// stash is the values live at node at (made by nodes before it, read by
+// it or later ones), for all samples; the layer's input is not among
+// them (c.h holds it).
+type stash struct {
+	at   int
+	vals map[string]*ops.Value
 }
 
 type sweep struct {
@@ -390,7 +405,7 @@ func (c *calibrator) layer(li int) error {
 	start := time.Now()
 	nodes := c.layers[li]
 	w := memWeights{}
-	plan := layerPlan{nodes: nodes, ids: c.ids[li], lastUse: map[string]int{}}
+	plan := &layerPlan{nodes: nodes, ids: c.ids[li], lastUse: map[string]int{}}
 	if c.call.Batch <= c.chunk {
 		plan.sweep = &sweep{vals: map[string]*ops.Value{c.hName: c.h}}
 	}
@@ -465,18 +480,32 @@ func (c *calibrator) layer(li int) error {
 	return nil
 }
 
-// pass runs the first stop nodes of the layer over every chunk of samples.
-// With st, it adds the chunks' values of node stop's first input to st;
-// with stop = len(nodes) it returns the layer's output for all samples.
-// The relative errors of errs's linears that run are summed and written
-// to their results (and removed from errs).
-func (c *calibrator) pass(plan layerPlan, stop int, w memWeights, steps []ops.Step, errs map[int]*relErrSum, st *inputStats) (*ops.Value, error) {
+// pass runs the layer's nodes before stop over every chunk of samples:
+// from the first node, or from the stash. With st, it adds the chunks'
+// values of node stop's first input to st; with stop = len(nodes) it
+// returns the layer's output for all samples. The relative errors of
+// errs's linears that run are summed and written to their results (and
+// removed from errs).
+//
+// A pass that ran a linear since the stash's node keeps the values live
+// at stop as the new stash when together they are no wider than the
+// layer's input (OPT: the attention output at out_proj, not fc1's two
+// inputs, nor fc2's wide one), so the stash costs at most one more copy
+// of the hidden states; nodes before the stash never change again, as
+// the linears are pruned in graph order.
+func (c *calibrator) pass(plan *layerPlan, stop int, w memWeights, steps []ops.Step, errs map[int]*relErrSum, st *inputStats) (*ops.Value, error) {
 	var out *ops.Value
 	samples, seq := c.call.Batch, c.call.Seq
 	var target string
 	if st != nil {
 		target = plan.nodes[stop].Input[0]
 	}
+	from := 0
+	if plan.stash != nil {
+		from = plan.stash.at
+	}
+	var next *stash // the stash this pass makes, if any
+	keep := false
 	for s0 := 0; s0 < samples; s0 += c.chunk {
 		if c.ctx != nil {
 			if err := c.ctx.Err(); err != nil {
@@ -491,7 +520,13 @@ func (c *calibrator) pass(plan layerPlan, stop int, w memWeights, steps []ops.St
 		if sw := plan.sweep; sw != nil {
 			vals, first, sw.next = sw.vals, sw.next, stop
 		} else {
-			vals = map[string]*ops.Value{c.hName: {Rows: call.Rows(), Dim: h.Dim, Data: h.Data[s0*seq*h.Dim : s1*seq*h.Dim]}}
+			vals = map[string]*ops.Value{c.hName: rowsOf(h, s0*seq, s1*seq)}
+			if plan.stash != nil {
+				for name, v := range plan.stash.vals {
+					vals[name] = rowsOf(v, s0*seq, s1*seq)
+				}
+				first = from
+			}
 		}
 		for k := first; k < stop; k++ {
 			n := plan.nodes[k]
@@ -522,6 +557,16 @@ func (c *calibrator) pass(plan layerPlan, stop int, w memWeights, steps []ops.St
 				}
 			}
 		}
+		if plan.sweep == nil && stop < len(plan.nodes) {
+			if s0 == 0 {
+				next, keep = c.liveAt(plan, stop, from, vals)
+			}
+			if keep {
+				for name, v := range next.vals {
+					copy(v.Data[s0*seq*v.Dim:], vals[name].Data)
+				}
+			}
+		}
 		switch {
 		case st != nil:
 			x, ok := vals[target]
@@ -543,6 +588,9 @@ func (c *calibrator) pass(plan layerPlan, stop int, w memWeights, steps []ops.St
 			copy(out.Data[s0*seq*y.Dim:], y.Data)
 		}
 	}
+	if keep {
+		plan.stash = next
+	}
 	for k, e := range errs {
 		if k < stop { // ran in this pass (or, sweeping, in an earlier one)
 			e.finish()
@@ -555,6 +603,39 @@ func (c *calibrator) pass(plan layerPlan, stop int, w memWeights, steps []ops.St
 		}
 	}
 	return out, nil
+}
+
+// liveAt returns, for a pass that stops at node stop having started at
+// node from, the stash of the values of vals (one chunk's) live at stop,
+// allocated for all samples, and whether to keep it: when a linear ran
+// since from and the values are together no wider than the layer's input.
+func (c *calibrator) liveAt(plan *layerPlan, stop, from int, vals map[string]*ops.Value) (*stash, bool) {
+	linear := false
+	for _, n := range plan.nodes[from:stop] {
+		linear = linear || n.OpType == ops.OpLinear
+	}
+	width := 0
+	live := map[string]*ops.Value{}
+	for name, v := range vals {
+		if name != c.hName && plan.lastUse[name] >= stop {
+			live[name] = v
+			width += v.Dim
+		}
+	}
+	if !linear || len(live) == 0 || width > c.h.Dim {
+		return nil, false
+	}
+	rows := c.call.Rows()
+	st := &stash{at: stop, vals: map[string]*ops.Value{}}
+	for name, v := range live {
+		st.vals[name] = &ops.Value{Rows: rows, Dim: v.Dim, Data: make([]float32, rows*v.Dim)}
+	}
+	return st, true
+}
+
+// rowsOf is the view of rows [r0, r1) of v.
+func rowsOf(v *ops.Value, r0, r1 int) *ops.Value {
+	return &ops.Value{Rows: r1 - r0, Dim: v.Dim, Data: v.Data[r0*v.Dim : r1*v.Dim]}
 }
 
 // prune prunes weight t [out, in] by the calibrator's method given the

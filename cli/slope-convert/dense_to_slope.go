@@ -68,7 +68,7 @@ token stream with --seed. The time per layer is reported, and per weight
 the output error ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ on the calibration inputs. The
 samples go through each layer in chunks of --calib-chunk samples (default:
 about 8192 tokens), once per input of its linears and once to its output;
-memory holds two copies of the hidden states (samples x seqlen x hidden
+memory holds up to three copies of the hidden states (samples x seqlen x hidden
 float32), one chunk's activations and one Hessian, and the result does not
 depend on the chunk.
 
