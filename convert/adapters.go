@@ -157,35 +157,27 @@ func refitR(w, ws []float32, out, in, rank int, l []float32, scale float32) ([]f
 	return r, true
 }
 
-// rowSquares returns Σw² and Σ(w−ws)² of one row in float64, in four
-// interleaved partial sums (element i into sum i%4, combined as
-// (s0+s1)+(s2+s3)): one fixed order, shared by every caller so that the
-// reported errors agree bit for bit, and four times shorter dependency
-// chains than one running sum.
+// rowSquares returns Σw² and Σ(w−ws)² of one row in float64, in eight
+// interleaved partial sums (element i into sum i%8, combined as
+// ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)): sumTree8): one fixed order, shared
+// by every caller (the fused 2:4 kernel's SIMD lanes included) so that
+// the reported errors agree bit for bit, with short dependency chains.
 func rowSquares(w, ws []float32) (a, b float64) {
-	var a0, a1, a2, a3, b0, b1, b2, b3 float64
+	var sa, sb [8]float64
 	n := len(w)
 	ws = ws[:n]
-	i := 0
-	for ; i+4 <= n; i += 4 {
-		v0, v1, v2, v3 := float64(w[i]), float64(w[i+1]), float64(w[i+2]), float64(w[i+3])
-		a0 += v0 * v0
-		a1 += v1 * v1
-		a2 += v2 * v2
-		a3 += v3 * v3
-		d0, d1, d2, d3 := v0-float64(ws[i]), v1-float64(ws[i+1]), v2-float64(ws[i+2]), v3-float64(ws[i+3])
-		b0 += d0 * d0
-		b1 += d1 * d1
-		b2 += d2 * d2
-		b3 += d3 * d3
-	}
-	for ; i < n; i++ {
+	for i := range n {
 		v := float64(w[i])
-		a0 += v * v
 		d := v - float64(ws[i])
-		b0 += d * d
+		sa[i&7] += v * v
+		sb[i&7] += d * d
 	}
-	return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
+	return sumTree8(&sa), sumTree8(&sb)
+}
+
+// sumTree8 adds eight partial sums in rowSquares's order.
+func sumTree8(s *[8]float64) float64 {
+	return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
 }
 
 // rowSquaresKept is rowSquares(w, ws) for ws = w where keep, 0 elsewhere
@@ -193,35 +185,19 @@ func rowSquares(w, ws []float32) (a, b float64) {
 // the same values in the same order, so the same bits (a kept infinity
 // gives v - v = NaN there too).
 func rowSquaresKept(w []float32, keep []bool) (a, b float64) {
-	var a0, a1, a2, a3, b0, b1, b2, b3 float64
+	var sa, sb [8]float64
 	n := len(w)
 	keep = keep[:n]
-	d := func(v float64, k bool) float64 {
-		if k {
-			return v - v
-		}
-		return v
-	}
-	i := 0
-	for ; i+4 <= n; i += 4 {
-		v0, v1, v2, v3 := float64(w[i]), float64(w[i+1]), float64(w[i+2]), float64(w[i+3])
-		a0 += v0 * v0
-		a1 += v1 * v1
-		a2 += v2 * v2
-		a3 += v3 * v3
-		d0, d1, d2, d3 := d(v0, keep[i]), d(v1, keep[i+1]), d(v2, keep[i+2]), d(v3, keep[i+3])
-		b0 += d0 * d0
-		b1 += d1 * d1
-		b2 += d2 * d2
-		b3 += d3 * d3
-	}
-	for ; i < n; i++ {
+	for i := range n {
 		v := float64(w[i])
-		a0 += v * v
-		dv := d(v, keep[i])
-		b0 += dv * dv
+		d := v
+		if keep[i] {
+			d = v - v
+		}
+		sa[i&7] += v * v
+		sb[i&7] += d * d
 	}
-	return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
+	return sumTree8(&sa), sumTree8(&sb)
 }
 
 // relErrors returns ‖w − ws‖/‖w‖ and, when l is not nil,

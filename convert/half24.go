@@ -268,26 +268,28 @@ func (s *sel24) pick(x uint64) uint64 {
 
 // squares24Row returns the sums of squares of a row and of its dropped
 // entries (the selections sel), added as rowSquares adds them for the
-// stored kept entries: a dropped entry's square times 1, a kept one's
+// stored kept entries: element i into partial sum i%8 (group g's lanes
+// into sums 4·(g%2)+j), a dropped entry's square times 1, a kept one's
 // times 0 (the +0 of (v - v)², and NaN for an infinite v, as there).
 func (h halfFloat) squares24Row(w []byte, sel []uint8) (sw, sp float64) {
 	sq := h.sq
 	w = w[:8*len(sel)]
-	var a0, a1, a2, a3, b0, b1, b2, b3 float64
+	var a, b [8]float64
 	for g, c := range sel {
 		k := binary.LittleEndian.Uint64(w[8*g:]) &^ high16
 		s0, s1, s2, s3 := sq[k&0x7fff], sq[k>>16&0x7fff], sq[k>>32&0x7fff], sq[k>>48&0x7fff]
-		a0 += s0
-		a1 += s1
-		a2 += s2
-		a3 += s3
 		f := &drop24[c&63]
-		b0 += s0 * f[0]
-		b1 += s1 * f[1]
-		b2 += s2 * f[2]
-		b3 += s3 * f[3]
+		o := 4 * (g & 1)
+		a[o] += s0
+		a[o+1] += s1
+		a[o+2] += s2
+		a[o+3] += s3
+		b[o] += s0 * f[0]
+		b[o+1] += s1 * f[1]
+		b[o+2] += s2 * f[2]
+		b[o+3] += s3 * f[3]
 	}
-	return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
+	return sumTree8(&a), sumTree8(&b)
 }
 
 // drop24[c] is 1 for the lanes sel24Table[c] drops, 0 for those it keeps.
