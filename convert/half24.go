@@ -190,6 +190,12 @@ const (
 func (h halfFloat) prune24Rows(cols int, w, values, index, mask []byte, rowW, rowP []float64) (dropped int64, nanRow int) {
 	sz := half24SizesOf(cols)
 	groups := cols / 4
+	if prune24AVX512 && cols%32 == 0 {
+		if r := h.prune24RowsAVX512(cols, w, values, index, mask, rowW, rowP); r >= 0 {
+			return 0, r
+		}
+		return countDropped(len(rowW), cols, mask), -1
+	}
 	// Per group of 4 rows: each row's selections (sel24Table indices)
 	// and its column keys (|w|+1 where kept, 0 where dropped, per lane),
 	// for the transpose.
@@ -206,12 +212,65 @@ func (h halfFloat) prune24Rows(cols int, w, values, index, mask []byte, rowW, ro
 		}
 		doublePrune24Half(groups, sel, ck, mask[4*rg*sz.mask:4*(rg+1)*sz.mask])
 	}
+	return countDropped(len(rowW), cols, mask), -1
+}
+
+// countDropped is the number of kept entries of a 2:4 weight [rows,
+// cols] that its transpose mask drops.
+func countDropped(rows, cols int, mask []byte) int64 {
 	kept := 0
 	for _, b := range mask {
 		kept += bits.OnesCount8(b) // padding bits are zero
 	}
-	return int64(len(rowW)*cols/2 - kept), -1
+	return int64(rows*cols/2 - kept)
 }
+
+// prune24RowsAVX512 is prune24Rows's loop on the AVX-512 kernels (cols a
+// multiple of 32): the same outputs and sums. It returns the first row of
+// the first group of 4 rows holding a NaN, or -1.
+func (h halfFloat) prune24RowsAVX512(cols int, w, values, index, mask []byte, rowW, rowP []float64) int {
+	sz := half24SizesOf(cols)
+	groups, blocks := cols/4, cols/32
+	ck := make([]uint64, 4*groups)
+	kept := make([]uint32, 4*blocks)
+	var bf16 uint64
+	if h.inf == 0x7f80 {
+		bf16 = 1
+	}
+	var sums [16]float64
+	for rg := 0; 4*rg < len(rowW); rg++ {
+		for o := range 4 {
+			r := 4*rg + o
+			if !select24RowAVX512(&w[2*r*cols], blocks, uint64(h.inf), bf16, &values[r*sz.values], &index[r*sz.index],
+				&ck[o*groups], &kept[o*blocks], &sums, &index24LUT) {
+				return 4 * rg
+			}
+			rowW[r], rowP[r] = sumTree8((*[8]float64)(sums[:8])), sumTree8((*[8]float64)(sums[8:]))
+		}
+		tmask24AVX512(&ck[0], &kept[0], blocks, 8*groups, 4*blocks, &mask[4*rg*sz.mask], sz.mask)
+	}
+	return -1
+}
+
+// index24LUT maps a byte of kept bits (two groups of 4, 2 bits set in
+// each nibble) to their packed index byte (i0 | i1<<2 per group, the
+// first group in the low nibble).
+var index24LUT = func() (t [256]uint8) {
+	code := func(n int) uint8 {
+		var c, k uint8
+		for j := range 4 {
+			if n>>j&1 == 1 {
+				c |= uint8(j) << (2 * k)
+				k++
+			}
+		}
+		return c
+	}
+	for b := range t {
+		t[b] = code(b&15) | code(b>>4)<<4
+	}
+	return t
+}()
 
 // select24Row prunes one row 2:4: it writes its kept values and packed
 // indices and records each group's selection and column keys. It returns
