@@ -190,8 +190,8 @@ const (
 func (h halfFloat) prune24Rows(cols int, w, values, index, mask []byte, rowW, rowP []float64) (dropped int64, nanRow int) {
 	sz := half24SizesOf(cols)
 	groups := cols / 4
-	if prune24AVX512 && cols%32 == 0 {
-		if r := h.prune24RowsAVX512(cols, w, values, index, mask, rowW, rowP); r >= 0 {
+	if simd := prune24AVX512 && cols%32 == 0; simd || prune24AVX2 && cols%16 == 0 {
+		if r := h.prune24RowsSIMD(simd, cols, w, values, index, mask, rowW, rowP); r >= 0 {
 			return 0, r
 		}
 		return countDropped(len(rowW), cols, mask), -1
@@ -225,32 +225,68 @@ func countDropped(rows, cols int, mask []byte) int64 {
 	return int64(rows*cols/2 - kept)
 }
 
-// prune24RowsAVX512 is prune24Rows's loop on the AVX-512 kernels (cols a
-// multiple of 32): the same outputs and sums. It returns the first row of
-// the first group of 4 rows holding a NaN, or -1.
-func (h halfFloat) prune24RowsAVX512(cols int, w, values, index, mask []byte, rowW, rowP []float64) int {
+// prune24RowsSIMD is prune24Rows's loop on the AVX-512 kernels (avx512;
+// cols a multiple of 32) or the AVX2 ones (cols a multiple of 16): the
+// same outputs and sums. It returns the first row of the first group of 4
+// rows holding a NaN, or -1.
+func (h halfFloat) prune24RowsSIMD(avx512 bool, cols int, w, values, index, mask []byte, rowW, rowP []float64) int {
 	sz := half24SizesOf(cols)
-	groups, blocks := cols/4, cols/32
+	groups := cols / 4
 	ck := make([]uint64, 4*groups)
-	kept := make([]uint32, 4*blocks)
 	var bf16 uint64
 	if h.inf == 0x7f80 {
 		bf16 = 1
 	}
 	var sums [16]float64
+	blocks := cols / 16
+	if avx512 {
+		blocks = cols / 32
+	}
+	kept32, kept16 := make([]uint32, 4*blocks), make([]uint16, 4*blocks)
 	for rg := 0; 4*rg < len(rowW); rg++ {
 		for o := range 4 {
 			r := 4*rg + o
-			if !select24RowAVX512(&w[2*r*cols], blocks, uint64(h.inf), bf16, &values[r*sz.values], &index[r*sz.index],
-				&ck[o*groups], &kept[o*blocks], &sums, &index24LUT) {
+			var ok bool
+			if avx512 {
+				ok = select24RowAVX512(&w[2*r*cols], blocks, uint64(h.inf), bf16, &values[r*sz.values], &index[r*sz.index],
+					&ck[o*groups], &kept32[o*blocks], &sums, &index24LUT)
+			} else {
+				ok = select24RowAVX2(&w[2*r*cols], blocks, uint64(h.inf), bf16, &values[r*sz.values], &index[r*sz.index],
+					&ck[o*groups], &kept16[o*blocks], &sums, &shuffle24LUT, &index24LUT)
+			}
+			if !ok {
 				return 4 * rg
 			}
 			rowW[r], rowP[r] = sumTree8((*[8]float64)(sums[:8])), sumTree8((*[8]float64)(sums[8:]))
 		}
-		tmask24AVX512(&ck[0], &kept[0], blocks, 8*groups, 4*blocks, &mask[4*rg*sz.mask], sz.mask)
+		m := &mask[4*rg*sz.mask]
+		if avx512 {
+			tmask24AVX512(&ck[0], &kept32[0], blocks, 8*groups, 4*blocks, m, sz.mask)
+		} else {
+			tmask24AVX2(&ck[0], &kept16[0], blocks, 8*groups, 2*blocks, m, sz.mask)
+		}
 	}
 	return -1
 }
+
+// shuffle24LUT maps a byte of kept bits (the two groups of 4 16-bit values
+// in a 128-bit lane, 2 bits set in each nibble) to the VPSHUFB control
+// that moves their 4 kept values, in order, to the lane's low 8 bytes.
+var shuffle24LUT = func() (t [256][16]uint8) {
+	for b := range t {
+		k := 0
+		for i := range 8 {
+			if b>>i&1 == 1 && k < 4 {
+				t[b][2*k], t[b][2*k+1] = uint8(2*i), uint8(2*i+1)
+				k++
+			}
+		}
+		for j := 2 * k; j < 16; j++ {
+			t[b][j] = 0x80
+		}
+	}
+	return t
+}()
 
 // index24LUT maps a byte of kept bits (two groups of 4, 2 bits set in
 // each nibble) to their packed index byte (i0 | i1<<2 per group, the

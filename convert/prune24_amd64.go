@@ -9,6 +9,10 @@ import "golang.org/x/sys/cpu"
 // to check the Go form.
 var prune24AVX512 = cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VBMI2 && cpu.X86.HasBMI2
 
+// prune24AVX2 says whether the AVX2 form runs where the AVX-512 one does
+// not (AVX2, FMA, F16C, BMI2).
+var prune24AVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA && cpu.X86.HasF16C && cpu.X86.HasBMI2
+
 // select24RowAVX512 is select24Row and squares24Row on a row of blocks x
 // 32 16-bit floats at w: it writes the kept values (32 bytes per block),
 // the packed indices (4 bytes per block, lut mapping a byte of kept bits
@@ -29,3 +33,19 @@ func select24RowAVX512(w *byte, blocks int, inf uint64, bf16 uint64, values *byt
 //
 //go:noescape
 func tmask24AVX512(ck *uint64, kept *uint32, blocks int, ckRow int, keptRow int, mask *byte, maskRow int)
+
+// select24RowAVX2 is select24RowAVX512 on blocks of 16 values: per block
+// 16 bytes of kept values, 2 index bytes, 32 bytes of column keys and a
+// uint16 of kept bits; lut16 maps a byte of kept bits (the two groups of
+// a 128-bit lane) to the VPSHUFB control that moves their kept values to
+// the lane's low 8 bytes. sums: the eight lanes of the squares, then
+// those of the dropped squares, as select24RowAVX512's.
+//
+//go:noescape
+func select24RowAVX2(w *byte, blocks int, inf uint64, bf16 uint64, values *byte, index *byte, ck *uint64, kept *uint16, sums *[16]float64, lut16 *[256][16]uint8, lut *[256]uint8) bool
+
+// tmask24AVX2 is tmask24AVX512 on blocks of 16 columns (1 mask byte per
+// row and block).
+//
+//go:noescape
+func tmask24AVX2(ck *uint64, kept *uint16, blocks int, ckRow int, keptRow int, mask *byte, maskRow int)

@@ -11,27 +11,46 @@ import (
 	"github.com/slopeml/slope/format/slopepb"
 )
 
-// TestPrune24AVX512MatchesGo: the AVX-512 form of the fused 2:4 kernel
-// writes the Go form's bytes and sums (bit for bit), on random rows of
-// every kind (ties, special values, any finite value), for fp16 and
-// bf16, and stops at the same NaN.
-func TestPrune24AVX512MatchesGo(t *testing.T) {
-	if !prune24AVX512 {
-		t.Skip("NOT RUN: this CPU lacks AVX-512 BW/VBMI2 or BMI2 (the Go form is tested by the other tests)")
+// prune24Forms are the fused 2:4 kernel's forms this CPU runs, by name:
+// the flags prune24Rows reads for each.
+func prune24Forms() (names []string, flags map[string][2]bool) {
+	flags = map[string][2]bool{"go": {false, false}}
+	names = []string{"go"}
+	if prune24AVX2 {
+		flags["avx2"] = [2]bool{false, true}
+		names = append(names, "avx2")
 	}
-	run := func(asm bool, h halfFloat, rows, cols int, raw []byte) ([]byte, []byte, prunedWeight, error) {
-		prune24AVX512 = asm
-		defer func() { prune24AVX512 = true }()
-		sz := half24SizesOf(cols)
-		nm, mask := make([]byte, rows*(sz.values+sz.index)), make([]byte, rows*sz.mask)
-		res, err := h.prune24(rows, cols, raw, nm, mask)
-		return nm, mask, res, err
+	if prune24AVX512 {
+		flags["avx512"] = [2]bool{true, false}
+		names = append(names, "avx512")
 	}
+	return names, flags
+}
+
+// withPrune24Form runs f with the kernel's form set by flags (AVX-512,
+// AVX2), then restores the CPU's.
+func withPrune24Form(flags [2]bool, f func()) {
+	a, b := prune24AVX512, prune24AVX2
+	prune24AVX512, prune24AVX2 = flags[0], flags[1]
+	defer func() { prune24AVX512, prune24AVX2 = a, b }()
+	f()
+}
+
+// TestPrune24SIMDMatchesGo: the AVX-512 and AVX2 forms of the fused 2:4
+// kernel write the Go form's bytes and sums (bit for bit), on random
+// rows of every kind (ties, special values, any finite value), for fp16
+// and bf16, and stop at the same NaN.
+func TestPrune24SIMDMatchesGo(t *testing.T) {
+	names, flags := prune24Forms()
+	if len(names) == 1 {
+		t.Skip("NOT RUN: this CPU has neither AVX-512 (BW, VBMI2) nor AVX2 (with FMA, F16C, BMI2); the Go form is tested by the other tests")
+	}
+	t.Logf("forms: %v", names)
 	r := rand.New(rand.NewPCG(7, 8))
 	for _, dt := range halfDTypes {
 		h, _ := halfFloatOf(dt)
 		for trial := range 90 {
-			rows, cols := 4*(1+r.IntN(4)), 32*(1+r.IntN(6))
+			rows, cols := 4*(1+r.IntN(4)), 16*(1+r.IntN(12))
 			if trial%15 == 14 {
 				rows, cols = 256, 2048 // several workers
 			}
@@ -42,49 +61,56 @@ func TestPrune24AVX512MatchesGo(t *testing.T) {
 				binary.LittleEndian.PutUint16(raw[2*at:], h.inf+1+uint16(r.IntN(3)))
 			}
 			name := fmt.Sprintf("%s [%d %d] kind %d nan %v", dt, rows, cols, trial%3, nan)
-			gnm, gmask, gres, gerr := run(false, h, rows, cols, raw)
-			anm, amask, ares, aerr := run(true, h, rows, cols, raw)
-			if nan {
-				if gerr == nil || aerr == nil || gerr.Error() != aerr.Error() {
-					t.Fatalf("%s: Go form %v, AVX-512 form %v", name, gerr, aerr)
+			type out struct {
+				nm, mask []byte
+				res      prunedWeight
+				err      error
+			}
+			var want out
+			for i, form := range names {
+				sz := half24SizesOf(cols)
+				o := out{nm: make([]byte, rows*(sz.values+sz.index)), mask: make([]byte, rows*sz.mask)}
+				withPrune24Form(flags[form], func() { o.res, o.err = h.prune24(rows, cols, raw, o.nm, o.mask) })
+				if i == 0 {
+					want = o
+					continue
 				}
-				continue
-			}
-			if gerr != nil || aerr != nil {
-				t.Fatalf("%s: %v, %v", name, gerr, aerr)
-			}
-			if !bytes.Equal(anm, gnm) || !bytes.Equal(amask, gmask) {
-				t.Fatalf("%s: encodings differ (NM %v, mask %v)", name, bytes.Equal(anm, gnm), bytes.Equal(amask, gmask))
-			}
-			if ares.dropped != gres.dropped || math.Float64bits(ares.errPruned) != math.Float64bits(gres.errPruned) {
-				t.Fatalf("%s: dropped %d, error %v; Go form %d, %v", name, ares.dropped, ares.errPruned, gres.dropped, gres.errPruned)
+				switch {
+				case nan:
+					if want.err == nil || o.err == nil || o.err.Error() != want.err.Error() {
+						t.Fatalf("%s: Go form %v, %s form %v", name, want.err, form, o.err)
+					}
+				case want.err != nil || o.err != nil:
+					t.Fatalf("%s: Go form %v, %s form %v", name, want.err, form, o.err)
+				case !bytes.Equal(o.nm, want.nm) || !bytes.Equal(o.mask, want.mask):
+					t.Fatalf("%s: %s form's encodings differ (NM %v, mask %v)", name, form, bytes.Equal(o.nm, want.nm), bytes.Equal(o.mask, want.mask))
+				case o.res.dropped != want.res.dropped || math.Float64bits(o.res.errPruned) != math.Float64bits(want.res.errPruned):
+					t.Fatalf("%s: %s form: dropped %d, error %v; Go form %d, %v", name, form, o.res.dropped, o.res.errPruned, want.res.dropped, want.res.errPruned)
+				}
 			}
 		}
 	}
 }
 
-// BenchmarkPrune24Forms: the fused kernel's AVX-512 and Go forms on an
-// OPT-1.3B fc1-shaped fp16 weight.
+// BenchmarkPrune24Forms: the fused kernel's forms on an OPT-1.3B
+// fc1-shaped fp16 weight.
 func BenchmarkPrune24Forms(b *testing.B) {
 	const rows, cols = 8192, 2048
 	h, _ := halfFloatOf(slopepb.DType_FLOAT16)
 	raw := randHalves(rand.New(rand.NewPCG(1, 1)), h, rows*cols, 2)
 	sz := half24SizesOf(cols)
 	nm, mask := make([]byte, rows*(sz.values+sz.index)), make([]byte, rows*sz.mask)
-	for _, asm := range []bool{false, true} {
-		if asm && !prune24AVX512 {
-			continue
-		}
-		b.Run(map[bool]string{false: "go", true: "avx512"}[asm], func(b *testing.B) {
-			was := prune24AVX512
-			prune24AVX512 = asm
-			defer func() { prune24AVX512 = was }()
+	names, flags := prune24Forms()
+	for _, form := range names {
+		b.Run(form, func(b *testing.B) {
 			b.SetBytes(int64(len(raw)))
-			for b.Loop() {
-				if _, err := h.prune24(rows, cols, raw, nm, mask); err != nil {
-					b.Fatal(err)
+			withPrune24Form(flags[form], func() {
+				for b.Loop() {
+					if _, err := h.prune24(rows, cols, raw, nm, mask); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
+			})
 		})
 	}
 }
