@@ -149,6 +149,23 @@ nan:
 	MOVB $0, ret+80(FP)
 	RET
 
+// NOTMAJ24 sets k4 to the lanes where fewer than two of k1, k2, k3 are set
+// (k5: scratch).
+#define NOTMAJ24 \
+	KANDD K1, K2, K4 \
+	KORD K1, K2, K5 \
+	KANDD K5, K3, K5 \
+	KORD K4, K5, K4 \
+	KNOTD K4, K4
+
+// TMASK24ROW512 stores a row's 16 transpose-mask bits of a block: of the
+// lanes K4 keeps, those the row keeps (kept bits at kp), in order.
+#define TMASK24ROW512(kp, mp) \
+	KMOVD K4, AX \
+	MOVL kp, BX \
+	PEXTL BX, AX, AX \
+	MOVW AX, mp
+
 // func tmask24AVX512(ck *uint64, kept *uint32, blocks int, ckRow int, keptRow int, mask *byte, maskRow int)
 TEXT ·tmask24AVX512(SB), NOSPLIT, $0-56
 	MOVQ ck+0(FP), SI
@@ -176,54 +193,26 @@ tloop:
 	VPCMPUW $6, Z0, Z1, K1
 	VPCMPUW $6, Z0, Z2, K2
 	VPCMPUW $6, Z0, Z3, K3
-	KANDD K1, K2, K4
-	KORD K1, K2, K5
-	KANDD K5, K3, K5
-	KORD K4, K5, K4
-	KNOTD K4, K4
-	KMOVD K4, AX
-	MOVL (DI), BX
-	PEXTL BX, AX, AX
-	MOVW AX, (DX)
+	NOTMAJ24
+	TMASK24ROW512((DI), (DX))
 	// Row 1: by row 0 when not smaller, rows 2-3 when larger.
 	VPCMPUW $5, Z1, Z0, K1
 	VPCMPUW $6, Z1, Z2, K2
 	VPCMPUW $6, Z1, Z3, K3
-	KANDD K1, K2, K4
-	KORD K1, K2, K5
-	KANDD K5, K3, K5
-	KORD K4, K5, K4
-	KNOTD K4, K4
-	KMOVD K4, AX
-	MOVL (DI)(R9*1), BX
-	PEXTL BX, AX, AX
-	MOVW AX, (DX)(R10*1)
+	NOTMAJ24
+	TMASK24ROW512((DI)(R9*1), (DX)(R10*1))
 	// Row 2.
 	VPCMPUW $5, Z2, Z0, K1
 	VPCMPUW $5, Z2, Z1, K2
 	VPCMPUW $6, Z2, Z3, K3
-	KANDD K1, K2, K4
-	KORD K1, K2, K5
-	KANDD K5, K3, K5
-	KORD K4, K5, K4
-	KNOTD K4, K4
-	KMOVD K4, AX
-	MOVL (DI)(R9*2), BX
-	PEXTL BX, AX, AX
-	MOVW AX, (DX)(R10*2)
+	NOTMAJ24
+	TMASK24ROW512((DI)(R9*2), (DX)(R10*2))
 	// Row 3.
 	VPCMPUW $5, Z3, Z0, K1
 	VPCMPUW $5, Z3, Z1, K2
 	VPCMPUW $5, Z3, Z2, K3
-	KANDD K1, K2, K4
-	KORD K1, K2, K5
-	KANDD K5, K3, K5
-	KORD K4, K5, K4
-	KNOTD K4, K4
-	KMOVD K4, AX
-	MOVL (R13), BX
-	PEXTL BX, AX, AX
-	MOVW AX, (R14)
+	NOTMAJ24
+	TMASK24ROW512((R13), (R14))
 
 	ADDQ $64, SI
 	ADDQ $64, R12
