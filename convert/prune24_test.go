@@ -62,15 +62,24 @@ func TestPrune24SIMDMatchesGo(t *testing.T) {
 			}
 			name := fmt.Sprintf("%s [%d %d] kind %d nan %v", dt, rows, cols, trial%3, nan)
 			type out struct {
-				nm, mask []byte
-				res      prunedWeight
-				err      error
+				nm, mask   []byte
+				res        prunedWeight
+				err        error
+				rowW, rowP []float64 // prune24Rows's per-row sums, compared bit for bit
 			}
 			var want out
 			for i, form := range names {
 				sz := half24SizesOf(cols)
 				o := out{nm: make([]byte, rows*(sz.values+sz.index)), mask: make([]byte, rows*sz.mask)}
-				withPrune24Form(flags[form], func() { o.res, o.err = h.prune24(rows, cols, raw, o.nm, o.mask) })
+				withPrune24Form(flags[form], func() {
+					o.res, o.err = h.prune24(rows, cols, raw, o.nm, o.mask)
+					if !nan {
+						o.rowW, o.rowP = make([]float64, rows), make([]float64, rows)
+						nm, mask := make([]byte, len(o.nm)), make([]byte, len(o.mask))
+						vb := rows * sz.values
+						h.prune24Rows(cols, raw, nm[:vb], nm[vb:], mask, o.rowW, o.rowP)
+					}
+				})
 				if i == 0 {
 					want = o
 					continue
@@ -86,6 +95,11 @@ func TestPrune24SIMDMatchesGo(t *testing.T) {
 					t.Fatalf("%s: %s form's encodings differ (NM %v, mask %v)", name, form, bytes.Equal(o.nm, want.nm), bytes.Equal(o.mask, want.mask))
 				case o.res.dropped != want.res.dropped || math.Float64bits(o.res.errPruned) != math.Float64bits(want.res.errPruned):
 					t.Fatalf("%s: %s form: dropped %d, error %v; Go form %d, %v", name, form, o.res.dropped, o.res.errPruned, want.res.dropped, want.res.errPruned)
+				}
+				for r := range o.rowW {
+					if math.Float64bits(o.rowW[r]) != math.Float64bits(want.rowW[r]) || math.Float64bits(o.rowP[r]) != math.Float64bits(want.rowP[r]) {
+						t.Fatalf("%s: %s form's sums of row %d: %v, %v; Go form %v, %v", name, form, r, o.rowW[r], o.rowP[r], want.rowW[r], want.rowP[r])
+					}
 				}
 			}
 		}

@@ -498,45 +498,54 @@ func mappedRSS(t *testing.T, path string) int {
 	return rss
 }
 
-// TestWriterStartsWriteback: the writer hands what it wrote to the
-// kernel's writeback in batches of writebackBatch bytes or more, in file
-// order and without gaps, from the start of the data region (Close's
-// fsync then has little left to write); the file reads back the same.
+// TestWriterStartsWriteback: once the data region is large enough that
+// Close keeps it in place (compactBelow), the writer hands what it wrote
+// to the kernel's writeback in batches of writebackBatch bytes or more,
+// in file order and without gaps, from the start of the data region
+// (Close's fsync then has little left to write); a smaller file, which
+// Close copies, is not written out early. The file reads back the same.
 func TestWriterStartsWriteback(t *testing.T) {
 	type span struct{ off, n int64 }
 	var got []span
 	writeback = func(f *os.File, off, n int64) { got = append(got, span{off, n}) }
 	t.Cleanup(func() { writeback = startWriteback })
-	path := filepath.Join(t.TempDir(), "wb.slope")
-	w, err := Create(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := int64(w.dataOff)
 	data := make([]float32, 3<<20) // 12 MiB per tensor
 	for i := range data {
 		data[i] = float32(i % 1000)
 	}
-	for i := range 5 { // two through WriteTensor, three streamed
-		name := fmt.Sprint("t", i)
-		if i < 2 {
-			raw := make([]byte, 4*len(data))
-			if err := EncodeFloats(slopepb.DType_FLOAT32, data, raw); err != nil {
-				t.Fatal(err)
-			}
-			err = w.WriteTensor(&slopepb.Tensor{Name: name, Dtype: slopepb.DType_FLOAT32, Shape: []uint64{uint64(len(data))}, Encoding: slopepb.Encoding_DENSE}, raw)
-		} else {
-			err = w.WriteDense(name, slopepb.DType_FLOAT32, []uint64{uint64(len(data))}, data)
-		}
+	write := func(tensors int) (string, int64) {
+		path := filepath.Join(t.TempDir(), "wb.slope")
+		w, err := Create(path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
+		start := int64(w.dataOff)
+		for i := range tensors { // even ones through WriteTensor, odd ones streamed
+			name := fmt.Sprint("t", i)
+			if i%2 == 0 {
+				raw := make([]byte, 4*len(data))
+				if err := EncodeFloats(slopepb.DType_FLOAT32, data, raw); err != nil {
+					t.Fatal(err)
+				}
+				err = w.WriteTensor(&slopepb.Tensor{Name: name, Dtype: slopepb.DType_FLOAT32, Shape: []uint64{uint64(len(data))}, Encoding: slopepb.Encoding_DENSE}, raw)
+			} else {
+				err = w.WriteDense(name, slopepb.DType_FLOAT32, []uint64{uint64(len(data))}, data)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return path, start
 	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
+	if write(4); len(got) != 0 { // 48 MiB
+		t.Fatalf("a 48 MiB data region, which Close copies, was written out early: %v", got)
 	}
-	if len(got) < 3 {
-		t.Fatalf("%d writeback calls for 60 MiB: %v", len(got), got)
+	path, start := write(9) // 108 MiB
+	if len(got) < 2 {
+		t.Fatalf("%d writeback calls for 108 MiB: %v", len(got), got)
 	}
 	next := start
 	for _, s := range got {
@@ -544,6 +553,9 @@ func TestWriterStartsWriteback(t *testing.T) {
 			t.Fatalf("writeback spans %v: want contiguous spans of at least %d bytes from %d", got, writebackBatch, start)
 		}
 		next = s.off + s.n
+	}
+	if next-start < compactBelow {
+		t.Fatalf("writeback spans %v end %d bytes into the data region", got, next-start)
 	}
 	f, err := Open(path, nil)
 	if err != nil {

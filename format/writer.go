@@ -73,10 +73,15 @@ var writeback = startWriteback
 const writebackBatch = 16 << 20
 
 // wrote notes that the data region now ends at file offset end, and hands
-// whole batches to startWriteback.
+// whole batches to startWriteback, once the region is large enough that
+// Close keeps it where it is (a smaller one is copied, so writing it out
+// early would be wasted).
 func (w *Writer) wrote(end int64) {
 	if w.wbFrom == 0 {
 		w.wbFrom = int64(w.dataOff)
+	}
+	if end-int64(w.dataOff) < compactBelow {
+		return
 	}
 	if end-w.wbFrom >= writebackBatch {
 		writeback(w.tmp, w.wbFrom, end-w.wbFrom)

@@ -57,6 +57,7 @@ func startCPUProfile(path string) (stop func(), err error) {
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	context.AfterFunc(ctx, stop) // after the first Ctrl-C, a second one stops at once
 	root := newRoot(args)
 	root.SetArgs(args)
 	root.SetOut(stdout)

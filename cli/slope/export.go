@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -59,9 +60,12 @@ func newExportCmd() *cobra.Command {
 				return usagef(cmd, "export: --dtype %q: want keep, fp32, fp16 or bf16", o.DType)
 			}
 			// Ctrl-C or SIGTERM stop between tensors and remove what was
-			// written (the staging OUT.tmp), for this command only.
+			// written (the staging OUT.tmp), for this command only; after
+			// the first, the default handling is back (a second one stops
+			// the process at once).
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			context.AfterFunc(ctx, stop)
 			o.Context = ctx
 			rep, err := export.Export(args[0], o)
 			if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
@@ -37,6 +38,7 @@ func newInitCmd() *cobra.Command {
 			// left behind), for this command only.
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			context.AfterFunc(ctx, stop) // a second signal stops at once
 			o.Context = ctx
 			res, err := convert.Init(o)
 			if err != nil {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -225,23 +226,17 @@ func readCheckpoint(t *testing.T, path string) checkpoint {
 	return c
 }
 
-// TestTrainInterrupted: Ctrl-C (SIGINT) ends slope train after the step in
-// progress with a complete checkpoint, no temporary file and exit status
-// 130, and resuming that checkpoint ends bit-identical to a run that was
-// never interrupted.
-func TestTrainInterrupted(t *testing.T) {
-	model := convertTiny(t, "2:4")
+// interruptTrain starts slope train on model with flags, sends sig once
+// its log shows 3 steps, and returns the checkpoint path, the exit status
+// and stderr.
+func interruptTrain(t *testing.T, model string, flags []string, sig os.Signal) (ckpt string, code int, stderr string) {
+	t.Helper()
 	base := t.TempDir()
-	data := filepath.Join(base, "train.u16")
-	writeTokenFile(t, data, 2000, 50)
-	flags := []string{"--data", data, "--batch", "2", "--seq", "16", "--lr", "1e-3", "--warmup", "1", "--threads", "1",
-		"--seed", "7", "--mask-refresh", "2", "--print-every", "0", "--steps", "100000"}
-
-	ckpt := filepath.Join(base, "ckpt.slope")
+	ckpt = filepath.Join(base, "ckpt.slope")
 	logPath := filepath.Join(base, "log.jsonl")
-	var stderr bytes.Buffer
+	var errBuf bytes.Buffer
 	cmd := slopeCmd(append([]string{"train", model, "--out", ckpt, "--log", logPath}, flags...)...)
-	cmd.Stderr = &stderr
+	cmd.Stderr = &errBuf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -255,27 +250,46 @@ func TestTrainInterrupted(t *testing.T) {
 		}
 		select {
 		case err := <-done:
-			t.Fatalf("the run ended before it was interrupted: %v\n%s", err, stderr.String())
+			t.Fatalf("the run ended before it was interrupted: %v\n%s", err, errBuf.String())
 		case <-time.After(5 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
-			t.Fatalf("no third step logged in 2 minutes\n%s", stderr.String())
+			t.Fatalf("no third step logged in 2 minutes\n%s", errBuf.String())
 		}
 	}
-	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+	if err := cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	<-done
-	if code := cmd.ProcessState.ExitCode(); code != exitInterrupted {
-		t.Fatalf("exit status %d after SIGINT, want %d\n%s", code, exitInterrupted, stderr.String())
+	return ckpt, cmd.ProcessState.ExitCode(), errBuf.String()
+}
+
+// TestTrainInterrupted: Ctrl-C (SIGINT) ends slope train after the step in
+// progress with a complete checkpoint, no temporary file and exit status
+// 130 (SIGTERM: 143), and resuming that checkpoint ends bit-identical to
+// a run that was never interrupted.
+func TestTrainInterrupted(t *testing.T) {
+	model := convertTiny(t, "2:4")
+	data := filepath.Join(t.TempDir(), "train.u16")
+	writeTokenFile(t, data, 2000, 50)
+	flags := []string{"--data", data, "--batch", "2", "--seq", "16", "--lr", "1e-3", "--warmup", "1", "--threads", "1",
+		"--seed", "7", "--mask-refresh", "2", "--print-every", "0", "--steps", "100000"}
+
+	if ckpt, code, stderr := interruptTrain(t, model, flags, syscall.SIGTERM); code != 143 || readCheckpoint(t, ckpt).step < 3 {
+		t.Fatalf("after SIGTERM: exit status %d, want 143\n%s", code, stderr)
 	}
-	if !strings.Contains(stderr.String(), "interrupted after step") || !strings.Contains(stderr.String(), "--resume "+ckpt) {
-		t.Fatalf("stderr does not say where the run stopped and how to resume it:\n%s", stderr.String())
+	ckpt, code, stderr := interruptTrain(t, model, flags, os.Interrupt)
+	if code != exitInterrupted {
+		t.Fatalf("exit status %d after SIGINT, want %d\n%s", code, exitInterrupted, stderr)
+	}
+	if !strings.Contains(stderr, "interrupted after step") || !strings.Contains(stderr, "--resume "+ckpt) {
+		t.Fatalf("stderr does not say where the run stopped and how to resume it:\n%s", stderr)
 	}
 	if left := tempFiles(t, ckpt); len(left) > 0 {
 		t.Fatalf("temporary files left: %q", left)
 	}
+	base := t.TempDir()
 	got := readCheckpoint(t, ckpt)
 	if got.step < 3 || got.step >= 100000 {
 		t.Fatalf("checkpoint at step %d", got.step)

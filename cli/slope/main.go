@@ -41,7 +41,7 @@ const (
 	exitOK          = 0
 	exitError       = 1
 	exitUsage       = 2
-	exitInterrupted = 130 // 128 + SIGINT, as shells report an interrupted command
+	exitInterrupted = 130 // 128 + SIGINT, as shells report an interrupted command (128 + SIGTERM for that one)
 )
 
 func main() {
@@ -60,7 +60,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "slope: %v\n", err)
 	var ie *interruptedError
 	if errors.As(err, &ie) {
-		return exitInterrupted
+		return ie.exitCode()
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,7 +55,7 @@ func newTrainCmd() *cobra.Command {
 			"Checkpoints (complete .slope containers, written atomically) go to --out every\n" +
 			"--save-every steps and at the end. Ctrl-C or SIGTERM end the run after the current\n" +
 			"step: the checkpoint is written to --out (resume it with --resume) and slope exits\n" +
-			"with status 130; a second signal stops at once. Unless GOGC is set, the Go collector runs at\n" +
+			"with status 130 (143 for SIGTERM); a second signal stops at once. Unless GOGC is set, the Go collector runs at\n" +
 			"GOGC=25 (the default 100 lets the heap, and the peak RSS, reach twice the live size).\n\n" +
 			"With --rank or --rank-frac, plain low-rank adapters (L small random, R zero, so the\n" +
 			"loss is continuous) join every N:M layer at --adapter-start: a fraction of --steps\n" +
@@ -413,19 +414,25 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		last = min(last, fl.stopAfter)
 	}
 	// Ctrl-C or SIGTERM end the run after the step in progress, with a
-	// checkpoint; once one has been seen, the default handling comes back,
-	// so a second one stops the process at once (a checkpoint being
-	// written is then left incomplete under a temporary name, and --out
-	// keeps its previous contents).
-	sig, stopSignals := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stopSignals()
-	interrupted := func() bool {
-		if sig.Err() == nil {
-			return false
+	// checkpoint. The first one restores the default handling at once, so
+	// a second one stops the process (a checkpoint being written is then
+	// left incomplete under a temporary name, and --out keeps its previous
+	// contents).
+	var caught atomic.Value // the os.Signal received, if any
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	defer close(done)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case sg := <-sigs:
+			caught.Store(sg)
+			signal.Stop(sigs)
+		case <-done:
 		}
-		stopSignals()
-		return true
-	}
+	}()
+	interrupted := func() bool { return caught.Load() != nil }
 	for tr.StepCount() < last && !interrupted() {
 		s := tr.StepCount()
 		lr := tr.LR(s)
@@ -464,6 +471,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	}
 	// The checkpoint first: a failed final evaluation must not lose the
 	// run.
+	signal.Stop(sigs)                // the final save and evaluation stop at Ctrl-C as usual
 	stopped := tr.StepCount() < last // by a signal
 	if stopped {
 		prog.line(fmt.Sprintf("interrupted after step %d: writing %s", tr.StepCount(), fl.out))
@@ -472,7 +480,8 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		return err
 	}
 	if stopped {
-		return &interruptedError{step: tr.StepCount(), out: fl.out}
+		sg, _ := caught.Load().(syscall.Signal)
+		return &interruptedError{step: tr.StepCount(), out: fl.out, signal: sg}
 	}
 	if tr.StepCount() == fl.steps {
 		if err := evaluate(); err != nil {
@@ -500,10 +509,20 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 }
 
 // interruptedError ends a run stopped by a signal after its checkpoint
-// was written; slope exits with status 130 for it.
+// was written; slope exits with 128 + the signal's number for it.
 type interruptedError struct {
-	step int
-	out  string
+	step   int
+	out    string
+	signal syscall.Signal
+}
+
+// exitCode is 128 plus the signal's number, as shells report a command a
+// signal ended (130 for Ctrl-C, 143 for SIGTERM).
+func (e *interruptedError) exitCode() int {
+	if e.signal == 0 {
+		return exitInterrupted
+	}
+	return 128 + int(e.signal)
 }
 
 func (e *interruptedError) Error() string {

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/slopeml/slope/cuda/dl"
@@ -202,6 +203,7 @@ type Device struct {
 	// never closes jobs under a send.
 	closeMu sync.RWMutex
 	closed  bool
+	stopped atomic.Bool // closed, readable without the lock
 	// launch argument arena (used only on the worker thread)
 	argv [64]uint64
 	argp [64]uintptr
@@ -297,6 +299,11 @@ func (d *Device) readInfo(ordinal int) error {
 // deadlocking; so does a Do on a closed device. Do and Close may be
 // called from any goroutines at once.
 func (d *Device) Do(fn func() error) error {
+	if d.stopped.Load() {
+		return fmt.Errorf("device %d is closed", d.Ordinal)
+	}
+	// The worker's thread id is unique while the worker runs (it runs
+	// until Close, checked just above: after that the id may be reused).
 	if t := threadID(); t != 0 && t == d.thread {
 		return errors.New("Device.Do called inside Device.Do (run the inner work directly)")
 	}
@@ -324,18 +331,21 @@ func (d *Device) Do(fn func() error) error {
 // context and stops the worker. Device memory not freed is released with
 // the context. Closing twice is a no-op; closing inside Do is an error.
 func (d *Device) Close() error {
+	if d.stopped.Load() {
+		<-d.done
+		return nil
+	}
 	if t := threadID(); t != 0 && t == d.thread {
 		return errors.New("Device.Close called inside Device.Do")
 	}
 	d.closeMu.Lock()
-	if d.closed {
-		d.closeMu.Unlock()
-		return nil
+	if !d.closed {
+		d.closed = true
+		d.stopped.Store(true)
+		close(d.jobs)
 	}
-	d.closed = true
-	close(d.jobs)
 	d.closeMu.Unlock()
-	<-d.done
+	<-d.done // every Close returns once the worker is gone
 	return nil
 }
 
