@@ -253,22 +253,38 @@ func TestCalibChunkInvariance(t *testing.T) {
 	if err := os.WriteFile(calib, ids, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, method := range []string{"wanda", "sparsegpt"} {
-		var want []byte
-		for _, chunk := range []int{0, 1, 7} {
-			o := convert.Options{Out: filepath.Join(tmp, fmt.Sprintf("%s-%d.slope", method, chunk)), Method: method, Calib: calib,
-				CalibSamples: 40, CalibSeqLen: 60, CalibChunk: chunk, Seed: 3, Created: "2024-01-01T00:00:00Z"}
-			if _, err := convert.DenseToSlope(t.Context(), o); err != nil {
-				t.Fatal(err)
-			}
-			b, err := os.ReadFile(o.Out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if want == nil {
-				want = b
-			} else if !bytes.Equal(b, want) {
-				t.Errorf("%s: --calib-chunk %d gives another file than one chunk", method, chunk)
+	// Also 9 samples of 3 tokens: chunks of 1, 2 and 4 samples would make
+	// calls of fewer rows than the kernels' blocked GEMM takes (a short
+	// last one too); the chunking must round them up.
+	for _, cfg := range []struct{ samples, seq int }{{40, 60}, {9, 3}} {
+		for _, method := range []string{"wanda", "sparsegpt"} {
+			var want []byte
+			var wantErrs []float64
+			for _, chunk := range []int{0, 1, 2, 4, 7} {
+				o := convert.Options{Out: filepath.Join(tmp, fmt.Sprintf("%s-%d-%d.slope", method, cfg.seq, chunk)), Method: method, Calib: calib,
+					CalibSamples: cfg.samples, CalibSeqLen: cfg.seq, CalibChunk: chunk, Seed: 3, Created: "2024-01-01T00:00:00Z"}
+				res, err := convert.DenseToSlope(t.Context(), o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, err := os.ReadFile(o.Out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var errs []float64 // unrounded, unlike the provenance's
+				for _, w := range res.Weights {
+					errs = append(errs, w.CalibRelErr)
+				}
+				if want == nil {
+					want, wantErrs = b, errs
+					continue
+				}
+				if !bytes.Equal(b, want) {
+					t.Errorf("%s, %d x %d tokens: --calib-chunk %d gives another file than one chunk", method, cfg.samples, cfg.seq, chunk)
+				}
+				if !slices.Equal(errs, wantErrs) {
+					t.Errorf("%s, %d x %d tokens: --calib-chunk %d: output errors %v, one chunk %v", method, cfg.samples, cfg.seq, chunk, errs, wantErrs)
+				}
 			}
 		}
 	}

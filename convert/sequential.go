@@ -273,6 +273,25 @@ func (c *calibrator) run(step ops.Step, n *onnxpb.NodeProto, call *ops.Call, sam
 	return nil
 }
 
+// chunks splits the samples into runs of c.chunk (the last one shorter),
+// each of at least cpu.BlockedRows rows (token rows: samples x seq), so
+// that the kernels compute every row as they would in one call of all
+// samples: the chunking then never changes a bit.
+func (c *calibrator) chunks() [][2]int {
+	samples, seq := c.call.Batch, c.call.Seq
+	size := max(c.chunk, (cpu.BlockedRows+seq-1)/seq)
+	var out [][2]int
+	for s0 := 0; s0 < samples; s0 += size {
+		s1 := min(s0+size, samples)
+		if n := len(out); n > 0 && (s1-s0)*seq < cpu.BlockedRows {
+			out[n-1][1] = s1 // too short a last run joins the one before
+			continue
+		}
+		out = append(out, [2]int{s0, s1})
+	}
+	return out
+}
+
 // chunkCall is the call of samples [s0, s1) of the calibration set.
 func (c *calibrator) chunkCall(s0, s1 int) *ops.Call {
 	seq := c.call.Seq
@@ -406,7 +425,7 @@ func (c *calibrator) layer(li int) error {
 	nodes := c.layers[li]
 	w := memWeights{}
 	plan := &layerPlan{nodes: nodes, ids: c.ids[li], lastUse: map[string]int{}}
-	if c.call.Batch <= c.chunk {
+	if len(c.chunks()) == 1 {
 		plan.sweep = &sweep{vals: map[string]*ops.Value{c.hName: c.h}}
 	}
 	for k, n := range nodes {
@@ -433,6 +452,10 @@ func (c *calibrator) layer(li int) error {
 		}
 		st := stats[n.Input[0]]
 		if st == nil {
+			// One input's statistics at a time: a later linear reading
+			// an earlier input again gathers them again (the same bits:
+			// the nodes before it are pruned already).
+			clear(stats)
 			st = &inputStats{}
 			if _, err := c.pass(plan, k, w, steps, errs, st); err != nil {
 				return err
@@ -459,11 +482,8 @@ func (c *calibrator) layer(li int) error {
 			return fmt.Errorf("weight %s: %w", name, err)
 		}
 		w[name], steps[k] = pruned, nil
-		// The Hessian of an input goes once its last linear is pruned.
-		if plan.lastUse[n.Input[0]] == k {
-			delete(stats, n.Input[0])
-		}
 	}
+	clear(stats)
 	out, err := c.pass(plan, len(nodes), w, steps, errs, nil)
 	if err != nil {
 		return err
@@ -506,13 +526,8 @@ func (c *calibrator) pass(plan *layerPlan, stop int, w memWeights, steps []ops.S
 	}
 	var next *stash // the stash this pass makes, if any
 	keep := false
-	for s0 := 0; s0 < samples; s0 += c.chunk {
-		if c.ctx != nil {
-			if err := c.ctx.Err(); err != nil {
-				return nil, err
-			}
-		}
-		s1 := min(s0+c.chunk, samples)
+	for _, ch := range c.chunks() {
+		s0, s1 := ch[0], ch[1]
 		call := c.chunkCall(s0, s1)
 		h := c.h
 		var vals map[string]*ops.Value
@@ -530,6 +545,11 @@ func (c *calibrator) pass(plan *layerPlan, stop int, w memWeights, steps []ops.S
 		}
 		for k := first; k < stop; k++ {
 			n := plan.nodes[k]
+			if c.ctx != nil {
+				if err := c.ctx.Err(); err != nil {
+					return nil, err
+				}
+			}
 			if steps[k] == nil {
 				in, err := inputsOf(n, vals)
 				if err != nil {
@@ -677,8 +697,9 @@ func (c *calibrator) prune(name string, t *Tensor, p format.NM, st *inputStats) 
 
 // relErrSum sums, over the chunks in sample order, the squares of XWᵀ
 // and of XΔᵀ = XWᵀ − XW_sᵀ for a pruned linear (W its source weight, W_s
-// the pruned one, XW_sᵀ + b the node's own output), with the CPU float32
-// kernels: one GEMM more per linear than the forward. finish writes
+// the pruned one), with the CPU float32 kernels: XWᵀ + b runs as the node
+// runs XW_sᵀ + b, so a weight the pruning left as it was has an error of
+// exactly 0, at one GEMM more per linear than the forward. finish writes
 // ‖XΔᵀ‖_F/‖XWᵀ‖_F to the result.
 type relErrSum struct {
 	orig     *cpu.Dense
@@ -710,17 +731,17 @@ func (e *relErrSum) add(x, y *ops.Value) error {
 		return fmt.Errorf("output [%d %d] for %d rows of %d outputs", y.Rows, y.Dim, x.Rows, e.out)
 	}
 	yw := make([]float32, x.Rows*e.out)
-	if err := e.orig.Linear(yw, x.Data, x.Rows, nil, 0); err != nil {
+	if err := e.orig.Linear(yw, x.Data, x.Rows, e.bias, 0); err != nil {
 		return err
 	}
 	for i, v := range yw {
-		ys := y.Data[i]
+		d := float64(v) - float64(y.Data[i])
+		xw := float64(v)
 		if e.bias != nil {
-			ys -= e.bias[i%e.out]
+			xw -= float64(e.bias[i%e.out])
 		}
-		d := float64(v) - float64(ys)
 		e.num += d * d
-		e.den += float64(v) * float64(v)
+		e.den += xw * xw
 	}
 	return nil
 }

@@ -14,6 +14,13 @@ const (
 	denseKC     = 512 // K block of the dense GEMM: a 32 KiB fp32 B block
 )
 
+// BlockedRows is the number of rows from which Linear runs its blocked
+// GEMM: from there on, a row's outputs do not depend on the other rows of
+// the call (below it, GEMVs with another summation order run), so a
+// caller that splits its rows into calls of at least BlockedRows gets the
+// bits of one call.
+const BlockedRows = gemmMinRows
+
 // Dense is a dense weight prepared for Linear: panels of 16 outputs,
 // [ceil(Out/16)][In][16] elements of the stored dtype (zero-padded
 // outputs). It is immutable and safe for concurrent use, except that the
