@@ -104,11 +104,13 @@ type Weight struct {
 	layout Layout
 	sparse *opaque // structured descriptor of W
 	comp   driver.Ptr
-	bytes  int64
+	bytes  int64 // the compressed size cuSPARSELt last reported
+	capB   int64 // comp's allocation (>= bytes)
 	plans  map[planKey]*plan
 	bias   driver.Ptr
 	opA    int32      // the compress/prune operation of W (describe)
 	buf    driver.Ptr // Recompress's buffer, allocated on first use
+	bufB   uint64     // buf's allocation
 }
 
 // matmulBiasPointer is CUSPARSELT_MATMUL_BIAS_POINTER (cusparseLt.h,
@@ -296,7 +298,7 @@ func (h *Handle) newWeight(s driver.Stream, dense driver.Ptr, N, K int, layout L
 	if err := h.d.SyncStream(s); err != nil {
 		return nil, wrap(err)
 	}
-	w.bytes = int64(size)
+	w.bytes, w.capB = int64(size), int64(size)
 	w.opA = p.OpA
 	h.weights[w] = struct{}{}
 	return w, nil
@@ -307,6 +309,14 @@ func (h *Handle) newWeight(s driver.Stream, dense driver.Ptr, N, K int, layout L
 // without waiting and without checking the pattern: the training path,
 // where the kernels that wrote dense keep it 2:4 (NewWeight checks). Its
 // buffer is allocated on first use and kept until Destroy.
+//
+// The compressed size is asked again each time: cuSPARSELt 0.8 reports
+// a smaller one for the same descriptor once a product's plan exists
+// when K is not a multiple of 64 (metadata padding; seen on an H200 at
+// [N=320, K=160]: 58880 bytes at NewWeight, 57600 after a plan). A
+// larger size moves the form to a new allocation, so a pointer from
+// Values taken before Recompress is stale after it; Bytes reports the
+// new size.
 func (w *Weight) Recompress(s driver.Stream, dense driver.Ptr) error {
 	if w == nil || w.h == nil {
 		return fmt.Errorf("sparselt: Recompress on a destroyed weight")
@@ -319,20 +329,42 @@ func (w *Weight) Recompress(s driver.Stream, dense driver.Ptr) error {
 	defer h.mu.Unlock()
 	a, hp := h.a, h.h.ptr()
 	wrap := func(err error) error { return fmt.Errorf("sparselt: recompress %v: %w", w, err) }
-	if w.buf == 0 {
-		var size, bufSize uint64
-		if err := check("cusparseLtSpMMACompressedSize2", a.cusparseLtSpMMACompressedSize2(hp, w.sparse.ptr(), &size, &bufSize)); err != nil {
+	var size, bufSize uint64
+	if err := check("cusparseLtSpMMACompressedSize2", a.cusparseLtSpMMACompressedSize2(hp, w.sparse.ptr(), &size, &bufSize)); err != nil {
+		return wrap(err)
+	}
+	bufSize = max(bufSize, 1)
+	if int64(size) > w.capB || bufSize > w.bufB {
+		// The old buffers may still be read by queued work.
+		if err := h.d.SyncStream(s); err != nil {
 			return wrap(err)
 		}
-		if int64(size) != w.bytes {
-			return wrap(fmt.Errorf("compressed size %d, was %d", size, w.bytes))
-		}
-		buf, err := h.d.Alloc(int(max(bufSize, 1)))
+	}
+	if int64(size) > w.capB {
+		comp, err := h.d.Alloc(int(size))
 		if err != nil {
 			return wrap(err)
 		}
-		w.buf = buf
+		if err := h.d.Free(w.comp); err != nil {
+			h.d.Free(comp)
+			return wrap(err)
+		}
+		w.comp, w.capB = comp, int64(size)
 	}
+	if bufSize > w.bufB {
+		buf, err := h.d.Alloc(int(bufSize))
+		if err != nil {
+			return wrap(err)
+		}
+		if w.buf != 0 {
+			if err := h.d.Free(w.buf); err != nil {
+				h.d.Free(buf)
+				return wrap(err)
+			}
+		}
+		w.buf, w.bufB = buf, bufSize
+	}
+	w.bytes = int64(size)
 	if err := check("cusparseLtSpMMACompress2", a.cusparseLtSpMMACompress2(hp, w.sparse.ptr(), 1, w.opA, dense, w.comp, w.buf, s)); err != nil {
 		return wrap(err)
 	}
@@ -365,7 +397,7 @@ func (w *Weight) Destroy() error {
 		keep(h.d.Free(w.buf))
 	}
 	delete(h.weights, w)
-	w.h, w.comp, w.buf = nil, 0, 0
+	w.h, w.comp, w.buf, w.capB, w.bufB = nil, 0, 0, 0, 0
 	if first != nil {
 		return fmt.Errorf("sparselt: destroy %v: %w", w, first)
 	}
