@@ -10,8 +10,9 @@
 # fails instead of skipping. Output: bench/out/gpu.txt (and $OUT/gpu.txt
 # when OUT is set). Environment: QUICK=1 (one shape per table),
 # TABLES (default linear,layer,tc,train), SKIP_TESTS=1, PKGS="cuda/kernels cuda" (test only
-# these), SKIP_CLI=1, BENCH_FLAGS (extra gpubench flags, e.g.
-# -adapters=false).
+# these), SKIP_TRAIN_CLI=1 (slope train on the GPU and the CPU), SKIP_CLI=1
+# (the inference CLI), SKIP_BENCH=1 (gpubench), BENCH_FLAGS (extra
+# gpubench flags, e.g. -adapters=false).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bins=.gpu
@@ -56,6 +57,31 @@ run)
 				[[ $rc == 0 ]] || status=1
 			done
 		fi
+		if [[ "${SKIP_TRAIN_CLI:-0}" != 1 ]]; then
+		# slope train with the ops on the GPU (the optimizer on the host):
+		# the same steps on the CPU and the GPU, losses side by side.
+		echo "## slope train --device cuda-f32 against the CPU (same data, same steps)"
+		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-train.XXXXXX")
+		LC_ALL=C awk 'BEGIN{srand(1); for(i=0;i<20000;i++) printf "%c%c", int(rand()*250), 0}' >"$work/tiny.u16"
+		LC_ALL=C awk 'BEGIN{srand(2); for(i=0;i<200000;i++) printf "%c%c", int(rand()*256), int(rand()*100)}' >"$work/big.u16"
+		"$bins/slope-convert" dense-to-slope --out "$work/tiny.slope" --nm 2:4 --dtype fp32 --quiet >/dev/null || status=1
+		"$bins/genckpt" -out "$work/c125" -preset opt-125m -dtype F32 -layout safetensors >/dev/null || status=1
+		"$bins/slope-convert" dense-to-slope --in "$work/c125" --out "$work/m125.slope" --nm 2:4 --dtype fp32 --quiet >/dev/null || status=1
+		"$bins/slope-convert" dense-to-slope --in "$work/c125" --out "$work/d125.slope" --nm dense --dtype fp32 --quiet >/dev/null || status=1
+		# name, device, steps, batch, seq, mask refresh: the same first
+		# steps on both devices (the losses must agree), then longer GPU
+		# runs for speed (the default refresh, every 100 steps).
+		for m in "tiny cpu 6 4 32 3" "tiny cuda-f32 6 4 32 3" "m125 cpu 4 8 128 3" "m125 cuda-f32 4 8 128 3" \
+			"m125 cuda-f32 20 8 128 100" "d125 cuda-f32 20 8 128 100" "m125 cuda-f32 12 16 512 100" "d125 cuda-f32 12 16 512 100"; do
+			read -r name dev steps batch seq refresh <<<"$m"
+			echo "### $name ($([[ $name == d125 ]] && echo dense || echo 2:4) fp32): $steps steps of $batch x $seq tokens, --mask-refresh $refresh, --device $dev"
+			timeout 240 "$bins/slope" train "$work/$name.slope" --data "$work/$([[ $name == tiny ]] && echo tiny || echo big).u16" \
+				--steps "$steps" --batch "$batch" --seq "$seq" --mask-refresh "$refresh" --out "$work/$name-$dev.slope" --device "$dev" 2>&1 |
+				grep -E "^step|tokens/s|rror|device|memory" | { if ((steps > 6)); then grep -v "^step [2-9]/\|^step 1[0-9]/"; else cat; fi; }
+			[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+		done
+		rm -rf "$work"
+		fi
 		if [[ "${SKIP_CLI:-0}" != 1 ]]; then
 		echo "## CLI on the GPU (embedded tiny model; OPT-125m-shaped random model)"
 		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-cli.XXXXXX")
@@ -91,11 +117,13 @@ run)
 		done
 		rm -rf "$work"
 		fi
+		if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
 		echo "## gpubench"
 		timeout 420 "$bins/gpubench" -tables "${TABLES:-linear,layer,tc,train}" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
 		rc=$?
 		echo "## gpubench exit $rc"
 		[[ $rc == 0 ]] || status=1
+		fi
 		echo "## status $status"
 		exit $status
 	} 2>&1 | tee "$log" ${OUT:+"$OUT/gpu.txt"}

@@ -134,6 +134,15 @@ type Backend struct {
 	tcWS, tcCnt devBuf
 	hostKV      map[*ops.KVCache]*kvCache
 	hostBufs    []byte
+
+	// Training (grad.go): the Params' device mirrors and the backward
+	// passes' scratch buffers.
+	params   map[*ops.Param]*devParam
+	gscratch [6]devBuf
+	ce       devBuf // cross-entropy losses and targets
+	// optimizers counts the open DeviceOptimizers (host-facing training
+	// calls are refused while one holds the state).
+	optimizers int
 }
 
 // weightKey names an uploaded weight: its container, tensor and the

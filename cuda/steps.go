@@ -116,16 +116,15 @@ func (b *Backend) bindEmbedding(bd ops.Binding) (ops.Step, error) {
 
 func (s *embeddingStep) OutDim() int { return s.hid }
 
-func (s *embeddingStep) ForwardDevice(c *ops.Call, _ []ops.Tensor, out ops.Tensor) error {
+// rowInts resolves the call's rows on the host: each row's token id, then
+// each row's position row (offset included), then rows zeros (row 0 of a
+// zero table), in a buffer reused by the next call.
+func (s *embeddingStep) rowInts(c *ops.Call) ([]int32, error) {
 	rows := c.Rows()
-	if err := checkT("embedding output", out, rows, s.hid); err != nil {
-		return err
-	}
 	total := c.Past + c.Seq
 	if len(c.IDs) != rows || len(c.Mask) != c.Batch*total {
-		return fmt.Errorf("embedding: %d ids and %d mask entries for batch %d, %d new and %d past tokens", len(c.IDs), len(c.Mask), c.Batch, c.Seq, c.Past)
+		return nil, fmt.Errorf("embedding: %d ids and %d mask entries for batch %d, %d new and %d past tokens", len(c.IDs), len(c.Mask), c.Batch, c.Seq, c.Past)
 	}
-	// ids, positions, then rows zeros (row 0 of a zero table).
 	if cap(s.hostInts) < 3*rows {
 		s.hostInts = make([]int32, 3*rows)
 	}
@@ -137,14 +136,26 @@ func (s *embeddingStep) ForwardDevice(c *ops.Call, _ []ops.Tensor, out ops.Tenso
 			r := bt*c.Seq + t
 			id := int(c.IDs[r])
 			if id < 0 || id >= s.vocab {
-				return fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
+				return nil, fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
 			}
 			p := ops.EmbeddingPosition(mask, c.Past+t) + s.offset
 			if p < 0 || p >= s.positions {
-				return fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
+				return nil, fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
 			}
 			ints[r], ints[rows+r] = int32(id), int32(p)
 		}
+	}
+	return ints, nil
+}
+
+func (s *embeddingStep) ForwardDevice(c *ops.Call, _ []ops.Tensor, out ops.Tensor) error {
+	rows := c.Rows()
+	if err := checkT("embedding output", out, rows, s.hid); err != nil {
+		return err
+	}
+	ints, err := s.rowInts(c)
+	if err != nil {
+		return err
 	}
 	b := s.b
 	p, err := b.grow(&b.ints, 4*len(ints))

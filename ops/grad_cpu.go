@@ -129,6 +129,20 @@ func loadParam(w Weights, name string) (*Param, error) {
 
 // setTransposeMask gives p (an N:M Param) the transpose mask stored as
 // tensor mname, which must be an NM_TRANSPOSE_MASK of p's weight.
+// NodeTransposeMask gives the N:M Param p of a SlopeLinear node the
+// transpose mask the node names (input 3): ParamStore loads the one of
+// the conventional name (weight + ".transpose_mask"), and a node may
+// name another.
+func NodeTransposeMask(b Binding, p *Param) error {
+	n := b.Node
+	if mname := n.Input(3); mname != "" && mname != p.Name+transposeMaskSuffix {
+		if err := setTransposeMask(b.W, mname, p); err != nil {
+			return fmt.Errorf("node %q: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
 func setTransposeMask(w Weights, mname string, p *Param) error {
 	t, err := w.Lookup(mname)
 	if err != nil {
@@ -486,12 +500,8 @@ func bindSlopeLinearGrad(b Binding, ps ParamStore) (GradStep, error) {
 	if int(an) != nm.Pattern.N || int(am) != nm.Pattern.M {
 		return nil, n.errorf("attributes n:m = %d:%d, weight %q is %s", an, am, s.w.Name, nm.Pattern)
 	}
-	// The transpose mask the node names (input 3). loadParam took the one
-	// of the conventional name; a node may name another.
-	if mname := n.Input(3); mname != "" && mname != s.w.Name+transposeMaskSuffix {
-		if err := setTransposeMask(b.W, mname, s.w); err != nil {
-			return nil, fmt.Errorf("node %q: %w", n.Name, err)
-		}
+	if err := NodeTransposeMask(b, s.w); err != nil {
+		return nil, err
 	}
 	s.out = nm.Rows
 	s.kept = len(s.w.Value) / nm.Rows

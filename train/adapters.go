@@ -153,7 +153,14 @@ func graphAdapters(g *onnxpb.GraphProto) map[string]bool {
 // factors in binding order (the order in which they were added), so that
 // a resumed run sums and updates them exactly as the original did.
 func (t *Trainer) bind() error {
-	be := ops.NewCPUGrad()
+	// A rebind (new adapters) starts from the host's state.
+	if err := t.SyncHost(); err != nil {
+		return err
+	}
+	var be ops.GradBackend = ops.NewCPUGrad()
+	if t.o.Backend != nil {
+		be = t.o.Backend
+	}
 	plan, err := ops.Compile(t.graph, t.weights, func(b ops.Binding) (ops.GradStep, error) {
 		return be.BindGrad(b, t.pstore)
 	})
@@ -200,7 +207,7 @@ func (t *Trainer) bind() error {
 		decay[k] = len(p.Shape) == 2
 	}
 	t.params, t.m, t.v, t.decay, t.born = params, m, v, decay, born
-	return nil
+	return t.bindDevice(be)
 }
 
 // adapterRank is the rank of the adapter of a weight [out, in].

@@ -76,6 +76,9 @@ const transposeMaskSuffix = ".transpose_mask"
 // nothing is left under path (an earlier file there is untouched), and
 // the error names path.
 func (t *Trainer) Save(path string) (err error) {
+	if err := t.SyncHost(); err != nil {
+		return err
+	}
 	src := t.file.Manifest()
 	w, err := format.Create(path, &format.WriterOptions{ExpectedTensors: len(src.Tensors) + 2*len(t.params)})
 	if err != nil {
@@ -336,13 +339,17 @@ func Resume(path string, o Options) (*Trainer, error) {
 		err = f.DropResident() // the Params and moments hold their own copies now
 	}
 	if err != nil {
+		if t != nil {
+			err = errors.Join(err, t.closeDevice())
+		}
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return t, nil
 }
 
-func resume(f *format.File, o Options) (*Trainer, error) {
+// resume frees the device state of the trainer it made when it fails.
+func resume(f *format.File, o Options) (t *Trainer, err error) {
 	ts := f.Manifest().GetTraining()
 	if ts == nil {
 		return nil, ErrNoTrainingState
@@ -350,17 +357,23 @@ func resume(f *format.File, o Options) (*Trainer, error) {
 	if ts.Optimizer != OptimizerAdamW {
 		return nil, fmt.Errorf("train: optimizer %q, want %q", ts.Optimizer, OptimizerAdamW)
 	}
-	o, err := mergeOptions(ts, o)
+	o, err = mergeOptions(ts, o)
 	if err != nil {
 		return nil, fmt.Errorf("train: %s: %w", f.Path(), err)
 	}
 	if o, err = o.withDefaults(); err != nil {
 		return nil, err
 	}
-	t, err := newTrainer(f, o)
-	if err != nil {
+	if t, err = newTrainer(f, o); err != nil {
 		return nil, err
 	}
+	made := t
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, made.closeDevice())
+			t = nil
+		}
+	}()
 	idx := map[string]int{}
 	for k, p := range t.params {
 		idx[p.Name] = k

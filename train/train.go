@@ -15,6 +15,7 @@
 package train
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -98,6 +99,13 @@ type Options struct {
 	// Accum splits every Step's batch into Accum micro-batches whose
 	// gradients are accumulated before one optimizer step (default 1).
 	Accum int
+
+	// Backend binds the graph's ops (nil: the CPU backend,
+	// ops.NewCPUGrad). When it is an ops.DeviceGradBackend (the cuda
+	// backend with float32 activations) the passes, the loss and AdamW
+	// run there and the host keeps copies of the state (device.go);
+	// checkpoints do not depend on the backend. Close does not close it.
+	Backend ops.GradBackend
 
 	// Batch and Seq are the caller's data shape (sequences per step,
 	// tokens per sequence). The trainer does not use them; checkpoints
@@ -227,6 +235,16 @@ type Trainer struct {
 	acts, grads [][]float32
 	glogits     []float32
 
+	// dev is the backend when it holds the training state
+	// (ops.DeviceGradBackend, every step a DeviceGradStep): opt then
+	// holds the Params' values, gradients and moments, and the host's
+	// copies are refreshed lazily (device.go).
+	dev                 ops.DeviceGradBackend
+	opt                 ops.DeviceOptimizer
+	devStale, hostStale bool
+	ceTargets           []int32
+	ceLoss              []float64
+
 	dataPos *slopepb.DataPosition // recorded by Save, restored by Resume
 	note    string                // provenance command of Save
 	srcFile *slopepb.SourceFile   // the opened container, for Save
@@ -251,6 +269,9 @@ func New(path string, o Options) (*Trainer, error) {
 		err = f.DropResident() // the Params hold their own copies now
 	}
 	if err != nil {
+		if t != nil {
+			err = errors.Join(err, t.closeDevice())
+		}
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -274,7 +295,9 @@ func newTrainer(f *format.File, o Options) (*Trainer, error) {
 }
 
 // Close releases the container.
-func (t *Trainer) Close() error { return t.file.Close() }
+func (t *Trainer) Close() error {
+	return errors.Join(t.closeDevice(), t.file.Close())
+}
 
 // Options are the options in effect (defaults filled in).
 func (t *Trainer) Options() Options { return t.o }
@@ -283,7 +306,8 @@ func (t *Trainer) Options() Options { return t.o }
 func (t *Trainer) StepCount() int { return t.step }
 
 // Params lists the trainable Params in binding order (shared Params,
-// such as a tied LM head, once).
+// such as a tied LM head, once). With a device backend their values are
+// current after SyncHost (Save, RefreshMasks and new adapters call it).
 func (t *Trainer) Params() []*ops.Param { return t.params }
 
 // Vocab is the number of logits per token.
@@ -586,6 +610,9 @@ func (t *Trainer) lossSum(ids [][]int32, grad bool, total int) (float64, error) 
 	if err != nil {
 		return 0, err
 	}
+	if t.opt != nil {
+		return t.lossSumDevice(c, grad, total)
+	}
 	vals, err := t.forward(c)
 	if err != nil {
 		return 0, err
@@ -606,12 +633,10 @@ func (t *Trainer) lossSum(ids [][]int32, grad bool, total int) (float64, error) 
 func (t *Trainer) Step(ids [][]int32) (float64, error) {
 	loss, err := t.lossAndGrad(ids)
 	if err != nil {
-		t.zeroGrad()
-		return 0, err
+		return 0, errors.Join(err, t.zeroGrad())
 	}
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
-		t.zeroGrad()
-		return loss, fmt.Errorf("train: step %d: loss is %g", t.step, loss)
+		return loss, errors.Join(fmt.Errorf("train: step %d: loss is %g", t.step, loss), t.zeroGrad())
 	}
 	return loss, t.apply()
 }
@@ -620,14 +645,19 @@ func (t *Trainer) Step(ids [][]int32) (float64, error) {
 // the gradients by the clipping factor and zeroes them as it reads them),
 // counts the step and refreshes the transpose masks when due.
 func (t *Trainer) apply() error {
-	t.clip()
+	if err := t.clip(); err != nil {
+		return errors.Join(err, t.zeroGrad())
+	}
 	if math.IsNaN(t.gradNorm) || math.IsInf(t.gradNorm, 0) {
 		// An overflow in the backward pass with a finite loss: updating
 		// would write NaN into the weights (and clipping would scale by 0).
-		t.zeroGrad()
-		return fmt.Errorf("train: step %d: gradient norm is %g: not applied", t.step, t.gradNorm)
+		return errors.Join(fmt.Errorf("train: step %d: gradient norm is %g: not applied", t.step, t.gradNorm), t.zeroGrad())
 	}
-	t.adamW(t.LR(t.step))
+	if err := t.adamW(t.LR(t.step)); err != nil {
+		// A device error: the state may be half updated, and the next
+		// device call reports the device's condition.
+		return errors.Join(err, t.zeroGrad())
+	}
 	t.step++
 	if t.o.MaskRefresh > 0 && t.step%t.o.MaskRefresh == 0 {
 		if err := t.RefreshMasks(); err != nil {
@@ -637,19 +667,32 @@ func (t *Trainer) apply() error {
 	return t.maybeAddAdapters()
 }
 
-func (t *Trainer) zeroGrad() {
+// zeroGrad clears the gradients after a failed step.
+func (t *Trainer) zeroGrad() error {
 	for _, p := range t.params {
 		clear(p.Grad)
 	}
+	if t.opt != nil {
+		if err := t.dev.Do(t.opt.ZeroGrads); err != nil {
+			return fmt.Errorf("train: clear the device gradients: %w", err)
+		}
+	}
+	return nil
 }
 
 // clip measures the global gradient norm and sets the factor AdamW
 // scales the gradients by: Clip/norm when the norm is larger than Clip,
 // else 1.
-func (t *Trainer) clip() {
+func (t *Trainer) clip() error {
 	var ss float64
-	for _, p := range t.params {
-		ss += sumSquares(p.Grad, t.threads())
+	if t.opt != nil {
+		if err := t.dev.Do(func() (err error) { ss, err = t.opt.SumSquares(); return err }); err != nil {
+			return fmt.Errorf("train: gradient norm: %w", err)
+		}
+	} else {
+		for _, p := range t.params {
+			ss += sumSquares(p.Grad, t.threads())
+		}
 	}
 	t.gradNorm = math.Sqrt(ss)
 	t.gradScale = 1
@@ -658,6 +701,7 @@ func (t *Trainer) clip() {
 		// (cpu.AdamWStep's GradScale 0): keep the smallest positive one.
 		t.gradScale = max(float32(t.o.Clip/t.gradNorm), math.SmallestNonzeroFloat32)
 	}
+	return nil
 }
 
 // sumSquaresChunk is how many values sumSquares sums per chunk.
@@ -710,8 +754,9 @@ func sumSquares(g []float32, threads int) float64 {
 // with wd = 0 for Params that are not 2-D. Moments are float32, the
 // arithmetic float64 (cpu.AdamW: each operation rounded once, 8 values
 // at a time with AVX-512, the same bits as the scalar loop).
-func (t *Trainer) adamW(lr float64) {
+func (t *Trainer) adamW(lr float64) error {
 	o := t.o
+	var steps []cpu.AdamWStep
 	for k, p := range t.params {
 		n := float64(t.step + 1)
 		if k < len(t.born) {
@@ -729,6 +774,10 @@ func (t *Trainer) adamW(lr float64) {
 		}
 		st := cpu.AdamWStep{Beta1: o.Beta1, Beta2: o.Beta2, BC1: bc1, BC2: bc2, LR: lr, Shrink: 1 - lr*wd, Eps: o.Eps,
 			GradScale: t.gradScale, ZeroGrad: true}
+		if t.opt != nil {
+			steps = append(steps, st)
+			continue
+		}
 		m, v := t.m[k], t.v[k]
 		update := func(lo, hi int) {
 			cpu.AdamW(p.Value[lo:hi], p.Grad[lo:hi], m[lo:hi], v[lo:hi], st)
@@ -740,12 +789,40 @@ func (t *Trainer) adamW(lr float64) {
 			update(0, n)
 		}
 	}
+	if t.opt == nil {
+		return nil
+	}
+	t.hostStale = true
+	return t.dev.Do(func() error {
+		for k, st := range steps {
+			if err := t.opt.AdamW(k, st); err != nil {
+				return fmt.Errorf("train: AdamW: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 // RefreshMasks recomputes every N:M weight's transpose mask (TMask) by
 // magnitude from its current kept values (format.DoublePruneMagnitude).
 // Weights whose rows are not a multiple of M keep everything.
 func (t *Trainer) RefreshMasks() error {
+	if t.opt != nil {
+		// On the device when it can (2:4); the host's masks follow at
+		// the next SyncHost.
+		err := t.dev.Do(t.opt.RefreshMasks)
+		if err == nil {
+			t.hostStale = true
+			return nil
+		}
+		if !errors.Is(err, ops.ErrUnsupported) {
+			return fmt.Errorf("train: transpose masks: %w", err)
+		}
+	}
+	if err := t.SyncHost(); err != nil {
+		return err
+	}
+	t.devStale = t.opt != nil // the new masks go to the device
 	for _, p := range t.params {
 		nm := p.NM
 		if nm == nil || nm.Rows%nm.Pattern.M != 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/slopeml/slope/cuda"
 	"github.com/slopeml/slope/train"
 )
 
@@ -32,7 +33,7 @@ type trainFlags struct {
 	threads, rank, accum, stopAfter          int
 	lr, clip, weightDecay                    float64
 	rankFrac, adapterScale, adapterLR        float64
-	adapterStart                             string
+	adapterStart, device                     string
 	seed                                     uint64
 }
 
@@ -87,6 +88,7 @@ func newTrainCmd() *cobra.Command {
 	f.StringVar(&fl.log, "log", "", "JSONL log of every step and eval")
 	f.IntVar(&fl.every, "print-every", 1, "print a progress line every N steps (0: none)")
 	f.IntVar(&fl.threads, "threads", 0, "goroutines per op (0: GOMAXPROCS; results depend on it)")
+	f.StringVar(&fl.device, "device", "cpu", "where to train: cpu, or cuda-f32 (NVIDIA GPU, float32: passes and AdamW on the GPU; checkpoints are the same either way)")
 	f.StringVar(&fl.adapterStart, "adapter-start", "", "when adapters join: a fraction of --steps (e.g. 0.99, the default) or a step (e.g. 990; 0: never)")
 	f.IntVar(&fl.rank, "rank", 0, "adapter rank (adapters are added only with --rank or --rank-frac)")
 	f.Float64Var(&fl.rankFrac, "rank-frac", 0, "adapter rank as a fraction of the hidden size (e.g. 0.0625)")
@@ -114,6 +116,10 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 		}
 	}
 	switch {
+	case fl.device == "cuda":
+		return usagef(cmd, "--device cuda: bf16 (mixed-precision) training is not built yet; use --device cuda-f32")
+	case fl.device != "" && fl.device != "cpu" && fl.device != "cuda-f32":
+		return usagef(cmd, "--device %q: want cpu or cuda-f32", fl.device)
 	case fl.data == "":
 		return usagef(cmd, "--data is required")
 	case fl.out == "":
@@ -287,6 +293,17 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		defer debug.SetGCPercent(debug.SetGCPercent(trainGCPercent))
 	}
 	o := trainOptions(cmd.Flags().Changed, fl, fl.resume != "")
+	switch fl.device {
+	case "", "cpu":
+	case "cuda-f32":
+		gpu, err := cuda.New(cuda.Options{Activations: cuda.F32})
+		if err != nil {
+			return fmt.Errorf("--device %s: %w", fl.device, err)
+		}
+		defer gpu.Close()
+		o.Backend = gpu
+		fmt.Fprintf(stderr, "device %s (float32)\n", gpu.Device().Info)
+	}
 	var tr *train.Trainer
 	if fl.resume != "" {
 		tr, err = train.Resume(fl.resume, o)
@@ -297,6 +314,9 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		return err
 	}
 	defer tr.Close()
+	if o.Backend != nil && !tr.OnDevice() {
+		return fmt.Errorf("--device %s: the model has an op without a device backward pass", fl.device)
+	}
 	tr.SetNote("slope " + strings.Join(os.Args[1:], " "))
 	tk, err := tr.Tokenizer()
 	if err != nil {

@@ -175,6 +175,8 @@ func TestTrainUsage(t *testing.T) {
 		{append(ok[:len(ok):len(ok)], "--clip", "NaN"), "--clip"},
 		{append(ok[:len(ok):len(ok)], "--weight-decay", "NaN"), "--weight-decay"},
 		{append(ok[:len(ok):len(ok)], "--clip", "+Inf"), "--clip"},
+		{append(ok[:len(ok):len(ok)], "--device", "cuda"), "cuda-f32"},
+		{append(ok[:len(ok):len(ok)], "--device", "tpu"), "--device"},
 		{[]string{"train"}, "MODEL"},
 	} {
 		code, _, stderr := runSlope(c.args...)

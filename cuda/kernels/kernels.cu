@@ -841,6 +841,8 @@ __device__ void softmax_causal_body(T* probs, const float* scores, const int* ma
 }
 
 // ---------------------------------------------------------------- training
+
+__device__ double block_sum_d(double v, double* sh);
 //
 // The optimizer side of SLoPe training (package train is the reference):
 // the weight gradient of an N:M weight is a dense product dW = dYᵀ·X
@@ -1067,9 +1069,10 @@ extern "C" __global__ void adamw_f32(float* w, const float* grad, float* mom1, f
     }
 }
 
-// *out += sum of g[i]^2 (fp64; block partial sums, then one atomic add
-// per block: the order of the blocks' adds is not fixed).
-extern "C" __global__ void sumsq_f32(double* out, const float* g, int64_t n) {
+// parts[blockIdx.x] = this block's share of the sum of g[i]^2 (fp64; a
+// grid-stride loop, then a fixed reduction tree): sum_f64 adds the parts
+// in a fixed order, so the sum has the same bits on every run.
+extern "C" __global__ void sumsq_f32(double* parts, const float* g, int64_t n) {
     __shared__ double part[32];
     double s = 0.0;
     for (int64_t i = gtid(); i < n; i += gstride()) {
@@ -1085,8 +1088,227 @@ extern "C" __global__ void sumsq_f32(double* out, const float* g, int64_t n) {
         s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0;
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) atomicAdd(out, s);
+        if (lane == 0) parts[blockIdx.x] = s;
     }
+}
+
+// *out += the sum of parts[0..n) (one block; fixed order).
+extern "C" __global__ void sum_f64(double* out, const double* parts, int n) {
+    __shared__ double sh[32];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += parts[i];
+    s = block_sum_d(s, sh);
+    if (threadIdx.x == 0) *out += s;
+}
+
+// ---------------------------------------------------------------- backward
+//
+// The backward passes of the training ops (package ops' CPU GradSteps are
+// the reference), float32 activations. Every kernel ADDS into its
+// gradient outputs, as the ops' Backward contract says, and none uses
+// atomics: a gradient is the same bits on every run.
+
+// d act(x)/dx for the activation codes of activate.
+__device__ __forceinline__ float activate_grad(float x, int act) {
+    switch (act) {
+    case 1: return x > 0.f ? 1.f : 0.f;
+    case 2: return 0.5f * (1.f + erff(x * 0.70710678118654752f)) + x * 0.39894228040143268f * expf(-0.5f * x * x);
+    case 3: {
+        const float k = 0.79788456080286536f;
+        const float t = tanhf(k * (x + 0.044715f * x * x * x));
+        return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * k * (1.f + 3.f * 0.044715f * x * x);
+    }
+    case 4: {
+        const float sg = 1.f / (1.f + expf(-x));
+        return sg * (1.f + x * (1.f - sg));
+    }
+    case 5: {
+        const float t = tanhf(x);
+        return 1.f - t * t;
+    }
+    case 6: {
+        const float sg = 1.f / (1.f + expf(-x));
+        return sg * (1.f - sg);
+    }
+    default: return 1.f;
+    }
+}
+
+// p[i] = v for n values.
+extern "C" __global__ void fill_f32(float* p, float v, int64_t n) {
+    for (int64_t i = gtid(); i < n; i += gstride()) p[i] = v;
+}
+
+// gx[i] += gy[i]·act'(x[i]).
+extern "C" __global__ void act_bwd_f32(float* gx, const float* gy, const float* x, int64_t n, int act) {
+    for (int64_t i = gtid(); i < n; i += gstride()) gx[i] += gy[i] * activate_grad(x[i], act);
+}
+
+// LayerNorm's input gradient, one block per row, in fp64 as the CPU does
+// (with dim 2 and no affine the gradient is a cancellation of order eps,
+// which fp32 loses): with x̂ = (x-mean)·inv and d = gy·gamma,
+// gx += inv·(d - mean(d) - x̂·mean(d·x̂)). stats[2r], stats[2r+1] get the
+// row's mean and inv for layernorm_bwd_parts. gamma may be null (1).
+extern "C" __global__ void layernorm_bwd_f32(float* gx, float* stats, const float* gy, const float* in, const float* gamma, int rows,
+                                             int dim, float eps) {
+    __shared__ double sh[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* x = in + (int64_t)r * dim;
+    const float* g = gy + (int64_t)r * dim;
+    float* o = gx + (int64_t)r * dim;
+    double s = 0.0;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) s += (double)x[c];
+    const double mean = block_sum_d(s, sh) / (double)dim;
+    double v = 0.0;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        const double d = (double)x[c] - mean;
+        v += d * d;
+    }
+    const double inv = 1.0 / sqrt(block_sum_d(v, sh) / (double)dim + (double)eps);
+    double a = 0.0, b = 0.0;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        const double d = gamma ? (double)g[c] * (double)gamma[c] : (double)g[c];
+        a += d;
+        b += d * (((double)x[c] - mean) * inv);
+    }
+    a = block_sum_d(a, sh) / (double)dim;
+    b = block_sum_d(b, sh) / (double)dim;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        const double d = gamma ? (double)g[c] * (double)gamma[c] : (double)g[c];
+        const double xh = ((double)x[c] - mean) * inv;
+        o[c] += (float)((d - a - xh * b) * inv);
+    }
+    if (threadIdx.x == 0) {
+        stats[2 * (int64_t)r] = (float)mean;
+        stats[2 * (int64_t)r + 1] = (float)inv;
+    }
+}
+
+// Column sums in two passes, without atomics: col_sum_parts writes the
+// sums of row chunks (chunk rows each; grid.y over the chunks, a thread
+// per column, rows in order) to parts [chunks][cols], col_sum adds each
+// column's parts in chunk order into out. The sums have the same bits on
+// every run, and a tall matrix still spreads over the whole GPU.
+extern "C" __global__ void col_sum_parts_f32(float* parts, const float* y, int ldy, int rows, int cols, int chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    float s = 0.f;
+    for (int r = r0; r < r1; r++) s += y[(int64_t)r * ldy + c];
+    parts[(int64_t)blockIdx.y * cols + c] = s;
+}
+
+// out[c] += Σ_p parts[p][c] over nparts chunks, in order.
+extern "C" __global__ void col_sum_f32(float* out, const float* parts, int nparts, int cols) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float s = 0.f;
+    for (int p = 0; p < nparts; p++) s += parts[(int64_t)p * cols + c];
+    out[c] += s;
+}
+
+// LayerNorm's parameter gradients, first pass: per chunk of rows (as
+// col_sum_parts), parts[0][chunk][c] = Σ gy·x̂ and parts[1][chunk][c] =
+// Σ gy, x̂ from each row's stats (layernorm_bwd); col_sum adds them up.
+extern "C" __global__ void layernorm_bwd_parts_f32(float* parts, const float* gy, const float* in, const float* stats, int rows, int dim,
+                                                   int chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= dim) return;
+    const int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    float sg = 0.f, sb = 0.f;
+    for (int r = r0; r < r1; r++) {
+        const float g = gy[(int64_t)r * dim + c];
+        sg += g * (in[(int64_t)r * dim + c] - stats[2 * r]) * stats[2 * r + 1];
+        sb += g;
+    }
+    parts[(int64_t)blockIdx.y * dim + c] = sg;
+    parts[((int64_t)gridDim.y + blockIdx.y) * dim + c] = sb;
+}
+
+// Embedding-table gradient without atomics: block u owns table row
+// keys[u] and adds gy's rows rows[start[u]] .. rows[start[u+1]-1] into it,
+// in that order (the host groups the rows by key, keeping row order).
+extern "C" __global__ void embedding_bwd_f32(float* g, const float* gy, const int* keys, const int* start, const int* rows, int n,
+                                             int dim) {
+    const int u = blockIdx.x;
+    if (u >= n) return;
+    float* gr = g + (int64_t)keys[u] * dim;
+    const int a = start[u], b = start[u + 1];
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        float s = gr[c];
+        for (int i = a; i < b; i++) s += gy[(int64_t)rows[i] * dim + c];
+        gr[c] = s;
+    }
+}
+
+// Block-wide double sum; every thread gets the result. sh holds >= 32
+// doubles; blockDim.x must be a multiple of 32.
+__device__ double block_sum_d(double v, double* sh) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    v = (threadIdx.x < nw) ? sh[threadIdx.x] : 0.0;
+    if (wid == 0) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    }
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    const double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// Next-token cross-entropy, one block per row of logits y [rows, vocab]:
+// loss[r] = max + log(Σ exp(y - max)) - y[target[r]] (the exponentials in
+// fp32, their sum and the logarithm in fp64), 0 where target[r] < 0. With
+// grad, y is overwritten with the gradient of scale·Σ loss:
+// scale·softmax(y) - scale at the target (zeros where target[r] < 0).
+extern "C" __global__ void cross_entropy_f32(float* y, double* loss, const int* target, int rows, int vocab, double scale, int grad) {
+    __shared__ float sh[32];
+    __shared__ double shd[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    float* yr = y + (int64_t)r * vocab;
+    const int t = target[r];
+    if (t < 0) {
+        if (grad)
+            for (int j = threadIdx.x; j < vocab; j += blockDim.x) yr[j] = 0.f;
+        if (threadIdx.x == 0) loss[r] = 0.0;
+        return;
+    }
+    const float yt = yr[t];  // read before any thread writes the row
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, yr[j]);
+    mx = block_max(mx, sh);
+    double s = 0.0;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) s += (double)expf(yr[j] - mx);
+    s = block_sum_d(s, shd);
+    if (threadIdx.x == 0) loss[r] = (double)mx + log(s) - (double)yt;
+    if (!grad) return;
+    const float sc = (float)(scale / s);
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) yr[j] = expf(yr[j] - mx) * sc;
+    __syncthreads();
+    if (threadIdx.x == 0) yr[t] -= (float)scale;
+}
+
+// The softmax's backward, one block per row of cols probabilities:
+// ds = scale·p ⊙ (dp - Σ p·dp) (ds may alias dp). A row of zeros (a query
+// with no visible key) gives zeros.
+extern "C" __global__ void softmax_bwd_f32(float* ds, const float* p, const float* dp, int rows, int cols, float scale) {
+    __shared__ float sh[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* pr = p + (int64_t)r * cols;
+    const float* dr = dp + (int64_t)r * cols;
+    float* o = ds + (int64_t)r * cols;
+    float s = 0.f;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) s += pr[j] * dr[j];
+    s = block_sum(s, sh);
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) o[j] = scale * pr[j] * (dr[j] - s);
 }
 
 // ---------------------------------------------------------------- entry points

@@ -101,8 +101,8 @@ func Names() []string {
 	for _, t := range []string{"f32", "bf16"} {
 		names = append(names, "spmm24tc_bf16_"+t, "nm_gather_"+t, "nm_expand_t_"+t)
 	}
-	names = append(names, "nm_pack_t24_bf16", "nm_tmask24_f32", "adamw_f32", "sumsq_f32")
-	return names
+	names = append(names, "nm_pack_t24_bf16", "nm_tmask24_f32", "adamw_f32", "sumsq_f32", "sum_f64")
+	return append(names, backwardNames...)
 }
 
 // Set is the loaded kernel module of one device.
@@ -838,15 +838,28 @@ func (k *Set) AdamW(s driver.Stream, w, grad, m1, m2, wbf driver.Ptr, n int, h A
 		h.GradScale, h.Beta1, 1-h.Beta1, h.Beta2, 1-h.Beta2, h.LR, h.Eps, h.Shrink, h.BC1, h.BC2)
 }
 
+// SumSquaresParts is the number of fp64 partial sums SumSquares needs
+// as scratch.
+const SumSquaresParts = 1024
+
 // SumSquares adds the sum of squares of n fp32 values g to the fp64 at
-// out (sum in fp64; the order of the blocks' additions is not fixed).
-func (k *Set) SumSquares(s driver.Stream, out, g driver.Ptr, n int) error {
+// out, in fp64 and in an order fixed by n (per-block sums into parts,
+// SumSquaresParts fp64 of scratch, then one block adds them), so the
+// result has the same bits on every run.
+func (k *Set) SumSquares(s driver.Stream, out, parts, g driver.Ptr, n int) error {
 	a := &args{kernel: "sumsq_f32"}
 	a.pos("n", n)
 	a.ptr("out", out)
+	a.ptr("parts", parts)
 	a.ptr("g", g)
 	a.align("out", out, 8)
-	return k.launch(a, a.kernel, driver.D1(min(blocks1D(int64(n)), 1024)), driver.D1(threads), 0, s, out, g, int64(n))
+	a.align("parts", parts, 8)
+	blocks := min(blocks1D(int64(n)), SumSquaresParts)
+	if err := k.launch(a, a.kernel, driver.D1(blocks), driver.D1(threads), 0, s, parts, g, int64(n)); err != nil {
+		return err
+	}
+	b := &args{kernel: "sum_f64"}
+	return k.launch(b, b.kernel, driver.D1(1), driver.D1(threads), 0, s, out, parts, int32(blocks))
 }
 
 // KVAppend copies src [batch*seq, d] into cache [batch, maxLen, d] at

@@ -60,8 +60,8 @@ func TestNamesUnique(t *testing.T) {
 		}
 		seen[n] = true
 	}
-	if len(Names()) != 44 {
-		t.Errorf("%d names, want 44", len(Names()))
+	if len(Names()) != 54 {
+		t.Errorf("%d names, want 54", len(Names()))
 	}
 }
 
@@ -146,8 +146,9 @@ func TestValidation(t *testing.T) {
 		{"adamw step", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0, 0, 1))},
 		{"adamw beta", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, NewAdamWStep(1e-3, 1, 0.95, 1e-8, 0, 1, 1))},
 		{"adamw null", "adamw_f32", k.AdamW(s, p, 0, p, p, 0, 10, NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0, 1, 1))},
-		{"sumsq n", "sumsq_f32", k.SumSquares(s, p, p, 0)},
-		{"sumsq align", "sumsq_f32", k.SumSquares(s, p+4, p, 10)},
+		{"sumsq n", "sumsq_f32", k.SumSquares(s, p, p, p, 0)},
+		{"sumsq align", "sumsq_f32", k.SumSquares(s, p+4, p, p, 10)},
+		{"sumsq parts align", "sumsq_f32", k.SumSquares(s, p, p+4, p, 10)},
 		{"unloaded adamw", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0, 1, 1))},
 	}
 	for _, c := range cases {
@@ -538,5 +539,18 @@ func TestEmulateSpMMNM(t *testing.T) {
 
 func ExampleNames() {
 	fmt.Println(Names()[0], len(Names()))
-	// Output: convert_f32_to_bf16 44
+	// Output: convert_f32_to_bf16 54
+}
+
+// TestEmbeddingGroups: rows grouped by key, keys increasing, rows of a key
+// in increasing order, every row once.
+func TestEmbeddingGroups(t *testing.T) {
+	keys, start, rows := EmbeddingGroups([]int32{5, 2, 5, 9, 2, 5})
+	want := struct{ keys, start, rows []int32 }{[]int32{2, 5, 9}, []int32{0, 2, 5, 6}, []int32{1, 4, 0, 2, 5, 3}}
+	if fmt.Sprint(keys, start, rows) != fmt.Sprint(want.keys, want.start, want.rows) {
+		t.Fatalf("EmbeddingGroups = %v %v %v, want %v %v %v", keys, start, rows, want.keys, want.start, want.rows)
+	}
+	if k, s, r := EmbeddingGroups(nil); len(k) != 0 || len(s) != 1 || len(r) != 0 {
+		t.Fatalf("EmbeddingGroups(nil) = %v %v %v", k, s, r)
+	}
 }

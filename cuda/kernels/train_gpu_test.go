@@ -205,7 +205,8 @@ func TestGPUAdamW(t *testing.T) {
 	}
 }
 
-// TestGPUSumSquares: two accumulating calls against a float64 sum.
+// TestGPUSumSquares: two accumulating calls against a float64 sum, and
+// the same bits when run again.
 func TestGPUSumSquares(t *testing.T) {
 	g := openGPU(t)
 	rng := rand.New(rand.NewPCG(45, 6))
@@ -214,24 +215,33 @@ func TestGPUSumSquares(t *testing.T) {
 	for _, x := range append(append([]float32(nil), a...), b...) {
 		want += float64(x) * float64(x)
 	}
-	var got float64
+	var got [3]float64
 	g.run(t, func() error {
-		out := g.alloc(8)
-		if err := g.d.Memset32(out, 0, 2); err != nil {
-			return err
+		out, parts := g.alloc(8), g.alloc(8*SumSquaresParts)
+		pa, pb := g.putF32(a), g.putF32(b)
+		for i := range got {
+			if err := g.d.Memset32(out, 0, 2); err != nil {
+				return err
+			}
+			if err := g.k.SumSquares(0, out, parts, pa, len(a)); err != nil {
+				return err
+			}
+			if err := g.k.SumSquares(0, out, parts, pb, len(b)); err != nil {
+				return err
+			}
+			if err := g.d.Synchronize(); err != nil {
+				return err
+			}
+			if err := g.d.CopyOut(unsafe.Pointer(&got[i]), out, 8); err != nil {
+				return err
+			}
 		}
-		if err := g.k.SumSquares(0, out, g.putF32(a), len(a)); err != nil {
-			return err
-		}
-		if err := g.k.SumSquares(0, out, g.putF32(b), len(b)); err != nil {
-			return err
-		}
-		if err := g.d.Synchronize(); err != nil {
-			return err
-		}
-		return g.d.CopyOut(unsafe.Pointer(&got), out, 8)
+		return nil
 	})
-	if rel := math.Abs(got-want) / want; !(rel <= 1e-12) {
-		t.Errorf("sum of squares %g, want %g (relative error %.2g)", got, want, rel)
+	if rel := math.Abs(got[0]-want) / want; !(rel <= 1e-12) {
+		t.Errorf("sum of squares %g, want %g (relative error %.2g)", got[0], want, rel)
+	}
+	if got[1] != got[0] || got[2] != got[0] {
+		t.Errorf("sum of squares differs between runs: %v", got)
 	}
 }

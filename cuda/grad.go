@@ -1,0 +1,1212 @@
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"unsafe"
+
+	"github.com/slopeml/slope/cuda/blaslt"
+	"github.com/slopeml/slope/cuda/driver"
+	"github.com/slopeml/slope/cuda/kernels"
+	"github.com/slopeml/slope/ops"
+	"github.com/slopeml/slope/ops/cpu"
+)
+
+// Training ops on the GPU (issue 8): Backend implements ops.GradBackend
+// with float32 activations (Options.Activations F32, `--device
+// cuda-f32`). Each op is a deviceGradStep: the inference step's forward
+// (ForwardDevice) run on the Params' device values, and BackwardDevice,
+// which follows package ops' conventions on device tensors: it ADDS
+// ∂L/∂in into gin (nil: not wanted) and each parameter's gradient into
+// its device gradient, and uses no atomics, so gradients have the same
+// bits on every run.
+//
+// Params live on the device as float32 values and gradients (devParam),
+// one per ops.Param, so a tied embedding and LM head share them. The
+// ops.GradStep each BindGrad returns is host-facing (hostGradStep): it
+// copies the Params' host values and transpose masks in before each call,
+// and adds the device gradients into the host Params' Grad after
+// Backward, so the shared gradient suite (ops/opstest.RunGrad) and any
+// host-driven trainer run it unchanged.
+//
+// Not yet: bf16 (mixed-precision) training steps, project_in in the
+// embedding and the merged adapter layout (ErrUnsupported, as on the
+// CPU for the latter).
+
+// devParam is an ops.Param on the device.
+type devParam struct {
+	p         *ops.Param
+	val, grad driver.Ptr // float32, len(p.Value) each
+	// N:M weights: the packed portable indices (static) and the transpose
+	// mask, one byte per kept value (all ones when the Param has none),
+	// uploaded from keepOf.
+	idx, keep driver.Ptr
+	keepOf    []byte // the TMask bytes keep holds (nil: all ones)
+	keepSet   bool
+}
+
+// deviceGradStep is a device step with a backward pass.
+type deviceGradStep interface {
+	deviceStep
+	// BackwardDevice adds ∂L/∂in into gin (entries may be nil) and the
+	// parameter gradients into the devParams' grad, given the forward's
+	// inputs and output and gout = ∂L/∂out. Call inside Do.
+	BackwardDevice(c *ops.Call, in []ops.Tensor, out, gout ops.Tensor, gin []ops.Tensor) error
+	devParams() []*devParam
+}
+
+// BindGrad implements ops.GradBackend (float32 activations only).
+func (b *Backend) BindGrad(bd ops.Binding, ps ops.ParamStore) (ops.GradStep, error) {
+	if b.act != F32 {
+		return nil, fmt.Errorf("node %q: GPU training ops need float32 activations (cuda-f32); bf16 training is not built yet: %w", bd.Node.Name, ops.ErrUnsupported)
+	}
+	var st deviceGradStep
+	err := b.dev.Do(func() error {
+		var err error
+		st, err = b.bindGrad(bd, ps)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return hostGradStep{b: b, deviceGradStep: st}, nil
+}
+
+func (b *Backend) bindGrad(bd ops.Binding, ps ops.ParamStore) (deviceGradStep, error) {
+	n := bd.Node
+	switch n.OpType {
+	case ops.OpEmbedding:
+		return b.bindEmbeddingGrad(bd, ps)
+	case ops.OpLayerNorm:
+		return b.bindLayerNormGrad(bd, ps)
+	case ops.OpLinear, ops.OpLMHead:
+		return b.bindLinearGrad(bd, ps)
+	case ops.OpSlopeLinear:
+		return b.bindSlopeLinearGrad(bd, ps)
+	case ops.OpCausalAttention:
+		d, heads, scale, err := ops.AttentionShape(bd)
+		if err != nil {
+			return nil, err
+		}
+		return &attentionGradStep{&attentionStep{b: b, id: n.ID, dim: d, heads: heads, headDim: d / heads, scale: scale}}, nil
+	case ops.OpAdd:
+		st, err := b.bindAdd(bd)
+		if err != nil {
+			return nil, err
+		}
+		return &addGradStep{st.(hostStep).deviceStep.(*addStep)}, nil
+	case ops.OpRelu, ops.OpGelu, ops.OpGeluTanh, ops.OpSilu, ops.OpTanh, ops.OpSigmoid:
+		st, err := b.bindActivation(bd)
+		if err != nil {
+			return nil, err
+		}
+		return &activationGradStep{st.(hostStep).deviceStep.(*activationStep)}, nil
+	}
+	return nil, fmt.Errorf("node %q: backend %s has no gradient kernel for op %s: %w", n.Name, b.Name(), n.OpType, ops.ErrUnsupported)
+}
+
+// gradParam returns weight input i of the node as a device Param,
+// checking its shape (-1: any); optional inputs may be omitted (nil).
+func (b *Backend) gradParam(bd ops.Binding, ps ops.ParamStore, input int, optional bool, want ...int) (*devParam, error) {
+	n := bd.Node
+	name := n.Input(input)
+	if name == "" {
+		if optional {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("node %q: input %d (a weight) is missing: %w", n.Name, input, ops.ErrBadNode)
+	}
+	p, err := ps.Param(name)
+	if err != nil {
+		return nil, fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	if len(p.Shape) != len(want) {
+		return nil, fmt.Errorf("node %q: weight %q has shape %v, want %d dims: %w", n.Name, name, p.Shape, len(want), ops.ErrBadNode)
+	}
+	for i, w := range want {
+		if w >= 0 && p.Shape[i] != w {
+			return nil, fmt.Errorf("node %q: weight %q has shape %v, want %v (-1: any): %w", n.Name, name, p.Shape, want, ops.ErrBadNode)
+		}
+	}
+	return b.deviceParam(p)
+}
+
+// deviceParam returns p's device mirror, allocating it on first use.
+func (b *Backend) deviceParam(p *ops.Param) (*devParam, error) {
+	if d := b.params[p]; d != nil {
+		return d, nil
+	}
+	if len(p.Value) == 0 || len(p.Grad) != len(p.Value) {
+		return nil, fmt.Errorf("param %q: %d values and %d gradients", p.Name, len(p.Value), len(p.Grad))
+	}
+	d := &devParam{p: p}
+	err := func() (err error) {
+		if d.val, err = b.dev.Alloc(4 * len(p.Value)); err != nil {
+			return err
+		}
+		if d.grad, err = b.dev.Alloc(4 * len(p.Value)); err != nil {
+			return err
+		}
+		if p.NM != nil {
+			if d.idx, err = b.dev.Alloc(len(p.NM.Indices)); err != nil {
+				return fmt.Errorf("indices: %w", err)
+			}
+			if err := b.dev.CopyIn(d.idx, unsafe.Pointer(&p.NM.Indices[0]), len(p.NM.Indices)); err != nil {
+				return fmt.Errorf("indices: %w", err)
+			}
+			if d.keep, err = b.dev.Alloc(len(p.Value)); err != nil {
+				return fmt.Errorf("transpose mask: %w", err)
+			}
+		}
+		return b.push(d)
+	}()
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("param %q: %w", p.Name, err), d.free(b))
+	}
+	if b.params == nil {
+		b.params = map[*ops.Param]*devParam{}
+	}
+	b.params[p] = d
+	return d, nil
+}
+
+// push copies the host Param's values (and, when changed, its transpose
+// mask) to the device. Call inside Do.
+func (b *Backend) push(d *devParam) error {
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	if err := b.dev.CopyIn(d.val, unsafe.Pointer(&d.p.Value[0]), 4*len(d.p.Value)); err != nil {
+		return fmt.Errorf("param %q: %w", d.p.Name, err)
+	}
+	nm := d.p.NM
+	if nm == nil || (d.keepSet && slices.Equal(nm.TMask, d.keepOf) && (nm.TMask == nil) == (d.keepOf == nil)) {
+		return nil
+	}
+	keep, err := nm.TKeepCopy()
+	if err != nil {
+		return fmt.Errorf("param %q: %w", d.p.Name, err)
+	}
+	raw := make([]byte, len(keep))
+	for i, k := range keep {
+		if k {
+			raw[i] = 1
+		}
+	}
+	if err := b.dev.CopyIn(d.keep, unsafe.Pointer(&raw[0]), len(raw)); err != nil {
+		return fmt.Errorf("param %q: transpose mask: %w", d.p.Name, err)
+	}
+	d.keepOf, d.keepSet = slices.Clone(nm.TMask), true
+	return nil
+}
+
+// hostGradStep adapts a deviceGradStep to ops.GradStep (see the top of
+// this file).
+type hostGradStep struct {
+	b *Backend
+	deviceGradStep
+}
+
+func (h hostGradStep) Params() []*ops.Param {
+	var out []*ops.Param
+	for _, d := range h.devParams() {
+		out = append(out, d.p)
+	}
+	return out
+}
+
+// pushAll copies every Param of the step to the device.
+func (h hostGradStep) pushAll() error {
+	for _, d := range h.devParams() {
+		if err := h.b.push(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// uploadValues copies host values into new pool tensors (nil stays nil).
+// The same Value given twice gets one tensor (the CPU trainer passes one
+// gradient buffer for both inputs of x + x).
+func (b *Backend) uploadValues(c *ops.Call, vs []*ops.Value, held *[]ops.Tensor, what string) ([]ops.Tensor, error) {
+	out := make([]ops.Tensor, len(vs))
+	for i, v := range vs {
+		if v == nil {
+			continue
+		}
+		if j := slices.Index(vs[:i], v); j >= 0 {
+			out[i] = out[j]
+			continue
+		}
+		if v.Rows != c.Rows() || len(v.Data) < v.Rows*v.Dim {
+			return nil, fmt.Errorf("cuda: %s %d is %d x %d (%d values) for %d rows", what, i, v.Rows, v.Dim, len(v.Data), c.Rows())
+		}
+		t, err := b.Acquire(v.Rows, v.Dim)
+		if err != nil {
+			return nil, err
+		}
+		*held = append(*held, t)
+		if err := b.upload(t.(*tensor).p, v.Data[:v.Rows*v.Dim]); err != nil {
+			return nil, err
+		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+// errDeviceState refuses host-facing training calls while a
+// DeviceOptimizer holds the state: they copy the host's values in and
+// reset the device gradients.
+var errDeviceState = errors.New("cuda: host-facing training call while a device optimizer holds the Params (use ForwardDevice and BackwardDevice)")
+
+func (h hostGradStep) Forward(c *ops.Call, in []*ops.Value, out *ops.Value) error {
+	if err := h.b.dev.Do(func() error {
+		if h.b.optimizers > 0 {
+			return errDeviceState
+		}
+		return h.pushAll()
+	}); err != nil {
+		return err
+	}
+	return hostStep{b: h.b, deviceStep: h.deviceGradStep}.Forward(c, in, out)
+}
+
+func (h hostGradStep) Backward(c *ops.Call, in []*ops.Value, out, gout *ops.Value, gin []*ops.Value) error {
+	b := h.b
+	return b.dev.Do(func() error {
+		if b.optimizers > 0 {
+			return errDeviceState
+		}
+		if err := h.pushAll(); err != nil {
+			return err
+		}
+		if err := b.Begin(c); err != nil {
+			return err
+		}
+		var held []ops.Tensor
+		defer func() {
+			for _, t := range held {
+				b.Release(t)
+			}
+		}()
+		tin, err := b.uploadValues(c, in, &held, "input")
+		if err != nil {
+			return err
+		}
+		touts, err := b.uploadValues(c, []*ops.Value{out, gout}, &held, "output")
+		if err != nil {
+			return err
+		}
+		if touts[1] == nil || touts[1].Dim() != h.OutDim() {
+			return fmt.Errorf("cuda: backward needs the output gradient, %d wide", h.OutDim())
+		}
+		tgin, err := b.uploadValues(c, gin, &held, "input gradient")
+		if err != nil {
+			return err
+		}
+		params := h.devParams()
+		for _, d := range params {
+			if err := b.dev.Memset32(d.grad, 0, len(d.p.Grad)); err != nil {
+				return err
+			}
+		}
+		// The memsets run on the legacy stream.
+		if err := b.dev.Synchronize(); err != nil {
+			return err
+		}
+		if err := h.BackwardDevice(c, tin, touts[0], touts[1], tgin); err != nil {
+			return err
+		}
+		for i, t := range tgin {
+			if t != nil && slices.Index(gin[:i], gin[i]) < 0 {
+				if err := b.download(t.(*tensor).p, gin[i].Data[:gin[i].Rows*gin[i].Dim]); err != nil {
+					return err
+				}
+			}
+		}
+		for _, d := range params {
+			g := make([]float32, len(d.p.Grad))
+			if err := b.download(d.grad, g); err != nil {
+				return err
+			}
+			for i, v := range g {
+				d.p.Grad[i] += v
+			}
+		}
+		return nil
+	})
+}
+
+// gradScratch returns backward scratch buffer i of at least bytes.
+func (b *Backend) gradScratch(i, bytes int) (driver.Ptr, error) {
+	return b.grow(&b.gscratch[i], max(bytes, 4))
+}
+
+func ptrOr0(t ops.Tensor) driver.Ptr {
+	if t == nil {
+		return 0
+	}
+	return asTensor(t).p
+}
+
+// --- Embedding ---
+
+type embeddingGradStep struct {
+	*embeddingStep
+	tok, pos, projP *devParam // projP: project_in [H, P], or nil
+}
+
+func (b *Backend) bindEmbeddingGrad(bd ops.Binding, ps ops.ParamStore) (deviceGradStep, error) {
+	n := bd.Node
+	tok, err := b.gradParam(bd, ps, 2, false, -1, -1)
+	if err != nil {
+		return nil, err
+	}
+	pos, err := b.gradParam(bd, ps, 3, false, -1, -1)
+	if err != nil {
+		return nil, err
+	}
+	if tok.p.NM != nil || pos.p.NM != nil {
+		return nil, fmt.Errorf("node %q: embedding tables must be dense: %w", n.Name, ops.ErrBadNode)
+	}
+	off, err := n.Int("position_offset", 2)
+	if err != nil {
+		return nil, err
+	}
+	s := &embeddingStep{b: b, tok: tok.val, pos: pos.val, vocab: tok.p.Shape[0], proj: tok.p.Shape[1],
+		hid: pos.p.Shape[1], positions: pos.p.Shape[0], offset: int(off)}
+	if off < 0 || int(off) >= s.positions {
+		return nil, fmt.Errorf("node %q: position_offset %d outside the %d positions: %w", n.Name, off, s.positions, ops.ErrBadNode)
+	}
+	g := &embeddingGradStep{embeddingStep: s, tok: tok, pos: pos}
+	if n.Input(4) != "" {
+		// project_in [H, P]: y = tok[id]·projInᵀ + pos[p].
+		if g.projP, err = b.gradParam(bd, ps, 4, false, s.hid, s.proj); err != nil {
+			return nil, err
+		}
+		s.projIn = g.projP.val
+		w := max(s.proj, s.hid) * 4
+		if s.zeroRow, err = b.dev.Alloc(w); err != nil {
+			return nil, err
+		}
+		if err := b.k.Fill(b.s, s.zeroRow, 0, w/4); err != nil {
+			return nil, err
+		}
+	} else if s.proj != s.hid {
+		return nil, fmt.Errorf("node %q: token embedding width %d differs from position width %d without project_in: %w", n.Name, s.proj, s.hid, ops.ErrBadNode)
+	}
+	return g, nil
+}
+
+func (s *embeddingGradStep) devParams() []*devParam {
+	if s.projP != nil {
+		return []*devParam{s.tok, s.pos, s.projP}
+	}
+	return []*devParam{s.tok, s.pos}
+}
+
+// BackwardDevice: gpos[p] += gy and gtok[id] += gy for every row (with
+// project_in: gtok[id] += gy·projIn and gprojIn [H, P] += gyᵀ·tok[id]), the
+// rows of one table row added in row order (kernels.EmbeddingGroups).
+func (s *embeddingGradStep) BackwardDevice(c *ops.Call, _ []ops.Tensor, _, gout ops.Tensor, _ []ops.Tensor) error {
+	if c.Rows() == 0 {
+		return nil
+	}
+	b, rows := s.b, c.Rows()
+	if err := checkT("embedding output gradient", gout, rows, s.hid); err != nil {
+		return err
+	}
+	ints, err := s.rowInts(c)
+	if err != nil {
+		return err
+	}
+	type group struct {
+		keys, start, rows []int32
+		g                 driver.Ptr
+	}
+	var groups [2]group
+	total := 0
+	for i, tab := range []struct {
+		keyOf []int32
+		g     driver.Ptr
+	}{{ints[:rows], s.tok.grad}, {ints[rows : 2*rows], s.pos.grad}} {
+		k, st, rs := kernels.EmbeddingGroups(tab.keyOf)
+		groups[i] = group{k, st, rs, tab.g}
+		total += len(k) + len(st) + len(rs)
+	}
+	// The groups, then (project_in) the ids and rows zeros for the
+	// gather of tok[ids].
+	host := make([]int32, 0, total+2*rows)
+	for _, g := range groups {
+		host = append(append(append(host, g.keys...), g.start...), g.rows...)
+	}
+	host = append(append(host, ints[:rows]...), ints[2*rows:3*rows]...)
+	p, err := b.gradScratch(0, 4*len(host))
+	if err != nil {
+		return err
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	if err := b.dev.CopyIn(p, ptrOf(host), 4*len(host)); err != nil {
+		return err
+	}
+	gy := asTensor(gout).p
+	tokGrad := gy // the rows added into the token table
+	if s.projP != nil {
+		// u = gy·projIn [rows, P] into the token table; gprojIn += gyᵀ·E
+		// with E = tok[ids] [rows, P] (gathered as the forward does).
+		u, err := b.gradScratch(2, 4*rows*s.proj)
+		if err != nil {
+			return err
+		}
+		e, err := b.gradScratch(3, 4*rows*s.proj)
+		if err != nil {
+			return err
+		}
+		ids := p.Add(4 * total)
+		if err := b.gemm32("embedding project_in input gradient", blaslt.Gemm{M: rows, N: s.proj, K: s.hid, A: gy, LdA: s.hid,
+			B: s.projP.val, LdB: s.proj, D: u, LdD: s.proj, Alpha: 1}); err != nil {
+			return err
+		}
+		if err := b.k.Embedding(b.s, F32, e, ids, ids.Add(4*rows), s.tok.val, s.zeroRow, rows, s.proj); err != nil {
+			return err
+		}
+		if err := b.gemm32("embedding project_in weight gradient", blaslt.Gemm{M: s.hid, N: s.proj, K: rows, A: gy, LdA: s.hid, TransA: true,
+			B: e, LdB: s.proj, D: s.projP.grad, LdD: s.proj, Alpha: 1, Beta: 1}); err != nil {
+			return err
+		}
+		tokGrad = u
+	}
+	for i, g := range groups {
+		keys, start := p, p.Add(4*len(g.keys))
+		rs := start.Add(4 * len(g.start))
+		src, dim := gy, s.hid
+		if i == 0 {
+			src, dim = tokGrad, s.proj
+		}
+		if err := b.k.EmbeddingBackward(b.s, g.g, src, keys, start, rs, len(g.keys), dim); err != nil {
+			return err
+		}
+		p = rs.Add(4 * len(g.rows))
+	}
+	return nil
+}
+
+// --- LayerNorm, Add, activations ---
+
+type layerNormGradStep struct {
+	*layerNormStep
+	gammaP, betaP *devParam // nil when the node omits them
+}
+
+func (b *Backend) bindLayerNormGrad(bd ops.Binding, ps ops.ParamStore) (deviceGradStep, error) {
+	d, err := ops.InDim(bd, 0)
+	if err != nil {
+		return nil, err
+	}
+	eps, err := bd.Node.Float("epsilon", 1e-5)
+	if err != nil {
+		return nil, err
+	}
+	s := &layerNormGradStep{layerNormStep: &layerNormStep{b: b, dim: d, eps: eps}}
+	if s.gammaP, err = b.gradParam(bd, ps, 1, true, d); err != nil {
+		return nil, err
+	}
+	if s.betaP, err = b.gradParam(bd, ps, 2, true, d); err != nil {
+		return nil, err
+	}
+	// An omitted gamma or beta is 0: the kernels read 1 and 0.
+	if s.gammaP != nil {
+		s.gamma = s.gammaP.val
+	}
+	if s.betaP != nil {
+		s.beta = s.betaP.val
+	}
+	return s, nil
+}
+
+func (s *layerNormGradStep) devParams() []*devParam {
+	var out []*devParam
+	for _, d := range []*devParam{s.gammaP, s.betaP} {
+		if d != nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func (s *layerNormGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout ops.Tensor, gin []ops.Tensor) error {
+	if c.Rows() == 0 {
+		return nil
+	}
+	b, rows := s.b, c.Rows()
+	if err := checkT("layernorm input", in[0], rows, s.dim); err != nil {
+		return err
+	}
+	stats, err := b.gradScratch(0, 8*rows)
+	if err != nil {
+		return err
+	}
+	gx := ptrOr0(gin[0])
+	if gx == 0 { // only the parameters' gradients are wanted
+		if gx, err = b.gradScratch(1, 4*rows*s.dim); err != nil {
+			return err
+		}
+	}
+	var gg, gb, parts driver.Ptr
+	if s.gammaP != nil || s.betaP != nil {
+		// Column-sum scratch, then room for the gradient of an omitted
+		// gamma or beta (computed and dropped).
+		np := 2 * kernels.ColSumParts(rows, s.dim)
+		if parts, err = b.gradScratch(5, 4*(np+s.dim)); err != nil {
+			return err
+		}
+		gg, gb = parts.Add(4*np), parts.Add(4*np)
+		if s.gammaP != nil {
+			gg = s.gammaP.grad
+		}
+		if s.betaP != nil {
+			gb = s.betaP.grad
+		}
+	}
+	return b.k.LayerNormBackward(b.s, gx, gg, gb, stats, parts, asTensor(gout).p, asTensor(in[0]).p, s.gamma, rows, s.dim, s.eps)
+}
+
+type addGradStep struct{ *addStep }
+
+func (s *addGradStep) devParams() []*devParam { return nil }
+
+// BackwardDevice: gin[i] += gout.
+func (s *addGradStep) BackwardDevice(c *ops.Call, _ []ops.Tensor, _, gout ops.Tensor, gin []ops.Tensor) error {
+	if c.Rows() == 0 {
+		return nil
+	}
+	for _, g := range gin {
+		if g != nil {
+			if err := s.b.k.Add(s.b.s, F32, asTensor(g).p, asTensor(g).p, asTensor(gout).p, c.Rows()*s.dim); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+type activationGradStep struct{ *activationStep }
+
+func (s *activationGradStep) devParams() []*devParam { return nil }
+
+// BackwardDevice: gx += gy·act'(x).
+func (s *activationGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout ops.Tensor, gin []ops.Tensor) error {
+	if c.Rows() == 0 {
+		return nil
+	}
+	if gin[0] == nil {
+		return nil
+	}
+	if err := checkT("activation input", in[0], c.Rows(), s.dim); err != nil {
+		return err
+	}
+	return s.b.k.ActBackward(s.b.s, asTensor(gin[0]).p, asTensor(gout).p, asTensor(in[0]).p, c.Rows()*s.dim, s.act)
+}
+
+// --- Linear, LMHead, SlopeLinear ---
+
+type linearGradStep struct {
+	*linearStep
+	wP, biasP, lP, rP *devParam // the Params behind linearStep's pointers
+}
+
+func (b *Backend) bindLinearGrad(bd ops.Binding, ps ops.ParamStore) (deviceGradStep, error) {
+	in, err := ops.InDim(bd, 0)
+	if err != nil {
+		return nil, err
+	}
+	s := &linearGradStep{}
+	if s.wP, err = b.gradParam(bd, ps, 1, false, -1, in); err != nil {
+		return nil, err
+	}
+	if s.wP.p.NM != nil {
+		return nil, fmt.Errorf("node %q: weight %q is N:M; %s needs a dense weight: %w", bd.Node.Name, s.wP.p.Name, bd.Node.OpType, ops.ErrBadNode)
+	}
+	out := s.wP.p.Shape[0]
+	s.linearStep = &linearStep{b: b, name: bd.Node.Name, in: in, out: out, w: s.wP.val}
+	if bd.Node.OpType == ops.OpLinear {
+		if s.biasP, err = b.gradParam(bd, ps, 2, true, out); err != nil {
+			return nil, err
+		}
+		if s.biasP != nil {
+			s.bias, s.biasAct = s.biasP.val, s.biasP.val
+		}
+	}
+	return s, nil
+}
+
+func (b *Backend) bindSlopeLinearGrad(bd ops.Binding, ps ops.ParamStore) (deviceGradStep, error) {
+	n := bd.Node
+	in, err := ops.InDim(bd, 0)
+	if err != nil {
+		return nil, err
+	}
+	if mr, err := n.Int("merged_rank", 0); err != nil {
+		return nil, err
+	} else if mr != 0 {
+		return nil, fmt.Errorf("node %q: training a merged adapter layout (merged_rank %d): %w", n.Name, mr, ops.ErrUnsupported)
+	}
+	s := &linearGradStep{}
+	if s.wP, err = b.gradParam(bd, ps, 1, false, -1, in); err != nil {
+		return nil, err
+	}
+	nm := s.wP.p.NM
+	if nm == nil {
+		return nil, fmt.Errorf("node %q: weight %q is not N:M: %w", n.Name, s.wP.p.Name, ops.ErrBadNode)
+	}
+	an, _ := n.Int("n", 0)
+	am, _ := n.Int("m", 0)
+	if int(an) != nm.Pattern.N || int(am) != nm.Pattern.M {
+		return nil, fmt.Errorf("node %q: attributes n:m = %d:%d, weight %q is %s: %w", n.Name, an, am, s.wP.p.Name, nm.Pattern, ops.ErrBadNode)
+	}
+	if err := ops.NodeTransposeMask(bd, s.wP.p); err != nil {
+		return nil, err
+	}
+	out := nm.Rows
+	s.linearStep = &linearStep{b: b, name: n.Name, in: in, out: out, nm: true, rows: out, pat: nm.Pattern,
+		vals: s.wP.val, idx: s.wP.idx, valType: F32}
+	if s.biasP, err = b.gradParam(bd, ps, 2, true, out); err != nil {
+		return nil, err
+	}
+	if s.biasP != nil {
+		s.bias, s.biasAct = s.biasP.val, s.biasP.val
+	}
+	if n.Input(4) != "" || n.Input(5) != "" {
+		if s.lP, err = b.gradParam(bd, ps, 4, false, in, -1); err != nil {
+			return nil, err
+		}
+		s.rank = s.lP.p.Shape[1]
+		if s.rP, err = b.gradParam(bd, ps, 5, false, s.rank, out); err != nil {
+			return nil, err
+		}
+		if s.scale, err = ops.AdapterScale(bd, 4); err != nil {
+			return nil, err
+		}
+		s.l, s.r = s.lP.val, s.rP.val
+	}
+	return s, nil
+}
+
+func (s *linearGradStep) devParams() []*devParam {
+	var out []*devParam
+	for _, d := range []*devParam{s.wP, s.biasP, s.lP, s.rP} {
+		if d != nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// gemm32 runs one float32 product (see blaslt.Gemm).
+func (b *Backend) gemm32(what string, g blaslt.Gemm) error {
+	g.AB, g.Out = blaslt.F32, blaslt.F32
+	if err := b.lt.Run(b.s, &g); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// BackwardDevice, for x [m, in], gy [m, out]:
+//   - dense: gx += gy·W; gW [out, in] += gyᵀ·x;
+//   - N:M (SLoPe): gx += gy·W_dp, W_dp the kept values whose transpose
+//     mask is set (W_dpᵀ [in, out] expanded densely, then one product);
+//     gW (kept values) += (gyᵀ·x) at W's positions (a dense product, then
+//     nm_gather);
+//   - gb [out] += Σ_rows gy;
+//   - adapters: with t = x·L [m, r] and u = s·gy·Rᵀ [m, r]: gR += s·tᵀ·gy,
+//     gL += xᵀ·u, gx += u·Lᵀ.
+func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout ops.Tensor, gin []ops.Tensor) error {
+	if c.Rows() == 0 {
+		return nil
+	}
+	b, m := s.b, c.Rows()
+	if err := checkT("linear input", in[0], m, s.in); err != nil {
+		return err
+	}
+	if err := checkT("linear output gradient", gout, m, s.out); err != nil {
+		return err
+	}
+	x, gy, gx := asTensor(in[0]).p, asTensor(gout).p, ptrOr0(gin[0])
+	if !s.nm {
+		if gx != 0 {
+			if err := b.gemm32("linear "+s.name+" input gradient", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
+				B: s.wP.val, LdB: s.in, D: gx, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
+				return err
+			}
+		}
+		if err := b.gemm32("linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
+			B: x, LdB: s.in, D: s.wP.grad, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
+			return err
+		}
+	} else {
+		p := s.pat
+		tmp, err := b.gradScratch(1, 4*s.out*s.in)
+		if err != nil {
+			return err
+		}
+		if gx != 0 {
+			if err := b.k.NMExpandT(b.s, F32, tmp, s.wP.val, s.wP.idx, s.wP.keep, s.out, s.in, p.N, p.M); err != nil {
+				return err
+			}
+			if err := b.gemm32("slope linear "+s.name+" input gradient (W_dp)", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
+				B: tmp, LdB: s.out, TransB: true, D: gx, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
+				return err
+			}
+		}
+		if err := b.gemm32("slope linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
+			B: x, LdB: s.in, D: tmp, LdD: s.in, Alpha: 1}); err != nil {
+			return err
+		}
+		if err := b.k.NMGather(b.s, F32, s.wP.grad, tmp, s.in, s.wP.idx, s.out, s.in, p.N, p.M, true); err != nil {
+			return err
+		}
+	}
+	if s.biasP != nil {
+		parts, err := b.gradScratch(5, 4*kernels.ColSumParts(m, s.out))
+		if err != nil {
+			return err
+		}
+		if err := b.k.ColSum(b.s, s.biasP.grad, gy, parts, s.out, m, s.out); err != nil {
+			return err
+		}
+	}
+	if s.lP == nil {
+		return nil
+	}
+	r := s.rank
+	t, err := b.gradScratch(2, 4*m*r)
+	if err != nil {
+		return err
+	}
+	u, err := b.gradScratch(3, 4*m*r)
+	if err != nil {
+		return err
+	}
+	for _, g := range []struct {
+		what string
+		g    blaslt.Gemm
+	}{
+		{"x·L", blaslt.Gemm{M: m, N: r, K: s.in, A: x, LdA: s.in, B: s.lP.val, LdB: r, D: t, LdD: r, Alpha: 1}},
+		{"gR", blaslt.Gemm{M: r, N: s.out, K: m, A: t, LdA: r, TransA: true, B: gy, LdB: s.out, D: s.rP.grad, LdD: s.out, Alpha: s.scale, Beta: 1}},
+		{"gy·Rᵀ", blaslt.Gemm{M: m, N: r, K: s.out, A: gy, LdA: s.out, B: s.rP.val, LdB: s.out, TransB: true, D: u, LdD: r, Alpha: s.scale}},
+		{"gL", blaslt.Gemm{M: s.in, N: r, K: m, A: x, LdA: s.in, TransA: true, B: u, LdB: r, D: s.lP.grad, LdD: r, Alpha: 1, Beta: 1}},
+	} {
+		if err := b.gemm32("slope linear "+s.name+" adapter "+g.what, g.g); err != nil {
+			return err
+		}
+	}
+	if gx == 0 {
+		return nil
+	}
+	return b.gemm32("slope linear "+s.name+" adapter input gradient", blaslt.Gemm{M: m, N: s.in, K: r, A: u, LdA: r,
+		B: s.lP.val, LdB: r, TransB: true, D: gx, LdD: s.in, Alpha: 1, Beta: 1})
+}
+
+// --- CausalAttention ---
+
+type attentionGradStep struct{ *attentionStep }
+
+func (s *attentionGradStep) devParams() []*devParam { return nil }
+
+// BackwardDevice recomputes P = softmax(scale·Q·Kᵀ) over the visible keys
+// per sequence and head (the forward's products and softmax), then, with
+// dO = gy's head slice: dP = dO·Vᵀ, dS = scale·P ⊙ (dP − rowsum(dP ⊙ P)),
+// dQ += dS·K, dK += dSᵀ·Q, dV += Pᵀ·dO: batched products over the heads,
+// one sequence at a time. A query with no visible key gets zero gradient.
+func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout ops.Tensor, gin []ops.Tensor) error {
+	if c.Rows() == 0 {
+		return nil
+	}
+	b := s.b
+	if c.Past != 0 || c.DeviceCache != nil || c.Cache != nil {
+		return fmt.Errorf("attention backward: needs whole sequences (past %d)", c.Past)
+	}
+	rows, seq, dim, hd, heads := c.Rows(), c.Seq, s.dim, s.headDim, s.heads
+	for i := range 3 {
+		if err := checkT(fmt.Sprintf("attention input %d", i), in[i], rows, dim); err != nil {
+			return err
+		}
+	}
+	if b.maskLd != seq {
+		return fmt.Errorf("attention backward: the call's mask covers %d tokens, want %d (Begin not called?)", b.maskLd, seq)
+	}
+	n := heads * seq * seq
+	scores, err := b.grow(&b.scratch[2], 4*n)
+	if err != nil {
+		return err
+	}
+	probs, err := b.grow(&b.scratch[3], 4*n)
+	if err != nil {
+		return err
+	}
+	dp, err := b.gradScratch(4, 4*n)
+	if err != nil {
+		return err
+	}
+	q, k, v, gy := asTensor(in[0]).p, asTensor(in[1]).p, asTensor(in[2]).p, asTensor(gout).p
+	gq, gk, gv := ptrOr0(gin[0]), ptrOr0(gin[1]), ptrOr0(gin[2])
+	sq := int64(seq * seq)
+	for bt := 0; bt < c.Batch; bt++ {
+		off := bt * seq * dim * 4
+		at := func(p driver.Ptr) driver.Ptr { return p.Add(off) }
+		if err := b.gemm32("attention scores", blaslt.Gemm{M: seq, N: seq, K: hd, A: at(q), LdA: dim, StrideA: int64(hd),
+			B: at(k), LdB: dim, StrideB: int64(hd), TransB: true, D: scores, LdD: seq, StrideD: sq, Batch: heads, Alpha: 1}); err != nil {
+			return err
+		}
+		if err := b.k.SoftmaxCausal(b.s, F32, probs, scores, b.mask.p, b.maskLd, bt, heads, seq, 0, s.scale); err != nil {
+			return err
+		}
+		if err := b.gemm32("attention dP", blaslt.Gemm{M: seq, N: seq, K: hd, A: at(gy), LdA: dim, StrideA: int64(hd),
+			B: at(v), LdB: dim, StrideB: int64(hd), TransB: true, D: dp, LdD: seq, StrideD: sq, Batch: heads, Alpha: 1}); err != nil {
+			return err
+		}
+		if err := b.k.SoftmaxBackward(b.s, dp, probs, dp, heads*seq, seq, s.scale); err != nil {
+			return err
+		}
+		var prods []struct {
+			what string
+			g    blaslt.Gemm
+		}
+		add := func(what string, g blaslt.Gemm) {
+			prods = append(prods, struct {
+				what string
+				g    blaslt.Gemm
+			}{what, g})
+		}
+		if gq != 0 {
+			add("attention dQ", blaslt.Gemm{M: seq, N: hd, K: seq, A: dp, LdA: seq, StrideA: sq, B: at(k), LdB: dim, StrideB: int64(hd),
+				D: at(gq), LdD: dim, StrideD: int64(hd), Batch: heads, Alpha: 1, Beta: 1})
+		}
+		if gk != 0 {
+			add("attention dK", blaslt.Gemm{M: seq, N: hd, K: seq, A: dp, LdA: seq, StrideA: sq, TransA: true, B: at(q), LdB: dim,
+				StrideB: int64(hd), D: at(gk), LdD: dim, StrideD: int64(hd), Batch: heads, Alpha: 1, Beta: 1})
+		}
+		if gv != 0 {
+			add("attention dV", blaslt.Gemm{M: seq, N: hd, K: seq, A: probs, LdA: seq, StrideA: sq, TransA: true, B: at(gy), LdB: dim,
+				StrideB: int64(hd), D: at(gv), LdD: dim, StrideD: int64(hd), Batch: heads, Alpha: 1, Beta: 1})
+		}
+		for _, p := range prods {
+			if err := b.gemm32(p.what, p.g); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+var _ ops.GradBackend = (*Backend)(nil)
+
+// --- Device training state (ops.DeviceGradBackend) ---
+
+// CrossEntropy implements ops.DeviceGradBackend (float32 activations).
+func (b *Backend) CrossEntropy(logits ops.Tensor, targets []int32, scale float64, grad bool, loss []float64) error {
+	if b.act != F32 {
+		return fmt.Errorf("cuda: CrossEntropy needs float32 activations: %w", ops.ErrUnsupported)
+	}
+	y := asTensor(logits)
+	rows := y.rows
+	if len(targets) != rows || len(loss) != rows {
+		return fmt.Errorf("cuda: cross-entropy of %d rows with %d targets and %d losses", rows, len(targets), len(loss))
+	}
+	if rows == 0 {
+		return nil
+	}
+	for r, t := range targets {
+		if int(t) >= y.dim {
+			return fmt.Errorf("cuda: cross-entropy target %d of row %d outside the %d logits", t, r, y.dim)
+		}
+	}
+	// The losses (fp64, 8-byte aligned), then the targets.
+	p, err := b.grow(&b.ce, 12*rows)
+	if err != nil {
+		return err
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	tp := p.Add(8 * rows)
+	if err := b.dev.CopyIn(tp, ptrOf(targets), 4*rows); err != nil {
+		return err
+	}
+	if err := b.k.CrossEntropy(b.s, y.p, p, tp, rows, y.dim, scale, grad); err != nil {
+		return err
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	return b.dev.CopyOut(unsafe.Pointer(&loss[0]), p, 8*rows)
+}
+
+// Zero implements ops.DeviceGradBackend (float32 activations).
+func (b *Backend) Zero(t ops.Tensor) error {
+	if b.act != F32 {
+		return fmt.Errorf("cuda: Zero needs float32 activations: %w", ops.ErrUnsupported)
+	}
+	dt := asTensor(t)
+	if dt.rows*dt.dim == 0 {
+		return nil
+	}
+	return b.k.Fill(b.s, dt.p, 0, dt.rows*dt.dim)
+}
+
+// deviceOptimizer is the training state of Params on the GPU: their
+// devParams (values, gradients, transpose masks) and AdamW moments.
+type deviceOptimizer struct {
+	b      *Backend
+	params []*devParam
+	m, v   []driver.Ptr
+	sum    driver.Ptr // one float64, SumSquares's accumulator
+	parts  driver.Ptr // kernels.SumSquaresParts float64, its scratch
+	// counted: this optimizer is in Backend.optimizers.
+	counted bool
+	// masksNew: RefreshMasks changed the device's transpose masks, which
+	// Store copies out.
+	masksNew bool
+}
+
+// NewOptimizer implements ops.DeviceGradBackend: params must be Params of
+// steps this backend bound (or are bound now). The moments start at zero.
+func (b *Backend) NewOptimizer(params []*ops.Param) (_ ops.DeviceOptimizer, err error) {
+	o := &deviceOptimizer{b: b}
+	defer func() {
+		if err != nil {
+			o.Close()
+		}
+	}()
+	if o.sum, err = b.dev.Alloc(8); err != nil {
+		return nil, err
+	}
+	if o.parts, err = b.dev.Alloc(8 * kernels.SumSquaresParts); err != nil {
+		return nil, err
+	}
+	for _, p := range params {
+		d, err := b.deviceParam(p)
+		if err != nil {
+			return nil, err
+		}
+		o.params = append(o.params, d)
+		for _, mv := range []*[]driver.Ptr{&o.m, &o.v} {
+			q, err := b.dev.Alloc(4 * len(p.Value))
+			if err != nil {
+				return nil, fmt.Errorf("param %q: moments: %w", p.Name, err)
+			}
+			*mv = append(*mv, q)
+			if err := b.k.Fill(b.s, q, 0, len(p.Value)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := o.ZeroGrads(); err != nil {
+		return nil, err
+	}
+	b.optimizers++
+	o.counted = true
+	return o, nil
+}
+
+func (o *deviceOptimizer) check(m, v [][]float32) error {
+	if len(m) != len(o.params) || len(v) != len(o.params) {
+		return fmt.Errorf("cuda: %d and %d moments for %d params", len(m), len(v), len(o.params))
+	}
+	for k, d := range o.params {
+		if len(m[k]) != len(d.p.Value) || len(v[k]) != len(d.p.Value) {
+			return fmt.Errorf("cuda: param %q: moments of %d and %d values, want %d", d.p.Name, len(m[k]), len(v[k]), len(d.p.Value))
+		}
+	}
+	return nil
+}
+
+// Load implements ops.DeviceOptimizer.
+func (o *deviceOptimizer) Load(m, v [][]float32) error {
+	if err := o.check(m, v); err != nil {
+		return err
+	}
+	b := o.b
+	for k, d := range o.params {
+		if err := b.push(d); err != nil {
+			return err
+		}
+		for i, src := range [][]float32{m[k], v[k]} {
+			if err := b.dev.CopyIn([]driver.Ptr{o.m[k], o.v[k]}[i], unsafe.Pointer(&src[0]), 4*len(src)); err != nil {
+				return fmt.Errorf("param %q: moments: %w", d.p.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Store implements ops.DeviceOptimizer.
+func (o *deviceOptimizer) Store(m, v [][]float32) error {
+	if err := o.check(m, v); err != nil {
+		return err
+	}
+	b := o.b
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	for k, d := range o.params {
+		for _, c := range []struct {
+			dst []float32
+			src driver.Ptr
+		}{{d.p.Value, d.val}, {m[k], o.m[k]}, {v[k], o.v[k]}} {
+			if err := b.dev.CopyOut(unsafe.Pointer(&c.dst[0]), c.src, 4*len(c.dst)); err != nil {
+				return fmt.Errorf("param %q: %w", d.p.Name, err)
+			}
+		}
+	}
+	if o.masksNew {
+		return o.storeMasks()
+	}
+	return nil
+}
+
+// RefreshMasks implements ops.DeviceOptimizer with nm_tmask24 (2:4 only).
+func (o *deviceOptimizer) RefreshMasks() error {
+	var nms []*devParam
+	for _, d := range o.params {
+		nm := d.p.NM
+		if nm == nil || nm.Rows%nm.Pattern.M != 0 {
+			continue
+		}
+		if nm.Pattern.N != 2 || nm.Pattern.M != 4 {
+			return fmt.Errorf("cuda: transpose masks of %s weights (%q) on the device: %w", nm.Pattern, d.p.Name, ops.ErrUnsupported)
+		}
+		nms = append(nms, d)
+	}
+	for _, d := range nms {
+		nm := d.p.NM
+		if err := o.b.k.NMTMask24(o.b.s, d.keep, d.val, d.idx, nm.Rows, nm.Cols); err != nil {
+			return fmt.Errorf("param %q: %w", d.p.Name, err)
+		}
+	}
+	o.masksNew = o.masksNew || len(nms) > 0
+	return nil
+}
+
+// storeMasks copies the device's transpose masks into the host Params
+// (after RefreshMasks).
+func (o *deviceOptimizer) storeMasks() error {
+	for _, d := range o.params {
+		nm := d.p.NM
+		if nm == nil || nm.Rows%nm.Pattern.M != 0 {
+			continue
+		}
+		raw := make([]byte, len(d.p.Value))
+		if err := o.b.dev.CopyOut(unsafe.Pointer(&raw[0]), d.keep, len(raw)); err != nil {
+			return fmt.Errorf("param %q: transpose mask: %w", d.p.Name, err)
+		}
+		keep := make([]bool, len(raw))
+		for i, v := range raw {
+			keep[i] = v != 0
+		}
+		if err := nm.SetTKeep(keep); err != nil {
+			return fmt.Errorf("param %q: %w", d.p.Name, err)
+		}
+		d.keepOf, d.keepSet = slices.Clone(nm.TMask), true
+	}
+	o.masksNew = false
+	return nil
+}
+
+// ZeroGrads implements ops.DeviceOptimizer.
+func (o *deviceOptimizer) ZeroGrads() error {
+	for _, d := range o.params {
+		if err := o.b.k.Fill(o.b.s, d.grad, 0, len(d.p.Value)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SumSquares implements ops.DeviceOptimizer (in float64, in an order
+// fixed by the Params' sizes: the same bits on every run).
+func (o *deviceOptimizer) SumSquares() (float64, error) {
+	b := o.b
+	if err := b.k.Fill(b.s, o.sum, 0, 2); err != nil { // +0.0 is all zero bits
+		return 0, err
+	}
+	for _, d := range o.params {
+		if err := b.k.SumSquares(b.s, o.sum, o.parts, d.grad, len(d.p.Value)); err != nil {
+			return 0, err
+		}
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return 0, err
+	}
+	var ss float64
+	return ss, b.dev.CopyOut(unsafe.Pointer(&ss), o.sum, 8)
+}
+
+// AdamW implements ops.DeviceOptimizer with the adamw_f32 kernel (the CPU
+// trainer's arithmetic, bit for bit).
+func (o *deviceOptimizer) AdamW(k int, st cpu.AdamWStep) error {
+	if k < 0 || k >= len(o.params) {
+		return fmt.Errorf("cuda: AdamW of param %d of %d", k, len(o.params))
+	}
+	d, b := o.params[k], o.b
+	h := kernels.AdamWStep{Beta1: st.Beta1, Beta2: st.Beta2, BC1: st.BC1, BC2: st.BC2, LR: st.LR, Shrink: st.Shrink, Eps: st.Eps, GradScale: st.GradScale}
+	if err := b.k.AdamW(b.s, d.val, d.grad, o.m[k], o.v[k], 0, len(d.p.Value), h); err != nil {
+		return fmt.Errorf("param %q: %w", d.p.Name, err)
+	}
+	if st.ZeroGrad {
+		return b.k.Fill(b.s, d.grad, 0, len(d.p.Value))
+	}
+	return nil
+}
+
+// Close implements ops.DeviceOptimizer. The Params' values and gradients
+// stay on the device with the steps that use them.
+func (o *deviceOptimizer) Close() error {
+	if o.b == nil {
+		return nil
+	}
+	var errs []error
+	for _, p := range append(append([]driver.Ptr{o.sum, o.parts}, o.m...), o.v...) {
+		if p != 0 {
+			errs = append(errs, o.b.dev.Free(p))
+		}
+	}
+	if o.counted {
+		o.b.optimizers--
+	}
+	o.m, o.v, o.sum, o.parts, o.params, o.b = nil, nil, 0, 0, nil, nil
+	return errors.Join(errs...)
+}
+
+// ReleaseParams implements ops.DeviceGradBackend: it frees the device
+// mirrors of params (values, gradients, indices, transpose masks). Steps
+// bound with them must not run again.
+func (b *Backend) ReleaseParams(params []*ops.Param) error {
+	var errs []error
+	for _, p := range params {
+		if d := b.params[p]; d != nil {
+			errs = append(errs, d.free(b))
+			delete(b.params, p)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *devParam) free(b *Backend) error {
+	var errs []error
+	for _, p := range []driver.Ptr{d.val, d.grad, d.idx, d.keep} {
+		if p != 0 {
+			errs = append(errs, b.dev.Free(p))
+		}
+	}
+	d.val, d.grad, d.idx, d.keep = 0, 0, 0, 0
+	return errors.Join(errs...)
+}
+
+var (
+	_ ops.DeviceGradBackend = (*Backend)(nil)
+	_ ops.DeviceGradStep    = hostGradStep{}
+)

@@ -1,0 +1,218 @@
+package cuda
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/slopeml/slope/convert"
+	"github.com/slopeml/slope/ops"
+	"github.com/slopeml/slope/ops/opstest"
+	"github.com/slopeml/slope/train"
+)
+
+// TestGradConformanceF32 runs the shared gradient suite (every op's
+// forward against float64, its gradients against finite differences,
+// accumulation, and the whole tiny model) on the GPU's training ops.
+func TestGradConformanceF32(t *testing.T) {
+	opstest.RunGrad(t, newWith(t, Options{Activations: F32}))
+}
+
+// TestGradRefusesBF16: training ops need float32 activations for now.
+func TestGradRefusesBF16(t *testing.T) {
+	b := newWith(t, Options{Activations: BF16})
+	fn := tinySlope(t)
+	tr, err := train.New(fn, train.Options{Backend: b})
+	if err == nil {
+		tr.Close()
+		t.Fatal("a bf16 backend bound training ops")
+	}
+	if !errors.Is(err, ops.ErrUnsupported) {
+		t.Fatalf("bf16 training: %v, want ErrUnsupported", err)
+	}
+}
+
+func tinySlope(t *testing.T) string {
+	t.Helper()
+	fn := filepath.Join(t.TempDir(), "tiny.slope")
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: fn, NM: "2:4", DType: "fp32"}); err != nil {
+		t.Fatal(err)
+	}
+	return fn
+}
+
+// TestTrainGPUTracksCPU trains the embedded tiny model converted to 2:4
+// for ten steps on the CPU and on the GPU (passes and AdamW there), on the
+// same batches, with a mask refresh every 4 steps and lazy adapters from
+// step 7: the losses agree at every step, the first step's weight
+// updates agree, and so do the weights and transpose masks at the end.
+// Checkpoints cross over: the GPU run's step-5 checkpoint resumed on the
+// CPU, and the CPU run's on the GPU, end where the straight runs end.
+func TestTrainGPUTracksCPU(t *testing.T) {
+	b := newWith(t, Options{Activations: F32})
+	fn := tinySlope(t)
+	dir := t.TempDir()
+	o := train.Options{LR: 1e-3, Clip: 1, MaskRefresh: 4, Threads: 2, TotalSteps: 10, WarmupSteps: 2, Rank: 2, AdapterStart: 7}
+	cpu, err := train.New(fn, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cpu.Close()
+	og := o
+	og.Backend = b
+	gpu, err := train.New(fn, og)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gpu.Close()
+	if !gpu.OnDevice() || cpu.OnDevice() {
+		t.Fatalf("OnDevice: GPU trainer %v, CPU trainer %v", gpu.OnDevice(), cpu.OnDevice())
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	const batch, seq = 3, 24 // >= 16: the forward's GEMM attention path too
+	batches := make([][][]int32, 10)
+	for s := range batches {
+		batches[s] = make([][]int32, batch)
+		for i := range batches[s] {
+			batches[s][i] = make([]int32, seq)
+			for j := range batches[s][i] {
+				batches[s][i][j] = int32(rng.IntN(cpu.Vocab()))
+			}
+		}
+	}
+	before := map[string][]float32{}
+	for _, p := range cpu.Params() {
+		before[p.Name] = append([]float32(nil), p.Value...)
+	}
+	lossCPU := make([]float64, 10)
+	for step := 1; step <= 10; step++ {
+		ids := batches[step-1]
+		lc, err := cpu.Step(ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lg, err := gpu.Step(ids)
+		if err != nil {
+			t.Fatalf("GPU step %d: %v", step, err)
+		}
+		lossCPU[step-1] = lc
+		t.Logf("step %d: loss CPU %.6f GPU %.6f", step, lc, lg)
+		if math.Abs(lg-lc) > 1e-4*math.Abs(lc) {
+			t.Errorf("step %d: loss %.7f on the GPU, %.7f on the CPU", step, lg, lc)
+		}
+		if step == 1 {
+			// The first update: AdamW's first step moves each value by
+			// about lr·sign(g), so this compares the gradients' signs and
+			// the clipping; values whose gradient is near zero may differ.
+			if err := gpu.SyncHost(); err != nil {
+				t.Fatal(err)
+			}
+			compareParams(t, "step 1 update", cpu.Params(), gpu.Params(), before, 1e-2)
+		}
+		if step == 5 {
+			for _, c := range []struct {
+				tr   *train.Trainer
+				name string
+			}{{cpu, "cpu5.slope"}, {gpu, "gpu5.slope"}} {
+				if err := c.tr.Save(filepath.Join(dir, c.name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if err := gpu.SyncHost(); err != nil {
+		t.Fatal(err)
+	}
+	if len(gpu.Params()) != len(cpu.Params()) || len(cpu.Params()) <= len(before) {
+		t.Fatalf("%d params on the GPU, %d on the CPU, %d before the adapters", len(gpu.Params()), len(cpu.Params()), len(before))
+	}
+	compareParams(t, "after 10 steps", cpu.Params(), gpu.Params(), nil, 1e-2)
+	var masks, differ int
+	gp := map[string]*ops.Param{}
+	for _, p := range gpu.Params() {
+		gp[p.Name] = p
+	}
+	for _, p := range cpu.Params() {
+		if p.NM == nil {
+			continue
+		}
+		kc, err := p.NM.TKeepCopy()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kg, err := gp[p.Name].NM.TKeepCopy()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range kc {
+			masks++
+			if kc[i] != kg[i] {
+				differ++
+			}
+		}
+	}
+	if masks == 0 || differ > masks/1000 {
+		t.Errorf("transpose masks: %d of %d entries differ after the refreshes", differ, masks)
+	}
+
+	// The checkpoints cross over: each resumed on the other side for
+	// steps 6-10 ends where the CPU run ended.
+	for _, c := range []struct {
+		ckpt    string
+		backend ops.GradBackend
+	}{{"gpu5.slope", nil}, {"cpu5.slope", b}} {
+		or := o
+		or.Backend = c.backend
+		tr, err := train.Resume(filepath.Join(dir, c.ckpt), or)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for step := 6; step <= 10; step++ {
+			l, err := tr.Step(batches[step-1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if math.Abs(l-lossCPU[step-1]) > 1e-4*math.Abs(lossCPU[step-1]) {
+				t.Errorf("%s resumed (on the GPU: %v), step %d: loss %.7f, %.7f straight on the CPU", c.ckpt, tr.OnDevice(), step, l, lossCPU[step-1])
+			}
+		}
+		if err := tr.SyncHost(); err != nil {
+			t.Fatal(err)
+		}
+		compareParams(t, c.ckpt+" resumed", cpu.Params(), tr.Params(), nil, 1e-2)
+		tr.Close()
+	}
+}
+
+// compareParams checks ‖got − want‖ <= tol·‖want‖ over all Params, of the
+// changes from before when before is not nil.
+func compareParams(t *testing.T, what string, want, got []*ops.Param, before map[string][]float32, tol float64) {
+	t.Helper()
+	g := map[string]*ops.Param{}
+	for _, p := range got {
+		g[p.Name] = p
+	}
+	var num, den float64
+	for _, p := range want {
+		q := g[p.Name]
+		if q == nil || len(q.Value) != len(p.Value) {
+			t.Fatalf("%s: param %q missing or resized on the GPU", what, p.Name)
+		}
+		for i, w := range p.Value {
+			a, c := float64(q.Value[i]), float64(w)
+			if before != nil {
+				a -= float64(before[p.Name][i])
+				c -= float64(before[p.Name][i])
+			}
+			num += (a - c) * (a - c)
+			den += c * c
+		}
+	}
+	rel := math.Sqrt(num / den)
+	t.Logf("%s: relative L2 difference %.3g", what, rel)
+	if !(rel <= tol) {
+		t.Errorf("%s: relative L2 difference %.3g, want <= %g", what, rel, tol)
+	}
+}

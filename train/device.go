@@ -1,0 +1,191 @@
+package train
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/slopeml/slope/ops"
+)
+
+// Training on a device backend (ops.DeviceGradBackend, the cuda backend
+// with float32 activations): the forward and backward passes run on the
+// backend's tensors, the cross-entropy too (only each row's loss comes
+// back), and AdamW on its copies of the Params, gradients and moments
+// (Trainer.opt). The host keeps its Params and moments as copies that
+// are refreshed when the host needs them:
+//   - hostStale: the device updated the Params (AdamW); SyncHost copies
+//     them out before a checkpoint, a mask refresh or new adapters;
+//   - devStale: the host changed them (binding, a resume, new masks);
+//     toDevice copies them in before the next pass.
+//
+// The arithmetic of a step is the CPU trainer's up to the float32
+// rounding of the kernels (AdamW is bit-identical given the same
+// gradients), and checkpoints are the same format either way.
+
+// bindDevice sets up the device state after a bind: the backend keeps
+// the state when it can and every step runs on its tensors.
+func (t *Trainer) bindDevice(be ops.GradBackend) error {
+	dev, ok := be.(ops.DeviceGradBackend)
+	if ok {
+		for _, ps := range t.plan {
+			if _, ok = ps.Step.(ops.DeviceGradStep); !ok {
+				break
+			}
+		}
+	}
+	if !ok {
+		return nil
+	}
+	if t.opt != nil {
+		if err := dev.Do(t.opt.Close); err != nil {
+			return err
+		}
+		t.opt = nil
+	}
+	t.dev = dev
+	if err := dev.Do(func() (err error) { t.opt, err = dev.NewOptimizer(t.params); return err }); err != nil {
+		return fmt.Errorf("train: device state: %w", err)
+	}
+	t.devStale, t.hostStale = true, false
+	return nil
+}
+
+// closeDevice frees the device state: the optimizer's moments and the
+// backend's copies of the Params.
+func (t *Trainer) closeDevice() error {
+	if t.opt == nil {
+		return nil
+	}
+	err := t.dev.Do(func() error { return errors.Join(t.opt.Close(), t.dev.ReleaseParams(t.params)) })
+	t.opt = nil
+	return err
+}
+
+// OnDevice reports whether the training state lives on the backend
+// (Options.Backend an ops.DeviceGradBackend whose steps all run there).
+func (t *Trainer) OnDevice() bool { return t.opt != nil }
+
+// SyncHost copies the Params' values and moments from the device into
+// the host's (Params, checkpoints), when the device changed them; a
+// no-op on the CPU.
+func (t *Trainer) SyncHost() error {
+	if t.opt == nil || !t.hostStale {
+		return nil
+	}
+	if err := t.dev.Do(func() error { return t.opt.Store(t.m, t.v) }); err != nil {
+		return fmt.Errorf("train: copy the state from the device: %w", err)
+	}
+	t.hostStale = false
+	return nil
+}
+
+// toDevice copies the host's Params and moments to the device when the
+// host changed them.
+func (t *Trainer) toDevice() error {
+	if !t.devStale {
+		return nil
+	}
+	if err := t.dev.Do(func() error { return t.opt.Load(t.m, t.v) }); err != nil {
+		return fmt.Errorf("train: copy the state to the device: %w", err)
+	}
+	t.devStale = false
+	return nil
+}
+
+// lossSumDevice is lossSum on the device: the plan forward on tensors,
+// the cross-entropy (the logits' tensor becomes their gradient), and the
+// plan backward, adding into the device's gradients. Every value's
+// tensor is taken from the backend's pool and given back at the end.
+func (t *Trainer) lossSumDevice(c *ops.Call, grad bool, total int) (float64, error) {
+	if err := t.toDevice(); err != nil {
+		return 0, err
+	}
+	dev, rows := t.dev, c.Rows()
+	var loss float64
+	err := dev.Do(func() error {
+		var held []ops.Tensor
+		defer func() {
+			for _, x := range held {
+				dev.Release(x)
+			}
+		}()
+		acquire := func(dim int) (ops.Tensor, error) {
+			x, err := dev.Acquire(rows, dim)
+			if err == nil {
+				held = append(held, x)
+			}
+			return x, err
+		}
+		if err := dev.Begin(c); err != nil {
+			return err
+		}
+		vals := make([]ops.Tensor, len(t.dims))
+		for _, ps := range t.plan {
+			in := make([]ops.Tensor, len(ps.In))
+			for i, s := range ps.In {
+				in[i] = vals[s]
+			}
+			out, err := acquire(ps.Dim)
+			if err != nil {
+				return err
+			}
+			if err := ps.Step.(ops.DeviceGradStep).ForwardDevice(c, in, out); err != nil {
+				return fmt.Errorf("node %q: %w", ps.Node.Name, err)
+			}
+			vals[ps.Out] = out
+		}
+		// The loss of every row (0 at each sequence's last position,
+		// which predicts nothing), summed in row order as crossEntropy
+		// does; with grad the logits become their gradient in place.
+		if cap(t.ceTargets) < rows {
+			t.ceTargets, t.ceLoss = make([]int32, rows), make([]float64, rows)
+		}
+		targets, losses := t.ceTargets[:rows], t.ceLoss[:rows]
+		for r := range targets {
+			targets[r] = -1
+			if r%c.Seq != c.Seq-1 {
+				targets[r] = c.IDs[r+1]
+			}
+		}
+		if err := dev.CrossEntropy(vals[t.logits], targets, 1/float64(total), grad, losses); err != nil {
+			return fmt.Errorf("train: cross-entropy: %w", err)
+		}
+		for _, l := range losses {
+			loss += l
+		}
+		if !grad {
+			return nil
+		}
+		grads := make([]ops.Tensor, len(t.dims))
+		grads[t.logits] = vals[t.logits]
+		for i := len(t.plan) - 1; i >= 0; i-- {
+			ps := t.plan[i]
+			gout := grads[ps.Out]
+			if gout == nil {
+				continue // the output does not reach the loss
+			}
+			in := make([]ops.Tensor, len(ps.In))
+			gin := make([]ops.Tensor, len(ps.In))
+			for j, s := range ps.In {
+				in[j] = vals[s]
+				if grads[s] == nil {
+					g, err := acquire(t.dims[s])
+					if err != nil {
+						return err
+					}
+					if err := dev.Zero(g); err != nil {
+						return err
+					}
+					grads[s] = g
+				}
+				gin[j] = grads[s]
+			}
+			if err := ps.Step.(ops.DeviceGradStep).BackwardDevice(c, in, vals[ps.Out], gout, gin); err != nil {
+				return fmt.Errorf("node %q backward: %w", ps.Node.Name, err)
+			}
+			grads[ps.Out] = nil
+		}
+		return nil
+	})
+	return loss, err
+}
