@@ -48,6 +48,17 @@
 // kernel for fewer than 16 new tokens and two batched cuBLASLt products
 // around a masked softmax otherwise, with the KV cache on the device.
 //
-// Not yet: OPT's project_in inside Embedding (ErrUnsupported), CUDA
-// graphs for the decode step.
+// Training (grad.go): with float32 activations, Backend is an
+// ops.GradBackend and ops.DeviceGradBackend: every op has a backward pass
+// (kernels without atomics, cuBLASLt products; the N:M input gradient
+// through the dense W_dpᵀ, the weight gradient gathered at the mask), and
+// the Params, gradients and AdamW moments live on the GPU, where the loss,
+// the optimizer and the 2:4 transpose-mask refresh run too. train.Trainer
+// drives it (`slope train --device cuda-f32`). The bf16 training step on
+// cuSPARSELt (BenchTrain, bench_train.go) is benchmarked per layer but not
+// used by the trainer yet.
+//
+// Not yet: OPT's project_in inside Embedding for inference
+// (ErrUnsupported; training has it), CUDA graphs for the decode step,
+// bf16 (mixed-precision) training.
 package cuda

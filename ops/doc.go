@@ -43,16 +43,20 @@
 //
 // A Backend binds nodes to steps. The CPU backend (NewCPU) keeps its
 // kernels in a per-backend registry; a node whose op has no kernel is an
-// error naming the op and the node. Backward slots are part of the op
-// contract and are filled by the training work (issue 6).
+// error naming the op and the node. A GradBackend (grad.go) also binds
+// nodes as GradSteps with a backward pass over float32 master Params
+// (NewCPUGrad; the CUDA backend with float32 activations).
 //
 // A backend with its own memory (the CUDA backend, package cuda) also
 // implements DeviceBackend, and its steps DeviceStep: the runtime then
 // passes Tensors in that memory from step to step and copies only ids,
 // mask and logits (device.go). Such steps still implement Step by copying
-// in and out, so the conformance suite runs them unchanged.
+// in and out, so the conformance suite runs them unchanged. For training,
+// a DeviceGradBackend keeps the Params, gradients and optimizer state in
+// its memory too (DeviceGradStep, DeviceOptimizer).
 //
-// The conformance suite (package ops/opstest) runs every op of a backend
-// against float64 references on random shapes; every backend's tests call
-// it with their own backend value.
+// The conformance suites (package ops/opstest: Run for the ops, RunGrad
+// for their gradients) check every op of a backend against float64
+// references and finite differences on random shapes; every backend's
+// tests call them with their own backend value.
 package ops

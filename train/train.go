@@ -1,10 +1,15 @@
-// Package train is the core of the SLoPe trainer on the CPU backend
-// (issue 6): it binds a .slope container's graph as ops.GradSteps over
-// float32 master Params, runs forward and backward for next-token
-// cross-entropy, and updates the Params with AdamW whose moments exist
-// only for the kept values of N:M weights. Every MaskRefresh steps the
-// transpose masks (the double-pruned backward's masks) are recomputed by
-// magnitude from the updated values; W's own masks never change.
+// Package train is the core of the SLoPe trainer (issues 6 and 8): it
+// binds a .slope container's graph as ops.GradSteps over float32 master
+// Params, runs forward and backward for next-token cross-entropy, and
+// updates the Params with AdamW whose moments exist only for the kept
+// values of N:M weights. Every MaskRefresh steps the transpose masks (the
+// double-pruned backward's masks) are recomputed by magnitude from the
+// updated values; W's own masks never change.
+//
+// The ops run on the CPU backend, or on Options.Backend; a device
+// backend (ops.DeviceGradBackend: the GPU) also holds the state and runs
+// the loss and AdamW (device.go). The arithmetic is the same up to the
+// rounding of the kernels, and checkpoints do not depend on the device.
 //
 // Save and Resume write and continue from checkpoints (checkpoint.go);
 // Data feeds token windows in a resumable order (data.go).
