@@ -475,26 +475,7 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 				clear(e) // the last position predicts nothing
 				continue
 			}
-			target := int(c.IDs[r+1])
-			y := logits.Row(r)
-			mx := float32(math.Inf(-1))
-			for _, v := range y {
-				if v > mx || v != v { // NaN wins, as with math.Max
-					mx = v
-					if v != v {
-						break
-					}
-				}
-			}
-			sum := cpu.ExpShiftSum(e, y, mx)
-			losses[r] = float64(mx) + math.Log(sum) - float64(y[target])
-			if grad {
-				sc := float32(inv / sum)
-				for j := range e {
-					e[j] *= sc
-				}
-				e[target] -= float32(inv)
-			}
+			losses[r] = crossEntropyRow(e, logits.Row(r), int(c.IDs[r+1]), inv, grad)
 		}
 	})
 	var loss float64
@@ -505,6 +486,32 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 		return loss, nil
 	}
 	return loss, g
+}
+
+// crossEntropyRow returns the loss of one row of logits y for target:
+// the float32 max, the exponentials and their float64 sum by
+// cpu.ExpShiftSum, the log-sum-exp in float64. With grad, e gets the
+// gradient of inv·loss (e may not alias y; without grad it is scratch).
+func crossEntropyRow(e, y []float32, target int, inv float64, grad bool) float64 {
+	mx := float32(math.Inf(-1))
+	for _, v := range y {
+		if v > mx || v != v { // NaN wins, as with math.Max
+			mx = v
+			if v != v {
+				break
+			}
+		}
+	}
+	sum := cpu.ExpShiftSum(e, y, mx)
+	loss := float64(mx) + math.Log(sum) - float64(y[target])
+	if grad {
+		sc := float32(inv / sum)
+		for j := range e {
+			e[j] *= sc
+		}
+		e[target] -= float32(inv)
+	}
+	return loss
 }
 
 // backward runs the plan in reverse from the logits' gradient, adding
