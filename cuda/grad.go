@@ -705,6 +705,52 @@ func (s *linearGradStep) devParams() []*devParam {
 	return out
 }
 
+// expandForwardMin is the smallest row count from which a training
+// step's N:M forward expands W densely and runs one cuBLASLt product
+// instead of the generic N:M kernel: in float32 there are no sparse
+// tensor cores, and the dense product is faster once the expansion (one
+// pass over W) is shared by enough rows.
+const expandForwardMin = 64
+
+// ForwardDevice is linearStep's, except for N:M weights from
+// expandForwardMin rows (see there).
+func (s *linearGradStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error {
+	m := c.Rows()
+	if !s.nm || m < expandForwardMin {
+		return s.linearStep.ForwardDevice(c, in, out)
+	}
+	b := s.b
+	if err := checkT("linear input", in[0], m, s.in); err != nil {
+		return err
+	}
+	w, err := b.gradScratch(1, 4*s.out*s.in)
+	if err != nil {
+		return err
+	}
+	if err := b.k.NMExpand(b.s, F32, w, s.wP.val, s.wP.idx, s.out, s.in, s.pat.N, s.pat.M); err != nil {
+		return err
+	}
+	x, y := asTensor(in[0]).p, asTensor(out).p
+	if err := b.gemm32("slope linear "+s.name+" (expanded)", blaslt.Gemm{M: m, N: s.out, K: s.in, A: x, LdA: s.in,
+		B: w, LdB: s.in, TransB: true, D: y, LdD: s.out, Alpha: 1, Bias: s.biasAct}); err != nil {
+		return err
+	}
+	if s.rank == 0 {
+		return nil
+	}
+	// y += scale·(x·L)·R
+	t, err := b.gradScratch(2, 4*m*s.rank)
+	if err != nil {
+		return err
+	}
+	if err := b.gemm32("slope linear "+s.name+" adapter x·L", blaslt.Gemm{M: m, N: s.rank, K: s.in, A: x, LdA: s.in,
+		B: s.lP.val, LdB: s.rank, D: t, LdD: s.rank, Alpha: 1}); err != nil {
+		return err
+	}
+	return b.gemm32("slope linear "+s.name+" adapter ·R", blaslt.Gemm{M: m, N: s.out, K: s.rank, A: t, LdA: s.rank,
+		B: s.rP.val, LdB: s.out, D: y, LdD: s.out, Alpha: s.scale, Beta: 1})
+}
+
 // gemm32 runs one float32 product (see blaslt.Gemm).
 func (b *Backend) gemm32(what string, g blaslt.Gemm) error {
 	g.AB, g.Out = blaslt.F32, blaslt.F32
