@@ -58,7 +58,7 @@ func (s *randomSource) Tensor(name string) (*Tensor, error) {
 	}
 	n := 1
 	for _, d := range sp.Shape {
-		if d < 0 || d > 0 && n > maxInitElements/d {
+		if d < 0 || d > 0 && int64(n) > maxInitElements/int64(d) {
 			return nil, fmt.Errorf("random init: weight %q of shape %v: more than %d elements (check the config's sizes)", name, sp.Shape, maxInitElements)
 		}
 		n *= d
@@ -106,7 +106,7 @@ func RandomMask(p format.NM, rows, cols int, rng *rand.Rand) ([]bool, error) {
 
 // maxInitElements bounds one tensor of a random initialisation (the
 // format's cap on elements per tensor would not fit in memory anyway).
-const maxInitElements = 1 << 34
+const maxInitElements int64 = 1 << 34
 
 // InitOptions configure Init.
 type InitOptions struct {

@@ -127,7 +127,7 @@ func OpenONNX(path string) (Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if len(data) > MaxONNXFile {
+	if int64(len(data)) > MaxONNXFile {
 		return nil, fmt.Errorf("%s: more than %d bytes: %w", path, int64(MaxONNXFile), ErrONNX)
 	}
 	var m onnxpb.ModelProto
@@ -217,7 +217,7 @@ func (s *onnxSource) newInit(name string, t *onnxpb.TensorProto, allowExternal b
 		if d < 0 || d > math.MaxInt32 {
 			return nil, fmt.Errorf("%s: initializer %q has dims %v: %w", s.path, name, t.Dims, ErrONNX)
 		}
-		if d != 0 && in.numel > (1<<40)/int(d) {
+		if d != 0 && int64(in.numel) > min(1<<40, int64(math.MaxInt))/d {
 			return nil, fmt.Errorf("%s: initializer %q has dims %v: too many elements: %w", s.path, name, t.Dims, ErrONNX)
 		}
 		in.dims = append(in.dims, int(d))
