@@ -140,6 +140,7 @@ type Backend struct {
 	params   map[*ops.Param]*devParam
 	gscratch [6]devBuf
 	ce       devBuf // cross-entropy losses and targets
+	zeroBuf  devBuf // zeros (Backend.zeros)
 	// optimizers counts the open DeviceOptimizers (host-facing training
 	// calls are refused while one holds the state).
 	optimizers int

@@ -386,17 +386,36 @@ func (b *Backend) bindEmbeddingGrad(bd ops.Binding, ps ops.ParamStore) (deviceGr
 			return nil, err
 		}
 		s.projIn = g.projP.val
-		w := max(s.proj, s.hid) * 4
-		if s.zeroRow, err = b.dev.Alloc(w); err != nil {
-			return nil, err
-		}
-		if err := b.k.Fill(b.s, s.zeroRow, 0, w/4); err != nil {
-			return nil, err
-		}
 	} else if s.proj != s.hid {
 		return nil, fmt.Errorf("node %q: token embedding width %d differs from position width %d without project_in: %w", n.Name, s.proj, s.hid, ops.ErrBadNode)
 	}
 	return g, nil
+}
+
+// zeros returns n float32 zeros on the device (a buffer shared by the
+// backend's training steps and grown on demand: fetch it per call).
+func (b *Backend) zeros(n int) (driver.Ptr, error) {
+	if b.zeroBuf.bytes >= 4*n {
+		return b.zeroBuf.p, nil
+	}
+	p, err := b.grow(&b.zeroBuf, 4*n)
+	if err != nil {
+		return 0, err
+	}
+	return p, b.k.Fill(b.s, p, 0, n)
+}
+
+// ForwardDevice is embeddingStep's, with the zero table of project_in's
+// gather fetched for the call.
+func (s *embeddingGradStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error {
+	if s.projP != nil {
+		z, err := s.b.zeros(max(s.proj, s.hid))
+		if err != nil {
+			return err
+		}
+		s.zeroRow = z
+	}
+	return s.embeddingStep.ForwardDevice(c, in, out)
 }
 
 func (s *embeddingGradStep) devParams() []*devParam {
@@ -470,7 +489,11 @@ func (s *embeddingGradStep) BackwardDevice(c *ops.Call, _ []ops.Tensor, _, gout 
 			B: s.projP.val, LdB: s.proj, D: u, LdD: s.proj, Alpha: 1}); err != nil {
 			return err
 		}
-		if err := b.k.Embedding(b.s, F32, e, ids, ids.Add(4*rows), s.tok.val, s.zeroRow, rows, s.proj); err != nil {
+		z, err := b.zeros(s.proj)
+		if err != nil {
+			return err
+		}
+		if err := b.k.Embedding(b.s, F32, e, ids, ids.Add(4*rows), s.tok.val, z, rows, s.proj); err != nil {
 			return err
 		}
 		if err := b.gemm32("embedding project_in weight gradient", blaslt.Gemm{M: s.hid, N: s.proj, K: rows, A: gy, LdA: s.hid, TransA: true,
@@ -1070,11 +1093,13 @@ func (o *deviceOptimizer) check(m, v [][]float32) error {
 	return nil
 }
 
-// Load implements ops.DeviceOptimizer.
+// Load implements ops.DeviceOptimizer: the host's state, masks included,
+// replaces the device's.
 func (o *deviceOptimizer) Load(m, v [][]float32) error {
 	if err := o.check(m, v); err != nil {
 		return err
 	}
+	o.masksNew = false
 	b := o.b
 	for k, d := range o.params {
 		if err := b.push(d); err != nil {
@@ -1127,13 +1152,17 @@ func (o *deviceOptimizer) RefreshMasks() error {
 		}
 		nms = append(nms, d)
 	}
+	// From here the device's masks are the newer ones, even if a launch
+	// fails part way: Store copies them out, and push uploads the host's
+	// again only after that.
+	o.masksNew = o.masksNew || len(nms) > 0
 	for _, d := range nms {
 		nm := d.p.NM
+		d.keepSet = false
 		if err := o.b.k.NMTMask24(o.b.s, d.keep, d.val, d.idx, nm.Rows, nm.Cols); err != nil {
 			return fmt.Errorf("param %q: %w", d.p.Name, err)
 		}
 	}
-	o.masksNew = o.masksNew || len(nms) > 0
 	return nil
 }
 

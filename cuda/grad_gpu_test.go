@@ -187,32 +187,43 @@ func TestTrainGPUTracksCPU(t *testing.T) {
 }
 
 // compareParams checks ‖got − want‖ <= tol·‖want‖ over all Params, of the
-// changes from before when before is not nil.
+// changes from before when before is not nil; without before, also each
+// Param on its own (to 1e-4: small Params such as biases and adapters
+// weigh little in the sum).
 func compareParams(t *testing.T, what string, want, got []*ops.Param, before map[string][]float32, tol float64) {
 	t.Helper()
 	g := map[string]*ops.Param{}
 	for _, p := range got {
 		g[p.Name] = p
 	}
-	var num, den float64
+	var num, den, worst float64
+	worstName := ""
 	for _, p := range want {
 		q := g[p.Name]
 		if q == nil || len(q.Value) != len(p.Value) {
 			t.Fatalf("%s: param %q missing or resized on the GPU", what, p.Name)
 		}
+		var pn, pd float64
 		for i, w := range p.Value {
 			a, c := float64(q.Value[i]), float64(w)
 			if before != nil {
 				a -= float64(before[p.Name][i])
 				c -= float64(before[p.Name][i])
 			}
-			num += (a - c) * (a - c)
-			den += c * c
+			pn += (a - c) * (a - c)
+			pd += c * c
+		}
+		num, den = num+pn, den+pd
+		if r := math.Sqrt(pn / max(pd, 1e-30)); before == nil && r > worst {
+			worst, worstName = r, p.Name
 		}
 	}
 	rel := math.Sqrt(num / den)
-	t.Logf("%s: relative L2 difference %.3g", what, rel)
+	t.Logf("%s: relative L2 difference %.3g (largest of one param: %.3g, %s)", what, rel, worst, worstName)
 	if !(rel <= tol) {
 		t.Errorf("%s: relative L2 difference %.3g, want <= %g", what, rel, tol)
+	}
+	if before == nil && !(worst <= 1e-4) {
+		t.Errorf("%s: param %s differs by %.3g (relative L2), want <= 1e-4", what, worstName, worst)
 	}
 }

@@ -36,29 +36,67 @@ func (t *Trainer) bindDevice(be ops.GradBackend) error {
 	if !ok {
 		return nil
 	}
-	if t.opt != nil {
-		if err := dev.Do(t.opt.Close); err != nil {
-			return err
-		}
-		t.opt = nil
-	}
 	t.dev = dev
-	if err := dev.Do(func() (err error) { t.opt, err = dev.NewOptimizer(t.params); return err }); err != nil {
+	// The new optimizer first: if it fails (out of memory for the new
+	// adapters' moments) the old one stays, with the plan AddAdapters
+	// rolls back to.
+	var opt ops.DeviceOptimizer
+	if err := dev.Do(func() (err error) { opt, err = dev.NewOptimizer(t.params); return err }); err != nil {
 		return fmt.Errorf("train: device state: %w", err)
 	}
+	if t.opt != nil {
+		if err := dev.Do(t.opt.Close); err != nil {
+			dev.Do(opt.Close)
+			return err
+		}
+	}
+	t.opt = opt
 	t.devStale, t.hostStale = true, false
 	return nil
 }
 
 // closeDevice frees the device state: the optimizer's moments and the
-// backend's copies of the Params.
+// backend's copies of every Param the trainer's steps were bound with
+// (also after a failed bind, when Options.Backend is a device backend).
 func (t *Trainer) closeDevice() error {
-	if t.opt == nil {
+	dev, ok := t.o.Backend.(ops.DeviceGradBackend)
+	if !ok {
 		return nil
 	}
-	err := t.dev.Do(func() error { return errors.Join(t.opt.Close(), t.dev.ReleaseParams(t.params)) })
+	err := dev.Do(func() error {
+		var errs []error
+		if t.opt != nil {
+			errs = append(errs, t.opt.Close())
+		}
+		return errors.Join(append(errs, dev.ReleaseParams(t.allParams()))...)
+	})
 	t.opt = nil
 	return err
+}
+
+// allParams lists every Param the trainer's stores made: the container's
+// and the adapters' (bound or not).
+func (t *Trainer) allParams() []*ops.Param {
+	ps := append([]*ops.Param(nil), t.params...)
+	seen := map[*ops.Param]bool{}
+	for _, p := range ps {
+		seen[p] = true
+	}
+	if t.store != nil {
+		for _, p := range t.store.All() {
+			if !seen[p] {
+				ps, seen[p] = append(ps, p), true
+			}
+		}
+	}
+	if t.weights != nil {
+		for _, p := range t.weights.vals {
+			if !seen[p] {
+				ps, seen[p] = append(ps, p), true
+			}
+		}
+	}
+	return ps
 }
 
 // OnDevice reports whether the training state lives on the backend

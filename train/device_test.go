@@ -26,8 +26,10 @@ type fakeDevice struct {
 	// hostMasks makes RefreshMasks refuse (ErrUnsupported): the trainer
 	// then refreshes on the host.
 	hostMasks bool
-	opts      int // open optimizers
-	loads     int // Load calls
+	// failOpt makes NewOptimizer fail (out of device memory).
+	failOpt bool
+	opts    int // open optimizers
+	loads   int // Load calls
 }
 
 type fakeParam struct {
@@ -113,6 +115,9 @@ func (f *fakeDevice) swap(ps []*ops.Param) error {
 }
 
 func (f *fakeDevice) NewOptimizer(params []*ops.Param) (ops.DeviceOptimizer, error) {
+	if f.failOpt {
+		return nil, errors.New("fake device: out of memory")
+	}
 	for _, p := range params {
 		if f.mem[p] == nil {
 			n := len(p.Value)
@@ -363,6 +368,63 @@ func deviceTrainerMatchesCPU(t *testing.T, hostMasks bool) {
 	if fd.opts != 1 {
 		t.Errorf("%d device optimizers open, want 1 (the device trainer's)", fd.opts)
 	}
+	if err := devT.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if fd.opts != 0 || len(fd.mem) != 0 {
+		t.Errorf("after Close: %d optimizers open, %d params on the device", fd.opts, len(fd.mem))
+	}
+}
+
+// TestDeviceSetupFailureReleases: when the device cannot hold the state,
+// New fails and leaves nothing on the device.
+func TestDeviceSetupFailureReleases(t *testing.T) {
+	fd := newFakeDevice()
+	fd.failOpt = true
+	// The fake's BindGrad puts nothing on the device; count what the
+	// trainer asks it to release by giving it copies first.
+	model := tinySlope(t)
+	store := map[*ops.Param]bool{}
+	rel := &releaseSpy{fakeDevice: fd, released: store}
+	_, err := New(model, Options{Backend: rel})
+	if err == nil {
+		t.Fatal("New succeeded without device state")
+	}
+	if len(rel.bound) == 0 || len(rel.bound) != len(store) {
+		t.Fatalf("%d params bound, %d released", len(rel.bound), len(store))
+	}
+	for p := range rel.bound {
+		if !store[p] {
+			t.Fatalf("param %q bound but not released", p.Name)
+		}
+	}
+}
+
+// releaseSpy records the Params its steps bind and those released.
+type releaseSpy struct {
+	*fakeDevice
+	bound    map[*ops.Param]bool
+	released map[*ops.Param]bool
+}
+
+func (r *releaseSpy) BindGrad(b ops.Binding, ps ops.ParamStore) (ops.GradStep, error) {
+	s, err := r.fakeDevice.BindGrad(b, ps)
+	if err == nil {
+		if r.bound == nil {
+			r.bound = map[*ops.Param]bool{}
+		}
+		for _, p := range s.Params() {
+			r.bound[p] = true
+		}
+	}
+	return s, err
+}
+
+func (r *releaseSpy) ReleaseParams(params []*ops.Param) error {
+	for _, p := range params {
+		r.released[p] = true
+	}
+	return nil
 }
 
 // testBatches draws n batches of b sequences of seq tokens.

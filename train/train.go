@@ -294,7 +294,7 @@ func newTrainer(f *format.File, o Options) (*Trainer, error) {
 		t.graph = proto.Clone(g).(*onnxpb.GraphProto)
 	}
 	if err := t.bind(); err != nil {
-		return nil, err
+		return nil, errors.Join(err, t.closeDevice())
 	}
 	return t, nil
 }
@@ -820,8 +820,11 @@ func (t *Trainer) adamW(lr float64) error {
 // Weights whose rows are not a multiple of M keep everything.
 func (t *Trainer) RefreshMasks() error {
 	if t.opt != nil {
-		// On the device when it can (2:4); the host's masks follow at
-		// the next SyncHost.
+		// On the device when it can (2:4), from the device's values; the
+		// host's masks follow at the next SyncHost.
+		if err := t.toDevice(); err != nil {
+			return err
+		}
 		err := t.dev.Do(t.opt.RefreshMasks)
 		if err == nil {
 			t.hostStale = true

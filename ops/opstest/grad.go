@@ -524,18 +524,23 @@ func gradSlopeLinear(t *testing.T, be ops.GradBackend) {
 		bias, withMask bool
 		oddRows        bool   // out not a multiple of M: no transpose mask, W_dp = W_s
 		maskName       string // the stored mask's name, given as input 3 ("": the conventional one, not given)
+		seq            int    // tokens per sequence (0: 1-4); 40 gives 80 rows, where a backend may take another path
 	}
 	var st []gradStats
 	for _, c := range []tc{
-		{format.NM{N: 2, M: 4}, 0, true, true, false, ""},
-		{format.NM{N: 2, M: 4}, 3, true, true, false, ""},
-		{format.NM{N: 1, M: 4}, 2, false, true, false, ""},
-		{format.NM{N: 3, M: 8}, 0, true, true, false, ""},
-		{format.NM{N: 2, M: 4}, 2, false, false, false, ""}, // no stored mask: magnitude double pruning
-		{format.NM{N: 2, M: 4}, 0, true, false, true, ""},
-		{format.NM{N: 2, M: 4}, 0, true, true, false, "fc.tmask"}, // a mask of another name, named by the node
+		{format.NM{N: 2, M: 4}, 0, true, true, false, "", 0},
+		{format.NM{N: 2, M: 4}, 3, true, true, false, "", 0},
+		{format.NM{N: 1, M: 4}, 2, false, true, false, "", 0},
+		{format.NM{N: 3, M: 8}, 0, true, true, false, "", 0},
+		{format.NM{N: 2, M: 4}, 2, false, false, false, "", 0}, // no stored mask: magnitude double pruning
+		{format.NM{N: 2, M: 4}, 0, true, false, true, "", 0},
+		{format.NM{N: 2, M: 4}, 0, true, true, false, "fc.tmask", 0}, // a mask of another name, named by the node
+		{format.NM{N: 2, M: 4}, 3, true, true, false, "", 40},        // many rows, adapters (R nonzero)
 	} {
 		seq := 1 + rng.IntN(4)
+		if c.seq > 0 {
+			seq = c.seq
+		}
 		m := 2 * seq
 		in := c.p.M * (2 + rng.IntN(3))
 		out := c.p.M * (2 + rng.IntN(2))
