@@ -265,19 +265,23 @@ var _ ops.DeviceGradBackend = (*fakeDevice)(nil)
 // TestDeviceTrainerMatchesCPU runs the trainer's device path (train/device.go)
 // on fakeDevice against the CPU trainer: ten steps with a mask refresh
 // every 3 steps (on the device, and on the host when the device refuses),
-// lazy adapters from step 6, an evaluation, and a checkpoint at step 5
-// resumed on the other side. Everything must be bit-identical: losses,
+// lazy adapters from step 6, an evaluation, a checkpoint at step 5
+// resumed on the other side, and gradient accumulation over 2
+// micro-batches of unequal size. Everything must be bit-identical: losses,
 // weights, transpose masks, moments and the checkpoints' bytes of state.
 func TestDeviceTrainerMatchesCPU(t *testing.T) {
-	for _, hostMasks := range []bool{false, true} {
-		t.Run(fmt.Sprintf("hostMasks=%v", hostMasks), func(t *testing.T) { deviceTrainerMatchesCPU(t, hostMasks) })
+	for _, c := range []struct {
+		hostMasks bool
+		accum     int
+	}{{false, 1}, {true, 1}, {false, 2}} {
+		t.Run(fmt.Sprintf("hostMasks=%v,accum=%d", c.hostMasks, c.accum), func(t *testing.T) { deviceTrainerMatchesCPU(t, c.hostMasks, c.accum) })
 	}
 }
 
-func deviceTrainerMatchesCPU(t *testing.T, hostMasks bool) {
+func deviceTrainerMatchesCPU(t *testing.T, hostMasks bool, accum int) {
 	model := tinySlope(t)
 	dir := t.TempDir()
-	o := Options{LR: 1e-3, Clip: 0.5, MaskRefresh: 3, Threads: 2, TotalSteps: 10, WarmupSteps: 2, Rank: 2, AdapterStart: 6, Seed: 7}
+	o := Options{LR: 1e-3, Clip: 0.5, MaskRefresh: 3, Threads: 2, TotalSteps: 10, WarmupSteps: 2, Rank: 2, AdapterStart: 6, Seed: 7, Accum: accum}
 	cpuT, err := New(model, o)
 	if err != nil {
 		t.Fatal(err)

@@ -293,11 +293,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		defer debug.SetGCPercent(debug.SetGCPercent(trainGCPercent))
 	}
 	o := trainOptions(cmd.Flags().Changed, fl, fl.resume != "")
+	var gpu *cuda.Backend
 	switch fl.device {
 	case "", "cpu":
 	case "cuda-f32":
-		gpu, err := cuda.New(cuda.Options{Activations: cuda.F32})
-		if err != nil {
+		if gpu, err = cuda.New(cuda.Options{Activations: cuda.F32}); err != nil {
 			return fmt.Errorf("--device %s: %w", fl.device, err)
 		}
 		defer gpu.Close()
@@ -522,6 +522,21 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		fmt.Fprintln(out)
 	}
 	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
+	if tr.OnDevice() {
+		// The state lives on the GPU (the host keeps copies of the values
+		// and moments); the activations and buffers are the GPU's too.
+		var free, total uint64
+		used := "unknown"
+		if err := gpu.Do(func() (err error) { free, total, err = gpu.Device().MemInfo(); return err }); err != nil {
+			used += fmt.Sprintf(" (%v)", err) // the run itself succeeded
+		} else {
+			used = fmt.Sprintf("%.0f of %.0f MiB (all processes)", mib(int64(total-free)), mib(int64(total)))
+		}
+		fmt.Fprintf(out, "memory: training state %.2f MiB on the GPU (values %.2f, gradients %.2f, AdamW moments %.2f, N:M metadata %.2f); GPU memory in use at the end %s; peak RSS %.1f MiB\n",
+			mib(mem.StateBytes), mib(mem.ValuesBytes), mib(mem.GradsBytes), mib(mem.MomentsBytes), mib(mem.NMMetaBytes),
+			used, mib(mem.PeakRSSBytes))
+		return nil
+	}
 	fmt.Fprintf(out, "memory: training state %.2f MiB (values %.2f, gradients %.2f, AdamW moments %.2f, N:M metadata %.2f); kernel buffers %.2f MiB, activations %.2f MiB; peak RSS %.1f MiB\n",
 		mib(mem.StateBytes), mib(mem.ValuesBytes), mib(mem.GradsBytes), mib(mem.MomentsBytes), mib(mem.NMMetaBytes),
 		mib(mem.KernelBytes), mib(mem.ActivationBytes), mib(mem.PeakRSSBytes))
