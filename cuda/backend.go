@@ -520,6 +520,22 @@ func (b *Backend) uploadFloats(key weightKey, vals []float32, dt DType) (driver.
 	return p, nil
 }
 
+// putInts copies v into buf (grown as needed) once the stream's earlier
+// work, which may still read buf, is done, and returns buf's address.
+func (b *Backend) putInts(buf *devBuf, v []int32) (driver.Ptr, error) {
+	p, err := b.grow(buf, max(4*len(v), 4))
+	if err != nil {
+		return 0, err
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return 0, err
+	}
+	if len(v) == 0 {
+		return p, nil
+	}
+	return p, b.dev.CopyIn(p, ptrOf(v), 4*len(v))
+}
+
 // uploadBytes copies raw bytes to new device memory (counted as weights).
 func (b *Backend) uploadBytes(raw []byte) (driver.Ptr, error) {
 	p, err := b.dev.Alloc(len(raw))
@@ -559,20 +575,9 @@ func (h hostStep) Forward(c *ops.Call, in []*ops.Value, out *ops.Value) error {
 				b.Release(t)
 			}
 		}()
-		tin := make([]ops.Tensor, len(in))
-		for i, v := range in {
-			if v.Rows != c.Rows() || len(v.Data) < v.Rows*v.Dim {
-				return fmt.Errorf("cuda: input %d is %d x %d (%d values) for %d rows", i, v.Rows, v.Dim, len(v.Data), c.Rows())
-			}
-			t, err := b.Acquire(v.Rows, v.Dim)
-			if err != nil {
-				return err
-			}
-			held = append(held, t)
-			if err := b.upload(t.(*tensor).p, v.Data[:v.Rows*v.Dim]); err != nil {
-				return err
-			}
-			tin[i] = t
+		tin, err := b.uploadValues(c, in, &held, "input")
+		if err != nil {
+			return err
 		}
 		t, err := b.Acquire(c.Rows(), h.OutDim())
 		if err != nil {

@@ -461,14 +461,8 @@ func (s *embeddingGradStep) BackwardDevice(c *ops.Call, _ []ops.Tensor, _, gout 
 		host = append(append(append(host, g.keys...), g.start...), g.rows...)
 	}
 	host = append(append(host, ints[:rows]...), ints[2*rows:3*rows]...)
-	p, err := b.gradScratch(0, 4*len(host))
+	p, err := b.putInts(&b.gscratch[0], host)
 	if err != nil {
-		return err
-	}
-	if err := b.dev.SyncStream(b.s); err != nil {
-		return err
-	}
-	if err := b.dev.CopyIn(p, ptrOf(host), 4*len(host)); err != nil {
 		return err
 	}
 	gy := asTensor(gout).p

@@ -158,14 +158,8 @@ func (s *embeddingStep) ForwardDevice(c *ops.Call, _ []ops.Tensor, out ops.Tenso
 		return err
 	}
 	b := s.b
-	p, err := b.grow(&b.ints, 4*len(ints))
+	p, err := b.putInts(&b.ints, ints)
 	if err != nil {
-		return err
-	}
-	if err := b.dev.SyncStream(b.s); err != nil {
-		return err
-	}
-	if err := b.dev.CopyIn(p, ptrOf(ints), 4*len(ints)); err != nil {
 		return err
 	}
 	ids, positions, zeros := p, p.Add(4*rows), p.Add(8*rows)
