@@ -13,26 +13,30 @@ import (
 	"github.com/slopeml/slope/ops/cpu"
 )
 
-// Training ops on the GPU (issue 8): Backend implements ops.GradBackend
-// with float32 activations (Options.Activations F32, `--device
-// cuda-f32`). Each op is a deviceGradStep: the inference step's forward
-// (ForwardDevice) run on the Params' device values, and BackwardDevice,
-// which follows package ops' conventions on device tensors: it ADDS
-// ∂L/∂in into gin (nil: not wanted) and each parameter's gradient into
-// its device gradient, and uses no atomics, so gradients have the same
-// bits on every run.
+// Training on the GPU (issue 8). With float32 activations
+// (Options.Activations F32, `--device cuda-f32`) Backend is an
+// ops.GradBackend and an ops.DeviceGradBackend:
 //
-// Params live on the device as float32 values and gradients (devParam),
-// one per ops.Param, so a tied embedding and LM head share them. The
-// ops.GradStep each BindGrad returns is host-facing (hostGradStep): it
-// copies the Params' host values and transpose masks in before each call,
-// and adds the device gradients into the host Params' Grad after
-// Backward, so the shared gradient suite (ops/opstest.RunGrad) and any
-// host-driven trainer run it unchanged.
+//   - Each op binds as a deviceGradStep: the inference step's forward run
+//     on the Params' device values (N:M from expandForwardMin rows as an
+//     expanded dense product), and BackwardDevice, which follows package
+//     ops' conventions on device tensors: it ADDS ∂L/∂in into gin (nil: not
+//     wanted) and each parameter's gradient into its device gradient. Our
+//     kernels use no atomics.
+//   - Params live on the device as float32 values and gradients
+//     (devParam), one per ops.Param, so a tied embedding and LM head share
+//     them; N:M ones also hold their indices and transpose mask.
+//   - The optimizer (deviceOptimizer) adds the AdamW moments and runs the
+//     gradient norm, AdamW and the 2:4 transpose-mask refresh there;
+//     train.Trainer drives it (train/device.go).
+//   - The step BindGrad returns (hostGradStep) is also an ops.GradStep on
+//     host Values: it copies the Params' host values and masks in before
+//     each call and adds the device gradients into the host Grads after
+//     Backward, so the shared gradient suite (ops/opstest.RunGrad) runs
+//     it. Those calls are refused while an optimizer holds the state.
 //
-// Not yet: bf16 (mixed-precision) training steps, project_in in the
-// embedding and the merged adapter layout (ErrUnsupported, as on the
-// CPU for the latter).
+// Not yet: bf16 (mixed-precision) training, the merged adapter layout
+// (ErrUnsupported, as on the CPU).
 
 // devParam is an ops.Param on the device.
 type devParam struct {
