@@ -563,9 +563,16 @@ type deviceStep interface {
 	ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error
 }
 
-func (h hostStep) Forward(c *ops.Call, in []*ops.Value, out *ops.Value) error {
-	b := h.b
+// hostCall runs fn inside Do for a host-facing call: after before (if
+// not nil) and Begin(c), with in uploaded into pool tensors; fn may add
+// tensors of its own to held, and all go back to the pool after it.
+func (b *Backend) hostCall(c *ops.Call, in []*ops.Value, before func() error, fn func(tin []ops.Tensor, held *[]ops.Tensor) error) error {
 	return b.dev.Do(func() error {
+		if before != nil {
+			if err := before(); err != nil {
+				return err
+			}
+		}
 		if err := b.Begin(c); err != nil {
 			return err
 		}
@@ -579,11 +586,18 @@ func (h hostStep) Forward(c *ops.Call, in []*ops.Value, out *ops.Value) error {
 		if err != nil {
 			return err
 		}
+		return fn(tin, &held)
+	})
+}
+
+func (h hostStep) Forward(c *ops.Call, in []*ops.Value, out *ops.Value) error {
+	b := h.b
+	return b.hostCall(c, in, nil, func(tin []ops.Tensor, held *[]ops.Tensor) error {
 		t, err := b.Acquire(c.Rows(), h.OutDim())
 		if err != nil {
 			return err
 		}
-		held = append(held, t)
+		*held = append(*held, t)
 		cc := *c
 		if c.Cache != nil && c.DeviceCache == nil {
 			kv := b.hostKV[c.Cache]

@@ -278,34 +278,21 @@ func (h hostGradStep) Forward(c *ops.Call, in []*ops.Value, out *ops.Value) erro
 
 func (h hostGradStep) Backward(c *ops.Call, in []*ops.Value, out, gout *ops.Value, gin []*ops.Value) error {
 	b := h.b
-	return b.dev.Do(func() error {
+	before := func() error {
 		if b.optimizers > 0 {
 			return errDeviceState
 		}
-		if err := h.pushAll(); err != nil {
-			return err
-		}
-		if err := b.Begin(c); err != nil {
-			return err
-		}
-		var held []ops.Tensor
-		defer func() {
-			for _, t := range held {
-				b.Release(t)
-			}
-		}()
-		tin, err := b.uploadValues(c, in, &held, "input")
-		if err != nil {
-			return err
-		}
-		touts, err := b.uploadValues(c, []*ops.Value{out, gout}, &held, "output")
+		return h.pushAll()
+	}
+	return b.hostCall(c, in, before, func(tin []ops.Tensor, held *[]ops.Tensor) error {
+		touts, err := b.uploadValues(c, []*ops.Value{out, gout}, held, "output")
 		if err != nil {
 			return err
 		}
 		if touts[1] == nil || touts[1].Dim() != h.OutDim() {
 			return fmt.Errorf("cuda: backward needs the output gradient, %d wide", h.OutDim())
 		}
-		tgin, err := b.uploadValues(c, gin, &held, "input gradient")
+		tgin, err := b.uploadValues(c, gin, held, "input gradient")
 		if err != nil {
 			return err
 		}
@@ -523,11 +510,7 @@ type layerNormGradStep struct {
 }
 
 func (b *Backend) bindLayerNormGrad(bd ops.Binding, ps ops.ParamStore) (deviceGradStep, error) {
-	d, err := ops.InDim(bd, 0)
-	if err != nil {
-		return nil, err
-	}
-	eps, err := bd.Node.Float("epsilon", 1e-5)
+	d, eps, err := layerNormShape(bd)
 	if err != nil {
 		return nil, err
 	}

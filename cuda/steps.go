@@ -199,12 +199,17 @@ type layerNormStep struct {
 	eps         float32
 }
 
-func (b *Backend) bindLayerNorm(bd ops.Binding) (ops.Step, error) {
-	d, err := ops.InDim(bd, 0)
-	if err != nil {
-		return nil, err
+// layerNormShape reads a LayerNorm node's width and epsilon.
+func layerNormShape(bd ops.Binding) (dim int, eps float32, err error) {
+	if dim, err = ops.InDim(bd, 0); err != nil {
+		return 0, 0, err
 	}
-	eps, err := bd.Node.Float("epsilon", 1e-5)
+	eps, err = bd.Node.Float("epsilon", 1e-5)
+	return dim, eps, err
+}
+
+func (b *Backend) bindLayerNorm(bd ops.Binding) (ops.Step, error) {
+	d, eps, err := layerNormShape(bd)
 	if err != nil {
 		return nil, err
 	}
