@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -43,16 +44,42 @@ func tinySlope(t *testing.T) string {
 	return fn
 }
 
-// TestTrainGPUTracksCPU trains the embedded tiny model converted to 2:4
-// for ten steps on the CPU and on the GPU (passes and AdamW there), on the
-// same batches, with a mask refresh every 4 steps and lazy adapters from
-// step 7: the losses agree at every step, the first step's weight
-// updates agree, and so do the weights and transpose masks at the end.
-// Checkpoints cross over: the GPU run's step-5 checkpoint resumed on the
-// CPU, and the CPU run's on the GPU, end where the straight runs end.
+// generatedSlope writes a randomly initialised 2:4 model of a larger
+// config than the tiny one, with OPT-350m's peculiarities: post-LayerNorm
+// layers, project_in and project_out (word_embed_proj_dim below the
+// hidden size), GELU.
+func generatedSlope(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(cfg, []byte(`{"model_type": "opt", "vocab_size": 1000, "hidden_size": 256, "ffn_dim": 1024,
+ "num_hidden_layers": 2, "num_attention_heads": 8, "max_position_embeddings": 128,
+ "word_embed_proj_dim": 128, "do_layer_norm_before": false, "activation_function": "gelu",
+ "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fn := filepath.Join(dir, "gen.slope")
+	if _, err := convert.Init(convert.InitOptions{Config: cfg, Out: fn, NM: "2:4", Seed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	return fn
+}
+
+// TestTrainGPUTracksCPU trains a model converted to 2:4 for ten steps on
+// the CPU and on the GPU (passes and AdamW there), on the same batches,
+// with a mask refresh every 4 steps and lazy adapters from step 7: the
+// losses agree at every step, the first step's weight updates agree, and
+// so do the weights and transpose masks at the end. Checkpoints cross
+// over: the GPU run's step-5 checkpoint resumed on the CPU, and the CPU
+// run's on the GPU, end where the straight runs end. Two models: the
+// embedded tiny one, and a larger generated one (generatedSlope).
 func TestTrainGPUTracksCPU(t *testing.T) {
 	b := newWith(t, Options{Activations: F32})
-	fn := tinySlope(t)
+	t.Run("tiny", func(t *testing.T) { trainTracksCPU(t, b, tinySlope(t)) })
+	t.Run("generated", func(t *testing.T) { trainTracksCPU(t, b, generatedSlope(t)) })
+}
+
+func trainTracksCPU(t *testing.T, b *Backend, fn string) {
 	dir := t.TempDir()
 	o := train.Options{LR: 1e-3, Clip: 1, MaskRefresh: 4, Threads: 2, TotalSteps: 10, WarmupSteps: 2, Rank: 2, AdapterStart: 7}
 	cpu, err := train.New(fn, o)
