@@ -138,7 +138,7 @@ type Backend struct {
 	// Training (grad.go): the Params' device mirrors and the backward
 	// passes' scratch buffers.
 	params   map[*ops.Param]*devParam
-	gscratch [6]devBuf
+	gscratch [7]devBuf
 	ce       devBuf // cross-entropy losses and targets
 	zeroBuf  devBuf // zeros (Backend.zeros)
 	// optimizers counts the open DeviceOptimizers (host-facing training

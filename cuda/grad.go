@@ -3,6 +3,7 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"unsafe"
 
@@ -14,8 +15,9 @@ import (
 )
 
 // Training on the GPU (issue 8). With float32 activations
-// (Options.Activations F32, `--device cuda-f32`) Backend is an
-// ops.GradBackend and an ops.DeviceGradBackend:
+// (Options.Activations F32, `--device cuda-f32`), and experimentally with
+// bf16 ones (BF16TrainEnv), Backend is an ops.GradBackend and an
+// ops.DeviceGradBackend:
 //
 //   - Each op binds as a deviceGradStep: the inference step's forward run
 //     on the Params' device values (N:M from expandForwardMin rows as an
@@ -35,13 +37,23 @@ import (
 //     Backward, so the shared gradient suite (ops/opstest.RunGrad) runs
 //     it. Those calls are refused while an optimizer holds the state.
 //
-// Not yet: bf16 (mixed-precision) training, the merged adapter layout
-// (ErrUnsupported, as on the CPU).
+// With bf16 activations (mixed precision) the Params keep fp32 values,
+// gradients and moments, and a bf16 copy (devParam.act) that the forward
+// and the products read; activations and their gradients are bf16, the
+// products accumulate in fp32. That mode is written but not yet checked
+// on a GPU, and it does not use cuSPARSELt yet (the N:M products run
+// expanded, as in float32).
+//
+// Not yet: the merged adapter layout (ErrUnsupported, as on the CPU).
 
 // devParam is an ops.Param on the device.
 type devParam struct {
 	p         *ops.Param
 	val, grad driver.Ptr // float32, len(p.Value) each
+	// act is the values in the activation type, which the forward kernels
+	// and products read: val itself with float32 activations, a bf16 copy
+	// with bf16 ones (converted by push, written by AdamW).
+	act driver.Ptr
 	// N:M weights: the packed portable indices (static) and the transpose
 	// mask, one byte per kept value (all ones when the Param has none),
 	// uploaded from keepOf.
@@ -49,6 +61,13 @@ type devParam struct {
 	keepOf    []byte // the TMask bytes keep holds (nil: all ones)
 	keepSet   bool
 }
+
+// BF16TrainEnv, set to 1, lets BindGrad bind training ops with bf16
+// activations: mixed precision (fp32 master values, gradients of the
+// Params and moments; bf16 activations, their gradients and the values
+// the products read). Experimental: written without a GPU at hand, it
+// waits for its check against the CPU trainer (TestTrainGPUBF16TracksCPU).
+const BF16TrainEnv = "SLOPE_GPU_BF16_TRAIN"
 
 // deviceGradStep is a device step with a backward pass.
 type deviceGradStep interface {
@@ -62,8 +81,9 @@ type deviceGradStep interface {
 
 // BindGrad implements ops.GradBackend (float32 activations only).
 func (b *Backend) BindGrad(bd ops.Binding, ps ops.ParamStore) (ops.GradStep, error) {
-	if b.act != F32 {
-		return nil, fmt.Errorf("node %q: GPU training ops need float32 activations (cuda-f32); bf16 training is not built yet: %w", bd.Node.Name, ops.ErrUnsupported)
+	if b.act != F32 && os.Getenv(BF16TrainEnv) != "1" {
+		return nil, fmt.Errorf("node %q: GPU training ops need float32 activations (cuda-f32); bf16 training is experimental and not yet checked on a GPU (%s=1 enables it): %w",
+			bd.Node.Name, BF16TrainEnv, ops.ErrUnsupported)
 	}
 	var st deviceGradStep
 	err := b.dev.Do(func() error {
@@ -152,6 +172,12 @@ func (b *Backend) deviceParam(p *ops.Param) (*devParam, error) {
 		if d.grad, err = b.dev.Alloc(4 * len(p.Value)); err != nil {
 			return err
 		}
+		d.act = d.val
+		if b.act != F32 {
+			if d.act, err = b.dev.Alloc(b.act.Size() * len(p.Value)); err != nil {
+				return err
+			}
+		}
 		if p.NM != nil {
 			if d.idx, err = b.dev.Alloc(len(p.NM.Indices)); err != nil {
 				return fmt.Errorf("indices: %w", err)
@@ -183,6 +209,11 @@ func (b *Backend) push(d *devParam) error {
 	}
 	if err := b.dev.CopyIn(d.val, unsafe.Pointer(&d.p.Value[0]), 4*len(d.p.Value)); err != nil {
 		return fmt.Errorf("param %q: %w", d.p.Name, err)
+	}
+	if d.act != d.val {
+		if err := b.k.Convert(b.s, F32, b.act, d.act, d.val, len(d.p.Value)); err != nil {
+			return fmt.Errorf("param %q: %w", d.p.Name, err)
+		}
 	}
 	nm := d.p.NM
 	if nm == nil || (d.keepSet && slices.Equal(nm.TMask, d.keepOf) && (nm.TMask == nil) == (d.keepOf == nil)) {
@@ -318,7 +349,10 @@ func (h hostGradStep) Backward(c *ops.Call, in []*ops.Value, out, gout *ops.Valu
 		}
 		for _, d := range params {
 			g := make([]float32, len(d.p.Grad))
-			if err := b.download(d.grad, g); err != nil {
+			if err := b.dev.SyncStream(b.s); err != nil {
+				return err
+			}
+			if err := b.dev.CopyOut(unsafe.Pointer(&g[0]), d.grad, 4*len(g)); err != nil {
 				return err
 			}
 			for i, v := range g {
@@ -365,7 +399,7 @@ func (b *Backend) bindEmbeddingGrad(bd ops.Binding, ps ops.ParamStore) (deviceGr
 	if err != nil {
 		return nil, err
 	}
-	s := &embeddingStep{b: b, tok: tok.val, pos: pos.val, vocab: tok.p.Shape[0], proj: tok.p.Shape[1],
+	s := &embeddingStep{b: b, tok: tok.act, pos: pos.act, vocab: tok.p.Shape[0], proj: tok.p.Shape[1],
 		hid: pos.p.Shape[1], positions: pos.p.Shape[0], offset: int(off)}
 	if off < 0 || int(off) >= s.positions {
 		return nil, fmt.Errorf("node %q: position_offset %d outside the %d positions: %w", n.Name, off, s.positions, ops.ErrBadNode)
@@ -376,7 +410,7 @@ func (b *Backend) bindEmbeddingGrad(bd ops.Binding, ps ops.ParamStore) (deviceGr
 		if g.projP, err = b.gradParam(bd, ps, 4, false, s.hid, s.proj); err != nil {
 			return nil, err
 		}
-		s.projIn = g.projP.val
+		s.projIn = g.projP.act
 	} else if s.proj != s.hid {
 		return nil, fmt.Errorf("node %q: token embedding width %d differs from position width %d without project_in: %w", n.Name, s.proj, s.hid, ops.ErrBadNode)
 	}
@@ -393,7 +427,7 @@ func (b *Backend) zeros(n int) (driver.Ptr, error) {
 	if err != nil {
 		return 0, err
 	}
-	return p, b.k.Fill(b.s, p, 0, n)
+	return p, b.k.Fill(b.s, F32, p, 0, n) // zero bits: zeros of any type up to 4n bytes
 }
 
 // ForwardDevice is embeddingStep's, with the zero table of project_in's
@@ -461,27 +495,28 @@ func (s *embeddingGradStep) BackwardDevice(c *ops.Call, _ []ops.Tensor, _, gout 
 	if s.projP != nil {
 		// u = gy·projIn [rows, P] into the token table; gprojIn += gyᵀ·E
 		// with E = tok[ids] [rows, P] (gathered as the forward does).
-		u, err := b.gradScratch(2, 4*rows*s.proj)
+		es := b.act.Size()
+		u, err := b.gradScratch(2, es*rows*s.proj)
 		if err != nil {
 			return err
 		}
-		e, err := b.gradScratch(3, 4*rows*s.proj)
+		e, err := b.gradScratch(3, es*rows*s.proj)
 		if err != nil {
 			return err
 		}
 		ids := p.Add(4 * total)
-		if err := b.gemm32("embedding project_in input gradient", blaslt.Gemm{M: rows, N: s.proj, K: s.hid, A: gy, LdA: s.hid,
-			B: s.projP.val, LdB: s.proj, D: u, LdD: s.proj, Alpha: 1}); err != nil {
+		if err := b.gemmAct("embedding project_in input gradient", blaslt.Gemm{M: rows, N: s.proj, K: s.hid, A: gy, LdA: s.hid,
+			B: s.projP.act, LdB: s.proj, D: u, LdD: s.proj, Alpha: 1}); err != nil {
 			return err
 		}
 		z, err := b.zeros(s.proj)
 		if err != nil {
 			return err
 		}
-		if err := b.k.Embedding(b.s, F32, e, ids, ids.Add(4*rows), s.tok.val, z, rows, s.proj); err != nil {
+		if err := b.k.Embedding(b.s, b.act, e, ids, ids.Add(4*rows), s.tok.act, z, rows, s.proj); err != nil {
 			return err
 		}
-		if err := b.gemm32("embedding project_in weight gradient", blaslt.Gemm{M: s.hid, N: s.proj, K: rows, A: gy, LdA: s.hid, TransA: true,
+		if err := b.gemmGrad("embedding project_in weight gradient", blaslt.Gemm{M: s.hid, N: s.proj, K: rows, A: gy, LdA: s.hid, TransA: true,
 			B: e, LdB: s.proj, D: s.projP.grad, LdD: s.proj, Alpha: 1, Beta: 1}); err != nil {
 			return err
 		}
@@ -494,7 +529,7 @@ func (s *embeddingGradStep) BackwardDevice(c *ops.Call, _ []ops.Tensor, _, gout 
 		if i == 0 {
 			src, dim = tokGrad, s.proj
 		}
-		if err := b.k.EmbeddingBackward(b.s, g.g, src, keys, start, rs, len(g.keys), dim); err != nil {
+		if err := b.k.EmbeddingBackward(b.s, b.act, g.g, src, keys, start, rs, len(g.keys), dim); err != nil {
 			return err
 		}
 		p = rs.Add(4 * len(g.rows))
@@ -555,7 +590,7 @@ func (s *layerNormGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 	}
 	gx := ptrOr0(gin[0])
 	if gx == 0 { // only the parameters' gradients are wanted
-		if gx, err = b.gradScratch(1, 4*rows*s.dim); err != nil {
+		if gx, err = b.gradScratch(1, b.act.Size()*rows*s.dim); err != nil {
 			return err
 		}
 	}
@@ -575,7 +610,7 @@ func (s *layerNormGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 			gb = s.betaP.grad
 		}
 	}
-	return b.k.LayerNormBackward(b.s, gx, gg, gb, stats, parts, asTensor(gout).p, asTensor(in[0]).p, s.gamma, rows, s.dim, s.eps)
+	return b.k.LayerNormBackward(b.s, b.act, gx, gg, gb, stats, parts, asTensor(gout).p, asTensor(in[0]).p, s.gamma, rows, s.dim, s.eps)
 }
 
 type addGradStep struct{ *addStep }
@@ -589,7 +624,7 @@ func (s *addGradStep) BackwardDevice(c *ops.Call, _ []ops.Tensor, _, gout ops.Te
 	}
 	for _, g := range gin {
 		if g != nil {
-			if err := s.b.k.Add(s.b.s, F32, asTensor(g).p, asTensor(g).p, asTensor(gout).p, c.Rows()*s.dim); err != nil {
+			if err := s.b.k.Add(s.b.s, s.b.act, asTensor(g).p, asTensor(g).p, asTensor(gout).p, c.Rows()*s.dim); err != nil {
 				return err
 			}
 		}
@@ -612,7 +647,7 @@ func (s *activationGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gou
 	if err := checkT("activation input", in[0], c.Rows(), s.dim); err != nil {
 		return err
 	}
-	return s.b.k.ActBackward(s.b.s, asTensor(gin[0]).p, asTensor(gout).p, asTensor(in[0]).p, c.Rows()*s.dim, s.act)
+	return s.b.k.ActBackward(s.b.s, s.b.act, asTensor(gin[0]).p, asTensor(gout).p, asTensor(in[0]).p, c.Rows()*s.dim, s.act)
 }
 
 // --- Linear, LMHead, SlopeLinear ---
@@ -635,13 +670,13 @@ func (b *Backend) bindLinearGrad(bd ops.Binding, ps ops.ParamStore) (deviceGradS
 		return nil, fmt.Errorf("node %q: weight %q is N:M; %s needs a dense weight: %w", bd.Node.Name, s.wP.p.Name, bd.Node.OpType, ops.ErrBadNode)
 	}
 	out := s.wP.p.Shape[0]
-	s.linearStep = &linearStep{b: b, name: bd.Node.Name, in: in, out: out, w: s.wP.val}
+	s.linearStep = &linearStep{b: b, name: bd.Node.Name, in: in, out: out, w: s.wP.act}
 	if bd.Node.OpType == ops.OpLinear {
 		if s.biasP, err = b.gradParam(bd, ps, 2, true, out); err != nil {
 			return nil, err
 		}
 		if s.biasP != nil {
-			s.bias, s.biasAct = s.biasP.val, s.biasP.val
+			s.bias, s.biasAct = s.biasP.val, s.biasP.act
 		}
 	}
 	return s, nil
@@ -676,12 +711,12 @@ func (b *Backend) bindSlopeLinearGrad(bd ops.Binding, ps ops.ParamStore) (device
 	}
 	out := nm.Rows
 	s.linearStep = &linearStep{b: b, name: n.Name, in: in, out: out, nm: true, rows: out, pat: nm.Pattern,
-		vals: s.wP.val, idx: s.wP.idx, valType: F32}
+		vals: s.wP.act, idx: s.wP.idx, valType: b.act}
 	if s.biasP, err = b.gradParam(bd, ps, 2, true, out); err != nil {
 		return nil, err
 	}
 	if s.biasP != nil {
-		s.bias, s.biasAct = s.biasP.val, s.biasP.val
+		s.bias, s.biasAct = s.biasP.val, s.biasP.act
 	}
 	if n.Input(4) != "" || n.Input(5) != "" {
 		if s.lP, err = b.gradParam(bd, ps, 4, false, in, -1); err != nil {
@@ -694,7 +729,7 @@ func (b *Backend) bindSlopeLinearGrad(bd ops.Binding, ps ops.ParamStore) (device
 		if s.scale, err = ops.AdapterScale(bd, 4); err != nil {
 			return nil, err
 		}
-		s.l, s.r = s.lP.val, s.rP.val
+		s.l, s.r = s.lP.act, s.rP.act
 	}
 	return s, nil
 }
@@ -731,11 +766,11 @@ func (s *linearGradStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Ten
 	if err != nil {
 		return err
 	}
-	if err := b.k.NMExpand(b.s, F32, w, s.wP.val, s.wP.idx, s.out, s.in, s.pat.N, s.pat.M); err != nil {
+	if err := b.k.NMExpand(b.s, b.act, w, s.wP.act, s.wP.idx, s.out, s.in, s.pat.N, s.pat.M); err != nil {
 		return err
 	}
 	x, y := asTensor(in[0]).p, asTensor(out).p
-	if err := b.gemm32("slope linear "+s.name+" (expanded)", blaslt.Gemm{M: m, N: s.out, K: s.in, A: x, LdA: s.in,
+	if err := b.gemmAct("slope linear "+s.name+" (expanded)", blaslt.Gemm{M: m, N: s.out, K: s.in, A: x, LdA: s.in,
 		B: w, LdB: s.in, TransB: true, D: y, LdD: s.out, Alpha: 1, Bias: s.biasAct}); err != nil {
 		return err
 	}
@@ -743,21 +778,34 @@ func (s *linearGradStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Ten
 		return nil
 	}
 	// y += scale·(x·L)·R
-	t, err := b.gradScratch(2, 4*m*s.rank)
+	t, err := b.gradScratch(2, b.act.Size()*m*s.rank)
 	if err != nil {
 		return err
 	}
-	if err := b.gemm32("slope linear "+s.name+" adapter x·L", blaslt.Gemm{M: m, N: s.rank, K: s.in, A: x, LdA: s.in,
-		B: s.lP.val, LdB: s.rank, D: t, LdD: s.rank, Alpha: 1}); err != nil {
+	if err := b.gemmAct("slope linear "+s.name+" adapter x·L", blaslt.Gemm{M: m, N: s.rank, K: s.in, A: x, LdA: s.in,
+		B: s.lP.act, LdB: s.rank, D: t, LdD: s.rank, Alpha: 1}); err != nil {
 		return err
 	}
-	return b.gemm32("slope linear "+s.name+" adapter ·R", blaslt.Gemm{M: m, N: s.out, K: s.rank, A: t, LdA: s.rank,
-		B: s.rP.val, LdB: s.out, D: y, LdD: s.out, Alpha: s.scale, Beta: 1})
+	return b.gemmAct("slope linear "+s.name+" adapter ·R", blaslt.Gemm{M: m, N: s.out, K: s.rank, A: t, LdA: s.rank,
+		B: s.rP.act, LdB: s.out, D: y, LdD: s.out, Alpha: s.scale, Beta: 1})
 }
 
-// gemm32 runs one float32 product (see blaslt.Gemm).
-func (b *Backend) gemm32(what string, g blaslt.Gemm) error {
-	g.AB, g.Out = blaslt.F32, blaslt.F32
+// gemmAct runs one product of activation-type operands into an
+// activation-type output (activations and their gradients; see
+// blaslt.Gemm). Accumulation is fp32 either way.
+func (b *Backend) gemmAct(what string, g blaslt.Gemm) error {
+	at := b.blasType(b.act)
+	return b.gemmTyped(what, g, at, at)
+}
+
+// gemmGrad runs one product of activation-type operands into a float32
+// output (the gradients of Params).
+func (b *Backend) gemmGrad(what string, g blaslt.Gemm) error {
+	return b.gemmTyped(what, g, b.blasType(b.act), blaslt.F32)
+}
+
+func (b *Backend) gemmTyped(what string, g blaslt.Gemm, ab, out blaslt.DType) error {
+	g.AB, g.Out = ab, out
 	if err := b.lt.Run(b.s, &g); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -787,12 +835,12 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 	x, gy, gx := asTensor(in[0]).p, asTensor(gout).p, ptrOr0(gin[0])
 	if !s.nm {
 		if gx != 0 {
-			if err := b.gemm32("linear "+s.name+" input gradient", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
-				B: s.wP.val, LdB: s.in, D: gx, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
+			if err := b.gemmAct("linear "+s.name+" input gradient", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
+				B: s.wP.act, LdB: s.in, D: gx, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
 				return err
 			}
 		}
-		if err := b.gemm32("linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
+		if err := b.gemmGrad("linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
 			B: x, LdB: s.in, D: s.wP.grad, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
 			return err
 		}
@@ -803,15 +851,16 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 			return err
 		}
 		if gx != 0 {
-			if err := b.k.NMExpandT(b.s, F32, tmp, s.wP.val, s.wP.idx, s.wP.keep, s.out, s.in, p.N, p.M); err != nil {
+			if err := b.k.NMExpandT(b.s, b.act, tmp, s.wP.act, s.wP.idx, s.wP.keep, s.out, s.in, p.N, p.M); err != nil {
 				return err
 			}
-			if err := b.gemm32("slope linear "+s.name+" input gradient (W_dp)", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
+			if err := b.gemmAct("slope linear "+s.name+" input gradient (W_dp)", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
 				B: tmp, LdB: s.out, TransB: true, D: gx, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
 				return err
 			}
 		}
-		if err := b.gemm32("slope linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
+		// The scratch holds W_dpᵀ (activation type), then the fp32 dW.
+		if err := b.gemmGrad("slope linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
 			B: x, LdB: s.in, D: tmp, LdD: s.in, Alpha: 1}); err != nil {
 			return err
 		}
@@ -824,7 +873,7 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 		if err != nil {
 			return err
 		}
-		if err := b.k.ColSum(b.s, s.biasP.grad, gy, parts, s.out, m, s.out); err != nil {
+		if err := b.k.ColSum(b.s, b.act, s.biasP.grad, gy, parts, s.out, m, s.out); err != nil {
 			return err
 		}
 	}
@@ -832,32 +881,37 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 		return nil
 	}
 	r := s.rank
-	t, err := b.gradScratch(2, 4*m*r)
+	t, err := b.gradScratch(2, b.act.Size()*m*r)
 	if err != nil {
 		return err
 	}
-	u, err := b.gradScratch(3, 4*m*r)
+	u, err := b.gradScratch(3, b.act.Size()*m*r)
 	if err != nil {
 		return err
 	}
 	for _, g := range []struct {
-		what string
-		g    blaslt.Gemm
+		what  string
+		param bool // into a Param's fp32 gradient
+		g     blaslt.Gemm
 	}{
-		{"x·L", blaslt.Gemm{M: m, N: r, K: s.in, A: x, LdA: s.in, B: s.lP.val, LdB: r, D: t, LdD: r, Alpha: 1}},
-		{"gR", blaslt.Gemm{M: r, N: s.out, K: m, A: t, LdA: r, TransA: true, B: gy, LdB: s.out, D: s.rP.grad, LdD: s.out, Alpha: s.scale, Beta: 1}},
-		{"gy·Rᵀ", blaslt.Gemm{M: m, N: r, K: s.out, A: gy, LdA: s.out, B: s.rP.val, LdB: s.out, TransB: true, D: u, LdD: r, Alpha: s.scale}},
-		{"gL", blaslt.Gemm{M: s.in, N: r, K: m, A: x, LdA: s.in, TransA: true, B: u, LdB: r, D: s.lP.grad, LdD: r, Alpha: 1, Beta: 1}},
+		{"x·L", false, blaslt.Gemm{M: m, N: r, K: s.in, A: x, LdA: s.in, B: s.lP.act, LdB: r, D: t, LdD: r, Alpha: 1}},
+		{"gR", true, blaslt.Gemm{M: r, N: s.out, K: m, A: t, LdA: r, TransA: true, B: gy, LdB: s.out, D: s.rP.grad, LdD: s.out, Alpha: s.scale, Beta: 1}},
+		{"gy·Rᵀ", false, blaslt.Gemm{M: m, N: r, K: s.out, A: gy, LdA: s.out, B: s.rP.act, LdB: s.out, TransB: true, D: u, LdD: r, Alpha: s.scale}},
+		{"gL", true, blaslt.Gemm{M: s.in, N: r, K: m, A: x, LdA: s.in, TransA: true, B: u, LdB: r, D: s.lP.grad, LdD: r, Alpha: 1, Beta: 1}},
 	} {
-		if err := b.gemm32("slope linear "+s.name+" adapter "+g.what, g.g); err != nil {
+		run := b.gemmAct
+		if g.param {
+			run = b.gemmGrad
+		}
+		if err := run("slope linear "+s.name+" adapter "+g.what, g.g); err != nil {
 			return err
 		}
 	}
 	if gx == 0 {
 		return nil
 	}
-	return b.gemm32("slope linear "+s.name+" adapter input gradient", blaslt.Gemm{M: m, N: s.in, K: r, A: u, LdA: r,
-		B: s.lP.val, LdB: r, TransB: true, D: gx, LdD: s.in, Alpha: 1, Beta: 1})
+	return b.gemmAct("slope linear "+s.name+" adapter input gradient", blaslt.Gemm{M: m, N: s.in, K: r, A: u, LdA: r,
+		B: s.lP.act, LdB: r, TransB: true, D: gx, LdD: s.in, Alpha: 1, Beta: 1})
 }
 
 // --- CausalAttention ---
@@ -888,12 +942,12 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 	if b.maskLd != seq {
 		return fmt.Errorf("attention backward: the call's mask covers %d tokens, want %d (Begin not called?)", b.maskLd, seq)
 	}
-	n := heads * seq * seq
+	n, es := heads*seq*seq, b.act.Size()
 	scores, err := b.grow(&b.scratch[2], 4*n)
 	if err != nil {
 		return err
 	}
-	probs, err := b.grow(&b.scratch[3], 4*n)
+	probs, err := b.grow(&b.scratch[3], es*n)
 	if err != nil {
 		return err
 	}
@@ -901,24 +955,32 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 	if err != nil {
 		return err
 	}
+	// dS in the activation type for its products: in place of dP with
+	// float32 activations, its own buffer otherwise.
+	ds := dp
+	if b.act != F32 {
+		if ds, err = b.gradScratch(6, es*n); err != nil {
+			return err
+		}
+	}
 	q, k, v, gy := asTensor(in[0]).p, asTensor(in[1]).p, asTensor(in[2]).p, asTensor(gout).p
 	gq, gk, gv := ptrOr0(gin[0]), ptrOr0(gin[1]), ptrOr0(gin[2])
 	sq := int64(seq * seq)
 	for bt := 0; bt < c.Batch; bt++ {
-		off := bt * seq * dim * 4
+		off := bt * seq * dim * es
 		at := func(p driver.Ptr) driver.Ptr { return p.Add(off) }
-		if err := b.gemm32("attention scores", blaslt.Gemm{M: seq, N: seq, K: hd, A: at(q), LdA: dim, StrideA: int64(hd),
+		if err := b.gemmGrad("attention scores", blaslt.Gemm{M: seq, N: seq, K: hd, A: at(q), LdA: dim, StrideA: int64(hd),
 			B: at(k), LdB: dim, StrideB: int64(hd), TransB: true, D: scores, LdD: seq, StrideD: sq, Batch: heads, Alpha: 1}); err != nil {
 			return err
 		}
-		if err := b.k.SoftmaxCausal(b.s, F32, probs, scores, b.mask.p, b.maskLd, bt, heads, seq, 0, s.scale); err != nil {
+		if err := b.k.SoftmaxCausal(b.s, b.act, probs, scores, b.mask.p, b.maskLd, bt, heads, seq, 0, s.scale); err != nil {
 			return err
 		}
-		if err := b.gemm32("attention dP", blaslt.Gemm{M: seq, N: seq, K: hd, A: at(gy), LdA: dim, StrideA: int64(hd),
+		if err := b.gemmGrad("attention dP", blaslt.Gemm{M: seq, N: seq, K: hd, A: at(gy), LdA: dim, StrideA: int64(hd),
 			B: at(v), LdB: dim, StrideB: int64(hd), TransB: true, D: dp, LdD: seq, StrideD: sq, Batch: heads, Alpha: 1}); err != nil {
 			return err
 		}
-		if err := b.k.SoftmaxBackward(b.s, dp, probs, dp, heads*seq, seq, s.scale); err != nil {
+		if err := b.k.SoftmaxBackward(b.s, b.act, ds, probs, dp, heads*seq, seq, s.scale); err != nil {
 			return err
 		}
 		var prods []struct {
@@ -932,11 +994,11 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 			}{what, g})
 		}
 		if gq != 0 {
-			add("attention dQ", blaslt.Gemm{M: seq, N: hd, K: seq, A: dp, LdA: seq, StrideA: sq, B: at(k), LdB: dim, StrideB: int64(hd),
+			add("attention dQ", blaslt.Gemm{M: seq, N: hd, K: seq, A: ds, LdA: seq, StrideA: sq, B: at(k), LdB: dim, StrideB: int64(hd),
 				D: at(gq), LdD: dim, StrideD: int64(hd), Batch: heads, Alpha: 1, Beta: 1})
 		}
 		if gk != 0 {
-			add("attention dK", blaslt.Gemm{M: seq, N: hd, K: seq, A: dp, LdA: seq, StrideA: sq, TransA: true, B: at(q), LdB: dim,
+			add("attention dK", blaslt.Gemm{M: seq, N: hd, K: seq, A: ds, LdA: seq, StrideA: sq, TransA: true, B: at(q), LdB: dim,
 				StrideB: int64(hd), D: at(gk), LdD: dim, StrideD: int64(hd), Batch: heads, Alpha: 1, Beta: 1})
 		}
 		if gv != 0 {
@@ -944,7 +1006,7 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 				StrideB: int64(hd), D: at(gv), LdD: dim, StrideD: int64(hd), Batch: heads, Alpha: 1, Beta: 1})
 		}
 		for _, p := range prods {
-			if err := b.gemm32(p.what, p.g); err != nil {
+			if err := b.gemmAct(p.what, p.g); err != nil {
 				return err
 			}
 		}
@@ -956,11 +1018,8 @@ var _ ops.GradBackend = (*Backend)(nil)
 
 // --- Device training state (ops.DeviceGradBackend) ---
 
-// CrossEntropy implements ops.DeviceGradBackend (float32 activations).
+// CrossEntropy implements ops.DeviceGradBackend.
 func (b *Backend) CrossEntropy(logits ops.Tensor, targets []int32, scale float64, grad bool, loss []float64) error {
-	if b.act != F32 {
-		return fmt.Errorf("cuda: CrossEntropy needs float32 activations: %w", ops.ErrUnsupported)
-	}
 	y := asTensor(logits)
 	rows := y.rows
 	if len(targets) != rows || len(loss) != rows {
@@ -986,7 +1045,7 @@ func (b *Backend) CrossEntropy(logits ops.Tensor, targets []int32, scale float64
 	if err := b.dev.CopyIn(tp, ptrOf(targets), 4*rows); err != nil {
 		return err
 	}
-	if err := b.k.CrossEntropy(b.s, y.p, p, tp, rows, y.dim, scale, grad); err != nil {
+	if err := b.k.CrossEntropy(b.s, b.act, y.p, p, tp, rows, y.dim, scale, grad); err != nil {
 		return err
 	}
 	if err := b.dev.SyncStream(b.s); err != nil {
@@ -995,16 +1054,13 @@ func (b *Backend) CrossEntropy(logits ops.Tensor, targets []int32, scale float64
 	return b.dev.CopyOut(unsafe.Pointer(&loss[0]), p, 8*rows)
 }
 
-// Zero implements ops.DeviceGradBackend (float32 activations).
+// Zero implements ops.DeviceGradBackend.
 func (b *Backend) Zero(t ops.Tensor) error {
-	if b.act != F32 {
-		return fmt.Errorf("cuda: Zero needs float32 activations: %w", ops.ErrUnsupported)
-	}
 	dt := asTensor(t)
 	if dt.rows*dt.dim == 0 {
 		return nil
 	}
-	return b.k.Fill(b.s, dt.p, 0, dt.rows*dt.dim)
+	return b.k.Fill(b.s, b.act, dt.p, 0, dt.rows*dt.dim)
 }
 
 // deviceOptimizer is the training state of Params on the GPU: their
@@ -1049,7 +1105,7 @@ func (b *Backend) NewOptimizer(params []*ops.Param) (_ ops.DeviceOptimizer, err 
 				return nil, fmt.Errorf("param %q: moments: %w", p.Name, err)
 			}
 			*mv = append(*mv, q)
-			if err := b.k.Fill(b.s, q, 0, len(p.Value)); err != nil {
+			if err := b.k.Fill(b.s, F32, q, 0, len(p.Value)); err != nil {
 				return nil, err
 			}
 		}
@@ -1175,7 +1231,7 @@ func (o *deviceOptimizer) storeMasks() error {
 // ZeroGrads implements ops.DeviceOptimizer.
 func (o *deviceOptimizer) ZeroGrads() error {
 	for _, d := range o.params {
-		if err := o.b.k.Fill(o.b.s, d.grad, 0, len(d.p.Value)); err != nil {
+		if err := o.b.k.Fill(o.b.s, F32, d.grad, 0, len(d.p.Value)); err != nil {
 			return err
 		}
 	}
@@ -1186,7 +1242,7 @@ func (o *deviceOptimizer) ZeroGrads() error {
 // fixed by the Params' sizes: the same bits on every run).
 func (o *deviceOptimizer) SumSquares() (float64, error) {
 	b := o.b
-	if err := b.k.Fill(b.s, o.sum, 0, 2); err != nil { // +0.0 is all zero bits
+	if err := b.k.Fill(b.s, F32, o.sum, 0, 2); err != nil { // +0.0 is all zero bits
 		return 0, err
 	}
 	for _, d := range o.params {
@@ -1209,11 +1265,15 @@ func (o *deviceOptimizer) AdamW(k int, st cpu.AdamWStep) error {
 	}
 	d, b := o.params[k], o.b
 	h := kernels.AdamWStep{Beta1: st.Beta1, Beta2: st.Beta2, BC1: st.BC1, BC2: st.BC2, LR: st.LR, Shrink: st.Shrink, Eps: st.Eps, GradScale: st.GradScale}
-	if err := b.k.AdamW(b.s, d.val, d.grad, o.m[k], o.v[k], 0, len(d.p.Value), h); err != nil {
+	var wbf driver.Ptr // the bf16 copy the products read, rewritten by the update
+	if d.act != d.val {
+		wbf = d.act
+	}
+	if err := b.k.AdamW(b.s, d.val, d.grad, o.m[k], o.v[k], wbf, len(d.p.Value), h); err != nil {
 		return fmt.Errorf("param %q: %w", d.p.Name, err)
 	}
 	if st.ZeroGrad {
-		return b.k.Fill(b.s, d.grad, 0, len(d.p.Value))
+		return b.k.Fill(b.s, F32, d.grad, 0, len(d.p.Value))
 	}
 	return nil
 }
@@ -1252,13 +1312,17 @@ func (b *Backend) ReleaseParams(params []*ops.Param) error {
 }
 
 func (d *devParam) free(b *Backend) error {
+	ptrs := []driver.Ptr{d.val, d.grad, d.idx, d.keep}
+	if d.act != d.val {
+		ptrs = append(ptrs, d.act)
+	}
 	var errs []error
-	for _, p := range []driver.Ptr{d.val, d.grad, d.idx, d.keep} {
+	for _, p := range ptrs {
 		if p != 0 {
 			errs = append(errs, b.dev.Free(p))
 		}
 	}
-	d.val, d.grad, d.idx, d.keep = 0, 0, 0, 0
+	d.val, d.grad, d.idx, d.keep, d.act = 0, 0, 0, 0, 0
 	return errors.Join(errs...)
 }
 

@@ -88,7 +88,7 @@ func newTrainCmd() *cobra.Command {
 	f.StringVar(&fl.log, "log", "", "JSONL log of every step and eval")
 	f.IntVar(&fl.every, "print-every", 1, "print a progress line every N steps (0: none)")
 	f.IntVar(&fl.threads, "threads", 0, "goroutines per op (0: GOMAXPROCS; results depend on it)")
-	f.StringVar(&fl.device, "device", "cpu", "where to train: cpu, or cuda-f32 (NVIDIA GPU, float32: passes and AdamW on the GPU; checkpoints are the same either way)")
+	f.StringVar(&fl.device, "device", "cpu", "where to train: cpu, or cuda-f32 (NVIDIA GPU, float32: passes and AdamW on the GPU; checkpoints are the same either way); cuda (bf16 activations, fp32 master values) is experimental and needs SLOPE_GPU_BF16_TRAIN=1")
 	f.StringVar(&fl.adapterStart, "adapter-start", "", "when adapters join: a fraction of --steps (e.g. 0.99, the default) or a step (e.g. 990; 0: never)")
 	f.IntVar(&fl.rank, "rank", 0, "adapter rank (adapters are added only with --rank or --rank-frac)")
 	f.Float64Var(&fl.rankFrac, "rank-frac", 0, "adapter rank as a fraction of the hidden size (e.g. 0.0625)")
@@ -116,9 +116,9 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 		}
 	}
 	switch {
-	case fl.device == "cuda":
-		return usagef(cmd, "--device cuda: bf16 (mixed-precision) training is not built yet; use --device cuda-f32")
-	case fl.device != "" && fl.device != "cpu" && fl.device != "cuda-f32":
+	case fl.device == "cuda" && os.Getenv(cuda.BF16TrainEnv) != "1":
+		return usagef(cmd, "--device cuda: bf16 (mixed-precision) training is experimental and not yet checked on a GPU (%s=1 enables it); use --device cuda-f32", cuda.BF16TrainEnv)
+	case fl.device != "" && fl.device != "cpu" && fl.device != "cuda-f32" && fl.device != "cuda":
 		return usagef(cmd, "--device %q: want cpu or cuda-f32", fl.device)
 	case fl.data == "":
 		return usagef(cmd, "--data is required")
@@ -296,13 +296,17 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	var gpu *cuda.Backend
 	switch fl.device {
 	case "", "cpu":
-	case "cuda-f32":
-		if gpu, err = cuda.New(cuda.Options{Activations: cuda.F32}); err != nil {
+	case "cuda-f32", "cuda":
+		act := cuda.F32
+		if fl.device == "cuda" {
+			act = cuda.BF16 // checkTrainFlags let it through: BF16TrainEnv is set
+		}
+		if gpu, err = cuda.New(cuda.Options{Activations: act}); err != nil {
 			return fmt.Errorf("--device %s: %w", fl.device, err)
 		}
 		defer gpu.Close()
 		o.Backend = gpu
-		fmt.Fprintf(stderr, "device %s (float32)\n", gpu.Device().Info)
+		fmt.Fprintf(stderr, "device %s (%s activations)\n", gpu.Device().Info, gpu.Name())
 	}
 	var tr *train.Trainer
 	if fl.resume != "" {

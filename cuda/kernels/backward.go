@@ -7,14 +7,23 @@ import (
 	"github.com/slopeml/slope/cuda/driver"
 )
 
-// Launchers of the training ops' backward kernels (float32 activations;
-// package ops' CPU GradSteps are the reference). Each adds into its
-// gradient outputs and none uses atomics, so a gradient has the same bits
-// on every run.
+// Launchers of the training ops' backward kernels (package ops' CPU
+// GradSteps are the reference). t is the activation type (F32 or BF16),
+// which activation gradients share; parameter gradients are fp32. Each
+// adds into its gradient outputs and none uses atomics, so a gradient has
+// the same bits on every run.
 
 // backwardNames are the backward kernels' entry points (in Names).
-var backwardNames = []string{"fill_f32", "act_bwd_f32", "layernorm_bwd_f32", "col_sum_parts_f32", "col_sum_f32", "layernorm_bwd_parts_f32",
-	"embedding_bwd_f32", "softmax_bwd_f32", "cross_entropy_f32"}
+var backwardNames = func() []string {
+	names := []string{"col_sum_f32"}
+	for _, t := range []string{"f32", "bf16"} {
+		for _, k := range []string{"fill", "act_bwd", "layernorm_bwd", "col_sum_parts", "layernorm_bwd_parts", "embedding_bwd",
+			"softmax_bwd", "cross_entropy"} {
+			names = append(names, k+"_"+t)
+		}
+	}
+	return names
+}()
 
 // colSumChunk is how many rows one thread of the column sums' first pass
 // adds up.
@@ -24,18 +33,20 @@ const colSumChunk = 128
 // rows x cols (LayerNormBackward: twice that).
 func ColSumParts(rows, cols int) int { return max((rows+colSumChunk-1)/colSumChunk, 1) * cols }
 
-// Fill sets n fp32 values at p to v.
-func (k *Set) Fill(s driver.Stream, p driver.Ptr, v float32, n int) error {
-	a := &args{kernel: "fill_f32"}
+// Fill sets n values of type t at p to v (rounded to t).
+func (k *Set) Fill(s driver.Stream, t DType, p driver.Ptr, v float32, n int) error {
+	a := &args{kernel: "fill_" + suffix(t)}
+	a.dtype("T", t)
 	a.pos("n", n)
 	a.ptr("p", p)
 	nn := a.fits("n", n)
 	return k.launch(a, a.kernel, driver.D1(blocks1D(nn)), driver.D1(threads), 0, s, p, v, nn)
 }
 
-// ActBackward adds gy[i]·act'(x[i]) into gx[i] for n fp32 elements.
-func (k *Set) ActBackward(s driver.Stream, gx, gy, x driver.Ptr, n int, act Act) error {
-	a := &args{kernel: "act_bwd_f32"}
+// ActBackward adds gy[i]·act'(x[i]) into gx[i] for n elements of type t.
+func (k *Set) ActBackward(s driver.Stream, t DType, gx, gy, x driver.Ptr, n int, act Act) error {
+	a := &args{kernel: "act_bwd_" + suffix(t)}
+	a.dtype("T", t)
 	a.pos("n", n)
 	a.ptr("gx", gx)
 	a.ptr("gy", gy)
@@ -46,12 +57,13 @@ func (k *Set) ActBackward(s driver.Stream, gx, gy, x driver.Ptr, n int, act Act)
 }
 
 // LayerNormBackward adds LayerNorm's input gradient into gx [rows, dim]
-// given gy and the forward's input in (fp32), and its parameter
+// given gy and the forward's input in (all of type t), and its parameter
 // gradients into ggamma and gbeta (fp32 [dim]; 0 skips both). gamma is
 // the forward's fp32 [dim] scale or 0 (ones). stats (2*rows) and parts
 // (2*ColSumParts(rows, dim)) are fp32 scratch.
-func (k *Set) LayerNormBackward(s driver.Stream, gx, ggamma, gbeta, stats, parts, gy, in, gamma driver.Ptr, rows, dim int, eps float32) error {
-	a := &args{kernel: "layernorm_bwd_f32"}
+func (k *Set) LayerNormBackward(s driver.Stream, t DType, gx, ggamma, gbeta, stats, parts, gy, in, gamma driver.Ptr, rows, dim int, eps float32) error {
+	a := &args{kernel: "layernorm_bwd_" + suffix(t)}
+	a.dtype("T", t)
 	a.pos("rows", rows)
 	a.pos("dim", dim)
 	a.ptr("gx", gx)
@@ -77,7 +89,7 @@ func (k *Set) LayerNormBackward(s driver.Stream, gx, ggamma, gbeta, stats, parts
 	}
 	chunks := (rows + colSumChunk - 1) / colSumChunk
 	grid := driver.Dim3{X: uint32((dim + threads - 1) / threads), Y: uint32(chunks), Z: 1}
-	p := &args{kernel: "layernorm_bwd_parts_f32"}
+	p := &args{kernel: "layernorm_bwd_parts_" + suffix(t)}
 	if err := k.launch(p, p.kernel, grid, driver.D1(threads), 0, s, parts, gy, in, stats, r, dm, int32(colSumChunk)); err != nil {
 		return err
 	}
@@ -96,12 +108,13 @@ func (k *Set) colSumParts(s driver.Stream, out, parts driver.Ptr, chunks, cols i
 	return k.launch(a, a.kernel, driver.D1((cols+threads-1)/threads), driver.D1(threads), 0, s, out, parts, int32(chunks), int32(cols))
 }
 
-// ColSum adds the column sums of y [rows, cols] (fp32, row stride ldy)
+// ColSum adds the column sums of y [rows, cols] (type t, row stride ldy)
 // into out (fp32 [cols]), in an order fixed by rows (chunks of rows, then
 // the chunks in order): a bias gradient. parts is ColSumParts(rows,
 // cols) fp32 of scratch.
-func (k *Set) ColSum(s driver.Stream, out, y, parts driver.Ptr, ldy, rows, cols int) error {
-	a := &args{kernel: "col_sum_parts_f32"}
+func (k *Set) ColSum(s driver.Stream, t DType, out, y, parts driver.Ptr, ldy, rows, cols int) error {
+	a := &args{kernel: "col_sum_parts_" + suffix(t)}
+	a.dtype("T", t)
 	a.pos("rows", rows)
 	a.pos("cols", cols)
 	a.ld("ldy", ldy, cols)
@@ -118,13 +131,14 @@ func (k *Set) ColSum(s driver.Stream, out, y, parts driver.Ptr, ldy, rows, cols 
 	return k.colSumParts(s, out, parts, chunks, cols)
 }
 
-// EmbeddingBackward adds rows of gy (fp32 [*, dim]) into rows of the
+// EmbeddingBackward adds rows of gy (type t, [*, dim]) into rows of the
 // table gradient g (fp32 [*, dim]): table row keys[u] gets gy's rows
 // rows[start[u]] .. rows[start[u+1]-1], in that order (keys distinct; all
 // int32 device arrays of n, n+1 and start[n] entries, grouped on the host
 // by EmbeddingGroups).
-func (k *Set) EmbeddingBackward(s driver.Stream, g, gy, keys, start, rows driver.Ptr, n, dim int) error {
-	a := &args{kernel: "embedding_bwd_f32"}
+func (k *Set) EmbeddingBackward(s driver.Stream, t DType, g, gy, keys, start, rows driver.Ptr, n, dim int) error {
+	a := &args{kernel: "embedding_bwd_" + suffix(t)}
+	a.dtype("T", t)
 	a.pos("n", n)
 	a.pos("dim", dim)
 	for _, p := range []struct {
@@ -164,10 +178,12 @@ func EmbeddingGroups(keyOfRow []int32) (keys, start, rows []int32) {
 }
 
 // SoftmaxBackward writes ds = scale·p ⊙ (dp − Σ_j p·dp) per row of cols
-// values (fp32 [rows, cols]; ds may alias dp): the gradient of the scores
-// of a softmax whose probabilities are p, given dp = ∂L/∂p.
-func (k *Set) SoftmaxBackward(s driver.Stream, ds, p, dp driver.Ptr, rows, cols int, scale float32) error {
-	a := &args{kernel: "softmax_bwd_f32"}
+// values: the gradient of the scores of a softmax whose probabilities are
+// p, given dp = ∂L/∂p. p and ds [rows, cols] are of type t, dp fp32 (for
+// F32, ds may alias dp).
+func (k *Set) SoftmaxBackward(s driver.Stream, t DType, ds, p, dp driver.Ptr, rows, cols int, scale float32) error {
+	a := &args{kernel: "softmax_bwd_" + suffix(t)}
+	a.dtype("T", t)
 	a.pos("rows", rows)
 	a.pos("cols", cols)
 	a.ptr("ds", ds)
@@ -178,13 +194,14 @@ func (k *Set) SoftmaxBackward(s driver.Stream, ds, p, dp driver.Ptr, rows, cols 
 	return k.launch(a, a.kernel, driver.D1(rows), driver.D1(threads), 0, s, ds, p, dp, r, c, scale)
 }
 
-// CrossEntropy computes the next-token loss of each row of the fp32
-// logits y [rows, vocab]: loss[r] (fp64 [rows]) = logsumexp(y[r]) −
+// CrossEntropy computes the next-token loss of each row of the logits y
+// [rows, vocab] of type t: loss[r] (fp64 [rows]) = logsumexp(y[r]) −
 // y[r][target[r]], 0 where target[r] < 0 (target: int32 [rows], not
 // range-checked on the device). With grad it overwrites y with the
 // gradient of scale·Σ loss (zero rows where target[r] < 0).
-func (k *Set) CrossEntropy(s driver.Stream, y, loss, target driver.Ptr, rows, vocab int, scale float64, grad bool) error {
-	a := &args{kernel: "cross_entropy_f32"}
+func (k *Set) CrossEntropy(s driver.Stream, t DType, y, loss, target driver.Ptr, rows, vocab int, scale float64, grad bool) error {
+	a := &args{kernel: "cross_entropy_" + suffix(t)}
+	a.dtype("T", t)
 	a.pos("rows", rows)
 	a.pos("vocab", vocab)
 	a.ptr("y", y)

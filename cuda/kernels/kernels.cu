@@ -1104,7 +1104,9 @@ extern "C" __global__ void sum_f64(double* out, const double* parts, int n) {
 // ---------------------------------------------------------------- backward
 //
 // The backward passes of the training ops (package ops' CPU GradSteps are
-// the reference), float32 activations. Every kernel ADDS into its
+// the reference). T is the activation type (float or bf16; activation
+// gradients have it too); parameter gradients and column-sum parts are
+// fp32, and all arithmetic is fp32 or wider. Every kernel ADDS into its
 // gradient outputs, as the ops' Backward contract says, and none uses
 // atomics: a gradient is the same bits on every run.
 
@@ -1135,111 +1137,15 @@ __device__ __forceinline__ float activate_grad(float x, int act) {
 }
 
 // p[i] = v for n values.
-extern "C" __global__ void fill_f32(float* p, float v, int64_t n) {
-    for (int64_t i = gtid(); i < n; i += gstride()) p[i] = v;
+template <typename T>
+__device__ void fill_body(T* p, float v, int64_t n) {
+    for (int64_t i = gtid(); i < n; i += gstride()) stf(p + i, v);
 }
 
 // gx[i] += gy[i]·act'(x[i]).
-extern "C" __global__ void act_bwd_f32(float* gx, const float* gy, const float* x, int64_t n, int act) {
-    for (int64_t i = gtid(); i < n; i += gstride()) gx[i] += gy[i] * activate_grad(x[i], act);
-}
-
-// LayerNorm's input gradient, one block per row, in fp64 as the CPU does
-// (with dim 2 and no affine the gradient is a cancellation of order eps,
-// which fp32 loses): with x̂ = (x-mean)·inv and d = gy·gamma,
-// gx += inv·(d - mean(d) - x̂·mean(d·x̂)). stats[2r], stats[2r+1] get the
-// row's mean and inv for layernorm_bwd_parts. gamma may be null (1).
-extern "C" __global__ void layernorm_bwd_f32(float* gx, float* stats, const float* gy, const float* in, const float* gamma, int rows,
-                                             int dim, float eps) {
-    __shared__ double sh[32];
-    const int r = blockIdx.x;
-    if (r >= rows) return;
-    const float* x = in + (int64_t)r * dim;
-    const float* g = gy + (int64_t)r * dim;
-    float* o = gx + (int64_t)r * dim;
-    double s = 0.0;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) s += (double)x[c];
-    const double mean = block_sum_d(s, sh) / (double)dim;
-    double v = 0.0;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-        const double d = (double)x[c] - mean;
-        v += d * d;
-    }
-    const double inv = 1.0 / sqrt(block_sum_d(v, sh) / (double)dim + (double)eps);
-    double a = 0.0, b = 0.0;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-        const double d = gamma ? (double)g[c] * (double)gamma[c] : (double)g[c];
-        a += d;
-        b += d * (((double)x[c] - mean) * inv);
-    }
-    a = block_sum_d(a, sh) / (double)dim;
-    b = block_sum_d(b, sh) / (double)dim;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-        const double d = gamma ? (double)g[c] * (double)gamma[c] : (double)g[c];
-        const double xh = ((double)x[c] - mean) * inv;
-        o[c] += (float)((d - a - xh * b) * inv);
-    }
-    if (threadIdx.x == 0) {
-        stats[2 * (int64_t)r] = (float)mean;
-        stats[2 * (int64_t)r + 1] = (float)inv;
-    }
-}
-
-// Column sums in two passes, without atomics: col_sum_parts writes the
-// sums of row chunks (chunk rows each; grid.y over the chunks, a thread
-// per column, rows in order) to parts [chunks][cols], col_sum adds each
-// column's parts in chunk order into out. The sums have the same bits on
-// every run, and a tall matrix still spreads over the whole GPU.
-extern "C" __global__ void col_sum_parts_f32(float* parts, const float* y, int ldy, int rows, int cols, int chunk) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    const int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
-    float s = 0.f;
-    for (int r = r0; r < r1; r++) s += y[(int64_t)r * ldy + c];
-    parts[(int64_t)blockIdx.y * cols + c] = s;
-}
-
-// out[c] += Σ_p parts[p][c] over nparts chunks, in order.
-extern "C" __global__ void col_sum_f32(float* out, const float* parts, int nparts, int cols) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    float s = 0.f;
-    for (int p = 0; p < nparts; p++) s += parts[(int64_t)p * cols + c];
-    out[c] += s;
-}
-
-// LayerNorm's parameter gradients, first pass: per chunk of rows (as
-// col_sum_parts), parts[0][chunk][c] = Σ gy·x̂ and parts[1][chunk][c] =
-// Σ gy, x̂ from each row's stats (layernorm_bwd); col_sum adds them up.
-extern "C" __global__ void layernorm_bwd_parts_f32(float* parts, const float* gy, const float* in, const float* stats, int rows, int dim,
-                                                   int chunk) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= dim) return;
-    const int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
-    float sg = 0.f, sb = 0.f;
-    for (int r = r0; r < r1; r++) {
-        const float g = gy[(int64_t)r * dim + c];
-        sg += g * (in[(int64_t)r * dim + c] - stats[2 * r]) * stats[2 * r + 1];
-        sb += g;
-    }
-    parts[(int64_t)blockIdx.y * dim + c] = sg;
-    parts[((int64_t)gridDim.y + blockIdx.y) * dim + c] = sb;
-}
-
-// Embedding-table gradient without atomics: block u owns table row
-// keys[u] and adds gy's rows rows[start[u]] .. rows[start[u+1]-1] into it,
-// in that order (the host groups the rows by key, keeping row order).
-extern "C" __global__ void embedding_bwd_f32(float* g, const float* gy, const int* keys, const int* start, const int* rows, int n,
-                                             int dim) {
-    const int u = blockIdx.x;
-    if (u >= n) return;
-    float* gr = g + (int64_t)keys[u] * dim;
-    const int a = start[u], b = start[u + 1];
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-        float s = gr[c];
-        for (int i = a; i < b; i++) s += gy[(int64_t)rows[i] * dim + c];
-        gr[c] = s;
-    }
+template <typename T>
+__device__ void act_bwd_body(T* gx, const T* gy, const T* x, int64_t n, int act) {
+    for (int64_t i = gtid(); i < n; i += gstride()) stf(gx + i, ldf(gx + i) + ldf(gy + i) * activate_grad(ldf(x + i), act));
 }
 
 // Block-wide double sum; every thread gets the result. sh holds >= 32
@@ -1262,54 +1168,185 @@ __device__ double block_sum_d(double v, double* sh) {
     return r;
 }
 
+// LayerNorm's input gradient, one block per row, in fp64 as the CPU does
+// (with dim 2 and no affine the gradient is a cancellation of order eps,
+// which fp32 loses): with x̂ = (x-mean)·inv and d = gy·gamma,
+// gx += inv·(d - mean(d) - x̂·mean(d·x̂)). stats[2r], stats[2r+1] get the
+// row's mean and inv for layernorm_bwd_parts. gamma may be null (1).
+template <typename T>
+__device__ void layernorm_bwd_body(T* gx, float* stats, const T* gy, const T* in, const float* gamma, int rows, int dim, float eps) {
+    __shared__ double sh[32];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const T* x = in + (int64_t)r * dim;
+    const T* g = gy + (int64_t)r * dim;
+    T* o = gx + (int64_t)r * dim;
+    double s = 0.0;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) s += (double)ldf(x + c);
+    const double mean = block_sum_d(s, sh) / (double)dim;
+    double v = 0.0;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        const double d = (double)ldf(x + c) - mean;
+        v += d * d;
+    }
+    const double inv = 1.0 / sqrt(block_sum_d(v, sh) / (double)dim + (double)eps);
+    double a = 0.0, b = 0.0;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        const double d = gamma ? (double)ldf(g + c) * (double)gamma[c] : (double)ldf(g + c);
+        a += d;
+        b += d * (((double)ldf(x + c) - mean) * inv);
+    }
+    a = block_sum_d(a, sh) / (double)dim;
+    b = block_sum_d(b, sh) / (double)dim;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        const double d = gamma ? (double)ldf(g + c) * (double)gamma[c] : (double)ldf(g + c);
+        const double xh = ((double)ldf(x + c) - mean) * inv;
+        stf(o + c, ldf(o + c) + (float)((d - a - xh * b) * inv));
+    }
+    if (threadIdx.x == 0) {
+        stats[2 * (int64_t)r] = (float)mean;
+        stats[2 * (int64_t)r + 1] = (float)inv;
+    }
+}
+
+// Column sums in two passes, without atomics: col_sum_parts writes the
+// sums of row chunks (chunk rows each; grid.y over the chunks, a thread
+// per column, rows in order) to parts [chunks][cols], col_sum adds each
+// column's parts in chunk order into out. The sums have the same bits on
+// every run, and a tall matrix still spreads over the whole GPU.
+template <typename T>
+__device__ void col_sum_parts_body(float* parts, const T* y, int ldy, int rows, int cols, int chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    float s = 0.f;
+    for (int r = r0; r < r1; r++) s += ldf(y + (int64_t)r * ldy + c);
+    parts[(int64_t)blockIdx.y * cols + c] = s;
+}
+
+// out[c] += Σ_p parts[p][c] over nparts chunks, in order.
+extern "C" __global__ void col_sum_f32(float* out, const float* parts, int nparts, int cols) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float s = 0.f;
+    for (int p = 0; p < nparts; p++) s += parts[(int64_t)p * cols + c];
+    out[c] += s;
+}
+
+// LayerNorm's parameter gradients, first pass: per chunk of rows (as
+// col_sum_parts), parts[0][chunk][c] = Σ gy·x̂ and parts[1][chunk][c] =
+// Σ gy, x̂ from each row's stats (layernorm_bwd); col_sum adds them up.
+template <typename T>
+__device__ void layernorm_bwd_parts_body(float* parts, const T* gy, const T* in, const float* stats, int rows, int dim, int chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= dim) return;
+    const int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    float sg = 0.f, sb = 0.f;
+    for (int r = r0; r < r1; r++) {
+        const float g = ldf(gy + (int64_t)r * dim + c);
+        sg += g * (ldf(in + (int64_t)r * dim + c) - stats[2 * r]) * stats[2 * r + 1];
+        sb += g;
+    }
+    parts[(int64_t)blockIdx.y * dim + c] = sg;
+    parts[((int64_t)gridDim.y + blockIdx.y) * dim + c] = sb;
+}
+
+// Embedding-table gradient without atomics: block u owns table row
+// keys[u] (of the fp32 gradient g) and adds gy's rows rows[start[u]] ..
+// rows[start[u+1]-1] into it, in that order (the host groups the rows by
+// key, keeping row order).
+template <typename T>
+__device__ void embedding_bwd_body(float* g, const T* gy, const int* keys, const int* start, const int* rows, int n, int dim) {
+    const int u = blockIdx.x;
+    if (u >= n) return;
+    float* gr = g + (int64_t)keys[u] * dim;
+    const int a = start[u], b = start[u + 1];
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        float s = gr[c];
+        for (int i = a; i < b; i++) s += ldf(gy + (int64_t)rows[i] * dim + c);
+        gr[c] = s;
+    }
+}
+
 // Next-token cross-entropy, one block per row of logits y [rows, vocab]:
 // loss[r] = max + log(Σ exp(y - max)) - y[target[r]] (the exponentials in
 // fp32, their sum and the logarithm in fp64), 0 where target[r] < 0. With
 // grad, y is overwritten with the gradient of scale·Σ loss:
 // scale·softmax(y) - scale at the target (zeros where target[r] < 0).
-extern "C" __global__ void cross_entropy_f32(float* y, double* loss, const int* target, int rows, int vocab, double scale, int grad) {
+template <typename T>
+__device__ void cross_entropy_body(T* y, double* loss, const int* target, int rows, int vocab, double scale, int grad) {
     __shared__ float sh[32];
     __shared__ double shd[32];
     const int r = blockIdx.x;
     if (r >= rows) return;
-    float* yr = y + (int64_t)r * vocab;
+    T* yr = y + (int64_t)r * vocab;
     const int t = target[r];
     if (t < 0) {
         if (grad)
-            for (int j = threadIdx.x; j < vocab; j += blockDim.x) yr[j] = 0.f;
+            for (int j = threadIdx.x; j < vocab; j += blockDim.x) stf(yr + j, 0.f);
         if (threadIdx.x == 0) loss[r] = 0.0;
         return;
     }
-    const float yt = yr[t];  // read before any thread writes the row
+    const float yt = ldf(yr + t);  // read before any thread writes the row
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, yr[j]);
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, ldf(yr + j));
     mx = block_max(mx, sh);
     double s = 0.0;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) s += (double)expf(yr[j] - mx);
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) s += (double)expf(ldf(yr + j) - mx);
     s = block_sum_d(s, shd);
     if (threadIdx.x == 0) loss[r] = (double)mx + log(s) - (double)yt;
     if (!grad) return;
     const float sc = (float)(scale / s);
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) yr[j] = expf(yr[j] - mx) * sc;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) stf(yr + j, expf(ldf(yr + j) - mx) * sc);
     __syncthreads();
-    if (threadIdx.x == 0) yr[t] -= (float)scale;
+    if (threadIdx.x == 0) stf(yr + t, ldf(yr + t) - (float)scale);
 }
 
-// The softmax's backward, one block per row of cols probabilities:
-// ds = scale·p ⊙ (dp - Σ p·dp) (ds may alias dp). A row of zeros (a query
-// with no visible key) gives zeros.
-extern "C" __global__ void softmax_bwd_f32(float* ds, const float* p, const float* dp, int rows, int cols, float scale) {
+// The softmax's backward, one block per row of cols probabilities p (type
+// T) with dp = ∂L/∂p (fp32): ds = scale·p ⊙ (dp - Σ p·dp), type T (for
+// float, ds may alias dp). A row of zeros (a query with no visible key)
+// gives zeros.
+template <typename T>
+__device__ void softmax_bwd_body(T* ds, const T* p, const float* dp, int rows, int cols, float scale) {
     __shared__ float sh[32];
     const int r = blockIdx.x;
     if (r >= rows) return;
-    const float* pr = p + (int64_t)r * cols;
+    const T* pr = p + (int64_t)r * cols;
     const float* dr = dp + (int64_t)r * cols;
-    float* o = ds + (int64_t)r * cols;
+    T* o = ds + (int64_t)r * cols;
     float s = 0.f;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) s += pr[j] * dr[j];
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) s += ldf(pr + j) * dr[j];
     s = block_sum(s, sh);
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) o[j] = scale * pr[j] * (dr[j] - s);
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) stf(o + j, scale * ldf(pr + j) * (dr[j] - s));
 }
+
+#define FOR_T_BWD(T, S)                                                                                                              \
+    extern "C" __global__ void fill_##S(T* p, float v, int64_t n) { fill_body<T>(p, v, n); }                                       \
+    extern "C" __global__ void act_bwd_##S(T* gx, const T* gy, const T* x, int64_t n, int act) { act_bwd_body<T>(gx, gy, x, n, act); } \
+    extern "C" __global__ void layernorm_bwd_##S(T* gx, float* stats, const T* gy, const T* in, const float* gamma, int rows, int dim, \
+                                                 float eps) {                                                                      \
+        layernorm_bwd_body<T>(gx, stats, gy, in, gamma, rows, dim, eps);                                                           \
+    }                                                                                                                              \
+    extern "C" __global__ void col_sum_parts_##S(float* parts, const T* y, int ldy, int rows, int cols, int chunk) {               \
+        col_sum_parts_body<T>(parts, y, ldy, rows, cols, chunk);                                                                   \
+    }                                                                                                                              \
+    extern "C" __global__ void layernorm_bwd_parts_##S(float* parts, const T* gy, const T* in, const float* stats, int rows, int dim, \
+                                                       int chunk) {                                                                \
+        layernorm_bwd_parts_body<T>(parts, gy, in, stats, rows, dim, chunk);                                                       \
+    }                                                                                                                              \
+    extern "C" __global__ void embedding_bwd_##S(float* g, const T* gy, const int* keys, const int* start, const int* rows, int n,  \
+                                                 int dim) {                                                                        \
+        embedding_bwd_body<T>(g, gy, keys, start, rows, n, dim);                                                                   \
+    }                                                                                                                              \
+    extern "C" __global__ void cross_entropy_##S(T* y, double* loss, const int* target, int rows, int vocab, double scale, int grad) { \
+        cross_entropy_body<T>(y, loss, target, rows, vocab, scale, grad);                                                          \
+    }                                                                                                                              \
+    extern "C" __global__ void softmax_bwd_##S(T* ds, const T* p, const float* dp, int rows, int cols, float scale) {              \
+        softmax_bwd_body<T>(ds, p, dp, rows, cols, scale);                                                                         \
+    }
+
+FOR_T_BWD(float, f32)
+FOR_T_BWD(bf16, bf16)
 
 // ---------------------------------------------------------------- entry points
 
