@@ -7,8 +7,9 @@ import (
 	"github.com/slopeml/slope/ops"
 )
 
-// Training on a device backend (ops.DeviceGradBackend, the cuda backend
-// with float32 activations): the forward and backward passes run on the
+// Training on a device backend (ops.DeviceGradBackend: the cuda backend
+// with float32 activations, or bf16 ones experimentally): the forward and
+// backward passes run on the
 // backend's tensors, the cross-entropy too (only each row's loss comes
 // back), and AdamW on its copies of the Params, gradients and moments
 // (Trainer.opt). The host keeps its Params and moments as copies that
@@ -18,9 +19,10 @@ import (
 //   - devStale: the host changed them (binding, a resume, new masks);
 //     toDevice copies them in before the next pass.
 //
-// The arithmetic of a step is the CPU trainer's up to the float32
-// rounding of the kernels (AdamW is bit-identical given the same
-// gradients), and checkpoints are the same format either way.
+// The arithmetic of a step is the CPU trainer's up to the rounding of
+// the kernels (float32, or bf16 activations; AdamW is bit-identical
+// given the same gradients), and checkpoints are the same format either
+// way.
 
 // bindDevice sets up the device state after a bind: the backend keeps
 // the state when it can and every step runs on its tensors.
