@@ -75,7 +75,7 @@ run)
 			"m125 cuda-f32 20 8 128 100" "d125 cuda-f32 20 8 128 100" "m125 cuda-f32 12 16 512 100" "d125 cuda-f32 12 16 512 100" \
 			"m125 cuda 4 8 128 3" "m125 cuda 12 16 512 100" "d125 cuda 12 16 512 100"; do
 			read -r name dev steps batch seq refresh <<<"$m"
-			echo "### $name ($([[ $name == d125 ]] && echo dense || echo 2:4) fp32): $steps steps of $batch x $seq tokens, --mask-refresh $refresh, --device $dev"
+			echo "### $name ($([[ $name == d125 ]] && echo dense || echo 2:4), fp32 container): $steps steps of $batch x $seq tokens, --mask-refresh $refresh, --device $dev"
 			# --device cuda is bf16 training, experimental (the variable
 			# enables it).
 			SLOPE_GPU_BF16_TRAIN=1 timeout 240 "$bins/slope" train "$work/$name.slope" --data "$work/$([[ $name == tiny ]] && echo tiny || echo big).u16" \

@@ -79,7 +79,8 @@ type deviceGradStep interface {
 	devParams() []*devParam
 }
 
-// BindGrad implements ops.GradBackend (float32 activations only).
+// BindGrad implements ops.GradBackend (float32 activations; bf16 ones
+// only with BF16TrainEnv set).
 func (b *Backend) BindGrad(bd ops.Binding, ps ops.ParamStore) (ops.GradStep, error) {
 	if b.act != F32 && os.Getenv(BF16TrainEnv) != "1" {
 		return nil, fmt.Errorf("node %q: GPU training ops need float32 activations (cuda-f32); bf16 training is experimental and not yet checked on a GPU (%s=1 enables it): %w",

@@ -98,7 +98,10 @@ type tracking struct{ loss, update, final, perParam, masks float64 }
 
 var (
 	f32Tracking  = tracking{loss: 1e-4, update: 1e-2, final: 1e-2, perParam: 1e-4, masks: 1e-3}
-	bf16Tracking = tracking{loss: 1e-2, update: 5e-2, final: 2e-2, masks: 1e-2}
+	// AdamW's first update is about lr·sign(g): each sign a bf16
+	// gradient flips costs 2·sqrt(share flipped) of relative L2, so the
+	// first update gets a loose bound.
+	bf16Tracking = tracking{loss: 1e-2, update: 0.25, final: 2e-2, masks: 5e-2}
 )
 
 func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {

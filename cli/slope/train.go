@@ -119,7 +119,7 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 	case fl.device == "cuda" && os.Getenv(cuda.BF16TrainEnv) != "1":
 		return usagef(cmd, "--device cuda: bf16 (mixed-precision) training is experimental and not yet checked on a GPU (%s=1 enables it); use --device cuda-f32", cuda.BF16TrainEnv)
 	case fl.device != "" && fl.device != "cpu" && fl.device != "cuda-f32" && fl.device != "cuda":
-		return usagef(cmd, "--device %q: want cpu or cuda-f32", fl.device)
+		return usagef(cmd, "--device %q: want cpu, cuda-f32 or cuda", fl.device)
 	case fl.data == "":
 		return usagef(cmd, "--data is required")
 	case fl.out == "":
@@ -306,7 +306,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		}
 		defer gpu.Close()
 		o.Backend = gpu
-		fmt.Fprintf(stderr, "device %s (%s activations)\n", gpu.Device().Info, gpu.Name())
+		mode := "float32"
+		if act == cuda.BF16 {
+			mode = "bf16 activations, experimental"
+		}
+		fmt.Fprintf(stderr, "device %s (%s)\n", gpu.Device().Info, mode)
 	}
 	var tr *train.Trainer
 	if fl.resume != "" {
