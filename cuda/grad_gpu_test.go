@@ -97,7 +97,7 @@ func TestTrainGPUBF16TracksCPU(t *testing.T) {
 type tracking struct{ loss, update, final, perParam, masks float64 }
 
 var (
-	f32Tracking  = tracking{loss: 1e-4, update: 1e-2, final: 1e-2, perParam: 1e-4, masks: 1e-3}
+	f32Tracking = tracking{loss: 1e-4, update: 1e-2, final: 1e-2, perParam: 1e-4, masks: 1e-3}
 	// AdamW's first update is about lr·sign(g): each sign a bf16
 	// gradient flips costs 2·sqrt(share flipped) of relative L2, so the
 	// first update gets a loose bound.
