@@ -73,12 +73,18 @@ run)
 		# runs for speed (the default refresh, every 100 steps).
 		for m in "tiny cpu 6 4 32 3" "tiny cuda-f32 6 4 32 3" "m125 cpu 4 8 128 3" "m125 cuda-f32 4 8 128 3" \
 			"m125 cuda-f32 20 8 128 100" "d125 cuda-f32 20 8 128 100" "m125 cuda-f32 12 16 512 100" "d125 cuda-f32 12 16 512 100" \
-			"m125 cuda 4 8 128 3" "m125 cuda 12 16 512 100" "d125 cuda 12 16 512 100"; do
+			"m125 cuda 4 8 128 3" "m125 cuda 12 16 512 100" "d125 cuda 12 16 512 100" \
+			"m125 cuda+lt 4 8 128 3" "m125 cuda+lt 12 16 512 100"; do
 			read -r name dev steps batch seq refresh <<<"$m"
-			echo "### $name ($([[ $name == d125 ]] && echo dense || echo 2:4), fp32 container): $steps steps of $batch x $seq tokens, --mask-refresh $refresh, --device $dev"
+			# cuda+lt: bf16 with the 2:4 products on cuSPARSELt.
+			lt=0
+			if [[ $dev == cuda+lt ]]; then
+				dev=cuda lt=1
+			fi
+			echo "### $name ($([[ $name == d125 ]] && echo dense || echo 2:4), fp32 container): $steps steps of $batch x $seq tokens, --mask-refresh $refresh, --device $dev$([[ $lt == 1 ]] && echo ", 2:4 on cuSPARSELt")"
 			# --device cuda is bf16 training, experimental (the variable
 			# enables it).
-			SLOPE_GPU_BF16_TRAIN=1 timeout 240 "$bins/slope" train "$work/$name.slope" --data "$work/$([[ $name == tiny ]] && echo tiny || echo big).u16" \
+			SLOPE_GPU_BF16_TRAIN=1 SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$work/$name.slope" --data "$work/$([[ $name == tiny ]] && echo tiny || echo big).u16" \
 				--steps "$steps" --batch "$batch" --seq "$seq" --mask-refresh "$refresh" --out "$work/$name-$dev.slope" --device "$dev" 2>&1 |
 				grep -E "^step|tokens/s|rror|device|memory" | { if ((steps > 6)); then grep -v "^step [2-9]/\|^step 1[0-9]/"; else cat; fi; }
 			[[ ${PIPESTATUS[0]} == 0 ]] || status=1

@@ -54,6 +54,10 @@ type devParam struct {
 	// and products read: val itself with float32 activations, a bf16 copy
 	// with bf16 ones (converted by push, written by AdamW).
 	act driver.Ptr
+	// forms: a 2:4 weight's cuSPARSELt forms (grad_sparse.go), whose W
+	// form's values part act then is (actShared).
+	forms     *nmForms
+	actShared bool
 	// N:M weights: the packed portable indices (static) and the transpose
 	// mask, one byte per kept value (all ones when the Param has none),
 	// uploaded from keepOf.
@@ -190,7 +194,13 @@ func (b *Backend) deviceParam(p *ops.Param) (*devParam, error) {
 				return fmt.Errorf("transpose mask: %w", err)
 			}
 		}
-		return b.push(d)
+		if err := b.push(d); err != nil {
+			return err
+		}
+		if b.wantForms(d) {
+			return b.makeForms(d)
+		}
+		return nil
 	}()
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("param %q: %w", p.Name, err), d.free(b))
@@ -203,7 +213,8 @@ func (b *Backend) deviceParam(p *ops.Param) (*devParam, error) {
 }
 
 // push copies the host Param's values (and, when changed, its transpose
-// mask) to the device. Call inside Do.
+// mask) to the device, and brings the activation-type copy and the
+// cuSPARSELt forms up to date. Call inside Do.
 func (b *Backend) push(d *devParam) error {
 	if err := b.dev.SyncStream(b.s); err != nil {
 		return err
@@ -217,8 +228,11 @@ func (b *Backend) push(d *devParam) error {
 		}
 	}
 	nm := d.p.NM
-	if nm == nil || (d.keepSet && slices.Equal(nm.TMask, d.keepOf) && (nm.TMask == nil) == (d.keepOf == nil)) {
+	if nm == nil {
 		return nil
+	}
+	if d.keepSet && slices.Equal(nm.TMask, d.keepOf) && (nm.TMask == nil) == (d.keepOf == nil) {
+		return b.valuesChanged(d, false)
 	}
 	keep, err := nm.TKeepCopy()
 	if err != nil {
@@ -230,11 +244,15 @@ func (b *Backend) push(d *devParam) error {
 			raw[i] = 1
 		}
 	}
+	// The mask buffer may still be read by queued kernels.
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
 	if err := b.dev.CopyIn(d.keep, unsafe.Pointer(&raw[0]), len(raw)); err != nil {
 		return fmt.Errorf("param %q: transpose mask: %w", d.p.Name, err)
 	}
 	d.keepOf, d.keepSet = slices.Clone(nm.TMask), true
-	return nil
+	return b.valuesChanged(d, true)
 }
 
 // hostGradStep adapts a deviceGradStep to ops.GradStep (see the top of
@@ -763,17 +781,29 @@ func (s *linearGradStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Ten
 	if err := checkT("linear input", in[0], m, s.in); err != nil {
 		return err
 	}
-	w, err := b.gradScratch(1, 4*s.out*s.in)
-	if err != nil {
-		return err
-	}
-	if err := b.k.NMExpand(b.s, b.act, w, s.wP.act, s.wP.idx, s.out, s.in, s.pat.N, s.pat.M); err != nil {
-		return err
-	}
 	x, y := asTensor(in[0]).p, asTensor(out).p
-	if err := b.gemmAct("slope linear "+s.name+" (expanded)", blaslt.Gemm{M: m, N: s.out, K: s.in, A: x, LdA: s.in,
-		B: w, LdB: s.in, TransB: true, D: y, LdD: s.out, Alpha: 1, Bias: s.biasAct}); err != nil {
-		return err
+	if f := s.wP.forms; f != nil && sparseFits(f.fwd, m, asTensor(out), s.out, asTensor(in[0]), s.in) {
+		// cuSPARSELt (bf16 training; grad_sparse.go), then the bias.
+		if err := f.fwd.Matmul(b.s, y, s.out, x, s.in, m, 0); err != nil {
+			return fmt.Errorf("slope linear %s: %w", s.name, err)
+		}
+		if s.bias != 0 {
+			if err := b.k.BiasAct(b.s, b.act, y, s.out, s.bias, m, s.out, kernels.ActNone); err != nil {
+				return err
+			}
+		}
+	} else {
+		w, err := b.gradScratch(1, 4*s.out*s.in)
+		if err != nil {
+			return err
+		}
+		if err := b.k.NMExpand(b.s, b.act, w, s.wP.act, s.wP.idx, s.out, s.in, s.pat.N, s.pat.M); err != nil {
+			return err
+		}
+		if err := b.gemmAct("slope linear "+s.name+" (expanded)", blaslt.Gemm{M: m, N: s.out, K: s.in, A: x, LdA: s.in,
+			B: w, LdB: s.in, TransB: true, D: y, LdD: s.out, Alpha: 1, Bias: s.biasAct}); err != nil {
+			return err
+		}
 	}
 	if s.rank == 0 {
 		return nil
@@ -851,7 +881,12 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 		if err != nil {
 			return err
 		}
-		if gx != 0 {
+		if f := s.wP.forms; gx != 0 && f != nil && sparseFits(f.bwd, m, asTensor(gin[0]), s.in, asTensor(gout), s.out) {
+			// gx += gy·W_dp on cuSPARSELt (bf16 training; grad_sparse.go).
+			if err := f.bwd.Matmul(b.s, gx, s.in, gy, s.out, m, 1); err != nil {
+				return fmt.Errorf("slope linear %s input gradient: %w", s.name, err)
+			}
+		} else if gx != 0 {
 			if err := b.k.NMExpandT(b.s, b.act, tmp, s.wP.act, s.wP.idx, s.wP.keep, s.out, s.in, p.N, p.M); err != nil {
 				return err
 			}
@@ -1200,6 +1235,9 @@ func (o *deviceOptimizer) RefreshMasks() error {
 		if err := o.b.k.NMTMask24(o.b.s, d.keep, d.val, d.idx, nm.Rows, nm.Cols); err != nil {
 			return fmt.Errorf("param %q: %w", d.p.Name, err)
 		}
+		if err := o.b.valuesChanged(d, true); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -1273,6 +1311,9 @@ func (o *deviceOptimizer) AdamW(k int, st cpu.AdamWStep) error {
 	if err := b.k.AdamW(b.s, d.val, d.grad, o.m[k], o.v[k], wbf, len(d.p.Value), h); err != nil {
 		return fmt.Errorf("param %q: %w", d.p.Name, err)
 	}
+	if err := b.valuesChanged(d, false); err != nil {
+		return err
+	}
 	if st.ZeroGrad {
 		return b.k.Fill(b.s, F32, d.grad, 0, len(d.p.Value))
 	}
@@ -1313,11 +1354,15 @@ func (b *Backend) ReleaseParams(params []*ops.Param) error {
 }
 
 func (d *devParam) free(b *Backend) error {
+	var errs []error
+	if d.forms != nil {
+		errs = append(errs, d.forms.destroy()) // act is inside W's form
+		d.forms = nil
+	}
 	ptrs := []driver.Ptr{d.val, d.grad, d.idx, d.keep}
-	if d.act != d.val {
+	if d.act != d.val && !d.actShared {
 		ptrs = append(ptrs, d.act)
 	}
-	var errs []error
 	for _, p := range ptrs {
 		if p != 0 {
 			errs = append(errs, b.dev.Free(p))

@@ -88,6 +88,16 @@ func TestTrainGPUBF16TracksCPU(t *testing.T) {
 	b := newWith(t, Options{Activations: BF16})
 	t.Run("tiny", func(t *testing.T) { trainTracksCPU(t, b, tinySlope(t), bf16Tracking) })
 	t.Run("generated", func(t *testing.T) { trainTracksCPU(t, b, generatedSlope(t), bf16Tracking) })
+	// With the 2:4 products on cuSPARSELt (BF16SparseLtEnv): the generated
+	// model's shapes are ones it takes.
+	t.Run("generated-sparselt", func(t *testing.T) {
+		t.Setenv(BF16SparseLtEnv, "1")
+		bs := newWith(t, Options{Activations: BF16})
+		if bs.sp == nil {
+			t.Fatal("cuSPARSELt is not available")
+		}
+		trainTracksCPU(t, bs, generatedSlope(t), bf16Tracking)
+	})
 }
 
 // tracking holds trainTracksCPU's tolerances: relative to the CPU's loss
@@ -121,6 +131,16 @@ func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {
 	defer gpu.Close()
 	if !gpu.OnDevice() || cpu.OnDevice() {
 		t.Fatalf("OnDevice: GPU trainer %v, CPU trainer %v", gpu.OnDevice(), cpu.OnDevice())
+	}
+	if os.Getenv(BF16SparseLtEnv) == "1" {
+		var n int
+		if err := b.Do(func() error { n = b.formsInUse(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("2:4 weights on cuSPARSELt: %d", n)
+		if n == 0 {
+			t.Fatal("no 2:4 weight runs on cuSPARSELt")
+		}
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	const batch, seq = 3, 24 // >= 16: the forward's GEMM attention path too

@@ -1,0 +1,203 @@
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/slopeml/slope/cuda/driver"
+	"github.com/slopeml/slope/cuda/sparselt"
+	"github.com/slopeml/slope/format"
+)
+
+// SLoPe's sparse products in bf16 training (issue 8, step 2 of the plan
+// in docs/CUDA.md): a 2:4 weight's forward and input-gradient products run
+// on cuSPARSELt, from two compressed forms made once from their patterns
+// and whose values are written in place, as BenchTrain does (see
+// bench_train.go and package sparselt's CheckValues and VerifyValues):
+//
+//   - W's form holds the bf16 kept values the products read: the
+//     devParam's act copy points into it (the portable values have the
+//     layout of its values part), so AdamW's bf16 output and push's
+//     conversion write it, and the generic kernels read it too;
+//   - W_dpᵀ's form gets its values from W's (nm_pack_t24) after every
+//     change of them, and its pattern compressed again when the transpose
+//     mask changes.
+//
+// Experimental, written without a GPU at hand: BF16SparseLtEnv enables it
+// on top of BF16TrainEnv. When a check refuses a layout or shape, the
+// weight keeps the expanded products.
+
+// BF16SparseLtEnv, set to 1 with BF16TrainEnv, lets bf16 training run the
+// 2:4 products on cuSPARSELt.
+const BF16SparseLtEnv = "SLOPE_GPU_BF16_SPARSELT"
+
+// nmForms are a 2:4 weight's two cuSPARSELt forms in training.
+type nmForms struct {
+	fwd *sparselt.Weight // W [rows, cols]; its values part is the devParam's act
+	bwd *sparselt.Weight // W_dpᵀ [cols, rows]
+}
+
+// wantForms reports whether d gets cuSPARSELt forms.
+func (b *Backend) wantForms(d *devParam) bool {
+	nm := d.p.NM
+	return b.act == BF16 && b.sp != nil && os.Getenv(BF16SparseLtEnv) == "1" && nm != nil &&
+		nm.Pattern == (format.NM{N: 2, M: 4}) && nm.Rows%4 == 0 &&
+		sparselt.Supported(nm.Rows, nm.Cols) == nil && sparselt.Supported(nm.Cols, nm.Rows) == nil
+}
+
+// makeForms gives d its forms when the layout checks pass (nil error and
+// no forms when one refuses). d's values and mask must be on the device.
+// Call inside Do.
+func (b *Backend) makeForms(d *devParam) (err error) {
+	if err := b.sp.CheckValues(b.s); err != nil {
+		if errors.Is(err, sparselt.ErrValuesLayout) {
+			return nil
+		}
+		return err
+	}
+	nm := d.p.NM
+	rows, cols, n := nm.Rows, nm.Cols, len(d.p.Value)
+	f := &nmForms{}
+	defer func() {
+		if f != nil { // not adopted
+			err = errors.Join(err, f.destroy())
+		}
+		if errors.Is(err, sparselt.ErrValuesLayout) {
+			err = nil // the expanded products stay
+		}
+	}()
+	dense, err := b.gradScratch(1, 2*rows*cols)
+	if err != nil {
+		return err
+	}
+	// W's form from its pattern (1.0 at every kept position), then the
+	// current values written into it and checked against cuSPARSELt's own
+	// compression of them (once per shape).
+	if err := b.patternDense(dense, d, false); err != nil {
+		return err
+	}
+	if f.fwd, err = b.sp.NewWeight(b.s, dense, rows, cols); err != nil {
+		return err
+	}
+	vals, err := f.fwd.Values()
+	if err != nil {
+		return err
+	}
+	if err := b.dev.CopyDevice(vals, d.act, 2*n, b.s); err != nil {
+		return err
+	}
+	if err := b.k.NMExpand(b.s, BF16, dense, vals, d.idx, rows, cols, 2, 4); err != nil {
+		return err
+	}
+	if err := f.fwd.VerifyValues(b.s, dense); err != nil {
+		return err
+	}
+	// W_dpᵀ's form likewise.
+	if err := b.patternDense(dense, d, true); err != nil {
+		return err
+	}
+	if f.bwd, err = b.sp.NewWeight(b.s, dense, cols, rows); err != nil {
+		return err
+	}
+	if err := f.packT(b, d, vals); err != nil {
+		return err
+	}
+	if err := b.k.NMExpandT(b.s, BF16, dense, vals, d.idx, d.keep, rows, cols, 2, 4); err != nil {
+		return err
+	}
+	if err := f.bwd.VerifyValues(b.s, dense); err != nil {
+		return err
+	}
+	// Adopt: act becomes W's values part.
+	if d.act != d.val && !d.actShared {
+		if err := b.dev.Free(d.act); err != nil {
+			return err
+		}
+	}
+	d.act, d.actShared, d.forms = vals, true, f
+	f = nil
+	return nil
+}
+
+// patternDense writes into dense (bf16 [rows, cols], or [cols, rows] for
+// the transpose) 1.0 at the kept positions of W (or of W_dpᵀ) and 0
+// elsewhere: a form compressed from it follows the mask even where a kept
+// value is exactly zero.
+func (b *Backend) patternDense(dense driver.Ptr, d *devParam, transpose bool) error {
+	nm := d.p.NM
+	n := len(d.p.Value)
+	ones, err := b.gradScratch(2, 2*n)
+	if err != nil {
+		return err
+	}
+	if err := b.k.Fill(b.s, BF16, ones, 1, n); err != nil {
+		return err
+	}
+	if transpose {
+		return b.k.NMExpandT(b.s, BF16, dense, ones, d.idx, d.keep, nm.Rows, nm.Cols, 2, 4)
+	}
+	return b.k.NMExpand(b.s, BF16, dense, ones, d.idx, nm.Rows, nm.Cols, 2, 4)
+}
+
+// packT writes W_dpᵀ's values from W's kept values vals.
+func (f *nmForms) packT(b *Backend, d *devParam, vals driver.Ptr) error {
+	dst, err := f.bwd.Values()
+	if err != nil {
+		return err
+	}
+	return b.k.NMPackT24(b.s, dst, vals, d.idx, d.keep, d.p.NM.Rows, d.p.NM.Cols)
+}
+
+// valuesChanged brings W_dpᵀ's form up to date after W's values changed
+// (AdamW, a load), and after the transpose mask changed when maskChanged
+// (its pattern compressed again first). Call inside Do.
+func (b *Backend) valuesChanged(d *devParam, maskChanged bool) error {
+	f := d.forms
+	if f == nil {
+		return nil
+	}
+	if maskChanged {
+		dense, err := b.gradScratch(1, 2*d.p.NM.Rows*d.p.NM.Cols)
+		if err != nil {
+			return err
+		}
+		if err := b.patternDense(dense, d, true); err != nil {
+			return err
+		}
+		if err := f.bwd.Recompress(b.s, dense); err != nil {
+			return fmt.Errorf("param %q: %w", d.p.Name, err)
+		}
+	}
+	return f.packT(b, d, d.act)
+}
+
+func (f *nmForms) destroy() error {
+	var errs []error
+	for _, w := range []*sparselt.Weight{f.fwd, f.bwd} {
+		if w != nil {
+			errs = append(errs, w.Destroy())
+		}
+	}
+	f.fwd, f.bwd = nil, nil
+	return errors.Join(errs...)
+}
+
+// sparseFits reports whether w's product of m rows can run from x into y
+// (tensors of this backend with ld widths): cuSPARSELt reads and writes
+// padded rows.
+func sparseFits(w *sparselt.Weight, m int, y *tensor, ldY int, x *tensor, ldX int) bool {
+	pm := w.PadM(m)
+	return pm <= x.capRows && pm <= y.capRows && w.Fits(m, y.p, ldY, x.p, ldX) == nil
+}
+
+// formsInUse counts the Params whose products run on cuSPARSELt.
+func (b *Backend) formsInUse() int {
+	n := 0
+	for _, d := range b.params {
+		if d.forms != nil {
+			n++
+		}
+	}
+	return n
+}
