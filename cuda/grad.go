@@ -251,8 +251,14 @@ func (b *Backend) push(d *devParam) error {
 	if err := b.dev.CopyIn(d.keep, unsafe.Pointer(&raw[0]), len(raw)); err != nil {
 		return fmt.Errorf("param %q: transpose mask: %w", d.p.Name, err)
 	}
+	// Marked uploaded only once the forms follow it too: a failed
+	// recompress uploads it again at the next push.
+	if err := b.valuesChanged(d, true); err != nil {
+		d.keepSet = false
+		return err
+	}
 	d.keepOf, d.keepSet = slices.Clone(nm.TMask), true
-	return b.valuesChanged(d, true)
+	return nil
 }
 
 // hostGradStep adapts a deviceGradStep to ops.GradStep (see the top of
@@ -881,7 +887,7 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 		if err != nil {
 			return err
 		}
-		if f := s.wP.forms; gx != 0 && f != nil && sparseFits(f.bwd, m, asTensor(gin[0]), s.in, asTensor(gout), s.out) {
+		if f := s.wP.forms; gx != 0 && f != nil && m >= expandForwardMin && sparseFits(f.bwd, m, asTensor(gin[0]), s.in, asTensor(gout), s.out) {
 			// gx += gy·W_dp on cuSPARSELt (bf16 training; grad_sparse.go).
 			if err := f.bwd.Matmul(b.s, gx, s.in, gy, s.out, m, 1); err != nil {
 				return fmt.Errorf("slope linear %s input gradient: %w", s.name, err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"unsafe"
 
 	"github.com/slopeml/slope/cuda/driver"
 	"github.com/slopeml/slope/cuda/sparselt"
@@ -42,62 +43,77 @@ type nmForms struct {
 func (b *Backend) wantForms(d *devParam) bool {
 	nm := d.p.NM
 	return b.act == BF16 && b.sp != nil && os.Getenv(BF16SparseLtEnv) == "1" && nm != nil &&
-		nm.Pattern == (format.NM{N: 2, M: 4}) && nm.Rows%4 == 0 &&
+		nm.Pattern == (format.NM{N: 2, M: 4}) && nm.Rows%4 == 0 && nm.TMask != nil &&
 		sparselt.Supported(nm.Rows, nm.Cols) == nil && sparselt.Supported(nm.Cols, nm.Rows) == nil
+}
+
+// refused reports the errors after which a weight keeps the expanded
+// products instead of failing: a layout or shape the checks refuse, a
+// pattern cuSPARSELt does not take.
+func refused(err error) bool {
+	return errors.Is(err, sparselt.ErrValuesLayout) || errors.Is(err, sparselt.ErrNotPruned) || errors.Is(err, sparselt.ErrUnsupported)
 }
 
 // makeForms gives d its forms when the layout checks pass (nil error and
 // no forms when one refuses). d's values and mask must be on the device.
 // Call inside Do.
 func (b *Backend) makeForms(d *devParam) (err error) {
+	nm := d.p.NM
+	rows, cols, n := nm.Rows, nm.Cols, len(d.p.Value)
 	if err := b.sp.CheckValues(b.s); err != nil {
-		if errors.Is(err, sparselt.ErrValuesLayout) {
+		if refused(err) {
 			return nil
 		}
 		return err
 	}
-	nm := d.p.NM
-	rows, cols, n := nm.Rows, nm.Cols, len(d.p.Value)
+	if b.sp.ShapeRefused(rows, cols) != nil || b.sp.ShapeRefused(cols, rows) != nil {
+		return nil
+	}
 	f := &nmForms{}
 	defer func() {
 		if f != nil { // not adopted
 			err = errors.Join(err, f.destroy())
 		}
-		if errors.Is(err, sparselt.ErrValuesLayout) {
+		if refused(err) {
 			err = nil // the expanded products stay
 		}
 	}()
-	dense, err := b.gradScratch(1, 2*rows*cols)
+	// The dense bf16 workspace, then the pattern's ones after it.
+	dense, err := b.gradScratch(1, 4*rows*cols)
 	if err != nil {
 		return err
 	}
-	// W's form from its pattern (1.0 at every kept position), then the
-	// current values written into it and checked against cuSPARSELt's own
-	// compression of them (once per shape).
-	if err := b.patternDense(dense, d, false); err != nil {
+	ones := dense.Add(2 * rows * cols)
+	if f.fwd, err = b.patternForm(dense, ones, d, false); err != nil {
 		return err
 	}
-	if f.fwd, err = b.sp.NewWeight(b.s, dense, rows, cols); err != nil {
+	if f.bwd, err = b.patternForm(dense, ones, d, true); err != nil {
 		return err
 	}
 	vals, err := f.fwd.Values()
 	if err != nil {
 		return err
 	}
-	if err := b.dev.CopyDevice(vals, d.act, 2*n, b.s); err != nil {
+	// The layout check, once per shape, on values that are all nonzero
+	// (an exactly-zero kept value would make cuSPARSELt's own compression,
+	// the yardstick, differ from the pattern's): W's form, then W_dpᵀ's
+	// packed from it, each against cuSPARSELt's compression of the
+	// expanded weight.
+	synth := make([]byte, 2*n)
+	for i := 0; i < n; i++ {
+		v := format.Float32ToBFloat16(1 + float32(i%251)/256)
+		synth[2*i], synth[2*i+1] = byte(v), byte(v>>8)
+	}
+	if err := b.dev.SyncStream(b.s); err != nil {
+		return err
+	}
+	if err := b.dev.CopyIn(vals, unsafe.Pointer(&synth[0]), len(synth)); err != nil {
 		return err
 	}
 	if err := b.k.NMExpand(b.s, BF16, dense, vals, d.idx, rows, cols, 2, 4); err != nil {
 		return err
 	}
 	if err := f.fwd.VerifyValues(b.s, dense); err != nil {
-		return err
-	}
-	// W_dpᵀ's form likewise.
-	if err := b.patternDense(dense, d, true); err != nil {
-		return err
-	}
-	if f.bwd, err = b.sp.NewWeight(b.s, dense, cols, rows); err != nil {
 		return err
 	}
 	if err := f.packT(b, d, vals); err != nil {
@@ -109,7 +125,13 @@ func (b *Backend) makeForms(d *devParam) (err error) {
 	if err := f.bwd.VerifyValues(b.s, dense); err != nil {
 		return err
 	}
-	// Adopt: act becomes W's values part.
+	// The weight's own values, W's form's values part becoming act.
+	if err := b.dev.CopyDevice(vals, d.act, 2*n, b.s); err != nil {
+		return err
+	}
+	if err := f.packT(b, d, vals); err != nil {
+		return err
+	}
 	if d.act != d.val && !d.actShared {
 		if err := b.dev.Free(d.act); err != nil {
 			return err
@@ -120,18 +142,27 @@ func (b *Backend) makeForms(d *devParam) (err error) {
 	return nil
 }
 
-// patternDense writes into dense (bf16 [rows, cols], or [cols, rows] for
-// the transpose) 1.0 at the kept positions of W (or of W_dpᵀ) and 0
-// elsewhere: a form compressed from it follows the mask even where a kept
-// value is exactly zero.
-func (b *Backend) patternDense(dense driver.Ptr, d *devParam, transpose bool) error {
-	nm := d.p.NM
-	n := len(d.p.Value)
-	ones, err := b.gradScratch(2, 2*n)
-	if err != nil {
-		return err
+// patternForm compresses W's pattern (or W_dpᵀ's, transpose) into a new
+// form: 1.0 at the kept positions and 0 elsewhere, written into dense
+// (bf16 [rows, cols], or [cols, rows]) with ones (the kept values, len
+// of d's values) as the values; a form compressed from it follows the
+// mask even where a kept value is exactly zero.
+func (b *Backend) patternForm(dense, ones driver.Ptr, d *devParam, transpose bool) (*sparselt.Weight, error) {
+	if err := b.patternDense(dense, ones, d, transpose); err != nil {
+		return nil, err
 	}
-	if err := b.k.Fill(b.s, BF16, ones, 1, n); err != nil {
+	nm := d.p.NM
+	if transpose {
+		return b.sp.NewWeight(b.s, dense, nm.Cols, nm.Rows)
+	}
+	return b.sp.NewWeight(b.s, dense, nm.Rows, nm.Cols)
+}
+
+// patternDense writes W's (or W_dpᵀ's) pattern into dense (see
+// patternForm), with ones as the scratch of the kept values.
+func (b *Backend) patternDense(dense, ones driver.Ptr, d *devParam, transpose bool) error {
+	nm := d.p.NM
+	if err := b.k.Fill(b.s, BF16, ones, 1, len(d.p.Value)); err != nil {
 		return err
 	}
 	if transpose {
@@ -158,11 +189,11 @@ func (b *Backend) valuesChanged(d *devParam, maskChanged bool) error {
 		return nil
 	}
 	if maskChanged {
-		dense, err := b.gradScratch(1, 2*d.p.NM.Rows*d.p.NM.Cols)
+		dense, err := b.gradScratch(1, 4*d.p.NM.Rows*d.p.NM.Cols)
 		if err != nil {
 			return err
 		}
-		if err := b.patternDense(dense, d, true); err != nil {
+		if err := b.patternDense(dense, dense.Add(2*d.p.NM.Rows*d.p.NM.Cols), d, true); err != nil {
 			return err
 		}
 		if err := f.bwd.Recompress(b.s, dense); err != nil {
