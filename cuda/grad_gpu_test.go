@@ -2,13 +2,16 @@ package cuda
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"github.com/slopeml/slope/convert"
+	"github.com/slopeml/slope/cuda/sparselt"
 	"github.com/slopeml/slope/ops"
 	"github.com/slopeml/slope/ops/opstest"
 	"github.com/slopeml/slope/train"
@@ -197,6 +200,9 @@ func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {
 	if err := gpu.SyncHost(); err != nil {
 		t.Fatal(err)
 	}
+	if os.Getenv(BF16SparseLtEnv) == "1" {
+		checkForms(t, b)
+	}
 	if len(gpu.Params()) != len(cpu.Params()) || len(cpu.Params()) <= len(before) {
 		t.Fatalf("%d params on the GPU, %d on the CPU, %d before the adapters", len(gpu.Params()), len(cpu.Params()), len(before))
 	}
@@ -297,5 +303,81 @@ func compareParams(t *testing.T, what string, want, got []*ops.Param, before map
 	}
 	if perParam > 0 && !(worst <= perParam) {
 		t.Errorf("%s: param %s differs by %.3g (relative L2), want <= %g", what, worstName, worst, perParam)
+	}
+}
+
+// checkForms compares every cuSPARSELt form of a training Param, byte for
+// byte, with cuSPARSELt's own compression of the weight expanded from the
+// Param's bf16 values (W) and transpose mask (W_dpᵀ): the forms written
+// in place after AdamW steps and mask refreshes must be what compressing
+// afresh gives.
+func checkForms(t *testing.T, b *Backend) {
+	t.Helper()
+	err := b.Do(func() error {
+		formBytes := func(w *sparselt.Weight) ([]byte, error) {
+			p, err := w.Values()
+			if err != nil {
+				return nil, err
+			}
+			raw := make([]byte, w.Bytes())
+			if err := b.dev.SyncStream(b.s); err != nil {
+				return nil, err
+			}
+			return raw, b.dev.CopyOut(unsafe.Pointer(&raw[0]), p, len(raw))
+		}
+		checked := 0
+		for _, d := range b.params {
+			if d.forms == nil {
+				continue
+			}
+			nm := d.p.NM
+			rows, cols := nm.Rows, nm.Cols
+			dense, err := b.dev.Alloc(2 * rows * cols)
+			if err != nil {
+				return err
+			}
+			for _, f := range []struct {
+				name   string
+				form   *sparselt.Weight
+				n, k   int
+				expand func() error
+			}{
+				{"W", d.forms.fwd, rows, cols, func() error { return b.k.NMExpand(b.s, BF16, dense, d.act, d.idx, rows, cols, 2, 4) }},
+				{"W_dpᵀ", d.forms.bwd, cols, rows, func() error {
+					return b.k.NMExpandT(b.s, BF16, dense, d.act, d.idx, d.keep, rows, cols, 2, 4)
+				}},
+			} {
+				got, err := formBytes(f.form)
+				if err != nil {
+					return err
+				}
+				if err := f.expand(); err != nil {
+					return err
+				}
+				ref, err := b.sp.NewWeight(b.s, dense, f.n, f.k)
+				if err != nil {
+					return fmt.Errorf("%s of %s: %w", f.name, d.p.Name, err)
+				}
+				want, err := formBytes(ref)
+				if derr := ref.Destroy(); err == nil {
+					err = derr
+				}
+				if err != nil {
+					return err
+				}
+				if string(got) != string(want) {
+					t.Errorf("%s form of %s differs from cuSPARSELt's compression of the expanded weight", f.name, d.p.Name)
+				}
+				checked++
+			}
+			if err := b.dev.Free(dense); err != nil {
+				return err
+			}
+		}
+		t.Logf("%d cuSPARSELt forms checked byte for byte", checked)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
