@@ -10,7 +10,8 @@
 # fails instead of skipping. Output: bench/out/gpu.txt (and $OUT/gpu.txt
 # when OUT is set). Environment: QUICK=1 (one shape per table),
 # TABLES (default linear,layer,tc,train), SKIP_TESTS=1, PKGS="cuda/kernels cuda" (test only
-# these), SKIP_TRAIN_CLI=1 (slope train on the GPU and the CPU), SKIP_CLI=1
+# these), SKIP_TRAIN_CLI=1 (slope train on the GPU and the CPU), LAYER_TRAIN=1
+# (a decoder layer's bf16 training step through slope train), SKIP_CLI=1
 # (the inference CLI), SKIP_BENCH=1 (gpubench), BENCH_FLAGS (extra
 # gpubench flags, e.g. -adapters=false).
 set -uo pipefail
@@ -88,6 +89,32 @@ run)
 				--steps "$steps" --batch "$batch" --seq "$seq" --mask-refresh "$refresh" --out "$work/$name-$dev.slope" --device "$dev" 2>&1 |
 				grep -E "^step|tokens/s|rror|device|memory" | { if ((steps > 6)); then grep -v "^step [2-9]/\|^step 1[0-9]/"; else cat; fi; }
 			[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+		done
+		rm -rf "$work"
+		fi
+		if [[ "${LAYER_TRAIN:-0}" == 1 ]]; then
+		# Issue 8's decoder-layer training step, through the trainer: a
+		# one-layer model of OPT-6.7B's and 13B's layer shapes (vocab 512,
+		# so the embedding and head are small), bf16, dense against 2:4
+		# (expanded products, and on cuSPARSELt).
+		echo "## one decoder layer's training step (slope train --device cuda, bf16, 1 layer, vocab 512, 1 x 2048 tokens)"
+		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-layer.XXXXXX")
+		LC_ALL=C awk 'BEGIN{srand(3); for(i=0;i<100000;i++) printf "%c%c", int(rand()*256), int(rand()*2)}' >"$work/v512.u16"
+		for shape in "6.7B 4096 16384 32" "13B 5120 20480 40"; do
+			read -r label hid ffn heads <<<"$shape"
+			printf '{"model_type": "opt", "vocab_size": 512, "hidden_size": %d, "ffn_dim": %d, "num_hidden_layers": 1, "num_attention_heads": %d, "max_position_embeddings": 4096, "word_embed_proj_dim": %d, "do_layer_norm_before": true, "activation_function": "relu", "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}\n' \
+				"$hid" "$ffn" "$heads" "$hid" >"$work/$label.json"
+			for nm in dense 2:4; do
+				"$bins/slope" init --config "$work/$label.json" --out "$work/$label-${nm/:/}.slope" --nm "$nm" --seed 1 >/dev/null || status=1
+			done
+			for v in "dense 0" "2:4 0" "2:4 1"; do
+				read -r nm lt <<<"$v"
+				echo "### OPT-$label layer, $nm$([[ $lt == 1 ]] && echo ' on cuSPARSELt'): 6 steps"
+				SLOPE_GPU_BF16_TRAIN=1 SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$work/$label-${nm/:/}.slope" \
+					--data "$work/v512.u16" --steps 6 --batch 1 --seq 2048 --out "$work/out.slope" --device cuda 2>&1 |
+					grep -E "tokens/s after|rror|memory" | tail -3
+				[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+			done
 		done
 		rm -rf "$work"
 		fi
