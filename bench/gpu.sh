@@ -73,7 +73,7 @@ run)
 		# steps on both devices (the losses must agree), then longer GPU
 		# runs for speed (the default refresh, every 100 steps).
 		for m in "tiny cpu 6 4 32 3" "tiny cuda-f32 6 4 32 3" "m125 cpu 4 8 128 3" "m125 cuda-f32 4 8 128 3" \
-			"m125 cuda-f32 20 8 128 100" "d125 cuda-f32 20 8 128 100" "m125 cuda-f32 12 16 512 100" "d125 cuda-f32 12 16 512 100" \
+			"m125 cuda-f32 12 16 512 100" "d125 cuda-f32 12 16 512 100" \
 			"m125 cuda 4 8 128 3" "m125 cuda 12 16 512 100" "d125 cuda 12 16 512 100" \
 			"m125 cuda+lt 4 8 128 3" "m125 cuda+lt 12 16 512 100"; do
 			read -r name dev steps batch seq refresh <<<"$m"
