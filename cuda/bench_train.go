@@ -367,48 +367,19 @@ const MaskRefreshSteps = 100 // train.DefaultMaskRefresh (a test checks)
 // packT writes W_dpᵀ's values (from W's kept values) into its
 // compressed form.
 func (t *BenchTrain) packT() error {
-	dst, err := t.bwd.Values()
-	if err != nil {
-		return err
-	}
-	return t.b.k.NMPackT24(t.b.s, dst, t.vals, t.idx, t.keep, t.out, t.in)
+	return t.b.packT24(t.bwd, t.vals, t.idx, t.keep, t.out, t.in)
 }
 
 // compressPattern compresses the pattern of W (transpose false) or of
-// W_dpᵀ (true), 1.0 at every kept position, into its form, creating the
-// form on first use: the metadata then follows the mask even where a
-// kept value is exactly zero. The pattern is built in the workspace
-// from a vector of ones set with a device-wide memset, so this waits for
-// the device (once per mask refresh).
-func (t *BenchTrain) compressPattern(transpose bool) (err error) {
-	b, s := t.b, t.b.s
-	dense, ones := t.tmp, t.tmp+driver.Ptr(2*t.out*t.in)
-	if err := b.dev.SyncStream(s); err != nil {
-		return err
-	}
-	if err := b.dev.Memset32(ones, 0x3F803F80, t.n/2); err != nil {
-		return err
-	}
-	if err := b.dev.Synchronize(); err != nil {
-		return err
-	}
-	form, rows, cols := &t.fwd, t.out, t.in
+// W_dpᵀ (true) into its form, creating the form on first use (see
+// Backend.compressPattern24; the workspace holds the dense pattern, then
+// the ones).
+func (t *BenchTrain) compressPattern(transpose bool) error {
+	form := &t.fwd
 	if transpose {
-		form, rows, cols = &t.bwd, t.in, t.out
-		err = b.k.NMExpandT(s, BF16, dense, ones, t.idx, t.keep, t.out, t.in, 2, 4)
-	} else {
-		err = b.k.NMExpand(s, BF16, dense, ones, t.idx, t.out, t.in, 2, 4)
+		form = &t.bwd
 	}
-	if err != nil {
-		return err
-	}
-	if *form != nil {
-		return (*form).Recompress(s, dense)
-	}
-	if *form, err = b.sp.NewWeight(s, dense, rows, cols); err != nil {
-		return fmt.Errorf("cuSPARSELt pattern [%d, %d]: %w", rows, cols, err)
-	}
-	return nil
+	return t.b.compressPattern24(form, t.tmp, t.tmp+driver.Ptr(2*t.out*t.in), t.idx, t.keep, t.out, t.in, transpose)
 }
 
 // Step runs one training step: every stage of Stages that runs every

@@ -1025,30 +1025,23 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 		if err := b.k.SoftmaxBackward(b.s, b.act, ds, probs, dp, heads*seq, seq, s.scale); err != nil {
 			return err
 		}
-		var prods []struct {
+		// dQ += dS·K, dK += dSᵀ·Q, dV += Pᵀ·dO, each when wanted.
+		for _, g := range []struct {
 			what string
+			to   driver.Ptr
 			g    blaslt.Gemm
-		}
-		add := func(what string, g blaslt.Gemm) {
-			prods = append(prods, struct {
-				what string
-				g    blaslt.Gemm
-			}{what, g})
-		}
-		if gq != 0 {
-			add("attention dQ", blaslt.Gemm{M: seq, N: hd, K: seq, A: ds, LdA: seq, StrideA: sq, B: at(k), LdB: dim, StrideB: int64(hd),
-				D: at(gq), LdD: dim, StrideD: int64(hd), Batch: heads, Alpha: 1, Beta: 1})
-		}
-		if gk != 0 {
-			add("attention dK", blaslt.Gemm{M: seq, N: hd, K: seq, A: ds, LdA: seq, StrideA: sq, TransA: true, B: at(q), LdB: dim,
-				StrideB: int64(hd), D: at(gk), LdD: dim, StrideD: int64(hd), Batch: heads, Alpha: 1, Beta: 1})
-		}
-		if gv != 0 {
-			add("attention dV", blaslt.Gemm{M: seq, N: hd, K: seq, A: probs, LdA: seq, StrideA: sq, TransA: true, B: at(gy), LdB: dim,
-				StrideB: int64(hd), D: at(gv), LdD: dim, StrideD: int64(hd), Batch: heads, Alpha: 1, Beta: 1})
-		}
-		for _, p := range prods {
-			if err := b.gemmAct(p.what, p.g); err != nil {
+		}{
+			{"attention dQ", gq, blaslt.Gemm{A: ds, B: at(k)}},
+			{"attention dK", gk, blaslt.Gemm{A: ds, TransA: true, B: at(q)}},
+			{"attention dV", gv, blaslt.Gemm{A: probs, TransA: true, B: at(gy)}},
+		} {
+			if g.to == 0 {
+				continue
+			}
+			p := g.g
+			p.M, p.N, p.K, p.LdA, p.StrideA, p.LdB, p.StrideB = seq, hd, seq, seq, sq, dim, int64(hd)
+			p.D, p.LdD, p.StrideD, p.Batch, p.Alpha, p.Beta = at(g.to), dim, int64(hd), heads, 1, 1
+			if err := b.gemmAct(g.what, p); err != nil {
 				return err
 			}
 		}

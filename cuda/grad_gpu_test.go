@@ -2,16 +2,13 @@ package cuda
 
 import (
 	"errors"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
-	"unsafe"
 
 	"github.com/slopeml/slope/convert"
-	"github.com/slopeml/slope/cuda/sparselt"
 	"github.com/slopeml/slope/ops"
 	"github.com/slopeml/slope/ops/opstest"
 	"github.com/slopeml/slope/train"
@@ -314,65 +311,27 @@ func compareParams(t *testing.T, what string, want, got []*ops.Param, before map
 func checkForms(t *testing.T, b *Backend) {
 	t.Helper()
 	err := b.Do(func() error {
-		formBytes := func(w *sparselt.Weight) ([]byte, error) {
-			p, err := w.Values()
-			if err != nil {
-				return nil, err
-			}
-			raw := make([]byte, w.Bytes())
-			if err := b.dev.SyncStream(b.s); err != nil {
-				return nil, err
-			}
-			return raw, b.dev.CopyOut(unsafe.Pointer(&raw[0]), p, len(raw))
-		}
 		checked := 0
 		for _, d := range b.params {
 			if d.forms == nil {
 				continue
 			}
 			nm := d.p.NM
-			rows, cols := nm.Rows, nm.Cols
-			dense, err := b.dev.Alloc(2 * rows * cols)
+			dense, err := b.dev.Alloc(2 * nm.Rows * nm.Cols)
 			if err != nil {
 				return err
 			}
-			for _, f := range []struct {
-				name   string
-				form   *sparselt.Weight
-				n, k   int
-				expand func() error
-			}{
-				{"W", d.forms.fwd, rows, cols, func() error { return b.k.NMExpand(b.s, BF16, dense, d.act, d.idx, rows, cols, 2, 4) }},
-				{"W_dpᵀ", d.forms.bwd, cols, rows, func() error {
-					return b.k.NMExpandT(b.s, BF16, dense, d.act, d.idx, d.keep, rows, cols, 2, 4)
-				}},
-			} {
-				got, err := formBytes(f.form)
-				if err != nil {
-					return err
-				}
-				if err := f.expand(); err != nil {
-					return err
-				}
-				ref, err := b.sp.NewWeight(b.s, dense, f.n, f.k)
-				if err != nil {
-					return fmt.Errorf("%s of %s: %w", f.name, d.p.Name, err)
-				}
-				want, err := formBytes(ref)
-				if derr := ref.Destroy(); err == nil {
-					err = derr
-				}
-				if err != nil {
-					return err
-				}
-				if string(got) != string(want) {
-					t.Errorf("%s form of %s differs from cuSPARSELt's compression of the expanded weight", f.name, d.p.Name)
-				}
-				checked++
+			differ, err := formsDiffer(b, d.forms.fwd, d.forms.bwd, dense, d.act, d.idx, d.keep, nm.Rows, nm.Cols)
+			for _, name := range differ {
+				t.Errorf("%s form of %s differs from cuSPARSELt's compression of the expanded weight", name, d.p.Name)
 			}
-			if err := b.dev.Free(dense); err != nil {
+			if ferr := b.dev.Free(dense); err == nil {
+				err = ferr
+			}
+			if err != nil {
 				return err
 			}
+			checked += 2
 		}
 		t.Logf("%d cuSPARSELt forms checked byte for byte", checked)
 		return nil

@@ -84,11 +84,13 @@ func (b *Backend) makeForms(d *devParam) (err error) {
 		return err
 	}
 	ones := dense.Add(2 * rows * cols)
-	if f.fwd, err = b.patternForm(dense, ones, d, false); err != nil {
-		return err
-	}
-	if f.bwd, err = b.patternForm(dense, ones, d, true); err != nil {
-		return err
+	for _, c := range []struct {
+		form      **sparselt.Weight
+		transpose bool
+	}{{&f.fwd, false}, {&f.bwd, true}} {
+		if err := b.compressPattern24(c.form, dense, ones, d.idx, d.keep, rows, cols, c.transpose); err != nil {
+			return err
+		}
 	}
 	vals, err := f.fwd.Values()
 	if err != nil {
@@ -116,7 +118,7 @@ func (b *Backend) makeForms(d *devParam) (err error) {
 	if err := f.fwd.VerifyValues(b.s, dense); err != nil {
 		return err
 	}
-	if err := f.packT(b, d, vals); err != nil {
+	if err := b.packT24(f.bwd, vals, d.idx, d.keep, rows, cols); err != nil {
 		return err
 	}
 	if err := b.k.NMExpandT(b.s, BF16, dense, vals, d.idx, d.keep, rows, cols, 2, 4); err != nil {
@@ -129,7 +131,7 @@ func (b *Backend) makeForms(d *devParam) (err error) {
 	if err := b.dev.CopyDevice(vals, d.act, 2*n, b.s); err != nil {
 		return err
 	}
-	if err := f.packT(b, d, vals); err != nil {
+	if err := b.packT24(f.bwd, vals, d.idx, d.keep, rows, cols); err != nil {
 		return err
 	}
 	if d.act != d.val && !d.actShared {
@@ -142,42 +144,46 @@ func (b *Backend) makeForms(d *devParam) (err error) {
 	return nil
 }
 
-// patternForm compresses W's pattern (or W_dpᵀ's, transpose) into a new
-// form: 1.0 at the kept positions and 0 elsewhere, written into dense
-// (bf16 [rows, cols], or [cols, rows]) with ones (the kept values, len
-// of d's values) as the values; a form compressed from it follows the
-// mask even where a kept value is exactly zero.
-func (b *Backend) patternForm(dense, ones driver.Ptr, d *devParam, transpose bool) (*sparselt.Weight, error) {
-	if err := b.patternDense(dense, ones, d, transpose); err != nil {
-		return nil, err
-	}
-	nm := d.p.NM
-	if transpose {
-		return b.sp.NewWeight(b.s, dense, nm.Cols, nm.Rows)
-	}
-	return b.sp.NewWeight(b.s, dense, nm.Rows, nm.Cols)
-}
-
-// patternDense writes W's (or W_dpᵀ's) pattern into dense (see
-// patternForm), with ones as the scratch of the kept values.
-func (b *Backend) patternDense(dense, ones driver.Ptr, d *devParam, transpose bool) error {
-	nm := d.p.NM
-	if err := b.k.Fill(b.s, BF16, ones, 1, len(d.p.Value)); err != nil {
+// compressPattern24 compresses the pattern of a 2:4 weight W [rows, cols]
+// with portable indices idx, or with transpose that of W_dpᵀ [cols, rows]
+// (transpose mask keep, one byte per kept value), into *form: 1.0 at every
+// kept position, so that the metadata follows the mask even where a kept
+// value is exactly zero. The pattern is written into dense (bf16 [rows,
+// cols]) with ones (rows*cols/2 bf16) as its values. *form is made when
+// nil and recompressed otherwise, which may move its values (fetch
+// Values again). Call inside Do.
+func (b *Backend) compressPattern24(form **sparselt.Weight, dense, ones, idx, keep driver.Ptr, rows, cols int, transpose bool) error {
+	if err := b.k.Fill(b.s, BF16, ones, 1, rows*cols/2); err != nil {
 		return err
 	}
+	n, k := rows, cols
+	var err error
 	if transpose {
-		return b.k.NMExpandT(b.s, BF16, dense, ones, d.idx, d.keep, nm.Rows, nm.Cols, 2, 4)
+		n, k = cols, rows
+		err = b.k.NMExpandT(b.s, BF16, dense, ones, idx, keep, rows, cols, 2, 4)
+	} else {
+		err = b.k.NMExpand(b.s, BF16, dense, ones, idx, rows, cols, 2, 4)
 	}
-	return b.k.NMExpand(b.s, BF16, dense, ones, d.idx, nm.Rows, nm.Cols, 2, 4)
-}
-
-// packT writes W_dpᵀ's values from W's kept values vals.
-func (f *nmForms) packT(b *Backend, d *devParam, vals driver.Ptr) error {
-	dst, err := f.bwd.Values()
 	if err != nil {
 		return err
 	}
-	return b.k.NMPackT24(b.s, dst, vals, d.idx, d.keep, d.p.NM.Rows, d.p.NM.Cols)
+	if *form != nil {
+		return (*form).Recompress(b.s, dense)
+	}
+	if *form, err = b.sp.NewWeight(b.s, dense, n, k); err != nil {
+		return fmt.Errorf("cuSPARSELt pattern [%d, %d]: %w", n, k, err)
+	}
+	return nil
+}
+
+// packT24 writes W_dpᵀ's values into its form bwd from W's bf16 kept
+// values vals (nm_pack_t24; W [rows, cols], indices idx, mask keep).
+func (b *Backend) packT24(bwd *sparselt.Weight, vals, idx, keep driver.Ptr, rows, cols int) error {
+	dst, err := bwd.Values()
+	if err != nil {
+		return err
+	}
+	return b.k.NMPackT24(b.s, dst, vals, idx, keep, rows, cols)
 }
 
 // valuesChanged brings W_dpᵀ's form up to date after W's values changed
@@ -188,19 +194,17 @@ func (b *Backend) valuesChanged(d *devParam, maskChanged bool) error {
 	if f == nil {
 		return nil
 	}
+	nm := d.p.NM
 	if maskChanged {
-		dense, err := b.gradScratch(1, 4*d.p.NM.Rows*d.p.NM.Cols)
+		dense, err := b.gradScratch(1, 4*nm.Rows*nm.Cols)
 		if err != nil {
 			return err
 		}
-		if err := b.patternDense(dense, dense.Add(2*d.p.NM.Rows*d.p.NM.Cols), d, true); err != nil {
-			return err
-		}
-		if err := f.bwd.Recompress(b.s, dense); err != nil {
+		if err := b.compressPattern24(&f.bwd, dense, dense.Add(2*nm.Rows*nm.Cols), d.idx, d.keep, nm.Rows, nm.Cols, true); err != nil {
 			return fmt.Errorf("param %q: %w", d.p.Name, err)
 		}
 	}
-	return f.packT(b, d, d.act)
+	return b.packT24(f.bwd, d.act, d.idx, d.keep, nm.Rows, nm.Cols)
 }
 
 func (f *nmForms) destroy() error {

@@ -7,7 +7,6 @@ import (
 	"unsafe"
 
 	"github.com/slopeml/slope/cuda/driver"
-	"github.com/slopeml/slope/cuda/sparselt"
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops"
@@ -251,50 +250,12 @@ func benchTrainStep(t *testing.T, b *Backend, out, in int, mode string, wantInPl
 		}
 		if inPlace {
 			// Byte for byte what cuSPARSELt makes of the updated weights.
-			formBytes := func(w *sparselt.Weight) ([]byte, error) {
-				p, err := w.Values()
-				if err != nil {
-					return nil, err
-				}
-				raw := make([]byte, w.Bytes())
-				if err := b.dev.SyncStream(b.s); err != nil {
-					return nil, err
-				}
-				return raw, b.dev.CopyOut(unsafe.Pointer(&raw[0]), p, len(raw))
-			}
 			compareForms := func(when string) error {
-				for _, f := range []struct {
-					name      string
-					form      *sparselt.Weight
-					rows, col int
-					expand    func() error
-				}{
-					{"W", l.fwd, out, in, func() error { return b.k.NMExpand(b.s, BF16, l.tmp, l.vals, l.idx, out, in, 2, 4) }},
-					{"W_dpᵀ", l.bwd, in, out, func() error { return b.k.NMExpandT(b.s, BF16, l.tmp, l.vals, l.idx, l.keep, out, in, 2, 4) }},
-				} {
-					got, err := formBytes(f.form)
-					if err != nil {
-						return err
-					}
-					if err := f.expand(); err != nil {
-						return err
-					}
-					ref, err := b.sp.NewWeight(b.s, l.tmp, f.rows, f.col)
-					if err != nil {
-						return fmt.Errorf("%s: %w", f.name, err)
-					}
-					want, err := formBytes(ref)
-					if derr := ref.Destroy(); err == nil {
-						err = derr
-					}
-					if err != nil {
-						return err
-					}
-					if string(got) != string(want) {
-						t.Errorf("%s %s: the compressed form written in place differs from cuSPARSELt's compression of the updated weight", f.name, when)
-					}
+				differ, err := formsDiffer(b, l.fwd, l.bwd, l.tmp, l.vals, l.idx, l.keep, out, in)
+				for _, name := range differ {
+					t.Errorf("%s %s: the compressed form written in place differs from cuSPARSELt's compression of the updated weight", name, when)
 				}
-				return nil
+				return err
 			}
 			if err := compareForms("after a step"); err != nil {
 				return err
