@@ -42,18 +42,8 @@ func ParseMethod(s string) (string, error) {
 // [rows, cols] calibration inputs x (one row per token), in float64.
 func ColumnNorms(x []float32, rows, cols int) []float64 {
 	sq := make([]float64, cols)
-	parallel(cols, 16, func(lo, hi int) {
-		for t := 0; t < rows; t++ {
-			r := x[t*cols : (t+1)*cols]
-			for j := lo; j < hi; j++ {
-				v := float64(r[j])
-				sq[j] += v * v
-			}
-		}
-	})
-	for j, v := range sq {
-		sq[j] = math.Sqrt(v)
-	}
+	addColumnSquares(sq, x, rows, cols)
+	sqrtAll(sq)
 	return sq
 }
 

@@ -622,10 +622,6 @@ func SafetensorsDType(dt string) (slopepb.DType, bool) {
 
 // ReadFloat32 reads one F32, F16 or BF16 tensor and decodes it to float32;
 // other dtypes are an error naming the tensor.
-// decodeSerial is the largest piece format.DecodeFloats decodes on the
-// calling goroutine (its parallel threshold is twice this).
-const decodeSerial = 1 << 18
-
 func (s *Safetensors) ReadFloat32(name string) ([]float32, error) {
 	e, ok := s.entries[name]
 	if !ok {
@@ -645,15 +641,10 @@ func (s *Safetensors) ReadFloat32(name string) ([]float32, error) {
 	if s.r == nil {
 		es := int64(safetensorsBits[e.DType] / 8)
 		err := s.withMapped(e, func(off int64, src []byte) error {
-			// Serially, on this goroutine: withMapped turns a fault in the
-			// mapping (a file truncated meanwhile) into an error only
-			// here, and DecodeFloats runs large inputs on several
-			// goroutines. Pieces of decodeSerial elements stay on this one.
-			for p := int64(0); p < int64(len(src)); p += decodeSerial * es {
-				q := min(p+decodeSerial*es, int64(len(src)))
-				if err := format.DecodeFloats(dt, src[p:q], out[(off+p)/es:(off+q)/es]); err != nil {
-					return fmt.Errorf("%s: tensor %q: %w", s.name, name, err)
-				}
+			// On this goroutine: withMapped turns a fault in the mapping
+			// (a file truncated meanwhile) into an error only here.
+			if err := format.DecodeFloatsSerial(dt, src, out[off/es:(off+int64(len(src)))/es]); err != nil {
+				return fmt.Errorf("%s: tensor %q: %w", s.name, name, err)
 			}
 			return nil
 		})

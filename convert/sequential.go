@@ -378,8 +378,15 @@ func (st *inputStats) flush() error {
 	return err
 }
 
+// sqrtAll replaces each value by its square root.
+func sqrtAll(v []float64) {
+	for j, x := range v {
+		v[j] = math.Sqrt(x)
+	}
+}
+
 // addColumnSquares adds the squares of x's columns [rows, cols] to sq,
-// row after row (as ColumnNorms sums them).
+// row after row (ColumnNorms is its square roots).
 func addColumnSquares(sq []float64, x []float32, rows, cols int) {
 	parallel(cols, 16, func(lo, hi int) {
 		for t := 0; t < rows; t++ {
@@ -670,10 +677,8 @@ func (c *calibrator) prune(name string, t *Tensor, p format.NM, st *inputStats) 
 		if len(st.sq) != in {
 			return nil, fmt.Errorf("weight %s %v: its input has width %d", name, t.Shape, len(st.sq))
 		}
-		norms := make([]float64, in)
-		for j, v := range st.sq {
-			norms[j] = math.Sqrt(v)
-		}
+		norms := append([]float64(nil), st.sq...)
+		sqrtAll(norms)
 		if r.keep, err = WandaMask(p, out, in, t.Data, norms); err != nil {
 			return nil, fmt.Errorf("weight %s: %w", name, err)
 		}

@@ -221,6 +221,17 @@ func DecodeFloats(dt slopepb.DType, src []byte, dst []float32) error {
 	return nil
 }
 
+// DecodeFloatsSerial is DecodeFloats on the calling goroutine only (for a
+// caller that guards its reads, such as of a memory mapping whose faults
+// it turns into errors, per goroutine).
+func DecodeFloatsSerial(dt slopepb.DType, src []byte, dst []float32) error {
+	if err := floatCodecLen("decode floats", dt, len(dst), len(src)); err != nil {
+		return err
+	}
+	decodeFloatsChunk(dt, src, dst)
+	return nil
+}
+
 func decodeFloatsChunk(dt slopepb.DType, src []byte, dst []float32) {
 	switch dt {
 	case slopepb.DType_FLOAT32:
