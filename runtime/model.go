@@ -125,18 +125,9 @@ func (m *Model) Tokenizer() (*tokenizer.BPE, error) {
 	if files == nil {
 		return nil, fmt.Errorf("%s: %w", m.file.Path(), ErrNoTokenizer)
 	}
-	var t *tokenizer.BPE
-	if tj, ok := files["tokenizer.json"]; ok {
-		t, err = tokenizer.LoadTokenizerJSON(tj)
-	} else {
-		vocab, merges := files["vocab.json"], files["merges.txt"]
-		if vocab == nil || merges == nil {
-			return nil, fmt.Errorf("%s: tokenizer needs tokenizer.json, or vocab.json and merges.txt: %w", m.file.Path(), ErrModel)
-		}
-		t, err = tokenizer.LoadGPT2(vocab, merges)
-		if sp := files[tokenizer.SpecialTokensMapFile]; err == nil && sp != nil {
-			err = tokenizer.ApplySpecialTokensMap(t, sp, tokenizer.SpecialTokensMapFile)
-		}
+	t, err := tokenizer.LoadFiles(files)
+	if errors.Is(err, tokenizer.ErrFiles) {
+		return nil, fmt.Errorf("%s: %w: %w", m.file.Path(), err, ErrModel)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", m.file.Path(), err)

@@ -102,6 +102,33 @@ func LoadDir(dir string) (*BPE, error) {
 	return t, nil
 }
 
+// ErrFiles is wrapped when a set of tokenizer files is incomplete.
+var ErrFiles = errors.New("tokenizer needs tokenizer.json, or vocab.json and merges.txt")
+
+// LoadFiles loads a tokenizer from its files by name, as LoadDir reads
+// them from a directory (a container carries them so): tokenizer.json
+// when present, otherwise vocab.json and merges.txt with the special
+// tokens of special_tokens_map.json when present.
+func LoadFiles(files map[string][]byte) (*BPE, error) {
+	if tj, ok := files["tokenizer.json"]; ok {
+		return LoadTokenizerJSON(tj)
+	}
+	vocab, merges := files["vocab.json"], files["merges.txt"]
+	if vocab == nil || merges == nil {
+		return nil, ErrFiles
+	}
+	t, err := LoadGPT2(vocab, merges)
+	if err != nil {
+		return nil, err
+	}
+	if sp := files[SpecialTokensMapFile]; sp != nil {
+		if err := ApplySpecialTokensMap(t, sp, SpecialTokensMapFile); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
 // SpecialTokensMapFile is Hugging Face's file naming a GPT-2 style
 // tokenizer's special tokens.
 const SpecialTokensMapFile = "special_tokens_map.json"

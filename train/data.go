@@ -231,18 +231,16 @@ func SeqChanged(p *slopepb.DataPosition, seq int) bool {
 }
 
 // Tokenizer loads the tokenizer the opened container carries (nil, nil
-// when it has none).
+// when it has none), as the runtime does: its special tokens too, so that
+// text trains on the ids inference uses.
 func (t *Trainer) Tokenizer() (*tokenizer.BPE, error) {
 	files, err := t.file.TokenizerFiles()
 	if err != nil || files == nil {
 		return nil, err
 	}
-	if tj, ok := files["tokenizer.json"]; ok {
-		return tokenizer.LoadTokenizerJSON(tj)
+	tk, err := tokenizer.LoadFiles(files)
+	if err != nil {
+		return nil, fmt.Errorf("train: %w", err)
 	}
-	vocab, merges := files["vocab.json"], files["merges.txt"]
-	if vocab == nil || merges == nil {
-		return nil, fmt.Errorf("train: tokenizer needs tokenizer.json, or vocab.json and merges.txt")
-	}
-	return tokenizer.LoadGPT2(vocab, merges)
+	return tk, nil
 }

@@ -5,12 +5,14 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/slopeml/slope/convert"
 	slopert "github.com/slopeml/slope/runtime"
 	"github.com/slopeml/slope/testmodels"
+	"github.com/slopeml/slope/train"
 )
 
 func convertTiny(t *testing.T, nm string) string {
@@ -213,6 +215,19 @@ func TestTokenizerSpecialTokensMap(t *testing.T) {
 		got := tok.Encode("<|endoftext|>")
 		if single := len(got) == 1 && got[0] == 50256; single != withMap {
 			t.Errorf("map %v: <|endoftext|> encodes as %v", withMap, got)
+		}
+		// Training on text must see the ids inference sees.
+		tr, err := train.New(model, train.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ttok, err := tr.Tokenizer()
+		tr.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tg := ttok.Encode("a<|endoftext|>"); !slices.Equal(tg, tok.Encode("a<|endoftext|>")) {
+			t.Errorf("map %v: the trainer encodes a<|endoftext|> as %v, the runtime as %v", withMap, tg, tok.Encode("a<|endoftext|>"))
 		}
 	}
 }
