@@ -53,6 +53,10 @@ type NMParam struct {
 	// value (Rows not a multiple of M: no column-wise pruning). The
 	// trainer recomputes it every --mask-refresh steps (SetTKeep).
 	TMask []byte
+	// TMaskFrom names the container tensor TMask was loaded from ("" when
+	// computed here). A refresh keeps it, so that binding the weight's node
+	// again does not load the stored mask over the refreshed one.
+	TMaskFrom string
 }
 
 // IdxCopy returns the unpacked in-group indices (one per kept value, in

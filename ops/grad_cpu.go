@@ -98,16 +98,9 @@ func loadParam(w Weights, name string) (*Param, error) {
 	nm := &NMParam{Pattern: v.Pattern, Rows: v.Rows, Cols: v.Cols, Indices: slices.Clone(v.Indices)}
 	mname := name + transposeMaskSuffix
 	if _, err := w.Lookup(mname); err == nil {
-		raw, err := w.Raw(mname)
-		if err != nil {
+		if err := loadTransposeMask(w, mname, nm); err != nil {
 			return nil, err
 		}
-		// Unpacking validates it (size, padding bits).
-		keep := make([]bool, n)
-		if err := format.UnpackTransposeMask(v.Pattern, v.Rows, v.Cols, raw, keep); err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", mname, err)
-		}
-		nm.TMask = slices.Clone(raw)
 	} else if !errors.Is(err, format.ErrNotFound) {
 		return nil, err
 	} else if v.Rows%v.Pattern.M == 0 {
@@ -127,40 +120,47 @@ func loadParam(w Weights, name string) (*Param, error) {
 	return &Param{Name: name, Value: vals, Grad: make([]float32, n), Shape: shape, NM: nm}, nil
 }
 
-// setTransposeMask gives p (an N:M Param) the transpose mask stored as
-// tensor mname, which must be an NM_TRANSPOSE_MASK of p's weight.
 // NodeTransposeMask gives the N:M Param p of a SlopeLinear node the
 // transpose mask the node names (input 3): ParamStore loads the one of
 // the conventional name (weight + ".transpose_mask"), and a node may
-// name another.
+// name another. A Param whose mask already came from that tensor keeps
+// its mask (refreshed since, perhaps): binding the node again changes
+// nothing.
 func NodeTransposeMask(b Binding, p *Param) error {
 	n := b.Node
-	if mname := n.Input(3); mname != "" && mname != p.Name+transposeMaskSuffix {
-		if err := setTransposeMask(b.W, mname, p); err != nil {
-			return fmt.Errorf("node %q: %w", n.Name, err)
-		}
+	mname := n.Input(3)
+	if mname == "" || mname == p.NM.TMaskFrom || mname == p.Name+transposeMaskSuffix {
+		return nil
+	}
+	t, err := b.W.Lookup(mname)
+	if err != nil {
+		return fmt.Errorf("node %q: %w", n.Name, err)
+	}
+	if t.Encoding != slopepb.Encoding_NM_TRANSPOSE_MASK || t.TransposeOf != p.Name {
+		return fmt.Errorf("node %q: tensor %q is %s of %q, want the transpose mask of %q: %w", n.Name, mname, t.Encoding, t.TransposeOf, p.Name, ErrBadNode)
+	}
+	if err := loadTransposeMask(b.W, mname, p.NM); err != nil {
+		return fmt.Errorf("node %q: %w", n.Name, err)
 	}
 	return nil
 }
 
-func setTransposeMask(w Weights, mname string, p *Param) error {
-	t, err := w.Lookup(mname)
-	if err != nil {
-		return err
-	}
-	if t.Encoding != slopepb.Encoding_NM_TRANSPOSE_MASK || t.TransposeOf != p.Name {
-		return fmt.Errorf("tensor %q is %s of %q, want the transpose mask of %q: %w", mname, t.Encoding, t.TransposeOf, p.Name, ErrBadNode)
-	}
+// loadTransposeMask sets nm's transpose mask to the stored tensor mname,
+// validated by unpacking it (size, padding bits).
+func loadTransposeMask(w Weights, mname string, nm *NMParam) error {
 	raw, err := w.Raw(mname)
 	if err != nil {
 		return err
 	}
-	nm := p.NM
-	keep := make([]bool, len(p.Value))
+	kept, err := nm.Pattern.KeptPerRow(nm.Cols)
+	if err != nil {
+		return err
+	}
+	keep := make([]bool, nm.Rows*kept)
 	if err := format.UnpackTransposeMask(nm.Pattern, nm.Rows, nm.Cols, raw, keep); err != nil {
 		return fmt.Errorf("tensor %q: %w", mname, err)
 	}
-	nm.TMask = slices.Clone(raw)
+	nm.TMask, nm.TMaskFrom = slices.Clone(raw), mname
 	return nil
 }
 

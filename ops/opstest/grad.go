@@ -45,6 +45,7 @@ func RunGrad(t *testing.T, be ops.GradBackend) {
 	t.Run("Linear", func(t *testing.T) { gradLinear(t, be) })
 	t.Run("LMHead", func(t *testing.T) { gradLMHead(t, be) })
 	t.Run("SlopeLinear", func(t *testing.T) { gradSlopeLinear(t, be) })
+	t.Run("SlopeLinearRebind", func(t *testing.T) { gradRebindKeepsMask(t, be) })
 	t.Run("Embedding", func(t *testing.T) { gradEmbedding(t, be) })
 	t.Run("CausalAttention", func(t *testing.T) { gradAttention(t, be) })
 	t.Run("Model", func(t *testing.T) { gradModel(t, be) })
@@ -882,4 +883,53 @@ func layerNormRef64(x []float64, dim int, g, b []float64, eps float64) []float64
 		}
 	}
 	return y
+}
+
+// gradRebindKeepsMask: binding a SlopeLinear node that names its own
+// transpose mask again (as the trainer does when adapters join) keeps the
+// Param's mask as a refresh left it, instead of loading the stored one
+// over it.
+func gradRebindKeepsMask(t *testing.T, be ops.GradBackend) {
+	rng := rand.New(rand.NewPCG(31, 1))
+	p := format.NM{N: 2, M: 4}
+	const out, in = 8, 16
+	_, vals, idx := pruneNM(p, out, in, randn(rng, out*in, 1))
+	wb := newWeights(t)
+	if err := wb.w.WriteNM("fc.w", slopepb.DType_FLOAT32, p, out, in, vals, idx); err != nil {
+		t.Fatal(err)
+	}
+	stored := randomTransposeMask(rng, p, out, in, idx)
+	if err := wb.w.WriteTransposeMask("fc.tmask", "fc.w", p, out, in, stored); err != nil {
+		t.Fatal(err)
+	}
+	f := wb.open()
+	n := node(ops.OpSlopeLinear, []string{"x", "fc.w", "", "fc.tmask", "", ""}, intAttr("n", 2), intAttr("m", 4))
+	store := ops.NewParamStore(f)
+	bind := func() *ops.Param {
+		s, err := be.BindGrad(ops.Binding{Node: n, InDims: []int{in}, W: f}, store)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Params()[0]
+	}
+	w := bind()
+	if got, err := w.NM.TKeepCopy(); err != nil || !slices.Equal(got, stored) {
+		t.Fatalf("first bind: transpose mask %v (%v), want the stored one", got, err)
+	}
+	refreshed, err := format.DoublePruneMagnitude(p, out, in, vals, idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Equal(refreshed, stored) {
+		t.Fatal("the refreshed mask equals the stored one: the test could not fail")
+	}
+	if err := w.NM.SetTKeep(refreshed); err != nil {
+		t.Fatal(err)
+	}
+	if w2 := bind(); w2 != w {
+		t.Fatal("binding again made another Param")
+	}
+	if got, err := w.NM.TKeepCopy(); err != nil || !slices.Equal(got, refreshed) {
+		t.Errorf("after binding again: transpose mask %v (%v), want the refreshed %v", got, err, refreshed)
+	}
 }
