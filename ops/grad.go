@@ -93,6 +93,18 @@ func (nm *NMParam) TKeepCopy() ([]bool, error) {
 	return keep, nil
 }
 
+// MagnitudeTKeep returns the transpose mask the kept values vals give by
+// magnitude (format.DoublePruneMagnitude, the reference rule and the
+// trainer's refresh), one bool per kept value. Rows must be a multiple of
+// M.
+func (nm *NMParam) MagnitudeTKeep(vals []float32) ([]bool, error) {
+	idx, err := nm.IdxCopy()
+	if err != nil {
+		return nil, err
+	}
+	return format.DoublePruneMagnitude(nm.Pattern, nm.Rows, nm.Cols, vals, idx)
+}
+
 // SetTKeep packs keep (one bool per kept value) into TMask, reusing its
 // buffer.
 func (nm *NMParam) SetTKeep(keep []bool) error {

@@ -105,11 +105,7 @@ func loadParam(w Weights, name string) (*Param, error) {
 		return nil, err
 	} else if v.Rows%v.Pattern.M == 0 {
 		// No stored mask: double-prune by magnitude (the reference rule).
-		idx, err := nm.IdxCopy()
-		if err != nil {
-			return nil, err
-		}
-		keep, err := format.DoublePruneMagnitude(v.Pattern, v.Rows, v.Cols, vals, idx)
+		keep, err := nm.MagnitudeTKeep(vals)
 		if err != nil {
 			return nil, err
 		}

@@ -9,15 +9,26 @@ import (
 
 // Training on a device backend (ops.DeviceGradBackend: the cuda backend
 // with float32 activations, or bf16 ones experimentally): the forward and
-// backward passes run on the
-// backend's tensors, the cross-entropy too (only each row's loss comes
-// back), and AdamW on its copies of the Params, gradients and moments
-// (Trainer.opt). The host keeps its Params and moments as copies that
-// are refreshed when the host needs them:
-//   - hostStale: the device updated the Params (AdamW); SyncHost copies
-//     them out before a checkpoint, a mask refresh or new adapters;
-//   - devStale: the host changed them (binding, a resume, new masks);
+// backward passes run on the backend's tensors, the cross-entropy too
+// (only each row's loss comes back), and AdamW on its copies of the
+// Params, gradients and moments (Trainer.opt). The host keeps its Params
+// and moments as copies that are refreshed when the host needs them
+// (Trainer.behind says which side is out of date, if one is):
+//   - hostBehind: the device updated the Params (AdamW, a device mask
+//     refresh); SyncHost copies them out before a checkpoint, a host
+//     mask refresh or new adapters;
+//   - deviceBehind: the host changed them (binding, a resume, new masks);
 //     toDevice copies them in before the next pass.
+
+// behind names the out-of-date side of a device trainer's state.
+type behind int
+
+const (
+	inSync behind = iota
+	hostBehind
+	deviceBehind
+)
+
 //
 // The arithmetic of a step is the CPU trainer's up to the rounding of
 // the kernels (float32, or bf16 activations; AdamW is bit-identical
@@ -36,6 +47,11 @@ func (t *Trainer) bindDevice(be ops.GradBackend) error {
 		}
 	}
 	if !ok {
+		if t.opt != nil {
+			// The state is on the device and a step of the new plan
+			// cannot run there.
+			return fmt.Errorf("train: %s holds the training state, but the rebound model has an op it cannot run backward", be.Name())
+		}
 		return nil
 	}
 	t.dev = dev
@@ -53,7 +69,7 @@ func (t *Trainer) bindDevice(be ops.GradBackend) error {
 		}
 	}
 	t.opt = opt
-	t.devStale, t.hostStale = true, false
+	t.behind = deviceBehind
 	return nil
 }
 
@@ -109,33 +125,35 @@ func (t *Trainer) OnDevice() bool { return t.opt != nil }
 // the host's (Params, checkpoints), when the device changed them; a
 // no-op on the CPU.
 func (t *Trainer) SyncHost() error {
-	if t.opt == nil || !t.hostStale {
+	if t.opt == nil || t.behind != hostBehind {
 		return nil
 	}
 	if err := t.dev.Do(func() error { return t.opt.Store(t.m, t.v) }); err != nil {
 		return fmt.Errorf("train: copy the state from the device: %w", err)
 	}
-	t.hostStale = false
+	t.behind = inSync
 	return nil
 }
 
 // toDevice copies the host's Params and moments to the device when the
 // host changed them.
 func (t *Trainer) toDevice() error {
-	if !t.devStale {
+	if t.behind != deviceBehind {
 		return nil
 	}
 	if err := t.dev.Do(func() error { return t.opt.Load(t.m, t.v) }); err != nil {
 		return fmt.Errorf("train: copy the state to the device: %w", err)
 	}
-	t.devStale = false
+	t.behind = inSync
 	return nil
 }
 
 // lossSumDevice is lossSum on the device: the plan forward on tensors,
 // the cross-entropy (the logits' tensor becomes their gradient), and the
-// plan backward, adding into the device's gradients. Every value's
-// tensor is taken from the backend's pool and given back at the end.
+// plan backward, adding into the device's gradients. The values' tensors
+// come from the backend's pool and go back at the end; a value's gradient
+// goes back as soon as its producer's backward has run, as the CPU's
+// backward recycles its buffers.
 func (t *Trainer) lossSumDevice(c *ops.Call, grad bool, total int) (float64, error) {
 	if err := t.toDevice(); err != nil {
 		return 0, err
@@ -143,50 +161,44 @@ func (t *Trainer) lossSumDevice(c *ops.Call, grad bool, total int) (float64, err
 	dev, rows := t.dev, c.Rows()
 	var loss float64
 	err := dev.Do(func() error {
-		var held []ops.Tensor
+		vals := make([]ops.Tensor, len(t.dims))
+		grads := make([]ops.Tensor, len(t.dims))
 		defer func() {
-			for _, x := range held {
-				dev.Release(x)
+			for s, x := range vals {
+				if x != nil && (grads[s] == nil || grads[s] != x) {
+					dev.Release(x)
+				}
+			}
+			for _, x := range grads {
+				if x != nil {
+					dev.Release(x)
+				}
 			}
 		}()
-		acquire := func(dim int) (ops.Tensor, error) {
-			x, err := dev.Acquire(rows, dim)
-			if err == nil {
-				held = append(held, x)
-			}
-			return x, err
-		}
 		if err := dev.Begin(c); err != nil {
 			return err
 		}
-		vals := make([]ops.Tensor, len(t.dims))
 		for _, ps := range t.plan {
 			in := make([]ops.Tensor, len(ps.In))
 			for i, s := range ps.In {
 				in[i] = vals[s]
 			}
-			out, err := acquire(ps.Dim)
+			out, err := dev.Acquire(rows, ps.Dim)
 			if err != nil {
 				return err
 			}
+			vals[ps.Out] = out
 			if err := ps.Step.(ops.DeviceGradStep).ForwardDevice(c, in, out); err != nil {
 				return fmt.Errorf("node %q: %w", ps.Node.Name, err)
 			}
-			vals[ps.Out] = out
 		}
-		// The loss of every row (0 at each sequence's last position,
-		// which predicts nothing), summed in row order as crossEntropy
-		// does; with grad the logits become their gradient in place.
-		if cap(t.ceTargets) < rows {
-			t.ceTargets, t.ceLoss = make([]int32, rows), make([]float64, rows)
+		// The loss of every row, summed in row order as crossEntropy does;
+		// with grad the logits become their gradient in place.
+		targets := nextTokenTargets(c, &t.ceTargets)
+		if cap(t.ceLoss) < rows {
+			t.ceLoss = make([]float64, rows)
 		}
-		targets, losses := t.ceTargets[:rows], t.ceLoss[:rows]
-		for r := range targets {
-			targets[r] = -1
-			if r%c.Seq != c.Seq-1 {
-				targets[r] = c.IDs[r+1]
-			}
-		}
+		losses := t.ceLoss[:rows]
 		if err := dev.CrossEntropy(vals[t.logits], targets, 1/float64(total), grad, losses); err != nil {
 			return fmt.Errorf("train: cross-entropy: %w", err)
 		}
@@ -196,7 +208,6 @@ func (t *Trainer) lossSumDevice(c *ops.Call, grad bool, total int) (float64, err
 		if !grad {
 			return nil
 		}
-		grads := make([]ops.Tensor, len(t.dims))
 		grads[t.logits] = vals[t.logits]
 		for i := len(t.plan) - 1; i >= 0; i-- {
 			ps := t.plan[i]
@@ -209,19 +220,24 @@ func (t *Trainer) lossSumDevice(c *ops.Call, grad bool, total int) (float64, err
 			for j, s := range ps.In {
 				in[j] = vals[s]
 				if grads[s] == nil {
-					g, err := acquire(t.dims[s])
+					g, err := dev.Acquire(rows, t.dims[s])
 					if err != nil {
 						return err
 					}
+					grads[s] = g
 					if err := dev.Zero(g); err != nil {
 						return err
 					}
-					grads[s] = g
 				}
 				gin[j] = grads[s]
 			}
 			if err := ps.Step.(ops.DeviceGradStep).BackwardDevice(c, in, vals[ps.Out], gout, gin); err != nil {
 				return fmt.Errorf("node %q backward: %w", ps.Node.Name, err)
+			}
+			// Dead now (the logits' tensor is also their value, given back
+			// with the values).
+			if ps.Out != t.logits {
+				dev.Release(gout)
 			}
 			grads[ps.Out] = nil
 		}

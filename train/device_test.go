@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"path/filepath"
 	"slices"
 	"testing"
 
-	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/ops"
 	"github.com/slopeml/slope/ops/cpu"
 )
@@ -29,7 +29,9 @@ type fakeDevice struct {
 	// failOpt makes NewOptimizer fail (out of device memory).
 	failOpt bool
 	opts    int // open optimizers
-	loads   int // Load calls
+	// live counts the tensors acquired and not released, peak its most.
+	live, peak int
+	loads      int // Load calls
 }
 
 type fakeParam struct {
@@ -50,8 +52,10 @@ func (f *fakeDevice) Name() string                         { return "fake-device
 func (f *fakeDevice) Bind(b ops.Binding) (ops.Step, error) { return f.cpu.Bind(b) }
 func (f *fakeDevice) Do(fn func() error) error             { return fn() }
 func (f *fakeDevice) Begin(*ops.Call) error                { return nil }
-func (f *fakeDevice) Release(ops.Tensor)                   {}
+func (f *fakeDevice) Release(ops.Tensor)                   { f.live-- }
 func (f *fakeDevice) Acquire(rows, dim int) (ops.Tensor, error) {
+	f.live++
+	f.peak = max(f.peak, f.live)
 	return &fakeTensor{&ops.Value{Rows: rows, Dim: dim, Data: make([]float32, rows*dim)}}, nil
 }
 func (f *fakeDevice) GatherRows(dst, src ops.Tensor, rows []int) error {
@@ -236,11 +240,7 @@ func (o *fakeOpt) RefreshMasks() error {
 			continue
 		}
 		d := o.f.mem[p]
-		idx, err := nm.IdxCopy()
-		if err != nil {
-			return err
-		}
-		keep, err := format.DoublePruneMagnitude(nm.Pattern, nm.Rows, nm.Cols, d.val, idx)
+		keep, err := nm.MagnitudeTKeep(d.val)
 		if err != nil {
 			return err
 		}
@@ -282,24 +282,23 @@ func deviceTrainerMatchesCPU(t *testing.T, hostMasks bool, accum int) {
 	model := tinySlope(t)
 	dir := t.TempDir()
 	o := Options{LR: 1e-3, Clip: 0.5, MaskRefresh: 3, Threads: 2, TotalSteps: 10, WarmupSteps: 2, Rank: 2, AdapterStart: 6, Seed: 7, Accum: accum}
-	cpuT, err := New(model, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cpuT.Close()
+	cpuT := openTrainer(t, model, o)
 	fd := newFakeDevice()
 	fd.hostMasks = hostMasks
 	od := o
 	od.Backend = fd
-	devT, err := New(model, od)
+	devT, err := New(model, od) // closed below, where the release is checked
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer devT.Close()
 	if !devT.OnDevice() || cpuT.OnDevice() {
 		t.Fatalf("OnDevice: %v on the fake device, %v on the CPU", devT.OnDevice(), cpuT.OnDevice())
 	}
-	batches := testBatches(cpuT.Vocab(), 10, 3, 9)
+	rng := rand.New(rand.NewPCG(7, 8))
+	batches := make([][][]int32, 10)
+	for i := range batches {
+		batches[i] = randBatch(rng, cpuT.Vocab(), 3, 9)
+	}
 	for step := 1; step <= 10; step++ {
 		lc, err := cpuT.Step(batches[step-1])
 		if err != nil {
@@ -340,6 +339,11 @@ func deviceTrainerMatchesCPU(t *testing.T, hostMasks bool, accum int) {
 	// Loads: the first pass, the rebinding for the adapters (step 6) and,
 	// with host refreshes, the passes after steps 3 and 9 (6 shares the
 	// adapters' load).
+	// Every tensor went back, and a value's gradient as soon as it was
+	// dead: never all values and all gradients at once.
+	if fd.live != 0 || fd.peak >= 3*len(devT.dims)/2 {
+		t.Errorf("%d tensors not given back; at most %d held at once for %d values", fd.live, fd.peak, len(devT.dims))
+	}
 	if want := map[bool]int{false: 2, true: 4}[hostMasks]; fd.loads != want {
 		t.Errorf("%d loads to the device, want %d", fd.loads, want)
 	}
@@ -356,11 +360,7 @@ func deviceTrainerMatchesCPU(t *testing.T, hostMasks bool, accum int) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for step := 6; step <= 10; step++ {
-			if _, err := tr.Step(batches[step-1]); err != nil {
-				t.Fatal(err)
-			}
-		}
+		stepAll(t, tr, batches[5:])
 		if err := tr.SyncHost(); err != nil {
 			t.Fatal(err)
 		}
@@ -429,21 +429,4 @@ func (r *releaseSpy) ReleaseParams(params []*ops.Param) error {
 		r.released[p] = true
 	}
 	return nil
-}
-
-// testBatches draws n batches of b sequences of seq tokens.
-func testBatches(vocab, n, b, seq int) [][][]int32 {
-	out := make([][][]int32, n)
-	x := uint32(12345)
-	for i := range out {
-		out[i] = make([][]int32, b)
-		for j := range out[i] {
-			out[i][j] = make([]int32, seq)
-			for k := range out[i][j] {
-				x = x*1664525 + 1013904223
-				out[i][j][k] = int32(x>>8) % int32(vocab)
-			}
-		}
-	}
-	return out
 }

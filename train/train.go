@@ -189,10 +189,10 @@ func (o Options) withDefaults() (Options, error) {
 			return o, fmt.Errorf("train: option %s is %g: want a finite number", f.name, f.v)
 		}
 	}
-	if o.Accum < 0 || o.Rank < 0 || o.RankFrac < 0 || o.RankFrac > 1 || o.AdapterStartFrac < 0 || o.AdapterStartFrac > 1 {
+	if o.Accum < 0 || o.RankFrac < 0 || o.RankFrac > 1 || o.AdapterStartFrac < 0 || o.AdapterStartFrac > 1 {
 		return o, fmt.Errorf("train: invalid options %+v", o)
 	}
-	if o.LR < 0 || o.AdapterLR < 0 || o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 || o.Eps < 0 || o.WarmupSteps < 0 || o.TotalSteps < 0 {
+	if o.LR < 0 || o.AdapterLR < 0 || o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 || o.Eps < 0 || o.TotalSteps < 0 {
 		return o, fmt.Errorf("train: invalid options %+v", o)
 	}
 	return o, nil
@@ -244,11 +244,12 @@ type Trainer struct {
 	// (ops.DeviceGradBackend, every step a DeviceGradStep): opt then
 	// holds the Params' values, gradients and moments, and the host's
 	// copies are refreshed lazily (device.go).
-	dev                 ops.DeviceGradBackend
-	opt                 ops.DeviceOptimizer
-	devStale, hostStale bool
-	ceTargets           []int32
-	ceLoss              []float64
+	dev       ops.DeviceGradBackend
+	opt       ops.DeviceOptimizer
+	behind    behind          // which side's copy of the state is out of date
+	adamSteps []cpu.AdamWStep // the device's AdamW updates of a step
+	ceTargets []int32
+	ceLoss    []float64
 
 	dataPos *slopepb.DataPosition // recorded by Save, restored by Resume
 	note    string                // provenance command of Save
@@ -468,14 +469,15 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 	inv := 1 / float64(total)
 	rows := c.Batch * c.Seq
 	losses := make([]float64, rows)
+	targets := nextTokenTargets(c, &t.ceTargets)
 	cpu.ParallelFor(rows, t.threads(), func(lo, hi int) {
 		for r := lo; r < hi; r++ {
 			e := g.Row(r) // the softmax numerators, then the gradient
-			if r%c.Seq == c.Seq-1 {
+			if targets[r] < 0 {
 				clear(e) // the last position predicts nothing
 				continue
 			}
-			losses[r] = crossEntropyRow(e, logits.Row(r), int(c.IDs[r+1]), inv, grad)
+			losses[r] = crossEntropyRow(e, logits.Row(r), int(targets[r]), inv, grad)
 		}
 	})
 	var loss float64
@@ -486,6 +488,24 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 		return loss, nil
 	}
 	return loss, g
+}
+
+// nextTokenTargets returns each row's target, the next token of its
+// sequence, or -1 at a sequence's last position (it predicts nothing),
+// in *buf (grown as needed).
+func nextTokenTargets(c *ops.Call, buf *[]int32) []int32 {
+	rows := c.Rows()
+	if cap(*buf) < rows {
+		*buf = make([]int32, rows)
+	}
+	targets := (*buf)[:rows]
+	for r := range targets {
+		targets[r] = -1
+		if r%c.Seq != c.Seq-1 {
+			targets[r] = c.IDs[r+1]
+		}
+	}
+	return targets
 }
 
 // crossEntropyRow returns the loss of one row of logits y for target:
@@ -768,7 +788,7 @@ func sumSquares(g []float32, threads int) float64 {
 // at a time with AVX-512, the same bits as the scalar loop).
 func (t *Trainer) adamW(lr float64) error {
 	o := t.o
-	var steps []cpu.AdamWStep
+	steps := t.adamSteps[:0] // the device's updates, reused step to step
 	for k, p := range t.params {
 		n := float64(t.step + 1)
 		if k < len(t.born) {
@@ -788,6 +808,7 @@ func (t *Trainer) adamW(lr float64) error {
 			GradScale: t.gradScale, ZeroGrad: true}
 		if t.opt != nil {
 			steps = append(steps, st)
+			t.adamSteps = steps
 			continue
 		}
 		m, v := t.m[k], t.v[k]
@@ -804,7 +825,7 @@ func (t *Trainer) adamW(lr float64) error {
 	if t.opt == nil {
 		return nil
 	}
-	t.hostStale = true
+	t.behind = hostBehind
 	return t.dev.Do(func() error {
 		for k, st := range steps {
 			if err := t.opt.AdamW(k, st); err != nil {
@@ -827,7 +848,7 @@ func (t *Trainer) RefreshMasks() error {
 		}
 		err := t.dev.Do(t.opt.RefreshMasks)
 		if err == nil {
-			t.hostStale = true
+			t.behind = hostBehind
 			return nil
 		}
 		if !errors.Is(err, ops.ErrUnsupported) {
@@ -837,23 +858,18 @@ func (t *Trainer) RefreshMasks() error {
 	if err := t.SyncHost(); err != nil {
 		return err
 	}
-	t.devStale = t.opt != nil // the new masks go to the device
+	if t.opt != nil {
+		t.behind = deviceBehind // the new masks go to the device
+	}
 	for _, p := range t.params {
 		nm := p.NM
 		if nm == nil || nm.Rows%nm.Pattern.M != 0 {
 			continue
 		}
-		err := func() error {
-			idx, err := nm.IdxCopy()
-			if err != nil {
-				return err
-			}
-			keep, err := format.DoublePruneMagnitude(nm.Pattern, nm.Rows, nm.Cols, p.Value, idx)
-			if err != nil {
-				return err
-			}
-			return nm.SetTKeep(keep)
-		}()
+		keep, err := nm.MagnitudeTKeep(p.Value)
+		if err == nil {
+			err = nm.SetTKeep(keep)
+		}
 		if err != nil {
 			return fmt.Errorf("train: transpose mask of %q: %w", p.Name, err)
 		}
