@@ -156,8 +156,9 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 // softmax(logits/Temperature), restricted to the TopK most likely
 // tokens and then to the smallest prefix of them, most likely first
 // (ties by id), whose mass reaches TopP. NaN logits are never picked. The
-// cost is one pass over the vocabulary, plus a selection of TopK (heap)
-// and a sort of the candidates when TopP applies.
+// cost is one pass over the vocabulary for the weights, plus a selection
+// of the TopK (a heap) and a sort of the candidates; TopP first tries the
+// best 64, and else takes all TopK (all the vocabulary without TopK).
 func sample(logits []float32, o GenerateOptions, rng *rand.Rand) int {
 	t := o.Temperature
 	mx := float32(math.Inf(-1))
@@ -225,20 +226,16 @@ func sample(logits []float32, o GenerateOptions, rng *rand.Rand) int {
 				total += w[id]
 			}
 		}
-		// The top-p prefix is usually short: take the best 64, 256, ...
-		// until they hold the mass asked; past a quarter of k, all of it.
-		for n := min(64, k); ; n *= 4 {
-			if 4*n > k {
-				n = k
-			}
-			c = topKIDs(w, n, better)
-			var mass float64
-			for _, id := range c {
-				mass += w[id]
-			}
-			if n == k || mass >= o.TopP*total {
-				break
-			}
+		// The top-p prefix is usually short: the best 64 when they hold
+		// the mass asked, else all k (growing the heap step by step costs
+		// more than one sort of all when the distribution is flat).
+		c = topKIDs(w, min(64, k), better)
+		var mass float64
+		for _, id := range c {
+			mass += w[id]
+		}
+		if len(c) < k && mass < o.TopP*total {
+			c = topKIDs(w, k, better)
 		}
 	} else {
 		c = topKIDs(w, k, better)
