@@ -280,14 +280,6 @@ func SparseGPT(p format.NM, rows, cols int, w []float32, h *Hessian, o SparseGPT
 			dead = append(dead, j)
 		}
 	}
-	if len(dead) > 0 {
-		w = append([]float32(nil), w...)
-		for r := 0; r < rows; r++ {
-			for _, j := range dead {
-				w[r*cols+j] = 0
-			}
-		}
-	}
 	ws := make([]float32, len(w))
 	keep := make([]bool, len(w))
 	const chunk = 8 // rows sharing each pass over U
@@ -306,7 +298,7 @@ func SparseGPT(p format.NM, rows, cols int, w []float32, h *Hessian, o SparseGPT
 					return
 				}
 				r0, r1 := ci*chunk, min((ci+1)*chunk, rows)
-				sparseGPTRows(p, w[r0*cols:r1*cols], ws[r0*cols:r1*cols], keep[r0*cols:r1*cols], r1-r0, cols, u, bs, buf, errs)
+				sparseGPTRows(p, w[r0*cols:r1*cols], ws[r0*cols:r1*cols], keep[r0*cols:r1*cols], r1-r0, cols, u, bs, buf, errs, dead)
 			}
 		}()
 	}
@@ -427,10 +419,16 @@ func invertUpper(v []float64, d int) {
 
 // sparseGPTRows runs SparseGPT on nr rows of w (row-major, cols wide),
 // writing the pruned rows to ws and their masks to keep. buf holds the
-// rows in float64 and errs the current block's scaled errors.
-func sparseGPTRows(p format.NM, w, ws []float32, keep []bool, nr, cols int, u []float64, bs int, buf, errs []float64) {
+// rows in float64 and errs the current block's scaled errors. The dead
+// columns' weights start at zero.
+func sparseGPTRows(p format.NM, w, ws []float32, keep []bool, nr, cols int, u []float64, bs int, buf, errs []float64, dead []int) {
 	for i, v := range w[:nr*cols] {
 		buf[i] = float64(v)
+	}
+	for r := 0; r < nr; r++ {
+		for _, j := range dead {
+			buf[r*cols+j] = 0
+		}
 	}
 	var score [16]float64
 	for i1 := 0; i1 < cols; i1 += bs {
