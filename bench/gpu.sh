@@ -59,8 +59,8 @@ run)
 			done
 		fi
 		if [[ "${SKIP_TRAIN_CLI:-0}" != 1 ]]; then
-		# slope train with the ops on the GPU (the optimizer on the host):
-		# the same steps on the CPU and the GPU, losses side by side.
+		# slope train on the GPU and the CPU: the same first steps on both
+		# (their losses compared below), then GPU runs for speed.
 		echo "## slope train --device cuda-f32 against the CPU (same data, same steps)"
 		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-train.XXXXXX")
 		LC_ALL=C awk 'BEGIN{srand(1); for(i=0;i<20000;i++) printf "%c%c", int(rand()*250), 0}' >"$work/tiny.u16"
@@ -69,9 +69,8 @@ run)
 		"$bins/genckpt" -out "$work/c125" -preset opt-125m -dtype F32 -layout safetensors >/dev/null || status=1
 		"$bins/slope-convert" dense-to-slope --in "$work/c125" --out "$work/m125.slope" --nm 2:4 --dtype fp32 --quiet >/dev/null || status=1
 		"$bins/slope-convert" dense-to-slope --in "$work/c125" --out "$work/d125.slope" --nm dense --dtype fp32 --quiet >/dev/null || status=1
-		# name, device, steps, batch, seq, mask refresh: the same first
-		# steps on both devices (the losses must agree), then longer GPU
-		# runs for speed (the default refresh, every 100 steps).
+		# name, device, steps, batch, seq, mask refresh (the speed runs
+		# take the default, every 100 steps).
 		for m in "tiny cpu 6 4 32 3" "tiny cuda-f32 6 4 32 3" "m125 cpu 4 8 128 3" "m125 cuda-f32 4 8 128 3" \
 			"m125 cuda-f32 12 16 512 100" "d125 cuda-f32 12 16 512 100" \
 			"m125 cuda 4 8 128 3" "m125 cuda 12 16 512 100" "d125 cuda 12 16 512 100" \
@@ -87,8 +86,21 @@ run)
 			# enables it).
 			SLOPE_GPU_BF16_TRAIN=1 SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$work/$name.slope" --data "$work/$([[ $name == tiny ]] && echo tiny || echo big).u16" \
 				--steps "$steps" --batch "$batch" --seq "$seq" --mask-refresh "$refresh" --out "$work/$name-$dev.slope" --device "$dev" 2>&1 |
-				grep -E "^step|tokens/s|rror|device|memory" | { if ((steps > 6)); then grep -v "^step [2-9]/\|^step 1[0-9]/"; else cat; fi; }
+				tee "$work/$name-$dev-$lt-$steps.out" | grep -E "^step|tokens/s|rror|device|memory" | { if ((steps > 6)); then grep -v "^step [2-9]/\|^step 1[0-9]/"; else cat; fi; }
 			[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+		done
+		# The fp32 GPU run must print the CPU's losses (4 decimals; 2e-4
+		# relative, one rounding step).
+		for key in "tiny 6" "m125 4"; do
+			read -r name steps <<<"$key"
+			if paste <(awk '/^step [0-9]+\/[0-9]+ loss/ {print $4}' "$work/$name-cpu-0-$steps.out") \
+				<(awk '/^step [0-9]+\/[0-9]+ loss/ {print $4}' "$work/$name-cuda-f32-0-$steps.out") |
+				awk -v n="$steps" 'NF != 2 {bad = 1} {d = $1 - $2; if (d < 0) d = -d; if (d > 2e-4 * $1 + 1e-4) bad = 1} END {exit bad || NR != n}'; then
+				echo "### $name: the CPU's and cuda-f32's losses agree at all $steps steps"
+			else
+				echo "### $name: the CPU's and cuda-f32's losses DIFFER"
+				status=1
+			fi
 		done
 		rm -rf "$work"
 		fi
