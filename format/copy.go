@@ -8,6 +8,19 @@ import (
 	"github.com/slopeml/slope/format/slopepb"
 )
 
+// CopyTensor writes tensor d of src as it is (its raw bytes, stored
+// uncompressed; the writer places and checks it anew).
+func (w *Writer) CopyTensor(src *File, d *slopepb.Tensor) error {
+	raw, err := src.Raw(d.Name)
+	if err != nil {
+		return err
+	}
+	c := proto.Clone(d).(*slopepb.Tensor)
+	c.Offset, c.Length, c.RawLength, c.Xxh3 = 0, 0, 0, 0
+	c.Compression = slopepb.Compression_COMPRESSION_NONE
+	return w.WriteTensor(c, raw)
+}
+
 // Rewrite copies the container at src to dst (written as Create and Close
 // write, so atomically) with its manifest edited by edit: every tensor's
 // raw bytes (stored uncompressed), and the architecture, graph, operator
@@ -25,15 +38,7 @@ func Rewrite(src, dst string, edit func(*slopepb.Manifest)) error {
 		return err
 	}
 	for _, d := range f.Tensors() {
-		raw, err := f.Raw(d.Name)
-		if err != nil {
-			w.Abort()
-			return err
-		}
-		c := proto.Clone(d).(*slopepb.Tensor)
-		c.Offset, c.Length, c.RawLength, c.Xxh3 = 0, 0, 0, 0
-		c.Compression = slopepb.Compression_COMPRESSION_NONE
-		if err := w.WriteTensor(c, raw); err != nil {
+		if err := w.CopyTensor(f, d); err != nil {
 			w.Abort()
 			return fmt.Errorf("rewrite %s: %w", src, err)
 		}

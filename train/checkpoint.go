@@ -113,14 +113,7 @@ func (t *Trainer) Save(path string) (err error) {
 		if written[d.Name] || skip[d.Name] {
 			continue
 		}
-		raw, err := t.file.Raw(d.Name)
-		if err != nil {
-			return err
-		}
-		c := proto.Clone(d).(*slopepb.Tensor)
-		c.Offset, c.Length, c.RawLength, c.Xxh3 = 0, 0, 0, 0
-		c.Compression = slopepb.Compression_COMPRESSION_NONE
-		if err := w.WriteTensor(c, raw); err != nil {
+		if err := w.CopyTensor(t.file, d); err != nil {
 			return err
 		}
 		written[d.Name] = true

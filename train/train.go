@@ -592,10 +592,14 @@ func (t *Trainer) backward(c *ops.Call, vals []*ops.Value, glogits *ops.Value) e
 // the Params' Grads, over Accum micro-batches (sizes differing by at most
 // one sequence; each micro-batch's gradient is weighted by its share of
 // the predicted tokens, so the sum is the whole batch's gradient).
-func (t *Trainer) lossAndGrad(ids [][]int32) (float64, error) {
+func (t *Trainer) lossAndGrad(ids [][]int32) (float64, error) { return t.lossAccum(ids, true) }
+
+// lossAccum is the batch's mean loss over Accum micro-batches (sizes
+// differing by at most one sequence), with grad adding its gradient too.
+func (t *Trainer) lossAccum(ids [][]int32, grad bool) (float64, error) {
 	k := min(t.o.Accum, len(ids))
 	if k <= 1 {
-		return t.loss(ids, true)
+		return t.loss(ids, grad)
 	}
 	if _, err := t.call(ids); err != nil {
 		return 0, err
@@ -608,7 +612,7 @@ func (t *Trainer) lossAndGrad(ids [][]int32) (float64, error) {
 		if i < len(ids)%k {
 			hi++
 		}
-		s, err := t.lossSum(ids[lo:hi], true, total)
+		s, err := t.lossSum(ids[lo:hi], grad, total)
 		if err != nil {
 			return 0, err
 		}
@@ -619,9 +623,10 @@ func (t *Trainer) lossAndGrad(ids [][]int32) (float64, error) {
 }
 
 // Eval is the mean next-token cross-entropy of a batch of equal-length
-// sequences, without updating anything.
+// sequences, without updating anything, in the Accum micro-batches whose
+// memory the run is sized for.
 func (t *Trainer) Eval(ids [][]int32) (float64, error) {
-	return t.loss(ids, false)
+	return t.lossAccum(ids, false)
 }
 
 // loss runs the forward pass of a batch and returns its mean next-token

@@ -33,17 +33,13 @@ func openModel(path string, f deviceFlags) (*model, error) {
 	switch device {
 	case "", "cpu":
 	case "cuda", "cuda-f32":
-		act := cuda.BF16
-		if device == "cuda-f32" {
-			act = cuda.F32
-		}
-		opts := cuda.Options{Activations: act, Search: true}
+		opts := cuda.Options{Search: true}
 		if err := opts.SetForms(cuda.Forms(f.forms)); err != nil {
 			return nil, fmt.Errorf("--sparse-forms: %w", err)
 		}
-		b, err := cuda.New(opts)
+		b, err := newGPU(device, opts)
 		if err != nil {
-			return nil, fmt.Errorf("--device %s: %w", device, err)
+			return nil, err
 		}
 		be, gpu, closeBE = b, b, b.Close
 	default:
@@ -57,6 +53,20 @@ func openModel(path string, f deviceFlags) (*model, error) {
 		return nil, err
 	}
 	return &model{Model: m, gpu: gpu, closeBE: closeBE}, nil
+}
+
+// newGPU opens the GPU for --device cuda (bf16 activations) or cuda-f32
+// (float32), with opts' other fields.
+func newGPU(device string, opts cuda.Options) (*cuda.Backend, error) {
+	opts.Activations = cuda.BF16
+	if device == "cuda-f32" {
+		opts.Activations = cuda.F32
+	}
+	b, err := cuda.New(opts)
+	if err != nil {
+		return nil, fmt.Errorf("--device %s: %w", device, err)
+	}
+	return b, nil
 }
 
 // model is a runtime model with its backend.

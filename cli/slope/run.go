@@ -13,42 +13,39 @@ import (
 	"github.com/slopeml/slope/tokenizer"
 )
 
-// errFailed marks an error of promptIDs that is not a usage error.
-type errFailed struct{ err error }
-
-func (e errFailed) Error() string { return e.err.Error() }
-func (e errFailed) Unwrap() error { return e.err }
-
-// prompt resolves --prompt (through the model's tokenizer, with OPT's BOS)
-// or --ids into token ids.
-func promptIDs(m *slopert.Model, text, ids string) ([]int32, *tokenizer.BPE, error) {
+// promptIDs resolves --prompt (through the model's tokenizer, with OPT's
+// BOS) or --ids into token ids; its errors are usage errors (usagef),
+// except a damaged tokenizer's.
+func promptIDs(cmd *cobra.Command, m *slopert.Model, text, ids string) ([]int32, *tokenizer.BPE, error) {
 	if (text == "") == (ids == "") {
-		return nil, nil, fmt.Errorf("give exactly one of --prompt and --ids")
+		return nil, nil, usagef(cmd, "give exactly one of --prompt and --ids")
 	}
 	tok, err := m.Tokenizer()
 	if err != nil && !errors.Is(err, slopert.ErrNoTokenizer) {
-		return nil, nil, errFailed{err} // a damaged tokenizer, not a usage error
+		return nil, nil, err // a damaged tokenizer, not a usage error
 	}
 	if ids != "" {
 		rows, perr := parseRows("--ids", ids)
 		if perr != nil {
-			return nil, nil, perr
+			return nil, nil, usagef(cmd, "%v", perr)
 		}
 		if len(rows) != 1 {
-			return nil, nil, fmt.Errorf("--ids: one sequence, got %d", len(rows))
+			return nil, nil, usagef(cmd, "--ids: one sequence, got %d", len(rows))
 		}
 		return rows[0], tok, nil // tok may be nil: tokens are then printed as ids
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("--prompt needs a tokenizer: %w", err)
+		return nil, nil, usagef(cmd, "--prompt needs a tokenizer: %v", err)
 	}
 	bos := 2
 	if c := m.Config(); c != nil {
 		bos = int(c.BosTokenId)
 	}
-	enc := tok.Encode(text) // a config without a BOS (bos_token_id null: -1) adds none
+	var enc []int
 	if bos >= 0 {
 		enc = tok.EncodeWithBOS(text, bos)
+	} else {
+		enc = tok.Encode(text) // a config without a BOS (bos_token_id null: -1)
 	}
 	out := make([]int32, len(enc))
 	for i, v := range enc {
@@ -84,13 +81,9 @@ func newRunCmd() *cobra.Command {
 				return err
 			}
 			defer m.Close()
-			prompt, tok, err := promptIDs(m.Model, text, ids)
-			var failed errFailed
-			if errors.As(err, &failed) {
-				return failed.err
-			}
+			prompt, tok, err := promptIDs(cmd, m.Model, text, ids)
 			if err != nil {
-				return usagef(cmd, "%v", err)
+				return err
 			}
 			o.EOS, o.Pad = 2, 1
 			if c := m.Config(); c != nil {
@@ -165,13 +158,9 @@ func newScoreCmd() *cobra.Command {
 					return fmt.Errorf("--text %s: empty", textFile)
 				}
 			}
-			seq, _, err := promptIDs(m.Model, text, ids)
-			var failed errFailed
-			if errors.As(err, &failed) {
-				return failed.err
-			}
+			seq, _, err := promptIDs(cmd, m.Model, text, ids)
 			if err != nil {
-				return usagef(cmd, "%v", err)
+				return err
 			}
 			r, err := m.Score(cmd.Context(), seq, window, stride, threads)
 			if err != nil {

@@ -296,18 +296,14 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	var gpu *cuda.Backend
 	switch fl.device {
 	case "", "cpu":
-	case "cuda-f32", "cuda":
-		act := cuda.F32
-		if fl.device == "cuda" {
-			act = cuda.BF16 // checkTrainFlags let it through: BF16TrainEnv is set
-		}
-		if gpu, err = cuda.New(cuda.Options{Activations: act}); err != nil {
-			return fmt.Errorf("--device %s: %w", fl.device, err)
+	case "cuda-f32", "cuda": // cuda: checkTrainFlags let it through, BF16TrainEnv is set
+		if gpu, err = newGPU(fl.device, cuda.Options{}); err != nil {
+			return err
 		}
 		defer gpu.Close()
 		o.Backend = gpu
 		mode := "float32"
-		if act == cuda.BF16 {
+		if fl.device == "cuda" {
 			mode = "bf16 activations, experimental"
 		}
 		fmt.Fprintf(stderr, "device %s (%s)\n", gpu.Device().Info, mode)
@@ -408,25 +404,21 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		if fl.evalBatches > 0 {
 			n = min(n, fl.evalBatches)
 		}
-		// In the micro-batches of --accum, whose memory the run was sized
-		// for; every window has the same tokens, so the batch loss is the
-		// windows' mean.
-		mb := (fl.batch + tr.Options().Accum - 1) / tr.Options().Accum
+		// Every batch has the same tokens, so the loss is the batches' mean
+		// (Eval runs each in the --accum micro-batches).
 		var sum float64
 		for b := range n {
-			for i0 := 0; i0 < fl.batch; i0 += mb {
-				ids := make([][]int32, min(mb, fl.batch-i0))
-				for i := range ids {
-					ids[i] = val.Window(b*fl.batch + i0 + i)
-				}
-				l, err := tr.Eval(ids)
-				if err != nil {
-					return err
-				}
-				sum += l * float64(len(ids))
+			ids := make([][]int32, fl.batch)
+			for i := range ids {
+				ids[i] = val.Window(b*fl.batch + i)
 			}
+			l, err := tr.Eval(ids)
+			if err != nil {
+				return err
+			}
+			sum += l
 		}
-		loss := sum / float64(n*fl.batch)
+		loss := sum / float64(n)
 		prog.line(fmt.Sprintf("eval step %d: loss %.4f ppl %.2f (%d batches)", tr.StepCount(), loss, math.Exp(loss), n))
 		rec := trainRecord{Type: "eval", Step: tr.StepCount(), Loss: loss, ElapsedS: time.Since(start).Seconds()}
 		if ppl := math.Exp(loss); !math.IsInf(ppl, 0) && !math.IsNaN(ppl) {
