@@ -85,6 +85,10 @@ func (b *Backend) NewBenchTrain(sparse bool, out, in int, seed uint64) (*BenchTr
 	}
 	err := b.sp.CheckValues(b.s)
 	if err == nil {
+		// A shape already refused (by an earlier layer) is not built twice.
+		err = errors.Join(b.sp.ShapeRefused(out, in), b.sp.ShapeRefused(in, out))
+	}
+	if err == nil {
 		var t *BenchTrain
 		if t, err = b.newBenchTrain(true, true, out, in, seed); err == nil {
 			return t, nil

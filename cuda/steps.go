@@ -566,28 +566,16 @@ func (b *Backend) shareValues(s *linearStep, dense driver.Ptr, expand func() err
 	if err := b.sp.ShapeRefused(rows, cols); err != nil {
 		return nil, err // this shape failed VerifyValues before
 	}
-	// The pattern: 1.0 at every kept position (a kept value that is 0
-	// must not change the metadata).
+	// The form from the pattern (a kept value that is 0 must not change
+	// the metadata).
 	kept := rows * cols / 2
 	ones, err := b.dev.Alloc(2 * kept)
 	if err != nil {
 		return nil, err
 	}
 	defer b.dev.Free(ones)
-	if err := b.dev.SyncStream(b.s); err != nil {
-		return nil, err
-	}
-	if err := b.dev.Memset32(ones, 0x3F803F80, kept/2); err != nil {
-		return nil, err
-	}
-	if err := b.dev.Synchronize(); err != nil { // the memset ran on the legacy stream
-		return nil, err
-	}
-	if err := b.k.NMExpand(b.s, BF16, dense, ones, s.idx, rows, cols, 2, 4); err != nil {
-		return nil, err
-	}
-	w, err := b.sp.NewWeight(b.s, dense, rows, cols)
-	if err != nil {
+	var w *sparselt.Weight
+	if err := b.compressPattern24(&w, dense, ones, s.idx, 0, rows, cols, false); err != nil {
 		return nil, err
 	}
 	fail := func(err error) (*sparselt.Weight, error) {

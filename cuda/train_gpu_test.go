@@ -34,9 +34,10 @@ func TestBenchTrainStep(t *testing.T) {
 		// Both forms' K a multiple of 64: values written in place.
 		{"inPlace192x384", 192, 384, "auto", true},
 		// 160 x 320: partial tiles of nm_pack_t24 in both directions, and
-		// W_dpᵀ's K = 160 is laid out with padded metadata, which
-		// VerifyValues refuses (the step falls back to recompressing) and
-		// whose compressed size changes once a plan exists.
+		// W_dpᵀ's K = 160 is laid out with padded metadata (on the H200
+		// with cuSPARSELt 0.8, VerifyValues refused it and the step fell
+		// back to recompressing; either path must pass), whose compressed
+		// size changes once a plan exists.
 		{"auto160x320", 160, 320, "auto", false},
 		{"recompress160x320", 160, 320, "recompress", false},
 	} {

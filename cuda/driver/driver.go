@@ -200,10 +200,10 @@ type Device struct {
 	// other goroutine runs on it, so a Do from that thread is a nested one.
 	thread int
 	// closeMu is read-held by Do while it hands a job over, so Close
-	// never closes jobs under a send.
+	// never closes jobs under a send; stopped is set under its write lock
+	// (and read without it for the early checks).
 	closeMu sync.RWMutex
-	closed  bool
-	stopped atomic.Bool // closed, readable without the lock
+	stopped atomic.Bool
 	// launch argument arena (used only on the worker thread)
 	argv [64]uint64
 	argp [64]uintptr
@@ -308,7 +308,7 @@ func (d *Device) Do(fn func() error) error {
 		return errors.New("Device.Do called inside Device.Do (run the inner work directly)")
 	}
 	d.closeMu.RLock()
-	if d.closed {
+	if d.stopped.Load() {
 		d.closeMu.RUnlock()
 		return fmt.Errorf("device %d is closed", d.Ordinal)
 	}
@@ -339,8 +339,7 @@ func (d *Device) Close() error {
 		return errors.New("Device.Close called inside Device.Do")
 	}
 	d.closeMu.Lock()
-	if !d.closed {
-		d.closed = true
+	if !d.stopped.Load() {
 		d.stopped.Store(true)
 		close(d.jobs)
 	}

@@ -152,7 +152,8 @@ func New(d *driver.Device) (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sparselt: %w", err)
 	}
-	h := &Handle{d: d, a: a, h: newOpaque(), valid: valid, algs: map[algKey]algConfig{}, weights: map[*Weight]struct{}{}}
+	h := &Handle{d: d, a: a, h: newOpaque(), valid: valid, algs: map[algKey]algConfig{}, weights: map[*Weight]struct{}{},
+		valuesChecked: map[Layout]error{}, valuesShapes: map[valuesKey]error{}}
 	if err := check("cusparseLtInit", a.cusparseLtInit(h.h.ptr())); err != nil {
 		d.Free(valid)
 		return nil, fmt.Errorf("sparselt: %w", err)

@@ -95,9 +95,6 @@ func (h *Handle) CheckValues(s driver.Stream) error {
 		err = fmt.Errorf("%w (%s): %w", ErrValuesLayout, layout, err)
 	}
 	h.mu.Lock()
-	if h.valuesChecked == nil {
-		h.valuesChecked = map[Layout]error{}
-	}
 	h.valuesChecked[layout] = err
 	h.mu.Unlock()
 	return err
@@ -253,9 +250,6 @@ func (w *Weight) VerifyValues(s driver.Stream, dense driver.Ptr) error {
 		res = fmt.Errorf("%w: %v: the form written in place differs from cuSPARSELt's compression of the same weight", ErrValuesLayout, w)
 	}
 	h.mu.Lock()
-	if h.valuesShapes == nil {
-		h.valuesShapes = map[valuesKey]error{}
-	}
 	h.valuesShapes[key] = res
 	h.mu.Unlock()
 	return res
