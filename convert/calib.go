@@ -96,9 +96,10 @@ func loadCalibration(c CalibSpec) ([][]int32, [32]byte, error) {
 		return fail(fmt.Errorf("--calib: %w", err))
 	}
 	sum = sha256.Sum256(raw)
-	// The stream of ids: n of them, the i-th by at.
+	// The stream of ids: n of them, the i-th by at (as read: range-checked
+	// below).
 	var n int
-	var at func(i int) int32
+	var at func(i int) int64
 	var prefix []int32
 	switch c.Format {
 	case CalibText:
@@ -110,7 +111,7 @@ func loadCalibration(c CalibSpec) ([][]int32, [32]byte, error) {
 			return fail(fmt.Errorf("--calib %s: a text file needs the model's tokenizer: %w", c.Path, err))
 		}
 		enc := tok.Encode(string(raw))
-		n, at = len(enc), func(i int) int32 { return int32(enc[i]) }
+		n, at = len(enc), func(i int) int64 { return int64(enc[i]) }
 		if c.BOS >= 0 { // bos_token_id null in the config: none
 			prefix = []int32{int32(c.BOS)}
 		}
@@ -118,27 +119,18 @@ func loadCalibration(c CalibSpec) ([][]int32, [32]byte, error) {
 		if len(raw)%2 != 0 {
 			return fail(fmt.Errorf("--calib %s: %d bytes is not a whole number of uint16 token ids", c.Path, len(raw)))
 		}
-		n, at = len(raw)/2, func(i int) int32 { return int32(binary.LittleEndian.Uint16(raw[2*i:])) }
+		n, at = len(raw)/2, func(i int) int64 { return int64(binary.LittleEndian.Uint16(raw[2*i:])) }
 	case CalibU32:
 		if len(raw)%4 != 0 {
 			return fail(fmt.Errorf("--calib %s: %d bytes is not a whole number of uint32 token ids", c.Path, len(raw)))
 		}
 		n = len(raw) / 4
-		at = func(i int) int32 {
-			v := binary.LittleEndian.Uint32(raw[4*i:])
-			if v >= 1<<31 {
-				return -1 // out of range, refused below
-			}
-			return int32(v)
-		}
+		at = func(i int) int64 { return int64(binary.LittleEndian.Uint32(raw[4*i:])) }
 	default:
 		return fail(fmt.Errorf("--calib-format %q: want text, u16 or u32", c.Format))
 	}
 	for i := range n {
-		if id := at(i); id < 0 || int(id) >= c.Vocab {
-			if c.Format == CalibU32 {
-				return fail(fmt.Errorf("--calib %s: token %d is id %d, not below the model's vocabulary size %d", c.Path, i, binary.LittleEndian.Uint32(raw[4*i:]), c.Vocab))
-			}
+		if id := at(i); id < 0 || id >= int64(c.Vocab) {
 			return fail(fmt.Errorf("--calib %s: token %d is id %d, not below the model's vocabulary size %d", c.Path, i, id, c.Vocab))
 		}
 	}
@@ -154,7 +146,7 @@ func loadCalibration(c CalibSpec) ([][]int32, [32]byte, error) {
 		off := rng.IntN(n - need + 1)
 		w := append(make([]int32, 0, c.SeqLen), prefix...)
 		for i := off; i < off+need; i++ {
-			w = append(w, at(i))
+			w = append(w, int32(at(i))) // below the vocabulary: checked above
 		}
 		out[s] = w
 	}
@@ -244,12 +236,9 @@ func startCalibration(src Source, o Options, c *CalibSpec, method string, ruleFo
 		}
 		roundToDType(dt, x)
 	}
-	cal, err := newCalibrator(src, method, samples, decide, round, o.LayerProgress)
+	cal, err := newCalibrator(src, method, samples, o.CalibChunk, decide, round, o.LayerProgress)
 	if err != nil {
 		return nil, nil, err
-	}
-	if o.CalibChunk > 0 {
-		cal.chunk = o.CalibChunk
 	}
 	return cal, prov, nil
 }

@@ -142,13 +142,12 @@ func Init(o InitOptions) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The random weights are float32: "keep" (or nothing) stores them so.
 	dt := o.DType
-	switch dt {
-	case "", "keep":
+	if _, keep, err := ParseDTypeOption(dt); err != nil {
+		return nil, fmt.Errorf("--%w", err)
+	} else if keep {
 		dt = "fp32"
-	case "fp32", "fp16", "bf16":
-	default:
-		return nil, fmt.Errorf("--dtype %q: want fp32, fp16 or bf16", o.DType)
 	}
 	ctx := o.Context
 	if ctx == nil {

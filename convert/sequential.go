@@ -124,8 +124,9 @@ func (m memWeights) Raw(name string) ([]byte, error) {
 }
 
 // newCalibrator builds the dense graph of the source, runs its embedding
-// on the samples and is then ready for layer 0.
-func newCalibrator(src Source, method string, samples [][]int32, decide func(string, *Tensor) (bool, string, format.NM),
+// on the samples and is then ready for layer 0. chunk is the samples a
+// layer's forward takes at once (0: about calibChunkTokens tokens).
+func newCalibrator(src Source, method string, samples [][]int32, chunk int, decide func(string, *Tensor) (bool, string, format.NM),
 	round func(slopepb.DType, []float32), report func(LayerReport)) (*calibrator, error) {
 	cfg := src.Config()
 	g, err := BuildOPTGraph(cfg, nil)
@@ -150,7 +151,10 @@ func newCalibrator(src Source, method string, samples [][]int32, decide func(str
 	}
 	embed := g.Node[:1]
 	seq := len(samples[0])
-	c.chunk = max(1, calibChunkTokens/seq)
+	c.chunk = chunk
+	if chunk <= 0 {
+		c.chunk = max(1, calibChunkTokens/seq)
+	}
 	c.call = &ops.Call{Batch: len(samples), Seq: seq}
 	for _, s := range samples {
 		c.call.IDs = append(c.call.IDs, s...)
@@ -444,7 +448,11 @@ func (c *calibrator) layer(li int) error {
 		}
 	}
 	steps := make([]ops.Step, len(nodes)) // bound on first use; rebound when a weight is pruned
-	stats := map[string]*inputStats{}
+	// One input's statistics at a time: a later linear reading an earlier
+	// input again gathers them again (the same bits: the nodes before it
+	// are pruned already).
+	var st *inputStats
+	stIn := ""
 	errs := map[int]*relErrSum{} // by node: pruned linears whose error the next pass sums
 	rep := LayerReport{Layer: li, Layers: len(c.layers)}
 	for k, n := range nodes {
@@ -457,17 +465,11 @@ func (c *calibrator) layer(li int) error {
 		if !prune {
 			continue
 		}
-		st := stats[n.Input[0]]
-		if st == nil {
-			// One input's statistics at a time: a later linear reading
-			// an earlier input again gathers them again (the same bits:
-			// the nodes before it are pruned already).
-			clear(stats)
-			st = &inputStats{}
+		if st == nil || stIn != n.Input[0] {
+			st, stIn = &inputStats{}, n.Input[0]
 			if _, err := c.pass(plan, k, w, steps, errs, st); err != nil {
 				return err
 			}
-			stats[n.Input[0]] = st
 		}
 		r, err := c.prune(name, t, p, st)
 		if err != nil {
@@ -490,7 +492,6 @@ func (c *calibrator) layer(li int) error {
 		}
 		w[name], steps[k] = pruned, nil
 	}
-	clear(stats)
 	out, err := c.pass(plan, len(nodes), w, steps, errs, nil)
 	if err != nil {
 		return err
