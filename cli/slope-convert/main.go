@@ -8,13 +8,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
+
+	"github.com/slopeml/slope/cli/internal/interrupt"
 )
 
 func main() {
@@ -55,15 +57,20 @@ func startCPUProfile(path string) (stop func(), err error) {
 // run executes the command line args and returns the exit status: 0 on
 // success, 1 on any error (printed to stderr as "slope-convert: <error>").
 func run(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	// Ctrl-C or SIGTERM stop the conversion cleanly (exit status 130 or
+	// 143); a second signal stops it at once.
+	ctx, caught, stop := interrupt.Watch(context.Background())
 	defer stop()
-	context.AfterFunc(ctx, stop) // after the first Ctrl-C, a second one stops at once
 	root := newRoot(args)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	if err := root.ExecuteContext(ctx); err != nil {
+	if err := interrupt.Wrap(root.ExecuteContext(ctx), caught); err != nil {
 		fmt.Fprintf(stderr, "slope-convert: %v\n", err)
+		var ie *interrupt.Error
+		if errors.As(err, &ie) {
+			return ie.ExitCode()
+		}
 		return 1
 	}
 	return 0

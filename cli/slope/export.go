@@ -1,16 +1,13 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/slopeml/slope/cli/internal/interrupt"
 	"github.com/slopeml/slope/export"
 )
 
@@ -34,7 +31,7 @@ func newExportCmd() *cobra.Command {
 			"Weights keep the dtype they are stored in unless --dtype converts them. The output is\n" +
 			"written beside its path (PATH.tmp) and renamed into place; an existing non-empty\n" +
 			"directory or file is replaced only with --force. Ctrl-C or SIGTERM stop it between\n" +
-			"tensors and remove what it wrote.",
+			"tensors, remove what it wrote and exit with status 130 (143 for SIGTERM).",
 		Example: "  slope export model.slope --to hf --out opt-dense\n" +
 			"  slope export model.slope --to hf --out opt-dense-bf16 --dtype bf16\n" +
 			"  slope export model.slope --to onnx --out model.onnx --with-past",
@@ -63,13 +60,12 @@ func newExportCmd() *cobra.Command {
 			// written (the staging OUT.tmp), for this command only; after
 			// the first, the default handling is back (a second one stops
 			// the process at once).
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, caught, stop := interrupt.Watch(cmd.Context())
 			defer stop()
-			context.AfterFunc(ctx, stop)
 			o.Context = ctx
 			rep, err := export.Export(args[0], o)
 			if err != nil {
-				return err
+				return interrupt.Wrap(err, caught)
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {

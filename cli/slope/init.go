@@ -1,15 +1,13 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/slopeml/slope/cli/internal/interrupt"
 	"github.com/slopeml/slope/convert"
 )
 
@@ -35,14 +33,14 @@ func newInitCmd() *cobra.Command {
 			}
 			o.Command = "slope " + strings.Join(os.Args[1:], " ")
 			// Ctrl-C or SIGTERM stop the writing cleanly (no temporary file
-			// left behind), for this command only.
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			// left behind), for this command only; slope then exits with 128 + the
+			// signal.
+			ctx, caught, stop := interrupt.Watch(cmd.Context())
 			defer stop()
-			context.AfterFunc(ctx, stop) // a second signal stops at once
 			o.Context = ctx
 			res, err := convert.Init(o)
 			if err != nil {
-				return err
+				return interrupt.Wrap(err, caught)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d tensors, %d weights pruned %s with random masks, %d bytes (seed %d)\n",
 				res.Out, res.Tensors, res.Pruned, nmLabel(o.NM), res.FileBytes, o.Seed)

@@ -30,6 +30,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/slopeml/slope/cli/internal/interrupt"
 )
 
 // version is the tool version, set at link time with
@@ -58,9 +60,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	fmt.Fprintf(stderr, "slope: %v\n", err)
-	var ie *interruptedError
+	var ie *interrupt.Error
 	if errors.As(err, &ie) {
-		return ie.exitCode()
+		return ie.ExitCode()
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {

@@ -6,17 +6,15 @@ import (
 	"io"
 	"math"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/slopeml/slope/cli/internal/interrupt"
 	"github.com/slopeml/slope/cuda"
 	"github.com/slopeml/slope/train"
 )
@@ -438,22 +436,9 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	// a second one stops the process (a checkpoint being written is then
 	// left incomplete under a temporary name, and --out keeps its previous
 	// contents).
-	var caught atomic.Value // the os.Signal received, if any
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	done := make(chan struct{})
-	defer close(done)
-	defer signal.Stop(sigs)
-	go func() {
-		select {
-		case sg := <-sigs:
-			caught.Store(sg)
-			signal.Stop(sigs)
-		case <-done:
-		}
-	}()
-	interrupted := func() bool { return caught.Load() != nil }
-	for tr.StepCount() < last && !interrupted() {
+	ctx, caught, stopSignals := interrupt.Watch(cmd.Context())
+	defer stopSignals()
+	for tr.StepCount() < last && ctx.Err() == nil {
 		s := tr.StepCount()
 		lr := tr.LR(s)
 		ids := data.Next(fl.batch)
@@ -491,7 +476,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	}
 	// The checkpoint first: a failed final evaluation must not lose the
 	// run.
-	signal.Stop(sigs)                // the final save and evaluation stop at Ctrl-C as usual
+	stopSignals()                    // the final save and evaluation stop at Ctrl-C as usual
 	stopped := tr.StepCount() < last // by a signal
 	if stopped {
 		prog.line(fmt.Sprintf("interrupted after step %d: writing %s", tr.StepCount(), fl.out))
@@ -500,8 +485,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		return err
 	}
 	if stopped {
-		sg, _ := caught.Load().(syscall.Signal)
-		return &interruptedError{step: tr.StepCount(), out: fl.out, signal: sg}
+		return interrupt.Wrap(fmt.Errorf("interrupted after step %d; %s holds the run (continue it with --resume %s)", tr.StepCount(), fl.out, fl.out), caught)
 	}
 	if tr.StepCount() == fl.steps {
 		if err := evaluate(); err != nil {
@@ -541,27 +525,6 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		mib(mem.StateBytes), mib(mem.ValuesBytes), mib(mem.GradsBytes), mib(mem.MomentsBytes), mib(mem.NMMetaBytes),
 		mib(mem.KernelBytes), mib(mem.ActivationBytes), mib(mem.PeakRSSBytes))
 	return nil
-}
-
-// interruptedError ends a run stopped by a signal after its checkpoint
-// was written; slope exits with 128 + the signal's number for it.
-type interruptedError struct {
-	step   int
-	out    string
-	signal syscall.Signal
-}
-
-// exitCode is 128 plus the signal's number, as shells report a command a
-// signal ended (130 for Ctrl-C, 143 for SIGTERM).
-func (e *interruptedError) exitCode() int {
-	if e.signal == 0 {
-		return exitInterrupted
-	}
-	return 128 + int(e.signal)
-}
-
-func (e *interruptedError) Error() string {
-	return fmt.Sprintf("interrupted after step %d; %s holds the run (continue it with --resume %s)", e.step, e.out, e.out)
 }
 
 // trainProgress shows training progress on stderr: a bar with the loss,
