@@ -566,3 +566,40 @@ func TestWriterStartsWriteback(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWriterRelocateReadFails: when Close must move the data region (the
+// manifest outgrew its reserve) and reading it back fails or comes up
+// short, Close reports it and leaves no file at the path, rather than
+// writing a container whose data ends early.
+func TestWriterRelocateReadFails(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		spoil func(w *Writer) error
+	}{
+		{"short", func(w *Writer) error { return w.tmp.Truncate(int64(w.dataOff) + 8) }},
+		{"unreadable", func(w *Writer) error { return w.tmp.Close() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "m.slope")
+			w, err := Create(path, &WriterOptions{ManifestReserve: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 200 { // a manifest past the reserve
+				if err := w.WriteDense(fmt.Sprint("tensor.", i), slopepb.DType_FLOAT32, []uint64{64}, make([]float32, 64)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tc.spoil(w); err != nil {
+				t.Fatal(err)
+			}
+			err = w.Close()
+			if err == nil || !strings.Contains(err.Error(), "relocate data region") {
+				t.Fatalf("Close: %v, want a relocate error", err)
+			}
+			if _, serr := os.Stat(path); !os.IsNotExist(serr) {
+				t.Errorf("%s exists after a failed Close (stat: %v)", path, serr)
+			}
+		})
+	}
+}

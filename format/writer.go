@@ -454,12 +454,7 @@ func (w *Writer) relocate(off uint64) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := w.tmp.Seek(int64(w.dataOff), io.SeekStart); err == nil {
-		if _, err = nf.Seek(int64(off), io.SeekStart); err == nil {
-			_, err = nf.ReadFrom(&io.LimitedReader{R: w.tmp, N: int64(w.dataLen)})
-		}
-	}
-	if err != nil {
+	if err = w.copyData(nf, off); err != nil {
 		nf.Close()
 		os.Remove(nf.Name())
 		return nil, fmt.Errorf("relocate data region: %w", err)
@@ -469,6 +464,22 @@ func (w *Writer) relocate(off uint64) (*os.File, error) {
 	old.Close()
 	os.Remove(old.Name())
 	return nf, nil
+}
+
+// copyData copies the data region of w.tmp to dst at offset off, all of
+// it (a short read is an error: the region would end in zeros).
+func (w *Writer) copyData(dst *os.File, off uint64) error {
+	if _, err := w.tmp.Seek(int64(w.dataOff), io.SeekStart); err != nil {
+		return err
+	}
+	if _, err := dst.Seek(int64(off), io.SeekStart); err != nil {
+		return err
+	}
+	n, err := dst.ReadFrom(&io.LimitedReader{R: w.tmp, N: int64(w.dataLen)})
+	if err == nil && n != int64(w.dataLen) {
+		err = fmt.Errorf("%d of %d bytes read back from %s", n, w.dataLen, w.tmp.Name())
+	}
+	return err
 }
 
 // Abort discards everything written; the final path is not touched.
