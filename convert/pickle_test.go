@@ -52,14 +52,13 @@ func (w *pkw) ints(xs []int64) *pkw {
 
 // ptEnt is one state-dict entry for statePkl.
 type ptEnt struct {
-	key     string
-	stype   string // "HalfStorage", ...
-	skey    string
-	numel   int64
-	offset  int64
-	size    []int64
-	stride  []int64
-	rebuild string // default _rebuild_tensor_v2
+	key    string
+	stype  string // "HalfStorage", ...
+	skey   string
+	numel  int64
+	offset int64
+	size   []int64
+	stride []int64
 }
 
 // tensor writes _rebuild_tensor_v2(persistent storage, offset, size,

@@ -30,7 +30,7 @@ func TestMagnitudeMaskHand(t *testing.T) {
 		{p24, []float32{0, 0, 1, 0, 4, 3, 2, 1}, []int{0, 2, 4, 5}},
 		{format.NM{N: 1, M: 2}, []float32{-1, 1, 2, -3}, []int{0, 3}},
 		{format.NM{N: 3, M: 4}, []float32{1, 2, 3, 4}, []int{1, 2, 3}},
-		{format.NM{N: 1, M: 4}, []float32{-0.0, 0, 0, 0}, []int{0}},
+		{format.NM{N: 1, M: 4}, []float32{float32(math.Copysign(0, -1)), 0, 0, 0}, []int{0}},
 	}
 	for _, c := range cases {
 		keep, err := MagnitudeMask(c.p, 1, len(c.w), c.w)

@@ -2,7 +2,6 @@ package ops
 
 import (
 	"fmt"
-	"slices"
 
 	"github.com/slopeml/slope/format/slopepb"
 )
@@ -59,9 +58,6 @@ func inDim(b Binding, i int) (int, error) {
 	}
 	return b.InDims[i], nil
 }
-
-// sameShape reports whether two shapes are equal.
-func sameShape(a, b []int) bool { return slices.Equal(a, b) }
 
 // Helpers for backends outside this package (package cuda binds the same
 // nodes): the same checks and errors as the CPU backend's.

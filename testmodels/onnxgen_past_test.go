@@ -17,24 +17,6 @@ func oxInts(shape []int, v []int64) *oxTensor {
 	return &oxTensor{shape: shape, i: v, isInt: true}
 }
 
-// oxBroadcastShape is the numpy broadcast of shapes.
-func oxBroadcastShape(shapes ...[]int) []int {
-	r := 0
-	for _, s := range shapes {
-		r = max(r, len(s))
-	}
-	out := slices.Repeat([]int{1}, r)
-	for _, s := range shapes {
-		for k, d := range s {
-			o := r - len(s) + k
-			if d != 1 {
-				out[o] = d
-			}
-		}
-	}
-	return out
-}
-
 // oxRunGraph interprets a graph WriteOPTONNX writes, WithPast or not, on
 // the given inputs and returns every graph output by name. It knows the
 // ops of the with-past graph on top of those oxRun knows: CumSum,

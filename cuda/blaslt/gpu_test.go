@@ -41,14 +41,6 @@ func openGPU(t *testing.T) (*driver.Device, *Handle) {
 	return nil, nil
 }
 
-// operand is a host matrix (as float64 values, already rounded to its
-// dtype) and its device copy.
-type operand struct {
-	vals []float64
-	ptr  driver.Ptr
-	dt   DType
-}
-
 // upload rounds vals to dt in place and copies them to a new device buffer.
 func upload(d *driver.Device, vals []float64, dt DType) (driver.Ptr, error) {
 	var raw []byte
