@@ -99,7 +99,7 @@ type gemmPlan struct {
 
 // matmulAlgo is cublasLtMatmulAlgo_t: uint64_t data[8].
 type matmulAlgo struct {
-	data [8]uint64
+	_ [8]uint64 // data: opaque, filled by the heuristic query
 }
 
 // heuristicResult is cublasLtMatmulHeuristicResult_t (96 bytes):

@@ -491,22 +491,23 @@ func (d *Device) SyncStream(s Stream) error {
 }
 
 // memcpy2D is CUDA_MEMCPY2D (cuda.h): 16 eight-byte fields (the memory
-// type enums padded to 8 bytes).
+// type enums padded to 8 bytes). The blank fields are ones Copy2D leaves
+// zero (device to device, whole rows from the start).
 type memcpy2D struct {
-	srcXInBytes, srcY uint64
-	srcMemoryType     uint64
-	srcHost           uintptr
-	srcDevice         Ptr
-	srcArray          uintptr
-	srcPitch          uint64
-	dstXInBytes, dstY uint64
-	dstMemoryType     uint64
-	dstHost           uintptr
-	dstDevice         Ptr
-	dstArray          uintptr
-	dstPitch          uint64
-	widthInBytes      uint64
-	height            uint64
+	_, _          uint64 // srcXInBytes, srcY
+	srcMemoryType uint64
+	_             uintptr // srcHost
+	srcDevice     Ptr
+	_             uintptr // srcArray
+	srcPitch      uint64
+	_, _          uint64 // dstXInBytes, dstY
+	dstMemoryType uint64
+	_             uintptr // dstHost
+	dstDevice     Ptr
+	_             uintptr // dstArray
+	dstPitch      uint64
+	widthInBytes  uint64
+	height        uint64
 }
 
 // Copy2D copies height rows of widthBytes from src (rows srcPitch bytes

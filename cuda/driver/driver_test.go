@@ -3,6 +3,7 @@ package driver
 import (
 	"errors"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -132,10 +133,16 @@ DONE:
 	}
 }
 
+// TestMemcpy2DLayout: every field Copy2D sets sits at its CUDA_MEMCPY2D
+// offset (cuda.h), and the struct has its 128 bytes.
 func TestMemcpy2DLayout(t *testing.T) {
 	var p memcpy2D
-	if unsafe.Sizeof(p) != 128 || unsafe.Offsetof(p.dstXInBytes) != 56 || unsafe.Offsetof(p.height) != 120 {
-		t.Fatalf("CUDA_MEMCPY2D layout: size %d, dstXInBytes at %d, height at %d", unsafe.Sizeof(p), unsafe.Offsetof(p.dstXInBytes), unsafe.Offsetof(p.height))
+	got := []uintptr{unsafe.Offsetof(p.srcMemoryType), unsafe.Offsetof(p.srcDevice), unsafe.Offsetof(p.srcPitch),
+		unsafe.Offsetof(p.dstMemoryType), unsafe.Offsetof(p.dstDevice), unsafe.Offsetof(p.dstPitch),
+		unsafe.Offsetof(p.widthInBytes), unsafe.Offsetof(p.height), unsafe.Sizeof(p)}
+	want := []uintptr{16, 32, 48, 72, 88, 104, 112, 120, 128}
+	if !slices.Equal(got, want) {
+		t.Fatalf("CUDA_MEMCPY2D layout: offsets of srcMemoryType, srcDevice, srcPitch, dstMemoryType, dstDevice, dstPitch, WidthInBytes, Height and the size %v, want %v", got, want)
 	}
 }
 
