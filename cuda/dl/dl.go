@@ -112,10 +112,7 @@ func sitePackages(getenv func(string) string) []string {
 	if h := getenv("HOME"); h != "" {
 		roots = append(roots, filepath.Join(h, ".local"))
 	}
-	var out []string
-	for _, p := range filepath.SplitList(getenv("PYTHONPATH")) {
-		out = append(out, p)
-	}
+	out := filepath.SplitList(getenv("PYTHONPATH"))
 	for _, r := range roots {
 		var found []string
 		for _, pat := range []string{"lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages"} {
