@@ -103,8 +103,12 @@ type Hessian struct {
 	D int
 	// N is the number of rows (tokens) added.
 	N int
-	// Sum is XᵀX, row-major [D, D] (both triangles).
+	// Sum is XᵀX, row-major [D, D] (both triangles), of the rows
+	// multiplied so far: Flush adds the ones Add held back.
 	Sum []float64
+	// pending holds rows Add has not multiplied yet (fewer than
+	// hessianRows), row-major.
+	pending []float32
 
 	// SparseGPT's factor of the damped inverse, kept for the weights that
 	// share these inputs (q, k and v); Add drops it.
@@ -115,15 +119,17 @@ type Hessian struct {
 // NewHessian makes an empty accumulator for inputs of width d.
 func NewHessian(d int) *Hessian { return &Hessian{D: d, Sum: make([]float64, d*d)} }
 
-// Add adds the rows of the row-major [rows, D] x. The result does not
-// depend on the number of cores.
+// Add adds the rows of the row-major [rows, D] x. The rows are
+// multiplied in chunks of hessianRows whatever the calls' sizes (rows
+// short of a chunk wait for the next call or Flush), so Sum does not
+// depend on how the rows were split between calls, nor on the number of
+// cores.
 //
 // The product XᵀX runs on the CPU backend's float32 GEMM (SIMD, all
-// cores) over chunks of hessianRows rows (each entry a float32 dot product
-// over a chunk's rows, as PyTorch's reference implementation computes H
-// over a batch), in blocks of hessianBlock output rows to bound memory,
-// and is accumulated into Sum in float64, symmetrised from the lower
-// triangle.
+// cores) per chunk (each entry a float32 dot product over a chunk's rows,
+// as PyTorch's reference implementation computes H over a batch), in
+// blocks of hessianBlock output rows to bound memory, and is accumulated
+// into Sum in float64, symmetrised from the lower triangle.
 func (h *Hessian) Add(x []float32, rows int) error {
 	h.factor = nil
 	d := h.D
@@ -133,18 +139,44 @@ func (h *Hessian) Add(x []float32, rows int) error {
 	if len(x) < rows*d {
 		return fmt.Errorf("hessian: %d values for %d rows of %d", len(x), rows, d)
 	}
-	// In chunks of hessianRows rows: the transposes and the GEMM's panels
-	// are sized by a chunk, not by every calibration token at once.
-	for r0 := 0; r0 < rows; r0 += hessianRows {
-		r1 := min(r0+hessianRows, rows)
-		if err := h.add(x[r0*d:r1*d], r1-r0); err != nil {
-			return err
+	h.N += rows
+	chunk := hessianRows * d
+	for x = x[:rows*d]; len(x) > 0; {
+		if len(h.pending) == 0 && len(x) >= chunk { // whole chunks straight from x
+			if err := h.add(x[:chunk], hessianRows); err != nil {
+				return err
+			}
+			x = x[chunk:]
+			continue
+		}
+		if h.pending == nil {
+			h.pending = make([]float32, 0, chunk)
+		}
+		k := min(len(x), chunk-len(h.pending))
+		h.pending, x = append(h.pending, x[:k]...), x[k:]
+		if len(h.pending) == chunk {
+			if err := h.Flush(); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
-// hessianRows is the chunk of rows Hessian.Add multiplies at once.
+// Flush multiplies the rows Add held back into Sum; SparseGPT does (its
+// factor's first step), other readers of Sum must.
+func (h *Hessian) Flush() error {
+	if len(h.pending) == 0 {
+		return nil
+	}
+	err := h.add(h.pending, len(h.pending)/h.D)
+	h.pending = h.pending[:0]
+	return err
+}
+
+// hessianRows is the chunk of rows Hessian.Add multiplies at once: the
+// transposes and the GEMM's panels are sized by a chunk, not by every
+// calibration token at once.
 const hessianRows = 2048
 
 func (h *Hessian) add(x []float32, rows int) error {
@@ -188,7 +220,6 @@ func (h *Hessian) add(x []float32, rows int) error {
 			}
 		}
 	}
-	h.N += rows
 	return nil
 }
 
@@ -317,6 +348,9 @@ func SparseGPT(p format.NM, rows, cols int, w []float32, h *Hessian, o SparseGPT
 func sparseGPTFactor(h *Hessian, damp float64) ([]float64, error) {
 	if h.factor != nil && h.factorDamp == damp {
 		return h.factor, nil
+	}
+	if err := h.Flush(); err != nil { // Sum complete (for SparseGPT's reads after this too)
+		return nil, err
 	}
 	u, err := sparseGPTFactorOf(h, damp)
 	if err != nil {

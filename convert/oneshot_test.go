@@ -306,6 +306,9 @@ func TestHessianChunks(t *testing.T) {
 	if err := h.Add(x, n); err != nil {
 		t.Fatal(err)
 	}
+	if err := h.Flush(); err != nil { // the last 37 rows
+		t.Fatal(err)
+	}
 	for a := 0; a < d; a++ {
 		for b := 0; b < d; b++ {
 			var s, scale float64
@@ -331,5 +334,48 @@ func TestHessianChunks(t *testing.T) {
 	}
 	if u3, _ := sparseGPTFactor(h, 0.01); &u3[0] == &u1[0] {
 		t.Error("the factor outlived an Add")
+	}
+}
+
+// TestHessianSplitAdds: rows added in uneven parts (shorter and longer than
+// a chunk, starting mid-chunk) give the Sum, bit for bit, and N of one Add
+// of them all, once flushed.
+func TestHessianSplitAdds(t *testing.T) {
+	const d = 12
+	parts := []int{1000, 3000, 97, hessianRows + 5, 1}
+	n := 0
+	for _, r := range parts {
+		n += r
+	}
+	x := synthCalib(n, d, 4, 9)
+	whole := NewHessian(d)
+	if err := whole.Add(x, n); err != nil {
+		t.Fatal(err)
+	}
+	split := NewHessian(d)
+	at := 0
+	for _, r := range parts {
+		if err := split.Add(x[at*d:(at+r)*d], r); err != nil {
+			t.Fatal(err)
+		}
+		at += r
+	}
+	for _, h := range []*Hessian{whole, split} {
+		if err := h.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if whole.N != n || split.N != n {
+		t.Fatalf("N: %d at once, %d in parts, want %d", whole.N, split.N, n)
+	}
+	var zero bool
+	for i := range whole.Sum {
+		if whole.Sum[i] != split.Sum[i] {
+			t.Fatalf("Sum[%d]: %g at once, %g in parts", i, whole.Sum[i], split.Sum[i])
+		}
+		zero = zero || (i%(d+1) == 0 && whole.Sum[i] == 0)
+	}
+	if zero {
+		t.Fatal("a diagonal entry of XᵀX is zero: the rows were not all multiplied")
 	}
 }

@@ -324,10 +324,8 @@ func (c *calibrator) take(name string) *calibResult {
 // inputStats are the statistics of one linear input, shared by the
 // linears that read it, summed over the chunks in sample order.
 type inputStats struct {
-	sq   []float64 // wanda: per column, the sum of squares
-	h    *Hessian  // sparsegpt
-	feed []float32 // sparsegpt: rows not yet added (fewer than hessianRows)
-	rows int       // in feed
+	sq []float64 // wanda: per column, the sum of squares
+	h  *Hessian  // sparsegpt
 }
 
 // add adds the rows of x [rows, D] to the statistics method needs.
@@ -342,44 +340,9 @@ func (st *inputStats) add(method string, x *ops.Value) error {
 		if st.h == nil {
 			st.h = NewHessian(x.Dim)
 		}
-		// Whole blocks of hessianRows rows, whatever the chunks: the sum
-		// is then the one Add gives all the rows at once.
-		d := x.Dim
-		data := x.Data[:x.Rows*d]
-		for len(data) > 0 {
-			if st.rows == 0 && len(data) >= hessianRows*d {
-				n := len(data) / (hessianRows * d) * hessianRows
-				if err := st.h.Add(data[:n*d], n); err != nil {
-					return err
-				}
-				data = data[n*d:]
-				continue
-			}
-			if st.feed == nil {
-				st.feed = make([]float32, 0, hessianRows*d)
-			}
-			k := min(len(data), hessianRows*d-len(st.feed))
-			st.feed = append(st.feed, data[:k]...)
-			st.rows += k / d
-			data = data[k:]
-			if st.rows == hessianRows {
-				if err := st.flush(); err != nil {
-					return err
-				}
-			}
-		}
+		return st.h.Add(x.Data, x.Rows)
 	}
 	return nil
-}
-
-// flush adds the rows held back to the Hessian.
-func (st *inputStats) flush() error {
-	if st.rows == 0 {
-		return nil
-	}
-	err := st.h.Add(st.feed, st.rows)
-	st.feed, st.rows = st.feed[:0], 0
-	return err
 }
 
 // sqrtAll replaces each value by its square root.
@@ -623,11 +586,6 @@ func (c *calibrator) pass(plan *layerPlan, stop int, w memWeights, steps []ops.S
 		if k < stop { // ran in this pass (or, sweeping, in an earlier one)
 			e.finish()
 			delete(errs, k)
-		}
-	}
-	if st != nil && st.h != nil {
-		if err := st.flush(); err != nil {
-			return nil, err
 		}
 	}
 	return out, nil
