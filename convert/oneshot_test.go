@@ -214,21 +214,28 @@ func TestSparseGPTFactor(t *testing.T) {
 			}
 		}
 	}
-	// The Hessian's sum matches a float64 XᵀX within float32 accumulation
-	// (relative to Σ|x_a·x_b|), and is exactly symmetric.
-	for a0 := 0; a0 < d; a0 += 13 {
-		for b0 := 0; b0 < d; b0 += 7 {
+	checkGram(t, h, x, n, 13, 7)
+}
+
+// checkGram checks h.Sum against a float64 XᵀX of x [n, h.D] within
+// float32 accumulation (relative to Σ|x_a·x_b|), and its exact symmetry,
+// at every stepA-th row and stepB-th column.
+func checkGram(t *testing.T, h *Hessian, x []float32, n, stepA, stepB int) {
+	t.Helper()
+	d := h.D
+	for a := 0; a < d; a += stepA {
+		for b := 0; b < d; b += stepB {
 			var s, scale float64
-			for t0 := 0; t0 < n; t0++ {
-				p := float64(x[t0*d+a0]) * float64(x[t0*d+b0])
+			for r := 0; r < n; r++ {
+				p := float64(x[r*d+a]) * float64(x[r*d+b])
 				s += p
 				scale += math.Abs(p)
 			}
-			if math.Abs(s-h.Sum[a0*d+b0]) > 2e-6*scale {
-				t.Fatalf("XᵀX[%d][%d] = %g, want %g (scale %g)", a0, b0, h.Sum[a0*d+b0], s, scale)
+			if math.Abs(s-h.Sum[a*d+b]) > 2e-6*scale {
+				t.Fatalf("XᵀX[%d][%d] = %g, want %g (scale %g)", a, b, h.Sum[a*d+b], s, scale)
 			}
-			if h.Sum[a0*d+b0] != h.Sum[b0*d+a0] {
-				t.Fatalf("XᵀX not symmetric at (%d, %d)", a0, b0)
+			if h.Sum[a*d+b] != h.Sum[b*d+a] {
+				t.Fatalf("XᵀX not symmetric at (%d, %d)", a, b)
 			}
 		}
 	}
@@ -309,19 +316,7 @@ func TestHessianChunks(t *testing.T) {
 	if err := h.Flush(); err != nil { // the last 37 rows
 		t.Fatal(err)
 	}
-	for a := 0; a < d; a++ {
-		for b := 0; b < d; b++ {
-			var s, scale float64
-			for r := 0; r < n; r++ {
-				p := float64(x[r*d+a]) * float64(x[r*d+b])
-				s += p
-				scale += math.Abs(p)
-			}
-			if math.Abs(s-h.Sum[a*d+b]) > 2e-6*scale {
-				t.Fatalf("XᵀX[%d][%d] = %g, want %g", a, b, h.Sum[a*d+b], s)
-			}
-		}
-	}
+	checkGram(t, h, x, n, 1, 1)
 	u1, err := sparseGPTFactor(h, 0.01)
 	if err != nil {
 		t.Fatal(err)

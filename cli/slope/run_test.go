@@ -115,9 +115,10 @@ func TestRunAndScoreIDs(t *testing.T) {
 	}
 }
 
-// A model with GPT-2's tokenizer beside its weights: the converter stores
-// the tokenizer, and run / score take text.
-func TestRunAndScoreText(t *testing.T) {
+// gpt2TokenizerHFDir writes a one-layer HF directory (safetensors) with
+// GPT-2's vocabulary size and tokenizer files, and returns it.
+func gpt2TokenizerHFDir(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := testmodels.ConfigFamilies()["pre-ln-tied"]
 	cfg.Vocab, cfg.MaxPos = 50272, 64
@@ -127,6 +128,13 @@ func TestRunAndScoreText(t *testing.T) {
 	if err := testmodels.WriteGPT2Tokenizer(dir); err != nil {
 		t.Fatal(err)
 	}
+	return dir
+}
+
+// A model with GPT-2's tokenizer beside its weights: the converter stores
+// the tokenizer, and run / score take text.
+func TestRunAndScoreText(t *testing.T) {
+	dir := gpt2TokenizerHFDir(t)
 	model := filepath.Join(t.TempDir(), "gpt2tok.slope")
 	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: dir, Out: model}); err != nil {
 		t.Fatal(err)
@@ -184,15 +192,7 @@ func TestRunSamplingFlagsAndLength(t *testing.T) {
 // token in text as Hugging Face does (one id); without the map it is text.
 func TestTokenizerSpecialTokensMap(t *testing.T) {
 	for _, withMap := range []bool{false, true} {
-		dir := t.TempDir()
-		cfg := testmodels.ConfigFamilies()["pre-ln-tied"]
-		cfg.Vocab, cfg.MaxPos = 50272, 64
-		if err := testmodels.WriteHFDirGen(dir, cfg, 1, "F32", testmodels.Layout{Format: "safetensors"}); err != nil {
-			t.Fatal(err)
-		}
-		if err := testmodels.WriteGPT2Tokenizer(dir); err != nil {
-			t.Fatal(err)
-		}
+		dir := gpt2TokenizerHFDir(t)
 		if withMap {
 			m := `{"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}`
 			if err := os.WriteFile(filepath.Join(dir, "special_tokens_map.json"), []byte(m), 0o644); err != nil {
