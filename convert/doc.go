@@ -47,10 +47,11 @@
 // Options.CalibChunk samples (default about 8192 tokens), once per input
 // of its linears and once to its output (a pass starts where an earlier
 // one left a narrow set of values: the attention output), so memory holds
-// up to three copies of the hidden states, one chunk's activations, one layer's weights and one
-// Hessian; when all samples fit one chunk, the layer runs once. The
-// chunking never changes the result (statistics are summed in sample
-// order). The Result reports the time per layer (Layers, also through
+// up to three copies of the hidden states, one chunk's activations, one
+// layer's weights and one Hessian; when all samples fit one chunk, the
+// layer runs once. The chunking never changes the result: statistics are
+// summed in sample order, and Hessian.Add multiplies whole chunks of 2048
+// rows whatever the calls' sizes. The Result reports the time per layer (Layers, also through
 // Options.LayerProgress) and per weight ‖X(W − W_s)ᵀ‖/‖XWᵀ‖ on the
 // calibration inputs; the provenance records the method and calibration
 // (file, SHA-256, samples, sequence length, seed) for the file and for
