@@ -240,15 +240,7 @@ func sample(logits []float32, o GenerateOptions, rng *rand.Rand) int {
 	} else {
 		c = topKIDs(w, k, better)
 	}
-	slices.SortFunc(c, func(a, b int) int {
-		switch {
-		case better(a, b):
-			return -1
-		case better(b, a):
-			return 1
-		}
-		return 0
-	})
+	sortLikeliestFirst(c, w)
 	var sum float64
 	if topP {
 		acc := 0.0
@@ -270,6 +262,33 @@ func sample(logits []float32, o GenerateOptions, rng *rand.Rand) int {
 		}
 	}
 	return c[0]
+}
+
+// sortLikeliestFirst sorts ids by weight, largest first (ties: lower id
+// first). It sorts (weight, id) pairs: comparing two ids through w costs
+// two dependent loads per comparison, and top-p often sorts the whole
+// vocabulary.
+func sortLikeliestFirst(ids []int, w []float64) {
+	type cand struct {
+		w  float64
+		id int
+	}
+	cs := make([]cand, len(ids))
+	for i, id := range ids {
+		cs[i] = cand{w[id], id}
+	}
+	slices.SortFunc(cs, func(a, b cand) int {
+		switch {
+		case a.w > b.w:
+			return -1
+		case a.w < b.w:
+			return 1
+		}
+		return a.id - b.id
+	})
+	for i, c := range cs {
+		ids[i] = c.id
+	}
 }
 
 // weightPool holds sample's per-token weights (a vocabulary of float64).

@@ -143,3 +143,107 @@ func BenchmarkSample(b *testing.B) {
 		})
 	}
 }
+
+// sampleRef is sample written plainly: every id sorted most likely first
+// (ties: lower id first), cut to top-k, then to the shortest prefix
+// holding top-p of the cut's mass, and one draw walking that order.
+func sampleRef(logits []float32, o GenerateOptions, rng *rand.Rand) int {
+	best := -1
+	for i, v := range logits {
+		if !math.IsNaN(float64(v)) && (best < 0 || v > logits[best]) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return 0
+	}
+	if !(o.Temperature > 0) {
+		return best
+	}
+	w := make([]float64, len(logits))
+	for i, v := range logits {
+		if x := (float64(v) - float64(logits[best])) / o.Temperature; x == x {
+			w[i] = math.Exp(x)
+		}
+	}
+	ids := make([]int, len(w))
+	for i := range ids {
+		ids[i] = i
+	}
+	// Without a cut, one draw over the ids in id order; with one, over
+	// the cut in order of likelihood.
+	if o.TopK > 0 && o.TopK < len(ids) || o.TopP > 0 && o.TopP < 1 {
+		slices.SortStableFunc(ids, func(a, b int) int {
+			switch {
+			case w[a] > w[b]:
+				return -1
+			case w[a] < w[b]:
+				return 1
+			}
+			return 0
+		})
+	}
+	if o.TopK > 0 && o.TopK < len(ids) {
+		ids = ids[:o.TopK]
+	}
+	if o.TopP > 0 && o.TopP < 1 {
+		var total, acc float64
+		for _, id := range ids {
+			total += w[id]
+		}
+		for i, id := range ids {
+			if acc += w[id] / total; acc >= o.TopP {
+				ids = ids[:i+1]
+				break
+			}
+		}
+	}
+	var sum float64
+	for _, id := range ids {
+		sum += w[id]
+	}
+	r := rng.Float64() * sum
+	for _, id := range ids {
+		if r -= w[id]; r < 0 {
+			return id
+		}
+	}
+	return ids[0]
+}
+
+// TestSampleMatchesReference: with top-k or top-p, sample picks the
+// token sampleRef picks from the same random stream, over peaked, flat
+// and tied logits (its shortcuts, the best 64 first and the heap, change
+// no pick).
+func TestSampleMatchesReference(t *testing.T) {
+	gen := rand.New(rand.NewPCG(3, 4))
+	shapes := map[string]func(i int) float32{
+		"normal": func(int) float32 { return float32(gen.NormFloat64()) },
+		"peaked": func(int) float32 { return float32(8 * gen.NormFloat64()) },
+		"ties":   func(int) float32 { return float32(gen.IntN(4)) },
+		"nan": func(i int) float32 {
+			if i%7 == 0 {
+				return float32(math.NaN())
+			}
+			return float32(gen.NormFloat64())
+		},
+	}
+	opts := []GenerateOptions{{Temperature: 0.8, TopK: 50}, {Temperature: 0.8, TopP: 0.9}, {Temperature: 1.3, TopP: 0.5},
+		{Temperature: 0.7, TopK: 200, TopP: 0.95}, {Temperature: 1, TopP: 0.999}}
+	for name, f := range shapes {
+		for _, n := range []int{5, 300, 5000} {
+			logits := make([]float32, n)
+			for i := range logits {
+				logits[i] = f(i)
+			}
+			for _, o := range opts {
+				a, b := rand.New(rand.NewPCG(9, uint64(n))), rand.New(rand.NewPCG(9, uint64(n)))
+				for draw := range 50 {
+					if got, want := sample(logits, o, a), sampleRef(logits, o, b); got != want {
+						t.Fatalf("%s logits, %d ids, %+v, draw %d: sample picked %d, the reference %d", name, n, o, draw, got, want)
+					}
+				}
+			}
+		}
+	}
+}
