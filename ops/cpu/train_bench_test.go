@@ -48,11 +48,12 @@ func BenchmarkWeightGrad(b *testing.B) {
 }
 
 // BenchmarkTrainLinear: the forward product at the trainer's shapes
-// (m = 512 rows: bench/train.sh's 4 x 128 tokens), dense vs 2:4 float32,
-// one thread. GFLOP/s counts the dense 2·m·out·in in both.
+// (m = 512 rows: bench/train.sh's 4 x 128 tokens; the test model's
+// layers and OPT-350m's feed-forward pair), dense vs 2:4 float32, one
+// thread. GFLOP/s counts the dense 2·m·out·in in both.
 func BenchmarkTrainLinear(b *testing.B) {
 	const m = 512
-	for _, sh := range [][2]int{{256, 256}, {1024, 256}, {256, 1024}} {
+	for _, sh := range [][2]int{{256, 256}, {1024, 256}, {256, 1024}, {4096, 1024}, {1024, 4096}} {
 		out, in := sh[0], sh[1]
 		rng := rand.New(rand.NewPCG(1, 2))
 		x, y := randF32(rng, m*in), make([]float32, m*out)
