@@ -19,10 +19,9 @@ import (
 	"sync"
 	"unicode/utf8"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/internal/mmap"
 )
 
 // MaxSafetensorsHeader caps the JSON header of a safetensors file.
@@ -138,7 +137,7 @@ func OpenSafetensorsFile(path string) (*Safetensors, error) {
 	if uint64(s.size) > uint64(math.MaxInt) {
 		return nil, fmt.Errorf("%s: %d bytes is too large to map: %w", path, s.size, ErrSafetensors)
 	}
-	data, err := unix.Mmap(int(f.Fd()), 0, int(s.size), unix.PROT_READ, unix.MAP_SHARED)
+	data, err := mmap.Map(f, int(s.size))
 	if err != nil {
 		return nil, fmt.Errorf("%s: mmap: %w", path, err)
 	}
@@ -541,7 +540,7 @@ func (s *Safetensors) withMapped(e *SafetensorsEntry, fn func(off int64, chunk [
 	released := lo &^ (pg - 1) // pages below this are released
 	release := func(upTo int64) {
 		if upTo > released {
-			_ = unix.Madvise(s.mapped[released:upTo], unix.MADV_DONTNEED)
+			_ = mmap.DontNeed(s.mapped[released:upTo])
 			released = upTo
 		}
 	}
@@ -549,7 +548,7 @@ func (s *Safetensors) withMapped(e *SafetensorsEntry, fn func(off int64, chunk [
 	defer catchFault(&err, fmt.Sprintf("%s: read tensor %q", s.name, e.Name))()
 	for off := lo; off < hi; off += mappedChunk {
 		end := min(off+mappedChunk, hi)
-		_ = unix.Madvise(s.mapped[off&^(pg-1):min((end+pg-1)&^(pg-1), int64(len(s.mapped)))], unix.MADV_WILLNEED)
+		_ = mmap.WillNeed(s.mapped[off&^(pg-1) : min((end+pg-1)&^(pg-1), int64(len(s.mapped)))])
 		if err := fn(off-lo, s.mapped[off:end]); err != nil {
 			return err
 		}
@@ -592,17 +591,17 @@ func (s *Safetensors) HashMapped() (sum string, size int64, ok bool, err error) 
 	n := int64(len(s.mapped))
 	chunkAt := func(off int64) []byte { return s.mapped[off:min(off+hashChunk, n)] }
 	if n > 0 {
-		_ = unix.Madvise(chunkAt(0), unix.MADV_WILLNEED)
+		_ = mmap.WillNeed(chunkAt(0))
 	}
 	for off := int64(0); off < n; off += hashChunk {
 		// Ask for the next chunk before hashing this one, so that the
 		// disk reads it while the hash runs.
 		if next := off + hashChunk; next < n {
-			_ = unix.Madvise(chunkAt(next), unix.MADV_WILLNEED)
+			_ = mmap.WillNeed(chunkAt(next))
 		}
 		chunk := chunkAt(off)
 		h.Write(chunk)
-		_ = unix.Madvise(chunk, unix.MADV_DONTNEED)
+		_ = mmap.DontNeed(chunk)
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, true, nil
 }
@@ -668,7 +667,7 @@ func (s *Safetensors) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mapped != nil {
-		err := unix.Munmap(s.mapped)
+		err := mmap.Unmap(s.mapped)
 		s.mapped = nil
 		return err
 	}

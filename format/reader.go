@@ -8,10 +8,10 @@ import (
 	"unsafe"
 
 	"github.com/zeebo/xxh3"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/internal/mmap"
 )
 
 // ReaderOptions tune Open. The zero value gives the defaults.
@@ -78,13 +78,13 @@ func Open(path string, opts *ReaderOptions) (*File, error) {
 	if uint64(size) > uint64(^uint(0)>>1) {
 		return nil, fmt.Errorf("%s: %d bytes: %w", path, size, ErrLimit)
 	}
-	data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	data, err := mmap.Map(f, int(size))
 	if err != nil {
 		return nil, fmt.Errorf("%s: mmap: %w", path, err)
 	}
 	r, err := parse(path, data, true, opts)
 	if err != nil {
-		_ = unix.Munmap(data)
+		_ = mmap.Unmap(data)
 		return nil, err
 	}
 	return r, nil
@@ -131,7 +131,7 @@ func parse(name string, data []byte, mapped bool, opts *ReaderOptions) (*File, e
 // afterwards.
 func (r *File) Close() error {
 	if r.mapped && r.data != nil {
-		err := unix.Munmap(r.data)
+		err := mmap.Unmap(r.data)
 		r.data = nil
 		return err
 	}
@@ -149,8 +149,8 @@ func (r *File) DropResident() error {
 	if !r.mapped || len(r.data) == 0 {
 		return nil
 	}
-	if err := unix.Madvise(r.data, unix.MADV_DONTNEED); err != nil {
-		return fmt.Errorf("%s: madvise: %w", r.path, err)
+	if err := mmap.DontNeed(r.data); err != nil {
+		return fmt.Errorf("%s: release resident pages: %w", r.path, err)
 	}
 	return nil
 }

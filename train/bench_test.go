@@ -6,11 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/slopeml/slope/convert"
+	"github.com/slopeml/slope/internal/rusage"
 )
 
 // optConfig is the config.json of a pre-LayerNorm ReLU OPT with a tied
@@ -88,13 +88,6 @@ func BenchmarkStep(b *testing.B) {
 	}
 }
 
-// cpuSeconds is the process's user + system CPU time.
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
 // BenchmarkStepPair alternates one dense and one 2:4 step of the same
 // batch on bench/train.sh's model, so that both see the same machine load
 // (a shared machine makes separate runs incomparable), and reports each
@@ -122,12 +115,12 @@ func BenchmarkStepPair(b *testing.B) {
 	var wall, cpu [2]float64
 	for b.Loop() {
 		for i, tr := range trs {
-			t0, c0 := time.Now(), cpuSeconds()
+			t0, c0 := time.Now(), rusage.CPUSeconds()
 			if _, err := tr.Step(ids); err != nil {
 				b.Fatal(err)
 			}
 			wall[i] += time.Since(t0).Seconds()
-			cpu[i] += cpuSeconds() - c0
+			cpu[i] += rusage.CPUSeconds() - c0
 		}
 	}
 	tok := float64(4 * 128 * b.N)

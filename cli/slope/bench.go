@@ -5,9 +5,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime/pprof"
-	"syscall"
 	"time"
 
+	"github.com/slopeml/slope/internal/rusage"
 	"github.com/spf13/cobra"
 )
 
@@ -112,7 +112,7 @@ func newBenchCmd() *cobra.Command {
 			fmt.Fprintf(out, "model    %s (load %v)\n", args[0], load.Round(time.Millisecond))
 			fmt.Fprintf(out, "prefill  %d x %d tokens in %v: %.1f tok/s\n", batch, promptLen, prefill.Round(time.Microsecond), float64(batch*promptLen)/prefill.Seconds())
 			fmt.Fprintf(out, "decode   %d x %d tokens in %v: %.1f tok/s\n", batch, genLen, decode.Round(time.Microsecond), float64(batch*genLen)/decode.Seconds())
-			fmt.Fprintf(out, "peak RSS %.1f MiB\n", float64(peakRSSBytes())/(1<<20))
+			fmt.Fprintf(out, "peak RSS %.1f MiB\n", float64(rusage.PeakRSS())/(1<<20))
 			if l := m.deviceLine(); l != "" {
 				fmt.Fprintln(out, l)
 			}
@@ -129,14 +129,4 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 	cmd.Flags().BoolVar(&allLogits, "all-logits", false, "prefill computes the logits of every position, not just the last")
 	return cmd
-}
-
-// peakRSSBytes is the process's peak resident set size so far (0 where
-// the system does not report it).
-func peakRSSBytes() int64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return 1024 * int64(ru.Maxrss) // KiB on Linux
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/slopeml/slope/cli/internal/interrupt"
 	"github.com/slopeml/slope/cuda"
+	"github.com/slopeml/slope/internal/rusage"
 	"github.com/slopeml/slope/train"
 )
 
@@ -272,7 +273,7 @@ func memoryRecord(tr *train.Trainer, elapsed float64) trainRecord {
 	m := tr.Memory()
 	return trainRecord{Type: "memory", Step: tr.StepCount(), ElapsedS: elapsed,
 		StateBytes: m.State(), ValuesBytes: m.Values, GradsBytes: m.Grads, MomentsBytes: m.Moments, NMMetaBytes: m.NMMeta,
-		KernelBytes: m.Kernels, ActivationBytes: m.Activations, PeakRSSBytes: peakRSSBytes()}
+		KernelBytes: m.Kernels, ActivationBytes: m.Activations, PeakRSSBytes: rusage.PeakRSS()}
 }
 
 func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {

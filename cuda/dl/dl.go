@@ -140,7 +140,7 @@ func Open(s Spec) (*Library, error) {
 				continue
 			}
 		}
-		h, err := purego.Dlopen(p, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+		h, err := dlopen(p)
 		if err != nil {
 			tried = append(tried, fmt.Sprintf("%s (%v)", p, err))
 			continue
@@ -156,7 +156,7 @@ func Open(s Spec) (*Library, error) {
 
 // Bind sets *fptr (a pointer to a func variable) to call symbol.
 func (l *Library) Bind(fptr any, symbol string) error {
-	addr, err := purego.Dlsym(l.handle, symbol)
+	addr, err := dlsym(l.handle, symbol)
 	if err != nil || addr == 0 {
 		return fmt.Errorf("%s (%s): %s: %w", l.Name, l.Path, symbol, ErrSymbol)
 	}
@@ -166,7 +166,7 @@ func (l *Library) Bind(fptr any, symbol string) error {
 
 // Has reports whether the library exports symbol.
 func (l *Library) Has(symbol string) bool {
-	addr, err := purego.Dlsym(l.handle, symbol)
+	addr, err := dlsym(l.handle, symbol)
 	return err == nil && addr != 0
 }
 
