@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -146,7 +147,8 @@ func BenchmarkSample(b *testing.B) {
 
 // sampleRef is sample written plainly: every id sorted most likely first
 // (ties: lower id first), cut to top-k, then to the shortest prefix
-// holding top-p of the cut's mass, and one draw walking that order.
+// holding top-p of the cut's mass (summed in that order), and one draw
+// walking the cut in id order.
 func sampleRef(logits []float32, o GenerateOptions, rng *rand.Rand) int {
 	best := -1
 	for i, v := range logits {
@@ -170,19 +172,15 @@ func sampleRef(logits []float32, o GenerateOptions, rng *rand.Rand) int {
 	for i := range ids {
 		ids[i] = i
 	}
-	// Without a cut, one draw over the ids in id order; with one, over
-	// the cut in order of likelihood.
-	if o.TopK > 0 && o.TopK < len(ids) || o.TopP > 0 && o.TopP < 1 {
-		slices.SortStableFunc(ids, func(a, b int) int {
-			switch {
-			case w[a] > w[b]:
-				return -1
-			case w[a] < w[b]:
-				return 1
-			}
-			return 0
-		})
-	}
+	slices.SortStableFunc(ids, func(a, b int) int {
+		switch {
+		case w[a] > w[b]:
+			return -1
+		case w[a] < w[b]:
+			return 1
+		}
+		return 0
+	})
 	if o.TopK > 0 && o.TopK < len(ids) {
 		ids = ids[:o.TopK]
 	}
@@ -192,29 +190,35 @@ func sampleRef(logits []float32, o GenerateOptions, rng *rand.Rand) int {
 			total += w[id]
 		}
 		for i, id := range ids {
-			if acc += w[id] / total; acc >= o.TopP {
+			if acc += w[id]; acc >= o.TopP*total {
 				ids = ids[:i+1]
 				break
 			}
 		}
 	}
+	slices.Sort(ids)
 	var sum float64
 	for _, id := range ids {
 		sum += w[id]
 	}
 	r := rng.Float64() * sum
+	pick := best
 	for _, id := range ids {
+		if w[id] == 0 {
+			continue
+		}
 		if r -= w[id]; r < 0 {
 			return id
 		}
+		pick = id
 	}
-	return ids[0]
+	return pick
 }
 
 // TestSampleMatchesReference: with top-k or top-p, sample picks the
 // token sampleRef picks from the same random stream, over peaked, flat
-// and tied logits (its shortcuts, the best 64 first and the heap, change
-// no pick).
+// and tied logits and vocabularies from 5 ids to OPT's 50,272 (its
+// selections by rank and by mass change no pick).
 func TestSampleMatchesReference(t *testing.T) {
 	gen := rand.New(rand.NewPCG(3, 4))
 	shapes := map[string]func(i int) float32{
@@ -227,18 +231,22 @@ func TestSampleMatchesReference(t *testing.T) {
 			}
 			return float32(gen.NormFloat64())
 		},
+		"ascending": func(i int) float32 { return float32(i) / 64 }, // sorted input: the pivots' worst case
 	}
 	opts := []GenerateOptions{{Temperature: 0.8, TopK: 50}, {Temperature: 0.8, TopP: 0.9}, {Temperature: 1.3, TopP: 0.5},
-		{Temperature: 0.7, TopK: 200, TopP: 0.95}, {Temperature: 1, TopP: 0.999}}
-	for name, f := range shapes {
-		for _, n := range []int{5, 300, 5000} {
+		{Temperature: 0.7, TopK: 200, TopP: 0.95}, {Temperature: 1, TopP: 0.999}, {Temperature: 1, TopK: 1},
+		{Temperature: 2, TopK: 1 << 20, TopP: 0.01}}
+	names := slices.Sorted(maps.Keys(shapes))
+	for _, name := range names {
+		f := shapes[name]
+		for _, n := range []int{5, 300, 5000, 50272} {
 			logits := make([]float32, n)
 			for i := range logits {
 				logits[i] = f(i)
 			}
 			for _, o := range opts {
 				a, b := rand.New(rand.NewPCG(9, uint64(n))), rand.New(rand.NewPCG(9, uint64(n)))
-				for draw := range 50 {
+				for draw := range max(2, 100000/n) {
 					if got, want := sample(logits, o, a), sampleRef(logits, o, b); got != want {
 						t.Fatalf("%s logits, %d ids, %+v, draw %d: sample picked %d, the reference %d", name, n, o, draw, got, want)
 					}
