@@ -9,13 +9,13 @@ import (
 )
 
 // BenchmarkWeightGrad: the weight gradient of a [out, in] weight over m
-// rows, dense (gyᵀ·x on the dense GEMM, x's panels prepared from x) vs
+// rows (the test model's shapes and OPT-350m's feed-forward pair), dense (gyᵀ·x on the dense GEMM, x's panels prepared from x) vs
 // kept positions only of a 2:4 weight (NMWeightGrad from gy and x).
 // GFLOP/s counts the dense 2·m·out·in in both, so it compares times.
 func BenchmarkWeightGrad(b *testing.B) {
 	const m = 512
 	p := format.NM{N: 2, M: 4}
-	for _, sh := range [][2]int{{256, 256}, {1024, 256}, {256, 1024}} {
+	for _, sh := range [][2]int{{256, 256}, {1024, 256}, {256, 1024}, {4096, 1024}, {1024, 4096}} {
 		out, in := sh[0], sh[1]
 		rng := rand.New(rand.NewPCG(1, 2))
 		aT, x, gy := randF32(rng, out*m), randF32(rng, m*in), randF32(rng, m*out)
