@@ -47,7 +47,11 @@ func newPlotCmd() *cobra.Command {
 			if err := plotLogs(args, out, vg.Length(width)*vg.Inch, vg.Length(height)*vg.Inch); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d runs)\n", out, len(args))
+			runs := "runs"
+			if len(args) == 1 {
+				runs = "run"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d %s)\n", out, len(args), runs)
 			return nil
 		},
 	}

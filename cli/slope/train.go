@@ -40,7 +40,7 @@ func newTrainCmd() *cobra.Command {
 	var fl trainFlags
 	cmd := &cobra.Command{
 		Use:   "train MODEL.slope --data FILE --steps N --batch B --seq T --out CKPT.slope",
-		Short: "Train a SLoPe model (AdamW on the CPU) and write checkpoints",
+		Short: "Train a SLoPe model (on the CPU, or an NVIDIA GPU with --device) and write checkpoints",
 		Long: "train runs next-token training of a .slope model on a token file (.u16/.bin:\n" +
 			"uint16 little-endian, .u32: uint32) or on text encoded with the model's tokenizer\n" +
 			"(BOS before every line). Windows of --seq+1 tokens are visited in a seeded order,\n" +
@@ -55,8 +55,9 @@ func newTrainCmd() *cobra.Command {
 			"Checkpoints (complete .slope containers, written atomically) go to --out every\n" +
 			"--save-every steps and at the end. Ctrl-C or SIGTERM end the run after the current\n" +
 			"step: the checkpoint is written to --out (resume it with --resume) and slope exits\n" +
-			"with status 130 (143 for SIGTERM); a second signal stops at once. Unless GOGC is set, the Go collector runs at\n" +
-			"GOGC=25 (the default 100 lets the heap, and the peak RSS, reach twice the live size).\n\n" +
+			"with status 130 (143 for SIGTERM); a second signal stops at once. Unless GOGC is\n" +
+			"set, the Go collector runs at GOGC=25 (the default 100 lets the heap, and the peak\n" +
+			"RSS, reach twice the live size).\n\n" +
 			"With --rank or --rank-frac, plain low-rank adapters (L small random, R zero, so the\n" +
 			"loss is continuous) join every N:M layer at --adapter-start: a fraction of --steps\n" +
 			"(default 0.99, SLoPe's final 1%) or a step number. --accum K splits every batch into\n" +
