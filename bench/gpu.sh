@@ -65,7 +65,7 @@ run)
 		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-train.XXXXXX")
 		LC_ALL=C awk 'BEGIN{srand(1); for(i=0;i<20000;i++) printf "%c%c", int(rand()*250), 0}' >"$work/tiny.u16"
 		LC_ALL=C awk 'BEGIN{srand(2); for(i=0;i<200000;i++) printf "%c%c", int(rand()*256), int(rand()*100)}' >"$work/big.u16"
-		"$bins/slope-convert" dense-to-slope --out "$work/tiny.slope" --nm 2:4 --dtype fp32 --quiet >/dev/null || status=1
+		"$bins/slope-convert" dense-to-slope --in embedded:hf-opt-tiny-a --out "$work/tiny.slope" --nm 2:4 --dtype fp32 --quiet >/dev/null || status=1
 		"$bins/genckpt" -out "$work/c125" -preset opt-125m -dtype F32 -layout safetensors >/dev/null || status=1
 		"$bins/slope-convert" dense-to-slope --in "$work/c125" --out "$work/m125.slope" --nm 2:4 --dtype fp32 --quiet >/dev/null || status=1
 		"$bins/slope-convert" dense-to-slope --in "$work/c125" --out "$work/d125.slope" --nm dense --dtype fp32 --quiet >/dev/null || status=1
@@ -133,7 +133,7 @@ run)
 		if [[ "${SKIP_CLI:-0}" != 1 ]]; then
 		echo "## CLI on the GPU (embedded tiny model; OPT-125m-shaped random model)"
 		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-cli.XXXXXX")
-		"$bins/slope-convert" dense-to-slope --out "$work/tiny.slope" --quiet >/dev/null || status=1
+		"$bins/slope-convert" dense-to-slope --in embedded:hf-opt-tiny-a --out "$work/tiny.slope" --quiet >/dev/null || status=1
 		for dev in cpu cuda-f32 cuda; do
 			echo "### slope run --device $dev (greedy, 12 tokens)"
 			"$bins/slope" run "$work/tiny.slope" --ids '[[2, 100, 200, 300]]' --max-tokens 12 --device $dev 2>&1 | tail -3

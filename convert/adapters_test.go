@@ -25,6 +25,9 @@ func conv(t *testing.T, o convert.Options) (*convert.Result, string) {
 	if o.Out == "" {
 		o.Out = filepath.Join(t.TempDir(), "m.slope")
 	}
+	if o.In == "" {
+		o.In = convert.TinyLabel
+	}
 	res, err := convert.DenseToSlope(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +162,7 @@ func checkStoredErrors(t *testing.T, path string, res *convert.Result) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	src, err := convert.OpenSource("")
+	src, err := convert.OpenSource(convert.TinyLabel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -485,6 +488,9 @@ func TestAdapterOptionErrors(t *testing.T) {
 		{convert.Options{Created: "yesterday"}, "created"},
 	} {
 		c.o.Out = out
+		if c.o.In == "" {
+			c.o.In = convert.TinyLabel
+		}
 		_, err := convert.DenseToSlope(t.Context(), c.o)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: error %v, want %q", c.o, err, c.want)

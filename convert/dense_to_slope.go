@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -32,15 +33,26 @@ const ToolName = "slope-convert"
 // exceeds it are left dense unless Options.PruneWide is set.
 const MaxAspectRatio = 5
 
-// DefaultLabel names the embedded default model in errors and provenance.
-const DefaultLabel = "embedded:" + testmodels.DefaultName
+// EmbeddedPrefix starts a source name that OpenSource resolves to a model
+// embedded in the binary (testmodels.Embedded).
+const EmbeddedPrefix = "embedded:"
+
+// DefaultLabel names the embedded default model (what In "" converts) in
+// errors and provenance; TinyLabel names the embedded reference fixture,
+// hf-opt-tiny-a, the tiny random OPT the tests compare against
+// transformers with (usable as In too).
+const (
+	DefaultLabel = EmbeddedPrefix + testmodels.DefaultName
+	TinyLabel    = EmbeddedPrefix + testmodels.TinyName
+)
 
 // Options configure DenseToSlope. Validation errors name the
 // slope-convert flag of the option ("--nm-layers: ...").
 type Options struct {
 	// In is a checkpoint OpenSource accepts (a Hugging Face model
-	// directory in any layout, or an ONNX export); "" converts the
-	// embedded default model (testmodels.DefaultName).
+	// directory in any layout, an ONNX export, or an embedded model by
+	// name); "" converts the embedded default model
+	// (testmodels.DefaultName, DefaultLabel).
 	In string
 	// Out is the .slope file to write (required).
 	Out string
@@ -232,9 +244,28 @@ func ParseDTypeOption(s string) (dt slopepb.DType, keep bool, err error) {
 	return 0, false, fmt.Errorf("dtype %q: want keep, fp32, fp16 or bf16", s)
 }
 
+// embeddedModel resolves in when it names an embedded model: "" (the
+// default) or EmbeddedPrefix+NAME. ok is false for anything else; err is
+// set for an embedded name that does not exist.
+func embeddedModel(in string) (fsys fs.FS, label string, ok bool, err error) {
+	name, found := strings.CutPrefix(in, EmbeddedPrefix)
+	switch {
+	case in == "":
+		name = testmodels.DefaultName
+	case !found:
+		return nil, "", false, nil
+	}
+	f, ok := testmodels.Embedded(name)
+	if !ok {
+		return nil, "", false, fmt.Errorf("%s: no such embedded model (there are %s and %s)", in, DefaultLabel, TinyLabel)
+	}
+	return f, EmbeddedPrefix + name, true, nil
+}
+
 // OpenSource opens the checkpoint at in:
 //
-//   - "" is the embedded default model (testmodels.DefaultName);
+//   - "" is the embedded default model (testmodels.DefaultName), and
+//     "embedded:NAME" the embedded model NAME (DefaultLabel, TinyLabel);
 //   - a directory holding Hugging Face weights (model.safetensors,
 //     model.safetensors.index.json, pytorch_model.bin or
 //     pytorch_model.bin.index.json) is a Hugging Face model directory
@@ -244,8 +275,11 @@ func ParseDTypeOption(s string) (dt slopepb.DType, keep bool, err error) {
 //
 // Anything else is an error saying what is accepted.
 func OpenSource(in string) (Source, error) {
-	if in == "" {
-		return OpenHF(testmodels.DefaultFS(), DefaultLabel)
+	if fsys, label, ok, err := embeddedModel(in); ok || err != nil {
+		if err != nil {
+			return nil, err
+		}
+		return OpenHF(fsys, label)
 	}
 	st, err := os.Stat(in)
 	if err != nil {
@@ -712,7 +746,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 		label = DefaultLabel
 	}
 	m.Metadata = map[string]string{"source": label}
-	if err := copyTokenizer(w, o.In); err != nil {
+	if err := copyTokenizer(w, o.In, o.Source != nil); err != nil {
 		return nil, err
 	}
 	for _, t := range m.Tensors {
@@ -1057,18 +1091,25 @@ var tokenizerFileSets = [][]string{{"tokenizer.json"}, {"vocab.json", "merges.tx
 // directory, or the directory of an .onnx file) in the container, so that
 // the runtime can encode and decode text. A source without them is fine:
 // the model then runs on token ids.
-func copyTokenizer(w *format.Writer, in string) error {
-	if in == "" {
-		return nil
-	}
-	dir := in
-	if st, err := os.Stat(in); err == nil && !st.IsDir() {
-		dir = filepath.Dir(in)
+func copyTokenizer(w *format.Writer, in string, given bool) error {
+	var fsys fs.FS
+	var dir string // names the files in errors
+	if emb, label, ok, err := embeddedModel(in); ok || err != nil {
+		if err != nil || given {
+			return nil // a given Source labelled "" (Init) has no files
+		}
+		fsys, dir = emb, label
+	} else {
+		dir = in
+		if st, err := os.Stat(in); err == nil && !st.IsDir() {
+			dir = filepath.Dir(in)
+		}
+		fsys = os.DirFS(dir)
 	}
 	for _, set := range tokenizerFileSets {
 		files := map[string][]byte{}
 		for _, name := range set {
-			b, err := os.ReadFile(filepath.Join(dir, name))
+			b, err := fs.ReadFile(fsys, name)
 			if err != nil {
 				break
 			}
@@ -1086,7 +1127,7 @@ func copyTokenizer(w *format.Writer, in string) error {
 			t, err = tokenizer.LoadGPT2(files["vocab.json"], files["merges.txt"])
 			// Its special tokens, when the source names them, travel too.
 			sp := filepath.Join(dir, tokenizer.SpecialTokensMapFile)
-			if b, rerr := os.ReadFile(sp); err == nil && rerr == nil {
+			if b, rerr := fs.ReadFile(fsys, tokenizer.SpecialTokensMapFile); err == nil && rerr == nil {
 				if err = tokenizer.ApplySpecialTokensMap(t, b, sp); err == nil {
 					files[tokenizer.SpecialTokensMapFile] = b
 					names = append(slices.Clone(set), tokenizer.SpecialTokensMapFile)

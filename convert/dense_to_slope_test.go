@@ -15,7 +15,7 @@ import (
 func TestDenseToSlopeDefault(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "tiny.slope")
 	calls := 0
-	res, err := DenseToSlope(t.Context(), Options{Out: out, Progress: func(done, total int, name string) {
+	res, err := DenseToSlope(t.Context(), Options{In: TinyLabel, Out: out, Progress: func(done, total int, name string) {
 		calls++
 		if done != calls || total != 36 || name == "" {
 			t.Errorf("progress(%d, %d, %q) at call %d", done, total, name, calls)
@@ -59,7 +59,7 @@ func TestDenseToSlopeDefault(t *testing.T) {
 		provBy[tp.Name] = tp
 	}
 
-	src, err := OpenSource("")
+	src, err := OpenSource(TinyLabel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestDenseToSlopeOptions(t *testing.T) {
 	dir := t.TempDir()
 	// bf16 + zstd.
 	out := filepath.Join(dir, "bf16.slope")
-	res, err := DenseToSlope(t.Context(), Options{Out: out, DType: "bf16", Compress: true, NM: "4:8"})
+	res, err := DenseToSlope(t.Context(), Options{In: TinyLabel, Out: out, DType: "bf16", Compress: true, NM: "4:8"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestDenseToSlopeOptions(t *testing.T) {
 	if ln.Dtype != slopepb.DType_BFLOAT16 || q.Dtype != slopepb.DType_BFLOAT16 || q.Nm.GetN() != 4 || q.Nm.GetM() != 8 {
 		t.Errorf("ln %v, q %v", ln, q)
 	}
-	src, _ := OpenSource("")
+	src, _ := OpenSource(TinyLabel)
 	defer src.Close()
 	e, _ := src.Tensor("decoder.embed_tokens.weight")
 	got, _ := f.Dense("decoder.embed_tokens.weight")
@@ -186,7 +186,7 @@ func TestDenseToSlopeOptions(t *testing.T) {
 
 	// dense: nothing pruned, no masks.
 	out = filepath.Join(dir, "dense.slope")
-	res, err = DenseToSlope(t.Context(), Options{Out: out, NM: "dense"})
+	res, err = DenseToSlope(t.Context(), Options{In: TinyLabel, Out: out, NM: "dense"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func TestDenseToSlopeCancel(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "x.slope")
 	ctx, cancel := context.WithCancel(t.Context())
-	_, err := DenseToSlope(ctx, Options{Out: out, Progress: func(done, total int, name string) {
+	_, err := DenseToSlope(ctx, Options{In: TinyLabel, Out: out, Progress: func(done, total int, name string) {
 		if done == 5 {
 			cancel()
 		}
@@ -266,7 +266,7 @@ func TestPruneDecision(t *testing.T) {
 
 // TestDenseToSlopeFloat16Source: an F16 checkpoint kept as FLOAT16.
 func TestDenseToSlopeFloat16Source(t *testing.T) {
-	src, err := OpenSource("")
+	src, err := OpenSource(TinyLabel)
 	if err != nil {
 		t.Fatal(err)
 	}

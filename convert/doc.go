@@ -76,6 +76,9 @@
 // bar the provenance's creation time, which Options.Created or
 // $SOURCE_DATE_EPOCH fix.
 //
-// With no input path the embedded tiny OPT model of package testmodels is
-// converted, so the tool works offline.
+// With no input path the embedded default model of package testmodels
+// (opt-kjv-mini, a small OPT trained by this project, with its tokenizer)
+// is converted, so the tool works offline; "embedded:NAME" names an
+// embedded model (DefaultLabel, TinyLabel: the transformers-made fixture
+// the tests use).
 package convert

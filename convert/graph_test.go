@@ -63,7 +63,7 @@ func checkGraphRefs(t *testing.T, c *slopepb.OPTConfig, sparse map[string]format
 }
 
 func TestBuildOPTGraphDefault(t *testing.T) {
-	src, err := OpenSource("")
+	src, err := OpenSource(TinyLabel)
 	if err != nil {
 		t.Fatal(err)
 	}

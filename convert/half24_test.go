@@ -266,6 +266,9 @@ func pokeHalves(t *testing.T, dir, key string, at int, vals ...uint16) {
 // files (nil on error), the results and the errors.
 func convertBoth(t *testing.T, o Options) (files [2][]byte, res [2]*Result, errs [2]error) {
 	t.Helper()
+	if o.In == "" {
+		o.In = TinyLabel
+	}
 	for k, fused := range []bool{true, false} {
 		rawHalf = fused
 		o.Out = filepath.Join(t.TempDir(), "m.slope")

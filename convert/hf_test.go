@@ -16,7 +16,7 @@ import (
 )
 
 func TestOpenHFDefault(t *testing.T) {
-	src, err := OpenHF(testmodels.DefaultFS(), DefaultLabel)
+	src, err := OpenHF(testmodels.TinyFS(), DefaultLabel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestOpenHFDecoderPrefix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, _ := OpenHF(testmodels.DefaultFS(), DefaultLabel)
+	ref, _ := OpenHF(testmodels.TinyFS(), DefaultLabel)
 	defer ref.Close()
 	b, _ := ref.Tensor("decoder.layers.0.fc2.weight")
 	if a.SourceName != "decoder.layers.0.fc2.weight" || !equalF32(a.Data, b.Data) {

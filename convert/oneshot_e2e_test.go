@@ -43,7 +43,7 @@ while his daughter wrote the day's prices on a board by the door.`
 func tinyWithTokenizer(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	src := testmodels.DefaultFS()
+	src := testmodels.TinyFS()
 	for _, name := range []string{"config.json", "model.safetensors", "generation_config.json"} {
 		b, err := fs.ReadFile(src, name)
 		if err != nil {
@@ -194,7 +194,7 @@ func TestOneShotDeterministicTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	conv := func(name string, seed uint64, extra func(*convert.Options)) (*convert.Result, []byte) {
-		o := convert.Options{Out: filepath.Join(tmp, name), Method: "sparsegpt", Calib: calib, CalibSamples: 8, CalibSeqLen: 32,
+		o := convert.Options{In: convert.TinyLabel, Out: filepath.Join(tmp, name), Method: "sparsegpt", Calib: calib, CalibSamples: 8, CalibSeqLen: 32,
 			Seed: seed, Created: "2024-01-01T00:00:00Z", NM: "4:8"}
 		if extra != nil {
 			extra(&o)
@@ -261,7 +261,7 @@ func TestCalibChunkInvariance(t *testing.T) {
 			var want []byte
 			var wantErrs []float64
 			for _, chunk := range []int{0, 1, 2, 4, 7} {
-				o := convert.Options{Out: filepath.Join(tmp, fmt.Sprintf("%s-%d-%d.slope", method, cfg.seq, chunk)), Method: method, Calib: calib,
+				o := convert.Options{In: convert.TinyLabel, Out: filepath.Join(tmp, fmt.Sprintf("%s-%d-%d.slope", method, cfg.seq, chunk)), Method: method, Calib: calib,
 					CalibSamples: cfg.samples, CalibSeqLen: cfg.seq, CalibChunk: chunk, Seed: 3, Created: "2024-01-01T00:00:00Z"}
 				res, err := convert.DenseToSlope(t.Context(), o)
 				if err != nil {
@@ -288,10 +288,10 @@ func TestCalibChunkInvariance(t *testing.T) {
 			}
 		}
 	}
-	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: filepath.Join(tmp, "x.slope"), Method: "wanda", Calib: calib, CalibChunk: -1}); err == nil || !strings.Contains(err.Error(), "--calib-chunk") {
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: convert.TinyLabel, Out: filepath.Join(tmp, "x.slope"), Method: "wanda", Calib: calib, CalibChunk: -1}); err == nil || !strings.Contains(err.Error(), "--calib-chunk") {
 		t.Errorf("--calib-chunk -1: %v", err)
 	}
-	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: filepath.Join(tmp, "y.slope"), CalibChunk: 4}); err == nil || !strings.Contains(err.Error(), "--calib-chunk") {
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: convert.TinyLabel, Out: filepath.Join(tmp, "y.slope"), CalibChunk: 4}); err == nil || !strings.Contains(err.Error(), "--calib-chunk") {
 		t.Errorf("--calib-chunk with magnitude: %v", err)
 	}
 }
@@ -326,6 +326,9 @@ func TestOneShotErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		c.o.Out = out
+		if c.o.In == "" {
+			c.o.In = convert.TinyLabel
+		}
 		_, err := convert.DenseToSlope(t.Context(), c.o)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: error %v, want one naming %q", c.o, err, c.want)

@@ -172,7 +172,7 @@ func TestWriteMagnitudeMatchesGeneral(t *testing.T) {
 		for k, fast := range []bool{true, false} {
 			fastMagnitude = fast
 			out := filepath.Join(t.TempDir(), "m.slope")
-			res, err := DenseToSlope(t.Context(), Options{Out: out, NM: "2:4", DType: dt, Created: created})
+			res, err := DenseToSlope(t.Context(), Options{In: TinyLabel, Out: out, NM: "2:4", DType: dt, Created: created})
 			fastMagnitude = true
 			if err != nil {
 				t.Fatal(err)

@@ -77,7 +77,7 @@ func TestPytorchFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	ref, err := OpenSafetensors(testmodels.DefaultFS(), "model.safetensors")
+	ref, err := OpenSafetensors(testmodels.TinyFS(), "model.safetensors")
 	if err != nil {
 		t.Fatal(err)
 	}

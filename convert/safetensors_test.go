@@ -121,7 +121,7 @@ func TestSafetensorsBroken(t *testing.T) {
 }
 
 func TestSafetensorsFixture(t *testing.T) {
-	s, err := OpenSafetensors(testmodels.DefaultFS(), "model.safetensors")
+	s, err := OpenSafetensors(testmodels.TinyFS(), "model.safetensors")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -182,7 +182,7 @@ func TestSourcesRoundTrip(t *testing.T) {
 // pytorch_model.bin reads back with the same names and weights as its
 // model.safetensors: exactly in fp32, and within fp16 rounding in fp16.
 func TestFixtureSafetensorsVsBin(t *testing.T) {
-	ref, err := OpenSource("")
+	ref, err := OpenSource(TinyLabel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -766,5 +766,25 @@ func TestMappedLargeTensorTruncatedAfterOpen(t *testing.T) {
 	}
 	if _, err := st.ReadFloat32("w"); err == nil || !strings.Contains(err.Error(), "fault") {
 		t.Fatalf("read of a truncated mapping: %v", err)
+	}
+}
+
+// TestOpenSourceEmbedded: "" and DefaultLabel open the default model,
+// TinyLabel the fixture; an unknown embedded name is an error that lists
+// the real ones.
+func TestOpenSourceEmbedded(t *testing.T) {
+	for in, hidden := range map[string]int64{"": 128, DefaultLabel: 128, TinyLabel: 64} {
+		src, err := OpenSource(in)
+		if err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		if got := src.Config().HiddenSize; got != hidden {
+			t.Errorf("%q: hidden size %d, want %d", in, got, hidden)
+		}
+		src.Close()
+	}
+	_, err := OpenSource(EmbeddedPrefix + "nope")
+	if err == nil || !strings.Contains(err.Error(), DefaultLabel) || !strings.Contains(err.Error(), TinyLabel) {
+		t.Errorf("unknown embedded model: %v", err)
 	}
 }

@@ -96,6 +96,9 @@ func TestTransposeMaterialize(t *testing.T) {
 		{"merged adapters", Options{In: dir, Rank: 4, MergeAdapters: true}},
 	} {
 		o := c.o
+		if o.In == "" {
+			o.In = TinyLabel
+		}
 		o.Transpose = TransposeMaterialize
 		o.Out = filepath.Join(t.TempDir(), "m.slope")
 		res, err := DenseToSlope(t.Context(), o)
@@ -109,7 +112,7 @@ func TestTransposeMaterialize(t *testing.T) {
 			t.Errorf("%s: %d materialized transposes for %d pruned weights", c.name, n, res.Pruned)
 		}
 	}
-	o := Options{Out: filepath.Join(t.TempDir(), "m.slope")}
+	o := Options{In: TinyLabel, Out: filepath.Join(t.TempDir(), "m.slope")}
 	if _, err := DenseToSlope(t.Context(), o); err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func TestConformanceBF16DecodeKernel(t *testing.T) {
 func tinyModel(t *testing.T, nm string, be ops.Backend) *runtime.Model {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "tiny.slope")
-	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: out, NM: nm}); err != nil {
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: convert.TinyLabel, Out: out, NM: nm}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := runtime.Open(out, &runtime.Options{Backend: be})

@@ -40,7 +40,7 @@ func TestGradRefusesBF16(t *testing.T) {
 func tinySlope(t *testing.T) string {
 	t.Helper()
 	fn := filepath.Join(t.TempDir(), "tiny.slope")
-	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: fn, NM: "2:4", DType: "fp32"}); err != nil {
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: convert.TinyLabel, Out: fn, NM: "2:4", DType: "fp32"}); err != nil {
 		t.Fatal(err)
 	}
 	return fn

@@ -27,6 +27,9 @@ import (
 func toSlope(t *testing.T, in string, o convert.Options) string {
 	t.Helper()
 	o.In = in
+	if in == "" {
+		o.In = convert.TinyLabel
+	}
 	o.Out = filepath.Join(t.TempDir(), "m.slope")
 	o.Created = "2025-01-01T00:00:00Z"
 	if _, err := convert.DenseToSlope(t.Context(), o); err != nil {

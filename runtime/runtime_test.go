@@ -21,6 +21,9 @@ func tinyWith(t *testing.T, o convert.Options) *Model {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "tiny.slope")
 	o.Out = out
+	if o.In == "" {
+		o.In = convert.TinyLabel
+	}
 	if _, err := convert.DenseToSlope(t.Context(), o); err != nil {
 		t.Fatal(err)
 	}

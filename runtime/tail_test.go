@@ -19,7 +19,7 @@ import (
 func TestGenerateNodeAfterLMHead(t *testing.T) {
 	dir := t.TempDir()
 	plain := filepath.Join(dir, "plain.slope")
-	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: plain, NM: "2:4"}); err != nil {
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: convert.TinyLabel, Out: plain, NM: "2:4"}); err != nil {
 		t.Fatal(err)
 	}
 	tail := filepath.Join(dir, "tail.slope")

@@ -1,12 +1,16 @@
-// Package testmodels owns the tiny OPT checkpoints the project converts and
+// Package testmodels owns the small OPT checkpoints the project converts and
 // tests against, and the Hugging Face reference fixtures that come with
 // them (expected logits, greedy generations). The fixtures were made with
 // Hugging Face transformers and PyTorch (see hf-opt-tiny-a/FIXTURE.md),
 // never by this project's code, so they are an independent reference.
+// The default model (opt-kjv-mini, what slope-convert converts without
+// --in) is this project's own: a small OPT trained on the King James
+// Bible by bench/default-model.sh, with its tokenizer.
 //
 // Only what the converter needs offline (config.json, model.safetensors,
-// generation_config.json) is embedded in binaries; the larger reference
-// files are read from the source tree by tests (Dir, LoadReference).
+// generation_config.json, the default model's tokenizer) is embedded in
+// binaries; the larger reference files are read from the source tree by
+// tests (Dir, LoadReference).
 //
 // It also generates checkpoints of any OPT config deterministically from a
 // seed (GenWeights, ConfigFamilies, WriteHFDir: safetensors single or
@@ -26,44 +30,75 @@ import (
 )
 
 // DefaultName is the name of the embedded default model, and of its
-// directory under testmodels/.
-const DefaultName = "hf-opt-tiny-a"
+// directory under testmodels/: a small OPT trained by this project on the
+// King James Bible (bench/default-model.sh), with its tokenizer, so that
+// a conversion without a checkpoint gives a model that writes English.
+const DefaultName = "opt-kjv-mini"
+
+// TinyName is the name of the embedded reference fixture, and of its
+// directory: the tiny random OPT made by transformers that the tests
+// compare against (reference.json, read from the source tree).
+const TinyName = "hf-opt-tiny-a"
 
 //go:embed hf-opt-tiny-a/config.json hf-opt-tiny-a/model.safetensors hf-opt-tiny-a/generation_config.json
+//go:embed opt-kjv-mini/config.json opt-kjv-mini/model.safetensors opt-kjv-mini/generation_config.json
+//go:embed opt-kjv-mini/vocab.json opt-kjv-mini/merges.txt
 var embedded embed.FS
 
-// DefaultFS is the embedded default model as a Hugging Face model
-// directory: config.json, model.safetensors and generation_config.json at
-// its root.
-func DefaultFS() fs.FS {
-	sub, err := fs.Sub(embedded, DefaultName)
+// Embedded returns the embedded model name (DefaultName or TinyName) as a
+// Hugging Face model directory: config.json, model.safetensors,
+// generation_config.json and, for the default model, vocab.json and
+// merges.txt at its root. ok is false for any other name.
+func Embedded(name string) (fsys fs.FS, ok bool) {
+	if name != DefaultName && name != TinyName {
+		return nil, false
+	}
+	sub, err := fs.Sub(embedded, name)
 	if err != nil {
-		// fs.Sub fails only for an invalid path; DefaultName is a constant.
+		// fs.Sub fails only for an invalid path; the names are constants.
 		panic("testmodels: " + err.Error())
 	}
-	return sub
+	return sub, true
 }
 
-// Dir is the absolute path of the default model's directory in the source
-// tree (testmodels/hf-opt-tiny-a), for tests that need files that are not
-// embedded. It is derived from this source file's location (or, in a
-// -trimpath build, found by walking up from the working directory), so it
-// is only meaningful where the source tree is present.
-func Dir() string {
+// DefaultFS is the embedded default model (Embedded(DefaultName)).
+func DefaultFS() fs.FS {
+	f, _ := Embedded(DefaultName)
+	return f
+}
+
+// TinyFS is the embedded reference fixture (Embedded(TinyName)).
+func TinyFS() fs.FS {
+	f, _ := Embedded(TinyName)
+	return f
+}
+
+// Dir is the absolute path of the reference fixture's directory in the
+// source tree (testmodels/hf-opt-tiny-a), for tests that need files that
+// are not embedded; DefaultDir is the default model's. They are derived
+// from this source file's location (or, in a -trimpath build, found by
+// walking up from the working directory), so they are only meaningful
+// where the source tree is present.
+func Dir() string { return sourceDir(TinyName) }
+
+// DefaultDir is the default model's directory in the source tree (see Dir).
+func DefaultDir() string { return sourceDir(DefaultName) }
+
+func sourceDir(name string) string {
 	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		return filepath.Join(filepath.Dir(file), DefaultName)
+		return filepath.Join(filepath.Dir(file), name)
 	}
 	wd, err := os.Getwd()
 	if err != nil {
-		return filepath.Join("testmodels", DefaultName)
+		return filepath.Join("testmodels", name)
 	}
 	for d := wd; ; d = filepath.Dir(d) {
-		cand := filepath.Join(d, "testmodels", DefaultName)
+		cand := filepath.Join(d, "testmodels", name)
 		if st, err := os.Stat(cand); err == nil && st.IsDir() {
 			return cand
 		}
 		if filepath.Dir(d) == d {
-			return filepath.Join(wd, "testmodels", DefaultName)
+			return filepath.Join(wd, "testmodels", name)
 		}
 	}
 }

@@ -29,22 +29,37 @@ func TestLoadReference(t *testing.T) {
 	}
 }
 
-func TestDefaultFS(t *testing.T) {
-	for _, name := range []string{"config.json", "model.safetensors", "generation_config.json"} {
-		emb, err := fs.ReadFile(DefaultFS(), name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		disk, err := os.ReadFile(filepath.Join(Dir(), name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(emb) != string(disk) {
-			t.Errorf("embedded %s differs from %s", name, Dir())
+// TestEmbedded: the embedded files are the source tree's, the default
+// model carries its tokenizer, and the fixture's reference data stays out
+// of binaries.
+func TestEmbedded(t *testing.T) {
+	for _, c := range []struct {
+		fsys  fs.FS
+		dir   string
+		files []string
+	}{
+		{TinyFS(), Dir(), []string{"config.json", "model.safetensors", "generation_config.json"}},
+		{DefaultFS(), DefaultDir(), []string{"config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt"}},
+	} {
+		for _, name := range c.files {
+			emb, err := fs.ReadFile(c.fsys, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			disk, err := os.ReadFile(filepath.Join(c.dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(emb) != string(disk) {
+				t.Errorf("embedded %s differs from %s", name, c.dir)
+			}
 		}
 	}
-	if _, err := fs.Stat(DefaultFS(), "reference.json"); err == nil {
+	if _, err := fs.Stat(TinyFS(), "reference.json"); err == nil {
 		t.Error("reference.json must not be embedded")
+	}
+	if _, ok := Embedded("nope"); ok {
+		t.Error("Embedded accepted an unknown name")
 	}
 }
 

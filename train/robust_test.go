@@ -115,7 +115,7 @@ func TestResumeRejectsBadTrainingState(t *testing.T) {
 // the planned start step.
 func TestResumeModelAdapters(t *testing.T) {
 	fn := filepath.Join(t.TempDir(), "ad.slope")
-	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: fn, NM: "2:4", DType: "fp32", Rank: 2}); err != nil {
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: convert.TinyLabel, Out: fn, NM: "2:4", DType: "fp32", Rank: 2}); err != nil {
 		t.Fatal(err)
 	}
 	o := Options{LR: 5e-3, TotalSteps: 6, Threads: 1, Rank: 2, AdapterStart: 2, Schedule: ScheduleConstant}

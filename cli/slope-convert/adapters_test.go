@@ -15,7 +15,7 @@ import (
 func TestDenseToSlopeAdapterFlags(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "a.slope")
 	var stdout, stderr bytes.Buffer
-	args := []string{"dense-to-slope", "--out", out, "--nm-layers", "1=4:8", "--rank-frac", "0.125", "--adapter-init", "svd",
+	args := []string{"dense-to-slope", "--in", convert.TinyLabel, "--out", out, "--nm-layers", "1=4:8", "--rank-frac", "0.125", "--adapter-init", "svd",
 		"--merge-adapters", "--adapter-scale", "0.5", "--seed", "9", "--json", "--quiet"}
 	if code := run(args, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
@@ -56,7 +56,7 @@ func TestDenseToSlopeTextSummary(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "a.slope")
 	for _, quiet := range []bool{false, true} {
 		var stdout, stderr bytes.Buffer
-		args := []string{"dense-to-slope", "--out", out, "--rank", "4", "--adapter-init", "svd"}
+		args := []string{"dense-to-slope", "--in", convert.TinyLabel, "--out", out, "--rank", "4", "--adapter-init", "svd"}
 		if quiet {
 			args = append(args, "--quiet")
 		}
@@ -119,7 +119,7 @@ func TestAdapterFlagErrors(t *testing.T) {
 		{[]string{"--seed", "-1"}, "seed"},
 	} {
 		var stdout, stderr bytes.Buffer
-		args := append([]string{"dense-to-slope", "--out", out}, c.args...)
+		args := append([]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", out}, c.args...)
 		if code := run(args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), c.want) {
 			t.Errorf("%v: exit %d, stderr %q, want %q", c.args, code, stderr.String(), c.want)
 		}

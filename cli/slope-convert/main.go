@@ -1,6 +1,6 @@
 // Command slope-convert turns dense checkpoints into SLoPe .slope files.
 //
-//	slope-convert dense-to-slope --out model.slope            # embedded tiny OPT
+//	slope-convert dense-to-slope --out model.slope            # the embedded default model
 //	slope-convert dense-to-slope --in ./opt-125m --out opt.slope --nm 2:4
 //	slope-convert dense-to-slope --in ./opt-125m --out opt.slope --nm-layers '0-5=2:4,6-11=2:8' \
 //	    --rank-frac 0.0156 --adapter-init svd --seed 1 --json

@@ -12,18 +12,20 @@ import (
 	"github.com/slopeml/slope/format"
 )
 
+// TestDenseToSlopeDefault: without --in the embedded default model (the
+// King James mini model) is converted, with its tokenizer.
 func TestDenseToSlopeDefault(t *testing.T) {
-	out := filepath.Join(t.TempDir(), "tiny.slope")
+	out := filepath.Join(t.TempDir(), "kjv.slope")
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"dense-to-slope", "--out", out}, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
-	for _, want := range []string{"wrote " + out, "tensors:", "12 weights pruned", "transpose extra zeros", "decoder.layers.1.fc2.weight", "bytes in/out"} {
+	for _, want := range []string{"wrote " + out, "tensors:", "24 weights pruned", "transpose extra zeros", "decoder.layers.3.fc2.weight", "bytes in/out"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
 		}
 	}
-	if !strings.Contains(stderr.String(), "converted 36/36 decoder.final_layer_norm.bias\n") {
+	if !strings.Contains(stderr.String(), "converted 68/68 decoder.final_layer_norm.bias\n") {
 		t.Errorf("no progress on stderr: %q", stderr.String())
 	}
 	f, err := format.Open(out, nil)
@@ -34,15 +36,22 @@ func TestDenseToSlopeDefault(t *testing.T) {
 	if err := f.Verify(nil); err != nil {
 		t.Fatal(err)
 	}
-	if cmd := f.Manifest().Provenance.GetCommand(); cmd != "slope-convert dense-to-slope --out "+out {
+	m := f.Manifest()
+	if cmd := m.Provenance.GetCommand(); cmd != "slope-convert dense-to-slope --out "+out {
 		t.Errorf("command %q", cmd)
+	}
+	if src := m.Metadata["source"]; src != convert.DefaultLabel {
+		t.Errorf("source %q, want %q", src, convert.DefaultLabel)
+	}
+	if tk := m.GetTokenizer(); tk == nil || tk.Files["vocab.json"] == "" || tk.Files["merges.txt"] == "" {
+		t.Errorf("the default model's tokenizer did not travel: %v", tk)
 	}
 }
 
 func TestDenseToSlopeJSON(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "tiny.slope")
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"dense-to-slope", "--out", out, "--json", "--quiet", "--dtype", "fp16", "--compress", "zstd"}, &stdout, &stderr)
+	code := run([]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", out, "--json", "--quiet", "--dtype", "fp16", "--compress", "zstd"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
@@ -67,11 +76,11 @@ func TestErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--nm", "5:4"}, "--nm"},
-		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--dtype", "int8"}, "--dtype"},
-		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--compress", "gzip"}, "--compress"},
-		{[]string{"dense-to-slope", "--out", filepath.Join(dir, "a.slope"), "--transpose", "both"}, "--transpose"},
-		{[]string{"dense-to-slope", "--out", ""}, "--out"},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--nm", "5:4"}, "--nm"},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--dtype", "int8"}, "--dtype"},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--compress", "gzip"}, "--compress"},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--transpose", "both"}, "--transpose"},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", ""}, "--out"},
 		{[]string{"dense-to-slope", "--in", filepath.Join(dir, "nope"), "--out", filepath.Join(dir, "a.slope")}, "nope"},
 		{[]string{"dense-to-slope", "--bogus"}, "bogus"},
 		{[]string{"frobnicate"}, "frobnicate"},
@@ -103,7 +112,7 @@ func TestDenseToSlopeCalibrated(t *testing.T) {
 	}
 	out := filepath.Join(dir, "sgpt.slope")
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"dense-to-slope", "--out", out, "--method", "sparsegpt", "--calib", calib, "--calib-samples", "4", "--calib-seqlen", "16", "--seed", "5"}, &stdout, &stderr)
+	code := run([]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", out, "--method", "sparsegpt", "--calib", calib, "--calib-samples", "4", "--calib-seqlen", "16", "--seed", "5"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
@@ -119,7 +128,7 @@ func TestDenseToSlopeCalibrated(t *testing.T) {
 	}
 	stdout.Reset()
 	stderr.Reset()
-	code = run([]string{"dense-to-slope", "--out", out, "--method", "wanda", "--calib", calib, "--calib-samples", "4", "--json", "--quiet"}, &stdout, &stderr)
+	code = run([]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", out, "--method", "wanda", "--calib", calib, "--calib-samples", "4", "--json", "--quiet"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
@@ -158,7 +167,7 @@ func TestCalibFlagErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		var stdout, stderr bytes.Buffer
-		args := append([]string{"dense-to-slope", "--out", out}, c.args...)
+		args := append([]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", out}, c.args...)
 		if code := run(args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), c.want) {
 			t.Errorf("%v: exit %d, stderr %q, want one naming %q", c.args, code, stderr.String(), c.want)
 		}

@@ -18,7 +18,7 @@ import (
 func convertTiny(t *testing.T, nm string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "tiny.slope")
-	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: out, NM: nm}); err != nil {
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: convert.TinyLabel, Out: out, NM: nm}); err != nil {
 		t.Fatal(err)
 	}
 	return out

@@ -21,7 +21,7 @@ import (
 // this check, so that SLoPe's input gradient is the true one.
 func gradModel(t *testing.T, be ops.GradBackend) {
 	fn := filepath.Join(t.TempDir(), "tiny.slope")
-	if _, err := convert.DenseToSlope(t.Context(), convert.Options{Out: fn, NM: "2:4", DType: "fp32"}); err != nil {
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: convert.TinyLabel, Out: fn, NM: "2:4", DType: "fp32"}); err != nil {
 		t.Fatal(err)
 	}
 	f, err := format.Open(fn, nil)
