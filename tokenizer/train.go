@@ -11,7 +11,7 @@ import (
 // pieces as Encode splits it (GPT-2's pre-tokenizer), and then, starting
 // from the 256 single bytes, the most frequent adjacent pair of tokens
 // over all pieces (weighted by how often each piece occurs) is merged into
-// a new token, vocab-len(specials)-256 times or until no pair occurs
+// a new token, until the vocabulary has vocab tokens or no pair occurs
 // twice. Ties go to the pair whose spelling (left, then right) sorts
 // first, so the result depends only on the text.
 //
@@ -44,6 +44,10 @@ func TrainBPE(text string, vocab int, specials []string) (vocabJSON, merges []by
 	for b := range 256 {
 		spell[b] = byteLevelEncode([]byte{byte(b)})
 	}
+	idOf := make(map[string]int32, cap(spell))
+	for b, sp := range spell {
+		idOf[sp] = int32(b)
+	}
 	type pair struct{ a, b int32 }
 	pairs := map[pair]int{}
 	where := map[pair][]int{} // words that held the pair when it was counted (may be stale)
@@ -65,8 +69,15 @@ func TrainBPE(text string, vocab int, specials []string) (vocabJSON, merges []by
 		if best.a < 0 {
 			break // no pair occurs twice
 		}
-		id := int32(len(spell))
-		spell = append(spell, spell[best.a]+spell[best.b])
+		// Two merges can spell the same token ("ab c" and "a bc"): the
+		// second reuses the first's id, as GPT-2's vocabularies do.
+		merged := spell[best.a] + spell[best.b]
+		id, known := idOf[merged]
+		if !known {
+			id = int32(len(spell))
+			spell = append(spell, merged)
+			idOf[merged] = id
+		}
 		lines = append(lines, spell[best.a]+" "+spell[best.b])
 		seen := map[int]bool{}
 		for _, wi := range where[best] {
