@@ -209,12 +209,8 @@ func startCalibration(src Source, o Options, c *CalibSpec, method string, ruleFo
 		c.SeqLen = maxPos
 	}
 	c.Vocab, c.BOS = int(cfg.VocabSize), int(cfg.BosTokenId)
-	if o.In != "" {
-		dir := o.In
-		if st, err := os.Stat(dir); err == nil && !st.IsDir() {
-			dir = filepath.Dir(dir)
-		}
-		c.Tokenizer = func() (*tokenizer.BPE, error) { return tokenizer.LoadDir(dir) }
+	if fsys, where, ok := modelFiles(o.In); ok && (o.In != "" || o.Source == nil) {
+		c.Tokenizer = func() (*tokenizer.BPE, error) { return tokenizer.LoadFS(fsys, where) }
 	}
 	samples, sum, err := loadCalibration(*c)
 	if err != nil {

@@ -262,6 +262,21 @@ func embeddedModel(in string) (fsys fs.FS, label string, ok bool, err error) {
 	return f, EmbeddedPrefix + name, true, nil
 }
 
+// modelFiles returns the folder of files beside the checkpoint in (an
+// embedded model's root, the directory, or an .onnx file's directory),
+// where its tokenizer files are looked for, and a name for it in errors.
+// ok is false for an unknown embedded name.
+func modelFiles(in string) (fsys fs.FS, where string, ok bool) {
+	if emb, label, isEmb, err := embeddedModel(in); isEmb || err != nil {
+		return emb, label, err == nil
+	}
+	dir := in
+	if st, err := os.Stat(in); err == nil && !st.IsDir() {
+		dir = filepath.Dir(in)
+	}
+	return os.DirFS(dir), dir, true
+}
+
 // OpenSource opens the checkpoint at in:
 //
 //   - "" is the embedded default model (testmodels.DefaultName), and
@@ -1092,19 +1107,9 @@ var tokenizerFileSets = [][]string{{"tokenizer.json"}, {"vocab.json", "merges.tx
 // the runtime can encode and decode text. A source without them is fine:
 // the model then runs on token ids.
 func copyTokenizer(w *format.Writer, in string, given bool) error {
-	var fsys fs.FS
-	var dir string // names the files in errors
-	if emb, label, ok, err := embeddedModel(in); ok || err != nil {
-		if err != nil || given {
-			return nil // a given Source labelled "" (Init) has no files
-		}
-		fsys, dir = emb, label
-	} else {
-		dir = in
-		if st, err := os.Stat(in); err == nil && !st.IsDir() {
-			dir = filepath.Dir(in)
-		}
-		fsys = os.DirFS(dir)
+	fsys, dir, ok := modelFiles(in)
+	if !ok || given && in == "" {
+		return nil // a given Source labelled "" (Init) has no files
 	}
 	for _, set := range tokenizerFileSets {
 		files := map[string][]byte{}

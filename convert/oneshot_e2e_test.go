@@ -419,3 +419,22 @@ func TestOneShotTiming(t *testing.T) {
 		}
 	}
 }
+
+// TestDefaultModelTextCalibration: the embedded default model carries its
+// tokenizer, so Wanda calibrates it on plain text (the tokenizer is read
+// from the embedded files, as the container's copy is).
+func TestDefaultModelTextCalibration(t *testing.T) {
+	tmp := t.TempDir()
+	text := filepath.Join(tmp, "calib.txt")
+	if err := os.WriteFile(text, []byte(strings.Repeat("And God said, Let there be light: and there was light. ", 40)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := convert.DenseToSlope(t.Context(), convert.Options{Out: filepath.Join(tmp, "m.slope"), Method: "wanda",
+		Calib: text, CalibSamples: 4, CalibSeqLen: 32, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Method != "wanda" || res.Pruned != 24 {
+		t.Errorf("result: method %q, %d pruned", res.Method, res.Pruned)
+	}
+}

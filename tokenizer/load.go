@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -68,21 +69,25 @@ func loadGPT2(vocabJSON, merges []byte, vocabName, mergesName string) (*BPE, err
 
 // LoadDir loads the tokenizer of a model directory: tokenizer.json when it
 // exists, otherwise vocab.json and merges.txt. Errors name the file.
-func LoadDir(dir string) (*BPE, error) {
-	tj := filepath.Join(dir, "tokenizer.json")
-	if b, err := os.ReadFile(tj); err == nil {
+func LoadDir(dir string) (*BPE, error) { return LoadFS(os.DirFS(dir), dir) }
+
+// LoadFS is LoadDir on the root of fsys (an embedded model, say); where
+// names it in errors.
+func LoadFS(fsys fs.FS, where string) (*BPE, error) {
+	tj := filepath.Join(where, "tokenizer.json")
+	if b, err := fs.ReadFile(fsys, "tokenizer.json"); err == nil {
 		return loadTokenizerJSON(b, tj)
-	} else if !errors.Is(err, os.ErrNotExist) {
+	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
-	vp, mp := filepath.Join(dir, "vocab.json"), filepath.Join(dir, "merges.txt")
-	v, err := os.ReadFile(vp)
+	vp, mp := filepath.Join(where, "vocab.json"), filepath.Join(where, "merges.txt")
+	v, err := fs.ReadFile(fsys, "vocab.json")
 	if err != nil {
-		return nil, fmt.Errorf("tokenizer: %w (and no tokenizer.json)", err)
+		return nil, fmt.Errorf("tokenizer: %s: %w (and no tokenizer.json)", vp, err)
 	}
-	m, err := os.ReadFile(mp)
+	m, err := fs.ReadFile(fsys, "merges.txt")
 	if err != nil {
-		return nil, fmt.Errorf("tokenizer: %w", err)
+		return nil, fmt.Errorf("tokenizer: %s: %w", mp, err)
 	}
 	t, err := loadGPT2(v, m, vp, mp)
 	if err != nil {
@@ -91,13 +96,13 @@ func LoadDir(dir string) (*BPE, error) {
 	// The special tokens the model's files name (GPT-2's "<|endoftext|>",
 	// OPT's "</s>" and "<pad>"), as Hugging Face reads them; without the
 	// file, DefaultSpecialTokens.
-	sp := filepath.Join(dir, SpecialTokensMapFile)
-	if b, err := os.ReadFile(sp); err == nil {
+	sp := filepath.Join(where, SpecialTokensMapFile)
+	if b, err := fs.ReadFile(fsys, SpecialTokensMapFile); err == nil {
 		if err := ApplySpecialTokensMap(t, b, sp); err != nil {
 			return nil, err
 		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("tokenizer: %w", err)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("tokenizer: %s: %w", sp, err)
 	}
 	return t, nil
 }
