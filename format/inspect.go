@@ -34,7 +34,8 @@ type TensorSummary struct {
 	StoredBytes uint64 `json:"stored_bytes"`
 	RawBytes    uint64 `json:"raw_bytes"`
 	// DenseFP16Bytes is 2 bytes per element of the logical shape: what the
-	// tensor would take in a dense fp16 model. It is 0 for the auxiliary
+	// tensor would take in a dense fp16 model (a tensor that is not floats,
+	// such as a tokenizer file, its own raw size). It is 0 for the auxiliary
 	// encodings NM_TRANSPOSE_MASK and NM_TRANSPOSE_MATERIALIZED, which a
 	// dense model does not have: their bytes are pure overhead.
 	DenseFP16Bytes uint64 `json:"dense_fp16_bytes"`
@@ -199,15 +200,21 @@ func summarizeTensor(f *File, t *slopepb.Tensor) TensorSummary {
 	default:
 		// Element counts were capped at open (MaxElements), so this does
 		// not overflow for any limits a reader accepts; saturate anyway.
-		n := uint64(1)
+		n, ok := uint64(1), true
 		for _, d := range t.GetShape() {
-			var ok bool
 			if n, ok = mulU64(n, d); !ok {
 				n = math.MaxUint64 / 2
 				break
 			}
 		}
 		ts.DenseFP16Bytes = n * 2
+		if sz, err := ElemSize(t.GetDtype()); err == nil && !IsFloat(t.GetDtype()) {
+			// Not weights (tokenizer files, ids): a dense fp16 model
+			// carries the same bytes.
+			if ts.DenseFP16Bytes, ok = mulU64(n, uint64(sz)); !ok {
+				ts.DenseFP16Bytes = math.MaxUint64 / 2
+			}
+		}
 	}
 	ts.RatioToFP16 = ratio(ts.StoredBytes, ts.DenseFP16Bytes)
 	return ts

@@ -318,3 +318,31 @@ func TestSummarizeEmpty(t *testing.T) {
 		t.Errorf("Summarize(nil) = %+v", s)
 	}
 }
+
+// TestSummarizeNonFloat: a tensor of bytes (a tokenizer file) costs its
+// own size next to a dense fp16 model, not 2 bytes per element.
+func TestSummarizeNonFloat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tok.slope")
+	w, err := format.Create(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteBytes("tokenizer/vocab.json", []byte(`{"a": 0, "b": 1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := format.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s := format.Summarize(f)
+	if len(s.Tensors) != 1 {
+		t.Fatalf("%d tensors", len(s.Tensors))
+	}
+	if ts := s.Tensors[0]; ts.DenseFP16Bytes != 16 || ts.RatioToFP16 != 1 || s.Totals.Ratio != 1 {
+		t.Errorf("vocab.json: dense fp16 %d bytes, ratio %v, total ratio %v; want 16, 1, 1", ts.DenseFP16Bytes, ts.RatioToFP16, s.Totals.Ratio)
+	}
+}
