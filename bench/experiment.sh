@@ -19,7 +19,8 @@
 # (bench/out/experiment), CACHE (.cache/experiment: the .deb files). Shrink STEPS for a
 # smoke run. The models stage also reads HIDDEN (256), FFN (1024), LAYERS (4),
 # HEADS (4) and TOKENIZER (the data stage's, $OUT/tokenizer); bench/default-model.sh
-# sets them.
+# sets them. ADAPTER_LR (unset: the schedule's rate) gives the adapter runs
+# --adapter-lr.
 # Output: $OUT/results.md (table), $OUT/*.jsonl (logs), $OUT/*.slope
 # (checkpoints; $OUT/dense.slope is the trained dense model bench/quality.sh
 # prunes), $OUT/loss.png.
@@ -214,8 +215,10 @@ for line in open(sys.argv[1]):
         sys.stdout.write(line)
 PY
 		resume_cmd "$name" "$astep"
+		local alr=()
+		[ -z "${ADAPTER_LR:-}" ] || alr=(--adapter-lr "$ADAPTER_LR")
 		/usr/bin/time -f "%e %M" -o "$OUT/$name.time" "${cmd[@]}" --val "$OUT/val.txt" --eval-every "$EVAL_EVERY" \
-			--print-every 50 --rank-frac "$frac" --adapter-start "$astep"
+			--print-every 50 --rank-frac "$frac" --adapter-start "$astep" "${alr[@]}"
 	done
 	# Control: the same resume without adapters must end where the
 	# uninterrupted 2:4 run ended.
