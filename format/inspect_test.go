@@ -290,15 +290,18 @@ func TestSummarizeCompressed(t *testing.T) {
 	}
 }
 
-func TestSummarizeEmpty(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "empty.slope")
+// writeAndOpen writes a container whose contents fill gives it and opens
+// it (closed at the end of the test).
+func writeAndOpen(t *testing.T, fill func(w *format.Writer) error) *format.File {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "m.slope")
 	w, err := format.Create(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A fully empty manifest encodes to 0 bytes, which the reader rejects:
-	// give it one metadata entry.
-	w.Manifest().Metadata = map[string]string{"k": "v"}
+	if err := fill(w); err != nil {
+		t.Fatal(err)
+	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +309,17 @@ func TestSummarizeEmpty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func TestSummarizeEmpty(t *testing.T) {
+	f := writeAndOpen(t, func(w *format.Writer) error {
+		// A fully empty manifest encodes to 0 bytes, which the reader
+		// rejects: give it one metadata entry.
+		w.Manifest().Metadata = map[string]string{"k": "v"}
+		return nil
+	})
 	s := format.Summarize(f)
 	if s.Totals.Tensors != 0 || s.Totals.Ratio != 0 || s.GraphNodes != 0 || s.Config != nil || s.Provenance != nil {
 		t.Errorf("empty summary %+v", s)
@@ -322,22 +335,9 @@ func TestSummarizeEmpty(t *testing.T) {
 // TestSummarizeNonFloat: a tensor of bytes (a tokenizer file) costs its
 // own size next to a dense fp16 model, not 2 bytes per element.
 func TestSummarizeNonFloat(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "tok.slope")
-	w, err := format.Create(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.WriteBytes("tokenizer/vocab.json", []byte(`{"a": 0, "b": 1}`)); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	f, err := format.Open(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := writeAndOpen(t, func(w *format.Writer) error {
+		return w.WriteBytes("tokenizer/vocab.json", []byte(`{"a": 0, "b": 1}`))
+	})
 	s := format.Summarize(f)
 	if len(s.Tensors) != 1 {
 		t.Fatalf("%d tensors", len(s.Tensors))
