@@ -58,6 +58,12 @@ type GenerateOptions struct {
 	// TopP keeps the smallest set of most likely tokens whose probability
 	// reaches P (0 or 1: all).
 	TopP float64
+	// RepetitionPenalty, when positive and not 1, discourages the tokens
+	// already in a sequence (its prompt and what it generated), as
+	// transformers' repetition_penalty does: their logits are divided by
+	// it where positive and multiplied by it where negative, before the
+	// greedy choice or sampling. 0 or 1: off.
+	RepetitionPenalty float64
 	// Seed of the sampler.
 	Seed uint64
 	// EOS stops a sequence when generated (-1: never stop early).
@@ -78,6 +84,10 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 	if len(prompts) == 0 || o.MaxTokens < 1 {
 		return nil, fmt.Errorf("generate: need at least one prompt and MaxTokens >= 1")
 	}
+	if p := o.RepetitionPenalty; !(p >= 0) || math.IsInf(p, 0) {
+		return nil, fmt.Errorf("generate: repetition penalty %g: want a finite value >= 0", p)
+	}
+	penalize := o.RepetitionPenalty > 0 && o.RepetitionPenalty != 1
 	longest := 0
 	for i, p := range prompts {
 		if len(p) == 0 {
@@ -119,6 +129,17 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 	}
 	next := make([][]int32, len(prompts))
 	nextMask := ones(len(prompts), 1)
+	var seen []map[int32]bool // per sequence, with RepetitionPenalty
+	var row []float32
+	if penalize {
+		seen = make([]map[int32]bool, len(prompts))
+		for b, p := range prompts {
+			seen[b] = map[int32]bool{}
+			for _, id := range p {
+				seen[b][id] = true
+			}
+		}
+	}
 	for step := 0; step < o.MaxTokens; step++ {
 		if err := ctx.Err(); err != nil {
 			return out, err
@@ -127,7 +148,16 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 		for b := range prompts {
 			tok := int32(o.Pad)
 			if !done[b] {
-				tok = int32(sample(logits.Row(b), o, rng))
+				l := logits.Row(b)
+				if penalize {
+					row = append(row[:0], l...)
+					penalizeRepeats(row, seen[b], o.RepetitionPenalty)
+					l = row
+				}
+				tok = int32(sample(l, o, rng))
+				if penalize {
+					seen[b][tok] = true
+				}
 				out[b] = append(out[b], tok)
 				if o.OnToken != nil {
 					if err := o.OnToken(b, step, int(tok)); err != nil {
@@ -147,6 +177,21 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 		}
 	}
 	return out, nil
+}
+
+// penalizeRepeats applies RepetitionPenalty p to the logits of the ids in
+// seen (ids outside the row are ignored).
+func penalizeRepeats(logits []float32, seen map[int32]bool, p float64) {
+	for id := range seen {
+		if id < 0 || int(id) >= len(logits) {
+			continue
+		}
+		if v := float64(logits[id]); v > 0 {
+			logits[id] = float32(v / p)
+		} else {
+			logits[id] = float32(v * p)
+		}
+	}
 }
 
 // ScoreResult is the outcome of Score.

@@ -255,3 +255,62 @@ func TestSampleMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+// TestRepetitionPenalty: transformers' rule on one row (divide positive
+// logits, multiply negative ones, once per distinct token), and greedy
+// generation with it equals a plain loop that runs Forward on the whole
+// sequence so far and applies the rule to the last position's logits.
+func TestRepetitionPenalty(t *testing.T) {
+	row := []float32{2, -2, 0.5, 1, 0}
+	penalizeRepeats(row, map[int32]bool{0: true, 1: true, 4: true, 99: true, -1: true}, 2)
+	if want := []float32{1, -4, 0.5, 1, 0}; !slices.Equal(row, want) {
+		t.Errorf("penalized row %v, want %v", row, want)
+	}
+
+	ref, err := testmodels.LoadReference()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tiny(t, "2:4")
+	prompt := i32(ref.InputIDs)[0][:6]
+	const n, p = 10, 1.8
+	got, err := m.Generate(t.Context(), [][]int32{prompt}, GenerateOptions{MaxTokens: n, RepetitionPenalty: p, EOS: -1, Pad: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := slices.Clone(prompt)
+	for range n {
+		l, err := m.Forward([][]int32{seq}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := slices.Clone(l[0][len(seq)-1])
+		seen := map[int32]bool{}
+		for _, id := range seq {
+			seen[id] = true
+		}
+		penalizeRepeats(last, seen, p)
+		best := 0
+		for i, v := range last {
+			if v > last[best] {
+				best = i
+			}
+		}
+		seq = append(seq, int32(best))
+	}
+	if want := seq[len(prompt):]; !slices.Equal(got[0], want) {
+		t.Errorf("generated %v, the Forward loop %v", got[0], want)
+	}
+	plain, err := m.Generate(t.Context(), [][]int32{prompt}, GenerateOptions{MaxTokens: n, EOS: -1, Pad: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Equal(plain[0], got[0]) {
+		t.Errorf("the penalty changed nothing (%v): the test does not exercise it", plain[0])
+	}
+	for _, bad := range []float64{-1, math.Inf(1), math.NaN()} {
+		if _, err := m.Generate(t.Context(), [][]int32{prompt}, GenerateOptions{MaxTokens: 2, RepetitionPenalty: bad}); err == nil {
+			t.Errorf("repetition penalty %g accepted", bad)
+		}
+	}
+}

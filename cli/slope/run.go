@@ -62,8 +62,11 @@ func newRunCmd() *cobra.Command {
 		Use:   "run MODEL (--prompt TEXT | --ids JSON)",
 		Short: "Generate text from a prompt, streaming tokens",
 		Long: "run continues a prompt with the model: greedy by default, sampled with\n" +
-			"--temperature > 0 (and --top-k, --top-p, --seed). Text prompts need a container\n" +
-			"with a tokenizer; --ids takes token ids (printed back as ids when there is none).",
+			"--temperature > 0 (and --top-k, --top-p, --seed); --repetition-penalty P\n" +
+			"discourages tokens already in the sequence, as transformers' repetition_penalty\n" +
+			"does (their logits divided by P where positive, multiplied where negative). Text\n" +
+			"prompts need a container with a tokenizer; --ids takes token ids (printed back\n" +
+			"as ids when there is none).",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
@@ -75,6 +78,8 @@ func newRunCmd() *cobra.Command {
 				return usagef(cmd, "--top-k must be >= 0, got %d", o.TopK)
 			case !(o.TopP >= 0 && o.TopP <= 1):
 				return usagef(cmd, "--top-p must be in [0, 1], got %g", o.TopP)
+			case !(o.RepetitionPenalty > 0) || math.IsInf(o.RepetitionPenalty, 0):
+				return usagef(cmd, "--repetition-penalty must be a finite number > 0 (1: off), got %g", o.RepetitionPenalty)
 			}
 			m, err := openModel(args[0], device)
 			if err != nil {
@@ -124,6 +129,7 @@ func newRunCmd() *cobra.Command {
 	f.Float64Var(&o.Temperature, "temperature", 0, "sampling temperature (0: greedy)")
 	f.IntVar(&o.TopK, "top-k", 0, "sample among the k most likely tokens (0: all)")
 	f.Float64Var(&o.TopP, "top-p", 0, "sample among the most likely tokens of total probability p (0: all)")
+	f.Float64Var(&o.RepetitionPenalty, "repetition-penalty", 1, "divide (multiply when negative) the logits of tokens already in the sequence by this (1: off)")
 	f.Uint64Var(&o.Seed, "seed", 0, "sampling seed")
 	f.IntVar(&o.Threads, "threads", 0, "goroutines per step (0: all cores)")
 	addDeviceFlag(cmd, &device)

@@ -169,11 +169,17 @@ func TestRunSamplingFlagsAndLength(t *testing.T) {
 		{[]string{"--top-k", "-5"}, "--top-k"},
 		{[]string{"--top-p", "1.5"}, "--top-p"},
 		{[]string{"--top-p", "NaN"}, "--top-p"},
+		{[]string{"--repetition-penalty", "0"}, "--repetition-penalty"},
+		{[]string{"--repetition-penalty", "-2"}, "--repetition-penalty"},
+		{[]string{"--repetition-penalty", "Inf"}, "--repetition-penalty"},
 	} {
 		code, _, stderr := runSlope(append([]string{"run", model, "--ids", "[2, 100]"}, c.args...)...)
 		if code != exitUsage || !strings.Contains(stderr, c.flag) {
 			t.Errorf("%v: exit %d, %q", c.args, code, stderr)
 		}
+	}
+	if code, stdout, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "5", "--repetition-penalty", "1.3"); code != 0 || len(strings.Fields(stdout)) != 5 {
+		t.Errorf("--repetition-penalty 1.3: exit %d, %q %q", code, stdout, stderr)
 	}
 	code, stdout, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "63")
 	if code != 0 || len(strings.Fields(stdout)) != 63 {
