@@ -209,7 +209,7 @@ func startCalibration(src Source, o Options, c *CalibSpec, method string, ruleFo
 		c.SeqLen = maxPos
 	}
 	c.Vocab, c.BOS = int(cfg.VocabSize), int(cfg.BosTokenId)
-	if fsys, where, ok := modelFiles(o.In); ok && (o.In != "" || o.Source == nil) {
+	if fsys, where, ok := modelFiles(o.In, o.Source != nil); ok {
 		c.Tokenizer = func() (*tokenizer.BPE, error) { return tokenizer.LoadFS(fsys, where) }
 	}
 	samples, sum, err := loadCalibration(*c)

@@ -265,8 +265,12 @@ func embeddedModel(in string) (fsys fs.FS, label string, ok bool, err error) {
 // modelFiles returns the folder of files beside the checkpoint in (an
 // embedded model's root, the directory, or an .onnx file's directory),
 // where its tokenizer files are looked for, and a name for it in errors.
-// ok is false for an unknown embedded name.
-func modelFiles(in string) (fsys fs.FS, where string, ok bool) {
+// ok is false where there is none: an unknown embedded name, or a Source
+// the caller gave (given) with no name ("": Init's random weights).
+func modelFiles(in string, given bool) (fsys fs.FS, where string, ok bool) {
+	if given && in == "" {
+		return nil, "", false
+	}
 	if emb, label, isEmb, err := embeddedModel(in); isEmb || err != nil {
 		return emb, label, err == nil
 	}
@@ -1107,9 +1111,9 @@ var tokenizerFileSets = [][]string{{"tokenizer.json"}, {"vocab.json", "merges.tx
 // the runtime can encode and decode text. A source without them is fine:
 // the model then runs on token ids.
 func copyTokenizer(w *format.Writer, in string, given bool) error {
-	fsys, dir, ok := modelFiles(in)
-	if !ok || given && in == "" {
-		return nil // a given Source labelled "" (Init) has no files
+	fsys, dir, ok := modelFiles(in, given)
+	if !ok {
+		return nil
 	}
 	for _, set := range tokenizerFileSets {
 		files := map[string][]byte{}

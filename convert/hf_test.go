@@ -15,8 +15,8 @@ import (
 	"github.com/slopeml/slope/testmodels"
 )
 
-func TestOpenHFDefault(t *testing.T) {
-	src, err := OpenHF(testmodels.TinyFS(), DefaultLabel)
+func TestOpenHFTiny(t *testing.T) {
+	src, err := OpenHF(testmodels.TinyFS(), TinyLabel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func TestOpenHFDefault(t *testing.T) {
 		t.Errorf("warnings %v", w)
 	}
 	files := src.Files()
-	if len(files) != 2 || files[1].Path != DefaultLabel+"/model.safetensors" || files[1].Size != 552208 ||
+	if len(files) != 2 || files[1].Path != TinyLabel+"/model.safetensors" || files[1].Size != 552208 ||
 		len(files[1].Sha256) != 64 || files[1].Format != "safetensors" {
 		t.Errorf("files %v", files)
 	}
@@ -96,7 +96,7 @@ func TestOpenHFDecoderPrefix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, _ := OpenHF(testmodels.TinyFS(), DefaultLabel)
+	ref, _ := OpenHF(testmodels.TinyFS(), TinyLabel)
 	defer ref.Close()
 	b, _ := ref.Tensor("decoder.layers.0.fc2.weight")
 	if a.SourceName != "decoder.layers.0.fc2.weight" || !equalF32(a.Data, b.Data) {

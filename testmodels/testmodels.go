@@ -61,12 +61,6 @@ func Embedded(name string) (fsys fs.FS, ok bool) {
 	return sub, true
 }
 
-// DefaultFS is the embedded default model (Embedded(DefaultName)).
-func DefaultFS() fs.FS {
-	f, _ := Embedded(DefaultName)
-	return f
-}
-
 // TinyFS is the embedded reference fixture (Embedded(TinyName)).
 func TinyFS() fs.FS {
 	f, _ := Embedded(TinyName)

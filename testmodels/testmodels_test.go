@@ -33,13 +33,14 @@ func TestLoadReference(t *testing.T) {
 // model carries its tokenizer, and the fixture's reference data stays out
 // of binaries.
 func TestEmbedded(t *testing.T) {
+	defaultFS, _ := Embedded(DefaultName)
 	for _, c := range []struct {
 		fsys  fs.FS
 		dir   string
 		files []string
 	}{
 		{TinyFS(), Dir(), []string{"config.json", "model.safetensors", "generation_config.json"}},
-		{DefaultFS(), DefaultDir(), []string{"config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt"}},
+		{defaultFS, DefaultDir(), []string{"config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt"}},
 	} {
 		for _, name := range c.files {
 			emb, err := fs.ReadFile(c.fsys, name)

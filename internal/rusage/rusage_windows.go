@@ -3,7 +3,6 @@
 package rusage
 
 import (
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/windows"
@@ -38,10 +37,10 @@ func PeakRSS() int64 {
 
 // CPUSeconds is the process's user plus kernel CPU time.
 func CPUSeconds() float64 {
-	var created, exited, kernel, user syscall.Filetime
-	if err := syscall.GetProcessTimes(syscall.Handle(windows.CurrentProcess()), &created, &exited, &kernel, &user); err != nil {
+	var created, exited, kernel, user windows.Filetime
+	if err := windows.GetProcessTimes(windows.CurrentProcess(), &created, &exited, &kernel, &user); err != nil {
 		return 0
 	}
-	ticks := func(f syscall.Filetime) int64 { return int64(f.HighDateTime)<<32 | int64(f.LowDateTime) } // 100 ns
+	ticks := func(f windows.Filetime) int64 { return int64(f.HighDateTime)<<32 | int64(f.LowDateTime) } // 100 ns
 	return float64(ticks(kernel)+ticks(user)) * 1e-7
 }
