@@ -1,7 +1,6 @@
 package kernels
 
 import (
-	"math"
 	"slices"
 
 	"github.com/slopeml/slope/cuda/driver"
@@ -70,9 +69,7 @@ func (k *Set) LayerNormBackward(s driver.Stream, t DType, gx, ggamma, gbeta, sta
 	a.ptr("stats", stats)
 	a.ptr("gy", gy)
 	a.ptr("in", in)
-	if !(eps >= 0) || math.IsInf(float64(eps), 0) {
-		a.fail("eps = %v, want a finite value >= 0", eps)
-	}
+	a.eps(eps)
 	if (ggamma == 0) != (gbeta == 0) {
 		a.fail("ggamma and gbeta must both be set or both be 0")
 	}

@@ -229,6 +229,13 @@ func (a *args) dtype(name string, t DType) {
 	}
 }
 
+// eps checks a LayerNorm epsilon: finite and >= 0.
+func (a *args) eps(eps float32) {
+	if !(eps >= 0) || math.IsInf(float64(eps), 0) {
+		a.fail("eps = %v, want a finite value >= 0", eps)
+	}
+}
+
 func (a *args) ld(name string, ld, width int) {
 	if ld < width {
 		a.fail("%s = %d is below the width %d", name, ld, width)
@@ -348,9 +355,7 @@ func (k *Set) LayerNorm(s driver.Stream, t DType, out, in, gamma, beta driver.Pt
 	a.pos("dim", dim)
 	a.ptr("out", out)
 	a.ptr("in", in)
-	if !(eps >= 0) || math.IsInf(float64(eps), 0) {
-		a.fail("eps = %v, want a finite value >= 0", eps)
-	}
+	a.eps(eps)
 	r, dm := a.i32("rows", rows), a.i32("dim", dim)
 	a.fits("in", rows, dim)
 	return k.launch(a, a.kernel, driver.D1(rows), driver.D1(threads), 0, s, out, in, gamma, beta, r, dm, eps)
