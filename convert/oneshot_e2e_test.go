@@ -180,6 +180,21 @@ func TestOneShotEndToEnd(t *testing.T) {
 		len(heldOut), nll["dense"], nll["magnitude"], nll["wanda"], nll["sparsegpt"])
 }
 
+// convertRead converts with o and returns the result and the file's
+// bytes.
+func convertRead(t *testing.T, o convert.Options) (*convert.Result, []byte) {
+	t.Helper()
+	res, err := convert.DenseToSlope(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(o.Out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, b
+}
+
 // TestOneShotDeterministicTokens: a token file calibrates the embedded
 // model (no tokenizer needed); the same seed gives the same file, another
 // seed other samples; svd adapters and merged adapters work on top.
@@ -199,15 +214,7 @@ func TestOneShotDeterministicTokens(t *testing.T) {
 		if extra != nil {
 			extra(&o)
 		}
-		res, err := convert.DenseToSlope(t.Context(), o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := os.ReadFile(o.Out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res, b
+		return convertRead(t, o)
 	}
 	_, a := conv("a.slope", 1, nil)
 	_, b := conv("b.slope", 1, nil)
@@ -263,14 +270,7 @@ func TestCalibChunkInvariance(t *testing.T) {
 			for _, chunk := range []int{0, 1, 2, 4, 7} {
 				o := convert.Options{In: convert.TinyLabel, Out: filepath.Join(tmp, fmt.Sprintf("%s-%d-%d.slope", method, cfg.seq, chunk)), Method: method, Calib: calib,
 					CalibSamples: cfg.samples, CalibSeqLen: cfg.seq, CalibChunk: chunk, Seed: 3, Created: "2024-01-01T00:00:00Z"}
-				res, err := convert.DenseToSlope(t.Context(), o)
-				if err != nil {
-					t.Fatal(err)
-				}
-				b, err := os.ReadFile(o.Out)
-				if err != nil {
-					t.Fatal(err)
-				}
+				res, b := convertRead(t, o)
 				var errs []float64 // unrounded, unlike the provenance's
 				for _, w := range res.Weights {
 					errs = append(errs, w.CalibRelErr)
