@@ -84,8 +84,7 @@ func (k *Set) LayerNormBackward(s driver.Stream, t DType, gx, ggamma, gbeta, sta
 	if ggamma == 0 {
 		return nil
 	}
-	chunks := (rows + colSumChunk - 1) / colSumChunk
-	grid := driver.Dim3{X: uint32((dim + threads - 1) / threads), Y: uint32(chunks), Z: 1}
+	chunks, grid := colSumGrid(rows, dim)
 	p := &args{kernel: "layernorm_bwd_parts_" + suffix(t)}
 	if err := k.launch(p, p.kernel, grid, driver.D1(threads), 0, s, parts, gy, in, stats, r, dm, int32(colSumChunk)); err != nil {
 		return err
@@ -97,6 +96,14 @@ func (k *Set) LayerNormBackward(s driver.Stream, t DType, gx, ggamma, gbeta, sta
 		}
 	}
 	return nil
+}
+
+// colSumGrid is the launch of a column sums' first pass over rows x
+// cols (col_sum_parts, layernorm_bwd_parts): a block of threads columns
+// per chunk of colSumChunk rows, each chunk's sums one row of parts.
+func colSumGrid(rows, cols int) (chunks int, grid driver.Dim3) {
+	chunks = (rows + colSumChunk - 1) / colSumChunk
+	return chunks, driver.Dim3{X: uint32((cols + threads - 1) / threads), Y: uint32(chunks), Z: 1}
 }
 
 // colSumParts adds the chunks x cols parts' column sums into out.
@@ -120,8 +127,7 @@ func (k *Set) ColSum(s driver.Stream, t DType, out, y, parts driver.Ptr, ldy, ro
 	a.ptr("parts", parts)
 	a.fits("y", rows, ldy)
 	l, r, c := a.i32("ldy", ldy), a.i32("rows", rows), a.i32("cols", cols)
-	chunks := (rows + colSumChunk - 1) / colSumChunk
-	grid := driver.Dim3{X: uint32((cols + threads - 1) / threads), Y: uint32(chunks), Z: 1}
+	chunks, grid := colSumGrid(rows, cols)
 	if err := k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, parts, y, l, r, c, int32(colSumChunk)); err != nil {
 		return err
 	}
