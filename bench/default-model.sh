@@ -32,9 +32,9 @@ OUT=${OUT:-$ROOT/bench/out/default-model}
 DEST=${DEST:-$ROOT/testmodels/opt-kjv-mini}
 log() { echo "default-model: $*" >&2; }
 
-# The corpus and the train/validation split (experiment.sh also writes its
-# GPT-2-derived tokenizer there; this model does not use it).
-OUT=$OUT bench/experiment.sh data
+# The corpus and the train/validation split (with TOKENIZER set,
+# experiment.sh makes no GPT-2-derived tokenizer).
+OUT=$OUT TOKENIZER=$OUT/bpe bench/experiment.sh data
 SLOPE=$OUT/bin/slope
 CONVERT=$OUT/bin/slope-convert
 go run ./bench/cmd/bpetrain -in "$OUT/train.txt" -vocab "$VOCAB" -out "$OUT/bpe"

@@ -18,8 +18,9 @@
 # VOCAB (8192), THREADS (1, per training run), SCORE_THREADS (2), SEED (1), EVAL_EVERY (100), OUT
 # (bench/out/experiment), CACHE (.cache/experiment: the .deb files). Shrink STEPS for a
 # smoke run. The models stage also reads HIDDEN (256), FFN (1024), LAYERS (4),
-# HEADS (4) and TOKENIZER (the data stage's, $OUT/tokenizer); bench/default-model.sh
-# sets them. ADAPTER_LR (unset: the schedule's rate) gives the adapter runs
+# HEADS (4) and TOKENIZER (a folder with vocab.json and merges.txt; unset: the
+# data stage's GPT-2 cut, $OUT/tokenizer, which the data stage then makes);
+# bench/default-model.sh sets them. ADAPTER_LR (unset: the schedule's rate) gives the adapter runs
 # --adapter-lr.
 # Output: $OUT/results.md (table), $OUT/*.jsonl (logs), $OUT/*.slope
 # (checkpoints; $OUT/dense.slope is the trained dense model bench/quality.sh
@@ -91,10 +92,15 @@ kjv_text() {
 }
 
 stage_data() {
-	[ -f "$GPT2/encoder.json" ] && [ -f "$GPT2/vocab.bpe" ] || scripts/testdata.sh
-	[ -f "$GPT2/encoder.json" ] && [ -f "$GPT2/vocab.bpe" ] || die "GPT-2's encoder.json and vocab.bpe not found in $GPT2 (scripts/testdata.sh installs them)"
+	# With TOKENIZER set the models use that one: no GPT-2 cut is made.
+	local gpt2=""
+	if [ -z "${TOKENIZER:-}" ]; then
+		[ -f "$GPT2/encoder.json" ] && [ -f "$GPT2/vocab.bpe" ] || scripts/testdata.sh
+		[ -f "$GPT2/encoder.json" ] && [ -f "$GPT2/vocab.bpe" ] || die "GPT-2's encoder.json and vocab.bpe not found in $GPT2 (scripts/testdata.sh installs them)"
+		gpt2=$GPT2
+		mkdir -p "$OUT/tokenizer"
+	fi
 	kjv_text "$OUT/kjv-verses.txt"
-	mkdir -p "$OUT/tokenizer"
 	# Split by chapter (every 20th chapter, starting with the 10th, is
 	# held out) and write each split as ONE line of text: verses joined by
 	# spaces, chapters too. One line means one BOS at the start, both for
@@ -104,7 +110,7 @@ stage_data() {
 	# (every token of the cut vocabulary is built by the kept merges, so it
 	# is a complete BPE), ids renumbered: OPT's four specials <s> <pad> </s>
 	# <unk> at 0-3, the 256 byte tokens at 4-259, the merged tokens after.
-	python3 - "$OUT/kjv-verses.txt" "$OUT" "$GPT2" "$VOCAB" <<'PY'
+	python3 - "$OUT/kjv-verses.txt" "$OUT" "$gpt2" "$VOCAB" <<'PY'
 import json, re, sys
 src, out, gpt2, vocab = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 chapters = []  # (key, [verse texts])
@@ -124,6 +130,8 @@ for name, part in (("train", train), ("val", val)):
     with open(f"{out}/{name}.txt", "w", encoding="utf-8") as f:
         f.write(" ".join(part) + "\n")
 print(f"{len(chapters)} chapters: {len(train)} train, {len(val)} validation", file=sys.stderr)
+if not gpt2:
+    sys.exit(0)  # TOKENIZER given: no GPT-2 cut
 
 enc = json.load(open(f"{gpt2}/encoder.json", encoding="utf-8"))
 byte_tokens = [t for t, i in sorted(enc.items(), key=lambda kv: kv[1]) if i < 256]
@@ -146,7 +154,9 @@ with open(f"{out}/tokenizer/vocab.json", "w", encoding="utf-8") as f:
 with open(f"{out}/tokenizer/merges.txt", "w", encoding="utf-8") as f:
     f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
 PY
-	(cd "$OUT" && sha256sum kjv-verses.txt train.txt val.txt tokenizer/vocab.json tokenizer/merges.txt >data.sha256)
+	local tok=()
+	[ -n "$gpt2" ] && tok=(tokenizer/vocab.json tokenizer/merges.txt)
+	(cd "$OUT" && sha256sum kjv-verses.txt train.txt val.txt "${tok[@]}" >data.sha256)
 	log "data: $(wc -c <"$OUT/train.txt") bytes of training text, $(wc -c <"$OUT/val.txt") of validation text"
 }
 
