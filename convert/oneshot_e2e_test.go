@@ -180,6 +180,20 @@ func TestOneShotEndToEnd(t *testing.T) {
 		len(heldOut), nll["dense"], nll["magnitude"], nll["wanda"], nll["sparsegpt"])
 }
 
+// writeTokens writes a token file of n ids, id(i) the i-th (little-endian
+// uint16s), to path and returns path.
+func writeTokens(t *testing.T, path string, n int, id func(i int) int) string {
+	t.Helper()
+	b := make([]byte, 2*n)
+	for i := range n {
+		binary.LittleEndian.PutUint16(b[2*i:], uint16(id(i)))
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // convertRead converts with o and returns the result and the file's
 // bytes.
 func convertRead(t *testing.T, o convert.Options) (*convert.Result, []byte) {
@@ -200,14 +214,7 @@ func convertRead(t *testing.T, o convert.Options) (*convert.Result, []byte) {
 // seed other samples; svd adapters and merged adapters work on top.
 func TestOneShotDeterministicTokens(t *testing.T) {
 	tmp := t.TempDir()
-	ids := make([]byte, 2*600)
-	for i := 0; i < 600; i++ {
-		binary.LittleEndian.PutUint16(ids[2*i:], uint16((i*37+i*i)%512))
-	}
-	calib := filepath.Join(tmp, "calib.bin")
-	if err := os.WriteFile(calib, ids, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	calib := writeTokens(t, filepath.Join(tmp, "calib.bin"), 600, func(i int) int { return (i*37 + i*i) % 512 })
 	conv := func(name string, seed uint64, extra func(*convert.Options)) (*convert.Result, []byte) {
 		o := convert.Options{In: convert.TinyLabel, Out: filepath.Join(tmp, name), Method: "sparsegpt", Calib: calib, CalibSamples: 8, CalibSeqLen: 32,
 			Seed: seed, Created: "2024-01-01T00:00:00Z", NM: "4:8"}
@@ -252,14 +259,7 @@ func TestOneShotDeterministicTokens(t *testing.T) {
 // SparseGPT.
 func TestCalibChunkInvariance(t *testing.T) {
 	tmp := t.TempDir()
-	ids := make([]byte, 2*6000)
-	for i := range 6000 {
-		binary.LittleEndian.PutUint16(ids[2*i:], uint16((i*131+i*i*7)%512))
-	}
-	calib := filepath.Join(tmp, "calib.u16")
-	if err := os.WriteFile(calib, ids, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	calib := writeTokens(t, filepath.Join(tmp, "calib.u16"), 6000, func(i int) int { return (i*131 + i*i*7) % 512 })
 	// Also 9 samples of 3 tokens: chunks of 1, 2 and 4 samples would make
 	// calls of fewer rows than the kernels' blocked GEMM takes (a short
 	// last one too); the chunking must round them up.
@@ -343,14 +343,7 @@ func TestOneShotErrors(t *testing.T) {
 // variant (post-LayerNorm with projections, no bias, untied head, ...).
 func TestOneShotFamilies(t *testing.T) {
 	tmp := t.TempDir()
-	ids := make([]byte, 2*300)
-	for i := 0; i < 300; i++ {
-		binary.LittleEndian.PutUint16(ids[2*i:], uint16((i*13)%96))
-	}
-	calib := filepath.Join(tmp, "calib.u16")
-	if err := os.WriteFile(calib, ids, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	calib := writeTokens(t, filepath.Join(tmp, "calib.u16"), 300, func(i int) int { return (i * 13) % 96 })
 	for name, cfg := range testmodels.ConfigFamilies() {
 		dir := filepath.Join(tmp, name)
 		if err := testmodels.WriteHFDirGen(dir, cfg, 1, "F32", testmodels.Layout{Format: "safetensors"}); err != nil {
@@ -391,14 +384,7 @@ func TestOneShotTiming(t *testing.T) {
 	if err := testmodels.WriteHFDirGen(dir, cfg, 1, "F16", testmodels.Layout{Format: "safetensors"}); err != nil {
 		t.Fatal(err)
 	}
-	ids := make([]byte, 2*20000)
-	for i := 0; i < 20000; i++ {
-		binary.LittleEndian.PutUint16(ids[2*i:], uint16((i*i+7*i)%1024))
-	}
-	calib := filepath.Join(tmp, "calib.u16")
-	if err := os.WriteFile(calib, ids, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	calib := writeTokens(t, filepath.Join(tmp, "calib.u16"), 20000, func(i int) int { return (i*i + 7*i) % 1024 })
 	for _, method := range []string{"magnitude", "wanda", "sparsegpt"} {
 		o := convert.Options{In: dir, Out: filepath.Join(tmp, method+".slope")}
 		if method != "magnitude" {
