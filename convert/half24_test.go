@@ -365,4 +365,26 @@ func TestRowSquaresKeptInf(t *testing.T) {
 	if !math.IsNaN(b) {
 		t.Fatalf("a kept infinity gives a pruning error sum %v, want NaN", b)
 	}
+	// The fp16 kernel, in each of its forms, on 4 rows of w repeated to
+	// 32 columns (the magnitude mask keeps both infinities).
+	h, _ := halfFloatOf(slopepb.DType_FLOAT16)
+	const rows, cols = 4, 32
+	wide := make([]float32, rows*cols)
+	for i := range wide {
+		wide[i] = w[i%len(w)]
+	}
+	raw := make([]byte, 2*len(wide))
+	if err := format.EncodeFloats(slopepb.DType_FLOAT16, wide, raw); err != nil {
+		t.Fatal(err)
+	}
+	sz := half24SizesOf(cols)
+	names, flags := prune24Forms()
+	for _, form := range names {
+		withPrune24Form(flags[form], func() {
+			res, err := h.prune24(rows, cols, raw, make([]byte, rows*(sz.values+sz.index)), make([]byte, rows*sz.mask))
+			if err != nil || !math.IsNaN(res.errPruned) {
+				t.Fatalf("%s form: a kept infinity gives error %v (%v), want NaN", form, res.errPruned, err)
+			}
+		})
+	}
 }
