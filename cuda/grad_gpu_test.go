@@ -37,6 +37,8 @@ func TestGradRefusesBF16(t *testing.T) {
 	}
 }
 
+// tinySlope converts the embedded tiny OPT to SLoPe 2:4 (fp32), as
+// train's tests do.
 func tinySlope(t *testing.T) string {
 	t.Helper()
 	fn := filepath.Join(t.TempDir(), "tiny.slope")
