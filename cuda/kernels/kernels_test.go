@@ -150,6 +150,23 @@ func TestValidation(t *testing.T) {
 		{"sumsq align", "sumsq_f32", k.SumSquares(s, p+4, p, p, 10)},
 		{"sumsq parts align", "sumsq_f32", k.SumSquares(s, p, p+4, p, 10)},
 		{"unloaded adamw", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0, 1, 1))},
+		// The backward pass's launchers.
+		{"fill n", "fill_f32", k.Fill(s, F32, p, 0, 0)},
+		{"fill null", "fill_bf16", k.Fill(s, BF16, 0, 0, 8)},
+		{"act_bwd act", "act_bwd_f32", k.ActBackward(s, F32, p, p, p, 8, Act(9))},
+		{"act_bwd null", "act_bwd_bf16", k.ActBackward(s, BF16, p, 0, p, 8, ActRelu)},
+		{"layernorm_bwd eps", "layernorm_bwd_f32", k.LayerNormBackward(s, F32, p, 0, 0, p, 0, p, p, 0, 2, 8, float32(math.Inf(1)))},
+		{"layernorm_bwd ggamma alone", "layernorm_bwd_f32", k.LayerNormBackward(s, F32, p, p, 0, p, p, p, p, 0, 2, 8, 1e-5)},
+		{"layernorm_bwd no parts", "layernorm_bwd_bf16", k.LayerNormBackward(s, BF16, p, p, p, p, 0, p, p, 0, 2, 8, 1e-5)},
+		{"layernorm_bwd dim", "layernorm_bwd_f32", k.LayerNormBackward(s, F32, p, 0, 0, p, 0, p, p, 0, 2, 0, 1e-5)},
+		{"col_sum ldy", "col_sum_parts_f32", k.ColSum(s, F32, p, p, p, 7, 2, 8)},
+		{"col_sum null parts", "col_sum_parts_bf16", k.ColSum(s, BF16, p, p, 0, 8, 2, 8)},
+		{"embedding_bwd null", "embedding_bwd_f32", k.EmbeddingBackward(s, F32, p, p, p, 0, p, 2, 8)},
+		{"embedding_bwd n", "embedding_bwd_bf16", k.EmbeddingBackward(s, BF16, p, p, p, p, p, 0, 8)},
+		{"softmax_bwd cols", "softmax_bwd_f32", k.SoftmaxBackward(s, F32, p, p, p, 2, -1, 1)},
+		{"cross_entropy loss align", "cross_entropy_f32", k.CrossEntropy(s, F32, p, p+4, p, 2, 8, 1, true)},
+		{"cross_entropy null target", "cross_entropy_bf16", k.CrossEntropy(s, BF16, p, p, 0, 2, 8, 1, false)},
+		{"unloaded cross_entropy", "cross_entropy_f32", k.CrossEntropy(s, F32, p, p, p, 2, 8, 1, true)},
 	}
 	for _, c := range cases {
 		if c.err == nil {
@@ -158,6 +175,11 @@ func TestValidation(t *testing.T) {
 		}
 		if !strings.Contains(c.err.Error(), "kernel "+c.kern) {
 			t.Errorf("%s: error %q does not name kernel %s", c.name, c.err, c.kern)
+		}
+		// Only the "unloaded" cases are valid calls: the others must fail
+		// on their arguments, before the launch finds no module.
+		if unloaded := strings.HasPrefix(c.name, "unloaded"); unloaded != strings.Contains(c.err.Error(), "not loaded") {
+			t.Errorf("%s: error %q", c.name, c.err)
 		}
 	}
 	if err := k.AttnSmall(s, F32, p, p, p, p, p, 8, 1, 1, 0, 8, 2, 64, 1); err == nil || !strings.Contains(err.Error(), "not loaded") {
