@@ -188,17 +188,25 @@ const (
 // NaN, the first row of the first group of 4 rows holding one (-1
 // otherwise; the outputs are then incomplete).
 func (h halfFloat) prune24Rows(cols int, w, values, index, mask []byte, rowW, rowP []float64) (dropped int64, nanRow int) {
+	var nan int
+	if simd := prune24AVX512 && cols%32 == 0; simd || prune24AVX2 && cols%16 == 0 {
+		nan = h.prune24RowsSIMD(simd, cols, w, values, index, mask, rowW, rowP)
+	} else {
+		nan = h.prune24RowsGo(cols, w, values, index, mask, rowW, rowP)
+	}
+	if nan >= 0 {
+		return 0, nan
+	}
+	return countDropped(len(rowW), cols, mask), -1
+}
+
+// prune24RowsGo is prune24Rows's loop in Go: per group of 4 rows, each
+// row's selections (sel24Table indices) and its column keys (|w|+1 where
+// kept, 0 where dropped, per lane), then the transpose. It returns the
+// first row of the first group of 4 rows holding a NaN, or -1.
+func (h halfFloat) prune24RowsGo(cols int, w, values, index, mask []byte, rowW, rowP []float64) int {
 	sz := half24SizesOf(cols)
 	groups := cols / 4
-	if simd := prune24AVX512 && cols%32 == 0; simd || prune24AVX2 && cols%16 == 0 {
-		if r := h.prune24RowsSIMD(simd, cols, w, values, index, mask, rowW, rowP); r >= 0 {
-			return 0, r
-		}
-		return countDropped(len(rowW), cols, mask), -1
-	}
-	// Per group of 4 rows: each row's selections (sel24Table indices)
-	// and its column keys (|w|+1 where kept, 0 where dropped, per lane),
-	// for the transpose.
 	sel := make([]uint8, 4*groups)
 	ck := make([]uint64, 4*groups)
 	for rg := 0; 4*rg < len(rowW); rg++ {
@@ -206,13 +214,13 @@ func (h halfFloat) prune24Rows(cols int, w, values, index, mask []byte, rowW, ro
 			r := 4*rg + o
 			row, rsel := w[2*r*cols:2*(r+1)*cols], sel[o*groups:(o+1)*groups]
 			if !h.select24Row(row, values[r*sz.values:(r+1)*sz.values], index[r*sz.index:(r+1)*sz.index], rsel, ck[o*groups:(o+1)*groups]) {
-				return 0, 4 * rg
+				return 4 * rg
 			}
 			rowW[r], rowP[r] = h.squares24Row(row, rsel)
 		}
 		doublePrune24Half(groups, sel, ck, mask[4*rg*sz.mask:4*(rg+1)*sz.mask])
 	}
-	return countDropped(len(rowW), cols, mask), -1
+	return -1
 }
 
 // countDropped is the number of kept entries of a 2:4 weight [rows,
@@ -242,7 +250,15 @@ func (h halfFloat) prune24RowsSIMD(avx512 bool, cols int, w, values, index, mask
 	if avx512 {
 		blocks = cols / 32
 	}
-	kept32, kept16 := make([]uint32, 4*blocks), make([]uint16, 4*blocks)
+	// The kernels' kept-lane masks per row and block: 32 lanes (AVX-512)
+	// or 16 (AVX2).
+	var kept32 []uint32
+	var kept16 []uint16
+	if avx512 {
+		kept32 = make([]uint32, 4*blocks)
+	} else {
+		kept16 = make([]uint16, 4*blocks)
+	}
 	for rg := 0; 4*rg < len(rowW); rg++ {
 		for o := range 4 {
 			r := 4*rg + o
