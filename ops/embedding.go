@@ -2,6 +2,7 @@ package ops
 
 import (
 	"fmt"
+	"iter"
 
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
@@ -73,6 +74,29 @@ func EmbeddingPosition(mask []int32, t int) int {
 	return c - 1
 }
 
+// EmbeddingPositions yields (t, EmbeddingPosition(mask, past+t)) for the
+// seq tokens from past on, counting the mask once (EmbeddingPosition per
+// token is quadratic in the sequence length: milliseconds at 2048
+// tokens).
+func EmbeddingPositions(mask []int32, past, seq int) iter.Seq2[int, int] {
+	return func(yield func(int, int) bool) {
+		c := 0
+		for _, m := range mask[:past] {
+			c += int(m)
+		}
+		for t, m := range mask[past : past+seq] {
+			c += int(m)
+			p := c - 1
+			if m == 0 {
+				p = -1
+			}
+			if !yield(t, p) {
+				return
+			}
+		}
+	}
+}
+
 func (s *embeddingStep) Forward(c *Call, _ []*Value, out *Value) error {
 	if err := checkValue("embedding output", out, c.Rows(), s.hid); err != nil {
 		return err
@@ -87,13 +111,13 @@ func (s *embeddingStep) Forward(c *Call, _ []*Value, out *Value) error {
 	}
 	for bt := 0; bt < c.Batch; bt++ {
 		mask := c.Mask[bt*total : (bt+1)*total]
-		for t := 0; t < c.Seq; t++ {
+		for t, p := range EmbeddingPositions(mask, c.Past, c.Seq) {
 			r := bt*c.Seq + t
 			id := int(c.IDs[r])
 			if id < 0 || id >= s.vocab {
 				return fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
 			}
-			p := EmbeddingPosition(mask, c.Past+t) + s.offset
+			p += s.offset
 			if p < 0 || p >= s.positions {
 				return fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
 			}

@@ -704,13 +704,13 @@ func (s *embeddingGrad) rowsOf(c *Call) (ids, pos []int, err error) {
 	ids, pos = make([]int, c.Rows()), make([]int, c.Rows())
 	for bt := 0; bt < c.Batch; bt++ {
 		mask := c.Mask[bt*total : (bt+1)*total]
-		for t := 0; t < c.Seq; t++ {
+		for t, p := range EmbeddingPositions(mask, c.Past, c.Seq) {
 			r := bt*c.Seq + t
 			id := int(c.IDs[r])
 			if id < 0 || id >= s.vocab {
 				return nil, nil, fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
 			}
-			p := EmbeddingPosition(mask, c.Past+t) + s.offset
+			p += s.offset
 			if p < 0 || p >= s.positions {
 				return nil, nil, fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
 			}
