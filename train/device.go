@@ -154,7 +154,7 @@ func (t *Trainer) toDevice() error {
 // come from the backend's pool and go back at the end; a value's gradient
 // goes back as soon as its producer's backward has run, as the CPU's
 // backward recycles its buffers.
-func (t *Trainer) lossSumDevice(c *ops.Call, grad bool, total int) (float64, error) {
+func (t *Trainer) lossSumDevice(c *ops.Call, targets []int32, grad bool, total int) (float64, error) {
 	if err := t.toDevice(); err != nil {
 		return 0, err
 	}
@@ -194,7 +194,6 @@ func (t *Trainer) lossSumDevice(c *ops.Call, grad bool, total int) (float64, err
 		}
 		// The loss of every row, summed in row order as crossEntropy does;
 		// with grad the logits become their gradient in place.
-		targets := nextTokenTargets(c, &t.ceTargets)
 		if cap(t.ceLoss) < rows {
 			t.ceLoss = make([]float64, rows)
 		}

@@ -386,33 +386,44 @@ func (t *Trainer) LR(s int) float64 {
 	return lo + (o.LR-lo)*0.5*(1+math.Cos(math.Pi*p))
 }
 
-// call checks a batch and makes its Call.
-func (t *Trainer) call(ids [][]int32) (*ops.Call, error) {
+// call checks a batch and makes its Call: the model reads every
+// sequence but its last token, and each position's target is the token
+// after it (in *targets, grown as needed). The last token needs no
+// forward pass: it predicts nothing, and causal attention keeps it from
+// the earlier positions, so leaving it out changes no loss or gradient
+// and keeps the row count a multiple of --seq (the GPU's 2:4 products
+// pad rows to multiples of 64 or 256).
+func (t *Trainer) call(ids [][]int32, targets *[]int32) (*ops.Call, []int32, error) {
 	if len(ids) == 0 {
-		return nil, fmt.Errorf("train: empty batch")
+		return nil, nil, fmt.Errorf("train: empty batch")
 	}
 	seq := len(ids[0])
 	if seq < 2 {
-		return nil, fmt.Errorf("train: sequences of %d tokens, want at least 2", seq)
+		return nil, nil, fmt.Errorf("train: sequences of %d tokens, want at least 2", seq)
 	}
-	c := &ops.Call{Batch: len(ids), Seq: seq, Threads: t.o.Threads}
+	c := &ops.Call{Batch: len(ids), Seq: seq - 1, Threads: t.o.Threads}
 	c.IDs = make([]int32, 0, c.Rows())
+	if cap(*targets) < c.Rows() {
+		*targets = make([]int32, c.Rows())
+	}
+	tg := (*targets)[:0]
 	for b, s := range ids {
 		if len(s) != seq {
-			return nil, fmt.Errorf("train: sequence %d has %d tokens, sequence 0 %d", b, len(s), seq)
+			return nil, nil, fmt.Errorf("train: sequence %d has %d tokens, sequence 0 %d", b, len(s), seq)
 		}
 		for _, id := range s {
 			if id < 0 || int(id) >= t.vocab {
-				return nil, fmt.Errorf("train: token id %d outside the vocabulary of %d", id, t.vocab)
+				return nil, nil, fmt.Errorf("train: token id %d outside the vocabulary of %d", id, t.vocab)
 			}
 		}
-		c.IDs = append(c.IDs, s...)
+		c.IDs = append(c.IDs, s[:seq-1]...)
+		tg = append(tg, s[1:]...)
 	}
 	c.Mask = make([]int32, c.Rows())
 	for i := range c.Mask {
 		c.Mask[i] = 1
 	}
-	return c, nil
+	return c, tg, nil
 }
 
 // threads is the goroutine count of the trainer's own loops.
@@ -453,15 +464,15 @@ func (t *Trainer) forward(c *ops.Call) ([]*ops.Value, error) {
 	return vals, nil
 }
 
-// crossEntropy is the summed next-token loss of positions 0..Seq-2 of
-// each sequence; with grad it also returns ∂(sum/total)/∂logits (zero at
-// the last position of each sequence), total being the number of
-// predicted positions of the whole (accumulated) batch. Rows are spread
+// crossEntropy is the summed loss of each row's logits against its
+// target (call's); with grad it also returns ∂(sum/total)/∂logits (zero
+// where the target is negative), total being the number of predicted
+// positions of the whole (accumulated) batch. Rows are spread
 // over threads; each row's loss is computed alone (the float32 max, the
 // exponentials and their float64 sum by cpu.ExpShiftSum, lse in float64)
 // into the reused gradient buffer, and the rows' losses are summed in
 // row order, so the result does not depend on the threads.
-func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total int) (float64, *ops.Value) {
+func (t *Trainer) crossEntropy(c *ops.Call, targets []int32, logits *ops.Value, grad bool, total int) (float64, *ops.Value) {
 	if cap(t.glogits) < len(logits.Data) {
 		t.glogits = make([]float32, len(logits.Data))
 	}
@@ -469,12 +480,11 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 	inv := 1 / float64(total)
 	rows := c.Batch * c.Seq
 	losses := make([]float64, rows)
-	targets := nextTokenTargets(c, &t.ceTargets)
 	cpu.ParallelFor(rows, t.threads(), func(lo, hi int) {
 		for r := lo; r < hi; r++ {
 			e := g.Row(r) // the softmax numerators, then the gradient
 			if targets[r] < 0 {
-				clear(e) // the last position predicts nothing
+				clear(e) // predicts nothing
 				continue
 			}
 			losses[r] = crossEntropyRow(e, logits.Row(r), int(targets[r]), inv, grad)
@@ -488,24 +498,6 @@ func (t *Trainer) crossEntropy(c *ops.Call, logits *ops.Value, grad bool, total 
 		return loss, nil
 	}
 	return loss, g
-}
-
-// nextTokenTargets returns each row's target, the next token of its
-// sequence, or -1 at a sequence's last position (it predicts nothing),
-// in *buf (grown as needed).
-func nextTokenTargets(c *ops.Call, buf *[]int32) []int32 {
-	rows := c.Rows()
-	if cap(*buf) < rows {
-		*buf = make([]int32, rows)
-	}
-	targets := (*buf)[:rows]
-	for r := range targets {
-		targets[r] = -1
-		if r%c.Seq != c.Seq-1 {
-			targets[r] = c.IDs[r+1]
-		}
-	}
-	return targets
 }
 
 // crossEntropyRow returns the loss of one row of logits y for target:
@@ -601,7 +593,7 @@ func (t *Trainer) lossAccum(ids [][]int32, grad bool) (float64, error) {
 	if k <= 1 {
 		return t.loss(ids, grad)
 	}
-	if _, err := t.call(ids); err != nil {
+	if _, _, err := t.call(ids, &t.ceTargets); err != nil {
 		return 0, err
 	}
 	total := len(ids) * (len(ids[0]) - 1)
@@ -643,18 +635,18 @@ func (t *Trainer) loss(ids [][]int32, grad bool) (float64, error) {
 
 // lossSum is loss's summed cross-entropy, the gradient scaled by 1/total.
 func (t *Trainer) lossSum(ids [][]int32, grad bool, total int) (float64, error) {
-	c, err := t.call(ids)
+	c, targets, err := t.call(ids, &t.ceTargets)
 	if err != nil {
 		return 0, err
 	}
 	if t.opt != nil {
-		return t.lossSumDevice(c, grad, total)
+		return t.lossSumDevice(c, targets, grad, total)
 	}
 	vals, err := t.forward(c)
 	if err != nil {
 		return 0, err
 	}
-	loss, g := t.crossEntropy(c, vals[t.logits], grad, total)
+	loss, g := t.crossEntropy(c, targets, vals[t.logits], grad, total)
 	if grad {
 		if err := t.backward(c, vals, g); err != nil {
 			return 0, err
