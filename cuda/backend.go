@@ -52,6 +52,15 @@ type Options struct {
 	NoSparseLt bool
 	// Search runs cuSPARSELt's algorithm search once per shape.
 	Search bool
+	// Profile times the training work with CUDA events (profile.go;
+	// ProfileReport).
+	Profile bool
+	// AttentionChunk is how many queries one attention product of many
+	// tokens covers (0: defaultAttentionChunk). Each chunk's products see
+	// only the keys up to its last query, so a causal prefill or training
+	// step computes a little over half of the scores, and the scores'
+	// scratch holds one chunk.
+	AttentionChunk int
 	// LowMemory keeps only cuSPARSELt's compressed form of a 2:4 weight
 	// when it applies (0.56x of dense bf16 instead of 0.63x with the
 	// decode kernel's indices beside it, their values shared, or 1.13x
@@ -144,6 +153,7 @@ type Backend struct {
 	// optimizers counts the open DeviceOptimizers (host-facing training
 	// calls are refused while one holds the state).
 	optimizers int
+	prof       *profiler // nil without Options.Profile
 }
 
 // weightKey names an uploaded weight: its container, tensor and the
@@ -263,6 +273,9 @@ func New(opts Options) (*Backend, error) {
 		if b.s, err = dev.NewStream(); err != nil {
 			return err
 		}
+		if opts.Profile {
+			b.prof = newProfiler(dev, b.s)
+		}
 		if b.lt, err = blaslt.New(dev); err != nil {
 			return err
 		}
@@ -345,6 +358,9 @@ func (b *Backend) Do(fn func() error) error { return b.dev.Do(fn) }
 func (b *Backend) Close() error {
 	err := b.dev.Do(func() error {
 		var errs []error
+		if b.prof != nil {
+			errs = append(errs, b.prof.destroy())
+		}
 		if b.sp != nil {
 			errs = append(errs, b.sp.Destroy())
 		}
@@ -360,6 +376,10 @@ func (b *Backend) Close() error {
 type tensor struct {
 	rows, dim, capRows int
 	p                  driver.Ptr
+	// zeroed: Zero cleared the tensor and no backward pass has added
+	// into it since (hostGradStep.BackwardDevice clears it), so the
+	// first product into it may overwrite (beta 0) instead of adding.
+	zeroed bool
 }
 
 func (t *tensor) Rows() int { return t.rows }
@@ -382,7 +402,7 @@ func (b *Backend) Acquire(rows, dim int) (ops.Tensor, error) {
 		if free[i].capRows >= rows {
 			t := free[i]
 			b.pool[dim] = append(free[:i], free[i+1:]...)
-			t.rows = rows
+			t.rows, t.zeroed = rows, false
 			return t, nil
 		}
 	}

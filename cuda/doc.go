@@ -46,19 +46,23 @@
 // one sparse product, then one cuBLASLt product adds scale·(x·L)·R; the
 // plain layout uses two cuBLASLt products. Attention runs the small
 // kernel for fewer than 16 new tokens and two batched cuBLASLt products
-// around a masked softmax otherwise, with the KV cache on the device.
+// around a masked softmax otherwise, per chunk of queries
+// (Options.AttentionChunk) that sees only the keys up to its last query,
+// with the KV cache on the device.
 //
-// Training (grad.go): with float32 activations, Backend is an
-// ops.GradBackend and ops.DeviceGradBackend: every op has a backward pass
-// (kernels without atomics, cuBLASLt products; the N:M input gradient
-// through the dense W_dpᵀ, the weight gradient gathered at the mask), and
-// the Params, gradients and AdamW moments live on the GPU, where the loss,
-// the optimizer and the 2:4 transpose-mask refresh run too. train.Trainer
-// drives it (`slope train --device cuda-f32`). The bf16 training step on
-// cuSPARSELt (BenchTrain, bench_train.go) is benchmarked per layer but not
-// used by the trainer yet.
+// Training (grad.go): Backend is an ops.GradBackend and
+// ops.DeviceGradBackend: every op has a backward pass (kernels without
+// atomics, cuBLASLt products; the N:M weight gradient gathered at the
+// mask), and the Params, gradients and AdamW moments live on the GPU,
+// where the loss, the optimizer and the 2:4 transpose-mask refresh run
+// too. train.Trainer drives it: `slope train --device cuda-f32` in float32
+// (N:M products expanded densely), `--device cuda` in mixed precision
+// (bf16 activations and products over fp32 master values; the 2:4
+// forward and input gradient on cuSPARSELt forms written in place,
+// grad_sparse.go). Options.Profile times the training work per op
+// (profile.go, `slope train --gpu-profile`). BenchTrain (bench_train.go)
+// benchmarks one layer's six linears alone.
 //
 // Not yet: OPT's project_in inside Embedding for inference
-// (ErrUnsupported; training has it), CUDA graphs for the decode step,
-// bf16 (mixed-precision) training.
+// (ErrUnsupported; training has it), CUDA graphs for the decode step.
 package cuda

@@ -46,6 +46,19 @@ func TestConformanceBF16(t *testing.T) {
 	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
 }
 
+// Attention in chunks of queries smaller than the suite's sequences
+// (Options.AttentionChunk): prefills of 20 and 18 tokens, the latter
+// after 4 past ones, run as several products each.
+func TestConformanceF32AttentionChunks(t *testing.T) {
+	b := newWith(t, Options{Activations: F32, AttentionChunk: 6})
+	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-5, Rel: 1e-5})
+}
+
+func TestConformanceBF16AttentionChunks(t *testing.T) {
+	b := newWith(t, Options{Activations: BF16, AttentionChunk: 7})
+	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
+}
+
 // Only cuSPARSELt's form of 2:4 weights on the device: every 2:4 product
 // it can take runs there (decode sizes included).
 func TestConformanceBF16LowMemory(t *testing.T) {

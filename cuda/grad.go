@@ -3,7 +3,6 @@ package cuda
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"unsafe"
 
@@ -15,8 +14,8 @@ import (
 )
 
 // Training on the GPU (issue 8). With float32 activations
-// (Options.Activations F32, `--device cuda-f32`), and experimentally with
-// bf16 ones (BF16TrainEnv), Backend is an ops.GradBackend and an
+// (Options.Activations F32, `--device cuda-f32`) or bf16 ones (mixed
+// precision, `--device cuda`), Backend is an ops.GradBackend and an
 // ops.DeviceGradBackend:
 //
 //   - Each op binds as a deviceGradStep: the inference step's forward run
@@ -40,9 +39,9 @@ import (
 // With bf16 activations (mixed precision) the Params keep fp32 values,
 // gradients and moments, and a bf16 copy (devParam.act) that the forward
 // and the products read; activations and their gradients are bf16, the
-// products accumulate in fp32. That mode is written but not yet checked
-// on a GPU, and it does not use cuSPARSELt yet (the N:M products run
-// expanded, as in float32).
+// products accumulate in fp32 (TestTrainGPUBF16TracksCPU checks it against
+// the CPU trainer). Its 2:4 products run on cuSPARSELt (grad_sparse.go),
+// the other N:M ones expanded, as in float32.
 //
 // Not yet: the merged adapter layout (ErrUnsupported, as on the CPU).
 
@@ -66,13 +65,6 @@ type devParam struct {
 	keepSet   bool
 }
 
-// BF16TrainEnv, set to 1, lets BindGrad bind training ops with bf16
-// activations: mixed precision (fp32 master values, gradients of the
-// Params and moments; bf16 activations, their gradients and the values
-// the products read). Experimental: written without a GPU at hand, it
-// waits for its check against the CPU trainer (TestTrainGPUBF16TracksCPU).
-const BF16TrainEnv = "SLOPE_GPU_BF16_TRAIN"
-
 // deviceGradStep is a device step with a backward pass.
 type deviceGradStep interface {
 	deviceStep
@@ -83,13 +75,8 @@ type deviceGradStep interface {
 	devParams() []*devParam
 }
 
-// BindGrad implements ops.GradBackend (float32 activations; bf16 ones
-// only with BF16TrainEnv set).
+// BindGrad implements ops.GradBackend.
 func (b *Backend) BindGrad(bd ops.Binding, ps ops.ParamStore) (ops.GradStep, error) {
-	if b.act != F32 && os.Getenv(BF16TrainEnv) != "1" {
-		return nil, fmt.Errorf("node %q: GPU training ops need float32 activations (cuda-f32); bf16 training is experimental and not yet checked on a GPU (%s=1 enables it): %w",
-			bd.Node.Name, BF16TrainEnv, ops.ErrUnsupported)
-	}
 	var st deviceGradStep
 	err := b.dev.Do(func() error {
 		var err error
@@ -98,6 +85,9 @@ func (b *Backend) BindGrad(bd ops.Binding, ps ops.ParamStore) (ops.GradStep, err
 	})
 	if err != nil {
 		return nil, err
+	}
+	if b.prof != nil {
+		st = &timedGradStep{deviceGradStep: st, b: b, label: profileGroup(bd.Node.OpType, bd.Node.Name)}
 	}
 	return hostGradStep{b: b, deviceGradStep: st}, nil
 }
@@ -386,6 +376,18 @@ func (h hostGradStep) Backward(c *ops.Call, in []*ops.Value, out, gout *ops.Valu
 		}
 		return nil
 	})
+}
+
+// BackwardDevice runs the step's backward pass, then marks its input
+// gradients as added into (tensor.zeroed).
+func (h hostGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, out, gout ops.Tensor, gin []ops.Tensor) error {
+	err := h.deviceGradStep.BackwardDevice(c, in, out, gout, gin)
+	for _, g := range gin {
+		if g != nil {
+			asTensor(g).zeroed = false
+		}
+	}
+	return err
 }
 
 // gradScratch returns backward scratch buffer i of at least bytes.
@@ -789,12 +791,21 @@ func (s *linearGradStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Ten
 	}
 	x, y := asTensor(in[0]).p, asTensor(out).p
 	if f := s.wP.forms; f != nil && sparseFits(f.fwd, m, asTensor(out), s.out, asTensor(in[0]), s.in) {
-		// cuSPARSELt (bf16 training; grad_sparse.go), then the bias.
-		if err := f.fwd.Matmul(b.s, y, s.out, x, s.in, m, 0); err != nil {
+		// cuSPARSELt (bf16 training; grad_sparse.go) with the bias in its
+		// epilogue when that passed its check at New (set before the
+		// form's first product), else the bias by a kernel after it.
+		if b.ltBias && s.biasAct != 0 && f.fwd.Bias() == 0 && !f.fwd.HasPlans() {
+			if err := f.fwd.SetBias(s.biasAct); err != nil {
+				return fmt.Errorf("slope linear %s: %w", s.name, err)
+			}
+		}
+		if err := b.timed("product (cuSPARSELt)", func() error { return f.fwd.Matmul(b.s, y, s.out, x, s.in, m, 0) }); err != nil {
 			return fmt.Errorf("slope linear %s: %w", s.name, err)
 		}
-		if s.bias != 0 {
-			if err := b.k.BiasAct(b.s, b.act, y, s.out, s.bias, m, s.out, kernels.ActNone); err != nil {
+		if s.bias != 0 && (s.biasAct == 0 || f.fwd.Bias() != s.biasAct) {
+			if err := b.timed("bias", func() error {
+				return b.k.BiasAct(b.s, b.act, y, s.out, s.bias, m, s.out, kernels.ActNone)
+			}); err != nil {
 				return err
 			}
 		}
@@ -803,17 +814,27 @@ func (s *linearGradStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Ten
 		if err != nil {
 			return err
 		}
-		if err := b.k.NMExpand(b.s, b.act, w, s.wP.act, s.wP.idx, s.out, s.in, s.pat.N, s.pat.M); err != nil {
+		if err := b.timed("expand W", func() error {
+			return b.k.NMExpand(b.s, b.act, w, s.wP.act, s.wP.idx, s.out, s.in, s.pat.N, s.pat.M)
+		}); err != nil {
 			return err
 		}
-		if err := b.gemmAct("slope linear "+s.name+" (expanded)", blaslt.Gemm{M: m, N: s.out, K: s.in, A: x, LdA: s.in,
-			B: w, LdB: s.in, TransB: true, D: y, LdD: s.out, Alpha: 1, Bias: s.biasAct}); err != nil {
+		if err := b.timed("product (expanded W)", func() error {
+			return b.gemmAct("slope linear "+s.name+" (expanded)", blaslt.Gemm{M: m, N: s.out, K: s.in, A: x, LdA: s.in,
+				B: w, LdB: s.in, TransB: true, D: y, LdD: s.out, Alpha: 1, Bias: s.biasAct})
+		}); err != nil {
 			return err
 		}
 	}
 	if s.rank == 0 {
 		return nil
 	}
+	return b.timed("adapters", func() error { return s.adapterForward(m, x, y) })
+}
+
+// adapterForward adds scale·(x·L)·R into y [m, out].
+func (s *linearGradStep) adapterForward(m int, x, y driver.Ptr) error {
+	b := s.b
 	// y += scale·(x·L)·R
 	t, err := b.gradScratch(2, b.act.Size()*m*s.rank)
 	if err != nil {
@@ -870,15 +891,26 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 		return err
 	}
 	x, gy, gx := asTensor(in[0]).p, asTensor(gout).p, ptrOr0(gin[0])
+	// The first product into gx adds to it, or overwrites it when it is
+	// known to be zero: cuSPARSELt's 2:4 products run about 1.5x slower
+	// with beta 1 (H200, OPT-13B fc1 and fc2 shapes at 2048 rows).
+	var beta float32 = 1
+	if gx != 0 && asTensor(gin[0]).zeroed {
+		beta = 0
+	}
 	if !s.nm {
 		if gx != 0 {
-			if err := b.gemmAct("linear "+s.name+" input gradient", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
-				B: s.wP.act, LdB: s.in, D: gx, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
+			if err := b.timed("dX product", func() error {
+				return b.gemmAct("linear "+s.name+" input gradient", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
+					B: s.wP.act, LdB: s.in, D: gx, LdD: s.in, Alpha: 1, Beta: beta})
+			}); err != nil {
 				return err
 			}
 		}
-		if err := b.gemmGrad("linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
-			B: x, LdB: s.in, D: s.wP.grad, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
+		if err := b.timed("dW product", func() error {
+			return b.gemmGrad("linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
+				B: x, LdB: s.in, D: s.wP.grad, LdD: s.in, Alpha: 1, Beta: 1})
+		}); err != nil {
 			return err
 		}
 	} else {
@@ -889,24 +921,32 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 		}
 		if f := s.wP.forms; gx != 0 && f != nil && m >= expandForwardMin && sparseFits(f.bwd, m, asTensor(gin[0]), s.in, asTensor(gout), s.out) {
 			// gx += gy·W_dp on cuSPARSELt (bf16 training; grad_sparse.go).
-			if err := f.bwd.Matmul(b.s, gx, s.in, gy, s.out, m, 1); err != nil {
+			if err := b.timed("dX product (cuSPARSELt W_dp)", func() error { return f.bwd.Matmul(b.s, gx, s.in, gy, s.out, m, beta) }); err != nil {
 				return fmt.Errorf("slope linear %s input gradient: %w", s.name, err)
 			}
 		} else if gx != 0 {
-			if err := b.k.NMExpandT(b.s, b.act, tmp, s.wP.act, s.wP.idx, s.wP.keep, s.out, s.in, p.N, p.M); err != nil {
+			if err := b.timed("expand W_dpᵀ", func() error {
+				return b.k.NMExpandT(b.s, b.act, tmp, s.wP.act, s.wP.idx, s.wP.keep, s.out, s.in, p.N, p.M)
+			}); err != nil {
 				return err
 			}
-			if err := b.gemmAct("slope linear "+s.name+" input gradient (W_dp)", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
-				B: tmp, LdB: s.out, TransB: true, D: gx, LdD: s.in, Alpha: 1, Beta: 1}); err != nil {
+			if err := b.timed("dX product (expanded W_dp)", func() error {
+				return b.gemmAct("slope linear "+s.name+" input gradient (W_dp)", blaslt.Gemm{M: m, N: s.in, K: s.out, A: gy, LdA: s.out,
+					B: tmp, LdB: s.out, TransB: true, D: gx, LdD: s.in, Alpha: 1, Beta: beta})
+			}); err != nil {
 				return err
 			}
 		}
 		// The scratch holds W_dpᵀ (activation type), then the fp32 dW.
-		if err := b.gemmGrad("slope linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
-			B: x, LdB: s.in, D: tmp, LdD: s.in, Alpha: 1}); err != nil {
+		if err := b.timed("dW product (dense)", func() error {
+			return b.gemmGrad("slope linear "+s.name+" weight gradient", blaslt.Gemm{M: s.out, N: s.in, K: m, A: gy, LdA: s.out, TransA: true,
+				B: x, LdB: s.in, D: tmp, LdD: s.in, Alpha: 1})
+		}); err != nil {
 			return err
 		}
-		if err := b.k.NMGather(b.s, F32, s.wP.grad, tmp, s.in, s.wP.idx, s.out, s.in, p.N, p.M, true); err != nil {
+		if err := b.timed("dW gather (kept values)", func() error {
+			return b.k.NMGather(b.s, F32, s.wP.grad, tmp, s.in, s.wP.idx, s.out, s.in, p.N, p.M, true)
+		}); err != nil {
 			return err
 		}
 	}
@@ -915,14 +955,20 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 		if err != nil {
 			return err
 		}
-		if err := b.k.ColSum(b.s, b.act, s.biasP.grad, gy, parts, s.out, m, s.out); err != nil {
+		if err := b.timed("bias gradient", func() error { return b.k.ColSum(b.s, b.act, s.biasP.grad, gy, parts, s.out, m, s.out) }); err != nil {
 			return err
 		}
 	}
 	if s.lP == nil {
 		return nil
 	}
-	r := s.rank
+	return b.timed("adapters", func() error { return s.adapterBackward(m, x, gy, gx) })
+}
+
+// adapterBackward adds the adapters' gradients, and their part of gx
+// when gx is wanted (see BackwardDevice).
+func (s *linearGradStep) adapterBackward(m int, x, gy, gx driver.Ptr) error {
+	b, r := s.b, s.rank
 	t, err := b.gradScratch(2, b.act.Size()*m*r)
 	if err != nil {
 		return err
@@ -966,7 +1012,9 @@ func (s *attentionGradStep) devParams() []*devParam { return nil }
 // per sequence and head (the forward's products and softmax), then, with
 // dO = gy's head slice: dP = dO·Vᵀ, dS = scale·P ⊙ (dP − rowsum(dP ⊙ P)),
 // dQ += dS·K, dK += dSᵀ·Q, dV += Pᵀ·dO: batched products over the heads,
-// one sequence at a time. A query with no visible key gets zero gradient.
+// one sequence at a time, in chunks of queries (Options.AttentionChunk)
+// that see only the keys up to their last query, as the forward's. A
+// query with no visible key gets zero gradient.
 func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout ops.Tensor, gin []ops.Tensor) error {
 	if c.Rows() == 0 {
 		return nil
@@ -984,7 +1032,8 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 	if b.maskLd != seq {
 		return fmt.Errorf("attention backward: the call's mask covers %d tokens, want %d (Begin not called?)", b.maskLd, seq)
 	}
-	n, es := heads*seq*seq, b.act.Size()
+	es, chunk := b.act.Size(), min(b.attnChunk(), seq)
+	n := heads * chunk * seq // the largest chunk's scores
 	scores, err := b.grow(&b.scratch[2], 4*n)
 	if err != nil {
 		return err
@@ -1007,42 +1056,58 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 	}
 	q, k, v, gy := asTensor(in[0]).p, asTensor(in[1]).p, asTensor(in[2]).p, asTensor(gout).p
 	gq, gk, gv := ptrOr0(gin[0]), ptrOr0(gin[1]), ptrOr0(gin[2])
-	sq := int64(seq * seq)
 	for bt := 0; bt < c.Batch; bt++ {
-		off := bt * seq * dim * es
-		at := func(p driver.Ptr) driver.Ptr { return p.Add(off) }
-		if err := b.gemmGrad("attention scores", blaslt.Gemm{M: seq, N: seq, K: hd, A: at(q), LdA: dim, StrideA: int64(hd),
-			B: at(k), LdB: dim, StrideB: int64(hd), TransB: true, D: scores, LdD: seq, StrideD: sq, Batch: heads, Alpha: 1}); err != nil {
-			return err
-		}
-		if err := b.k.SoftmaxCausal(b.s, b.act, probs, scores, b.mask.p, b.maskLd, bt, heads, seq, 0, s.scale); err != nil {
-			return err
-		}
-		if err := b.gemmGrad("attention dP", blaslt.Gemm{M: seq, N: seq, K: hd, A: at(gy), LdA: dim, StrideA: int64(hd),
-			B: at(v), LdB: dim, StrideB: int64(hd), TransB: true, D: dp, LdD: seq, StrideD: sq, Batch: heads, Alpha: 1}); err != nil {
-			return err
-		}
-		if err := b.k.SoftmaxBackward(b.s, b.act, ds, probs, dp, heads*seq, seq, s.scale); err != nil {
-			return err
-		}
-		// dQ += dS·K, dK += dSᵀ·Q, dV += Pᵀ·dO, each when wanted.
-		for _, g := range []struct {
-			what string
-			to   driver.Ptr
-			g    blaslt.Gemm
-		}{
-			{"attention dQ", gq, blaslt.Gemm{A: ds, B: at(k)}},
-			{"attention dK", gk, blaslt.Gemm{A: ds, TransA: true, B: at(q)}},
-			{"attention dV", gv, blaslt.Gemm{A: probs, TransA: true, B: at(gy)}},
-		} {
-			if g.to == 0 {
-				continue
-			}
-			p := g.g
-			p.M, p.N, p.K, p.LdA, p.StrideA, p.LdB, p.StrideB = seq, hd, seq, seq, sq, dim, int64(hd)
-			p.D, p.LdD, p.StrideD, p.Batch, p.Alpha, p.Beta = at(g.to), dim, int64(hd), heads, 1, 1
-			if err := b.gemmAct(g.what, p); err != nil {
+		// Queries [r0, r0+nq) of the sequence see keys [0, keys), as in
+		// the forward.
+		for r0 := 0; r0 < seq; r0 += chunk {
+			nq := min(chunk, seq-r0)
+			keys := r0 + nq
+			sq := int64(nq * keys)
+			seqAt := func(p driver.Ptr) driver.Ptr { return p.Add(bt * seq * dim * es) }      // the sequence's first token
+			rowAt := func(p driver.Ptr) driver.Ptr { return p.Add((bt*seq + r0) * dim * es) } // the chunk's first query
+			if err := b.timed("scores Q·Kᵀ (again)", func() error {
+				return b.gemmGrad("attention scores", blaslt.Gemm{M: nq, N: keys, K: hd, A: rowAt(q), LdA: dim, StrideA: int64(hd),
+					B: seqAt(k), LdB: dim, StrideB: int64(hd), TransB: true, D: scores, LdD: keys, StrideD: sq, Batch: heads, Alpha: 1})
+			}); err != nil {
 				return err
+			}
+			if err := b.timed("softmax (again)", func() error {
+				return b.k.SoftmaxCausal(b.s, b.act, probs, scores, b.mask.p, b.maskLd, bt, heads, nq, r0, s.scale)
+			}); err != nil {
+				return err
+			}
+			if err := b.timed("dP = dO·Vᵀ", func() error {
+				return b.gemmGrad("attention dP", blaslt.Gemm{M: nq, N: keys, K: hd, A: rowAt(gy), LdA: dim, StrideA: int64(hd),
+					B: seqAt(v), LdB: dim, StrideB: int64(hd), TransB: true, D: dp, LdD: keys, StrideD: sq, Batch: heads, Alpha: 1})
+			}); err != nil {
+				return err
+			}
+			if err := b.timed("softmax backward", func() error {
+				return b.k.SoftmaxBackward(b.s, b.act, ds, probs, dp, heads*nq, keys, s.scale)
+			}); err != nil {
+				return err
+			}
+			// dQ[chunk] += dS·K, dK += dSᵀ·Q[chunk], dV += Pᵀ·dO[chunk], each
+			// when wanted (dS and P are [nq, keys] per head).
+			for _, g := range []struct {
+				what string
+				to   driver.Ptr
+				at   func(driver.Ptr) driver.Ptr // where in to the product's rows start
+				g    blaslt.Gemm
+			}{
+				{"attention dQ", gq, rowAt, blaslt.Gemm{M: nq, K: keys, A: ds, B: seqAt(k)}},
+				{"attention dK", gk, seqAt, blaslt.Gemm{M: keys, K: nq, A: ds, TransA: true, B: rowAt(q)}},
+				{"attention dV", gv, seqAt, blaslt.Gemm{M: keys, K: nq, A: probs, TransA: true, B: rowAt(gy)}},
+			} {
+				if g.to == 0 {
+					continue
+				}
+				p := g.g
+				p.N, p.LdA, p.StrideA, p.LdB, p.StrideB = hd, keys, sq, dim, int64(hd)
+				p.D, p.LdD, p.StrideD, p.Batch, p.Alpha, p.Beta = g.at(g.to), dim, int64(hd), heads, 1, 1
+				if err := b.timed("dQ, dK, dV products", func() error { return b.gemmAct(g.what, p) }); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -1080,7 +1145,9 @@ func (b *Backend) CrossEntropy(logits ops.Tensor, targets []int32, scale float64
 	if err := b.dev.CopyIn(tp, ptrOf(targets), 4*rows); err != nil {
 		return err
 	}
-	if err := b.k.CrossEntropy(b.s, b.act, y.p, p, tp, rows, y.dim, scale, grad); err != nil {
+	if err := b.timed("loss (cross-entropy)", func() error {
+		return b.k.CrossEntropy(b.s, b.act, y.p, p, tp, rows, y.dim, scale, grad)
+	}); err != nil {
 		return err
 	}
 	if err := b.dev.SyncStream(b.s); err != nil {
@@ -1095,7 +1162,11 @@ func (b *Backend) Zero(t ops.Tensor) error {
 	if dt.rows*dt.dim == 0 {
 		return nil
 	}
-	return b.k.Fill(b.s, b.act, dt.p, 0, dt.rows*dt.dim)
+	if err := b.timed("zero activation gradients", func() error { return b.k.Fill(b.s, b.act, dt.p, 0, dt.rows*dt.dim) }); err != nil {
+		return err
+	}
+	dt.zeroed = true
+	return nil
 }
 
 // deviceOptimizer is the training state of Params on the GPU: their
@@ -1228,6 +1299,10 @@ func (o *deviceOptimizer) RefreshMasks() error {
 	// fails part way: Store copies them out, and push uploads the host's
 	// again only after that.
 	o.masksNew = o.masksNew || len(nms) > 0
+	return o.b.timed("transpose-mask refresh", func() error { return o.refreshMasks(nms) })
+}
+
+func (o *deviceOptimizer) refreshMasks(nms []*devParam) error {
 	for _, d := range nms {
 		nm := d.p.NM
 		d.keepSet = false
@@ -1268,25 +1343,32 @@ func (o *deviceOptimizer) storeMasks() error {
 
 // ZeroGrads implements ops.DeviceOptimizer.
 func (o *deviceOptimizer) ZeroGrads() error {
-	for _, d := range o.params {
-		if err := o.b.k.Fill(o.b.s, F32, d.grad, 0, len(d.p.Value)); err != nil {
-			return err
+	return o.b.timed("zero Param gradients", func() error {
+		for _, d := range o.params {
+			if err := o.b.k.Fill(o.b.s, F32, d.grad, 0, len(d.p.Value)); err != nil {
+				return err
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // SumSquares implements ops.DeviceOptimizer (in float64, in an order
 // fixed by the Params' sizes: the same bits on every run).
 func (o *deviceOptimizer) SumSquares() (float64, error) {
 	b := o.b
-	if err := b.k.Fill(b.s, F32, o.sum, 0, 2); err != nil { // +0.0 is all zero bits
-		return 0, err
-	}
-	for _, d := range o.params {
-		if err := b.k.SumSquares(b.s, o.sum, o.parts, d.grad, len(d.p.Value)); err != nil {
-			return 0, err
+	if err := b.timed("gradient norm", func() error {
+		if err := b.k.Fill(b.s, F32, o.sum, 0, 2); err != nil { // +0.0 is all zero bits
+			return err
 		}
+		for _, d := range o.params {
+			if err := b.k.SumSquares(b.s, o.sum, o.parts, d.grad, len(d.p.Value)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return 0, err
 	}
 	if err := b.dev.SyncStream(b.s); err != nil {
 		return 0, err
@@ -1307,16 +1389,24 @@ func (o *deviceOptimizer) AdamW(k int, st cpu.AdamWStep) error {
 	if d.act != d.val {
 		wbf = d.act
 	}
-	if err := b.k.AdamW(b.s, d.val, d.grad, o.m[k], o.v[k], wbf, len(d.p.Value), h); err != nil {
-		return fmt.Errorf("param %q: %w", d.p.Name, err)
+	label := "AdamW dense"
+	if d.p.NM != nil {
+		label = "AdamW N:M (kept values)"
 	}
-	if err := b.valuesChanged(d, false); err != nil {
-		return err
-	}
-	if st.ZeroGrad {
-		return b.k.Fill(b.s, F32, d.grad, 0, len(d.p.Value))
-	}
-	return nil
+	return b.timed(label, func() error {
+		if err := b.k.AdamW(b.s, d.val, d.grad, o.m[k], o.v[k], wbf, len(d.p.Value), h); err != nil {
+			return fmt.Errorf("param %q: %w", d.p.Name, err)
+		}
+		if d.forms != nil {
+			if err := b.timed("W_dpᵀ values (cuSPARSELt form)", func() error { return b.valuesChanged(d, false) }); err != nil {
+				return err
+			}
+		}
+		if st.ZeroGrad {
+			return b.timed("zero gradient", func() error { return b.k.Fill(b.s, F32, d.grad, 0, len(d.p.Value)) })
+		}
+		return nil
+	})
 }
 
 // Close implements ops.DeviceOptimizer. The Params' values and gradients

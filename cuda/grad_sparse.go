@@ -25,12 +25,12 @@ import (
 //     change of them, and its pattern compressed again when the transpose
 //     mask changes.
 //
-// Experimental, written without a GPU at hand: BF16SparseLtEnv enables it
-// on top of BF16TrainEnv. When a check refuses a layout or shape, the
-// weight keeps the expanded products.
+// On by default in bf16 training when cuSPARSELt loaded; BF16SparseLtEnv=0
+// turns it off. When a check refuses a layout or shape, the weight keeps
+// the expanded products.
 
-// BF16SparseLtEnv, set to 1 with BF16TrainEnv, lets bf16 training run the
-// 2:4 products on cuSPARSELt.
+// BF16SparseLtEnv, set to 0, makes bf16 training run the 2:4 products
+// expanded (one dense cuBLASLt product each) instead of on cuSPARSELt.
 const BF16SparseLtEnv = "SLOPE_GPU_BF16_SPARSELT"
 
 // nmForms are a 2:4 weight's two cuSPARSELt forms in training.
@@ -42,7 +42,7 @@ type nmForms struct {
 // wantForms reports whether d gets cuSPARSELt forms.
 func (b *Backend) wantForms(d *devParam) bool {
 	nm := d.p.NM
-	return b.act == BF16 && b.sp != nil && os.Getenv(BF16SparseLtEnv) == "1" && nm != nil &&
+	return b.act == BF16 && b.sp != nil && os.Getenv(BF16SparseLtEnv) != "0" && nm != nil &&
 		nm.Pattern == (format.NM{N: 2, M: 4}) && nm.Rows%4 == 0 && nm.TMask != nil &&
 		sparselt.Supported(nm.Rows, nm.Cols) == nil && sparselt.Supported(nm.Cols, nm.Rows) == nil
 }

@@ -45,8 +45,7 @@
 // kernels in a per-backend registry; a node whose op has no kernel is an
 // error naming the op and the node. A GradBackend (grad.go) also binds
 // nodes as GradSteps with a backward pass over float32 master Params
-// (NewCPUGrad; the CUDA backend with float32 activations, or bf16 ones
-// experimentally).
+// (NewCPUGrad; the CUDA backend, with float32 or bf16 activations).
 //
 // A backend with its own memory (the CUDA backend, package cuda) also
 // implements DeviceBackend, and its steps DeviceStep: the runtime then

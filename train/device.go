@@ -8,7 +8,7 @@ import (
 )
 
 // Training on a device backend (ops.DeviceGradBackend: the cuda backend
-// with float32 activations, or bf16 ones experimentally): the forward and
+// with float32 or bf16 activations): the forward and
 // backward passes run on the backend's tensors, the cross-entropy too
 // (only each row's loss comes back), and AdamW on its copies of the
 // Params, gradients and moments (Trainer.opt). The host keeps its Params

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -34,6 +35,7 @@ type trainFlags struct {
 	rankFrac, adapterScale, adapterLR        float64
 	adapterStart, device                     string
 	seed                                     uint64
+	gpuProfile                               bool
 }
 
 func newTrainCmd() *cobra.Command {
@@ -88,7 +90,8 @@ func newTrainCmd() *cobra.Command {
 	f.StringVar(&fl.log, "log", "", "JSONL log of every step and eval")
 	f.IntVar(&fl.every, "print-every", 1, "print a progress line every N steps (0: none)")
 	f.IntVar(&fl.threads, "threads", 0, "goroutines per op (0: GOMAXPROCS; results depend on it)")
-	f.StringVar(&fl.device, "device", "cpu", "where to train: cpu, or cuda-f32 (NVIDIA GPU, float32: passes and AdamW on the GPU; checkpoints are the same either way); cuda (bf16 activations, fp32 master values) is experimental and needs SLOPE_GPU_BF16_TRAIN=1")
+	f.StringVar(&fl.device, "device", "cpu", "where to train: cpu, or cuda-f32 (NVIDIA GPU, float32: passes and AdamW on the GPU; checkpoints are the same either way); cuda (bf16 mixed precision: bf16 activations and products, fp32 master values, gradients and moments; 2:4 products on cuSPARSELt)")
+	f.BoolVar(&fl.gpuProfile, "gpu-profile", false, "with --device cuda or cuda-f32: time each op's forward and backward, the loss and the optimizer's stages on the GPU (CUDA events) and print where a step's time goes")
 	f.StringVar(&fl.adapterStart, "adapter-start", "", "when adapters join: a fraction of --steps (e.g. 0.99, the default) or a step (e.g. 990; 0: never)")
 	f.IntVar(&fl.rank, "rank", 0, "adapter rank (adapters are added only with --rank or --rank-frac)")
 	f.Float64Var(&fl.rankFrac, "rank-frac", 0, "adapter rank as a fraction of the hidden size (e.g. 0.0625)")
@@ -116,10 +119,10 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 		}
 	}
 	switch {
-	case fl.device == "cuda" && os.Getenv(cuda.BF16TrainEnv) != "1":
-		return usagef(cmd, "--device cuda: bf16 (mixed-precision) training is experimental and not yet checked on a GPU (%s=1 enables it); use --device cuda-f32", cuda.BF16TrainEnv)
 	case fl.device != "" && fl.device != "cpu" && fl.device != "cuda-f32" && fl.device != "cuda":
 		return usagef(cmd, "--device %q: want cpu, cuda-f32 or cuda", fl.device)
+	case fl.gpuProfile && fl.device != "cuda-f32" && fl.device != "cuda":
+		return usagef(cmd, "--gpu-profile needs --device cuda or cuda-f32")
 	case fl.data == "":
 		return usagef(cmd, "--data is required")
 	case fl.out == "":
@@ -296,15 +299,15 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	var gpu *cuda.Backend
 	switch fl.device {
 	case "", "cpu":
-	case "cuda-f32", "cuda": // cuda: checkTrainFlags let it through, BF16TrainEnv is set
-		if gpu, err = newGPU(fl.device, cuda.Options{}); err != nil {
+	case "cuda-f32", "cuda":
+		if gpu, err = newGPU(fl.device, cuda.Options{Search: true, Profile: fl.gpuProfile}); err != nil {
 			return err
 		}
 		defer gpu.Close()
 		o.Backend = gpu
 		mode := "float32"
 		if fl.device == "cuda" {
-			mode = "bf16 activations, experimental"
+			mode = "bf16 mixed precision"
 		}
 		fmt.Fprintf(stderr, "device %s (%s)\n", gpu.Device().Info, mode)
 	}
@@ -339,8 +342,8 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if a := tr.Options().Accum; a > fl.batch {
 		return usagef(cmd, "--accum %d: at most the batch of %d sequences", a, fl.batch)
 	}
-	if mp := tr.MaxPositions(); mp > 0 && fl.seq+1 > mp {
-		return usagef(cmd, "--seq %d: each window is --seq + 1 = %d tokens (inputs and the next-token targets), more than the model's %d positions; use --seq %d or less", fl.seq, fl.seq+1, mp, mp-1)
+	if mp := tr.MaxPositions(); mp > 0 && fl.seq > mp {
+		return usagef(cmd, "--seq %d: the model reads --seq tokens of each window (the window's last token is only a target), more than its %d positions; use --seq %d or less", fl.seq, mp, mp)
 	}
 	data, err := train.LoadData(fl.data, train.DataOptions{Seq: fl.seq, Seed: seed, Tokenizer: tk, Vocab: tr.Vocab()})
 	if err != nil {
@@ -455,6 +458,13 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		stepTime += dt
 		if steps++; steps == 1 {
 			firstTime = dt
+			// The profile leaves out the first step's one-time work when
+			// other steps follow.
+			if tr.StepCount() < last {
+				if err := resetProfile(gpu); err != nil {
+					return err
+				}
+			}
 		}
 		rate := float64(n) / max(dt, 1e-9)
 		rec := trainRecord{Type: "step", Step: s + 1, Loss: loss, LR: lr, GradNorm: tr.GradNorm(), Tokens: tokens,
@@ -474,6 +484,18 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			if err := save(); err != nil {
 				return err
 			}
+		}
+	}
+	// The GPU profile of the steps after the first (resetProfile), before
+	// the checkpoint and the final evaluation add their work.
+	var profile bytes.Buffer
+	if gpu != nil && gpu.Profiling() {
+		n := steps
+		if n > 1 {
+			n-- // resetProfile dropped the first
+		}
+		if err := gpu.ProfileReport(&profile, n); err != nil {
+			return err
 		}
 	}
 	// The checkpoint first: a failed final evaluation must not lose the
@@ -521,7 +543,8 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		fmt.Fprintf(out, "memory: training state %.2f MiB on the GPU (values %.2f, gradients %.2f, AdamW moments %.2f, N:M metadata %.2f); GPU memory in use at the end %s; peak RSS %.1f MiB\n",
 			mib(mem.StateBytes), mib(mem.ValuesBytes), mib(mem.GradsBytes), mib(mem.MomentsBytes), mib(mem.NMMetaBytes),
 			used, mib(mem.PeakRSSBytes))
-		return nil
+		_, err := out.Write(profile.Bytes())
+		return err
 	}
 	fmt.Fprintf(out, "memory: training state %.2f MiB (values %.2f, gradients %.2f, AdamW moments %.2f, N:M metadata %.2f); kernel buffers %.2f MiB, activations %.2f MiB; peak RSS %.1f MiB\n",
 		mib(mem.StateBytes), mib(mem.ValuesBytes), mib(mem.GradsBytes), mib(mem.MomentsBytes), mib(mem.NMMetaBytes),
@@ -572,4 +595,12 @@ func (p *trainProgress) finish() {
 	if p.bar != nil {
 		_ = p.bar.Finish()
 	}
+}
+
+// resetProfile drops the GPU profile's sums so far (nil gpu: none).
+func resetProfile(gpu *cuda.Backend) error {
+	if gpu == nil {
+		return nil
+	}
+	return gpu.ProfileReset()
 }

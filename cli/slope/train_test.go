@@ -175,7 +175,8 @@ func TestTrainUsage(t *testing.T) {
 		{append(ok[:len(ok):len(ok)], "--clip", "NaN"), "--clip"},
 		{append(ok[:len(ok):len(ok)], "--weight-decay", "NaN"), "--weight-decay"},
 		{append(ok[:len(ok):len(ok)], "--clip", "+Inf"), "--clip"},
-		{append(ok[:len(ok):len(ok)], "--device", "cuda"), "cuda-f32"},
+		{append(ok[:len(ok):len(ok)], "--gpu-profile"), "--gpu-profile"},
+		{append(ok[:len(ok):len(ok)], "--seq", "65"), "--seq"}, // the tiny model has 64 positions
 		{append(ok[:len(ok):len(ok)], "--device", "tpu"), "--device"},
 		{[]string{"train"}, "MODEL"},
 	} {
@@ -301,5 +302,18 @@ func TestTrainResumeKeepsDataShape(t *testing.T) {
 	hp := readCheckpoint(t, other).state.(*slopepb.TrainingState).GetHyperparameters()
 	if hp["seq"] != 8 || hp["batch"] != 3 {
 		t.Errorf("recorded data shape batch %v seq %v, want 3 and 8", hp["batch"], hp["seq"])
+	}
+}
+
+// TestTrainSeqAtMaxPositions: --seq may equal the model's positions (the
+// model reads --seq tokens of each --seq+1 window).
+func TestTrainSeqAtMaxPositions(t *testing.T) {
+	model := convertTiny(t, "2:4")
+	data := filepath.Join(t.TempDir(), "d.u16")
+	writeTokenFile(t, data, 200, 50)
+	code, _, stderr := runSlope("train", model, "--data", data, "--steps", "1", "--batch", "2", "--seq", "64",
+		"--out", filepath.Join(t.TempDir(), "o.slope"))
+	if code != 0 {
+		t.Fatalf("--seq 64 on a 64-position model: exit %d, %s", code, stderr)
 	}
 }

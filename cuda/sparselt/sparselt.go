@@ -128,6 +128,12 @@ func (w *Weight) SetBias(bias driver.Ptr) error {
 	return nil
 }
 
+// Bias returns the bias SetBias gave (0: none).
+func (w *Weight) Bias() driver.Ptr { return w.bias }
+
+// HasPlans reports whether a product has run (SetBias is refused then).
+func (w *Weight) HasPlans() bool { return len(w.plans) > 0 }
+
 // planKey identifies a plan of a Weight.
 type planKey struct {
 	Mpad, LdX, LdY int
