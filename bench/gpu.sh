@@ -12,7 +12,9 @@
 # TABLES (default linear,layer,tc,train), SKIP_TESTS=1, PKGS="cuda/kernels cuda" (test only
 # these), SKIP_TRAIN_CLI=1 (slope train on the GPU and the CPU), LAYER_TRAIN=1
 # (a decoder layer's bf16 training step through slope train; LAYER_SHAPES
-# picks among "6.7B 13B", PROFILE=1 adds --gpu-profile), SKIP_CLI=1
+# picks among "6.7B 13B 66B" (default the first two), LAYER_BATCH
+# sequences of 2048 tokens per step; PROFILE=1 adds --gpu-profile here and
+# to a bench run of the CLI section), SKIP_CLI=1
 # (the inference CLI), SKIP_BENCH=1 (gpubench), BENCH_FLAGS (extra
 # gpubench flags, e.g. -adapters=false).
 set -uo pipefail
@@ -107,13 +109,15 @@ run)
 		fi
 		if [[ "${LAYER_TRAIN:-0}" == 1 ]]; then
 		# Issue 8's decoder-layer training step, through the trainer: a
-		# one-layer model of OPT-6.7B's and 13B's layer shapes (vocab 512,
-		# so the embedding and head are small), bf16, dense against 2:4
-		# (expanded products, and on cuSPARSELt).
-		echo "## one decoder layer's training step (slope train --device cuda, bf16, 1 layer, vocab 512, 1 x 2048 tokens)"
+		# one-layer model of OPT-6.7B's, 13B's (and with LAYER_SHAPES 66B's)
+		# layer shapes (vocab 512, so the embedding and head are small),
+		# bf16, dense against 2:4 (expanded products, and on cuSPARSELt);
+		# LAYER_BATCH sequences of 2048 tokens per step (default 1).
+		lbatch=${LAYER_BATCH:-1}
+		echo "## one decoder layer's training step (slope train --device cuda, bf16, 1 layer, vocab 512, $lbatch x 2048 tokens)"
 		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-layer.XXXXXX")
 		LC_ALL=C awk 'BEGIN{srand(3); for(i=0;i<100000;i++) printf "%c%c", int(rand()*256), int(rand()*2)}' >"$work/v512.u16"
-		for shape in "6.7B 4096 16384 32" "13B 5120 20480 40"; do
+		for shape in "6.7B 4096 16384 32" "13B 5120 20480 40" "66B 9216 36864 72"; do
 			read -r label hid ffn heads <<<"$shape"
 			[[ " ${LAYER_SHAPES:-6.7B 13B} " == *" $label "* ]] || continue
 			printf '{"model_type": "opt", "vocab_size": 512, "hidden_size": %d, "ffn_dim": %d, "num_hidden_layers": 1, "num_attention_heads": %d, "max_position_embeddings": 4096, "word_embed_proj_dim": %d, "do_layer_norm_before": true, "activation_function": "relu", "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}\n' \
@@ -125,7 +129,7 @@ run)
 				read -r nm lt <<<"$v"
 				echo "### OPT-$label layer, $nm$([[ $nm == 2:4 ]] && { [[ $lt == 1 ]] && echo ' on cuSPARSELt' || echo ' expanded (SLOPE_GPU_BF16_SPARSELT=0)'; }): 6 steps"
 				SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$work/$label-${nm/:/}.slope" \
-					--data "$work/v512.u16" --steps 6 --batch 1 --seq 2048 --out "$work/out.slope" --device cuda \
+					--data "$work/v512.u16" --steps 6 --batch "$lbatch" --seq 2048 --out "$work/out.slope" --device cuda \
 					$([[ "${PROFILE:-0}" == 1 ]] && echo --gpu-profile) 2>&1 |
 					grep -v -E "^(step|device|trained to) "
 				[[ ${PIPESTATUS[0]} == 0 ]] || status=1
@@ -150,6 +154,11 @@ run)
 				echo "### slope bench OPT-125m-shaped $([[ $m == d ]] && echo dense || echo 2:4) bf16 --device $dev"
 				timeout 120 "$bins/slope" bench "$work/$m.slope" --prompt-len 128 --gen-len 64 --device $dev 2>&1 | tail -6
 				[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+				if [[ "${PROFILE:-0}" == 1 && $dev == cuda ]]; then
+					echo "### the same with --gpu-profile"
+					timeout 120 "$bins/slope" bench "$work/$m.slope" --prompt-len 128 --gen-len 64 --device $dev --gpu-profile 2>&1 | sed -n '/GPU time per run/,$p'
+					[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+				fi
 			done
 		done
 		# The 2:4 weight forms: greedy tokens, compared with decode's

@@ -52,8 +52,8 @@ type Options struct {
 	NoSparseLt bool
 	// Search runs cuSPARSELt's algorithm search once per shape.
 	Search bool
-	// Profile times the training work with CUDA events (profile.go;
-	// ProfileReport).
+	// Profile times each step's forward (inference and training) and
+	// backward with CUDA events (profile.go; ProfileReport).
 	Profile bool
 	// AttentionChunk is how many queries one attention product of many
 	// tokens covers (0: defaultAttentionChunk). Each chunk's products see
@@ -348,6 +348,10 @@ func (b *Backend) Bind(bd ops.Binding) (ops.Step, error) {
 		st, err = b.reg.Bind(bd)
 		return err
 	})
+	if h, ok := st.(hostStep); ok && b.prof != nil {
+		h.deviceStep = &timedStep{deviceStep: h.deviceStep, b: b, label: profileGroup(bd.Node.OpType, bd.Node.Name)}
+		st = h
+	}
 	return st, err
 }
 

@@ -4,6 +4,7 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/slopeml/slope/convert"
@@ -238,5 +239,40 @@ func TestKVCacheAgainstCPU(t *testing.T) {
 	t.Logf("GPU vs CPU with the KV cache: max |Δlogit| %.3g", d)
 	if d > 1e-4 {
 		t.Fatalf("GPU and CPU logits differ by %g", d)
+	}
+}
+
+// TestInferenceProfile: with Options.Profile, a prefill and a decode step
+// of the tiny model leave a report that names each op's forward per count
+// of new tokens.
+func TestInferenceProfile(t *testing.T) {
+	b := newWith(t, Options{Activations: BF16, Profile: true})
+	m := tinyModel(t, "2:4", b)
+	s, err := m.NewSession(1, 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ids, mask := [][]int32{make([]int32, 20)}, [][]int32{make([]int32, 20)}
+	for i := range ids[0] {
+		ids[0][i], mask[0][i] = int32(2+i), 1
+	}
+	if _, err := s.Step(ids, mask); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StepLast([][]int32{{7}}, [][]int32{{1}}); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := b.ProfileReport(&out, 1, "run"); err != nil {
+		t.Fatal(err)
+	}
+	rep := out.String()
+	t.Log("\n" + rep)
+	for _, want := range []string{"CausalAttention layers.*.attn forward, 20 new tokens", "CausalAttention layers.*.attn forward, 1 new tokens",
+		"SlopeLinear layers.*.fc1 forward, 20 new tokens", "Embedding embed forward, 1 new tokens"} {
+		if !strings.Contains(rep, want) {
+			t.Errorf("the profile has no %q", want)
+		}
 	}
 }

@@ -361,7 +361,7 @@ func TestTrainGPUProfile(t *testing.T) {
 		}
 	}
 	var out strings.Builder
-	if err := b.ProfileReport(&out, 2); err != nil {
+	if err := b.ProfileReport(&out, 2, "step"); err != nil {
 		t.Fatal(err)
 	}
 	rep := out.String()

@@ -12,11 +12,12 @@ import (
 	"github.com/slopeml/slope/ops"
 )
 
-// The training profile (Options.Profile, `slope train --gpu-profile`):
-// CUDA events around each training op's forward and backward, the parts
-// of a linear's products, the loss and the optimizer's stages, summed per
-// label. It answers "where does a step's GPU time go" without a profiler
-// on the machine. The events cost a few microseconds each on the host,
+// The GPU profile (Options.Profile; `slope train --gpu-profile`, `slope
+// bench --gpu-profile`): CUDA events around each op's forward (per count
+// of new tokens, so prefill and decode sum apart) and, in training, its
+// backward, the parts of a training linear's products, the loss and the
+// optimizer's stages, summed per label. It answers "where does a step's
+// GPU time go" without a profiler on the machine. The events cost a few microseconds each on the host,
 // so a profiled run is a little slower than a plain one.
 
 // profiler holds the spans recorded and not yet read, and the sums.
@@ -166,13 +167,14 @@ func (b *Backend) ProfileReset() error {
 	})
 }
 
-// ProfileReport writes the profile's sums per step (steps > 0) as a
-// tree: the top-level spans by time, each with the parts inside it.
-func (b *Backend) ProfileReport(w io.Writer, steps int) error {
+// ProfileReport writes the profile's sums divided by n (> 0) units (a
+// "step", a "run") as a tree: the top-level spans by time, each with the
+// parts inside it.
+func (b *Backend) ProfileReport(w io.Writer, n int, unit string) error {
 	if b.prof == nil {
 		return errors.New("cuda: no profile (Options.Profile)")
 	}
-	steps = max(steps, 1)
+	n = max(n, 1)
 	var rows []profRow
 	err := b.dev.Do(func() error {
 		b.prof.flush()
@@ -188,14 +190,14 @@ func (b *Backend) ProfileReport(w io.Writer, steps int) error {
 			top += r.ms
 		}
 	}
-	fmt.Fprintf(w, "GPU time per step (CUDA events, mean of %d steps): %.3f ms in the spans below\n", steps, top/float64(steps))
-	fmt.Fprintf(w, "%10s %7s %8s  %s\n", "ms/step", "share", "calls", "what")
+	fmt.Fprintf(w, "GPU time per %s (CUDA events, mean of %d): %.3f ms in the spans below\n", unit, n, top/float64(n))
+	fmt.Fprintf(w, "%10s %7s %8s  %s\n", "ms/"+unit, "share", "calls", "what")
 	for _, r := range rows {
 		share := ""
 		if r.depth == 0 && top > 0 {
 			share = fmt.Sprintf("%.1f%%", 100*r.ms/top)
 		}
-		fmt.Fprintf(w, "%10.3f %7s %8.1f  %*s%s\n", r.ms/float64(steps), share, float64(r.calls)/float64(steps), 2*r.depth, "", r.label)
+		fmt.Fprintf(w, "%10.3f %7s %8.1f  %*s%s\n", r.ms/float64(n), share, float64(r.calls)/float64(n), 2*r.depth, "", r.label)
 	}
 	return nil
 }
@@ -243,6 +245,18 @@ var layerNumber = regexp.MustCompile(`\.\d+\.`)
 // the layer index as * so that the layers sum together.
 func profileGroup(opType, node string) string {
 	return opType + " " + layerNumber.ReplaceAllString(node, ".*.")
+}
+
+// timedStep times an inference step's forward (Options.Profile), per count
+// of new tokens.
+type timedStep struct {
+	deviceStep
+	b     *Backend
+	label string
+}
+
+func (s *timedStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tensor) error {
+	return s.b.timed(fmt.Sprintf("%s forward, %d new tokens", s.label, c.Seq), func() error { return s.deviceStep.ForwardDevice(c, in, out) })
 }
 
 // timedGradStep times a training step's forward and backward (Options.Profile).

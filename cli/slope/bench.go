@@ -25,11 +25,15 @@ func newBenchCmd() *cobra.Command {
 			"second for each and the process's peak resident memory. As in generation, only\n" +
 			"the last position's logits are computed, unless --all-logits (as a with-past ONNX\n" +
 			"export does in ONNX Runtime). The timed run follows --warmup untimed ones, which\n" +
-			"take first-use costs (page faults, GPU plans) out of the figures.",
+			"take first-use costs (page faults, GPU plans) out of the figures. On a GPU,\n" +
+			"--gpu-profile also prints each op's GPU time in the timed run (CUDA events).",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if promptLen < 1 || genLen < 1 || batch < 1 || warmup < 0 {
 				return usagef(cmd, "--prompt-len, --gen-len and --batch must be >= 1, --warmup >= 0")
+			}
+			if device.profile && device.device != "cuda" && device.device != "cuda-f32" {
+				return usagef(cmd, "--gpu-profile needs --device cuda or cuda-f32")
 			}
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)
@@ -104,6 +108,11 @@ func newBenchCmd() *cobra.Command {
 					return err
 				}
 			}
+			if m.gpu != nil {
+				if err := m.gpu.ProfileReset(); err != nil {
+					return err
+				}
+			}
 			prefill, decode, err := run()
 			if err != nil {
 				return err
@@ -115,6 +124,9 @@ func newBenchCmd() *cobra.Command {
 			fmt.Fprintf(out, "peak RSS %.1f MiB\n", float64(rusage.PeakRSS())/(1<<20))
 			if l := m.deviceLine(); l != "" {
 				fmt.Fprintln(out, l)
+			}
+			if m.gpu != nil && m.gpu.Profiling() {
+				return m.gpu.ProfileReport(out, 1, "run")
 			}
 			return nil
 		},
@@ -128,5 +140,6 @@ func newBenchCmd() *cobra.Command {
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "seed of the random ids")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 	cmd.Flags().BoolVar(&allLogits, "all-logits", false, "prefill computes the logits of every position, not just the last")
+	cmd.Flags().BoolVar(&device.profile, "gpu-profile", false, "with --device cuda or cuda-f32: print each op's GPU time in the timed run (prefill and decode apart)")
 	return cmd
 }

@@ -16,7 +16,10 @@ const formsHelp = "with --device cuda, the GPU forms of 2:4 weights (memory vs d
 	"all (decode kernel for 1 row, tensor-core kernel for 2-16, cuSPARSELt, 1.19x or 1.69x), low-memory (cuSPARSELt only, 0.56x)"
 
 // deviceFlags are --device and --sparse-forms.
-type deviceFlags struct{ device, forms string }
+type deviceFlags struct {
+	device, forms string
+	profile       bool // --gpu-profile (slope bench)
+}
 
 func addDeviceFlag(cmd *cobra.Command, f *deviceFlags) {
 	cmd.Flags().StringVar(&f.device, "device", "cpu", deviceHelp)
@@ -33,7 +36,7 @@ func openModel(path string, f deviceFlags) (*model, error) {
 	switch device {
 	case "", "cpu":
 	case "cuda", "cuda-f32":
-		opts := cuda.Options{Search: true}
+		opts := cuda.Options{Search: true, Profile: f.profile}
 		if err := opts.SetForms(cuda.Forms(f.forms)); err != nil {
 			return nil, fmt.Errorf("--sparse-forms: %w", err)
 		}

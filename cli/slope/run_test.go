@@ -76,6 +76,9 @@ func TestBench(t *testing.T) {
 	if code, _, _ := runSlope("bench", model, "--prompt-len", "100"); code == 0 {
 		t.Error("a prompt longer than the model's positions succeeded")
 	}
+	if code, _, stderr := runSlope("bench", model, "--gpu-profile"); code != exitUsage || !strings.Contains(stderr, "--gpu-profile") {
+		t.Errorf("--gpu-profile on the CPU: exit %d, %s", code, stderr)
+	}
 }
 
 func TestRunAndScoreIDs(t *testing.T) {

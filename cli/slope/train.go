@@ -494,7 +494,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		if n > 1 {
 			n-- // resetProfile dropped the first
 		}
-		if err := gpu.ProfileReport(&profile, n); err != nil {
+		if err := gpu.ProfileReport(&profile, n, "step"); err != nil {
 			return err
 		}
 	}
