@@ -74,7 +74,7 @@ func BenchmarkStep(b *testing.B) {
 			}
 			defer tr.Close()
 			rng := rand.New(rand.NewPCG(1, 2))
-			ids := randBatch(rng, tr.Vocab(), 4, 128)
+			ids := randBatch(rng, tr.Vocab(), 4, 129) // windows of --seq 128
 			if _, err := tr.Step(ids); err != nil { // warm-up
 				b.Fatal(err)
 			}
@@ -106,7 +106,7 @@ func BenchmarkStepPair(b *testing.B) {
 		defer tr.Close()
 		trs[i] = tr
 	}
-	ids := randBatch(rand.New(rand.NewPCG(1, 2)), trs[0].Vocab(), 4, 128)
+	ids := randBatch(rand.New(rand.NewPCG(1, 2)), trs[0].Vocab(), 4, 129) // windows of --seq 128
 	for _, tr := range trs { // warm-up: buffers and prepared weights
 		if _, err := tr.Step(ids); err != nil {
 			b.Fatal(err)
@@ -144,7 +144,7 @@ func BenchmarkMaskRefresh(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer tr.Close()
-	ids := randBatch(rand.New(rand.NewPCG(1, 2)), tr.Vocab(), 4, 128)
+	ids := randBatch(rand.New(rand.NewPCG(1, 2)), tr.Vocab(), 4, 129) // windows of --seq 128
 	if _, err := tr.Step(ids); err != nil {
 		b.Fatal(err)
 	}
