@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/slopeml/slope/convert"
+	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/ops"
 	"github.com/slopeml/slope/ops/opstest"
 	"github.com/slopeml/slope/train"
@@ -97,15 +98,17 @@ func TestTrainGPUBF16TracksCPU(t *testing.T) {
 // tracking holds trainTracksCPU's tolerances: relative to the CPU's loss
 // at every step; relative L2 of the first update and of all Params at the
 // end; of each Param at the end (0: not checked); the fraction of
-// transpose-mask entries that may differ.
-type tracking struct{ loss, update, final, perParam, masks float64 }
+// transpose-mask entries that may differ; relative L2 of all AdamW
+// moments in the step-5 checkpoints.
+type tracking struct{ loss, update, final, perParam, masks, moments float64 }
 
 var (
-	f32Tracking = tracking{loss: 1e-4, update: 1e-2, final: 1e-2, perParam: 1e-4, masks: 1e-3}
+	f32Tracking = tracking{loss: 1e-4, update: 1e-2, final: 1e-2, perParam: 1e-4, masks: 1e-3, moments: 1e-3}
 	// AdamW's first update is about lr·sign(g): each sign a bf16
 	// gradient flips costs 2·sqrt(share flipped) of relative L2, so the
-	// first update gets a loose bound.
-	bf16Tracking = tracking{loss: 1e-2, update: 0.25, final: 2e-2, masks: 5e-2}
+	// first update gets a loose bound. The moments hold the gradients
+	// (bf16 products) themselves.
+	bf16Tracking = tracking{loss: 1e-2, update: 0.25, final: 2e-2, masks: 5e-2, moments: 0.1}
 )
 
 func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {
@@ -198,6 +201,7 @@ func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {
 		t.Fatalf("%d params on the GPU, %d on the CPU, %d before the adapters", len(gpu.Params()), len(cpu.Params()), len(before))
 	}
 	compareParams(t, "after 10 steps", cpu.Params(), gpu.Params(), nil, tol.final, tol.perParam)
+	compareMoments(t, filepath.Join(dir, "cpu5.slope"), filepath.Join(dir, "gpu5.slope"), cpu.Params(), tol.moments)
 	var masks, differ int
 	gp := map[string]*ops.Param{}
 	for _, p := range gpu.Params() {
@@ -306,6 +310,50 @@ func compareParams(t *testing.T, what string, want, got []*ops.Param, before map
 	}
 }
 
+// compareMoments checks ‖m_gpu − m_cpu‖ <= tol·‖m_cpu‖ over all the
+// first moments of the two checkpoints, and the same for the second
+// moments (of the Params in params; those added later, such as adapters,
+// are not in them yet).
+func compareMoments(t *testing.T, cpuCkpt, gpuCkpt string, params []*ops.Param, tol float64) {
+	t.Helper()
+	var files [2]*format.File
+	for i, fn := range []string{cpuCkpt, gpuCkpt} {
+		f, err := format.Open(fn, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		files[i] = f
+	}
+	for _, suffix := range []string{train.Moment1Suffix, train.Moment2Suffix} {
+		var num, den float64
+		n := 0
+		for _, p := range params {
+			want, err := files[0].Float32View(p.Name + suffix)
+			if err != nil {
+				continue // not in the step-5 checkpoint (an adapter)
+			}
+			got, err := files[1].Float32View(p.Name + suffix)
+			if err != nil {
+				t.Fatalf("%s: %v", gpuCkpt, err)
+			}
+			if len(got) != len(want) {
+				t.Fatalf("%s%s: %d values on the GPU, %d on the CPU", p.Name, suffix, len(got), len(want))
+			}
+			for i, w := range want {
+				d := float64(got[i]) - float64(w)
+				num, den = num+d*d, den+float64(w)*float64(w)
+			}
+			n++
+		}
+		rel := math.Sqrt(num / den)
+		t.Logf("checkpoints %s and %s, %d %s moments: relative L2 difference %.3g", filepath.Base(cpuCkpt), filepath.Base(gpuCkpt), n, suffix, rel)
+		if n == 0 || !(rel <= tol) {
+			t.Errorf("checkpoints %s and %s: %d %s moments differ by %.3g (relative L2), want <= %g", filepath.Base(cpuCkpt), filepath.Base(gpuCkpt), n, suffix, rel, tol)
+		}
+	}
+}
+
 // checkForms compares every cuSPARSELt form of a training Param, byte for
 // byte, with cuSPARSELt's own compression of the weight expanded from the
 // Param's bf16 values (W) and transpose mask (W_dpᵀ): the forms written
@@ -375,4 +423,26 @@ func TestTrainGPUProfile(t *testing.T) {
 	if strings.Contains(rep, ": 0.000 ms in the spans") {
 		t.Error("the profile's spans took no time")
 	}
+}
+
+// TestCompareMoments checks trainTracksCPU's moment comparison on the
+// CPU alone: two checkpoints of one trainer agree, and the moments it
+// reads are there (adapters, added later, are skipped).
+func TestCompareMoments(t *testing.T) {
+	tr, err := train.New(tinySlope(t), train.Options{LR: 1e-3, Threads: 2, TotalSteps: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if _, err := tr.Step([][]int32{{2, 10, 20, 30, 40, 50}, {2, 11, 21, 31, 41, 51}}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.slope"), filepath.Join(dir, "b.slope")
+	for _, fn := range []string{a, b} {
+		if err := tr.Save(fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	compareMoments(t, a, b, tr.Params(), 0)
 }
