@@ -74,8 +74,9 @@ func BenchmarkStep(b *testing.B) {
 			}
 			defer tr.Close()
 			rng := rand.New(rand.NewPCG(1, 2))
-			ids := randBatch(rng, tr.Vocab(), 4, 129) // windows of --seq 128
-			if _, err := tr.Step(ids); err != nil { // warm-up
+			// Windows of --seq 128; one step first to warm up.
+			ids := randBatch(rng, tr.Vocab(), 4, 129)
+			if _, err := tr.Step(ids); err != nil {
 				b.Fatal(err)
 			}
 			for b.Loop() {
@@ -107,7 +108,7 @@ func BenchmarkStepPair(b *testing.B) {
 		trs[i] = tr
 	}
 	ids := randBatch(rand.New(rand.NewPCG(1, 2)), trs[0].Vocab(), 4, 129) // windows of --seq 128
-	for _, tr := range trs { // warm-up: buffers and prepared weights
+	for _, tr := range trs {                                              // warm-up: buffers and prepared weights
 		if _, err := tr.Step(ids); err != nil {
 			b.Fatal(err)
 		}
