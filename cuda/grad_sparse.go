@@ -226,13 +226,22 @@ func sparseFits(w *sparselt.Weight, m int, y *tensor, ldY int, x *tensor, ldX in
 	return pm <= x.capRows && pm <= y.capRows && w.Fits(m, y.p, ldY, x.p, ldX) == nil
 }
 
-// formsInUse counts the Params whose products run on cuSPARSELt.
-func (b *Backend) formsInUse() int {
-	n := 0
-	for _, d := range b.params {
-		if d.forms != nil {
-			n++
+// SparseLtForms reports how many of the 2:4 weights bound for training
+// on this backend run their products on cuSPARSELt (lt), and how many
+// 2:4 weights there are (all): the others run them expanded (float32
+// activations, BF16SparseLtEnv=0, or a layout or shape the checks
+// refused).
+func (b *Backend) SparseLtForms() (lt, all int, err error) {
+	err = b.dev.Do(func() error {
+		for _, d := range b.params {
+			if nm := d.p.NM; nm != nil && nm.Pattern == (format.NM{N: 2, M: 4}) {
+				all++
+				if d.forms != nil {
+					lt++
+				}
+			}
 		}
-	}
-	return n
+		return nil
+	})
+	return lt, all, err
 }

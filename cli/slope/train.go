@@ -324,6 +324,19 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if o.Backend != nil && !tr.OnDevice() {
 		return fmt.Errorf("--device %s: the model has an op without a device backward pass", fl.device)
 	}
+	if fl.device == "cuda" {
+		lt, all, err := gpu.SparseLtForms()
+		if err != nil {
+			return err
+		}
+		switch {
+		case all == 0:
+		case lt == all:
+			fmt.Fprintf(stderr, "2:4 weights with their products on cuSPARSELt: all %d\n", all)
+		default:
+			fmt.Fprintf(stderr, "2:4 weights with their products on cuSPARSELt: %d of %d (the others expanded: %s=0, or a shape or layout cuSPARSELt refused)\n", lt, all, cuda.BF16SparseLtEnv)
+		}
+	}
 	tr.SetNote("slope " + strings.Join(os.Args[1:], " "))
 	tk, err := tr.Tokenizer()
 	if err != nil {
