@@ -334,7 +334,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		case lt == all:
 			fmt.Fprintf(stderr, "2:4 weights with their products on cuSPARSELt: all %d\n", all)
 		default:
-			fmt.Fprintf(stderr, "2:4 weights with their products on cuSPARSELt: %d of %d (the others expanded: %s=0, or a shape or layout cuSPARSELt refused)\n", lt, all, cuda.BF16SparseLtEnv)
+			fmt.Fprintf(stderr, "2:4 weights with their products on cuSPARSELt: %d of %d (the others run expanded: cuSPARSELt not loaded, %s=0, or a shape or layout it refused)\n", lt, all, cuda.BF16SparseLtEnv)
 		}
 	}
 	tr.SetNote("slope " + strings.Join(os.Args[1:], " "))
