@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops/cpu"
 )
 
@@ -196,21 +195,38 @@ func (s *attentionStep) attendHeads(y, q, keys, vals []float32, base, hlo, hhi i
 // as two GEMMs per head (prefill) instead of one query at a time.
 const gemmAttentionMin = 8
 
-// forwardGEMM computes each (sequence, head) as S = Q·Kᵀ over all keys
-// so far, a masked softmax per row, and O = P·V, both products on the
-// CPU linear kernels. keys/vals rows of sequence b start at b*stride.
+// attnChunkRows is how many queries one pair of forwardGEMM's products
+// takes: a chunk's score product covers only the keys up to its last
+// query (attention is causal), so a prefill computes a little over half
+// of the scores and of the value product's work.
+const attnChunkRows = 64
+
+// attnFwdBufs is one worker's buffers for forwardGEMM: the head's
+// queries, keys and values gathered contiguously ([Seq, hd], [total, hd],
+// [total, hd]), its output [Seq, hd], one chunk's scores and the two
+// products' prepared operands.
+type attnFwdBufs struct {
+	q, k, v, o, s []float32
+	kw, vw        cpu.DenseScratch
+}
+
+// forwardGEMM computes each (sequence, head) in chunks of attnChunkRows
+// queries: S = Q·Kᵀ over the keys up to the chunk's last query, a masked
+// softmax per row (cpu.ExpShiftSum), and O = P·V over the same keys, both
+// products on the CPU linear kernels. keys/vals rows of sequence b start
+// at b*stride.
 func (s *attentionStep) forwardGEMM(c *Call, q, keys, vals []float32, stride int, out *Value) error {
 	total := c.Past + c.Seq
 	hd := s.headDim
 	errs := make([]error, c.Batch*s.heads)
 	parallelRows(c.Batch*s.heads, c.Threads, func(lo, hi int) {
-		qh := make([]float32, c.Seq*hd)
-		kh := make([]float32, total*hd)
-		vt := make([]float32, hd*total) // Vᵀ [hd, total]
-		sc := make([]float32, c.Seq*total)
-		oh := make([]float32, c.Seq*hd)
+		bf := &attnFwdBufs{
+			q: make([]float32, c.Seq*hd), o: make([]float32, c.Seq*hd),
+			k: make([]float32, total*hd), v: make([]float32, total*hd),
+			s: make([]float32, min(attnChunkRows, c.Seq)*total),
+		}
 		for bh := lo; bh < hi; bh++ {
-			errs[bh] = s.headGEMM(c, bh/s.heads, bh%s.heads, q, keys, vals, stride, out, qh, kh, vt, sc, oh)
+			errs[bh] = s.headGEMM(c, bh/s.heads, bh%s.heads, q, keys, vals, stride, out, bf)
 		}
 	})
 	for _, err := range errs {
@@ -221,73 +237,67 @@ func (s *attentionStep) forwardGEMM(c *Call, q, keys, vals []float32, stride int
 	return nil
 }
 
-func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, stride int, out *Value, qh, kh, vt, sc, oh []float32) error {
+func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, stride int, out *Value, bf *attnFwdBufs) error {
 	total := c.Past + c.Seq
 	hd, off := s.headDim, h*s.headDim
 	for t := 0; t < c.Seq; t++ {
-		copy(qh[t*hd:(t+1)*hd], q[(b*c.Seq+t)*s.dim+off:])
+		copy(bf.q[t*hd:(t+1)*hd], q[(b*c.Seq+t)*s.dim+off:])
 	}
 	mask := c.Mask[b*total : (b+1)*total]
 	for j := 0; j < total; j++ {
-		copy(kh[j*hd:(j+1)*hd], keys[(b*stride+j)*s.dim+off:])
-		v := vals[(b*stride+j)*s.dim+off:][:hd]
+		copy(bf.k[j*hd:(j+1)*hd], keys[(b*stride+j)*s.dim+off:])
 		if mask[j] == 0 {
 			// A masked key's weight is 0, and 0·NaN would be NaN: its value
 			// row (whatever padding produced) takes no part.
-			for e := range v {
-				vt[e*total+j] = 0
-			}
+			clear(bf.v[j*hd : (j+1)*hd])
 			continue
 		}
-		for e, x := range v {
-			vt[e*total+j] = x
+		copy(bf.v[j*hd:(j+1)*hd], vals[(b*stride+j)*s.dim+off:])
+	}
+	for r0 := 0; r0 < c.Seq; r0 += attnChunkRows {
+		nq := min(attnChunkRows, c.Seq-r0)
+		nk := c.Past + r0 + nq // the keys the chunk's last query sees
+		kd, err := bf.kw.PrepareF32(bf.k[:nk*hd], nk, hd)
+		if err != nil {
+			return err
 		}
-	}
-	kd, err := cpu.PrepareDense(cpu.DenseWeight{DType: slopepb.DType_FLOAT32, Out: total, In: hd, Data: f32Bytes(kh)})
-	if err != nil {
-		return err
-	}
-	if err := kd.Linear(sc, qh, c.Seq, nil, 1); err != nil {
-		return err
+		sc := bf.s[:nq*nk]
+		if err := kd.Linear(sc, bf.q[r0*hd:(r0+nq)*hd], nq, nil, 1); err != nil {
+			return err
+		}
+		for t := 0; t < nq; t++ {
+			row := sc[t*nk : (t+1)*nk]
+			visible := c.Past + r0 + t + 1
+			mx := float32(math.Inf(-1))
+			for j := 0; j < visible; j++ {
+				if mask[j] != 0 {
+					row[j] *= s.scale
+					mx = max(mx, row[j])
+				} else {
+					// exp(-MaxFloat32 - mx) is 0: a masked key gets no weight.
+					row[j] = -math.MaxFloat32
+				}
+			}
+			if math.IsInf(float64(mx), -1) {
+				clear(row) // no visible key: a padded query yields zeros
+				continue
+			}
+			inv := float32(1 / cpu.ExpShiftSum(row[:visible], row[:visible], mx))
+			for j := range row[:visible] {
+				row[j] *= inv
+			}
+			clear(row[visible:])
+		}
+		vd, err := bf.vw.PrepareKN(bf.v[:nk*hd], nk, hd)
+		if err != nil {
+			return err
+		}
+		if err := vd.Linear(bf.o[r0*hd:(r0+nq)*hd], sc, nq, nil, 1); err != nil {
+			return err
+		}
 	}
 	for t := 0; t < c.Seq; t++ {
-		row := sc[t*total : (t+1)*total]
-		visible := c.Past + t + 1
-		mx := float32(math.Inf(-1))
-		for j := 0; j < visible; j++ {
-			if mask[j] != 0 {
-				row[j] *= s.scale
-				mx = max(mx, row[j])
-			}
-		}
-		if math.IsInf(float64(mx), -1) {
-			clear(row) // no visible key: a padded query yields zeros
-			continue
-		}
-		var sum float32
-		for j := 0; j < visible; j++ {
-			if mask[j] != 0 {
-				row[j] = expf(row[j] - mx)
-				sum += row[j]
-			} else {
-				row[j] = 0
-			}
-		}
-		clear(row[visible:])
-		inv := 1 / sum
-		for j := 0; j < visible; j++ {
-			row[j] *= inv
-		}
-	}
-	vd, err := cpu.PrepareDense(cpu.DenseWeight{DType: slopepb.DType_FLOAT32, Out: hd, In: total, Data: f32Bytes(vt)})
-	if err != nil {
-		return err
-	}
-	if err := vd.Linear(oh, sc, c.Seq, nil, 1); err != nil {
-		return err
-	}
-	for t := 0; t < c.Seq; t++ {
-		copy(out.Data[(b*c.Seq+t)*s.dim+off:][:hd], oh[t*hd:(t+1)*hd])
+		copy(out.Data[(b*c.Seq+t)*s.dim+off:][:hd], bf.o[t*hd:(t+1)*hd])
 	}
 	return nil
 }

@@ -548,3 +548,65 @@ func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads
 	})
 	return nil
 }
+
+// DenseScratch prepares float32 right operands of changing shapes into
+// one reused buffer, for products whose operand serves one call
+// (attention's per-chunk products). The Dense a Prepare method returns
+// is valid until the next Prepare on the same DenseScratch; the
+// DenseScratch belongs to one goroutine.
+type DenseScratch struct {
+	buf []float32
+	d   Dense
+}
+
+// panels sizes the buffer for a weight [n, k] and returns it, the unused
+// lanes of its last panel zero (as PrepareDense leaves them).
+func (s *DenseScratch) panels(k, n int) []float32 {
+	np := (n + panelW - 1) / panelW
+	size := np * panelW * k
+	if cap(s.buf) < size {
+		s.buf = make([]float32, size)
+	}
+	f := s.buf[:size]
+	s.d = Dense{pan: panels{dt: Float32, k: k, n: n, np: np, w: wbuf{f32: f}}}
+	if used := n - (np-1)*panelW; used < panelW {
+		last := f[(np-1)*k*panelW:]
+		for kk := range k {
+			clear(last[kk*panelW+used : (kk+1)*panelW])
+		}
+	}
+	return f
+}
+
+// PrepareF32 is PrepareDenseF32 of w [out, in] (row-major), on the
+// calling goroutine.
+func (s *DenseScratch) PrepareF32(w []float32, out, in int) (*Dense, error) {
+	if out < 1 || in < 1 || len(w) != out*in {
+		return nil, errShape("prepare dense f32", "weight [%d, %d] with %d elements", out, in, len(w))
+	}
+	f := s.panels(in, out)
+	for o := range out {
+		dst := f[(o/panelW)*in*panelW+o%panelW:]
+		for k, v := range w[o*in : (o+1)*in] {
+			dst[k*panelW] = v
+		}
+	}
+	return &s.d, nil
+}
+
+// PrepareKN is PrepareDenseKN of b [k, n] (the weight's transpose,
+// row-major), on the calling goroutine.
+func (s *DenseScratch) PrepareKN(b []float32, k, n int) (*Dense, error) {
+	if k < 1 || n < 1 || len(b) != k*n {
+		return nil, errShape("prepare dense kn", "operand [%d, %d] with %d elements", k, n, len(b))
+	}
+	f := s.panels(k, n)
+	for p := range s.d.pan.np {
+		c0, c1 := p*panelW, min(p*panelW+panelW, n)
+		pan := f[p*k*panelW : (p+1)*k*panelW]
+		for kk := range k {
+			copy(pan[kk*panelW:kk*panelW+c1-c0], b[kk*n+c0:kk*n+c1])
+		}
+	}
+	return &s.d, nil
+}

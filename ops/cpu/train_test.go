@@ -75,6 +75,42 @@ func TestPrepareDenseKN(t *testing.T) {
 	}
 }
 
+// TestDenseScratch: one DenseScratch through shapes that grow and shrink
+// (and leave stale lanes behind) prepares exactly PrepareDense's panels
+// of the weight (PrepareF32) and of the transposed operand (PrepareKN).
+func TestDenseScratch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	var s DenseScratch
+	for _, sh := range [][2]int{{64, 37}, {17, 5}, {3, 64}, {40, 33}, {16, 16}, {1, 1}, {100, 70}} {
+		out, in := sh[0], sh[1]
+		w := randF32(rng, out*in)
+		ref, err := PrepareDense(DenseWeight{DType: Float32, Out: out, In: in, Data: encode(t, Float32, w)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := s.PrepareF32(w, out, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(d.pan.w.f32, ref.pan.w.f32) || d.pan.k != in || d.pan.n != out || d.pan.np != ref.pan.np {
+			t.Fatalf("PrepareF32 [%d, %d]: panels differ from PrepareDense", out, in)
+		}
+		// The same weight given as its transpose [in, out].
+		if d, err = s.PrepareKN(transposeRef(w, out, in), in, out); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(d.pan.w.f32, ref.pan.w.f32) || d.pan.k != in || d.pan.n != out || d.pan.np != ref.pan.np {
+			t.Fatalf("PrepareKN [%d, %d]: panels differ from PrepareDense of the transpose", in, out)
+		}
+	}
+	if _, err := s.PrepareF32(make([]float32, 5), 2, 3); err == nil {
+		t.Error("PrepareF32: wrong length accepted")
+	}
+	if _, err := s.PrepareKN(make([]float32, 5), 2, 3); err == nil {
+		t.Error("PrepareKN: wrong length accepted")
+	}
+}
+
 func TestDenseMulAdd(t *testing.T) {
 	paths(t, func(t *testing.T) {
 		rng := rand.New(rand.NewPCG(5, 6))

@@ -362,6 +362,10 @@ func testAttention(t *testing.T, be ops.Backend, tol Tolerance) {
 		// batched GEMMs around a masked softmax), fresh and after a past.
 		{{0, 20}},
 		{{0, 4}, {4, 22}, {22, 23}},
+		// Prefills longer than the CPU backend's chunk of 64 queries:
+		// several chunks, fresh and after a past.
+		{{0, 150}},
+		{{0, 40}, {40, 170}, {170, 171}},
 	} {
 		attentionCase(t, be, tol, parts)
 	}
