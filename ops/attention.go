@@ -212,7 +212,8 @@ type attnFwdBufs struct {
 
 // forwardGEMM computes each (sequence, head) in chunks of attnChunkRows
 // queries: S = Q·Kᵀ over the keys up to the chunk's last query, a masked
-// softmax per row (cpu.ExpShiftSum), and O = P·V over the same keys, both
+// softmax per row (cpu.ExpShiftSum's vector kernel where it runs, expf
+// elsewhere), and O = P·V over the same keys, both
 // products on the CPU linear kernels. keys/vals rows of sequence b start
 // at b*stride.
 func (s *attentionStep) forwardGEMM(c *Call, q, keys, vals []float32, stride int, out *Value) error {
@@ -282,7 +283,16 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 				clear(row) // no visible key: a padded query yields zeros
 				continue
 			}
-			inv := float32(1 / cpu.ExpShiftSum(row[:visible], row[:visible], mx))
+			var sum float64
+			if cpu.ExpShiftSumVectorized() {
+				sum = cpu.ExpShiftSum(row[:visible], row[:visible], mx)
+			} else { // expf beats ExpShiftSum's math.Exp loop
+				for j, x := range row[:visible] {
+					row[j] = expf(x - mx)
+					sum += float64(row[j])
+				}
+			}
+			inv := float32(1 / sum)
 			for j := range row[:visible] {
 				row[j] *= inv
 			}

@@ -30,6 +30,11 @@ func ExpShiftSum(dst, src []float32, shift float32) float64 {
 	return expShiftSumGo(dst, src, shift)
 }
 
+// ExpShiftSumVectorized reports whether ExpShiftSum runs its AVX-512
+// kernel on this CPU (for finite shifts): callers with a faster scalar
+// exponential of their own keep it otherwise.
+func ExpShiftSumVectorized() bool { return asm512On() }
+
 // expShiftSumGo is ExpShiftSum's reference and portable path.
 func expShiftSumGo(dst, src []float32, shift float32) float64 {
 	dst = dst[:len(src)]
