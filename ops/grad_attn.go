@@ -8,16 +8,16 @@ import (
 )
 
 // attnBufs holds one worker's per-(sequence, head) buffers of the
-// attention backward: q, k, v, dO [T, hd] gathered contiguously, the
-// [T, T] score matrices (and a transpose) and a [T, hd] product.
+// attention backward: q, k, v, dO [T, hd] gathered contiguously, one
+// chunk's score matrices [attnChunkRows, T] (and a transpose), a [T, hd]
+// product and the dK, dV sums [T, hd].
 type attnBufs struct {
 	q, k, v, do   []float32
 	p, dp, ds, tT []float32
-	prod          []float32
+	prod, dk, dv  []float32
 	row           []float64
-	// w holds the four products' prepared right operands, refilled per
-	// head (cpu.PrepareDenseF32 / PrepareDenseKN reuse their buffers).
-	w [4]*cpu.Dense
+	// w holds the products' prepared right operands, refilled per chunk.
+	w [4]cpu.DenseScratch
 }
 
 // mul computes y [m, n] = a [m, k]·B with B given as w [n, k]
@@ -25,25 +25,26 @@ type attnBufs struct {
 // prepared into slot i's reused panels, on the calling goroutine. The
 // products equal denseMul's of the same operands.
 func (bf *attnBufs) mul(i int, y, a []float32, m, k, n int, w []float32, transposed bool) error {
+	var d *cpu.Dense
 	var err error
 	if transposed {
-		bf.w[i], err = cpu.PrepareDenseKN(bf.w[i], w[:k*n], k, n, 1)
+		d, err = bf.w[i].PrepareKN(w[:k*n], k, n)
 	} else {
-		bf.w[i], err = cpu.PrepareDenseF32(bf.w[i], w[:n*k], n, k, 1)
+		d, err = bf.w[i].PrepareF32(w[:n*k], n, k)
 	}
 	if err != nil {
 		return err
 	}
-	return bf.w[i].Linear(y[:m*n], a[:m*k], m, nil, 1)
+	return d.Linear(y[:m*n], a[:m*k], m, nil, 1)
 }
 
 func newAttnBufs(seq, hd int) *attnBufs {
-	n, tt := seq*hd, seq*seq
-	f := make([]float32, 5*n+4*tt)
+	n, ct := seq*hd, min(attnChunkRows, seq)*seq
+	f := make([]float32, 7*n+4*ct)
 	cut := func(k int) []float32 { s := f[:k:k]; f = f[k:]; return s }
 	return &attnBufs{
-		q: cut(n), k: cut(n), v: cut(n), do: cut(n), prod: cut(n),
-		p: cut(tt), dp: cut(tt), ds: cut(tt), tT: cut(tt),
+		q: cut(n), k: cut(n), v: cut(n), do: cut(n), prod: cut(n), dk: cut(n), dv: cut(n),
+		p: cut(ct), dp: cut(ct), ds: cut(ct), tT: cut(ct),
 		row: make([]float64, seq),
 	}
 }
@@ -54,7 +55,10 @@ func newAttnBufs(seq, hd int) *attnBufs {
 // dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)),
 // dQ = scale·dS·K, dK = scale·dSᵀ·Q, each a GEMM on the ops/cpu kernels
 // run on the worker's goroutine (so results depend on nothing but the
-// inputs). A query with no visible key gets zero gradient.
+// inputs). As in the forward, the queries go in chunks of attnChunkRows
+// whose products cover only the keys up to their last query; dK and dV
+// add up over the chunks in order. A query with no visible key gets zero
+// gradient.
 func (s *attentionGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gin []*Value) error {
 	if c.Past != 0 || c.Cache != nil {
 		return fmt.Errorf("attention backward: needs whole sequences (past %d, cache %v)", c.Past, c.Cache != nil)
@@ -91,10 +95,11 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 			copy(dst[j*hd:(j+1)*hd], src[(b*seq+j)*dim+h*hd:][:hd])
 		}
 	}
-	scatterAdd := func(dst []float32, src []float32) {
-		for j := 0; j < seq; j++ {
+	// scatterAdd adds rows [r0, r0+n) of the head's [T, hd] src into dst.
+	scatterAdd := func(dst, src []float32, r0, n int) {
+		for j := r0; j < r0+n; j++ {
 			d := dst[(b*seq+j)*dim+h*hd:][:hd]
-			for e, x := range src[j*hd : (j+1)*hd] {
+			for e, x := range src[(j-r0)*hd : (j-r0+1)*hd] {
 				d[e] += x
 			}
 		}
@@ -113,81 +118,96 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 			}
 		}
 	}
-	// S = Q·Kᵀ (K as the weight [T, hd]); dP = dO·Vᵀ.
-	if err := bf.mul(0, bf.p, bf.q, seq, hd, seq, bf.k, false); err != nil {
-		return err
-	}
-	if err := bf.mul(1, bf.dp, bf.do, seq, hd, seq, bf.v, false); err != nil {
-		return err
-	}
-	// Softmax per row over the visible keys, then dS (scaled).
-	for i := 0; i < seq; i++ {
-		p := bf.p[i*seq : (i+1)*seq]
-		dp := bf.dp[i*seq : (i+1)*seq]
-		ds := bf.ds[i*seq : (i+1)*seq]
-		mx := math.Inf(-1)
-		for j := 0; j <= i; j++ {
-			if mask[j] != 0 {
-				mx = math.Max(mx, float64(p[j])*sc)
+	clear(bf.dk)
+	clear(bf.dv)
+	for r0 := 0; r0 < seq; r0 += attnChunkRows {
+		nq := min(attnChunkRows, seq-r0)
+		nk := r0 + nq // the keys the chunk's last query sees
+		p, dp, ds := bf.p[:nq*nk], bf.dp[:nq*nk], bf.ds[:nq*nk]
+		qc, doc := bf.q[r0*hd:(r0+nq)*hd], bf.do[r0*hd:(r0+nq)*hd]
+		// S = Q·Kᵀ (K as the weight [nk, hd]); dP = dO·Vᵀ.
+		if err := bf.mul(0, p, qc, nq, hd, nk, bf.k, false); err != nil {
+			return err
+		}
+		if err := bf.mul(1, dp, doc, nq, hd, nk, bf.v, false); err != nil {
+			return err
+		}
+		// Softmax per row over the visible keys, then dS (scaled).
+		for t := 0; t < nq; t++ {
+			i := r0 + t
+			p, dp, ds := p[t*nk:(t+1)*nk], dp[t*nk:(t+1)*nk], ds[t*nk:(t+1)*nk]
+			mx := math.Inf(-1)
+			for j := 0; j <= i; j++ {
+				if mask[j] != 0 {
+					mx = math.Max(mx, float64(p[j])*sc)
+				}
+			}
+			if math.IsInf(mx, -1) {
+				clear(p)
+				clear(ds)
+				continue
+			}
+			e := bf.row[:i+1]
+			var sum float64
+			for j := range e {
+				if mask[j] != 0 {
+					e[j] = math.Exp(float64(p[j])*sc - mx)
+					sum += e[j]
+				} else {
+					e[j] = 0
+				}
+			}
+			inv := 1 / sum
+			var pdp float64
+			for j, ej := range e {
+				pj := ej * inv
+				p[j] = float32(pj)
+				pdp += pj * float64(dp[j])
+			}
+			clear(p[i+1:])
+			for j := 0; j <= i; j++ {
+				if mask[j] != 0 {
+					ds[j] = float32(float64(p[j]) * (float64(dp[j]) - pdp) * sc)
+				} else {
+					ds[j] = 0
+				}
+			}
+			clear(ds[i+1:])
+		}
+		if gin[0] != nil { // dQ = dS·K: K [nk, hd] row-major is the [K, N] operand
+			if err := bf.mul(2, bf.prod, ds, nq, nk, hd, bf.k, true); err != nil {
+				return err
+			}
+			scatterAdd(gin[0].Data, bf.prod, r0, nq)
+		}
+		// addATB adds aᵀ·b ([nk, hd]; a [nq, nk], b [nq, hd] the [K, N]
+		// operand) into sum.
+		addATB := func(sum, a, b []float32) error {
+			transposeInto(bf.tT, a, nq, nk, 1)
+			if err := bf.mul(3, bf.prod, bf.tT, nk, nq, hd, b, true); err != nil {
+				return err
+			}
+			for i, x := range bf.prod[:nk*hd] {
+				sum[i] += x
+			}
+			return nil
+		}
+		if gin[1] != nil { // dK = dSᵀ·Q
+			if err := addATB(bf.dk, ds, qc); err != nil {
+				return err
 			}
 		}
-		if math.IsInf(mx, -1) {
-			clear(p)
-			clear(ds)
-			continue
-		}
-		e := bf.row[:i+1]
-		var sum float64
-		for j := range e {
-			if mask[j] != 0 {
-				e[j] = math.Exp(float64(p[j])*sc - mx)
-				sum += e[j]
-			} else {
-				e[j] = 0
+		if gin[2] != nil { // dV = Pᵀ·dO
+			if err := addATB(bf.dv, p, doc); err != nil {
+				return err
 			}
 		}
-		inv := 1 / sum
-		var pdp float64
-		for j, ej := range e {
-			pj := ej * inv
-			p[j] = float32(pj)
-			pdp += pj * float64(dp[j])
-		}
-		clear(p[i+1:])
-		for j := 0; j <= i; j++ {
-			if mask[j] != 0 {
-				ds[j] = float32(float64(p[j]) * (float64(dp[j]) - pdp) * sc)
-			} else {
-				ds[j] = 0
-			}
-		}
-		clear(ds[i+1:])
 	}
-	if gin[0] != nil { // dQ = dS·K: K [T, hd] row-major is the [K, N] operand
-		if err := bf.mul(2, bf.prod, bf.ds, seq, seq, hd, bf.k, true); err != nil {
-			return err
-		}
-		scatterAdd(gin[0].Data, bf.prod)
+	if gin[1] != nil {
+		scatterAdd(gin[1].Data, bf.dk, 0, seq)
 	}
-	// addATB adds aᵀ·b ([T, hd]; a [T, T], b [T, hd] the [K, N] operand)
-	// into dst.
-	addATB := func(dst []float32, a, b []float32) error {
-		transposeInto(bf.tT, a, seq, seq, 1)
-		if err := bf.mul(3, bf.prod, bf.tT, seq, seq, hd, b, true); err != nil {
-			return err
-		}
-		scatterAdd(dst, bf.prod)
-		return nil
-	}
-	if gin[1] != nil { // dK = dSᵀ·Q
-		if err := addATB(gin[1].Data, bf.ds, bf.q); err != nil {
-			return err
-		}
-	}
-	if gin[2] != nil { // dV = Pᵀ·dO
-		if err := addATB(gin[2].Data, bf.p, bf.do); err != nil {
-			return err
-		}
+	if gin[2] != nil {
+		scatterAdd(gin[2].Data, bf.dv, 0, seq)
 	}
 	return nil
 }

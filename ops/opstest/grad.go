@@ -833,8 +833,9 @@ func attentionRef64(q, k, v []float64, mask []int32, batch, seq, heads, hd int, 
 func gradAttention(t *testing.T, be ops.GradBackend) {
 	rng := rand.New(rand.NewPCG(28, 1))
 	var st []gradStats
-	// Short and long (>= 8 tokens: the inference kernel's GEMM path).
-	for _, seq := range []int{2 + rng.IntN(5), 9 + rng.IntN(3)} {
+	// Short, long (>= 8 tokens: the inference kernel's GEMM path) and
+	// longer than the CPU backend's chunk of 64 queries.
+	for _, seq := range []int{2 + rng.IntN(5), 9 + rng.IntN(3), 65 + rng.IntN(12)} {
 		heads, hd := 1+rng.IntN(3), 1+rng.IntN(4)
 		dim := heads * hd
 		const batch = 2
