@@ -86,7 +86,9 @@
 // a weight's indices between calls and its values in a borrowed buffer),
 // builds the backward products' operands from row-major matrices without
 // a transpose (PrepareDenseKN: B [K, N] row-major as the panels of Bᵀ;
-// Dense.MulAdd accumulates into y), transposes in 8x8 assembly blocks
+// Dense.MulAdd accumulates into y; DenseScratch prepares operands whose
+// shape changes per call, such as attention's per-chunk keys and values,
+// into one reused buffer), transposes in 8x8 assembly blocks
 // (Transpose), and computes an N:M weight's gradient at its kept
 // positions only (NMWeightGrad: for 2:4 with AVX-512, per group of
 // columns the rows of W keeping the same two columns share one kernel
