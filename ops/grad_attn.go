@@ -136,33 +136,14 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 		for t := 0; t < nq; t++ {
 			i := r0 + t
 			p, dp, ds := p[t*nk:(t+1)*nk], dp[t*nk:(t+1)*nk], ds[t*nk:(t+1)*nk]
-			mx := math.Inf(-1)
-			for j := 0; j <= i; j++ {
-				if mask[j] != 0 {
-					mx = math.Max(mx, float64(p[j])*sc)
-				}
-			}
-			if math.IsInf(mx, -1) {
+			if !softmaxRow(p[:i+1], mask, sc, bf.row[:i+1]) {
 				clear(p)
 				clear(ds)
 				continue
 			}
-			e := bf.row[:i+1]
-			var sum float64
-			for j := range e {
-				if mask[j] != 0 {
-					e[j] = math.Exp(float64(p[j])*sc - mx)
-					sum += e[j]
-				} else {
-					e[j] = 0
-				}
-			}
-			inv := 1 / sum
 			var pdp float64
-			for j, ej := range e {
-				pj := ej * inv
-				p[j] = float32(pj)
-				pdp += pj * float64(dp[j])
+			for j, pj := range p[:i+1] {
+				pdp += float64(pj) * float64(dp[j])
 			}
 			clear(p[i+1:])
 			for j := 0; j <= i; j++ {
@@ -302,4 +283,59 @@ func (s *layerNormGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gi
 		}
 	})
 	return nil
+}
+
+// softmaxRow turns the scores p of one query (its visible keys) into
+// probabilities: softmax(sc·p) over the keys whose mask is set, 0 at the
+// others. It reports false, p untouched, when no key is set. With
+// cpu.ExpShiftSum's AVX-512 kernel the exponentials are float32 (within 2
+// ulp) of the float32 scaled scores; otherwise float64 ones, in e. Either
+// way the sum and the division are float64.
+func softmaxRow(p []float32, mask []int32, sc float64, e []float64) bool {
+	if cpu.ExpShiftSumVectorized() {
+		mx, sc32 := float32(math.Inf(-1)), float32(sc)
+		for j := range p {
+			if mask[j] != 0 {
+				mx = max(mx, p[j]*sc32)
+			}
+		}
+		if math.IsInf(float64(mx), -1) {
+			return false
+		}
+		for j := range p {
+			if mask[j] != 0 {
+				p[j] *= sc32
+			} else {
+				p[j] = -math.MaxFloat32 // its exponential is 0
+			}
+		}
+		inv := 1 / cpu.ExpShiftSum(p, p, mx)
+		for j, x := range p {
+			p[j] = float32(float64(x) * inv)
+		}
+		return true
+	}
+	mx := math.Inf(-1)
+	for j := range p {
+		if mask[j] != 0 {
+			mx = math.Max(mx, float64(p[j])*sc)
+		}
+	}
+	if math.IsInf(mx, -1) {
+		return false
+	}
+	var sum float64
+	for j := range p {
+		if mask[j] != 0 {
+			e[j] = math.Exp(float64(p[j])*sc - mx)
+			sum += e[j]
+		} else {
+			e[j] = 0
+		}
+	}
+	inv := 1 / sum
+	for j, ej := range e[:len(p)] {
+		p[j] = float32(ej * inv)
+	}
+	return true
 }
