@@ -207,6 +207,7 @@ const attnChunkRows = 64
 // products' prepared operands.
 type attnFwdBufs struct {
 	q, k, v, o, s []float32
+	inv           []float32 // one chunk's 1/Σexp per query (0: no visible key)
 	kw, vw        cpu.DenseScratch
 }
 
@@ -224,7 +225,7 @@ func (s *attentionStep) forwardGEMM(c *Call, q, keys, vals []float32, stride int
 		bf := &attnFwdBufs{
 			q: make([]float32, c.Seq*hd), o: make([]float32, c.Seq*hd),
 			k: make([]float32, total*hd), v: make([]float32, total*hd),
-			s: make([]float32, min(attnChunkRows, c.Seq)*total),
+			s: make([]float32, min(attnChunkRows, c.Seq)*total), inv: make([]float32, attnChunkRows),
 		}
 		for bh := lo; bh < hi; bh++ {
 			errs[bh] = s.headGEMM(c, bh/s.heads, bh%s.heads, q, keys, vals, stride, out, bf)
@@ -241,8 +242,12 @@ func (s *attentionStep) forwardGEMM(c *Call, q, keys, vals []float32, stride int
 func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, stride int, out *Value, bf *attnFwdBufs) error {
 	total := c.Past + c.Seq
 	hd, off := s.headDim, h*s.headDim
+	// The queries carry the scale, so the scores come out scaled.
 	for t := 0; t < c.Seq; t++ {
-		copy(bf.q[t*hd:(t+1)*hd], q[(b*c.Seq+t)*s.dim+off:])
+		qt := bf.q[t*hd : (t+1)*hd]
+		for e, x := range q[(b*c.Seq+t)*s.dim+off:][:hd] {
+			qt[e] = x * s.scale
+		}
 	}
 	mask := c.Mask[b*total : (b+1)*total]
 	for j := 0; j < total; j++ {
@@ -255,10 +260,14 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 		}
 		copy(bf.v[j*hd:(j+1)*hd], vals[(b*stride+j)*s.dim+off:])
 	}
+	keysAll, err := bf.kw.PrepareF32(bf.k[:total*hd], total, hd)
+	if err != nil {
+		return err
+	}
 	for r0 := 0; r0 < c.Seq; r0 += attnChunkRows {
 		nq := min(attnChunkRows, c.Seq-r0)
 		nk := c.Past + r0 + nq // the keys the chunk's last query sees
-		kd, err := bf.kw.PrepareF32(bf.k[:nk*hd], nk, hd)
+		kd, err := keysAll.PrefixOut(nk)
 		if err != nil {
 			return err
 		}
@@ -272,7 +281,6 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 			mx := float32(math.Inf(-1))
 			for j := 0; j < visible; j++ {
 				if mask[j] != 0 {
-					row[j] *= s.scale
 					mx = max(mx, row[j])
 				} else {
 					// exp(-MaxFloat32 - mx) is 0: a masked key gets no weight.
@@ -281,6 +289,7 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 			}
 			if math.IsInf(float64(mx), -1) {
 				clear(row) // no visible key: a padded query yields zeros
+				bf.inv[t] = 0
 				continue
 			}
 			var sum float64
@@ -292,18 +301,24 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 					sum += float64(row[j])
 				}
 			}
-			inv := float32(1 / sum)
-			for j := range row[:visible] {
-				row[j] *= inv
-			}
+			// The row keeps the exponentials; the output row is divided by
+			// their sum after the value product.
+			bf.inv[t] = float32(1 / sum)
 			clear(row[visible:])
 		}
 		vd, err := bf.vw.PrepareKN(bf.v[:nk*hd], nk, hd)
 		if err != nil {
 			return err
 		}
-		if err := vd.Linear(bf.o[r0*hd:(r0+nq)*hd], sc, nq, nil, 1); err != nil {
+		o := bf.o[r0*hd : (r0+nq)*hd]
+		if err := vd.Linear(o, sc, nq, nil, 1); err != nil {
 			return err
+		}
+		for t := range nq {
+			inv := bf.inv[t]
+			for e := range o[t*hd : (t+1)*hd] {
+				o[t*hd+e] *= inv
+			}
 		}
 	}
 	for t := 0; t < c.Seq; t++ {

@@ -83,6 +83,28 @@ func PrepareDense(w DenseWeight) (*Dense, error) {
 // Out returns the output dimension.
 func (d *Dense) Out() int { return d.pan.n }
 
+// PrefixOut returns a view of d restricted to its first n outputs
+// (1 <= n <= Out), sharing d's panels: a product through it computes
+// those outputs of d's, bit for bit. The lanes of its last panel past n
+// hold d's next outputs, which no product reads into an output.
+func (d *Dense) PrefixOut(n int) (*Dense, error) {
+	if d == nil {
+		return nil, errNil
+	}
+	if n < 1 || n > d.pan.n {
+		return nil, errShape("dense prefix", "%d outputs of %d", n, d.pan.n)
+	}
+	np := (n + panelW - 1) / panelW
+	v := &Dense{pan: panels{dt: d.pan.dt, k: d.pan.k, n: n, np: np}}
+	size := np * panelW * d.pan.k
+	if d.pan.dt == Float32 {
+		v.pan.w.f32 = d.pan.w.f32[:size]
+	} else {
+		v.pan.w.u16 = d.pan.w.u16[:size]
+	}
+	return v, nil
+}
+
 // In returns the input dimension.
 func (d *Dense) In() int { return d.pan.k }
 

@@ -401,3 +401,51 @@ func TestSparseWithValues(t *testing.T) {
 		}
 	}
 }
+
+// TestDensePrefixOut: a product through PrefixOut(n) gives, bit for bit,
+// what PrepareDense of the first n output rows gives (GEMV and GEMM row
+// counts, n on and off a panel boundary, float32 and bf16 weights), and
+// bad n is refused.
+func TestDensePrefixOut(t *testing.T) {
+	paths(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(9, 10))
+		for _, dt := range []DType{Float32, BFloat16} {
+			const out, in = 75, 40
+			w := randF32(rng, out*in)
+			full, err := PrepareDense(DenseWeight{DType: dt, Out: out, In: in, Data: encode(t, dt, w)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range []int{1, 15, 16, 17, 48, 63, 75} {
+				ref, err := PrepareDense(DenseWeight{DType: dt, Out: n, In: in, Data: encode(t, dt, w[:n*in])})
+				if err != nil {
+					t.Fatal(err)
+				}
+				view, err := full.PrefixOut(n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range []int{1, 3, 7, 20} {
+					x := randF32(rng, m*in)
+					want, got := make([]float32, m*n), make([]float32, m*n)
+					if err := ref.Linear(want, x, m, nil, 2); err != nil {
+						t.Fatal(err)
+					}
+					if err := view.Linear(got, x, m, nil, 2); err != nil {
+						t.Fatal(err)
+					}
+					for i := range want {
+						if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+							t.Fatalf("%v n=%d m=%d: output %d = %v, want %v", dt, n, m, i, got[i], want[i])
+						}
+					}
+				}
+			}
+			for _, n := range []int{0, out + 1} {
+				if _, err := full.PrefixOut(n); err == nil {
+					t.Errorf("PrefixOut(%d) of %d outputs accepted", n, out)
+				}
+			}
+		}
+	})
+}
