@@ -278,32 +278,12 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 		for t := 0; t < nq; t++ {
 			row := sc[t*nk : (t+1)*nk]
 			visible := c.Past + r0 + t + 1
-			mx := float32(math.Inf(-1))
-			for j := 0; j < visible; j++ {
-				if mask[j] != 0 {
-					mx = max(mx, row[j])
-				} else {
-					// exp(-MaxFloat32 - mx) is 0: a masked key gets no weight.
-					row[j] = -math.MaxFloat32
-				}
-			}
-			if math.IsInf(float64(mx), -1) {
-				clear(row) // no visible key: a padded query yields zeros
-				bf.inv[t] = 0
-				continue
-			}
-			var sum float64
-			if cpu.ExpShiftSumVectorized() {
-				sum = cpu.ExpShiftSum(row[:visible], row[:visible], mx)
-			} else { // expf beats ExpShiftSum's math.Exp loop
-				for j, x := range row[:visible] {
-					row[j] = expf(x - mx)
-					sum += float64(row[j])
-				}
-			}
 			// The row keeps the exponentials; the output row is divided by
 			// their sum after the value product.
-			bf.inv[t] = float32(1 / sum)
+			bf.inv[t] = 0 // no visible key: a padded query yields zeros
+			if sum := softmaxExp(row[:visible], mask); sum > 0 {
+				bf.inv[t] = float32(1 / sum)
+			}
 			clear(row[visible:])
 		}
 		vd, err := bf.vw.PrepareKN(bf.v[:nk*hd], nk, hd)
@@ -325,4 +305,35 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 		copy(out.Data[(b*c.Seq+t)*s.dim+off:][:hd], bf.o[t*hd:(t+1)*hd])
 	}
 	return nil
+}
+
+// softmaxExp is a softmax's numerators for one query: row holds its
+// scaled scores over its visible keys (mask[j] != 0: a real key), which
+// become exp(score - max) at the real keys and 0 at the others; it
+// returns their sum, or 0 (row all zero) when no key is real. The
+// exponentials are cpu.ExpShiftSum's vector kernel where it runs and
+// expf elsewhere (which beats ExpShiftSum's math.Exp loop); the sum is
+// float64 either way.
+func softmaxExp(row []float32, mask []int32) float64 {
+	mx := float32(math.Inf(-1))
+	for j := range row {
+		if mask[j] != 0 {
+			mx = max(mx, row[j])
+		} else {
+			row[j] = -math.MaxFloat32 // exp(-MaxFloat32 - mx) is 0
+		}
+	}
+	if math.IsInf(float64(mx), -1) {
+		clear(row)
+		return 0
+	}
+	if cpu.ExpShiftSumVectorized() {
+		return cpu.ExpShiftSum(row, row, mx)
+	}
+	var sum float64
+	for j, x := range row {
+		row[j] = expf(x - mx)
+		sum += float64(row[j])
+	}
+	return sum
 }

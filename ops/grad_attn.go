@@ -15,7 +15,6 @@ type attnBufs struct {
 	q, k, v, do   []float32
 	p, dp, ds, tT []float32
 	prod, dk, dv  []float32
-	row           []float64
 	// w holds the products' prepared right operands, refilled per chunk.
 	w [4]cpu.DenseScratch
 }
@@ -45,13 +44,13 @@ func newAttnBufs(seq, hd int) *attnBufs {
 	return &attnBufs{
 		q: cut(n), k: cut(n), v: cut(n), do: cut(n), prod: cut(n), dk: cut(n), dv: cut(n),
 		p: cut(ct), dp: cut(ct), ds: cut(ct), tT: cut(ct),
-		row: make([]float64, seq),
 	}
 }
 
 // Backward recomputes P = softmax(scale·Q·Kᵀ) over the visible keys per
-// sequence and head (the score product on the GEMM kernels, the softmax in
-// float64), then with dO = gy's head slice:
+// sequence and head (the score product on the GEMM kernels, the softmax's
+// exponentials by softmaxExp as in the forward, normalised in float64),
+// then with dO = gy's head slice:
 // dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)),
 // dQ = scale·dS·K, dK = scale·dSᵀ·Q, each a GEMM on the ops/cpu kernels
 // run on the worker's goroutine (so results depend on nothing but the
@@ -136,10 +135,20 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 		for t := 0; t < nq; t++ {
 			i := r0 + t
 			p, dp, ds := p[t*nk:(t+1)*nk], dp[t*nk:(t+1)*nk], ds[t*nk:(t+1)*nk]
-			if !softmaxRow(p[:i+1], mask, sc, bf.row[:i+1]) {
+			// P = softmax(sc·S) over the visible keys.
+			sc32 := float32(sc)
+			for j := range p[:i+1] {
+				p[j] *= sc32
+			}
+			sum := softmaxExp(p[:i+1], mask)
+			if sum == 0 { // no visible key
 				clear(p)
 				clear(ds)
 				continue
+			}
+			inv := 1 / sum
+			for j, x := range p[:i+1] {
+				p[j] = float32(float64(x) * inv)
 			}
 			var pdp float64
 			for j, pj := range p[:i+1] {
@@ -283,59 +292,4 @@ func (s *layerNormGrad) Backward(c *Call, in []*Value, _ *Value, gout *Value, gi
 		}
 	})
 	return nil
-}
-
-// softmaxRow turns the scores p of one query (its visible keys) into
-// probabilities: softmax(sc·p) over the keys whose mask is set, 0 at the
-// others. It reports false, p untouched, when no key is set. With
-// cpu.ExpShiftSum's AVX-512 kernel the exponentials are float32 (within 2
-// ulp) of the float32 scaled scores; otherwise float64 ones, in e. Either
-// way the sum and the division are float64.
-func softmaxRow(p []float32, mask []int32, sc float64, e []float64) bool {
-	if cpu.ExpShiftSumVectorized() {
-		mx, sc32 := float32(math.Inf(-1)), float32(sc)
-		for j := range p {
-			if mask[j] != 0 {
-				mx = max(mx, p[j]*sc32)
-			}
-		}
-		if math.IsInf(float64(mx), -1) {
-			return false
-		}
-		for j := range p {
-			if mask[j] != 0 {
-				p[j] *= sc32
-			} else {
-				p[j] = -math.MaxFloat32 // its exponential is 0
-			}
-		}
-		inv := 1 / cpu.ExpShiftSum(p, p, mx)
-		for j, x := range p {
-			p[j] = float32(float64(x) * inv)
-		}
-		return true
-	}
-	mx := math.Inf(-1)
-	for j := range p {
-		if mask[j] != 0 {
-			mx = math.Max(mx, float64(p[j])*sc)
-		}
-	}
-	if math.IsInf(mx, -1) {
-		return false
-	}
-	var sum float64
-	for j := range p {
-		if mask[j] != 0 {
-			e[j] = math.Exp(float64(p[j])*sc - mx)
-			sum += e[j]
-		} else {
-			e[j] = 0
-		}
-	}
-	inv := 1 / sum
-	for j, ej := range e[:len(p)] {
-		p[j] = float32(ej * inv)
-	}
-	return true
 }
