@@ -19,6 +19,11 @@ import (
 //     mask refresh or new adapters;
 //   - deviceBehind: the host changed them (binding, a resume, new masks);
 //     toDevice copies them in before the next pass.
+//
+// The arithmetic of a step is the CPU trainer's up to the rounding of
+// the kernels (float32, or bf16 activations; AdamW is bit-identical
+// given the same gradients), and checkpoints are the same format either
+// way.
 
 // behind names the out-of-date side of a device trainer's state.
 type behind int
@@ -28,12 +33,6 @@ const (
 	hostBehind
 	deviceBehind
 )
-
-//
-// The arithmetic of a step is the CPU trainer's up to the rounding of
-// the kernels (float32, or bf16 activations; AdamW is bit-identical
-// given the same gradients), and checkpoints are the same format either
-// way.
 
 // bindDevice sets up the device state after a bind: the backend keeps
 // the state when it can and every step runs on its tensors.

@@ -386,6 +386,29 @@ func (t *Trainer) LR(s int) float64 {
 	return lo + (o.LR-lo)*0.5*(1+math.Cos(math.Pi*p))
 }
 
+// checkBatch checks that a batch holds sequences of one length (at
+// least 2) of ids inside the vocabulary.
+func (t *Trainer) checkBatch(ids [][]int32) error {
+	if len(ids) == 0 {
+		return fmt.Errorf("train: empty batch")
+	}
+	seq := len(ids[0])
+	if seq < 2 {
+		return fmt.Errorf("train: sequences of %d tokens, want at least 2", seq)
+	}
+	for b, s := range ids {
+		if len(s) != seq {
+			return fmt.Errorf("train: sequence %d has %d tokens, sequence 0 %d", b, len(s), seq)
+		}
+		for _, id := range s {
+			if id < 0 || int(id) >= t.vocab {
+				return fmt.Errorf("train: token id %d outside the vocabulary of %d", id, t.vocab)
+			}
+		}
+	}
+	return nil
+}
+
 // call checks a batch and makes its Call: the model reads every
 // sequence but its last token, and each position's target is the token
 // after it (in *targets, grown as needed). The last token needs no
@@ -394,28 +417,17 @@ func (t *Trainer) LR(s int) float64 {
 // and keeps the row count a multiple of --seq (the GPU's 2:4 products
 // pad rows to multiples of 64 or 256).
 func (t *Trainer) call(ids [][]int32, targets *[]int32) (*ops.Call, []int32, error) {
-	if len(ids) == 0 {
-		return nil, nil, fmt.Errorf("train: empty batch")
+	if err := t.checkBatch(ids); err != nil {
+		return nil, nil, err
 	}
 	seq := len(ids[0])
-	if seq < 2 {
-		return nil, nil, fmt.Errorf("train: sequences of %d tokens, want at least 2", seq)
-	}
 	c := &ops.Call{Batch: len(ids), Seq: seq - 1, Threads: t.o.Threads}
 	c.IDs = make([]int32, 0, c.Rows())
 	if cap(*targets) < c.Rows() {
 		*targets = make([]int32, c.Rows())
 	}
 	tg := (*targets)[:0]
-	for b, s := range ids {
-		if len(s) != seq {
-			return nil, nil, fmt.Errorf("train: sequence %d has %d tokens, sequence 0 %d", b, len(s), seq)
-		}
-		for _, id := range s {
-			if id < 0 || int(id) >= t.vocab {
-				return nil, nil, fmt.Errorf("train: token id %d outside the vocabulary of %d", id, t.vocab)
-			}
-		}
+	for _, s := range ids {
 		c.IDs = append(c.IDs, s[:seq-1]...)
 		tg = append(tg, s[1:]...)
 	}
@@ -465,9 +477,9 @@ func (t *Trainer) forward(c *ops.Call) ([]*ops.Value, error) {
 }
 
 // crossEntropy is the summed loss of each row's logits against its
-// target (call's); with grad it also returns ∂(sum/total)/∂logits (zero
-// where the target is negative), total being the number of predicted
-// positions of the whole (accumulated) batch. Rows are spread
+// target (call's); with grad it also returns ∂(sum/total)/∂logits, total
+// being the number of predicted positions of the whole (accumulated)
+// batch. Rows are spread
 // over threads; each row's loss is computed alone (the float32 max, the
 // exponentials and their float64 sum by cpu.ExpShiftSum, lse in float64)
 // into the reused gradient buffer, and the rows' losses are summed in
@@ -482,12 +494,8 @@ func (t *Trainer) crossEntropy(c *ops.Call, targets []int32, logits *ops.Value, 
 	losses := make([]float64, rows)
 	cpu.ParallelFor(rows, t.threads(), func(lo, hi int) {
 		for r := lo; r < hi; r++ {
-			e := g.Row(r) // the softmax numerators, then the gradient
-			if targets[r] < 0 {
-				clear(e) // predicts nothing
-				continue
-			}
-			losses[r] = crossEntropyRow(e, logits.Row(r), int(targets[r]), inv, grad)
+			// g's row: the softmax numerators, then the gradient.
+			losses[r] = crossEntropyRow(g.Row(r), logits.Row(r), int(targets[r]), inv, grad)
 		}
 	})
 	var loss float64
@@ -593,7 +601,7 @@ func (t *Trainer) lossAccum(ids [][]int32, grad bool) (float64, error) {
 	if k <= 1 {
 		return t.loss(ids, grad)
 	}
-	if _, _, err := t.call(ids, &t.ceTargets); err != nil {
+	if err := t.checkBatch(ids); err != nil { // before any micro-batch adds a gradient
 		return 0, err
 	}
 	total := len(ids) * (len(ids[0]) - 1)
@@ -805,7 +813,6 @@ func (t *Trainer) adamW(lr float64) error {
 			GradScale: t.gradScale, ZeroGrad: true}
 		if t.opt != nil {
 			steps = append(steps, st)
-			t.adamSteps = steps
 			continue
 		}
 		m, v := t.m[k], t.v[k]
@@ -822,6 +829,7 @@ func (t *Trainer) adamW(lr float64) error {
 	if t.opt == nil {
 		return nil
 	}
+	t.adamSteps = steps
 	t.behind = hostBehind
 	return t.dev.Do(func() error {
 		for k, st := range steps {
