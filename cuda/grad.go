@@ -362,11 +362,11 @@ func (h hostGradStep) Backward(c *ops.Call, in []*ops.Value, out, gout *ops.Valu
 				}
 			}
 		}
+		if err := b.dev.SyncStream(b.s); err != nil {
+			return err
+		}
 		for _, d := range params {
 			g := make([]float32, len(d.p.Grad))
-			if err := b.dev.SyncStream(b.s); err != nil {
-				return err
-			}
 			if err := b.dev.CopyOut(unsafe.Pointer(&g[0]), d.grad, 4*len(g)); err != nil {
 				return err
 			}
@@ -745,6 +745,20 @@ func (b *Backend) bindSlopeLinearGrad(bd ops.Binding, ps ops.ParamStore) (device
 	if s.biasP != nil {
 		s.bias, s.biasAct = s.biasP.val, s.biasP.act
 	}
+	if f := s.wP.forms; f != nil {
+		// The bias goes into W's cuSPARSELt form's epilogue when that
+		// passed its check at New (set before the form's first product);
+		// every product through the form adds it, so a form serves one
+		// bias.
+		switch {
+		case f.fwd.Bias() != 0 && f.fwd.Bias() != s.biasAct:
+			return nil, fmt.Errorf("node %q: weight %q already carries another node's bias in its cuSPARSELt form: %w", n.Name, s.wP.p.Name, ops.ErrUnsupported)
+		case b.ltBias && s.biasAct != 0 && f.fwd.Bias() == 0 && !f.fwd.HasPlans():
+			if err := f.fwd.SetBias(s.biasAct); err != nil {
+				return nil, fmt.Errorf("node %q: %w", n.Name, err)
+			}
+		}
+	}
 	if n.Input(4) != "" || n.Input(5) != "" {
 		if s.lP, err = b.gradParam(bd, ps, 4, false, in, -1); err != nil {
 			return nil, err
@@ -791,18 +805,12 @@ func (s *linearGradStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Ten
 	}
 	x, y := asTensor(in[0]).p, asTensor(out).p
 	if f := s.wP.forms; f != nil && sparseFits(f.fwd, m, asTensor(out), s.out, asTensor(in[0]), s.in) {
-		// cuSPARSELt (bf16 training; grad_sparse.go) with the bias in its
-		// epilogue when that passed its check at New (set before the
-		// form's first product), else the bias by a kernel after it.
-		if b.ltBias && s.biasAct != 0 && f.fwd.Bias() == 0 && !f.fwd.HasPlans() {
-			if err := f.fwd.SetBias(s.biasAct); err != nil {
-				return fmt.Errorf("slope linear %s: %w", s.name, err)
-			}
-		}
+		// cuSPARSELt (bf16 training; grad_sparse.go), with the bias in its
+		// epilogue (bindSlopeLinearGrad) or by a kernel after it.
 		if err := b.timed("product (cuSPARSELt)", func() error { return f.fwd.Matmul(b.s, y, s.out, x, s.in, m, 0) }); err != nil {
 			return fmt.Errorf("slope linear %s: %w", s.name, err)
 		}
-		if s.bias != 0 && (s.biasAct == 0 || f.fwd.Bias() != s.biasAct) {
+		if s.bias != 0 && f.fwd.Bias() != s.biasAct {
 			if err := b.timed("bias", func() error {
 				return b.k.BiasAct(b.s, b.act, y, s.out, s.bias, m, s.out, kernels.ActNone)
 			}); err != nil {
@@ -892,8 +900,9 @@ func (s *linearGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout op
 	}
 	x, gy, gx := asTensor(in[0]).p, asTensor(gout).p, ptrOr0(gin[0])
 	// The first product into gx adds to it, or overwrites it when it is
-	// known to be zero: cuSPARSELt's 2:4 products run about 1.5x slower
-	// with beta 1 (H200, OPT-13B fc1 and fc2 shapes at 2048 rows).
+	// known to be zero: cuSPARSELt's 2:4 input gradient took 0.53 ms with
+	// beta 1 and 0.39 with beta 0 (H200, OPT-13B fc1 and fc2 shapes at
+	// 2048 rows).
 	var beta float32 = 1
 	if gx != 0 && asTensor(gin[0]).zeroed {
 		beta = 0
