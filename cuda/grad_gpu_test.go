@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -312,46 +313,59 @@ func compareParams(t *testing.T, what string, want, got []*ops.Param, before map
 
 // compareMoments checks ‖m_gpu − m_cpu‖ <= tol·‖m_cpu‖ over all the
 // first moments of the two checkpoints, and the same for the second
-// moments (of the Params in params; those added later, such as adapters,
-// are not in them yet).
+// moments (momentsDiff).
 func compareMoments(t *testing.T, cpuCkpt, gpuCkpt string, params []*ops.Param, tol float64) {
 	t.Helper()
+	rel, n, err := momentsDiff(cpuCkpt, gpuCkpt, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, suffix := range []string{train.Moment1Suffix, train.Moment2Suffix} {
+		t.Logf("checkpoints %s and %s, %d %s moments: relative L2 difference %.3g", filepath.Base(cpuCkpt), filepath.Base(gpuCkpt), n, suffix, rel[i])
+		if n == 0 || !(rel[i] <= tol) {
+			t.Errorf("checkpoints %s and %s: %d %s moments differ by %.3g (relative L2), want <= %g", filepath.Base(cpuCkpt), filepath.Base(gpuCkpt), n, suffix, rel[i], tol)
+		}
+	}
+}
+
+// momentsDiff returns ‖b − a‖/‖a‖ over the first moments of the Params
+// in params that checkpoint a holds (those added later, such as adapters,
+// are not in a step-5 checkpoint), the same over the second moments, and
+// how many Params took part.
+func momentsDiff(a, b string, params []*ops.Param) (rel [2]float64, n int, err error) {
 	var files [2]*format.File
-	for i, fn := range []string{cpuCkpt, gpuCkpt} {
+	for i, fn := range []string{a, b} {
 		f, err := format.Open(fn, nil)
 		if err != nil {
-			t.Fatal(err)
+			return rel, 0, err
 		}
 		defer f.Close()
 		files[i] = f
 	}
-	for _, suffix := range []string{train.Moment1Suffix, train.Moment2Suffix} {
+	for i, suffix := range []string{train.Moment1Suffix, train.Moment2Suffix} {
 		var num, den float64
-		n := 0
+		n = 0
 		for _, p := range params {
 			want, err := files[0].Float32View(p.Name + suffix)
 			if err != nil {
-				continue // not in the step-5 checkpoint (an adapter)
+				continue // not in checkpoint a
 			}
 			got, err := files[1].Float32View(p.Name + suffix)
 			if err != nil {
-				t.Fatalf("%s: %v", gpuCkpt, err)
+				return rel, 0, fmt.Errorf("%s: %w", b, err)
 			}
 			if len(got) != len(want) {
-				t.Fatalf("%s%s: %d values on the GPU, %d on the CPU", p.Name, suffix, len(got), len(want))
+				return rel, 0, fmt.Errorf("%s%s: %d values in %s, %d in %s", p.Name, suffix, len(got), b, len(want), a)
 			}
-			for i, w := range want {
-				d := float64(got[i]) - float64(w)
+			for k, w := range want {
+				d := float64(got[k]) - float64(w)
 				num, den = num+d*d, den+float64(w)*float64(w)
 			}
 			n++
 		}
-		rel := math.Sqrt(num / den)
-		t.Logf("checkpoints %s and %s, %d %s moments: relative L2 difference %.3g", filepath.Base(cpuCkpt), filepath.Base(gpuCkpt), n, suffix, rel)
-		if n == 0 || !(rel <= tol) {
-			t.Errorf("checkpoints %s and %s: %d %s moments differ by %.3g (relative L2), want <= %g", filepath.Base(cpuCkpt), filepath.Base(gpuCkpt), n, suffix, rel, tol)
-		}
+		rel[i] = math.Sqrt(num / den)
 	}
+	return rel, n, nil
 }
 
 // checkForms compares every cuSPARSELt form of a training Param, byte for
@@ -408,16 +422,23 @@ func TestTrainGPUProfile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	checkProfile(t, b, 2, "step", "SlopeLinear layers.*.fc1 backward", "dW gather (kept values)", "CausalAttention layers.*.attn backward",
+		"loss (cross-entropy)", "AdamW N:M (kept values)", "gradient norm")
+}
+
+// checkProfile fails unless b's profile report (per n units) names every
+// label in want and its spans took time.
+func checkProfile(t *testing.T, b *Backend, n int, unit string, want ...string) {
+	t.Helper()
 	var out strings.Builder
-	if err := b.ProfileReport(&out, 2, "step"); err != nil {
+	if err := b.ProfileReport(&out, n, unit); err != nil {
 		t.Fatal(err)
 	}
 	rep := out.String()
 	t.Log("\n" + rep)
-	for _, want := range []string{"SlopeLinear layers.*.fc1 backward", "dW gather (kept values)", "CausalAttention layers.*.attn backward",
-		"loss (cross-entropy)", "AdamW N:M (kept values)", "gradient norm"} {
-		if !strings.Contains(rep, want) {
-			t.Errorf("the profile has no %q", want)
+	for _, w := range want {
+		if !strings.Contains(rep, w) {
+			t.Errorf("the profile has no %q", w)
 		}
 	}
 	if strings.Contains(rep, ": 0.000 ms in the spans") {
@@ -425,24 +446,43 @@ func TestTrainGPUProfile(t *testing.T) {
 	}
 }
 
-// TestCompareMoments checks trainTracksCPU's moment comparison on the
-// CPU alone: two checkpoints of one trainer agree, and the moments it
-// reads are there (adapters, added later, are skipped).
-func TestCompareMoments(t *testing.T) {
-	tr, err := train.New(tinySlope(t), train.Options{LR: 1e-3, Threads: 2, TotalSteps: 2})
+// TestMomentsDiff checks trainTracksCPU's moment comparison on the CPU
+// alone: two checkpoints of one trainer at one step agree exactly, over
+// every Param; one a step later differs in both moments.
+func TestMomentsDiff(t *testing.T) {
+	tr, err := train.New(tinySlope(t), train.Options{LR: 1e-3, Threads: 2, TotalSteps: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	if _, err := tr.Step([][]int32{{2, 10, 20, 30, 40, 50}, {2, 11, 21, 31, 41, 51}}); err != nil {
+	ids := [][]int32{{2, 10, 20, 30, 40, 50}, {2, 11, 21, 31, 41, 51}}
+	dir := t.TempDir()
+	a, b, c := filepath.Join(dir, "a.slope"), filepath.Join(dir, "b.slope"), filepath.Join(dir, "c.slope")
+	if _, err := tr.Step(ids); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	a, b := filepath.Join(dir, "a.slope"), filepath.Join(dir, "b.slope")
 	for _, fn := range []string{a, b} {
 		if err := tr.Save(fn); err != nil {
 			t.Fatal(err)
 		}
 	}
-	compareMoments(t, a, b, tr.Params(), 0)
+	if _, err := tr.Step(ids); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Save(c); err != nil {
+		t.Fatal(err)
+	}
+	rel, n, err := momentsDiff(a, b, tr.Params())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(tr.Params()) || rel != [2]float64{} {
+		t.Errorf("one checkpoint twice: %d of %d Params, differences %v", n, len(tr.Params()), rel)
+	}
+	if rel, _, err = momentsDiff(a, c, tr.Params()); err != nil {
+		t.Fatal(err)
+	}
+	if !(rel[0] > 0 && rel[1] > 0) {
+		t.Errorf("checkpoints a step apart: moment differences %v, want both > 0", rel)
+	}
 }
