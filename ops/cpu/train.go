@@ -23,16 +23,19 @@ func PrepareDenseF32(dst *Dense, w []float32, out, in, threads int) (*Dense, err
 		return nil, errShape("prepare dense f32", "weight [%d, %d] with %d elements", out, in, len(w))
 	}
 	d := reuseDense(dst, in, out)
-	f := d.pan.w.f32
-	parallelRange(d.pan.np, ResolveThreads(threads), func(p0, p1 int) {
-		for o := p0 * panelW; o < min(p1*panelW, out); o++ {
-			dst := f[(o/panelW)*in*panelW+o%panelW:]
-			for k, v := range w[o*in : (o+1)*in] {
-				dst[k*panelW] = v
-			}
-		}
-	})
+	parallelRange(d.pan.np, ResolveThreads(threads), func(p0, p1 int) { fillPanelsF32(d.pan.w.f32, w, out, in, p0, p1) })
 	return d, nil
+}
+
+// fillPanelsF32 writes panels [p0, p1) of the layout of w [out, in]
+// (row-major) into f.
+func fillPanelsF32(f, w []float32, out, in, p0, p1 int) {
+	for o := p0 * panelW; o < min(p1*panelW, out); o++ {
+		dst := f[(o/panelW)*in*panelW+o%panelW:]
+		for k, v := range w[o*in : (o+1)*in] {
+			dst[k*panelW] = v
+		}
+	}
 }
 
 // PrepareDenseKN prepares the weight W [n, k] whose transpose B = Wᵀ is
@@ -46,18 +49,20 @@ func PrepareDenseKN(dst *Dense, b []float32, k, n, threads int) (*Dense, error) 
 		return nil, errShape("prepare dense kn", "operand [%d, %d] with %d elements", k, n, len(b))
 	}
 	d := reuseDense(dst, k, n)
-	f := d.pan.w.f32
-	np := d.pan.np
-	parallelRange(np, ResolveThreads(threads), func(p0, p1 int) {
-		for p := p0; p < p1; p++ {
-			c0, c1 := p*panelW, min(p*panelW+panelW, n)
-			pan := f[p*k*panelW : (p+1)*k*panelW]
-			for kk := 0; kk < k; kk++ {
-				copy(pan[kk*panelW:kk*panelW+c1-c0], b[kk*n+c0:kk*n+c1])
-			}
-		}
-	})
+	parallelRange(d.pan.np, ResolveThreads(threads), func(p0, p1 int) { fillPanelsKN(d.pan.w.f32, b, k, n, p0, p1) })
 	return d, nil
+}
+
+// fillPanelsKN writes panels [p0, p1) of the layout of the weight whose
+// transpose is b [k, n] (row-major) into f.
+func fillPanelsKN(f, b []float32, k, n, p0, p1 int) {
+	for p := p0; p < p1; p++ {
+		c0, c1 := p*panelW, min(p*panelW+panelW, n)
+		pan := f[p*k*panelW : (p+1)*k*panelW]
+		for kk := range k {
+			copy(pan[kk*panelW:kk*panelW+c1-c0], b[kk*n+c0:kk*n+c1])
+		}
+	}
 }
 
 // reuseDense returns dst when it is a float32 Dense [out = n, in = k],
@@ -584,13 +589,8 @@ func (s *DenseScratch) PrepareF32(w []float32, out, in int) (*Dense, error) {
 	if out < 1 || in < 1 || len(w) != out*in {
 		return nil, errShape("prepare dense f32", "weight [%d, %d] with %d elements", out, in, len(w))
 	}
-	f := s.panels(in, out)
-	for o := range out {
-		dst := f[(o/panelW)*in*panelW+o%panelW:]
-		for k, v := range w[o*in : (o+1)*in] {
-			dst[k*panelW] = v
-		}
-	}
+	f := s.panels(in, out) // sets s.d
+	fillPanelsF32(f, w, out, in, 0, s.d.pan.np)
 	return &s.d, nil
 }
 
@@ -600,13 +600,7 @@ func (s *DenseScratch) PrepareKN(b []float32, k, n int) (*Dense, error) {
 	if k < 1 || n < 1 || len(b) != k*n {
 		return nil, errShape("prepare dense kn", "operand [%d, %d] with %d elements", k, n, len(b))
 	}
-	f := s.panels(k, n)
-	for p := range s.d.pan.np {
-		c0, c1 := p*panelW, min(p*panelW+panelW, n)
-		pan := f[p*k*panelW : (p+1)*k*panelW]
-		for kk := range k {
-			copy(pan[kk*panelW:kk*panelW+c1-c0], b[kk*n+c0:kk*n+c1])
-		}
-	}
+	f := s.panels(k, n) // sets s.d
+	fillPanelsKN(f, b, k, n, 0, s.d.pan.np)
 	return &s.d, nil
 }
