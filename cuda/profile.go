@@ -153,13 +153,14 @@ func (p *profiler) destroy() error {
 }
 
 // Profiling reports whether this Backend records a profile
-// (Options.Profile).
-func (b *Backend) Profiling() bool { return b.prof != nil }
+// (Options.Profile); false for a nil Backend.
+func (b *Backend) Profiling() bool { return b != nil && b.prof != nil }
 
 // ProfileReset drops the sums so far (say, those of a first step, which
-// includes one-time set-up).
+// includes one-time set-up); without a profile (or a Backend) it does
+// nothing.
 func (b *Backend) ProfileReset() error {
-	if b.prof == nil {
+	if !b.Profiling() {
 		return nil
 	}
 	return b.dev.Do(func() error {

@@ -108,10 +108,8 @@ func newBenchCmd() *cobra.Command {
 					return err
 				}
 			}
-			if m.gpu != nil {
-				if err := m.gpu.ProfileReset(); err != nil {
-					return err
-				}
+			if err := m.gpu.ProfileReset(); err != nil { // nil on the CPU: nothing
+				return err
 			}
 			prefill, decode, err := run()
 			if err != nil {
@@ -125,7 +123,7 @@ func newBenchCmd() *cobra.Command {
 			if l := m.deviceLine(); l != "" {
 				fmt.Fprintln(out, l)
 			}
-			if m.gpu != nil && m.gpu.Profiling() {
+			if m.gpu.Profiling() {
 				return m.gpu.ProfileReport(out, 1, "run")
 			}
 			return nil

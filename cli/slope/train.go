@@ -474,7 +474,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			// The profile leaves out the first step's one-time work when
 			// other steps follow.
 			if tr.StepCount() < last {
-				if err := resetProfile(gpu); err != nil {
+				if err := gpu.ProfileReset(); err != nil { // nil gpu: none
 					return err
 				}
 			}
@@ -499,13 +499,13 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			}
 		}
 	}
-	// The GPU profile of the steps after the first (resetProfile), before
+	// The GPU profile of the steps after the first (reset above), before
 	// the checkpoint and the final evaluation add their work.
 	var profile bytes.Buffer
-	if gpu != nil && gpu.Profiling() {
+	if gpu.Profiling() {
 		n := steps
 		if n > 1 {
-			n-- // resetProfile dropped the first
+			n-- // the reset dropped the first
 		}
 		if err := gpu.ProfileReport(&profile, n, "step"); err != nil {
 			return err
@@ -608,12 +608,4 @@ func (p *trainProgress) finish() {
 	if p.bar != nil {
 		_ = p.bar.Finish()
 	}
-}
-
-// resetProfile drops the GPU profile's sums so far (nil gpu: none).
-func resetProfile(gpu *cuda.Backend) error {
-	if gpu == nil {
-		return nil
-	}
-	return gpu.ProfileReset()
 }
