@@ -39,7 +39,8 @@ func (k *Set) Fill(s driver.Stream, t DType, p driver.Ptr, v float32, n int) err
 	a.pos("n", n)
 	a.ptr("p", p)
 	nn := a.fits("n", n)
-	return k.launch(a, a.kernel, driver.D1(blocks1D(nn)), driver.D1(threads), 0, s, p, v, nn)
+	// 16 bytes per thread (the kernel's aligned path).
+	return k.launch(a, a.kernel, driver.D1(blocks1D((nn*int64(t.Size())+15)/16)), driver.D1(threads), 0, s, p, v, nn)
 }
 
 // ActBackward adds gy[i]·act'(x[i]) into gx[i] for n elements of type t.

@@ -23,7 +23,7 @@ var (
 
 // openGPU opens GPU 0 and loads the kernels once for the package. Without
 // a GPU the test is skipped, or fails when SLOPE_REQUIRE_GPU=1.
-func openGPU(t *testing.T) *gpu {
+func openGPU(t testing.TB) *gpu {
 	t.Helper()
 	gpuOnce.Do(func() {
 		gpuDev, gpuErr = driver.Open(0)
@@ -59,7 +59,7 @@ type gpu struct {
 }
 
 // run executes fn inside Do, synchronizes, and frees every buffer.
-func (g *gpu) run(t *testing.T, fn func() error) {
+func (g *gpu) run(t testing.TB, fn func() error) {
 	t.Helper()
 	err := g.d.Do(func() error {
 		defer func() {

@@ -101,7 +101,7 @@ func Names() []string {
 	for _, t := range []string{"f32", "bf16"} {
 		names = append(names, "spmm24tc_bf16_"+t, "nm_gather_"+t, "nm_expand_t_"+t)
 	}
-	names = append(names, "nm_pack_t24_bf16", "nm_tmask24_f32", "adamw_f32", "sumsq_f32", "sum_f64")
+	names = append(names, "nm_gather24_f32", "nm_pack_t24_bf16", "nm_pack_t24_reg_bf16", "nm_tmask24_f32", "adamw_f32", "sumsq_f32", "sum_f64")
 	return append(names, backwardNames...)
 }
 
@@ -727,6 +727,11 @@ func (k *Set) NMGather(s driver.Stream, t DType, out, dense driver.Ptr, ldd int,
 	if accumulate {
 		acc = 1
 	}
+	if t == F32 && n == 2 && m == 4 && ldd%4 == 0 && dense%16 == 0 && out%8 == 0 && a.err == nil {
+		// One thread per group of four: vector loads and stores.
+		return k.launch(a, "nm_gather24_f32", driver.D1(blocks1D(int64(rows)*int64(cols/4))), driver.D1(threads), 0, s,
+			out, dense, a.i32("ldd", ldd), idx, r, c, acc)
+	}
 	return k.launch(a, a.kernel, driver.D1(rows), driver.D1(threads), 0, s, out, dense, a.i32("ldd", ldd), idx, r, c, nn, mm, acc)
 }
 
@@ -766,6 +771,18 @@ func (k *Set) NMExpandT(s driver.Stream, v DType, dt, vals, idx, keep driver.Ptr
 // It replaces NMExpandT plus a cuSPARSELt compress while the transpose
 // mask stays the same. rows and cols must be multiples of 4.
 func (k *Set) NMPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, cols int) error {
+	return k.nmPackT24(s, dst, vals, idx, keep, rows, cols, packT24Reg(dst, vals, idx, keep, cols))
+}
+
+// packT24Reg reports whether nm_pack_t24_reg takes a packing: cols a
+// multiple of 32, vals and keep 16-byte aligned, idx and dst 4-byte.
+func packT24Reg(dst, vals, idx, keep driver.Ptr, cols int) bool {
+	return cols%32 == 0 && vals%16 == 0 && keep%16 == 0 && idx%4 == 0 && dst%4 == 0
+}
+
+// nmPackT24 is NMPackT24 with the kernel chosen: nm_pack_t24_reg when
+// reg (see packT24Reg), else the tiled nm_pack_t24.
+func (k *Set) nmPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, cols int, reg bool) error {
 	a := &args{kernel: "nm_pack_t24_bf16"}
 	r, c := a.nm24(rows, cols)
 	a.ptr("dst", dst)
@@ -781,6 +798,13 @@ func (k *Set) NMPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, 
 	}
 	if a.err != nil {
 		return a.err
+	}
+	if reg {
+		if !packT24Reg(dst, vals, idx, keep, cols) {
+			return fmt.Errorf("kernel nm_pack_t24_reg_bf16: cols %d or an alignment does not fit", cols)
+		}
+		grid := driver.Dim3{X: uint32((cols + 255) / 256), Y: uint32((rows + 127) / 128), Z: 1}
+		return k.launch(a, "nm_pack_t24_reg_bf16", grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
 	}
 	grid := driver.Dim3{X: uint32((cols + packCols - 1) / packCols), Y: uint32((rows + packRows - 1) / packRows), Z: 1}
 	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
@@ -839,7 +863,8 @@ func (k *Set) AdamW(s driver.Stream, w, grad, m1, m2, wbf driver.Ptr, n int, h A
 	if !(h.Beta1 >= 0 && h.Beta1 < 1) || !(h.Beta2 >= 0 && h.Beta2 < 1) || !(h.BC1 > 0 && h.BC1 <= 1) || !(h.BC2 > 0 && h.BC2 <= 1) {
 		a.fail("beta1 %g, beta2 %g, bias corrections %g, %g out of range", h.Beta1, h.Beta2, h.BC1, h.BC2)
 	}
-	return k.launch(a, a.kernel, driver.D1(blocks1D(int64(n))), driver.D1(threads), 0, s, w, grad, m1, m2, wbf, int64(n),
+	// Four elements per thread (the kernel's aligned path).
+	return k.launch(a, a.kernel, driver.D1(blocks1D((int64(n)+3)/4)), driver.D1(threads), 0, s, w, grad, m1, m2, wbf, int64(n),
 		h.GradScale, h.Beta1, 1-h.Beta1, h.Beta2, 1-h.Beta2, h.LR, h.Eps, h.Shrink, h.BC1, h.BC2)
 }
 
@@ -859,7 +884,7 @@ func (k *Set) SumSquares(s driver.Stream, out, parts, g driver.Ptr, n int) error
 	a.ptr("g", g)
 	a.align("out", out, 8)
 	a.align("parts", parts, 8)
-	blocks := min(blocks1D(int64(n)), SumSquaresParts)
+	blocks := min(blocks1D((int64(n)+3)/4), SumSquaresParts)
 	if err := k.launch(a, a.kernel, driver.D1(blocks), driver.D1(threads), 0, s, parts, g, int64(n)); err != nil {
 		return err
 	}

@@ -60,8 +60,8 @@ func TestNamesUnique(t *testing.T) {
 		}
 		seen[n] = true
 	}
-	if len(Names()) != 62 {
-		t.Errorf("%d names, want 62", len(Names()))
+	if len(Names()) != 64 {
+		t.Errorf("%d names, want 64", len(Names()))
 	}
 }
 
@@ -561,7 +561,7 @@ func TestEmulateSpMMNM(t *testing.T) {
 
 func ExampleNames() {
 	fmt.Println(Names()[0], len(Names()))
-	// Output: convert_f32_to_bf16 62
+	// Output: convert_f32_to_bf16 64
 }
 
 // TestEmbeddingGroups: rows grouped by key, keys increasing, rows of a key

@@ -170,6 +170,108 @@ func emuNMPackT24(dst, vals []uint16, idx, keep []byte, rows, cols int, writes [
 	}
 }
 
+// emuNMPackT24Reg mirrors nm_pack_t24_reg_bf16 over the launch
+// nmPackT24 makes with reg (cols a multiple of 32); every element of dst
+// is written once (counted in writes).
+func emuNMPackT24Reg(dst, vals []uint16, idx, keep []byte, rows, cols int, writes []int) {
+	const groups = 8 // PACKR_GROUPS
+	k, rowBytes, half := cols/2, cols>>3, rows/2
+	le32 := func(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
+	for by := 0; by < (rows+127)/128; by++ {
+		for bx := 0; bx < (cols+255)/256; bx++ {
+			for tid := 0; tid < threads; tid++ {
+				lane, warp := tid&31, tid>>5
+				rg := by*32 + lane
+				gi0 := (bx*(threads>>5) + warp) * groups
+				if 4*rg >= rows || 4*gi0 >= cols {
+					continue
+				}
+				// The loads: 16 values (8 words), 16 keep bytes (4 words),
+				// one idx word per row.
+				var vw [4][8]uint32
+				var kw [4][4]uint32
+				var code [4]uint32
+				for q := 0; q < 4; q++ {
+					r := 4*rg + q
+					for w := 0; w < 8; w++ {
+						e := r*k + 2*gi0 + 2*w
+						vw[q][w] = uint32(vals[e]) | uint32(vals[e+1])<<16
+					}
+					for w := 0; w < 4; w++ {
+						kw[q][w] = le32(keep[r*k+2*gi0+4*w:])
+					}
+					code[q] = le32(idx[r*rowBytes+gi0/2:])
+				}
+				for g := 0; g < groups; g++ {
+					var v, kb, cd [4]uint32
+					for q := 0; q < 4; q++ {
+						v[q] = vw[q][g]
+						kb[q] = kw[q][g>>1] >> ((g & 1) * 16)
+						cd[q] = (code[q] >> (4 * g)) & 0xF
+					}
+					for c := uint32(0); c < 4; c++ {
+						var out uint32
+						n, last := 0, 0
+						for q := 0; q < 4; q++ {
+							p0 := kb[q]&0xFF != 0 && cd[q]&3 == c
+							p1 := kb[q]&0xFF00 != 0 && cd[q]>>2 == c
+							if p0 || p1 {
+								x := v[q] >> 16
+								if p0 {
+									x = v[q] & 0xFFFF
+								}
+								switch n {
+								case 0:
+									out = x
+								case 1:
+									out |= x << 16
+								}
+								n++
+								last = q
+							}
+						}
+						if n == 1 && last == 3 {
+							out <<= 16
+						}
+						d := (4*(gi0+g)+int(c))*half + 2*rg
+						dst[d], dst[d+1] = uint16(out), uint16(out>>16)
+						writes[d]++
+						writes[d+1]++
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestEmulateNMPackT24Reg: nm_pack_t24_reg writes every slot once and
+// equals the layout's definition, for shapes with partial blocks in both
+// directions.
+func TestEmulateNMPackT24Reg(t *testing.T) {
+	rng := rand.New(rand.NewPCG(57, 58))
+	for _, sh := range [][2]int{{4, 32}, {12, 64}, {132, 160}, {128, 256}, {260, 288}, {64, 544}} {
+		rows, cols := sh[0], sh[1]
+		c := makeNM(t, rng, rows, cols, 2, 4, true)
+		ix := make([]uint8, len(c.vals))
+		if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
+			t.Fatal(err)
+		}
+		keep := randomTKeep(rng, ix, rows, cols)
+		want := packT24Ref(c.vals, ix, keep, rows, cols)
+		got := make([]uint16, len(want))
+		for i := range got {
+			got[i] = 0xFFFF
+		}
+		writes := make([]int, len(want))
+		emuNMPackT24Reg(got, toBF16(c.vals), c.idx, keep, rows, cols, writes)
+		for i := range want {
+			if writes[i] != 1 || got[i] != format.Float32ToBFloat16(want[i]) {
+				t.Fatalf("%dx%d: slot %d written %d times, %v, want %v", rows, cols, i, writes[i], got[i], want[i])
+			}
+		}
+	}
+}
+
 // TestEmulateNMPackT24: the packing writes every slot once and equals
 // the layout's definition (packT24Ref), for random transpose masks
 // (empty, lone and full groups) and ragged shapes (partial tiles).

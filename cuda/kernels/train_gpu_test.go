@@ -1,11 +1,13 @@
 package kernels
 
 import (
+	"errors"
 	"math"
 	"math/rand/v2"
 	"testing"
 	"unsafe"
 
+	"github.com/slopeml/slope/cuda/driver"
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/ops/cpu"
 )
@@ -16,9 +18,12 @@ func TestGPUNMGather(t *testing.T) {
 	g := openGPU(t)
 	rng := rand.New(rand.NewPCG(41, 2))
 	for _, dt := range dtypes {
-		for _, c := range []struct{ rows, cols, n, m int }{{16, 64, 2, 4}, {33, 96, 4, 8}, {8, 48, 1, 4}, {5, 40, 3, 8}} {
+		// ldd a multiple of 4 takes nm_gather24_f32 for f32 2:4 (36
+		// columns: an odd number of groups per row).
+		for _, c := range []struct{ rows, cols, n, m, ldd int }{{16, 64, 2, 4, 67}, {16, 64, 2, 4, 68}, {20, 36, 2, 4, 36},
+			{33, 96, 4, 8, 99}, {8, 48, 1, 4, 51}, {5, 40, 3, 8, 43}} {
 			nm := makeNM(t, rng, c.rows, c.cols, c.n, c.m, false)
-			ldd := c.cols + 3
+			ldd := c.ldd
 			dense := rnd(rng, dt, c.rows*ldd)
 			prev := randVec(rng, c.rows*nm.k, false)
 			for _, accumulate := range []bool{false, true} {
@@ -106,7 +111,7 @@ func TestGPUNMExpandT(t *testing.T) {
 func TestGPUNMPackT24(t *testing.T) {
 	g := openGPU(t)
 	rng := rand.New(rand.NewPCG(55, 56))
-	for _, sh := range [][2]int{{64, 128}, {68, 132}, {132, 388}, {256, 512}, {1024, 320}} {
+	for _, sh := range [][2]int{{64, 128}, {68, 132}, {132, 388}, {132, 160}, {256, 512}, {1024, 320}, {260, 544}} {
 		rows, cols := sh[0], sh[1]
 		nm := makeNM(t, rng, rows, cols, 2, 4, true)
 		ix := make([]uint8, len(nm.vals))
@@ -115,19 +120,84 @@ func TestGPUNMPackT24(t *testing.T) {
 		}
 		keep := randomTKeep(rng, ix, rows, cols)
 		want := packT24Ref(nm.vals, ix, keep, rows, cols)
-		var got []float32
-		g.run(t, func() error {
-			out := g.poison(len(want) * 2)
-			if err := g.k.NMPackT24(0, out, g.putT(BF16, nm.vals), g.putU8(nm.idx), g.putU8(keep), rows, cols); err != nil {
-				return err
+		// Both kernels where nm_pack_t24_reg takes the shape.
+		for _, reg := range []bool{false, true} {
+			if reg && cols%32 != 0 {
+				continue
 			}
-			got = g.getT(BF16, out, len(want))
-			return nil
-		})
-		for i := range want {
-			if got[i] != want[i] {
-				t.Fatalf("nm_pack_t24 %dx%d: slot %d = %g, want %g", rows, cols, i, got[i], want[i])
+			var got []float32
+			g.run(t, func() error {
+				out := g.poison(len(want) * 2)
+				if err := g.k.nmPackT24(0, out, g.putT(BF16, nm.vals), g.putU8(nm.idx), g.putU8(keep), rows, cols, reg); err != nil {
+					return err
+				}
+				got = g.getT(BF16, out, len(want))
+				return nil
+			})
+			for i := range want {
+				if got[i] != want[i] {
+					t.Fatalf("nm_pack_t24 (reg %v) %dx%d: slot %d = %g, want %g", reg, rows, cols, i, got[i], want[i])
+				}
 			}
+		}
+	}
+}
+
+// BenchmarkGPUNMPackT24: the two packing kernels at the fc1 shapes of
+// OPT-13B and OPT-66B (W [4·hidden, hidden]), a valid random 128-row
+// slab repeated down W. Bytes: values, keep and idx read, dst written.
+func BenchmarkGPUNMPackT24(b *testing.B) {
+	g := openGPU(b)
+	rng := rand.New(rand.NewPCG(61, 62))
+	for _, sh := range []struct {
+		name       string
+		rows, cols int
+	}{{"13B-fc1", 20480, 5120}, {"66B-fc1", 36864, 9216}} {
+		const slab = 128
+		nm := makeNM(b, rng, slab, sh.cols, 2, 4, true)
+		ix := make([]uint8, len(nm.vals))
+		if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, slab, sh.cols, nm.idx, ix); err != nil {
+			b.Fatal(err)
+		}
+		keep := randomTKeep(rng, ix, slab, sh.cols)
+		vals := toBF16(nm.vals)
+		k := sh.cols / 2
+		bytes := int64(sh.rows)*int64(k)*(2+1+2) + int64(sh.rows)*int64(sh.cols)/8
+		for _, reg := range []bool{false, true} {
+			name := sh.name + "/tiled"
+			if reg {
+				name = sh.name + "/reg"
+			}
+			b.Run(name, func(b *testing.B) {
+				b.SetBytes(bytes)
+				g.run(b, func() error {
+					dv, dk, di := g.alloc(2*sh.rows*k), g.alloc(sh.rows*k), g.alloc(sh.rows*len(nm.idx)/slab)
+					out := g.alloc(2 * sh.rows * k)
+					for r := 0; r < sh.rows && g.err == nil; r += slab {
+						g.err = errors.Join(g.d.CopyIn(dv+driver.Ptr(2*r*k), unsafe.Pointer(&vals[0]), 2*len(vals)),
+							g.d.CopyIn(dk+driver.Ptr(r*k), unsafe.Pointer(&keep[0]), len(keep)),
+							g.d.CopyIn(di+driver.Ptr(r/slab*len(nm.idx)), unsafe.Pointer(&nm.idx[0]), len(nm.idx)))
+					}
+					if g.err != nil {
+						return g.err
+					}
+					if err := g.k.nmPackT24(0, out, dv, di, dk, sh.rows, sh.cols, reg); err != nil { // warm-up
+						return err
+					}
+					if err := g.d.Synchronize(); err != nil {
+						return err
+					}
+					b.ResetTimer()
+					for i := 0; i < b.N; i++ {
+						if err := g.k.nmPackT24(0, out, dv, di, dk, sh.rows, sh.cols, reg); err != nil {
+							return err
+						}
+					}
+					err := g.d.Synchronize()
+					b.StopTimer()
+					return err
+				})
+			})
 		}
 	}
 }
@@ -172,11 +242,13 @@ func adamWRef(w, grad, m, v []float32, h AdamWStep) {
 func TestGPUAdamW(t *testing.T) {
 	g := openGPU(t)
 	rng := rand.New(rand.NewPCG(43, 4))
-	const n = 100003
+	const n = 100003 // 3 past a multiple of 4
 	for si, h := range []AdamWStep{
 		NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0.1, 1, 1),
 		NewAdamWStep(3e-4, 0.9, 0.999, 1e-8, 0, 7, 0.37),
+		NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0.1, 2, 1), // off: the unaligned path
 	} {
+		off := driver.Ptr(4 * (si / 2)) // bytes past an aligned buffer
 		w, grad, m, v := randVec(rng, n, false), randVec(rng, n, false), randVec(rng, n, false), randVec(rng, n, false)
 		for i := range v {
 			v[i] = v[i] * v[i] * 0.01
@@ -186,9 +258,10 @@ func TestGPUAdamW(t *testing.T) {
 		adamWRef(ww, grad, wm, wv, h)
 		var gw, gm, gv, gbf []float32
 		g.run(t, func() error {
-			pw, pm, pv := g.putF32(w), g.putF32(m), g.putF32(v)
-			pbf := g.poison(2 * n)
-			if err := g.k.AdamW(0, pw, g.putF32(grad), pm, pv, pbf, n, h); err != nil {
+			pre := []float32{0}[:off/4]
+			pw, pm, pv := g.putF32(append(pre, w...))+off, g.putF32(append(pre, m...))+off, g.putF32(append(pre, v...))+off
+			pbf := g.poison(2*n+8) + off/2
+			if err := g.k.AdamW(0, pw, g.putF32(append(pre, grad...))+off, pm, pv, pbf, n, h); err != nil {
 				return err
 			}
 			gw, gm, gv, gbf = g.getT(F32, pw, n), g.getT(F32, pm, n), g.getT(F32, pv, n), g.getT(BF16, pbf, n)
@@ -200,6 +273,37 @@ func TestGPUAdamW(t *testing.T) {
 			}
 			if want := format.BFloat16ToFloat32(format.Float32ToBFloat16(ww[i])); gbf[i] != want {
 				t.Fatalf("adamw case %d: bf16 copy %d = %g, want %g", si, i, gbf[i], want)
+			}
+		}
+	}
+}
+
+// TestGPUFill: every element of a buffer, at aligned and unaligned
+// starts and lengths that are and are not multiples of 16 bytes, and
+// nothing past it.
+func TestGPUFill(t *testing.T) {
+	g := openGPU(t)
+	for _, dt := range dtypes {
+		for _, c := range []struct{ off, n int }{{0, 4096}, {0, 1001}, {1, 37}, {3, 5000}, {0, 1}} {
+			const v, guard = 1.5, 16
+			var got []float32
+			g.run(t, func() error {
+				base := g.putT(dt, make([]float32, c.off+c.n+guard))
+				p := base + driver.Ptr(c.off*dt.Size())
+				if err := g.k.Fill(0, dt, p, v, c.n); err != nil {
+					return err
+				}
+				got = g.getT(dt, base, c.off+c.n+guard)
+				return nil
+			})
+			for i, x := range got {
+				want := float32(0)
+				if i >= c.off && i < c.off+c.n {
+					want = v
+				}
+				if x != want {
+					t.Fatalf("fill %v offset %d n %d: element %d = %g, want %g", dt, c.off, c.n, i, x, want)
+				}
 			}
 		}
 	}
