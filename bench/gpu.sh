@@ -13,7 +13,9 @@
 # these), SKIP_TRAIN_CLI=1 (slope train on the GPU and the CPU), LAYER_TRAIN=1
 # (a decoder layer's bf16 training step through slope train; LAYER_SHAPES
 # picks among "6.7B 13B 66B" (default the first two), LAYER_BATCH
-# sequences of 2048 tokens per step; PROFILE=1 adds --gpu-profile here and
+# sequences of LAYER_SEQ (default 2048) tokens per step, LAYER_VARIANTS
+# (default "dense 2:4x 2:4": dense, 2:4 expanded, 2:4 on cuSPARSELt);
+# PROFILE=1 adds --gpu-profile here and
 # to a bench run of the CLI section), SKIP_CLI=1
 # (the inference CLI), SKIP_BENCH=1 (gpubench), BENCH_FLAGS (extra
 # gpubench flags, e.g. -adapters=false).
@@ -112,24 +114,30 @@ run)
 		# one-layer model of OPT-6.7B's, 13B's (and with LAYER_SHAPES 66B's)
 		# layer shapes (vocab 512, so the embedding and head are small),
 		# bf16, dense against 2:4 (expanded products, and on cuSPARSELt);
-		# LAYER_BATCH sequences of 2048 tokens per step (default 1).
+		# LAYER_BATCH sequences of LAYER_SEQ tokens per step (default 1 x
+		# 2048).
 		lbatch=${LAYER_BATCH:-1}
-		echo "## one decoder layer's training step (slope train --device cuda, bf16, 1 layer, vocab 512, $lbatch x 2048 tokens)"
+		lseq=${LAYER_SEQ:-2048}
+		maxpos=$((lseq > 4096 ? lseq : 4096))
+		echo "## one decoder layer's training step (slope train --device cuda, bf16, 1 layer, vocab 512, $lbatch x $lseq tokens)"
 		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-layer.XXXXXX")
 		LC_ALL=C awk 'BEGIN{srand(3); for(i=0;i<100000;i++) printf "%c%c", int(rand()*256), int(rand()*2)}' >"$work/v512.u16"
 		for shape in "6.7B 4096 16384 32" "13B 5120 20480 40" "66B 9216 36864 72"; do
 			read -r label hid ffn heads <<<"$shape"
 			[[ " ${LAYER_SHAPES:-6.7B 13B} " == *" $label "* ]] || continue
-			printf '{"model_type": "opt", "vocab_size": 512, "hidden_size": %d, "ffn_dim": %d, "num_hidden_layers": 1, "num_attention_heads": %d, "max_position_embeddings": 4096, "word_embed_proj_dim": %d, "do_layer_norm_before": true, "activation_function": "relu", "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}\n' \
-				"$hid" "$ffn" "$heads" "$hid" >"$work/$label.json"
+			printf '{"model_type": "opt", "vocab_size": 512, "hidden_size": %d, "ffn_dim": %d, "num_hidden_layers": 1, "num_attention_heads": %d, "max_position_embeddings": %d, "word_embed_proj_dim": %d, "do_layer_norm_before": true, "activation_function": "relu", "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}\n' \
+				"$hid" "$ffn" "$heads" "$maxpos" "$hid" >"$work/$label.json"
+			variants=${LAYER_VARIANTS:-dense 2:4x 2:4}
 			for nm in dense 2:4; do
+				[[ " $variants " == *" ${nm}"[x\ ]* ]] || continue
 				"$bins/slope" init --config "$work/$label.json" --out "$work/$label-${nm/:/}.slope" --nm "$nm" --seed 1 >/dev/null || status=1
 			done
-			for v in "dense 0" "2:4 0" "2:4 1"; do
-				read -r nm lt <<<"$v"
+			for v in "dense 0 dense" "2:4 0 2:4x" "2:4 1 2:4"; do
+				read -r nm lt key <<<"$v"
+				[[ " $variants " == *" $key "* ]] || continue
 				echo "### OPT-$label layer, $nm$([[ $nm == 2:4 ]] && { [[ $lt == 1 ]] && echo ' on cuSPARSELt' || echo ' expanded (SLOPE_GPU_BF16_SPARSELT=0)'; }): 6 steps"
 				SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$work/$label-${nm/:/}.slope" \
-					--data "$work/v512.u16" --steps 6 --batch "$lbatch" --seq 2048 --out "$work/out.slope" --device cuda \
+					--data "$work/v512.u16" --steps 6 --batch "$lbatch" --seq "$lseq" --out "$work/out.slope" --device cuda \
 					$([[ "${PROFILE:-0}" == 1 ]] && echo --gpu-profile) 2>&1 |
 					grep -v -E "^(step|device|trained to) "
 				[[ ${PIPESTATUS[0]} == 0 ]] || status=1
