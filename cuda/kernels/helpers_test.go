@@ -190,6 +190,19 @@ func randomTKeep(rng *rand.Rand, ix []byte, rows, cols int) []byte {
 	return keep
 }
 
+// packT24Case is a random 2:4 weight rows x cols (bf16-exact values),
+// a random transpose mask keep for it, and the values NMPackT24 must
+// write (packT24Ref).
+func packT24Case(t testing.TB, rng *rand.Rand, rows, cols int) (c *nmCase, keep []byte, want []float32) {
+	c = makeNM(t, rng, rows, cols, 2, 4, true)
+	ix := make([]uint8, len(c.vals))
+	if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
+		t.Fatal(err)
+	}
+	keep = randomTKeep(rng, ix, rows, cols)
+	return c, keep, packT24Ref(c.vals, ix, keep, rows, cols)
+}
+
 // packT24Ref is the values part of cuSPARSELt's compressed W_dpᵀ as
 // NMPackT24 writes it, built from the definition: [cols, rows/2], row c
 // and group g holding the kept values of rows 4g..4g+3 of column c of W

@@ -244,66 +244,42 @@ func emuNMPackT24Reg(dst, vals []uint16, idx, keep []byte, rows, cols int, write
 	}
 }
 
-// TestEmulateNMPackT24Reg: nm_pack_t24_reg writes every slot once and
-// equals the layout's definition, for shapes with partial blocks in both
-// directions.
-func TestEmulateNMPackT24Reg(t *testing.T) {
-	rng := rand.New(rand.NewPCG(57, 58))
-	for _, sh := range [][2]int{{4, 32}, {12, 64}, {132, 160}, {128, 256}, {260, 288}, {64, 544}} {
-		rows, cols := sh[0], sh[1]
-		c := makeNM(t, rng, rows, cols, 2, 4, true)
-		ix := make([]uint8, len(c.vals))
-		if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
-			t.Fatal(err)
-		}
-		keep := randomTKeep(rng, ix, rows, cols)
-		want := packT24Ref(c.vals, ix, keep, rows, cols)
-		got := make([]uint16, len(want))
-		for i := range got {
-			got[i] = 0xFFFF
-		}
-		writes := make([]int, len(want))
-		emuNMPackT24Reg(got, toBF16(c.vals), c.idx, keep, rows, cols, writes)
-		for i := range want {
-			if writes[i] != 1 || got[i] != format.Float32ToBFloat16(want[i]) {
-				t.Fatalf("%dx%d: slot %d written %d times, %v, want %v", rows, cols, i, writes[i], got[i], want[i])
-			}
-		}
-	}
-}
-
-// TestEmulateNMPackT24: the packing writes every slot once and equals
-// the layout's definition (packT24Ref), for random transpose masks
-// (empty, lone and full groups) and ragged shapes (partial tiles).
+// TestEmulateNMPackT24: both packing kernels write every slot once and
+// equal the layout's definition (packT24Ref), for random transpose masks
+// (empty, lone and full groups) and ragged shapes (partial tiles and
+// blocks; nm_pack_t24_reg only takes widths that are multiples of 32).
 func TestEmulateNMPackT24(t *testing.T) {
 	rng := rand.New(rand.NewPCG(53, 54))
-	for _, sh := range [][2]int{{4, 4}, {12, 20}, {68, 132}, {128, 64}, {200, 72}, {64, 260}, {132, 388}} {
-		rows, cols := sh[0], sh[1]
-		c := makeNM(t, rng, rows, cols, 2, 4, true)
-		ix := make([]uint8, len(c.vals))
-		if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, c.idx, ix); err != nil {
-			t.Fatal(err)
-		}
-		keep := randomTKeep(rng, ix, rows, cols)
-		want := packT24Ref(c.vals, ix, keep, rows, cols)
-		lone3 := 0
-		for i := 1; i < len(want); i += 2 {
-			if want[i-1] == 0 && want[i] != 0 {
-				lone3++
+	for _, kern := range []struct {
+		name   string
+		emu    func(dst, vals []uint16, idx, keep []byte, rows, cols int, writes []int)
+		shapes [][2]int
+	}{
+		{"nm_pack_t24", emuNMPackT24, [][2]int{{4, 4}, {12, 20}, {68, 132}, {128, 64}, {200, 72}, {64, 260}, {132, 388}}},
+		{"nm_pack_t24_reg", emuNMPackT24Reg, [][2]int{{4, 32}, {12, 64}, {132, 160}, {128, 256}, {260, 288}, {64, 544}}},
+	} {
+		for _, sh := range kern.shapes {
+			rows, cols := sh[0], sh[1]
+			c, keep, want := packT24Case(t, rng, rows, cols)
+			lone3 := 0
+			for i := 1; i < len(want); i += 2 {
+				if want[i-1] == 0 && want[i] != 0 {
+					lone3++
+				}
 			}
-		}
-		if rows >= 64 && lone3 == 0 {
-			t.Fatalf("%dx%d: no group with a lone value in its last row: the rule is not exercised", rows, cols)
-		}
-		got := make([]uint16, len(want))
-		for i := range got {
-			got[i] = 0xFFFF
-		}
-		writes := make([]int, len(want))
-		emuNMPackT24(got, toBF16(c.vals), c.idx, keep, rows, cols, writes)
-		for i := range want {
-			if writes[i] != 1 || got[i] != format.Float32ToBFloat16(want[i]) {
-				t.Fatalf("%dx%d: slot %d written %d times, %v, want %v", rows, cols, i, writes[i], got[i], want[i])
+			if rows >= 64 && lone3 == 0 {
+				t.Fatalf("%dx%d: no group with a lone value in its last row: the rule is not exercised", rows, cols)
+			}
+			got := make([]uint16, len(want))
+			for i := range got {
+				got[i] = 0xFFFF
+			}
+			writes := make([]int, len(want))
+			kern.emu(got, toBF16(c.vals), c.idx, keep, rows, cols, writes)
+			for i := range want {
+				if writes[i] != 1 || got[i] != format.Float32ToBFloat16(want[i]) {
+					t.Fatalf("%s %dx%d: slot %d written %d times, %v, want %v", kern.name, rows, cols, i, writes[i], got[i], want[i])
+				}
 			}
 		}
 	}

@@ -113,13 +113,7 @@ func TestGPUNMPackT24(t *testing.T) {
 	rng := rand.New(rand.NewPCG(55, 56))
 	for _, sh := range [][2]int{{64, 128}, {68, 132}, {132, 388}, {132, 160}, {256, 512}, {1024, 320}, {260, 544}} {
 		rows, cols := sh[0], sh[1]
-		nm := makeNM(t, rng, rows, cols, 2, 4, true)
-		ix := make([]uint8, len(nm.vals))
-		if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, rows, cols, nm.idx, ix); err != nil {
-			t.Fatal(err)
-		}
-		keep := randomTKeep(rng, ix, rows, cols)
-		want := packT24Ref(nm.vals, ix, keep, rows, cols)
+		nm, keep, want := packT24Case(t, rng, rows, cols)
 		// Both kernels where nm_pack_t24_reg takes the shape.
 		for _, reg := range []bool{false, true} {
 			if reg && cols%32 != 0 {
@@ -154,12 +148,7 @@ func BenchmarkGPUNMPackT24(b *testing.B) {
 		rows, cols int
 	}{{"13B-fc1", 20480, 5120}, {"66B-fc1", 36864, 9216}} {
 		const slab = 128
-		nm := makeNM(b, rng, slab, sh.cols, 2, 4, true)
-		ix := make([]uint8, len(nm.vals))
-		if err := format.UnpackNMIndices(format.NM{N: 2, M: 4}, slab, sh.cols, nm.idx, ix); err != nil {
-			b.Fatal(err)
-		}
-		keep := randomTKeep(rng, ix, slab, sh.cols)
+		nm, keep, _ := packT24Case(b, rng, slab, sh.cols)
 		vals := toBF16(nm.vals)
 		k := sh.cols / 2
 		bytes := int64(sh.rows)*int64(k)*(2+1+2) + int64(sh.rows)*int64(sh.cols)/8
