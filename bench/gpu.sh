@@ -13,7 +13,8 @@
 # these), SKIP_TRAIN_CLI=1 (slope train on the GPU and the CPU), LAYER_TRAIN=1
 # (a decoder layer's bf16 training step through slope train; LAYER_SHAPES
 # picks among "6.7B 13B 66B" (default the first two), LAYER_BATCH
-# sequences of LAYER_SEQ (default 2048) tokens per step, LAYER_VARIANTS
+# sequences of each of LAYER_SEQ's lengths (default "2048"; e.g. "2048
+# 8192") per step, LAYER_VARIANTS
 # (default "dense 2:4x 2:4": dense, 2:4 expanded, 2:4 on cuSPARSELt);
 # PROFILE=1 adds --gpu-profile here and
 # to a bench run of the CLI section), SKIP_CLI=1
@@ -114,12 +115,14 @@ run)
 		# one-layer model of OPT-6.7B's, 13B's (and with LAYER_SHAPES 66B's)
 		# layer shapes (vocab 512, so the embedding and head are small),
 		# bf16, dense against 2:4 (expanded products, and on cuSPARSELt);
-		# LAYER_BATCH sequences of LAYER_SEQ tokens per step (default 1 x
-		# 2048).
+		# LAYER_BATCH sequences of each LAYER_SEQ length per step (default
+		# 1 x 2048); each shape's models are made once for all lengths.
 		lbatch=${LAYER_BATCH:-1}
-		lseq=${LAYER_SEQ:-2048}
-		maxpos=$((lseq > 4096 ? lseq : 4096))
-		echo "## one decoder layer's training step (slope train --device cuda, bf16, 1 layer, vocab 512, $lbatch x $lseq tokens)"
+		maxpos=4096
+		for lseq in ${LAYER_SEQ:-2048}; do
+			maxpos=$((lseq > maxpos ? lseq : maxpos))
+		done
+		echo "## one decoder layer's training step (slope train --device cuda, bf16, 1 layer, vocab 512, $lbatch x (${LAYER_SEQ:-2048}) tokens)"
 		work=$(mktemp -d "${TMPDIR:-/tmp}/slope-layer.XXXXXX")
 		LC_ALL=C awk 'BEGIN{srand(3); for(i=0;i<100000;i++) printf "%c%c", int(rand()*256), int(rand()*2)}' >"$work/v512.u16"
 		for shape in "6.7B 4096 16384 32" "13B 5120 20480 40" "66B 9216 36864 72"; do
@@ -132,15 +135,25 @@ run)
 				[[ " $variants " == *" ${nm}"[x\ ]* ]] || continue
 				"$bins/slope" init --config "$work/$label.json" --out "$work/$label-${nm/:/}.slope" --nm "$nm" --seed 1 >/dev/null || status=1
 			done
+			for lseq in ${LAYER_SEQ:-2048}; do
+			dense_tps=""
 			for v in "dense 0 dense" "2:4 0 2:4x" "2:4 1 2:4"; do
 				read -r nm lt key <<<"$v"
 				[[ " $variants " == *" $key "* ]] || continue
-				echo "### OPT-$label layer, $nm$([[ $nm == 2:4 ]] && { [[ $lt == 1 ]] && echo ' on cuSPARSELt' || echo ' expanded (SLOPE_GPU_BF16_SPARSELT=0)'; }): 6 steps"
+				echo "### OPT-$label layer, $lbatch x $lseq tokens, $nm$([[ $nm == 2:4 ]] && { [[ $lt == 1 ]] && echo ' on cuSPARSELt' || echo ' expanded (SLOPE_GPU_BF16_SPARSELT=0)'; }): 6 steps"
 				SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$work/$label-${nm/:/}.slope" \
 					--data "$work/v512.u16" --steps 6 --batch "$lbatch" --seq "$lseq" --out "$work/out.slope" --device cuda \
 					$([[ "${PROFILE:-0}" == 1 ]] && echo --gpu-profile) 2>&1 |
-					grep -v -E "^(step|device|trained to) "
+					grep -v -E "^(step|device|trained to) " | tee "$work/last.out"
 				[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+				# tokens/s after the first step, and the ratio to dense's
+				tps=$(sed -n 's/.*, \([0-9.]*\) tokens\/s after the first.*/\1/p' "$work/last.out")
+				if [[ $key == dense ]]; then
+					dense_tps=$tps
+				elif [[ -n "$tps" && -n "$dense_tps" ]]; then
+					echo "### OPT-$label layer, $lbatch x $lseq tokens: $key / dense = $(awk -v a="$tps" -v b="$dense_tps" 'BEGIN{printf "%.3f", a / b}') (tokens/s after the first step)"
+				fi
+			done
 			done
 		done
 		rm -rf "$work"
