@@ -61,6 +61,13 @@ type Options struct {
 	// step computes a little over half of the scores, and the scores'
 	// scratch holds one chunk.
 	AttentionChunk int
+	// FusedAttention runs bf16 causal attention of many tokens in one
+	// flash-style kernel on the tensor cores (kernels.AttnFused; head
+	// sizes 64 and 128) instead of chunked products around a softmax.
+	// Off by default until measured on a GPU: written and checked against
+	// its Go emulation only (docs/CUDA.md). FusedAttentionEnv=1 turns it
+	// on too. The training backward is unchanged (it recomputes P).
+	FusedAttention bool
 	// LowMemory keeps only cuSPARSELt's compressed form of a 2:4 weight
 	// when it applies (0.56x of dense bf16 instead of 0.63x with the
 	// decode kernel's indices beside it, their values shared, or 1.13x
@@ -127,6 +134,9 @@ type Backend struct {
 	ltBias bool
 	act    DType
 	s      driver.Stream
+	// fusedAttentionCalls counts the attention calls kernels.AttnFused
+	// ran (Options.FusedAttention).
+	fusedAttentionCalls int
 
 	// Weights uploaded once, by tensor name and device type.
 	weights     map[weightKey]driver.Ptr
@@ -252,6 +262,9 @@ func New(opts Options) (*Backend, error) {
 	}
 	if opts.SpMVMaxRows == 0 {
 		opts.SpMVMaxRows = defaultSpMVMaxRows
+	}
+	if os.Getenv(FusedAttentionEnv) == "1" {
+		opts.FusedAttention = true
 	}
 	if opts.Log == nil {
 		opts.Log = func(s string) { fmt.Fprintln(os.Stderr, s) }

@@ -59,6 +59,22 @@ func TestConformanceBF16AttentionChunks(t *testing.T) {
 	opstest.Run(t, b, opstest.Tolerance{Abs: 1e-2, Rel: 1e-2})
 }
 
+// The fused attention kernel (Options.FusedAttention) at the head sizes
+// it takes, through a cache in parts (prefills of 16 or more new tokens
+// run in it), and the whole suite with it on.
+func TestConformanceBF16FusedAttention(t *testing.T) {
+	b := newWith(t, Options{Activations: BF16, FusedAttention: true})
+	tol := opstest.Tolerance{Abs: 1e-2, Rel: 1e-2}
+	for _, hd := range []int{64, 128} {
+		opstest.RunAttention(t, b, tol, 2, hd)
+	}
+	if b.fusedAttentionCalls == 0 {
+		t.Fatal("no attention call ran in the fused kernel")
+	}
+	t.Logf("%d attention calls in the fused kernel", b.fusedAttentionCalls)
+	opstest.Run(t, b, tol)
+}
+
 // Only cuSPARSELt's form of 2:4 weights on the device: every 2:4 product
 // it can take runs there (decode sizes included).
 func TestConformanceBF16LowMemory(t *testing.T) {

@@ -782,6 +782,17 @@ func (s *attentionStep) OutDim() int { return s.dim }
 // batched GEMMs per sequence (tensor cores) around a masked softmax.
 const gemmAttentionMin = 16
 
+// FusedAttentionEnv, set to 1, turns Options.FusedAttention on.
+const FusedAttentionEnv = "SLOPE_GPU_FUSED_ATTENTION"
+
+// fusedAttention reports whether this call's attention runs in
+// kernels.AttnFused (Options.FusedAttention, bf16, its head sizes and
+// alignments).
+func (s *attentionStep) fusedAttention(q, kc, vc, o driver.Ptr) bool {
+	return s.b.opts.FusedAttention && s.b.act == BF16 && kernels.AttnFusedOK(s.headDim) && s.dim%8 == 0 &&
+		kc%16 == 0 && vc%16 == 0 && q%4 == 0 && o%4 == 0
+}
+
 // defaultAttentionChunk is Options.AttentionChunk's default: at 2048
 // tokens, 8 chunks compute 56% of the scores a single product would.
 const defaultAttentionChunk = 256
@@ -832,6 +843,10 @@ func (s *attentionStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tens
 	o := asTensor(out).p
 	if c.Seq < gemmAttentionMin {
 		return b.k.AttnSmall(b.s, b.act, o, q, kc, vc, b.mask.p, b.maskLd, c.Batch, c.Seq, c.Past, maxLen, s.heads, s.headDim, s.scale)
+	}
+	if s.fusedAttention(q, kc, vc, o) {
+		b.fusedAttentionCalls++
+		return b.k.AttnFused(b.s, o, q, kc, vc, b.mask.p, b.maskLd, c.Batch, c.Seq, c.Past, maxLen, s.heads, s.headDim, s.scale)
 	}
 	es, chunk := b.act.Size(), min(b.attnChunk(), c.Seq)
 	scores, err := b.grow(&b.scratch[2], 4*s.heads*chunk*total)

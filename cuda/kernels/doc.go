@@ -74,4 +74,9 @@
 //     batched GEMMs: fp32 scores [heads, seq, total] to probs of type T,
 //     zeros where masked or in the future, all-zero rows when nothing is
 //     visible.
+//   - AttnFused: AttnSmall's result for many new queries in one
+//     flash-style pass on the tensor cores (bf16, head sizes 64 and 128;
+//     mma.m16n8k16, online softmax in fp32). Checked against its Go
+//     emulation (TestEmulateAttnFused); the backend uses it only with
+//     Options.FusedAttention.
 package kernels

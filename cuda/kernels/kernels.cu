@@ -1606,3 +1606,178 @@ SPMV(bf16, bf16, 16, 2)
 
 SPMM24TC(float, f32)
 SPMM24TC(bf16, bf16)
+
+// ---------------------------------------------------------------- fused attention
+//
+// attn_fused_bf16: causal attention in one pass on the tensor cores
+// (flash-style: the scores never leave registers), bf16 in and out, fp32
+// scores, softmax and accumulators. For batch entry bt, head h and query
+// i < seq (absolute position past + i), out[bt·seq + i][h·D..] is the
+// softmax of scale·q_i·k_j over the keys j <= past + i with
+// mask[bt·maskLd + j] != 0, applied to v_j; zeros for a query with no
+// such key (as softmax_causal). q and out are [batch·seq, dim], k and v
+// [batch, maxLen, dim] (the KV cache, or the new keys with maxLen = seq),
+// head h at columns h·D..h·D+D-1; dim and D multiples of 8, k and v
+// 16-byte aligned, q and out 4-byte aligned.
+//
+// Grid (ceil(seq/64), heads, batch), 4 warps; warp w takes queries
+// 64·blockIdx.x + 16w .. +15 as the A operand (rows) of
+// mma.m16n8k16.bf16 ("Matrix Fragments for mma.m16n8k16 with floating
+// point type": with g = lane/4, t = lane%4, A registers 0-3 hold rows g,
+// g+8, g, g+8 and columns 2t..2t+1, 2t..2t+1, 2t+8.., 2t+8..; B registers
+// 0-1 hold column g and rows 2t.., 2t+8..; C holds rows g (c0, c1) and
+// g+8 (c2, c3), columns 2t, 2t+1). Per tile of 64 keys the block stages K
+// as [key][d] and V transposed as [d][key] in shared memory, so both B
+// operands are 32-bit loads; each warp computes its 16 x 64 scores, masks
+// them, updates its rows' running max m and sum l (the quads of a row
+// reduce by shuffles), rescales its output rows by exp(m_old - m_new),
+// and adds P·V with P's C fragments reused as A fragments (rounded to
+// bf16). The block covers the keys up to its last query's position.
+#define FA_BQ 64
+#define FA_BK 64
+
+__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    union {
+        __nv_bfloat162 h;
+        unsigned u;
+    } v;
+    v.h = __floats2bfloat162_rn(lo, hi);
+    return v.u;
+}
+
+template <int D>
+__device__ void attn_fused_body(bf16* out, const bf16* q, const bf16* k, const bf16* v, const int* mask, int maskLd, int seq, int past,
+                                int maxLen, int dim, float scale) {
+    __shared__ __align__(16) bf16 ks[FA_BK][D + 8];   // [key][d]
+    __shared__ __align__(16) bf16 vt[D][FA_BK + 8];   // [d][key]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int q0 = blockIdx.x * FA_BQ, h = blockIdx.y, bt = blockIdx.z;
+    const int qw = q0 + warp * 16;
+    const int* mk = mask + (int64_t)bt * maskLd;
+    const bf16* qb = q + (int64_t)bt * seq * dim + h * D;
+    const bf16* kb = k + (int64_t)bt * maxLen * dim + h * D;
+    const bf16* vb = v + (int64_t)bt * maxLen * dim + h * D;
+    // This warp's queries as A fragments (rows past seq are zeros).
+    unsigned qa[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int r = qw + g + 8 * (j & 1), c = 16 * kk + 2 * t + 8 * (j >> 1);
+            qa[kk][j] = r < seq ? *(const unsigned*)(qb + (int64_t)r * dim + c) : 0u;
+        }
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    const int nkeys = past + min(q0 + FA_BQ, seq);  // keys the block's last query sees
+    for (int k0 = 0; k0 < nkeys; k0 += FA_BK) {
+        __syncthreads();  // the previous tile is consumed
+        // Stage K and Vᵀ: thread i takes key i % FA_BK, columns 8·(i / FA_BK)..+7.
+        for (int i = threadIdx.x; i < FA_BK * D / 8; i += blockDim.x) {
+            const int kr = i % FA_BK, c8 = (i / FA_BK) * 8;
+            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
+            if (k0 + kr < nkeys) {
+                kv = *(const uint4*)(kb + (int64_t)(k0 + kr) * dim + c8);
+                vv = *(const uint4*)(vb + (int64_t)(k0 + kr) * dim + c8);
+            }
+            *(uint4*)&ks[kr][c8] = kv;
+            const unsigned short* ve = (const unsigned short*)&vv;
+#pragma unroll
+            for (int j = 0; j < 8; j++) *(unsigned short*)&vt[c8 + j][kr] = ve[j];
+        }
+        __syncthreads();
+        // S = Q·Kᵀ: 16 x FA_BK per warp.
+        float s[FA_BK / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_BK / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                const unsigned b0 = *(const unsigned*)&ks[nt * 8 + g][16 * kk + 2 * t];
+                const unsigned b1 = *(const unsigned*)&ks[nt * 8 + g][16 * kk + 8 + 2 * t];
+                mma_16816(s[nt], qa[kk], b0, b1);
+            }
+        }
+        // Mask and scale; the rows' new max, sum and output scale.
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            const int qi = qw + g + 8 * rr;
+            const int last = qi < seq ? past + qi : -1;  // the last key the query sees
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < FA_BK / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int key = k0 + nt * 8 + 2 * t + e;
+                    float x = scale * s[nt][2 * rr + e];
+                    if (key > last || mk[min(key, nkeys - 1)] == 0) x = -INFINITY;
+                    s[nt][2 * rr + e] = x;
+                    mx = fmaxf(mx, x);
+                }
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+            const float mnew = fmaxf(m[rr], mx);
+            const float ref = mnew == -INFINITY ? 0.f : mnew;
+            const float corr = mnew == -INFINITY ? 1.f : expf(m[rr] - mnew);
+            float sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < FA_BK / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float p = expf(s[nt][2 * rr + e] - ref);
+                    s[nt][2 * rr + e] = p;
+                    sum += p;
+                }
+            }
+            sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+            sum += __shfl_xor_sync(FULL_MASK, sum, 2);
+            l[rr] = l[rr] * corr + sum;
+            m[rr] = mnew;
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++) {
+                o[nd][2 * rr] *= corr;
+                o[nd][2 * rr + 1] *= corr;
+            }
+        }
+        // O += P·V, P's C fragments as A fragments (16 keys per step).
+#pragma unroll
+        for (int kk = 0; kk < FA_BK / 16; kk++) {
+            const unsigned a[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                                   pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++) {
+                const unsigned b0 = *(const unsigned*)&vt[nd * 8 + g][16 * kk + 2 * t];
+                const unsigned b1 = *(const unsigned*)&vt[nd * 8 + g][16 * kk + 8 + 2 * t];
+                mma_16816(o[nd], a, b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const int qi = qw + g + 8 * rr;
+        if (qi >= seq) continue;
+        const float inv = l[rr] > 0.f ? 1.f / l[rr] : 0.f;
+        bf16* orow = out + ((int64_t)bt * seq + qi) * dim + h * D;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) *(unsigned*)(orow + nd * 8 + 2 * t) = pack_bf16x2(o[nd][2 * rr] * inv, o[nd][2 * rr + 1] * inv);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_fused64_bf16(bf16* out, const bf16* q, const bf16* k, const bf16* v, const int* mask,
+                                                                   int maskLd, int seq, int past, int maxLen, int dim, float scale) {
+    attn_fused_body<64>(out, q, k, v, mask, maskLd, seq, past, maxLen, dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_fused128_bf16(bf16* out, const bf16* q, const bf16* k, const bf16* v, const int* mask,
+                                                                    int maskLd, int seq, int past, int maxLen, int dim, float scale) {
+    attn_fused_body<128>(out, q, k, v, mask, maskLd, seq, past, maxLen, dim, scale);
+}

@@ -101,7 +101,8 @@ func Names() []string {
 	for _, t := range []string{"f32", "bf16"} {
 		names = append(names, "spmm24tc_bf16_"+t, "nm_gather_"+t, "nm_expand_t_"+t)
 	}
-	names = append(names, "nm_gather24_f32", "nm_pack_t24_bf16", "nm_pack_t24_reg_bf16", "nm_tmask24_f32", "adamw_f32", "sumsq_f32", "sum_f64")
+	names = append(names, "nm_gather24_f32", "nm_pack_t24_bf16", "nm_pack_t24_reg_bf16", "nm_tmask24_f32", "adamw_f32", "sumsq_f32", "sum_f64",
+		"attn_fused64_bf16", "attn_fused128_bf16")
 	return append(names, backwardNames...)
 }
 
@@ -956,6 +957,55 @@ func (k *Set) AttnSmall(s driver.Stream, t DType, out, q, kcache, vcache, mask d
 	grid := driver.Dim3{X: uint32(max(heads, 1)), Y: uint32(max(batch, 1)), Z: 1}
 	return k.launch(a, a.kernel, grid, driver.D1(32*attnWarps), 0, s, out, q, kcache, vcache, mask, ml, b, sq, p, mx, h, hd, scale)
 }
+
+// AttnFusedOK reports whether AttnFused takes a head size: 64 or 128.
+func AttnFusedOK(headDim int) bool { return headDim == 64 || headDim == 128 }
+
+// AttnFused is causal attention in one pass on the tensor cores
+// (attn_fused*_bf16, flash-style: the scores stay in registers), bf16:
+// out [batch*seq, d] for queries q [batch*seq, d] at positions past..
+// past+seq-1 against keys and values k, v [batch, maxLen, d] (d =
+// heads*headDim), each query seeing the keys j <= its position with
+// mask[b*maskLd + j] != 0, zeros when it sees none; the same result as
+// SoftmaxCausal's probabilities times V within bf16 rounding (P is
+// rounded to bf16 before its product with V, unnormalised). headDim 64 or
+// 128 (AttnFusedOK); k and v 16-byte aligned, q and out 4-byte aligned.
+func (k *Set) AttnFused(s driver.Stream, out, q, kc, vc, mask driver.Ptr, maskLd, batch, seq, past, maxLen, heads, headDim int, scale float32) error {
+	a := &args{kernel: fmt.Sprintf("attn_fused%d_bf16", headDim)}
+	a.pos("batch", batch)
+	a.pos("seq", seq)
+	a.nonneg("past", past)
+	a.pos("heads", heads)
+	if !AttnFusedOK(headDim) {
+		a.fail("headDim = %d, want 64 or 128", headDim)
+	}
+	if past+seq > maxLen {
+		a.fail("past %d + seq %d exceed maxLen %d", past, seq, maxLen)
+	}
+	a.ld("maskLd", maskLd, past+seq)
+	for _, p := range []struct {
+		n string
+		p driver.Ptr
+	}{{"out", out}, {"q", q}, {"k", kc}, {"v", vc}, {"mask", mask}} {
+		a.ptr(p.n, p.p)
+	}
+	a.align("k", kc, 16)
+	a.align("v", vc, 16)
+	a.align("q", q, 4)
+	a.align("out", out, 4)
+	a.fits("cache", batch, maxLen, heads, headDim)
+	a.fits("mask", batch, maskLd)
+	if batch > 65535 || heads > 65535 {
+		a.fail("batch %d or heads %d exceeds 65535", batch, heads)
+	}
+	ml, sq, p, mx := a.i32("maskLd", maskLd), a.i32("seq", seq), a.i32("past", past), a.i32("maxLen", maxLen)
+	d := a.i32("d", heads*headDim)
+	grid := driver.Dim3{X: uint32((seq + attnFusedQueries - 1) / attnFusedQueries), Y: uint32(max(heads, 1)), Z: uint32(max(batch, 1))}
+	return k.launch(a, a.kernel, grid, driver.D1(128), 0, s, out, q, kc, vc, mask, ml, sq, p, mx, d, scale)
+}
+
+// attnFusedQueries is FA_BQ in kernels.cu: the queries of one block.
+const attnFusedQueries = 64
 
 // SoftmaxCausal computes, for batch entry b, probs [heads, seq, total]
 // (type t; total = past+seq) from fp32 scores of the same shape: row

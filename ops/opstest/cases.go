@@ -352,8 +352,13 @@ func testEmbedding(t *testing.T, be ops.Backend, tol Tolerance) {
 
 // testAttention runs the backend's attention through a cache in parts
 // (single queries, short and long chunks: backends may switch algorithms
-// with the number of new tokens) against one float64 pass over all tokens.
-func testAttention(t *testing.T, be ops.Backend, tol Tolerance) {
+// with the number of new tokens) against one float64 pass over all
+// tokens, with 3 heads of 5.
+func testAttention(t *testing.T, be ops.Backend, tol Tolerance) { RunAttention(t, be, tol, 3, 5) }
+
+// RunAttention is the suite's attention cases with heads heads of hd
+// values each: for kernels that take only some head sizes.
+func RunAttention(t *testing.T, be ops.Backend, tol Tolerance, heads, hd int) {
 	for _, parts := range [][][2]int{
 		{{0, 5}, {5, 9}},
 		{{0, 9}},
@@ -367,14 +372,14 @@ func testAttention(t *testing.T, be ops.Backend, tol Tolerance) {
 		{{0, 150}},
 		{{0, 40}, {40, 170}, {170, 171}},
 	} {
-		attentionCase(t, be, tol, parts)
+		attentionCase(t, be, tol, parts, heads, hd)
 	}
 }
 
-func attentionCase(t *testing.T, be ops.Backend, tol Tolerance, parts [][2]int) {
+func attentionCase(t *testing.T, be ops.Backend, tol Tolerance, parts [][2]int, heads, hd int) {
 	rng := rand.New(rand.NewPCG(8, 1))
-	const batch, heads, hd = 2, 3, 5
-	const dim = heads * hd
+	const batch = 2
+	dim := heads * hd
 	total := parts[len(parts)-1][1]
 	f := newWeights(t).open()
 	mask := make([]int32, batch*total)
@@ -383,8 +388,8 @@ func attentionCase(t *testing.T, be ops.Backend, tol Tolerance, parts [][2]int) 
 	}
 	mask[total+0], mask[total+1], mask[total+2] = 0, 0, 0 // row 1 left-padded by 3
 	q, k, v := randn(rng, batch*total*dim, 1), randn(rng, batch*total*dim, 1), randn(rng, batch*total*dim, 1)
-	scale := float32(1 / math.Sqrt(hd))
-	n := node(ops.OpCausalAttention, []string{"q", "k", "v", "attention_mask"}, intAttr("num_heads", heads), floatAttr("scale", scale))
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	n := node(ops.OpCausalAttention, []string{"q", "k", "v", "attention_mask"}, intAttr("num_heads", int64(heads)), floatAttr("scale", scale))
 	// Reference: every token at once, float64.
 	want := make([]float64, batch*total*dim)
 	for b := 0; b < batch; b++ {
