@@ -927,14 +927,30 @@ const attnWarps = 4 // ATTN_WARPS in kernels.cu
 func (k *Set) AttnSmall(s driver.Stream, t DType, out, q, kcache, vcache, mask driver.Ptr, maskLd, batch, seq, past, maxLen, heads, headDim int, scale float32) error {
 	a := &args{kernel: "attn_small_" + suffix(t)}
 	a.dtype("T", t)
-	a.pos("batch", batch)
-	a.pos("seq", seq)
-	a.nonneg("past", past)
-	a.pos("heads", heads)
 	a.pos("headDim", headDim)
 	if headDim > AttnMaxHeadDim {
 		a.fail("headDim = %d exceeds %d", headDim, AttnMaxHeadDim)
 	}
+	a.attention(out, q, kcache, vcache, mask, maskLd, batch, seq, past, maxLen, heads, headDim)
+	ml := a.i32("maskLd", maskLd)
+	b, sq, p, mx := a.i32("batch", batch), a.i32("seq", seq), a.i32("past", past), a.i32("maxLen", maxLen)
+	h, hd := a.i32("heads", heads), a.i32("headDim", headDim)
+	a.i32("d", heads*headDim)
+	if batch > 65535 {
+		a.fail("batch = %d exceeds 65535", batch)
+	}
+	grid := driver.Dim3{X: uint32(max(heads, 1)), Y: uint32(max(batch, 1)), Z: 1}
+	return k.launch(a, a.kernel, grid, driver.D1(32*attnWarps), 0, s, out, q, kcache, vcache, mask, ml, b, sq, p, mx, h, hd, scale)
+}
+
+// attention checks the arguments AttnSmall and AttnFused share: q, out
+// [batch*seq, heads*headDim], the caches [batch, maxLen, ...] holding
+// past+seq keys, the mask [batch, maskLd].
+func (a *args) attention(out, q, kcache, vcache, mask driver.Ptr, maskLd, batch, seq, past, maxLen, heads, headDim int) {
+	a.pos("batch", batch)
+	a.pos("seq", seq)
+	a.nonneg("past", past)
+	a.pos("heads", heads)
 	if past+seq > maxLen {
 		a.fail("past %d + seq %d exceed maxLen %d", past, seq, maxLen)
 	}
@@ -947,15 +963,6 @@ func (k *Set) AttnSmall(s driver.Stream, t DType, out, q, kcache, vcache, mask d
 	}
 	a.fits("cache", batch, maxLen, heads, headDim)
 	a.fits("mask", batch, maskLd)
-	ml := a.i32("maskLd", maskLd)
-	b, sq, p, mx := a.i32("batch", batch), a.i32("seq", seq), a.i32("past", past), a.i32("maxLen", maxLen)
-	h, hd := a.i32("heads", heads), a.i32("headDim", headDim)
-	a.i32("d", heads*headDim)
-	if batch > 65535 {
-		a.fail("batch = %d exceeds 65535", batch)
-	}
-	grid := driver.Dim3{X: uint32(max(heads, 1)), Y: uint32(max(batch, 1)), Z: 1}
-	return k.launch(a, a.kernel, grid, driver.D1(32*attnWarps), 0, s, out, q, kcache, vcache, mask, ml, b, sq, p, mx, h, hd, scale)
 }
 
 // AttnFusedOK reports whether AttnFused takes a head size: 64 or 128.
@@ -972,29 +979,14 @@ func AttnFusedOK(headDim int) bool { return headDim == 64 || headDim == 128 }
 // 128 (AttnFusedOK); k and v 16-byte aligned, q and out 4-byte aligned.
 func (k *Set) AttnFused(s driver.Stream, out, q, kc, vc, mask driver.Ptr, maskLd, batch, seq, past, maxLen, heads, headDim int, scale float32) error {
 	a := &args{kernel: fmt.Sprintf("attn_fused%d_bf16", headDim)}
-	a.pos("batch", batch)
-	a.pos("seq", seq)
-	a.nonneg("past", past)
-	a.pos("heads", heads)
 	if !AttnFusedOK(headDim) {
 		a.fail("headDim = %d, want 64 or 128", headDim)
 	}
-	if past+seq > maxLen {
-		a.fail("past %d + seq %d exceed maxLen %d", past, seq, maxLen)
-	}
-	a.ld("maskLd", maskLd, past+seq)
-	for _, p := range []struct {
-		n string
-		p driver.Ptr
-	}{{"out", out}, {"q", q}, {"k", kc}, {"v", vc}, {"mask", mask}} {
-		a.ptr(p.n, p.p)
-	}
-	a.align("k", kc, 16)
-	a.align("v", vc, 16)
+	a.attention(out, q, kc, vc, mask, maskLd, batch, seq, past, maxLen, heads, headDim)
+	a.align("kcache", kc, 16)
+	a.align("vcache", vc, 16)
 	a.align("q", q, 4)
 	a.align("out", out, 4)
-	a.fits("cache", batch, maxLen, heads, headDim)
-	a.fits("mask", batch, maskLd)
 	if batch > 65535 || heads > 65535 {
 		a.fail("batch %d or heads %d exceeds 65535", batch, heads)
 	}
