@@ -64,9 +64,10 @@ type Options struct {
 	// FusedAttention runs bf16 causal attention of many tokens in one
 	// flash-style kernel on the tensor cores (kernels.AttnFused; head
 	// sizes 64 and 128) instead of chunked products around a softmax.
-	// Off by default until measured on a GPU: written and checked against
-	// its Go emulation only (docs/CUDA.md). FusedAttentionEnv=1 turns it
-	// on too. The training backward is unchanged (it recomputes P).
+	// The training backward then runs fused too
+	// (kernels.AttnFusedBackward). Off by default until measured on a
+	// GPU: written and checked against Go emulations only (docs/CUDA.md).
+	// FusedAttentionEnv=1 turns it on too.
 	FusedAttention bool
 	// LowMemory keeps only cuSPARSELt's compressed form of a 2:4 weight
 	// when it applies (0.56x of dense bf16 instead of 0.63x with the
@@ -137,6 +138,9 @@ type Backend struct {
 	// fusedAttentionCalls counts the attention calls kernels.AttnFused
 	// ran (Options.FusedAttention).
 	fusedAttentionCalls int
+	// fusedAttentionBackwards counts the attention backward passes
+	// kernels.AttnFusedBackward ran.
+	fusedAttentionBackwards int
 
 	// Weights uploaded once, by tensor name and device type.
 	weights     map[weightKey]driver.Ptr
@@ -157,7 +161,7 @@ type Backend struct {
 	// Training (grad.go): the Params' device mirrors and the backward
 	// passes' scratch buffers.
 	params   map[*ops.Param]*devParam
-	gscratch [7]devBuf
+	gscratch [8]devBuf
 	ce       devBuf // cross-entropy losses and targets
 	zeroBuf  devBuf // zeros (Backend.zeros)
 	// optimizers counts the open DeviceOptimizers (host-facing training

@@ -1058,6 +1058,15 @@ func (s *linearGradStep) adapterBackward(m int, x, gy, gx driver.Ptr) error {
 
 type attentionGradStep struct{ *attentionStep }
 
+// fusedBackward reports whether a backward runs in
+// kernels.AttnFusedBackward: as the forward's fused path (Options.
+// FusedAttention, bf16, head size 64 or 128) with its alignments (q, k,
+// v and the output's gradient 16-byte aligned, the others 4-byte).
+func (s *attentionGradStep) fusedBackward(q, k, v, gy, o, gq, gk, gv driver.Ptr) bool {
+	return s.b.opts.FusedAttention && s.b.act == BF16 && kernels.AttnFusedOK(s.headDim) && s.dim%8 == 0 &&
+		(q|k|v|gy)%16 == 0 && (o|gq|gk|gv)%4 == 0
+}
+
 func (s *attentionGradStep) devParams() []*devParam { return nil }
 
 // BackwardDevice recomputes P = softmax(scale·Q·Kᵀ) over the visible keys
@@ -1066,8 +1075,10 @@ func (s *attentionGradStep) devParams() []*devParam { return nil }
 // dQ += dS·K, dK += dSᵀ·Q, dV += Pᵀ·dO: batched products over the heads,
 // one sequence at a time, in chunks of queries (Options.AttentionChunk)
 // that see only the keys up to their last query, as the forward's. A
-// query with no visible key gets zero gradient.
-func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout ops.Tensor, gin []ops.Tensor) error {
+// query with no visible key gets zero gradient. With
+// Options.FusedAttention (fusedBackward) the fused kernels run instead,
+// from the forward's output out.
+func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, out, gout ops.Tensor, gin []ops.Tensor) error {
 	if c.Rows() == 0 {
 		return nil
 	}
@@ -1083,6 +1094,21 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 	}
 	if b.maskLd != seq {
 		return fmt.Errorf("attention backward: the call's mask covers %d tokens, want %d (Begin not called?)", b.maskLd, seq)
+	}
+	q, k, v, gy := asTensor(in[0]).p, asTensor(in[1]).p, asTensor(in[2]).p, asTensor(gout).p
+	gq, gk, gv := ptrOr0(gin[0]), ptrOr0(gin[1]), ptrOr0(gin[2])
+	if out != nil && s.fusedBackward(q, k, v, gy, asTensor(out).p, gq, gk, gv) {
+		// The fused kernels (Options.FusedAttention): P from each row's
+		// log-sum-exp, which the first finds, with dout·out per row.
+		stats, err := b.gradScratch(7, 2*4*heads*rows)
+		if err != nil {
+			return err
+		}
+		b.fusedAttentionBackwards++
+		return b.timed("fused backward", func() error {
+			return b.k.AttnFusedBackward(b.s, gq, gk, gv, stats, stats.Add(4*heads*rows), q, k, v, asTensor(out).p, gy, b.mask.p,
+				c.Batch, seq, heads, hd, s.scale)
+		})
 	}
 	es, chunk := b.act.Size(), min(b.attnChunk(), seq)
 	n := heads * chunk * seq // the largest chunk's scores
@@ -1106,8 +1132,6 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, _, gout
 			return err
 		}
 	}
-	q, k, v, gy := asTensor(in[0]).p, asTensor(in[1]).p, asTensor(in[2]).p, asTensor(gout).p
-	gq, gk, gv := ptrOr0(gin[0]), ptrOr0(gin[1]), ptrOr0(gin[2])
 	for bt := 0; bt < c.Batch; bt++ {
 		// Queries [r0, r0+nq) of the sequence see keys [0, keys), as in
 		// the forward.

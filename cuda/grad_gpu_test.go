@@ -44,14 +44,18 @@ func tinySlope(t *testing.T) string {
 // config than the tiny one, with OPT-350m's peculiarities: post-LayerNorm
 // layers, project_in and project_out (word_embed_proj_dim below the
 // hidden size), GELU.
-func generatedSlope(t *testing.T) string {
+func generatedSlope(t *testing.T) string { return generatedSlopeHeads(t, 8) }
+
+// generatedSlopeHeads is generatedSlope with heads attention heads
+// (8: heads of 32; 4: of 64, which the fused attention kernels take).
+func generatedSlopeHeads(t *testing.T, heads int) string {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.json")
-	if err := os.WriteFile(cfg, []byte(`{"model_type": "opt", "vocab_size": 1000, "hidden_size": 256, "ffn_dim": 1024,
- "num_hidden_layers": 2, "num_attention_heads": 8, "max_position_embeddings": 128,
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`{"model_type": "opt", "vocab_size": 1000, "hidden_size": 256, "ffn_dim": 1024,
+ "num_hidden_layers": 2, "num_attention_heads": %d, "max_position_embeddings": 128,
  "word_embed_proj_dim": 128, "do_layer_norm_before": false, "activation_function": "gelu",
- "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`), 0o644); err != nil {
+ "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`, heads)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	fn := filepath.Join(dir, "gen.slope")
@@ -93,6 +97,16 @@ func TestTrainGPUBF16TracksCPU(t *testing.T) {
 			t.Fatal("cuSPARSELt is not available")
 		}
 		trainTracksCPU(t, bs, generatedSlope(t), bf16Tracking)
+	})
+	// With the fused attention kernels (Options.FusedAttention), heads of
+	// 64; it fails if they never ran.
+	t.Run("generated-fused-attention", func(t *testing.T) {
+		bf := newWith(t, Options{Activations: BF16, FusedAttention: true})
+		trainTracksCPU(t, bf, generatedSlopeHeads(t, 4), bf16Tracking)
+		if bf.fusedAttentionCalls == 0 || bf.fusedAttentionBackwards == 0 {
+			t.Fatalf("fused attention ran %d forwards and %d backwards", bf.fusedAttentionCalls, bf.fusedAttentionBackwards)
+		}
+		t.Logf("fused attention: %d forwards, %d backwards", bf.fusedAttentionCalls, bf.fusedAttentionBackwards)
 	})
 }
 

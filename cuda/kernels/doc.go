@@ -79,4 +79,8 @@
 //     mma.m16n8k16, online softmax in fp32). Checked against its Go
 //     emulation (TestEmulateAttnFused); the backend uses it only with
 //     Options.FusedAttention.
+//   - AttnFusedBackward: its gradients over whole sequences, added into
+//     dq, dk, dv: a pass over the keys per query block for each row's
+//     log-sum-exp and dO·O, then dQ; a pass over the queries per key
+//     block for dK and dV (TestEmulateAttnBwd).
 package kernels

@@ -1781,3 +1781,293 @@ extern "C" __global__ void __launch_bounds__(128) attn_fused128_bf16(bf16* out, 
                                                                     int maskLd, int seq, int past, int maxLen, int dim, float scale) {
     attn_fused_body<128>(out, q, k, v, mask, maskLd, seq, past, maxLen, dim, scale);
 }
+
+// ---------------------------------------------------------------- fused attention backward
+//
+// The backward of attn_fused over whole sequences (past 0; k, v [batch,
+// seq, dim]), bf16, in two kernels that ADD into the input gradients
+// (dq, dk, dv; each may be null). With P = softmax(scale·Q·Kᵀ) over the
+// visible keys, dO the output's gradient and O the output:
+//   Dq_i = dO_i·O_i,  dS = scale·P ⊙ (dO·Vᵀ − Dq),
+//   dQ = dS·K,  dK = dSᵀ·Q,  dV = Pᵀ·dO.
+// attn_bwd_q (grid (ceil(seq/64), heads, batch), 4 warps, 16 queries per
+// warp as in the forward) first passes over the keys for each row's max
+// m and sum l of exp, writes lse = m + log l (+inf for a row without
+// visible keys, whose P is then 0) and Dq to lse and dq_dot ([heads,
+// batch·seq] fp32), then passes again for dQ. attn_bwd_kv (grid
+// (ceil(seq/64), heads, batch), 16 keys per warp as the A operand) reads
+// them and passes over the queries that see its keys for dK and dV. Key
+// and query tiles are 32 wide; the operands staged in shared memory in
+// the layout each product's B fragment reads with 32-bit loads.
+#define FB_T 32
+
+// Stage rows [r0, r0 + FB_T) of a [*, dim] head slice src (head columns
+// at src) into rows[FB_T][D + 8] and, when tr is not null, transposed
+// into tr[D][FB_T + 8]; rows at or past n are zeros. Thread i takes row
+// i % FB_T, columns 8·(i / FB_T)..+7.
+template <int D>
+__device__ __forceinline__ void fb_stage(bf16 (*rows)[D + 8], bf16 (*tr)[FB_T + 8], const bf16* src, int r0, int n, int dim) {
+    for (int i = threadIdx.x; i < FB_T * D / 8; i += blockDim.x) {
+        const int r = i % FB_T, c8 = (i / FB_T) * 8;
+        uint4 x = make_uint4(0u, 0u, 0u, 0u);
+        if (r0 + r < n) x = *(const uint4*)(src + (int64_t)(r0 + r) * dim + c8);
+        if (rows) *(uint4*)&rows[r][c8] = x;
+        if (tr) {
+            const unsigned short* xe = (const unsigned short*)&x;
+#pragma unroll
+            for (int j = 0; j < 8; j++) *(unsigned short*)&tr[c8 + j][r] = xe[j];
+        }
+    }
+}
+
+// A fragments of 16 rows [r, r + 16) of a [*, dim] head slice (rows at
+// or past n are zeros).
+template <int D>
+__device__ __forceinline__ void fb_load_a(unsigned (&a)[D / 16][4], const bf16* src, int r, int n, int dim, int g, int t) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int row = r + g + 8 * (j & 1), c = 16 * kk + 2 * t + 8 * (j >> 1);
+            a[kk][j] = row < n ? *(const unsigned*)(src + (int64_t)row * dim + c) : 0u;
+        }
+    }
+}
+
+// x[nt] = A·Bᵀ for a 16 x FB_T tile: A fragments a (16 x D), B rows
+// staged as rows[FB_T][D + 8] (B[k][n] = rows[n][k]).
+template <int D>
+__device__ __forceinline__ void fb_mma_rows(float (&x)[FB_T / 8][4], const unsigned (&a)[D / 16][4], const bf16 (*rows)[D + 8], int g, int t) {
+#pragma unroll
+    for (int nt = 0; nt < FB_T / 8; nt++) {
+        x[nt][0] = x[nt][1] = x[nt][2] = x[nt][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            const unsigned b0 = *(const unsigned*)&rows[nt * 8 + g][16 * kk + 2 * t];
+            const unsigned b1 = *(const unsigned*)&rows[nt * 8 + g][16 * kk + 8 + 2 * t];
+            mma_16816(x[nt], a[kk], b0, b1);
+        }
+    }
+}
+
+// acc[nd] += X·B for X a 16 x FB_T tile in C fragments x (rounded to
+// bf16 as A fragments), B [FB_T][D] staged transposed as tr[D][FB_T + 8].
+template <int D>
+__device__ __forceinline__ void fb_mma_tr(float (&acc)[D / 8][4], const float (&x)[FB_T / 8][4], const bf16 (*tr)[FB_T + 8], int g, int t) {
+#pragma unroll
+    for (int kk = 0; kk < FB_T / 16; kk++) {
+        const unsigned a[4] = {pack_bf16x2(x[2 * kk][0], x[2 * kk][1]), pack_bf16x2(x[2 * kk][2], x[2 * kk][3]),
+                               pack_bf16x2(x[2 * kk + 1][0], x[2 * kk + 1][1]), pack_bf16x2(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            const unsigned b0 = *(const unsigned*)&tr[nd * 8 + g][16 * kk + 2 * t];
+            const unsigned b1 = *(const unsigned*)&tr[nd * 8 + g][16 * kk + 8 + 2 * t];
+            mma_16816(acc[nd], a, b0, b1);
+        }
+    }
+}
+
+// dst rows r + g (+8) of a [*, dim] head slice += acc (bf16, rows at or
+// past n skipped).
+template <int D>
+__device__ __forceinline__ void fb_add_rows(bf16* dst, const float (&acc)[D / 8][4], int r, int n, int dim, int g, int t) {
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const int row = r + g + 8 * rr;
+        if (row >= n) continue;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            __nv_bfloat162* p = (__nv_bfloat162*)(dst + (int64_t)row * dim + nd * 8 + 2 * t);
+            const float2 old = __bfloat1622float2(*p);
+            *p = __floats2bfloat162_rn(old.x + acc[nd][2 * rr], old.y + acc[nd][2 * rr + 1]);
+        }
+    }
+}
+
+template <int D>
+__device__ void attn_bwd_q_body(bf16* dq, float* lse, float* dqdot, const bf16* q, const bf16* k, const bf16* v, const bf16* o,
+                                const bf16* dout, const int* mask, int seq, int heads, int dim, float scale) {
+    __shared__ __align__(16) bf16 ks[FB_T][D + 8];
+    __shared__ __align__(16) bf16 vs[FB_T][D + 8];
+    __shared__ __align__(16) bf16 kt[D][FB_T + 8];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int q0 = blockIdx.x * FA_BQ, h = blockIdx.y, bt = blockIdx.z;
+    const int qw = q0 + warp * 16;
+    const int64_t base = (int64_t)bt * seq * dim + h * D;  // the sequence's head slice
+    const int* mk = mask + (int64_t)bt * seq;
+    const int64_t stat = (int64_t)h * gridDim.z * seq + (int64_t)bt * seq;  // lse, dq_dot [heads][batch·seq]
+    unsigned qa[D / 16][4], da[D / 16][4];
+    fb_load_a<D>(qa, q + base, qw, seq, dim, g, t);
+    fb_load_a<D>(da, dout + base, qw, seq, dim, g, t);
+    // Dq for rows g, g+8: each lane's columns of dO's fragments times O's.
+    float dd[2] = {0.f, 0.f};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int row = qw + g + 8 * (j & 1), c = 16 * kk + 2 * t + 8 * (j >> 1);
+            if (row < seq) {
+                const float2 ov = __bfloat1622float2(*(const __nv_bfloat162*)(o + base + (int64_t)row * dim + c));
+                dd[j & 1] += bf_lo(da[kk][j]) * ov.x + bf_hi(da[kk][j]) * ov.y;
+            }
+        }
+    }
+    const int nkeys = min(q0 + FA_BQ, seq);
+    // Pass 1: each row's max and sum of exp.
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    for (int k0 = 0; k0 < nkeys; k0 += FB_T) {
+        __syncthreads();
+        fb_stage<D>(ks, nullptr, k + base, k0, nkeys, dim);
+        __syncthreads();
+        float s[FB_T / 8][4];
+        fb_mma_rows<D>(s, qa, ks, g, t);
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            const int qi = qw + g + 8 * rr;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < FB_T / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int key = k0 + nt * 8 + 2 * t + e;
+                    float x = scale * s[nt][2 * rr + e];
+                    if (qi >= seq || key > qi || mk[min(key, nkeys - 1)] == 0) x = -INFINITY;
+                    s[nt][2 * rr + e] = x;
+                    mx = fmaxf(mx, x);
+                }
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+            const float mnew = fmaxf(m[rr], mx);
+            const float ref = mnew == -INFINITY ? 0.f : mnew;
+            const float corr = mnew == -INFINITY ? 1.f : expf(m[rr] - mnew);
+            float sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < FB_T / 8; nt++) sum += expf(s[nt][2 * rr] - ref) + expf(s[nt][2 * rr + 1] - ref);
+            sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+            sum += __shfl_xor_sync(FULL_MASK, sum, 2);
+            l[rr] = l[rr] * corr + sum;
+            m[rr] = mnew;
+        }
+    }
+    float ls[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        dd[rr] += __shfl_xor_sync(FULL_MASK, dd[rr], 1);
+        dd[rr] += __shfl_xor_sync(FULL_MASK, dd[rr], 2);
+        ls[rr] = l[rr] > 0.f ? m[rr] + logf(l[rr]) : INFINITY;
+        const int qi = qw + g + 8 * rr;
+        if (t == 0 && qi < seq) {
+            lse[stat + qi] = ls[rr];
+            dqdot[stat + qi] = dd[rr];
+        }
+    }
+    if (!dq) return;
+    // Pass 2: dQ += scale·P ⊙ (dO·Vᵀ − Dq) · K.
+    float acc[D / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd++) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.f;
+    for (int k0 = 0; k0 < nkeys; k0 += FB_T) {
+        __syncthreads();
+        fb_stage<D>(ks, kt, k + base, k0, nkeys, dim);
+        fb_stage<D>(vs, nullptr, v + base, k0, nkeys, dim);
+        __syncthreads();
+        float s[FB_T / 8][4], dp[FB_T / 8][4];
+        fb_mma_rows<D>(s, qa, ks, g, t);
+        fb_mma_rows<D>(dp, da, vs, g, t);
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            const int qi = qw + g + 8 * rr;
+#pragma unroll
+            for (int nt = 0; nt < FB_T / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int key = k0 + nt * 8 + 2 * t + e;
+                    const bool vis = qi < seq && key <= qi && mk[min(key, nkeys - 1)] != 0;
+                    const float p = vis ? expf(scale * s[nt][2 * rr + e] - ls[rr]) : 0.f;
+                    s[nt][2 * rr + e] = scale * p * (dp[nt][2 * rr + e] - dd[rr]);
+                }
+            }
+        }
+        fb_mma_tr<D>(acc, s, kt, g, t);
+    }
+    fb_add_rows<D>(dq + base, acc, qw, seq, dim, g, t);
+}
+
+template <int D>
+__device__ void attn_bwd_kv_body(bf16* dk, bf16* dv, const float* lse, const float* dqdot, const bf16* q, const bf16* k, const bf16* v,
+                                 const bf16* dout, const int* mask, int seq, int heads, int dim, float scale) {
+    __shared__ __align__(16) bf16 qs[FB_T][D + 8];
+    __shared__ __align__(16) bf16 qt[D][FB_T + 8];
+    __shared__ __align__(16) bf16 ds_[FB_T][D + 8];
+    __shared__ __align__(16) bf16 dt[D][FB_T + 8];
+    __shared__ float sl[FB_T], sd[FB_T];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int k0 = blockIdx.x * FA_BQ, h = blockIdx.y, bt = blockIdx.z;
+    const int kw = k0 + warp * 16;  // this warp's first key
+    const int64_t base = (int64_t)bt * seq * dim + h * D;
+    const int* mk = mask + (int64_t)bt * seq;
+    const int64_t stat = (int64_t)h * gridDim.z * seq + (int64_t)bt * seq;
+    unsigned ka[D / 16][4], va[D / 16][4];
+    fb_load_a<D>(ka, k + base, kw, seq, dim, g, t);
+    fb_load_a<D>(va, v + base, kw, seq, dim, g, t);
+    float gk[D / 8][4], gv[D / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd++) {
+        gk[nd][0] = gk[nd][1] = gk[nd][2] = gk[nd][3] = 0.f;
+        gv[nd][0] = gv[nd][1] = gv[nd][2] = gv[nd][3] = 0.f;
+    }
+    // The warp's keys' mask (rows g, g+8).
+    bool kon[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) kon[rr] = kw + g + 8 * rr < seq && mk[min(kw + g + 8 * rr, seq - 1)] != 0;
+    for (int r0 = (k0 / FB_T) * FB_T; r0 < seq; r0 += FB_T) {
+        __syncthreads();
+        fb_stage<D>(qs, qt, q + base, r0, seq, dim);
+        fb_stage<D>(ds_, dt, dout + base, r0, seq, dim);
+        for (int i = threadIdx.x; i < FB_T; i += blockDim.x) {
+            sl[i] = r0 + i < seq ? lse[stat + r0 + i] : INFINITY;
+            sd[i] = r0 + i < seq ? dqdot[stat + r0 + i] : 0.f;
+        }
+        __syncthreads();
+        // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: 16 keys x FB_T queries.
+        float s[FB_T / 8][4], dp[FB_T / 8][4];
+        fb_mma_rows<D>(s, ka, qs, g, t);
+        fb_mma_rows<D>(dp, va, ds_, g, t);
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            const int key = kw + g + 8 * rr;
+#pragma unroll
+            for (int nt = 0; nt < FB_T / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int qc = nt * 8 + 2 * t + e;  // query r0 + qc
+                    const bool vis = kon[rr] && key <= r0 + qc;  // sl is +inf past seq
+                    const float p = vis ? expf(scale * s[nt][2 * rr + e] - sl[qc]) : 0.f;
+                    s[nt][2 * rr + e] = p;                                      // Pᵀ
+                    dp[nt][2 * rr + e] = scale * p * (dp[nt][2 * rr + e] - sd[qc]);  // dSᵀ
+                }
+            }
+        }
+        fb_mma_tr<D>(gv, s, dt, g, t);
+        fb_mma_tr<D>(gk, dp, qt, g, t);
+    }
+    if (dk) fb_add_rows<D>(dk + base, gk, kw, seq, dim, g, t);
+    if (dv) fb_add_rows<D>(dv + base, gv, kw, seq, dim, g, t);
+}
+
+#define ATTN_BWD(D)                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(128) attn_bwd_q##D##_bf16(bf16* dq, float* lse, float* dqdot, const bf16* q,      \
+                                                                         const bf16* k, const bf16* v, const bf16* o,              \
+                                                                         const bf16* dout, const int* mask, int seq, int heads,    \
+                                                                         int dim, float scale) {                                  \
+        attn_bwd_q_body<D>(dq, lse, dqdot, q, k, v, o, dout, mask, seq, heads, dim, scale);                                       \
+    }                                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) attn_bwd_kv##D##_bf16(bf16* dk, bf16* dv, const float* lse,                 \
+                                                                          const float* dqdot, const bf16* q, const bf16* k,       \
+                                                                          const bf16* v, const bf16* dout, const int* mask,       \
+                                                                          int seq, int heads, int dim, float scale) {             \
+        attn_bwd_kv_body<D>(dk, dv, lse, dqdot, q, k, v, dout, mask, seq, heads, dim, scale);                                     \
+    }
+ATTN_BWD(64)
+ATTN_BWD(128)

@@ -102,7 +102,7 @@ func Names() []string {
 		names = append(names, "spmm24tc_bf16_"+t, "nm_gather_"+t, "nm_expand_t_"+t)
 	}
 	names = append(names, "nm_gather24_f32", "nm_pack_t24_bf16", "nm_pack_t24_reg_bf16", "nm_tmask24_f32", "adamw_f32", "sumsq_f32", "sum_f64",
-		"attn_fused64_bf16", "attn_fused128_bf16")
+		"attn_fused64_bf16", "attn_fused128_bf16", "attn_bwd_q64_bf16", "attn_bwd_kv64_bf16", "attn_bwd_q128_bf16", "attn_bwd_kv128_bf16")
 	return append(names, backwardNames...)
 }
 
@@ -994,6 +994,49 @@ func (k *Set) AttnFused(s driver.Stream, out, q, kc, vc, mask driver.Ptr, maskLd
 	d := a.i32("d", heads*headDim)
 	grid := driver.Dim3{X: uint32((seq + attnFusedQueries - 1) / attnFusedQueries), Y: uint32(max(heads, 1)), Z: uint32(max(batch, 1))}
 	return k.launch(a, a.kernel, grid, driver.D1(128), 0, s, out, q, kc, vc, mask, ml, sq, p, mx, d, scale)
+}
+
+// AttnFusedBackward adds the gradients of AttnFused over whole sequences
+// (past 0; k and v [batch*seq, d] as q) into dq, dk, dv (bf16 [batch*seq,
+// d]; each may be 0 when not wanted), given the forward's output o and
+// its gradient dout, in two kernels (attn_bwd_q*, attn_bwd_kv*): P is
+// recomputed from the scores with each row's log-sum-exp, which the
+// first kernel finds and writes to lse with Dq = dout·o per row (both
+// fp32 [heads, batch*seq], scratch the caller provides), before its dQ;
+// the second reads them for dK and dV. q, k, v and dout 16-byte
+// aligned, the others 4-byte; headDim 64 or 128 (AttnFusedOK).
+func (k *Set) AttnFusedBackward(s driver.Stream, dq, dk, dv, lse, dqdot, q, kc, vc, o, dout, mask driver.Ptr, batch, seq, heads, headDim int,
+	scale float32) error {
+	a := &args{kernel: fmt.Sprintf("attn_bwd_q%d_bf16", headDim)}
+	if !AttnFusedOK(headDim) {
+		a.fail("headDim = %d, want 64 or 128", headDim)
+	}
+	a.attention(o, q, kc, vc, mask, seq, batch, seq, 0, seq, heads, headDim)
+	for _, p := range []struct {
+		n     string
+		p     driver.Ptr
+		align driver.Ptr
+	}{{"q", q, 16}, {"k", kc, 16}, {"v", vc, 16}, {"dout", dout, 16}, {"o", o, 4}, {"dq", dq, 4}, {"dk", dk, 4}, {"dv", dv, 4},
+		{"lse", lse, 4}, {"dq_dot", dqdot, 4}} {
+		a.align(p.n, p.p, int(p.align))
+	}
+	a.ptr("dout", dout)
+	a.ptr("lse", lse)
+	a.ptr("dq_dot", dqdot)
+	if batch > 65535 || heads > 65535 {
+		a.fail("batch %d or heads %d exceeds 65535", batch, heads)
+	}
+	sq, d := a.i32("seq", seq), a.i32("d", heads*headDim)
+	hs := a.i32("heads", heads)
+	grid := driver.Dim3{X: uint32((seq + attnFusedQueries - 1) / attnFusedQueries), Y: uint32(max(heads, 1)), Z: uint32(max(batch, 1))}
+	if err := k.launch(a, a.kernel, grid, driver.D1(128), 0, s, dq, lse, dqdot, q, kc, vc, o, dout, mask, sq, hs, d, scale); err != nil {
+		return err
+	}
+	if dk == 0 && dv == 0 {
+		return nil
+	}
+	return k.launch(a, fmt.Sprintf("attn_bwd_kv%d_bf16", headDim), grid, driver.D1(128), 0, s, dk, dv, lse, dqdot, q, kc, vc, dout, mask,
+		sq, hs, d, scale)
 }
 
 // attnFusedQueries is FA_BQ in kernels.cu: the queries of one block.

@@ -60,8 +60,8 @@ func TestNamesUnique(t *testing.T) {
 		}
 		seen[n] = true
 	}
-	if len(Names()) != 66 {
-		t.Errorf("%d names, want 66", len(Names()))
+	if len(Names()) != 70 {
+		t.Errorf("%d names, want 70", len(Names()))
 	}
 }
 
@@ -139,6 +139,10 @@ func TestValidation(t *testing.T) {
 		{"attn_fused k align", "attn_fused64_bf16", k.AttnFused(s, p, p, p+4, p, p, 8, 1, 8, 0, 8, 2, 64, 1)},
 		{"attn_fused cache", "attn_fused128_bf16", k.AttnFused(s, p, p, p, p, p, 16, 1, 8, 4, 10, 2, 128, 1)},
 		{"attn_fused maskLd", "attn_fused64_bf16", k.AttnFused(s, p, p, p, p, p, 7, 1, 8, 0, 8, 2, 64, 1)},
+		{"attn_bwd headDim", "attn_bwd_q32_bf16", k.AttnFusedBackward(s, p, p, p, p, p, p, p, p, p, p, p, 1, 8, 2, 32, 1)},
+		{"attn_bwd dout align", "attn_bwd_q64_bf16", k.AttnFusedBackward(s, p, p, p, p, p, p, p, p, p, p+4, p, 1, 8, 2, 64, 1)},
+		{"attn_bwd null lse", "attn_bwd_q64_bf16", k.AttnFusedBackward(s, p, p, p, 0, p, p, p, p, p, p, p, 1, 8, 2, 64, 1)},
+		{"unloaded attn_bwd", "attn_bwd_q128_bf16", k.AttnFusedBackward(s, p, 0, p, p, p, p, p, p, p, p, p, 1, 8, 2, 128, 1)},
 		{"unloaded attn_fused", "attn_fused128_bf16", k.AttnFused(s, p, p, p, p, p, 8, 1, 8, 0, 8, 2, 128, 1)},
 		{"softmax maskLd", "softmax_causal_f32", k.SoftmaxCausal(s, F32, p, p, p, 5, 0, 2, 3, 3, 1)},
 		{"softmax b", "softmax_causal_bf16", k.SoftmaxCausal(s, BF16, p, p, p, 8, -1, 2, 3, 3, 1)},
@@ -566,7 +570,7 @@ func TestEmulateSpMMNM(t *testing.T) {
 
 func ExampleNames() {
 	fmt.Println(Names()[0], len(Names()))
-	// Output: convert_f32_to_bf16 66
+	// Output: convert_f32_to_bf16 70
 }
 
 // TestEmbeddingGroups: rows grouped by key, keys increasing, rows of a key

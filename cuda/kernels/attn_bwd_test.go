@@ -1,0 +1,527 @@
+package kernels
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/slopeml/slope/cuda/driver"
+	"github.com/slopeml/slope/format"
+)
+
+// The mirror of attn_bwd_q_body and attn_bwd_kv_body (kernels.cu), with
+// the helpers fb_* as functions over a warp's lanes. Values are bf16
+// bits, lse and dq_dot float32.
+
+const emuFbT = 32 // FB_T
+
+// emuFbStage mirrors fb_stage: rows [r0, r0+FB_T) of src (head slice at
+// base, row stride dim) into rows [FB_T][D] and, when tr is not nil,
+// tr [D][FB_T]; rows at or past n zeros.
+func emuFbStage(rows, tr [][]uint16, src []uint16, base, r0, n, dim, D int) {
+	for i := 0; i < emuFbT*D/8; i++ {
+		r, c8 := i%emuFbT, (i/emuFbT)*8
+		for j := 0; j < 8; j++ {
+			var x uint16
+			if r0+r < n {
+				x = src[base+(r0+r)*dim+c8+j]
+			}
+			if rows != nil {
+				rows[r][c8+j] = x
+			}
+			if tr != nil {
+				tr[c8+j][r] = x
+			}
+		}
+	}
+}
+
+func emuMatrix(r, c int) [][]uint16 {
+	m := make([][]uint16, r)
+	for i := range m {
+		m[i] = make([]uint16, c)
+	}
+	return m
+}
+
+// emuFbLoadA mirrors fb_load_a: A fragments of rows [r, r+16).
+func emuFbLoadA(src []uint16, base, r, n, dim, D int) [][32][4]uint32 {
+	a := make([][32][4]uint32, D/16)
+	for lane := 0; lane < 32; lane++ {
+		g, t := lane>>2, lane&3
+		for kk := 0; kk < D/16; kk++ {
+			for j := 0; j < 4; j++ {
+				row, c := r+g+8*(j&1), 16*kk+2*t+8*(j>>1)
+				if row < n {
+					a[kk][lane][j] = bfWord(src, base+row*dim+c)
+				}
+			}
+		}
+	}
+	return a
+}
+
+// emuFbMmaRows mirrors fb_mma_rows: x = A·Bᵀ, B rows staged in rows.
+func emuFbMmaRows(a [][32][4]uint32, rows [][]uint16, D int) [][32][4]float32 {
+	x := make([][32][4]float32, emuFbT/8)
+	for nt := range x {
+		for kk := 0; kk < D/16; kk++ {
+			var b [32][2]uint32
+			for lane := 0; lane < 32; lane++ {
+				g, t := lane>>2, lane&3
+				b[lane] = [2]uint32{bfWord(rows[nt*8+g], 16*kk+2*t), bfWord(rows[nt*8+g], 16*kk+8+2*t)}
+			}
+			emuMma16816(&x[nt], &a[kk], &b)
+		}
+	}
+	return x
+}
+
+// emuFbMmaTr mirrors fb_mma_tr: acc += X·B, B staged transposed in tr.
+func emuFbMmaTr(acc [][32][4]float32, x [][32][4]float32, tr [][]uint16, D int) {
+	for kk := 0; kk < emuFbT/16; kk++ {
+		var a [32][4]uint32
+		for lane := 0; lane < 32; lane++ {
+			x0, x1 := x[2*kk][lane], x[2*kk+1][lane]
+			a[lane] = [4]uint32{bfPair(x0[0], x0[1]), bfPair(x0[2], x0[3]), bfPair(x1[0], x1[1]), bfPair(x1[2], x1[3])}
+		}
+		for nd := 0; nd < D/8; nd++ {
+			var b [32][2]uint32
+			for lane := 0; lane < 32; lane++ {
+				g, t := lane>>2, lane&3
+				b[lane] = [2]uint32{bfWord(tr[nd*8+g], 16*kk+2*t), bfWord(tr[nd*8+g], 16*kk+8+2*t)}
+			}
+			emuMma16816(&acc[nd], &a, &b)
+		}
+	}
+}
+
+// emuFbAddRows mirrors fb_add_rows.
+func emuFbAddRows(dst []uint16, base int, acc [][32][4]float32, r, n, dim, D int) {
+	for lane := 0; lane < 32; lane++ {
+		g, t := lane>>2, lane&3
+		for rr := 0; rr < 2; rr++ {
+			row := r + g + 8*rr
+			if row >= n {
+				continue
+			}
+			for nd := 0; nd < D/8; nd++ {
+				for e := 0; e < 2; e++ {
+					i := base + row*dim + nd*8 + 2*t + e
+					dst[i] = format.Float32ToBFloat16(format.BFloat16ToFloat32(dst[i]) + acc[nd][lane][2*rr+e])
+				}
+			}
+		}
+	}
+}
+
+func f32Exp(x float32) float32 { return float32(math.Exp(float64(x))) }
+
+// emuAttnBwdQ mirrors attn_bwd_q_body over its launch (dq may be nil).
+func emuAttnBwdQ(dq []uint16, lse, dqdot []float32, q, k, v, o, dout []uint16, mask []int32, batch, seq, heads, D int, scale float32) {
+	dim := heads * D
+	ninf, pinf := float32(math.Inf(-1)), float32(math.Inf(1))
+	for bt := 0; bt < batch; bt++ {
+		for h := 0; h < heads; h++ {
+			for bx := 0; bx < (seq+63)/64; bx++ {
+				q0 := bx * 64
+				base := bt*seq*dim + h*D
+				mk := mask[bt*seq:]
+				stat := h*batch*seq + bt*seq
+				nkeys := min(q0+64, seq)
+				ks, vs, kt := emuMatrix(emuFbT, D+8), emuMatrix(emuFbT, D+8), emuMatrix(D, emuFbT+8)
+				type warpState struct {
+					qa, da       [][32][4]uint32
+					dd, m, l, ls [32][2]float32
+					acc          [][32][4]float32
+				}
+				ws := make([]warpState, 4)
+				for w := range ws {
+					st := &ws[w]
+					qw := q0 + 16*w
+					st.qa, st.da = emuFbLoadA(q, base, qw, seq, dim, D), emuFbLoadA(dout, base, qw, seq, dim, D)
+					for lane := 0; lane < 32; lane++ {
+						g, t := lane>>2, lane&3
+						for kk := 0; kk < D/16; kk++ {
+							for j := 0; j < 4; j++ {
+								row, c := qw+g+8*(j&1), 16*kk+2*t+8*(j>>1)
+								if row < seq {
+									ox, oy := format.BFloat16ToFloat32(o[base+row*dim+c]), format.BFloat16ToFloat32(o[base+row*dim+c+1])
+									st.dd[lane][j&1] += bfLo(st.da[kk][lane][j])*ox + bfHi(st.da[kk][lane][j])*oy
+								}
+							}
+						}
+						st.m[lane] = [2]float32{ninf, ninf}
+					}
+					st.acc = make([][32][4]float32, D/8)
+				}
+				for k0 := 0; k0 < nkeys; k0 += emuFbT {
+					emuFbStage(ks, nil, k, base, k0, nkeys, dim, D)
+					for w := range ws {
+						st := &ws[w]
+						qw := q0 + 16*w
+						s := emuFbMmaRows(st.qa, ks, D)
+						for rr := 0; rr < 2; rr++ {
+							var mx, sum [32]float32
+							for lane := 0; lane < 32; lane++ {
+								g, t := lane>>2, lane&3
+								qi := qw + g + 8*rr
+								mx[lane] = ninf
+								for nt := 0; nt < emuFbT/8; nt++ {
+									for e := 0; e < 2; e++ {
+										key := k0 + nt*8 + 2*t + e
+										x := scale * s[nt][lane][2*rr+e]
+										if qi >= seq || key > qi || mk[min(key, nkeys-1)] == 0 {
+											x = ninf
+										}
+										s[nt][lane][2*rr+e] = x
+										mx[lane] = max(mx[lane], x)
+									}
+								}
+							}
+							quadMax(&mx)
+							var corr [32]float32
+							for lane := 0; lane < 32; lane++ {
+								mnew := max(st.m[lane][rr], mx[lane])
+								ref := mnew
+								corr[lane] = f32Exp(st.m[lane][rr] - mnew)
+								if mnew == ninf {
+									ref, corr[lane] = 0, 1
+								}
+								for nt := 0; nt < emuFbT/8; nt++ {
+									sum[lane] += f32Exp(s[nt][lane][2*rr]-ref) + f32Exp(s[nt][lane][2*rr+1]-ref)
+								}
+								st.m[lane][rr] = mnew
+							}
+							quadSum(&sum)
+							for lane := 0; lane < 32; lane++ {
+								st.l[lane][rr] = st.l[lane][rr]*corr[lane] + sum[lane]
+							}
+						}
+					}
+				}
+				for w := range ws {
+					st := &ws[w]
+					qw := q0 + 16*w
+					for rr := 0; rr < 2; rr++ {
+						var dd [32]float32
+						for lane := range dd {
+							dd[lane] = st.dd[lane][rr]
+						}
+						quadSum(&dd)
+						for lane := 0; lane < 32; lane++ {
+							g, t := lane>>2, lane&3
+							st.dd[lane][rr] = dd[lane]
+							st.ls[lane][rr] = pinf
+							if st.l[lane][rr] > 0 {
+								st.ls[lane][rr] = st.m[lane][rr] + float32(math.Log(float64(st.l[lane][rr])))
+							}
+							if qi := qw + g + 8*rr; t == 0 && qi < seq {
+								lse[stat+qi], dqdot[stat+qi] = st.ls[lane][rr], st.dd[lane][rr]
+							}
+						}
+					}
+				}
+				if dq == nil {
+					continue
+				}
+				for k0 := 0; k0 < nkeys; k0 += emuFbT {
+					emuFbStage(ks, kt, k, base, k0, nkeys, dim, D)
+					emuFbStage(vs, nil, v, base, k0, nkeys, dim, D)
+					for w := range ws {
+						st := &ws[w]
+						qw := q0 + 16*w
+						s, dp := emuFbMmaRows(st.qa, ks, D), emuFbMmaRows(st.da, vs, D)
+						for lane := 0; lane < 32; lane++ {
+							g, t := lane>>2, lane&3
+							for rr := 0; rr < 2; rr++ {
+								qi := qw + g + 8*rr
+								for nt := 0; nt < emuFbT/8; nt++ {
+									for e := 0; e < 2; e++ {
+										key := k0 + nt*8 + 2*t + e
+										var p float32
+										if qi < seq && key <= qi && mk[min(key, nkeys-1)] != 0 {
+											p = f32Exp(scale*s[nt][lane][2*rr+e] - st.ls[lane][rr])
+										}
+										s[nt][lane][2*rr+e] = scale * p * (dp[nt][lane][2*rr+e] - st.dd[lane][rr])
+									}
+								}
+							}
+						}
+						emuFbMmaTr(st.acc, s, kt, D)
+					}
+				}
+				for w := range ws {
+					emuFbAddRows(dq, base, ws[w].acc, q0+16*w, seq, dim, D)
+				}
+			}
+		}
+	}
+}
+
+// emuAttnBwdKV mirrors attn_bwd_kv_body over its launch (dk, dv may be
+// nil).
+func emuAttnBwdKV(dk, dv []uint16, lse, dqdot []float32, q, k, v, dout []uint16, mask []int32, batch, seq, heads, D int, scale float32) {
+	dim := heads * D
+	pinf := float32(math.Inf(1))
+	for bt := 0; bt < batch; bt++ {
+		for h := 0; h < heads; h++ {
+			for bx := 0; bx < (seq+63)/64; bx++ {
+				k0 := bx * 64
+				base := bt*seq*dim + h*D
+				mk := mask[bt*seq:]
+				stat := h*batch*seq + bt*seq
+				qs, qt, ds, dt := emuMatrix(emuFbT, D+8), emuMatrix(D, emuFbT+8), emuMatrix(emuFbT, D+8), emuMatrix(D, emuFbT+8)
+				var sl, sd [emuFbT]float32
+				type warpState struct {
+					ka, va [][32][4]uint32
+					gk, gv [][32][4]float32
+					kon    [32][2]bool
+				}
+				ws := make([]warpState, 4)
+				for w := range ws {
+					st := &ws[w]
+					kw := k0 + 16*w
+					st.ka, st.va = emuFbLoadA(k, base, kw, seq, dim, D), emuFbLoadA(v, base, kw, seq, dim, D)
+					st.gk, st.gv = make([][32][4]float32, D/8), make([][32][4]float32, D/8)
+					for lane := 0; lane < 32; lane++ {
+						g := lane >> 2
+						for rr := 0; rr < 2; rr++ {
+							st.kon[lane][rr] = kw+g+8*rr < seq && mk[min(kw+g+8*rr, seq-1)] != 0
+						}
+					}
+				}
+				for r0 := (k0 / emuFbT) * emuFbT; r0 < seq; r0 += emuFbT {
+					emuFbStage(qs, qt, q, base, r0, seq, dim, D)
+					emuFbStage(ds, dt, dout, base, r0, seq, dim, D)
+					for i := 0; i < emuFbT; i++ {
+						sl[i], sd[i] = pinf, 0
+						if r0+i < seq {
+							sl[i], sd[i] = lse[stat+r0+i], dqdot[stat+r0+i]
+						}
+					}
+					for w := range ws {
+						st := &ws[w]
+						kw := k0 + 16*w
+						s, dp := emuFbMmaRows(st.ka, qs, D), emuFbMmaRows(st.va, ds, D)
+						for lane := 0; lane < 32; lane++ {
+							g, t := lane>>2, lane&3
+							for rr := 0; rr < 2; rr++ {
+								key := kw + g + 8*rr
+								for nt := 0; nt < emuFbT/8; nt++ {
+									for e := 0; e < 2; e++ {
+										qc := nt*8 + 2*t + e
+										var p float32
+										if st.kon[lane][rr] && key <= r0+qc {
+											p = f32Exp(scale*s[nt][lane][2*rr+e] - sl[qc])
+										}
+										s[nt][lane][2*rr+e] = p
+										dp[nt][lane][2*rr+e] = scale * p * (dp[nt][lane][2*rr+e] - sd[qc])
+									}
+								}
+							}
+						}
+						emuFbMmaTr(st.gv, s, dt, D)
+						emuFbMmaTr(st.gk, dp, qt, D)
+					}
+				}
+				for w := range ws {
+					if dk != nil {
+						emuFbAddRows(dk, base, ws[w].gk, k0+16*w, seq, dim, D)
+					}
+					if dv != nil {
+						emuFbAddRows(dv, base, ws[w].gv, k0+16*w, seq, dim, D)
+					}
+				}
+			}
+		}
+	}
+}
+
+// attnBwdRef is the attention backward in float64 over whole sequences
+// (mask [batch, seq]): dq, dk, dv [batch·seq, dim] from dout.
+func attnBwdRef(q, k, v, dout []float32, mask []int32, batch, seq, heads, D int, scale float64) (dq, dk, dv []float64) {
+	dim := heads * D
+	n := batch * seq * dim
+	dq, dk, dv = make([]float64, n), make([]float64, n), make([]float64, n)
+	for bt := 0; bt < batch; bt++ {
+		for h := 0; h < heads; h++ {
+			at := func(x []float32, r, d int) float64 { return float64(x[(bt*seq+r)*dim+h*D+d]) }
+			for i := 0; i < seq; i++ {
+				p := make([]float64, i+1)
+				mx := math.Inf(-1)
+				for j := 0; j <= i; j++ {
+					if mask[bt*seq+j] == 0 {
+						continue
+					}
+					var s float64
+					for d := 0; d < D; d++ {
+						s += at(q, i, d) * at(k, j, d)
+					}
+					p[j] = scale * s
+					mx = math.Max(mx, p[j])
+				}
+				if math.IsInf(mx, -1) {
+					continue
+				}
+				var sum float64
+				for j := range p {
+					if mask[bt*seq+j] != 0 {
+						p[j] = math.Exp(p[j] - mx)
+						sum += p[j]
+					} else {
+						p[j] = 0
+					}
+				}
+				dp := make([]float64, i+1)
+				var dot float64
+				for j := range p {
+					p[j] /= sum
+					for d := 0; d < D; d++ {
+						dp[j] += at(dout, i, d) * at(v, j, d)
+					}
+					dot += p[j] * dp[j]
+				}
+				for j := range p {
+					ds := scale * p[j] * (dp[j] - dot)
+					for d := 0; d < D; d++ {
+						dq[(bt*seq+i)*dim+h*D+d] += ds * at(k, j, d)
+						dk[(bt*seq+j)*dim+h*D+d] += ds * at(q, i, d)
+						dv[(bt*seq+j)*dim+h*D+d] += p[j] * at(dout, i, d)
+					}
+				}
+			}
+		}
+	}
+	return dq, dk, dv
+}
+
+// attnBwdCase: whole sequences (past 0) with left padding in entry 1.
+type attnBwdCase struct{ batch, seq, heads, D, pad int }
+
+var attnBwdCases = []attnBwdCase{
+	{batch: 1, seq: 16, heads: 1, D: 64},
+	{batch: 2, seq: 70, heads: 2, D: 64, pad: 5},
+	{batch: 1, seq: 100, heads: 1, D: 128, pad: 0},
+	{batch: 2, seq: 40, heads: 1, D: 128, pad: 33},
+}
+
+// inputs: q, k, v, dout bf16-exact; O the forward's output (float64
+// attention rounded to bf16); the gradients' prior values (the kernels
+// add into them).
+func (c attnBwdCase) inputs(rng *rand.Rand) (q, k, v, o, dout []float32, mask []int32, prior [3][]float32) {
+	dim := c.heads * c.D
+	n := c.batch * c.seq * dim
+	q, k, v, dout = randVec(rng, n, true), randVec(rng, n, true), randVec(rng, n, true), randVec(rng, n, true)
+	mask = make([]int32, c.batch*c.seq)
+	for bt := 0; bt < c.batch; bt++ {
+		for j := 0; j < c.seq; j++ {
+			if bt == 0 || j >= c.pad {
+				mask[bt*c.seq+j] = 1
+			}
+		}
+	}
+	ref := attnRef(q, k, v, mask, c.seq, c.batch, c.seq, 0, c.seq, c.heads, c.D, 1/math.Sqrt(float64(c.D)))
+	o = make([]float32, n)
+	for i, x := range ref {
+		o[i] = bfRound(float32(x))
+	}
+	for i := range prior {
+		prior[i] = randVec(rng, n, true)
+	}
+	return q, k, v, o, dout, mask, prior
+}
+
+// want is the reference gradients plus the priors.
+func (c attnBwdCase) want(q, k, v, dout []float32, mask []int32, prior [3][]float32) [3][]float64 {
+	dq, dk, dv := attnBwdRef(q, k, v, dout, mask, c.batch, c.seq, c.heads, c.D, float64(1/float32(math.Sqrt(float64(c.D)))))
+	out := [3][]float64{dq, dk, dv}
+	for i := range out {
+		for j := range out[i] {
+			out[i][j] += float64(prior[i][j])
+		}
+	}
+	return out
+}
+
+// TestEmulateAttnBwd: the two backward kernels' mirror against float64
+// gradients (bf16 tolerance), added into prior values.
+func TestEmulateAttnBwd(t *testing.T) {
+	rng := rand.New(rand.NewPCG(75, 76))
+	for _, c := range attnBwdCases {
+		q, k, v, o, dout, mask, prior := c.inputs(rng)
+		want := c.want(q, k, v, dout, mask, prior)
+		var got [3][]uint16
+		for i := range got {
+			got[i] = toBF16(prior[i])
+		}
+		lse, dqdot := make([]float32, c.heads*c.batch*c.seq), make([]float32, c.heads*c.batch*c.seq)
+		scale := 1 / float32(math.Sqrt(float64(c.D)))
+		emuAttnBwdQ(got[0], lse, dqdot, toBF16(q), toBF16(k), toBF16(v), toBF16(o), toBF16(dout), mask, c.batch, c.seq, c.heads, c.D, scale)
+		emuAttnBwdKV(got[1], got[2], lse, dqdot, toBF16(q), toBF16(k), toBF16(v), toBF16(dout), mask, c.batch, c.seq, c.heads, c.D, scale)
+		for i, name := range []string{"dq", "dk", "dv"} {
+			gf := make([]float32, len(got[i]))
+			for j, x := range got[i] {
+				gf[j] = format.BFloat16ToFloat32(x)
+			}
+			// The gradient itself, without the prior, for the error's scale.
+			diff, ref := make([]float32, len(gf)), make([]float64, len(gf))
+			for j := range gf {
+				diff[j], ref[j] = gf[j]-prior[i][j], want[i][j]-float64(prior[i][j])
+			}
+			if e := relL2(diff, ref); !(e <= 2e-2) {
+				t.Fatalf("%+v %s: relative L2 error %.3g", c, name, e)
+			} else {
+				t.Logf("%+v %s: relative L2 error %.3g", c, name, e)
+			}
+		}
+	}
+}
+
+// TestGPUAttnBwd: AttnFusedBackward against float64 gradients (bf16
+// tolerance), added into prior values, on the emulation's cases; and
+// with dk and dv not wanted, dq alone.
+func TestGPUAttnBwd(t *testing.T) {
+	g := openGPU(t)
+	rng := rand.New(rand.NewPCG(77, 78))
+	for ci, c := range attnBwdCases {
+		q, k, v, o, dout, mask, prior := c.inputs(rng)
+		want := c.want(q, k, v, dout, mask, prior)
+		scale := 1 / float32(math.Sqrt(float64(c.D)))
+		var got [3][]float32
+		g.run(t, func() error {
+			var grads [3]driver.Ptr
+			for i := range grads {
+				grads[i] = g.putT(BF16, prior[i])
+			}
+			if ci == 0 { // dq alone
+				grads[1], grads[2] = 0, 0
+			}
+			stats := c.heads * c.batch * c.seq
+			if err := g.k.AttnFusedBackward(0, grads[0], grads[1], grads[2], g.poison(4*stats), g.poison(4*stats), g.putT(BF16, q),
+				g.putT(BF16, k), g.putT(BF16, v), g.putT(BF16, o), g.putT(BF16, dout), g.putI32(mask), c.batch, c.seq, c.heads, c.D, scale); err != nil {
+				return err
+			}
+			for i, p := range grads {
+				if p != 0 {
+					got[i] = g.getT(BF16, p, len(want[i]))
+				}
+			}
+			return nil
+		})
+		for i, name := range []string{"dq", "dk", "dv"} {
+			if got[i] == nil {
+				continue
+			}
+			diff, ref := make([]float32, len(got[i])), make([]float64, len(got[i]))
+			for j := range got[i] {
+				diff[j], ref[j] = got[i][j]-prior[i][j], want[i][j]-float64(prior[i][j])
+			}
+			if e := relL2(diff, ref); !(e <= 2e-2) {
+				t.Fatalf("%+v %s: relative L2 error %.3g", c, name, e)
+			} else {
+				t.Logf("%+v %s: relative L2 error %.3g", c, name, e)
+			}
+		}
+	}
+}
