@@ -15,11 +15,14 @@
 # picks among "6.7B 13B 66B" (default the first two), LAYER_BATCH
 # sequences of each of LAYER_SEQ's lengths (default "2048"; e.g. "2048
 # 8192") per step, LAYER_VARIANTS
-# (default "dense 2:4x 2:4": dense, 2:4 expanded, 2:4 on cuSPARSELt);
+# (default "dense 2:4x 2:4": dense, 2:4 expanded, 2:4 on cuSPARSELt;
+# densef and 2:4f: dense and 2:4 on cuSPARSELt with the fused attention,
+# SLOPE_GPU_FUSED_ATTENTION=1);
 # PROFILE=1 adds --gpu-profile here and
 # to a bench run of the CLI section), SKIP_CLI=1
 # (the inference CLI), SKIP_BENCH=1 (gpubench), BENCH_FLAGS (extra
-# gpubench flags, e.g. -adapters=false).
+# gpubench flags, e.g. -adapters=false), BENCH_FUSED=1 (gpubench's layer
+# table again with the fused attention).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bins=.gpu
@@ -132,23 +135,23 @@ run)
 				"$hid" "$ffn" "$heads" "$maxpos" "$hid" >"$work/$label.json"
 			variants=${LAYER_VARIANTS:-dense 2:4x 2:4}
 			for nm in dense 2:4; do
-				[[ " $variants " == *" ${nm}"[x\ ]* ]] || continue
+				[[ " $variants " == *" ${nm}"[xf\ ]* ]] || continue
 				"$bins/slope" init --config "$work/$label.json" --out "$work/$label-${nm/:/}.slope" --nm "$nm" --seed 1 >/dev/null || status=1
 			done
 			for lseq in ${LAYER_SEQ:-2048}; do
 			dense_tps=""
-			for v in "dense 0 dense" "2:4 0 2:4x" "2:4 1 2:4"; do
-				read -r nm lt key <<<"$v"
+			for v in "dense 0 dense 0" "2:4 0 2:4x 0" "2:4 1 2:4 0" "dense 0 densef 1" "2:4 1 2:4f 1"; do
+				read -r nm lt key fused <<<"$v"
 				[[ " $variants " == *" $key "* ]] || continue
-				echo "### OPT-$label layer, $lbatch x $lseq tokens, $nm$([[ $nm == 2:4 ]] && { [[ $lt == 1 ]] && echo ' on cuSPARSELt' || echo ' expanded (SLOPE_GPU_BF16_SPARSELT=0)'; }): 6 steps"
-				SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$work/$label-${nm/:/}.slope" \
+				echo "### OPT-$label layer, $lbatch x $lseq tokens, $nm$([[ $nm == 2:4 ]] && { [[ $lt == 1 ]] && echo ' on cuSPARSELt' || echo ' expanded (SLOPE_GPU_BF16_SPARSELT=0)'; })$([[ $fused == 1 ]] && echo ', fused attention'): 6 steps"
+				SLOPE_GPU_FUSED_ATTENTION=$fused SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$work/$label-${nm/:/}.slope" \
 					--data "$work/v512.u16" --steps 6 --batch "$lbatch" --seq "$lseq" --out "$work/out.slope" --device cuda \
 					$([[ "${PROFILE:-0}" == 1 ]] && echo --gpu-profile) 2>&1 |
 					grep -v -E "^(step|device|trained to) " | tee "$work/last.out"
 				[[ ${PIPESTATUS[0]} == 0 ]] || status=1
 				# tokens/s after the first step, and the ratio to dense's
 				tps=$(sed -n 's/.*, \([0-9.]*\) tokens\/s after the first.*/\1/p' "$work/last.out")
-				if [[ $key == dense ]]; then
+				if [[ $key == dense* ]]; then
 					dense_tps=$tps
 				elif [[ -n "$tps" && -n "$dense_tps" ]]; then
 					echo "### OPT-$label layer, $lbatch x $lseq tokens: $key / dense = $(awk -v a="$tps" -v b="$dense_tps" 'BEGIN{printf "%.3f", a / b}') (tokens/s after the first step)"
@@ -204,6 +207,13 @@ run)
 		rc=$?
 		echo "## gpubench exit $rc"
 		[[ $rc == 0 ]] || status=1
+		if [[ "${BENCH_FUSED:-0}" == 1 ]]; then
+			echo "## gpubench -tables layer with the fused attention (SLOPE_GPU_FUSED_ATTENTION=1)"
+			SLOPE_GPU_FUSED_ATTENTION=1 timeout 300 "$bins/gpubench" -tables layer $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
+			rc=$?
+			echo "## gpubench (fused attention) exit $rc"
+			[[ $rc == 0 ]] || status=1
+		fi
 		fi
 		echo "## status $status"
 		exit $status
