@@ -162,11 +162,9 @@ func emuAttnBwdQ(dq []uint16, lse, dqdot []float32, q, k, v, o, dout []uint16, m
 						qw := q0 + 16*w
 						s := emuFbMmaRows(st.qa, ks, D)
 						for rr := 0; rr < 2; rr++ {
-							var mx, sum [32]float32
 							for lane := 0; lane < 32; lane++ {
 								g, t := lane>>2, lane&3
 								qi := qw + g + 8*rr
-								mx[lane] = ninf
 								for nt := 0; nt < emuFbT/8; nt++ {
 									for e := 0; e < 2; e++ {
 										key := k0 + nt*8 + 2*t + e
@@ -175,28 +173,10 @@ func emuAttnBwdQ(dq []uint16, lse, dqdot []float32, q, k, v, o, dout []uint16, m
 											x = ninf
 										}
 										s[nt][lane][2*rr+e] = x
-										mx[lane] = max(mx[lane], x)
 									}
 								}
 							}
-							quadMax(&mx)
-							var corr [32]float32
-							for lane := 0; lane < 32; lane++ {
-								mnew := max(st.m[lane][rr], mx[lane])
-								ref := mnew
-								corr[lane] = f32Exp(st.m[lane][rr] - mnew)
-								if mnew == ninf {
-									ref, corr[lane] = 0, 1
-								}
-								for nt := 0; nt < emuFbT/8; nt++ {
-									sum[lane] += f32Exp(s[nt][lane][2*rr]-ref) + f32Exp(s[nt][lane][2*rr+1]-ref)
-								}
-								st.m[lane][rr] = mnew
-							}
-							quadSum(&sum)
-							for lane := 0; lane < 32; lane++ {
-								st.l[lane][rr] = st.l[lane][rr]*corr[lane] + sum[lane]
-							}
+							emuFaOnline(s, rr, &st.m, &st.l)
 						}
 					}
 				}

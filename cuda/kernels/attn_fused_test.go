@@ -118,7 +118,6 @@ func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past,
 							}
 						}
 						for rr := 0; rr < 2; rr++ {
-							var mx, sum [32]float32
 							for lane := 0; lane < 32; lane++ {
 								g, t := lane>>2, lane&3
 								qi := qw + g + 8*rr
@@ -126,7 +125,6 @@ func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past,
 								if qi < seq {
 									last = past + qi
 								}
-								mx[lane] = ninf
 								for nt := 0; nt < bk/8; nt++ {
 									for e := 0; e < 2; e++ {
 										key := k0 + nt*8 + 2*t + e
@@ -135,35 +133,15 @@ func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past,
 											x = ninf
 										}
 										s[nt][lane][2*rr+e] = x
-										mx[lane] = max(mx[lane], x)
 									}
 								}
 							}
-							quadMax(&mx)
-							var corr [32]float32
+							corr := emuFaOnline(s, rr, &st.m, &st.l)
 							for lane := 0; lane < 32; lane++ {
-								mnew := max(st.m[lane][rr], mx[lane])
-								ref := mnew
-								corr[lane] = float32(math.Exp(float64(st.m[lane][rr] - mnew)))
-								if mnew == ninf {
-									ref, corr[lane] = 0, 1
-								}
-								for nt := 0; nt < bk/8; nt++ {
-									for e := 0; e < 2; e++ {
-										p := float32(math.Exp(float64(s[nt][lane][2*rr+e] - ref)))
-										s[nt][lane][2*rr+e] = p
-										sum[lane] += p
-									}
-								}
-								st.m[lane][rr] = mnew
 								for nd := range st.o {
 									st.o[nd][lane][2*rr] *= corr[lane]
 									st.o[nd][lane][2*rr+1] *= corr[lane]
 								}
-							}
-							quadSum(&sum)
-							for lane := 0; lane < 32; lane++ {
-								st.l[lane][rr] = st.l[lane][rr]*corr[lane] + sum[lane]
 							}
 						}
 						for kk := 0; kk < bk/16; kk++ {
@@ -208,6 +186,42 @@ func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past,
 			}
 		}
 	}
+}
+
+// emuFaOnline mirrors fa_online for row half rr of a warp's tile x (m
+// and l the warp's lanes' running max and sum) and returns each lane's
+// factor exp(m_old - m_new).
+func emuFaOnline(x [][32][4]float32, rr int, m, l *[32][2]float32) (corr [32]float32) {
+	ninf := float32(math.Inf(-1))
+	var mx, sum [32]float32
+	for lane := 0; lane < 32; lane++ {
+		mx[lane] = ninf
+		for nt := range x {
+			mx[lane] = max(mx[lane], x[nt][lane][2*rr], x[nt][lane][2*rr+1])
+		}
+	}
+	quadMax(&mx)
+	for lane := 0; lane < 32; lane++ {
+		mnew := max(m[lane][rr], mx[lane])
+		ref := mnew
+		corr[lane] = float32(math.Exp(float64(m[lane][rr] - mnew)))
+		if mnew == ninf {
+			ref, corr[lane] = 0, 1
+		}
+		for nt := range x {
+			for e := 0; e < 2; e++ {
+				p := float32(math.Exp(float64(x[nt][lane][2*rr+e] - ref)))
+				x[nt][lane][2*rr+e] = p
+				sum[lane] += p
+			}
+		}
+		m[lane][rr] = mnew
+	}
+	quadSum(&sum)
+	for lane := 0; lane < 32; lane++ {
+		l[lane][rr] = l[lane][rr]*corr[lane] + sum[lane]
+	}
+	return corr
 }
 
 // quadMax and quadSum are the kernel's two __shfl_xor_sync steps (1, 2):

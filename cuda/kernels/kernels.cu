@@ -1651,6 +1651,39 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     return v.u;
 }
 
+// The online softmax's update for rows g + 8·rr of a warp's tile, whose
+// masked, scaled scores are x[nt][2·rr + e] (-inf where masked): the
+// rows' max m and sum l of exp(x - m) absorb the tile, x becomes exp(x -
+// m_new), and the result is exp(m_old - m_new), the factor that rescales
+// what was accumulated with the old max (1 while no key is visible). The
+// quad of lanes holding a row reduces by two shuffles.
+template <int NT>
+__device__ __forceinline__ float fa_online(float (&x)[NT][4], int rr, float& m, float& l) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(x[nt][2 * rr], x[nt][2 * rr + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+    const float mnew = fmaxf(m, mx);
+    const float ref = mnew == -INFINITY ? 0.f : mnew;
+    const float corr = mnew == -INFINITY ? 1.f : expf(m - mnew);
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const float p = expf(x[nt][2 * rr + e] - ref);
+            x[nt][2 * rr + e] = p;
+            sum += p;
+        }
+    }
+    sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+    sum += __shfl_xor_sync(FULL_MASK, sum, 2);
+    l = l * corr + sum;
+    m = mnew;
+    return corr;
+}
+
 template <int D>
 __device__ void attn_fused_body(bf16* out, const bf16* q, const bf16* k, const bf16* v, const int* mask, int maskLd, int seq, int past,
                                 int maxLen, int dim, float scale) {
@@ -1711,37 +1744,16 @@ __device__ void attn_fused_body(bf16* out, const bf16* q, const bf16* k, const b
         for (int rr = 0; rr < 2; rr++) {
             const int qi = qw + g + 8 * rr;
             const int last = qi < seq ? past + qi : -1;  // the last key the query sees
-            float mx = -INFINITY;
 #pragma unroll
             for (int nt = 0; nt < FA_BK / 8; nt++) {
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int key = k0 + nt * 8 + 2 * t + e;
-                    float x = scale * s[nt][2 * rr + e];
-                    if (key > last || mk[min(key, nkeys - 1)] == 0) x = -INFINITY;
-                    s[nt][2 * rr + e] = x;
-                    mx = fmaxf(mx, x);
+                    const float x = scale * s[nt][2 * rr + e];
+                    s[nt][2 * rr + e] = key > last || mk[min(key, nkeys - 1)] == 0 ? -INFINITY : x;
                 }
             }
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-            const float mnew = fmaxf(m[rr], mx);
-            const float ref = mnew == -INFINITY ? 0.f : mnew;
-            const float corr = mnew == -INFINITY ? 1.f : expf(m[rr] - mnew);
-            float sum = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < FA_BK / 8; nt++) {
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float p = expf(s[nt][2 * rr + e] - ref);
-                    s[nt][2 * rr + e] = p;
-                    sum += p;
-                }
-            }
-            sum += __shfl_xor_sync(FULL_MASK, sum, 1);
-            sum += __shfl_xor_sync(FULL_MASK, sum, 2);
-            l[rr] = l[rr] * corr + sum;
-            m[rr] = mnew;
+            const float corr = fa_online(s, rr, m[rr], l[rr]);
 #pragma unroll
             for (int nd = 0; nd < D / 8; nd++) {
                 o[nd][2 * rr] *= corr;
@@ -1924,30 +1936,16 @@ __device__ void attn_bwd_q_body(bf16* dq, float* lse, float* dqdot, const bf16* 
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
             const int qi = qw + g + 8 * rr;
-            float mx = -INFINITY;
 #pragma unroll
             for (int nt = 0; nt < FB_T / 8; nt++) {
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int key = k0 + nt * 8 + 2 * t + e;
-                    float x = scale * s[nt][2 * rr + e];
-                    if (qi >= seq || key > qi || mk[min(key, nkeys - 1)] == 0) x = -INFINITY;
-                    s[nt][2 * rr + e] = x;
-                    mx = fmaxf(mx, x);
+                    const float x = scale * s[nt][2 * rr + e];
+                    s[nt][2 * rr + e] = qi >= seq || key > qi || mk[min(key, nkeys - 1)] == 0 ? -INFINITY : x;
                 }
             }
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-            const float mnew = fmaxf(m[rr], mx);
-            const float ref = mnew == -INFINITY ? 0.f : mnew;
-            const float corr = mnew == -INFINITY ? 1.f : expf(m[rr] - mnew);
-            float sum = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < FB_T / 8; nt++) sum += expf(s[nt][2 * rr] - ref) + expf(s[nt][2 * rr + 1] - ref);
-            sum += __shfl_xor_sync(FULL_MASK, sum, 1);
-            sum += __shfl_xor_sync(FULL_MASK, sum, 2);
-            l[rr] = l[rr] * corr + sum;
-            m[rr] = mnew;
+            fa_online(s, rr, m[rr], l[rr]);
         }
     }
     float ls[2];
