@@ -10,110 +10,10 @@ import (
 )
 
 // The mirror of attn_bwd_q_body and attn_bwd_kv_body (kernels.cu), with
-// the helpers fb_* as functions over a warp's lanes. Values are bf16
-// bits, lse and dq_dot float32.
+// the helpers fa_* (attn_fused_test.go) over a warp's lanes. Values are
+// bf16 bits, lse and dq_dot float32.
 
 const emuFbT = 32 // FB_T
-
-// emuFbStage mirrors fb_stage: rows [r0, r0+FB_T) of src (head slice at
-// base, row stride dim) into rows [FB_T][D] and, when tr is not nil,
-// tr [D][FB_T]; rows at or past n zeros.
-func emuFbStage(rows, tr [][]uint16, src []uint16, base, r0, n, dim, D int) {
-	for i := 0; i < emuFbT*D/8; i++ {
-		r, c8 := i%emuFbT, (i/emuFbT)*8
-		for j := 0; j < 8; j++ {
-			var x uint16
-			if r0+r < n {
-				x = src[base+(r0+r)*dim+c8+j]
-			}
-			if rows != nil {
-				rows[r][c8+j] = x
-			}
-			if tr != nil {
-				tr[c8+j][r] = x
-			}
-		}
-	}
-}
-
-func emuMatrix(r, c int) [][]uint16 {
-	m := make([][]uint16, r)
-	for i := range m {
-		m[i] = make([]uint16, c)
-	}
-	return m
-}
-
-// emuFbLoadA mirrors fb_load_a: A fragments of rows [r, r+16).
-func emuFbLoadA(src []uint16, base, r, n, dim, D int) [][32][4]uint32 {
-	a := make([][32][4]uint32, D/16)
-	for lane := 0; lane < 32; lane++ {
-		g, t := lane>>2, lane&3
-		for kk := 0; kk < D/16; kk++ {
-			for j := 0; j < 4; j++ {
-				row, c := r+g+8*(j&1), 16*kk+2*t+8*(j>>1)
-				if row < n {
-					a[kk][lane][j] = bfWord(src, base+row*dim+c)
-				}
-			}
-		}
-	}
-	return a
-}
-
-// emuFbMmaRows mirrors fb_mma_rows: x = A·Bᵀ, B rows staged in rows.
-func emuFbMmaRows(a [][32][4]uint32, rows [][]uint16, D int) [][32][4]float32 {
-	x := make([][32][4]float32, emuFbT/8)
-	for nt := range x {
-		for kk := 0; kk < D/16; kk++ {
-			var b [32][2]uint32
-			for lane := 0; lane < 32; lane++ {
-				g, t := lane>>2, lane&3
-				b[lane] = [2]uint32{bfWord(rows[nt*8+g], 16*kk+2*t), bfWord(rows[nt*8+g], 16*kk+8+2*t)}
-			}
-			emuMma16816(&x[nt], &a[kk], &b)
-		}
-	}
-	return x
-}
-
-// emuFbMmaTr mirrors fb_mma_tr: acc += X·B, B staged transposed in tr.
-func emuFbMmaTr(acc [][32][4]float32, x [][32][4]float32, tr [][]uint16, D int) {
-	for kk := 0; kk < emuFbT/16; kk++ {
-		var a [32][4]uint32
-		for lane := 0; lane < 32; lane++ {
-			x0, x1 := x[2*kk][lane], x[2*kk+1][lane]
-			a[lane] = [4]uint32{bfPair(x0[0], x0[1]), bfPair(x0[2], x0[3]), bfPair(x1[0], x1[1]), bfPair(x1[2], x1[3])}
-		}
-		for nd := 0; nd < D/8; nd++ {
-			var b [32][2]uint32
-			for lane := 0; lane < 32; lane++ {
-				g, t := lane>>2, lane&3
-				b[lane] = [2]uint32{bfWord(tr[nd*8+g], 16*kk+2*t), bfWord(tr[nd*8+g], 16*kk+8+2*t)}
-			}
-			emuMma16816(&acc[nd], &a, &b)
-		}
-	}
-}
-
-// emuFbAddRows mirrors fb_add_rows.
-func emuFbAddRows(dst []uint16, base int, acc [][32][4]float32, r, n, dim, D int) {
-	for lane := 0; lane < 32; lane++ {
-		g, t := lane>>2, lane&3
-		for rr := 0; rr < 2; rr++ {
-			row := r + g + 8*rr
-			if row >= n {
-				continue
-			}
-			for nd := 0; nd < D/8; nd++ {
-				for e := 0; e < 2; e++ {
-					i := base + row*dim + nd*8 + 2*t + e
-					dst[i] = format.Float32ToBFloat16(format.BFloat16ToFloat32(dst[i]) + acc[nd][lane][2*rr+e])
-				}
-			}
-		}
-	}
-}
 
 func f32Exp(x float32) float32 { return float32(math.Exp(float64(x))) }
 
@@ -139,7 +39,7 @@ func emuAttnBwdQ(dq []uint16, lse, dqdot []float32, q, k, v, o, dout []uint16, m
 				for w := range ws {
 					st := &ws[w]
 					qw := q0 + 16*w
-					st.qa, st.da = emuFbLoadA(q, base, qw, seq, dim, D), emuFbLoadA(dout, base, qw, seq, dim, D)
+					st.qa, st.da = emuFaLoadA(q, base, qw, seq, dim, D), emuFaLoadA(dout, base, qw, seq, dim, D)
 					for lane := 0; lane < 32; lane++ {
 						g, t := lane>>2, lane&3
 						for kk := 0; kk < D/16; kk++ {
@@ -156,11 +56,11 @@ func emuAttnBwdQ(dq []uint16, lse, dqdot []float32, q, k, v, o, dout []uint16, m
 					st.acc = make([][32][4]float32, D/8)
 				}
 				for k0 := 0; k0 < nkeys; k0 += emuFbT {
-					emuFbStage(ks, nil, k, base, k0, nkeys, dim, D)
+					emuFaStage(ks, nil, k, base, k0, nkeys, dim, D, emuFbT)
 					for w := range ws {
 						st := &ws[w]
 						qw := q0 + 16*w
-						s := emuFbMmaRows(st.qa, ks, D)
+						s := emuFaMmaRows(st.qa, ks, D, emuFbT)
 						for rr := 0; rr < 2; rr++ {
 							for lane := 0; lane < 32; lane++ {
 								g, t := lane>>2, lane&3
@@ -206,12 +106,12 @@ func emuAttnBwdQ(dq []uint16, lse, dqdot []float32, q, k, v, o, dout []uint16, m
 					continue
 				}
 				for k0 := 0; k0 < nkeys; k0 += emuFbT {
-					emuFbStage(ks, kt, k, base, k0, nkeys, dim, D)
-					emuFbStage(vs, nil, v, base, k0, nkeys, dim, D)
+					emuFaStage(ks, kt, k, base, k0, nkeys, dim, D, emuFbT)
+					emuFaStage(vs, nil, v, base, k0, nkeys, dim, D, emuFbT)
 					for w := range ws {
 						st := &ws[w]
 						qw := q0 + 16*w
-						s, dp := emuFbMmaRows(st.qa, ks, D), emuFbMmaRows(st.da, vs, D)
+						s, dp := emuFaMmaRows(st.qa, ks, D, emuFbT), emuFaMmaRows(st.da, vs, D, emuFbT)
 						for lane := 0; lane < 32; lane++ {
 							g, t := lane>>2, lane&3
 							for rr := 0; rr < 2; rr++ {
@@ -228,11 +128,11 @@ func emuAttnBwdQ(dq []uint16, lse, dqdot []float32, q, k, v, o, dout []uint16, m
 								}
 							}
 						}
-						emuFbMmaTr(st.acc, s, kt, D)
+						emuFaMmaTr(st.acc, s, kt, D)
 					}
 				}
 				for w := range ws {
-					emuFbAddRows(dq, base, ws[w].acc, q0+16*w, seq, dim, D)
+					emuFaAddRows(dq, base, ws[w].acc, q0+16*w, seq, dim, D)
 				}
 			}
 		}
@@ -262,7 +162,7 @@ func emuAttnBwdKV(dk, dv []uint16, lse, dqdot []float32, q, k, v, dout []uint16,
 				for w := range ws {
 					st := &ws[w]
 					kw := k0 + 16*w
-					st.ka, st.va = emuFbLoadA(k, base, kw, seq, dim, D), emuFbLoadA(v, base, kw, seq, dim, D)
+					st.ka, st.va = emuFaLoadA(k, base, kw, seq, dim, D), emuFaLoadA(v, base, kw, seq, dim, D)
 					st.gk, st.gv = make([][32][4]float32, D/8), make([][32][4]float32, D/8)
 					for lane := 0; lane < 32; lane++ {
 						g := lane >> 2
@@ -272,8 +172,8 @@ func emuAttnBwdKV(dk, dv []uint16, lse, dqdot []float32, q, k, v, dout []uint16,
 					}
 				}
 				for r0 := (k0 / emuFbT) * emuFbT; r0 < seq; r0 += emuFbT {
-					emuFbStage(qs, qt, q, base, r0, seq, dim, D)
-					emuFbStage(ds, dt, dout, base, r0, seq, dim, D)
+					emuFaStage(qs, qt, q, base, r0, seq, dim, D, emuFbT)
+					emuFaStage(ds, dt, dout, base, r0, seq, dim, D, emuFbT)
 					for i := 0; i < emuFbT; i++ {
 						sl[i], sd[i] = pinf, 0
 						if r0+i < seq {
@@ -283,7 +183,7 @@ func emuAttnBwdKV(dk, dv []uint16, lse, dqdot []float32, q, k, v, dout []uint16,
 					for w := range ws {
 						st := &ws[w]
 						kw := k0 + 16*w
-						s, dp := emuFbMmaRows(st.ka, qs, D), emuFbMmaRows(st.va, ds, D)
+						s, dp := emuFaMmaRows(st.ka, qs, D, emuFbT), emuFaMmaRows(st.va, ds, D, emuFbT)
 						for lane := 0; lane < 32; lane++ {
 							g, t := lane>>2, lane&3
 							for rr := 0; rr < 2; rr++ {
@@ -301,16 +201,16 @@ func emuAttnBwdKV(dk, dv []uint16, lse, dqdot []float32, q, k, v, dout []uint16,
 								}
 							}
 						}
-						emuFbMmaTr(st.gv, s, dt, D)
-						emuFbMmaTr(st.gk, dp, qt, D)
+						emuFaMmaTr(st.gv, s, dt, D)
+						emuFaMmaTr(st.gk, dp, qt, D)
 					}
 				}
 				for w := range ws {
 					if dk != nil {
-						emuFbAddRows(dk, base, ws[w].gk, k0+16*w, seq, dim, D)
+						emuFaAddRows(dk, base, ws[w].gk, k0+16*w, seq, dim, D)
 					}
 					if dv != nil {
-						emuFbAddRows(dv, base, ws[w].gv, k0+16*w, seq, dim, D)
+						emuFaAddRows(dv, base, ws[w].gv, k0+16*w, seq, dim, D)
 					}
 				}
 			}

@@ -56,14 +56,7 @@ func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past,
 		for h := 0; h < heads; h++ {
 			for bx := 0; bx < (seq+bq-1)/bq; bx++ {
 				q0 := bx * bq
-				ks := make([][]uint16, bk) // [key][d], D+8 wide
-				vt := make([][]uint16, D)  // [d][key], bk+8 wide
-				for i := range ks {
-					ks[i] = make([]uint16, D+8)
-				}
-				for i := range vt {
-					vt[i] = make([]uint16, bk+8)
-				}
+				ks, vt := emuMatrix(bk, D+8), emuMatrix(D, bk+8) // [key][d], [d][key]
 				qb, kb, vb := bt*seq*dim+h*D, bt*maxLen*dim+h*D, bt*maxLen*dim+h*D
 				mk := mask[bt*maskLd:]
 				nkeys := past + min(q0+bq, seq)
@@ -76,47 +69,19 @@ func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past,
 				for w := range ws {
 					st := &ws[w]
 					qw := q0 + 16*w
-					st.qa = make([][32][4]uint32, D/16)
+					st.qa = emuFaLoadA(q, qb, qw, seq, dim, D)
 					st.o = make([][32][4]float32, D/8)
 					for lane := 0; lane < 32; lane++ {
-						g, t := lane>>2, lane&3
-						for kk := 0; kk < D/16; kk++ {
-							for j := 0; j < 4; j++ {
-								r, c := qw+g+8*(j&1), 16*kk+2*t+8*(j>>1)
-								if r < seq {
-									st.qa[kk][lane][j] = bfWord(q, qb+r*dim+c)
-								}
-							}
-						}
 						st.m[lane] = [2]float32{ninf, ninf}
 					}
 				}
 				for k0 := 0; k0 < nkeys; k0 += bk {
-					for i := 0; i < bk*D/8; i++ { // every thread's share of the staging
-						kr, c8 := i%bk, (i/bk)*8
-						for j := 0; j < 8; j++ {
-							var kv, vv uint16
-							if k0+kr < nkeys {
-								kv, vv = k[kb+(k0+kr)*dim+c8+j], v[vb+(k0+kr)*dim+c8+j]
-							}
-							ks[kr][c8+j], vt[c8+j][kr] = kv, vv
-						}
-					}
+					emuFaStage(ks, nil, k, kb, k0, nkeys, dim, D, bk)
+					emuFaStage(nil, vt, v, vb, k0, nkeys, dim, D, bk)
 					for w := range ws {
 						st := &ws[w]
 						qw := q0 + 16*w
-						s := make([][32][4]float32, bk/8)
-						for nt := 0; nt < bk/8; nt++ {
-							for kk := 0; kk < D/16; kk++ {
-								var b [32][2]uint32
-								for lane := 0; lane < 32; lane++ {
-									g, t := lane>>2, lane&3
-									b[lane] = [2]uint32{bfWord(ks[nt*8+g], 16*kk+2*t), bfWord(ks[nt*8+g], 16*kk+8+2*t)}
-								}
-								a := st.qa[kk]
-								emuMma16816(&s[nt], &a, &b)
-							}
-						}
+						s := emuFaMmaRows(st.qa, ks, D, bk)
 						for rr := 0; rr < 2; rr++ {
 							for lane := 0; lane < 32; lane++ {
 								g, t := lane>>2, lane&3
@@ -144,21 +109,7 @@ func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past,
 								}
 							}
 						}
-						for kk := 0; kk < bk/16; kk++ {
-							var a [32][4]uint32
-							for lane := 0; lane < 32; lane++ {
-								s0, s1 := s[2*kk][lane], s[2*kk+1][lane]
-								a[lane] = [4]uint32{bfPair(s0[0], s0[1]), bfPair(s0[2], s0[3]), bfPair(s1[0], s1[1]), bfPair(s1[2], s1[3])}
-							}
-							for nd := 0; nd < D/8; nd++ {
-								var b [32][2]uint32
-								for lane := 0; lane < 32; lane++ {
-									g, t := lane>>2, lane&3
-									b[lane] = [2]uint32{bfWord(vt[nd*8+g], 16*kk+2*t), bfWord(vt[nd*8+g], 16*kk+8+2*t)}
-								}
-								emuMma16816(&st.o[nd], &a, &b)
-							}
-						}
+						emuFaMmaTr(st.o, s, vt, D)
 					}
 				}
 				for w := range ws {
@@ -182,6 +133,108 @@ func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past,
 							}
 						}
 					}
+				}
+			}
+		}
+	}
+}
+
+// emuFaStage mirrors fa_stage<D, T>: rows [r0, r0+T) of src (head slice
+// at base, row stride dim) into rows [T][D] and/or tr [D][T] (nil: not
+// staged); rows at or past n zeros.
+func emuFaStage(rows, tr [][]uint16, src []uint16, base, r0, n, dim, D, T int) {
+	for i := 0; i < T*D/8; i++ {
+		r, c8 := i%T, (i/T)*8
+		for j := 0; j < 8; j++ {
+			var x uint16
+			if r0+r < n {
+				x = src[base+(r0+r)*dim+c8+j]
+			}
+			if rows != nil {
+				rows[r][c8+j] = x
+			}
+			if tr != nil {
+				tr[c8+j][r] = x
+			}
+		}
+	}
+}
+
+func emuMatrix(r, c int) [][]uint16 {
+	m := make([][]uint16, r)
+	for i := range m {
+		m[i] = make([]uint16, c)
+	}
+	return m
+}
+
+// emuFaLoadA mirrors fa_load_a: A fragments of rows [r, r+16).
+func emuFaLoadA(src []uint16, base, r, n, dim, D int) [][32][4]uint32 {
+	a := make([][32][4]uint32, D/16)
+	for lane := 0; lane < 32; lane++ {
+		g, t := lane>>2, lane&3
+		for kk := 0; kk < D/16; kk++ {
+			for j := 0; j < 4; j++ {
+				row, c := r+g+8*(j&1), 16*kk+2*t+8*(j>>1)
+				if row < n {
+					a[kk][lane][j] = bfWord(src, base+row*dim+c)
+				}
+			}
+		}
+	}
+	return a
+}
+
+// emuFaMmaRows mirrors fa_mma_rows<D, T>: x = A·Bᵀ for a 16 x T tile, B
+// rows staged in rows.
+func emuFaMmaRows(a [][32][4]uint32, rows [][]uint16, D, T int) [][32][4]float32 {
+	x := make([][32][4]float32, T/8)
+	for nt := range x {
+		for kk := 0; kk < D/16; kk++ {
+			var b [32][2]uint32
+			for lane := 0; lane < 32; lane++ {
+				g, t := lane>>2, lane&3
+				b[lane] = [2]uint32{bfWord(rows[nt*8+g], 16*kk+2*t), bfWord(rows[nt*8+g], 16*kk+8+2*t)}
+			}
+			emuMma16816(&x[nt], &a[kk], &b)
+		}
+	}
+	return x
+}
+
+// emuFaMmaTr mirrors fa_mma_tr<D, T>: acc += X·B, X a 16 x T tile (T =
+// 8·len(x)), B staged transposed in tr.
+func emuFaMmaTr(acc [][32][4]float32, x [][32][4]float32, tr [][]uint16, D int) {
+	for kk := 0; kk < len(x)/2; kk++ {
+		var a [32][4]uint32
+		for lane := 0; lane < 32; lane++ {
+			x0, x1 := x[2*kk][lane], x[2*kk+1][lane]
+			a[lane] = [4]uint32{bfPair(x0[0], x0[1]), bfPair(x0[2], x0[3]), bfPair(x1[0], x1[1]), bfPair(x1[2], x1[3])}
+		}
+		for nd := 0; nd < D/8; nd++ {
+			var b [32][2]uint32
+			for lane := 0; lane < 32; lane++ {
+				g, t := lane>>2, lane&3
+				b[lane] = [2]uint32{bfWord(tr[nd*8+g], 16*kk+2*t), bfWord(tr[nd*8+g], 16*kk+8+2*t)}
+			}
+			emuMma16816(&acc[nd], &a, &b)
+		}
+	}
+}
+
+// emuFaAddRows mirrors fa_add_rows.
+func emuFaAddRows(dst []uint16, base int, acc [][32][4]float32, r, n, dim, D int) {
+	for lane := 0; lane < 32; lane++ {
+		g, t := lane>>2, lane&3
+		for rr := 0; rr < 2; rr++ {
+			row := r + g + 8*rr
+			if row >= n {
+				continue
+			}
+			for nd := 0; nd < D/8; nd++ {
+				for e := 0; e < 2; e++ {
+					i := base + row*dim + nd*8 + 2*t + e
+					dst[i] = format.Float32ToBFloat16(format.BFloat16ToFloat32(dst[i]) + acc[nd][lane][2*rr+e])
 				}
 			}
 		}

@@ -1684,6 +1684,94 @@ __device__ __forceinline__ float fa_online(float (&x)[NT][4], int rr, float& m, 
     return corr;
 }
 
+// The fused attention kernels' building blocks, for a tile of T rows of
+// keys or queries and head size D.
+//
+// fa_stage stages rows [r0, r0 + T) of a [*, dim] head slice src (head
+// columns at src) into rows[T][D + 8] and/or, transposed, into tr[D][T +
+// 8] (either may be null); rows at or past n are zeros. Thread i takes
+// row i % T, columns 8·(i / T)..+7, so a warp's shared stores fall in
+// distinct banks.
+template <int D, int T>
+__device__ __forceinline__ void fa_stage(bf16 (*rows)[D + 8], bf16 (*tr)[T + 8], const bf16* src, int r0, int n, int dim) {
+    for (int i = threadIdx.x; i < T * D / 8; i += blockDim.x) {
+        const int r = i % T, c8 = (i / T) * 8;
+        uint4 x = make_uint4(0u, 0u, 0u, 0u);
+        if (r0 + r < n) x = *(const uint4*)(src + (int64_t)(r0 + r) * dim + c8);
+        if (rows) *(uint4*)&rows[r][c8] = x;
+        if (tr) {
+            const unsigned short* xe = (const unsigned short*)&x;
+#pragma unroll
+            for (int j = 0; j < 8; j++) *(unsigned short*)&tr[c8 + j][r] = xe[j];
+        }
+    }
+}
+
+// fa_load_a: the A fragments of 16 rows [r, r + 16) of a [*, dim] head
+// slice (rows at or past n are zeros).
+template <int D>
+__device__ __forceinline__ void fa_load_a(unsigned (&a)[D / 16][4], const bf16* src, int r, int n, int dim, int g, int t) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int row = r + g + 8 * (j & 1), c = 16 * kk + 2 * t + 8 * (j >> 1);
+            a[kk][j] = row < n ? *(const unsigned*)(src + (int64_t)row * dim + c) : 0u;
+        }
+    }
+}
+
+// fa_mma_rows: x[nt] = A·Bᵀ for a 16 x T tile, A fragments a (16 x D),
+// B's rows staged as rows[T][D + 8] (B[k][n] = rows[n][k]).
+template <int D, int T>
+__device__ __forceinline__ void fa_mma_rows(float (&x)[T / 8][4], const unsigned (&a)[D / 16][4], const bf16 (*rows)[D + 8], int g, int t) {
+#pragma unroll
+    for (int nt = 0; nt < T / 8; nt++) {
+        x[nt][0] = x[nt][1] = x[nt][2] = x[nt][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            const unsigned b0 = *(const unsigned*)&rows[nt * 8 + g][16 * kk + 2 * t];
+            const unsigned b1 = *(const unsigned*)&rows[nt * 8 + g][16 * kk + 8 + 2 * t];
+            mma_16816(x[nt], a[kk], b0, b1);
+        }
+    }
+}
+
+// fa_mma_tr: acc[nd] += X·B for X a 16 x T tile in C fragments x (P's
+// or dS's, rounded to bf16 as A fragments), B [T][D] staged transposed as
+// tr[D][T + 8].
+template <int D, int T>
+__device__ __forceinline__ void fa_mma_tr(float (&acc)[D / 8][4], const float (&x)[T / 8][4], const bf16 (*tr)[T + 8], int g, int t) {
+#pragma unroll
+    for (int kk = 0; kk < T / 16; kk++) {
+        const unsigned a[4] = {pack_bf16x2(x[2 * kk][0], x[2 * kk][1]), pack_bf16x2(x[2 * kk][2], x[2 * kk][3]),
+                               pack_bf16x2(x[2 * kk + 1][0], x[2 * kk + 1][1]), pack_bf16x2(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            const unsigned b0 = *(const unsigned*)&tr[nd * 8 + g][16 * kk + 2 * t];
+            const unsigned b1 = *(const unsigned*)&tr[nd * 8 + g][16 * kk + 8 + 2 * t];
+            mma_16816(acc[nd], a, b0, b1);
+        }
+    }
+}
+
+// fa_add_rows: dst rows r + g (+8) of a [*, dim] head slice += acc
+// (bf16; rows at or past n skipped).
+template <int D>
+__device__ __forceinline__ void fa_add_rows(bf16* dst, const float (&acc)[D / 8][4], int r, int n, int dim, int g, int t) {
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const int row = r + g + 8 * rr;
+        if (row >= n) continue;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            __nv_bfloat162* p = (__nv_bfloat162*)(dst + (int64_t)row * dim + nd * 8 + 2 * t);
+            const float2 old = __bfloat1622float2(*p);
+            *p = __floats2bfloat162_rn(old.x + acc[nd][2 * rr], old.y + acc[nd][2 * rr + 1]);
+        }
+    }
+}
+
 template <int D>
 __device__ void attn_fused_body(bf16* out, const bf16* q, const bf16* k, const bf16* v, const int* mask, int maskLd, int seq, int past,
                                 int maxLen, int dim, float scale) {
@@ -1698,14 +1786,7 @@ __device__ void attn_fused_body(bf16* out, const bf16* q, const bf16* k, const b
     const bf16* vb = v + (int64_t)bt * maxLen * dim + h * D;
     // This warp's queries as A fragments (rows past seq are zeros).
     unsigned qa[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int r = qw + g + 8 * (j & 1), c = 16 * kk + 2 * t + 8 * (j >> 1);
-            qa[kk][j] = r < seq ? *(const unsigned*)(qb + (int64_t)r * dim + c) : 0u;
-        }
-    }
+    fa_load_a<D>(qa, qb, qw, seq, dim, g, t);
     float o[D / 8][4];
 #pragma unroll
     for (int nd = 0; nd < D / 8; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
@@ -1713,32 +1794,12 @@ __device__ void attn_fused_body(bf16* out, const bf16* q, const bf16* k, const b
     const int nkeys = past + min(q0 + FA_BQ, seq);  // keys the block's last query sees
     for (int k0 = 0; k0 < nkeys; k0 += FA_BK) {
         __syncthreads();  // the previous tile is consumed
-        // Stage K and Vᵀ: thread i takes key i % FA_BK, columns 8·(i / FA_BK)..+7.
-        for (int i = threadIdx.x; i < FA_BK * D / 8; i += blockDim.x) {
-            const int kr = i % FA_BK, c8 = (i / FA_BK) * 8;
-            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
-            if (k0 + kr < nkeys) {
-                kv = *(const uint4*)(kb + (int64_t)(k0 + kr) * dim + c8);
-                vv = *(const uint4*)(vb + (int64_t)(k0 + kr) * dim + c8);
-            }
-            *(uint4*)&ks[kr][c8] = kv;
-            const unsigned short* ve = (const unsigned short*)&vv;
-#pragma unroll
-            for (int j = 0; j < 8; j++) *(unsigned short*)&vt[c8 + j][kr] = ve[j];
-        }
+        fa_stage<D, FA_BK>(ks, nullptr, kb, k0, nkeys, dim);
+        fa_stage<D, FA_BK>(nullptr, vt, vb, k0, nkeys, dim);
         __syncthreads();
         // S = Q·Kᵀ: 16 x FA_BK per warp.
         float s[FA_BK / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < FA_BK / 8; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                const unsigned b0 = *(const unsigned*)&ks[nt * 8 + g][16 * kk + 2 * t];
-                const unsigned b1 = *(const unsigned*)&ks[nt * 8 + g][16 * kk + 8 + 2 * t];
-                mma_16816(s[nt], qa[kk], b0, b1);
-            }
-        }
+        fa_mma_rows<D, FA_BK>(s, qa, ks, g, t);
         // Mask and scale; the rows' new max, sum and output scale.
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
@@ -1760,18 +1821,8 @@ __device__ void attn_fused_body(bf16* out, const bf16* q, const bf16* k, const b
                 o[nd][2 * rr + 1] *= corr;
             }
         }
-        // O += P·V, P's C fragments as A fragments (16 keys per step).
-#pragma unroll
-        for (int kk = 0; kk < FA_BK / 16; kk++) {
-            const unsigned a[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-                                   pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int nd = 0; nd < D / 8; nd++) {
-                const unsigned b0 = *(const unsigned*)&vt[nd * 8 + g][16 * kk + 2 * t];
-                const unsigned b1 = *(const unsigned*)&vt[nd * 8 + g][16 * kk + 8 + 2 * t];
-                mma_16816(o[nd], a, b0, b1);
-            }
-        }
+        // O += P·V, P's C fragments as A fragments.
+        fa_mma_tr<D, FA_BK>(o, s, vt, g, t);
     }
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
@@ -1813,89 +1864,6 @@ extern "C" __global__ void __launch_bounds__(128) attn_fused128_bf16(bf16* out, 
 // the layout each product's B fragment reads with 32-bit loads.
 #define FB_T 32
 
-// Stage rows [r0, r0 + FB_T) of a [*, dim] head slice src (head columns
-// at src) into rows[FB_T][D + 8] and, when tr is not null, transposed
-// into tr[D][FB_T + 8]; rows at or past n are zeros. Thread i takes row
-// i % FB_T, columns 8·(i / FB_T)..+7.
-template <int D>
-__device__ __forceinline__ void fb_stage(bf16 (*rows)[D + 8], bf16 (*tr)[FB_T + 8], const bf16* src, int r0, int n, int dim) {
-    for (int i = threadIdx.x; i < FB_T * D / 8; i += blockDim.x) {
-        const int r = i % FB_T, c8 = (i / FB_T) * 8;
-        uint4 x = make_uint4(0u, 0u, 0u, 0u);
-        if (r0 + r < n) x = *(const uint4*)(src + (int64_t)(r0 + r) * dim + c8);
-        if (rows) *(uint4*)&rows[r][c8] = x;
-        if (tr) {
-            const unsigned short* xe = (const unsigned short*)&x;
-#pragma unroll
-            for (int j = 0; j < 8; j++) *(unsigned short*)&tr[c8 + j][r] = xe[j];
-        }
-    }
-}
-
-// A fragments of 16 rows [r, r + 16) of a [*, dim] head slice (rows at
-// or past n are zeros).
-template <int D>
-__device__ __forceinline__ void fb_load_a(unsigned (&a)[D / 16][4], const bf16* src, int r, int n, int dim, int g, int t) {
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int row = r + g + 8 * (j & 1), c = 16 * kk + 2 * t + 8 * (j >> 1);
-            a[kk][j] = row < n ? *(const unsigned*)(src + (int64_t)row * dim + c) : 0u;
-        }
-    }
-}
-
-// x[nt] = A·Bᵀ for a 16 x FB_T tile: A fragments a (16 x D), B rows
-// staged as rows[FB_T][D + 8] (B[k][n] = rows[n][k]).
-template <int D>
-__device__ __forceinline__ void fb_mma_rows(float (&x)[FB_T / 8][4], const unsigned (&a)[D / 16][4], const bf16 (*rows)[D + 8], int g, int t) {
-#pragma unroll
-    for (int nt = 0; nt < FB_T / 8; nt++) {
-        x[nt][0] = x[nt][1] = x[nt][2] = x[nt][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            const unsigned b0 = *(const unsigned*)&rows[nt * 8 + g][16 * kk + 2 * t];
-            const unsigned b1 = *(const unsigned*)&rows[nt * 8 + g][16 * kk + 8 + 2 * t];
-            mma_16816(x[nt], a[kk], b0, b1);
-        }
-    }
-}
-
-// acc[nd] += X·B for X a 16 x FB_T tile in C fragments x (rounded to
-// bf16 as A fragments), B [FB_T][D] staged transposed as tr[D][FB_T + 8].
-template <int D>
-__device__ __forceinline__ void fb_mma_tr(float (&acc)[D / 8][4], const float (&x)[FB_T / 8][4], const bf16 (*tr)[FB_T + 8], int g, int t) {
-#pragma unroll
-    for (int kk = 0; kk < FB_T / 16; kk++) {
-        const unsigned a[4] = {pack_bf16x2(x[2 * kk][0], x[2 * kk][1]), pack_bf16x2(x[2 * kk][2], x[2 * kk][3]),
-                               pack_bf16x2(x[2 * kk + 1][0], x[2 * kk + 1][1]), pack_bf16x2(x[2 * kk + 1][2], x[2 * kk + 1][3])};
-#pragma unroll
-        for (int nd = 0; nd < D / 8; nd++) {
-            const unsigned b0 = *(const unsigned*)&tr[nd * 8 + g][16 * kk + 2 * t];
-            const unsigned b1 = *(const unsigned*)&tr[nd * 8 + g][16 * kk + 8 + 2 * t];
-            mma_16816(acc[nd], a, b0, b1);
-        }
-    }
-}
-
-// dst rows r + g (+8) of a [*, dim] head slice += acc (bf16, rows at or
-// past n skipped).
-template <int D>
-__device__ __forceinline__ void fb_add_rows(bf16* dst, const float (&acc)[D / 8][4], int r, int n, int dim, int g, int t) {
-#pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-        const int row = r + g + 8 * rr;
-        if (row >= n) continue;
-#pragma unroll
-        for (int nd = 0; nd < D / 8; nd++) {
-            __nv_bfloat162* p = (__nv_bfloat162*)(dst + (int64_t)row * dim + nd * 8 + 2 * t);
-            const float2 old = __bfloat1622float2(*p);
-            *p = __floats2bfloat162_rn(old.x + acc[nd][2 * rr], old.y + acc[nd][2 * rr + 1]);
-        }
-    }
-}
-
 template <int D>
 __device__ void attn_bwd_q_body(bf16* dq, float* lse, float* dqdot, const bf16* q, const bf16* k, const bf16* v, const bf16* o,
                                 const bf16* dout, const int* mask, int seq, int heads, int dim, float scale) {
@@ -1909,8 +1877,8 @@ __device__ void attn_bwd_q_body(bf16* dq, float* lse, float* dqdot, const bf16* 
     const int* mk = mask + (int64_t)bt * seq;
     const int64_t stat = (int64_t)h * gridDim.z * seq + (int64_t)bt * seq;  // lse, dq_dot [heads][batch·seq]
     unsigned qa[D / 16][4], da[D / 16][4];
-    fb_load_a<D>(qa, q + base, qw, seq, dim, g, t);
-    fb_load_a<D>(da, dout + base, qw, seq, dim, g, t);
+    fa_load_a<D>(qa, q + base, qw, seq, dim, g, t);
+    fa_load_a<D>(da, dout + base, qw, seq, dim, g, t);
     // Dq for rows g, g+8: each lane's columns of dO's fragments times O's.
     float dd[2] = {0.f, 0.f};
 #pragma unroll
@@ -1929,10 +1897,10 @@ __device__ void attn_bwd_q_body(bf16* dq, float* lse, float* dqdot, const bf16* 
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     for (int k0 = 0; k0 < nkeys; k0 += FB_T) {
         __syncthreads();
-        fb_stage<D>(ks, nullptr, k + base, k0, nkeys, dim);
+        fa_stage<D, FB_T>(ks, nullptr, k + base, k0, nkeys, dim);
         __syncthreads();
         float s[FB_T / 8][4];
-        fb_mma_rows<D>(s, qa, ks, g, t);
+        fa_mma_rows<D, FB_T>(s, qa, ks, g, t);
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
             const int qi = qw + g + 8 * rr;
@@ -1967,12 +1935,12 @@ __device__ void attn_bwd_q_body(bf16* dq, float* lse, float* dqdot, const bf16* 
     for (int nd = 0; nd < D / 8; nd++) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.f;
     for (int k0 = 0; k0 < nkeys; k0 += FB_T) {
         __syncthreads();
-        fb_stage<D>(ks, kt, k + base, k0, nkeys, dim);
-        fb_stage<D>(vs, nullptr, v + base, k0, nkeys, dim);
+        fa_stage<D, FB_T>(ks, kt, k + base, k0, nkeys, dim);
+        fa_stage<D, FB_T>(vs, nullptr, v + base, k0, nkeys, dim);
         __syncthreads();
         float s[FB_T / 8][4], dp[FB_T / 8][4];
-        fb_mma_rows<D>(s, qa, ks, g, t);
-        fb_mma_rows<D>(dp, da, vs, g, t);
+        fa_mma_rows<D, FB_T>(s, qa, ks, g, t);
+        fa_mma_rows<D, FB_T>(dp, da, vs, g, t);
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
             const int qi = qw + g + 8 * rr;
@@ -1987,9 +1955,9 @@ __device__ void attn_bwd_q_body(bf16* dq, float* lse, float* dqdot, const bf16* 
                 }
             }
         }
-        fb_mma_tr<D>(acc, s, kt, g, t);
+        fa_mma_tr<D, FB_T>(acc, s, kt, g, t);
     }
-    fb_add_rows<D>(dq + base, acc, qw, seq, dim, g, t);
+    fa_add_rows<D>(dq + base, acc, qw, seq, dim, g, t);
 }
 
 template <int D>
@@ -2007,8 +1975,8 @@ __device__ void attn_bwd_kv_body(bf16* dk, bf16* dv, const float* lse, const flo
     const int* mk = mask + (int64_t)bt * seq;
     const int64_t stat = (int64_t)h * gridDim.z * seq + (int64_t)bt * seq;
     unsigned ka[D / 16][4], va[D / 16][4];
-    fb_load_a<D>(ka, k + base, kw, seq, dim, g, t);
-    fb_load_a<D>(va, v + base, kw, seq, dim, g, t);
+    fa_load_a<D>(ka, k + base, kw, seq, dim, g, t);
+    fa_load_a<D>(va, v + base, kw, seq, dim, g, t);
     float gk[D / 8][4], gv[D / 8][4];
 #pragma unroll
     for (int nd = 0; nd < D / 8; nd++) {
@@ -2021,8 +1989,8 @@ __device__ void attn_bwd_kv_body(bf16* dk, bf16* dv, const float* lse, const flo
     for (int rr = 0; rr < 2; rr++) kon[rr] = kw + g + 8 * rr < seq && mk[min(kw + g + 8 * rr, seq - 1)] != 0;
     for (int r0 = (k0 / FB_T) * FB_T; r0 < seq; r0 += FB_T) {
         __syncthreads();
-        fb_stage<D>(qs, qt, q + base, r0, seq, dim);
-        fb_stage<D>(ds_, dt, dout + base, r0, seq, dim);
+        fa_stage<D, FB_T>(qs, qt, q + base, r0, seq, dim);
+        fa_stage<D, FB_T>(ds_, dt, dout + base, r0, seq, dim);
         for (int i = threadIdx.x; i < FB_T; i += blockDim.x) {
             sl[i] = r0 + i < seq ? lse[stat + r0 + i] : INFINITY;
             sd[i] = r0 + i < seq ? dqdot[stat + r0 + i] : 0.f;
@@ -2030,8 +1998,8 @@ __device__ void attn_bwd_kv_body(bf16* dk, bf16* dv, const float* lse, const flo
         __syncthreads();
         // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: 16 keys x FB_T queries.
         float s[FB_T / 8][4], dp[FB_T / 8][4];
-        fb_mma_rows<D>(s, ka, qs, g, t);
-        fb_mma_rows<D>(dp, va, ds_, g, t);
+        fa_mma_rows<D, FB_T>(s, ka, qs, g, t);
+        fa_mma_rows<D, FB_T>(dp, va, ds_, g, t);
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
             const int key = kw + g + 8 * rr;
@@ -2047,11 +2015,11 @@ __device__ void attn_bwd_kv_body(bf16* dk, bf16* dv, const float* lse, const flo
                 }
             }
         }
-        fb_mma_tr<D>(gv, s, dt, g, t);
-        fb_mma_tr<D>(gk, dp, qt, g, t);
+        fa_mma_tr<D, FB_T>(gv, s, dt, g, t);
+        fa_mma_tr<D, FB_T>(gk, dp, qt, g, t);
     }
-    if (dk) fb_add_rows<D>(dk + base, gk, kw, seq, dim, g, t);
-    if (dv) fb_add_rows<D>(dv + base, gv, kw, seq, dim, g, t);
+    if (dk) fa_add_rows<D>(dk + base, gk, kw, seq, dim, g, t);
+    if (dv) fa_add_rows<D>(dv + base, gv, kw, seq, dim, g, t);
 }
 
 #define ATTN_BWD(D)                                                                                                               \
