@@ -135,12 +135,13 @@ type Backend struct {
 	ltBias bool
 	act    DType
 	s      driver.Stream
-	// fusedAttentionCalls counts the attention calls kernels.AttnFused
-	// ran (Options.FusedAttention).
-	fusedAttentionCalls int
-	// fusedAttentionBackwards counts the attention backward passes
-	// kernels.AttnFusedBackward ran.
-	fusedAttentionBackwards int
+	// ltTraining: 2:4 weights bound for bf16 training get cuSPARSELt
+	// forms (BF16SparseLtEnv is not 0; read once at New).
+	ltTraining bool
+	// fusedAttentionCalls and fusedAttentionBackwards count the attention
+	// forwards and backwards the fused kernels ran (Options.
+	// FusedAttention), for the tests that require them to run.
+	fusedAttentionCalls, fusedAttentionBackwards int
 
 	// Weights uploaded once, by tensor name and device type.
 	weights     map[weightKey]driver.Ptr
@@ -161,7 +162,7 @@ type Backend struct {
 	// Training (grad.go): the Params' device mirrors and the backward
 	// passes' scratch buffers.
 	params   map[*ops.Param]*devParam
-	gscratch [8]devBuf
+	gscratch [7]devBuf
 	ce       devBuf // cross-entropy losses and targets
 	zeroBuf  devBuf // zeros (Backend.zeros)
 	// optimizers counts the open DeviceOptimizers (host-facing training
@@ -277,7 +278,7 @@ func New(opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{opts: opts, dev: dev, act: opts.Activations,
+	b := &Backend{opts: opts, dev: dev, act: opts.Activations, ltTraining: os.Getenv(BF16SparseLtEnv) != "0",
 		weights: map[weightKey]driver.Ptr{}, pool: map[int][]*tensor{}, hostKV: map[*ops.KVCache]*kvCache{}}
 	err = dev.Do(func() error {
 		if dev.Major < 8 {

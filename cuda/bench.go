@@ -180,11 +180,8 @@ func (b *Backend) NewBenchLinear(kind LinearKind, out, in, rank int, bias bool, 
 			b.WeightBytes -= int64(len(vals))
 			bl.PortableBytes -= int64(len(vals))
 		}
-		if b.ltBias && s.biasAct != 0 && !s.merged {
-			if err := s.sp.SetBias(s.biasAct); err != nil {
-				return nil, err
-			}
-			s.ltBias = true
+		if err := s.setLtBias(s.sp); err != nil {
+			return nil, err
 		}
 		if err := b.dev.SyncStream(b.s); err != nil {
 			return nil, err

@@ -48,7 +48,9 @@
 // kernel for fewer than 16 new tokens and two batched cuBLASLt products
 // around a masked softmax otherwise, per chunk of queries
 // (Options.AttentionChunk) that sees only the keys up to its last query,
-// with the KV cache on the device.
+// with the KV cache on the device; with Options.FusedAttention, bf16 and
+// heads of 64 or 128, in one fused kernel instead (kernels.AttnFused,
+// and its backward in training; not yet run on a GPU).
 //
 // Training (grad.go): Backend is an ops.GradBackend and
 // ops.DeviceGradBackend: every op has a backward pass (kernels without

@@ -375,18 +375,16 @@ func (h hostGradStep) Backward(c *ops.Call, in []*ops.Value, out, gout *ops.Valu
 		if err != nil {
 			return err
 		}
+		// This op's Param gradients alone, from zero (gradStale), then
+		// added into the host's.
 		params := h.devParams()
 		for _, d := range params {
-			if err := b.dev.Memset32(d.grad, 0, len(d.p.Grad)); err != nil {
-				return err
-			}
-			d.gradStale = false
-		}
-		// The memsets run on the legacy stream.
-		if err := b.dev.Synchronize(); err != nil {
-			return err
+			d.gradStale = true
 		}
 		if err := h.BackwardDevice(c, tin, touts[0], touts[1], tgin); err != nil {
+			return err
+		}
+		if err := b.freshGrad(params...); err != nil { // a Param the pass did not reach
 			return err
 		}
 		for i, t := range tgin {
@@ -1059,12 +1057,9 @@ func (s *linearGradStep) adapterBackward(m int, x, gy, gx driver.Ptr) error {
 type attentionGradStep struct{ *attentionStep }
 
 // fusedBackward reports whether a backward runs in
-// kernels.AttnFusedBackward: as the forward's fused path (Options.
-// FusedAttention, bf16, head size 64 or 128) with its alignments (q, k,
-// v and the output's gradient 16-byte aligned, the others 4-byte).
+// kernels.AttnFusedBackward: fusedOK, and the buffers aligned for it.
 func (s *attentionGradStep) fusedBackward(q, k, v, gy, o, gq, gk, gv driver.Ptr) bool {
-	return s.b.opts.FusedAttention && s.b.act == BF16 && kernels.AttnFusedOK(s.headDim) && s.dim%8 == 0 &&
-		(q|k|v|gy)%16 == 0 && (o|gq|gk|gv)%4 == 0
+	return s.fusedOK() && kernels.AttnFusedBackwardAligned(gq, gk, gv, q, k, v, o, gy)
 }
 
 func (s *attentionGradStep) devParams() []*devParam { return nil }
@@ -1100,15 +1095,18 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, out, go
 	if out != nil && s.fusedBackward(q, k, v, gy, asTensor(out).p, gq, gk, gv) {
 		// The fused kernels (Options.FusedAttention): P from each row's
 		// log-sum-exp, which the first finds, with dout·out per row.
-		stats, err := b.gradScratch(7, 2*4*heads*rows)
+		stats, err := b.gradScratch(4, 2*4*heads*rows) // the chunked path's dP
 		if err != nil {
 			return err
 		}
-		b.fusedAttentionBackwards++
-		return b.timed("fused backward", func() error {
+		if err := b.timed("fused backward", func() error {
 			return b.k.AttnFusedBackward(b.s, gq, gk, gv, stats, stats.Add(4*heads*rows), q, k, v, asTensor(out).p, gy, b.mask.p,
 				c.Batch, seq, heads, hd, s.scale)
-		})
+		}); err != nil {
+			return err
+		}
+		b.fusedAttentionBackwards++
+		return nil
 	}
 	es, chunk := b.act.Size(), min(b.attnChunk(), seq)
 	n := heads * chunk * seq // the largest chunk's scores
@@ -1133,13 +1131,13 @@ func (s *attentionGradStep) BackwardDevice(c *ops.Call, in []ops.Tensor, out, go
 		}
 	}
 	for bt := 0; bt < c.Batch; bt++ {
+		seqAt := func(p driver.Ptr) driver.Ptr { return p.Add(bt * seq * dim * es) } // the sequence's first token
 		// Queries [r0, r0+nq) of the sequence see keys [0, keys), as in
 		// the forward.
 		for r0 := 0; r0 < seq; r0 += chunk {
 			nq := min(chunk, seq-r0)
 			keys := r0 + nq
 			sq := int64(nq * keys)
-			seqAt := func(p driver.Ptr) driver.Ptr { return p.Add(bt * seq * dim * es) }      // the sequence's first token
 			rowAt := func(p driver.Ptr) driver.Ptr { return p.Add((bt*seq + r0) * dim * es) } // the chunk's first query
 			if err := b.timed("scores Q·Kᵀ (again)", func() error {
 				return b.gemmGrad("attention scores", blaslt.Gemm{M: nq, N: keys, K: hd, A: rowAt(q), LdA: dim, StrideA: int64(hd),
@@ -1476,10 +1474,8 @@ func (o *deviceOptimizer) AdamW(k int, st cpu.AdamWStep) error {
 		if err := b.k.AdamW(b.s, d.val, d.grad, o.m[k], o.v[k], wbf, len(d.p.Value), h); err != nil {
 			return fmt.Errorf("param %q: %w", d.p.Name, err)
 		}
-		if d.forms != nil {
-			if err := b.timed("W_dpᵀ values (cuSPARSELt form)", func() error { return b.valuesChanged(d, false) }); err != nil {
-				return err
-			}
+		if err := b.valuesChanged(d, false); err != nil {
+			return err
 		}
 		d.gradStale = st.ZeroGrad
 		return nil

@@ -101,6 +101,7 @@ func TestTrainGPUBF16TracksCPU(t *testing.T) {
 	// With the fused attention kernels (Options.FusedAttention), heads of
 	// 64; it fails if they never ran.
 	t.Run("generated-fused-attention", func(t *testing.T) {
+		t.Setenv(BF16SparseLtEnv, "1") // with the default 2:4 products
 		bf := newWith(t, Options{Activations: BF16, FusedAttention: true})
 		trainTracksCPU(t, bf, generatedSlopeHeads(t, 4), bf16Tracking)
 		if bf.fusedAttentionCalls == 0 || bf.fusedAttentionBackwards == 0 {
@@ -144,7 +145,7 @@ func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {
 	if !gpu.OnDevice() || cpu.OnDevice() {
 		t.Fatalf("OnDevice: GPU trainer %v, CPU trainer %v", gpu.OnDevice(), cpu.OnDevice())
 	}
-	if os.Getenv(BF16SparseLtEnv) == "1" {
+	if b.act == BF16 && b.sp != nil && b.ltTraining {
 		n, all, err := b.SparseLtForms()
 		if err != nil {
 			t.Fatal(err)
@@ -209,9 +210,7 @@ func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {
 	if err := gpu.SyncHost(); err != nil {
 		t.Fatal(err)
 	}
-	if os.Getenv(BF16SparseLtEnv) == "1" {
-		checkForms(t, b)
-	}
+	checkForms(t, b) // the Params with cuSPARSELt forms, if any
 	if len(gpu.Params()) != len(cpu.Params()) || len(cpu.Params()) <= len(before) {
 		t.Fatalf("%d params on the GPU, %d on the CPU, %d before the adapters", len(gpu.Params()), len(cpu.Params()), len(before))
 	}

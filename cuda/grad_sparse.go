@@ -3,7 +3,6 @@ package cuda
 import (
 	"errors"
 	"fmt"
-	"os"
 	"unsafe"
 
 	"github.com/slopeml/slope/cuda/driver"
@@ -42,7 +41,7 @@ type nmForms struct {
 // wantForms reports whether d gets cuSPARSELt forms.
 func (b *Backend) wantForms(d *devParam) bool {
 	nm := d.p.NM
-	return b.act == BF16 && b.sp != nil && os.Getenv(BF16SparseLtEnv) != "0" && nm != nil &&
+	return b.act == BF16 && b.sp != nil && b.ltTraining && nm != nil &&
 		nm.Pattern == (format.NM{N: 2, M: 4}) && nm.Rows%4 == 0 && nm.TMask != nil &&
 		sparselt.Supported(nm.Rows, nm.Cols) == nil && sparselt.Supported(nm.Cols, nm.Rows) == nil
 }
@@ -190,11 +189,14 @@ func (b *Backend) packT24(bwd *sparselt.Weight, vals, idx, keep driver.Ptr, rows
 // (AdamW, a load), and after the transpose mask changed when maskChanged
 // (its pattern compressed again first). Call inside Do.
 func (b *Backend) valuesChanged(d *devParam, maskChanged bool) error {
-	f := d.forms
-	if f == nil {
+	if d.forms == nil {
 		return nil
 	}
-	nm := d.p.NM
+	return b.timed("W_dpᵀ values (cuSPARSELt form)", func() error { return b.formsUpdate(d, maskChanged) })
+}
+
+func (b *Backend) formsUpdate(d *devParam, maskChanged bool) error {
+	f, nm := d.forms, d.p.NM
 	if maskChanged {
 		dense, err := b.gradScratch(1, 4*nm.Rows*nm.Cols)
 		if err != nil {

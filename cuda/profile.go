@@ -17,10 +17,10 @@ import (
 // of new tokens, so prefill and decode sum apart) and, in training, its
 // backward, the parts of a training linear's products, the loss and the
 // optimizer's stages, summed per label. It answers "where does a step's
-// GPU time go" without a profiler on the machine. The events cost a few
-// microseconds each on the host, so a profiled run is a little slower
-// than a plain one, and a span also holds the host's launch gaps inside
-// it: small ops look slower than they run.
+// GPU time go" without a profiler on the machine. Recording the events
+// costs host time, so a profiled run is a little slower than a plain one,
+// and a span also holds the host's launch gaps inside it: small ops look
+// slower than they run.
 
 // profiler holds the spans recorded and not yet read, and the sums.
 type profiler struct {

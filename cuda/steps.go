@@ -487,11 +487,8 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 			b.WeightBytes -= valsBytes
 			valsBytes = 0
 		}
-		if b.ltBias && s.biasAct != 0 && !s.merged {
-			if err := w.SetBias(s.biasAct); err != nil {
-				return err
-			}
-			s.ltBias = true
+		if err := s.setLtBias(w); err != nil {
+			return err
 		}
 		if err := b.dev.SyncStream(b.s); err != nil {
 			return err
@@ -516,6 +513,20 @@ func (b *Backend) uploadNM(s *linearStep, name string, v *format.NMView) error {
 		}
 	}
 	return b.dropUnusedPortable(s, valsBytes+int64(len(v.Indices)))
+}
+
+// setLtBias puts the step's bias into cuSPARSELt's epilogue of its form
+// w when the epilogue passed its check at New (not for the merged
+// adapter layout, whose first product is wider than the bias).
+func (s *linearStep) setLtBias(w *sparselt.Weight) error {
+	if !s.b.ltBias || s.biasAct == 0 || s.merged {
+		return nil
+	}
+	if err := w.SetBias(s.biasAct); err != nil {
+		return err
+	}
+	s.ltBias = true
+	return nil
 }
 
 // compress24 makes the cuSPARSELt form of the 2:4 bf16 weight [rows,
@@ -785,12 +796,17 @@ const gemmAttentionMin = 16
 // FusedAttentionEnv, set to 1, turns Options.FusedAttention on.
 const FusedAttentionEnv = "SLOPE_GPU_FUSED_ATTENTION"
 
-// fusedAttention reports whether this call's attention runs in
-// kernels.AttnFused (Options.FusedAttention, bf16, its head sizes and
-// alignments).
+// fusedOK reports whether this attention runs in the fused kernels
+// (Options.FusedAttention, bf16, a head size they take), given buffers
+// with their alignments.
+func (s *attentionStep) fusedOK() bool {
+	return s.b.opts.FusedAttention && s.b.act == BF16 && kernels.AttnFusedOK(s.headDim)
+}
+
+// fusedAttention reports whether this call's forward runs in
+// kernels.AttnFused: fusedOK, and the buffers aligned for it.
 func (s *attentionStep) fusedAttention(q, kc, vc, o driver.Ptr) bool {
-	return s.b.opts.FusedAttention && s.b.act == BF16 && kernels.AttnFusedOK(s.headDim) && s.dim%8 == 0 &&
-		kc%16 == 0 && vc%16 == 0 && q%4 == 0 && o%4 == 0
+	return s.fusedOK() && kernels.AttnFusedAligned(o, q, kc, vc)
 }
 
 // defaultAttentionChunk is Options.AttentionChunk's default: at 2048
@@ -845,8 +861,11 @@ func (s *attentionStep) ForwardDevice(c *ops.Call, in []ops.Tensor, out ops.Tens
 		return b.k.AttnSmall(b.s, b.act, o, q, kc, vc, b.mask.p, b.maskLd, c.Batch, c.Seq, c.Past, maxLen, s.heads, s.headDim, s.scale)
 	}
 	if s.fusedAttention(q, kc, vc, o) {
+		if err := b.k.AttnFused(b.s, o, q, kc, vc, b.mask.p, b.maskLd, c.Batch, c.Seq, c.Past, maxLen, s.heads, s.headDim, s.scale); err != nil {
+			return err
+		}
 		b.fusedAttentionCalls++
-		return b.k.AttnFused(b.s, o, q, kc, vc, b.mask.p, b.maskLd, c.Batch, c.Seq, c.Past, maxLen, s.heads, s.headDim, s.scale)
+		return nil
 	}
 	es, chunk := b.act.Size(), min(b.attnChunk(), c.Seq)
 	scores, err := b.grow(&b.scratch[2], 4*s.heads*chunk*total)

@@ -171,7 +171,7 @@ func emuAttnBwdKV(dk, dv []uint16, lse, dqdot []float32, q, k, v, dout []uint16,
 						}
 					}
 				}
-				for r0 := (k0 / emuFbT) * emuFbT; r0 < seq; r0 += emuFbT {
+				for r0 := k0; r0 < seq; r0 += emuFbT {
 					emuFaStage(qs, qt, q, base, r0, seq, dim, D, emuFbT)
 					emuFaStage(ds, dt, dout, base, r0, seq, dim, D, emuFbT)
 					for i := 0; i < emuFbT; i++ {
@@ -293,14 +293,7 @@ func (c attnBwdCase) inputs(rng *rand.Rand) (q, k, v, o, dout []float32, mask []
 	dim := c.heads * c.D
 	n := c.batch * c.seq * dim
 	q, k, v, dout = randVec(rng, n, true), randVec(rng, n, true), randVec(rng, n, true), randVec(rng, n, true)
-	mask = make([]int32, c.batch*c.seq)
-	for bt := 0; bt < c.batch; bt++ {
-		for j := 0; j < c.seq; j++ {
-			if bt == 0 || j >= c.pad {
-				mask[bt*c.seq+j] = 1
-			}
-		}
-	}
+	mask = padMask(c.batch, c.seq, c.pad)
 	ref := attnRef(q, k, v, mask, c.seq, c.batch, c.seq, 0, c.seq, c.heads, c.D, 1/math.Sqrt(float64(c.D)))
 	o = make([]float32, n)
 	for i, x := range ref {
@@ -324,6 +317,27 @@ func (c attnBwdCase) want(q, k, v, dout []float32, mask []int32, prior [3][]floa
 	return out
 }
 
+// check compares the gradients got (dq, dk, dv; nil: not computed) with
+// want, each without its prior value, so the error is relative to the
+// gradient itself.
+func (c attnBwdCase) check(t *testing.T, got [3][]float32, prior [3][]float32, want [3][]float64) {
+	t.Helper()
+	for i, name := range []string{"dq", "dk", "dv"} {
+		if got[i] == nil {
+			continue
+		}
+		diff, ref := make([]float32, len(got[i])), make([]float64, len(got[i]))
+		for j := range got[i] {
+			diff[j], ref[j] = got[i][j]-prior[i][j], want[i][j]-float64(prior[i][j])
+		}
+		if e := relL2(diff, ref); !(e <= 2e-2) {
+			t.Fatalf("%+v %s: relative L2 error %.3g", c, name, e)
+		} else {
+			t.Logf("%+v %s: relative L2 error %.3g", c, name, e)
+		}
+	}
+}
+
 // TestEmulateAttnBwd: the two backward kernels' mirror against float64
 // gradients (bf16 tolerance), added into prior values.
 func TestEmulateAttnBwd(t *testing.T) {
@@ -339,22 +353,14 @@ func TestEmulateAttnBwd(t *testing.T) {
 		scale := 1 / float32(math.Sqrt(float64(c.D)))
 		emuAttnBwdQ(got[0], lse, dqdot, toBF16(q), toBF16(k), toBF16(v), toBF16(o), toBF16(dout), mask, c.batch, c.seq, c.heads, c.D, scale)
 		emuAttnBwdKV(got[1], got[2], lse, dqdot, toBF16(q), toBF16(k), toBF16(v), toBF16(dout), mask, c.batch, c.seq, c.heads, c.D, scale)
-		for i, name := range []string{"dq", "dk", "dv"} {
-			gf := make([]float32, len(got[i]))
+		var gf [3][]float32
+		for i := range got {
+			gf[i] = make([]float32, len(got[i]))
 			for j, x := range got[i] {
-				gf[j] = format.BFloat16ToFloat32(x)
-			}
-			// The gradient itself, without the prior, for the error's scale.
-			diff, ref := make([]float32, len(gf)), make([]float64, len(gf))
-			for j := range gf {
-				diff[j], ref[j] = gf[j]-prior[i][j], want[i][j]-float64(prior[i][j])
-			}
-			if e := relL2(diff, ref); !(e <= 2e-2) {
-				t.Fatalf("%+v %s: relative L2 error %.3g", c, name, e)
-			} else {
-				t.Logf("%+v %s: relative L2 error %.3g", c, name, e)
+				gf[i][j] = format.BFloat16ToFloat32(x)
 			}
 		}
+		c.check(t, gf, prior, want)
 	}
 }
 
@@ -374,8 +380,11 @@ func TestGPUAttnBwd(t *testing.T) {
 			for i := range grads {
 				grads[i] = g.putT(BF16, prior[i])
 			}
-			if ci == 0 { // dq alone
+			switch ci {
+			case 0: // dq alone
 				grads[1], grads[2] = 0, 0
+			case 1: // dk and dv alone (the first kernel then only finds lse)
+				grads[0] = 0
 			}
 			stats := c.heads * c.batch * c.seq
 			if err := g.k.AttnFusedBackward(0, grads[0], grads[1], grads[2], g.poison(4*stats), g.poison(4*stats), g.putT(BF16, q),
@@ -389,19 +398,6 @@ func TestGPUAttnBwd(t *testing.T) {
 			}
 			return nil
 		})
-		for i, name := range []string{"dq", "dk", "dv"} {
-			if got[i] == nil {
-				continue
-			}
-			diff, ref := make([]float32, len(got[i])), make([]float64, len(got[i]))
-			for j := range got[i] {
-				diff[j], ref[j] = got[i][j]-prior[i][j], want[i][j]-float64(prior[i][j])
-			}
-			if e := relL2(diff, ref); !(e <= 2e-2) {
-				t.Fatalf("%+v %s: relative L2 error %.3g", c, name, e)
-			} else {
-				t.Logf("%+v %s: relative L2 error %.3g", c, name, e)
-			}
-		}
+		c.check(t, got, prior, want)
 	}
 }

@@ -257,13 +257,13 @@ func emuFaOnline(x [][32][4]float32, rr int, m, l *[32][2]float32) (corr [32]flo
 	for lane := 0; lane < 32; lane++ {
 		mnew := max(m[lane][rr], mx[lane])
 		ref := mnew
-		corr[lane] = float32(math.Exp(float64(m[lane][rr] - mnew)))
+		corr[lane] = f32Exp(m[lane][rr] - mnew)
 		if mnew == ninf {
 			ref, corr[lane] = 0, 1
 		}
 		for nt := range x {
 			for e := 0; e < 2; e++ {
-				p := float32(math.Exp(float64(x[nt][lane][2*rr+e] - ref)))
+				p := f32Exp(x[nt][lane][2*rr+e] - ref)
 				x[nt][lane][2*rr+e] = p
 				sum[lane] += p
 			}
@@ -305,15 +305,21 @@ func (c attnFusedCase) inputs(rng *rand.Rand) (q, k, v []float32, mask []int32, 
 	k = randVec(rng, c.batch*c.maxLen*dim, true)
 	v = randVec(rng, c.batch*c.maxLen*dim, true)
 	maskLd = c.past + c.seq + 3
-	mask = make([]int32, c.batch*maskLd)
-	for bt := 0; bt < c.batch; bt++ {
-		for j := 0; j < maskLd; j++ {
-			if bt == 0 || j >= c.pad {
-				mask[bt*maskLd+j] = 1
+	return q, k, v, padMask(c.batch, maskLd, c.pad), maskLd, dim
+}
+
+// padMask is a [batch, ld] mask of ones but for the first pad keys of
+// batch entry 1 (left padding).
+func padMask(batch, ld, pad int) []int32 {
+	mask := make([]int32, batch*ld)
+	for bt := 0; bt < batch; bt++ {
+		for j := 0; j < ld; j++ {
+			if bt == 0 || j >= pad {
+				mask[bt*ld+j] = 1
 			}
 		}
 	}
-	return q, k, v, mask, maskLd, dim
+	return mask
 }
 
 var attnFusedCases = []attnFusedCase{

@@ -1004,8 +1004,10 @@ __device__ void nm_pack_t24_body(T* dst, const T* vals, const unsigned char* idx
 // 128 contiguous bytes of one row of dst; a block's 8 warps take 8
 // consecutive chunks of columns of the same 128 rows, so its loads read
 // whole sectors. Grid: (ceil(cols / 256), ceil(rows / 128)), 256
-// threads. The tiled kernel's transpose through shared memory ran at
-// about 1.1-1.3 TB/s on an H200.
+// threads (kernels.go: packRegCols, packRegRows). BenchmarkGPUNMPackT24
+// on an H200 (docs/gpu-logs/h200-20261127T181553Z-pack.txt): 2.3-2.4
+// TB/s, against 1.4-1.5 for the tiled kernel's transpose through shared
+// memory.
 #define PACKR_GROUPS 8
 
 extern "C" __global__ void __launch_bounds__(256) nm_pack_t24_reg_bf16(bf16* dst, const bf16* vals, const unsigned char* idx,
@@ -1114,19 +1116,13 @@ extern "C" __global__ void nm_tmask24_f32(unsigned char* keep, const float* vals
     nm_tmask24_body<float>(keep, vals, idx, rows, cols);
 }
 
-// AdamW with decoupled weight decay, in the CPU trainer's arithmetic
-// (train.Trainer.adamW): g = grad·gscale in fp32, then in fp64
-//   m = β1·m + (1-β1)·g,  v = β2·v + ((1-β2)·g)·g
-//   w = w·shrink - (lr·(m/bc1)) / (sqrt(v/bc2) + ε)
-// with every product and sum rounded separately (no contraction), so the
-// result is bit-identical to the CPU's; m, v, w stored as fp32, and w
-// also as bf16 in wbf when wbf is not null.
+// adamw_f32's scalars (kernels.AdamWStep).
 struct AdamWArgs {
     float gscale;
     double b1, omb1, b2, omb2, lr, eps, shrink, bc1, bc2;
 };
 
-// One element's update; returns the new w.
+// One element's update of adamw_f32; returns the new w.
 __device__ __forceinline__ float adamw_one(float w, float grad, float& m, float& v, const AdamWArgs& a) {
     const double g = (double)__fmul_rn(grad, a.gscale);
     const double mi = __dadd_rn(__dmul_rn(a.b1, (double)m), __dmul_rn(a.omb1, g));
@@ -1137,6 +1133,14 @@ __device__ __forceinline__ float adamw_one(float w, float grad, float& m, float&
     return (float)__dsub_rn(__dmul_rn((double)w, a.shrink), step);
 }
 
+// AdamW with decoupled weight decay, in the CPU trainer's arithmetic
+// (train.Trainer.adamW): g = grad·gscale in fp32, then in fp64
+//   m = β1·m + (1-β1)·g,  v = β2·v + ((1-β2)·g)·g
+//   w = w·shrink - (lr·(m/bc1)) / (sqrt(v/bc2) + ε)
+// with every product and sum rounded separately (no contraction), so the
+// result is bit-identical to the CPU's; m, v, w stored as fp32, and w
+// also as bf16 in wbf when wbf is not null.
+//
 // With w, grad, mom1 and mom2 16-byte aligned (and wbf 8-byte aligned or
 // null), each thread takes four elements per 16-byte load and store (four
 // independent updates in flight: the kernel is bound by memory latency
@@ -1157,15 +1161,7 @@ extern "C" __global__ void adamw_f32(float* w, const float* grad, float* mom1, f
             ((float4*)w)[i] = wv;
             ((float4*)mom1)[i] = mv;
             ((float4*)mom2)[i] = vv;
-            if (wbf) {
-                union {
-                    __nv_bfloat162 h[2];
-                    uint2 u;
-                } o;
-                o.h[0] = __floats2bfloat162_rn(wv.x, wv.y);
-                o.h[1] = __floats2bfloat162_rn(wv.z, wv.w);
-                ((uint2*)wbf)[i] = o.u;
-            }
+            if (wbf) ((uint2*)wbf)[i] = make_uint2(pack_bf2(wv.x, wv.y), pack_bf2(wv.z, wv.w));
         }
         done = n4 * 4;
     }
@@ -1525,8 +1521,6 @@ FOR_T(bf16, bf16)
 // of 4) and an 8-byte store, or load and store, of its two kept values
 // (out 8-byte aligned); cols a multiple of 4. The grid-stride loop runs
 // over rows·cols/4 groups.
-__device__ __forceinline__ float pick4(const float4& d, unsigned i) { return i == 0 ? d.x : i == 1 ? d.y : i == 2 ? d.z : d.w; }
-
 extern "C" __global__ void nm_gather24_f32(float* out, const float* dense, int ldd, const unsigned char* idx, int rows, int cols,
                                            int accumulate) {
     const int gpr = cols / 4;
@@ -1534,9 +1528,9 @@ extern "C" __global__ void nm_gather24_f32(float* out, const float* dense, int l
     const int64_t total = (int64_t)rows * gpr;
     for (int64_t g = gtid(); g < total; g += gstride()) {
         const int r = (int)(g / gpr), gi = (int)(g - (int64_t)r * gpr);
-        const float4 d = *(const float4*)(dense + (int64_t)r * ldd + 4 * gi);
+        const uint4 d = *(const uint4*)(dense + (int64_t)r * ldd + 4 * gi);
         const unsigned code = (idx[(int64_t)r * rowBytes + (gi >> 1)] >> ((gi & 1) * 4)) & 0xFu;
-        float2 v = make_float2(pick4(d, code & 3u), pick4(d, code >> 2));
+        float2 v = make_float2(__uint_as_float(u4w(d, code & 3u)), __uint_as_float(u4w(d, code >> 2)));
         float2* o = (float2*)(out + (int64_t)r * (cols / 2) + 2 * gi);
         if (accumulate) {
             const float2 prev = *o;
@@ -1642,15 +1636,6 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4],
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
-    union {
-        __nv_bfloat162 h;
-        unsigned u;
-    } v;
-    v.h = __floats2bfloat162_rn(lo, hi);
-    return v.u;
-}
-
 // The online softmax's update for rows g + 8·rr of a warp's tile, whose
 // masked, scaled scores are x[nt][2·rr + e] (-inf where masked): the
 // rows' max m and sum l of exp(x - m) absorb the tile, x becomes exp(x -
@@ -1744,8 +1729,8 @@ template <int D, int T>
 __device__ __forceinline__ void fa_mma_tr(float (&acc)[D / 8][4], const float (&x)[T / 8][4], const bf16 (*tr)[T + 8], int g, int t) {
 #pragma unroll
     for (int kk = 0; kk < T / 16; kk++) {
-        const unsigned a[4] = {pack_bf16x2(x[2 * kk][0], x[2 * kk][1]), pack_bf16x2(x[2 * kk][2], x[2 * kk][3]),
-                               pack_bf16x2(x[2 * kk + 1][0], x[2 * kk + 1][1]), pack_bf16x2(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+        const unsigned a[4] = {pack_bf2(x[2 * kk][0], x[2 * kk][1]), pack_bf2(x[2 * kk][2], x[2 * kk][3]),
+                               pack_bf2(x[2 * kk + 1][0], x[2 * kk + 1][1]), pack_bf2(x[2 * kk + 1][2], x[2 * kk + 1][3])};
 #pragma unroll
         for (int nd = 0; nd < D / 8; nd++) {
             const unsigned b0 = *(const unsigned*)&tr[nd * 8 + g][16 * kk + 2 * t];
@@ -1831,7 +1816,7 @@ __device__ void attn_fused_body(bf16* out, const bf16* q, const bf16* k, const b
         const float inv = l[rr] > 0.f ? 1.f / l[rr] : 0.f;
         bf16* orow = out + ((int64_t)bt * seq + qi) * dim + h * D;
 #pragma unroll
-        for (int nd = 0; nd < D / 8; nd++) *(unsigned*)(orow + nd * 8 + 2 * t) = pack_bf16x2(o[nd][2 * rr] * inv, o[nd][2 * rr + 1] * inv);
+        for (int nd = 0; nd < D / 8; nd++) *(unsigned*)(orow + nd * 8 + 2 * t) = pack_bf2(o[nd][2 * rr] * inv, o[nd][2 * rr + 1] * inv);
     }
 }
 
@@ -1866,7 +1851,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_fused128_bf16(bf16* out, 
 
 template <int D>
 __device__ void attn_bwd_q_body(bf16* dq, float* lse, float* dqdot, const bf16* q, const bf16* k, const bf16* v, const bf16* o,
-                                const bf16* dout, const int* mask, int seq, int heads, int dim, float scale) {
+                                const bf16* dout, const int* mask, int seq, int dim, float scale) {
     __shared__ __align__(16) bf16 ks[FB_T][D + 8];
     __shared__ __align__(16) bf16 vs[FB_T][D + 8];
     __shared__ __align__(16) bf16 kt[D][FB_T + 8];
@@ -1962,7 +1947,7 @@ __device__ void attn_bwd_q_body(bf16* dq, float* lse, float* dqdot, const bf16* 
 
 template <int D>
 __device__ void attn_bwd_kv_body(bf16* dk, bf16* dv, const float* lse, const float* dqdot, const bf16* q, const bf16* k, const bf16* v,
-                                 const bf16* dout, const int* mask, int seq, int heads, int dim, float scale) {
+                                 const bf16* dout, const int* mask, int seq, int dim, float scale) {
     __shared__ __align__(16) bf16 qs[FB_T][D + 8];
     __shared__ __align__(16) bf16 qt[D][FB_T + 8];
     __shared__ __align__(16) bf16 ds_[FB_T][D + 8];
@@ -1987,7 +1972,8 @@ __device__ void attn_bwd_kv_body(bf16* dk, bf16* dv, const float* lse, const flo
     bool kon[2];
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) kon[rr] = kw + g + 8 * rr < seq && mk[min(kw + g + 8 * rr, seq - 1)] != 0;
-    for (int r0 = (k0 / FB_T) * FB_T; r0 < seq; r0 += FB_T) {
+    static_assert(FA_BQ % FB_T == 0, "a key block starts a query tile");
+    for (int r0 = k0; r0 < seq; r0 += FB_T) {  // earlier queries see none of the block's keys
         __syncthreads();
         fa_stage<D, FB_T>(qs, qt, q + base, r0, seq, dim);
         fa_stage<D, FB_T>(ds_, dt, dout + base, r0, seq, dim);
@@ -2025,15 +2011,15 @@ __device__ void attn_bwd_kv_body(bf16* dk, bf16* dv, const float* lse, const flo
 #define ATTN_BWD(D)                                                                                                               \
     extern "C" __global__ void __launch_bounds__(128) attn_bwd_q##D##_bf16(bf16* dq, float* lse, float* dqdot, const bf16* q,      \
                                                                          const bf16* k, const bf16* v, const bf16* o,              \
-                                                                         const bf16* dout, const int* mask, int seq, int heads,    \
-                                                                         int dim, float scale) {                                  \
-        attn_bwd_q_body<D>(dq, lse, dqdot, q, k, v, o, dout, mask, seq, heads, dim, scale);                                       \
+                                                                         const bf16* dout, const int* mask, int seq, int dim,      \
+                                                                         float scale) {                                           \
+        attn_bwd_q_body<D>(dq, lse, dqdot, q, k, v, o, dout, mask, seq, dim, scale);                                              \
     }                                                                                                                             \
     extern "C" __global__ void __launch_bounds__(128) attn_bwd_kv##D##_bf16(bf16* dk, bf16* dv, const float* lse,                 \
                                                                           const float* dqdot, const bf16* q, const bf16* k,       \
                                                                           const bf16* v, const bf16* dout, const int* mask,       \
-                                                                          int seq, int heads, int dim, float scale) {             \
-        attn_bwd_kv_body<D>(dk, dv, lse, dqdot, q, k, v, dout, mask, seq, heads, dim, scale);                                     \
+                                                                          int seq, int dim, float scale) {                        \
+        attn_bwd_kv_body<D>(dk, dv, lse, dqdot, q, k, v, dout, mask, seq, dim, scale);                                            \
     }
 ATTN_BWD(64)
 ATTN_BWD(128)

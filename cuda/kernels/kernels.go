@@ -284,6 +284,14 @@ const (
 	packCols = 128
 )
 
+// packRegCols and packRegRows are the columns and rows of W one block
+// of nm_pack_t24_reg covers: PACKR_GROUPS = 8 groups of 4 columns per
+// warp, threads/32 warps; 32 lanes of 4 rows each.
+const (
+	packRegCols = threads / 32 * 8 * 4
+	packRegRows = 32 * 4
+)
+
 // blocks1D is the grid of a grid-stride loop over n elements.
 func blocks1D(n int64) int {
 	b := (n + threads - 1) / threads
@@ -728,7 +736,7 @@ func (k *Set) NMGather(s driver.Stream, t DType, out, dense driver.Ptr, ldd int,
 	if accumulate {
 		acc = 1
 	}
-	if t == F32 && n == 2 && m == 4 && ldd%4 == 0 && dense%16 == 0 && out%8 == 0 && a.err == nil {
+	if t == F32 && n == 2 && m == 4 && ldd%4 == 0 && dense%16 == 0 && out%8 == 0 {
 		// One thread per group of four: vector loads and stores.
 		return k.launch(a, "nm_gather24_f32", driver.D1(blocks1D(int64(rows)*int64(cols/4))), driver.D1(threads), 0, s,
 			out, dense, a.i32("ldd", ldd), idx, r, c, acc)
@@ -771,6 +779,8 @@ func (k *Set) NMExpandT(s driver.Stream, v DType, dt, vals, idx, keep driver.Ptr
 // zeros elsewhere (the layout package sparselt's CheckValues verifies).
 // It replaces NMExpandT plus a cuSPARSELt compress while the transpose
 // mask stays the same. rows and cols must be multiples of 4.
+// The packing runs in nm_pack_t24_reg where it fits (packT24Reg), else
+// in the tiled nm_pack_t24.
 func (k *Set) NMPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, cols int) error {
 	return k.nmPackT24(s, dst, vals, idx, keep, rows, cols, packT24Reg(dst, vals, idx, keep, cols))
 }
@@ -782,9 +792,15 @@ func packT24Reg(dst, vals, idx, keep driver.Ptr, cols int) bool {
 }
 
 // nmPackT24 is NMPackT24 with the kernel chosen: nm_pack_t24_reg when
-// reg (see packT24Reg), else the tiled nm_pack_t24.
+// reg (which must fit: packT24Reg), else the tiled nm_pack_t24.
 func (k *Set) nmPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, cols int, reg bool) error {
 	a := &args{kernel: "nm_pack_t24_bf16"}
+	if reg {
+		a.kernel = "nm_pack_t24_reg_bf16"
+		if !packT24Reg(dst, vals, idx, keep, cols) {
+			a.fail("cols %d or an alignment does not fit (packT24Reg)", cols)
+		}
+	}
 	r, c := a.nm24(rows, cols)
 	a.ptr("dst", dst)
 	a.ptr("vals", vals)
@@ -801,11 +817,8 @@ func (k *Set) nmPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, 
 		return a.err
 	}
 	if reg {
-		if !packT24Reg(dst, vals, idx, keep, cols) {
-			return fmt.Errorf("kernel nm_pack_t24_reg_bf16: cols %d or an alignment does not fit", cols)
-		}
-		grid := driver.Dim3{X: uint32((cols + 255) / 256), Y: uint32((rows + 127) / 128), Z: 1}
-		return k.launch(a, "nm_pack_t24_reg_bf16", grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
+		grid := driver.Dim3{X: uint32((cols + packRegCols - 1) / packRegCols), Y: uint32((rows + packRegRows - 1) / packRegRows), Z: 1}
+		return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
 	}
 	grid := driver.Dim3{X: uint32((cols + packCols - 1) / packCols), Y: uint32((rows + packRows - 1) / packRows), Z: 1}
 	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
@@ -943,7 +956,8 @@ func (k *Set) AttnSmall(s driver.Stream, t DType, out, q, kcache, vcache, mask d
 	return k.launch(a, a.kernel, grid, driver.D1(32*attnWarps), 0, s, out, q, kcache, vcache, mask, ml, b, sq, p, mx, h, hd, scale)
 }
 
-// attention checks the arguments AttnSmall and AttnFused share: q, out
+// attention checks the arguments the attention kernels share (AttnSmall,
+// AttnFused, AttnFusedBackward with its output o as out): q, out
 // [batch*seq, heads*headDim], the caches [batch, maxLen, ...] holding
 // past+seq keys, the mask [batch, maskLd].
 func (a *args) attention(out, q, kcache, vcache, mask driver.Ptr, maskLd, batch, seq, past, maxLen, heads, headDim int) {
@@ -968,6 +982,37 @@ func (a *args) attention(out, q, kcache, vcache, mask driver.Ptr, maskLd, batch,
 // AttnFusedOK reports whether AttnFused takes a head size: 64 or 128.
 func AttnFusedOK(headDim int) bool { return headDim == 64 || headDim == 128 }
 
+// AttnFusedAligned reports whether AttnFused's buffers have its
+// alignments: k and v 16 bytes, q and out 4.
+func AttnFusedAligned(out, q, k, v driver.Ptr) bool { return (k|v)%16 == 0 && (q|out)%4 == 0 }
+
+// AttnFusedBackwardAligned reports whether AttnFusedBackward's buffers
+// have its alignments: q, k, v and dout 16 bytes, the others 4 (0, for a
+// gradient not wanted, is aligned).
+func AttnFusedBackwardAligned(dq, dk, dv, q, k, v, o, dout driver.Ptr) bool {
+	return (q|k|v|dout)%16 == 0 && (o|dq|dk|dv)%4 == 0
+}
+
+// attnFusedQueries is FA_BQ in kernels.cu, the queries (or keys) of one
+// block of the fused kernels, and attnFusedThreads their block size
+// (__launch_bounds__(128)).
+const (
+	attnFusedQueries = 64
+	attnFusedThreads = 128
+)
+
+// fusedAttention checks what the fused attention kernels add to
+// attention's checks (head size, grid limits) and returns their grid.
+func (a *args) fusedAttention(batch, seq, heads, headDim int) driver.Dim3 {
+	if !AttnFusedOK(headDim) {
+		a.fail("headDim = %d, want 64 or 128", headDim)
+	}
+	if batch > 65535 || heads > 65535 {
+		a.fail("batch %d or heads %d exceeds 65535", batch, heads)
+	}
+	return driver.Dim3{X: uint32((max(seq, 1) + attnFusedQueries - 1) / attnFusedQueries), Y: uint32(max(heads, 1)), Z: uint32(max(batch, 1))}
+}
+
 // AttnFused is causal attention in one pass on the tensor cores
 // (attn_fused*_bf16, flash-style: the scores stay in registers), bf16:
 // out [batch*seq, d] for queries q [batch*seq, d] at positions past..
@@ -979,21 +1024,14 @@ func AttnFusedOK(headDim int) bool { return headDim == 64 || headDim == 128 }
 // 128 (AttnFusedOK); k and v 16-byte aligned, q and out 4-byte aligned.
 func (k *Set) AttnFused(s driver.Stream, out, q, kc, vc, mask driver.Ptr, maskLd, batch, seq, past, maxLen, heads, headDim int, scale float32) error {
 	a := &args{kernel: fmt.Sprintf("attn_fused%d_bf16", headDim)}
-	if !AttnFusedOK(headDim) {
-		a.fail("headDim = %d, want 64 or 128", headDim)
-	}
+	grid := a.fusedAttention(batch, seq, heads, headDim)
 	a.attention(out, q, kc, vc, mask, maskLd, batch, seq, past, maxLen, heads, headDim)
-	a.align("kcache", kc, 16)
-	a.align("vcache", vc, 16)
-	a.align("q", q, 4)
-	a.align("out", out, 4)
-	if batch > 65535 || heads > 65535 {
-		a.fail("batch %d or heads %d exceeds 65535", batch, heads)
+	if !AttnFusedAligned(out, q, kc, vc) {
+		a.fail("alignment: kcache %#x and vcache %#x must be 16-byte aligned, q %#x and out %#x 4-byte", uintptr(kc), uintptr(vc), uintptr(q), uintptr(out))
 	}
 	ml, sq, p, mx := a.i32("maskLd", maskLd), a.i32("seq", seq), a.i32("past", past), a.i32("maxLen", maxLen)
 	d := a.i32("d", heads*headDim)
-	grid := driver.Dim3{X: uint32((seq + attnFusedQueries - 1) / attnFusedQueries), Y: uint32(max(heads, 1)), Z: uint32(max(batch, 1))}
-	return k.launch(a, a.kernel, grid, driver.D1(128), 0, s, out, q, kc, vc, mask, ml, sq, p, mx, d, scale)
+	return k.launch(a, a.kernel, grid, driver.D1(attnFusedThreads), 0, s, out, q, kc, vc, mask, ml, sq, p, mx, d, scale)
 }
 
 // AttnFusedBackward adds the gradients of AttnFused over whole sequences
@@ -1008,39 +1046,26 @@ func (k *Set) AttnFused(s driver.Stream, out, q, kc, vc, mask driver.Ptr, maskLd
 func (k *Set) AttnFusedBackward(s driver.Stream, dq, dk, dv, lse, dqdot, q, kc, vc, o, dout, mask driver.Ptr, batch, seq, heads, headDim int,
 	scale float32) error {
 	a := &args{kernel: fmt.Sprintf("attn_bwd_q%d_bf16", headDim)}
-	if !AttnFusedOK(headDim) {
-		a.fail("headDim = %d, want 64 or 128", headDim)
-	}
+	grid := a.fusedAttention(batch, seq, heads, headDim)
 	a.attention(o, q, kc, vc, mask, seq, batch, seq, 0, seq, heads, headDim)
-	for _, p := range []struct {
-		n     string
-		p     driver.Ptr
-		align driver.Ptr
-	}{{"q", q, 16}, {"k", kc, 16}, {"v", vc, 16}, {"dout", dout, 16}, {"o", o, 4}, {"dq", dq, 4}, {"dk", dk, 4}, {"dv", dv, 4},
-		{"lse", lse, 4}, {"dq_dot", dqdot, 4}} {
-		a.align(p.n, p.p, int(p.align))
+	if !AttnFusedBackwardAligned(dq, dk, dv, q, kc, vc, o, dout) {
+		a.fail("alignment: q, k, v and dout must be 16-byte aligned, o, dq, dk and dv 4-byte")
 	}
+	a.align("lse", lse, 4)
+	a.align("dq_dot", dqdot, 4)
 	a.ptr("dout", dout)
 	a.ptr("lse", lse)
 	a.ptr("dq_dot", dqdot)
-	if batch > 65535 || heads > 65535 {
-		a.fail("batch %d or heads %d exceeds 65535", batch, heads)
-	}
 	sq, d := a.i32("seq", seq), a.i32("d", heads*headDim)
-	hs := a.i32("heads", heads)
-	grid := driver.Dim3{X: uint32((seq + attnFusedQueries - 1) / attnFusedQueries), Y: uint32(max(heads, 1)), Z: uint32(max(batch, 1))}
-	if err := k.launch(a, a.kernel, grid, driver.D1(128), 0, s, dq, lse, dqdot, q, kc, vc, o, dout, mask, sq, hs, d, scale); err != nil {
+	if err := k.launch(a, a.kernel, grid, driver.D1(attnFusedThreads), 0, s, dq, lse, dqdot, q, kc, vc, o, dout, mask, sq, d, scale); err != nil {
 		return err
 	}
 	if dk == 0 && dv == 0 {
 		return nil
 	}
-	return k.launch(a, fmt.Sprintf("attn_bwd_kv%d_bf16", headDim), grid, driver.D1(128), 0, s, dk, dv, lse, dqdot, q, kc, vc, dout, mask,
-		sq, hs, d, scale)
+	return k.launch(a, fmt.Sprintf("attn_bwd_kv%d_bf16", headDim), grid, driver.D1(attnFusedThreads), 0, s, dk, dv, lse, dqdot, q, kc, vc,
+		dout, mask, sq, d, scale)
 }
-
-// attnFusedQueries is FA_BQ in kernels.cu: the queries of one block.
-const attnFusedQueries = 64
 
 // SoftmaxCausal computes, for batch entry b, probs [heads, seq, total]
 // (type t; total = past+seq) from fp32 scores of the same shape: row

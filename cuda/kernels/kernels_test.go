@@ -158,6 +158,12 @@ func TestValidation(t *testing.T) {
 		{"sumsq n", "sumsq_f32", k.SumSquares(s, p, p, p, 0)},
 		{"sumsq align", "sumsq_f32", k.SumSquares(s, p+4, p, p, 10)},
 		{"sumsq parts align", "sumsq_f32", k.SumSquares(s, p, p+4, p, 10)},
+		// Valid calls name the kernel they chose.
+		{"unloaded gather24", "nm_gather24_f32", k.NMGather(s, F32, p, p, 16, p, 2, 16, 2, 4, true)},
+		{"unloaded gather unaligned", "nm_gather_f32", k.NMGather(s, F32, p, p+4, 16, p, 2, 16, 2, 4, true)},
+		{"unloaded pack reg", "nm_pack_t24_reg_bf16", k.NMPackT24(s, p, p, p, p, 8, 64)},
+		{"unloaded pack tiled", "nm_pack_t24_bf16", k.NMPackT24(s, p, p, p, p, 8, 36)},
+		{"pack reg unfit", "nm_pack_t24_reg_bf16", k.nmPackT24(s, p, p, p, p, 8, 36, true)},
 		{"unloaded adamw", "adamw_f32", k.AdamW(s, p, p, p, p, 0, 10, NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0, 1, 1))},
 		// The backward pass's launchers.
 		{"fill n", "fill_f32", k.Fill(s, F32, p, 0, 0)},

@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"math"
 	"math/bits"
 	"math/rand/v2"
@@ -176,9 +177,9 @@ func emuNMPackT24(dst, vals []uint16, idx, keep []byte, rows, cols int, writes [
 func emuNMPackT24Reg(dst, vals []uint16, idx, keep []byte, rows, cols int, writes []int) {
 	const groups = 8 // PACKR_GROUPS
 	k, rowBytes, half := cols/2, cols>>3, rows/2
-	le32 := func(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
-	for by := 0; by < (rows+127)/128; by++ {
-		for bx := 0; bx < (cols+255)/256; bx++ {
+	le32 := binary.LittleEndian.Uint32
+	for by := 0; by < (rows+packRegRows-1)/packRegRows; by++ {
+		for bx := 0; bx < (cols+packRegCols-1)/packRegCols; bx++ {
 			for tid := 0; tid < threads; tid++ {
 				lane, warp := tid&31, tid>>5
 				rg := by*32 + lane
@@ -194,8 +195,7 @@ func emuNMPackT24Reg(dst, vals []uint16, idx, keep []byte, rows, cols int, write
 				for q := 0; q < 4; q++ {
 					r := 4*rg + q
 					for w := 0; w < 8; w++ {
-						e := r*k + 2*gi0 + 2*w
-						vw[q][w] = uint32(vals[e]) | uint32(vals[e+1])<<16
+						vw[q][w] = bfWord(vals, r*k+2*gi0+2*w)
 					}
 					for w := 0; w < 4; w++ {
 						kw[q][w] = le32(keep[r*k+2*gi0+4*w:])

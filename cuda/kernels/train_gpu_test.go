@@ -232,12 +232,15 @@ func TestGPUAdamW(t *testing.T) {
 	g := openGPU(t)
 	rng := rand.New(rand.NewPCG(43, 4))
 	const n = 100003 // 3 past a multiple of 4
-	for si, h := range []AdamWStep{
-		NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0.1, 1, 1),
-		NewAdamWStep(3e-4, 0.9, 0.999, 1e-8, 0, 7, 0.37),
-		NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0.1, 2, 1), // off: the unaligned path
+	for si, c := range []struct {
+		h   AdamWStep
+		off driver.Ptr // bytes past an aligned buffer (4: the unaligned path)
+	}{
+		{NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0.1, 1, 1), 0},
+		{NewAdamWStep(3e-4, 0.9, 0.999, 1e-8, 0, 7, 0.37), 0},
+		{NewAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0.1, 2, 1), 4},
 	} {
-		off := driver.Ptr(4 * (si / 2)) // bytes past an aligned buffer
+		h, off := c.h, c.off
 		w, grad, m, v := randVec(rng, n, false), randVec(rng, n, false), randVec(rng, n, false), randVec(rng, n, false)
 		for i := range v {
 			v[i] = v[i] * v[i] * 0.01
@@ -299,13 +302,14 @@ func TestGPUFill(t *testing.T) {
 }
 
 // TestGPUSumSquares: two accumulating calls against a float64 sum, and
-// the same bits when run again.
+// the same bits when run again; the second from 4 bytes past an aligned
+// buffer (the kernel's unaligned path).
 func TestGPUSumSquares(t *testing.T) {
 	g := openGPU(t)
 	rng := rand.New(rand.NewPCG(45, 6))
 	a, b := randVec(rng, 1<<20+3, false), randVec(rng, 1000, false)
 	var want float64
-	for _, x := range append(append([]float32(nil), a...), b...) {
+	for _, x := range append(append([]float32(nil), a...), b[1:]...) {
 		want += float64(x) * float64(x)
 	}
 	var got [3]float64
@@ -319,7 +323,7 @@ func TestGPUSumSquares(t *testing.T) {
 			if err := g.k.SumSquares(0, out, parts, pa, len(a)); err != nil {
 				return err
 			}
-			if err := g.k.SumSquares(0, out, parts, pb, len(b)); err != nil {
+			if err := g.k.SumSquares(0, out, parts, pb+4, len(b)-1); err != nil {
 				return err
 			}
 			if err := g.d.Synchronize(); err != nil {
