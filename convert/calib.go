@@ -199,7 +199,7 @@ func planCalib(o Options, method string) (*CalibSpec, error) {
 // startCalibration loads the calibration samples for the model of src
 // and runs its embedding (newCalibrator). The sequence length is capped
 // by the model's positions only when --calib-seqlen was not given.
-func startCalibration(src Source, o Options, c *CalibSpec, method string, ruleFor func(string) (pruneRule, WeightSpec, bool),
+func startCalibration(src Source, o Options, c *CalibSpec, tok *sourceTokenizer, method string, ruleFor func(string) (pruneRule, WeightSpec, bool),
 	outDT slopepb.DType, keepDT bool) (*calibrator, *slopepb.Calibration, error) {
 	cfg := src.Config()
 	if maxPos := int(cfg.MaxPositionEmbeddings); maxPos > 0 && c.SeqLen > maxPos {
@@ -209,8 +209,8 @@ func startCalibration(src Source, o Options, c *CalibSpec, method string, ruleFo
 		c.SeqLen = maxPos
 	}
 	c.Vocab, c.BOS = int(cfg.VocabSize), int(cfg.BosTokenId)
-	if fsys, where, ok := modelFiles(o.In, o.Source != nil); ok {
-		c.Tokenizer = func() (*tokenizer.BPE, error) { return tokenizer.LoadFS(fsys, where) }
+	if tok.files != nil {
+		c.Tokenizer = tok.load
 	}
 	samples, sum, err := loadCalibration(*c)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -526,6 +528,10 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 	defer src.Close()
+	tok, err := readSourceTokenizer(o)
+	if err != nil {
+		return nil, err
+	}
 	cfg := src.Config()
 	if err := CheckNMLayers(overrides, int(cfg.NumHiddenLayers)); err != nil {
 		return nil, err
@@ -549,7 +555,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	var calib *calibrator
 	var calibProv *slopepb.Calibration
 	if cs != nil {
-		if calib, calibProv, err = startCalibration(src, o, cs, method, ruleFor, outDT, keepDT); err != nil {
+		if calib, calibProv, err = startCalibration(src, o, cs, tok, method, ruleFor, outDT, keepDT); err != nil {
 			return nil, err
 		}
 	}
@@ -765,7 +771,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 		label = DefaultLabel
 	}
 	m.Metadata = map[string]string{"source": label}
-	if err := copyTokenizer(w, o.In, o.Source != nil); err != nil {
+	if err := copyTokenizer(w, tok); err != nil {
 		return nil, err
 	}
 	for _, t := range m.Tensors {
@@ -1102,60 +1108,60 @@ func toolVersion() string {
 	return Version
 }
 
-// Tokenizer files copied into the container when the source has them:
-// tokenizer.json, or else vocab.json with merges.txt (GPT-2 byte-level BPE).
-var tokenizerFileSets = [][]string{{"tokenizer.json"}, {"vocab.json", "merges.txt"}}
+// sourceTokenizer holds the tokenizer files found beside the source (its
+// directory, an .onnx file's directory, or an embedded model's root; see
+// modelFiles), read once: the calibration encodes its text with them and
+// the container carries them. files is nil when the source has none.
+type sourceTokenizer struct {
+	files map[string][]byte
+	where string
+	load  func() (*tokenizer.BPE, error) // parses files once
+}
 
-// copyTokenizer stores the tokenizer files found beside the source (its
-// directory, or the directory of an .onnx file) in the container, so that
-// the runtime can encode and decode text. A source without them is fine:
-// the model then runs on token ids.
-func copyTokenizer(w *format.Writer, in string, given bool) error {
-	fsys, dir, ok := modelFiles(in, given)
+// readSourceTokenizer reads the tokenizer files beside the source of o. A
+// source without them is fine: the model then runs on token ids.
+func readSourceTokenizer(o Options) (*sourceTokenizer, error) {
+	st := &sourceTokenizer{}
+	fsys, where, ok := modelFiles(o.In, o.Source != nil)
 	if !ok {
-		return nil
+		return st, nil
 	}
-	for _, set := range tokenizerFileSets {
-		files := map[string][]byte{}
-		for _, name := range set {
-			b, err := fs.ReadFile(fsys, name)
-			if err != nil {
-				break
-			}
-			files[name] = b
-		}
-		if len(files) != len(set) {
-			continue
-		}
-		var err error
-		names := set
-		if len(set) == 1 {
-			_, err = tokenizer.LoadTokenizerJSON(files[set[0]])
-		} else {
-			var t *tokenizer.BPE
-			t, err = tokenizer.LoadGPT2(files["vocab.json"], files["merges.txt"])
-			// Its special tokens, when the source names them, travel too.
-			sp := filepath.Join(dir, tokenizer.SpecialTokensMapFile)
-			if b, rerr := fs.ReadFile(fsys, tokenizer.SpecialTokensMapFile); err == nil && rerr == nil {
-				if err = tokenizer.ApplySpecialTokensMap(t, b, sp); err == nil {
-					files[tokenizer.SpecialTokensMapFile] = b
-					names = append(slices.Clone(set), tokenizer.SpecialTokensMapFile)
-				}
-			}
-		}
+	files, err := tokenizer.ReadFS(fsys, where)
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	st.files, st.where = files, where
+	st.load = sync.OnceValues(func() (*tokenizer.BPE, error) {
+		t, err := tokenizer.LoadFiles(files)
 		if err != nil {
-			return fmt.Errorf("tokenizer in %s: %w", dir, err)
+			return nil, fmt.Errorf("tokenizer in %s: %w", where, err)
 		}
-		tk := &slopepb.Tokenizer{Type: format.TokenizerGPT2BPE, Files: map[string]string{}}
-		for _, name := range names {
-			tensor := "tokenizer/" + name
-			if err := w.WriteBytes(tensor, files[name]); err != nil {
-				return fmt.Errorf("tokenizer %s: %w", filepath.Join(dir, name), err)
-			}
-			tk.Files[name] = tensor
-		}
-		w.Manifest().Tokenizer = tk
+		return t, nil
+	})
+	return st, nil
+}
+
+// copyTokenizer stores the source's tokenizer files, when it has them,
+// in the container (checked to load first), so that the runtime can
+// encode and decode text.
+func copyTokenizer(w *format.Writer, st *sourceTokenizer) error {
+	if st.files == nil {
 		return nil
 	}
+	if _, err := st.load(); err != nil {
+		return err
+	}
+	tk := &slopepb.Tokenizer{Type: format.TokenizerGPT2BPE, Files: map[string]string{}}
+	for _, name := range slices.Sorted(maps.Keys(st.files)) {
+		tensor := "tokenizer/" + name
+		if err := w.WriteBytes(tensor, st.files[name]); err != nil {
+			return fmt.Errorf("tokenizer %s: %w", filepath.Join(st.where, name), err)
+		}
+		tk.Files[name] = tensor
+	}
+	w.Manifest().Tokenizer = tk
 	return nil
 }

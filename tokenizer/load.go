@@ -74,37 +74,46 @@ func LoadDir(dir string) (*BPE, error) { return LoadFS(os.DirFS(dir), dir) }
 // LoadFS is LoadDir on the root of fsys (an embedded model, say); where
 // names it in errors.
 func LoadFS(fsys fs.FS, where string) (*BPE, error) {
-	tj := filepath.Join(where, "tokenizer.json")
-	if b, err := fs.ReadFile(fsys, "tokenizer.json"); err == nil {
-		return loadTokenizerJSON(b, tj)
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("tokenizer: %w", err)
-	}
-	vp, mp := filepath.Join(where, "vocab.json"), filepath.Join(where, "merges.txt")
-	v, err := fs.ReadFile(fsys, "vocab.json")
-	if err != nil {
-		return nil, fmt.Errorf("tokenizer: %s: %w (and no tokenizer.json)", vp, err)
-	}
-	m, err := fs.ReadFile(fsys, "merges.txt")
-	if err != nil {
-		return nil, fmt.Errorf("tokenizer: %s: %w", mp, err)
-	}
-	t, err := loadGPT2(v, m, vp, mp)
+	files, err := ReadFS(fsys, where)
 	if err != nil {
 		return nil, err
 	}
-	// The special tokens the model's files name (GPT-2's "<|endoftext|>",
-	// OPT's "</s>" and "<pad>"), as Hugging Face reads them; without the
-	// file, DefaultSpecialTokens.
-	sp := filepath.Join(where, SpecialTokensMapFile)
-	if b, err := fs.ReadFile(fsys, SpecialTokensMapFile); err == nil {
-		if err := ApplySpecialTokensMap(t, b, sp); err != nil {
+	return loadFiles(files, where)
+}
+
+// ReadFS reads the tokenizer files at the root of fsys that LoadFiles
+// takes: tokenizer.json when it exists, otherwise vocab.json and
+// merges.txt, with special_tokens_map.json when present. A missing file
+// of the set is an error wrapping fs.ErrNotExist; where names the folder
+// in errors.
+func ReadFS(fsys fs.FS, where string) (map[string][]byte, error) {
+	read := func(name string) ([]byte, error) {
+		b, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			return nil, fmt.Errorf("tokenizer: %s: %w", filepath.Join(where, name), err)
+		}
+		return b, nil
+	}
+	if b, err := read("tokenizer.json"); err == nil {
+		return map[string][]byte{"tokenizer.json": b}, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	files := map[string][]byte{}
+	for _, name := range []string{"vocab.json", "merges.txt", SpecialTokensMapFile} {
+		b, err := read(name)
+		switch {
+		case err == nil:
+			files[name] = b
+		case name == SpecialTokensMapFile && errors.Is(err, fs.ErrNotExist):
+			// optional: DefaultSpecialTokens
+		case name == "vocab.json" && errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("%w (and no tokenizer.json)", err)
+		default:
 			return nil, err
 		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("tokenizer: %s: %w", sp, err)
 	}
-	return t, nil
+	return files, nil
 }
 
 // ErrFiles is wrapped when a set of tokenizer files is incomplete.
@@ -114,20 +123,27 @@ var ErrFiles = errors.New("tokenizer needs tokenizer.json, or vocab.json and mer
 // them from a directory (a container carries them so): tokenizer.json
 // when present, otherwise vocab.json and merges.txt with the special
 // tokens of special_tokens_map.json when present.
-func LoadFiles(files map[string][]byte) (*BPE, error) {
+func LoadFiles(files map[string][]byte) (*BPE, error) { return loadFiles(files, "") }
+
+// loadFiles is LoadFiles with the files' folder where (or "") in errors.
+func loadFiles(files map[string][]byte, where string) (*BPE, error) {
+	at := func(name string) string { return filepath.Join(where, name) }
 	if tj, ok := files["tokenizer.json"]; ok {
-		return LoadTokenizerJSON(tj)
+		return loadTokenizerJSON(tj, at("tokenizer.json"))
 	}
 	vocab, merges := files["vocab.json"], files["merges.txt"]
 	if vocab == nil || merges == nil {
 		return nil, ErrFiles
 	}
-	t, err := LoadGPT2(vocab, merges)
+	t, err := loadGPT2(vocab, merges, at("vocab.json"), at("merges.txt"))
 	if err != nil {
 		return nil, err
 	}
+	// The special tokens the model's files name (GPT-2's "<|endoftext|>",
+	// OPT's "</s>" and "<pad>"), as Hugging Face reads them; without the
+	// file, DefaultSpecialTokens.
 	if sp := files[SpecialTokensMapFile]; sp != nil {
-		if err := ApplySpecialTokensMap(t, sp, SpecialTokensMapFile); err != nil {
+		if err := ApplySpecialTokensMap(t, sp, at(SpecialTokensMapFile)); err != nil {
 			return nil, err
 		}
 	}
