@@ -189,8 +189,8 @@ const (
 // otherwise; the outputs are then incomplete).
 func (h halfFloat) prune24Rows(cols int, w, values, index, mask []byte, rowW, rowP []float64) (dropped int64, nanRow int) {
 	var nan int
-	if simd := prune24AVX512 && cols%32 == 0; simd || prune24AVX2 && cols%16 == 0 {
-		nan = h.prune24RowsSIMD(simd, cols, w, values, index, mask, rowW, rowP)
+	if simd, avx512 := prune24SIMDForm(cols); simd {
+		nan = h.prune24RowsSIMD(avx512, cols, w, values, index, mask, rowW, rowP)
 	} else {
 		nan = h.prune24RowsGo(cols, w, values, index, mask, rowW, rowP)
 	}
@@ -231,6 +231,14 @@ func countDropped(rows, cols int, mask []byte) int64 {
 		kept += bits.OnesCount8(b) // padding bits are zero
 	}
 	return int64(rows*cols/2 - kept)
+}
+
+// prune24SIMDForm reports whether rows of cols values run on a SIMD
+// kernel of this CPU (simd), and whether on the AVX-512 one: widths that
+// are multiples of 32 there, of 16 on AVX2.
+func prune24SIMDForm(cols int) (simd, avx512 bool) {
+	avx512 = prune24AVX512 && cols%32 == 0
+	return avx512 || prune24AVX2 && cols%16 == 0, avx512
 }
 
 // prune24RowsSIMD is prune24Rows's loop on the AVX-512 kernels (avx512;

@@ -69,14 +69,10 @@ func TinyFS() fs.FS {
 
 // Dir is the absolute path of the reference fixture's directory in the
 // source tree (testmodels/hf-opt-tiny-a), for tests that need files that
-// are not embedded; DefaultDir is the default model's. They are derived
-// from this source file's location (or, in a -trimpath build, found by
-// walking up from the working directory), so they are only meaningful
-// where the source tree is present.
+// are not embedded. It is derived from this source file's location (or,
+// in a -trimpath build, found by walking up from the working directory),
+// so it is only meaningful where the source tree is present.
 func Dir() string { return sourceDir(TinyName) }
-
-// DefaultDir is the default model's directory in the source tree (see Dir).
-func DefaultDir() string { return sourceDir(DefaultName) }
 
 func sourceDir(name string) string {
 	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {

@@ -1,10 +1,11 @@
 package testmodels
 
 import (
+	"encoding/json"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"testing"
+
+	"github.com/slopeml/slope/tokenizer"
 )
 
 func TestLoadReference(t *testing.T) {
@@ -29,32 +30,40 @@ func TestLoadReference(t *testing.T) {
 	}
 }
 
-// TestEmbedded: the embedded files are the source tree's, the default
-// model carries its tokenizer, and the fixture's reference data stays out
-// of binaries.
+// TestEmbedded: both models carry their files, the default model's
+// tokenizer loads and covers its vocabulary, and the fixture's reference
+// data stays out of binaries.
 func TestEmbedded(t *testing.T) {
 	defaultFS, _ := Embedded(DefaultName)
 	for _, c := range []struct {
 		fsys  fs.FS
-		dir   string
 		files []string
 	}{
-		{TinyFS(), Dir(), []string{"config.json", "model.safetensors", "generation_config.json"}},
-		{defaultFS, DefaultDir(), []string{"config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt"}},
+		{TinyFS(), []string{"config.json", "model.safetensors", "generation_config.json"}},
+		{defaultFS, []string{"config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt"}},
 	} {
 		for _, name := range c.files {
-			emb, err := fs.ReadFile(c.fsys, name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			disk, err := os.ReadFile(filepath.Join(c.dir, name))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if string(emb) != string(disk) {
-				t.Errorf("embedded %s differs from %s", name, c.dir)
+			if b, err := fs.ReadFile(c.fsys, name); err != nil || len(b) == 0 {
+				t.Errorf("embedded %s: %d bytes, %v", name, len(b), err)
 			}
 		}
+	}
+	tok, err := tokenizer.LoadFS(defaultFS, DefaultName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := fs.ReadFile(defaultFS, "config.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		VocabSize int `json:"vocab_size"`
+	}
+	if err := json.Unmarshal(cfg, &c); err != nil {
+		t.Fatal(err)
+	}
+	if tok.VocabSize() != c.VocabSize {
+		t.Errorf("the default model's tokenizer has %d tokens, its config %d", tok.VocabSize(), c.VocabSize)
 	}
 	if _, err := fs.Stat(TinyFS(), "reference.json"); err == nil {
 		t.Error("reference.json must not be embedded")
