@@ -15,7 +15,9 @@ type attnBufs struct {
 	q, k, v, do   []float32
 	p, dp, ds, tT []float32
 	prod, dk, dv  []float32
-	// w holds the products' prepared right operands, refilled per chunk.
+	// w holds the products' prepared right operands: K and V as weights
+	// (packed once per head; a chunk reads a prefix), then a chunk's
+	// operands of dQ and of dK, dV.
 	w [4]cpu.DenseScratch
 }
 
@@ -119,24 +121,40 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 	}
 	clear(bf.dk)
 	clear(bf.dv)
+	// K and V as weights [T, hd], packed once; chunk r0 reads their first
+	// nk rows (PrefixOut), as the forward does.
+	kAll, err := bf.w[0].PrepareF32(bf.k[:seq*hd], seq, hd)
+	if err != nil {
+		return err
+	}
+	vAll, err := bf.w[1].PrepareF32(bf.v[:seq*hd], seq, hd)
+	if err != nil {
+		return err
+	}
+	sc32 := float32(sc)
 	for r0 := 0; r0 < seq; r0 += attnChunkRows {
 		nq := min(attnChunkRows, seq-r0)
 		nk := r0 + nq // the keys the chunk's last query sees
 		p, dp, ds := bf.p[:nq*nk], bf.dp[:nq*nk], bf.ds[:nq*nk]
 		qc, doc := bf.q[r0*hd:(r0+nq)*hd], bf.do[r0*hd:(r0+nq)*hd]
-		// S = Q·Kᵀ (K as the weight [nk, hd]); dP = dO·Vᵀ.
-		if err := bf.mul(0, p, qc, nq, hd, nk, bf.k, false); err != nil {
-			return err
-		}
-		if err := bf.mul(1, dp, doc, nq, hd, nk, bf.v, false); err != nil {
-			return err
+		// S = Q·Kᵀ; dP = dO·Vᵀ.
+		for _, pr := range []struct {
+			y, x []float32
+			w    *cpu.Dense
+		}{{p, qc, kAll}, {dp, doc, vAll}} {
+			d, err := pr.w.PrefixOut(nk)
+			if err != nil {
+				return err
+			}
+			if err := d.Linear(pr.y, pr.x, nq, nil, 1); err != nil {
+				return err
+			}
 		}
 		// Softmax per row over the visible keys, then dS (scaled).
 		for t := 0; t < nq; t++ {
 			i := r0 + t
 			p, dp, ds := p[t*nk:(t+1)*nk], dp[t*nk:(t+1)*nk], ds[t*nk:(t+1)*nk]
 			// P = softmax(sc·S) over the visible keys.
-			sc32 := float32(sc)
 			for j := range p[:i+1] {
 				p[j] *= sc32
 			}
@@ -174,13 +192,11 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 		// operand) into sum.
 		addATB := func(sum, a, b []float32) error {
 			transposeInto(bf.tT, a, nq, nk, 1)
-			if err := bf.mul(3, bf.prod, bf.tT, nk, nq, hd, b, true); err != nil {
+			d, err := bf.w[3].PrepareKN(b[:nq*hd], nq, hd)
+			if err != nil {
 				return err
 			}
-			for i, x := range bf.prod[:nk*hd] {
-				sum[i] += x
-			}
-			return nil
+			return d.MulAdd(sum[:nk*hd], bf.tT[:nk*nq], nk, 1)
 		}
 		if gin[1] != nil { // dK = dSᵀ·Q
 			if err := addATB(bf.dk, ds, qc); err != nil {
