@@ -22,3 +22,35 @@ func TestExpf(t *testing.T) {
 		t.Error("expf out of range")
 	}
 }
+
+// TestSoftmaxExp: the numerators and their sum against float64, with
+// masked keys (0, whatever their score) and a row with no real key (all
+// 0, sum 0). Run with GODEBUG=cpu.avx512f=off for the expf branch.
+func TestSoftmaxExp(t *testing.T) {
+	row := []float32{0.5, 3, float32(math.NaN()), -2, 7, 1e9, -40}
+	mask := []int32{1, 1, 0, 1, 1, 0, 1}
+	mx := 7.0
+	var want []float64
+	var sum float64
+	for j, x := range row {
+		w := 0.0
+		if mask[j] != 0 {
+			w = math.Exp(float64(x) - mx)
+		}
+		want, sum = append(want, w), sum+w
+	}
+	got := append([]float32(nil), row...)
+	s := softmaxExp(got, mask)
+	if math.Abs(s-sum) > 1e-6*sum {
+		t.Errorf("sum %v, want %v", s, sum)
+	}
+	for j := range got {
+		if d := math.Abs(float64(got[j]) - want[j]); !(d <= max(1e-6*want[j], 1e-37)) { // NaN fails
+			t.Errorf("key %d: %v, want %v", j, got[j], want[j])
+		}
+	}
+	none := []float32{1, 2}
+	if s := softmaxExp(none, []int32{0, 0}); s != 0 || none[0] != 0 || none[1] != 0 {
+		t.Errorf("no real key: sum %v, row %v", s, none)
+	}
+}

@@ -391,45 +391,14 @@ func attentionCase(t *testing.T, be ops.Backend, tol Tolerance, parts [][2]int, 
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	n := node(ops.OpCausalAttention, []string{"q", "k", "v", "attention_mask"}, intAttr("num_heads", int64(heads)), floatAttr("scale", scale))
 	// Reference: every token at once, float64.
-	want := make([]float64, batch*total*dim)
-	for b := 0; b < batch; b++ {
-		for h := 0; h < heads; h++ {
-			for i := 0; i < total; i++ {
-				at := func(x []float32, j, e int) float64 { return float64(x[(b*total+j)*dim+h*hd+e]) }
-				sc := make([]float64, total)
-				mx := math.Inf(-1)
-				for j := 0; j <= i; j++ {
-					if mask[b*total+j] == 0 {
-						continue
-					}
-					var s float64
-					for e := 0; e < hd; e++ {
-						s += at(q, i, e) * at(k, j, e)
-					}
-					sc[j] = s * float64(scale)
-					mx = math.Max(mx, sc[j])
-				}
-				if math.IsInf(mx, -1) {
-					continue
-				}
-				var sum float64
-				for j := 0; j <= i; j++ {
-					if mask[b*total+j] == 1 {
-						sum += math.Exp(sc[j] - mx)
-					}
-				}
-				for e := 0; e < hd; e++ {
-					var y float64
-					for j := 0; j <= i; j++ {
-						if mask[b*total+j] == 1 {
-							y += math.Exp(sc[j]-mx) / sum * at(v, j, e)
-						}
-					}
-					want[(b*total+i)*dim+h*hd+e] = y
-				}
-			}
+	f64 := func(x []float32) []float64 {
+		y := make([]float64, len(x))
+		for i, v := range x {
+			y[i] = float64(v)
 		}
+		return y
 	}
+	want := attentionRef64(f64(q), f64(k), f64(v), mask, batch, total, heads, hd, float64(scale))
 	// The backend in two calls through a cache: 5 tokens, then 4.
 	bind := func() ops.Step {
 		s, err := be.Bind(ops.Binding{Node: n, InDims: []int{dim, dim, dim}, W: f})
