@@ -121,29 +121,16 @@ func (s *embeddingStep) OutDim() int { return s.hid }
 // zero table), in a buffer reused by the next call.
 func (s *embeddingStep) rowInts(c *ops.Call) ([]int32, error) {
 	rows := c.Rows()
-	total := c.Past + c.Seq
-	if len(c.IDs) != rows || len(c.Mask) != c.Batch*total {
-		return nil, fmt.Errorf("embedding: %d ids and %d mask entries for batch %d, %d new and %d past tokens", len(c.IDs), len(c.Mask), c.Batch, c.Seq, c.Past)
-	}
 	if cap(s.hostInts) < 3*rows {
 		s.hostInts = make([]int32, 3*rows)
 	}
 	ints := s.hostInts[:3*rows]
 	clear(ints[2*rows:])
-	for bt := 0; bt < c.Batch; bt++ {
-		mask := c.Mask[bt*total : (bt+1)*total]
-		for t, p := range ops.EmbeddingPositions(mask, c.Past, c.Seq) {
-			r := bt*c.Seq + t
-			id := int(c.IDs[r])
-			if id < 0 || id >= s.vocab {
-				return nil, fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
-			}
-			p += s.offset
-			if p < 0 || p >= s.positions {
-				return nil, fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
-			}
-			ints[r], ints[rows+r] = int32(id), int32(p)
-		}
+	if err := ops.EmbeddingRows(c, s.vocab, s.offset, s.positions, func(r, id, p int) error {
+		ints[r], ints[rows+r] = int32(id), int32(p)
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	return ints, nil
 }

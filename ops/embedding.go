@@ -60,25 +60,12 @@ func embeddingOffset(n *Node, p, h, positions int) (int, error) {
 
 func (s *embeddingStep) OutDim() int { return s.hid }
 
-// EmbeddingPosition is OPT's position of token t of a sequence whose
-// mask up to and including t is mask: the number of real tokens before
-// and at t, minus one, zero-clamped for padding (which reads -1+offset).
-func EmbeddingPosition(mask []int32, t int) int {
-	if mask[t] == 0 {
-		return -1
-	}
-	c := 0
-	for _, m := range mask[:t+1] {
-		c += int(m)
-	}
-	return c - 1
-}
-
-// EmbeddingPositions yields (t, EmbeddingPosition(mask, past+t)) for the
-// seq tokens from past on, counting the mask once (EmbeddingPosition per
-// token is quadratic in the sequence length: milliseconds at 2048
-// tokens).
-func EmbeddingPositions(mask []int32, past, seq int) iter.Seq2[int, int] {
+// embeddingPositions yields (t, position) for the seq tokens from past
+// on of a sequence with mask: OPT's position, the number of real tokens
+// before and at the token minus one, or -1 for padding; the mask is
+// counted once (per token it would be quadratic in the sequence length:
+// milliseconds at 2048 tokens).
+func embeddingPositions(mask []int32, past, seq int) iter.Seq2[int, int] {
 	return func(yield func(int, int) bool) {
 		c := 0
 		for _, m := range mask[:past] {
@@ -97,48 +84,60 @@ func EmbeddingPositions(mask []int32, past, seq int) iter.Seq2[int, int] {
 	}
 }
 
-func (s *embeddingStep) Forward(c *Call, _ []*Value, out *Value) error {
-	if err := checkValue("embedding output", out, c.Rows(), s.hid); err != nil {
-		return err
-	}
+// EmbeddingRows checks an embedding call's ids and mask and calls f(r,
+// id, pos) for each row r in order: its token id (within vocab) and its
+// row of the position table (OPT's position plus offset, within
+// positions). Errors name the row or sequence at fault; an error from f
+// stops the walk and is returned.
+func EmbeddingRows(c *Call, vocab, offset, positions int, f func(r, id, pos int) error) error {
 	total := c.Past + c.Seq
 	if len(c.IDs) != c.Rows() || len(c.Mask) != c.Batch*total {
 		return fmt.Errorf("embedding: %d ids and %d mask entries for batch %d, %d new and %d past tokens", len(c.IDs), len(c.Mask), c.Batch, c.Seq, c.Past)
+	}
+	for bt := 0; bt < c.Batch; bt++ {
+		for t, p := range embeddingPositions(c.Mask[bt*total:(bt+1)*total], c.Past, c.Seq) {
+			r := bt*c.Seq + t
+			id := int(c.IDs[r])
+			if id < 0 || id >= vocab {
+				return fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, vocab)
+			}
+			if p+offset < 0 || p+offset >= positions {
+				return fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p, bt, positions-offset)
+			}
+			if err := f(r, id, p+offset); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *embeddingStep) Forward(c *Call, _ []*Value, out *Value) error {
+	if err := checkValue("embedding output", out, c.Rows(), s.hid); err != nil {
+		return err
 	}
 	var tmp []float32
 	if s.projIn != nil {
 		tmp = make([]float32, s.proj)
 	}
-	for bt := 0; bt < c.Batch; bt++ {
-		mask := c.Mask[bt*total : (bt+1)*total]
-		for t, p := range EmbeddingPositions(mask, c.Past, c.Seq) {
-			r := bt*c.Seq + t
-			id := int(c.IDs[r])
-			if id < 0 || id >= s.vocab {
-				return fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
-			}
-			p += s.offset
-			if p < 0 || p >= s.positions {
-				return fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
-			}
-			y := out.Row(r)
-			if s.projIn != nil {
-				if err := s.tok.row(id, tmp); err != nil {
-					return err
-				}
-				for o := range y {
-					y[o] = dot(s.projIn[o*s.proj:(o+1)*s.proj], tmp)
-				}
-			} else if err := s.tok.row(id, y); err != nil {
+	return EmbeddingRows(c, s.vocab, s.offset, s.positions, func(r, id, p int) error {
+		y := out.Row(r)
+		if s.projIn != nil {
+			if err := s.tok.row(id, tmp); err != nil {
 				return err
 			}
-			pr := s.pos[p*s.hid : (p+1)*s.hid]
-			for i := range y {
-				y[i] += pr[i]
+			for o := range y {
+				y[o] = dot(s.projIn[o*s.proj:(o+1)*s.proj], tmp)
 			}
+		} else if err := s.tok.row(id, y); err != nil {
+			return err
 		}
-	}
-	return nil
+		pr := s.pos[p*s.hid : (p+1)*s.hid]
+		for i := range y {
+			y[i] += pr[i]
+		}
+		return nil
+	})
 }
 
 func dot(a, b []float32) float32 {

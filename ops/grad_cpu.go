@@ -697,25 +697,12 @@ func (s *embeddingGrad) Params() []*Param { return nonNil(s.tok, s.pos, s.proj) 
 
 // rowsOf resolves each row's token id and position row.
 func (s *embeddingGrad) rowsOf(c *Call) (ids, pos []int, err error) {
-	total := c.Past + c.Seq
-	if len(c.IDs) != c.Rows() || len(c.Mask) != c.Batch*total {
-		return nil, nil, fmt.Errorf("embedding: %d ids and %d mask entries for batch %d, %d new and %d past tokens", len(c.IDs), len(c.Mask), c.Batch, c.Seq, c.Past)
-	}
 	ids, pos = make([]int, c.Rows()), make([]int, c.Rows())
-	for bt := 0; bt < c.Batch; bt++ {
-		mask := c.Mask[bt*total : (bt+1)*total]
-		for t, p := range EmbeddingPositions(mask, c.Past, c.Seq) {
-			r := bt*c.Seq + t
-			id := int(c.IDs[r])
-			if id < 0 || id >= s.vocab {
-				return nil, nil, fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, s.vocab)
-			}
-			p += s.offset
-			if p < 0 || p >= s.positions {
-				return nil, nil, fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p-s.offset, bt, s.positions-s.offset)
-			}
-			ids[r], pos[r] = id, p
-		}
+	if err := EmbeddingRows(c, s.vocab, s.offset, s.positions, func(r, id, p int) error {
+		ids[r], pos[r] = id, p
+		return nil
+	}); err != nil {
+		return nil, nil, err
 	}
 	return ids, pos, nil
 }
