@@ -130,7 +130,6 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 	next := make([][]int32, len(prompts))
 	nextMask := ones(len(prompts), 1)
 	var seen []map[int32]bool // per sequence, with RepetitionPenalty
-	var row []float32
 	if penalize {
 		seen = make([]map[int32]bool, len(prompts))
 		for b, p := range prompts {
@@ -148,11 +147,9 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 		for b := range prompts {
 			tok := int32(o.Pad)
 			if !done[b] {
-				l := logits.Row(b)
+				l := logits.Row(b) // this step's, ours until the next StepLast
 				if penalize {
-					row = append(row[:0], l...)
-					penalizeRepeats(row, seen[b], o.RepetitionPenalty)
-					l = row
+					penalizeRepeats(l, seen[b], o.RepetitionPenalty)
 				}
 				tok = int32(sample(l, o, rng))
 				if penalize {

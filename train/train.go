@@ -411,22 +411,22 @@ func (t *Trainer) checkBatch(ids [][]int32) error {
 
 // call checks a batch and makes its Call: the model reads every
 // sequence but its last token, and each position's target is the token
-// after it (in *targets, grown as needed). The last token needs no
+// after it (in t.ceTargets, reused). The last token needs no
 // forward pass: it predicts nothing, and causal attention keeps it from
 // the earlier positions, so leaving it out changes no loss or gradient
 // and keeps the row count a multiple of --seq (the GPU's 2:4 products
 // pad rows to multiples of 64 or 256).
-func (t *Trainer) call(ids [][]int32, targets *[]int32) (*ops.Call, []int32, error) {
+func (t *Trainer) call(ids [][]int32) (*ops.Call, []int32, error) {
 	if err := t.checkBatch(ids); err != nil {
 		return nil, nil, err
 	}
 	seq := len(ids[0])
 	c := &ops.Call{Batch: len(ids), Seq: seq - 1, Threads: t.o.Threads}
 	c.IDs = make([]int32, 0, c.Rows())
-	if cap(*targets) < c.Rows() {
-		*targets = make([]int32, c.Rows())
+	if cap(t.ceTargets) < c.Rows() {
+		t.ceTargets = make([]int32, c.Rows())
 	}
-	tg := (*targets)[:0]
+	tg := t.ceTargets[:0]
 	for _, s := range ids {
 		c.IDs = append(c.IDs, s[:seq-1]...)
 		tg = append(tg, s[1:]...)
@@ -491,7 +491,10 @@ func (t *Trainer) crossEntropy(c *ops.Call, targets []int32, logits *ops.Value, 
 	g := &ops.Value{Rows: logits.Rows, Dim: logits.Dim, Data: t.glogits[:len(logits.Data)]}
 	inv := 1 / float64(total)
 	rows := c.Batch * c.Seq
-	losses := make([]float64, rows)
+	if cap(t.ceLoss) < rows {
+		t.ceLoss = make([]float64, rows)
+	}
+	losses := t.ceLoss[:rows]
 	cpu.ParallelFor(rows, t.threads(), func(lo, hi int) {
 		for r := lo; r < hi; r++ {
 			// g's row: the softmax numerators, then the gradient.
@@ -643,7 +646,7 @@ func (t *Trainer) loss(ids [][]int32, grad bool) (float64, error) {
 
 // lossSum is loss's summed cross-entropy, the gradient scaled by 1/total.
 func (t *Trainer) lossSum(ids [][]int32, grad bool, total int) (float64, error) {
-	c, targets, err := t.call(ids, &t.ceTargets)
+	c, targets, err := t.call(ids)
 	if err != nil {
 		return 0, err
 	}
