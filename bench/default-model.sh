@@ -11,7 +11,8 @@
 #
 # Steps: data (experiment.sh's), tokenizer, init, train, export. The result
 # is deterministic for a given THREADS (the trainer's sums depend on it).
-# Environment: STEPS (3000), BATCH (8), SEQ (255: a window is SEQ+1 tokens), LR (2e-3), WARMUP (100),
+# Environment: STEPS (3000), BATCH (8), SEQ (255: windows of 256 tokens, as
+# the committed model was trained), LR (2e-3), WARMUP (100),
 # VOCAB (4096), THREADS (2), SEED (1), OUT (bench/out/default-model), DEST
 # (testmodels/opt-kjv-mini).
 # Output: testmodels/opt-kjv-mini/ (config.json, generation_config.json,
