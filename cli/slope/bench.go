@@ -32,8 +32,8 @@ func newBenchCmd() *cobra.Command {
 			if promptLen < 1 || genLen < 1 || batch < 1 || warmup < 0 {
 				return usagef(cmd, "--prompt-len, --gen-len and --batch must be >= 1, --warmup >= 0")
 			}
-			if device.profile && device.device != "cuda" && device.device != "cuda-f32" {
-				return usagef(cmd, "--gpu-profile needs --device cuda or cuda-f32")
+			if err := checkGPUProfile(cmd, device.device, device.profile); err != nil {
+				return err
 			}
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)

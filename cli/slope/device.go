@@ -58,6 +58,14 @@ func openModel(path string, f deviceFlags) (*model, error) {
 	return &model{Model: m, gpu: gpu, closeBE: closeBE}, nil
 }
 
+// checkGPUProfile refuses --gpu-profile (on) off the GPU devices.
+func checkGPUProfile(cmd *cobra.Command, device string, on bool) error {
+	if on && device != "cuda" && device != "cuda-f32" {
+		return usagef(cmd, "--gpu-profile needs --device cuda or cuda-f32")
+	}
+	return nil
+}
+
 // newGPU opens the GPU for --device cuda (bf16 activations) or cuda-f32
 // (float32), with opts' other fields.
 func newGPU(device string, opts cuda.Options) (*cuda.Backend, error) {

@@ -118,11 +118,13 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 			return usagef(cmd, "%s must not be negative, got %d", f.name, f.v)
 		}
 	}
-	switch {
-	case fl.device != "" && fl.device != "cpu" && fl.device != "cuda-f32" && fl.device != "cuda":
+	if fl.device != "" && fl.device != "cpu" && fl.device != "cuda-f32" && fl.device != "cuda" {
 		return usagef(cmd, "--device %q: want cpu, cuda-f32 or cuda", fl.device)
-	case fl.gpuProfile && fl.device != "cuda-f32" && fl.device != "cuda":
-		return usagef(cmd, "--gpu-profile needs --device cuda or cuda-f32")
+	}
+	if err := checkGPUProfile(cmd, fl.device, fl.gpuProfile); err != nil {
+		return err
+	}
+	switch {
 	case fl.data == "":
 		return usagef(cmd, "--data is required")
 	case fl.out == "":
@@ -408,6 +410,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	// (it warms the buffers up; every step has batch x seq tokens).
 	var stepTime, firstTime float64
 	var steps int
+	profiled := 0 // steps in the GPU profile (since its reset)
 	save := func() error {
 		tr.SetDataPosition(data.Position())
 		return tr.Save(fl.out)
@@ -469,6 +472,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		n := int64(fl.batch * fl.seq)
 		tokens += n
 		stepTime += dt
+		profiled++
 		if steps++; steps == 1 {
 			firstTime = dt
 			// The profile leaves out the first step's one-time work when
@@ -477,6 +481,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 				if err := gpu.ProfileReset(); err != nil { // nil gpu: none
 					return err
 				}
+				profiled = 0
 			}
 		}
 		rate := float64(n) / max(dt, 1e-9)
@@ -500,14 +505,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		}
 	}
 	// The GPU profile of the steps after the first (reset above), before
-	// the checkpoint and the final evaluation add their work.
+	// the checkpoint and the final evaluation add their work (evaluations
+	// and saves during the run, --eval-every and --save-every, are in it).
 	var profile bytes.Buffer
-	if gpu.Profiling() {
-		n := steps
-		if n > 1 {
-			n-- // the reset dropped the first
-		}
-		if err := gpu.ProfileReport(&profile, n, "step"); err != nil {
+	if gpu.Profiling() && profiled > 0 {
+		if err := gpu.ProfileReport(&profile, profiled, "step"); err != nil {
 			return err
 		}
 	}
