@@ -198,23 +198,23 @@ func summarizeTensor(f *File, t *slopepb.Tensor) TensorSummary {
 	case slopepb.Encoding_NM_TRANSPOSE_MASK, slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED:
 		// Auxiliary: no dense counterpart.
 	default:
+		if !IsFloat(t.GetDtype()) {
+			// Not weights (tokenizer files, ids): a dense fp16 model
+			// carries the same bytes, its raw size (validated at open).
+			ts.DenseFP16Bytes = ts.RawBytes
+			break
+		}
 		// Element counts were capped at open (MaxElements), so this does
 		// not overflow for any limits a reader accepts; saturate anyway.
-		n, ok := uint64(1), true
+		n := uint64(1)
 		for _, d := range t.GetShape() {
+			var ok bool
 			if n, ok = mulU64(n, d); !ok {
 				n = math.MaxUint64 / 2
 				break
 			}
 		}
 		ts.DenseFP16Bytes = n * 2
-		if sz, err := ElemSize(t.GetDtype()); err == nil && !IsFloat(t.GetDtype()) {
-			// Not weights (tokenizer files, ids): a dense fp16 model
-			// carries the same bytes.
-			if ts.DenseFP16Bytes, ok = mulU64(n, uint64(sz)); !ok {
-				ts.DenseFP16Bytes = math.MaxUint64 / 2
-			}
-		}
 	}
 	ts.RatioToFP16 = ratio(ts.StoredBytes, ts.DenseFP16Bytes)
 	return ts
