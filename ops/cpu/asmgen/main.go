@@ -520,7 +520,8 @@ func genSpPrep(d dtype) {
 // transposed activation block XT (rows of 32 floats, 128 bytes),
 // acc[j][q] += val[t][l0+j] * XT[off[t][l0+j]/128][8q:8q+8] over all steps
 // t, one FMA chain per accumulator. Per step the 8 values are loaded once
-// and each lane's value broadcast with VPERMPS; the X rows are FMA memory
+// and each lane's value broadcast with VPERMPS (or, where the registers
+// would not fit in AVX2's 16, by VBROADCASTSS from memory); the X rows are FMA memory
 // operands (the gather is the addressing). The accumulators start from
 // and end in yt ([r][mb]), so a K range can be split into consecutive
 // calls with bit-identical results.
@@ -533,18 +534,29 @@ func genSPMM(mb, r int) {
 	vals := Load(Param("vals"), GP64())
 	l0 := GP64()
 	Load(Param("l0"), l0)
-	sel := make([]VecVirtual, r)
-	for j := range sel {
-		sel[j] = YMM()
-		VMOVD(l0.As32(), sel[j].AsX())
-		VPBROADCASTD(sel[j].AsX(), sel[j])
-		if j+1 < r {
-			INCL(l0.As32())
+	q := mb / 8
+	// AVX2 has 16 vector registers (avo would hand out Y16-Y31, which
+	// need AVX-512VL and fault on AVX2-only CPUs). The permute form holds
+	// r selectors, r*q accumulators, the values and one broadcast; where
+	// that does not fit, each value is broadcast from memory instead.
+	permute := r+r*q+2 <= 16
+	var sel []VecVirtual
+	if permute {
+		sel = make([]VecVirtual, r)
+		for j := range sel {
+			sel[j] = YMM()
+			VMOVD(l0.As32(), sel[j].AsX())
+			VPBROADCASTD(sel[j].AsX(), sel[j])
+			if j+1 < r {
+				INCL(l0.As32())
+			}
 		}
+	} else {
+		// vals += 4*l0: the panel's lanes l0.. are at Disp 4j of a step.
+		LEAQ(Mem{Base: vals, Index: l0, Scale: 4}, vals)
 	}
 	end := Load(Param("steps"), GP64())
 	SHLQ(U8(5), end)
-	q := mb / 8
 	yt := Load(Param("yt"), GP64())
 	acc := make([][]VecVirtual, r)
 	for j := range acc {
@@ -556,13 +568,20 @@ func genSPMM(mb, r int) {
 	i := GP64()
 	XORQ(i, i)
 	Label(name + "_loop")
-	vv := YMM()
-	VMOVUPS(Mem{Base: vals, Index: i, Scale: 1}, vv)
+	var vv VecVirtual
+	if permute {
+		vv = YMM()
+		VMOVUPS(Mem{Base: vals, Index: i, Scale: 1}, vv)
+	}
 	for j := 0; j < r; j++ {
 		o := GP64()
 		MOVL(Mem{Base: off, Index: i, Scale: 1, Disp: 4 * j}, o.As32())
 		b := YMM()
-		VPERMPS(vv, sel[j], b)
+		if permute {
+			VPERMPS(vv, sel[j], b)
+		} else {
+			VBROADCASTSS(Mem{Base: vals, Index: i, Scale: 1, Disp: 4 * j}, b)
+		}
 		for p := 0; p < q; p++ {
 			VFMADD231PS(Mem{Base: xt, Index: o, Scale: 1, Disp: 32 * p}, b, acc[j][p])
 		}

@@ -1,0 +1,28 @@
+package convert
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/slopeml/slope/internal/asmcheck"
+)
+
+// TestAVX2PruneNeedsNoAVX512: the hand-written AVX2 pruning kernels must
+// run on a CPU without AVX-512 (see package asmcheck).
+func TestAVX2PruneNeedsNoAVX512(t *testing.T) {
+	for _, path := range []string{"prune24avx2_amd64.s"} {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad, err := asmcheck.AVX2Violations(f, path)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bad) > 0 {
+			t.Errorf("%s: %d AVX2 kernel lines need AVX-512:\n%s", path, len(bad), strings.Join(bad, "\n"))
+		}
+	}
+}

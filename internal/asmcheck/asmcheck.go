@@ -1,0 +1,69 @@
+// Package asmcheck checks amd64 assembly for instructions that need a
+// newer instruction set than the function's name promises.
+//
+// The contract it enforces: a TEXT symbol whose name ends in "AVX2" runs
+// on CPUs without AVX-512, so it must not name X16-X31, Y16-Y31, any Z
+// register or an opmask register K0-K7 (each needs an EVEX encoding and
+// faults with SIGILL there), and its generated "// Requires:" line, if
+// any, must not list an AVX-512 extension. Machines with AVX-512 run such
+// code without complaint, which is why a test of the kernels' results
+// alone does not catch it.
+package asmcheck
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+)
+
+var (
+	textLine = regexp.MustCompile(`^TEXT\s+·?([A-Za-z0-9_]+)`)
+	// evexOnly matches the registers that exist only with AVX-512.
+	evexOnly = regexp.MustCompile(`\b([XY](1[6-9]|2[0-9]|3[01])|Z([0-9]|[12][0-9]|3[01])|K[0-7])\b`)
+)
+
+// AVX2Violations reads Go assembly from r and returns one line per
+// violation of the package contract, as "name:line: reason", in file
+// order. src names the input in read errors.
+func AVX2Violations(r io.Reader, src string) ([]string, error) {
+	var (
+		out      []string
+		requires string
+		fn       string
+		avx2     bool
+	)
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "// Requires:"):
+			requires = line
+			continue
+		case strings.HasPrefix(line, "TEXT"):
+			m := textLine.FindStringSubmatch(line)
+			if m == nil {
+				return nil, fmt.Errorf("%s:%d: cannot parse TEXT line %q", src, n, line)
+			}
+			fn, avx2 = m[1], strings.HasSuffix(m[1], "AVX2")
+			if avx2 && strings.Contains(requires, "AVX512") {
+				out = append(out, fmt.Sprintf("%s:%d: %s requires %s", fn, n, fn, strings.TrimPrefix(requires, "// Requires: ")))
+			}
+			requires = ""
+			continue
+		}
+		if !avx2 {
+			continue
+		}
+		code, _, _ := strings.Cut(line, "//")
+		if reg := evexOnly.FindString(code); reg != "" {
+			out = append(out, fmt.Sprintf("%s:%d: %s needs AVX-512: %s", fn, n, reg, strings.TrimSpace(code)))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", src, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,53 @@
+package asmcheck
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestAVX2Violations(t *testing.T) {
+	src := `// func aAVX2()
+// Requires: AVX, AVX2, FMA3
+TEXT ·aAVX2(SB), NOSPLIT, $0-8
+	VPERMPS Y15, Y0, Y16 // Y17 in a comment is fine
+	VMOVUPS Y1, (AX)
+	RET
+
+// Requires: AVX, AVX512F
+TEXT ·bAVX512(SB), NOSPLIT, $0-8
+	VMOVUPS Z3, Z20
+	KMOVW K1, AX
+	RET
+
+// Requires: AVX, AVX512F, AVX512VL
+TEXT ·cAVX2(SB), NOSPLIT, $0-8
+	VADDPS X31, X1, X2
+	KMOVW K0, AX
+	VMOVUPS Z0, (AX)
+	RET
+
+TEXT ·dAVX2(SB), NOSPLIT, $0-8
+	VMOVUPS Y15, Y14
+	MOVQ X16abc, AX
+	RET
+`
+	got, err := AVX2Violations(strings.NewReader(src), "test.s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"aAVX2:4: Y16 needs AVX-512",
+		"cAVX2:15: cAVX2 requires AVX, AVX512F, AVX512VL",
+		"cAVX2:16: X31 needs AVX-512",
+		"cAVX2:17: K0 needs AVX-512",
+		"cAVX2:18: Z0 needs AVX-512",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d violations %q, want %d", len(got), got, len(want))
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("violation %d = %q, want prefix %q", i, got[i], want[i])
+		}
+	}
+}
