@@ -27,8 +27,8 @@ type AdamWStep struct {
 // with m', v', w' stored as float32 (m' and v' enter w' unrounded), and
 // grad zeroed with ZeroGrad.
 // Elementwise: any split of the slices gives the same bits, and the
-// AVX-512 kernel (8 values per instruction) gives the same bits as the
-// scalar loop.
+// AVX-512 kernel (8 values per instruction) and the AVX2 one (4) give the
+// same bits as the scalar loop.
 func AdamW(w, g, m, v []float32, s AdamWStep) {
 	n := len(w)
 	if len(g) != n || len(m) != n || len(v) != n {
@@ -40,14 +40,21 @@ func AdamW(w, g, m, v []float32, s AdamWStep) {
 	if s.GradScale == 0 {
 		s.GradScale = 1
 	}
-	if asm512On() {
+	if asmOn() {
 		k := [9]float64{s.Beta1, 1 - s.Beta1, s.Beta2, 1 - s.Beta2, s.BC1, s.BC2, s.LR, s.Shrink, s.Eps}
 		zero := 0
 		if s.ZeroGrad {
 			zero = 1
 		}
-		adamWAVX512(&w[0], &g[0], &m[0], &v[0], n, &k, s.GradScale, zero)
-		return
+		if asm512On() {
+			adamWAVX512(&w[0], &g[0], &m[0], &v[0], n, &k, s.GradScale, zero)
+			return
+		}
+		done := adamWAVX2(&w[0], &g[0], &m[0], &v[0], n, &k, s.GradScale, zero)
+		w, g, m, v = w[done:], g[done:], m[done:], v[done:]
+		if len(w) == 0 {
+			return
+		}
 	}
 	adamWGo(w, g, m, v, s)
 }

@@ -13,7 +13,9 @@ import "math"
 // computes 16 values at a time (within 2 ulp of the correctly rounded
 // exp of that difference for finite src <= shift; results that round
 // below the smallest subnormal are zero) and sums in two float64 chains;
-// otherwise, and whenever shift is not finite, each value is
+// with AVX2 and FMA (no AVX-512) its 8-lane form gives each value the
+// same bits and sums in its own fixed order; otherwise, and whenever
+// shift is not finite, each value is
 // float32(math.Exp(float64(src[i] - shift))) (NaN and infinities as
 // math.Exp gives them) summed in order. Either way the
 // result depends only on the inputs, not on the caller's thread split.
@@ -24,16 +26,19 @@ func ExpShiftSum(dst, src []float32, shift float32) float64 {
 	if len(src) == 0 {
 		return 0
 	}
-	if asm512On() && !math.IsInf(float64(shift), 0) && shift == shift {
-		return expShiftSumAVX512(&dst[0], &src[0], len(src), shift)
+	if asmOn() && !math.IsInf(float64(shift), 0) && shift == shift {
+		if asm512On() {
+			return expShiftSumAVX512(&dst[0], &src[0], len(src), shift)
+		}
+		return expShiftSumAVX2(&dst[0], &src[0], len(src), shift)
 	}
 	return expShiftSumGo(dst, src, shift)
 }
 
-// ExpShiftSumVectorized reports whether ExpShiftSum runs its AVX-512
-// kernel on this CPU (for finite shifts): callers with a faster scalar
-// exponential of their own keep it otherwise.
-func ExpShiftSumVectorized() bool { return asm512On() }
+// ExpShiftSumVectorized reports whether ExpShiftSum runs a vector kernel
+// (AVX-512, or AVX2 with FMA) on this CPU for finite shifts: callers with
+// a faster scalar exponential of their own keep it otherwise.
+func ExpShiftSumVectorized() bool { return asmOn() }
 
 // expShiftSumGo is ExpShiftSum's reference and portable path.
 func expShiftSumGo(dst, src []float32, shift float32) float64 {

@@ -39,3 +39,8 @@ func sddmmPairAsm(int, *float32, *int64, *float32, *float32, int, *float32)     
 func adamWAVX512(*float32, *float32, *float32, *float32, int, *[9]float64, float32, int) { noAsm() }
 func gatherF32AVX512(*float32, *float32, *int32, int)                                    { noAsm() }
 func expShiftSumAVX512(*float32, *float32, int, float32) float64                         { noAsm(); return 0 }
+func adamWAVX2(*float32, *float32, *float32, *float32, int, *[9]float64, float32, int) int {
+	noAsm()
+	return 0
+}
+func expShiftSumAVX2(*float32, *float32, int, float32) float64 { noAsm(); return 0 }

@@ -5845,6 +5845,141 @@ DATA expConsts<>+40(SB)/4, $0x3f800000
 DATA expConsts<>+44(SB)/4, $0x3f800000
 GLOBL expConsts<>(SB), RODATA|NOPTR, $48
 
+// func expShiftSumAVX2(dst *float32, src *float32, n int, shift float32) float64
+// Requires: AVX, AVX2, FMA3, SSE2
+TEXT ·expShiftSumAVX2(SB), NOSPLIT, $0-40
+	MOVQ         dst+0(FP), AX
+	MOVQ         src+8(FP), CX
+	MOVQ         n+16(FP), DX
+	VBROADCASTSS shift+24(FP), Y0
+	LEAQ         expConsts2<>+0(SB), BX
+	VBROADCASTSS (BX), Y1
+	VBROADCASTSS 4(BX), Y2
+	VBROADCASTSS 8(BX), Y3
+	VBROADCASTSS 12(BX), Y4
+	VPBROADCASTD 48(BX), Y5
+	VXORPD       Y6, Y6, Y6
+	VXORPD       Y7, Y7, Y7
+	MOVQ         DX, SI
+	SHRQ         $0x03, SI
+	XORQ         DI, DI
+	TESTQ        SI, SI
+	JZ           expShiftSumAVX2_tail
+
+expShiftSumAVX2_loop:
+	VMOVUPS      (CX)(DI*1), Y8
+	VSUBPS       Y0, Y8, Y8
+	VMAXPS       Y1, Y8, Y8
+	VMULPS       Y2, Y8, Y9
+	VROUNDPS     $0x00, Y9, Y9
+	VFNMADD231PS Y3, Y9, Y8
+	VFNMADD231PS Y4, Y9, Y8
+	VBROADCASTSS 16(BX), Y10
+	VBROADCASTSS 20(BX), Y11
+	VFMADD213PS  Y11, Y8, Y10
+	VBROADCASTSS 24(BX), Y11
+	VFMADD213PS  Y11, Y8, Y10
+	VBROADCASTSS 28(BX), Y11
+	VFMADD213PS  Y11, Y8, Y10
+	VBROADCASTSS 32(BX), Y11
+	VFMADD213PS  Y11, Y8, Y10
+	VBROADCASTSS 36(BX), Y11
+	VFMADD213PS  Y11, Y8, Y10
+	VBROADCASTSS 40(BX), Y11
+	VFMADD213PS  Y11, Y8, Y10
+	VBROADCASTSS 44(BX), Y11
+	VFMADD213PS  Y11, Y8, Y10
+	VCVTPS2DQ    Y9, Y8
+	VPSRAD       $0x01, Y8, Y9
+	VPSUBD       Y9, Y8, Y8
+	VPADDD       Y5, Y9, Y9
+	VPSLLD       $0x17, Y9, Y9
+	VPADDD       Y5, Y8, Y8
+	VPSLLD       $0x17, Y8, Y8
+	VMULPS       Y9, Y10, Y10
+	VMULPS       Y8, Y10, Y10
+	VMOVUPS      Y10, (AX)(DI*1)
+	VCVTPS2PD    X10, Y8
+	VEXTRACTF128 $0x01, Y10, X9
+	VCVTPS2PD    X9, Y9
+	VADDPD       Y8, Y6, Y6
+	VADDPD       Y9, Y7, Y7
+	ADDQ         $0x20, DI
+	DECQ         SI
+	JNZ          expShiftSumAVX2_loop
+
+expShiftSumAVX2_tail:
+	TESTQ        $0x00000007, DX
+	JZ           expShiftSumAVX2_reduce
+	ANDQ         $0x07, DX
+	NEGQ         DX
+	ADDQ         $0x08, DX
+	LEAQ         tailMask<>+0(SB), SI
+	VMOVDQU      (SI)(DX*4), Y8
+	VMASKMOVPS   (CX)(DI*1), Y8, Y9
+	VSUBPS       Y0, Y9, Y9
+	VMAXPS       Y1, Y9, Y9
+	VMULPS       Y2, Y9, Y0
+	VROUNDPS     $0x00, Y0, Y0
+	VFNMADD231PS Y3, Y0, Y9
+	VFNMADD231PS Y4, Y0, Y9
+	VBROADCASTSS 16(BX), Y1
+	VBROADCASTSS 20(BX), Y2
+	VFMADD213PS  Y2, Y9, Y1
+	VBROADCASTSS 24(BX), Y2
+	VFMADD213PS  Y2, Y9, Y1
+	VBROADCASTSS 28(BX), Y2
+	VFMADD213PS  Y2, Y9, Y1
+	VBROADCASTSS 32(BX), Y2
+	VFMADD213PS  Y2, Y9, Y1
+	VBROADCASTSS 36(BX), Y2
+	VFMADD213PS  Y2, Y9, Y1
+	VBROADCASTSS 40(BX), Y2
+	VFMADD213PS  Y2, Y9, Y1
+	VBROADCASTSS 44(BX), Y2
+	VFMADD213PS  Y2, Y9, Y1
+	VCVTPS2DQ    Y0, Y0
+	VPSRAD       $0x01, Y0, Y2
+	VPSUBD       Y2, Y0, Y0
+	VPADDD       Y5, Y2, Y2
+	VPSLLD       $0x17, Y2, Y2
+	VPADDD       Y5, Y0, Y0
+	VPSLLD       $0x17, Y0, Y0
+	VMULPS       Y2, Y1, Y1
+	VMULPS       Y0, Y1, Y1
+	VANDPS       Y8, Y1, Y1
+	VMASKMOVPS   Y1, Y8, (AX)(DI*1)
+	VCVTPS2PD    X1, Y0
+	VEXTRACTF128 $0x01, Y1, X1
+	VCVTPS2PD    X1, Y1
+	VADDPD       Y0, Y6, Y6
+	VADDPD       Y1, Y7, Y7
+
+expShiftSumAVX2_reduce:
+	VADDPD       Y7, Y6, Y6
+	VEXTRACTF128 $0x01, Y6, X0
+	VADDPD       X0, X6, X0
+	VPERMILPD    $0x01, X0, X1
+	VADDSD       X1, X0, X0
+	MOVSD        X0, ret+32(FP)
+	VZEROUPPER
+	RET
+
+DATA expConsts2<>+0(SB)/4, $0xc2d00000
+DATA expConsts2<>+4(SB)/4, $0x3fb8aa3b
+DATA expConsts2<>+8(SB)/4, $0x3f317200
+DATA expConsts2<>+12(SB)/4, $0x35bfbe8e
+DATA expConsts2<>+16(SB)/4, $0x39500d01
+DATA expConsts2<>+20(SB)/4, $0x3ab60b61
+DATA expConsts2<>+24(SB)/4, $0x3c088889
+DATA expConsts2<>+28(SB)/4, $0x3d2aaaab
+DATA expConsts2<>+32(SB)/4, $0x3e2aaaab
+DATA expConsts2<>+36(SB)/4, $0x3f000000
+DATA expConsts2<>+40(SB)/4, $0x3f800000
+DATA expConsts2<>+44(SB)/4, $0x3f800000
+DATA expConsts2<>+48(SB)/4, $0x0000007f
+GLOBL expConsts2<>(SB), RODATA|NOPTR, $52
+
 // func adamWAVX512(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64, gscale float32, zero int)
 // Requires: AVX, AVX512F, AVX512VL, BMI2
 TEXT ·adamWAVX512(SB), NOSPLIT, $0-64
@@ -5956,6 +6091,79 @@ adamWAVX512_keep1:
 	VMOVUPS   Y0, K1, (AX)(R9*1)
 
 adamWAVX512_done:
+	VZEROUPPER
+	RET
+
+// func adamWAVX2(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64, gscale float32, zero int) int
+// Requires: AVX
+TEXT ·adamWAVX2(SB), NOSPLIT, $0-72
+	MOVQ         w+0(FP), AX
+	MOVQ         grad+8(FP), CX
+	MOVQ         m+16(FP), DX
+	MOVQ         v+24(FP), BX
+	MOVQ         n+32(FP), SI
+	MOVQ         k+40(FP), DI
+	VBROADCASTSD (DI), Y0
+	VBROADCASTSD 8(DI), Y1
+	VBROADCASTSD 16(DI), Y2
+	VBROADCASTSD 24(DI), Y3
+	VBROADCASTSD 32(DI), Y4
+	VBROADCASTSD 40(DI), Y5
+	VBROADCASTSD 48(DI), Y6
+	VBROADCASTSD 56(DI), Y7
+	VBROADCASTSD 64(DI), Y8
+	VBROADCASTSS gscale+48(FP), X9
+	MOVQ         zero+56(FP), DI
+	ANDQ         $-4, SI
+	XORQ         R8, R8
+	MOVQ         SI, R9
+	SHLQ         $0x02, R9
+	TESTQ        R9, R9
+	JZ           adamWAVX2_done
+
+adamWAVX2_loop:
+	VMOVUPS   (CX)(R8*1), X10
+	VMULPS    X9, X10, X10
+	VCVTPS2PD X10, Y10
+	VMOVUPS   (DX)(R8*1), X11
+	VCVTPS2PD X11, Y11
+	VMOVUPS   (BX)(R8*1), X12
+	VCVTPS2PD X12, Y12
+	VMOVUPS   (AX)(R8*1), X13
+	VCVTPS2PD X13, Y13
+	TESTQ     DI, DI
+	JZ        adamWAVX2_keep
+	VXORPS    X14, X14, X14
+	VMOVUPS   X14, (CX)(R8*1)
+
+adamWAVX2_keep:
+	VMULPD     Y0, Y11, Y11
+	VMULPD     Y1, Y10, Y14
+	VADDPD     Y14, Y11, Y11
+	VMULPD     Y2, Y12, Y12
+	VMULPD     Y3, Y10, Y14
+	VMULPD     Y10, Y14, Y14
+	VADDPD     Y14, Y12, Y12
+	VCVTPD2PSY Y11, X10
+	VMOVUPS    X10, (DX)(R8*1)
+	VCVTPD2PSY Y12, X10
+	VMOVUPS    X10, (BX)(R8*1)
+	VMULPD     Y7, Y13, Y13
+	VDIVPD     Y4, Y11, Y11
+	VMULPD     Y11, Y6, Y11
+	VDIVPD     Y5, Y12, Y12
+	VSQRTPD    Y12, Y12
+	VADDPD     Y8, Y12, Y12
+	VDIVPD     Y12, Y11, Y11
+	VSUBPD     Y11, Y13, Y13
+	VCVTPD2PSY Y13, X10
+	VMOVUPS    X10, (AX)(R8*1)
+	ADDQ       $0x10, R8
+	CMPQ       R8, R9
+	JNE        adamWAVX2_loop
+
+adamWAVX2_done:
+	MOVQ SI, ret+64(FP)
 	VZEROUPPER
 	RET
 

@@ -304,10 +304,18 @@ func sddmmPairR8AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int
 // src <= shift) and returns Σ dst[i] summed in float64 (fixed order).
 func expShiftSumAVX512(dst *float32, src *float32, n int, shift float32) float64
 
+// expShiftSumAVX2 is expShiftSumAVX512 on 8 lanes (AVX2): dst[i] = exp(src[i]-shift) for i < n,
+// the same bits per value, and Σ dst[i] summed in float64 (fixed order).
+func expShiftSumAVX2(dst *float32, src *float32, n int, shift float32) float64
+
 // adamWAVX512 runs one AdamW step over n values with float64 arithmetic rounded as the scalar
 // Go expression is (see genAdamW); k is [b1, 1-b1, b2, 1-b2, bc1, bc2, lr, shrink, eps];
 // the gradient is scaled by gscale (float32) first, and zeroed when zero != 0.
 func adamWAVX512(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64, gscale float32, zero int)
+
+// adamWAVX2 runs adamWAVX512's step over the first n&^3 values on 4 lanes (AVX2) and returns
+// n&^3; the caller updates the rest with the scalar loop (the same bits).
+func adamWAVX2(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64, gscale float32, zero int) int
 
 // gatherF32AVX512 sets dst[i] = vals[src[i]] where src[i] >= 0 and 0 where src[i] < 0, for i < n
 // (every src[i] < len(vals), the caller's to ensure).

@@ -228,9 +228,10 @@ func (s *Sparse) gemv(y, x []float32, m int, bias []float32, t int, add bool) {
 // micro-kernels over the panel's lanes (3+3+2 or 4+4 outputs).
 func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int, add bool) {
 	in := s.in
-	ld, sh, gran, rmax := 32, 7, 8, 3
+	// chunk: the bytes of a block's X rows that one K chunk spans.
+	ld, sh, gran, rmax, chunk := 32, 7, 8, 3, 16<<10
 	if asm512On() {
-		ld, sh, gran, rmax = 64, 8, 16, 4
+		ld, sh, gran, rmax, chunk = 64, 8, 16, 4, 64<<10
 	}
 	nb := (m + ld - 1) / ld
 	xtb := GetF32(nb * in * ld)
@@ -242,9 +243,13 @@ func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int, add bool) {
 		}
 	})
 	wpp := s.wordsPerPanel()
-	// K chunks: the steps whose X rows span about 64 KiB of a block, so
-	// that a chunk stays in cache while spPanels panels use it.
-	kc := max(1, (64<<10)/(ld*4)/s.p.M) * s.p.N
+	// K chunks: the steps whose X rows span chunk bytes of a block, so
+	// that a chunk stays in cache while spPanels panels use it. The AVX2
+	// kernel loads one X row per FMA, so its chunk must stay in L1 (32 KiB
+	// on the CPUs it serves): from L2 it ran at half the speed (Zen 3,
+	// 2026-11-27). The AVX-512 kernel showed no difference between 8 and
+	// 128 KiB (Zen 4).
+	kc := max(1, chunk/(ld*4)/s.p.M) * s.p.N
 	work := func(p0, p1, b0, b1 int) {
 		np := min(spPanels, p1-p0)
 		offb := getU32(np * s.kept * spLanes)

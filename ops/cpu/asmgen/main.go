@@ -120,7 +120,9 @@ func main() {
 		genSDDMMPair(r)
 	}
 	genExpShiftSum()
+	genExpShiftSumAVX2()
 	genAdamW()
+	genAdamWAVX2()
 	genGatherF32()
 	Generate()
 }
@@ -1571,6 +1573,209 @@ func genExpShiftSum() {
 	VPERMILPD(U8(1), hx, hs)
 	VADDSD(hs, hx, hx)
 	Store(hx, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// genExpShiftSumAVX2 is genExpShiftSum for CPUs without AVX-512, 8 values
+// at a time with the same constants and operations, so each value has
+// the same bits as the AVX-512 kernel's. Without VSCALEFPS, p·2^k is two
+// products by powers of two built from the exponent bits, 2^(k>>1) (exact)
+// then 2^(k-(k>>1)), which rounds once into the subnormals as VSCALEFPS
+// does (k >= -150 after the clamp, so both halves are normal). The sums
+// run in two float64 chains (low and high 4 lanes). The last n%8
+// elements go under a VMASKMOVPS mask (nothing past n is read or
+// written; masked lanes are zeroed before the sum). The polynomial's
+// coefficients are memory operands: 16 registers would not hold them all.
+func genExpShiftSumAVX2() {
+	name := "expShiftSumAVX2"
+	TEXT(name, NOSPLIT, "func(dst *float32, src *float32, n int, shift float32) float64")
+	Doc(name+" is expShiftSumAVX512 on 8 lanes (AVX2): dst[i] = exp(src[i]-shift) for i < n,",
+		"the same bits per value, and Σ dst[i] summed in float64 (fixed order).")
+	tbl := GLOBL("expConsts2", RODATA|NOPTR)
+	for i, v := range expConstVals {
+		DATA(4*i, U32(math.Float32bits(v)))
+	}
+	DATA(4*len(expConstVals), U32(127))
+	dst := Load(Param("dst"), GP64())
+	src := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	sh := YMM()
+	VBROADCASTSS(paramAddr("shift"), sh)
+	base := GP64()
+	LEAQ(tbl, base)
+	c := func(i int) Mem { return Mem{Base: base, Disp: 4 * i} }
+	lo, log2e, ln2hi, ln2lo, bias := YMM(), YMM(), YMM(), YMM(), YMM()
+	VBROADCASTSS(c(0), lo)
+	VBROADCASTSS(c(1), log2e)
+	VBROADCASTSS(c(2), ln2hi)
+	VBROADCASTSS(c(3), ln2lo)
+	VPBROADCASTD(c(len(expConstVals)), bias)
+	s0, s1 := YMM(), YMM()
+	VXORPD(s0, s0, s0)
+	VXORPD(s1, s1, s1)
+	cnt := GP64()
+	MOVQ(n, cnt)
+	SHRQ(U8(3), cnt)
+	i := GP64()
+	XORQ(i, i)
+	body := func(x VecVirtual) VecVirtual {
+		VSUBPS(sh, x, x)
+		VMAXPS(lo, x, x)
+		k := YMM()
+		VMULPS(log2e, x, k)
+		VROUNDPS(U8(0), k, k)
+		VFNMADD231PS(ln2hi, k, x)
+		VFNMADD231PS(ln2lo, k, x)
+		p := YMM()
+		VBROADCASTSS(c(4), p)
+		for j := 5; j < len(expConstVals); j++ {
+			cj := YMM()
+			VBROADCASTSS(c(j), cj)
+			VFMADD213PS(cj, x, p)
+		}
+		ki := YMM()
+		VCVTPS2DQ(k, ki)
+		ka := YMM()
+		VPSRAD(U8(1), ki, ka)
+		VPSUBD(ka, ki, ki)
+		VPADDD(bias, ka, ka)
+		VPSLLD(U8(23), ka, ka)
+		VPADDD(bias, ki, ki)
+		VPSLLD(U8(23), ki, ki)
+		VMULPS(ka, p, p)
+		VMULPS(ki, p, p)
+		return p
+	}
+	sum := func(e VecVirtual) {
+		d0, d1 := YMM(), YMM()
+		VCVTPS2PD(e.AsX(), d0)
+		hi := XMM()
+		VEXTRACTF128(U8(1), e, hi)
+		VCVTPS2PD(hi, d1)
+		VADDPD(d0, s0, s0)
+		VADDPD(d1, s1, s1)
+	}
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_tail"))
+	Label(name + "_loop")
+	x := YMM()
+	VMOVUPS(Mem{Base: src, Index: i, Scale: 1}, x)
+	e := body(x)
+	VMOVUPS(e, Mem{Base: dst, Index: i, Scale: 1})
+	sum(e)
+	ADDQ(U8(32), i)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_tail")
+	TESTQ(U32(7), n)
+	JZ(LabelRef(name + "_reduce"))
+	mask := YMM()
+	loadTailMask(n, mask)
+	xt := YMM()
+	VMASKMOVPS(Mem{Base: src, Index: i, Scale: 1}, mask, xt)
+	et := body(xt)
+	VANDPS(mask, et, et)
+	VMASKMOVPS(et, mask, Mem{Base: dst, Index: i, Scale: 1})
+	sum(et)
+	Label(name + "_reduce")
+	VADDPD(s1, s0, s0)
+	hx := XMM()
+	VEXTRACTF128(U8(1), s0, hx)
+	VADDPD(hx, s0.AsX(), hx)
+	hs := XMM()
+	VPERMILPD(U8(1), hx, hs)
+	VADDSD(hs, hx, hx)
+	Store(hx, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// genAdamWAVX2 is genAdamW for CPUs without AVX-512: 4 values per
+// iteration (float64 arithmetic in one YMM), the same operations in the
+// same order, so the same bits as the scalar loop. The last n%4 values are
+// left to the caller (the scalar loop), which keeps this kernel free of
+// masks; it returns how many values it updated.
+func genAdamWAVX2() {
+	name := "adamWAVX2"
+	TEXT(name, NOSPLIT, "func(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]float64, gscale float32, zero int) int")
+	Doc(name+" runs adamWAVX512's step over the first n&^3 values on 4 lanes (AVX2) and returns",
+		"n&^3; the caller updates the rest with the scalar loop (the same bits).")
+	w := Load(Param("w"), GP64())
+	g := Load(Param("grad"), GP64())
+	m := Load(Param("m"), GP64())
+	v := Load(Param("v"), GP64())
+	n := Load(Param("n"), GP64())
+	kp := Load(Param("k"), GP64())
+	c := make([]VecVirtual, 9)
+	for j := range c {
+		c[j] = YMM()
+		VBROADCASTSD(Mem{Base: kp, Disp: 8 * j}, c[j])
+	}
+	b1, c1, b2, c2, bc1, bc2, lr, shrink, eps := c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+	gs := XMM()
+	VBROADCASTSS(paramAddr("gscale"), gs)
+	zero := GP64()
+	Load(Param("zero"), zero)
+	ANDQ(I32(-4), n)
+	i := GP64()
+	XORQ(i, i)
+	end := GP64()
+	MOVQ(n, end)
+	SHLQ(U8(2), end)
+	TESTQ(end, end)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	at := func(base Register) Mem { return Mem{Base: base, Index: i, Scale: 1} }
+	gd, md, vd, wd := YMM(), YMM(), YMM(), YMM()
+	for _, lv := range []struct {
+		base Register
+		dst  VecVirtual
+	}{{g, gd}, {m, md}, {v, vd}, {w, wd}} {
+		f := XMM()
+		VMOVUPS(at(lv.base), f)
+		if lv.base == g {
+			VMULPS(gs, f, f) // float32(g·gscale)
+		}
+		VCVTPS2PD(f, lv.dst)
+	}
+	skip := name + "_keep"
+	TESTQ(zero, zero)
+	JZ(LabelRef(skip))
+	z := XMM()
+	VXORPS(z, z, z)
+	VMOVUPS(z, at(g))
+	Label(skip)
+	t := YMM()
+	VMULPD(b1, md, md)
+	VMULPD(c1, gd, t)
+	VADDPD(t, md, md)
+	VMULPD(b2, vd, vd)
+	VMULPD(c2, gd, t)
+	VMULPD(gd, t, t)
+	VADDPD(t, vd, vd)
+	f := XMM()
+	VCVTPD2PSY(md, f)
+	VMOVUPS(f, at(m))
+	f2 := XMM()
+	VCVTPD2PSY(vd, f2)
+	VMOVUPS(f2, at(v))
+	VMULPD(shrink, wd, wd)
+	VDIVPD(bc1, md, md)
+	VMULPD(md, lr, md)
+	VDIVPD(bc2, vd, vd)
+	VSQRTPD(vd, vd)
+	VADDPD(eps, vd, vd)
+	VDIVPD(vd, md, md)
+	VSUBPD(md, wd, wd)
+	f3 := XMM()
+	VCVTPD2PSY(wd, f3)
+	VMOVUPS(f3, at(w))
+	ADDQ(U8(16), i)
+	CMPQ(i, end)
+	JNE(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	Store(n, ReturnIndex(0))
 	VZEROUPPER()
 	RET()
 }
