@@ -172,6 +172,16 @@ var sddmmPairFns = [...]func(gy *float32, rows *int64, xa, xb *float32, n int, o
 	sddmmPairR5AVX512, sddmmPairR6AVX512, sddmmPairR7AVX512, sddmmPairR8AVX512,
 }
 
+var sddmmPairFnsAVX2 = [...]func(gy *float32, rows *int64, xa, xb *float32, n int, out *float32){
+	sddmmPairR1AVX2, sddmmPairR2AVX2, sddmmPairR3AVX2, sddmmPairR4AVX2, sddmmPairR5AVX2, sddmmPairR6AVX2,
+}
+
+// sddmmPairAsm runs the AVX-512 kernel for r <= 8 rows, or without
+// AVX-512 the AVX2 one for r <= 6 (sddmmPairLimit).
 func sddmmPairAsm(r int, gy *float32, rows *int64, xa, xb *float32, n int, out *float32) {
-	sddmmPairFns[r-1](gy, rows, xa, xb, n, out)
+	if asm512On() {
+		sddmmPairFns[r-1](gy, rows, xa, xb, n, out)
+		return
+	}
+	sddmmPairFnsAVX2[r-1](gy, rows, xa, xb, n, out)
 }

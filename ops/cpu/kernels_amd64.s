@@ -5733,6 +5733,549 @@ sddmmPairR8AVX512_reduce:
 	VZEROUPPER
 	RET
 
+// func sddmmPairR1AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+// Requires: AVX, FMA3
+TEXT ·sddmmPairR1AVX2(SB), NOSPLIT, $0-48
+	MOVQ   gy+0(FP), AX
+	MOVQ   rows+8(FP), CX
+	MOVQ   (CX), CX
+	ADDQ   AX, CX
+	MOVQ   xa+16(FP), AX
+	MOVQ   xb+24(FP), DX
+	MOVQ   n+32(FP), BX
+	MOVQ   BX, SI
+	SHRQ   $0x03, SI
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	XORQ   DI, DI
+	TESTQ  SI, SI
+	JZ     sddmmPairR1AVX2_tail
+
+sddmmPairR1AVX2_loop:
+	VMOVUPS     (AX)(DI*1), Y2
+	VMOVUPS     (DX)(DI*1), Y3
+	VMOVUPS     (CX)(DI*1), Y4
+	VFMADD231PS Y4, Y2, Y0
+	VFMADD231PS Y4, Y3, Y1
+	ADDQ        $0x20, DI
+	DECQ        SI
+	JNZ         sddmmPairR1AVX2_loop
+
+sddmmPairR1AVX2_tail:
+	TESTQ       $0x00000007, BX
+	JZ          sddmmPairR1AVX2_reduce
+	ANDQ        $0x07, BX
+	NEGQ        BX
+	ADDQ        $0x08, BX
+	LEAQ        tailMask<>+0(SB), SI
+	LEAQ        (SI)(BX*4), SI
+	VMOVDQU     (SI), Y2
+	VMASKMOVPS  (AX)(DI*1), Y2, Y2
+	VMOVDQU     (SI), Y3
+	VMASKMOVPS  (DX)(DI*1), Y3, Y3
+	VMOVDQU     (SI), Y4
+	VMASKMOVPS  (CX)(DI*1), Y4, Y4
+	VFMADD231PS Y4, Y2, Y0
+	VFMADD231PS Y4, Y3, Y1
+
+sddmmPairR1AVX2_reduce:
+	MOVQ         out+40(FP), AX
+	VXORPS       Y2, Y2, Y2
+	VXORPS       Y3, Y3, Y3
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, (AX)
+	VZEROUPPER
+	RET
+
+// func sddmmPairR2AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+// Requires: AVX, FMA3
+TEXT ·sddmmPairR2AVX2(SB), NOSPLIT, $0-48
+	MOVQ   gy+0(FP), AX
+	MOVQ   rows+8(FP), CX
+	MOVQ   (CX), DX
+	ADDQ   AX, DX
+	MOVQ   8(CX), CX
+	ADDQ   AX, CX
+	MOVQ   xa+16(FP), AX
+	MOVQ   xb+24(FP), BX
+	MOVQ   n+32(FP), SI
+	MOVQ   SI, DI
+	SHRQ   $0x03, DI
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   R8, R8
+	TESTQ  DI, DI
+	JZ     sddmmPairR2AVX2_tail
+
+sddmmPairR2AVX2_loop:
+	VMOVUPS     (AX)(R8*1), Y4
+	VMOVUPS     (BX)(R8*1), Y5
+	VMOVUPS     (DX)(R8*1), Y6
+	VFMADD231PS Y6, Y4, Y0
+	VFMADD231PS Y6, Y5, Y1
+	VMOVUPS     (CX)(R8*1), Y6
+	VFMADD231PS Y6, Y4, Y2
+	VFMADD231PS Y6, Y5, Y3
+	ADDQ        $0x20, R8
+	DECQ        DI
+	JNZ         sddmmPairR2AVX2_loop
+
+sddmmPairR2AVX2_tail:
+	TESTQ       $0x00000007, SI
+	JZ          sddmmPairR2AVX2_reduce
+	ANDQ        $0x07, SI
+	NEGQ        SI
+	ADDQ        $0x08, SI
+	LEAQ        tailMask<>+0(SB), DI
+	LEAQ        (DI)(SI*4), DI
+	VMOVDQU     (DI), Y4
+	VMASKMOVPS  (AX)(R8*1), Y4, Y4
+	VMOVDQU     (DI), Y5
+	VMASKMOVPS  (BX)(R8*1), Y5, Y5
+	VMOVDQU     (DI), Y6
+	VMASKMOVPS  (DX)(R8*1), Y6, Y6
+	VFMADD231PS Y6, Y4, Y0
+	VFMADD231PS Y6, Y5, Y1
+	VMOVDQU     (DI), Y6
+	VMASKMOVPS  (CX)(R8*1), Y6, Y6
+	VFMADD231PS Y6, Y4, Y2
+	VFMADD231PS Y6, Y5, Y3
+
+sddmmPairR2AVX2_reduce:
+	MOVQ         out+40(FP), AX
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, (AX)
+	VZEROUPPER
+	RET
+
+// func sddmmPairR3AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+// Requires: AVX, FMA3
+TEXT ·sddmmPairR3AVX2(SB), NOSPLIT, $0-48
+	MOVQ   gy+0(FP), AX
+	MOVQ   rows+8(FP), CX
+	MOVQ   (CX), DX
+	ADDQ   AX, DX
+	MOVQ   8(CX), BX
+	ADDQ   AX, BX
+	MOVQ   16(CX), CX
+	ADDQ   AX, CX
+	MOVQ   xa+16(FP), AX
+	MOVQ   xb+24(FP), SI
+	MOVQ   n+32(FP), DI
+	MOVQ   DI, R8
+	SHRQ   $0x03, R8
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	XORQ   R9, R9
+	TESTQ  R8, R8
+	JZ     sddmmPairR3AVX2_tail
+
+sddmmPairR3AVX2_loop:
+	VMOVUPS     (AX)(R9*1), Y6
+	VMOVUPS     (SI)(R9*1), Y7
+	VMOVUPS     (DX)(R9*1), Y8
+	VFMADD231PS Y8, Y6, Y0
+	VFMADD231PS Y8, Y7, Y1
+	VMOVUPS     (BX)(R9*1), Y8
+	VFMADD231PS Y8, Y6, Y2
+	VFMADD231PS Y8, Y7, Y3
+	VMOVUPS     (CX)(R9*1), Y8
+	VFMADD231PS Y8, Y6, Y4
+	VFMADD231PS Y8, Y7, Y5
+	ADDQ        $0x20, R9
+	DECQ        R8
+	JNZ         sddmmPairR3AVX2_loop
+
+sddmmPairR3AVX2_tail:
+	TESTQ       $0x00000007, DI
+	JZ          sddmmPairR3AVX2_reduce
+	ANDQ        $0x07, DI
+	NEGQ        DI
+	ADDQ        $0x08, DI
+	LEAQ        tailMask<>+0(SB), R8
+	LEAQ        (R8)(DI*4), R8
+	VMOVDQU     (R8), Y6
+	VMASKMOVPS  (AX)(R9*1), Y6, Y6
+	VMOVDQU     (R8), Y7
+	VMASKMOVPS  (SI)(R9*1), Y7, Y7
+	VMOVDQU     (R8), Y8
+	VMASKMOVPS  (DX)(R9*1), Y8, Y8
+	VFMADD231PS Y8, Y6, Y0
+	VFMADD231PS Y8, Y7, Y1
+	VMOVDQU     (R8), Y8
+	VMASKMOVPS  (BX)(R9*1), Y8, Y8
+	VFMADD231PS Y8, Y6, Y2
+	VFMADD231PS Y8, Y7, Y3
+	VMOVDQU     (R8), Y8
+	VMASKMOVPS  (CX)(R9*1), Y8, Y8
+	VFMADD231PS Y8, Y6, Y4
+	VFMADD231PS Y8, Y7, Y5
+
+sddmmPairR3AVX2_reduce:
+	MOVQ         out+40(FP), AX
+	VXORPS       Y6, Y6, Y6
+	VXORPS       Y7, Y7, Y7
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, (AX)
+	VHADDPS      Y5, Y4, Y0
+	VHADDPS      Y7, Y6, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, 16(AX)
+	VZEROUPPER
+	RET
+
+// func sddmmPairR4AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+// Requires: AVX, FMA3
+TEXT ·sddmmPairR4AVX2(SB), NOSPLIT, $0-48
+	MOVQ   gy+0(FP), AX
+	MOVQ   rows+8(FP), CX
+	MOVQ   (CX), DX
+	ADDQ   AX, DX
+	MOVQ   8(CX), BX
+	ADDQ   AX, BX
+	MOVQ   16(CX), SI
+	ADDQ   AX, SI
+	MOVQ   24(CX), CX
+	ADDQ   AX, CX
+	MOVQ   xa+16(FP), AX
+	MOVQ   xb+24(FP), DI
+	MOVQ   n+32(FP), R8
+	MOVQ   R8, R9
+	SHRQ   $0x03, R9
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	XORQ   R10, R10
+	TESTQ  R9, R9
+	JZ     sddmmPairR4AVX2_tail
+
+sddmmPairR4AVX2_loop:
+	VMOVUPS     (AX)(R10*1), Y8
+	VMOVUPS     (DI)(R10*1), Y9
+	VMOVUPS     (DX)(R10*1), Y10
+	VFMADD231PS Y10, Y8, Y0
+	VFMADD231PS Y10, Y9, Y1
+	VMOVUPS     (BX)(R10*1), Y10
+	VFMADD231PS Y10, Y8, Y2
+	VFMADD231PS Y10, Y9, Y3
+	VMOVUPS     (SI)(R10*1), Y10
+	VFMADD231PS Y10, Y8, Y4
+	VFMADD231PS Y10, Y9, Y5
+	VMOVUPS     (CX)(R10*1), Y10
+	VFMADD231PS Y10, Y8, Y6
+	VFMADD231PS Y10, Y9, Y7
+	ADDQ        $0x20, R10
+	DECQ        R9
+	JNZ         sddmmPairR4AVX2_loop
+
+sddmmPairR4AVX2_tail:
+	TESTQ       $0x00000007, R8
+	JZ          sddmmPairR4AVX2_reduce
+	ANDQ        $0x07, R8
+	NEGQ        R8
+	ADDQ        $0x08, R8
+	LEAQ        tailMask<>+0(SB), R9
+	LEAQ        (R9)(R8*4), R9
+	VMOVDQU     (R9), Y8
+	VMASKMOVPS  (AX)(R10*1), Y8, Y8
+	VMOVDQU     (R9), Y9
+	VMASKMOVPS  (DI)(R10*1), Y9, Y9
+	VMOVDQU     (R9), Y10
+	VMASKMOVPS  (DX)(R10*1), Y10, Y10
+	VFMADD231PS Y10, Y8, Y0
+	VFMADD231PS Y10, Y9, Y1
+	VMOVDQU     (R9), Y10
+	VMASKMOVPS  (BX)(R10*1), Y10, Y10
+	VFMADD231PS Y10, Y8, Y2
+	VFMADD231PS Y10, Y9, Y3
+	VMOVDQU     (R9), Y10
+	VMASKMOVPS  (SI)(R10*1), Y10, Y10
+	VFMADD231PS Y10, Y8, Y4
+	VFMADD231PS Y10, Y9, Y5
+	VMOVDQU     (R9), Y10
+	VMASKMOVPS  (CX)(R10*1), Y10, Y10
+	VFMADD231PS Y10, Y8, Y6
+	VFMADD231PS Y10, Y9, Y7
+
+sddmmPairR4AVX2_reduce:
+	MOVQ         out+40(FP), AX
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, (AX)
+	VHADDPS      Y5, Y4, Y0
+	VHADDPS      Y7, Y6, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, 16(AX)
+	VZEROUPPER
+	RET
+
+// func sddmmPairR5AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+// Requires: AVX, FMA3
+TEXT ·sddmmPairR5AVX2(SB), NOSPLIT, $0-48
+	MOVQ   gy+0(FP), AX
+	MOVQ   rows+8(FP), CX
+	MOVQ   (CX), DX
+	ADDQ   AX, DX
+	MOVQ   8(CX), BX
+	ADDQ   AX, BX
+	MOVQ   16(CX), SI
+	ADDQ   AX, SI
+	MOVQ   24(CX), DI
+	ADDQ   AX, DI
+	MOVQ   32(CX), CX
+	ADDQ   AX, CX
+	MOVQ   xa+16(FP), AX
+	MOVQ   xb+24(FP), R8
+	MOVQ   n+32(FP), R9
+	MOVQ   R9, R10
+	SHRQ   $0x03, R10
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	VXORPS Y9, Y9, Y9
+	XORQ   R11, R11
+	TESTQ  R10, R10
+	JZ     sddmmPairR5AVX2_tail
+
+sddmmPairR5AVX2_loop:
+	VMOVUPS     (AX)(R11*1), Y10
+	VMOVUPS     (R8)(R11*1), Y11
+	VMOVUPS     (DX)(R11*1), Y12
+	VFMADD231PS Y12, Y10, Y0
+	VFMADD231PS Y12, Y11, Y1
+	VMOVUPS     (BX)(R11*1), Y12
+	VFMADD231PS Y12, Y10, Y2
+	VFMADD231PS Y12, Y11, Y3
+	VMOVUPS     (SI)(R11*1), Y12
+	VFMADD231PS Y12, Y10, Y4
+	VFMADD231PS Y12, Y11, Y5
+	VMOVUPS     (DI)(R11*1), Y12
+	VFMADD231PS Y12, Y10, Y6
+	VFMADD231PS Y12, Y11, Y7
+	VMOVUPS     (CX)(R11*1), Y12
+	VFMADD231PS Y12, Y10, Y8
+	VFMADD231PS Y12, Y11, Y9
+	ADDQ        $0x20, R11
+	DECQ        R10
+	JNZ         sddmmPairR5AVX2_loop
+
+sddmmPairR5AVX2_tail:
+	TESTQ       $0x00000007, R9
+	JZ          sddmmPairR5AVX2_reduce
+	ANDQ        $0x07, R9
+	NEGQ        R9
+	ADDQ        $0x08, R9
+	LEAQ        tailMask<>+0(SB), R10
+	LEAQ        (R10)(R9*4), R10
+	VMOVDQU     (R10), Y10
+	VMASKMOVPS  (AX)(R11*1), Y10, Y10
+	VMOVDQU     (R10), Y11
+	VMASKMOVPS  (R8)(R11*1), Y11, Y11
+	VMOVDQU     (R10), Y12
+	VMASKMOVPS  (DX)(R11*1), Y12, Y12
+	VFMADD231PS Y12, Y10, Y0
+	VFMADD231PS Y12, Y11, Y1
+	VMOVDQU     (R10), Y12
+	VMASKMOVPS  (BX)(R11*1), Y12, Y12
+	VFMADD231PS Y12, Y10, Y2
+	VFMADD231PS Y12, Y11, Y3
+	VMOVDQU     (R10), Y12
+	VMASKMOVPS  (SI)(R11*1), Y12, Y12
+	VFMADD231PS Y12, Y10, Y4
+	VFMADD231PS Y12, Y11, Y5
+	VMOVDQU     (R10), Y12
+	VMASKMOVPS  (DI)(R11*1), Y12, Y12
+	VFMADD231PS Y12, Y10, Y6
+	VFMADD231PS Y12, Y11, Y7
+	VMOVDQU     (R10), Y12
+	VMASKMOVPS  (CX)(R11*1), Y12, Y12
+	VFMADD231PS Y12, Y10, Y8
+	VFMADD231PS Y12, Y11, Y9
+
+sddmmPairR5AVX2_reduce:
+	MOVQ         out+40(FP), AX
+	VXORPS       Y10, Y10, Y10
+	VXORPS       Y11, Y11, Y11
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, (AX)
+	VHADDPS      Y5, Y4, Y0
+	VHADDPS      Y7, Y6, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, 16(AX)
+	VHADDPS      Y9, Y8, Y0
+	VHADDPS      Y11, Y10, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, 32(AX)
+	VZEROUPPER
+	RET
+
+// func sddmmPairR6AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+// Requires: AVX, FMA3
+TEXT ·sddmmPairR6AVX2(SB), NOSPLIT, $0-48
+	MOVQ   gy+0(FP), AX
+	MOVQ   rows+8(FP), CX
+	MOVQ   (CX), DX
+	ADDQ   AX, DX
+	MOVQ   8(CX), BX
+	ADDQ   AX, BX
+	MOVQ   16(CX), SI
+	ADDQ   AX, SI
+	MOVQ   24(CX), DI
+	ADDQ   AX, DI
+	MOVQ   32(CX), R8
+	ADDQ   AX, R8
+	MOVQ   40(CX), CX
+	ADDQ   AX, CX
+	MOVQ   xa+16(FP), AX
+	MOVQ   xb+24(FP), R9
+	MOVQ   n+32(FP), R10
+	MOVQ   R10, R11
+	SHRQ   $0x03, R11
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	VXORPS Y9, Y9, Y9
+	VXORPS Y10, Y10, Y10
+	VXORPS Y11, Y11, Y11
+	XORQ   R12, R12
+	TESTQ  R11, R11
+	JZ     sddmmPairR6AVX2_tail
+
+sddmmPairR6AVX2_loop:
+	VMOVUPS     (AX)(R12*1), Y12
+	VMOVUPS     (R9)(R12*1), Y13
+	VMOVUPS     (DX)(R12*1), Y14
+	VFMADD231PS Y14, Y12, Y0
+	VFMADD231PS Y14, Y13, Y1
+	VMOVUPS     (BX)(R12*1), Y14
+	VFMADD231PS Y14, Y12, Y2
+	VFMADD231PS Y14, Y13, Y3
+	VMOVUPS     (SI)(R12*1), Y14
+	VFMADD231PS Y14, Y12, Y4
+	VFMADD231PS Y14, Y13, Y5
+	VMOVUPS     (DI)(R12*1), Y14
+	VFMADD231PS Y14, Y12, Y6
+	VFMADD231PS Y14, Y13, Y7
+	VMOVUPS     (R8)(R12*1), Y14
+	VFMADD231PS Y14, Y12, Y8
+	VFMADD231PS Y14, Y13, Y9
+	VMOVUPS     (CX)(R12*1), Y14
+	VFMADD231PS Y14, Y12, Y10
+	VFMADD231PS Y14, Y13, Y11
+	ADDQ        $0x20, R12
+	DECQ        R11
+	JNZ         sddmmPairR6AVX2_loop
+
+sddmmPairR6AVX2_tail:
+	TESTQ       $0x00000007, R10
+	JZ          sddmmPairR6AVX2_reduce
+	ANDQ        $0x07, R10
+	NEGQ        R10
+	ADDQ        $0x08, R10
+	LEAQ        tailMask<>+0(SB), R11
+	LEAQ        (R11)(R10*4), R11
+	VMOVDQU     (R11), Y12
+	VMASKMOVPS  (AX)(R12*1), Y12, Y12
+	VMOVDQU     (R11), Y13
+	VMASKMOVPS  (R9)(R12*1), Y13, Y13
+	VMOVDQU     (R11), Y14
+	VMASKMOVPS  (DX)(R12*1), Y14, Y14
+	VFMADD231PS Y14, Y12, Y0
+	VFMADD231PS Y14, Y13, Y1
+	VMOVDQU     (R11), Y14
+	VMASKMOVPS  (BX)(R12*1), Y14, Y14
+	VFMADD231PS Y14, Y12, Y2
+	VFMADD231PS Y14, Y13, Y3
+	VMOVDQU     (R11), Y14
+	VMASKMOVPS  (SI)(R12*1), Y14, Y14
+	VFMADD231PS Y14, Y12, Y4
+	VFMADD231PS Y14, Y13, Y5
+	VMOVDQU     (R11), Y14
+	VMASKMOVPS  (DI)(R12*1), Y14, Y14
+	VFMADD231PS Y14, Y12, Y6
+	VFMADD231PS Y14, Y13, Y7
+	VMOVDQU     (R11), Y14
+	VMASKMOVPS  (R8)(R12*1), Y14, Y14
+	VFMADD231PS Y14, Y12, Y8
+	VFMADD231PS Y14, Y13, Y9
+	VMOVDQU     (R11), Y14
+	VMASKMOVPS  (CX)(R12*1), Y14, Y14
+	VFMADD231PS Y14, Y12, Y10
+	VFMADD231PS Y14, Y13, Y11
+
+sddmmPairR6AVX2_reduce:
+	MOVQ         out+40(FP), AX
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, (AX)
+	VHADDPS      Y5, Y4, Y0
+	VHADDPS      Y7, Y6, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, 16(AX)
+	VHADDPS      Y9, Y8, Y0
+	VHADDPS      Y11, Y10, Y1
+	VHADDPS      Y1, Y0, Y0
+	VEXTRACTF128 $0x01, Y0, X1
+	VADDPS       X1, X0, X1
+	VMOVUPS      X1, 32(AX)
+	VZEROUPPER
+	RET
+
 // func expShiftSumAVX512(dst *float32, src *float32, n int, shift float32) float64
 // Requires: AVX, AVX512F, BMI2, SSE2
 TEXT ·expShiftSumAVX512(SB), NOSPLIT, $0-40

@@ -300,6 +300,30 @@ func sddmmPairR7AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int
 // for j < 8 (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).
 func sddmmPairR8AVX512(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
 
+// sddmmPairR1AVX2 is sddmmPairR1AVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],
+// out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < 1 (n >= 1; out padded to a multiple of 4 with zeros).
+func sddmmPairR1AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+
+// sddmmPairR2AVX2 is sddmmPairR2AVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],
+// out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < 2 (n >= 1; out padded to a multiple of 4 with zeros).
+func sddmmPairR2AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+
+// sddmmPairR3AVX2 is sddmmPairR3AVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],
+// out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < 3 (n >= 1; out padded to a multiple of 4 with zeros).
+func sddmmPairR3AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+
+// sddmmPairR4AVX2 is sddmmPairR4AVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],
+// out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < 4 (n >= 1; out padded to a multiple of 4 with zeros).
+func sddmmPairR4AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+
+// sddmmPairR5AVX2 is sddmmPairR5AVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],
+// out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < 5 (n >= 1; out padded to a multiple of 4 with zeros).
+func sddmmPairR5AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+
+// sddmmPairR6AVX2 is sddmmPairR6AVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],
+// out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < 6 (n >= 1; out padded to a multiple of 4 with zeros).
+func sddmmPairR6AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
+
 // expShiftSumAVX512 sets dst[i] = exp(src[i]-shift) for i < n (float32, within 2 ulp for finite
 // src <= shift) and returns Σ dst[i] summed in float64 (fixed order).
 func expShiftSumAVX512(dst *float32, src *float32, n int, shift float32) float64

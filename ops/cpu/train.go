@@ -159,15 +159,15 @@ func (s *Sparse) WithValuesF32(buf []float32) (*Sparse, error) {
 // given packed as the container stores them (indices: out rows of
 // p.IndexRowBytes(in) bytes, format.PackNMIndices): the dense gyᵀ·x
 // gathered at W's mask, with half the products for 2:4. The 2:4
-// AVX-512 path reads each group's 4-bit code as it is (any bits are
+// assembly path reads each group's 4-bit code as it is (any bits are
 // memory-safe; the loader validated them); the others unpack, and so
 // check, the indices for the call. Four paths:
 //
-//   - AVX-512 and 2:4 (nmGrad24Pair): gyᵀ and xᵀ transposed; per group
-//     of 4 columns the rows of W that keep the same two columns share
-//     one kernel call, which streams those two columns of xᵀ and each
-//     row's gyᵀ once (16-lane FMA chains, a fixed lane-sum tree): within
-//     float32 rounding of the dense product.
+//   - 2:4 with AVX-512 or AVX2 (nmGrad24Pair): gyᵀ and xᵀ transposed;
+//     per group of 4 columns the rows of W that keep the same two
+//     columns share one kernel call, which streams those two columns of
+//     xᵀ and each row's gyᵀ once (16- or 8-lane FMA chains, a fixed
+//     lane-sum tree): within float32 rounding of the dense product.
 //   - AVX-512 and other patterns whose 16 kept positions span at most 32
 //     columns (M <= 2N): an assembly kernel loads each row of x in
 //     windows of 32 columns, permutes them into each output's 16 kept
@@ -201,7 +201,7 @@ func NMWeightGrad(g, gy, x []float32, m int, p format.NM, out, in int, indices [
 		return nil
 	}
 	t := ResolveThreads(threads)
-	if asm512On() && p == (format.NM{N: 2, M: 4}) {
+	if asmOn() && p == (format.NM{N: 2, M: 4}) {
 		return nmGrad24Pair(g, gy, x, m, out, in, kept, indices, rb, t)
 	}
 	idx := make([]uint8, out*kept)
@@ -325,13 +325,13 @@ func nmGradZ(g, gy, x []float32, m int, p format.NM, in, kept int, idx []uint8, 
 // whole 8-row kernel calls.
 const pairChunkRows = 128
 
-// nmGrad24Pair is NMWeightGrad's AVX-512 path for 2:4: gy and x are
+// nmGrad24Pair is NMWeightGrad's assembly path for 2:4: gy and x are
 // transposed, and for each chunk of rows of W and each group of 4
 // columns the rows are sorted by the two columns they keep there; the
 // rows that keep the same two columns a, b go through one kernel call,
-// 8 at a time, which streams xᵀ[a], xᵀ[b] and each row of gyᵀ once and
-// runs two dot products per row (2 FMAs per 3 loads at 1 row, 16 per 10
-// at 8). Every kept value is one call's fixed-order dot product over the
+// 8 at a time (6 with AVX2), which streams xᵀ[a], xᵀ[b] and each row of
+// gyᵀ once and runs two dot products per row (2 FMAs per 3 loads at 1
+// row, 16 per 10 at 8). Every kept value is one call's fixed-order dot product over the
 // m rows, whatever the chunking and thread count. The sort key is the
 // group's packed code (rb bytes per row of indices).
 func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, t int) error {
@@ -355,6 +355,7 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 		var count [16]int
 		var offs [sddmmPairMax]int64
 		var res [2 * sddmmPairMax]float32
+		most := sddmmPairLimit()
 		for c := c0; c < c1; c++ {
 			o0, o1 := c*pairChunkRows, min(out, (c+1)*pairChunkRows)
 			for grp := 0; grp < groups; grp++ {
@@ -374,8 +375,8 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 					xa := &xT[(4*grp+key%4)*ld]
 					xb := &xT[(4*grp+key/4)*ld]
 					rs := rows[key][:n]
-					for j := 0; j < n; j += sddmmPairMax {
-						r := min(sddmmPairMax, n-j)
+					for j := 0; j < n; j += most {
+						r := min(most, n-j)
 						for q, o := range rs[j : j+r] {
 							offs[q] = int64(o) * int64(ld) * 4
 						}
@@ -393,8 +394,17 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 	return nil
 }
 
-// sddmmPairMax is the most rows one sddmmPair kernel call takes.
+// sddmmPairMax is the most rows one sddmmPair kernel call takes (the
+// AVX-512 kernel; the AVX2 one takes sddmmPairLimit).
 const sddmmPairMax = 8
+
+// sddmmPairLimit is the most rows the running sddmmPair kernel takes.
+func sddmmPairLimit() int {
+	if asm512On() {
+		return sddmmPairMax
+	}
+	return 6
+}
 
 // NMWeightGradRef is NMWeightGrad's reference: each sum in float64,
 // rounded once and added.

@@ -119,6 +119,9 @@ func main() {
 	for r := 1; r <= sddmmPairRows; r++ {
 		genSDDMMPair(r)
 	}
+	for r := 1; r <= sddmmPairRowsAVX2; r++ {
+		genSDDMMPairAVX2(r)
+	}
 	genExpShiftSum()
 	genExpShiftSumAVX2()
 	genAdamW()
@@ -1450,6 +1453,85 @@ func genSDDMMPair(r int) {
 		VADDPS(hi, a.AsY(), y)
 		ys = append(ys, y)
 	}
+	for len(ys)%4 != 0 {
+		z := YMM()
+		VXORPS(z, z, z)
+		ys = append(ys, z)
+	}
+	for h := 0; h < len(ys)/4; h++ {
+		hsum4(ys[4*h:4*h+4], Mem{Base: out, Disp: 16 * h})
+	}
+	VZEROUPPER()
+	RET()
+}
+
+// sddmmPairRowsAVX2 is the most rows genSDDMMPairAVX2 serves per call:
+// 2r accumulators, two x vectors and a row of gy in 16 YMM registers.
+const sddmmPairRowsAVX2 = 6
+
+// genSDDMMPairAVX2(r) is genSDDMMPair on 8 lanes for CPUs without
+// AVX-512: the same sums, 8 lane chains over blocks of 8 (the last n%8
+// under a VMASKMOVPS mask: nothing past n is read), reduced by the same
+// VHADDPS tree. The order depends only on n.
+func genSDDMMPairAVX2(r int) {
+	name := fmt.Sprintf("sddmmPairR%dAVX2", r)
+	TEXT(name, NOSPLIT, "func(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)")
+	Doc(fmt.Sprintf("%s is sddmmPairR%dAVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],", name, r),
+		fmt.Sprintf("out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < %d (n >= 1; out padded to a multiple of 4 with zeros).", r))
+	gy := Load(Param("gy"), GP64())
+	rows := Load(Param("rows"), GP64())
+	p := basePlusOffsets(gy, rows, r)
+	xa := Load(Param("xa"), GP64())
+	xb := Load(Param("xb"), GP64())
+	n := Load(Param("n"), GP64())
+	cnt := GP64()
+	MOVQ(n, cnt)
+	SHRQ(U8(3), cnt)
+	acc := make([]VecVirtual, 2*r)
+	for j := range acc {
+		acc[j] = YMM()
+		VXORPS(acc[j], acc[j], acc[j])
+	}
+	i := GP64()
+	XORQ(i, i)
+	step := func(load func(m Mem, dst VecVirtual)) {
+		va, vb := YMM(), YMM()
+		load(Mem{Base: xa, Index: i, Scale: 1}, va)
+		load(Mem{Base: xb, Index: i, Scale: 1}, vb)
+		for j := 0; j < r; j++ {
+			g := YMM()
+			load(Mem{Base: p[j], Index: i, Scale: 1}, g)
+			VFMADD231PS(g, va, acc[2*j])
+			VFMADD231PS(g, vb, acc[2*j+1])
+		}
+	}
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_tail"))
+	Label(name + "_loop")
+	step(func(m Mem, dst VecVirtual) { VMOVUPS(m, dst) })
+	ADDQ(U8(32), i)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_tail")
+	TESTQ(U32(7), n)
+	JZ(LabelRef(name + "_reduce"))
+	// The mask lives in memory (no register is left for it): each masked
+	// load reads it from the table.
+	t := GP64()
+	MOVQ(n, t)
+	ANDQ(U8(7), t)
+	NEGQ(t)
+	ADDQ(U8(8), t)
+	tbl := GP64()
+	LEAQ(tailMask, tbl)
+	LEAQ(Mem{Base: tbl, Index: t, Scale: 4}, tbl)
+	step(func(m Mem, dst VecVirtual) {
+		VMOVDQU(Mem{Base: tbl}, dst)
+		VMASKMOVPS(m, dst, dst)
+	})
+	Label(name + "_reduce")
+	out := Load(Param("out"), GP64())
+	ys := append([]VecVirtual(nil), acc...)
 	for len(ys)%4 != 0 {
 		z := YMM()
 		VXORPS(z, z, z)
