@@ -54,8 +54,10 @@
 //     weight and 4 FMAs whose memory operand is the gathered X row (the
 //     gather is the addressing): 3 outputs x 32 rows in 12 YMM
 //     accumulators (AVX2) or 4 outputs x 64 rows in 16 ZMM accumulators
-//     (AVX-512), over K chunks of about 64 KiB of X so that a chunk serves
-//     the 4 panels from cache. Without the assembly the sparse GEMM runs
+//     (AVX-512), over K chunks of X (16 KiB with AVX2, so that a chunk
+//     stays in L1: each FMA loads from it; 64 KiB with AVX-512) so that a
+//     chunk serves the 4 panels from cache. No *AVX2 kernel names a
+//     register that needs AVX-512 (TestAVX2KernelsNeedNoAVX512). Without the assembly the sparse GEMM runs
 //     the Go GEMV kernel per row, panel-major.
 //
 // Work is split over output panels, or over rows when there are fewer
@@ -90,13 +92,14 @@
 // shape changes per call, such as attention's per-chunk keys and values,
 // into one reused buffer), transposes in 8x8 assembly blocks
 // (Transpose), and computes an N:M weight's gradient at its kept
-// positions only (NMWeightGrad: for 2:4 with AVX-512, per group of
+// positions only (NMWeightGrad: for 2:4 with AVX-512 or AVX2, per group of
 // columns the rows of W keeping the same two columns share one kernel
 // call over their gyᵀ rows and the two xᵀ rows; otherwise per kept value
 // the dot product of a gyᵀ row and an xᵀ row). The optimizer's update
-// (AdamW: float64 arithmetic, 8 values per AVX-512 instruction, the
-// same bits as the scalar loop) and the softmax's exponentials
-// (ExpShiftSum: a 16-lane polynomial, float64 sum) are here too. Each
+// (AdamW: float64 arithmetic, 8 values per AVX-512 instruction or 4 per
+// AVX2 one, the same bits as the scalar loop) and the softmax's
+// exponentials (ExpShiftSum: a 16- or 8-lane polynomial with the same
+// bits per value, float64 sum) are here too. Each
 // has a Go reference (PrepareDense, PrepareNM, NMWeightGradRef, a plain
 // transpose, adamWGo, expShiftSumGo) checked in the tests.
 //
