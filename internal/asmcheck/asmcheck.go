@@ -1,6 +1,9 @@
 // Package asmcheck checks amd64 assembly for instructions that need a
 // newer instruction set than the function's name promises.
 //
+// Requires lists each function's "// Requires:" line (as avo writes it),
+// so a package can check the features its dispatch tests against them.
+//
 // The contract it enforces: a TEXT symbol whose name ends in "AVX2" runs
 // on CPUs without AVX-512, so it must not name X16-X31, Y16-Y31, any Z
 // register or an opmask register K0-K7 (each needs an EVEX encoding and
@@ -60,6 +63,40 @@ func AVX2Violations(r io.Reader, src string) ([]string, error) {
 		code, _, _ := strings.Cut(line, "//")
 		if reg := evexOnly.FindString(code); reg != "" {
 			out = append(out, fmt.Sprintf("%s:%d: %s needs AVX-512: %s", fn, n, reg, strings.TrimSpace(code)))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", src, err)
+	}
+	return out, nil
+}
+
+// Requires returns the instruction-set extensions each TEXT symbol's
+// preceding "// Requires:" line lists (avo's names: AVX, AVX2, FMA3,
+// AVX512F, BMI2, ...); symbols without such a line are absent.
+func Requires(r io.Reader, src string) (map[string][]string, error) {
+	out := map[string][]string{}
+	var requires string
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "// Requires:"):
+			requires = strings.TrimPrefix(line, "// Requires:")
+		case strings.HasPrefix(line, "TEXT"):
+			m := textLine.FindStringSubmatch(line)
+			if m == nil {
+				return nil, fmt.Errorf("%s:%d: cannot parse TEXT line %q", src, n, line)
+			}
+			if requires != "" {
+				var feats []string
+				for _, f := range strings.Split(requires, ",") {
+					feats = append(feats, strings.TrimSpace(f))
+				}
+				out[m[1]] = feats
+			}
+			requires = ""
 		}
 	}
 	if err := sc.Err(); err != nil {

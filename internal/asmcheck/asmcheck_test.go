@@ -51,3 +51,24 @@ TEXT ·dAVX2(SB), NOSPLIT, $0-8
 		}
 	}
 }
+
+func TestRequires(t *testing.T) {
+	src := `// Requires: AVX, AVX2, FMA3
+TEXT ·aAVX2(SB), NOSPLIT, $0-8
+	RET
+
+TEXT ·bare(SB), NOSPLIT, $0-8
+	RET
+
+// Requires: AVX512F, BMI2
+TEXT ·cAVX512(SB), NOSPLIT, $0-8
+	RET
+`
+	got, err := Requires(strings.NewReader(src), "test.s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || strings.Join(got["aAVX2"], " ") != "AVX AVX2 FMA3" || strings.Join(got["cAVX512"], " ") != "AVX512F BMI2" {
+		t.Fatalf("Requires = %q", got)
+	}
+}

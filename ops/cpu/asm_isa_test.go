@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -25,5 +26,46 @@ func TestAVX2KernelsNeedNoAVX512(t *testing.T) {
 	}
 	if len(bad) > 0 {
 		t.Fatalf("%s: %d AVX2 kernel lines need AVX-512:\n%s", path, len(bad), strings.Join(bad, "\n"))
+	}
+}
+
+// TestKernelFeaturesAreDispatched: every extension a kernel's Requires
+// line names is one its dispatch checks (kern_amd64.go): *AVX2 kernels
+// run under haveAVX2FMA (AVX, AVX2, FMA), plus haveF16C for the fp16
+// ones (F16 in the name); *AVX512 kernels under haveAVX512 (AVX-512F and
+// VL, BMI2). SSE, SSE2 and MMX+ are in every amd64 CPU.
+func TestKernelFeaturesAreDispatched(t *testing.T) {
+	const path = "kernels_amd64.s"
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	req, err := asmcheck.Requires(f, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(req) < 50 {
+		t.Fatalf("%s: only %d kernels with a Requires line", path, len(req))
+	}
+	base := []string{"SSE", "SSE2", "MMX+", "AVX", "AVX2", "FMA3"}
+	for name, feats := range req {
+		allowed := slices.Clone(base)
+		switch {
+		case strings.HasSuffix(name, "AVX512"):
+			allowed = append(allowed, "AVX512F", "AVX512VL", "BMI2")
+		case strings.HasSuffix(name, "AVX2"):
+			if strings.Contains(name, "F16") {
+				allowed = append(allowed, "F16C")
+			}
+		default:
+			t.Errorf("%s: kernel name ends in neither AVX2 nor AVX512 (the dispatch is by suffix)", name)
+			continue
+		}
+		for _, ft := range feats {
+			if !slices.Contains(allowed, ft) {
+				t.Errorf("%s requires %s, which its dispatch does not check", name, ft)
+			}
+		}
 	}
 }

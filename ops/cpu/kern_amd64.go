@@ -9,11 +9,12 @@ import (
 )
 
 // CPU features of the assembly kernels (x/sys/cpu also checks that the
-// OS saves the YMM state).
+// OS saves the YMM and ZMM state). TestKernelFeaturesAreDispatched checks
+// that every kernel needs only what its variable here tests.
 var (
 	haveAVX2FMA = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 	haveF16C    = haveAVX2FMA && cpu.X86.HasF16C
-	haveAVX512  = haveAVX2FMA && cpu.X86.HasAVX512F
+	haveAVX512  = haveAVX2FMA && cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL && cpu.X86.HasBMI2
 )
 
 func fmaPeak(iters int) { fmaPeakAVX2(iters) }
