@@ -116,3 +116,32 @@ func BenchmarkExpShiftSum(b *testing.B) {
 		}
 	})
 }
+
+// TestExpShiftSumAVX2MatchesAVX512: the AVX2 kernel computes each value
+// by the AVX-512 kernel's operations (two exact-then-rounding products by
+// powers of two in place of VSCALEFPS), so the values must have the same
+// bits, subnormals included. Only a CPU with AVX-512 can run both; on
+// others the test says so and skips.
+func TestExpShiftSumAVX2MatchesAVX512(t *testing.T) {
+	if !haveAVX512 {
+		t.Skip("no AVX-512 on this CPU: only the AVX2 kernel can run (TestExpShiftSumVsRef checks it against the reference)")
+	}
+	defer func() { useAsm, useAVX512 = true, true }()
+	rng := rand.New(rand.NewPCG(11, 12))
+	for _, n := range vecLens() {
+		src := make([]float32, n)
+		for i := range src {
+			src[i] = -110 * rng.Float32()
+		}
+		want, got := make([]float32, n), make([]float32, n)
+		useAsm, useAVX512 = true, true
+		ExpShiftSum(want, src, 0)
+		useAVX512 = false
+		ExpShiftSum(got, src, 0)
+		for i := range n {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("n %d: exp(%g): AVX2 %g (%#x), AVX-512 %g (%#x)", n, src[i], got[i], math.Float32bits(got[i]), want[i], math.Float32bits(want[i]))
+			}
+		}
+	}
+}
