@@ -1,10 +1,12 @@
 package train
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -114,10 +116,18 @@ func BenchmarkStepPair(b *testing.B) {
 		}
 	}
 	var wall, cpu [2]float64
+	names := [2]string{"dense", "2:4"}
 	for b.Loop() {
 		for i, tr := range trs {
 			t0, c0 := time.Now(), rusage.CPUSeconds()
-			if _, err := tr.Step(ids); err != nil {
+			var err error
+			// The label splits a -cpuprofile by model (go tool pprof
+			// -tagfocus model=dense); with SLOPE_BENCH_THREADS=1 every
+			// sample carries it (worker goroutines of the pool do not).
+			pprof.Do(context.Background(), pprof.Labels("model", names[i]), func(context.Context) {
+				_, err = tr.Step(ids)
+			})
+			if err != nil {
 				b.Fatal(err)
 			}
 			wall[i] += time.Since(t0).Seconds()
