@@ -18,6 +18,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"math/bits"
 
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
@@ -1399,71 +1400,7 @@ const sddmmPairRows = 8
 // high and low 256 bits added, then VHADDPS over four sums at a time as
 // sddmm8AVX2 does. The order depends only on n. out has room for
 // 4·ceil(2r/4) floats (the padding is written as zero).
-func genSDDMMPair(r int) {
-	name := fmt.Sprintf("sddmmPairR%dAVX512", r)
-	TEXT(name, NOSPLIT, "func(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)")
-	Doc(fmt.Sprintf("%s sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]", name),
-		fmt.Sprintf("for j < %d (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).", r))
-	gy := Load(Param("gy"), GP64())
-	rows := Load(Param("rows"), GP64())
-	p := basePlusOffsets(gy, rows, r)
-	xa := Load(Param("xa"), GP64())
-	xb := Load(Param("xb"), GP64())
-	n := Load(Param("n"), GP64())
-	cnt := GP64()
-	MOVQ(n, cnt)
-	SHRQ(U8(4), cnt)
-	acc := make([]VecVirtual, 2*r)
-	for j := range acc {
-		acc[j] = ZMM()
-		VPXORD(acc[j], acc[j], acc[j])
-	}
-	i := GP64()
-	XORQ(i, i)
-	step := func(load func(m Mem, dst VecVirtual)) {
-		va, vb := ZMM(), ZMM()
-		load(Mem{Base: xa, Index: i, Scale: 1}, va)
-		load(Mem{Base: xb, Index: i, Scale: 1}, vb)
-		for j := 0; j < r; j++ {
-			g := ZMM()
-			load(Mem{Base: p[j], Index: i, Scale: 1}, g)
-			VFMADD231PS(g, va, acc[2*j])
-			VFMADD231PS(g, vb, acc[2*j+1])
-		}
-	}
-	TESTQ(cnt, cnt)
-	JZ(LabelRef(name + "_tail"))
-	Label(name + "_loop")
-	step(func(m Mem, dst VecVirtual) { VMOVUPS(m, dst) })
-	ADDQ(U8(64), i)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_loop"))
-	Label(name + "_tail")
-	ANDQ(U8(15), n)
-	JZ(LabelRef(name + "_reduce"))
-	k := lowLanes(n)
-	step(func(m Mem, dst VecVirtual) { VMOVUPS_Z(m, k, dst) })
-	Label(name + "_reduce")
-	out := Load(Param("out"), GP64())
-	ys := make([]VecVirtual, 0, 2*r+3)
-	for _, a := range acc {
-		hi := YMM()
-		VEXTRACTF64X4(U8(1), a, hi)
-		y := YMM()
-		VADDPS(hi, a.AsY(), y)
-		ys = append(ys, y)
-	}
-	for len(ys)%4 != 0 {
-		z := YMM()
-		VXORPS(z, z, z)
-		ys = append(ys, z)
-	}
-	for h := 0; h < len(ys)/4; h++ {
-		hsum4(ys[4*h:4*h+4], Mem{Base: out, Disp: 16 * h})
-	}
-	VZEROUPPER()
-	RET()
-}
+func genSDDMMPair(r int) { genSDDMMPairWidth(r, true) }
 
 // sddmmPairRowsAVX2 is the most rows genSDDMMPairAVX2 serves per call:
 // 2r accumulators, two x vectors and a row of gy in 16 YMM registers.
@@ -1473,11 +1410,25 @@ const sddmmPairRowsAVX2 = 6
 // AVX-512: the same sums, 8 lane chains over blocks of 8 (the last n%8
 // under a VMASKMOVPS mask: nothing past n is read), reduced by the same
 // VHADDPS tree. The order depends only on n.
-func genSDDMMPairAVX2(r int) {
+func genSDDMMPairAVX2(r int) { genSDDMMPairWidth(r, false) }
+
+// genSDDMMPairWidth writes genSDDMMPair (z: ZMM, 16 lanes) or
+// genSDDMMPairAVX2 (YMM, 8 lanes).
+func genSDDMMPairWidth(r int, z bool) {
 	name := fmt.Sprintf("sddmmPairR%dAVX2", r)
+	vec, lanes := YMM, 8
+	if z {
+		name = fmt.Sprintf("sddmmPairR%dAVX512", r)
+		vec, lanes = ZMM, 16
+	}
 	TEXT(name, NOSPLIT, "func(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)")
-	Doc(fmt.Sprintf("%s is sddmmPairR%dAVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],", name, r),
-		fmt.Sprintf("out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < %d (n >= 1; out padded to a multiple of 4 with zeros).", r))
+	if z {
+		Doc(fmt.Sprintf("%s sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]", name),
+			fmt.Sprintf("for j < %d (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).", r))
+	} else {
+		Doc(fmt.Sprintf("%s is sddmmPairR%dAVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],", name, r),
+			fmt.Sprintf("out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < %d (n >= 1; out padded to a multiple of 4 with zeros).", r))
+	}
 	gy := Load(Param("gy"), GP64())
 	rows := Load(Param("rows"), GP64())
 	p := basePlusOffsets(gy, rows, r)
@@ -1486,20 +1437,24 @@ func genSDDMMPairAVX2(r int) {
 	n := Load(Param("n"), GP64())
 	cnt := GP64()
 	MOVQ(n, cnt)
-	SHRQ(U8(3), cnt)
+	SHRQ(U8(bits.TrailingZeros(uint(lanes))), cnt)
 	acc := make([]VecVirtual, 2*r)
 	for j := range acc {
-		acc[j] = YMM()
-		VXORPS(acc[j], acc[j], acc[j])
+		acc[j] = vec()
+		if z {
+			VPXORD(acc[j], acc[j], acc[j])
+		} else {
+			VXORPS(acc[j], acc[j], acc[j])
+		}
 	}
 	i := GP64()
 	XORQ(i, i)
 	step := func(load func(m Mem, dst VecVirtual)) {
-		va, vb := YMM(), YMM()
+		va, vb := vec(), vec()
 		load(Mem{Base: xa, Index: i, Scale: 1}, va)
 		load(Mem{Base: xb, Index: i, Scale: 1}, vb)
 		for j := 0; j < r; j++ {
-			g := YMM()
+			g := vec()
 			load(Mem{Base: p[j], Index: i, Scale: 1}, g)
 			VFMADD231PS(g, va, acc[2*j])
 			VFMADD231PS(g, vb, acc[2*j+1])
@@ -1509,33 +1464,51 @@ func genSDDMMPairAVX2(r int) {
 	JZ(LabelRef(name + "_tail"))
 	Label(name + "_loop")
 	step(func(m Mem, dst VecVirtual) { VMOVUPS(m, dst) })
-	ADDQ(U8(32), i)
+	ADDQ(U8(4*lanes), i)
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_loop"))
 	Label(name + "_tail")
-	TESTQ(U32(7), n)
-	JZ(LabelRef(name + "_reduce"))
-	// The mask lives in memory (no register is left for it): each masked
-	// load reads it from the table.
-	t := GP64()
-	MOVQ(n, t)
-	ANDQ(U8(7), t)
-	NEGQ(t)
-	ADDQ(U8(8), t)
-	tbl := GP64()
-	LEAQ(tailMask, tbl)
-	LEAQ(Mem{Base: tbl, Index: t, Scale: 4}, tbl)
-	step(func(m Mem, dst VecVirtual) {
-		VMOVDQU(Mem{Base: tbl}, dst)
-		VMASKMOVPS(m, dst, dst)
-	})
+	if z {
+		ANDQ(U8(15), n)
+		JZ(LabelRef(name + "_reduce"))
+		k := lowLanes(n)
+		step(func(m Mem, dst VecVirtual) { VMOVUPS_Z(m, k, dst) })
+	} else {
+		TESTQ(U32(7), n)
+		JZ(LabelRef(name + "_reduce"))
+		// The mask lives in memory (no register is left for it): each
+		// masked load reads it from the table.
+		t := GP64()
+		MOVQ(n, t)
+		ANDQ(U8(7), t)
+		NEGQ(t)
+		ADDQ(U8(8), t)
+		tbl := GP64()
+		LEAQ(tailMask, tbl)
+		LEAQ(Mem{Base: tbl, Index: t, Scale: 4}, tbl)
+		step(func(m Mem, dst VecVirtual) {
+			VMOVDQU(Mem{Base: tbl}, dst)
+			VMASKMOVPS(m, dst, dst)
+		})
+	}
 	Label(name + "_reduce")
 	out := Load(Param("out"), GP64())
-	ys := append([]VecVirtual(nil), acc...)
+	ys := make([]VecVirtual, 0, 2*r+3)
+	for _, a := range acc {
+		if !z {
+			ys = append(ys, a)
+			continue
+		}
+		hi := YMM()
+		VEXTRACTF64X4(U8(1), a, hi)
+		y := YMM()
+		VADDPS(hi, a.AsY(), y)
+		ys = append(ys, y)
+	}
 	for len(ys)%4 != 0 {
-		z := YMM()
-		VXORPS(z, z, z)
-		ys = append(ys, z)
+		y := YMM()
+		VXORPS(y, y, y)
+		ys = append(ys, y)
 	}
 	for h := 0; h < len(ys)/4; h++ {
 		hsum4(ys[4*h:4*h+4], Mem{Base: out, Disp: 16 * h})
