@@ -1621,15 +1621,21 @@ func genExpShiftSum() {
 	h := YMM()
 	VEXTRACTF64X4(U8(1), s0, h)
 	VADDPD(h, s0.AsY(), h)
+	Store(sumPD4(h), ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// sumPD4 returns an XMM whose low lane is the sum of y's 4 float64 lanes,
+// added as (y0 + y2) + (y1 + y3).
+func sumPD4(y VecVirtual) VecVirtual {
 	hx := XMM()
-	VEXTRACTF128(U8(1), h, hx)
-	VADDPD(hx, h.AsX(), hx)
+	VEXTRACTF128(U8(1), y, hx)
+	VADDPD(hx, y.AsX(), hx)
 	hs := XMM()
 	VPERMILPD(U8(1), hx, hs)
 	VADDSD(hs, hx, hx)
-	Store(hx, ReturnIndex(0))
-	VZEROUPPER()
-	RET()
+	return hx
 }
 
 // genExpShiftSumAVX2 is genExpShiftSum for CPUs without AVX-512, 8 values
@@ -1735,15 +1741,40 @@ func genExpShiftSumAVX2() {
 	sum(et)
 	Label(name + "_reduce")
 	VADDPD(s1, s0, s0)
-	hx := XMM()
-	VEXTRACTF128(U8(1), s0, hx)
-	VADDPD(hx, s0.AsX(), hx)
-	hs := XMM()
-	VPERMILPD(U8(1), hx, hs)
-	VADDSD(hs, hx, hx)
-	Store(hx, ReturnIndex(0))
+	Store(sumPD4(s0), ReturnIndex(0))
 	VZEROUPPER()
 	RET()
+}
+
+// adamwMath is the AdamW arithmetic of genAdamW and genAdamWAVX2 on
+// float64 vectors (g, m, v, w widened; c = [b1, c1, b2, c2, bc1, bc2, lr,
+// shrink, eps] broadcast; t a scratch register of their width), each
+// operation rounded as the scalar Go expression is:
+//
+//	m' = b1·m + c1·g;  v' = b2·v + (c2·g)·g
+//	w' = w·shrink - (lr·(m'/bc1)) / (sqrt(v'/bc2) + eps)
+//
+// m', v' and w' narrowed to float32 by narrow and handed to the stores.
+func adamwMath(c []VecVirtual, gd, md, vd, wd, t VecVirtual, narrow func(VecVirtual) VecVirtual, storeM, storeV, storeW func(VecVirtual)) {
+	b1, c1, b2, c2, bc1, bc2, lr, shrink, eps := c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+	VMULPD(b1, md, md)
+	VMULPD(c1, gd, t)
+	VADDPD(t, md, md)
+	VMULPD(b2, vd, vd)
+	VMULPD(c2, gd, t)
+	VMULPD(gd, t, t)
+	VADDPD(t, vd, vd)
+	storeM(narrow(md))
+	storeV(narrow(vd))
+	VMULPD(shrink, wd, wd)
+	VDIVPD(bc1, md, md)
+	VMULPD(md, lr, md)
+	VDIVPD(bc2, vd, vd)
+	VSQRTPD(vd, vd)
+	VADDPD(eps, vd, vd)
+	VDIVPD(vd, md, md)
+	VSUBPD(md, wd, wd)
+	storeW(narrow(wd))
 }
 
 // genAdamWAVX2 is genAdamW for CPUs without AVX-512: 4 values per
@@ -1767,7 +1798,6 @@ func genAdamWAVX2() {
 		c[j] = YMM()
 		VBROADCASTSD(Mem{Base: kp, Disp: 8 * j}, c[j])
 	}
-	b1, c1, b2, c2, bc1, bc2, lr, shrink, eps := c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
 	gs := XMM()
 	VBROADCASTSS(paramAddr("gscale"), gs)
 	zero := GP64()
@@ -1801,31 +1831,13 @@ func genAdamWAVX2() {
 	VXORPS(z, z, z)
 	VMOVUPS(z, at(g))
 	Label(skip)
-	t := YMM()
-	VMULPD(b1, md, md)
-	VMULPD(c1, gd, t)
-	VADDPD(t, md, md)
-	VMULPD(b2, vd, vd)
-	VMULPD(c2, gd, t)
-	VMULPD(gd, t, t)
-	VADDPD(t, vd, vd)
-	f := XMM()
-	VCVTPD2PSY(md, f)
-	VMOVUPS(f, at(m))
-	f2 := XMM()
-	VCVTPD2PSY(vd, f2)
-	VMOVUPS(f2, at(v))
-	VMULPD(shrink, wd, wd)
-	VDIVPD(bc1, md, md)
-	VMULPD(md, lr, md)
-	VDIVPD(bc2, vd, vd)
-	VSQRTPD(vd, vd)
-	VADDPD(eps, vd, vd)
-	VDIVPD(vd, md, md)
-	VSUBPD(md, wd, wd)
-	f3 := XMM()
-	VCVTPD2PSY(wd, f3)
-	VMOVUPS(f3, at(w))
+	narrow := func(d VecVirtual) VecVirtual {
+		f := XMM()
+		VCVTPD2PSY(d, f)
+		return f
+	}
+	adamwMath(c, gd, md, vd, wd, YMM(), narrow,
+		func(f VecVirtual) { VMOVUPS(f, at(m)) }, func(f VecVirtual) { VMOVUPS(f, at(v)) }, func(f VecVirtual) { VMOVUPS(f, at(w)) })
 	ADDQ(U8(16), i)
 	CMPQ(i, end)
 	JNE(LabelRef(name + "_loop"))
@@ -1864,7 +1876,6 @@ func genAdamW() {
 		c[j] = ZMM()
 		VBROADCASTSD(Mem{Base: kp, Disp: 8 * j}, c[j])
 	}
-	b1, c1, b2, c2, bc1, bc2, lr, shrink, eps := c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
 	gs := YMM()
 	VBROADCASTSS(paramAddr("gscale"), gs)
 	zero := GP64()
@@ -1897,34 +1908,13 @@ func genAdamW() {
 		JZ(LabelRef(skip))
 		store(zeros, at(g))
 		Label(skip)
-		// m' = b1·m + c1·g
-		t := ZMM()
-		VMULPD(b1, md, md)
-		VMULPD(c1, gd, t)
-		VADDPD(t, md, md)
-		// v' = b2·v + (c2·g)·g
-		VMULPD(b2, vd, vd)
-		VMULPD(c2, gd, t)
-		VMULPD(gd, t, t)
-		VADDPD(t, vd, vd)
-		f := YMM()
-		VCVTPD2PS(md, f)
-		store(f, at(m))
-		f2 := YMM()
-		VCVTPD2PS(vd, f2)
-		store(f2, at(v))
-		// w' = w·shrink - (lr·(m'/bc1)) / (sqrt(v'/bc2) + eps)
-		VMULPD(shrink, wd, wd)
-		VDIVPD(bc1, md, md)
-		VMULPD(md, lr, md)
-		VDIVPD(bc2, vd, vd)
-		VSQRTPD(vd, vd)
-		VADDPD(eps, vd, vd)
-		VDIVPD(vd, md, md)
-		VSUBPD(md, wd, wd)
-		f3 := YMM()
-		VCVTPD2PS(wd, f3)
-		store(f3, at(w))
+		narrow := func(d VecVirtual) VecVirtual {
+			f := YMM()
+			VCVTPD2PS(d, f)
+			return f
+		}
+		adamwMath(c, gd, md, vd, wd, ZMM(), narrow,
+			func(f VecVirtual) { store(f, at(m)) }, func(f VecVirtual) { store(f, at(v)) }, func(f VecVirtual) { store(f, at(w)) })
 	}
 	TESTQ(cnt, cnt)
 	JZ(LabelRef(name + "_tail"))
