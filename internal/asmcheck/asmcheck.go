@@ -6,9 +6,12 @@
 //
 // The contract it enforces: a TEXT symbol whose name ends in "AVX2" runs
 // on CPUs without AVX-512, so it must not name X16-X31, Y16-Y31, any Z
-// register or an opmask register K0-K7 (each needs an EVEX encoding and
-// faults with SIGILL there), and its generated "// Requires:" line, if
-// any, must not list an AVX-512 extension. Machines with AVX-512 run such
+// register or an opmask register K0-K7, use an AVX-512 modifier (Go's
+// ".Z", ".BCST", "_SAE" and rounding suffixes) or an instruction that
+// exists only in EVEX form (VPTERNLOGD, VPERMT2PS, VMOVDQU32, ...: a
+// list of the common ones), all of which fault with SIGILL there; and its
+// generated "// Requires:" line, if any, must not list an AVX-512
+// extension. Machines with AVX-512 run such
 // code without complaint, which is why a test of the kernels' results
 // alone does not catch it.
 package asmcheck
@@ -25,6 +28,14 @@ var (
 	textLine = regexp.MustCompile(`^TEXT\s+·?([A-Za-z0-9_]+)`)
 	// evexOnly matches the registers that exist only with AVX-512.
 	evexOnly = regexp.MustCompile(`\b([XY](1[6-9]|2[0-9]|3[01])|Z([0-9]|[12][0-9]|3[01])|K[0-7])\b`)
+	// evexMnemonic matches instructions that have no VEX form (AVX-512
+	// only), by Go's names; VPCMPEQ*/VPCMPGT* (AVX2) do not match.
+	evexMnemonic = regexp.MustCompile(`^(VPTERNLOG[DQ]|VPERM[TI]2\w+|VPERM[BW]|VSCALEF\w+|VRNDSCALE\w+|VGETEXP\w+|VGETMANT\w+|` +
+		`VFIXUPIMM\w+|VRANGE\w+|VREDUCE\w+|V(P)?COMPRESS\w+|V(P)?EXPAND\w+|VPMOVU?S?[DQW][BWD]|VPMOV[BWDQ]2M|VPMOVM2[BWDQ]|` +
+		`V(EXTRACT|INSERT)[FI](32X4|64X2|32X8|64X4)|VBROADCAST[FI](32X2|32X4|64X2|32X8|64X4)|VMOVDQ[AU](8|16|32|64)|` +
+		`VP(AND|ANDN|OR|XOR)[DQ]|VP?BLENDM\w+|VPCMPU?[BWDQ]|VPTESTN?M\w+|VPBROADCASTM\w+|VPRO[LR]V?[DQ]|VPSRAV?Q|VPABSQ|` +
+		`VP(MAX|MIN)[SU]Q|VPMULLQ|VCVTT?P[SD]2U\w+|VCVTU\w+|VCVTQQ2\w+|VCVTT?P[SD]2QQ|VALIGN[DQ]|VPCONFLICT\w+|VPLZCNT\w+|` +
+		`VRCP14\w+|VRSQRT14\w+|VGATHERPF\w+|VSCATTER\w+|VPSCATTER\w+|K[A-Z]+[BWDQ])$`)
 )
 
 // AVX2Violations reads Go assembly from r and returns one line per
@@ -61,8 +72,18 @@ func AVX2Violations(r io.Reader, src string) ([]string, error) {
 			continue
 		}
 		code, _, _ := strings.Cut(line, "//")
-		if reg := evexOnly.FindString(code); reg != "" {
-			out = append(out, fmt.Sprintf("%s:%d: %s needs AVX-512: %s", fn, n, reg, strings.TrimSpace(code)))
+		fields := strings.Fields(code)
+		if len(fields) == 0 {
+			continue
+		}
+		op := fields[0]
+		switch {
+		case evexOnly.MatchString(code):
+			out = append(out, fmt.Sprintf("%s:%d: %s needs AVX-512: %s", fn, n, evexOnly.FindString(code), strings.TrimSpace(code)))
+		case strings.HasPrefix(op, "V") && strings.Contains(op, "."):
+			out = append(out, fmt.Sprintf("%s:%d: the %s modifier needs AVX-512: %s", fn, n, op[strings.Index(op, "."):], strings.TrimSpace(code)))
+		case evexMnemonic.MatchString(op):
+			out = append(out, fmt.Sprintf("%s:%d: %s exists only with AVX-512: %s", fn, n, op, strings.TrimSpace(code)))
 		}
 	}
 	if err := sc.Err(); err != nil {

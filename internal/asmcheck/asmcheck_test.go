@@ -29,6 +29,20 @@ TEXT ·cAVX2(SB), NOSPLIT, $0-8
 TEXT ·dAVX2(SB), NOSPLIT, $0-8
 	VMOVUPS Y15, Y14
 	MOVQ X16abc, AX
+	VPCMPEQD Y1, Y2, Y3
+	VPCMPGTD Y1, Y2, Y3
+	VPXOR Y1, Y2, Y3
+	VPERMILPS Y1, Y2, Y3
+	VBROADCASTSS (AX), Y1
+	RET
+
+TEXT ·eAVX2(SB), NOSPLIT, $0-8
+	VPTERNLOGD $0x96, Y1, Y2, Y3
+	VMOVUPS.Z (AX), Y1
+	VADDPS.BCST (AX), Y1, Y2
+	VPXORD Y1, Y2, Y3
+	VMOVDQU32 Y1, (AX)
+	VPCMPD $1, Y1, Y2, AX
 	RET
 `
 	got, err := AVX2Violations(strings.NewReader(src), "test.s")
@@ -41,6 +55,12 @@ TEXT ·dAVX2(SB), NOSPLIT, $0-8
 		"cAVX2:16: X31 needs AVX-512",
 		"cAVX2:17: K0 needs AVX-512",
 		"cAVX2:18: Z0 needs AVX-512",
+		"eAVX2:32: VPTERNLOGD exists only with AVX-512",
+		"eAVX2:33: the .Z modifier needs AVX-512",
+		"eAVX2:34: the .BCST modifier needs AVX-512",
+		"eAVX2:35: VPXORD exists only with AVX-512",
+		"eAVX2:36: VMOVDQU32 exists only with AVX-512",
+		"eAVX2:37: VPCMPD exists only with AVX-512",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d violations %q, want %d", len(got), got, len(want))

@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -29,10 +30,14 @@ func TestAVX2KernelsNeedNoAVX512(t *testing.T) {
 	}
 }
 
+// fp16Kernel matches the names of the fp16 kernels (F16, not BF16).
+var fp16Kernel = regexp.MustCompile(`(^|[^B])F16`)
+
 // TestKernelFeaturesAreDispatched: every extension a kernel's Requires
-// line names is one its dispatch checks (kern_amd64.go): *AVX2 kernels
-// run under haveAVX2FMA (AVX, AVX2, FMA), plus haveF16C for the fp16
-// ones (F16 in the name); *AVX512 kernels under haveAVX512 (AVX-512F and
+// line names is one that the dispatch of its kind checks (kern_amd64.go,
+// by the naming rule this test also enforces): *AVX2 kernels run under
+// haveAVX2FMA (AVX, AVX2, FMA), plus haveF16C for the fp16 ones (F16 but
+// not BF16 in the name); *AVX512 kernels under haveAVX512 (AVX-512F and
 // VL, BMI2). SSE, SSE2 and MMX+ are in every amd64 CPU.
 func TestKernelFeaturesAreDispatched(t *testing.T) {
 	const path = "kernels_amd64.s"
@@ -55,7 +60,7 @@ func TestKernelFeaturesAreDispatched(t *testing.T) {
 		case strings.HasSuffix(name, "AVX512"):
 			allowed = append(allowed, "AVX512F", "AVX512VL", "BMI2")
 		case strings.HasSuffix(name, "AVX2"):
-			if strings.Contains(name, "F16") {
+			if fp16Kernel.MatchString(name) {
 				allowed = append(allowed, "F16C")
 			}
 		default:

@@ -14,7 +14,9 @@ import "math"
 // exp of that difference for finite src <= shift; results that round
 // below the smallest subnormal are zero) and sums in two float64 chains;
 // with AVX2 and FMA (no AVX-512) its 8-lane form gives each value the
-// same bits and sums in its own fixed order; otherwise, and whenever
+// same bits and sums in its own fixed order (above shift, outside the
+// softmax's use, both clamp the exponent at 100: results past float32's
+// range are +Inf, as the reference's); otherwise, and whenever
 // shift is not finite, each value is
 // float32(math.Exp(float64(src[i] - shift))) (NaN and infinities as
 // math.Exp gives them) summed in order. Either way the

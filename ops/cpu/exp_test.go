@@ -86,6 +86,18 @@ func TestExpShiftSumEdges(t *testing.T) {
 		if dst[0] != 0 || dst[1] != 0 {
 			t.Errorf("exp(-Inf), exp(-200) = %g, %g, want 0", dst[0], dst[1])
 		}
+		// Above the shift (outside the softmax contract): the largest
+		// finite results, then +Inf from where exp overflows float32, as
+		// the reference (the vector kernels clamp the exponent at 100).
+		big := []float32{88, 88.7, 89, 100, 177.8, 178, 1000, 3e38}
+		bd, br := make([]float32, len(big)), make([]float32, len(big))
+		ExpShiftSum(bd, big, 0)
+		expShiftSumGo(br, big, 0)
+		for i := range big {
+			if math.IsInf(float64(br[i]), 1) != math.IsInf(float64(bd[i]), 1) || ulpDiff(bd[i], br[i]) > 2 {
+				t.Errorf("exp(%g) = %g, want %g", big[i], bd[i], br[i])
+			}
+		}
 		nan := float32(math.NaN())
 		if s := ExpShiftSum(dst[:2], []float32{1, nan}, nan); !math.IsNaN(s) {
 			t.Errorf("NaN shift: sum %v, want NaN", s)
@@ -132,6 +144,9 @@ func TestExpShiftSumAVX2MatchesAVX512(t *testing.T) {
 		src := make([]float32, n)
 		for i := range src {
 			src[i] = -110 * rng.Float32()
+			if rng.IntN(8) == 0 { // above the shift too, up to past the clamp
+				src[i] = 200 * rng.Float32()
+			}
 		}
 		want, got := make([]float32, n), make([]float32, n)
 		useAsm, useAVX512 = true, true

@@ -1476,8 +1476,8 @@ func genSDDMMPairWidth(r int, z bool) {
 	} else {
 		TESTQ(U32(7), n)
 		JZ(LabelRef(name + "_reduce"))
-		// The mask lives in memory (no register is left for it): each
-		// masked load reads it from the table.
+		// The mask stays in the table: each masked load reads it there
+		// into the register it then fills.
 		t := GP64()
 		MOVQ(n, t)
 		ANDQ(U8(7), t)
@@ -1518,20 +1518,22 @@ func genSDDMMPairWidth(r int, z bool) {
 }
 
 // expConstVals are genExpShiftSum's constants (the expConsts table), in order: the
-// clamp (exp of anything below it rounds to zero in float32), log2(e),
+// clamps (exp of anything below -104 rounds to zero in float32, of
+// anything above 100 to +Inf; the upper one keeps 2^k inside the float32
+// exponent range for genExpShiftSumAVX2's two-step scaling), log2(e),
 // ln 2 split into a high part exact in float32 with its low bits zero
 // and the rest (Cody-Waite), and the Taylor coefficients 1/k! for
 // k = 7 down to 0.
 var expConstVals = []float32{
-	-104,
+	-104, 100,
 	1.44269504088896341,
 	0.693145751953125, 1.428606765330187045e-06,
 	1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1, 1,
 }
 
 // genExpShiftSum: dst[i] = exp(src[i] - shift) in float32 for i < n, and
-// the sum of the dst values in float64, per 16 elements: x = max(src -
-// shift, -104); k = round(x·log2 e); r = x - k·ln2hi - k·ln2lo
+// the sum of the dst values in float64, per 16 elements: x = min(max(src -
+// shift, -104), 100); k = round(x·log2 e); r = x - k·ln2hi - k·ln2lo
 // (|r| <= ln 2/2); p = Σ_{j<=7} r^j/j! by Horner; dst = p·2^k (VSCALEFPS,
 // which rounds once into the subnormals and to zero below them). The
 // sums run in two float64 chains (low and high 8 lanes), added lane by
@@ -1559,7 +1561,7 @@ func genExpShiftSum() {
 		c[i] = ZMM()
 		VBROADCASTSS(Mem{Base: base, Disp: 4 * i}, c[i])
 	}
-	lo, log2e, ln2hi, ln2lo, poly := c[0], c[1], c[2], c[3], c[4:]
+	lo, hi, log2e, ln2hi, ln2lo, poly := c[0], c[1], c[2], c[3], c[4], c[5:]
 	s0, s1 := ZMM(), ZMM()
 	VPXORQ(s0, s0, s0)
 	VPXORQ(s1, s1, s1)
@@ -1572,6 +1574,7 @@ func genExpShiftSum() {
 	body := func(x VecVirtual) VecVirtual {
 		VSUBPS(sh, x, x)
 		VMAXPS(lo, x, x)
+		VMINPS(hi, x, x)
 		k := ZMM()
 		VMULPS(log2e, x, k)
 		VRNDSCALEPS(U8(0), k, k)
@@ -1643,7 +1646,8 @@ func sumPD4(y VecVirtual) VecVirtual {
 // the same bits as the AVX-512 kernel's. Without VSCALEFPS, p·2^k is two
 // products by powers of two built from the exponent bits, 2^(k>>1) (exact)
 // then 2^(k-(k>>1)), which rounds once into the subnormals as VSCALEFPS
-// does (k >= -150 after the clamp, so both halves are normal). The sums
+// does (-150 <= k <= 145 after the clamps, so both halves are normal
+// powers of two). The sums
 // run in two float64 chains (low and high 4 lanes). The last n%8
 // elements go under a VMASKMOVPS mask (nothing past n is read or
 // written; masked lanes are zeroed before the sum). The polynomial's
@@ -1666,11 +1670,12 @@ func genExpShiftSumAVX2() {
 	base := GP64()
 	LEAQ(tbl, base)
 	c := func(i int) Mem { return Mem{Base: base, Disp: 4 * i} }
-	lo, log2e, ln2hi, ln2lo, bias := YMM(), YMM(), YMM(), YMM(), YMM()
+	lo, hi, log2e, ln2hi, ln2lo, bias := YMM(), YMM(), YMM(), YMM(), YMM(), YMM()
 	VBROADCASTSS(c(0), lo)
-	VBROADCASTSS(c(1), log2e)
-	VBROADCASTSS(c(2), ln2hi)
-	VBROADCASTSS(c(3), ln2lo)
+	VBROADCASTSS(c(1), hi)
+	VBROADCASTSS(c(2), log2e)
+	VBROADCASTSS(c(3), ln2hi)
+	VBROADCASTSS(c(4), ln2lo)
 	VPBROADCASTD(c(len(expConstVals)), bias)
 	s0, s1 := YMM(), YMM()
 	VXORPD(s0, s0, s0)
@@ -1683,14 +1688,15 @@ func genExpShiftSumAVX2() {
 	body := func(x VecVirtual) VecVirtual {
 		VSUBPS(sh, x, x)
 		VMAXPS(lo, x, x)
+		VMINPS(hi, x, x)
 		k := YMM()
 		VMULPS(log2e, x, k)
 		VROUNDPS(U8(0), k, k)
 		VFNMADD231PS(ln2hi, k, x)
 		VFNMADD231PS(ln2lo, k, x)
 		p := YMM()
-		VBROADCASTSS(c(4), p)
-		for j := 5; j < len(expConstVals); j++ {
+		VBROADCASTSS(c(5), p)
+		for j := 6; j < len(expConstVals); j++ {
 			cj := YMM()
 			VBROADCASTSS(c(j), cj)
 			VFMADD213PS(cj, x, p)
