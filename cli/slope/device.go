@@ -5,6 +5,7 @@ import (
 
 	"github.com/slopeml/slope/cuda"
 	"github.com/slopeml/slope/ops"
+	"github.com/slopeml/slope/ops/cpu"
 	slopert "github.com/slopeml/slope/runtime"
 	"github.com/spf13/cobra"
 )
@@ -90,7 +91,7 @@ type model struct {
 // deviceLine describes where the model runs, for bench output.
 func (m *model) deviceLine() string {
 	if m.gpu == nil {
-		return ""
+		return "cpu      " + cpu.Kernels() + " kernels"
 	}
 	return fmt.Sprintf("device   %s (%s activations), weights %.1f MiB on the GPU", m.gpu.Device().Info, m.gpu.Name(), float64(m.gpu.WeightBytes)/(1<<20))
 }

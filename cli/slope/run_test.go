@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/slopeml/slope/convert"
+	"github.com/slopeml/slope/ops/cpu"
 	slopert "github.com/slopeml/slope/runtime"
 	"github.com/slopeml/slope/testmodels"
 	"github.com/slopeml/slope/train"
@@ -68,7 +69,7 @@ func TestBench(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"prefill  1 x 8 tokens", "decode   1 x 4 tokens", "peak RSS"} {
+	for _, want := range []string{"prefill  1 x 8 tokens", "decode   1 x 4 tokens", "peak RSS", "cpu      " + cpu.Kernels() + " kernels"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("bench output lacks %q:\n%s", want, stdout)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/slopeml/slope/cli/internal/interrupt"
 	"github.com/slopeml/slope/cuda"
 	"github.com/slopeml/slope/internal/rusage"
+	"github.com/slopeml/slope/ops/cpu"
 	"github.com/slopeml/slope/train"
 )
 
@@ -561,6 +562,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		_, err := out.Write(profile.Bytes())
 		return err
 	}
+	fmt.Fprintf(out, "cpu: %s kernels\n", cpu.Kernels())
 	fmt.Fprintf(out, "memory: training state %.2f MiB (values %.2f, gradients %.2f, AdamW moments %.2f, N:M metadata %.2f); kernel buffers %.2f MiB, activations %.2f MiB; peak RSS %.1f MiB\n",
 		mib(mem.StateBytes), mib(mem.ValuesBytes), mib(mem.GradsBytes), mib(mem.MomentsBytes), mib(mem.NMMetaBytes),
 		mib(mem.KernelBytes), mib(mem.ActivationBytes), mib(mem.PeakRSSBytes))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops/cpu"
 )
 
 // writeTokenFile writes n pseudo-random uint16 tokens below vocab.
@@ -71,7 +72,7 @@ func TestTrainCommand(t *testing.T) {
 			lines++
 		}
 	}
-	if !strings.Contains(stdout, "trained to step 4") || lines != 4 {
+	if !strings.Contains(stdout, "trained to step 4") || lines != 4 || !strings.Contains(stdout, "cpu: "+cpu.Kernels()+" kernels") {
 		t.Fatalf("stdout %q\nstderr %q", stdout, stderr)
 	}
 	recs := readLog(t, fullLog)

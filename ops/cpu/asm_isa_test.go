@@ -74,3 +74,31 @@ func TestKernelFeaturesAreDispatched(t *testing.T) {
 		}
 	}
 }
+
+// TestKernels: the report names the kernel set that dispatch picks.
+func TestKernels(t *testing.T) {
+	defer func() { useAsm, useAVX512 = true, true }()
+	useAsm = false
+	if got := Kernels(); got != "portable Go (assembly disabled)" {
+		t.Errorf("assembly off: %q", got)
+	}
+	useAsm = true
+	want := "portable Go (the CPU lacks AVX2 or FMA)"
+	switch {
+	case !haveAsmBuild:
+		want = "portable Go (no assembly for this build)"
+	case haveAVX512:
+		want = "AVX-512"
+	case haveAVX2FMA:
+		want = "AVX2+FMA (no AVX-512)"
+	}
+	if got := Kernels(); got != want {
+		t.Errorf("Kernels() = %q, want %q", got, want)
+	}
+	if haveAVX2FMA {
+		useAVX512 = false
+		if got := Kernels(); got != "AVX2+FMA (no AVX-512)" {
+			t.Errorf("AVX-512 off: %q", got)
+		}
+	}
+}

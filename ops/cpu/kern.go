@@ -18,6 +18,23 @@ var useAsm, useAVX512 = true, true
 // asmOn reports whether the AVX2+FMA kernels run.
 func asmOn() bool { return useAsm && haveAVX2FMA }
 
+// Kernels names the kernel set this process runs, for reports: "AVX-512"
+// (the AVX2+FMA kernels plus the AVX-512 ones), "AVX2+FMA (no AVX-512)",
+// or the portable Go kernels and why.
+func Kernels() string {
+	switch {
+	case asm512On():
+		return "AVX-512"
+	case asmOn():
+		return "AVX2+FMA (no AVX-512)"
+	case !useAsm:
+		return "portable Go (assembly disabled)"
+	case !haveAsmBuild:
+		return "portable Go (no assembly for this build)"
+	}
+	return "portable Go (the CPU lacks AVX2 or FMA)"
+}
+
 // asm512On reports whether the AVX-512F sparse GEMM kernel runs.
 func asm512On() bool { return asmOn() && useAVX512 && haveAVX512 }
 

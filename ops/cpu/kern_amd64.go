@@ -11,6 +11,8 @@ import (
 // CPU features of the assembly kernels (x/sys/cpu also checks that the
 // OS saves the YMM and ZMM state). TestKernelFeaturesAreDispatched checks
 // that every kernel needs only what its variable here tests.
+const haveAsmBuild = true // (Kernels: the assembly is built in)
+
 var (
 	haveAVX2FMA = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 	haveF16C    = haveAVX2FMA && cpu.X86.HasF16C

@@ -7,9 +7,10 @@ import "unsafe"
 // Without the assembly kernels every dispatch takes the Go path; the
 // functions below are never called.
 const (
-	haveAVX2FMA = false
-	haveF16C    = false
-	haveAVX512  = false
+	haveAsmBuild = false // (Kernels: no assembly in this build)
+	haveAVX2FMA  = false
+	haveF16C     = false
+	haveAVX512   = false
 )
 
 func noAsm() { panic("cpu: assembly kernels are not built") }
