@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -38,15 +39,14 @@ var (
 		`VRCP14\w+|VRSQRT14\w+|VGATHERPF\w+|VSCATTER\w+|VPSCATTER\w+|K[A-Z]+[BWDQ])$`)
 )
 
-// AVX2Violations reads Go assembly from r and returns one line per
-// violation of the package contract, as "name:line: reason", in file
-// order. src names the input in read errors.
-func AVX2Violations(r io.Reader, src string) ([]string, error) {
+// walk reads Go assembly from r and calls text for each TEXT line (the
+// symbol, and the extensions its preceding "// Requires:" line lists, nil
+// without one) and body for every other line but Requires lines, with
+// the current symbol ("" before the first). n is the 1-based line number.
+func walk(r io.Reader, src string, text func(n int, fn string, requires []string), body func(n int, fn, line string)) error {
 	var (
-		out      []string
-		requires string
+		requires []string
 		fn       string
-		avx2     bool
 	)
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<16), 1<<20)
@@ -54,27 +54,48 @@ func AVX2Violations(r io.Reader, src string) ([]string, error) {
 		line := sc.Text()
 		switch {
 		case strings.HasPrefix(line, "// Requires:"):
-			requires = line
-			continue
+			requires = nil
+			for _, f := range strings.Split(strings.TrimPrefix(line, "// Requires:"), ",") {
+				requires = append(requires, strings.TrimSpace(f))
+			}
 		case strings.HasPrefix(line, "TEXT"):
 			m := textLine.FindStringSubmatch(line)
 			if m == nil {
-				return nil, fmt.Errorf("%s:%d: cannot parse TEXT line %q", src, n, line)
+				return fmt.Errorf("%s:%d: cannot parse TEXT line %q", src, n, line)
 			}
-			fn, avx2 = m[1], strings.HasSuffix(m[1], "AVX2")
-			if avx2 && strings.Contains(requires, "AVX512") {
-				out = append(out, fmt.Sprintf("%s:%d: %s requires %s", fn, n, fn, strings.TrimPrefix(requires, "// Requires: ")))
-			}
-			requires = ""
-			continue
+			fn = m[1]
+			text(n, fn, requires)
+			requires = nil
+		default:
+			body(n, fn, line)
 		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading %s: %w", src, err)
+	}
+	return nil
+}
+
+// AVX2Violations reads Go assembly from r and returns one line per
+// violation of the package contract, as "name:line: reason", in file
+// order. src names the input in read errors.
+func AVX2Violations(r io.Reader, src string) ([]string, error) {
+	var out []string
+	avx2 := false
+	text := func(n int, fn string, requires []string) {
+		avx2 = strings.HasSuffix(fn, "AVX2")
+		if avx2 && slices.ContainsFunc(requires, func(f string) bool { return strings.HasPrefix(f, "AVX512") }) {
+			out = append(out, fmt.Sprintf("%s:%d: %s requires %s", fn, n, fn, strings.Join(requires, ", ")))
+		}
+	}
+	body := func(n int, fn, line string) {
 		if !avx2 {
-			continue
+			return
 		}
 		code, _, _ := strings.Cut(line, "//")
 		fields := strings.Fields(code)
 		if len(fields) == 0 {
-			continue
+			return
 		}
 		op := fields[0]
 		switch {
@@ -86,8 +107,8 @@ func AVX2Violations(r io.Reader, src string) ([]string, error) {
 			out = append(out, fmt.Sprintf("%s:%d: %s exists only with AVX-512: %s", fn, n, op, strings.TrimSpace(code)))
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading %s: %w", src, err)
+	if err := walk(r, src, text, body); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -97,31 +118,13 @@ func AVX2Violations(r io.Reader, src string) ([]string, error) {
 // AVX512F, BMI2, ...); symbols without such a line are absent.
 func Requires(r io.Reader, src string) (map[string][]string, error) {
 	out := map[string][]string{}
-	var requires string
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<16), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "// Requires:"):
-			requires = strings.TrimPrefix(line, "// Requires:")
-		case strings.HasPrefix(line, "TEXT"):
-			m := textLine.FindStringSubmatch(line)
-			if m == nil {
-				return nil, fmt.Errorf("%s:%d: cannot parse TEXT line %q", src, n, line)
-			}
-			if requires != "" {
-				var feats []string
-				for _, f := range strings.Split(requires, ",") {
-					feats = append(feats, strings.TrimSpace(f))
-				}
-				out[m[1]] = feats
-			}
-			requires = ""
+	err := walk(r, src, func(_ int, fn string, requires []string) {
+		if requires != nil {
+			out[fn] = requires
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading %s: %w", src, err)
+	}, func(int, string, string) {})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -10,23 +10,31 @@ import (
 	"github.com/slopeml/slope/internal/asmcheck"
 )
 
+// kernelsPath is the generated assembly the tests below read.
+const kernelsPath = "kernels_amd64.s"
+
+// openKernels opens kernelsPath for the test (closed at its end).
+func openKernels(t *testing.T) *os.File {
+	t.Helper()
+	f, err := os.Open(kernelsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 // TestAVX2KernelsNeedNoAVX512 reads the generated kernels: every *AVX2
 // function must run on a CPU without AVX-512. A machine with AVX-512
 // executes EVEX-only registers anyway (even with GODEBUG=cpu.avx512f=off),
 // so only this check catches them off such a machine.
 func TestAVX2KernelsNeedNoAVX512(t *testing.T) {
-	const path = "kernels_amd64.s"
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	bad, err := asmcheck.AVX2Violations(f, path)
+	bad, err := asmcheck.AVX2Violations(openKernels(t), kernelsPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(bad) > 0 {
-		t.Fatalf("%s: %d AVX2 kernel lines need AVX-512:\n%s", path, len(bad), strings.Join(bad, "\n"))
+		t.Fatalf("%s: %d AVX2 kernel lines need AVX-512:\n%s", kernelsPath, len(bad), strings.Join(bad, "\n"))
 	}
 }
 
@@ -40,18 +48,12 @@ var fp16Kernel = regexp.MustCompile(`(^|[^B])F16`)
 // not BF16 in the name); *AVX512 kernels under haveAVX512 (AVX-512F and
 // VL, BMI2). SSE, SSE2 and MMX+ are in every amd64 CPU.
 func TestKernelFeaturesAreDispatched(t *testing.T) {
-	const path = "kernels_amd64.s"
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	req, err := asmcheck.Requires(f, path)
+	req, err := asmcheck.Requires(openKernels(t), kernelsPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(req) < 50 {
-		t.Fatalf("%s: only %d kernels with a Requires line", path, len(req))
+		t.Fatalf("%s: only %d kernels with a Requires line", kernelsPath, len(req))
 	}
 	base := []string{"SSE", "SSE2", "MMX+", "AVX", "AVX2", "FMA3"}
 	for name, feats := range req {
