@@ -170,21 +170,20 @@ func sddmmZAsm(r int, gy *float32, ldg int, x *float32, ldx int, n int, idx *int
 	sddmmZFns[r-1](gy, ldg, x, ldx, n, idx, masks, out)
 }
 
-var sddmmPairFns = [...]func(gy *float32, rows *int64, xa, xb *float32, n int, out *float32){
+var sddmmPairFns = [...]sddmmPairFn{
 	sddmmPairR1AVX512, sddmmPairR2AVX512, sddmmPairR3AVX512, sddmmPairR4AVX512,
 	sddmmPairR5AVX512, sddmmPairR6AVX512, sddmmPairR7AVX512, sddmmPairR8AVX512,
 }
 
-var sddmmPairFnsAVX2 = [...]func(gy *float32, rows *int64, xa, xb *float32, n int, out *float32){
+var sddmmPairFnsAVX2 = [...]sddmmPairFn{
 	sddmmPairR1AVX2, sddmmPairR2AVX2, sddmmPairR3AVX2, sddmmPairR4AVX2, sddmmPairR5AVX2, sddmmPairR6AVX2,
 }
 
-// sddmmPairAsm runs the AVX-512 kernel for r <= 8 rows, or without
-// AVX-512 the AVX2 one for r <= 6 (sddmmPairLimit).
-func sddmmPairAsm(r int, gy *float32, rows *int64, xa, xb *float32, n int, out *float32) {
+// sddmmPairKernels returns the pattern-pair kernels of this CPU, the
+// one for r rows at [r-1]: 8 with AVX-512, 6 with AVX2.
+func sddmmPairKernels() []sddmmPairFn {
 	if asm512On() {
-		sddmmPairFns[r-1](gy, rows, xa, xb, n, out)
-		return
+		return sddmmPairFns[:]
 	}
-	sddmmPairFnsAVX2[r-1](gy, rows, xa, xb, n, out)
+	return sddmmPairFnsAVX2[:]
 }

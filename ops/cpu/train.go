@@ -355,7 +355,8 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 		var count [16]int
 		var offs [sddmmPairMax]int64
 		var res [2 * sddmmPairMax]float32
-		most := sddmmPairLimit()
+		kern := sddmmPairKernels()
+		most := len(kern)
 		for c := c0; c < c1; c++ {
 			o0, o1 := c*pairChunkRows, min(out, (c+1)*pairChunkRows)
 			for grp := 0; grp < groups; grp++ {
@@ -380,7 +381,7 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 						for q, o := range rs[j : j+r] {
 							offs[q] = int64(o) * int64(ld) * 4
 						}
-						sddmmPairAsm(r, &gyT[0], &offs[0], xa, xb, m, &res[0])
+						kern[r-1](&gyT[0], &offs[0], xa, xb, m, &res[0])
 						for q, o := range rs[j : j+r] {
 							gk := g[int(o)*kept+2*grp:]
 							gk[0] += res[2*q]
@@ -395,16 +396,11 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 }
 
 // sddmmPairMax is the most rows one sddmmPair kernel call takes (the
-// AVX-512 kernel; the AVX2 one takes sddmmPairLimit).
+// AVX-512 kernel's; the AVX2 one takes 6: len(sddmmPairKernels())).
 const sddmmPairMax = 8
 
-// sddmmPairLimit is the most rows the running sddmmPair kernel takes.
-func sddmmPairLimit() int {
-	if asm512On() {
-		return sddmmPairMax
-	}
-	return 6
-}
+// sddmmPairFn is one pattern-pair kernel (see genSDDMMPair in asmgen).
+type sddmmPairFn = func(gy *float32, rows *int64, xa, xb *float32, n int, out *float32)
 
 // NMWeightGradRef is NMWeightGrad's reference: each sum in float64,
 // rounded once and added.
