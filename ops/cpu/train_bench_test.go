@@ -85,3 +85,62 @@ func BenchmarkTrainLinear(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSPMMKernel: the AVX2/AVX-512 sparse GEMM micro-kernel alone
+// (the widest tile: 3 outputs x 32 rows with AVX2, 4 x 64 with AVX-512),
+// 512 steps of random kept rows of a transposed X block of in rows:
+// in = 128 keeps the block in L1 (16 KiB with AVX2), in = 1024 does not.
+// GFLOP/s counts the FLOPs done.
+func BenchmarkSPMMKernel(b *testing.B) {
+	if !asmOn() {
+		b.Skip("no assembly kernels on this CPU or build")
+	}
+	ld, r := 32, 3
+	if asm512On() {
+		ld, r = 64, 4
+	}
+	const steps = 512
+	for _, in := range []int{128, 1024} {
+		rng := rand.New(rand.NewPCG(1, 2))
+		xt := randF32(rng, in*ld)
+		off := make([]uint32, 8*steps)
+		for i := range off {
+			off[i] = uint32(rng.IntN(in) * ld * 4)
+		}
+		vals := randF32(rng, 8*steps)
+		yt := make([]float32, r*ld)
+		b.Run(fmt.Sprintf("in=%d", in), func(b *testing.B) {
+			for b.Loop() {
+				spmmTile(ld, ld, r, 0, xt, in, off, vals, steps, yt)
+			}
+			b.ReportMetric(2*float64(r*ld*steps)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}
+
+// BenchmarkPairKernel: the 2:4 weight gradient's pattern-pair kernel
+// alone at its widest (8 rows with AVX-512, 6 with AVX2) on rows of n
+// elements: n = 512 keeps its rows and columns in L1, n = 2048 does not.
+func BenchmarkPairKernel(b *testing.B) {
+	if !asmOn() {
+		b.Skip("no assembly kernels on this CPU or build")
+	}
+	kern := sddmmPairKernels()
+	r := len(kern)
+	for _, n := range []int{512, 2048} {
+		rng := rand.New(rand.NewPCG(1, 2))
+		ld := n + 16
+		gy, xa, xb := randF32(rng, r*ld), randF32(rng, ld), randF32(rng, ld)
+		var offs [sddmmPairMax]int64
+		for q := range r {
+			offs[q] = int64(q * ld * 4)
+		}
+		var res [2 * sddmmPairMax]float32
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				kern[r-1](&gy[0], &offs[0], &xa[0], &xb[0], n, &res[0])
+			}
+			b.ReportMetric(4*float64(r*n)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}
