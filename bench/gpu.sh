@@ -17,7 +17,8 @@
 # 8192") per step, LAYER_VARIANTS
 # (default "dense 2:4x 2:4": dense, 2:4 expanded, 2:4 on cuSPARSELt;
 # densef and 2:4f: dense and 2:4 on cuSPARSELt with the fused attention,
-# SLOPE_GPU_FUSED_ATTENTION=1);
+# SLOPE_GPU_FUSED_ATTENTION=1; each variant's tokens/s is printed as a
+# ratio to dense's, 2:4f's to densef's);
 # PROFILE=1 adds --gpu-profile here and
 # to a bench run of the CLI section), SKIP_CLI=1
 # (the inference CLI), SKIP_BENCH=1 (gpubench), BENCH_FLAGS (extra
@@ -134,29 +135,30 @@ run)
 			printf '{"model_type": "opt", "vocab_size": 512, "hidden_size": %d, "ffn_dim": %d, "num_hidden_layers": 1, "num_attention_heads": %d, "max_position_embeddings": %d, "word_embed_proj_dim": %d, "do_layer_norm_before": true, "activation_function": "relu", "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}\n' \
 				"$hid" "$ffn" "$heads" "$maxpos" "$hid" >"$work/$label.json"
 			variants=${LAYER_VARIANTS:-dense 2:4x 2:4}
-			for nm in dense 2:4; do
-				[[ " $variants " == *" ${nm}"[xf\ ]* ]] || continue
-				"$bins/slope" init --config "$work/$label.json" --out "$work/$label-${nm/:/}.slope" --nm "$nm" --seed 1 >/dev/null || status=1
-			done
 			for lseq in ${LAYER_SEQ:-2048}; do
-			dense_tps=""
-			for v in "dense 0 dense 0" "2:4 0 2:4x 0" "2:4 1 2:4 0" "dense 0 densef 1" "2:4 1 2:4f 1"; do
-				read -r nm lt key fused <<<"$v"
-				[[ " $variants " == *" $key "* ]] || continue
-				echo "### OPT-$label layer, $lbatch x $lseq tokens, $nm$([[ $nm == 2:4 ]] && { [[ $lt == 1 ]] && echo ' on cuSPARSELt' || echo ' expanded (SLOPE_GPU_BF16_SPARSELT=0)'; })$([[ $fused == 1 ]] && echo ', fused attention'): 6 steps"
-				SLOPE_GPU_FUSED_ATTENTION=$fused SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$work/$label-${nm/:/}.slope" \
-					--data "$work/v512.u16" --steps 6 --batch "$lbatch" --seq "$lseq" --out "$work/out.slope" --device cuda \
-					$([[ "${PROFILE:-0}" == 1 ]] && echo --gpu-profile) 2>&1 |
-					grep -v -E "^(step|device|trained to) " | tee "$work/last.out"
-				[[ ${PIPESTATUS[0]} == 0 ]] || status=1
-				# tokens/s after the first step, and the ratio to dense's
-				tps=$(sed -n 's/.*, \([0-9.]*\) tokens\/s after the first.*/\1/p' "$work/last.out")
-				if [[ $key == dense* ]]; then
-					dense_tps=$tps
-				elif [[ -n "$tps" && -n "$dense_tps" ]]; then
-					echo "### OPT-$label layer, $lbatch x $lseq tokens: $key / dense = $(awk -v a="$tps" -v b="$dense_tps" 'BEGIN{printf "%.3f", a / b}') (tokens/s after the first step)"
-				fi
-			done
+				declare -A tps=()
+				# nm, SLOPE_GPU_BF16_SPARSELT, variant, SLOPE_GPU_FUSED_ATTENTION,
+				# the variant its ratio is taken against
+				for v in "dense 0 dense 0 -" "2:4 0 2:4x 0 dense" "2:4 1 2:4 0 dense" "dense 0 densef 1 dense" "2:4 1 2:4f 1 densef"; do
+					read -r nm lt key fused base <<<"$v"
+					[[ " $variants " == *" $key "* ]] || continue
+					model="$work/$label-${nm/:/}.slope" # made once per shape, on first use
+					if [[ ! -f "$model" ]]; then
+						"$bins/slope" init --config "$work/$label.json" --out "$model" --nm "$nm" --seed 1 >/dev/null || status=1
+					fi
+					echo "### OPT-$label layer, $lbatch x $lseq tokens, $nm$([[ $nm == 2:4 ]] && { [[ $lt == 1 ]] && echo ' on cuSPARSELt' || echo ' expanded (SLOPE_GPU_BF16_SPARSELT=0)'; })$([[ $fused == 1 ]] && echo ', fused attention'): 6 steps"
+					SLOPE_GPU_FUSED_ATTENTION=$fused SLOPE_GPU_BF16_SPARSELT=$lt timeout 240 "$bins/slope" train "$model" \
+						--data "$work/v512.u16" --steps 6 --batch "$lbatch" --seq "$lseq" --out "$work/out.slope" --device cuda \
+						$([[ "${PROFILE:-0}" == 1 ]] && echo --gpu-profile) 2>&1 |
+						grep -v -E "^(step|device|trained to) " | tee "$work/last.out"
+					[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+					# tokens/s after the first step, and the ratio to its base's
+					tps[$key]=$(sed -n 's/.*, \([0-9.]*\) tokens\/s after the first.*/\1/p' "$work/last.out")
+					if [[ $base != - && -n "${tps[$key]}" && -n "${tps[$base]:-}" ]]; then
+						echo "### OPT-$label layer, $lbatch x $lseq tokens: $key / $base = $(awk -v a="${tps[$key]}" -v b="${tps[$base]}" 'BEGIN{printf "%.3f", a / b}') (tokens/s after the first step)"
+					fi
+				done
+				unset tps
 			done
 		done
 		rm -rf "$work"
@@ -202,18 +204,18 @@ run)
 		rm -rf "$work"
 		fi
 		if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
-		echo "## gpubench"
-		timeout 420 "$bins/gpubench" -tables "${TABLES:-linear,layer,tc,train}" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
-		rc=$?
-		echo "## gpubench exit $rc"
-		[[ $rc == 0 ]] || status=1
-		if [[ "${BENCH_FUSED:-0}" == 1 ]]; then
-			echo "## gpubench -tables layer with the fused attention (SLOPE_GPU_FUSED_ATTENTION=1)"
-			SLOPE_GPU_FUSED_ATTENTION=1 timeout 300 "$bins/gpubench" -tables layer $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
+		# gpubench's tables, then (BENCH_FUSED=1) its layer table again with
+		# the fused attention: fused, tables, timeout, title.
+		runs=("0|${TABLES:-linear,layer,tc,train}|420|gpubench")
+		[[ "${BENCH_FUSED:-0}" == 1 ]] && runs+=("1|layer|300|gpubench -tables layer with the fused attention (SLOPE_GPU_FUSED_ATTENTION=1)")
+		for run in "${runs[@]}"; do
+			IFS='|' read -r fused tables limit title <<<"$run"
+			echo "## $title"
+			SLOPE_GPU_FUSED_ATTENTION=$fused timeout "$limit" "$bins/gpubench" -tables "$tables" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
 			rc=$?
-			echo "## gpubench (fused attention) exit $rc"
+			echo "## $title: exit $rc"
 			[[ $rc == 0 ]] || status=1
-		fi
+		done
 		fi
 		echo "## status $status"
 		exit $status
