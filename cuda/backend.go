@@ -135,8 +135,9 @@ type Backend struct {
 	ltBias bool
 	act    DType
 	s      driver.Stream
-	// ltTraining: 2:4 weights bound for bf16 training get cuSPARSELt
-	// forms (BF16SparseLtEnv is not 0; read once at New).
+	// ltTraining: 2:4 weights bound for training get cuSPARSELt forms
+	// (bf16 activations, cuSPARSELt loaded, BF16SparseLtEnv not 0; set
+	// once at New).
 	ltTraining bool
 	// fusedAttentionCalls and fusedAttentionBackwards count the attention
 	// forwards and backwards the fused kernels ran (Options.
@@ -278,7 +279,7 @@ func New(opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{opts: opts, dev: dev, act: opts.Activations, ltTraining: os.Getenv(BF16SparseLtEnv) != "0",
+	b := &Backend{opts: opts, dev: dev, act: opts.Activations,
 		weights: map[weightKey]driver.Ptr{}, pool: map[int][]*tensor{}, hostKV: map[*ops.KVCache]*kvCache{}}
 	err = dev.Do(func() error {
 		if dev.Major < 8 {
@@ -304,6 +305,7 @@ func New(opts Options) (*Backend, error) {
 			} else {
 				sp.Search = opts.Search
 				b.sp = sp
+				b.ltTraining = os.Getenv(BF16SparseLtEnv) != "0"
 				ok, err := b.checkLtBias()
 				b.ltBias = ok && err == nil
 				if !b.ltBias {

@@ -61,7 +61,9 @@ func TestConformanceBF16AttentionChunks(t *testing.T) {
 
 // The fused attention kernel (Options.FusedAttention) at the head sizes
 // it takes, through a cache in parts (prefills of 16 or more new tokens
-// run in it), and the whole suite with it on.
+// run in it); then the whole suite with the option on, whose attention
+// cases (heads of 5) take the chunked path: it checks that nothing else
+// changes.
 func TestConformanceBF16FusedAttention(t *testing.T) {
 	b := newWith(t, Options{Activations: BF16, FusedAttention: true})
 	tol := opstest.Tolerance{Abs: 1e-2, Rel: 1e-2}

@@ -41,7 +41,7 @@ type nmForms struct {
 // wantForms reports whether d gets cuSPARSELt forms.
 func (b *Backend) wantForms(d *devParam) bool {
 	nm := d.p.NM
-	return b.act == BF16 && b.sp != nil && b.ltTraining && nm != nil &&
+	return b.ltTraining && nm != nil &&
 		nm.Pattern == (format.NM{N: 2, M: 4}) && nm.Rows%4 == 0 && nm.TMask != nil &&
 		sparselt.Supported(nm.Rows, nm.Cols) == nil && sparselt.Supported(nm.Cols, nm.Rows) == nil
 }
@@ -192,7 +192,11 @@ func (b *Backend) valuesChanged(d *devParam, maskChanged bool) error {
 	if d.forms == nil {
 		return nil
 	}
-	return b.timed("W_dpᵀ values (cuSPARSELt form)", func() error { return b.formsUpdate(d, maskChanged) })
+	what := "W_dpᵀ values (cuSPARSELt form)"
+	if maskChanged {
+		what = "W_dpᵀ pattern and values (cuSPARSELt form)"
+	}
+	return b.timed(what, func() error { return b.formsUpdate(d, maskChanged) })
 }
 
 func (b *Backend) formsUpdate(d *devParam, maskChanged bool) error {

@@ -783,9 +783,9 @@ const gemmAttentionMin = 16
 // FusedAttentionEnv, set to 1, turns Options.FusedAttention on.
 const FusedAttentionEnv = "SLOPE_GPU_FUSED_ATTENTION"
 
-// fusedOK reports whether this attention runs in the fused kernels
-// (Options.FusedAttention, bf16, a head size they take), given buffers
-// with their alignments.
+// fusedOK reports whether this attention can run in the fused kernels
+// (Options.FusedAttention, bf16, a head size they take); fusedAttention
+// checks the buffers' alignments.
 func (s *attentionStep) fusedOK() bool {
 	return s.b.opts.FusedAttention && s.b.act == BF16 && kernels.AttnFusedOK(s.headDim)
 }
