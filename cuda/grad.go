@@ -1029,17 +1029,18 @@ func (s *linearGradStep) adapterBackward(m int, x, gy, gx driver.Ptr) error {
 	}
 	for _, g := range []struct {
 		what  string
-		param bool // into a Param's fp32 gradient
+		param *devParam // the Param whose fp32 gradient it adds into, or nil
 		g     blaslt.Gemm
 	}{
-		{"x·L", false, blaslt.Gemm{M: m, N: r, K: s.in, A: x, LdA: s.in, B: s.lP.act, LdB: r, D: t, LdD: r, Alpha: 1}},
-		{"gR", true, blaslt.Gemm{M: r, N: s.out, K: m, A: t, LdA: r, TransA: true, B: gy, LdB: s.out, D: s.rP.grad, LdD: s.out, Alpha: s.scale, Beta: s.rP.gradBeta()}},
-		{"gy·Rᵀ", false, blaslt.Gemm{M: m, N: r, K: s.out, A: gy, LdA: s.out, B: s.rP.act, LdB: s.out, TransB: true, D: u, LdD: r, Alpha: s.scale}},
-		{"gL", true, blaslt.Gemm{M: s.in, N: r, K: m, A: x, LdA: s.in, TransA: true, B: u, LdB: r, D: s.lP.grad, LdD: r, Alpha: 1, Beta: s.lP.gradBeta()}},
+		{"x·L", nil, blaslt.Gemm{M: m, N: r, K: s.in, A: x, LdA: s.in, B: s.lP.act, LdB: r, D: t, LdD: r, Alpha: 1}},
+		{"gR", s.rP, blaslt.Gemm{M: r, N: s.out, K: m, A: t, LdA: r, TransA: true, B: gy, LdB: s.out, D: s.rP.grad, LdD: s.out, Alpha: s.scale}},
+		{"gy·Rᵀ", nil, blaslt.Gemm{M: m, N: r, K: s.out, A: gy, LdA: s.out, B: s.rP.act, LdB: s.out, TransB: true, D: u, LdD: r, Alpha: s.scale}},
+		{"gL", s.lP, blaslt.Gemm{M: s.in, N: r, K: m, A: x, LdA: s.in, TransA: true, B: u, LdB: r, D: s.lP.grad, LdD: r, Alpha: 1}},
 	} {
 		run := b.gemmAct
-		if g.param {
+		if g.param != nil {
 			run = b.gemmGrad
+			g.g.Beta = g.param.gradBeta() // right before its product is queued
 		}
 		if err := run("slope linear "+s.name+" adapter "+g.what, g.g); err != nil {
 			return err

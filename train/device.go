@@ -193,10 +193,7 @@ func (t *Trainer) lossSumDevice(c *ops.Call, targets []int32, grad bool, total i
 		}
 		// The loss of every row, summed in row order as crossEntropy does;
 		// with grad the logits become their gradient in place.
-		if cap(t.ceLoss) < rows {
-			t.ceLoss = make([]float64, rows)
-		}
-		losses := t.ceLoss[:rows]
+		losses := reuse(&t.ceLoss, rows)
 		if err := dev.CrossEntropy(vals[t.logits], targets, 1/float64(total), grad, losses); err != nil {
 			return fmt.Errorf("train: cross-entropy: %w", err)
 		}

@@ -248,8 +248,11 @@ type Trainer struct {
 	opt       ops.DeviceOptimizer
 	behind    behind          // which side's copy of the state is out of date
 	adamSteps []cpu.AdamWStep // the device's AdamW updates of a step
-	ceTargets []int32
-	ceLoss    []float64
+	// The per-step host buffers of call and the loss (grown by reuse):
+	// the input ids, the attention mask, the next-token targets, and each
+	// row's loss.
+	callIDs, callMask, ceTargets []int32
+	ceLoss                       []float64
 
 	dataPos *slopepb.DataPosition // recorded by Save, restored by Resume
 	note    string                // provenance command of Save
@@ -411,7 +414,7 @@ func (t *Trainer) checkBatch(ids [][]int32) error {
 
 // call checks a batch and makes its Call: the model reads every
 // sequence but its last token, and each position's target is the token
-// after it (in t.ceTargets, reused). The last token needs no
+// after it (ids, mask and targets in reused buffers). The last token needs no
 // forward pass: it predicts nothing, and causal attention keeps it from
 // the earlier positions, so leaving it out changes no loss or gradient
 // and keeps the row count a multiple of --seq (the GPU's 2:4 products
@@ -422,20 +425,25 @@ func (t *Trainer) call(ids [][]int32) (*ops.Call, []int32, error) {
 	}
 	seq := len(ids[0])
 	c := &ops.Call{Batch: len(ids), Seq: seq - 1, Threads: t.o.Threads}
-	c.IDs = make([]int32, 0, c.Rows())
-	if cap(t.ceTargets) < c.Rows() {
-		t.ceTargets = make([]int32, c.Rows())
-	}
-	tg := t.ceTargets[:0]
+	c.IDs = reuse(&t.callIDs, c.Rows())[:0]
+	tg := reuse(&t.ceTargets, c.Rows())[:0]
 	for _, s := range ids {
 		c.IDs = append(c.IDs, s[:seq-1]...)
 		tg = append(tg, s[1:]...)
 	}
-	c.Mask = make([]int32, c.Rows())
+	c.Mask = reuse(&t.callMask, c.Rows())
 	for i := range c.Mask {
 		c.Mask[i] = 1
 	}
 	return c, tg, nil
+}
+
+// reuse returns (*buf)[:n], first growing *buf when it holds less.
+func reuse[T any](buf *[]T, n int) []T {
+	if cap(*buf) < n {
+		*buf = make([]T, n)
+	}
+	return (*buf)[:n]
 }
 
 // threads is the goroutine count of the trainer's own loops.
@@ -485,16 +493,10 @@ func (t *Trainer) forward(c *ops.Call) ([]*ops.Value, error) {
 // into the reused gradient buffer, and the rows' losses are summed in
 // row order, so the result does not depend on the threads.
 func (t *Trainer) crossEntropy(c *ops.Call, targets []int32, logits *ops.Value, grad bool, total int) (float64, *ops.Value) {
-	if cap(t.glogits) < len(logits.Data) {
-		t.glogits = make([]float32, len(logits.Data))
-	}
-	g := &ops.Value{Rows: logits.Rows, Dim: logits.Dim, Data: t.glogits[:len(logits.Data)]}
+	g := &ops.Value{Rows: logits.Rows, Dim: logits.Dim, Data: reuse(&t.glogits, len(logits.Data))}
 	inv := 1 / float64(total)
 	rows := c.Batch * c.Seq
-	if cap(t.ceLoss) < rows {
-		t.ceLoss = make([]float64, rows)
-	}
-	losses := t.ceLoss[:rows]
+	losses := reuse(&t.ceLoss, rows)
 	cpu.ParallelFor(rows, t.threads(), func(lo, hi int) {
 		for r := lo; r < hi; r++ {
 			// g's row: the softmax numerators, then the gradient.
