@@ -315,6 +315,12 @@ func (s *attentionStep) headGEMM(c *Call, b, h int, q, keys, vals []float32, str
 // expf elsewhere (which beats ExpShiftSum's math.Exp loop); the sum is
 // float64 either way.
 func softmaxExp(row []float32, mask []int32) float64 {
+	return softmaxExpWith(row, mask, cpu.ExpShiftSumVectorized())
+}
+
+// softmaxExpWith is softmaxExp with the exponentials on ExpShiftSum
+// (vector) or on expf; the tests run both.
+func softmaxExpWith(row []float32, mask []int32, vector bool) float64 {
 	mx := float32(math.Inf(-1))
 	for j := range row {
 		if mask[j] != 0 {
@@ -327,7 +333,7 @@ func softmaxExp(row []float32, mask []int32) float64 {
 		clear(row)
 		return 0
 	}
-	if cpu.ExpShiftSumVectorized() {
+	if vector {
 		return cpu.ExpShiftSum(row, row, mx)
 	}
 	var sum float64

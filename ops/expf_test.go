@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"fmt"
 	"math"
 	"testing"
 )
@@ -25,8 +26,15 @@ func TestExpf(t *testing.T) {
 
 // TestSoftmaxExp: the numerators and their sum against float64, with
 // masked keys (0, whatever their score) and a row with no real key (all
-// 0, sum 0). Run with GODEBUG=cpu.avx512f=off for the expf branch.
+// 0, sum 0), on both exponentials: expf, and cpu.ExpShiftSum (its vector
+// kernel where the CPU has one).
 func TestSoftmaxExp(t *testing.T) {
+	for _, vector := range []bool{false, true} {
+		t.Run(fmt.Sprintf("vector=%v", vector), func(t *testing.T) { testSoftmaxExp(t, vector) })
+	}
+}
+
+func testSoftmaxExp(t *testing.T, vector bool) {
 	row := []float32{0.5, 3, float32(math.NaN()), -2, 7, 1e9, -40}
 	mask := []int32{1, 1, 0, 1, 1, 0, 1}
 	mx := 7.0
@@ -40,7 +48,7 @@ func TestSoftmaxExp(t *testing.T) {
 		want, sum = append(want, w), sum+w
 	}
 	got := append([]float32(nil), row...)
-	s := softmaxExp(got, mask)
+	s := softmaxExpWith(got, mask, vector)
 	if math.Abs(s-sum) > 1e-6*sum {
 		t.Errorf("sum %v, want %v", s, sum)
 	}
@@ -50,7 +58,7 @@ func TestSoftmaxExp(t *testing.T) {
 		}
 	}
 	none := []float32{1, 2}
-	if s := softmaxExp(none, []int32{0, 0}); s != 0 || none[0] != 0 || none[1] != 0 {
+	if s := softmaxExpWith(none, []int32{0, 0}, vector); s != 0 || none[0] != 0 || none[1] != 0 {
 		t.Errorf("no real key: sum %v, row %v", s, none)
 	}
 }

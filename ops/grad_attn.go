@@ -21,24 +21,6 @@ type attnBufs struct {
 	w [4]cpu.DenseScratch
 }
 
-// mul computes y [m, n] = a [m, k]·B with B given as w [n, k]
-// (transposed false) or as Bᵀ row-major [k, n] (transposed true),
-// prepared into slot i's reused panels, on the calling goroutine. The
-// products equal denseMul's of the same operands.
-func (bf *attnBufs) mul(i int, y, a []float32, m, k, n int, w []float32, transposed bool) error {
-	var d *cpu.Dense
-	var err error
-	if transposed {
-		d, err = bf.w[i].PrepareKN(w[:k*n], k, n)
-	} else {
-		d, err = bf.w[i].PrepareF32(w[:n*k], n, k)
-	}
-	if err != nil {
-		return err
-	}
-	return d.Linear(y[:m*n], a[:m*k], m, nil, 1)
-}
-
 func newAttnBufs(seq, hd int) *attnBufs {
 	n, ct := seq*hd, min(attnChunkRows, seq)*seq
 	f := make([]float32, 7*n+4*ct)
@@ -183,7 +165,11 @@ func (s *attentionGrad) backwardHead(bf *attnBufs, c *Call, bh int, q, k, v, gy 
 			clear(ds[i+1:])
 		}
 		if gin[0] != nil { // dQ = dS·K: K [nk, hd] row-major is the [K, N] operand
-			if err := bf.mul(2, bf.prod, ds, nq, nk, hd, bf.k, true); err != nil {
+			d, err := bf.w[2].PrepareKN(bf.k[:nk*hd], nk, hd)
+			if err != nil {
+				return err
+			}
+			if err := d.Linear(bf.prod[:nq*hd], ds[:nq*nk], nq, nil, 1); err != nil {
 				return err
 			}
 			scatterAdd(gin[0].Data, bf.prod, r0, nq)

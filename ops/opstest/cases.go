@@ -391,14 +391,7 @@ func attentionCase(t *testing.T, be ops.Backend, tol Tolerance, parts [][2]int, 
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	n := node(ops.OpCausalAttention, []string{"q", "k", "v", "attention_mask"}, intAttr("num_heads", int64(heads)), floatAttr("scale", scale))
 	// Reference: every token at once, float64.
-	f64 := func(x []float32) []float64 {
-		y := make([]float64, len(x))
-		for i, v := range x {
-			y[i] = float64(v)
-		}
-		return y
-	}
-	want := attentionRef64(f64(q), f64(k), f64(v), mask, batch, total, heads, hd, float64(scale))
+	want := attentionRef64(to64(q), to64(k), to64(v), mask, batch, total, heads, hd, float64(scale))
 	// The backend in two calls through a cache: 5 tokens, then 4.
 	bind := func() ops.Step {
 		s, err := be.Bind(ops.Binding{Node: n, InDims: []int{dim, dim, dim}, W: f})

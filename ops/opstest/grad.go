@@ -834,9 +834,18 @@ func gradAttention(t *testing.T, be ops.GradBackend) {
 	rng := rand.New(rand.NewPCG(28, 1))
 	var st []gradStats
 	// Short, long (>= 8 tokens: the inference kernel's GEMM path) and
-	// longer than the CPU backend's chunk of 64 queries.
-	for _, seq := range []int{2 + rng.IntN(5), 9 + rng.IntN(3), 65 + rng.IntN(12)} {
-		heads, hd := 1+rng.IntN(3), 1+rng.IntN(4)
+	// longer than the CPU backend's chunk of 64 queries, with small heads;
+	// then two chunks with a head of 64, as real models have (the packed
+	// keys and values read by prefix, the accumulating products).
+	type shape struct{ seq, heads, hd int }
+	shapes := []shape{
+		{2 + rng.IntN(5), 1 + rng.IntN(3), 1 + rng.IntN(4)},
+		{9 + rng.IntN(3), 1 + rng.IntN(3), 1 + rng.IntN(4)},
+		{65 + rng.IntN(12), 1 + rng.IntN(3), 1 + rng.IntN(4)},
+		{66 + rng.IntN(8), 1, 64},
+	}
+	for _, sh := range shapes {
+		seq, heads, hd := sh.seq, sh.heads, sh.hd
 		dim := heads * hd
 		const batch = 2
 		f := newWeights(t).open()
