@@ -78,12 +78,17 @@ func walk(r io.Reader, src string, text func(n int, fn string, requires []string
 
 // AVX2Violations reads Go assembly from r and returns one line per
 // violation of the package contract, as "name:line: reason", in file
-// order. src names the input in read errors.
-func AVX2Violations(r io.Reader, src string) ([]string, error) {
+// order, and how many *AVX2 functions it checked (so that a caller can
+// tell a clean file from one with nothing to check). src names the input
+// in read errors.
+func AVX2Violations(r io.Reader, src string) (bad []string, checked int, err error) {
 	var out []string
 	avx2 := false
 	text := func(n int, fn string, requires []string) {
 		avx2 = strings.HasSuffix(fn, "AVX2")
+		if avx2 {
+			checked++
+		}
 		if avx2 && slices.ContainsFunc(requires, func(f string) bool { return strings.HasPrefix(f, "AVX512") }) {
 			out = append(out, fmt.Sprintf("%s:%d: %s requires %s", fn, n, fn, strings.Join(requires, ", ")))
 		}
@@ -108,9 +113,9 @@ func AVX2Violations(r io.Reader, src string) ([]string, error) {
 		}
 	}
 	if err := walk(r, src, text, body); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return out, nil
+	return out, checked, nil
 }
 
 // Requires returns the instruction-set extensions each TEXT symbol's

@@ -45,9 +45,12 @@ TEXT ·eAVX2(SB), NOSPLIT, $0-8
 	VPCMPD $1, Y1, Y2, AX
 	RET
 `
-	got, err := AVX2Violations(strings.NewReader(src), "test.s")
+	got, checked, err := AVX2Violations(strings.NewReader(src), "test.s")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if checked != 4 { // aAVX2, cAVX2, dAVX2, eAVX2
+		t.Errorf("checked %d AVX2 functions, want 4", checked)
 	}
 	want := []string{
 		"aAVX2:4: Y16 needs AVX-512",
