@@ -146,8 +146,8 @@ func Summarize(f *File) *Summary {
 	}
 
 	tot := &s.Totals
-	for _, t := range f.Tensors() {
-		ts := summarizeTensor(f, t)
+	for i, t := range f.Tensors() {
+		ts := summarizeTensor(f, t, f.infos[i].numel)
 		s.Tensors = append(s.Tensors, ts)
 		tot.Tensors++
 		tot.StoredBytes += ts.StoredBytes
@@ -175,7 +175,7 @@ func Summarize(f *File) *Summary {
 	return s
 }
 
-func summarizeTensor(f *File, t *slopepb.Tensor) TensorSummary {
+func summarizeTensor(f *File, t *slopepb.Tensor, numel uint64) TensorSummary {
 	ts := TensorSummary{
 		Name:        t.GetName(),
 		Shape:       append([]uint64{}, t.GetShape()...),
@@ -204,17 +204,12 @@ func summarizeTensor(f *File, t *slopepb.Tensor) TensorSummary {
 			ts.DenseFP16Bytes = ts.RawBytes
 			break
 		}
-		// Element counts were capped at open (MaxElements), so this does
-		// not overflow for any limits a reader accepts; saturate anyway.
-		n := uint64(1)
-		for _, d := range t.GetShape() {
-			var ok bool
-			if n, ok = mulU64(n, d); !ok {
-				n = math.MaxUint64 / 2
-				break
-			}
+		// numel was checked at open (at most MaxElements); saturate in
+		// case a reader's limits allow more than half of uint64.
+		var ok bool
+		if ts.DenseFP16Bytes, ok = mulU64(numel, 2); !ok {
+			ts.DenseFP16Bytes = math.MaxUint64 / 2
 		}
-		ts.DenseFP16Bytes = n * 2
 	}
 	ts.RatioToFP16 = ratio(ts.StoredBytes, ts.DenseFP16Bytes)
 	return ts
