@@ -209,9 +209,7 @@ func startCalibration(src Source, o Options, c *CalibSpec, tok *sourceTokenizer,
 		c.SeqLen = maxPos
 	}
 	c.Vocab, c.BOS = int(cfg.VocabSize), int(cfg.BosTokenId)
-	if tok.files != nil {
-		c.Tokenizer = tok.load
-	}
+	c.Tokenizer = tok.load // nil without tokenizer files
 	samples, sum, err := loadCalibration(*c)
 	if err != nil {
 		return nil, nil, err

@@ -1111,7 +1111,8 @@ func toolVersion() string {
 // sourceTokenizer holds the tokenizer files found beside the source (its
 // directory, an .onnx file's directory, or an embedded model's root; see
 // modelFiles), read once: the calibration encodes its text with them and
-// the container carries them. files is nil when the source has none.
+// the container carries them. files and load are nil when the source has
+// none.
 type sourceTokenizer struct {
 	files map[string][]byte
 	where string
