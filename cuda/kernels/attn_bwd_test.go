@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -15,27 +16,25 @@ import (
 
 const emuFbT = 32 // FB_T
 
-func f32Exp(x float32) float32 { return float32(math.Exp(float64(x))) }
-
 // emuAttnBwdQ mirrors attn_bwd_q_body over its launch (dq may be nil).
 func emuAttnBwdQ(dq []uint16, lse, dqdot []float32, q, k, v, o, dout []uint16, mask []int32, batch, seq, heads, D int, scale float32) {
 	dim := heads * D
 	ninf, pinf := float32(math.Inf(-1)), float32(math.Inf(1))
 	for bt := 0; bt < batch; bt++ {
 		for h := 0; h < heads; h++ {
-			for bx := 0; bx < (seq+63)/64; bx++ {
-				q0 := bx * 64
+			for bx := 0; bx < (seq+attnFusedQueries-1)/attnFusedQueries; bx++ {
+				q0 := bx * attnFusedQueries
 				base := bt*seq*dim + h*D
 				mk := mask[bt*seq:]
 				stat := h*batch*seq + bt*seq
-				nkeys := min(q0+64, seq)
+				nkeys := min(q0+attnFusedQueries, seq)
 				ks, vs, kt := emuMatrix(emuFbT, D+8), emuMatrix(emuFbT, D+8), emuMatrix(D, emuFbT+8)
 				type warpState struct {
 					qa, da       [][32][4]uint32
 					dd, m, l, ls [32][2]float32
 					acc          [][32][4]float32
 				}
-				ws := make([]warpState, 4)
+				ws := make([]warpState, attnFusedWarps)
 				for w := range ws {
 					st := &ws[w]
 					qw := q0 + 16*w
@@ -146,8 +145,8 @@ func emuAttnBwdKV(dk, dv []uint16, lse, dqdot []float32, q, k, v, dout []uint16,
 	pinf := float32(math.Inf(1))
 	for bt := 0; bt < batch; bt++ {
 		for h := 0; h < heads; h++ {
-			for bx := 0; bx < (seq+63)/64; bx++ {
-				k0 := bx * 64
+			for bx := 0; bx < (seq+attnFusedQueries-1)/attnFusedQueries; bx++ {
+				k0 := bx * attnFusedQueries
 				base := bt*seq*dim + h*D
 				mk := mask[bt*seq:]
 				stat := h*batch*seq + bt*seq
@@ -158,7 +157,7 @@ func emuAttnBwdKV(dk, dv []uint16, lse, dqdot []float32, q, k, v, dout []uint16,
 					gk, gv [][32][4]float32
 					kon    [32][2]bool
 				}
-				ws := make([]warpState, 4)
+				ws := make([]warpState, attnFusedWarps)
 				for w := range ws {
 					st := &ws[w]
 					kw := k0 + 16*w
@@ -279,6 +278,10 @@ func attnBwdRef(q, k, v, dout []float32, mask []int32, batch, seq, heads, D int,
 // attnBwdCase: whole sequences (past 0) with left padding in entry 1.
 type attnBwdCase struct{ batch, seq, heads, D, pad int }
 
+// scale is the softmax scale of the case's kernels, 1/sqrt(D) in float32;
+// the references take the same value.
+func (c attnBwdCase) scale() float32 { return 1 / float32(math.Sqrt(float64(c.D))) }
+
 var attnBwdCases = []attnBwdCase{
 	{batch: 1, seq: 16, heads: 1, D: 64},
 	{batch: 2, seq: 70, heads: 2, D: 64, pad: 5},
@@ -294,7 +297,7 @@ func (c attnBwdCase) inputs(rng *rand.Rand) (q, k, v, o, dout []float32, mask []
 	n := c.batch * c.seq * dim
 	q, k, v, dout = randVec(rng, n, true), randVec(rng, n, true), randVec(rng, n, true), randVec(rng, n, true)
 	mask = padMask(c.batch, c.seq, c.pad)
-	ref := attnRef(q, k, v, mask, c.seq, c.batch, c.seq, 0, c.seq, c.heads, c.D, 1/math.Sqrt(float64(c.D)))
+	ref := attnRef(q, k, v, mask, c.seq, c.batch, c.seq, 0, c.seq, c.heads, c.D, float64(c.scale()))
 	o = make([]float32, n)
 	for i, x := range ref {
 		o[i] = bfRound(float32(x))
@@ -307,7 +310,7 @@ func (c attnBwdCase) inputs(rng *rand.Rand) (q, k, v, o, dout []float32, mask []
 
 // want is the reference gradients plus the priors.
 func (c attnBwdCase) want(q, k, v, dout []float32, mask []int32, prior [3][]float32) [3][]float64 {
-	dq, dk, dv := attnBwdRef(q, k, v, dout, mask, c.batch, c.seq, c.heads, c.D, float64(1/float32(math.Sqrt(float64(c.D)))))
+	dq, dk, dv := attnBwdRef(q, k, v, dout, mask, c.batch, c.seq, c.heads, c.D, float64(c.scale()))
 	out := [3][]float64{dq, dk, dv}
 	for i := range out {
 		for j := range out[i] {
@@ -330,11 +333,7 @@ func (c attnBwdCase) check(t *testing.T, got [3][]float32, prior [3][]float32, w
 		for j := range got[i] {
 			diff[j], ref[j] = got[i][j]-prior[i][j], want[i][j]-float64(prior[i][j])
 		}
-		if e := relL2(diff, ref); !(e <= 2e-2) {
-			t.Fatalf("%+v %s: relative L2 error %.3g", c, name, e)
-		} else {
-			t.Logf("%+v %s: relative L2 error %.3g", c, name, e)
-		}
+		checkAttn(t, fmt.Sprintf("%+v %s", c, name), diff, ref, 2e-2)
 	}
 }
 
@@ -350,7 +349,7 @@ func TestEmulateAttnBwd(t *testing.T) {
 			got[i] = toBF16(prior[i])
 		}
 		lse, dqdot := make([]float32, c.heads*c.batch*c.seq), make([]float32, c.heads*c.batch*c.seq)
-		scale := 1 / float32(math.Sqrt(float64(c.D)))
+		scale := c.scale()
 		emuAttnBwdQ(got[0], lse, dqdot, toBF16(q), toBF16(k), toBF16(v), toBF16(o), toBF16(dout), mask, c.batch, c.seq, c.heads, c.D, scale)
 		emuAttnBwdKV(got[1], got[2], lse, dqdot, toBF16(q), toBF16(k), toBF16(v), toBF16(dout), mask, c.batch, c.seq, c.heads, c.D, scale)
 		var gf [3][]float32
@@ -365,39 +364,46 @@ func TestEmulateAttnBwd(t *testing.T) {
 }
 
 // TestGPUAttnBwd: AttnFusedBackward against float64 gradients (bf16
-// tolerance), added into prior values, on the emulation's cases; and
-// with dk and dv not wanted, dq alone.
+// tolerance), added into prior values, on the emulation's cases with all
+// three gradients; then with dk and dv not wanted (dq alone) on the
+// first case and dq not wanted on the second (the first kernel then only
+// finds the statistics).
 func TestGPUAttnBwd(t *testing.T) {
 	g := openGPU(t)
 	rng := rand.New(rand.NewPCG(77, 78))
 	for ci, c := range attnBwdCases {
 		q, k, v, o, dout, mask, prior := c.inputs(rng)
 		want := c.want(q, k, v, dout, mask, prior)
-		scale := 1 / float32(math.Sqrt(float64(c.D)))
-		var got [3][]float32
-		g.run(t, func() error {
-			var grads [3]driver.Ptr
-			for i := range grads {
-				grads[i] = g.putT(BF16, prior[i])
-			}
-			switch ci {
-			case 0: // dq alone
-				grads[1], grads[2] = 0, 0
-			case 1: // dk and dv alone (the first kernel then only finds lse)
-				grads[0] = 0
-			}
-			stats := c.heads * c.batch * c.seq
-			if err := g.k.AttnFusedBackward(0, grads[0], grads[1], grads[2], g.poison(4*stats), g.poison(4*stats), g.putT(BF16, q),
-				g.putT(BF16, k), g.putT(BF16, v), g.putT(BF16, o), g.putT(BF16, dout), g.putI32(mask), c.batch, c.seq, c.heads, c.D, scale); err != nil {
-				return err
-			}
-			for i, p := range grads {
-				if p != 0 {
-					got[i] = g.getT(BF16, p, len(want[i]))
+		scale := c.scale()
+		wanted := [][3]bool{{true, true, true}}
+		switch ci {
+		case 0:
+			wanted = append(wanted, [3]bool{true, false, false})
+		case 1:
+			wanted = append(wanted, [3]bool{false, true, true})
+		}
+		for _, w := range wanted {
+			var got [3][]float32
+			g.run(t, func() error {
+				var grads [3]driver.Ptr
+				for i := range grads {
+					if w[i] {
+						grads[i] = g.putT(BF16, prior[i])
+					}
 				}
-			}
-			return nil
-		})
-		c.check(t, got, prior, want)
+				stats := c.heads * c.batch * c.seq
+				if err := g.k.AttnFusedBackward(0, grads[0], grads[1], grads[2], g.poison(4*stats), g.poison(4*stats), g.putT(BF16, q),
+					g.putT(BF16, k), g.putT(BF16, v), g.putT(BF16, o), g.putT(BF16, dout), g.putI32(mask), c.batch, c.seq, c.heads, c.D, scale); err != nil {
+					return err
+				}
+				for i, p := range grads {
+					if p != 0 {
+						got[i] = g.getT(BF16, p, len(want[i]))
+					}
+				}
+				return nil
+			})
+			c.check(t, got, prior, want)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -44,13 +45,20 @@ func emuMma16816(d *[32][4]float32, a *[32][4]uint32, b *[32][2]uint32) {
 }
 
 // bfWord reads the 32-bit word of two bf16 values at p[i], p[i+1].
+// f32Exp is the kernels' expf as the emulations model it: exp rounded
+// once to float32.
+func f32Exp(x float32) float32 { return float32(math.Exp(float64(x))) }
+
+// attnFusedWarps is the warps of a fused attention block (16 rows each).
+const attnFusedWarps = attnFusedThreads / 32
+
 func bfWord(p []uint16, i int) uint32 { return uint32(p[i]) | uint32(p[i+1])<<16 }
 
 // emuAttnFused mirrors attn_fused_body<D> over the launch AttnFused makes:
 // blocks and warps are loops, each warp's registers arrays over its
 // lanes, the shuffles sums over a quad. Values are bf16 bits.
 func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past, maxLen, heads, D, dim int, scale float32) {
-	const bq, bk = 64, 64 // FA_BQ, FA_BK
+	const bq, bk = attnFusedQueries, 64 // FA_BQ (the launch's), FA_BK
 	ninf := float32(math.Inf(-1))
 	for bt := 0; bt < batch; bt++ {
 		for h := 0; h < heads; h++ {
@@ -65,7 +73,7 @@ func emuAttnFused(out, q, k, v []uint16, mask []int32, maskLd, batch, seq, past,
 					o    [][32][4]float32
 					m, l [32][2]float32
 				}
-				ws := make([]warpState, 4)
+				ws := make([]warpState, attnFusedWarps)
 				for w := range ws {
 					st := &ws[w]
 					qw := q0 + 16*w
@@ -346,11 +354,7 @@ func TestEmulateAttnFused(t *testing.T) {
 		for i, x := range got {
 			gf[i] = format.BFloat16ToFloat32(x)
 		}
-		if e := relL2(gf, want); !(e <= 1e-2) {
-			t.Fatalf("%+v: relative L2 error %.3g", c, e)
-		} else {
-			t.Logf("%+v: relative L2 error %.3g", c, e)
-		}
+		checkAttn(t, fmt.Sprintf("%+v", c), gf, want, 1e-2)
 	}
 }
 
@@ -373,10 +377,6 @@ func TestGPUAttnFused(t *testing.T) {
 			got = g.getT(BF16, out, len(want))
 			return nil
 		})
-		if e := relL2(got, want); !(e <= 1e-2) {
-			t.Fatalf("%+v: relative L2 error %.3g", c, e)
-		} else {
-			t.Logf("%+v: relative L2 error %.3g", c, e)
-		}
+		checkAttn(t, fmt.Sprintf("%+v", c), got, want, 1e-2)
 	}
 }

@@ -76,9 +76,10 @@
 //     visible.
 //   - AttnFused: AttnSmall's result for many new queries in one
 //     flash-style pass on the tensor cores (bf16, head sizes 64 and 128;
-//     mma.m16n8k16, online softmax in fp32). Checked against its Go
-//     emulation (TestEmulateAttnFused); the backend uses it only with
-//     Options.FusedAttention.
+//     mma.m16n8k16, online softmax in fp32). Its Go emulation
+//     (TestEmulateAttnFused) and, on a GPU, the kernel itself
+//     (TestGPUAttnFused) are each checked against float64 attention; the
+//     backend uses it only with Options.FusedAttention.
 //   - AttnFusedBackward: its gradients over whole sequences, added into
 //     dq, dk, dv: a pass over the keys per query block for each row's
 //     log-sum-exp and dO·O, then dQ; a pass over the queries per key

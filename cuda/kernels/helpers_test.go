@@ -244,3 +244,36 @@ func packT24Ref(vals []float32, ix, keep []byte, rows, cols int) []float32 {
 	}
 	return out
 }
+
+// maxAbsErr is the largest |got[i] − want[i]| and the largest |want[i]|
+// (NaN in got counts as +Inf).
+func maxAbsErr(got []float32, want []float64) (worst, scale float64) {
+	for i, w := range want {
+		d := math.Abs(float64(got[i]) - w)
+		if math.IsNaN(d) {
+			d = math.Inf(1)
+		}
+		worst, scale = max(worst, d), max(scale, math.Abs(w))
+	}
+	return worst, scale
+}
+
+// checkAttn compares a bf16 attention result (or gradient) got with its
+// float64 reference: relative L2 error at most l2, every element within
+// 2% of the largest |want| (a local mistake hides in the L2 average;
+// the emulated kernels stay under 0.8%), and exactly 0 where want is
+// (queries that see no key, keys no query sees).
+func checkAttn(t *testing.T, what string, got []float32, want []float64, l2 float64) {
+	t.Helper()
+	e := relL2(got, want)
+	worst, scale := maxAbsErr(got, want)
+	if !(e <= l2) || !(worst <= 2e-2*scale) {
+		t.Fatalf("%s: relative L2 error %.3g (at most %g), largest error %.3g of %.3g (at most 2%%)", what, e, l2, worst, scale)
+	}
+	for i, w := range want {
+		if w == 0 && got[i] != 0 {
+			t.Fatalf("%s: element %d is %g, want exactly 0", what, i, got[i])
+		}
+	}
+	t.Logf("%s: relative L2 error %.3g, largest error %.3g of %.3g", what, e, worst, scale)
+}
