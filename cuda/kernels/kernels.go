@@ -795,8 +795,10 @@ func packT24Reg(dst, vals, idx, keep driver.Ptr, cols int) bool {
 // reg (which must fit: packT24Reg), else the tiled nm_pack_t24.
 func (k *Set) nmPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, cols int, reg bool) error {
 	a := &args{kernel: "nm_pack_t24_bf16"}
+	tileCols, tileRows := packCols, packRows
 	if reg {
 		a.kernel = "nm_pack_t24_reg_bf16"
+		tileCols, tileRows = packRegCols, packRegRows
 		if !packT24Reg(dst, vals, idx, keep, cols) {
 			a.fail("cols %d or an alignment does not fit (packT24Reg)", cols)
 		}
@@ -816,11 +818,7 @@ func (k *Set) nmPackT24(s driver.Stream, dst, vals, idx, keep driver.Ptr, rows, 
 	if a.err != nil {
 		return a.err
 	}
-	if reg {
-		grid := driver.Dim3{X: uint32((cols + packRegCols - 1) / packRegCols), Y: uint32((rows + packRegRows - 1) / packRegRows), Z: 1}
-		return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
-	}
-	grid := driver.Dim3{X: uint32((cols + packCols - 1) / packCols), Y: uint32((rows + packRows - 1) / packRows), Z: 1}
+	grid := driver.Dim3{X: uint32((cols + tileCols - 1) / tileCols), Y: uint32((rows + tileRows - 1) / tileRows), Z: 1}
 	return k.launch(a, a.kernel, grid, driver.D1(threads), 0, s, dst, vals, idx, keep, r, c)
 }
 
