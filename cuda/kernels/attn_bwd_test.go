@@ -227,35 +227,14 @@ func attnBwdRef(q, k, v, dout []float32, mask []int32, batch, seq, heads, D int,
 		for h := 0; h < heads; h++ {
 			at := func(x []float32, r, d int) float64 { return float64(x[(bt*seq+r)*dim+h*D+d]) }
 			for i := 0; i < seq; i++ {
-				p := make([]float64, i+1)
-				mx := math.Inf(-1)
-				for j := 0; j <= i; j++ {
-					if mask[bt*seq+j] == 0 {
-						continue
-					}
-					var s float64
-					for d := 0; d < D; d++ {
-						s += at(q, i, d) * at(k, j, d)
-					}
-					p[j] = scale * s
-					mx = math.Max(mx, p[j])
-				}
-				if math.IsInf(mx, -1) {
+				qr := q[(bt*seq+i)*dim+h*D:][:D]
+				p := attnProbsRef(qr, k[bt*seq*dim+h*D:], dim, mask[bt*seq:], i+1, scale)
+				if p == nil {
 					continue
-				}
-				var sum float64
-				for j := range p {
-					if mask[bt*seq+j] != 0 {
-						p[j] = math.Exp(p[j] - mx)
-						sum += p[j]
-					} else {
-						p[j] = 0
-					}
 				}
 				dp := make([]float64, i+1)
 				var dot float64
 				for j := range p {
-					p[j] /= sum
 					for d := 0; d < D; d++ {
 						dp[j] += at(dout, i, d) * at(v, j, d)
 					}

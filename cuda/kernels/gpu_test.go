@@ -578,43 +578,58 @@ func attnRef(q, kc, vc []float32, mask []int32, maskLd, batch, seq, past, maxLen
 		for h := 0; h < heads; h++ {
 			for i := 0; i < seq; i++ {
 				qr := q[(b*seq+i)*d+h*hd:][:hd]
-				mx := math.Inf(-1)
-				sc := make([]float64, past+i+1)
-				for j := range sc {
-					if mask[b*maskLd+j] == 0 {
-						continue
-					}
-					kr := kc[(b*maxLen+j)*d+h*hd:][:hd]
-					var s float64
-					for e := range qr {
-						s += float64(qr[e]) * float64(kr[e])
-					}
-					sc[j] = scale * s
-					mx = max(mx, sc[j])
-				}
-				if math.IsInf(mx, -1) {
-					continue // zeros
-				}
-				var sum float64
+				p := attnProbsRef(qr, kc[b*maxLen*d+h*hd:], d, mask[b*maskLd:], past+i+1, scale)
 				o := out[(b*seq+i)*d+h*hd:][:hd]
-				for j := range sc {
-					if mask[b*maskLd+j] == 0 {
+				for j, pj := range p {
+					if pj == 0 {
 						continue
 					}
-					p := math.Exp(sc[j] - mx)
-					sum += p
 					vr := vc[(b*maxLen+j)*d+h*hd:][:hd]
 					for e := range o {
-						o[e] += p * float64(vr[e])
+						o[e] += pj * float64(vr[e])
 					}
-				}
-				for e := range o {
-					o[e] /= sum
 				}
 			}
 		}
 	}
 	return out
+}
+
+// attnProbsRef is one query's softmax in float64 over its first n keys,
+// key j at keys[j*stride:][:len(qr)], visible where mask[j] != 0: the
+// probabilities (0 at hidden keys), or nil when no key is visible (the
+// query's output and gradients are zero).
+func attnProbsRef(qr, keys []float32, stride int, mask []int32, n int, scale float64) []float64 {
+	p := make([]float64, n)
+	mx := math.Inf(-1)
+	for j := range p {
+		if mask[j] == 0 {
+			continue
+		}
+		kr := keys[j*stride:][:len(qr)]
+		var s float64
+		for e := range qr {
+			s += float64(qr[e]) * float64(kr[e])
+		}
+		p[j] = scale * s
+		mx = max(mx, p[j])
+	}
+	if math.IsInf(mx, -1) {
+		return nil
+	}
+	var sum float64
+	for j := range p {
+		if mask[j] != 0 {
+			p[j] = math.Exp(p[j] - mx)
+			sum += p[j]
+		} else {
+			p[j] = 0
+		}
+	}
+	for j := range p {
+		p[j] /= sum
+	}
+	return p
 }
 
 // attnMask: sequence 0 sees everything, 1 is left-padded by 3, 2 is
