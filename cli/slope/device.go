@@ -59,9 +59,13 @@ func openModel(path string, f deviceFlags) (*model, error) {
 	return &model{Model: m, gpu: gpu, closeBE: closeBE}, nil
 }
 
+// isGPU reports whether --device names a GPU device (cuda: bf16
+// activations, cuda-f32: float32).
+func isGPU(device string) bool { return device == "cuda" || device == "cuda-f32" }
+
 // checkGPUProfile refuses --gpu-profile (on) off the GPU devices.
 func checkGPUProfile(cmd *cobra.Command, device string, on bool) error {
-	if on && device != "cuda" && device != "cuda-f32" {
+	if on && !isGPU(device) {
 		return usagef(cmd, "--gpu-profile needs --device cuda or cuda-f32")
 	}
 	return nil

@@ -119,7 +119,7 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 			return usagef(cmd, "%s must not be negative, got %d", f.name, f.v)
 		}
 	}
-	if fl.device != "" && fl.device != "cpu" && fl.device != "cuda-f32" && fl.device != "cuda" {
+	if fl.device != "" && fl.device != "cpu" && !isGPU(fl.device) {
 		return usagef(cmd, "--device %q: want cpu, cuda-f32 or cuda", fl.device)
 	}
 	if err := checkGPUProfile(cmd, fl.device, fl.gpuProfile); err != nil {
