@@ -1135,13 +1135,7 @@ func readSourceTokenizer(o Options) (*sourceTokenizer, error) {
 		return nil, err
 	}
 	st.files, st.where = files, where
-	st.load = sync.OnceValues(func() (*tokenizer.BPE, error) {
-		t, err := tokenizer.LoadFiles(files)
-		if err != nil {
-			return nil, fmt.Errorf("tokenizer in %s: %w", where, err)
-		}
-		return t, nil
-	})
+	st.load = sync.OnceValues(func() (*tokenizer.BPE, error) { return tokenizer.LoadFiles(files, where) })
 	return st, nil
 }
 

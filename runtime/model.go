@@ -125,7 +125,7 @@ func (m *Model) Tokenizer() (*tokenizer.BPE, error) {
 	if files == nil {
 		return nil, fmt.Errorf("%s: %w", m.file.Path(), ErrNoTokenizer)
 	}
-	t, err := tokenizer.LoadFiles(files)
+	t, err := tokenizer.LoadFiles(files, "")
 	if errors.Is(err, tokenizer.ErrFiles) {
 		return nil, fmt.Errorf("%s: %w: %w", m.file.Path(), err, ErrModel)
 	}

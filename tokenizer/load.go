@@ -78,7 +78,7 @@ func LoadFS(fsys fs.FS, where string) (*BPE, error) {
 	if err != nil {
 		return nil, err
 	}
-	return loadFiles(files, where)
+	return LoadFiles(files, where)
 }
 
 // ReadFS reads the tokenizer files at the root of fsys that LoadFiles
@@ -122,17 +122,18 @@ var ErrFiles = errors.New("tokenizer needs tokenizer.json, or vocab.json and mer
 // LoadFiles loads a tokenizer from its files by name, as LoadDir reads
 // them from a directory (a container carries them so): tokenizer.json
 // when present, otherwise vocab.json and merges.txt with the special
-// tokens of special_tokens_map.json when present.
-func LoadFiles(files map[string][]byte) (*BPE, error) { return loadFiles(files, "") }
-
-// loadFiles is LoadFiles with the files' folder where (or "") in errors.
-func loadFiles(files map[string][]byte, where string) (*BPE, error) {
+// tokens of special_tokens_map.json when present. Errors name each file
+// in the folder where ("" for none: a container's own errors say which).
+func LoadFiles(files map[string][]byte, where string) (*BPE, error) {
 	at := func(name string) string { return filepath.Join(where, name) }
 	if tj, ok := files["tokenizer.json"]; ok {
 		return loadTokenizerJSON(tj, at("tokenizer.json"))
 	}
 	vocab, merges := files["vocab.json"], files["merges.txt"]
 	if vocab == nil || merges == nil {
+		if where != "" {
+			return nil, fmt.Errorf("%s: %w", where, ErrFiles)
+		}
 		return nil, ErrFiles
 	}
 	t, err := loadGPT2(vocab, merges, at("vocab.json"), at("merges.txt"))

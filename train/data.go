@@ -238,7 +238,7 @@ func (t *Trainer) Tokenizer() (*tokenizer.BPE, error) {
 	if err != nil || files == nil {
 		return nil, err
 	}
-	tk, err := tokenizer.LoadFiles(files)
+	tk, err := tokenizer.LoadFiles(files, "")
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
