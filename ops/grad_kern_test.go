@@ -5,12 +5,14 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/slopeml/slope/ops/cpu"
 )
 
 // The training GEMM helpers against the plain forms they replaced
 // (denseMul on explicit transposes, a new buffer added in): linearForward
 // is identical; the accumulating forms are identical when K fits one K
-// block of the dense kernel (512) and within float32 rounding otherwise.
+// block of the dense kernel (cpu.DenseKBlock) and within float32 rounding otherwise.
 // (The N:M weight gradient's paths are checked in ops/cpu.)
 
 func randVec(rng *rand.Rand, n int) []float32 {
@@ -57,7 +59,7 @@ func TestLinearHelpers(t *testing.T) {
 			}
 			for i := range gx {
 				want := gx0[i] + tmp[i]
-				if out <= 512 && gx[i] != want || !near(gx[i], want, out) {
+				if out <= cpu.DenseKBlock && gx[i] != want || !near(gx[i], want, out) {
 					t.Fatalf("input grad m %d in %d out %d: gx[%d] = %g, want %g", m, in, out, i, gx[i], want)
 				}
 			}
@@ -73,7 +75,7 @@ func TestLinearHelpers(t *testing.T) {
 			}
 			for i := range g {
 				want := g0[i] + gd[i]
-				if m <= 512 && g[i] != want || !near(g[i], want, m) {
+				if m <= cpu.DenseKBlock && g[i] != want || !near(g[i], want, m) {
 					t.Fatalf("weight grad m %d in %d out %d: g[%d] = %g, want %g", m, in, out, i, g[i], want)
 				}
 			}

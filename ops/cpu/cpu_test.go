@@ -198,6 +198,64 @@ func TestDenseLinearVsRef(t *testing.T) {
 	})
 }
 
+// TestDenseRowBlocks: a product whose A operand exceeds gemmStreamA runs
+// the row-blocked loop order; it must give the bits of the same rows in
+// calls small enough for the plain order (each element's FMA chains are
+// the same), on every dtype, a partial last panel, two K blocks, a bias
+// and a last row block and tile that are not full, and stay within
+// rounding of the float64 reference.
+func TestDenseRowBlocks(t *testing.T) {
+	const out, in = 37, denseKC + 88
+	m := gemmStreamA/(4*in) + gemmMC + 7 // A just over gemmStreamA
+	if m*in*4 <= gemmStreamA || m%gemmMC == 0 || m%gemmMR == 0 {
+		t.Fatalf("m = %d does not reach the blocked path's edges", m)
+	}
+	paths(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(7, 8))
+		x, bias := randF32(rng, m*in), randF32(rng, out)
+		for _, dt := range dtypes {
+			w := randDense(t, rng, dt, out, in)
+			d, err := PrepareDense(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, threads := range []int{1, 2} {
+				y := make([]float32, m*out)
+				if err := d.Linear(y, x, m, bias, threads); err != nil {
+					t.Fatal(err)
+				}
+				// The same rows in calls of 100 rows: A below gemmStreamA.
+				want := make([]float32, m*out)
+				for r := 0; r < m; r += 100 {
+					n := min(100, m-r)
+					if err := d.Linear(want[r*out:(r+n)*out], x[r*in:(r+n)*in], n, bias, 1); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for i := range y {
+					if math.Float32bits(y[i]) != math.Float32bits(want[i]) {
+						t.Fatalf("%s threads %d: y[%d] = %g, row-chunked calls give %g", dt, threads, i, y[i], want[i])
+					}
+				}
+			}
+			// Against the reference on the first and last rows.
+			y := make([]float32, m*out)
+			if err := d.Linear(y, x, m, bias, 2); err != nil {
+				t.Fatal(err)
+			}
+			wf := decode(t, dt, w.Data, out*in)
+			for _, r := range []int{0, m - 1} {
+				ref := make([]float32, out)
+				xr := x[r*in : (r+1)*in]
+				if err := LinearDenseRef(ref, xr, 1, w, bias); err != nil {
+					t.Fatal(err)
+				}
+				checkClose(t, fmt.Sprintf("%s row %d", dt, r), y[r*out:(r+1)*out], ref, absBound(xr, 1, wf, out, in, bias), in)
+			}
+		}
+	})
+}
+
 // TestNMAllPatterns runs every valid pattern (120) with every dtype on
 // small shapes, through the GEMV (m < 4) and GEMM (m >= 4, two row
 // blocks for m = 40) paths.

@@ -8,10 +8,12 @@ import (
 
 // Blocking parameters of the dense kernels.
 const (
-	panelW      = 16  // outputs per dense panel (two YMM registers)
-	gemmMR      = 6   // rows of the dense micro-kernel
-	gemmMinRows = 4   // m below this runs GEMVs
-	denseKC     = 512 // K block of the dense GEMM: a 32 KiB fp32 B block
+	panelW      = 16      // outputs per dense panel (two YMM registers)
+	gemmMR      = 6       // rows of the dense micro-kernel
+	gemmMinRows = 4       // m below this runs GEMVs
+	denseKC     = 512     // K block of the dense GEMM: a 32 KiB fp32 B block
+	gemmMC      = 96      // row block of the dense GEMM over a large A: 16 tiles, 192 KiB of A per K block (L2)
+	gemmStreamA = 4 << 20 // bytes of A above which the dense GEMM blocks its rows
 )
 
 // BlockedRows is the number of rows from which Linear runs its blocked
@@ -20,6 +22,12 @@ const (
 // caller that splits its rows into calls of at least BlockedRows gets the
 // bits of one call.
 const BlockedRows = gemmMinRows
+
+// DenseKBlock is the K block of the blocked dense GEMM: with K at most
+// DenseKBlock, each output element of MulAdd is its prior value plus one
+// FMA chain (the bits of y0 + Linear's product); longer K adds one chain
+// per block, in block order.
+const DenseKBlock = denseKC
 
 // Dense is a dense weight prepared for Linear: panels of 16 outputs,
 // [ceil(Out/16)][In][16] elements of the stored dtype (zero-padded
@@ -186,47 +194,80 @@ func (b *panels) gemvBlock(c []float32, ldc int, a []float32, lda, m, p0, p1 int
 
 // gemmBlock computes rows [r0, r1) of panels [p0, p1): per panel and K
 // block, the fp32 B block (the panel itself, or widened once into a
-// scratch buffer) is multiplied with every 6-row tile. Each C element
-// accumulates one FMA chain per K block, added to C in K-block order.
+// scratch buffer) is multiplied with every 6-row tile. When the rows' A
+// operand exceeds gemmStreamA bytes (the LM head's input and weight
+// gradients, for instance), sweeping all of it once per panel would
+// stream it from memory, so the rows are taken in blocks of gemmMC (as in
+// GotoBLAS: per row block and K block, the A block stays in L2 while every
+// panel's B block passes). Each C element accumulates one FMA chain per K
+// block, added to C in K-block order, whatever the order of the loops.
 func (b *panels) gemmBlock(c []float32, ldc int, a []float32, lda, r0, r1, p0, p1 int, bias []float32, init bool) {
 	if init {
 		for r := r0; r < r1; r++ {
 			initRow(c[r*ldc:r*ldc+b.n], p0*panelW, min(p1*panelW, b.n), bias)
 		}
 	}
-	var conv *[]float32
+	t := gemmTiles{b: b, c: c, ldc: ldc, a: a, lda: lda}
 	if b.dt != Float32 {
-		conv = GetF32(min(denseKC, b.k) * panelW)
+		conv := GetF32(min(denseKC, b.k) * panelW)
 		defer PutF32(conv)
+		t.conv = *conv
+	}
+	if (r1-r0)*b.k*4 <= gemmStreamA {
+		for p := p0; p < p1; p++ {
+			for kb := 0; kb < b.k; kb += denseKC {
+				t.run(p, kb, r0, r1)
+			}
+		}
+		return
+	}
+	for rb := r0; rb < r1; rb += gemmMC {
+		for kb := 0; kb < b.k; kb += denseKC {
+			for p := p0; p < p1; p++ {
+				t.run(p, kb, rb, min(rb+gemmMC, r1))
+			}
+		}
+	}
+}
+
+// gemmTiles holds one gemmBlock call's operands.
+type gemmTiles struct {
+	b    *panels
+	c    []float32
+	ldc  int
+	a    []float32
+	lda  int
+	conv []float32 // the widened B block of a 16-bit panel
+}
+
+// run adds the product of rows [r0, r1) of A's K block kb with panel p's
+// into C, one 6-row tile at a time.
+func (t *gemmTiles) run(p, kb, r0, r1 int) {
+	b := t.b
+	kl := min(denseKC, b.k-kb)
+	valid := min(panelW, b.n-p*panelW)
+	off := (p*b.k + kb) * panelW
+	var bb []float32
+	if b.dt == Float32 {
+		bb = b.w.f32[off : off+kl*panelW]
+	} else {
+		bb = t.conv[:kl*panelW]
+		widen(b.dt, bb, b.w.u16[off:off+kl*panelW])
 	}
 	var tmp [gemmMR * panelW]float32
-	for p := p0; p < p1; p++ {
-		valid := min(panelW, b.n-p*panelW)
-		for kb := 0; kb < b.k; kb += denseKC {
-			kl := min(denseKC, b.k-kb)
-			off := (p*b.k + kb) * panelW
-			var bb []float32
-			if b.dt == Float32 {
-				bb = b.w.f32[off : off+kl*panelW]
-			} else {
-				bb = (*conv)[:kl*panelW]
-				widen(b.dt, bb, b.w.u16[off:off+kl*panelW])
-			}
-			for r := r0; r < r1; r += gemmMR {
-				mr := min(gemmMR, r1-r)
-				ar := a[r*lda+kb:]
-				if valid == panelW {
-					gemmTile(mr, ar, lda, bb, kl, c[r*ldc+p*panelW:], ldc)
-					continue
-				}
-				clear(tmp[:])
-				gemmTile(mr, ar, lda, bb, kl, tmp[:], panelW)
-				for rr := 0; rr < mr; rr++ {
-					cr := c[(r+rr)*ldc+p*panelW:]
-					for j := 0; j < valid; j++ {
-						cr[j] += tmp[rr*panelW+j]
-					}
-				}
+	for r := r0; r < r1; r += gemmMR {
+		mr := min(gemmMR, r1-r)
+		ar := t.a[r*t.lda+kb:]
+		if valid == panelW {
+			gemmTile(mr, ar, t.lda, bb, kl, t.c[r*t.ldc+p*panelW:], t.ldc)
+			continue
+		}
+		clear(tmp[:])
+		gemmTile(mr, ar, t.lda, bb, kl, tmp[:], panelW)
+		for rr := 0; rr < mr; rr++ {
+			cr := t.c[(r+rr)*t.ldc+p*panelW:]
+			for j := 0; j < valid; j++ {
+				cr[j] += tmp[rr*panelW+j]
 			}
 		}
 	}

@@ -46,7 +46,12 @@
 //   - m >= 4 (prefill): dense runs a 6x16 register-blocked FMA micro-kernel
 //     (12 accumulators) over K blocks of 512, broadcasting X from its
 //     row-major storage; 16-bit panels are widened once per (panel, K
-//     block) into a per-goroutine fp32 buffer. Sparse (every pattern)
+//     block) into a per-goroutine fp32 buffer. Per panel it sweeps all
+//     of X, unless X exceeds 4 MiB (an LM head's gradients: X is the
+//     logits' gradient or its transpose): then it takes X in blocks of
+//     96 rows, each block's K block held in L2 while every panel passes
+//     (one sweep of the weight per row block instead of one of X per
+//     panel; the same bits either way). Sparse (every pattern)
 //     transposes X into blocks of 32 rows (AVX2) or 64 rows (AVX-512) and
 //     vectorises over rows: per group of 4 panels it expands the indices
 //     into absolute byte offsets and the values into fp32 once, then per

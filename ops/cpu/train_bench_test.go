@@ -144,3 +144,52 @@ func BenchmarkPairKernel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkHeadGEMM: the three products of a tied LM head at
+// bench/train.sh's shapes (512 rows, hidden 256, vocabulary 8192), as the
+// trainer runs them, one thread: the logits (x·Eᵀ), the input gradient
+// (gy·E, K = 8192) and the embedding's gradient (gyᵀ·x over 8192 rows,
+// gyᵀ transposed in scratch). The last two have a 16 MiB A operand, the
+// case for which the dense GEMM blocks its rows (gemmStreamA).
+func BenchmarkHeadGEMM(b *testing.B) {
+	const m, h, v = 512, 256, 8192
+	rng := rand.New(rand.NewPCG(1, 2))
+	e, x, gy := randF32(rng, v*h), randF32(rng, m*h), randF32(rng, m*v)
+	logits, gx, ge, gyT := make([]float32, m*v), make([]float32, m*h), make([]float32, v*h), make([]float32, m*v)
+	var d *Dense
+	for _, c := range []struct {
+		name string
+		run  func() error
+	}{
+		{"logits", func() (err error) {
+			if d, err = PrepareDenseF32(d, e, v, h, 1); err != nil {
+				return err
+			}
+			return d.Linear(logits, x, m, nil, 1)
+		}},
+		{"input-grad", func() (err error) {
+			if d, err = PrepareDenseKN(d, e, v, h, 1); err != nil {
+				return err
+			}
+			return d.MulAdd(gx, gy, m, 1)
+		}},
+		{"weight-grad", func() (err error) {
+			if err = Transpose(gyT, gy, m, v, 1); err != nil {
+				return err
+			}
+			if d, err = PrepareDenseKN(d, x, m, h, 1); err != nil {
+				return err
+			}
+			return d.MulAdd(ge, gyT, v, 1)
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if err := c.run(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(2*float64(m*h*v)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}

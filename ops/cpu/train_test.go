@@ -114,7 +114,7 @@ func TestDenseScratch(t *testing.T) {
 func TestDenseMulAdd(t *testing.T) {
 	paths(t, func(t *testing.T) {
 		rng := rand.New(rand.NewPCG(5, 6))
-		for _, sh := range [][3]int{{1, 7, 5}, {3, 16, 16}, {13, 40, 33}, {64, 512, 48}, {50, 300, 100}} {
+		for _, sh := range [][3]int{{1, 7, 5}, {3, 16, 16}, {13, 40, 33}, {64, denseKC, 48}, {50, 250, 100}} {
 			m, in, out := sh[0], sh[1], sh[2]
 			w := randF32(rng, out*in)
 			d, err := PrepareDenseF32(nil, w, out, in, 1)
@@ -132,7 +132,7 @@ func TestDenseMulAdd(t *testing.T) {
 				if err := d.MulAdd(y, x, m, threads); err != nil {
 					t.Fatal(err)
 				}
-				// K <= 512 is one K block: exactly y0 + the product.
+				// K <= denseKC is one K block: exactly y0 + the product.
 				for i := range y {
 					if want := y0[i] + prod[i]; y[i] != want {
 						t.Fatalf("m %d in %d out %d threads %d: y[%d] = %g, want %g", m, in, out, threads, i, y[i], want)
