@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/slopeml/slope/format"
 )
@@ -549,12 +550,11 @@ func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads
 			gatherF32AVX512(&f[lo], &vals[0], &g.src[lo], hi-lo)
 			return
 		}
+		// Branch-free (a filler's -1 would mispredict): j clamped to 0
+		// and the loaded bits masked off for a filler.
 		for i, j := range g.src[lo:hi] {
-			v := float32(0)
-			if j >= 0 {
-				v = vals[j]
-			}
-			f[lo+i] = v
+			neg := j >> 31 // -1 for a filler, else 0
+			f[lo+i] = math.Float32frombits(math.Float32bits(vals[j&^neg]) &^ uint32(neg))
 		}
 	})
 	return nil
