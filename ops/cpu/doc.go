@@ -61,9 +61,12 @@
 //     accumulators (AVX2) or 4 outputs x 64 rows in 16 ZMM accumulators
 //     (AVX-512), over K chunks of X (16 KiB with AVX2, so that a chunk
 //     stays in L1: each FMA loads from it; 64 KiB with AVX-512) so that a
-//     chunk serves the 4 panels from cache. No *AVX2 kernel names a
-//     register that needs AVX-512 (TestAVX2KernelsNeedNoAVX512). Without the assembly the sparse GEMM runs
-//     the Go GEMV kernel per row, panel-major.
+//     chunk serves the 4 panels from cache. Loads bound these kernels, so
+//     the AVX2 one takes a step's 3 weights with one 16-byte broadcast
+//     (spread by in-lane VPERMILPS) and two offsets with one 8-byte load:
+//     15 loads per 12 FMAs. No *AVX2 kernel names a register that needs
+//     AVX-512 (TestAVX2KernelsNeedNoAVX512). Without the assembly the
+//     sparse GEMM runs the Go GEMV kernel per row, panel-major.
 //
 // Work is split over output panels, or over rows when there are fewer
 // panels than goroutines.

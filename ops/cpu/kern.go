@@ -380,7 +380,7 @@ func spmmTile(ld, mb, r, l0 int, xt []float32, in int, off []uint32, vals []floa
 		spmmZAsm(mb, r, &xt[0], &off[l0], &vals[0], l0, steps, &yt[0])
 		return
 	}
-	need(ld == 32 && r <= 3 && mb%8 == 0)
+	need(ld == 32 && r <= 3 && mb%8 == 0 && (r < 3 || l0 <= 4)) // R3 reads lanes l0..l0+3
 	spmmAsm(mb, r, &xt[0], &off[l0], &vals[0], l0, steps, &yt[0])
 }
 

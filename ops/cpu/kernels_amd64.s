@@ -3648,460 +3648,422 @@ spmmZ64R4AVX512_loop:
 	RET
 
 // func spmmB8R1AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB8R1AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y1
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	XORQ    DI, DI
 
 spmmB8R1AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y2
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y2, Y0, Y2
-	VFMADD231PS (AX)(R8*1), Y2, Y1
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB8R1AVX2_loop
-	VMOVUPS     Y1, (SI)
+	VBROADCASTSS (DX)(DI*1), Y1
+	MOVL         (CX)(DI*1), R8
+	VFMADD231PS  (AX)(R8*1), Y1, Y0
+	ADDQ         $0x20, DI
+	CMPQ         DI, BX
+	JNE          spmmB8R1AVX2_loop
+	VMOVUPS      Y0, (SI)
 	VZEROUPPER
 	RET
 
 // func spmmB8R2AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB8R2AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	INCL         BX
-	VMOVD        BX, X1
-	VPBROADCASTD X1, Y1
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y2
-	VMOVUPS      32(SI), Y3
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	XORQ    DI, DI
 
 spmmB8R2AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y4
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y4, Y0, Y5
-	VFMADD231PS (AX)(R8*1), Y5, Y2
-	MOVL        4(CX)(DI*1), R8
-	VPERMPS     Y4, Y1, Y4
-	VFMADD231PS (AX)(R8*1), Y4, Y3
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB8R2AVX2_loop
-	VMOVUPS     Y2, (SI)
-	VMOVUPS     Y3, 32(SI)
+	VBROADCASTSD (DX)(DI*1), Y2
+	MOVQ         (CX)(DI*1), R8
+	MOVL         R8, R9
+	SHRQ         $0x20, R8
+	VPERMILPS    $0x00, Y2, Y3
+	VFMADD231PS  (AX)(R9*1), Y3, Y0
+	VPERMILPS    $0x55, Y2, Y2
+	VFMADD231PS  (AX)(R8*1), Y2, Y1
+	ADDQ         $0x20, DI
+	CMPQ         DI, BX
+	JNE          spmmB8R2AVX2_loop
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
 	VZEROUPPER
 	RET
 
 // func spmmB8R3AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB8R3AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	INCL         BX
-	VMOVD        BX, X1
-	VPBROADCASTD X1, Y1
-	INCL         BX
-	VMOVD        BX, X2
-	VPBROADCASTD X2, Y2
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y3
-	VMOVUPS      32(SI), Y4
-	VMOVUPS      64(SI), Y5
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	XORQ    DI, DI
 
 spmmB8R3AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y6
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y6, Y0, Y7
-	VFMADD231PS (AX)(R8*1), Y7, Y3
-	MOVL        4(CX)(DI*1), R8
-	VPERMPS     Y6, Y1, Y7
-	VFMADD231PS (AX)(R8*1), Y7, Y4
-	MOVL        8(CX)(DI*1), R8
-	VPERMPS     Y6, Y2, Y6
-	VFMADD231PS (AX)(R8*1), Y6, Y5
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB8R3AVX2_loop
-	VMOVUPS     Y3, (SI)
-	VMOVUPS     Y4, 32(SI)
-	VMOVUPS     Y5, 64(SI)
+	VBROADCASTF128 (DX)(DI*1), Y3
+	MOVQ           (CX)(DI*1), R8
+	MOVL           R8, R9
+	SHRQ           $0x20, R8
+	MOVL           8(CX)(DI*1), R10
+	VPERMILPS      $0x00, Y3, Y4
+	VFMADD231PS    (AX)(R9*1), Y4, Y0
+	VPERMILPS      $0x55, Y3, Y4
+	VFMADD231PS    (AX)(R8*1), Y4, Y1
+	VPERMILPS      $0xaa, Y3, Y3
+	VFMADD231PS    (AX)(R10*1), Y3, Y2
+	ADDQ           $0x20, DI
+	CMPQ           DI, BX
+	JNE            spmmB8R3AVX2_loop
+	VMOVUPS        Y0, (SI)
+	VMOVUPS        Y1, 32(SI)
+	VMOVUPS        Y2, 64(SI)
 	VZEROUPPER
 	RET
 
 // func spmmB16R1AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB16R1AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y1
-	VMOVUPS      32(SI), Y2
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	XORQ    DI, DI
 
 spmmB16R1AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y3
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y3, Y0, Y3
-	VFMADD231PS (AX)(R8*1), Y3, Y1
-	VFMADD231PS 32(AX)(R8*1), Y3, Y2
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB16R1AVX2_loop
-	VMOVUPS     Y1, (SI)
-	VMOVUPS     Y2, 32(SI)
+	VBROADCASTSS (DX)(DI*1), Y2
+	MOVL         (CX)(DI*1), R8
+	VFMADD231PS  (AX)(R8*1), Y2, Y0
+	VFMADD231PS  32(AX)(R8*1), Y2, Y1
+	ADDQ         $0x20, DI
+	CMPQ         DI, BX
+	JNE          spmmB16R1AVX2_loop
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
 	VZEROUPPER
 	RET
 
 // func spmmB16R2AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB16R2AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	INCL         BX
-	VMOVD        BX, X1
-	VPBROADCASTD X1, Y1
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y2
-	VMOVUPS      32(SI), Y3
-	VMOVUPS      64(SI), Y4
-	VMOVUPS      96(SI), Y5
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	XORQ    DI, DI
 
 spmmB16R2AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y6
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y6, Y0, Y7
-	VFMADD231PS (AX)(R8*1), Y7, Y2
-	VFMADD231PS 32(AX)(R8*1), Y7, Y3
-	MOVL        4(CX)(DI*1), R8
-	VPERMPS     Y6, Y1, Y6
-	VFMADD231PS (AX)(R8*1), Y6, Y4
-	VFMADD231PS 32(AX)(R8*1), Y6, Y5
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB16R2AVX2_loop
-	VMOVUPS     Y2, (SI)
-	VMOVUPS     Y3, 32(SI)
-	VMOVUPS     Y4, 64(SI)
-	VMOVUPS     Y5, 96(SI)
+	VBROADCASTSD (DX)(DI*1), Y4
+	MOVQ         (CX)(DI*1), R8
+	MOVL         R8, R9
+	SHRQ         $0x20, R8
+	VPERMILPS    $0x00, Y4, Y5
+	VFMADD231PS  (AX)(R9*1), Y5, Y0
+	VFMADD231PS  32(AX)(R9*1), Y5, Y1
+	VPERMILPS    $0x55, Y4, Y4
+	VFMADD231PS  (AX)(R8*1), Y4, Y2
+	VFMADD231PS  32(AX)(R8*1), Y4, Y3
+	ADDQ         $0x20, DI
+	CMPQ         DI, BX
+	JNE          spmmB16R2AVX2_loop
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
+	VMOVUPS      Y2, 64(SI)
+	VMOVUPS      Y3, 96(SI)
 	VZEROUPPER
 	RET
 
 // func spmmB16R3AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB16R3AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	INCL         BX
-	VMOVD        BX, X1
-	VPBROADCASTD X1, Y1
-	INCL         BX
-	VMOVD        BX, X2
-	VPBROADCASTD X2, Y2
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y3
-	VMOVUPS      32(SI), Y4
-	VMOVUPS      64(SI), Y5
-	VMOVUPS      96(SI), Y6
-	VMOVUPS      128(SI), Y7
-	VMOVUPS      160(SI), Y8
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	VMOVUPS 128(SI), Y4
+	VMOVUPS 160(SI), Y5
+	XORQ    DI, DI
 
 spmmB16R3AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y9
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y9, Y0, Y10
-	VFMADD231PS (AX)(R8*1), Y10, Y3
-	VFMADD231PS 32(AX)(R8*1), Y10, Y4
-	MOVL        4(CX)(DI*1), R8
-	VPERMPS     Y9, Y1, Y10
-	VFMADD231PS (AX)(R8*1), Y10, Y5
-	VFMADD231PS 32(AX)(R8*1), Y10, Y6
-	MOVL        8(CX)(DI*1), R8
-	VPERMPS     Y9, Y2, Y9
-	VFMADD231PS (AX)(R8*1), Y9, Y7
-	VFMADD231PS 32(AX)(R8*1), Y9, Y8
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB16R3AVX2_loop
-	VMOVUPS     Y3, (SI)
-	VMOVUPS     Y4, 32(SI)
-	VMOVUPS     Y5, 64(SI)
-	VMOVUPS     Y6, 96(SI)
-	VMOVUPS     Y7, 128(SI)
-	VMOVUPS     Y8, 160(SI)
+	VBROADCASTF128 (DX)(DI*1), Y6
+	MOVQ           (CX)(DI*1), R8
+	MOVL           R8, R9
+	SHRQ           $0x20, R8
+	MOVL           8(CX)(DI*1), R10
+	VPERMILPS      $0x00, Y6, Y7
+	VFMADD231PS    (AX)(R9*1), Y7, Y0
+	VFMADD231PS    32(AX)(R9*1), Y7, Y1
+	VPERMILPS      $0x55, Y6, Y7
+	VFMADD231PS    (AX)(R8*1), Y7, Y2
+	VFMADD231PS    32(AX)(R8*1), Y7, Y3
+	VPERMILPS      $0xaa, Y6, Y6
+	VFMADD231PS    (AX)(R10*1), Y6, Y4
+	VFMADD231PS    32(AX)(R10*1), Y6, Y5
+	ADDQ           $0x20, DI
+	CMPQ           DI, BX
+	JNE            spmmB16R3AVX2_loop
+	VMOVUPS        Y0, (SI)
+	VMOVUPS        Y1, 32(SI)
+	VMOVUPS        Y2, 64(SI)
+	VMOVUPS        Y3, 96(SI)
+	VMOVUPS        Y4, 128(SI)
+	VMOVUPS        Y5, 160(SI)
 	VZEROUPPER
 	RET
 
 // func spmmB24R1AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB24R1AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y1
-	VMOVUPS      32(SI), Y2
-	VMOVUPS      64(SI), Y3
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	XORQ    DI, DI
 
 spmmB24R1AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y4
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y4, Y0, Y4
-	VFMADD231PS (AX)(R8*1), Y4, Y1
-	VFMADD231PS 32(AX)(R8*1), Y4, Y2
-	VFMADD231PS 64(AX)(R8*1), Y4, Y3
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB24R1AVX2_loop
-	VMOVUPS     Y1, (SI)
-	VMOVUPS     Y2, 32(SI)
-	VMOVUPS     Y3, 64(SI)
+	VBROADCASTSS (DX)(DI*1), Y3
+	MOVL         (CX)(DI*1), R8
+	VFMADD231PS  (AX)(R8*1), Y3, Y0
+	VFMADD231PS  32(AX)(R8*1), Y3, Y1
+	VFMADD231PS  64(AX)(R8*1), Y3, Y2
+	ADDQ         $0x20, DI
+	CMPQ         DI, BX
+	JNE          spmmB24R1AVX2_loop
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
+	VMOVUPS      Y2, 64(SI)
 	VZEROUPPER
 	RET
 
 // func spmmB24R2AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB24R2AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	INCL         BX
-	VMOVD        BX, X1
-	VPBROADCASTD X1, Y1
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y2
-	VMOVUPS      32(SI), Y3
-	VMOVUPS      64(SI), Y4
-	VMOVUPS      96(SI), Y5
-	VMOVUPS      128(SI), Y6
-	VMOVUPS      160(SI), Y7
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	VMOVUPS 128(SI), Y4
+	VMOVUPS 160(SI), Y5
+	XORQ    DI, DI
 
 spmmB24R2AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y8
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y8, Y0, Y9
-	VFMADD231PS (AX)(R8*1), Y9, Y2
-	VFMADD231PS 32(AX)(R8*1), Y9, Y3
-	VFMADD231PS 64(AX)(R8*1), Y9, Y4
-	MOVL        4(CX)(DI*1), R8
-	VPERMPS     Y8, Y1, Y8
-	VFMADD231PS (AX)(R8*1), Y8, Y5
-	VFMADD231PS 32(AX)(R8*1), Y8, Y6
-	VFMADD231PS 64(AX)(R8*1), Y8, Y7
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB24R2AVX2_loop
-	VMOVUPS     Y2, (SI)
-	VMOVUPS     Y3, 32(SI)
-	VMOVUPS     Y4, 64(SI)
-	VMOVUPS     Y5, 96(SI)
-	VMOVUPS     Y6, 128(SI)
-	VMOVUPS     Y7, 160(SI)
+	VBROADCASTSD (DX)(DI*1), Y6
+	MOVQ         (CX)(DI*1), R8
+	MOVL         R8, R9
+	SHRQ         $0x20, R8
+	VPERMILPS    $0x00, Y6, Y7
+	VFMADD231PS  (AX)(R9*1), Y7, Y0
+	VFMADD231PS  32(AX)(R9*1), Y7, Y1
+	VFMADD231PS  64(AX)(R9*1), Y7, Y2
+	VPERMILPS    $0x55, Y6, Y6
+	VFMADD231PS  (AX)(R8*1), Y6, Y3
+	VFMADD231PS  32(AX)(R8*1), Y6, Y4
+	VFMADD231PS  64(AX)(R8*1), Y6, Y5
+	ADDQ         $0x20, DI
+	CMPQ         DI, BX
+	JNE          spmmB24R2AVX2_loop
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
+	VMOVUPS      Y2, 64(SI)
+	VMOVUPS      Y3, 96(SI)
+	VMOVUPS      Y4, 128(SI)
+	VMOVUPS      Y5, 160(SI)
 	VZEROUPPER
 	RET
 
 // func spmmB24R3AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB24R3AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	INCL         BX
-	VMOVD        BX, X1
-	VPBROADCASTD X1, Y1
-	INCL         BX
-	VMOVD        BX, X2
-	VPBROADCASTD X2, Y2
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y3
-	VMOVUPS      32(SI), Y4
-	VMOVUPS      64(SI), Y5
-	VMOVUPS      96(SI), Y6
-	VMOVUPS      128(SI), Y7
-	VMOVUPS      160(SI), Y8
-	VMOVUPS      192(SI), Y9
-	VMOVUPS      224(SI), Y10
-	VMOVUPS      256(SI), Y11
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	VMOVUPS 128(SI), Y4
+	VMOVUPS 160(SI), Y5
+	VMOVUPS 192(SI), Y6
+	VMOVUPS 224(SI), Y7
+	VMOVUPS 256(SI), Y8
+	XORQ    DI, DI
 
 spmmB24R3AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y12
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y12, Y0, Y13
-	VFMADD231PS (AX)(R8*1), Y13, Y3
-	VFMADD231PS 32(AX)(R8*1), Y13, Y4
-	VFMADD231PS 64(AX)(R8*1), Y13, Y5
-	MOVL        4(CX)(DI*1), R8
-	VPERMPS     Y12, Y1, Y13
-	VFMADD231PS (AX)(R8*1), Y13, Y6
-	VFMADD231PS 32(AX)(R8*1), Y13, Y7
-	VFMADD231PS 64(AX)(R8*1), Y13, Y8
-	MOVL        8(CX)(DI*1), R8
-	VPERMPS     Y12, Y2, Y12
-	VFMADD231PS (AX)(R8*1), Y12, Y9
-	VFMADD231PS 32(AX)(R8*1), Y12, Y10
-	VFMADD231PS 64(AX)(R8*1), Y12, Y11
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB24R3AVX2_loop
-	VMOVUPS     Y3, (SI)
-	VMOVUPS     Y4, 32(SI)
-	VMOVUPS     Y5, 64(SI)
-	VMOVUPS     Y6, 96(SI)
-	VMOVUPS     Y7, 128(SI)
-	VMOVUPS     Y8, 160(SI)
-	VMOVUPS     Y9, 192(SI)
-	VMOVUPS     Y10, 224(SI)
-	VMOVUPS     Y11, 256(SI)
+	VBROADCASTF128 (DX)(DI*1), Y9
+	MOVQ           (CX)(DI*1), R8
+	MOVL           R8, R9
+	SHRQ           $0x20, R8
+	MOVL           8(CX)(DI*1), R10
+	VPERMILPS      $0x00, Y9, Y10
+	VFMADD231PS    (AX)(R9*1), Y10, Y0
+	VFMADD231PS    32(AX)(R9*1), Y10, Y1
+	VFMADD231PS    64(AX)(R9*1), Y10, Y2
+	VPERMILPS      $0x55, Y9, Y10
+	VFMADD231PS    (AX)(R8*1), Y10, Y3
+	VFMADD231PS    32(AX)(R8*1), Y10, Y4
+	VFMADD231PS    64(AX)(R8*1), Y10, Y5
+	VPERMILPS      $0xaa, Y9, Y9
+	VFMADD231PS    (AX)(R10*1), Y9, Y6
+	VFMADD231PS    32(AX)(R10*1), Y9, Y7
+	VFMADD231PS    64(AX)(R10*1), Y9, Y8
+	ADDQ           $0x20, DI
+	CMPQ           DI, BX
+	JNE            spmmB24R3AVX2_loop
+	VMOVUPS        Y0, (SI)
+	VMOVUPS        Y1, 32(SI)
+	VMOVUPS        Y2, 64(SI)
+	VMOVUPS        Y3, 96(SI)
+	VMOVUPS        Y4, 128(SI)
+	VMOVUPS        Y5, 160(SI)
+	VMOVUPS        Y6, 192(SI)
+	VMOVUPS        Y7, 224(SI)
+	VMOVUPS        Y8, 256(SI)
 	VZEROUPPER
 	RET
 
 // func spmmB32R1AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB32R1AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y1
-	VMOVUPS      32(SI), Y2
-	VMOVUPS      64(SI), Y3
-	VMOVUPS      96(SI), Y4
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	XORQ    DI, DI
 
 spmmB32R1AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y5
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y5, Y0, Y5
-	VFMADD231PS (AX)(R8*1), Y5, Y1
-	VFMADD231PS 32(AX)(R8*1), Y5, Y2
-	VFMADD231PS 64(AX)(R8*1), Y5, Y3
-	VFMADD231PS 96(AX)(R8*1), Y5, Y4
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB32R1AVX2_loop
-	VMOVUPS     Y1, (SI)
-	VMOVUPS     Y2, 32(SI)
-	VMOVUPS     Y3, 64(SI)
-	VMOVUPS     Y4, 96(SI)
+	VBROADCASTSS (DX)(DI*1), Y4
+	MOVL         (CX)(DI*1), R8
+	VFMADD231PS  (AX)(R8*1), Y4, Y0
+	VFMADD231PS  32(AX)(R8*1), Y4, Y1
+	VFMADD231PS  64(AX)(R8*1), Y4, Y2
+	VFMADD231PS  96(AX)(R8*1), Y4, Y3
+	ADDQ         $0x20, DI
+	CMPQ         DI, BX
+	JNE          spmmB32R1AVX2_loop
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
+	VMOVUPS      Y2, 64(SI)
+	VMOVUPS      Y3, 96(SI)
 	VZEROUPPER
 	RET
 
 // func spmmB32R2AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
-// Requires: AVX, AVX2, FMA3
+// Requires: AVX, FMA3
 TEXT ·spmmB32R2AVX2(SB), NOSPLIT, $0-48
-	MOVQ         xt+0(FP), AX
-	MOVQ         off+8(FP), CX
-	MOVQ         vals+16(FP), DX
-	MOVQ         l0+24(FP), BX
-	VMOVD        BX, X0
-	VPBROADCASTD X0, Y0
-	INCL         BX
-	VMOVD        BX, X1
-	VPBROADCASTD X1, Y1
-	MOVQ         steps+32(FP), BX
-	SHLQ         $0x05, BX
-	MOVQ         yt+40(FP), SI
-	VMOVUPS      (SI), Y2
-	VMOVUPS      32(SI), Y3
-	VMOVUPS      64(SI), Y4
-	VMOVUPS      96(SI), Y5
-	VMOVUPS      128(SI), Y6
-	VMOVUPS      160(SI), Y7
-	VMOVUPS      192(SI), Y8
-	VMOVUPS      224(SI), Y9
-	XORQ         DI, DI
+	MOVQ    xt+0(FP), AX
+	MOVQ    off+8(FP), CX
+	MOVQ    vals+16(FP), DX
+	MOVQ    l0+24(FP), BX
+	LEAQ    (DX)(BX*4), DX
+	MOVQ    steps+32(FP), BX
+	SHLQ    $0x05, BX
+	MOVQ    yt+40(FP), SI
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	VMOVUPS 128(SI), Y4
+	VMOVUPS 160(SI), Y5
+	VMOVUPS 192(SI), Y6
+	VMOVUPS 224(SI), Y7
+	XORQ    DI, DI
 
 spmmB32R2AVX2_loop:
-	VMOVUPS     (DX)(DI*1), Y10
-	MOVL        (CX)(DI*1), R8
-	VPERMPS     Y10, Y0, Y11
-	VFMADD231PS (AX)(R8*1), Y11, Y2
-	VFMADD231PS 32(AX)(R8*1), Y11, Y3
-	VFMADD231PS 64(AX)(R8*1), Y11, Y4
-	VFMADD231PS 96(AX)(R8*1), Y11, Y5
-	MOVL        4(CX)(DI*1), R8
-	VPERMPS     Y10, Y1, Y10
-	VFMADD231PS (AX)(R8*1), Y10, Y6
-	VFMADD231PS 32(AX)(R8*1), Y10, Y7
-	VFMADD231PS 64(AX)(R8*1), Y10, Y8
-	VFMADD231PS 96(AX)(R8*1), Y10, Y9
-	ADDQ        $0x20, DI
-	CMPQ        DI, BX
-	JNE         spmmB32R2AVX2_loop
-	VMOVUPS     Y2, (SI)
-	VMOVUPS     Y3, 32(SI)
-	VMOVUPS     Y4, 64(SI)
-	VMOVUPS     Y5, 96(SI)
-	VMOVUPS     Y6, 128(SI)
-	VMOVUPS     Y7, 160(SI)
-	VMOVUPS     Y8, 192(SI)
-	VMOVUPS     Y9, 224(SI)
+	VBROADCASTSD (DX)(DI*1), Y8
+	MOVQ         (CX)(DI*1), R8
+	MOVL         R8, R9
+	SHRQ         $0x20, R8
+	VPERMILPS    $0x00, Y8, Y9
+	VFMADD231PS  (AX)(R9*1), Y9, Y0
+	VFMADD231PS  32(AX)(R9*1), Y9, Y1
+	VFMADD231PS  64(AX)(R9*1), Y9, Y2
+	VFMADD231PS  96(AX)(R9*1), Y9, Y3
+	VPERMILPS    $0x55, Y8, Y8
+	VFMADD231PS  (AX)(R8*1), Y8, Y4
+	VFMADD231PS  32(AX)(R8*1), Y8, Y5
+	VFMADD231PS  64(AX)(R8*1), Y8, Y6
+	VFMADD231PS  96(AX)(R8*1), Y8, Y7
+	ADDQ         $0x20, DI
+	CMPQ         DI, BX
+	JNE          spmmB32R2AVX2_loop
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
+	VMOVUPS      Y2, 64(SI)
+	VMOVUPS      Y3, 96(SI)
+	VMOVUPS      Y4, 128(SI)
+	VMOVUPS      Y5, 160(SI)
+	VMOVUPS      Y6, 192(SI)
+	VMOVUPS      Y7, 224(SI)
 	VZEROUPPER
 	RET
 
@@ -4131,39 +4093,41 @@ TEXT ·spmmB32R3AVX2(SB), NOSPLIT, $0-48
 	XORQ    DI, DI
 
 spmmB32R3AVX2_loop:
-	MOVL         (CX)(DI*1), R8
-	VBROADCASTSS (DX)(DI*1), Y12
-	VFMADD231PS  (AX)(R8*1), Y12, Y0
-	VFMADD231PS  32(AX)(R8*1), Y12, Y1
-	VFMADD231PS  64(AX)(R8*1), Y12, Y2
-	VFMADD231PS  96(AX)(R8*1), Y12, Y3
-	MOVL         4(CX)(DI*1), R8
-	VBROADCASTSS 4(DX)(DI*1), Y12
-	VFMADD231PS  (AX)(R8*1), Y12, Y4
-	VFMADD231PS  32(AX)(R8*1), Y12, Y5
-	VFMADD231PS  64(AX)(R8*1), Y12, Y6
-	VFMADD231PS  96(AX)(R8*1), Y12, Y7
-	MOVL         8(CX)(DI*1), R8
-	VBROADCASTSS 8(DX)(DI*1), Y12
-	VFMADD231PS  (AX)(R8*1), Y12, Y8
-	VFMADD231PS  32(AX)(R8*1), Y12, Y9
-	VFMADD231PS  64(AX)(R8*1), Y12, Y10
-	VFMADD231PS  96(AX)(R8*1), Y12, Y11
-	ADDQ         $0x20, DI
-	CMPQ         DI, BX
-	JNE          spmmB32R3AVX2_loop
-	VMOVUPS      Y0, (SI)
-	VMOVUPS      Y1, 32(SI)
-	VMOVUPS      Y2, 64(SI)
-	VMOVUPS      Y3, 96(SI)
-	VMOVUPS      Y4, 128(SI)
-	VMOVUPS      Y5, 160(SI)
-	VMOVUPS      Y6, 192(SI)
-	VMOVUPS      Y7, 224(SI)
-	VMOVUPS      Y8, 256(SI)
-	VMOVUPS      Y9, 288(SI)
-	VMOVUPS      Y10, 320(SI)
-	VMOVUPS      Y11, 352(SI)
+	VBROADCASTF128 (DX)(DI*1), Y12
+	MOVQ           (CX)(DI*1), R8
+	MOVL           R8, R9
+	SHRQ           $0x20, R8
+	MOVL           8(CX)(DI*1), R10
+	VPERMILPS      $0x00, Y12, Y13
+	VFMADD231PS    (AX)(R9*1), Y13, Y0
+	VFMADD231PS    32(AX)(R9*1), Y13, Y1
+	VFMADD231PS    64(AX)(R9*1), Y13, Y2
+	VFMADD231PS    96(AX)(R9*1), Y13, Y3
+	VPERMILPS      $0x55, Y12, Y13
+	VFMADD231PS    (AX)(R8*1), Y13, Y4
+	VFMADD231PS    32(AX)(R8*1), Y13, Y5
+	VFMADD231PS    64(AX)(R8*1), Y13, Y6
+	VFMADD231PS    96(AX)(R8*1), Y13, Y7
+	VPERMILPS      $0xaa, Y12, Y12
+	VFMADD231PS    (AX)(R10*1), Y12, Y8
+	VFMADD231PS    32(AX)(R10*1), Y12, Y9
+	VFMADD231PS    64(AX)(R10*1), Y12, Y10
+	VFMADD231PS    96(AX)(R10*1), Y12, Y11
+	ADDQ           $0x20, DI
+	CMPQ           DI, BX
+	JNE            spmmB32R3AVX2_loop
+	VMOVUPS        Y0, (SI)
+	VMOVUPS        Y1, 32(SI)
+	VMOVUPS        Y2, 64(SI)
+	VMOVUPS        Y3, 96(SI)
+	VMOVUPS        Y4, 128(SI)
+	VMOVUPS        Y5, 160(SI)
+	VMOVUPS        Y6, 192(SI)
+	VMOVUPS        Y7, 224(SI)
+	VMOVUPS        Y8, 256(SI)
+	VMOVUPS        Y9, 288(SI)
+	VMOVUPS        Y10, 320(SI)
+	VMOVUPS        Y11, 352(SI)
 	VZEROUPPER
 	RET
 

@@ -525,10 +525,15 @@ func genSpPrep(d dtype) {
 // l0 of step 0, vals at lane 0) and mb rows of a
 // transposed activation block XT (rows of 32 floats, 128 bytes),
 // acc[j][q] += val[t][l0+j] * XT[off[t][l0+j]/128][8q:8q+8] over all steps
-// t, one FMA chain per accumulator. Per step the 8 values are loaded once
-// and each lane's value broadcast with VPERMPS (or, where the registers
-// would not fit in AVX2's 16, by VBROADCASTSS from memory); the X rows are FMA memory
-// operands (the gather is the addressing). The accumulators start from
+// t, one FMA chain per accumulator. The X rows are FMA memory operands
+// (the gather is the addressing), so loads bound the kernel (Zen 3: two
+// 256-bit loads per cycle), and each step spends as few as it can on the
+// rest: the r lanes' values come from one load (VBROADCASTSS for 1 lane,
+// VBROADCASTSD for 2, VBROADCASTF128 for 3, which reads lanes l0..l0+3,
+// so l0 <= 4) spread with in-lane VPERMILPS, and two lanes' offsets from
+// one 64-bit load (R3: 15 loads per 12 FMAs, against 18 when each lane's
+// value and offset were loaded apart: 1.03-1.16x in BenchmarkTrainLinear,
+// 2:4, on Zen 3, 2026-11-27). The accumulators start from
 // and end in yt ([r][mb]), so a K range can be split into consecutive
 // calls with bit-identical results.
 func genSPMM(mb, r int) {
@@ -541,26 +546,7 @@ func genSPMM(mb, r int) {
 	l0 := GP64()
 	Load(Param("l0"), l0)
 	q := mb / 8
-	// AVX2 has 16 vector registers (avo would hand out Y16-Y31, which
-	// need AVX-512VL and fault on AVX2-only CPUs). The permute form holds
-	// r selectors, r*q accumulators, the values and one broadcast; where
-	// that does not fit, each value is broadcast from memory instead.
-	permute := r+r*q+2 <= 16
-	var sel []VecVirtual
-	if permute {
-		sel = make([]VecVirtual, r)
-		for j := range sel {
-			sel[j] = YMM()
-			VMOVD(l0.As32(), sel[j].AsX())
-			VPBROADCASTD(sel[j].AsX(), sel[j])
-			if j+1 < r {
-				INCL(l0.As32())
-			}
-		}
-	} else {
-		// vals += 4*l0: the panel's lanes l0.. are at Disp 4j of a step.
-		LEAQ(Mem{Base: vals, Index: l0, Scale: 4}, vals)
-	}
+	LEAQ(Mem{Base: vals, Index: l0, Scale: 4}, vals)
 	end := Load(Param("steps"), GP64())
 	SHLQ(U8(5), end)
 	yt := Load(Param("yt"), GP64())
@@ -574,22 +560,37 @@ func genSPMM(mb, r int) {
 	i := GP64()
 	XORQ(i, i)
 	Label(name + "_loop")
-	var vv VecVirtual
-	if permute {
-		vv = YMM()
-		VMOVUPS(Mem{Base: vals, Index: i, Scale: 1}, vv)
+	w := YMM()
+	switch r {
+	case 1:
+		VBROADCASTSS(Mem{Base: vals, Index: i, Scale: 1}, w)
+	case 2:
+		VBROADCASTSD(Mem{Base: vals, Index: i, Scale: 1}, w)
+	default:
+		VBROADCASTF128(Mem{Base: vals, Index: i, Scale: 1}, w)
+	}
+	offs := make([]GPVirtual, r)
+	for j := 0; j < r; j += 2 {
+		if j+1 < r {
+			pair := GP64()
+			MOVQ(Mem{Base: off, Index: i, Scale: 1, Disp: 4 * j}, pair)
+			offs[j] = GP64()
+			MOVL(pair.As32(), offs[j].As32())
+			SHRQ(U8(32), pair)
+			offs[j+1] = pair
+		} else {
+			offs[j] = GP64()
+			MOVL(Mem{Base: off, Index: i, Scale: 1, Disp: 4 * j}, offs[j].As32())
+		}
 	}
 	for j := 0; j < r; j++ {
-		o := GP64()
-		MOVL(Mem{Base: off, Index: i, Scale: 1, Disp: 4 * j}, o.As32())
-		b := YMM()
-		if permute {
-			VPERMPS(vv, sel[j], b)
-		} else {
-			VBROADCASTSS(Mem{Base: vals, Index: i, Scale: 1, Disp: 4 * j}, b)
+		b := w
+		if r > 1 {
+			b = YMM()
+			VPERMILPS(U8(0x55*j), w, b)
 		}
 		for p := 0; p < q; p++ {
-			VFMADD231PS(Mem{Base: xt, Index: o, Scale: 1, Disp: 32 * p}, b, acc[j][p])
+			VFMADD231PS(Mem{Base: xt, Index: offs[j], Scale: 1, Disp: 32 * p}, b, acc[j][p])
 		}
 	}
 	ADDQ(U8(32), i)
