@@ -51,7 +51,9 @@
 //     logits' gradient or its transpose): then it takes X in blocks of
 //     96 rows, each block's K block held in L2 while every panel passes
 //     (one sweep of the weight per row block instead of one of X per
-//     panel; the same bits either way). Sparse (every pattern)
+//     panel; the same bits either way). Each tile prefetches its C rows
+//     before its K loop, for a C beyond the caches (an LM head's
+//     logits). Sparse (every pattern)
 //     transposes X into blocks of 32 rows (AVX2) or 64 rows (AVX-512) and
 //     vectorises over rows: per group of 4 panels it expands the indices
 //     into absolute byte offsets and the values into fp32 once, then per

@@ -335,15 +335,19 @@ gemvF16AVX2_reduce:
 	RET
 
 // func gemmF32x1AVX2(a *float32, lda int, b *float32, k int, c *float32, ldc int)
-// Requires: AVX, FMA3
+// Requires: AVX, FMA3, MMX+
 TEXT ·gemmF32x1AVX2(SB), NOSPLIT, $0-48
-	MOVQ   a+0(FP), AX
-	MOVQ   lda+8(FP), CX
-	SHLQ   $0x02, CX
-	MOVQ   b+16(FP), CX
-	MOVQ   k+24(FP), DX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
+	MOVQ       a+0(FP), AX
+	MOVQ       lda+8(FP), CX
+	SHLQ       $0x02, CX
+	MOVQ       b+16(FP), CX
+	MOVQ       k+24(FP), DX
+	VXORPS     Y0, Y0, Y0
+	VXORPS     Y1, Y1, Y1
+	MOVQ       c+32(FP), BX
+	MOVQ       ldc+40(FP), SI
+	SHLQ       $0x02, SI
+	PREFETCHT0 (BX)
 
 gemmF32x1AVX2_loop:
 	VMOVUPS      (CX), Y2
@@ -366,17 +370,23 @@ gemmF32x1AVX2_loop:
 	RET
 
 // func gemmF32x2AVX2(a *float32, lda int, b *float32, k int, c *float32, ldc int)
-// Requires: AVX, FMA3
+// Requires: AVX, FMA3, MMX+
 TEXT ·gemmF32x2AVX2(SB), NOSPLIT, $0-48
-	MOVQ   a+0(FP), AX
-	MOVQ   lda+8(FP), CX
-	SHLQ   $0x02, CX
-	MOVQ   b+16(FP), DX
-	MOVQ   k+24(FP), BX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
+	MOVQ       a+0(FP), AX
+	MOVQ       lda+8(FP), CX
+	SHLQ       $0x02, CX
+	MOVQ       b+16(FP), DX
+	MOVQ       k+24(FP), BX
+	VXORPS     Y0, Y0, Y0
+	VXORPS     Y1, Y1, Y1
+	VXORPS     Y2, Y2, Y2
+	VXORPS     Y3, Y3, Y3
+	MOVQ       c+32(FP), SI
+	MOVQ       ldc+40(FP), DI
+	SHLQ       $0x02, DI
+	PREFETCHT0 (SI)
+	ADDQ       DI, SI
+	PREFETCHT0 (SI)
 
 gemmF32x2AVX2_loop:
 	VMOVUPS      (DX), Y4
@@ -407,19 +417,27 @@ gemmF32x2AVX2_loop:
 	RET
 
 // func gemmF32x3AVX2(a *float32, lda int, b *float32, k int, c *float32, ldc int)
-// Requires: AVX, FMA3
+// Requires: AVX, FMA3, MMX+
 TEXT ·gemmF32x3AVX2(SB), NOSPLIT, $0-48
-	MOVQ   a+0(FP), AX
-	MOVQ   lda+8(FP), CX
-	SHLQ   $0x02, CX
-	MOVQ   b+16(FP), DX
-	MOVQ   k+24(FP), BX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
+	MOVQ       a+0(FP), AX
+	MOVQ       lda+8(FP), CX
+	SHLQ       $0x02, CX
+	MOVQ       b+16(FP), DX
+	MOVQ       k+24(FP), BX
+	VXORPS     Y0, Y0, Y0
+	VXORPS     Y1, Y1, Y1
+	VXORPS     Y2, Y2, Y2
+	VXORPS     Y3, Y3, Y3
+	VXORPS     Y4, Y4, Y4
+	VXORPS     Y5, Y5, Y5
+	MOVQ       c+32(FP), SI
+	MOVQ       ldc+40(FP), DI
+	SHLQ       $0x02, DI
+	PREFETCHT0 (SI)
+	ADDQ       DI, SI
+	PREFETCHT0 (SI)
+	ADDQ       DI, SI
+	PREFETCHT0 (SI)
 
 gemmF32x3AVX2_loop:
 	VMOVUPS      (DX), Y6
@@ -458,23 +476,33 @@ gemmF32x3AVX2_loop:
 	RET
 
 // func gemmF32x4AVX2(a *float32, lda int, b *float32, k int, c *float32, ldc int)
-// Requires: AVX, FMA3
+// Requires: AVX, FMA3, MMX+
 TEXT ·gemmF32x4AVX2(SB), NOSPLIT, $0-48
-	MOVQ   a+0(FP), AX
-	MOVQ   lda+8(FP), CX
-	SHLQ   $0x02, CX
-	MOVQ   b+16(FP), DX
-	MOVQ   k+24(FP), BX
-	LEAQ   (AX)(CX*2), SI
-	ADDQ   CX, SI
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
+	MOVQ       a+0(FP), AX
+	MOVQ       lda+8(FP), CX
+	SHLQ       $0x02, CX
+	MOVQ       b+16(FP), DX
+	MOVQ       k+24(FP), BX
+	LEAQ       (AX)(CX*2), SI
+	ADDQ       CX, SI
+	VXORPS     Y0, Y0, Y0
+	VXORPS     Y1, Y1, Y1
+	VXORPS     Y2, Y2, Y2
+	VXORPS     Y3, Y3, Y3
+	VXORPS     Y4, Y4, Y4
+	VXORPS     Y5, Y5, Y5
+	VXORPS     Y6, Y6, Y6
+	VXORPS     Y7, Y7, Y7
+	MOVQ       c+32(FP), DI
+	MOVQ       ldc+40(FP), R8
+	SHLQ       $0x02, R8
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
 
 gemmF32x4AVX2_loop:
 	VMOVUPS      (DX), Y8
@@ -522,25 +550,37 @@ gemmF32x4AVX2_loop:
 	RET
 
 // func gemmF32x5AVX2(a *float32, lda int, b *float32, k int, c *float32, ldc int)
-// Requires: AVX, FMA3
+// Requires: AVX, FMA3, MMX+
 TEXT ·gemmF32x5AVX2(SB), NOSPLIT, $0-48
-	MOVQ   a+0(FP), AX
-	MOVQ   lda+8(FP), CX
-	SHLQ   $0x02, CX
-	MOVQ   b+16(FP), DX
-	MOVQ   k+24(FP), BX
-	LEAQ   (AX)(CX*2), SI
-	ADDQ   CX, SI
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-	VXORPS Y8, Y8, Y8
-	VXORPS Y9, Y9, Y9
+	MOVQ       a+0(FP), AX
+	MOVQ       lda+8(FP), CX
+	SHLQ       $0x02, CX
+	MOVQ       b+16(FP), DX
+	MOVQ       k+24(FP), BX
+	LEAQ       (AX)(CX*2), SI
+	ADDQ       CX, SI
+	VXORPS     Y0, Y0, Y0
+	VXORPS     Y1, Y1, Y1
+	VXORPS     Y2, Y2, Y2
+	VXORPS     Y3, Y3, Y3
+	VXORPS     Y4, Y4, Y4
+	VXORPS     Y5, Y5, Y5
+	VXORPS     Y6, Y6, Y6
+	VXORPS     Y7, Y7, Y7
+	VXORPS     Y8, Y8, Y8
+	VXORPS     Y9, Y9, Y9
+	MOVQ       c+32(FP), DI
+	MOVQ       ldc+40(FP), R8
+	SHLQ       $0x02, R8
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
 
 gemmF32x5AVX2_loop:
 	VMOVUPS      (DX), Y10
@@ -596,27 +636,41 @@ gemmF32x5AVX2_loop:
 	RET
 
 // func gemmF32x6AVX2(a *float32, lda int, b *float32, k int, c *float32, ldc int)
-// Requires: AVX, FMA3
+// Requires: AVX, FMA3, MMX+
 TEXT ·gemmF32x6AVX2(SB), NOSPLIT, $0-48
-	MOVQ   a+0(FP), AX
-	MOVQ   lda+8(FP), CX
-	SHLQ   $0x02, CX
-	MOVQ   b+16(FP), DX
-	MOVQ   k+24(FP), BX
-	LEAQ   (AX)(CX*2), SI
-	ADDQ   CX, SI
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-	VXORPS Y8, Y8, Y8
-	VXORPS Y9, Y9, Y9
-	VXORPS Y10, Y10, Y10
-	VXORPS Y11, Y11, Y11
+	MOVQ       a+0(FP), AX
+	MOVQ       lda+8(FP), CX
+	SHLQ       $0x02, CX
+	MOVQ       b+16(FP), DX
+	MOVQ       k+24(FP), BX
+	LEAQ       (AX)(CX*2), SI
+	ADDQ       CX, SI
+	VXORPS     Y0, Y0, Y0
+	VXORPS     Y1, Y1, Y1
+	VXORPS     Y2, Y2, Y2
+	VXORPS     Y3, Y3, Y3
+	VXORPS     Y4, Y4, Y4
+	VXORPS     Y5, Y5, Y5
+	VXORPS     Y6, Y6, Y6
+	VXORPS     Y7, Y7, Y7
+	VXORPS     Y8, Y8, Y8
+	VXORPS     Y9, Y9, Y9
+	VXORPS     Y10, Y10, Y10
+	VXORPS     Y11, Y11, Y11
+	MOVQ       c+32(FP), DI
+	MOVQ       ldc+40(FP), R8
+	SHLQ       $0x02, R8
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
+	ADDQ       R8, DI
+	PREFETCHT0 (DI)
 
 gemmF32x6AVX2_loop:
 	VMOVUPS      (DX), Y12

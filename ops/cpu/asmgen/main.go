@@ -295,6 +295,20 @@ func genGEMM(mr int) {
 		acc[r] = [2]VecVirtual{YMM(), YMM()}
 		zeroAll(acc[r][:])
 	}
+	{
+		// C's rows, wanted after the K loop: fetched now, so that a C too
+		// large for the caches (an LM head's logits) does not stall the
+		// adds at the end.
+		c := Load(Param("c"), GP64())
+		ldc := Load(Param("ldc"), GP64())
+		SHLQ(U8(2), ldc)
+		for r := 0; r < mr; r++ {
+			PREFETCHT0(Mem{Base: c})
+			if r+1 < mr {
+				ADDQ(ldc, c)
+			}
+		}
+	}
 	b0, b1 := YMM(), YMM()
 	Label(name + "_loop")
 	VMOVUPS(Mem{Base: b}, b0)
