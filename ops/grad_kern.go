@@ -135,14 +135,20 @@ func addWeightGrad(g, gy, x []float32, m, in, out int, threads int) error {
 	return d.MulAdd(g[:out*in], *gyT, out, threads)
 }
 
-// biasGrad adds Σ_rows gy into gb, row by row (the order of the loops it
-// replaces).
+// biasGrad adds Σ_rows gy into gb, row by row (per element the order of
+// the loops it replaced: gb[o] += gy[r][o] for r = 0, 1, ...): one
+// cpu.AxpyRows with weights 1, whose FMA by 1 rounds as the add does, and
+// which holds blocks of gb in registers across the rows.
 func biasGrad(gb, gy []float32, m, out int) {
-	for r := 0; r < m; r++ {
-		for o, v := range gy[r*out : (r+1)*out] {
-			gb[o] += v
-		}
+	if m == 0 || out == 0 {
+		return
 	}
+	ones := cpu.GetF32(m)
+	defer cpu.PutF32(ones)
+	for i := range *ones {
+		(*ones)[i] = 1
+	}
+	cpu.AxpyRows(gb[:out], *ones, gy[:m*out], out, m)
 }
 
 // nmCache holds a SlopeLinear's prepared N:M weights and what they derive

@@ -102,3 +102,25 @@ func weightGrad(gy, x []float32, m, in, out, threads int) ([]float32, error) {
 	}
 	return g, nil
 }
+
+// TestBiasGrad: biasGrad (one AxpyRows with weights 1) gives the bits of
+// the plain loop it replaced, gb[o] += gy[r][o] row by row.
+func TestBiasGrad(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, sh := range [][2]int{{1, 1}, {3, 7}, {7, 65}, {100, 1030}, {512, 256}} {
+		m, out := sh[0], sh[1]
+		gy, gb := randVec(rng, m*out), randVec(rng, out)
+		want := slices.Clone(gb)
+		for r := 0; r < m; r++ {
+			for o, v := range gy[r*out : (r+1)*out] {
+				want[o] += v
+			}
+		}
+		biasGrad(gb, gy, m, out)
+		for o := range gb {
+			if math.Float32bits(gb[o]) != math.Float32bits(want[o]) {
+				t.Fatalf("m %d out %d: gb[%d] = %g, the loop gives %g", m, out, o, gb[o], want[o])
+			}
+		}
+	}
+}
