@@ -46,7 +46,7 @@
 //   - m >= 4 (prefill): dense runs a 6x16 register-blocked FMA micro-kernel
 //     (12 accumulators) over K blocks of 512, broadcasting X from its
 //     row-major storage; 16-bit panels are widened once per (panel, K
-//     block) into a per-goroutine fp32 buffer. Per panel it sweeps all
+//     block; and row block, below) into a per-goroutine fp32 buffer. Per panel it sweeps all
 //     of X, unless X exceeds 4 MiB (an LM head's gradients: X is the
 //     logits' gradient or its transpose): then it takes X in blocks of
 //     96 rows, each block's K block held in L2 while every panel passes

@@ -544,7 +544,7 @@ func (s *Sparse) PanelGather(src []int32, nVals int) (*PanelGather, error) {
 // SetValuesPanelGatherF32 sets s's values to vals[src[t]] (0 where
 // src[t] < 0) by the plan: the result equals PrepareNM of the gathered
 // values. len(vals) must be the plan's nVals; 16 values per AVX-512
-// gather, split over threads.
+// gather, the tiles below split over threads.
 //
 // The layout is [panel][step][8 lanes], and a W_dpᵀ panel's sources
 // (8 columns of W) lie 16 bytes apart in every row of W, rows a
@@ -570,17 +570,22 @@ func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads
 		clear(f)
 		return nil
 	}
+	// Work units: one tile each, split over threads.
+	tilesPerBlock := (s.kept + gatherSteps - 1) / gatherSteps
 	blocks := (s.np + gatherPanels - 1) / gatherPanels
-	parallelRange(blocks, ResolveThreads(threads), func(b0, b1 int) {
-		for p0 := b0 * gatherPanels; p0 < min(b1*gatherPanels, s.np); p0 += gatherPanels {
+	parallelRange(blocks*tilesPerBlock, ResolveThreads(threads), func(u0, u1 int) {
+		for u := u0; u < u1; u++ {
+			p0 := u / tilesPerBlock * gatherPanels
 			p1 := min(p0+gatherPanels, s.np)
-			src := g.src[p0*per:] // the plan is in this loop's order
-			for st := 0; st < s.kept; st += gatherSteps {
-				lo, n := st*spLanes, min(gatherSteps, s.kept-st)*spLanes
-				for p := p0; p < p1; p++ {
-					gatherRun(f[p*per+lo:p*per+lo+n], vals, src[:n])
-					src = src[n:]
-				}
+			lo := u % tilesPerBlock * gatherSteps * spLanes
+			n := min(gatherSteps*spLanes, per-lo)
+			// The plan holds block p0's panels whole (p0*per slots
+			// before it), and within the block the tiles before this
+			// one, each (p1-p0) panels of lo/spLanes steps in all.
+			src := g.src[p0*per+(p1-p0)*lo:]
+			for p := p0; p < p1; p++ {
+				gatherRun(f[p*per+lo:p*per+lo+n], vals, src[:n])
+				src = src[n:]
 			}
 		}
 	})

@@ -114,7 +114,7 @@ func TestDenseScratch(t *testing.T) {
 func TestDenseMulAdd(t *testing.T) {
 	paths(t, func(t *testing.T) {
 		rng := rand.New(rand.NewPCG(5, 6))
-		for _, sh := range [][3]int{{1, 7, 5}, {3, 16, 16}, {13, 40, 33}, {64, denseKC, 48}, {50, 250, 100}} {
+		for _, sh := range [][3]int{{1, 7, 5}, {3, 16, 16}, {13, 40, 33}, {64, denseKC, 48}, {50, 300, 100}} {
 			m, in, out := sh[0], sh[1], sh[2]
 			w := randF32(rng, out*in)
 			d, err := PrepareDenseF32(nil, w, out, in, 1)
@@ -151,7 +151,9 @@ func TestSparseSetValuesF32(t *testing.T) {
 	defer func() { useAVX512 = true }()
 	rng := rand.New(rand.NewPCG(7, 8))
 	for _, p := range []format.NM{{N: 2, M: 4}, {N: 1, M: 4}, {N: 2, M: 8}} {
-		for _, sh := range [][2]int{{8, 16}, {13, 40}, {64, 256}} {
+		// 1043 and 520 outputs: more than one 64-panel block of the planned
+		// gather, the last one partial; kept not a multiple of 16.
+		for _, sh := range [][2]int{{8, 16}, {13, 40}, {64, 256}, {1043, 40}, {520, 104}} {
 			out, in := sh[0], sh[1]
 			w, _ := randNM(t, rng, p, Float32, out, in)
 			s, err := PrepareNM(w)
