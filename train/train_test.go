@@ -480,3 +480,39 @@ func TestForwardOverwritesBuffers(t *testing.T) {
 		t.Fatalf("after poisoning the buffers: loss %v (%v), want %v", got, err, want)
 	}
 }
+
+// TestRowMax: rowMax against a plain loop, NaN anywhere winning, on every
+// length up to 9 (the unrolled loop's tails) and a logits row.
+func TestRowMax(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	nan, inf := float32(math.NaN()), float32(math.Inf(1))
+	if got := rowMax(nil); !math.IsInf(float64(got), -1) {
+		t.Fatalf("rowMax(nil) = %g, want -Inf", got)
+	}
+	for n := 1; n <= 8193; n++ {
+		if n == 10 {
+			n = 8192
+		}
+		y := make([]float32, n)
+		for i := range y {
+			y[i] = float32(rng.NormFloat64())
+		}
+		want := y[0]
+		for _, v := range y {
+			want = max(want, v)
+		}
+		if got := rowMax(y); got != want {
+			t.Fatalf("len %d: %g, want %g", n, got, want)
+		}
+		for _, special := range []float32{nan, inf} {
+			at := rng.IntN(n)
+			old := y[at]
+			y[at] = special
+			got := rowMax(y)
+			if special != special && got == got || special == inf && got != inf {
+				t.Fatalf("len %d, %g at %d: %g", n, special, at, got)
+			}
+			y[at] = old
+		}
+	}
+}
