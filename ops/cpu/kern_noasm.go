@@ -45,3 +45,4 @@ func adamWAVX2(*float32, *float32, *float32, *float32, int, *[9]float64, float32
 	return 0
 }
 func expShiftSumAVX2(*float32, *float32, int, float32) float64 { noAsm(); return 0 }
+func gatherF32AVX2(*float32, *float32, *int32, int) int        { noAsm(); return 0 }

@@ -6777,3 +6777,31 @@ gatherF32AVX512_tail:
 gatherF32AVX512_done:
 	VZEROUPPER
 	RET
+
+// func gatherF32AVX2(dst *float32, vals *float32, src *int32, n int) int
+// Requires: AVX, AVX2
+TEXT ·gatherF32AVX2(SB), NOSPLIT, $0-40
+	MOVQ     dst+0(FP), AX
+	MOVQ     vals+8(FP), CX
+	MOVQ     src+16(FP), DX
+	MOVQ     n+24(FP), BX
+	ANDQ     $-8, BX
+	MOVQ     BX, ret+32(FP)
+	VPCMPEQD Y0, Y0, Y0
+	XORQ     SI, SI
+	SHLQ     $0x02, BX
+	JZ       gatherF32AVX2_done
+
+gatherF32AVX2_loop:
+	VMOVDQU    (DX)(SI*1), Y1
+	VPCMPGTD   Y0, Y1, Y2
+	VXORPS     Y3, Y3, Y3
+	VGATHERDPS Y2, (CX)(Y1*4), Y3
+	VMOVUPS    Y3, (AX)(SI*1)
+	ADDQ       $0x20, SI
+	CMPQ       SI, BX
+	JNE        gatherF32AVX2_loop
+
+gatherF32AVX2_done:
+	VZEROUPPER
+	RET

@@ -344,3 +344,7 @@ func adamWAVX2(w *float32, grad *float32, m *float32, v *float32, n int, k *[9]f
 // gatherF32AVX512 sets dst[i] = vals[src[i]] where src[i] >= 0 and 0 where src[i] < 0, for i < n
 // (every src[i] < len(vals), the caller's to ensure).
 func gatherF32AVX512(dst *float32, vals *float32, src *int32, n int)
+
+// gatherF32AVX2 sets dst[i] = vals[src[i]] where src[i] >= 0 and 0 where src[i] < 0, for i < n &^ 7,
+// and returns n &^ 7 (every src[i] < len(vals), the caller's to ensure).
+func gatherF32AVX2(dst *float32, vals *float32, src *int32, n int) int

@@ -544,7 +544,8 @@ func (s *Sparse) PanelGather(src []int32, nVals int) (*PanelGather, error) {
 // SetValuesPanelGatherF32 sets s's values to vals[src[t]] (0 where
 // src[t] < 0) by the plan: the result equals PrepareNM of the gathered
 // values. len(vals) must be the plan's nVals; 16 values per AVX-512
-// gather, the tiles below split over threads.
+// gather or 8 per AVX2 one (1.5-3x the Go loop's rate on Zen 3), the
+// tiles below split over threads.
 //
 // The layout is [panel][step][8 lanes], and a W_dpᵀ panel's sources
 // (8 columns of W) lie 16 bytes apart in every row of W, rows a
@@ -608,9 +609,14 @@ func gatherRun(dst, vals []float32, src []int32) {
 		gatherF32AVX512(&dst[0], &vals[0], &src[0], len(dst))
 		return
 	}
+	done := 0
+	if asmOn() {
+		done = gatherF32AVX2(&dst[0], &vals[0], &src[0], len(dst))
+	}
 	// Branch-free (a filler's -1 would mispredict): the index clamped to
 	// 0 and the loaded bits masked off for a filler.
-	for i, j := range src[:len(dst)] {
+	for i, j := range src[done:len(dst)] {
+		i += done
 		neg := j >> 31 // -1 for a filler, else 0
 		dst[i] = math.Float32frombits(math.Float32bits(vals[j&^neg]) &^ uint32(neg))
 	}

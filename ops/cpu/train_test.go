@@ -148,7 +148,7 @@ func TestDenseMulAdd(t *testing.T) {
 }
 
 func TestSparseSetValuesF32(t *testing.T) {
-	defer func() { useAVX512 = true }()
+	defer func() { useAsm, useAVX512 = true, true }()
 	rng := rand.New(rand.NewPCG(7, 8))
 	for _, p := range []format.NM{{N: 2, M: 4}, {N: 1, M: 4}, {N: 2, M: 8}} {
 		// 1043 and 520 outputs: more than one 64-panel block of the planned
@@ -193,8 +193,10 @@ func TestSparseSetValuesF32(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, z := range []bool{true, false} { // the gather kernel and the Go loop
-				useAVX512 = z
+			// The AVX-512 gather (where the CPU has it), the AVX2 one with
+			// its Go tail, and the Go loop alone.
+			for _, k := range []struct{ asm, z bool }{{true, true}, {true, false}, {false, false}} {
+				useAsm, useAVX512 = k.asm, k.z
 				for _, threads := range []int{1, 3} {
 					for i := range s.vals.f32 {
 						s.vals.f32[i] = float32(math.NaN())
@@ -203,11 +205,12 @@ func TestSparseSetValuesF32(t *testing.T) {
 						t.Fatal(err)
 					}
 					if !slices.Equal(s.vals.f32, ref.vals.f32) {
-						t.Fatalf("%s [%d, %d] threads %d avx512 %v: planned gather differs from PrepareNM", p, out, in, threads, z && haveAVX512)
+						t.Fatalf("%s [%d, %d] threads %d asm %v avx512 %v: planned gather differs from PrepareNM",
+							p, out, in, threads, k.asm && haveAVX2FMA, k.z && haveAVX512)
 					}
 				}
 			}
-			useAVX512 = true
+			useAsm, useAVX512 = true, true
 			if err := s.SetValuesPanelGatherF32(pool[:len(pool)-1], plan, 1); err == nil {
 				t.Error("planned gather from a shorter slice accepted")
 			}

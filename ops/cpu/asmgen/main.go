@@ -128,6 +128,7 @@ func main() {
 	genAdamW()
 	genAdamWAVX2()
 	genGatherF32()
+	genGatherF32AVX2()
 	Generate()
 }
 
@@ -1958,6 +1959,43 @@ func genAdamW() {
 // i < n; 16 at a time by VGATHERDPS under the mask of non-negative
 // sources (the last n%16 under a further mask: nothing past n is read or
 // written). The caller guarantees src[i] < len(vals).
+// genGatherF32AVX2: gatherF32AVX512 on 8 lanes (AVX2 VGATHERDPS, whose
+// mask lanes are the indices >= 0), over n &^ 7 values; it returns how
+// many it did (the caller finishes the tail).
+func genGatherF32AVX2() {
+	name := "gatherF32AVX2"
+	TEXT(name, NOSPLIT, "func(dst *float32, vals *float32, src *int32, n int) int")
+	Doc(name+" sets dst[i] = vals[src[i]] where src[i] >= 0 and 0 where src[i] < 0, for i < n &^ 7,",
+		"and returns n &^ 7 (every src[i] < len(vals), the caller's to ensure).")
+	dst := Load(Param("dst"), GP64())
+	vals := Load(Param("vals"), GP64())
+	src := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	ANDQ(I32(-8), n)
+	Store(n, ReturnIndex(0))
+	minus1 := YMM()
+	VPCMPEQD(minus1, minus1, minus1)
+	i := GP64()
+	XORQ(i, i)
+	SHLQ(U8(2), n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	ix := YMM()
+	VMOVDQU(Mem{Base: src, Index: i, Scale: 1}, ix)
+	mask := YMM()
+	VPCMPGTD(minus1, ix, mask) // ix > -1
+	v := YMM()
+	VXORPS(v, v, v)
+	VGATHERDPS(mask, Mem{Base: vals, Index: ix, Scale: 4}, v)
+	VMOVUPS(v, Mem{Base: dst, Index: i, Scale: 1})
+	ADDQ(U8(32), i)
+	CMPQ(i, n)
+	JNE(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}
+
 func genGatherF32() {
 	name := "gatherF32AVX512"
 	TEXT(name, NOSPLIT, "func(dst *float32, vals *float32, src *int32, n int)")
