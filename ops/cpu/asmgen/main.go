@@ -1086,6 +1086,12 @@ func paramAddr(name string) Mem {
 // loadTailMask sets mask to the VMASKMOVPS mask of the first n%8 lanes
 // (all zero when 8 divides n); n is left as is.
 func loadTailMask(n Register, mask VecVirtual) {
+	VMOVDQU(tailMaskAt(n), mask)
+}
+
+// tailMaskAt returns the address of the VMASKMOVPS mask of the first n%8
+// lanes in tailMask (n itself is left alone).
+func tailMaskAt(n Register) Mem {
 	t := GP64()
 	MOVQ(n, t)
 	ANDQ(U8(7), t)
@@ -1093,7 +1099,7 @@ func loadTailMask(n Register, mask VecVirtual) {
 	ADDQ(U8(8), t)
 	tbl := GP64()
 	LEAQ(tailMask, tbl)
-	VMOVDQU(Mem{Base: tbl, Index: t, Scale: 4}, mask)
+	return Mem{Base: tbl, Index: t, Scale: 4}
 }
 
 // genDotRows: out[j] = Σ_i q[i]·k[j*ld+i] for j < rows, i < n (rows >= 1,
@@ -1494,16 +1500,9 @@ func genSDDMMPairWidth(r int, z bool) {
 		JZ(LabelRef(name + "_reduce"))
 		// The mask stays in the table: each masked load reads it there
 		// into the register it then fills.
-		t := GP64()
-		MOVQ(n, t)
-		ANDQ(U8(7), t)
-		NEGQ(t)
-		ADDQ(U8(8), t)
-		tbl := GP64()
-		LEAQ(tailMask, tbl)
-		LEAQ(Mem{Base: tbl, Index: t, Scale: 4}, tbl)
+		mask := tailMaskAt(n)
 		step(func(m Mem, dst VecVirtual) {
-			VMOVDQU(Mem{Base: tbl}, dst)
+			VMOVDQU(mask, dst)
 			VMASKMOVPS(m, dst, dst)
 		})
 	}
@@ -1588,14 +1587,8 @@ func genExpShiftSum() {
 	XORQ(i, i)
 	// body computes exp into a register from x already loaded.
 	body := func(x VecVirtual) VecVirtual {
-		VSUBPS(sh, x, x)
-		VMAXPS(lo, x, x)
-		VMINPS(hi, x, x)
 		k := ZMM()
-		VMULPS(log2e, x, k)
-		VRNDSCALEPS(U8(0), k, k)
-		VFNMADD231PS(ln2hi, k, x)
-		VFNMADD231PS(ln2lo, k, x)
+		expReduce(x, k, sh, lo, hi, log2e, ln2hi, ln2lo, func(k VecVirtual) { VRNDSCALEPS(U8(0), k, k) })
 		p := ZMM()
 		VMOVAPS(poly[0], p)
 		for _, cj := range poly[1:] {
@@ -1643,6 +1636,19 @@ func genExpShiftSum() {
 	Store(sumPD4(h), ReturnIndex(0))
 	VZEROUPPER()
 	RET()
+}
+
+// expReduce is the exponential kernels' range reduction, in place:
+// x = min(max(x - sh, lo), hi); k = round(x·log2e) to nearest even (by
+// round, the width's instruction); x -= k·ln2hi; x -= k·ln2lo (fused).
+func expReduce(x, k, sh, lo, hi, log2e, ln2hi, ln2lo VecVirtual, round func(k VecVirtual)) {
+	VSUBPS(sh, x, x)
+	VMAXPS(lo, x, x)
+	VMINPS(hi, x, x)
+	VMULPS(log2e, x, k)
+	round(k)
+	VFNMADD231PS(ln2hi, k, x)
+	VFNMADD231PS(ln2lo, k, x)
 }
 
 // sumPD4 returns an XMM whose low lane is the sum of y's 4 float64 lanes,
@@ -1702,14 +1708,8 @@ func genExpShiftSumAVX2() {
 	i := GP64()
 	XORQ(i, i)
 	body := func(x VecVirtual) VecVirtual {
-		VSUBPS(sh, x, x)
-		VMAXPS(lo, x, x)
-		VMINPS(hi, x, x)
 		k := YMM()
-		VMULPS(log2e, x, k)
-		VROUNDPS(U8(0), k, k)
-		VFNMADD231PS(ln2hi, k, x)
-		VFNMADD231PS(ln2lo, k, x)
+		expReduce(x, k, sh, lo, hi, log2e, ln2hi, ln2lo, func(k VecVirtual) { VROUNDPS(U8(0), k, k) })
 		p := YMM()
 		VBROADCASTSS(c(5), p)
 		for j := 6; j < len(expConstVals); j++ {
@@ -1959,43 +1959,6 @@ func genAdamW() {
 // i < n; 16 at a time by VGATHERDPS under the mask of non-negative
 // sources (the last n%16 under a further mask: nothing past n is read or
 // written). The caller guarantees src[i] < len(vals).
-// genGatherF32AVX2: gatherF32AVX512 on 8 lanes (AVX2 VGATHERDPS, whose
-// mask lanes are the indices >= 0), over n &^ 7 values; it returns how
-// many it did (the caller finishes the tail).
-func genGatherF32AVX2() {
-	name := "gatherF32AVX2"
-	TEXT(name, NOSPLIT, "func(dst *float32, vals *float32, src *int32, n int) int")
-	Doc(name+" sets dst[i] = vals[src[i]] where src[i] >= 0 and 0 where src[i] < 0, for i < n &^ 7,",
-		"and returns n &^ 7 (every src[i] < len(vals), the caller's to ensure).")
-	dst := Load(Param("dst"), GP64())
-	vals := Load(Param("vals"), GP64())
-	src := Load(Param("src"), GP64())
-	n := Load(Param("n"), GP64())
-	ANDQ(I32(-8), n)
-	Store(n, ReturnIndex(0))
-	minus1 := YMM()
-	VPCMPEQD(minus1, minus1, minus1)
-	i := GP64()
-	XORQ(i, i)
-	SHLQ(U8(2), n)
-	JZ(LabelRef(name + "_done"))
-	Label(name + "_loop")
-	ix := YMM()
-	VMOVDQU(Mem{Base: src, Index: i, Scale: 1}, ix)
-	mask := YMM()
-	VPCMPGTD(minus1, ix, mask) // ix > -1
-	v := YMM()
-	VXORPS(v, v, v)
-	VGATHERDPS(mask, Mem{Base: vals, Index: ix, Scale: 4}, v)
-	VMOVUPS(v, Mem{Base: dst, Index: i, Scale: 1})
-	ADDQ(U8(32), i)
-	CMPQ(i, n)
-	JNE(LabelRef(name + "_loop"))
-	Label(name + "_done")
-	VZEROUPPER()
-	RET()
-}
-
 func genGatherF32() {
 	name := "gatherF32AVX512"
 	TEXT(name, NOSPLIT, "func(dst *float32, vals *float32, src *int32, n int)")
@@ -2045,6 +2008,43 @@ func genGatherF32() {
 	JZ(LabelRef(name + "_done"))
 	lanes := lowLanes(n)
 	step(lanes)
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}
+
+// genGatherF32AVX2: gatherF32AVX512 on 8 lanes (AVX2 VGATHERDPS, whose
+// mask lanes are the indices >= 0), over n &^ 7 values; it returns how
+// many it did (the caller finishes the tail).
+func genGatherF32AVX2() {
+	name := "gatherF32AVX2"
+	TEXT(name, NOSPLIT, "func(dst *float32, vals *float32, src *int32, n int) int")
+	Doc(name+" sets dst[i] = vals[src[i]] where src[i] >= 0 and 0 where src[i] < 0, for i < n &^ 7,",
+		"and returns n &^ 7 (every src[i] < len(vals), the caller's to ensure).")
+	dst := Load(Param("dst"), GP64())
+	vals := Load(Param("vals"), GP64())
+	src := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	ANDQ(I32(-8), n)
+	Store(n, ReturnIndex(0))
+	minus1 := YMM()
+	VPCMPEQD(minus1, minus1, minus1)
+	i := GP64()
+	XORQ(i, i)
+	SHLQ(U8(2), n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	ix := YMM()
+	VMOVDQU(Mem{Base: src, Index: i, Scale: 1}, ix)
+	mask := YMM()
+	VPCMPGTD(minus1, ix, mask) // ix > -1
+	v := YMM()
+	VXORPS(v, v, v)
+	VGATHERDPS(mask, Mem{Base: vals, Index: ix, Scale: 4}, v)
+	VMOVUPS(v, Mem{Base: dst, Index: i, Scale: 1})
+	ADDQ(U8(32), i)
+	CMPQ(i, n)
+	JNE(LabelRef(name + "_loop"))
 	Label(name + "_done")
 	VZEROUPPER()
 	RET()
