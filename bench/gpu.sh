@@ -158,7 +158,6 @@ run)
 						echo "### OPT-$label layer, $lbatch x $lseq tokens: $key / $base = $(awk -v a="${tps[$key]}" -v b="${tps[$base]}" 'BEGIN{printf "%.3f", a / b}') (tokens/s after the first step)"
 					fi
 				done
-				unset tps
 			done
 		done
 		rm -rf "$work"
@@ -204,18 +203,19 @@ run)
 		rm -rf "$work"
 		fi
 		if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
-		# gpubench's tables, then (BENCH_FUSED=1) its layer table again with
-		# the fused attention: fused, tables, timeout, title.
-		runs=("0|${TABLES:-linear,layer,tc,train}|420|gpubench")
-		[[ "${BENCH_FUSED:-0}" == 1 ]] && runs+=("1|layer|300|gpubench -tables layer with the fused attention (SLOPE_GPU_FUSED_ATTENTION=1)")
-		for run in "${runs[@]}"; do
-			IFS='|' read -r fused tables limit title <<<"$run"
-			echo "## $title"
-			SLOPE_GPU_FUSED_ATTENTION=$fused timeout "$limit" "$bins/gpubench" -tables "$tables" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
-			rc=$?
-			echo "## $title: exit $rc"
+		# gpubench_run FUSED TABLES TIMEOUT TITLE: one gpubench run under
+		# SLOPE_GPU_FUSED_ATTENTION=FUSED, logged as "## TITLE" ... "## TITLE exit RC".
+		gpubench_run() {
+			echo "## $4"
+			SLOPE_GPU_FUSED_ATTENTION=$1 timeout "$3" "$bins/gpubench" -tables "$2" $([[ "${QUICK:-0}" == 1 ]] && echo -quick) ${BENCH_FLAGS:-} 2>&1
+			local rc=$?
+			echo "## $4 exit $rc"
 			[[ $rc == 0 ]] || status=1
-		done
+		}
+		# gpubench's tables (the caller's SLOPE_GPU_FUSED_ATTENTION, default
+		# off), then (BENCH_FUSED=1) its layer table with the fused attention.
+		gpubench_run "${SLOPE_GPU_FUSED_ATTENTION:-0}" "${TABLES:-linear,layer,tc,train}" 420 gpubench
+		[[ "${BENCH_FUSED:-0}" == 1 ]] && gpubench_run 1 layer 300 "gpubench -tables layer with the fused attention (SLOPE_GPU_FUSED_ATTENTION=1)"
 		fi
 		echo "## status $status"
 		exit $status

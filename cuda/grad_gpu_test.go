@@ -77,8 +77,8 @@ func generatedSlopeHeads(t *testing.T, heads int) string {
 func TestTrainGPUTracksCPU(t *testing.T) {
 	// The 24-token sequences' attention in three chunks of queries.
 	b := newWith(t, Options{Activations: F32, AttentionChunk: 10})
-	t.Run("tiny", func(t *testing.T) { trainTracksCPU(t, b, tinySlope(t), f32Tracking) })
-	t.Run("generated", func(t *testing.T) { trainTracksCPU(t, b, generatedSlope(t), f32Tracking) })
+	t.Run("tiny", func(t *testing.T) { trainTracksCPU(t, b, tinySlope(t), f32Tracking, false) })
+	t.Run("generated", func(t *testing.T) { trainTracksCPU(t, b, generatedSlope(t), f32Tracking, false) })
 }
 
 // TestTrainGPUBF16TracksCPU is TestTrainGPUTracksCPU with bf16
@@ -87,24 +87,21 @@ func TestTrainGPUTracksCPU(t *testing.T) {
 func TestTrainGPUBF16TracksCPU(t *testing.T) {
 	t.Setenv(BF16SparseLtEnv, "0")
 	b := newWith(t, Options{Activations: BF16})
-	t.Run("tiny", func(t *testing.T) { trainTracksCPU(t, b, tinySlope(t), bf16Tracking) })
-	t.Run("generated", func(t *testing.T) { trainTracksCPU(t, b, generatedSlope(t), bf16Tracking) })
+	t.Run("tiny", func(t *testing.T) { trainTracksCPU(t, b, tinySlope(t), bf16Tracking, false) })
+	t.Run("generated", func(t *testing.T) { trainTracksCPU(t, b, generatedSlope(t), bf16Tracking, false) })
 	// With the 2:4 products on cuSPARSELt (BF16SparseLtEnv): the generated
 	// model's shapes are ones it takes.
 	t.Run("generated-sparselt", func(t *testing.T) {
 		t.Setenv(BF16SparseLtEnv, "1")
 		bs := newWith(t, Options{Activations: BF16})
-		if bs.sp == nil {
-			t.Fatal("cuSPARSELt is not available")
-		}
-		trainTracksCPU(t, bs, generatedSlope(t), bf16Tracking)
+		trainTracksCPU(t, bs, generatedSlope(t), bf16Tracking, true)
 	})
 	// With the fused attention kernels (Options.FusedAttention), heads of
 	// 64; it fails if they never ran.
 	t.Run("generated-fused-attention", func(t *testing.T) {
 		t.Setenv(BF16SparseLtEnv, "1") // with the default 2:4 products
 		bf := newWith(t, Options{Activations: BF16, FusedAttention: true})
-		trainTracksCPU(t, bf, generatedSlopeHeads(t, 4), bf16Tracking)
+		trainTracksCPU(t, bf, generatedSlopeHeads(t, 4), bf16Tracking, true)
 		if bf.fusedAttentionCalls == 0 || bf.fusedAttentionBackwards == 0 {
 			t.Fatalf("fused attention ran %d forwards and %d backwards", bf.fusedAttentionCalls, bf.fusedAttentionBackwards)
 		}
@@ -128,7 +125,7 @@ var (
 	bf16Tracking = tracking{loss: 1e-2, update: 0.25, final: 2e-2, masks: 5e-2, moments: 0.1}
 )
 
-func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {
+func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking, wantLt bool) {
 	dir := t.TempDir()
 	o := train.Options{LR: 1e-3, Clip: 1, MaskRefresh: 4, Threads: 2, TotalSteps: 10, WarmupSteps: 2, Rank: 2, AdapterStart: 7}
 	cpu, err := train.New(fn, o)
@@ -146,32 +143,14 @@ func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {
 	if !gpu.OnDevice() || cpu.OnDevice() {
 		t.Fatalf("OnDevice: GPU trainer %v, CPU trainer %v", gpu.OnDevice(), cpu.OnDevice())
 	}
-	// bf16 with the 2:4 products on cuSPARSELt (the default): a missing
-	// library, or no weight taking it, fails here.
-	if b.act == BF16 && os.Getenv(BF16SparseLtEnv) != "0" {
-		if !b.ltTraining {
-			t.Fatal("bf16 training without cuSPARSELt forms (is the library missing?)")
-		}
-		n, all, err := b.SparseLtForms()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("2:4 weights on cuSPARSELt: %d of %d", n, all)
-		if n == 0 {
-			t.Fatal("no 2:4 weight runs on cuSPARSELt")
-		}
+	if wantLt {
+		requireLtForms(t, b)
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	const batch, seq = 3, 24 // >= 16: the forward's GEMM attention path too
 	batches := make([][][]int32, 10)
 	for s := range batches {
-		batches[s] = make([][]int32, batch)
-		for i := range batches[s] {
-			batches[s][i] = make([]int32, seq)
-			for j := range batches[s][i] {
-				batches[s][i][j] = int32(rng.IntN(cpu.Vocab()))
-			}
-		}
+		batches[s] = randBatch(rng, cpu.Vocab(), batch, seq)
 	}
 	before := map[string][]float32{}
 	for _, p := range cpu.Params() {
@@ -231,14 +210,7 @@ func trainTracksCPU(t *testing.T, b *Backend, fn string, tol tracking) {
 		if p.NM == nil {
 			continue
 		}
-		kc, err := p.NM.TKeepCopy()
-		if err != nil {
-			t.Fatal(err)
-		}
-		kg, err := gp[p.Name].NM.TKeepCopy()
-		if err != nil {
-			t.Fatal(err)
-		}
+		kc, kg := tkeepPair(t, p, gp[p.Name])
 		for i := range kc {
 			masks++
 			if kc[i] != kg[i] {
@@ -510,7 +482,7 @@ func TestMomentsDiff(t *testing.T) {
 // a backend of its own (its own plans, buffers and streams), fed the
 // same batches, must agree to the bit at every step (the loss) and at
 // the end (every Param), with a transpose-mask refresh and lazy adapters
-// on the way. Our kernels use no atomics; this also checks the library
+// on the way. Our kernels accumulate without atomics; this also checks the library
 // products (cuBLASLt, and cuSPARSELt with its default algorithm) for
 // run-to-run determinism. In bf16 on cuSPARSELt, with the fused
 // attention kernels (heads of 64), and in fp32.
@@ -542,19 +514,13 @@ func TestTrainGPURepeatsBitwise(t *testing.T) {
 				trs[i] = tr
 			}
 			if c.opts.Activations == BF16 {
-				if n, _, err := bs[0].SparseLtForms(); err != nil || n == 0 {
-					t.Fatalf("no 2:4 weight on cuSPARSELt (%d, %v)", n, err)
+				for _, b := range bs {
+					requireLtForms(t, b)
 				}
 			}
 			rng := rand.New(rand.NewPCG(7, 8))
 			for step := 1; step <= 5; step++ {
-				ids := make([][]int32, 3)
-				for i := range ids {
-					ids[i] = make([]int32, 24)
-					for j := range ids[i] {
-						ids[i][j] = int32(rng.IntN(trs[0].Vocab()))
-					}
-				}
+				ids := randBatch(rng, trs[0].Vocab(), 3, 24)
 				var loss [2]float64
 				for i, tr := range trs {
 					l, err := tr.Step(ids)
@@ -589,15 +555,7 @@ func TestTrainGPURepeatsBitwise(t *testing.T) {
 					}
 				}
 				if p.NM != nil { // the transpose masks after the refreshes
-					kp, err := p.NM.TKeepCopy()
-					if err != nil {
-						t.Fatal(err)
-					}
-					kq, err := q.NM.TKeepCopy()
-					if err != nil {
-						t.Fatal(err)
-					}
-					if !slices.Equal(kp, kq) {
+					if kp, kq := tkeepPair(t, p, q); !slices.Equal(kp, kq) {
 						t.Errorf("param %s: the transpose masks differ", p.Name)
 					}
 				}
@@ -613,4 +571,49 @@ func TestTrainGPURepeatsBitwise(t *testing.T) {
 			}
 		})
 	}
+}
+
+// requireLtForms fails unless b trains its 2:4 weights on cuSPARSELt
+// (bf16 with the library loaded and BF16SparseLtEnv not "0" when b was
+// built) and at least one bound weight took a cuSPARSELt form: a missing
+// library fails, it does not skip. Call it after the trainer is built.
+func requireLtForms(t *testing.T, b *Backend) {
+	t.Helper()
+	if !b.ltTraining {
+		t.Fatal("bf16 training without cuSPARSELt forms (is the library missing?)")
+	}
+	n, all, err := b.SparseLtForms()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("2:4 weights on cuSPARSELt: %d of %d", n, all)
+	if n == 0 {
+		t.Fatal("no 2:4 weight runs on cuSPARSELt")
+	}
+}
+
+// randBatch returns batch rows of seq token ids below vocab.
+func randBatch(rng *rand.Rand, vocab, batch, seq int) [][]int32 {
+	ids := make([][]int32, batch)
+	for i := range ids {
+		ids[i] = make([]int32, seq)
+		for j := range ids[i] {
+			ids[i][j] = int32(rng.IntN(vocab))
+		}
+	}
+	return ids
+}
+
+// tkeepPair returns the transpose masks of two trainers' copies of an N:M
+// Param.
+func tkeepPair(t *testing.T, a, b *ops.Param) (ka, kb []bool) {
+	t.Helper()
+	ka, err := a.NM.TKeepCopy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kb, err = b.NM.TKeepCopy(); err != nil {
+		t.Fatal(err)
+	}
+	return ka, kb
 }

@@ -44,7 +44,6 @@ func emuMma16816(d *[32][4]float32, a *[32][4]uint32, b *[32][2]uint32) {
 	}
 }
 
-// bfWord reads the 32-bit word of two bf16 values at p[i], p[i+1].
 // f32Exp is the kernels' expf as the emulations model it: exp rounded
 // once to float32.
 func f32Exp(x float32) float32 { return float32(math.Exp(float64(x))) }
@@ -52,6 +51,7 @@ func f32Exp(x float32) float32 { return float32(math.Exp(float64(x))) }
 // attnFusedWarps is the warps of a fused attention block (16 rows each).
 const attnFusedWarps = attnFusedThreads / 32
 
+// bfWord reads the 32-bit word of two bf16 values at p[i], p[i+1].
 func bfWord(p []uint16, i int) uint32 { return uint32(p[i]) | uint32(p[i+1])<<16 }
 
 // emuAttnFused mirrors attn_fused_body<D> over the launch AttnFused makes:
