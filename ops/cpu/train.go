@@ -595,9 +595,11 @@ func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads
 
 // Tiles of the planned gather: gatherSteps steps of gatherPanels panels
 // (for 2:4, 32 rows of W by 512 columns: 32 KiB of sources, 512-byte
-// runs of slots). At W [4096, 1024] on Zen 3 (2026-11-27) this tile
-// filled 135-171 million slots/s, against 44-56 panel by panel; 8 x 32
-// gave 76-90, 32 x 16 about 100, 128 x 8 and 64 x 32 no more.
+// runs of slots). Chosen by a sweep of 12 tile shapes with the Go loop
+// at W [4096, 1024] on Zen 3 (2026-11-27, one scratch run of each): this
+// one filled 135-171 million slots/s, 8 x 32 76-90, 32 x 16 about 100,
+// 128 x 8 and 64 x 32 no more (panel by panel: 44-56).
+// BenchmarkTransposeRefill (ops) times the refill as the trainer runs it.
 const (
 	gatherPanels = 64
 	gatherSteps  = 16
