@@ -1,7 +1,6 @@
 package convert
 
 import (
-	"os"
 	"strings"
 	"testing"
 
@@ -13,12 +12,7 @@ import (
 // package asmcheck).
 func TestAVX2PruneNeedsNoAVX512(t *testing.T) {
 	const path = "prune24avx2_amd64.s"
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	bad, checked, err := asmcheck.AVX2Violations(f, path)
+	bad, checked, err := asmcheck.AVX2Violations(path)
 	if err != nil {
 		t.Fatal(err)
 	}

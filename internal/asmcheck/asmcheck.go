@@ -1,27 +1,27 @@
-// Package asmcheck checks amd64 assembly for instructions that need a
-// newer instruction set than the function's name promises.
+// Package asmcheck checks amd64 assembly files for instructions that
+// need a newer instruction set than the function's name promises.
 //
 // Requires lists each function's "// Requires:" line (as avo writes it),
 // so a package can check the features its dispatch tests against them.
 //
-// The contract it enforces: a TEXT symbol whose name ends in "AVX2" runs
-// on CPUs without AVX-512, so it must not name X16-X31, Y16-Y31, any Z
-// register or an opmask register K0-K7, use an AVX-512 modifier (Go's
-// ".Z", ".BCST", "_SAE" and rounding suffixes) or an instruction that
-// exists only in EVEX form (VPTERNLOGD, VPERMT2PS, VMOVDQU32, ...: a
-// list of the common ones), all of which fault with SIGILL there; and its
-// generated "// Requires:" line, if any, must not list an AVX-512
-// extension. Machines with AVX-512 run such
-// code without complaint, which is why a test of the kernels' results
-// alone does not catch it.
+// The contract AVX2Violations enforces: a TEXT symbol whose name ends in
+// "AVX2" runs on CPUs without AVX-512, so it must not name X16-X31,
+// Y16-Y31, any Z register or an opmask register K0-K7, use an AVX-512
+// modifier (a "." suffix on a V instruction: Go's .Z, .BCST, .SAE and
+// rounding forms) or an instruction that exists only in EVEX form
+// (VPTERNLOGD, VPERMT2PS, VMOVDQU32, ...: a list of the common ones), all
+// of which fault with SIGILL there. (What its Requires line lists is the
+// caller's to check against its dispatch, with Requires.) Machines with
+// AVX-512 run such code without complaint, which is why a test of the
+// kernels' results alone does not catch it.
 package asmcheck
 
 import (
 	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"regexp"
-	"slices"
 	"strings"
 )
 
@@ -76,21 +76,26 @@ func walk(r io.Reader, src string, text func(n int, fn string, requires []string
 	return nil
 }
 
-// AVX2Violations reads Go assembly from r and returns one line per
-// violation of the package contract, as "name:line: reason", in file
+// AVX2Violations reads the Go assembly file at path and returns one line
+// per violation of the package contract, as "name:line: reason", in file
 // order, and how many *AVX2 functions it checked (so that a caller can
-// tell a clean file from one with nothing to check). src names the input
-// in read errors.
-func AVX2Violations(r io.Reader, src string) (bad []string, checked int, err error) {
-	var out []string
+// tell a clean file from one with nothing to check).
+func AVX2Violations(path string) (bad []string, checked int, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	return avx2Violations(f, path)
+}
+
+// avx2Violations is AVX2Violations on r (src names it in errors).
+func avx2Violations(r io.Reader, src string) (bad []string, checked int, err error) {
 	avx2 := false
-	text := func(n int, fn string, requires []string) {
+	text := func(_ int, fn string, _ []string) {
 		avx2 = strings.HasSuffix(fn, "AVX2")
 		if avx2 {
 			checked++
-		}
-		if avx2 && slices.ContainsFunc(requires, func(f string) bool { return strings.HasPrefix(f, "AVX512") }) {
-			out = append(out, fmt.Sprintf("%s:%d: %s requires %s", fn, n, fn, strings.Join(requires, ", ")))
 		}
 	}
 	body := func(n int, fn, line string) {
@@ -105,23 +110,34 @@ func AVX2Violations(r io.Reader, src string) (bad []string, checked int, err err
 		op := fields[0]
 		switch {
 		case evexOnly.MatchString(code):
-			out = append(out, fmt.Sprintf("%s:%d: %s needs AVX-512: %s", fn, n, evexOnly.FindString(code), strings.TrimSpace(code)))
+			bad = append(bad, fmt.Sprintf("%s:%d: %s needs AVX-512: %s", fn, n, evexOnly.FindString(code), strings.TrimSpace(code)))
 		case strings.HasPrefix(op, "V") && strings.Contains(op, "."):
-			out = append(out, fmt.Sprintf("%s:%d: the %s modifier needs AVX-512: %s", fn, n, op[strings.Index(op, "."):], strings.TrimSpace(code)))
+			bad = append(bad, fmt.Sprintf("%s:%d: the %s modifier needs AVX-512: %s", fn, n, op[strings.Index(op, "."):], strings.TrimSpace(code)))
 		case evexMnemonic.MatchString(op):
-			out = append(out, fmt.Sprintf("%s:%d: %s exists only with AVX-512: %s", fn, n, op, strings.TrimSpace(code)))
+			bad = append(bad, fmt.Sprintf("%s:%d: %s exists only with AVX-512: %s", fn, n, op, strings.TrimSpace(code)))
 		}
 	}
 	if err := walk(r, src, text, body); err != nil {
 		return nil, 0, err
 	}
-	return out, checked, nil
+	return bad, checked, nil
 }
 
 // Requires returns the instruction-set extensions each TEXT symbol's
-// preceding "// Requires:" line lists (avo's names: AVX, AVX2, FMA3,
-// AVX512F, BMI2, ...); symbols without such a line are absent.
-func Requires(r io.Reader, src string) (map[string][]string, error) {
+// preceding "// Requires:" line in the Go assembly file at path lists
+// (avo's names: AVX, AVX2, FMA3, AVX512F, BMI2, ...); symbols without
+// such a line are absent.
+func Requires(path string) (map[string][]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return requires(f, path)
+}
+
+// requires is Requires on r (src names it in errors).
+func requires(r io.Reader, src string) (map[string][]string, error) {
 	out := map[string][]string{}
 	err := walk(r, src, func(_ int, fn string, requires []string) {
 		if requires != nil {

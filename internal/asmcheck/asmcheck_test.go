@@ -19,7 +19,7 @@ TEXT ·bAVX512(SB), NOSPLIT, $0-8
 	KMOVW K1, AX
 	RET
 
-// Requires: AVX, AVX512F, AVX512VL
+// Requires: AVX, AVX512F, AVX512VL (not this check's: the caller's, with Requires)
 TEXT ·cAVX2(SB), NOSPLIT, $0-8
 	VADDPS X31, X1, X2
 	KMOVW K0, AX
@@ -45,7 +45,7 @@ TEXT ·eAVX2(SB), NOSPLIT, $0-8
 	VPCMPD $1, Y1, Y2, AX
 	RET
 `
-	got, checked, err := AVX2Violations(strings.NewReader(src), "test.s")
+	got, checked, err := avx2Violations(strings.NewReader(src), "test.s")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,6 @@ TEXT ·eAVX2(SB), NOSPLIT, $0-8
 	}
 	want := []string{
 		"aAVX2:4: Y16 needs AVX-512",
-		"cAVX2:15: cAVX2 requires AVX, AVX512F, AVX512VL",
 		"cAVX2:16: X31 needs AVX-512",
 		"cAVX2:17: K0 needs AVX-512",
 		"cAVX2:18: Z0 needs AVX-512",
@@ -87,11 +86,20 @@ TEXT ·bare(SB), NOSPLIT, $0-8
 TEXT ·cAVX512(SB), NOSPLIT, $0-8
 	RET
 `
-	got, err := Requires(strings.NewReader(src), "test.s")
+	got, err := requires(strings.NewReader(src), "test.s")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 2 || strings.Join(got["aAVX2"], " ") != "AVX AVX2 FMA3" || strings.Join(got["cAVX512"], " ") != "AVX512F BMI2" {
 		t.Fatalf("Requires = %q", got)
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	if _, _, err := AVX2Violations("no-such.s"); err == nil {
+		t.Error("AVX2Violations: a missing file gave no error")
+	}
+	if _, err := Requires("no-such.s"); err == nil {
+		t.Error("Requires: a missing file gave no error")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/slopeml/slope/format"
@@ -617,5 +618,28 @@ func TestPreparedBytes(t *testing.T) {
 	}
 	if d.Bytes() != 64*10*2 {
 		t.Errorf("dense bf16 [50,10]: prepared %d bytes, want %d", d.Bytes(), 64*10*2)
+	}
+}
+
+// TestKernels: the report names the kernel set that dispatch picks, on
+// every path this machine has, and with the assembly allowed on a build
+// or CPU without it.
+func TestKernels(t *testing.T) {
+	want := map[string]string{"avx512": "AVX-512", "avx2": "AVX2+FMA (no AVX-512)", "go": "portable Go (assembly disabled)"}
+	paths(t, func(t *testing.T) {
+		path := t.Name()[strings.LastIndex(t.Name(), "/")+1:]
+		if got := Kernels(); got != want[path] {
+			t.Errorf("Kernels() = %q, want %q", got, want[path])
+		}
+	})
+	switch {
+	case !haveAsmBuild:
+		if got := Kernels(); got != "portable Go (no assembly for this build)" {
+			t.Errorf("without the assembly built: %q", got)
+		}
+	case !haveAVX2FMA:
+		if got := Kernels(); got != "portable Go (the CPU lacks AVX2 or FMA)" {
+			t.Errorf("on a CPU without AVX2 and FMA: %q", got)
+		}
 	}
 }
