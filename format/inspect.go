@@ -146,8 +146,8 @@ func Summarize(f *File) *Summary {
 	}
 
 	tot := &s.Totals
-	for i, t := range f.Tensors() {
-		ts := summarizeTensor(f, t, f.infos[i].numel)
+	for i := range f.infos { // manifest order, with what open checked
+		ts := summarizeTensor(f, f.infos[i].t, f.infos[i].numel)
 		s.Tensors = append(s.Tensors, ts)
 		tot.Tensors++
 		tot.StoredBytes += ts.StoredBytes

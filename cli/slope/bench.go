@@ -120,9 +120,7 @@ func newBenchCmd() *cobra.Command {
 			fmt.Fprintf(out, "prefill  %d x %d tokens in %v: %.1f tok/s\n", batch, promptLen, prefill.Round(time.Microsecond), float64(batch*promptLen)/prefill.Seconds())
 			fmt.Fprintf(out, "decode   %d x %d tokens in %v: %.1f tok/s\n", batch, genLen, decode.Round(time.Microsecond), float64(batch*genLen)/decode.Seconds())
 			fmt.Fprintf(out, "peak RSS %.1f MiB\n", float64(rusage.PeakRSS())/(1<<20))
-			if l := m.deviceLine(); l != "" {
-				fmt.Fprintln(out, l)
-			}
+			fmt.Fprintln(out, m.deviceLine())
 			if m.gpu.Profiling() {
 				return m.gpu.ProfileReport(out, 1, "run")
 			}

@@ -34,9 +34,9 @@ func openModel(path string, f deviceFlags) (*model, error) {
 	var be ops.Backend
 	var gpu *cuda.Backend
 	var closeBE func() error
-	switch device {
-	case "", "cpu":
-	case "cuda", "cuda-f32":
+	switch {
+	case device == "" || device == "cpu":
+	case isGPU(device):
 		opts := cuda.Options{Search: true, Profile: f.profile}
 		if err := opts.SetForms(cuda.Forms(f.forms)); err != nil {
 			return nil, fmt.Errorf("--sparse-forms: %w", err)

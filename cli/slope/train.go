@@ -300,9 +300,9 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	}
 	o := trainOptions(cmd.Flags().Changed, fl, fl.resume != "")
 	var gpu *cuda.Backend
-	switch fl.device {
-	case "", "cpu":
-	case "cuda-f32", "cuda":
+	switch {
+	case fl.device == "" || fl.device == "cpu":
+	case isGPU(fl.device):
 		if gpu, err = newGPU(fl.device, cuda.Options{Search: true, Profile: fl.gpuProfile}); err != nil {
 			return err
 		}
