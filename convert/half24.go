@@ -190,6 +190,9 @@ const (
 func (h halfFloat) prune24Rows(cols int, w, values, index, mask []byte, rowW, rowP []float64) (dropped int64, nanRow int) {
 	var nan int
 	if simd, avx512 := prune24SIMDForm(cols); simd {
+		if prune24SIMDRan != nil {
+			prune24SIMDRan()
+		}
 		nan = h.prune24RowsSIMD(avx512, cols, w, values, index, mask, rowW, rowP)
 	} else {
 		nan = h.prune24RowsGo(cols, w, values, index, mask, rowW, rowP)
@@ -232,6 +235,12 @@ func countDropped(rows, cols int, mask []byte) int64 {
 	}
 	return int64(rows*cols/2 - kept)
 }
+
+// prune24SIMDRan, when set (by the tests, which must see the SIMD
+// kernels run, not only agree with the Go form), is called each time
+// prune24Rows takes a SIMD kernel; it may be called from several
+// goroutines at once.
+var prune24SIMDRan func()
 
 // prune24SIMDForm reports whether rows of cols values run on a SIMD
 // kernel of this CPU (simd), and whether on the AVX-512 one: widths that

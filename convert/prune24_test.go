@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 
 	"github.com/slopeml/slope/format/slopepb"
@@ -47,12 +48,15 @@ func TestPrune24SIMDMatchesGo(t *testing.T) {
 	}
 	t.Logf("forms: %v", names)
 	r := rand.New(rand.NewPCG(7, 8))
-	// ran counts, per SIMD form, the trials whose width the dispatch's
-	// rule (prune24SIMDForm, with only that form switched on) gives to the
-	// form's kernel: AVX-512 takes multiples of 32 and leaves the others
-	// to the Go form (the AVX2 form takes them), so three trials in four
-	// use such widths. It reads the rule; it does not watch the kernel run.
+	// ran counts, per SIMD form, the trials in which prune24 ran a SIMD
+	// kernel (prune24SIMDRan) with only that form switched on: AVX-512
+	// takes widths that are multiples of 32 and leaves the others to the
+	// Go form (the AVX2 form takes them), so three trials in four use
+	// such widths.
 	ran := map[string]int{}
+	var calls atomic.Int64
+	prune24SIMDRan = func() { calls.Add(1) }
+	defer func() { prune24SIMDRan = nil }()
 	for _, dt := range halfDTypes {
 		h, _ := halfFloatOf(dt)
 		for trial := range 90 {
@@ -81,10 +85,14 @@ func TestPrune24SIMDMatchesGo(t *testing.T) {
 				sz := half24SizesOf(cols)
 				o := out{nm: make([]byte, rows*(sz.values+sz.index)), mask: make([]byte, rows*sz.mask)}
 				withPrune24Form(flags[form], func() {
-					if simd, _ := prune24SIMDForm(cols); i > 0 && simd {
+					calls.Store(0)
+					o.res, o.err = h.prune24(rows, cols, raw, o.nm, o.mask)
+					if calls.Load() > 0 {
+						if i == 0 {
+							t.Fatalf("%s: the Go form ran a SIMD kernel", name)
+						}
 						ran[form]++ // the form's own kernel
 					}
-					o.res, o.err = h.prune24(rows, cols, raw, o.nm, o.mask)
 					if !nan {
 						o.rowW, o.rowP = make([]float64, rows), make([]float64, rows)
 						nm, mask := make([]byte, len(o.nm)), make([]byte, len(o.mask))

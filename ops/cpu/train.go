@@ -501,6 +501,9 @@ type PanelGather struct {
 // Bytes returns the memory the plan holds.
 func (g *PanelGather) Bytes() int { return 4 * cap(g.src) }
 
+// Slots returns how many slots of the panel layout the plan fills.
+func (g *PanelGather) Slots() int { return len(g.src) }
+
 // PanelGather plans a refill of s's values from another slice of nVals
 // values: src holds, per kept value in the NMWeight values order
 // (Out*kept), its position in that slice (-1: zero). The plan holds them
@@ -597,8 +600,8 @@ func (s *Sparse) SetValuesPanelGatherF32(vals []float32, g *PanelGather, threads
 // (for 2:4, 32 rows of W by 512 columns: 32 KiB of sources, 512-byte
 // runs of slots). Chosen by a sweep of 12 tile shapes with the Go loop
 // at W [4096, 1024] on Zen 3 (2026-11-27, one scratch run of each): this
-// one filled 135-171 million slots/s, 8 x 32 76-90, 32 x 16 about 100,
-// 128 x 8 and 64 x 32 no more (panel by panel: 44-56).
+// one filled 270-342 million slots/s, 8 x 32 152-180, 32 x 16 about 200,
+// 128 x 8 and 64 x 32 no more (panel by panel: 88-112).
 // BenchmarkTransposeRefill (ops) times the refill as the trainer runs it.
 const (
 	gatherPanels = 64
