@@ -304,8 +304,9 @@ func TestNMAllPatterns(t *testing.T) {
 func TestNMLinearVsRef(t *testing.T) {
 	patterns := []format.NM{{N: 2, M: 4}, {N: 1, M: 2}, {N: 2, M: 8}, {N: 4, M: 8}, {N: 3, M: 8}, {N: 5, M: 16}}
 	// {20, 300}: several K chunks of the sparse GEMM; m = 130: several
-	// row blocks (32 or 64 rows) with a ragged last one.
-	shapes := [][2]int{{1, 1}, {9, 3}, {50, 37}, {130, 64}, {20, 300}}
+	// row blocks (32 or 64 rows) with a ragged last one; {300, 40}: full
+	// groups of 16 panels (the AVX2 GEMM's) and a ragged one per thread.
+	shapes := [][2]int{{1, 1}, {9, 3}, {50, 37}, {130, 64}, {20, 300}, {300, 40}}
 	paths(t, func(t *testing.T) {
 		rng := rand.New(rand.NewPCG(5, 6))
 		for _, p := range patterns {

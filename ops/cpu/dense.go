@@ -238,6 +238,9 @@ type gemmTiles struct {
 	a    []float32
 	lda  int
 	conv []float32 // the widened B block of a 16-bit panel
+	// tmp takes a partial panel's tile (a local array would escape to
+	// the heap through the assembly call, once per run).
+	tmp [gemmMR * panelW]float32
 }
 
 // run adds the product of rows [r0, r1) of A's K block kb with panel p's
@@ -254,7 +257,7 @@ func (t *gemmTiles) run(p, kb, r0, r1 int) {
 		bb = t.conv[:kl*panelW]
 		widen(b.dt, bb, b.w.u16[off:off+kl*panelW])
 	}
-	var tmp [gemmMR * panelW]float32
+	tmp := t.tmp[:]
 	for r := r0; r < r1; r += gemmMR {
 		mr := min(gemmMR, r1-r)
 		ar := t.a[r*t.lda+kb:]
@@ -262,8 +265,8 @@ func (t *gemmTiles) run(p, kb, r0, r1 int) {
 			gemmTile(mr, ar, t.lda, bb, kl, t.c[r*t.ldc+p*panelW:], t.ldc)
 			continue
 		}
-		clear(tmp[:])
-		gemmTile(mr, ar, t.lda, bb, kl, tmp[:], panelW)
+		clear(tmp)
+		gemmTile(mr, ar, t.lda, bb, kl, tmp, panelW)
 		for rr := 0; rr < mr; rr++ {
 			cr := t.c[(r+rr)*t.ldc+p*panelW:]
 			for j := 0; j < valid; j++ {

@@ -11,8 +11,16 @@ import (
 // Blocking parameters of the sparse kernels.
 const (
 	spLanes  = 8       // outputs per sparse panel (one YMM lane each)
-	spPanels = 4       // panels expanded together by the sparse GEMM
+	spPanels = 4       // panels expanded together by the AVX-512 sparse GEMM
 	spMaxIn  = 1 << 24 // In limit of the GEMM kernels' uint32 byte offsets
+)
+
+// The AVX2 sparse GEMM expands up to spPanelsAVX2 panels together, as
+// many as keep their expanded steps (64 bytes per kept value and panel)
+// within spPrepBytes per worker, and at least spPanels.
+const (
+	spPanelsAVX2 = 16
+	spPrepBytes  = 2 << 20
 )
 
 // Sparse is an N:M weight prepared for Linear: panels of 8 outputs, values
@@ -223,15 +231,23 @@ func (s *Sparse) gemv(y, x []float32, m int, bias []float32, t int, add bool) {
 
 // gemm is the assembly sparse GEMM: X is transposed into blocks of 32
 // rows (AVX2) or 64 rows (AVX-512), [In][32 or 64] each, the rows' tail
-// lanes zeroed up to the kernel granularity; then per panel the indices
-// and values are expanded once (spPrep) and every block runs the
-// micro-kernels over the panel's lanes (3+3+2 or 4+4 outputs).
+// lanes zeroed up to the kernel granularity; then the indices and values
+// of a group of panels (up to 16 with AVX2, 4 with AVX-512) are expanded
+// once (spPrep) and every block runs the micro-kernels over the group's
+// lanes (3+3+2 or 4+4 outputs per panel), K chunk by K chunk.
 func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int, add bool) {
 	in := s.in
 	// chunk: the bytes of a block's X rows that one K chunk spans.
+	// panels: how many panels are expanded together; each block's K
+	// chunk serves all of them while it is in L1. On Zen 3 (AVX2), 16
+	// panels ran 1.01-1.25x as fast as 4, most at In = 4096 (2026-11-28,
+	// one thread, m = 512, 4096x1024, 1024x4096, 1024x1024 and 1024x256:
+	// medians of 21-25 alternated calls, three runs); 32 and 64 were no
+	// faster. The AVX-512 kernel was tuned with 4.
 	ld, sh, gran, rmax, chunk := 32, 7, 8, 3, 16<<10
+	panels := min(spPanelsAVX2, max(spPanels, spPrepBytes/(64*s.kept)))
 	if asm512On() {
-		ld, sh, gran, rmax, chunk = 64, 8, 16, 4, 64<<10
+		ld, sh, gran, rmax, chunk, panels = 64, 8, 16, 4, 64<<10, spPanels
 	}
 	nb := (m + ld - 1) / ld
 	xtb := GetF32(nb * in * ld)
@@ -244,22 +260,23 @@ func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int, add bool) {
 	})
 	wpp := s.wordsPerPanel()
 	// K chunks: the steps whose X rows span chunk bytes of a block, so
-	// that a chunk stays in cache while spPanels panels use it. The AVX2
+	// that a chunk stays in cache while the panels use it. The AVX2
 	// kernel loads one X row per FMA, so its chunk must stay in L1 (32 KiB
 	// on the CPUs it serves): from L2 it ran at half the speed (Zen 3,
 	// 2026-11-27). The AVX-512 kernel showed no difference between 8 and
 	// 128 KiB (Zen 4).
 	kc := max(1, chunk/(ld*4)/s.p.M) * s.p.N
 	work := func(p0, p1, b0, b1 int) {
-		np := min(spPanels, p1-p0)
+		np := min(panels, p1-p0)
 		offb := getU32(np * s.kept * spLanes)
 		valb := GetF32(np * s.kept * spLanes)
 		ytb := GetF32(np * spLanes * ld)
 		defer putU32(offb)
 		defer PutF32(valb)
 		defer PutF32(ytb)
-		for pc := p0; pc < p1; pc += spPanels {
-			pn := min(spPanels, p1-pc)
+		bv := new([spLanes]float32) // a panel's bias (escapes through the assembly)
+		for pc := p0; pc < p1; pc += panels {
+			pn := min(panels, p1-pc)
 			for k := 0; k < pn; k++ {
 				p := pc + k
 				spPrep(&s.spLayout, (*offb)[k*s.kept*spLanes:], (*valb)[k*s.kept*spLanes:],
@@ -286,11 +303,10 @@ func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int, add bool) {
 				for k := 0; k < pn; k++ {
 					p := pc + k
 					lanes := min(spLanes, s.out-p*spLanes)
-					var bv [spLanes]float32
 					var bp *[spLanes]float32
 					if bias != nil {
 						copy(bv[:], bias[p*spLanes:p*spLanes+lanes])
-						bp = &bv
+						bp = bv
 					}
 					storeLanes(y[b*ld*s.out+p*spLanes:], s.out, yt[k*spLanes*mb:(k+1)*spLanes*mb], mb, rows, lanes, bp, add)
 				}
