@@ -179,6 +179,10 @@ var sddmmPairFnsAVX2 = [...]sddmmPairFn{
 	sddmmPairR1AVX2, sddmmPairR2AVX2, sddmmPairR3AVX2, sddmmPairR4AVX2, sddmmPairR5AVX2, sddmmPairR6AVX2,
 }
 
+func sddmmPairSegAsm(gy *float32, ld int, rows *int32, n int, xa, xb *float32, m int, out *float32) {
+	sddmmPairSegAVX2(gy, ld, rows, n, xa, xb, m, out)
+}
+
 // sddmmPairKernels returns the pattern-pair kernels of this CPU, the
 // one for r rows at [r-1]: 8 with AVX-512, 6 with AVX2.
 func sddmmPairKernels() []sddmmPairFn {

@@ -37,6 +37,7 @@ func axpyRowsAsm(*float32, *float32, *float32, int, int, int)                   
 func sddmmAsm(*float32, *float32, *[8]int64, int, *[8]float32)                           { noAsm() }
 func sddmmZAsm(int, *float32, int, *float32, int, int, *int32, int, *float32)            { noAsm() }
 func sddmmPairKernels() []sddmmPairFn                                                    { noAsm(); return nil }
+func sddmmPairSegAsm(*float32, int, *int32, int, *float32, *float32, int, *float32)      { noAsm() }
 func adamWAVX512(*float32, *float32, *float32, *float32, int, *[9]float64, float32, int) { noAsm() }
 func gatherF32AVX512(*float32, *float32, *int32, int)                                    { noAsm() }
 func expShiftSumAVX512(*float32, *float32, int, float32) float64                         { noAsm(); return 0 }

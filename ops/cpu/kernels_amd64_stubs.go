@@ -324,6 +324,10 @@ func sddmmPairR5AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, 
 // out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < 6 (n >= 1; out padded to a multiple of 4 with zeros).
 func sddmmPairR6AVX2(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)
 
+// sddmmPairSegAVX2 sets out[2·rows[j]] = Σ_{i<m} gy[rows[j]·ld/4+i]·xa[i] and out[2·rows[j]+1] = Σ_{i<m} gy[rows[j]·ld/4+i]·xb[i]
+// for j < n (n >= 0, m >= 1), in batches of 6 rows with sddmmPairR<k>AVX2's arithmetic.
+func sddmmPairSegAVX2(gy *float32, ld int, rows *int32, n int, xa *float32, xb *float32, m int, out *float32)
+
 // expShiftSumAVX512 sets dst[i] = exp(src[i]-shift) for i < n (float32, within 2 ulp for finite
 // src <= shift) and returns Σ dst[i] summed in float64 (fixed order).
 func expShiftSumAVX512(dst *float32, src *float32, n int, shift float32) float64

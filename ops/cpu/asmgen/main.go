@@ -123,6 +123,7 @@ func main() {
 	for r := 1; r <= sddmmPairRowsAVX2; r++ {
 		genSDDMMPairAVX2(r)
 	}
+	genSDDMMPairSegAVX2()
 	genExpShiftSum()
 	genExpShiftSumAVX2()
 	genAdamW()
@@ -1406,6 +1407,119 @@ func genSDDMMZ(r int) {
 	RET()
 }
 
+// genSDDMMPairSegAVX2: the AVX2 pattern-pair kernel over a whole segment
+// of rows that keep the same two columns a and b of one group, in
+// batches of 6 rows and one last batch of 1-5:
+// out[2·rows[j]] = Σ_{i<m} gy[rows[j]·ld/4+i]·xa[i] and out[2·rows[j]+1]
+// the same with xb, for j < n (n >= 0, m >= 1; rows are int32 row
+// numbers, ld the rows' stride in bytes). Each pair of sums is
+// sddmmPairR<k>AVX2's, so the same bits; the results go to each row's own
+// two slots of out instead of a packed array (the caller lays out a
+// group's results by row, in L1, and adds them into the gradient later).
+func genSDDMMPairSegAVX2() {
+	name := "sddmmPairSegAVX2"
+	TEXT(name, NOSPLIT, "func(gy *float32, ld int, rows *int32, n int, xa *float32, xb *float32, m int, out *float32)")
+	Doc(name+" sets out[2·rows[j]] = Σ_{i<m} gy[rows[j]·ld/4+i]·xa[i] and out[2·rows[j]+1] = Σ_{i<m} gy[rows[j]·ld/4+i]·xb[i]",
+		"for j < n (n >= 0, m >= 1), in batches of 6 rows with sddmmPairR<k>AVX2's arithmetic.")
+	rows := Load(Param("rows"), GP64())
+	cnt := Load(Param("n"), GP64())
+	Label(name + "_batch")
+	CMPQ(cnt, U8(sddmmPairRowsAVX2))
+	JL(LabelRef(name + "_tail"))
+	sddmmPairSegBatch(name+"_r6", sddmmPairRowsAVX2, rows)
+	ADDQ(U8(4*sddmmPairRowsAVX2), rows)
+	SUBQ(U8(sddmmPairRowsAVX2), cnt)
+	JMP(LabelRef(name + "_batch"))
+	Label(name + "_tail")
+	for r := 1; r < sddmmPairRowsAVX2; r++ {
+		CMPQ(cnt, U8(r))
+		JE(LabelRef(fmt.Sprintf("%s_t%d", name, r)))
+	}
+	VZEROUPPER()
+	RET()
+	for r := 1; r < sddmmPairRowsAVX2; r++ {
+		Label(fmt.Sprintf("%s_t%d", name, r))
+		sddmmPairSegBatch(fmt.Sprintf("%s_r%d", name, r), r, rows)
+		VZEROUPPER()
+		RET()
+	}
+}
+
+// sddmmPairSegBatch emits one batch of r rows of genSDDMMPairSegAVX2 (the
+// rows' numbers at rows[0:r]): genSDDMMPairWidth's loop, tail and
+// reduction, then each row's two sums stored at out + 8·row.
+func sddmmPairSegBatch(name string, r int, rows Register) {
+	gy := Load(Param("gy"), GP64())
+	ld := Load(Param("ld"), GP64())
+	p := make([]GPVirtual, r)
+	for j := range p {
+		p[j] = GP64()
+		MOVLQSX(Mem{Base: rows, Disp: 4 * j}, p[j])
+		IMULQ(ld, p[j])
+		ADDQ(gy, p[j])
+	}
+	xa := Load(Param("xa"), GP64())
+	xb := Load(Param("xb"), GP64())
+	n := Load(Param("m"), GP64())
+	c := GP64()
+	MOVQ(n, c)
+	SHRQ(U8(3), c)
+	acc := make([]VecVirtual, 2*r)
+	for j := range acc {
+		acc[j] = YMM()
+		VXORPS(acc[j], acc[j], acc[j])
+	}
+	i := GP64()
+	XORQ(i, i)
+	step := func(load func(m Mem, dst VecVirtual)) {
+		va, vb := YMM(), YMM()
+		load(Mem{Base: xa, Index: i, Scale: 1}, va)
+		load(Mem{Base: xb, Index: i, Scale: 1}, vb)
+		for j := 0; j < r; j++ {
+			g := YMM()
+			load(Mem{Base: p[j], Index: i, Scale: 1}, g)
+			VFMADD231PS(g, va, acc[2*j])
+			VFMADD231PS(g, vb, acc[2*j+1])
+		}
+	}
+	TESTQ(c, c)
+	JZ(LabelRef(name + "_tail"))
+	Label(name + "_loop")
+	step(func(m Mem, dst VecVirtual) { VMOVUPS(m, dst) })
+	ADDQ(U8(32), i)
+	DECQ(c)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_tail")
+	TESTQ(U32(7), n)
+	JZ(LabelRef(name + "_reduce"))
+	mask := tailMaskAt(n)
+	step(func(m Mem, dst VecVirtual) {
+		VMOVDQU(mask, dst)
+		VMASKMOVPS(m, dst, dst)
+	})
+	Label(name + "_reduce")
+	out := Load(Param("out"), GP64())
+	ys := append([]VecVirtual(nil), acc...)
+	for len(ys)%4 != 0 {
+		y := YMM()
+		VXORPS(y, y, y)
+		ys = append(ys, y)
+	}
+	for h := 0; h < len(ys)/4; h++ {
+		sums := hsum4Reg(ys[4*h : 4*h+4])
+		for q := 0; q < 2 && 2*h+q < r; q++ {
+			at := GP64()
+			MOVLQSX(Mem{Base: rows, Disp: 4 * (2*h + q)}, at)
+			dst := Mem{Base: out, Index: at, Scale: 8}
+			if q == 0 {
+				VMOVLPS(sums, dst)
+			} else {
+				VMOVHPS(sums, dst)
+			}
+		}
+	}
+}
+
 // labelSeq numbers labels a generator emits more than once.
 var labelSeq int
 
@@ -2066,6 +2180,11 @@ func lowLanes(n Register) Register {
 // dst: ((q0 pairs + q1 pairs) ...) by VHADDPS, then the two 128-bit
 // halves added (a fixed order).
 func hsum4(q []VecVirtual, dst Mem) {
+	VMOVUPS(hsum4Reg(q), dst)
+}
+
+// hsum4Reg is hsum4 leaving the four sums in an XMM register.
+func hsum4Reg(q []VecVirtual) VecVirtual {
 	t0, t1, u := YMM(), YMM(), YMM()
 	VHADDPS(q[1], q[0], t0)
 	VHADDPS(q[3], q[2], t1)
@@ -2073,7 +2192,7 @@ func hsum4(q []VecVirtual, dst Mem) {
 	hi := XMM()
 	VEXTRACTF128(U8(1), u, hi)
 	VADDPS(hi, u.AsX(), hi)
-	VMOVUPS(hi, dst)
+	return hi
 }
 
 // basePlusOffsets loads n int64 byte offsets from offs and returns the

@@ -1,0 +1,59 @@
+//go:build amd64 && !purego
+
+package cpu
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"unsafe"
+)
+
+// TestPairSegKernel: the AVX2 segment kernel gives each row the bits of
+// the per-call pattern-pair kernels (batches of 6, the rest in one call)
+// at its own two slots of out, and writes nothing else.
+func TestPairSegKernel(t *testing.T) {
+	if !asmOn() || asm512On() {
+		t.Skip("the segment kernel serves AVX2 without AVX-512: not this CPU or build")
+	}
+	kern := sddmmPairFnsAVX2
+	rng := rand.New(rand.NewPCG(3, 4))
+	const nr = 40 // rows of gy
+	for _, m := range []int{1, 7, 8, 13, 64, 515} {
+		ld := m + 5
+		gy, xa, xb := randF32(rng, nr*ld), randF32(rng, m), randF32(rng, m)
+		for n := 0; n <= 14; n++ {
+			rows := make([]int32, n)
+			for j, r := range rng.Perm(nr)[:n] {
+				rows[j] = int32(r)
+			}
+			out := make([]float32, 2*nr)
+			for i := range out {
+				out[i] = float32(math.NaN())
+			}
+			sddmmPairSegAsm(&gy[0], 4*ld, unsafe.SliceData(rows), n, &xa[0], &xb[0], m, &out[0])
+			want := slices.Clone(out)
+			for i := range want {
+				want[i] = float32(math.NaN())
+			}
+			for j := 0; j < n; j += len(kern) {
+				r := min(len(kern), n-j)
+				var offs [sddmmPairMax]int64
+				var res [2 * sddmmPairMax]float32
+				for q := range r {
+					offs[q] = int64(rows[j+q]) * int64(ld) * 4
+				}
+				kern[r-1](&gy[0], &offs[0], &xa[0], &xb[0], m, &res[0])
+				for q := range r {
+					copy(want[2*rows[j+q]:2*rows[j+q]+2], res[2*q:2*q+2])
+				}
+			}
+			for i := range out {
+				if math.Float32bits(out[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("m %d, %d rows: out[%d] = %v, want %v", m, n, i, out[i], want[i])
+				}
+			}
+		}
+	}
+}
