@@ -412,7 +412,7 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 // Written straight into g, a group's results touched one cache line per
 // row (g's rows are kept floats apart), which the next group's rows of
 // gyT had pushed out of cache by the time it came back (a profile put
-// 40% of the weight gradient's Go time on that add). Against the
+// 45% of the weight gradient's Go time on that add). Against the
 // per-call loop nmGrad24Pair runs for AVX-512: 1.09-1.16x on Zen 3 at
 // 4096x1024, 1024x4096, 1024x1024, 1024x256 and 256x256, m = 512, one
 // thread (medians of 21 alternated calls, 2026-11-28). The sums are the
