@@ -30,12 +30,11 @@ func PrepareDenseF32(dst *Dense, w []float32, out, in, threads int) (*Dense, err
 
 // fillPanelsF32 writes panels [p0, p1) of the layout of w [out, in]
 // (row-major) into f.
+// A panel is the transpose of its rows of w (8x8 blocks with AVX2).
 func fillPanelsF32(f, w []float32, out, in, p0, p1 int) {
-	for o := p0 * panelW; o < min(p1*panelW, out); o++ {
-		dst := f[(o/panelW)*in*panelW+o%panelW:]
-		for k, v := range w[o*in : (o+1)*in] {
-			dst[k*panelW] = v
-		}
+	for p := p0; p < p1; p++ {
+		rows := min(panelW, out-p*panelW)
+		transposeLD(f[p*in*panelW:(p+1)*in*panelW], panelW, w[p*panelW*in:(p*panelW+rows)*in], rows, in, 1)
 	}
 }
 
@@ -96,12 +95,12 @@ func (s *Sparse) SetValuesF32(vals []float32, threads int) error {
 		return errShape("set values", "%d values, want Out*kept = %d*%d", len(vals), s.out, s.kept)
 	}
 	f := s.vals.f32
+	// A panel is the transpose of its rows of vals (8x8 blocks with AVX2).
 	parallelRange(s.np, ResolveThreads(threads), func(p0, p1 int) {
-		for o := p0 * spLanes; o < min(p1*spLanes, s.out); o++ {
-			dst := f[(o/spLanes)*s.kept*spLanes+o%spLanes:]
-			for t, v := range vals[o*s.kept : (o+1)*s.kept] {
-				dst[t*spLanes] = v
-			}
+		for p := p0; p < p1; p++ {
+			rows := min(spLanes, s.out-p*spLanes)
+			transposeLD(f[p*s.kept*spLanes:(p+1)*s.kept*spLanes], spLanes,
+				vals[p*spLanes*s.kept:(p*spLanes+rows)*s.kept], rows, s.kept, 1)
 		}
 	})
 	if pad := s.np*spLanes - s.out; pad > 0 { // the last panel's unused lanes
