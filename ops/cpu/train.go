@@ -426,17 +426,26 @@ func nmGrad24Seg(g, gyT, xT []float32, ld, m, out, kept int, indices []byte, rb,
 		res := *resb
 		var rows [16][pairChunkRows]int32 // by group code a + 4b
 		var count [16]int
+		// The chunk's index bytes transposed, [byte][row], so that a
+		// group's codes are one contiguous run: read in place they took
+		// a cache line per row, evicted between groups (1.03-1.07x).
+		codes := make([]byte, rb*pairChunkRows)
 		for c := c0; c < c1; c++ {
 			o0, o1 := c*pairChunkRows, min(out, (c+1)*pairChunkRows)
+			for o := o0; o < o1; o++ {
+				for j, b := range indices[o*rb : (o+1)*rb] {
+					codes[j*pairChunkRows+o-o0] = b
+				}
+			}
 			gyc := &gyT[o0*ld]
 			for grp := 0; grp < groups; grp++ {
 				count = [16]int{}
 				shift := 4 * (grp & 1)
-				for o := o0; o < o1; o++ {
+				for i, b := range codes[grp/2*pairChunkRows : grp/2*pairChunkRows+o1-o0] {
 					// The group's 4-bit code: first kept column in bits
 					// 0-1, second in bits 2-3.
-					key := indices[o*rb+grp/2] >> shift & 15
-					rows[key][count[key]] = int32(o - o0)
+					key := b >> shift & 15
+					rows[key][count[key]] = int32(i)
 					count[key]++
 				}
 				for key, n := range count {
