@@ -1461,43 +1461,7 @@ func sddmmPairSegBatch(name string, r int, rows Register) {
 	xa := Load(Param("xa"), GP64())
 	xb := Load(Param("xb"), GP64())
 	n := Load(Param("m"), GP64())
-	c := GP64()
-	MOVQ(n, c)
-	SHRQ(U8(3), c)
-	acc := make([]VecVirtual, 2*r)
-	for j := range acc {
-		acc[j] = YMM()
-		VXORPS(acc[j], acc[j], acc[j])
-	}
-	i := GP64()
-	XORQ(i, i)
-	step := func(load func(m Mem, dst VecVirtual)) {
-		va, vb := YMM(), YMM()
-		load(Mem{Base: xa, Index: i, Scale: 1}, va)
-		load(Mem{Base: xb, Index: i, Scale: 1}, vb)
-		for j := 0; j < r; j++ {
-			g := YMM()
-			load(Mem{Base: p[j], Index: i, Scale: 1}, g)
-			VFMADD231PS(g, va, acc[2*j])
-			VFMADD231PS(g, vb, acc[2*j+1])
-		}
-	}
-	TESTQ(c, c)
-	JZ(LabelRef(name + "_tail"))
-	Label(name + "_loop")
-	step(func(m Mem, dst VecVirtual) { VMOVUPS(m, dst) })
-	ADDQ(U8(32), i)
-	DECQ(c)
-	JNZ(LabelRef(name + "_loop"))
-	Label(name + "_tail")
-	TESTQ(U32(7), n)
-	JZ(LabelRef(name + "_reduce"))
-	mask := tailMaskAt(n)
-	step(func(m Mem, dst VecVirtual) {
-		VMOVDQU(mask, dst)
-		VMASKMOVPS(m, dst, dst)
-	})
-	Label(name + "_reduce")
+	acc := sddmmPairSums(name, p, xa, xb, n, false)
 	out := Load(Param("out"), GP64())
 	ys := append([]VecVirtual(nil), acc...)
 	for len(ys)%4 != 0 {
@@ -1520,57 +1484,18 @@ func sddmmPairSegBatch(name string, r int, rows Register) {
 	}
 }
 
-// labelSeq numbers labels a generator emits more than once.
-var labelSeq int
-
-// sddmmPairRows is the most rows genSDDMMPair serves per call: 2r
-// accumulators, two x vectors and a row of gy fit in 32 ZMM registers.
-const sddmmPairRows = 8
-
-// genSDDMMPair(r): the kept-position weight gradient of r output rows that
-// keep the same two columns a and b of one group, from the transposes:
-// out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i], out[2j+1] = Σ gy[rows[j]/4+i]·xb[i]
-// (rows holds byte offsets from gy; n >= 1). Each of the 2r sums runs 16
-// lane chains over blocks of 16 elements (the last n%16 under a zeroing
-// mask: nothing past n is read), the 16 lanes then summed by a fixed tree:
-// high and low 256 bits added, then VHADDPS over four sums at a time as
-// sddmm8AVX2 does. The order depends only on n. out has room for
-// 4·ceil(2r/4) floats (the padding is written as zero).
-func genSDDMMPair(r int) { genSDDMMPairWidth(r, true) }
-
-// sddmmPairRowsAVX2 is the most rows genSDDMMPairAVX2 serves per call:
-// 2r accumulators, two x vectors and a row of gy in 16 YMM registers.
-const sddmmPairRowsAVX2 = 6
-
-// genSDDMMPairAVX2(r) is genSDDMMPair on 8 lanes for CPUs without
-// AVX-512: the same sums, 8 lane chains over blocks of 8 (the last n%8
-// under a VMASKMOVPS mask: nothing past n is read), reduced by the same
-// VHADDPS tree. The order depends only on n.
-func genSDDMMPairAVX2(r int) { genSDDMMPairWidth(r, false) }
-
-// genSDDMMPairWidth writes genSDDMMPair (z: ZMM, 16 lanes) or
-// genSDDMMPairAVX2 (YMM, 8 lanes).
-func genSDDMMPairWidth(r int, z bool) {
-	name := fmt.Sprintf("sddmmPairR%dAVX2", r)
+// sddmmPairSums emits genSDDMMPairWidth's sums for the rows at the
+// pointers p over n elements of xa and xb (z: ZMM, 16 lanes; else YMM, 8
+// lanes): 2·len(p) accumulators from zero, the full blocks in a loop, the
+// last n%lanes elements under a mask (n is clobbered), then the label
+// name_reduce. It returns the accumulators (row j's a sum at 2j, its b
+// sum at 2j+1).
+func sddmmPairSums(name string, p []GPVirtual, xa, xb, n Register, z bool) []VecVirtual {
+	r := len(p)
 	vec, lanes := YMM, 8
 	if z {
-		name = fmt.Sprintf("sddmmPairR%dAVX512", r)
 		vec, lanes = ZMM, 16
 	}
-	TEXT(name, NOSPLIT, "func(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)")
-	if z {
-		Doc(fmt.Sprintf("%s sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]", name),
-			fmt.Sprintf("for j < %d (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).", r))
-	} else {
-		Doc(fmt.Sprintf("%s is sddmmPairR%dAVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],", name, r),
-			fmt.Sprintf("out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < %d (n >= 1; out padded to a multiple of 4 with zeros).", r))
-	}
-	gy := Load(Param("gy"), GP64())
-	rows := Load(Param("rows"), GP64())
-	p := basePlusOffsets(gy, rows, r)
-	xa := Load(Param("xa"), GP64())
-	xb := Load(Param("xb"), GP64())
-	n := Load(Param("n"), GP64())
 	cnt := GP64()
 	MOVQ(n, cnt)
 	SHRQ(U8(bits.TrailingZeros(uint(lanes))), cnt)
@@ -1621,6 +1546,59 @@ func genSDDMMPairWidth(r int, z bool) {
 		})
 	}
 	Label(name + "_reduce")
+	return acc
+}
+
+// labelSeq numbers labels a generator emits more than once.
+var labelSeq int
+
+// sddmmPairRows is the most rows genSDDMMPair serves per call: 2r
+// accumulators, two x vectors and a row of gy fit in 32 ZMM registers.
+const sddmmPairRows = 8
+
+// genSDDMMPair(r): the kept-position weight gradient of r output rows that
+// keep the same two columns a and b of one group, from the transposes:
+// out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i], out[2j+1] = Σ gy[rows[j]/4+i]·xb[i]
+// (rows holds byte offsets from gy; n >= 1). Each of the 2r sums runs 16
+// lane chains over blocks of 16 elements (the last n%16 under a zeroing
+// mask: nothing past n is read), the 16 lanes then summed by a fixed tree:
+// high and low 256 bits added, then VHADDPS over four sums at a time as
+// sddmm8AVX2 does. The order depends only on n. out has room for
+// 4·ceil(2r/4) floats (the padding is written as zero).
+func genSDDMMPair(r int) { genSDDMMPairWidth(r, true) }
+
+// sddmmPairRowsAVX2 is the most rows genSDDMMPairAVX2 serves per call:
+// 2r accumulators, two x vectors and a row of gy in 16 YMM registers.
+const sddmmPairRowsAVX2 = 6
+
+// genSDDMMPairAVX2(r) is genSDDMMPair on 8 lanes for CPUs without
+// AVX-512: the same sums, 8 lane chains over blocks of 8 (the last n%8
+// under a VMASKMOVPS mask: nothing past n is read), reduced by the same
+// VHADDPS tree. The order depends only on n.
+func genSDDMMPairAVX2(r int) { genSDDMMPairWidth(r, false) }
+
+// genSDDMMPairWidth writes genSDDMMPair (z: ZMM, 16 lanes) or
+// genSDDMMPairAVX2 (YMM, 8 lanes).
+func genSDDMMPairWidth(r int, z bool) {
+	name := fmt.Sprintf("sddmmPairR%dAVX2", r)
+	if z {
+		name = fmt.Sprintf("sddmmPairR%dAVX512", r)
+	}
+	TEXT(name, NOSPLIT, "func(gy *float32, rows *int64, xa *float32, xb *float32, n int, out *float32)")
+	if z {
+		Doc(fmt.Sprintf("%s sets out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i] and out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i]", name),
+			fmt.Sprintf("for j < %d (n >= 1; lane chains over blocks of 16, a fixed reduction tree; out padded to a multiple of 4 with zeros).", r))
+	} else {
+		Doc(fmt.Sprintf("%s is sddmmPairR%dAVX512 on 8 lanes: out[2j] = Σ_{i<n} gy[rows[j]/4+i]·xa[i],", name, r),
+			fmt.Sprintf("out[2j+1] = Σ_{i<n} gy[rows[j]/4+i]·xb[i] for j < %d (n >= 1; out padded to a multiple of 4 with zeros).", r))
+	}
+	gy := Load(Param("gy"), GP64())
+	rows := Load(Param("rows"), GP64())
+	p := basePlusOffsets(gy, rows, r)
+	xa := Load(Param("xa"), GP64())
+	xb := Load(Param("xb"), GP64())
+	n := Load(Param("n"), GP64())
+	acc := sddmmPairSums(name, p, xa, xb, n, z)
 	out := Load(Param("out"), GP64())
 	ys := make([]VecVirtual, 0, 2*r+3)
 	for _, a := range acc {
