@@ -301,12 +301,48 @@ func TestNMAllPatterns(t *testing.T) {
 // TestNMLinearVsRef covers the common patterns on ragged shapes: Out not a
 // multiple of the 8-lane panel or the 3-output micro-kernel, group counts
 // not a multiple of the 4-group unroll, m across the 32-row blocks.
+// TestNMLinearPanelGroups: the AVX2 sparse GEMM's groups of panels
+// expanded together (16, or fewer when a panel's expanded steps are
+// large), full and ragged, on 1 and 3 threads whatever GOMAXPROCS is:
+// 404 outputs (51 panels: 16+16+16+3 on one thread, 16+1 per thread on
+// three) and, at In = 8192 (4096 kept values per output: groups of 8),
+// 140 outputs (18 panels).
+func TestNMLinearPanelGroups(t *testing.T) {
+	paths(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(7, 8))
+		p := format.NM{N: 2, M: 4}
+		for _, dt := range []DType{Float32, BFloat16} {
+			for _, sh := range [][2]int{{404, 160}, {140, 8192}} {
+				out, in := sh[0], sh[1]
+				w, wd := randNM(t, rng, p, dt, out, in)
+				s, err := PrepareNM(w)
+				if err != nil {
+					t.Fatal(err)
+				}
+				const m = 40
+				x, bias := randF32(rng, m*in), randF32(rng, out)
+				ref := make([]float32, m*out)
+				if err := LinearNMRef(ref, x, m, w, bias); err != nil {
+					t.Fatal(err)
+				}
+				for _, threads := range []int{1, 3} {
+					y := make([]float32, m*out)
+					if err := s.Linear(y, x, m, bias, threads); err != nil {
+						t.Fatal(err)
+					}
+					checkClose(t, fmt.Sprintf("%s [%d,%d] threads %d", dt, out, in, threads), y, ref,
+						absBound(x, m, wd, out, in, bias), in/2)
+				}
+			}
+		}
+	})
+}
+
 func TestNMLinearVsRef(t *testing.T) {
 	patterns := []format.NM{{N: 2, M: 4}, {N: 1, M: 2}, {N: 2, M: 8}, {N: 4, M: 8}, {N: 3, M: 8}, {N: 5, M: 16}}
 	// {20, 300}: several K chunks of the sparse GEMM; m = 130: several
-	// row blocks (32 or 64 rows) with a ragged last one; {300, 40}: full
-	// groups of 16 panels (the AVX2 GEMM's) and a ragged one per thread.
-	shapes := [][2]int{{1, 1}, {9, 3}, {50, 37}, {130, 64}, {20, 300}, {300, 40}}
+	// row blocks (32 or 64 rows) with a ragged last one.
+	shapes := [][2]int{{1, 1}, {9, 3}, {50, 37}, {130, 64}, {20, 300}}
 	paths(t, func(t *testing.T) {
 		rng := rand.New(rand.NewPCG(5, 6))
 		for _, p := range patterns {

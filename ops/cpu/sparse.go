@@ -245,7 +245,7 @@ func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int, add bool) {
 	// medians of 21-25 alternated calls, three runs); 32 and 64 were no
 	// faster. The AVX-512 kernel was tuned with 4.
 	ld, sh, gran, rmax, chunk := 32, 7, 8, 3, 16<<10
-	panels := min(spPanelsAVX2, max(spPanels, spPrepBytes/(64*s.kept)))
+	panels := min(spPanelsAVX2, max(spPanels, spPrepBytes/(64*max(1, s.kept))))
 	if asm512On() {
 		ld, sh, gran, rmax, chunk, panels = 64, 8, 16, 4, 64<<10, spPanels
 	}

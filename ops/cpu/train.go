@@ -336,7 +336,7 @@ const pairChunkRows = 128
 // at 8). Every kept value is one call's fixed-order dot product over the
 // m rows, whatever the chunking and thread count. The sort key is the
 // group's packed code (rb bytes per row of indices). Without AVX-512 the
-// chunks go to nmGrad24Seg.
+// product goes to nmGrad24Seg after the transposes.
 func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, t int) error {
 	// Rows of the transposes ld floats apart: a multiple of 16, off the
 	// powers of two (a 2 KB stride maps a column's cache lines into two
@@ -540,28 +540,40 @@ func Transpose(dst, src []float32, rows, cols, threads int) error {
 func transposeLD(dst []float32, ldd int, src []float32, rows, cols, threads int) {
 	const chunk = 256
 	chunks := (cols + chunk - 1) / chunk
-	parallelRange(chunks, ResolveThreads(threads), func(k0, k1 int) {
+	t := ResolveThreads(threads)
+	if t == 1 || chunks == 1 { // (no closure: the refills call this per panel)
+		for k := range chunks {
+			transposeCols(dst, ldd, src, rows, cols, k*chunk, min(k*chunk+chunk, cols))
+		}
+		return
+	}
+	parallelRange(chunks, t, func(k0, k1 int) {
 		for k := k0; k < k1; k++ {
-			c0, c1 := k*chunk, min(k*chunk+chunk, cols)
-			r := 0
-			if n8 := (c1 - c0) / 8; asmOn() && n8 > 0 {
-				for ; r+8 <= rows; r += 8 {
-					transposeAsm(&dst[c0*ldd+r], ldd, &src[r*cols+c0], cols, n8)
-				}
-				for rr := 0; rr < r; rr++ { // the columns past the 8x8 blocks
-					for c := c0 + n8*8; c < c1; c++ {
-						dst[c*ldd+rr] = src[rr*cols+c]
-					}
-				}
-			}
-			for ; r < rows; r++ {
-				s := src[r*cols+c0 : r*cols+c1]
-				for j, v := range s {
-					dst[(c0+j)*ldd+r] = v
-				}
-			}
+			transposeCols(dst, ldd, src, rows, cols, k*chunk, min(k*chunk+chunk, cols))
 		}
 	})
+}
+
+// transposeCols is transposeLD for columns [c0, c1) on the caller's
+// goroutine.
+func transposeCols(dst []float32, ldd int, src []float32, rows, cols, c0, c1 int) {
+	r := 0
+	if n8 := (c1 - c0) / 8; asmOn() && n8 > 0 {
+		for ; r+8 <= rows; r += 8 {
+			transposeAsm(&dst[c0*ldd+r], ldd, &src[r*cols+c0], cols, n8)
+		}
+		for rr := 0; rr < r; rr++ { // the columns past the 8x8 blocks
+			for c := c0 + n8*8; c < c1; c++ {
+				dst[c*ldd+rr] = src[rr*cols+c]
+			}
+		}
+	}
+	for ; r < rows; r++ {
+		s := src[r*cols+c0 : r*cols+c1]
+		for j, v := range s {
+			dst[(c0+j)*ldd+r] = v
+		}
+	}
 }
 
 // PanelGather is a Sparse's value refill from another slice, planned
