@@ -351,7 +351,7 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 	gyT, xT := *gyTb, *xTb
 	transposeLD(gyT, ld, gy, m, out, t)
 	transposeLD(xT, ld, x, m, in, t)
-	if !asm512On() {
+	if !asm512On() && !pairPerCall {
 		nmGrad24Seg(g, gyT, xT, ld, m, out, kept, indices, rb, t)
 		return nil
 	}
@@ -401,6 +401,11 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 	})
 	return nil
 }
+
+// pairPerCall, set by tests, sends the AVX2 path through nmGrad24Pair's
+// per-call loop (with the AVX2 kernels), so that the loop AVX-512 CPUs run
+// is tested without one, and against nmGrad24Seg's bits.
+var pairPerCall bool
 
 // nmGrad24Seg is nmGrad24Pair's AVX2 form, on the transposes gyT and xT
 // (rows ld floats apart): per chunk of rows of W and group, one
