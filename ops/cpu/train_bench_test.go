@@ -3,7 +3,9 @@ package cpu
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/slopeml/slope/format"
 )
@@ -84,6 +86,89 @@ func BenchmarkTrainLinear(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkTrainLinearPair and BenchmarkWeightGradPair time dense and
+// 2:4 call by call at the trainer's shapes (m = 512, one thread) and
+// report the median of the per-pair time ratios dense/2:4 ("speedup"),
+// which a machine whose speed drifts between sub-benchmarks (shared VMs:
+// up to 2x within minutes) leaves nearly intact, and each side's
+// dense-equivalent GFLOP/s over the whole run.
+func BenchmarkTrainLinearPair(b *testing.B) {
+	for _, sh := range trainShapes {
+		out, in := sh[0], sh[1]
+		rng := rand.New(rand.NewPCG(1, 2))
+		x, y := randF32(rng, trainRows*in), make([]float32, trainRows*out)
+		d, err := PrepareDense(randDense(b, rng, Float32, out, in))
+		if err != nil {
+			b.Fatal(err)
+		}
+		w, _ := randNM(b, rng, format.NM{N: 2, M: 4}, Float32, out, in)
+		s, err := PrepareNM(w)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("%dx%d", out, in), func(b *testing.B) {
+			benchPair(b, 2*float64(trainRows*out*in),
+				func() error { return d.Linear(y, x, trainRows, nil, 1) },
+				func() error { return s.Linear(y, x, trainRows, nil, 1) })
+		})
+	}
+}
+
+func BenchmarkWeightGradPair(b *testing.B) {
+	p := format.NM{N: 2, M: 4}
+	for _, sh := range trainShapes {
+		out, in := sh[0], sh[1]
+		rng := rand.New(rand.NewPCG(1, 2))
+		aT, x, gy := randF32(rng, out*trainRows), randF32(rng, trainRows*in), randF32(rng, trainRows*out)
+		w, _ := randNM(b, rng, p, Float32, out, in)
+		gd, gs := make([]float32, out*in), make([]float32, out*in/2)
+		var d *Dense
+		b.Run(fmt.Sprintf("%dx%d", out, in), func(b *testing.B) {
+			benchPair(b, 2*float64(trainRows*out*in),
+				func() (err error) {
+					if d, err = PrepareDenseKN(d, x, trainRows, in, 1); err != nil {
+						return err
+					}
+					return d.Linear(gd, aT, out, nil, 1)
+				},
+				func() error { return NMWeightGrad(gs, gy, x, trainRows, p, out, in, w.Indices, 1) })
+		})
+	}
+}
+
+// trainShapes are the [out, in] of the test model's layers and
+// OPT-350m's feed-forward pair; trainRows is bench/train.sh's 4 x 128
+// tokens.
+var trainShapes = [][2]int{{256, 256}, {1024, 256}, {256, 1024}, {4096, 1024}, {1024, 4096}}
+
+const trainRows = 512
+
+// benchPair runs dense then sparse once per iteration and reports the
+// median dense/sparse time ratio as "speedup" and each one's GFLOP/s
+// (flops per call over its total time).
+func benchPair(b *testing.B, flops float64, dense, sparse func() error) {
+	var td, ts time.Duration
+	var ratios []float64
+	for b.Loop() {
+		t0 := time.Now()
+		if err := dense(); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := sparse(); err != nil {
+			b.Fatal(err)
+		}
+		t2 := time.Now()
+		td += t1.Sub(t0)
+		ts += t2.Sub(t1)
+		ratios = append(ratios, float64(t1.Sub(t0))/float64(t2.Sub(t1)))
+	}
+	slices.Sort(ratios)
+	b.ReportMetric(ratios[len(ratios)/2], "speedup")
+	b.ReportMetric(flops*float64(b.N)/td.Seconds()/1e9, "dense-GFLOP/s")
+	b.ReportMetric(flops*float64(b.N)/ts.Seconds()/1e9, "2:4-GFLOP/s")
 }
 
 // BenchmarkSPMMKernel: the AVX2/AVX-512 sparse GEMM micro-kernel alone
