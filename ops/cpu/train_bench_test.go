@@ -54,27 +54,16 @@ func BenchmarkWeightGrad(b *testing.B) {
 // layers and OPT-350m's feed-forward pair), dense vs 2:4 float32, one
 // thread. GFLOP/s counts the dense 2·m·out·in in both.
 func BenchmarkTrainLinear(b *testing.B) {
-	const m = 512
-	for _, sh := range [][2]int{{256, 256}, {1024, 256}, {256, 1024}, {4096, 1024}, {1024, 4096}} {
+	for _, sh := range trainShapes {
 		out, in := sh[0], sh[1]
-		rng := rand.New(rand.NewPCG(1, 2))
-		x, y := randF32(rng, m*in), make([]float32, m*out)
-		flops := 2 * float64(m*out*in)
-		d, err := PrepareDense(randDense(b, rng, Float32, out, in))
-		if err != nil {
-			b.Fatal(err)
-		}
-		w, _ := randNM(b, rng, format.NM{N: 2, M: 4}, Float32, out, in)
-		s, err := PrepareNM(w)
-		if err != nil {
-			b.Fatal(err)
-		}
+		dense, sparse := trainLinearPair(b, out, in)
+		flops := 2 * float64(trainRows*out*in)
 		for _, k := range []struct {
 			name string
 			lin  func() error
 		}{
-			{"dense", func() error { return d.Linear(y, x, m, nil, 1) }},
-			{"nm24", func() error { return s.Linear(y, x, m, nil, 1) }},
+			{"dense", dense},
+			{"nm24", sparse},
 		} {
 			b.Run(fmt.Sprintf("%dx%d/%s", out, in, k.name), func(b *testing.B) {
 				for b.Loop() {
@@ -97,23 +86,30 @@ func BenchmarkTrainLinear(b *testing.B) {
 func BenchmarkTrainLinearPair(b *testing.B) {
 	for _, sh := range trainShapes {
 		out, in := sh[0], sh[1]
-		rng := rand.New(rand.NewPCG(1, 2))
-		x, y := randF32(rng, trainRows*in), make([]float32, trainRows*out)
-		d, err := PrepareDense(randDense(b, rng, Float32, out, in))
-		if err != nil {
-			b.Fatal(err)
-		}
-		w, _ := randNM(b, rng, format.NM{N: 2, M: 4}, Float32, out, in)
-		s, err := PrepareNM(w)
-		if err != nil {
-			b.Fatal(err)
-		}
+		dense, sparse := trainLinearPair(b, out, in)
 		b.Run(fmt.Sprintf("%dx%d", out, in), func(b *testing.B) {
-			benchPair(b, 2*float64(trainRows*out*in),
-				func() error { return d.Linear(y, x, trainRows, nil, 1) },
-				func() error { return s.Linear(y, x, trainRows, nil, 1) })
+			benchPair(b, 2*float64(trainRows*out*in), dense, sparse)
 		})
 	}
+}
+
+// trainLinearPair returns the forward products of a random dense and a
+// random 2:4 float32 weight [out, in] on the same random x (trainRows
+// rows, one thread).
+func trainLinearPair(b *testing.B, out, in int) (dense, sparse func() error) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	x, y := randF32(rng, trainRows*in), make([]float32, trainRows*out)
+	d, err := PrepareDense(randDense(b, rng, Float32, out, in))
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, _ := randNM(b, rng, format.NM{N: 2, M: 4}, Float32, out, in)
+	s, err := PrepareNM(w)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func() error { return d.Linear(y, x, trainRows, nil, 1) },
+		func() error { return s.Linear(y, x, trainRows, nil, 1) }
 }
 
 func BenchmarkWeightGradPair(b *testing.B) {
