@@ -11,13 +11,13 @@ import (
 )
 
 // TestPairSegKernel: the AVX2 segment kernel gives each row the bits of
-// the per-call pattern-pair kernels (batches of 6, the rest in one call)
-// at its own two slots of out, and writes nothing else.
+// the per-call pattern-pair kernels run by pairSegmentCalls (AVX-512's
+// form of a segment, here with the AVX2 kernels: batches of 6, the rest
+// in one call) at its own two slots of out, and both write nothing else.
 func TestPairSegKernel(t *testing.T) {
 	if !asmOn() {
 		t.Skip("no AVX2 assembly kernels on this CPU or build")
 	}
-	kern := sddmmPairFnsAVX2
 	rng := rand.New(rand.NewPCG(3, 4))
 	const nr = 40 // rows of gy
 	for _, m := range []int{1, 7, 8, 13, 64, 515} {
@@ -37,18 +37,7 @@ func TestPairSegKernel(t *testing.T) {
 			for i := range want {
 				want[i] = float32(math.NaN())
 			}
-			for j := 0; j < n; j += len(kern) {
-				r := min(len(kern), n-j)
-				var offs [sddmmPairMax]int64
-				var res [2 * sddmmPairMax]float32
-				for q := range r {
-					offs[q] = int64(rows[j+q]) * int64(ld) * 4
-				}
-				kern[r-1](&gy[0], &offs[0], &xa[0], &xb[0], m, &res[0])
-				for q := range r {
-					copy(want[2*rows[j+q]:2*rows[j+q]+2], res[2*q:2*q+2])
-				}
-			}
+			pairSegmentCalls(sddmmPairFnsAVX2[:], &gy[0], 4*ld, rows, xa, xb, m, want)
 			for i := range out {
 				if math.Float32bits(out[i]) != math.Float32bits(want[i]) {
 					t.Fatalf("m %d, %d rows: out[%d] = %v, want %v", m, n, i, out[i], want[i])

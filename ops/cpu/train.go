@@ -324,19 +324,30 @@ func nmGradZ(g, gy, x []float32, m int, p format.NM, in, kept int, idx []uint8, 
 // pairChunkRows is how many rows of W nmGrad24Pair sorts by pattern at a
 // time: their rows of gyᵀ (2 KB each at m = 512) stay in L2 while every
 // group passes over them, and a pattern's share (about a sixth) fills
-// whole 8-row kernel calls.
+// whole kernel calls.
 const pairChunkRows = 128
 
-// nmGrad24Pair is NMWeightGrad's assembly path for 2:4: gy and x are
-// transposed, and for each chunk of rows of W and each group of 4
-// columns the rows are sorted by the two columns they keep there; the
-// rows that keep the same two columns a, b go through one kernel call,
-// 8 at a time, which streams xᵀ[a], xᵀ[b] and each row of gyᵀ once and
-// runs two dot products per row (2 FMAs per 3 loads at 1 row, 16 per 10
-// at 8). Every kept value is one call's fixed-order dot product over the
-// m rows, whatever the chunking and thread count. The sort key is the
-// group's packed code (rb bytes per row of indices). Without AVX-512 the
-// product goes to nmGrad24Seg after the transposes.
+// nmGrad24Pair is NMWeightGrad's assembly path for 2:4. gy and x are
+// transposed (rows ld floats apart); then for each chunk of rows of W and
+// each group of 4 columns the rows are sorted by the two columns they
+// keep there (the group's packed code, from a [byte][row] copy of the
+// chunk's indices, so that a group's codes are one contiguous run: read
+// in place they took a cache line per row, evicted between groups,
+// 1.03-1.07x). The rows that keep the same two columns a, b form a
+// segment, which one kernel runs, streaming xᵀ[a], xᵀ[b]
+// and each row's gyᵀ once: two dot products per row (2 FMAs per 3 loads
+// at 1 row, 16 per 10 at 8 rows per call). It writes each row's two sums
+// into the group's slab of res ([group][row of the chunk][2]: 1 KiB per
+// group at 128 rows, in L1 while it is written), and after the chunk's
+// last group the slabs are added into g row by row. Written straight into
+// g, a group's results touched one cache line per row (g's rows are kept
+// floats apart), which the next group's rows of gyᵀ had pushed out of
+// cache by the time it came back: on Zen 3 the slabs and the AVX2
+// segment kernel ran 1.09-1.16x the per-call loop that added into g (at
+// 4096x1024, 1024x4096, 1024x1024, 1024x256 and 256x256, m = 512, one
+// thread; medians of 21 alternated calls, 2026-11-28; not measured with
+// AVX-512). Every kept value is one kernel call's fixed-order dot
+// product over the m rows, whatever the chunking and thread count.
 func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, t int) error {
 	// Rows of the transposes ld floats apart: a multiple of 16, off the
 	// powers of two (a 2 KB stride maps a column's cache lines into two
@@ -351,89 +362,16 @@ func nmGrad24Pair(g, gy, x []float32, m, out, in, kept int, indices []byte, rb, 
 	gyT, xT := *gyTb, *xTb
 	transposeLD(gyT, ld, gy, m, out, t)
 	transposeLD(xT, ld, x, m, in, t)
-	if !asm512On() && !pairPerCall {
-		nmGrad24Seg(g, gyT, xT, ld, m, out, kept, indices, rb, t)
-		return nil
-	}
-	chunks := (out + pairChunkRows - 1) / pairChunkRows
-	groups := in / 4
-	parallelRange(chunks, t, func(c0, c1 int) {
-		var rows [16][pairChunkRows]int32 // by group code a + 4b
-		var count [16]int
-		var offs [sddmmPairMax]int64
-		var res [2 * sddmmPairMax]float32
-		kern := sddmmPairKernels()
-		most := len(kern)
-		for c := c0; c < c1; c++ {
-			o0, o1 := c*pairChunkRows, min(out, (c+1)*pairChunkRows)
-			for grp := 0; grp < groups; grp++ {
-				count = [16]int{}
-				shift := 4 * (grp & 1)
-				for o := o0; o < o1; o++ {
-					// The group's 4-bit code: first kept column in bits
-					// 0-1, second in bits 2-3.
-					key := indices[o*rb+grp/2] >> shift & 15
-					rows[key][count[key]] = int32(o)
-					count[key]++
-				}
-				for key, n := range count {
-					if n == 0 {
-						continue
-					}
-					xa := &xT[(4*grp+key%4)*ld]
-					xb := &xT[(4*grp+key/4)*ld]
-					rs := rows[key][:n]
-					for j := 0; j < n; j += most {
-						r := min(most, n-j)
-						for q, o := range rs[j : j+r] {
-							offs[q] = int64(o) * int64(ld) * 4
-						}
-						kern[r-1](&gyT[0], &offs[0], xa, xb, m, &res[0])
-						for q, o := range rs[j : j+r] {
-							gk := g[int(o)*kept+2*grp:]
-							gk[0] += res[2*q]
-							gk[1] += res[2*q+1]
-						}
-					}
-				}
-			}
-		}
-	})
-	return nil
-}
-
-// pairPerCall, set by tests, sends the AVX2 path through nmGrad24Pair's
-// per-call loop (with the AVX2 kernels), so that the loop AVX-512 CPUs run
-// is tested without one, and against nmGrad24Seg's bits.
-var pairPerCall bool
-
-// nmGrad24Seg is nmGrad24Pair's AVX2 form, on the transposes gyT and xT
-// (rows ld floats apart): per chunk of rows of W and group, one
-// sddmmPairSegAVX2 call per pattern runs all the rows that keep it, and
-// writes each row's two sums into the group's slab of res ([group][row of
-// the chunk][2], 1 KiB per group at 128 rows, in L1 while it is written);
-// after the chunk's last group the slabs are added into g row by row.
-// Written straight into g, a group's results touched one cache line per
-// row (g's rows are kept floats apart), which the next group's rows of
-// gyT had pushed out of cache by the time it came back (a profile put
-// 45% of the weight gradient's Go time on that add). Against the
-// per-call loop nmGrad24Pair runs for AVX-512: 1.09-1.16x on Zen 3 at
-// 4096x1024, 1024x4096, 1024x1024, 1024x256 and 256x256, m = 512, one
-// thread (medians of 21 alternated calls, 2026-11-28). The sums are the
-// per-call kernels' (sddmmPairR<k>AVX2), so the bits are the same.
-func nmGrad24Seg(g, gyT, xT []float32, ld, m, out, kept int, indices []byte, rb, t int) {
 	chunks := (out + pairChunkRows - 1) / pairChunkRows
 	groups := kept / 2
-	slab := 2*pairChunkRows + 16
+	slab := 2*pairChunkRows + 16 // off the powers of two
+	kern, seg := sddmmPairKernels(), !asm512On()
 	parallelRange(chunks, t, func(c0, c1 int) {
 		resb := GetF32(groups * slab)
 		defer PutF32(resb)
 		res := *resb
 		var rows [16][pairChunkRows]int32 // by group code a + 4b
 		var count [16]int
-		// The chunk's index bytes transposed, [byte][row], so that a
-		// group's codes are one contiguous run: read in place they took
-		// a cache line per row, evicted between groups (1.03-1.07x).
 		codes := make([]byte, rb*pairChunkRows)
 		for c := c0; c < c1; c++ {
 			o0, o1 := c*pairChunkRows, min(out, (c+1)*pairChunkRows)
@@ -454,9 +392,18 @@ func nmGrad24Seg(g, gyT, xT []float32, ld, m, out, kept int, indices []byte, rb,
 					count[key]++
 				}
 				for key, n := range count {
-					if n > 0 {
-						sddmmPairSegAsm(gyc, 4*ld, &rows[key][0], n,
-							&xT[(4*grp+key%4)*ld], &xT[(4*grp+key/4)*ld], m, &res[grp*slab])
+					if n == 0 {
+						continue
+					}
+					// A segment: with AVX2 one call of the segment kernel
+					// (batches of 6 rows with the per-call kernels'
+					// arithmetic, so the same bits); with AVX-512 the
+					// per-call kernels, 8 rows a call.
+					xa, xb := xT[(4*grp+key%4)*ld:], xT[(4*grp+key/4)*ld:]
+					if seg {
+						sddmmPairSegAsm(gyc, 4*ld, &rows[key][0], n, &xa[0], &xb[0], m, &res[grp*slab])
+					} else {
+						pairSegmentCalls(kern, gyc, 4*ld, rows[key][:n], xa, xb, m, res[grp*slab:])
 					}
 				}
 			}
@@ -473,6 +420,27 @@ func nmGrad24Seg(g, gyT, xT []float32, ld, m, out, kept int, indices []byte, rb,
 			}
 		}
 	})
+	return nil
+}
+
+// pairSegmentCalls runs a segment through the per-call kernels kern (the
+// one for r rows at kern[r-1]), len(kern) rows a call:
+// out[2·rows[j]] and out[2·rows[j]+1] are the dot products of the row
+// rows[j] of gy (rows ld bytes apart from gy) with xa and xb over m
+// elements, as sddmmPairSegAVX2 sets them.
+func pairSegmentCalls(kern []sddmmPairFn, gy *float32, ld int, rows []int32, xa, xb []float32, m int, out []float32) {
+	var offs [sddmmPairMax]int64
+	var res [2 * sddmmPairMax]float32
+	for j := 0; j < len(rows); j += len(kern) {
+		r := min(len(kern), len(rows)-j)
+		for q, o := range rows[j : j+r] {
+			offs[q] = int64(o) * int64(ld)
+		}
+		kern[r-1](gy, &offs[0], &xa[0], &xb[0], m, &res[0])
+		for q, o := range rows[j : j+r] {
+			out[2*o], out[2*o+1] = res[2*q], res[2*q+1]
+		}
+	}
 }
 
 // sddmmPairMax is the most rows one sddmmPair kernel call takes (the

@@ -296,20 +296,6 @@ func TestNMWeightGrad(t *testing.T) {
 					} else if !slices.Equal(g, first) {
 						t.Fatalf("%s: differs from threads 1", what)
 					}
-					if p == (format.NM{N: 2, M: 4}) && asmOn() && !asm512On() {
-						// The per-call loop (AVX-512's, here on the AVX2
-						// kernels) gives the segment kernel's bits.
-						pairPerCall = true
-						g2 := slices.Clone(g0)
-						err := NMWeightGrad(g2, gy, x, m, p, out, in, w.Indices, threads)
-						pairPerCall = false
-						if err != nil {
-							t.Fatal(err)
-						}
-						if !slices.Equal(g2, g) {
-							t.Fatalf("%s: the per-call loop differs from the segment kernel", what)
-						}
-					}
 				}
 			}
 		}
