@@ -46,16 +46,16 @@
 //   - m >= 4 (prefill): dense runs a 6x16 register-blocked FMA micro-kernel
 //     (12 accumulators) over K blocks of 512, broadcasting X from its
 //     row-major storage; 16-bit panels are widened once per (panel, K
-//     block; and row block, below) into a per-goroutine fp32 buffer. Per panel it sweeps all
-//     of X, unless X exceeds 4 MiB (an LM head's gradients: X is the
-//     logits' gradient or its transpose): then it takes X in blocks of
-//     96 rows, each block's K block held in L2 while every panel passes
-//     (one sweep of the weight per row block instead of one of X per
-//     panel; the same bits either way). Each tile prefetches its C rows
-//     before its K loop, for a C beyond the caches (an LM head's
-//     logits). Sparse (every pattern)
-//     transposes X into blocks of 32 rows (AVX2) or 64 rows (AVX-512) and
-//     vectorises over rows: per group of 4 panels it expands the indices
+//     block, row block) into a per-goroutine fp32 buffer. Per panel it
+//     sweeps all of X, unless X exceeds 4 MiB (an LM head's gradients: X
+//     is the logits' gradient or its transpose): then it takes X in
+//     blocks of 96 rows, each block's K block held in L2 while every panel
+//     passes (one sweep of the weight per row block instead of one of X
+//     per panel; the same bits either way). Each tile prefetches its C
+//     rows before its K loop, for a C beyond the caches (an LM head's
+//     logits). Sparse (every pattern) transposes X into blocks of 32 rows
+//     (AVX2) or 64 rows (AVX-512) and vectorises over rows: per group of
+//     panels (up to 16 with AVX2, within 2 MiB; 4 with AVX-512) it expands the indices
 //     into absolute byte offsets and the values into fp32 once, then per
 //     kept value and output the micro-kernel does one broadcast of the
 //     weight and 4 FMAs whose memory operand is the gathered X row (the
@@ -63,7 +63,7 @@
 //     accumulators (AVX2) or 4 outputs x 64 rows in 16 ZMM accumulators
 //     (AVX-512), over K chunks of X (16 KiB with AVX2, so that a chunk
 //     stays in L1: each FMA loads from it; 64 KiB with AVX-512) so that a
-//     chunk serves the 4 panels from cache. Loads bound these kernels, so
+//     chunk serves the group's panels from cache. Loads bound these kernels, so
 //     the AVX2 one takes a step's 3 weights with one 16-byte broadcast
 //     (spread by in-lane VPERMILPS) and two offsets with one 8-byte load:
 //     15 loads per 12 FMAs. No *AVX2 kernel names a register that needs
