@@ -1463,14 +1463,7 @@ func sddmmPairSegBatch(name string, r int, rows Register) {
 	n := Load(Param("m"), GP64())
 	acc := sddmmPairSums(name, p, xa, xb, n, false)
 	out := Load(Param("out"), GP64())
-	ys := append([]VecVirtual(nil), acc...)
-	for len(ys)%4 != 0 {
-		y := YMM()
-		VXORPS(y, y, y)
-		ys = append(ys, y)
-	}
-	for h := 0; h < len(ys)/4; h++ {
-		sums := hsum4Reg(ys[4*h : 4*h+4])
+	hsumQuads(append([]VecVirtual(nil), acc...), func(h int, sums VecVirtual) {
 		for q := 0; q < 2 && 2*h+q < r; q++ {
 			at := GP64()
 			MOVLQSX(Mem{Base: rows, Disp: 4 * (2*h + q)}, at)
@@ -1481,7 +1474,7 @@ func sddmmPairSegBatch(name string, r int, rows Register) {
 				VMOVHPS(sums, dst)
 			}
 		}
-	}
+	})
 }
 
 // sddmmPairSums emits genSDDMMPairWidth's sums for the rows at the
@@ -1612,16 +1605,23 @@ func genSDDMMPairWidth(r int, z bool) {
 		VADDPS(hi, a.AsY(), y)
 		ys = append(ys, y)
 	}
+	hsumQuads(ys, func(h int, sums VecVirtual) { VMOVUPS(sums, Mem{Base: out, Disp: 16 * h}) })
+	VZEROUPPER()
+	RET()
+}
+
+// hsumQuads pads the YMM vectors ys with zero vectors to a multiple of 4
+// and hands the lane sums of each 4 (hsum4Reg: sums h*4..h*4+3 in one XMM
+// register) to use, quad by quad.
+func hsumQuads(ys []VecVirtual, use func(h int, sums VecVirtual)) {
 	for len(ys)%4 != 0 {
 		y := YMM()
 		VXORPS(y, y, y)
 		ys = append(ys, y)
 	}
 	for h := 0; h < len(ys)/4; h++ {
-		hsum4(ys[4*h:4*h+4], Mem{Base: out, Disp: 16 * h})
+		use(h, hsum4Reg(ys[4*h:4*h+4]))
 	}
-	VZEROUPPER()
-	RET()
 }
 
 // expConstVals are genExpShiftSum's constants (the expConsts table), in order: the
