@@ -11,42 +11,54 @@ import (
 )
 
 // BenchmarkWeightGrad: the weight gradient of a [out, in] weight over m
-// rows (the test model's shapes and OPT-350m's feed-forward pair), dense (gyᵀ·x on the dense GEMM, x's panels prepared from x) vs
-// kept positions only of a 2:4 weight (NMWeightGrad from gy and x).
-// GFLOP/s counts the dense 2·m·out·in in both, so it compares times.
+// rows (the test model's shapes and OPT-350m's feed-forward pair), dense
+// vs kept positions only of a 2:4 weight (weightGradPair), on 1 and 2
+// threads. GFLOP/s counts the dense 2·m·out·in in both, so it compares
+// times.
 func BenchmarkWeightGrad(b *testing.B) {
-	const m = 512
-	p := format.NM{N: 2, M: 4}
-	for _, sh := range [][2]int{{256, 256}, {1024, 256}, {256, 1024}, {4096, 1024}, {1024, 4096}} {
+	for _, sh := range trainShapes {
 		out, in := sh[0], sh[1]
-		rng := rand.New(rand.NewPCG(1, 2))
-		aT, x, gy := randF32(rng, out*m), randF32(rng, m*in), randF32(rng, m*out)
-		flops := 2 * float64(m*out*in)
+		flops := 2 * float64(trainRows*out*in)
 		for _, threads := range []int{1, 2} {
-			b.Run(fmt.Sprintf("%dx%d/dense/threads=%d", out, in, threads), func(b *testing.B) {
-				g := make([]float32, out*in)
-				var d *Dense
-				for b.Loop() {
-					d, _ = PrepareDenseKN(d, x, m, in, threads)
-					if err := d.Linear(g, aT, out, nil, threads); err != nil {
-						b.Fatal(err)
+			dense, sparse := weightGradPair(b, out, in, threads)
+			for _, k := range []struct {
+				name string
+				grad func() error
+			}{
+				{"dense", dense},
+				{"nm24", sparse},
+			} {
+				b.Run(fmt.Sprintf("%dx%d/%s/threads=%d", out, in, k.name, threads), func(b *testing.B) {
+					for b.Loop() {
+						if err := k.grad(); err != nil {
+							b.Fatal(err)
+						}
 					}
-				}
-				b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
-			})
-			b.Run(fmt.Sprintf("%dx%d/nm24/threads=%d", out, in, threads), func(b *testing.B) {
-				w, _ := randNM(b, rng, p, Float32, out, in)
-				kept := in / 2
-				g := make([]float32, out*kept)
-				for b.Loop() {
-					if err := NMWeightGrad(g, gy, x, m, p, out, in, w.Indices, threads); err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
-			})
+					b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+				})
+			}
 		}
 	}
+}
+
+// weightGradPair returns the weight gradients of a [out, in] weight over
+// trainRows rows on threads: dense (gyᵀ·x on the dense GEMM, x's panels
+// prepared from x each call, as the trainer does) and 2:4 (NMWeightGrad
+// from gy and x), on random operands.
+func weightGradPair(b *testing.B, out, in, threads int) (dense, sparse func() error) {
+	p := format.NM{N: 2, M: 4}
+	rng := rand.New(rand.NewPCG(1, 2))
+	aT, x, gy := randF32(rng, out*trainRows), randF32(rng, trainRows*in), randF32(rng, trainRows*out)
+	w, _ := randNM(b, rng, p, Float32, out, in)
+	gd, gs := make([]float32, out*in), make([]float32, out*in/2)
+	var d *Dense
+	return func() (err error) {
+			if d, err = PrepareDenseKN(d, x, trainRows, in, threads); err != nil {
+				return err
+			}
+			return d.Linear(gd, aT, out, nil, threads)
+		},
+		func() error { return NMWeightGrad(gs, gy, x, trainRows, p, out, in, w.Indices, threads) }
 }
 
 // BenchmarkTrainLinear: the forward product at the trainer's shapes
@@ -113,23 +125,11 @@ func trainLinearPair(b *testing.B, out, in int) (dense, sparse func() error) {
 }
 
 func BenchmarkWeightGradPair(b *testing.B) {
-	p := format.NM{N: 2, M: 4}
 	for _, sh := range trainShapes {
 		out, in := sh[0], sh[1]
-		rng := rand.New(rand.NewPCG(1, 2))
-		aT, x, gy := randF32(rng, out*trainRows), randF32(rng, trainRows*in), randF32(rng, trainRows*out)
-		w, _ := randNM(b, rng, p, Float32, out, in)
-		gd, gs := make([]float32, out*in), make([]float32, out*in/2)
-		var d *Dense
+		dense, sparse := weightGradPair(b, out, in, 1)
 		b.Run(fmt.Sprintf("%dx%d", out, in), func(b *testing.B) {
-			benchPair(b, 2*float64(trainRows*out*in),
-				func() (err error) {
-					if d, err = PrepareDenseKN(d, x, trainRows, in, 1); err != nil {
-						return err
-					}
-					return d.Linear(gd, aT, out, nil, 1)
-				},
-				func() error { return NMWeightGrad(gs, gy, x, trainRows, p, out, in, w.Indices, 1) })
+			benchPair(b, 2*float64(trainRows*out*in), dense, sparse)
 		})
 	}
 }
