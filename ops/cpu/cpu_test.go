@@ -298,9 +298,6 @@ func TestNMAllPatterns(t *testing.T) {
 	})
 }
 
-// TestNMLinearVsRef covers the common patterns on ragged shapes: Out not a
-// multiple of the 8-lane panel or the 3-output micro-kernel, group counts
-// not a multiple of the 4-group unroll, m across the 32-row blocks.
 // TestNMLinearPanelGroups: the AVX2 sparse GEMM's groups of panels
 // expanded together (16, or fewer when a panel's expanded steps are
 // large), full and ragged, on 1 and 3 threads whatever GOMAXPROCS is:
@@ -338,6 +335,9 @@ func TestNMLinearPanelGroups(t *testing.T) {
 	})
 }
 
+// TestNMLinearVsRef covers the common patterns on ragged shapes: Out not a
+// multiple of the 8-lane panel or the 3-output micro-kernel, group counts
+// not a multiple of the 4-group unroll, m across the 32-row blocks.
 func TestNMLinearVsRef(t *testing.T) {
 	patterns := []format.NM{{N: 2, M: 4}, {N: 1, M: 2}, {N: 2, M: 8}, {N: 4, M: 8}, {N: 3, M: 8}, {N: 5, M: 16}}
 	// {20, 300}: several K chunks of the sparse GEMM; m = 130: several

@@ -5,7 +5,6 @@ package cpu
 import (
 	"math"
 	"math/rand/v2"
-	"slices"
 	"testing"
 	"unsafe"
 )
@@ -33,7 +32,7 @@ func TestPairSegKernel(t *testing.T) {
 				out[i] = float32(math.NaN())
 			}
 			sddmmPairSegAsm(&gy[0], 4*ld, unsafe.SliceData(rows), n, &xa[0], &xb[0], m, &out[0])
-			want := slices.Clone(out)
+			want := make([]float32, 2*nr)
 			for i := range want {
 				want[i] = float32(math.NaN())
 			}

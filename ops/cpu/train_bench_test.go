@@ -43,7 +43,8 @@ func BenchmarkWeightGrad(b *testing.B) {
 
 // weightGradPair returns the weight gradients of a [out, in] weight over
 // trainRows rows on threads: dense (gyᵀ·x on the dense GEMM, x's panels
-// prepared from x each call, as the trainer does) and 2:4 (NMWeightGrad
+// prepared from x each call; the trainer also transposes gy, which this
+// leaves out) and 2:4 (NMWeightGrad
 // from gy and x), on random operands.
 func weightGradPair(b *testing.B, out, in, threads int) (dense, sparse func() error) {
 	p := format.NM{N: 2, M: 4}
