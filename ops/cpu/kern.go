@@ -384,6 +384,22 @@ func spmmTile(ld, mb, r, l0 int, xt []float32, in int, off []uint32, vals []floa
 	spmmAsm(mb, r, &xt[0], &off[l0], &vals[0], l0, steps, &yt[0])
 }
 
+// spmmPanels runs the AVX2 sparse GEMM micro-kernels over pn full panels
+// (8 lanes each) of a panel group's scratch in one call: panel k's steps
+// start at off[k*pstride:] and vals[k*pstride:], its accumulators at
+// yt[k*8*mb:] ([lane][row]), each panel's lanes in the tiles spmmTile
+// would run (0-2, 3-5, 6-7), with the same bits.
+func spmmPanels(mb int, xt []float32, in int, off []uint32, vals []float32, pstride, pn, steps int, yt []float32) {
+	need(mb >= 8 && mb <= 32 && mb%8 == 0 && pn >= 1 && steps >= 1 && pstride >= 8*steps &&
+		len(xt) >= in*32 && len(off) >= (pn-1)*pstride+8*steps && len(vals) >= (pn-1)*pstride+8*steps &&
+		len(yt) >= pn*spLanes*mb)
+	spmmPanelsAsm(mb, &xt[0], &off[0], &vals[0], 4*pstride, pn, steps, &yt[0])
+}
+
+// spmmPanelsOn routes the AVX2 sparse GEMM's full panels through
+// spmmPanels (tests turn it off to compare with the per-tile calls).
+var spmmPanelsOn = true
+
 // transposeBlock writes blk[c*ld + r] = x[(r0+r)*in + c] for r < rows
 // (<= ld), c < in, and zeroes the rows' tail lanes up to a multiple of pad.
 func transposeBlock(blk, x []float32, r0, rows, in, ld, pad int) {

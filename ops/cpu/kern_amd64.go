@@ -140,6 +140,14 @@ func spmmAsm(mb, r int, xt *float32, off *uint32, vals *float32, l0, steps int, 
 	spmmFns[mb/8-1][r-1](xt, off, vals, l0, steps, yt)
 }
 
+var spmmPanelsFns = [4]func(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32){
+	spmmPanelsB8AVX2, spmmPanelsB16AVX2, spmmPanelsB24AVX2, spmmPanelsB32AVX2,
+}
+
+func spmmPanelsAsm(mb int, xt *float32, off *uint32, vals *float32, pstride, pn, steps int, yt *float32) {
+	spmmPanelsFns[mb/8-1](xt, off, vals, pstride, pn, steps, yt)
+}
+
 // spmmZFns[mb/16-1][r-1].
 var spmmZFns = [4][4]spmmFn{
 	{spmmZ16R1AVX512, spmmZ16R2AVX512, spmmZ16R3AVX512, spmmZ16R4AVX512},

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"unsafe"
+
+	"github.com/slopeml/slope/format"
 )
 
 // TestPairSegKernel: the AVX2 segment kernel gives each row the bits of
@@ -40,6 +42,68 @@ func TestPairSegKernel(t *testing.T) {
 			for i := range out {
 				if math.Float32bits(out[i]) != math.Float32bits(want[i]) {
 					t.Fatalf("m %d, %d rows: out[%d] = %v, want %v", m, n, i, out[i], want[i])
+				}
+			}
+		}
+	}
+}
+
+// TestSpmmPanels: the AVX2 sparse GEMM gives the same bits with its full
+// panels run by one spmmPanels call per block and K chunk as with three
+// spmmTile calls per panel, for Linear (with and without bias) and
+// LinearAdd: a ragged last panel (404 outputs), several panel groups and
+// K chunks (In = 2400: 1200 kept steps per output, chunks of 64), ragged
+// row blocks (m = 40, 130) and 1 and 3 threads, in float32 and bf16, for
+// 2:4 and another pattern.
+func TestSpmmPanels(t *testing.T) {
+	if !haveAVX2FMA {
+		t.Skip("no AVX2+FMA on this CPU: the kernel is never used")
+	}
+	defer func() { useAsm, useAVX512, spmmPanelsOn = true, true, true }()
+	useAsm, useAVX512 = true, false
+	rng := rand.New(rand.NewPCG(9, 10))
+	for _, p := range []format.NM{{N: 2, M: 4}, {N: 2, M: 8}} {
+		for _, dt := range []DType{Float32, BFloat16} {
+			for _, sh := range [][2]int{{404, 160}, {64, 2400}, {8, 16}} {
+				out, in := sh[0], sh[1]
+				w, _ := randNM(t, rng, p, dt, out, in)
+				s, err := PrepareNM(w)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range []int{40, 130} {
+					x, bias, y0 := randF32(rng, m*in), randF32(rng, out), randF32(rng, m*out)
+					for _, threads := range []int{1, 3} {
+						for _, mode := range []string{"bias", "nobias", "add"} {
+							var got, want []float32
+							for _, on := range []bool{true, false} {
+								spmmPanelsOn = on
+								y := append([]float32(nil), y0...)
+								switch mode {
+								case "bias":
+									err = s.Linear(y, x, m, bias, threads)
+								case "nobias":
+									err = s.Linear(y, x, m, nil, threads)
+								default:
+									err = s.LinearAdd(y, x, m, threads)
+								}
+								if err != nil {
+									t.Fatal(err)
+								}
+								if on {
+									got = y
+								} else {
+									want = y
+								}
+							}
+							for i := range got {
+								if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+									t.Fatalf("%v %v [%d,%d] m %d threads %d %s: y[%d] = %v, want %v",
+										p, dt, out, in, m, threads, mode, i, got[i], want[i])
+								}
+							}
+						}
+					}
 				}
 			}
 		}

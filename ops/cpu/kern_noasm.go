@@ -27,6 +27,7 @@ func spPrepAsm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int,
 func spPrep24Asm(DType, *uint32, *float32, *uint32, unsafe.Pointer, int, int, int)       { noAsm() }
 func spmmAsm(int, int, *float32, *uint32, *float32, int, int, *float32)                  { noAsm() }
 func spmmZAsm(int, int, *float32, *uint32, *float32, int, int, *float32)                 { noAsm() }
+func spmmPanelsAsm(int, *float32, *uint32, *float32, int, int, int, *float32)            { noAsm() }
 func transposeAsm(*float32, int, *float32, int, int)                                     { noAsm() }
 func transposeAddAsm(*float32, int, *float32, int, int)                                  { noAsm() }
 func transposeBiasAsm(*float32, int, *float32, int, int, *float32)                       { noAsm() }

@@ -3795,6 +3795,91 @@ spmmB8R3AVX2_loop:
 	VZEROUPPER
 	RET
 
+// func spmmPanelsB8AVX2(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32)
+// Requires: AVX, FMA3
+TEXT ·spmmPanelsB8AVX2(SB), NOSPLIT, $0-56
+	MOVQ xt+0(FP), AX
+	MOVQ off+8(FP), CX
+	MOVQ vals+16(FP), DX
+	MOVQ pstride+24(FP), BX
+	MOVQ pn+32(FP), SI
+	MOVQ steps+40(FP), DI
+	SHLQ $0x05, DI
+	MOVQ yt+48(FP), R8
+
+spmmPanelsB8AVX2_panel:
+	VMOVUPS (R8), Y0
+	VMOVUPS 32(R8), Y1
+	VMOVUPS 64(R8), Y2
+	XORQ    R9, R9
+
+spmmPanelsB8AVX2_l0_loop:
+	VBROADCASTF128 (DX)(R9*1), Y3
+	MOVQ           (CX)(R9*1), R10
+	MOVL           R10, R11
+	SHRQ           $0x20, R10
+	MOVL           8(CX)(R9*1), R12
+	VPERMILPS      $0x00, Y3, Y4
+	VFMADD231PS    (AX)(R11*1), Y4, Y0
+	VPERMILPS      $0x55, Y3, Y4
+	VFMADD231PS    (AX)(R10*1), Y4, Y1
+	VPERMILPS      $0xaa, Y3, Y3
+	VFMADD231PS    (AX)(R12*1), Y3, Y2
+	ADDQ           $0x20, R9
+	CMPQ           R9, DI
+	JNE            spmmPanelsB8AVX2_l0_loop
+	VMOVUPS        Y0, (R8)
+	VMOVUPS        Y1, 32(R8)
+	VMOVUPS        Y2, 64(R8)
+	VMOVUPS        96(R8), Y0
+	VMOVUPS        128(R8), Y1
+	VMOVUPS        160(R8), Y2
+	XORQ           R9, R9
+
+spmmPanelsB8AVX2_l3_loop:
+	VBROADCASTF128 12(DX)(R9*1), Y3
+	MOVQ           12(CX)(R9*1), R10
+	MOVL           R10, R11
+	SHRQ           $0x20, R10
+	MOVL           20(CX)(R9*1), R12
+	VPERMILPS      $0x00, Y3, Y4
+	VFMADD231PS    (AX)(R11*1), Y4, Y0
+	VPERMILPS      $0x55, Y3, Y4
+	VFMADD231PS    (AX)(R10*1), Y4, Y1
+	VPERMILPS      $0xaa, Y3, Y3
+	VFMADD231PS    (AX)(R12*1), Y3, Y2
+	ADDQ           $0x20, R9
+	CMPQ           R9, DI
+	JNE            spmmPanelsB8AVX2_l3_loop
+	VMOVUPS        Y0, 96(R8)
+	VMOVUPS        Y1, 128(R8)
+	VMOVUPS        Y2, 160(R8)
+	VMOVUPS        192(R8), Y0
+	VMOVUPS        224(R8), Y1
+	XORQ           R9, R9
+
+spmmPanelsB8AVX2_l6_loop:
+	VBROADCASTSD 24(DX)(R9*1), Y2
+	MOVQ         24(CX)(R9*1), R10
+	MOVL         R10, R11
+	SHRQ         $0x20, R10
+	VPERMILPS    $0x00, Y2, Y3
+	VFMADD231PS  (AX)(R11*1), Y3, Y0
+	VPERMILPS    $0x55, Y2, Y2
+	VFMADD231PS  (AX)(R10*1), Y2, Y1
+	ADDQ         $0x20, R9
+	CMPQ         R9, DI
+	JNE          spmmPanelsB8AVX2_l6_loop
+	VMOVUPS      Y0, 192(R8)
+	VMOVUPS      Y1, 224(R8)
+	ADDQ         BX, CX
+	ADDQ         BX, DX
+	ADDQ         $0x00000100, R8
+	DECQ         SI
+	JNZ          spmmPanelsB8AVX2_panel
+	VZEROUPPER
+	RET
+
 // func spmmB16R1AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
 // Requires: AVX, FMA3
 TEXT ·spmmB16R1AVX2(SB), NOSPLIT, $0-48
@@ -3904,6 +3989,115 @@ spmmB16R3AVX2_loop:
 	VMOVUPS        Y3, 96(SI)
 	VMOVUPS        Y4, 128(SI)
 	VMOVUPS        Y5, 160(SI)
+	VZEROUPPER
+	RET
+
+// func spmmPanelsB16AVX2(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32)
+// Requires: AVX, FMA3
+TEXT ·spmmPanelsB16AVX2(SB), NOSPLIT, $0-56
+	MOVQ xt+0(FP), AX
+	MOVQ off+8(FP), CX
+	MOVQ vals+16(FP), DX
+	MOVQ pstride+24(FP), BX
+	MOVQ pn+32(FP), SI
+	MOVQ steps+40(FP), DI
+	SHLQ $0x05, DI
+	MOVQ yt+48(FP), R8
+
+spmmPanelsB16AVX2_panel:
+	VMOVUPS (R8), Y0
+	VMOVUPS 32(R8), Y1
+	VMOVUPS 64(R8), Y2
+	VMOVUPS 96(R8), Y3
+	VMOVUPS 128(R8), Y4
+	VMOVUPS 160(R8), Y5
+	XORQ    R9, R9
+
+spmmPanelsB16AVX2_l0_loop:
+	VBROADCASTF128 (DX)(R9*1), Y6
+	MOVQ           (CX)(R9*1), R10
+	MOVL           R10, R11
+	SHRQ           $0x20, R10
+	MOVL           8(CX)(R9*1), R12
+	VPERMILPS      $0x00, Y6, Y7
+	VFMADD231PS    (AX)(R11*1), Y7, Y0
+	VFMADD231PS    32(AX)(R11*1), Y7, Y1
+	VPERMILPS      $0x55, Y6, Y7
+	VFMADD231PS    (AX)(R10*1), Y7, Y2
+	VFMADD231PS    32(AX)(R10*1), Y7, Y3
+	VPERMILPS      $0xaa, Y6, Y6
+	VFMADD231PS    (AX)(R12*1), Y6, Y4
+	VFMADD231PS    32(AX)(R12*1), Y6, Y5
+	ADDQ           $0x20, R9
+	CMPQ           R9, DI
+	JNE            spmmPanelsB16AVX2_l0_loop
+	VMOVUPS        Y0, (R8)
+	VMOVUPS        Y1, 32(R8)
+	VMOVUPS        Y2, 64(R8)
+	VMOVUPS        Y3, 96(R8)
+	VMOVUPS        Y4, 128(R8)
+	VMOVUPS        Y5, 160(R8)
+	VMOVUPS        192(R8), Y0
+	VMOVUPS        224(R8), Y1
+	VMOVUPS        256(R8), Y2
+	VMOVUPS        288(R8), Y3
+	VMOVUPS        320(R8), Y4
+	VMOVUPS        352(R8), Y5
+	XORQ           R9, R9
+
+spmmPanelsB16AVX2_l3_loop:
+	VBROADCASTF128 12(DX)(R9*1), Y6
+	MOVQ           12(CX)(R9*1), R10
+	MOVL           R10, R11
+	SHRQ           $0x20, R10
+	MOVL           20(CX)(R9*1), R12
+	VPERMILPS      $0x00, Y6, Y7
+	VFMADD231PS    (AX)(R11*1), Y7, Y0
+	VFMADD231PS    32(AX)(R11*1), Y7, Y1
+	VPERMILPS      $0x55, Y6, Y7
+	VFMADD231PS    (AX)(R10*1), Y7, Y2
+	VFMADD231PS    32(AX)(R10*1), Y7, Y3
+	VPERMILPS      $0xaa, Y6, Y6
+	VFMADD231PS    (AX)(R12*1), Y6, Y4
+	VFMADD231PS    32(AX)(R12*1), Y6, Y5
+	ADDQ           $0x20, R9
+	CMPQ           R9, DI
+	JNE            spmmPanelsB16AVX2_l3_loop
+	VMOVUPS        Y0, 192(R8)
+	VMOVUPS        Y1, 224(R8)
+	VMOVUPS        Y2, 256(R8)
+	VMOVUPS        Y3, 288(R8)
+	VMOVUPS        Y4, 320(R8)
+	VMOVUPS        Y5, 352(R8)
+	VMOVUPS        384(R8), Y0
+	VMOVUPS        416(R8), Y1
+	VMOVUPS        448(R8), Y2
+	VMOVUPS        480(R8), Y3
+	XORQ           R9, R9
+
+spmmPanelsB16AVX2_l6_loop:
+	VBROADCASTSD 24(DX)(R9*1), Y4
+	MOVQ         24(CX)(R9*1), R10
+	MOVL         R10, R11
+	SHRQ         $0x20, R10
+	VPERMILPS    $0x00, Y4, Y5
+	VFMADD231PS  (AX)(R11*1), Y5, Y0
+	VFMADD231PS  32(AX)(R11*1), Y5, Y1
+	VPERMILPS    $0x55, Y4, Y4
+	VFMADD231PS  (AX)(R10*1), Y4, Y2
+	VFMADD231PS  32(AX)(R10*1), Y4, Y3
+	ADDQ         $0x20, R9
+	CMPQ         R9, DI
+	JNE          spmmPanelsB16AVX2_l6_loop
+	VMOVUPS      Y0, 384(R8)
+	VMOVUPS      Y1, 416(R8)
+	VMOVUPS      Y2, 448(R8)
+	VMOVUPS      Y3, 480(R8)
+	ADDQ         BX, CX
+	ADDQ         BX, DX
+	ADDQ         $0x00000200, R8
+	DECQ         SI
+	JNZ          spmmPanelsB16AVX2_panel
 	VZEROUPPER
 	RET
 
@@ -4034,6 +4228,139 @@ spmmB24R3AVX2_loop:
 	VMOVUPS        Y6, 192(SI)
 	VMOVUPS        Y7, 224(SI)
 	VMOVUPS        Y8, 256(SI)
+	VZEROUPPER
+	RET
+
+// func spmmPanelsB24AVX2(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32)
+// Requires: AVX, FMA3
+TEXT ·spmmPanelsB24AVX2(SB), NOSPLIT, $0-56
+	MOVQ xt+0(FP), AX
+	MOVQ off+8(FP), CX
+	MOVQ vals+16(FP), DX
+	MOVQ pstride+24(FP), BX
+	MOVQ pn+32(FP), SI
+	MOVQ steps+40(FP), DI
+	SHLQ $0x05, DI
+	MOVQ yt+48(FP), R8
+
+spmmPanelsB24AVX2_panel:
+	VMOVUPS (R8), Y0
+	VMOVUPS 32(R8), Y1
+	VMOVUPS 64(R8), Y2
+	VMOVUPS 96(R8), Y3
+	VMOVUPS 128(R8), Y4
+	VMOVUPS 160(R8), Y5
+	VMOVUPS 192(R8), Y6
+	VMOVUPS 224(R8), Y7
+	VMOVUPS 256(R8), Y8
+	XORQ    R9, R9
+
+spmmPanelsB24AVX2_l0_loop:
+	VBROADCASTF128 (DX)(R9*1), Y9
+	MOVQ           (CX)(R9*1), R10
+	MOVL           R10, R11
+	SHRQ           $0x20, R10
+	MOVL           8(CX)(R9*1), R12
+	VPERMILPS      $0x00, Y9, Y10
+	VFMADD231PS    (AX)(R11*1), Y10, Y0
+	VFMADD231PS    32(AX)(R11*1), Y10, Y1
+	VFMADD231PS    64(AX)(R11*1), Y10, Y2
+	VPERMILPS      $0x55, Y9, Y10
+	VFMADD231PS    (AX)(R10*1), Y10, Y3
+	VFMADD231PS    32(AX)(R10*1), Y10, Y4
+	VFMADD231PS    64(AX)(R10*1), Y10, Y5
+	VPERMILPS      $0xaa, Y9, Y9
+	VFMADD231PS    (AX)(R12*1), Y9, Y6
+	VFMADD231PS    32(AX)(R12*1), Y9, Y7
+	VFMADD231PS    64(AX)(R12*1), Y9, Y8
+	ADDQ           $0x20, R9
+	CMPQ           R9, DI
+	JNE            spmmPanelsB24AVX2_l0_loop
+	VMOVUPS        Y0, (R8)
+	VMOVUPS        Y1, 32(R8)
+	VMOVUPS        Y2, 64(R8)
+	VMOVUPS        Y3, 96(R8)
+	VMOVUPS        Y4, 128(R8)
+	VMOVUPS        Y5, 160(R8)
+	VMOVUPS        Y6, 192(R8)
+	VMOVUPS        Y7, 224(R8)
+	VMOVUPS        Y8, 256(R8)
+	VMOVUPS        288(R8), Y0
+	VMOVUPS        320(R8), Y1
+	VMOVUPS        352(R8), Y2
+	VMOVUPS        384(R8), Y3
+	VMOVUPS        416(R8), Y4
+	VMOVUPS        448(R8), Y5
+	VMOVUPS        480(R8), Y6
+	VMOVUPS        512(R8), Y7
+	VMOVUPS        544(R8), Y8
+	XORQ           R9, R9
+
+spmmPanelsB24AVX2_l3_loop:
+	VBROADCASTF128 12(DX)(R9*1), Y9
+	MOVQ           12(CX)(R9*1), R10
+	MOVL           R10, R11
+	SHRQ           $0x20, R10
+	MOVL           20(CX)(R9*1), R12
+	VPERMILPS      $0x00, Y9, Y10
+	VFMADD231PS    (AX)(R11*1), Y10, Y0
+	VFMADD231PS    32(AX)(R11*1), Y10, Y1
+	VFMADD231PS    64(AX)(R11*1), Y10, Y2
+	VPERMILPS      $0x55, Y9, Y10
+	VFMADD231PS    (AX)(R10*1), Y10, Y3
+	VFMADD231PS    32(AX)(R10*1), Y10, Y4
+	VFMADD231PS    64(AX)(R10*1), Y10, Y5
+	VPERMILPS      $0xaa, Y9, Y9
+	VFMADD231PS    (AX)(R12*1), Y9, Y6
+	VFMADD231PS    32(AX)(R12*1), Y9, Y7
+	VFMADD231PS    64(AX)(R12*1), Y9, Y8
+	ADDQ           $0x20, R9
+	CMPQ           R9, DI
+	JNE            spmmPanelsB24AVX2_l3_loop
+	VMOVUPS        Y0, 288(R8)
+	VMOVUPS        Y1, 320(R8)
+	VMOVUPS        Y2, 352(R8)
+	VMOVUPS        Y3, 384(R8)
+	VMOVUPS        Y4, 416(R8)
+	VMOVUPS        Y5, 448(R8)
+	VMOVUPS        Y6, 480(R8)
+	VMOVUPS        Y7, 512(R8)
+	VMOVUPS        Y8, 544(R8)
+	VMOVUPS        576(R8), Y0
+	VMOVUPS        608(R8), Y1
+	VMOVUPS        640(R8), Y2
+	VMOVUPS        672(R8), Y3
+	VMOVUPS        704(R8), Y4
+	VMOVUPS        736(R8), Y5
+	XORQ           R9, R9
+
+spmmPanelsB24AVX2_l6_loop:
+	VBROADCASTSD 24(DX)(R9*1), Y6
+	MOVQ         24(CX)(R9*1), R10
+	MOVL         R10, R11
+	SHRQ         $0x20, R10
+	VPERMILPS    $0x00, Y6, Y7
+	VFMADD231PS  (AX)(R11*1), Y7, Y0
+	VFMADD231PS  32(AX)(R11*1), Y7, Y1
+	VFMADD231PS  64(AX)(R11*1), Y7, Y2
+	VPERMILPS    $0x55, Y6, Y6
+	VFMADD231PS  (AX)(R10*1), Y6, Y3
+	VFMADD231PS  32(AX)(R10*1), Y6, Y4
+	VFMADD231PS  64(AX)(R10*1), Y6, Y5
+	ADDQ         $0x20, R9
+	CMPQ         R9, DI
+	JNE          spmmPanelsB24AVX2_l6_loop
+	VMOVUPS      Y0, 576(R8)
+	VMOVUPS      Y1, 608(R8)
+	VMOVUPS      Y2, 640(R8)
+	VMOVUPS      Y3, 672(R8)
+	VMOVUPS      Y4, 704(R8)
+	VMOVUPS      Y5, 736(R8)
+	ADDQ         BX, CX
+	ADDQ         BX, DX
+	ADDQ         $0x00000300, R8
+	DECQ         SI
+	JNZ          spmmPanelsB24AVX2_panel
 	VZEROUPPER
 	RET
 
@@ -4182,6 +4509,163 @@ spmmB32R3AVX2_loop:
 	VMOVUPS        Y9, 288(SI)
 	VMOVUPS        Y10, 320(SI)
 	VMOVUPS        Y11, 352(SI)
+	VZEROUPPER
+	RET
+
+// func spmmPanelsB32AVX2(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32)
+// Requires: AVX, FMA3
+TEXT ·spmmPanelsB32AVX2(SB), NOSPLIT, $0-56
+	MOVQ xt+0(FP), AX
+	MOVQ off+8(FP), CX
+	MOVQ vals+16(FP), DX
+	MOVQ pstride+24(FP), BX
+	MOVQ pn+32(FP), SI
+	MOVQ steps+40(FP), DI
+	SHLQ $0x05, DI
+	MOVQ yt+48(FP), R8
+
+spmmPanelsB32AVX2_panel:
+	VMOVUPS (R8), Y0
+	VMOVUPS 32(R8), Y1
+	VMOVUPS 64(R8), Y2
+	VMOVUPS 96(R8), Y3
+	VMOVUPS 128(R8), Y4
+	VMOVUPS 160(R8), Y5
+	VMOVUPS 192(R8), Y6
+	VMOVUPS 224(R8), Y7
+	VMOVUPS 256(R8), Y8
+	VMOVUPS 288(R8), Y9
+	VMOVUPS 320(R8), Y10
+	VMOVUPS 352(R8), Y11
+	XORQ    R9, R9
+
+spmmPanelsB32AVX2_l0_loop:
+	VBROADCASTF128 (DX)(R9*1), Y12
+	MOVQ           (CX)(R9*1), R10
+	MOVL           R10, R11
+	SHRQ           $0x20, R10
+	MOVL           8(CX)(R9*1), R12
+	VPERMILPS      $0x00, Y12, Y13
+	VFMADD231PS    (AX)(R11*1), Y13, Y0
+	VFMADD231PS    32(AX)(R11*1), Y13, Y1
+	VFMADD231PS    64(AX)(R11*1), Y13, Y2
+	VFMADD231PS    96(AX)(R11*1), Y13, Y3
+	VPERMILPS      $0x55, Y12, Y13
+	VFMADD231PS    (AX)(R10*1), Y13, Y4
+	VFMADD231PS    32(AX)(R10*1), Y13, Y5
+	VFMADD231PS    64(AX)(R10*1), Y13, Y6
+	VFMADD231PS    96(AX)(R10*1), Y13, Y7
+	VPERMILPS      $0xaa, Y12, Y12
+	VFMADD231PS    (AX)(R12*1), Y12, Y8
+	VFMADD231PS    32(AX)(R12*1), Y12, Y9
+	VFMADD231PS    64(AX)(R12*1), Y12, Y10
+	VFMADD231PS    96(AX)(R12*1), Y12, Y11
+	ADDQ           $0x20, R9
+	CMPQ           R9, DI
+	JNE            spmmPanelsB32AVX2_l0_loop
+	VMOVUPS        Y0, (R8)
+	VMOVUPS        Y1, 32(R8)
+	VMOVUPS        Y2, 64(R8)
+	VMOVUPS        Y3, 96(R8)
+	VMOVUPS        Y4, 128(R8)
+	VMOVUPS        Y5, 160(R8)
+	VMOVUPS        Y6, 192(R8)
+	VMOVUPS        Y7, 224(R8)
+	VMOVUPS        Y8, 256(R8)
+	VMOVUPS        Y9, 288(R8)
+	VMOVUPS        Y10, 320(R8)
+	VMOVUPS        Y11, 352(R8)
+	VMOVUPS        384(R8), Y0
+	VMOVUPS        416(R8), Y1
+	VMOVUPS        448(R8), Y2
+	VMOVUPS        480(R8), Y3
+	VMOVUPS        512(R8), Y4
+	VMOVUPS        544(R8), Y5
+	VMOVUPS        576(R8), Y6
+	VMOVUPS        608(R8), Y7
+	VMOVUPS        640(R8), Y8
+	VMOVUPS        672(R8), Y9
+	VMOVUPS        704(R8), Y10
+	VMOVUPS        736(R8), Y11
+	XORQ           R9, R9
+
+spmmPanelsB32AVX2_l3_loop:
+	VBROADCASTF128 12(DX)(R9*1), Y12
+	MOVQ           12(CX)(R9*1), R10
+	MOVL           R10, R11
+	SHRQ           $0x20, R10
+	MOVL           20(CX)(R9*1), R12
+	VPERMILPS      $0x00, Y12, Y13
+	VFMADD231PS    (AX)(R11*1), Y13, Y0
+	VFMADD231PS    32(AX)(R11*1), Y13, Y1
+	VFMADD231PS    64(AX)(R11*1), Y13, Y2
+	VFMADD231PS    96(AX)(R11*1), Y13, Y3
+	VPERMILPS      $0x55, Y12, Y13
+	VFMADD231PS    (AX)(R10*1), Y13, Y4
+	VFMADD231PS    32(AX)(R10*1), Y13, Y5
+	VFMADD231PS    64(AX)(R10*1), Y13, Y6
+	VFMADD231PS    96(AX)(R10*1), Y13, Y7
+	VPERMILPS      $0xaa, Y12, Y12
+	VFMADD231PS    (AX)(R12*1), Y12, Y8
+	VFMADD231PS    32(AX)(R12*1), Y12, Y9
+	VFMADD231PS    64(AX)(R12*1), Y12, Y10
+	VFMADD231PS    96(AX)(R12*1), Y12, Y11
+	ADDQ           $0x20, R9
+	CMPQ           R9, DI
+	JNE            spmmPanelsB32AVX2_l3_loop
+	VMOVUPS        Y0, 384(R8)
+	VMOVUPS        Y1, 416(R8)
+	VMOVUPS        Y2, 448(R8)
+	VMOVUPS        Y3, 480(R8)
+	VMOVUPS        Y4, 512(R8)
+	VMOVUPS        Y5, 544(R8)
+	VMOVUPS        Y6, 576(R8)
+	VMOVUPS        Y7, 608(R8)
+	VMOVUPS        Y8, 640(R8)
+	VMOVUPS        Y9, 672(R8)
+	VMOVUPS        Y10, 704(R8)
+	VMOVUPS        Y11, 736(R8)
+	VMOVUPS        768(R8), Y0
+	VMOVUPS        800(R8), Y1
+	VMOVUPS        832(R8), Y2
+	VMOVUPS        864(R8), Y3
+	VMOVUPS        896(R8), Y4
+	VMOVUPS        928(R8), Y5
+	VMOVUPS        960(R8), Y6
+	VMOVUPS        992(R8), Y7
+	XORQ           R9, R9
+
+spmmPanelsB32AVX2_l6_loop:
+	VBROADCASTSD 24(DX)(R9*1), Y8
+	MOVQ         24(CX)(R9*1), R10
+	MOVL         R10, R11
+	SHRQ         $0x20, R10
+	VPERMILPS    $0x00, Y8, Y9
+	VFMADD231PS  (AX)(R11*1), Y9, Y0
+	VFMADD231PS  32(AX)(R11*1), Y9, Y1
+	VFMADD231PS  64(AX)(R11*1), Y9, Y2
+	VFMADD231PS  96(AX)(R11*1), Y9, Y3
+	VPERMILPS    $0x55, Y8, Y8
+	VFMADD231PS  (AX)(R10*1), Y8, Y4
+	VFMADD231PS  32(AX)(R10*1), Y8, Y5
+	VFMADD231PS  64(AX)(R10*1), Y8, Y6
+	VFMADD231PS  96(AX)(R10*1), Y8, Y7
+	ADDQ         $0x20, R9
+	CMPQ         R9, DI
+	JNE          spmmPanelsB32AVX2_l6_loop
+	VMOVUPS      Y0, 768(R8)
+	VMOVUPS      Y1, 800(R8)
+	VMOVUPS      Y2, 832(R8)
+	VMOVUPS      Y3, 864(R8)
+	VMOVUPS      Y4, 896(R8)
+	VMOVUPS      Y5, 928(R8)
+	VMOVUPS      Y6, 960(R8)
+	VMOVUPS      Y7, 992(R8)
+	ADDQ         BX, CX
+	ADDQ         BX, DX
+	ADDQ         $0x00000400, R8
+	DECQ         SI
+	JNZ          spmmPanelsB32AVX2_panel
 	VZEROUPPER
 	RET
 

@@ -205,6 +205,9 @@ func spmmB8R2AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt
 // spmmB8R3AVX2 accumulates 3 outputs (lanes l0.. of the panel) for 8 activation rows into yt ([3][8]); steps >= 1.
 func spmmB8R3AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
 
+// spmmPanelsB8AVX2 accumulates pn (>= 1) full panels of 8 outputs for 8 activation rows into yt ([pn][8][8]); steps >= 1.
+func spmmPanelsB8AVX2(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32)
+
 // spmmB16R1AVX2 accumulates 1 outputs (lanes l0.. of the panel) for 16 activation rows into yt ([1][16]); steps >= 1.
 func spmmB16R1AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
 
@@ -213,6 +216,9 @@ func spmmB16R2AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, y
 
 // spmmB16R3AVX2 accumulates 3 outputs (lanes l0.. of the panel) for 16 activation rows into yt ([3][16]); steps >= 1.
 func spmmB16R3AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
+
+// spmmPanelsB16AVX2 accumulates pn (>= 1) full panels of 8 outputs for 16 activation rows into yt ([pn][8][16]); steps >= 1.
+func spmmPanelsB16AVX2(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32)
 
 // spmmB24R1AVX2 accumulates 1 outputs (lanes l0.. of the panel) for 24 activation rows into yt ([1][24]); steps >= 1.
 func spmmB24R1AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
@@ -223,6 +229,9 @@ func spmmB24R2AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, y
 // spmmB24R3AVX2 accumulates 3 outputs (lanes l0.. of the panel) for 24 activation rows into yt ([3][24]); steps >= 1.
 func spmmB24R3AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
 
+// spmmPanelsB24AVX2 accumulates pn (>= 1) full panels of 8 outputs for 24 activation rows into yt ([pn][8][24]); steps >= 1.
+func spmmPanelsB24AVX2(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32)
+
 // spmmB32R1AVX2 accumulates 1 outputs (lanes l0.. of the panel) for 32 activation rows into yt ([1][32]); steps >= 1.
 func spmmB32R1AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
 
@@ -231,6 +240,9 @@ func spmmB32R2AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, y
 
 // spmmB32R3AVX2 accumulates 3 outputs (lanes l0.. of the panel) for 32 activation rows into yt ([3][32]); steps >= 1.
 func spmmB32R3AVX2(xt *float32, off *uint32, vals *float32, l0 int, steps int, yt *float32)
+
+// spmmPanelsB32AVX2 accumulates pn (>= 1) full panels of 8 outputs for 32 activation rows into yt ([pn][8][32]); steps >= 1.
+func spmmPanelsB32AVX2(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32)
 
 // dotAVX2 returns Σ a[i]·b[i] for i < n (n >= 0), in an order fixed by n:
 // 4 FMA chains over blocks of 32, one over blocks of 8, then a scalar tail.

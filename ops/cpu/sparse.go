@@ -288,9 +288,21 @@ func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int, add bool) {
 				blk := xt[b*in*ld : (b+1)*in*ld]
 				yt := (*ytb)[:pn*spLanes*mb]
 				clear(yt)
+				// full: the group's panels with all 8 lanes (all but a
+				// ragged last panel of the weight).
+				full := pn
+				if (pc+pn)*spLanes > s.out {
+					full--
+				}
+				if ld != 32 || !spmmPanelsOn {
+					full = 0
+				}
 				for k0 := 0; k0 < s.kept; k0 += kc {
 					steps := min(kc, s.kept-k0)
-					for k := 0; k < pn; k++ {
+					if full > 0 {
+						spmmPanels(mb, blk, in, (*offb)[k0*spLanes:], (*valb)[k0*spLanes:], s.kept*spLanes, full, steps, yt)
+					}
+					for k := full; k < pn; k++ {
 						off := (*offb)[(k*s.kept+k0)*spLanes : (k+1)*s.kept*spLanes]
 						vals := (*valb)[(k*s.kept+k0)*spLanes : (k+1)*s.kept*spLanes]
 						lanes := min(spLanes, s.out-(pc+k)*spLanes)
