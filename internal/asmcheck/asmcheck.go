@@ -42,8 +42,8 @@ var (
 // walk reads Go assembly from r and calls text for each TEXT line (the
 // symbol, and the extensions its preceding "// Requires:" line lists, nil
 // without one) and body for every other line but Requires lines, with
-// the current symbol ("" before the first). n is the 1-based line number.
-func walk(r io.Reader, src string, text func(n int, fn string, requires []string), body func(n int, fn, line string)) error {
+// the current symbol ("" before the first) and the 1-based line number n.
+func walk(r io.Reader, src string, text func(fn string, requires []string), body func(n int, fn, line string)) error {
 	var (
 		requires []string
 		fn       string
@@ -64,7 +64,7 @@ func walk(r io.Reader, src string, text func(n int, fn string, requires []string
 				return fmt.Errorf("%s:%d: cannot parse TEXT line %q", src, n, line)
 			}
 			fn = m[1]
-			text(n, fn, requires)
+			text(fn, requires)
 			requires = nil
 		default:
 			body(n, fn, line)
@@ -92,7 +92,7 @@ func AVX2Violations(path string) (bad []string, checked int, err error) {
 // avx2Violations is AVX2Violations on r (src names it in errors).
 func avx2Violations(r io.Reader, src string) (bad []string, checked int, err error) {
 	avx2 := false
-	text := func(_ int, fn string, _ []string) {
+	text := func(fn string, _ []string) {
 		avx2 = strings.HasSuffix(fn, "AVX2")
 		if avx2 {
 			checked++
@@ -139,7 +139,7 @@ func Requires(path string) (map[string][]string, error) {
 // requires is Requires on r (src names it in errors).
 func requires(r io.Reader, src string) (map[string][]string, error) {
 	out := map[string][]string{}
-	err := walk(r, src, func(_ int, fn string, requires []string) {
+	err := walk(r, src, func(fn string, requires []string) {
 		if requires != nil {
 			out[fn] = requires
 		}

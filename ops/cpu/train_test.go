@@ -148,55 +148,53 @@ func TestDenseMulAdd(t *testing.T) {
 }
 
 func TestSparseSetValuesF32(t *testing.T) {
-	defer func() { useAsm, useAVX512 = true, true }()
 	rng := rand.New(rand.NewPCG(7, 8))
-	for _, p := range []format.NM{{N: 2, M: 4}, {N: 1, M: 4}, {N: 2, M: 8}} {
-		// 1043 and 520 outputs: more than one 64-panel block of the planned
-		// gather, the last one partial; kept not a multiple of 16.
-		for _, sh := range [][2]int{{8, 16}, {13, 40}, {64, 256}, {1043, 40}, {520, 104}} {
-			out, in := sh[0], sh[1]
-			w, _ := randNM(t, rng, p, Float32, out, in)
-			s, err := PrepareNM(w)
-			if err != nil {
-				t.Fatal(err)
-			}
-			vals := randF32(rng, out*in/p.M*p.N)
-			w.Values = encode(t, Float32, vals)
-			ref, err := PrepareNM(w)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.SetValuesF32(vals, 2); err != nil {
-				t.Fatal(err)
-			}
-			if !slices.Equal(s.vals.f32, ref.vals.f32) || !slices.Equal(s.idx, ref.idx) {
-				t.Fatalf("%s [%d, %d]: differs from PrepareNM", p, out, in)
-			}
-			// The gathering form: values drawn from a longer slice, some zero.
-			pool := randF32(rng, 2*len(vals)+3)
-			src := make([]int32, len(vals))
-			for i := range src {
-				src[i] = int32(rng.IntN(len(pool)+1)) - 1
-				if src[i] >= 0 {
-					vals[i] = pool[src[i]]
-				} else {
-					vals[i] = 0
+	// The AVX-512 gather (where the CPU has it), the AVX2 one with its Go
+	// tail, and the Go loop alone.
+	paths(t, func(t *testing.T) {
+		for _, p := range []format.NM{{N: 2, M: 4}, {N: 1, M: 4}, {N: 2, M: 8}} {
+			// 1043 and 520 outputs: more than one 64-panel block of the planned
+			// gather, the last one partial; kept not a multiple of 16.
+			for _, sh := range [][2]int{{8, 16}, {13, 40}, {64, 256}, {1043, 40}, {520, 104}} {
+				out, in := sh[0], sh[1]
+				w, _ := randNM(t, rng, p, Float32, out, in)
+				s, err := PrepareNM(w)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			w.Values = encode(t, Float32, vals)
-			if ref, err = PrepareNM(w); err != nil {
-				t.Fatal(err)
-			}
-			// The planned gather (AVX-512 gathers or the Go loop), from
-			// poisoned values.
-			plan, err := s.PanelGather(src, len(pool))
-			if err != nil {
-				t.Fatal(err)
-			}
-			// The AVX-512 gather (where the CPU has it), the AVX2 one with
-			// its Go tail, and the Go loop alone.
-			for _, k := range []struct{ asm, z bool }{{true, true}, {true, false}, {false, false}} {
-				useAsm, useAVX512 = k.asm, k.z
+				vals := randF32(rng, out*in/p.M*p.N)
+				w.Values = encode(t, Float32, vals)
+				ref, err := PrepareNM(w)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.SetValuesF32(vals, 2); err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(s.vals.f32, ref.vals.f32) || !slices.Equal(s.idx, ref.idx) {
+					t.Fatalf("%s [%d, %d]: differs from PrepareNM", p, out, in)
+				}
+				// The gathering form: values drawn from a longer slice, some zero.
+				pool := randF32(rng, 2*len(vals)+3)
+				src := make([]int32, len(vals))
+				for i := range src {
+					src[i] = int32(rng.IntN(len(pool)+1)) - 1
+					if src[i] >= 0 {
+						vals[i] = pool[src[i]]
+					} else {
+						vals[i] = 0
+					}
+				}
+				w.Values = encode(t, Float32, vals)
+				if ref, err = PrepareNM(w); err != nil {
+					t.Fatal(err)
+				}
+				// The planned gather (AVX-512 gathers or the Go loop), from
+				// poisoned values.
+				plan, err := s.PanelGather(src, len(pool))
+				if err != nil {
+					t.Fatal(err)
+				}
 				for _, threads := range []int{1, 3} {
 					for i := range s.vals.f32 {
 						s.vals.f32[i] = float32(math.NaN())
@@ -205,23 +203,21 @@ func TestSparseSetValuesF32(t *testing.T) {
 						t.Fatal(err)
 					}
 					if !slices.Equal(s.vals.f32, ref.vals.f32) {
-						t.Fatalf("%s [%d, %d] threads %d asm %v avx512 %v: planned gather differs from PrepareNM",
-							p, out, in, threads, k.asm && haveAVX2FMA, k.z && haveAVX512)
+						t.Fatalf("%s [%d, %d] threads %d: planned gather differs from PrepareNM", p, out, in, threads)
 					}
 				}
-			}
-			useAsm, useAVX512 = true, true
-			if err := s.SetValuesPanelGatherF32(pool[:len(pool)-1], plan, 1); err == nil {
-				t.Error("planned gather from a shorter slice accepted")
-			}
-			if _, err := s.PanelGather(src, int(slices.Max(src))); err == nil && slices.Max(src) >= 0 {
-				t.Error("plan with a source past the values accepted")
-			}
-			if err := s.SetValuesF32(vals[1:], 1); err == nil {
-				t.Error("wrong length accepted")
+				if err := s.SetValuesPanelGatherF32(pool[:len(pool)-1], plan, 1); err == nil {
+					t.Error("planned gather from a shorter slice accepted")
+				}
+				if _, err := s.PanelGather(src, int(slices.Max(src))); err == nil && slices.Max(src) >= 0 {
+					t.Error("plan with a source past the values accepted")
+				}
+				if err := s.SetValuesF32(vals[1:], 1); err == nil {
+					t.Error("wrong length accepted")
+				}
 			}
 		}
-	}
+	})
 	w, _ := randNM(t, rng, format.NM{N: 2, M: 4}, BFloat16, 8, 16)
 	s, err := PrepareNM(w)
 	if err != nil {
