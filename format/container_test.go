@@ -603,3 +603,45 @@ func TestWriterRelocateReadFails(t *testing.T) {
 		})
 	}
 }
+
+// TestRemoveStaleTemps: the temporary files a killed writer of a path
+// leaves beside it are removed; the path itself, other paths' temporary
+// files and names that only look alike stay.
+func TestRemoveStaleTemps(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ck.slope")
+	keep := []string{"ck.slope", ".ck.slope.tmp-", ".ck.slope.tmp-12x", ".other.slope.tmp-5", "ck.slope.tmp-7"}
+	stale := []string{".ck.slope.tmp-1", ".ck.slope.tmp-18446744073709551615"}
+	for _, n := range append(append([]string{}, keep...), stale...) {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One more the way a writer makes it.
+	f, err := createTemp(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	stale = append(stale, filepath.Base(f.Name()))
+	removed, err := RemoveStaleTemps(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != len(stale) {
+		t.Errorf("removed %q, want the %d of %q", removed, len(stale), stale)
+	}
+	for _, n := range stale {
+		if _, err := os.Stat(filepath.Join(dir, n)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s not removed: %v", n, err)
+		}
+	}
+	for _, n := range keep {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			t.Errorf("%s: %v", n, err)
+		}
+	}
+	if _, err := RemoveStaleTemps(filepath.Join(dir, "missing", "x.slope")); err == nil {
+		t.Error("a missing directory gave no error")
+	}
+}

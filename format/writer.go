@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -495,6 +496,33 @@ func (w *Writer) Abort() {
 	if w.enc != nil {
 		w.enc.Close()
 	}
+}
+
+// RemoveStaleTemps removes the temporary files that writers of path left
+// beside it when their process was killed before Close (a Writer removes
+// its own on every other path), and returns their names. Call it before
+// writing path again, when no other process is writing it: a writer's
+// temporary file removed under it makes its Close fail.
+func RemoveStaleTemps(path string) ([]string, error) {
+	dir, base := filepath.Dir(path), filepath.Base(path)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	prefix := "." + base + ".tmp-" // createTemp's names: prefix and a decimal number
+	var removed []string
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" || !e.Type().IsRegular() {
+			continue
+		}
+		n := filepath.Join(dir, e.Name())
+		if err := os.Remove(n); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return removed, err // os.Remove names the file
+		}
+		removed = append(removed, n)
+	}
+	return removed, nil
 }
 
 // createTemp creates a new hidden file beside path for Close to rename

@@ -55,6 +55,7 @@ const (
 	hpSeq             = "seq"
 	extraSchedule     = "schedule"
 	extraSeed         = "seed"
+	extraTokens       = "tokens" // decimal: tokens trained since step 0
 )
 
 // SetDataPosition sets the data position the next Save records (nil:
@@ -63,6 +64,15 @@ func (t *Trainer) SetDataPosition(p *slopepb.DataPosition) { t.dataPos = p }
 
 // DataPosition is the data position restored by Resume or last set.
 func (t *Trainer) DataPosition() *slopepb.DataPosition { return t.dataPos }
+
+// SetTokens sets the count of tokens trained since step 0 that the next
+// Save records (n < 0: none).
+func (t *Trainer) SetTokens(n int64) { t.tokens = n }
+
+// Tokens is the count of tokens trained since step 0 restored by Resume
+// or last set; ok is false when it is not known (a new Trainer's count
+// is 0, a checkpoint written before the count was recorded has none).
+func (t *Trainer) Tokens() (n int64, ok bool) { return t.tokens, t.tokens >= 0 }
 
 // SetNote sets the provenance command that Save records (for instance
 // the command line of a training run).
@@ -151,6 +161,9 @@ func (t *Trainer) Save(path string) (err error) {
 	}
 	if t.dataPos != nil {
 		ts.Data = proto.Clone(t.dataPos).(*slopepb.DataPosition)
+	}
+	if t.tokens >= 0 {
+		ts.Extra[extraTokens] = strconv.FormatInt(t.tokens, 10)
 	}
 	for k, p := range t.params {
 		m1, m2 := p.Name+Moment1Suffix, p.Name+Moment2Suffix
@@ -403,6 +416,14 @@ func resume(f *format.File, o Options) (t *Trainer, err error) {
 	t.step = int(ts.Step)
 	if ts.Data != nil {
 		t.dataPos = proto.Clone(ts.Data).(*slopepb.DataPosition)
+	}
+	t.tokens = -1
+	if v, ok := ts.Extra[extraTokens]; ok {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("train: training state: tokens %q is not a count", v)
+		}
+		t.tokens = n
 	}
 	if t.AdaptersActive() && ts.AdapterStartStep > 0 && int(ts.AdapterStartStep) <= t.step {
 		// Added by the run that wrote the checkpoint.

@@ -255,6 +255,7 @@ type Trainer struct {
 	ceLoss                       []float64
 
 	dataPos *slopepb.DataPosition // recorded by Save, restored by Resume
+	tokens  int64                 // tokens trained since step 0 (-1: not known), recorded by Save, restored by Resume
 	note    string                // provenance command of Save
 	srcFile *slopepb.SourceFile   // the opened container, for Save
 	srcStat os.FileInfo           // the opened container when it was opened (nil: unknown)
@@ -678,14 +679,15 @@ func (t *Trainer) lossSum(ids [][]int32, grad bool, total int) (float64, error) 
 // Step takes one optimizer step on a batch of equal-length sequences
 // (every token real) and returns the batch loss before the update. The
 // gradients are zero between steps: Params start so, AdamW zeroes them
-// as it reads them, and a failed step clears them.
+// as it reads them, and a failed step clears them. Its errors number the
+// step from 1, as the log does.
 func (t *Trainer) Step(ids [][]int32) (float64, error) {
 	loss, err := t.lossAndGrad(ids)
 	if err != nil {
 		return 0, errors.Join(err, t.zeroGrad())
 	}
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
-		return loss, errors.Join(fmt.Errorf("train: step %d: loss is %g", t.step, loss), t.zeroGrad())
+		return loss, errors.Join(fmt.Errorf("train: step %d: loss is %g", t.step+1, loss), t.zeroGrad())
 	}
 	return loss, t.apply()
 }
@@ -700,7 +702,7 @@ func (t *Trainer) apply() error {
 	if math.IsNaN(t.gradNorm) || math.IsInf(t.gradNorm, 0) {
 		// An overflow in the backward pass with a finite loss: updating
 		// would write NaN into the weights (and clipping would scale by 0).
-		return errors.Join(fmt.Errorf("train: step %d: gradient norm is %g: not applied", t.step, t.gradNorm), t.zeroGrad())
+		return errors.Join(fmt.Errorf("train: step %d: gradient norm is %g: not applied", t.step+1, t.gradNorm), t.zeroGrad())
 	}
 	if err := t.adamW(t.LR(t.step)); err != nil {
 		// A device error: the state may be half updated, and the next

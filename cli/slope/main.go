@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -124,6 +125,16 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("%s: %w", cmd.Name(), err)}
 	})
+	// Every command's --threads: 0 means all cores, and a negative count
+	// is a mistake, not another way to say so.
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if f := cmd.Flags().Lookup("threads"); f != nil {
+			if n, err := strconv.Atoi(f.Value.String()); err == nil && n < 0 {
+				return usagef(cmd, "--threads must not be negative (0: all cores), got %d", n)
+			}
+		}
+		return nil
+	}
 	root.AddCommand(newInspectCmd(), newVerifyCmd(), newRunCmd(), newScoreCmd(), newForwardCmd(), newBenchCmd(), newExportCmd(), newInitCmd(), newTrainCmd(), newPlotCmd(), newVersionCmd())
 	return root
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -146,6 +147,7 @@ func plotLogs(paths []string, out string, w, h vg.Length) error {
 	p.Title.Text = "Loss"
 	p.X.Label.Text = "step"
 	p.Y.Label.Text = "cross-entropy (nats/token)"
+	p.Y.Tick.Marker = exactTicks{}
 	p.Legend.Top = true
 	p.Add(plotter.NewGrid())
 	base := map[string]int{}
@@ -185,6 +187,29 @@ func plotLogs(paths []string, out string, w, h vg.Length) error {
 		return fmt.Errorf("%s: %w", out, err)
 	}
 	return nil
+}
+
+// exactTicks are gonum's default ticks with each major tick labelled by
+// its value in as few decimals as write it exactly: gonum's own labels
+// round, and on the narrow range of a late-training loss curve two ticks
+// could read the same (6.2, 6.2, 6.3, 6.3 for ticks 6.225 apart by 0.025).
+type exactTicks struct{}
+
+func (exactTicks) Ticks(min, max float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(min, max)
+	for i, t := range ts {
+		if t.Label == "" {
+			continue // a minor tick
+		}
+		for prec := 0; prec <= 12; prec++ {
+			l := strconv.FormatFloat(t.Value, 'f', prec, 64)
+			if v, err := strconv.ParseFloat(l, 64); err == nil && math.Abs(v-t.Value) <= 1e-9*math.Max(1, math.Abs(t.Value)) {
+				ts[i].Label = l
+				break
+			}
+		}
+	}
+	return ts
 }
 
 func darker(c color.Color) color.Color {

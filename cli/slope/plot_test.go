@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -97,5 +99,31 @@ func TestPlotEdges(t *testing.T) {
 	}
 	if code, _, stderr := runSlope("plot", log, "--out", out); code != 0 {
 		t.Errorf("plot: exit %d, %s", code, stderr)
+	}
+}
+
+// TestExactTicks: on the narrow ranges of late-training loss curves (and
+// on wide ones) no two major ticks read the same, and each label is its
+// tick's value.
+func TestExactTicks(t *testing.T) {
+	for _, r := range [][2]float64{{6.21, 6.28}, {6.23, 6.28}, {2.0001, 2.0009}, {0, 10}, {-3, 250}, {1e-4, 3e-4}} {
+		seen := map[string]bool{}
+		majors := 0
+		for _, tk := range (exactTicks{}).Ticks(r[0], r[1]) {
+			if tk.Label == "" {
+				continue
+			}
+			majors++
+			if seen[tk.Label] {
+				t.Errorf("range %v: label %q twice", r, tk.Label)
+			}
+			seen[tk.Label] = true
+			if v, err := strconv.ParseFloat(tk.Label, 64); err != nil || math.Abs(v-tk.Value) > 1e-9*math.Max(1, math.Abs(tk.Value)) {
+				t.Errorf("range %v: tick %v labelled %q", r, tk.Value, tk.Label)
+			}
+		}
+		if majors < 2 {
+			t.Errorf("range %v: %d labelled ticks", r, majors)
+		}
 	}
 }

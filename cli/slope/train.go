@@ -17,6 +17,7 @@ import (
 
 	"github.com/slopeml/slope/cli/internal/interrupt"
 	"github.com/slopeml/slope/cuda"
+	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/internal/rusage"
 	"github.com/slopeml/slope/ops/cpu"
 	"github.com/slopeml/slope/train"
@@ -58,9 +59,11 @@ func newTrainCmd() *cobra.Command {
 			"Checkpoints (complete .slope containers, written atomically) go to --out every\n" +
 			"--save-every steps and at the end. Ctrl-C or SIGTERM end the run after the current\n" +
 			"step: the checkpoint is written to --out (resume it with --resume) and slope exits\n" +
-			"with status 130 (143 for SIGTERM); a second signal stops at once. Unless GOGC is\n" +
-			"set, the Go collector runs at GOGC=25 (the default 100 lets the heap, and the peak\n" +
-			"RSS, reach twice the live size).\n\n" +
+			"with status 130 (143 for SIGTERM); a second signal stops at once (--out then keeps\n" +
+			"its previous checkpoint; the partial one, left under a hidden temporary name beside\n" +
+			"it, is removed by the next run writing that --out). The log's tokens count from\n" +
+			"step 0 across resumes. Unless GOGC is set, the Go collector runs at GOGC=25 (the\n" +
+			"default 100 lets the heap, and the peak RSS, reach twice the live size).\n\n" +
 			"With --rank or --rank-frac, plain low-rank adapters (L small random, R zero, so the\n" +
 			"loss is continuous) join every N:M layer at --adapter-start: a fraction of --steps\n" +
 			"(default 0.99, SLoPe's final 1%) or a step number. --accum K splits every batch into\n" +
@@ -154,6 +157,10 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 		return usagef(cmd, "--accum must be at least 1, got %d", fl.accum)
 	case fl.stopAfter < 0:
 		return usagef(cmd, "--stop-after must not be negative, got %d", fl.stopAfter)
+	case fl.rank > 0 && fl.rankFrac > 0:
+		return usagef(cmd, "--rank %d and --rank-frac %g: give one of them", fl.rank, fl.rankFrac)
+	case fl.evalEvery > 0 && fl.val == "":
+		return usagef(cmd, "--eval-every %d needs --val (the data to evaluate)", fl.evalEvery)
 	}
 	if _, _, err := parseAdapterStart(fl.adapterStart); err != nil {
 		return usagef(cmd, "%v", err)
@@ -275,6 +282,16 @@ type trainRecord struct {
 	PeakRSSBytes    int64 `json:"peak_rss_bytes,omitempty"`
 }
 
+// hasNM reports whether the trainer has an N:M weight.
+func hasNM(tr *train.Trainer) bool {
+	for _, p := range tr.Params() {
+		if p.NM != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // memoryRecord reports the trainer's memory and the peak RSS.
 func memoryRecord(tr *train.Trainer, elapsed float64) trainRecord {
 	m := tr.Memory()
@@ -324,6 +341,9 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		return err
 	}
 	defer tr.Close()
+	if (o.Rank > 0 || o.RankFrac > 0) && !hasNM(tr) {
+		return usagef(cmd, "--rank/--rank-frac: the model has no N:M weights for adapters to join (adapters go on SLoPe linears only)")
+	}
 	if o.Backend != nil && !tr.OnDevice() {
 		return fmt.Errorf("--device %s: the model has an op without a device backward pass", fl.device)
 	}
@@ -377,7 +397,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	var val *train.Data
 	if fl.val != "" {
 		if val, err = train.LoadData(fl.val, train.DataOptions{Seq: fl.seq, Tokenizer: tk, Vocab: tr.Vocab(), Sequential: true}); err != nil {
-			return err
+			return fmt.Errorf("--val: %w", err)
 		}
 		// Before training, not at the first evaluation (the end, without
 		// --eval-every).
@@ -402,11 +422,26 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		}()
 		logw = lf
 	}
+	// A run killed while writing --out left its partial checkpoint under a
+	// temporary name beside it; this run writes --out now.
+	removed, err := format.RemoveStaleTemps(fl.out)
+	if err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	for _, n := range removed {
+		fmt.Fprintf(stderr, "removed %s, a partial checkpoint of an interrupted run\n", n)
+	}
 	enc := json.NewEncoder(logw)
 	prog := newTrainProgress(stderr, tr.StepCount(), fl.steps)
 	defer prog.finish()
 	start := time.Now()
-	var tokens int64
+	var tokens int64 // this run's
+	// total counts from step 0 for the log: a checkpoint records it; one
+	// written before it did has its steps counted at its batch and seq.
+	total, ok := tr.Tokens()
+	if !ok {
+		total = int64(tr.StepCount()) * int64(fl.batch*fl.seq)
+	}
 	// stepTime sums the Step calls alone; firstTime is the first step's
 	// (it warms the buffers up; every step has batch x seq tokens).
 	var stepTime, firstTime float64
@@ -414,6 +449,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	profiled := 0 // steps in the GPU profile (since its reset)
 	save := func() error {
 		tr.SetDataPosition(data.Position())
+		tr.SetTokens(total)
 		return tr.Save(fl.out)
 	}
 	evaluate := func() error {
@@ -472,6 +508,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		dt := time.Since(t0).Seconds()
 		n := int64(fl.batch * fl.seq)
 		tokens += n
+		total += n
 		stepTime += dt
 		profiled++
 		if steps++; steps == 1 {
@@ -486,7 +523,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			}
 		}
 		rate := float64(n) / max(dt, 1e-9)
-		rec := trainRecord{Type: "step", Step: s + 1, Loss: loss, LR: lr, GradNorm: tr.GradNorm(), Tokens: tokens,
+		rec := trainRecord{Type: "step", Step: s + 1, Loss: loss, LR: lr, GradNorm: tr.GradNorm(), Tokens: total,
 			TokensPerS: rate, Epoch: data.Epoch(), ElapsedS: time.Since(start).Seconds()}
 		if err := enc.Encode(rec); err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,9 +63,17 @@ func TestTrainCommand(t *testing.T) {
 	common := []string{"--data", data, "--val", val, "--batch", "2", "--seq", "16", "--lr", "1e-3", "--warmup", "1",
 		"--threads", "2", "--seed", "5", "--mask-refresh", "2", "--eval-every", "2"}
 	full, fullLog := filepath.Join(dir, "full.slope"), filepath.Join(dir, "full.jsonl")
+	// What a run killed while writing full.slope would have left.
+	stale := filepath.Join(dir, ".full.slope.tmp-123")
+	if err := os.WriteFile(stale, []byte("partial"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	code, stdout, stderr := runSlope(append([]string{"train", model, "--steps", "4", "--out", full, "--log", fullLog, "--save-every", "2"}, common...)...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) || !strings.Contains(stderr, "removed "+stale) {
+		t.Errorf("stale temporary file: %v; stderr %q", err, stderr)
 	}
 	lines := 0
 	for _, l := range strings.Split(stderr, "\n") {
@@ -116,6 +125,10 @@ func TestTrainCommand(t *testing.T) {
 	for i := range steps {
 		if steps[i].Loss != rsteps[i].Loss || steps[i].LR != rsteps[i].LR {
 			t.Fatalf("step %d: loss %v lr %v uninterrupted, %v %v resumed", i+1, steps[i].Loss, steps[i].LR, rsteps[i].Loss, rsteps[i].LR)
+		}
+		// The token count runs on from the checkpoint's (2 x 16 per step).
+		if want := int64(32 * (i + 1)); steps[i].Tokens != want || rsteps[i].Tokens != want {
+			t.Fatalf("step %d: tokens %d uninterrupted, %d resumed, want %d", i+1, steps[i].Tokens, rsteps[i].Tokens, want)
 		}
 	}
 	a, err := format.Open(full, nil)
@@ -179,6 +192,9 @@ func TestTrainUsage(t *testing.T) {
 		{append(ok[:len(ok):len(ok)], "--gpu-profile"), "--gpu-profile"},
 		{append(ok[:len(ok):len(ok)], "--seq", "65"), "--seq"}, // the tiny model has 64 positions
 		{append(ok[:len(ok):len(ok)], "--device", "tpu"), "--device"},
+		{append(ok[:len(ok):len(ok)], "--rank", "2", "--rank-frac", "0.25"), "--rank-frac"},
+		{append(ok[:len(ok):len(ok)], "--eval-every", "2"), "--val"},
+		{append(ok[:len(ok):len(ok)], "--threads", "-1"), "--threads"},
 		{[]string{"train"}, "MODEL"},
 	} {
 		code, _, stderr := runSlope(c.args...)
@@ -186,12 +202,18 @@ func TestTrainUsage(t *testing.T) {
 			t.Errorf("%v: exit %d, %q", c.args[1:], code, stderr)
 		}
 	}
+	// Adapters on a model without N:M weights are refused, not skipped.
+	dense := convertTiny(t, "dense")
+	code, stdout, stderr := runSlope("train", dense, "--data", data, "--steps", "1", "--rank", "2", "--out", filepath.Join(t.TempDir(), "d.slope"))
+	if code != exitUsage || !strings.Contains(stderr, "no N:M weights") {
+		t.Errorf("--rank on a dense model: exit %d, %q", code, stderr)
+	}
 	// A --val too small for one batch is refused before any step, and
 	// writes nothing.
 	val := filepath.Join(t.TempDir(), "v.u16")
 	writeTokenFile(t, val, 12, 50)
 	out := filepath.Join(t.TempDir(), "o.slope")
-	code, stdout, stderr := runSlope("train", model, "--data", data, "--val", val, "--seq", "8", "--batch", "2", "--steps", "3", "--out", out)
+	code, stdout, stderr = runSlope("train", model, "--data", data, "--val", val, "--seq", "8", "--batch", "2", "--steps", "3", "--out", out)
 	if code == 0 || !strings.Contains(stderr, "--val") || strings.Contains(stderr, "step 1") || stdout != "" {
 		t.Errorf("small --val: exit %d, %q, %q", code, stdout, stderr)
 	}
