@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/slopeml/slope/cli/internal/outfile"
 	"github.com/slopeml/slope/convert"
 )
 
@@ -27,6 +28,7 @@ func newDenseToSlope(args []string) *cobra.Command {
 		compress string
 		asJSON   bool
 		quiet    bool
+		force    bool
 		scale    float32
 	)
 	cmd := &cobra.Command{
@@ -113,8 +115,9 @@ transformers.`,
 			default:
 				return fmt.Errorf("--compress %q: the only compression is zstd", compress)
 			}
-			if o.Out == "" {
-				return fmt.Errorf("--out: an output path is required")
+			// Before any work: a conversion can take long.
+			if err := outfile.CheckContainer("--out", o.Out, force, o.In, o.Calib); err != nil {
+				return outfile.ForceHint(err)
 			}
 			f := cmd.Flags()
 			if f.Changed("rank") && f.Changed("rank-frac") {
@@ -182,7 +185,8 @@ transformers.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.In, "in", "", "Hugging Face model directory, .onnx file, or "+convert.EmbeddedPrefix+"NAME; empty: the embedded default model")
-	f.StringVar(&o.Out, "out", "model.slope", "output .slope file")
+	f.StringVar(&o.Out, "out", "model.slope", "output .slope file (an existing .slope file is replaced; any other file only with --force)")
+	f.BoolVar(&force, "force", false, "replace an existing --out that is not a .slope container")
 	f.StringVar(&o.NM, "nm", "2:4", `N:M pattern for the decoder-layer linear weights, or "dense" to prune nothing`)
 	f.StringVar(&o.NMLayers, "nm-layers", "", `per decoder-layer overrides of --nm, e.g. '0-11=2:4,12-23=2:8' ("dense" allowed)`)
 	f.BoolVar(&o.PruneWide, "prune-wide", false, fmt.Sprintf("also prune weights whose aspect ratio exceeds %d", convert.MaxAspectRatio))

@@ -100,6 +100,51 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestOutChecks: --out is checked before any work. A file that is not a
+// .slope container is replaced only with --force, never when it is the
+// input; a directory or a missing directory is refused; an earlier
+// container is replaced.
+func TestOutChecks(t *testing.T) {
+	dir := t.TempDir()
+	foreign := filepath.Join(dir, "model.onnx")
+	if err := os.WriteFile(foreign, []byte("an ONNX model"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tiny := []string{"dense-to-slope", "--in", convert.TinyLabel, "--quiet"}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{append(tiny[:4:4], "--out", foreign), "--force"},
+		{append(tiny[:4:4], "--out", dir), "is a directory"},
+		{append(tiny[:4:4], "--out", filepath.Join(dir, "missing", "x.slope")), "cannot create files"},
+		{[]string{"dense-to-slope", "--in", foreign, "--out", foreign, "--force"}, "is the input"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(c.args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), c.want) || !strings.Contains(stderr.String(), "--out") {
+			t.Errorf("%v: exit %d, %q; want an --out error with %q", c.args, code, stderr.String(), c.want)
+		}
+	}
+	if b, err := os.ReadFile(foreign); err != nil || string(b) != "an ONNX model" {
+		t.Fatalf("the foreign file changed: %q %v", b, err)
+	}
+	// With --force it is replaced; a second run replaces the container.
+	for range 2 {
+		var stdout, stderr bytes.Buffer
+		if code := run(append(tiny[:4:4], "--out", foreign, "--force"), &stdout, &stderr); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+		if code := run(append(tiny[:4:4], "--out", foreign), &stdout, &stderr); code != 0 {
+			t.Fatalf("replacing a container: exit %d: %s", code, stderr.String())
+		}
+	}
+	f, err := format.Open(foreign, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
+
 func TestDenseToSlopeCalibrated(t *testing.T) {
 	dir := t.TempDir()
 	ids := make([]byte, 4*400)

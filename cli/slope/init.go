@@ -8,11 +8,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/slopeml/slope/cli/internal/interrupt"
+	"github.com/slopeml/slope/cli/internal/outfile"
 	"github.com/slopeml/slope/convert"
 )
 
 func newInitCmd() *cobra.Command {
-	var o convert.InitOptions
+	var (
+		o     convert.InitOptions
+		force bool
+	)
 	cmd := &cobra.Command{
 		Use:   "init --config CONFIG.json --out FILE.slope",
 		Short: "Create an untrained SLoPe model (random weights, random N:M masks) for pretraining",
@@ -30,6 +34,9 @@ func newInitCmd() *cobra.Command {
 			}
 			if o.Out == "" {
 				return usagef(cmd, "--out is required")
+			}
+			if err := outfile.CheckContainer("--out", o.Out, force, o.Config); err != nil {
+				return outfile.ForceHint(err)
 			}
 			o.Command = "slope " + strings.Join(os.Args[1:], " ")
 			// Ctrl-C or SIGTERM stop the writing cleanly (no temporary file
@@ -49,7 +56,8 @@ func newInitCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Config, "config", "", "OPT config.json (transformers' format)")
-	f.StringVar(&o.Out, "out", "", "the .slope file to write")
+	f.StringVar(&o.Out, "out", "", "the .slope file to write (an existing .slope file is replaced; any other file only with --force)")
+	f.BoolVar(&force, "force", false, "replace an existing --out that is not a .slope container")
 	f.StringVar(&o.NM, "nm", "2:4", "N:M pattern of the decoder-layer linear weights (dense: none)")
 	f.StringVar(&o.NMLayers, "nm-layers", "", "per-layer patterns, e.g. '0-11=2:4,12-23=2:8'")
 	f.StringVar(&o.DType, "dtype", "fp32", "stored dtype: fp32, fp16 or bf16")

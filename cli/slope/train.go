@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/slopeml/slope/cli/internal/interrupt"
+	"github.com/slopeml/slope/cli/internal/outfile"
 	"github.com/slopeml/slope/cuda"
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/internal/rusage"
@@ -302,6 +303,11 @@ func memoryRecord(tr *train.Trainer, elapsed float64) trainRecord {
 
 func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if err := checkTrainFlags(cmd, fl); err != nil {
+		return err
+	}
+	// Before training, not when the first checkpoint is due. MODEL may be
+	// --out (the run then replaces it; so may --resume).
+	if err := outfile.CheckContainer("--out", fl.out, false, fl.data, fl.val); err != nil {
 		return err
 	}
 	stderr := cmd.ErrOrStderr()

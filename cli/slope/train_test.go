@@ -202,6 +202,14 @@ func TestTrainUsage(t *testing.T) {
 			t.Errorf("%v: exit %d, %q", c.args[1:], code, stderr)
 		}
 	}
+	// --out is checked before the first step: a directory, or a file that
+	// is not a container (here the data), is refused.
+	for _, o := range []string{t.TempDir(), data} {
+		code, _, stderr := runSlope("train", model, "--data", data, "--steps", "2", "--out", o)
+		if code == 0 || !strings.Contains(stderr, "--out "+o) || strings.Contains(stderr, "step 1") {
+			t.Errorf("--out %s: exit %d, %q", o, code, stderr)
+		}
+	}
 	// Adapters on a model without N:M weights are refused, not skipped.
 	dense := convertTiny(t, "dense")
 	code, stdout, stderr := runSlope("train", dense, "--data", data, "--steps", "1", "--rank", "2", "--out", filepath.Join(t.TempDir(), "d.slope"))

@@ -1,0 +1,95 @@
+// Package outfile checks a command's output path before the command does
+// its work, so that a long conversion or training run does not end in an
+// error it could have given at the start, and so that a file the command
+// did not make is not replaced unasked.
+package outfile
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/slopeml/slope/format"
+)
+
+// ErrNotContainer is wrapped by CheckContainer's error for an existing
+// file that is not a .slope container (and force is not set); a command
+// with a --force flag says so (ForceHint).
+var ErrNotContainer = errors.New("exists and is not a .slope container")
+
+// CheckContainer checks that a .slope container can be written at path,
+// given by the flag named flag (for the messages):
+//   - path is not a directory, and its directory exists and takes new
+//     files (a probe file is created there and removed);
+//   - path is not the same file as any of inputs (empty inputs and
+//     inputs that do not exist are skipped);
+//   - an existing file at path is empty or a .slope container, unless
+//     force is set: anything else (a checkpoint source, an ONNX model) is
+//     not replaced unasked.
+func CheckContainer(flag, path string, force bool, inputs ...string) error {
+	if path == "" {
+		return fmt.Errorf("%s: an output path is required", flag)
+	}
+	st, err := os.Stat(path)
+	switch {
+	case err == nil && st.IsDir():
+		return fmt.Errorf("%s %s is a directory; give a file name for the .slope container", flag, path)
+	case err == nil:
+		for _, in := range inputs {
+			if in == "" {
+				continue
+			}
+			if ist, ierr := os.Stat(in); ierr == nil && os.SameFile(st, ist) {
+				return fmt.Errorf("%s %s is the input %s: the output would replace it; write to another file", flag, path, in)
+			}
+		}
+		if !force {
+			if err := isContainer(path, st); err != nil {
+				return fmt.Errorf("%s %s: %w", flag, path, err)
+			}
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%s: %w", flag, err)
+	}
+	dir := filepath.Dir(path)
+	probe, err := os.CreateTemp(dir, ".slope-probe-*")
+	if err != nil {
+		return fmt.Errorf("%s %s: cannot create files in %s: %w", flag, path, dir, err)
+	}
+	name := probe.Name()
+	probe.Close()
+	return os.Remove(name)
+}
+
+// ForceHint adds "; pass --force to replace it" to CheckContainer's error
+// for an existing file that is not a container.
+func ForceHint(err error) error {
+	if errors.Is(err, ErrNotContainer) {
+		return fmt.Errorf("%w; pass --force to replace it", err)
+	}
+	return err
+}
+
+// isContainer returns nil when the file at path (st) is empty or starts
+// with the .slope magic, ErrNotContainer (wrapped) otherwise.
+func isContainer(path string, st os.FileInfo) error {
+	if st.Size() == 0 {
+		return nil
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%w (not a regular file)", ErrNotContainer)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	head := make([]byte, len(format.Magic))
+	if _, err := io.ReadFull(f, head); err != nil || !bytes.Equal(head, []byte(format.Magic)) {
+		return ErrNotContainer
+	}
+	return nil
+}
