@@ -98,7 +98,9 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 	// The last new token is never fed back: the run holds the prompt and
 	// MaxTokens-1 more positions (checked without overflowing).
 	if o.MaxTokens-1 > m.maxPos-longest {
-		return nil, fmt.Errorf("generate: %d prompt + %d new tokens need %d positions, more than the model's %d", longest, o.MaxTokens, longest+min(o.MaxTokens, m.maxPos)-1, m.maxPos)
+		// uint64: the sum cannot overflow (both are at most MaxInt).
+		return nil, fmt.Errorf("generate: %d prompt + %d new tokens need %d positions (the last new token takes none), more than the model's %d",
+			longest, o.MaxTokens, uint64(longest)+uint64(o.MaxTokens)-1, m.maxPos)
 	}
 	s, err := m.NewSession(len(prompts), longest+o.MaxTokens-1)
 	if err != nil {

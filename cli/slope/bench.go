@@ -47,7 +47,7 @@ func newBenchCmd() *cobra.Command {
 				defer pprof.StopCPUProfile()
 			}
 			start := time.Now()
-			m, err := openModel(args[0], device)
+			m, err := openModel(cmd, args[0], device)
 			if err != nil {
 				return err
 			}

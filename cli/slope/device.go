@@ -27,27 +27,27 @@ func addDeviceFlag(cmd *cobra.Command, f *deviceFlags) {
 	cmd.Flags().StringVar(&f.forms, "sparse-forms", string(cuda.FormsDecode), formsHelp)
 }
 
-// openModel opens a container on the device f names. The model's Close
-// releases the device too.
-func openModel(path string, f deviceFlags) (*model, error) {
+// openModel opens a container on the device f names (cmd's flags; a bad
+// --device or --sparse-forms is a usage error, whatever the device). The
+// model's Close releases the device too.
+func openModel(cmd *cobra.Command, path string, f deviceFlags) (*model, error) {
 	device := f.device
+	if device != "" && device != "cpu" && !isGPU(device) {
+		return nil, usagef(cmd, "--device %q: want cpu, cuda or cuda-f32", device)
+	}
+	opts := cuda.Options{Search: true, Profile: f.profile}
+	if err := opts.SetForms(cuda.Forms(f.forms)); err != nil {
+		return nil, usagef(cmd, "--sparse-forms: %v", err)
+	}
 	var be ops.Backend
 	var gpu *cuda.Backend
 	var closeBE func() error
-	switch {
-	case device == "" || device == "cpu":
-	case isGPU(device):
-		opts := cuda.Options{Search: true, Profile: f.profile}
-		if err := opts.SetForms(cuda.Forms(f.forms)); err != nil {
-			return nil, fmt.Errorf("--sparse-forms: %w", err)
-		}
+	if isGPU(device) {
 		b, err := newGPU(device, opts)
 		if err != nil {
 			return nil, err
 		}
 		be, gpu, closeBE = b, b, b.Close
-	default:
-		return nil, fmt.Errorf("--device %q: want cpu, cuda or cuda-f32", device)
 	}
 	m, err := slopert.Open(path, &slopert.Options{Backend: be})
 	if err != nil {

@@ -29,7 +29,7 @@ func newForwardCmd() *cobra.Command {
 					return usagef(cmd, "%v", err)
 				}
 			}
-			m, err := openModel(args[0], device)
+			m, err := openModel(cmd, args[0], device)
 			if err != nil {
 				return err
 			}

@@ -49,8 +49,12 @@ func newInitCmd() *cobra.Command {
 			if err != nil {
 				return interrupt.Wrap(err, caught)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d tensors, %d weights pruned %s with random masks, %d bytes (seed %d)\n",
-				res.Out, res.Tensors, res.Pruned, nmLabel(o.NM), res.FileBytes, o.Seed)
+			pruned, dense := prunedSummary(res)
+			for _, d := range dense {
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %s\n", d)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d tensors, %s, %d bytes (seed %d)\n",
+				res.Out, res.Tensors, pruned, res.FileBytes, o.Seed)
 			return nil
 		},
 	}
@@ -65,9 +69,45 @@ func newInitCmd() *cobra.Command {
 	return cmd
 }
 
-func nmLabel(nm string) string {
-	if nm == "" {
-		return "2:4"
+// prunedSummary describes what happened to the decoder-layer linear
+// weights: "N weights pruned P with random masks" (one pattern), or with
+// the count of each pattern, or "no weights pruned"; and a line per
+// reason for which linear weights were left dense (the pattern does not
+// fit their shape, --nm dense, a --nm-layers entry), with their count.
+func prunedSummary(res *convert.Result) (pruned string, dense []string) {
+	patterns := map[string]int{}
+	reasons := map[string]int{}
+	var pOrder, rOrder []string
+	for _, w := range res.Weights {
+		if !w.Linear {
+			continue
+		}
+		if reason, ok := strings.CutPrefix(w.Choice, "dense"); ok {
+			reason = strings.TrimPrefix(reason, ": ")
+			if reason == "" {
+				reason = "dense requested"
+			}
+			if reasons[reason]++; reasons[reason] == 1 {
+				rOrder = append(rOrder, reason)
+			}
+			continue
+		}
+		if patterns[w.Choice]++; patterns[w.Choice] == 1 {
+			pOrder = append(pOrder, w.Choice)
+		}
 	}
-	return nm
+	for _, r := range rOrder {
+		dense = append(dense, fmt.Sprintf("%d linear weights left dense: %s", reasons[r], r))
+	}
+	switch len(pOrder) {
+	case 0:
+		return "no weights pruned", dense
+	case 1:
+		return fmt.Sprintf("%d weights pruned %s with random masks", patterns[pOrder[0]], pOrder[0]), dense
+	}
+	parts := make([]string, len(pOrder))
+	for i, p := range pOrder {
+		parts[i] = fmt.Sprintf("%d %s", patterns[p], p)
+	}
+	return fmt.Sprintf("%d weights pruned with random masks (%s)", res.Pruned, strings.Join(parts, ", ")), dense
 }

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/slopeml/slope/convert"
 )
 
 func TestInitCommand(t *testing.T) {
@@ -20,6 +22,23 @@ func TestInitCommand(t *testing.T) {
 	code, stdout, stderr := runSlope("init", "--config", cfg, "--out", out, "--seed", "3")
 	if code != 0 || !strings.Contains(stdout, "6 weights pruned 2:4 with random masks") {
 		t.Fatalf("init: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	// The summary says which patterns were used, and why weights stayed
+	// dense (--out is replaced: it is a container).
+	for _, c := range []struct {
+		args           []string
+		stdout, stderr string
+	}{
+		{[]string{"--nm", "1:3"}, "no weights pruned", "linear weights left dense: in_features 16 is not a multiple of 3"},
+		{[]string{"--nm", "2:8", "--nm-layers", "0=4:8"}, "6 weights pruned 4:8 with random masks", ""},
+	} {
+		code, stdout, stderr := runSlope(append([]string{"init", "--config", cfg, "--out", out}, c.args...)...)
+		if code != 0 || !strings.Contains(stdout, c.stdout) || !strings.Contains(stderr, c.stderr) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", c.args, code, stdout, stderr)
+		}
+	}
+	if code, _, stderr = runSlope("init", "--config", cfg, "--out", out, "--seed", "3"); code != 0 {
+		t.Fatalf("init again: exit %d, %q", code, stderr)
 	}
 	if code, stdout, stderr = runSlope("verify", out); code != 0 {
 		t.Fatalf("verify: exit %d %q %q", code, stdout, stderr)
@@ -41,5 +60,22 @@ func TestInitCommand(t *testing.T) {
 		if code != c.code || !strings.Contains(stderr, c.want) {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d mentioning %q", c.args, code, stderr, c.code, c.want)
 		}
+	}
+}
+
+// TestPrunedSummary: patterns counted in order of first use, reasons for
+// dense linear weights grouped, non-linear weights ignored.
+func TestPrunedSummary(t *testing.T) {
+	res := &convert.Result{Pruned: 3, Weights: []convert.WeightReport{
+		{Name: "a", Linear: true, Choice: "2:4"},
+		{Name: "b", Linear: true, Choice: "2:8"},
+		{Name: "c", Linear: true, Choice: "2:4"},
+		{Name: "d", Linear: true, Choice: "dense: too wide"},
+		{Name: "e", Linear: true, Choice: "dense: too wide"},
+		{Name: "f", Choice: "dense"},
+	}}
+	pruned, dense := prunedSummary(res)
+	if pruned != "3 weights pruned with random masks (2 2:4, 1 2:8)" || len(dense) != 1 || dense[0] != "2 linear weights left dense: too wide" {
+		t.Errorf("%q %q", pruned, dense)
 	}
 }

@@ -16,9 +16,12 @@ import (
 // promptIDs resolves --prompt (through the model's tokenizer, with OPT's
 // BOS) or --ids into token ids; its errors are usage errors (usagef),
 // except a damaged tokenizer's.
-func promptIDs(cmd *cobra.Command, m *slopert.Model, text, ids string) ([]int32, *tokenizer.BPE, error) {
+func promptIDs(cmd *cobra.Command, m *slopert.Model, textFlag, text, ids string) ([]int32, *tokenizer.BPE, error) {
+	if f := cmd.Flags().Lookup(textFlag[2:]); f != nil && f.Changed && text == "" {
+		return nil, nil, usagef(cmd, "%s is empty", textFlag)
+	}
 	if (text == "") == (ids == "") {
-		return nil, nil, usagef(cmd, "give exactly one of --prompt and --ids")
+		return nil, nil, usagef(cmd, "give exactly one of %s and --ids", textFlag)
 	}
 	tok, err := m.Tokenizer()
 	if err != nil && !errors.Is(err, slopert.ErrNoTokenizer) {
@@ -35,7 +38,7 @@ func promptIDs(cmd *cobra.Command, m *slopert.Model, text, ids string) ([]int32,
 		return rows[0], tok, nil // tok may be nil: tokens are then printed as ids
 	}
 	if err != nil {
-		return nil, nil, usagef(cmd, "--prompt needs a tokenizer: %v", err)
+		return nil, nil, usagef(cmd, "%s needs a tokenizer: %v", textFlag, err)
 	}
 	bos := 2
 	if c := m.Config(); c != nil {
@@ -81,12 +84,12 @@ func newRunCmd() *cobra.Command {
 			case !(o.RepetitionPenalty > 0) || math.IsInf(o.RepetitionPenalty, 0):
 				return usagef(cmd, "--repetition-penalty must be a finite number > 0 (1: off), got %g", o.RepetitionPenalty)
 			}
-			m, err := openModel(args[0], device)
+			m, err := openModel(cmd, args[0], device)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			prompt, tok, err := promptIDs(cmd, m.Model, text, ids)
+			prompt, tok, err := promptIDs(cmd, m.Model, "--prompt", text, ids)
 			if err != nil {
 				return err
 			}
@@ -99,7 +102,9 @@ func newRunCmd() *cobra.Command {
 			if tok != nil {
 				stream = tok.NewStreamDecoder()
 			}
+			printed := false // a token: the output then ends with a newline
 			o.OnToken = func(_, _, token int) error {
+				printed = true
 				if stream == nil {
 					_, err := fmt.Fprintf(out, "%d ", token)
 					return err
@@ -118,7 +123,9 @@ func newRunCmd() *cobra.Command {
 			if stream != nil {
 				fmt.Fprint(out, stream.Flush())
 			}
-			fmt.Fprintln(out) // also before an error, which goes to stderr
+			if printed {
+				fmt.Fprintln(out) // also before an error, which goes to stderr
+			}
 			return err
 		},
 	}
@@ -149,7 +156,10 @@ func newScoreCmd() *cobra.Command {
 			"--stride tokens (default half the window); every token is scored once.",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := openModel(args[0], device)
+			if window < 0 || stride < 0 {
+				return usagef(cmd, "--window %d, --stride %d: want counts of tokens >= 0 (0: the default)", window, stride)
+			}
+			m, err := openModel(cmd, args[0], device)
 			if err != nil {
 				return err
 			}
@@ -164,7 +174,7 @@ func newScoreCmd() *cobra.Command {
 					return fmt.Errorf("--text %s: empty", textFile)
 				}
 			}
-			seq, _, err := promptIDs(cmd, m.Model, text, ids)
+			seq, _, err := promptIDs(cmd, m.Model, "--text", text, ids)
 			if err != nil {
 				return err
 			}

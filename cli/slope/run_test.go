@@ -189,11 +189,32 @@ func TestRunSamplingFlagsAndLength(t *testing.T) {
 	if code != 0 || len(strings.Fields(stdout)) != 63 {
 		t.Errorf("2 + 63 tokens on 64 positions: exit %d, %d tokens, %q", code, len(strings.Fields(stdout)), stderr)
 	}
-	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "64"); code == 0 || !strings.Contains(stderr, "positions") {
+	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "64"); code == 0 || !strings.Contains(stderr, "need 65 positions") {
 		t.Errorf("2 + 64 tokens on 64 positions: exit %d, %q", code, stderr)
 	}
-	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "9223372036854775807"); code == 0 || !strings.Contains(stderr, "positions") {
+	// The positions a run would need, counted right, and nothing on stdout.
+	if code, stdout, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "100"); code == 0 || !strings.Contains(stderr, "need 101 positions") || stdout != "" {
+		t.Errorf("2 + 100 tokens on 64 positions: exit %d, %q, stdout %q", code, stderr, stdout)
+	}
+	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "9223372036854775807"); code == 0 || !strings.Contains(stderr, "need 9223372036854775808 positions") {
 		t.Errorf("a huge --max-tokens: exit %d, %q", code, stderr)
+	}
+	// The prompt flags are named as each command has them.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", model, "--prompt", ""}, "--prompt is empty"},
+		{[]string{"run", model}, "give exactly one of --prompt and --ids"},
+		{[]string{"score", model}, "give exactly one of --text and --ids"},
+		{[]string{"score", model, "--ids", "[2, 100, 7]", "--window", "-5"}, "--window"},
+		{[]string{"score", model, "--ids", "[2, 100, 7]", "--stride", "-7"}, "--stride"},
+		{[]string{"run", model, "--ids", "[2, 100]", "--sparse-forms", "bogus"}, "--sparse-forms"},
+		{[]string{"forward", model, "--ids", "[2, 100]", "--device", "tpu"}, "--device"},
+	} {
+		if code, _, stderr := runSlope(c.args...); code != exitUsage || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, %q, want %q", c.args[2:], code, stderr, c.want)
+		}
 	}
 }
 

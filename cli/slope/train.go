@@ -350,6 +350,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if (o.Rank > 0 || o.RankFrac > 0) && !hasNM(tr) {
 		return usagef(cmd, "--rank/--rank-frac: the model has no N:M weights for adapters to join (adapters go on SLoPe linears only)")
 	}
+	if at, ok := tr.AdapterStartStep(); ok && !tr.AdaptersActive() && at > fl.steps {
+		// Not an error: the checkpoint records the plan, and a resumed run
+		// with more --steps adds them.
+		fmt.Fprintf(stderr, "slope train: adapters join at step %d, after this run's last step (%d): this run adds none\n", at, fl.steps)
+	}
 	if o.Backend != nil && !tr.OnDevice() {
 		return fmt.Errorf("--device %s: the model has an op without a device backward pass", fl.device)
 	}

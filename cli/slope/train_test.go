@@ -210,9 +210,14 @@ func TestTrainUsage(t *testing.T) {
 			t.Errorf("--out %s: exit %d, %q", o, code, stderr)
 		}
 	}
+	// Adapters planned after the run's last step: said, not silent.
+	code, stdout, stderr := runSlope(append(ok[:len(ok):len(ok)], "--rank", "2", "--adapter-start", "50", "--seq", "8", "--batch", "2")...)
+	if code != 0 || !strings.Contains(stderr, "adapters join at step 50, after this run's last step (1)") {
+		t.Errorf("--adapter-start 50 --steps 1: exit %d, %q", code, stderr)
+	}
 	// Adapters on a model without N:M weights are refused, not skipped.
 	dense := convertTiny(t, "dense")
-	code, stdout, stderr := runSlope("train", dense, "--data", data, "--steps", "1", "--rank", "2", "--out", filepath.Join(t.TempDir(), "d.slope"))
+	code, stdout, stderr = runSlope("train", dense, "--data", data, "--steps", "1", "--rank", "2", "--out", filepath.Join(t.TempDir(), "d.slope"))
 	if code != exitUsage || !strings.Contains(stderr, "no N:M weights") {
 		t.Errorf("--rank on a dense model: exit %d, %q", code, stderr)
 	}
