@@ -99,7 +99,7 @@ func EmbeddingRows(c *Call, vocab, offset, positions int, f func(r, id, pos int)
 			r := bt*c.Seq + t
 			id := int(c.IDs[r])
 			if id < 0 || id >= vocab {
-				return fmt.Errorf("embedding: token id %d at row %d outside the vocabulary of %d", id, r, vocab)
+				return fmt.Errorf("embedding: token id %d (sequence %d, token %d; row %d) outside the vocabulary of %d", id, bt, t, r, vocab)
 			}
 			if p+offset < 0 || p+offset >= positions {
 				return fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p, bt, positions-offset)

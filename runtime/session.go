@@ -104,7 +104,7 @@ func (s *Session) step(ids, mask [][]int32, lastOnly bool) (*ops.Value, error) {
 		IDs: make([]int32, 0, s.batch*seq), Mask: make([]int32, 0, s.batch*total)}
 	for b := range ids {
 		if len(ids[b]) != seq || len(mask[b]) != seq {
-			return nil, fmt.Errorf("step: row %d has %d ids and %d mask entries, row 0 has %d", b, len(ids[b]), len(mask[b]), seq)
+			return nil, fmt.Errorf("step: row %d has %d ids and %d mask entries; every row needs %d of each (row 0's ids)", b, len(ids[b]), len(mask[b]), seq)
 		}
 		c.IDs = append(c.IDs, ids[b]...)
 		row := s.mask[b*s.maxLen : (b+1)*s.maxLen]

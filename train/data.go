@@ -93,7 +93,7 @@ func LoadData(path string, o DataOptions) (*Data, error) {
 		for i := range d.tokens {
 			v := binary.LittleEndian.Uint32(raw[4*i:])
 			if v > 1<<31-1 {
-				return nil, fmt.Errorf("%w: %s: token %d is %d", ErrData, path, i, v)
+				return nil, fmt.Errorf("%w: %s: token %d is %d, above the largest id a token file may hold (2^31-1)", ErrData, path, i, v)
 			}
 			d.tokens[i] = int32(v)
 		}

@@ -97,7 +97,12 @@ Without --in the small OPT model embedded in the binary (` + convert.DefaultLabe
 tokenizer) is converted, so the command works offline and the result writes text.
 --in ` + convert.TinyLabel + ` converts the tiny random model the tests compare with
 transformers.`,
-		Args: cobra.NoArgs,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unexpected argument %q: give the input with --in (a Hugging Face directory, an .onnx file or %sNAME)", args[0], convert.EmbeddedPrefix)
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, _, err := convert.ParseNMOption(o.NM); err != nil {
 				return fmt.Errorf("--nm %q: %w", o.NM, err)

@@ -84,6 +84,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"dense-to-slope", "--in", filepath.Join(dir, "nope"), "--out", filepath.Join(dir, "a.slope")}, "nope"},
 		{[]string{"dense-to-slope", "--bogus"}, "bogus"},
 		{[]string{"frobnicate"}, "frobnicate"},
+		{[]string{"dense-to-slope", filepath.Join(dir, "hf"), "--out", filepath.Join(dir, "a.slope")}, "give the input with --in"},
 	}
 	for _, c := range cases {
 		var stdout, stderr bytes.Buffer

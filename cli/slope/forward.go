@@ -19,14 +19,30 @@ func newForwardCmd() *cobra.Command {
 			"and 0 for padding (default: all ones). For scripted checks against other runtimes.",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if idsJSON == "" {
+				return usagef(cmd, "--ids is required")
+			}
 			ids, err := parseRows("--ids", idsJSON)
 			if err != nil {
 				return usagef(cmd, "%v", err)
+			}
+			for b := range ids {
+				if len(ids[b]) != len(ids[0]) {
+					return usagef(cmd, "--ids: row %d has %d ids, row 0 has %d (pad rows to one length and mask the padding with --mask)", b, len(ids[b]), len(ids[0]))
+				}
 			}
 			var mask [][]int32
 			if maskJSON != "" {
 				if mask, err = parseRows("--mask", maskJSON); err != nil {
 					return usagef(cmd, "%v", err)
+				}
+				if len(mask) != len(ids) {
+					return usagef(cmd, "--mask: %d rows for the %d rows of --ids", len(mask), len(ids))
+				}
+				for b := range mask {
+					if len(mask[b]) != len(ids[b]) {
+						return usagef(cmd, "--mask: row %d has %d entries for %d ids", b, len(mask[b]), len(ids[b]))
+					}
 				}
 			}
 			m, err := openModel(cmd, args[0], device)
@@ -69,7 +85,6 @@ func newForwardCmd() *cobra.Command {
 	cmd.Flags().StringVar(&maskJSON, "mask", "", "attention mask, same shape as --ids (default all ones)")
 	cmd.Flags().IntVar(&threads, "threads", 0, "goroutines per step (0: all cores)")
 	addDeviceFlag(cmd, &device)
-	_ = cmd.MarkFlagRequired("ids")
 	return cmd
 }
 

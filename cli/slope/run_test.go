@@ -55,11 +55,19 @@ func TestForwardJSON(t *testing.T) {
 	if !(d <= 1e-4) {
 		t.Fatalf("forward logits differ from transformers by %g", d)
 	}
-	// Errors: ragged rows, bad JSON.
-	for _, bad := range []string{"[[1,2],[3]]", "nope", "[]"} {
-		if code, _, stderr := runSlope("forward", model, "--ids", bad); code != exitUsage || !strings.Contains(stderr, "--ids") {
-			t.Errorf("--ids %s: exit %d, %s", bad, code, stderr)
+	// Errors: ragged rows, bad JSON, no --ids, a mask of another shape;
+	// an id outside the vocabulary is named by its place.
+	for _, c := range [][]string{{"--ids", "[[1,2],[3]]"}, {"--ids", "nope"}, {"--ids", "[]"}, {}, {"--ids", "[2,3]", "--mask", "[1]"}, {"--ids", "[2,3]", "--mask", "[[1,1],[1,1]]"}} {
+		want := "--ids"
+		if len(c) > 2 {
+			want = "--mask"
 		}
+		if code, _, stderr := runSlope(append([]string{"forward", model}, c...)...); code != exitUsage || !strings.Contains(stderr, want) {
+			t.Errorf("%v: exit %d, %s", c, code, stderr)
+		}
+	}
+	if code, _, stderr := runSlope("forward", model, "--ids", "[[2,3,4],[2,5,99999]]"); code == 0 || !strings.Contains(stderr, "token id 99999 (sequence 1, token 2;") {
+		t.Errorf("an id outside the vocabulary: exit %d, %s", code, stderr)
 	}
 }
 
