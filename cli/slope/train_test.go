@@ -211,13 +211,13 @@ func TestTrainUsage(t *testing.T) {
 		}
 	}
 	// Adapters planned after the run's last step: said, not silent.
-	code, stdout, stderr := runSlope(append(ok[:len(ok):len(ok)], "--rank", "2", "--adapter-start", "50", "--seq", "8", "--batch", "2")...)
+	code, _, stderr := runSlope(append(ok[:len(ok):len(ok)], "--rank", "2", "--adapter-start", "50", "--seq", "8", "--batch", "2")...)
 	if code != 0 || !strings.Contains(stderr, "adapters join at step 50, after this run's last step (1)") {
 		t.Errorf("--adapter-start 50 --steps 1: exit %d, %q", code, stderr)
 	}
 	// Adapters on a model without N:M weights are refused, not skipped.
 	dense := convertTiny(t, "dense")
-	code, stdout, stderr = runSlope("train", dense, "--data", data, "--steps", "1", "--rank", "2", "--out", filepath.Join(t.TempDir(), "d.slope"))
+	code, _, stderr = runSlope("train", dense, "--data", data, "--steps", "1", "--rank", "2", "--out", filepath.Join(t.TempDir(), "d.slope"))
 	if code != exitUsage || !strings.Contains(stderr, "no N:M weights") {
 		t.Errorf("--rank on a dense model: exit %d, %q", code, stderr)
 	}
@@ -226,7 +226,7 @@ func TestTrainUsage(t *testing.T) {
 	val := filepath.Join(t.TempDir(), "v.u16")
 	writeTokenFile(t, val, 12, 50)
 	out := filepath.Join(t.TempDir(), "o.slope")
-	code, stdout, stderr = runSlope("train", model, "--data", data, "--val", val, "--seq", "8", "--batch", "2", "--steps", "3", "--out", out)
+	code, stdout, stderr := runSlope("train", model, "--data", data, "--val", val, "--seq", "8", "--batch", "2", "--steps", "3", "--out", out)
 	if code == 0 || !strings.Contains(stderr, "--val") || strings.Contains(stderr, "step 1") || stdout != "" {
 		t.Errorf("small --val: exit %d, %q, %q", code, stdout, stderr)
 	}
