@@ -65,13 +65,15 @@ func (t *Trainer) SetDataPosition(p *slopepb.DataPosition) { t.dataPos = p }
 // DataPosition is the data position restored by Resume or last set.
 func (t *Trainer) DataPosition() *slopepb.DataPosition { return t.dataPos }
 
-// SetTokens sets the count of tokens trained since step 0 that the next
-// Save records (n < 0: none).
+// SetTokens sets the count of tokens trained on since step 0 (n < 0: not
+// known), which Step then advances and Save records.
 func (t *Trainer) SetTokens(n int64) { t.tokens = n }
 
-// Tokens is the count of tokens trained since step 0 restored by Resume
-// or last set; ok is false when it is not known (a new Trainer's count
-// is 0, a checkpoint written before the count was recorded has none).
+// Tokens is the count of tokens trained on since step 0 (each step adds
+// its predicted tokens: sequences x (length - 1)); ok is false when it is
+// not known: a Trainer resumed from a checkpoint written before the count
+// was recorded (SetTokens can then set an estimate). A new Trainer's
+// count starts at 0.
 func (t *Trainer) Tokens() (n int64, ok bool) { return t.tokens, t.tokens >= 0 }
 
 // SetNote sets the provenance command that Save records (for instance

@@ -121,6 +121,10 @@ func TestCheckpointResume(t *testing.T) {
 	if p := b.DataPosition(); p.GetOffset() != 5 || p.GetEpoch() != 1 || p.GetSource() != "x.u16" {
 		t.Fatalf("data position %v", p)
 	}
+	// Three steps of 2 sequences of 12 tokens: 11 predicted each.
+	if n, ok := b.Tokens(); !ok || n != 3*2*11 {
+		t.Fatalf("resumed tokens %d %v, want %d", n, ok, 3*2*11)
+	}
 	sameState(t, a, b)
 	for _, ids := range batches[3:] {
 		l, err := b.Step(ids)

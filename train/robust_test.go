@@ -95,6 +95,7 @@ func TestResumeRejectsBadTrainingState(t *testing.T) {
 		{"NaN lr", hpLR, func(ts *slopepb.TrainingState) { ts.Hyperparameters[hpLR] = math.NaN() }},
 		{"fractional mask refresh", hpMaskRefresh, func(ts *slopepb.TrainingState) { ts.Hyperparameters[hpMaskRefresh] = 2.5 }},
 		{"huge warmup", hpWarmup, func(ts *slopepb.TrainingState) { ts.Hyperparameters[hpWarmup] = 1e30 }},
+		{"bad token count", "tokens", func(ts *slopepb.TrainingState) { ts.Extra[extraTokens] = "-3" }},
 	} {
 		bad := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "_")+".slope")
 		rewriteCheckpoint(t, ck, bad, c.edit)
@@ -107,6 +108,18 @@ func TestResumeRejectsBadTrainingState(t *testing.T) {
 		if !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v", c.name, err)
 		}
+	}
+	// A checkpoint written before the token count was recorded resumes
+	// with the count unknown.
+	old := filepath.Join(dir, "old.slope")
+	rewriteCheckpoint(t, ck, old, func(ts *slopepb.TrainingState) { delete(ts.Extra, extraTokens) })
+	r, err := Resume(old, Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if n, ok := r.Tokens(); ok {
+		t.Errorf("tokens %d known without a record", n)
 	}
 }
 

@@ -255,7 +255,7 @@ type Trainer struct {
 	ceLoss                       []float64
 
 	dataPos *slopepb.DataPosition // recorded by Save, restored by Resume
-	tokens  int64                 // tokens trained since step 0 (-1: not known), recorded by Save, restored by Resume
+	tokens  int64                 // tokens trained on since step 0 (-1: not known; Step counts them), recorded by Save, restored by Resume
 	note    string                // provenance command of Save
 	srcFile *slopepb.SourceFile   // the opened container, for Save
 	srcStat os.FileInfo           // the opened container when it was opened (nil: unknown)
@@ -689,7 +689,13 @@ func (t *Trainer) Step(ids [][]int32) (float64, error) {
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return loss, errors.Join(fmt.Errorf("train: step %d: loss is %g", t.step+1, loss), t.zeroGrad())
 	}
-	return loss, t.apply()
+	if err := t.apply(); err != nil {
+		return loss, err
+	}
+	if t.tokens >= 0 {
+		t.tokens += int64(len(ids) * (len(ids[0]) - 1)) // the tokens predicted
+	}
+	return loss, nil
 }
 
 // apply clips the accumulated gradients, updates the Params (AdamW scales

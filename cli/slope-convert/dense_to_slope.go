@@ -124,6 +124,9 @@ transformers.`,
 			if err := outfile.CheckContainer("--out", o.Out, force, o.In, o.Calib); err != nil {
 				return outfile.ForceHint(err)
 			}
+			if err := outfile.RemoveStale("--out", o.Out, cmd.ErrOrStderr()); err != nil {
+				return err
+			}
 			f := cmd.Flags()
 			if f.Changed("rank") && f.Changed("rank-frac") {
 				return fmt.Errorf("--rank and --rank-frac are mutually exclusive")

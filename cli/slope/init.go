@@ -38,6 +38,9 @@ func newInitCmd() *cobra.Command {
 			if err := outfile.CheckContainer("--out", o.Out, force, o.Config); err != nil {
 				return outfile.ForceHint(err)
 			}
+			if err := outfile.RemoveStale("--out", o.Out, cmd.ErrOrStderr()); err != nil {
+				return err
+			}
 			o.Command = "slope " + strings.Join(os.Args[1:], " ")
 			// Ctrl-C or SIGTERM stop the writing cleanly (no temporary file
 			// left behind), for this command only; slope then exits with 128 + the
@@ -72,8 +75,8 @@ func newInitCmd() *cobra.Command {
 // prunedSummary describes what happened to the decoder-layer linear
 // weights: "N weights pruned P with random masks" (one pattern), or with
 // the count of each pattern, or "no weights pruned"; and a line per
-// reason for which linear weights were left dense (the pattern does not
-// fit their shape, --nm dense, a --nm-layers entry), with their count.
+// reason for which linear weights were left dense against the pattern
+// asked for (it does not fit their shape), with their count.
 func prunedSummary(res *convert.Result) (pruned string, dense []string) {
 	patterns := map[string]int{}
 	reasons := map[string]int{}
@@ -84,8 +87,8 @@ func prunedSummary(res *convert.Result) (pruned string, dense []string) {
 		}
 		if reason, ok := strings.CutPrefix(w.Choice, "dense"); ok {
 			reason = strings.TrimPrefix(reason, ": ")
-			if reason == "" {
-				reason = "dense requested"
+			if reason == "" || strings.HasPrefix(reason, "pruning disabled") {
+				continue // as --nm or --nm-layers asked: nothing to explain
 			}
 			if reasons[reason]++; reasons[reason] == 1 {
 				rOrder = append(rOrder, reason)

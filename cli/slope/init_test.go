@@ -73,6 +73,7 @@ func TestPrunedSummary(t *testing.T) {
 		{Name: "d", Linear: true, Choice: "dense: too wide"},
 		{Name: "e", Linear: true, Choice: "dense: too wide"},
 		{Name: "f", Choice: "dense"},
+		{Name: "g", Linear: true, Choice: "dense: pruning disabled (dense)"},
 	}}
 	pruned, dense := prunedSummary(res)
 	if pruned != "3 weights pruned with random masks (2 2:4, 1 2:8)" || len(dense) != 1 || dense[0] != "2 linear weights left dense: too wide" {

@@ -197,17 +197,25 @@ type exactTicks struct{}
 
 func (exactTicks) Ticks(min, max float64) []plot.Tick {
 	ts := plot.DefaultTicks{}.Ticks(min, max)
+	// A label may differ from its value by a millionth of the range: far
+	// below the ticks' spacing, so labels of different ticks differ.
+	tol := 1e-6 * (max - min)
+	if !(tol > 0) {
+		return ts // a single value: gonum's labels
+	}
 	for i, t := range ts {
 		if t.Label == "" {
 			continue // a minor tick
 		}
-		for prec := 0; prec <= 12; prec++ {
-			l := strconv.FormatFloat(t.Value, 'f', prec, 64)
-			if v, err := strconv.ParseFloat(l, 64); err == nil && math.Abs(v-t.Value) <= 1e-9*math.Max(1, math.Abs(t.Value)) {
-				ts[i].Label = l
+		l := strconv.FormatFloat(t.Value, 'g', -1, 64) // exact, if nothing shorter is
+		for prec := 0; prec <= 17; prec++ {
+			s := strconv.FormatFloat(t.Value, 'f', prec, 64)
+			if v, err := strconv.ParseFloat(s, 64); err == nil && math.Abs(v-t.Value) <= tol {
+				l = s
 				break
 			}
 		}
+		ts[i].Label = l
 	}
 	return ts
 }

@@ -106,7 +106,7 @@ func TestPlotEdges(t *testing.T) {
 // on wide ones) no two major ticks read the same, and each label is its
 // tick's value.
 func TestExactTicks(t *testing.T) {
-	for _, r := range [][2]float64{{6.21, 6.28}, {6.23, 6.28}, {2.0001, 2.0009}, {0, 10}, {-3, 250}, {1e-4, 3e-4}} {
+	for _, r := range [][2]float64{{6.21, 6.28}, {6.23, 6.28}, {2.0001, 2.0009}, {0, 10}, {-3, 250}, {1e-4, 3e-4}, {1e-12, 5e-12}, {6.2, 6.2000000002}} {
 		seen := map[string]bool{}
 		majors := 0
 		for _, tk := range (exactTicks{}).Ticks(r[0], r[1]) {
@@ -118,7 +118,7 @@ func TestExactTicks(t *testing.T) {
 				t.Errorf("range %v: label %q twice", r, tk.Label)
 			}
 			seen[tk.Label] = true
-			if v, err := strconv.ParseFloat(tk.Label, 64); err != nil || math.Abs(v-tk.Value) > 1e-9*math.Max(1, math.Abs(tk.Value)) {
+			if v, err := strconv.ParseFloat(tk.Label, 64); err != nil || math.Abs(v-tk.Value) > 1e-6*(r[1]-r[0]) {
 				t.Errorf("range %v: tick %v labelled %q", r, tk.Value, tk.Label)
 			}
 		}

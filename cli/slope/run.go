@@ -156,6 +156,9 @@ func newScoreCmd() *cobra.Command {
 			"--stride tokens (default half the window); every token is scored once.",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("text") && textFile == "" {
+				return usagef(cmd, "--text: give the name of a text file")
+			}
 			if window < 0 || stride < 0 {
 				return usagef(cmd, "--window %d, --stride %d: want counts of tokens >= 0 (0: the default)", window, stride)
 			}

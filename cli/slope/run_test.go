@@ -215,6 +215,7 @@ func TestRunSamplingFlagsAndLength(t *testing.T) {
 		{[]string{"run", model, "--prompt", ""}, "--prompt is empty"},
 		{[]string{"run", model}, "give exactly one of --prompt and --ids"},
 		{[]string{"score", model}, "give exactly one of --text and --ids"},
+		{[]string{"score", model, "--text", ""}, "--text: give the name of a text file"},
 		{[]string{"score", model, "--ids", "[2, 100, 7]", "--window", "-5"}, "--window"},
 		{[]string{"score", model, "--ids", "[2, 100, 7]", "--stride", "-7"}, "--stride"},
 		{[]string{"run", model, "--ids", "[2, 100]", "--sparse-forms", "bogus"}, "--sparse-forms"},

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -18,7 +19,6 @@ import (
 	"github.com/slopeml/slope/cli/internal/interrupt"
 	"github.com/slopeml/slope/cli/internal/outfile"
 	"github.com/slopeml/slope/cuda"
-	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/internal/rusage"
 	"github.com/slopeml/slope/ops/cpu"
 	"github.com/slopeml/slope/train"
@@ -62,9 +62,10 @@ func newTrainCmd() *cobra.Command {
 			"step: the checkpoint is written to --out (resume it with --resume) and slope exits\n" +
 			"with status 130 (143 for SIGTERM); a second signal stops at once (--out then keeps\n" +
 			"its previous checkpoint; the partial one, left under a hidden temporary name beside\n" +
-			"it, is removed by the next run writing that --out). The log's tokens count from\n" +
-			"step 0 across resumes. Unless GOGC is set, the Go collector runs at GOGC=25 (the\n" +
-			"default 100 lets the heap, and the peak RSS, reach twice the live size).\n\n" +
+			"it, is removed by the next slope train, slope init or slope-convert writing that\n" +
+			"--out). The log's tokens count from step 0 across resumes. Unless GOGC is set, the\n" +
+			"Go collector runs at GOGC=25 (the default 100 lets the heap, and the peak RSS,\n" +
+			"reach twice the live size).\n\n" +
 			"With --rank or --rank-frac, plain low-rank adapters (L small random, R zero, so the\n" +
 			"loss is continuous) join every N:M layer at --adapter-start: a fraction of --steps\n" +
 			"(default 0.99, SLoPe's final 1%) or a step number. --accum K splits every batch into\n" +
@@ -310,6 +311,9 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if err := outfile.CheckContainer("--out", fl.out, false, fl.data, fl.val); err != nil {
 		return err
 	}
+	if fl.log != "" && filepath.Clean(fl.log) == filepath.Clean(fl.out) {
+		return usagef(cmd, "--log %s is --out: the checkpoint would replace the log", fl.log)
+	}
 	stderr := cmd.ErrOrStderr()
 	// The trainer's heap is mostly long-lived float slices, and a step
 	// still leaves about 25 MB of garbage at the bench model's size (ops'
@@ -350,10 +354,14 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if (o.Rank > 0 || o.RankFrac > 0) && !hasNM(tr) {
 		return usagef(cmd, "--rank/--rank-frac: the model has no N:M weights for adapters to join (adapters go on SLoPe linears only)")
 	}
-	if at, ok := tr.AdapterStartStep(); ok && !tr.AdaptersActive() && at > fl.steps {
+	if at, ok := tr.AdapterStartStep(); ok && !tr.AdaptersActive() && at >= fl.steps {
 		// Not an error: the checkpoint records the plan, and a resumed run
-		// with more --steps adds them.
-		fmt.Fprintf(stderr, "slope train: adapters join at step %d, after this run's last step (%d): this run adds none\n", at, fl.steps)
+		// with more --steps trains them.
+		if at == fl.steps {
+			fmt.Fprintf(stderr, "slope train: adapters join at step %d, this run's last: the checkpoint holds them untrained\n", at)
+		} else {
+			fmt.Fprintf(stderr, "slope train: adapters join at step %d, after this run's last step (%d): this run adds none\n", at, fl.steps)
+		}
 	}
 	if o.Backend != nil && !tr.OnDevice() {
 		return fmt.Errorf("--device %s: the model has an op without a device backward pass", fl.device)
@@ -435,23 +443,19 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	}
 	// A run killed while writing --out left its partial checkpoint under a
 	// temporary name beside it; this run writes --out now.
-	removed, err := format.RemoveStaleTemps(fl.out)
-	if err != nil {
-		return fmt.Errorf("--out: %w", err)
-	}
-	for _, n := range removed {
-		fmt.Fprintf(stderr, "removed %s, a partial checkpoint of an interrupted run\n", n)
+	if err := outfile.RemoveStale("--out", fl.out, stderr); err != nil {
+		return err
 	}
 	enc := json.NewEncoder(logw)
 	prog := newTrainProgress(stderr, tr.StepCount(), fl.steps)
 	defer prog.finish()
 	start := time.Now()
 	var tokens int64 // this run's
-	// total counts from step 0 for the log: a checkpoint records it; one
-	// written before it did has its steps counted at its batch and seq.
-	total, ok := tr.Tokens()
-	if !ok {
-		total = int64(tr.StepCount()) * int64(fl.batch*fl.seq)
+	// The log counts tokens from step 0 (the trainer keeps the count, and
+	// checkpoints record it); a checkpoint written before they did has its
+	// steps counted at the batch and seq in effect.
+	if _, ok := tr.Tokens(); !ok {
+		tr.SetTokens(int64(tr.StepCount()) * int64(fl.batch*fl.seq))
 	}
 	// stepTime sums the Step calls alone; firstTime is the first step's
 	// (it warms the buffers up; every step has batch x seq tokens).
@@ -460,7 +464,6 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	profiled := 0 // steps in the GPU profile (since its reset)
 	save := func() error {
 		tr.SetDataPosition(data.Position())
-		tr.SetTokens(total)
 		return tr.Save(fl.out)
 	}
 	evaluate := func() error {
@@ -519,7 +522,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		dt := time.Since(t0).Seconds()
 		n := int64(fl.batch * fl.seq)
 		tokens += n
-		total += n
+		total, _ := tr.Tokens()
 		stepTime += dt
 		profiled++
 		if steps++; steps == 1 {

@@ -195,6 +195,7 @@ func TestTrainUsage(t *testing.T) {
 		{append(ok[:len(ok):len(ok)], "--rank", "2", "--rank-frac", "0.25"), "--rank-frac"},
 		{append(ok[:len(ok):len(ok)], "--eval-every", "2"), "--val"},
 		{append(ok[:len(ok):len(ok)], "--threads", "-1"), "--threads"},
+		{append(ok[:len(ok):len(ok)], "--log", ok[len(ok)-1]), "--log"},
 		{[]string{"train"}, "MODEL"},
 	} {
 		code, _, stderr := runSlope(c.args...)

@@ -53,7 +53,7 @@ func TestPairSegKernel(t *testing.T) {
 // spmmTile calls per panel, for Linear (with and without bias) and
 // LinearAdd: a ragged last panel (404 outputs), several panel groups and
 // K chunks (In = 2400: 1200 kept steps per output, chunks of 64), ragged
-// row blocks (m = 40, 130) and 1 and 3 threads, in float32 and bf16, for
+// row blocks (m = 40, 48, 56, 130: every kernel width) and 1 and 3 threads, in float32 and bf16, for
 // 2:4 and another pattern.
 func TestSpmmPanels(t *testing.T) {
 	if !haveAVX2FMA {
@@ -71,7 +71,7 @@ func TestSpmmPanels(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				for _, m := range []int{40, 130} {
+				for _, m := range []int{40, 48, 56, 130} { // last row blocks of 8, 16, 24 and 2 (8) rows
 					x, bias, y0 := randF32(rng, m*in), randF32(rng, out), randF32(rng, m*out)
 					for _, threads := range []int{1, 3} {
 						for _, mode := range []string{"bias", "nobias", "add"} {

@@ -24,8 +24,10 @@ var ErrNotContainer = errors.New("exists and is not a .slope container")
 // given by the flag named flag (for the messages):
 //   - path is not a directory, and its directory exists and takes new
 //     files (a probe file is created there and removed);
-//   - path is not the same file as any of inputs (empty inputs and
-//     inputs that do not exist are skipped);
+//   - path is not the same file as any of inputs, nor an existing file
+//     other than a .slope container inside an input that is a directory
+//     (a checkpoint directory's weights; empty inputs and inputs that do
+//     not exist are skipped), whatever force says;
 //   - an existing file at path is empty or a .slope container, unless
 //     force is set: anything else (a checkpoint source, an ONNX model) is
 //     not replaced unasked.
@@ -42,8 +44,17 @@ func CheckContainer(flag, path string, force bool, inputs ...string) error {
 			if in == "" {
 				continue
 			}
-			if ist, ierr := os.Stat(in); ierr == nil && os.SameFile(st, ist) {
+			ist, ierr := os.Stat(in)
+			if ierr != nil {
+				continue
+			}
+			if os.SameFile(st, ist) {
 				return fmt.Errorf("%s %s is the input %s: the output would replace it; write to another file", flag, path, in)
+			}
+			if dst, derr := os.Stat(filepath.Dir(path)); ist.IsDir() && derr == nil && os.SameFile(dst, ist) {
+				if err := isContainer(path, st); err != nil {
+					return fmt.Errorf("%s %s is a file of the input directory %s: the output would replace it; write to another file", flag, path, in)
+				}
 			}
 		}
 		if !force {
@@ -61,7 +72,24 @@ func CheckContainer(flag, path string, force bool, inputs ...string) error {
 	}
 	name := probe.Name()
 	probe.Close()
-	return os.Remove(name)
+	if err := os.Remove(name); err != nil {
+		return fmt.Errorf("%s %s: %w", flag, path, err)
+	}
+	return nil
+}
+
+// RemoveStale removes the partial containers that killed writers of path
+// left beside it (format.RemoveStaleTemps) and says so on w, one line
+// each; call it after CheckContainer, before writing path.
+func RemoveStale(flag, path string, w io.Writer) error {
+	removed, err := format.RemoveStaleTemps(path)
+	for _, n := range removed {
+		fmt.Fprintf(w, "removed %s, a partial file of an interrupted run\n", n)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", flag, err)
+	}
+	return nil
 }
 
 // ForceHint adds "; pass --force to replace it" to CheckContainer's error

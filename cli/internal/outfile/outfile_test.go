@@ -20,6 +20,12 @@ func TestCheckContainer(t *testing.T) {
 		return p
 	}
 	src := write("model.onnx", "not a container")
+	hf := filepath.Join(dir, "hf")
+	if err := os.Mkdir(hf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	weights := write("hf/model.safetensors", "weights")
+	prev := write("hf/model.slope", format.Magic+"rest")
 	old := write("old.slope", format.Magic+"rest")
 	empty := write("empty.slope", "")
 	for _, c := range []struct {
@@ -36,6 +42,9 @@ func TestCheckContainer(t *testing.T) {
 		{"foreign file, forced", src, true, nil, ""},
 		{"the input", src, true, []string{src}, "is the input"},
 		{"the input container", old, false, []string{"", filepath.Join(dir, "missing"), old}, "is the input"},
+		{"a file of the input directory", weights, true, []string{hf}, "file of the input directory"},
+		{"a container in the input directory", prev, false, []string{hf}, ""},
+		{"a new file in the input directory", filepath.Join(hf, "new.slope"), false, []string{hf}, ""},
 		{"a directory", dir, true, nil, "is a directory"},
 		{"no directory", filepath.Join(dir, "missing", "x.slope"), false, nil, "cannot create files"},
 		{"empty path", "", false, nil, "required"},
