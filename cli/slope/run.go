@@ -81,6 +81,8 @@ func newRunCmd() *cobra.Command {
 				return usagef(cmd, "--top-k must be >= 0, got %d", o.TopK)
 			case !(o.TopP >= 0 && o.TopP <= 1):
 				return usagef(cmd, "--top-p must be in [0, 1], got %g", o.TopP)
+			case o.Temperature == 0 && (o.TopK > 0 || o.TopP > 0):
+				return usagef(cmd, "--top-k and --top-p narrow sampling, which needs --temperature > 0 (0 decodes greedily)")
 			case !(o.RepetitionPenalty > 0) || math.IsInf(o.RepetitionPenalty, 0):
 				return usagef(cmd, "--repetition-penalty must be a finite number > 0 (1: off), got %g", o.RepetitionPenalty)
 			}

@@ -184,6 +184,8 @@ func TestRunSamplingFlagsAndLength(t *testing.T) {
 		{[]string{"--repetition-penalty", "0"}, "--repetition-penalty"},
 		{[]string{"--repetition-penalty", "-2"}, "--repetition-penalty"},
 		{[]string{"--repetition-penalty", "Inf"}, "--repetition-penalty"},
+		{[]string{"--top-k", "20"}, "--temperature"}, // sampling options without sampling
+		{[]string{"--top-p", "0.9"}, "--temperature"},
 	} {
 		code, _, stderr := runSlope(append([]string{"run", model, "--ids", "[2, 100]"}, c.args...)...)
 		if code != exitUsage || !strings.Contains(stderr, c.flag) {
