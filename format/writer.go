@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -509,7 +510,7 @@ func RemoveStaleTemps(path string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	prefix := "." + base + ".tmp-" // createTemp's names: prefix and a decimal number
+	prefix := tempPrefix(base) // createTemp's names: prefix and a decimal number
 	var removed []string
 	for _, e := range entries {
 		rest, ok := strings.CutPrefix(e.Name(), prefix)
@@ -525,13 +526,17 @@ func RemoveStaleTemps(path string) ([]string, error) {
 	return removed, nil
 }
 
+// tempPrefix starts the names of the temporary files createTemp makes for
+// an output named base (a decimal number follows).
+func tempPrefix(base string) string { return "." + base + ".tmp-" }
+
 // createTemp creates a new hidden file beside path for Close to rename
 // over it, with mode 0666 less the umask (os.CreateTemp's 0600 would make
 // every container private to its writer).
 func createTemp(path string) (*os.File, error) {
 	dir, base := filepath.Dir(path), filepath.Base(path)
 	for range 100 {
-		name := filepath.Join(dir, fmt.Sprintf(".%s.tmp-%d", base, rand.Uint64()))
+		name := filepath.Join(dir, tempPrefix(base)+strconv.FormatUint(rand.Uint64(), 10))
 		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
 		if errors.Is(err, os.ErrExist) {
 			continue

@@ -26,23 +26,14 @@ func newForwardCmd() *cobra.Command {
 			if err != nil {
 				return usagef(cmd, "%v", err)
 			}
-			for b := range ids {
-				if len(ids[b]) != len(ids[0]) {
-					return usagef(cmd, "--ids: row %d has %d ids, row 0 has %d (pad rows to one length and mask the padding with --mask)", b, len(ids[b]), len(ids[0]))
-				}
-			}
 			var mask [][]int32
 			if maskJSON != "" {
 				if mask, err = parseRows("--mask", maskJSON); err != nil {
 					return usagef(cmd, "%v", err)
 				}
-				if len(mask) != len(ids) {
-					return usagef(cmd, "--mask: %d rows for the %d rows of --ids", len(mask), len(ids))
-				}
-				for b := range mask {
-					if len(mask[b]) != len(ids[b]) {
-						return usagef(cmd, "--mask: row %d has %d entries for %d ids", b, len(mask[b]), len(ids[b]))
-					}
+				// parseRows made both rectangular.
+				if len(mask) != len(ids) || len(mask[0]) != len(ids[0]) {
+					return usagef(cmd, "--mask: %d rows of %d entries for %d rows of %d ids", len(mask), len(mask[0]), len(ids), len(ids[0]))
 				}
 			}
 			m, err := openModel(cmd, args[0], device)

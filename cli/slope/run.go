@@ -17,9 +17,6 @@ import (
 // BOS) or --ids into token ids; its errors are usage errors (usagef),
 // except a damaged tokenizer's.
 func promptIDs(cmd *cobra.Command, m *slopert.Model, textFlag, text, ids string) ([]int32, *tokenizer.BPE, error) {
-	if f := cmd.Flags().Lookup(textFlag[2:]); f != nil && f.Changed && text == "" {
-		return nil, nil, usagef(cmd, "%s is empty", textFlag)
-	}
 	if (text == "") == (ids == "") {
 		return nil, nil, usagef(cmd, "give exactly one of %s and --ids", textFlag)
 	}
@@ -73,6 +70,8 @@ func newRunCmd() *cobra.Command {
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
+			case cmd.Flags().Changed("prompt") && text == "":
+				return usagef(cmd, "--prompt is empty")
 			case o.MaxTokens < 1:
 				return usagef(cmd, "--max-tokens must be >= 1")
 			case !(o.Temperature >= 0) || math.IsInf(o.Temperature, 0):

@@ -75,27 +75,7 @@ func TestSpmmPanels(t *testing.T) {
 					x, bias, y0 := randF32(rng, m*in), randF32(rng, out), randF32(rng, m*out)
 					for _, threads := range []int{1, 3} {
 						for _, mode := range []string{"bias", "nobias", "add"} {
-							var got, want []float32
-							for _, on := range []bool{true, false} {
-								spmmPanelsOn = on
-								y := append([]float32(nil), y0...)
-								switch mode {
-								case "bias":
-									err = s.Linear(y, x, m, bias, threads)
-								case "nobias":
-									err = s.Linear(y, x, m, nil, threads)
-								default:
-									err = s.LinearAdd(y, x, m, threads)
-								}
-								if err != nil {
-									t.Fatal(err)
-								}
-								if on {
-									got = y
-								} else {
-									want = y
-								}
-							}
+							got, want := linearWith(t, s, true, mode, y0, x, m, bias, threads), linearWith(t, s, false, mode, y0, x, m, bias, threads)
 							for i := range got {
 								if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
 									t.Fatalf("%v %v [%d,%d] m %d threads %d %s: y[%d] = %v, want %v",
@@ -108,4 +88,25 @@ func TestSpmmPanels(t *testing.T) {
 			}
 		}
 	}
+}
+
+// linearWith runs s on x (Linear with bias, without, or LinearAdd by
+// mode) into a copy of y0, with the AVX2 panel kernel on or off.
+func linearWith(t *testing.T, s *Sparse, panels bool, mode string, y0, x []float32, m int, bias []float32, threads int) []float32 {
+	t.Helper()
+	spmmPanelsOn = panels
+	y := append([]float32(nil), y0...)
+	var err error
+	switch mode {
+	case "bias":
+		err = s.Linear(y, x, m, bias, threads)
+	case "nobias":
+		err = s.Linear(y, x, m, nil, threads)
+	default:
+		err = s.LinearAdd(y, x, m, threads)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return y
 }

@@ -282,21 +282,22 @@ func (s *Sparse) gemm(y, x []float32, m int, bias []float32, t int, add bool) {
 				spPrep(&s.spLayout, (*offb)[k*s.kept*spLanes:], (*valb)[k*s.kept*spLanes:],
 					s.idx[p*wpp:(p+1)*wpp], &s.vals, p*s.kept*spLanes, sh)
 			}
+			// full: the group's panels with all 8 lanes (all but a ragged
+			// last panel of the weight), run by one spmmPanels call per
+			// block and K chunk (AVX2).
+			full := pn
+			if (pc+pn)*spLanes > s.out {
+				full--
+			}
+			if ld != 32 || !spmmPanelsOn {
+				full = 0
+			}
 			for b := b0; b < b1; b++ {
 				rows := min(ld, m-b*ld)
 				mb := (rows + gran - 1) / gran * gran
 				blk := xt[b*in*ld : (b+1)*in*ld]
 				yt := (*ytb)[:pn*spLanes*mb]
 				clear(yt)
-				// full: the group's panels with all 8 lanes (all but a
-				// ragged last panel of the weight).
-				full := pn
-				if (pc+pn)*spLanes > s.out {
-					full--
-				}
-				if ld != 32 || !spmmPanelsOn {
-					full = 0
-				}
 				for k0 := 0; k0 < s.kept; k0 += kc {
 					steps := min(kc, s.kept-k0)
 					if full > 0 {

@@ -40,27 +40,20 @@ func CheckContainer(flag, path string, force bool, inputs ...string) error {
 	case err == nil && st.IsDir():
 		return fmt.Errorf("%s %s is a directory; give a file name for the .slope container", flag, path)
 	case err == nil:
+		notContainer := isContainer(path, st)
+		dst, derr := os.Stat(filepath.Dir(path))
 		for _, in := range inputs {
-			if in == "" {
-				continue
-			}
 			ist, ierr := os.Stat(in)
-			if ierr != nil {
-				continue
-			}
-			if os.SameFile(st, ist) {
+			switch {
+			case in == "" || ierr != nil:
+			case os.SameFile(st, ist):
 				return fmt.Errorf("%s %s is the input %s: the output would replace it; write to another file", flag, path, in)
-			}
-			if dst, derr := os.Stat(filepath.Dir(path)); ist.IsDir() && derr == nil && os.SameFile(dst, ist) {
-				if err := isContainer(path, st); err != nil {
-					return fmt.Errorf("%s %s is a file of the input directory %s: the output would replace it; write to another file", flag, path, in)
-				}
+			case notContainer != nil && ist.IsDir() && derr == nil && os.SameFile(dst, ist):
+				return fmt.Errorf("%s %s is a file of the input directory %s: the output would replace it; write to another file", flag, path, in)
 			}
 		}
-		if !force {
-			if err := isContainer(path, st); err != nil {
-				return fmt.Errorf("%s %s: %w", flag, path, err)
-			}
+		if notContainer != nil && !force {
+			return fmt.Errorf("%s %s: %w", flag, path, notContainer)
 		}
 	case !errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("%s: %w", flag, err)

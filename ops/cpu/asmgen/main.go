@@ -640,7 +640,7 @@ func spmmTile(label string, mb, r, l0 int, xt, off, vals, end, yt Register) {
 // k-1's in yt ([pn][8][mb]). A K chunk of 64 steps was 15% slower per
 // step as three calls per panel than as one long call (Zen 3,
 // 2026-11-28): the calls' Go side and the accumulators' loads and stores
-// per tile.
+// per tile, not split further.
 func genSPMMPanels(mb int) {
 	name := fmt.Sprintf("spmmPanelsB%dAVX2", mb)
 	TEXT(name, NOSPLIT, "func(xt *float32, off *uint32, vals *float32, pstride int, pn int, steps int, yt *float32)")
