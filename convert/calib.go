@@ -153,9 +153,36 @@ func loadCalibration(c CalibSpec) ([][]int32, [32]byte, error) {
 	return out, sum, nil
 }
 
-// planCalib checks the calibration options against the method: nil for
-// magnitude (which takes none of them).
+// CheckCalibOptions reports the mistakes in o's method and calibration
+// options that need no file (a calibration option without a calibrated
+// method, a calibrated method without --calib, an unknown --calib-format,
+// sizes out of range), so a command line can be refused before any work.
+func CheckCalibOptions(o Options) error {
+	method, err := ParseMethod(o.Method)
+	if err != nil {
+		return err
+	}
+	_, err = calibSpec(o, method)
+	return err
+}
+
+// planCalib checks the calibration options against the method and that
+// the file is there: nil for magnitude (which takes none of them).
 func planCalib(o Options, method string) (*CalibSpec, error) {
+	c, err := calibSpec(o, method)
+	if c == nil || err != nil {
+		return c, err
+	}
+	if st, err := os.Stat(o.Calib); err != nil {
+		return nil, fmt.Errorf("--calib: %w", err)
+	} else if st.IsDir() {
+		return nil, fmt.Errorf("--calib %s: a directory, want a file", o.Calib)
+	}
+	return c, nil
+}
+
+// calibSpec is planCalib without the file's check.
+func calibSpec(o Options, method string) (*CalibSpec, error) {
 	if method == MethodMagnitude || method == MethodRandom {
 		switch {
 		case o.Calib != "":
@@ -187,11 +214,6 @@ func planCalib(o Options, method string) (*CalibSpec, error) {
 		c.SeqLen = DefaultCalibSeqLen
 	case c.SeqLen < 2:
 		return nil, fmt.Errorf("--calib-seqlen %d: want at least 2", c.SeqLen)
-	}
-	if st, err := os.Stat(o.Calib); err != nil {
-		return nil, fmt.Errorf("--calib: %w", err)
-	} else if st.IsDir() {
-		return nil, fmt.Errorf("--calib %s: a directory, want a file", o.Calib)
 	}
 	return c, nil
 }

@@ -524,7 +524,7 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 	src := o.Source
 	if src == nil {
 		if src, err = OpenSource(o.In); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--in: %w", err)
 		}
 	}
 	defer src.Close()

@@ -96,32 +96,36 @@ func TestProgressBar(t *testing.T) {
 	}
 }
 
+// TestAdapterFlagErrors: mistakes in the flags are usage errors (exit
+// status 2); the ones that need the model (a rank or layer range it does
+// not have) fail the conversion (1).
 func TestAdapterFlagErrors(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "a.slope")
 	for _, c := range []struct {
 		args []string
 		want string
+		code int
 	}{
-		{[]string{"--rank", "4", "--rank-frac", "0.1"}, "--rank and --rank-frac are mutually exclusive"},
-		{[]string{"--rank", "0"}, "--rank 0"},
-		{[]string{"--rank-frac", "2"}, "--rank-frac 2"},
-		{[]string{"--adapter-init", "svd"}, "--adapter-init needs --rank"},
-		{[]string{"--merge-adapters"}, "--merge-adapters needs --rank"},
-		{[]string{"--adapter-scale", "2"}, "--adapter-scale needs --rank"},
-		{[]string{"--rank", "4", "--adapter-init", "pca"}, "--adapter-init \"pca\""},
-		{[]string{"--rank", "4", "--adapter-scale", "0"}, "--adapter-scale 0"},
-		{[]string{"--rank", "100"}, "--rank 100: weight"},
-		{[]string{"--rank", "2", "--merge-adapters"}, "--merge-adapters with --rank 2"},
-		{[]string{"--nm-layers", "0-3=2:4"}, "--nm-layers: layers 0-3"},
-		{[]string{"--nm-layers", "0=3:2"}, "--nm-layers \"0=3:2\""},
-		{[]string{"--nm-layers", "x"}, "--nm-layers \"x\""},
-		{[]string{"--seed", "-1"}, "seed"},
+		{[]string{"--rank", "4", "--rank-frac", "0.1"}, "--rank and --rank-frac are mutually exclusive", 2},
+		{[]string{"--rank", "0"}, "--rank 0", 2},
+		{[]string{"--rank-frac", "2"}, "--rank-frac 2", 2},
+		{[]string{"--adapter-init", "svd"}, "--adapter-init needs --rank", 2},
+		{[]string{"--merge-adapters"}, "--merge-adapters needs --rank", 2},
+		{[]string{"--adapter-scale", "2"}, "--adapter-scale needs --rank", 2},
+		{[]string{"--rank", "4", "--adapter-init", "pca"}, "--adapter-init \"pca\"", 2},
+		{[]string{"--rank", "4", "--adapter-scale", "0"}, "--adapter-scale 0", 2},
+		{[]string{"--rank", "100"}, "--rank 100: weight", 1},
+		{[]string{"--rank", "2", "--merge-adapters"}, "--merge-adapters with --rank 2", 1},
+		{[]string{"--nm-layers", "0-3=2:4"}, "--nm-layers: layers 0-3", 1},
+		{[]string{"--nm-layers", "0=3:2"}, "--nm-layers \"0=3:2\"", 2},
+		{[]string{"--nm-layers", "x"}, "--nm-layers \"x\"", 2},
+		{[]string{"--seed", "-1"}, "seed", 2},
 	} {
 		var stdout, stderr bytes.Buffer
 		args := append([]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", out}, c.args...)
-		if code := run(args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), c.want) {
-			t.Errorf("%v: exit %d, stderr %q, want %q", c.args, code, stderr.String(), c.want)
+		if code := run(args, &stdout, &stderr); code != c.code || !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("%v: exit %d, stderr %q, want %d and %q", c.args, code, stderr.String(), c.code, c.want)
 		}
 	}
 }

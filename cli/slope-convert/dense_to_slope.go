@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/slopeml/slope/cli/internal/outfile"
+	"github.com/slopeml/slope/cli/internal/usage"
 	"github.com/slopeml/slope/convert"
 )
 
@@ -97,76 +98,23 @@ Without --in the small OPT model embedded in the binary (` + convert.DefaultLabe
 tokenizer) is converted, so the command works offline and the result writes text.
 --in ` + convert.TinyLabel + ` converts the tiny random model the tests compare with
 transformers.`,
-		Args: func(_ *cobra.Command, args []string) error {
+		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return fmt.Errorf("unexpected argument %q: give the input with --in (a Hugging Face directory, an .onnx file or %sNAME)", args[0], convert.EmbeddedPrefix)
+				return usage.Errorf(cmd, "unexpected argument %q: give the input with --in (a Hugging Face directory, an .onnx file or %sNAME)", args[0], convert.EmbeddedPrefix)
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, _, err := convert.ParseNMOption(o.NM); err != nil {
-				return fmt.Errorf("--nm %q: %w", o.NM, err)
+			// The command line first (usage errors, exit status 2), then
+			// --out, all before any work: a conversion can take long.
+			if err := checkFlags(cmd, &o, compress, scale); err != nil {
+				return usage.Wrap(cmd, err)
 			}
-			if _, err := convert.ParseNMLayers(o.NMLayers); err != nil {
-				return err
-			}
-			if _, _, err := convert.ParseDTypeOption(o.DType); err != nil {
-				return fmt.Errorf("--dtype: %w", err)
-			}
-			switch compress {
-			case "":
-			case "zstd":
-				o.Compress = true
-			default:
-				return fmt.Errorf("--compress %q: the only compression is zstd", compress)
-			}
-			// Before any work: a conversion can take long.
 			if err := outfile.CheckContainer("--out", o.Out, force, o.In, o.Calib); err != nil {
 				return outfile.ForceHint(err)
 			}
 			if err := outfile.RemoveStale("--out", o.Out, cmd.ErrOrStderr()); err != nil {
 				return err
-			}
-			f := cmd.Flags()
-			if f.Changed("rank") && f.Changed("rank-frac") {
-				return fmt.Errorf("--rank and --rank-frac are mutually exclusive")
-			}
-			if f.Changed("rank") && o.Rank < 1 {
-				return fmt.Errorf("--rank %d: the rank must be at least 1", o.Rank)
-			}
-			if f.Changed("rank-frac") && !(o.RankFrac > 0 && o.RankFrac <= 1) {
-				return fmt.Errorf("--rank-frac %g: want a fraction of the hidden size in (0, 1]", o.RankFrac)
-			}
-			if o.Rank == 0 && o.RankFrac == 0 {
-				for _, name := range []string{"adapter-init", "merge-adapters", "adapter-scale"} {
-					if f.Changed(name) {
-						return fmt.Errorf("--%s needs --rank or --rank-frac", name)
-					}
-				}
-			}
-			if f.Changed("adapter-init") {
-				if _, err := convert.ParseAdapterInit(o.AdapterInit); err != nil {
-					return err
-				}
-			}
-			if scale == 0 || math.IsNaN(float64(scale)) || math.IsInf(float64(scale), 0) {
-				return fmt.Errorf("--adapter-scale %g: want a finite non-zero number", scale)
-			}
-			o.AdapterScale = scale
-			if _, err := convert.ParseMethod(o.Method); err != nil {
-				return err
-			}
-			// Unset calibration sizes are 0 for the converter (its
-			// defaults; the sequence length then capped by the model).
-			if !f.Changed("calib-samples") {
-				o.CalibSamples = 0
-			} else if o.CalibSamples < 1 {
-				return fmt.Errorf("--calib-samples %d: want at least 1", o.CalibSamples)
-			}
-			if !f.Changed("calib-seqlen") {
-				o.CalibSeqLen = 0
-			} else if o.CalibSeqLen < 2 {
-				return fmt.Errorf("--calib-seqlen %d: want at least 2", o.CalibSeqLen)
 			}
 			stderr := cmd.ErrOrStderr()
 			if !quiet {
@@ -254,6 +202,70 @@ func (p *progress) layer(r convert.LayerReport) {
 	if p.bar != nil {
 		_ = p.bar.RenderBlank()
 	}
+}
+
+// checkFlags checks dense-to-slope's flags that need no file and sets the
+// options they imply (o.Compress, o.AdapterScale; unset calibration sizes
+// become 0, the converter's defaults).
+func checkFlags(cmd *cobra.Command, o *convert.Options, compress string, scale float32) error {
+	if _, _, err := convert.ParseNMOption(o.NM); err != nil {
+		return fmt.Errorf("--nm %q: %w", o.NM, err)
+	}
+	if _, err := convert.ParseNMLayers(o.NMLayers); err != nil {
+		return err
+	}
+	if _, _, err := convert.ParseDTypeOption(o.DType); err != nil {
+		return fmt.Errorf("--dtype: %w", err)
+	}
+	if _, err := convert.ParseTransposeOption(o.Transpose); err != nil {
+		return err
+	}
+	switch compress {
+	case "":
+	case "zstd":
+		o.Compress = true
+	default:
+		return fmt.Errorf("--compress %q: the only compression is zstd", compress)
+	}
+	f := cmd.Flags()
+	if f.Changed("rank") && f.Changed("rank-frac") {
+		return fmt.Errorf("--rank and --rank-frac are mutually exclusive")
+	}
+	if f.Changed("rank") && o.Rank < 1 {
+		return fmt.Errorf("--rank %d: the rank must be at least 1", o.Rank)
+	}
+	if f.Changed("rank-frac") && !(o.RankFrac > 0 && o.RankFrac <= 1) {
+		return fmt.Errorf("--rank-frac %g: want a fraction of the hidden size in (0, 1]", o.RankFrac)
+	}
+	if o.Rank == 0 && o.RankFrac == 0 {
+		for _, name := range []string{"adapter-init", "merge-adapters", "adapter-scale"} {
+			if f.Changed(name) {
+				return fmt.Errorf("--%s needs --rank or --rank-frac", name)
+			}
+		}
+	}
+	if f.Changed("adapter-init") {
+		if _, err := convert.ParseAdapterInit(o.AdapterInit); err != nil {
+			return err
+		}
+	}
+	if scale == 0 || math.IsNaN(float64(scale)) || math.IsInf(float64(scale), 0) {
+		return fmt.Errorf("--adapter-scale %g: want a finite non-zero number", scale)
+	}
+	o.AdapterScale = scale
+	if !f.Changed("calib-samples") {
+		o.CalibSamples = 0
+	} else if o.CalibSamples < 1 {
+		return fmt.Errorf("--calib-samples %d: want at least 1", o.CalibSamples)
+	}
+	if !f.Changed("calib-seqlen") {
+		o.CalibSeqLen = 0
+	} else if o.CalibSeqLen < 2 {
+		return fmt.Errorf("--calib-seqlen %d: want at least 2", o.CalibSeqLen)
+	}
+	// The method and its calibration options (the file itself is read
+	// later).
+	return convert.CheckCalibOptions(*o)
 }
 
 func printSummary(w io.Writer, res *convert.Result, o convert.Options, perWeight bool) error {

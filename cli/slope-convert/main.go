@@ -4,6 +4,13 @@
 //	slope-convert dense-to-slope --in ./opt-125m --out opt.slope --nm 2:4
 //	slope-convert dense-to-slope --in ./opt-125m --out opt.slope --nm-layers '0-5=2:4,6-11=2:8' \
 //	    --rank-frac 0.0156 --adapter-init svd --seed 1 --json
+//
+// Errors are printed to stderr as "slope-convert: <error>". The exit
+// status is, as slope's, 0 on success, 1 when the conversion fails (an
+// unreadable source, a model without the asked-for layers, a full disk),
+// 2 on a usage error (an unknown flag or command, a flag value or
+// combination refused before any file is read), and 130 or 143 after
+// Ctrl-C or SIGTERM.
 package main
 
 import (
@@ -17,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/slopeml/slope/cli/internal/interrupt"
+	"github.com/slopeml/slope/cli/internal/usage"
 )
 
 func main() {
@@ -54,8 +62,16 @@ func startCPUProfile(path string) (stop func(), err error) {
 	}, nil
 }
 
-// run executes the command line args and returns the exit status: 0 on
-// success, 1 on any error (printed to stderr as "slope-convert: <error>").
+// Exit statuses (as slope's): 130 and 143 after Ctrl-C and SIGTERM.
+const (
+	exitOK    = 0
+	exitError = 1              // the conversion failed: an unreadable source, a full disk, ...
+	exitUsage = usage.ExitCode // a mistake in the command line: an unknown flag or command, a bad flag value
+)
+
+// run executes the command line args and returns the exit status (the
+// constants above); errors are printed to stderr as "slope-convert:
+// <error>", usage errors followed by a pointer to --help.
 func run(args []string, stdout, stderr io.Writer) int {
 	// Ctrl-C or SIGTERM stop the conversion cleanly (exit status 130 or
 	// 143); a second signal stops it at once.
@@ -65,15 +81,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	if err := interrupt.Wrap(root.ExecuteContext(ctx), caught); err != nil {
-		fmt.Fprintf(stderr, "slope-convert: %v\n", err)
-		var ie *interrupt.Error
-		if errors.As(err, &ie) {
-			return ie.ExitCode()
-		}
-		return 1
+	err := interrupt.Wrap(root.ExecuteContext(ctx), caught)
+	if err == nil {
+		return exitOK
 	}
-	return 0
+	fmt.Fprintf(stderr, "slope-convert: %v\n", err)
+	var ie *interrupt.Error
+	if errors.As(err, &ie) {
+		return ie.ExitCode()
+	}
+	if usage.Report(stderr, err) {
+		return exitUsage
+	}
+	return exitError
 }
 
 func newRoot(args []string) *cobra.Command {
@@ -84,8 +104,16 @@ func newRoot(args []string) *cobra.Command {
 weights with their double-pruned transposes, stored in .slope containers.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args:          cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usage.Errorf(cmd, "missing command (dense-to-slope)")
+			}
+			return usage.Errorf(cmd, "unknown command %q (the command is dense-to-slope)", args[0])
+		},
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
+	usage.Setup(root)
 	root.AddCommand(newDenseToSlope(args))
 	return root
 }

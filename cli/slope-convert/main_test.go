@@ -75,25 +75,31 @@ func TestErrors(t *testing.T) {
 	cases := []struct {
 		args []string
 		want string
+		code int
 	}{
-		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--nm", "5:4"}, "--nm"},
-		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--dtype", "int8"}, "--dtype"},
-		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--compress", "gzip"}, "--compress"},
-		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--transpose", "both"}, "--transpose"},
-		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", ""}, "--out"},
-		{[]string{"dense-to-slope", "--in", filepath.Join(dir, "nope"), "--out", filepath.Join(dir, "a.slope")}, "nope"},
-		{[]string{"dense-to-slope", "--bogus"}, "bogus"},
-		{[]string{"frobnicate"}, "frobnicate"},
-		{[]string{"dense-to-slope", filepath.Join(dir, "hf"), "--out", filepath.Join(dir, "a.slope")}, "give the input with --in"},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--nm", "5:4"}, "--nm", 2},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--dtype", "int8"}, "--dtype", 2},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--compress", "gzip"}, "--compress", 2},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", filepath.Join(dir, "a.slope"), "--transpose", "both"}, "--transpose", 2},
+		{[]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", ""}, "--out", 1},
+		{[]string{"dense-to-slope", "--in", filepath.Join(dir, "nope"), "--out", filepath.Join(dir, "a.slope")}, "nope", 1},
+		{[]string{"dense-to-slope", "--bogus"}, "bogus", 2},
+		{[]string{"frobnicate"}, "frobnicate", 2},
+		{[]string{}, "missing command", 2},
+		{[]string{"help", "frobnicate"}, `help: unknown command "frobnicate"`, 2},
+		{[]string{"dense-to-slope", filepath.Join(dir, "hf"), "--out", filepath.Join(dir, "a.slope")}, "give the input with --in", 2},
 	}
 	for _, c := range cases {
 		var stdout, stderr bytes.Buffer
-		if code := run(c.args, &stdout, &stderr); code != 1 {
-			t.Errorf("%v: exit %d", c.args, code)
+		if code := run(c.args, &stdout, &stderr); code != c.code {
+			t.Errorf("%v: exit %d, want %d", c.args, code, c.code)
 		}
 		msg := stderr.String()
 		if !strings.HasPrefix(msg, "slope-convert: ") || !strings.Contains(msg, c.want) {
 			t.Errorf("%v: stderr %q, want slope-convert: ...%s...", c.args, msg, c.want)
+		}
+		if hint := strings.Contains(msg, "--help' for usage."); hint != (c.code == 2) {
+			t.Errorf("%v: stderr %q: the --help hint goes with usage errors only", c.args, msg)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "a.slope")); err == nil {
@@ -200,22 +206,23 @@ func TestCalibFlagErrors(t *testing.T) {
 	cases := []struct {
 		args []string
 		want string
+		code int
 	}{
-		{[]string{"--method", "obs"}, "--method"},
-		{[]string{"--method", "wanda"}, "--calib FILE"},
-		{[]string{"--method", "sparsegpt", "--calib", filepath.Join(dir, "missing.txt")}, "missing.txt"},
-		{[]string{"--calib", calib}, "--calib"},
-		{[]string{"--calib-samples", "4"}, "--calib-samples"},
-		{[]string{"--method", "wanda", "--calib", calib, "--calib-samples", "0"}, "--calib-samples"},
-		{[]string{"--method", "wanda", "--calib", calib, "--calib-seqlen", "1000"}, "--calib-seqlen"},
-		{[]string{"--method", "wanda", "--calib", calib, "--calib-format", "csv"}, "--calib-format"},
-		{[]string{"--method", "wanda", "--calib", calib, "--calib-seqlen", "64", "--calib-format", "u32"}, calib},
+		{[]string{"--method", "obs"}, "--method", 2},
+		{[]string{"--method", "wanda"}, "--calib FILE", 2},
+		{[]string{"--method", "sparsegpt", "--calib", filepath.Join(dir, "missing.txt")}, "missing.txt", 1},
+		{[]string{"--calib", calib}, "--calib", 2},
+		{[]string{"--calib-samples", "4"}, "--calib-samples", 2},
+		{[]string{"--method", "wanda", "--calib", calib, "--calib-samples", "0"}, "--calib-samples", 2},
+		{[]string{"--method", "wanda", "--calib", calib, "--calib-seqlen", "1000"}, "--calib-seqlen", 1},
+		{[]string{"--method", "wanda", "--calib", calib, "--calib-format", "csv"}, "--calib-format", 2},
+		{[]string{"--method", "wanda", "--calib", calib, "--calib-seqlen", "64", "--calib-format", "u32"}, calib, 1},
 	}
 	for _, c := range cases {
 		var stdout, stderr bytes.Buffer
 		args := append([]string{"dense-to-slope", "--in", convert.TinyLabel, "--out", out}, c.args...)
-		if code := run(args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), c.want) {
-			t.Errorf("%v: exit %d, stderr %q, want one naming %q", c.args, code, stderr.String(), c.want)
+		if code := run(args, &stdout, &stderr); code != c.code || !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("%v: exit %d, stderr %q, want %d and one naming %q", c.args, code, stderr.String(), c.code, c.want)
 		}
 	}
 	if _, err := os.Stat(out); err == nil {

@@ -33,6 +33,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/slopeml/slope/cli/internal/interrupt"
+	"github.com/slopeml/slope/cli/internal/usage"
 )
 
 // version is the tool version, set at link time with
@@ -43,7 +44,7 @@ var version = "0.1.0-dev"
 const (
 	exitOK          = 0
 	exitError       = 1
-	exitUsage       = 2
+	exitUsage       = usage.ExitCode
 	exitInterrupted = 130 // 128 + SIGINT, as shells report an interrupted command (128 + SIGTERM for that one)
 )
 
@@ -65,31 +66,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if errors.As(err, &ie) {
 		return ie.ExitCode()
 	}
-	var ue *usageError
-	if errors.As(err, &ue) {
-		if ue.cmd != "" {
-			fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", ue.cmd)
-		}
+	if usage.Report(stderr, err) {
 		return exitUsage
 	}
 	return exitError
 }
 
-// usageError marks a mistake in the command line, as opposed to a failure
-// of the command itself.
-type usageError struct {
-	cmd string // command path for the "--help" hint, e.g. "slope inspect"
-	err error
-}
-
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
+// usagef returns a usage error (exit status 2) of cmd.
 func usagef(cmd *cobra.Command, format string, a ...any) error {
-	return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf(format, a...)}
+	return usage.Errorf(cmd, format, a...)
 }
 
-// exactArgs is cobra.ExactArgs reporting a usageError that names the
+// exactArgs is cobra.ExactArgs reporting a usage error that names the
 // missing operands.
 func exactArgs(names ...string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
@@ -122,9 +110,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return &usageError{cmd: cmd.CommandPath(), err: fmt.Errorf("%s: %w", cmd.Name(), err)}
-	})
+	usage.Setup(root)
 	// Every command's --threads: 0 means all cores, and a negative count
 	// is a mistake, not another way to say so.
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {

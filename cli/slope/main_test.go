@@ -184,6 +184,8 @@ func TestErrors(t *testing.T) {
 		{[]string{"version", "x"}, exitUsage, "unexpected argument"},
 		{[]string{"frobnicate"}, exitUsage, "unknown command"},
 		{[]string{}, exitUsage, "missing command"},
+		{[]string{"help", "bogus"}, exitUsage, `help: unknown command "bogus"`},
+		{[]string{"help", "inspect", "x"}, exitUsage, "help: unknown command"},
 		{[]string{"inspect", filepath.Join(t.TempDir(), "nope.slope")}, exitError, "nope.slope"},
 		{[]string{"verify", "main.go"}, exitError, "main.go"},
 	} {
@@ -204,5 +206,14 @@ func TestVersion(t *testing.T) {
 	}
 	if code, out, _ := runSlope("--help"); code != 0 || !strings.Contains(out, "inspect") {
 		t.Fatalf("--help: exit %d, stdout %q", code, out)
+	}
+	for _, args := range [][]string{{"help"}, {"help", "train"}} {
+		code, out, errs := runSlope(args...)
+		if code != 0 || errs != "" || !strings.Contains(out, "Usage:") {
+			t.Fatalf("slope %q: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		}
+	}
+	if _, out, _ := runSlope("help", "train"); !strings.Contains(out, "--resume") {
+		t.Fatalf("slope help train: %q is not train's help", out)
 	}
 }
