@@ -117,6 +117,9 @@ type InitOptions struct {
 	Out, NM, NMLayers, DType, Created, Command string
 	Seed                                       uint64
 	Progress                                   func(done, total int, name string)
+	// PruneWide is Options.PruneWide: also prune the linear weights whose
+	// aspect ratio exceeds MaxAspectRatio.
+	PruneWide bool
 	// Context stops the writing (nil: never); nothing is left at Out then.
 	Context context.Context
 }
@@ -154,6 +157,6 @@ func Init(o InitOptions) (*Result, error) {
 		ctx = context.Background()
 	}
 	return DenseToSlope(ctx, Options{In: "init:" + o.Config, Source: RandomSource(cfg, o.Seed),
-		Out: o.Out, NM: o.NM, NMLayers: o.NMLayers, DType: dt, Seed: o.Seed, Method: MethodRandom,
+		Out: o.Out, NM: o.NM, NMLayers: o.NMLayers, PruneWide: o.PruneWide, DType: dt, Seed: o.Seed, Method: MethodRandom,
 		Created: o.Created, Progress: o.Progress, Command: o.Command})
 }

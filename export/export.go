@@ -82,12 +82,11 @@ func Export(in string, o Options) (*Report, error) {
 	if b := filepath.Base(o.Out); b == "." || b == ".." || b == string(filepath.Separator) {
 		return nil, fmt.Errorf("--out %s: name a new directory or file", o.Out)
 	}
-	// --force must never remove the input.
-	if ai, err := filepath.Abs(in); err == nil {
-		if ao, err := filepath.Abs(o.Out); err == nil {
-			if rel, err := filepath.Rel(ao, ai); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-				return nil, fmt.Errorf("--out %s: it is, or holds, the input %s", o.Out, in)
-			}
+	// --force must never remove the input: not as the output, nor as the
+	// staging sibling or the ONNX side file that an export replaces.
+	for _, p := range []string{o.Out, o.Out + ".tmp", o.Out + ".data"} {
+		if holdsInput(p, in) {
+			return nil, fmt.Errorf("--out %s: %s is, or holds, the input %s", o.Out, p, in)
 		}
 	}
 	outDT, err := parseDType(o.DType)
@@ -384,6 +383,21 @@ func (m *Model) warnings() []string {
 }
 
 func (m *Model) isWeight(name string) bool { return slices.Contains(m.names, name) }
+
+// holdsInput reports whether the path p is the file in (by name, or the
+// same file under another name or link) or a directory above it.
+func holdsInput(p, in string) bool {
+	ai, err1 := filepath.Abs(in)
+	ap, err2 := filepath.Abs(p)
+	if err1 == nil && err2 == nil {
+		if rel, err := filepath.Rel(ap, ai); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return true
+		}
+	}
+	si, err1 := os.Stat(in)
+	sp, err2 := os.Stat(p)
+	return err1 == nil && err2 == nil && os.SameFile(si, sp)
+}
 
 // staging creates the temporary sibling Out + ".tmp" (a directory) that
 // the output is written into, after checking that Out may be written.

@@ -589,6 +589,37 @@ func TestExportOutput(t *testing.T) {
 	if _, err := os.Stat(a); err != nil {
 		t.Errorf("the input is gone: %v", err)
 	}
+	// Nor the staging sibling (OUT.tmp) or the side file (OUT.data) an
+	// export would replace, under the input's name or a hard link to it.
+	tmpIn := filepath.Join(t.TempDir(), "x.tmp")
+	dataIn := filepath.Join(t.TempDir(), "y.onnx.data")
+	for _, p := range []string{tmpIn, dataIn} {
+		if err := os.Link(a, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	linkedOut := filepath.Join(t.TempDir(), "z")
+	if err := os.Link(a, linkedOut+".tmp"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		in, to, out string
+	}{
+		{tmpIn, export.ToHF, strings.TrimSuffix(tmpIn, ".tmp")},
+		{dataIn, export.ToONNX, strings.TrimSuffix(dataIn, ".data")},
+		{a, export.ToHF, linkedOut}, // z.tmp is a hard link to the input
+	} {
+		_, err := export.Export(c.in, export.Options{To: c.to, Out: c.out, Force: true})
+		if err == nil || !strings.Contains(err.Error(), "input") {
+			t.Errorf("--to %s --out %s --force, input %s: %v, want a refusal", c.to, c.out, c.in, err)
+		}
+		if _, err := os.Stat(c.in); err != nil {
+			t.Errorf("input %s removed: %v", c.in, err)
+		}
+	}
+	if _, err := os.Stat(linkedOut + ".tmp"); err != nil {
+		t.Errorf("the hard link to the input was removed: %v", err)
+	}
 }
 
 // TestExportCancelled: an export whose context is done (Ctrl-C in slope

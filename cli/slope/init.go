@@ -68,6 +68,7 @@ func newInitCmd() *cobra.Command {
 	f.StringVar(&o.NM, "nm", "2:4", "N:M pattern of the decoder-layer linear weights (dense: none)")
 	f.StringVar(&o.NMLayers, "nm-layers", "", "per-layer patterns, e.g. '0-11=2:4,12-23=2:8'")
 	f.StringVar(&o.DType, "dtype", "fp32", "stored dtype: fp32, fp16 or bf16")
+	f.BoolVar(&o.PruneWide, "prune-wide", false, fmt.Sprintf("also prune weights whose aspect ratio exceeds %d", convert.MaxAspectRatio))
 	f.Uint64Var(&o.Seed, "seed", 0, "seed of the weights and masks")
 	return cmd
 }

@@ -37,6 +37,21 @@ func TestInitCommand(t *testing.T) {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q", c.args, code, stdout, stderr)
 		}
 	}
+	// A weight too wide for the aspect-ratio rule stays dense, the note
+	// names --prune-wide, and init has it.
+	wide := filepath.Join(dir, "wide.json")
+	if err := os.WriteFile(wide, []byte(`{"model_type": "opt", "vocab_size": 64, "hidden_size": 16,
+ "ffn_dim": 96, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
+ "word_embed_proj_dim": 16, "do_layer_norm_before": true, "activation_function": "relu",
+ "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, stdout, stderr := runSlope("init", "--config", wide, "--out", out); code != 0 || !strings.Contains(stdout, "4 weights pruned") || !strings.Contains(stderr, "--prune-wide") {
+		t.Errorf("wide: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if code, stdout, stderr := runSlope("init", "--config", wide, "--out", out, "--prune-wide"); code != 0 || !strings.Contains(stdout, "6 weights pruned") || strings.Contains(stderr, "left dense") {
+		t.Errorf("wide --prune-wide: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
 	if code, _, stderr = runSlope("init", "--config", cfg, "--out", out, "--seed", "3"); code != 0 {
 		t.Fatalf("init again: exit %d, %q", code, stderr)
 	}

@@ -45,6 +45,14 @@ func newPlotCmd() *cobra.Command {
 			if !(width > 0 && width <= 200) || !(height > 0 && height <= 200) {
 				return usagef(cmd, "--width and --height must be in (0, 200] inches")
 			}
+			if _, err := plot.New().WriterTo(1, 1, imageFormat(out)); err != nil {
+				return usagef(cmd, "--out %s: %v (the format follows the extension: .png, .svg, .pdf, .jpg, .eps, .tif)", out, err)
+			}
+			for _, in := range args {
+				if sameFile(in, out) {
+					return usagef(cmd, "--out %s is the log %s", out, in)
+				}
+			}
 			if err := plotLogs(args, out, vg.Length(width)*vg.Inch, vg.Length(height)*vg.Inch); err != nil {
 				return err
 			}
@@ -183,10 +191,48 @@ func plotLogs(paths []string, out string, w, h vg.Length) error {
 			p.Legend.Add(r.name+" val", l, pts)
 		}
 	}
-	if err := p.Save(w, h, out); err != nil {
+	wt, err := p.WriterTo(w, h, imageFormat(out))
+	if err != nil {
 		return fmt.Errorf("%s: %w", out, err)
 	}
+	// A temporary file renamed into place: a failed or interrupted run
+	// leaves an earlier image as it was.
+	f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("--out %s: %w", out, err)
+	}
+	defer os.Remove(f.Name()) // (gone after the rename)
+	if _, err := wt.WriteTo(f); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", out, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("%s: %w", out, err)
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return fmt.Errorf("%s: %w", out, err)
+	}
+	if err := os.Rename(f.Name(), out); err != nil {
+		return fmt.Errorf("--out %s: %w", out, err)
+	}
 	return nil
+}
+
+// imageFormat is the image format gonum/plot writes for the file name:
+// its extension, lower case, without the dot.
+func imageFormat(name string) string {
+	return strings.ToLower(strings.TrimPrefix(filepath.Ext(name), "."))
+}
+
+// sameFile reports whether a and b name the same file (by path, or as
+// links to one file).
+func sameFile(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
 }
 
 // exactTicks are gonum's default ticks with each major tick labelled by

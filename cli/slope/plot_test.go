@@ -100,6 +100,35 @@ func TestPlotEdges(t *testing.T) {
 	if code, _, stderr := runSlope("plot", log, "--out", out); code != 0 {
 		t.Errorf("plot: exit %d, %s", code, stderr)
 	}
+	// An --out in no image format, or that is one of the logs, is refused
+	// before anything is written: the file is left as it was.
+	other := filepath.Join(dir, "model.slope")
+	if err := os.WriteFile(other, []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []string{other, log, filepath.Join(dir, ".", "run.jsonl")} {
+		if code, _, stderr := runSlope("plot", log, "--out", o); code != exitUsage || !strings.Contains(stderr, "--out") {
+			t.Errorf("--out %s: exit %d, %q", o, code, stderr)
+		}
+	}
+	if b, err := os.ReadFile(other); err != nil || string(b) != "precious" {
+		t.Errorf("refused --out changed: %q %v", b, err)
+	}
+	if r2, err := readRunLoss(log); err != nil || len(r2.train) != 5 {
+		t.Errorf("the log after a refused --out: %v", err)
+	}
+	if code, _, _ := runSlope("plot", log, "--out", filepath.Join(dir, "x.foo")); code != exitUsage {
+		t.Errorf("--out x.foo: exit %d", code)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "x.foo")); err == nil {
+		t.Error("a refused --out x.foo was created")
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("temporary file %s left", e.Name())
+		}
+	}
 }
 
 // TestExactTicks: on the narrow ranges of late-training loss curves (and

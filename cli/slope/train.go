@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -171,7 +170,8 @@ func checkTrainFlags(cmd *cobra.Command, fl trainFlags) error {
 }
 
 // parseAdapterStart reads --adapter-start: an integer is a step (0:
-// never, returned as -1), anything else a fraction of the run in (0, 1].
+// never, returned as -1), anything else a fraction of the run in (0, 1)
+// (a fraction of 1 would be after the last step: never; 0 says that).
 func parseAdapterStart(s string) (step int, frac float64, err error) {
 	if s == "" {
 		return 0, 0, nil
@@ -186,8 +186,8 @@ func parseAdapterStart(s string) (step int, frac float64, err error) {
 		return n, 0, nil
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || !(f > 0 && f <= 1) {
-		return 0, 0, fmt.Errorf("--adapter-start %q: want a fraction in (0, 1] of --steps or a step number", s)
+	if err != nil || !(f > 0 && f < 1) {
+		return 0, 0, fmt.Errorf("--adapter-start %q: want a fraction in (0, 1) of --steps or a step number (0: never)", s)
 	}
 	return 0, f, nil
 }
@@ -311,8 +311,15 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if err := outfile.CheckContainer("--out", fl.out, false, fl.data, fl.val); err != nil {
 		return err
 	}
-	if fl.log != "" && filepath.Clean(fl.log) == filepath.Clean(fl.out) {
-		return usagef(cmd, "--log %s is --out: the checkpoint would replace the log", fl.log)
+	// The log is appended to: it must not be any of the run's other files.
+	if fl.log != "" {
+		for _, o := range []struct{ name, path string }{
+			{"--out", fl.out}, {"MODEL", model}, {"--resume", fl.resume}, {"--data", fl.data}, {"--val", fl.val},
+		} {
+			if o.path != "" && sameFile(fl.log, o.path) {
+				return usagef(cmd, "--log %s is %s: the log would be written into it", fl.log, o.name)
+			}
+		}
 	}
 	stderr := cmd.ErrOrStderr()
 	// The trainer's heap is mostly long-lived float slices, and a step

@@ -196,6 +196,9 @@ func TestTrainUsage(t *testing.T) {
 		{append(ok[:len(ok):len(ok)], "--eval-every", "2"), "--val"},
 		{append(ok[:len(ok):len(ok)], "--threads", "-1"), "--threads"},
 		{append(ok[:len(ok):len(ok)], "--log", ok[len(ok)-1]), "--log"},
+		{append(ok[:len(ok):len(ok)], "--log", data), "is --data"},
+		{append(ok[:len(ok):len(ok)], "--log", model), "is MODEL"},
+		{append(ok[:len(ok):len(ok)], "--adapter-start", "1.0"), "--adapter-start"},
 		{[]string{"train"}, "MODEL"},
 	} {
 		code, _, stderr := runSlope(c.args...)
