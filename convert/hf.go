@@ -473,9 +473,23 @@ func (s *hfSource) mapNames(keys []hfRef) []string {
 	return problems
 }
 
+// openRegular opens name in fsys after checking that it is a regular file
+// (through links): opening a FIFO would block until a writer comes, and
+// no signal would stop the wait.
+func openRegular(fsys fs.FS, name string) (fs.File, error) {
+	st, err := fs.Stat(fsys, name)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file: %w", name, ErrCheckpoint)
+	}
+	return fsys.Open(name)
+}
+
 // readCapped reads a small file whole, refusing one larger than limit.
 func readCapped(fsys fs.FS, name string, limit int64) ([]byte, error) {
-	f, err := fsys.Open(name)
+	f, err := openRegular(fsys, name)
 	if err != nil {
 		return nil, err
 	}
@@ -492,7 +506,7 @@ func readCapped(fsys fs.FS, name string, limit int64) ([]byte, error) {
 
 // describeFile hashes one source file (streaming).
 func describeFile(fsys fs.FS, name, label, format string) (*slopepb.SourceFile, error) {
-	f, err := fsys.Open(name)
+	f, err := openRegular(fsys, name)
 	if err != nil {
 		return nil, err
 	}

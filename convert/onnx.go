@@ -164,7 +164,7 @@ func (s *onnxSource) open(m *onnxpb.ModelProto) error {
 	}
 	var fileCfg *slopepb.OPTConfig
 	cfgPath := filepath.Join(s.dir, onnxConfigName)
-	cfgBytes, err := os.ReadFile(cfgPath)
+	cfgBytes, err := readCapped(os.DirFS(s.dir), onnxConfigName, maxConfigJSON)
 	switch {
 	case err == nil:
 		fileCfg, err = ParseOPTConfig(cfgPath, cfgBytes)
@@ -354,6 +354,11 @@ func (s *onnxSource) externalFile(location string) (*onnxExtFile, error) {
 	rel, err := filepath.Rel(realDir, realPath)
 	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
 		return nil, fmt.Errorf("resolves to %s, outside the model's directory %s", realPath, realDir)
+	}
+	if st, err := os.Stat(realPath); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() { // (before the open, which a FIFO blocks)
+		return nil, fmt.Errorf("%s is not a regular file", realPath)
 	}
 	f, err := os.Open(realPath)
 	if err != nil {

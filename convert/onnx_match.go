@@ -228,27 +228,33 @@ func (g *onnxGraph) direct(v string) []onnxUse {
 }
 
 // uses lists the consumers of v looking through pass ops (their input 0),
-// less Shape and Size.
+// less Shape and Size, in depth-first order. The walk keeps its own stack:
+// a file's chain of pass ops may be millions long.
 func (g *onnxGraph) uses(v string) []onnxUse {
 	var out []onnxUse
-	seen := map[string]bool{}
-	var walk func(v string)
-	walk = func(v string) {
-		if seen[v] {
-			return
+	seen := map[string]bool{v: true}
+	type frame struct {
+		us []onnxUse
+		i  int
+	}
+	stack := []frame{{us: g.direct(v)}}
+	for len(stack) > 0 {
+		f := &stack[len(stack)-1]
+		if f.i == len(f.us) {
+			stack = stack[:len(stack)-1]
+			continue
 		}
-		seen[v] = true
-		for _, u := range g.direct(v) {
-			if onnxPassOps[g.op(u.node)] {
-				if u.slot == 0 {
-					walk(g.output(u.node))
-				}
-				continue
-			}
+		u := f.us[f.i]
+		f.i++
+		if !onnxPassOps[g.op(u.node)] {
 			out = append(out, u)
+			continue
+		}
+		if w := g.output(u.node); u.slot == 0 && !seen[w] {
+			seen[w] = true
+			stack = append(stack, frame{us: g.direct(w)})
 		}
 	}
-	walk(v)
 	return out
 }
 

@@ -718,3 +718,29 @@ func TestONNXEveryConfigFamily(t *testing.T) {
 		})
 	}
 }
+
+// TestONNXUsesLongChain: looking through pass ops follows a long chain of
+// Identity nodes (a hostile file's chain of millions overflowed the
+// recursive walk's stack) and finds the consumers past it and beside it
+// in depth-first order.
+func TestONNXUsesLongChain(t *testing.T) {
+	const n = 100_000
+	nodes := make([]*onnxpb.NodeProto, 0, n+2)
+	prev := "x"
+	for i := range n {
+		out := "c" + strconv.Itoa(i)
+		nodes = append(nodes, &onnxpb.NodeProto{OpType: "Identity", Input: []string{prev}, Output: []string{out}})
+		prev = out
+	}
+	nodes = append(nodes,
+		&onnxpb.NodeProto{OpType: "MatMul", Input: []string{prev, "w"}, Output: []string{"y"}},
+		&onnxpb.NodeProto{OpType: "Add", Input: []string{"b", "x"}, Output: []string{"z"}})
+	g, err := newONNXGraph(&onnxSource{path: "chain.onnx"}, &onnxpb.GraphProto{Node: nodes}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := g.uses("x")
+	if len(got) != 2 || got[0] != (onnxUse{n, 0}) || got[1] != (onnxUse{n + 1, 1}) {
+		t.Fatalf("uses: %v", got)
+	}
+}

@@ -46,8 +46,13 @@ const (
 	pickleMaxStack     = 1 << 20
 	pickleMaxMemo      = 1 << 22
 	pickleMaxObjects   = 1 << 24
-	pickleMaxLine      = 256 // a GLOBAL module or name
-	pickleMaxRank      = 64
+	// pickleMaxPushes caps the values ever pushed, new objects and memo
+	// references alike: every list or dict item was one, so the items
+	// held stay below it (a reference is 16 bytes: 64 MiB) however a small
+	// compressed file repeats BINGET.
+	pickleMaxPushes = 1 << 22
+	pickleMaxLine   = 256 // a GLOBAL module or name
+	pickleMaxRank   = 64
 )
 
 // Pickle opcodes. Only those handled in step are accepted; the others are
@@ -255,6 +260,7 @@ type unpickler struct {
 	meta    [][]any // the stacks saved by MARK
 	memo    map[uint32]any
 	objects int
+	pushes  int
 	// persistentLoad resolves BINPERSID; nil refuses it.
 	persistentLoad func(pid any) (any, error)
 	// storages are the storages named by persistent ids, by key, in order
@@ -647,6 +653,9 @@ func (u *unpickler) push(v any) error {
 func (u *unpickler) pushRef(v any) error {
 	if len(u.stack) >= pickleMaxStack {
 		return fmt.Errorf("stack deeper than %d", pickleMaxStack)
+	}
+	if u.pushes++; u.pushes > pickleMaxPushes {
+		return fmt.Errorf("more than %d values pushed", pickleMaxPushes)
 	}
 	u.stack = append(u.stack, v)
 	return nil

@@ -271,7 +271,11 @@ func TestPickleMalformed(t *testing.T) {
 	if _, err := unpickle([]byte("\x80\x02]q\x00h\x00a."), nil); err != nil {
 		t.Errorf("cyclic list: %v", err)
 	}
+	// A list appended to by memo references (BINGET), which compress to
+	// almost nothing: the pushes are capped, so the items are too.
+	refBomb := "\x80\x02]q\x00" + strings.Repeat("("+strings.Repeat("h\x00", 1<<16)+"e", 1<<6+1) + "."
 	for _, c := range []struct{ name, data, want string }{
+		{"reference bomb", refBomb, "more than 4194304 values pushed"},
 		{"empty", "", "ends without STOP"},
 		{"no stop", "\x80\x02K\x01", "ends without STOP"},
 		{"trailing", "\x80\x02K\x01.junk", "4 trailing bytes"},

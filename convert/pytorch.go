@@ -79,7 +79,7 @@ type pytorchTensor struct {
 // (os.DirFS, embed.FS and fstest.MapFS files do). Its keys are the state
 // dict's, in pickle order.
 func OpenPytorchBin(fsys fs.FS, name string) (TensorStore, error) {
-	f, err := fsys.Open(name)
+	f, err := openRegular(fsys, name)
 	if err != nil {
 		return nil, err
 	}
@@ -113,6 +113,11 @@ func OpenPytorchBin(fsys fs.FS, name string) (TensorStore, error) {
 
 // OpenPytorchBinFile opens a PyTorch zip checkpoint by OS path.
 func OpenPytorchBinFile(path string) (*PytorchBin, error) {
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() { // (before the open, which a FIFO blocks)
+		return nil, fmt.Errorf("%s: not a regular file: %w", path, ErrPickle)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err

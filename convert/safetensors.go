@@ -79,7 +79,7 @@ type Safetensors struct {
 // OpenSafetensors opens name in fsys. The file must support io.ReaderAt or
 // io.Seeker (os.DirFS and embed.FS files do).
 func OpenSafetensors(fsys fs.FS, name string) (*Safetensors, error) {
-	f, err := fsys.Open(name)
+	f, err := openRegular(fsys, name)
 	if err != nil {
 		return nil, err
 	}
@@ -118,6 +118,11 @@ func OpenSafetensors(fsys fs.FS, name string) (*Safetensors, error) {
 // keeps at most one tensor's pages resident. A fault on the mapping (the
 // file truncated underneath, an I/O error) becomes an error, not a crash.
 func OpenSafetensorsFile(path string) (*Safetensors, error) {
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() { // (before the open, which a FIFO blocks)
+		return nil, fmt.Errorf("%s: not a regular file: %w", path, ErrSafetensors)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
