@@ -311,7 +311,7 @@ func (s *onnxSource) externalRef(in *onnxInit) (*onnxExtRef, error) {
 		return nil, bad("length %d does not match dims %v of %s (%d bytes)", length, in.dims, in.dtype, want)
 	}
 	if offset > ef.size || length > ef.size-offset {
-		return nil, bad("bytes [%d, %d) lie past the end of %s (%d bytes)", offset, offset+length, location, ef.size)
+		return nil, bad("%d bytes at offset %d lie past the end of %s (%d bytes)", length, offset, location, ef.size)
 	}
 	return &onnxExtRef{file: ef, offset: offset, length: length}, nil
 }

@@ -988,8 +988,11 @@ func (g *onnxGraph) heads(li, hidden, reshape int, scale float64) (int, error) {
 	if scale == 1 {
 		return 0, g.errf("layer %d: q is not scaled; OPT scales q by 1/sqrt(head_dim)", li)
 	}
+	if math.IsNaN(scale) || math.IsInf(scale, 0) {
+		return 0, g.errf("layer %d: attention scale %g is not 1/sqrt(head_dim)", li, scale)
+	}
 	if headDim == 0 {
-		if scale <= 0 || scale > 1 {
+		if !(scale > 0 && scale <= 1) {
 			return 0, g.errf("layer %d: cannot infer the attention heads: no [heads, head_dim] Reshape of q, and the attention scale %g is not 1/sqrt(head_dim)", li, scale)
 		}
 		hd := math.Round(1 / (scale * scale))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -379,6 +380,21 @@ func (m *Model) warnings() []string {
 			w = append(w, fmt.Sprintf("adapter of %q, not a model weight: not exported", name))
 		}
 	}
+	// W + s·L·R is rounded once to the written dtype; in 16 bits that moves
+	// the logits visibly away from the runtime's (which adds the adapter's
+	// product in float32).
+	rounded := map[string]int{}
+	for i, name := range m.names {
+		if m.adapters[name] == nil {
+			continue
+		}
+		if h, err := m.header(i); err == nil && (h.DType == "F16" || h.DType == "BF16") {
+			rounded[h.DType]++
+		}
+	}
+	for _, dt := range slices.Sorted(maps.Keys(rounded)) {
+		w = append(w, fmt.Sprintf("%d adapters merged into %s weights: the merged values are rounded to %s, so the exported model's logits differ from slope's by that rounding (--dtype fp32 keeps them)", rounded[dt], dt, dt))
+	}
 	return w
 }
 
@@ -513,6 +529,11 @@ func (m *Model) writeHF(o Options) (rep *Report, err error) {
 	if err := syncPath(tmp); err != nil {
 		return nil, err
 	}
+	// A signal after the last tensor still stops the export: nothing is
+	// replaced yet.
+	if err := doneCause(o.Context); err != nil {
+		return nil, fmt.Errorf("export stopped before replacing %s: %w", o.Out, err)
+	}
 	if err := os.RemoveAll(o.Out); err != nil {
 		return nil, fmt.Errorf("--out %s: %w", o.Out, err)
 	}
@@ -520,6 +541,14 @@ func (m *Model) writeHF(o Options) (rep *Report, err error) {
 		return nil, err
 	}
 	return rep, syncPath(filepath.Dir(o.Out))
+}
+
+// doneCause is ctx's cause once it is done, else nil (nil ctx: never).
+func doneCause(ctx context.Context) error {
+	if ctx == nil {
+		return nil
+	}
+	return context.Cause(ctx)
 }
 
 // weightUnlessDone is m.Weight(name), or ctx's error once ctx is done.
@@ -586,6 +615,11 @@ func (m *Model) writeONNX(o Options) (rep *Report, err error) {
 				return nil, err
 			}
 		}
+	}
+	// A signal after the last tensor still stops the export: nothing is
+	// replaced yet.
+	if err := doneCause(o.Context); err != nil {
+		return nil, fmt.Errorf("export stopped before replacing %s: %w", o.Out, err)
 	}
 	// The model file first, then its side file: a failure between the two
 	// leaves the new model without weights (an error says so), never an

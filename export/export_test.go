@@ -645,6 +645,50 @@ func TestExportCancelled(t *testing.T) {
 	}
 }
 
+// lateCancel is a context that is cancelled once Err has been asked
+// after more than n calls: an export's signal that comes after its last
+// tensor was read.
+type lateCancel struct {
+	context.Context
+	n, calls int
+}
+
+func (c *lateCancel) Err() error {
+	if c.calls++; c.calls > c.n {
+		return context.Canceled
+	}
+	return nil
+}
+
+// TestExportCancelledLate: a signal after the last tensor (while the
+// file is encoded, written and synced) still stops the export, and
+// leaves nothing.
+func TestExportCancelledLate(t *testing.T) {
+	a := toSlope(t, "", convert.Options{NM: "2:4"})
+	m, err := export.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := m.Headers()
+	m.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	for _, o := range []export.Options{
+		{To: export.ToHF, Out: filepath.Join(base, "hf")},
+		{To: export.ToONNX, Out: filepath.Join(base, "x.onnx"), ExternalData: true},
+	} {
+		o.Context = &lateCancel{Context: context.Background(), n: len(hs)}
+		if _, err := export.Export(a, o); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s: %v, want context.Canceled", o.To, err)
+		}
+	}
+	if ents, _ := os.ReadDir(base); len(ents) > 0 {
+		t.Errorf("cancelled exports left %v", ents)
+	}
+}
+
 // TestRoundTripTokenizer: the container's tokenizer files are written to
 // the directory byte for byte, and come back in the second conversion.
 func TestRoundTripTokenizer(t *testing.T) {
@@ -675,4 +719,24 @@ func TestRoundTripTokenizer(t *testing.T) {
 		t.Errorf("config.json:\n%s", cj)
 	}
 	sameTensors(t, a, toSlope(t, dir, o))
+}
+
+// TestExportWarnsRoundedMerge: adapters merged into 16-bit weights (the
+// default --dtype keep of a bf16 container) are said to be rounded;
+// written in fp32 they are not.
+func TestExportWarnsRoundedMerge(t *testing.T) {
+	a := toSlope(t, "", convert.Options{NM: "2:4", DType: "bf16", Rank: 2})
+	for _, c := range []struct {
+		dtype string
+		warn  bool
+	}{{"", true}, {"fp32", false}} {
+		rep, err := export.Export(a, export.Options{To: export.ToONNX, Out: filepath.Join(t.TempDir(), "m.onnx"), DType: c.dtype})
+		if err != nil {
+			t.Fatal(err)
+		}
+		warned := slices.ContainsFunc(rep.Warnings, func(w string) bool { return strings.Contains(w, "merged into BF16 weights") })
+		if warned != c.warn || rep.Merged == 0 {
+			t.Errorf("--dtype %q: warnings %q (%d merged), want the rounding warning: %v", c.dtype, rep.Warnings, rep.Merged, c.warn)
+		}
+	}
 }
