@@ -28,7 +28,7 @@ func newBenchCmd() *cobra.Command {
 			"take first-use costs (page faults, GPU plans) out of the figures. On a GPU,\n" +
 			"--gpu-profile also prints each op's GPU time in the timed run (CUDA events).",
 		Args: exactArgs("MODEL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (rerr error) {
 			if promptLen < 1 || genLen < 1 || batch < 1 || warmup < 0 {
 				return usagef(cmd, "--prompt-len, --gen-len and --batch must be >= 1, --warmup >= 0")
 			}
@@ -40,11 +40,21 @@ func newBenchCmd() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("--cpuprofile: %w", err)
 				}
-				defer f.Close()
 				if err := pprof.StartCPUProfile(f); err != nil {
+					f.Close()
+					os.Remove(cpuProfile)
 					return fmt.Errorf("--cpuprofile: %w", err)
 				}
-				defer pprof.StopCPUProfile()
+				defer func() {
+					pprof.StopCPUProfile()
+					cerr := f.Close()
+					switch {
+					case rerr != nil:
+						os.Remove(cpuProfile) // a failed run leaves no profile
+					case cerr != nil:
+						rerr = fmt.Errorf("--cpuprofile: %w", cerr)
+					}
+				}()
 			}
 			start := time.Now()
 			m, err := openModel(cmd, args[0], device)

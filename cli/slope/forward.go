@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 
 	"github.com/spf13/cobra"
 )
@@ -68,6 +69,9 @@ func newForwardCmd() *cobra.Command {
 					out[b][t] = logits.Row(b*seq + t)
 				}
 			}
+			if err := finiteLogits(out); err != nil {
+				return err
+			}
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			return enc.Encode(map[string]any{"logits": out})
 		},
@@ -98,4 +102,20 @@ func parseRows(flag, s string) ([][]int32, error) {
 		}
 	}
 	return rows, nil
+}
+
+// finiteLogits names the first logit, [sequence][token][vocabulary
+// entry], that is NaN or infinite: JSON has neither, and the encoder's
+// own error says what, not where.
+func finiteLogits(out [][][]float32) error {
+	for b, rows := range out {
+		for t, row := range rows {
+			for v, x := range row {
+				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+					return fmt.Errorf("sequence %d, token %d: logit %d is %v (the model's weights or inputs overflow; JSON cannot carry it)", b, t, v, x)
+				}
+			}
+		}
+	}
+	return nil
 }

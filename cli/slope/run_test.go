@@ -82,6 +82,19 @@ func TestBench(t *testing.T) {
 			t.Errorf("bench output lacks %q:\n%s", want, stdout)
 		}
 	}
+	// A failed bench leaves no profile; a run writes one.
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
+	if code, _, _ := runSlope("bench", filepath.Join(t.TempDir(), "none.slope"), "--cpuprofile", prof); code == 0 {
+		t.Error("bench of a missing model succeeded")
+	}
+	if _, err := os.Stat(prof); err == nil {
+		t.Error("a failed bench left its --cpuprofile file")
+	}
+	if code, _, stderr := runSlope("bench", model, "--prompt-len", "4", "--gen-len", "2", "--cpuprofile", prof); code != 0 {
+		t.Errorf("bench --cpuprofile: exit %d, %q", code, stderr)
+	} else if st, err := os.Stat(prof); err != nil || st.Size() == 0 {
+		t.Errorf("bench --cpuprofile wrote no profile: %v", err)
+	}
 	if code, _, _ := runSlope("bench", model, "--prompt-len", "100"); code == 0 {
 		t.Error("a prompt longer than the model's positions succeeded")
 	}
@@ -220,6 +233,9 @@ func TestRunSamplingFlagsAndLength(t *testing.T) {
 		{[]string{"score", model, "--text", ""}, "--text: give the name of a text file"},
 		{[]string{"score", model, "--ids", "[2, 100, 7]", "--window", "-5"}, "--window"},
 		{[]string{"score", model, "--ids", "[2, 100, 7]", "--stride", "-7"}, "--stride"},
+		{[]string{"score", model, "--ids", "[2, 100, 7]", "--stride", "300"}, "--stride 300: want fewer tokens than the window (64)"},
+		{[]string{"score", model, "--ids", "[2, 100, 7]", "--window", "1"}, "--window 1: want at least 2"},
+		{[]string{"score", model, "--ids", "[2, 100, 7]", "--window", "100000"}, "--window 100000: the model has 64 positions"},
 		{[]string{"run", model, "--ids", "[2, 100]", "--sparse-forms", "bogus"}, "--sparse-forms"},
 		{[]string{"forward", model, "--ids", "[2, 100]", "--device", "tpu"}, "--device"},
 	} {
@@ -270,6 +286,19 @@ func TestTokenizerSpecialTokensMap(t *testing.T) {
 		}
 		if tg := ttok.Encode("a<|endoftext|>"); !slices.Equal(tg, tok.Encode("a<|endoftext|>")) {
 			t.Errorf("map %v: the trainer encodes a<|endoftext|> as %v, the runtime as %v", withMap, tg, tok.Encode("a<|endoftext|>"))
+		}
+	}
+}
+
+func TestFiniteLogits(t *testing.T) {
+	out := [][][]float32{{{1, 2}, {3, 4}}, {{5, 6}, {7, 8}}}
+	if err := finiteLogits(out); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []float32{float32(math.Inf(-1)), float32(math.NaN())} {
+		out[1][0][1] = bad
+		if err := finiteLogits(out); err == nil || !strings.Contains(err.Error(), "sequence 1, token 0: logit 1") {
+			t.Errorf("%v: %v", bad, err)
 		}
 	}
 }
