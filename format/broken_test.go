@@ -9,6 +9,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/xxh3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/slopeml/slope/format/onnxpb"
 	"github.com/slopeml/slope/format/slopepb"
@@ -200,6 +201,14 @@ func brokenCases() []brokenCase {
 		}), ErrManifest},
 		{"transpose of a missing tensor", viaContainer(func(t testing.TB, c *container) {
 			c.tensor(t, "w.transpose_mask").TransposeOf = "nope"
+		}), ErrManifest},
+		{"a second transpose mask of one weight", viaContainer(func(t testing.TB, c *container) {
+			m := proto.Clone(c.tensor(t, "w.transpose_mask")).(*slopepb.Tensor)
+			off := (uint64(len(c.data)) + c.align - 1) / c.align * c.align
+			c.data = append(c.data, make([]byte, off-uint64(len(c.data)))...)
+			c.data = append(c.data, c.data[m.Offset:m.Offset+m.Length]...)
+			m.Name, m.Offset = "w.transpose_mask2", off
+			c.manifest.Tensors = append(c.manifest.Tensors, m)
 		}), ErrManifest},
 		{"transpose of a dense tensor", viaContainer(func(t testing.TB, c *container) {
 			c.tensor(t, "w.transpose_mask").TransposeOf = "embed"

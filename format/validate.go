@@ -254,6 +254,11 @@ func checkLayoutOf(infos []tensorInfo, align, dataOffset, fileSize uint64) error
 func checkReferences(m *slopepb.Manifest, infos []tensorInfo, byName map[string]int) error {
 	type pair struct{ l, r *tensorInfo }
 	adapters := map[string]*pair{}
+	type transposeKey struct {
+		enc slopepb.Encoding
+		of  string
+	}
+	transposes := map[transposeKey]string{}
 	for i := range infos {
 		info := &infos[i]
 		t := info.t
@@ -263,6 +268,13 @@ func checkReferences(m *slopepb.Manifest, infos []tensorInfo, byName map[string]
 			if !ok {
 				return fmt.Errorf("tensor %q: transpose_of names missing tensor %q: %w", t.Name, t.TransposeOf, ErrManifest)
 			}
+			// One of each per weight: each is checked against the whole
+			// weight, so repeats would multiply a check's work.
+			k := transposeKey{t.Encoding, t.TransposeOf}
+			if first, dup := transposes[k]; dup {
+				return fmt.Errorf("tensor %q: a second %s of %q (the first is %q): %w", t.Name, t.Encoding, t.TransposeOf, first, ErrManifest)
+			}
+			transposes[k] = t.Name
 			p := infos[pi]
 			if p.t.Encoding != slopepb.Encoding_NM {
 				return fmt.Errorf("tensor %q: transpose_of %q is %s, not NM: %w", t.Name, t.TransposeOf, p.t.Encoding, ErrManifest)
