@@ -377,12 +377,18 @@ func (t *Trainer) LR(s int) float64 {
 	if o.WarmupSteps > 0 && s < o.WarmupSteps {
 		return o.LR * float64(s+1) / float64(o.WarmupSteps)
 	}
-	if o.Schedule == ScheduleConstant || o.TotalSteps <= o.WarmupSteps {
+	if o.Schedule == ScheduleConstant || o.TotalSteps <= max(o.WarmupSteps, 1) {
 		return o.LR
 	}
 	// The decay starts after the warmup's last step (which is at LR) and
-	// reaches the floor at the last step, TotalSteps-1.
-	p := math.Min(1, float64(s-o.WarmupSteps+1)/float64(o.TotalSteps-o.WarmupSteps))
+	// reaches the floor at the last step, TotalSteps-1. Without a warmup
+	// the first step is at LR.
+	var p float64
+	if o.WarmupSteps > 0 {
+		p = math.Min(1, float64(s-o.WarmupSteps+1)/float64(o.TotalSteps-o.WarmupSteps))
+	} else {
+		p = math.Min(1, float64(s)/float64(o.TotalSteps-1))
+	}
 	lo := MinLRFraction * o.LR
 	if o.Schedule == ScheduleLinear {
 		return o.LR - (o.LR-lo)*p

@@ -234,20 +234,32 @@ func TestSchedule(t *testing.T) {
 			}
 		}
 	}
-	// Cosine and linear differ between the ends: a quarter of the way (the
-	// first of 4 steps without warmup), and the last step at the floor.
+	// Without a warmup the first step is at the peak and the last at the
+	// floor; cosine and linear differ between: a third of the way at the
+	// second of 4 steps.
 	o, _ := Options{LR: 1, TotalSteps: 4}.withDefaults()
 	tr := &Trainer{o: o}
-	if got, want := tr.LR(0), 0.1+0.9*0.5*(1+math.Cos(math.Pi/4)); math.Abs(got-want) > 1e-12 {
-		t.Errorf("cosine LR(0) = %g, want %g", got, want)
+	if got := tr.LR(0); got != 1 {
+		t.Errorf("cosine LR(0), the first step without warmup = %g, want the peak 1", got)
+	}
+	if got, want := tr.LR(1), 0.1+0.9*0.5*(1+math.Cos(math.Pi/3)); math.Abs(got-want) > 1e-12 {
+		t.Errorf("cosine LR(1) = %g, want %g", got, want)
 	}
 	if got := tr.LR(3); math.Abs(got-0.1) > 1e-12 {
 		t.Errorf("cosine LR(3), the last step = %g, want 0.1", got)
 	}
 	o.Schedule = ScheduleLinear
 	tr.o = o
-	if got, want := tr.LR(0), 1-0.9*0.25; math.Abs(got-want) > 1e-12 {
-		t.Errorf("linear LR(0) = %g, want %g", got, want)
+	if got, want := tr.LR(1), 1-0.9/3; math.Abs(got-want) > 1e-12 {
+		t.Errorf("linear LR(1) = %g, want %g", got, want)
+	}
+	if got := tr.LR(0); got != 1 {
+		t.Errorf("linear LR(0) = %g, want 1", got)
+	}
+	// One step without warmup: at the peak.
+	o, _ = Options{LR: 1, TotalSteps: 1}.withDefaults()
+	if got := (&Trainer{o: o}).LR(0); got != 1 {
+		t.Errorf("LR(0) of a 1-step run = %g, want 1", got)
 	}
 }
 

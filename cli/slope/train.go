@@ -91,7 +91,7 @@ func newTrainCmd() *cobra.Command {
 	f.IntVar(&fl.saveEvery, "save-every", 0, "write --out every N steps (0: only at the end)")
 	f.StringVar(&fl.out, "out", "", "checkpoint to write (.slope)")
 	f.StringVar(&fl.resume, "resume", "", "checkpoint to continue from (instead of MODEL's weights)")
-	f.Uint64Var(&fl.seed, "seed", 0, "seed of the data order")
+	f.Uint64Var(&fl.seed, "seed", 0, "seed of the data order and of the adapters' L (with --resume: of adapters added later only)")
 	f.StringVar(&fl.log, "log", "", "JSONL log of every step and eval")
 	f.IntVar(&fl.every, "print-every", 1, "print a progress line every N steps (0: none)")
 	f.IntVar(&fl.threads, "threads", 0, "goroutines per op (0: GOMAXPROCS; results depend on it)")
@@ -348,6 +348,9 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		}
 		fmt.Fprintf(stderr, "device %s (%s)\n", gpu.Device().Info, mode)
 	}
+	if fl.resume != "" && cmd.Flags().Changed("seed") {
+		fmt.Fprintf(stderr, "note: with --resume the data order continues the checkpoint's; --seed %d only draws adapters added from now on\n", fl.seed)
+	}
 	var tr *train.Trainer
 	if fl.resume != "" {
 		tr, err = train.Resume(fl.resume, o)
@@ -410,6 +413,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	data, err := train.LoadData(fl.data, train.DataOptions{Seq: fl.seq, Seed: seed, Tokenizer: tk, Vocab: tr.Vocab()})
 	if err != nil {
 		return err
+	}
+	// A batch takes distinct windows: with fewer, a step would see some
+	// of them twice.
+	if data.Windows() < fl.batch {
+		return fmt.Errorf("--data %s: %d windows of %d tokens, fewer than one batch of %d", fl.data, data.Windows(), fl.seq+1, fl.batch)
 	}
 	if p := tr.DataPosition(); fl.resume != "" && p != nil && p.GetSha256() != "" {
 		if train.SeqChanged(p, fl.seq) {
@@ -627,21 +635,22 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	return nil
 }
 
-// trainProgress shows training progress on stderr: a bar with the loss,
-// tokens/s and ETA on a terminal, else a line per printed step.
+// trainProgress shows training progress on stderr: a bar with the step,
+// loss, tokens/s and ETA on a terminal, else a line per printed step.
+// The bar counts this run's steps (a resumed run's ETA comes from its own
+// rate, not from the steps before it), the description the absolute step.
 type trainProgress struct {
-	w     io.Writer
-	total int
-	bar   *progressbar.ProgressBar
+	w           io.Writer
+	done, total int
+	bar         *progressbar.ProgressBar
 }
 
 func newTrainProgress(w io.Writer, done, total int) *trainProgress {
-	p := &trainProgress{w: w, total: total}
+	p := &trainProgress{w: w, done: done, total: total}
 	if isTerminal(w) {
-		p.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(w), progressbar.OptionShowCount(),
+		p.bar = progressbar.NewOptions(max(total-done, 0), progressbar.OptionSetWriter(w),
 			progressbar.OptionSetWidth(30), progressbar.OptionSetPredictTime(true), progressbar.OptionClearOnFinish(),
-			progressbar.OptionSetDescription("training"))
-		_ = p.bar.Set(done)
+			progressbar.OptionSetDescription(fmt.Sprintf("step %d/%d", done, total)))
 	}
 	return p
 }
@@ -651,8 +660,8 @@ func (p *trainProgress) step(step int, loss, lr, rate float64) {
 		fmt.Fprintf(p.w, "step %d/%d loss %.4f lr %.3g tokens/s %.0f\n", step, p.total, loss, lr, rate)
 		return
 	}
-	p.bar.Describe(fmt.Sprintf("loss %.4f lr %.3g %.0f tok/s", loss, lr, rate))
-	_ = p.bar.Set(step)
+	p.bar.Describe(fmt.Sprintf("step %d/%d loss %.4f lr %.3g %.0f tok/s", step, p.total, loss, lr, rate))
+	_ = p.bar.Set(step - p.done)
 }
 
 // line prints a line (above the bar on a terminal).

@@ -225,6 +225,12 @@ func TestTrainUsage(t *testing.T) {
 	if code != exitUsage || !strings.Contains(stderr, "no N:M weights") {
 		t.Errorf("--rank on a dense model: exit %d, %q", code, stderr)
 	}
+	// So is a --data too small for one batch.
+	small := filepath.Join(t.TempDir(), "d.u16")
+	writeTokenFile(t, small, 12, 50)
+	if code, _, stderr := runSlope("train", model, "--data", small, "--seq", "8", "--batch", "2", "--steps", "3", "--out", filepath.Join(t.TempDir(), "o.slope")); code == 0 || !strings.Contains(stderr, "--data") || strings.Contains(stderr, "step 1") {
+		t.Errorf("small --data: exit %d, %q", code, stderr)
+	}
 	// A --val too small for one batch is refused before any step, and
 	// writes nothing.
 	val := filepath.Join(t.TempDir(), "v.u16")
