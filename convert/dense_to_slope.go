@@ -771,8 +771,10 @@ func DenseToSlope(ctx context.Context, o Options) (*Result, error) {
 		label = DefaultLabel
 	}
 	m.Metadata = map[string]string{"source": label}
-	if err := copyTokenizer(w, tok); err != nil {
+	if warning, err := copyTokenizer(w, tok); err != nil {
 		return nil, err
+	} else if warning != "" {
+		res.Warnings = append(res.Warnings, warning)
 	}
 	for _, t := range m.Tensors {
 		res.StoredBytes += int64(t.Length)
@@ -1141,22 +1143,24 @@ func readSourceTokenizer(o Options) (*sourceTokenizer, error) {
 
 // copyTokenizer stores the source's tokenizer files, when it has them,
 // in the container (checked to load first), so that the runtime can
-// encode and decode text.
-func copyTokenizer(w *format.Writer, st *sourceTokenizer) error {
+// encode and decode text. A tokenizer the runtime cannot load is left out
+// with a warning: the weights convert without it (text then needs token
+// ids), as they do from a source with none.
+func copyTokenizer(w *format.Writer, st *sourceTokenizer) (warning string, err error) {
 	if st.files == nil {
-		return nil
+		return "", nil
 	}
 	if _, err := st.load(); err != nil {
-		return err
+		return fmt.Sprintf("tokenizer in %s not stored: %v (slope run and score then take token ids)", st.where, err), nil
 	}
 	tk := &slopepb.Tokenizer{Type: format.TokenizerGPT2BPE, Files: map[string]string{}}
 	for _, name := range slices.Sorted(maps.Keys(st.files)) {
 		tensor := "tokenizer/" + name
 		if err := w.WriteBytes(tensor, st.files[name]); err != nil {
-			return fmt.Errorf("tokenizer %s: %w", filepath.Join(st.where, name), err)
+			return "", fmt.Errorf("tokenizer %s: %w", filepath.Join(st.where, name), err)
 		}
 		tk.Files[name] = tensor
 	}
 	w.Manifest().Tokenizer = tk
-	return nil
+	return "", nil
 }

@@ -30,8 +30,9 @@ func newExportCmd() *cobra.Command {
 			"                        F.onnx.data past 2 GB (or always, with --external-data).\n\n" +
 			"Weights keep the dtype they are stored in unless --dtype converts them. The output is\n" +
 			"written beside its path (PATH.tmp) and renamed into place; an existing non-empty\n" +
-			"directory or file is replaced only with --force. Ctrl-C or SIGTERM stop it between\n" +
-			"tensors, remove what it wrote and exit with status 130 (143 for SIGTERM).",
+			"directory (--to hf) or file (--to onnx) is replaced only with --force, never the\n" +
+			"input, and never a file by a directory or a directory by a file. Ctrl-C or SIGTERM\n" +
+			"stop it, remove what it wrote and exit with status 130 (143 for SIGTERM).",
 		Example: "  slope export model.slope --to hf --out opt-dense\n" +
 			"  slope export model.slope --to hf --out opt-dense-bf16 --dtype bf16\n" +
 			"  slope export model.slope --to onnx --out model.onnx --with-past",

@@ -87,7 +87,7 @@ func newTrainCmd() *cobra.Command {
 	f.Float64Var(&fl.weightDecay, "weight-decay", train.DefaultWeightDecay, "AdamW decoupled weight decay of 2-D weights (0: none)")
 	f.IntVar(&fl.maskRefresh, "mask-refresh", train.DefaultMaskRefresh, "recompute the transpose masks every N steps (0: never)")
 	f.IntVar(&fl.evalEvery, "eval-every", 0, "evaluate --val every N steps and at the end (0: only at the end)")
-	f.IntVar(&fl.evalBatches, "eval-batches", 8, "batches of --val per evaluation (0: all)")
+	f.IntVar(&fl.evalBatches, "eval-batches", 8, "batches of --val per evaluation (0: all whole batches; the last --val windows that do not fill a batch are left out)")
 	f.IntVar(&fl.saveEvery, "save-every", 0, "write --out every N steps (0: only at the end)")
 	f.StringVar(&fl.out, "out", "", "checkpoint to write (.slope)")
 	f.StringVar(&fl.resume, "resume", "", "checkpoint to continue from (instead of MODEL's weights)")
