@@ -15,7 +15,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -62,16 +61,9 @@ func startCPUProfile(path string) (stop func(), err error) {
 	}, nil
 }
 
-// Exit statuses (as slope's): 130 and 143 after Ctrl-C and SIGTERM.
-const (
-	exitOK    = 0
-	exitError = 1              // the conversion failed: an unreadable source, a full disk, ...
-	exitUsage = usage.ExitCode // a mistake in the command line: an unknown flag or command, a bad flag value
-)
-
-// run executes the command line args and returns the exit status (the
-// constants above); errors are printed to stderr as "slope-convert:
-// <error>", usage errors followed by a pointer to --help.
+// run executes the command line args and returns the exit status (see the
+// package doc, and usage.Status); errors are printed to stderr as
+// "slope-convert: <error>", usage errors followed by a pointer to --help.
 func run(args []string, stdout, stderr io.Writer) int {
 	// Ctrl-C or SIGTERM stop the conversion cleanly (exit status 130 or
 	// 143); a second signal stops it at once.
@@ -81,19 +73,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := interrupt.Wrap(root.ExecuteContext(ctx), caught)
-	if err == nil {
-		return exitOK
-	}
-	fmt.Fprintf(stderr, "slope-convert: %v\n", err)
-	var ie *interrupt.Error
-	if errors.As(err, &ie) {
-		return ie.ExitCode()
-	}
-	if usage.Report(stderr, err) {
-		return exitUsage
-	}
-	return exitError
+	return usage.Status(stderr, "slope-convert", interrupt.Wrap(root.ExecuteContext(ctx), caught))
 }
 
 func newRoot(args []string) *cobra.Command {

@@ -24,15 +24,12 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"io"
 	"os"
 	"strconv"
 
 	"github.com/spf13/cobra"
 
-	"github.com/slopeml/slope/cli/internal/interrupt"
 	"github.com/slopeml/slope/cli/internal/usage"
 )
 
@@ -57,19 +54,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	root := newRootCmd(stdout, stderr)
 	root.SetArgs(args)
-	err := root.Execute()
-	if err == nil {
-		return exitOK
-	}
-	fmt.Fprintf(stderr, "slope: %v\n", err)
-	var ie *interrupt.Error
-	if errors.As(err, &ie) {
-		return ie.ExitCode()
-	}
-	if usage.Report(stderr, err) {
-		return exitUsage
-	}
-	return exitError
+	return usage.Status(stderr, "slope", root.Execute())
 }
 
 // usagef returns a usage error (exit status 2) of cmd.

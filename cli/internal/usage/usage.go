@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/slopeml/slope/cli/internal/interrupt"
 )
 
 // ExitCode is the exit status of a usage error.
@@ -60,6 +62,25 @@ func Setup(root *cobra.Command) {
 			return target.Help()
 		},
 	})
+}
+
+// Status is a command's exit status for the error err of its run, which
+// it prints to stderr as "prog: <error>": 0 for nil, 130 or 143 after a
+// signal (interrupt.Error), ExitCode for a usage error (with the --help
+// hint), 1 for any other failure.
+func Status(stderr io.Writer, prog string, err error) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+	var ie *interrupt.Error
+	if errors.As(err, &ie) {
+		return ie.ExitCode()
+	}
+	if Report(stderr, err) {
+		return ExitCode
+	}
+	return 1
 }
 
 // Report prints a usage error's --help hint to stderr and reports whether

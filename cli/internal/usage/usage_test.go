@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/spf13/cobra"
+
+	"github.com/slopeml/slope/cli/internal/interrupt"
 )
 
 func TestUsage(t *testing.T) {
@@ -56,5 +59,24 @@ func TestUsage(t *testing.T) {
 	}
 	if err := Wrap(sub, errors.New("bad")); !errors.As(err, new(*Error)) || err.Error() != "bad" {
 		t.Fatalf("Wrap: %v", err)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	cmd := &cobra.Command{Use: "sub"}
+	for _, c := range []struct {
+		err  error
+		code int
+		want string
+	}{
+		{nil, 0, ""},
+		{errors.New("disk full"), 1, "prog: disk full\n"},
+		{Errorf(cmd, "bad --n"), ExitCode, "prog: bad --n\nRun 'sub --help' for usage.\n"},
+		{fmt.Errorf("wrapped: %w", &interrupt.Error{Signal: syscall.SIGTERM, Err: errors.New("stopped")}), 143, "prog: wrapped: "},
+	} {
+		var stderr bytes.Buffer
+		if got := Status(&stderr, "prog", c.err); got != c.code || !strings.HasPrefix(stderr.String(), c.want) || (c.err == nil) != (stderr.Len() == 0) {
+			t.Errorf("%v: status %d, stderr %q; want %d and %q", c.err, got, stderr.String(), c.code, c.want)
+		}
 	}
 }
