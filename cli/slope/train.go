@@ -270,7 +270,7 @@ type trainRecord struct {
 	GradNorm   float64 `json:"grad_norm,omitempty"`
 	Tokens     int64   `json:"tokens,omitempty"`
 	TokensPerS float64 `json:"tokens_per_s,omitempty"`
-	Epoch      uint64  `json:"epoch,omitempty"`
+	Epoch      *uint64 `json:"epoch,omitempty"` // step records only, epoch 0 too
 	ElapsedS   float64 `json:"elapsed_s"`
 	// The "memory" record (one, after the last step): the trainer's
 	// memory (train.Memory) and the process's peak RSS, in bytes.
@@ -553,7 +553,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		}
 		rate := float64(n) / max(dt, 1e-9)
 		rec := trainRecord{Type: "step", Step: s + 1, Loss: loss, LR: lr, GradNorm: tr.GradNorm(), Tokens: total,
-			TokensPerS: rate, Epoch: data.Epoch(), ElapsedS: time.Since(start).Seconds()}
+			TokensPerS: rate, Epoch: new(data.Epoch()), ElapsedS: time.Since(start).Seconds()}
 		if err := enc.Encode(rec); err != nil {
 			return err
 		}

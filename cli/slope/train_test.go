@@ -97,6 +97,11 @@ func TestTrainCommand(t *testing.T) {
 	if len(steps) != 4 || len(evals) != 2 || steps[3].Step != 4 || steps[0].LR != 1e-3 || evals[1].Step != 4 || evals[1].PPL <= 1 {
 		t.Fatalf("log %+v", recs)
 	}
+	// Every step record says its epoch, the first one (0) too; an eval
+	// record has none.
+	if steps[0].Epoch == nil || *steps[0].Epoch != 0 || evals[0].Epoch != nil {
+		t.Fatalf("epochs: step 1 %v, eval %v", steps[0].Epoch, evals[0].Epoch)
+	}
 	if code, out, errs := runSlope("verify", full); code != 0 || !strings.HasPrefix(out, "OK") {
 		t.Fatalf("verify: exit %d %s %s", code, out, errs)
 	}
