@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,15 +10,23 @@ import (
 	"github.com/slopeml/slope/convert"
 )
 
-func TestInitCommand(t *testing.T) {
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "config.json")
-	if err := os.WriteFile(cfg, []byte(`{"model_type": "opt", "vocab_size": 64, "hidden_size": 16,
- "ffn_dim": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
+// writeInitConfig writes a one-layer OPT config.json (hidden 16) with the
+// feed-forward width ffn at path, and returns path.
+func writeInitConfig(t *testing.T, path string, ffn int) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`{"model_type": "opt", "vocab_size": 64, "hidden_size": 16,
+ "ffn_dim": %d, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
  "word_embed_proj_dim": 16, "do_layer_norm_before": true, "activation_function": "relu",
- "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`), 0o644); err != nil {
+ "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`, ffn)
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return path
+}
+
+func TestInitCommand(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeInitConfig(t, filepath.Join(dir, "config.json"), 32)
 	out := filepath.Join(dir, "m.slope")
 	code, stdout, stderr := runSlope("init", "--config", cfg, "--out", out, "--seed", "3")
 	if code != 0 || !strings.Contains(stdout, "6 weights pruned 2:4 with random masks") {
@@ -39,13 +48,7 @@ func TestInitCommand(t *testing.T) {
 	}
 	// A weight too wide for the aspect-ratio rule stays dense, the note
 	// names --prune-wide, and init has it.
-	wide := filepath.Join(dir, "wide.json")
-	if err := os.WriteFile(wide, []byte(`{"model_type": "opt", "vocab_size": 64, "hidden_size": 16,
- "ffn_dim": 96, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
- "word_embed_proj_dim": 16, "do_layer_norm_before": true, "activation_function": "relu",
- "enable_bias": true, "layer_norm_elementwise_affine": true, "tie_word_embeddings": true}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	wide := writeInitConfig(t, filepath.Join(dir, "wide.json"), 96)
 	if code, stdout, stderr := runSlope("init", "--config", wide, "--out", out); code != 0 || !strings.Contains(stdout, "4 weights pruned") || !strings.Contains(stderr, "--prune-wide") {
 		t.Errorf("wide: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
