@@ -305,8 +305,9 @@ func TestMergedAdapterLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	path := filepath.Join(t.TempDir(), "merged.slope")
 	write := func(rShape []uint64) error {
-		w, err := Create(filepath.Join(t.TempDir(), "merged.slope"), nil)
+		w, err := Create(path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -325,6 +326,17 @@ func TestMergedAdapterLayout(t *testing.T) {
 	if err := write([]uint64{r, out}); err != nil {
 		t.Fatalf("valid merged layout rejected: %v", err)
 	}
+	// inspect marks the merged R, and counts no dense bytes for it.
+	f, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ts := range Summarize(f).Tensors {
+		if ts.Name == "w.lora_r" && (!ts.AdapterMerged || ts.DenseFP16Bytes != 0) {
+			t.Errorf("merged R: %+v", ts)
+		}
+	}
+	f.Close()
 	if err := write([]uint64{r + 1, out}); !errors.Is(err, ErrShape) {
 		t.Fatalf("R rows not matching the weight's extra rows: %v", err)
 	}

@@ -26,9 +26,12 @@ type TensorSummary struct {
 	Compression string `json:"compression"`
 	// TransposeOf is the NM weight an NM_TRANSPOSE_* tensor transposes.
 	TransposeOf string `json:"transpose_of,omitempty"`
-	// AdapterOf and AdapterFactor ("L" or "R") describe a LOW_RANK factor.
+	// AdapterOf and AdapterFactor ("L" or "R") describe a LOW_RANK factor;
+	// AdapterMerged marks the R of the merged layout (its L is in the
+	// weight's extra rows; there is no L tensor).
 	AdapterOf     string `json:"adapter_of,omitempty"`
 	AdapterFactor string `json:"adapter_factor,omitempty"`
+	AdapterMerged bool   `json:"adapter_merged,omitempty"`
 	// StoredBytes is the length in the file (compressed when compressed);
 	// RawBytes the length of the raw encoding.
 	StoredBytes uint64 `json:"stored_bytes"`
@@ -36,8 +39,9 @@ type TensorSummary struct {
 	// DenseFP16Bytes is 2 bytes per element of the logical shape: what the
 	// tensor would take in a dense fp16 model (a tensor that is not floats,
 	// such as a tokenizer file, its own raw size). It is 0 for the auxiliary
-	// encodings NM_TRANSPOSE_MASK and NM_TRANSPOSE_MATERIALIZED, which a
-	// dense model does not have: their bytes are pure overhead.
+	// encodings NM_TRANSPOSE_MASK and NM_TRANSPOSE_MATERIALIZED and for
+	// LOW_RANK adapter factors, which a dense model does not have: their
+	// bytes are overhead.
 	DenseFP16Bytes uint64 `json:"dense_fp16_bytes"`
 	// RatioToFP16 is StoredBytes / DenseFP16Bytes, 0 when DenseFP16Bytes is 0.
 	RatioToFP16 float64 `json:"ratio_to_fp16"`
@@ -193,9 +197,10 @@ func summarizeTensor(f *File, t *slopepb.Tensor, numel uint64) TensorSummary {
 	if a := t.GetAdapter(); a != nil {
 		ts.AdapterOf = a.GetWeight()
 		ts.AdapterFactor = a.GetFactor().String()
+		ts.AdapterMerged = a.GetMerged()
 	}
 	switch t.GetEncoding() {
-	case slopepb.Encoding_NM_TRANSPOSE_MASK, slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED:
+	case slopepb.Encoding_NM_TRANSPOSE_MASK, slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED, slopepb.Encoding_LOW_RANK:
 		// Auxiliary: no dense counterpart.
 	default:
 		if !IsFloat(t.GetDtype()) {

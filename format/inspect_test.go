@@ -162,8 +162,8 @@ func TestSummarizeFixture(t *testing.T) {
 		"fc1.weight":       {"NM", "2:4", "FLOAT16", 64*64*2 + 64*16, 64 * 128 * 2, 0.5625},
 		"fc1.weight.tmask": {"NM_TRANSPOSE_MASK", "2:4", "UINT8", uint64(maskBytes), 0, 0},
 		"fc1.bias":         {"DENSE", "", "FLOAT32", sfRows * 4, sfRows * 2, 2},
-		"fc1.lora_l":       {"LOW_RANK", "", "FLOAT16", sfCols * sfRank * 2, sfCols * sfRank * 2, 1},
-		"fc1.lora_r":       {"LOW_RANK", "", "FLOAT16", sfRank * sfRows * 2, sfRank * sfRows * 2, 1},
+		"fc1.lora_l":       {"LOW_RANK", "", "FLOAT16", sfCols * sfRank * 2, 0, 0}, // no dense counterpart
+		"fc1.lora_r":       {"LOW_RANK", "", "FLOAT16", sfRank * sfRows * 2, 0, 0},
 	}
 	if len(s.Tensors) != len(wants) || s.Totals.Tensors != len(wants) {
 		t.Fatalf("%d tensors (totals %d), want %d", len(s.Tensors), s.Totals.Tensors, len(wants))

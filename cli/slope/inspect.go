@@ -104,6 +104,9 @@ func writeSummary(w io.Writer, s *format.Summary) {
 			if t.AdapterFactor != "" {
 				enc += " " + t.AdapterFactor
 			}
+			if t.AdapterMerged {
+				enc += " (merged)"
+			}
 			of := t.TransposeOf + t.AdapterOf
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n",
 				clean(t.Name), shapeString(t.Shape), t.DType, clean(enc), orDash(clean(of)),
