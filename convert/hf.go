@@ -487,6 +487,31 @@ func openRegular(fsys fs.FS, name string) (fs.File, error) {
 	return fsys.Open(name)
 }
 
+// openRegularFile opens the regular file at path, checked before the open
+// (a FIFO would block it) and again on the open file (the path may have
+// changed in between); anything else is an error wrapping sentinel.
+func openRegularFile(path string, sentinel error) (*os.File, os.FileInfo, error) {
+	if st, err := os.Stat(path); err != nil {
+		return nil, nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("%s: not a regular file: %w", path, sentinel)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: not a regular file: %w", path, sentinel)
+	}
+	return f, st, nil
+}
+
 // readCapped reads a small file whole, refusing one larger than limit.
 func readCapped(fsys fs.FS, name string, limit int64) ([]byte, error) {
 	f, err := openRegular(fsys, name)

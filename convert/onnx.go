@@ -355,23 +355,9 @@ func (s *onnxSource) externalFile(location string) (*onnxExtFile, error) {
 	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
 		return nil, fmt.Errorf("resolves to %s, outside the model's directory %s", realPath, realDir)
 	}
-	if st, err := os.Stat(realPath); err != nil {
-		return nil, err
-	} else if !st.Mode().IsRegular() { // (before the open, which a FIFO blocks)
-		return nil, fmt.Errorf("%s is not a regular file", realPath)
-	}
-	f, err := os.Open(realPath)
+	f, st, err := openRegularFile(realPath, ErrONNX)
 	if err != nil {
 		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s is not a regular file", realPath)
 	}
 	ef := &onnxExtFile{location: location, path: filepath.Join(s.dir, filepath.FromSlash(location)), f: f, size: st.Size()}
 	s.extFiles = append(s.extFiles, ef)

@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"math"
 	"math/bits"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -113,19 +112,9 @@ func OpenPytorchBin(fsys fs.FS, name string) (TensorStore, error) {
 
 // OpenPytorchBinFile opens a PyTorch zip checkpoint by OS path.
 func OpenPytorchBinFile(path string) (*PytorchBin, error) {
-	if st, err := os.Stat(path); err != nil {
-		return nil, err
-	} else if !st.Mode().IsRegular() { // (before the open, which a FIFO blocks)
-		return nil, fmt.Errorf("%s: not a regular file: %w", path, ErrPickle)
-	}
-	f, err := os.Open(path)
+	f, st, err := openRegularFile(path, ErrPickle)
 	if err != nil {
 		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	p, err := ParsePytorchBin(path, f, st.Size())
 	if err != nil {

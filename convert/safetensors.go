@@ -118,23 +118,11 @@ func OpenSafetensors(fsys fs.FS, name string) (*Safetensors, error) {
 // keeps at most one tensor's pages resident. A fault on the mapping (the
 // file truncated underneath, an I/O error) becomes an error, not a crash.
 func OpenSafetensorsFile(path string) (*Safetensors, error) {
-	if st, err := os.Stat(path); err != nil {
-		return nil, err
-	} else if !st.Mode().IsRegular() { // (before the open, which a FIFO blocks)
-		return nil, fmt.Errorf("%s: not a regular file: %w", path, ErrSafetensors)
-	}
-	f, err := os.Open(path)
+	f, st, err := openRegularFile(path, ErrSafetensors)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file: %w", path, ErrSafetensors)
-	}
 	s, err := ParseSafetensors(path, f, st.Size())
 	if err != nil {
 		return nil, err

@@ -16,14 +16,8 @@ import (
 // weights are written without it, and a warning says so.
 func TestUnsupportedTokenizerSkipped(t *testing.T) {
 	dir := t.TempDir()
-	for _, name := range []string{"config.json", "model.safetensors"} {
-		b, err := os.ReadFile(filepath.Join(testmodels.Dir(), name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.CopyFS(dir, testmodels.TinyFS()); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "tokenizer.json"), []byte(`{"model":{"type":"WordPiece","vocab":{}}}`), 0o644); err != nil {
 		t.Fatal(err)

@@ -553,10 +553,8 @@ func doneCause(ctx context.Context) error {
 
 // weightUnlessDone is m.Weight(name), or ctx's error once ctx is done.
 func (m *Model) weightUnlessDone(ctx context.Context, name string) ([]float32, error) {
-	if ctx != nil {
-		if err := context.Cause(ctx); err != nil {
-			return nil, fmt.Errorf("export stopped before %s: %w", name, err)
-		}
+	if err := doneCause(ctx); err != nil {
+		return nil, fmt.Errorf("export stopped before %s: %w", name, err)
 	}
 	return m.Weight(name)
 }

@@ -203,21 +203,42 @@ type ScoreResult struct {
 	Perplexity float64
 }
 
+// ScoreWindow resolves Score's window and stride: window <= 0 is the
+// model's positions, stride <= 0 half the window. A window longer than the
+// model's positions or shorter than 2 tokens, and a stride not below the
+// window, are errors; each error's message starts with the parameter at
+// fault and its value as given ("window 9000: ...", "stride 300: ...").
+func (m *Model) ScoreWindow(window, stride int) (int, int, error) {
+	if window > m.maxPos {
+		return 0, 0, fmt.Errorf("window %d: the model has %d positions", window, m.maxPos)
+	}
+	w, st := window, stride
+	if w <= 0 {
+		w = m.maxPos
+	}
+	if st <= 0 {
+		st = max(w/2, 1)
+	}
+	switch {
+	case w < 2:
+		return 0, 0, fmt.Errorf("window %d: want at least 2 tokens", window)
+	case st >= w:
+		return 0, 0, fmt.Errorf("stride %d: want fewer tokens than the window (%d)", st, w)
+	}
+	return w, st, nil
+}
+
 // Score computes the perplexity of a token sequence. Every token after
 // the first is scored exactly once. A sequence longer than window tokens
-// (window <= 0: the model's positions) is scored with a sliding window
-// that advances by stride tokens (stride <= 0: window/2), each window
+// (window <= 0: the model's positions; ScoreWindow checks both) is scored
+// with a sliding window that advances by stride tokens (stride <= 0:
+// window/2), each window
 // scoring only its last stride tokens, so every scored token sees at least
 // window-stride tokens of context (the usual perplexity recipe).
 func (m *Model) Score(ctx context.Context, ids []int32, window, stride, threads int) (*ScoreResult, error) {
-	if window <= 0 || window > m.maxPos {
-		window = m.maxPos
-	}
-	if stride <= 0 {
-		stride = max(window/2, 1)
-	}
-	if window < 2 || stride >= window {
-		return nil, fmt.Errorf("score: window %d and stride %d: need 2 <= window and stride < window", window, stride)
+	window, stride, err := m.ScoreWindow(window, stride)
+	if err != nil {
+		return nil, fmt.Errorf("score: %w", err)
 	}
 	if len(ids) < 2 {
 		return nil, fmt.Errorf("score: need at least 2 tokens, have %d", len(ids))

@@ -4,6 +4,7 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/slopeml/slope/convert"
@@ -248,5 +249,12 @@ func TestScoreSlidingWindow(t *testing.T) {
 	}
 	if _, err := m.Score(t.Context(), ids, 4, 4, 0); err == nil {
 		t.Error("stride >= window accepted")
+	}
+	// A window past the model's positions is refused, not cut.
+	if _, err := m.Score(t.Context(), ids, m.MaxPositions()+1, 0, 0); err == nil || !strings.Contains(err.Error(), "positions") {
+		t.Errorf("window past the positions: %v", err)
+	}
+	if w, st, err := m.ScoreWindow(0, 0); err != nil || w != m.MaxPositions() || st != w/2 {
+		t.Errorf("ScoreWindow(0, 0) = %d, %d, %v", w, st, err)
 	}
 }

@@ -37,9 +37,8 @@ import (
 // -ldflags "-X main.version=1.2.3".
 var version = "0.1.0-dev"
 
-// Exit statuses.
+// Exit statuses (usage.Status gives them; 0 on success).
 const (
-	exitOK          = 0
 	exitError       = 1
 	exitUsage       = usage.ExitCode
 	exitInterrupted = 130 // 128 + SIGINT, as shells report an interrupted command (128 + SIGTERM for that one)

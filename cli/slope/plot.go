@@ -18,6 +18,8 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/slopeml/slope/cli/internal/outfile"
 )
 
 func newPlotCmd() *cobra.Command {
@@ -49,7 +51,7 @@ func newPlotCmd() *cobra.Command {
 				return usagef(cmd, "--out %s: %v (the format follows the extension: .png, .svg, .pdf, .jpg, .eps, .tif)", out, err)
 			}
 			for _, in := range args {
-				if sameFile(in, out) {
+				if outfile.SameFile(in, out) {
 					return usagef(cmd, "--out %s is the log %s", out, in)
 				}
 			}
@@ -222,17 +224,6 @@ func plotLogs(paths []string, out string, w, h vg.Length) error {
 // its extension, lower case, without the dot.
 func imageFormat(name string) string {
 	return strings.ToLower(strings.TrimPrefix(filepath.Ext(name), "."))
-}
-
-// sameFile reports whether a and b name the same file (by path, or as
-// links to one file).
-func sameFile(a, b string) bool {
-	if filepath.Clean(a) == filepath.Clean(b) {
-		return true
-	}
-	sa, err1 := os.Stat(a)
-	sb, err2 := os.Stat(b)
-	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
 }
 
 // exactTicks are gonum's default ticks with each major tick labelled by

@@ -168,23 +168,10 @@ func newScoreCmd() *cobra.Command {
 				return err
 			}
 			defer m.Close()
-			// The window and stride against the model, as Score takes them.
-			maxPos := m.MaxPositions()
-			if window > maxPos {
-				return usagef(cmd, "--window %d: the model has %d positions", window, maxPos)
-			}
-			w, st := window, stride
-			if w == 0 {
-				w = maxPos
-			}
-			if st == 0 {
-				st = max(w/2, 1)
-			}
-			switch {
-			case w < 2:
-				return usagef(cmd, "--window %d: want at least 2 tokens", w)
-			case st >= w:
-				return usagef(cmd, "--stride %d: want fewer tokens than the window (%d)", st, w)
+			// The window and stride against the model, before any text is
+			// read (its errors start with the parameter's name: its flag's).
+			if _, _, err := m.ScoreWindow(window, stride); err != nil {
+				return usagef(cmd, "--%v", err)
 			}
 			text := ""
 			if textFile != "" {

@@ -316,7 +316,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 		for _, o := range []struct{ name, path string }{
 			{"--out", fl.out}, {"MODEL", model}, {"--resume", fl.resume}, {"--data", fl.data}, {"--val", fl.val},
 		} {
-			if o.path != "" && sameFile(fl.log, o.path) {
+			if o.path != "" && outfile.SameFile(fl.log, o.path) {
 				return usagef(cmd, "--log %s is %s: the log would be written into it", fl.log, o.name)
 			}
 		}

@@ -71,6 +71,17 @@ func CheckContainer(flag, path string, force bool, inputs ...string) error {
 	return nil
 }
 
+// SameFile reports whether the paths a and b name one file: the same path
+// once cleaned, or two names (links) of one existing file.
+func SameFile(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
+}
+
 // RemoveStale removes the partial containers that killed writers of path
 // left beside it (format.RemoveStaleTemps) and says so on w, one line
 // each; call it after CheckContainer, before writing path.

@@ -66,3 +66,34 @@ func TestCheckContainer(t *testing.T) {
 		t.Errorf("probe files left: %v %v", left, err)
 	}
 }
+
+func TestSameFile(t *testing.T) {
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a")
+	if err := os.WriteFile(a, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "l")
+	if err := os.Link(a, link); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "b")
+	if err := os.WriteFile(other, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		a, b string
+		same bool
+	}{
+		{a, a, true},
+		{a, filepath.Join(dir, ".", "a"), true},
+		{a, link, true},
+		{a, other, false},
+		{filepath.Join(dir, "missing"), filepath.Join(dir, "missing"), true}, // the same name, even before it exists
+		{filepath.Join(dir, "missing"), a, false},
+	} {
+		if got := SameFile(c.a, c.b); got != c.same {
+			t.Errorf("SameFile(%s, %s) = %v", c.a, c.b, got)
+		}
+	}
+}

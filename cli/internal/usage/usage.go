@@ -56,7 +56,7 @@ func Setup(root *cobra.Command) {
 		Args:  cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target, rest, err := root.Find(args)
-			if err != nil || len(rest) > 0 || target == nil {
+			if err != nil || len(rest) > 0 {
 				return Errorf(root, "help: unknown command %q", strings.Join(args, " "))
 			}
 			return target.Help()
