@@ -67,7 +67,7 @@ func startCPUProfile(path string) (stop func(), err error) {
 func run(args []string, stdout, stderr io.Writer) int {
 	// Ctrl-C or SIGTERM stop the conversion cleanly (exit status 130 or
 	// 143); a second signal stops it at once.
-	ctx, caught, stop := interrupt.Watch(context.Background())
+	ctx, caught, stop := interrupt.Watch(context.Background(), os.Stderr)
 	defer stop()
 	root := newRoot(args)
 	root.SetArgs(args)

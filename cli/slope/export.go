@@ -61,7 +61,7 @@ func newExportCmd() *cobra.Command {
 			// written (the staging OUT.tmp), for this command only; after
 			// the first, the default handling is back (a second one stops
 			// the process at once).
-			ctx, caught, stop := interrupt.Watch(cmd.Context())
+			ctx, caught, stop := interrupt.Watch(cmd.Context(), cmd.ErrOrStderr())
 			defer stop()
 			o.Context = ctx
 			rep, err := export.Export(args[0], o)

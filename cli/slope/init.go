@@ -45,7 +45,7 @@ func newInitCmd() *cobra.Command {
 			// Ctrl-C or SIGTERM stop the writing cleanly (no temporary file
 			// left behind), for this command only; slope then exits with 128 + the
 			// signal.
-			ctx, caught, stop := interrupt.Watch(cmd.Context())
+			ctx, caught, stop := interrupt.Watch(cmd.Context(), cmd.ErrOrStderr())
 			defer stop()
 			o.Context = ctx
 			res, err := convert.Init(o)

@@ -283,7 +283,8 @@ func TestTrainInterrupted(t *testing.T) {
 	if code != exitInterrupted {
 		t.Fatalf("exit status %d after SIGINT, want %d\n%s", code, exitInterrupted, stderr)
 	}
-	if !strings.Contains(stderr, "interrupted after step") || !strings.Contains(stderr, "--resume "+ckpt) {
+	if !strings.Contains(stderr, "interrupt: stopping cleanly; a second one ends the process at once") ||
+		!strings.Contains(stderr, "interrupted after step") || !strings.Contains(stderr, "--resume "+ckpt) {
 		t.Fatalf("stderr does not say where the run stopped and how to resume it:\n%s", stderr)
 	}
 	if left := tempFiles(t, ckpt); len(left) > 0 {

@@ -199,7 +199,7 @@ func plotLogs(paths []string, out string, w, h vg.Length) error {
 	}
 	// A temporary file renamed into place: a failed or interrupted run
 	// leaves an earlier image as it was.
-	f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-*")
+	f, err := outfile.CreateTemp(out)
 	if err != nil {
 		return fmt.Errorf("--out %s: %w", out, err)
 	}
@@ -209,9 +209,6 @@ func plotLogs(paths []string, out string, w, h vg.Length) error {
 		return fmt.Errorf("%s: %w", out, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("%s: %w", out, err)
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
 		return fmt.Errorf("%s: %w", out, err)
 	}
 	if err := os.Rename(f.Name(), out); err != nil {

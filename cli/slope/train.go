@@ -262,16 +262,16 @@ func trainOptions(changed func(name string) bool, fl trainFlags, resume bool) tr
 
 // trainRecord is one line of the JSONL log.
 type trainRecord struct {
-	Type       string  `json:"type"` // "step", "eval" or "memory"
-	Step       int     `json:"step"`
-	Loss       float64 `json:"loss"`
-	PPL        float64 `json:"ppl,omitempty"`
-	LR         float64 `json:"lr,omitempty"`
-	GradNorm   float64 `json:"grad_norm,omitempty"`
-	Tokens     int64   `json:"tokens,omitempty"`
-	TokensPerS float64 `json:"tokens_per_s,omitempty"`
-	Epoch      *uint64 `json:"epoch,omitempty"` // step records only, epoch 0 too
-	ElapsedS   float64 `json:"elapsed_s"`
+	Type       string   `json:"type"` // "step", "eval" or "memory"
+	Step       int      `json:"step"`
+	Loss       *float64 `json:"loss,omitempty"` // step and eval records; the memory record has none
+	PPL        float64  `json:"ppl,omitempty"`
+	LR         float64  `json:"lr,omitempty"`
+	GradNorm   float64  `json:"grad_norm,omitempty"`
+	Tokens     int64    `json:"tokens,omitempty"`
+	TokensPerS float64  `json:"tokens_per_s,omitempty"`
+	Epoch      *uint64  `json:"epoch,omitempty"` // step records only, epoch 0 too
+	ElapsedS   float64  `json:"elapsed_s"`
 	// The "memory" record (one, after the last step): the trainer's
 	// memory (train.Memory) and the process's peak RSS, in bytes.
 	StateBytes      int64 `json:"state_bytes,omitempty"`
@@ -504,8 +504,11 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			sum += l
 		}
 		loss := sum / float64(n)
+		if math.IsNaN(loss) || math.IsInf(loss, 0) { // JSON has no NaN: say so, not "unsupported value"
+			return fmt.Errorf("eval at step %d: validation loss is %g", tr.StepCount(), loss)
+		}
 		prog.line(fmt.Sprintf("eval step %d: loss %.4f ppl %.2f (%d batches)", tr.StepCount(), loss, math.Exp(loss), n))
-		rec := trainRecord{Type: "eval", Step: tr.StepCount(), Loss: loss, ElapsedS: time.Since(start).Seconds()}
+		rec := trainRecord{Type: "eval", Step: tr.StepCount(), Loss: &loss, ElapsedS: time.Since(start).Seconds()}
 		if ppl := math.Exp(loss); !math.IsInf(ppl, 0) && !math.IsNaN(ppl) {
 			rec.PPL = ppl // JSON has no Inf: a loss above ~709.78 records no ppl
 		}
@@ -523,7 +526,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	// a second one stops the process (a checkpoint being written is then
 	// left incomplete under a temporary name, and --out keeps its previous
 	// contents).
-	ctx, caught, stopSignals := interrupt.Watch(cmd.Context())
+	ctx, caught, stopSignals := interrupt.Watch(cmd.Context(), cmd.ErrOrStderr())
 	defer stopSignals()
 	for tr.StepCount() < last && ctx.Err() == nil {
 		s := tr.StepCount()
@@ -552,7 +555,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			}
 		}
 		rate := float64(n) / max(dt, 1e-9)
-		rec := trainRecord{Type: "step", Step: s + 1, Loss: loss, LR: lr, GradNorm: tr.GradNorm(), Tokens: total,
+		rec := trainRecord{Type: "step", Step: s + 1, Loss: &loss, LR: lr, GradNorm: tr.GradNorm(), Tokens: total,
 			TokensPerS: rate, Epoch: new(data.Epoch()), ElapsedS: time.Since(start).Seconds()}
 		if err := enc.Encode(rec); err != nil {
 			return err

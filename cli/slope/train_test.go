@@ -85,6 +85,23 @@ func TestTrainCommand(t *testing.T) {
 		t.Fatalf("stdout %q\nstderr %q", stdout, stderr)
 	}
 	recs := readLog(t, fullLog)
+	// One memory record, which has no loss to report.
+	raw, err := os.ReadFile(fullLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	memLines := 0
+	for _, l := range strings.Split(string(raw), "\n") {
+		if strings.Contains(l, `"type":"memory"`) {
+			memLines++
+			if strings.Contains(l, `"loss"`) {
+				t.Fatalf("memory record carries a loss: %s", l)
+			}
+		}
+	}
+	if memLines != 1 {
+		t.Fatalf("%d memory records in %s", memLines, raw)
+	}
 	var steps, evals []trainRecord
 	for _, r := range recs {
 		switch r.Type {
@@ -128,8 +145,8 @@ func TestTrainCommand(t *testing.T) {
 		t.Fatalf("resumed log has %d steps", len(rsteps))
 	}
 	for i := range steps {
-		if steps[i].Loss != rsteps[i].Loss || steps[i].LR != rsteps[i].LR {
-			t.Fatalf("step %d: loss %v lr %v uninterrupted, %v %v resumed", i+1, steps[i].Loss, steps[i].LR, rsteps[i].Loss, rsteps[i].LR)
+		if *steps[i].Loss != *rsteps[i].Loss || steps[i].LR != rsteps[i].LR {
+			t.Fatalf("step %d: loss %v lr %v uninterrupted, %v %v resumed", i+1, *steps[i].Loss, steps[i].LR, *rsteps[i].Loss, rsteps[i].LR)
 		}
 		// The token count runs on from the checkpoint's (2 x 16 per step).
 		if want := int64(32 * (i + 1)); steps[i].Tokens != want || rsteps[i].Tokens != want {

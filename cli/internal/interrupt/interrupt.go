@@ -9,6 +9,7 @@ package interrupt
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -18,8 +19,12 @@ import (
 // Watch returns a context that the first SIGINT or SIGTERM cancels, and
 // caught, which reports that signal (0 before one). stop releases the
 // handler (signals end the process again) and cancels ctx; call it when
-// the interruptible work is over.
-func Watch(parent context.Context) (ctx context.Context, caught func() syscall.Signal, stop func()) {
+// the interruptible work is over. The first signal also writes a line to
+// notice (nil: none) saying that the command is stopping and that a
+// second signal ends it at once: stopping cleanly may take a while (a
+// training step, a tensor), and the second signal's default handling
+// prints nothing.
+func Watch(parent context.Context, notice io.Writer) (ctx context.Context, caught func() syscall.Signal, stop func()) {
 	ctx, cancel := context.WithCancel(parent)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -33,6 +38,9 @@ func Watch(parent context.Context) (ctx context.Context, caught func() syscall.S
 				n = s
 			}
 			got.Store(int32(n))
+			if notice != nil {
+				fmt.Fprintf(notice, "\n%v: stopping cleanly; a second one ends the process at once\n", n)
+			}
 			cancel()
 		case <-ctx.Done():
 		}

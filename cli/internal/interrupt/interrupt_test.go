@@ -1,9 +1,11 @@
 package interrupt
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -13,7 +15,8 @@ import (
 // instead of ending the process, caught names it, and Wrap turns
 // the command's error into one the tools exit 143 for, still wrapping it.
 func TestWatch(t *testing.T) {
-	ctx, caught, stop := Watch(context.Background())
+	var notice syncBuffer
+	ctx, caught, stop := Watch(context.Background(), &notice)
 	defer stop()
 	if caught() != 0 || ctx.Err() != nil {
 		t.Fatalf("before any signal: caught %v, context error %v", caught(), ctx.Err())
@@ -37,6 +40,9 @@ func TestWatch(t *testing.T) {
 	if got := caught(); got != syscall.SIGTERM {
 		t.Fatalf("caught %v, want SIGTERM", got)
 	}
+	if got := notice.String(); got != "\nterminated: stopping cleanly; a second one ends the process at once\n" {
+		t.Fatalf("notice %q", got)
+	}
 	stopped := errors.New("export: stopped before tensor 3")
 	err = Wrap(stopped, caught)
 	var ie *Error
@@ -46,4 +52,22 @@ func TestWatch(t *testing.T) {
 	if err := Wrap(nil, caught); err != nil {
 		t.Fatalf("Wrap(nil) = %v", err)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for Watch's goroutine and the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
