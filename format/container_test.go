@@ -657,3 +657,36 @@ func TestRemoveStaleTemps(t *testing.T) {
 		t.Error("a missing directory gave no error")
 	}
 }
+
+// TestSummarizeMoments: a checkpoint's optimizer moments are marked with
+// their parameter and, like other auxiliary tensors, have no dense fp16
+// counterpart, so they do not inflate the dense baseline of the totals.
+func TestSummarizeMoments(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ckpt.slope")
+	writeSample(t, newSample(t, 5), path, nil)
+	f, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s := Summarize(f)
+	var dense uint64
+	moments := 0
+	for _, ts := range s.Tensors {
+		dense += ts.DenseFP16Bytes
+		switch ts.Name {
+		case "w.adam_m", "w.adam_v":
+			moments++
+			if ts.MomentOf != "w" || ts.DenseFP16Bytes != 0 || ts.RatioToFP16 != 0 {
+				t.Errorf("moment %+v", ts)
+			}
+		case "embed":
+			if ts.MomentOf != "" || ts.DenseFP16Bytes != 32*16*2 {
+				t.Errorf("weight %+v", ts)
+			}
+		}
+	}
+	if moments != 2 || s.Totals.DenseFP16Bytes != dense {
+		t.Fatalf("%d moments; totals' dense bytes %d, tensors' %d", moments, s.Totals.DenseFP16Bytes, dense)
+	}
+}

@@ -32,6 +32,9 @@ type TensorSummary struct {
 	AdapterOf     string `json:"adapter_of,omitempty"`
 	AdapterFactor string `json:"adapter_factor,omitempty"`
 	AdapterMerged bool   `json:"adapter_merged,omitempty"`
+	// MomentOf is the parameter whose AdamW moment a training
+	// checkpoint's tensor is (its optimizer slots name it).
+	MomentOf string `json:"moment_of,omitempty"`
 	// StoredBytes is the length in the file (compressed when compressed);
 	// RawBytes the length of the raw encoding.
 	StoredBytes uint64 `json:"stored_bytes"`
@@ -39,9 +42,9 @@ type TensorSummary struct {
 	// DenseFP16Bytes is 2 bytes per element of the logical shape: what the
 	// tensor would take in a dense fp16 model (a tensor that is not floats,
 	// such as a tokenizer file, its own raw size). It is 0 for the auxiliary
-	// encodings NM_TRANSPOSE_MASK and NM_TRANSPOSE_MATERIALIZED and for
-	// LOW_RANK adapter factors, which a dense model does not have: their
-	// bytes are overhead.
+	// encodings NM_TRANSPOSE_MASK and NM_TRANSPOSE_MATERIALIZED, for
+	// LOW_RANK adapter factors and for optimizer moments, which a dense
+	// model does not have: their bytes are overhead.
 	DenseFP16Bytes uint64 `json:"dense_fp16_bytes"`
 	// RatioToFP16 is StoredBytes / DenseFP16Bytes, 0 when DenseFP16Bytes is 0.
 	RatioToFP16 float64 `json:"ratio_to_fp16"`
@@ -149,9 +152,14 @@ func Summarize(f *File) *Summary {
 		}
 	}
 
+	momentOf := map[string]string{}
+	for _, sl := range m.GetTraining().GetSlots() {
+		momentOf[sl.GetMoment1()] = sl.GetParameter()
+		momentOf[sl.GetMoment2()] = sl.GetParameter()
+	}
 	tot := &s.Totals
 	for i := range f.infos { // manifest order, with what open checked
-		ts := summarizeTensor(f, f.infos[i].t, f.infos[i].numel)
+		ts := summarizeTensor(f, f.infos[i].t, f.infos[i].numel, momentOf[f.infos[i].t.GetName()])
 		s.Tensors = append(s.Tensors, ts)
 		tot.Tensors++
 		tot.StoredBytes += ts.StoredBytes
@@ -179,7 +187,7 @@ func Summarize(f *File) *Summary {
 	return s
 }
 
-func summarizeTensor(f *File, t *slopepb.Tensor, numel uint64) TensorSummary {
+func summarizeTensor(f *File, t *slopepb.Tensor, numel uint64, momentOf string) TensorSummary {
 	ts := TensorSummary{
 		Name:        t.GetName(),
 		Shape:       append([]uint64{}, t.GetShape()...),
@@ -199,8 +207,12 @@ func summarizeTensor(f *File, t *slopepb.Tensor, numel uint64) TensorSummary {
 		ts.AdapterFactor = a.GetFactor().String()
 		ts.AdapterMerged = a.GetMerged()
 	}
-	switch t.GetEncoding() {
-	case slopepb.Encoding_NM_TRANSPOSE_MASK, slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED, slopepb.Encoding_LOW_RANK:
+	ts.MomentOf = momentOf
+	switch {
+	case momentOf != "":
+		// Optimizer state: a dense fp16 model has none.
+	case t.GetEncoding() == slopepb.Encoding_NM_TRANSPOSE_MASK, t.GetEncoding() == slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED,
+		t.GetEncoding() == slopepb.Encoding_LOW_RANK:
 		// Auxiliary: no dense counterpart.
 	default:
 		if !IsFloat(t.GetDtype()) {

@@ -107,7 +107,10 @@ func writeSummary(w io.Writer, s *format.Summary) {
 			if t.AdapterMerged {
 				enc += " (merged)"
 			}
-			of := t.TransposeOf + t.AdapterOf
+			if t.MomentOf != "" {
+				enc += " (moment)"
+			}
+			of := t.TransposeOf + t.AdapterOf + t.MomentOf
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n",
 				clean(t.Name), shapeString(t.Shape), t.DType, clean(enc), orDash(clean(of)),
 				compressionString(t.Compression), t.StoredBytes, bytesOrDash(t.DenseFP16Bytes), ratioString(t.RatioToFP16))
