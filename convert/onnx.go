@@ -181,7 +181,7 @@ func (s *onnxSource) open(m *onnxpb.ModelProto) error {
 	}
 	rec, err := g.recognise()
 	if err != nil {
-		return err
+		return withUndefinedInputs(err, m.Graph)
 	}
 	cfg, err := s.settleConfig(rec, fileCfg, cfgPath)
 	if err != nil {
@@ -204,6 +204,40 @@ func (s *onnxSource) open(m *onnxpb.ModelProto) error {
 		s.files = append(s.files, sf)
 	}
 	return nil
+}
+
+// withUndefinedInputs adds to a recognition error the first inputs that
+// nodes read and nothing defines (no initializer, graph input or node
+// output): a missing weight otherwise shows only as a pattern that was
+// not recognised.
+func withUndefinedInputs(err error, g *onnxpb.GraphProto) error {
+	defined := map[string]bool{}
+	for _, t := range g.Initializer {
+		defined[t.Name] = true
+	}
+	for _, in := range g.Input {
+		defined[in.Name] = true
+	}
+	for _, n := range g.Node {
+		for _, o := range n.Output {
+			defined[o] = true
+		}
+	}
+	var missing []string
+	for _, n := range g.Node {
+		for _, in := range n.Input {
+			if in != "" && !defined[in] {
+				defined[in] = true // name it once
+				if missing = append(missing, fmt.Sprintf("%q (read by node %q)", in, n.Name)); len(missing) == 3 {
+					return fmt.Errorf("%w; undefined inputs, first 3: %s", err, strings.Join(missing, ", "))
+				}
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w; undefined inputs: %s", err, strings.Join(missing, ", "))
+	}
+	return err
 }
 
 // newInit checks an initializer's dims and, for external data, its

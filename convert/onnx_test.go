@@ -579,6 +579,21 @@ func TestOpenONNXMissingPiece(t *testing.T) {
 	wantONNXError(t, path, ErrONNXGraph, "layer 0", "not scaled")
 }
 
+// TestOpenONNXMissingInitializer: a weight missing from the initializers
+// breaks the pattern of its layer, and the error also names the tensor
+// that nothing defines and the node that reads it.
+func TestOpenONNXMissingInitializer(t *testing.T) {
+	for _, name := range []string{"m.model.decoder.layers.1.fc2.weight", "m.model.decoder.layers.0.self_attn.v_proj.bias"} {
+		t.Run(name, func(t *testing.T) {
+			path, _ := writeGen(t, onnxGenCases[0])
+			rewriteONNX(t, path, func(m *onnxpb.ModelProto) {
+				m.Graph.Initializer = slices.DeleteFunc(m.Graph.Initializer, func(x *onnxpb.TensorProto) bool { return x.Name == name })
+			})
+			wantONNXError(t, path, ErrONNXGraph, "undefined inputs: "+strconv.Quote(name)+" (read by node ")
+		})
+	}
+}
+
 func TestOpenONNXConfigMismatch(t *testing.T) {
 	for _, c := range []struct {
 		field string
