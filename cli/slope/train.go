@@ -87,7 +87,7 @@ func newTrainCmd() *cobra.Command {
 	f.Float64Var(&fl.weightDecay, "weight-decay", train.DefaultWeightDecay, "AdamW decoupled weight decay of 2-D weights (0: none)")
 	f.IntVar(&fl.maskRefresh, "mask-refresh", train.DefaultMaskRefresh, "recompute the transpose masks every N steps (0: never)")
 	f.IntVar(&fl.evalEvery, "eval-every", 0, "evaluate --val every N steps and at the end (0: only at the end)")
-	f.IntVar(&fl.evalBatches, "eval-batches", 8, "batches of --val per evaluation (0: all whole batches; the last --val windows that do not fill a batch are left out)")
+	f.IntVar(&fl.evalBatches, "eval-batches", 8, "batches of --val per evaluation (0: all of --val, the last batch partial when its windows do not fill it)")
 	f.IntVar(&fl.saveEvery, "save-every", 0, "write --out every N steps (0: only at the end)")
 	f.StringVar(&fl.out, "out", "", "checkpoint to write (.slope)")
 	f.StringVar(&fl.resume, "resume", "", "checkpoint to continue from (instead of MODEL's weights)")
@@ -486,14 +486,19 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			return nil
 		}
 		n := val.Windows() / fl.batch
-		if fl.evalBatches > 0 {
+		switch {
+		case fl.evalBatches > 0:
 			n = min(n, fl.evalBatches)
+		case val.Windows()%fl.batch != 0:
+			n++ // all of --val: the last batch is partial
 		}
-		// Every batch has the same tokens, so the loss is the batches' mean
-		// (Eval runs each in the --accum micro-batches).
+		// Every window has the same tokens, so the loss is the batches'
+		// mean weighted by their windows (Eval runs each batch in the
+		// --accum micro-batches).
 		var sum float64
+		windows := 0
 		for b := range n {
-			ids := make([][]int32, fl.batch)
+			ids := make([][]int32, min(fl.batch, val.Windows()-b*fl.batch))
 			for i := range ids {
 				ids[i] = val.Window(b*fl.batch + i)
 			}
@@ -501,9 +506,10 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 			if err != nil {
 				return err
 			}
-			sum += l
+			sum += l * float64(len(ids))
+			windows += len(ids)
 		}
-		loss := sum / float64(n)
+		loss := sum / float64(windows)
 		if math.IsNaN(loss) || math.IsInf(loss, 0) { // JSON has no NaN: say so, not "unsupported value"
 			return fmt.Errorf("eval at step %d: validation loss is %g", tr.StepCount(), loss)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -383,5 +384,41 @@ func TestTrainSeqAtMaxPositions(t *testing.T) {
 		"--out", filepath.Join(t.TempDir(), "o.slope"))
 	if code != 0 {
 		t.Fatalf("--seq 64 on a 64-position model: exit %d, %s", code, stderr)
+	}
+}
+
+// TestTrainEvalAllWindows: --eval-batches 0 evaluates every window of
+// --val, the last batch partial, weighting each batch by its windows: 3
+// windows in batches of 2 give the loss of 3 batches of 1. The learning
+// rate is too small to move a weight, so both runs evaluate one model.
+func TestTrainEvalAllWindows(t *testing.T) {
+	model := convertTiny(t, "2:4")
+	dir := t.TempDir()
+	data, val := filepath.Join(dir, "train.u16"), filepath.Join(dir, "val.u16")
+	writeTokenFile(t, data, 400, 50)
+	writeTokenFile(t, val, 3*17, 50) // 3 windows of --seq 16 + 1
+	eval := func(batch string) (float64, string) {
+		t.Helper()
+		log := filepath.Join(dir, "b"+batch+".jsonl")
+		code, _, stderr := runSlope("train", model, "--data", data, "--val", val, "--batch", batch, "--seq", "16", "--lr", "1e-30",
+			"--steps", "1", "--eval-every", "1", "--eval-batches", "0", "--threads", "1", "--out", filepath.Join(dir, "b"+batch+".slope"), "--log", log)
+		if code != 0 {
+			t.Fatalf("--batch %s: exit %d: %s", batch, code, stderr)
+		}
+		for _, r := range readLog(t, log) {
+			if r.Type == "eval" {
+				return *r.Loss, stderr
+			}
+		}
+		t.Fatalf("--batch %s: no eval record", batch)
+		return 0, ""
+	}
+	two, stderr := eval("2")
+	if !strings.Contains(stderr, "(2 batches)") {
+		t.Fatalf("--batch 2 over 3 windows: want 2 batches evaluated\n%s", stderr)
+	}
+	one, _ := eval("1")
+	if math.Abs(two-one) > 1e-6*math.Abs(one) {
+		t.Fatalf("eval loss %.9g in batches of 2 (the last partial), %.9g in batches of 1", two, one)
 	}
 }
