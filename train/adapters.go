@@ -60,9 +60,11 @@ func (o Options) adapterStep() int {
 	if o.TotalSteps <= 0 || frac >= 1 {
 		return -1
 	}
-	// The product rounded to 1e-9 first: 0.57*100 is 56.99999999999999
-	// in float64, and the run means step 57.
-	return int(math.Floor(frac*float64(o.TotalSteps) + 1e-9))
+	// The first step s with s >= frac*TotalSteps, the product rounded to
+	// 1e-9 first (0.57*100 is 56.99999999999999 in float64, and the run
+	// means step 57), and at the latest the last step: a fraction in
+	// (0, 1) always adds adapters.
+	return min(int(math.Ceil(frac*float64(o.TotalSteps)-1e-9)), o.TotalSteps-1)
 }
 
 // AdapterStartStep is the step at which adapters are (or were) added; ok

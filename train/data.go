@@ -26,6 +26,10 @@ import (
 // DefaultBOS is OPT's beginning-of-sequence id ("</s>").
 const DefaultBOS = 2
 
+// NoBOS as DataOptions.BOS puts no id before the text's lines (a config
+// whose bos_token_id is null).
+const NoBOS = -1
+
 // DataOptions tune LoadData.
 type DataOptions struct {
 	// Seq is the number of tokens per training sequence (required); each
@@ -33,12 +37,19 @@ type DataOptions struct {
 	Seq int
 	// Seed draws the per-epoch permutations.
 	Seed uint64
-	// Tokenizer encodes text files (required for them).
+	// Tokenizer encodes text files (required for them). Each non-empty
+	// line is one document: encoded alone, its special tokens ("</s>")
+	// recognised as the runtime's Encode does, its line break dropped,
+	// BOS before it. This is what transformers' causal-LM example does
+	// with a text file (one example per line, the OPT tokenizer's BOS
+	// before each, the examples concatenated and cut into windows).
 	Tokenizer *tokenizer.BPE
-	// BOS is prepended to every non-empty line of a text file (or once,
-	// with BOSOnce); 0: DefaultBOS, < 0: none.
+	// BOS is the id prepended to every non-empty line of a text file (or
+	// once, with BOSOnce): the model config's bos_token_id, DefaultBOS
+	// for OPT; NoBOS (or any negative value): none.
 	BOS int
-	// BOSOnce prepends BOS once to the whole text instead of per line.
+	// BOSOnce encodes the whole text as one document, line breaks
+	// included, with BOS once before it (as slope score does).
 	BOSOnce bool
 	// Vocab, when > 0, bounds the token ids (an id >= Vocab is an error).
 	Vocab int
@@ -122,15 +133,12 @@ func LoadData(path string, o DataOptions) (*Data, error) {
 
 func encodeText(raw []byte, o DataOptions) []int32 {
 	bos := o.BOS
-	if bos == 0 {
-		bos = DefaultBOS
-	}
 	var ids []int
 	if o.BOSOnce {
-		if bos > 0 {
+		if bos >= 0 {
 			ids = append(ids, bos)
 		}
-		ids = append(ids, o.Tokenizer.EncodeOrdinary(string(raw))...)
+		ids = append(ids, o.Tokenizer.Encode(string(raw))...)
 	} else {
 		sc := bufio.NewScanner(bytes.NewReader(raw))
 		sc.Buffer(nil, len(raw)+1)
@@ -139,10 +147,10 @@ func encodeText(raw []byte, o DataOptions) []int32 {
 			if strings.TrimSpace(line) == "" {
 				continue
 			}
-			if bos > 0 {
+			if bos >= 0 {
 				ids = append(ids, bos)
 			}
-			ids = append(ids, o.Tokenizer.EncodeOrdinary(line)...)
+			ids = append(ids, o.Tokenizer.Encode(line)...)
 		}
 	}
 	out := make([]int32, len(ids))
@@ -228,6 +236,20 @@ func (d *Data) Seek(p *slopepb.DataPosition) error {
 // than seq (positions from before it was recorded count as the same).
 func SeqChanged(p *slopepb.DataPosition, seq int) bool {
 	return p.GetSeq() != 0 && p.GetSeq() != uint64(seq)
+}
+
+// BOS is the model config's bos_token_id, NoBOS when the config has
+// none (null), DefaultBOS without a config: the id inference puts before
+// a text, for DataOptions.BOS.
+func (t *Trainer) BOS() int {
+	opt := t.file.Manifest().GetArchitecture().GetOpt()
+	switch {
+	case opt == nil:
+		return DefaultBOS
+	case opt.GetBosTokenId() < 0:
+		return NoBOS
+	}
+	return int(opt.GetBosTokenId())
 }
 
 // Tokenizer loads the tokenizer the opened container carries (nil, nil

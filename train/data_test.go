@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/tokenizer"
 )
 
@@ -149,7 +151,7 @@ func TestDataText(t *testing.T) {
 		t.Fatal(err)
 	}
 	tk := byteTokenizer(t)
-	d, err := LoadData(fn, DataOptions{Seq: 2, Tokenizer: tk, Sequential: true})
+	d, err := LoadData(fn, DataOptions{Seq: 2, Tokenizer: tk, BOS: DefaultBOS, Sequential: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +161,7 @@ func TestDataText(t *testing.T) {
 	if got := d.Next(2); !slices.Equal(got[0], d.tokens[:3]) || !slices.Equal(got[1], d.tokens[2:5]) {
 		t.Fatalf("sequential windows %v", got)
 	}
-	d, err = LoadData(fn, DataOptions{Seq: 2, Tokenizer: tk, BOSOnce: true})
+	d, err = LoadData(fn, DataOptions{Seq: 2, Tokenizer: tk, BOS: DefaultBOS, BOSOnce: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,5 +170,53 @@ func TestDataText(t *testing.T) {
 	}
 	if _, err := LoadData(fn, DataOptions{Seq: 2}); !errors.Is(err, ErrData) {
 		t.Fatalf("text without a tokenizer: %v", err)
+	}
+}
+
+// TestDataTextSpecialsAndBOS: a line's special tokens become their ids, as
+// the runtime's Encode makes them, and BOS is the id asked for: 0 too, or
+// none.
+func TestDataTextSpecialsAndBOS(t *testing.T) {
+	fn := filepath.Join(t.TempDir(), "c.txt")
+	if err := os.WriteFile(fn, []byte("a</s>b\nc\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tk := byteTokenizer(t)
+	if err := tk.SetSpecialTokens("</s>"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		bos  int
+		want []int32
+	}{
+		{DefaultBOS, []int32{2, 4 + 'a', 2, 4 + 'b', 2, 4 + 'c'}},
+		{0, []int32{0, 4 + 'a', 2, 4 + 'b', 0, 4 + 'c'}},
+		{NoBOS, []int32{4 + 'a', 2, 4 + 'b', 4 + 'c'}},
+	} {
+		d, err := LoadData(fn, DataOptions{Seq: 2, Tokenizer: tk, BOS: c.bos, Sequential: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(d.tokens, c.want) {
+			t.Errorf("BOS %d: tokens %v, want %v", c.bos, d.tokens, c.want)
+		}
+	}
+}
+
+// TestTrainerBOS: the trainer's BOS is the model config's bos_token_id,
+// 0 included, and NoBOS for a config whose bos_token_id is null (-1).
+func TestTrainerBOS(t *testing.T) {
+	fn := tinySlope(t)
+	if got := openTrainer(t, fn, Options{Threads: 1}).BOS(); got != 2 {
+		t.Fatalf("BOS %d of the tiny model, want 2", got)
+	}
+	for _, bos := range []int64{0, -1} {
+		out := filepath.Join(t.TempDir(), "b.slope")
+		if err := format.Rewrite(fn, out, func(m *slopepb.Manifest) { m.Architecture.GetOpt().BosTokenId = bos }); err != nil {
+			t.Fatal(err)
+		}
+		if got := openTrainer(t, out, Options{Threads: 1}).BOS(); got != int(bos) {
+			t.Fatalf("bos_token_id %d: BOS %d", bos, got)
+		}
 	}
 }

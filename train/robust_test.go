@@ -198,14 +198,16 @@ func TestMergeOptionsSentinels(t *testing.T) {
 	}
 }
 
-// The start fraction times the steps is not floored below a whole step by
-// float64 rounding (0.57*100 = 56.99999999999999).
+// The adapters join at the first step s >= frac*steps, not moved past a
+// whole step by float64 rounding (0.57*100 = 56.99999999999999), and at
+// the latest at the last step.
 func TestAdapterStepFraction(t *testing.T) {
 	for _, c := range []struct {
 		frac  float64
 		total int
 		want  int
-	}{{0.57, 100, 57}, {0.29, 100, 29}, {0.99, 1000, 990}, {0.5, 3, 1}} {
+	}{{0.57, 100, 57}, {0.29, 100, 29}, {0.99, 1000, 990}, {0.5, 3, 2}, {0.99, 150, 149}, {0.99, 250, 248},
+		{0.99, 1, 0}, {0.999, 100, 99}, {0.01, 100, 1}, {1e-9, 100, 1}} {
 		o := Options{Rank: 1, AdapterStartFrac: c.frac, TotalSteps: c.total}
 		if got := o.adapterStep(); got != c.want {
 			t.Errorf("%g of %d steps: %d, want %d", c.frac, c.total, got, c.want)

@@ -57,8 +57,8 @@ type Options struct {
 	Schedule string
 	// WeightDecay is AdamW's decoupled decay (default 0.1; < 0: none).
 	// It applies to the 2-D Params only (linear and N:M weights, token
-	// and position embeddings, the LM head); biases and LayerNorm
-	// parameters are not decayed.
+	// and position embeddings, the LM head, adapter factors); biases and
+	// LayerNorm parameters are not decayed.
 	WeightDecay float64
 	// Beta1, Beta2, Eps are AdamW's (defaults 0.9, 0.95, 1e-8).
 	Beta1, Beta2, Eps float64
@@ -85,7 +85,8 @@ type Options struct {
 	AdapterStart int
 	// AdapterStartFrac is the adapter start as a fraction of TotalSteps
 	// when AdapterStart is 0 (default DefaultAdapterStartFrac, SLoPe's
-	// 0.99: the final 1%).
+	// 0.99: the final 1%): the first step s >= frac*TotalSteps, the last
+	// step at the latest.
 	AdapterStartFrac float64
 	// Rank is the adapters' rank; RankFrac, used when Rank is 0, is the
 	// rank as a fraction of the hidden size (rounded, at least 1). Both

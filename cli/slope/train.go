@@ -47,7 +47,9 @@ func newTrainCmd() *cobra.Command {
 		Short: "Train a SLoPe model (on the CPU, or an NVIDIA GPU with --device) and write checkpoints",
 		Long: "train runs next-token training of a .slope model on a token file (.u16/.bin:\n" +
 			"uint16 little-endian, .u32: uint32) or on text encoded with the model's tokenizer\n" +
-			"(BOS before every line). Windows of --seq+1 tokens are visited in a seeded order,\n" +
+			"(each non-empty line one document: the config's bos_token_id before it, its line\n" +
+			"break dropped, special tokens such as </s> recognised, as transformers' causal-LM\n" +
+			"example treats a text file). Windows of --seq+1 tokens are visited in a seeded order,\n" +
 			"reshuffled every epoch. --steps is the run's total step count: with --resume the\n" +
 			"run continues from the checkpoint's step, weights, optimizer moments and data\n" +
 			"position up to --steps, and ends bit-identical to an uninterrupted run with the\n" +
@@ -67,7 +69,8 @@ func newTrainCmd() *cobra.Command {
 			"reach twice the live size).\n\n" +
 			"With --rank or --rank-frac, plain low-rank adapters (L small random, R zero, so the\n" +
 			"loss is continuous) join every N:M layer at --adapter-start: a fraction of --steps\n" +
-			"(default 0.99, SLoPe's final 1%) or a step number. --accum K splits every batch into\n" +
+			"(default 0.99, SLoPe's final 1%: the first step at or past it, the last step at the\n" +
+			"latest) or a step number. --accum K splits every batch into\n" +
 			"K micro-batches whose gradients are accumulated before one optimizer step.",
 		Args: exactArgs("MODEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -84,7 +87,7 @@ func newTrainCmd() *cobra.Command {
 	f.IntVar(&fl.warmup, "warmup", 0, "linear warmup steps")
 	f.StringVar(&fl.schedule, "schedule", train.ScheduleCosine, "learning-rate schedule after warmup: cosine, linear or constant")
 	f.Float64Var(&fl.clip, "clip", 1, "global gradient-norm clip (0: none)")
-	f.Float64Var(&fl.weightDecay, "weight-decay", train.DefaultWeightDecay, "AdamW decoupled weight decay of 2-D weights (0: none)")
+	f.Float64Var(&fl.weightDecay, "weight-decay", train.DefaultWeightDecay, "AdamW decoupled weight decay of 2-D weights, adapter factors included; not of biases or LayerNorm (0: none)")
 	f.IntVar(&fl.maskRefresh, "mask-refresh", train.DefaultMaskRefresh, "recompute the transpose masks every N steps (0: never)")
 	f.IntVar(&fl.evalEvery, "eval-every", 0, "evaluate --val every N steps and at the end (0: only at the end)")
 	f.IntVar(&fl.evalBatches, "eval-batches", 8, "batches of --val per evaluation (0: all of --val, the last batch partial when its windows do not fill it)")
@@ -410,7 +413,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	if mp := tr.MaxPositions(); mp > 0 && fl.seq > mp {
 		return usagef(cmd, "--seq %d: the model reads --seq tokens of each window (the window's last token is only a target), more than its %d positions; use --seq %d or less", fl.seq, mp, mp)
 	}
-	data, err := train.LoadData(fl.data, train.DataOptions{Seq: fl.seq, Seed: seed, Tokenizer: tk, Vocab: tr.Vocab()})
+	data, err := train.LoadData(fl.data, train.DataOptions{Seq: fl.seq, Seed: seed, Tokenizer: tk, BOS: tr.BOS(), Vocab: tr.Vocab()})
 	if err != nil {
 		return err
 	}
@@ -430,7 +433,7 @@ func runTrain(cmd *cobra.Command, model string, fl trainFlags) (err error) {
 	}
 	var val *train.Data
 	if fl.val != "" {
-		if val, err = train.LoadData(fl.val, train.DataOptions{Seq: fl.seq, Tokenizer: tk, Vocab: tr.Vocab(), Sequential: true}); err != nil {
+		if val, err = train.LoadData(fl.val, train.DataOptions{Seq: fl.seq, Tokenizer: tk, BOS: tr.BOS(), Vocab: tr.Vocab(), Sequential: true}); err != nil {
 			return fmt.Errorf("--val: %w", err)
 		}
 		// Before training, not at the first evaluation (the end, without
