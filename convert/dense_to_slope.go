@@ -1114,7 +1114,8 @@ func toolVersion() string {
 // directory, an .onnx file's directory, or an embedded model's root; see
 // modelFiles), read once: the calibration encodes its text with them and
 // the container carries them. files and load are nil when the source has
-// none.
+// none; files is nil and load fails when its set is incomplete
+// (vocab.json without merges.txt).
 type sourceTokenizer struct {
 	files map[string][]byte
 	where string
@@ -1131,6 +1132,14 @@ func readSourceTokenizer(o Options) (*sourceTokenizer, error) {
 	}
 	files, err := tokenizer.ReadFS(fsys, where)
 	if errors.Is(err, fs.ErrNotExist) {
+		for _, name := range []string{"tokenizer.json", "vocab.json", "merges.txt"} {
+			if _, serr := fs.Stat(fsys, name); serr == nil {
+				// An incomplete set: said when stored or used, not
+				// taken for no tokenizer.
+				st.where, st.load = where, func() (*tokenizer.BPE, error) { return nil, err }
+				return st, nil
+			}
+		}
 		return st, nil
 	}
 	if err != nil {
@@ -1143,11 +1152,12 @@ func readSourceTokenizer(o Options) (*sourceTokenizer, error) {
 
 // copyTokenizer stores the source's tokenizer files, when it has them,
 // in the container (checked to load first), so that the runtime can
-// encode and decode text. A tokenizer the runtime cannot load is left out
-// with a warning: the weights convert without it (text then needs token
-// ids), as they do from a source with none.
+// encode and decode text. A tokenizer the runtime cannot load, or an
+// incomplete set of its files, is left out with a warning: the weights
+// convert without it (text then needs token ids), as they do from a
+// source with none.
 func copyTokenizer(w *format.Writer, st *sourceTokenizer) (warning string, err error) {
-	if st.files == nil {
+	if st.load == nil {
 		return "", nil
 	}
 	if _, err := st.load(); err != nil {

@@ -39,3 +39,35 @@ func TestUnsupportedTokenizerSkipped(t *testing.T) {
 		t.Error("an unloadable tokenizer was stored")
 	}
 }
+
+// TestIncompleteTokenizer: vocab.json without merges.txt is not taken for
+// a source without a tokenizer: the conversion warns and names the
+// missing file, and a text --calib fails naming it too.
+func TestIncompleteTokenizer(t *testing.T) {
+	dir := t.TempDir()
+	fsys, _ := testmodels.Embedded(testmodels.DefaultName)
+	if err := os.CopyFS(dir, fsys); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "merges.txt")); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "m.slope")
+	res, err := DenseToSlope(t.Context(), Options{In: dir, Out: out, NM: "2:4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(res.Warnings, func(w string) bool {
+		return strings.Contains(w, "not stored") && strings.Contains(w, "merges.txt")
+	}) {
+		t.Errorf("warnings %q: want one naming merges.txt", res.Warnings)
+	}
+	calib := filepath.Join(t.TempDir(), "calib.txt")
+	if err := os.WriteFile(calib, []byte("In the beginning God created the heaven and the earth."), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = DenseToSlope(t.Context(), Options{In: dir, Out: out, NM: "2:4", Method: "wanda", Calib: calib, CalibSamples: 1, CalibSeqLen: 8})
+	if err == nil || !strings.Contains(err.Error(), "merges.txt") {
+		t.Fatalf("text calibration without merges.txt: %v", err)
+	}
+}
