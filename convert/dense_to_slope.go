@@ -1160,9 +1160,11 @@ func copyTokenizer(w *format.Writer, st *sourceTokenizer) (warning string, err e
 	if st.load == nil {
 		return "", nil
 	}
-	if _, err := st.load(); err != nil {
+	tok, err := st.load()
+	if err != nil {
 		return fmt.Sprintf("tokenizer in %s not stored: %v (slope run and score then take token ids)", st.where, err), nil
 	}
+	warning = strings.Join(tok.Warnings(), "; ") // stored all the same, as transformers loads it
 	tk := &slopepb.Tokenizer{Type: format.TokenizerGPT2BPE, Files: map[string]string{}}
 	for _, name := range slices.Sorted(maps.Keys(st.files)) {
 		tensor := "tokenizer/" + name
@@ -1172,5 +1174,5 @@ func copyTokenizer(w *format.Writer, st *sourceTokenizer) (warning string, err e
 		tk.Files[name] = tensor
 	}
 	w.Manifest().Tokenizer = tk
-	return "", nil
+	return warning, nil
 }

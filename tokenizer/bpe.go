@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"unicode"
@@ -25,8 +26,11 @@ type BPE struct {
 	ignoreMerges   bool             // BPE ignore_merges: whole pieces found in the vocab win
 	rawVocab       map[string]int32 // decoded bytes -> id, for ignoreMerges
 
-	added   []addedToken // split out of text before pre-tokenization
-	special []bool       // id -> whether it is a special token
+	added   []addedToken    // split out of text before pre-tokenization
+	passes  [2][]addedToken // added, non-normalized first (see encode)
+	special []bool          // id -> whether it is a special token
+
+	warnings []string // see Warnings
 
 	cache   wordCache
 	noCache bool // tests and benchmarks only
@@ -44,6 +48,7 @@ type addedToken struct {
 	content    string
 	id         int
 	special    bool
+	normalized bool // HF: matched only in the text the others leave
 	singleWord bool
 	lstrip     bool
 	rstrip     bool
@@ -72,8 +77,14 @@ func (t *BPE) IsSpecial(id int) bool {
 	return id >= 0 && id < len(t.special) && t.special[id]
 }
 
+// Warnings returns what loading found wrong but not fatal, each naming its
+// file: a token that special_tokens_map.json names but the vocabulary and
+// the added tokens lack (it is then ordinary text).
+func (t *BPE) Warnings() []string { return slices.Clone(t.warnings) }
+
 // SpecialTokens returns the tokens that Encode recognises verbatim in text
-// (with LoadTokenizerJSON, all added_tokens, special or not).
+// (all added tokens, special or not: a tokenizer.json's added_tokens, the
+// entries of added_tokens.json).
 func (t *BPE) SpecialTokens() []string {
 	out := make([]string, len(t.added))
 	for i, a := range t.added {
@@ -84,9 +95,9 @@ func (t *BPE) SpecialTokens() []string {
 
 // SetSpecialTokens replaces the set of tokens that Encode recognises
 // verbatim in text (and that IsSpecial reports), e.g. "</s>", including
-// those a tokenizer.json's added_tokens gave. Each must be a token of the
-// vocabulary. With no arguments, all text is encoded as ordinary text. Not
-// safe to call concurrently with other methods.
+// the added tokens of a tokenizer.json or added_tokens.json. Each must be
+// a token of the vocabulary. With no arguments, all text is encoded as
+// ordinary text. Not safe to call concurrently with other methods.
 func (t *BPE) SetSpecialTokens(tokens ...string) error {
 	added := make([]addedToken, 0, len(tokens))
 	seen := map[string]bool{}
@@ -104,19 +115,37 @@ func (t *BPE) SetSpecialTokens(tokens ...string) error {
 		seen[tok] = true
 		added = append(added, addedToken{content: tok, id: id, special: true})
 	}
+	t.setAdded(added)
+	return nil
+}
+
+// setAdded makes added the tokens split out of text.
+func (t *BPE) setAdded(added []addedToken) {
 	t.added = added
+	t.passes = [2][]addedToken{}
 	t.special = make([]bool, len(t.tokens))
 	for _, a := range added {
-		t.special[a.id] = true
+		t.special[a.id] = a.special
+		pass := 0
+		if a.normalized {
+			pass = 1
+		}
+		t.passes[pass] = append(t.passes[pass], a)
 	}
-	return nil
 }
 
 // Encode returns the token ids of text, without BOS. Occurrences of the
 // special tokens (SpecialTokens) in text become those tokens; the rest is
 // split into pieces by GPT-2's pre-tokenization pattern and each piece is
 // BPE-encoded from its UTF-8 bytes. Invalid UTF-8 is encoded byte by byte,
-// so DecodeBytes(Encode(s)) == s for every s.
+// so DecodeBytes(Encode(s)) == s for every s, unless the tokenizer changes
+// whitespace: a tokenizer.json's add_prefix_space (which makes "hi" and
+// " hi" one encoding) or an added token with lstrip or rstrip (which takes
+// in the whitespace beside it).
+//
+// Added tokens are split out as HF's fast tokenizers do: first those not
+// normalized (special tokens by default), leftmost and then longest first;
+// then the normalized ones, in the text between those.
 func (t *BPE) Encode(text string) []int {
 	return t.encode(nil, text, true)
 }
@@ -137,7 +166,22 @@ func (t *BPE) encode(dst []int, text string, specials bool) []int {
 	if !specials || len(t.added) == 0 {
 		return t.encodeSegment(dst, text)
 	}
-	next := make([]int, len(t.added)) // next occurrence of each token at or after pos; -1: none
+	if len(t.passes[0]) == 0 || len(t.passes[1]) == 0 {
+		return t.splitAdded(dst, text, t.added, nil) // one pass does
+	}
+	return t.splitAdded(dst, text, t.passes[0], t.passes[1])
+}
+
+// splitAdded encodes text, the added tokens of list split out; the text
+// between them is split on the tokens of then, if any, and BPE-encoded.
+func (t *BPE) splitAdded(dst []int, text string, list, then []addedToken) []int {
+	rest := func(dst []int, s string) []int {
+		if len(then) > 0 {
+			return t.splitAdded(dst, s, then, nil)
+		}
+		return t.encodeSegment(dst, s)
+	}
+	next := make([]int, len(list)) // next occurrence of each token at or after from; -1: none
 	for i := range next {
 		next[i] = -2
 	}
@@ -145,19 +189,19 @@ func (t *BPE) encode(dst []int, text string, specials bool) []int {
 	from := 0 // where to search for the next match
 	for {
 		best, bestAt := -1, -1
-		for i := range t.added {
+		for i := range list {
 			if next[i] != -1 && next[i] < from {
-				next[i] = indexFrom(text, t.added[i].content, from)
+				next[i] = indexFrom(text, list[i].content, from)
 			}
 			if at := next[i]; at >= 0 && (bestAt < 0 || at < bestAt ||
-				at == bestAt && len(t.added[i].content) > len(t.added[best].content)) {
+				at == bestAt && len(list[i].content) > len(list[best].content)) {
 				best, bestAt = i, at
 			}
 		}
 		if best < 0 {
 			break
 		}
-		a := &t.added[best]
+		a := &list[best]
 		start, end := bestAt, bestAt+len(a.content)
 		from = end
 		if a.singleWord && !(wordBoundaryBefore(text, start) && wordBoundaryAfter(text, end)) {
@@ -182,11 +226,11 @@ func (t *BPE) encode(dst []int, text string, specials bool) []int {
 			}
 			from = end
 		}
-		dst = t.encodeSegment(dst, text[pos:start])
+		dst = rest(dst, text[pos:start])
 		dst = append(dst, a.id)
 		pos = end
 	}
-	return t.encodeSegment(dst, text[pos:])
+	return rest(dst, text[pos:])
 }
 
 func indexFrom(s, sub string, from int) int {
@@ -196,8 +240,13 @@ func indexFrom(s, sub string, from int) int {
 	return -1
 }
 
+// isWordChar reports whether r is a word character for single_word added
+// tokens: HF's \w of Rust's regex crate, Unicode's Alphabetic (letters,
+// Nl, Other_Alphabetic), Mark, Decimal_Number, Connector_Punctuation and
+// Join_Control.
 func isWordChar(r rune) bool {
-	return r == '_' || unicode.IsLetter(r) || unicode.IsNumber(r) || unicode.Is(unicode.Mn, r)
+	return unicode.IsLetter(r) || unicode.In(r, unicode.Nl, unicode.Other_Alphabetic, unicode.M,
+		unicode.Nd, unicode.Pc, unicode.Join_Control)
 }
 
 func wordBoundaryBefore(s string, i int) bool {

@@ -15,10 +15,14 @@
 //
 // Special tokens in text. HF's OPT tokenizer treats the text "</s>" (and
 // "<pad>") in a prompt as the special token, not as the characters
-// "<", "/", "s", ">". So does Encode: with LoadGPT2 the tokens of
+// "<", "/", "s", ">". So does Encode. With LoadGPT2 the tokens of
 // DefaultSpecialTokens present in vocab.json are special (SetSpecialTokens
-// changes the set); with LoadTokenizerJSON every entry of added_tokens is
-// matched. EncodeOrdinary encodes such text as plain characters.
+// changes the set). LoadDir with vocab.json makes special instead those
+// that special_tokens_map.json names, when it exists, and matches the
+// tokens of added_tokens.json too (transformers' added tokens, special
+// when the map names them). With LoadTokenizerJSON every entry of
+// added_tokens is matched. EncodeOrdinary encodes such text as plain
+// characters.
 //
 // Known differences from HF tokenizers:
 //   - Character classes come from Go's unicode package (Unicode 15.0); the
@@ -32,10 +36,24 @@
 //     compares only the id the merge would produce. The two agree for every
 //     merges file produced by BPE training (GPT-2's included).
 //   - Decode never applies transformers' clean_up_tokenization_spaces
-//     (" ." -> ".", " 's" -> "'s", ...), so Decode(Encode(s)) == s; nor does
-//     it skip special tokens (skip_special_tokens=False, HF's default).
+//     (" ." -> ".", " 's" -> "'s", ...), so Decode(Encode(s)) == s for
+//     valid UTF-8 s, unless the tokenizer changes whitespace (a
+//     tokenizer.json's add_prefix_space, an added token's lstrip or
+//     rstrip); nor does it skip special tokens (skip_special_tokens=False,
+//     HF's default).
+//   - Added tokens are split out as by HF's fast tokenizers (those
+//     AutoTokenizer gives): the non-normalized ones first, then the
+//     normalized ones in the text left between them. transformers' slow
+//     tokenizers split on all in one pass, leftmost and longest first;
+//     the two differ where a normalized and a non-normalized token overlap.
+//   - A token that special_tokens_map.json names but neither vocab.json nor
+//     added_tokens.json has is ordinary text, with a warning (BPE.Warnings);
+//     HF adds it with a new id, past those the model has.
 //   - Loading is stricter than HF in places: duplicate merges, added tokens
-//     whose id disagrees with the vocabulary, and vocabularies lacking one
-//     of the 256 byte tokens are errors. The tokenizer.json post_processor
-//     and model.unk_token are ignored (byte-level BPE never needs unk).
+//     whose id disagrees with the vocabulary, vocabularies lacking one of
+//     the 256 byte tokens, and ids beyond twice the number of tokens plus
+//     1024 (ids index dense tables; HF's are dense) are errors. The
+//     tokenizer.json post_processor and model.unk_token are ignored
+//     (byte-level BPE never needs unk), and so are a special_tokens_map's
+//     lstrip, rstrip and single_word.
 package tokenizer

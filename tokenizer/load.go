@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,8 +23,25 @@ import (
 var DefaultSpecialTokens = []string{"</s>", "<pad>"}
 
 // maxTokenID bounds ids, which index dense tables (real vocabularies stay
-// below 300k).
+// below 300k). A file's ids are also bounded by its number of tokens: see
+// idLimit.
 const maxTokenID = 1<<22 - 1
+
+// idLimit is the largest id a vocabulary of n tokens (vocabulary and added
+// tokens together) may use. Ids index dense tables, and Hugging Face's
+// vocabularies are dense (ids 0..n-1, added tokens after them), so this
+// refuses no real file, only one that would make a few bytes of JSON cost
+// hundreds of megabytes.
+func idLimit(n int) int { return min(maxTokenID, 2*n+1024) }
+
+// pastLimit says that id is past limit, for nVocab tokens and nAdded added.
+func pastLimit(id int64, limit, nVocab, nAdded int) string {
+	tokens := fmt.Sprintf("%d tokens", nVocab)
+	if nAdded > 0 {
+		tokens += fmt.Sprintf(" and %d added", nAdded)
+	}
+	return fmt.Sprintf("id %d is past %d, the largest a vocabulary of %s may use (ids are dense)", id, limit, tokens)
+}
 
 // LoadGPT2 loads a tokenizer from GPT-2 style files: vocab.json (a JSON
 // object of token -> id) and merges.txt (an optional "#version" line, then
@@ -32,40 +50,82 @@ const maxTokenID = 1<<22 - 1
 // A merge whose tokens, or whose merged token, are not in the vocabulary is
 // an error, as in HF tokenizers (MergeTokenOutOfVocabulary). So are a
 // duplicated merge (HF silently keeps the later rank), two tokens with one
-// id, a token listed twice, and a vocabulary lacking a token for one of the
-// 256 bytes (byte-level BPE needs them all).
+// id, a token listed twice, a vocabulary lacking a token for one of the
+// 256 byte tokens (byte-level BPE needs them all), and an id far beyond
+// the number of tokens (see idLimit).
 //
 // The tokens of DefaultSpecialTokens found in the vocabulary are special.
 func LoadGPT2(vocabJSON, merges []byte) (*BPE, error) {
-	return loadGPT2(vocabJSON, merges, "vocab.json", "merges.txt")
+	return loadSlow(slowFiles{vocab: vocabJSON, merges: merges},
+		func(name string) string { return name })
 }
 
-func loadGPT2(vocabJSON, merges []byte, vocabName, mergesName string) (*BPE, error) {
-	vocab, err := parseVocab(vocabJSON, vocabName)
+// slowFiles are the files of transformers' "slow" GPT-2 tokenizer; added
+// and specialMap may be nil.
+type slowFiles struct {
+	vocab, merges, added, specialMap []byte
+}
+
+// loadSlow loads vocab.json and merges.txt with the tokens of
+// added_tokens.json and the special tokens of special_tokens_map.json
+// (without it, DefaultSpecialTokens). at gives a file's name in errors.
+func loadSlow(f slowFiles, at func(string) string) (*BPE, error) {
+	vocabName, mergesName := at("vocab.json"), at("merges.txt")
+	addedName, mapName := at(AddedTokensFile), at(SpecialTokensMapFile)
+	vocab, err := parseVocab(f.vocab, vocabName)
 	if err != nil {
 		return nil, err
 	}
-	ms, err := parseMergesTxt(merges, mergesName)
+	ms, err := parseMergesTxt(f.merges, mergesName)
 	if err != nil {
 		return nil, err
 	}
-	t, err := build(vocab, vocabName, ms, func(m mergeSpec) string {
+	var addedIDs map[string]int
+	if f.added != nil {
+		if addedIDs, err = parseVocab(f.added, addedName); err != nil {
+			return nil, err
+		}
+	}
+	var specials []mapToken
+	if f.specialMap != nil {
+		if specials, err = parseSpecialTokensMap(f.specialMap, mapName); err != nil {
+			return nil, err
+		}
+	} else {
+		for _, s := range DefaultSpecialTokens {
+			_, inVocab := vocab[s]
+			_, inAdded := addedIDs[s]
+			if inVocab || inAdded {
+				specials = append(specials, mapToken{content: s})
+			}
+		}
+	}
+	// As transformers reads added_tokens.json: each entry an added token,
+	// special (and then not normalized) when the special tokens name it,
+	// with no lstrip, rstrip or single_word.
+	list := make([]tjAdded, 0, len(addedIDs))
+	for content, id := range addedIDs {
+		special := slices.ContainsFunc(specials, func(m mapToken) bool { return m.content == content })
+		normalized := !special
+		list = append(list, tjAdded{ID: ptr(int64(id)), Content: ptr(content), Special: special, Normalized: &normalized})
+	}
+	slices.SortFunc(list, func(a, b tjAdded) int { return cmp.Compare(*a.ID, *b.ID) })
+	t, err := build(vocab, vocabName, ms, len(list), func(m mergeSpec) string {
 		return fmt.Sprintf("%s line %d", mergesName, m.pos)
 	})
 	if err != nil {
 		return nil, err
 	}
-	var specials []string
-	for _, s := range DefaultSpecialTokens {
-		if _, ok := vocab[s]; ok {
-			specials = append(specials, s)
-		}
-	}
-	if err := t.SetSpecialTokens(specials...); err != nil {
+	if err := t.addTokens(list, addedName, func(_ int, content string) string {
+		return fmt.Sprintf("token %q", content)
+	}); err != nil {
 		return nil, err
 	}
+	t.warnings = t.applySpecial(specials, mapName)
 	return t, nil
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // LoadDir loads the tokenizer of a model directory: tokenizer.json when it
 // exists, otherwise vocab.json and merges.txt. Errors name the file.
@@ -83,9 +143,9 @@ func LoadFS(fsys fs.FS, where string) (*BPE, error) {
 
 // ReadFS reads the tokenizer files at the root of fsys that LoadFiles
 // takes: tokenizer.json when it exists, otherwise vocab.json and
-// merges.txt, with special_tokens_map.json when present. A missing file
-// of the set is an error wrapping fs.ErrNotExist; where names the folder
-// in errors.
+// merges.txt, with added_tokens.json and special_tokens_map.json when
+// present. A missing file of the set is an error wrapping fs.ErrNotExist;
+// where names the folder in errors.
 func ReadFS(fsys fs.FS, where string) (map[string][]byte, error) {
 	read := func(name string) ([]byte, error) {
 		b, err := fs.ReadFile(fsys, name)
@@ -100,13 +160,13 @@ func ReadFS(fsys fs.FS, where string) (map[string][]byte, error) {
 		return nil, err
 	}
 	files := map[string][]byte{}
-	for _, name := range []string{"vocab.json", "merges.txt", SpecialTokensMapFile} {
+	for _, name := range []string{"vocab.json", "merges.txt", AddedTokensFile, SpecialTokensMapFile} {
 		b, err := read(name)
 		switch {
 		case err == nil:
 			files[name] = b
-		case name == SpecialTokensMapFile && errors.Is(err, fs.ErrNotExist):
-			// optional: DefaultSpecialTokens
+		case (name == SpecialTokensMapFile || name == AddedTokensFile) && errors.Is(err, fs.ErrNotExist):
+			// optional: DefaultSpecialTokens, no added tokens
 		case name == "vocab.json" && errors.Is(err, fs.ErrNotExist):
 			return nil, fmt.Errorf("%w (and no tokenizer.json)", err)
 		default:
@@ -121,9 +181,11 @@ var ErrFiles = errors.New("tokenizer needs tokenizer.json, or vocab.json and mer
 
 // LoadFiles loads a tokenizer from its files by name, as LoadDir reads
 // them from a directory (a container carries them so): tokenizer.json
-// when present, otherwise vocab.json and merges.txt with the special
-// tokens of special_tokens_map.json when present. Errors name each file
-// in the folder where ("" for none: a container's own errors say which).
+// when present, otherwise vocab.json and merges.txt with the tokens of
+// added_tokens.json and the special tokens of special_tokens_map.json
+// when present (see ApplySpecialTokensMap; a token the map names that the
+// files lack is a warning, see Warnings). Errors name each file in the
+// folder where ("" for none: a container's own errors say which).
 func LoadFiles(files map[string][]byte, where string) (*BPE, error) {
 	at := func(name string) string { return filepath.Join(where, name) }
 	if tj, ok := files["tokenizer.json"]; ok {
@@ -136,68 +198,101 @@ func LoadFiles(files map[string][]byte, where string) (*BPE, error) {
 		}
 		return nil, ErrFiles
 	}
-	t, err := loadGPT2(vocab, merges, at("vocab.json"), at("merges.txt"))
-	if err != nil {
-		return nil, err
-	}
 	// The special tokens the model's files name (GPT-2's "<|endoftext|>",
 	// OPT's "</s>" and "<pad>"), as Hugging Face reads them; without the
-	// file, DefaultSpecialTokens.
-	if sp := files[SpecialTokensMapFile]; sp != nil {
-		if err := ApplySpecialTokensMap(t, sp, at(SpecialTokensMapFile)); err != nil {
-			return nil, err
-		}
-	}
-	return t, nil
+	// map, DefaultSpecialTokens.
+	return loadSlow(slowFiles{vocab: vocab, merges: merges,
+		added: files[AddedTokensFile], specialMap: files[SpecialTokensMapFile]}, at)
 }
 
 // SpecialTokensMapFile is Hugging Face's file naming a GPT-2 style
 // tokenizer's special tokens.
 const SpecialTokensMapFile = "special_tokens_map.json"
 
-// ApplySpecialTokensMap makes special (instead of DefaultSpecialTokens)
-// the tokens of t's vocabulary that a special_tokens_map.json (b, read
-// from name) names. Errors name the file.
+// AddedTokensFile is the file in which transformers' slow tokenizers keep
+// the tokens added to vocab.json: a JSON object of token -> id.
+const AddedTokensFile = "added_tokens.json"
+
+// ApplySpecialTokensMap makes special (instead of DefaultSpecialTokens or
+// the special tokens t had) the tokens of t that a special_tokens_map.json
+// (b, read from name) names; t's non-special added tokens stay. A token
+// the file names that is neither in t's vocabulary nor one of its added
+// tokens is left out with a warning (see Warnings): Hugging Face would
+// append it with a new id, one the model does not have. Errors name the
+// file.
 func ApplySpecialTokensMap(t *BPE, b []byte, name string) error {
 	names, err := parseSpecialTokensMap(b, name)
 	if err != nil {
 		return err
 	}
-	var have []string
-	for _, n := range names {
-		if _, ok := t.TokenID(n); ok {
-			have = append(have, n)
-		}
-	}
-	if err := t.SetSpecialTokens(have...); err != nil {
-		return fmt.Errorf("tokenizer: %s: %w", name, err)
-	}
+	t.warnings = append(t.warnings, t.applySpecial(names, name)...)
 	return nil
 }
 
-// parseSpecialTokensMap reads the token strings of a Hugging Face
-// special_tokens_map.json: each value a string, an object with a
-// "content" string, or a list of those (additional_special_tokens).
-func parseSpecialTokensMap(b []byte, name string) ([]string, error) {
+// applySpecial makes special the tokens names gives (from the file mapName)
+// and no others, keeping the non-special added tokens. It returns a
+// warning for each name that is not a token of t.
+func (t *BPE) applySpecial(names []mapToken, mapName string) (warnings []string) {
+	named := make(map[string]bool, len(names))
+	for _, n := range names {
+		if _, ok := t.vocab[n.content]; ok {
+			named[n.content] = true
+			continue
+		}
+		warnings = append(warnings, fmt.Sprintf("tokenizer: %s: %s %q is neither in the vocabulary nor an added token: it is encoded as ordinary text (Hugging Face would give it a new id, past the vocabulary's)",
+			mapName, n.key, n.content))
+	}
+	added := make([]addedToken, 0, len(t.added)+len(named))
+	have := map[string]bool{}
+	for _, a := range t.added {
+		if named[a.content] {
+			a.special = true
+		} else if a.special {
+			continue
+		}
+		added = append(added, a)
+		have[a.content] = true
+	}
+	for _, n := range names {
+		if named[n.content] && !have[n.content] {
+			added = append(added, addedToken{content: n.content, id: t.vocab[n.content], special: true})
+			have[n.content] = true
+		}
+	}
+	t.setAdded(added)
+	return warnings
+}
+
+// mapToken is a token of a special_tokens_map.json and its key there.
+type mapToken struct{ key, content string }
+
+// parseSpecialTokensMap reads the tokens of a Hugging Face
+// special_tokens_map.json, each once: each value a string, an object with
+// a "content" string, or a list of those (additional_special_tokens).
+func parseSpecialTokensMap(b []byte, name string) ([]mapToken, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("tokenizer: %s: %w", name, err)
 	}
-	var out []string
+	var out []mapToken
+	token := func(key, s string) {
+		if s != "" && !slices.ContainsFunc(out, func(m mapToken) bool { return m.content == s }) {
+			out = append(out, mapToken{key: key, content: s})
+		}
+	}
 	var add func(key string, v json.RawMessage) error
 	add = func(key string, v json.RawMessage) error {
 		var s string
 		if json.Unmarshal(v, &s) == nil {
-			if s != "" && !slices.Contains(out, s) {
-				out = append(out, s)
-			}
+			token(key, s)
 			return nil
 		}
 		var o struct {
 			Content *string `json:"content"`
 		}
 		if json.Unmarshal(v, &o) == nil && o.Content != nil {
-			return add(key, json.RawMessage(strconv.Quote(*o.Content)))
+			token(key, *o.Content)
+			return nil
 		}
 		var l []json.RawMessage
 		if json.Unmarshal(v, &l) == nil {
@@ -359,13 +454,20 @@ func parseMergesTxt(b []byte, name string) ([]mergeSpec, error) {
 	return ms, nil
 }
 
-// build makes a BPE from a vocabulary and merges in rank order. where names
-// a merge in errors.
-func build(vocab map[string]int, vocabName string, merges []mergeSpec, where func(mergeSpec) string) (*BPE, error) {
-	size := 0
-	for _, id := range vocab {
-		size = max(size, id+1)
+// build makes a BPE from a vocabulary and merges in rank order, for a
+// tokenizer that will have nAdded added tokens too (which bound the ids,
+// see idLimit). where names a merge in errors.
+func build(vocab map[string]int, vocabName string, merges []mergeSpec, nAdded int, where func(mergeSpec) string) (*BPE, error) {
+	top, topToken := -1, ""
+	for tok, id := range vocab {
+		if id > top {
+			top, topToken = id, tok
+		}
 	}
+	if limit := idLimit(len(vocab) + nAdded); top > limit {
+		return nil, fmt.Errorf("tokenizer: %s: token %q: %s", vocabName, topToken, pastLimit(int64(top), limit, len(vocab), nAdded))
+	}
+	size := top + 1
 	t := &BPE{
 		vocab:    vocab,
 		tokens:   make([]string, size),
@@ -456,6 +558,7 @@ type tjAdded struct {
 	LStrip     bool    `json:"lstrip"`
 	RStrip     bool    `json:"rstrip"`
 	Special    bool    `json:"special"`
+	Normalized *bool   `json:"normalized"` // default !Special
 }
 
 type tjComponent struct {
@@ -522,7 +625,7 @@ func loadTokenizerJSON(data []byte, name string) (*BPE, error) {
 	if err != nil {
 		return nil, bad("%v", err)
 	}
-	t, err := build(vocab, name+": model.vocab", merges, func(m mergeSpec) string {
+	t, err := build(vocab, name+": model.vocab", merges, len(f.AddedTokens), func(m mergeSpec) string {
 		return fmt.Sprintf("%s: model.merges[%d]", name, m.pos)
 	})
 	if err != nil {
@@ -537,7 +640,12 @@ func loadTokenizerJSON(data []byte, name string) (*BPE, error) {
 			}
 		}
 	}
-	if err := t.addTokens(f.AddedTokens, name); err != nil {
+	if err := t.addTokens(f.AddedTokens, name, func(i int, content string) string {
+		if content == "" {
+			return fmt.Sprintf("added_tokens[%d]", i)
+		}
+		return fmt.Sprintf("added_tokens[%d] (%q)", i, content)
+	}); err != nil {
 		return nil, err
 	}
 	return t, nil
@@ -625,58 +733,70 @@ func parseJSONMerges(raw json.RawMessage) ([]mergeSpec, error) {
 
 // addTokens adds HF added_tokens: each is matched verbatim in text. One
 // that is in the vocabulary must have its vocabulary id; one that is not
-// gets a new id, which no vocabulary token may have.
-func (t *BPE) addTokens(list []tjAdded, name string) error {
-	var added []addedToken
+// gets a new id, which no vocabulary token may have. Ids are bounded by
+// idLimit. Errors name the file and the token: item(i, content) names the
+// i-th in file (content "" when it has none).
+func (t *BPE) addTokens(list []tjAdded, file string, item func(i int, content string) string) error {
+	where := func(i int, content string) string {
+		return fmt.Sprintf("tokenizer: %s: %s", file, item(i, content))
+	}
+	limit := idLimit(len(t.vocab) + len(list))
+	added := make([]addedToken, 0, len(list))
 	seenID := map[int]int{}
 	seenContent := map[string]int{}
+	top := len(t.tokens) - 1
 	for i, a := range list {
-		where := fmt.Sprintf("tokenizer: %s: added_tokens[%d]", name, i)
 		if a.Content == nil || *a.Content == "" {
-			return fmt.Errorf("%s: no content", where)
+			return fmt.Errorf("%s: no content", where(i, ""))
 		}
+		content := *a.Content
+		at := where(i, content)
 		if a.ID == nil {
-			return fmt.Errorf("%s (%q): no id", where, *a.Content)
+			return fmt.Errorf("%s: no id", at)
 		}
-		id64, content := *a.ID, *a.Content
-		if id64 < 0 || id64 > maxTokenID {
-			return fmt.Errorf("%s (%q): id %d is not in [0, %d]", where, content, id64, maxTokenID)
+		id64 := *a.ID
+		if id64 < 0 {
+			return fmt.Errorf("%s: id %d is negative", at, id64)
+		}
+		if id64 > int64(limit) {
+			return fmt.Errorf("%s: %s", at, pastLimit(id64, limit, len(t.vocab), len(list)))
 		}
 		id := int(id64)
 		if j, dup := seenID[id]; dup {
-			return fmt.Errorf("%s (%q): id %d is also added_tokens[%d]", where, content, id, j)
+			return fmt.Errorf("%s: id %d is also %s", at, id, item(j, *list[j].Content))
 		}
 		if j, dup := seenContent[content]; dup {
-			return fmt.Errorf("%s (%q): content is also added_tokens[%d]", where, content, j)
+			return fmt.Errorf("%s: content is also %s", at, item(j, content))
 		}
 		seenID[id], seenContent[content] = i, i
 		if vid, ok := t.vocab[content]; ok {
 			if vid != id {
-				return fmt.Errorf("%s (%q): id %d, but the vocabulary gives it id %d", where, content, id, vid)
+				return fmt.Errorf("%s: id %d, but the vocabulary gives it id %d", at, id, vid)
 			}
-		} else {
-			if id < len(t.has) && t.has[id] {
-				return fmt.Errorf("%s (%q): id %d is already the vocabulary's token %q", where, content, id, t.tokens[id])
-			}
-			for id >= len(t.tokens) {
-				t.tokens = append(t.tokens, "")
-				t.bytes = append(t.bytes, nil)
-				t.has = append(t.has, false)
-			}
-			t.vocab[content] = id
-			t.tokens[id] = content
-			t.has[id] = true
+		} else if id < len(t.has) && t.has[id] {
+			return fmt.Errorf("%s: id %d is already the vocabulary's token %q", at, id, t.tokens[id])
 		}
-		t.bytes[id] = []byte(content) // added tokens decode to their content
-		added = append(added, addedToken{content: content, id: id, special: a.Special,
+		normalized := !a.Special
+		if a.Normalized != nil {
+			normalized = *a.Normalized
+		}
+		added = append(added, addedToken{content: content, id: id, special: a.Special, normalized: normalized,
 			singleWord: a.SingleWord, lstrip: a.LStrip, rstrip: a.RStrip})
+		top = max(top, id)
 	}
-	t.added = added
-	t.special = make([]bool, len(t.tokens))
+	if grow := top + 1 - len(t.tokens); grow > 0 { // once, not a token at a time
+		t.tokens = append(t.tokens, make([]string, grow)...)
+		t.bytes = append(t.bytes, make([][]byte, grow)...)
+		t.has = append(t.has, make([]bool, grow)...)
+	}
 	for _, a := range added {
-		if a.special {
-			t.special[a.id] = true
+		if !t.has[a.id] {
+			t.vocab[a.content] = a.id
+			t.tokens[a.id] = a.content
+			t.has[a.id] = true
 		}
+		t.bytes[a.id] = []byte(a.content) // added tokens decode to their content
 	}
+	t.setAdded(added)
 	return nil
 }
