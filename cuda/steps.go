@@ -191,7 +191,7 @@ func layerNormShape(bd ops.Binding) (dim int, eps float32, err error) {
 	if dim, err = ops.InDim(bd, 0); err != nil {
 		return 0, 0, err
 	}
-	eps, err = bd.Node.Float("epsilon", 1e-5)
+	eps, err = bd.Node.LayerNormEpsilon()
 	return dim, eps, err
 }
 

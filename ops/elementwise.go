@@ -18,7 +18,7 @@ func bindLayerNorm(b Binding) (Step, error) {
 	if err != nil {
 		return nil, err
 	}
-	eps, err := b.Node.Float("epsilon", 1e-5)
+	eps, err := b.Node.LayerNormEpsilon()
 	if err != nil {
 		return nil, err
 	}

@@ -101,7 +101,11 @@ func EmbeddingRows(c *Call, vocab, offset, positions int, f func(r, id, pos int)
 			if id < 0 || id >= vocab {
 				return fmt.Errorf("embedding: token id %d (sequence %d, token %d; row %d) outside the vocabulary of %d", id, bt, t, r, vocab)
 			}
-			if p+offset < 0 || p+offset >= positions {
+			if p+offset < 0 {
+				// A padding token (position -1) under a position_offset of 0.
+				return fmt.Errorf("embedding: position %d of sequence %d (token %d) is before the table: position_offset %d leaves no row for padding", p, bt, t, offset)
+			}
+			if p+offset >= positions {
 				return fmt.Errorf("embedding: position %d of sequence %d beyond the %d learned positions", p, bt, positions-offset)
 			}
 			if err := f(r, id, p+offset); err != nil {

@@ -352,7 +352,7 @@ func bindLayerNormGrad(b Binding, ps ParamStore) (GradStep, error) {
 	if err != nil {
 		return nil, err
 	}
-	eps, err := b.Node.Float("epsilon", 1e-5)
+	eps, err := b.Node.LayerNormEpsilon()
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package ops
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/onnxpb"
@@ -158,6 +159,19 @@ func (n *Node) Float(name string, def float32) (float32, error) {
 		return 0, n.errorf("attribute %q is %s, want FLOAT", name, a.Type)
 	}
 	return a.F, nil
+}
+
+// LayerNormEpsilon is a LayerNorm node's epsilon (default 1e-5), which
+// must be finite and not negative: a NaN would make every output NaN.
+func (n *Node) LayerNormEpsilon() (float32, error) {
+	eps, err := n.Float("epsilon", 1e-5)
+	if err != nil {
+		return 0, err
+	}
+	if !(eps >= 0) || math.IsInf(float64(eps), 1) {
+		return 0, n.errorf("epsilon %v: want a finite value, not negative", eps)
+	}
+	return eps, nil
 }
 
 func (n *Node) errorf(format string, a ...any) error {

@@ -150,6 +150,9 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, o GenerateOptio
 			tok := int32(o.Pad)
 			if !done[b] {
 				l := logits.Row(b) // this step's, ours until the next StepLast
+				if v, x, bad := nonFinite(l); bad {
+					return out, fmt.Errorf("generate: sequence %d, new token %d: logit %d is %v (the model's weights or inputs overflow)", b, step, v, x)
+				}
 				if penalize {
 					penalizeRepeats(l, seen[b], o.RepetitionPenalty)
 				}
@@ -214,6 +217,9 @@ func (m *Model) ScoreWindow(window, stride int) (int, int, error) {
 	}
 	w, st := window, stride
 	if w <= 0 {
+		if m.maxPos == noPositionLimit {
+			return 0, 0, fmt.Errorf("window %d: the model has no position limit to take as the window; give one", window)
+		}
 		w = m.maxPos
 	}
 	if st <= 0 {
@@ -265,7 +271,14 @@ func (m *Model) Score(ctx context.Context, ids []int32, window, stride, threads 
 			return nil, err
 		}
 		for k := next; k < end; k++ {
-			nll -= logSoftmaxAt(logits.Row(k-1-begin), int(ids[k]))
+			row := logits.Row(k - 1 - begin)
+			if id := int(ids[k]); id < 0 || id >= len(row) {
+				return nil, fmt.Errorf("score: token %d is %d, outside the %d logits", k, id, len(row))
+			}
+			if v, x, bad := nonFinite(row); bad {
+				return nil, fmt.Errorf("score: logits before token %d: logit %d is %v (the model's weights or inputs overflow)", k, v, x)
+			}
+			nll -= logSoftmaxAt(row, int(ids[k]))
 			n++
 		}
 		next = end
@@ -273,6 +286,17 @@ func (m *Model) Score(ctx context.Context, ids []int32, window, stride, threads 
 	r := &ScoreResult{Tokens: n, NLL: nll / float64(n)}
 	r.Perplexity = math.Exp(r.NLL)
 	return r, nil
+}
+
+// nonFinite returns the first NaN or +Inf logit of row and its index (a
+// -Inf logit is a probability of 0, which sampling and scoring handle).
+func nonFinite(row []float32) (i int, v float32, bad bool) {
+	for i, v := range row {
+		if v != v || math.IsInf(float64(v), 1) {
+			return i, v, true
+		}
+	}
+	return 0, 0, false
 }
 
 // logSoftmaxAt is log softmax(row)[i], in float64.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/onnxpb"
 	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/ops"
 	"github.com/slopeml/slope/tokenizer"
@@ -99,8 +100,11 @@ func compile(f *format.File, backend ops.Backend) (*Model, error) {
 		m.headLast = last.Node.OpType == ops.OpLMHead && last.Out == m.out
 	}
 	m.vocab = plan.Dims[plan.Logits]
+	if err := m.checkEmbedding(man.GetGraph(), f); err != nil {
+		return nil, err
+	}
 	if m.maxPos == 0 {
-		m.maxPos = 1 << 30
+		m.maxPos = noPositionLimit
 	}
 	if db, ok := backend.(ops.DeviceBackend); ok {
 		for _, ps := range m.steps {
@@ -112,6 +116,53 @@ func compile(f *format.File, backend ops.Backend) (*Model, error) {
 	}
 	return m, nil
 }
+
+// checkEmbedding holds the config and the LM head to the Embedding
+// node's tables, which bound what a session can read: the logits must
+// cover exactly the token embedding's rows (generation and scoring index
+// them by token id), and the config's max_position_embeddings must not
+// exceed the learned positions (the position table's rows less
+// position_offset); without a config, those positions are the limit.
+func (m *Model) checkEmbedding(g *onnxpb.GraphProto, f *format.File) error {
+	for _, n := range g.GetNode() {
+		if n.GetOpType() != ops.OpEmbedding || n.GetDomain() != format.GraphDomain {
+			continue
+		}
+		node := ops.NewNode(0, n)
+		tok, err := f.Lookup(node.Input(2))
+		if err != nil {
+			return err
+		}
+		pos, err := f.Lookup(node.Input(3))
+		if err != nil {
+			return err
+		}
+		off, err := node.Int("position_offset", 2)
+		if err != nil {
+			return err
+		}
+		// (The binding checked both tables are 2-D and the offset in range.)
+		vocab, learned := int(tok.GetShape()[0]), int(pos.GetShape()[0])-int(off)
+		if m.vocab != vocab {
+			return fmt.Errorf("the graph's logits have %d entries per token, the token embedding %s has %d rows: %w", m.vocab, tok.GetName(), vocab, ErrModel)
+		}
+		if m.config != nil && int(m.config.GetVocabSize()) != vocab {
+			return fmt.Errorf("config vocab_size %d, the token embedding %s has %d rows: %w", m.config.GetVocabSize(), tok.GetName(), vocab, ErrModel)
+		}
+		switch {
+		case m.maxPos == 0:
+			m.maxPos = learned
+		case m.maxPos > learned:
+			return fmt.Errorf("config max_position_embeddings %d, the position embedding %s has %d learned positions (%d rows, position_offset %d): %w",
+				m.maxPos, pos.GetName(), learned, learned+int(off), off, ErrModel)
+		}
+	}
+	return nil
+}
+
+// noPositionLimit is MaxPositions of a model whose graph has no position
+// table and whose container has no config.
+const noPositionLimit = 1 << 30
 
 // ErrNoTokenizer is returned by Tokenizer for a container without one.
 var ErrNoTokenizer = errors.New("container has no tokenizer (use token ids)")
