@@ -37,11 +37,24 @@ func newForwardCmd() *cobra.Command {
 					return usagef(cmd, "--mask: %d rows of %d entries for %d rows of %d ids", len(mask), len(mask[0]), len(ids), len(ids[0]))
 				}
 			}
+			for b, r := range mask {
+				for t, v := range r {
+					if v != 0 && v != 1 {
+						return usagef(cmd, "--mask: sequence %d, token %d is %d, want 0 or 1", b, t, v)
+					}
+				}
+			}
 			m, err := openModel(cmd, args[0], device)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
+			if err := checkIDs(ids, m.Vocab()); err != nil {
+				return usagef(cmd, "--ids: %v", err)
+			}
+			if mp := m.MaxPositions(); len(ids[0]) > mp {
+				return usagef(cmd, "--ids: sequences of %d tokens, more than the model's %d positions", len(ids[0]), mp)
+			}
 			s, err := m.NewSession(len(ids), len(ids[0]))
 			if err != nil {
 				return err

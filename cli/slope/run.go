@@ -14,15 +14,12 @@ import (
 )
 
 // promptIDs resolves --prompt (through the model's tokenizer, with OPT's
-// BOS) or --ids into token ids; its errors are usage errors (usagef),
-// except a damaged tokenizer's.
+// BOS) or --ids into token ids, with the tokenizer for text (nil for
+// --ids: see outputTokenizer); its errors are usage errors (usagef),
+// except a damaged tokenizer's and a tokenizer's id the model lacks.
 func promptIDs(cmd *cobra.Command, m *slopert.Model, textFlag, text, ids string) ([]int32, *tokenizer.BPE, error) {
 	if (text == "") == (ids == "") {
 		return nil, nil, usagef(cmd, "give exactly one of %s and --ids", textFlag)
-	}
-	tok, err := m.Tokenizer()
-	if err != nil && !errors.Is(err, slopert.ErrNoTokenizer) {
-		return nil, nil, err // a damaged tokenizer, not a usage error
 	}
 	if ids != "" {
 		rows, perr := parseRows("--ids", ids)
@@ -32,10 +29,17 @@ func promptIDs(cmd *cobra.Command, m *slopert.Model, textFlag, text, ids string)
 		if len(rows) != 1 {
 			return nil, nil, usagef(cmd, "--ids: one sequence, got %d", len(rows))
 		}
-		return rows[0], tok, nil // tok may be nil: tokens are then printed as ids
+		if err := checkIDs(rows, m.Vocab()); err != nil {
+			return nil, nil, usagef(cmd, "--ids: %v", err)
+		}
+		return rows[0], nil, nil
+	}
+	tok, err := m.Tokenizer()
+	if errors.Is(err, slopert.ErrNoTokenizer) {
+		return nil, nil, usagef(cmd, "%s needs a tokenizer: %v", textFlag, err)
 	}
 	if err != nil {
-		return nil, nil, usagef(cmd, "%s needs a tokenizer: %v", textFlag, err)
+		return nil, nil, err // a damaged tokenizer, not a usage error
 	}
 	bos := 2
 	if c := m.Config(); c != nil {
@@ -51,7 +55,36 @@ func promptIDs(cmd *cobra.Command, m *slopert.Model, textFlag, text, ids string)
 	for i, v := range enc {
 		out[i] = int32(v)
 	}
+	if err := checkIDs([][]int32{out}, m.Vocab()); err != nil {
+		return nil, nil, fmt.Errorf("%s: the container's tokenizer does not fit the model: %w", textFlag, err)
+	}
 	return out, tok, nil
+}
+
+// outputTokenizer is the tokenizer that prints generated tokens of an
+// --ids prompt: the container's, or nil (ids are printed) when it has none
+// or when it does not load, which is then said on stderr.
+func outputTokenizer(cmd *cobra.Command, m *slopert.Model) *tokenizer.BPE {
+	tok, err := m.Tokenizer()
+	if err != nil {
+		if !errors.Is(err, slopert.ErrNoTokenizer) {
+			fmt.Fprintf(cmd.ErrOrStderr(), "slope: warning: %v; tokens are printed as ids\n", err)
+		}
+		return nil
+	}
+	return tok
+}
+
+// checkIDs checks token ids against a vocabulary of vocab tokens.
+func checkIDs(rows [][]int32, vocab int) error {
+	for b, r := range rows {
+		for t, id := range r {
+			if id < 0 || int(id) >= vocab {
+				return fmt.Errorf("sequence %d, token %d: id %d outside the model's vocabulary of %d", b, t, id, vocab)
+			}
+		}
+	}
+	return nil
 }
 
 func newRunCmd() *cobra.Command {
@@ -93,6 +126,15 @@ func newRunCmd() *cobra.Command {
 			prompt, tok, err := promptIDs(cmd, m.Model, "--prompt", text, ids)
 			if err != nil {
 				return err
+			}
+			// Checked here to name the flag (Generate checks it too).
+			if mp := m.MaxPositions(); o.MaxTokens-1 > mp-len(prompt) {
+				// uint64: the sum cannot overflow (both are at most MaxInt).
+				return usagef(cmd, "--max-tokens %d: the prompt's %d tokens and %d new ones need %d positions (the last new token takes none), more than the model's %d",
+					o.MaxTokens, len(prompt), o.MaxTokens, uint64(len(prompt))+uint64(o.MaxTokens)-1, mp)
+			}
+			if tok == nil {
+				tok = outputTokenizer(cmd, m.Model)
 			}
 			o.EOS, o.Pad = 2, 1
 			if c := m.Config(); c != nil {

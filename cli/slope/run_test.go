@@ -12,6 +12,8 @@ import (
 	"github.com/slopeml/slope/convert"
 	"github.com/slopeml/slope/ops/cpu"
 	slopert "github.com/slopeml/slope/runtime"
+	"github.com/slopeml/slope/format"
+	"github.com/slopeml/slope/format/slopepb"
 	"github.com/slopeml/slope/testmodels"
 	"github.com/slopeml/slope/train"
 )
@@ -66,8 +68,20 @@ func TestForwardJSON(t *testing.T) {
 			t.Errorf("%v: exit %d, %s", c, code, stderr)
 		}
 	}
-	if code, _, stderr := runSlope("forward", model, "--ids", "[[2,3,4],[2,5,99999]]"); code == 0 || !strings.Contains(stderr, "token id 99999 (sequence 1, token 2;") {
-		t.Errorf("an id outside the vocabulary: exit %d, %s", code, stderr)
+	// Checked against the model: ids outside the vocabulary, a mask
+	// value other than 0 and 1, more tokens than the positions.
+	long := "[" + strings.Repeat("5,", 2048) + "5]"
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--ids", "[[2,3,4],[2,5,99999]]"}, "--ids: sequence 1, token 2: id 99999 outside the model's vocabulary of"},
+		{[]string{"--ids", "[[2,3],[4,5]]", "--mask", "[[1,2],[1,1]]"}, "--mask: sequence 0, token 1 is 2, want 0 or 1"},
+		{[]string{"--ids", long}, "--ids: sequences of 2049 tokens, more than the model's"},
+	} {
+		if code, _, stderr := runSlope(append([]string{"forward", model}, c.args...)...); code != exitUsage || !strings.Contains(stderr, c.want) {
+			t.Errorf("%.60v: exit %d, %s", c.args, code, stderr)
+		}
 	}
 }
 
@@ -212,14 +226,14 @@ func TestRunSamplingFlagsAndLength(t *testing.T) {
 	if code != 0 || len(strings.Fields(stdout)) != 63 {
 		t.Errorf("2 + 63 tokens on 64 positions: exit %d, %d tokens, %q", code, len(strings.Fields(stdout)), stderr)
 	}
-	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "64"); code == 0 || !strings.Contains(stderr, "need 65 positions") {
+	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "64"); code != exitUsage || !strings.Contains(stderr, "--max-tokens 64: the prompt's 2 tokens and 64 new ones need 65 positions") {
 		t.Errorf("2 + 64 tokens on 64 positions: exit %d, %q", code, stderr)
 	}
 	// The positions a run would need, counted right, and nothing on stdout.
-	if code, stdout, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "100"); code == 0 || !strings.Contains(stderr, "need 101 positions") || stdout != "" {
+	if code, stdout, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "100"); code != exitUsage || !strings.Contains(stderr, "need 101 positions") || stdout != "" {
 		t.Errorf("2 + 100 tokens on 64 positions: exit %d, %q, stdout %q", code, stderr, stdout)
 	}
-	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "9223372036854775807"); code == 0 || !strings.Contains(stderr, "need 9223372036854775808 positions") {
+	if code, _, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "9223372036854775807"); code != exitUsage || !strings.Contains(stderr, "need 9223372036854775808 positions") {
 		t.Errorf("a huge --max-tokens: exit %d, %q", code, stderr)
 	}
 	// The prompt flags are named as each command has them.
@@ -300,5 +314,32 @@ func TestFiniteLogits(t *testing.T) {
 		if err := finiteLogits(out); err == nil || !strings.Contains(err.Error(), "sequence 1, token 0: logit 1") {
 			t.Errorf("%v: %v", bad, err)
 		}
+	}
+}
+
+// A container whose tokenizer does not load (its vocab.json and
+// merges.txt swapped) still runs on token ids: score needs no tokenizer,
+// and run prints the ids, saying why.
+func TestIDsWithDamagedTokenizer(t *testing.T) {
+	good := filepath.Join(t.TempDir(), "gpt2tok.slope")
+	if _, err := convert.DenseToSlope(t.Context(), convert.Options{In: gpt2TokenizerHFDir(t), Out: good}); err != nil {
+		t.Fatal(err)
+	}
+	model := filepath.Join(t.TempDir(), "swapped.slope")
+	if err := format.Rewrite(good, model, func(m *slopepb.Manifest) {
+		f := m.Tokenizer.Files
+		f["vocab.json"], f["merges.txt"] = f["merges.txt"], f["vocab.json"]
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if code, stdout, stderr := runSlope("score", model, "--ids", "[2, 100, 7]"); code != 0 || !strings.Contains(stdout, "tokens 2") {
+		t.Errorf("score --ids: exit %d, %q %q", code, stdout, stderr)
+	}
+	code, stdout, stderr := runSlope("run", model, "--ids", "[2, 100]", "--max-tokens", "3")
+	if code != 0 || len(strings.Fields(stdout)) != 3 || !strings.Contains(stderr, "warning") || !strings.Contains(stderr, "printed as ids") {
+		t.Errorf("run --ids: exit %d, %q %q", code, stdout, stderr)
+	}
+	if code, _, stderr := runSlope("run", model, "--prompt", "hello"); code != 1 || !strings.Contains(stderr, "vocab.json") {
+		t.Errorf("run --prompt: exit %d, %q", code, stderr)
 	}
 }
