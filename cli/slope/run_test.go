@@ -10,10 +10,10 @@ import (
 	"testing"
 
 	"github.com/slopeml/slope/convert"
-	"github.com/slopeml/slope/ops/cpu"
-	slopert "github.com/slopeml/slope/runtime"
 	"github.com/slopeml/slope/format"
 	"github.com/slopeml/slope/format/slopepb"
+	"github.com/slopeml/slope/ops/cpu"
+	slopert "github.com/slopeml/slope/runtime"
 	"github.com/slopeml/slope/testmodels"
 	"github.com/slopeml/slope/train"
 )
