@@ -238,6 +238,21 @@ func brokenCases() []brokenCase {
 		{"optimizer slot of a missing parameter", viaContainer(func(t testing.TB, c *container) {
 			c.manifest.Training.Slots[0].Parameter = "nope"
 		}), ErrManifest},
+		// Its moments have as many elements as it stores values (those of
+		// "w"): refused as a transpose, not for their size.
+		{"optimizer slot of a materialized transpose", viaContainer(func(t testing.TB, c *container) {
+			c.manifest.Training.Slots[0].Parameter = "w.transpose"
+		}), ErrManifest},
+		{"optimizer slot of a transpose mask", viaContainer(func(t testing.TB, c *container) {
+			c.manifest.Training.Slots[0].Parameter = "w.transpose_mask"
+		}), ErrManifest},
+		{"tokenizer file name escapes its directory", func(t testing.TB, good []byte) []byte {
+			c := splitContainer(t, good)
+			appendTensor(c, &slopepb.Tensor{Name: "tok", Dtype: slopepb.DType_UINT8, Shape: []uint64{2},
+				Encoding: slopepb.Encoding_DENSE}, []byte("{}"))
+			c.manifest.Tokenizer = &slopepb.Tokenizer{Type: TokenizerGPT2BPE, Files: map[string]string{"../../etc/evil": "tok"}}
+			return c.assemble(t)
+		}, ErrManifest},
 		{"zstd frame is garbage", viaContainer(func(t testing.TB, c *container) {
 			x := c.tensor(t, "w.adam_v") // last tensor: shrink it to a bogus 16-byte frame
 			c.data = append(c.data[:x.Offset], make([]byte, 16)...)
@@ -268,6 +283,14 @@ func brokenCases() []brokenCase {
 				Encoding: slopepb.Encoding_DENSE}, frame)
 			x := c.tensor(t, "long")
 			x.Compression, x.RawLength = slopepb.Compression_ZSTD, 64
+			return c.assemble(t)
+		}, ErrCompression},
+		{"zstd frame declares a 64 MiB window", func(t testing.TB, good []byte) []byte {
+			c := splitContainer(t, good)
+			appendTensor(c, &slopepb.Tensor{Name: "wide", Dtype: slopepb.DType_UINT8, Shape: []uint64{4000},
+				Encoding: slopepb.Encoding_DENSE}, zstdRLEFrame(26, 0, 4, 1000, 7))
+			x := c.tensor(t, "wide")
+			x.Compression, x.RawLength = slopepb.Compression_ZSTD, 4000
 			return c.assemble(t)
 		}, ErrCompression},
 		{"zstd shuffle of fp32", viaContainer(func(t testing.TB, c *container) {

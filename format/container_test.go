@@ -326,15 +326,24 @@ func TestMergedAdapterLayout(t *testing.T) {
 	if err := write([]uint64{r, out}); err != nil {
 		t.Fatalf("valid merged layout rejected: %v", err)
 	}
-	// inspect marks the merged R, and counts no dense bytes for it.
+	// inspect marks the merged R, and counts no dense bytes for it; the
+	// weight counts the out * in elements of a dense model's weight, not
+	// its r extra rows (Lᵀ).
 	f, err := Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ts := range Summarize(f).Tensors {
+	s := Summarize(f)
+	for _, ts := range s.Tensors {
 		if ts.Name == "w.lora_r" && (!ts.AdapterMerged || ts.DenseFP16Bytes != 0) {
 			t.Errorf("merged R: %+v", ts)
 		}
+		if ts.Name == "w" && (ts.DenseFP16Bytes != out*in*2 || !slices.Equal(ts.Shape, []uint64{out + r, in})) {
+			t.Errorf("merged weight: %+v, want %d dense fp16 bytes", ts, out*in*2)
+		}
+	}
+	if s.Totals.DenseFP16Bytes != out*in*2 {
+		t.Errorf("dense fp16 total %d, want %d", s.Totals.DenseFP16Bytes, out*in*2)
 	}
 	f.Close()
 	if err := write([]uint64{r + 1, out}); !errors.Is(err, ErrShape) {
@@ -386,6 +395,21 @@ func TestTokenizerFiles(t *testing.T) {
 	}
 	if err := write(&slopepb.Tokenizer{Type: TokenizerGPT2BPE, Files: map[string]string{"vocab.json": "nope"}}, files); !errors.Is(err, ErrManifest) {
 		t.Errorf("missing tokenizer tensor: %v", err)
+	}
+	// File names are plain base names: every name the converter stores
+	// (tokenizer.ReadFS's), and nothing a reader could not create in a
+	// directory of its choice.
+	for _, name := range []string{"tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "a..b", ".hidden"} {
+		if err := write(&slopepb.Tokenizer{Type: TokenizerGPT2BPE, Files: map[string]string{name: "tokenizer/vocab.json"}}, files); err != nil {
+			t.Errorf("tokenizer file name %q: %v", name, err)
+		}
+	}
+	for _, name := range []string{"", ".", "..", "../vocab.json", "/etc/passwd", "sub/vocab.json", `..\vocab.json`, "C:vocab.json",
+		"vocab\n.json", "vocab\x00.json", strings.Repeat("v", 256)} {
+		err := write(&slopepb.Tokenizer{Type: TokenizerGPT2BPE, Files: map[string]string{name: "tokenizer/vocab.json"}}, files)
+		if !errors.Is(err, ErrManifest) || !strings.Contains(err.Error(), "tokenizer file name") {
+			t.Errorf("tokenizer file name %q: got %v, want ErrManifest", name, err)
+		}
 	}
 }
 

@@ -41,10 +41,12 @@ type TensorSummary struct {
 	RawBytes    uint64 `json:"raw_bytes"`
 	// DenseFP16Bytes is 2 bytes per element of the logical shape: what the
 	// tensor would take in a dense fp16 model (a tensor that is not floats,
-	// such as a tokenizer file, its own raw size). It is 0 for the auxiliary
-	// encodings NM_TRANSPOSE_MASK and NM_TRANSPOSE_MATERIALIZED, for
-	// LOW_RANK adapter factors and for optimizer moments, which a dense
-	// model does not have: their bytes are overhead.
+	// such as a tokenizer file, its own raw size). A weight of the merged
+	// adapter layout, [out + r, in], counts its out * in elements: the r
+	// rows of Lᵀ are adapter overhead. It is 0 for the auxiliary encodings
+	// NM_TRANSPOSE_MASK and NM_TRANSPOSE_MATERIALIZED, for LOW_RANK adapter
+	// factors and for optimizer moments, which a dense model does not have:
+	// their bytes are overhead.
 	DenseFP16Bytes uint64 `json:"dense_fp16_bytes"`
 	// RatioToFP16 is StoredBytes / DenseFP16Bytes, 0 when DenseFP16Bytes is 0.
 	RatioToFP16 float64 `json:"ratio_to_fp16"`
@@ -157,9 +159,21 @@ func Summarize(f *File) *Summary {
 		momentOf[sl.GetMoment1()] = sl.GetParameter()
 		momentOf[sl.GetMoment2()] = sl.GetParameter()
 	}
+	// A weight of the merged adapter layout has r extra rows (Lᵀ), which
+	// a dense model does not have: r is its merged R's first dim.
+	mergedRank := map[string]uint64{}
+	for _, t := range m.GetTensors() {
+		if a := t.GetAdapter(); a.GetMerged() && a.GetFactor() == slopepb.AdapterParams_R && len(t.GetShape()) == 2 {
+			mergedRank[a.GetWeight()] = t.GetShape()[0]
+		}
+	}
 	tot := &s.Totals
 	for i := range f.infos { // manifest order, with what open checked
-		ts := summarizeTensor(f, f.infos[i].t, f.infos[i].numel, momentOf[f.infos[i].t.GetName()])
+		t, numel := f.infos[i].t, f.infos[i].numel
+		if r, ok := mergedRank[t.GetName()]; ok && len(t.GetShape()) == 2 && t.GetShape()[0] > r {
+			numel = (t.GetShape()[0] - r) * t.GetShape()[1] // out * in, checked at open: at most numel
+		}
+		ts := summarizeTensor(f, t, numel, momentOf[t.GetName()])
 		s.Tensors = append(s.Tensors, ts)
 		tot.Tensors++
 		tot.StoredBytes += ts.StoredBytes

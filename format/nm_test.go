@@ -6,8 +6,17 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
+)
+
+// Sizes for overflow cases that hold on 32- and 64-bit platforms alike:
+// halfInt squared is a quarter of the int range, and (1 << wideShift)
+// squared overflows it (2^31 and 2^40 on 64-bit platforms).
+const (
+	halfInt   = 1 << (strconv.IntSize/2 - 1)
+	wideShift = strconv.IntSize/2 + 8
 )
 
 // nmtAllPatterns lists every valid pattern 1 <= N < M <= 16.
@@ -223,10 +232,10 @@ func TestNMSizes(t *testing.T) {
 		{NM{4, 4}, 1, 8, 2, ErrPattern},
 		{NM{1, 17}, 1, 17, 2, ErrPattern},
 		{NM{0, 4}, 1, 8, 2, ErrPattern},
-		{NM{2, 4}, math.MaxInt32, math.MaxInt32 + 1, 8, ErrShape},              // dense count ok, bytes ~2^64
-		{NM{2, 4}, 1 << 40, 1 << 40, 2, ErrShape},                              // dense count overflows
+		{NM{2, 4}, halfInt - 1, halfInt, 8, ErrShape},                          // dense count ok, bytes ~2^IntSize
+		{NM{2, 4}, 1 << wideShift, 1 << wideShift, 2, ErrShape},                // dense count overflows
 		{NM{2, 4}, 1, math.MaxInt - math.MaxInt%4, 8, ErrShape},                // values bytes overflow
-		{NM{15, 16}, 1 << 32, 1 << 32, 1, ErrShape},                            // rows*cols overflows
+		{NM{15, 16}, 2 * halfInt, 2 * halfInt, 1, ErrShape},                    // rows*cols overflows
 		{NM{1, 2}, 1 << 20, (math.MaxInt >> 20) &^ 1, math.MaxInt32, ErrShape}, // values overflow
 	} {
 		if _, _, err := NMSizes(c.p, c.rows, c.cols, c.elemSize); !errors.Is(err, c.want) {

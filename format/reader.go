@@ -16,7 +16,8 @@ import (
 
 // ReaderOptions tune Open. The zero value gives the defaults.
 type ReaderOptions struct {
-	// Limits replaces DefaultLimits when non-nil.
+	// Limits replaces DefaultLimits when non-nil; its zero fields take
+	// DefaultLimits' values.
 	Limits *Limits
 	// SkipChecksums: tensor accessors do not verify xxh3 checksums on first
 	// use (Verify always does).
@@ -101,7 +102,7 @@ func parse(name string, data []byte, mapped bool, opts *ReaderOptions) (*File, e
 	if opts != nil {
 		r.opts = *opts
 		if opts.Limits != nil {
-			r.lim = *opts.Limits
+			r.lim = opts.Limits.withDefaults()
 		}
 	}
 	size := uint64(len(data))
@@ -113,6 +114,11 @@ func parse(name string, data []byte, mapped bool, opts *ReaderOptions) (*File, e
 	mb := data[HeaderSize : HeaderSize+h.manifestLen]
 	if got := xxh3.Hash(mb); got != h.manifestXXH3 {
 		return nil, fmt.Errorf("%s: manifest xxh3 %016x, header says %016x: %w", name, got, h.manifestXXH3, ErrChecksum)
+	}
+	// Counted before decoding: decoded, a manifest of tiny entries takes
+	// many times its size.
+	if err := checkManifestSize(mb, r.lim); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	m := &slopepb.Manifest{}
 	if err := (proto.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(mb, m); err != nil {

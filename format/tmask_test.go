@@ -98,7 +98,7 @@ func TestTransposeMaskSizes(t *testing.T) {
 		{NM{2, 4}, -4, 8, ErrShape},
 		{NM{4, 4}, 4, 8, ErrPattern},
 		{NM{1, 17}, 17, 17, ErrPattern},
-		{NM{2, 4}, 1 << 40, 1 << 40, ErrShape},
+		{NM{2, 4}, 1 << wideShift, 1 << wideShift, ErrShape},
 	} {
 		if _, err := TransposeMaskSize(c.p, c.rows, c.cols); !errors.Is(err, c.want) {
 			t.Errorf("TransposeMaskSize(%v, %d, %d) = %v; want %v", c.p, c.rows, c.cols, err, c.want)

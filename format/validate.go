@@ -2,6 +2,11 @@ package format
 
 import (
 	"fmt"
+	"maps"
+	"math"
+	"slices"
+	"strings"
+	"unicode"
 
 	"github.com/slopeml/slope/format/onnxpb"
 	"github.com/slopeml/slope/format/slopepb"
@@ -11,22 +16,36 @@ import (
 const GraphDomain = "ai.slope"
 
 // Limits are the caps a reader (and the writer, so that it never writes a
-// file readers refuse) applies before trusting a manifest.
+// file readers refuse) applies before trusting a manifest. A zero field
+// takes its value from DefaultLimits (MaxManifestItems: the value derived
+// from MaxTensors and MaxNodes).
 type Limits struct {
 	MaxManifestLen uint64 // bytes of the protobuf manifest
 	MaxTensors     int    // entries of the tensor table
-	MaxNameLen     int    // bytes of a tensor, node or value name
+	MaxNameLen     int    // bytes of a tensor, node, op type, domain, attribute or value name
 	MaxDims        int    // dimensions of a tensor
 	MaxElements    uint64 // elements of one tensor
 	MaxNodes       int    // nodes of the graph
 	// MaxCompressionRatio bounds raw_length / length of a compressed tensor,
 	// and so what one lazy decode may allocate.
 	MaxCompressionRatio uint64
+	// MaxManifestItems bounds what the manifest decodes to: its messages
+	// (at any depth), repeated-field elements and map entries, counted on
+	// the encoded bytes before they are decoded. 0 means
+	// ManifestItemsPerEntry * (MaxTensors + MaxNodes).
+	MaxManifestItems int
 }
+
+// ManifestItemsPerEntry is the manifest items (Limits.MaxManifestItems)
+// allowed per tensor and per node of the caps. A tensor entry with its
+// shape, pattern, adapter and provenance record, or a node with its
+// inputs, outputs and attributes, takes a few to a dozen; the converter's
+// manifests average 4 to 6.
+const ManifestItemsPerEntry = 8
 
 // DefaultLimits are the caps of SPEC.md.
 func DefaultLimits() Limits {
-	return Limits{
+	l := Limits{
 		MaxManifestLen:      256 << 20,
 		MaxTensors:          1 << 20,
 		MaxNameLen:          1024,
@@ -35,6 +54,42 @@ func DefaultLimits() Limits {
 		MaxNodes:            1 << 22,
 		MaxCompressionRatio: 4096,
 	}
+	l.MaxManifestItems = manifestItemsFor(l)
+	return l
+}
+
+// manifestItemsFor is ManifestItemsPerEntry * (MaxTensors + MaxNodes),
+// saturated at math.MaxInt.
+func manifestItemsFor(l Limits) int {
+	n, ok := mulU64(uint64(max(l.MaxTensors, 0))+uint64(max(l.MaxNodes, 0)), ManifestItemsPerEntry)
+	if !ok || n > math.MaxInt {
+		return math.MaxInt
+	}
+	return int(n)
+}
+
+// withDefaults fills the zero fields of l from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
+	fill := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	fill64 := func(v *uint64, def uint64) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	fill64(&l.MaxManifestLen, d.MaxManifestLen)
+	fill(&l.MaxTensors, d.MaxTensors)
+	fill(&l.MaxNameLen, d.MaxNameLen)
+	fill(&l.MaxDims, d.MaxDims)
+	fill64(&l.MaxElements, d.MaxElements)
+	fill(&l.MaxNodes, d.MaxNodes)
+	fill64(&l.MaxCompressionRatio, d.MaxCompressionRatio)
+	fill(&l.MaxManifestItems, manifestItemsFor(l))
+	return l
 }
 
 // tensorInfo is what validation derives for a tensor table entry.
@@ -82,6 +137,12 @@ func checkTensorMeta(t *slopepb.Tensor, lim Limits) (tensorInfo, error) {
 		}
 		info.numel = n
 	}
+	// Dims, counts and sizes become ints (slice lengths, NM geometry): on
+	// a 32-bit platform they must fit one (and on any platform whose
+	// limits allow more than 2^63 elements).
+	if info.numel > math.MaxInt {
+		return info, fmt.Errorf("shape %v: %d elements exceed this platform's int: %w", t.Shape, info.numel, ErrShape)
+	}
 	es, err := ElemSize(t.Dtype)
 	if err != nil {
 		return info, err
@@ -103,7 +164,7 @@ func checkTensorMeta(t *slopepb.Tensor, lim Limits) (tensorInfo, error) {
 		if len(t.Shape) != 2 {
 			return info, fmt.Errorf("encoding %s needs 2 dims, shape is %v: %w", t.Encoding, t.Shape, ErrShape)
 		}
-		// Each dim <= MaxElements <= 2^40 fits an int on 64-bit platforms.
+		// Each dim <= numel <= math.MaxInt (checked above).
 		info.rows, info.cols = int(t.Shape[0]), int(t.Shape[1])
 	} else if t.Nm != nil {
 		return info, fmt.Errorf("nm params on a %s tensor: %w", t.Encoding, ErrManifest)
@@ -147,7 +208,15 @@ func checkTensorMeta(t *slopepb.Tensor, lim Limits) (tensorInfo, error) {
 		if a.Weight == "" || (a.Factor != slopepb.AdapterParams_L && a.Factor != slopepb.AdapterParams_R) {
 			return info, fmt.Errorf("adapter params need a weight and factor L or R (weight %q, factor %d): %w", a.Weight, int32(a.Factor), ErrManifest)
 		}
-		info.rawBytes = info.numel * uint64(es)
+		n, ok := mulU64(info.numel, uint64(es))
+		if !ok {
+			return info, fmt.Errorf("shape %v: byte size overflows: %w", t.Shape, ErrLimit)
+		}
+		info.rawBytes = n
+	}
+	if info.rawBytes > math.MaxInt {
+		return info, fmt.Errorf("%s %s %v: raw encoding of %d bytes exceeds this platform's int: %w",
+			t.Encoding, t.Dtype, t.Shape, info.rawBytes, ErrShape)
 	}
 	switch t.Compression {
 	case slopepb.Compression_COMPRESSION_NONE:
@@ -385,6 +454,12 @@ func checkGraph(m *slopepb.Manifest, byName map[string]int, lim Limits) error {
 		return fmt.Errorf("graph uses domain %s but opset_import lacks it: %w", GraphDomain, ErrGraph)
 	}
 	for i, n := range g.Node {
+		// The names go into error messages: capped before they are quoted.
+		for _, s := range []struct{ field, v string }{{"name", n.GetName()}, {"op_type", n.GetOpType()}, {"domain", n.GetDomain()}} {
+			if len(s.v) > lim.MaxNameLen {
+				return fmt.Errorf("node #%d: %s of %d bytes exceeds cap %d: %w", i, s.field, len(s.v), lim.MaxNameLen, ErrLimit)
+			}
+		}
 		what := fmt.Sprintf("node #%d %q (%s)", i, n.GetName(), n.GetOpType())
 		if n.GetOpType() == "" {
 			return fmt.Errorf("%s: empty op_type: %w", what, ErrGraph)
@@ -396,6 +471,9 @@ func checkGraph(m *slopepb.Manifest, byName map[string]int, lim Limits) error {
 			if in == "" {
 				continue // an omitted optional input, as in ONNX
 			}
+			if len(in) > lim.MaxNameLen {
+				return fmt.Errorf("%s: input name of %d bytes exceeds cap %d: %w", what, len(in), lim.MaxNameLen, ErrLimit)
+			}
 			if _, isTensor := byName[in]; !isTensor && !values[in] {
 				return fmt.Errorf("%s: input %q is no tensor, graph input or earlier output: %w", what, in, ErrGraph)
 			}
@@ -405,12 +483,15 @@ func checkGraph(m *slopepb.Manifest, byName map[string]int, lim Limits) error {
 				return err
 			}
 		}
-		if err := checkAttributes(n.Attribute, what); err != nil {
+		if err := checkAttributes(n.Attribute, what, lim); err != nil {
 			return err
 		}
 	}
 	for _, out := range g.Output {
 		name := out.GetName()
+		if len(name) > lim.MaxNameLen {
+			return fmt.Errorf("graph output name of %d bytes exceeds cap %d: %w", len(name), lim.MaxNameLen, ErrLimit)
+		}
 		if _, isTensor := byName[name]; !values[name] && !isTensor {
 			return fmt.Errorf("graph output %q is never produced: %w", name, ErrGraph)
 		}
@@ -418,9 +499,12 @@ func checkGraph(m *slopepb.Manifest, byName map[string]int, lim Limits) error {
 	return nil
 }
 
-func checkAttributes(attrs []*onnxpb.AttributeProto, what string) error {
+func checkAttributes(attrs []*onnxpb.AttributeProto, what string, lim Limits) error {
 	seen := map[string]bool{}
-	for _, a := range attrs {
+	for i, a := range attrs {
+		if len(a.GetName()) > lim.MaxNameLen {
+			return fmt.Errorf("%s: attribute #%d: name of %d bytes exceeds cap %d: %w", what, i, len(a.GetName()), lim.MaxNameLen, ErrLimit)
+		}
 		if a.GetName() == "" || seen[a.GetName()] {
 			return fmt.Errorf("%s: attribute name %q empty or repeated: %w", what, a.GetName(), ErrGraph)
 		}
@@ -453,6 +537,11 @@ func checkTraining(ts *slopepb.TrainingState, infos []tensorInfo, byName map[str
 		if !ok {
 			return fmt.Errorf("optimizer slot for missing parameter %q: %w", s.Parameter, ErrManifest)
 		}
+		if e := infos[pi].t.Encoding; e == slopepb.Encoding_NM_TRANSPOSE_MASK || e == slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED {
+			// Derived from their weight, whose slot holds the state.
+			return fmt.Errorf("optimizer slot for %q, an %s tensor (a transpose is derived from its weight %q, not trained): %w",
+				s.Parameter, e, infos[pi].t.TransposeOf, ErrManifest)
+		}
 		want := storedValues(infos[pi])
 		for _, mname := range []string{s.Moment1, s.Moment2} {
 			mi, ok := byName[mname]
@@ -469,9 +558,9 @@ func checkTraining(ts *slopepb.TrainingState, infos []tensorInfo, byName map[str
 }
 
 // storedValues is the number of values a tensor stores: kept values for
-// NM, every element otherwise.
+// the NM encodings, every element otherwise.
 func storedValues(info tensorInfo) uint64 {
-	if info.t.Encoding == slopepb.Encoding_NM {
+	if e := info.t.Encoding; e == slopepb.Encoding_NM || e == slopepb.Encoding_NM_TRANSPOSE_MATERIALIZED {
 		return info.numel / uint64(info.nm.M) * uint64(info.nm.N)
 	}
 	return info.numel
@@ -505,7 +594,11 @@ func checkTokenizer(tk *slopepb.Tokenizer, infos []tensorInfo, byName map[string
 	if len(tk.Files) == 0 {
 		return fmt.Errorf("tokenizer without files: %w", ErrManifest)
 	}
-	for file, tensor := range tk.Files {
+	for _, file := range slices.Sorted(maps.Keys(tk.Files)) { // sorted: the same error every time
+		if err := checkTokenizerFileName(file); err != nil {
+			return err
+		}
+		tensor := tk.Files[file]
 		i, ok := byName[tensor]
 		if !ok {
 			return fmt.Errorf("tokenizer file %q names missing tensor %q: %w", file, tensor, ErrManifest)
@@ -513,6 +606,26 @@ func checkTokenizer(tk *slopepb.Tokenizer, infos []tensorInfo, byName map[string
 		if t := infos[i].t; t.Encoding != slopepb.Encoding_DENSE || t.Dtype != slopepb.DType_UINT8 || len(t.Shape) != 1 {
 			return fmt.Errorf("tokenizer file %q: tensor %q must be DENSE UINT8 of one dimension: %w", file, tensor, ErrShape)
 		}
+	}
+	return nil
+}
+
+// maxTokenizerFileName caps a tokenizer file name (NAME_MAX of common
+// file systems).
+const maxTokenizerFileName = 255
+
+// checkTokenizerFileName: a tokenizer file name is a plain base name that
+// a reader can create in a directory of its choice (slope export does):
+// no path separator, drive colon, control character, "." or "..".
+func checkTokenizerFileName(name string) error {
+	bad := name == "" || name == "." || name == ".." || len(name) > maxTokenizerFileName ||
+		strings.ContainsAny(name, "/\\:") || strings.ContainsFunc(name, unicode.IsControl)
+	if bad {
+		if len(name) > maxTokenizerFileName {
+			name = name[:maxTokenizerFileName] + "..."
+		}
+		return fmt.Errorf("tokenizer file name %q is not a plain file name (1 to %d bytes, no /, \\, :, control characters, . or ..): %w",
+			name, maxTokenizerFileName, ErrManifest)
 	}
 	return nil
 }

@@ -37,7 +37,8 @@ type WriterOptions struct {
 	ManifestReserve int
 	// ExpectedTensors sizes the default ManifestReserve.
 	ExpectedTensors int
-	// Limits applied to what is written (0 fields: DefaultLimits).
+	// Limits applied to what is written; nil means DefaultLimits, and
+	// zero fields take DefaultLimits' values.
 	Limits *Limits
 }
 
@@ -109,7 +110,7 @@ func Create(path string, opts *WriterOptions) (*Writer, error) {
 	}
 	lim := DefaultLimits()
 	if o.Limits != nil {
-		lim = *o.Limits
+		lim = o.Limits.withDefaults()
 	}
 	tmp, err := createTemp(path)
 	if err != nil {
@@ -347,9 +348,19 @@ func shuffleValues(info tensorInfo, raw []byte, inverse bool) []byte {
 // writer's levels use at most 8 MiB).
 const maxZstdWindow = 64 << 20
 
+// zstdWindowLimit is the largest window a frame of a tensor of rawLength
+// raw bytes may declare (SPEC.md, "Compression"): twice raw_length, as the
+// encoder rounds a small input's window up to a power of two, at least
+// zstd's minimum window and at most maxZstdWindow.
+func zstdWindowLimit(rawLength uint64) uint64 {
+	return max(min(rawLength, maxZstdWindow/2)*2, zstd.MinWindowSize)
+}
+
 // decodeStored turns stored bytes into the raw encoding, checking that the
 // compressed frame yields exactly raw_length bytes. The decoder never
-// produces, or allocates for output, more than raw_length bytes.
+// produces more than raw_length bytes, and its window (what it allocates
+// besides the output) is bounded by zstdWindowLimit: a frame declaring a
+// larger one is refused before its window is allocated.
 func decodeStored(t *slopepb.Tensor, info tensorInfo, stored []byte) ([]byte, error) {
 	if t.Compression == slopepb.Compression_COMPRESSION_NONE {
 		return stored, nil
@@ -357,14 +368,22 @@ func decodeStored(t *slopepb.Tensor, info tensorInfo, stored []byte) ([]byte, er
 	fail := func(err error) error {
 		return fmt.Errorf("tensor %q: zstd: %v: %w", t.Name, err, ErrCompression)
 	}
+	window := zstdWindowLimit(t.RawLength)
+	// The sync stream decoder (concurrency 1) checks every frame's window
+	// against the limit before allocating it, a single-segment frame's
+	// content size (its window) included.
 	dec, err := zstd.NewReader(bytes.NewReader(stored), zstd.WithDecoderConcurrency(1),
-		zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderLowmem(true))
+		zstd.WithDecoderMaxWindow(window), zstd.WithDecoderLowmem(true))
 	if err != nil {
 		return nil, fail(err)
 	}
 	defer dec.Close()
 	raw := make([]byte, t.RawLength)
 	if _, err := io.ReadFull(dec, raw); err != nil {
+		if errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrDecoderSizeExceeded) {
+			return nil, fail(fmt.Errorf("a frame declares a window above %d bytes (twice raw_length %d, at least %d, at most %d): %w",
+				window, t.RawLength, zstd.MinWindowSize, maxZstdWindow, err))
+		}
 		return nil, fail(fmt.Errorf("decompressed to fewer than %d bytes: %w", t.RawLength, err))
 	}
 	var one [1]byte
@@ -406,6 +425,9 @@ func (w *Writer) finish() error {
 	}
 	if uint64(len(mb)) > w.lim.MaxManifestLen {
 		return fmt.Errorf("manifest of %d bytes exceeds cap %d: %w", len(mb), w.lim.MaxManifestLen, ErrLimit)
+	}
+	if err := checkManifestSize(mb, w.lim); err != nil {
+		return err
 	}
 	final, _ := alignUp(HeaderSize+uint64(len(mb)), w.align)
 	if w.dataLen == 0 {
